@@ -5,3 +5,13 @@
 //! file / line / key / tensor / op involved. Library code does not panic on bad input.
 
 pub mod host;
+pub mod autograd;
+pub mod float;
+pub mod gradcheck;
+pub mod rng;
+pub mod ops;
+pub mod optim;
+pub mod tensor;
+
+pub use autograd::{backward, backward_with, no_grad, Gradients};
+pub use tensor::{DType, Device, Storage, Tensor};

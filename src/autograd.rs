@@ -1,0 +1,141 @@
+//! Reverse-mode autograd: each recorded op keeps exactly what its backward needs (not its inputs'
+//! storage unless it uses them) plus edges to its inputs; `backward` walks the graph once in reverse
+//! topological order and returns the gradients of the leaves that asked for them.
+
+use crate::tensor::{Storage, Tensor};
+use anyhow::{bail, Context, Result};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The backward half of a recorded op.
+pub trait BackwardOp: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Gradients w.r.t. each input, given the output's gradient. `needs[i]` says whether input i wants
+    /// one; return `None` for those that do not.
+    fn backward(&self, grad_out: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>>;
+}
+
+/// Graph link to an input: its id and producing node, but not its storage.
+pub struct Edge {
+    pub(crate) id: u64,
+    pub(crate) node: Option<Arc<Node>>,
+    pub(crate) requires_grad: bool,
+}
+
+pub struct Node {
+    pub(crate) op: Box<dyn BackwardOp>,
+    pub(crate) inputs: Vec<Edge>,
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+pub fn grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Runs `f` with recording off (inference): ops build no graph and keep nothing for backward.
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    let prev = GRAD_ENABLED.with(|g| g.replace(false));
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(prev);
+    f()
+}
+
+/// Gradients of the leaf tensors that required them, keyed by tensor id.
+#[derive(Default)]
+pub struct Gradients {
+    map: HashMap<u64, Storage>,
+}
+
+impl Gradients {
+    pub fn get(&self, t: &Tensor) -> Option<&Storage> {
+        self.map.get(&t.id)
+    }
+    pub fn take(&mut self, t: &Tensor) -> Option<Storage> {
+        self.map.remove(&t.id)
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Backward from a scalar (one-element) output, seeded with 1.
+pub fn backward(loss: &Tensor) -> Result<Gradients> {
+    if loss.numel() != 1 {
+        bail!("backward: loss must have one element, got shape {:?}", loss.shape());
+    }
+    let seed = Storage::zeros(loss.dtype(), 1);
+    let seed = match seed {
+        Storage::F32(_) => Storage::F32(vec![1.0]),
+        Storage::F64(_) => Storage::F64(vec![1.0]),
+    };
+    backward_with(loss, seed)
+}
+
+/// Backward from any output with an explicit output gradient (vector-Jacobian product).
+pub fn backward_with(out: &Tensor, grad_out: Storage) -> Result<Gradients> {
+    if grad_out.len() != out.numel() || grad_out.dtype() != out.dtype() {
+        bail!("backward: output gradient {:?}[{}] does not match output {:?}", grad_out.dtype(), grad_out.len(), out);
+    }
+    let mut grads = Gradients::default();
+    let Some(root) = out.node.clone() else {
+        if out.is_requires_grad() {
+            grads.map.insert(out.id, grad_out);
+        }
+        return Ok(grads);
+    };
+    // Post-order DFS (iterative: HRNet graphs are thousands of nodes deep).
+    let mut order: Vec<(u64, Arc<Node>)> = Vec::new();
+    let mut visited = std::collections::HashSet::new();
+    let mut stack: Vec<(u64, Arc<Node>, bool)> = vec![(out.id, root, false)];
+    while let Some((id, node, expanded)) = stack.pop() {
+        if expanded {
+            order.push((id, node));
+            continue;
+        }
+        if !visited.insert(id) {
+            continue;
+        }
+        stack.push((id, node.clone(), true));
+        for e in &node.inputs {
+            if let Some(n) = &e.node {
+                if !visited.contains(&e.id) {
+                    stack.push((e.id, n.clone(), false));
+                }
+            }
+        }
+    }
+    let mut pending: HashMap<u64, Storage> = HashMap::new();
+    pending.insert(out.id, grad_out);
+    for (id, node) in order.into_iter().rev() {
+        let Some(g) = pending.remove(&id) else { continue };
+        let needs: Vec<bool> = node.inputs.iter().map(|e| e.requires_grad).collect();
+        let input_grads = node.op.backward(&g, &needs).with_context(|| format!("backward of {}", node.op.name()))?;
+        drop(g);
+        for (edge, ig) in node.inputs.iter().zip(input_grads) {
+            let Some(ig) = ig else { continue };
+            if !edge.requires_grad {
+                continue;
+            }
+            let target = if edge.node.is_some() { &mut pending } else { &mut grads.map };
+            match target.get_mut(&edge.id) {
+                Some(acc) => acc.add_assign(&ig).with_context(|| format!("backward of {}", node.op.name()))?,
+                None => {
+                    target.insert(edge.id, ig);
+                }
+            }
+        }
+    }
+    Ok(grads)
+}

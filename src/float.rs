@@ -1,0 +1,180 @@
+//! The element types the CPU engine computes in: f32 (training and inference) and f64 (exact gradient checks).
+
+use crate::tensor::Storage;
+
+/// A floating-point element type the CPU kernels are generic over.
+pub trait Float:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + PartialOrd
+    + std::fmt::Debug
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::ops::MulAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn sqrt(self) -> Self;
+    fn max(self, other: Self) -> Self;
+    /// The typed view of a storage of this element type (None for another dtype).
+    fn of(s: &Storage) -> Option<&[Self]>;
+    fn of_mut(s: &mut Storage) -> Option<&mut [Self]>;
+    fn into_storage(v: Vec<Self>) -> Storage;
+    /// `dst = beta·lhs·rhs (+ dst when accumulate)`, row-major with explicit row/column strides.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &mut [Self],
+        dst_rs: isize,
+        accumulate: bool,
+        lhs: &[Self],
+        lhs_rs: isize,
+        lhs_cs: isize,
+        rhs: &[Self],
+        rhs_rs: isize,
+        rhs_cs: isize,
+        threads: usize,
+    );
+}
+
+macro_rules! impl_float {
+    ($t:ty, $V:ident) => {
+        impl Float for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn max(self, other: Self) -> Self {
+                <$t>::max(self, other)
+            }
+            fn of(s: &Storage) -> Option<&[Self]> {
+                match s {
+                    Storage::$V(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn of_mut(s: &mut Storage) -> Option<&mut [Self]> {
+                match s {
+                    Storage::$V(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn into_storage(v: Vec<Self>) -> Storage {
+                Storage::$V(v)
+            }
+            fn gemm(
+                m: usize,
+                n: usize,
+                k: usize,
+                dst: &mut [Self],
+                dst_rs: isize,
+                accumulate: bool,
+                lhs: &[Self],
+                lhs_rs: isize,
+                lhs_cs: isize,
+                rhs: &[Self],
+                rhs_rs: isize,
+                rhs_cs: isize,
+                threads: usize,
+            ) {
+                if m == 0 || n == 0 {
+                    return;
+                }
+                // Bounds of the strided views, checked once so the unsafe call below stays in range.
+                let span = |rows: usize, cols: usize, rs: isize, cs: isize| {
+                    (rows as isize - 1) * rs + (cols as isize - 1) * cs + 1
+                };
+                assert!(span(m, n, dst_rs, 1) as usize <= dst.len(), "gemm: dst too small");
+                if k == 0 {
+                    if !accumulate {
+                        for r in 0..m {
+                            let row = r * dst_rs as usize;
+                            dst[row..row + n].fill(0.0);
+                        }
+                    }
+                    return;
+                }
+                assert!(span(m, k, lhs_rs, lhs_cs) as usize <= lhs.len(), "gemm: lhs too small");
+                assert!(span(k, n, rhs_rs, rhs_cs) as usize <= rhs.len(), "gemm: rhs too small");
+                let par = if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                };
+                // SAFETY: the three views were bounds-checked above; dst does not alias lhs/rhs (&mut).
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        dst.as_mut_ptr(),
+                        1,
+                        dst_rs,
+                        accumulate,
+                        lhs.as_ptr(),
+                        lhs_cs,
+                        lhs_rs,
+                        rhs.as_ptr(),
+                        rhs_cs,
+                        rhs_rs,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    )
+                }
+            }
+        }
+    };
+}
+impl_float!(f32, F32);
+impl_float!(f64, F64);
+
+/// Runs `$body` with the type alias `$T` bound to the element type of `$dtype`.
+#[macro_export]
+macro_rules! by_dtype {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::tensor::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::tensor::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+        }
+    };
+}
+
+/// Typed read-only view; callers have checked the dtype (an op's inputs share one).
+pub fn typed<T: Float>(s: &Storage) -> &[T] {
+    T::of(s).expect("dtype checked by the op")
+}
+pub fn typed_mut<T: Float>(s: &mut Storage) -> &mut [T] {
+    T::of_mut(s).expect("dtype checked by the op")
+}

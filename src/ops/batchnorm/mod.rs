@@ -1,0 +1,229 @@
+//! BatchNorm2d: training mode (batch statistics, PyTorch's running-stat update) and eval mode.
+
+use crate::autograd::BackwardOp;
+use crate::by_dtype;
+use crate::float::{typed, typed_mut, Float};
+use crate::tensor::{Storage, Tensor};
+use anyhow::{bail, Result};
+
+/// PyTorch's default epsilon.
+pub const BN_EPS: f64 = 1e-5;
+
+fn check(op: &str, x: &Tensor, params: &[&Tensor]) -> Result<[usize; 4]> {
+    let d = x.dims4(op)?;
+    for p in params {
+        if p.shape() != [d[1]] {
+            bail!("{op}: parameter/buffer shape {:?} does not fit input {:?} (want [{}])", p.shape(), x.shape(), d[1]);
+        }
+        crate::tensor::same_dtype(op, x, p)?;
+    }
+    Ok(d)
+}
+
+/// Per-channel mean and biased variance over (N, H, W), accumulated in f64.
+fn channel_stats<T: Float>(x: &[T], [n, c, h, w]: [usize; 4]) -> (Vec<f64>, Vec<f64>) {
+    let plane = h * w;
+    let m = (n * plane) as f64;
+    let mut mean = vec![0.0f64; c];
+    let mut var = vec![0.0f64; c];
+    for ch in 0..c {
+        let mut s = 0.0;
+        for b in 0..n {
+            x[(b * c + ch) * plane..][..plane].iter().for_each(|&v| s += v.to_f64());
+        }
+        let mu = s / m;
+        let mut q = 0.0;
+        for b in 0..n {
+            x[(b * c + ch) * plane..][..plane].iter().for_each(|&v| {
+                let d = v.to_f64() - mu;
+                q += d * d
+            });
+        }
+        mean[ch] = mu;
+        var[ch] = q / m;
+    }
+    (mean, var)
+}
+
+/// y = (x − μ)·γ/√(σ² + eps) + β per channel, with `scale`/`shift` precomputed per channel.
+fn affine<T: Float>(x: &[T], [n, c, h, w]: [usize; 4], scale: &[f64], shift: &[f64], y: &mut [T]) {
+    let plane = h * w;
+    for b in 0..n {
+        for ch in 0..c {
+            let (s, t) = (T::from_f64(scale[ch]), T::from_f64(shift[ch]));
+            let o = (b * c + ch) * plane;
+            for (yo, &xi) in y[o..o + plane].iter_mut().zip(&x[o..o + plane]) {
+                *yo = xi * s + t;
+            }
+        }
+    }
+}
+
+/// Training-mode BN: normalises with the batch statistics and updates the running buffers in place
+/// (running = (1 − momentum)·running + momentum·batch, unbiased variance for running_var).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    momentum: f64,
+    eps: f64,
+) -> Result<Tensor> {
+    let d = check("batch_norm", x, &[gamma, beta, running_mean, running_var])?;
+    let count = d[0] * d[2] * d[3];
+    if count < 2 {
+        bail!("batch_norm: training needs more than one value per channel, input {:?}", x.shape());
+    }
+    let mut y = Storage::zeros(x.dtype(), x.numel());
+    let (mean, var) = by_dtype!(x.dtype(), T => channel_stats::<T>(typed(x.storage()), d));
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let g = gamma.to_f64_vec();
+    let b = beta.to_f64_vec();
+    let scale: Vec<f64> = (0..d[1]).map(|c| g[c] * invstd[c]).collect();
+    let shift: Vec<f64> = (0..d[1]).map(|c| b[c] - mean[c] * scale[c]).collect();
+    by_dtype!(x.dtype(), T => affine::<T>(typed(x.storage()), d, &scale, &shift, typed_mut(&mut y)));
+    let unbias = count as f64 / (count as f64 - 1.0);
+    by_dtype!(x.dtype(), T => {
+        running_mean.update(|s| {
+            for (r, &m) in typed_mut::<T>(s).iter_mut().zip(&mean) {
+                *r = T::from_f64((1.0 - momentum) * r.to_f64() + momentum * m);
+            }
+        });
+        running_var.update(|s| {
+            for (r, &v) in typed_mut::<T>(s).iter_mut().zip(&var) {
+                *r = T::from_f64((1.0 - momentum) * r.to_f64() + momentum * v * unbias);
+            }
+        });
+    });
+    let op = BnTrainBackward { dims: d, x: x.detach(), mean, invstd, gamma: g };
+    Ok(Tensor::from_op(x.shape().to_vec(), y, op, &[x, gamma, beta]))
+}
+
+struct BnTrainBackward {
+    dims: [usize; 4],
+    x: Tensor,
+    mean: Vec<f64>,
+    invstd: Vec<f64>,
+    gamma: Vec<f64>,
+}
+
+impl BackwardOp for BnTrainBackward {
+    fn name(&self) -> &'static str {
+        "batch_norm"
+    }
+    fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        by_dtype!(dy.dtype(), T => self.run::<T>(typed(dy), needs))
+    }
+}
+
+impl BnTrainBackward {
+    fn run<T: Float>(&self, dy: &[T], needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        let [n, c, h, w] = self.dims;
+        let plane = h * w;
+        let m = (n * plane) as f64;
+        let x: &[T] = typed(self.x.storage());
+        // Σ dy and Σ dy·x̂ per channel.
+        let mut sum_dy = vec![0.0f64; c];
+        let mut sum_dy_xhat = vec![0.0f64; c];
+        for b in 0..n {
+            for ch in 0..c {
+                let o = (b * c + ch) * plane;
+                let (mu, is) = (self.mean[ch], self.invstd[ch]);
+                for (&g, &xi) in dy[o..o + plane].iter().zip(&x[o..o + plane]) {
+                    sum_dy[ch] += g.to_f64();
+                    sum_dy_xhat[ch] += g.to_f64() * (xi.to_f64() - mu) * is;
+                }
+            }
+        }
+        let dx = needs[0].then(|| {
+            let mut dx = vec![T::ZERO; dy.len()];
+            for b in 0..n {
+                for ch in 0..c {
+                    let o = (b * c + ch) * plane;
+                    let (mu, is) = (self.mean[ch], self.invstd[ch]);
+                    let k = self.gamma[ch] * is / m;
+                    let (a0, a1) = (sum_dy[ch], sum_dy_xhat[ch]);
+                    for ((d, &g), &xi) in dx[o..o + plane].iter_mut().zip(&dy[o..o + plane]).zip(&x[o..o + plane]) {
+                        let xhat = (xi.to_f64() - mu) * is;
+                        *d = T::from_f64(k * (m * g.to_f64() - a0 - xhat * a1));
+                    }
+                }
+            }
+            T::into_storage(dx)
+        });
+        let dgamma = needs[1].then(|| T::into_storage(sum_dy_xhat.iter().map(|&v| T::from_f64(v)).collect()));
+        let dbeta = needs[2].then(|| T::into_storage(sum_dy.iter().map(|&v| T::from_f64(v)).collect()));
+        Ok(vec![dx, dgamma, dbeta])
+    }
+}
+
+/// Eval-mode BN with the running statistics (differentiable in x, γ and β).
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let d = check("batch_norm", x, &[gamma, beta, running_mean, running_var])?;
+    let g = gamma.to_f64_vec();
+    let b = beta.to_f64_vec();
+    let rm = running_mean.to_f64_vec();
+    let invstd: Vec<f64> = running_var.to_f64_vec().iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let scale: Vec<f64> = (0..d[1]).map(|c| g[c] * invstd[c]).collect();
+    let shift: Vec<f64> = (0..d[1]).map(|c| b[c] - rm[c] * scale[c]).collect();
+    let mut y = Storage::zeros(x.dtype(), x.numel());
+    by_dtype!(x.dtype(), T => affine::<T>(typed(x.storage()), d, &scale, &shift, typed_mut(&mut y)));
+    let op = BnEvalBackward { dims: d, x: gamma.is_requires_grad().then(|| x.detach()), mean: rm, invstd, scale };
+    Ok(Tensor::from_op(x.shape().to_vec(), y, op, &[x, gamma, beta]))
+}
+
+struct BnEvalBackward {
+    dims: [usize; 4],
+    x: Option<Tensor>,
+    mean: Vec<f64>,
+    invstd: Vec<f64>,
+    scale: Vec<f64>,
+}
+
+impl BackwardOp for BnEvalBackward {
+    fn name(&self) -> &'static str {
+        "batch_norm_eval"
+    }
+    fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        by_dtype!(dy.dtype(), T => {
+            let dy: &[T] = typed(dy);
+            let [n, c, h, w] = self.dims;
+            let plane = h * w;
+            let dx = needs[0].then(|| {
+                let mut dx = vec![T::ZERO; dy.len()];
+                for b in 0..n {
+                    for ch in 0..c {
+                        let o = (b * c + ch) * plane;
+                        let s = T::from_f64(self.scale[ch]);
+                        dx[o..o + plane].iter_mut().zip(&dy[o..o + plane]).for_each(|(d, &g)| *d = g * s);
+                    }
+                }
+                T::into_storage(dx)
+            });
+            let mut dgamma = vec![0.0f64; c];
+            let mut dbeta = vec![0.0f64; c];
+            for b in 0..n {
+                for ch in 0..c {
+                    let o = (b * c + ch) * plane;
+                    for (i, &g) in dy[o..o + plane].iter().enumerate() {
+                        dbeta[ch] += g.to_f64();
+                        if let Some(x) = &self.x {
+                            let xv = typed::<T>(x.storage())[o + i].to_f64();
+                            dgamma[ch] += g.to_f64() * (xv - self.mean[ch]) * self.invstd[ch];
+                        }
+                    }
+                }
+            }
+            let to = |v: Vec<f64>| T::into_storage(v.into_iter().map(T::from_f64).collect());
+            Ok(vec![dx, (needs[1] && self.x.is_some()).then(|| to(dgamma)), needs[2].then(|| to(dbeta))])
+        })
+    }
+}

@@ -1,0 +1,311 @@
+//! The tensor type: a shape, an element type and storage, plus the autograd link of the op that made it.
+//!
+//! Layout is dense row-major NCHW; the layout is private to the engine (ops take and return `Tensor`).
+//! Tensors are cheap to clone (storage is shared); values are immutable except through
+//! [`Tensor::update`], which optimizers and BN running statistics use.
+
+use crate::autograd::{self, BackwardOp, Edge, Node};
+use crate::host::{HostData, HostTensor};
+use anyhow::{bail, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F64,
+}
+
+/// Where a tensor's storage lives. Only the CPU device holds engine tensors today; CUDA buffers are
+/// handled by `crate::cuda` and slot in here as a further variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+}
+
+/// Dense element storage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Storage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Storage {
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::F32(v) => v.len(),
+            Storage::F64(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::F32(_) => DType::F32,
+            Storage::F64(_) => DType::F64,
+        }
+    }
+    pub fn zeros(dtype: DType, n: usize) -> Storage {
+        match dtype {
+            DType::F32 => Storage::F32(vec![0.0; n]),
+            DType::F64 => Storage::F64(vec![0.0; n]),
+        }
+    }
+    /// `self += other`, elementwise (same dtype and length, checked by callers).
+    pub fn add_assign(&mut self, other: &Storage) -> Result<()> {
+        match (self, other) {
+            (Storage::F32(a), Storage::F32(b)) if a.len() == b.len() => {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
+            }
+            (Storage::F64(a), Storage::F64(b)) if a.len() == b.len() => {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
+            }
+            (a, b) => bail!(
+                "gradient accumulation: storage mismatch ({:?}[{}] vs {:?}[{}])",
+                a.dtype(),
+                a.len(),
+                b.dtype(),
+                b.len()
+            ),
+        }
+        Ok(())
+    }
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match self {
+            Storage::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            Storage::F64(v) => v.clone(),
+        }
+    }
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self {
+            Storage::F32(v) => v.clone(),
+            Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+    /// The same values converted to `dtype`.
+    pub fn cast(&self, dtype: DType) -> Storage {
+        match dtype {
+            DType::F32 => Storage::F32(self.to_f32_vec()),
+            DType::F64 => Storage::F64(self.to_f64_vec()),
+        }
+    }
+}
+
+/// Runs `$body` with `$v` bound to the typed slice/vec of a storage, for each element type.
+#[macro_export]
+macro_rules! dispatch {
+    ($storage:expr, $v:ident => $body:expr) => {
+        match $storage {
+            $crate::tensor::Storage::F32($v) => $body,
+            $crate::tensor::Storage::F64($v) => $body,
+        }
+    };
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn fresh_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A tensor: shape + storage + (optionally) the op that produced it, for backward.
+#[derive(Clone)]
+pub struct Tensor {
+    pub(crate) id: u64,
+    shape: Vec<usize>,
+    storage: Arc<Storage>,
+    pub(crate) node: Option<Arc<Node>>,
+    requires_grad: bool,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor{:?}<{:?}>", self.shape, self.dtype())
+    }
+}
+
+pub fn shape_str(shape: &[usize]) -> String {
+    format!("{:?}", shape)
+}
+
+impl Tensor {
+    /// A leaf tensor from storage; errors when the element count does not match the shape.
+    pub fn new(shape: Vec<usize>, storage: Storage) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != storage.len() {
+            bail!("tensor: shape {:?} needs {} elements, storage has {}", shape, n, storage.len());
+        }
+        Ok(Tensor { id: fresh_id(), shape, storage: Arc::new(storage), node: None, requires_grad: false })
+    }
+    pub fn from_f32(shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
+        Tensor::new(shape.to_vec(), Storage::F32(data))
+    }
+    pub fn from_f64(shape: &[usize], data: Vec<f64>) -> Result<Tensor> {
+        Tensor::new(shape.to_vec(), Storage::F64(data))
+    }
+    pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
+        let n = shape.iter().product();
+        Tensor { id: fresh_id(), shape: shape.to_vec(), storage: Arc::new(Storage::zeros(dtype, n)), node: None, requires_grad: false }
+    }
+    pub fn full(shape: &[usize], dtype: DType, value: f64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let storage = match dtype {
+            DType::F32 => Storage::F32(vec![value as f32; n]),
+            DType::F64 => Storage::F64(vec![value; n]),
+        };
+        Tensor { id: fresh_id(), shape: shape.to_vec(), storage: Arc::new(storage), node: None, requires_grad: false }
+    }
+    /// From a host array (f32/f64 kept; i64 converted to f32).
+    pub fn from_host(h: &HostTensor) -> Result<Tensor> {
+        let storage = match &h.data {
+            HostData::F32(v) => Storage::F32(v.clone()),
+            HostData::F64(v) => Storage::F64(v.clone()),
+            HostData::I64(v) => Storage::F32(v.iter().map(|&x| x as f32).collect()),
+        };
+        Tensor::new(h.shape.clone(), storage)
+    }
+    pub fn to_host(&self) -> HostTensor {
+        let data = match &*self.storage {
+            Storage::F32(v) => HostData::F32(v.clone()),
+            Storage::F64(v) => HostData::F64(v.clone()),
+        };
+        HostTensor { shape: self.shape.clone(), data }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dims4(&self, op: &str) -> Result<[usize; 4]> {
+        match self.shape[..] {
+            [n, c, h, w] => Ok([n, c, h, w]),
+            _ => bail!("{op}: expected a 4-d NCHW tensor, got shape {:?}", self.shape),
+        }
+    }
+    pub fn numel(&self) -> usize {
+        self.storage.len()
+    }
+    pub fn dtype(&self) -> DType {
+        self.storage.dtype()
+    }
+    pub fn device(&self) -> Device {
+        Device::Cpu
+    }
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        self.storage.to_f32_vec()
+    }
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        self.storage.to_f64_vec()
+    }
+    pub fn cast(&self, dtype: DType) -> Tensor {
+        let t = Tensor { id: fresh_id(), shape: self.shape.clone(), storage: Arc::new(self.storage.cast(dtype)), node: None, requires_grad: self.requires_grad };
+        t
+    }
+    /// Value of a one-element tensor.
+    pub fn item(&self) -> Result<f64> {
+        if self.numel() != 1 {
+            bail!("item: tensor of shape {:?} is not a scalar", self.shape);
+        }
+        Ok(self.storage.to_f64_vec()[0])
+    }
+
+    /// Marks a leaf tensor as one whose gradient `backward` reports (a parameter or an input).
+    pub fn requires_grad(mut self) -> Tensor {
+        self.requires_grad = true;
+        self
+    }
+    pub fn set_requires_grad(&mut self, on: bool) {
+        self.requires_grad = on;
+    }
+    pub fn is_requires_grad(&self) -> bool {
+        self.requires_grad
+    }
+    /// The same values cut off from the graph.
+    pub fn detach(&self) -> Tensor {
+        Tensor { id: fresh_id(), shape: self.shape.clone(), storage: self.storage.clone(), node: None, requires_grad: false }
+    }
+    /// Same storage, new shape with the same element count (a view; gradient flows through).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != self.numel() {
+            bail!("reshape: cannot view {:?} as {:?}", self.shape, shape);
+        }
+        let from = self.shape.clone();
+        Ok(Tensor::from_op(shape.to_vec(), (*self.storage).clone(), ReshapeBackward { from }, &[self]))
+    }
+
+    /// Replaces the values in place (optimizer steps, BN running statistics). Keeps the id, so
+    /// gradients keyed by this parameter stay valid; a graph that still holds the old values keeps them.
+    pub fn update(&mut self, f: impl FnOnce(&mut Storage)) {
+        f(Arc::make_mut(&mut self.storage));
+    }
+    pub fn set_storage(&mut self, storage: Storage) -> Result<()> {
+        if storage.len() != self.numel() || storage.dtype() != self.dtype() {
+            bail!(
+                "set_storage: {:?}[{}] does not fit tensor {:?}<{:?}>",
+                storage.dtype(),
+                storage.len(),
+                self.shape,
+                self.dtype()
+            );
+        }
+        self.storage = Arc::new(storage);
+        Ok(())
+    }
+
+    /// Builds an op's output and, when grad mode is on and an input needs a gradient, records the op.
+    pub(crate) fn from_op(
+        shape: Vec<usize>,
+        storage: Storage,
+        op: impl BackwardOp + 'static,
+        inputs: &[&Tensor],
+    ) -> Tensor {
+        Tensor::from_op_using_output(shape, storage, |_| op, inputs)
+    }
+
+    /// Like `from_op`, for ops whose backward reads their own output (`make` gets a detached view
+    /// sharing the output's storage, so nothing is copied).
+    pub(crate) fn from_op_using_output<O: BackwardOp + 'static>(
+        shape: Vec<usize>,
+        storage: Storage,
+        make: impl FnOnce(Tensor) -> O,
+        inputs: &[&Tensor],
+    ) -> Tensor {
+        let needs = autograd::grad_enabled() && inputs.iter().any(|t| t.requires_grad);
+        let mut out = Tensor { id: fresh_id(), shape, storage: Arc::new(storage), requires_grad: needs, node: None };
+        if needs {
+            let op = make(out.detach());
+            let edges = inputs.iter().map(|t| Edge { id: t.id, node: t.node.clone(), requires_grad: t.requires_grad }).collect();
+            out.node = Some(Arc::new(Node { op: Box::new(op), inputs: edges }));
+        }
+        out
+    }
+}
+
+struct ReshapeBackward {
+    #[allow(dead_code)]
+    from: Vec<usize>,
+}
+impl BackwardOp for ReshapeBackward {
+    fn name(&self) -> &'static str {
+        "reshape"
+    }
+    fn backward(&self, grad: &Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        Ok(vec![Some(grad.clone())])
+    }
+}
+
+/// Checks two tensors have one dtype, naming the op and both shapes otherwise.
+pub(crate) fn same_dtype(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.dtype() != b.dtype() {
+        bail!("{op}: dtype mismatch {:?}{:?} vs {:?}{:?}", a.dtype(), a.shape(), b.dtype(), b.shape());
+    }
+    Ok(())
+}
