@@ -5,6 +5,7 @@
 //! file / line / key / tensor / op involved. Library code does not panic on bad input.
 
 pub mod host;
+pub mod model;
 pub mod autograd;
 pub mod float;
 pub mod gradcheck;
