@@ -4,14 +4,15 @@
 //! Errors: library functions return `anyhow::Result` with one-line messages that name the
 //! file / line / key / tensor / op involved. Library code does not panic on bad input.
 
-pub mod host;
-pub mod model;
 pub mod autograd;
 pub mod float;
 pub mod gradcheck;
-pub mod rng;
+pub mod host;
+pub mod io;
+pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod rng;
 pub mod tensor;
 
 pub use autograd::{backward, backward_with, no_grad, Gradients};

@@ -1,0 +1,88 @@
+//! Weights in and out: safetensors (read/write) and PyTorch `.pth` checkpoints (read, no Python).
+//!
+//! `load_state_dict` detects the format by its first bytes, returns tensors in file order and
+//! strips the DataParallel `module.` prefix, so every released HRNet checkpoint style loads.
+
+pub mod pickle;
+pub mod pth;
+pub mod safetensors;
+
+pub use safetensors::{encode_safetensors, load_safetensors, read_safetensors_bytes, save_safetensors, SafeTensors};
+
+use crate::host::HostTensor;
+use anyhow::{anyhow, bail, Result};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// File formats `load_state_dict` recognizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    Safetensors,
+    PthZip,
+    PthLegacy,
+}
+
+/// Guesses the format from the first bytes of a file.
+pub fn detect_format(bytes: &[u8]) -> Result<WeightFormat> {
+    if bytes.starts_with(pth::ZIP_MAGIC) || bytes.starts_with(b"PK\x05\x06") {
+        return Ok(WeightFormat::PthZip);
+    }
+    if bytes.first() == Some(&0x80) {
+        return Ok(WeightFormat::PthLegacy);
+    }
+    if bytes.len() >= 9 && bytes[8] == b'{' {
+        return Ok(WeightFormat::Safetensors);
+    }
+    if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
+        bail!("a tar archive (torch < 0.4 checkpoint format), which is not supported");
+    }
+    bail!("unknown weights format (not safetensors, zip .pth or legacy .pth)")
+}
+
+/// Reads weights held in memory (any supported format): keys in file order, `module.` stripped.
+pub fn state_dict_from_bytes(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
+    let tensors = match detect_format(bytes)? {
+        WeightFormat::Safetensors => read_safetensors_bytes(bytes)?.tensors,
+        WeightFormat::PthZip | WeightFormat::PthLegacy => pth::load_pth_bytes(bytes)?,
+    };
+    strip_module_prefix(tensors)
+}
+
+/// Loads a state_dict from a safetensors, zip `.pth` or legacy `.pth` file. Errors are one
+/// line naming the file and the tensor / key / opcode involved.
+pub fn load_state_dict(path: &Path) -> Result<Vec<(String, HostTensor)>> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    state_dict_from_bytes(&bytes).map_err(|e| anyhow!("{}: {}", path.display(), one_line(&e)))
+}
+
+/// Converts any supported checkpoint to safetensors (keys in file order, `module.` stripped);
+/// returns the number of tensors written.
+pub fn convert_pth_to_safetensors(inp: &Path, out: &Path) -> Result<usize> {
+    let tensors = load_state_dict(inp)?;
+    let source = inp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let metadata = vec![("format".to_string(), "pt".to_string()), ("source".to_string(), source)];
+    save_safetensors(out, &tensors, &metadata)?;
+    Ok(tensors.len())
+}
+
+/// Removes a leading `module.` (DataParallel) from every key that has one.
+pub fn strip_module_prefix(tensors: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>> {
+    let mut seen = HashSet::with_capacity(tensors.len());
+    let mut out = Vec::with_capacity(tensors.len());
+    for (k, t) in tensors {
+        let k = match k.strip_prefix("module.") {
+            Some(s) => s.to_string(),
+            None => k,
+        };
+        if !seen.insert(k.clone()) {
+            bail!("key '{k}' appears twice once the 'module.' prefix is removed");
+        }
+        out.push((k, t));
+    }
+    Ok(out)
+}
+
+/// An error chain on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
