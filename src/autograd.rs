@@ -85,6 +85,12 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
 
 /// Backward from any output with an explicit output gradient (vector-Jacobian product).
 pub fn backward_with(out: &Tensor, grad_out: Storage) -> Result<Gradients> {
+    backward_retaining(out, grad_out, &[])
+}
+
+/// Like `backward_with`, also reporting the gradients of the non-leaf tensors in `retain`
+/// (PyTorch's `retain_grad`), for debugging and tests.
+pub fn backward_retaining(out: &Tensor, grad_out: Storage, retain: &[&Tensor]) -> Result<Gradients> {
     if grad_out.len() != out.numel() || grad_out.dtype() != out.dtype() {
         bail!("backward: output gradient {:?}[{}] does not match output {:?}", grad_out.dtype(), grad_out.len(), out);
     }
@@ -120,6 +126,9 @@ pub fn backward_with(out: &Tensor, grad_out: Storage) -> Result<Gradients> {
     pending.insert(out.id, grad_out);
     for (id, node) in order.into_iter().rev() {
         let Some(g) = pending.remove(&id) else { continue };
+        if retain.iter().any(|t| t.id == id) {
+            grads.map.insert(id, g.clone());
+        }
         let needs: Vec<bool> = node.inputs.iter().map(|e| e.requires_grad).collect();
         let input_grads = node.op.backward(&g, &needs).with_context(|| format!("backward of {}", node.op.name()))?;
         drop(g);
@@ -138,4 +147,24 @@ pub fn backward_with(out: &Tensor, grad_out: Storage) -> Result<Gradients> {
         }
     }
     Ok(grads)
+}
+
+thread_local! {
+    static TRACE: std::cell::RefCell<Option<Vec<(String, Tensor)>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Debug aid: while tracing is on, every recorded op output is kept (name, tensor) so tests can
+/// retain and compare intermediate gradients op by op.
+pub fn trace_start() {
+    TRACE.with(|t| *t.borrow_mut() = Some(Vec::new()));
+}
+pub fn trace_take() -> Vec<(String, Tensor)> {
+    TRACE.with(|t| t.borrow_mut().take().unwrap_or_default())
+}
+pub(crate) fn trace_push(t: &Tensor, name: &str) {
+    TRACE.with(|tr| {
+        if let Some(v) = tr.borrow_mut().as_mut() {
+            v.push((name.to_string(), t.clone()));
+        }
+    });
 }

@@ -282,6 +282,7 @@ impl Tensor {
         let mut out = Tensor { id: fresh_id(), shape, storage: Arc::new(storage), requires_grad: needs, node: None };
         if needs {
             let op = make(out.detach());
+            crate::autograd::trace_push(&out, op.name());
             let edges = inputs.iter().map(|t| Edge { id: t.id, node: t.node.clone(), requires_grad: t.requires_grad }).collect();
             out.node = Some(Arc::new(Node { op: Box::new(op), inputs: edges }));
         }

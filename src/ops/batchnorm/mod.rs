@@ -45,15 +45,17 @@ fn channel_stats<T: Float>(x: &[T], [n, c, h, w]: [usize; 4]) -> (Vec<f64>, Vec<
     (mean, var)
 }
 
-/// y = (x − μ)·γ/√(σ² + eps) + β per channel, with `scale`/`shift` precomputed per channel.
-fn affine<T: Float>(x: &[T], [n, c, h, w]: [usize; 4], scale: &[f64], shift: &[f64], y: &mut [T]) {
+/// y = (x − μ)·scale + β per channel, evaluated in f64: the subtraction first keeps the result
+/// accurate when |μ| ≫ σ (the x·scale + shift form loses digits there, and a ReLU after BN turns
+/// such rounding into sign flips).
+fn affine<T: Float>(x: &[T], [n, c, h, w]: [usize; 4], mean: &[f64], scale: &[f64], beta: &[f64], y: &mut [T]) {
     let plane = h * w;
     for b in 0..n {
         for ch in 0..c {
-            let (s, t) = (T::from_f64(scale[ch]), T::from_f64(shift[ch]));
+            let (m, s, t) = (mean[ch], scale[ch], beta[ch]);
             let o = (b * c + ch) * plane;
             for (yo, &xi) in y[o..o + plane].iter_mut().zip(&x[o..o + plane]) {
-                *yo = xi * s + t;
+                *yo = T::from_f64((xi.to_f64() - m) * s + t);
             }
         }
     }
@@ -81,8 +83,7 @@ pub fn batch_norm_train(
     let g = gamma.to_f64_vec();
     let b = beta.to_f64_vec();
     let scale: Vec<f64> = (0..d[1]).map(|c| g[c] * invstd[c]).collect();
-    let shift: Vec<f64> = (0..d[1]).map(|c| b[c] - mean[c] * scale[c]).collect();
-    by_dtype!(x.dtype(), T => affine::<T>(typed(x.storage()), d, &scale, &shift, typed_mut(&mut y)));
+    by_dtype!(x.dtype(), T => affine::<T>(typed(x.storage()), d, &mean, &scale, &b, typed_mut(&mut y)));
     let unbias = count as f64 / (count as f64 - 1.0);
     by_dtype!(x.dtype(), T => {
         running_mean.update(|s| {
@@ -173,9 +174,8 @@ pub fn batch_norm_eval(
     let rm = running_mean.to_f64_vec();
     let invstd: Vec<f64> = running_var.to_f64_vec().iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let scale: Vec<f64> = (0..d[1]).map(|c| g[c] * invstd[c]).collect();
-    let shift: Vec<f64> = (0..d[1]).map(|c| b[c] - rm[c] * scale[c]).collect();
     let mut y = Storage::zeros(x.dtype(), x.numel());
-    by_dtype!(x.dtype(), T => affine::<T>(typed(x.storage()), d, &scale, &shift, typed_mut(&mut y)));
+    by_dtype!(x.dtype(), T => affine::<T>(typed(x.storage()), d, &rm, &scale, &b, typed_mut(&mut y)));
     let op = BnEvalBackward { dims: d, x: gamma.is_requires_grad().then(|| x.detach()), mean: rm, invstd, scale };
     Ok(Tensor::from_op(x.shape().to_vec(), y, op, &[x, gamma, beta]))
 }
