@@ -95,7 +95,7 @@ impl FaceShape {
         f.eye_open_low = rng.range(0.04, 0.06) * eye_open.max(0.8);
         f.eye_tilt = rng.range(-0.01, 0.04);
         f.iris_r = rng.range(0.065, 0.085);
-        f.gaze = [rng.range(-1.0, 1.0), rng.range(-0.6, 0.6)];
+        f.gaze = [rng.range(-0.7, 0.7), rng.range(-0.6, 0.6)];
         f.brow_y = f.eye_y - rng.range(0.22, 0.29);
         f.brow_raise = if rng.chance(0.3) { rng.range(0.03, 0.11) } else { rng.range(-0.03, 0.03) };
         f.brow_arch = rng.range(0.03, 0.1);
