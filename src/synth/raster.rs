@@ -134,16 +134,20 @@ impl Mask {
         } else {
             pts.windows(2).map(|s| (s[0], s[1])).collect()
         };
-        for py in 0..h {
-            let y = (y0 + py) as f32 + 0.5;
-            for px in 0..w {
-                let x = (x0 + px) as f32 + 0.5;
-                let mut best = f32::MAX;
-                for &(a, b) in &segments {
-                    best = best.min(dist2_to_segment([x, y], a, b));
+        // Each segment only touches the pixels near it; the union takes the max coverage.
+        for &(a, b) in &segments {
+            let sx0 = ((a[0].min(b[0]) - half - 1.0).floor().max(x0 as f32) as usize).min(x1);
+            let sx1 = ((a[0].max(b[0]) + half + 1.0).ceil().max(0.0) as usize).min(x1);
+            let sy0 = ((a[1].min(b[1]) - half - 1.0).floor().max(y0 as f32) as usize).min(y1);
+            let sy1 = ((a[1].max(b[1]) + half + 1.0).ceil().max(0.0) as usize).min(y1);
+            for y in sy0..sy1 {
+                let fy = y as f32 + 0.5;
+                for x in sx0..sx1 {
+                    let d = dist2_to_segment([x as f32 + 0.5, fy], a, b).sqrt();
+                    let c = (half + 0.5 - d).clamp(0.0, 1.0);
+                    let slot = &mut cov[(y - y0) * w + (x - x0)];
+                    *slot = slot.max(c);
                 }
-                let d = best.sqrt();
-                cov[py * w + px] = (half + 0.5 - d).clamp(0.0, 1.0);
             }
         }
         Mask { x0, y0, w, h, cov }
