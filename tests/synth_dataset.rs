@@ -336,3 +336,19 @@ fn bad_joint_count_is_a_one_line_error() {
     assert!(synth::render_sample(29, 1, 0).is_err());
     assert!(synth::canonical_shape(5).is_err());
 }
+
+#[test]
+fn config_points_at_the_generated_data() {
+    let dir = temp_dir("config");
+    let summary = synth::generate(&dir, 98, 5, 2).unwrap();
+    let text = std::fs::read_to_string(&summary.config).unwrap();
+    for needle in ["DATASET: WFLW", "NUM_JOINTS: 98", "SIGMA: 1.5", synth::TRAIN_CSV, synth::TEST_CSV, "PRETRAINED: ''"] {
+        assert!(text.contains(needle), "config lacks {needle}:\n{text}");
+    }
+    assert!(text.contains(&format!("ROOT: '{}'", dir.display())));
+    let y68 = synth::config_yaml(&dir, 68);
+    assert!(y68.contains("DATASET: 300W") && y68.contains("SIGMA: 1.0") && y68.contains("NUM_JOINTS: 68"));
+    // Same nesting as the official files: every STAGE lists one block count per channel entry.
+    assert_eq!(y68.matches("        - 4\n").count(), 2 + 3 + 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
