@@ -100,7 +100,10 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn parse_csv(path: &Path, joints: usize) -> Vec<(String, f64, [f64; 2], Vec<[f64; 2]>)> {
+/// One CSV row: image name, scale, centre, landmarks.
+type CsvRow = (String, f64, [f64; 2], Vec<[f64; 2]>);
+
+fn parse_csv(path: &Path, joints: usize) -> Vec<CsvRow> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();

@@ -533,9 +533,15 @@ fn draw_face(canvas: &mut Canvas, shape: &FaceShape, pose: &Pose, rng: &mut Rng)
     false
 }
 
-/// Global lighting gradient, exposure and sensor noise.
+/// Global lighting gradient, exposure, occasional defocus and sensor noise.
 fn finish_image(canvas: &mut Canvas, rng: &mut Rng) {
     let (w, h) = (canvas.width, canvas.height);
+    if rng.chance(0.2) {
+        canvas.box_blur3();
+        if rng.chance(0.4) {
+            canvas.box_blur3();
+        }
+    }
     let a = rng.range(0.0, std::f32::consts::TAU);
     let strength = rng.range(0.0, 0.6);
     let exposure = rng.range(0.75, 1.15);

@@ -41,8 +41,33 @@ impl Canvas {
                 let x = mask.x0 + mx;
                 let col = color(x as f32 + 0.5, y as f32 + 0.5);
                 let o = (y * self.width + x) * 3;
-                for ch in 0..3 {
-                    self.rgb[o + ch] += (col[ch] - self.rgb[o + ch]) * a;
+                for (dst, src) in self.rgb[o..o + 3].iter_mut().zip(col) {
+                    *dst += (src - *dst) * a;
+                }
+            }
+        }
+    }
+
+    /// 3×3 box blur (edges clamp), a cheap defocus.
+    pub(crate) fn box_blur3(&mut self) {
+        let (w, h) = (self.width, self.height);
+        let src = self.rgb.clone();
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = [0.0f32; 3];
+                for dy in [-1i64, 0, 1] {
+                    let yy = (y as i64 + dy).clamp(0, h as i64 - 1) as usize;
+                    for dx in [-1i64, 0, 1] {
+                        let xx = (x as i64 + dx).clamp(0, w as i64 - 1) as usize;
+                        let o = (yy * w + xx) * 3;
+                        for (a, v) in acc.iter_mut().zip(&src[o..o + 3]) {
+                            *a += v;
+                        }
+                    }
+                }
+                let o = (y * w + x) * 3;
+                for (dst, a) in self.rgb[o..o + 3].iter_mut().zip(acc) {
+                    *dst = a / 9.0;
                 }
             }
         }
