@@ -17,3 +17,4 @@ pub mod tensor;
 
 pub use autograd::{backward, backward_with, no_grad, Gradients};
 pub use tensor::{DType, Device, Storage, Tensor};
+pub mod synth;
