@@ -65,7 +65,7 @@ pub fn nme_pair(joints: usize) -> Option<(usize, usize)> {
 /// d = ‖gt[a] − gt[b]‖ for 98/68/29 landmarks (outer eye corners), `box_sizes` (AFLW CSV
 /// column 2, float64) for 19. float32 norms and sum, float64 division, as the reference.
 pub fn compute_nme(preds: &[[f32; 2]], gts: &[[f32; 2]], joints: usize, box_sizes: Option<&[f64]>) -> Result<Vec<f64>> {
-    if joints == 0 || preds.len() != gts.len() || preds.len() % joints != 0 {
+    if joints == 0 || preds.len() != gts.len() || !preds.len().is_multiple_of(joints) {
         bail!("compute_nme: {} predictions and {} ground-truth points for {joints} landmarks", preds.len(), gts.len());
     }
     let n = preds.len() / joints;

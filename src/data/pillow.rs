@@ -206,14 +206,12 @@ pub fn rotate_matrix(angle_deg: f64, width: usize, height: usize) -> [f64; 6] {
     let rad = -(angle * (std::f64::consts::PI / 180.0));
     let (c, s) = (py_round15(rad.cos()), py_round15(rad.sin()));
     let ms = py_round15(-rad.sin());
-    let mut m = [c, s, 0.0, ms, c, 0.0];
     let (cx, cy) = (width as f64 / 2.0, height as f64 / 2.0);
-    let (tx, ty) = (-cx - 0.0, -cy - 0.0);
-    m[2] = m[0] * tx + m[1] * ty + m[2];
-    m[5] = m[3] * tx + m[4] * ty + m[5];
-    m[2] += cx;
-    m[5] += cy;
-    m
+    // Pillow: (a·x + b·y + 0) at (−cx, −cy), then + the centre.
+    let (tx, ty) = (-cx, -cy);
+    let m2 = (c * tx + s * ty + 0.0) + cx;
+    let m5 = (ms * tx + c * ty + 0.0) + cy;
+    [c, s, m2, ms, c, m5]
 }
 
 /// `Image.transform(size, AFFINE, matrix, BILINEAR)` with black fill (Pillow's generic

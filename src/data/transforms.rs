@@ -219,7 +219,8 @@ pub fn crop_traced(img: &Image, center: [f32; 2], scale: f64, res: [usize; 2], r
     if res[0] == 0 || res[1] == 0 || res[0] as i64 > MAX_SIDE || res[1] as i64 > MAX_SIDE {
         bail!("crop: output size {:?} out of range", res);
     }
-    if !(scale.is_finite() && scale > 0.0) || !rot.is_finite() || !center[0].is_finite() || !center[1].is_finite() {
+    let finite = scale.is_finite() && rot.is_finite() && center[0].is_finite() && center[1].is_finite();
+    if !finite || scale <= 0.0 {
         bail!("crop: bad center {:?} / scale {scale} / rot {rot}", center);
     }
     let mut c = center;
@@ -368,12 +369,18 @@ mod tests {
         assert_eq!((out.width, out.height, out.data.len()), (256, 256, 256 * 256 * 3));
         let out = crop(&img, [80.0, 60.0], 3.0, [256, 256], 12.5).unwrap();
         assert_eq!((out.width, out.height), (256, 256));
-        // window entirely to the right / below the image: the reference raises ValueError
-        assert!(crop(&img, [2000.0, 60.0], 0.5, [256, 256], 0.0).is_err());
-        assert!(crop(&img, [80.0, 5000.0], 0.5, [256, 256], 0.0).is_err());
+        // window right of / below the image by less than its own size: Python's negative
+        // slice stop gives a shape mismatch, the reference raises ValueError
+        assert!(crop(&img, [230.0, 60.0], 0.5, [256, 256], 0.0).is_err());
+        assert!(crop(&img, [80.0, 190.0], 0.5, [256, 256], 0.0).is_err());
+        // ... and further away both slices are empty: the reference returns a black crop
+        let far = crop(&img, [2000.0, 60.0], 0.5, [256, 256], 0.0).unwrap();
+        assert!(far.data.iter().all(|&v| v == 0.0));
         // absurd inputs
         assert!(crop(&img, [80.0, 60.0], 1e12, [256, 256], 0.0).is_ok()); // degenerate: zeros
-        assert!(crop(&img, [80.0, 60.0], 1e-12, [256, 256], 0.0).is_err());
+        // a tiny scale still gives a (1-pixel) window, as in the reference
+        assert_eq!(crop(&img, [80.0, 60.0], 1e-12, [256, 256], 0.0).unwrap().width, 256);
+        assert!(crop(&img, [80.0, 60.0], -1.0, [256, 256], 0.0).is_err());
         assert!(crop(&img, [80.0, 60.0], f64::NAN, [256, 256], 0.0).is_err());
         assert!(crop(&img, [f32::INFINITY, 60.0], 1.0, [256, 256], 0.0).is_err());
         assert!(crop(&img, [1e30, 60.0], 1.0, [256, 256], 0.0).is_err());
@@ -390,6 +397,24 @@ mod tests {
         let img = gradient(20, 20);
         let out = crop(&img, [10.0, 10.0], 1e6, [256, 256], 0.0).unwrap();
         assert!(out.data.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn to_pil_uses_first_axis_of_length_three() {
+        // (2, 3, 3): scipy takes axis 1 as channels -> a 3-wide, 2-high image, pixel(y,x,c) = a[y][c][x]
+        let a = Array3 { dims: [2, 3, 3], data: (0..18u8).collect() };
+        let im = to_pil(&a).unwrap();
+        assert_eq!((im.width, im.height), (3, 2));
+        assert_eq!(&im.data[..6], &[0, 3, 6, 1, 4, 7]);
+        // (3, 4, 3): axis 0 -> 3 wide, 4 high, pixel(y,x,c) = a[c][y][x]
+        let a = Array3 { dims: [3, 4, 3], data: (0..36u8).collect() };
+        let im = to_pil(&a).unwrap();
+        assert_eq!((im.width, im.height), (3, 4));
+        assert_eq!(&im.data[..3], &[0, 12, 24]);
+        // a crop whose window is 3 pixels high does not fail
+        let img = gradient(50, 50);
+        let out = crop(&img, [25.0, 25.0], 0.015, [256, 256], 0.0).unwrap();
+        assert_eq!((out.width, out.height), (256, 256));
     }
 
     #[test]
