@@ -18,3 +18,4 @@ pub mod tensor;
 pub use autograd::{backward, backward_with, no_grad, Gradients};
 pub use tensor::{DType, Device, Storage, Tensor};
 pub mod synth;
+pub mod data;

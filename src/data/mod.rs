@@ -1,0 +1,10 @@
+//! Data pipeline of the official HRNet face code, reproduced bit for bit: geometry and crop
+//! (scipy.misc + Pillow semantics), heatmap targets, flips, decoding and evaluation metrics.
+
+pub mod decode;
+pub mod flip;
+pub mod heatmap;
+pub mod image;
+pub mod metrics;
+pub mod pillow;
+pub mod transforms;
