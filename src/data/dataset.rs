@@ -70,7 +70,7 @@ pub struct DatasetSpec {
     pub image_size: [usize; 2],
     /// MODEL.HEATMAP_SIZE as [rows, cols].
     pub heatmap_size: [usize; 2],
-    pub sigma: f32,
+    pub sigma: f64,
     pub scale_factor: f64,
     pub rot_factor: f64,
     pub flip: bool,

@@ -1,106 +1,22 @@
-//! Image decoding for the datasets: what `PIL.Image.open(p).convert('RGB')` followed by
-//! `np.array(..., dtype=float32)` gives in the reference (HWC, RGB, 0..255).
-//!
-//! Formats: JPEG, PNG, PPM/PGM (pnm), BMP, detected from the file content like PIL does.
-//! Grey, grey+alpha, RGBA and 16-bit images are converted to 8-bit RGB (alpha dropped).
+//! The decoded image type shared by the data pipeline.
 
-use super::pending::Image;
-use anyhow::{anyhow, bail, Result};
-use image::{DynamicImage, ImageDecoder, ImageReader};
-use std::io::Cursor;
-use std::path::Path;
-
-/// Largest accepted side, in pixels.
-pub const MAX_SIDE: u64 = 16384;
-/// Largest accepted pixel count.
-pub const MAX_PIXELS: u64 = 100_000_000;
-
-/// A decoded 8-bit RGB image, HWC, `data.len() == width*height*3`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rgb8 {
+/// An RGB image, HWC, values 0..255 stored as f32: what
+/// `np.array(PIL.Image.open(p).convert('RGB'), dtype=float32)` gives in the reference.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image {
     pub width: usize,
     pub height: usize,
-    pub data: Vec<u8>,
+    pub data: Vec<f32>,
 }
 
-impl Rgb8 {
-    /// Float copy (0..255), the reference's `np.array(img, dtype=np.float32)`.
-    pub fn to_image(&self) -> Image {
-        Image { width: self.width, height: self.height, data: self.data.iter().map(|&v| v as f32).collect() }
+impl Image {
+    /// A black image (all channels 0).
+    pub fn zeros(width: usize, height: usize) -> Image {
+        Image { width, height, data: vec![0.0; width * height * 3] }
     }
 
-    /// Float copy mirrored left-right (`np.fliplr`), done during the conversion so the
-    /// flip costs no extra pass.
-    pub fn to_image_flipped(&self) -> Image {
-        let (w, h) = (self.width, self.height);
-        let mut data = vec![0f32; w * h * 3];
-        for y in 0..h {
-            let src = &self.data[y * w * 3..(y + 1) * w * 3];
-            let dst = &mut data[y * w * 3..(y + 1) * w * 3];
-            for x in 0..w {
-                let s = (w - 1 - x) * 3;
-                dst[x * 3] = src[s] as f32;
-                dst[x * 3 + 1] = src[s + 1] as f32;
-                dst[x * 3 + 2] = src[s + 2] as f32;
-            }
-        }
-        Image { width: w, height: h, data }
+    /// The pixel values as u8 (values are truncated and clamped; crops hold exact integers).
+    pub fn to_u8(&self) -> Vec<u8> {
+        self.data.iter().map(|&v| v.clamp(0.0, 255.0) as u8).collect()
     }
-}
-
-/// Error text from a library, flattened to one line.
-fn one_line(e: impl std::fmt::Display) -> String {
-    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Checks decoded-size limits (before any pixel is decoded).
-pub fn check_dimensions(path: &Path, width: u64, height: u64) -> Result<()> {
-    if width == 0 || height == 0 {
-        bail!("image {}: empty image ({width}x{height})", path.display());
-    }
-    if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
-        bail!(
-            "image {}: {width}x{height} pixels is larger than supported (max {MAX_SIDE} per side, {} Mpixel)",
-            path.display(),
-            MAX_PIXELS / 1_000_000
-        );
-    }
-    Ok(())
-}
-
-/// Decodes an image file to 8-bit RGB.
-pub fn decode_rgb8(path: &Path) -> Result<Rgb8> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read image {}: {}", path.display(), one_line(e)))?;
-    decode_rgb8_bytes(&bytes, path)
-}
-
-/// Decodes encoded image bytes; `path` is only used in messages.
-pub fn decode_rgb8_bytes(bytes: &[u8], path: &Path) -> Result<Rgb8> {
-    if bytes.is_empty() {
-        bail!("image {}: file is empty", path.display());
-    }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| anyhow!("image {}: {}", path.display(), one_line(e)))?;
-    if reader.format().is_none() {
-        bail!("image {}: unrecognised image format (supported: JPEG, PNG, PPM/PGM, BMP)", path.display());
-    }
-    // Our own size check below gives the message; the crate's limits would only duplicate it.
-    reader.no_limits();
-    let decoder = reader.into_decoder().map_err(|e| anyhow!("image {}: cannot read header: {}", path.display(), one_line(e)))?;
-    let (w, h) = decoder.dimensions();
-    check_dimensions(path, w as u64, h as u64)?;
-    let img = DynamicImage::from_decoder(decoder)
-        .map_err(|e| anyhow!("image {}: corrupt or truncated: {}", path.display(), one_line(e)))?;
-    let rgb = match img {
-        DynamicImage::ImageRgb8(b) => b,
-        other => other.to_rgb8(),
-    };
-    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
-    Ok(Rgb8 { width, height, data: rgb.into_raw() })
-}
-
-/// Decodes an image file to the float HWC RGB `Image` the pipeline works on.
-pub fn load_image(path: &Path) -> Result<Image> {
-    Ok(decode_rgb8(path)?.to_image())
 }

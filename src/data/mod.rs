@@ -1,10 +1,17 @@
-//! Data pipeline. (data2 branch copy: the sibling `data` branch owns this file; at merge keep
-//! theirs and add the `pub mod` lines below.)
+//! Data pipeline of the official HRNet face code, reproduced bit for bit: geometry and crop
+//! (scipy.misc + Pillow semantics), heatmap targets, flips, decoding and evaluation metrics.
 
+pub mod decode;
+pub mod flip;
+pub mod heatmap;
+pub mod image;
+pub mod metrics;
+pub mod pillow;
+pub mod transforms;
+// data2 branch: dataset reading, per-sample pipeline, loader
 pub mod augment;
 pub mod cofw;
 pub mod dataset;
-pub mod image;
+pub mod imageio;
 pub mod loader;
-pub mod pending;
 pub mod sample;

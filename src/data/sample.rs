@@ -5,8 +5,11 @@
 
 use super::augment::{sample_augmentation, Augmentation};
 use super::dataset::{Annotations, FaceDataset};
-use super::image::decode_rgb8;
-use super::pending::{crop, fliplr_joints, generate_target, transform_pixel, Image};
+use super::flip::fliplr_joints;
+use super::heatmap::generate_target;
+use super::image::Image;
+use super::imageio::{decode_rgb8, rgb8_to_image};
+use super::transforms::{crop, transform_pixel};
 use anyhow::{anyhow, bail, Result};
 
 /// ImageNet mean/std (RGB) the reference normalises with, as float32.
@@ -58,8 +61,8 @@ pub fn normalize_into(img: &Image, out: &mut [f32]) -> Result<()> {
 
 /// The reference's non-Gaussian target: `sigma / ((dx² + dy² + sigma²)^1.5)` on the same
 /// patch and placement rules as the Gaussian one.
-pub fn generate_target_cauchy(map: &mut [f32], width: usize, height: usize, pt: [f32; 2], sigma: f32) {
-    let tmp = sigma as f64 * 3.0;
+pub fn generate_target_cauchy(map: &mut [f32], width: usize, height: usize, pt: [f32; 2], sigma: f64) {
+    let tmp = sigma * 3.0;
     let (px, py) = (pt[0] as f64, pt[1] as f64);
     let ul = [(px - tmp).trunc() as i64, (py - tmp).trunc() as i64];
     let br = [(px + tmp + 1.0).trunc() as i64, (py + tmp + 1.0).trunc() as i64];
@@ -70,13 +73,14 @@ pub fn generate_target_cauchy(map: &mut [f32], width: usize, height: usize, pt: 
     let size = 2.0 * tmp + 1.0;
     let n = size.ceil() as i64;
     let c0 = (size / 2.0).floor() as i64;
-    let s2 = sigma * sigma;
+    // numpy: float32 grid, Python-float σ → float32 arithmetic.
+    let (sig, s2) = (sigma as f32, (sigma * sigma) as f32);
     let (gx0, gx1) = (0.max(-ul[0]), br[0].min(width as i64) - ul[0]);
     let (gy0, gy1) = (0.max(-ul[1]), br[1].min(height as i64) - ul[1]);
     for yy in gy0..gy1.min(n) {
         for xx in gx0..gx1.min(n) {
             let d = ((xx - c0) * (xx - c0) + (yy - c0) * (yy - c0)) as f32;
-            map[(ul[1] + yy) as usize * width + (ul[0] + xx) as usize] = sigma / (d + s2).powf(1.5);
+            map[(ul[1] + yy) as usize * width + (ul[0] + xx) as usize] = sig / (d + s2).powf(1.5);
         }
     }
 }
@@ -91,7 +95,7 @@ pub fn make_targets(
     scale: f64,
     rot: f64,
     heatmap_size: [usize; 2],
-    sigma: f32,
+    sigma: f64,
     gaussian: bool,
     target: &mut [f32],
 ) -> Result<Vec<[f32; 2]>> {
@@ -149,7 +153,7 @@ impl FaceDataset {
             }
             Annotations::Cofw(c) => c.images.get(index).ok_or_else(|| anyhow!("sample index {index} out of range (len {})", c.images.len()))?,
         };
-        Ok(if flip { rgb.to_image_flipped() } else { rgb.to_image() })
+        Ok(rgb8_to_image(rgb, flip))
     }
 
     /// Sample `index` with the augmentation of (seed, epoch).

@@ -1,0 +1,403 @@
+//! `lib/utils/transforms.py` of the official code: `get_transform`, `transform_pixel` and
+//! `crop` with the scipy.misc (<= 1.2) behaviour it relied on: `bytescale` min-max stretch of
+//! float arrays, `imresize` = Pillow BILINEAR resize, `imrotate` = Pillow BILINEAR rotate.
+//!
+//! Precision follows the reference: `center` is float32 (a torch FloatTensor), `scale` float64,
+//! the matrices float64, truncation toward zero (`astype(int)`).
+
+use anyhow::{bail, Context, Result};
+
+use super::image::Image;
+use super::pillow::{resize_bilinear, rotate_bilinear, Rgb8};
+
+/// Largest window/image side the crop accepts (far beyond any real face crop).
+const MAX_SIDE: i64 = 1 << 15;
+
+type Mat3 = [[f64; 3]; 3];
+
+fn matmul(a: &Mat3, b: &Mat3) -> Mat3 {
+    let mut c = [[0.0; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            c[i][j] = a[i][0] * b[0][j] + a[i][1] * b[1][j] + a[i][2] * b[2][j];
+        }
+    }
+    c
+}
+
+/// Appends the rotation about the output centre: `T(+res/2)·R(-rot)·T(-res/2)·t`.
+fn apply_rotation(t: Mat3, res: [usize; 2], rot: f64) -> Mat3 {
+    if rot == 0.0 {
+        return t;
+    }
+    // Same association as the reference: ((-rot)·π)/180.
+    let ang = -rot * std::f64::consts::PI / 180.0;
+    let (sn, cs) = (ang.sin(), ang.cos());
+    let rmat = [[cs, -sn, 0.0], [sn, cs, 0.0], [0.0, 0.0, 1.0]];
+    let tm = [[1.0, 0.0, -(res[1] as f64) / 2.0], [0.0, 1.0, -(res[0] as f64) / 2.0], [0.0, 0.0, 1.0]];
+    let ti = [[1.0, 0.0, res[1] as f64 / 2.0], [0.0, 1.0, res[0] as f64 / 2.0], [0.0, 0.0, 1.0]];
+    matmul(&ti, &matmul(&rmat, &matmul(&tm, &t)))
+}
+
+/// `get_transform(center, scale, res, rot)`: original pixels → a res[1]×res[0] (w×h) frame.
+pub fn get_transform(center: [f32; 2], scale: f64, res: [usize; 2], rot: f64) -> [[f64; 3]; 3] {
+    let (cx, cy) = (center[0] as f64, center[1] as f64);
+    let h = 200.0 * scale;
+    let (r0, r1) = (res[0] as f64, res[1] as f64);
+    let t = [
+        [r1 / h, 0.0, r1 * (-cx / h + 0.5)],
+        [0.0, r0 / h, r0 * (-cy / h + 0.5)],
+        [0.0, 0.0, 1.0],
+    ];
+    apply_rotation(t, res, rot)
+}
+
+/// The same matrix when `scale` is a torch float64 tensor (the decode path): torch evaluates
+/// `a / h` as `reciprocal(h) · a`.
+pub fn get_transform_tensor_scale(center: [f32; 2], scale: f64, res: [usize; 2], rot: f64) -> [[f64; 3]; 3] {
+    let (cx, cy) = (center[0] as f64, center[1] as f64);
+    let h = 200.0 * scale;
+    let r = 1.0 / h;
+    let (r0, r1) = (res[0] as f64, res[1] as f64);
+    let t = [
+        [r * r1, 0.0, (r * -cx + 0.5) * r1],
+        [0.0, r * r0, (r * -cy + 0.5) * r0],
+        [0.0, 0.0, 1.0],
+    ];
+    apply_rotation(t, res, rot)
+}
+
+/// Inverse of an affine 3×3 matrix (last row 0 0 1), as LAPACK's LU solve forms it for the
+/// unrotated case: diagonal reciprocals, translation `-(c · (1/a))`.
+fn invert_affine(t: &Mat3) -> Mat3 {
+    if t[0][1] == 0.0 && t[1][0] == 0.0 {
+        let (ia, ib) = (1.0 / t[0][0], 1.0 / t[1][1]);
+        return [[ia, 0.0, -(t[0][2] * ia)], [0.0, ib, -(t[1][2] * ib)], [0.0, 0.0, 1.0]];
+    }
+    let det = t[0][0] * t[1][1] - t[0][1] * t[1][0];
+    let (a, b, c, d) = (t[1][1] / det, -t[0][1] / det, -t[1][0] / det, t[0][0] / det);
+    [
+        [a, b, -(a * t[0][2] + b * t[1][2])],
+        [c, d, -(c * t[0][2] + d * t[1][2])],
+        [0.0, 0.0, 1.0],
+    ]
+}
+
+fn apply(t: &Mat3, pt: [f64; 2]) -> [f64; 2] {
+    let v = [pt[0] - 1.0, pt[1] - 1.0, 1.0];
+    [
+        t[0][0] * v[0] + t[0][1] * v[1] + t[0][2] * v[2],
+        t[1][0] * v[0] + t[1][1] * v[1] + t[1][2] * v[2],
+    ]
+}
+
+/// The float64 point before truncation: `M·[pt0-1, pt1-1, 1]`, M = t or inv(t).
+pub fn transform_pixel_raw(pt: [f64; 2], center: [f32; 2], scale: f64, res: [usize; 2], invert: bool, rot: f64) -> [f64; 2] {
+    let t = get_transform(center, scale, res, rot);
+    let m = if invert { invert_affine(&t) } else { t };
+    apply(&m, pt)
+}
+
+/// `transform_pixel`: `trunc(M·[pt-1, 1]) + 1` (truncation toward zero), as f64 integers.
+pub fn transform_pixel(pt: [f64; 2], center: [f32; 2], scale: f64, res: [usize; 2], invert: bool, rot: f64) -> [f64; 2] {
+    let q = transform_pixel_raw(pt, center, scale, res, invert, rot);
+    [q[0].trunc() + 1.0, q[1].trunc() + 1.0]
+}
+
+/// `transform_pixel(..., invert=1)` with the torch-tensor `scale` arithmetic of `decode_preds`.
+pub fn transform_pixel_tensor_scale(pt: [f64; 2], center: [f32; 2], scale: f64, res: [usize; 2], invert: bool, rot: f64) -> [f64; 2] {
+    let t = get_transform_tensor_scale(center, scale, res, rot);
+    let m = if invert { invert_affine(&t) } else { t };
+    let q = apply(&m, pt);
+    [q[0].trunc() + 1.0, q[1].trunc() + 1.0]
+}
+
+/// A numpy-like HWC... array of 3 axes (d0, d1, d2), row-major. Used because scipy's
+/// `toimage` picks the FIRST axis of length 3 as the channel axis.
+#[derive(Clone, Debug)]
+struct Array3<T> {
+    dims: [usize; 3],
+    data: Vec<T>,
+}
+
+/// `scipy.misc.bytescale` of a float32 array (all channels jointly), in float32.
+pub fn bytescale(values: &[f32]) -> Vec<u8> {
+    if values.is_empty() {
+        return Vec::new();
+    }
+    let mut lo = values[0];
+    let mut hi = values[0];
+    for &v in values {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    let mut rng = hi - lo;
+    if rng == 0.0 {
+        rng = 1.0;
+    }
+    // 255/rng rounded once to f32 (the f64 quotient of two f32 values rounds the same).
+    let s = (255.0f64 / rng as f64) as f32;
+    values
+        .iter()
+        .map(|&x| {
+            let v = (x - lo) * s;
+            (v.clamp(0.0, 255.0) + 0.5f32) as u8
+        })
+        .collect()
+}
+
+/// `scipy.misc.toimage` of a 3-axis u8 array: the first axis of length 3 holds the channels.
+fn to_pil(a: &Array3<u8>) -> Result<Rgb8> {
+    let [d0, d1, d2] = a.dims;
+    let ca = a.dims.iter().position(|&d| d == 3).context("crop: array has no axis of length 3")?;
+    let (w, h) = match ca {
+        2 => (d1, d0),
+        1 => (d2, d0),
+        _ => (d2, d1),
+    };
+    if ca == 2 {
+        return Rgb8::new(w, h, a.data.clone());
+    }
+    let mut out = vec![0u8; w * h * 3];
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                let idx = if ca == 1 { (y * d1 + c) * d2 + x } else { (c * d1 + y) * d2 + x };
+                out[(y * w + x) * 3 + c] = a.data[idx];
+            }
+        }
+    }
+    Rgb8::new(w, h, out)
+}
+
+fn from_pil(im: Rgb8) -> Array3<u8> {
+    Array3 { dims: [im.height, im.width, 3], data: im.data }
+}
+
+/// Python slice `[start:stop]` on a sequence of length `len`: (begin, count).
+fn py_slice(len: i64, start: i64, stop: i64) -> (usize, usize) {
+    let norm = |i: i64| -> i64 {
+        let i = if i < 0 { i + len } else { i };
+        i.clamp(0, len)
+    };
+    let (a, b) = (norm(start), norm(stop));
+    (a as usize, (b - a).max(0) as usize)
+}
+
+/// Intermediate values of one crop (for tests and debugging).
+#[derive(Clone, Debug, Default)]
+pub struct CropTrace {
+    pub predownscale: bool,
+    pub downscaled_hw: Option<[usize; 2]>,
+    pub center_after_downscale: Option<[f32; 2]>,
+    pub scale_after_downscale: Option<f64>,
+    pub ul: [i64; 2],
+    pub br: [i64; 2],
+    pub pad: i64,
+    /// The uint8 image handed to the final resize: (width, height, RGB bytes).
+    pub window_u8: Option<(usize, usize, Vec<u8>)>,
+}
+
+/// `crop(img, center, scale, res, rot)` of the reference → a res[0]×res[1] uint8 image (as f32).
+pub fn crop(img: &Image, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64) -> Result<Image> {
+    crop_traced(img, center, scale, res, rot, &mut CropTrace::default())
+}
+
+fn check_int(v: f64, what: &str) -> Result<i64> {
+    if !v.is_finite() || v.abs() > MAX_SIDE as f64 * 4.0 {
+        bail!("crop: {what} = {v} is out of range (center/scale/rot not sensible)");
+    }
+    Ok(v.trunc() as i64)
+}
+
+/// [`crop`] that also records its intermediate values in `trace`.
+pub fn crop_traced(img: &Image, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64, trace: &mut CropTrace) -> Result<Image> {
+    let (wd, ht) = (img.width, img.height);
+    if wd == 0 || ht == 0 || img.data.len() != wd * ht * 3 {
+        bail!("crop: image {}x{} has {} values (need {})", wd, ht, img.data.len(), wd * ht * 3);
+    }
+    if res[0] == 0 || res[1] == 0 || res[0] as i64 > MAX_SIDE || res[1] as i64 > MAX_SIDE {
+        bail!("crop: output size {:?} out of range", res);
+    }
+    if !(scale.is_finite() && scale > 0.0) || !rot.is_finite() || !center[0].is_finite() || !center[1].is_finite() {
+        bail!("crop: bad center {:?} / scale {scale} / rot {rot}", center);
+    }
+    let mut c = center;
+    let mut scale = scale;
+    let sf = scale * 200.0 / res[0] as f64;
+    trace.predownscale = sf >= 2.0;
+    // The image the window is cut from: the original (float) or the downscaled (uint8) one.
+    let mut downscaled: Option<Image> = None;
+    if sf >= 2.0 {
+        let new_size = ((ht.max(wd) as f64) / sf).floor();
+        let new_ht = (ht as f64 / sf).floor() as usize;
+        let new_wd = (wd as f64 / sf).floor() as usize;
+        trace.downscaled_hw = Some([new_ht, new_wd]);
+        if new_size < 2.0 {
+            // The reference returns torch.zeros(res) here.
+            return Ok(Image::zeros(res[1], res[0]));
+        }
+        let im = Rgb8::new(wd, ht, bytescale(&img.data))?;
+        let small = resize_bilinear(&im, new_wd, new_ht).context("crop: pre-downscale")?;
+        downscaled = Some(Image {
+            width: small.width,
+            height: small.height,
+            data: small.data.iter().map(|&v| v as f32).collect(),
+        });
+        let sf32 = sf as f32;
+        c = [c[0] / sf32, c[1] / sf32];
+        scale /= sf;
+        trace.center_after_downscale = Some(c);
+        trace.scale_after_downscale = Some(scale);
+    }
+    let src = downscaled.as_ref().unwrap_or(img);
+
+    let ul_raw = transform_pixel_raw([0.0, 0.0], c, scale, res, true, 0.0);
+    let br_raw = transform_pixel_raw([res[0] as f64, res[1] as f64], c, scale, res, true, 0.0);
+    let mut ul = [check_int(ul_raw[0], "ul.x")? + 1, check_int(ul_raw[1], "ul.y")? + 1];
+    let mut br = [check_int(br_raw[0], "br.x")? + 1, check_int(br_raw[1], "br.y")? + 1];
+    let (dx, dy) = ((br[0] - ul[0]) as f64, (br[1] - ul[1]) as f64);
+    let pad = ((dx * dx + dy * dy).sqrt() / 2.0 - dy / 2.0).trunc() as i64;
+    trace.pad = pad;
+    if rot != 0.0 {
+        ul = [ul[0] - pad, ul[1] - pad];
+        br = [br[0] + pad, br[1] + pad];
+    }
+    trace.ul = ul;
+    trace.br = br;
+
+    let (win_h, win_w) = (br[1] - ul[1], br[0] - ul[0]);
+    if win_h <= 0 || win_w <= 0 || win_h > MAX_SIDE || win_w > MAX_SIDE {
+        bail!("crop: window {win_w}x{win_h} (ul {:?}, br {:?}) is empty or too large", ul, br);
+    }
+    let mut win = vec![0f32; (win_h * win_w * 3) as usize];
+    // Same slicing expressions as the reference, with Python's negative-index semantics and
+    // numpy's broadcasting rule for the assignment (a mismatch is the reference's ValueError).
+    let (sw, sh) = (src.width as i64, src.height as i64);
+    let new_x = py_slice(win_w, 0.max(-ul[0]), br[0].min(sw) - ul[0]);
+    let new_y = py_slice(win_h, 0.max(-ul[1]), br[1].min(sh) - ul[1]);
+    let old_x = py_slice(sw, 0.max(ul[0]), sw.min(br[0]));
+    let old_y = py_slice(sh, 0.max(ul[1]), sh.min(br[1]));
+    for (new, old, axis) in [(new_x, old_x, "x"), (new_y, old_y, "y")] {
+        if new.1 != old.1 && old.1 != 1 {
+            bail!(
+                "crop: window [{:?}, {:?}) does not overlap the {}x{} image along {axis} (the reference raises here)",
+                ul, br, sw, sh
+            );
+        }
+    }
+    for yy in 0..new_y.1 {
+        let sy = old_y.0 + if old_y.1 == 1 { 0 } else { yy };
+        let dst_row = (new_y.0 + yy) * win_w as usize;
+        for xx in 0..new_x.1 {
+            let sx = old_x.0 + if old_x.1 == 1 { 0 } else { xx };
+            let s = (sy * src.width + sx) * 3;
+            let d = (dst_row + new_x.0 + xx) * 3;
+            win[d..d + 3].copy_from_slice(&src.data[s..s + 3]);
+        }
+    }
+
+    let win_dims = [win_h as usize, win_w as usize, 3];
+    let final_input: Array3<u8> = if rot != 0.0 {
+        let pil = to_pil(&Array3 { dims: win_dims, data: bytescale(&win) })?;
+        let rotated = from_pil(rotate_bilinear(&pil, rot)?);
+        // [pad:-pad, pad:-pad]
+        let [rh, rw, _] = rotated.dims;
+        let ys = py_slice(rh as i64, pad, -pad);
+        let xs = py_slice(rw as i64, pad, -pad);
+        if ys.1 == 0 || xs.1 == 0 {
+            bail!("crop: rotation padding {pad} leaves an empty window ({rw}x{rh})");
+        }
+        let mut data = Vec::with_capacity(ys.1 * xs.1 * 3);
+        for y in ys.0..ys.0 + ys.1 {
+            let row = y * rw * 3;
+            data.extend_from_slice(&rotated.data[row + xs.0 * 3..row + (xs.0 + xs.1) * 3]);
+        }
+        Array3 { dims: [ys.1, xs.1, 3], data }
+    } else {
+        Array3 { dims: win_dims, data: bytescale(&win) }
+    };
+    let pil = to_pil(&final_input)?;
+    trace.window_u8 = Some((pil.width, pil.height, pil.data.clone()));
+    let out = resize_bilinear(&pil, res[1], res[0]).context("crop: final resize")?;
+    Ok(Image { width: out.width, height: out.height, data: out.data.iter().map(|&v| v as f32).collect() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: usize, h: usize) -> Image {
+        let mut data = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            for x in 0..w {
+                data.extend_from_slice(&[(x % 256) as f32, (y % 256) as f32, ((x + y) % 256) as f32]);
+            }
+        }
+        Image { width: w, height: h, data }
+    }
+
+    #[test]
+    fn transform_pixel_round_trip_and_truncation() {
+        let c = [100.5f32, 80.25];
+        let p = transform_pixel([110.0, 90.0], c, 1.0, [64, 64], false, 0.0);
+        let raw = transform_pixel_raw([110.0, 90.0], c, 1.0, [64, 64], false, 0.0);
+        assert_eq!(p, [raw[0].trunc() + 1.0, raw[1].trunc() + 1.0]);
+        // negative values truncate toward zero
+        let raw = transform_pixel_raw([-50.0, -50.0], c, 1.0, [64, 64], false, 0.0);
+        assert!(raw[0] < 0.0 && raw[0] > -1.0 || raw[0] <= -1.0);
+        let p = transform_pixel([-50.0, -50.0], c, 1.0, [64, 64], false, 0.0);
+        assert_eq!(p[0], raw[0].trunc() + 1.0);
+        // inverse maps the frame back (up to truncation)
+        let fwd = transform_pixel_raw([120.0, 70.0], c, 1.3, [256, 256], false, 17.0);
+        let back = transform_pixel_raw([fwd[0] + 1.0, fwd[1] + 1.0], c, 1.3, [256, 256], true, 17.0);
+        assert!((back[0] - 119.0).abs() < 1e-9 && (back[1] - 69.0).abs() < 1e-9, "{back:?}");
+    }
+
+    #[test]
+    fn bytescale_stretches_jointly() {
+        assert_eq!(bytescale(&[10.0, 20.0, 30.0]), vec![0, 128, 255]);
+        assert_eq!(bytescale(&[5.0, 5.0]), vec![0, 0]);
+        assert!(bytescale(&[]).is_empty());
+    }
+
+    #[test]
+    fn crop_shapes_and_errors() {
+        let img = gradient(160, 120);
+        let out = crop(&img, [80.0, 60.0], 0.5, [256, 256], 0.0).unwrap();
+        assert_eq!((out.width, out.height, out.data.len()), (256, 256, 256 * 256 * 3));
+        let out = crop(&img, [80.0, 60.0], 3.0, [256, 256], 12.5).unwrap();
+        assert_eq!((out.width, out.height), (256, 256));
+        // window entirely to the right / below the image: the reference raises ValueError
+        assert!(crop(&img, [2000.0, 60.0], 0.5, [256, 256], 0.0).is_err());
+        assert!(crop(&img, [80.0, 5000.0], 0.5, [256, 256], 0.0).is_err());
+        // absurd inputs
+        assert!(crop(&img, [80.0, 60.0], 1e12, [256, 256], 0.0).is_ok()); // degenerate: zeros
+        assert!(crop(&img, [80.0, 60.0], 1e-12, [256, 256], 0.0).is_err());
+        assert!(crop(&img, [80.0, 60.0], f64::NAN, [256, 256], 0.0).is_err());
+        assert!(crop(&img, [f32::INFINITY, 60.0], 1.0, [256, 256], 0.0).is_err());
+        assert!(crop(&img, [1e30, 60.0], 1.0, [256, 256], 0.0).is_err());
+        assert!(crop(&img, [80.0, 60.0], 1.0, [0, 256], 0.0).is_err());
+        assert!(crop(&img, [80.0, 60.0], 1.0, [256, 1 << 20], 0.0).is_err());
+        let bad = Image { width: 10, height: 10, data: vec![0.0; 7] };
+        assert!(crop(&bad, [5.0, 5.0], 0.1, [256, 256], 0.0).is_err());
+        let empty = Image { width: 0, height: 0, data: vec![] };
+        assert!(crop(&empty, [5.0, 5.0], 0.1, [256, 256], 0.0).is_err());
+    }
+
+    #[test]
+    fn degenerate_predownscale_returns_zeros() {
+        let img = gradient(20, 20);
+        let out = crop(&img, [10.0, 10.0], 1e6, [256, 256], 0.0).unwrap();
+        assert!(out.data.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn python_slices() {
+        assert_eq!(py_slice(10, 2, 5), (2, 3));
+        assert_eq!(py_slice(10, 0, -3), (0, 7));
+        assert_eq!(py_slice(10, 3, -3), (3, 4));
+        assert_eq!(py_slice(10, 12, 15), (10, 0));
+        assert_eq!(py_slice(10, 5, 2), (5, 0));
+    }
+}
