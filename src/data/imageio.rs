@@ -54,13 +54,39 @@ pub fn check_dimensions(path: &Path, width: u64, height: u64) -> Result<()> {
     Ok(())
 }
 
-/// Decodes an image file to 8-bit RGB.
+/// Decodes an image file to 8-bit RGB. Truncated files are an error, like PIL's default.
 pub fn decode_rgb8(path: &Path) -> Result<Rgb8> {
+    decode_rgb8_opts(path, false)
+}
+
+/// `decode_rgb8`; with `allow_truncated` a JPEG cut short is decoded anyway, with a warning
+/// (the reference sets PIL's `LOAD_TRUNCATED_IMAGES` for AFLW).
+pub fn decode_rgb8_opts(path: &Path, allow_truncated: bool) -> Result<Rgb8> {
     let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read image {}: {}", path.display(), one_line(e)))?;
+    if jpeg_is_truncated(&bytes) {
+        if !allow_truncated {
+            bail!("image {}: truncated JPEG (no end-of-image marker after the last scan)", path.display());
+        }
+        eprintln!("warning: image {}: truncated JPEG, decoding what is there", path.display());
+    }
     decode_rgb8_bytes(&bytes, path)
 }
 
-/// Decodes encoded image bytes; `path` is only used in messages.
+/// True for a JPEG whose last scan is not followed by an EOI marker (FF D9). The decoder
+/// would silently fill the missing part; PIL refuses such files. Inside entropy-coded data
+/// 0xFF is always followed by 0x00 or a restart marker, so FF D9 can only be the real EOI.
+pub fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let Some(last_sos) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+        return true;
+    };
+    !bytes[last_sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+/// Decodes encoded image bytes; `path` is only used in messages. Does not check JPEG
+/// truncation (see `jpeg_is_truncated`).
 pub fn decode_rgb8_bytes(bytes: &[u8], path: &Path) -> Result<Rgb8> {
     if bytes.is_empty() {
         bail!("image {}: file is empty", path.display());

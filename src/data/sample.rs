@@ -8,7 +8,8 @@ use super::dataset::{Annotations, FaceDataset};
 use super::flip::fliplr_joints;
 use super::heatmap::generate_target;
 use super::image::Image;
-use super::imageio::{decode_rgb8, rgb8_to_image};
+use super::dataset::DatasetKind;
+use super::imageio::{decode_rgb8_opts, rgb8_to_image};
 use super::transforms::{crop, transform_pixel};
 use anyhow::{anyhow, bail, Result};
 
@@ -148,7 +149,7 @@ impl FaceDataset {
         let rgb = match &self.annotations {
             Annotations::Csv(r) => {
                 let rec = r.get(index).ok_or_else(|| anyhow!("sample index {index} out of range (len {})", r.len()))?;
-                rgb_owned = decode_rgb8(&rec.image_path)?;
+                rgb_owned = decode_rgb8_opts(&rec.image_path, self.spec.kind == DatasetKind::Aflw)?;
                 &rgb_owned
             }
             Annotations::Cofw(c) => c.images.get(index).ok_or_else(|| anyhow!("sample index {index} out of range (len {})", c.images.len()))?,
