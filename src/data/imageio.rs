@@ -20,7 +20,7 @@ pub const MAX_PIXELS: u64 = 100_000_000;
 /// With `flip`, mirrored left-right (`np.fliplr`) during the conversion, at no extra pass.
 pub fn rgb8_to_image(rgb: &Rgb8, flip: bool) -> Image {
     let (w, h) = (rgb.width, rgb.height);
-    if !flip {
+    if !flip || w == 0 {
         return Image { width: w, height: h, data: rgb.data.iter().map(|&v| v as f32).collect() };
     }
     let mut data = vec![0f32; w * h * 3];
