@@ -126,8 +126,7 @@ fn samples_have_reference_shapes_and_values() {
             assert!(inside > 80);
             if !is_train {
                 assert!(s.meta.augmentation.is_none());
-                let (_, scale, _, _) = ds.annotation(i).unwrap();
-                assert_eq!(s.meta.scale, scale * 1.25);
+                assert_eq!(s.meta.scale, ds.annotation(i).unwrap().scale * 1.25);
             }
         }
     }

@@ -255,6 +255,19 @@ pub enum Annotations {
     Cofw(CofwData),
 }
 
+/// One sample's annotation as the reference reads it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AnnotationRef<'a> {
+    /// Box center, float32.
+    pub center: [f32; 2],
+    /// Box side / 200 as annotated (before the ×1.25 enlargement).
+    pub scale: f64,
+    /// Landmarks (x, y) in original pixels.
+    pub pts: &'a [[f64; 2]],
+    /// AFLW only: the NME normaliser.
+    pub box_size: Option<f64>,
+}
+
 /// A dataset opened from a `DatasetSpec`; samples are produced by `sample.rs`.
 #[derive(Debug)]
 pub struct FaceDataset {
@@ -300,17 +313,17 @@ impl FaceDataset {
         self.len() == 0
     }
 
-    /// (center float32, scale from the annotation before ×1.25, landmarks, AFLW box size).
-    pub fn annotation(&self, index: usize) -> Result<([f32; 2], f64, &[[f64; 2]], Option<f64>)> {
+    /// The annotation of sample `index`.
+    pub fn annotation(&self, index: usize) -> Result<AnnotationRef<'_>> {
         match &self.annotations {
             Annotations::Csv(r) => {
                 let rec = r.get(index).ok_or_else(|| anyhow!("{}: sample index {index} out of range (len {})", self.spec.annotations.display(), r.len()))?;
-                Ok((rec.center, rec.scale, &rec.pts, rec.box_size))
+                Ok(AnnotationRef { center: rec.center, scale: rec.scale, pts: &rec.pts, box_size: rec.box_size })
             }
             Annotations::Cofw(c) => {
                 let pts = c.pts.get(index).ok_or_else(|| anyhow!("{}: sample index {index} out of range (len {})", self.spec.annotations.display(), c.pts.len()))?;
                 let (center, scale) = cofw::cofw_center_scale(pts);
-                Ok((center, scale, pts, None))
+                Ok(AnnotationRef { center, scale, pts, box_size: None })
             }
         }
     }

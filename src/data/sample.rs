@@ -172,13 +172,14 @@ impl FaceDataset {
 
     /// The pipeline, writing into caller buffers (`input` [3,H,W], `target` [J,h,w]).
     pub fn fill_sample(&self, index: usize, aug: &Augmentation, input: &mut [f32], target: &mut [f32]) -> Result<SampleMeta> {
-        let (mut center, scale_annot, pts_annot, box_size) = self.annotation(index)?;
+        let ann = self.annotation(index)?;
+        let (mut center, box_size) = (ann.center, ann.box_size);
         let spec = &self.spec;
-        let mut pts = pts_annot.to_vec();
+        let mut pts = ann.pts.to_vec();
         if pts.len() != spec.num_joints {
             bail!("{}: {} landmarks, config expects {}", self.describe(index), pts.len(), spec.num_joints);
         }
-        let mut scale = scale_annot * 1.25;
+        let mut scale = ann.scale * 1.25;
         if spec.is_train {
             scale *= aug.scale_mult;
         }

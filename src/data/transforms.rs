@@ -368,12 +368,18 @@ mod tests {
         assert_eq!((out.width, out.height, out.data.len()), (256, 256, 256 * 256 * 3));
         let out = crop(&img, [80.0, 60.0], 3.0, [256, 256], 12.5).unwrap();
         assert_eq!((out.width, out.height), (256, 256));
-        // window entirely to the right / below the image: the reference raises ValueError
-        assert!(crop(&img, [2000.0, 60.0], 0.5, [256, 256], 0.0).is_err());
-        assert!(crop(&img, [80.0, 5000.0], 0.5, [256, 256], 0.0).is_err());
+        // window right of / below the image by less than its own size: Python's negative
+        // slice stop gives a shape mismatch, the reference raises ValueError
+        assert!(crop(&img, [230.0, 60.0], 0.5, [256, 256], 0.0).is_err());
+        assert!(crop(&img, [80.0, 190.0], 0.5, [256, 256], 0.0).is_err());
+        // ... and further away both slices are empty: the reference returns a black crop
+        let far = crop(&img, [2000.0, 60.0], 0.5, [256, 256], 0.0).unwrap();
+        assert!(far.data.iter().all(|&v| v == 0.0));
         // absurd inputs
         assert!(crop(&img, [80.0, 60.0], 1e12, [256, 256], 0.0).is_ok()); // degenerate: zeros
-        assert!(crop(&img, [80.0, 60.0], 1e-12, [256, 256], 0.0).is_err());
+        // a tiny scale still gives a (1-pixel) window, as in the reference
+        assert_eq!(crop(&img, [80.0, 60.0], 1e-12, [256, 256], 0.0).unwrap().width, 256);
+        assert!(crop(&img, [80.0, 60.0], -1.0, [256, 256], 0.0).is_err());
         assert!(crop(&img, [80.0, 60.0], f64::NAN, [256, 256], 0.0).is_err());
         assert!(crop(&img, [f32::INFINITY, 60.0], 1.0, [256, 256], 0.0).is_err());
         assert!(crop(&img, [1e30, 60.0], 1.0, [256, 256], 0.0).is_err());
