@@ -474,3 +474,54 @@ fn cofw_mat_v73_is_read_like_hdf5storage() {
     std::fs::write(&not_h5, b"MATLAB 5.0 MAT-file, not HDF5").unwrap();
     assert_one_line(&read_cofw(&not_h5, false).unwrap_err(), &["plain.mat"]);
 }
+
+fn shared_dir() -> PathBuf {
+    PathBuf::from(std::env::var("HRK_SHARED").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared").to_string()))
+}
+
+/// End to end against the reference crops: a CSV row (scale_csv, centre before any flip) goes
+/// through decode → [flip] → ×1.25·jitter → crop → normalise, and must give exactly the
+/// normalised fixture crop.
+#[test]
+fn pipeline_reproduces_reference_crop_fixtures() {
+    let crops = shared_dir().join("fixtures/crops");
+    let Ok(text) = std::fs::read_to_string(crops.join("cases.json")) else {
+        eprintln!("skipped: no {} (set HRK_SHARED)", crops.join("cases.json").display());
+        return;
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = json["cases"].as_array().unwrap();
+    let dir = temp_dir("fixtures");
+    let mut lines = vec![csv_header(98, false)];
+    for c in cases {
+        let center = c.get("center_before_flip").unwrap_or(&c["center"]);
+        let (cx, cy) = (center[0].as_f64().unwrap(), center[1].as_f64().unwrap());
+        let pts: Vec<[f64; 2]> = (0..98).map(|j| [cx - 20.0 + j as f64 * 0.4, cy + 5.0]).collect();
+        lines.push(csv_row(c["image"].as_str().unwrap(), c["scale_csv"].as_f64().unwrap(), [cx, cy], None, &pts));
+    }
+    let csv = dir.join("fixtures.csv");
+    std::fs::write(&csv, lines.join("\n")).unwrap();
+    let test_ds = FaceDataset::open(DatasetSpec::new(DatasetKind::Wflw, &crops, &csv, false)).unwrap();
+    let train_ds = FaceDataset::open(DatasetSpec::new(DatasetKind::Wflw, &crops, &csv, true)).unwrap();
+    let mut checked = 0;
+    for (i, c) in cases.iter().enumerate() {
+        let id = c["id"].as_str().unwrap();
+        let aug = Augmentation {
+            scale_mult: c["scale_jitter"].as_f64().unwrap(),
+            rot: c["rot"].as_f64().unwrap(),
+            flip: c["flip_image_first"].as_bool().unwrap(),
+        };
+        let s = if aug.is_none() { test_ds.get(i, 0, 0) } else { train_ds.get_with(i, &aug) }.unwrap();
+        // (serde_json's default float parsing may be 1 ulp off, hence the tolerance)
+        let want_scale = c["scale"].as_f64().unwrap();
+        assert!((s.meta.scale - want_scale).abs() <= 4.0 * f64::EPSILON * want_scale, "{id}: scale {} vs {want_scale}", s.meta.scale);
+        let want_c = [c["center"][0].as_f64().unwrap() as f32, c["center"][1].as_f64().unwrap() as f32];
+        assert_eq!(s.meta.center, want_c, "{id}: center");
+        let expected = decode_rgb8(&crops.join(c["expected"].as_str().unwrap())).unwrap();
+        let want = normalized(&hrk::data::imageio::rgb8_to_image(&expected, false));
+        let bad = s.input.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(bad, 0, "{id}: {bad} input values differ from the reference crop");
+        checked += 1;
+    }
+    assert_eq!(checked, 24);
+}
