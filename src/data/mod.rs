@@ -8,3 +8,10 @@ pub mod image;
 pub mod metrics;
 pub mod pillow;
 pub mod transforms;
+// Dataset reading, the per-sample pipeline and the loader.
+pub mod augment;
+pub mod cofw;
+pub mod dataset;
+pub mod imageio;
+pub mod loader;
+pub mod sample;

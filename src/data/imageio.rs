@@ -1,0 +1,118 @@
+//! Image decoding for the datasets: what `PIL.Image.open(p).convert('RGB')` followed by
+//! `np.array(..., dtype=float32)` gives in the reference (HWC, RGB, 0..255).
+//!
+//! Formats: JPEG, PNG, PPM/PGM (pnm), BMP, detected from the file content like PIL does.
+//! Grey, grey+alpha, RGBA and 16-bit images are converted to 8-bit RGB (alpha dropped).
+
+use super::image::Image;
+pub use super::pillow::Rgb8;
+use anyhow::{anyhow, bail, Result};
+use image::{DynamicImage, ImageDecoder, ImageReader};
+use std::io::Cursor;
+use std::path::Path;
+
+/// Largest accepted side, in pixels.
+pub const MAX_SIDE: u64 = 16384;
+/// Largest accepted pixel count.
+pub const MAX_PIXELS: u64 = 100_000_000;
+
+/// Float copy (0..255) of a decoded image: the reference's `np.array(img, dtype=np.float32)`.
+/// With `flip`, mirrored left-right (`np.fliplr`) during the conversion, at no extra pass.
+pub fn rgb8_to_image(rgb: &Rgb8, flip: bool) -> Image {
+    let (w, h) = (rgb.width, rgb.height);
+    if !flip || w == 0 {
+        return Image { width: w, height: h, data: rgb.data.iter().map(|&v| v as f32).collect() };
+    }
+    let mut data = vec![0f32; w * h * 3];
+    for (src, dst) in rgb.data.chunks_exact(w * 3).zip(data.chunks_exact_mut(w * 3)) {
+        for (d, s) in dst.chunks_exact_mut(3).zip(src.chunks_exact(3).rev()) {
+            d[0] = s[0] as f32;
+            d[1] = s[1] as f32;
+            d[2] = s[2] as f32;
+        }
+    }
+    Image { width: w, height: h, data }
+}
+
+/// Error text from a library, flattened to one line.
+fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Checks decoded-size limits (before any pixel is decoded).
+pub fn check_dimensions(path: &Path, width: u64, height: u64) -> Result<()> {
+    if width == 0 || height == 0 {
+        bail!("image {}: empty image ({width}x{height})", path.display());
+    }
+    if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
+        bail!(
+            "image {}: {width}x{height} pixels is larger than supported (max {MAX_SIDE} per side, {} Mpixel)",
+            path.display(),
+            MAX_PIXELS / 1_000_000
+        );
+    }
+    Ok(())
+}
+
+/// Decodes an image file to 8-bit RGB. Truncated files are an error, like PIL's default.
+pub fn decode_rgb8(path: &Path) -> Result<Rgb8> {
+    decode_rgb8_opts(path, false)
+}
+
+/// `decode_rgb8`; with `allow_truncated` a JPEG cut short is decoded anyway, with a warning
+/// (the reference sets PIL's `LOAD_TRUNCATED_IMAGES` for AFLW).
+pub fn decode_rgb8_opts(path: &Path, allow_truncated: bool) -> Result<Rgb8> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read image {}: {}", path.display(), one_line(e)))?;
+    if jpeg_is_truncated(&bytes) {
+        if !allow_truncated {
+            bail!("image {}: truncated JPEG (no end-of-image marker after the last scan)", path.display());
+        }
+        eprintln!("warning: image {}: truncated JPEG, decoding what is there", path.display());
+    }
+    decode_rgb8_bytes(&bytes, path)
+}
+
+/// True for a JPEG whose last scan is not followed by an EOI marker (FF D9). The decoder
+/// would silently fill the missing part; PIL refuses such files. Inside entropy-coded data
+/// 0xFF is always followed by 0x00 or a restart marker, so FF D9 can only be the real EOI.
+pub fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let Some(last_sos) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+        return true;
+    };
+    !bytes[last_sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+/// Decodes encoded image bytes; `path` is only used in messages. Does not check JPEG
+/// truncation (see `jpeg_is_truncated`).
+pub fn decode_rgb8_bytes(bytes: &[u8], path: &Path) -> Result<Rgb8> {
+    if bytes.is_empty() {
+        bail!("image {}: file is empty", path.display());
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| anyhow!("image {}: {}", path.display(), one_line(e)))?;
+    if reader.format().is_none() {
+        bail!("image {}: unrecognised image format (supported: JPEG, PNG, PPM/PGM, BMP)", path.display());
+    }
+    // Our own size check below gives the message; the crate's limits would only duplicate it.
+    reader.no_limits();
+    let decoder = reader.into_decoder().map_err(|e| anyhow!("image {}: cannot read header: {}", path.display(), one_line(e)))?;
+    let (w, h) = decoder.dimensions();
+    check_dimensions(path, w as u64, h as u64)?;
+    let img = DynamicImage::from_decoder(decoder)
+        .map_err(|e| anyhow!("image {}: corrupt or truncated: {}", path.display(), one_line(e)))?;
+    let rgb = match img {
+        DynamicImage::ImageRgb8(b) => b,
+        other => other.to_rgb8(),
+    };
+    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+    Ok(Rgb8 { width, height, data: rgb.into_raw() })
+}
+
+/// Decodes an image file to the float HWC RGB `Image` the pipeline works on.
+pub fn load_image(path: &Path) -> Result<Image> {
+    Ok(rgb8_to_image(&decode_rgb8(path)?, false))
+}

@@ -1,0 +1,209 @@
+//! The per-sample pipeline of the reference `Dataset.__getitem__` (all four datasets):
+//! scale ×1.25, train-time scale jitter / rotation / flip (see `augment.rs`), crop to
+//! MODEL.IMAGE_SIZE, heatmap targets on MODEL.HEATMAP_SIZE for every landmark with y > 0,
+//! ImageNet mean/std normalisation to float32 CHW.
+
+use super::augment::{sample_augmentation, Augmentation};
+use super::dataset::{Annotations, FaceDataset};
+use super::flip::fliplr_joints;
+use super::heatmap::generate_target;
+use super::image::Image;
+use super::dataset::DatasetKind;
+use super::imageio::{decode_rgb8_opts, rgb8_to_image};
+use super::transforms::{crop, transform_pixel};
+use anyhow::{anyhow, bail, Result};
+
+/// ImageNet mean/std (RGB) the reference normalises with, as float32.
+pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// The reference's `meta` dict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleMeta {
+    /// Dataset index.
+    pub index: usize,
+    /// Crop center (float32; x mirrored when flipped).
+    pub center: [f32; 2],
+    /// Crop scale, float64: annotation scale × 1.25 (× jitter in training).
+    pub scale: f64,
+    /// Landmarks in original pixels, float32 (flipped if the sample was flipped, never rotated).
+    pub pts: Vec<[f32; 2]>,
+    /// 1-based integer heatmap coordinates (`trunc(q)+1`); unchanged `pts` for missing landmarks.
+    pub tpts: Vec<[f32; 2]>,
+    /// AFLW only: the NME normaliser.
+    pub box_size: Option<f64>,
+    /// What augmentation produced this sample (NONE at test time).
+    pub augmentation: Augmentation,
+}
+
+/// One sample: `input` [3,H,W], `target` [J,h,w], both float32 row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub input: Vec<f32>,
+    pub target: Vec<f32>,
+    pub meta: SampleMeta,
+}
+
+/// `((x/255) - mean) / std`, HWC → CHW, in float32 like the reference.
+pub fn normalize_into(img: &Image, out: &mut [f32]) -> Result<()> {
+    let hw = img.width * img.height;
+    if out.len() != 3 * hw || img.data.len() != 3 * hw {
+        bail!("normalize: crop is {}x{} ({} values), output buffer holds {}", img.height, img.width, img.data.len(), out.len());
+    }
+    let (r, rest) = out.split_at_mut(hw);
+    let (g, b) = rest.split_at_mut(hw);
+    for (i, px) in img.data.chunks_exact(3).enumerate() {
+        r[i] = (px[0] / 255.0 - MEAN[0]) / STD[0];
+        g[i] = (px[1] / 255.0 - MEAN[1]) / STD[1];
+        b[i] = (px[2] / 255.0 - MEAN[2]) / STD[2];
+    }
+    Ok(())
+}
+
+/// The reference's non-Gaussian target: `sigma / ((dx² + dy² + sigma²)^1.5)` on the same
+/// patch and placement rules as the Gaussian one.
+pub fn generate_target_cauchy(map: &mut [f32], width: usize, height: usize, pt: [f32; 2], sigma: f64) {
+    let tmp = sigma * 3.0;
+    let (px, py) = (pt[0] as f64, pt[1] as f64);
+    let ul = [(px - tmp).trunc() as i64, (py - tmp).trunc() as i64];
+    let br = [(px + tmp + 1.0).trunc() as i64, (py + tmp + 1.0).trunc() as i64];
+    if ul[0] >= width as i64 || ul[1] >= height as i64 || br[0] < 0 || br[1] < 0 {
+        return;
+    }
+    // numpy: size = 2·tmp+1 (a float), arange(0, size) has ceil(size) entries, centre size // 2.
+    let size = 2.0 * tmp + 1.0;
+    let n = size.ceil() as i64;
+    let c0 = (size / 2.0).floor() as i64;
+    // numpy: float32 grid, Python-float σ → float32 arithmetic.
+    let (sig, s2) = (sigma as f32, (sigma * sigma) as f32);
+    let (gx0, gx1) = (0.max(-ul[0]), br[0].min(width as i64) - ul[0]);
+    let (gy0, gy1) = (0.max(-ul[1]), br[1].min(height as i64) - ul[1]);
+    for yy in gy0..gy1.min(n) {
+        for xx in gx0..gx1.min(n) {
+            let d = ((xx - c0) * (xx - c0) + (yy - c0) * (yy - c0)) as f32;
+            map[(ul[1] + yy) as usize * width + (ul[0] + xx) as usize] = sig / (d + s2).powf(1.5);
+        }
+    }
+}
+
+/// The reference target loop: for every landmark with y > 0, `tp = transform_pixel(pt+1,
+/// center, scale, heatmap_size, rot)` and a target peak at `tp-1`. Fills `target`
+/// ([J,h,w], zeroed here) and returns `tpts`.
+#[allow(clippy::too_many_arguments)]
+pub fn make_targets(
+    pts: &[[f64; 2]],
+    center: [f32; 2],
+    scale: f64,
+    rot: f64,
+    heatmap_size: [usize; 2],
+    sigma: f64,
+    gaussian: bool,
+    target: &mut [f32],
+) -> Result<Vec<[f32; 2]>> {
+    let (h, w) = (heatmap_size[0], heatmap_size[1]);
+    if target.len() != pts.len() * h * w {
+        bail!("targets: buffer holds {} values, expected {}x{}x{}", target.len(), pts.len(), h, w);
+    }
+    target.fill(0.0);
+    let mut tpts = Vec::with_capacity(pts.len());
+    for (j, p) in pts.iter().enumerate() {
+        if p[1] > 0.0 {
+            let tp = transform_pixel([p[0] + 1.0, p[1] + 1.0], center, scale, heatmap_size, false, rot);
+            let peak = [(tp[0] - 1.0) as f32, (tp[1] - 1.0) as f32];
+            let map = &mut target[j * h * w..(j + 1) * h * w];
+            if gaussian {
+                generate_target(map, w, h, peak, sigma);
+            } else {
+                generate_target_cauchy(map, w, h, peak, sigma);
+            }
+            tpts.push([tp[0] as f32, tp[1] as f32]);
+        } else {
+            tpts.push([p[0] as f32, p[1] as f32]);
+        }
+    }
+    Ok(tpts)
+}
+
+impl FaceDataset {
+    /// Values per input: 3·H·W.
+    pub fn input_len(&self) -> usize {
+        3 * self.spec.image_size[0] * self.spec.image_size[1]
+    }
+
+    /// Values per target: J·h·w.
+    pub fn target_len(&self) -> usize {
+        self.spec.num_joints * self.spec.heatmap_size[0] * self.spec.heatmap_size[1]
+    }
+
+    /// The augmentation sample `index` gets in `epoch` (NONE when not training).
+    pub fn augmentation_for(&self, index: usize, seed: u64, epoch: u64) -> Augmentation {
+        if !self.spec.is_train {
+            return Augmentation::NONE;
+        }
+        sample_augmentation(seed, epoch, index, self.spec.scale_factor, self.spec.rot_factor, self.spec.flip)
+    }
+
+    /// The source image of sample `index` as float HWC RGB, mirrored if `flip`.
+    pub fn source_image(&self, index: usize, flip: bool) -> Result<Image> {
+        let rgb_owned;
+        let rgb = match &self.annotations {
+            Annotations::Csv(r) => {
+                let rec = r.get(index).ok_or_else(|| anyhow!("sample index {index} out of range (len {})", r.len()))?;
+                rgb_owned = decode_rgb8_opts(&rec.image_path, self.spec.kind == DatasetKind::Aflw)?;
+                &rgb_owned
+            }
+            Annotations::Cofw(c) => c.images.get(index).ok_or_else(|| anyhow!("sample index {index} out of range (len {})", c.images.len()))?,
+        };
+        Ok(rgb8_to_image(rgb, flip))
+    }
+
+    /// Sample `index` with the augmentation of (seed, epoch).
+    pub fn get(&self, index: usize, seed: u64, epoch: u64) -> Result<Sample> {
+        self.get_with(index, &self.augmentation_for(index, seed, epoch))
+    }
+
+    /// Sample `index` with a given augmentation.
+    pub fn get_with(&self, index: usize, aug: &Augmentation) -> Result<Sample> {
+        let mut input = vec![0f32; self.input_len()];
+        let mut target = vec![0f32; self.target_len()];
+        let meta = self.fill_sample(index, aug, &mut input, &mut target)?;
+        Ok(Sample { input, target, meta })
+    }
+
+    /// The pipeline, writing into caller buffers (`input` [3,H,W], `target` [J,h,w]).
+    pub fn fill_sample(&self, index: usize, aug: &Augmentation, input: &mut [f32], target: &mut [f32]) -> Result<SampleMeta> {
+        let ann = self.annotation(index)?;
+        let (mut center, box_size) = (ann.center, ann.box_size);
+        let spec = &self.spec;
+        let mut pts = ann.pts.to_vec();
+        if pts.len() != spec.num_joints {
+            bail!("{}: {} landmarks, config expects {}", self.describe(index), pts.len(), spec.num_joints);
+        }
+        let mut scale = ann.scale * 1.25;
+        if spec.is_train {
+            scale *= aug.scale_mult;
+        }
+        let img = self.source_image(index, aug.flip)?;
+        if aug.flip {
+            fliplr_joints(&mut pts, img.width).map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
+            center[0] = img.width as f32 - center[0];
+        }
+        let cropped = crop(&img, center, scale, spec.image_size, aug.rot).map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
+        drop(img);
+        if cropped.height != spec.image_size[0] || cropped.width != spec.image_size[1] {
+            bail!("{}: crop returned {}x{}, expected {}x{}", self.describe(index), cropped.height, cropped.width, spec.image_size[0], spec.image_size[1]);
+        }
+        normalize_into(&cropped, input)?;
+        let gaussian = spec.target_type == "Gaussian";
+        let tpts = make_targets(&pts, center, scale, aug.rot, spec.heatmap_size, spec.sigma, gaussian, target)?;
+        Ok(SampleMeta {
+            index,
+            center,
+            scale,
+            pts: pts.iter().map(|p| [p[0] as f32, p[1] as f32]).collect(),
+            tpts,
+            box_size,
+            augmentation: *aug,
+        })
+    }
+}
