@@ -220,6 +220,12 @@ fn yacs_decoding_rules() {
     let cfg = Config::from_yaml_str("DATASET:\n  DATASET: 300W\n  ROOT: a/b\n  ROOT: c\n", "d.yaml").unwrap();
     assert_eq!(cfg.dataset.dataset, "300W");
     assert_eq!(cfg.dataset.root, "c");
+    // A repeated section replaces the first one whole (PyYAML builds a dict before yacs merges).
+    let cfg = Config::from_yaml_str("MODEL:\n  NUM_JOINTS: 5\nMODEL:\n  SIGMA: 2.0\n", "d.yaml").unwrap();
+    assert_eq!((cfg.model.num_joints, cfg.model.sigma), (17, 2.0));
+    // Anchors, aliases and merge keys work as in PyYAML.
+    let cfg = Config::from_yaml_str("MODEL:\n  EXTRA:\n    STAGE2: &s {NUM_MODULES: 2}\n    STAGE3:\n      <<: *s\n      NUM_BRANCHES: 3\n", "d.yaml").unwrap();
+    assert_eq!((cfg.model.extra.stage2.num_modules, cfg.model.extra.stage3.num_modules), (2, 2));
     // Inline and block forms are the same.
     let inline = Config::from_yaml_str("MODEL: {NUM_JOINTS: 98, IMAGE_SIZE: [256,256], SIGMA: 1.5}\n", "i.yaml").unwrap();
     let block = Config::from_yaml_str("MODEL:\n  NUM_JOINTS: 98\n  IMAGE_SIZE:\n    - 256\n    - 256\n  SIGMA: 1.5\n", "b.yaml").unwrap();
