@@ -9,6 +9,8 @@
 //! tuple and the reverse. An int is *not* accepted for a float key (`SIGMA: 2` fails in yacs too).
 //! Deliberate differences: a null value is rejected (yacs would store None and the reference
 //! crashes later), list elements are type-checked, and the values are range-checked.
+//! YAML scalars are resolved by serde-saphyr with YAML 1.1 booleans, so yes/no/on/off are
+//! booleans as in PyYAML; it also takes y/n (PyYAML would keep those as strings).
 
 mod py_literal;
 mod yaml_tree;
@@ -482,7 +484,7 @@ fn type_check(path: &str, slot: Slot, node: &Node, line: u64, place: &Place) -> 
         }
     };
     match slot {
-        Slot::Section => unreachable!("sections are merged, not assigned"),
+        Slot::Section => bail!("{at}: config key {path}: a section cannot take a value"),
         Slot::Str => match value {
             PyVal::Str(s) => Ok(Typed::Str(s)),
             other => Err(mismatch(&other)),
@@ -567,9 +569,8 @@ fn assign(cfg: &mut Config, path: &str, value: Typed, at: &str) -> Result<()> {
             _ => bail!("{at}: config key {path}: expected 2 ints, found {}", values.len()),
         }
     };
-    if let Some(rest) = path.strip_prefix("MODEL.EXTRA.STAGE") {
-        let (stage_name, key) = path["MODEL.EXTRA.".len()..].split_once('.').ok_or_else(wrong)?;
-        let _ = rest;
+    if let Some(stage_path) = path.strip_prefix("MODEL.EXTRA.").filter(|p| p.starts_with("STAGE")) {
+        let (stage_name, key) = stage_path.split_once('.').ok_or_else(wrong)?;
         let stage = stage_mut(cfg, stage_name).ok_or_else(wrong)?;
         match key {
             "NUM_MODULES" => stage.num_modules = to_count(path, take!(Int), at)?,
@@ -672,7 +673,7 @@ fn suggestion(prefix: &str, key: &str) -> String {
     let upper = key.to_ascii_uppercase();
     let best = siblings.map(|s| (edit_distance(&upper, s), s)).min();
     match best {
-        Some((d, s)) if d <= 3 && d < key.len() => format!(" (did you mean {}?)", if prefix.is_empty() { s.to_owned() } else { format!("{prefix}.{s}") }),
+        Some((d, s)) if d <= 3 && d < key.len() => format!("; did you mean {}?", if prefix.is_empty() { s.to_owned() } else { format!("{prefix}.{s}") }),
         _ => String::new(),
     }
 }
@@ -689,7 +690,7 @@ fn merge_map(
         let path = if prefix.is_empty() { key.text.clone() } else { format!("{prefix}.{}", key.text) };
         let Some(slot) = slot_of(&path) else {
             bail!(
-                "{}: unknown config key {} (not in the reference defaults){}",
+                "{}: unknown config key {} (not in the reference defaults{})",
                 place.at(key.line),
                 path.replace(['\n', '\r'], " "),
                 suggestion(prefix, &key.text)

@@ -107,17 +107,15 @@ impl Parser {
     fn expression(&mut self) -> Option<(PyVal, Form)> {
         let (left, left_form) = self.signed()?;
         self.skip_space();
-        let op = match self.peek() {
-            Some(c @ ('+' | '-')) => c,
-            _ => return Some((left, left_form)),
-        };
+        if !matches!(self.peek(), Some('+' | '-')) {
+            return Some((left, left_form));
+        }
         // Only `real ± imaginary` (a complex literal) is accepted by literal_eval.
         self.pos += 1;
         self.skip_space();
         let (right, right_form) = self.atom()?;
         let left_is_real = matches!(left, PyVal::Int(_) | PyVal::Float(_)) && left_form != Form::Compound;
         let right_is_imaginary = right == PyVal::Other("complex") && right_form == Form::Constant;
-        let _ = op;
         if left_is_real && right_is_imaginary {
             Some((PyVal::Other("complex"), Form::Compound))
         } else {

@@ -190,3 +190,36 @@ impl<'de> Deserialize<'de> for KeyText {
         d.deserialize_str(KeyVisitor)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(text: &str) -> Vec<(String, u64, Node)> {
+        match parse(text).unwrap().unwrap().node {
+            Node::Map(entries) => entries.into_iter().map(|(k, v)| (k.text, k.line, v.value)).collect(),
+            other => panic!("not a map: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_are_text_and_values_follow_yaml_1_1() {
+        let got = entries("N: no\nY: on\n~: 1\nA: 010\nB: 'x'\nA: 2\n");
+        let keys: Vec<&str> = got.iter().map(|(k, _, _)| k.as_str()).collect();
+        assert_eq!(keys, ["N", "Y", "~", "A", "B"]);
+        assert_eq!(got[0].2, Node::Scalar(Scalar::Bool(false)));
+        assert_eq!(got[1].2, Node::Scalar(Scalar::Bool(true)));
+        // The repeated key keeps its first place and its last value.
+        assert_eq!((got[3].1, &got[3].2), (4, &Node::Scalar(Scalar::Int(Some(2)))));
+        assert_eq!(entries("A: 010\n")[0].2, Node::Scalar(Scalar::Int(Some(8))));
+        assert_eq!(got[4].2, Node::Scalar(Scalar::Str("x".into())));
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_line() {
+        let err = parse("A: 1\nB: [1, 2\n").unwrap_err();
+        assert!(err.line >= 2, "{err:?}");
+        assert!(!err.message.contains('\n'));
+        assert!(parse("").unwrap().is_none());
+    }
+}
