@@ -19,3 +19,4 @@ pub use autograd::{backward, backward_with, no_grad, Gradients};
 pub use tensor::{DType, Device, Storage, Tensor};
 pub mod synth;
 pub mod data;
+pub mod config;

@@ -1,0 +1,225 @@
+//! YAML text → a small tree with line numbers, parsed by serde-saphyr.
+//!
+//! The tree is walked by hand (not deserialized into typed structs) because yacs semantics —
+//! merge over defaults, `literal_eval` on strings, errors naming the full key path — need the
+//! raw values and where they were written.
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::options::{DuplicateKeyPolicy, NonFiniteFloatPolicy};
+use serde_saphyr::Spanned;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Null,
+    Bool(bool),
+    /// `None`: an integer that does not fit an i64.
+    Int(Option<i64>),
+    Float(f64),
+    Str(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    Scalar(Scalar),
+    Seq(Vec<Spanned<Node>>),
+    /// Keys with their line, in file order; a repeated key keeps its first position and its
+    /// last value (PyYAML builds a dict, where the last assignment wins).
+    Map(Vec<(MapKey, Spanned<Node>)>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapKey {
+    pub text: String,
+    pub line: u64,
+}
+
+/// A parsed YAML node with the 1-based line it starts on (0 when unknown).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    pub node: Node,
+    pub line: u64,
+}
+
+/// A YAML syntax problem: message and 1-based line/column (0 when unknown).
+#[derive(Debug, Clone)]
+pub struct SyntaxError {
+    pub message: String,
+    pub line: u64,
+    pub column: u64,
+}
+
+/// Parses one YAML document; `Ok(None)` for an empty document (only comments or blanks).
+pub fn parse(text: &str) -> Result<Option<Located>, SyntaxError> {
+    let mut options = serde_saphyr::Options::default();
+    // PyYAML (YAML 1.1) reads `010` as octal 8 and lets a repeated key overwrite the first.
+    options.legacy_octal_numbers = true;
+    options.duplicate_keys = DuplicateKeyPolicy::LastWins;
+    // `.inf` is a float to PyYAML; the range checks reject it later with a key name.
+    options.non_finite_float_policy = NonFiniteFloatPolicy::PassThrough;
+    // yaml.safe_load refuses application tags such as !!python/tuple.
+    options.reject_unsupported_tags = true;
+    // Keys are read as text; `~:` is then reported as an unknown key, not a parse failure.
+    options.null_as_string = true;
+    options.with_snippet = false;
+    let parsed: Result<Option<Spanned<Node>>, serde_saphyr::Error> = serde_saphyr::from_str_with_options(text, options);
+    match parsed {
+        Ok(Some(spanned)) => Ok(Some(Located { line: spanned.referenced.line(), node: spanned.value })),
+        Ok(None) => Ok(None),
+        Err(err) => Err(syntax_error(&err)),
+    }
+}
+
+fn syntax_error(err: &serde_saphyr::Error) -> SyntaxError {
+    let (line, column) = err.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    let mut message = err.without_snippet().to_string();
+    // The location is reported separately; keep the message to one line.
+    if let Some(cut) = message.rfind(" at line ") {
+        message.truncate(cut);
+    }
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    SyntaxError { message, line, column }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a YAML value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Bool(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Int(Some(v))))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Int(i64::try_from(v).ok())))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Int(i64::try_from(v).ok())))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Int(i64::try_from(v).ok())))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Float(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Str(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Str(v)))
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Str(String::from_utf8_lossy(v).into_owned())))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Null))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
+        Ok(Node::Scalar(Scalar::Null))
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+        Node::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Spanned<Node>>()? {
+            items.push(item);
+        }
+        Ok(Node::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries: Vec<(MapKey, Spanned<Node>)> = Vec::new();
+        while let Some((key, value)) = map.next_entry::<Spanned<KeyText>, Spanned<Node>>()? {
+            let key = MapKey { text: key.value.0, line: key.referenced.line() };
+            match entries.iter_mut().find(|(k, _)| k.text == key.text) {
+                Some(existing) => existing.1 = value,
+                None => entries.push((key, value)),
+            }
+        }
+        Ok(Node::Map(entries))
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+/// A mapping key as written (a plain `N:` stays "N", not the YAML 1.1 boolean false).
+struct KeyText(String);
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = KeyText;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a config key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyText, E> {
+        Ok(KeyText(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<KeyText, E> {
+        Ok(KeyText(v))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<KeyText, E> {
+        Ok(KeyText(v.to_string()))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<KeyText, E> {
+        Ok(KeyText(v.to_string()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<KeyText, E> {
+        Ok(KeyText(v.to_string()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<KeyText, E> {
+        Ok(KeyText(v.to_string()))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<KeyText, E> {
+        Ok(KeyText("~".to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(text: &str) -> Vec<(String, u64, Node)> {
+        match parse(text).unwrap().unwrap().node {
+            Node::Map(entries) => entries.into_iter().map(|(k, v)| (k.text, k.line, v.value)).collect(),
+            other => panic!("not a map: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_are_text_and_values_follow_yaml_1_1() {
+        let got = entries("N: no\nY: on\n~: 1\nA: 010\nB: 'x'\nA: 2\n");
+        let keys: Vec<&str> = got.iter().map(|(k, _, _)| k.as_str()).collect();
+        assert_eq!(keys, ["N", "Y", "~", "A", "B"]);
+        assert_eq!(got[0].2, Node::Scalar(Scalar::Bool(false)));
+        assert_eq!(got[1].2, Node::Scalar(Scalar::Bool(true)));
+        // The repeated key keeps its first place and its last value.
+        assert_eq!((got[3].1, &got[3].2), (4, &Node::Scalar(Scalar::Int(Some(2)))));
+        assert_eq!(entries("A: 010\n")[0].2, Node::Scalar(Scalar::Int(Some(8))));
+        assert_eq!(got[4].2, Node::Scalar(Scalar::Str("x".into())));
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_line() {
+        let err = parse("A: 1\nB: [1, 2\n").unwrap_err();
+        assert!(err.line >= 2, "{err:?}");
+        assert!(!err.message.contains('\n'));
+        assert!(parse("").unwrap().is_none());
+    }
+}
