@@ -27,11 +27,15 @@ pub fn detect_format(bytes: &[u8]) -> Result<WeightFormat> {
     if bytes.starts_with(pth::ZIP_MAGIC) || bytes.starts_with(b"PK\x05\x06") {
         return Ok(WeightFormat::PthZip);
     }
+    // Safetensors first: its header length may well start with byte 0x80, like a pickle.
+    if bytes.len() >= 9 && bytes[8] == b'{' {
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        if header_len <= safetensors::MAX_HEADER_LEN {
+            return Ok(WeightFormat::Safetensors);
+        }
+    }
     if bytes.first() == Some(&0x80) {
         return Ok(WeightFormat::PthLegacy);
-    }
-    if bytes.len() >= 9 && bytes[8] == b'{' {
-        return Ok(WeightFormat::Safetensors);
     }
     if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
         bail!("a tar archive (torch < 0.4 checkpoint format), which is not supported");

@@ -281,7 +281,7 @@ impl<'a> Vm<'a> {
             .iter()
             .take(4096)
             .position(|&c| c == b'\n')
-            .ok_or_else(|| anyhow!("pickle: unterminated text line at byte {}", self.pos))?;
+            .ok_or_else(|| anyhow!("pickle truncated: unterminated text line at byte {}", self.pos))?;
         let s = std::str::from_utf8(&rest[..n])
             .map_err(|_| anyhow!("pickle: non-UTF-8 text at byte {}", self.pos))?;
         self.pos += n + 1;
