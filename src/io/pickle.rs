@@ -870,6 +870,9 @@ impl<'a> Vm<'a> {
             };
             entries.push((k.to_string(), *t));
         }
+        // Later pickles of the same file start with no storages (their indices restart at 0).
+        self.storage_by_key.clear();
+        self.roots.clear();
         Ok(Unpickled {
             entries,
             tensors: std::mem::take(&mut self.tensors),
