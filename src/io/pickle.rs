@@ -15,6 +15,7 @@ const MAX_MARKS: usize = 1 << 16;
 const MAX_MEMO: usize = 1 << 22;
 const MAX_STRING: usize = 1 << 28;
 const MAX_TENSORS: usize = 1 << 20;
+const MAX_CONTAINERS: usize = 1 << 24;
 const MAX_NDIM: usize = 32;
 /// Nesting depth followed when reading the unpickled object (state_dict → wrapper → value).
 const MAX_WALK_DEPTH: usize = 32;
@@ -344,13 +345,21 @@ impl<'a> Vm<'a> {
             .ok_or_else(|| anyhow!("pickle opcode {op} without MARK at byte {}", self.pos))?;
         Ok(self.stack.split_off(m))
     }
-    fn new_seq(&mut self, items: Vec<Value>) -> Value {
-        self.seqs.push(items);
-        Value::Seq(self.seqs.len() - 1)
+    fn check_containers(&self) -> Result<()> {
+        if self.seqs.len() + self.dicts.len() >= MAX_CONTAINERS {
+            bail!("pickle builds more than {MAX_CONTAINERS} containers (byte {})", self.pos);
+        }
+        Ok(())
     }
-    fn new_dict(&mut self) -> Value {
+    fn new_seq(&mut self, items: Vec<Value>) -> Result<Value> {
+        self.check_containers()?;
+        self.seqs.push(items);
+        Ok(Value::Seq(self.seqs.len() - 1))
+    }
+    fn new_dict(&mut self) -> Result<Value> {
+        self.check_containers()?;
         self.dicts.push(Dict::default());
-        Value::Dict(self.dicts.len() - 1)
+        Ok(Value::Dict(self.dicts.len() - 1))
     }
     fn memo_put(&mut self, idx: u32) -> Result<()> {
         let v = self.top_mut("PUT")?.clone();
@@ -372,7 +381,7 @@ impl<'a> Vm<'a> {
         let Value::Dict(d) = *target else {
             bail!("pickle {op} on a {} at byte {}", target.kind(), self.pos)
         };
-        if kv.len() % 2 != 0 {
+        if !kv.len().is_multiple_of(2) {
             bail!("pickle {op} with an odd number of items at byte {}", self.pos);
         }
         let mut it = kv.into_iter();
@@ -524,12 +533,12 @@ impl<'a> Vm<'a> {
                     self.push(v)?
                 }
                 b')' => {
-                    let v = self.new_seq(Vec::new());
+                    let v = self.new_seq(Vec::new())?;
                     self.push(v)?
                 }
                 b't' => {
                     let items = self.pop_mark("TUPLE")?;
-                    let v = self.new_seq(items);
+                    let v = self.new_seq(items)?;
                     self.push(v)?
                 }
                 0x85..=0x87 => {
@@ -539,16 +548,16 @@ impl<'a> Vm<'a> {
                         bail!("pickle stack underflow at opcode TUPLE{n} (byte {at})");
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    let v = self.new_seq(items);
+                    let v = self.new_seq(items)?;
                     self.push(v)?
                 }
                 b']' | 0x8f => {
-                    let v = self.new_seq(Vec::new());
+                    let v = self.new_seq(Vec::new())?;
                     self.push(v)?
                 }
                 b'l' | 0x91 => {
                     let items = self.pop_mark("LIST")?;
-                    let v = self.new_seq(items);
+                    let v = self.new_seq(items)?;
                     self.push(v)?
                 }
                 b'a' => {
@@ -563,12 +572,12 @@ impl<'a> Vm<'a> {
                     self.extend_seq(&target, items, name)?;
                 }
                 b'}' => {
-                    let v = self.new_dict();
+                    let v = self.new_dict()?;
                     self.push(v)?
                 }
                 b'd' => {
                     let kv = self.pop_mark("DICT")?;
-                    let v = self.new_dict();
+                    let v = self.new_dict()?;
                     self.setitems(&v, kv, "DICT")?;
                     self.push(v)?
                 }
@@ -690,7 +699,7 @@ impl<'a> Vm<'a> {
         let args: Vec<Value> = self.seq(args, "call arguments")?.to_vec();
         match g {
             Global::OrderedDict => {
-                let d = self.new_dict();
+                let d = self.new_dict()?;
                 if let Some(items) = args.first() {
                     // OrderedDict([(k, v), ...])
                     let pairs = self.seq(items, "OrderedDict items")?.to_vec();

@@ -15,6 +15,8 @@ const LEGACY_PROTOCOL_VERSION: i64 = 1001;
 pub const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 /// Largest expansion ratio of deflate, used to refuse absurd declared entry sizes up front.
 const DEFLATE_MAX_RATIO: u64 = 1032;
+/// A state_dict pickle is ~100 KB; anything past this is not a checkpoint.
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
 
 /// Reads a zip or legacy `.pth` held in memory: keys in pickle order with their tensors.
 pub fn load_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
@@ -49,7 +51,7 @@ fn load_zip(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
         }
     }
     let pkl_name = format!("{prefix}/data.pkl");
-    let pkl = read_entry_opt(&mut zip, &pkl_name, u64::MAX, bytes.len())?
+    let pkl = read_entry_opt(&mut zip, &pkl_name, MAX_PICKLE_BYTES, bytes.len())?
         .ok_or_else(|| anyhow!("zip record {pkl_name} unreadable"))?;
     let unpickled = Vm::new(&pkl, 0).load_state_dict().with_context(|| format!("in {pkl_name}"))?;
 
