@@ -58,11 +58,28 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 }
 
-const INTERESTING: [u64; 12] = [0, 1, 2, 0x7f, 0x80, 0xff, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, u64::MAX, 1 << 40, 1 << 62];
+const INTERESTING: [u64; 12] = [
+    0,
+    1,
+    2,
+    0x7f,
+    0x80,
+    0xff,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_ffff,
+    u64::MAX,
+    1 << 40,
+    1 << 62,
+];
 
 fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
     let mut v = input.to_vec();
@@ -117,7 +134,8 @@ fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
                 // A pickle opcode byte at a random place (hits the VM's dispatch).
                 if len > 0 {
                     let i = rng.below(len);
-                    v[i] = b"().0124NJKMX\x8c\x8a\x85\x86\x87]}aesuqrhjcRbQ\x93\x94\x95t"[rng.below(33)];
+                    v[i] = b"().0124NJKMX\x8c\x8a\x85\x86\x87]}aesuqrhjcRbQ\x93\x94\x95t"
+                        [rng.below(33)];
                 }
             }
         }
@@ -126,8 +144,13 @@ fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn corpus(kind: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(kind);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(kind);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     let seeds: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
     assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
@@ -135,11 +158,17 @@ fn corpus(kind: &str) -> Vec<Vec<u8>> {
 }
 
 fn fuzz_secs() -> f64 {
-    std::env::var("HRK_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0)
+    std::env::var("HRK_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0)
 }
 
 fn fuzz_seed() -> u64 {
-    std::env::var("HRK_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_1234_abcd_0001)
+    std::env::var("HRK_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_1234_abcd_0001)
 }
 
 /// Runs `target` on mutated seeds until the time budget ends; returns executions.
@@ -147,7 +176,11 @@ fn run_fuzz(name: &str, seeds: &[Vec<u8>], mut target: impl FnMut(&[u8])) -> u64
     let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
     let budget = Duration::from_secs_f64(fuzz_secs());
-    let mut rng = Rng(fuzz_seed() ^ name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)) | 1);
+    let mut rng = Rng(fuzz_seed()
+        ^ name
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+        | 1);
     let prev_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let start = Instant::now();
@@ -171,9 +204,15 @@ fn run_fuzz(name: &str, seeds: &[Vec<u8>], mut target: impl FnMut(&[u8])) -> u64
         let problem = match outcome {
             Err(p) => Some(format!(
                 "panic: {}",
-                p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
             )),
-            Ok(()) if largest > SOFT_LIMIT => Some(format!("allocation of {largest} bytes for a {}-byte input", input.len())),
+            Ok(()) if largest > SOFT_LIMIT => Some(format!(
+                "allocation of {largest} bytes for a {}-byte input",
+                input.len()
+            )),
             Ok(()) => None,
         };
         if let Some(msg) = problem {
@@ -189,8 +228,16 @@ fn run_fuzz(name: &str, seeds: &[Vec<u8>], mut target: impl FnMut(&[u8])) -> u64
     }
     std::panic::set_hook(prev_hook);
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("fuzz {name}: {execs} executions in {secs:.1} s ({:.0}/s), {} failures", execs as f64 / secs, failures.len());
-    assert!(failures.is_empty(), "fuzz {name} found:\n{}", failures.join("\n"));
+    eprintln!(
+        "fuzz {name}: {execs} executions in {secs:.1} s ({:.0}/s), {} failures",
+        execs as f64 / secs,
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "fuzz {name} found:\n{}",
+        failures.join("\n")
+    );
     execs
 }
 
@@ -225,13 +272,23 @@ fn fuzz_zip_pickle() {
         archives.push(entries);
     }
     let execs = run_fuzz("zip-pickle", &pickles, |pkl| {
-        for entries in archives.iter().take(1).chain(archives.iter().skip(pkl.len() % archives.len()).take(1)) {
+        for entries in archives
+            .iter()
+            .take(1)
+            .chain(archives.iter().skip(pkl.len() % archives.len()).take(1))
+        {
             let mut out = Cursor::new(Vec::new());
             let mut w = zip::ZipWriter::new(&mut out);
-            let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
             for (name, data) in entries {
                 w.start_file(name.as_str(), opts).unwrap();
-                w.write_all(if name.ends_with("/data.pkl") { pkl } else { data }).unwrap();
+                w.write_all(if name.ends_with("/data.pkl") {
+                    pkl
+                } else {
+                    data
+                })
+                .unwrap();
             }
             w.finish().unwrap();
             let _ = hrk::io::state_dict_from_bytes(out.get_ref());
@@ -254,7 +311,8 @@ fn fuzz_safetensors_loader() {
 fn corpus_seeds_are_valid() {
     for kind in ["pth", "safetensors"] {
         for (i, s) in corpus(kind).iter().enumerate() {
-            let sd = hrk::io::state_dict_from_bytes(s).unwrap_or_else(|e| panic!("{kind} seed {i}: {e}"));
+            let sd = hrk::io::state_dict_from_bytes(s)
+                .unwrap_or_else(|e| panic!("{kind} seed {i}: {e}"));
             assert!(!sd.is_empty());
         }
     }
@@ -263,7 +321,9 @@ fn corpus_seeds_are_valid() {
 /// Replays one saved input with the normal panic output: HRK_FUZZ_REPLAY=path.
 #[test]
 fn replay_saved_input() {
-    let Ok(path) = std::env::var("HRK_FUZZ_REPLAY") else { return };
+    let Ok(path) = std::env::var("HRK_FUZZ_REPLAY") else {
+        return;
+    };
     let bytes = std::fs::read(&path).unwrap();
     let r = hrk::io::state_dict_from_bytes(&bytes);
     eprintln!("replay {path}: {:?}", r.map(|sd| sd.len()));

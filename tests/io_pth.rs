@@ -16,7 +16,12 @@ fn scratch_dir(tag: &str) -> PathBuf {
 }
 
 fn python3_ok() -> bool {
-    Command::new("python3").arg("-c").arg("pass").status().map(|s| s.success()).unwrap_or(false)
+    Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Runs the fixture generator; None (with a printed reason) if python3 is missing.
@@ -27,8 +32,16 @@ fn generate(tag: &str) -> Option<(PathBuf, serde_json::Value)> {
     }
     let dir = scratch_dir(tag);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures_gen/make_pth.py");
-    let out = Command::new("python3").arg(&script).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "generator failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "generator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     Some((dir, manifest))
@@ -43,7 +56,12 @@ fn check_case(case: &serde_json::Value) {
     let want_keys: Vec<&str> = want.iter().map(|t| t["key"].as_str().unwrap()).collect();
     assert_eq!(got_keys, want_keys, "{name}: keys / order");
     for ((key, t), w) in got.iter().zip(want) {
-        let shape: Vec<usize> = w["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = w["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(t.shape, shape, "{name}/{key}: shape");
         let vals = w["values"].as_array().unwrap();
         assert_eq!(t.data.len(), vals.len(), "{name}/{key}: element count");
@@ -70,7 +88,9 @@ fn check_case(case: &serde_json::Value) {
 
 #[test]
 fn generated_checkpoints_read_back_exactly() {
-    let Some((_dir, manifest)) = generate("gen-read") else { return };
+    let Some((_dir, manifest)) = generate("gen-read") else {
+        return;
+    };
     let cases = manifest["cases"].as_array().unwrap();
     assert!(cases.len() >= 13);
     for case in cases {
@@ -80,7 +100,9 @@ fn generated_checkpoints_read_back_exactly() {
 
 #[test]
 fn convert_to_safetensors_round_trips() {
-    let Some((dir, manifest)) = generate("gen-convert") else { return };
+    let Some((dir, manifest)) = generate("gen-convert") else {
+        return;
+    };
     for case in manifest["cases"].as_array().unwrap() {
         let src = PathBuf::from(case["file"].as_str().unwrap());
         let out = dir.join(format!("{}.safetensors", case["name"].as_str().unwrap()));
@@ -109,7 +131,8 @@ fn evil_pickle(cmd: &str) -> Vec<u8> {
 fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
     let f = std::fs::File::create(path).unwrap();
     let mut z = zip::ZipWriter::new(f);
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, data) in entries {
         z.start_file(*name, opts).unwrap();
         z.write_all(data).unwrap();
@@ -125,9 +148,14 @@ fn legacy_header() -> Vec<u8> {
 }
 
 fn err_of(path: &Path) -> String {
-    let e = load_state_dict(path).expect_err("must be refused").to_string();
+    let e = load_state_dict(path)
+        .expect_err("must be refused")
+        .to_string();
     assert!(!e.contains('\n'), "error is not one line: {e}");
-    assert!(e.contains(&path.display().to_string()), "error does not name the file: {e}");
+    assert!(
+        e.contains(&path.display().to_string()),
+        "error does not name the file: {e}"
+    );
     e
 }
 
@@ -158,9 +186,16 @@ fn os_system_global_is_refused_and_nothing_runs() {
 
 #[test]
 fn broken_files_give_one_line_errors() {
-    let Some((dir, manifest)) = generate("gen-broken") else { return };
+    let Some((dir, manifest)) = generate("gen-broken") else {
+        return;
+    };
     let case_file = |name: &str| {
-        let c = manifest["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap();
+        let c = manifest["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
         std::fs::read(c["file"].as_str().unwrap()).unwrap()
     };
     let write = |name: &str, bytes: &[u8]| {
@@ -177,7 +212,10 @@ fn broken_files_give_one_line_errors() {
     let e = err_of(&write("trunc_legacy_pickle.pth", &legacy[..200]));
     assert!(e.contains("truncated"), "{e}");
     // Not a zip / unknown format.
-    assert!(err_of(&write("text.pth", b"hello, this is not a checkpoint")).contains("unknown weights format"));
+    assert!(
+        err_of(&write("text.pth", b"hello, this is not a checkpoint"))
+            .contains("unknown weights format")
+    );
     // Legacy with a wrong magic number.
     let mut wrong = legacy.clone();
     wrong[6] ^= 0x55;
@@ -194,20 +232,35 @@ fn broken_files_give_one_line_errors() {
         v
     };
     let p = dir.join("absurd.pth");
-    write_zip(&p, &[("archive/data.pkl", &pkl(1 << 60)), ("archive/data/0", &[0u8; 8])]);
+    write_zip(
+        &p,
+        &[
+            ("archive/data.pkl", &pkl(1 << 60)),
+            ("archive/data/0", &[0u8; 8]),
+        ],
+    );
     let e = err_of(&p);
     assert!(e.contains("archive/data/0"), "{e}");
     let p = dir.join("missing_storage.pth");
     write_zip(&p, &[("archive/data.pkl", &pkl(2))]);
     assert!(err_of(&p).contains("missing"));
     let p = dir.join("ok_storage.pth");
-    write_zip(&p, &[("archive/data.pkl", &pkl(2)), ("archive/data/0", &[0, 0, 128, 63, 0, 0, 0, 64])]);
+    write_zip(
+        &p,
+        &[
+            ("archive/data.pkl", &pkl(2)),
+            ("archive/data/0", &[0, 0, 128, 63, 0, 0, 0, 64]),
+        ],
+    );
     let sd = load_state_dict(&p).unwrap();
     assert_eq!(sd[0].0, "w");
     assert_eq!(sd[0].1.data, HostData::F32(vec![1.0, 2.0]));
     // View past the end of its storage.
     let p = dir.join("view_oob.pth");
-    write_zip(&p, &[("archive/data.pkl", &pkl(1)), ("archive/data/0", &[0u8; 4])]);
+    write_zip(
+        &p,
+        &[("archive/data.pkl", &pkl(1)), ("archive/data/0", &[0u8; 4])],
+    );
     assert!(err_of(&p).contains("reaches element"));
     // Deep nesting: a million nested tuples must be refused, not overflow the stack.
     let mut deep = b"\x80\x02".to_vec();
@@ -229,7 +282,13 @@ fn broken_files_give_one_line_errors() {
     assert!(err_of(&p).contains("INST"));
     // A pickled nn.Module under 'state_dict'.
     let p = dir.join("module_obj.pth");
-    write_zip(&p, &[("archive/data.pkl", b"\x80\x02}X\x0a\x00\x00\x00state_dictclib.models.hrnet\nHighResolutionNet\n)\x81s.")]);
+    write_zip(
+        &p,
+        &[(
+            "archive/data.pkl",
+            b"\x80\x02}X\x0a\x00\x00\x00state_dictclib.models.hrnet\nHighResolutionNet\n)\x81s.",
+        )],
+    );
     let e = err_of(&p);
     assert!(e.contains("lib.models.hrnet.HighResolutionNet"), "{e}");
 }
@@ -265,15 +324,25 @@ torch.save({'state_dict': {'module.' + k: v for k, v in sd.items()}}, d + '/lega
 exp = {k: dict(shape=list(v.shape), values=v.double().flatten().tolist()) for k, v in sd.items()}
 json.dump(exp, open(d + '/exp.json', 'w'))
 "#;
-    let st = Command::new("python3").args(["-c", script]).arg(&dir).status().unwrap();
+    let st = Command::new("python3")
+        .args(["-c", script])
+        .arg(&dir)
+        .status()
+        .unwrap();
     assert!(st.success());
-    let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("exp.json")).unwrap()).unwrap();
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("exp.json")).unwrap()).unwrap();
     for f in ["zip.pth", "legacy.pth"] {
         let sd = load_state_dict(&dir.join(f)).unwrap();
         assert_eq!(sd.len(), 6);
         for (k, t) in &sd {
             let e = &exp[k.as_str()];
-            let vals: Vec<f64> = e["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let vals: Vec<f64> = e["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             assert_eq!(t.to_f64_vec(), vals, "{f}/{k}");
         }
     }
