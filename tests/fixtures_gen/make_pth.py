@@ -194,6 +194,33 @@ def write_zip(path, obj, protocol=2, compression=zipfile.ZIP_STORED, archive="ar
         z.writestr(f"{archive}/version", "3\n")
 
 
+def _aligned_record(z, name, data, align=64):
+    """A stored record whose data starts on a 64-byte boundary, padded with an 'FB' extra
+    field the way torch's writer (miniz) does it."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    offset = z.fp.tell()
+    pad = (-(offset + 30 + len(name.encode()) + 4)) % align
+    info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad
+    z.writestr(info, data)
+
+
+def write_zip_torch2(path, obj):
+    """Record names, order and alignment as written by torch 2.x (archive named after the file)."""
+    archive = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    buf = io.BytesIO()
+    ZipPickler(buf, 2).dump(obj)
+    with zipfile.ZipFile(path, "w") as z:
+        _aligned_record(z, f"{archive}/data.pkl", buf.getvalue())
+        _aligned_record(z, f"{archive}/.format_version", b"1")
+        _aligned_record(z, f"{archive}/.storage_alignment", b"64")
+        _aligned_record(z, f"{archive}/byteorder", b"little")
+        for key, s in storages_of(obj, collections.OrderedDict()).items():
+            _aligned_record(z, f"{archive}/data/{key}", s.raw())
+        _aligned_record(z, f"{archive}/version", b"3\n")
+        _aligned_record(z, f"{archive}/.data/serialization_id", b"1234567890123456789012345678901234567890")
+
+
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
@@ -322,6 +349,8 @@ def main():
     add("zip_protocol4", write_zip, sd, sd, protocol=4)
     sd = parameters()
     add("zip_parameters", write_zip, sd, sd)
+    sd = small_model("module.")
+    add("zip_torch2_layout", write_zip_torch2, sd, sd)
     sd = small_model("module.")
     add("legacy_module", write_legacy, sd, sd)
     sd = small_model()
