@@ -7,7 +7,9 @@ pub mod pickle;
 pub mod pth;
 pub mod safetensors;
 
-pub use safetensors::{encode_safetensors, load_safetensors, read_safetensors_bytes, save_safetensors, SafeTensors};
+pub use safetensors::{
+    encode_safetensors, load_safetensors, read_safetensors_bytes, save_safetensors, SafeTensors,
+};
 
 use crate::host::HostTensor;
 use anyhow::{anyhow, bail, Result};
@@ -27,11 +29,15 @@ pub fn detect_format(bytes: &[u8]) -> Result<WeightFormat> {
     if bytes.starts_with(pth::ZIP_MAGIC) || bytes.starts_with(b"PK\x05\x06") {
         return Ok(WeightFormat::PthZip);
     }
+    // Safetensors first: its header length may well start with byte 0x80, like a pickle.
+    if bytes.len() >= 9 && bytes[8] == b'{' {
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        if header_len <= safetensors::MAX_HEADER_LEN {
+            return Ok(WeightFormat::Safetensors);
+        }
+    }
     if bytes.first() == Some(&0x80) {
         return Ok(WeightFormat::PthLegacy);
-    }
-    if bytes.len() >= 9 && bytes[8] == b'{' {
-        return Ok(WeightFormat::Safetensors);
     }
     if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
         bail!("a tar archive (torch < 0.4 checkpoint format), which is not supported");
@@ -59,14 +65,22 @@ pub fn load_state_dict(path: &Path) -> Result<Vec<(String, HostTensor)>> {
 /// returns the number of tensors written.
 pub fn convert_pth_to_safetensors(inp: &Path, out: &Path) -> Result<usize> {
     let tensors = load_state_dict(inp)?;
-    let source = inp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let metadata = vec![("format".to_string(), "pt".to_string()), ("source".to_string(), source)];
+    let source = inp
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let metadata = vec![
+        ("format".to_string(), "pt".to_string()),
+        ("source".to_string(), source),
+    ];
     save_safetensors(out, &tensors, &metadata)?;
     Ok(tensors.len())
 }
 
 /// Removes a leading `module.` (DataParallel) from every key that has one.
-pub fn strip_module_prefix(tensors: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>> {
+pub fn strip_module_prefix(
+    tensors: Vec<(String, HostTensor)>,
+) -> Result<Vec<(String, HostTensor)>> {
     let mut seen = HashSet::with_capacity(tensors.len());
     let mut out = Vec::with_capacity(tensors.len());
     for (k, t) in tensors {

@@ -15,6 +15,7 @@ const MAX_MARKS: usize = 1 << 16;
 const MAX_MEMO: usize = 1 << 22;
 const MAX_STRING: usize = 1 << 28;
 const MAX_TENSORS: usize = 1 << 20;
+const MAX_CONTAINERS: usize = 1 << 24;
 const MAX_NDIM: usize = 32;
 /// Nesting depth followed when reading the unpickled object (state_dict → wrapper → value).
 const MAX_WALK_DEPTH: usize = 32;
@@ -253,7 +254,13 @@ impl<'a> Vm<'a> {
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| anyhow!("pickle truncated at byte {} (needs {} more bytes)", self.pos, n))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "pickle truncated at byte {} (needs {} more bytes)",
+                    self.pos,
+                    n
+                )
+            })?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -281,7 +288,12 @@ impl<'a> Vm<'a> {
             .iter()
             .take(4096)
             .position(|&c| c == b'\n')
-            .ok_or_else(|| anyhow!("pickle: unterminated text line at byte {}", self.pos))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "pickle truncated: unterminated text line at byte {}",
+                    self.pos
+                )
+            })?;
         let s = std::str::from_utf8(&rest[..n])
             .map_err(|_| anyhow!("pickle: non-UTF-8 text at byte {}", self.pos))?;
         self.pos += n + 1;
@@ -301,7 +313,8 @@ impl<'a> Vm<'a> {
         let n = self.len_checked(n)?;
         let at = self.pos;
         let b = self.take(n)?;
-        let s = std::str::from_utf8(b).map_err(|_| anyhow!("pickle: invalid UTF-8 string at byte {at}"))?;
+        let s = std::str::from_utf8(b)
+            .map_err(|_| anyhow!("pickle: invalid UTF-8 string at byte {at}"))?;
         Ok(Value::Str(Rc::from(s)))
     }
     /// Python 2 `str` (legacy files written by py2): bytes, taken as Latin-1 text.
@@ -344,18 +357,32 @@ impl<'a> Vm<'a> {
             .ok_or_else(|| anyhow!("pickle opcode {op} without MARK at byte {}", self.pos))?;
         Ok(self.stack.split_off(m))
     }
-    fn new_seq(&mut self, items: Vec<Value>) -> Value {
-        self.seqs.push(items);
-        Value::Seq(self.seqs.len() - 1)
+    fn check_containers(&self) -> Result<()> {
+        if self.seqs.len() + self.dicts.len() >= MAX_CONTAINERS {
+            bail!(
+                "pickle builds more than {MAX_CONTAINERS} containers (byte {})",
+                self.pos
+            );
+        }
+        Ok(())
     }
-    fn new_dict(&mut self) -> Value {
+    fn new_seq(&mut self, items: Vec<Value>) -> Result<Value> {
+        self.check_containers()?;
+        self.seqs.push(items);
+        Ok(Value::Seq(self.seqs.len() - 1))
+    }
+    fn new_dict(&mut self) -> Result<Value> {
+        self.check_containers()?;
         self.dicts.push(Dict::default());
-        Value::Dict(self.dicts.len() - 1)
+        Ok(Value::Dict(self.dicts.len() - 1))
     }
     fn memo_put(&mut self, idx: u32) -> Result<()> {
         let v = self.top_mut("PUT")?.clone();
         if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&idx) {
-            bail!("pickle memo larger than {MAX_MEMO} entries at byte {}", self.pos);
+            bail!(
+                "pickle memo larger than {MAX_MEMO} entries at byte {}",
+                self.pos
+            );
         }
         self.memo.insert(idx, v);
         Ok(())
@@ -372,8 +399,11 @@ impl<'a> Vm<'a> {
         let Value::Dict(d) = *target else {
             bail!("pickle {op} on a {} at byte {}", target.kind(), self.pos)
         };
-        if kv.len() % 2 != 0 {
-            bail!("pickle {op} with an odd number of items at byte {}", self.pos);
+        if !kv.len().is_multiple_of(2) {
+            bail!(
+                "pickle {op} with an odd number of items at byte {}",
+                self.pos
+            );
         }
         let mut it = kv.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -449,7 +479,11 @@ impl<'a> Vm<'a> {
                     self.push(Value::Int(v as i64))?
                 }
                 0x8a | 0x8b => {
-                    let n = if op == 0x8a { self.u8()? as u64 } else { self.u32()? as u64 };
+                    let n = if op == 0x8a {
+                        self.u8()? as u64
+                    } else {
+                        self.u32()? as u64
+                    };
                     let n = self.len_checked(n)?;
                     let b = self.take(n)?;
                     let v = if n == 0 {
@@ -472,7 +506,8 @@ impl<'a> Vm<'a> {
                         "01" => Value::Bool(true),
                         "00" => Value::Bool(false),
                         _ => Value::Int(
-                            s.parse::<i64>().map_err(|_| anyhow!("pickle: bad INT {s:?} at byte {at}"))?,
+                            s.parse::<i64>()
+                                .map_err(|_| anyhow!("pickle: bad INT {s:?} at byte {at}"))?,
                         ),
                     };
                     self.push(v)?
@@ -524,12 +559,12 @@ impl<'a> Vm<'a> {
                     self.push(v)?
                 }
                 b')' => {
-                    let v = self.new_seq(Vec::new());
+                    let v = self.new_seq(Vec::new())?;
                     self.push(v)?
                 }
                 b't' => {
                     let items = self.pop_mark("TUPLE")?;
-                    let v = self.new_seq(items);
+                    let v = self.new_seq(items)?;
                     self.push(v)?
                 }
                 0x85..=0x87 => {
@@ -539,16 +574,16 @@ impl<'a> Vm<'a> {
                         bail!("pickle stack underflow at opcode TUPLE{n} (byte {at})");
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    let v = self.new_seq(items);
+                    let v = self.new_seq(items)?;
                     self.push(v)?
                 }
                 b']' | 0x8f => {
-                    let v = self.new_seq(Vec::new());
+                    let v = self.new_seq(Vec::new())?;
                     self.push(v)?
                 }
                 b'l' | 0x91 => {
                     let items = self.pop_mark("LIST")?;
-                    let v = self.new_seq(items);
+                    let v = self.new_seq(items)?;
                     self.push(v)?
                 }
                 b'a' => {
@@ -563,12 +598,12 @@ impl<'a> Vm<'a> {
                     self.extend_seq(&target, items, name)?;
                 }
                 b'}' => {
-                    let v = self.new_dict();
+                    let v = self.new_dict()?;
                     self.push(v)?
                 }
                 b'd' => {
                     let kv = self.pop_mark("DICT")?;
-                    let v = self.new_dict();
+                    let v = self.new_dict()?;
                     self.setitems(&v, kv, "DICT")?;
                     self.push(v)?
                 }
@@ -602,7 +637,9 @@ impl<'a> Vm<'a> {
                     let name = if op == b'R' { "REDUCE" } else { "NEWOBJ" };
                     let args = self.pop(name)?;
                     let func = self.pop(name)?;
-                    let v = self.call(&func, &args).map_err(|e| anyhow!("{e} (opcode {name} at byte {at})"))?;
+                    let v = self
+                        .call(&func, &args)
+                        .map_err(|e| anyhow!("{e} (opcode {name} at byte {at})"))?;
                     self.push(v)?
                 }
                 b'b' => {
@@ -640,15 +677,22 @@ impl<'a> Vm<'a> {
                 }
                 b'p' => {
                     let s = self.line()?;
-                    let i = s.parse::<u32>().map_err(|_| anyhow!("pickle: bad PUT index at byte {at}"))?;
+                    let i = s
+                        .parse::<u32>()
+                        .map_err(|_| anyhow!("pickle: bad PUT index at byte {at}"))?;
                     self.memo_put(i)?
                 }
                 b'g' => {
                     let s = self.line()?;
-                    let i = s.parse::<u32>().map_err(|_| anyhow!("pickle: bad GET index at byte {at}"))?;
+                    let i = s
+                        .parse::<u32>()
+                        .map_err(|_| anyhow!("pickle: bad GET index at byte {at}"))?;
                     self.memo_get(i)?
                 }
-                _ => bail!("pickle opcode 0x{op:02x} ({}) not supported at byte {at}", opcode_name(op)),
+                _ => bail!(
+                    "pickle opcode 0x{op:02x} ({}) not supported at byte {at}",
+                    opcode_name(op)
+                ),
             }
         }
     }
@@ -685,12 +729,15 @@ impl<'a> Vm<'a> {
     /// Interprets a call of a whitelisted global. Nothing is executed.
     fn call(&mut self, func: &Value, args: &Value) -> Result<Value> {
         let Value::Global(g) = func else {
-            bail!("call of a {} (only whitelisted globals can be called)", func.kind())
+            bail!(
+                "call of a {} (only whitelisted globals can be called)",
+                func.kind()
+            )
         };
         let args: Vec<Value> = self.seq(args, "call arguments")?.to_vec();
         match g {
             Global::OrderedDict => {
-                let d = self.new_dict();
+                let d = self.new_dict()?;
                 if let Some(items) = args.first() {
                     // OrderedDict([(k, v), ...])
                     let pairs = self.seq(items, "OrderedDict items")?.to_vec();
@@ -712,10 +759,14 @@ impl<'a> Vm<'a> {
                     bail!("_rebuild_tensor with {} arguments (needs ≥ 4)", args.len());
                 }
                 let Value::Storage(storage) = args[0] else {
-                    bail!("_rebuild_tensor: first argument is a {}, not a storage", args[0].kind())
+                    bail!(
+                        "_rebuild_tensor: first argument is a {}, not a storage",
+                        args[0].kind()
+                    )
                 };
                 let offset = Self::int(&args[1], "_rebuild_tensor storage_offset")?;
-                let offset = u64::try_from(offset).map_err(|_| anyhow!("negative storage_offset {offset}"))?;
+                let offset = u64::try_from(offset)
+                    .map_err(|_| anyhow!("negative storage_offset {offset}"))?;
                 let shape = self.usize_list(&args[2], "_rebuild_tensor size")?;
                 let stride = self.usize_list(&args[3], "_rebuild_tensor stride")?;
                 self.new_tensor(storage, offset, shape, stride)
@@ -727,7 +778,10 @@ impl<'a> Vm<'a> {
             Global::RebuildFromTypeV2 => {
                 // (func, new_type, args, state): rebuild with func(*args), ignore type/state.
                 if args.len() < 3 {
-                    bail!("_rebuild_from_type_v2 with {} arguments (needs ≥ 3)", args.len());
+                    bail!(
+                        "_rebuild_from_type_v2 with {} arguments (needs ≥ 3)",
+                        args.len()
+                    );
                 }
                 if !matches!(args[1], Value::Global(Global::TensorType)) {
                     bail!("_rebuild_from_type_v2 with a non-tensor type");
@@ -740,9 +794,19 @@ impl<'a> Vm<'a> {
         }
     }
 
-    fn new_tensor(&mut self, storage: usize, offset: u64, shape: Vec<usize>, stride: Vec<usize>) -> Result<Value> {
+    fn new_tensor(
+        &mut self,
+        storage: usize,
+        offset: u64,
+        shape: Vec<usize>,
+        stride: Vec<usize>,
+    ) -> Result<Value> {
         if shape.len() != stride.len() {
-            bail!("tensor with {} sizes but {} strides", shape.len(), stride.len());
+            bail!(
+                "tensor with {} sizes but {} strides",
+                shape.len(),
+                stride.len()
+            );
         }
         let numel = shape
             .iter()
@@ -756,7 +820,9 @@ impl<'a> Vm<'a> {
                 let step = ((d - 1) as u64)
                     .checked_mul(st as u64)
                     .ok_or_else(|| anyhow!("tensor stride {stride:?} overflows"))?;
-                last = last.checked_add(step).ok_or_else(|| anyhow!("tensor extent overflows"))?;
+                last = last
+                    .checked_add(step)
+                    .ok_or_else(|| anyhow!("tensor extent overflows"))?;
             }
             if last >= s.numel {
                 bail!(
@@ -769,7 +835,12 @@ impl<'a> Vm<'a> {
         if self.tensors.len() >= MAX_TENSORS {
             bail!("more than {MAX_TENSORS} tensors");
         }
-        self.tensors.push(TensorRef { storage, offset, shape, stride });
+        self.tensors.push(TensorRef {
+            storage,
+            offset,
+            shape,
+            stride,
+        });
         Ok(Value::Tensor(self.tensors.len() - 1))
     }
 
@@ -788,7 +859,10 @@ impl<'a> Vm<'a> {
             bail!("persistent id with {} fields (expected 5 or 6)", t.len());
         }
         let Value::Global(Global::StorageType(dtype)) = t[1] else {
-            bail!("persistent id names a {} instead of a torch.*Storage class", t[1].kind())
+            bail!(
+                "persistent id names a {} instead of a torch.*Storage class",
+                t[1].kind()
+            )
         };
         let key: String = match &t[2] {
             Value::Str(s) => s.to_string(),
@@ -796,7 +870,8 @@ impl<'a> Vm<'a> {
             other => bail!("storage key is a {}", other.kind()),
         };
         let root_numel = Self::int(&t[4], "storage size")?;
-        let root_numel = u64::try_from(root_numel).map_err(|_| anyhow!("storage '{key}' has negative size"))?;
+        let root_numel =
+            u64::try_from(root_numel).map_err(|_| anyhow!("storage '{key}' has negative size"))?;
         let (offset, numel) = match t.get(5) {
             None | Some(Value::None) => (0, root_numel),
             Some(view) => {
@@ -835,8 +910,15 @@ impl<'a> Vm<'a> {
         if self.storages.len() >= MAX_TENSORS {
             bail!("more than {MAX_TENSORS} storages");
         }
-        self.storages.push(StorageRef { root_key: key, dtype, root_numel, offset, numel });
-        self.storage_by_key.insert(view_key, self.storages.len() - 1);
+        self.storages.push(StorageRef {
+            root_key: key,
+            dtype,
+            root_numel,
+            offset,
+            numel,
+        });
+        self.storage_by_key
+            .insert(view_key, self.storages.len() - 1);
         Ok(Value::Storage(self.storages.len() - 1))
     }
 
@@ -845,7 +927,10 @@ impl<'a> Vm<'a> {
     pub fn load_state_dict(&mut self) -> Result<Unpickled> {
         let top = self.run()?;
         let Value::Dict(mut d) = top else {
-            bail!("the checkpoint holds a {}, not a state_dict (dict of tensors)", top.kind())
+            bail!(
+                "the checkpoint holds a {}, not a state_dict (dict of tensors)",
+                top.kind()
+            )
         };
         if let Some((_, v)) = self.dicts[d]
             .items
@@ -870,6 +955,9 @@ impl<'a> Vm<'a> {
             };
             entries.push((k.to_string(), *t));
         }
+        // Later pickles of the same file start with no storages (their indices restart at 0).
+        self.storage_by_key.clear();
+        self.roots.clear();
         Ok(Unpickled {
             entries,
             tensors: std::mem::take(&mut self.tensors),
@@ -895,9 +983,12 @@ impl<'a> Vm<'a> {
             Value::Float(f) => Plain::Float(*f),
             Value::Str(s) => Plain::Str(s.to_string()),
             Value::Bytes(b) => Plain::Bytes(b.to_vec()),
-            Value::Seq(i) => {
-                Plain::List(self.seqs[*i].iter().map(|x| self.plain(x, depth + 1)).collect::<Result<_>>()?)
-            }
+            Value::Seq(i) => Plain::List(
+                self.seqs[*i]
+                    .iter()
+                    .map(|x| self.plain(x, depth + 1))
+                    .collect::<Result<_>>()?,
+            ),
             Value::Dict(i) => Plain::Dict(
                 self.dicts[*i]
                     .items

@@ -1,0 +1,330 @@
+//! Bounded in-tree fuzzing of the weight loaders: seeds from tests/corpus/{pth,safetensors}
+//! are mutated (bit flips, interesting values, inserts, deletions, truncations, splices) with
+//! a seeded PRNG for a fixed time per target, asserting no panic and no huge allocation.
+//!
+//! HRK_FUZZ_SECS sets the seconds per target (default 3), HRK_FUZZ_SEED the PRNG seed.
+//! Crashing inputs are written to target/fuzz-crashes/ for replay.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Cursor, Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Records the largest single allocation, so a run can flag inputs that make the loader
+/// allocate far beyond their size.
+struct TrackingAlloc;
+static LARGEST_ALLOC: AtomicUsize = AtomicUsize::new(0);
+/// Refused outright (the allocation fails and the process aborts) to protect the machine.
+const HARD_LIMIT: usize = 4 << 30;
+/// Flagged as a bug: inputs are a few KB, no legitimate allocation comes near this.
+const SOFT_LIMIT: usize = 256 << 20;
+
+unsafe impl GlobalAlloc for TrackingAlloc {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LARGEST_ALLOC.fetch_max(l.size(), Ordering::Relaxed);
+        if l.size() > HARD_LIMIT {
+            return std::ptr::null_mut();
+        }
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LARGEST_ALLOC.fetch_max(new, Ordering::Relaxed);
+        if new > HARD_LIMIT {
+            return std::ptr::null_mut();
+        }
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: TrackingAlloc = TrackingAlloc;
+
+/// The fuzz loops share the allocation counter, so they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// xorshift64*: small, seedable, good enough for mutation choices.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+const INTERESTING: [u64; 12] = [
+    0,
+    1,
+    2,
+    0x7f,
+    0x80,
+    0xff,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_ffff,
+    u64::MAX,
+    1 << 40,
+    1 << 62,
+];
+
+fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = input.to_vec();
+    let rounds = 1 + rng.below(4);
+    for _ in 0..rounds {
+        let len = v.len();
+        match rng.below(9) {
+            0 if len > 0 => {
+                let i = rng.below(len);
+                v[i] ^= 1 << rng.below(8);
+            }
+            1 if len > 0 => {
+                let i = rng.below(len);
+                v[i] = rng.next() as u8;
+            }
+            2 if len >= 8 => {
+                // An interesting integer of width 1/2/4/8 at a random place.
+                let w = [1, 2, 4, 8][rng.below(4)];
+                let i = rng.below(len - w + 1);
+                let x = INTERESTING[rng.below(INTERESTING.len())].to_le_bytes();
+                v[i..i + w].copy_from_slice(&x[..w]);
+            }
+            3 => {
+                let i = rng.below(len + 1);
+                let n = 1 + rng.below(16);
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                v.splice(i..i, bytes);
+            }
+            4 if len > 0 => {
+                let i = rng.below(len);
+                let n = 1 + rng.below((len - i).min(64));
+                v.drain(i..i + n);
+            }
+            5 => v.truncate(rng.below(len + 1)),
+            6 => {
+                // Splice: our prefix + another seed's suffix.
+                let other = &seeds[rng.below(seeds.len())];
+                let cut = rng.below(len + 1);
+                let from = rng.below(other.len() + 1);
+                v.truncate(cut);
+                v.extend_from_slice(&other[from..]);
+            }
+            7 if len > 0 => {
+                // Duplicate a chunk somewhere else.
+                let i = rng.below(len);
+                let n = 1 + rng.below((len - i).min(128));
+                let chunk = v[i..i + n].to_vec();
+                let at = rng.below(v.len() + 1);
+                v.splice(at..at, chunk);
+            }
+            _ => {
+                // A pickle opcode byte at a random place (hits the VM's dispatch).
+                if len > 0 {
+                    let i = rng.below(len);
+                    v[i] = b"().0124NJKMX\x8c\x8a\x85\x86\x87]}aesuqrhjcRbQ\x93\x94\x95t"
+                        [rng.below(33)];
+                }
+            }
+        }
+    }
+    v
+}
+
+fn corpus(kind: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(kind);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let seeds: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
+    seeds
+}
+
+fn fuzz_secs() -> f64 {
+    std::env::var("HRK_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0)
+}
+
+fn fuzz_seed() -> u64 {
+    std::env::var("HRK_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_1234_abcd_0001)
+}
+
+/// Runs `target` on mutated seeds until the time budget ends; returns executions.
+fn run_fuzz(name: &str, seeds: &[Vec<u8>], mut target: impl FnMut(&[u8])) -> u64 {
+    let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
+    let budget = Duration::from_secs_f64(fuzz_secs());
+    let mut rng = Rng(fuzz_seed()
+        ^ name
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+        | 1);
+    let prev_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let start = Instant::now();
+    let mut execs = 0u64;
+    let mut failures: Vec<String> = Vec::new();
+    // Seeds themselves first, then mutants (sometimes of mutants, to go deeper).
+    let mut last = seeds[0].clone();
+    while start.elapsed() < budget || execs < seeds.len() as u64 {
+        let input = if (execs as usize) < seeds.len() {
+            seeds[execs as usize].clone()
+        } else if rng.below(4) == 0 {
+            mutate(&mut rng, &last, seeds)
+        } else {
+            let pick = rng.below(seeds.len());
+            mutate(&mut rng, &seeds[pick], seeds)
+        };
+        LARGEST_ALLOC.store(0, Ordering::Relaxed);
+        let outcome = catch_unwind(AssertUnwindSafe(|| target(&input)));
+        let largest = LARGEST_ALLOC.load(Ordering::Relaxed);
+        execs += 1;
+        let problem = match outcome {
+            Err(p) => Some(format!(
+                "panic: {}",
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
+            )),
+            Ok(()) if largest > SOFT_LIMIT => Some(format!(
+                "allocation of {largest} bytes for a {}-byte input",
+                input.len()
+            )),
+            Ok(()) => None,
+        };
+        if let Some(msg) = problem {
+            std::fs::create_dir_all(&crash_dir).unwrap();
+            let f = crash_dir.join(format!("{name}-{execs}.bin"));
+            std::fs::write(&f, &input).unwrap();
+            failures.push(format!("{msg} (input saved to {})", f.display()));
+            if failures.len() >= 10 {
+                break;
+            }
+        }
+        last = input;
+    }
+    std::panic::set_hook(prev_hook);
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "fuzz {name}: {execs} executions in {secs:.1} s ({:.0}/s), {} failures",
+        execs as f64 / secs,
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "fuzz {name} found:\n{}",
+        failures.join("\n")
+    );
+    execs
+}
+
+#[test]
+fn fuzz_pth_loader() {
+    let seeds = corpus("pth");
+    let execs = run_fuzz("pth", &seeds, |b| {
+        let _ = hrk::io::state_dict_from_bytes(b);
+    });
+    assert!(execs >= seeds.len() as u64);
+}
+
+/// Mutates only the pickle inside zip seeds and re-packs them, so the VM is reached past the
+/// zip's CRC checks.
+#[test]
+fn fuzz_zip_pickle() {
+    let mut pickles = Vec::new();
+    let mut archives = Vec::new();
+    for seed in corpus("pth").into_iter().filter(|s| s.starts_with(b"PK")) {
+        let mut z = zip::ZipArchive::new(Cursor::new(&seed[..])).unwrap();
+        let mut entries = Vec::new();
+        for i in 0..z.len() {
+            let mut f = z.by_index(i).unwrap();
+            let mut data = Vec::new();
+            f.read_to_end(&mut data).unwrap();
+            let name = f.name().unwrap().to_string();
+            if name.ends_with("/data.pkl") {
+                pickles.push(data.clone());
+            }
+            entries.push((name, data));
+        }
+        archives.push(entries);
+    }
+    let execs = run_fuzz("zip-pickle", &pickles, |pkl| {
+        for entries in archives
+            .iter()
+            .take(1)
+            .chain(archives.iter().skip(pkl.len() % archives.len()).take(1))
+        {
+            let mut out = Cursor::new(Vec::new());
+            let mut w = zip::ZipWriter::new(&mut out);
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            for (name, data) in entries {
+                w.start_file(name.as_str(), opts).unwrap();
+                w.write_all(if name.ends_with("/data.pkl") {
+                    pkl
+                } else {
+                    data
+                })
+                .unwrap();
+            }
+            w.finish().unwrap();
+            let _ = hrk::io::state_dict_from_bytes(out.get_ref());
+        }
+    });
+    assert!(execs >= pickles.len() as u64);
+}
+
+#[test]
+fn fuzz_safetensors_loader() {
+    let seeds = corpus("safetensors");
+    let execs = run_fuzz("safetensors", &seeds, |b| {
+        let _ = hrk::io::read_safetensors_bytes(b);
+        let _ = hrk::io::state_dict_from_bytes(b);
+    });
+    assert!(execs >= seeds.len() as u64);
+}
+
+#[test]
+fn corpus_seeds_are_valid() {
+    for kind in ["pth", "safetensors"] {
+        for (i, s) in corpus(kind).iter().enumerate() {
+            let sd = hrk::io::state_dict_from_bytes(s)
+                .unwrap_or_else(|e| panic!("{kind} seed {i}: {e}"));
+            assert!(!sd.is_empty());
+        }
+    }
+}
+
+/// Replays one saved input with the normal panic output: HRK_FUZZ_REPLAY=path.
+#[test]
+fn replay_saved_input() {
+    let Ok(path) = std::env::var("HRK_FUZZ_REPLAY") else {
+        return;
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    let r = hrk::io::state_dict_from_bytes(&bytes);
+    eprintln!("replay {path}: {:?}", r.map(|sd| sd.len()));
+}
