@@ -10,20 +10,7 @@ use anyhow::{bail, Result};
 /// The official code's BN momentum for this model.
 pub const BN_MOMENTUM: f64 = 0.01;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlockKind {
-    Basic,
-    Bottleneck,
-}
-
-impl BlockKind {
-    pub fn expansion(self) -> usize {
-        match self {
-            BlockKind::Basic => 1,
-            BlockKind::Bottleneck => 4,
-        }
-    }
-}
+pub use crate::config::BlockKind;
 
 /// One of STAGE2/3/4.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,6 +40,25 @@ impl HrnetSpec {
             num_channels: c.to_vec(),
         };
         HrnetSpec { num_joints, final_conv_kernel: 1, stages: vec![st(1, 2, &[18, 36]), st(4, 3, &[18, 36, 72]), st(3, 4, &[18, 36, 72, 144])] }
+    }
+
+    /// MODEL.NUM_JOINTS and MODEL.EXTRA of a loaded config.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<HrnetSpec> {
+        let e = &cfg.model.extra;
+        let stage = |s: &crate::config::StageConfig| StageSpec {
+            num_modules: s.num_modules,
+            num_branches: s.num_branches,
+            block: s.block,
+            num_blocks: s.num_blocks.clone(),
+            num_channels: s.num_channels.clone(),
+        };
+        let spec = HrnetSpec {
+            num_joints: cfg.model.num_joints,
+            final_conv_kernel: e.final_conv_kernel,
+            stages: vec![stage(&e.stage2), stage(&e.stage3), stage(&e.stage4)],
+        };
+        spec.validate()?;
+        Ok(spec)
     }
 
     pub fn validate(&self) -> Result<()> {
