@@ -5,3 +5,4 @@
 //! file / line / key / tensor / op involved. Library code does not panic on bad input.
 
 pub mod host;
+pub mod cuda;
