@@ -43,7 +43,11 @@ fn main() {
 
 fn find_nvcc(manifest: &Path) -> Option<PathBuf> {
     if let Ok(p) = env::var("HRK_NVCC") {
-        return Some(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            panic!("HRK_NVCC={} is not a file: point it at nvcc or unset it", p.display());
+        }
+        return Some(p);
     }
     for var in ["CUDA_HOME", "CUDA_PATH"] {
         if let Ok(root) = env::var(var) {
