@@ -20,3 +20,4 @@ pub use tensor::{DType, Device, Storage, Tensor};
 pub mod synth;
 pub mod data;
 pub mod config;
+pub mod cuda;

@@ -1,0 +1,32 @@
+// Shared device helpers: warp/block reductions. Works under nvcc and the host emulator (emu.h).
+#pragma once
+#include "emu.h"  // empty under nvcc except the HRK_* macros
+#include "params.h"
+
+constexpr unsigned FULL_MASK = 0xffffffffu;
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(FULL_MASK, v, offset);
+    return v;
+}
+
+// Sum over a block of `threads` (a multiple of 32, <= 1024). The result is valid in thread 0.
+// `scratch` holds 32 floats of shared memory. Every thread of the block must call it.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    const int warps = (blockDim.x + 31) >> 5;
+    if (warp == 0) {
+        v = lane < warps ? scratch[lane] : 0.0f;
+        v = warp_sum(v);
+    }
+    // scratch may be reused by the caller's next reduction.
+    __syncthreads();
+    return v;
+}
+
+// Grid-stride range helper for 1-D elementwise kernels.
+__device__ __forceinline__ long long global_thread() { return (long long)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ long long grid_threads() { return (long long)gridDim.x * blockDim.x; }

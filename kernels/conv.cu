@@ -1,0 +1,161 @@
+// 2-D convolution, NCHW f32, as implicit GEMM with shared-memory tiling (no im2col buffer).
+//   forward:         y[co, (n,oh,ow)]  = sum_{(ci,r,s)} w[co,(ci,r,s)] * x_patch[(ci,r,s),(n,oh,ow)]  (+bias, +ReLU)
+//   backward-data:   dx[ci, (n,h,w)]   = sum_{(co,r,s)} w[co,ci,r,s] * dy_scatter[(co,r,s),(n,h,w)]
+//   backward-weight: dw[co, (ci,r,s)] += sum_{(n,oh,ow)} dy[co,(n,oh,ow)] * x_patch[(n,oh,ow),(ci,r,s)]
+//                    (split-K over gridDim.z with atomicAdd when k_splits > 1)
+//   backward-bias:   db[co] += sum dy[n,co,:,:]
+// Plain FMA path only (no mma / cp.async), so the host emulator runs exactly this code.
+#include "common.cuh"
+
+namespace conv {
+
+constexpr int TILE_M = 64, TILE_N = 64, TILE_K = 16, THREADS = 256;
+constexpr int PER_THREAD = (TILE_M * TILE_K) / THREADS;  // 4 elements of each tile loaded per thread
+static_assert((TILE_N * TILE_K) / THREADS == PER_THREAD, "tile shapes");
+
+// One 64x64 output tile of C = A·B over k in [k_begin, k_end). Each thread owns a 4x4 micro-tile: rows
+// ty*4+i, columns tx+16*j (so neighbouring threads store neighbouring columns).
+// A_K_CONTIG / B_K_CONTIG pick which index neighbouring threads walk when loading, for coalescing.
+template <bool A_K_CONTIG, bool B_K_CONTIG, class LoadA, class LoadB, class Store>
+__device__ __forceinline__ void gemm_tile(int M, int N, int k_begin, int k_end, const LoadA& load_a,
+                                          const LoadB& load_b, const Store& store) {
+    // +1 column of padding keeps the transposed stores of A free of bank conflicts.
+    __shared__ float a_tile[TILE_K][TILE_M + 1];
+    __shared__ float b_tile[TILE_K][TILE_N + 1];
+    const int tid = threadIdx.x;
+    const int tx = tid % 16, ty = tid / 16;
+    const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
+    float acc[4][4];
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+        for (int r = 0; r < PER_THREAD; ++r) {
+            const int e = tid + r * THREADS;
+            const int kk = A_K_CONTIG ? e % TILE_K : e / TILE_M;
+            const int mm = A_K_CONTIG ? e / TILE_K : e % TILE_M;
+            const int m = m0 + mm, k = k0 + kk;
+            a_tile[kk][mm] = (m < M && k < k_end) ? load_a(m, k) : 0.0f;
+        }
+        for (int r = 0; r < PER_THREAD; ++r) {
+            const int e = tid + r * THREADS;
+            const int kk = B_K_CONTIG ? e % TILE_K : e / TILE_N;
+            const int nn = B_K_CONTIG ? e / TILE_K : e % TILE_N;
+            const int n = n0 + nn, k = k0 + kk;
+            b_tile[kk][nn] = (n < N && k < k_end) ? load_b(k, n) : 0.0f;
+        }
+        __syncthreads();
+        for (int kk = 0; kk < TILE_K; ++kk) {
+            float a[4], b[4];
+            for (int i = 0; i < 4; ++i) a[i] = a_tile[kk][ty * 4 + i];
+            for (int j = 0; j < 4; ++j) b[j] = b_tile[kk][tx + 16 * j];
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        // The next iteration overwrites the tiles.
+        __syncthreads();
+    }
+    for (int i = 0; i < 4; ++i) {
+        const int m = m0 + ty * 4 + i;
+        if (m >= M) continue;
+        for (int j = 0; j < 4; ++j) {
+            const int n = n0 + tx + 16 * j;
+            if (n < N) store(m, n, acc[i][j]);
+        }
+    }
+}
+
+}  // namespace conv
+
+// grid (ceil(n*h_out*w_out / 64), ceil(c_out / 64)), block 256.
+extern "C" __global__ void __launch_bounds__(256) conv2d_forward(const Conv2dParams p) {
+    const int khw = p.kh * p.kw, K = p.c_in * khw, out_hw = p.h_out * p.w_out;
+    auto load_w = [&](int co, int k) { return p.weight[(long long)co * K + k]; };
+    auto load_x = [&](int k, int col) {
+        const int ci = k / khw, rs = k % khw, r = rs / p.kw, s = rs % p.kw;
+        const int img = col / out_hw, q = col % out_hw, oh = q / p.w_out, ow = q % p.w_out;
+        const int ih = oh * p.stride - p.pad + r, iw = ow * p.stride - p.pad + s;
+        if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) return 0.0f;
+        return p.x[(((long long)img * p.c_in + ci) * p.h + ih) * p.w + iw];
+    };
+    auto store_y = [&](int co, int col, float acc) {
+        float v = acc + (p.bias ? p.bias[co] : 0.0f);
+        if (p.relu) v = fmaxf(v, 0.0f);
+        const int img = col / out_hw, q = col % out_hw;
+        p.y[((long long)img * p.c_out + co) * out_hw + q] = v;
+    };
+    conv::gemm_tile<true, false>(p.c_out, p.n * out_hw, 0, K, load_w, load_x, store_y);
+}
+
+// grid (ceil(n*h*w / 64), ceil(c_in / 64)), block 256.
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data(const Conv2dParams p) {
+    const int khw = p.kh * p.kw, K = p.c_out * khw, in_hw = p.h * p.w;
+    auto load_w = [&](int ci, int k) {
+        const int co = k / khw, rs = k % khw;
+        return p.weight[((long long)co * p.c_in + ci) * khw + rs];
+    };
+    auto load_dy = [&](int k, int col) {
+        const int co = k / khw, rs = k % khw, r = rs / p.kw, s = rs % p.kw;
+        const int img = col / in_hw, q = col % in_hw, ih = q / p.w, iw = q % p.w;
+        // Output position that read x[ih, iw] through tap (r, s), if it exists.
+        const int th = ih + p.pad - r, tw = iw + p.pad - s;
+        if (th < 0 || tw < 0 || th % p.stride != 0 || tw % p.stride != 0) return 0.0f;
+        const int oh = th / p.stride, ow = tw / p.stride;
+        if (oh >= p.h_out || ow >= p.w_out) return 0.0f;
+        return p.dy[(((long long)img * p.c_out + co) * p.h_out + oh) * p.w_out + ow];
+    };
+    auto store_dx = [&](int ci, int col, float acc) {
+        const int img = col / in_hw, q = col % in_hw;
+        p.dx[((long long)img * p.c_in + ci) * in_hw + q] = acc;
+    };
+    conv::gemm_tile<true, false>(p.c_in, p.n * in_hw, 0, K, load_w, load_dy, store_dx);
+}
+
+// grid (ceil(c_in*kh*kw / 64), ceil(c_out / 64), k_splits), block 256.
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight(const Conv2dParams p) {
+    const int khw = p.kh * p.kw, N = p.c_in * khw, out_hw = p.h_out * p.w_out;
+    const int K = p.n * out_hw;
+    // Split the reduction into k_splits chunks aligned to the tile depth.
+    const int chunk = ((K + p.k_splits - 1) / p.k_splits + conv::TILE_K - 1) / conv::TILE_K * conv::TILE_K;
+    const int k_begin = blockIdx.z * chunk;
+    const int k_end = min(K, k_begin + chunk);
+    auto load_dy = [&](int co, int k) {
+        const int img = k / out_hw, q = k % out_hw;
+        return p.dy[((long long)img * p.c_out + co) * out_hw + q];
+    };
+    auto load_x = [&](int k, int j) {
+        const int ci = j / khw, rs = j % khw, r = rs / p.kw, s = rs % p.kw;
+        const int img = k / out_hw, q = k % out_hw, oh = q / p.w_out, ow = q % p.w_out;
+        const int ih = oh * p.stride - p.pad + r, iw = ow * p.stride - p.pad + s;
+        if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) return 0.0f;
+        return p.x[(((long long)img * p.c_in + ci) * p.h + ih) * p.w + iw];
+    };
+    const bool split = p.k_splits > 1;
+    auto store_dw = [&](int co, int j, float acc) {
+        float* dst = &p.dw[(long long)co * N + j];
+        if (split)
+            atomicAdd(dst, acc);
+        else
+            *dst += acc;
+    };
+    // An empty chunk (k_begin >= K) still runs the (zero-trip) loop so every thread stays in step.
+    conv::gemm_tile<true, true>(p.c_out, N, k_begin, k_end, load_dy, load_x, store_dw);
+}
+
+// grid (c_out), block 256: db[co] += sum over (n, h_out, w_out) of dy.
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_bias(const Conv2dParams p) {
+    __shared__ float scratch[32];
+    const int co = blockIdx.x, out_hw = p.h_out * p.w_out;
+    float sum = 0.0f;
+    for (int img = 0; img < p.n; ++img) {
+        const float* plane = p.dy + ((long long)img * p.c_out + co) * out_hw;
+        for (int q = threadIdx.x; q < out_hw; q += blockDim.x) sum += plane[q];
+    }
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) p.db[co] += sum;
+}
+
+HRK_EMU_EXPORT(conv2d_forward, Conv2dParams)
+HRK_EMU_EXPORT(conv2d_backward_data, Conv2dParams)
+HRK_EMU_EXPORT(conv2d_backward_weight, Conv2dParams)
+HRK_EMU_EXPORT(conv2d_backward_bias, Conv2dParams)

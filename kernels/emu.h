@@ -1,0 +1,178 @@
+// Host emulation of the CUDA execution model, so the same .cu kernels run (and are tested) on a machine
+// without a GPU. Compiled only by the host build (g++ -std=c++20 -include emu.h); nvcc never sees it.
+//
+// Model (TOOLCHAIN §5): one launch spawns blockDim OS threads once; they walk the grid's blocks one after
+// another with a block-wide barrier between blocks. Because only one block is live at a time,
+// `__shared__` can be `static`. __syncthreads is a std::barrier over the block; warp shuffles go through a
+// 32-slot exchange with a per-warp barrier; atomicAdd uses std::atomic_ref.
+// Limits: every thread must reach every __syncthreads (no early return before a barrier), shuffles must be
+// full-warp (no divergent partial masks), no inter-block sync, no inline PTX / mma / cp.async.
+#pragma once
+#ifndef __CUDACC__
+
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+namespace hrk_emu {
+
+// Static shared memory is process-global on the host, so emulated launches run one at a time.
+inline std::mutex g_launch_mutex;
+
+struct Launch {
+    dim3 grid, block;
+    unsigned nthreads = 1;
+    std::unique_ptr<std::barrier<>> block_bar;
+    std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
+    std::vector<uint64_t> exchange;  // one 8-byte slot per thread, for shuffles
+    std::vector<unsigned char> dyn_smem;
+};
+
+inline thread_local dim3 tl_thread_idx;
+inline thread_local dim3 tl_block_idx;
+inline thread_local unsigned tl_linear_tid = 0;
+inline thread_local Launch* tl_launch = nullptr;
+
+inline std::barrier<>& warp_barrier() { return *tl_launch->warp_bars[tl_linear_tid / 32]; }
+
+// Runs `body` (the kernel call with its parameter struct bound) over the whole grid. Returns 0, or a
+// nonzero code for a launch shape the hardware would reject too.
+template <class Body>
+int launch(const Body& body, dim3 grid, dim3 block, size_t dyn_smem_bytes) {
+    unsigned long nthreads = (unsigned long)block.x * block.y * block.z;
+    if (nthreads == 0 || nthreads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
+        grid.z > 65535)
+        return 1;
+    std::lock_guard<std::mutex> serialise(g_launch_mutex);
+    Launch l;
+    l.grid = grid;
+    l.block = block;
+    l.nthreads = (unsigned)nthreads;
+    l.block_bar = std::make_unique<std::barrier<>>((ptrdiff_t)nthreads);
+    for (unsigned w = 0; w * 32 < nthreads; ++w) {
+        unsigned lanes = (unsigned)std::min<unsigned long>(32, nthreads - w * 32);
+        l.warp_bars.push_back(std::make_unique<std::barrier<>>((ptrdiff_t)lanes));
+    }
+    l.exchange.assign(nthreads, 0);
+    l.dyn_smem.assign(dyn_smem_bytes + 16, 0);
+    std::vector<std::thread> threads;
+    threads.reserve(nthreads);
+    for (unsigned t = 0; t < nthreads; ++t) {
+        threads.emplace_back([&l, &body, t] {
+            tl_launch = &l;
+            tl_linear_tid = t;
+            tl_thread_idx.x = t % l.block.x;
+            tl_thread_idx.y = (t / l.block.x) % l.block.y;
+            tl_thread_idx.z = t / (l.block.x * l.block.y);
+            for (unsigned bz = 0; bz < l.grid.z; ++bz)
+                for (unsigned by = 0; by < l.grid.y; ++by)
+                    for (unsigned bx = 0; bx < l.grid.x; ++bx) {
+                        tl_block_idx.x = bx;
+                        tl_block_idx.y = by;
+                        tl_block_idx.z = bz;
+                        body();
+                        // No thread may start the next block (and reuse static shared memory) early.
+                        l.block_bar->arrive_and_wait();
+                    }
+        });
+    }
+    for (auto& th : threads) th.join();
+    return 0;
+}
+
+template <class T>
+inline T shfl_exchange(T v, int src_lane_of_warp) {
+    static_assert(sizeof(T) <= 8, "shuffle of a type larger than 8 bytes");
+    Launch& l = *tl_launch;
+    unsigned warp_base = tl_linear_tid / 32 * 32;
+    uint64_t slot = 0;
+    std::memcpy(&slot, &v, sizeof(T));
+    std::atomic_ref<uint64_t>(l.exchange[tl_linear_tid]).store(slot, std::memory_order_relaxed);
+    warp_barrier().arrive_and_wait();
+    unsigned lanes = std::min<unsigned>(32, l.nthreads - warp_base);
+    unsigned src = (src_lane_of_warp >= 0 && (unsigned)src_lane_of_warp < lanes) ? (unsigned)src_lane_of_warp
+                                                                                   : tl_linear_tid - warp_base;
+    uint64_t got = std::atomic_ref<uint64_t>(l.exchange[warp_base + src]).load(std::memory_order_relaxed);
+    // Everyone has read before anyone may overwrite its slot in the next shuffle.
+    warp_barrier().arrive_and_wait();
+    T out;
+    std::memcpy(&out, &got, sizeof(T));
+    return out;
+}
+
+}  // namespace hrk_emu
+
+#define threadIdx (hrk_emu::tl_thread_idx)
+#define blockIdx (hrk_emu::tl_block_idx)
+#define blockDim (hrk_emu::tl_launch->block)
+#define gridDim (hrk_emu::tl_launch->grid)
+#define warpSize 32
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define HRK_DYN_SHARED(type, name) type* name = reinterpret_cast<type*>(hrk_emu::tl_launch->dyn_smem.data())
+
+inline void __syncthreads() { hrk_emu::tl_launch->block_bar->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { hrk_emu::warp_barrier().arrive_and_wait(); }
+
+template <class T>
+inline T __shfl_sync(unsigned, T v, int src_lane, int = 32) {
+    return hrk_emu::shfl_exchange(v, src_lane);
+}
+template <class T>
+inline T __shfl_down_sync(unsigned, T v, unsigned delta, int = 32) {
+    unsigned lane = hrk_emu::tl_linear_tid % 32;
+    // Out-of-range sources return the caller's own value, as on the GPU.
+    return hrk_emu::shfl_exchange(v, lane + delta < 32 ? (int)(lane + delta) : -1);
+}
+template <class T>
+inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int = 32) {
+    unsigned lane = hrk_emu::tl_linear_tid % 32;
+    return hrk_emu::shfl_exchange(v, (int)(lane ^ (unsigned)lane_mask));
+}
+
+inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+template <class T>
+inline T __ldg(const T* p) { return *p; }
+using std::max;
+using std::min;
+
+// Exports a host entry point `hrk_emu_<name>` that runs kernel `name` over a grid; called from
+// src/cuda/emu.rs with a pointer to the same #[repr(C)] struct the GPU launch passes by value.
+#define HRK_EMU_EXPORT(name, Params)                                                                     \
+    extern "C" int hrk_emu_##name(const void* params, const unsigned* grid, const unsigned* block,       \
+                                  size_t dyn_smem) {                                                     \
+        Params p;                                                                                        \
+        std::memcpy(&p, params, sizeof(Params));                                                         \
+        return hrk_emu::launch([&p] { name(p); }, dim3{grid[0], grid[1], grid[2]},                      \
+                               dim3{block[0], block[1], block[2]}, dyn_smem);                            \
+    }
+#define HRK_EMU_SIZEOF(Params) \
+    extern "C" size_t hrk_emu_sizeof_##Params() { return sizeof(Params); }
+
+#else  // __CUDACC__: the real device build
+
+#define HRK_DYN_SHARED(type, name) extern __shared__ type name[]
+#define HRK_EMU_EXPORT(name, Params)
+#define HRK_EMU_SIZEOF(Params)
+
+#endif

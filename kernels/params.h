@@ -1,0 +1,104 @@
+// Kernel parameter structs: every kernel takes exactly one of these BY VALUE. Mirrored field for field by
+// #[repr(C)] structs in src/cuda/params.rs (pointers there are u64 device addresses); a test compares the
+// sizes. Keep pointers first, then 8-byte counts, then 4-byte fields, with explicit padding to 8 bytes.
+// Layout: NCHW contiguous f32 everywhere.
+#pragma once
+
+struct Conv2dParams {
+    const float* x;     // [n, c_in, h, w]
+    const float* weight;  // [c_out, c_in, kh, kw]
+    const float* bias;  // [c_out] or null (forward)
+    float* y;           // [n, c_out, h_out, w_out] (forward output)
+    const float* dy;    // [n, c_out, h_out, w_out] (backward input)
+    float* dx;          // backward-data output (overwritten)
+    float* dw;          // backward-weight output (ACCUMULATED: dw += ...)
+    float* db;          // backward-bias output (ACCUMULATED)
+    int n, c_in, h, w;
+    int c_out, h_out, w_out;
+    int kh, kw, stride, pad;
+    int relu;      // forward epilogue: 1 = fused ReLU after bias
+    int k_splits;  // backward-weight: reduction split over gridDim.z (atomicAdd when > 1)
+    int pad_;
+};
+
+struct BatchNormParams {
+    const float* x;        // [n, c, hw]
+    float* y;              // forward output
+    const float* dy;       // backward input
+    float* dx;             // backward output (overwritten)
+    const float* gamma;    // [c]
+    const float* beta;     // [c]
+    float* running_mean;   // [c] (train: updated; eval: read)
+    float* running_var;    // [c]
+    float* save_mean;      // [c] train: batch mean (written by bn_train_stats)
+    float* save_invstd;    // [c] train: 1/sqrt(biased batch var + eps)
+    float* sum_dy;         // [c] backward workspace (written)
+    float* sum_dy_xhat;    // [c] backward workspace (written)
+    float* grad_gamma;     // [c] ACCUMULATED, may be null
+    float* grad_beta;      // [c] ACCUMULATED, may be null
+    int n, c, hw;
+    float momentum;  // running = (1 - momentum) * running + momentum * batch
+    float eps;
+    int pad_;
+};
+
+struct UpsampleParams {
+    const float* x;   // [planes, in_h, in_w]
+    float* y;         // [planes, out_h, out_w]
+    const float* dy;  // [planes, out_h, out_w]
+    float* dx;        // [planes, in_h, in_w] ACCUMULATED (zero it first for a plain gradient)
+    int planes, in_h, in_w, out_h, out_w;
+    float scale_h, scale_w;  // in/out (PyTorch align_corners=false with an output size)
+    int pad_;
+};
+
+struct EltwiseParams {
+    const float* a;
+    const float* b;
+    float* out;
+    long long n;
+};
+
+struct ConcatParams {
+    float* part;   // [n, c_part, hw]
+    float* whole;  // [n, c_whole, hw], part sits at channels [c_offset, c_offset + c_part)
+    int n, c_part, c_whole, c_offset, hw;
+    int pad_;
+};
+
+struct MseParams {
+    const float* pred;
+    const float* target;
+    float* partial;          // [num_partials] workspace
+    float* loss;             // [1] mean squared error
+    const float* grad_loss;  // [1] upstream gradient of the loss
+    float* grad_pred;        // [n]
+    long long n;
+    int num_partials;
+    int pad_;
+};
+
+struct OptimParams {
+    float* param;
+    const float* grad;
+    float* exp_avg;       // Adam m
+    float* exp_avg_sq;    // Adam v
+    float* momentum_buf;  // SGD
+    long long n;
+    float lr, weight_decay;
+    float beta1, beta2, eps;
+    float bias_correction1;       // 1 - beta1^t
+    float bias_correction2_sqrt;  // sqrt(1 - beta2^t)
+    float momentum, dampening;
+    int nesterov;
+    int first_step;  // SGD: the momentum buffer starts as a copy of the gradient
+    int pad_;
+};
+
+struct HeatmapParams {
+    const float* heatmaps;  // [maps, h, w]
+    float* coords;          // [maps, 2] 1-based (x, y) after the quarter-pixel shift; (0,0) when max <= 0
+    float* maxvals;         // [maps]
+    int maps, h, w;
+    int pad_;
+};

@@ -1,0 +1,89 @@
+//! `#[repr(C)]` mirrors of kernels/params.h. Every kernel takes one of these by value; the same struct is
+//! passed to the GPU launch and to the host emulator. Pointer fields are device addresses (u64; host
+//! addresses under emulation); 0 means null where the header allows it.
+
+macro_rules! params_struct {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq)]
+        pub struct $name { $($(#[$fm])* pub $field: $ty),* }
+    };
+}
+
+params_struct!(
+    /// Convolution (NCHW): forward, backward-data, backward-weight (accumulates), backward-bias (accumulates).
+    Conv2dParams {
+    x: u64, weight: u64, bias: u64, y: u64, dy: u64, dx: u64, dw: u64, db: u64,
+    n: i32, c_in: i32, h: i32, w: i32,
+    c_out: i32, h_out: i32, w_out: i32,
+    kh: i32, kw: i32, stride: i32, pad: i32,
+    /// Forward epilogue: 1 = fused ReLU after the bias.
+    relu: i32,
+    /// Backward-weight: reduction split over grid z (atomicAdd when > 1).
+    k_splits: i32,
+    pad_: i32,
+});
+
+params_struct!(
+    /// BatchNorm2d training/eval forward and backward.
+    BatchNormParams {
+    x: u64, y: u64, dy: u64, dx: u64, gamma: u64, beta: u64,
+    running_mean: u64, running_var: u64, save_mean: u64, save_invstd: u64,
+    sum_dy: u64, sum_dy_xhat: u64, grad_gamma: u64, grad_beta: u64,
+    n: i32, c: i32, hw: i32,
+    momentum: f32, eps: f32,
+    pad_: i32,
+});
+
+params_struct!(
+    /// Bilinear resize (align_corners=false); backward accumulates into dx.
+    UpsampleParams {
+    x: u64, y: u64, dy: u64, dx: u64,
+    planes: i32, in_h: i32, in_w: i32, out_h: i32, out_w: i32,
+    scale_h: f32, scale_w: f32,
+    pad_: i32,
+});
+
+params_struct!(
+    /// relu_forward / relu_backward / add.
+    EltwiseParams { a: u64, b: u64, out: u64, n: i64 });
+
+params_struct!(
+    /// concat_channels (part -> whole) and split_channels (whole -> part).
+    ConcatParams { part: u64, whole: u64, n: i32, c_part: i32, c_whole: i32, c_offset: i32, hw: i32, pad_: i32 });
+
+params_struct!(
+    /// MSE loss (mean): partial sums, finalize, gradient.
+    MseParams {
+    pred: u64, target: u64, partial: u64, loss: u64, grad_loss: u64, grad_pred: u64,
+    n: i64, num_partials: i32, pad_: i32,
+});
+
+params_struct!(
+    /// Adam and SGD updates (PyTorch semantics).
+    OptimParams {
+    param: u64, grad: u64, exp_avg: u64, exp_avg_sq: u64, momentum_buf: u64,
+    n: i64,
+    lr: f32, weight_decay: f32,
+    beta1: f32, beta2: f32, eps: f32,
+    bias_correction1: f32, bias_correction2_sqrt: f32,
+    momentum: f32, dampening: f32,
+    nesterov: i32, first_step: i32,
+    pad_: i32,
+});
+
+params_struct!(
+    /// Heatmap argmax + quarter-pixel shift: coords [maps, 2] (1-based x, y), maxvals [maps].
+    HeatmapParams { heatmaps: u64, coords: u64, maxvals: u64, maps: i32, h: i32, w: i32, pad_: i32 });
+
+impl Conv2dParams {
+    /// Output size of a convolution along one axis; None when the window does not fit.
+    pub fn out_extent(input: i32, kernel: i32, stride: i32, pad: i32) -> Option<i32> {
+        let span = input.checked_add(pad.checked_mul(2)?)?.checked_sub(kernel)?;
+        if span < 0 || stride <= 0 {
+            return None;
+        }
+        Some(span / stride + 1)
+    }
+}

@@ -1,0 +1,143 @@
+//! Device selection and driver guards: no libcuda, a driver without a device (fake libcuda.so.1 built
+//! with gcc), and a driver too old for our PTX. The probing runs in child processes (this test binary,
+//! re-run with one test selected) so the loader environment is fresh.
+use hrk::cuda::{self, CudaUnavailable, DeviceChoice, DeviceRequest};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tiny libcuda.so.1 whose cuInit / version / count behave as asked.
+fn build_fake_libcuda(dir: &Path, init_rc: i32, version: i32, count: i32) -> Option<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    let src = dir.join("fake_cuda.c");
+    std::fs::write(
+        &src,
+        format!(
+            "int cuInit(unsigned f) {{ (void)f; return {init_rc}; }}\n\
+             int cuDriverGetVersion(int* v) {{ *v = {version}; return 0; }}\n\
+             int cuDeviceGetCount(int* c) {{ *c = {count}; return {init_rc}; }}\n\
+             int cuGetErrorString(int e, const char** s) {{ (void)e; *s = \"fake\"; return 0; }}\n\
+             int cuGetErrorName(int e, const char** s) {{ (void)e; *s = \"FAKE\"; return 0; }}\n"
+        ),
+    )
+    .unwrap();
+    let lib = dir.join("libcuda.so.1");
+    let status = Command::new("gcc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&src).status().ok()?;
+    status.success().then_some(lib)
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hrk-cuda-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Re-runs this binary's `child_probe` test with `mode` and the extra environment; returns its output.
+fn run_child(mode: &str, env: &[(&str, &str)]) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", "child_probe", "--nocapture", "--test-threads=1"]).env("HRK_PROBE_CHILD", mode);
+    cmd.env_remove("HRK_LIBCUDA");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("spawning the test binary");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "child mode {mode} failed:\n{text}");
+    assert!(text.contains("child ok"), "child mode {mode} did not run its checks:\n{text}");
+    text
+}
+
+/// The checks each child performs, in its own process.
+#[test]
+fn child_probe() {
+    assert_eq!(cuda::select_device(DeviceRequest::Cpu).unwrap(), DeviceChoice::Cpu { fallback_reason: None });
+    let Ok(mode) = std::env::var("HRK_PROBE_CHILD") else { return };
+    let probe = cuda::probe_driver();
+    let want_msg = match mode.as_str() {
+        "nolib" => {
+            assert!(matches!(probe, Err(CudaUnavailable::NoDriver { .. })), "{probe:?}");
+            "no CUDA driver"
+        }
+        "nodevice" => {
+            assert_eq!(probe, Err(CudaUnavailable::NoDevice));
+            "no CUDA device is visible"
+        }
+        "oldriver" => {
+            assert_eq!(probe, Err(CudaUnavailable::DriverTooOld { driver_version: 12040 }));
+            "supports CUDA 12.4"
+        }
+        other => panic!("unknown child mode {other}"),
+    };
+    let msg = probe.unwrap_err().to_string();
+    assert!(msg.contains(want_msg) && !msg.contains('\n'), "message: {msg}");
+
+    // `cuda` fails with one line; `auto` falls back to the CPU with the reason.
+    let err = cuda::select_device(DeviceRequest::Cuda).unwrap_err().to_string();
+    assert!(!err.contains('\n'), "multi-line error: {err}");
+    if cfg!(feature = "cuda") && !cuda::ptx::PTX_MODULES.is_empty() {
+        assert!(err.contains(want_msg), "{err}");
+    } else {
+        assert!(err.contains("built without"), "{err}");
+    }
+    match cuda::select_device(DeviceRequest::Auto).unwrap() {
+        DeviceChoice::Cpu { fallback_reason: Some(r) } => assert_eq!(r, err),
+        other => panic!("auto picked {other:?}"),
+    }
+    #[cfg(feature = "cuda")]
+    {
+        // Opening the device returns the error instead of panicking inside cudarc.
+        let e = cuda::runtime::CudaDev::new(0).err().expect("CudaDev::new succeeded without a GPU");
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+    println!("child ok ({mode}): {msg}");
+}
+
+#[test]
+fn no_libcuda_gives_clear_error() {
+    let dir = scratch_dir("nolib");
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("libcuda.so.1");
+    let out = run_child("nolib", &[("HRK_LIBCUDA", missing.to_str().unwrap()), ("LD_LIBRARY_PATH", dir.to_str().unwrap())]);
+    eprintln!("{out}");
+}
+
+#[test]
+fn driver_without_device_gives_clear_error() {
+    let dir = scratch_dir("nodevice");
+    let Some(_) = build_fake_libcuda(&dir, 100, 13000, 0) else {
+        eprintln!("skipped: gcc could not build the fake libcuda.so.1");
+        return;
+    };
+    let out = run_child("nodevice", &[("LD_LIBRARY_PATH", dir.to_str().unwrap())]);
+    eprintln!("{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn driver_older_than_ptx_gives_clear_error() {
+    let dir = scratch_dir("oldriver");
+    let Some(_) = build_fake_libcuda(&dir, 0, 12040, 1) else {
+        eprintln!("skipped: gcc could not build the fake libcuda.so.1");
+        return;
+    };
+    let out = run_child("oldriver", &[("LD_LIBRARY_PATH", dir.to_str().unwrap())]);
+    eprintln!("{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn device_request_parsing_and_size_classes() {
+    assert_eq!("CUDA".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cuda);
+    assert_eq!("auto".parse::<DeviceRequest>().unwrap(), DeviceRequest::Auto);
+    let e = "tpu".parse::<DeviceRequest>().unwrap_err().to_string();
+    assert!(e.contains("cpu, cuda or auto"), "{e}");
+    #[cfg(feature = "cuda")]
+    {
+        use hrk::cuda::runtime::size_class;
+        for bytes in [1usize, 511, 512, 513, 65536, 65537, 1 << 20, (1 << 20) + 1, 3_000_000, 1 << 30] {
+            let c = size_class(bytes);
+            assert!(c >= bytes && (c as f64) <= bytes as f64 * 1.25 + 512.0, "{bytes} -> {c}");
+            assert_eq!(size_class(c), c, "classes are fixed points");
+        }
+    }
+}
