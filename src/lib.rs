@@ -21,3 +21,4 @@ pub mod synth;
 pub mod data;
 pub mod config;
 pub mod cuda;
+pub mod cli;

@@ -1,4 +1,10 @@
+use clap::Parser;
+
 fn main() {
-    eprintln!("hrk: commands are not yet available");
-    std::process::exit(2);
+    let cli = hrk::cli::Cli::parse();
+    if let Err(e) = hrk::cli::run(cli) {
+        // One line: the context chain joined with ": ".
+        eprintln!("hrk: error: {e:#}");
+        std::process::exit(1);
+    }
 }

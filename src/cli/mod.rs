@@ -1,0 +1,73 @@
+//! The `hrk` command line: one subcommand per file.
+
+pub mod bench;
+pub mod common;
+pub mod predict;
+pub mod test;
+pub mod train;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "hrk", version, about = "HRNetV2 facial landmarks: train, test and predict with the official configs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train from an official-schema YAML config (tools/train.py).
+    Train(train::TrainArgs),
+    /// Evaluate a model file on the config's test set (tools/test.py): NME, FR, AUC.
+    Test(test::TestArgs),
+    /// Landmarks for your own images, with overlay PNGs.
+    Predict(predict::PredictArgs),
+    /// Convert an official PyTorch .pth (zip or legacy) to .safetensors.
+    Convert {
+        input: PathBuf,
+        output: PathBuf,
+    },
+    /// Write a procedurally drawn synthetic-faces dataset in the official CSV format.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 68)]
+        joints: usize,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Time forward (and training) steps: median/min ms, img/s, GFLOP/s, peak RSS.
+    Bench(bench::BenchArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Test(a) => test::run(a),
+        Command::Predict(a) => predict::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Convert { input, output } => {
+            let n = crate::io::convert_pth_to_safetensors(&input, &output)
+                .with_context(|| format!("convert {}", input.display()))?;
+            println!("wrote {} tensors to {}", n, output.display());
+            Ok(())
+        }
+        Command::Synth { out, joints, count, seed } => {
+            let s = crate::synth::generate(&out, joints, count, seed)?;
+            println!(
+                "wrote {} train + {} test images ({} landmarks) to {}; config: {}",
+                s.train_count,
+                s.test_count,
+                s.joints,
+                out.display(),
+                s.config.display()
+            );
+            Ok(())
+        }
+    }
+}
