@@ -96,7 +96,7 @@ fn w300_yaml_with_trailing_space_sigma() {
     let cfg = load_config(&path).unwrap();
     common_w18(&cfg);
     assert_eq!(cfg.print_freq, 50);
-    assert_eq!(cfg.dataset_kind(), Some(DatasetKind::Face300W));
+    assert_eq!(cfg.dataset_kind(), Some(DatasetKind::W300));
     assert_eq!(cfg.dataset.root, "./data/300w/images");
     assert_eq!(cfg.dataset.trainset, "./data/300w/face_landmarks_300w_train.csv");
     assert_eq!(cfg.dataset.testset, "./data/300w/face_landmarks_300w_valid.csv");
@@ -163,7 +163,7 @@ fn parity_tiny_config() {
 fn synthetic_tiny_config() {
     let path = repo("experiments/synthetic/synthetic_hrnet_tiny.yaml");
     let cfg = load_config(&path).unwrap();
-    assert_eq!(cfg.dataset_kind(), Some(DatasetKind::Face300W));
+    assert_eq!(cfg.dataset_kind(), Some(DatasetKind::W300));
     assert_eq!(cfg.model.num_joints, 68);
     assert_eq!(cfg.dataset.root, "data/synthetic/");
     assert_eq!(cfg.dataset.trainset, "data/synthetic/face_landmarks_synthetic_train.csv");

@@ -2,7 +2,7 @@
 
 use crate::config::{load_config, Config};
 use crate::cuda::{select_device, DeviceChoice, DeviceRequest};
-use crate::data::dataset::{DatasetKind, DatasetSpec};
+use crate::data::dataset::DatasetSpec;
 use crate::model::{HrNet, HrnetSpec};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -32,7 +32,9 @@ pub fn load_weights(net: &mut HrNet, path: &Path) -> Result<()> {
 
 /// The dataset described by the config; `annotations` overrides DATASET.TRAINSET/TESTSET.
 pub fn dataset_spec(cfg: &Config, is_train: bool, annotations: Option<&Path>) -> Result<DatasetSpec> {
-    let kind = DatasetKind::from_name(&cfg.dataset.dataset)?;
+    let Some(kind) = cfg.dataset_kind() else {
+        bail!("DATASET.DATASET {:?} is not one of WFLW, 300W, COFW, AFLW", cfg.dataset.dataset);
+    };
     let ann: PathBuf = match annotations {
         Some(p) => p.to_path_buf(),
         None => PathBuf::from(if is_train { &cfg.dataset.trainset } else { &cfg.dataset.testset }),

@@ -62,24 +62,16 @@ impl OptimizerKind {
     }
 }
 
-/// The four dataset classes `get_dataset` knows (`DATASET.DATASET`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatasetKind {
-    Aflw,
-    Cofw,
-    Face300W,
-    Wflw,
-}
+pub use crate::data::dataset::DatasetKind;
 
-impl DatasetKind {
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "AFLW" => Some(DatasetKind::Aflw),
-            "COFW" => Some(DatasetKind::Cofw),
-            "300W" => Some(DatasetKind::Face300W),
-            "WFLW" => Some(DatasetKind::Wflw),
-            _ => None,
-        }
+/// The four dataset classes `get_dataset` knows, by their exact `DATASET.DATASET` spelling.
+fn dataset_kind_exact(name: &str) -> Option<DatasetKind> {
+    match name {
+        "AFLW" => Some(DatasetKind::Aflw),
+        "COFW" => Some(DatasetKind::Cofw),
+        "300W" => Some(DatasetKind::W300),
+        "WFLW" => Some(DatasetKind::Wflw),
+        _ => None,
     }
 }
 
@@ -816,7 +808,7 @@ impl Config {
                 }
             }
         }
-        if DatasetKind::from_name(&self.dataset.dataset).is_none() {
+        if dataset_kind_exact(&self.dataset.dataset).is_none() {
             bail!(
                 "{}: config key DATASET.DATASET: unknown dataset '{}' (one of AFLW, COFW, 300W, WFLW)",
                 at("DATASET.DATASET"),
@@ -878,7 +870,7 @@ impl Config {
 
     /// `DATASET.DATASET` as an enum (validated configs always have one).
     pub fn dataset_kind(&self) -> Option<DatasetKind> {
-        DatasetKind::from_name(&self.dataset.dataset)
+        dataset_kind_exact(&self.dataset.dataset)
     }
 
     /// `OUTPUT_DIR/<DATASET.DATASET>/<cfg name>`, the reference output folder (`create_logger`).
