@@ -5,6 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Removes a test folder unless HRK_KEEP_TEST_OUTPUT is set (then prints where it is).
+fn cleanup(dir: &Path) {
+    if std::env::var_os("HRK_KEEP_TEST_OUTPUT").is_some() {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("hrk-predict-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -131,7 +140,7 @@ fn predict_writes_points_inside_the_image() {
     let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), "--csv", s(&csv), "--out", s(&out)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     check_outputs(&out, 4);
-    let _ = std::fs::remove_dir_all(&st.dir);
+    cleanup(&st.dir);
 }
 
 fn assert_one_line_error(o: &Output, needles: &[&str]) {
@@ -177,5 +186,25 @@ fn predict_and_test_errors_are_one_line() {
     std::fs::write(&bogus, b"not an image").unwrap();
     let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), s(&bogus)]);
     assert_one_line_error(&o, &["bogus.jpg"]);
-    let _ = std::fs::remove_dir_all(&st.dir);
+    cleanup(&st.dir);
+}
+
+#[test]
+fn overlay_marks_the_given_points() {
+    let dir = temp_dir("overlay");
+    let sample = hrk::synth::render_sample(68, 4, 0).unwrap();
+    let img = hrk::data::image::Image {
+        width: sample.width,
+        height: sample.height,
+        data: sample.rgb.iter().map(|&v| v as f32).collect(),
+    };
+    let png = dir.join("gt.png");
+    hrk::draw::save_overlay(&png, &img, &sample.landmarks, true).unwrap();
+    let out = image::open(&png).unwrap().to_rgb8();
+    assert_eq!((out.width() as usize, out.height() as usize), (sample.width, sample.height));
+    // Labels of neighbouring points may cover a dot; most dots stay visible.
+    let visible = sample.landmarks.iter().filter(|p| out.get_pixel(p[0].floor() as u32, p[1].floor() as u32).0 == [0, 255, 0]).count();
+    assert!(visible >= 68 / 2, "{visible} of 68 dots visible");
+    assert!(out.pixels().any(|p| p.0 == [255, 255, 0]), "index labels drawn");
+    cleanup(&dir);
 }

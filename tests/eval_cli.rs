@@ -10,6 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A fresh temp folder per test.
+/// Removes a test folder unless HRK_KEEP_TEST_OUTPUT is set (then prints where it is).
+fn cleanup(dir: &Path) {
+    if std::env::var_os("HRK_KEEP_TEST_OUTPUT").is_some() {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("hrk-eval-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -208,7 +217,7 @@ fn hrk_test_prints_the_library_numbers_and_writes_outputs() {
         let m3: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(st.dir.join("out3/metrics.json")).unwrap()).unwrap();
         assert_eq!(m3["subsets"][0]["nme"].as_f64().unwrap(), lib.summary.nme);
     }
-    let _ = std::fs::remove_dir_all(&st.dir);
+    cleanup(&st.dir);
 }
 
 #[test]
@@ -233,7 +242,7 @@ fn threaded_batches_match_inline_and_loss_is_the_target_mse() {
     let mut other = hrk::model::HrNet::new(&spec, 1).unwrap();
     let e = evaluate(&mut other, &ds, 2, 0).unwrap_err().to_string();
     assert!(e.contains("5 landmarks") && e.contains("68"), "{e}");
-    let _ = std::fs::remove_dir_all(&st.dir);
+    cleanup(&st.dir);
 }
 
 /// Decoding the ground-truth heatmaps fed back as the "model output": each point is off by at
@@ -243,6 +252,7 @@ fn threaded_batches_match_inline_and_loss_is_the_target_mse() {
 fn ground_truth_heatmaps_decode_to_near_zero_nme() {
     let dir = temp_dir("gt");
     hrk::synth::generate(&dir, 68, 12, 5).unwrap();
+    let mut curves = Vec::new();
     for (image, heatmap) in [(256, 64), (128, 32), (64, 16)] {
         let cfg_path = dir.join(format!("gt{heatmap}.yaml"));
         std::fs::write(&cfg_path, tiny_config(&dir, 68, image, heatmap)).unwrap();
@@ -261,6 +271,17 @@ fn ground_truth_heatmaps_decode_to_near_zero_nme() {
         let mean = nme.iter().sum::<f64>() / nme.len() as f64;
         eprintln!("heatmap {heatmap}: GT-decode mean NME {mean:.4}");
         assert!(mean < 0.1, "heatmap {heatmap}: mean {mean}");
+        curves.push(hrk::plot::Series::new(format!("GT decode {heatmap}x{heatmap}"), hrk::plot::ced_points(&nme, 0.1)));
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let mut chart = hrk::plot::Chart::new("CED of decoded targets", "NME", "fraction of images", &curves);
+    chart.x_range = Some((0.0, 0.1));
+    chart.y_range = Some((0.0, 1.0));
+    let png = dir.join("ced_gt.png");
+    hrk::plot::save_chart(&png, &chart).unwrap();
+    let img = image::open(&png).unwrap().to_rgb8();
+    for i in 0..3 {
+        let c = hrk::plot::series_color(i);
+        assert!(img.pixels().filter(|p| **p == c).count() > 50, "curve {i} drawn");
+    }
+    cleanup(&dir);
 }
