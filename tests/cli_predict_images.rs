@@ -1,0 +1,210 @@
+//! `hrk predict` on synthetic images with a tiny random-init model: JSON / CSV / overlay PNGs
+//! with the right number of points inside the image, with and without --box, from a dataset
+//! CSV; and the one-line errors (missing / mismatched model file, missing image, bad --box).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Removes a test folder unless HRK_KEEP_TEST_OUTPUT is set (then prints where it is).
+fn cleanup(dir: &Path) {
+    if std::env::var_os("HRK_KEEP_TEST_OUTPUT").is_some() {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hrk-predict-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tiny_config(dir: &Path, joints: usize) -> String {
+    let mut y = format!(
+        "GPUS: (0,)\nOUTPUT_DIR: '{}'\nDATASET:\n  DATASET: 300W\n  ROOT: '{}'\n  TESTSET: '{}'\nMODEL:\n  NAME: hrnet\n  NUM_JOINTS: {joints}\n  SIGMA: 1.0\n  IMAGE_SIZE: [64, 64]\n  HEATMAP_SIZE: [16, 16]\n  EXTRA:\n    FINAL_CONV_KERNEL: 1\n",
+        dir.join("output").display(),
+        dir.display(),
+        dir.join(hrk::synth::TEST_CSV).display()
+    );
+    for (k, name) in ["STAGE2", "STAGE3", "STAGE4"].iter().enumerate() {
+        let b = k + 2;
+        let blocks = vec!["1"; b].join(", ");
+        let chans: Vec<String> = (0..b).map(|i| (2usize << i).to_string()).collect();
+        y += &format!(
+            "    {name}:\n      NUM_MODULES: 1\n      NUM_BRANCHES: {b}\n      BLOCK: BASIC\n      NUM_BLOCKS: [{blocks}]\n      NUM_CHANNELS: [{}]\n      FUSE_METHOD: SUM\n",
+            chans.join(", ")
+        );
+    }
+    y
+}
+
+struct Setup {
+    dir: PathBuf,
+    cfg: PathBuf,
+    weights: PathBuf,
+    images: Vec<PathBuf>,
+}
+
+/// A random-init head can have all-negative maps, which the reference decodes to (0, 0) and
+/// hence to a point off the crop; a positive head bias keeps every map's maximum above 0.
+fn positive_head_bias(mut sd: Vec<(String, hrk::host::HostTensor)>) -> Vec<(String, hrk::host::HostTensor)> {
+    for (name, t) in sd.iter_mut() {
+        if name == "head.3.bias" {
+            t.data = hrk::host::HostData::F32(vec![0.5; t.numel()]);
+        }
+    }
+    sd
+}
+
+fn setup(name: &str) -> Setup {
+    let dir = temp_dir(name);
+    hrk::synth::generate(&dir, 68, 5, 11).unwrap();
+    let cfg = dir.join("tiny.yaml");
+    std::fs::write(&cfg, tiny_config(&dir, 68)).unwrap();
+    let config = hrk::cli::common::config(&cfg).unwrap();
+    let net = hrk::cli::common::model(&config, 3).unwrap();
+    let weights = dir.join("tiny.safetensors");
+    hrk::io::safetensors::save_safetensors(&weights, &positive_head_bias(net.store.state_dict()), &[]).unwrap();
+    let images = (0..2).map(|i| dir.join(format!("images/s68_{i:06}.jpg"))).collect();
+    Setup { dir, cfg, weights, images }
+}
+
+fn hrk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hrk")).args(args).output().unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// Checks predictions.json / .csv / overlays in `out` for `n` images of 68 points.
+fn check_outputs(out: &Path, n: usize) -> serde_json::Value {
+    let doc = read_json(&out.join("predictions.json"));
+    let items = doc["images"].as_array().unwrap();
+    assert_eq!(items.len(), n);
+    for it in items {
+        let (w, h) = (it["width"].as_f64().unwrap(), it["height"].as_f64().unwrap());
+        let pts = it["landmarks"].as_array().unwrap();
+        assert_eq!(pts.len(), 68);
+        for p in pts {
+            let (x, y) = (p[0].as_f64().unwrap(), p[1].as_f64().unwrap());
+            assert!((0.0..=w).contains(&x) && (0.0..=h).contains(&y), "point ({x}, {y}) outside {w}x{h}");
+        }
+        let overlay = PathBuf::from(it["overlay"].as_str().unwrap());
+        let img = image::open(&overlay).unwrap().to_rgb8();
+        assert_eq!((img.width() as f64, img.height() as f64), (w, h));
+        // The overlay has the point colour where the first landmark is.
+        let (x, y) = (pts[0][0].as_f64().unwrap() as u32, pts[0][1].as_f64().unwrap() as u32);
+        assert_eq!(img.get_pixel(x.min(img.width() - 1), y.min(img.height() - 1)).0, [0, 255, 0]);
+    }
+    let csv = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
+    assert_eq!(csv.lines().count(), n + 1);
+    assert!(csv.lines().all(|l| l.split(',').count() == 4 + 2 * 68));
+    doc
+}
+
+#[test]
+fn predict_writes_points_inside_the_image() {
+    let st = setup("ok");
+    let out = st.dir.join("whole");
+    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), s(&st.images[0]), s(&st.images[1]), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc = check_outputs(&out, 2);
+    // Whole image: center = image center, scale = side / 200.
+    assert_eq!(doc["images"][0]["center"][0].as_f64().unwrap(), 128.0);
+    assert_eq!(doc["images"][0]["scale"].as_f64().unwrap(), 256.0 / 200.0);
+
+    let out = st.dir.join("boxed");
+    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), s(&st.images[0]), "--box", "48,40,208,200", "--labels", "--out", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc = check_outputs(&out, 1);
+    let it = &doc["images"][0];
+    assert_eq!(it["center"][0].as_f64().unwrap(), 128.0);
+    assert_eq!(it["center"][1].as_f64().unwrap(), 120.0);
+    assert!((it["scale"].as_f64().unwrap() - 160.0 / 200.0 * 1.25).abs() < 1e-12);
+    // The crop (box × 1.25 around its center) bounds the points.
+    for p in it["landmarks"].as_array().unwrap() {
+        let (x, y) = (p[0].as_f64().unwrap(), p[1].as_f64().unwrap());
+        assert!((28.0..=229.0).contains(&x) && (20.0..=221.0).contains(&y), "({x}, {y}) outside the crop");
+    }
+
+    // A dataset CSV: the test-time pipeline, one entry per row.
+    let out = st.dir.join("csv");
+    let csv = st.dir.join(hrk::synth::TRAIN_CSV);
+    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), "--csv", s(&csv), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    check_outputs(&out, 4);
+    cleanup(&st.dir);
+}
+
+fn assert_one_line_error(o: &Output, needles: &[&str]) {
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    for n in needles {
+        assert!(err.contains(n), "'{n}' not in: {err}");
+    }
+}
+
+#[test]
+fn predict_and_test_errors_are_one_line() {
+    let st = setup("errors");
+    let img = s(&st.images[0]);
+    let missing = st.dir.join("nope.safetensors");
+    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&missing), img]);
+    assert_one_line_error(&o, &["nope.safetensors"]);
+    let o = hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&missing)]);
+    assert_one_line_error(&o, &["nope.safetensors"]);
+
+    // Weights of a 5-landmark model: the head tensor's shape does not fit.
+    let cfg5 = st.dir.join("five.yaml");
+    std::fs::write(&cfg5, tiny_config(&st.dir, 5)).unwrap();
+    let net5 = hrk::cli::common::model(&hrk::cli::common::config(&cfg5).unwrap(), 1).unwrap();
+    let w5 = st.dir.join("five.safetensors");
+    hrk::io::safetensors::save_safetensors(&w5, &net5.store.state_dict(), &[]).unwrap();
+    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&w5), img]);
+    assert_one_line_error(&o, &["five.safetensors", "head.3"]);
+    let o = hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&w5)]);
+    assert_one_line_error(&o, &["five.safetensors", "head.3"]);
+
+    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), s(&st.dir.join("missing.jpg"))]);
+    assert_one_line_error(&o, &["missing.jpg"]);
+    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), img, "--box", "10,10,5,50"]);
+    assert_one_line_error(&o, &["--box", "10,10,5,50"]);
+    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), img, "--box", "1,2,3"]);
+    assert_one_line_error(&o, &["--box"]);
+    let o = hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), "--testset", s(&st.dir.join("none.csv"))]);
+    assert_one_line_error(&o, &["none.csv"]);
+    // A file that is not an image.
+    let bogus = st.dir.join("bogus.jpg");
+    std::fs::write(&bogus, b"not an image").unwrap();
+    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), s(&bogus)]);
+    assert_one_line_error(&o, &["bogus.jpg"]);
+    cleanup(&st.dir);
+}
+
+#[test]
+fn overlay_marks_the_given_points() {
+    let dir = temp_dir("overlay");
+    let sample = hrk::synth::render_sample(68, 4, 0).unwrap();
+    let img = hrk::data::image::Image {
+        width: sample.width,
+        height: sample.height,
+        data: sample.rgb.iter().map(|&v| v as f32).collect(),
+    };
+    let png = dir.join("gt.png");
+    hrk::draw::save_overlay(&png, &img, &sample.landmarks, true).unwrap();
+    let out = image::open(&png).unwrap().to_rgb8();
+    assert_eq!((out.width() as usize, out.height() as usize), (sample.width, sample.height));
+    // Labels of neighbouring points may cover a dot; most dots stay visible.
+    let visible = sample.landmarks.iter().filter(|p| out.get_pixel(p[0].floor() as u32, p[1].floor() as u32).0 == [0, 255, 0]).count();
+    assert!(visible >= 68 / 2, "{visible} of 68 dots visible");
+    assert!(out.pixels().any(|p| p.0 == [255, 255, 0]), "index labels drawn");
+    cleanup(&dir);
+}
