@@ -22,3 +22,4 @@ pub mod data;
 pub mod config;
 pub mod cuda;
 pub mod cli;
+pub mod train;
