@@ -22,4 +22,7 @@ pub mod data;
 pub mod config;
 pub mod cuda;
 pub mod cli;
+pub mod eval;
+pub mod plot;
+pub mod draw;
 pub mod train;

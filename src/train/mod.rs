@@ -11,7 +11,6 @@ pub mod checkpoint;
 pub mod logger;
 pub mod pictures;
 pub mod schedule;
-pub mod validate;
 
 use crate::autograd::backward;
 use crate::config::{config_name, Config, OptimizerKind};
@@ -258,7 +257,7 @@ fn train_epoch(
         losses.update(lv, bs);
         if nme_ok {
             // Training NME as the reference logs it (ignores rotation; indicative only).
-            match validate::batch_nme(&out.to_f32_vec(), &batch) {
+            match crate::eval::decode_and_score(&out.to_f32_vec(), batch.target_shape, &batch.metas) {
                 Ok((_, e)) => {
                     nme_sum += e.iter().sum::<f64>();
                     nme_count += e.len();
@@ -417,7 +416,6 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         train_lc.drop_last = true;
     }
     let train_loader = DataLoader::new(train_ds.clone(), train_lc)?;
-    let val_loader = DataLoader::new(val_ds.clone(), LoaderConfig::new(cfg.test_batch_size(), false, workers, seed))?;
 
     let metrics_path = out_dir.join("metrics.jsonl");
     let mut history = restore_metrics(&metrics_path, start_epoch)?;
@@ -436,12 +434,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         opt.set_lr(lr);
         log.info(&format!("=> epoch {epoch}: lr {lr:e}"));
         let tr = train_epoch(&mut net, &mut opt, &train_loader, epoch, print_freq, &log, show_bar, &last_good)?;
-        let val = validate::validate(&mut net, &val_loader)?;
+        let val = crate::eval::evaluate(&mut net, &val_ds, cfg.test_batch_size(), workers)?;
         let s = val.summary;
-        log.info(&format!(
-            "Test Epoch {epoch} time:{:.4} loss:{:.4} nme:{:.4} [008]:{:.4} [010]:{:.4}",
-            val.batch_time, val.loss, s.nme, s.fr_008, s.fr_010
-        ));
+        log.info(&format!("Test Epoch {epoch} {}", val.log_fields()));
         let is_best = s.nme < best_nme;
         best_nme = best_nme.min(s.nme);
         log.info(&format!("=> saving checkpoint to {}", out_dir.display()));
@@ -463,7 +458,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             save_state_dict(&out_dir.join(BEST), &net)?;
         }
         let (n_img, j) = (val_ds.len(), cfg.model.num_joints);
-        let flat: Vec<f32> = val.preds.iter().flat_map(|p| [p[0], p[1]]).collect();
+        let flat: Vec<f32> = val.predictions.iter().flat_map(|p| [p[0], p[1]]).collect();
         crate::io::save_safetensors(&out_dir.join("current_pred.safetensors"), &[("predictions".to_string(), HostTensor::f32(vec![n_img, j, 2], flat))], &[])?;
         last_good = Some(ck_path);
         log.info(&format!("best: {is_best}"));
@@ -482,10 +477,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         append_metrics(&metrics_path, &m)?;
         history.push(m);
         let col = |f: fn(&EpochMetrics) -> f64| history.iter().map(f).collect::<Vec<f64>>();
-        if let Err(e) = pictures::write_curves(&out_dir.join("curves.png"), &col(|m| m.train_loss), &col(|m| m.val_loss), &col(|m| m.nme), &col(|m| m.fr_010)) {
+        if let Err(e) = pictures::write_curves(&out_dir.join("curves.png"), &col(|m| m.train_loss), &col(|m| m.val_loss), &col(|m| m.nme), &col(|m| m.fr_008), &col(|m| m.fr_010)) {
             log.info(&format!("warning: curves.png not written: {e:#}"));
         }
-        last_preds = Some(val.preds);
+        last_preds = Some(val.predictions);
         epochs_run += 1;
     }
     let final_path = out_dir.join(FINAL);
@@ -493,7 +488,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     log.info(&format!("=> saved final state to {}", final_path.display()));
     let preds = match last_preds {
         Some(p) => p,
-        None => validate::validate(&mut net, &val_loader)?.preds,
+        None => crate::eval::evaluate(&mut net, &val_ds, cfg.test_batch_size(), workers)?.predictions,
     };
     let shown = val_ds.len().min(8);
     let mut items = Vec::new();

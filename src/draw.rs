@@ -1,0 +1,70 @@
+//! Landmark overlays: points (optionally with index labels) drawn on an RGB image, saved as PNG.
+
+use crate::data::image::Image;
+use crate::plot::{draw_text, fill_rect, put};
+use anyhow::{anyhow, Result};
+use image::{Rgb, RgbImage};
+use std::path::Path;
+
+const POINT: Rgb<u8> = Rgb([0, 255, 0]);
+const OUTLINE: Rgb<u8> = Rgb([0, 0, 0]);
+const LABEL: Rgb<u8> = Rgb([255, 255, 0]);
+
+/// The image as 8-bit RGB (values clamped to 0..255).
+pub fn to_rgb_image(img: &Image) -> Result<RgbImage> {
+    let w = u32::try_from(img.width).map_err(|_| anyhow!("image width {} too large", img.width))?;
+    let h = u32::try_from(img.height).map_err(|_| anyhow!("image height {} too large", img.height))?;
+    RgbImage::from_raw(w, h, img.to_u8()).ok_or_else(|| anyhow!("image buffer does not match {}x{}", img.width, img.height))
+}
+
+/// Draws each point as a filled dot with a dark outline, radius scaled to the image size;
+/// with `labels`, the 0-based index next to each point. Points outside the image are skipped.
+pub fn draw_landmarks(img: &mut RgbImage, points: &[[f32; 2]], labels: bool) {
+    let side = img.width().max(img.height()) as f32;
+    let r = (side / 250.0).round().clamp(1.0, 8.0) as i64;
+    for (i, p) in points.iter().enumerate() {
+        if !(p[0].is_finite() && p[1].is_finite()) {
+            continue;
+        }
+        // Continuous coordinates: pixel column i covers [i, i+1).
+        let (cx, cy) = (p[0].floor() as i64, p[1].floor() as i64);
+        for dy in -(r + 1)..=(r + 1) {
+            for dx in -(r + 1)..=(r + 1) {
+                let d2 = dx * dx + dy * dy;
+                if d2 <= r * r {
+                    put(img, cx + dx, cy + dy, POINT);
+                } else if d2 <= (r + 1) * (r + 1) {
+                    put(img, cx + dx, cy + dy, OUTLINE);
+                }
+            }
+        }
+        if labels {
+            let s = (r / 2).max(1);
+            let text = i.to_string();
+            // A dark backing box keeps labels readable on any background.
+            fill_rect(img, cx + r + 2, cy - 4 * s, text.len() as i64 * 6 * s, 8 * s, OUTLINE);
+            draw_text(img, cx + r + 2, cy - 4 * s + s / 2, &text, LABEL, s);
+        }
+    }
+}
+
+/// Draws `points` on a copy of `img` and writes it to `path` as PNG.
+pub fn save_overlay(path: &Path, img: &Image, points: &[[f32; 2]], labels: bool) -> Result<()> {
+    let mut rgb = to_rgb_image(img)?;
+    draw_landmarks(&mut rgb, points, labels);
+    rgb.save_with_format(path, image::ImageFormat::Png).map_err(|e| anyhow!("cannot write overlay {}: {}", path.display(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_are_drawn_where_they_are() {
+        let img = Image::zeros(100, 80);
+        let mut rgb = to_rgb_image(&img).unwrap();
+        draw_landmarks(&mut rgb, &[[10.5, 20.5], [-50.0, 3.0], [f32::NAN, 1.0]], true);
+        assert_eq!(*rgb.get_pixel(10, 20), POINT);
+        assert!(rgb.pixels().any(|p| *p == LABEL));
+    }
+}

@@ -1,0 +1,247 @@
+//! Evaluation with the reference protocol (tools/test.py, `function.inference` / `validate`):
+//! test-mode crops (no flip, no augmentation), one forward pass in eval mode under `no_grad`,
+//! `decode_preds` on the model's heatmap size, per-image NME, the logged summary and the mean
+//! MSE loss against the heatmap targets. Used by `hrk test` and by the trainer's validation, so
+//! it prints nothing.
+
+use crate::autograd::no_grad;
+use crate::data::dataset::FaceDataset;
+use crate::data::decode::decode_preds;
+use crate::data::loader::{build_batch, Batch};
+use crate::data::metrics::{compute_nme, Summary};
+use crate::data::sample::SampleMeta;
+use crate::model::HrNet;
+use crate::tensor::{DType, Tensor};
+use anyhow::{anyhow, bail, Result};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+/// What one evaluation pass produced, in dataset order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalResult {
+    /// Landmarks per image.
+    pub joints: usize,
+    /// `n·joints` predicted points (x, y) in original-image pixels (integer-valued, §7.2).
+    pub predictions: Vec<[f32; 2]>,
+    /// Per-image NME (fraction).
+    pub nme: Vec<f64>,
+    /// Mean NME, FR@0.08/0.10, AUC@0.08/0.10 (fractions).
+    pub summary: Summary,
+    /// Mean MSE of the heatmaps against the targets, weighted by batch size like the
+    /// reference's `AverageMeter` in `validate`.
+    pub loss: f64,
+    /// Average wall time per batch in seconds (data + forward + decode), as the reference logs.
+    pub batch_time: f64,
+}
+
+impl EvalResult {
+    pub fn len(&self) -> usize {
+        self.nme.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nme.is_empty()
+    }
+
+    /// The body of the reference's log line: `time:… loss:… nme:… [008]:… [010]:…`.
+    /// test.py prefixes it with `Test Results `, validation with `Test Epoch {e} `.
+    pub fn log_fields(&self) -> String {
+        format!(
+            "time:{:.4} loss:{:.4} nme:{:.4} [008]:{:.4} [010]:{:.4}",
+            self.batch_time, self.loss, self.summary.nme, self.summary.fr_008, self.summary.fr_010
+        )
+    }
+}
+
+/// Decodes a batch of heatmaps (`[n, joints, h, w]`) with each sample's center/scale and scores
+/// them against the samples' original landmarks: (points, per-image NME).
+pub fn decode_and_score(heatmaps: &[f32], shape: [usize; 4], metas: &[SampleMeta]) -> Result<(Vec<[f32; 2]>, Vec<f64>)> {
+    let [n, joints, h, w] = shape;
+    if metas.len() != n {
+        bail!("evaluate: {} samples for a heatmap batch of {n}", metas.len());
+    }
+    let centers: Vec<[f32; 2]> = metas.iter().map(|m| m.center).collect();
+    let scales: Vec<f64> = metas.iter().map(|m| m.scale).collect();
+    let preds = decode_preds(heatmaps, n, joints, h, w, &centers, &scales)?;
+    let mut gts = Vec::with_capacity(n * joints);
+    for m in metas {
+        if m.pts.len() != joints {
+            bail!("evaluate: sample {} has {} landmarks, the model predicts {joints}", m.index, m.pts.len());
+        }
+        gts.extend_from_slice(&m.pts);
+    }
+    let boxes: Option<Vec<f64>> = metas.iter().map(|m| m.box_size).collect();
+    let nme = compute_nme(&preds, &gts, joints, boxes.as_deref())?;
+    Ok((preds, nme))
+}
+
+/// One inference forward pass (eval-mode BN, no graph) of normalised NCHW `input`; returns the
+/// heatmaps as f32 and their shape `[n, joints, h, w]`. The input is cast to the model's dtype.
+pub fn forward_heatmaps(net: &mut HrNet, input: Vec<f32>, shape: [usize; 4]) -> Result<(Vec<f32>, [usize; 4])> {
+    let dtype = net.store.params().first().map(|t| t.dtype()).unwrap_or(DType::F32);
+    let x = match dtype {
+        DType::F32 => Tensor::from_f32(&shape, input)?,
+        DType::F64 => Tensor::from_f64(&shape, input.iter().map(|&v| v as f64).collect())?,
+    };
+    let out = no_grad(|| net.forward(&x, false))?;
+    let out_shape = out.dims4("hrnet output")?;
+    Ok((out.to_f32_vec(), out_shape))
+}
+
+/// Sum of squared differences in f64 (the MSE numerator).
+fn squared_error_sum(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = x as f64 - y as f64;
+            d * d
+        })
+        .sum()
+}
+
+/// Runs the model over `dataset` (which should be opened with `is_train = false`) in batches of
+/// `batch`; `threads` > 0 builds batches on that many background threads while the model runs.
+pub fn evaluate(net: &mut HrNet, dataset: &FaceDataset, batch: usize, threads: usize) -> Result<EvalResult> {
+    if batch == 0 {
+        bail!("evaluate {}: batch size must be positive", dataset.spec.annotations.display());
+    }
+    if dataset.is_empty() {
+        bail!("evaluate {}: the dataset is empty", dataset.spec.annotations.display());
+    }
+    if net.spec.num_joints != dataset.spec.num_joints {
+        bail!(
+            "evaluate {}: the model predicts {} landmarks, the dataset has {}",
+            dataset.spec.annotations.display(),
+            net.spec.num_joints,
+            dataset.spec.num_joints
+        );
+    }
+    let indices: Vec<usize> = (0..dataset.len()).collect();
+    let chunks: Vec<&[usize]> = indices.chunks(batch).collect();
+    let joints = dataset.spec.num_joints;
+
+    let mut predictions = Vec::with_capacity(dataset.len() * joints);
+    let mut nme = Vec::with_capacity(dataset.len());
+    let mut loss_sum = 0.0f64;
+    let started = Instant::now();
+
+    let mut consume = |b: Batch| -> Result<()> {
+        let (heatmaps, shape) = forward_heatmaps(net, b.input, b.input_shape)?;
+        if shape != b.target_shape {
+            bail!(
+                "evaluate {}: the model outputs heatmaps {:?}, MODEL.HEATMAP_SIZE / NUM_JOINTS give {:?} (check IMAGE_SIZE vs HEATMAP_SIZE)",
+                dataset.spec.annotations.display(),
+                shape,
+                b.target_shape
+            );
+        }
+        let per_image = b.target_shape[1] * b.target_shape[2] * b.target_shape[3];
+        loss_sum += squared_error_sum(&heatmaps, &b.target) / per_image.max(1) as f64;
+        let (p, e) = decode_and_score(&heatmaps, shape, &b.metas)?;
+        predictions.extend(p);
+        nme.extend(e);
+        Ok(())
+    };
+
+    if threads == 0 || chunks.len() == 1 {
+        for (i, c) in chunks.iter().enumerate() {
+            consume(build_batch(dataset, c, 0, 0, i)?)?;
+        }
+    } else {
+        // Workers take batch numbers in order from a counter; the bounded channel keeps them at
+        // most a few batches ahead of the model. Out-of-order arrivals wait in `pending`.
+        let next = AtomicUsize::new(0);
+        let (tx, rx) = sync_channel::<(usize, Result<Batch>)>(threads.max(1));
+        std::thread::scope(|scope| -> Result<()> {
+            for _ in 0..threads.min(chunks.len()) {
+                let (tx, next, chunks) = (tx.clone(), &next, &chunks);
+                scope.spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= chunks.len() {
+                        return;
+                    }
+                    if tx.send((i, build_batch(dataset, chunks[i], 0, 0, i))).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(tx);
+            let mut pending = BTreeMap::new();
+            let result = (|| -> Result<()> {
+                for want in 0..chunks.len() {
+                    let b = loop {
+                        if let Some(b) = pending.remove(&want) {
+                            break b;
+                        }
+                        let (i, b) = rx.recv().map_err(|_| anyhow!("evaluate: batch workers stopped unexpectedly"))?;
+                        pending.insert(i, b);
+                    };
+                    consume(b?)?;
+                }
+                Ok(())
+            })();
+            // On error, stop the workers: they see the counter past the end, and a dropped
+            // receiver fails their pending send.
+            next.store(chunks.len(), Ordering::SeqCst);
+            drop(rx);
+            result
+        })?;
+    }
+
+    let n = nme.len();
+    Ok(EvalResult {
+        joints,
+        summary: Summary::from_nme(&nme, batch),
+        predictions,
+        nme,
+        loss: loss_sum / n as f64,
+        batch_time: started.elapsed().as_secs_f64() / chunks.len() as f64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(index: usize, center: [f32; 2], scale: f64, pts: Vec<[f32; 2]>) -> SampleMeta {
+        SampleMeta {
+            index,
+            center,
+            scale,
+            tpts: pts.clone(),
+            pts,
+            box_size: Some(100.0),
+            augmentation: crate::data::augment::Augmentation::NONE,
+        }
+    }
+
+    #[test]
+    fn one_hot_heatmap_decodes_to_its_cell() {
+        // 19 joints (AFLW-style box normaliser) on a 32×32 map: a single peak at (x0, y0)
+        // decodes to trunc(c + (x0 + 0.5 - 16)·h/32) + 1 with no quarter shift (flat neighbours).
+        let (j, hw) = (19usize, 32usize);
+        let mut hm = vec![0f32; j * hw * hw];
+        let mut gts = Vec::new();
+        for k in 0..j {
+            let (x0, y0) = (3 + k, 5 + k / 2);
+            hm[k * hw * hw + y0 * hw + x0] = 1.0;
+            let h = 200.0 * 1.6;
+            let px = (100.0 + (x0 as f64 + 0.5 - 16.0) * h / 32.0).trunc() + 1.0;
+            let py = (120.0 + (y0 as f64 + 0.5 - 16.0) * h / 32.0).trunc() + 1.0;
+            gts.push([px as f32, py as f32]);
+        }
+        let m = meta(0, [100.0, 120.0], 1.6, gts.clone());
+        let (p, e) = decode_and_score(&hm, [1, j, hw, hw], &[m]).unwrap();
+        assert_eq!(p, gts);
+        assert_eq!(e, vec![0.0]);
+    }
+
+    #[test]
+    fn mismatched_batch_is_an_error() {
+        let hm = vec![0f32; 2 * 19 * 16];
+        let m = meta(0, [0.0, 0.0], 1.0, vec![[0.0; 2]; 19]);
+        assert!(decode_and_score(&hm, [2, 19, 4, 4], &[m]).is_err());
+    }
+}
