@@ -176,3 +176,33 @@ fn cli_errors_are_one_line() {
     assert_one_line_error(&["train", "--cfg", cfg.to_str().unwrap(), "--quiet"], "absent_train.csv");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A real interruption: the binary is killed as soon as its first `latest` checkpoint exists (wherever it
+/// is by then), then resumed in a new process; the final weights equal those of an uninterrupted
+/// run in another process bit for bit (so nothing depends on in-process state or allocation).
+#[test]
+fn killed_process_resumes_bit_for_bit() {
+    let dir = temp_dir("kill");
+    let cfg_a = write_config(&dir.join(""), "tiny_kill", &dir.join("out_a"), "0.002", 2, None);
+    let base = ["--seed", "5", "--threads", "2", "--quiet"];
+    let run = |cfg: &Path| {
+        let st = Command::new(env!("CARGO_BIN_EXE_hrk")).args(["train", "--cfg", cfg.to_str().unwrap()]).args(base).status().unwrap();
+        assert!(st.success());
+    };
+    run(&cfg_a);
+    let sub_b = dir.join("b");
+    std::fs::create_dir_all(&sub_b).unwrap();
+    let cfg_b = write_config(&sub_b, "tiny_kill", &dir.join("out_b"), "0.002", 2, None);
+    let run_b = dir.join("out_b/300W/tiny_kill");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hrk")).args(["train", "--cfg", cfg_b.to_str().unwrap()]).args(base).spawn().unwrap();
+    let t = std::time::Instant::now();
+    while !run_b.join("latest.safetensors").exists() && t.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(run_b.join("latest.safetensors").is_file(), "no checkpoint before the kill");
+    run(&cfg_b);
+    assert_same_tensors(&dir.join("out_a/300W/tiny_kill/final_state.safetensors"), &run_b.join("final_state.safetensors"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
