@@ -25,3 +25,4 @@ pub mod cli;
 pub mod eval;
 pub mod plot;
 pub mod draw;
+pub mod train;
