@@ -242,6 +242,13 @@ fn threaded_batches_match_inline_and_loss_is_the_target_mse() {
     let mut other = hrk::model::HrNet::new(&spec, 1).unwrap();
     let e = evaluate(&mut other, &ds, 2, 0).unwrap_err().to_string();
     assert!(e.contains("5 landmarks") && e.contains("68"), "{e}");
+    // A missing image fails the evaluation with its name, threaded or not (no hang).
+    let victim = st.dir.join("images/s68_000005.jpg");
+    std::fs::remove_file(&victim).unwrap();
+    for threads in [0, 2] {
+        let e = format!("{:#}", evaluate(&mut net, &ds, 2, threads).unwrap_err());
+        assert!(e.contains("s68_000005.jpg"), "{e}");
+    }
     cleanup(&st.dir);
 }
 
