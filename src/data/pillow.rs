@@ -323,8 +323,9 @@ pub fn affine_bilinear_region(img: &Rgb8, out_w: usize, out_h: usize, m: [f64; 6
             }
             let xs = xin - 0.5;
             let ys = yin - 0.5;
-            let xi = xs.floor() as i64;
-            let yi = ys.floor() as i64;
+            // floor without a libm call: xs, ys >= -0.5 here, so floor is truncation or -1.
+            let xi = if xs < 0.0 { -1 } else { xs as i64 };
+            let yi = if ys < 0.0 { -1 } else { ys as i64 };
             let dx = xs - xi as f64;
             let dy = ys - yi as f64;
             let c0 = xi.clamp(0, w - 1) as usize * 3;
