@@ -158,3 +158,29 @@ fn uint8_input_skips_predownscale_stretch_like_reference() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The truncation check (searches from the end) agrees with the plain forward pair scan.
+#[test]
+fn jpeg_truncation_check_matches_pair_scan() {
+    let naive = |b: &[u8]| {
+        if !b.starts_with(&[0xFF, 0xD8]) {
+            return false;
+        }
+        match b.windows(2).rposition(|w| w == [0xFF, 0xDA]) {
+            None => true,
+            Some(s) => !b[s..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        }
+    };
+    let mut rng = SplitMix64::new(11);
+    let alphabet = [0xFFu8, 0xDA, 0xD9, 0x00, 0x12];
+    let mut truncated = 0;
+    for _ in 0..3000 {
+        let len = rng.uniform(2.0, 24.0) as usize;
+        let mut b = vec![0xFF, 0xD8];
+        b.extend((0..len).map(|_| alphabet[rng.uniform(0.0, 5.0) as usize % 5]));
+        let want = naive(&b);
+        truncated += want as usize;
+        assert_eq!(hrk::data::imageio::jpeg_is_truncated(&b), want, "{b:02X?}");
+    }
+    assert!(truncated > 100 && truncated < 2900);
+}
