@@ -189,11 +189,25 @@ pub fn resize_bilinear_region(src: RowView, out_w: usize, out_h: usize, xr: (usi
     // Intermediate: the needed input rows, resized horizontally, only the requested columns.
     let mut mid = vec![0u8; rows * nx * 3];
     let mut scratch = Vec::new();
+    let mut padded = Vec::new();
     for (r, dst) in mid.chunks_exact_mut(nx * 3).enumerate() {
         let line = src.row(row_first + r, &mut scratch);
-        match &horiz {
-            Some(h) => horizontal_pass(line, h, xr.0, dst),
-            None => dst.copy_from_slice(&line[xr.0 * 3..(xr.0 + nx) * 3]),
+        let Some(h) = &horiz else {
+            dst.copy_from_slice(&line[xr.0 * 3..(xr.0 + nx) * 3]);
+            continue;
+        };
+        // Fixed tap counts let the compiler unroll; taps past a pixel's own count have weight 0
+        // (adding 0 changes no sum) and read the zero padding past the row end.
+        padded.clear();
+        padded.extend_from_slice(line);
+        padded.resize(line.len() + h.ksize * 3, 0);
+        match h.ksize {
+            3 => horizontal_pass_fixed::<3>(&padded, h, xr.0, dst),
+            5 => horizontal_pass_fixed::<5>(&padded, h, xr.0, dst),
+            7 => horizontal_pass_fixed::<7>(&padded, h, xr.0, dst),
+            9 => horizontal_pass_fixed::<9>(&padded, h, xr.0, dst),
+            11 => horizontal_pass_fixed::<11>(&padded, h, xr.0, dst),
+            _ => horizontal_pass(line, h, xr.0, dst),
         }
     }
     let Some(vert) = vert else {
@@ -218,6 +232,25 @@ pub fn resize_bilinear_region(src: RowView, out_w: usize, out_h: usize, xr: (usi
         }
     }
     Ok(Rgb8 { width: nx, height: ny, data: out })
+}
+
+/// [`horizontal_pass`] with all `K = ksize` taps per pixel on a row padded by K zero pixels.
+fn horizontal_pass_fixed<const K: usize>(padded: &[u8], h: &Taps, x0: usize, dst: &mut [u8]) {
+    for (i, d) in dst.chunks_exact_mut(3).enumerate() {
+        let xx = x0 + i;
+        let xmin = h.bounds[xx].0;
+        let w: &[i32; K] = h.weights[xx * K..xx * K + K].try_into().expect("K = ksize");
+        let px = &padded[xmin * 3..xmin * 3 + 3 * K];
+        let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+        for t in 0..K {
+            acc[0] += px[3 * t] as i32 * w[t];
+            acc[1] += px[3 * t + 1] as i32 * w[t];
+            acc[2] += px[3 * t + 2] as i32 * w[t];
+        }
+        d[0] = clip8(acc[0]);
+        d[1] = clip8(acc[1]);
+        d[2] = clip8(acc[2]);
+    }
 }
 
 /// Pillow's horizontal 8-bit pass for output columns `x0..x0 + dst.len()/3` of one row.
@@ -333,16 +366,17 @@ pub fn affine_bilinear_region(img: &Rgb8, out_w: usize, out_h: usize, m: [f64; 6
             let r0 = yi.clamp(0, h - 1) as usize * stride;
             let second_row = yi + 1 >= 0 && yi + 1 < h;
             let r1 = if second_row { (yi + 1) as usize * stride } else { r0 };
+            let p00: &[u8; 3] = data[r0 + c0..r0 + c0 + 3].try_into().expect("pixel");
+            let p01: &[u8; 3] = data[r0 + c1..r0 + c1 + 3].try_into().expect("pixel");
+            let p10: &[u8; 3] = data[r1 + c0..r1 + c0 + 3].try_into().expect("pixel");
+            let p11: &[u8; 3] = data[r1 + c1..r1 + c1 + 3].try_into().expect("pixel");
             for b in 0..3 {
                 // v = a + (b - a)·d with the integer difference first, as Pillow's macro.
-                let a0 = data[r0 + c0 + b] as i32;
-                let v1 = a0 as f64 + (data[r0 + c1 + b] as i32 - a0) as f64 * dx;
-                let v2 = if second_row {
-                    let a1 = data[r1 + c0 + b] as i32;
-                    a1 as f64 + (data[r1 + c1 + b] as i32 - a1) as f64 * dx
-                } else {
-                    v1
-                };
+                let a0 = p00[b] as i32;
+                let v1 = a0 as f64 + (p01[b] as i32 - a0) as f64 * dx;
+                let a1 = p10[b] as i32;
+                // (without a second row Pillow uses v1; r1 = r0 then gives the same value)
+                let v2 = if second_row { a1 as f64 + (p11[b] as i32 - a1) as f64 * dx } else { v1 };
                 d[b] = (v1 + (v2 - v1) * dy) as u8;
             }
         }
