@@ -184,3 +184,33 @@ fn jpeg_truncation_check_matches_pair_scan() {
     }
     assert!(truncated > 100 && truncated < 2900);
 }
+
+/// Edge shapes the fast path hands to the float path or handles itself: a 3-pixel window
+/// (scipy's channel-axis rule), 1-pixel windows, degenerate pre-downscale, windows off the image.
+#[test]
+fn fast_crop_edge_cases_match_float_path() {
+    let mut rng = SplitMix64::new(5);
+    let img = random_image(&mut rng, 50, 50, 20, 230);
+    let cases: [([f32; 2], f64, f64); 7] = [
+        ([25.0, 25.0], 0.015, 0.0),
+        ([25.0, 25.0], 1e-12, 0.0),
+        ([25.0, 25.0], 1e6, 0.0),
+        ([2000.0, 25.0], 0.5, 0.0),
+        ([80.0, 25.0], 0.2, 0.0),
+        ([25.0, 25.0], 0.02, 45.0),
+        ([25.0, 25.0], 0.3, 360.0),
+    ];
+    for (k, &(center, scale, rot)) in cases.iter().enumerate() {
+        for flip in [false, true] {
+            for input in [InputType::Float32, InputType::Uint8] {
+                let fast = crop_rgb8(&img, flip, input, center, scale, [256, 256], rot);
+                let slow = crop_input(&rgb8_to_image(&img, flip), input, center, scale, [256, 256], rot);
+                match (fast, slow) {
+                    (Ok(f), Ok(s)) => assert!(f.data == s.to_u8() && f.width == s.width, "case {k} flip {flip} {input:?}"),
+                    (Err(f), Err(s)) => assert_eq!(f.to_string(), s.to_string(), "case {k}"),
+                    (f, s) => panic!("case {k}: fast {:?} vs float {:?}", f.map(|_| ()), s.map(|_| ())),
+                }
+            }
+        }
+    }
+}
