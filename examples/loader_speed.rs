@@ -8,6 +8,8 @@ use hrk::data::augment::SplitMix64;
 use hrk::data::dataset::{DatasetKind, DatasetSpec, FaceDataset};
 use hrk::data::imageio::decode_rgb8;
 use hrk::data::loader::{DataLoader, LoaderConfig};
+use hrk::data::sample::normalize_rgb8_into;
+use hrk::data::transforms::{crop_rgb8, InputType};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +39,8 @@ fn rate(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    // What the DataLoader does for its workers; here it also covers the 1-thread figures.
+    hrk::data::loader::tune_allocator_for_images();
     let n = args.first().copied().unwrap_or(200);
     let threads = args.get(1).copied().unwrap_or(2);
     let dir = std::env::temp_dir().join(format!("hrk-loader-speed-{}", std::process::id()));
@@ -93,6 +97,26 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         })?);
+    }
+
+    // Per-stage CPU time (ms per image) on pre-decoded images, with the samples' own parameters.
+    let images: Vec<_> = (0..8).map(|k| decode_rgb8(&dir.join(format!("img{k}.jpg")))).collect::<anyhow::Result<_>>()?;
+    for is_train in [false, true] {
+        let ds = FaceDataset::open(DatasetSpec::new(DatasetKind::Wflw, &dir, &csv_path, is_train))?;
+        let metas: Vec<_> = (0..n).map(|i| ds.get(i, 0, 0).map(|s| s.meta)).collect::<anyhow::Result<_>>()?;
+        let (mut crop_s, mut norm_s) = (0.0, 0.0);
+        let mut input = vec![0f32; ds.input_len()];
+        for (i, m) in metas.iter().enumerate() {
+            let c0 = thread_cpu_s();
+            let a = &m.augmentation;
+            let out = crop_rgb8(&images[i % 8], a.flip, InputType::Float32, m.center, m.scale, [256, 256], a.rot)?;
+            let c1 = thread_cpu_s();
+            normalize_rgb8_into(&out, &mut input)?;
+            crop_s += c1 - c0;
+            norm_s += thread_cpu_s() - c1;
+        }
+        let mode = if is_train { "train" } else { "test " };
+        println!("  stage CPU ms/img, {mode}: crop {:.3}  normalise {:.3}", crop_s * 1e3 / n as f64, norm_s * 1e3 / n as f64);
     }
 
     let ds = Arc::new(FaceDataset::open(DatasetSpec::new(DatasetKind::Wflw, &dir, &csv_path, true))?);

@@ -79,10 +79,22 @@ pub fn jpeg_is_truncated(bytes: &[u8]) -> bool {
     if !bytes.starts_with(&[0xFF, 0xD8]) {
         return false;
     }
-    let Some(last_sos) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+    // Byte searches from the end (the EOI is normally the last two bytes): same answer as a
+    // forward pair scan, without walking the whole entropy-coded data twice.
+    let rfind_pair = |hay: &[u8], second: u8| {
+        let mut end = hay.len();
+        while let Some(i) = hay[..end].iter().rposition(|&b| b == second) {
+            if i > 0 && hay[i - 1] == 0xFF {
+                return Some(i - 1);
+            }
+            end = i;
+        }
+        None
+    };
+    let Some(last_sos) = rfind_pair(bytes, 0xDA) else {
         return true;
     };
-    !bytes[last_sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+    rfind_pair(&bytes[last_sos..], 0xD9).is_none()
 }
 
 /// Decodes encoded image bytes; `path` is only used in messages. Does not check JPEG

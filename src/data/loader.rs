@@ -82,11 +82,36 @@ pub struct DataLoader {
     cfg: LoaderConfig,
 }
 
+/// Keeps glibc malloc from returning every multi-megabyte image/target buffer to the kernel:
+/// with its defaults each sample's decode/crop/target buffers are fresh mmaps, and the page
+/// faults and page clearing cost about a third of a sample's CPU time. Raises the mmap and
+/// trim thresholds once per process (no effect on other allocators or platforms).
+pub fn tune_allocator_for_images() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            extern "C" {
+                fn mallopt(param: i32, value: i32) -> i32;
+            }
+            const M_TRIM_THRESHOLD: i32 = -1;
+            const M_MMAP_THRESHOLD: i32 = -3;
+            // SAFETY: mallopt only changes allocator tuning parameters; glibc documents it as
+            // callable at any time and these values are within its accepted ranges.
+            unsafe {
+                mallopt(M_MMAP_THRESHOLD, 32 << 20);
+                mallopt(M_TRIM_THRESHOLD, 256 << 20);
+            }
+        });
+    }
+}
+
 impl DataLoader {
     pub fn new(dataset: Arc<FaceDataset>, cfg: LoaderConfig) -> Result<Self> {
         if cfg.batch_size == 0 {
             bail!("data loader for {}: batch size must be positive", dataset.spec.annotations.display());
         }
+        tune_allocator_for_images();
         Ok(Self { dataset, cfg })
     }
 

@@ -99,8 +99,67 @@ fn clip8(acc: i32) -> u8 {
     }
 }
 
+/// Read access to the rows of an 8-bit RGB image as a resize sees them: optionally mirrored
+/// left-right (`np.fliplr` before the crop) and optionally mapped through a per-value table
+/// (a bytescale of integer-valued pixels), without materialising the whole image.
+#[derive(Clone, Copy)]
+pub struct RowView<'a> {
+    pub img: &'a Rgb8,
+    pub flip: bool,
+    pub lut: Option<&'a [u8; 256]>,
+}
+
+impl<'a> RowView<'a> {
+    pub fn plain(img: &'a Rgb8) -> RowView<'a> {
+        RowView { img, flip: false, lut: None }
+    }
+
+    /// Row `y` (all `width` pixels); `scratch` holds it when it has to be transformed.
+    pub fn row<'s>(&'s self, y: usize, scratch: &'s mut Vec<u8>) -> &'s [u8] {
+        let w3 = self.img.width * 3;
+        let src = &self.img.data[y * w3..(y + 1) * w3];
+        if !self.flip && self.lut.is_none() {
+            return src;
+        }
+        scratch.clear();
+        scratch.resize(w3, 0);
+        if self.flip {
+            for (d, s) in scratch.chunks_exact_mut(3).zip(src.chunks_exact(3).rev()) {
+                d.copy_from_slice(s);
+            }
+        } else {
+            scratch.copy_from_slice(src);
+        }
+        if let Some(lut) = self.lut {
+            for v in scratch.iter_mut() {
+                *v = lut[*v as usize];
+            }
+        }
+        scratch
+    }
+}
+
+fn check_region(what: &str, start: usize, count: usize, size: usize) -> Result<()> {
+    if count == 0 || start.checked_add(count).is_none_or(|e| e > size) {
+        bail!("pillow {what}: region [{start}, +{count}) outside 0..{size}");
+    }
+    Ok(())
+}
+
 /// `Image.resize((out_w, out_h), BILINEAR)` of an RGB image (Pillow <= 12 arithmetic).
 pub fn resize_bilinear(img: &Rgb8, out_w: usize, out_h: usize) -> Result<Rgb8> {
+    if out_w == 0 || out_h == 0 || out_w > MAX_SIDE || out_h > MAX_SIDE {
+        bail!("pillow resize: bad output size {out_w}x{out_h}");
+    }
+    resize_bilinear_region(RowView::plain(img), out_w, out_h, (0, out_w), (0, out_h))
+}
+
+/// The output pixels `[x0, x0+nx) × [y0, y0+ny)` (given as (start, count)) of
+/// `Image.resize((out_w, out_h), BILINEAR)`. Every output pixel depends only on its own taps,
+/// so a region is bit-identical to the same pixels of the whole resize, and only the input
+/// rows and intermediate columns it needs are computed.
+pub fn resize_bilinear_region(src: RowView, out_w: usize, out_h: usize, xr: (usize, usize), yr: (usize, usize)) -> Result<Rgb8> {
+    let img = src.img;
     if out_w == 0 || out_h == 0 || out_w > MAX_SIDE || out_h > MAX_SIDE {
         bail!("pillow resize: bad output size {out_w}x{out_h}");
     }
@@ -110,70 +169,107 @@ pub fn resize_bilinear(img: &Rgb8, out_w: usize, out_h: usize) -> Result<Rgb8> {
     if img.data.len() != img.width * img.height * 3 {
         bail!("pillow resize: input buffer has {} bytes for {}x{}", img.data.len(), img.width, img.height);
     }
-    // Pillow returns a copy when the size does not change.
-    if out_w == img.width && out_h == img.height {
-        return Ok(img.clone());
-    }
+    check_region("resize", xr.0, xr.1, out_w)?;
+    check_region("resize", yr.0, yr.1, out_h)?;
+    let (nx, ny) = (xr.1, yr.1);
+    // Same size in both directions: Pillow returns a copy.
     let need_horizontal = out_w != img.width;
     let need_vertical = out_h != img.height;
-    let vert = precompute_taps(img.height, out_h);
-    let horiz = precompute_taps(img.width, out_w);
-    // Rows of the source that the vertical pass reads (the horizontal pass only computes these).
-    let ybox_first = vert.bounds[0].0;
-    let (last_min, last_len) = vert.bounds[out_h - 1];
-    let ybox_last = last_min + last_len;
+    let vert = need_vertical.then(|| precompute_taps(img.height, out_h));
+    let horiz = need_horizontal.then(|| precompute_taps(img.width, out_w));
+    // Input rows the requested output rows read (tap bounds are monotone in the output index).
+    let (row_first, row_end) = match &vert {
+        Some(v) => {
+            let (last_min, last_len) = v.bounds[yr.0 + ny - 1];
+            (v.bounds[yr.0].0, last_min + last_len)
+        }
+        None => (yr.0, yr.0 + ny),
+    };
+    let rows = row_end - row_first;
+    // Intermediate: the needed input rows, resized horizontally, only the requested columns.
+    let mut mid = vec![0u8; rows * nx * 3];
+    let mut scratch = Vec::new();
+    let mut padded = Vec::new();
+    for (r, dst) in mid.chunks_exact_mut(nx * 3).enumerate() {
+        let line = src.row(row_first + r, &mut scratch);
+        let Some(h) = &horiz else {
+            dst.copy_from_slice(&line[xr.0 * 3..(xr.0 + nx) * 3]);
+            continue;
+        };
+        // Fixed tap counts let the compiler unroll; taps past a pixel's own count have weight 0
+        // (adding 0 changes no sum) and read the zero padding past the row end.
+        padded.clear();
+        padded.extend_from_slice(line);
+        padded.resize(line.len() + h.ksize * 3, 0);
+        match h.ksize {
+            3 => horizontal_pass_fixed::<3>(&padded, h, xr.0, dst),
+            5 => horizontal_pass_fixed::<5>(&padded, h, xr.0, dst),
+            7 => horizontal_pass_fixed::<7>(&padded, h, xr.0, dst),
+            9 => horizontal_pass_fixed::<9>(&padded, h, xr.0, dst),
+            11 => horizontal_pass_fixed::<11>(&padded, h, xr.0, dst),
+            _ => horizontal_pass(line, h, xr.0, dst),
+        }
+    }
+    let Some(vert) = vert else {
+        return Ok(Rgb8 { width: nx, height: ny, data: mid });
+    };
+    let mut out = vec![0u8; ny * nx * 3];
+    let mut acc = vec![0i32; nx * 3];
+    for (yy, dst) in out.chunks_exact_mut(nx * 3).enumerate() {
+        let (ymin, taps) = vert.bounds[yr.0 + yy];
+        let o = (yr.0 + yy) * vert.ksize;
+        acc.fill(1i32 << (PRECISION_BITS - 1));
+        // Row by row: the same integer sums as Pillow's per-pixel loop, in a vectorisable order.
+        for (t, &wy) in vert.weights[o..o + taps].iter().enumerate() {
+            let r = ymin + t - row_first;
+            let line = &mid[r * nx * 3..(r + 1) * nx * 3];
+            for (a, &v) in acc.iter_mut().zip(line) {
+                *a += v as i32 * wy;
+            }
+        }
+        for (d, &a) in dst.iter_mut().zip(&acc) {
+            *d = clip8(a);
+        }
+    }
+    Ok(Rgb8 { width: nx, height: ny, data: out })
+}
 
-    let mut current: Option<Rgb8> = None;
-    let mut row_shift = 0usize;
-    if need_horizontal {
-        let rows = ybox_last - ybox_first;
-        let mut out = vec![0u8; rows * out_w * 3];
-        for yy in 0..rows {
-            let src = &img.data[(yy + ybox_first) * img.width * 3..(yy + ybox_first + 1) * img.width * 3];
-            let dst = &mut out[yy * out_w * 3..(yy + 1) * out_w * 3];
-            for xx in 0..out_w {
-                let (xmin, taps) = horiz.bounds[xx];
-                let w = &horiz.weights[xx * horiz.ksize..xx * horiz.ksize + taps];
-                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (x, &wx) in w.iter().enumerate() {
-                    let p = &src[(x + xmin) * 3..(x + xmin) * 3 + 3];
-                    acc[0] += p[0] as i32 * wx;
-                    acc[1] += p[1] as i32 * wx;
-                    acc[2] += p[2] as i32 * wx;
-                }
-                dst[xx * 3] = clip8(acc[0]);
-                dst[xx * 3 + 1] = clip8(acc[1]);
-                dst[xx * 3 + 2] = clip8(acc[2]);
-            }
+/// [`horizontal_pass`] with all `K = ksize` taps per pixel on a row padded by K zero pixels.
+fn horizontal_pass_fixed<const K: usize>(padded: &[u8], h: &Taps, x0: usize, dst: &mut [u8]) {
+    for (i, d) in dst.chunks_exact_mut(3).enumerate() {
+        let xx = x0 + i;
+        let xmin = h.bounds[xx].0;
+        let w: &[i32; K] = h.weights[xx * K..xx * K + K].try_into().expect("K = ksize");
+        let px = &padded[xmin * 3..xmin * 3 + 3 * K];
+        let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+        for t in 0..K {
+            acc[0] += px[3 * t] as i32 * w[t];
+            acc[1] += px[3 * t + 1] as i32 * w[t];
+            acc[2] += px[3 * t + 2] as i32 * w[t];
         }
-        row_shift = ybox_first;
-        current = Some(Rgb8 { width: out_w, height: rows, data: out });
+        d[0] = clip8(acc[0]);
+        d[1] = clip8(acc[1]);
+        d[2] = clip8(acc[2]);
     }
-    let src = current.as_ref().unwrap_or(img);
-    if !need_vertical {
-        return Ok(src.clone());
-    }
-    let width = src.width;
-    let mut out = vec![0u8; out_h * width * 3];
-    for yy in 0..out_h {
-        let (ymin, taps) = vert.bounds[yy];
-        let ymin = ymin - row_shift;
-        let w = &vert.weights[yy * vert.ksize..yy * vert.ksize + taps];
-        let dst = &mut out[yy * width * 3..(yy + 1) * width * 3];
-        for xx in 0..width {
-            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-            for (y, &wy) in w.iter().enumerate() {
-                let o = ((y + ymin) * width + xx) * 3;
-                acc[0] += src.data[o] as i32 * wy;
-                acc[1] += src.data[o + 1] as i32 * wy;
-                acc[2] += src.data[o + 2] as i32 * wy;
-            }
-            dst[xx * 3] = clip8(acc[0]);
-            dst[xx * 3 + 1] = clip8(acc[1]);
-            dst[xx * 3 + 2] = clip8(acc[2]);
+}
+
+/// Pillow's horizontal 8-bit pass for output columns `x0..x0 + dst.len()/3` of one row.
+fn horizontal_pass(line: &[u8], h: &Taps, x0: usize, dst: &mut [u8]) {
+    for (i, d) in dst.chunks_exact_mut(3).enumerate() {
+        let xx = x0 + i;
+        let (xmin, taps) = h.bounds[xx];
+        let w = &h.weights[xx * h.ksize..xx * h.ksize + taps];
+        let px = &line[xmin * 3..(xmin + taps) * 3];
+        let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+        for (p, &wx) in px.chunks_exact(3).zip(w) {
+            acc[0] += p[0] as i32 * wx;
+            acc[1] += p[1] as i32 * wx;
+            acc[2] += p[2] as i32 * wx;
         }
+        d[0] = clip8(acc[0]);
+        d[1] = clip8(acc[1]);
+        d[2] = clip8(acc[2]);
     }
-    Ok(Rgb8 { width, height: out_h, data: out })
 }
 
 /// Python's `round(x, 15)`: the double nearest to x correctly rounded to 15 decimals.
@@ -220,63 +316,102 @@ pub fn affine_bilinear(img: &Rgb8, out_w: usize, out_h: usize, m: [f64; 6]) -> R
     if out_w > MAX_SIDE || out_h > MAX_SIDE {
         bail!("pillow transform: bad output size {out_w}x{out_h}");
     }
+    if out_w == 0 || out_h == 0 {
+        return Ok(Rgb8 { width: out_w, height: out_h, data: Vec::new() });
+    }
+    affine_bilinear_region(img, out_w, out_h, m, (0, out_w), (0, out_h))
+}
+
+/// The output pixels `[x0, x0+nx) × [y0, y0+ny)` (given as (start, count)) of
+/// [`affine_bilinear`]: each output pixel is sampled independently, so this is exactly the
+/// same region of the whole transform.
+pub fn affine_bilinear_region(img: &Rgb8, out_w: usize, out_h: usize, m: [f64; 6], xr: (usize, usize), yr: (usize, usize)) -> Result<Rgb8> {
+    if out_w > MAX_SIDE || out_h > MAX_SIDE {
+        bail!("pillow transform: bad output size {out_w}x{out_h}");
+    }
     if img.data.len() != img.width * img.height * 3 {
         bail!("pillow transform: input buffer has {} bytes for {}x{}", img.data.len(), img.width, img.height);
     }
+    check_region("transform", xr.0, xr.1, out_w)?;
+    check_region("transform", yr.0, yr.1, out_h)?;
+    let (nx, ny) = (xr.1, yr.1);
+    let mut out = vec![0u8; nx * ny * 3];
+    if img.width == 0 || img.height == 0 {
+        return Ok(Rgb8 { width: nx, height: ny, data: out });
+    }
     let (w, h) = (img.width as i64, img.height as i64);
-    let mut out = vec![0u8; out_w * out_h * 3];
-    for y in 0..out_h {
-        let yin0 = y as f64 + 0.5;
-        for x in 0..out_w {
-            let xin0 = x as f64 + 0.5;
-            let xin = m[0] * xin0 + m[1] * yin0 + m[2];
-            let yin = m[3] * xin0 + m[4] * yin0 + m[5];
-            if !(xin >= 0.0 && xin < img.width as f64 && yin >= 0.0 && yin < img.height as f64) {
+    let (wf, hf) = (img.width as f64, img.height as f64);
+    let stride = img.width * 3;
+    let data = &img.data[..];
+    for (j, dst_row) in out.chunks_exact_mut(nx * 3).enumerate() {
+        let yin0 = (yr.0 + j) as f64 + 0.5;
+        // Per-row parts of Pillow's a0·x + a1·y + a2 (same operation order per pixel).
+        let (ry_x, ry_y) = (m[1] * yin0, m[4] * yin0);
+        for (i, d) in dst_row.chunks_exact_mut(3).enumerate() {
+            let xin0 = (xr.0 + i) as f64 + 0.5;
+            let xin = m[0] * xin0 + ry_x + m[2];
+            let yin = m[3] * xin0 + ry_y + m[5];
+            if !(xin >= 0.0 && xin < wf && yin >= 0.0 && yin < hf) {
                 continue; // filled black
             }
             let xs = xin - 0.5;
             let ys = yin - 0.5;
-            let xi = xs.floor() as i64;
-            let yi = ys.floor() as i64;
+            // floor without a libm call: xs, ys >= -0.5 here, so floor is truncation or -1.
+            let xi = if xs < 0.0 { -1 } else { xs as i64 };
+            let yi = if ys < 0.0 { -1 } else { ys as i64 };
             let dx = xs - xi as f64;
             let dy = ys - yi as f64;
-            let x0 = xi.clamp(0, w - 1) as usize;
-            let x1 = (xi + 1).clamp(0, w - 1) as usize;
-            let row0 = yi.clamp(0, h - 1) as usize;
+            let c0 = xi.clamp(0, w - 1) as usize * 3;
+            let c1 = (xi + 1).clamp(0, w - 1) as usize * 3;
+            let r0 = yi.clamp(0, h - 1) as usize * stride;
             let second_row = yi + 1 >= 0 && yi + 1 < h;
-            let o = (y * out_w + x) * 3;
+            let r1 = if second_row { (yi + 1) as usize * stride } else { r0 };
+            let p00: &[u8; 3] = data[r0 + c0..r0 + c0 + 3].try_into().expect("pixel");
+            let p01: &[u8; 3] = data[r0 + c1..r0 + c1 + 3].try_into().expect("pixel");
+            let p10: &[u8; 3] = data[r1 + c0..r1 + c0 + 3].try_into().expect("pixel");
+            let p11: &[u8; 3] = data[r1 + c1..r1 + c1 + 3].try_into().expect("pixel");
             for b in 0..3 {
-                let p = |row: usize, col: usize| img.data[(row * img.width + col) * 3 + b] as i32;
                 // v = a + (b - a)·d with the integer difference first, as Pillow's macro.
-                let a0 = p(row0, x0);
-                let v1 = a0 as f64 + (p(row0, x1) - a0) as f64 * dx;
-                let v2 = if second_row {
-                    let r = (yi + 1) as usize;
-                    let a1 = p(r, x0);
-                    a1 as f64 + (p(r, x1) - a1) as f64 * dx
-                } else {
-                    v1
-                };
-                let v = v1 + (v2 - v1) * dy;
-                out[o + b] = v as u8;
+                let a0 = p00[b] as i32;
+                let v1 = a0 as f64 + (p01[b] as i32 - a0) as f64 * dx;
+                let a1 = p10[b] as i32;
+                // (without a second row Pillow uses v1; r1 = r0 then gives the same value)
+                let v2 = if second_row { a1 as f64 + (p11[b] as i32 - a1) as f64 * dx } else { v1 };
+                d[b] = (v1 + (v2 - v1) * dy) as u8;
             }
         }
     }
-    Ok(Rgb8 { width: out_w, height: out_h, data: out })
+    Ok(Rgb8 { width: nx, height: ny, data: out })
 }
 
 /// `Image.rotate(angle, BILINEAR)`: counter-clockwise about (w/2, h/2), same size, black fill.
 pub fn rotate_bilinear(img: &Rgb8, angle_deg: f64) -> Result<Rgb8> {
+    if img.width == 0 || img.height == 0 {
+        return Ok(img.clone());
+    }
+    rotate_bilinear_region(img, angle_deg, (0, img.width), (0, img.height))
+}
+
+/// The region `[x0, x0+nx) × [y0, y0+ny)` (given as (start, count)) of [`rotate_bilinear`].
+pub fn rotate_bilinear_region(img: &Rgb8, angle_deg: f64, xr: (usize, usize), yr: (usize, usize)) -> Result<Rgb8> {
     if !angle_deg.is_finite() {
         bail!("pillow rotate: angle {angle_deg} is not finite");
     }
     if py_mod(angle_deg, 360.0) == 0.0 {
-        return Ok(img.clone());
+        // Pillow returns a copy.
+        check_region("rotate", xr.0, xr.1, img.width)?;
+        check_region("rotate", yr.0, yr.1, img.height)?;
+        let mut data = Vec::with_capacity(xr.1 * yr.1 * 3);
+        for y in yr.0..yr.0 + yr.1 {
+            let row = y * img.width * 3;
+            data.extend_from_slice(&img.data[row + xr.0 * 3..row + (xr.0 + xr.1) * 3]);
+        }
+        return Ok(Rgb8 { width: xr.1, height: yr.1, data });
     }
     // Pillow's 90/180/270 fast paths (transpose) sample exactly the same pixel centres as the
     // affine path with the rounded matrix, so the affine path covers them bit for bit.
     let m = rotate_matrix(angle_deg, img.width, img.height);
-    affine_bilinear(img, img.width, img.height, m)
+    affine_bilinear_region(img, img.width, img.height, m, xr, yr)
 }
 
 #[cfg(test)]

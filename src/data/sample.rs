@@ -9,8 +9,9 @@ use super::flip::fliplr_joints;
 use super::heatmap::generate_target;
 use super::image::Image;
 use super::dataset::DatasetKind;
-use super::imageio::{decode_rgb8_opts, rgb8_to_image};
-use super::transforms::{crop, transform_pixel};
+use super::imageio::{decode_rgb8_opts, rgb8_to_image, Rgb8};
+use super::transforms::{crop_rgb8, transform_pixel, InputType};
+use std::borrow::Cow;
 use anyhow::{anyhow, bail, Result};
 
 /// ImageNet mean/std (RGB) the reference normalises with, as float32.
@@ -56,6 +57,28 @@ pub fn normalize_into(img: &Image, out: &mut [f32]) -> Result<()> {
         r[i] = (px[0] / 255.0 - MEAN[0]) / STD[0];
         g[i] = (px[1] / 255.0 - MEAN[1]) / STD[1];
         b[i] = (px[2] / 255.0 - MEAN[2]) / STD[2];
+    }
+    Ok(())
+}
+
+/// [`normalize_into`] of a u8 crop: the same float32 expression per value, tabulated.
+pub fn normalize_rgb8_into(img: &Rgb8, out: &mut [f32]) -> Result<()> {
+    let hw = img.width * img.height;
+    if out.len() != 3 * hw || img.data.len() != 3 * hw {
+        bail!("normalize: crop is {}x{} ({} values), output buffer holds {}", img.height, img.width, img.data.len(), out.len());
+    }
+    let mut lut = [[0f32; 256]; 3];
+    for (c, table) in lut.iter_mut().enumerate() {
+        for (v, t) in table.iter_mut().enumerate() {
+            *t = (v as f32 / 255.0 - MEAN[c]) / STD[c];
+        }
+    }
+    let (r, rest) = out.split_at_mut(hw);
+    let (g, b) = rest.split_at_mut(hw);
+    for (i, px) in img.data.chunks_exact(3).enumerate() {
+        r[i] = lut[0][px[0] as usize];
+        g[i] = lut[1][px[1] as usize];
+        b[i] = lut[2][px[2] as usize];
     }
     Ok(())
 }
@@ -145,16 +168,26 @@ impl FaceDataset {
 
     /// The source image of sample `index` as float HWC RGB, mirrored if `flip`.
     pub fn source_image(&self, index: usize, flip: bool) -> Result<Image> {
-        let rgb_owned;
-        let rgb = match &self.annotations {
+        Ok(rgb8_to_image(&*self.source_rgb8(index)?, flip))
+    }
+
+    /// The source image of sample `index` as decoded bytes (COFW images are borrowed).
+    pub fn source_rgb8(&self, index: usize) -> Result<Cow<'_, Rgb8>> {
+        Ok(match &self.annotations {
             Annotations::Csv(r) => {
                 let rec = r.get(index).ok_or_else(|| anyhow!("sample index {index} out of range (len {})", r.len()))?;
-                rgb_owned = decode_rgb8_opts(&rec.image_path, self.spec.kind == DatasetKind::Aflw)?;
-                &rgb_owned
+                Cow::Owned(decode_rgb8_opts(&rec.image_path, self.spec.kind == DatasetKind::Aflw)?)
             }
-            Annotations::Cofw(c) => c.images.get(index).ok_or_else(|| anyhow!("sample index {index} out of range (len {})", c.images.len()))?,
-        };
-        Ok(rgb8_to_image(rgb, flip))
+            Annotations::Cofw(c) => Cow::Borrowed(c.images.get(index).ok_or_else(|| anyhow!("sample index {index} out of range (len {})", c.images.len()))?),
+        })
+    }
+
+    /// The array type the reference's dataset class hands to `crop`.
+    pub fn crop_input_type(&self) -> InputType {
+        match &self.annotations {
+            Annotations::Cofw(_) => InputType::Uint8,
+            Annotations::Csv(_) => InputType::Float32,
+        }
     }
 
     /// Sample `index` with the augmentation of (seed, epoch).
@@ -183,17 +216,18 @@ impl FaceDataset {
         if spec.is_train {
             scale *= aug.scale_mult;
         }
-        let img = self.source_image(index, aug.flip)?;
+        let img = self.source_rgb8(index)?;
         if aug.flip {
             fliplr_joints(&mut pts, img.width).map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
             center[0] = img.width as f32 - center[0];
         }
-        let cropped = crop(&img, center, scale, spec.image_size, aug.rot).map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
+        let cropped = crop_rgb8(&img, aug.flip, self.crop_input_type(), center, scale, spec.image_size, aug.rot)
+            .map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
         drop(img);
         if cropped.height != spec.image_size[0] || cropped.width != spec.image_size[1] {
             bail!("{}: crop returned {}x{}, expected {}x{}", self.describe(index), cropped.height, cropped.width, spec.image_size[0], spec.image_size[1]);
         }
-        normalize_into(&cropped, input)?;
+        normalize_rgb8_into(&cropped, input)?;
         let gaussian = spec.target_type == "Gaussian";
         let tpts = make_targets(&pts, center, scale, aug.rot, spec.heatmap_size, spec.sigma, gaussian, target)?;
         Ok(SampleMeta {

@@ -8,7 +8,7 @@
 use anyhow::{bail, Context, Result};
 
 use super::image::Image;
-use super::pillow::{resize_bilinear, rotate_bilinear, Rgb8};
+use super::pillow::{resize_bilinear, resize_bilinear_region, rotate_bilinear, rotate_bilinear_region, RowView, Rgb8};
 
 /// Largest window/image side the crop accepts (far beyond any real face crop).
 const MAX_SIDE: i64 = 1 << 15;
@@ -210,8 +210,20 @@ fn check_int(v: f64, what: &str) -> Result<i64> {
     Ok(v.trunc() as i64)
 }
 
+/// [`crop`] with the reference's input array type (see [`InputType`]); `img` holds integers
+/// 0..255 when `input` is `Uint8`.
+pub fn crop_input(img: &Image, input: InputType, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64) -> Result<Image> {
+    crop_traced_input(img, input, center, scale, res, rot, &mut CropTrace::default())
+}
+
 /// [`crop`] that also records its intermediate values in `trace`.
 pub fn crop_traced(img: &Image, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64, trace: &mut CropTrace) -> Result<Image> {
+    crop_traced_input(img, InputType::Float32, center, scale, res, rot, trace)
+}
+
+/// [`crop_input`] that also records its intermediate values in `trace`. This is the plain
+/// transcription of the reference on float arrays; [`crop_rgb8`] is the fast equivalent.
+pub fn crop_traced_input(img: &Image, input: InputType, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64, trace: &mut CropTrace) -> Result<Image> {
     let (wd, ht) = (img.width, img.height);
     if wd == 0 || ht == 0 || img.data.len() != wd * ht * 3 {
         bail!("crop: image {}x{} has {} values (need {})", wd, ht, img.data.len(), wd * ht * 3);
@@ -238,7 +250,12 @@ pub fn crop_traced(img: &Image, center: [f32; 2], scale: f64, res: [usize; 2], r
             // The reference returns torch.zeros(res) here.
             return Ok(Image::zeros(res[1], res[0]));
         }
-        let im = Rgb8::new(wd, ht, bytescale(&img.data))?;
+        // scipy's toimage: float arrays are stretched, uint8 arrays pass unchanged.
+        let bytes = match input {
+            InputType::Float32 => bytescale(&img.data),
+            InputType::Uint8 => img.to_u8(),
+        };
+        let im = Rgb8::new(wd, ht, bytes)?;
         let small = resize_bilinear(&im, new_wd, new_ht).context("crop: pre-downscale")?;
         downscaled = Some(Image {
             width: small.width,
@@ -322,6 +339,189 @@ pub fn crop_traced(img: &Image, center: [f32; 2], scale: f64, res: [usize; 2], r
     trace.window_u8 = Some((pil.width, pil.height, pil.data.clone()));
     let out = resize_bilinear(&pil, res[1], res[0]).context("crop: final resize")?;
     Ok(Image { width: out.width, height: out.height, data: out.data.iter().map(|&v| v as f32).collect() })
+}
+
+/// The array type the reference's dataset hands to `crop`: it decides whether the
+/// pre-downscale `imresize` min–max stretches the whole image first (scipy's `toimage`
+/// bytescales every non-uint8 array and passes uint8 unchanged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputType {
+    /// `np.array(PIL image, dtype=np.float32)`: the CSV datasets (300W, WFLW, AFLW).
+    Float32,
+    /// The uint8 arrays of the COFW .mat files.
+    Uint8,
+}
+
+/// `bytescale` restricted to integer-valued inputs 0..=255 whose min/max are `lo`/`hi`:
+/// the same float32 arithmetic as [`bytescale`], tabulated per value.
+fn bytescale_lut(lo: u8, hi: u8) -> [u8; 256] {
+    let (lo, hi) = (lo as f32, hi as f32);
+    let mut rng = hi - lo;
+    if rng == 0.0 {
+        rng = 1.0;
+    }
+    let s = (255.0f64 / rng as f64) as f32;
+    let mut lut = [0u8; 256];
+    for (v, out) in lut.iter_mut().enumerate() {
+        *out = (((v as f32 - lo) * s).clamp(0.0, 255.0) + 0.5f32) as u8;
+    }
+    lut
+}
+
+fn is_identity(lut: &[u8; 256]) -> bool {
+    lut.iter().enumerate().all(|(v, &o)| v == o as usize)
+}
+
+/// Min and max byte of the pixel columns `[x0, x0+nx)` of rows `[y0, y0+ny)` (all channels).
+fn region_min_max(img: &Rgb8, flip: bool, xr: (usize, usize), yr: (usize, usize)) -> (u8, u8) {
+    let (mut lo, mut hi) = (255u8, 0u8);
+    // A mirrored column range is the same bytes as a plain one, reflected.
+    let x0 = if flip { img.width - xr.0 - xr.1 } else { xr.0 };
+    for y in yr.0..yr.0 + yr.1 {
+        let row = &img.data[(y * img.width + x0) * 3..(y * img.width + x0 + xr.1) * 3];
+        // Independent lanes so the compiler vectorises the reduction.
+        let mut l = [255u8; 16];
+        let mut h = [0u8; 16];
+        let mut chunks = row.chunks_exact(16);
+        for c in &mut chunks {
+            for k in 0..16 {
+                l[k] = l[k].min(c[k]);
+                h[k] = h[k].max(c[k]);
+            }
+        }
+        for &v in chunks.remainder() {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        lo = lo.min(*l.iter().min().unwrap_or(&255));
+        hi = hi.max(*h.iter().max().unwrap_or(&0));
+    }
+    (lo, hi)
+}
+
+/// [`crop`] of an 8-bit RGB image, mirrored first when `flip` (the reference's `np.fliplr`),
+/// handed to the reference as `input` (float32 for the CSV datasets, uint8 for COFW).
+/// Bit-identical to the reference crop, but it only computes what the result needs: the
+/// pre-downscale only over the window's part of the downscaled image, the rotation only over
+/// the part kept after removing the padding, and bytescale stretches as 256-entry tables
+/// from exact integer min/max (all intermediate arrays hold integers 0..255).
+#[allow(clippy::too_many_arguments)]
+pub fn crop_rgb8(img: &Rgb8, flip: bool, input: InputType, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64) -> Result<Rgb8> {
+    let (wd, ht) = (img.width, img.height);
+    if wd == 0 || ht == 0 || img.data.len() != wd * ht * 3 {
+        bail!("crop: image {}x{} has {} values (need {})", wd, ht, img.data.len(), wd * ht * 3);
+    }
+    if res[0] == 0 || res[1] == 0 || res[0] as i64 > MAX_SIDE || res[1] as i64 > MAX_SIDE {
+        bail!("crop: output size {:?} out of range", res);
+    }
+    let finite = scale.is_finite() && rot.is_finite() && center[0].is_finite() && center[1].is_finite();
+    if !finite || scale <= 0.0 {
+        bail!("crop: bad center {:?} / scale {scale} / rot {rot}", center);
+    }
+    let mut c = center;
+    let scale0 = scale;
+    let mut scale = scale;
+    let sf = scale * 200.0 / res[0] as f64;
+    // The source the window is cut from: the (mirrored) image, or its downscaled size.
+    let (mut sw, mut sh) = (wd as i64, ht as i64);
+    let mut full_lut = None;
+    if sf >= 2.0 {
+        let new_size = ((ht.max(wd) as f64) / sf).floor();
+        let new_ht = (ht as f64 / sf).floor() as usize;
+        let new_wd = (wd as f64 / sf).floor() as usize;
+        if new_size < 2.0 {
+            return Ok(Rgb8 { width: res[1], height: res[0], data: vec![0; res[0] * res[1] * 3] });
+        }
+        if input == InputType::Float32 {
+            let (lo, hi) = region_min_max(img, false, (0, wd), (0, ht));
+            full_lut = Some(bytescale_lut(lo, hi));
+        }
+        (sw, sh) = (new_wd as i64, new_ht as i64);
+        let sf32 = sf as f32;
+        c = [c[0] / sf32, c[1] / sf32];
+        scale /= sf;
+    }
+
+    let ul_raw = transform_pixel_raw([0.0, 0.0], c, scale, res, true, 0.0);
+    let br_raw = transform_pixel_raw([res[0] as f64, res[1] as f64], c, scale, res, true, 0.0);
+    let mut ul = [check_int(ul_raw[0], "ul.x")? + 1, check_int(ul_raw[1], "ul.y")? + 1];
+    let mut br = [check_int(br_raw[0], "br.x")? + 1, check_int(br_raw[1], "br.y")? + 1];
+    let (dx, dy) = ((br[0] - ul[0]) as f64, (br[1] - ul[1]) as f64);
+    let pad = ((dx * dx + dy * dy).sqrt() / 2.0 - dy / 2.0).trunc() as i64;
+    if rot != 0.0 {
+        ul = [ul[0] - pad, ul[1] - pad];
+        br = [br[0] + pad, br[1] + pad];
+    }
+    let (win_h, win_w) = (br[1] - ul[1], br[0] - ul[0]);
+    if win_h <= 0 || win_w <= 0 || win_h > MAX_SIDE || win_w > MAX_SIDE {
+        bail!("crop: window {win_w}x{win_h} (ul {:?}, br {:?}) is empty or too large", ul, br);
+    }
+    let (kept_y, kept_x) = if rot != 0.0 {
+        (py_slice(win_h, pad, -pad), py_slice(win_w, pad, -pad))
+    } else {
+        ((0, win_h as usize), (0, win_w as usize))
+    };
+    let new_x = py_slice(win_w, 0.max(-ul[0]), br[0].min(sw) - ul[0]);
+    let new_y = py_slice(win_h, 0.max(-ul[1]), br[1].min(sh) - ul[1]);
+    let old_x = py_slice(sw, 0.max(ul[0]), sw.min(br[0]));
+    let old_y = py_slice(sh, 0.max(ul[1]), sh.min(br[1]));
+    // Rare shapes handled by the general float path: an axis of length 3 (scipy then takes it
+    // as the channel axis), numpy's broadcast of a single source row/column, errors.
+    let odd = [win_h as usize, win_w as usize, kept_y.1, kept_x.1].contains(&3)
+        || kept_y.1 == 0
+        || kept_x.1 == 0
+        || new_x.1 != old_x.1
+        || new_y.1 != old_y.1;
+    if odd {
+        let float = super::imageio::rgb8_to_image(img, flip);
+        let out = match input {
+            InputType::Float32 => crop(&float, center, scale0, res, rot)?,
+            InputType::Uint8 => crop_input(&float, input, center, scale0, res, rot)?,
+        };
+        return Rgb8::new(out.width, out.height, out.to_u8());
+    }
+
+    // The overlap of window and source: source pixels old_x × old_y land at new_x × new_y.
+    let (win_w, win_h) = (win_w as usize, win_h as usize);
+    let mut win = vec![0u8; win_w * win_h * 3];
+    if old_x.1 > 0 && old_y.1 > 0 {
+        // The overlapping part of the source (downscaled region or original pixels), as bytes.
+        let region: Rgb8 = if sf >= 2.0 {
+            let lut = full_lut.as_ref().filter(|l| !is_identity(l));
+            resize_bilinear_region(RowView { img, flip, lut }, sw as usize, sh as usize, old_x, old_y)?
+        } else {
+            let mut data = Vec::with_capacity(old_x.1 * old_y.1 * 3);
+            let mut scratch = Vec::new();
+            let view = RowView { img, flip, lut: None };
+            for y in old_y.0..old_y.0 + old_y.1 {
+                let line = view.row(y, &mut scratch);
+                data.extend_from_slice(&line[old_x.0 * 3..(old_x.0 + old_x.1) * 3]);
+            }
+            Rgb8 { width: old_x.1, height: old_y.1, data }
+        };
+        // bytescale of the float32 window: min/max over the copied pixels and the zero padding.
+        let (mut lo, mut hi) = region_min_max(&region, false, (0, region.width), (0, region.height));
+        if new_x.1 < win_w || new_y.1 < win_h {
+            lo = 0;
+        }
+        hi = hi.max(lo);
+        let lut = bytescale_lut(lo, hi);
+        for (r, line) in region.data.chunks_exact(region.width * 3).enumerate() {
+            let d = ((new_y.0 + r) * win_w + new_x.0) * 3;
+            for (o, &v) in win[d..d + line.len()].iter_mut().zip(line) {
+                *o = lut[v as usize];
+            }
+        }
+        // Zero padding maps to lut[0], which is 0 whenever padding exists (lo = 0).
+    }
+    // (A window entirely outside the source is all zeros: bytescale of zeros is zeros.)
+    let window = Rgb8 { width: win_w, height: win_h, data: win };
+    let kept = if rot != 0.0 {
+        rotate_bilinear_region(&window, rot, kept_x, kept_y)?
+    } else {
+        window
+    };
+    resize_bilinear(&kept, res[1], res[0]).context("crop: final resize")
 }
 
 #[cfg(test)]
