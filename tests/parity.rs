@@ -194,14 +194,15 @@ fn run_case(dir: &Path, dtype: DType) -> CaseResult {
 
     let torch = &meta["torch_float32_vs_float64_error_by_prefix"];
     let mut rows = Vec::new();
-    for (name, g) in &ck.groups {
+    let mut groups: Vec<(&String, &Group)> = ck.groups.iter().collect();
+    groups.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, g) in groups {
         let rel = (g.diff_sq / g.ref_sq.max(1e-300)).sqrt();
         let t_rel = torch[name]["rel_l2"].as_f64().unwrap_or(0.0);
         let t_abs = torch[name]["max_abs_err"].as_f64().unwrap_or(0.0);
         println!("  {:?} {name:<20} rel_l2 {rel:.2e} (torch-f32 {t_rel:.2e})  max|d| {:.2e} (torch-f32 {t_abs:.2e}) worst `{}` [{} tensors]", dtype, g.max_abs, g.worst, g.count);
         rows.push((name.clone(), rel, g.max_abs, t_rel, t_abs));
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
     CaseResult { rows, relu_outputs }
 }
 
