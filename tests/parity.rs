@@ -4,6 +4,8 @@
 //! (HRK_SHARED defaults to ../shared). Skipped with a printed reason when absent.
 //! The model comes from the case's `config.yaml` (loaded like any experiment file), else from the
 //! `cfg` that make_case.py wrote into meta.json (HRNetV2-W18 when that is null).
+//! A full-size case (not in CI; ~250 MB): `make_case.py --cfg experiments/wflw/face_alignment_wflw_hrnet_w18.yaml
+//! --batch 2 --seed 0 --out DIR`, copy that yaml to DIR/config.yaml, then HRK_PARITY_CASE=DIR (~25 CPU-s).
 //! f32: per group rel_l2 ≤ max(4 × torch-f32's rel_l2, 1e-6) and max|d| ≤ 4 × torch-f32's max|d| + 1e-7.
 //! f64: a much tighter bound (see `F64_*`), since only float32 storage rounding of the expected values remains.
 
