@@ -2,6 +2,10 @@
 //!
 //! HRK_PARITY_CASE=dir1:dir2 selects cases; default: every directory under $HRK_SHARED/parity
 //! (HRK_SHARED defaults to ../shared). Skipped with a printed reason when absent.
+//! The model comes from the case's `config.yaml` (loaded like any experiment file), else from the
+//! `cfg` that make_case.py wrote into meta.json (HRNetV2-W18 when that is null).
+//! A full-size case (not in CI; ~250 MB): `make_case.py --cfg experiments/wflw/face_alignment_wflw_hrnet_w18.yaml
+//! --batch 2 --seed 0 --out DIR`, copy that yaml to DIR/config.yaml, then HRK_PARITY_CASE=DIR (~25 CPU-s).
 //! f32: per group rel_l2 ≤ max(4 × torch-f32's rel_l2, 1e-6) and max|d| ≤ 4 × torch-f32's max|d| + 1e-7.
 //! f64: a much tighter bound (see `F64_*`), since only float32 storage rounding of the expected values remains.
 
@@ -24,8 +28,25 @@ fn case_dirs() -> Vec<PathBuf> {
     v
 }
 
+/// The case's model: config.yaml through the real config loader, cross-checked with meta.json.
+fn case_spec(dir: &Path, meta: &Value) -> HrnetSpec {
+    let from_meta = spec_from_meta(meta);
+    let cfg_path = dir.join("config.yaml");
+    if !cfg_path.is_file() {
+        return from_meta;
+    }
+    let cfg = hrk::config::load_config(&cfg_path).unwrap_or_else(|e| panic!("{e:#}"));
+    let spec = HrnetSpec::from_config(&cfg).unwrap_or_else(|e| panic!("{}: {e:#}", cfg_path.display()));
+    assert_eq!(spec, from_meta, "{}: config.yaml and meta.json describe different models", dir.display());
+    spec
+}
+
 fn spec_from_meta(meta: &Value) -> HrnetSpec {
     let cfg = &meta["cfg"];
+    if cfg.is_null() {
+        // make_case.py without --cfg: the W18 layout of the released configs.
+        return HrnetSpec::w18(meta["joints"].as_u64().expect("meta.json: joints") as usize);
+    }
     let stage = |name: &str| {
         let s = &cfg["stages"][name];
         let list = |k: &str| s[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>();
@@ -38,7 +59,7 @@ fn spec_from_meta(meta: &Value) -> HrnetSpec {
         }
     };
     HrnetSpec {
-        num_joints: cfg["joints"].as_u64().unwrap() as usize,
+        num_joints: meta["joints"].as_u64().or(cfg["joints"].as_u64()).unwrap() as usize,
         final_conv_kernel: cfg["final_conv_kernel"].as_u64().unwrap_or(1) as usize,
         stages: vec![stage("STAGE2"), stage("STAGE3"), stage("STAGE4")],
     }
@@ -95,7 +116,7 @@ struct CaseResult {
 
 fn run_case(dir: &Path, dtype: DType) -> CaseResult {
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
-    let spec = spec_from_meta(&meta);
+    let spec = case_spec(dir, &meta);
     let weights: Vec<(String, HostTensor)> = hrk::io::safetensors::load_safetensors(&dir.join("weights.safetensors")).unwrap().tensors;
     let inputs = load_st(&dir.join("inputs.safetensors"));
     let mut ck = Checker { expected: load_st(&dir.join("expected.safetensors")), groups: HashMap::new() };
@@ -175,14 +196,15 @@ fn run_case(dir: &Path, dtype: DType) -> CaseResult {
 
     let torch = &meta["torch_float32_vs_float64_error_by_prefix"];
     let mut rows = Vec::new();
-    for (name, g) in &ck.groups {
+    let mut groups: Vec<(&String, &Group)> = ck.groups.iter().collect();
+    groups.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, g) in groups {
         let rel = (g.diff_sq / g.ref_sq.max(1e-300)).sqrt();
         let t_rel = torch[name]["rel_l2"].as_f64().unwrap_or(0.0);
         let t_abs = torch[name]["max_abs_err"].as_f64().unwrap_or(0.0);
         println!("  {:?} {name:<20} rel_l2 {rel:.2e} (torch-f32 {t_rel:.2e})  max|d| {:.2e} (torch-f32 {t_abs:.2e}) worst `{}` [{} tensors]", dtype, g.max_abs, g.worst, g.count);
         rows.push((name.clone(), rel, g.max_abs, t_rel, t_abs));
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
     CaseResult { rows, relu_outputs }
 }
 
@@ -236,4 +258,51 @@ fn parity_with_pytorch() {
 /// half an ulp (6e-8) of each value, so rel_l2 ≤ 1e-7 and max|d| ≤ 1.2e-7 × the group's absmax.
 fn f64_bounds(ref_absmax: f64) -> (f64, f64) {
     (1e-7, 1.2e-7 * ref_absmax.max(1e-30))
+}
+
+/// Process CPU seconds (user + system) from /proc/self/stat; None off Linux.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// Time of one HRNetV2-W18 (98 joints) eval-mode, no_grad forward at 256², batch 1: median of 5
+/// after one warm-up. Run with `cargo test --release --test parity -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn w18_forward_time() {
+    let mut net = HrNet::new(&HrnetSpec::w18(98), 0).unwrap();
+    let mut rng = hrk::rng::Rng::new(1);
+    let x = Tensor::from_f32(&[1, 3, 256, 256], (0..3 * 256 * 256).map(|_| rng.normal() as f32).collect()).unwrap();
+    let out = no_grad(|| net.forward(&x, false)).unwrap();
+    assert_eq!(out.shape(), &[1, 98, 64, 64]);
+    assert!(out.to_f64_vec().iter().all(|v| v.is_finite()));
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let (t0, c0) = (std::time::Instant::now(), process_cpu_seconds());
+        let y = no_grad(|| net.forward(&x, false)).unwrap();
+        wall.push(t0.elapsed().as_secs_f64());
+        if let (Some(a), Some(b)) = (c0, process_cpu_seconds()) {
+            cpu.push(b - a);
+        }
+        assert_eq!(y.to_f64_vec(), out.to_f64_vec(), "eval forward is deterministic");
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    println!(
+        "W18 256² batch 1 eval forward: median wall {:.3} s, median process CPU {:.2} s ({} rayon threads)",
+        median(&mut wall),
+        median(&mut cpu),
+        rayon_threads()
+    );
+}
+
+fn rayon_threads() -> String {
+    std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_default())
 }

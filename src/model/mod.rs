@@ -1,6 +1,7 @@
 //! The HRNetV2 face model and its named parameter store.
 
 pub mod hrnet;
+pub mod pretrained;
 pub mod store;
 
 pub use hrnet::{BlockKind, HrNet, HrnetSpec, StageSpec};
