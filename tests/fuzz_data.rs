@@ -146,7 +146,17 @@ fn fuzz(name: &str, seeds: &[Vec<u8>], mut mutate: impl FnMut(&mut Rng, &[u8], &
     let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
     let seed = env_f64("HRK_FUZZ_SEED", 7.0) as u64;
     let mut rng = Rng(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
-    let old_hook = std::panic::take_hook();
+    // Panics inside the target are findings and reported below; silence their default output,
+    // and restore it however this function is left.
+    struct RestoreHook(Option<Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send>>);
+    impl Drop for RestoreHook {
+        fn drop(&mut self) {
+            if let Some(h) = self.0.take() {
+                std::panic::set_hook(h);
+            }
+        }
+    }
+    let restore = RestoreHook(Some(std::panic::take_hook()));
     std::panic::set_hook(Box::new(|_| {}));
     let start = Instant::now();
     let (mut execs, mut accepted) = (0u64, 0u64);
@@ -190,7 +200,7 @@ fn fuzz(name: &str, seeds: &[Vec<u8>], mut mutate: impl FnMut(&mut Rng, &[u8], &
         }
         prev = input;
     }
-    std::panic::set_hook(old_hook);
+    drop(restore);
     let secs = start.elapsed().as_secs_f64();
     eprintln!("fuzz {name}: {execs} runs in {secs:.1} s ({:.0}/s), {accepted} accepted, {} findings", execs as f64 / secs, findings.len());
     assert!(findings.is_empty(), "fuzz {name}:\n{}", findings.join("\n"));
@@ -245,7 +255,7 @@ fn mutate_csv(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
     for _ in 0..1 + rng.below(3) {
         let r = rng.below(rows.len());
         match rng.below(5) {
-            0 | 1 => {
+            0 | 1 if !rows[r].is_empty() => {
                 let c = rng.below(rows[r].len());
                 rows[r][c] = rng.pick(CELLS).to_string();
             }

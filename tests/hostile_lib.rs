@@ -284,3 +284,21 @@ fn weights_vs_model_matrix() {
     // promised; but loading the good file again must work.
     hrk::cli::common::load_weights(&mut net, &ok).unwrap();
 }
+
+/// A spec built in code (not from a config) with absurd widths is refused before allocating,
+/// including sizes whose shape product would overflow.
+#[test]
+fn absurd_model_specs_are_refused() {
+    use hrk::model::{HrNet, HrnetSpec};
+    for width in [100_000usize, 1 << 40, usize::MAX / 2] {
+        let mut spec = HrnetSpec::w18(68);
+        spec.stages[2].num_channels[3] = width;
+        let msg = err_text(HrNet::new(&spec, 0), "wide");
+        assert_one_line(&msg, &["parameters"]);
+    }
+    let mut spec = HrnetSpec::w18(68);
+    spec.stages[1].num_modules = 1 << 30;
+    assert_one_line(&err_text(HrNet::new(&spec, 0), "deep"), &["parameters"]);
+    // the official W18 is well inside the limit
+    assert!(HrnetSpec::w18(98).validate().is_ok());
+}
