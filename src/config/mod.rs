@@ -850,6 +850,10 @@ impl Config {
         }
         positive("TRAIN.BATCH_SIZE_PER_GPU", self.train.batch_size_per_gpu)?;
         positive("TEST.BATCH_SIZE_PER_GPU", self.test.batch_size_per_gpu)?;
+        // The network must be buildable: absurd widths/depths are refused here, with the file.
+        if let Err(e) = crate::model::HrnetSpec::from_config(self) {
+            bail!("{}: config key MODEL.EXTRA: {e:#}", at("MODEL.EXTRA"));
+        }
         Ok(())
     }
 

@@ -637,9 +637,15 @@ impl<'a> Vm<'a> {
                     let name = if op == b'R' { "REDUCE" } else { "NEWOBJ" };
                     let args = self.pop(name)?;
                     let func = self.pop(name)?;
+                    // In a torch state_dict the key is pushed just before its tensor's
+                    // rebuild call, so a string there names the tensor that failed.
+                    let key = match self.stack.last() {
+                        Some(Value::Str(k)) => format!("tensor '{k}': "),
+                        _ => String::new(),
+                    };
                     let v = self
                         .call(&func, &args)
-                        .map_err(|e| anyhow!("{e} (opcode {name} at byte {at})"))?;
+                        .map_err(|e| anyhow!("{key}{e} (opcode {name} at byte {at})"))?;
                     self.push(v)?
                 }
                 b'b' => {

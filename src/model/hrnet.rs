@@ -91,9 +91,40 @@ impl HrnetSpec {
             }
             prev_branches = s.num_branches;
         }
+        // Configs come from the internet: refuse sizes that would allocate absurdly (or overflow
+        // a shape product) before building anything.
+        let params = self.approx_params();
+        if params > MAX_PARAMS {
+            bail!(
+                "model: NUM_CHANNELS {:?} / NUM_BLOCKS / NUM_MODULES / NUM_JOINTS {} give about {params:.2e} parameters, more than the {MAX_PARAMS:.0e} supported",
+                self.stages.iter().map(|s| &s.num_channels).collect::<Vec<_>>(),
+                self.num_joints
+            );
+        }
         Ok(())
     }
+
+    /// An upper estimate of the parameter count (f64: never overflows).
+    pub fn approx_params(&self) -> f64 {
+        let mut total = 0.0f64;
+        let mut prev: f64 = 256.0;
+        for s in &self.stages {
+            let exp = s.block.expansion() as f64;
+            let cur: Vec<f64> = s.num_channels.iter().map(|&c| c as f64 * exp).collect();
+            let sum: f64 = cur.iter().sum();
+            // transition: 3x3 convs from the previous widths
+            total += 9.0 * prev * sum;
+            // per module: blocks (at most two 3x3 convs of width c·exp each) and the fuse layers
+            let blocks: f64 = cur.iter().zip(&s.num_blocks).map(|(c, &n)| n as f64 * 18.0 * c * c).sum();
+            total += s.num_modules as f64 * (blocks + 9.0 * sum * sum);
+            prev = sum;
+        }
+        total + prev * prev + prev * self.num_joints as f64 * (self.final_conv_kernel * self.final_conv_kernel) as f64
+    }
 }
+
+/// The largest model `HrnetSpec::validate` accepts (HRNetV2-W18 has about 1e7 parameters).
+pub const MAX_PARAMS: f64 = 1e9;
 
 #[derive(Clone, Copy, Debug)]
 struct Conv {

@@ -1,0 +1,556 @@
+//! Bounded in-tree fuzzing of the data and config readers: the CSV dataset reader (mutated
+//! CSVs over tiny images, opened and sampled), the COFW .mat reader (mutated small HDF5
+//! files), image decoding (mutated PNG/JPEG/PPM/BMP) and the YAML loader with structure-aware
+//! mutations (values swapped between keys, deep nesting, huge numbers, anchors/aliases).
+//!
+//! Seeds: tests/corpus/{csv,mat,images,yaml}. HRK_FUZZ_SECS = seconds per target (default 2),
+//! HRK_FUZZ_SEED = PRNG seed. A failing input (panic, or an allocation far beyond its size,
+//! or a single run over HRK_FUZZ_SLOW_SECS) is saved under target/fuzz-crashes/ and
+//! the test fails listing them; replay one with HRK_FUZZ_REPLAY=path (and the target's name in
+//! the path decides which reader runs). HRK_WRITE_CORPUS=1 regenerates the seed files.
+
+mod hostile_common;
+
+use hostile_common::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Tracks the largest single allocation; refuses (→ abort) anything above HARD_LIMIT to keep
+/// the shared machine alive, flags anything above SOFT_LIMIT as a finding.
+struct PeakAlloc;
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+const HARD_LIMIT: usize = 3 << 30;
+const SOFT_LIMIT: usize = 256 << 20;
+
+unsafe impl GlobalAlloc for PeakAlloc {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        PEAK.fetch_max(l.size(), Ordering::Relaxed);
+        if l.size() > HARD_LIMIT {
+            return std::ptr::null_mut();
+        }
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        PEAK.fetch_max(l.size(), Ordering::Relaxed);
+        if l.size() > HARD_LIMIT {
+            return std::ptr::null_mut();
+        }
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        PEAK.fetch_max(new, Ordering::Relaxed);
+        if new > HARD_LIMIT {
+            return std::ptr::null_mut();
+        }
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: PeakAlloc = PeakAlloc;
+
+/// One target at a time: they share the allocation peak and the panic hook.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len())]
+    }
+}
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+const MAGIC_INTS: [u64; 10] = [0, 1, 0x7f, 0x80, 0xff, 0xffff, 0x7fff_ffff, 0xffff_ffff, 1 << 40, u64::MAX];
+
+/// Byte-level mutations (format-agnostic).
+fn mutate_bytes(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let len = v.len();
+        match rng.below(8) {
+            0 if len > 0 => {
+                let i = rng.below(len);
+                v[i] ^= 1 << rng.below(8);
+            }
+            1 if len > 0 => {
+                let i = rng.below(len);
+                v[i] = rng.next() as u8;
+            }
+            2 if len >= 8 => {
+                let width = *rng.pick(&[1usize, 2, 4, 8]);
+                let at = rng.below(len - width + 1);
+                let x = *rng.pick(&MAGIC_INTS);
+                let bytes = if rng.below(2) == 0 { x.to_le_bytes() } else { x.to_be_bytes() };
+                let from = if rng.below(2) == 0 { 0 } else { 8 - width };
+                v[at..at + width].copy_from_slice(&bytes[from..from + width]);
+            }
+            3 => {
+                let at = rng.below(len + 1);
+                let n = 1 + rng.below(16);
+                let junk: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                v.splice(at..at, junk);
+            }
+            4 if len > 0 => {
+                let at = rng.below(len);
+                let n = 1 + rng.below((len - at).min(64));
+                v.drain(at..at + n);
+            }
+            5 => v.truncate(rng.below(len + 1)),
+            6 if !others.is_empty() => {
+                let other = rng.pick(others);
+                let cut = rng.below(len + 1);
+                let from = rng.below(other.len() + 1);
+                v.truncate(cut);
+                v.extend_from_slice(&other[from..]);
+            }
+            _ if len > 0 => {
+                let at = rng.below(len);
+                let n = 1 + rng.below((len - at).min(128));
+                let chunk = v[at..at + n].to_vec();
+                let to = rng.below(v.len() + 1);
+                v.splice(to..to, chunk);
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+/// Runs `target` on seeds then mutants until the time is up. Returns (executions, accepted).
+fn fuzz(name: &str, seeds: &[Vec<u8>], mut mutate: impl FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>, mut target: impl FnMut(&[u8]) -> bool) -> (u64, u64) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(!seeds.is_empty(), "{name}: no seeds");
+    let budget = Duration::from_secs_f64(env_f64("HRK_FUZZ_SECS", 2.0));
+    let slow = Duration::from_secs_f64(env_f64("HRK_FUZZ_SLOW_SECS", 5.0));
+    let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
+    let seed = env_f64("HRK_FUZZ_SEED", 7.0) as u64;
+    let mut rng = Rng(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
+    // Panics inside the target are findings and reported below; silence their default output,
+    // and restore it however this function is left.
+    struct RestoreHook(Option<Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send>>);
+    impl Drop for RestoreHook {
+        fn drop(&mut self) {
+            if let Some(h) = self.0.take() {
+                std::panic::set_hook(h);
+            }
+        }
+    }
+    let restore = RestoreHook(Some(std::panic::take_hook()));
+    std::panic::set_hook(Box::new(|_| {}));
+    let start = Instant::now();
+    let (mut execs, mut accepted) = (0u64, 0u64);
+    let mut findings = Vec::new();
+    let mut prev = seeds[0].clone();
+    while execs < seeds.len() as u64 || start.elapsed() < budget {
+        let input = if (execs as usize) < seeds.len() {
+            seeds[execs as usize].clone()
+        } else if rng.below(3) == 0 {
+            mutate(&mut rng, &prev, seeds)
+        } else {
+            let s = rng.pick(seeds).clone();
+            mutate(&mut rng, &s, seeds)
+        };
+        PEAK.store(0, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| target(&input)));
+        let took = t0.elapsed();
+        let peak = PEAK.load(Ordering::Relaxed);
+        execs += 1;
+        let finding = match outcome {
+            Err(p) => Some(format!(
+                "panic: {}",
+                p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+            )),
+            Ok(_) if peak > SOFT_LIMIT => Some(format!("allocated {peak} bytes at once for a {}-byte input", input.len())),
+            Ok(_) if took > slow => Some(format!("took {took:?}")),
+            Ok(ok) => {
+                accepted += ok as u64;
+                None
+            }
+        };
+        if let Some(f) = finding {
+            std::fs::create_dir_all(&crash_dir).unwrap();
+            let path = crash_dir.join(format!("{name}-{execs}.bin"));
+            std::fs::write(&path, &input).unwrap();
+            findings.push(format!("{f} (saved {})", path.display()));
+            if findings.len() >= 8 {
+                break;
+            }
+        }
+        prev = input;
+    }
+    drop(restore);
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("fuzz {name}: {execs} runs in {secs:.1} s ({:.0}/s), {accepted} accepted, {} findings", execs as f64 / secs, findings.len());
+    assert!(findings.is_empty(), "fuzz {name}:\n{}", findings.join("\n"));
+    assert!(execs >= seeds.len() as u64);
+    (execs, accepted)
+}
+
+fn corpus_dir(kind: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(kind)
+}
+
+fn corpus(kind: &str) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus_dir(kind)).unwrap_or_else(|e| panic!("{kind} corpus: {e}")).map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files.iter().map(|f| (f.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(f).unwrap())).collect()
+}
+
+fn seeds(kind: &str) -> Vec<Vec<u8>> {
+    corpus(kind).into_iter().map(|(_, b)| b).collect()
+}
+
+/// An error must be one line naming the file (or the given source name).
+fn check_error(e: &anyhow::Error, source: &str) {
+    let msg = format!("{e:#}");
+    assert!(!msg.contains('\n'), "multi-line error: {msg:?}");
+    assert!(msg.contains(source), "error does not name {source}: {msg}");
+}
+
+// ---- CSV dataset ---------------------------------------------------------------------------
+
+/// Images the CSV seeds refer to (a.png, b.jpg, c.png grey), written once per run.
+fn csv_images(dir: &Path) {
+    for (name, bytes) in corpus("images") {
+        if name.starts_with("csv_") {
+            std::fs::write(dir.join(name.trim_start_matches("csv_")), bytes).unwrap();
+        }
+    }
+}
+
+/// Line-aware CSV mutations on top of the byte-level ones: cells replaced by odd numbers,
+/// rows duplicated/dropped, columns added/removed.
+fn mutate_csv(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
+    if rng.below(3) == 0 {
+        return mutate_bytes(rng, input, others);
+    }
+    let text = String::from_utf8_lossy(input).into_owned();
+    let mut rows: Vec<Vec<String>> = text.lines().map(|l| l.split(',').map(str::to_owned).collect()).collect();
+    if rows.is_empty() {
+        return mutate_bytes(rng, input, others);
+    }
+    const CELLS: &[&str] = &["", "nan", "-inf", "1e308", "-1e308", "1e-320", "0", "-0", "-1", "3.4e38", "1e12", "\"", "\"a,b\"", "../../etc/passwd", "/", ".", "a.png\u{0}", "1,2", " 7 ", "0x10", "1_0", "999999999999999999999999999999999999999999999999999999999999999999999999999999e99"];
+    for _ in 0..1 + rng.below(3) {
+        let r = rng.below(rows.len());
+        match rng.below(5) {
+            0 | 1 if !rows[r].is_empty() => {
+                let c = rng.below(rows[r].len());
+                rows[r][c] = rng.pick(CELLS).to_string();
+            }
+            2 => {
+                let copy = rows[r].clone();
+                let at = rng.below(rows.len() + 1);
+                rows.insert(at, copy);
+            }
+            3 if rows.len() > 1 => {
+                rows.remove(r);
+            }
+            _ => {
+                if rng.below(2) == 0 {
+                    rows[r].push(rng.pick(CELLS).to_string());
+                } else {
+                    rows[r].pop();
+                }
+            }
+        }
+    }
+    let mut out = rows.iter().map(|r| r.join(",")).collect::<Vec<_>>().join(if rng.below(4) == 0 { "\r\n" } else { "\n" });
+    out.push('\n');
+    out.into_bytes()
+}
+
+#[test]
+fn fuzz_csv_dataset() {
+    let dir = temp_dir("fuzz-csv");
+    csv_images(&dir);
+    let csv = dir.join("ann.csv");
+    let shown = csv.display().to_string();
+    fuzz("csv", &seeds("csv"), mutate_csv, |bytes| {
+        std::fs::write(&csv, bytes).unwrap();
+        let mut any_ok = false;
+        for is_train in [false, true] {
+            let ds = match hrk::data::dataset::FaceDataset::open(tiny_spec(&dir, &csv, is_train)) {
+                Ok(ds) => ds,
+                Err(e) => {
+                    check_error(&e, &shown);
+                    return false;
+                }
+            };
+            for i in 0..ds.len().min(3) {
+                match ds.get(i, 11, 1) {
+                    Ok(s) => {
+                        assert!(s.input.iter().all(|v| v.is_finite()), "non-finite input");
+                        any_ok = true;
+                    }
+                    Err(e) => check_error(&e, ""),
+                }
+            }
+        }
+        any_ok
+    });
+}
+
+// ---- COFW .mat -----------------------------------------------------------------------------
+
+#[test]
+fn fuzz_cofw_mat() {
+    let dir = temp_dir("fuzz-mat");
+    let mat = dir.join("cofw.mat");
+    let shown = mat.display().to_string();
+    fuzz("mat", &seeds("mat"), mutate_bytes, |bytes| {
+        std::fs::write(&mat, bytes).unwrap();
+        let mut ok = false;
+        for is_train in [false, true] {
+            match hrk::data::cofw::read_cofw(&mat, is_train) {
+                Ok(d) => {
+                    ok = true;
+                    assert_eq!(d.images.len(), d.pts.len());
+                    for im in &d.images {
+                        assert_eq!(im.data.len(), im.width * im.height * 3);
+                    }
+                }
+                Err(e) => check_error(&e, &shown),
+            }
+        }
+        ok
+    });
+}
+
+// ---- images --------------------------------------------------------------------------------
+
+#[test]
+fn fuzz_image_decode() {
+    let dir = temp_dir("fuzz-img");
+    let all = seeds("images");
+    let mut n = 0u64;
+    fuzz("image", &all, mutate_bytes, |bytes| {
+        n += 1;
+        let name = Path::new("fuzz-input.img");
+        let truncated = hrk::data::imageio::jpeg_is_truncated(bytes);
+        let r = hrk::data::imageio::decode_rgb8_bytes(bytes, name);
+        // Every 16th input goes through the file path as well (load_image).
+        if n % 16 == 0 {
+            let f = dir.join("in.img");
+            std::fs::write(&f, bytes).unwrap();
+            if let Err(e) = hrk::data::imageio::load_image(&f) {
+                check_error(&e, &f.display().to_string());
+            }
+        }
+        match r {
+            Ok(img) => {
+                assert_eq!(img.data.len(), img.width * img.height * 3);
+                assert!(img.width > 0 && img.height > 0);
+                let _ = truncated;
+                true
+            }
+            Err(e) => {
+                check_error(&e, "fuzz-input.img");
+                false
+            }
+        }
+    });
+}
+
+// ---- YAML (structure-aware) ----------------------------------------------------------------
+
+/// `KEY: value` lines of a YAML text (indent, key, value).
+fn kv_lines(text: &str) -> Vec<(usize, String, String)> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let (k, v) = l.split_once(':')?;
+            let k = k.trim();
+            (!k.is_empty() && !k.starts_with('#') && !k.starts_with('-')).then(|| (i, k.to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+fn mutate_yaml(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(input).into_owned();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let kvs = kv_lines(&text);
+    if kvs.is_empty() || rng.below(8) == 0 {
+        return mutate_bytes(rng, input, others);
+    }
+    const VALUES: &[&str] = &[
+        "1e999", "-1e999", ".nan", ".inf", "-.inf", "99999999999999999999999999999", "-9223372036854775809", "18446744073709551616",
+        "0", "-1", "-0", "0x7fffffff", "0o777", "1_000_000", "true", "null", "~", "''", "\"\"", "[]", "{}", "[[[]]]", "[1, 2, 3]",
+        "(0,1,2,3,4,5,6,7)", "'(0,'", "!!binary aGVsbG8=", "!!float 1", "!!str 5", "*undefined", "&x 5", "|\n  text", ">-\n  folded",
+        "\"\\u0000\"", "'\u{202e}'", "{a: 1, a: 2}", "? complex\n: key",
+    ];
+    for _ in 0..1 + rng.below(3) {
+        let (line, key, value) = rng.pick(&kvs).clone();
+        let Some(l) = lines.get(line).cloned() else { continue };
+        let indent = l.len() - l.trim_start().len();
+        let pad = " ".repeat(indent);
+        match rng.below(7) {
+            // a value from another key (type confusion with realistic values)
+            0 => {
+                let (_, _, other) = rng.pick(&kvs).clone();
+                lines[line] = format!("{pad}{key}: {other}");
+            }
+            1 => lines[line] = format!("{pad}{key}: {}", rng.pick(VALUES)),
+            // deep nesting: flow sequences or block mappings
+            2 => {
+                let depth = 1 + rng.below(3000);
+                lines[line] = if rng.below(2) == 0 {
+                    format!("{pad}{key}: {}{value}{}", "[".repeat(depth), "]".repeat(depth))
+                } else {
+                    format!("{pad}{key}: {}{value}{}", "{a: ".repeat(depth), "}".repeat(depth))
+                };
+            }
+            // anchors and aliases, including an exponential alias bomb
+            3 => {
+                if rng.below(2) == 0 {
+                    lines[line] = format!("{pad}{key}: &anchor {value}");
+                    let (l2, k2, _) = rng.pick(&kvs).clone();
+                    if let Some(x) = lines.get(l2).cloned() {
+                        let ind = x.len() - x.trim_start().len();
+                        lines[l2] = format!("{}{k2}: *anchor", " ".repeat(ind));
+                    }
+                } else {
+                    let mut bomb = vec![format!("{pad}{key}: &b0 [{value}, {value}, {value}, {value}, {value}, {value}, {value}, {value}]")];
+                    for i in 1..1 + rng.below(10) {
+                        bomb.push(format!("{pad}X{i}: &b{i} [*b{p}, *b{p}, *b{p}, *b{p}, *b{p}, *b{p}, *b{p}, *b{p}]", p = i - 1));
+                    }
+                    lines.splice(line..line + 1, bomb);
+                }
+            }
+            // a key moved to another nesting level
+            4 => {
+                let shift = *rng.pick(&[0usize, 2, 4, 6]);
+                lines[line] = format!("{}{}", " ".repeat(shift), l.trim_start());
+            }
+            // a whole section duplicated or merged in with <<
+            5 => {
+                let copy = lines[line].clone();
+                let at = rng.below(lines.len() + 1);
+                lines.insert(at, if rng.below(2) == 0 { copy } else { format!("{pad}<<: {{{key}: {value}}}") });
+            }
+            _ => {
+                lines.remove(line);
+                break;
+            }
+        }
+    }
+    lines.join("\n").into_bytes()
+}
+
+#[test]
+fn fuzz_yaml_structured() {
+    let mut all = seeds("yaml");
+    for f in ["wflw/face_alignment_wflw_hrnet_w18.yaml", "cofw/face_alignment_cofw_hrnet_w18.yaml"] {
+        all.push(std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments").join(f)).unwrap());
+    }
+    fuzz("yaml", &all, mutate_yaml, |bytes| {
+        let Ok(text) = std::str::from_utf8(bytes) else { return false };
+        match hrk::config::Config::from_yaml_str(text, "fuzz.yaml") {
+            Ok(cfg) => {
+                cfg.validate("fuzz.yaml").expect("accepted config fails validation");
+                // whatever is accepted must build a model spec or give a one-line error
+                if let Err(e) = hrk::model::HrnetSpec::from_config(&cfg) {
+                    check_error(&e, "");
+                }
+                let again = hrk::config::Config::from_yaml_str(&cfg.to_yaml(), "dump.yaml").expect("dump of an accepted config reloads");
+                assert_eq!(again, cfg);
+                true
+            }
+            Err(e) => {
+                check_error(&e, "fuzz.yaml");
+                false
+            }
+        }
+    });
+}
+
+// ---- seed corpus ---------------------------------------------------------------------------
+
+/// Writes the seed corpora (small; run with HRK_WRITE_CORPUS=1 after changing a builder).
+#[test]
+fn write_corpus() {
+    if std::env::var("HRK_WRITE_CORPUS").is_err() {
+        return;
+    }
+    let tmp = temp_dir("corpus");
+    let put = |kind: &str, name: &str, bytes: &[u8]| {
+        std::fs::create_dir_all(corpus_dir(kind)).unwrap();
+        std::fs::write(corpus_dir(kind).join(name), bytes).unwrap();
+    };
+    // images: the CSV seeds' images (csv_*) and format variety for the decoder
+    put("images", "csv_a.png", &png_bytes(40, 32, 1));
+    put("images", "csv_b.jpg", &jpeg_bytes(36, 30, 2));
+    let mut grey = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(picture(24, 20, 3)).to_luma8().write_to(&mut grey, image::ImageFormat::Png).unwrap();
+    put("images", "csv_c.png", grey.get_ref());
+    let mut c16 = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(picture(9, 7, 4)).to_rgba16().write_to(&mut c16, image::ImageFormat::Png).unwrap();
+    put("images", "rgba16.png", c16.get_ref());
+    let mut bmp = std::io::Cursor::new(Vec::new());
+    picture(11, 6, 5).write_to(&mut bmp, image::ImageFormat::Bmp).unwrap();
+    put("images", "small.bmp", bmp.get_ref());
+    let mut ppm = b"P6\n4 3\n255\n".to_vec();
+    ppm.extend((0..36).map(|k| (k * 7) as u8));
+    put("images", "small.ppm", &ppm);
+    put("images", "small.pgm", b"P5\n3 2\n255\n\x00\x40\x80\xc0\xff\x10");
+    put("images", "tiny.jpg", &jpeg_bytes(9, 8, 6));
+    // CSVs over those images (300W layout, 5 landmarks)
+    let h = csv_header(TINY_JOINTS);
+    put("csv", "three_rows.csv", format!("{h}\n{}\n{}\n{}\n", csv_row("a.png", 5), csv_row("b.jpg", 5), csv_row("c.png", 5)).as_bytes());
+    put("csv", "crlf_bom.csv", format!("\u{feff}{h}\r\n{}\r\n", csv_row("b.jpg", 5)).as_bytes());
+    put("csv", "quoted.csv", format!("{h}\n\"a.png\",{}\n", csv_row("x", 5).split_once(',').unwrap().1).as_bytes());
+    // COFW .mat: train and test variables, RGB and grey images
+    put("mat", "test_rgb_grey.mat", &cofw_mat_bytes("IsT", "phisT", &[(12, 10, 3), (8, 9, 1)], 87, &tmp));
+    put("mat", "train_one.mat", &cofw_mat_bytes("IsTr", "phisTr", &[(6, 5, 1)], 87, &tmp));
+    // YAML: the tiny synthetic config and a minimal one
+    put("yaml", "tiny.yaml", include_str!("../experiments/synthetic/synthetic_hrnet_tiny.yaml").as_bytes());
+    put("yaml", "minimal.yaml", b"GPUS: (0,)\nDATASET:\n  DATASET: WFLW\nMODEL:\n  NUM_JOINTS: 98\n  IMAGE_SIZE: [256, 256]\n");
+}
+
+/// Replays a saved input through the reader its file name names.
+#[test]
+fn replay() {
+    let Ok(path) = std::env::var("HRK_FUZZ_REPLAY") else { return };
+    let bytes = std::fs::read(&path).unwrap();
+    let name = Path::new(&path).file_name().unwrap().to_string_lossy().into_owned();
+    let dir = temp_dir("replay");
+    if name.starts_with("csv") {
+        csv_images(&dir);
+        let csv = dir.join("ann.csv");
+        std::fs::write(&csv, &bytes).unwrap();
+        for is_train in [false, true] {
+            let r = hrk::data::dataset::FaceDataset::open(tiny_spec(&dir, &csv, is_train)).and_then(|ds| (0..ds.len().min(3)).try_for_each(|i| ds.get(i, 11, 1).map(|_| ())));
+            eprintln!("replay train={is_train}: {r:?}");
+        }
+    } else if name.starts_with("mat") {
+        let f = dir.join("cofw.mat");
+        std::fs::write(&f, &bytes).unwrap();
+        eprintln!("replay: {:?}", hrk::data::cofw::read_cofw(&f, false).map(|d| d.images.len()));
+    } else if name.starts_with("image") {
+        eprintln!("replay: {:?}", hrk::data::imageio::decode_rgb8_bytes(&bytes, Path::new("x")).map(|i| (i.width, i.height)));
+    } else {
+        let text = String::from_utf8_lossy(&bytes);
+        eprintln!("replay: {:?}", hrk::config::Config::from_yaml_str(&text, "replay.yaml").map(|_| ()));
+    }
+}
