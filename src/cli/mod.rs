@@ -6,7 +6,7 @@ pub mod predict;
 pub mod test;
 pub mod train;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -52,8 +52,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(a) => predict::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Convert { input, output } => {
-            let n = crate::io::convert_pth_to_safetensors(&input, &output)
-                .with_context(|| format!("convert {}", input.display()))?;
+            // The loader's errors already name the file.
+            let n = crate::io::convert_pth_to_safetensors(&input, &output)?;
             println!("wrote {} tensors to {}", n, output.display());
             Ok(())
         }

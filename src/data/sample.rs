@@ -12,7 +12,7 @@ use super::dataset::DatasetKind;
 use super::imageio::{decode_rgb8_opts, rgb8_to_image, Rgb8};
 use super::transforms::{crop_rgb8, transform_pixel, InputType};
 use std::borrow::Cow;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{Context, anyhow, bail, Result};
 
 /// ImageNet mean/std (RGB) the reference normalises with, as float32.
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -176,7 +176,9 @@ impl FaceDataset {
         Ok(match &self.annotations {
             Annotations::Csv(r) => {
                 let rec = r.get(index).ok_or_else(|| anyhow!("sample index {index} out of range (len {})", r.len()))?;
-                Cow::Owned(decode_rgb8_opts(&rec.image_path, self.spec.kind == DatasetKind::Aflw)?)
+                let img = decode_rgb8_opts(&rec.image_path, self.spec.kind == DatasetKind::Aflw)
+                    .with_context(|| format!("{}:{}", self.spec.annotations.display(), rec.line))?;
+                Cow::Owned(img)
             }
             Annotations::Cofw(c) => Cow::Borrowed(c.images.get(index).ok_or_else(|| anyhow!("sample index {index} out of range (len {})", c.images.len()))?),
         })

@@ -140,8 +140,10 @@ impl Store {
     /// Loads tensors by name. `strict`: every model key must be present (counters may be absent)
     /// and no unknown key may appear. Shapes must match exactly; values keep the model's dtype.
     pub fn load(&mut self, entries: &[(String, HostTensor)], strict: bool, source: &str) -> Result<LoadReport> {
+        // Check every entry first, so a failed load leaves the model untouched.
         let mut report = LoadReport::default();
         let mut seen = vec![false; self.slots.len()];
+        let mut plan: Vec<(usize, &HostTensor)> = Vec::new();
         for (name, h) in entries {
             let Some(&i) = self.index.get(name) else {
                 if strict {
@@ -151,7 +153,7 @@ impl Store {
                 continue;
             };
             seen[i] = true;
-            match &mut self.slots[i] {
+            match &self.slots[i] {
                 Slot::Param(t) | Slot::Buffer(t) => {
                     if h.shape != t.shape() {
                         bail!("{source}: tensor `{name}` has shape {:?}, the model expects {:?}", h.shape, t.shape());
@@ -159,18 +161,14 @@ impl Store {
                     if let HostData::I64(_) = h.data {
                         bail!("{source}: tensor `{name}` is int64, the model expects floats");
                     }
-                    let values = crate::tensor::Storage::F64(h.to_f64_vec()).cast(t.dtype());
-                    t.set_storage(values)?;
                 }
-                Slot::Count(c) => {
-                    let v = h.to_f64_vec();
-                    if v.len() != 1 {
+                Slot::Count(_) => {
+                    if h.numel() != 1 {
                         bail!("{source}: counter `{name}` has shape {:?}, expected a scalar", h.shape);
                     }
-                    *c = v[0] as i64;
                 }
             }
-            report.loaded += 1;
+            plan.push((i, h));
         }
         for (i, s) in self.slots.iter().enumerate() {
             if !seen[i] {
@@ -180,6 +178,16 @@ impl Store {
                     _ => {}
                 }
             }
+        }
+        for (i, h) in plan {
+            match &mut self.slots[i] {
+                Slot::Param(t) | Slot::Buffer(t) => {
+                    let values = crate::tensor::Storage::F64(h.to_f64_vec()).cast(t.dtype());
+                    t.set_storage(values)?;
+                }
+                Slot::Count(c) => *c = h.to_f64_vec()[0] as i64,
+            }
+            report.loaded += 1;
         }
         Ok(report)
     }
