@@ -118,8 +118,8 @@ fn nice_step(span: f64, target: usize) -> f64 {
 
 /// Axis range snapped outward to the tick step, and the step.
 fn axis(lo: f64, hi: f64, fixed: bool) -> (f64, f64, f64) {
-    let (mut lo, mut hi) = (lo, hi);
-    if !(hi > lo) {
+    let (mut lo, mut hi) = if lo.is_finite() && hi.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    if hi <= lo {
         let pad = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
         lo -= pad;
         hi += pad;
@@ -416,5 +416,9 @@ mod tests {
         // Degenerate inputs still render.
         render_chart(&Chart::new("", "", "", &[Series::new("flat", vec![(1.0, 1.0)])])).unwrap();
         render_chart(&Chart::new("", "", "", &[])).unwrap();
+        let mut c = Chart::new("", "", "", &s);
+        c.x_range = Some((f64::NAN, 1.0));
+        c.y_range = Some((2.0, 2.0));
+        render_chart(&c).unwrap();
     }
 }
