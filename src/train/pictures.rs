@@ -45,9 +45,12 @@ fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
     crate::io::safetensors::write_atomically(path, &bytes.into_inner())
 }
 
+/// One overlay tile: the original image, its ground truth and the predicted points.
+pub type OverlayItem = (Image, Vec<[f32; 2]>, Vec<[f32; 2]>);
+
 /// A grid of test images (each scaled to `side` px) with the ground truth (red) under the
 /// predictions (green, `draw::draw_landmarks`).
-pub fn write_overlay(path: &Path, items: &[(Image, Vec<[f32; 2]>, Vec<[f32; 2]>)], side: u32) -> Result<()> {
+pub fn write_overlay(path: &Path, items: &[OverlayItem], side: u32) -> Result<()> {
     if items.is_empty() {
         return Ok(());
     }
