@@ -342,17 +342,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     }
 
     let mut net = crate::cli::common::model(&cfg, opts.seed)?;
-    if cfg.model.init_weights && !cfg.model.pretrained.is_empty() && Path::new(&cfg.model.pretrained).is_file() {
-        // TODO(merge): `crate::model::pretrained::load_imagenet(&mut net, path)` is another helper's
-        // module, not in this tree yet; call it here:
-        //     crate::model::pretrained::load_imagenet(&mut net, Path::new(&cfg.model.pretrained))?;
-        log.info(&format!(
-            "warning: MODEL.PRETRAINED {} exists but ImageNet init is not built into this hrk yet; training from the normal init",
-            cfg.model.pretrained
-        ));
-    } else if cfg.model.init_weights && !cfg.model.pretrained.is_empty() {
-        // The reference silently trains from scratch then (REFERENCE §5.7); hrk says so.
-        log.info(&format!("=> MODEL.PRETRAINED {} not found: training from the normal init (as the reference)", cfg.model.pretrained));
+    // MODEL.INIT_WEIGHTS + MODEL.PRETRAINED: ImageNet backbone by key name (a missing file only warns,
+    // as in the reference).
+    if let Some(report) = crate::model::pretrained::load_from_config(&mut net, &cfg, false)? {
+        log.info(&format!("=> ImageNet init: {report}"));
     }
 
     let train_ds = Arc::new(FaceDataset::open(crate::cli::common::dataset_spec(&cfg, true, None)?)?);
