@@ -3,5 +3,6 @@
 pub mod hrnet;
 pub mod store;
 
+pub use hrnet::infer::{self, InferNet};
 pub use hrnet::{BlockKind, HrNet, HrnetSpec, StageSpec};
 pub use store::{LoadReport, Slot, Store};
