@@ -356,7 +356,7 @@ impl InferNet {
         };
         let mut d = conv(&self.stem[0], [1, 3, h, w])?;
         d = conv(&self.stem[1], d)?;
-        let mut block = |b: &FBlock, d: [usize; 4], conv: &mut dyn FnMut(&FConv, [usize; 4]) -> Result<[usize; 4]>| {
+        let block = |b: &FBlock, d: [usize; 4], conv: &mut dyn FnMut(&FConv, [usize; 4]) -> Result<[usize; 4]>| {
             let mut y = d;
             for l in &b.layers {
                 y = conv(l, y)?;

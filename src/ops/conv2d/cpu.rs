@@ -185,7 +185,7 @@ pub fn backward<T: Float>(
     let one = |n: usize, dw_acc: Option<&mut [T]>, dxn: Option<&mut [T]>, th: usize| {
         let xn = &x[n * in_len..][..in_len];
         let dyn_ = &dy[n * out_len..][..out_len];
-        let mut col_work = |col: &mut [T]| {
+        let col_work = |col: &mut [T]| {
             if let Some(dw) = dw_acc {
                 let rhs: &[T] = if g.is_pointwise() {
                     xn
