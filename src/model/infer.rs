@@ -282,27 +282,28 @@ impl InferNet {
     }
 
     fn module(&self, m: &FModule, xs: Vec<Act>) -> Result<Vec<Act>> {
+        let run = |(x, blocks): (Act, &Vec<FBlock>)| {
+            let mut y = x;
+            for b in blocks {
+                y = self.block(b, y)?;
+            }
+            Ok(y)
+        };
         // Branches are independent: run them as rayon tasks (small maps leave GEMM threads idle).
-        let ys = xs
-            .into_par_iter()
-            .zip(m.branches.par_iter())
-            .map(|(x, blocks)| {
-                let mut y = x;
-                for b in blocks {
-                    y = self.block(b, y)?;
-                }
-                Ok(y)
-            })
-            .collect::<Result<Vec<Act>>>()?;
+        let ys = if concurrent_branches() {
+            xs.into_par_iter().zip(m.branches.par_iter()).map(run).collect::<Result<Vec<Act>>>()?
+        } else {
+            xs.into_iter().zip(m.branches.iter()).map(run).collect::<Result<Vec<Act>>>()?
+        };
         if m.fuse.is_empty() {
             return Ok(ys);
         }
-        let out = m
-            .fuse
-            .par_iter()
-            .enumerate()
-            .map(|(i, row)| self.fuse_row(i, row, &ys))
-            .collect::<Result<Vec<Act>>>()?;
+        let row = |(i, row): (usize, &Vec<FFuse>)| self.fuse_row(i, row, &ys);
+        let out = if concurrent_branches() {
+            m.fuse.par_iter().enumerate().map(row).collect::<Result<Vec<Act>>>()?
+        } else {
+            m.fuse.iter().enumerate().map(row).collect::<Result<Vec<Act>>>()?
+        };
         ys.into_iter().for_each(|y| self.arena.give(y));
         Ok(out)
     }
@@ -409,6 +410,12 @@ impl InferNet {
         conv(&self.head3, hd)?;
         Ok(total)
     }
+}
+
+/// `HRK_INFER_SERIAL=1` runs branches one after another (for benchmarking the concurrency).
+fn concurrent_branches() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*OFF.get_or_init(|| std::env::var("HRK_INFER_SERIAL").is_ok_and(|v| v == "1"))
 }
 
 /// Bilinear resize (align_corners=false, PyTorch's source-index rule, as `ops::upsample_bilinear`) of

@@ -14,8 +14,11 @@ fn threads() -> usize {
     rayon::current_num_threads()
 }
 
+/// `HRK_CONV_SERIAL_BATCH=1` turns the per-image tasks off (for benchmarking the two strategies).
 fn batch_parallel(g: &Conv2dGeom) -> bool {
-    g.n >= 2 && threads() >= 2
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("HRK_CONV_SERIAL_BATCH").is_ok_and(|v| v == "1"));
+    !off && g.n >= 2 && threads() >= 2
 }
 
 thread_local! {
