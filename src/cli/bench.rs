@@ -1,8 +1,13 @@
-//! `hrk bench`.
+//! `hrk bench`: times inference (folded fast path or the autograd graph) or a training step
+//! (forward with batch statistics, MSE, backward, Adam) on random inputs, after a warm-up.
 
-use anyhow::{bail, Result};
+use crate::model::{HrNet, InferNet};
+use crate::rng::Rng;
+use crate::tensor::{Storage, Tensor};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -12,10 +17,135 @@ pub struct BenchArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Images per step.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Time a training step instead of inference.
+    #[arg(long)]
+    pub train: bool,
+    /// Timed steps (after the warm-up); default 10 for inference, 5 for training.
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Inference engine: `fast` (BN folded, fused, arena) or `graph` (the autograd ops, no_grad).
+    #[arg(long, default_value = "fast")]
+    pub engine: String,
+}
+
+/// Peak resident set size of this process in bytes (VmHWM), when /proc is there.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Median, min and max of the samples (seconds); None when empty.
+pub fn summary(samples: &[f64]) -> Option<(f64, f64, f64)> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let med = if v.len() % 2 == 1 { v[mid] } else { 0.5 * (v[mid - 1] + v[mid]) };
+    Some((med, v[0], v[v.len() - 1]))
+}
+
+fn random(shape: &[usize], rng: &mut Rng) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    Tensor::from_f32(shape, (0..n).map(|_| rng.normal() as f32).collect())
+}
+
+/// One training step of the model on (x, target).
+pub fn train_step(net: &mut HrNet, adam: &mut crate::optim::Adam, x: &Tensor, target: &Tensor) -> Result<f64> {
+    let y = net.forward(x, true)?;
+    let loss = crate::ops::mse_loss(&y, target)?;
+    let value = loss.item()?;
+    let grads = crate::backward(&loss)?;
+    let gs: Vec<&Storage> = net
+        .store
+        .params()
+        .iter()
+        .map(|p| grads.get(p).ok_or_else(|| anyhow!("bench: no gradient for parameter {:?}", p)))
+        .collect::<Result<_>>()?;
+    let mut params = net.store.params_mut();
+    adam.step(&mut params, &gs)?;
+    Ok(value)
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     super::common::device(&args.device)?;
-    let _cfg = super::common::config(&args.cfg)?;
-    bail!("hrk bench: not yet available")
+    let cfg = super::common::config(&args.cfg)?;
+    if args.batch == 0 {
+        bail!("--batch must be ≥ 1");
+    }
+    let [iw, ih] = cfg.model.image_size;
+    let mut net = super::common::model(&cfg, 0)?;
+    let fast = InferNet::new(&net)?;
+    let macs = fast.macs(ih, iw)?;
+    // Training FLOPs: forward, dW (same as forward) and dX (same, minus the first conv whose input needs none).
+    let flop_per_image = if args.train { 2.0 * (3 * macs - fast.first_conv_macs(ih, iw)?) as f64 } else { 2.0 * macs as f64 };
+    let mut rng = Rng::new(1);
+    let x = random(&[args.batch, 3, ih, iw], &mut rng)?;
+    let iters = args.iters.unwrap_or(if args.train { 5 } else { 10 }).max(1);
+    let mut times = Vec::with_capacity(iters);
+    let what = if args.train {
+        let [hw, hh] = cfg.model.heatmap_size;
+        let target = random(&[args.batch, cfg.model.num_joints, hh, hw], &mut rng)?;
+        let mut adam = crate::optim::Adam::new(1e-4, 0.0);
+        for k in 0..args.warmup + iters {
+            let t0 = Instant::now();
+            train_step(&mut net, &mut adam, &x, &target)?;
+            if k >= args.warmup {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        "train step (fwd+MSE+bwd+Adam)".to_string()
+    } else {
+        match args.engine.as_str() {
+            "fast" => {
+                for k in 0..args.warmup + iters {
+                    let t0 = Instant::now();
+                    std::hint::black_box(fast.forward(&x)?);
+                    if k >= args.warmup {
+                        times.push(t0.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            "graph" => {
+                for k in 0..args.warmup + iters {
+                    let t0 = Instant::now();
+                    std::hint::black_box(crate::no_grad(|| net.forward(&x, false))?);
+                    if k >= args.warmup {
+                        times.push(t0.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            e => bail!("--engine: expected fast or graph, got {e:?}"),
+        }
+        format!("inference ({})", args.engine)
+    };
+    let (med, min, max) = summary(&times).ok_or_else(|| anyhow!("bench: no samples"))?;
+    let b = args.batch as f64;
+    println!(
+        "{what}: batch {} {}x{} threads {} iters {}: median {:.1} ms (min {:.1}, max {:.1}), {:.1} ms/img, {:.2} img/s, {:.1} GFLOP/s ({:.0}% of 205), {:.3} GFLOP/img, peak RSS {}",
+        args.batch,
+        ih,
+        iw,
+        rayon::current_num_threads(),
+        iters,
+        med * 1e3,
+        min * 1e3,
+        max * 1e3,
+        med * 1e3 / b,
+        b / med,
+        flop_per_image * b / med / 1e9,
+        flop_per_image * b / med / 1e9 / 205.0 * 100.0,
+        flop_per_image / 1e9,
+        peak_rss_bytes().map_or("n/a".into(), |v| format!("{:.0} MiB", v as f64 / 1048576.0)),
+    );
+    Ok(())
 }

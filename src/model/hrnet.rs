@@ -12,6 +12,10 @@ pub const BN_MOMENTUM: f64 = 0.01;
 
 pub use crate::config::BlockKind;
 
+// A child module so the inference path can read the private layer plan (file: src/model/infer.rs).
+#[path = "infer.rs"]
+pub mod infer;
+
 /// One of STAGE2/3/4.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageSpec {

@@ -4,5 +4,6 @@ pub mod hrnet;
 pub mod pretrained;
 pub mod store;
 
+pub use hrnet::infer::{self, InferNet};
 pub use hrnet::{BlockKind, HrNet, HrnetSpec, StageSpec};
 pub use store::{LoadReport, Slot, Store};

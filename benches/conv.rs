@@ -1,0 +1,66 @@
+//! CPU conv2d throughput on the HRNetV2-W18 shapes (PERFORMANCE.md), forward and backward.
+//! Throughput is declared in FLOPs (2·MACs; backward = dX + dW = 2× forward), so criterion's
+//! "elem/s" reads as FLOP/s.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hrk::ops::conv2d::cpu;
+use hrk::ops::Conv2dGeom;
+use std::hint::black_box;
+use std::time::Duration;
+
+/// (name, cin, cout, k, stride, input side)
+const SHAPES: &[(&str, usize, usize, usize, usize, usize)] = &[
+    ("conv1_3x3s2_3-64@256", 3, 64, 3, 2, 256),
+    ("stem2_3x3s2_64-64@128", 64, 64, 3, 2, 128),
+    ("branch1_3x3_18@64", 18, 18, 3, 1, 64),
+    ("branch2_3x3_36@32", 36, 36, 3, 1, 32),
+    ("branch3_3x3_72@16", 72, 72, 3, 1, 16),
+    ("branch4_3x3_144@8", 144, 144, 3, 1, 8),
+    ("down_3x3s2_18-36@64", 18, 36, 3, 2, 64),
+    ("layer1_1x1_256-64@64", 256, 64, 1, 1, 64),
+    ("head_1x1_270@64", 270, 270, 1, 1, 64),
+];
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    // Deterministic, never zero (denormal-free) values.
+    (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0 - 0.5).collect()
+}
+
+fn geom(n: usize, cin: usize, cout: usize, k: usize, stride: usize, side: usize) -> Conv2dGeom {
+    Conv2dGeom::new([n, cin, side, side], &[cout, cin, k, k], stride, k / 2).expect("valid shape")
+}
+
+fn conv(c: &mut Criterion) {
+    for (pass, batches) in [("forward", &[1usize, 8][..]), ("backward", &[1, 8][..])] {
+        let mut group = c.benchmark_group(format!("conv2d_{pass}"));
+        group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+        for &n in batches {
+            for &(name, cin, cout, k, stride, side) in SHAPES {
+                let g = geom(n, cin, cout, k, stride, side);
+                let x = data(n * cin * side * side, 1);
+                let w = data(cout * cin * k * k, 2);
+                let b = data(cout, 3);
+                let dy = data(n * cout * g.ho * g.wo, 4);
+                let mut y = vec![0.0f32; n * cout * g.ho * g.wo];
+                let flop = 2 * g.macs() * if pass == "forward" { 1 } else { 2 };
+                group.throughput(Throughput::Elements(flop));
+                group.bench_with_input(BenchmarkId::new(name, format!("b{n}")), &n, |bch, _| {
+                    if pass == "forward" {
+                        bch.iter(|| cpu::forward(&g, black_box(&x), &w, Some(&b), &mut y))
+                    } else {
+                        let mut dx = vec![0.0f32; x.len()];
+                        let mut dw = vec![0.0f32; w.len()];
+                        bch.iter(|| {
+                            dw.fill(0.0);
+                            cpu::backward(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
+                        })
+                    }
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, conv);
+criterion_main!(benches);

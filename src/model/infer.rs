@@ -1,0 +1,462 @@
+//! Inference-only forward of [`HrNet`] (eval-mode BN) on raw f32 buffers: BN folded into the conv
+//! weights, conv epilogues fused (bias, residual add, ReLU), fuse-layer sums accumulated in place,
+//! branches and fuse rows run concurrently, and activations drawn from a reusable arena.
+//! Same output as `HrNet::forward(x, false)` within f32 rounding.
+//!
+//! Declared from `hrnet.rs` (as its child module) so it can read the model's private layer plan.
+
+use super::{Block, Conv, ConvBn, Fuse, HrModule, HrNet, Transition};
+use crate::ops::conv2d::cpu::{forward_fused, Epilogue};
+use crate::ops::{Conv2dGeom, BN_EPS};
+use crate::tensor::Tensor;
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// A conv with its BN folded in: y = act(W'·x + b').
+#[derive(Clone, Debug)]
+struct FConv {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    wshape: [usize; 4],
+    stride: usize,
+    pad: usize,
+    relu: bool,
+}
+
+#[derive(Clone, Debug)]
+struct FBlock {
+    /// All but the last link; the last one takes the shortcut as residual and always ends in ReLU.
+    layers: Vec<FConv>,
+    downsample: Option<FConv>,
+}
+
+#[derive(Clone, Debug)]
+enum FFuse {
+    Identity,
+    Up(FConv),
+    Down(Vec<FConv>),
+}
+
+#[derive(Clone, Debug)]
+struct FModule {
+    branches: Vec<Vec<FBlock>>,
+    fuse: Vec<Vec<FFuse>>,
+}
+
+/// An activation: batch × channels × height × width, NCHW.
+struct Act {
+    dims: [usize; 4],
+    data: Vec<f32>,
+}
+
+/// Free activation buffers, reused across layers and steps (best fit by capacity).
+#[derive(Default)]
+struct Arena {
+    free: Mutex<Vec<Vec<f32>>>,
+}
+
+impl Arena {
+    /// A buffer of `len` elements with unspecified contents (every user overwrites all of it).
+    fn take(&self, len: usize) -> Vec<f32> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let best = free.iter().enumerate().filter(|(_, v)| v.capacity() >= len).min_by_key(|(_, v)| v.capacity()).map(|(i, _)| i);
+        let mut v = match best {
+            Some(i) => free.swap_remove(i),
+            None => Vec::with_capacity(len),
+        };
+        drop(free);
+        if v.len() < len {
+            v.resize(len, 0.0);
+        } else {
+            v.truncate(len);
+        }
+        v
+    }
+    fn put(&self, v: Vec<f32>) {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+    }
+    fn act(&self, dims: [usize; 4]) -> Act {
+        Act { dims, data: self.take(dims.iter().product()) }
+    }
+    fn give(&self, a: Act) {
+        self.put(a.data)
+    }
+}
+
+/// The folded network. Build once from a model (after loading weights), then call `forward`.
+pub struct InferNet {
+    stem: [FConv; 2],
+    layer1: Vec<FBlock>,
+    transitions: Vec<Vec<Option<Vec<FConv>>>>,
+    stages: Vec<Vec<FModule>>,
+    head0: FConv,
+    head3: FConv,
+    arena: Arena,
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.to_f32_vec()
+}
+
+impl InferNet {
+    pub fn new(net: &HrNet) -> Result<InferNet> {
+        let s = &net.store;
+        let plain = |c: &Conv, relu: bool| -> Result<FConv> {
+            let wt = s.tensor(c.w);
+            let wshape = match *wt.shape() {
+                [a, b, k1, k2] => [a, b, k1, k2],
+                _ => bail!("infer: conv weight {} is not 4-d: {:?}", s.name(c.w), wt.shape()),
+            };
+            let b = match c.b {
+                Some(b) => f32s(s.tensor(b)),
+                None => vec![0.0; wshape[0]],
+            };
+            Ok(FConv { w: f32s(wt), b, wshape, stride: c.stride, pad: c.pad, relu })
+        };
+        // BN(Wx + c) = γ/σ·(Wx + c − μ) + β  →  W' = W·γ/σ, b' = (c − μ)·γ/σ + β.
+        let folded = |l: &ConvBn, relu: bool| -> Result<FConv> {
+            let mut f = plain(&l.conv, relu)?;
+            let (g, bt) = (s.tensor(l.bn.w).to_f64_vec(), s.tensor(l.bn.b).to_f64_vec());
+            let (rm, rv) = (s.tensor(l.bn.rm).to_f64_vec(), s.tensor(l.bn.rv).to_f64_vec());
+            let per = f.w.len() / f.wshape[0];
+            for co in 0..f.wshape[0] {
+                let scale = g[co] / (rv[co] + BN_EPS).sqrt();
+                f.w[co * per..(co + 1) * per].iter_mut().for_each(|v| *v = (*v as f64 * scale) as f32);
+                f.b[co] = ((f.b[co] as f64 - rm[co]) * scale + bt[co]) as f32;
+            }
+            Ok(f)
+        };
+        let links = |ls: &[ConvBn]| ls.iter().map(|l| folded(l, l.relu)).collect::<Result<Vec<_>>>();
+        let block = |b: &Block| -> Result<FBlock> {
+            Ok(FBlock { layers: links(&b.layers)?, downsample: b.downsample.as_ref().map(|d| folded(d, false)).transpose()? })
+        };
+        let blocks = |bs: &[Block]| bs.iter().map(block).collect::<Result<Vec<_>>>();
+        let transition = |t: &Transition| t.as_ref().map(|ls| links(ls)).transpose();
+        let module = |m: &HrModule| -> Result<FModule> {
+            let branches = m.branches.iter().map(|b| blocks(b)).collect::<Result<Vec<_>>>()?;
+            let fuse = m
+                .fuse
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .map(|f| {
+                            Ok(match f {
+                                Fuse::Identity => FFuse::Identity,
+                                Fuse::Up(l) => FFuse::Up(folded(l, false)?),
+                                Fuse::Down(ls) => FFuse::Down(links(ls)?),
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(FModule { branches, fuse })
+        };
+        Ok(InferNet {
+            stem: [folded(&net.stem[0], true)?, folded(&net.stem[1], true)?],
+            layer1: blocks(&net.layer1)?,
+            transitions: net.transitions.iter().map(|ts| ts.iter().map(transition).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?,
+            stages: net.stages.iter().map(|ms| ms.iter().map(module).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?,
+            head0: folded(&net.head0, true)?,
+            head3: plain(&net.head3, false)?,
+            arena: Arena::default(),
+        })
+    }
+
+    /// Eval-mode forward of an NCHW f32 batch [N, 3, H, W] → heatmaps [N, joints, H/4, W/4].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let d = x.dims4("hrnet infer")?;
+        if d[1] != 3 {
+            bail!("hrnet infer: input must have 3 channels, got shape {:?}", x.shape());
+        }
+        let input = x.to_f32_vec();
+        let y = self.forward_raw(d, &input)?;
+        let dims = y.dims;
+        Tensor::from_f32(&dims, y.data)
+    }
+
+    fn forward_raw(&self, d: [usize; 4], input: &[f32]) -> Result<Act> {
+        let a = &self.arena;
+        let y = self.conv(&self.stem[0], d, input, None)?;
+        let mut y = self.conv_act(&self.stem[1], y, None)?;
+        for b in &self.layer1 {
+            y = self.block(b, y)?;
+        }
+        let mut ys = vec![y];
+        for (trans, modules) in self.transitions.iter().zip(&self.stages) {
+            let mut xs = Vec::with_capacity(trans.len());
+            for (i, t) in trans.iter().enumerate() {
+                let src = if i < ys.len() { &ys[i] } else { ys.last().expect("≥ 1 branch") };
+                xs.push(match t {
+                    Some(links) => self.chain(links, src)?,
+                    None => self.copy(src),
+                });
+            }
+            ys.into_iter().for_each(|y| a.give(y));
+            ys = xs;
+            for m in modules {
+                ys = self.module(m, ys)?;
+            }
+        }
+        // Head input: branch 0 and the others upsampled to its size, concatenated by channel.
+        let [n, _, h, w] = ys[0].dims;
+        let ctot: usize = ys.iter().map(|y| y.dims[1]).sum();
+        let mut cat = a.act([n, ctot, h, w]);
+        let plane = h * w;
+        for b in 0..n {
+            let mut c0 = 0;
+            for y in &ys {
+                let [_, c, yh, yw] = y.dims;
+                let dst = &mut cat.data[(b * ctot + c0) * plane..][..c * plane];
+                let src = &y.data[b * c * yh * yw..][..c * yh * yw];
+                bilinear(src, c, [yh, yw], [h, w], dst, false);
+                c0 += c;
+            }
+        }
+        ys.into_iter().for_each(|y| a.give(y));
+        let hdn = self.conv_act(&self.head0, cat, None)?;
+        self.conv_act(&self.head3, hdn, None)
+    }
+
+    /// Conv on a raw input; `residual` (output-shaped) is added before the activation.
+    fn conv(&self, f: &FConv, d: [usize; 4], x: &[f32], residual: Option<&Act>) -> Result<Act> {
+        let g = Conv2dGeom::new(d, &f.wshape, f.stride, f.pad)?;
+        let mut y = self.arena.act([g.n, g.cout, g.ho, g.wo]);
+        if let Some(r) = residual {
+            if r.dims != y.dims {
+                bail!("hrnet infer: residual {:?} does not fit conv output {:?}", r.dims, y.dims);
+            }
+        }
+        let ep = Epilogue { bias: Some(&f.b), residual: residual.map(|r| &r.data[..]), relu: f.relu };
+        forward_fused(&g, x, &f.w, ep, &mut y.data);
+        Ok(y)
+    }
+
+    /// Conv that consumes its input (returned to the arena).
+    fn conv_act(&self, f: &FConv, x: Act, residual: Option<&Act>) -> Result<Act> {
+        let y = self.conv(f, x.dims, &x.data, residual)?;
+        self.arena.give(x);
+        Ok(y)
+    }
+
+    fn copy(&self, x: &Act) -> Act {
+        let mut y = self.arena.act(x.dims);
+        y.data.copy_from_slice(&x.data);
+        y
+    }
+
+    fn chain(&self, links: &[FConv], x: &Act) -> Result<Act> {
+        let (first, rest) = links.split_first().expect("a chain has ≥ 1 link");
+        let mut y = self.conv(first, x.dims, &x.data, None)?;
+        for l in rest {
+            y = self.conv_act(l, y, None)?;
+        }
+        Ok(y)
+    }
+
+    /// relu(layers(x) + shortcut(x)), the add and ReLU fused into the last conv.
+    fn block(&self, b: &FBlock, x: Act) -> Result<Act> {
+        let (last, inner) = b.layers.split_last().expect("a block has ≥ 1 layer");
+        let shortcut = match &b.downsample {
+            Some(ds) => Some(self.conv(ds, x.dims, &x.data, None)?),
+            None => None,
+        };
+        let mut y = None::<Act>;
+        for l in inner {
+            y = Some(match y {
+                None => self.conv(l, x.dims, &x.data, None)?,
+                Some(t) => self.conv_act(l, t, None)?,
+            });
+        }
+        let last = FConv { relu: true, ..last.clone() };
+        let res = shortcut.as_ref().unwrap_or(&x);
+        let out = match y {
+            None => self.conv(&last, x.dims, &x.data, Some(res))?,
+            Some(t) => self.conv_act(&last, t, Some(res))?,
+        };
+        self.arena.give(x);
+        if let Some(s) = shortcut {
+            self.arena.give(s);
+        }
+        Ok(out)
+    }
+
+    fn module(&self, m: &FModule, xs: Vec<Act>) -> Result<Vec<Act>> {
+        let run = |(x, blocks): (Act, &Vec<FBlock>)| {
+            let mut y = x;
+            for b in blocks {
+                y = self.block(b, y)?;
+            }
+            Ok(y)
+        };
+        // Branches are independent: run them as rayon tasks (small maps leave GEMM threads idle).
+        let ys = if concurrent_branches() {
+            xs.into_par_iter().zip(m.branches.par_iter()).map(run).collect::<Result<Vec<Act>>>()?
+        } else {
+            xs.into_iter().zip(m.branches.iter()).map(run).collect::<Result<Vec<Act>>>()?
+        };
+        if m.fuse.is_empty() {
+            return Ok(ys);
+        }
+        let row = |(i, row): (usize, &Vec<FFuse>)| self.fuse_row(i, row, &ys);
+        let out = if concurrent_branches() {
+            m.fuse.par_iter().enumerate().map(row).collect::<Result<Vec<Act>>>()?
+        } else {
+            m.fuse.iter().enumerate().map(row).collect::<Result<Vec<Act>>>()?
+        };
+        ys.into_iter().for_each(|y| self.arena.give(y));
+        Ok(out)
+    }
+
+    /// relu(Σ_j fuse[i][j](ys[j])): the sum starts from the identity term and every other term is
+    /// added in place (upsampled terms by an accumulating resize, downsampled chains as the residual
+    /// of their last conv).
+    fn fuse_row(&self, i: usize, row: &[FFuse], ys: &[Act]) -> Result<Act> {
+        let mut acc = self.copy(&ys[i]);
+        let [n, c, h, w] = acc.dims;
+        for (j, f) in row.iter().enumerate() {
+            match f {
+                FFuse::Identity => {}
+                FFuse::Up(l) => {
+                    let t = self.conv(l, ys[j].dims, &ys[j].data, None)?;
+                    let [_, tc, th, tw] = t.dims;
+                    if tc != c {
+                        bail!("hrnet infer: fuse {i}.{j} gives {tc} channels, branch has {c}");
+                    }
+                    bilinear(&t.data, n * c, [th, tw], [h, w], &mut acc.data, true);
+                    self.arena.give(t);
+                }
+                FFuse::Down(links) => {
+                    let (last, inner) = links.split_last().expect("a chain has ≥ 1 link");
+                    let out = if inner.is_empty() {
+                        self.conv(last, ys[j].dims, &ys[j].data, Some(&acc))?
+                    } else {
+                        let t = self.chain(inner, &ys[j])?;
+                        self.conv_act(last, t, Some(&acc))?
+                    };
+                    self.arena.give(std::mem::replace(&mut acc, out));
+                }
+            }
+        }
+        acc.data.iter_mut().for_each(|v| *v = v.max(0.0));
+        Ok(acc)
+    }
+
+    /// Multiply-adds of the first conv (its input needs no gradient in training).
+    pub fn first_conv_macs(&self, h: usize, w: usize) -> Result<u64> {
+        Ok(Conv2dGeom::new([1, 3, h, w], &self.stem[0].wshape, self.stem[0].stride, self.stem[0].pad)?.macs())
+    }
+
+    /// Multiply-adds of all convs for an input of `h`×`w` (batch 1), head included.
+    pub fn macs(&self, h: usize, w: usize) -> Result<u64> {
+        let mut total = 0u64;
+        let mut conv = |f: &FConv, d: [usize; 4]| -> Result<[usize; 4]> {
+            let g = Conv2dGeom::new(d, &f.wshape, f.stride, f.pad)?;
+            total += g.macs();
+            Ok([1, g.cout, g.ho, g.wo])
+        };
+        let mut d = conv(&self.stem[0], [1, 3, h, w])?;
+        d = conv(&self.stem[1], d)?;
+        let block = |b: &FBlock, d: [usize; 4], conv: &mut dyn FnMut(&FConv, [usize; 4]) -> Result<[usize; 4]>| {
+            let mut y = d;
+            for l in &b.layers {
+                y = conv(l, y)?;
+            }
+            if let Some(ds) = &b.downsample {
+                conv(ds, d)?;
+            }
+            Ok::<_, anyhow::Error>(y)
+        };
+        for b in &self.layer1 {
+            d = block(b, d, &mut conv)?;
+        }
+        let mut ds = vec![d];
+        for (trans, modules) in self.transitions.iter().zip(&self.stages) {
+            let mut xs = Vec::new();
+            for (i, t) in trans.iter().enumerate() {
+                let mut v = if i < ds.len() { ds[i] } else { *ds.last().expect("≥ 1 branch") };
+                for l in t.iter().flatten() {
+                    v = conv(l, v)?;
+                }
+                xs.push(v);
+            }
+            ds = xs;
+            for m in modules {
+                for (dv, blocks) in ds.iter_mut().zip(&m.branches) {
+                    for b in blocks {
+                        *dv = block(b, *dv, &mut conv)?;
+                    }
+                }
+                for row in &m.fuse {
+                    for (j, f) in row.iter().enumerate() {
+                        match f {
+                            FFuse::Identity => {}
+                            FFuse::Up(l) => {
+                                conv(l, ds[j])?;
+                            }
+                            FFuse::Down(ls) => {
+                                let mut v = ds[j];
+                                for l in ls {
+                                    v = conv(l, v)?;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let ctot: usize = ds.iter().map(|d| d[1]).sum();
+        let hd = conv(&self.head0, [1, ctot, ds[0][2], ds[0][3]])?;
+        conv(&self.head3, hd)?;
+        Ok(total)
+    }
+}
+
+/// `HRK_INFER_SERIAL=1` runs branches one after another (for benchmarking the concurrency).
+fn concurrent_branches() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*OFF.get_or_init(|| std::env::var("HRK_INFER_SERIAL").is_ok_and(|v| v == "1"))
+}
+
+/// Bilinear resize (align_corners=false, PyTorch's source-index rule, as `ops::upsample_bilinear`) of
+/// `planes` planes; `accumulate` adds into `dst` instead of overwriting. Same size is a plain copy.
+fn bilinear(src: &[f32], planes: usize, from: [usize; 2], to: [usize; 2], dst: &mut [f32], accumulate: bool) {
+    let ([h, w], [ho, wo]) = (from, to);
+    if from == to {
+        if accumulate {
+            dst[..planes * h * w].iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+        } else {
+            dst[..planes * h * w].copy_from_slice(&src[..planes * h * w]);
+        }
+        return;
+    }
+    let taps = |input: usize, output: usize| -> Vec<(usize, usize, f32, f32)> {
+        let scale = (input as f64 / output as f64) as f32;
+        (0..output)
+            .map(|d| {
+                let s = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
+                let i0 = (s as usize).min(input - 1);
+                let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
+                let l1 = s - i0 as f32;
+                (i0, i1, 1.0 - l1, l1)
+            })
+            .collect()
+    };
+    let (ty, tx) = (taps(h, ho), taps(w, wo));
+    for p in 0..planes {
+        let s = &src[p * h * w..][..h * w];
+        let d = &mut dst[p * ho * wo..][..ho * wo];
+        for (oy, &(y0, y1, ly0, ly1)) in ty.iter().enumerate() {
+            let (r0, r1) = (&s[y0 * w..][..w], &s[y1 * w..][..w]);
+            let out = &mut d[oy * wo..][..wo];
+            for (o, &(x0, x1, lx0, lx1)) in out.iter_mut().zip(&tx) {
+                let v = ly0 * (lx0 * r0[x0] + lx1 * r0[x1]) + ly1 * (lx0 * r1[x0] + lx1 * r1[x1]);
+                if accumulate {
+                    *o += v;
+                } else {
+                    *o = v;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The fast inference path and the batch-parallel conv kernels against the reference graph.
+
+use hrk::model::{HrNet, HrnetSpec, InferNet, Slot};
+use hrk::ops::conv2d;
+use hrk::rng::Rng;
+use hrk::{Storage, Tensor};
+
+/// Gives every tensor of the model a random, well-scaled value (BN statistics included), so folding
+/// BN into the convs is exercised with non-trivial γ, β, μ, σ².
+fn randomize(net: &mut HrNet, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for i in 0..net.store.len() {
+        if matches!(net.store.slot(i), Slot::Count(_)) {
+            continue;
+        }
+        let name = net.store.name(i).to_string();
+        let t = net.store.tensor(i);
+        let shape = t.shape().to_vec();
+        let n = t.numel();
+        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                let r = if shape.len() == 4 {
+                    rng.normal() / (fan_in as f64).sqrt()
+                } else if name.ends_with("running_var") || (name.ends_with(".weight") && shape.len() == 1) {
+                    rng.range(0.5, 1.5)
+                } else {
+                    rng.range(-0.1, 0.1)
+                };
+                r as f32
+            })
+            .collect();
+        net.store.tensor_mut(i).set_storage(Storage::F32(v)).unwrap();
+    }
+}
+
+fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_f32(shape, (0..n).map(|_| rng.normal() as f32).collect()).unwrap()
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+fn assert_close(a: &[f32], b: &[f32], rel: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = max_abs(b).max(1e-12);
+    let err = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(err <= rel * scale, "{what}: max |diff| {err} vs scale {scale}");
+}
+
+#[test]
+fn w18_macs_match_the_spec() {
+    let net = HrNet::new(&HrnetSpec::w18(98), 0).unwrap();
+    let fast = InferNet::new(&net).unwrap();
+    // PERFORMANCE.md: 4.694 GMAC (9.387300864 GFLOP) per 256² image, head included.
+    assert_eq!(fast.macs(256, 256).unwrap(), 4_693_650_432);
+    // Training ≈ 28.105 GFLOP: forward + dW + dX without the first conv's dX.
+    let train = 2 * (3 * fast.macs(256, 256).unwrap() - fast.first_conv_macs(256, 256).unwrap());
+    assert_eq!(train, 28_105_279_488);
+}
+
+#[test]
+fn fast_forward_matches_the_graph() {
+    let mut net = HrNet::new(&HrnetSpec::w18(98), 0).unwrap();
+    randomize(&mut net, 7);
+    let fast = InferNet::new(&net).unwrap();
+    let mut rng = Rng::new(3);
+    let x = random(&[2, 3, 64, 96], &mut rng);
+    let want = hrk::no_grad(|| net.forward(&x, false)).unwrap();
+    for _ in 0..2 {
+        // Twice: the second run reuses arena buffers holding stale values.
+        let got = fast.forward(&x).unwrap();
+        assert_eq!(got.shape(), want.shape());
+        assert_close(&got.to_f32_vec(), &want.to_f32_vec(), 2e-4, "fast vs graph");
+    }
+}
+
+/// The batch-parallel kernels (≥ 2 images, ≥ 2 threads) against the same conv one image at a time.
+#[test]
+fn batched_conv_matches_per_image() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| {
+        let mut rng = Rng::new(11);
+        for (k, stride, pad) in [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0)] {
+            let n = 3;
+            let x = random(&[n, 5, 9, 7], &mut rng).requires_grad();
+            let w = random(&[4, 5, k, k], &mut rng).requires_grad();
+            let b = random(&[4], &mut rng).requires_grad();
+            let y = conv2d(&x, &w, Some(&b), stride, pad).unwrap();
+            let dy = random(y.shape(), &mut rng);
+            let g = hrk::backward_with(&y, dy.storage().clone()).unwrap();
+            let (dx, dw) = (g.get(&x).unwrap().to_f32_vec(), g.get(&w).unwrap().to_f32_vec());
+            let (xv, dyv) = (x.to_f32_vec(), dy.to_f32_vec());
+            let (il, ol) = (xv.len() / n, dyv.len() / n);
+            let mut dw_sum = vec![0.0f32; dw.len()];
+            for i in 0..n {
+                let xi = Tensor::from_f32(&[1, 5, 9, 7], xv[i * il..(i + 1) * il].to_vec()).unwrap().requires_grad();
+                let yi = conv2d(&xi, &w, Some(&b), stride, pad).unwrap();
+                assert_close(&yi.to_f32_vec(), &y.to_f32_vec()[i * ol..(i + 1) * ol], 1e-5, "forward");
+                let gi = hrk::backward_with(&yi, Storage::F32(dyv[i * ol..(i + 1) * ol].to_vec())).unwrap();
+                assert_close(&gi.get(&xi).unwrap().to_f32_vec(), &dx[i * il..(i + 1) * il], 1e-5, "dx");
+                gi.get(&w).unwrap().to_f32_vec().iter().zip(dw_sum.iter_mut()).for_each(|(a, s)| *s += a);
+            }
+            assert_close(&dw_sum, &dw, 1e-5, "dw");
+        }
+    });
+}
