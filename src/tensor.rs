@@ -96,7 +96,8 @@ impl Storage {
     pub fn to_device(&self, device: &Device) -> Result<Storage> {
         match (self, device) {
             (Storage::Gpu(b), Device::Gpu(d)) if b.device() == d => Ok(self.clone()),
-            (Storage::Gpu(b), _) => Ok(Storage::F32(b.to_vec()?)),
+            (Storage::Gpu(b), Device::Gpu(d)) => Ok(Storage::Gpu(d.upload(&b.to_vec()?)?)),
+            (Storage::Gpu(b), Device::Cpu) => Ok(Storage::F32(b.to_vec()?)),
             (Storage::F64(_), Device::Gpu(d)) => {
                 bail!("to_device: f64 tensors stay on the cpu (the {} kernels are f32); cast to f32 first", d.name())
             }
