@@ -77,8 +77,8 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
     }
     let seed = Storage::zeros(loss.dtype(), 1);
     let seed = match seed {
-        Storage::F32(_) => Storage::F32(vec![1.0]),
         Storage::F64(_) => Storage::F64(vec![1.0]),
+        _ => Storage::F32(vec![1.0]).to_device(&loss.device())?,
     };
     backward_with(loss, seed)
 }
@@ -91,6 +91,9 @@ pub fn backward_with(out: &Tensor, grad_out: Storage) -> Result<Gradients> {
 /// Like `backward_with`, also reporting the gradients of the non-leaf tensors in `retain`
 /// (PyTorch's `retain_grad`), for debugging and tests.
 pub fn backward_retaining(out: &Tensor, grad_out: Storage, retain: &[&Tensor]) -> Result<Gradients> {
+    if grad_out.device() != out.device() {
+        bail!("backward: output gradient on {} but the output is on {}", grad_out.device(), out.device());
+    }
     if grad_out.len() != out.numel() || grad_out.dtype() != out.dtype() {
         bail!("backward: output gradient {:?}[{}] does not match output {:?}", grad_out.dtype(), grad_out.len(), out);
     }

@@ -14,6 +14,9 @@ fn check_grads(op: &str, params: &[&mut Tensor], grads: &[&Storage]) -> Result<(
         bail!("{op}: {} parameters but {} gradients", params.len(), grads.len());
     }
     for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+        if p.device() != g.device() {
+            bail!("{op}: device mismatch: parameter {i} {:?} on {} vs its gradient on {}", p.shape(), p.device(), g.device());
+        }
         if p.numel() != g.len() || p.dtype() != g.dtype() {
             bail!("{op}: gradient {i} {:?}[{}] does not fit parameter {:?}", g.dtype(), g.len(), p);
         }
@@ -21,9 +24,26 @@ fn check_grads(op: &str, params: &[&mut Tensor], grads: &[&Storage]) -> Result<(
     Ok(())
 }
 
-/// Zeros shaped like each parameter (lazily created optimizer state).
-fn zeros_like(params: &[&mut Tensor]) -> Vec<Storage> {
-    params.iter().map(|p| Storage::zeros(p.dtype(), p.numel())).collect()
+/// Zeros shaped like each parameter (lazily created optimizer state), on the parameter's device.
+fn zeros_like(params: &[&mut Tensor]) -> Result<Vec<Storage>> {
+    params
+        .iter()
+        .map(|p| match p.device() {
+            crate::Device::Cpu => Ok(Storage::zeros(p.dtype(), p.numel())),
+            crate::Device::Gpu(d) => Ok(Storage::Gpu(d.zeros(p.numel())?)),
+        })
+        .collect()
+}
+
+/// Moves optimizer state to its parameter's device (state loaded from a checkpoint, or a model moved
+/// after the first step).
+fn follow_params(state: &mut [Storage], params: &[&mut Tensor]) -> Result<()> {
+    for (s, p) in state.iter_mut().zip(params) {
+        if s.device() != p.device() {
+            *s = s.to_device(&p.device())?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -48,11 +68,13 @@ impl Adam {
     pub fn step(&mut self, params: &mut [&mut Tensor], grads: &[&Storage]) -> Result<()> {
         check_grads("adam", params, grads)?;
         if self.exp_avg.is_empty() {
-            self.exp_avg = zeros_like(params);
-            self.exp_avg_sq = zeros_like(params);
+            self.exp_avg = zeros_like(params)?;
+            self.exp_avg_sq = zeros_like(params)?;
         } else if self.exp_avg.len() != params.len() {
             bail!("adam: state holds {} parameters, step got {}", self.exp_avg.len(), params.len());
         }
+        follow_params(&mut self.exp_avg, params)?;
+        follow_params(&mut self.exp_avg_sq, params)?;
         self.step += 1;
         let t = self.step as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
@@ -60,6 +82,12 @@ impl Adam {
         let step_size = self.lr / bc1;
         for (i, p) in params.iter_mut().enumerate() {
             let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
+            if p.device().is_gpu() {
+                // lr/(1−β1ᵗ) rounded once from f64 as on the CPU, with the kernel's division made exact.
+                let h = gpu::Hyper { lr: step_size, weight_decay: self.weight_decay, beta1: self.beta1, beta2: self.beta2, eps: self.eps, bc1: 1.0, bc2_sqrt, ..Default::default() };
+                gpu::step(&crate::cuda::kernels::ADAM_STEP, p, grads[i], &h, Some(m), Some(v), None)?;
+                continue;
+            }
             by_dtype!(p.dtype(), T => {
                 let g: &[T] = typed(grads[i]);
                 let (m, v) = (typed_mut::<T>(m), typed_mut::<T>(v));
@@ -126,9 +154,23 @@ impl Sgd {
         check_grads("sgd", params, grads)?;
         let first = self.buf.is_empty();
         if first && self.momentum != 0.0 {
-            self.buf = zeros_like(params);
+            self.buf = zeros_like(params)?;
         }
+        follow_params(&mut self.buf, params)?;
         for (i, p) in params.iter_mut().enumerate() {
+            if p.device().is_gpu() {
+                let h = gpu::Hyper {
+                    lr: self.lr,
+                    weight_decay: self.weight_decay,
+                    momentum: self.momentum,
+                    dampening: self.dampening,
+                    nesterov: self.nesterov,
+                    first_step: first,
+                    ..Default::default()
+                };
+                gpu::step(&crate::cuda::kernels::SGD_STEP, p, grads[i], &h, None, None, self.buf.get_mut(i))?;
+                continue;
+            }
             by_dtype!(p.dtype(), T => {
                 let g: &[T] = typed(grads[i]);
                 let (mu, damp, wd, lr) = (T::from_f64(self.momentum), T::from_f64(self.dampening), T::from_f64(self.weight_decay), T::from_f64(self.lr));
@@ -169,6 +211,7 @@ impl Sgd {
 
 fn storage_host(s: &Storage) -> HostTensor {
     match s {
+        Storage::Gpu(_) => HostTensor::f32(vec![s.len()], s.to_f32_vec()),
         Storage::F32(v) => HostTensor::f32(vec![v.len()], v.clone()),
         Storage::F64(v) => HostTensor { shape: vec![v.len()], data: crate::host::HostData::F64(v.clone()) },
     }
@@ -178,7 +221,7 @@ fn host_storage(h: &HostTensor, like: &Tensor) -> Result<Storage> {
     if h.numel() != like.numel() {
         bail!("optimizer state: {} values for a parameter of shape {:?}", h.numel(), like.shape());
     }
-    Ok(Storage::F64(h.to_f64_vec()).cast(like.dtype()))
+    Storage::F64(h.to_f64_vec()).cast(like.dtype()).to_device(&like.device())
 }
 
 fn find<'a>(state: &'a [(String, HostTensor)], key: &str) -> Result<&'a HostTensor> {
@@ -187,3 +230,71 @@ fn find<'a>(state: &'a [(String, HostTensor)], key: &str) -> Result<&'a HostTens
 
 #[allow(dead_code)]
 fn _assert_float<T: Float>() {}
+
+/// Adam / SGD on a GPU device: one `adam_step` / `sgd_step` launch per parameter, updating the
+/// parameter and the optimizer state in place.
+mod gpu {
+    use crate::cuda::kernels::Kernel;
+    use crate::cuda::params::OptimParams;
+    use crate::tensor::{Storage, Tensor};
+    use anyhow::{anyhow, Result};
+
+    #[derive(Default)]
+    pub(super) struct Hyper {
+        pub lr: f64,
+        pub weight_decay: f64,
+        pub beta1: f64,
+        pub beta2: f64,
+        pub eps: f64,
+        pub bc1: f64,
+        pub bc2_sqrt: f64,
+        pub momentum: f64,
+        pub dampening: f64,
+        pub nesterov: bool,
+        pub first_step: bool,
+    }
+
+    pub(super) fn step(
+        kernel: &'static Kernel<OptimParams>,
+        param: &mut Tensor,
+        grad: &Storage,
+        h: &Hyper,
+        exp_avg: Option<&mut Storage>,
+        exp_avg_sq: Option<&mut Storage>,
+        momentum_buf: Option<&mut Storage>,
+    ) -> Result<()> {
+        let op = kernel.name;
+        let addr = |s: Option<&mut Storage>| -> Result<u64> { s.map(|s| s.gpu_mut(op).map(|b| b.addr_mut())).transpose().map(|a| a.unwrap_or(0)) };
+        let mut p = OptimParams {
+            grad: grad.gpu(op)?.addr(),
+            exp_avg: addr(exp_avg)?,
+            exp_avg_sq: addr(exp_avg_sq)?,
+            momentum_buf: addr(momentum_buf)?,
+            n: param.numel() as i64,
+            lr: h.lr as f32,
+            weight_decay: h.weight_decay as f32,
+            beta1: h.beta1 as f32,
+            beta2: h.beta2 as f32,
+            eps: h.eps as f32,
+            bias_correction1: h.bc1 as f32,
+            bias_correction2_sqrt: h.bc2_sqrt as f32,
+            momentum: h.momentum as f32,
+            dampening: h.dampening as f32,
+            nesterov: h.nesterov as i32,
+            first_step: h.first_step as i32,
+            pad_: 0,
+            param: 0,
+        };
+        let mut result = Err(anyhow!("{op}: parameter {:?} is not on the GPU", param.shape()));
+        param.update(|s| {
+            result = (|| {
+                let b = s.gpu_mut(op)?;
+                p.param = b.addr_mut();
+                let dev = b.device().clone();
+                // Safety: param, grad and the state hold n floats on `dev` (checked by the caller).
+                unsafe { dev.launch(kernel, &p) }
+            })();
+        });
+        result
+    }
+}

@@ -6,6 +6,7 @@
 
 use crate::autograd::{self, BackwardOp, Edge, Node};
 use crate::host::{HostData, HostTensor};
+use crate::cuda::device::{GpuBuffer, GpuDevice};
 use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,11 +18,32 @@ pub enum DType {
     F64,
 }
 
-/// Where a tensor's storage lives. Only the CPU device holds engine tensors today; CUDA buffers are
-/// handled by `crate::cuda` and slot in here as a further variant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a tensor's storage lives: host memory, or a GPU device (CUDA, or the host emulator of the same
+/// kernels). GPU storage is f32 only.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum Device {
+    #[default]
     Cpu,
+    Gpu(GpuDevice),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Gpu(d) => write!(f, "{}", d.name()),
+        }
+    }
+}
+
+impl Device {
+    /// The process-wide emulated GPU (kernels run on the host; for tests).
+    pub fn emulated() -> Device {
+        Device::Gpu(GpuDevice::emulated())
+    }
+    pub fn is_gpu(&self) -> bool {
+        matches!(self, Device::Gpu(_))
+    }
 }
 
 /// Dense element storage.
@@ -29,6 +51,8 @@ pub enum Device {
 pub enum Storage {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    /// f32 values on a GPU device (ops dispatch on this variant to their `gpu.rs`).
+    Gpu(GpuBuffer),
 }
 
 impl Storage {
@@ -36,6 +60,7 @@ impl Storage {
         match self {
             Storage::F32(v) => v.len(),
             Storage::F64(v) => v.len(),
+            Storage::Gpu(b) => b.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -45,6 +70,39 @@ impl Storage {
         match self {
             Storage::F32(_) => DType::F32,
             Storage::F64(_) => DType::F64,
+            Storage::Gpu(_) => DType::F32,
+        }
+    }
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Gpu(b) => Device::Gpu(b.device().clone()),
+            _ => Device::Cpu,
+        }
+    }
+    /// The GPU buffer, or an error naming `op` for host storage.
+    pub fn gpu(&self, op: &str) -> Result<&GpuBuffer> {
+        match self {
+            Storage::Gpu(b) => Ok(b),
+            other => bail!("{op}: expected GPU storage, got {:?} on the cpu", other.dtype()),
+        }
+    }
+    pub fn gpu_mut(&mut self, op: &str) -> Result<&mut GpuBuffer> {
+        match self {
+            Storage::Gpu(b) => Ok(b),
+            other => bail!("{op}: expected GPU storage, got {:?} on the cpu", other.dtype()),
+        }
+    }
+    /// The same values on `device` (f64 cannot go to a GPU).
+    pub fn to_device(&self, device: &Device) -> Result<Storage> {
+        match (self, device) {
+            (Storage::Gpu(b), Device::Gpu(d)) if b.device() == d => Ok(self.clone()),
+            (Storage::Gpu(b), Device::Gpu(d)) => Ok(Storage::Gpu(d.upload(&b.to_vec()?)?)),
+            (Storage::Gpu(b), Device::Cpu) => Ok(Storage::F32(b.to_vec()?)),
+            (Storage::F64(_), Device::Gpu(d)) => {
+                bail!("to_device: f64 tensors stay on the cpu (the {} kernels are f32); cast to f32 first", d.name())
+            }
+            (Storage::F32(v), Device::Gpu(d)) => Ok(Storage::Gpu(d.upload(v)?)),
+            (_, Device::Cpu) => Ok(self.clone()),
         }
     }
     pub fn zeros(dtype: DType, n: usize) -> Storage {
@@ -62,6 +120,12 @@ impl Storage {
             (Storage::F64(a), Storage::F64(b)) if a.len() == b.len() => {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
             }
+            (Storage::Gpu(a), Storage::Gpu(b)) if a.len() == b.len() && a.device() == b.device() => {
+                crate::cuda::device::add_assign(a, b)?
+            }
+            (a, b) if a.device() != b.device() => {
+                bail!("gradient accumulation: device mismatch ({} vs {})", a.device(), b.device())
+            }
             (a, b) => bail!(
                 "gradient accumulation: storage mismatch ({:?}[{}] vs {:?}[{}])",
                 a.dtype(),
@@ -76,17 +140,20 @@ impl Storage {
         match self {
             Storage::F32(v) => v.iter().map(|&x| x as f64).collect(),
             Storage::F64(v) => v.clone(),
+            Storage::Gpu(b) => gpu_values(b).iter().map(|&x| x as f64).collect(),
         }
     }
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match self {
             Storage::F32(v) => v.clone(),
             Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
+            Storage::Gpu(b) => gpu_values(b),
         }
     }
-    /// The same values converted to `dtype`.
+    /// The same values converted to `dtype` (GPU storage stays on its device as f32; f64 comes to the cpu).
     pub fn cast(&self, dtype: DType) -> Storage {
         match dtype {
+            DType::F32 if matches!(self, Storage::Gpu(_)) => self.clone(),
             DType::F32 => Storage::F32(self.to_f32_vec()),
             DType::F64 => Storage::F64(self.to_f64_vec()),
         }
@@ -100,8 +167,14 @@ macro_rules! dispatch {
         match $storage {
             $crate::tensor::Storage::F32($v) => $body,
             $crate::tensor::Storage::F64($v) => $body,
+            $crate::tensor::Storage::Gpu(_) => panic!("dispatch!: GPU storage has no host slice"),
         }
     };
+}
+
+/// Host copy of a GPU buffer for the infallible accessors; a device that fails a download is unusable.
+fn gpu_values(b: &GpuBuffer) -> Vec<f32> {
+    b.to_vec().unwrap_or_else(|e| panic!("reading a {} buffer: {e:#}", b.device().name()))
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -170,6 +243,7 @@ impl Tensor {
         let data = match &*self.storage {
             Storage::F32(v) => HostData::F32(v.clone()),
             Storage::F64(v) => HostData::F64(v.clone()),
+            Storage::Gpu(b) => HostData::F32(gpu_values(b)),
         };
         HostTensor { shape: self.shape.clone(), data }
     }
@@ -190,7 +264,17 @@ impl Tensor {
         self.storage.dtype()
     }
     pub fn device(&self) -> Device {
-        Device::Cpu
+        self.storage.device()
+    }
+    /// The same values on `device`, as a leaf (the graph is not followed across devices); keeps the
+    /// `requires_grad` flag. f64 tensors cannot go to a GPU.
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        // Values are immutable outside `update` (which copies shared storage), so the same device shares.
+        let storage = if self.device() == *device { self.storage.clone() } else { Arc::new(self.storage.to_device(device)?) };
+        Ok(Tensor { id: fresh_id(), shape: self.shape.clone(), storage, node: None, requires_grad: self.requires_grad })
+    }
+    pub fn to_cpu(&self) -> Result<Tensor> {
+        self.to_device(&Device::Cpu)
     }
     pub fn storage(&self) -> &Storage {
         &self.storage
@@ -246,7 +330,12 @@ impl Tensor {
     pub fn update(&mut self, f: impl FnOnce(&mut Storage)) {
         f(Arc::make_mut(&mut self.storage));
     }
+    /// Replaces the values; host values given to a GPU tensor are uploaded to its device.
     pub fn set_storage(&mut self, storage: Storage) -> Result<()> {
+        let storage = match self.device() {
+            Device::Gpu(_) if storage.device() != self.device() => storage.to_device(&self.device())?,
+            _ => storage,
+        };
         if storage.len() != self.numel() || storage.dtype() != self.dtype() {
             bail!(
                 "set_storage: {:?}[{}] does not fit tensor {:?}<{:?}>",
@@ -309,4 +398,16 @@ pub(crate) fn same_dtype(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
         bail!("{op}: dtype mismatch {:?}{:?} vs {:?}{:?}", a.dtype(), a.shape(), b.dtype(), b.shape());
     }
     Ok(())
+}
+
+/// Checks that every tensor of an op is on one device: one line naming the op and both devices otherwise.
+pub(crate) fn same_device(op: &str, tensors: &[&Tensor]) -> Result<Device> {
+    let first = tensors.first().map(|t| t.device()).unwrap_or_default();
+    for t in tensors.iter().skip(1) {
+        let d = t.device();
+        if d != first {
+            bail!("{op}: device mismatch: {:?} on {first} vs {:?} on {d}", tensors[0].shape(), t.shape());
+        }
+    }
+    Ok(first)
 }

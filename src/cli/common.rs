@@ -4,6 +4,7 @@ use crate::config::{load_config, Config};
 use crate::cuda::{select_device, DeviceChoice, DeviceRequest};
 use crate::data::dataset::DatasetSpec;
 use crate::model::{HrNet, HrnetSpec};
+use crate::tensor::Device;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -51,19 +52,33 @@ pub fn dataset_spec(cfg: &Config, is_train: bool, annotations: Option<&Path>) ->
     Ok(spec)
 }
 
-/// `--device cpu|cuda|auto`. The engine's training/inference graph runs on the CPU today; a CUDA
-/// choice is refused with a clear message rather than silently falling back.
-pub fn device(arg: &str) -> Result<()> {
+/// `--device cpu|cuda|auto` → the device the model and its inputs go to (`HrNet::to_device`).
+/// Hidden choice `emu` (or env `HRK_DEVICE_EMU=1` with cuda/auto): the emulated GPU, which runs the
+/// CUDA kernels on the host — slow, for tests of the device path without a GPU.
+pub fn device(arg: &str) -> Result<Device> {
+    let emu_env = std::env::var("HRK_DEVICE_EMU").is_ok_and(|v| v == "1");
+    if arg.eq_ignore_ascii_case("emu") || (emu_env && !arg.eq_ignore_ascii_case("cpu")) {
+        return Ok(Device::emulated());
+    }
     let req: DeviceRequest = arg.parse()?;
     match select_device(req).context("--device")? {
         DeviceChoice::Cpu { fallback_reason } => {
             if let Some(r) = fallback_reason {
                 eprintln!("hrk: --device auto: using the CPU ({r})");
             }
-            Ok(())
+            Ok(Device::Cpu)
         }
-        DeviceChoice::Cuda { .. } => bail!(
-            "--device cuda: the CUDA kernels are built and tested, but the model graph does not run on them yet; use --device cpu"
-        ),
+        DeviceChoice::Cuda { ordinal, .. } => cuda_device(ordinal),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Ok(Device::Gpu(crate::cuda::device::GpuDevice::cuda(ordinal).context("--device cuda")?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_ordinal: usize) -> Result<Device> {
+    // select_device answers NotCompiled first; kept for completeness.
+    bail!("{}", crate::cuda::CudaUnavailable::NotCompiled)
 }

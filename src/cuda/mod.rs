@@ -1,6 +1,7 @@
 //! CUDA engine: hand-written kernels (kernels/*.cu, PTX embedded by build.rs), their parameter structs and
 //! launch geometry, a host emulator that runs the same kernels on the CPU (tests), the driver probe and
 //! device selection (always compiled), and the cudarc runtime (feature `cuda`).
+pub mod device;
 pub mod emu;
 pub mod kernels;
 pub mod params;

@@ -483,6 +483,15 @@ impl HrNet {
         self.conv(&h, &head3)
     }
 
+    /// Moves the parameters and buffers to `device`; inputs must then live there too.
+    pub fn to_device(&mut self, device: &crate::tensor::Device) -> Result<()> {
+        self.store.to_device(device)
+    }
+
+    pub fn device(&self) -> crate::tensor::Device {
+        self.store.params().first().map(|t| t.device()).unwrap_or_default()
+    }
+
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_with(x, train, None)
     }

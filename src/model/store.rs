@@ -122,6 +122,19 @@ impl Store {
         }
     }
 
+    /// Moves every float tensor to `device` (parameters keep requiring grad).
+    pub fn to_device(&mut self, device: &crate::tensor::Device) -> Result<()> {
+        for (name, s) in self.names.iter().zip(&mut self.slots) {
+            match s {
+                Slot::Param(t) | Slot::Buffer(t) => {
+                    *t = t.to_device(device).map_err(|e| anyhow::anyhow!("moving `{name}`: {e}"))?;
+                }
+                Slot::Count(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The state_dict: official names, float tensors as they are, counters as i64 scalars.
     pub fn state_dict(&self) -> Vec<(String, HostTensor)> {
         self.names

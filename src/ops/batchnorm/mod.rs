@@ -1,5 +1,7 @@
 //! BatchNorm2d: training mode (batch statistics, PyTorch's running-stat update) and eval mode.
 
+mod gpu;
+
 use crate::autograd::BackwardOp;
 use crate::by_dtype;
 use crate::float::{typed, typed_mut, Float};
@@ -11,6 +13,7 @@ pub const BN_EPS: f64 = 1e-5;
 
 fn check(op: &str, x: &Tensor, params: &[&Tensor]) -> Result<[usize; 4]> {
     let d = x.dims4(op)?;
+    crate::tensor::same_device(op, &[&[x][..], params].concat())?;
     for p in params {
         if p.shape() != [d[1]] {
             bail!("{op}: parameter/buffer shape {:?} does not fit input {:?} (want [{}])", p.shape(), x.shape(), d[1]);
@@ -76,6 +79,9 @@ pub fn batch_norm_train(
     let count = d[0] * d[2] * d[3];
     if count < 2 {
         bail!("batch_norm: training needs more than one value per channel, input {:?}", x.shape());
+    }
+    if x.device().is_gpu() {
+        return gpu::train(d, x, gamma, beta, running_mean, running_var, momentum, eps);
     }
     let mut y = Storage::zeros(x.dtype(), x.numel());
     let (mean, var) = by_dtype!(x.dtype(), T => channel_stats::<T>(typed(x.storage()), d));
@@ -169,6 +175,9 @@ pub fn batch_norm_eval(
     eps: f64,
 ) -> Result<Tensor> {
     let d = check("batch_norm", x, &[gamma, beta, running_mean, running_var])?;
+    if x.device().is_gpu() {
+        return gpu::eval(d, x, gamma, beta, running_mean, running_var, eps);
+    }
     let g = gamma.to_f64_vec();
     let b = beta.to_f64_vec();
     let rm = running_mean.to_f64_vec();

@@ -1,5 +1,7 @@
 //! Concatenation along the channel axis of NCHW tensors (backward splits the gradient).
 
+mod gpu;
+
 use crate::autograd::BackwardOp;
 use crate::by_dtype;
 use crate::float::{typed, Float};
@@ -8,6 +10,7 @@ use anyhow::{bail, Result};
 
 pub fn concat_channels(xs: &[&Tensor]) -> Result<Tensor> {
     let Some(first) = xs.first() else { bail!("concat: no inputs") };
+    let device = crate::tensor::same_device("concat", xs)?;
     let [n, _, h, w] = first.dims4("concat")?;
     let mut chans = Vec::with_capacity(xs.len());
     for x in xs {
@@ -20,6 +23,9 @@ pub fn concat_channels(xs: &[&Tensor]) -> Result<Tensor> {
     }
     let ctotal: usize = chans.iter().sum();
     let plane = h * w;
+    if device.is_gpu() {
+        return gpu::concat(xs, n, plane, chans);
+    }
     let y = by_dtype!(first.dtype(), T => {
         let mut y = vec![T::ZERO; n * ctotal * plane];
         for b in 0..n {

@@ -1,11 +1,12 @@
 //! 2-d convolution (square kernel, symmetric padding), NCHW, with backward.
 
 pub mod cpu;
+mod gpu;
 
 use crate::autograd::BackwardOp;
 use crate::by_dtype;
 use crate::float::{typed, typed_mut};
-use crate::tensor::{same_dtype, Storage, Tensor};
+use crate::tensor::{same_device, same_dtype, Storage, Tensor};
 use anyhow::{bail, Result};
 
 /// Shapes of one conv2d call; mirrored by the CUDA kernels' parameter struct.
@@ -56,12 +57,16 @@ impl Conv2dGeom {
 /// y = conv2d(x, weight) + bias.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
     let g = Conv2dGeom::new(x.dims4("conv2d")?, weight.shape(), stride, pad)?;
+    let device = same_device("conv2d", &[&[x, weight][..], bias.as_slice()].concat())?;
     same_dtype("conv2d", x, weight)?;
     if let Some(b) = bias {
         same_dtype("conv2d", x, b)?;
         if b.shape() != [g.cout] {
             bail!("conv2d: bias {:?} does not fit weight {:?}", b.shape(), weight.shape());
         }
+    }
+    if device.is_gpu() {
+        return gpu::forward(g, x, weight, bias);
     }
     let mut y = Storage::zeros(x.dtype(), g.n * g.cout * g.ho * g.wo);
     by_dtype!(x.dtype(), T => cpu::forward::<T>(

@@ -1,5 +1,7 @@
 //! Losses: mean squared error (PyTorch `MSELoss(reduction='mean')`, the reference's heatmap loss).
 
+mod gpu;
+
 use crate::autograd::BackwardOp;
 use crate::by_dtype;
 use crate::float::{typed, Float};
@@ -8,9 +10,13 @@ use anyhow::{bail, Result};
 
 /// mean((pred − target)²) as a one-element tensor; accumulated in f64.
 pub fn mse_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let device = crate::tensor::same_device("mse_loss", &[pred, target])?;
     same_dtype("mse_loss", pred, target)?;
     if pred.shape() != target.shape() {
         bail!("mse_loss: shape mismatch {:?} vs {:?}", pred.shape(), target.shape());
+    }
+    if device.is_gpu() {
+        return gpu::mse_loss(pred, target);
     }
     let m = pred.numel().max(1) as f64;
     let loss = by_dtype!(pred.dtype(), T => {

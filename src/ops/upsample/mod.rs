@@ -1,6 +1,8 @@
 //! Upsampling to a given size: bilinear with align_corners=false and nearest, PyTorch semantics
 //! (source coordinate from scale = in/out, so non-integer ratios behave like `F.interpolate(size=…)`).
 
+mod gpu;
+
 use crate::autograd::BackwardOp;
 use crate::by_dtype;
 use crate::float::{typed, Float};
@@ -32,6 +34,9 @@ fn check(op: &str, x: &Tensor, size: [usize; 2]) -> Result<[usize; 4]> {
 
 pub fn upsample_bilinear(x: &Tensor, size: [usize; 2]) -> Result<Tensor> {
     let d = check("upsample_bilinear", x, size)?;
+    if x.device().is_gpu() {
+        return gpu::bilinear(x, d, size);
+    }
     let [n, c, h, w] = d;
     let [ho, wo] = size;
     let y = by_dtype!(x.dtype(), T => {
@@ -61,6 +66,9 @@ fn nearest_taps(input: usize, output: usize) -> Vec<usize> {
 
 pub fn upsample_nearest(x: &Tensor, size: [usize; 2]) -> Result<Tensor> {
     let d = check("upsample_nearest", x, size)?;
+    if x.device().is_gpu() {
+        bail!("upsample_nearest: no kernel for the {} device (only bilinear runs on the GPU); move the tensor to the cpu", x.device());
+    }
     let [n, c, h, w] = d;
     let [ho, wo] = size;
     let (ty, tx) = (nearest_taps(h, ho), nearest_taps(w, wo));
