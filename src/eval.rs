@@ -85,6 +85,7 @@ pub fn forward_heatmaps(net: &mut HrNet, input: Vec<f32>, shape: [usize; 4]) -> 
         DType::F32 => Tensor::from_f32(&shape, input)?,
         DType::F64 => Tensor::from_f64(&shape, input.iter().map(|&v| v as f64).collect())?,
     };
+    let x = x.to_device(&net.device())?;
     let out = no_grad(|| net.forward(&x, false))?;
     let out_shape = out.dims4("hrnet output")?;
     Ok((out.to_f32_vec(), out_shape))

@@ -179,7 +179,7 @@ fn write_outputs(out: &Path, preds: &[Prediction], joints: usize) -> Result<()> 
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    super::common::device(&args.device)?;
+    let device = super::common::device(&args.device)?;
     let cfg = super::common::config(&args.cfg)?;
     if args.images.is_empty() && args.csv.is_none() {
         bail!("hrk predict: give image files and/or --csv FILE");
@@ -195,6 +195,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     }
     let mut net = super::common::model(&cfg, 0)?;
     super::common::load_weights(&mut net, &args.model_file)?;
+    net.to_device(&device)?;
     let image_size = cfg.model.image_size;
     let out = args.out.clone().unwrap_or_else(|| cfg.output_dir_for(&args.cfg).join("predict"));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;

@@ -129,10 +129,11 @@ fn metrics_json(subsets: &[Subset], model_file: &Path) -> serde_json::Value {
 }
 
 pub fn run(args: TestArgs) -> Result<()> {
-    super::common::device(&args.device)?;
+    let device = super::common::device(&args.device)?;
     let cfg = super::common::config(&args.cfg)?;
     let mut net = super::common::model(&cfg, 0)?;
     super::common::load_weights(&mut net, &args.model_file)?;
+    net.to_device(&device)?;
     let batch = args.batch.unwrap_or_else(|| cfg.test_batch_size()).max(1);
     let workers = args.workers.unwrap_or_else(|| cfg.workers.min(4));
     let files: Vec<PathBuf> = if args.testset.is_empty() { vec![PathBuf::from(&cfg.dataset.testset)] } else { args.testset.clone() };

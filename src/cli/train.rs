@@ -30,7 +30,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    super::common::device(&args.device)?;
+    let device = super::common::device(&args.device)?;
     if let Some(n) = args.threads {
         // Ignore "already initialised": only possible when embedded, and then its pool stands.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
@@ -41,6 +41,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         stop_after_epochs: args.stop_after_epochs,
         synth_count: args.synth_count,
         quiet: args.quiet,
+        device,
     };
     crate::train::train(&opts)?;
     Ok(())

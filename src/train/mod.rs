@@ -46,11 +46,20 @@ pub struct TrainOptions {
     pub synth_count: usize,
     /// No console output (the log file still gets everything).
     pub quiet: bool,
+    /// Where the model and each batch live (`--device`).
+    pub device: crate::tensor::Device,
 }
 
 impl TrainOptions {
     pub fn new(cfg_path: impl Into<PathBuf>) -> Self {
-        Self { cfg_path: cfg_path.into(), seed: 0, stop_after_epochs: None, synth_count: DEFAULT_SYNTH_COUNT, quiet: false }
+        Self {
+            cfg_path: cfg_path.into(),
+            seed: 0,
+            stop_after_epochs: None,
+            synth_count: DEFAULT_SYNTH_COUNT,
+            quiet: false,
+            device: crate::tensor::Device::Cpu,
+        }
     }
 }
 
@@ -232,8 +241,9 @@ fn train_epoch(
         let batch = batch.with_context(|| format!("epoch {epoch}, iteration {i}"))?;
         data_time.update(end.elapsed().as_secs_f64(), 1);
         let bs = batch.len();
-        let x = Tensor::from_f32(&batch.input_shape, batch.input.clone())?;
-        let t = Tensor::from_f32(&batch.target_shape, batch.target.clone())?;
+        let dev = net.device();
+        let x = Tensor::from_f32(&batch.input_shape, batch.input.clone())?.to_device(&dev)?;
+        let t = Tensor::from_f32(&batch.target_shape, batch.target.clone())?.to_device(&dev)?;
         let out = net.forward(&x, true)?;
         let loss = ops::mse_loss(&out, &t)?;
         let lv = loss.item()?;
@@ -395,6 +405,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         log.info(&format!("=> loaded checkpoint {src} (epoch {start_epoch}, best NME {best_nme:.4})"));
     } else {
         log.info("=> no checkpoint found");
+    }
+    if opts.device != crate::tensor::Device::Cpu {
+        log.info(&format!("=> training on {:?}", opts.device));
+        net.to_device(&opts.device)?;
     }
 
     let workers = cfg.workers;
