@@ -12,49 +12,17 @@
 mod hostile_common;
 
 use hostile_common::*;
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Tracks the largest single allocation; refuses (→ abort) anything above HARD_LIMIT to keep
-/// the shared machine alive, flags anything above SOFT_LIMIT as a finding.
-struct PeakAlloc;
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-const HARD_LIMIT: usize = 3 << 30;
-const SOFT_LIMIT: usize = 256 << 20;
-
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        PEAK.fetch_max(l.size(), Ordering::Relaxed);
-        if l.size() > HARD_LIMIT {
-            return std::ptr::null_mut();
-        }
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        PEAK.fetch_max(l.size(), Ordering::Relaxed);
-        if l.size() > HARD_LIMIT {
-            return std::ptr::null_mut();
-        }
-        unsafe { System.alloc_zeroed(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        PEAK.fetch_max(new, Ordering::Relaxed);
-        if new > HARD_LIMIT {
-            return std::ptr::null_mut();
-        }
-        unsafe { System.realloc(p, l, new) }
-    }
-}
+mod alloc_guard;
+use alloc_guard::{LARGEST_ALLOC as PEAK, SOFT_LIMIT};
 
 #[global_allocator]
-static GLOBAL: PeakAlloc = PeakAlloc;
+static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 
 /// One target at a time: they share the allocation peak and the panic hook.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

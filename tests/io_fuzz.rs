@@ -5,45 +5,18 @@
 //! HRK_FUZZ_SECS sets the seconds per target (default 3), HRK_FUZZ_SEED the PRNG seed.
 //! Crashing inputs are written to target/fuzz-crashes/ for replay.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Cursor, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Records the largest single allocation, so a run can flag inputs that make the loader
-/// allocate far beyond their size.
-struct TrackingAlloc;
-static LARGEST_ALLOC: AtomicUsize = AtomicUsize::new(0);
-/// Refused outright (the allocation fails and the process aborts) to protect the machine.
-const HARD_LIMIT: usize = 4 << 30;
-/// Flagged as a bug: inputs are a few KB, no legitimate allocation comes near this.
-const SOFT_LIMIT: usize = 256 << 20;
-
-unsafe impl GlobalAlloc for TrackingAlloc {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LARGEST_ALLOC.fetch_max(l.size(), Ordering::Relaxed);
-        if l.size() > HARD_LIMIT {
-            return std::ptr::null_mut();
-        }
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LARGEST_ALLOC.fetch_max(new, Ordering::Relaxed);
-        if new > HARD_LIMIT {
-            return std::ptr::null_mut();
-        }
-        unsafe { System.realloc(p, l, new) }
-    }
-}
+mod alloc_guard;
+use alloc_guard::{LARGEST_ALLOC, SOFT_LIMIT};
 
 #[global_allocator]
-static GLOBAL: TrackingAlloc = TrackingAlloc;
+static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 
 /// The fuzz loops share the allocation counter, so they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -1,0 +1,45 @@
+//! Global allocator for the fuzz test binaries: records the largest single allocation (so a run can
+//! flag inputs that make a parser allocate far beyond their size) and refuses absurd ones outright
+//! to keep the machine alive. Each binary installs it with
+//! `#[global_allocator] static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub struct TrackingAlloc;
+
+/// Largest single allocation since the last `reset`.
+pub static LARGEST_ALLOC: AtomicUsize = AtomicUsize::new(0);
+/// Refused outright (the allocation fails and the process aborts).
+pub const HARD_LIMIT: usize = 3 << 30;
+/// Flagged as a finding: fuzz inputs are a few KB, no legitimate allocation comes near this.
+pub const SOFT_LIMIT: usize = 256 << 20;
+
+fn note(size: usize) -> bool {
+    LARGEST_ALLOC.fetch_max(size, Ordering::Relaxed);
+    size <= HARD_LIMIT
+}
+
+unsafe impl GlobalAlloc for TrackingAlloc {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if !note(l.size()) {
+            return std::ptr::null_mut();
+        }
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        if !note(l.size()) {
+            return std::ptr::null_mut();
+        }
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        if !note(new) {
+            return std::ptr::null_mut();
+        }
+        unsafe { System.realloc(p, l, new) }
+    }
+}
