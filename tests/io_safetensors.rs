@@ -358,3 +358,17 @@ fn malformed_files_are_refused() {
         .to_string()
         .contains("unknown weights format"));
 }
+
+#[test]
+fn stale_temp_files_from_a_killed_write_are_removed() {
+    let dir = std::env::temp_dir().join(format!("hrk_stale_tmp_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(".latest.safetensors.4242.tmp"), b"half a checkpoint").unwrap();
+    std::fs::write(dir.join("latest.safetensors"), b"kept").unwrap();
+    std::fs::write(dir.join("notes.tmp"), b"not ours: no leading dot").unwrap();
+    assert_eq!(hrk::io::safetensors::remove_stale_temp_files(&dir), 1);
+    assert!(!dir.join(".latest.safetensors.4242.tmp").exists());
+    assert!(dir.join("latest.safetensors").exists() && dir.join("notes.tmp").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -319,6 +319,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     let cfg = crate::cli::common::config(&opts.cfg_path)?;
     let out_dir = cfg.output_dir_for(&opts.cfg_path);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create output folder {}", out_dir.display()))?;
+    // A run killed while writing a checkpoint leaves its temp file behind; the checkpoints themselves
+    // are intact (written by rename), so the leftovers are only clutter.
+    let stale = crate::io::safetensors::remove_stale_temp_files(&out_dir);
     let log = Logger::create(&out_dir, &config_name(&opts.cfg_path), opts.quiet)?;
     log.info(&format!(
         "=> hrk train --cfg {} --seed {} (rayon threads: {})",
@@ -328,6 +331,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     ));
     log.info(&cfg.to_yaml());
     log.info(&format!("=> output folder {}, log file {}", out_dir.display(), log.path().display()));
+    if stale > 0 {
+        log.info(&format!("=> removed {stale} temp file(s) left by an interrupted checkpoint write"));
+    }
 
     if let Some(root) = synthetic_root(&cfg) {
         log.info(&format!(
