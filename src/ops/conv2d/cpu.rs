@@ -46,14 +46,29 @@ fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
 
 /// col[(c·kh + i)·kw + j][oy·wo + ox] = x[c][oy·s − p + i][ox·s − p + j] (0 outside).
 fn im2col<T: Float>(g: &Conv2dGeom, x: &[T], col: &mut [T]) {
+    let per_channel = g.k * g.k * g.ho * g.wo;
+    for (c, rows) in col[..g.cin * per_channel].chunks_mut(per_channel).enumerate() {
+        im2col_channel(g, x, c, rows);
+    }
+}
+
+/// im2col split over input channels across the rayon pool: for one image whose GEMM is itself
+/// multi-threaded, a serial im2col would otherwise leave the other cores idle.
+fn im2col_parallel<T: Float>(g: &Conv2dGeom, x: &[T], col: &mut [T]) {
+    let per_channel = g.k * g.k * g.ho * g.wo;
+    col[..g.cin * per_channel].par_chunks_mut(per_channel).enumerate().for_each(|(c, rows)| im2col_channel(g, x, c, rows));
+}
+
+/// The k·k rows of input channel `c`.
+fn im2col_channel<T: Float>(g: &Conv2dGeom, x: &[T], c: usize, rows: &mut [T]) {
     let (h, w, ho, wo) = (g.h as isize, g.w as isize, g.ho, g.wo);
     let (s, p) = (g.stride as isize, g.pad as isize);
     let plane = ho * wo;
-    for c in 0..g.cin {
+    {
         let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for i in 0..g.k {
             for j in 0..g.k {
-                let row = &mut col[((c * g.k + i) * g.k + j) * plane..][..plane];
+                let row = &mut rows[(i * g.k + j) * plane..][..plane];
                 // Output columns whose source column lies inside the image: [lo, hi).
                 let off = j as isize - p;
                 let lo = if off >= 0 { 0 } else { ((-off + s - 1) / s) as usize }.min(wo);
@@ -154,7 +169,11 @@ pub fn forward_fused<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilogue<T
             run(xn)
         } else {
             with_scratch(kk * plane, |col: &mut [T]| {
-                im2col(g, xn, col);
+                if th > 1 {
+                    im2col_parallel(g, xn, col)
+                } else {
+                    im2col(g, xn, col)
+                }
                 run(col)
             })
         }
