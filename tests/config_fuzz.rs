@@ -4,6 +4,7 @@
 
 use hrk::config::Config;
 use std::time::{Duration, Instant};
+use hrk::rng::Rng;
 
 const SOURCES: [&str; 5] = [
     include_str!("../experiments/wflw/face_alignment_wflw_hrnet_w18.yaml"),
@@ -13,20 +14,6 @@ const SOURCES: [&str; 5] = [
     include_str!("../experiments/synthetic/synthetic_hrnet_tiny.yaml"),
 ];
 
-/// xorshift64*: small, deterministic, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// Bytes worth injecting: YAML indicators, Python literal syntax, digits, odd characters.
 const INTERESTING: &[u8] = b":-[]{},#&*!|>'\"%@`?()\\\t\n 0123456789.eEjxob_+~\x00\xff\xc3";
@@ -103,7 +90,7 @@ fn mutate(rng: &mut Rng, source: &str) -> Vec<u8> {
 fn mutated_official_yamls_never_panic() {
     let started = Instant::now();
     let budget = Duration::from_secs(4);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
     let (mut accepted, mut rejected, mut runs) = (0usize, 0usize, 0usize);
     for i in 0..4000 {
         if started.elapsed() > budget {

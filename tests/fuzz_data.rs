@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 mod alloc_guard;
 use alloc_guard::{LARGEST_ALLOC as PEAK, SOFT_LIMIT};
+use hrk::rng::Rng;
 
 #[global_allocator]
 static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
@@ -27,23 +28,6 @@ static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 /// One target at a time: they share the allocation peak and the panic hook.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
-    }
-}
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
@@ -63,7 +47,7 @@ fn mutate_bytes(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
             }
             1 if len > 0 => {
                 let i = rng.below(len);
-                v[i] = rng.next() as u8;
+                v[i] = rng.next_u64() as u8;
             }
             2 if len >= 8 => {
                 let width = *rng.pick(&[1usize, 2, 4, 8]);
@@ -76,7 +60,7 @@ fn mutate_bytes(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
             3 => {
                 let at = rng.below(len + 1);
                 let n = 1 + rng.below(16);
-                let junk: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let junk: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                 v.splice(at..at, junk);
             }
             4 if len > 0 => {
@@ -113,7 +97,7 @@ fn fuzz(name: &str, seeds: &[Vec<u8>], mut mutate: impl FnMut(&mut Rng, &[u8], &
     let slow = Duration::from_secs_f64(env_f64("HRK_FUZZ_SLOW_SECS", 5.0));
     let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
     let seed = env_f64("HRK_FUZZ_SEED", 7.0) as u64;
-    let mut rng = Rng(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
+    let mut rng = Rng::new(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
     // Panics inside the target are findings and reported below; silence their default output,
     // and restore it however this function is left.
     struct RestoreHook(Option<Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send>>);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 mod alloc_guard;
 use alloc_guard::{LARGEST_ALLOC, SOFT_LIMIT};
+use hrk::rng::Rng;
 
 #[global_allocator]
 static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
@@ -21,23 +22,6 @@ static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 /// The fuzz loops share the allocation counter, so they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// xorshift64*: small, seedable, good enough for mutation choices.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
 
 const INTERESTING: [u64; 12] = [
     0,
@@ -66,7 +50,7 @@ fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
             }
             1 if len > 0 => {
                 let i = rng.below(len);
-                v[i] = rng.next() as u8;
+                v[i] = rng.next_u64() as u8;
             }
             2 if len >= 8 => {
                 // An interesting integer of width 1/2/4/8 at a random place.
@@ -78,7 +62,7 @@ fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
             3 => {
                 let i = rng.below(len + 1);
                 let n = 1 + rng.below(16);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                 v.splice(i..i, bytes);
             }
             4 if len > 0 => {
@@ -149,7 +133,7 @@ fn run_fuzz(name: &str, seeds: &[Vec<u8>], mut target: impl FnMut(&[u8])) -> u64
     let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
     let budget = Duration::from_secs_f64(fuzz_secs());
-    let mut rng = Rng(fuzz_seed()
+    let mut rng = Rng::new(fuzz_seed()
         ^ name
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
