@@ -4,7 +4,7 @@
 //! real GPU when the crate is built with `--features cuda` and one is visible (skipped otherwise).
 
 use hrk::autograd::backward_with;
-use hrk::model::{BlockKind, HrNet, HrnetSpec, Slot, StageSpec};
+use hrk::model::{HrNet, HrnetSpec, Slot};
 use hrk::optim::{Adam, Sgd};
 use hrk::{backward, no_grad, ops, DType, Device, Storage, Tensor};
 use std::collections::HashMap;
@@ -243,24 +243,10 @@ fn shared() -> PathBuf {
     std::env::var("HRK_SHARED").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
 }
 
-fn spec_from_meta(meta: &serde_json::Value) -> HrnetSpec {
-    let cfg = &meta["cfg"];
-    let stage = |name: &str| {
-        let s = &cfg["stages"][name];
-        let list = |k: &str| s[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>();
-        StageSpec {
-            num_modules: s["NUM_MODULES"].as_u64().unwrap() as usize,
-            num_branches: s["NUM_BRANCHES"].as_u64().unwrap() as usize,
-            block: if s["BLOCK"] == "BOTTLENECK" { BlockKind::Bottleneck } else { BlockKind::Basic },
-            num_blocks: list("NUM_BLOCKS"),
-            num_channels: list("NUM_CHANNELS"),
-        }
-    };
-    HrnetSpec {
-        num_joints: cfg["joints"].as_u64().unwrap() as usize,
-        final_conv_kernel: cfg["final_conv_kernel"].as_u64().unwrap_or(1) as usize,
-        stages: vec![stage("STAGE2"), stage("STAGE3"), stage("STAGE4")],
-    }
+/// The case's model, from its config.yaml (the parity test checks it agrees with meta.json).
+fn case_spec(dir: &Path) -> HrnetSpec {
+    let cfg = hrk::config::load_config(&dir.join("config.yaml")).unwrap_or_else(|e| panic!("{e:#}"));
+    HrnetSpec::from_config(&cfg).unwrap()
 }
 
 /// Top-left `[.., h, w]` crop of an NCHW host tensor.
@@ -290,7 +276,7 @@ fn model_body(dir: &Path, dev: &Device, side: Option<usize>) -> Vec<(String, Vec
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     let weights = hrk::io::safetensors::load_safetensors(&dir.join("weights.safetensors")).unwrap().tensors;
     let inputs: HashMap<_, _> = hrk::io::safetensors::load_safetensors(&dir.join("inputs.safetensors")).unwrap().tensors.into_iter().collect();
-    let mut net = HrNet::new(&spec_from_meta(&meta), 0).unwrap();
+    let mut net = HrNet::new(&case_spec(dir), 0).unwrap();
     net.store.load(&weights, true, "weights.safetensors").unwrap();
     net.to_device(dev).unwrap();
     assert_eq!(net.device(), *dev);
