@@ -3,42 +3,10 @@
 //! CSV; and the one-line errors (missing / mismatched model file, missing image, bad --box).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-/// Removes a test folder unless HRK_KEEP_TEST_OUTPUT is set (then prints where it is).
-fn cleanup(dir: &Path) {
-    if std::env::var_os("HRK_KEEP_TEST_OUTPUT").is_some() {
-        eprintln!("kept {}", dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hrk-predict-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn tiny_config(dir: &Path, joints: usize) -> String {
-    let mut y = format!(
-        "GPUS: (0,)\nOUTPUT_DIR: '{}'\nDATASET:\n  DATASET: 300W\n  ROOT: '{}'\n  TESTSET: '{}'\nMODEL:\n  NAME: hrnet\n  NUM_JOINTS: {joints}\n  SIGMA: 1.0\n  IMAGE_SIZE: [64, 64]\n  HEATMAP_SIZE: [16, 16]\n  EXTRA:\n    FINAL_CONV_KERNEL: 1\n",
-        dir.join("output").display(),
-        dir.display(),
-        dir.join(hrk::synth::TEST_CSV).display()
-    );
-    for (k, name) in ["STAGE2", "STAGE3", "STAGE4"].iter().enumerate() {
-        let b = k + 2;
-        let blocks = vec!["1"; b].join(", ");
-        let chans: Vec<String> = (0..b).map(|i| (2usize << i).to_string()).collect();
-        y += &format!(
-            "    {name}:\n      NUM_MODULES: 1\n      NUM_BRANCHES: {b}\n      BLOCK: BASIC\n      NUM_BLOCKS: [{blocks}]\n      NUM_CHANNELS: [{}]\n      FUSE_METHOD: SUM\n",
-            chans.join(", ")
-        );
-    }
-    y
-}
+mod eval_common;
+use eval_common::{cleanup, hrk, s, temp_dir, tiny_config, write_tiny_model};
 
 struct Setup {
     dir: PathBuf,
@@ -47,36 +15,12 @@ struct Setup {
     images: Vec<PathBuf>,
 }
 
-/// A random-init head can have all-negative maps, which the reference decodes to (0, 0) and
-/// hence to a point off the crop; a positive head bias keeps every map's maximum above 0.
-fn positive_head_bias(mut sd: Vec<(String, hrk::host::HostTensor)>) -> Vec<(String, hrk::host::HostTensor)> {
-    for (name, t) in sd.iter_mut() {
-        if name == "head.3.bias" {
-            t.data = hrk::host::HostData::F32(vec![0.5; t.numel()]);
-        }
-    }
-    sd
-}
-
 fn setup(name: &str) -> Setup {
-    let dir = temp_dir(name);
+    let dir = temp_dir("predict", name);
     hrk::synth::generate(&dir, 68, 5, 11).unwrap();
-    let cfg = dir.join("tiny.yaml");
-    std::fs::write(&cfg, tiny_config(&dir, 68)).unwrap();
-    let config = hrk::cli::common::config(&cfg).unwrap();
-    let net = hrk::cli::common::model(&config, 3).unwrap();
-    let weights = dir.join("tiny.safetensors");
-    hrk::io::safetensors::save_safetensors(&weights, &positive_head_bias(net.store.state_dict()), &[]).unwrap();
+    let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TEST_CSV), 3);
     let images = (0..2).map(|i| dir.join(format!("images/s68_{i:06}.jpg"))).collect();
     Setup { dir, cfg, weights, images }
-}
-
-fn hrk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hrk")).args(args).output().unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn read_json(p: &Path) -> serde_json::Value {
@@ -164,7 +108,7 @@ fn predict_and_test_errors_are_one_line() {
 
     // Weights of a 5-landmark model: the head tensor's shape does not fit.
     let cfg5 = st.dir.join("five.yaml");
-    std::fs::write(&cfg5, tiny_config(&st.dir, 5)).unwrap();
+    std::fs::write(&cfg5, tiny_config(&st.dir, 5, 64, 16, hrk::synth::TEST_CSV)).unwrap();
     let net5 = hrk::cli::common::model(&hrk::cli::common::config(&cfg5).unwrap(), 1).unwrap();
     let w5 = st.dir.join("five.safetensors");
     hrk::io::safetensors::save_safetensors(&w5, &net5.store.state_dict(), &[]).unwrap();
@@ -191,7 +135,7 @@ fn predict_and_test_errors_are_one_line() {
 
 #[test]
 fn overlay_marks_the_given_points() {
-    let dir = temp_dir("overlay");
+    let dir = temp_dir("predict", "overlay");
     let sample = hrk::synth::render_sample(68, 4, 0).unwrap();
     let img = hrk::data::image::Image {
         width: sample.width,

@@ -9,50 +9,8 @@ use hrk::eval::{decode_and_score, evaluate};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A fresh temp folder per test.
-/// Removes a test folder unless HRK_KEEP_TEST_OUTPUT is set (then prints where it is).
-fn cleanup(dir: &Path) {
-    if std::env::var_os("HRK_KEEP_TEST_OUTPUT").is_some() {
-        eprintln!("kept {}", dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hrk-eval-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Tiny HRNet (1 module, 1 block, 2..16 channels), 64² input and 16² heatmaps (not the
-/// reference's hard-coded 64²), 300W layout (68 points).
-fn tiny_config(dir: &Path, joints: usize, image: usize, heatmap: usize) -> String {
-    let q = |p: PathBuf| format!("'{}'", p.display());
-    let mut y = format!(
-        "GPUS: (0,)\nWORKERS: 2\nOUTPUT_DIR: {}\nDATASET:\n  DATASET: 300W\n  ROOT: {}\n  TRAINSET: {}\n  TESTSET: {}\n",
-        q(dir.join("output")),
-        q(dir.to_path_buf()),
-        q(dir.join(hrk::synth::TRAIN_CSV)),
-        q(dir.join(hrk::synth::TRAIN_CSV)),
-    );
-    y += &format!(
-        "MODEL:\n  NAME: hrnet\n  NUM_JOINTS: {joints}\n  SIGMA: 1.0\n  IMAGE_SIZE: [{image}, {image}]\n  HEATMAP_SIZE: [{heatmap}, {heatmap}]\n  EXTRA:\n    FINAL_CONV_KERNEL: 1\n"
-    );
-    for (k, name) in ["STAGE2", "STAGE3", "STAGE4"].iter().enumerate() {
-        let b = k + 2;
-        let blocks: Vec<String> = (0..b).map(|_| "1".into()).collect();
-        let chans: Vec<String> = (0..b).map(|i| (2usize << i).to_string()).collect();
-        y += &format!(
-            "    {name}:\n      NUM_MODULES: 1\n      NUM_BRANCHES: {b}\n      BLOCK: BASIC\n      NUM_BLOCKS: [{}]\n      NUM_CHANNELS: [{}]\n      FUSE_METHOD: SUM\n",
-            blocks.join(", "),
-            chans.join(", ")
-        );
-    }
-    y += "TEST:\n  BATCH_SIZE_PER_GPU: 4\n";
-    y
-}
+mod eval_common;
+use eval_common::{cleanup, hrk, s, temp_dir, tiny_config, write_tiny_model};
 
 struct Setup {
     dir: PathBuf,
@@ -60,35 +18,11 @@ struct Setup {
     weights: PathBuf,
 }
 
-/// A random-init head can have all-negative maps, which the reference decodes to (0, 0) and
-/// hence to a point off the crop; a positive head bias keeps every map's maximum above 0.
-fn positive_head_bias(mut sd: Vec<(String, hrk::host::HostTensor)>) -> Vec<(String, hrk::host::HostTensor)> {
-    for (name, t) in sd.iter_mut() {
-        if name == "head.3.bias" {
-            t.data = hrk::host::HostData::F32(vec![0.5; t.numel()]);
-        }
-    }
-    sd
-}
-
 fn setup(name: &str) -> Setup {
-    let dir = temp_dir(name);
+    let dir = temp_dir("eval", name);
     hrk::synth::generate(&dir, 68, 12, 3).unwrap();
-    let cfg = dir.join("tiny.yaml");
-    std::fs::write(&cfg, tiny_config(&dir, 68, 64, 16)).unwrap();
-    let config = hrk::cli::common::config(&cfg).unwrap();
-    let net = hrk::cli::common::model(&config, 7).unwrap();
-    let weights = dir.join("tiny.safetensors");
-    hrk::io::safetensors::save_safetensors(&weights, &positive_head_bias(net.store.state_dict()), &[]).unwrap();
+    let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TRAIN_CSV), 7);
     Setup { dir, cfg, weights }
-}
-
-fn hrk(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hrk")).args(args).output().unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// The value after `key` in the result line (`nme:0.1234`).
@@ -257,12 +191,12 @@ fn threaded_batches_match_inline_and_loss_is_the_target_mse() {
 /// shift, the final trunc + 1), so the NME is bounded by that over the normaliser.
 #[test]
 fn ground_truth_heatmaps_decode_to_near_zero_nme() {
-    let dir = temp_dir("gt");
+    let dir = temp_dir("eval", "gt");
     hrk::synth::generate(&dir, 68, 12, 5).unwrap();
     let mut curves = Vec::new();
     for (image, heatmap) in [(256, 64), (128, 32), (64, 16)] {
         let cfg_path = dir.join(format!("gt{heatmap}.yaml"));
-        std::fs::write(&cfg_path, tiny_config(&dir, 68, image, heatmap)).unwrap();
+        std::fs::write(&cfg_path, tiny_config(&dir, 68, image, heatmap, hrk::synth::TRAIN_CSV)).unwrap();
         let config = hrk::cli::common::config(&cfg_path).unwrap();
         let ds = FaceDataset::open(hrk::cli::common::dataset_spec(&config, false, None).unwrap()).unwrap();
         let idx: Vec<usize> = (0..ds.len()).collect();
