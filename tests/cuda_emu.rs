@@ -672,5 +672,9 @@ fn heatmap_argmax_with_quarter_shift() {
     }
     assert_close("heatmap coords", &coords, &want, 0.0, 0.0);
     assert_close("heatmap maxvals", &maxvals, &want_max, 0.0, 0.0);
+    // And exactly what the CPU decode path (data::decode) gives for each map; the kernel stops
+    // before the reference's +0.5.
+    let cpu: Vec<f64> = maps.iter().flat_map(|m| hrk::data::decode::refine_coords(m, h, w, [w, h])).map(|v| f64::from(v - 0.5)).collect();
+    assert_close("heatmap coords vs data::decode", &coords, &cpu, 0.0, 0.0);
     assert_eq!(&coords[8..10], &[4.25, 3.0], "tie-break / shift on the crafted map");
 }
