@@ -52,7 +52,7 @@ macro_rules! kernel_params {
         }
     )*};
 }
-kernel_params!(Conv2dParams, BatchNormParams, UpsampleParams, EltwiseParams, ConcatParams, MseParams, OptimParams, HeatmapParams);
+kernel_params!(Conv2dParams, BatchNormParams, UpsampleParams, EltwiseParams, ConcatParams, MseParams, OptimParams, HeatmapParams, FusionParams);
 
 impl GpuDevice {
     /// The process-wide emulated GPU (always available).
