@@ -1,7 +1,7 @@
 // Host emulation of the CUDA execution model, so the same .cu kernels run (and are tested) on a machine
 // without a GPU. Compiled only by the host build (g++ -std=c++20 -include emu.h); nvcc never sees it.
 //
-// Model (TOOLCHAIN §5): one launch spawns blockDim OS threads once; they walk the grid's blocks one after
+// Model (TOOLCHAIN §5): one launch runs blockDim OS threads (a persistent pool); they walk the grid's blocks one after
 // another with a block-wide barrier between blocks. Because only one block is live at a time,
 // `__shared__` can be `static`. __syncthreads is a std::barrier over the block; warp shuffles go through a
 // 32-slot exchange with a per-warp barrier; atomicAdd uses std::atomic_ref.
@@ -16,8 +16,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <semaphore>
 #include <thread>
 #include <vector>
 
@@ -46,6 +48,52 @@ inline thread_local Launch* tl_launch = nullptr;
 
 inline std::barrier<>& warp_barrier() { return *tl_launch->warp_bars[tl_linear_tid / 32]; }
 
+// Persistent worker threads, one per CUDA thread of the largest block launched so far: spawning
+// blockDim OS threads per launch dominated the emulator's time on models (thousands of launches).
+// Workers are never joined (the pool is leaked on purpose: joining at static destruction would race
+// with exit); they sleep on their own semaphore between launches.
+struct Pool {
+    struct Worker {
+        std::binary_semaphore go{0};
+        std::thread th;
+    };
+    std::vector<std::unique_ptr<Worker>> workers;
+    const std::function<void(unsigned)>* job = nullptr;
+    std::atomic<unsigned> remaining{0};
+    std::binary_semaphore done{0};
+
+    void grow(unsigned n) {
+        while (workers.size() < n) {
+            auto w = std::make_unique<Worker>();
+            const unsigned id = (unsigned)workers.size();
+            Worker* raw = w.get();
+            w->th = std::thread([this, raw, id] {
+                for (;;) {
+                    raw->go.acquire();
+                    (*job)(id);
+                    if (remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) done.release();
+                }
+            });
+            w->th.detach();
+            workers.push_back(std::move(w));
+        }
+    }
+    // Runs f(0..n) on n workers and waits for all of them. Callers hold g_launch_mutex.
+    void run(unsigned n, const std::function<void(unsigned)>& f) {
+        grow(n);
+        job = &f;
+        remaining.store(n, std::memory_order_release);
+        for (unsigned i = 0; i < n; ++i) workers[i]->go.release();
+        done.acquire();
+        job = nullptr;
+    }
+};
+
+inline Pool& pool() {
+    static Pool* p = new Pool();  // leaked: see above
+    return *p;
+}
+
 // Runs `body` (the kernel call with its parameter struct bound) over the whole grid. Returns 0, or a
 // nonzero code for a launch shape the hardware would reject too.
 template <class Body>
@@ -66,28 +114,25 @@ int launch(const Body& body, dim3 grid, dim3 block, size_t dyn_smem_bytes) {
     }
     l.exchange.assign(nthreads, 0);
     l.dyn_smem.assign(dyn_smem_bytes + 16, 0);
-    std::vector<std::thread> threads;
-    threads.reserve(nthreads);
-    for (unsigned t = 0; t < nthreads; ++t) {
-        threads.emplace_back([&l, &body, t] {
-            tl_launch = &l;
-            tl_linear_tid = t;
-            tl_thread_idx.x = t % l.block.x;
-            tl_thread_idx.y = (t / l.block.x) % l.block.y;
-            tl_thread_idx.z = t / (l.block.x * l.block.y);
-            for (unsigned bz = 0; bz < l.grid.z; ++bz)
-                for (unsigned by = 0; by < l.grid.y; ++by)
-                    for (unsigned bx = 0; bx < l.grid.x; ++bx) {
-                        tl_block_idx.x = bx;
-                        tl_block_idx.y = by;
-                        tl_block_idx.z = bz;
-                        body();
-                        // No thread may start the next block (and reuse static shared memory) early.
-                        l.block_bar->arrive_and_wait();
-                    }
-        });
-    }
-    for (auto& th : threads) th.join();
+    const std::function<void(unsigned)> thread_body = [&l, &body](unsigned t) {
+        tl_launch = &l;
+        tl_linear_tid = t;
+        tl_thread_idx.x = t % l.block.x;
+        tl_thread_idx.y = (t / l.block.x) % l.block.y;
+        tl_thread_idx.z = t / (l.block.x * l.block.y);
+        for (unsigned bz = 0; bz < l.grid.z; ++bz)
+            for (unsigned by = 0; by < l.grid.y; ++by)
+                for (unsigned bx = 0; bx < l.grid.x; ++bx) {
+                    tl_block_idx.x = bx;
+                    tl_block_idx.y = by;
+                    tl_block_idx.z = bz;
+                    body();
+                    // No thread may start the next block (and reuse static shared memory) early.
+                    l.block_bar->arrive_and_wait();
+                }
+        tl_launch = nullptr;
+    };
+    pool().run(l.nthreads, thread_body);
     return 0;
 }
 
