@@ -331,7 +331,7 @@ impl Tensor {
         if self.numel() != 1 {
             bail!("item: tensor of shape {:?} is not a scalar", self.shape);
         }
-        Ok(self.storage.to_f64_vec()[0])
+        Ok(self.storage.try_to_f64_vec()?[0])
     }
 
     /// Marks a leaf tensor as one whose gradient `backward` reports (a parameter or an input).
@@ -356,7 +356,7 @@ impl Tensor {
             bail!("reshape: cannot view {:?} as {:?}", self.shape, shape);
         }
         let from = self.shape.clone();
-        Ok(Tensor::from_op(shape.to_vec(), (*self.storage).clone(), ReshapeBackward { from }, &[self]))
+        Ok(Tensor::from_op(shape.to_vec(), self.storage.try_clone()?, ReshapeBackward { from }, &[self]))
     }
 
     /// Replaces the values in place (optimizer steps, BN running statistics). Keeps the id, so

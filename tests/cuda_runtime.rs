@@ -141,3 +141,37 @@ fn device_request_parsing_and_size_classes() {
         }
     }
 }
+
+// ---------- out of device memory (emulated device with a memory limit) ----------
+
+#[test]
+fn out_of_device_memory_is_a_one_line_error_not_a_panic() {
+    use hrk::cuda::device::GpuDevice;
+    use hrk::{Device, Tensor};
+    let dev = GpuDevice::emulated_with_memory(64 << 10);
+    let check = |e: anyhow::Error, what: &str| {
+        let msg = format!("{e:#}");
+        assert!(msg.contains("CUDA out of memory") && msg.contains(what) && !msg.contains('\n'), "{msg}");
+        eprintln!("{msg}");
+    };
+    // Allocation and upload beyond the limit.
+    check(dev.empty(20_000).unwrap_err(), "allocating a 78.1 KiB buffer");
+    check(dev.upload(&vec![1.0; 20_000]).unwrap_err(), "uploading");
+    // A device copy (the path of Storage::clone) that does not fit.
+    let big = dev.upload(&vec![1.0; 10_000]).unwrap();
+    assert_eq!(dev.emulated_bytes_in_use(), Some(40_000));
+    check(big.try_clone().unwrap_err(), "copying a 39.1 KiB buffer");
+    drop(big);
+    // Copy-on-write of shared GPU storage in Tensor::try_update.
+    let gpu = Device::Gpu(dev.clone());
+    let mut t = Tensor::from_f32(&[10_000], vec![2.0; 10_000]).unwrap().to_device(&gpu).unwrap();
+    let _shared = t.clone();
+    check(t.try_update(|_| {}).unwrap_err(), "copying");
+    // An op whose output does not fit.
+    let x = Tensor::from_f32(&[1, 1, 40, 40], vec![1.0; 1600]).unwrap().to_device(&gpu).unwrap();
+    check(hrk::ops::upsample_bilinear(&x, [100, 100]).unwrap_err(), "allocating");
+    // Freed buffers give their memory back.
+    drop((t, _shared, x));
+    assert_eq!(dev.emulated_bytes_in_use(), Some(0));
+    assert!(dev.empty(16_000).is_ok());
+}
