@@ -405,11 +405,9 @@ fn small_model_body(dev: &Device) -> Vec<(String, Vec<Vec<f64>>)> {
     groups
 }
 
-/// A smaller whole-model check on the emulated device than the parity case below. Still ~2 minutes here:
-/// training BN's reductions over layer1's 256 channels cost thousands of block barriers, each a round of
-/// context switches over 256 OS threads.
+/// The CI-sized whole-model check on the emulated device (~20 s here; the parity case below is
+/// `--ignored`).
 #[test]
-#[ignore = "about 2 minutes under the host emulator; run with --ignored"]
 fn small_model_on_emulated_gpu_matches_cpu() {
     let dev = Device::emulated();
     let t0 = std::time::Instant::now();
