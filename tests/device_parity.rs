@@ -262,8 +262,7 @@ fn crop(t: &Tensor, h: usize, w: usize) -> Tensor {
     Tensor::from_f32(&[n, c, h.min(th), w.min(tw)], out).unwrap()
 }
 
-/// Input side used on the emulated device: the tiny case's 64×64 input takes minutes there (one OS
-/// thread per CUDA thread), so by default the model runs on the top-left 32×32 crop of its batch
+/// Input side used on the emulated device: the tiny case's 64×64 input takes minutes there, so by default the model runs on the top-left 32×32 crop of its batch
 /// (same weights and layers, every branch still ≥ 1×1); HRK_DEVICE_FULL_MODEL=1 uses the whole input.
 fn model_input_side(dev: &Device) -> Option<usize> {
     let emulated = matches!(dev, Device::Gpu(d) if d.is_emulated());
@@ -420,7 +419,7 @@ fn small_model_on_emulated_gpu_matches_cpu() {
 }
 
 #[test]
-#[ignore = "minutes under the host emulator; run with --ignored"]
+#[ignore = "~30 s under the host emulator (small_model_on_emulated_gpu_matches_cpu is the CI check); run with --ignored"]
 fn tiny_model_on_emulated_gpu_matches_cpu() {
     compare_model(&Device::emulated());
 }
