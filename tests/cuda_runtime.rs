@@ -52,6 +52,15 @@ fn run_child(mode: &str, env: &[(&str, &str)]) -> String {
 fn child_probe() {
     assert_eq!(cuda::select_device(DeviceRequest::Cpu).unwrap(), DeviceChoice::Cpu { fallback_reason: None });
     let Ok(mode) = std::env::var("HRK_PROBE_CHILD") else { return };
+    if mode == "oom_panic" {
+        // An infallible device copy that runs out of memory, with the CLI's hook installed.
+        hrk::cuda::device::install_gpu_panic_hook();
+        let dev = hrk::cuda::device::GpuDevice::emulated_with_memory(1024);
+        let buf = dev.upload(&[1.0; 200]).unwrap();
+        eprintln!("child ok: cloning");
+        let copy = buf.clone();
+        unreachable!("copied {} floats beyond the limit", copy.len());
+    }
     let probe = cuda::probe_driver();
     let want_msg = match mode.as_str() {
         "nolib" => {
@@ -174,4 +183,20 @@ fn out_of_device_memory_is_a_one_line_error_not_a_panic() {
     drop((t, _shared, x));
     assert_eq!(dev.emulated_bytes_in_use(), Some(0));
     assert!(dev.empty(16_000).is_ok());
+}
+
+#[test]
+fn infallible_gpu_copy_out_of_memory_ends_with_one_line() {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args(["--exact", "child_probe", "--nocapture", "--test-threads=1"])
+        .env("HRK_PROBE_CHILD", "oom_panic")
+        .output()
+        .expect("spawning the test binary");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("hrk: error:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("CUDA out of memory copying a 800 B buffer"), "{err}");
+    assert!(!err.contains("panicked"), "the default panic report leaked: {err}");
 }
