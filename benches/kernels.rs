@@ -78,6 +78,8 @@ fn launch<P: hrk::cuda::device::KernelParams>(dev: &GpuDevice, k: &Kernel<P>, p:
 #[derive(Clone, Copy)]
 enum ConvPass {
     Forward,
+    /// The epilogue of a BN-folded conv in inference: + bias + residual, ReLU.
+    ForwardFolded,
     BackwardData,
     BackwardWeight,
 }
@@ -92,6 +94,10 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
     let (xt, wtt, bt) = (tensor(&xd, &x), tensor(&wd, &wt), tensor(&[co], &b));
     let cpu: Run = match pass {
         ConvPass::Forward => Box::new(move |want| out(&no_grad(|| ops::conv2d(&xt, &wtt, Some(&bt), stride, pad))?, want)),
+        ConvPass::ForwardFolded => {
+            let res = tensor(&yd, &data(yd.iter().product(), 5));
+            Box::new(move |want| out(&no_grad(|| ops::relu(&ops::add(&ops::conv2d(&xt, &wtt, Some(&bt), stride, pad)?, &res)?))?, want))
+        }
         ConvPass::BackwardData | ConvPass::BackwardWeight => {
             let data_pass = matches!(pass, ConvPass::BackwardData);
             // The CPU op cannot compute dx alone (its backward reads x, which it keeps only when the
@@ -108,6 +114,7 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
     let (x2, w2, b2, dy2) = (x.clone(), wt.clone(), b.clone(), data(n * co * g.ho * g.wo, 4));
     let gpu: GpuSetup = Box::new(move |dev| {
         let (xb, wb, bb, dyb) = (dev.upload(&x2)?, dev.upload(&w2)?, dev.upload(&b2)?, dev.upload(&dy2)?);
+        let res = dev.upload(&data(yd.iter().product(), 5))?;
         let base = Conv2dParams {
             n: n as i32,
             c_in: ci as i32,
@@ -127,6 +134,11 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
         Ok(match pass {
             ConvPass::Forward => Box::new(move |want| {
                 let (y, _) = raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ConvEpilogue { bias: Some(&bb), ..Default::default() })?;
+                download(&y, want)
+            }) as Run,
+            ConvPass::ForwardFolded => Box::new(move |want| {
+                let ep = ConvEpilogue { bias: Some(&bb), residual: Some(&res), relu: true };
+                let (y, _) = raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ep)?;
                 download(&y, want)
             }) as Run,
             ConvPass::BackwardData => Box::new(move |want| {
@@ -469,7 +481,9 @@ fn fusion(unfused: bool, [n, c, h, w]: [usize; 4], up_sizes: &[[usize; 2]]) -> E
     // Compulsory traffic of the fused kernel (x, each low-res term, y), for both rungs: the unfused
     // rung's lower figure is what materialising the resized terms costs.
     let low: usize = up_sizes.iter().map(|s| n * c * s[0] * s[1]).sum();
-    Entry { shape: format!("[{n}, {c}, {h}, {w}] + up {up_sizes:?}"), work: Work::Bytes(4.0 * (2 * len + low) as f64), cpu_work: None, cpu, gpu, tol: 1e-5 }
+    let work = Work::Bytes(4.0 * (2 * len + low) as f64);
+    let cpu_work = Some(("(cpu: the graph's upsample + add + relu ops)", work));
+    Entry { shape: format!("[{n}, {c}, {h}, {w}] + up {up_sizes:?}"), work, cpu_work, cpu, gpu, tol: 1e-5 }
 }
 
 // ---------- the list ----------
@@ -483,6 +497,7 @@ fn benches() -> Vec<(&'static str, Box<dyn Fn(bool) -> Entry>)> {
     vec![
         ("conv2d_fwd_3x3", Box::new(|real: bool| if real { conv(Forward, [8, 36, 32, 32], 36, 3, 1) } else { conv(Forward, [2, 5, 9, 11], 7, 3, 2) })),
         ("conv2d_fwd_1x1_head", Box::new(|real: bool| if real { conv(Forward, [1, 270, 64, 64], 270, 1, 1) } else { conv(Forward, [2, 70, 5, 3], 66, 1, 1) })),
+        ("conv2d_fwd_folded_bias_residual_relu", Box::new(|real: bool| if real { conv(ForwardFolded, [8, 36, 32, 32], 36, 3, 1) } else { conv(ForwardFolded, [2, 5, 9, 11], 7, 3, 2) })),
         ("conv2d_bwd_data_3x3", Box::new(|real: bool| if real { conv(BackwardData, [8, 36, 32, 32], 36, 3, 1) } else { conv(BackwardData, [2, 5, 9, 11], 7, 3, 2) })),
         ("conv2d_bwd_weight_3x3", Box::new(|real: bool| if real { conv(BackwardWeight, [8, 36, 32, 32], 36, 3, 1) } else { conv(BackwardWeight, [2, 5, 9, 11], 7, 3, 2) })),
         ("bn_train_fwd", Box::new(|real: bool| bn(TrainForward, if real { [8, 36, 32, 32] } else { [2, 3, 5, 7] }))),
@@ -598,7 +613,7 @@ fn main() {
             continue;
         }
         let real = make(true);
-        println!("{name:<22} {}", real.shape);
+        println!("{name:<24} {}", real.shape);
         let mut real = real;
         if want("cpu") {
             match time(&mut real.cpu, &|| Ok(())) {
