@@ -1,6 +1,10 @@
 //! CPU conv2d throughput on the HRNetV2-W18 shapes (PERFORMANCE.md), forward and backward.
 //! Throughput is declared in FLOPs (2·MACs; backward = dX + dW = 2× forward), so criterion's
 //! "elem/s" reads as FLOP/s.
+//!
+//! Each shape runs two paths: `gemm` (im2col + GEMM, the reference rung) and `auto` (what the engine
+//! dispatches: the direct 3×3 kernels where they apply, unless `HRK_CONV_DIRECT=0`). Filter with
+//! e.g. `cargo bench --bench conv -- 'forward/branch1.*b8'`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hrk::ops::conv2d::cpu;
@@ -12,6 +16,7 @@ use std::time::Duration;
 const SHAPES: &[(&str, usize, usize, usize, usize, usize)] = &[
     ("conv1_3x3s2_3-64@256", 3, 64, 3, 2, 256),
     ("stem2_3x3s2_64-64@128", 64, 64, 3, 2, 128),
+    ("layer1_3x3_64@64", 64, 64, 3, 1, 64),
     ("branch1_3x3_18@64", 18, 18, 3, 1, 64),
     ("branch2_3x3_36@32", 36, 36, 3, 1, 32),
     ("branch3_3x3_72@16", 72, 72, 3, 1, 16),
@@ -44,18 +49,32 @@ fn conv(c: &mut Criterion) {
                 let mut y = vec![0.0f32; n * cout * g.ho * g.wo];
                 let flop = 2 * g.macs() * if pass == "forward" { 1 } else { 2 };
                 group.throughput(Throughput::Elements(flop));
-                group.bench_with_input(BenchmarkId::new(name, format!("b{n}")), &n, |bch, _| {
-                    if pass == "forward" {
-                        bch.iter(|| cpu::forward(&g, black_box(&x), &w, Some(&b), &mut y))
-                    } else {
-                        let mut dx = vec![0.0f32; x.len()];
-                        let mut dw = vec![0.0f32; w.len()];
-                        bch.iter(|| {
-                            dw.fill(0.0);
-                            cpu::backward(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
-                        })
-                    }
-                });
+                for path in ["gemm", "auto"] {
+                    let gemm = path == "gemm";
+                    group.bench_with_input(BenchmarkId::new(name, format!("b{n}/{path}")), &n, |bch, _| {
+                        if pass == "forward" {
+                            let ep = cpu::Epilogue { bias: Some(&b[..]), residual: None, relu: false };
+                            bch.iter(|| {
+                                if gemm {
+                                    cpu::forward_fused_gemm(&g, black_box(&x), &w, ep, &mut y)
+                                } else {
+                                    cpu::forward_fused(&g, black_box(&x), &w, ep, &mut y)
+                                }
+                            })
+                        } else {
+                            let mut dx = vec![0.0f32; x.len()];
+                            let mut dw = vec![0.0f32; w.len()];
+                            bch.iter(|| {
+                                dw.fill(0.0);
+                                if gemm {
+                                    cpu::backward_gemm(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
+                                } else {
+                                    cpu::backward(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
+                                }
+                            })
+                        }
+                    });
+                }
             }
         }
         group.finish();

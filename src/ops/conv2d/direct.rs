@@ -104,17 +104,6 @@ fn pad_planes(gr: &Grid, src: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// Packs weights as [co block][ci][tap][MR] (channels past `cout` zero); `get(co, ci, tap)`.
-fn pack_weights(cout: usize, cin: usize, get: impl Fn(usize, usize, usize) -> f32, dst: &mut [f32]) {
-    for (i, v) in dst[..cout.div_ceil(MR) * cin * 9 * MR].iter_mut().enumerate() {
-        let r = i % MR;
-        let tap = (i / MR) % 9;
-        let ci = (i / (MR * 9)) % cin;
-        let co = (i / (MR * 9 * cin)) * MR + r;
-        *v = if co < cout { get(co, ci, tap) } else { 0.0 };
-    }
-}
-
 thread_local! {
     /// Per-thread padded-plane and packed-weight scratch, kept between calls (no fresh page faults).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -139,6 +128,16 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+/// Where the conv kernel reads its weights: element (output channel o, input channel c, tap t)
+/// at `ptr[o·row + c·col + t]` (taps contiguous, so both the forward weight and its flipped
+/// transpose are read in place, without packing).
+#[derive(Clone, Copy)]
+struct WeightView<'a> {
+    w: &'a [f32],
+    row: usize,
+    col: usize,
+}
+
 /// Runs the conv kernel over every (image, position tile, channel block) task in parallel;
 /// `store(image, co, q0, values)` receives each output channel's computed run (junk included).
 fn conv_tiles(
@@ -147,34 +146,39 @@ fn conv_tiles(
     cin: usize,
     cout: usize,
     xpad: &[f32],
-    wpk: &[f32],
+    wv: WeightView,
     store: impl Fn(usize, usize, usize, &[f32]) + Sync,
 ) {
-    let tiles = gr.q_len.div_ceil(TILE);
+    // Tiles of at most NV vectors, balanced so a plane of 5 vectors runs as 3 + 2, not 4 + 1.
+    let qv = gr.q_len / LANES;
+    let tiles = qv.div_ceil(NV);
     let blocks = cout.div_ceil(MR);
-    assert!(xpad.len() >= n * cin * gr.plane && wpk.len() >= blocks * cin * 9 * MR);
+    assert!(xpad.len() >= n * cin * gr.plane);
+    assert!(wv.w.len() >= (cout - 1) * wv.row + (cin - 1) * wv.col + 9);
     let taps = gr.taps();
     let task = |i: usize| {
         let cb = i % blocks;
         let t = (i / blocks) % tiles;
         let img = i / (blocks * tiles);
-        let q0 = t * TILE;
-        let vecs = ((gr.q_len - q0) / LANES).min(NV);
+        let (v0, v1) = (t * qv / tiles, (t + 1) * qv / tiles);
+        let (q0, vecs) = (v0 * LANES, v1 - v0);
+        let rows = MR.min(cout - cb * MR);
+        // Rows past cout re-read the last real row; their sums are dropped.
+        let wrows: [*const f32; MR] = std::array::from_fn(|r| wv.w[(cb * MR + r.min(rows - 1)) * wv.row..].as_ptr());
         let mut out = [0.0f32; MR * TILE];
         // SAFETY: the tile reads x[q0 + v·16 + lane + taps] < q_len + 2·wp + 2 ≤ plane within each of
-        // the image's cin planes (asserted lengths above); weights block cb has cin·9·MR floats.
+        // the image's cin planes, and weights at row + c·col + t inside wv.w (asserted above).
         unsafe {
             let x = xpad.as_ptr().add(img * cin * gr.plane + q0);
-            let w = wpk.as_ptr().add(cb * cin * 9 * MR);
             let o = out.as_mut_ptr();
             match vecs {
-                4 => conv_tile::<4>(x, gr.plane, cin, &taps, w, o),
-                3 => conv_tile::<3>(x, gr.plane, cin, &taps, w, o),
-                2 => conv_tile::<2>(x, gr.plane, cin, &taps, w, o),
-                _ => conv_tile::<1>(x, gr.plane, cin, &taps, w, o),
+                4 => conv_tile::<4>(x, gr.plane, cin, &taps, &wrows, wv.col, o),
+                3 => conv_tile::<3>(x, gr.plane, cin, &taps, &wrows, wv.col, o),
+                2 => conv_tile::<2>(x, gr.plane, cin, &taps, &wrows, wv.col, o),
+                _ => conv_tile::<1>(x, gr.plane, cin, &taps, &wrows, wv.col, o),
             }
         }
-        for r in 0..MR.min(cout - cb * MR) {
+        for r in 0..rows {
             store(img, cb * MR + r, q0, &out[r * TILE..][..vecs * LANES]);
         }
     };
@@ -186,19 +190,27 @@ fn conv_tiles(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-/// out[r][v·16 + lane] = Σ_ci Σ_tap w[ci][tap][r] · x[ci·plane + taps[tap] + v·16 + lane].
-unsafe fn conv_tile<const V: usize>(x: *const f32, plane: usize, cin: usize, taps: &[usize; 9], w: *const f32, out: *mut f32) {
+/// out[r][v·16 + lane] = Σ_c Σ_tap w[r][c·col + tap] · x[c·plane + taps[tap] + v·16 + lane].
+unsafe fn conv_tile<const V: usize>(
+    x: *const f32,
+    plane: usize,
+    cin: usize,
+    taps: &[usize; 9],
+    w: &[*const f32; MR],
+    col: usize,
+    out: *mut f32,
+) {
     use std::arch::x86_64::*;
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for ci in 0..cin {
             let xc = x.add(ci * plane);
-            let wc = w.add(ci * 9 * MR);
+            let wc: [*const f32; MR] = std::array::from_fn(|r| w[r].add(ci * col));
             for (t, &off) in taps.iter().enumerate() {
                 let xs = xc.add(off);
                 let xv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(xs.add(v * LANES)));
                 for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let wv = _mm512_set1_ps(*wc.add(t * MR + r));
+                    let wv = _mm512_set1_ps(*wc[r].add(t));
                     for v in 0..V {
                         acc_r[v] = _mm512_fmadd_ps(wv, xv[v], acc_r[v]);
                     }
@@ -214,7 +226,7 @@ unsafe fn conv_tile<const V: usize>(x: *const f32, plane: usize, cin: usize, tap
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn conv_tile<const V: usize>(_: *const f32, _: usize, _: usize, _: &[usize; 9], _: *const f32, _: *mut f32) {
+unsafe fn conv_tile<const V: usize>(_: *const f32, _: usize, _: usize, _: &[usize; 9], _: &[*const f32; MR], _: usize, _: *mut f32) {
     unreachable!("direct conv runs only where available() holds")
 }
 
@@ -233,14 +245,11 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
     if let Some(r) = ep.residual {
         assert!(r.len() >= n * g.cout * hw);
     }
-    let xlen = n * g.cin * gr.plane;
-    let wlen = g.cout.div_ceil(MR) * g.cin * 9 * MR;
-    with_scratch(xlen + wlen, |s| {
-        let (xpad, wpk) = s.split_at_mut(xlen);
+    with_scratch(n * g.cin * gr.plane, |xpad| {
         pad_planes(&gr, &x[..n * g.cin * hw], xpad);
-        pack_weights(g.cout, g.cin, |co, ci, t| wt[(co * g.cin + ci) * 9 + t], wpk);
+        let wv = WeightView { w: wt, row: g.cin * 9, col: 9 };
         let out = SharedOut(y.as_mut_ptr());
-        conv_tiles(&gr, n, g.cin, g.cout, xpad, wpk, |img, co, q0, vals| {
+        conv_tiles(&gr, n, g.cin, g.cout, xpad, wv, |img, co, q0, vals| {
             let base = (img * g.cout + co) * hw;
             let bias = ep.bias.map_or(0.0, |b| b[co]);
             let out = out;
@@ -276,17 +285,21 @@ pub fn backward(g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32], dx: Option<&m
     assert!(dy.len() >= n * cout * hw);
     let ylen = n * cout * gr.plane;
     let xlen = if dw.is_some() { n * cin * gr.plane } else { 0 };
-    let wlen = if dx.is_some() { cin.div_ceil(MR) * cout * 9 * MR } else { 0 };
+    let wlen = if dx.is_some() { cout * cin * 9 } else { 0 };
     with_scratch(ylen + xlen + wlen, |s| {
         let (dypad, rest) = s.split_at_mut(ylen);
-        let (xpad, wpk) = rest.split_at_mut(xlen);
+        let (xpad, wflip) = rest.split_at_mut(xlen);
         pad_planes(&gr, &dy[..n * cout * hw], dypad);
         if let Some(dx) = dx {
             assert!(wt.len() >= cout * cin * 9 && dx.len() >= n * cin * hw);
-            // Output channel ci reads input channel co through the tap mirrored about the centre.
-            pack_weights(cin, cout, |ci, co, t| wt[(co * cin + ci) * 9 + 8 - t], wpk);
+            // Output channel ci reads input channel co through the tap mirrored about the centre:
+            // flip the taps once, then read the weight transposed in place.
+            for (f, w) in wflip.chunks_exact_mut(9).zip(wt.chunks_exact(9)) {
+                f.iter_mut().zip(w.iter().rev()).for_each(|(f, &w)| *f = w);
+            }
+            let wv = WeightView { w: wflip, row: 9, col: cin * 9 };
             let out = SharedOut(dx.as_mut_ptr());
-            conv_tiles(&gr, n, cout, cin, dypad, wpk, |img, ci, q0, vals| {
+            conv_tiles(&gr, n, cout, cin, dypad, wv, |img, ci, q0, vals| {
                 let base = (img * cin + ci) * hw;
                 let out = out;
                 gr.runs(q0, vals.len(), |off, at, len| {
