@@ -237,9 +237,15 @@ pub fn backward<T: Float>(
 ) {
     if direct_enabled() && direct::applies(g) && direct::available() && (dx.is_some() || dw.is_some()) {
         if let (Some(x32), Some(w32), Some(dy32)) = (as_f32(x), as_f32(wt), as_f32(dy)) {
+            // Small planes at batch 1 keep the GEMM for dW (see `direct::weight_grad_pays`).
+            let dw_direct = direct::weight_grad_pays(g);
             let dx32 = dx.as_deref_mut().map(|d| as_f32_mut(d).expect("same dtype"));
-            let dw32 = dw.as_deref_mut().map(|d| as_f32_mut(d).expect("same dtype"));
-            if direct::backward(g, x32, w32, dy32, dx32, dw32) {
+            let dw32 = if dw_direct { dw.as_deref_mut().map(|d| as_f32_mut(d).expect("same dtype")) } else { None };
+            if (dx32.is_some() || dw32.is_some()) && direct::backward(g, x32, w32, dy32, dx32, dw32) {
+                let dw_rest = if dw_direct { None } else { dw };
+                if dw_rest.is_some() {
+                    return backward_gemm(g, x, wt, dy, None, dw_rest, db);
+                }
                 return bias_grad(g, dy, db);
             }
         }

@@ -31,12 +31,13 @@ pub fn applies(g: &Conv2dGeom) -> bool {
     g.k == 3 && g.stride == 1 && g.pad == 1 && g.ho == g.h && g.wo == g.w
 }
 
-/// Whether this CPU can run the kernels (AVX-512F).
+/// Whether this CPU can run the kernels (AVX-512F; VL too, without which LLVM allocates only 20 of
+/// the 32 vector registers here and spills the accumulators).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -189,7 +190,7 @@ fn conv_tiles(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 /// out[r][v·16 + lane] = Σ_c Σ_tap w[r][c·col + tap] · x[c·plane + taps[tap] + v·16 + lane].
 unsafe fn conv_tile<const V: usize>(
     x: *const f32,
@@ -274,6 +275,12 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
     true
 }
 
+/// Whether the direct backward-weight kernel pays here: each of its (co, ci, tap) sums ends in a
+/// horizontal reduction, which small planes at batch 1 (16×16, 8×8) do not amortise.
+pub fn weight_grad_pays(g: &Conv2dGeom) -> bool {
+    applies(g) && g.n * Grid::new(g.h, g.w).q_len / LANES >= 32
+}
+
 /// dx = conv3x3ᵀ(dy) (overwritten) and dW += Σ_images dy ⋆ x; false (nothing written) when the
 /// geometry or the CPU does not fit.
 pub fn backward(g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) -> bool {
@@ -355,7 +362,7 @@ fn weight_grad(gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 /// sums[r][tap] = Σ_img Σ_v dy[img·dy_img + r·dy_co + v·16 ..] · x[img·x_img + taps[tap] + v·16 ..].
 unsafe fn dw_block<const R: usize>(
