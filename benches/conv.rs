@@ -71,7 +71,9 @@ fn cpu_rate(flop: u64, mut f: impl FnMut()) -> f64 {
 
 fn conv(c: &mut Criterion) {
     let cpu_mode = std::env::var("HRK_BENCH_CPU").is_ok_and(|v| v == "1");
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    // Space-separated words that must all occur in the id (criterion takes one filter argument).
+    let filter: Vec<String> =
+        std::env::args().skip(1).filter(|a| !a.starts_with('-')).flat_map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>()).collect();
     for (pass, batches) in [("forward", &[1usize, 8][..]), ("backward", &[1, 8][..])] {
         let mut group = c.benchmark_group(format!("conv2d_{pass}"));
         group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));

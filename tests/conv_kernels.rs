@@ -20,16 +20,17 @@ fn geom(n: usize, cin: usize, cout: usize, h: usize, w: usize) -> Conv2dGeom {
     Conv2dGeom::new([n, cin, h, w], &[cout, cin, 3, 3], 1, 1).unwrap()
 }
 
-/// Calls `f(n, co, y, x, ci, ky, kx, iy, ix)` for every in-image tap of a 3×3 pad-1 conv.
+/// Calls `f([n, co, y, x, ci, ky, kx, iy, ix])` for every in-image tap of the conv.
 fn each_tap(g: &Conv2dGeom, mut f: impl FnMut([usize; 9])) {
     for n in 0..g.n {
         for co in 0..g.cout {
-            for y in 0..g.h {
-                for x in 0..g.w {
+            for y in 0..g.ho {
+                for x in 0..g.wo {
                     for ci in 0..g.cin {
-                        for ky in 0..3 {
-                            for kx in 0..3 {
-                                let (iy, ix) = ((y + ky) as isize - 1, (x + kx) as isize - 1);
+                        for ky in 0..g.k {
+                            for kx in 0..g.k {
+                                let iy = (y * g.stride + ky) as isize - g.pad as isize;
+                                let ix = (x * g.stride + kx) as isize - g.pad as isize;
                                 if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
                                     f([n, co, y, x, ci, ky, kx, iy as usize, ix as usize]);
                                 }
@@ -42,17 +43,23 @@ fn each_tap(g: &Conv2dGeom, mut f: impl FnMut([usize; 9])) {
     }
 }
 
-fn at(g: &Conv2dGeom, c: usize, n: usize, ch: usize, y: usize, x: usize) -> usize {
-    ((n * c + ch) * g.h + y) * g.w + x
+fn at_in(g: &Conv2dGeom, n: usize, ch: usize, y: usize, x: usize) -> usize {
+    ((n * g.cin + ch) * g.h + y) * g.w + x
+}
+fn at_out(g: &Conv2dGeom, n: usize, ch: usize, y: usize, x: usize) -> usize {
+    ((n * g.cout + ch) * g.ho + y) * g.wo + x
+}
+fn at_w(g: &Conv2dGeom, co: usize, ci: usize, ky: usize, kx: usize) -> usize {
+    ((co * g.cin + ci) * g.k + ky) * g.k + kx
 }
 
 fn naive_forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: &cpu::Epilogue<f32>) -> Vec<f64> {
-    let mut y = vec![0.0f64; g.n * g.cout * g.h * g.w];
+    let mut y = vec![0.0f64; g.n * g.cout * g.ho * g.wo];
     each_tap(g, |[n, co, oy, ox, ci, ky, kx, iy, ix]| {
-        y[at(g, g.cout, n, co, oy, ox)] += x[at(g, g.cin, n, ci, iy, ix)] as f64 * wt[((co * g.cin + ci) * 3 + ky) * 3 + kx] as f64;
+        y[at_out(g, n, co, oy, ox)] += x[at_in(g, n, ci, iy, ix)] as f64 * wt[at_w(g, co, ci, ky, kx)] as f64;
     });
     for (i, v) in y.iter_mut().enumerate() {
-        let co = (i / (g.h * g.w)) % g.cout;
+        let co = (i / (g.ho * g.wo)) % g.cout;
         *v += ep.bias.map_or(0.0, |b| b[co] as f64) + ep.residual.map_or(0.0, |r| r[i] as f64);
         if ep.relu {
             *v = v.max(0.0);
@@ -66,10 +73,10 @@ fn naive_backward(g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32]) -> (Vec<f64
     let mut dx = vec![0.0f64; x.len()];
     let mut dw = vec![0.0f64; wt.len()];
     each_tap(g, |[n, co, oy, ox, ci, ky, kx, iy, ix]| {
-        let d = dy[at(g, g.cout, n, co, oy, ox)] as f64;
-        let wi = ((co * g.cin + ci) * 3 + ky) * 3 + kx;
-        dx[at(g, g.cin, n, ci, iy, ix)] += d * wt[wi] as f64;
-        dw[wi] += d * x[at(g, g.cin, n, ci, iy, ix)] as f64;
+        let d = dy[at_out(g, n, co, oy, ox)] as f64;
+        let wi = at_w(g, co, ci, ky, kx);
+        dx[at_in(g, n, ci, iy, ix)] += d * wt[wi] as f64;
+        dw[wi] += d * x[at_in(g, n, ci, iy, ix)] as f64;
     });
     (dx, dw)
 }
@@ -131,40 +138,65 @@ fn backward_matches_direct_loops() {
     let mut rng = Rng::new(72);
     for &(n, cin, cout, h, w) in SHAPES {
         let g = geom(n, cin, cout, h, w);
-        let x = randv(&mut rng, n * cin * h * w);
-        let wt = randv(&mut rng, cout * cin * 9);
-        let dy = randv(&mut rng, n * cout * h * w);
-        let (want_dx, want_dw) = naive_backward(&g, &x, &wt, &dy);
-        let want_db: Vec<f64> =
-            (0..cout).map(|co| (0..n).flat_map(|b| &dy[(b * cout + co) * h * w..][..h * w]).map(|&v| v as f64).sum()).collect();
-        // dW accumulates onto what is there: start every path from the same non-zero values.
-        let dw0 = randv(&mut rng, wt.len());
-        let want_dw: Vec<f64> = want_dw.iter().zip(&dw0).map(|(a, &b)| a + b as f64).collect();
-        type Path = fn(&Conv2dGeom, &[f32], &[f32], &[f32], Option<&mut [f32]>, Option<&mut [f32]>, Option<&mut [f32]>);
-        let direct_only: Path = |g, x, wt, dy, dx, dw, _db| assert!(direct::backward(g, x, wt, dy, dx, dw));
-        let mut paths: Vec<(&str, Path)> = vec![("gemm", cpu::backward_gemm::<f32>), ("dispatch", cpu::backward::<f32>)];
-        if direct::available() {
-            paths.push(("direct", direct_only));
+        check_backward(&mut rng, &g);
+    }
+}
+
+#[test]
+fn gemm_backward_of_other_geometries_matches_direct_loops() {
+    // Stride 2, 1×1 (shrinking and expanding) and 5×5: the GEMM path, with dW computed either
+    // transposed or not depending on the shape.
+    let mut rng = Rng::new(73);
+    for (n, cin, cout, h, w, k, s, p) in [
+        (2, 3, 17, 19, 17, 3, 2, 1),
+        (1, 19, 37, 20, 20, 3, 2, 1),
+        (3, 37, 5, 18, 18, 1, 1, 0),
+        (1, 5, 37, 17, 19, 1, 1, 0),
+        (2, 4, 6, 9, 11, 5, 1, 2),
+        (1, 7, 5, 36, 34, 3, 2, 1),
+    ] {
+        let g = Conv2dGeom::new([n, cin, h, w], &[cout, cin, k, k], s, p).unwrap();
+        check_backward(&mut rng, &g);
+    }
+}
+
+fn check_backward(rng: &mut Rng, g: &Conv2dGeom) {
+    let (n, cin, cout) = (g.n, g.cin, g.cout);
+    let g = *g;
+    let plane = g.ho * g.wo;
+    let x = randv(rng, n * cin * g.h * g.w);
+    let wt = randv(rng, cout * cin * g.k * g.k);
+    let dy = randv(rng, n * cout * plane);
+    let (want_dx, want_dw) = naive_backward(&g, &x, &wt, &dy);
+    let want_db: Vec<f64> =
+        (0..cout).map(|co| (0..n).flat_map(|b| &dy[(b * cout + co) * plane..][..plane]).map(|&v| v as f64).sum()).collect();
+    // dW accumulates onto what is there: start every path from the same non-zero values.
+    let dw0 = randv(rng, wt.len());
+    let want_dw: Vec<f64> = want_dw.iter().zip(&dw0).map(|(a, &b)| a + b as f64).collect();
+    type Path = fn(&Conv2dGeom, &[f32], &[f32], &[f32], Option<&mut [f32]>, Option<&mut [f32]>, Option<&mut [f32]>);
+    let direct_only: Path = |g, x, wt, dy, dx, dw, _db| assert!(direct::backward(g, x, wt, dy, dx, dw));
+    let mut paths: Vec<(&str, Path)> = vec![("gemm", cpu::backward_gemm::<f32>), ("dispatch", cpu::backward::<f32>)];
+    if direct::available() && direct::applies(&g) {
+        paths.push(("direct", direct_only));
+    }
+    for (name, run) in paths {
+        let mut dx = vec![f32::NAN; x.len()];
+        let mut dw = dw0.clone();
+        let mut db = vec![f32::NAN; cout];
+        run(&g, &x, &wt, &dy, Some(&mut dx), Some(&mut dw), Some(&mut db));
+        let (ex, ew) = (max_rel(&dx, &want_dx), max_rel(&dw, &want_dw));
+        assert!(ex < 1e-5 && ew < 1e-5, "{name} {g:?}: dx {ex:e} dW {ew:e}");
+        if name != "direct" {
+            let eb = max_rel(&db, &want_db);
+            assert!(eb < 1e-5, "{name} {g:?}: db {eb:e}");
         }
-        for (name, run) in paths {
-            let mut dx = vec![f32::NAN; x.len()];
-            let mut dw = dw0.clone();
-            let mut db = vec![f32::NAN; cout];
-            run(&g, &x, &wt, &dy, Some(&mut dx), Some(&mut dw), Some(&mut db));
-            let (ex, ew) = (max_rel(&dx, &want_dx), max_rel(&dw, &want_dw));
-            assert!(ex < 1e-5 && ew < 1e-5, "{name} {g:?}: dx {ex:e} dW {ew:e}");
-            if name != "direct" {
-                let eb = max_rel(&db, &want_db);
-                assert!(eb < 1e-5, "{name} {g:?}: db {eb:e}");
-            }
-            // Each gradient alone gives the same values.
-            let mut dx_only = vec![f32::NAN; x.len()];
-            run(&g, &x, &wt, &dy, Some(&mut dx_only), None, None);
-            assert_eq!(dx_only, dx, "{name} {g:?}: dx alone");
-            let mut dw_only = dw0.clone();
-            run(&g, &x, &wt, &dy, None, Some(&mut dw_only), None);
-            assert!(max_rel(&dw_only, &want_dw) < 1e-5, "{name} {g:?}: dW alone");
-        }
+        // Each gradient alone gives the same values.
+        let mut dx_only = vec![f32::NAN; x.len()];
+        run(&g, &x, &wt, &dy, Some(&mut dx_only), None, None);
+        assert_eq!(dx_only, dx, "{name} {g:?}: dx alone");
+        let mut dw_only = dw0.clone();
+        run(&g, &x, &wt, &dy, None, Some(&mut dw_only), None);
+        assert!(max_rel(&dw_only, &want_dw) < 1e-5, "{name} {g:?}: dW alone");
     }
 }
 

@@ -265,6 +265,20 @@ pub fn backward_gemm<T: Float>(
 ) {
     let (kk, plane) = (g.cin * g.k * g.k, g.ho * g.wo);
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * plane);
+    // dW = dy · colᵀ reduces along the contiguous axis of both operands, so whichever the gemm
+    // crate takes as its LHS is packed by strided gathers: into a row-major dW it transposes the
+    // problem and packs col (kk × plane), into a column-major one (dWᵀ, kk × cout) it packs dy
+    // (cout × plane). Pack the smaller: dWᵀ unless cout > kk (e.g. an expanding 1×1, the 3-channel
+    // stem) or the plane is tiny (8×8: the K loop is too short for it to matter and dWᵀ measured slower).
+    let dw_transposed = dw_transposed(g);
+    let mut dwt_store = if dw_transposed && dw.is_some() { vec![T::ZERO; kk * g.cout] } else { Vec::new() };
+    let mut dw_final = None;
+    let dw = if dw_transposed && dw.is_some() {
+        dw_final = dw;
+        Some(&mut dwt_store[..])
+    } else {
+        dw
+    };
     let want_dw = dw.is_some();
     // One image: dW[co][kk] += Σ_p dy[co][p]·col[kk][p] (accumulating into `dw_acc`), and dx[n].
     let one = |n: usize, dw_acc: Option<&mut [T]>, dxn: Option<&mut [T]>, th: usize| {
@@ -278,7 +292,8 @@ pub fn backward_gemm<T: Float>(
                     im2col(g, xn, col);
                     col
                 };
-                T::gemm(g.cout, kk, plane, dw, kk as isize, true, dyn_, plane as isize, 1, rhs, 1, plane as isize, th);
+                let (rs, cs) = if dw_transposed { (1, g.cout as isize) } else { (kk as isize, 1) };
+                T::gemm_dst_strided(g.cout, kk, plane, dw, rs, cs, true, dyn_, plane as isize, 1, rhs, 1, plane as isize, th);
             }
             if let Some(dxn) = dxn {
                 if g.is_pointwise() {
@@ -333,7 +348,19 @@ pub fn backward_gemm<T: Float>(
             one(n, dw.as_deref_mut(), dxn, threads());
         }
     }
+    if let Some(dw) = dw_final {
+        for (co, row) in dw.chunks_mut(kk).take(g.cout).enumerate() {
+            row.iter_mut().enumerate().for_each(|(j, d)| *d += dwt_store[j * g.cout + co]);
+        }
+    }
     bias_grad(g, dy, db)
+}
+
+/// Whether the GEMM path computes dWᵀ (see `backward_gemm`); `HRK_CONV_DW_T=0/1` forces it.
+fn dw_transposed(g: &Conv2dGeom) -> bool {
+    static FORCE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let force = *FORCE.get_or_init(|| std::env::var("HRK_CONV_DW_T").ok().map(|v| v != "0"));
+    force.unwrap_or(g.cin * g.k * g.k >= g.cout && g.ho * g.wo >= 256)
 }
 
 /// db[co] = Σ_n Σ_p dy[n][co][p] (overwritten).
