@@ -97,15 +97,18 @@ const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
 #[test]
 fn forward_matches_direct_loops_with_every_epilogue() {
     if !direct::available() {
-        eprintln!("skipped direct path: this CPU has no AVX-512F (the GEMM path is still checked)");
+        eprintln!("skipped direct path: this CPU has no AVX-512F/VL (the GEMM path is still checked)");
     }
     let mut rng = Rng::new(71);
-    for &(n, cin, cout, h, w) in SHAPES {
-        let g = geom(n, cin, cout, h, w);
+    // Stride 1, then stride 2 on odd and even sides (the four parity phases differ in size).
+    let strided = SHAPES.iter().map(|&(n, ci, co, h, w)| (n, ci, co, h, w, 1));
+    let halved = SHAPES.iter().map(|&(n, ci, co, h, w)| (n, ci, co, h + 1, w + 2, 2));
+    for (n, cin, cout, h, w, stride) in strided.chain(halved) {
+        let g = Conv2dGeom::new([n, cin, h, w], &[cout, cin, 3, 3], stride, 1).unwrap();
         let x = randv(&mut rng, n * cin * h * w);
         let wt = randv(&mut rng, cout * cin * 9);
         let bias = randv(&mut rng, cout);
-        let res = randv(&mut rng, n * cout * h * w);
+        let res = randv(&mut rng, n * cout * g.ho * g.wo);
         for mask in 0..8 {
             let ep = cpu::Epilogue {
                 bias: (mask & 1 != 0).then_some(&bias[..]),
@@ -176,7 +179,7 @@ fn check_backward(rng: &mut Rng, g: &Conv2dGeom) {
     type Path = fn(&Conv2dGeom, &[f32], &[f32], &[f32], Option<&mut [f32]>, Option<&mut [f32]>, Option<&mut [f32]>);
     let direct_only: Path = |g, x, wt, dy, dx, dw, _db| assert!(direct::backward(g, x, wt, dy, dx, dw));
     let mut paths: Vec<(&str, Path)> = vec![("gemm", cpu::backward_gemm::<f32>), ("dispatch", cpu::backward::<f32>)];
-    if direct::available() && direct::applies(&g) {
+    if direct::available() && direct::applies_backward(&g) {
         paths.push(("direct", direct_only));
     }
     for (name, run) in paths {
@@ -202,13 +205,18 @@ fn check_backward(rng: &mut Rng, g: &Conv2dGeom) {
 
 #[test]
 fn other_geometries_fall_back() {
-    // Stride 2, 1×1 and 5×5 are not the direct kernel's; the dispatcher must still be right.
+    // 1×1, 5×5 and stride 3 are not the direct kernel's, stride 2 only forward; the dispatcher
+    // must still be right (the backward test above runs stride 2 through it).
     let g = Conv2dGeom::new([1, 4, 9, 9], &[5, 4, 3, 3], 2, 1).unwrap();
-    assert!(!direct::applies(&g));
+    assert!(direct::applies(&g) && !direct::applies_backward(&g));
     let g1 = Conv2dGeom::new([1, 4, 9, 9], &[5, 4, 1, 1], 1, 0).unwrap();
     assert!(!direct::applies(&g1));
+    let g3 = Conv2dGeom::new([1, 4, 9, 9], &[5, 4, 3, 3], 3, 1).unwrap();
+    assert!(!direct::applies(&g3));
     let x = vec![1.0f32; 4 * 81];
-    let mut y = vec![0.0f32; 5 * g.ho * g.wo];
-    assert!(!direct::forward_fused(&g, &x, &[0.0; 180], cpu::Epilogue { bias: None, residual: None, relu: false }, &mut y));
-    assert!(direct::applies(&geom(2, 3, 4, 5, 6)));
+    let mut y = vec![0.0f32; 5 * g3.ho * g3.wo];
+    assert!(!direct::forward_fused(&g3, &x, &[0.0; 180], cpu::Epilogue { bias: None, residual: None, relu: false }, &mut y));
+    let dy = vec![1.0f32; 5 * g.ho * g.wo];
+    assert!(!direct::backward(&g, &x, &[0.0; 180], &dy, None, None));
+    assert!(direct::applies(&geom(2, 3, 4, 5, 6)) && direct::applies_backward(&geom(2, 3, 4, 5, 6)));
 }

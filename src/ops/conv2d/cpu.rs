@@ -160,8 +160,8 @@ fn as_f32_mut<T: Float>(s: &mut [T]) -> Option<&mut [f32]> {
     (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
 }
 
-/// y[n] = act(W · x[n] + bias + residual[n]): the direct kernel for f32 3×3 stride-1 pad-1 convs on
-/// AVX-512 (unless `HRK_CONV_DIRECT=0`), im2col + GEMM otherwise.
+/// y[n] = act(W · x[n] + bias + residual[n]): the direct kernel for f32 3×3 pad-1 convs of stride 1
+/// or 2 on AVX-512 (unless `HRK_CONV_DIRECT=0`), im2col + GEMM otherwise.
 pub fn forward_fused<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilogue<T>, y: &mut [T]) {
     if direct_enabled() && direct::applies(g) && direct::available() {
         if let (Some(x32), Some(w32)) = (as_f32(x), as_f32(wt)) {
@@ -225,7 +225,8 @@ pub fn forward_fused_gemm<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilo
 }
 
 /// Gradients of conv2d: dx (if asked, overwritten), dW (if asked, accumulated into), db (if asked,
-/// overwritten), summed over the batch. Direct kernels as in `forward_fused`, im2col + GEMM otherwise.
+/// overwritten), summed over the batch. Direct kernels for f32 3×3 stride-1 pad-1 convs (as in
+/// `forward_fused`), im2col + GEMM otherwise.
 pub fn backward<T: Float>(
     g: &Conv2dGeom,
     x: &[T],
@@ -235,7 +236,7 @@ pub fn backward<T: Float>(
     mut dw: Option<&mut [T]>,
     db: Option<&mut [T]>,
 ) {
-    if direct_enabled() && direct::applies(g) && direct::available() && (dx.is_some() || dw.is_some()) {
+    if direct_enabled() && direct::applies_backward(g) && direct::available() && (dx.is_some() || dw.is_some()) {
         if let (Some(x32), Some(w32), Some(dy32)) = (as_f32(x), as_f32(wt), as_f32(dy)) {
             // Small planes at batch 1 keep the GEMM for dW (see `direct::weight_grad_pays`).
             let dw_direct = direct::weight_grad_pays(g);

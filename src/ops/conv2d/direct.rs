@@ -1,4 +1,5 @@
-//! Direct 3×3 stride-1 pad-1 convolution in f32 on AVX-512: no im2col, no GEMM.
+//! Direct 3×3 pad-1 convolution in f32 on AVX-512 (forward at stride 1 and 2, backward at stride 1):
+//! no im2col, no GEMM.
 //!
 //! Layout: each input channel plane is copied once into a zero-bordered plane of pitch `wp = W + 2`
 //! (rows −1..=H, then zero slack). An output position (y, x) is numbered on that pitch, q = y·wp + x,
@@ -11,6 +12,7 @@
 //! broadcast), as dx = conv(dy, Wᵀ with the taps flipped). Backward-weight reduces over positions
 //! and images with 3 output channels × 9 taps of vector accumulators for one input channel at a time,
 //! reading dy through the same padded planes (their border is exactly the zero the junk columns need).
+//! Stride 2 (forward only) runs the same kernel on the four parity phases of the padded input.
 
 use super::cpu::Epilogue;
 use super::Conv2dGeom;
@@ -26,9 +28,14 @@ const TILE: usize = NV * LANES;
 /// Output channels per backward-weight kernel call (3 × 9 taps = 27 accumulators).
 const WR: usize = 3;
 
-/// The geometries this module computes.
+/// The geometries this module computes forward: 3×3, pad 1, stride 1 or 2.
 pub fn applies(g: &Conv2dGeom) -> bool {
-    g.k == 3 && g.stride == 1 && g.pad == 1 && g.ho == g.h && g.wo == g.w
+    g.k == 3 && g.pad == 1 && (g.stride == 1 || g.stride == 2)
+}
+
+/// The geometries this module computes backward: 3×3, pad 1, stride 1.
+pub fn applies_backward(g: &Conv2dGeom) -> bool {
+    g.k == 3 && g.pad == 1 && g.stride == 1
 }
 
 /// Whether this CPU can run the kernels (AVX-512F; VL too, without which LLVM allocates only 20 of
@@ -45,9 +52,12 @@ pub fn available() -> bool {
     }
 }
 
-/// Pitches of the padded planes of one H×W image.
+/// Pitches of the padded planes of one image. Stride 2 splits the padded image into its four
+/// (row parity, column parity) phases, each a plane of pitch wo + 1: output (y, x) then reads tap
+/// (ky, kx) at phase (ky & 1, kx & 1), position (y + ky/2, x + kx/2), again a contiguous run.
 #[derive(Clone, Copy, Debug)]
 struct Grid {
+    /// Output plane.
     h: usize,
     w: usize,
     /// Row pitch, W + 2.
@@ -56,6 +66,10 @@ struct Grid {
     q_len: usize,
     /// Stride between padded planes; covers the furthest tap read, q_len − 1 + 2·wp + 2.
     plane: usize,
+    /// Stride 2: stride between the four phase planes inside one channel's plane.
+    phase: usize,
+    /// Offset of tap (ky, kx) from q, tap = ky·3 + kx.
+    taps: [usize; 9],
 }
 
 impl Grid {
@@ -63,11 +77,21 @@ impl Grid {
         let wp = w + 2;
         let q_len = (h * wp).div_ceil(LANES) * LANES;
         let plane = (q_len + 2 * wp + 2).div_ceil(LANES) * LANES;
-        Grid { h, w, wp, q_len, plane }
+        let taps = std::array::from_fn(|t| (t / 3) * wp + t % 3);
+        Grid { h, w, wp, q_len, plane, phase: 0, taps }
     }
-    /// Offset of tap (ky, kx) from q, tap = ky·3 + kx.
-    fn taps(&self) -> [usize; 9] {
-        std::array::from_fn(|t| (t / 3) * self.wp + t % 3)
+    /// Stride 2 on an h×w input.
+    fn stride2(h: usize, w: usize) -> Grid {
+        let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+        let wp = wo + 1;
+        let q_len = (ho * wp).div_ceil(LANES) * LANES;
+        // Each phase holds rows 0..=ho; the furthest read is q_len − 1 + wp + 1.
+        let phase = (q_len + wp + 1).max((ho + 1) * wp).div_ceil(LANES) * LANES;
+        let taps = std::array::from_fn(|t| {
+            let (ky, kx) = (t / 3, t % 3);
+            ((ky & 1) * 2 + (kx & 1)) * phase + (ky >> 1) * wp + (kx >> 1)
+        });
+        Grid { h: ho, w: wo, wp, q_len, plane: 4 * phase, phase, taps }
     }
     /// Calls `f(offset from q0, index in the H×W plane, run length)` for each run of real
     /// (non-junk) output positions among q0..q0 + len.
@@ -123,6 +147,35 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// Copies planes of h×w into the four phase planes of a stride-2 grid (zero where the padded
+/// image has its border or ends).
+fn pad_phases(gr: &Grid, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
+    let one = |(s, d): (&[f32], &mut [f32])| {
+        d.fill(0.0);
+        for (ph, dp) in d.chunks_exact_mut(gr.phase).enumerate() {
+            let (a, b) = (ph / 2, ph % 2);
+            for i in 0..=gr.h {
+                // Padded row 2i + a is input row 2i + a − 1.
+                let Some(y) = (2 * i + a).checked_sub(1).filter(|&y| y < h) else { continue };
+                let row = &s[y * w..][..w];
+                let out = &mut dp[i * gr.wp..][..gr.wp];
+                for (j, o) in out.iter_mut().enumerate() {
+                    if let Some(&v) = (2 * j + b).checked_sub(1).and_then(|x| row.get(x)) {
+                        *o = v;
+                    }
+                }
+            }
+        }
+    };
+    let planes = src.len() / (h * w);
+    let dst = &mut dst[..planes * gr.plane];
+    if planes * gr.plane >= 1 << 16 {
+        src.par_chunks_exact(h * w).zip(dst.par_chunks_exact_mut(gr.plane)).with_min_len(4).for_each(one);
+    } else {
+        src.chunks_exact(h * w).zip(dst.chunks_exact_mut(gr.plane)).for_each(one);
+    }
+}
+
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
@@ -156,7 +209,7 @@ fn conv_tiles(
     let blocks = cout.div_ceil(MR);
     assert!(xpad.len() >= n * cin * gr.plane);
     assert!(wv.w.len() >= (cout - 1) * wv.row + (cin - 1) * wv.col + 9);
-    let taps = gr.taps();
+    let taps = gr.taps;
     let task = |i: usize| {
         let cb = i % blocks;
         let t = (i / blocks) % tiles;
@@ -237,9 +290,10 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
     if !applies(g) || !available() {
         return false;
     }
-    let gr = Grid::new(g.h, g.w);
-    let (hw, n) = (g.h * g.w, g.n);
-    assert!(x.len() >= n * g.cin * hw && wt.len() >= g.cout * g.cin * 9 && y.len() >= n * g.cout * hw);
+    let gr = if g.stride == 1 { Grid::new(g.h, g.w) } else { Grid::stride2(g.h, g.w) };
+    debug_assert!(gr.h == g.ho && gr.w == g.wo);
+    let (in_hw, hw, n) = (g.h * g.w, g.ho * g.wo, g.n);
+    assert!(x.len() >= n * g.cin * in_hw && wt.len() >= g.cout * g.cin * 9 && y.len() >= n * g.cout * hw);
     if let Some(b) = ep.bias {
         assert!(b.len() >= g.cout);
     }
@@ -247,7 +301,11 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
         assert!(r.len() >= n * g.cout * hw);
     }
     with_scratch(n * g.cin * gr.plane, |xpad| {
-        pad_planes(&gr, &x[..n * g.cin * hw], xpad);
+        if g.stride == 1 {
+            pad_planes(&gr, &x[..n * g.cin * in_hw], xpad);
+        } else {
+            pad_phases(&gr, g.h, g.w, &x[..n * g.cin * in_hw], xpad);
+        }
         let wv = WeightView { w: wt, row: g.cin * 9, col: 9 };
         let out = SharedOut(y.as_mut_ptr());
         conv_tiles(&gr, n, g.cin, g.cout, xpad, wv, |img, co, q0, vals| {
@@ -278,13 +336,13 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
 /// Whether the direct backward-weight kernel pays here: each of its (co, ci, tap) sums ends in a
 /// horizontal reduction, which small planes at batch 1 (16×16, 8×8) do not amortise.
 pub fn weight_grad_pays(g: &Conv2dGeom) -> bool {
-    applies(g) && g.n * Grid::new(g.h, g.w).q_len / LANES >= 32
+    applies_backward(g) && g.n * Grid::new(g.h, g.w).q_len / LANES >= 32
 }
 
 /// dx = conv3x3ᵀ(dy) (overwritten) and dW += Σ_images dy ⋆ x; false (nothing written) when the
 /// geometry or the CPU does not fit.
 pub fn backward(g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) -> bool {
-    if !applies(g) || !available() {
+    if !applies_backward(g) || !available() {
         return false;
     }
     let gr = Grid::new(g.h, g.w);
@@ -329,7 +387,7 @@ pub fn backward(g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32], dx: Option<&m
 /// from its padded plane at q + wp + 1 (junk q land on that plane's zero border).
 fn weight_grad(gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad: &[f32], dw: &mut [f32]) {
     let blocks = cout.div_ceil(WR);
-    let taps = gr.taps();
+    let taps = gr.taps;
     let out = SharedOut(dw.as_mut_ptr());
     let task = |i: usize| {
         let ci = i % cin;
