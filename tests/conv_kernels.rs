@@ -102,7 +102,7 @@ fn forward_matches_direct_loops_with_every_epilogue() {
     let mut rng = Rng::new(71);
     // Stride 1, then stride 2 on odd and even sides (the four parity phases differ in size).
     let strided = SHAPES.iter().map(|&(n, ci, co, h, w)| (n, ci, co, h, w, 1));
-    let halved = SHAPES.iter().map(|&(n, ci, co, h, w)| (n, ci, co, h + 1, w + 2, 2));
+    let halved = SHAPES.iter().map(|&(n, ci, co, h, w)| (n, ci.max(8) + (ci & 1), co, h + 1, w + 2, 2));
     for (n, cin, cout, h, w, stride) in strided.chain(halved) {
         let g = Conv2dGeom::new([n, cin, h, w], &[cout, cin, 3, 3], stride, 1).unwrap();
         let x = randv(&mut rng, n * cin * h * w);
@@ -208,7 +208,9 @@ fn other_geometries_fall_back() {
     // 1×1, 5×5 and stride 3 are not the direct kernel's, stride 2 only forward; the dispatcher
     // must still be right (the backward test above runs stride 2 through it).
     let g = Conv2dGeom::new([1, 4, 9, 9], &[5, 4, 3, 3], 2, 1).unwrap();
-    assert!(direct::applies(&g) && !direct::applies_backward(&g));
+    assert!(!direct::applies(&g) && !direct::applies_backward(&g), "stride 2 from 3 channels only");
+    let g8 = Conv2dGeom::new([1, 8, 9, 9], &[5, 8, 3, 3], 2, 1).unwrap();
+    assert!(direct::applies(&g8) && !direct::applies_backward(&g8));
     let g1 = Conv2dGeom::new([1, 4, 9, 9], &[5, 4, 1, 1], 1, 0).unwrap();
     assert!(!direct::applies(&g1));
     let g3 = Conv2dGeom::new([1, 4, 9, 9], &[5, 4, 3, 3], 3, 1).unwrap();
