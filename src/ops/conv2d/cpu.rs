@@ -163,7 +163,7 @@ fn as_f32_mut<T: Float>(s: &mut [T]) -> Option<&mut [f32]> {
 /// y[n] = act(W · x[n] + bias + residual[n]): the direct kernel for f32 3×3 pad-1 convs of stride 1
 /// or 2 on AVX-512 (unless `HRK_CONV_DIRECT=0`), im2col + GEMM otherwise.
 pub fn forward_fused<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilogue<T>, y: &mut [T]) {
-    if direct_enabled() && direct::applies(g) && direct::available() {
+    if direct_enabled() && direct::forward_pays(g) && direct::available() {
         if let (Some(x32), Some(w32)) = (as_f32(x), as_f32(wt)) {
             let ep32 = Epilogue {
                 bias: ep.bias.map(|b| as_f32(b).expect("same dtype")),
@@ -236,16 +236,18 @@ pub fn backward<T: Float>(
     mut dw: Option<&mut [T]>,
     db: Option<&mut [T]>,
 ) {
-    if direct_enabled() && direct::applies_backward(g) && direct::available() && (dx.is_some() || dw.is_some()) {
+    if direct_enabled() && direct::applies_backward(g) && direct::available() {
         if let (Some(x32), Some(w32), Some(dy32)) = (as_f32(x), as_f32(wt), as_f32(dy)) {
-            // Small planes at batch 1 keep the GEMM for dW (see `direct::weight_grad_pays`).
-            let dw_direct = direct::weight_grad_pays(g);
-            let dx32 = dx.as_deref_mut().map(|d| as_f32_mut(d).expect("same dtype"));
+            // Small planes keep the GEMM for dx (below 10×10) and for dW (small planes at batch 1);
+            // see `direct::forward_pays` and `direct::weight_grad_pays`.
+            let (dx_direct, dw_direct) = (direct::forward_pays(g), direct::weight_grad_pays(g));
+            let dx32 = if dx_direct { dx.as_deref_mut().map(|d| as_f32_mut(d).expect("same dtype")) } else { None };
             let dw32 = if dw_direct { dw.as_deref_mut().map(|d| as_f32_mut(d).expect("same dtype")) } else { None };
             if (dx32.is_some() || dw32.is_some()) && direct::backward(g, x32, w32, dy32, dx32, dw32) {
+                let dx_rest = if dx_direct { None } else { dx };
                 let dw_rest = if dw_direct { None } else { dw };
-                if dw_rest.is_some() {
-                    return backward_gemm(g, x, wt, dy, None, dw_rest, db);
+                if dx_rest.is_some() || dw_rest.is_some() {
+                    return backward_gemm(g, x, wt, dy, dx_rest, dw_rest, db);
                 }
                 return bias_grad(g, dy, db);
             }

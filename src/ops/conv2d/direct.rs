@@ -333,6 +333,13 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
     true
 }
 
+/// Whether the direct kernel beats im2col + GEMM for this forward (or backward-data) conv: on
+/// planes below 10×10 the two junk columns per row and the short tiles cost more than im2col
+/// (8×8 measured ~5 % slower).
+pub fn forward_pays(g: &Conv2dGeom) -> bool {
+    applies(g) && g.ho * g.wo >= 100
+}
+
 /// Whether the direct backward-weight kernel pays here: each of its (co, ci, tap) sums ends in a
 /// horizontal reduction, which small planes at batch 1 (16×16, 8×8) do not amortise.
 pub fn weight_grad_pays(g: &Conv2dGeom) -> bool {
