@@ -181,6 +181,12 @@ fn pad_phases(gr: &Grid, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
 struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    /// Through a method, so closures capture the Sync wrapper and not its raw-pointer field.
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
 
 /// Where the conv kernel reads its weights: element (output channel o, input channel c, tap t)
 /// at `ptr[o·row + c·col + t]` (taps contiguous, so both the forward weight and its flipped
@@ -311,10 +317,9 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
         conv_tiles(&gr, n, g.cin, g.cout, xpad, wv, |img, co, q0, vals| {
             let base = (img * g.cout + co) * hw;
             let bias = ep.bias.map_or(0.0, |b| b[co]);
-            let out = out;
             gr.runs(q0, vals.len(), |off, at, len| {
                 // SAFETY: (img, co, at..at + len) lies inside y (asserted) and belongs to this task only.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(base + at), len) };
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(base + at), len) };
                 let src = &vals[off..off + len];
                 match (ep.residual, ep.relu) {
                     (Some(res), relu) => {
@@ -373,10 +378,9 @@ pub fn backward(g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32], dx: Option<&m
             let out = SharedOut(dx.as_mut_ptr());
             conv_tiles(&gr, n, cout, cin, dypad, wv, |img, ci, q0, vals| {
                 let base = (img * cin + ci) * hw;
-                let out = out;
                 gr.runs(q0, vals.len(), |off, at, len| {
                     // SAFETY: inside dx (asserted) and written by this task only.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(base + at), len) };
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(base + at), len) };
                     dst.copy_from_slice(&vals[off..off + len]);
                 });
             });
@@ -413,11 +417,10 @@ fn weight_grad(gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad
                 _ => dw_block::<1>(d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
             }
         }
-        let out = out;
         for (r, s) in sums.iter().enumerate().take(rows) {
             let co = cb * WR + r;
             // SAFETY: dW[co][ci][..9] is inside dw (checked by the caller) and this task's alone.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((co * cin + ci) * 9), 9) };
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.at((co * cin + ci) * 9), 9) };
             dst.iter_mut().zip(s).for_each(|(d, &v)| *d += v);
         }
     };
