@@ -222,3 +222,20 @@ fn other_geometries_fall_back() {
     assert!(!direct::backward(&g, &x, &[0.0; 180], &dy, None, None));
     assert!(direct::applies(&geom(2, 3, 4, 5, 6)) && direct::applies_backward(&geom(2, 3, 4, 5, 6)));
 }
+
+#[test]
+fn empty_channel_counts_take_the_gemm_path() {
+    // No input channels: the output is the bias; no output channels: nothing to write.
+    let g = Conv2dGeom::new([2, 0, 5, 6], &[3, 0, 3, 3], 1, 1).unwrap();
+    assert!(!direct::applies(&g) && !direct::applies_backward(&g));
+    let bias = [1.0f32, -2.0, 3.0];
+    let mut y = vec![f32::NAN; 2 * 3 * 30];
+    cpu::forward_fused(&g, &[], &[], cpu::Epilogue { bias: Some(&bias), residual: None, relu: true }, &mut y);
+    assert!(y.chunks(30).enumerate().all(|(i, c)| c.iter().all(|&v| v == bias[i % 3].max(0.0))));
+    let g0 = Conv2dGeom::new([2, 4, 5, 6], &[0, 4, 3, 3], 1, 1).unwrap();
+    assert!(!direct::applies(&g0) && !direct::applies_backward(&g0));
+    let x = vec![1.0f32; 2 * 4 * 30];
+    let mut dx = vec![f32::NAN; x.len()];
+    cpu::backward(&g0, &x, &[], &[], Some(&mut dx), Some(&mut []), None);
+    assert!(dx.iter().all(|&v| v == 0.0));
+}

@@ -29,14 +29,15 @@ const TILE: usize = NV * LANES;
 const WR: usize = 3;
 
 /// The geometries this module computes forward: 3×3, pad 1, stride 1 or 2 (stride 2 from 8 input
-/// channels: below that the per-tile overhead outweighs the 9·cin FMAs, and im2col + GEMM measured faster).
+/// channels: below that the per-tile overhead outweighs the 9·cin FMAs, and im2col + GEMM measured
+/// faster), at least one channel each way (stride 1 needs cin > 0 too).
 pub fn applies(g: &Conv2dGeom) -> bool {
-    g.k == 3 && g.pad == 1 && (g.stride == 1 || (g.stride == 2 && g.cin >= 8))
+    g.k == 3 && g.pad == 1 && (g.stride == 1 || (g.stride == 2 && g.cin >= 8)) && g.cin > 0 && g.cout > 0
 }
 
 /// The geometries this module computes backward: 3×3, pad 1, stride 1.
 pub fn applies_backward(g: &Conv2dGeom) -> bool {
-    g.k == 3 && g.pad == 1 && g.stride == 1
+    g.k == 3 && g.pad == 1 && g.stride == 1 && g.cin > 0 && g.cout > 0
 }
 
 /// Whether this CPU can run the kernels (AVX-512F; VL too, without which LLVM allocates only 20 of
