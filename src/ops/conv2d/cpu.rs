@@ -285,10 +285,11 @@ pub fn backward_gemm<T: Float>(
     let want_dw = dw.is_some();
     // One image: dW[co][kk] += Σ_p dy[co][p]·col[kk][p] (accumulating into `dw_acc`), and dx[n].
     let one = |n: usize, dw_acc: Option<&mut [T]>, dxn: Option<&mut [T]>, th: usize| {
-        let xn = &x[n * in_len..][..in_len];
         let dyn_ = &dy[n * out_len..][..out_len];
         let col_work = |col: &mut [T]| {
             if let Some(dw) = dw_acc {
+                // x is only saved (and only sliced) when dW is wanted: a frozen weight leaves it empty.
+                let xn = &x[n * in_len..][..in_len];
                 let rhs: &[T] = if g.is_pointwise() {
                     xn
                 } else {
