@@ -14,6 +14,11 @@ pub trait BackwardOp: Send + Sync {
     /// Gradients w.r.t. each input, given the output's gradient. `needs[i]` says whether input i wants
     /// one; return `None` for those that do not.
     fn backward(&self, grad_out: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>>;
+    /// Same as `backward`, given ownership of the output's gradient (the engine no longer needs it):
+    /// ops whose input gradient has the output's shape override this to reuse its buffer.
+    fn backward_owned(&self, grad_out: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        self.backward(&grad_out, needs)
+    }
 }
 
 /// Graph link to an input: its id and producing node, but not its storage.
@@ -133,8 +138,7 @@ pub fn backward_retaining(out: &Tensor, grad_out: Storage, retain: &[&Tensor]) -
             grads.map.insert(id, g.clone());
         }
         let needs: Vec<bool> = node.inputs.iter().map(|e| e.requires_grad).collect();
-        let input_grads = node.op.backward(&g, &needs).with_context(|| format!("backward of {}", node.op.name()))?;
-        drop(g);
+        let input_grads = node.op.backward_owned(g, &needs).with_context(|| format!("backward of {}", node.op.name()))?;
         for (edge, ig) in node.inputs.iter().zip(input_grads) {
             let Some(ig) = ig else { continue };
             if !edge.requires_grad {

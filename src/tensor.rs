@@ -46,8 +46,9 @@ impl Device {
     }
 }
 
-/// Dense element storage.
-#[derive(Clone, Debug, PartialEq)]
+/// Dense element storage. Large f32 buffers come from and return to a process-wide pool
+/// ([`pool`]), so steady-state training steps reuse pages instead of faulting in fresh ones.
+#[derive(Debug, PartialEq)]
 pub enum Storage {
     F32(Vec<f32>),
     F64(Vec<f64>),
@@ -55,7 +56,37 @@ pub enum Storage {
     Gpu(GpuBuffer),
 }
 
+impl Clone for Storage {
+    fn clone(&self) -> Storage {
+        match self {
+            Storage::F32(v) => {
+                let mut out = pool::take_f32(v.len());
+                out.copy_from_slice(v);
+                Storage::F32(out)
+            }
+            Storage::F64(v) => Storage::F64(v.clone()),
+            Storage::Gpu(b) => Storage::Gpu(b.clone()),
+        }
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Storage::F32(v) = self {
+            pool::give_f32(std::mem::take(v));
+        }
+    }
+}
+
 impl Storage {
+    /// `n` elements whose values are unspecified (stale pooled values or zeros): for kernels that
+    /// write every element, so no zero-fill pass is paid.
+    pub fn for_overwrite(dtype: DType, n: usize) -> Storage {
+        match dtype {
+            DType::F32 => Storage::F32(pool::take_f32(n)),
+            DType::F64 => Storage::F64(vec![0.0; n]),
+        }
+    }
     pub fn len(&self) -> usize {
         match self {
             Storage::F32(v) => v.len(),
@@ -107,16 +138,14 @@ impl Storage {
     }
     pub fn zeros(dtype: DType, n: usize) -> Storage {
         match dtype {
-            DType::F32 => Storage::F32(vec![0.0; n]),
+            DType::F32 => Storage::F32(pool::take_f32_zeroed(n)),
             DType::F64 => Storage::F64(vec![0.0; n]),
         }
     }
     /// `self += other`, elementwise (same dtype and length, checked by callers).
     pub fn add_assign(&mut self, other: &Storage) -> Result<()> {
         match (self, other) {
-            (Storage::F32(a), Storage::F32(b)) if a.len() == b.len() => {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
-            }
+            (Storage::F32(a), Storage::F32(b)) if a.len() == b.len() => add_into(a, b),
             (Storage::F64(a), Storage::F64(b)) if a.len() == b.len() => {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
             }
@@ -145,7 +174,11 @@ impl Storage {
     }
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match self {
-            Storage::F32(v) => v.clone(),
+            Storage::F32(v) => {
+                let mut out = pool::take_f32(v.len());
+                out.copy_from_slice(v);
+                out
+            }
             Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
             Storage::Gpu(b) => gpu_values(b),
         }
@@ -322,7 +355,8 @@ impl Tensor {
             bail!("reshape: cannot view {:?} as {:?}", self.shape, shape);
         }
         let from = self.shape.clone();
-        Ok(Tensor::from_op(shape.to_vec(), (*self.storage).clone(), ReshapeBackward { from }, &[self]))
+        // A view: the output shares the input's storage (values are immutable outside `update`).
+        Ok(Tensor::from_op_shared(shape.to_vec(), self.storage.clone(), |_| ReshapeBackward { from }, &[self]))
     }
 
     /// Replaces the values in place (optimizer steps, BN running statistics). Keeps the id, so
@@ -367,8 +401,17 @@ impl Tensor {
         make: impl FnOnce(Tensor) -> O,
         inputs: &[&Tensor],
     ) -> Tensor {
+        Tensor::from_op_shared(shape, Arc::new(storage), make, inputs)
+    }
+
+    fn from_op_shared<O: BackwardOp + 'static>(
+        shape: Vec<usize>,
+        storage: Arc<Storage>,
+        make: impl FnOnce(Tensor) -> O,
+        inputs: &[&Tensor],
+    ) -> Tensor {
         let needs = autograd::grad_enabled() && inputs.iter().any(|t| t.requires_grad);
-        let mut out = Tensor { id: fresh_id(), shape, storage: Arc::new(storage), requires_grad: needs, node: None };
+        let mut out = Tensor { id: fresh_id(), shape, storage, requires_grad: needs, node: None };
         if needs {
             let op = make(out.detach());
             crate::autograd::trace_push(&out, op.name());
@@ -390,6 +433,9 @@ impl BackwardOp for ReshapeBackward {
     fn backward(&self, grad: &Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         Ok(vec![Some(grad.clone())])
     }
+    fn backward_owned(&self, grad: Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        Ok(vec![Some(grad)])
+    }
 }
 
 /// Checks two tensors have one dtype, naming the op and both shapes otherwise.
@@ -410,4 +456,103 @@ pub(crate) fn same_device(op: &str, tensors: &[&Tensor]) -> Result<Device> {
         }
     }
     Ok(first)
+}
+
+/// `a += b` in blocks the compiler vectorises (gradient accumulation).
+fn add_into(a: &mut [f32], b: &[f32]) {
+    a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
+}
+
+/// Reuse of large f32 buffers across ops and training steps.
+///
+/// A training step allocates and frees the same activation and gradient sizes every time; through
+/// malloc those big blocks are mmap'd (or trimmed) and every step faults their pages in and the
+/// kernel zeroes them. The pool keeps freed buffers by exact length (capped in bytes, so the
+/// resident size stays near the step's peak) and hands them out again. Buffers below
+/// `MIN_POOLED` elements go straight to malloc, which serves them from its bins.
+///
+/// `HRK_POOL_MB` sets the cap (default 1024; 0 turns the pool off).
+pub mod pool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    /// 64 KiB: below this malloc reuses freed blocks without returning them to the OS.
+    const MIN_POOLED: usize = 16 * 1024;
+
+    #[derive(Default)]
+    struct Pool {
+        by_len: HashMap<usize, Vec<Vec<f32>>>,
+        bytes: usize,
+    }
+
+    fn pool() -> &'static Mutex<Pool> {
+        static POOL: OnceLock<Mutex<Pool>> = OnceLock::new();
+        POOL.get_or_init(Default::default)
+    }
+
+    fn cap_bytes() -> usize {
+        static CAP: OnceLock<usize> = OnceLock::new();
+        *CAP.get_or_init(|| {
+            let mb = std::env::var("HRK_POOL_MB").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(1024);
+            mb.saturating_mul(1 << 20)
+        })
+    }
+
+    fn lock() -> std::sync::MutexGuard<'static, Pool> {
+        pool().lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A pooled buffer of exactly `n` elements, if one is free.
+    fn reuse(n: usize) -> Option<Vec<f32>> {
+        if n < MIN_POOLED || cap_bytes() == 0 {
+            return None;
+        }
+        let mut p = lock();
+        let v = p.by_len.get_mut(&n)?.pop()?;
+        p.bytes -= n * 4;
+        Some(v)
+    }
+
+    /// `n` elements with unspecified values (stale values of a reused buffer, or zeros).
+    pub fn take_f32(n: usize) -> Vec<f32> {
+        reuse(n).unwrap_or_else(|| vec![0.0; n])
+    }
+
+    /// `n` zeros (a fresh allocation comes zeroed from the OS; only a reused one is cleared).
+    pub fn take_f32_zeroed(n: usize) -> Vec<f32> {
+        match reuse(n) {
+            Some(mut v) => {
+                v.fill(0.0);
+                v
+            }
+            None => vec![0.0; n],
+        }
+    }
+
+    /// Returns a buffer to the pool (dropped instead when small, oddly sized or over the cap).
+    pub fn give_f32(v: Vec<f32>) {
+        let n = v.len();
+        if n < MIN_POOLED || n != v.capacity() {
+            return;
+        }
+        let cap = cap_bytes();
+        let mut p = lock();
+        if p.bytes + n * 4 > cap {
+            return;
+        }
+        p.bytes += n * 4;
+        p.by_len.entry(n).or_default().push(v);
+    }
+
+    /// Bytes held by the pool now.
+    pub fn pooled_bytes() -> usize {
+        lock().bytes
+    }
+
+    /// Frees every pooled buffer (e.g. after training, before a long idle phase).
+    pub fn release() {
+        let mut p = lock();
+        p.by_len.clear();
+        p.bytes = 0;
+    }
 }
