@@ -416,7 +416,7 @@ impl Tensor {
             let op = make(out.detach());
             crate::autograd::trace_push(&out, op.name());
             let edges = inputs.iter().map(|t| Edge { id: t.id, node: t.node.clone(), requires_grad: t.requires_grad }).collect();
-            out.node = Some(Arc::new(Node { op: Box::new(op), inputs: edges }));
+            out.node = Some(Arc::new(Node { name: op.name(), op: std::sync::Mutex::new(Some(Box::new(op))), inputs: edges }));
         }
         out
     }
@@ -467,11 +467,11 @@ fn add_into(a: &mut [f32], b: &[f32]) {
 ///
 /// A training step allocates and frees the same activation and gradient sizes every time; through
 /// malloc those big blocks are mmap'd (or trimmed) and every step faults their pages in and the
-/// kernel zeroes them. The pool keeps freed buffers by exact length (capped in bytes, so the
-/// resident size stays near the step's peak) and hands them out again. Buffers below
-/// `MIN_POOLED` elements go straight to malloc, which serves them from its bins.
-///
-/// `HRK_POOL_MB` sets the cap (default 1024; 0 turns the pool off).
+/// kernel zeroes them. The pool keeps freed buffers by exact length and hands them out again.
+/// It holds at most as many bytes as were ever handed out at once (the workload's own high-water
+/// mark, so a repeat of it is served entirely while the resident size stays near its peak), and
+/// at most `HRK_POOL_MB` (default 4096; 0 turns the pool off). Buffers below `MIN_POOLED` elements
+/// go straight to malloc, which serves them from its bins.
 pub mod pool {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
@@ -482,7 +482,12 @@ pub mod pool {
     #[derive(Default)]
     struct Pool {
         by_len: HashMap<usize, Vec<Vec<f32>>>,
+        /// Bytes held in `by_len`.
         bytes: usize,
+        /// Bytes handed out and not yet given back (approximate: buffers made elsewhere and given
+        /// back count against it, which only makes the pool smaller), and its high-water mark.
+        live: usize,
+        peak_live: usize,
     }
 
     fn pool() -> &'static Mutex<Pool> {
@@ -493,7 +498,7 @@ pub mod pool {
     fn cap_bytes() -> usize {
         static CAP: OnceLock<usize> = OnceLock::new();
         *CAP.get_or_init(|| {
-            let mb = std::env::var("HRK_POOL_MB").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(1024);
+            let mb = std::env::var("HRK_POOL_MB").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(4096);
             mb.saturating_mul(1 << 20)
         })
     }
@@ -502,12 +507,14 @@ pub mod pool {
         pool().lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A pooled buffer of exactly `n` elements, if one is free.
+    /// A pooled buffer of exactly `n` elements, if one is free (counts the hand-out either way).
     fn reuse(n: usize) -> Option<Vec<f32>> {
         if n < MIN_POOLED || cap_bytes() == 0 {
             return None;
         }
         let mut p = lock();
+        p.live += n * 4;
+        p.peak_live = p.peak_live.max(p.live);
         let v = p.by_len.get_mut(&n)?.pop()?;
         p.bytes -= n * 4;
         Some(v)
@@ -532,12 +539,13 @@ pub mod pool {
     /// Returns a buffer to the pool (dropped instead when small, oddly sized or over the cap).
     pub fn give_f32(v: Vec<f32>) {
         let n = v.len();
-        if n < MIN_POOLED || n != v.capacity() {
+        if n < MIN_POOLED || cap_bytes() == 0 {
             return;
         }
-        let cap = cap_bytes();
         let mut p = lock();
-        if p.bytes + n * 4 > cap {
+        p.live = p.live.saturating_sub(n * 4);
+        if n != v.capacity() || p.bytes + n * 4 > cap_bytes().min(p.peak_live) {
+            drop(p);
             return;
         }
         p.bytes += n * 4;
@@ -549,10 +557,12 @@ pub mod pool {
         lock().bytes
     }
 
-    /// Frees every pooled buffer (e.g. after training, before a long idle phase).
+    /// Frees every pooled buffer and forgets the high-water mark (e.g. after training, before a
+    /// phase with other sizes).
     pub fn release() {
         let mut p = lock();
         p.by_len.clear();
         p.bytes = 0;
+        p.peak_live = p.live;
     }
 }
