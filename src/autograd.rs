@@ -11,6 +11,11 @@ use std::sync::{Arc, Mutex};
 /// The backward half of a recorded op.
 pub trait BackwardOp: Send + Sync {
     fn name(&self) -> &'static str;
+    /// The name the debug trace records the output under (a fused op reports the op whose output
+    /// it produces, e.g. "relu" for BN+ReLU).
+    fn trace_name(&self) -> &'static str {
+        self.name()
+    }
     /// Gradients w.r.t. each input, given the output's gradient. `needs[i]` says whether input i wants
     /// one; return `None` for those that do not.
     fn backward(&self, grad_out: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>>;

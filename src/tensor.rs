@@ -414,7 +414,7 @@ impl Tensor {
         let mut out = Tensor { id: fresh_id(), shape, storage, requires_grad: needs, node: None };
         if needs {
             let op = make(out.detach());
-            crate::autograd::trace_push(&out, op.name());
+            crate::autograd::trace_push(&out, op.trace_name());
             let edges = inputs.iter().map(|t| Edge { id: t.id, node: t.node.clone(), requires_grad: t.requires_grad }).collect();
             out.node = Some(Arc::new(Node { name: op.name(), op: std::sync::Mutex::new(Some(Box::new(op))), inputs: edges }));
         }

@@ -329,3 +329,35 @@ fn backward_frees_the_graph_and_backward_with_keeps_it() {
     let again = backward(&loss).err().expect("a second backward through a freed graph is an error");
     assert!(format!("{again:#}").contains("freed"), "error names the cause: {again:#}");
 }
+
+/// The fused BN+ReLU and add+ReLU give exactly what the separate ops give, values and gradients.
+#[test]
+fn fused_relu_ops_equal_the_separate_ops() {
+    use hrk::ops::batchnorm::batch_norm_train_relu;
+    use hrk::ops::elementwise::add_relu;
+    let mut rng = Rng::new(19);
+    for d in SHAPES {
+        let [n, c, h, w] = d;
+        if n * h * w < 2 {
+            continue;
+        }
+        let len: usize = d.iter().product();
+        let (xv, dyv) = (normal(&mut rng, len, 0.5, 1.0), normal(&mut rng, len, 0.0, 1.0));
+        let (gv, bv) = (normal(&mut rng, c, 1.0, 0.5), normal(&mut rng, c, 0.0, 0.5));
+        let run = |fused: bool| {
+            let x = t32(&d, xv.clone()).requires_grad();
+            let (g, b) = (t32(&[c], gv.clone()).requires_grad(), t32(&[c], bv.clone()).requires_grad());
+            let (mut rm, mut rv) = (t32(&[c], vec![0.0; c]), t32(&[c], vec![1.0; c]));
+            let y = if fused {
+                batch_norm_train_relu(&x, &g, &b, &mut rm, &mut rv, 0.1, BN_EPS).unwrap()
+            } else {
+                relu(&batch_norm_train(&x, &g, &b, &mut rm, &mut rv, 0.1, BN_EPS).unwrap()).unwrap()
+            };
+            let z = if fused { add_relu(&y, &x).unwrap() } else { relu(&add(&y, &x).unwrap()).unwrap() };
+            let grads = backward_with(&z, Storage::F32(dyv.clone())).unwrap();
+            let gs = [&x, &g, &b].map(|t| grads.get(t).unwrap().to_f32_vec());
+            (y.to_f32_vec(), z.to_f32_vec(), gs, rm.to_f32_vec(), rv.to_f32_vec())
+        };
+        assert!(run(true) == run(false), "fused BN/add + ReLU differ from the separate ops on {d:?}");
+    }
+}

@@ -108,12 +108,22 @@ fn per_plane(out: &mut [f32], inp: &[f32], [_, c, h, w]: [usize; 4], one: impl F
     }
 }
 
-/// y = (x − μ)·scale + β per channel, in f64 (the subtraction first keeps digits when |μ| ≫ σ).
-pub(super) fn affine(x: &[f32], d: [usize; 4], mean: &[f64], scale: &[f64], beta: &[f64], y: &mut [f32]) {
+/// y = (x − μ)·scale + β per channel, in f64 (the subtraction first keeps digits when |μ| ≫ σ);
+/// with `relu`, y = max(that, 0) (the value relu would give, without a second pass).
+pub(super) fn affine(x: &[f32], d: [usize; 4], mean: &[f64], scale: &[f64], beta: &[f64], y: &mut [f32], relu: bool) {
     per_plane(y, x, d, |ch, yo, xi| {
         let (m, s, t) = (mean[ch], scale[ch], beta[ch]);
-        yo.iter_mut().zip(xi).for_each(|(o, &v)| *o = ((v as f64 - m) * s + t) as f32);
+        if relu {
+            yo.iter_mut().zip(xi).for_each(|(o, &v)| *o = (((v as f64 - m) * s + t) as f32).max(0.0));
+        } else {
+            yo.iter_mut().zip(xi).for_each(|(o, &v)| *o = ((v as f64 - m) * s + t) as f32);
+        }
     });
+}
+
+/// dy ← dy where y > 0, else 0 (the ReLU half of a fused BN+ReLU backward).
+pub(super) fn relu_mask(dy: &mut [f32], y: &[f32]) {
+    dy.iter_mut().zip(y).for_each(|(g, &v)| *g = if v > 0.0 { *g } else { 0.0 });
 }
 
 /// dy ← a·dy + b·(x − μ) + k per channel (the training backward's input gradient, in place).

@@ -76,6 +76,38 @@ pub fn batch_norm_train(
     momentum: f64,
     eps: f64,
 ) -> Result<Tensor> {
+    train(x, gamma, beta, running_mean, running_var, momentum, eps, false)
+}
+
+/// relu(batch_norm_train(…)) in one op: on f32 CPU tensors the ReLU is applied in the normalising
+/// pass and its mask in the backward's first step (same values as the two ops); elsewhere it is
+/// the two ops.
+pub fn batch_norm_train_relu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    momentum: f64,
+    eps: f64,
+) -> Result<Tensor> {
+    if x.device().is_gpu() || x.dtype() != DType::F32 {
+        return crate::ops::relu(&batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps)?);
+    }
+    train(x, gamma, beta, running_mean, running_var, momentum, eps, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    momentum: f64,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
     let d = check("batch_norm", x, &[gamma, beta, running_mean, running_var])?;
     let count = d[0] * d[2] * d[3];
     if count < 2 {
@@ -94,7 +126,7 @@ pub fn batch_norm_train(
     let b = beta.to_f64_vec();
     let scale: Vec<f64> = (0..d[1]).map(|c| g[c] * invstd[c]).collect();
     match x.dtype() {
-        DType::F32 => cpu32::affine(typed(x.storage()), d, &mean, &scale, &b, typed_mut(&mut y)),
+        DType::F32 => cpu32::affine(typed(x.storage()), d, &mean, &scale, &b, typed_mut(&mut y), relu),
         DType::F64 => affine::<f64>(typed(x.storage()), d, &mean, &scale, &b, typed_mut(&mut y)),
     }
     let unbias = count as f64 / (count as f64 - 1.0);
@@ -110,8 +142,9 @@ pub fn batch_norm_train(
             }
         });
     });
-    let op = BnTrainBackward { dims: d, x: x.detach(), mean, invstd, gamma: g };
-    Ok(Tensor::from_op(x.shape().to_vec(), y, op, &[x, gamma, beta]))
+    let saved_x = x.detach();
+    let make = |y: Tensor| BnTrainBackward { dims: d, x: saved_x, mean, invstd, gamma: g, relu_out: relu.then_some(y) };
+    Ok(Tensor::from_op_using_output(x.shape().to_vec(), y, make, &[x, gamma, beta]))
 }
 
 struct BnTrainBackward {
@@ -120,11 +153,24 @@ struct BnTrainBackward {
     mean: Vec<f64>,
     invstd: Vec<f64>,
     gamma: Vec<f64>,
+    /// The output, when a ReLU is fused in (its sign masks the gradient).
+    relu_out: Option<Tensor>,
 }
 
 impl BackwardOp for BnTrainBackward {
     fn name(&self) -> &'static str {
-        "batch_norm"
+        if self.relu_out.is_some() {
+            "batch_norm_relu"
+        } else {
+            "batch_norm"
+        }
+    }
+    fn trace_name(&self) -> &'static str {
+        if self.relu_out.is_some() {
+            "relu"
+        } else {
+            "batch_norm"
+        }
     }
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         self.backward_owned(dy.clone(), needs)
@@ -132,6 +178,9 @@ impl BackwardOp for BnTrainBackward {
     fn backward_owned(&self, mut dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         if dy.dtype() == DType::F64 {
             return self.run::<f64>(typed(&dy), needs);
+        }
+        if let Some(y) = &self.relu_out {
+            cpu32::relu_mask(typed_mut(&mut dy), typed(y.storage()));
         }
         // f32: both reductions in one pass, then dx written over dy.
         let [n, c, h, w] = self.dims;
@@ -216,7 +265,7 @@ pub fn batch_norm_eval(
     let scale: Vec<f64> = (0..d[1]).map(|c| g[c] * invstd[c]).collect();
     let mut y = Storage::for_overwrite(x.dtype(), x.numel());
     match x.dtype() {
-        DType::F32 => cpu32::affine(typed(x.storage()), d, &rm, &scale, &b, typed_mut(&mut y)),
+        DType::F32 => cpu32::affine(typed(x.storage()), d, &rm, &scale, &b, typed_mut(&mut y), false),
         DType::F64 => affine::<f64>(typed(x.storage()), d, &rm, &scale, &b, typed_mut(&mut y)),
     }
     let op = BnEvalBackward { dims: d, x: gamma.is_requires_grad().then(|| x.detach()), mean: rm, invstd, scale };

@@ -79,6 +79,44 @@ impl BackwardOp for AddBackward {
     }
 }
 
+/// relu(a + b) in one op (a residual block's and a fuse row's last step): one pass forward; the
+/// backward masks the gradient once and hands it to both inputs.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_dtype("add", a, b)?;
+    if a.shape() != b.shape() {
+        bail!("add: shape mismatch {:?} vs {:?}", a.shape(), b.shape());
+    }
+    if same_device("add", &[a, b])?.is_gpu() {
+        return relu(&gpu::add(a, b)?);
+    }
+    let mut y = Storage::for_overwrite(a.dtype(), a.numel());
+    by_dtype!(a.dtype(), T => {
+        let out = typed_mut::<T>(&mut y).iter_mut();
+        out.zip(typed::<T>(a.storage()).iter().zip(typed::<T>(b.storage()))).for_each(|(o, (&x, &y))| *o = (x + y).max(T::ZERO))
+    });
+    Ok(Tensor::from_op_using_output(a.shape().to_vec(), y, |y| AddReluBackward { y }, &[a, b]))
+}
+
+struct AddReluBackward {
+    y: Tensor,
+}
+impl BackwardOp for AddReluBackward {
+    fn name(&self) -> &'static str {
+        "add_relu"
+    }
+    fn trace_name(&self) -> &'static str {
+        "relu"
+    }
+    fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        self.backward_owned(dy.clone(), needs)
+    }
+    fn backward_owned(&self, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        let masked = ReluBackward { y: self.y.clone() }.backward_owned(dy, &[true])?.pop().flatten();
+        let Some(g) = masked else { bail!("add_relu: relu backward gave no gradient") };
+        AddBackward.backward_owned(g, needs)
+    }
+}
+
 /// y = x · s for a constant s.
 pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
     if x.device().is_gpu() {
