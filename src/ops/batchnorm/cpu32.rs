@@ -41,23 +41,44 @@ fn add_shifted(xs: &[f32], k: f64, s1: &mut [f64; LANES], s2: &mut [f64; LANES])
     }
 }
 
-/// Adds dy and dy·(x − μ) into the lane accumulators.
+/// Σ dy and Σ dy·(x − μ) over one plane; with `mask` (a fused ReLU's output), dy is first zeroed
+/// where the mask is not positive, in place, in the same pass.
 #[inline(always)]
-fn add_grad(dy: &[f32], xs: &[f32], mu: f64, s1: &mut [f64; LANES], s2: &mut [f64; LANES]) {
-    let mut gc = dy.chunks_exact(LANES);
-    let mut xc = xs.chunks_exact(LANES);
-    for (g, x) in (&mut gc).zip(&mut xc) {
-        for l in 0..LANES {
-            let g = g[l] as f64;
-            s1[l] += g;
-            s2[l] += g * (x[l] as f64 - mu);
-        }
-    }
-    for (l, (&g, &x)) in gc.remainder().iter().zip(xc.remainder()).enumerate() {
+fn plane_grad_sums(dy: &mut [f32], xs: &[f32], mask: Option<&[f32]>, mu: f64) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let mut add = |l: usize, g: f32, x: f32| {
         let g = g as f64;
         s1[l] += g;
         s2[l] += g * (x as f64 - mu);
+    };
+    match mask {
+        None => {
+            let (mut gc, mut xc) = (dy.chunks_exact(LANES), xs.chunks_exact(LANES));
+            for (g, x) in (&mut gc).zip(&mut xc) {
+                for l in 0..LANES {
+                    add(l, g[l], x[l]);
+                }
+            }
+            for (l, (&g, &x)) in gc.remainder().iter().zip(xc.remainder()).enumerate() {
+                add(l, g, x);
+            }
+        }
+        Some(ys) => {
+            let (mut gc, mut xc, mut yc) = (dy.chunks_exact_mut(LANES), xs.chunks_exact(LANES), ys.chunks_exact(LANES));
+            for ((g, x), y) in (&mut gc).zip(&mut xc).zip(&mut yc) {
+                for l in 0..LANES {
+                    g[l] = if y[l] > 0.0 { g[l] } else { 0.0 };
+                    add(l, g[l], x[l]);
+                }
+            }
+            let rest = gc.into_remainder().iter_mut().zip(xc.remainder().iter().zip(yc.remainder()));
+            for (l, (g, (&x, &y))) in rest.enumerate() {
+                *g = if y > 0.0 { *g } else { 0.0 };
+                add(l, *g, x);
+            }
+        }
     }
+    (lanes_sum(s1), lanes_sum(s2))
 }
 
 /// Runs `one` for every channel (in parallel when the tensor is big) and collects the pairs.
@@ -81,17 +102,26 @@ pub(super) fn channel_stats(x: &[f32], [n, c, h, w]: [usize; 4]) -> (Vec<f64>, V
     })
 }
 
-/// Per-channel Σ dy and Σ dy·(x − μ).
-pub(super) fn grad_sums(dy: &[f32], x: &[f32], [n, c, h, w]: [usize; 4], mean: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let plane = h * w;
-    per_channel(x.len(), c, |ch| {
-        let (mut s1, mut s2) = ([0.0; LANES], [0.0; LANES]);
-        for b in 0..n {
-            let o = (b * c + ch) * plane;
-            add_grad(&dy[o..o + plane], &x[o..o + plane], mean[ch], &mut s1, &mut s2);
+/// Per-channel Σ dy and Σ dy·(x − μ), masking dy in place by a fused ReLU's output when given.
+/// Partial sums per plane (planes run as rayon tasks), added per channel in batch order, so the
+/// result does not depend on the thread count.
+pub(super) fn grad_sums(dy: &mut [f32], x: &[f32], mask: Option<&[f32]>, [n, c, h, w]: [usize; 4], mean: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let plane = (h * w).max(1);
+    let one = |(p, (g, xi)): (usize, (&mut [f32], &[f32]))| plane_grad_sums(g, xi, mask.map(|m| &m[p * plane..][..plane]), mean[p % c]);
+    let partial: Vec<(f64, f64)> = if dy.len() >= PAR_MIN {
+        dy.par_chunks_mut(plane).zip(x.par_chunks(plane)).enumerate().with_min_len((TASK_MIN / plane).max(1)).map(one).collect()
+    } else {
+        dy.chunks_mut(plane).zip(x.chunks(plane)).enumerate().map(one).collect()
+    };
+    let (mut s0, mut s1) = (vec![0.0; c], vec![0.0; c]);
+    for b in 0..n {
+        for ch in 0..c {
+            let (a, q) = partial[b * c + ch];
+            s0[ch] += a;
+            s1[ch] += q;
         }
-        (lanes_sum(s1), lanes_sum(s2))
-    })
+    }
+    (s0, s1)
 }
 
 /// Runs `one(channel, out_plane, in_plane)` over the planes of an NCHW pair, in parallel when big.
@@ -119,11 +149,6 @@ pub(super) fn affine(x: &[f32], d: [usize; 4], mean: &[f64], scale: &[f64], beta
             yo.iter_mut().zip(xi).for_each(|(o, &v)| *o = ((v as f64 - m) * s + t) as f32);
         }
     });
-}
-
-/// dy ← dy where y > 0, else 0 (the ReLU half of a fused BN+ReLU backward).
-pub(super) fn relu_mask(dy: &mut [f32], y: &[f32]) {
-    dy.iter_mut().zip(y).for_each(|(g, &v)| *g = if v > 0.0 { *g } else { 0.0 });
 }
 
 /// dy ← a·dy + b·(x − μ) + k per channel (the training backward's input gradient, in place).

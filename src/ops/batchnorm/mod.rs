@@ -179,14 +179,12 @@ impl BackwardOp for BnTrainBackward {
         if dy.dtype() == DType::F64 {
             return self.run::<f64>(typed(&dy), needs);
         }
-        if let Some(y) = &self.relu_out {
-            cpu32::relu_mask(typed_mut(&mut dy), typed(y.storage()));
-        }
-        // f32: both reductions in one pass, then dx written over dy.
+        // f32: both reductions (and a fused ReLU's mask) in one pass, then dx written over dy.
         let [n, c, h, w] = self.dims;
         let m = (n * h * w) as f64;
         let x: &[f32] = typed(self.x.storage());
-        let (sum_dy, sum_dy_xmu) = cpu32::grad_sums(typed(&dy), x, self.dims, &self.mean);
+        let mask = self.relu_out.as_ref().map(|y| typed::<f32>(y.storage()));
+        let (sum_dy, sum_dy_xmu) = cpu32::grad_sums(typed_mut(&mut dy), x, mask, self.dims, &self.mean);
         // Σ dy·x̂ = invstd·Σ dy·(x − μ).
         let sum_dy_xhat: Vec<f64> = (0..c).map(|ch| sum_dy_xmu[ch] * self.invstd[ch]).collect();
         let to = |v: &[f64]| Storage::F32(v.iter().map(|&v| v as f32).collect());
@@ -291,10 +289,13 @@ impl BackwardOp for BnEvalBackward {
         let c = self.dims[1];
         let (sum_dy, sum_dy_xhat) = match &self.x {
             Some(x) => {
-                let (s0, s1) = cpu32::grad_sums(typed(&dy), typed(x.storage()), self.dims, &self.mean);
+                let (s0, s1) = cpu32::grad_sums(typed_mut(&mut dy), typed(x.storage()), None, self.dims, &self.mean);
                 (s0, (0..c).map(|ch| s1[ch] * self.invstd[ch]).collect())
             }
-            None => (cpu32::grad_sums(typed(&dy), typed(&dy), self.dims, &vec![0.0; c]).0, vec![0.0; c]),
+            None => {
+                let zeros = vec![0.0f32; dy.len()];
+                (cpu32::grad_sums(typed_mut(&mut dy), &zeros, None, self.dims, &vec![0.0; c]).0, vec![0.0; c])
+            }
         };
         let to = |v: &[f64]| Storage::F32(v.iter().map(|&v| v as f32).collect());
         let (dgamma, dbeta) = ((needs[1] && self.x.is_some()).then(|| to(&sum_dy_xhat)), needs[2].then(|| to(&sum_dy)));
