@@ -174,11 +174,8 @@ impl Storage {
     }
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match self {
-            Storage::F32(v) => {
-                let mut out = pool::take_f32(v.len());
-                out.copy_from_slice(v);
-                out
-            }
+            // A plain copy: the caller keeps a Vec that never returns to the pool.
+            Storage::F32(v) => v.clone(),
             Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
             Storage::Gpu(b) => gpu_values(b),
         }
@@ -470,7 +467,8 @@ fn add_into(a: &mut [f32], b: &[f32]) {
 /// kernel zeroes them. The pool keeps freed buffers by exact length and hands them out again.
 /// It holds at most as many bytes as were ever handed out at once (the workload's own high-water
 /// mark, so a repeat of it is served entirely while the resident size stays near its peak), and
-/// at most `HRK_POOL_MB` (default 4096; 0 turns the pool off). Buffers below `MIN_POOLED` elements
+/// at most `HRK_POOL_MB` (default 4096; 0 turns the pool off); a request it cannot serve first
+/// frees pooled buffers until pooled + live bytes fit within 1.25× that mark again. Buffers below `MIN_POOLED` elements
 /// go straight to malloc, which serves them from its bins.
 pub mod pool {
     use std::collections::HashMap;
@@ -515,9 +513,27 @@ pub mod pool {
         let mut p = lock();
         p.live += n * 4;
         p.peak_live = p.peak_live.max(p.live);
-        let v = p.by_len.get_mut(&n)?.pop()?;
-        p.bytes -= n * 4;
-        Some(v)
+        if let Some(v) = p.by_len.get_mut(&n).and_then(|b| b.pop()) {
+            p.bytes -= n * 4;
+            return Some(v);
+        }
+        // A miss with new sizes (e.g. a smaller last batch) must not grow the resident size to the
+        // pool plus a second workload: free pooled buffers until pooled + live is within the
+        // high-water mark plus a quarter (the slack leaves a steady workload's pool alone: at its
+        // peak a few buffers that only the backward reuses are still pooled).
+        let limit = p.peak_live + p.peak_live / 4;
+        let mut evicted = Vec::new();
+        while p.bytes > 0 && p.bytes + p.live > limit {
+            let Some((&len, _)) = p.by_len.iter().find(|(_, b)| !b.is_empty()) else { break };
+            if let Some(v) = p.by_len.get_mut(&len).and_then(|b| b.pop()) {
+                p.bytes -= len * 4;
+                evicted.push(v);
+            }
+        }
+        p.by_len.retain(|_, b| !b.is_empty());
+        drop(p);
+        drop(evicted);
+        None
     }
 
     /// `n` elements with unspecified values (stale values of a reused buffer, or zeros).
