@@ -1,6 +1,15 @@
 //! CPU conv2d throughput on the HRNetV2-W18 shapes (PERFORMANCE.md), forward and backward.
 //! Throughput is declared in FLOPs (2·MACs; backward = dX + dW = 2× forward), so criterion's
 //! "elem/s" reads as FLOP/s.
+//!
+//! Each shape runs two paths: `gemm` (im2col + GEMM, the reference rung) and `auto` (what the engine
+//! dispatches: the direct 3×3 kernels where they apply, unless `HRK_CONV_DIRECT=0`). Filter with
+//! e.g. `cargo bench --bench conv -- 'forward/branch1.*b8'`.
+//!
+//! On a loaded machine wall-clock rates mean little; `HRK_BENCH_CPU=1` instead prints GFLOP per
+//! CPU-second summed over the process's threads (from /proc/self/task/*/schedstat), which other
+//! processes barely disturb. Run it with `RAYON_NUM_THREADS=1` so no idle worker spins:
+//! `HRK_BENCH_CPU=1 RAYON_NUM_THREADS=1 cargo bench --bench conv -- branch1`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hrk::ops::conv2d::cpu;
@@ -12,6 +21,7 @@ use std::time::Duration;
 const SHAPES: &[(&str, usize, usize, usize, usize, usize)] = &[
     ("conv1_3x3s2_3-64@256", 3, 64, 3, 2, 256),
     ("stem2_3x3s2_64-64@128", 64, 64, 3, 2, 128),
+    ("layer1_3x3_64@64", 64, 64, 3, 1, 64),
     ("branch1_3x3_18@64", 18, 18, 3, 1, 64),
     ("branch2_3x3_36@32", 36, 36, 3, 1, 32),
     ("branch3_3x3_72@16", 72, 72, 3, 1, 16),
@@ -30,7 +40,40 @@ fn geom(n: usize, cin: usize, cout: usize, k: usize, stride: usize, side: usize)
     Conv2dGeom::new([n, cin, side, side], &[cout, cin, k, k], stride, k / 2).expect("valid shape")
 }
 
+/// CPU time of all this process's threads, in seconds.
+fn cpu_seconds() -> f64 {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            ns += s.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    ns as f64 * 1e-9
+}
+
+/// GFLOP per CPU-second of `f`, run until ≥ 0.3 CPU-seconds (after one warm-up call); the median
+/// of 5 such rounds.
+fn cpu_rate(flop: u64, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut rates: Vec<f64> = (0..5)
+        .map(|_| {
+            let (t0, mut k) = (cpu_seconds(), 0);
+            while cpu_seconds() - t0 < 0.3 || k == 0 {
+                f();
+                k += 1;
+            }
+            k as f64 * flop as f64 / (cpu_seconds() - t0) * 1e-9
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[2]
+}
+
 fn conv(c: &mut Criterion) {
+    let cpu_mode = std::env::var("HRK_BENCH_CPU").is_ok_and(|v| v == "1");
+    // Space-separated words that must all occur in the id (criterion takes one filter argument).
+    let filter: Vec<String> =
+        std::env::args().skip(1).filter(|a| !a.starts_with('-')).flat_map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>()).collect();
     for (pass, batches) in [("forward", &[1usize, 8][..]), ("backward", &[1, 8][..])] {
         let mut group = c.benchmark_group(format!("conv2d_{pass}"));
         group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
@@ -44,18 +87,48 @@ fn conv(c: &mut Criterion) {
                 let mut y = vec![0.0f32; n * cout * g.ho * g.wo];
                 let flop = 2 * g.macs() * if pass == "forward" { 1 } else { 2 };
                 group.throughput(Throughput::Elements(flop));
-                group.bench_with_input(BenchmarkId::new(name, format!("b{n}")), &n, |bch, _| {
-                    if pass == "forward" {
-                        bch.iter(|| cpu::forward(&g, black_box(&x), &w, Some(&b), &mut y))
-                    } else {
-                        let mut dx = vec![0.0f32; x.len()];
-                        let mut dw = vec![0.0f32; w.len()];
-                        bch.iter(|| {
-                            dw.fill(0.0);
-                            cpu::backward(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
-                        })
+                for path in ["gemm", "auto"] {
+                    let gemm = path == "gemm";
+                    if cpu_mode {
+                        let id = format!("conv2d_{pass}/{name}/b{n}/{path}");
+                        if !filter.iter().all(|f| id.contains(f.as_str())) {
+                            continue;
+                        }
+                        let (mut dx, mut dw) = (vec![0.0f32; x.len()], vec![0.0f32; w.len()]);
+                        let ep = cpu::Epilogue { bias: Some(&b[..]), residual: None, relu: false };
+                        let rate = cpu_rate(flop, || match (pass == "forward", gemm) {
+                            (true, true) => cpu::forward_fused_gemm(&g, black_box(&x), &w, ep, &mut y),
+                            (true, false) => cpu::forward_fused(&g, black_box(&x), &w, ep, &mut y),
+                            (false, true) => cpu::backward_gemm(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None),
+                            (false, false) => cpu::backward(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None),
+                        });
+                        println!("{id:<48} {rate:7.1} GFLOP/CPU-s");
+                        continue;
                     }
-                });
+                    group.bench_with_input(BenchmarkId::new(name, format!("b{n}/{path}")), &n, |bch, _| {
+                        if pass == "forward" {
+                            let ep = cpu::Epilogue { bias: Some(&b[..]), residual: None, relu: false };
+                            bch.iter(|| {
+                                if gemm {
+                                    cpu::forward_fused_gemm(&g, black_box(&x), &w, ep, &mut y)
+                                } else {
+                                    cpu::forward_fused(&g, black_box(&x), &w, ep, &mut y)
+                                }
+                            })
+                        } else {
+                            let mut dx = vec![0.0f32; x.len()];
+                            let mut dw = vec![0.0f32; w.len()];
+                            bch.iter(|| {
+                                dw.fill(0.0);
+                                if gemm {
+                                    cpu::backward_gemm(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
+                                } else {
+                                    cpu::backward(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
+                                }
+                            })
+                        }
+                    });
+                }
             }
         }
         group.finish();

@@ -30,3 +30,25 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 // Grid-stride range helper for 1-D elementwise kernels.
 __device__ __forceinline__ long long global_thread() { return (long long)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ long long grid_threads() { return (long long)gridDim.x * blockDim.x; }
+
+// PyTorch bilinear (align_corners=false, explicit output size) taps of output (oy, ox):
+// src = max(scale*(dst+0.5) - 0.5, 0), the upper neighbour clamped at the edge.
+struct BilinearTaps {
+    int y0, y1, x0, x1;
+    float wy0, wy1, wx0, wx1;
+};
+
+__device__ __forceinline__ BilinearTaps bilinear_taps(int in_h, int in_w, float scale_h, float scale_w, int oy, int ox) {
+    BilinearTaps t;
+    const float sy = fmaxf(scale_h * (oy + 0.5f) - 0.5f, 0.0f);
+    const float sx = fmaxf(scale_w * (ox + 0.5f) - 0.5f, 0.0f);
+    t.y0 = min((int)sy, in_h - 1);
+    t.x0 = min((int)sx, in_w - 1);
+    t.y1 = t.y0 + (t.y0 < in_h - 1 ? 1 : 0);
+    t.x1 = t.x0 + (t.x0 < in_w - 1 ? 1 : 0);
+    t.wy1 = sy - t.y0;
+    t.wy0 = 1.0f - t.wy1;
+    t.wx1 = sx - t.x0;
+    t.wx0 = 1.0f - t.wx1;
+    return t;
+}

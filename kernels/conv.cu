@@ -1,5 +1,6 @@
 // 2-D convolution, NCHW f32, as implicit GEMM with shared-memory tiling (no im2col buffer).
-//   forward:         y[co, (n,oh,ow)]  = sum_{(ci,r,s)} w[co,(ci,r,s)] * x_patch[(ci,r,s),(n,oh,ow)]  (+bias, +ReLU)
+//   forward:         y[co, (n,oh,ow)]  = sum_{(ci,r,s)} w[co,(ci,r,s)] * x_patch[(ci,r,s),(n,oh,ow)]
+//                    (+bias, +residual, +ReLU: the epilogue of a BN-folded conv in inference)
 //   backward-data:   dx[ci, (n,h,w)]   = sum_{(co,r,s)} w[co,ci,r,s] * dy_scatter[(co,r,s),(n,h,w)]
 //   backward-weight: dw[co, (ci,r,s)] += sum_{(n,oh,ow)} dy[co,(n,oh,ow)] * x_patch[(n,oh,ow),(ci,r,s)]
 //                    (split-K over gridDim.z with atomicAdd when k_splits > 1)
@@ -80,9 +81,11 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_forward(const Conv2dPar
     };
     auto store_y = [&](int co, int col, float acc) {
         float v = acc + (p.bias ? p.bias[co] : 0.0f);
-        if (p.relu) v = fmaxf(v, 0.0f);
         const int img = col / out_hw, q = col % out_hw;
-        p.y[((long long)img * p.c_out + co) * out_hw + q] = v;
+        const long long at = ((long long)img * p.c_out + co) * out_hw + q;
+        if (p.residual) v += p.residual[at];
+        if (p.relu) v = fmaxf(v, 0.0f);
+        p.y[at] = v;
     };
     conv::gemm_tile<true, false>(p.c_out, p.n * out_hw, 0, K, load_w, load_x, store_y);
 }

@@ -1,10 +1,14 @@
 // Host emulation of the CUDA execution model, so the same .cu kernels run (and are tested) on a machine
 // without a GPU. Compiled only by the host build (g++ -std=c++20 -include emu.h); nvcc never sees it.
 //
-// Model (TOOLCHAIN §5): one launch spawns blockDim OS threads once; they walk the grid's blocks one after
-// another with a block-wide barrier between blocks. Because only one block is live at a time,
-// `__shared__` can be `static`. __syncthreads is a std::barrier over the block; warp shuffles go through a
-// 32-slot exchange with a per-warp barrier; atomicAdd uses std::atomic_ref.
+// Model (TOOLCHAIN §5): the blocks of the grid run one after another; because only one block is live at a
+// time, `__shared__` can be `static`. The blockDim threads of a block run in one of two ways:
+// - fibers (default): one ucontext per CUDA thread on the launching OS thread, switched at every barrier
+//   by a small scheduler — about 10x faster than OS threads on models (a barrier costs 2 context switches
+//   per thread instead of a futex wake-up of 256 threads on 2 cores);
+// - OS threads (a persistent pool; always under ThreadSanitizer, which cannot see races between fibers,
+//   or with env HRK_EMU_OS_THREADS=1): __syncthreads is a std::barrier over the block.
+// Warp shuffles go through a 32-slot exchange with a per-warp barrier; atomicAdd uses std::atomic_ref.
 // Limits: every thread must reach every __syncthreads (no early return before a barrier), shuffles must be
 // full-warp (no divergent partial masks), no inter-block sync, no inline PTX / mma / cp.async.
 #pragma once
@@ -16,9 +20,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <semaphore>
+#include <cstdio>
+#include <cstdlib>
 #include <thread>
+#include <ucontext.h>
 #include <vector>
 
 struct dim3 {
@@ -30,9 +39,12 @@ namespace hrk_emu {
 // Static shared memory is process-global on the host, so emulated launches run one at a time.
 inline std::mutex g_launch_mutex;
 
+struct FiberSched;
+
 struct Launch {
     dim3 grid, block;
     unsigned nthreads = 1;
+    FiberSched* fibers = nullptr;  // fiber mode; null with OS threads
     std::unique_ptr<std::barrier<>> block_bar;
     std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
     std::vector<uint64_t> exchange;  // one 8-byte slot per thread, for shuffles
@@ -44,7 +56,198 @@ inline thread_local dim3 tl_block_idx;
 inline thread_local unsigned tl_linear_tid = 0;
 inline thread_local Launch* tl_launch = nullptr;
 
-inline std::barrier<>& warp_barrier() { return *tl_launch->warp_bars[tl_linear_tid / 32]; }
+// ---- fiber mode ----
+
+enum class FiberState { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
+
+struct Fiber {
+    ucontext_t ctx;
+    FiberState state = FiberState::Runnable;
+};
+
+// Runs the threads of one block as fibers: each runs until it waits at a barrier (or finishes); a barrier
+// releases its waiters once every live thread of its scope (block, or warp) has arrived.
+struct FiberSched {
+    static constexpr size_t STACK_BYTES = 256 << 10;
+    ucontext_t main;
+    std::vector<Fiber> fibers;
+    std::vector<std::unique_ptr<char[]>> stacks;  // reused by every block and launch
+    std::vector<unsigned> warp_waiting, warp_done;
+    unsigned block_waiting = 0, done = 0, current = 0, nthreads = 0;
+    const std::function<void()>* body = nullptr;
+
+    unsigned warp_lanes(unsigned w) const { return std::min(32u, nthreads - w * 32); }
+
+    static void entry();
+
+    void run_block(unsigned n, const std::function<void()>& b) {
+        nthreads = n;
+        body = &b;
+        fibers.resize(n);
+        // Uninitialised: only the pages a fiber touches get committed.
+        while (stacks.size() < n) stacks.push_back(std::unique_ptr<char[]>(new char[STACK_BYTES]));
+        warp_waiting.assign((n + 31) / 32, 0);
+        warp_done.assign((n + 31) / 32, 0);
+        block_waiting = done = 0;
+        for (unsigned t = 0; t < n; ++t) {
+            Fiber& f = fibers[t];
+            f.state = FiberState::Runnable;
+            getcontext(&f.ctx);
+            f.ctx.uc_stack.ss_sp = stacks[t].get();
+            f.ctx.uc_stack.ss_size = STACK_BYTES;
+            f.ctx.uc_link = &main;
+            makecontext(&f.ctx, &FiberSched::entry, 0);
+        }
+        while (done < n) {
+            bool ran = false;
+            for (unsigned t = 0; t < n; ++t) {
+                if (fibers[t].state != FiberState::Runnable) continue;
+                resume(t);
+                ran = true;
+            }
+            if (!ran) {
+                std::fprintf(stderr, "hrk emulator: deadlock: %u of %u threads finished, the rest wait at barriers the others never reach (an early return before __syncthreads?)\n", done, n);
+                std::abort();
+            }
+        }
+    }
+    void resume(unsigned t);
+    // Called on the fiber: park at a barrier of `scope` and switch back to the scheduler.
+    void wait_block();
+    void wait_warp();
+};
+
+inline thread_local FiberSched* tl_sched = nullptr;
+
+inline void FiberSched::resume(unsigned t) {
+    current = t;
+    tl_linear_tid = t;
+    tl_thread_idx.x = t % tl_launch->block.x;
+    tl_thread_idx.y = (t / tl_launch->block.x) % tl_launch->block.y;
+    tl_thread_idx.z = t / (tl_launch->block.x * tl_launch->block.y);
+    swapcontext(&main, &fibers[t].ctx);
+}
+
+inline void FiberSched::entry() {
+    FiberSched& s = *tl_sched;
+    (*s.body)();
+    const unsigned t = s.current, w = t / 32;
+    s.fibers[t].state = FiberState::Done;
+    ++s.done;
+    ++s.warp_done[w];
+    // A finished thread no longer holds back barriers the others wait at (on the GPU that would be a
+    // hang or undefined; the deadlock check above reports kernels that rely on it).
+    if (s.block_waiting > 0 && s.block_waiting + s.done == s.nthreads) {
+        for (auto& f : s.fibers)
+            if (f.state == FiberState::AtBlockBarrier) f.state = FiberState::Runnable;
+        s.block_waiting = 0;
+    }
+    if (s.warp_waiting[w] > 0 && s.warp_waiting[w] + s.warp_done[w] == s.warp_lanes(w)) {
+        for (unsigned l = w * 32; l < w * 32 + s.warp_lanes(w); ++l)
+            if (s.fibers[l].state == FiberState::AtWarpBarrier) s.fibers[l].state = FiberState::Runnable;
+        s.warp_waiting[w] = 0;
+    }
+    // Returning resumes `main` through uc_link.
+}
+
+inline void FiberSched::wait_block() {
+    const unsigned t = current;
+    if (++block_waiting + done == nthreads) {
+        // Last to arrive: everyone (this thread included) may go on.
+        for (auto& f : fibers)
+            if (f.state == FiberState::AtBlockBarrier) f.state = FiberState::Runnable;
+        block_waiting = 0;
+        fibers[t].state = FiberState::Runnable;
+    } else {
+        fibers[t].state = FiberState::AtBlockBarrier;
+    }
+    swapcontext(&fibers[t].ctx, &main);
+}
+
+inline void FiberSched::wait_warp() {
+    const unsigned t = current, w = t / 32;
+    if (++warp_waiting[w] + warp_done[w] == warp_lanes(w)) {
+        for (unsigned l = w * 32; l < w * 32 + warp_lanes(w); ++l)
+            if (fibers[l].state == FiberState::AtWarpBarrier) fibers[l].state = FiberState::Runnable;
+        warp_waiting[w] = 0;
+        fibers[t].state = FiberState::Runnable;
+    } else {
+        fibers[t].state = FiberState::AtWarpBarrier;
+    }
+    swapcontext(&fibers[t].ctx, &main);
+}
+
+inline bool use_os_threads() {
+#if defined(__SANITIZE_THREAD__)
+    return true;
+#else
+    static const bool os = [] {
+        const char* v = std::getenv("HRK_EMU_OS_THREADS");
+        return v && v[0] == '1';
+    }();
+    return os;
+#endif
+}
+
+// Barrier entry points used by __syncthreads / __syncwarp / shuffles in both modes.
+inline void block_sync() {
+    if (tl_launch->fibers)
+        tl_launch->fibers->wait_block();
+    else
+        tl_launch->block_bar->arrive_and_wait();
+}
+inline void warp_sync() {
+    if (tl_launch->fibers)
+        tl_launch->fibers->wait_warp();
+    else
+        tl_launch->warp_bars[tl_linear_tid / 32]->arrive_and_wait();
+}
+
+// Persistent worker threads, one per CUDA thread of the largest block launched so far: spawning
+// blockDim OS threads per launch dominated the emulator's time on models (thousands of launches).
+// Workers are never joined (the pool is leaked on purpose: joining at static destruction would race
+// with exit); they sleep on their own semaphore between launches.
+struct Pool {
+    struct Worker {
+        std::binary_semaphore go{0};
+        std::thread th;
+    };
+    std::vector<std::unique_ptr<Worker>> workers;
+    const std::function<void(unsigned)>* job = nullptr;
+    std::atomic<unsigned> remaining{0};
+    std::binary_semaphore done{0};
+
+    void grow(unsigned n) {
+        while (workers.size() < n) {
+            auto w = std::make_unique<Worker>();
+            const unsigned id = (unsigned)workers.size();
+            Worker* raw = w.get();
+            w->th = std::thread([this, raw, id] {
+                for (;;) {
+                    raw->go.acquire();
+                    (*job)(id);
+                    if (remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) done.release();
+                }
+            });
+            w->th.detach();
+            workers.push_back(std::move(w));
+        }
+    }
+    // Runs f(0..n) on n workers and waits for all of them. Callers hold g_launch_mutex.
+    void run(unsigned n, const std::function<void(unsigned)>& f) {
+        grow(n);
+        job = &f;
+        remaining.store(n, std::memory_order_release);
+        for (unsigned i = 0; i < n; ++i) workers[i]->go.release();
+        done.acquire();
+        job = nullptr;
+    }
+};
+
+inline Pool& pool() {
+    static Pool* p = new Pool();  // leaked: see above
+    return *p;
+}
 
 // Runs `body` (the kernel call with its parameter struct bound) over the whole grid. Returns 0, or a
 // nonzero code for a launch shape the hardware would reject too.
@@ -66,28 +269,43 @@ int launch(const Body& body, dim3 grid, dim3 block, size_t dyn_smem_bytes) {
     }
     l.exchange.assign(nthreads, 0);
     l.dyn_smem.assign(dyn_smem_bytes + 16, 0);
-    std::vector<std::thread> threads;
-    threads.reserve(nthreads);
-    for (unsigned t = 0; t < nthreads; ++t) {
-        threads.emplace_back([&l, &body, t] {
-            tl_launch = &l;
-            tl_linear_tid = t;
-            tl_thread_idx.x = t % l.block.x;
-            tl_thread_idx.y = (t / l.block.x) % l.block.y;
-            tl_thread_idx.z = t / (l.block.x * l.block.y);
-            for (unsigned bz = 0; bz < l.grid.z; ++bz)
-                for (unsigned by = 0; by < l.grid.y; ++by)
-                    for (unsigned bx = 0; bx < l.grid.x; ++bx) {
-                        tl_block_idx.x = bx;
-                        tl_block_idx.y = by;
-                        tl_block_idx.z = bz;
-                        body();
-                        // No thread may start the next block (and reuse static shared memory) early.
-                        l.block_bar->arrive_and_wait();
-                    }
-        });
+    if (!use_os_threads()) {
+        static FiberSched* sched = new FiberSched();  // leaked: its stacks are reused by every launch
+        l.fibers = sched;
+        tl_launch = &l;
+        tl_sched = sched;
+        const std::function<void()> block_body = [&body] { body(); };
+        for (unsigned bz = 0; bz < l.grid.z; ++bz)
+            for (unsigned by = 0; by < l.grid.y; ++by)
+                for (unsigned bx = 0; bx < l.grid.x; ++bx) {
+                    tl_block_idx.x = bx;
+                    tl_block_idx.y = by;
+                    tl_block_idx.z = bz;
+                    sched->run_block(l.nthreads, block_body);
+                }
+        tl_launch = nullptr;
+        tl_sched = nullptr;
+        return 0;
     }
-    for (auto& th : threads) th.join();
+    const std::function<void(unsigned)> thread_body = [&l, &body](unsigned t) {
+        tl_launch = &l;
+        tl_linear_tid = t;
+        tl_thread_idx.x = t % l.block.x;
+        tl_thread_idx.y = (t / l.block.x) % l.block.y;
+        tl_thread_idx.z = t / (l.block.x * l.block.y);
+        for (unsigned bz = 0; bz < l.grid.z; ++bz)
+            for (unsigned by = 0; by < l.grid.y; ++by)
+                for (unsigned bx = 0; bx < l.grid.x; ++bx) {
+                    tl_block_idx.x = bx;
+                    tl_block_idx.y = by;
+                    tl_block_idx.z = bz;
+                    body();
+                    // No thread may start the next block (and reuse static shared memory) early.
+                    l.block_bar->arrive_and_wait();
+                }
+        tl_launch = nullptr;
+    };
+    pool().run(l.nthreads, thread_body);
     return 0;
 }
 
@@ -99,13 +317,13 @@ inline T shfl_exchange(T v, int src_lane_of_warp) {
     uint64_t slot = 0;
     std::memcpy(&slot, &v, sizeof(T));
     std::atomic_ref<uint64_t>(l.exchange[tl_linear_tid]).store(slot, std::memory_order_relaxed);
-    warp_barrier().arrive_and_wait();
+    warp_sync();
     unsigned lanes = std::min<unsigned>(32, l.nthreads - warp_base);
     unsigned src = (src_lane_of_warp >= 0 && (unsigned)src_lane_of_warp < lanes) ? (unsigned)src_lane_of_warp
                                                                                    : tl_linear_tid - warp_base;
     uint64_t got = std::atomic_ref<uint64_t>(l.exchange[warp_base + src]).load(std::memory_order_relaxed);
     // Everyone has read before anyone may overwrite its slot in the next shuffle.
-    warp_barrier().arrive_and_wait();
+    warp_sync();
     T out;
     std::memcpy(&out, &got, sizeof(T));
     return out;
@@ -127,8 +345,8 @@ inline T shfl_exchange(T v, int src_lane_of_warp) {
 #define __shared__ static
 #define HRK_DYN_SHARED(type, name) type* name = reinterpret_cast<type*>(hrk_emu::tl_launch->dyn_smem.data())
 
-inline void __syncthreads() { hrk_emu::tl_launch->block_bar->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { hrk_emu::warp_barrier().arrive_and_wait(); }
+inline void __syncthreads() { hrk_emu::block_sync(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { hrk_emu::warp_sync(); }
 
 template <class T>
 inline T __shfl_sync(unsigned, T v, int src_lane, int = 32) {

@@ -13,6 +13,7 @@ struct Conv2dParams {
     float* dx;          // backward-data output (overwritten)
     float* dw;          // backward-weight output (ACCUMULATED: dw += ...)
     float* db;          // backward-bias output (ACCUMULATED)
+    const float* residual;  // forward epilogue: [n, c_out, h_out, w_out] added after the bias, before ReLU; or null
     int n, c_in, h, w;
     int c_out, h_out, w_out;
     int kh, kw, stride, pad;
@@ -100,5 +101,23 @@ struct HeatmapParams {
     float* coords;          // [maps, 2] 1-based (x, y) after the quarter-pixel shift; (0,0) when max <= 0
     float* maxvals;         // [maps]
     int maps, h, w;
+    int pad_;
+};
+
+// Multi-resolution fusion of one output branch of an HRNet module (kernels/fusion.cu):
+//   y = ReLU(x + sum_k bilinear(up[k] -> h x w) + sum_k down[k])
+#define HRK_FUSION_MAX_TERMS 3
+struct FusionParams {
+    const float* x;                          // [planes, h, w] identity term, or null
+    const float* up[HRK_FUSION_MAX_TERMS];   // [planes, up_h[k], up_w[k]] low-resolution terms
+    const float* down[HRK_FUSION_MAX_TERMS]; // [planes, h, w] terms already at this size
+    float* y;                                // [planes, h, w] forward output; read by the backward
+    const float* dy;                         // backward: upstream gradient [planes, h, w]
+    float* dx;                               // backward: dy masked by y > 0 (the gradient of x and of every down term)
+    float* d_up[HRK_FUSION_MAX_TERMS];       // backward: ACCUMULATED gradients of the up terms (zero them first)
+    int planes, h, w;
+    int num_up, num_down;
+    int up_h[HRK_FUSION_MAX_TERMS], up_w[HRK_FUSION_MAX_TERMS];
+    float up_scale_h[HRK_FUSION_MAX_TERMS], up_scale_w[HRK_FUSION_MAX_TERMS];  // in/out, as UpsampleParams
     int pad_;
 };

@@ -80,6 +80,10 @@ pub fn decode_and_score(heatmaps: &[f32], shape: [usize; 4], metas: &[SampleMeta
 /// One inference forward pass (eval-mode BN, no graph) of normalised NCHW `input`; returns the
 /// heatmaps as f32 and their shape `[n, joints, h, w]`. The input is cast to the model's dtype.
 pub fn forward_heatmaps(net: &mut HrNet, input: Vec<f32>, shape: [usize; 4]) -> Result<(Vec<f32>, [usize; 4])> {
+    // On a GPU device: the BN-folded plan with the fused kernels (model/infer_gpu.rs).
+    if let Some(out) = crate::model::infer::gpu::forward_heatmaps(net, &input, shape)? {
+        return Ok(out);
+    }
     let dtype = net.store.params().first().map(|t| t.dtype()).unwrap_or(DType::F32);
     let x = match dtype {
         DType::F32 => Tensor::from_f32(&shape, input)?,

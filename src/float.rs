@@ -46,6 +46,26 @@ pub trait Float:
         rhs_cs: isize,
         threads: usize,
     );
+    /// `gemm` with an explicit destination column stride too (`dst_cs = 1` is `gemm`); a
+    /// column-major destination stops the gemm crate from transposing the problem, which decides
+    /// which operand it packs as its LHS.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_dst_strided(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &mut [Self],
+        dst_rs: isize,
+        dst_cs: isize,
+        accumulate: bool,
+        lhs: &[Self],
+        lhs_rs: isize,
+        lhs_cs: isize,
+        rhs: &[Self],
+        rhs_rs: isize,
+        rhs_cs: isize,
+        threads: usize,
+    );
 }
 
 macro_rules! impl_float {
@@ -99,6 +119,24 @@ macro_rules! impl_float {
                 rhs_cs: isize,
                 threads: usize,
             ) {
+                Self::gemm_dst_strided(m, n, k, dst, dst_rs, 1, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, threads)
+            }
+            fn gemm_dst_strided(
+                m: usize,
+                n: usize,
+                k: usize,
+                dst: &mut [Self],
+                dst_rs: isize,
+                dst_cs: isize,
+                accumulate: bool,
+                lhs: &[Self],
+                lhs_rs: isize,
+                lhs_cs: isize,
+                rhs: &[Self],
+                rhs_rs: isize,
+                rhs_cs: isize,
+                threads: usize,
+            ) {
                 if m == 0 || n == 0 {
                     return;
                 }
@@ -106,12 +144,13 @@ macro_rules! impl_float {
                 let span = |rows: usize, cols: usize, rs: isize, cs: isize| {
                     (rows as isize - 1) * rs + (cols as isize - 1) * cs + 1
                 };
-                assert!(span(m, n, dst_rs, 1) as usize <= dst.len(), "gemm: dst too small");
+                assert!(span(m, n, dst_rs, dst_cs) as usize <= dst.len(), "gemm: dst too small");
                 if k == 0 {
                     if !accumulate {
                         for r in 0..m {
-                            let row = r * dst_rs as usize;
-                            dst[row..row + n].fill(0.0);
+                            for c in 0..n {
+                                dst[r * dst_rs as usize + c * dst_cs as usize] = 0.0;
+                            }
                         }
                     }
                     return;
@@ -130,7 +169,7 @@ macro_rules! impl_float {
                         n,
                         k,
                         dst.as_mut_ptr(),
-                        1,
+                        dst_cs,
                         dst_rs,
                         accumulate,
                         lhs.as_ptr(),

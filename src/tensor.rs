@@ -165,6 +165,25 @@ impl Storage {
         }
         Ok(())
     }
+    /// A copy; for GPU storage a device copy whose failure (out of memory) is an error.
+    pub fn try_clone(&self) -> Result<Storage> {
+        Ok(match self {
+            Storage::Gpu(b) => Storage::Gpu(b.try_clone()?),
+            other => other.clone(),
+        })
+    }
+    pub fn try_to_f32_vec(&self) -> Result<Vec<f32>> {
+        match self {
+            Storage::Gpu(b) => b.to_vec(),
+            other => Ok(other.to_f32_vec()),
+        }
+    }
+    pub fn try_to_f64_vec(&self) -> Result<Vec<f64>> {
+        match self {
+            Storage::Gpu(b) => Ok(b.to_vec()?.iter().map(|&x| x as f64).collect()),
+            other => Ok(other.to_f64_vec()),
+        }
+    }
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match self {
             Storage::F32(v) => v.iter().map(|&x| x as f64).collect(),
@@ -201,6 +220,13 @@ macro_rules! dispatch {
         }
     };
 }
+
+/// How many times any tensor's storage was written in place (`Tensor::update`, `set_storage`): caches
+/// derived from tensor values (the GPU inference plan) compare it to know they are still valid.
+pub fn storage_writes() -> u64 {
+    STORAGE_WRITES.load(Ordering::Relaxed)
+}
+static STORAGE_WRITES: AtomicU64 = AtomicU64::new(0);
 
 /// Host copy of a GPU buffer for the infallible accessors; a device that fails a download is unusable.
 fn gpu_values(b: &GpuBuffer) -> Vec<f32> {
@@ -315,6 +341,14 @@ impl Tensor {
     pub fn to_f32_vec(&self) -> Vec<f32> {
         self.storage.to_f32_vec()
     }
+    /// The values on the host as f32; a failed device download is an error.
+    pub fn try_to_f32_vec(&self) -> Result<Vec<f32>> {
+        self.storage.try_to_f32_vec()
+    }
+    /// The values on the host as f64; a failed device download is an error.
+    pub fn try_to_f64_vec(&self) -> Result<Vec<f64>> {
+        self.storage.try_to_f64_vec()
+    }
     pub fn to_f64_vec(&self) -> Vec<f64> {
         self.storage.to_f64_vec()
     }
@@ -327,7 +361,7 @@ impl Tensor {
         if self.numel() != 1 {
             bail!("item: tensor of shape {:?} is not a scalar", self.shape);
         }
-        Ok(self.storage.to_f64_vec()[0])
+        Ok(self.storage.try_to_f64_vec()?[0])
     }
 
     /// Marks a leaf tensor as one whose gradient `backward` reports (a parameter or an input).
@@ -359,7 +393,19 @@ impl Tensor {
     /// Replaces the values in place (optimizer steps, BN running statistics). Keeps the id, so
     /// gradients keyed by this parameter stay valid; a graph that still holds the old values keeps them.
     pub fn update(&mut self, f: impl FnOnce(&mut Storage)) {
+        STORAGE_WRITES.fetch_add(1, Ordering::Relaxed);
         f(Arc::make_mut(&mut self.storage));
+    }
+    /// `update` whose copy of shared storage (a device copy for GPU storage) is an error, not a panic,
+    /// when the device is out of memory.
+    pub fn try_update(&mut self, f: impl FnOnce(&mut Storage)) -> Result<()> {
+        STORAGE_WRITES.fetch_add(1, Ordering::Relaxed);
+        if Arc::get_mut(&mut self.storage).is_none() {
+            self.storage = Arc::new(self.storage.try_clone()?);
+        }
+        let unique = Arc::get_mut(&mut self.storage).expect("storage made unique above");
+        f(unique);
+        Ok(())
     }
     /// Replaces the values; host values given to a GPU tensor are uploaded to its device.
     pub fn set_storage(&mut self, storage: Storage) -> Result<()> {
@@ -376,6 +422,7 @@ impl Tensor {
                 self.dtype()
             );
         }
+        STORAGE_WRITES.fetch_add(1, Ordering::Relaxed);
         self.storage = Arc::new(storage);
         Ok(())
     }

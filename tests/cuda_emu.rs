@@ -319,6 +319,13 @@ fn batchnorm_train_forward_backward_and_eval() {
         let mut y_relu = vec![f32::NAN; x.len()];
         run(&RELU_FORWARD, &EltwiseParams { a: addr(&y), out: addr_mut(&mut y_relu), n: y.len() as i64, ..Default::default() });
         assert_eq!(y_fused, y_relu, "fused bn+relu differs from bn then relu");
+        // And against the CPU ops directly: relu(batch_norm_train(x)) from the same running buffers.
+        let t = |shape: &[usize], v: &[f32]| hrk::Tensor::from_f32(shape, v.to_vec()).unwrap();
+        let (gamma_t, beta_t, x_t) = (t(&[c], &gamma), t(&[c], &beta), t(&[n, c, h, w], &x));
+        let (mut rm_t, mut rv_t) = (t(&[c], &rm0), t(&[c], &rv0));
+        let cpu_train = hrk::ops::batch_norm_train(&x_t, &gamma_t, &beta_t, &mut rm_t, &mut rv_t, momentum as f64, eps as f64).unwrap();
+        let cpu_train_relu: Vec<f64> = hrk::ops::relu(&cpu_train).unwrap().to_f64_vec();
+        assert_close("fused bn_train_apply_relu vs cpu relu(batch_norm_train)", &y_fused, &cpu_train_relu, 1e-4, 1e-4);
 
         // Backward.
         let dy = rng.vec(x.len());
@@ -370,6 +377,10 @@ fn batchnorm_train_forward_backward_and_eval() {
         assert_close("bn eval y", &ye, &want_e, 1e-4, 1e-4);
         let want_er: Vec<f64> = want_e.iter().map(|v| v.max(0.0)).collect();
         assert_close("bn eval y relu", &ye_relu, &want_er, 1e-4, 1e-4);
+        // The fused eval kernel against the CPU ops: relu(batch_norm_eval(x)) with the updated running stats.
+        let cpu_eval = hrk::ops::batch_norm_eval(&x_t, &gamma_t, &beta_t, &t(&[c], &rm), &t(&[c], &rv), eps as f64).unwrap();
+        let cpu_eval_relu: Vec<f64> = hrk::ops::relu(&cpu_eval).unwrap().to_f64_vec();
+        assert_close("fused bn_eval_forward_relu vs cpu relu(batch_norm_eval)", &ye_relu, &cpu_eval_relu, 1e-4, 1e-4);
     }
 }
 

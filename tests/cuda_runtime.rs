@@ -52,6 +52,15 @@ fn run_child(mode: &str, env: &[(&str, &str)]) -> String {
 fn child_probe() {
     assert_eq!(cuda::select_device(DeviceRequest::Cpu).unwrap(), DeviceChoice::Cpu { fallback_reason: None });
     let Ok(mode) = std::env::var("HRK_PROBE_CHILD") else { return };
+    if mode == "oom_panic" {
+        // An infallible device copy that runs out of memory, with the CLI's hook installed.
+        hrk::cuda::device::install_gpu_panic_hook();
+        let dev = hrk::cuda::device::GpuDevice::emulated_with_memory(1024);
+        let buf = dev.upload(&[1.0; 200]).unwrap();
+        eprintln!("child ok: cloning");
+        let copy = buf.clone();
+        unreachable!("copied {} floats beyond the limit", copy.len());
+    }
     let probe = cuda::probe_driver();
     let want_msg = match mode.as_str() {
         "nolib" => {
@@ -140,4 +149,54 @@ fn device_request_parsing_and_size_classes() {
             assert_eq!(size_class(c), c, "classes are fixed points");
         }
     }
+}
+
+// ---------- out of device memory (emulated device with a memory limit) ----------
+
+#[test]
+fn out_of_device_memory_is_a_one_line_error_not_a_panic() {
+    use hrk::cuda::device::GpuDevice;
+    use hrk::{Device, Tensor};
+    let dev = GpuDevice::emulated_with_memory(64 << 10);
+    let check = |e: anyhow::Error, what: &str| {
+        let msg = format!("{e:#}");
+        assert!(msg.contains("CUDA out of memory") && msg.contains(what) && !msg.contains('\n'), "{msg}");
+        eprintln!("{msg}");
+    };
+    // Allocation and upload beyond the limit.
+    check(dev.empty(20_000).unwrap_err(), "allocating a 78.1 KiB buffer");
+    check(dev.upload(&vec![1.0; 20_000]).unwrap_err(), "uploading");
+    // A device copy (the path of Storage::clone) that does not fit.
+    let big = dev.upload(&vec![1.0; 10_000]).unwrap();
+    assert_eq!(dev.emulated_bytes_in_use(), Some(40_000));
+    check(big.try_clone().unwrap_err(), "copying a 39.1 KiB buffer");
+    drop(big);
+    // Copy-on-write of shared GPU storage in Tensor::try_update.
+    let gpu = Device::Gpu(dev.clone());
+    let mut t = Tensor::from_f32(&[10_000], vec![2.0; 10_000]).unwrap().to_device(&gpu).unwrap();
+    let _shared = t.clone();
+    check(t.try_update(|_| {}).unwrap_err(), "copying");
+    // An op whose output does not fit.
+    let x = Tensor::from_f32(&[1, 1, 40, 40], vec![1.0; 1600]).unwrap().to_device(&gpu).unwrap();
+    check(hrk::ops::upsample_bilinear(&x, [100, 100]).unwrap_err(), "allocating");
+    // Freed buffers give their memory back.
+    drop((t, _shared, x));
+    assert_eq!(dev.emulated_bytes_in_use(), Some(0));
+    assert!(dev.empty(16_000).is_ok());
+}
+
+#[test]
+fn infallible_gpu_copy_out_of_memory_ends_with_one_line() {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args(["--exact", "child_probe", "--nocapture", "--test-threads=1"])
+        .env("HRK_PROBE_CHILD", "oom_panic")
+        .output()
+        .expect("spawning the test binary");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("hrk: error:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("CUDA out of memory copying a 800 B buffer"), "{err}");
+    assert!(!err.contains("panicked"), "the default panic report leaked: {err}");
 }

@@ -58,6 +58,7 @@ pub fn dataset_spec(cfg: &Config, is_train: bool, annotations: Option<&Path>) ->
 pub fn device(arg: &str) -> Result<Device> {
     let emu_env = std::env::var("HRK_DEVICE_EMU").is_ok_and(|v| v == "1");
     if arg.eq_ignore_ascii_case("emu") || (emu_env && !arg.eq_ignore_ascii_case("cpu")) {
+        crate::cuda::device::install_gpu_panic_hook();
         return Ok(Device::emulated());
     }
     let req: DeviceRequest = arg.parse()?;
@@ -68,7 +69,10 @@ pub fn device(arg: &str) -> Result<Device> {
             }
             Ok(Device::Cpu)
         }
-        DeviceChoice::Cuda { ordinal, .. } => cuda_device(ordinal),
+        DeviceChoice::Cuda { ordinal, .. } => {
+            crate::cuda::device::install_gpu_panic_hook();
+            cuda_device(ordinal)
+        }
     }
 }
 

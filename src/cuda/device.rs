@@ -6,6 +6,7 @@ use super::kernels::{self, Kernel};
 use super::params::*;
 use anyhow::{bail, Result};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 #[cfg(feature = "cuda")]
@@ -13,9 +14,78 @@ use super::runtime::{CudaDev, DeviceBuffer};
 
 enum Backend {
     /// Buffers are host vectors, launches go through `cuda::emu` (slow; tests on small shapes).
-    Emulated,
+    Emulated(EmuMemory),
     #[cfg(feature = "cuda")]
     Cuda { dev: CudaDev, ordinal: usize },
+}
+
+/// Device memory accounting of an emulated device, so out-of-memory paths can be tested: `limit` bytes
+/// (None = unlimited) of which `used` are held by live buffers.
+struct EmuMemory {
+    limit: Option<usize>,
+    used: AtomicUsize,
+}
+
+impl EmuMemory {
+    fn reserve(&self, bytes: usize, what: &str) -> Result<()> {
+        let Some(limit) = self.limit else {
+            self.used.fetch_add(bytes, Ordering::Relaxed);
+            return Ok(());
+        };
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            let fits = used.checked_add(bytes).filter(|&total| total <= limit);
+            let Some(total) = fits else {
+                bail!("{}", out_of_memory_message(what, bytes, Some((used, limit))));
+            };
+            match self.used.compare_exchange_weak(used, total, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(now) => used = now,
+            }
+        }
+    }
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// "1.2 GiB", "640.0 KiB", "12 B".
+pub fn human_bytes(bytes: usize) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..=1023 => format!("{bytes} B"),
+        1024..=1048575 => format!("{:.1} KiB", b / 1024.0),
+        1048576..=1073741823 => format!("{:.1} MiB", b / 1048576.0),
+        _ => format!("{:.1} GiB", b / 1073741824.0),
+    }
+}
+
+/// The one-line out-of-memory error of both backends: "CUDA out of memory allocating a 1.2 GiB buffer ...".
+pub fn out_of_memory_message(what: &str, bytes: usize, usage: Option<(usize, usize)>) -> String {
+    let usage = usage.map_or(String::new(), |(used, limit)| format!(" ({} of {} in use)", human_bytes(used), human_bytes(limit)));
+    format!("CUDA out of memory {what} a {} buffer{usage}; use a smaller batch size", human_bytes(bytes))
+}
+
+/// `HRK_EMU_DEVICE_MEMORY`: the memory of the process-wide emulated device, in bytes with an optional
+/// K/M/G suffix (binary units); unset = unlimited.
+fn emulated_limit_from_env() -> Option<usize> {
+    let v = std::env::var("HRK_EMU_DEVICE_MEMORY").ok()?;
+    let v = v.trim();
+    let (digits, unit) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&v[..i], v[i..].trim().to_ascii_uppercase()),
+        None => (v, String::new()),
+    };
+    let scale: usize = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => {
+            eprintln!("hrk: HRK_EMU_DEVICE_MEMORY={v:?} is not a size like 64M; ignored");
+            return None;
+        }
+    };
+    digits.parse::<usize>().ok().and_then(|n| n.checked_mul(scale))
 }
 
 /// A handle to one GPU device; clones are the same device (equality is identity).
@@ -52,13 +122,40 @@ macro_rules! kernel_params {
         }
     )*};
 }
-kernel_params!(Conv2dParams, BatchNormParams, UpsampleParams, EltwiseParams, ConcatParams, MseParams, OptimParams, HeatmapParams);
+kernel_params!(Conv2dParams, BatchNormParams, UpsampleParams, EltwiseParams, ConcatParams, MseParams, OptimParams, HeatmapParams, FusionParams);
 
 impl GpuDevice {
     /// The process-wide emulated GPU (always available).
+    /// Its memory is unlimited unless `HRK_EMU_DEVICE_MEMORY` caps it (for out-of-memory tests of the CLI).
     pub fn emulated() -> GpuDevice {
         static EMU: OnceLock<GpuDevice> = OnceLock::new();
-        EMU.get_or_init(|| GpuDevice(Arc::new(Backend::Emulated))).clone()
+        EMU.get_or_init(|| GpuDevice(Arc::new(Backend::Emulated(EmuMemory { limit: emulated_limit_from_env(), used: AtomicUsize::new(0) }))))
+            .clone()
+    }
+
+    /// A separate emulated GPU with `bytes` of device memory (not equal to `emulated()`), so tests can
+    /// run out of memory without affecting others.
+    pub fn emulated_with_memory(bytes: usize) -> GpuDevice {
+        GpuDevice(Arc::new(Backend::Emulated(EmuMemory { limit: Some(bytes), used: AtomicUsize::new(0) })))
+    }
+
+    /// Bytes held by live buffers of an emulated device (None for CUDA).
+    pub fn emulated_bytes_in_use(&self) -> Option<usize> {
+        match &*self.0 {
+            Backend::Emulated(m) => Some(m.used.load(Ordering::Relaxed)),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda { .. } => None,
+        }
+    }
+
+    /// Reserves the device memory of an emulated buffer of `len` floats.
+    #[allow(irrefutable_let_patterns)] // refutable with feature `cuda`
+    fn emu_reserve(&self, len: usize, what: &str) -> Result<()> {
+        if let Backend::Emulated(m) = &*self.0 {
+            let bytes = len.checked_mul(4).ok_or_else(|| anyhow::anyhow!("GPU buffer of {len} floats overflows"))?;
+            m.reserve(bytes, what)?;
+        }
+        Ok(())
     }
 
     /// CUDA device `ordinal` (opened once per process; later calls share it).
@@ -77,13 +174,13 @@ impl GpuDevice {
     }
 
     pub fn is_emulated(&self) -> bool {
-        matches!(*self.0, Backend::Emulated)
+        matches!(*self.0, Backend::Emulated(_))
     }
 
     /// `emu` or `cuda:N`.
     pub fn name(&self) -> String {
         match &*self.0 {
-            Backend::Emulated => "emu".to_string(),
+            Backend::Emulated(_) => "emu".to_string(),
             #[cfg(feature = "cuda")]
             Backend::Cuda { ordinal, .. } => format!("cuda:{ordinal}"),
         }
@@ -92,7 +189,10 @@ impl GpuDevice {
     /// A buffer of `len` floats whose contents the caller overwrites entirely (zeroed under emulation).
     pub fn empty(&self, len: usize) -> Result<GpuBuffer> {
         let mem = match &*self.0 {
-            Backend::Emulated => Mem::Host(vec![0.0; len]),
+            Backend::Emulated(_) => {
+                self.emu_reserve(len, "allocating")?;
+                Mem::Host(vec![0.0; len])
+            }
             #[cfg(feature = "cuda")]
             Backend::Cuda { dev, .. } => Mem::Cuda(dev.alloc(bytes_of(len)?)?),
         };
@@ -111,7 +211,10 @@ impl GpuDevice {
 
     pub fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
         let mem = match &*self.0 {
-            Backend::Emulated => Mem::Host(data.to_vec()),
+            Backend::Emulated(_) => {
+                self.emu_reserve(data.len(), "uploading")?;
+                Mem::Host(data.to_vec())
+            }
             #[cfg(feature = "cuda")]
             Backend::Cuda { dev, .. } => Mem::Cuda(if data.is_empty() { dev.alloc(4)? } else { dev.upload(data)? }),
         };
@@ -126,7 +229,7 @@ impl GpuDevice {
     /// (except where the kernel reads and writes the same element, like `add`).
     pub unsafe fn launch<P: KernelParams>(&self, kernel: &Kernel<P>, params: &P) -> Result<()> {
         match &*self.0 {
-            Backend::Emulated => super::emu::launch(kernel, params),
+            Backend::Emulated(_) => super::emu::launch(kernel, params),
             #[cfg(feature = "cuda")]
             Backend::Cuda { dev, .. } => P::launch_cuda(dev, kernel, params),
         }
@@ -135,7 +238,7 @@ impl GpuDevice {
     /// Waits for queued work (a no-op under emulation).
     pub fn synchronize(&self) -> Result<()> {
         match &*self.0 {
-            Backend::Emulated => Ok(()),
+            Backend::Emulated(_) => Ok(()),
             #[cfg(feature = "cuda")]
             Backend::Cuda { dev, .. } => dev.synchronize(),
         }
@@ -208,6 +311,7 @@ impl GpuBuffer {
     #[allow(irrefutable_let_patterns)] // refutable with feature `cuda`
     pub fn try_clone(&self) -> Result<GpuBuffer> {
         if let Mem::Host(v) = &self.mem {
+            self.dev.emu_reserve(self.len, "copying")?;
             return Ok(GpuBuffer { dev: self.dev.clone(), mem: Mem::Host(v.clone()), len: self.len });
         }
         let mut out = self.dev.empty(self.len)?;
@@ -234,8 +338,18 @@ pub fn copy(src: &GpuBuffer, dst: &mut GpuBuffer) -> Result<()> {
 
 impl Clone for GpuBuffer {
     fn clone(&self) -> Self {
-        // Storage::clone cannot fail; a failed device copy (out of memory) is fatal here.
-        self.try_clone().unwrap_or_else(|e| panic!("copying a GPU buffer: {e:#}"))
+        // Storage::clone cannot fail: a failed device copy (out of memory) is fatal here. The engine's
+        // fallible paths use `try_clone` (Storage::try_clone, Tensor::try_update) instead.
+        self.try_clone().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+}
+
+impl Drop for GpuBuffer {
+    #[allow(irrefutable_let_patterns)] // refutable with feature `cuda`
+    fn drop(&mut self) {
+        if let (Backend::Emulated(m), Mem::Host(_)) = (&*self.dev.0, &self.mem) {
+            m.release(self.len * 4);
+        }
     }
 }
 
@@ -249,6 +363,26 @@ impl PartialEq for GpuBuffer {
     fn eq(&self, other: &Self) -> bool {
         self.dev == other.dev && self.len == other.len && self.to_vec().ok() == other.to_vec().ok()
     }
+}
+
+/// Makes a panic from an infallible GPU accessor (`Storage::clone` of device memory, a host copy of a
+/// device tensor) end the process with ONE line, like the CLI's errors: "hrk: error: CUDA out of memory
+/// copying a 1.2 GiB buffer ...", exit status 1. Other panics keep the default report. Installed by the
+/// CLI when it selects a GPU device.
+pub fn install_gpu_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let msg = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("");
+            if msg.starts_with("CUDA ") || msg.starts_with("reading a cuda") || msg.starts_with("reading a emu") {
+                eprintln!("hrk: error: {}", msg.replace('\n', " "));
+                std::process::exit(1);
+            }
+            default(info)
+        }));
+    });
 }
 
 /// Converts a size to the kernels' `int`, naming the op when it does not fit.

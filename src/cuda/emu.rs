@@ -34,6 +34,7 @@ extern "C" {
     fn hrk_emu_sizeof_MseParams() -> usize;
     fn hrk_emu_sizeof_OptimParams() -> usize;
     fn hrk_emu_sizeof_HeatmapParams() -> usize;
+    fn hrk_emu_sizeof_FusionParams() -> usize;
 }
 
 /// (struct, size in Rust, size in C) for every parameter struct: they must agree.
@@ -49,6 +50,7 @@ pub fn param_sizes() -> Vec<(&'static str, usize, usize)> {
             ("MseParams", size_of::<MseParams>(), hrk_emu_sizeof_MseParams()),
             ("OptimParams", size_of::<OptimParams>(), hrk_emu_sizeof_OptimParams()),
             ("HeatmapParams", size_of::<HeatmapParams>(), hrk_emu_sizeof_HeatmapParams()),
+            ("FusionParams", size_of::<FusionParams>(), hrk_emu_sizeof_FusionParams()),
         ]
     }
 }

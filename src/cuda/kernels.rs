@@ -110,5 +110,7 @@ kernels! {
     MSE_LOSS_BACKWARD, mse_loss_backward, hrk_emu_mse_loss_backward, "elementwise", MseParams, |p: &MseParams| grid_1d(p.n.max(0) as u64);
     ADAM_STEP, adam_step, hrk_emu_adam_step, "optim", OptimParams, |p: &OptimParams| grid_1d(p.n.max(0) as u64);
     SGD_STEP, sgd_step, hrk_emu_sgd_step, "optim", OptimParams, |p: &OptimParams| grid_1d(p.n.max(0) as u64);
+    FUSION_FORWARD, fusion_forward, hrk_emu_fusion_forward, "fusion", FusionParams, |p: &FusionParams| grid_1d(nn(p.planes) * nn(p.h) * nn(p.w));
+    FUSION_BACKWARD, fusion_backward, hrk_emu_fusion_backward, "fusion", FusionParams, |p: &FusionParams| grid_1d(nn(p.planes) * nn(p.h) * nn(p.w));
     HEATMAP_ARGMAX, heatmap_argmax, hrk_emu_heatmap_argmax, "heatmap", HeatmapParams, |p: &HeatmapParams| dims([p.maps.max(1) as u32, 1, 1]);
 }

@@ -5,6 +5,7 @@ pub mod device;
 pub mod emu;
 pub mod kernels;
 pub mod params;
+pub mod raw;
 #[cfg(feature = "cuda")]
 pub mod runtime;
 

@@ -15,6 +15,8 @@ params_struct!(
     /// Convolution (NCHW): forward, backward-data, backward-weight (accumulates), backward-bias (accumulates).
     Conv2dParams {
     x: u64, weight: u64, bias: u64, y: u64, dy: u64, dx: u64, dw: u64, db: u64,
+    /// Forward epilogue: output-shaped tensor added after the bias, before the ReLU (0 = none).
+    residual: u64,
     n: i32, c_in: i32, h: i32, w: i32,
     c_out: i32, h_out: i32, w_out: i32,
     kh: i32, kw: i32, stride: i32, pad: i32,
@@ -76,6 +78,24 @@ params_struct!(
 params_struct!(
     /// Heatmap argmax + quarter-pixel shift: coords [maps, 2] (1-based x, y), maxvals [maps].
     HeatmapParams { heatmaps: u64, coords: u64, maxvals: u64, maps: i32, h: i32, w: i32, pad_: i32 });
+
+/// Most terms besides the identity the fusion kernel sums per kind (up to 4 inputs in all in HRNet).
+pub const FUSION_MAX_TERMS: usize = 3;
+
+params_struct!(
+    /// Multi-resolution fusion: y = ReLU(x + Σ bilinear_up(up[k]) + Σ down[k]) and its backward.
+    FusionParams {
+    x: u64,
+    up: [u64; FUSION_MAX_TERMS],
+    down: [u64; FUSION_MAX_TERMS],
+    y: u64, dy: u64, dx: u64,
+    d_up: [u64; FUSION_MAX_TERMS],
+    planes: i32, h: i32, w: i32,
+    num_up: i32, num_down: i32,
+    up_h: [i32; FUSION_MAX_TERMS], up_w: [i32; FUSION_MAX_TERMS],
+    up_scale_h: [f32; FUSION_MAX_TERMS], up_scale_w: [f32; FUSION_MAX_TERMS],
+    pad_: i32,
+});
 
 impl Conv2dParams {
     /// Output size of a convolution along one axis; None when the window does not fit.

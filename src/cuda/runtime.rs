@@ -20,6 +20,7 @@ unsafe impl DeviceRepr for ConcatParams {}
 unsafe impl DeviceRepr for MseParams {}
 unsafe impl DeviceRepr for OptimParams {}
 unsafe impl DeviceRepr for HeatmapParams {}
+unsafe impl DeviceRepr for FusionParams {}
 
 /// One-line message for a driver error, with the fix for the common ones.
 pub fn driver_error(what: &str, e: DriverError) -> anyhow::Error {
@@ -296,6 +297,13 @@ pub fn adam_step(dev: &CudaDev, p: &OptimParams) -> Result<()> {
 }
 pub fn sgd_step(dev: &CudaDev, p: &OptimParams) -> Result<()> {
     dev.launch(&kernels::SGD_STEP, p)
+}
+pub fn fusion_forward(dev: &CudaDev, p: &FusionParams) -> Result<()> {
+    dev.launch(&kernels::FUSION_FORWARD, p)
+}
+/// d_up[k] += ...: zero the up-term gradients first.
+pub fn fusion_backward(dev: &CudaDev, p: &FusionParams) -> Result<()> {
+    dev.launch(&kernels::FUSION_BACKWARD, p)
 }
 pub fn heatmap_argmax(dev: &CudaDev, p: &HeatmapParams) -> Result<()> {
     dev.launch(&kernels::HEATMAP_ARGMAX, p)

@@ -6,6 +6,10 @@
 //! Declared from `hrnet.rs` (as its child module) so it can read the model's private layer plan.
 
 use super::{Block, Conv, ConvBn, Fuse, HrModule, HrNet, Transition};
+
+/// The same folded plan on a GPU device (CUDA kernels; file: src/model/infer_gpu.rs).
+#[path = "infer_gpu.rs"]
+pub mod gpu;
 use crate::ops::conv2d::cpu::{forward_fused, Epilogue};
 use crate::ops::{Conv2dGeom, BN_EPS};
 use crate::tensor::Tensor;

@@ -44,8 +44,9 @@ pub(super) fn train(
     };
     // The stats kernel updates the running buffers in place: take them writable (copy-on-write).
     let mut launched: Result<()> = Err(anyhow!("batch_norm: running buffers are not on the GPU"));
-    running_mean.update(|rm| {
-        running_var.update(|rv| {
+    // try_update: copying shared running buffers can run out of device memory (an error, not a panic).
+    running_mean.try_update(|rm| {
+        let copied = running_var.try_update(|rv| {
             launched = (|| {
                 p.running_mean = rm.gpu_mut("batch_norm")?.addr_mut();
                 p.running_var = rv.gpu_mut("batch_norm")?.addr_mut();
@@ -55,8 +56,11 @@ pub(super) fn train(
                     dev.launch(&kernels::BN_TRAIN_APPLY, &p)
                 }
             })();
-        })
-    });
+        });
+        if let Err(e) = copied {
+            launched = Err(e);
+        }
+    })?;
     launched?;
     let op = GpuBnTrainBackward { dims: d, eps, dev, x: x.detach(), gamma: gamma.detach(), save_mean, save_invstd };
     Ok(Tensor::from_op(x.shape().to_vec(), Storage::Gpu(y), op, &[x, gamma, beta]))

@@ -5,9 +5,10 @@
 //! single-threaded GEMM (one image's im2col stays in that core's cache; the per-thread GEMM reaches
 //! ~100 GFLOP/s on every HRNet shape). A single image uses one multi-threaded GEMM instead.
 
-use super::Conv2dGeom;
+use super::{direct, Conv2dGeom};
 use crate::float::Float;
 use rayon::prelude::*;
+use std::any::TypeId;
 use std::cell::RefCell;
 
 fn threads() -> usize {
@@ -145,9 +146,42 @@ pub fn forward<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], bias: Option<&[T]>, 
     forward_fused(g, x, wt, Epilogue { bias, residual: None, relu: false }, y)
 }
 
+/// `HRK_CONV_DIRECT=0` turns the direct 3×3 kernels off (everything then takes im2col + GEMM).
+pub fn direct_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HRK_CONV_DIRECT").map_or(true, |v| v != "0"))
+}
+
+/// The same slice as f32 when T is f32.
+fn as_f32<T: Float>(s: &[T]) -> Option<&[f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
+}
+fn as_f32_mut<T: Float>(s: &mut [T]) -> Option<&mut [f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
+}
+
+/// y[n] = act(W · x[n] + bias + residual[n]): the direct kernel for f32 3×3 pad-1 convs of stride 1
+/// or 2 on AVX-512 (unless `HRK_CONV_DIRECT=0`), im2col + GEMM otherwise.
+pub fn forward_fused<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilogue<T>, y: &mut [T]) {
+    if direct_enabled() && direct::forward_pays(g) && direct::available() {
+        if let (Some(x32), Some(w32)) = (as_f32(x), as_f32(wt)) {
+            let ep32 = Epilogue {
+                bias: ep.bias.map(|b| as_f32(b).expect("same dtype")),
+                residual: ep.residual.map(|r| as_f32(r).expect("same dtype")),
+                relu: ep.relu,
+            };
+            let y32 = as_f32_mut(y).expect("same dtype");
+            if direct::forward_fused(g, x32, w32, ep32, y32) {
+                return;
+            }
+        }
+    }
+    forward_fused_gemm(g, x, wt, ep, y)
+}
+
 /// y[n] = act(W · im2col(x[n]) + bias + residual[n]); bias and residual are written first and the
 /// GEMM accumulates onto them, so the epilogue costs no extra pass unless there is a ReLU.
-pub fn forward_fused<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilogue<T>, y: &mut [T]) {
+pub fn forward_fused_gemm<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilogue<T>, y: &mut [T]) {
     let (kk, plane) = (g.cin * g.k * g.k, g.ho * g.wo);
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * plane);
     let one = |n: usize, yn: &mut [T], th: usize| {
@@ -190,8 +224,40 @@ pub fn forward_fused<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilogue<T
     }
 }
 
-/// Gradients of conv2d: dx (if asked), dW (if asked), db (if asked), accumulated over the batch.
+/// Gradients of conv2d: dx (if asked, overwritten), dW (if asked, accumulated into), db (if asked,
+/// overwritten), summed over the batch. Direct kernels for f32 3×3 stride-1 pad-1 convs (as in
+/// `forward_fused`), im2col + GEMM otherwise.
 pub fn backward<T: Float>(
+    g: &Conv2dGeom,
+    x: &[T],
+    wt: &[T],
+    dy: &[T],
+    mut dx: Option<&mut [T]>,
+    mut dw: Option<&mut [T]>,
+    db: Option<&mut [T]>,
+) {
+    if direct_enabled() && direct::applies_backward(g) && direct::available() {
+        if let (Some(x32), Some(w32), Some(dy32)) = (as_f32(x), as_f32(wt), as_f32(dy)) {
+            // Small planes keep the GEMM for dx (below 10×10) and for dW (small planes at batch 1);
+            // see `direct::forward_pays` and `direct::weight_grad_pays`.
+            let (dx_direct, dw_direct) = (direct::forward_pays(g), direct::weight_grad_pays(g));
+            let dx32 = if dx_direct { dx.as_deref_mut().map(|d| as_f32_mut(d).expect("same dtype")) } else { None };
+            let dw32 = if dw_direct { dw.as_deref_mut().map(|d| as_f32_mut(d).expect("same dtype")) } else { None };
+            if (dx32.is_some() || dw32.is_some()) && direct::backward(g, x32, w32, dy32, dx32, dw32) {
+                let dx_rest = if dx_direct { None } else { dx };
+                let dw_rest = if dw_direct { None } else { dw };
+                if dx_rest.is_some() || dw_rest.is_some() {
+                    return backward_gemm(g, x, wt, dy, dx_rest, dw_rest, db);
+                }
+                return bias_grad(g, dy, db);
+            }
+        }
+    }
+    backward_gemm(g, x, wt, dy, dx, dw, db)
+}
+
+/// `backward` through im2col + GEMM (+ col2im) only.
+pub fn backward_gemm<T: Float>(
     g: &Conv2dGeom,
     x: &[T],
     wt: &[T],
@@ -202,6 +268,20 @@ pub fn backward<T: Float>(
 ) {
     let (kk, plane) = (g.cin * g.k * g.k, g.ho * g.wo);
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * plane);
+    // dW = dy · colᵀ reduces along the contiguous axis of both operands, so whichever the gemm
+    // crate takes as its LHS is packed by strided gathers: into a row-major dW it transposes the
+    // problem and packs col (kk × plane), into a column-major one (dWᵀ, kk × cout) it packs dy
+    // (cout × plane). Pack the smaller: dWᵀ unless cout > kk (e.g. an expanding 1×1, the 3-channel
+    // stem) or the plane is tiny (8×8: the K loop is too short for it to matter and dWᵀ measured slower).
+    let dw_transposed = dw_transposed(g);
+    let mut dwt_store = if dw_transposed && dw.is_some() { vec![T::ZERO; kk * g.cout] } else { Vec::new() };
+    let mut dw_final = None;
+    let dw = if dw_transposed && dw.is_some() {
+        dw_final = dw;
+        Some(&mut dwt_store[..])
+    } else {
+        dw
+    };
     let want_dw = dw.is_some();
     // One image: dW[co][kk] += Σ_p dy[co][p]·col[kk][p] (accumulating into `dw_acc`), and dx[n].
     let one = |n: usize, dw_acc: Option<&mut [T]>, dxn: Option<&mut [T]>, th: usize| {
@@ -215,7 +295,8 @@ pub fn backward<T: Float>(
                     im2col(g, xn, col);
                     col
                 };
-                T::gemm(g.cout, kk, plane, dw, kk as isize, true, dyn_, plane as isize, 1, rhs, 1, plane as isize, th);
+                let (rs, cs) = if dw_transposed { (1, g.cout as isize) } else { (kk as isize, 1) };
+                T::gemm_dst_strided(g.cout, kk, plane, dw, rs, cs, true, dyn_, plane as isize, 1, rhs, 1, plane as isize, th);
             }
             if let Some(dxn) = dxn {
                 if g.is_pointwise() {
@@ -270,6 +351,24 @@ pub fn backward<T: Float>(
             one(n, dw.as_deref_mut(), dxn, threads());
         }
     }
+    if let Some(dw) = dw_final {
+        for (co, row) in dw.chunks_mut(kk).take(g.cout).enumerate() {
+            row.iter_mut().enumerate().for_each(|(j, d)| *d += dwt_store[j * g.cout + co]);
+        }
+    }
+    bias_grad(g, dy, db)
+}
+
+/// Whether the GEMM path computes dWᵀ (see `backward_gemm`); `HRK_CONV_DW_T=0/1` forces it.
+fn dw_transposed(g: &Conv2dGeom) -> bool {
+    static FORCE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let force = *FORCE.get_or_init(|| std::env::var("HRK_CONV_DW_T").ok().map(|v| v != "0"));
+    force.unwrap_or(g.cin * g.k * g.k >= g.cout && g.ho * g.wo >= 256)
+}
+
+/// db[co] = Σ_n Σ_p dy[n][co][p] (overwritten).
+fn bias_grad<T: Float>(g: &Conv2dGeom, dy: &[T], db: Option<&mut [T]>) {
+    let (plane, out_len) = (g.ho * g.wo, g.cout * g.ho * g.wo);
     if let Some(db) = db {
         db.fill(T::ZERO);
         for n in 0..g.n {

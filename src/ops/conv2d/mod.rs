@@ -1,6 +1,7 @@
 //! 2-d convolution (square kernel, symmetric padding), NCHW, with backward.
 
 pub mod cpu;
+pub mod direct;
 mod gpu;
 
 use crate::autograd::BackwardOp;

@@ -1,0 +1,487 @@
+//! Direct 3×3 pad-1 convolution in f32 on AVX-512 (forward at stride 1 and 2, backward at stride 1):
+//! no im2col, no GEMM.
+//!
+//! Layout: each input channel plane is copied once into a zero-bordered plane of pitch `wp = W + 2`
+//! (rows −1..=H, then zero slack). An output position (y, x) is numbered on that pitch, q = y·wp + x,
+//! so tap (ky, kx) of a run of consecutive q reads the contiguous run starting at q + ky·wp + kx of
+//! the padded plane, whatever the width. The two positions x ∈ {W, W+1} of each row are junk: they
+//! are computed and dropped at store time (on a 64-wide plane that is 3 % extra work).
+//!
+//! Forward and backward-data share one register-blocked kernel (MR output channels × up to NV
+//! vectors of 16 positions; weights packed [channel block][ci][tap][MR] so each FMA takes one
+//! broadcast), as dx = conv(dy, Wᵀ with the taps flipped). Backward-weight reduces over positions
+//! and images with 3 output channels × 9 taps of vector accumulators for one input channel at a time,
+//! reading dy through the same padded planes (their border is exactly the zero the junk columns need).
+//! Stride 2 (forward only) runs the same kernel on the four parity phases of the padded input.
+
+use super::cpu::Epilogue;
+use super::Conv2dGeom;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Output channels per forward microkernel call (18, 36, 72 and 144 are multiples).
+const MR: usize = 6;
+/// Most 16-float vectors of positions per forward microkernel call.
+const NV: usize = 4;
+const LANES: usize = 16;
+const TILE: usize = NV * LANES;
+/// Output channels per backward-weight kernel call (3 × 9 taps = 27 accumulators).
+const WR: usize = 3;
+
+/// The geometries this module computes forward: 3×3, pad 1, stride 1 or 2 (stride 2 from 8 input
+/// channels: below that the per-tile overhead outweighs the 9·cin FMAs, and im2col + GEMM measured
+/// faster), at least one channel each way (stride 1 needs cin > 0 too).
+pub fn applies(g: &Conv2dGeom) -> bool {
+    g.k == 3 && g.pad == 1 && (g.stride == 1 || (g.stride == 2 && g.cin >= 8)) && g.cin > 0 && g.cout > 0
+}
+
+/// The geometries this module computes backward: 3×3, pad 1, stride 1.
+pub fn applies_backward(g: &Conv2dGeom) -> bool {
+    g.k == 3 && g.pad == 1 && g.stride == 1 && g.cin > 0 && g.cout > 0
+}
+
+/// Whether this CPU can run the kernels (AVX-512F; VL too, without which LLVM allocates only 20 of
+/// the 32 vector registers here and spills the accumulators).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Pitches of the padded planes of one image. Stride 2 splits the padded image into its four
+/// (row parity, column parity) phases, each a plane of pitch wo + 1: output (y, x) then reads tap
+/// (ky, kx) at phase (ky & 1, kx & 1), position (y + ky/2, x + kx/2), again a contiguous run.
+#[derive(Clone, Copy, Debug)]
+struct Grid {
+    /// Output plane.
+    h: usize,
+    w: usize,
+    /// Row pitch, W + 2.
+    wp: usize,
+    /// Output positions computed per plane (H·wp rounded up to whole vectors).
+    q_len: usize,
+    /// Stride between padded planes; covers the furthest tap read, q_len − 1 + 2·wp + 2.
+    plane: usize,
+    /// Stride 2: stride between the four phase planes inside one channel's plane.
+    phase: usize,
+    /// Offset of tap (ky, kx) from q, tap = ky·3 + kx.
+    taps: [usize; 9],
+}
+
+impl Grid {
+    fn new(h: usize, w: usize) -> Grid {
+        let wp = w + 2;
+        let q_len = (h * wp).div_ceil(LANES) * LANES;
+        let plane = (q_len + 2 * wp + 2).div_ceil(LANES) * LANES;
+        let taps = std::array::from_fn(|t| (t / 3) * wp + t % 3);
+        Grid { h, w, wp, q_len, plane, phase: 0, taps }
+    }
+    /// Stride 2 on an h×w input.
+    fn stride2(h: usize, w: usize) -> Grid {
+        let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+        let wp = wo + 1;
+        let q_len = (ho * wp).div_ceil(LANES) * LANES;
+        // Each phase holds rows 0..=ho; the furthest read is q_len − 1 + wp + 1.
+        let phase = (q_len + wp + 1).max((ho + 1) * wp).div_ceil(LANES) * LANES;
+        let taps = std::array::from_fn(|t| {
+            let (ky, kx) = (t / 3, t % 3);
+            ((ky & 1) * 2 + (kx & 1)) * phase + (ky >> 1) * wp + (kx >> 1)
+        });
+        Grid { h: ho, w: wo, wp, q_len, plane: 4 * phase, phase, taps }
+    }
+    /// Calls `f(offset from q0, index in the H×W plane, run length)` for each run of real
+    /// (non-junk) output positions among q0..q0 + len.
+    fn runs(&self, q0: usize, len: usize, mut f: impl FnMut(usize, usize, usize)) {
+        let end = (q0 + len).min(self.h * self.wp);
+        let mut q = q0;
+        while q < end {
+            let (y, x) = (q / self.wp, q % self.wp);
+            if x >= self.w {
+                q = (y + 1) * self.wp;
+                continue;
+            }
+            let run = (self.w - x).min(end - q);
+            f(q - q0, y * self.w + x, run);
+            q += run;
+        }
+    }
+}
+
+/// Copies planes of h×w (`src`, whole planes) into zero-bordered planes of `gr.plane` floats.
+fn pad_planes(gr: &Grid, src: &[f32], dst: &mut [f32]) {
+    let hw = gr.h * gr.w;
+    let planes = src.len() / hw;
+    let one = |(s, d): (&[f32], &mut [f32])| {
+        d.fill(0.0);
+        for (y, row) in s.chunks_exact(gr.w).enumerate() {
+            d[(y + 1) * gr.wp + 1..][..gr.w].copy_from_slice(row);
+        }
+    };
+    let dst = &mut dst[..planes * gr.plane];
+    if planes * gr.plane >= 1 << 16 {
+        src.par_chunks_exact(hw).zip(dst.par_chunks_exact_mut(gr.plane)).with_min_len(4).for_each(one);
+    } else {
+        src.chunks_exact(hw).zip(dst.chunks_exact_mut(gr.plane)).for_each(one);
+    }
+}
+
+thread_local! {
+    /// Per-thread padded-plane and packed-weight scratch, kept between calls (no fresh page faults).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (a rayon task stolen while this one waits): a private buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// Copies planes of h×w into the four phase planes of a stride-2 grid (zero where the padded
+/// image has its border or ends).
+fn pad_phases(gr: &Grid, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
+    let one = |(s, d): (&[f32], &mut [f32])| {
+        d.fill(0.0);
+        for (ph, dp) in d.chunks_exact_mut(gr.phase).enumerate() {
+            let (a, b) = (ph / 2, ph % 2);
+            for i in 0..=gr.h {
+                // Padded row 2i + a is input row 2i + a − 1.
+                let Some(y) = (2 * i + a).checked_sub(1).filter(|&y| y < h) else { continue };
+                // Padded column 2j + b is input column 2j + b − 1: phase b = 1 takes the even
+                // columns from j = 0, phase b = 0 the odd ones from j = 1.
+                let row = &s[y * w..][..w];
+                let out = &mut dp[i * gr.wp..][..gr.wp];
+                let (out, first) = if b == 1 { (&mut out[..], 0) } else { (&mut out[1..], 1) };
+                out.iter_mut().zip(row[first..].iter().step_by(2)).for_each(|(o, &v)| *o = v);
+            }
+        }
+    };
+    let planes = src.len() / (h * w);
+    let dst = &mut dst[..planes * gr.plane];
+    if planes * gr.plane >= 1 << 16 {
+        src.par_chunks_exact(h * w).zip(dst.par_chunks_exact_mut(gr.plane)).with_min_len(4).for_each(one);
+    } else {
+        src.chunks_exact(h * w).zip(dst.chunks_exact_mut(gr.plane)).for_each(one);
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    /// Through a method, so closures capture the Sync wrapper and not its raw-pointer field.
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Where the conv kernel reads its weights: element (output channel o, input channel c, tap t)
+/// at `ptr[o·row + c·col + t]` (taps contiguous, so both the forward weight and its flipped
+/// transpose are read in place, without packing).
+#[derive(Clone, Copy)]
+struct WeightView<'a> {
+    w: &'a [f32],
+    row: usize,
+    col: usize,
+}
+
+/// Runs the conv kernel over every (image, position tile, channel block) task in parallel;
+/// `store(image, co, q0, values)` receives each output channel's computed run (junk included).
+fn conv_tiles(
+    gr: &Grid,
+    n: usize,
+    cin: usize,
+    cout: usize,
+    xpad: &[f32],
+    wv: WeightView,
+    store: impl Fn(usize, usize, usize, &[f32]) + Sync,
+) {
+    // Tiles of at most NV vectors, balanced so a plane of 5 vectors runs as 3 + 2, not 4 + 1.
+    let qv = gr.q_len / LANES;
+    let tiles = qv.div_ceil(NV);
+    let blocks = cout.div_ceil(MR);
+    assert!(xpad.len() >= n * cin * gr.plane);
+    assert!(wv.w.len() >= (cout - 1) * wv.row + (cin - 1) * wv.col + 9);
+    let taps = gr.taps;
+    let task = |i: usize| {
+        let cb = i % blocks;
+        let t = (i / blocks) % tiles;
+        let img = i / (blocks * tiles);
+        let (v0, v1) = (t * qv / tiles, (t + 1) * qv / tiles);
+        let (q0, vecs) = (v0 * LANES, v1 - v0);
+        let rows = MR.min(cout - cb * MR);
+        // Rows past cout re-read the last real row; their sums are dropped.
+        let wrows: [*const f32; MR] = std::array::from_fn(|r| wv.w[(cb * MR + r.min(rows - 1)) * wv.row..].as_ptr());
+        let mut out = [0.0f32; MR * TILE];
+        // SAFETY: the tile reads x[q0 + v·16 + lane + taps] < q_len + 2·wp + 2 ≤ plane within each of
+        // the image's cin planes, and weights at row + c·col + t inside wv.w (asserted above).
+        unsafe {
+            let x = xpad.as_ptr().add(img * cin * gr.plane + q0);
+            let o = out.as_mut_ptr();
+            match vecs {
+                4 => conv_tile::<4>(x, gr.plane, cin, &taps, &wrows, wv.col, o),
+                3 => conv_tile::<3>(x, gr.plane, cin, &taps, &wrows, wv.col, o),
+                2 => conv_tile::<2>(x, gr.plane, cin, &taps, &wrows, wv.col, o),
+                _ => conv_tile::<1>(x, gr.plane, cin, &taps, &wrows, wv.col, o),
+            }
+        }
+        for r in 0..rows {
+            store(img, cb * MR + r, q0, &out[r * TILE..][..vecs * LANES]);
+        }
+    };
+    let total = n * tiles * blocks;
+    // Enough positions per task to amortise the scheduling (≈ 30 k FMAs at least).
+    let min_len = (30_000 / (MR * TILE * cin * 9)).max(1);
+    (0..total).into_par_iter().with_min_len(min_len).for_each(task);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+/// out[r][v·16 + lane] = Σ_c Σ_tap w[r][c·col + tap] · x[c·plane + taps[tap] + v·16 + lane].
+unsafe fn conv_tile<const V: usize>(
+    x: *const f32,
+    plane: usize,
+    cin: usize,
+    taps: &[usize; 9],
+    w: &[*const f32; MR],
+    col: usize,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        for ci in 0..cin {
+            let xc = x.add(ci * plane);
+            let wc: [*const f32; MR] = std::array::from_fn(|r| w[r].add(ci * col));
+            for (t, &off) in taps.iter().enumerate() {
+                let xs = xc.add(off);
+                let xv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(xs.add(v * LANES)));
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(*wc[r].add(t));
+                    for v in 0..V {
+                        acc_r[v] = _mm512_fmadd_ps(wv, xv[v], acc_r[v]);
+                    }
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (v, a) in acc_r.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * TILE + v * LANES), *a);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn conv_tile<const V: usize>(_: *const f32, _: usize, _: usize, _: &[usize; 9], _: &[*const f32; MR], _: usize, _: *mut f32) {
+    unreachable!("direct conv runs only where available() holds")
+}
+
+/// y = act(conv3x3(x, W) + bias + residual); false (nothing written) when the geometry or the CPU
+/// does not fit, so the caller takes the im2col + GEMM path.
+pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) -> bool {
+    if !applies(g) || !available() {
+        return false;
+    }
+    let gr = if g.stride == 1 { Grid::new(g.h, g.w) } else { Grid::stride2(g.h, g.w) };
+    debug_assert!(gr.h == g.ho && gr.w == g.wo);
+    let (in_hw, hw, n) = (g.h * g.w, g.ho * g.wo, g.n);
+    assert!(x.len() >= n * g.cin * in_hw && wt.len() >= g.cout * g.cin * 9 && y.len() >= n * g.cout * hw);
+    if let Some(b) = ep.bias {
+        assert!(b.len() >= g.cout);
+    }
+    if let Some(r) = ep.residual {
+        assert!(r.len() >= n * g.cout * hw);
+    }
+    with_scratch(n * g.cin * gr.plane, |xpad| {
+        if g.stride == 1 {
+            pad_planes(&gr, &x[..n * g.cin * in_hw], xpad);
+        } else {
+            pad_phases(&gr, g.h, g.w, &x[..n * g.cin * in_hw], xpad);
+        }
+        let wv = WeightView { w: wt, row: g.cin * 9, col: 9 };
+        let out = SharedOut(y.as_mut_ptr());
+        conv_tiles(&gr, n, g.cin, g.cout, xpad, wv, |img, co, q0, vals| {
+            let base = (img * g.cout + co) * hw;
+            let bias = ep.bias.map_or(0.0, |b| b[co]);
+            gr.runs(q0, vals.len(), |off, at, len| {
+                // SAFETY: (img, co, at..at + len) lies inside y (asserted) and belongs to this task only.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(base + at), len) };
+                let src = &vals[off..off + len];
+                match (ep.residual, ep.relu) {
+                    (Some(res), relu) => {
+                        let res = &res[base + at..][..len];
+                        for ((d, &v), &r) in dst.iter_mut().zip(src).zip(res) {
+                            let s = v + bias + r;
+                            *d = if relu { s.max(0.0) } else { s };
+                        }
+                    }
+                    (None, true) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = (v + bias).max(0.0)),
+                    (None, false) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + bias),
+                }
+            });
+        });
+    });
+    true
+}
+
+/// Whether the direct kernel beats im2col + GEMM for this forward (or backward-data) conv: on
+/// planes below 10×10 the two junk columns per row and the short tiles cost more than im2col
+/// (8×8 measured ~5 % slower).
+pub fn forward_pays(g: &Conv2dGeom) -> bool {
+    applies(g) && g.ho * g.wo >= 100
+}
+
+/// Whether the direct backward-weight kernel pays here: each of its (co, ci, tap) sums ends in a
+/// horizontal reduction, which small planes at batch 1 (16×16, 8×8) do not amortise.
+pub fn weight_grad_pays(g: &Conv2dGeom) -> bool {
+    applies_backward(g) && g.n * Grid::new(g.h, g.w).q_len / LANES >= 32
+}
+
+/// dx = conv3x3ᵀ(dy) (overwritten) and dW += Σ_images dy ⋆ x; false (nothing written) when the
+/// geometry or the CPU does not fit.
+pub fn backward(g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) -> bool {
+    if !applies_backward(g) || !available() {
+        return false;
+    }
+    let gr = Grid::new(g.h, g.w);
+    let (hw, n, cin, cout) = (g.h * g.w, g.n, g.cin, g.cout);
+    assert!(dy.len() >= n * cout * hw);
+    let ylen = n * cout * gr.plane;
+    let xlen = if dw.is_some() { n * cin * gr.plane } else { 0 };
+    let wlen = if dx.is_some() { cout * cin * 9 } else { 0 };
+    with_scratch(ylen + xlen + wlen, |s| {
+        let (dypad, rest) = s.split_at_mut(ylen);
+        let (xpad, wflip) = rest.split_at_mut(xlen);
+        pad_planes(&gr, &dy[..n * cout * hw], dypad);
+        if let Some(dx) = dx {
+            assert!(wt.len() >= cout * cin * 9 && dx.len() >= n * cin * hw);
+            // Output channel ci reads input channel co through the tap mirrored about the centre:
+            // flip the taps once, then read the weight transposed in place.
+            for (f, w) in wflip.chunks_exact_mut(9).zip(wt.chunks_exact(9)) {
+                f.iter_mut().zip(w.iter().rev()).for_each(|(f, &w)| *f = w);
+            }
+            let wv = WeightView { w: wflip, row: 9, col: cin * 9 };
+            let out = SharedOut(dx.as_mut_ptr());
+            conv_tiles(&gr, n, cout, cin, dypad, wv, |img, ci, q0, vals| {
+                let base = (img * cin + ci) * hw;
+                gr.runs(q0, vals.len(), |off, at, len| {
+                    // SAFETY: inside dx (asserted) and written by this task only.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(base + at), len) };
+                    dst.copy_from_slice(&vals[off..off + len]);
+                });
+            });
+        }
+        if let Some(dw) = dw {
+            assert!(x.len() >= n * cin * hw && dw.len() >= cout * cin * 9);
+            pad_planes(&gr, &x[..n * cin * hw], xpad);
+            weight_grad(&gr, n, cin, cout, xpad, dypad, dw);
+        }
+    });
+    true
+}
+
+/// dW[co][ci][tap] += Σ_img Σ_q dy[img][co](q) · xpad[img][ci][q + taps[tap]], where dy(q) is read
+/// from its padded plane at q + wp + 1 (junk q land on that plane's zero border).
+fn weight_grad(gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad: &[f32], dw: &mut [f32]) {
+    let blocks = cout.div_ceil(WR);
+    let taps = gr.taps;
+    let out = SharedOut(dw.as_mut_ptr());
+    let task = |i: usize| {
+        let ci = i % cin;
+        let cb = i / cin;
+        let rows = WR.min(cout - cb * WR);
+        let mut sums = [[0.0f32; 9]; WR];
+        // SAFETY: dy reads reach q_len − 1 + wp + 1 < plane of channel cb·WR + r < cout of each image,
+        // x reads q_len − 1 + 2·wp + 2 < plane of channel ci; the lengths were checked by the caller.
+        unsafe {
+            let d = dypad.as_ptr().add(cb * WR * gr.plane + gr.wp + 1);
+            let x = xpad.as_ptr().add(ci * gr.plane);
+            let (ds, xs, qv) = (cout * gr.plane, cin * gr.plane, gr.q_len / LANES);
+            match rows {
+                3 => dw_block::<3>(d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
+                2 => dw_block::<2>(d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
+                _ => dw_block::<1>(d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
+            }
+        }
+        for (r, s) in sums.iter().enumerate().take(rows) {
+            let co = cb * WR + r;
+            // SAFETY: dW[co][ci][..9] is inside dw (checked by the caller) and this task's alone.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.at((co * cin + ci) * 9), 9) };
+            dst.iter_mut().zip(s).for_each(|(d, &v)| *d += v);
+        }
+    };
+    let work = n * gr.q_len * 27;
+    let min_len = (30_000 / work).max(1);
+    (0..blocks * cin).into_par_iter().with_min_len(min_len).for_each(task);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+/// sums[r][tap] = Σ_img Σ_v dy[img·dy_img + r·dy_co + v·16 ..] · x[img·x_img + taps[tap] + v·16 ..].
+unsafe fn dw_block<const R: usize>(
+    dy: *const f32,
+    dy_co: usize,
+    dy_img: usize,
+    x: *const f32,
+    x_img: usize,
+    n: usize,
+    qv: usize,
+    taps: &[usize; 9],
+    sums: &mut [[f32; 9]; WR],
+) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 9]; R];
+        for img in 0..n {
+            let d = dy.add(img * dy_img);
+            let xi = x.add(img * x_img);
+            for v in 0..qv {
+                let q = v * LANES;
+                let dv: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(d.add(r * dy_co + q)));
+                for (t, &off) in taps.iter().enumerate() {
+                    let xv = _mm512_loadu_ps(xi.add(q + off));
+                    for r in 0..R {
+                        acc[r][t] = _mm512_fmadd_ps(dv[r], xv, acc[r][t]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..9 {
+                sums[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_block<const R: usize>(
+    _: *const f32,
+    _: usize,
+    _: usize,
+    _: *const f32,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &[usize; 9],
+    _: &mut [[f32; 9]; WR],
+) {
+    unreachable!("direct conv runs only where available() holds")
+}

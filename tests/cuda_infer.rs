@@ -1,0 +1,110 @@
+//! GPU inference with BN folded into the convs (model/infer_gpu.rs) under the emulated device, against
+//! the CPU fast path (`InferNet`, the same folding) and the reference graph, on a tiny HRNet.
+use hrk::cuda::device::GpuDevice;
+use hrk::model::infer::gpu::{FusionMode, GpuInferNet};
+use hrk::model::{HrNet, HrnetSpec, InferNet, Slot};
+use hrk::rng::Rng;
+use hrk::{no_grad, Device, Storage, Tensor};
+
+/// 4 stages with 1 module and 1 block per branch, 2–16 channels: every fuse kind (identity, up with
+/// ratios 2/4/8, down chains of 1–3 links) and the head concat are exercised.
+fn tiny_spec() -> HrnetSpec {
+    let mut s = HrnetSpec::w18(5);
+    for (k, st) in s.stages.iter_mut().enumerate() {
+        st.num_modules = 1;
+        st.num_blocks = vec![1; k + 2];
+        st.num_channels = (0..k + 2).map(|i| 2 << i).collect();
+    }
+    s
+}
+
+/// Random, well-scaled values for every tensor, BN statistics included (so the folding is not trivial).
+fn randomize(net: &mut HrNet, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for i in 0..net.store.len() {
+        if matches!(net.store.slot(i), Slot::Count(_)) {
+            continue;
+        }
+        let name = net.store.name(i).to_string();
+        let t = net.store.tensor(i);
+        let shape = t.shape().to_vec();
+        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+        let v: Vec<f32> = (0..t.numel())
+            .map(|_| {
+                (if shape.len() == 4 {
+                    rng.normal() / (fan_in as f64).sqrt()
+                } else if name.ends_with("running_var") || (name.ends_with(".weight") && shape.len() == 1) {
+                    rng.range(0.5, 1.5)
+                } else {
+                    rng.range(-0.1, 0.1)
+                }) as f32
+            })
+            .collect();
+        net.store.tensor_mut(i).set_storage(Storage::F32(v)).unwrap();
+    }
+}
+
+fn input(shape: [usize; 4], seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..shape.iter().product::<usize>()).map(|_| rng.normal() as f32).collect()
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let err = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("{what}: {} values, max|d| {err:e} (max|want| {scale:e})", got.len());
+    assert!(err <= tol * scale, "{what}: max|d| {err:e} > {tol:e} × {scale:e}");
+}
+
+#[test]
+fn folded_gpu_inference_matches_cpu_infer_net() {
+    let mut net = HrNet::new(&tiny_spec(), 3).unwrap();
+    randomize(&mut net, 7);
+    // Odd batch and non-square input: branch sizes 6×8, 3×4, 2×2, 1×1 (non-integer resize ratios).
+    let shape = [2, 3, 24, 32];
+    let x = input(shape, 11);
+    let xt = Tensor::from_f32(&shape, x.clone()).unwrap();
+    let want = InferNet::new(&net).unwrap().forward(&xt).unwrap();
+    let want_graph = no_grad(|| net.forward(&xt, false)).unwrap().to_f32_vec();
+
+    let dev = GpuDevice::emulated();
+    let t0 = std::time::Instant::now();
+    let mut gpu = GpuInferNet::new(&net, &dev).unwrap();
+    let got = gpu.forward(&xt).unwrap();
+    eprintln!("emulated folded forward {:.2}s", t0.elapsed().as_secs_f64());
+    assert_eq!(got.shape(), want.shape());
+    assert_eq!(got.device(), Device::Gpu(dev.clone()));
+    let got = got.to_f32_vec();
+    assert_close("gpu folded (fused rows) vs cpu InferNet", &got, &want.to_f32_vec(), 1e-4);
+    assert_close("gpu folded (fused rows) vs reference graph", &got, &want_graph, 1e-4);
+
+    gpu.fusion = FusionMode::Unfused;
+    let unfused = gpu.forward(&xt).unwrap().to_f32_vec();
+    assert_close("gpu folded (unfused rung) vs fused rows", &unfused, &got, 1e-5);
+}
+
+#[test]
+fn eval_forward_heatmaps_uses_the_folded_plan_on_a_gpu_device() {
+    let mut net = HrNet::new(&tiny_spec(), 5).unwrap();
+    randomize(&mut net, 9);
+    let shape = [1, 3, 16, 16];
+    let x = input(shape, 13);
+    let (want, want_dims) = hrk::eval::forward_heatmaps(&mut net, x.clone(), shape).unwrap();
+    net.to_device(&Device::emulated()).unwrap();
+    let writes = hrk::tensor::storage_writes();
+    let (got, dims) = hrk::eval::forward_heatmaps(&mut net, x.clone(), shape).unwrap();
+    assert_eq!(dims, want_dims);
+    assert_close("eval::forward_heatmaps on the emulated gpu vs cpu", &got, &want, 1e-4);
+    // A second call reuses the cached plan; changing a weight invalidates it.
+    let (again, _) = hrk::eval::forward_heatmaps(&mut net, x.clone(), shape).unwrap();
+    assert_eq!(again, got);
+    assert_eq!(hrk::tensor::storage_writes(), writes, "inference wrote no tensor");
+    let last = (0..net.store.len()).rev().find(|&i| matches!(net.store.slot(i), Slot::Param(_))).unwrap();
+    let bias = net.store.tensor(last).to_f32_vec().iter().map(|v| v + 1.0).collect();
+    net.store.tensor_mut(last).set_storage(Storage::F32(bias)).unwrap();
+    let (shifted, _) = hrk::eval::forward_heatmaps(&mut net, x, shape).unwrap();
+    let diffs: Vec<f32> = shifted.iter().zip(&got).map(|(a, b)| a - b).collect();
+    assert!(diffs.iter().all(|d| (d - 1.0).abs() < 1e-4), "the head bias change did not reach the cached plan");
+}
