@@ -6,14 +6,24 @@ use crate::tensor::{Storage, Tensor};
 use anyhow::{bail, Context, Result};
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The backward half of a recorded op.
 pub trait BackwardOp: Send + Sync {
     fn name(&self) -> &'static str;
+    /// The name the debug trace records the output under (a fused op reports the op whose output
+    /// it produces, e.g. "relu" for BN+ReLU).
+    fn trace_name(&self) -> &'static str {
+        self.name()
+    }
     /// Gradients w.r.t. each input, given the output's gradient. `needs[i]` says whether input i wants
     /// one; return `None` for those that do not.
     fn backward(&self, grad_out: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>>;
+    /// Same as `backward`, given ownership of the output's gradient (the engine no longer needs it):
+    /// ops whose input gradient has the output's shape override this to reuse its buffer.
+    fn backward_owned(&self, grad_out: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        self.backward(&grad_out, needs)
+    }
 }
 
 /// Graph link to an input: its id and producing node, but not its storage.
@@ -24,7 +34,9 @@ pub struct Edge {
 }
 
 pub struct Node {
-    pub(crate) op: Box<dyn BackwardOp>,
+    /// Taken out (and its saved tensors freed) by a graph-freeing `backward`.
+    pub(crate) op: Mutex<Option<Box<dyn BackwardOp>>>,
+    pub(crate) name: &'static str,
     pub(crate) inputs: Vec<Edge>,
 }
 
@@ -70,7 +82,9 @@ impl Gradients {
     }
 }
 
-/// Backward from a scalar (one-element) output, seeded with 1.
+/// Backward from a scalar (one-element) output, seeded with 1. Like PyTorch's `loss.backward()`
+/// (retain_graph=False), each op's saved tensors are freed as soon as its gradient is computed, so
+/// their memory is reused by the gradients; a second backward through the same graph is an error.
 pub fn backward(loss: &Tensor) -> Result<Gradients> {
     if loss.numel() != 1 {
         bail!("backward: loss must have one element, got shape {:?}", loss.shape());
@@ -80,7 +94,7 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
         Storage::F64(_) => Storage::F64(vec![1.0]),
         _ => Storage::F32(vec![1.0]).to_device(&loss.device())?,
     };
-    backward_with(loss, seed)
+    run_backward(loss, seed, &[], true)
 }
 
 /// Backward from any output with an explicit output gradient (vector-Jacobian product).
@@ -91,6 +105,10 @@ pub fn backward_with(out: &Tensor, grad_out: Storage) -> Result<Gradients> {
 /// Like `backward_with`, also reporting the gradients of the non-leaf tensors in `retain`
 /// (PyTorch's `retain_grad`), for debugging and tests.
 pub fn backward_retaining(out: &Tensor, grad_out: Storage, retain: &[&Tensor]) -> Result<Gradients> {
+    run_backward(out, grad_out, retain, false)
+}
+
+fn run_backward(out: &Tensor, grad_out: Storage, retain: &[&Tensor], free_graph: bool) -> Result<Gradients> {
     if grad_out.device() != out.device() {
         bail!("backward: output gradient on {} but the output is on {}", grad_out.device(), out.device());
     }
@@ -128,13 +146,20 @@ pub fn backward_retaining(out: &Tensor, grad_out: Storage, retain: &[&Tensor]) -
     let mut pending: HashMap<u64, Storage> = HashMap::new();
     pending.insert(out.id, grad_out);
     for (id, node) in order.into_iter().rev() {
+        let mut slot = node.op.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = if free_graph { slot.take() } else { None };
         let Some(g) = pending.remove(&id) else { continue };
         if retain.iter().any(|t| t.id == id) {
             grads.map.insert(id, g.clone());
         }
+        let Some(op) = taken.as_deref().or(slot.as_deref()) else {
+            bail!("backward: the graph through {} was freed by an earlier backward() (it keeps no saved values)", node.name)
+        };
         let needs: Vec<bool> = node.inputs.iter().map(|e| e.requires_grad).collect();
-        let input_grads = node.op.backward(&g, &needs).with_context(|| format!("backward of {}", node.op.name()))?;
-        drop(g);
+        let input_grads = op.backward_owned(g, &needs).with_context(|| format!("backward of {}", node.name))?;
+        // Frees what the op saved (returned to the buffer pool for the gradients that follow).
+        drop(taken);
+        drop(slot);
         for (edge, ig) in node.inputs.iter().zip(input_grads) {
             let Some(ig) = ig else { continue };
             if !edge.requires_grad {
@@ -142,7 +167,7 @@ pub fn backward_retaining(out: &Tensor, grad_out: Storage, retain: &[&Tensor]) -
             }
             let target = if edge.node.is_some() { &mut pending } else { &mut grads.map };
             match target.get_mut(&edge.id) {
-                Some(acc) => acc.add_assign(&ig).with_context(|| format!("backward of {}", node.op.name()))?,
+                Some(acc) => acc.add_assign(&ig).with_context(|| format!("backward of {}", node.name))?,
                 None => {
                     target.insert(edge.id, ig);
                 }

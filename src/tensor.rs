@@ -46,8 +46,9 @@ impl Device {
     }
 }
 
-/// Dense element storage.
-#[derive(Clone, Debug, PartialEq)]
+/// Dense element storage. Large f32 buffers come from and return to a process-wide pool
+/// ([`pool`]), so steady-state training steps reuse pages instead of faulting in fresh ones.
+#[derive(Debug, PartialEq)]
 pub enum Storage {
     F32(Vec<f32>),
     F64(Vec<f64>),
@@ -55,7 +56,37 @@ pub enum Storage {
     Gpu(GpuBuffer),
 }
 
+impl Clone for Storage {
+    fn clone(&self) -> Storage {
+        match self {
+            Storage::F32(v) => {
+                let mut out = pool::take_f32(v.len());
+                out.copy_from_slice(v);
+                Storage::F32(out)
+            }
+            Storage::F64(v) => Storage::F64(v.clone()),
+            Storage::Gpu(b) => Storage::Gpu(b.clone()),
+        }
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Storage::F32(v) = self {
+            pool::give_f32(std::mem::take(v));
+        }
+    }
+}
+
 impl Storage {
+    /// `n` elements whose values are unspecified (stale pooled values or zeros): for kernels that
+    /// write every element, so no zero-fill pass is paid.
+    pub fn for_overwrite(dtype: DType, n: usize) -> Storage {
+        match dtype {
+            DType::F32 => Storage::F32(pool::take_f32(n)),
+            DType::F64 => Storage::F64(vec![0.0; n]),
+        }
+    }
     pub fn len(&self) -> usize {
         match self {
             Storage::F32(v) => v.len(),
@@ -107,16 +138,14 @@ impl Storage {
     }
     pub fn zeros(dtype: DType, n: usize) -> Storage {
         match dtype {
-            DType::F32 => Storage::F32(vec![0.0; n]),
+            DType::F32 => Storage::F32(pool::take_f32_zeroed(n)),
             DType::F64 => Storage::F64(vec![0.0; n]),
         }
     }
     /// `self += other`, elementwise (same dtype and length, checked by callers).
     pub fn add_assign(&mut self, other: &Storage) -> Result<()> {
         match (self, other) {
-            (Storage::F32(a), Storage::F32(b)) if a.len() == b.len() => {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
-            }
+            (Storage::F32(a), Storage::F32(b)) if a.len() == b.len() => add_into(a, b),
             (Storage::F64(a), Storage::F64(b)) if a.len() == b.len() => {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
             }
@@ -164,6 +193,7 @@ impl Storage {
     }
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match self {
+            // A plain copy: the caller keeps a Vec that never returns to the pool.
             Storage::F32(v) => v.clone(),
             Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
             Storage::Gpu(b) => gpu_values(b),
@@ -356,7 +386,8 @@ impl Tensor {
             bail!("reshape: cannot view {:?} as {:?}", self.shape, shape);
         }
         let from = self.shape.clone();
-        Ok(Tensor::from_op(shape.to_vec(), self.storage.try_clone()?, ReshapeBackward { from }, &[self]))
+        // A view: the output shares the input's storage (values are immutable outside `update`).
+        Ok(Tensor::from_op_shared(shape.to_vec(), self.storage.clone(), |_| ReshapeBackward { from }, &[self]))
     }
 
     /// Replaces the values in place (optimizer steps, BN running statistics). Keeps the id, so
@@ -414,13 +445,22 @@ impl Tensor {
         make: impl FnOnce(Tensor) -> O,
         inputs: &[&Tensor],
     ) -> Tensor {
+        Tensor::from_op_shared(shape, Arc::new(storage), make, inputs)
+    }
+
+    fn from_op_shared<O: BackwardOp + 'static>(
+        shape: Vec<usize>,
+        storage: Arc<Storage>,
+        make: impl FnOnce(Tensor) -> O,
+        inputs: &[&Tensor],
+    ) -> Tensor {
         let needs = autograd::grad_enabled() && inputs.iter().any(|t| t.requires_grad);
-        let mut out = Tensor { id: fresh_id(), shape, storage: Arc::new(storage), requires_grad: needs, node: None };
+        let mut out = Tensor { id: fresh_id(), shape, storage, requires_grad: needs, node: None };
         if needs {
             let op = make(out.detach());
-            crate::autograd::trace_push(&out, op.name());
+            crate::autograd::trace_push(&out, op.trace_name());
             let edges = inputs.iter().map(|t| Edge { id: t.id, node: t.node.clone(), requires_grad: t.requires_grad }).collect();
-            out.node = Some(Arc::new(Node { op: Box::new(op), inputs: edges }));
+            out.node = Some(Arc::new(Node { name: op.name(), op: std::sync::Mutex::new(Some(Box::new(op))), inputs: edges }));
         }
         out
     }
@@ -436,6 +476,9 @@ impl BackwardOp for ReshapeBackward {
     }
     fn backward(&self, grad: &Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         Ok(vec![Some(grad.clone())])
+    }
+    fn backward_owned(&self, grad: Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        Ok(vec![Some(grad)])
     }
 }
 
@@ -457,4 +500,132 @@ pub(crate) fn same_device(op: &str, tensors: &[&Tensor]) -> Result<Device> {
         }
     }
     Ok(first)
+}
+
+/// `a += b` in blocks the compiler vectorises (gradient accumulation).
+fn add_into(a: &mut [f32], b: &[f32]) {
+    a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
+}
+
+/// Reuse of large f32 buffers across ops and training steps.
+///
+/// A training step allocates and frees the same activation and gradient sizes every time; through
+/// malloc those big blocks are mmap'd (or trimmed) and every step faults their pages in and the
+/// kernel zeroes them. The pool keeps freed buffers by exact length and hands them out again.
+/// It holds at most as many bytes as were ever handed out at once (the workload's own high-water
+/// mark, so a repeat of it is served entirely while the resident size stays near its peak), and
+/// at most `HRK_POOL_MB` (default 4096; 0 turns the pool off); a request it cannot serve first
+/// frees pooled buffers until pooled + live bytes fit within 1.25× that mark again. Buffers below `MIN_POOLED` elements
+/// go straight to malloc, which serves them from its bins.
+pub mod pool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    /// 64 KiB: below this malloc reuses freed blocks without returning them to the OS.
+    const MIN_POOLED: usize = 16 * 1024;
+
+    #[derive(Default)]
+    struct Pool {
+        by_len: HashMap<usize, Vec<Vec<f32>>>,
+        /// Bytes held in `by_len`.
+        bytes: usize,
+        /// Bytes handed out and not yet given back (approximate: buffers made elsewhere and given
+        /// back count against it, which only makes the pool smaller), and its high-water mark.
+        live: usize,
+        peak_live: usize,
+    }
+
+    fn pool() -> &'static Mutex<Pool> {
+        static POOL: OnceLock<Mutex<Pool>> = OnceLock::new();
+        POOL.get_or_init(Default::default)
+    }
+
+    fn cap_bytes() -> usize {
+        static CAP: OnceLock<usize> = OnceLock::new();
+        *CAP.get_or_init(|| {
+            let mb = std::env::var("HRK_POOL_MB").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(4096);
+            mb.saturating_mul(1 << 20)
+        })
+    }
+
+    fn lock() -> std::sync::MutexGuard<'static, Pool> {
+        pool().lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A pooled buffer of exactly `n` elements, if one is free (counts the hand-out either way).
+    fn reuse(n: usize) -> Option<Vec<f32>> {
+        if n < MIN_POOLED || cap_bytes() == 0 {
+            return None;
+        }
+        let mut p = lock();
+        p.live += n * 4;
+        p.peak_live = p.peak_live.max(p.live);
+        if let Some(v) = p.by_len.get_mut(&n).and_then(|b| b.pop()) {
+            p.bytes -= n * 4;
+            return Some(v);
+        }
+        // A miss with new sizes (e.g. a smaller last batch) must not grow the resident size to the
+        // pool plus a second workload: free pooled buffers until pooled + live is within the
+        // high-water mark plus a quarter (the slack leaves a steady workload's pool alone: at its
+        // peak a few buffers that only the backward reuses are still pooled).
+        let limit = p.peak_live + p.peak_live / 4;
+        let mut evicted = Vec::new();
+        while p.bytes > 0 && p.bytes + p.live > limit {
+            let Some((&len, _)) = p.by_len.iter().find(|(_, b)| !b.is_empty()) else { break };
+            if let Some(v) = p.by_len.get_mut(&len).and_then(|b| b.pop()) {
+                p.bytes -= len * 4;
+                evicted.push(v);
+            }
+        }
+        p.by_len.retain(|_, b| !b.is_empty());
+        drop(p);
+        drop(evicted);
+        None
+    }
+
+    /// `n` elements with unspecified values (stale values of a reused buffer, or zeros).
+    pub fn take_f32(n: usize) -> Vec<f32> {
+        reuse(n).unwrap_or_else(|| vec![0.0; n])
+    }
+
+    /// `n` zeros (a fresh allocation comes zeroed from the OS; only a reused one is cleared).
+    pub fn take_f32_zeroed(n: usize) -> Vec<f32> {
+        match reuse(n) {
+            Some(mut v) => {
+                v.fill(0.0);
+                v
+            }
+            None => vec![0.0; n],
+        }
+    }
+
+    /// Returns a buffer to the pool (dropped instead when small, oddly sized or over the cap).
+    pub fn give_f32(v: Vec<f32>) {
+        let n = v.len();
+        if n < MIN_POOLED || cap_bytes() == 0 {
+            return;
+        }
+        let mut p = lock();
+        p.live = p.live.saturating_sub(n * 4);
+        if n != v.capacity() || p.bytes + n * 4 > cap_bytes().min(p.peak_live) {
+            drop(p);
+            return;
+        }
+        p.bytes += n * 4;
+        p.by_len.entry(n).or_default().push(v);
+    }
+
+    /// Bytes held by the pool now.
+    pub fn pooled_bytes() -> usize {
+        lock().bytes
+    }
+
+    /// Frees every pooled buffer and forgets the high-water mark (e.g. after training, before a
+    /// phase with other sizes).
+    pub fn release() {
+        let mut p = lock();
+        p.by_len.clear();
+        p.bytes = 0;
+        p.peak_live = p.live;
+    }
 }

@@ -371,6 +371,14 @@ impl HrNet {
 
     fn conv_bn(&mut self, x: &Tensor, l: &ConvBn, train: bool) -> Result<Tensor> {
         let y = self.conv(x, &l.conv)?;
+        if l.relu && train {
+            // BN and its ReLU as one op (one pass each way on the CPU).
+            let (g, b) = (self.store.tensor(l.bn.w).clone(), self.store.tensor(l.bn.b).clone());
+            let (rm, rv) = self.store.two_tensors_mut(l.bn.rm, l.bn.rv);
+            let y = ops::batchnorm::batch_norm_train_relu(&y, &g, &b, rm, rv, BN_MOMENTUM, ops::BN_EPS)?;
+            self.store.bump_count(l.bn.nbt);
+            return Ok(y);
+        }
         let y = self.bn(&y, &l.bn, train)?;
         if l.relu {
             ops::relu(&y)
@@ -394,7 +402,7 @@ impl HrNet {
             None => x.clone(),
         };
         debug_assert!(matches!(b.kind, BlockKind::Basic | BlockKind::Bottleneck));
-        ops::relu(&ops::add(&y, &shortcut)?)
+        ops::elementwise::add_relu(&y, &shortcut)
     }
 
     fn module(&mut self, xs: Vec<Tensor>, m: &HrModule, train: bool) -> Result<Vec<Tensor>> {
@@ -419,12 +427,16 @@ impl HrNet {
                     Fuse::Up(l) => ops::upsample_bilinear(&self.conv_bn(&ys[j], l, train)?, size)?,
                     Fuse::Down(links) => self.chain(&ys[j], links, train)?,
                 };
+                // The last sum of the row carries the row's ReLU.
+                let last = j + 1 == row.len();
                 acc = Some(match acc {
+                    None if last => ops::relu(&term)?,
                     None => term,
+                    Some(a) if last => ops::elementwise::add_relu(&a, &term)?,
                     Some(a) => ops::add(&a, &term)?,
                 });
             }
-            out.push(ops::relu(&acc.expect("a fuse row has ≥ 1 entry"))?);
+            out.push(acc.expect("a fuse row has ≥ 1 entry"));
         }
         Ok(out)
     }

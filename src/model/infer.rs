@@ -46,6 +46,8 @@ enum FFuse {
 struct FModule {
     branches: Vec<Vec<FBlock>>,
     fuse: Vec<Vec<FFuse>>,
+    /// Per fuse row: the term added last (its conv, or its upsample, applies the row's ReLU).
+    last_term: Vec<Option<usize>>,
 }
 
 /// An activation: batch × channels × height × width, NCHW.
@@ -62,9 +64,12 @@ struct Arena {
 
 impl Arena {
     /// A buffer of `len` elements with unspecified contents (every user overwrites all of it).
+    /// Best fit by length first (a shorter buffer would be zero-filled up to `len`; the same layer
+    /// sizes recur every forward, so exact fits are the common case), then by capacity.
     fn take(&self, len: usize) -> Vec<f32> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let best = free.iter().enumerate().filter(|(_, v)| v.capacity() >= len).min_by_key(|(_, v)| v.capacity()).map(|(i, _)| i);
+        let by_len = free.iter().enumerate().filter(|(_, v)| v.len() >= len).min_by_key(|(_, v)| v.len()).map(|(i, _)| i);
+        let best = by_len.or_else(|| free.iter().enumerate().filter(|(_, v)| v.capacity() >= len).min_by_key(|(_, v)| v.capacity()).map(|(i, _)| i));
         let mut v = match best {
             Some(i) => free.swap_remove(i),
             None => Vec::with_capacity(len),
@@ -133,7 +138,12 @@ impl InferNet {
         };
         let links = |ls: &[ConvBn]| ls.iter().map(|l| folded(l, l.relu)).collect::<Result<Vec<_>>>();
         let block = |b: &Block| -> Result<FBlock> {
-            Ok(FBlock { layers: links(&b.layers)?, downsample: b.downsample.as_ref().map(|d| folded(d, false)).transpose()? })
+            let mut layers = links(&b.layers)?;
+            // The block ends in relu(last(x) + shortcut): the last conv's epilogue applies it.
+            if let Some(last) = layers.last_mut() {
+                last.relu = true;
+            }
+            Ok(FBlock { layers, downsample: b.downsample.as_ref().map(|d| folded(d, false)).transpose()? })
         };
         let blocks = |bs: &[Block]| bs.iter().map(block).collect::<Result<Vec<_>>>();
         let transition = |t: &Transition| t.as_ref().map(|ls| links(ls)).transpose();
@@ -153,8 +163,22 @@ impl InferNet {
                         })
                         .collect::<Result<Vec<_>>>()
                 })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(FModule { branches, fuse })
+                .collect::<Result<Vec<Vec<FFuse>>>>()?;
+            let mut fuse = fuse;
+            // The row's sum starts from the identity term and adds the others in order: the last one
+            // added applies relu (in its conv epilogue for a downsampling chain).
+            let last_term = fuse
+                .iter_mut()
+                .enumerate()
+                .map(|(i, row)| {
+                    let j = (0..row.len()).rev().find(|&j| j != i && !matches!(row[j], FFuse::Identity))?;
+                    if let FFuse::Down(links) = &mut row[j] {
+                        links.last_mut()?.relu = true;
+                    }
+                    Some(j)
+                })
+                .collect();
+            Ok(FModule { branches, fuse, last_term })
         };
         Ok(InferNet {
             stem: [folded(&net.stem[0], true)?, folded(&net.stem[1], true)?],
@@ -213,7 +237,7 @@ impl InferNet {
                 let [_, c, yh, yw] = y.dims;
                 let dst = &mut cat.data[(b * ctot + c0) * plane..][..c * plane];
                 let src = &y.data[b * c * yh * yw..][..c * yh * yw];
-                bilinear(src, c, [yh, yw], [h, w], dst, false);
+                bilinear(src, c, [yh, yw], [h, w], dst, Into::Set);
                 c0 += c;
             }
         }
@@ -272,11 +296,10 @@ impl InferNet {
                 Some(t) => self.conv_act(l, t, None)?,
             });
         }
-        let last = FConv { relu: true, ..last.clone() };
         let res = shortcut.as_ref().unwrap_or(&x);
         let out = match y {
-            None => self.conv(&last, x.dims, &x.data, Some(res))?,
-            Some(t) => self.conv_act(&last, t, Some(res))?,
+            None => self.conv(last, x.dims, &x.data, Some(res))?,
+            Some(t) => self.conv_act(last, t, Some(res))?,
         };
         self.arena.give(x);
         if let Some(s) = shortcut {
@@ -302,7 +325,7 @@ impl InferNet {
         if m.fuse.is_empty() {
             return Ok(ys);
         }
-        let row = |(i, row): (usize, &Vec<FFuse>)| self.fuse_row(i, row, &ys);
+        let row = |(i, row): (usize, &Vec<FFuse>)| self.fuse_row(i, row, m.last_term[i], &ys);
         let out = if concurrent_branches() {
             m.fuse.par_iter().enumerate().map(row).collect::<Result<Vec<Act>>>()?
         } else {
@@ -314,8 +337,8 @@ impl InferNet {
 
     /// relu(Σ_j fuse[i][j](ys[j])): the sum starts from the identity term and every other term is
     /// added in place (upsampled terms by an accumulating resize, downsampled chains as the residual
-    /// of their last conv).
-    fn fuse_row(&self, i: usize, row: &[FFuse], ys: &[Act]) -> Result<Act> {
+    /// of their last conv); the term added last (`last_term`) applies the ReLU.
+    fn fuse_row(&self, i: usize, row: &[FFuse], last_term: Option<usize>, ys: &[Act]) -> Result<Act> {
         let mut acc = self.copy(&ys[i]);
         let [n, c, h, w] = acc.dims;
         for (j, f) in row.iter().enumerate() {
@@ -327,7 +350,8 @@ impl InferNet {
                     if tc != c {
                         bail!("hrnet infer: fuse {i}.{j} gives {tc} channels, branch has {c}");
                     }
-                    bilinear(&t.data, n * c, [th, tw], [h, w], &mut acc.data, true);
+                    let mode = if last_term == Some(j) { Into::AddRelu } else { Into::Add };
+                    bilinear(&t.data, n * c, [th, tw], [h, w], &mut acc.data, mode);
                     self.arena.give(t);
                 }
                 FFuse::Down(links) => {
@@ -342,7 +366,9 @@ impl InferNet {
                 }
             }
         }
-        acc.data.iter_mut().for_each(|v| *v = v.max(0.0));
+        if last_term.is_none() {
+            acc.data.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
         Ok(acc)
     }
 
@@ -422,15 +448,36 @@ fn concurrent_branches() -> bool {
     !*OFF.get_or_init(|| std::env::var("HRK_INFER_SERIAL").is_ok_and(|v| v == "1"))
 }
 
+/// How `bilinear` stores a resized value.
+#[derive(Clone, Copy, PartialEq)]
+enum Into {
+    Set,
+    Add,
+    /// dst = max(dst + v, 0): the last term of a fuse row.
+    AddRelu,
+}
+
 /// Bilinear resize (align_corners=false, PyTorch's source-index rule, as `ops::upsample_bilinear`) of
-/// `planes` planes; `accumulate` adds into `dst` instead of overwriting. Same size is a plain copy.
-fn bilinear(src: &[f32], planes: usize, from: [usize; 2], to: [usize; 2], dst: &mut [f32], accumulate: bool) {
+/// `planes` planes into `dst` per `mode`. Separable: each source row is resized horizontally once,
+/// then every output row is a blend of two of those rows (contiguous, vectorised), with the same
+/// arithmetic as the direct 4-tap formula. Same size is a plain copy / add.
+fn bilinear(src: &[f32], planes: usize, from: [usize; 2], to: [usize; 2], dst: &mut [f32], mode: Into) {
     let ([h, w], [ho, wo]) = (from, to);
+    // One output row from two horizontally resized rows (monomorphic per mode, so it vectorises).
+    let blend = |out: &mut [f32], r0: &[f32], r1: &[f32], ly0: f32, ly1: f32| {
+        let vals = out.iter_mut().zip(r0.iter().zip(r1));
+        match mode {
+            Into::Set => vals.for_each(|(o, (&a, &b))| *o = ly0 * a + ly1 * b),
+            Into::Add => vals.for_each(|(o, (&a, &b))| *o += ly0 * a + ly1 * b),
+            Into::AddRelu => vals.for_each(|(o, (&a, &b))| *o = (*o + (ly0 * a + ly1 * b)).max(0.0)),
+        }
+    };
     if from == to {
-        if accumulate {
-            dst[..planes * h * w].iter_mut().zip(src).for_each(|(d, &s)| *d += s);
-        } else {
-            dst[..planes * h * w].copy_from_slice(&src[..planes * h * w]);
+        let n = planes * h * w;
+        match mode {
+            Into::Set => dst[..n].copy_from_slice(&src[..n]),
+            Into::Add => dst[..n].iter_mut().zip(src).for_each(|(d, &s)| *d += s),
+            Into::AddRelu => dst[..n].iter_mut().zip(src).for_each(|(d, &s)| *d = (*d + s).max(0.0)),
         }
         return;
     }
@@ -447,20 +494,16 @@ fn bilinear(src: &[f32], planes: usize, from: [usize; 2], to: [usize; 2], dst: &
             .collect()
     };
     let (ty, tx) = (taps(h, ho), taps(w, wo));
+    let mut rows = vec![0.0f32; h * wo];
     for p in 0..planes {
         let s = &src[p * h * w..][..h * w];
+        for (r, row) in rows.chunks_exact_mut(wo).enumerate() {
+            let sr = &s[r * w..][..w];
+            row.iter_mut().zip(&tx).for_each(|(o, &(x0, x1, lx0, lx1))| *o = lx0 * sr[x0] + lx1 * sr[x1]);
+        }
         let d = &mut dst[p * ho * wo..][..ho * wo];
-        for (oy, &(y0, y1, ly0, ly1)) in ty.iter().enumerate() {
-            let (r0, r1) = (&s[y0 * w..][..w], &s[y1 * w..][..w]);
-            let out = &mut d[oy * wo..][..wo];
-            for (o, &(x0, x1, lx0, lx1)) in out.iter_mut().zip(&tx) {
-                let v = ly0 * (lx0 * r0[x0] + lx1 * r0[x1]) + ly1 * (lx0 * r1[x0] + lx1 * r1[x1]);
-                if accumulate {
-                    *o += v;
-                } else {
-                    *o = v;
-                }
-            }
+        for (out, &(y0, y1, ly0, ly1)) in d.chunks_exact_mut(wo).zip(&ty) {
+            blend(out, &rows[y0 * wo..][..wo], &rows[y1 * wo..][..wo], ly0, ly1);
         }
     }
 }

@@ -1,11 +1,12 @@
 //! BatchNorm2d: training mode (batch statistics, PyTorch's running-stat update) and eval mode.
 
+mod cpu32;
 mod gpu;
 
 use crate::autograd::BackwardOp;
 use crate::by_dtype;
 use crate::float::{typed, typed_mut, Float};
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::{DType, Storage, Tensor};
 use anyhow::{bail, Result};
 
 /// PyTorch's default epsilon.
@@ -75,6 +76,38 @@ pub fn batch_norm_train(
     momentum: f64,
     eps: f64,
 ) -> Result<Tensor> {
+    train(x, gamma, beta, running_mean, running_var, momentum, eps, false)
+}
+
+/// relu(batch_norm_train(…)) in one op: on f32 CPU tensors the ReLU is applied in the normalising
+/// pass and its mask in the backward's first step (same values as the two ops); elsewhere it is
+/// the two ops.
+pub fn batch_norm_train_relu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    momentum: f64,
+    eps: f64,
+) -> Result<Tensor> {
+    if x.device().is_gpu() || x.dtype() != DType::F32 {
+        return crate::ops::relu(&batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps)?);
+    }
+    train(x, gamma, beta, running_mean, running_var, momentum, eps, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    momentum: f64,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
     let d = check("batch_norm", x, &[gamma, beta, running_mean, running_var])?;
     let count = d[0] * d[2] * d[3];
     if count < 2 {
@@ -83,13 +116,19 @@ pub fn batch_norm_train(
     if x.device().is_gpu() {
         return gpu::train(d, x, gamma, beta, running_mean, running_var, momentum, eps);
     }
-    let mut y = Storage::zeros(x.dtype(), x.numel());
-    let (mean, var) = by_dtype!(x.dtype(), T => channel_stats::<T>(typed(x.storage()), d));
+    let mut y = Storage::for_overwrite(x.dtype(), x.numel());
+    let (mean, var) = match x.dtype() {
+        DType::F32 => cpu32::channel_stats(typed(x.storage()), d),
+        DType::F64 => channel_stats::<f64>(typed(x.storage()), d),
+    };
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let g = gamma.to_f64_vec();
     let b = beta.to_f64_vec();
     let scale: Vec<f64> = (0..d[1]).map(|c| g[c] * invstd[c]).collect();
-    by_dtype!(x.dtype(), T => affine::<T>(typed(x.storage()), d, &mean, &scale, &b, typed_mut(&mut y)));
+    match x.dtype() {
+        DType::F32 => cpu32::affine(typed(x.storage()), d, &mean, &scale, &b, typed_mut(&mut y), relu),
+        DType::F64 => affine::<f64>(typed(x.storage()), d, &mean, &scale, &b, typed_mut(&mut y)),
+    }
     let unbias = count as f64 / (count as f64 - 1.0);
     by_dtype!(x.dtype(), T => {
         running_mean.update(|s| {
@@ -103,8 +142,9 @@ pub fn batch_norm_train(
             }
         });
     });
-    let op = BnTrainBackward { dims: d, x: x.detach(), mean, invstd, gamma: g };
-    Ok(Tensor::from_op(x.shape().to_vec(), y, op, &[x, gamma, beta]))
+    let saved_x = x.detach();
+    let make = |y: Tensor| BnTrainBackward { dims: d, x: saved_x, mean, invstd, gamma: g, relu_out: relu.then_some(y) };
+    Ok(Tensor::from_op_using_output(x.shape().to_vec(), y, make, &[x, gamma, beta]))
 }
 
 struct BnTrainBackward {
@@ -113,14 +153,52 @@ struct BnTrainBackward {
     mean: Vec<f64>,
     invstd: Vec<f64>,
     gamma: Vec<f64>,
+    /// The output, when a ReLU is fused in (its sign masks the gradient).
+    relu_out: Option<Tensor>,
 }
 
 impl BackwardOp for BnTrainBackward {
     fn name(&self) -> &'static str {
-        "batch_norm"
+        if self.relu_out.is_some() {
+            "batch_norm_relu"
+        } else {
+            "batch_norm"
+        }
+    }
+    fn trace_name(&self) -> &'static str {
+        if self.relu_out.is_some() {
+            "relu"
+        } else {
+            "batch_norm"
+        }
     }
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        by_dtype!(dy.dtype(), T => self.run::<T>(typed(dy), needs))
+        self.backward_owned(dy.clone(), needs)
+    }
+    fn backward_owned(&self, mut dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        if dy.dtype() == DType::F64 {
+            return self.run::<f64>(typed(&dy), needs);
+        }
+        // f32: both reductions (and a fused ReLU's mask) in one pass, then dx written over dy.
+        let [n, c, h, w] = self.dims;
+        let m = (n * h * w) as f64;
+        let x: &[f32] = typed(self.x.storage());
+        let mask = self.relu_out.as_ref().map(|y| typed::<f32>(y.storage()));
+        let (sum_dy, sum_dy_xmu) = cpu32::grad_sums(typed_mut(&mut dy), x, mask, self.dims, &self.mean);
+        // Σ dy·x̂ = invstd·Σ dy·(x − μ).
+        let sum_dy_xhat: Vec<f64> = (0..c).map(|ch| sum_dy_xmu[ch] * self.invstd[ch]).collect();
+        let to = |v: &[f64]| Storage::F32(v.iter().map(|&v| v as f32).collect());
+        let (dgamma, dbeta) = (needs[1].then(|| to(&sum_dy_xhat)), needs[2].then(|| to(&sum_dy)));
+        let dx = needs[0].then(|| {
+            // dx = k·(m·dy − Σdy − x̂·Σdy·x̂) with k = γ·invstd/m, as a·dy + b·(x − μ) + k0.
+            let k: Vec<f64> = (0..c).map(|ch| self.gamma[ch] * self.invstd[ch] / m).collect();
+            let a: Vec<f64> = (0..c).map(|ch| k[ch] * m).collect();
+            let b: Vec<f64> = (0..c).map(|ch| -k[ch] * sum_dy_xhat[ch] * self.invstd[ch]).collect();
+            let k0: Vec<f64> = (0..c).map(|ch| -k[ch] * sum_dy[ch]).collect();
+            cpu32::grad_input(typed_mut(&mut dy), x, self.dims, &self.mean, &a, &b, &k0);
+            dy
+        });
+        Ok(vec![dx, dgamma, dbeta])
     }
 }
 
@@ -183,8 +261,11 @@ pub fn batch_norm_eval(
     let rm = running_mean.to_f64_vec();
     let invstd: Vec<f64> = running_var.to_f64_vec().iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let scale: Vec<f64> = (0..d[1]).map(|c| g[c] * invstd[c]).collect();
-    let mut y = Storage::zeros(x.dtype(), x.numel());
-    by_dtype!(x.dtype(), T => affine::<T>(typed(x.storage()), d, &rm, &scale, &b, typed_mut(&mut y)));
+    let mut y = Storage::for_overwrite(x.dtype(), x.numel());
+    match x.dtype() {
+        DType::F32 => cpu32::affine(typed(x.storage()), d, &rm, &scale, &b, typed_mut(&mut y), false),
+        DType::F64 => affine::<f64>(typed(x.storage()), d, &rm, &scale, &b, typed_mut(&mut y)),
+    }
     let op = BnEvalBackward { dims: d, x: gamma.is_requires_grad().then(|| x.detach()), mean: rm, invstd, scale };
     Ok(Tensor::from_op(x.shape().to_vec(), y, op, &[x, gamma, beta]))
 }
@@ -200,6 +281,29 @@ struct BnEvalBackward {
 impl BackwardOp for BnEvalBackward {
     fn name(&self) -> &'static str {
         "batch_norm_eval"
+    }
+    fn backward_owned(&self, mut dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        if dy.dtype() == DType::F64 {
+            return self.backward(&dy, needs);
+        }
+        let c = self.dims[1];
+        let (sum_dy, sum_dy_xhat) = match &self.x {
+            Some(x) => {
+                let (s0, s1) = cpu32::grad_sums(typed_mut(&mut dy), typed(x.storage()), None, self.dims, &self.mean);
+                (s0, (0..c).map(|ch| s1[ch] * self.invstd[ch]).collect())
+            }
+            None => {
+                let zeros = vec![0.0f32; dy.len()];
+                (cpu32::grad_sums(typed_mut(&mut dy), &zeros, None, self.dims, &vec![0.0; c]).0, vec![0.0; c])
+            }
+        };
+        let to = |v: &[f64]| Storage::F32(v.iter().map(|&v| v as f32).collect());
+        let (dgamma, dbeta) = ((needs[1] && self.x.is_some()).then(|| to(&sum_dy_xhat)), needs[2].then(|| to(&sum_dy)));
+        let dx = needs[0].then(|| {
+            cpu32::scale_planes(typed_mut(&mut dy), self.dims, &self.scale);
+            dy
+        });
+        Ok(vec![dx, dgamma, dbeta])
     }
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         by_dtype!(dy.dtype(), T => {

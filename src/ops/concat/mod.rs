@@ -4,7 +4,7 @@ mod gpu;
 
 use crate::autograd::BackwardOp;
 use crate::by_dtype;
-use crate::float::{typed, Float};
+use crate::float::{typed, typed_mut};
 use crate::tensor::{same_dtype, Storage, Tensor};
 use anyhow::{bail, Result};
 
@@ -26,8 +26,9 @@ pub fn concat_channels(xs: &[&Tensor]) -> Result<Tensor> {
     if device.is_gpu() {
         return gpu::concat(xs, n, plane, chans);
     }
-    let y = by_dtype!(first.dtype(), T => {
-        let mut y = vec![T::ZERO; n * ctotal * plane];
+    let mut out = Storage::for_overwrite(first.dtype(), n * ctotal * plane);
+    by_dtype!(first.dtype(), T => {
+        let y = typed_mut::<T>(&mut out);
         for b in 0..n {
             let mut off = 0;
             for (x, &c) in xs.iter().zip(&chans) {
@@ -36,9 +37,8 @@ pub fn concat_channels(xs: &[&Tensor]) -> Result<Tensor> {
                 off += c;
             }
         }
-        T::into_storage(y)
     });
-    Ok(Tensor::from_op(vec![n, ctotal, h, w], y, ConcatBackward { n, plane, chans }, xs))
+    Ok(Tensor::from_op(vec![n, ctotal, h, w], out, ConcatBackward { n, plane, chans }, xs))
 }
 
 struct ConcatBackward {
@@ -60,11 +60,12 @@ impl BackwardOp for ConcatBackward {
             let mut out = Vec::with_capacity(self.chans.len());
             for (i, &c) in self.chans.iter().enumerate() {
                 out.push(needs[i].then(|| {
-                    let mut dx = vec![T::ZERO; self.n * c * plane];
+                    let mut s = Storage::for_overwrite(dy.dtype(), self.n * c * plane);
+                    let dx = typed_mut::<T>(&mut s);
                     for b in 0..self.n {
                         dx[b * c * plane..][..c * plane].copy_from_slice(&g[(b * ctotal + off) * plane..][..c * plane]);
                     }
-                    T::into_storage(dx)
+                    s
                 }));
                 off += c;
             }

@@ -5,9 +5,66 @@ mod gpu;
 
 use crate::autograd::BackwardOp;
 use crate::by_dtype;
-use crate::float::{typed, Float};
+use crate::float::{typed, typed_mut, Float};
 use crate::tensor::{Storage, Tensor};
 use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+/// Planes × pixels above which the per-plane loops run as rayon tasks.
+const PAR_MIN: usize = 1 << 15;
+
+/// Runs `one(out_plane, in_plane, scratch)` over matching planes of two NCHW buffers, as rayon tasks
+/// (one scratch row buffer each) when the work is big enough.
+fn per_plane<T: Float>(
+    out: &mut [T],
+    out_plane: usize,
+    inp: &[T],
+    in_plane: usize,
+    scratch: usize,
+    one: impl Fn(&mut [T], &[T], &mut Vec<T>) + Sync + Send,
+) {
+    if out.len() + inp.len() >= PAR_MIN {
+        let min = (PAR_MIN / 4 / out_plane.max(in_plane).max(1)).max(1);
+        out.par_chunks_mut(out_plane)
+            .zip(inp.par_chunks(in_plane))
+            .with_min_len(min)
+            .for_each_init(|| vec![T::ZERO; scratch], |tmp, (o, i)| one(o, i, tmp));
+    } else {
+        let mut tmp = vec![T::ZERO; scratch];
+        out.chunks_mut(out_plane).zip(inp.chunks(in_plane)).for_each(|(o, i)| one(o, i, &mut tmp));
+    }
+}
+
+/// One plane, separably: each source row resized horizontally once into `rows` (h × wo), then every
+/// output row blended from two of those. Same arithmetic as the direct 4-tap formula
+/// ly0·(lx0·a + lx1·b) + ly1·(lx0·c + lx1·d), so the result is identical.
+fn bilinear_plane<T: Float>(src: &[T], w: usize, dst: &mut [T], wo: usize, ty: &[(usize, usize, T, T)], tx: &[(usize, usize, T, T)], rows: &mut [T]) {
+    for (r, row) in rows.chunks_exact_mut(wo).enumerate() {
+        let s = &src[r * w..][..w];
+        row.iter_mut().zip(tx).for_each(|(o, &(x0, x1, lx0, lx1))| *o = lx0 * s[x0] + lx1 * s[x1]);
+    }
+    for (out, &(y0, y1, ly0, ly1)) in dst.chunks_exact_mut(wo).zip(ty) {
+        let (r0, r1) = (&rows[y0 * wo..][..wo], &rows[y1 * wo..][..wo]);
+        out.iter_mut().zip(r0.iter().zip(r1)).for_each(|(o, (&a, &b))| *o = ly0 * a + ly1 * b);
+    }
+}
+
+/// The adjoint of `bilinear_plane`: output-row gradients spread onto source rows (h × wo, vectorised
+/// rows), then each row spread horizontally onto the source pixels.
+fn bilinear_plane_backward<T: Float>(g: &[T], wo: usize, dx: &mut [T], w: usize, ty: &[(usize, usize, T, T)], tx: &[(usize, usize, T, T)], rows: &mut [T]) {
+    rows.fill(T::ZERO);
+    for (gr, &(y0, y1, ly0, ly1)) in g.chunks_exact(wo).zip(ty) {
+        rows[y0 * wo..][..wo].iter_mut().zip(gr).for_each(|(r, &v)| *r += ly0 * v);
+        rows[y1 * wo..][..wo].iter_mut().zip(gr).for_each(|(r, &v)| *r += ly1 * v);
+    }
+    dx.fill(T::ZERO);
+    for (d, row) in dx.chunks_exact_mut(w).zip(rows.chunks_exact(wo)) {
+        for (&v, &(x0, x1, lx0, lx1)) in row.iter().zip(tx) {
+            d[x0] += lx0 * v;
+            d[x1] += lx1 * v;
+        }
+    }
+}
 
 /// For each output index: (i0, i1, λ0, λ1) with src = max(0, (dst + ½)·in/out − ½).
 fn bilinear_taps<T: Float>(input: usize, output: usize) -> Vec<(usize, usize, T, T)> {
@@ -39,21 +96,12 @@ pub fn upsample_bilinear(x: &Tensor, size: [usize; 2]) -> Result<Tensor> {
     }
     let [n, c, h, w] = d;
     let [ho, wo] = size;
-    let y = by_dtype!(x.dtype(), T => {
-        let xv: &[T] = typed(x.storage());
+    let mut y = Storage::for_overwrite(x.dtype(), n * c * ho * wo);
+    by_dtype!(x.dtype(), T => {
         let (ty, tx) = (bilinear_taps::<T>(h, ho), bilinear_taps::<T>(w, wo));
-        let mut y = vec![T::ZERO; n * c * ho * wo];
-        for p in 0..n * c {
-            let src = &xv[p * h * w..][..h * w];
-            let dst = &mut y[p * ho * wo..][..ho * wo];
-            for (oy, &(y0, y1, ly0, ly1)) in ty.iter().enumerate() {
-                for (ox, &(x0, x1, lx0, lx1)) in tx.iter().enumerate() {
-                    dst[oy * wo + ox] = ly0 * (lx0 * src[y0 * w + x0] + lx1 * src[y0 * w + x1])
-                        + ly1 * (lx0 * src[y1 * w + x0] + lx1 * src[y1 * w + x1]);
-                }
-            }
-        }
-        T::into_storage(y)
+        per_plane::<T>(typed_mut(&mut y), ho * wo, typed(x.storage()), h * w, h * wo, |dst, src, rows| {
+            bilinear_plane(src, w, dst, wo, &ty, &tx, rows)
+        });
     });
     Ok(Tensor::from_op(vec![n, c, ho, wo], y, UpsampleBackward { dims: d, size, bilinear: true }, &[x]))
 }
@@ -72,9 +120,10 @@ pub fn upsample_nearest(x: &Tensor, size: [usize; 2]) -> Result<Tensor> {
     let [n, c, h, w] = d;
     let [ho, wo] = size;
     let (ty, tx) = (nearest_taps(h, ho), nearest_taps(w, wo));
-    let y = by_dtype!(x.dtype(), T => {
+    let mut ys = Storage::for_overwrite(x.dtype(), n * c * ho * wo);
+    by_dtype!(x.dtype(), T => {
         let xv: &[T] = typed(x.storage());
-        let mut y = vec![T::ZERO; n * c * ho * wo];
+        let y = typed_mut::<T>(&mut ys);
         for p in 0..n * c {
             for (oy, &iy) in ty.iter().enumerate() {
                 for (ox, &ix) in tx.iter().enumerate() {
@@ -82,9 +131,8 @@ pub fn upsample_nearest(x: &Tensor, size: [usize; 2]) -> Result<Tensor> {
                 }
             }
         }
-        T::into_storage(y)
     });
-    Ok(Tensor::from_op(vec![n, c, ho, wo], y, UpsampleBackward { dims: d, size, bilinear: false }, &[x]))
+    Ok(Tensor::from_op(vec![n, c, ho, wo], ys, UpsampleBackward { dims: d, size, bilinear: false }, &[x]))
 }
 
 struct UpsampleBackward {
@@ -106,23 +154,16 @@ impl BackwardOp for UpsampleBackward {
         let [ho, wo] = self.size;
         let dx = by_dtype!(dy.dtype(), T => {
             let g: &[T] = typed(dy);
-            let mut dx = vec![T::ZERO; n * c * h * w];
             if self.bilinear {
+                let mut out = Storage::for_overwrite(dy.dtype(), n * c * h * w);
                 let (ty, tx) = (bilinear_taps::<T>(h, ho), bilinear_taps::<T>(w, wo));
-                for p in 0..n * c {
-                    let dst = &mut dx[p * h * w..][..h * w];
-                    let src = &g[p * ho * wo..][..ho * wo];
-                    for (oy, &(y0, y1, ly0, ly1)) in ty.iter().enumerate() {
-                        for (ox, &(x0, x1, lx0, lx1)) in tx.iter().enumerate() {
-                            let v = src[oy * wo + ox];
-                            dst[y0 * w + x0] += ly0 * lx0 * v;
-                            dst[y0 * w + x1] += ly0 * lx1 * v;
-                            dst[y1 * w + x0] += ly1 * lx0 * v;
-                            dst[y1 * w + x1] += ly1 * lx1 * v;
-                        }
-                    }
-                }
-            } else {
+                per_plane::<T>(typed_mut(&mut out), h * w, g, ho * wo, h * wo, |dst, src, rows| {
+                    bilinear_plane_backward(src, wo, dst, w, &ty, &tx, rows)
+                });
+                return Ok(vec![Some(out)]);
+            }
+            let mut dx = vec![T::ZERO; n * c * h * w];
+            {
                 let (ty, tx) = (nearest_taps(h, ho), nearest_taps(w, wo));
                 for p in 0..n * c {
                     for (oy, &iy) in ty.iter().enumerate() {
