@@ -239,3 +239,32 @@ fn empty_channel_counts_take_the_gemm_path() {
     cpu::backward(&g0, &x, &[], &[], Some(&mut dx), Some(&mut []), None);
     assert!(dx.iter().all(|&v| v == 0.0));
 }
+
+/// A frozen weight (no grad) saves no input for dW; the input's gradient must still come out, equal to
+/// the one computed with a trainable weight, on the direct and the GEMM shapes.
+#[test]
+fn frozen_weight_still_gives_input_gradient() {
+    use hrk::ops::conv2d::conv2d;
+    use hrk::Tensor;
+    let mut rng = Rng::new(41);
+    // (cin, cout, k, stride, side): direct 3×3, stride 2, 1×1.
+    for (cin, cout, k, s, side) in [(5, 7, 3, 1, 13), (3, 4, 3, 2, 9), (6, 2, 1, 1, 5)] {
+        let xv = randv(&mut rng, 2 * cin * side * side);
+        let wv = randv(&mut rng, cout * cin * k * k);
+        let dx_with = |trainable_w: bool| {
+            let x = Tensor::from_f32(&[2, cin, side, side], xv.clone()).unwrap().requires_grad();
+            let mut w = Tensor::from_f32(&[cout, cin, k, k], wv.clone()).unwrap();
+            if trainable_w {
+                w = w.requires_grad();
+            }
+            let y = conv2d(&x, &w, None, s, k / 2).unwrap();
+            let loss = hrk::ops::mse_loss(&y, &Tensor::from_f32(y.shape(), vec![0.5; y.numel()]).unwrap()).unwrap();
+            let grads = hrk::backward(&loss).unwrap();
+            assert_eq!(grads.get(&w).is_some(), trainable_w);
+            grads.get(&x).expect("dx").to_f32_vec()
+        };
+        let (frozen, trained) = (dx_with(false), dx_with(true));
+        assert!(frozen.iter().any(|v| *v != 0.0), "k{k} s{s}: dx is all zero");
+        assert_eq!(frozen, trained, "k{k} s{s}: dx with a frozen weight differs");
+    }
+}

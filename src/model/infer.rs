@@ -198,6 +198,20 @@ impl InferNet {
             bail!("hrnet infer: input must have 3 channels, got shape {:?}", x.shape());
         }
         let input = x.to_f32_vec();
+        if d[0] > 1 && image_by_image() {
+            // One image at a time keeps every activation of the image in cache; the kernels are
+            // parallel within an image, so the cores stay busy.
+            let per_image = d[1] * d[2] * d[3];
+            let mut out = Vec::new();
+            let mut dims = [0; 4];
+            for img in input.chunks_exact(per_image) {
+                let y = self.forward_raw([1, d[1], d[2], d[3]], img)?;
+                dims = [d[0], y.dims[1], y.dims[2], y.dims[3]];
+                out.extend_from_slice(&y.data);
+                self.arena.give(y);
+            }
+            return Tensor::from_f32(&dims, out);
+        }
         let y = self.forward_raw(d, &input)?;
         let dims = y.dims;
         Tensor::from_f32(&dims, y.data)
@@ -506,4 +520,10 @@ fn bilinear(src: &[f32], planes: usize, from: [usize; 2], to: [usize; 2], dst: &
             blend(out, &rows[y0 * wo..][..wo], &rows[y1 * wo..][..wo], ly0, ly1);
         }
     }
+}
+
+/// `HRK_INFER_BATCH=whole` runs a batch through each layer at once instead of image by image.
+fn image_by_image() -> bool {
+    static WHOLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*WHOLE.get_or_init(|| std::env::var("HRK_INFER_BATCH").is_ok_and(|v| v == "whole"))
 }

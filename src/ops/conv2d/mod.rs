@@ -69,7 +69,8 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
     if device.is_gpu() {
         return gpu::forward(g, x, weight, bias);
     }
-    let mut y = Storage::zeros(x.dtype(), g.n * g.cout * g.ho * g.wo);
+    // The kernels write every output element (tests/conv_kernels.rs fills y and dx with NaN first).
+    let mut y = Storage::for_overwrite(x.dtype(), g.n * g.cout * g.ho * g.wo);
     by_dtype!(x.dtype(), T => cpu::forward::<T>(
         &g,
         typed(x.storage()),
@@ -105,7 +106,7 @@ impl BackwardOp for Conv2dBackward {
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         let g = &self.g;
         let dtype = dy.dtype();
-        let mut dx = needs[0].then(|| Storage::zeros(dtype, g.n * g.cin * g.h * g.w));
+        let mut dx = needs[0].then(|| Storage::for_overwrite(dtype, g.n * g.cin * g.h * g.w));
         let mut dw = needs[1].then(|| Storage::zeros(dtype, g.cout * g.cin * g.k * g.k));
         let mut db = (self.has_bias && needs[2]).then(|| Storage::zeros(dtype, g.cout));
         let empty = Storage::zeros(dtype, 0);
