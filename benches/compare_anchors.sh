@@ -17,7 +17,7 @@ b1)
 b8)
   python3 "$ORT" --batch 8 --iters 6 | grep ort
   $HRK bench --cfg $CFG --batch 8 --iters 5
-  HRK_CONV_SERIAL_BATCH=1 $HRK bench --cfg $CFG --batch 8 --iters 5
+  HRK_INFER_BATCH=whole $HRK bench --cfg $CFG --batch 8 --iters 5
   $HRK bench --cfg $CFG --batch 8 --iters 5 --engine graph
   python3 "$ORT" --batch 8 --iters 6 | grep ort ;;
 train)
