@@ -5,7 +5,7 @@
 //!
 //! Declared from `hrnet.rs` (as its child module) so it can read the model's private layer plan.
 
-use super::{Block, Conv, ConvBn, Fuse, HrModule, HrNet, Transition};
+use super::{Block, Bn, Conv, ConvBn, Fuse, HrModule, HrNet, Transition};
 
 /// The same folded plan on a GPU device (CUDA kernels; file: src/model/infer_gpu.rs).
 #[path = "infer_gpu.rs"]
@@ -13,7 +13,7 @@ pub mod gpu;
 use crate::ops::conv2d::cpu::{forward_fused, Epilogue};
 use crate::ops::{Conv2dGeom, BN_EPS};
 use crate::tensor::Tensor;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -28,21 +28,148 @@ struct FConv {
     relu: bool,
 }
 
-#[derive(Clone, Debug)]
-struct FBlock {
-    /// All but the last link; the last one takes the shortcut as residual and always ends in ReLU.
-    layers: Vec<FConv>,
-    downsample: Option<FConv>,
+/// The model's layer plan with BN folded into every conv, generic over how a conv is held (host
+/// buffers here, device buffers in the GPU path). ReLU flags are the layers' own; each engine marks
+/// where it applies the block and fuse-row ReLUs.
+struct Plan<C> {
+    stem: [C; 2],
+    layer1: Vec<PlanBlock<C>>,
+    transitions: Vec<Vec<Option<Vec<C>>>>,
+    stages: Vec<Vec<PlanModule<C>>>,
+    head0: C,
+    head3: C,
 }
 
 #[derive(Clone, Debug)]
-enum FFuse {
+struct PlanBlock<C> {
+    /// The last link takes the shortcut as residual and ends in ReLU.
+    layers: Vec<C>,
+    downsample: Option<C>,
+}
+
+#[derive(Clone, Debug)]
+enum PlanFuse<C> {
     Identity,
-    Up(FConv),
-    Down(Vec<FConv>),
+    Up(C),
+    Down(Vec<C>),
 }
 
-#[derive(Clone, Debug)]
+struct PlanModule<C> {
+    branches: Vec<Vec<PlanBlock<C>>>,
+    fuse: Vec<Vec<PlanFuse<C>>>,
+}
+
+impl<C> Plan<C> {
+    /// The same plan with every conv converted by `f` (in layer order).
+    fn try_map<D>(self, f: &mut impl FnMut(C) -> Result<D>) -> Result<Plan<D>> {
+        fn all<C, D>(cs: Vec<C>, f: &mut impl FnMut(C) -> Result<D>) -> Result<Vec<D>> {
+            cs.into_iter().map(&mut *f).collect()
+        }
+        fn block<C, D>(b: PlanBlock<C>, f: &mut impl FnMut(C) -> Result<D>) -> Result<PlanBlock<D>> {
+            Ok(PlanBlock { layers: all(b.layers, f)?, downsample: b.downsample.map(&mut *f).transpose()? })
+        }
+        fn blocks<C, D>(bs: Vec<PlanBlock<C>>, f: &mut impl FnMut(C) -> Result<D>) -> Result<Vec<PlanBlock<D>>> {
+            bs.into_iter().map(|b| block(b, f)).collect()
+        }
+        let [s0, s1] = self.stem;
+        let stem = [f(s0)?, f(s1)?];
+        let layer1 = blocks(self.layer1, f)?;
+        let mut transitions = Vec::new();
+        for ts in self.transitions {
+            transitions.push(ts.into_iter().map(|t| t.map(|cs| all(cs, f)).transpose()).collect::<Result<_>>()?);
+        }
+        let mut stages = Vec::new();
+        for ms in self.stages {
+            let mut modules = Vec::new();
+            for m in ms {
+                let branches = m.branches.into_iter().map(|bs| blocks(bs, f)).collect::<Result<_>>()?;
+                let mut fuse = Vec::new();
+                for row in m.fuse {
+                    let mut terms = Vec::new();
+                    for t in row {
+                        terms.push(match t {
+                            PlanFuse::Identity => PlanFuse::Identity,
+                            PlanFuse::Up(c) => PlanFuse::Up(f(c)?),
+                            PlanFuse::Down(cs) => PlanFuse::Down(all(cs, f)?),
+                        });
+                    }
+                    fuse.push(terms);
+                }
+                modules.push(PlanModule { branches, fuse });
+            }
+            stages.push(modules);
+        }
+        Ok(Plan { stem, layer1, transitions, stages, head0: f(self.head0)?, head3: f(self.head3)? })
+    }
+}
+
+/// Folds the model's eval-mode BN into its convs: BN(Wx + c) = γ/σ·(Wx + c − μ) + β, so
+/// W' = W·γ/σ and b' = (c − μ)·γ/σ + β, computed in f64 and rounded once to f32. The model's
+/// tensors may live on any device.
+fn fold_plan(net: &HrNet) -> Result<Plan<FConv>> {
+    let s = &net.store;
+    let read = |i: usize| -> Result<Vec<f64>> {
+        s.tensor(i).try_to_f64_vec().with_context(|| format!("infer: reading `{}`", s.name(i)))
+    };
+    let conv = |c: &Conv, bn: Option<&Bn>, relu: bool| -> Result<FConv> {
+        let wt = s.tensor(c.w);
+        let wshape = match *wt.shape() {
+            [a, b, k1, k2] => [a, b, k1, k2],
+            _ => bail!("infer: conv weight {} is not 4-d: {:?}", s.name(c.w), wt.shape()),
+        };
+        let mut w = read(c.w)?;
+        let mut b = match c.b {
+            Some(b) => read(b)?,
+            None => vec![0.0; wshape[0]],
+        };
+        if let Some(bn) = bn {
+            let (g, bt, rm, rv) = (read(bn.w)?, read(bn.b)?, read(bn.rm)?, read(bn.rv)?);
+            let per = w.len() / wshape[0].max(1);
+            for co in 0..wshape[0] {
+                let scale = g[co] / (rv[co] + BN_EPS).sqrt();
+                w[co * per..(co + 1) * per].iter_mut().for_each(|v| *v *= scale);
+                b[co] = (b[co] - rm[co]) * scale + bt[co];
+            }
+        }
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+        Ok(FConv { w: f32s(w), b: f32s(b), wshape, stride: c.stride, pad: c.pad, relu })
+    };
+    let folded = |l: &ConvBn, relu: bool| conv(&l.conv, Some(&l.bn), relu);
+    let links = |ls: &[ConvBn]| ls.iter().map(|l| folded(l, l.relu)).collect::<Result<Vec<_>>>();
+    let block = |b: &Block| -> Result<PlanBlock<FConv>> {
+        Ok(PlanBlock { layers: links(&b.layers)?, downsample: b.downsample.as_ref().map(|d| folded(d, false)).transpose()? })
+    };
+    let blocks = |bs: &[Block]| bs.iter().map(block).collect::<Result<Vec<_>>>();
+    let transition = |t: &Transition| t.as_ref().map(|ls| links(ls)).transpose();
+    let module = |m: &HrModule| -> Result<PlanModule<FConv>> {
+        let branches = m.branches.iter().map(|b| blocks(b)).collect::<Result<Vec<_>>>()?;
+        let mut fuse = Vec::new();
+        for row in &m.fuse {
+            let mut terms = Vec::new();
+            for f in row {
+                terms.push(match f {
+                    Fuse::Identity => PlanFuse::Identity,
+                    Fuse::Up(l) => PlanFuse::Up(folded(l, false)?),
+                    Fuse::Down(ls) => PlanFuse::Down(links(ls)?),
+                });
+            }
+            fuse.push(terms);
+        }
+        Ok(PlanModule { branches, fuse })
+    };
+    Ok(Plan {
+        stem: [folded(&net.stem[0], true)?, folded(&net.stem[1], true)?],
+        layer1: blocks(&net.layer1)?,
+        transitions: net.transitions.iter().map(|ts| ts.iter().map(transition).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?,
+        stages: net.stages.iter().map(|ms| ms.iter().map(module).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?,
+        head0: folded(&net.head0, true)?,
+        head3: conv(&net.head3, None, false)?,
+    })
+}
+
+type FBlock = PlanBlock<FConv>;
+type FFuse = PlanFuse<FConv>;
+
 struct FModule {
     branches: Vec<Vec<FBlock>>,
     fuse: Vec<Vec<FFuse>>,
@@ -104,67 +231,21 @@ pub struct InferNet {
     arena: Arena,
 }
 
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_f32_vec()
-}
-
 impl InferNet {
     pub fn new(net: &HrNet) -> Result<InferNet> {
-        let s = &net.store;
-        let plain = |c: &Conv, relu: bool| -> Result<FConv> {
-            let wt = s.tensor(c.w);
-            let wshape = match *wt.shape() {
-                [a, b, k1, k2] => [a, b, k1, k2],
-                _ => bail!("infer: conv weight {} is not 4-d: {:?}", s.name(c.w), wt.shape()),
-            };
-            let b = match c.b {
-                Some(b) => f32s(s.tensor(b)),
-                None => vec![0.0; wshape[0]],
-            };
-            Ok(FConv { w: f32s(wt), b, wshape, stride: c.stride, pad: c.pad, relu })
-        };
-        // BN(Wx + c) = γ/σ·(Wx + c − μ) + β  →  W' = W·γ/σ, b' = (c − μ)·γ/σ + β.
-        let folded = |l: &ConvBn, relu: bool| -> Result<FConv> {
-            let mut f = plain(&l.conv, relu)?;
-            let (g, bt) = (s.tensor(l.bn.w).to_f64_vec(), s.tensor(l.bn.b).to_f64_vec());
-            let (rm, rv) = (s.tensor(l.bn.rm).to_f64_vec(), s.tensor(l.bn.rv).to_f64_vec());
-            let per = f.w.len() / f.wshape[0];
-            for co in 0..f.wshape[0] {
-                let scale = g[co] / (rv[co] + BN_EPS).sqrt();
-                f.w[co * per..(co + 1) * per].iter_mut().for_each(|v| *v = (*v as f64 * scale) as f32);
-                f.b[co] = ((f.b[co] as f64 - rm[co]) * scale + bt[co]) as f32;
+        let plan = fold_plan(net)?;
+        // A block ends in relu(last(x) + shortcut): the last conv's epilogue applies it.
+        let mark_blocks = |mut bs: Vec<FBlock>| {
+            for b in &mut bs {
+                if let Some(last) = b.layers.last_mut() {
+                    last.relu = true;
+                }
             }
-            Ok(f)
+            bs
         };
-        let links = |ls: &[ConvBn]| ls.iter().map(|l| folded(l, l.relu)).collect::<Result<Vec<_>>>();
-        let block = |b: &Block| -> Result<FBlock> {
-            let mut layers = links(&b.layers)?;
-            // The block ends in relu(last(x) + shortcut): the last conv's epilogue applies it.
-            if let Some(last) = layers.last_mut() {
-                last.relu = true;
-            }
-            Ok(FBlock { layers, downsample: b.downsample.as_ref().map(|d| folded(d, false)).transpose()? })
-        };
-        let blocks = |bs: &[Block]| bs.iter().map(block).collect::<Result<Vec<_>>>();
-        let transition = |t: &Transition| t.as_ref().map(|ls| links(ls)).transpose();
-        let module = |m: &HrModule| -> Result<FModule> {
-            let branches = m.branches.iter().map(|b| blocks(b)).collect::<Result<Vec<_>>>()?;
-            let fuse = m
-                .fuse
-                .iter()
-                .map(|row| {
-                    row.iter()
-                        .map(|f| {
-                            Ok(match f {
-                                Fuse::Identity => FFuse::Identity,
-                                Fuse::Up(l) => FFuse::Up(folded(l, false)?),
-                                Fuse::Down(ls) => FFuse::Down(links(ls)?),
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-                .collect::<Result<Vec<Vec<FFuse>>>>()?;
-            let mut fuse = fuse;
+        let module = |m: PlanModule<FConv>| {
+            let branches = m.branches.into_iter().map(mark_blocks).collect();
+            let mut fuse = m.fuse;
             // The row's sum starts from the identity term and adds the others in order: the last one
             // added applies relu (in its conv epilogue for a downsampling chain).
             let last_term = fuse
@@ -178,15 +259,15 @@ impl InferNet {
                     Some(j)
                 })
                 .collect();
-            Ok(FModule { branches, fuse, last_term })
+            FModule { branches, fuse, last_term }
         };
         Ok(InferNet {
-            stem: [folded(&net.stem[0], true)?, folded(&net.stem[1], true)?],
-            layer1: blocks(&net.layer1)?,
-            transitions: net.transitions.iter().map(|ts| ts.iter().map(transition).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?,
-            stages: net.stages.iter().map(|ms| ms.iter().map(module).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?,
-            head0: folded(&net.head0, true)?,
-            head3: plain(&net.head3, false)?,
+            stem: plan.stem,
+            layer1: mark_blocks(plan.layer1),
+            transitions: plan.transitions,
+            stages: plan.stages.into_iter().map(|ms| ms.into_iter().map(module).collect()).collect(),
+            head0: plan.head0,
+            head3: plan.head3,
             arena: Arena::default(),
         })
     }

@@ -10,14 +10,14 @@
 //!
 //! Declared from infer.rs (a grandchild of hrnet.rs) so it can read the model's private layer plan.
 
-use super::super::{Block, Conv, ConvBn, Fuse, HrModule, HrNet, Transition};
+use super::super::HrNet;
+use super::{fold_plan, FConv, PlanBlock, PlanFuse, PlanModule};
 use crate::cuda::device::{add_assign, GpuBuffer, GpuDevice};
 use crate::cuda::params::FUSION_MAX_TERMS;
 use crate::cuda::raw::{self, ConvEpilogue, UpTerm};
 use crate::model::store::Slot;
-use crate::ops::BN_EPS;
 use crate::tensor::{Device, Tensor};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::sync::{Arc, Mutex};
 
 /// A conv with BN folded in, on the device: y = act(W'·x + b' (+ residual)).
@@ -30,22 +30,9 @@ struct GConv {
     relu: bool,
 }
 
-struct GBlock {
-    /// The last layer takes the shortcut as residual and always ends in ReLU.
-    layers: Vec<GConv>,
-    downsample: Option<GConv>,
-}
-
-enum GFuse {
-    Identity,
-    Up(GConv),
-    Down(Vec<GConv>),
-}
-
-struct GModule {
-    branches: Vec<Vec<GBlock>>,
-    fuse: Vec<Vec<GFuse>>,
-}
+type GBlock = PlanBlock<GConv>;
+type GFuse = PlanFuse<GConv>;
+type GModule = PlanModule<GConv>;
 
 /// An activation on the device: [n, c, h, w] NCHW.
 struct Act {
@@ -78,66 +65,19 @@ impl GpuInferNet {
     /// Folds the model's eval-mode BN into its convs (in f64, as `InferNet` does) and uploads the result
     /// to `dev`. The model's tensors may live on any device.
     pub fn new(net: &HrNet, dev: &GpuDevice) -> Result<GpuInferNet> {
-        let s = &net.store;
-        let host = |i: usize| -> Result<Vec<f64>> { Ok(s.tensor(i).try_to_f64_vec().with_context(|| format!("reading `{}`", s.name(i)))?) };
-        let upload = |v: &[f64]| dev.upload(&v.iter().map(|&x| x as f32).collect::<Vec<f32>>());
-        let conv = |c: &Conv, bn: Option<&super::super::Bn>, relu: bool| -> Result<GConv> {
-            let wt = s.tensor(c.w);
-            let wshape = match *wt.shape() {
-                [a, b, k1, k2] => [a, b, k1, k2],
-                _ => bail!("gpu infer: conv weight {} is not 4-d: {:?}", s.name(c.w), wt.shape()),
-            };
-            let mut w = host(c.w)?;
-            let mut b = match c.b {
-                Some(b) => host(b)?,
-                None => vec![0.0; wshape[0]],
-            };
-            if let Some(bn) = bn {
-                // BN(Wx + c) = γ/σ·(Wx + c − μ) + β  →  W' = W·γ/σ, b' = (c − μ)·γ/σ + β.
-                let (g, bt, rm, rv) = (host(bn.w)?, host(bn.b)?, host(bn.rm)?, host(bn.rv)?);
-                let per = w.len() / wshape[0].max(1);
-                for co in 0..wshape[0] {
-                    let scale = g[co] / (rv[co] + BN_EPS).sqrt();
-                    w[co * per..(co + 1) * per].iter_mut().for_each(|v| *v = (*v * scale) as f32 as f64);
-                    b[co] = (b[co] - rm[co]) * scale + bt[co];
-                }
-            }
-            Ok(GConv { w: upload(&w)?, b: upload(&b)?, wshape, stride: c.stride, pad: c.pad, relu })
+        let upload = |f: FConv| -> Result<GConv> {
+            let (w, b) = (dev.upload(&f.w)?, dev.upload(&f.b)?);
+            Ok(GConv { w, b, wshape: f.wshape, stride: f.stride, pad: f.pad, relu: f.relu })
         };
-        let folded = |l: &ConvBn, relu: bool| conv(&l.conv, Some(&l.bn), relu);
-        let links = |ls: &[ConvBn]| ls.iter().map(|l| folded(l, l.relu)).collect::<Result<Vec<_>>>();
-        let block = |b: &Block| -> Result<GBlock> {
-            Ok(GBlock { layers: links(&b.layers)?, downsample: b.downsample.as_ref().map(|d| folded(d, false)).transpose()? })
-        };
-        let blocks = |bs: &[Block]| bs.iter().map(block).collect::<Result<Vec<_>>>();
-        let transition = |t: &Transition| t.as_ref().map(|ls| links(ls)).transpose();
-        let module = |m: &HrModule| -> Result<GModule> {
-            let branches = m.branches.iter().map(|b| blocks(b)).collect::<Result<Vec<_>>>()?;
-            let fuse = m
-                .fuse
-                .iter()
-                .map(|row| {
-                    row.iter()
-                        .map(|f| {
-                            Ok(match f {
-                                Fuse::Identity => GFuse::Identity,
-                                Fuse::Up(l) => GFuse::Up(folded(l, false)?),
-                                Fuse::Down(ls) => GFuse::Down(links(ls)?),
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(GModule { branches, fuse })
-        };
+        let plan = fold_plan(net)?.try_map(&mut { upload })?;
         Ok(GpuInferNet {
             dev: dev.clone(),
-            stem: [folded(&net.stem[0], true)?, folded(&net.stem[1], true)?],
-            layer1: blocks(&net.layer1)?,
-            transitions: net.transitions.iter().map(|ts| ts.iter().map(transition).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?,
-            stages: net.stages.iter().map(|ms| ms.iter().map(module).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?,
-            head0: folded(&net.head0, true)?,
-            head3: conv(&net.head3, None, false)?,
+            stem: plan.stem,
+            layer1: plan.layer1,
+            transitions: plan.transitions,
+            stages: plan.stages,
+            head0: plan.head0,
+            head3: plan.head3,
             fusion: FusionMode::Fused,
         })
     }
@@ -254,9 +194,9 @@ impl GpuInferNet {
         let (mut ups, mut downs): (Vec<Act>, Vec<GpuBuffer>) = (Vec::new(), Vec::new());
         for (j, f) in row.iter().enumerate() {
             match f {
-                GFuse::Identity => identity = Some(&ys[j].buf),
-                GFuse::Up(l) => ups.push(self.conv(l, &ys[j], None)?),
-                GFuse::Down(links) => downs.push(self.chain(links, &ys[j])?.buf),
+                PlanFuse::Identity => identity = Some(&ys[j].buf),
+                PlanFuse::Up(l) => ups.push(self.conv(l, &ys[j], None)?),
+                PlanFuse::Down(links) => downs.push(self.chain(links, &ys[j])?.buf),
             }
         }
         for u in &ups {
