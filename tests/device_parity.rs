@@ -88,12 +88,29 @@ fn conv_body(dev: &Device) -> Named {
 }
 
 fn bn_train_body(dev: &Device) -> Named {
+    bn_train_body_with(dev, false)
+}
+
+/// relu(batch_norm_train) as one op (the fused kernel on the GPU, the fused pass on the CPU).
+fn bn_train_relu_body(dev: &Device) -> Named {
+    bn_train_body_with(dev, true)
+}
+
+fn bn_train_body_with(dev: &Device, fused_relu: bool) -> Named {
     let x = leaf(dev, &[3, 4, 5, 3], 10);
     let gamma = leaf(dev, &[4], 11);
     let beta = leaf(dev, &[4], 12);
     let mut rm = Tensor::from_f32(&[4], values(13, 4)).unwrap().to_device(dev).unwrap();
     let mut rv = Tensor::from_f32(&[4], values(14, 4).iter().map(|v| v.abs() + 0.5).collect()).unwrap().to_device(dev).unwrap();
-    let y = ops::batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, 0.1, ops::BN_EPS).unwrap();
+    let y = if fused_relu {
+        ops::batchnorm::batch_norm_train_relu(&x, &gamma, &beta, &mut rm, &mut rv, 0.1, ops::BN_EPS).unwrap()
+    } else {
+        ops::batch_norm_train(&x, &gamma, &beta, &mut rm, &mut rv, 0.1, ops::BN_EPS).unwrap()
+    };
+    if fused_relu {
+        let v = y.to_f32_vec();
+        assert!(v.iter().any(|&a| a == 0.0) && v.iter().any(|&a| a > 0.0), "the ReLU must cut some values");
+    }
     let grads = backward_with(&y, seed_grad(&y, 15)).unwrap();
     vec![
         out("y", &y, dev),
@@ -188,6 +205,7 @@ const TOL_REDUCE: f64 = 2e-5;
 fn all_op_bodies(dev: &Device) {
     compare("conv2d", dev, TOL_REDUCE, conv_body);
     compare("batch_norm_train", dev, TOL_REDUCE, bn_train_body);
+    compare("batch_norm_train_relu", dev, TOL_REDUCE, bn_train_relu_body);
     compare("batch_norm_eval", dev, TOL_REDUCE, bn_eval_body);
     // Pure per-element f32 arithmetic, identical on both devices.
     compare("relu_add_scale", dev, 0.0, elementwise_body);

@@ -4,7 +4,7 @@
 use crate::autograd::BackwardOp;
 use crate::cuda::device::{i32_of, GpuBuffer, GpuDevice};
 use crate::cuda::kernels;
-use crate::cuda::params::BatchNormParams;
+use crate::cuda::params::{BatchNormParams, EltwiseParams};
 use crate::tensor::{Storage, Tensor};
 use anyhow::{anyhow, Result};
 
@@ -26,6 +26,7 @@ pub(super) fn train(
     running_var: &mut Tensor,
     momentum: f64,
     eps: f64,
+    relu: bool,
 ) -> Result<Tensor> {
     let xb = buf(x)?;
     let dev = xb.device().clone();
@@ -53,7 +54,7 @@ pub(super) fn train(
                 // Safety: every buffer lives on `dev` with the sizes of `d`.
                 unsafe {
                     dev.launch(&kernels::BN_TRAIN_STATS, &p)?;
-                    dev.launch(&kernels::BN_TRAIN_APPLY, &p)
+                    dev.launch(if relu { &kernels::BN_TRAIN_APPLY_RELU } else { &kernels::BN_TRAIN_APPLY }, &p)
                 }
             })();
         });
@@ -62,8 +63,18 @@ pub(super) fn train(
         }
     })?;
     launched?;
-    let op = GpuBnTrainBackward { dims: d, eps, dev, x: x.detach(), gamma: gamma.detach(), save_mean, save_invstd };
-    Ok(Tensor::from_op(x.shape().to_vec(), Storage::Gpu(y), op, &[x, gamma, beta]))
+    let (xs, gs) = (x.detach(), gamma.detach());
+    let make = |y: Tensor| GpuBnTrainBackward {
+        dims: d,
+        eps,
+        dev,
+        x: xs,
+        gamma: gs,
+        save_mean,
+        save_invstd,
+        relu_out: relu.then_some(y),
+    };
+    Ok(Tensor::from_op_using_output(x.shape().to_vec(), Storage::Gpu(y), make, &[x, gamma, beta]))
 }
 
 struct GpuBnTrainBackward {
@@ -74,18 +85,44 @@ struct GpuBnTrainBackward {
     gamma: Tensor,
     save_mean: GpuBuffer,
     save_invstd: GpuBuffer,
+    /// The output, when a ReLU is fused in (its sign masks the gradient).
+    relu_out: Option<Tensor>,
 }
 
 impl BackwardOp for GpuBnTrainBackward {
     fn name(&self) -> &'static str {
-        "batch_norm"
+        if self.relu_out.is_some() {
+            "batch_norm_relu"
+        } else {
+            "batch_norm"
+        }
+    }
+    fn trace_name(&self) -> &'static str {
+        if self.relu_out.is_some() {
+            "relu"
+        } else {
+            "batch_norm"
+        }
     }
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         let c = self.dims[1];
         let dev = &self.dev;
+        let dy = dy.gpu("batch_norm backward")?;
+        // A fused ReLU: dy passes where the output is positive (relu_backward, as the unfused op).
+        let masked = match &self.relu_out {
+            Some(y) => {
+                let yb = buf(y)?;
+                let mut out = dev.empty(yb.len())?;
+                let e = EltwiseParams { a: yb.addr(), b: dy.addr(), out: out.addr_mut(), n: yb.len() as i64 };
+                // Safety: y, dy and out live on `dev` with `n` floats each.
+                unsafe { dev.launch(&kernels::RELU_BACKWARD, &e)? };
+                Some(out)
+            }
+            None => None,
+        };
         let p = BatchNormParams {
             x: buf(&self.x)?.addr(),
-            dy: dy.gpu("batch_norm backward")?.addr(),
+            dy: masked.as_ref().unwrap_or(dy).addr(),
             gamma: buf(&self.gamma)?.addr(),
             save_mean: self.save_mean.addr(),
             save_invstd: self.save_invstd.addr(),

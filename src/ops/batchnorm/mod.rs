@@ -79,8 +79,8 @@ pub fn batch_norm_train(
     train(x, gamma, beta, running_mean, running_var, momentum, eps, false)
 }
 
-/// relu(batch_norm_train(…)) in one op: on f32 CPU tensors the ReLU is applied in the normalising
-/// pass and its mask in the backward's first step (same values as the two ops); elsewhere it is
+/// relu(batch_norm_train(…)) in one op: on f32 tensors (CPU or GPU) the ReLU is applied in the
+/// normalising pass and its mask in the backward's first step (same values as the two ops); f64 runs
 /// the two ops.
 pub fn batch_norm_train_relu(
     x: &Tensor,
@@ -91,7 +91,7 @@ pub fn batch_norm_train_relu(
     momentum: f64,
     eps: f64,
 ) -> Result<Tensor> {
-    if x.device().is_gpu() || x.dtype() != DType::F32 {
+    if !x.device().is_gpu() && x.dtype() != DType::F32 {
         return crate::ops::relu(&batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps)?);
     }
     train(x, gamma, beta, running_mean, running_var, momentum, eps, true)
@@ -114,7 +114,7 @@ fn train(
         bail!("batch_norm: training needs more than one value per channel, input {:?}", x.shape());
     }
     if x.device().is_gpu() {
-        return gpu::train(d, x, gamma, beta, running_mean, running_var, momentum, eps);
+        return gpu::train(d, x, gamma, beta, running_mean, running_var, momentum, eps, relu);
     }
     let mut y = Storage::for_overwrite(x.dtype(), x.numel());
     let (mean, var) = match x.dtype() {
