@@ -9,9 +9,13 @@ fn randv(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32).collect()
 }
 
-/// max |a − b| / max |b|.
+/// max |a − b| / max |b|; infinite when `a` holds a non-finite value (f64::max would skip a NaN,
+/// and outputs start as NaN so that an unwritten element shows).
 fn max_rel(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
+    if a.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
     let scale = b.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
     a.iter().zip(b).map(|(&x, y)| (x as f64 - y).abs()).fold(0.0, f64::max) / scale
 }
@@ -82,7 +86,7 @@ fn naive_backward(g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32]) -> (Vec<f64
 }
 
 /// (n, cin, cout, h, w): channel counts around the kernel blocks (6 forward, 3 weight-grad),
-/// planes from 1×1 to wider than one 64-position tile and with odd pitches.
+/// planes from 1×1 to wider than one 64-position tile, with odd pitches and whole-vector widths.
 const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
     (1, 1, 1, 1, 1),
     (3, 3, 17, 2, 2),
@@ -92,6 +96,9 @@ const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
     (3, 1, 37, 13, 2),
     (1, 18, 18, 64, 64),
     (3, 19, 17, 1, 13),
+    // Widths of whole 16-position vectors (16, 32; stride 2 → 8, 16): vectors start at row starts.
+    (3, 7, 13, 5, 16),
+    (2, 9, 8, 4, 32),
 ];
 
 #[test]

@@ -72,6 +72,9 @@ struct Grid {
     phase: usize,
     /// Offset of tap (ky, kx) from q, tap = ky·3 + kx.
     taps: [usize; 9],
+    /// Vectors per output row when the width is a whole number of vectors (0 otherwise): then the
+    /// forward's vectors start at row starts and skip the junk columns instead of computing them.
+    row_vecs: usize,
 }
 
 impl Grid {
@@ -80,7 +83,7 @@ impl Grid {
         let q_len = (h * wp).div_ceil(LANES) * LANES;
         let plane = (q_len + 2 * wp + 2).div_ceil(LANES) * LANES;
         let taps = std::array::from_fn(|t| (t / 3) * wp + t % 3);
-        Grid { h, w, wp, q_len, plane, phase: 0, taps }
+        Grid { h, w, wp, q_len, plane, phase: 0, taps, row_vecs: whole_vectors(w) }
     }
     /// Stride 2 on an h×w input.
     fn stride2(h: usize, w: usize) -> Grid {
@@ -93,7 +96,23 @@ impl Grid {
             let (ky, kx) = (t / 3, t % 3);
             ((ky & 1) * 2 + (kx & 1)) * phase + (ky >> 1) * wp + (kx >> 1)
         });
-        Grid { h: ho, w: wo, wp, q_len, plane: 4 * phase, phase, taps }
+        Grid { h: ho, w: wo, wp, q_len, plane: 4 * phase, phase, taps, row_vecs: whole_vectors(wo) }
+    }
+    /// How many 16-position vectors the forward kernel computes per plane.
+    fn vecs(&self) -> usize {
+        if self.row_vecs > 0 {
+            self.h * self.row_vecs
+        } else {
+            self.q_len / LANES
+        }
+    }
+    /// The first position q of forward vector `i`.
+    fn vec_q(&self, i: usize) -> usize {
+        if self.row_vecs > 0 {
+            (i / self.row_vecs) * self.wp + (i % self.row_vecs) * LANES
+        } else {
+            i * LANES
+        }
     }
     /// Calls `f(offset from q0, index in the H×W plane, run length)` for each run of real
     /// (non-junk) output positions among q0..q0 + len.
@@ -110,6 +129,14 @@ impl Grid {
             f(q - q0, y * self.w + x, run);
             q += run;
         }
+    }
+}
+
+fn whole_vectors(w: usize) -> usize {
+    if w % LANES == 0 {
+        w / LANES
+    } else {
+        0
     }
 }
 
@@ -200,7 +227,8 @@ struct WeightView<'a> {
 }
 
 /// Runs the conv kernel over every (image, position tile, channel block) task in parallel;
-/// `store(image, co, q0, values)` receives each output channel's computed run (junk included).
+/// `store(image, co, q0, values)` receives each output channel's computed vectors, one 16-position
+/// run at a time (junk positions included where the width is not whole vectors).
 fn conv_tiles(
     gr: &Grid,
     n: usize,
@@ -211,7 +239,7 @@ fn conv_tiles(
     store: impl Fn(usize, usize, usize, &[f32]) + Sync,
 ) {
     // Tiles of at most NV vectors, balanced so a plane of 5 vectors runs as 3 + 2, not 4 + 1.
-    let qv = gr.q_len / LANES;
+    let qv = gr.vecs();
     let tiles = qv.div_ceil(NV);
     let blocks = cout.div_ceil(MR);
     assert!(xpad.len() >= n * cin * gr.plane);
@@ -222,25 +250,29 @@ fn conv_tiles(
         let t = (i / blocks) % tiles;
         let img = i / (blocks * tiles);
         let (v0, v1) = (t * qv / tiles, (t + 1) * qv / tiles);
-        let (q0, vecs) = (v0 * LANES, v1 - v0);
+        let vecs = v1 - v0;
+        let voff: [usize; NV] = std::array::from_fn(|v| gr.vec_q(v0 + v.min(vecs - 1)));
         let rows = MR.min(cout - cb * MR);
         // Rows past cout re-read the last real row; their sums are dropped.
         let wrows: [*const f32; MR] = std::array::from_fn(|r| wv.w[(cb * MR + r.min(rows - 1)) * wv.row..].as_ptr());
         let mut out = [0.0f32; MR * TILE];
-        // SAFETY: the tile reads x[q0 + v·16 + lane + taps] < q_len + 2·wp + 2 ≤ plane within each of
-        // the image's cin planes, and weights at row + c·col + t inside wv.w (asserted above).
+        // SAFETY: the tile reads x[voff[v] + lane + taps] < q_len + 2·wp + 2 ≤ plane within each of
+        // the image's cin planes (every vector starts below q_len), and weights at row + c·col + t
+        // inside wv.w (asserted above).
         unsafe {
-            let x = xpad.as_ptr().add(img * cin * gr.plane + q0);
+            let x = xpad.as_ptr().add(img * cin * gr.plane);
             let o = out.as_mut_ptr();
             match vecs {
-                4 => conv_tile::<4>(x, gr.plane, cin, &taps, &wrows, wv.col, o),
-                3 => conv_tile::<3>(x, gr.plane, cin, &taps, &wrows, wv.col, o),
-                2 => conv_tile::<2>(x, gr.plane, cin, &taps, &wrows, wv.col, o),
-                _ => conv_tile::<1>(x, gr.plane, cin, &taps, &wrows, wv.col, o),
+                4 => conv_tile::<4>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                3 => conv_tile::<3>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                2 => conv_tile::<2>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                _ => conv_tile::<1>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
             }
         }
         for r in 0..rows {
-            store(img, cb * MR + r, q0, &out[r * TILE..][..vecs * LANES]);
+            for (v, &q) in voff[..vecs].iter().enumerate() {
+                store(img, cb * MR + r, q, &out[r * TILE + v * LANES..][..LANES]);
+            }
         }
     };
     let total = n * tiles * blocks;
@@ -251,9 +283,11 @@ fn conv_tiles(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
-/// out[r][v·16 + lane] = Σ_c Σ_tap w[r][c·col + tap] · x[c·plane + taps[tap] + v·16 + lane].
+/// out[r][v·16 + lane] = Σ_c Σ_tap w[r][c·col + tap] · x[c·plane + taps[tap] + voff[v] + lane].
+#[allow(clippy::too_many_arguments)]
 unsafe fn conv_tile<const V: usize>(
     x: *const f32,
+    voff: &[usize; NV],
     plane: usize,
     cin: usize,
     taps: &[usize; 9],
@@ -269,7 +303,7 @@ unsafe fn conv_tile<const V: usize>(
             let wc: [*const f32; MR] = std::array::from_fn(|r| w[r].add(ci * col));
             for (t, &off) in taps.iter().enumerate() {
                 let xs = xc.add(off);
-                let xv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(xs.add(v * LANES)));
+                let xv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(xs.add(voff[v])));
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let wv = _mm512_set1_ps(*wc[r].add(t));
                     for v in 0..V {
@@ -287,7 +321,8 @@ unsafe fn conv_tile<const V: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn conv_tile<const V: usize>(_: *const f32, _: usize, _: usize, _: &[usize; 9], _: &[*const f32; MR], _: usize, _: *mut f32) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_tile<const V: usize>(_: *const f32, _: &[usize; NV], _: usize, _: usize, _: &[usize; 9], _: &[*const f32; MR], _: usize, _: *mut f32) {
     unreachable!("direct conv runs only where available() holds")
 }
 
