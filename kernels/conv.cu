@@ -91,9 +91,16 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_forward(const Conv2dPar
         if (p.relu) v = fmaxf(v, 0.0f);
         p.y[at] = v;
         if (p.stats) {
+            // Constant indices only, so the sums stay in registers (a computed index puts them on the stack).
             const double d = v;
-            row_sum[co - row0] += d;
-            row_sq[co - row0] = fma(d, d, row_sq[co - row0]);
+            const int row = co - row0;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                if (i == row) {
+                    row_sum[i] += d;
+                    row_sq[i] = fma(d, d, row_sq[i]);
+                }
+            }
         }
     };
     conv::gemm_tile<true, false>(p.c_out, p.n * out_hw, 0, K, load_w, load_x, store_y);
