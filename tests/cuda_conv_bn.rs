@@ -145,8 +145,8 @@ fn conv_stats_partials_match_cpu_sums() {
             outs.push([mean, invstd, rm, rv]);
         }
         for (k, name) in ["save_mean", "save_invstd", "running_mean", "running_var"].iter().enumerate() {
-            for ch in 0..cn {
-                let (a, b) = (outs[0][k][ch] as f64, outs[1][k][ch] as f64);
+            for (ch, (&a, &b)) in outs[0][k].iter().zip(&outs[1][k]).enumerate() {
+                let (a, b) = (a as f64, b as f64);
                 assert!((a - b).abs() <= 2e-5 * (1.0 + a.abs()), "case {ci} {name}[{ch}]: bn_train_stats {a} vs from partials {b}");
             }
         }
