@@ -4,6 +4,7 @@
 //   bn_train_apply      grid (ceil(hw/256) capped, min(n*c, 65535)), block 256: y = (x-mean)*invstd*gamma+beta
 //   bn_train_apply_relu same, fused with ReLU (the unfused rung is bn_train_apply + relu_forward)
 //   bn_eval_forward(_relu) same grid, normalising with the running statistics
+//   bn_stats_from_partials grid (c), block 256: bn_train_stats from conv2d_forward's per-block f64 sums
 //   bn_backward_reduce  grid (c), block 256: sum(dy), sum(dy*xhat) (+ accumulate grad_beta / grad_gamma)
 //   bn_backward_data    same grid as apply: dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat))
 // Plain shared-memory + shuffle reductions only (emulator-safe).
@@ -39,6 +40,53 @@ extern "C" __global__ void __launch_bounds__(256) bn_train_stats(const BatchNorm
         if (p.running_mean) {
             const float unbiased = count > 1 ? sq / (float)(count - 1) : var;
             p.running_mean[ch] = (1.0f - p.momentum) * p.running_mean[ch] + p.momentum * mean;
+            p.running_var[ch] = (1.0f - p.momentum) * p.running_var[ch] + p.momentum * unbiased;
+        }
+    }
+}
+
+__device__ __forceinline__ double warp_sum_f64(double v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(FULL_MASK, v, offset);
+    return v;
+}
+
+// block_sum in double (32 doubles of scratch); valid in thread 0.
+__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum_f64(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    const int warps = (blockDim.x + 31) >> 5;
+    if (warp == 0) {
+        v = lane < warps ? scratch[lane] : 0.0;
+        v = warp_sum_f64(v);
+    }
+    __syncthreads();
+    return v;
+}
+
+// Same outputs as bn_train_stats, from sums the conv already made (no pass over x). Variance as
+// E[x^2] - mean^2 in double: f32 data keep ~1e-16 * mean^2 / var relative error, far below f32 rounding.
+extern "C" __global__ void __launch_bounds__(256) bn_stats_from_partials(const BatchNormParams p) {
+    __shared__ double scratch[32];
+    const int ch = blockIdx.x;
+    double sum = 0.0, sq = 0.0;
+    for (int i = threadIdx.x; i < p.num_partials; i += blockDim.x) {
+        const double* part = p.partials + (long long)i * 2 * p.c;
+        sum += part[ch];
+        sq += part[p.c + ch];
+    }
+    sum = block_sum_f64(sum, scratch);
+    sq = block_sum_f64(sq, scratch);
+    if (threadIdx.x == 0) {
+        const double count = (double)((long long)p.n * p.hw);
+        const double mean = sum / count;
+        const double var = fmax(sq / count - mean * mean, 0.0);
+        p.save_mean[ch] = (float)mean;
+        p.save_invstd[ch] = (float)(1.0 / sqrt(var + (double)p.eps));
+        if (p.running_mean) {
+            const float unbiased = (float)(count > 1.0 ? var * count / (count - 1.0) : var);
+            p.running_mean[ch] = (1.0f - p.momentum) * p.running_mean[ch] + p.momentum * (float)mean;
             p.running_var[ch] = (1.0f - p.momentum) * p.running_var[ch] + p.momentum * unbiased;
         }
     }
@@ -113,5 +161,6 @@ HRK_EMU_EXPORT(bn_train_apply, BatchNormParams)
 HRK_EMU_EXPORT(bn_train_apply_relu, BatchNormParams)
 HRK_EMU_EXPORT(bn_eval_forward, BatchNormParams)
 HRK_EMU_EXPORT(bn_eval_forward_relu, BatchNormParams)
+HRK_EMU_EXPORT(bn_stats_from_partials, BatchNormParams)
 HRK_EMU_EXPORT(bn_backward_reduce, BatchNormParams)
 HRK_EMU_EXPORT(bn_backward_data, BatchNormParams)

@@ -1,6 +1,7 @@
 // 2-D convolution, NCHW f32, as implicit GEMM with shared-memory tiling (no im2col buffer).
 //   forward:         y[co, (n,oh,ow)]  = sum_{(ci,r,s)} w[co,(ci,r,s)] * x_patch[(ci,r,s),(n,oh,ow)]
-//                    (+bias, +residual, +ReLU: the epilogue of a BN-folded conv in inference)
+//                    (+bias, +residual, +ReLU: the epilogue of a BN-folded conv in inference;
+//                     optional per-block channel sums of y in double for a following training BN)
 //   backward-data:   dx[ci, (n,h,w)]   = sum_{(co,r,s)} w[co,ci,r,s] * dy_scatter[(co,r,s),(n,h,w)]
 //   backward-weight: dw[co, (ci,r,s)] += sum_{(n,oh,ow)} dy[co,(n,oh,ow)] * x_patch[(n,oh,ow),(ci,r,s)]
 //                    (split-K over gridDim.z with atomicAdd when k_splits > 1)
@@ -79,6 +80,9 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_forward(const Conv2dPar
         if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) return 0.0f;
         return p.x[(((long long)img * p.c_in + ci) * p.h + ih) * p.w + iw];
     };
+    // Stats epilogue: this thread's share of its 4 output rows (channels row0..row0+3), in double.
+    const int row0 = blockIdx.y * conv::TILE_M + (threadIdx.x / 16) * 4;
+    double row_sum[4] = {0.0, 0.0, 0.0, 0.0}, row_sq[4] = {0.0, 0.0, 0.0, 0.0};
     auto store_y = [&](int co, int col, float acc) {
         float v = acc + (p.bias ? p.bias[co] : 0.0f);
         const int img = col / out_hw, q = col % out_hw;
@@ -86,8 +90,38 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_forward(const Conv2dPar
         if (p.residual) v += p.residual[at];
         if (p.relu) v = fmaxf(v, 0.0f);
         p.y[at] = v;
+        if (p.stats) {
+            // Constant indices only, so the sums stay in registers (a computed index puts them on the stack).
+            const double d = v;
+            const int row = co - row0;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                if (i == row) {
+                    row_sum[i] += d;
+                    row_sq[i] = fma(d, d, row_sq[i]);
+                }
+            }
+        }
     };
     conv::gemm_tile<true, false>(p.c_out, p.n * out_hw, 0, K, load_w, load_x, store_y);
+    if (p.stats) {
+        // The 16 threads sharing a row are lanes 0-15 or 16-31 of one warp: a fixed-order shuffle tree
+        // (deterministic, no atomics), then lane 0 of each half writes this block's partial.
+        const int tx = threadIdx.x % 16;
+        for (int i = 0; i < 4; ++i) {
+            double s = row_sum[i], q = row_sq[i];
+            for (int offset = 8; offset > 0; offset >>= 1) {
+                s += __shfl_down_sync(FULL_MASK, s, offset);
+                q += __shfl_down_sync(FULL_MASK, q, offset);
+            }
+            const int co = row0 + i;
+            if (tx == 0 && co < p.c_out) {
+                double* part = p.stats + (long long)blockIdx.x * 2 * p.c_out;
+                part[co] = s;
+                part[p.c_out + co] = q;
+            }
+        }
+    }
 }
 
 // grid (ceil(n*h*w / 64), ceil(c_in / 64)), block 256.

@@ -14,6 +14,7 @@ struct Conv2dParams {
     float* dw;          // backward-weight output (ACCUMULATED: dw += ...)
     float* db;          // backward-bias output (ACCUMULATED)
     const float* residual;  // forward epilogue: [n, c_out, h_out, w_out] added after the bias, before ReLU; or null
+    double* stats;      // forward epilogue: per-block channel sums of y, [gridDim.x][2][c_out] (sum, sum of squares); or null
     int n, c_in, h, w;
     int c_out, h_out, w_out;
     int kh, kw, stride, pad;
@@ -37,10 +38,11 @@ struct BatchNormParams {
     float* sum_dy_xhat;    // [c] backward workspace (written)
     float* grad_gamma;     // [c] ACCUMULATED, may be null
     float* grad_beta;      // [c] ACCUMULATED, may be null
+    const double* partials;  // bn_stats_from_partials: [num_partials][2][c] sums of x and x^2 (conv2d_forward stats)
     int n, c, hw;
     float momentum;  // running = (1 - momentum) * running + momentum * batch
     float eps;
-    int pad_;
+    int num_partials;
 };
 
 struct UpsampleParams {

@@ -69,6 +69,12 @@ pub fn conv_weight_k_splits(p: &Conv2dParams) -> i32 {
     by_occupancy.min(by_work).clamp(1, 256) as i32
 }
 
+/// Number of per-block partials conv2d_forward writes with `stats` set (its grid x): the stats buffer
+/// holds `2 * this * c_out` f64 values.
+pub fn conv_stats_partials(p: &Conv2dParams) -> usize {
+    conv_forward_dims(p).grid[0] as usize
+}
+
 /// Number of partial sums for the MSE loss (the size of the `partial` workspace).
 pub fn mse_num_partials(n: i64) -> i32 {
     (nn(n.clamp(0, i32::MAX as i64) as i32).div_ceil(THREADS as u64)).clamp(1, 1024) as i32
@@ -96,6 +102,7 @@ kernels! {
     BN_TRAIN_APPLY_RELU, bn_train_apply_relu, hrk_emu_bn_train_apply_relu, "batchnorm", BatchNormParams, |p: &BatchNormParams| grid_planes(p.n.saturating_mul(p.c), p.hw);
     BN_EVAL_FORWARD, bn_eval_forward, hrk_emu_bn_eval_forward, "batchnorm", BatchNormParams, |p: &BatchNormParams| grid_planes(p.n.saturating_mul(p.c), p.hw);
     BN_EVAL_FORWARD_RELU, bn_eval_forward_relu, hrk_emu_bn_eval_forward_relu, "batchnorm", BatchNormParams, |p: &BatchNormParams| grid_planes(p.n.saturating_mul(p.c), p.hw);
+    BN_STATS_FROM_PARTIALS, bn_stats_from_partials, hrk_emu_bn_stats_from_partials, "batchnorm", BatchNormParams, |p: &BatchNormParams| dims([p.c.max(1) as u32, 1, 1]);
     BN_BACKWARD_REDUCE, bn_backward_reduce, hrk_emu_bn_backward_reduce, "batchnorm", BatchNormParams, |p: &BatchNormParams| dims([p.c.max(1) as u32, 1, 1]);
     BN_BACKWARD_DATA, bn_backward_data, hrk_emu_bn_backward_data, "batchnorm", BatchNormParams, |p: &BatchNormParams| grid_planes(p.n.saturating_mul(p.c), p.hw);
     BILINEAR_FORWARD, bilinear_forward, hrk_emu_bilinear_forward, "upsample", UpsampleParams, |p: &UpsampleParams| grid_1d(nn(p.planes) * nn(p.out_h) * nn(p.out_w));

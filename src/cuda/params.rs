@@ -17,6 +17,8 @@ params_struct!(
     x: u64, weight: u64, bias: u64, y: u64, dy: u64, dx: u64, dw: u64, db: u64,
     /// Forward epilogue: output-shaped tensor added after the bias, before the ReLU (0 = none).
     residual: u64,
+    /// Forward epilogue: per-block channel sums of y as f64, [grid.x][2][c_out] (Σy, Σy²) (0 = none).
+    stats: u64,
     n: i32, c_in: i32, h: i32, w: i32,
     c_out: i32, h_out: i32, w_out: i32,
     kh: i32, kw: i32, stride: i32, pad: i32,
@@ -33,9 +35,11 @@ params_struct!(
     x: u64, y: u64, dy: u64, dx: u64, gamma: u64, beta: u64,
     running_mean: u64, running_var: u64, save_mean: u64, save_invstd: u64,
     sum_dy: u64, sum_dy_xhat: u64, grad_gamma: u64, grad_beta: u64,
+    /// bn_stats_from_partials: f64 [num_partials][2][c] (Σx, Σx²), as written by conv2d_forward's stats.
+    partials: u64,
     n: i32, c: i32, hw: i32,
     momentum: f32, eps: f32,
-    pad_: i32,
+    num_partials: i32,
 });
 
 params_struct!(

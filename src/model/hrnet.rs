@@ -370,15 +370,19 @@ impl HrNet {
     }
 
     fn conv_bn(&mut self, x: &Tensor, l: &ConvBn, train: bool) -> Result<Tensor> {
-        let y = self.conv(x, &l.conv)?;
-        if l.relu && train {
-            // BN and its ReLU as one op (one pass each way on the CPU).
+        if train {
+            // conv2d, then BN with its ReLU as one op (one pass each way on the CPU); on a GPU the BN's
+            // batch statistics come from the conv kernel's epilogue (conv_batch_norm_train).
+            let c = &l.conv;
+            let w = self.store.tensor(c.w).clone();
+            let bias = c.b.map(|b| self.store.tensor(b).clone());
             let (g, b) = (self.store.tensor(l.bn.w).clone(), self.store.tensor(l.bn.b).clone());
             let (rm, rv) = self.store.two_tensors_mut(l.bn.rm, l.bn.rv);
-            let y = ops::batchnorm::batch_norm_train_relu(&y, &g, &b, rm, rv, BN_MOMENTUM, ops::BN_EPS)?;
+            let y = ops::batchnorm::conv_batch_norm_train(x, &w, bias.as_ref(), c.stride, c.pad, &g, &b, rm, rv, BN_MOMENTUM, ops::BN_EPS, l.relu)?;
             self.store.bump_count(l.bn.nbt);
             return Ok(y);
         }
+        let y = self.conv(x, &l.conv)?;
         let y = self.bn(&y, &l.bn, train)?;
         if l.relu {
             ops::relu(&y)

@@ -5,6 +5,7 @@ use crate::autograd::BackwardOp;
 use crate::cuda::device::{i32_of, GpuBuffer, GpuDevice};
 use crate::cuda::kernels;
 use crate::cuda::params::{BatchNormParams, EltwiseParams};
+use crate::ops::conv2d::ConvStats;
 use crate::tensor::{Storage, Tensor};
 use anyhow::{anyhow, Result};
 
@@ -28,6 +29,24 @@ pub(super) fn train(
     eps: f64,
     relu: bool,
 ) -> Result<Tensor> {
+    train_with_stats(d, x, gamma, beta, running_mean, running_var, momentum, eps, relu, None)
+}
+
+/// `train`, taking the batch statistics from the conv epilogue's per-block sums of x when `stats` is given
+/// (bn_stats_from_partials instead of the bn_train_stats pass over x).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn train_with_stats(
+    d: [usize; 4],
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    momentum: f64,
+    eps: f64,
+    relu: bool,
+    stats: Option<&ConvStats>,
+) -> Result<Tensor> {
     let xb = buf(x)?;
     let dev = xb.device().clone();
     let mut y = dev.empty(x.numel())?;
@@ -43,6 +62,10 @@ pub(super) fn train(
         momentum: momentum as f32,
         ..params("batch_norm", d, eps)?
     };
+    if let Some(s) = stats {
+        p.partials = s.addr();
+        p.num_partials = i32_of("batch_norm", s.partials)?;
+    }
     // The stats kernel updates the running buffers in place: take them writable (copy-on-write).
     let mut launched: Result<()> = Err(anyhow!("batch_norm: running buffers are not on the GPU"));
     // try_update: copying shared running buffers can run out of device memory (an error, not a panic).
@@ -53,7 +76,7 @@ pub(super) fn train(
                 p.running_var = rv.gpu_mut("batch_norm")?.addr_mut();
                 // Safety: every buffer lives on `dev` with the sizes of `d`.
                 unsafe {
-                    dev.launch(&kernels::BN_TRAIN_STATS, &p)?;
+                    dev.launch(if stats.is_some() { &kernels::BN_STATS_FROM_PARTIALS } else { &kernels::BN_TRAIN_STATS }, &p)?;
                     dev.launch(if relu { &kernels::BN_TRAIN_APPLY_RELU } else { &kernels::BN_TRAIN_APPLY }, &p)
                 }
             })();

@@ -97,6 +97,48 @@ pub fn batch_norm_train_relu(
     train(x, gamma, beta, running_mean, running_var, momentum, eps, true)
 }
 
+/// Whether `conv_batch_norm_train` takes the BN statistics from the conv epilogue on a GPU:
+/// `HRK_GPU_CONV_BN_STATS=0` keeps the reference rung (conv2d, then the BN's own statistics pass).
+fn conv_bn_stats_fused() -> bool {
+    std::env::var("HRK_GPU_CONV_BN_STATS").map_or(true, |v| v != "0")
+}
+
+/// Training-mode BN (+ ReLU when `relu`) of conv2d(x, weight, bias, stride, pad), as two tape ops (conv2d,
+/// then batch_norm(_relu)). On a GPU the conv kernel also sums each output channel (f64, per block, no
+/// atomics) and the BN derives its batch statistics and running-stat update from those sums, skipping its
+/// pass over the conv output; on the CPU (or with HRK_GPU_CONV_BN_STATS=0) it is exactly
+/// batch_norm_train(_relu)(conv2d(…)).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    momentum: f64,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    if !x.device().is_gpu() || !conv_bn_stats_fused() {
+        let y = crate::ops::conv2d(x, weight, bias, stride, pad)?;
+        return if relu {
+            batch_norm_train_relu(&y, gamma, beta, running_mean, running_var, momentum, eps)
+        } else {
+            batch_norm_train(&y, gamma, beta, running_mean, running_var, momentum, eps)
+        };
+    }
+    let (y, stats) = crate::ops::conv2d::conv2d_gpu_with_stats(x, weight, bias, stride, pad)?;
+    let d = check("batch_norm", &y, &[gamma, beta, running_mean, running_var])?;
+    if d[0] * d[2] * d[3] < 2 {
+        bail!("batch_norm: training needs more than one value per channel, input {:?}", y.shape());
+    }
+    gpu::train_with_stats(d, &y, gamma, beta, running_mean, running_var, momentum, eps, relu, Some(&stats))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn train(
     x: &Tensor,

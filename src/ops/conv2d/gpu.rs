@@ -2,11 +2,11 @@
 
 use super::Conv2dGeom;
 use crate::autograd::BackwardOp;
-use crate::cuda::device::{i32_of, GpuDevice};
-use crate::cuda::kernels::{self, conv_weight_k_splits};
+use crate::cuda::device::{i32_of, GpuBuffer, GpuDevice};
+use crate::cuda::kernels::{self, conv_stats_partials, conv_weight_k_splits};
 use crate::cuda::params::Conv2dParams;
 use crate::tensor::{Storage, Tensor};
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 
 fn params(g: &Conv2dGeom) -> Result<Conv2dParams> {
     let op = "conv2d";
@@ -26,7 +26,48 @@ fn params(g: &Conv2dGeom) -> Result<Conv2dParams> {
     })
 }
 
+/// Per-block channel sums of a conv output (f64 Σy, Σy²), written by conv2d_forward's stats epilogue for
+/// a following training BN (`bn_stats_from_partials`).
+pub(crate) struct ConvStats {
+    /// f32 storage holding the f64 values from the first 8-byte-aligned address on.
+    buf: GpuBuffer,
+    offset: u64,
+    /// Number of partials (conv2d_forward's grid x); the values are [partials][2][c_out].
+    pub partials: usize,
+}
+
+impl ConvStats {
+    fn new(dev: &GpuDevice, p: &Conv2dParams) -> Result<ConvStats> {
+        let partials = conv_stats_partials(p);
+        let doubles = partials
+            .checked_mul(2 * p.c_out.max(0) as usize)
+            .ok_or_else(|| anyhow!("conv2d: stats buffer of {partials} partials x {} channels overflows", p.c_out))?;
+        // Two f32 per f64, plus one spare f32 to align the start to 8 bytes.
+        let mut buf = dev.empty(2 * doubles + 1)?;
+        let offset = buf.addr_mut() % 8;
+        let offset = if offset == 0 { 0 } else { 8 - offset };
+        Ok(ConvStats { buf, offset, partials })
+    }
+    fn addr_mut(&mut self) -> u64 {
+        self.buf.addr_mut() + self.offset
+    }
+    /// Device address of the first f64 (for a kernel that reads the sums).
+    pub fn addr(&self) -> u64 {
+        self.buf.addr() + self.offset
+    }
+}
+
 pub(super) fn forward(g: Conv2dGeom, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    Ok(forward_impl(g, x, weight, bias, false)?.0)
+}
+
+/// forward, also returning the per-block channel sums of the output.
+pub(super) fn forward_with_stats(g: Conv2dGeom, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, ConvStats)> {
+    let (y, stats) = forward_impl(g, x, weight, bias, true)?;
+    Ok((y, stats.ok_or_else(|| anyhow!("conv2d: stats were not produced"))?))
+}
+
+fn forward_impl(g: Conv2dGeom, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, want_stats: bool) -> Result<(Tensor, Option<ConvStats>)> {
     let xb = x.storage().gpu("conv2d")?;
     let dev: GpuDevice = xb.device().clone();
     let mut y = dev.empty(g.n * g.cout * g.ho * g.wo)?;
@@ -34,7 +75,11 @@ pub(super) fn forward(g: Conv2dGeom, x: &Tensor, weight: &Tensor, bias: Option<&
         Some(b) => b.storage().gpu("conv2d")?.addr(),
         None => 0,
     };
-    let p = Conv2dParams { x: xb.addr(), weight: weight.storage().gpu("conv2d")?.addr(), bias: bias_addr, y: y.addr_mut(), ..params(&g)? };
+    let mut p = Conv2dParams { x: xb.addr(), weight: weight.storage().gpu("conv2d")?.addr(), bias: bias_addr, y: y.addr_mut(), ..params(&g)? };
+    let mut stats = if want_stats { Some(ConvStats::new(&dev, &p)?) } else { None };
+    if let Some(s) = stats.as_mut() {
+        p.stats = s.addr_mut();
+    }
     // Safety: every buffer lives on `dev` with the sizes of `g` (checked by Conv2dGeom::new).
     unsafe { dev.launch(&kernels::CONV2D_FORWARD, &p)? };
     let mut inputs = vec![x, weight];
@@ -48,7 +93,7 @@ pub(super) fn forward(g: Conv2dGeom, x: &Tensor, weight: &Tensor, bias: Option<&
         w: if x.is_requires_grad() { Some(weight.detach()) } else { None },
         has_bias: bias.is_some(),
     };
-    Ok(Tensor::from_op(g.out_shape(), Storage::Gpu(y), op, &inputs))
+    Ok((Tensor::from_op(g.out_shape(), Storage::Gpu(y), op, &inputs), stats))
 }
 
 struct GpuConv2dBackward {

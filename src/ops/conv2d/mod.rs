@@ -3,6 +3,7 @@
 pub mod cpu;
 pub mod direct;
 mod gpu;
+pub(crate) use gpu::ConvStats;
 
 use crate::autograd::BackwardOp;
 use crate::by_dtype;
@@ -53,6 +54,24 @@ impl Conv2dGeom {
     pub fn macs(&self) -> u64 {
         (self.n * self.cout * self.ho * self.wo * self.cin * self.k * self.k) as u64
     }
+}
+
+/// conv2d of GPU tensors whose output also carries per-block channel sums (for a following training BN:
+/// ops::batchnorm::conv_batch_norm_train). Same checks and tape op as `conv2d`.
+pub(crate) fn conv2d_gpu_with_stats(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<(Tensor, ConvStats)> {
+    let g = Conv2dGeom::new(x.dims4("conv2d")?, weight.shape(), stride, pad)?;
+    let device = same_device("conv2d", &[&[x, weight][..], bias.as_slice()].concat())?;
+    same_dtype("conv2d", x, weight)?;
+    if let Some(b) = bias {
+        same_dtype("conv2d", x, b)?;
+        if b.shape() != [g.cout] {
+            bail!("conv2d: bias {:?} does not fit weight {:?}", b.shape(), weight.shape());
+        }
+    }
+    if !device.is_gpu() {
+        bail!("conv2d: channel statistics in the conv epilogue need a GPU device (input {:?})", x.shape());
+    }
+    gpu::forward_with_stats(g, x, weight, bias)
 }
 
 /// y = conv2d(x, weight) + bias.
