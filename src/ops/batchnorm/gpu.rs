@@ -4,7 +4,8 @@
 use crate::autograd::BackwardOp;
 use crate::cuda::device::{i32_of, GpuBuffer, GpuDevice};
 use crate::cuda::kernels;
-use crate::cuda::params::{BatchNormParams, EltwiseParams};
+use crate::cuda::params::BatchNormParams;
+use crate::ops::elementwise::gpu::eltwise;
 use crate::ops::conv2d::ConvStats;
 use crate::tensor::{Storage, Tensor};
 use anyhow::{anyhow, Result};
@@ -17,23 +18,8 @@ fn buf<'a>(t: &'a Tensor) -> Result<&'a GpuBuffer> {
     t.storage().gpu("batch_norm")
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn train(
-    d: [usize; 4],
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &mut Tensor,
-    running_var: &mut Tensor,
-    momentum: f64,
-    eps: f64,
-    relu: bool,
-) -> Result<Tensor> {
-    train_with_stats(d, x, gamma, beta, running_mean, running_var, momentum, eps, relu, None)
-}
-
-/// `train`, taking the batch statistics from the conv epilogue's per-block sums of x when `stats` is given
-/// (bn_stats_from_partials instead of the bn_train_stats pass over x).
+/// Training-mode BN (+ ReLU when `relu`): batch statistics from a bn_train_stats pass over x, or, when
+/// `stats` is given, from the conv epilogue's per-block sums of x (bn_stats_from_partials).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn train_with_stats(
     d: [usize; 4],
@@ -114,18 +100,10 @@ struct GpuBnTrainBackward {
 
 impl BackwardOp for GpuBnTrainBackward {
     fn name(&self) -> &'static str {
-        if self.relu_out.is_some() {
-            "batch_norm_relu"
-        } else {
-            "batch_norm"
-        }
+        super::op_name(self.relu_out.is_some())
     }
     fn trace_name(&self) -> &'static str {
-        if self.relu_out.is_some() {
-            "relu"
-        } else {
-            "batch_norm"
-        }
+        super::trace_name(self.relu_out.is_some())
     }
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         let c = self.dims[1];
@@ -133,14 +111,7 @@ impl BackwardOp for GpuBnTrainBackward {
         let dy = dy.gpu("batch_norm backward")?;
         // A fused ReLU: dy passes where the output is positive (relu_backward, as the unfused op).
         let masked = match &self.relu_out {
-            Some(y) => {
-                let yb = buf(y)?;
-                let mut out = dev.empty(yb.len())?;
-                let e = EltwiseParams { a: yb.addr(), b: dy.addr(), out: out.addr_mut(), n: yb.len() as i64 };
-                // Safety: y, dy and out live on `dev` with `n` floats each.
-                unsafe { dev.launch(&kernels::RELU_BACKWARD, &e)? };
-                Some(out)
-            }
+            Some(y) => Some(eltwise(dev, &kernels::RELU_BACKWARD, buf(y)?, Some(dy))?),
             None => None,
         };
         let p = BatchNormParams {

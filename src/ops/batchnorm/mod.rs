@@ -156,7 +156,7 @@ fn train(
         bail!("batch_norm: training needs more than one value per channel, input {:?}", x.shape());
     }
     if x.device().is_gpu() {
-        return gpu::train(d, x, gamma, beta, running_mean, running_var, momentum, eps, relu);
+        return gpu::train_with_stats(d, x, gamma, beta, running_mean, running_var, momentum, eps, relu, None);
     }
     let mut y = Storage::for_overwrite(x.dtype(), x.numel());
     let (mean, var) = match x.dtype() {
@@ -189,6 +189,24 @@ fn train(
     Ok(Tensor::from_op_using_output(x.shape().to_vec(), y, make, &[x, gamma, beta]))
 }
 
+/// The tape name of a training BN, with or without its fused ReLU (CPU and GPU ops alike).
+fn op_name(fused_relu: bool) -> &'static str {
+    if fused_relu {
+        "batch_norm_relu"
+    } else {
+        "batch_norm"
+    }
+}
+
+/// The name a debugging trace records: a fused BN+ReLU's output is the ReLU's, as with the two ops.
+fn trace_name(fused_relu: bool) -> &'static str {
+    if fused_relu {
+        "relu"
+    } else {
+        "batch_norm"
+    }
+}
+
 struct BnTrainBackward {
     dims: [usize; 4],
     x: Tensor,
@@ -201,18 +219,10 @@ struct BnTrainBackward {
 
 impl BackwardOp for BnTrainBackward {
     fn name(&self) -> &'static str {
-        if self.relu_out.is_some() {
-            "batch_norm_relu"
-        } else {
-            "batch_norm"
-        }
+        op_name(self.relu_out.is_some())
     }
     fn trace_name(&self) -> &'static str {
-        if self.relu_out.is_some() {
-            "relu"
-        } else {
-            "batch_norm"
-        }
+        trace_name(self.relu_out.is_some())
     }
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         self.backward_owned(dy.clone(), needs)

@@ -8,7 +8,7 @@ pub(crate) use gpu::ConvStats;
 use crate::autograd::BackwardOp;
 use crate::by_dtype;
 use crate::float::{typed, typed_mut};
-use crate::tensor::{same_device, same_dtype, Storage, Tensor};
+use crate::tensor::{same_device, same_dtype, Device, Storage, Tensor};
 use anyhow::{bail, Result};
 
 /// Shapes of one conv2d call; mirrored by the CUDA kernels' parameter struct.
@@ -56,9 +56,8 @@ impl Conv2dGeom {
     }
 }
 
-/// conv2d of GPU tensors whose output also carries per-block channel sums (for a following training BN:
-/// ops::batchnorm::conv_batch_norm_train). Same checks and tape op as `conv2d`.
-pub(crate) fn conv2d_gpu_with_stats(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<(Tensor, ConvStats)> {
+/// The conv's geometry and device, after checking shapes, devices and dtypes of its operands.
+fn checked_geometry(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<(Conv2dGeom, Device)> {
     let g = Conv2dGeom::new(x.dims4("conv2d")?, weight.shape(), stride, pad)?;
     let device = same_device("conv2d", &[&[x, weight][..], bias.as_slice()].concat())?;
     same_dtype("conv2d", x, weight)?;
@@ -68,6 +67,13 @@ pub(crate) fn conv2d_gpu_with_stats(x: &Tensor, weight: &Tensor, bias: Option<&T
             bail!("conv2d: bias {:?} does not fit weight {:?}", b.shape(), weight.shape());
         }
     }
+    Ok((g, device))
+}
+
+/// conv2d of GPU tensors whose output also carries per-block channel sums (for a following training BN:
+/// ops::batchnorm::conv_batch_norm_train). Same checks and tape op as `conv2d`.
+pub(crate) fn conv2d_gpu_with_stats(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<(Tensor, ConvStats)> {
+    let (g, device) = checked_geometry(x, weight, bias, stride, pad)?;
     if !device.is_gpu() {
         bail!("conv2d: channel statistics in the conv epilogue need a GPU device (input {:?})", x.shape());
     }
@@ -76,15 +82,7 @@ pub(crate) fn conv2d_gpu_with_stats(x: &Tensor, weight: &Tensor, bias: Option<&T
 
 /// y = conv2d(x, weight) + bias.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
-    let g = Conv2dGeom::new(x.dims4("conv2d")?, weight.shape(), stride, pad)?;
-    let device = same_device("conv2d", &[&[x, weight][..], bias.as_slice()].concat())?;
-    same_dtype("conv2d", x, weight)?;
-    if let Some(b) = bias {
-        same_dtype("conv2d", x, b)?;
-        if b.shape() != [g.cout] {
-            bail!("conv2d: bias {:?} does not fit weight {:?}", b.shape(), weight.shape());
-        }
-    }
+    let (g, device) = checked_geometry(x, weight, bias, stride, pad)?;
     if device.is_gpu() {
         return gpu::forward(g, x, weight, bias);
     }

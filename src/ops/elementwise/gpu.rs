@@ -7,7 +7,7 @@ use crate::cuda::params::{EltwiseParams, OptimParams};
 use crate::tensor::{Storage, Tensor};
 use anyhow::Result;
 
-fn eltwise(dev: &GpuDevice, kernel: &'static kernels::Kernel<EltwiseParams>, a: &GpuBuffer, b: Option<&GpuBuffer>) -> Result<GpuBuffer> {
+pub(crate) fn eltwise(dev: &GpuDevice, kernel: &'static kernels::Kernel<EltwiseParams>, a: &GpuBuffer, b: Option<&GpuBuffer>) -> Result<GpuBuffer> {
     let mut out = dev.empty(a.len())?;
     let p = EltwiseParams { a: a.addr(), b: b.map_or(0, |b| b.addr()), out: out.addr_mut(), n: a.len() as i64 };
     // Safety: a, b and out live on `dev` with `n` floats each.
