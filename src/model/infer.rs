@@ -274,19 +274,32 @@ impl InferNet {
 
     /// Eval-mode forward of an NCHW f32 batch [N, 3, H, W] → heatmaps [N, joints, H/4, W/4].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Run on a pool thread: the kernels' parallel loops then split work among the workers
+        // directly instead of each being injected from outside the pool and waited on.
+        rayon::scope(|_| self.forward_on_pool(x))
+    }
+
+    fn forward_on_pool(&self, x: &Tensor) -> Result<Tensor> {
         let d = x.dims4("hrnet infer")?;
         if d[1] != 3 {
             bail!("hrnet infer: input must have 3 channels, got shape {:?}", x.shape());
         }
         let input = x.to_f32_vec();
-        if d[0] > 1 && image_by_image() {
-            // One image at a time keeps every activation of the image in cache; the kernels are
-            // parallel within an image, so the cores stay busy.
+        let mode = batch_mode();
+        if d[0] > 1 && mode != BatchMode::Whole {
+            // Image by image keeps every activation of an image in cache. Images in parallel (one
+            // per worker, each still free to split its kernels when a worker idles) spare most of
+            // the per-layer synchronisation of splitting every conv of one image.
             let per_image = d[1] * d[2] * d[3];
-            let mut out = Vec::new();
+            let one = |img: &[f32]| self.forward_raw([1, d[1], d[2], d[3]], img);
+            let ys = if mode == BatchMode::Parallel {
+                input.par_chunks_exact(per_image).with_max_len(1).map(one).collect::<Result<Vec<Act>>>()?
+            } else {
+                input.chunks_exact(per_image).map(one).collect::<Result<Vec<Act>>>()?
+            };
+            let mut out = Vec::with_capacity(ys.iter().map(|y| y.data.len()).sum());
             let mut dims = [0; 4];
-            for img in input.chunks_exact(per_image) {
-                let y = self.forward_raw([1, d[1], d[2], d[3]], img)?;
+            for y in ys {
                 dims = [d[0], y.dims[1], y.dims[2], y.dims[3]];
                 out.extend_from_slice(&y.data);
                 self.arena.give(y);
@@ -603,8 +616,21 @@ fn bilinear(src: &[f32], planes: usize, from: [usize; 2], to: [usize; 2], dst: &
     }
 }
 
-/// `HRK_INFER_BATCH=whole` runs a batch through each layer at once instead of image by image.
-fn image_by_image() -> bool {
-    static WHOLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    !*WHOLE.get_or_init(|| std::env::var("HRK_INFER_BATCH").is_ok_and(|v| v == "whole"))
+#[derive(Clone, Copy, PartialEq)]
+enum BatchMode {
+    /// Images in parallel, one per worker (the default).
+    Parallel,
+    /// One image after another (`HRK_INFER_BATCH=sequential`).
+    Sequential,
+    /// The whole batch through each layer at once (`HRK_INFER_BATCH=whole`).
+    Whole,
+}
+
+fn batch_mode() -> BatchMode {
+    static MODE: std::sync::OnceLock<BatchMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("HRK_INFER_BATCH").as_deref() {
+        Ok("whole") => BatchMode::Whole,
+        Ok("sequential") => BatchMode::Sequential,
+        _ => BatchMode::Parallel,
+    })
 }

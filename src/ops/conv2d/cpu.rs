@@ -146,6 +146,12 @@ pub fn forward<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], bias: Option<&[T]>, 
     forward_fused(g, x, wt, Epilogue { bias, residual: None, relu: false }, y)
 }
 
+/// `HRK_CONV_WINOGRAD=0` computes 3×3 stride-1 convs directly instead of by Winograd F(2×2, 3×3).
+fn winograd_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HRK_CONV_WINOGRAD").map_or(true, |v| v != "0"))
+}
+
 /// `HRK_CONV_DIRECT=0` turns the direct 3×3 kernels off (everything then takes im2col + GEMM).
 pub fn direct_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -171,6 +177,10 @@ pub fn forward_fused<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilogue<T
                 relu: ep.relu,
             };
             let y32 = as_f32_mut(y).expect("same dtype");
+            if winograd_enabled() && direct::winograd::pays(g) {
+                direct::winograd::forward(g, x32, w32, ep32, y32);
+                return;
+            }
             if direct::forward_fused(g, x32, w32, ep32, y32) {
                 return;
             }

@@ -14,6 +14,8 @@
 //! reading dy through the same padded planes (their border is exactly the zero the junk columns need).
 //! Stride 2 (forward only) runs the same kernel on the four parity phases of the padded input.
 
+pub mod winograd;
+
 use super::cpu::Epilogue;
 use super::Conv2dGeom;
 use rayon::prelude::*;
@@ -33,6 +35,12 @@ const WR: usize = 3;
 /// faster), at least one channel each way (stride 1 needs cin > 0 too).
 pub fn applies(g: &Conv2dGeom) -> bool {
     g.k == 3 && g.pad == 1 && (g.stride == 1 || (g.stride == 2 && g.cin >= 8)) && g.cin > 0 && g.cout > 0
+}
+
+/// 1×1 convs (stride 1, no padding) on planes of whole vectors, computed by the same kernel with
+/// one tap and no padded copy.
+pub fn applies_pointwise(g: &Conv2dGeom) -> bool {
+    g.is_pointwise() && g.cin > 0 && g.cout > 0 && g.h * g.w > 0 && (g.h * g.w) % LANES == 0
 }
 
 /// The geometries this module computes backward: 3×3, pad 1, stride 1.
@@ -70,8 +78,10 @@ struct Grid {
     plane: usize,
     /// Stride 2: stride between the four phase planes inside one channel's plane.
     phase: usize,
-    /// Offset of tap (ky, kx) from q, tap = ky·3 + kx.
+    /// Offset of tap (ky, kx) from q, tap = ky·3 + kx (only taps[0] = 0 for a 1×1 conv).
     taps: [usize; 9],
+    /// Taps per input channel: 9, or 1 for a 1×1 conv.
+    ntaps: usize,
     /// Vectors per output row when the width is a whole number of vectors (0 otherwise): then the
     /// forward's vectors start at row starts and skip the junk columns instead of computing them.
     row_vecs: usize,
@@ -83,7 +93,7 @@ impl Grid {
         let q_len = (h * wp).div_ceil(LANES) * LANES;
         let plane = (q_len + 2 * wp + 2).div_ceil(LANES) * LANES;
         let taps = std::array::from_fn(|t| (t / 3) * wp + t % 3);
-        Grid { h, w, wp, q_len, plane, phase: 0, taps, row_vecs: whole_vectors(w) }
+        Grid { h, w, wp, q_len, plane, phase: 0, taps, ntaps: 9, row_vecs: whole_vectors(w) }
     }
     /// Stride 2 on an h×w input.
     fn stride2(h: usize, w: usize) -> Grid {
@@ -96,7 +106,13 @@ impl Grid {
             let (ky, kx) = (t / 3, t % 3);
             ((ky & 1) * 2 + (kx & 1)) * phase + (ky >> 1) * wp + (kx >> 1)
         });
-        Grid { h: ho, w: wo, wp, q_len, plane: 4 * phase, phase, taps, row_vecs: whole_vectors(wo) }
+        Grid { h: ho, w: wo, wp, q_len, plane: 4 * phase, phase, taps, ntaps: 9, row_vecs: whole_vectors(wo) }
+    }
+    /// A 1×1 conv on unpadded planes of `hw` positions, a whole number of vectors: one "row" of
+    /// hw positions read in place, no junk.
+    fn pointwise(hw: usize) -> Grid {
+        debug_assert!(hw % LANES == 0);
+        Grid { h: 1, w: hw, wp: hw, q_len: hw, plane: hw, phase: 0, taps: [0; 9], ntaps: 1, row_vecs: hw / LANES }
     }
     /// How many 16-position vectors the forward kernel computes per plane.
     fn vecs(&self) -> usize {
@@ -113,6 +129,10 @@ impl Grid {
         } else {
             i * LANES
         }
+    }
+    /// Forward vector `i`'s index in the H×W plane when the width is whole vectors.
+    fn vec_at(&self, i: usize) -> Option<usize> {
+        (self.row_vecs > 0).then(|| (i / self.row_vecs) * self.w + (i % self.row_vecs) * LANES)
     }
     /// Calls `f(offset from q0, index in the H×W plane, run length)` for each run of real
     /// (non-junk) output positions among q0..q0 + len.
@@ -145,10 +165,15 @@ fn pad_planes(gr: &Grid, src: &[f32], dst: &mut [f32]) {
     let hw = gr.h * gr.w;
     let planes = src.len() / hw;
     let one = |(s, d): (&[f32], &mut [f32])| {
-        d.fill(0.0);
+        // Zero only the border and slack between the copied rows.
+        let mut at = 0;
         for (y, row) in s.chunks_exact(gr.w).enumerate() {
-            d[(y + 1) * gr.wp + 1..][..gr.w].copy_from_slice(row);
+            let start = (y + 1) * gr.wp + 1;
+            d[at..start].fill(0.0);
+            d[start..start + gr.w].copy_from_slice(row);
+            at = start + gr.w;
         }
+        d[at..].fill(0.0);
     };
     let dst = &mut dst[..planes * gr.plane];
     if planes * gr.plane >= 1 << 16 {
@@ -177,22 +202,32 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 }
 
 /// Copies planes of h×w into the four phase planes of a stride-2 grid (zero where the padded
-/// image has its border or ends).
+/// image has its border or ends). Padded row 2i + a is input row 2i + a − 1 and padded column
+/// 2j + b is input column 2j + b − 1: phase (a, 1) takes a row's even columns from j = 0, phase
+/// (a, 0) its odd columns from j = 1, so one deinterleave of the row fills both. Only the border
+/// is zeroed, not the whole plane.
 fn pad_phases(gr: &Grid, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
+    let (wp, rows) = (gr.wp, gr.h + 1);
+    let (evens, odds) = (w.div_ceil(2), w / 2);
+    debug_assert!(evens < wp && odds < wp && rows * wp <= gr.phase);
     let one = |(s, d): (&[f32], &mut [f32])| {
-        d.fill(0.0);
-        for (ph, dp) in d.chunks_exact_mut(gr.phase).enumerate() {
-            let (a, b) = (ph / 2, ph % 2);
-            for i in 0..=gr.h {
-                // Padded row 2i + a is input row 2i + a − 1.
-                let Some(y) = (2 * i + a).checked_sub(1).filter(|&y| y < h) else { continue };
-                // Padded column 2j + b is input column 2j + b − 1: phase b = 1 takes the even
-                // columns from j = 0, phase b = 0 the odd ones from j = 1.
-                let row = &s[y * w..][..w];
-                let out = &mut dp[i * gr.wp..][..gr.wp];
-                let (out, first) = if b == 1 { (&mut out[..], 0) } else { (&mut out[1..], 1) };
-                out.iter_mut().zip(row[first..].iter().step_by(2)).for_each(|(o, &v)| *o = v);
+        for (a, pair) in d.chunks_exact_mut(2 * gr.phase).enumerate() {
+            let (odd_plane, even_plane) = pair.split_at_mut(gr.phase);
+            for i in 0..rows {
+                let r_odd = &mut odd_plane[i * wp..][..wp];
+                let r_even = &mut even_plane[i * wp..][..wp];
+                let Some(y) = (2 * i + a).checked_sub(1).filter(|&y| y < h) else {
+                    r_odd.fill(0.0);
+                    r_even.fill(0.0);
+                    continue;
+                };
+                r_odd[0] = 0.0;
+                deinterleave(&s[y * w..][..w], &mut r_even[..evens], &mut r_odd[1..1 + odds]);
+                r_even[evens..].fill(0.0);
+                r_odd[1 + odds..].fill(0.0);
             }
+            odd_plane[rows * wp..].fill(0.0);
+            even_plane[rows * wp..].fill(0.0);
         }
     };
     let planes = src.len() / (h * w);
@@ -202,6 +237,42 @@ fn pad_phases(gr: &Grid, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
     } else {
         src.chunks_exact(h * w).zip(dst.chunks_exact_mut(gr.plane)).for_each(one);
     }
+}
+
+/// even[j] = row[2j], odd[j] = row[2j + 1].
+fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    assert!(even.len() == row.len().div_ceil(2) && odd.len() == row.len() / 2);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX-512F is present (available()); the vector loop stays inside the asserted lengths.
+        done = unsafe { deinterleave_avx512(row, even, odd) };
+    }
+    for (j, pair) in row[2 * done..].chunks(2).enumerate() {
+        even[done + j] = pair[0];
+        if let Some(&v) = pair.get(1) {
+            odd[done + j] = v;
+        }
+    }
+}
+
+/// The whole 32-float chunks of `deinterleave`; returns how many outputs per side it wrote.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn deinterleave_avx512(row: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let chunks = row.len() / 32;
+    unsafe {
+        let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        for c in 0..chunks {
+            let lo = _mm512_loadu_ps(row.as_ptr().add(32 * c));
+            let hi = _mm512_loadu_ps(row.as_ptr().add(32 * c + 16));
+            _mm512_storeu_ps(even.as_mut_ptr().add(16 * c), _mm512_permutex2var_ps(lo, ie, hi));
+            _mm512_storeu_ps(odd.as_mut_ptr().add(16 * c), _mm512_permutex2var_ps(lo, io, hi));
+        }
+    }
+    16 * chunks
 }
 
 /// A raw output pointer shared by tasks that write disjoint elements.
@@ -227,8 +298,9 @@ struct WeightView<'a> {
 }
 
 /// Runs the conv kernel over every (image, position tile, channel block) task in parallel;
-/// `store(image, co, q0, values)` receives each output channel's computed vectors, one 16-position
-/// run at a time (junk positions included where the width is not whole vectors).
+/// `store(image, co, q0, at, values)` receives each output channel's computed vectors, one
+/// 16-position run at a time: `at` is the run's index in the H×W plane where the width is whole
+/// vectors (all 16 positions real), None otherwise (junk positions included; split with `runs`).
 fn conv_tiles(
     gr: &Grid,
     n: usize,
@@ -236,14 +308,14 @@ fn conv_tiles(
     cout: usize,
     xpad: &[f32],
     wv: WeightView,
-    store: impl Fn(usize, usize, usize, &[f32]) + Sync,
+    store: impl Fn(usize, usize, usize, Option<usize>, &[f32]) + Sync,
 ) {
     // Tiles of at most NV vectors, balanced so a plane of 5 vectors runs as 3 + 2, not 4 + 1.
     let qv = gr.vecs();
     let tiles = qv.div_ceil(NV);
     let blocks = cout.div_ceil(MR);
     assert!(xpad.len() >= n * cin * gr.plane);
-    assert!(wv.w.len() >= (cout - 1) * wv.row + (cin - 1) * wv.col + 9);
+    assert!(wv.w.len() >= (cout - 1) * wv.row + (cin - 1) * wv.col + gr.ntaps);
     let taps = gr.taps;
     let task = |i: usize| {
         let cb = i % blocks;
@@ -252,32 +324,41 @@ fn conv_tiles(
         let (v0, v1) = (t * qv / tiles, (t + 1) * qv / tiles);
         let vecs = v1 - v0;
         let voff: [usize; NV] = std::array::from_fn(|v| gr.vec_q(v0 + v.min(vecs - 1)));
+        let vat: [Option<usize>; NV] = std::array::from_fn(|v| gr.vec_at(v0 + v));
         let rows = MR.min(cout - cb * MR);
         // Rows past cout re-read the last real row; their sums are dropped.
         let wrows: [*const f32; MR] = std::array::from_fn(|r| wv.w[(cb * MR + r.min(rows - 1)) * wv.row..].as_ptr());
-        let mut out = [0.0f32; MR * TILE];
+        // Not zero-filled: conv_tile writes every (row, vector) read below.
+        let mut out = std::mem::MaybeUninit::<[f32; MR * TILE]>::uninit();
+        let o = out.as_mut_ptr().cast::<f32>();
         // SAFETY: the tile reads x[voff[v] + lane + taps] < q_len + 2·wp + 2 ≤ plane within each of
         // the image's cin planes (every vector starts below q_len), and weights at row + c·col + t
         // inside wv.w (asserted above).
         unsafe {
             let x = xpad.as_ptr().add(img * cin * gr.plane);
-            let o = out.as_mut_ptr();
-            match vecs {
-                4 => conv_tile::<4>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                3 => conv_tile::<3>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                2 => conv_tile::<2>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                _ => conv_tile::<1>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+            let t1 = [0usize; 1];
+            match (vecs, gr.ntaps) {
+                (4, 9) => conv_tile::<4, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                (3, 9) => conv_tile::<3, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                (2, 9) => conv_tile::<2, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                (_, 9) => conv_tile::<1, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                (4, _) => conv_tile::<4, 1>(x, &voff, gr.plane, cin, &t1, &wrows, wv.col, o),
+                (3, _) => conv_tile::<3, 1>(x, &voff, gr.plane, cin, &t1, &wrows, wv.col, o),
+                (2, _) => conv_tile::<2, 1>(x, &voff, gr.plane, cin, &t1, &wrows, wv.col, o),
+                _ => conv_tile::<1, 1>(x, &voff, gr.plane, cin, &t1, &wrows, wv.col, o),
             }
         }
         for r in 0..rows {
             for (v, &q) in voff[..vecs].iter().enumerate() {
-                store(img, cb * MR + r, q, &out[r * TILE + v * LANES..][..LANES]);
+                // SAFETY: row r < MR, vector v < vecs: written by conv_tile above.
+                let vals = unsafe { std::slice::from_raw_parts(o.add(r * TILE + v * LANES), LANES) };
+                store(img, cb * MR + r, q, vat[v], vals);
             }
         }
     };
     let total = n * tiles * blocks;
     // Enough positions per task to amortise the scheduling (≈ 30 k FMAs at least).
-    let min_len = (30_000 / (MR * TILE * cin * 9)).max(1);
+    let min_len = (30_000 / (MR * TILE * cin * gr.ntaps)).max(1);
     (0..total).into_par_iter().with_min_len(min_len).for_each(task);
 }
 
@@ -285,12 +366,12 @@ fn conv_tiles(
 #[target_feature(enable = "avx512f,avx512vl")]
 /// out[r][v·16 + lane] = Σ_c Σ_tap w[r][c·col + tap] · x[c·plane + taps[tap] + voff[v] + lane].
 #[allow(clippy::too_many_arguments)]
-unsafe fn conv_tile<const V: usize>(
+unsafe fn conv_tile<const V: usize, const T: usize>(
     x: *const f32,
     voff: &[usize; NV],
     plane: usize,
     cin: usize,
-    taps: &[usize; 9],
+    taps: &[usize; T],
     w: &[*const f32; MR],
     col: usize,
     out: *mut f32,
@@ -322,37 +403,63 @@ unsafe fn conv_tile<const V: usize>(
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn conv_tile<const V: usize>(_: *const f32, _: &[usize; NV], _: usize, _: usize, _: &[usize; 9], _: &[*const f32; MR], _: usize, _: *mut f32) {
+unsafe fn conv_tile<const V: usize, const T: usize>(_: *const f32, _: &[usize; NV], _: usize, _: usize, _: &[usize; T], _: &[*const f32; MR], _: usize, _: *mut f32) {
     unreachable!("direct conv runs only where available() holds")
 }
 
-/// y = act(conv3x3(x, W) + bias + residual); false (nothing written) when the geometry or the CPU
-/// does not fit, so the caller takes the im2col + GEMM path.
+/// dst[..16] = act(src[..16] + bias + res[..16]) — the forward's store of one whole vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn epilogue_vec(dst: *mut f32, src: *const f32, bias: f32, res: Option<*const f32>, relu: bool) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut v = _mm512_add_ps(_mm512_loadu_ps(src), _mm512_set1_ps(bias));
+        if let Some(r) = res {
+            v = _mm512_add_ps(v, _mm512_loadu_ps(r));
+        }
+        if relu {
+            v = _mm512_max_ps(v, _mm512_setzero_ps());
+        }
+        _mm512_storeu_ps(dst, v);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn epilogue_vec(_: *mut f32, _: *const f32, _: f32, _: Option<*const f32>, _: bool) {
+    unreachable!("direct conv runs only where available() holds")
+}
+
+/// y = act(conv(x, W) + bias + residual) for a 3×3 pad-1 (stride 1 or 2) or 1×1 conv; false
+/// (nothing written) when the geometry or the CPU does not fit, so the caller takes im2col + GEMM.
 pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) -> bool {
-    if !applies(g) || !available() {
+    let pointwise = applies_pointwise(g);
+    if !(applies(g) || pointwise) || !available() {
         return false;
     }
-    let gr = if g.stride == 1 { Grid::new(g.h, g.w) } else { Grid::stride2(g.h, g.w) };
-    debug_assert!(gr.h == g.ho && gr.w == g.wo);
     let (in_hw, hw, n) = (g.h * g.w, g.ho * g.wo, g.n);
-    assert!(x.len() >= n * g.cin * in_hw && wt.len() >= g.cout * g.cin * 9 && y.len() >= n * g.cout * hw);
+    let taps = g.k * g.k;
+    assert!(x.len() >= n * g.cin * in_hw && wt.len() >= g.cout * g.cin * taps && y.len() >= n * g.cout * hw);
     if let Some(b) = ep.bias {
         assert!(b.len() >= g.cout);
     }
     if let Some(r) = ep.residual {
         assert!(r.len() >= n * g.cout * hw);
     }
-    with_scratch(n * g.cin * gr.plane, |xpad| {
-        if g.stride == 1 {
-            pad_planes(&gr, &x[..n * g.cin * in_hw], xpad);
-        } else {
-            pad_phases(&gr, g.h, g.w, &x[..n * g.cin * in_hw], xpad);
-        }
-        let wv = WeightView { w: wt, row: g.cin * 9, col: 9 };
-        let out = SharedOut(y.as_mut_ptr());
-        conv_tiles(&gr, n, g.cin, g.cout, xpad, wv, |img, co, q0, vals| {
+    let wv = WeightView { w: wt, row: g.cin * taps, col: taps };
+    let out = SharedOut(y.as_mut_ptr());
+    let store = |gr: Grid| {
+        move |img: usize, co: usize, q0: usize, at: Option<usize>, vals: &[f32]| {
             let base = (img * g.cout + co) * hw;
             let bias = ep.bias.map_or(0.0, |b| b[co]);
+            if let Some(at) = at {
+                // SAFETY: the 16 positions at..at + 16 of (img, co) lie inside y and the residual
+                // (asserted) and belong to this task only.
+                unsafe {
+                    let res = ep.residual.map(|r| r.as_ptr().add(base + at));
+                    epilogue_vec(out.at(base + at), vals.as_ptr(), bias, res, ep.relu);
+                }
+                return;
+            }
             gr.runs(q0, vals.len(), |off, at, len| {
                 // SAFETY: (img, co, at..at + len) lies inside y (asserted) and belongs to this task only.
                 let dst = unsafe { std::slice::from_raw_parts_mut(out.at(base + at), len) };
@@ -369,7 +476,23 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
                     (None, false) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + bias),
                 }
             });
-        });
+        }
+    };
+    if pointwise {
+        // 1×1: the planes are read in place.
+        let gr = Grid::pointwise(hw);
+        conv_tiles(&gr, n, g.cin, g.cout, &x[..n * g.cin * in_hw], wv, store(gr));
+        return true;
+    }
+    let gr = if g.stride == 1 { Grid::new(g.h, g.w) } else { Grid::stride2(g.h, g.w) };
+    debug_assert!(gr.h == g.ho && gr.w == g.wo);
+    with_scratch(n * g.cin * gr.plane, |xpad| {
+        if g.stride == 1 {
+            pad_planes(&gr, &x[..n * g.cin * in_hw], xpad);
+        } else {
+            pad_phases(&gr, g.h, g.w, &x[..n * g.cin * in_hw], xpad);
+        }
+        conv_tiles(&gr, n, g.cin, g.cout, xpad, wv, store(gr));
     });
     true
 }
@@ -378,7 +501,12 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
 /// planes below 10×10 the two junk columns per row and the short tiles cost more than im2col
 /// (8×8 measured ~5 % slower).
 pub fn forward_pays(g: &Conv2dGeom) -> bool {
-    applies(g) && g.ho * g.wo >= 100
+    (applies(g) && g.ho * g.wo >= 100) || (applies_pointwise(g) && pointwise_enabled())
+}
+
+fn pointwise_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HRK_CONV_POINTWISE").map_or(true, |v| v != "0"))
 }
 
 /// Whether the direct backward-weight kernel pays here: each of its (co, ci, tap) sums ends in a
@@ -412,8 +540,13 @@ pub fn backward(g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32], dx: Option<&m
             }
             let wv = WeightView { w: wflip, row: 9, col: cin * 9 };
             let out = SharedOut(dx.as_mut_ptr());
-            conv_tiles(&gr, n, cout, cin, dypad, wv, |img, ci, q0, vals| {
+            conv_tiles(&gr, n, cout, cin, dypad, wv, |img, ci, q0, at, vals| {
                 let base = (img * cin + ci) * hw;
+                if let Some(at) = at {
+                    // SAFETY: inside dx (asserted) and written by this task only.
+                    unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), out.at(base + at), LANES) };
+                    return;
+                }
                 gr.runs(q0, vals.len(), |off, at, len| {
                     // SAFETY: inside dx (asserted) and written by this task only.
                     let dst = unsafe { std::slice::from_raw_parts_mut(out.at(base + at), len) };
