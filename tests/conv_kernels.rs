@@ -100,6 +100,10 @@ const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
     // Widths of whole 16-position vectors (16, 32; stride 2 → 8, 16): vectors start at row starts.
     (3, 7, 13, 5, 16),
     (2, 9, 8, 4, 32),
+    // Winograd's vector layouts: groups of 2 tile rows (width 16), of 4 (width 8), whole rows.
+    (2, 7, 13, 8, 16),
+    (1, 9, 14, 16, 8),
+    (1, 5, 7, 6, 64),
 ];
 
 #[test]
@@ -140,6 +144,9 @@ fn forward_matches_direct_loops_with_every_epilogue() {
                 y.fill(f32::NAN);
                 winograd::forward(&g, &x, &wt, ep, &mut y);
                 e_winograd = max_rel(&y, &want);
+                y.fill(f32::NAN);
+                winograd::forward_tile_by_tile(&g, &x, &wt, ep, &mut y);
+                e_winograd = e_winograd.max(max_rel(&y, &want));
             }
             assert!(
                 e_gemm < 1e-5 && e_auto < 1e-5 && e_direct < 1e-5 && e_winograd < 1e-5,

@@ -18,6 +18,13 @@ use crate::ops::conv2d::cpu::Epilogue;
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::__m512;
+/// Never built off x86-64 (`applies` is false there); lets the kernel signatures compile.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy)]
+struct __m512;
 
 /// Largest input-channel count taken: a task's transformed input is 16 · cin · NV·16 floats
 /// (256 KiB at 64 channels), which must stay in the core's L2 cache.
@@ -29,12 +36,58 @@ pub fn applies(g: &Conv2dGeom) -> bool {
     g.k == 3 && g.stride == 1 && g.pad == 1 && (1..=MAX_CIN).contains(&g.cin) && g.cout > 0 && available()
 }
 
-/// Whether it beats the direct kernel: where the tile rows are whole vectors (width a multiple of
-/// 32, even height), so the outputs are stored as vectors; elsewhere the junk tiles and the
-/// per-tile stores cost more than the saved multiply-adds (72 channels at 16×16 measured 12 %
-/// slower than direct).
+/// Whether it beats the direct kernel: where whole vectors of tiles are stored as vectors (see
+/// `Layout`); on the generic grid the junk tiles and the per-tile stores cost more than the saved
+/// multiply-adds (72 channels at 16×16 measured 12 % slower than direct that way).
 pub fn pays(g: &Conv2dGeom) -> bool {
-    applies(g) && g.w % 32 == 0 && g.h % 2 == 0
+    applies(g) && !matches!(Layout::of(g.h, g.w), Layout::Grid)
+}
+
+/// How a task's vectors of 16 tiles lie on the tile grid (`Grid::stride2`, pitch wp).
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    /// Tile rows of whole vectors (width a multiple of 32, even height): vector i is 16 tiles of
+    /// one tile row; each output row of it is 32 consecutive outputs.
+    Rows,
+    /// Tile rows of 8 or 4 tiles (width 16 or 8) in groups of 16/wo rows per vector (the height a
+    /// multiple of 2·16/wo): each output row of a group is one whole output row.
+    Groups(usize),
+    /// Anything else: vectors of 16 consecutive grid positions, junk ones included, stored tile
+    /// by tile.
+    Grid,
+}
+
+impl Layout {
+    fn of(h: usize, w: usize) -> Layout {
+        match (w, h) {
+            _ if w % 32 == 0 && h % 2 == 0 => Layout::Rows,
+            (16, _) if h % 4 == 0 => Layout::Groups(8),
+            (8, _) if h % 8 == 0 => Layout::Groups(4),
+            _ => Layout::Grid,
+        }
+    }
+    fn vecs(self, gr: &Grid) -> usize {
+        match self {
+            Layout::Rows => gr.h * (gr.w / LANES),
+            Layout::Groups(wo) => gr.h / (LANES / wo),
+            Layout::Grid => gr.q_len / LANES,
+        }
+    }
+    /// Grid position of vector i's first tile and, unless generic, the output index of its
+    /// top-left output.
+    fn place(self, gr: &Grid, w: usize, i: usize) -> (usize, Option<usize>) {
+        match self {
+            Layout::Rows => {
+                let (r, c) = (i / (gr.w / LANES), (i % (gr.w / LANES)) * LANES);
+                (r * gr.wp + c, Some(2 * r * w + 2 * c))
+            }
+            Layout::Groups(wo) => {
+                let r = i * (LANES / wo);
+                (r * gr.wp, Some(2 * r * w))
+            }
+            Layout::Grid => (i * LANES, None),
+        }
+    }
 }
 
 thread_local! {
@@ -44,6 +97,16 @@ thread_local! {
 
 /// y = act(conv3x3(x, W) + bias + residual); the caller checked `applies`.
 pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
+    let layout = if layout_enabled() { Layout::of(g.h, g.w) } else { Layout::Grid };
+    forward_in(layout, g, x, wt, ep, y)
+}
+
+/// `forward` with every plane stored tile by tile (the generic layout), for tests.
+pub fn forward_tile_by_tile(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
+    forward_in(Layout::Grid, g, x, wt, ep, y)
+}
+
+fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
     let (n, cin, cout, h, w) = (g.n, g.cin, g.cout, g.h, g.w);
     let hw = h * w;
     assert!(x.len() >= n * cin * hw && wt.len() >= cout * cin * 9 && y.len() >= n * cout * hw);
@@ -57,16 +120,14 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut
         transform_weights(wt, cin, cout, u);
         pad_phases(&gr, h, w, &x[..n * cin * hw], xph);
         let (u, xph) = (&*u, &*xph);
-        let qv = gr.vecs();
+        let qv = layout.vecs(&gr);
         let tiles = qv.div_ceil(NV);
         let out = SharedOut(y.as_mut_ptr());
-        // Every vector is 16 real tiles of one tile row with both output rows inside the plane:
-        // the outputs are stored as two rows of 32.
-        let whole = gr.row_vecs > 0 && h % 2 == 0 && w % 2 == 0;
         let task = |i: usize| {
             let (img, t) = (i / tiles, i % tiles);
             let (v0, v1) = (t * qv / tiles, (t + 1) * qv / tiles);
-            let voff: [usize; NV] = std::array::from_fn(|v| gr.vec_q(v0 + v.min(v1 - v0 - 1)));
+            let vecs = v1 - v0;
+            let places: [(usize, Option<usize>); NV] = std::array::from_fn(|v| layout.place(&gr, w, v0 + v.min(vecs - 1)));
             TASK.with(|cell| {
                 let mut buf = cell.borrow_mut();
                 let (vlen, mlen) = (16 * cin * TILE, 16 * blocks * MR * TILE);
@@ -74,12 +135,18 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut
                     buf.resize(vlen + mlen, 0.0);
                 }
                 let (vt, mt) = buf.split_at_mut(vlen);
-                // SAFETY: the window reads stay inside this image's phase planes (the grid's plane
-                // covers q_len − 1 + wp + 1 in each phase, the furthest element); vt and mt hold
-                // 16·cin and 16·blocks·MR rows of TILE floats; U holds 16·blocks·MR rows of cin.
+                // SAFETY: the window reads stay inside this image's phase planes (each phase covers
+                // q_len − 1 + wp + 1, the furthest element; a group's rows end at its last tile
+                // row); vt and mt hold 16·cin and 16·blocks·MR rows of TILE floats; U holds
+                // 16·blocks·MR rows of cin; the stores stay inside the image's planes.
                 unsafe {
                     let xi = xph.as_ptr().add(img * cin * gr.plane);
-                    input_transform(xi, &gr, cin, &voff[..v1 - v0], vt.as_mut_ptr());
+                    let q: [usize; NV] = places.map(|p| p.0);
+                    match layout {
+                        Layout::Groups(8) => input_transform::<2>(xi, &gr, cin, &q[..vecs], vt.as_mut_ptr()),
+                        Layout::Groups(_) => input_transform::<4>(xi, &gr, cin, &q[..vecs], vt.as_mut_ptr()),
+                        _ => input_transform::<1>(xi, &gr, cin, &q[..vecs], vt.as_mut_ptr()),
+                    }
                     // The GEMM reads the transformed tiles as NV vectors of one plane of TILE floats.
                     let inner: [usize; NV] = std::array::from_fn(|v| v * LANES);
                     for xi in 0..16 {
@@ -87,7 +154,7 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut
                             let rows: [*const f32; MR] = std::array::from_fn(|r| u.as_ptr().add(((xi * blocks + cb) * MR + r) * cin));
                             let x = vt.as_ptr().add(xi * cin * TILE);
                             let o = mt.as_mut_ptr().add((xi * blocks + cb) * MR * TILE);
-                            match v1 - v0 {
+                            match vecs {
                                 4 => conv_tile::<4, 1>(x, &inner, TILE, cin, &[0], &rows, 1, o),
                                 3 => conv_tile::<3, 1>(x, &inner, TILE, cin, &[0], &rows, 1, o),
                                 2 => conv_tile::<2, 1>(x, &inner, TILE, cin, &[0], &rows, 1, o),
@@ -98,21 +165,53 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut
                     let m = mt.as_ptr();
                     for co in 0..cout {
                         let base = (img * cout + co) * hw;
-                        let bias = ep.bias.map_or(0.0, |b| b[co]);
-                        let res = ep.residual.map(|r| r.as_ptr().add(base));
-                        for (v, &q0) in voff[..v1 - v0].iter().enumerate() {
+                        let ep = TileEpilogue { bias: ep.bias.map_or(0.0, |b| b[co]), res: ep.residual.map(|r| r.as_ptr().add(base)), relu: ep.relu };
+                        for (v, &(q0, corner)) in places[..vecs].iter().enumerate() {
                             // M[ξ][co] for this vector: row co of block ξ, at v·16.
                             let mrow = m.add(co * TILE + v * LANES);
-                            let corner = whole.then(|| 2 * (q0 / gr.wp) * w + 2 * (q0 % gr.wp));
-                            output_transform(mrow, blocks * MR * TILE, &gr, (h, w), q0, corner, out.at(base), res, bias, ep.relu);
+                            let y = output_transform(mrow, blocks * MR * TILE);
+                            match (layout, corner) {
+                                (Layout::Rows, Some(c)) => {
+                                    for a in 0..2 {
+                                        let at = c + a * w;
+                                        store_runs::<16>(y[a], &[at, at + 16], out.at(base), &ep);
+                                    }
+                                }
+                                (Layout::Groups(8), Some(c)) => {
+                                    for a in 0..2 {
+                                        let at = c + a * w;
+                                        store_runs::<16>(y[a], &[at, at + 2 * w], out.at(base), &ep);
+                                    }
+                                }
+                                (Layout::Groups(_), Some(c)) => {
+                                    for a in 0..2 {
+                                        let at: [usize; 4] = std::array::from_fn(|k| c + a * w + 2 * k * w);
+                                        store_runs::<8>(y[a], &at, out.at(base), &ep);
+                                    }
+                                }
+                                _ => store_tiles(&y, &gr, (h, w), q0, out.at(base), &ep),
+                            }
                         }
                     }
                 }
             });
         };
-        let total = n * tiles;
-        (0..total).into_par_iter().for_each(task);
+        (0..n * tiles).into_par_iter().for_each(task);
     });
+}
+
+/// `HRK_WINOGRAD_LAYOUT=grid` stores every plane tile by tile (the generic layout; for measuring
+/// the vector layouts).
+fn layout_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HRK_WINOGRAD_LAYOUT").map_or(true, |v| v != "grid"))
+}
+
+/// One output channel's epilogue: act(y + bias + residual), `res` its residual plane.
+struct TileEpilogue {
+    bias: f32,
+    res: Option<*const f32>,
+    relu: bool,
 }
 
 /// U[ξ = 4i + j][co][ci] = (G g Gᵀ)[i][j], co padded to whole blocks of MR (zero rows).
@@ -149,17 +248,32 @@ fn window_offset(gr: &Grid, i: usize, j: usize) -> usize {
     ((i & 1) * 2 + (j & 1)) * gr.phase + (i >> 1) * gr.wp + (j >> 1)
 }
 
-/// vt[ξ][ci][v·16 + lane] = (Bᵀ d B)[ξ] of the windows of the tiles at voff[v] + lane.
+/// vt[ξ][ci][v·16 + lane] = (Bᵀ d B)[ξ] of the windows of vector v's 16 tiles, which lie in P tile
+/// rows of 16/P tiles from grid position q[v] (P = 1: 16 consecutive positions).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn input_transform(x: *const f32, gr: &Grid, cin: usize, voff: &[usize], vt: *mut f32) {
+unsafe fn input_transform<const P: usize>(x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
     use std::arch::x86_64::*;
     let off: [usize; 16] = std::array::from_fn(|e| window_offset(gr, e / 4, e % 4));
+    let wp = gr.wp;
     unsafe {
+        let load = |p: *const f32| match P {
+            1 => _mm512_loadu_ps(p),
+            2 => {
+                let lo = _mm512_castps256_ps512(_mm256_loadu_ps(p));
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(lo), _mm256_castps_pd(_mm256_loadu_ps(p.add(wp)))))
+            }
+            _ => {
+                let v = _mm512_castps128_ps512(_mm_loadu_ps(p));
+                let v = _mm512_insertf32x4::<1>(v, _mm_loadu_ps(p.add(wp)));
+                let v = _mm512_insertf32x4::<2>(v, _mm_loadu_ps(p.add(2 * wp)));
+                _mm512_insertf32x4::<3>(v, _mm_loadu_ps(p.add(3 * wp)))
+            }
+        };
         for ci in 0..cin {
             let xc = x.add(ci * gr.plane);
-            for (v, &q) in voff.iter().enumerate() {
-                let d: [__m512; 16] = std::array::from_fn(|e| _mm512_loadu_ps(xc.add(q + off[e])));
+            for (v, &q) in q.iter().enumerate() {
+                let d: [__m512; 16] = std::array::from_fn(|e| load(xc.add(q + off[e])));
                 // Bᵀ d: row i of the result from rows of d (Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]).
                 let mut t = [_mm512_setzero_ps(); 16];
                 for j in 0..4 {
@@ -182,25 +296,12 @@ unsafe fn input_transform(x: *const f32, gr: &Grid, cin: usize, voff: &[usize], 
     }
 }
 
-/// The 2×2 outputs of the 16 tiles at grid positions q0.. from their M[ξ] vectors at m + ξ·stride,
-/// Y = Aᵀ M A with Aᵀ = [1 1 1 0; 0 1 −1 −1], stored as act(y + bias + residual) into the output
-/// plane `dst` (residual plane `res`): as two rows of 32 from `corner` (output index of the first
-/// tile's top-left) when the vector is whole, else tile by tile where inside the plane.
+/// The outputs of 16 tiles from their M[ξ] vectors at m + ξ·stride, Y = Aᵀ M A with
+/// Aᵀ = [1 1 1 0; 0 1 −1 −1], as two output rows a: y[a] = [cols 2c, 2c + 1 of tiles 0..8,
+/// then of tiles 8..16] (interleaved, so consecutive tiles of a row give consecutive outputs).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_transform(
-    m: *const f32,
-    stride: usize,
-    gr: &Grid,
-    (h, w): (usize, usize),
-    q0: usize,
-    corner: Option<usize>,
-    dst: *mut f32,
-    res: Option<*const f32>,
-    bias: f32,
-    relu: bool,
-) {
+unsafe fn output_transform(m: *const f32, stride: usize) -> [[__m512; 2]; 2] {
     use std::arch::x86_64::*;
     unsafe {
         let mv: [__m512; 16] = std::array::from_fn(|e| _mm512_loadu_ps(m.add(e * stride)));
@@ -211,51 +312,77 @@ unsafe fn output_transform(
             s[j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
             s[4 + j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
         }
-        // (Aᵀ M) A: y[2a + b] is output (2r + a, 2c + b) of each tile.
-        let mut y = [_mm512_setzero_ps(); 4];
-        for a in 0..2 {
+        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        std::array::from_fn(|a| {
             let (s0, s1, s2, s3) = (s[4 * a], s[4 * a + 1], s[4 * a + 2], s[4 * a + 3]);
-            y[2 * a] = _mm512_add_ps(_mm512_add_ps(s0, s1), s2);
-            y[2 * a + 1] = _mm512_sub_ps(_mm512_sub_ps(s1, s2), s3);
-        }
-        let bv = _mm512_set1_ps(bias);
-        let act = |v: __m512, at: usize| {
-            let mut v = _mm512_add_ps(v, bv);
-            if let Some(r) = res {
-                v = _mm512_add_ps(v, _mm512_loadu_ps(r.add(at)));
+            let (y0, y1) = (_mm512_add_ps(_mm512_add_ps(s0, s1), s2), _mm512_sub_ps(_mm512_sub_ps(s1, s2), s3));
+            [_mm512_permutex2var_ps(y0, lo, y1), _mm512_permutex2var_ps(y0, hi, y1)]
+        })
+    }
+}
+
+/// Stores act(v + bias + residual) of the 32 values of y (one output row of a vector's tiles) as
+/// runs of R consecutive outputs at the plane offsets `at` (R = 16: two runs, R = 8: four).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_runs<const R: usize>(y: [__m512; 2], at: &[usize], dst: *mut f32, ep: &TileEpilogue) {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(at.len(), 32 / R);
+    unsafe {
+        let load = |a: usize, b: usize, p: *const f32| match R {
+            16 => _mm512_loadu_ps(p.add(a)),
+            _ => {
+                let lo = _mm512_castps256_ps512(_mm256_loadu_ps(p.add(a)));
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(lo), _mm256_castps_pd(_mm256_loadu_ps(p.add(b)))))
             }
-            if relu {
+        };
+        for (k, &v) in y.iter().enumerate() {
+            let (a, b) = if R == 16 { (at[k], at[k]) } else { (at[2 * k], at[2 * k + 1]) };
+            let mut v = _mm512_add_ps(v, _mm512_set1_ps(ep.bias));
+            if let Some(r) = ep.res {
+                v = _mm512_add_ps(v, load(a, b, r));
+            }
+            if ep.relu {
                 v = _mm512_max_ps(v, _mm512_setzero_ps());
             }
-            v
-        };
-        if let Some(c) = corner {
-            // Interleave columns 2c and 2c + 1 of the 16 tiles into 32 consecutive outputs.
-            let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-            let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-            for a in 0..2 {
-                let at = c + a * w;
-                _mm512_storeu_ps(dst.add(at), act(_mm512_permutex2var_ps(y[2 * a], lo, y[2 * a + 1]), at));
-                _mm512_storeu_ps(dst.add(at + 16), act(_mm512_permutex2var_ps(y[2 * a], hi, y[2 * a + 1]), at + 16));
+            if R == 16 {
+                _mm512_storeu_ps(dst.add(a), v);
+            } else {
+                _mm256_storeu_ps(dst.add(a), _mm512_castps512_ps256(v));
+                _mm256_storeu_ps(dst.add(b), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
             }
-            return;
         }
-        let mut yt = [[0.0f32; LANES]; 4];
-        for (t, v) in yt.iter_mut().zip(y) {
-            _mm512_storeu_ps(t.as_mut_ptr(), v);
+    }
+}
+
+/// The generic store: each real tile of the 16 at grid positions q0.. writes its outputs that lie
+/// inside the H×W plane.
+#[cfg(target_arch = "x86_64")]
+unsafe fn store_tiles(y: &[[__m512; 2]; 2], gr: &Grid, (h, w): (usize, usize), q0: usize, dst: *mut f32, ep: &TileEpilogue) {
+    // y[a] holds (tile l, column b) at 2l + b.
+    let mut rows = [[0.0f32; 2 * LANES]; 2];
+    for (row, ya) in rows.iter_mut().zip(y) {
+        // SAFETY: 32 floats.
+        unsafe {
+            std::arch::x86_64::_mm512_storeu_ps(row.as_mut_ptr(), ya[0]);
+            std::arch::x86_64::_mm512_storeu_ps(row.as_mut_ptr().add(LANES), ya[1]);
         }
-        for lane in 0..LANES {
-            let q = q0 + lane;
-            let (r, c) = (q / gr.wp, q % gr.wp);
-            if c >= gr.w || r >= gr.h {
-                continue;
-            }
-            for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                let (oy, ox) = (2 * r + a, 2 * c + b);
-                if oy < h && ox < w {
-                    let at = oy * w + ox;
-                    let mut v = yt[2 * a + b][lane] + bias + res.map_or(0.0, |p| *p.add(at));
-                    if relu {
+    }
+    for lane in 0..LANES {
+        let q = q0 + lane;
+        let (r, c) = (q / gr.wp, q % gr.wp);
+        if c >= gr.w || r >= gr.h {
+            continue;
+        }
+        for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            let (oy, ox) = (2 * r + a, 2 * c + b);
+            if oy < h && ox < w {
+                let at = oy * w + ox;
+                // SAFETY: (oy, ox) is inside the plane; the caller owns these outputs.
+                unsafe {
+                    let mut v = rows[a][2 * lane + b] + ep.bias + ep.res.map_or(0.0, |p| *p.add(at));
+                    if ep.relu {
                         v = v.max(0.0);
                     }
                     *dst.add(at) = v;
@@ -266,12 +393,21 @@ unsafe fn output_transform(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn input_transform(_: *const f32, _: &Grid, _: usize, _: &[usize], _: *mut f32) {
+unsafe fn input_transform<const P: usize>(_: *const f32, _: &Grid, _: usize, _: &[usize], _: *mut f32) {
     unreachable!("Winograd runs only where available() holds")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_transform(_: *const f32, _: usize, _: &Grid, _: (usize, usize), _: usize, _: Option<usize>, _: *mut f32, _: Option<*const f32>, _: f32, _: bool) {
+unsafe fn output_transform(_: *const f32, _: usize) -> [[__m512; 2]; 2] {
+    unreachable!("Winograd runs only where available() holds")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn store_runs<const R: usize>(_: [__m512; 2], _: &[usize], _: *mut f32, _: &TileEpilogue) {
+    unreachable!("Winograd runs only where available() holds")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn store_tiles(_: &[[__m512; 2]; 2], _: &Grid, _: (usize, usize), _: usize, _: *mut f32, _: &TileEpilogue) {
     unreachable!("Winograd runs only where available() holds")
 }
