@@ -10,7 +10,8 @@ use super::{Block, Bn, Conv, ConvBn, Fuse, HrModule, HrNet, Transition};
 /// The same folded plan on a GPU device (CUDA kernels; file: src/model/infer_gpu.rs).
 #[path = "infer_gpu.rs"]
 pub mod gpu;
-use crate::ops::conv2d::cpu::{forward_fused, Epilogue};
+use crate::ops::conv2d::cpu::{forward_fused, winograd_pays, Epilogue};
+use crate::ops::conv2d::direct::winograd;
 use crate::ops::{Conv2dGeom, BN_EPS};
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
@@ -26,6 +27,8 @@ struct FConv {
     stride: usize,
     pad: usize,
     relu: bool,
+    /// The Winograd-transformed weights, made at the first forward that takes that path.
+    winograd: std::sync::OnceLock<Vec<f32>>,
 }
 
 /// The model's layer plan with BN folded into every conv, generic over how a conv is held (host
@@ -132,7 +135,7 @@ fn fold_plan(net: &HrNet) -> Result<Plan<FConv>> {
             }
         }
         let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
-        Ok(FConv { w: f32s(w), b: f32s(b), wshape, stride: c.stride, pad: c.pad, relu })
+        Ok(FConv { w: f32s(w), b: f32s(b), wshape, stride: c.stride, pad: c.pad, relu, winograd: Default::default() })
     };
     let folded = |l: &ConvBn, relu: bool| conv(&l.conv, Some(&l.bn), relu);
     let links = |ls: &[ConvBn]| ls.iter().map(|l| folded(l, l.relu)).collect::<Result<Vec<_>>>();
@@ -364,7 +367,16 @@ impl InferNet {
             }
         }
         let ep = Epilogue { bias: Some(&f.b), residual: residual.map(|r| &r.data[..]), relu: f.relu };
-        forward_fused(&g, x, &f.w, ep, &mut y.data);
+        if winograd_pays(&g) {
+            let u = f.winograd.get_or_init(|| {
+                let mut u = vec![0.0; winograd::transformed_len(g.cin, g.cout)];
+                winograd::transform_weights(&f.w, g.cin, g.cout, &mut u);
+                u
+            });
+            winograd::forward_transformed(&g, x, u, ep, &mut y.data);
+        } else {
+            forward_fused(&g, x, &f.w, ep, &mut y.data);
+        }
         Ok(y)
     }
 

@@ -242,37 +242,36 @@ fn pad_phases(gr: &Grid, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
 /// even[j] = row[2j], odd[j] = row[2j + 1].
 fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     assert!(even.len() == row.len().div_ceil(2) && odd.len() == row.len() / 2);
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if available() {
-        // SAFETY: AVX-512F is present (available()); the vector loop stays inside the asserted lengths.
-        done = unsafe { deinterleave_avx512(row, even, odd) };
+        // SAFETY: AVX-512F is present (available()); the lengths were asserted.
+        return unsafe { deinterleave_avx512(row, even, odd) };
     }
-    for (j, pair) in row[2 * done..].chunks(2).enumerate() {
-        even[done + j] = pair[0];
+    for (j, pair) in row.chunks(2).enumerate() {
+        even[j] = pair[0];
         if let Some(&v) = pair.get(1) {
-            odd[done + j] = v;
+            odd[j] = v;
         }
     }
 }
 
-/// The whole 32-float chunks of `deinterleave`; returns how many outputs per side it wrote.
+/// `deinterleave` 32 floats at a time, the tail through masked loads and stores.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn deinterleave_avx512(row: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
+unsafe fn deinterleave_avx512(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     use std::arch::x86_64::*;
-    let chunks = row.len() / 32;
+    let mask = |n: usize| if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
     unsafe {
         let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        for c in 0..chunks {
-            let lo = _mm512_loadu_ps(row.as_ptr().add(32 * c));
-            let hi = _mm512_loadu_ps(row.as_ptr().add(32 * c + 16));
-            _mm512_storeu_ps(even.as_mut_ptr().add(16 * c), _mm512_permutex2var_ps(lo, ie, hi));
-            _mm512_storeu_ps(odd.as_mut_ptr().add(16 * c), _mm512_permutex2var_ps(lo, io, hi));
+        for c in 0..row.len().div_ceil(32) {
+            let rem = row.len() - 32 * c;
+            let lo = _mm512_maskz_loadu_ps(mask(rem), row.as_ptr().add(32 * c));
+            let hi = _mm512_maskz_loadu_ps(mask(rem.saturating_sub(16)), row.as_ptr().add(32 * c + 16));
+            _mm512_mask_storeu_ps(even.as_mut_ptr().add(16 * c), mask(rem.div_ceil(2)), _mm512_permutex2var_ps(lo, ie, hi));
+            _mm512_mask_storeu_ps(odd.as_mut_ptr().add(16 * c), mask(rem / 2), _mm512_permutex2var_ps(lo, io, hi));
         }
     }
-    16 * chunks
 }
 
 /// A raw output pointer shared by tasks that write disjoint elements.

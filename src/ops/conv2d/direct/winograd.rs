@@ -26,14 +26,15 @@ use std::arch::x86_64::__m512;
 #[derive(Clone, Copy)]
 struct __m512;
 
-/// Largest input-channel count taken: a task's transformed input is 16 · cin · NV·16 floats
-/// (256 KiB at 64 channels), which must stay in the core's L2 cache.
-const MAX_CIN: usize = 96;
+/// A task's transformed input, 16 · cin · vectors · 16 floats, is kept within this many 16-float
+/// rows per transform element (512 KiB in all), to stay in the core's L2 cache: at most 4
+/// vectors of tiles per task up to 128 channels, fewer above, down to 1 at 512.
+const MAX_CIN_VECS: usize = 512;
 
 /// Whether `forward` can compute this conv: 3×3, stride 1, pad 1, a channel count whose
 /// transformed input fits in cache, and AVX-512.
 pub fn applies(g: &Conv2dGeom) -> bool {
-    g.k == 3 && g.stride == 1 && g.pad == 1 && (1..=MAX_CIN).contains(&g.cin) && g.cout > 0 && available()
+    g.k == 3 && g.stride == 1 && g.pad == 1 && (1..=MAX_CIN_VECS).contains(&g.cin) && g.cout > 0 && available()
 }
 
 /// Whether it beats the direct kernel: where whole vectors of tiles are stored as vectors (see
@@ -97,47 +98,85 @@ thread_local! {
 
 /// y = act(conv3x3(x, W) + bias + residual); the caller checked `applies`.
 pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
-    let layout = if layout_enabled() { Layout::of(g.h, g.w) } else { Layout::Grid };
-    forward_in(layout, g, x, wt, ep, y)
+    forward_in(default_layout(g), g, x, Weights::Plain(wt), ep, y)
+}
+
+/// `forward` with the weights already transformed by `transform_weights` (inference keeps them:
+/// transforming costs about as much as a small plane's conv).
+pub fn forward_transformed(g: &Conv2dGeom, x: &[f32], u: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
+    forward_in(default_layout(g), g, x, Weights::Transformed(u), ep, y)
 }
 
 /// `forward` with every plane stored tile by tile (the generic layout), for tests.
 pub fn forward_tile_by_tile(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
-    forward_in(Layout::Grid, g, x, wt, ep, y)
+    forward_in(Layout::Grid, g, x, Weights::Plain(wt), ep, y)
 }
 
-fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
+fn default_layout(g: &Conv2dGeom) -> Layout {
+    if layout_enabled() {
+        Layout::of(g.h, g.w)
+    } else {
+        Layout::Grid
+    }
+}
+
+enum Weights<'a> {
+    /// [cout][cin][3][3].
+    Plain(&'a [f32]),
+    /// From `transform_weights`.
+    Transformed(&'a [f32]),
+}
+
+/// Floats of the transformed weights of a cin → cout conv.
+pub fn transformed_len(cin: usize, cout: usize) -> usize {
+    16 * cout.div_ceil(MR) * MR * cin
+}
+
+fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilogue<f32>, y: &mut [f32]) {
     let (n, cin, cout, h, w) = (g.n, g.cin, g.cout, g.h, g.w);
     let hw = h * w;
-    assert!(x.len() >= n * cin * hw && wt.len() >= cout * cin * 9 && y.len() >= n * cout * hw);
+    let ulen = transformed_len(cin, cout);
+    assert!(x.len() >= n * cin * hw && y.len() >= n * cout * hw);
     assert!(ep.bias.is_none_or(|b| b.len() >= cout) && ep.residual.is_none_or(|r| r.len() >= n * cout * hw));
     // The tile grid: tile (r, c) covers outputs (2r..2r+2, 2c..2c+2).
     let gr = Grid::stride2(h, w);
     let blocks = cout.div_ceil(MR);
-    let (ulen, xlen) = (16 * blocks * MR * cin, n * cin * gr.plane);
-    with_scratch(ulen + xlen, |s| {
-        let (u, xph) = s.split_at_mut(ulen);
-        transform_weights(wt, cin, cout, u);
+    let (own, xlen) = (if matches!(wt, Weights::Plain(_)) { ulen } else { 0 }, n * cin * gr.plane);
+    with_scratch(own + xlen, |s| {
+        let (u_own, xph) = s.split_at_mut(own);
+        let u: &[f32] = match wt {
+            Weights::Plain(wt) => {
+                transform_weights(wt, cin, cout, u_own);
+                u_own
+            }
+            Weights::Transformed(u) => u,
+        };
+        assert!(u.len() >= ulen, "winograd: transformed weights of {} floats, need {ulen}", u.len());
         pad_phases(&gr, h, w, &x[..n * cin * hw], xph);
-        let (u, xph) = (&*u, &*xph);
+        let xph = &*xph;
         let qv = layout.vecs(&gr);
-        let tiles = qv.div_ceil(NV);
+        let tiles = qv.div_ceil((MAX_CIN_VECS / cin).clamp(1, NV));
+        // Small planes have fewer tile tasks than threads: split the output channels too (each part
+        // transforms the input again, ~4·parts/cout of its multiply-adds; one task per thread
+        // measured best, 2 per thread ~2 % slower at batch 1).
+        let parts = rayon::current_num_threads().div_ceil(n * tiles).clamp(1, blocks);
         let out = SharedOut(y.as_mut_ptr());
         let task = |i: usize| {
-            let (img, t) = (i / tiles, i % tiles);
+            let (img, t, part) = (i / (tiles * parts), (i / parts) % tiles, i % parts);
             let (v0, v1) = (t * qv / tiles, (t + 1) * qv / tiles);
-            let vecs = v1 - v0;
+            let (b0, b1) = (part * blocks / parts, (part + 1) * blocks / parts);
+            let (vecs, nb) = (v1 - v0, b1 - b0);
             let places: [(usize, Option<usize>); NV] = std::array::from_fn(|v| layout.place(&gr, w, v0 + v.min(vecs - 1)));
             TASK.with(|cell| {
                 let mut buf = cell.borrow_mut();
-                let (vlen, mlen) = (16 * cin * TILE, 16 * blocks * MR * TILE);
+                let (vlen, mlen) = (16 * cin * TILE, 16 * nb * MR * TILE);
                 if buf.len() < vlen + mlen {
                     buf.resize(vlen + mlen, 0.0);
                 }
                 let (vt, mt) = buf.split_at_mut(vlen);
                 // SAFETY: the window reads stay inside this image's phase planes (each phase covers
                 // q_len − 1 + wp + 1, the furthest element; a group's rows end at its last tile
-                // row); vt and mt hold 16·cin and 16·blocks·MR rows of TILE floats; U holds
+                // row); vt and mt hold 16·cin and 16·nb·MR rows of TILE floats; U holds
                 // 16·blocks·MR rows of cin; the stores stay inside the image's planes.
                 unsafe {
                     let xi = xph.as_ptr().add(img * cin * gr.plane);
@@ -150,10 +189,10 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogu
                     // The GEMM reads the transformed tiles as NV vectors of one plane of TILE floats.
                     let inner: [usize; NV] = std::array::from_fn(|v| v * LANES);
                     for xi in 0..16 {
-                        for cb in 0..blocks {
+                        for cb in b0..b1 {
                             let rows: [*const f32; MR] = std::array::from_fn(|r| u.as_ptr().add(((xi * blocks + cb) * MR + r) * cin));
                             let x = vt.as_ptr().add(xi * cin * TILE);
-                            let o = mt.as_mut_ptr().add((xi * blocks + cb) * MR * TILE);
+                            let o = mt.as_mut_ptr().add((xi * nb + cb - b0) * MR * TILE);
                             match vecs {
                                 4 => conv_tile::<4, 1>(x, &inner, TILE, cin, &[0], &rows, 1, o),
                                 3 => conv_tile::<3, 1>(x, &inner, TILE, cin, &[0], &rows, 1, o),
@@ -163,13 +202,13 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogu
                         }
                     }
                     let m = mt.as_ptr();
-                    for co in 0..cout {
+                    for co in b0 * MR..(b1 * MR).min(cout) {
                         let base = (img * cout + co) * hw;
                         let ep = TileEpilogue { bias: ep.bias.map_or(0.0, |b| b[co]), res: ep.residual.map(|r| r.as_ptr().add(base)), relu: ep.relu };
                         for (v, &(q0, corner)) in places[..vecs].iter().enumerate() {
                             // M[ξ][co] for this vector: row co of block ξ, at v·16.
-                            let mrow = m.add(co * TILE + v * LANES);
-                            let y = output_transform(mrow, blocks * MR * TILE);
+                            let mrow = m.add((co - b0 * MR) * TILE + v * LANES);
+                            let y = output_transform(mrow, nb * MR * TILE);
                             match (layout, corner) {
                                 (Layout::Rows, Some(c)) => {
                                     for a in 0..2 {
@@ -196,7 +235,7 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogu
                 }
             });
         };
-        (0..n * tiles).into_par_iter().for_each(task);
+        (0..n * tiles * parts).into_par_iter().for_each(task);
     });
 }
 
@@ -214,8 +253,10 @@ struct TileEpilogue {
     relu: bool,
 }
 
-/// U[ξ = 4i + j][co][ci] = (G g Gᵀ)[i][j], co padded to whole blocks of MR (zero rows).
-fn transform_weights(wt: &[f32], cin: usize, cout: usize, u: &mut [f32]) {
+/// U[ξ = 4i + j][co][ci] = (G g Gᵀ)[i][j] of weights [cout][cin][3][3], co padded to whole blocks
+/// of MR (zero rows); `u` holds `transformed_len(cin, cout)` floats.
+pub fn transform_weights(wt: &[f32], cin: usize, cout: usize, u: &mut [f32]) {
+    assert!(wt.len() >= cout * cin * 9 && u.len() == transformed_len(cin, cout));
     let rows = u.len() / (16 * cin);
     for xi in 0..16 {
         u[(xi * rows + cout) * cin..(xi + 1) * rows * cin].fill(0.0);
