@@ -201,35 +201,21 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn phase_plane_avx512(_: &Grid, _: usize, _: usize, _: &[f32], _: &mut [f32]) {
+    unreachable!("direct conv runs only where available() holds")
+}
+
 /// Copies planes of h×w into the four phase planes of a stride-2 grid (zero where the padded
 /// image has its border or ends). Padded row 2i + a is input row 2i + a − 1 and padded column
 /// 2j + b is input column 2j + b − 1: phase (a, 1) takes a row's even columns from j = 0, phase
 /// (a, 0) its odd columns from j = 1, so one deinterleave of the row fills both. Only the border
 /// is zeroed, not the whole plane.
 fn pad_phases(gr: &Grid, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
-    let (wp, rows) = (gr.wp, gr.h + 1);
-    let (evens, odds) = (w.div_ceil(2), w / 2);
-    debug_assert!(evens < wp && odds < wp && rows * wp <= gr.phase);
-    let one = |(s, d): (&[f32], &mut [f32])| {
-        for (a, pair) in d.chunks_exact_mut(2 * gr.phase).enumerate() {
-            let (odd_plane, even_plane) = pair.split_at_mut(gr.phase);
-            for i in 0..rows {
-                let r_odd = &mut odd_plane[i * wp..][..wp];
-                let r_even = &mut even_plane[i * wp..][..wp];
-                let Some(y) = (2 * i + a).checked_sub(1).filter(|&y| y < h) else {
-                    r_odd.fill(0.0);
-                    r_even.fill(0.0);
-                    continue;
-                };
-                r_odd[0] = 0.0;
-                deinterleave(&s[y * w..][..w], &mut r_even[..evens], &mut r_odd[1..1 + odds]);
-                r_even[evens..].fill(0.0);
-                r_odd[1 + odds..].fill(0.0);
-            }
-            odd_plane[rows * wp..].fill(0.0);
-            even_plane[rows * wp..].fill(0.0);
-        }
-    };
+    debug_assert!(w.div_ceil(2) < gr.wp && (gr.h + 1) * gr.wp <= gr.phase);
+    assert!(available(), "the direct kernels run only on AVX-512");
+    // SAFETY: AVX-512F is present; s is one h×w plane and d one grid plane (chunked so).
+    let one = |(s, d): (&[f32], &mut [f32])| unsafe { phase_plane_avx512(gr, h, w, s, d) };
     let planes = src.len() / (h * w);
     let dst = &mut dst[..planes * gr.plane];
     if planes * gr.plane >= 1 << 16 {
@@ -239,37 +225,48 @@ fn pad_phases(gr: &Grid, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// even[j] = row[2j], odd[j] = row[2j + 1].
-fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    assert!(even.len() == row.len().div_ceil(2) && odd.len() == row.len() / 2);
-    #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: AVX-512F is present (available()); the lengths were asserted.
-        return unsafe { deinterleave_avx512(row, even, odd) };
-    }
-    for (j, pair) in row.chunks(2).enumerate() {
-        even[j] = pair[0];
-        if let Some(&v) = pair.get(1) {
-            odd[j] = v;
-        }
-    }
-}
-
-/// `deinterleave` 32 floats at a time, the tail through masked loads and stores.
+/// `pad_phases` of one plane: each row deinterleaved 32 floats at a time (the tail by masked loads
+/// and stores), the border zeroed by masked stores.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn deinterleave_avx512(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+unsafe fn phase_plane_avx512(gr: &Grid, h: usize, w: usize, s: &[f32], d: &mut [f32]) {
     use std::arch::x86_64::*;
+    let (wp, rows) = (gr.wp, gr.h + 1);
+    let (evens, odds) = (w.div_ceil(2), w / 2);
+    assert!(s.len() >= h * w && d.len() >= 4 * gr.phase && evens < wp);
     let mask = |n: usize| if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
     unsafe {
+        let zero = |p: *mut f32, n: usize| {
+            for k in (0..n).step_by(16) {
+                _mm512_mask_storeu_ps(p.add(k), mask(n - k), _mm512_setzero_ps());
+            }
+        };
         let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        for c in 0..row.len().div_ceil(32) {
-            let rem = row.len() - 32 * c;
-            let lo = _mm512_maskz_loadu_ps(mask(rem), row.as_ptr().add(32 * c));
-            let hi = _mm512_maskz_loadu_ps(mask(rem.saturating_sub(16)), row.as_ptr().add(32 * c + 16));
-            _mm512_mask_storeu_ps(even.as_mut_ptr().add(16 * c), mask(rem.div_ceil(2)), _mm512_permutex2var_ps(lo, ie, hi));
-            _mm512_mask_storeu_ps(odd.as_mut_ptr().add(16 * c), mask(rem / 2), _mm512_permutex2var_ps(lo, io, hi));
+        for a in 0..2 {
+            let odd_plane = d.as_mut_ptr().add(2 * a * gr.phase);
+            let even_plane = odd_plane.add(gr.phase);
+            for i in 0..rows {
+                let (r_odd, r_even) = (odd_plane.add(i * wp), even_plane.add(i * wp));
+                let Some(y) = (2 * i + a).checked_sub(1).filter(|&y| y < h) else {
+                    zero(r_odd, wp);
+                    zero(r_even, wp);
+                    continue;
+                };
+                let row = s.as_ptr().add(y * w);
+                *r_odd = 0.0;
+                for c in 0..w.div_ceil(32) {
+                    let rem = w - 32 * c;
+                    let lo = _mm512_maskz_loadu_ps(mask(rem), row.add(32 * c));
+                    let hi = _mm512_maskz_loadu_ps(mask(rem.saturating_sub(16)), row.add(32 * c + 16));
+                    _mm512_mask_storeu_ps(r_even.add(16 * c), mask(rem.div_ceil(2)), _mm512_permutex2var_ps(lo, ie, hi));
+                    _mm512_mask_storeu_ps(r_odd.add(1 + 16 * c), mask(rem / 2), _mm512_permutex2var_ps(lo, io, hi));
+                }
+                zero(r_even.add(evens), wp - evens);
+                zero(r_odd.add(1 + odds), wp - 1 - odds);
+            }
+            zero(odd_plane.add(rows * wp), gr.phase - rows * wp);
+            zero(even_plane.add(rows * wp), gr.phase - rows * wp);
         }
     }
 }
