@@ -146,8 +146,10 @@ pub fn forward<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], bias: Option<&[T]>, 
     forward_fused(g, x, wt, Epilogue { bias, residual: None, relu: false }, y)
 }
 
-/// Whether `forward_fused` takes Winograd F(2×2, 3×3) for this f32 conv (`HRK_CONV_WINOGRAD=0`
-/// computes 3×3 stride-1 convs directly instead).
+/// Whether the inference engine computes this f32 conv by Winograd F(2×2, 3×3)
+/// (`direct::winograd`; `HRK_CONV_WINOGRAD=0` computes 3×3 stride-1 convs directly instead).
+/// Training keeps the direct kernels: Winograd rounds differently, and Adam's normalised steps
+/// magnify that beyond the parity bounds.
 pub fn winograd_pays(g: &Conv2dGeom) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("HRK_CONV_WINOGRAD").map_or(true, |v| v != "0")) && direct_enabled() && direct::winograd::pays(g)
@@ -168,10 +170,10 @@ fn as_f32_mut<T: Float>(s: &mut [T]) -> Option<&mut [f32]> {
 }
 
 /// y[n] = act(W · x[n] + bias + residual[n]): the direct kernel for f32 3×3 pad-1 convs of stride 1
-/// or 2 on AVX-512 (unless `HRK_CONV_DIRECT=0`), im2col + GEMM otherwise.
+/// or 2 and 1×1 convs on planes of whole 16-float vectors, on AVX-512 (unless `HRK_CONV_DIRECT=0`),
+/// im2col + GEMM otherwise.
 pub fn forward_fused<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilogue<T>, y: &mut [T]) {
-    let winograd = winograd_pays(g);
-    if direct_enabled() && (winograd || direct::forward_pays(g)) && direct::available() {
+    if direct_enabled() && direct::forward_pays(g) && direct::available() {
         if let (Some(x32), Some(w32)) = (as_f32(x), as_f32(wt)) {
             let ep32 = Epilogue {
                 bias: ep.bias.map(|b| as_f32(b).expect("same dtype")),
@@ -179,10 +181,6 @@ pub fn forward_fused<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilogue<T
                 relu: ep.relu,
             };
             let y32 = as_f32_mut(y).expect("same dtype");
-            if winograd {
-                direct::winograd::forward(g, x32, w32, ep32, y32);
-                return;
-            }
             if direct::forward_fused(g, x32, w32, ep32, y32) {
                 return;
             }
