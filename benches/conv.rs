@@ -2,9 +2,10 @@
 //! Throughput is declared in FLOPs (2·MACs; backward = dX + dW = 2× forward), so criterion's
 //! "elem/s" reads as FLOP/s.
 //!
-//! Each shape runs two paths: `gemm` (im2col + GEMM, the reference rung) and `auto` (what the engine
-//! dispatches: the direct 3×3 kernels where they apply, unless `HRK_CONV_DIRECT=0`). Filter with
-//! e.g. `cargo bench --bench conv -- 'forward/branch1.*b8'`.
+//! Each shape runs two paths: `gemm` (im2col + GEMM, the reference rung) and `auto` (what the conv
+//! op dispatches: the direct 3×3 kernels where they apply, unless `HRK_CONV_DIRECT=0`), and
+//! forward 3×3 stride-1 shapes a third, `winograd` (F(2×2, 3×3) with the weights transformed once,
+//! as the inference engine runs them). Filter with e.g. `cargo bench --bench conv -- 'forward/branch1.*b8'`.
 //!
 //! On a loaded machine wall-clock rates mean little; `HRK_BENCH_CPU=1` instead prints GFLOP per
 //! CPU-second summed over the process's threads (from /proc/self/task/*/schedstat), which other
@@ -13,6 +14,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hrk::ops::conv2d::cpu;
+use hrk::ops::conv2d::direct::winograd;
 use hrk::ops::Conv2dGeom;
 use std::hint::black_box;
 use std::time::Duration;
@@ -87,7 +89,15 @@ fn conv(c: &mut Criterion) {
                 let mut y = vec![0.0f32; n * cout * g.ho * g.wo];
                 let flop = 2 * g.macs() * if pass == "forward" { 1 } else { 2 };
                 group.throughput(Throughput::Elements(flop));
-                for path in ["gemm", "auto"] {
+                let wino = pass == "forward" && winograd::pays(&g);
+                let mut u = vec![0.0f32; if wino { winograd::transformed_len(cin, cout) } else { 0 }];
+                if wino {
+                    winograd::transform_weights(&w, cin, cout, &mut u);
+                }
+                for path in ["gemm", "auto", "winograd"] {
+                    if path == "winograd" && !wino {
+                        continue;
+                    }
                     let gemm = path == "gemm";
                     if cpu_mode {
                         let id = format!("conv2d_{pass}/{name}/b{n}/{path}");
@@ -97,6 +107,7 @@ fn conv(c: &mut Criterion) {
                         let (mut dx, mut dw) = (vec![0.0f32; x.len()], vec![0.0f32; w.len()]);
                         let ep = cpu::Epilogue { bias: Some(&b[..]), residual: None, relu: false };
                         let rate = cpu_rate(flop, || match (pass == "forward", gemm) {
+                            (true, _) if path == "winograd" => winograd::forward_transformed(&g, black_box(&x), &u, ep, &mut y),
                             (true, true) => cpu::forward_fused_gemm(&g, black_box(&x), &w, ep, &mut y),
                             (true, false) => cpu::forward_fused(&g, black_box(&x), &w, ep, &mut y),
                             (false, true) => cpu::backward_gemm(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None),
@@ -109,7 +120,9 @@ fn conv(c: &mut Criterion) {
                         if pass == "forward" {
                             let ep = cpu::Epilogue { bias: Some(&b[..]), residual: None, relu: false };
                             bch.iter(|| {
-                                if gemm {
+                                if path == "winograd" {
+                                    winograd::forward_transformed(&g, black_box(&x), &u, ep, &mut y)
+                                } else if gemm {
                                     cpu::forward_fused_gemm(&g, black_box(&x), &w, ep, &mut y)
                                 } else {
                                     cpu::forward_fused(&g, black_box(&x), &w, ep, &mut y)

@@ -170,8 +170,7 @@ fn as_f32_mut<T: Float>(s: &mut [T]) -> Option<&mut [f32]> {
 }
 
 /// y[n] = act(W · x[n] + bias + residual[n]): the direct kernel for f32 3×3 pad-1 convs of stride 1
-/// or 2 and 1×1 convs on planes of whole 16-float vectors, on AVX-512 (unless `HRK_CONV_DIRECT=0`),
-/// im2col + GEMM otherwise.
+/// or 2 on AVX-512 (unless `HRK_CONV_DIRECT=0`), im2col + GEMM otherwise.
 pub fn forward_fused<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilogue<T>, y: &mut [T]) {
     if direct_enabled() && direct::forward_pays(g) && direct::available() {
         if let (Some(x32), Some(w32)) = (as_f32(x), as_f32(wt)) {

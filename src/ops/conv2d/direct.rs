@@ -13,6 +13,7 @@
 //! and images with 3 output channels × 9 taps of vector accumulators for one input channel at a time,
 //! reading dy through the same padded planes (their border is exactly the zero the junk columns need).
 //! Stride 2 (forward only) runs the same kernel on the four parity phases of the padded input.
+//! `winograd` (inference) reuses the phase planes and, with one tap, the kernel as its GEMM.
 
 pub mod winograd;
 
@@ -35,12 +36,6 @@ const WR: usize = 3;
 /// faster), at least one channel each way (stride 1 needs cin > 0 too).
 pub fn applies(g: &Conv2dGeom) -> bool {
     g.k == 3 && g.pad == 1 && (g.stride == 1 || (g.stride == 2 && g.cin >= 8)) && g.cin > 0 && g.cout > 0
-}
-
-/// 1×1 convs (stride 1, no padding) on planes of whole vectors, computed by the same kernel with
-/// one tap and no padded copy.
-pub fn applies_pointwise(g: &Conv2dGeom) -> bool {
-    g.is_pointwise() && g.cin > 0 && g.cout > 0 && g.h * g.w > 0 && (g.h * g.w) % LANES == 0
 }
 
 /// The geometries this module computes backward: 3×3, pad 1, stride 1.
@@ -78,10 +73,8 @@ struct Grid {
     plane: usize,
     /// Stride 2: stride between the four phase planes inside one channel's plane.
     phase: usize,
-    /// Offset of tap (ky, kx) from q, tap = ky·3 + kx (only taps[0] = 0 for a 1×1 conv).
+    /// Offset of tap (ky, kx) from q, tap = ky·3 + kx.
     taps: [usize; 9],
-    /// Taps per input channel: 9, or 1 for a 1×1 conv.
-    ntaps: usize,
     /// Vectors per output row when the width is a whole number of vectors (0 otherwise): then the
     /// forward's vectors start at row starts and skip the junk columns instead of computing them.
     row_vecs: usize,
@@ -93,7 +86,7 @@ impl Grid {
         let q_len = (h * wp).div_ceil(LANES) * LANES;
         let plane = (q_len + 2 * wp + 2).div_ceil(LANES) * LANES;
         let taps = std::array::from_fn(|t| (t / 3) * wp + t % 3);
-        Grid { h, w, wp, q_len, plane, phase: 0, taps, ntaps: 9, row_vecs: whole_vectors(w) }
+        Grid { h, w, wp, q_len, plane, phase: 0, taps, row_vecs: whole_vectors(w) }
     }
     /// Stride 2 on an h×w input.
     fn stride2(h: usize, w: usize) -> Grid {
@@ -106,13 +99,7 @@ impl Grid {
             let (ky, kx) = (t / 3, t % 3);
             ((ky & 1) * 2 + (kx & 1)) * phase + (ky >> 1) * wp + (kx >> 1)
         });
-        Grid { h: ho, w: wo, wp, q_len, plane: 4 * phase, phase, taps, ntaps: 9, row_vecs: whole_vectors(wo) }
-    }
-    /// A 1×1 conv on unpadded planes of `hw` positions, a whole number of vectors: one "row" of
-    /// hw positions read in place, no junk.
-    fn pointwise(hw: usize) -> Grid {
-        debug_assert!(hw % LANES == 0);
-        Grid { h: 1, w: hw, wp: hw, q_len: hw, plane: hw, phase: 0, taps: [0; 9], ntaps: 1, row_vecs: hw / LANES }
+        Grid { h: ho, w: wo, wp, q_len, plane: 4 * phase, phase, taps, row_vecs: whole_vectors(wo) }
     }
     /// How many 16-position vectors the forward kernel computes per plane.
     fn vecs(&self) -> usize {
@@ -153,7 +140,7 @@ impl Grid {
 }
 
 fn whole_vectors(w: usize) -> usize {
-    if w % LANES == 0 {
+    if w.is_multiple_of(LANES) {
         w / LANES
     } else {
         0
@@ -311,7 +298,7 @@ fn conv_tiles(
     let tiles = qv.div_ceil(NV);
     let blocks = cout.div_ceil(MR);
     assert!(xpad.len() >= n * cin * gr.plane);
-    assert!(wv.w.len() >= (cout - 1) * wv.row + (cin - 1) * wv.col + gr.ntaps);
+    assert!(wv.w.len() >= (cout - 1) * wv.row + (cin - 1) * wv.col + 9);
     let taps = gr.taps;
     let task = |i: usize| {
         let cb = i % blocks;
@@ -332,16 +319,11 @@ fn conv_tiles(
         // inside wv.w (asserted above).
         unsafe {
             let x = xpad.as_ptr().add(img * cin * gr.plane);
-            let t1 = [0usize; 1];
-            match (vecs, gr.ntaps) {
-                (4, 9) => conv_tile::<4, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                (3, 9) => conv_tile::<3, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                (2, 9) => conv_tile::<2, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                (_, 9) => conv_tile::<1, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                (4, _) => conv_tile::<4, 1>(x, &voff, gr.plane, cin, &t1, &wrows, wv.col, o),
-                (3, _) => conv_tile::<3, 1>(x, &voff, gr.plane, cin, &t1, &wrows, wv.col, o),
-                (2, _) => conv_tile::<2, 1>(x, &voff, gr.plane, cin, &t1, &wrows, wv.col, o),
-                _ => conv_tile::<1, 1>(x, &voff, gr.plane, cin, &t1, &wrows, wv.col, o),
+            match vecs {
+                4 => conv_tile::<4, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                3 => conv_tile::<3, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                2 => conv_tile::<2, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                _ => conv_tile::<1, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
             }
         }
         for r in 0..rows {
@@ -354,13 +336,14 @@ fn conv_tiles(
     };
     let total = n * tiles * blocks;
     // Enough positions per task to amortise the scheduling (≈ 30 k FMAs at least).
-    let min_len = (30_000 / (MR * TILE * cin * gr.ntaps)).max(1);
+    let min_len = (30_000 / (MR * TILE * cin * 9)).max(1);
     (0..total).into_par_iter().with_min_len(min_len).for_each(task);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
-/// out[r][v·16 + lane] = Σ_c Σ_tap w[r][c·col + tap] · x[c·plane + taps[tap] + voff[v] + lane].
+/// out[r][v·16 + lane] = Σ_c Σ_tap w[r][c·col + tap] · x[c·plane + taps[tap] + voff[v] + lane]
+/// (T = 9 taps for the 3×3 convs; T = 1 makes it the GEMM of Winograd's transformed tiles).
 #[allow(clippy::too_many_arguments)]
 unsafe fn conv_tile<const V: usize, const T: usize>(
     x: *const f32,
@@ -425,23 +408,21 @@ unsafe fn epilogue_vec(_: *mut f32, _: *const f32, _: f32, _: Option<*const f32>
     unreachable!("direct conv runs only where available() holds")
 }
 
-/// y = act(conv(x, W) + bias + residual) for a 3×3 pad-1 (stride 1 or 2) or 1×1 conv; false
-/// (nothing written) when the geometry or the CPU does not fit, so the caller takes im2col + GEMM.
+/// y = act(conv3x3(x, W) + bias + residual); false (nothing written) when the geometry or the CPU
+/// does not fit, so the caller takes im2col + GEMM.
 pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) -> bool {
-    let pointwise = applies_pointwise(g);
-    if !(applies(g) || pointwise) || !available() {
+    if !applies(g) || !available() {
         return false;
     }
     let (in_hw, hw, n) = (g.h * g.w, g.ho * g.wo, g.n);
-    let taps = g.k * g.k;
-    assert!(x.len() >= n * g.cin * in_hw && wt.len() >= g.cout * g.cin * taps && y.len() >= n * g.cout * hw);
+    assert!(x.len() >= n * g.cin * in_hw && wt.len() >= g.cout * g.cin * 9 && y.len() >= n * g.cout * hw);
     if let Some(b) = ep.bias {
         assert!(b.len() >= g.cout);
     }
     if let Some(r) = ep.residual {
         assert!(r.len() >= n * g.cout * hw);
     }
-    let wv = WeightView { w: wt, row: g.cin * taps, col: taps };
+    let wv = WeightView { w: wt, row: g.cin * 9, col: 9 };
     let out = SharedOut(y.as_mut_ptr());
     let store = |gr: Grid| {
         move |img: usize, co: usize, q0: usize, at: Option<usize>, vals: &[f32]| {
@@ -474,12 +455,6 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
             });
         }
     };
-    if pointwise {
-        // 1×1: the planes are read in place.
-        let gr = Grid::pointwise(hw);
-        conv_tiles(&gr, n, g.cin, g.cout, &x[..n * g.cin * in_hw], wv, store(gr));
-        return true;
-    }
     let gr = if g.stride == 1 { Grid::new(g.h, g.w) } else { Grid::stride2(g.h, g.w) };
     debug_assert!(gr.h == g.ho && gr.w == g.wo);
     with_scratch(n * g.cin * gr.plane, |xpad| {
@@ -497,12 +472,7 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
 /// planes below 10×10 the two junk columns per row and the short tiles cost more than im2col
 /// (8×8 measured ~5 % slower).
 pub fn forward_pays(g: &Conv2dGeom) -> bool {
-    (applies(g) && g.ho * g.wo >= 100) || (applies_pointwise(g) && pointwise_enabled())
-}
-
-fn pointwise_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HRK_CONV_POINTWISE").map_or(true, |v| v != "0"))
+    applies(g) && g.ho * g.wo >= 100
 }
 
 /// Whether the direct backward-weight kernel pays here: each of its (co, ci, tap) sums ends in a

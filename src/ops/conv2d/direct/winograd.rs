@@ -61,9 +61,9 @@ enum Layout {
 impl Layout {
     fn of(h: usize, w: usize) -> Layout {
         match (w, h) {
-            _ if w % 32 == 0 && h % 2 == 0 => Layout::Rows,
-            (16, _) if h % 4 == 0 => Layout::Groups(8),
-            (8, _) if h % 8 == 0 => Layout::Groups(4),
+            _ if w.is_multiple_of(32) && h.is_multiple_of(2) => Layout::Rows,
+            (16, _) if h.is_multiple_of(4) => Layout::Groups(8),
+            (8, _) if h.is_multiple_of(8) => Layout::Groups(4),
             _ => Layout::Grid,
         }
     }
@@ -211,21 +211,21 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilog
                             let y = output_transform(mrow, nb * MR * TILE);
                             match (layout, corner) {
                                 (Layout::Rows, Some(c)) => {
-                                    for a in 0..2 {
+                                    for (a, &ya) in y.iter().enumerate() {
                                         let at = c + a * w;
-                                        store_runs::<16>(y[a], &[at, at + 16], out.at(base), &ep);
+                                        store_runs::<16>(ya, &[at, at + 16], out.at(base), &ep);
                                     }
                                 }
                                 (Layout::Groups(8), Some(c)) => {
-                                    for a in 0..2 {
+                                    for (a, &ya) in y.iter().enumerate() {
                                         let at = c + a * w;
-                                        store_runs::<16>(y[a], &[at, at + 2 * w], out.at(base), &ep);
+                                        store_runs::<16>(ya, &[at, at + 2 * w], out.at(base), &ep);
                                     }
                                 }
                                 (Layout::Groups(_), Some(c)) => {
-                                    for a in 0..2 {
+                                    for (a, &ya) in y.iter().enumerate() {
                                         let at: [usize; 4] = std::array::from_fn(|k| c + a * w + 2 * k * w);
-                                        store_runs::<8>(y[a], &at, out.at(base), &ep);
+                                        store_runs::<8>(ya, &at, out.at(base), &ep);
                                     }
                                 }
                                 _ => store_tiles(&y, &gr, (h, w), q0, out.at(base), &ep),
