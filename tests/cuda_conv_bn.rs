@@ -1,23 +1,14 @@
 //! BN training statistics fused into the conv forward kernel (conv2d_forward's `stats` epilogue and
 //! bn_stats_from_partials), run under the host emulator: kernel-level sums against the CPU conv output,
 //! and `ops::batchnorm::conv_batch_norm_train` against the unfused ops on the emulated GPU.
+mod model_common;
+use model_common::values;
+
 use hrk::autograd::backward_with;
 use hrk::cuda::emu::{self, addr, addr_mut};
 use hrk::cuda::kernels::{self, Kernel};
 use hrk::cuda::params::{BatchNormParams, Conv2dParams};
 use hrk::{ops, Device, Storage, Tensor};
-
-fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            ((s.wrapping_mul(0x2545F4914F6CDD1D) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn run<P: Copy>(k: &Kernel<P>, p: &P) {
     unsafe { emu::launch(k, p) }.unwrap_or_else(|e| panic!("{}: {e}", k.name));

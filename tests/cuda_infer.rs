@@ -1,5 +1,8 @@
 //! GPU inference with BN folded into the convs (model/infer_gpu.rs) under the emulated device, against
 //! the CPU fast path (`InferNet`, the same folding) and the reference graph, on a tiny HRNet.
+mod model_common;
+use model_common::randomize;
+
 use hrk::cuda::device::GpuDevice;
 use hrk::model::infer::gpu::{FusionMode, GpuInferNet};
 use hrk::model::{HrNet, HrnetSpec, InferNet, Slot};
@@ -18,32 +21,6 @@ fn tiny_spec() -> HrnetSpec {
     s
 }
 
-/// Random, well-scaled values for every tensor, BN statistics included (so the folding is not trivial).
-fn randomize(net: &mut HrNet, seed: u64) {
-    let mut rng = Rng::new(seed);
-    for i in 0..net.store.len() {
-        if matches!(net.store.slot(i), Slot::Count(_)) {
-            continue;
-        }
-        let name = net.store.name(i).to_string();
-        let t = net.store.tensor(i);
-        let shape = t.shape().to_vec();
-        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-        let v: Vec<f32> = (0..t.numel())
-            .map(|_| {
-                (if shape.len() == 4 {
-                    rng.normal() / (fan_in as f64).sqrt()
-                } else if name.ends_with("running_var") || (name.ends_with(".weight") && shape.len() == 1) {
-                    rng.range(0.5, 1.5)
-                } else {
-                    rng.range(-0.1, 0.1)
-                }) as f32
-            })
-            .collect();
-        net.store.tensor_mut(i).set_storage(Storage::F32(v)).unwrap();
-    }
-}
-
 fn input(shape: [usize; 4], seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
     (0..shape.iter().product::<usize>()).map(|_| rng.normal() as f32).collect()
@@ -58,8 +35,13 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert!(err <= tol * scale, "{what}: max|d| {err:e} > {tol:e} × {scale:e}");
 }
 
+/// The tests of this file run one at a time: the second counts the process-wide tensor writes, which
+/// the first's `randomize` would add to when run alongside.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn folded_gpu_inference_matches_cpu_infer_net() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut net = HrNet::new(&tiny_spec(), 3).unwrap();
     randomize(&mut net, 7);
     // Odd batch and non-square input: branch sizes 6×8, 3×4, 2×2, 1×1 (non-integer resize ratios).
@@ -87,6 +69,7 @@ fn folded_gpu_inference_matches_cpu_infer_net() {
 
 #[test]
 fn eval_forward_heatmaps_uses_the_folded_plan_on_a_gpu_device() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut net = HrNet::new(&tiny_spec(), 5).unwrap();
     randomize(&mut net, 9);
     let shape = [1, 3, 16, 16];

@@ -3,6 +3,9 @@
 //! emulated device (the CUDA kernels compiled for the host); the `cuda_*` tests run the same bodies on a
 //! real GPU when the crate is built with `--features cuda` and one is visible (skipped otherwise).
 
+mod model_common;
+use model_common::values;
+
 use hrk::autograd::backward_with;
 use hrk::model::{HrNet, HrnetSpec, Slot};
 use hrk::optim::{Adam, Sgd};
@@ -11,18 +14,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 // ---------- helpers ----------
-
-fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            ((s.wrapping_mul(0x2545F4914F6CDD1D) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// A leaf on `dev` that records its gradient.
 fn leaf(dev: &Device, shape: &[usize], seed: u64) -> Tensor {

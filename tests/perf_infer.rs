@@ -1,38 +1,12 @@
 //! The fast inference path and the batch-parallel conv kernels against the reference graph.
 
-use hrk::model::{HrNet, HrnetSpec, InferNet, Slot};
+mod model_common;
+use model_common::randomize;
+
+use hrk::model::{HrNet, HrnetSpec, InferNet};
 use hrk::ops::conv2d;
 use hrk::rng::Rng;
 use hrk::{Storage, Tensor};
-
-/// Gives every tensor of the model a random, well-scaled value (BN statistics included), so folding
-/// BN into the convs is exercised with non-trivial γ, β, μ, σ².
-fn randomize(net: &mut HrNet, seed: u64) {
-    let mut rng = Rng::new(seed);
-    for i in 0..net.store.len() {
-        if matches!(net.store.slot(i), Slot::Count(_)) {
-            continue;
-        }
-        let name = net.store.name(i).to_string();
-        let t = net.store.tensor(i);
-        let shape = t.shape().to_vec();
-        let n = t.numel();
-        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                let r = if shape.len() == 4 {
-                    rng.normal() / (fan_in as f64).sqrt()
-                } else if name.ends_with("running_var") || (name.ends_with(".weight") && shape.len() == 1) {
-                    rng.range(0.5, 1.5)
-                } else {
-                    rng.range(-0.1, 0.1)
-                };
-                r as f32
-            })
-            .collect();
-        net.store.tensor_mut(i).set_storage(Storage::F32(v)).unwrap();
-    }
-}
 
 fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
     let n: usize = shape.iter().product();
