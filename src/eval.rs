@@ -84,6 +84,10 @@ pub fn forward_heatmaps(net: &mut HrNet, input: Vec<f32>, shape: [usize; 4]) -> 
     if let Some(out) = crate::model::infer::gpu::forward_heatmaps(net, &input, shape)? {
         return Ok(out);
     }
+    // On the CPU (f32): the folded engine (model/infer.rs).
+    if let Some(out) = crate::model::infer::forward_heatmaps_cpu(net, &input, shape)? {
+        return Ok(out);
+    }
     let dtype = net.store.params().first().map(|t| t.dtype()).unwrap_or(DType::F32);
     let x = match dtype {
         DType::F32 => Tensor::from_f32(&shape, input)?,

@@ -3,7 +3,7 @@
 mod model_common;
 use model_common::randomize;
 
-use hrk::model::{HrNet, HrnetSpec, InferNet};
+use hrk::model::{HrNet, HrnetSpec, InferNet, Slot};
 use hrk::ops::conv2d;
 use hrk::rng::Rng;
 use hrk::{Storage, Tensor};
@@ -53,6 +53,29 @@ fn fast_forward_matches_the_graph() {
             assert_close(&got.to_f32_vec(), &want.to_f32_vec(), 2e-4, "fast vs graph");
         }
     }
+}
+
+/// `hrk test` / `predict` / validation on the CPU run the folded engine (Winograd included), cached per
+/// set of weights: same heatmaps as the graph, and a weight change reaches the next call.
+#[test]
+fn eval_forward_heatmaps_uses_the_cached_cpu_engine() {
+    let mut net = HrNet::new(&HrnetSpec::w18(98), 0).unwrap();
+    randomize(&mut net, 21);
+    let shape = [2, 3, 128, 128];
+    let x = random(&shape, &mut Rng::new(5));
+    let want = hrk::no_grad(|| net.forward(&x, false)).unwrap();
+    let (got, dims) = hrk::eval::forward_heatmaps(&mut net, x.to_f32_vec(), shape).unwrap();
+    assert_eq!(&dims[..], want.shape());
+    assert_close(&got, &want.to_f32_vec(), 2e-4, "eval::forward_heatmaps vs graph");
+    let (again, _) = hrk::eval::forward_heatmaps(&mut net, x.to_f32_vec(), shape).unwrap();
+    assert_eq!(again, got);
+    let last = (0..net.store.len()).rev().find(|&i| matches!(net.store.slot(i), Slot::Param(_))).unwrap();
+    let bias = net.store.tensor(last).to_f32_vec().iter().map(|v| v + 1.0).collect();
+    net.store.tensor_mut(last).set_storage(Storage::F32(bias)).unwrap();
+    let (shifted, _) = hrk::eval::forward_heatmaps(&mut net, x.to_f32_vec(), shape).unwrap();
+    // Exactly +1 up to the rounding of values this large.
+    let worst = shifted.iter().zip(&got).map(|(a, b)| (a - b - 1.0).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-6 * max_abs(&got) + 1e-5, "the change of {} did not reach the cached engine: {worst}", net.store.name(last));
 }
 
 /// The batch-parallel kernels (≥ 2 images, ≥ 2 threads) against the same conv one image at a time.

@@ -13,10 +13,11 @@ pub mod gpu;
 use crate::ops::conv2d::cpu::{forward_fused, winograd_pays, Epilogue};
 use crate::ops::conv2d::direct::winograd;
 use crate::ops::{Conv2dGeom, BN_EPS};
-use crate::tensor::Tensor;
+use crate::model::store::Slot;
+use crate::tensor::{DType, Device, Tensor};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A conv with its BN folded in: y = act(W'·x + b').
 #[derive(Clone, Debug)]
@@ -560,6 +561,49 @@ impl InferNet {
         conv(&self.head3, hd)?;
         Ok(total)
     }
+}
+
+/// What a folded plan was built from: the ids of the model's tensors and the engine's storage-write
+/// count (any optimizer step, BN update or loaded weight changes it).
+fn weights_key(net: &HrNet) -> (Vec<u64>, u64) {
+    let ids = (0..net.store.len())
+        .filter_map(|i| match net.store.slot(i) {
+            Slot::Param(t) | Slot::Buffer(t) => Some(t.id()),
+            Slot::Count(_) => None,
+        })
+        .collect();
+    (ids, crate::tensor::storage_writes())
+}
+
+/// The CPU engine of the last model seen, with its `weights_key`.
+static CPU_CACHE: Mutex<Option<((Vec<u64>, u64), Arc<InferNet>)>> = Mutex::new(None);
+
+/// The eval forward used by `hrk test` / `predict` / validation for an f32 model on the CPU: the
+/// folded engine, built once per set of weights (`HRK_CPU_INFER=graph`: None, so the caller runs
+/// `HrNet::forward`). Returns the heatmaps with their dims.
+pub fn forward_heatmaps_cpu(net: &HrNet, input: &[f32], shape: [usize; 4]) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+    let f32_params = net.store.params().first().is_none_or(|t| t.dtype() == DType::F32);
+    if net.device() != Device::Cpu || !f32_params || std::env::var("HRK_CPU_INFER").is_ok_and(|v| v == "graph") {
+        return Ok(None);
+    }
+    let key = weights_key(net);
+    let engine = {
+        let mut cache = CPU_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.as_ref() {
+            Some((k, e)) if *k == key => e.clone(),
+            _ => {
+                // Drop the old engine first so its memory is free for the new one.
+                *cache = None;
+                let e = Arc::new(InferNet::new(net)?);
+                *cache = Some((key, e.clone()));
+                e
+            }
+        }
+    };
+    let x = Tensor::from_f32(&shape, input.to_vec())?;
+    let y = engine.forward(&x)?;
+    let dims = y.dims4("hrnet infer")?;
+    Ok(Some((y.to_f32_vec(), dims)))
 }
 
 /// `HRK_INFER_SERIAL=1` runs branches one after another (for benchmarking the concurrency).

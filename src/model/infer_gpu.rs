@@ -11,11 +11,10 @@
 //! Declared from infer.rs (a grandchild of hrnet.rs) so it can read the model's private layer plan.
 
 use super::super::HrNet;
-use super::{fold_plan, FConv, PlanBlock, PlanFuse, PlanModule};
+use super::{fold_plan, weights_key, FConv, PlanBlock, PlanFuse, PlanModule};
 use crate::cuda::device::{add_assign, GpuBuffer, GpuDevice};
 use crate::cuda::params::FUSION_MAX_TERMS;
 use crate::cuda::raw::{self, ConvEpilogue, UpTerm};
-use crate::model::store::Slot;
 use crate::tensor::{Device, Tensor};
 use anyhow::{bail, Result};
 use std::sync::{Arc, Mutex};
@@ -244,13 +243,8 @@ struct Cached {
 static CACHE: Mutex<Option<Cached>> = Mutex::new(None);
 
 fn cache_key(net: &HrNet, dev: &GpuDevice, mode: FusionMode) -> (String, Vec<u64>, u64, FusionMode) {
-    let ids = (0..net.store.len())
-        .filter_map(|i| match net.store.slot(i) {
-            Slot::Param(t) | Slot::Buffer(t) => Some(t.id()),
-            Slot::Count(_) => None,
-        })
-        .collect();
-    (dev.name(), ids, crate::tensor::storage_writes(), mode)
+    let (ids, writes) = weights_key(net);
+    (dev.name(), ids, writes, mode)
 }
 
 /// The folded net for `net` on `dev`, built once and reused while the model's weights do not change.
