@@ -188,11 +188,6 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn phase_plane_avx512(_: &Grid, _: usize, _: usize, _: &[f32], _: &mut [f32]) {
-    unreachable!("direct conv runs only where available() holds")
-}
-
 /// Copies planes of h×w into the four phase planes of a stride-2 grid (zero where the padded
 /// image has its border or ends). Padded row 2i + a is input row 2i + a − 1 and padded column
 /// 2j + b is input column 2j + b − 1: phase (a, 1) takes a row's even columns from j = 0, phase
@@ -256,6 +251,11 @@ unsafe fn phase_plane_avx512(gr: &Grid, h: usize, w: usize, s: &[f32], d: &mut [
             zero(even_plane.add(rows * wp), gr.phase - rows * wp);
         }
     }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn phase_plane_avx512(_: &Grid, _: usize, _: usize, _: &[f32], _: &mut [f32]) {
+    unreachable!("direct conv runs only where available() holds")
 }
 
 /// A raw output pointer shared by tasks that write disjoint elements.
@@ -424,46 +424,44 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
     }
     let wv = WeightView { w: wt, row: g.cin * 9, col: 9 };
     let out = SharedOut(y.as_mut_ptr());
-    let store = |gr: Grid| {
-        move |img: usize, co: usize, q0: usize, at: Option<usize>, vals: &[f32]| {
-            let base = (img * g.cout + co) * hw;
-            let bias = ep.bias.map_or(0.0, |b| b[co]);
-            if let Some(at) = at {
-                // SAFETY: the 16 positions at..at + 16 of (img, co) lie inside y and the residual
-                // (asserted) and belong to this task only.
-                unsafe {
-                    let res = ep.residual.map(|r| r.as_ptr().add(base + at));
-                    epilogue_vec(out.at(base + at), vals.as_ptr(), bias, res, ep.relu);
-                }
-                return;
-            }
-            gr.runs(q0, vals.len(), |off, at, len| {
-                // SAFETY: (img, co, at..at + len) lies inside y (asserted) and belongs to this task only.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(base + at), len) };
-                let src = &vals[off..off + len];
-                match (ep.residual, ep.relu) {
-                    (Some(res), relu) => {
-                        let res = &res[base + at..][..len];
-                        for ((d, &v), &r) in dst.iter_mut().zip(src).zip(res) {
-                            let s = v + bias + r;
-                            *d = if relu { s.max(0.0) } else { s };
-                        }
-                    }
-                    (None, true) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = (v + bias).max(0.0)),
-                    (None, false) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + bias),
-                }
-            });
-        }
-    };
     let gr = if g.stride == 1 { Grid::new(g.h, g.w) } else { Grid::stride2(g.h, g.w) };
     debug_assert!(gr.h == g.ho && gr.w == g.wo);
+    let store = |img: usize, co: usize, q0: usize, at: Option<usize>, vals: &[f32]| {
+        let base = (img * g.cout + co) * hw;
+        let bias = ep.bias.map_or(0.0, |b| b[co]);
+        if let Some(at) = at {
+            // SAFETY: the 16 positions at..at + 16 of (img, co) lie inside y and the residual
+            // (asserted) and belong to this task only.
+            unsafe {
+                let res = ep.residual.map(|r| r.as_ptr().add(base + at));
+                epilogue_vec(out.at(base + at), vals.as_ptr(), bias, res, ep.relu);
+            }
+            return;
+        }
+        gr.runs(q0, vals.len(), |off, at, len| {
+            // SAFETY: (img, co, at..at + len) lies inside y (asserted) and belongs to this task only.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(base + at), len) };
+            let src = &vals[off..off + len];
+            match (ep.residual, ep.relu) {
+                (Some(res), relu) => {
+                    let res = &res[base + at..][..len];
+                    for ((d, &v), &r) in dst.iter_mut().zip(src).zip(res) {
+                        let s = v + bias + r;
+                        *d = if relu { s.max(0.0) } else { s };
+                    }
+                }
+                (None, true) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = (v + bias).max(0.0)),
+                (None, false) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + bias),
+            }
+        });
+    };
     with_scratch(n * g.cin * gr.plane, |xpad| {
         if g.stride == 1 {
             pad_planes(&gr, &x[..n * g.cin * in_hw], xpad);
         } else {
             pad_phases(&gr, g.h, g.w, &x[..n * g.cin * in_hw], xpad);
         }
-        conv_tiles(&gr, n, g.cin, g.cout, xpad, wv, store(gr));
+        conv_tiles(&gr, n, g.cin, g.cout, xpad, wv, store);
     });
     true
 }
