@@ -8,7 +8,8 @@
 //! and, in thread-local scratch that stays in cache,
 //! 1. transforms every input channel's windows, V[ξ][ci] = Bᵀ d B (ξ = 4i + j);
 //! 2. runs the direct kernel with one tap as the 16 channel GEMMs M[ξ][co] = Σ_ci U[ξ][co][ci] V[ξ][ci],
-//!    with U = G g Gᵀ the transformed weights (once per call);
+//!    with U = G g Gᵀ the transformed weights (made per call, or once and kept by the caller:
+//!    `forward_transformed`);
 //! 3. transforms back, Y = Aᵀ M A, and stores with the bias / residual / ReLU epilogue.
 //!
 //! F(2×2, 3×3) with these B, G, A has rounding errors of the order of the direct sum's.
@@ -26,9 +27,9 @@ use std::arch::x86_64::__m512;
 #[derive(Clone, Copy)]
 struct __m512;
 
-/// A task's transformed input, 16 · cin · vectors · 16 floats, is kept within this many 16-float
-/// rows per transform element (512 KiB in all), to stay in the core's L2 cache: at most 4
-/// vectors of tiles per task up to 128 channels, fewer above, down to 1 at 512.
+/// Bound on input channels × tile vectors per task, so a task's transformed input (16 · cin ·
+/// vectors · 16 floats) stays within 512 KiB of the core's L2 cache: 4 vectors per task up to 128
+/// channels, fewer above, 1 at 512 (the most channels taken).
 const MAX_CIN_VECS: usize = 512;
 
 /// Whether `forward` can compute this conv: 3×3, stride 1, pad 1, a channel count whose
@@ -133,6 +134,7 @@ pub fn transformed_len(cin: usize, cout: usize) -> usize {
 }
 
 fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilogue<f32>, y: &mut [f32]) {
+    assert!(applies(g), "winograd: {g:?} is not a 3×3 stride-1 pad-1 conv of ≤ {MAX_CIN_VECS} channels on AVX-512");
     let (n, cin, cout, h, w) = (g.n, g.cin, g.cout, g.h, g.w);
     let hw = h * w;
     let ulen = transformed_len(cin, cout);
@@ -179,12 +181,12 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilog
                 // row); vt and mt hold 16·cin and 16·nb·MR rows of TILE floats; U holds
                 // 16·blocks·MR rows of cin; the stores stay inside the image's planes.
                 unsafe {
-                    let xi = xph.as_ptr().add(img * cin * gr.plane);
+                    let image = xph.as_ptr().add(img * cin * gr.plane);
                     let q: [usize; NV] = places.map(|p| p.0);
                     match layout {
-                        Layout::Groups(8) => input_transform::<2>(xi, &gr, cin, &q[..vecs], vt.as_mut_ptr()),
-                        Layout::Groups(_) => input_transform::<4>(xi, &gr, cin, &q[..vecs], vt.as_mut_ptr()),
-                        _ => input_transform::<1>(xi, &gr, cin, &q[..vecs], vt.as_mut_ptr()),
+                        Layout::Groups(8) => input_transform::<2>(image, &gr, cin, &q[..vecs], vt.as_mut_ptr()),
+                        Layout::Groups(_) => input_transform::<4>(image, &gr, cin, &q[..vecs], vt.as_mut_ptr()),
+                        _ => input_transform::<1>(image, &gr, cin, &q[..vecs], vt.as_mut_ptr()),
                     }
                     // The GEMM reads the transformed tiles as NV vectors of one plane of TILE floats.
                     let inner: [usize; NV] = std::array::from_fn(|v| v * LANES);
