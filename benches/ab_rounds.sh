@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Interleaves hrk variants round by round so an A/B sees the same machine state (this host has bursts where
+# everything runs ~35 % slower; compare within a round). Prints ms/img per variant per round.
+# Usage: benches/ab_rounds.sh ROUNDS BATCH ITERS "ENV=.. target/release/hrk" "/tmp/hrk-before" ...
+set -u
+cd "$(dirname "$0")/.."
+CFG=experiments/wflw/face_alignment_wflw_hrnet_w18.yaml
+rounds=$1 batch=$2 iters=$3
+shift 3
+for _ in $(seq "$rounds"); do
+  k=0
+  for variant in "$@"; do
+    k=$((k + 1))
+    # shellcheck disable=SC2086 # a variant is "ENV=value ... binary", split on purpose
+    ms=$(env $variant bench --cfg $CFG --batch "$batch" --iters "$iters" 2>&1 | tail -1 | grep -o "[0-9.]* ms/img")
+    printf '[%d] %s   ' "$k" "$ms"
+  done
+  echo
+done
