@@ -1,5 +1,6 @@
-//! The direct 3×3 conv kernels (forward with every epilogue, backward data and weight) and the
-//! im2col + GEMM path they replace, against direct-loop references in f64, on odd shapes.
+//! The direct 3×3 conv kernels (forward with every epilogue, backward data and weight), Winograd's
+//! forward (every layout, plain and pre-transformed weights) and the im2col + GEMM path they replace,
+//! against direct-loop references in f64, on odd shapes.
 
 use hrk::ops::conv2d::direct::{self, winograd};
 use hrk::ops::conv2d::cpu;
