@@ -565,7 +565,7 @@ impl InferNet {
 
 /// What a folded plan was built from: the ids of the model's tensors and the engine's storage-write
 /// count (any optimizer step, BN update or loaded weight changes it).
-fn weights_key(net: &HrNet) -> (Vec<u64>, u64) {
+fn weights_key(net: &HrNet) -> WeightsKey {
     let ids = (0..net.store.len())
         .filter_map(|i| match net.store.slot(i) {
             Slot::Param(t) | Slot::Buffer(t) => Some(t.id()),
@@ -575,8 +575,28 @@ fn weights_key(net: &HrNet) -> (Vec<u64>, u64) {
     (ids, crate::tensor::storage_writes())
 }
 
+type WeightsKey = (Vec<u64>, u64);
+
+/// The last plan built, with the key it was built for.
+type PlanCache<K, P> = Mutex<Option<(K, Arc<P>)>>;
+
+/// The plan cached in `cache` when it was built for `key`, else a new one from `build` (the old
+/// plan dropped first, so its memory is free for the new one).
+fn cached_plan<K: PartialEq, P>(cache: &PlanCache<K, P>, key: K, build: impl FnOnce() -> Result<P>) -> Result<Arc<P>> {
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((k, plan)) = cache.as_ref() {
+        if *k == key {
+            return Ok(plan.clone());
+        }
+    }
+    *cache = None;
+    let plan = Arc::new(build()?);
+    *cache = Some((key, plan.clone()));
+    Ok(plan)
+}
+
 /// The CPU engine of the last model seen, with its `weights_key`.
-static CPU_CACHE: Mutex<Option<((Vec<u64>, u64), Arc<InferNet>)>> = Mutex::new(None);
+static CPU_CACHE: PlanCache<WeightsKey, InferNet> = Mutex::new(None);
 
 /// The eval forward used by `hrk test` / `predict` / validation for an f32 model on the CPU: the
 /// folded engine, built once per set of weights (`HRK_CPU_INFER=graph`: None, so the caller runs
@@ -586,20 +606,7 @@ pub fn forward_heatmaps_cpu(net: &HrNet, input: &[f32], shape: [usize; 4]) -> Re
     if net.device() != Device::Cpu || !f32_params || std::env::var("HRK_CPU_INFER").is_ok_and(|v| v == "graph") {
         return Ok(None);
     }
-    let key = weights_key(net);
-    let engine = {
-        let mut cache = CPU_CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        match cache.as_ref() {
-            Some((k, e)) if *k == key => e.clone(),
-            _ => {
-                // Drop the old engine first so its memory is free for the new one.
-                *cache = None;
-                let e = Arc::new(InferNet::new(net)?);
-                *cache = Some((key, e.clone()));
-                e
-            }
-        }
-    };
+    let engine = cached_plan(&CPU_CACHE, weights_key(net), || InferNet::new(net))?;
     let x = Tensor::from_f32(&shape, input.to_vec())?;
     let y = engine.forward(&x)?;
     let dims = y.dims4("hrnet infer")?;

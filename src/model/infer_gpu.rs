@@ -11,7 +11,7 @@
 //! Declared from infer.rs (a grandchild of hrnet.rs) so it can read the model's private layer plan.
 
 use super::super::HrNet;
-use super::{fold_plan, weights_key, FConv, PlanBlock, PlanFuse, PlanModule};
+use super::{cached_plan, fold_plan, weights_key, FConv, PlanBlock, PlanCache, PlanFuse, PlanModule, WeightsKey};
 use crate::cuda::device::{add_assign, GpuBuffer, GpuDevice};
 use crate::cuda::params::FUSION_MAX_TERMS;
 use crate::cuda::raw::{self, ConvEpilogue, UpTerm};
@@ -233,36 +233,20 @@ fn mode_from_env() -> Option<FusionMode> {
     }
 }
 
-/// The folded net of the last model seen, with what it was built from: the device, the ids of the
-/// model's tensors and the engine's storage-write count (any optimizer step or BN update changes it).
-struct Cached {
-    key: (String, Vec<u64>, u64, FusionMode),
-    net: Arc<GpuInferNet>,
-}
+/// What the cached folded net was built from: the device, the model's `weights_key` (tensor ids and
+/// the engine's storage-write count: any optimizer step or BN update changes it) and the fusion mode.
+type CacheKey = (String, WeightsKey, FusionMode);
 
-static CACHE: Mutex<Option<Cached>> = Mutex::new(None);
-
-fn cache_key(net: &HrNet, dev: &GpuDevice, mode: FusionMode) -> (String, Vec<u64>, u64, FusionMode) {
-    let (ids, writes) = weights_key(net);
-    (dev.name(), ids, writes, mode)
-}
+/// The folded net of the last model seen, with its key.
+static CACHE: PlanCache<CacheKey, GpuInferNet> = Mutex::new(None);
 
 /// The folded net for `net` on `dev`, built once and reused while the model's weights do not change.
 pub fn cached(net: &HrNet, dev: &GpuDevice, mode: FusionMode) -> Result<Arc<GpuInferNet>> {
-    let key = cache_key(net, dev, mode);
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(c) = cache.as_ref() {
-        if c.key == key {
-            return Ok(c.net.clone());
-        }
-    }
-    // Drop the old plan first so its device memory is free for the new one.
-    *cache = None;
-    let mut built = GpuInferNet::new(net, dev)?;
-    built.fusion = mode;
-    let built = Arc::new(built);
-    *cache = Some(Cached { key, net: built.clone() });
-    Ok(built)
+    cached_plan(&CACHE, (dev.name(), weights_key(net), mode), || {
+        let mut built = GpuInferNet::new(net, dev)?;
+        built.fusion = mode;
+        Ok(built)
+    })
 }
 
 /// The eval forward used by `hrk test` / `predict` / validation when the model is on a GPU device: the
