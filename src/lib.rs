@@ -13,6 +13,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod rng;
+pub mod switches;
 pub mod tensor;
 
 pub use autograd::{backward, backward_with, no_grad, Gradients};

@@ -1,0 +1,181 @@
+//! Every `HRK_*` environment switch of the library and the binary, declared once here (name, values,
+//! default, one-line doc) and read only here, once per process. README's switch table is checked
+//! against `ALL` by a test (tests/switches_doc.rs).
+//!
+//! Build-time variables (`HRK_NVCC`, `HRK_CUDA_ARCH`, `HRK_REQUIRE_PTX`, `HRK_EMU_TSAN`) belong to
+//! build.rs and test-only ones (`HRK_SHARED`, `HRK_PARITY_CASE`, `HRK_FUZZ_*`, …) to tests/common;
+//! both are listed in `BUILD_AND_TEST` so that the README test knows them.
+
+use std::sync::OnceLock;
+
+/// One declared switch, as README's table shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch {
+    pub name: &'static str,
+    /// The accepted values, e.g. `0\|1` or `a size like 64M`.
+    pub values: &'static str,
+    /// What an unset variable means.
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+/// Parses one variable's text; `Err` carries what was expected (the value is then the default,
+/// with a one-line warning through `log`).
+type Parse<T> = fn(&str) -> Result<T, &'static str>;
+
+fn read<T: Clone>(name: &str, default: T, parse: Parse<T>) -> T {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(text) => parse(text.trim()).unwrap_or_else(|expected| {
+            log::warn!("{name}={text:?} is not {expected}; using the default");
+            default
+        }),
+    }
+}
+
+macro_rules! switches {
+    ($( #[doc = $doc:literal] fn $getter:ident() -> $ty:ty { $name:literal, $values:literal, default $default_doc:literal => $default:expr, $parse:expr } )*) => {
+        /// Every runtime switch, in README order.
+        pub const ALL: &[Switch] = &[$(Switch { name: $name, values: $values, default: $default_doc, doc: $doc.trim_ascii() }),*];
+        $(
+            #[doc = $doc]
+            pub fn $getter() -> $ty {
+                static VALUE: OnceLock<$ty> = OnceLock::new();
+                VALUE.get_or_init(|| read($name, $default, $parse)).clone()
+            }
+        )*
+    };
+}
+
+fn flag(text: &str) -> Result<bool, &'static str> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "on" | "true" | "yes" => Ok(true),
+        "0" | "off" | "false" | "no" => Ok(false),
+        _ => Err("0 or 1"),
+    }
+}
+
+fn megabytes(text: &str) -> Result<usize, &'static str> {
+    text.parse().map_err(|_| "a whole number of MiB")
+}
+
+fn path(text: &str) -> Result<String, &'static str> {
+    if text.is_empty() { Err("a path") } else { Ok(text.to_string()) }
+}
+
+/// A byte count with an optional K/M/G suffix (binary units), e.g. `64M`.
+pub fn parse_size(text: &str) -> Result<usize, &'static str> {
+    const EXPECTED: &str = "a size like 64M";
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = (&text[..split], text[split..].trim().to_ascii_uppercase());
+    let scale: usize = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return Err(EXPECTED),
+    };
+    digits.parse::<usize>().ok().and_then(|n| n.checked_mul(scale)).ok_or(EXPECTED)
+}
+
+fn some_size(text: &str) -> Result<Option<usize>, &'static str> {
+    parse_size(text).map(Some)
+}
+
+/// How evaluation runs the model on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalEngine {
+    /// The BN-folded plan (the default; on a GPU its fuse rows are one kernel each).
+    Folded,
+    /// GPU only: the folded plan with the unfused fuse-row kernels (the reference rung).
+    FoldedUnfused,
+    /// The plain autograd forward, no folding.
+    Graph,
+}
+
+fn cpu_engine(text: &str) -> Result<EvalEngine, &'static str> {
+    match text {
+        "folded" | "fast" => Ok(EvalEngine::Folded),
+        "graph" => Ok(EvalEngine::Graph),
+        _ => Err("folded or graph"),
+    }
+}
+
+fn gpu_engine(text: &str) -> Result<EvalEngine, &'static str> {
+    match text {
+        "fused" => Ok(EvalEngine::Folded),
+        "unfused" => Ok(EvalEngine::FoldedUnfused),
+        "graph" => Ok(EvalEngine::Graph),
+        _ => Err("fused, unfused or graph"),
+    }
+}
+
+switches! {
+    /// Direct AVX-512 3×3 conv kernels on the CPU; 0 sends every conv through im2col + GEMM.
+    fn conv_direct() -> bool { "HRK_CONV_DIRECT", "0\\|1", default "1" => true, flag }
+    /// Winograd F(2×2, 3×3) for 3×3 stride-1 convs in the CPU inference engine; 0 computes them directly.
+    fn conv_winograd() -> bool { "HRK_CONV_WINOGRAD", "0\\|1", default "1" => true, flag }
+    /// 1 picks the portable (non-AVX-512) CPU BatchNorm kernels.
+    fn no_avx512() -> bool { "HRK_NO_AVX512", "0\\|1", default "0" => false, flag }
+    /// Cap of the CPU buffer pool in MiB (0 turns the pool off).
+    fn pool_mb() -> usize { "HRK_POOL_MB", "MiB", default "4096" => 4096, megabytes }
+    /// CPU evaluation engine of `hrk test` / `predict` / validation: the folded engine or the autograd graph.
+    fn cpu_eval_engine() -> EvalEngine { "HRK_CPU_INFER", "folded\\|graph", default "folded" => EvalEngine::Folded, cpu_engine }
+    /// GPU evaluation engine: fused fuse rows, the unfused reference rung, or the autograd graph.
+    fn gpu_eval_engine() -> EvalEngine { "HRK_GPU_INFER", "fused\\|unfused\\|graph", default "fused" => EvalEngine::Folded, gpu_engine }
+    /// BN statistics summed in the GPU conv epilogue during training; 0 runs the separate statistics pass.
+    fn gpu_conv_bn_stats() -> bool { "HRK_GPU_CONV_BN_STATS", "0\\|1", default "1" => true, flag }
+    /// 1 makes `--device cuda|auto` use the emulated GPU (the CUDA kernels run on the host; slow, for tests).
+    fn device_emu() -> bool { "HRK_DEVICE_EMU", "0\\|1", default "0" => false, flag }
+    /// The CUDA driver library to load.
+    fn libcuda() -> String { "HRK_LIBCUDA", "a path", default "libcuda.so.1" => "libcuda.so.1".to_string(), path }
+    /// Memory of the emulated GPU (unset: unlimited); the out-of-memory tests use it.
+    fn emu_device_memory() -> Option<usize> { "HRK_EMU_DEVICE_MEMORY", "a size like 64M", default "unlimited" => None, some_size }
+    /// 1 runs emulated GPU threads as OS threads instead of fibers (always so under TSan).
+    fn emu_os_threads() -> bool { "HRK_EMU_OS_THREADS", "0\\|1", default "0" => false, flag }
+}
+
+/// Variables read by build.rs or by the tests only (not by the library), for README's table check.
+pub const BUILD_AND_TEST: &[&str] = &[
+    "HRK_NVCC",
+    "HRK_CUDA_ARCH",
+    "HRK_REQUIRE_PTX",
+    "HRK_EMU_TSAN",
+    "HRK_SHARED",
+    "HRK_PARITY_CASE",
+    "HRK_FIXTURES",
+    "HRK_TORCH_PYTHON",
+    "HRK_FUZZ_SECS",
+    "HRK_FUZZ_SLOW_SECS",
+    "HRK_FUZZ_SEED",
+    "HRK_FUZZ_REPLAY",
+    "HRK_WRITE_CORPUS",
+    "HRK_CRASH_SEED",
+    "HRK_CRASH_KILLS",
+    "HRK_KEEP_TEST_OUTPUT",
+    "HRK_BENCH_RUNGS",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn names_are_unique_and_prefixed() {
+        let mut names: Vec<&str> = ALL.iter().map(|s| s.name).chain(BUILD_AND_TEST.iter().copied()).collect();
+        assert!(names.iter().all(|n| n.starts_with("HRK_")));
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+    }
+}
