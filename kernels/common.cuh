@@ -52,3 +52,18 @@ __device__ __forceinline__ BilinearTaps bilinear_taps(int in_h, int in_w, float 
     t.wx0 = 1.0f - t.wx1;
     return t;
 }
+
+// One plane's bilinear sample at taps t (row stride in_w): the same two-row blend as the CPU op.
+__device__ __forceinline__ float bilinear_sample(const float* plane, int in_w, const BilinearTaps& t) {
+    const float top = t.wx0 * plane[t.y0 * in_w + t.x0] + t.wx1 * plane[t.y0 * in_w + t.x1];
+    const float bottom = t.wx0 * plane[t.y1 * in_w + t.x0] + t.wx1 * plane[t.y1 * in_w + t.x1];
+    return t.wy0 * top + t.wy1 * bottom;
+}
+
+// The transpose of bilinear_sample: adds g's share to each of the 4 taps (atomically: taps overlap).
+__device__ __forceinline__ void bilinear_scatter(float* plane, int in_w, const BilinearTaps& t, float g) {
+    atomicAdd(&plane[t.y0 * in_w + t.x0], t.wy0 * t.wx0 * g);
+    atomicAdd(&plane[t.y0 * in_w + t.x1], t.wy0 * t.wx1 * g);
+    atomicAdd(&plane[t.y1 * in_w + t.x0], t.wy1 * t.wx0 * g);
+    atomicAdd(&plane[t.y1 * in_w + t.x1], t.wy1 * t.wx1 * g);
+}

@@ -11,11 +11,7 @@
 
 __device__ __forceinline__ float sample_up(const FusionParams& p, int k, long long plane, int oy, int ox) {
     const BilinearTaps t = bilinear_taps(p.up_h[k], p.up_w[k], p.up_scale_h[k], p.up_scale_w[k], oy, ox);
-    const int in_w = p.up_w[k];
-    const float* z = p.up[k] + plane * p.up_h[k] * in_w;
-    const float top = t.wx0 * z[t.y0 * in_w + t.x0] + t.wx1 * z[t.y0 * in_w + t.x1];
-    const float bottom = t.wx0 * z[t.y1 * in_w + t.x0] + t.wx1 * z[t.y1 * in_w + t.x1];
-    return t.wy0 * top + t.wy1 * bottom;
+    return bilinear_sample(p.up[k] + plane * p.up_h[k] * p.up_w[k], p.up_w[k], t);
 }
 
 extern "C" __global__ void __launch_bounds__(256) fusion_forward(const FusionParams p) {
@@ -42,12 +38,7 @@ extern "C" __global__ void __launch_bounds__(256) fusion_backward(const FusionPa
         if (g == 0.0f) continue;
         for (int k = 0; k < p.num_up; ++k) {
             const BilinearTaps t = bilinear_taps(p.up_h[k], p.up_w[k], p.up_scale_h[k], p.up_scale_w[k], oy, ox);
-            const int in_w = p.up_w[k];
-            float* dz = p.d_up[k] + plane * p.up_h[k] * in_w;
-            atomicAdd(&dz[t.y0 * in_w + t.x0], t.wy0 * t.wx0 * g);
-            atomicAdd(&dz[t.y0 * in_w + t.x1], t.wy0 * t.wx1 * g);
-            atomicAdd(&dz[t.y1 * in_w + t.x0], t.wy1 * t.wx0 * g);
-            atomicAdd(&dz[t.y1 * in_w + t.x1], t.wy1 * t.wx1 * g);
+            bilinear_scatter(p.d_up[k] + plane * p.up_h[k] * p.up_w[k], p.up_w[k], t, g);
         }
     }
 }

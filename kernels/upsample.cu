@@ -5,24 +5,9 @@
 //                     (dx is accumulated: zero it first; summation order on the GPU is not deterministic)
 #include "common.cuh"
 
-struct BilinearTap {
-    int y0, y1, x0, x1;
-    float wy0, wy1, wx0, wx1;
-};
-
-__device__ __forceinline__ BilinearTap bilinear_tap(const UpsampleParams& p, int oy, int ox) {
-    BilinearTap t;
-    const float sy = fmaxf(p.scale_h * (oy + 0.5f) - 0.5f, 0.0f);
-    const float sx = fmaxf(p.scale_w * (ox + 0.5f) - 0.5f, 0.0f);
-    t.y0 = (int)sy;
-    t.x0 = (int)sx;
-    t.y1 = t.y0 + (t.y0 < p.in_h - 1 ? 1 : 0);
-    t.x1 = t.x0 + (t.x0 < p.in_w - 1 ? 1 : 0);
-    t.wy1 = sy - t.y0;
-    t.wy0 = 1.0f - t.wy1;
-    t.wx1 = sx - t.x0;
-    t.wx0 = 1.0f - t.wx1;
-    return t;
+// The taps of output (oy, ox): common.cuh's bilinear_taps (its clamp of y0/x0 never binds for these scales).
+__device__ __forceinline__ BilinearTaps bilinear_tap(const UpsampleParams& p, int oy, int ox) {
+    return bilinear_taps(p.in_h, p.in_w, p.scale_h, p.scale_w, oy, ox);
 }
 
 extern "C" __global__ void __launch_bounds__(256) bilinear_forward(const UpsampleParams p) {
@@ -31,11 +16,7 @@ extern "C" __global__ void __launch_bounds__(256) bilinear_forward(const Upsampl
     for (long long i = global_thread(); i < total; i += grid_threads()) {
         const long long plane = i / out_hw;
         const int q = (int)(i % out_hw), oy = q / p.out_w, ox = q % p.out_w;
-        const BilinearTap t = bilinear_tap(p, oy, ox);
-        const float* x = p.x + plane * p.in_h * p.in_w;
-        const float top = t.wx0 * x[t.y0 * p.in_w + t.x0] + t.wx1 * x[t.y0 * p.in_w + t.x1];
-        const float bottom = t.wx0 * x[t.y1 * p.in_w + t.x0] + t.wx1 * x[t.y1 * p.in_w + t.x1];
-        p.y[i] = t.wy0 * top + t.wy1 * bottom;
+        p.y[i] = bilinear_sample(p.x + plane * p.in_h * p.in_w, p.in_w, bilinear_tap(p, oy, ox));
     }
 }
 
@@ -45,13 +26,7 @@ extern "C" __global__ void __launch_bounds__(256) bilinear_backward(const Upsamp
     for (long long i = global_thread(); i < total; i += grid_threads()) {
         const long long plane = i / out_hw;
         const int q = (int)(i % out_hw), oy = q / p.out_w, ox = q % p.out_w;
-        const BilinearTap t = bilinear_tap(p, oy, ox);
-        float* dx = p.dx + plane * p.in_h * p.in_w;
-        const float g = p.dy[i];
-        atomicAdd(&dx[t.y0 * p.in_w + t.x0], t.wy0 * t.wx0 * g);
-        atomicAdd(&dx[t.y0 * p.in_w + t.x1], t.wy0 * t.wx1 * g);
-        atomicAdd(&dx[t.y1 * p.in_w + t.x0], t.wy1 * t.wx0 * g);
-        atomicAdd(&dx[t.y1 * p.in_w + t.x1], t.wy1 * t.wx1 * g);
+        bilinear_scatter(p.dx + plane * p.in_h * p.in_w, p.in_w, bilinear_tap(p, oy, ox), p.dy[i]);
     }
 }
 
