@@ -121,15 +121,11 @@ extern "C" {
     ) -> c_int;
 }
 
-/// The driver library to probe: env `HRK_LIBCUDA` (a path, for tests and odd installs) or libcuda.so.1.
-fn libcuda_name() -> String {
-    std::env::var("HRK_LIBCUDA").unwrap_or_else(|_| "libcuda.so.1".to_string())
-}
-
 /// Loads the driver with dlopen, runs cuInit and counts devices, without cudarc (which panics when
 /// libcuda is missing). Never panics.
 pub fn probe_driver() -> std::result::Result<DriverInfo, CudaUnavailable> {
-    let lib = libcuda_name();
+    // HRK_LIBCUDA (a path, for tests and odd installs) or libcuda.so.1.
+    let lib = crate::switches::libcuda();
     let Ok(c_lib) = std::ffi::CString::new(lib.clone()) else {
         return Err(CudaUnavailable::NoDriver { detail: format!("bad library name {lib:?}") });
     };

@@ -18,7 +18,7 @@ fn wide_simd() -> bool {
     *ON.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            !std::env::var("HRK_NO_AVX512").is_ok_and(|v| v == "1")
+            !crate::switches::no_avx512()
                 && std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512dq")

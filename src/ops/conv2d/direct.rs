@@ -17,7 +17,7 @@
 
 pub mod winograd;
 
-use super::cpu::Epilogue;
+use super::cpu_kernel::Epilogue;
 use super::Conv2dGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;

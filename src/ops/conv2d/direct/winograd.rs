@@ -15,7 +15,7 @@
 //! F(2×2, 3×3) with these B, G, A has rounding errors of the order of the direct sum's.
 
 use super::{available, conv_tile, pad_phases, with_scratch, Grid, SharedOut, LANES, MR, NV, TILE};
-use crate::ops::conv2d::cpu::Epilogue;
+use crate::ops::conv2d::cpu_kernel::Epilogue;
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -114,11 +114,7 @@ pub fn forward_tile_by_tile(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<
 }
 
 fn default_layout(g: &Conv2dGeom) -> Layout {
-    if layout_enabled() {
-        Layout::of(g.h, g.w)
-    } else {
-        Layout::Grid
-    }
+    Layout::of(g.h, g.w)
 }
 
 enum Weights<'a> {
@@ -239,13 +235,6 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilog
         };
         (0..n * tiles * parts).into_par_iter().for_each(task);
     });
-}
-
-/// `HRK_WINOGRAD_LAYOUT=grid` stores every plane tile by tile (the generic layout; for measuring
-/// the vector layouts).
-fn layout_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HRK_WINOGRAD_LAYOUT").map_or(true, |v| v != "grid"))
 }
 
 /// One output channel's epilogue: act(y + bias + residual), `res` its residual plane.
