@@ -105,7 +105,7 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
             let (xg, wg) = if data_pass { (xt.requires_grad(), wtt.requires_grad()) } else { (xt, wtt.requires_grad()) };
             let y = ops::conv2d(&xg, &wg, None, stride, pad).expect("conv");
             Box::new(move |want| {
-                let grads = backward_with(&y, Storage::F32(dy.clone()))?;
+                let grads = backward_with(&y, Storage::f32(dy.clone()))?;
                 let g = grads.get(if data_pass { &xg } else { &wg }).expect("gradient");
                 Ok(if want { g.try_to_f32_vec()? } else { Vec::new() })
             })
@@ -188,7 +188,7 @@ fn bn(pass: BnPass, d: [usize; 4]) -> Entry {
             let xg = xt.requires_grad();
             let y = ops::batch_norm_train(&xg, &gt, &bt, &mut rmt, &mut rvt, 0.1, eps).expect("bn");
             Box::new(move |want| {
-                let grads = backward_with(&y, Storage::F32(dy.clone()))?;
+                let grads = backward_with(&y, Storage::f32(dy.clone()))?;
                 Ok(if want { grads.get(&xg).expect("gradient").try_to_f32_vec()? } else { Vec::new() })
             })
         }
@@ -267,7 +267,7 @@ fn bilinear(backward: bool, [n, c, h, w]: [usize; 4], to: [usize; 2]) -> Entry {
         let y = ops::upsample_bilinear(&xg, to).expect("upsample");
         let dy = dy.clone();
         Box::new(move |want| {
-            let grads = backward_with(&y, Storage::F32(dy.clone()))?;
+            let grads = backward_with(&y, Storage::f32(dy.clone()))?;
             Ok(if want { grads.get(&xg).expect("gradient").try_to_f32_vec()? } else { Vec::new() })
         })
     } else {
@@ -369,7 +369,7 @@ fn optim(adam: bool, len: usize) -> Entry {
     let (p0, g) = (data(len, 40), data(len, 41));
     let (lr, wd) = (1e-3, 1e-4);
     let mut param = tensor(&[len], &p0);
-    let grad = Storage::F32(g.clone());
+    let grad = Storage::f32(g.clone());
     let mut adam_cpu = hrk::optim::Adam::new(lr, wd);
     let mut sgd_cpu = hrk::optim::Sgd::new(lr, 0.9, wd, false);
     // Each run is one more step from the state the previous runs left; the emulator check compares

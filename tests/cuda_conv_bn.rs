@@ -313,7 +313,7 @@ fn conv_bn_body(dev: &Device, fused: bool, relu: bool, c: &Case) -> Named {
     assert_eq!(y.device(), *dev);
     let grads = backward_with(
         &y,
-        Storage::F32(values(38, y.numel())).to_device(dev).unwrap(),
+        Storage::f32(values(38, y.numel())).to_device(dev).unwrap(),
     )
     .unwrap();
     let mut r: Named = vec![

@@ -333,8 +333,8 @@ impl PartialEq for GpuBuffer {
     }
 }
 
-/// Makes a panic from an infallible GPU accessor (`Storage::clone` of device memory, a host copy of a
-/// device tensor) end the process with ONE line, like the CLI's errors: "hrk: error: CUDA out of memory
+/// Makes a panic from an infallible GPU accessor (a host copy of a device tensor, e.g. `to_f32_vec`, or a
+/// device error a caller could not return) end the process with ONE line, like the CLI's errors: "hrk: error: CUDA out of memory
 /// copying a 1.2 GiB buffer ...", exit status 1. Other panics keep the default report. Installed by the
 /// CLI when it selects a GPU device.
 pub fn install_gpu_panic_hook() {
