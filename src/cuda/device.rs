@@ -308,7 +308,7 @@ pub fn copy(src: &GpuBuffer, dst: &mut GpuBuffer) -> Result<()> {
     }
     // One plane of `len` floats copied as a one-channel concat.
     let p = ConcatParams::new("GPU copy", src.addr(), dst.addr_mut(), 1, 1, 1, 0, src.len)?;
-    // Safety: both buffers live and hold `hw` floats.
+    // SAFETY: both buffers are live, on one device, and hold `len` floats (checked above); dst is written only.
     unsafe { src.dev.launch(&kernels::CONCAT_CHANNELS, &p) }
 }
 
@@ -334,9 +334,9 @@ impl PartialEq for GpuBuffer {
 }
 
 /// Makes a panic from an infallible GPU accessor (a host copy of a device tensor, e.g. `to_f32_vec`, or a
-/// device error a caller could not return) end the process with ONE line, like the CLI's errors: "hrk: error: CUDA out of memory
-/// copying a 1.2 GiB buffer ...", exit status 1. Other panics keep the default report. Installed by the
-/// CLI when it selects a GPU device.
+/// device error a caller could not return) end the process with ONE line, like the CLI's errors:
+/// "hrk: error: CUDA out of memory copying a 1.2 GiB buffer ...", exit status 1. Other panics keep the
+/// default report. Installed by the CLI when it selects a GPU device (the one place here that prints).
 pub fn install_gpu_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -365,6 +365,7 @@ pub fn add_assign(a: &mut GpuBuffer, b: &GpuBuffer) -> Result<()> {
     }
     let out = a.addr_mut();
     let p = EltwiseParams::new(out, b.addr(), out, a.len);
-    // Safety: both buffers live with `n` floats.
+    // SAFETY: both buffers are live on one device with `n` floats (checked above); `add` reads and writes one
+    // index per thread, so out = a is sound.
     unsafe { a.dev.clone().launch(&kernels::ADD, &p) }
 }

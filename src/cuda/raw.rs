@@ -72,7 +72,7 @@ pub fn conv2d_forward(
         relu: ep.relu as i32,
         ..Conv2dParams::new(op, xd, c_out, kh, stride, pad, [ho, wo])?
     };
-    // Safety: every buffer is on `dev` and was checked against the shapes above.
+    // SAFETY: every buffer is on `dev` and was checked against the shapes above.
     unsafe { dev.launch(&kernels::CONV2D_FORWARD, &params)? };
     Ok((y, yd))
 }
@@ -87,7 +87,7 @@ pub fn bilinear_forward(x: &GpuBuffer, planes: usize, from: [usize; 2], to: [usi
     let dev = x.device().clone();
     let mut y = dev.empty(planes * to[0] * to[1])?;
     let p = UpsampleParams { x: x.addr(), y: y.addr_mut(), ..UpsampleParams::new(op, planes, from, to)? };
-    // Safety: sizes checked above.
+    // SAFETY: x holds planes·from floats (checked above) and y planes·to, both on `dev`.
     unsafe { dev.launch(&kernels::BILINEAR_FORWARD, &p)? };
     Ok(y)
 }
@@ -101,7 +101,7 @@ pub fn concat_into(part: &GpuBuffer, whole: &mut GpuBuffer, n: usize, c_part: us
         bail!("{op}: channels {c_offset}..{} outside {c_whole}", c_offset + c_part);
     }
     let p = ConcatParams::new(op, part.addr(), whole.addr_mut(), n, c_part, c_whole, c_offset, hw)?;
-    // Safety: sizes checked above.
+    // SAFETY: part and whole hold the floats of their shapes and the channel range fits (checked above).
     unsafe { part.device().launch(&kernels::CONCAT_CHANNELS, &p) }
 }
 
@@ -168,7 +168,7 @@ pub fn fusion_forward(dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[UpTerm], d
     let mut p = fusion_params(dims, x, ups, downs)?;
     let mut y = dev.empty(dims.iter().product())?;
     p.y = y.addr_mut();
-    // Safety: sizes checked by fusion_params.
+    // SAFETY: every term's size and device were checked (fusion_params, fusion_device); y is fresh.
     unsafe { dev.launch(&kernels::FUSION_FORWARD, &p)? };
     Ok(y)
 }
@@ -191,7 +191,7 @@ pub fn fusion_forward_unfused(dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[Up
     }
     let mut y = dev.empty(acc.len())?;
     let p = EltwiseParams::new(acc.addr(), 0, y.addr_mut(), acc.len());
-    // Safety: same length, same device.
+    // SAFETY: acc and y have one length and one device (both made here from the checked dims).
     unsafe { dev.launch(&kernels::RELU_FORWARD, &p)? };
     Ok(y)
 }
@@ -218,7 +218,7 @@ pub fn fusion_backward(dims: [usize; 4], y: &GpuBuffer, dy: &GpuBuffer, up_sizes
     for (k, g) in d_up.iter_mut().enumerate() {
         p.d_up[k] = g.addr_mut();
     }
-    // Safety: sizes checked above; d_up buffers are distinct and zeroed.
+    // SAFETY: sizes checked above; d_up buffers are distinct and zeroed.
     unsafe { dev.launch(&kernels::FUSION_BACKWARD, &p)? };
     Ok((dx, d_up))
 }

@@ -70,6 +70,8 @@ fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
             if buf.len() < words {
                 buf.resize(words, 0);
             }
+            // SAFETY: the buffer holds ≥ len·size_of::<T>() bytes, u64 alignment covers T's, any bits are a
+            // valid f32/f64 (asserted above), and the RefCell borrow keeps it exclusive for `f`.
             let s = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut T, len) };
             f(s)
         }
@@ -194,9 +196,11 @@ pub fn direct_enabled() -> bool {
 
 /// The same slice as f32 when T is f32.
 fn as_f32<T: Float>(s: &[T]) -> Option<&[f32]> {
+    // SAFETY: only when T is f32 (TypeId), so this is the same slice under its own type.
     (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
 }
 fn as_f32_mut<T: Float>(s: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: only when T is f32 (TypeId), so this is the same exclusive slice under its own type.
     (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
 }
 
