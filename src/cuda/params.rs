@@ -155,7 +155,15 @@ impl Conv2dParams {
     /// The shape of a convolution of x [n, c_in, h, w] by [c_out, c_in, k, k] with output [h_out, w_out];
     /// `op` names the error when a size exceeds the kernels' 32-bit indexing. Pointers are null, no epilogue,
     /// one backward-weight split.
-    pub fn new(op: &str, [n, c_in, h, w]: [usize; 4], c_out: usize, k: usize, stride: usize, pad: usize, [h_out, w_out]: [usize; 2]) -> Result<Conv2dParams> {
+    pub fn new(
+        op: &str,
+        [n, c_in, h, w]: [usize; 4],
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        [h_out, w_out]: [usize; 2],
+    ) -> Result<Conv2dParams> {
         let i = |v| i32_of(op, v);
         Ok(Conv2dParams {
             n: i(n)?,
@@ -205,7 +213,16 @@ pub fn resize_scale(input: usize, output: usize) -> f32 {
 
 impl ConcatParams {
     /// Channels [c_offset, c_offset + c_part) of `whole` [n, c_whole, hw] and `part` [n, c_part, hw].
-    pub fn new(op: &str, part: u64, whole: u64, n: usize, c_part: usize, c_whole: usize, c_offset: usize, hw: usize) -> Result<ConcatParams> {
+    pub fn new(
+        op: &str,
+        part: u64,
+        whole: u64,
+        n: usize,
+        c_part: usize,
+        c_whole: usize,
+        c_offset: usize,
+        hw: usize,
+    ) -> Result<ConcatParams> {
         Ok(ConcatParams {
             part,
             whole,

@@ -63,7 +63,15 @@ fn invstd_of(var: &[f64], eps: f64) -> Vec<f64> {
 }
 
 impl BatchNormKernel for Cpu {
-    fn train(&self, a: &TrainArgs, x: &Storage, gamma: &Storage, beta: &Storage, running_mean: &mut Tensor, running_var: &mut Tensor) -> Result<(Storage, SavedStats)> {
+    fn train(
+        &self,
+        a: &TrainArgs,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+    ) -> Result<(Storage, SavedStats)> {
         if a.conv_stats.is_some() {
             bail!("batch_norm: conv epilogue statistics are a GPU path");
         }
@@ -98,7 +106,17 @@ impl BatchNormKernel for Cpu {
         Ok((y, SavedStats { mean: Storage::f64(mean), invstd: Storage::f64(invstd) }))
     }
 
-    fn train_backward(&self, dims: [usize; 4], _eps: f64, x: &Storage, gamma: &Storage, saved: &SavedStats, relu_out: Option<&Storage>, mut dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+    fn train_backward(
+        &self,
+        dims: [usize; 4],
+        _eps: f64,
+        x: &Storage,
+        gamma: &Storage,
+        saved: &SavedStats,
+        relu_out: Option<&Storage>,
+        mut dy: Storage,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Storage>>> {
         let (mean, invstd) = host_stats(saved)?;
         let gamma = gamma.to_f64_vec();
         if dy.dtype() == DType::F64 {
@@ -126,7 +144,16 @@ impl BatchNormKernel for Cpu {
         Ok(vec![dx, dgamma, dbeta])
     }
 
-    fn eval(&self, dims: [usize; 4], eps: f64, x: &Storage, gamma: &Storage, beta: &Storage, running_mean: &Storage, running_var: &Storage) -> Result<Storage> {
+    fn eval(
+        &self,
+        dims: [usize; 4],
+        eps: f64,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+    ) -> Result<Storage> {
         let g = gamma.to_f64_vec();
         let b = beta.to_f64_vec();
         let rm = running_mean.to_f64_vec();
@@ -140,7 +167,17 @@ impl BatchNormKernel for Cpu {
         Ok(y)
     }
 
-    fn eval_backward(&self, dims: [usize; 4], eps: f64, x: Option<&Storage>, gamma: &Storage, running_mean: &Storage, running_var: &Storage, mut dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+    fn eval_backward(
+        &self,
+        dims: [usize; 4],
+        eps: f64,
+        x: Option<&Storage>,
+        gamma: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        mut dy: Storage,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Storage>>> {
         // The forward's per-channel values, recomputed the same way.
         let mean = running_mean.to_f64_vec();
         let invstd = invstd_of(&running_var.to_f64_vec(), eps);
@@ -171,7 +208,15 @@ impl BatchNormKernel for Cpu {
 }
 
 /// The training backward in plain loops (f64 gradient checks).
-fn train_backward_generic<T: Float>(dims: [usize; 4], x: &[T], mean: &[f64], invstd: &[f64], gamma: &[f64], dy: &[T], needs: &[bool]) -> Vec<Option<Storage>> {
+fn train_backward_generic<T: Float>(
+    dims: [usize; 4],
+    x: &[T],
+    mean: &[f64],
+    invstd: &[f64],
+    gamma: &[f64],
+    dy: &[T],
+    needs: &[bool],
+) -> Vec<Option<Storage>> {
     let [n, c, h, w] = dims;
     let plane = h * w;
     let m = (n * plane) as f64;
@@ -210,7 +255,15 @@ fn train_backward_generic<T: Float>(dims: [usize; 4], x: &[T], mean: &[f64], inv
 }
 
 /// The eval backward in plain loops (f64 gradient checks).
-fn eval_backward_generic<T: Float>(dims: [usize; 4], x: Option<&[T]>, mean: &[f64], invstd: &[f64], scale: &[f64], dy: &[T], needs: &[bool]) -> Vec<Option<Storage>> {
+fn eval_backward_generic<T: Float>(
+    dims: [usize; 4],
+    x: Option<&[T]>,
+    mean: &[f64],
+    invstd: &[f64],
+    scale: &[f64],
+    dy: &[T],
+    needs: &[bool],
+) -> Vec<Option<Storage>> {
     let [n, c, h, w] = dims;
     let plane = h * w;
     let dx = needs[0].then(|| {

@@ -16,7 +16,13 @@ fn buf<'a>(s: &'a Storage) -> Result<&'a GpuBuffer> {
 }
 
 /// Σdy and Σdy·x̂ per channel (accumulated into zeroed dγ / dβ), then dx when asked.
-fn backward_common(dev: &GpuDevice, mut p: BatchNormParams, c: usize, numel: usize, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+fn backward_common(
+    dev: &GpuDevice,
+    mut p: BatchNormParams,
+    c: usize,
+    numel: usize,
+    needs: &[bool],
+) -> Result<Vec<Option<Storage>>> {
     let mut sum_dy = dev.empty(c)?;
     let mut sum_dy_xhat = dev.empty(c)?;
     let mut dgamma = needs[1].then(|| dev.zeros(c)).transpose()?;
@@ -40,7 +46,15 @@ fn backward_common(dev: &GpuDevice, mut p: BatchNormParams, c: usize, numel: usi
 }
 
 impl BatchNormKernel for Cuda {
-    fn train(&self, a: &TrainArgs, x: &Storage, gamma: &Storage, beta: &Storage, running_mean: &mut Tensor, running_var: &mut Tensor) -> Result<(Storage, SavedStats)> {
+    fn train(
+        &self,
+        a: &TrainArgs,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+    ) -> Result<(Storage, SavedStats)> {
         let d = a.dims;
         let xb = buf(x)?;
         let dev = xb.device();
@@ -87,7 +101,17 @@ impl BatchNormKernel for Cuda {
         Ok((Storage::Gpu(y), SavedStats { mean: Storage::Gpu(save_mean), invstd: Storage::Gpu(save_invstd) }))
     }
 
-    fn train_backward(&self, dims: [usize; 4], eps: f64, x: &Storage, gamma: &Storage, saved: &SavedStats, relu_out: Option<&Storage>, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+    fn train_backward(
+        &self,
+        dims: [usize; 4],
+        eps: f64,
+        x: &Storage,
+        gamma: &Storage,
+        saved: &SavedStats,
+        relu_out: Option<&Storage>,
+        dy: Storage,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Storage>>> {
         let xb = buf(x)?;
         let dev = xb.device();
         let dy = dy.gpu("batch_norm backward")?;
@@ -104,7 +128,16 @@ impl BatchNormKernel for Cuda {
         backward_common(dev, p, dims[1], xb.len(), needs)
     }
 
-    fn eval(&self, dims: [usize; 4], eps: f64, x: &Storage, gamma: &Storage, beta: &Storage, running_mean: &Storage, running_var: &Storage) -> Result<Storage> {
+    fn eval(
+        &self,
+        dims: [usize; 4],
+        eps: f64,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+    ) -> Result<Storage> {
         let xb = buf(x)?;
         let dev = xb.device();
         let mut y = dev.empty(xb.len())?;
@@ -123,7 +156,17 @@ impl BatchNormKernel for Cuda {
         Ok(Storage::Gpu(y))
     }
 
-    fn eval_backward(&self, dims: [usize; 4], eps: f64, x: Option<&Storage>, gamma: &Storage, running_mean: &Storage, running_var: &Storage, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+    fn eval_backward(
+        &self,
+        dims: [usize; 4],
+        eps: f64,
+        x: Option<&Storage>,
+        gamma: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        dy: Storage,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Storage>>> {
         let c = dims[1];
         let dyb = dy.gpu("batch_norm_eval backward")?;
         let dev = dyb.device();

@@ -34,16 +34,53 @@ pub(crate) struct TrainArgs<'a> {
 /// The BatchNorm kernels of one device (operands checked by the ops: [c] parameters of x's dtype and device).
 pub(crate) trait BatchNormKernel: Sync {
     /// y = BN(x) with the batch statistics (+ ReLU), the running buffers updated in place.
-    fn train(&self, a: &TrainArgs, x: &Storage, gamma: &Storage, beta: &Storage, running_mean: &mut Tensor, running_var: &mut Tensor) -> Result<(Storage, SavedStats)>;
+    fn train(
+        &self,
+        a: &TrainArgs,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Tensor,
+        running_var: &mut Tensor,
+    ) -> Result<(Storage, SavedStats)>;
     /// [dx, dγ, dβ] where `needs` asks; `relu_out` is the output when a ReLU was fused (its sign masks dy).
     #[allow(clippy::too_many_arguments)]
-    fn train_backward(&self, dims: [usize; 4], eps: f64, x: &Storage, gamma: &Storage, saved: &SavedStats, relu_out: Option<&Storage>, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>>;
+    fn train_backward(
+        &self,
+        dims: [usize; 4],
+        eps: f64,
+        x: &Storage,
+        gamma: &Storage,
+        saved: &SavedStats,
+        relu_out: Option<&Storage>,
+        dy: Storage,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Storage>>>;
     /// y = BN(x) with the running statistics.
     #[allow(clippy::too_many_arguments)]
-    fn eval(&self, dims: [usize; 4], eps: f64, x: &Storage, gamma: &Storage, beta: &Storage, running_mean: &Storage, running_var: &Storage) -> Result<Storage>;
+    fn eval(
+        &self,
+        dims: [usize; 4],
+        eps: f64,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+    ) -> Result<Storage>;
     /// [dx, dγ, dβ] of the eval BN; dγ needs `x` (None when γ wants no gradient).
     #[allow(clippy::too_many_arguments)]
-    fn eval_backward(&self, dims: [usize; 4], eps: f64, x: Option<&Storage>, gamma: &Storage, running_mean: &Storage, running_var: &Storage, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>>;
+    fn eval_backward(
+        &self,
+        dims: [usize; 4],
+        eps: f64,
+        x: Option<&Storage>,
+        gamma: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        dy: Storage,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Storage>>>;
 }
 
 fn kernels(device: &Device) -> &'static dyn BatchNormKernel {

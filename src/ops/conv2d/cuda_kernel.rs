@@ -44,7 +44,13 @@ impl ConvStats {
 }
 
 /// The forward launch, with the stats epilogue when `want_stats`.
-fn launch_forward(g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>, want_stats: bool) -> Result<(Storage, Option<ConvStats>)> {
+fn launch_forward(
+    g: &Conv2dGeom,
+    x: &Storage,
+    w: &Storage,
+    bias: Option<&Storage>,
+    want_stats: bool,
+) -> Result<(Storage, Option<ConvStats>)> {
     let xb = x.gpu("conv2d")?;
     let dev = xb.device();
     let mut y = dev.empty(g.n * g.cout * g.ho * g.wo)?;
@@ -63,7 +69,12 @@ fn launch_forward(g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storag
 }
 
 /// The forward, also returning the per-block channel sums of the output.
-pub(super) fn forward_with_stats(g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<(Storage, ConvStats)> {
+pub(super) fn forward_with_stats(
+    g: &Conv2dGeom,
+    x: &Storage,
+    w: &Storage,
+    bias: Option<&Storage>,
+) -> Result<(Storage, ConvStats)> {
     let (y, stats) = launch_forward(g, x, w, bias, true)?;
     Ok((y, stats.ok_or_else(|| anyhow!("conv2d: stats were not produced"))?))
 }
@@ -72,7 +83,14 @@ impl Conv2dKernel for Cuda {
     fn forward(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<Storage> {
         Ok(launch_forward(g, x, w, bias, false)?.0)
     }
-    fn backward(&self, g: &Conv2dGeom, x: Option<&Storage>, w: Option<&Storage>, dy: &Storage, want: [bool; 3]) -> Result<[Option<Storage>; 3]> {
+    fn backward(
+        &self,
+        g: &Conv2dGeom,
+        x: Option<&Storage>,
+        w: Option<&Storage>,
+        dy: &Storage,
+        want: [bool; 3],
+    ) -> Result<[Option<Storage>; 3]> {
         let dyb = dy.gpu("conv2d backward")?;
         let dev = dyb.device();
         let base = Conv2dParams { dy: dyb.addr(), ..params(g)? };

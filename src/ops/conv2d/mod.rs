@@ -60,7 +60,14 @@ pub(crate) trait Conv2dKernel: Sync {
     /// y = conv2d(x, w) + bias.
     fn forward(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<Storage>;
     /// [dx, dW, db] where `want` asks for them: dx needs the weights, dW the input.
-    fn backward(&self, g: &Conv2dGeom, x: Option<&Storage>, w: Option<&Storage>, dy: &Storage, want: [bool; 3]) -> Result<[Option<Storage>; 3]>;
+    fn backward(
+        &self,
+        g: &Conv2dGeom,
+        x: Option<&Storage>,
+        w: Option<&Storage>,
+        dy: &Storage,
+        want: [bool; 3],
+    ) -> Result<[Option<Storage>; 3]>;
 }
 
 fn kernels(device: &Device) -> &'static dyn Conv2dKernel {
@@ -68,7 +75,13 @@ fn kernels(device: &Device) -> &'static dyn Conv2dKernel {
 }
 
 /// The conv's geometry and device, after checking shapes, devices and dtypes of its operands.
-fn checked_geometry(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<(Conv2dGeom, Device)> {
+fn checked_geometry(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+) -> Result<(Conv2dGeom, Device)> {
     let g = Conv2dGeom::new(x.dims4("conv2d")?, weight.shape(), stride, pad)?;
     let device = same_device("conv2d", &[&[x, weight][..], bias.as_slice()].concat())?;
     same_dtype("conv2d", x, weight)?;
@@ -83,7 +96,13 @@ fn checked_geometry(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: 
 
 /// conv2d of GPU tensors whose output also carries per-block channel sums (for a following training BN:
 /// ops::batchnorm::conv_batch_norm_train). Same checks and tape record as `conv2d`.
-pub(crate) fn conv2d_gpu_with_stats(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<(Tensor, ConvStats)> {
+pub(crate) fn conv2d_gpu_with_stats(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+) -> Result<(Tensor, ConvStats)> {
     let (g, device) = checked_geometry(x, weight, bias, stride, pad)?;
     if !device.is_gpu() {
         bail!("conv2d: channel statistics in the conv epilogue need a GPU device (input {:?})", x.shape());

@@ -9,7 +9,12 @@ use crate::tensor::Storage;
 use anyhow::Result;
 
 /// out = kernel(a, b) over a's length on `dev` (b = None for unary kernels).
-pub(crate) fn eltwise(dev: &GpuDevice, kernel: &'static kernels::Kernel<EltwiseParams>, a: &GpuBuffer, b: Option<&GpuBuffer>) -> Result<GpuBuffer> {
+pub(crate) fn eltwise(
+    dev: &GpuDevice,
+    kernel: &'static kernels::Kernel<EltwiseParams>,
+    a: &GpuBuffer,
+    b: Option<&GpuBuffer>,
+) -> Result<GpuBuffer> {
     let mut out = dev.empty(a.len())?;
     let p = EltwiseParams::new(a.addr(), b.map_or(0, |b| b.addr()), out.addr_mut(), a.len());
     // SAFETY: a, b (same length, checked by the ops) and out live on `dev` with `n` floats each.
