@@ -69,7 +69,7 @@ fn download(b: &GpuBuffer, want: bool) -> Result<Vec<f32>> {
     }
 }
 fn launch<P: hrk::cuda::device::KernelParams>(dev: &GpuDevice, k: &Kernel<P>, p: &P) -> Result<()> {
-    // Safety: every bench builds its parameter struct from buffers it owns, sized for the shape.
+    // SAFETY: every bench builds its parameter struct from buffers it owns, sized for the shape.
     unsafe { dev.launch(k, p) }
 }
 
@@ -115,21 +115,7 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
     let gpu: GpuSetup = Box::new(move |dev| {
         let (xb, wb, bb, dyb) = (dev.upload(&x2)?, dev.upload(&w2)?, dev.upload(&b2)?, dev.upload(&dy2)?);
         let res = dev.upload(&data(yd.iter().product(), 5))?;
-        let base = Conv2dParams {
-            n: n as i32,
-            c_in: ci as i32,
-            h: h as i32,
-            w: w as i32,
-            c_out: co as i32,
-            h_out: yd[2] as i32,
-            w_out: yd[3] as i32,
-            kh: k as i32,
-            kw: k as i32,
-            stride: stride as i32,
-            pad: pad as i32,
-            k_splits: 1,
-            ..Default::default()
-        };
+        let base = Conv2dParams::new("conv2d", [n, ci, h, w], co, k, stride, pad, [yd[2], yd[3]])?;
         let dev = dev.clone();
         Ok(match pass {
             ConvPass::Forward => Box::new(move |want| {
@@ -205,12 +191,8 @@ fn bn(pass: BnPass, d: [usize; 4]) -> Entry {
             x: xb.addr(),
             gamma: gb.addr(),
             beta: bb.addr(),
-            n: n as i32,
-            c: c as i32,
-            hw: (h * w) as i32,
             momentum: 0.1,
-            eps: eps as f32,
-            ..Default::default()
+            ..BatchNormParams::new("batch_norm", [n, c, h, w], eps)?
         };
         let dev = dev.clone();
         if pass == BnPass::TrainBackward {
@@ -281,18 +263,7 @@ fn bilinear(backward: bool, [n, c, h, w]: [usize; 4], to: [usize; 2]) -> Entry {
                 return download(&raw::bilinear_forward(&xb, n * c, [h, w], to)?, want);
             }
             let mut dx = dev.zeros(n * c * h * w)?;
-            let p = UpsampleParams {
-                dy: dyb.addr(),
-                dx: dx.addr_mut(),
-                planes: (n * c) as i32,
-                in_h: h as i32,
-                in_w: w as i32,
-                out_h: to[0] as i32,
-                out_w: to[1] as i32,
-                scale_h: (h as f64 / to[0] as f64) as f32,
-                scale_w: (w as f64 / to[1] as f64) as f32,
-                ..Default::default()
-            };
+            let p = UpsampleParams { dy: dyb.addr(), dx: dx.addr_mut(), ..UpsampleParams::new("upsample_bilinear", n * c, [h, w], to)? };
             launch(&dev, &kernels::BILINEAR_BACKWARD, &p)?;
             download(&dx, want)
         }) as Run)
@@ -311,7 +282,7 @@ fn eltwise(is_add: bool, d: [usize; 4]) -> Entry {
         let dev = dev.clone();
         Ok(Box::new(move |want| {
             let mut y = dev.empty(len)?;
-            let p = EltwiseParams { a: ab.addr(), b: bb.addr(), out: y.addr_mut(), n: len as i64 };
+            let p = EltwiseParams::new(ab.addr(), bb.addr(), y.addr_mut(), len);
             launch(&dev, if is_add { &kernels::ADD } else { &kernels::RELU_FORWARD }, &p)?;
             download(&y, want)
         }) as Run)

@@ -176,7 +176,7 @@ impl Sgd {
             by_dtype!(p.dtype(), T => {
                 let g: &[T] = typed(grads[i]);
                 let (mu, damp, wd, lr) = (T::from_f64(self.momentum), T::from_f64(self.dampening), T::from_f64(self.weight_decay), T::from_f64(self.lr));
-                let mut buf = self.buf.get_mut(i).map(|b| typed_mut::<T>(b));
+                let mut buf = self.buf.get_mut(i).map(typed_mut::<T>);
                 p.update(|s| {
                     for (j, pv) in typed_mut::<T>(s).iter_mut().enumerate() {
                         let mut d = g[j];

@@ -11,6 +11,7 @@ use hrk::cuda::params::{BatchNormParams, Conv2dParams};
 use hrk::{ops, Device, Storage, Tensor};
 
 fn run<P: Copy>(k: &Kernel<P>, p: &P) {
+    // SAFETY: every test builds `p` from host vectors it owns, sized for the shapes it launches.
     unsafe { emu::launch(k, p) }.unwrap_or_else(|e| panic!("{}: {e}", k.name));
 }
 

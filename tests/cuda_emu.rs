@@ -39,6 +39,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
 }
 
 fn run<P: Copy>(k: &Kernel<P>, p: &P) {
+    // SAFETY: every test builds `p` from host vectors it owns, sized for the shapes it launches.
     unsafe { emu::launch(k, p) }.unwrap_or_else(|e| panic!("{}: {e}", k.name));
 }
 

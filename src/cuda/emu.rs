@@ -2,7 +2,7 @@
 //! and launch geometry as the GPU. Pointer fields hold HOST addresses here. Slow (one OS thread per CUDA
 //! thread): meant for tests on small shapes.
 use super::kernels::Kernel;
-use super::params::layouts;
+use super::params::{layouts, FieldLayout};
 use anyhow::{bail, Result};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::Once;
@@ -86,11 +86,15 @@ fn c_sizeof(name: &str) -> Option<usize> {
 /// each naming the struct and field: a size, an offset or a field size that differ, or a field (or struct)
 /// on one side only. Empty when the two agree byte for byte.
 pub fn abi_mismatches() -> Vec<String> {
-    let c = c_fields();
+    compare_layouts(&layouts(), &c_fields(), c_sizeof)
+}
+
+type CLayout = (String, String, usize, usize);
+
+fn compare_layouts(rust: &[(&str, usize, &[FieldLayout])], c: &[CLayout], c_size: impl Fn(&str) -> Option<usize>) -> Vec<String> {
     let mut out = Vec::new();
-    let rust = layouts();
-    for (name, size, fields) in &rust {
-        match c_sizeof(name) {
+    for (name, size, fields) in rust {
+        match c_size(name) {
             Some(c_size) if c_size != *size => out.push(format!("{name}: size {size} in Rust vs {c_size} in C")),
             None => out.push(format!("{name}: no sizeof export on the C side")),
             _ => {}
@@ -106,7 +110,7 @@ pub fn abi_mismatches() -> Vec<String> {
             }
         }
     }
-    for (s, field, ..) in &c {
+    for (s, field, ..) in c {
         match rust.iter().find(|(name, ..)| name == s) {
             None => out.push(format!("{s}: in params.h, missing in params.rs")),
             Some((_, _, fields)) if !fields.iter().any(|f| f.name == field) => {
@@ -126,4 +130,24 @@ pub fn addr<T>(v: &[T]) -> u64 {
 /// Host address of a mutable slice.
 pub fn addr_mut<T>(v: &mut [T]) -> u64 {
     v.as_mut_ptr() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_or_missing_field_is_named() {
+        const FIELDS: &[FieldLayout] = &[
+            FieldLayout { name: "a", offset: 0, size: 8 },
+            FieldLayout { name: "n", offset: 8, size: 4 },
+        ];
+        let rust = [("P", 16, FIELDS)];
+        let c = |f: &str, offset| ("P".to_string(), f.to_string(), offset, if f == "a" { 8 } else { 4 });
+        assert!(compare_layouts(&rust, &[c("a", 0), c("n", 8)], |_| Some(16)).is_empty());
+        let moved = compare_layouts(&rust, &[c("a", 0), c("n", 12)], |_| Some(16));
+        assert_eq!(moved, ["P.n: offset 8 size 4 in Rust vs offset 12 size 4 in C"]);
+        let extra = compare_layouts(&rust, &[c("a", 0), c("n", 8), c("m", 12)], |_| Some(24));
+        assert_eq!(extra, ["P: size 16 in Rust vs 24 in C", "P.m: in params.h, missing in params.rs"]);
+    }
 }

@@ -213,6 +213,7 @@ pub fn resize_scale(input: usize, output: usize) -> f32 {
 
 impl ConcatParams {
     /// Channels [c_offset, c_offset + c_part) of `whole` [n, c_whole, hw] and `part` [n, c_part, hw].
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         op: &str,
         part: u64,

@@ -126,7 +126,7 @@ impl BatchNormKernel for Cpu {
         let [n, c, h, w] = dims;
         let m = (n * h * w) as f64;
         let x: &[f32] = typed(x);
-        let mask = relu_out.map(|y| typed::<f32>(y));
+        let mask = relu_out.map(typed::<f32>);
         let (sum_dy, sum_dy_xmu) = cpu32::grad_sums(typed_mut(&mut dy), x, mask, dims, mean);
         // Σ dy·x̂ = invstd·Σ dy·(x − μ).
         let sum_dy_xhat: Vec<f64> = (0..c).map(|ch| sum_dy_xmu[ch] * invstd[ch]).collect();
@@ -269,9 +269,9 @@ fn eval_backward_generic<T: Float>(
     let dx = needs[0].then(|| {
         let mut dx = vec![T::ZERO; dy.len()];
         for b in 0..n {
-            for ch in 0..c {
+            for (ch, &channel_scale) in scale.iter().enumerate() {
                 let o = (b * c + ch) * plane;
-                let s = T::from_f64(scale[ch]);
+                let s = T::from_f64(channel_scale);
                 dx[o..o + plane].iter_mut().zip(&dy[o..o + plane]).for_each(|(d, &g)| *d = g * s);
             }
         }

@@ -11,7 +11,7 @@ use crate::ops::Cuda;
 use crate::tensor::{Storage, Tensor};
 use anyhow::{anyhow, Result};
 
-fn buf<'a>(s: &'a Storage) -> Result<&'a GpuBuffer> {
+fn buf(s: &Storage) -> Result<&GpuBuffer> {
     s.gpu("batch_norm")
 }
 

@@ -19,7 +19,7 @@ impl Conv2dKernel for Cpu {
     fn forward(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<Storage> {
         // The kernels write every output element (tests/conv_kernels.rs fills y and dx with NaN first).
         let mut y = Storage::for_overwrite(x.dtype(), g.n * g.cout * g.ho * g.wo);
-        by_dtype!(x.dtype(), T => forward::<T>(g, typed(x), typed(w), bias.map(|b| typed::<T>(b)), typed_mut(&mut y)));
+        by_dtype!(x.dtype(), T => forward::<T>(g, typed(x), typed(w), bias.map(typed::<T>), typed_mut(&mut y)));
         Ok(y)
     }
     fn backward(&self, g: &Conv2dGeom, x: Option<&Storage>, w: Option<&Storage>, dy: &Storage, want: [bool; 3]) -> Result<[Option<Storage>; 3]> {
@@ -37,9 +37,9 @@ impl Conv2dKernel for Cpu {
             typed(xs),
             typed(ws),
             typed(dy),
-            dx.as_mut().map(|s| typed_mut::<T>(s)),
-            dw.as_mut().map(|s| typed_mut::<T>(s)),
-            db.as_mut().map(|s| typed_mut::<T>(s)),
+            dx.as_mut().map(typed_mut::<T>),
+            dw.as_mut().map(typed_mut::<T>),
+            db.as_mut().map(typed_mut::<T>),
         ));
         Ok([dx, dw, db])
     }

@@ -111,10 +111,9 @@ impl Grid {
     }
     /// The first position q of forward vector `i`.
     fn vec_q(&self, i: usize) -> usize {
-        if self.row_vecs > 0 {
-            (i / self.row_vecs) * self.wp + (i % self.row_vecs) * LANES
-        } else {
-            i * LANES
+        match i.checked_div(self.row_vecs) {
+            Some(row) => row * self.wp + (i % self.row_vecs) * LANES,
+            None => i * LANES,
         }
     }
     /// Forward vector `i`'s index in the H×W plane when the width is whole vectors.

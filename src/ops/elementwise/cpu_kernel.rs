@@ -52,7 +52,7 @@ impl EltwiseKernel for Cpu {
     fn scale_owned(&self, mut x: Storage, s: f64) -> Result<Storage> {
         by_dtype!(x.dtype(), T => {
             let k = T::from_f64(s);
-            typed_mut::<T>(&mut x).iter_mut().for_each(|v| *v = *v * k)
+            typed_mut::<T>(&mut x).iter_mut().for_each(|v| *v *= k)
         });
         Ok(x)
     }
