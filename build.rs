@@ -169,5 +169,40 @@ fn build_emulator(kernel_dir: &Path, sources: &[PathBuf]) {
     for src in sources {
         b.file(src);
     }
+    b.file(write_param_layout_table(kernel_dir));
     b.compile("hrk_cuda_emu");
+}
+
+/// Generates a C++ table of `offsetof` and `sizeof` of every field of every struct in kernels/params.h
+/// (`hrk_emu_param_fields`), so tests/cuda_emu.rs compares the Rust mirrors field by field.
+fn write_param_layout_table(kernel_dir: &Path) -> PathBuf {
+    let header = fs::read_to_string(kernel_dir.join("params.h")).expect("kernels/params.h missing");
+    let mut rows = String::new();
+    let mut current: Option<String> = None;
+    for line in header.lines() {
+        let code = line.split("//").next().unwrap_or("").trim();
+        if let Some(name) = code.strip_prefix("struct ").and_then(|r| r.strip_suffix('{')) {
+            current = Some(name.trim().to_string());
+            continue;
+        }
+        if code.starts_with('}') {
+            current = None;
+            continue;
+        }
+        let Some(strukt) = &current else { continue };
+        // `type a, b[N], c;`: the last word of each comma-separated declarator, without its array bounds.
+        for declarator in code.trim_end_matches(';').split(',').filter(|d| !d.trim().is_empty()) {
+            let word = declarator.split('[').next().unwrap_or("").split_whitespace().last().unwrap_or("");
+            let field = word.trim_start_matches('*');
+            writeln!(rows, "    {{\"{strukt}\", \"{field}\", offsetof({strukt}, {field}), sizeof(static_cast<{strukt}*>(nullptr)->{field})}},").unwrap();
+        }
+    }
+    let table = format!(
+        "#include <cstddef>\n#include \"params.h\"\nstruct HrkParamField {{ const char* strukt; const char* field; size_t offset; size_t size; }};\n\
+         static const HrkParamField HRK_PARAM_FIELDS[] = {{\n{rows}}};\n\
+         extern \"C\" size_t hrk_emu_param_fields(const HrkParamField** out) {{\n    *out = HRK_PARAM_FIELDS;\n    return sizeof(HRK_PARAM_FIELDS) / sizeof(HRK_PARAM_FIELDS[0]);\n}}\n"
+    );
+    let path = PathBuf::from(env::var("OUT_DIR").unwrap()).join("param_layout.cpp");
+    fs::write(&path, table).unwrap();
+    path
 }

@@ -13,7 +13,7 @@
 //! `HRK_BENCH_CPU=1 RAYON_NUM_THREADS=1 cargo bench --bench conv -- branch1`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hrk::ops::conv2d::cpu;
+use hrk::ops::conv2d::cpu_kernel as cpu;
 use hrk::ops::conv2d::direct::winograd;
 use hrk::ops::Conv2dGeom;
 use std::hint::black_box;

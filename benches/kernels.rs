@@ -69,7 +69,7 @@ fn download(b: &GpuBuffer, want: bool) -> Result<Vec<f32>> {
     }
 }
 fn launch<P: hrk::cuda::device::KernelParams>(dev: &GpuDevice, k: &Kernel<P>, p: &P) -> Result<()> {
-    // Safety: every bench builds its parameter struct from buffers it owns, sized for the shape.
+    // SAFETY: every bench builds its parameter struct from buffers it owns, sized for the shape.
     unsafe { dev.launch(k, p) }
 }
 
@@ -105,7 +105,7 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
             let (xg, wg) = if data_pass { (xt.requires_grad(), wtt.requires_grad()) } else { (xt, wtt.requires_grad()) };
             let y = ops::conv2d(&xg, &wg, None, stride, pad).expect("conv");
             Box::new(move |want| {
-                let grads = backward_with(&y, Storage::F32(dy.clone()))?;
+                let grads = backward_with(&y, Storage::f32(dy.clone()))?;
                 let g = grads.get(if data_pass { &xg } else { &wg }).expect("gradient");
                 Ok(if want { g.try_to_f32_vec()? } else { Vec::new() })
             })
@@ -115,21 +115,7 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
     let gpu: GpuSetup = Box::new(move |dev| {
         let (xb, wb, bb, dyb) = (dev.upload(&x2)?, dev.upload(&w2)?, dev.upload(&b2)?, dev.upload(&dy2)?);
         let res = dev.upload(&data(yd.iter().product(), 5))?;
-        let base = Conv2dParams {
-            n: n as i32,
-            c_in: ci as i32,
-            h: h as i32,
-            w: w as i32,
-            c_out: co as i32,
-            h_out: yd[2] as i32,
-            w_out: yd[3] as i32,
-            kh: k as i32,
-            kw: k as i32,
-            stride: stride as i32,
-            pad: pad as i32,
-            k_splits: 1,
-            ..Default::default()
-        };
+        let base = Conv2dParams::new("conv2d", [n, ci, h, w], co, k, stride, pad, [yd[2], yd[3]])?;
         let dev = dev.clone();
         Ok(match pass {
             ConvPass::Forward => Box::new(move |want| {
@@ -188,7 +174,7 @@ fn bn(pass: BnPass, d: [usize; 4]) -> Entry {
             let xg = xt.requires_grad();
             let y = ops::batch_norm_train(&xg, &gt, &bt, &mut rmt, &mut rvt, 0.1, eps).expect("bn");
             Box::new(move |want| {
-                let grads = backward_with(&y, Storage::F32(dy.clone()))?;
+                let grads = backward_with(&y, Storage::f32(dy.clone()))?;
                 Ok(if want { grads.get(&xg).expect("gradient").try_to_f32_vec()? } else { Vec::new() })
             })
         }
@@ -205,12 +191,8 @@ fn bn(pass: BnPass, d: [usize; 4]) -> Entry {
             x: xb.addr(),
             gamma: gb.addr(),
             beta: bb.addr(),
-            n: n as i32,
-            c: c as i32,
-            hw: (h * w) as i32,
             momentum: 0.1,
-            eps: eps as f32,
-            ..Default::default()
+            ..BatchNormParams::new("batch_norm", [n, c, h, w], eps)?
         };
         let dev = dev.clone();
         if pass == BnPass::TrainBackward {
@@ -267,7 +249,7 @@ fn bilinear(backward: bool, [n, c, h, w]: [usize; 4], to: [usize; 2]) -> Entry {
         let y = ops::upsample_bilinear(&xg, to).expect("upsample");
         let dy = dy.clone();
         Box::new(move |want| {
-            let grads = backward_with(&y, Storage::F32(dy.clone()))?;
+            let grads = backward_with(&y, Storage::f32(dy.clone()))?;
             Ok(if want { grads.get(&xg).expect("gradient").try_to_f32_vec()? } else { Vec::new() })
         })
     } else {
@@ -281,18 +263,7 @@ fn bilinear(backward: bool, [n, c, h, w]: [usize; 4], to: [usize; 2]) -> Entry {
                 return download(&raw::bilinear_forward(&xb, n * c, [h, w], to)?, want);
             }
             let mut dx = dev.zeros(n * c * h * w)?;
-            let p = UpsampleParams {
-                dy: dyb.addr(),
-                dx: dx.addr_mut(),
-                planes: (n * c) as i32,
-                in_h: h as i32,
-                in_w: w as i32,
-                out_h: to[0] as i32,
-                out_w: to[1] as i32,
-                scale_h: (h as f64 / to[0] as f64) as f32,
-                scale_w: (w as f64 / to[1] as f64) as f32,
-                ..Default::default()
-            };
+            let p = UpsampleParams { dy: dyb.addr(), dx: dx.addr_mut(), ..UpsampleParams::new("upsample_bilinear", n * c, [h, w], to)? };
             launch(&dev, &kernels::BILINEAR_BACKWARD, &p)?;
             download(&dx, want)
         }) as Run)
@@ -311,7 +282,7 @@ fn eltwise(is_add: bool, d: [usize; 4]) -> Entry {
         let dev = dev.clone();
         Ok(Box::new(move |want| {
             let mut y = dev.empty(len)?;
-            let p = EltwiseParams { a: ab.addr(), b: bb.addr(), out: y.addr_mut(), n: len as i64 };
+            let p = EltwiseParams::new(ab.addr(), bb.addr(), y.addr_mut(), len);
             launch(&dev, if is_add { &kernels::ADD } else { &kernels::RELU_FORWARD }, &p)?;
             download(&y, want)
         }) as Run)
@@ -369,7 +340,7 @@ fn optim(adam: bool, len: usize) -> Entry {
     let (p0, g) = (data(len, 40), data(len, 41));
     let (lr, wd) = (1e-3, 1e-4);
     let mut param = tensor(&[len], &p0);
-    let grad = Storage::F32(g.clone());
+    let grad = Storage::f32(g.clone());
     let mut adam_cpu = hrk::optim::Adam::new(lr, wd);
     let mut sgd_cpu = hrk::optim::Sgd::new(lr, 0.9, wd, false);
     // Each run is one more step from the state the previous runs left; the emulator check compares

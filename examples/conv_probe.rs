@@ -7,7 +7,7 @@
 //! with the weights transformed once, 3×3 stride 1 only). `PROBE_RESIDUAL=1` adds a residual to the
 //! epilogue (bias and ReLU always). Prints µs per call and GFLOP/s of the direct convolution's FLOPs.
 
-use hrk::ops::conv2d::cpu;
+use hrk::ops::conv2d::cpu_kernel as cpu;
 use hrk::ops::conv2d::direct::winograd;
 use hrk::ops::Conv2dGeom;
 

@@ -71,7 +71,13 @@ HRK_EMU_EXPORT(mse_loss_partial, MseParams)
 HRK_EMU_EXPORT(mse_loss_finalize, MseParams)
 HRK_EMU_EXPORT(mse_loss_backward, MseParams)
 
-// Struct sizes, checked against the Rust mirrors (src/cuda/params.rs) by a test.
+#ifndef __CUDACC__
+// The emulator's thread mode (fibers or OS threads), chosen by src/cuda/emu.rs before its first launch.
+extern "C" void hrk_emu_set_os_threads(int on) { hrk_emu::os_threads_requested.store(on != 0, std::memory_order_relaxed); }
+#endif
+
+// Struct sizes, checked against the Rust mirrors (src/cuda/params.rs) by a test (with every field's offset:
+// the table build.rs generates from params.h).
 HRK_EMU_SIZEOF(Conv2dParams)
 HRK_EMU_SIZEOF(BatchNormParams)
 HRK_EMU_SIZEOF(UpsampleParams)

@@ -7,7 +7,7 @@
 //   by a small scheduler — about 10x faster than OS threads on models (a barrier costs 2 context switches
 //   per thread instead of a futex wake-up of 256 threads on 2 cores);
 // - OS threads (a persistent pool; always under ThreadSanitizer, which cannot see races between fibers,
-//   or with env HRK_EMU_OS_THREADS=1): __syncthreads is a std::barrier over the block.
+//   or with env HRK_EMU_OS_THREADS=1, passed in by src/cuda/emu.rs): __syncthreads is a std::barrier over the block.
 // Warp shuffles go through a 32-slot exchange with a per-warp barrier; atomicAdd uses std::atomic_ref.
 // Limits: every thread must reach every __syncthreads (no early return before a barrier), shuffles must be
 // full-warp (no divergent partial masks), no inter-block sync, no inline PTX / mma / cp.async.
@@ -177,15 +177,15 @@ inline void FiberSched::wait_warp() {
     swapcontext(&fibers[t].ctx, &main);
 }
 
+// Set once by the Rust side (src/cuda/emu.rs, from HRK_EMU_OS_THREADS as src/switches.rs reads it) before
+// the first launch, through hrk_emu_set_os_threads (kernels/elementwise.cu).
+inline std::atomic<bool> os_threads_requested{false};
+
 inline bool use_os_threads() {
 #if defined(__SANITIZE_THREAD__)
     return true;
 #else
-    static const bool os = [] {
-        const char* v = std::getenv("HRK_EMU_OS_THREADS");
-        return v && v[0] == '1';
-    }();
-    return os;
+    return os_threads_requested.load(std::memory_order_relaxed);
 #endif
 }
 

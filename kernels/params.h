@@ -1,6 +1,8 @@
 // Kernel parameter structs: every kernel takes exactly one of these BY VALUE. Mirrored field for field by
-// #[repr(C)] structs in src/cuda/params.rs (pointers there are u64 device addresses); a test compares the
-// sizes. Keep pointers first, then 8-byte counts, then 4-byte fields, with explicit padding to 8 bytes.
+// #[repr(C)] structs in src/cuda/params.rs (pointers there are u64 device addresses); tests/cuda_emu.rs compares
+// every field's offset and size (build.rs generates the C side's offsetof table from this header, so keep one
+// `struct Name {` per line and plain `type a, b[N];` declarations). Keep pointers first, then 8-byte counts,
+// then 4-byte fields, with explicit padding to 8 bytes.
 // Layout: NCHW contiguous f32 everywhere.
 #pragma once
 

@@ -2,7 +2,7 @@
 //! storage unless it uses them) plus edges to its inputs; `backward` walks the graph once in reverse
 //! topological order and returns the gradients of the leaves that asked for them.
 
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::{DType, Storage, Tensor};
 use anyhow::{bail, Context, Result};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -89,10 +89,9 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
     if loss.numel() != 1 {
         bail!("backward: loss must have one element, got shape {:?}", loss.shape());
     }
-    let seed = Storage::zeros(loss.dtype(), 1);
-    let seed = match seed {
-        Storage::F64(_) => Storage::F64(vec![1.0]),
-        _ => Storage::F32(vec![1.0]).to_device(&loss.device())?,
+    let seed = match loss.dtype() {
+        DType::F64 => Storage::f64(vec![1.0]),
+        DType::F32 => Storage::f32(vec![1.0]).to_device(&loss.device())?,
     };
     run_backward(loss, seed, &[], true)
 }
@@ -150,7 +149,7 @@ fn run_backward(out: &Tensor, grad_out: Storage, retain: &[&Tensor], free_graph:
         let taken = if free_graph { slot.take() } else { None };
         let Some(g) = pending.remove(&id) else { continue };
         if retain.iter().any(|t| t.id == id) {
-            grads.map.insert(id, g.clone());
+            grads.map.insert(id, g.try_clone()?);
         }
         let Some(op) = taken.as_deref().or(slot.as_deref()) else {
             bail!("backward: the graph through {} was freed by an earlier backward() (it keeps no saved values)", node.name)

@@ -1,6 +1,6 @@
 //! The element types the CPU engine computes in: f32 (training and inference) and f64 (exact gradient checks).
 
-use crate::tensor::Storage;
+use crate::tensor::{CpuStorage, Storage};
 
 /// A floating-point element type the CPU kernels are generic over.
 pub trait Float:
@@ -91,18 +91,18 @@ macro_rules! impl_float {
             }
             fn of(s: &Storage) -> Option<&[Self]> {
                 match s {
-                    Storage::$V(v) => Some(v),
+                    Storage::Cpu(CpuStorage::$V(v)) => Some(v),
                     _ => None,
                 }
             }
             fn of_mut(s: &mut Storage) -> Option<&mut [Self]> {
                 match s {
-                    Storage::$V(v) => Some(v),
+                    Storage::Cpu(CpuStorage::$V(v)) => Some(v),
                     _ => None,
                 }
             }
             fn into_storage(v: Vec<Self>) -> Storage {
-                Storage::$V(v)
+                Storage::Cpu(CpuStorage::$V(v))
             }
             fn gemm(
                 m: usize,

@@ -49,7 +49,7 @@ pub fn check(f: &dyn Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], opt: &G
     let out = f(&xs)?;
     let mut rng = Rng::new(opt.seed);
     let r: Vec<f64> = (0..out.numel()).map(|_| rng.normal()).collect();
-    let grads = backward_with(&out, Storage::F64(r.clone()))?;
+    let grads = backward_with(&out, Storage::f64(r.clone()))?;
     let mut errors = Vec::new();
     let mut checked = 0;
     for (i, x) in xs.iter().enumerate() {

@@ -6,7 +6,7 @@
 use crate::by_dtype;
 use crate::float::{typed, typed_mut, Float};
 use crate::host::HostTensor;
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::{CpuStorage, Storage, Tensor};
 use anyhow::{bail, Result};
 
 fn check_grads(op: &str, params: &[&mut Tensor], grads: &[&Storage]) -> Result<()> {
@@ -46,7 +46,8 @@ fn follow_params(state: &mut [Storage], params: &[&mut Tensor]) -> Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Debug)]
+/// Not `Clone`: its state can live in device memory.
+#[derive(Debug)]
 pub struct Adam {
     pub lr: f64,
     pub beta1: f64,
@@ -101,7 +102,7 @@ impl Adam {
                         let denom = vv.sqrt() / bc2s + eps;
                         *pv -= ss * (*mv / denom);
                     }
-                });
+                })?;
             });
         }
         Ok(())
@@ -133,7 +134,8 @@ impl Adam {
     }
 }
 
-#[derive(Clone, Debug)]
+/// Not `Clone`: its state can live in device memory.
+#[derive(Debug)]
 pub struct Sgd {
     pub lr: f64,
     pub momentum: f64,
@@ -174,7 +176,7 @@ impl Sgd {
             by_dtype!(p.dtype(), T => {
                 let g: &[T] = typed(grads[i]);
                 let (mu, damp, wd, lr) = (T::from_f64(self.momentum), T::from_f64(self.dampening), T::from_f64(self.weight_decay), T::from_f64(self.lr));
-                let mut buf = self.buf.get_mut(i).map(|b| typed_mut::<T>(b));
+                let mut buf = self.buf.get_mut(i).map(typed_mut::<T>);
                 p.update(|s| {
                     for (j, pv) in typed_mut::<T>(s).iter_mut().enumerate() {
                         let mut d = g[j];
@@ -187,7 +189,7 @@ impl Sgd {
                         }
                         *pv -= lr * d;
                     }
-                });
+                })?;
             });
         }
         Ok(())
@@ -212,8 +214,8 @@ impl Sgd {
 fn storage_host(s: &Storage) -> HostTensor {
     match s {
         Storage::Gpu(_) => HostTensor::f32(vec![s.len()], s.to_f32_vec()),
-        Storage::F32(v) => HostTensor::f32(vec![v.len()], v.clone()),
-        Storage::F64(v) => HostTensor { shape: vec![v.len()], data: crate::host::HostData::F64(v.clone()) },
+        Storage::Cpu(CpuStorage::F32(v)) => HostTensor::f32(vec![v.len()], v.clone()),
+        Storage::Cpu(CpuStorage::F64(v)) => HostTensor { shape: vec![v.len()], data: crate::host::HostData::F64(v.clone()) },
     }
 }
 
@@ -221,7 +223,7 @@ fn host_storage(h: &HostTensor, like: &Tensor) -> Result<Storage> {
     if h.numel() != like.numel() {
         bail!("optimizer state: {} values for a parameter of shape {:?}", h.numel(), like.shape());
     }
-    Storage::F64(h.to_f64_vec()).cast(like.dtype()).to_device(&like.device())
+    Storage::f64(h.to_f64_vec()).cast(like.dtype())?.to_device(&like.device())
 }
 
 fn find<'a>(state: &'a [(String, HostTensor)], key: &str) -> Result<&'a HostTensor> {
@@ -291,10 +293,11 @@ mod gpu {
                 let b = s.gpu_mut(op)?;
                 p.param = b.addr_mut();
                 let dev = b.device().clone();
-                // Safety: param, grad and the state hold n floats on `dev` (checked by the caller).
+                // SAFETY: param, grad and the state hold n floats on `dev` (checked by the caller: check_grads,
+                // zeros_like / follow_params for the state).
                 unsafe { dev.launch(kernel, &p) }
             })();
-        });
+        })?;
         result
     }
 }

@@ -46,51 +46,121 @@ impl Device {
     }
 }
 
-/// Dense element storage. Large f32 buffers come from and return to a process-wide pool
+/// Host values of one element type. Large f32 buffers come from and return to a process-wide pool
 /// ([`pool`]), so steady-state training steps reuse pages instead of faulting in fresh ones.
 #[derive(Debug, PartialEq)]
-pub enum Storage {
+pub enum CpuStorage {
     F32(Vec<f32>),
     F64(Vec<f64>),
-    /// f32 values on a GPU device (ops dispatch on this variant to their `gpu.rs`).
-    Gpu(GpuBuffer),
 }
 
-impl Clone for Storage {
-    fn clone(&self) -> Storage {
+impl Clone for CpuStorage {
+    fn clone(&self) -> CpuStorage {
         match self {
-            Storage::F32(v) => {
+            CpuStorage::F32(v) => {
                 let mut out = pool::take_f32(v.len());
                 out.copy_from_slice(v);
-                Storage::F32(out)
+                CpuStorage::F32(out)
             }
-            Storage::F64(v) => Storage::F64(v.clone()),
-            Storage::Gpu(b) => Storage::Gpu(b.clone()),
+            CpuStorage::F64(v) => CpuStorage::F64(v.clone()),
         }
     }
 }
 
-impl Drop for Storage {
+impl Drop for CpuStorage {
     fn drop(&mut self) {
-        if let Storage::F32(v) = self {
+        if let CpuStorage::F32(v) = self {
             pool::give_f32(std::mem::take(v));
         }
     }
 }
 
+impl CpuStorage {
+    pub fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+        }
+    }
+    fn to_f32_vec(&self) -> Vec<f32> {
+        match self {
+            // A plain copy: the caller keeps a Vec that never returns to the pool.
+            CpuStorage::F32(v) => v.clone(),
+            CpuStorage::F64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+    fn to_f64_vec(&self) -> Vec<f64> {
+        match self {
+            CpuStorage::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            CpuStorage::F64(v) => v.clone(),
+        }
+    }
+}
+
+/// Dense element storage: the device (host or GPU) first, the element type second (GPU storage is f32).
+/// Not `Clone`: a copy of device memory can run out of memory, so copies go through [`Storage::try_clone`].
+#[derive(Debug, PartialEq)]
+pub enum Storage {
+    Cpu(CpuStorage),
+    /// f32 values on a GPU device (ops dispatch on this variant to their CUDA kernels).
+    Gpu(GpuBuffer),
+}
+
 impl Storage {
+    /// Host f32 values.
+    pub fn f32(values: Vec<f32>) -> Storage {
+        Storage::Cpu(CpuStorage::F32(values))
+    }
+    /// Host f64 values.
+    pub fn f64(values: Vec<f64>) -> Storage {
+        Storage::Cpu(CpuStorage::F64(values))
+    }
+    /// The host f32 values (None for f64 or GPU storage).
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            Storage::Cpu(CpuStorage::F32(v)) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_f32_mut(&mut self) -> Option<&mut [f32]> {
+        match self {
+            Storage::Cpu(CpuStorage::F32(v)) => Some(v),
+            _ => None,
+        }
+    }
+    /// The host f64 values (None for f32 or GPU storage).
+    pub fn as_f64(&self) -> Option<&[f64]> {
+        match self {
+            Storage::Cpu(CpuStorage::F64(v)) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_f64_mut(&mut self) -> Option<&mut [f64]> {
+        match self {
+            Storage::Cpu(CpuStorage::F64(v)) => Some(v),
+            _ => None,
+        }
+    }
     /// `n` elements whose values are unspecified (stale pooled values or zeros): for kernels that
     /// write every element, so no zero-fill pass is paid.
     pub fn for_overwrite(dtype: DType, n: usize) -> Storage {
         match dtype {
-            DType::F32 => Storage::F32(pool::take_f32(n)),
-            DType::F64 => Storage::F64(vec![0.0; n]),
+            DType::F32 => Storage::f32(pool::take_f32(n)),
+            DType::F64 => Storage::f64(vec![0.0; n]),
         }
     }
     pub fn len(&self) -> usize {
         match self {
-            Storage::F32(v) => v.len(),
-            Storage::F64(v) => v.len(),
+            Storage::Cpu(c) => c.len(),
             Storage::Gpu(b) => b.len(),
         }
     }
@@ -99,15 +169,14 @@ impl Storage {
     }
     pub fn dtype(&self) -> DType {
         match self {
-            Storage::F32(_) => DType::F32,
-            Storage::F64(_) => DType::F64,
+            Storage::Cpu(c) => c.dtype(),
             Storage::Gpu(_) => DType::F32,
         }
     }
     pub fn device(&self) -> Device {
         match self {
             Storage::Gpu(b) => Device::Gpu(b.device().clone()),
-            _ => Device::Cpu,
+            Storage::Cpu(_) => Device::Cpu,
         }
     }
     /// The GPU buffer, or an error naming `op` for host storage.
@@ -126,27 +195,27 @@ impl Storage {
     /// The same values on `device` (f64 cannot go to a GPU).
     pub fn to_device(&self, device: &Device) -> Result<Storage> {
         match (self, device) {
-            (Storage::Gpu(b), Device::Gpu(d)) if b.device() == d => Ok(self.clone()),
+            (Storage::Gpu(b), Device::Gpu(d)) if b.device() == d => self.try_clone(),
             (Storage::Gpu(b), Device::Gpu(d)) => Ok(Storage::Gpu(d.upload(&b.to_vec()?)?)),
-            (Storage::Gpu(b), Device::Cpu) => Ok(Storage::F32(b.to_vec()?)),
-            (Storage::F64(_), Device::Gpu(d)) => {
+            (Storage::Gpu(b), Device::Cpu) => Ok(Storage::f32(b.to_vec()?)),
+            (Storage::Cpu(CpuStorage::F64(_)), Device::Gpu(d)) => {
                 bail!("to_device: f64 tensors stay on the cpu (the {} kernels are f32); cast to f32 first", d.name())
             }
-            (Storage::F32(v), Device::Gpu(d)) => Ok(Storage::Gpu(d.upload(v)?)),
-            (_, Device::Cpu) => Ok(self.clone()),
+            (Storage::Cpu(CpuStorage::F32(v)), Device::Gpu(d)) => Ok(Storage::Gpu(d.upload(v)?)),
+            (Storage::Cpu(c), Device::Cpu) => Ok(Storage::Cpu(c.clone())),
         }
     }
     pub fn zeros(dtype: DType, n: usize) -> Storage {
         match dtype {
-            DType::F32 => Storage::F32(pool::take_f32_zeroed(n)),
-            DType::F64 => Storage::F64(vec![0.0; n]),
+            DType::F32 => Storage::f32(pool::take_f32_zeroed(n)),
+            DType::F64 => Storage::f64(vec![0.0; n]),
         }
     }
     /// `self += other`, elementwise (same dtype and length, checked by callers).
     pub fn add_assign(&mut self, other: &Storage) -> Result<()> {
         match (self, other) {
-            (Storage::F32(a), Storage::F32(b)) if a.len() == b.len() => add_into(a, b),
-            (Storage::F64(a), Storage::F64(b)) if a.len() == b.len() => {
+            (Storage::Cpu(CpuStorage::F32(a)), Storage::Cpu(CpuStorage::F32(b))) if a.len() == b.len() => add_into(a, b),
+            (Storage::Cpu(CpuStorage::F64(a)), Storage::Cpu(CpuStorage::F64(b))) if a.len() == b.len() => {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
             }
             (Storage::Gpu(a), Storage::Gpu(b)) if a.len() == b.len() && a.device() == b.device() => {
@@ -169,56 +238,42 @@ impl Storage {
     pub fn try_clone(&self) -> Result<Storage> {
         Ok(match self {
             Storage::Gpu(b) => Storage::Gpu(b.try_clone()?),
-            other => other.clone(),
+            Storage::Cpu(c) => Storage::Cpu(c.clone()),
         })
     }
     pub fn try_to_f32_vec(&self) -> Result<Vec<f32>> {
         match self {
             Storage::Gpu(b) => b.to_vec(),
-            other => Ok(other.to_f32_vec()),
+            Storage::Cpu(c) => Ok(c.to_f32_vec()),
         }
     }
     pub fn try_to_f64_vec(&self) -> Result<Vec<f64>> {
         match self {
             Storage::Gpu(b) => Ok(b.to_vec()?.iter().map(|&x| x as f64).collect()),
-            other => Ok(other.to_f64_vec()),
+            Storage::Cpu(c) => Ok(c.to_f64_vec()),
         }
     }
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match self {
-            Storage::F32(v) => v.iter().map(|&x| x as f64).collect(),
-            Storage::F64(v) => v.clone(),
+            Storage::Cpu(c) => c.to_f64_vec(),
             Storage::Gpu(b) => gpu_values(b).iter().map(|&x| x as f64).collect(),
         }
     }
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match self {
-            // A plain copy: the caller keeps a Vec that never returns to the pool.
-            Storage::F32(v) => v.clone(),
-            Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
+            Storage::Cpu(c) => c.to_f32_vec(),
             Storage::Gpu(b) => gpu_values(b),
         }
     }
-    /// The same values converted to `dtype` (GPU storage stays on its device as f32; f64 comes to the cpu).
-    pub fn cast(&self, dtype: DType) -> Storage {
-        match dtype {
-            DType::F32 if matches!(self, Storage::Gpu(_)) => self.clone(),
-            DType::F32 => Storage::F32(self.to_f32_vec()),
-            DType::F64 => Storage::F64(self.to_f64_vec()),
-        }
+    /// The same values converted to `dtype` (GPU storage stays on its device as f32, a device copy that
+    /// can fail; f64 comes to the cpu).
+    pub fn cast(&self, dtype: DType) -> Result<Storage> {
+        Ok(match dtype {
+            DType::F32 if matches!(self, Storage::Gpu(_)) => self.try_clone()?,
+            DType::F32 => Storage::f32(self.try_to_f32_vec()?),
+            DType::F64 => Storage::f64(self.try_to_f64_vec()?),
+        })
     }
-}
-
-/// Runs `$body` with `$v` bound to the typed slice/vec of a storage, for each element type.
-#[macro_export]
-macro_rules! dispatch {
-    ($storage:expr, $v:ident => $body:expr) => {
-        match $storage {
-            $crate::tensor::Storage::F32($v) => $body,
-            $crate::tensor::Storage::F64($v) => $body,
-            $crate::tensor::Storage::Gpu(_) => panic!("dispatch!: GPU storage has no host slice"),
-        }
-    };
 }
 
 /// How many times any tensor's storage was written in place (`Tensor::update`, `set_storage`): caches
@@ -269,10 +324,10 @@ impl Tensor {
         Ok(Tensor { id: fresh_id(), shape, storage: Arc::new(storage), node: None, requires_grad: false })
     }
     pub fn from_f32(shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
-        Tensor::new(shape.to_vec(), Storage::F32(data))
+        Tensor::new(shape.to_vec(), Storage::f32(data))
     }
     pub fn from_f64(shape: &[usize], data: Vec<f64>) -> Result<Tensor> {
-        Tensor::new(shape.to_vec(), Storage::F64(data))
+        Tensor::new(shape.to_vec(), Storage::f64(data))
     }
     pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
         let n = shape.iter().product();
@@ -281,24 +336,24 @@ impl Tensor {
     pub fn full(shape: &[usize], dtype: DType, value: f64) -> Tensor {
         let n: usize = shape.iter().product();
         let storage = match dtype {
-            DType::F32 => Storage::F32(vec![value as f32; n]),
-            DType::F64 => Storage::F64(vec![value; n]),
+            DType::F32 => Storage::f32(vec![value as f32; n]),
+            DType::F64 => Storage::f64(vec![value; n]),
         };
         Tensor { id: fresh_id(), shape: shape.to_vec(), storage: Arc::new(storage), node: None, requires_grad: false }
     }
     /// From a host array (f32/f64 kept; i64 converted to f32).
     pub fn from_host(h: &HostTensor) -> Result<Tensor> {
         let storage = match &h.data {
-            HostData::F32(v) => Storage::F32(v.clone()),
-            HostData::F64(v) => Storage::F64(v.clone()),
-            HostData::I64(v) => Storage::F32(v.iter().map(|&x| x as f32).collect()),
+            HostData::F32(v) => Storage::f32(v.clone()),
+            HostData::F64(v) => Storage::f64(v.clone()),
+            HostData::I64(v) => Storage::f32(v.iter().map(|&x| x as f32).collect()),
         };
         Tensor::new(h.shape.clone(), storage)
     }
     pub fn to_host(&self) -> HostTensor {
         let data = match &*self.storage {
-            Storage::F32(v) => HostData::F32(v.clone()),
-            Storage::F64(v) => HostData::F64(v.clone()),
+            Storage::Cpu(CpuStorage::F32(v)) => HostData::F32(v.clone()),
+            Storage::Cpu(CpuStorage::F64(v)) => HostData::F64(v.clone()),
             Storage::Gpu(b) => HostData::F32(gpu_values(b)),
         };
         HostTensor { shape: self.shape.clone(), data }
@@ -352,9 +407,15 @@ impl Tensor {
     pub fn to_f64_vec(&self) -> Vec<f64> {
         self.storage.to_f64_vec()
     }
+    /// The same values as `dtype`, as a leaf (GPU tensors cast to f64 come to the cpu).
     pub fn cast(&self, dtype: DType) -> Tensor {
-        let t = Tensor { id: fresh_id(), shape: self.shape.clone(), storage: Arc::new(self.storage.cast(dtype)), node: None, requires_grad: self.requires_grad };
-        t
+        // Values are immutable outside `update`, so the same dtype shares the storage (no device copy).
+        let storage = match dtype {
+            _ if dtype == self.dtype() => self.storage.clone(),
+            DType::F32 => Arc::new(Storage::f32(self.storage.to_f32_vec())),
+            DType::F64 => Arc::new(Storage::f64(self.storage.to_f64_vec())),
+        };
+        Tensor { id: fresh_id(), shape: self.shape.clone(), storage, node: None, requires_grad: self.requires_grad }
     }
     /// Value of a one-element tensor.
     pub fn item(&self) -> Result<f64> {
@@ -391,14 +452,10 @@ impl Tensor {
     }
 
     /// Replaces the values in place (optimizer steps, BN running statistics). Keeps the id, so
-    /// gradients keyed by this parameter stay valid; a graph that still holds the old values keeps them.
-    pub fn update(&mut self, f: impl FnOnce(&mut Storage)) {
-        STORAGE_WRITES.fetch_add(1, Ordering::Relaxed);
-        f(Arc::make_mut(&mut self.storage));
-    }
-    /// `update` whose copy of shared storage (a device copy for GPU storage) is an error, not a panic,
-    /// when the device is out of memory.
-    pub fn try_update(&mut self, f: impl FnOnce(&mut Storage)) -> Result<()> {
+    /// gradients keyed by this parameter stay valid; a graph that still holds the old values keeps them
+    /// (shared storage is copied first: a device copy that is an error, not a panic, when the device is
+    /// out of memory).
+    pub fn update(&mut self, f: impl FnOnce(&mut Storage)) -> Result<()> {
         STORAGE_WRITES.fetch_add(1, Ordering::Relaxed);
         if Arc::get_mut(&mut self.storage).is_none() {
             self.storage = Arc::new(self.storage.try_clone()?);
@@ -475,7 +532,7 @@ impl BackwardOp for ReshapeBackward {
         "reshape"
     }
     fn backward(&self, grad: &Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        Ok(vec![Some(grad.clone())])
+        Ok(vec![Some(grad.try_clone()?)])
     }
     fn backward_owned(&self, grad: Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         Ok(vec![Some(grad)])
@@ -542,10 +599,7 @@ pub mod pool {
 
     fn cap_bytes() -> usize {
         static CAP: OnceLock<usize> = OnceLock::new();
-        *CAP.get_or_init(|| {
-            let mb = std::env::var("HRK_POOL_MB").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(4096);
-            mb.saturating_mul(1 << 20)
-        })
+        *CAP.get_or_init(|| crate::switches::pool_mb().saturating_mul(1 << 20))
     }
 
     fn lock() -> std::sync::MutexGuard<'static, Pool> {

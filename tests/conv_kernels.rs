@@ -3,7 +3,7 @@
 //! against direct-loop references in f64, on odd shapes.
 
 use hrk::ops::conv2d::direct::{self, winograd};
-use hrk::ops::conv2d::cpu;
+use hrk::ops::conv2d::cpu_kernel as cpu;
 use hrk::ops::Conv2dGeom;
 use hrk::rng::Rng;
 

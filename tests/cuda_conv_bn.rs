@@ -11,6 +11,7 @@ use hrk::cuda::params::{BatchNormParams, Conv2dParams};
 use hrk::{ops, Device, Storage, Tensor};
 
 fn run<P: Copy>(k: &Kernel<P>, p: &P) {
+    // SAFETY: every test builds `p` from host vectors it owns, sized for the shapes it launches.
     unsafe { emu::launch(k, p) }.unwrap_or_else(|e| panic!("{}: {e}", k.name));
 }
 
@@ -313,7 +314,7 @@ fn conv_bn_body(dev: &Device, fused: bool, relu: bool, c: &Case) -> Named {
     assert_eq!(y.device(), *dev);
     let grads = backward_with(
         &y,
-        Storage::F32(values(38, y.numel())).to_device(dev).unwrap(),
+        Storage::f32(values(38, y.numel())).to_device(dev).unwrap(),
     )
     .unwrap();
     let mut r: Named = vec![

@@ -65,7 +65,7 @@ fn cpu_reference(c: &Case, x: &[f32], ups: &[Vec<f32>], downs: &[Vec<f32>], dy: 
         push(ops::upsample_bilinear(u, [h, w]).unwrap());
     }
     let y = ops::relu(&acc.unwrap()).unwrap();
-    let grads = backward_with(&y, Storage::F32(dy.to_vec())).unwrap();
+    let grads = backward_with(&y, Storage::f32(dy.to_vec())).unwrap();
     let g = |t: &Tensor| grads.get(t).map(|s| s.to_f32_vec()).unwrap_or_else(|| vec![0.0; t.numel()]);
     (y.to_f32_vec(), ut.iter().map(g).collect(), dt.iter().map(g).collect(), c.with_identity.then(|| g(&xt)))
 }

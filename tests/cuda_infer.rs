@@ -86,7 +86,7 @@ fn eval_forward_heatmaps_uses_the_folded_plan_on_a_gpu_device() {
     assert_eq!(hrk::tensor::storage_writes(), writes, "inference wrote no tensor");
     let last = (0..net.store.len()).rev().find(|&i| matches!(net.store.slot(i), Slot::Param(_))).unwrap();
     let bias = net.store.tensor(last).to_f32_vec().iter().map(|v| v + 1.0).collect();
-    net.store.tensor_mut(last).set_storage(Storage::F32(bias)).unwrap();
+    net.store.tensor_mut(last).set_storage(Storage::f32(bias)).unwrap();
     let (shifted, _) = hrk::eval::forward_heatmaps(&mut net, x, shape).unwrap();
     let diffs: Vec<f32> = shifted.iter().zip(&got).map(|(a, b)| a - b).collect();
     assert!(diffs.iter().all(|d| (d - 1.0).abs() < 1e-4), "the head bias change did not reach the cached plan");

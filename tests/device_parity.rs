@@ -23,7 +23,7 @@ fn leaf(dev: &Device, shape: &[usize], seed: u64) -> Tensor {
 
 /// Random output gradient for `y`, on its device.
 fn seed_grad(y: &Tensor, seed: u64) -> Storage {
-    Storage::F32(values(seed, y.numel())).to_device(&y.device()).unwrap()
+    Storage::f32(values(seed, y.numel())).to_device(&y.device()).unwrap()
 }
 
 type Named = Vec<(String, Vec<f64>)>;
@@ -175,7 +175,7 @@ fn mse_body(dev: &Device) -> Named {
 /// Three steps of each optimizer on two parameters with fixed gradients.
 fn optim_body(dev: &Device) -> Named {
     let mk = |seed| Tensor::from_f32(&[3, 5], values(seed, 15)).unwrap().to_device(dev).unwrap().requires_grad();
-    let grads: Vec<Storage> = (0..2).map(|i| Storage::F32(values(70 + i, 15)).to_device(dev).unwrap()).collect();
+    let grads: Vec<Storage> = (0..2).map(|i| Storage::f32(values(70 + i, 15)).to_device(dev).unwrap()).collect();
     let grad_refs: Vec<&Storage> = grads.iter().collect();
     let (mut a0, mut a1) = (mk(72), mk(73));
     let mut adam = Adam::new(0.01, 1e-4);
@@ -237,7 +237,7 @@ fn device_mismatch_and_gpu_limits_are_one_line_errors() {
     assert!(e.contains("add") && e.contains("device mismatch"), "{e}");
     // Optimizer: gradient on another device than its parameter.
     let mut p = xe.clone();
-    let g = Storage::F32(vec![0.0; 32]);
+    let g = Storage::f32(vec![0.0; 32]);
     let e = Adam::new(0.1, 0.0).step(&mut [&mut p], &[&g]).unwrap_err().to_string();
     assert!(e.contains("adam") && e.contains("device mismatch"), "{e}");
     // Round trip keeps the values.
@@ -305,7 +305,7 @@ fn model_body(dir: &Path, dev: &Device, side: Option<usize>) -> Vec<(String, Vec
     groups.push(("loss".to_string(), vec![loss.to_f64_vec()]));
     let grads = backward(&loss).unwrap();
     groups.push(("grad_input".to_string(), vec![grad_of(&grads, &xg, dev)]));
-    let grad_list: Vec<Storage> = net.store.params().iter().map(|p| grads.get(p).cloned().unwrap()).collect();
+    let grad_list: Vec<Storage> = net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
     groups.push(("grad".to_string(), grad_list.iter().map(|g| g.to_f64_vec()).collect()));
     let buffers = (0..net.store.len())
         .filter_map(|i| match net.store.slot(i) {
@@ -377,7 +377,7 @@ fn small_net(dev: &Device) -> HrNet {
         if let Slot::Buffer(t) = net.store.slot(i) {
             let n = t.numel();
             let v: Vec<f32> = values(i as u64 + 1, n).iter().map(|v| if name.ends_with("running_var") { 1.0 + 0.5 * v } else { 0.1 * v }).collect();
-            net.store.tensor_mut(i).set_storage(Storage::F32(v)).unwrap();
+            net.store.tensor_mut(i).set_storage(Storage::f32(v)).unwrap();
         }
     }
     net.to_device(dev).unwrap();
@@ -398,7 +398,7 @@ fn small_model_body(dev: &Device) -> Vec<(String, Vec<Vec<f64>>)> {
     let loss = ops::mse_loss(&y, &target).unwrap();
     groups.push(("loss".to_string(), vec![loss.to_f64_vec()]));
     let grads = backward(&loss).unwrap();
-    let grad_list: Vec<Storage> = net.store.params().iter().map(|p| grads.get(p).cloned().unwrap()).collect();
+    let grad_list: Vec<Storage> = net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
     groups.push(("grad".to_string(), grad_list.iter().map(|g| g.to_f64_vec()).collect()));
     let buffers = (0..net.store.len())
         .filter_map(|i| match net.store.slot(i) {

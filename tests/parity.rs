@@ -146,7 +146,7 @@ fn run_case(dir: &Path, dtype: DType) -> CaseResult {
     let grads = backward(&loss).unwrap();
     ck.cmp("grad_input", "grad_input", &grads.get(&xg).unwrap().to_f64_vec());
     let pnames: Vec<String> = net.store.param_names().iter().map(|s| s.to_string()).collect();
-    let grad_list: Vec<hrk::Storage> = net.store.params().iter().map(|p| grads.get(p).cloned().unwrap()).collect();
+    let grad_list: Vec<hrk::Storage> = net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
     for (n, g) in pnames.iter().zip(&grad_list) {
         ck.cmp("grad", &format!("grad.{n}"), &g.to_f64_vec());
     }
@@ -181,7 +181,7 @@ fn run_case(dir: &Path, dtype: DType) -> CaseResult {
         let loss = ops::mse_loss(&out, &target).unwrap();
         losses.push(loss.item().unwrap());
         let grads = backward(&loss).unwrap();
-        let gl: Vec<hrk::Storage> = net.store.params().iter().map(|p| grads.get(p).cloned().unwrap()).collect();
+        let gl: Vec<hrk::Storage> = net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
         adam.step(&mut net.store.params_mut(), &gl.iter().collect::<Vec<_>>()).unwrap();
     }
     ck.cmp("adam_losses", "adam_losses", &losses);

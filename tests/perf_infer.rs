@@ -71,7 +71,7 @@ fn eval_forward_heatmaps_uses_the_cached_cpu_engine() {
     assert_eq!(again, got);
     let last = (0..net.store.len()).rev().find(|&i| matches!(net.store.slot(i), Slot::Param(_))).unwrap();
     let bias = net.store.tensor(last).to_f32_vec().iter().map(|v| v + 1.0).collect();
-    net.store.tensor_mut(last).set_storage(Storage::F32(bias)).unwrap();
+    net.store.tensor_mut(last).set_storage(Storage::f32(bias)).unwrap();
     let (shifted, _) = hrk::eval::forward_heatmaps(&mut net, x.to_f32_vec(), shape).unwrap();
     // Exactly +1 up to the rounding of values this large.
     let worst = shifted.iter().zip(&got).map(|(a, b)| (a - b - 1.0).abs()).fold(0.0f32, f32::max);
@@ -91,7 +91,7 @@ fn batched_conv_matches_per_image() {
             let b = random(&[4], &mut rng).requires_grad();
             let y = conv2d(&x, &w, Some(&b), stride, pad).unwrap();
             let dy = random(y.shape(), &mut rng);
-            let g = hrk::backward_with(&y, dy.storage().clone()).unwrap();
+            let g = hrk::backward_with(&y, dy.storage().try_clone().unwrap()).unwrap();
             let (dx, dw) = (g.get(&x).unwrap().to_f32_vec(), g.get(&w).unwrap().to_f32_vec());
             let (xv, dyv) = (x.to_f32_vec(), dy.to_f32_vec());
             let (il, ol) = (xv.len() / n, dyv.len() / n);
@@ -100,7 +100,7 @@ fn batched_conv_matches_per_image() {
                 let xi = Tensor::from_f32(&[1, 5, 9, 7], xv[i * il..(i + 1) * il].to_vec()).unwrap().requires_grad();
                 let yi = conv2d(&xi, &w, Some(&b), stride, pad).unwrap();
                 assert_close(&yi.to_f32_vec(), &y.to_f32_vec()[i * ol..(i + 1) * ol], 1e-5, "forward");
-                let gi = hrk::backward_with(&yi, Storage::F32(dyv[i * ol..(i + 1) * ol].to_vec())).unwrap();
+                let gi = hrk::backward_with(&yi, Storage::f32(dyv[i * ol..(i + 1) * ol].to_vec())).unwrap();
                 assert_close(&gi.get(&xi).unwrap().to_f32_vec(), &dx[i * il..(i + 1) * il], 1e-5, "dx");
                 gi.get(&w).unwrap().to_f32_vec().iter().zip(dw_sum.iter_mut()).for_each(|(a, s)| *s += a);
             }

@@ -89,7 +89,7 @@ fn bn_train_case(rng: &mut Rng, d: [usize; 4], offset: f64, spread: f64) {
     assert_close(&format!("{tag}: running_mean"), &rm.to_f32_vec(), &want_rm, 1e-6);
     assert_close(&format!("{tag}: running_var"), &rv.to_f32_vec(), &want_rv, 1e-6);
 
-    let grads = backward_with(&y, Storage::F32(dyv)).unwrap();
+    let grads = backward_with(&y, Storage::f32(dyv)).unwrap();
     let m = count as f64;
     let mut sdy = vec![0.0; c];
     let mut sdyx = vec![0.0; c];
@@ -147,7 +147,7 @@ fn bn_eval_matches_the_f64_formula() {
         let xhat: Vec<f64> = (0..len).map(|i| (xv[i] as f64 - rmv[ch_of(i)] as f64) * invstd[ch_of(i)]).collect();
         let want: Vec<f64> = (0..len).map(|i| xhat[i] * gv[ch_of(i)] as f64 + bv[ch_of(i)] as f64).collect();
         assert_close(&format!("bn eval {d:?}: y"), &y.to_f32_vec(), &want, 2e-6);
-        let grads = backward_with(&y, Storage::F32(dyv.clone())).unwrap();
+        let grads = backward_with(&y, Storage::f32(dyv.clone())).unwrap();
         let want_dx: Vec<f64> = (0..len).map(|i| dyv[i] as f64 * gv[ch_of(i)] as f64 * invstd[ch_of(i)]).collect();
         let (mut sdy, mut sdyx) = (vec![0.0; c], vec![0.0; c]);
         for i in 0..len {
@@ -174,7 +174,7 @@ fn elementwise_ops_match_references() {
         let sum: Vec<f64> = (0..len).map(|i| (av[i] + bv[i]) as f64).collect();
         let want_y: Vec<f64> = sum.iter().map(|v| 0.5 * v.max(0.0)).collect();
         assert_close(&format!("add/relu/scale {d:?}"), &y.to_f32_vec(), &want_y, 1e-7);
-        let grads = backward_with(&y, Storage::F32(dyv.clone())).unwrap();
+        let grads = backward_with(&y, Storage::f32(dyv.clone())).unwrap();
         let want_g: Vec<f64> = (0..len).map(|i| if (av[i] + bv[i]) > 0.0 { 0.5 * dyv[i] as f64 } else { 0.0 }).collect();
         assert_close(&format!("add/relu/scale {d:?}: da"), &grads.get(&a).unwrap().to_f32_vec(), &want_g, 1e-7);
         assert_close(&format!("add/relu/scale {d:?}: db"), &grads.get(&b).unwrap().to_f32_vec(), &want_g, 1e-7);
@@ -225,7 +225,7 @@ fn bilinear_upsample_matches_the_direct_formula() {
             let (want_y, want_dx) = ref_bilinear(&f64s(&xv), d, size, &f64s(&dyv));
             // The op takes its source coordinates in f32 (PyTorch's float scale), the reference in f64.
             assert_close(&format!("bilinear {d:?} -> {size:?}"), &y.to_f32_vec(), &want_y, 4e-6);
-            let grads = backward_with(&y, Storage::F32(dyv)).unwrap();
+            let grads = backward_with(&y, Storage::f32(dyv)).unwrap();
             assert_close(&format!("bilinear {d:?} -> {size:?}: dx"), &grads.get(&x).unwrap().to_f32_vec(), &want_dx, 4e-6);
         }
     }
@@ -280,7 +280,7 @@ fn ops_overwrite_every_element_of_a_reused_buffer() {
         .iter()
         .map(|&n| {
             let mut s = Storage::for_overwrite(DType::F32, n);
-            if let Storage::F32(v) = &mut s {
+            if let Some(v) = s.as_f32_mut() {
                 v.fill(f32::NAN);
             }
             s
@@ -320,7 +320,7 @@ fn backward_frees_the_graph_and_backward_with_keeps_it() {
     let x = t32(&d, normal(&mut rng, len, 0.0, 1.0)).requires_grad();
     let y = relu(&add(&x, &x).unwrap()).unwrap();
     let loss = mse_loss(&y, &t32(&d, vec![0.0; len])).unwrap();
-    let seed = || Storage::F32(vec![1.0]);
+    let seed = || Storage::f32(vec![1.0]);
     let kept1 = backward_with(&loss, seed()).unwrap().get(&x).unwrap().to_f32_vec();
     let kept2 = backward_with(&loss, seed()).unwrap().get(&x).unwrap().to_f32_vec();
     assert_eq!(kept1, kept2, "backward_with must leave the graph usable");
@@ -354,7 +354,7 @@ fn fused_relu_ops_equal_the_separate_ops() {
                 relu(&batch_norm_train(&x, &g, &b, &mut rm, &mut rv, 0.1, BN_EPS).unwrap()).unwrap()
             };
             let z = if fused { add_relu(&y, &x).unwrap() } else { relu(&add(&y, &x).unwrap()).unwrap() };
-            let grads = backward_with(&z, Storage::F32(dyv.clone())).unwrap();
+            let grads = backward_with(&z, Storage::f32(dyv.clone())).unwrap();
             let gs = [&x, &g, &b].map(|t| grads.get(t).unwrap().to_f32_vec());
             (y.to_f32_vec(), z.to_f32_vec(), gs, rm.to_f32_vec(), rv.to_f32_vec())
         };

@@ -66,28 +66,6 @@ pub fn out_of_memory_message(what: &str, bytes: usize, usage: Option<(usize, usi
     format!("CUDA out of memory {what} a {} buffer{usage}; use a smaller batch size", human_bytes(bytes))
 }
 
-/// `HRK_EMU_DEVICE_MEMORY`: the memory of the process-wide emulated device, in bytes with an optional
-/// K/M/G suffix (binary units); unset = unlimited.
-fn emulated_limit_from_env() -> Option<usize> {
-    let v = std::env::var("HRK_EMU_DEVICE_MEMORY").ok()?;
-    let v = v.trim();
-    let (digits, unit) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => (&v[..i], v[i..].trim().to_ascii_uppercase()),
-        None => (v, String::new()),
-    };
-    let scale: usize = match unit.trim_end_matches("IB").trim_end_matches('B') {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        _ => {
-            eprintln!("hrk: HRK_EMU_DEVICE_MEMORY={v:?} is not a size like 64M; ignored");
-            return None;
-        }
-    };
-    digits.parse::<usize>().ok().and_then(|n| n.checked_mul(scale))
-}
-
 /// A handle to one GPU device; clones are the same device (equality is identity).
 #[derive(Clone)]
 pub struct GpuDevice(Arc<Backend>);
@@ -129,7 +107,7 @@ impl GpuDevice {
     /// Its memory is unlimited unless `HRK_EMU_DEVICE_MEMORY` caps it (for out-of-memory tests of the CLI).
     pub fn emulated() -> GpuDevice {
         static EMU: OnceLock<GpuDevice> = OnceLock::new();
-        EMU.get_or_init(|| GpuDevice(Arc::new(Backend::Emulated(EmuMemory { limit: emulated_limit_from_env(), used: AtomicUsize::new(0) }))))
+        EMU.get_or_init(|| GpuDevice(Arc::new(Backend::Emulated(EmuMemory { limit: crate::switches::emu_device_memory(), used: AtomicUsize::new(0) }))))
             .clone()
     }
 
@@ -257,8 +235,8 @@ enum Mem {
     Cuda(DeviceBuffer),
 }
 
-/// `len` f32 values on a GPU device. Cloning copies the values on the device (storage has value
-/// semantics: `Tensor::update` clones shared storage before writing).
+/// `len` f32 values on a GPU device. Not `Clone`: a copy of device memory can fail (out of memory), so
+/// it is `try_clone` (storage has value semantics: `Tensor::update` copies shared storage before writing).
 pub struct GpuBuffer {
     dev: GpuDevice,
     mem: Mem,
@@ -325,23 +303,13 @@ pub fn copy(src: &GpuBuffer, dst: &mut GpuBuffer) -> Result<()> {
     if src.len != dst.len || src.dev != dst.dev {
         bail!("GPU copy: {}[{}] into {}[{}]", src.dev.name(), src.len, dst.dev.name(), dst.len);
     }
-    let Ok(hw) = i32::try_from(src.len) else {
-        bail!("GPU copy: {} floats exceed the kernels' 32-bit indexing", src.len);
-    };
-    if hw == 0 {
+    if src.len == 0 {
         return Ok(());
     }
-    let p = ConcatParams { part: src.addr(), whole: dst.addr_mut(), n: 1, c_part: 1, c_whole: 1, c_offset: 0, hw, pad_: 0 };
-    // Safety: both buffers live and hold `hw` floats.
+    // One plane of `len` floats copied as a one-channel concat.
+    let p = ConcatParams::new("GPU copy", src.addr(), dst.addr_mut(), 1, 1, 1, 0, src.len)?;
+    // SAFETY: both buffers are live, on one device, and hold `len` floats (checked above); dst is written only.
     unsafe { src.dev.launch(&kernels::CONCAT_CHANNELS, &p) }
-}
-
-impl Clone for GpuBuffer {
-    fn clone(&self) -> Self {
-        // Storage::clone cannot fail: a failed device copy (out of memory) is fatal here. The engine's
-        // fallible paths use `try_clone` (Storage::try_clone, Tensor::try_update) instead.
-        self.try_clone().unwrap_or_else(|e| panic!("{e:#}"))
-    }
 }
 
 impl Drop for GpuBuffer {
@@ -365,10 +333,10 @@ impl PartialEq for GpuBuffer {
     }
 }
 
-/// Makes a panic from an infallible GPU accessor (`Storage::clone` of device memory, a host copy of a
-/// device tensor) end the process with ONE line, like the CLI's errors: "hrk: error: CUDA out of memory
-/// copying a 1.2 GiB buffer ...", exit status 1. Other panics keep the default report. Installed by the
-/// CLI when it selects a GPU device.
+/// Makes a panic from an infallible GPU accessor (a host copy of a device tensor, e.g. `to_f32_vec`, or a
+/// device error a caller could not return) end the process with ONE line, like the CLI's errors:
+/// "hrk: error: CUDA out of memory copying a 1.2 GiB buffer ...", exit status 1. Other panics keep the
+/// default report. Installed by the CLI when it selects a GPU device (the one place here that prints).
 pub fn install_gpu_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -396,7 +364,8 @@ pub fn add_assign(a: &mut GpuBuffer, b: &GpuBuffer) -> Result<()> {
         bail!("GPU add: {}[{}] += {}[{}]", a.dev.name(), a.len, b.dev.name(), b.len);
     }
     let out = a.addr_mut();
-    let p = EltwiseParams { a: out, b: b.addr(), out, n: a.len as i64 };
-    // Safety: both buffers live with `n` floats.
+    let p = EltwiseParams::new(out, b.addr(), out, a.len);
+    // SAFETY: both buffers are live on one device with `n` floats (checked above); `add` reads and writes one
+    // index per thread, so out = a is sound.
     unsafe { a.dev.clone().launch(&kernels::ADD, &p) }
 }

@@ -121,23 +121,22 @@ extern "C" {
     ) -> c_int;
 }
 
-/// The driver library to probe: env `HRK_LIBCUDA` (a path, for tests and odd installs) or libcuda.so.1.
-fn libcuda_name() -> String {
-    std::env::var("HRK_LIBCUDA").unwrap_or_else(|_| "libcuda.so.1".to_string())
-}
-
 /// Loads the driver with dlopen, runs cuInit and counts devices, without cudarc (which panics when
 /// libcuda is missing). Never panics.
 pub fn probe_driver() -> std::result::Result<DriverInfo, CudaUnavailable> {
-    let lib = libcuda_name();
+    // HRK_LIBCUDA (a path, for tests and odd installs) or libcuda.so.1.
+    let lib = crate::switches::libcuda();
     let Ok(c_lib) = std::ffi::CString::new(lib.clone()) else {
         return Err(CudaUnavailable::NoDriver { detail: format!("bad library name {lib:?}") });
     };
     let (mut version, mut count, mut status) = (0, 0, 0);
     let mut msg = [0 as c_char; 512];
+    // SAFETY: every pointer is a live local (the NUL-terminated library name, the three out-ints, a message
+    // buffer of `msg.len()` bytes the probe NUL-terminates within that length).
     let rc = unsafe {
         hrk_cuda_probe(c_lib.as_ptr(), &mut version, &mut count, &mut status, msg.as_mut_ptr(), msg.len())
     };
+    // SAFETY: `msg` was zeroed and the probe writes at most msg.len() − 1 bytes, so it is NUL-terminated.
     let detail = unsafe { std::ffi::CStr::from_ptr(msg.as_ptr()) }.to_string_lossy().into_owned();
     match rc {
         0 if count <= 0 => Err(CudaUnavailable::NoDevice),

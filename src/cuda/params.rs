@@ -2,12 +2,32 @@
 //! passed to the GPU launch and to the host emulator. Pointer fields are device addresses (u64; host
 //! addresses under emulation); 0 means null where the header allows it.
 
+use super::device::i32_of;
+use anyhow::Result;
+
+/// Where one field of a parameter struct sits: its name, byte offset and byte size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldLayout {
+    pub name: &'static str,
+    pub offset: usize,
+    pub size: usize,
+}
+
 macro_rules! params_struct {
     ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty),* $(,)? }) => {
         $(#[$m])*
         #[repr(C)]
         #[derive(Clone, Copy, Debug, Default, PartialEq)]
         pub struct $name { $($(#[$fm])* pub $field: $ty),* }
+
+        impl $name {
+            /// Every field's offset and size, for the field-by-field ABI check against kernels/params.h.
+            pub const FIELDS: &'static [FieldLayout] = &[$(FieldLayout {
+                name: stringify!($field),
+                offset: std::mem::offset_of!($name, $field),
+                size: std::mem::size_of::<$ty>(),
+            }),*];
+        }
     };
 }
 
@@ -109,5 +129,117 @@ impl Conv2dParams {
             return None;
         }
         Some(span / stride + 1)
+    }
+}
+
+/// (struct name, size, fields) of every parameter struct, for the ABI check against kernels/params.h.
+pub fn layouts() -> Vec<(&'static str, usize, &'static [FieldLayout])> {
+    use std::mem::size_of;
+    vec![
+        ("Conv2dParams", size_of::<Conv2dParams>(), Conv2dParams::FIELDS),
+        ("BatchNormParams", size_of::<BatchNormParams>(), BatchNormParams::FIELDS),
+        ("UpsampleParams", size_of::<UpsampleParams>(), UpsampleParams::FIELDS),
+        ("EltwiseParams", size_of::<EltwiseParams>(), EltwiseParams::FIELDS),
+        ("ConcatParams", size_of::<ConcatParams>(), ConcatParams::FIELDS),
+        ("MseParams", size_of::<MseParams>(), MseParams::FIELDS),
+        ("OptimParams", size_of::<OptimParams>(), OptimParams::FIELDS),
+        ("HeatmapParams", size_of::<HeatmapParams>(), HeatmapParams::FIELDS),
+        ("FusionParams", size_of::<FusionParams>(), FusionParams::FIELDS),
+    ]
+}
+
+// The one builder of each struct's shape fields: ops (autograd kernels), raw.rs (inference) and the device
+// helpers fill the pointer fields on top of these with struct-update syntax.
+
+impl Conv2dParams {
+    /// The shape of a convolution of x [n, c_in, h, w] by [c_out, c_in, k, k] with output [h_out, w_out];
+    /// `op` names the error when a size exceeds the kernels' 32-bit indexing. Pointers are null, no epilogue,
+    /// one backward-weight split.
+    pub fn new(
+        op: &str,
+        [n, c_in, h, w]: [usize; 4],
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        [h_out, w_out]: [usize; 2],
+    ) -> Result<Conv2dParams> {
+        let i = |v| i32_of(op, v);
+        Ok(Conv2dParams {
+            n: i(n)?,
+            c_in: i(c_in)?,
+            h: i(h)?,
+            w: i(w)?,
+            c_out: i(c_out)?,
+            h_out: i(h_out)?,
+            w_out: i(w_out)?,
+            kh: i(k)?,
+            kw: i(k)?,
+            stride: i(stride)?,
+            pad: i(pad)?,
+            k_splits: 1,
+            ..Default::default()
+        })
+    }
+}
+
+impl BatchNormParams {
+    /// The shape of a BatchNorm over x [n, c, h, w] with `eps`; pointers null.
+    pub fn new(op: &str, [n, c, h, w]: [usize; 4], eps: f64) -> Result<BatchNormParams> {
+        Ok(BatchNormParams { n: i32_of(op, n)?, c: i32_of(op, c)?, hw: i32_of(op, h * w)?, eps: eps as f32, ..Default::default() })
+    }
+}
+
+impl UpsampleParams {
+    /// A bilinear resize of `planes` planes from `from` to `to`; pointers null.
+    pub fn new(op: &str, planes: usize, from: [usize; 2], to: [usize; 2]) -> Result<UpsampleParams> {
+        Ok(UpsampleParams {
+            planes: i32_of(op, planes)?,
+            in_h: i32_of(op, from[0])?,
+            in_w: i32_of(op, from[1])?,
+            out_h: i32_of(op, to[0])?,
+            out_w: i32_of(op, to[1])?,
+            scale_h: resize_scale(from[0], to[0]),
+            scale_w: resize_scale(from[1], to[1]),
+            ..Default::default()
+        })
+    }
+}
+
+/// in/out of a resize axis, rounded once from f64 as the CPU path does.
+pub fn resize_scale(input: usize, output: usize) -> f32 {
+    (input as f64 / output as f64) as f32
+}
+
+impl ConcatParams {
+    /// Channels [c_offset, c_offset + c_part) of `whole` [n, c_whole, hw] and `part` [n, c_part, hw].
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        op: &str,
+        part: u64,
+        whole: u64,
+        n: usize,
+        c_part: usize,
+        c_whole: usize,
+        c_offset: usize,
+        hw: usize,
+    ) -> Result<ConcatParams> {
+        Ok(ConcatParams {
+            part,
+            whole,
+            n: i32_of(op, n)?,
+            c_part: i32_of(op, c_part)?,
+            c_whole: i32_of(op, c_whole)?,
+            c_offset: i32_of(op, c_offset)?,
+            hw: i32_of(op, hw)?,
+            pad_: 0,
+        })
+    }
+}
+
+impl EltwiseParams {
+    /// out = f(a, b) over `n` floats (b = 0 for unary kernels).
+    pub fn new(a: u64, b: u64, out: u64, n: usize) -> EltwiseParams {
+        EltwiseParams { a, b, out, n: n as i64 }
     }
 }

@@ -69,29 +69,12 @@ pub fn conv2d_forward(
         bias: ep.bias.map_or(0, |b| b.addr()),
         residual: ep.residual.map_or(0, |r| r.addr()),
         y: y.addr_mut(),
-        n: p(n)?,
-        c_in: p(c_in)?,
-        h: p(h)?,
-        w: p(w)?,
-        c_out: p(c_out)?,
-        h_out: p(ho)?,
-        w_out: p(wo)?,
-        kh: p(kh)?,
-        kw: p(kw)?,
-        stride: p(stride)?,
-        pad: p(pad)?,
         relu: ep.relu as i32,
-        k_splits: 1,
-        ..Default::default()
+        ..Conv2dParams::new(op, xd, c_out, kh, stride, pad, [ho, wo])?
     };
-    // Safety: every buffer is on `dev` and was checked against the shapes above.
+    // SAFETY: every buffer is on `dev` and was checked against the shapes above.
     unsafe { dev.launch(&kernels::CONV2D_FORWARD, &params)? };
     Ok((y, yd))
-}
-
-fn scale_of(input: usize, output: usize) -> f32 {
-    // The ratio rounded once from f64, as the CPU path does.
-    (input as f64 / output as f64) as f32
 }
 
 /// Bilinear resize (align_corners=false) of `planes` planes from `from` to `to`.
@@ -103,19 +86,8 @@ pub fn bilinear_forward(x: &GpuBuffer, planes: usize, from: [usize; 2], to: [usi
     }
     let dev = x.device().clone();
     let mut y = dev.empty(planes * to[0] * to[1])?;
-    let p = UpsampleParams {
-        x: x.addr(),
-        y: y.addr_mut(),
-        planes: i32_of(op, planes)?,
-        in_h: i32_of(op, from[0])?,
-        in_w: i32_of(op, from[1])?,
-        out_h: i32_of(op, to[0])?,
-        out_w: i32_of(op, to[1])?,
-        scale_h: scale_of(from[0], to[0]),
-        scale_w: scale_of(from[1], to[1]),
-        ..Default::default()
-    };
-    // Safety: sizes checked above.
+    let p = UpsampleParams { x: x.addr(), y: y.addr_mut(), ..UpsampleParams::new(op, planes, from, to)? };
+    // SAFETY: x holds planes·from floats (checked above) and y planes·to, both on `dev`.
     unsafe { dev.launch(&kernels::BILINEAR_FORWARD, &p)? };
     Ok(y)
 }
@@ -128,17 +100,8 @@ pub fn concat_into(part: &GpuBuffer, whole: &mut GpuBuffer, n: usize, c_part: us
     if c_offset + c_part > c_whole {
         bail!("{op}: channels {c_offset}..{} outside {c_whole}", c_offset + c_part);
     }
-    let p = ConcatParams {
-        part: part.addr(),
-        whole: whole.addr_mut(),
-        n: i32_of(op, n)?,
-        c_part: i32_of(op, c_part)?,
-        c_whole: i32_of(op, c_whole)?,
-        c_offset: i32_of(op, c_offset)?,
-        hw: i32_of(op, hw)?,
-        pad_: 0,
-    };
-    // Safety: sizes checked above.
+    let p = ConcatParams::new(op, part.addr(), whole.addr_mut(), n, c_part, c_whole, c_offset, hw)?;
+    // SAFETY: part and whole hold the floats of their shapes and the channel range fits (checked above).
     unsafe { part.device().launch(&kernels::CONCAT_CHANNELS, &p) }
 }
 
@@ -180,8 +143,8 @@ fn fusion_params(dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[UpTerm], downs:
         p.up[k] = u.z.addr();
         p.up_h[k] = i32_of(op, u.size[0])?;
         p.up_w[k] = i32_of(op, u.size[1])?;
-        p.up_scale_h[k] = scale_of(u.size[0], h);
-        p.up_scale_w[k] = scale_of(u.size[1], w);
+        p.up_scale_h[k] = resize_scale(u.size[0], h);
+        p.up_scale_w[k] = resize_scale(u.size[1], w);
     }
     for (k, d) in downs.iter().enumerate() {
         check_len(op, "down term", d, len)?;
@@ -205,7 +168,7 @@ pub fn fusion_forward(dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[UpTerm], d
     let mut p = fusion_params(dims, x, ups, downs)?;
     let mut y = dev.empty(dims.iter().product())?;
     p.y = y.addr_mut();
-    // Safety: sizes checked by fusion_params.
+    // SAFETY: every term's size and device were checked (fusion_params, fusion_device); y is fresh.
     unsafe { dev.launch(&kernels::FUSION_FORWARD, &p)? };
     Ok(y)
 }
@@ -227,8 +190,8 @@ pub fn fusion_forward_unfused(dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[Up
         super::device::add_assign(&mut acc, &t)?;
     }
     let mut y = dev.empty(acc.len())?;
-    let p = EltwiseParams { a: acc.addr(), b: 0, out: y.addr_mut(), n: acc.len() as i64 };
-    // Safety: same length, same device.
+    let p = EltwiseParams::new(acc.addr(), 0, y.addr_mut(), acc.len());
+    // SAFETY: acc and y have one length and one device (both made here from the checked dims).
     unsafe { dev.launch(&kernels::RELU_FORWARD, &p)? };
     Ok(y)
 }
@@ -255,7 +218,7 @@ pub fn fusion_backward(dims: [usize; 4], y: &GpuBuffer, dy: &GpuBuffer, up_sizes
     for (k, g) in d_up.iter_mut().enumerate() {
         p.d_up[k] = g.addr_mut();
     }
-    // Safety: sizes checked above; d_up buffers are distinct and zeroed.
+    // SAFETY: sizes checked above; d_up buffers are distinct and zeroed.
     unsafe { dev.launch(&kernels::FUSION_BACKWARD, &p)? };
     Ok((dx, d_up))
 }

@@ -11,16 +11,14 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
-// Safety: plain #[repr(C)] structs of integers, floats and device addresses, laid out as in params.h.
-unsafe impl DeviceRepr for Conv2dParams {}
-unsafe impl DeviceRepr for BatchNormParams {}
-unsafe impl DeviceRepr for UpsampleParams {}
-unsafe impl DeviceRepr for EltwiseParams {}
-unsafe impl DeviceRepr for ConcatParams {}
-unsafe impl DeviceRepr for MseParams {}
-unsafe impl DeviceRepr for OptimParams {}
-unsafe impl DeviceRepr for HeatmapParams {}
-unsafe impl DeviceRepr for FusionParams {}
+macro_rules! device_repr {
+    ($($t:ty),*) => {$(
+        // SAFETY: a plain #[repr(C)] struct of integers, floats and device addresses (no references or
+        // padding-dependent values), laid out as in params.h (checked field by field by tests/cuda_emu.rs).
+        unsafe impl DeviceRepr for $t {}
+    )*};
+}
+device_repr!(Conv2dParams, BatchNormParams, UpsampleParams, EltwiseParams, ConcatParams, MseParams, OptimParams, HeatmapParams, FusionParams);
 
 /// One-line message for a driver error, with the fix for the common ones.
 pub fn driver_error(what: &str, e: DriverError) -> anyhow::Error {
@@ -58,6 +56,8 @@ impl Pool {
         for (_, ptrs) in self.free.drain() {
             for p in ptrs {
                 // Best effort: a failing free at teardown has nothing useful to report.
+                // SAFETY: `p` came from malloc_async on this stream and sits in the free list, so no live
+                // buffer refers to it; the stream orders the free after every kernel that used it.
                 let _ = unsafe { result::free_async(p, self.stream.cu_stream()) };
             }
         }
@@ -149,6 +149,8 @@ impl CudaDev {
         };
         let mut builder = self.stream.launch_builder(f);
         builder.arg(params);
+        // SAFETY: the kernel takes exactly one argument, the #[repr(C)] struct `P` (as params.h declares it);
+        // the addresses inside it are the caller's promise (GpuDevice::launch is unsafe for that reason).
         unsafe { builder.launch(cfg) }.map_err(|e| driver_error(&format!("launching {}", kernel.name), e))?;
         Ok(())
     }
@@ -170,11 +172,13 @@ impl CudaDev {
             }
             None => {
                 self.ctx.bind_to_thread().map_err(|e| driver_error("binding the CUDA context", e))?;
+                // SAFETY: the context is bound to this thread and the stream belongs to it.
                 match unsafe { result::malloc_async(self.stream.cu_stream(), class) } {
                     Ok(p) => p,
                     Err(e) if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
                         pool.release_cached();
                         self.stream.synchronize().map_err(|e| driver_error("freeing cached memory", e))?;
+                        // SAFETY: as above (same context, same stream).
                         unsafe { result::malloc_async(self.stream.cu_stream(), class) }.map_err(|_| {
                             anyhow!(
                                 "CUDA out of memory allocating {:.1} MiB ({:.1} MiB in use by hrk); use a smaller batch size",
@@ -199,6 +203,8 @@ impl CudaDev {
     pub fn upload(&self, data: &[f32]) -> Result<DeviceBuffer> {
         let buf = self.alloc(std::mem::size_of_val(data))?;
         self.ctx.bind_to_thread().map_err(|e| driver_error("binding the CUDA context", e))?;
+        // SAFETY: `buf` holds at least size_of_val(data) bytes (allocated just above for it) and the host slice
+        // stays borrowed until the synchronize below.
         unsafe { result::memcpy_htod_async(buf.ptr, data, self.stream.cu_stream()) }
             .map_err(|e| driver_error("copying to the device", e))?;
         // The host slice is borrowed only for this call: wait until the copy has read it.
@@ -211,6 +217,7 @@ impl CudaDev {
             bail!("download of {} floats from a {}-byte device buffer", out.len(), buf.bytes);
         }
         self.ctx.bind_to_thread().map_err(|e| driver_error("binding the CUDA context", e))?;
+        // SAFETY: `out` fits in `buf` (checked above) and stays borrowed until the synchronize below.
         unsafe { result::memcpy_dtoh_async(out, buf.ptr, self.stream.cu_stream()) }
             .map_err(|e| driver_error("copying from the device", e))?;
         self.synchronize()
@@ -218,6 +225,7 @@ impl CudaDev {
 
     pub fn zero(&self, buf: &DeviceBuffer) -> Result<()> {
         self.ctx.bind_to_thread().map_err(|e| driver_error("binding the CUDA context", e))?;
+        // SAFETY: `buf.bytes` bytes from `buf.ptr` belong to this live buffer (its class is at least that large).
         unsafe { result::memset_d8_async(buf.ptr, 0, buf.bytes, self.stream.cu_stream()) }
             .map_err(|e| driver_error("clearing device memory", e))
     }

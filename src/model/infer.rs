@@ -10,7 +10,7 @@ use super::{Block, Bn, Conv, ConvBn, Fuse, HrModule, HrNet, Transition};
 /// The same folded plan on a GPU device (CUDA kernels; file: src/model/infer_gpu.rs).
 #[path = "infer_gpu.rs"]
 pub mod gpu;
-use crate::ops::conv2d::cpu::{forward_fused, winograd_pays, Epilogue};
+use crate::ops::conv2d::cpu_kernel::{forward_fused, winograd_pays, Epilogue};
 use crate::ops::conv2d::direct::winograd;
 use crate::ops::{Conv2dGeom, BN_EPS};
 use crate::model::store::Slot;

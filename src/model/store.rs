@@ -195,7 +195,7 @@ impl Store {
         for (i, h) in plan {
             match &mut self.slots[i] {
                 Slot::Param(t) | Slot::Buffer(t) => {
-                    let values = crate::tensor::Storage::F64(h.to_f64_vec()).cast(t.dtype());
+                    let values = crate::tensor::Storage::f64(h.to_f64_vec()).cast(t.dtype())?;
                     t.set_storage(values)?;
                 }
                 Slot::Count(c) => *c = h.to_f64_vec()[0] as i64,

@@ -41,6 +41,6 @@ pub fn randomize(net: &mut HrNet, seed: u64) {
                 }) as f32
             })
             .collect();
-        net.store.tensor_mut(i).set_storage(Storage::F32(v)).unwrap();
+        net.store.tensor_mut(i).set_storage(Storage::f32(v)).unwrap();
     }
 }

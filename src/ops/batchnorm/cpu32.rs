@@ -18,7 +18,7 @@ fn wide_simd() -> bool {
     *ON.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            !std::env::var("HRK_NO_AVX512").is_ok_and(|v| v == "1")
+            !crate::switches::no_avx512()
                 && std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512dq")
@@ -41,6 +41,8 @@ macro_rules! multiversion {
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                /// # Safety
+                /// The CPU must have every feature this enables (`wide_simd()` checks them).
                 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2")]
                 unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
@@ -276,6 +278,8 @@ mod avx512 {
     use super::LANES;
     use std::arch::x86_64::*;
 
+    /// # Safety
+    /// The CPU must have AVX-512 F and VL (`wide_simd()` checks it).
     #[target_feature(enable = "avx512f,avx512vl")]
     pub(super) unsafe fn add_shifted(xs: &[f32], k: f64, acc: &mut [[f64; LANES]; 2]) {
         let kv = _mm512_set1_pd(k);
@@ -296,6 +300,10 @@ mod avx512 {
     }
 
     /// Lane sums of dy and dy·(x − μ); with `ys`, dy is first zeroed where ys ≤ 0 (written back).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F and VL; `dy` must point at `xs.len()` floats, writable when `ys` is given
+    /// (and then `ys.len() == xs.len()`).
     #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn sums(dy: *mut f32, xs: &[f32], ys: Option<&[f32]>, mu: f64) -> ([f64; LANES], [f64; LANES]) {
         let n = xs.len();
@@ -331,16 +339,22 @@ mod avx512 {
         (a1, a2)
     }
 
+    /// # Safety
+    /// The CPU must have AVX-512 F and VL (`wide_simd()` checks it).
     #[target_feature(enable = "avx512f,avx512vl")]
     pub(super) unsafe fn grad_sums(dy: &[f32], xs: &[f32], mu: f64) -> ([f64; LANES], [f64; LANES]) {
         assert_eq!(dy.len(), xs.len());
         // `sums` only writes through the pointer when given a mask; here it only reads.
+        // SAFETY: dy holds xs.len() floats (asserted) and is not written without a mask.
         sums(dy.as_ptr() as *mut f32, xs, None, mu)
     }
 
+    /// # Safety
+    /// The CPU must have AVX-512 F and VL (`wide_simd()` checks it).
     #[target_feature(enable = "avx512f,avx512vl")]
     pub(super) unsafe fn grad_sums_masked(dy: &mut [f32], xs: &[f32], ys: &[f32], mu: f64) -> ([f64; LANES], [f64; LANES]) {
         assert!(dy.len() == xs.len() && ys.len() == xs.len());
+        // SAFETY: dy is a writable slice of xs.len() floats and ys has as many (asserted).
         sums(dy.as_mut_ptr(), xs, Some(ys), mu)
     }
 }

@@ -1,12 +1,38 @@
 //! Concatenation along the channel axis of NCHW tensors (backward splits the gradient).
 
-mod gpu;
+mod cpu_kernel;
+mod cuda_kernel;
 
+use super::{kernels_for, Cpu, Cuda};
 use crate::autograd::BackwardOp;
-use crate::by_dtype;
-use crate::float::{typed, typed_mut};
-use crate::tensor::{same_dtype, Storage, Tensor};
+use crate::tensor::{same_dtype, Device, Storage, Tensor};
 use anyhow::{bail, Result};
+
+/// Where each input sits in the concatenation: `n` images of `plane` pixels, input i has `chans[i]` channels.
+#[derive(Clone, Debug)]
+pub(crate) struct ConcatShape {
+    pub n: usize,
+    pub plane: usize,
+    pub chans: Vec<usize>,
+}
+
+impl ConcatShape {
+    pub fn total_channels(&self) -> usize {
+        self.chans.iter().sum()
+    }
+}
+
+/// The concat kernels of one device.
+pub(crate) trait ConcatKernel: Sync {
+    /// The inputs side by side along channels: [n, Σchans, plane].
+    fn concat(&self, xs: &[&Storage], shape: &ConcatShape) -> Result<Storage>;
+    /// The slices of `dy` for the inputs with `needs[i]` (None for the others).
+    fn split(&self, dy: &Storage, shape: &ConcatShape, needs: &[bool]) -> Result<Vec<Option<Storage>>>;
+}
+
+fn kernels(device: &Device) -> &'static dyn ConcatKernel {
+    kernels_for(device, &Cpu, &Cuda)
+}
 
 pub fn concat_channels(xs: &[&Tensor]) -> Result<Tensor> {
     let Some(first) = xs.first() else { bail!("concat: no inputs") };
@@ -21,30 +47,16 @@ pub fn concat_channels(xs: &[&Tensor]) -> Result<Tensor> {
         }
         chans.push(xc);
     }
-    let ctotal: usize = chans.iter().sum();
-    let plane = h * w;
-    if device.is_gpu() {
-        return gpu::concat(xs, n, plane, chans);
-    }
-    let mut out = Storage::for_overwrite(first.dtype(), n * ctotal * plane);
-    by_dtype!(first.dtype(), T => {
-        let y = typed_mut::<T>(&mut out);
-        for b in 0..n {
-            let mut off = 0;
-            for (x, &c) in xs.iter().zip(&chans) {
-                let src = &typed::<T>(x.storage())[b * c * plane..][..c * plane];
-                y[(b * ctotal + off) * plane..][..c * plane].copy_from_slice(src);
-                off += c;
-            }
-        }
-    });
-    Ok(Tensor::from_op(vec![n, ctotal, h, w], out, ConcatBackward { n, plane, chans }, xs))
+    let shape = ConcatShape { n, plane: h * w, chans };
+    let storages: Vec<&Storage> = xs.iter().map(|x| x.storage()).collect();
+    let y = kernels(&device).concat(&storages, &shape)?;
+    let out_shape = vec![n, shape.total_channels(), h, w];
+    Ok(Tensor::from_op(out_shape, y, ConcatBackward { shape, device }, xs))
 }
 
 struct ConcatBackward {
-    n: usize,
-    plane: usize,
-    chans: Vec<usize>,
+    shape: ConcatShape,
+    device: Device,
 }
 
 impl BackwardOp for ConcatBackward {
@@ -52,24 +64,6 @@ impl BackwardOp for ConcatBackward {
         "concat"
     }
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        let ctotal: usize = self.chans.iter().sum();
-        let plane = self.plane;
-        by_dtype!(dy.dtype(), T => {
-            let g: &[T] = typed(dy);
-            let mut off = 0;
-            let mut out = Vec::with_capacity(self.chans.len());
-            for (i, &c) in self.chans.iter().enumerate() {
-                out.push(needs[i].then(|| {
-                    let mut s = Storage::for_overwrite(dy.dtype(), self.n * c * plane);
-                    let dx = typed_mut::<T>(&mut s);
-                    for b in 0..self.n {
-                        dx[b * c * plane..][..c * plane].copy_from_slice(&g[(b * ctotal + off) * plane..][..c * plane]);
-                    }
-                    s
-                }));
-                off += c;
-            }
-            Ok(out)
-        })
+        kernels(&self.device).split(dy, &self.shape, needs)
     }
 }

@@ -17,7 +17,7 @@
 
 pub mod winograd;
 
-use super::cpu::Epilogue;
+use super::cpu_kernel::Epilogue;
 use super::Conv2dGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -111,10 +111,9 @@ impl Grid {
     }
     /// The first position q of forward vector `i`.
     fn vec_q(&self, i: usize) -> usize {
-        if self.row_vecs > 0 {
-            (i / self.row_vecs) * self.wp + (i % self.row_vecs) * LANES
-        } else {
-            i * LANES
+        match i.checked_div(self.row_vecs) {
+            Some(row) => row * self.wp + (i % self.row_vecs) * LANES,
+            None => i * LANES,
         }
     }
     /// Forward vector `i`'s index in the H×W plane when the width is whole vectors.
@@ -209,6 +208,9 @@ fn pad_phases(gr: &Grid, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
 
 /// `pad_phases` of one plane: each row deinterleaved 32 floats at a time (the tail by masked loads
 /// and stores), the border zeroed by masked stores.
+///
+/// # Safety
+/// The CPU must have AVX-512F (`available()`); the slices' sizes are asserted here.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn phase_plane_avx512(gr: &Grid, h: usize, w: usize, s: &[f32], d: &mut [f32]) {
@@ -217,6 +219,8 @@ unsafe fn phase_plane_avx512(gr: &Grid, h: usize, w: usize, s: &[f32], d: &mut [
     let (evens, odds) = (w.div_ceil(2), w / 2);
     assert!(s.len() >= h * w && d.len() >= 4 * gr.phase && evens < wp);
     let mask = |n: usize| if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
+    // SAFETY: loads stay in row y < h of s (masked to its w floats) and stores in the four phase planes of
+    // d (rows < gr.h + 1 of wp floats, masked to wp, plus the zeroed tail up to gr.phase), all asserted above.
     unsafe {
         let zero = |p: *mut f32, n: usize| {
             for k in (0..n).step_by(16) {
@@ -253,6 +257,8 @@ unsafe fn phase_plane_avx512(gr: &Grid, h: usize, w: usize, s: &[f32], d: &mut [
     }
 }
 
+/// # Safety
+/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn phase_plane_avx512(_: &Grid, _: usize, _: usize, _: &[f32], _: &mut [f32]) {
     unreachable!("direct conv runs only where available() holds")
@@ -261,7 +267,10 @@ unsafe fn phase_plane_avx512(_: &Grid, _: usize, _: usize, _: &[f32], _: &mut [f
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
+// SAFETY: the tasks sharing it write disjoint elements of one live output buffer (each caller's task split
+// guarantees it) and nothing reads them until the parallel loop has joined.
 unsafe impl Send for SharedOut {}
+// SAFETY: as for Send: shared access only ever writes disjoint elements.
 unsafe impl Sync for SharedOut {}
 impl SharedOut {
     /// Through a method, so closures capture the Sync wrapper and not its raw-pointer field.
@@ -344,6 +353,10 @@ fn conv_tiles(
 #[target_feature(enable = "avx512f,avx512vl")]
 /// out[r][v·16 + lane] = Σ_c Σ_tap w[r][c·col + tap] · x[c·plane + taps[tap] + voff[v] + lane]
 /// (T = 9 taps for the 3×3 convs; T = 1 makes it the GEMM of Winograd's transformed tiles).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/VL; x must be readable at c·plane + taps[t] + voff[v] + 0..16 for every
+/// c < cin, tap and v < V, each w[r] at c·col + t, and out writable for MR·TILE floats.
 #[allow(clippy::too_many_arguments)]
 unsafe fn conv_tile<const V: usize, const T: usize>(
     x: *const f32,
@@ -356,6 +369,7 @@ unsafe fn conv_tile<const V: usize, const T: usize>(
     out: *mut f32,
 ) {
     use std::arch::x86_64::*;
+    // SAFETY: every load and store is inside the ranges the caller vouches for (see # Safety).
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for ci in 0..cin {
@@ -380,6 +394,8 @@ unsafe fn conv_tile<const V: usize, const T: usize>(
     }
 }
 
+/// # Safety
+/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn conv_tile<const V: usize, const T: usize>(_: *const f32, _: &[usize; NV], _: usize, _: usize, _: &[usize; T], _: &[*const f32; MR], _: usize, _: *mut f32) {
@@ -387,10 +403,14 @@ unsafe fn conv_tile<const V: usize, const T: usize>(_: *const f32, _: &[usize; N
 }
 
 /// dst[..16] = act(src[..16] + bias + res[..16]) — the forward's store of one whole vector.
+///
+/// # Safety
+/// The CPU must have AVX-512F; src (and res) readable and dst writable for 16 floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn epilogue_vec(dst: *mut f32, src: *const f32, bias: f32, res: Option<*const f32>, relu: bool) {
     use std::arch::x86_64::*;
+    // SAFETY: 16-float loads and one 16-float store within the ranges the caller vouches for.
     unsafe {
         let mut v = _mm512_add_ps(_mm512_loadu_ps(src), _mm512_set1_ps(bias));
         if let Some(r) = res {
@@ -403,6 +423,8 @@ unsafe fn epilogue_vec(dst: *mut f32, src: *const f32, bias: f32, res: Option<*c
     }
 }
 
+/// # Safety
+/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn epilogue_vec(_: *mut f32, _: *const f32, _: f32, _: Option<*const f32>, _: bool) {
     unreachable!("direct conv runs only where available() holds")
@@ -566,6 +588,10 @@ fn weight_grad(gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad
 #[target_feature(enable = "avx512f,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 /// sums[r][tap] = Σ_img Σ_v dy[img·dy_img + r·dy_co + v·16 ..] · x[img·x_img + taps[tap] + v·16 ..].
+///
+/// # Safety
+/// The CPU must have AVX-512 F/VL; dy and x must be readable at every index that formula reaches for
+/// img < n, v < qv, r < R (R ≤ WR) and the 16 lanes of each vector.
 unsafe fn dw_block<const R: usize>(
     dy: *const f32,
     dy_co: usize,
@@ -578,6 +604,7 @@ unsafe fn dw_block<const R: usize>(
     sums: &mut [[f32; 9]; WR],
 ) {
     use std::arch::x86_64::*;
+    // SAFETY: every load is inside the ranges the caller vouches for (see # Safety).
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); 9]; R];
         for img in 0..n {
@@ -602,6 +629,8 @@ unsafe fn dw_block<const R: usize>(
     }
 }
 
+/// # Safety
+/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_block<const R: usize>(

@@ -1,13 +1,12 @@
 //! 2-d convolution (square kernel, symmetric padding), NCHW, with backward.
 
-pub mod cpu;
+pub mod cpu_kernel;
+pub(crate) mod cuda_kernel;
 pub mod direct;
-mod gpu;
-pub(crate) use gpu::ConvStats;
+pub(crate) use cuda_kernel::ConvStats;
 
+use super::{kernels_for, Cpu, Cuda};
 use crate::autograd::BackwardOp;
-use crate::by_dtype;
-use crate::float::{typed, typed_mut};
 use crate::tensor::{same_device, same_dtype, Device, Storage, Tensor};
 use anyhow::{bail, Result};
 
@@ -56,8 +55,33 @@ impl Conv2dGeom {
     }
 }
 
+/// The conv kernels of one device (operands checked by the op: shapes of `g`, one dtype, one device).
+pub(crate) trait Conv2dKernel: Sync {
+    /// y = conv2d(x, w) + bias.
+    fn forward(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<Storage>;
+    /// [dx, dW, db] where `want` asks for them: dx needs the weights, dW the input.
+    fn backward(
+        &self,
+        g: &Conv2dGeom,
+        x: Option<&Storage>,
+        w: Option<&Storage>,
+        dy: &Storage,
+        want: [bool; 3],
+    ) -> Result<[Option<Storage>; 3]>;
+}
+
+fn kernels(device: &Device) -> &'static dyn Conv2dKernel {
+    kernels_for(device, &Cpu, &Cuda)
+}
+
 /// The conv's geometry and device, after checking shapes, devices and dtypes of its operands.
-fn checked_geometry(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<(Conv2dGeom, Device)> {
+fn checked_geometry(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+) -> Result<(Conv2dGeom, Device)> {
     let g = Conv2dGeom::new(x.dims4("conv2d")?, weight.shape(), stride, pad)?;
     let device = same_device("conv2d", &[&[x, weight][..], bias.as_slice()].concat())?;
     same_dtype("conv2d", x, weight)?;
@@ -71,30 +95,31 @@ fn checked_geometry(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: 
 }
 
 /// conv2d of GPU tensors whose output also carries per-block channel sums (for a following training BN:
-/// ops::batchnorm::conv_batch_norm_train). Same checks and tape op as `conv2d`.
-pub(crate) fn conv2d_gpu_with_stats(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<(Tensor, ConvStats)> {
+/// ops::batchnorm::conv_batch_norm_train). Same checks and tape record as `conv2d`.
+pub(crate) fn conv2d_gpu_with_stats(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+) -> Result<(Tensor, ConvStats)> {
     let (g, device) = checked_geometry(x, weight, bias, stride, pad)?;
     if !device.is_gpu() {
         bail!("conv2d: channel statistics in the conv epilogue need a GPU device (input {:?})", x.shape());
     }
-    gpu::forward_with_stats(g, x, weight, bias)
+    let (y, stats) = cuda_kernel::forward_with_stats(&g, x.storage(), weight.storage(), bias.map(|b| b.storage()))?;
+    Ok((record(g, device, x, weight, bias, y), stats))
 }
 
 /// y = conv2d(x, weight) + bias.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
     let (g, device) = checked_geometry(x, weight, bias, stride, pad)?;
-    if device.is_gpu() {
-        return gpu::forward(g, x, weight, bias);
-    }
-    // The kernels write every output element (tests/conv_kernels.rs fills y and dx with NaN first).
-    let mut y = Storage::for_overwrite(x.dtype(), g.n * g.cout * g.ho * g.wo);
-    by_dtype!(x.dtype(), T => cpu::forward::<T>(
-        &g,
-        typed(x.storage()),
-        typed(weight.storage()),
-        bias.map(|b| typed::<T>(b.storage())),
-        typed_mut(&mut y),
-    ));
+    let y = kernels(&device).forward(&g, x.storage(), weight.storage(), bias.map(|b| b.storage()))?;
+    Ok(record(g, device, x, weight, bias, y))
+}
+
+/// The conv's output with its tape record.
+fn record(g: Conv2dGeom, device: Device, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, y: Storage) -> Tensor {
     let mut inputs = vec![x, weight];
     if let Some(b) = bias {
         inputs.push(b);
@@ -102,15 +127,17 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
     // Backward needs x only for dW and W only for dx.
     let op = Conv2dBackward {
         g,
+        device,
         x: if weight.is_requires_grad() { Some(x.detach()) } else { None },
         w: if x.is_requires_grad() { Some(weight.detach()) } else { None },
         has_bias: bias.is_some(),
     };
-    Ok(Tensor::from_op(g.out_shape(), y, op, &inputs))
+    Tensor::from_op(g.out_shape(), y, op, &inputs)
 }
 
 struct Conv2dBackward {
     g: Conv2dGeom,
+    device: Device,
     x: Option<Tensor>,
     w: Option<Tensor>,
     has_bias: bool,
@@ -121,26 +148,9 @@ impl BackwardOp for Conv2dBackward {
         "conv2d"
     }
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        let g = &self.g;
-        let dtype = dy.dtype();
-        let mut dx = needs[0].then(|| Storage::for_overwrite(dtype, g.n * g.cin * g.h * g.w));
-        let mut dw = needs[1].then(|| Storage::zeros(dtype, g.cout * g.cin * g.k * g.k));
-        let mut db = (self.has_bias && needs[2]).then(|| Storage::zeros(dtype, g.cout));
-        let empty = Storage::zeros(dtype, 0);
-        let xs = self.x.as_ref().map(|t| t.storage()).unwrap_or(&empty);
-        let ws = self.w.as_ref().map(|t| t.storage()).unwrap_or(&empty);
-        if xs.dtype() != dtype || ws.dtype() != dtype {
-            bail!("conv2d backward: gradient dtype {:?} differs from the forward's", dtype);
-        }
-        by_dtype!(dtype, T => cpu::backward::<T>(
-            g,
-            typed(xs),
-            typed(ws),
-            typed(dy),
-            dx.as_mut().map(|s| typed_mut::<T>(s)),
-            dw.as_mut().map(|s| typed_mut::<T>(s)),
-            db.as_mut().map(|s| typed_mut::<T>(s)),
-        ));
+        let want = [needs[0], needs[1], self.has_bias && needs[2]];
+        let (x, w) = (self.x.as_ref().map(|t| t.storage()), self.w.as_ref().map(|t| t.storage()));
+        let [dx, dw, db] = kernels(&self.device).backward(&self.g, x, w, dy, want)?;
         let mut out = vec![dx, dw];
         if self.has_bias {
             out.push(db);

@@ -1,21 +1,33 @@
-//! Elementwise ops: relu, add, scale.
+//! Elementwise ops: relu, add, add_relu (fused) and scale.
 
-pub(crate) mod gpu;
+mod cpu_kernel;
+pub(crate) mod cuda_kernel;
 
+use super::{kernels_for, Cpu, Cuda};
 use crate::autograd::BackwardOp;
-use crate::by_dtype;
-use crate::float::{typed, typed_mut, Float};
-use crate::tensor::{same_device, same_dtype, Storage, Tensor};
+use crate::tensor::{same_device, same_dtype, Device, Storage, Tensor};
 use anyhow::{bail, Result};
 
+/// The elementwise kernels of one device. Inputs are checked by the ops (one dtype, one length, one device).
+pub(crate) trait EltwiseKernel: Sync {
+    fn relu(&self, x: &Storage) -> Result<Storage>;
+    /// dy where y > 0, else 0 (`dy`'s buffer may be reused).
+    fn relu_backward(&self, y: &Storage, dy: Storage) -> Result<Storage>;
+    fn add(&self, a: &Storage, b: &Storage) -> Result<Storage>;
+    /// relu(a + b).
+    fn add_relu(&self, a: &Storage, b: &Storage) -> Result<Storage>;
+    /// x · s.
+    fn scale(&self, x: &Storage, s: f64) -> Result<Storage>;
+    /// x · s, reusing `x`'s buffer where the device can (the backward of `scale`).
+    fn scale_owned(&self, x: Storage, s: f64) -> Result<Storage>;
+}
+
+fn kernels(device: &Device) -> &'static dyn EltwiseKernel {
+    kernels_for(device, &Cpu, &Cuda)
+}
+
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_gpu() {
-        return gpu::relu(x);
-    }
-    let mut y = Storage::for_overwrite(x.dtype(), x.numel());
-    by_dtype!(x.dtype(), T => {
-        typed_mut::<T>(&mut y).iter_mut().zip(typed::<T>(x.storage())).for_each(|(o, &v)| *o = v.max(T::ZERO))
-    });
+    let y = kernels(&x.device()).relu(x.storage())?;
     // Backward reads the output's sign (shared storage: nothing extra kept alive).
     Ok(Tensor::from_op_using_output(x.shape().to_vec(), y, |y| ReluBackward { y }, &[x]))
 }
@@ -28,35 +40,20 @@ impl BackwardOp for ReluBackward {
         "relu"
     }
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        self.backward_owned(dy.clone(), needs)
+        self.backward_owned(dy.try_clone()?, needs)
     }
-    fn backward_owned(&self, mut dy: Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        // The gradient is masked in place: dx = dy where y > 0, else 0.
-        by_dtype!(dy.dtype(), T => {
-            typed_mut::<T>(&mut dy).iter_mut().zip(typed::<T>(self.y.storage())).for_each(|(g, &v)| {
-                *g = if v > T::ZERO { *g } else { T::ZERO }
-            })
-        });
-        Ok(vec![Some(dy)])
+    fn backward_owned(&self, dy: Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        Ok(vec![Some(kernels(&self.y.device()).relu_backward(self.y.storage(), dy)?)])
     }
 }
 
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.device() != b.device() {
-        same_device("add", &[a, b])?;
-    }
+    let device = same_device("add", &[a, b])?;
     same_dtype("add", a, b)?;
     if a.shape() != b.shape() {
         bail!("add: shape mismatch {:?} vs {:?}", a.shape(), b.shape());
     }
-    if same_device("add", &[a, b])?.is_gpu() {
-        return gpu::add(a, b);
-    }
-    let mut y = Storage::for_overwrite(a.dtype(), a.numel());
-    by_dtype!(a.dtype(), T => {
-        let out = typed_mut::<T>(&mut y).iter_mut();
-        out.zip(typed::<T>(a.storage()).iter().zip(typed::<T>(b.storage()))).for_each(|(o, (&x, &y))| *o = x + y)
-    });
+    let y = kernels(&device).add(a.storage(), b.storage())?;
     Ok(Tensor::from_op(a.shape().to_vec(), y, AddBackward, &[a, b]))
 }
 
@@ -66,12 +63,12 @@ impl BackwardOp for AddBackward {
         "add"
     }
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        Ok(vec![needs[0].then(|| dy.clone()), needs[1].then(|| dy.clone())])
+        self.backward_owned(dy.try_clone()?, needs)
     }
     fn backward_owned(&self, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         // Both inputs get dy: the second one takes the buffer itself, the first a copy.
         Ok(match needs {
-            [true, true] => vec![Some(dy.clone()), Some(dy)],
+            [true, true] => vec![Some(dy.try_clone()?), Some(dy)],
             [true, false] => vec![Some(dy), None],
             [false, true] => vec![None, Some(dy)],
             _ => vec![None, None],
@@ -79,21 +76,15 @@ impl BackwardOp for AddBackward {
     }
 }
 
-/// relu(a + b) in one op (a residual block's and a fuse row's last step): one pass forward; the
-/// backward masks the gradient once and hands it to both inputs.
+/// relu(a + b) in one op (a residual block's and a fuse row's last step): one tape record; the backward
+/// masks the gradient once and hands it to both inputs.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_dtype("add", a, b)?;
     if a.shape() != b.shape() {
         bail!("add: shape mismatch {:?} vs {:?}", a.shape(), b.shape());
     }
-    if same_device("add", &[a, b])?.is_gpu() {
-        return relu(&gpu::add(a, b)?);
-    }
-    let mut y = Storage::for_overwrite(a.dtype(), a.numel());
-    by_dtype!(a.dtype(), T => {
-        let out = typed_mut::<T>(&mut y).iter_mut();
-        out.zip(typed::<T>(a.storage()).iter().zip(typed::<T>(b.storage()))).for_each(|(o, (&x, &y))| *o = (x + y).max(T::ZERO))
-    });
+    let device = same_device("add", &[a, b])?;
+    let y = kernels(&device).add_relu(a.storage(), b.storage())?;
     Ok(Tensor::from_op_using_output(a.shape().to_vec(), y, |y| AddReluBackward { y }, &[a, b]))
 }
 
@@ -108,41 +99,32 @@ impl BackwardOp for AddReluBackward {
         "relu"
     }
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        self.backward_owned(dy.clone(), needs)
+        self.backward_owned(dy.try_clone()?, needs)
     }
     fn backward_owned(&self, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        let masked = ReluBackward { y: self.y.clone() }.backward_owned(dy, &[true])?.pop().flatten();
-        let Some(g) = masked else { bail!("add_relu: relu backward gave no gradient") };
-        AddBackward.backward_owned(g, needs)
+        let masked = kernels(&self.y.device()).relu_backward(self.y.storage(), dy)?;
+        AddBackward.backward_owned(masked, needs)
     }
 }
 
 /// y = x · s for a constant s.
 pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
-    if x.device().is_gpu() {
-        return gpu::scale(x, s);
-    }
-    let mut y = Storage::for_overwrite(x.dtype(), x.numel());
-    by_dtype!(x.dtype(), T => {
-        let k = T::from_f64(s);
-        typed_mut::<T>(&mut y).iter_mut().zip(typed::<T>(x.storage())).for_each(|(o, &v)| *o = v * k)
-    });
-    Ok(Tensor::from_op(x.shape().to_vec(), y, ScaleBackward(s), &[x]))
+    let y = kernels(&x.device()).scale(x.storage(), s)?;
+    Ok(Tensor::from_op(x.shape().to_vec(), y, ScaleBackward { s, device: x.device() }, &[x]))
 }
 
-struct ScaleBackward(f64);
+struct ScaleBackward {
+    s: f64,
+    device: Device,
+}
 impl BackwardOp for ScaleBackward {
     fn name(&self) -> &'static str {
         "scale"
     }
-    fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        self.backward_owned(dy.clone(), needs)
+    fn backward(&self, dy: &Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        Ok(vec![Some(kernels(&self.device).scale(dy, self.s)?)])
     }
-    fn backward_owned(&self, mut dy: Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        by_dtype!(dy.dtype(), T => {
-            let k = T::from_f64(self.0);
-            typed_mut::<T>(&mut dy).iter_mut().for_each(|v| *v = *v * k)
-        });
-        Ok(vec![Some(dy)])
+    fn backward_owned(&self, dy: Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        Ok(vec![Some(kernels(&self.device).scale_owned(dy, self.s)?)])
     }
 }

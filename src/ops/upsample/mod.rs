@@ -1,144 +1,63 @@
 //! Upsampling to a given size: bilinear with align_corners=false and nearest, PyTorch semantics
 //! (source coordinate from scale = in/out, so non-integer ratios behave like `F.interpolate(size=…)`).
 
-mod gpu;
+mod cpu_kernel;
+mod cuda_kernel;
 
+use super::{kernels_for, Cpu, Cuda};
 use crate::autograd::BackwardOp;
-use crate::by_dtype;
-use crate::float::{typed, typed_mut, Float};
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::{Device, Storage, Tensor};
 use anyhow::{bail, Result};
-use rayon::prelude::*;
 
-/// Planes × pixels above which the per-plane loops run as rayon tasks.
-const PAR_MIN: usize = 1 << 15;
-
-/// Runs `one(out_plane, in_plane, scratch)` over matching planes of two NCHW buffers, as rayon tasks
-/// (one scratch row buffer each) when the work is big enough.
-fn per_plane<T: Float>(
-    out: &mut [T],
-    out_plane: usize,
-    inp: &[T],
-    in_plane: usize,
-    scratch: usize,
-    one: impl Fn(&mut [T], &[T], &mut Vec<T>) + Sync + Send,
-) {
-    if out.len() + inp.len() >= PAR_MIN {
-        let min = (PAR_MIN / 4 / out_plane.max(in_plane).max(1)).max(1);
-        out.par_chunks_mut(out_plane)
-            .zip(inp.par_chunks(in_plane))
-            .with_min_len(min)
-            .for_each_init(|| vec![T::ZERO; scratch], |tmp, (o, i)| one(o, i, tmp));
-    } else {
-        let mut tmp = vec![T::ZERO; scratch];
-        out.chunks_mut(out_plane).zip(inp.chunks(in_plane)).for_each(|(o, i)| one(o, i, &mut tmp));
-    }
+/// One resize: the input's NCHW dims and the output's [h, w].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Resize {
+    pub input: [usize; 4],
+    pub output: [usize; 2],
 }
 
-/// One plane, separably: each source row resized horizontally once into `rows` (h × wo), then every
-/// output row blended from two of those. Same arithmetic as the direct 4-tap formula
-/// ly0·(lx0·a + lx1·b) + ly1·(lx0·c + lx1·d), so the result is identical.
-fn bilinear_plane<T: Float>(src: &[T], w: usize, dst: &mut [T], wo: usize, ty: &[(usize, usize, T, T)], tx: &[(usize, usize, T, T)], rows: &mut [T]) {
-    for (r, row) in rows.chunks_exact_mut(wo).enumerate() {
-        let s = &src[r * w..][..w];
-        row.iter_mut().zip(tx).for_each(|(o, &(x0, x1, lx0, lx1))| *o = lx0 * s[x0] + lx1 * s[x1]);
-    }
-    for (out, &(y0, y1, ly0, ly1)) in dst.chunks_exact_mut(wo).zip(ty) {
-        let (r0, r1) = (&rows[y0 * wo..][..wo], &rows[y1 * wo..][..wo]);
-        out.iter_mut().zip(r0.iter().zip(r1)).for_each(|(o, (&a, &b))| *o = ly0 * a + ly1 * b);
-    }
+/// The resize kernels of one device.
+pub(crate) trait UpsampleKernel: Sync {
+    fn bilinear(&self, x: &Storage, r: &Resize) -> Result<Storage>;
+    fn bilinear_backward(&self, dy: &Storage, r: &Resize) -> Result<Storage>;
+    fn nearest(&self, x: &Storage, r: &Resize) -> Result<Storage>;
+    fn nearest_backward(&self, dy: &Storage, r: &Resize) -> Result<Storage>;
 }
 
-/// The adjoint of `bilinear_plane`: output-row gradients spread onto source rows (h × wo, vectorised
-/// rows), then each row spread horizontally onto the source pixels.
-fn bilinear_plane_backward<T: Float>(g: &[T], wo: usize, dx: &mut [T], w: usize, ty: &[(usize, usize, T, T)], tx: &[(usize, usize, T, T)], rows: &mut [T]) {
-    rows.fill(T::ZERO);
-    for (gr, &(y0, y1, ly0, ly1)) in g.chunks_exact(wo).zip(ty) {
-        rows[y0 * wo..][..wo].iter_mut().zip(gr).for_each(|(r, &v)| *r += ly0 * v);
-        rows[y1 * wo..][..wo].iter_mut().zip(gr).for_each(|(r, &v)| *r += ly1 * v);
-    }
-    dx.fill(T::ZERO);
-    for (d, row) in dx.chunks_exact_mut(w).zip(rows.chunks_exact(wo)) {
-        for (&v, &(x0, x1, lx0, lx1)) in row.iter().zip(tx) {
-            d[x0] += lx0 * v;
-            d[x1] += lx1 * v;
-        }
-    }
+fn kernels(device: &Device) -> &'static dyn UpsampleKernel {
+    kernels_for(device, &Cpu, &Cuda)
 }
 
-/// For each output index: (i0, i1, λ0, λ1) with src = max(0, (dst + ½)·in/out − ½).
-fn bilinear_taps<T: Float>(input: usize, output: usize) -> Vec<(usize, usize, T, T)> {
-    let scale = T::from_f64(input as f64 / output as f64);
-    let half = T::from_f64(0.5);
-    (0..output)
-        .map(|d| {
-            let src = (scale * (T::from_f64(d as f64) + half) - half).max(T::ZERO);
-            let i0 = (src.to_f64() as usize).min(input - 1);
-            let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
-            let l1 = src - T::from_f64(i0 as f64);
-            (i0, i1, T::ONE - l1, l1)
-        })
-        .collect()
-}
-
-fn check(op: &str, x: &Tensor, size: [usize; 2]) -> Result<[usize; 4]> {
+fn check(op: &str, x: &Tensor, size: [usize; 2]) -> Result<Resize> {
     let d = x.dims4(op)?;
     if size[0] == 0 || size[1] == 0 || d[2] == 0 || d[3] == 0 {
         bail!("{op}: cannot resize {:?} to {:?}", x.shape(), size);
     }
-    Ok(d)
+    Ok(Resize { input: d, output: size })
 }
 
 pub fn upsample_bilinear(x: &Tensor, size: [usize; 2]) -> Result<Tensor> {
-    let d = check("upsample_bilinear", x, size)?;
-    if x.device().is_gpu() {
-        return gpu::bilinear(x, d, size);
-    }
-    let [n, c, h, w] = d;
-    let [ho, wo] = size;
-    let mut y = Storage::for_overwrite(x.dtype(), n * c * ho * wo);
-    by_dtype!(x.dtype(), T => {
-        let (ty, tx) = (bilinear_taps::<T>(h, ho), bilinear_taps::<T>(w, wo));
-        per_plane::<T>(typed_mut(&mut y), ho * wo, typed(x.storage()), h * w, h * wo, |dst, src, rows| {
-            bilinear_plane(src, w, dst, wo, &ty, &tx, rows)
-        });
-    });
-    Ok(Tensor::from_op(vec![n, c, ho, wo], y, UpsampleBackward { dims: d, size, bilinear: true }, &[x]))
-}
-
-/// PyTorch 'nearest': src = min(floor(dst·in/out), in − 1).
-fn nearest_taps(input: usize, output: usize) -> Vec<usize> {
-    let scale = input as f32 / output as f32;
-    (0..output).map(|d| ((d as f32 * scale).floor() as usize).min(input - 1)).collect()
+    let r = check("upsample_bilinear", x, size)?;
+    let device = x.device();
+    let y = kernels(&device).bilinear(x.storage(), &r)?;
+    Ok(Tensor::from_op(out_shape(&r), y, UpsampleBackward { r, bilinear: true, device }, &[x]))
 }
 
 pub fn upsample_nearest(x: &Tensor, size: [usize; 2]) -> Result<Tensor> {
-    let d = check("upsample_nearest", x, size)?;
-    if x.device().is_gpu() {
-        bail!("upsample_nearest: no kernel for the {} device (only bilinear runs on the GPU); move the tensor to the cpu", x.device());
-    }
-    let [n, c, h, w] = d;
-    let [ho, wo] = size;
-    let (ty, tx) = (nearest_taps(h, ho), nearest_taps(w, wo));
-    let mut ys = Storage::for_overwrite(x.dtype(), n * c * ho * wo);
-    by_dtype!(x.dtype(), T => {
-        let xv: &[T] = typed(x.storage());
-        let y = typed_mut::<T>(&mut ys);
-        for p in 0..n * c {
-            for (oy, &iy) in ty.iter().enumerate() {
-                for (ox, &ix) in tx.iter().enumerate() {
-                    y[p * ho * wo + oy * wo + ox] = xv[p * h * w + iy * w + ix];
-                }
-            }
-        }
-    });
-    Ok(Tensor::from_op(vec![n, c, ho, wo], ys, UpsampleBackward { dims: d, size, bilinear: false }, &[x]))
+    let r = check("upsample_nearest", x, size)?;
+    let device = x.device();
+    let y = kernels(&device).nearest(x.storage(), &r)?;
+    Ok(Tensor::from_op(out_shape(&r), y, UpsampleBackward { r, bilinear: false, device }, &[x]))
+}
+
+fn out_shape(r: &Resize) -> Vec<usize> {
+    vec![r.input[0], r.input[1], r.output[0], r.output[1]]
 }
 
 struct UpsampleBackward {
-    dims: [usize; 4],
-    size: [usize; 2],
+    r: Resize,
     bilinear: bool,
+    device: Device,
 }
 
 impl BackwardOp for UpsampleBackward {
@@ -150,31 +69,8 @@ impl BackwardOp for UpsampleBackward {
         }
     }
     fn backward(&self, dy: &Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        let [n, c, h, w] = self.dims;
-        let [ho, wo] = self.size;
-        let dx = by_dtype!(dy.dtype(), T => {
-            let g: &[T] = typed(dy);
-            if self.bilinear {
-                let mut out = Storage::for_overwrite(dy.dtype(), n * c * h * w);
-                let (ty, tx) = (bilinear_taps::<T>(h, ho), bilinear_taps::<T>(w, wo));
-                per_plane::<T>(typed_mut(&mut out), h * w, g, ho * wo, h * wo, |dst, src, rows| {
-                    bilinear_plane_backward(src, wo, dst, w, &ty, &tx, rows)
-                });
-                return Ok(vec![Some(out)]);
-            }
-            let mut dx = vec![T::ZERO; n * c * h * w];
-            {
-                let (ty, tx) = (nearest_taps(h, ho), nearest_taps(w, wo));
-                for p in 0..n * c {
-                    for (oy, &iy) in ty.iter().enumerate() {
-                        for (ox, &ix) in tx.iter().enumerate() {
-                            dx[p * h * w + iy * w + ix] += g[p * ho * wo + oy * wo + ox];
-                        }
-                    }
-                }
-            }
-            T::into_storage(dx)
-        });
+        let k = kernels(&self.device);
+        let dx = if self.bilinear { k.bilinear_backward(dy, &self.r)? } else { k.nearest_backward(dy, &self.r)? };
         Ok(vec![Some(dx)])
     }
 }

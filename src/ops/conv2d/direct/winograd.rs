@@ -15,7 +15,7 @@
 //! F(2×2, 3×3) with these B, G, A has rounding errors of the order of the direct sum's.
 
 use super::{available, conv_tile, pad_phases, with_scratch, Grid, SharedOut, LANES, MR, NV, TILE};
-use crate::ops::conv2d::cpu::Epilogue;
+use crate::ops::conv2d::cpu_kernel::Epilogue;
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -114,11 +114,7 @@ pub fn forward_tile_by_tile(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<
 }
 
 fn default_layout(g: &Conv2dGeom) -> Layout {
-    if layout_enabled() {
-        Layout::of(g.h, g.w)
-    } else {
-        Layout::Grid
-    }
+    Layout::of(g.h, g.w)
 }
 
 enum Weights<'a> {
@@ -241,13 +237,6 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilog
     });
 }
 
-/// `HRK_WINOGRAD_LAYOUT=grid` stores every plane tile by tile (the generic layout; for measuring
-/// the vector layouts).
-fn layout_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HRK_WINOGRAD_LAYOUT").map_or(true, |v| v != "grid"))
-}
-
 /// One output channel's epilogue: act(y + bias + residual), `res` its residual plane.
 struct TileEpilogue {
     bias: f32,
@@ -293,12 +282,17 @@ fn window_offset(gr: &Grid, i: usize, j: usize) -> usize {
 
 /// vt[ξ][ci][v·16 + lane] = (Bᵀ d B)[ξ] of the windows of vector v's 16 tiles, which lie in P tile
 /// rows of 16/P tiles from grid position q[v] (P = 1: 16 consecutive positions).
+///
+/// # Safety
+/// The CPU must have AVX-512F; x must hold `cin` phase-plane images of `gr` whose windows from every q[v]
+/// are in range, and vt must be writable for 16·cin·TILE floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn input_transform<const P: usize>(x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
     use std::arch::x86_64::*;
     let off: [usize; 16] = std::array::from_fn(|e| window_offset(gr, e / 4, e % 4));
     let wp = gr.wp;
+    // SAFETY: the window loads and the vt stores stay in the ranges the caller vouches for (# Safety).
     unsafe {
         let load = |p: *const f32| match P {
             1 => _mm512_loadu_ps(p),
@@ -342,10 +336,14 @@ unsafe fn input_transform<const P: usize>(x: *const f32, gr: &Grid, cin: usize, 
 /// The outputs of 16 tiles from their M[ξ] vectors at m + ξ·stride, Y = Aᵀ M A with
 /// Aᵀ = [1 1 1 0; 0 1 −1 −1], as two output rows a: y[a] = [cols 2c, 2c + 1 of tiles 0..8,
 /// then of tiles 8..16] (interleaved, so consecutive tiles of a row give consecutive outputs).
+///
+/// # Safety
+/// The CPU must have AVX-512F; m must be readable for 16 floats at each of m + ξ·stride, ξ < 16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn output_transform(m: *const f32, stride: usize) -> [[__m512; 2]; 2] {
     use std::arch::x86_64::*;
+    // SAFETY: the 16 loads are the ranges the caller vouches for.
     unsafe {
         let mv: [__m512; 16] = std::array::from_fn(|e| _mm512_loadu_ps(m.add(e * stride)));
         // Aᵀ M: two rows of four.
@@ -367,11 +365,16 @@ unsafe fn output_transform(m: *const f32, stride: usize) -> [[__m512; 2]; 2] {
 
 /// Stores act(v + bias + residual) of the 32 values of y (one output row of a vector's tiles) as
 /// runs of R consecutive outputs at the plane offsets `at` (R = 16: two runs, R = 8: four).
+///
+/// # Safety
+/// The CPU must have AVX-512F; dst (and ep.res) must be valid for R floats at each offset in `at`, and the
+/// caller must own those outputs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn store_runs<const R: usize>(y: [__m512; 2], at: &[usize], dst: *mut f32, ep: &TileEpilogue) {
     use std::arch::x86_64::*;
     debug_assert_eq!(at.len(), 32 / R);
+    // SAFETY: runs of R floats at the offsets the caller vouches for.
     unsafe {
         let load = |a: usize, b: usize, p: *const f32| match R {
             16 => _mm512_loadu_ps(p.add(a)),
@@ -401,12 +404,16 @@ unsafe fn store_runs<const R: usize>(y: [__m512; 2], at: &[usize], dst: *mut f32
 
 /// The generic store: each real tile of the 16 at grid positions q0.. writes its outputs that lie
 /// inside the H×W plane.
+///
+/// # Safety
+/// The CPU must have AVX-512F; dst (and ep.res) must cover the h×w plane, whose outputs of these tiles the
+/// caller owns.
 #[cfg(target_arch = "x86_64")]
 unsafe fn store_tiles(y: &[[__m512; 2]; 2], gr: &Grid, (h, w): (usize, usize), q0: usize, dst: *mut f32, ep: &TileEpilogue) {
     // y[a] holds (tile l, column b) at 2l + b.
     let mut rows = [[0.0f32; 2 * LANES]; 2];
     for (row, ya) in rows.iter_mut().zip(y) {
-        // SAFETY: 32 floats.
+        // SAFETY: two 16-float stores into a local row of 32 floats (AVX-512F per # Safety).
         unsafe {
             std::arch::x86_64::_mm512_storeu_ps(row.as_mut_ptr(), ya[0]);
             std::arch::x86_64::_mm512_storeu_ps(row.as_mut_ptr().add(LANES), ya[1]);
@@ -435,21 +442,29 @@ unsafe fn store_tiles(y: &[[__m512; 2]; 2], gr: &Grid, (h, w): (usize, usize), q
     }
 }
 
+/// # Safety
+/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn input_transform<const P: usize>(_: *const f32, _: &Grid, _: usize, _: &[usize], _: *mut f32) {
     unreachable!("Winograd runs only where available() holds")
 }
 
+/// # Safety
+/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn output_transform(_: *const f32, _: usize) -> [[__m512; 2]; 2] {
     unreachable!("Winograd runs only where available() holds")
 }
 
+/// # Safety
+/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn store_runs<const R: usize>(_: [__m512; 2], _: &[usize], _: *mut f32, _: &TileEpilogue) {
     unreachable!("Winograd runs only where available() holds")
 }
 
+/// # Safety
+/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn store_tiles(_: &[[__m512; 2]; 2], _: &Grid, _: (usize, usize), _: usize, _: *mut f32, _: &TileEpilogue) {
     unreachable!("Winograd runs only where available() holds")

@@ -5,21 +5,54 @@
 //! single-threaded GEMM (one image's im2col stays in that core's cache; the per-thread GEMM reaches
 //! ~100 GFLOP/s on every HRNet shape). A single image uses one multi-threaded GEMM instead.
 
-use super::{direct, Conv2dGeom};
-use crate::float::Float;
+use super::{direct, Conv2dGeom, Conv2dKernel};
+use crate::by_dtype;
+use crate::float::{typed, typed_mut, Float};
+use crate::ops::Cpu;
+use crate::tensor::Storage;
+use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::any::TypeId;
 use std::cell::RefCell;
+
+impl Conv2dKernel for Cpu {
+    fn forward(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<Storage> {
+        // The kernels write every output element (tests/conv_kernels.rs fills y and dx with NaN first).
+        let mut y = Storage::for_overwrite(x.dtype(), g.n * g.cout * g.ho * g.wo);
+        by_dtype!(x.dtype(), T => forward::<T>(g, typed(x), typed(w), bias.map(typed::<T>), typed_mut(&mut y)));
+        Ok(y)
+    }
+    fn backward(&self, g: &Conv2dGeom, x: Option<&Storage>, w: Option<&Storage>, dy: &Storage, want: [bool; 3]) -> Result<[Option<Storage>; 3]> {
+        let dtype = dy.dtype();
+        let mut dx = want[0].then(|| Storage::for_overwrite(dtype, g.n * g.cin * g.h * g.w));
+        let mut dw = want[1].then(|| Storage::zeros(dtype, g.cout * g.cin * g.k * g.k));
+        let mut db = want[2].then(|| Storage::zeros(dtype, g.cout));
+        let empty = Storage::zeros(dtype, 0);
+        let (xs, ws) = (x.unwrap_or(&empty), w.unwrap_or(&empty));
+        if xs.dtype() != dtype || ws.dtype() != dtype {
+            bail!("conv2d backward: gradient dtype {:?} differs from the forward's", dtype);
+        }
+        by_dtype!(dtype, T => backward::<T>(
+            g,
+            typed(xs),
+            typed(ws),
+            typed(dy),
+            dx.as_mut().map(typed_mut::<T>),
+            dw.as_mut().map(typed_mut::<T>),
+            db.as_mut().map(typed_mut::<T>),
+        ));
+        Ok([dx, dw, db])
+    }
+}
 
 fn threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// `HRK_CONV_SERIAL_BATCH=1` turns the per-image tasks off (for benchmarking the two strategies).
+/// Images as rayon tasks (one single-threaded GEMM each) when there are several images and threads; the
+/// serial rung (one multi-threaded GEMM per image) lost on every HRNet shape (BENCHMARKS.md).
 fn batch_parallel(g: &Conv2dGeom) -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let off = *OFF.get_or_init(|| std::env::var("HRK_CONV_SERIAL_BATCH").is_ok_and(|v| v == "1"));
-    !off && g.n >= 2 && threads() >= 2
+    g.n >= 2 && threads() >= 2
 }
 
 thread_local! {
@@ -37,6 +70,8 @@ fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
             if buf.len() < words {
                 buf.resize(words, 0);
             }
+            // SAFETY: the buffer holds ≥ len·size_of::<T>() bytes, u64 alignment covers T's, any bits are a
+            // valid f32/f64 (asserted above), and the RefCell borrow keeps it exclusive for `f`.
             let s = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut T, len) };
             f(s)
         }
@@ -151,21 +186,21 @@ pub fn forward<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], bias: Option<&[T]>, 
 /// Training keeps the direct kernels: Winograd rounds differently, and Adam's normalised steps
 /// magnify that beyond the parity bounds.
 pub fn winograd_pays(g: &Conv2dGeom) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HRK_CONV_WINOGRAD").map_or(true, |v| v != "0")) && direct_enabled() && direct::winograd::pays(g)
+    crate::switches::conv_winograd() && direct_enabled() && direct::winograd::pays(g)
 }
 
 /// `HRK_CONV_DIRECT=0` turns the direct 3×3 kernels off (everything then takes im2col + GEMM).
 pub fn direct_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HRK_CONV_DIRECT").map_or(true, |v| v != "0"))
+    crate::switches::conv_direct()
 }
 
 /// The same slice as f32 when T is f32.
 fn as_f32<T: Float>(s: &[T]) -> Option<&[f32]> {
+    // SAFETY: only when T is f32 (TypeId), so this is the same slice under its own type.
     (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
 }
 fn as_f32_mut<T: Float>(s: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: only when T is f32 (TypeId), so this is the same exclusive slice under its own type.
     (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
 }
 
@@ -369,11 +404,10 @@ pub fn backward_gemm<T: Float>(
     bias_grad(g, dy, db)
 }
 
-/// Whether the GEMM path computes dWᵀ (see `backward_gemm`); `HRK_CONV_DW_T=0/1` forces it.
+/// Whether the GEMM path computes dWᵀ (see `backward_gemm`): for reductions at least as deep as the output
+/// channels over planes of ≥ 256 pixels (the measured crossover, BENCHMARKS.md).
 fn dw_transposed(g: &Conv2dGeom) -> bool {
-    static FORCE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let force = *FORCE.get_or_init(|| std::env::var("HRK_CONV_DW_T").ok().map(|v| v != "0"));
-    force.unwrap_or(g.cin * g.k * g.k >= g.cout && g.ho * g.wo >= 256)
+    g.cin * g.k * g.k >= g.cout && g.ho * g.wo >= 256
 }
 
 /// db[co] = Σ_n Σ_p dy[n][co][p] (overwritten).

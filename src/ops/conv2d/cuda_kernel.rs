@@ -1,0 +1,126 @@
+//! conv2d on a GPU device: the implicit-GEMM kernels of kernels/conv.cu.
+
+use super::{Conv2dGeom, Conv2dKernel};
+use crate::cuda::device::{GpuBuffer, GpuDevice};
+use crate::cuda::kernels::{self, conv_stats_partials, conv_weight_k_splits};
+use crate::cuda::params::Conv2dParams;
+use crate::ops::Cuda;
+use crate::tensor::Storage;
+use anyhow::{anyhow, Result};
+
+fn params(g: &Conv2dGeom) -> Result<Conv2dParams> {
+    Conv2dParams::new("conv2d", [g.n, g.cin, g.h, g.w], g.cout, g.k, g.stride, g.pad, [g.ho, g.wo])
+}
+
+/// Per-block channel sums of a conv output (f64 Σy, Σy²), written by conv2d_forward's stats epilogue for
+/// a following training BN (`bn_stats_from_partials`).
+pub(crate) struct ConvStats {
+    /// f32 storage holding the f64 values from the first 8-byte-aligned address on.
+    buf: GpuBuffer,
+    offset: u64,
+    /// Number of partials (conv2d_forward's grid x); the values are [partials][2][c_out].
+    pub partials: usize,
+}
+
+impl ConvStats {
+    fn new(dev: &GpuDevice, p: &Conv2dParams) -> Result<ConvStats> {
+        let partials = conv_stats_partials(p);
+        let doubles = partials
+            .checked_mul(2 * p.c_out.max(0) as usize)
+            .ok_or_else(|| anyhow!("conv2d: stats buffer of {partials} partials x {} channels overflows", p.c_out))?;
+        // Two f32 per f64, plus one spare f32 to align the start to 8 bytes.
+        let mut buf = dev.empty(2 * doubles + 1)?;
+        let offset = buf.addr_mut() % 8;
+        let offset = if offset == 0 { 0 } else { 8 - offset };
+        Ok(ConvStats { buf, offset, partials })
+    }
+    fn addr_mut(&mut self) -> u64 {
+        self.buf.addr_mut() + self.offset
+    }
+    /// Device address of the first f64 (for a kernel that reads the sums).
+    pub fn addr(&self) -> u64 {
+        self.buf.addr() + self.offset
+    }
+}
+
+/// The forward launch, with the stats epilogue when `want_stats`.
+fn launch_forward(
+    g: &Conv2dGeom,
+    x: &Storage,
+    w: &Storage,
+    bias: Option<&Storage>,
+    want_stats: bool,
+) -> Result<(Storage, Option<ConvStats>)> {
+    let xb = x.gpu("conv2d")?;
+    let dev = xb.device();
+    let mut y = dev.empty(g.n * g.cout * g.ho * g.wo)?;
+    let bias_addr = match bias {
+        Some(b) => b.gpu("conv2d")?.addr(),
+        None => 0,
+    };
+    let mut p = Conv2dParams { x: xb.addr(), weight: w.gpu("conv2d")?.addr(), bias: bias_addr, y: y.addr_mut(), ..params(g)? };
+    let mut stats = if want_stats { Some(ConvStats::new(dev, &p)?) } else { None };
+    if let Some(s) = stats.as_mut() {
+        p.stats = s.addr_mut();
+    }
+    // SAFETY: every buffer lives on `dev` with the sizes of `g` (checked by Conv2dGeom::new and the op).
+    unsafe { dev.launch(&kernels::CONV2D_FORWARD, &p)? };
+    Ok((Storage::Gpu(y), stats))
+}
+
+/// The forward, also returning the per-block channel sums of the output.
+pub(super) fn forward_with_stats(
+    g: &Conv2dGeom,
+    x: &Storage,
+    w: &Storage,
+    bias: Option<&Storage>,
+) -> Result<(Storage, ConvStats)> {
+    let (y, stats) = launch_forward(g, x, w, bias, true)?;
+    Ok((y, stats.ok_or_else(|| anyhow!("conv2d: stats were not produced"))?))
+}
+
+impl Conv2dKernel for Cuda {
+    fn forward(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<Storage> {
+        Ok(launch_forward(g, x, w, bias, false)?.0)
+    }
+    fn backward(
+        &self,
+        g: &Conv2dGeom,
+        x: Option<&Storage>,
+        w: Option<&Storage>,
+        dy: &Storage,
+        want: [bool; 3],
+    ) -> Result<[Option<Storage>; 3]> {
+        let dyb = dy.gpu("conv2d backward")?;
+        let dev = dyb.device();
+        let base = Conv2dParams { dy: dyb.addr(), ..params(g)? };
+        let mut dx = None;
+        if let (true, Some(w)) = (want[0], w) {
+            // backward-data overwrites dx.
+            let mut buf = dev.empty(g.n * g.cin * g.h * g.w)?;
+            let p = Conv2dParams { weight: w.gpu("conv2d backward")?.addr(), dx: buf.addr_mut(), ..base };
+            // SAFETY: dy, the weights and dx live on `dev` with the sizes of `g` (checked in the forward).
+            unsafe { dev.launch(&kernels::CONV2D_BACKWARD_DATA, &p)? };
+            dx = Some(Storage::Gpu(buf));
+        }
+        let mut dw = None;
+        if let (true, Some(x)) = (want[1], x) {
+            // backward-weight accumulates (split-K with atomics): start from zero.
+            let mut buf = dev.zeros(g.cout * g.cin * g.k * g.k)?;
+            let mut p = Conv2dParams { x: x.gpu("conv2d backward")?.addr(), dw: buf.addr_mut(), ..base };
+            p.k_splits = conv_weight_k_splits(&p);
+            // SAFETY: dy, the input and the zeroed dW live on `dev` with the sizes of `g`.
+            unsafe { dev.launch(&kernels::CONV2D_BACKWARD_WEIGHT, &p)? };
+            dw = Some(Storage::Gpu(buf));
+        }
+        let mut db = None;
+        if want[2] {
+            let mut buf = dev.zeros(g.cout)?;
+            let p = Conv2dParams { db: buf.addr_mut(), ..base };
+            // SAFETY: dy holds the output's size and the zeroed db c_out floats, both on `dev`.
+            unsafe { dev.launch(&kernels::CONV2D_BACKWARD_BIAS, &p)? };
+            db = Some(Storage::Gpu(buf));
+        }
+        Ok([dx, dw, db])
+    }
+}
