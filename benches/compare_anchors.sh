@@ -12,14 +12,11 @@ b1)
   python3 "$ORT" --batch 1 --iters 10 | grep ort
   $HRK bench --cfg $CFG --batch 1 --iters 10
   HRK_CONV_WINOGRAD=0 $HRK bench --cfg $CFG --batch 1 --iters 10
-  HRK_INFER_SERIAL=1 $HRK bench --cfg $CFG --batch 1 --iters 10
   $HRK bench --cfg $CFG --batch 1 --iters 10 --engine graph
   python3 "$ORT" --batch 1 --iters 10 | grep ort ;;
 b8)
   python3 "$ORT" --batch 8 --iters 6 | grep ort
   $HRK bench --cfg $CFG --batch 8 --iters 5
-  HRK_INFER_BATCH=sequential $HRK bench --cfg $CFG --batch 8 --iters 5
-  HRK_INFER_BATCH=whole $HRK bench --cfg $CFG --batch 8 --iters 5
   $HRK bench --cfg $CFG --batch 8 --iters 5 --engine graph
   python3 "$ORT" --batch 8 --iters 6 | grep ort ;;
 train)

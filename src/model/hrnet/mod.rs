@@ -10,9 +10,9 @@ mod exec_autograd;
 mod exec_cpu;
 mod exec_gpu;
 pub mod flops;
-mod plan;
+pub mod plan;
 pub mod spec;
-mod walk;
+pub mod walk;
 
 pub use exec_autograd::{ActivationSink, BN_MOMENTUM};
 pub use exec_cpu::InferNet;
@@ -60,6 +60,11 @@ impl HrNet {
         let mut net = HrNet::from_config(cfg, seed)?;
         let report = pretrained::load_from_config(&mut net, cfg, false)?;
         Ok((net, report))
+    }
+
+    /// The layer plan, its convs pointing at `store` slots (what an exporter walks with its own executor).
+    pub fn plan(&self) -> &Plan<ConvBn> {
+        &self.plan
     }
 
     /// Forward pass: `train` selects BN batch statistics (and updates the running buffers).

@@ -126,10 +126,11 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     /// Official init: conv weights N(0, 0.001); conv biases PyTorch's default U(±1/√fan_in).
-    fn conv(&mut self, name: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Conv {
-        let weight = self.store.add_param(format!("{name}.weight"), Store::normal(self.rng, &[cout, cin, k, k], 0.001));
+    fn conv(&mut self, name: &str, wshape: [usize; 4], stride: usize, pad: usize, bias: bool) -> Conv {
+        let [cout, cin, kh, kw] = wshape;
+        let weight = self.store.add_param(format!("{name}.weight"), Store::normal(self.rng, &wshape, 0.001));
         let bias = bias.then(|| {
-            let bound = 1.0 / ((cin * k * k) as f64).sqrt();
+            let bound = 1.0 / ((cin * kh * kw) as f64).sqrt();
             self.store.add_param(format!("{name}.bias"), Store::uniform(self.rng, &[cout], bound))
         });
         Conv { weight, bias, stride, pad }
@@ -146,23 +147,23 @@ impl Builder<'_> {
         }
     }
 
-    /// conv `{conv}` then BN `{bn}` (names as the official modules have them).
-    #[allow(clippy::too_many_arguments)]
-    fn conv_bn_named(&mut self, conv: &str, bn: &str, cin: usize, cout: usize, k: usize, stride: usize, relu: bool) -> ConvBn {
-        let c = self.conv(conv, cin, cout, k, stride, k / 2, false);
+    /// A k×k conv (padded by k/2, no bias) named `conv`, then a BN named `bn` (as the official modules
+    /// name them).
+    fn conv_bn_named(&mut self, [conv, bn]: [&str; 2], cin: usize, cout: usize, k: usize, stride: usize, relu: bool) -> ConvBn {
+        let c = self.conv(conv, [cout, cin, k, k], stride, k / 2, false);
         let b = self.bn(bn, cout);
         ConvBn { conv: c, bn: Some(b), relu }
     }
 
     /// Sequential(conv, BN[, ReLU]) registered as `{name}.0` / `{name}.1`.
     fn conv_bn(&mut self, name: &str, cin: usize, cout: usize, k: usize, stride: usize, relu: bool) -> ConvBn {
-        self.conv_bn_named(&format!("{name}.0"), &format!("{name}.1"), cin, cout, k, stride, relu)
+        self.conv_bn_named([&format!("{name}.0"), &format!("{name}.1")], cin, cout, k, stride, relu)
     }
 
     fn block(&mut self, name: &str, kind: BlockKind, cin: usize, planes: usize, stride: usize) -> PlanBlock<ConvBn> {
         let cout = planes * kind.expansion();
         let mut link = |idx: usize, ci: usize, co: usize, k: usize, s: usize, relu: bool| {
-            self.conv_bn_named(&format!("{name}.conv{idx}"), &format!("{name}.bn{idx}"), ci, co, k, s, relu)
+            self.conv_bn_named([&format!("{name}.conv{idx}"), &format!("{name}.bn{idx}")], ci, co, k, s, relu)
         };
         let layers = match kind {
             BlockKind::Basic => vec![link(1, cin, planes, 3, stride, true), link(2, planes, planes, 3, 1, false)],
@@ -199,14 +200,14 @@ impl Builder<'_> {
     /// One HighResolutionModule; `inch` is updated to its output channels.
     fn module(&mut self, name: &str, s: &StageSpec, inch: &mut [usize]) -> PlanModule<ConvBn> {
         let mut branches = Vec::new();
-        for b in 0..s.num_branches {
+        for (b, width) in inch.iter_mut().enumerate().take(s.num_branches) {
             let kind = s.block;
             let planes = s.num_channels[b];
             // Official _make_one_branch: the first block may project (stride 1 here).
-            let mut blocks = vec![self.block(&format!("{name}.branches.{b}.0"), kind, inch[b], planes, 1)];
-            inch[b] = planes * kind.expansion();
+            let mut blocks = vec![self.block(&format!("{name}.branches.{b}.0"), kind, *width, planes, 1)];
+            *width = planes * kind.expansion();
             for k in 1..s.num_blocks[b] {
-                blocks.push(self.block(&format!("{name}.branches.{b}.{k}"), kind, inch[b], planes, 1));
+                blocks.push(self.block(&format!("{name}.branches.{b}.{k}"), kind, *width, planes, 1));
             }
             branches.push(blocks);
         }
@@ -216,7 +217,7 @@ impl Builder<'_> {
                 let mut row = Vec::new();
                 for j in 0..s.num_branches {
                     let f = if j > i {
-                        let conv = self.conv(&format!("{name}.fuse_layers.{i}.{j}.0"), inch[j], inch[i], 1, 1, 0, false);
+                        let conv = self.conv(&format!("{name}.fuse_layers.{i}.{j}.0"), [inch[i], inch[j], 1, 1], 1, 0, false);
                         let bn = self.bn(&format!("{name}.fuse_layers.{i}.{j}.1"), inch[i]);
                         PlanFuse::Up(ConvBn { conv, bn: Some(bn), relu: false })
                     } else if j == i {
@@ -247,7 +248,7 @@ impl Builder<'_> {
 pub(super) fn build(spec: &HrnetSpec, seed: u64) -> (Store, Plan<ConvBn>) {
     let mut rng = Rng::new(seed);
     let mut b = Builder { store: Store::default(), rng: &mut rng };
-    let stem = [b.conv_bn_named("conv1", "bn1", 3, 64, 3, 2, true), b.conv_bn_named("conv2", "bn2", 64, 64, 3, 2, true)];
+    let stem = [b.conv_bn_named(["conv1", "bn1"], 3, 64, 3, 2, true), b.conv_bn_named(["conv2", "bn2"], 64, 64, 3, 2, true)];
     let bottleneck = BlockKind::Bottleneck;
     let mut layer1 = vec![b.block("layer1.0", bottleneck, 64, 64, 1)];
     for i in 1..4 {
@@ -268,9 +269,9 @@ pub(super) fn build(spec: &HrnetSpec, seed: u64) -> (Store, Plan<ConvBn>) {
     let k = spec.final_conv_kernel;
     // head.0 is a 1x1 conv; the reference pads it by 1 when FINAL_CONV_KERNEL is 3, which would
     // grow the map — hrk pads it by 0 (documented deviation; the official configs use 1).
-    let h0 = b.conv("head.0", c, c, 1, 1, 0, true);
+    let h0 = b.conv("head.0", [c, c, 1, 1], 1, 0, true);
     let h1 = b.bn("head.1", c);
-    let h3 = b.conv("head.3", c, spec.num_joints, k, 1, k / 2, true);
+    let h3 = b.conv("head.3", [spec.num_joints, c, k, k], 1, k / 2, true);
     let head0 = ConvBn { conv: h0, bn: Some(h1), relu: true };
     let head3 = ConvBn { conv: h3, bn: None, relu: false };
     (b.store, Plan { stem, layer1, transitions, stages, head0, head3 })
