@@ -172,7 +172,7 @@ impl InferNet {
     }
 
     fn shapes(&self) -> Plan<ConvShape> {
-        self.plan.try_map(&mut |f| Ok::<_, std::convert::Infallible>(f.shape())).unwrap_or_else(|e| match e {})
+        self.plan.map(FConv::shape)
     }
 }
 

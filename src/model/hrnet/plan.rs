@@ -78,6 +78,12 @@ pub struct Plan<C> {
 }
 
 impl<C> Plan<C> {
+    /// The same plan with every conv converted by `f`, which cannot fail.
+    pub fn map<D>(&self, mut f: impl FnMut(&C) -> D) -> Plan<D> {
+        let converted: Result<Plan<D>, std::convert::Infallible> = self.try_map(&mut |c| Ok(f(c)));
+        converted.unwrap_or_else(|never| match never {})
+    }
+
     /// The same plan with every conv converted by `f`, in layer order (the order `Builder` registered
     /// them in).
     pub fn try_map<D, E>(&self, f: &mut impl FnMut(&C) -> Result<D, E>) -> Result<Plan<D>, E> {
