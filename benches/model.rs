@@ -15,7 +15,7 @@ fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
 fn model(c: &mut Criterion) {
     let mut net = HrNet::new(&HrnetSpec::w18(98), 0).expect("W18 builds");
     let fast = InferNet::new(&net).expect("folds");
-    let macs = fast.macs(256, 256).expect("geometry");
+    let macs = net.macs(256, 256).expect("geometry");
     let mut rng = Rng::new(1);
     let mut group = c.benchmark_group("hrnet_w18");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
@@ -27,7 +27,7 @@ fn model(c: &mut Criterion) {
     let x = random(&[8, 3, 256, 256], &mut rng);
     let target = random(&[8, 98, 64, 64], &mut rng);
     let mut adam = hrk::optim::Adam::new(1e-4, 0.0);
-    let train_macs = 3 * macs - fast.first_conv_macs(256, 256).expect("geometry");
+    let train_macs = 3 * macs - net.first_conv_macs(256, 256).expect("geometry");
     group.throughput(Throughput::Elements(2 * train_macs * 8));
     group.measurement_time(Duration::from_secs(20));
     group.bench_function("train_step_b8", |b| {

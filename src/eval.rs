@@ -4,14 +4,12 @@
 //! MSE loss against the heatmap targets. Used by `hrk test` and by the trainer's validation, so
 //! it prints nothing.
 
-use crate::autograd::no_grad;
 use crate::data::dataset::FaceDataset;
 use crate::data::decode::decode_preds;
 use crate::data::loader::{build_batch, Batch};
 use crate::data::metrics::{compute_nme, Summary};
 use crate::data::sample::SampleMeta;
 use crate::model::HrNet;
-use crate::tensor::{DType, Tensor};
 use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,23 +78,8 @@ pub fn decode_and_score(heatmaps: &[f32], shape: [usize; 4], metas: &[SampleMeta
 /// One inference forward pass (eval-mode BN, no graph) of normalised NCHW `input`; returns the
 /// heatmaps as f32 and their shape `[n, joints, h, w]`. The input is cast to the model's dtype.
 pub fn forward_heatmaps(net: &mut HrNet, input: Vec<f32>, shape: [usize; 4]) -> Result<(Vec<f32>, [usize; 4])> {
-    // On a GPU device: the BN-folded plan with the fused kernels (model/infer_gpu.rs).
-    if let Some(out) = crate::model::infer::gpu::forward_heatmaps(net, &input, shape)? {
-        return Ok(out);
-    }
-    // On the CPU (f32): the folded engine (model/infer.rs).
-    if let Some(out) = crate::model::infer::forward_heatmaps_cpu(net, &input, shape)? {
-        return Ok(out);
-    }
-    let dtype = net.store.params().first().map(|t| t.dtype()).unwrap_or(DType::F32);
-    let x = match dtype {
-        DType::F32 => Tensor::from_f32(&shape, input)?,
-        DType::F64 => Tensor::from_f64(&shape, input.iter().map(|&v| v as f64).collect())?,
-    };
-    let x = x.to_device(&net.device())?;
-    let out = no_grad(|| net.forward(&x, false))?;
-    let out_shape = out.dims4("hrnet output")?;
-    Ok((out.to_f32_vec(), out_shape))
+    // The model picks its engine: the folded plan on a GPU or the CPU, else the autograd graph.
+    net.eval_heatmaps(input, shape)
 }
 
 /// Sum of squared differences in f64 (the MSE numerator).

@@ -1,11 +1,10 @@
-//! GPU inference with BN folded into the convs (model/infer_gpu.rs) under the emulated device, against
+//! GPU inference with BN folded into the convs (model/hrnet/exec_gpu.rs) under the emulated device, against
 //! the CPU fast path (`InferNet`, the same folding) and the reference graph, on a tiny HRNet.
 mod model_common;
 use model_common::randomize;
 
 use hrk::cuda::device::GpuDevice;
-use hrk::model::infer::gpu::{FusionMode, GpuInferNet};
-use hrk::model::{HrNet, HrnetSpec, InferNet, Slot};
+use hrk::model::{FusionMode, GpuInferNet, HrNet, HrnetSpec, InferNet, Slot};
 use hrk::rng::Rng;
 use hrk::{no_grad, Device, Storage, Tensor};
 

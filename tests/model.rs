@@ -1,5 +1,7 @@
 //! HRNetV2 structure: official state_dict names, counts and shapes; forward shapes; load errors.
 
+mod model_common;
+
 use hrk::model::{HrNet, HrnetSpec, Slot};
 use hrk::{DType, Tensor};
 
@@ -89,4 +91,31 @@ fn load_errors_name_the_tensor() {
     let sd: Vec<_> = net.store.state_dict().into_iter().filter(|(n, _)| !n.ends_with("num_batches_tracked")).collect();
     let r = net.store.load(&sd, true, "w.safetensors").unwrap();
     assert!(r.counters_missing > 0);
+}
+
+/// The evaluation engine the model keeps follows its weights: a training forward's BN statistics update
+/// and a loaded state_dict both reach the next evaluation, which agrees with the graph.
+#[test]
+fn kept_eval_engine_follows_the_weights() {
+    let mut net = HrNet::new(&tiny_spec(), 1).unwrap();
+    model_common::randomize(&mut net, 4);
+    let shape = [2, 3, 32, 32];
+    let x = model_common::values(9, shape.iter().product());
+    let input = || Tensor::from_f32(&shape, x.clone()).unwrap();
+    let graph = |net: &mut HrNet| hrk::no_grad(|| net.forward(&input(), false)).unwrap().to_f32_vec();
+    let assert_close = |got: &[f32], want: &[f32], what: &str| {
+        let err = got.iter().zip(want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0f32, f32::max);
+        assert!(err < 1e-4, "{what}: relative error {err}");
+    };
+    let saved = net.store.state_dict();
+    let (before, dims) = net.eval_heatmaps(x.clone(), shape).unwrap();
+    assert_eq!(&dims[..], &[2, 5, 8, 8]);
+    assert_close(&before, &graph(&mut net), "folded vs graph");
+    net.forward(&input(), true).unwrap();
+    let (stepped, _) = net.eval_heatmaps(x.clone(), shape).unwrap();
+    assert_ne!(stepped, before, "the running statistics' update did not reach the kept engine");
+    assert_close(&stepped, &graph(&mut net), "folded vs graph after a training forward");
+    net.store.load(&saved, true, "saved").unwrap();
+    let (restored, _) = net.eval_heatmaps(x, shape).unwrap();
+    assert_eq!(restored, before, "the loaded weights did not reach the kept engine");
 }

@@ -62,7 +62,10 @@ fn classifier_entries() -> Vec<(String, HostTensor)> {
     ]
 }
 
-fn fake_imagenet(spec: &HrnetSpec) -> (Vec<(String, HostTensor)>, Vec<(String, HostTensor)>) {
+/// Named tensors, as a state_dict file holds them.
+type Entries = Vec<(String, HostTensor)>;
+
+fn fake_imagenet(spec: &HrnetSpec) -> (Entries, Entries) {
     let backbone = backbone_entries(spec);
     // Interleave like a real file: classifier keys after the backbone, one stray key in between.
     let mut all = backbone.clone();

@@ -30,6 +30,9 @@ fn w18_macs_match_the_spec() {
     let fast = InferNet::new(&net).unwrap();
     // PERFORMANCE.md: 4.694 GMAC (9.387300864 GFLOP) per 256² image, head included.
     assert_eq!(fast.macs(256, 256).unwrap(), 4_693_650_432);
+    // The model counts from its own plan, unfolded: the same walk, the same number.
+    assert_eq!(net.macs(256, 256).unwrap(), 4_693_650_432);
+    assert_eq!(net.first_conv_macs(256, 256).unwrap(), fast.first_conv_macs(256, 256).unwrap());
     // Training ≈ 28.105 GFLOP: forward + dW + dX without the first conv's dX.
     let train = 2 * (3 * fast.macs(256, 256).unwrap() - fast.first_conv_macs(256, 256).unwrap());
     assert_eq!(train, 28_105_279_488);

@@ -4,6 +4,5 @@ pub mod hrnet;
 pub mod pretrained;
 pub mod store;
 
-pub use hrnet::infer::{self, InferNet};
-pub use hrnet::{BlockKind, HrNet, HrnetSpec, StageSpec};
+pub use hrnet::{BlockKind, FusionMode, GpuInferNet, HrNet, HrnetSpec, InferNet, StageSpec};
 pub use store::{LoadReport, Slot, Store};

@@ -75,7 +75,7 @@ pub fn load_imagenet(net: &mut HrNet, path: &Path, strict_missing: bool) -> Resu
         if strict_missing {
             bail!("pretrained model {} not found (MODEL.PRETRAINED)", path.display());
         }
-        eprintln!("warning: {report}");
+        log::warn!("{report}");
         return Ok(report);
     }
     report.found = true;
@@ -101,9 +101,9 @@ pub fn load_imagenet(net: &mut HrNet, path: &Path, strict_missing: bool) -> Resu
 
     let r = net.store.load(&kept, false, &source)?;
     report.loaded = r.loaded;
-    println!("{report}");
+    log::info!("{report}");
     if report.loaded == 0 {
-        eprintln!("warning: no key of {} matches the model; is it an HRNetV2 checkpoint?", path.display());
+        log::warn!("no key of {} matches the model; is it an HRNetV2 checkpoint?", path.display());
     }
     Ok(report)
 }

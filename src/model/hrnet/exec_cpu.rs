@@ -1,0 +1,368 @@
+//! The CPU inference engine (eval-mode BN) on raw f32 buffers: BN folded into the conv weights, conv
+//! epilogues fused (bias, residual add, ReLU), fuse-row sums accumulated in place, branches and fuse
+//! rows run concurrently, images of a batch in parallel, and activations drawn from a reusable arena.
+//! Same output as `HrNet::forward(x, false)` within f32 rounding.
+
+use super::flops::{self, ConvShape};
+use super::plan::{ConvBn, Plan};
+use super::walk::{self, Executor, Term};
+use crate::model::store::Store;
+use crate::ops::conv2d::cpu_kernel::{forward_fused, winograd_pays, Epilogue};
+use crate::ops::conv2d::direct::winograd;
+use crate::ops::{Conv2dGeom, BN_EPS};
+use crate::tensor::Tensor;
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// A conv with its BN folded in: y = act(W'·x + b').
+#[derive(Debug)]
+pub(super) struct FConv {
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+    pub wshape: [usize; 4],
+    pub stride: usize,
+    pub pad: usize,
+    pub relu: bool,
+    /// The Winograd-transformed weights, made at the first forward that takes that path.
+    winograd: std::sync::OnceLock<Vec<f32>>,
+}
+
+impl FConv {
+    fn shape(&self) -> ConvShape {
+        ConvShape { wshape: self.wshape, stride: self.stride, pad: self.pad }
+    }
+}
+
+/// Folds the model's eval-mode BN into its convs: BN(Wx + c) = γ/σ·(Wx + c − μ) + β, so
+/// W' = W·γ/σ and b' = (c − μ)·γ/σ + β, computed in f64 and rounded once to f32. The model's
+/// tensors may live on any device.
+pub(super) fn fold_plan(store: &Store, plan: &Plan<ConvBn>) -> Result<Plan<FConv>> {
+    let read = |i: usize| -> Result<Vec<f64>> {
+        store.tensor(i).try_to_f64_vec().with_context(|| format!("infer: reading `{}`", store.name(i)))
+    };
+    plan.try_map(&mut |l: &ConvBn| -> Result<FConv> {
+        let c = &l.conv;
+        let wt = store.tensor(c.weight);
+        let wshape = match *wt.shape() {
+            [a, b, k1, k2] => [a, b, k1, k2],
+            _ => bail!("infer: conv weight {} is not 4-d: {:?}", store.name(c.weight), wt.shape()),
+        };
+        let mut w = read(c.weight)?;
+        let mut b = match c.bias {
+            Some(b) => read(b)?,
+            None => vec![0.0; wshape[0]],
+        };
+        if let Some(bn) = &l.bn {
+            let (g, bt, rm, rv) = (read(bn.gamma)?, read(bn.beta)?, read(bn.running_mean)?, read(bn.running_var)?);
+            let per = w.len() / wshape[0].max(1);
+            for co in 0..wshape[0] {
+                let scale = g[co] / (rv[co] + BN_EPS).sqrt();
+                w[co * per..(co + 1) * per].iter_mut().for_each(|v| *v *= scale);
+                b[co] = (b[co] - rm[co]) * scale + bt[co];
+            }
+        }
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+        Ok(FConv { w: f32s(w), b: f32s(b), wshape, stride: c.stride, pad: c.pad, relu: l.relu, winograd: Default::default() })
+    })
+}
+
+/// An activation: batch × channels × height × width, NCHW.
+struct Act {
+    dims: [usize; 4],
+    data: Vec<f32>,
+}
+
+/// Free activation buffers, reused across layers and steps (best fit by capacity).
+#[derive(Default)]
+struct Arena {
+    free: Mutex<Vec<Vec<f32>>>,
+}
+
+impl Arena {
+    /// A buffer of `len` elements with unspecified contents (every user overwrites all of it).
+    /// Best fit by length first (a shorter buffer would be zero-filled up to `len`; the same layer
+    /// sizes recur every forward, so exact fits are the common case), then by capacity.
+    fn take(&self, len: usize) -> Vec<f32> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let by_len = free.iter().enumerate().filter(|(_, v)| v.len() >= len).min_by_key(|(_, v)| v.len()).map(|(i, _)| i);
+        let best = by_len.or_else(|| free.iter().enumerate().filter(|(_, v)| v.capacity() >= len).min_by_key(|(_, v)| v.capacity()).map(|(i, _)| i));
+        let mut v = match best {
+            Some(i) => free.swap_remove(i),
+            None => Vec::with_capacity(len),
+        };
+        drop(free);
+        if v.len() < len {
+            v.resize(len, 0.0);
+        } else {
+            v.truncate(len);
+        }
+        v
+    }
+    fn put(&self, v: Vec<f32>) {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+    }
+    fn act(&self, dims: [usize; 4]) -> Act {
+        Act { dims, data: self.take(dims.iter().product()) }
+    }
+    fn give(&self, a: Act) {
+        self.put(a.data)
+    }
+}
+
+/// The folded network. Build once from a model (after loading weights), then call `forward`.
+pub struct InferNet {
+    plan: Plan<FConv>,
+    arena: Arena,
+}
+
+impl InferNet {
+    pub fn new(net: &super::HrNet) -> Result<InferNet> {
+        Ok(InferNet { plan: fold_plan(&net.store, &net.plan)?, arena: Arena::default() })
+    }
+
+    /// Eval-mode forward of an NCHW f32 batch [N, 3, H, W] → heatmaps [N, joints, H/4, W/4].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Run on a pool thread: the kernels' parallel loops then split work among the workers
+        // directly instead of each being injected from outside the pool and waited on.
+        rayon::scope(|_| self.forward_on_pool(x))
+    }
+
+    fn forward_on_pool(&self, x: &Tensor) -> Result<Tensor> {
+        let d = x.dims4("hrnet infer")?;
+        if d[1] != 3 {
+            bail!("hrnet infer: input must have 3 channels, got shape {:?}", x.shape());
+        }
+        let input = x.to_f32_vec();
+        if d[0] > 1 {
+            // Images in parallel, one per worker (each still free to split its kernels when a worker
+            // idles): every activation of an image stays in cache, and most of the per-layer
+            // synchronisation of splitting every conv of one image is spared.
+            let per_image = d[1] * d[2] * d[3];
+            let one = |img: &[f32]| self.forward_raw([1, d[1], d[2], d[3]], img);
+            let ys = input.par_chunks_exact(per_image).with_max_len(1).map(one).collect::<Result<Vec<Act>>>()?;
+            let mut out = Vec::with_capacity(ys.iter().map(|y| y.data.len()).sum());
+            let mut dims = [0; 4];
+            for y in ys {
+                dims = [d[0], y.dims[1], y.dims[2], y.dims[3]];
+                out.extend_from_slice(&y.data);
+                self.arena.give(y);
+            }
+            return Tensor::from_f32(&dims, out);
+        }
+        let y = self.forward_raw(d, &input)?;
+        let dims = y.dims;
+        Tensor::from_f32(&dims, y.data)
+    }
+
+    fn forward_raw(&self, d: [usize; 4], input: &[f32]) -> Result<Act> {
+        let mut x = self.arena.act(d);
+        x.data.copy_from_slice(input);
+        walk::forward(&self.plan, &mut CpuExec { arena: &self.arena }, x)
+    }
+
+    /// Multiply-adds of the first conv (its input needs no gradient in training).
+    pub fn first_conv_macs(&self, h: usize, w: usize) -> Result<u64> {
+        flops::first_conv_macs(&self.shapes(), h, w)
+    }
+
+    /// Multiply-adds of all convs for an input of `h`×`w` (batch 1), head included.
+    pub fn macs(&self, h: usize, w: usize) -> Result<u64> {
+        flops::macs(&self.shapes(), h, w)
+    }
+
+    fn shapes(&self) -> Plan<ConvShape> {
+        self.plan.map(FConv::shape)
+    }
+}
+
+/// The engine as the walk sees it: kernels on arena buffers. Copied freely (one per concurrent task).
+#[derive(Clone, Copy)]
+struct CpuExec<'a> {
+    arena: &'a Arena,
+}
+
+impl CpuExec<'_> {
+    /// Conv of `x`; `residual` (output-shaped) is added before the activation, `relu` applied last.
+    fn run(&self, f: &FConv, x: &Act, residual: Option<&Act>, relu: bool) -> Result<Act> {
+        let g = Conv2dGeom::new(x.dims, &f.wshape, f.stride, f.pad)?;
+        let mut y = self.arena.act([g.n, g.cout, g.ho, g.wo]);
+        if let Some(r) = residual {
+            if r.dims != y.dims {
+                bail!("hrnet infer: residual {:?} does not fit conv output {:?}", r.dims, y.dims);
+            }
+        }
+        let ep = Epilogue { bias: Some(&f.b), residual: residual.map(|r| &r.data[..]), relu };
+        if winograd_pays(&g) {
+            let u = f.winograd.get_or_init(|| {
+                let mut u = vec![0.0; winograd::transformed_len(g.cin, g.cout)];
+                winograd::transform_weights(&f.w, g.cin, g.cout, &mut u);
+                u
+            });
+            winograd::forward_transformed(&g, &x.data, u, ep, &mut y.data);
+        } else {
+            forward_fused(&g, &x.data, &f.w, ep, &mut y.data);
+        }
+        Ok(y)
+    }
+}
+
+/// A fuse row's sum, started from the identity term; the term added last (`Term::last_added`)
+/// applies the ReLU (in its conv epilogue for a downsampling chain, in the resize for an up term).
+struct RowSum {
+    acc: Act,
+    relu_done: bool,
+}
+
+impl Executor for CpuExec<'_> {
+    type Act = Act;
+    type Conv = FConv;
+    type Row = RowSum;
+
+    fn conv(&mut self, f: &FConv, x: &Act) -> Result<Act> {
+        self.run(f, x, None, f.relu)
+    }
+
+    /// relu(last(y) + shortcut), the add and ReLU fused into the last conv.
+    fn block_out(&mut self, last: &FConv, y: &Act, x: &Act, downsample: Option<&FConv>) -> Result<Act> {
+        let shortcut = downsample.map(|d| self.run(d, x, None, d.relu)).transpose()?;
+        let out = self.run(last, y, Some(shortcut.as_ref().unwrap_or(x)), true);
+        if let Some(s) = shortcut {
+            self.arena.give(s);
+        }
+        out
+    }
+
+    fn copy(&mut self, x: &Act) -> Result<Act> {
+        let mut y = self.arena.act(x.dims);
+        y.data.copy_from_slice(&x.data);
+        Ok(y)
+    }
+
+    fn release(&mut self, x: Act) {
+        self.arena.give(x);
+    }
+
+    fn row_begin(&mut self, _row: usize, target: &Act) -> Result<RowSum> {
+        Ok(RowSum { acc: self.copy(target)?, relu_done: false })
+    }
+
+    fn row_identity(&mut self, _sum: &mut RowSum, _y: &Act, _term: Term) -> Result<()> {
+        Ok(())
+    }
+
+    /// Added in place by an accumulating resize.
+    fn row_up(&mut self, sum: &mut RowSum, conv: &FConv, y: &Act, _target: &Act, term: Term) -> Result<()> {
+        let t = self.run(conv, y, None, conv.relu)?;
+        let [n, c, h, w] = sum.acc.dims;
+        let [_, tc, th, tw] = t.dims;
+        if tc != c {
+            bail!("hrnet infer: fuse {}.{} gives {tc} channels, branch has {c}", term.row, term.col);
+        }
+        let mode = if term.last_added { Into::AddRelu } else { Into::Add };
+        bilinear(&t.data, n * c, [th, tw], [h, w], &mut sum.acc.data, mode);
+        self.arena.give(t);
+        sum.relu_done |= term.last_added;
+        Ok(())
+    }
+
+    /// Added as the residual of the chain's last conv.
+    fn row_down(&mut self, sum: &mut RowSum, last_link: &FConv, y: &Act, term: Term) -> Result<()> {
+        let out = self.run(last_link, y, Some(&sum.acc), last_link.relu || term.last_added)?;
+        self.arena.give(std::mem::replace(&mut sum.acc, out));
+        sum.relu_done |= term.last_added;
+        Ok(())
+    }
+
+    fn row_end(&mut self, mut sum: RowSum, _target: &Act) -> Result<Act> {
+        if !sum.relu_done {
+            sum.acc.data.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        Ok(sum.acc)
+    }
+
+    fn head_input(&mut self, branches: &[Act]) -> Result<Act> {
+        let Some(first) = branches.first() else { bail!("hrnet infer: the head got no branch") };
+        let [n, _, h, w] = first.dims;
+        let ctot: usize = branches.iter().map(|y| y.dims[1]).sum();
+        let mut cat = self.arena.act([n, ctot, h, w]);
+        let plane = h * w;
+        for b in 0..n {
+            let mut c0 = 0;
+            for y in branches {
+                let [_, c, yh, yw] = y.dims;
+                let dst = &mut cat.data[(b * ctot + c0) * plane..][..c * plane];
+                let src = &y.data[b * c * yh * yw..][..c * yh * yw];
+                bilinear(src, c, [yh, yw], [h, w], dst, Into::Set);
+                c0 += c;
+            }
+        }
+        Ok(cat)
+    }
+
+    /// Branches and fuse rows are independent: rayon tasks (small maps leave GEMM threads idle).
+    fn each<T: Send>(&mut self, items: Vec<T>, run: impl Fn(&mut Self, T) -> Result<Act> + Sync) -> Result<Vec<Act>> {
+        let exec = *self;
+        items.into_par_iter().map(|item| run(&mut { exec }, item)).collect()
+    }
+}
+
+/// How `bilinear` stores a resized value.
+#[derive(Clone, Copy, PartialEq)]
+enum Into {
+    Set,
+    Add,
+    /// dst = max(dst + v, 0): the last term of a fuse row.
+    AddRelu,
+}
+
+/// Bilinear resize (align_corners=false, PyTorch's source-index rule, as `ops::upsample_bilinear`) of
+/// `planes` planes into `dst` per `mode`. Separable: each source row is resized horizontally once,
+/// then every output row is a blend of two of those rows (contiguous, vectorised), with the same
+/// arithmetic as the direct 4-tap formula. Same size is a plain copy / add.
+fn bilinear(src: &[f32], planes: usize, from: [usize; 2], to: [usize; 2], dst: &mut [f32], mode: Into) {
+    let ([h, w], [ho, wo]) = (from, to);
+    // One output row from two horizontally resized rows (monomorphic per mode, so it vectorises).
+    let blend = |out: &mut [f32], r0: &[f32], r1: &[f32], ly0: f32, ly1: f32| {
+        let vals = out.iter_mut().zip(r0.iter().zip(r1));
+        match mode {
+            Into::Set => vals.for_each(|(o, (&a, &b))| *o = ly0 * a + ly1 * b),
+            Into::Add => vals.for_each(|(o, (&a, &b))| *o += ly0 * a + ly1 * b),
+            Into::AddRelu => vals.for_each(|(o, (&a, &b))| *o = (*o + (ly0 * a + ly1 * b)).max(0.0)),
+        }
+    };
+    if from == to {
+        let n = planes * h * w;
+        match mode {
+            Into::Set => dst[..n].copy_from_slice(&src[..n]),
+            Into::Add => dst[..n].iter_mut().zip(src).for_each(|(d, &s)| *d += s),
+            Into::AddRelu => dst[..n].iter_mut().zip(src).for_each(|(d, &s)| *d = (*d + s).max(0.0)),
+        }
+        return;
+    }
+    let taps = |input: usize, output: usize| -> Vec<(usize, usize, f32, f32)> {
+        let scale = (input as f64 / output as f64) as f32;
+        (0..output)
+            .map(|d| {
+                let s = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
+                let i0 = (s as usize).min(input - 1);
+                let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
+                let l1 = s - i0 as f32;
+                (i0, i1, 1.0 - l1, l1)
+            })
+            .collect()
+    };
+    let (ty, tx) = (taps(h, ho), taps(w, wo));
+    let mut rows = vec![0.0f32; h * wo];
+    for p in 0..planes {
+        let s = &src[p * h * w..][..h * w];
+        for (r, row) in rows.chunks_exact_mut(wo).enumerate() {
+            let sr = &s[r * w..][..w];
+            row.iter_mut().zip(&tx).for_each(|(o, &(x0, x1, lx0, lx1))| *o = lx0 * sr[x0] + lx1 * sr[x1]);
+        }
+        let d = &mut dst[p * ho * wo..][..ho * wo];
+        for (out, &(y0, y1, ly0, ly1)) in d.chunks_exact_mut(wo).zip(&ty) {
+            blend(out, &rows[y0 * wo..][..wo], &rows[y1 * wo..][..wo], ly0, ly1);
+        }
+    }
+}
