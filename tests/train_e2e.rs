@@ -66,7 +66,6 @@ fn write_config(dir: &Path, name: &str, out: &Path, lr: &str, epochs: usize, tra
 fn opts(cfg: &Path) -> TrainOptions {
     let mut o = TrainOptions::new(cfg);
     o.seed = 3;
-    o.quiet = true;
     o
 }
 
