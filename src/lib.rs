@@ -3,6 +3,10 @@
 //!
 //! Errors: library functions return `anyhow::Result` with one-line messages that name the
 //! file / line / key / tensor / op involved. Library code does not panic on bad input.
+//!
+//! Layers: `cli` (and `main.rs`) sit on top and are the only code that prints; the library
+//! reports through returned values, `log` records and observers (`train::TrainObserver`), and never
+//! imports `cli`. `config` knows nothing of `model`.
 
 pub mod autograd;
 pub mod float;

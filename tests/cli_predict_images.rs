@@ -109,7 +109,7 @@ fn predict_and_test_errors_are_one_line() {
     // Weights of a 5-landmark model: the head tensor's shape does not fit.
     let cfg5 = st.dir.join("five.yaml");
     std::fs::write(&cfg5, tiny_config(&st.dir, 5, 64, 16, hrk::synth::TEST_CSV)).unwrap();
-    let net5 = hrk::cli::common::model(&hrk::cli::common::config(&cfg5).unwrap(), 1).unwrap();
+    let net5 = hrk::cli::common::model(&hrk::config::Config::load(&cfg5).unwrap(), 1).unwrap();
     let w5 = st.dir.join("five.safetensors");
     hrk::io::safetensors::save_safetensors(&w5, &net5.store.state_dict(), &[]).unwrap();
     let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&w5), img]);

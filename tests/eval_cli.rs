@@ -32,10 +32,10 @@ fn field(line: &str, key: &str) -> f64 {
 }
 
 fn library_eval(st: &Setup, testset: &Path) -> hrk::eval::EvalResult {
-    let config = hrk::cli::common::config(&st.cfg).unwrap();
+    let config = hrk::config::Config::load(&st.cfg).unwrap();
     let mut net = hrk::cli::common::model(&config, 99).unwrap();
     hrk::cli::common::load_weights(&mut net, &st.weights).unwrap();
-    let ds = FaceDataset::open(hrk::cli::common::dataset_spec(&config, false, Some(testset)).unwrap()).unwrap();
+    let ds = FaceDataset::open(hrk::data::dataset::DatasetSpec::from_config(&config, false, Some(testset)).unwrap()).unwrap();
     evaluate(&mut net, &ds, config.test_batch_size(), 0).unwrap()
 }
 
@@ -157,10 +157,10 @@ fn hrk_test_prints_the_library_numbers_and_writes_outputs() {
 #[test]
 fn threaded_batches_match_inline_and_loss_is_the_target_mse() {
     let st = setup("threads");
-    let config = hrk::cli::common::config(&st.cfg).unwrap();
+    let config = hrk::config::Config::load(&st.cfg).unwrap();
     let mut net = hrk::cli::common::model(&config, 1).unwrap();
     hrk::cli::common::load_weights(&mut net, &st.weights).unwrap();
-    let ds = FaceDataset::open(hrk::cli::common::dataset_spec(&config, false, None).unwrap()).unwrap();
+    let ds = FaceDataset::open(hrk::data::dataset::DatasetSpec::from_config(&config, false, None).unwrap()).unwrap();
     let a = evaluate(&mut net, &ds, 3, 0).unwrap();
     let b = evaluate(&mut net, &ds, 3, 2).unwrap();
     assert_eq!(a.predictions, b.predictions);
@@ -197,8 +197,8 @@ fn ground_truth_heatmaps_decode_to_near_zero_nme() {
     for (image, heatmap) in [(256, 64), (128, 32), (64, 16)] {
         let cfg_path = dir.join(format!("gt{heatmap}.yaml"));
         std::fs::write(&cfg_path, tiny_config(&dir, 68, image, heatmap, hrk::synth::TRAIN_CSV)).unwrap();
-        let config = hrk::cli::common::config(&cfg_path).unwrap();
-        let ds = FaceDataset::open(hrk::cli::common::dataset_spec(&config, false, None).unwrap()).unwrap();
+        let config = hrk::config::Config::load(&cfg_path).unwrap();
+        let ds = FaceDataset::open(hrk::data::dataset::DatasetSpec::from_config(&config, false, None).unwrap()).unwrap();
         let idx: Vec<usize> = (0..ds.len()).collect();
         let b = build_batch(&ds, &idx, 0, 0, 0).unwrap();
         let (preds, nme) = decode_and_score(&b.target, b.target_shape, &b.metas).unwrap();

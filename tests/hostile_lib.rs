@@ -247,7 +247,9 @@ fn weights_vs_model_matrix() {
     for e in module_prefixed.iter_mut() {
         e.0 = format!("module.{}", e.0);
     }
-    let cases: Vec<(&str, Vec<(String, Vec<usize>, Vec<f32>)>, Vec<String>)> = vec![
+    // (case, the state_dict entries written: name, shape, values; needles of the error)
+    type Entries = Vec<(String, Vec<usize>, Vec<f32>)>;
+    let cases: Vec<(&str, Entries, Vec<String>)> = vec![
         ("missing", missing, vec![format!("missing tensor `{victim}`")]),
         ("extra", extra, vec!["head.extra.weight".into()]),
         ("misshaped", misshaped, vec![format!("`{conv_name}`"), "shape".into()]),

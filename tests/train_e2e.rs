@@ -1,12 +1,13 @@
 //! End-to-end `hrk train` on a tiny config and a 20-image synthetic set in a temp folder:
 //! loss falls, interrupted + resumed == uninterrupted bit for bit, final_state loads into a fresh
-//! model, non-finite loss stops the run, CLI errors are one line and non-zero.
+//! model, the Trainer's steps give what `train` gives, non-finite loss stops the run, CLI errors
+//! are one line and non-zero.
 
 use hrk::io::load_safetensors;
-use hrk::train::{train, TrainOptions};
+use hrk::train::{train, BatchProgress, TrainObserver, TrainOptions, Trainer};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("hrk_train_e2e_{}_{tag}", std::process::id()));
@@ -66,7 +67,6 @@ fn write_config(dir: &Path, name: &str, out: &Path, lr: &str, epochs: usize, tra
 fn opts(cfg: &Path) -> TrainOptions {
     let mut o = TrainOptions::new(cfg);
     o.seed = 3;
-    o.quiet = true;
     o
 }
 
@@ -124,7 +124,7 @@ fn trains_and_resumes_bit_for_bit() {
     assert_eq!(std::fs::read_to_string(run_b.join("metrics.jsonl")).unwrap().lines().count(), 2);
 
     // final_state holds the reference's state_dict names and loads strictly into a fresh model.
-    let cfg = hrk::cli::common::config(&cfg_a).unwrap();
+    let cfg = hrk::config::Config::load(&cfg_a).unwrap();
     let mut fresh = hrk::cli::common::model(&cfg, 99).unwrap();
     hrk::cli::common::load_weights(&mut fresh, &run_a.join("final_state.safetensors")).unwrap();
     let saved = load_safetensors(&run_a.join("final_state.safetensors")).unwrap().tensors;
@@ -134,6 +134,62 @@ fn trains_and_resumes_bit_for_bit() {
     for ((n, h), (_, s)) in fresh.store.state_dict().iter().zip(&saved) {
         assert_eq!(h.to_f64_vec(), s.to_f64_vec(), "{n}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Counts what a run reports to its observer.
+#[derive(Default)]
+struct Seen {
+    messages: Vec<String>,
+    epochs_started: Vec<(usize, usize)>,
+    batches: usize,
+    epochs_finished: usize,
+}
+
+struct Recorder(Arc<Mutex<Seen>>);
+
+impl TrainObserver for Recorder {
+    fn message(&mut self, text: &str) {
+        self.0.lock().unwrap().messages.push(text.to_string());
+    }
+    fn epoch_started(&mut self, epoch: usize, batches: usize) {
+        self.0.lock().unwrap().epochs_started.push((epoch, batches));
+    }
+    fn batch_done(&mut self, progress: &BatchProgress) {
+        assert!(progress.mean_loss.is_finite() && progress.iteration < progress.batches);
+        self.0.lock().unwrap().batches += 1;
+    }
+    fn epoch_finished(&mut self, _epoch: usize) {
+        self.0.lock().unwrap().epochs_finished += 1;
+    }
+}
+
+#[test]
+fn trainer_steps_match_train_and_report_progress() {
+    let dir = temp_dir("steps");
+    let cfg_whole = write_config(&dir, "tiny", &dir.join("whole"), "0.002", 1, None);
+    let whole = train(&opts(&cfg_whole)).unwrap();
+
+    let cfg_steps = write_config(&dir, "tiny", &dir.join("steps"), "0.002", 1, None);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut trainer = Trainer::setup(&opts(&cfg_steps), Box::new(Recorder(seen.clone()))).unwrap();
+    assert_eq!(trainer.resume().unwrap(), None);
+    assert_eq!(trainer.start_epoch(), 0);
+    let trained = trainer.run_epoch(0).unwrap();
+    let validation = trainer.validate(0).unwrap();
+    assert!(trainer.checkpoint(0, trained.lr, &validation).unwrap(), "the first epoch is the best so far");
+    assert!(trainer.resume().is_err(), "resume after an epoch must be refused");
+    let steps = trainer.finish().unwrap();
+
+    assert_eq!(trained.loss, whole.history[0].train_loss);
+    assert_eq!(validation.summary.nme, whole.history[0].nme);
+    for f in ["checkpoint_0.safetensors", "final_state.safetensors"] {
+        assert_same_tensors(&whole.out_dir.join(f), &steps.out_dir.join(f));
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.epochs_started, vec![(0, 4)]);
+    assert_eq!((seen.batches, seen.epochs_finished), (4, 1));
+    assert!(seen.messages.iter().any(|m| m.starts_with("Test Epoch 0 ")), "{:?}", seen.messages);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod common;
+pub mod logger;
 pub mod predict;
 pub mod test;
 pub mod train;
@@ -15,6 +16,12 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Only warnings and errors (and no training console output or progress bar).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More messages: -v debug, -vv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,8 +53,9 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    logger::install(logger::level_for(cli.quiet, cli.verbose));
     match cli.command {
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(a, cli.quiet),
         Command::Test(a) => test::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Bench(a) => bench::run(a),

@@ -1,7 +1,10 @@
 //! `hrk train`.
 
+use crate::train::{BatchProgress, TrainObserver, Trainer};
 use anyhow::Result;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -24,12 +27,59 @@ pub struct TrainArgs {
     /// Images generated for the synthetic demo when its CSVs are missing.
     #[arg(long, default_value_t = crate::train::DEFAULT_SYNTH_COUNT)]
     pub synth_count: usize,
-    /// No console output (the log file still gets everything).
-    #[arg(long)]
-    pub quiet: bool,
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+/// Shows the training log on stdout and, on a terminal, a progress bar per epoch; with `--quiet`
+/// nothing (the log file still gets everything).
+struct Console {
+    quiet: bool,
+    show_bar: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl TrainObserver for Console {
+    fn message(&mut self, text: &str) {
+        if !self.quiet {
+            super::logger::print_line(text);
+        }
+    }
+
+    fn epoch_started(&mut self, epoch: usize, batches: usize) {
+        if !self.show_bar {
+            return;
+        }
+        let bar = ProgressBar::new(batches as u64);
+        if let Ok(style) = ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}") {
+            bar.set_style(style);
+        }
+        bar.set_prefix(format!("epoch {epoch}"));
+        super::logger::set_active_bar(Some(bar.clone()));
+        self.bar = Some(bar);
+    }
+
+    fn batch_done(&mut self, progress: &BatchProgress) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            bar.set_message(format!("{:.1} img/s  loss {:.5}", progress.images_per_second, progress.mean_loss));
+        }
+    }
+
+    fn epoch_finished(&mut self, _epoch: usize) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        super::logger::set_active_bar(None);
+    }
+}
+
+impl Drop for Console {
+    /// A run that fails mid-epoch must not leave a half-drawn bar under the error line.
+    fn drop(&mut self) {
+        self.epoch_finished(0);
+    }
+}
+
+pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     let device = super::common::device(&args.device)?;
     if let Some(n) = args.threads {
         // Ignore "already initialised": only possible when embedded, and then its pool stands.
@@ -40,9 +90,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         seed: args.seed,
         stop_after_epochs: args.stop_after_epochs,
         synth_count: args.synth_count,
-        quiet: args.quiet,
         device,
     };
-    crate::train::train(&opts)?;
+    let console = Console { quiet, show_bar: !quiet && std::io::stdout().is_terminal(), bar: None };
+    Trainer::setup(&opts, Box::new(console))?.run()?;
     Ok(())
 }

@@ -11,16 +11,23 @@
 //! crashes later), list elements are type-checked, and the values are range-checked.
 //! YAML scalars are resolved by serde-saphyr with YAML 1.1 booleans, so yes/no/on/off are
 //! booleans as in PyYAML; it also takes y/n (PyYAML would keep those as strings).
+//!
+//! Each section is one table of `"KEY" field: Type = default` entries (`config_section!`, in
+//! `keys.rs`), from which the struct, its defaults, the schema, the assignment and the dump all
+//! come; the range and cross-key rules are in `validate`. This module knows nothing of the model.
 
+mod keys;
 mod py_literal;
 mod yaml_tree;
 
 use anyhow::{anyhow, bail, Result};
+use keys::{config_section, join_key, schema_row, Entry, Slot, Typed};
 use py_literal::{literal_eval, PyVal};
 use serde_saphyr::Spanned;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use yaml_tree::{Node, Scalar};
 
 /// Residual block type of an HRNet stage (`BLOCK`).
@@ -75,112 +82,31 @@ fn dataset_kind_exact(name: &str) -> Option<DatasetKind> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct CudnnConfig {
-    pub benchmark: bool,
-    /// Has no effect in the reference (set through a misspelt attribute).
-    pub deterministic: bool,
-    pub enabled: bool,
+config_section! {
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct CudnnConfig {
+        "BENCHMARK" benchmark: bool = true,
+        /// Has no effect in the reference (set through a misspelt attribute).
+        "DETERMINISTIC" deterministic: bool = false,
+        "ENABLED" enabled: bool = true,
+    }
 }
 
-/// One of `MODEL.EXTRA.STAGE2/3/4`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StageConfig {
-    pub num_modules: usize,
-    pub num_branches: usize,
-    pub block: BlockKind,
-    pub num_blocks: Vec<usize>,
-    pub num_channels: Vec<usize>,
-    /// Read but never used by the reference: fusion is always a sum.
-    pub fuse_method: String,
+config_section! {
+    /// One of `MODEL.EXTRA.STAGE2/3/4`; the defaults differ per stage (see `ModelExtra`).
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct StageConfig defaults from parent {
+        "NUM_MODULES" num_modules: usize,
+        "NUM_BRANCHES" num_branches: usize,
+        "NUM_BLOCKS" num_blocks: Vec<usize>,
+        "NUM_CHANNELS" num_channels: Vec<usize>,
+        "BLOCK" block: BlockKind,
+        /// Read but never used by the reference: fusion is always a sum.
+        "FUSE_METHOD" fuse_method: String,
+    }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelExtra {
-    /// Unused by the reference.
-    pub pretrained_layers: Vec<String>,
-    /// Unused by the reference (the stem is hard-coded to 64 channels).
-    pub stem_inplanes: i64,
-    /// Kernel of the last head conv: 1 (padding 0) or 3 (padding 1).
-    pub final_conv_kernel: usize,
-    /// Unused by the reference.
-    pub with_head: bool,
-    pub stage2: StageConfig,
-    pub stage3: StageConfig,
-    pub stage4: StageConfig,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelConfig {
-    /// Only used in the TensorBoard path.
-    pub name: String,
-    pub init_weights: bool,
-    pub pretrained: String,
-    pub num_joints: usize,
-    /// 'Gaussian'; anything else gives the Cauchy-like target.
-    pub target_type: String,
-    /// As written in the file (the reference comment says width, height).
-    pub image_size: [usize; 2],
-    pub heatmap_size: [usize; 2],
-    pub sigma: f64,
-    pub extra: ModelExtra,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DatasetConfig {
-    pub root: String,
-    /// 'AFLW' | 'COFW' | '300W' | 'WFLW'.
-    pub dataset: String,
-    pub trainset: String,
-    pub testset: String,
-    pub flip: bool,
-    pub scale_factor: f64,
-    /// Degrees; an int in the reference schema.
-    pub rot_factor: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainConfig {
-    pub lr_factor: f64,
-    pub lr_step: Vec<usize>,
-    pub lr: f64,
-    pub optimizer: OptimizerKind,
-    pub momentum: f64,
-    pub wd: f64,
-    pub nesterov: bool,
-    pub begin_epoch: usize,
-    pub end_epoch: usize,
-    pub resume: bool,
-    /// Unused by the reference.
-    pub checkpoint: String,
-    pub batch_size_per_gpu: usize,
-    pub shuffle: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct TestConfig {
-    pub batch_size_per_gpu: usize,
-}
-
-/// The whole configuration; `Config::default()` is the reference `defaults.py`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    pub output_dir: String,
-    pub log_dir: String,
-    /// A tuple in the reference; only its length matters to hrk (batch = per-GPU × len).
-    pub gpus: Vec<usize>,
-    pub workers: usize,
-    pub print_freq: usize,
-    /// Unused by the reference.
-    pub auto_resume: bool,
-    pub pin_memory: bool,
-    pub cudnn: CudnnConfig,
-    pub model: ModelConfig,
-    pub dataset: DatasetConfig,
-    pub train: TrainConfig,
-    pub test: TestConfig,
-}
-
+/// The reference default of a stage: one module of 4 BASIC blocks per branch, fused by sum.
 fn stage(num_branches: usize, num_channels: &[usize]) -> StageConfig {
     StageConfig {
         num_modules: 1,
@@ -192,186 +118,160 @@ fn stage(num_branches: usize, num_channels: &[usize]) -> StageConfig {
     }
 }
 
-impl Default for Config {
-    /// The reference defaults, quirks included (GPUS (0,1,2,4); STAGE4 channels [18,32,72,144];
-    /// one module per stage). They are not a usable model: the YAMLs override the stages.
-    fn default() -> Self {
-        Config {
-            output_dir: "output".to_owned(),
-            log_dir: "log".to_owned(),
-            gpus: vec![0, 1, 2, 4],
-            workers: 16,
-            print_freq: 20,
-            auto_resume: false,
-            pin_memory: true,
-            cudnn: CudnnConfig { benchmark: true, deterministic: false, enabled: true },
-            model: ModelConfig {
-                name: "hrnet".to_owned(),
-                init_weights: true,
-                pretrained: String::new(),
-                num_joints: 17,
-                target_type: "Gaussian".to_owned(),
-                image_size: [256, 256],
-                heatmap_size: [64, 64],
-                sigma: 1.5,
-                extra: ModelExtra {
-                    pretrained_layers: vec!["*".to_owned()],
-                    stem_inplanes: 64,
-                    final_conv_kernel: 1,
-                    with_head: true,
-                    stage2: stage(2, &[18, 36]),
-                    stage3: stage(3, &[18, 36, 72]),
-                    stage4: stage(4, &[18, 32, 72, 144]),
-                },
-            },
-            dataset: DatasetConfig {
-                root: String::new(),
-                dataset: "AFLW".to_owned(),
-                trainset: String::new(),
-                testset: String::new(),
-                flip: true,
-                scale_factor: 0.25,
-                rot_factor: 30,
-            },
-            train: TrainConfig {
-                lr_factor: 0.1,
-                lr_step: vec![30, 50],
-                lr: 0.0001,
-                optimizer: OptimizerKind::Adam,
-                momentum: 0.0,
-                wd: 0.0,
-                nesterov: false,
-                begin_epoch: 0,
-                end_epoch: 60,
-                resume: true,
-                checkpoint: String::new(),
-                batch_size_per_gpu: 16,
-                shuffle: true,
-            },
-            test: TestConfig { batch_size_per_gpu: 32 },
-        }
+config_section! {
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ModelExtra {
+        /// Unused by the reference.
+        "PRETRAINED_LAYERS" pretrained_layers: Vec<String> = vec!["*".to_owned()],
+        /// Unused by the reference (the stem is hard-coded to 64 channels).
+        "STEM_INPLANES" stem_inplanes: i64 = 64,
+        /// Kernel of the last head conv: 1 (padding 0) or 3 (padding 1).
+        "FINAL_CONV_KERNEL" final_conv_kernel: usize = 1,
+        /// Unused by the reference.
+        "WITH_HEAD" with_head: bool = true,
+        // The reference's quirky defaults: STAGE4 channels [18, 32, 72, 144], one module per stage.
+        "STAGE2" stage2: StageConfig = stage(2, &[18, 36]),
+        "STAGE3" stage3: StageConfig = stage(3, &[18, 36, 72]),
+        "STAGE4" stage4: StageConfig = stage(4, &[18, 32, 72, 144]),
     }
 }
 
-/// The type yacs infers from each default value.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Slot {
-    Section,
-    Str,
-    Int,
-    Float,
-    Bool,
-    IntList,
-    IntTuple,
-    StrList,
-}
-
-impl Slot {
-    fn describe(self) -> &'static str {
-        match self {
-            Slot::Section => "a mapping of keys",
-            Slot::Str => "str",
-            Slot::Int => "int",
-            Slot::Float => "float",
-            Slot::Bool => "bool",
-            Slot::IntList => "list of int",
-            Slot::IntTuple => "tuple of int",
-            Slot::StrList => "list of str",
-        }
+config_section! {
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ModelConfig {
+        /// Only used in the TensorBoard path.
+        "NAME" name: String = "hrnet".to_owned(),
+        "INIT_WEIGHTS" init_weights: bool = true,
+        "PRETRAINED" pretrained: String = String::new(),
+        "NUM_JOINTS" num_joints: usize = 17,
+        /// 'Gaussian'; anything else gives the Cauchy-like target.
+        "TARGET_TYPE" target_type: String = "Gaussian".to_owned(),
+        /// As written in the file (the reference comment says width, height).
+        "IMAGE_SIZE" image_size: [usize; 2] = [256, 256],
+        "HEATMAP_SIZE" heatmap_size: [usize; 2] = [64, 64],
+        "SIGMA" sigma: f64 = 1.5,
+        "EXTRA" extra: ModelExtra = ModelExtra::default(),
     }
 }
 
-/// Every key of the reference defaults, in `defaults.py` order.
-const SCHEMA: &[(&str, Slot)] = &[
-    ("OUTPUT_DIR", Slot::Str),
-    ("LOG_DIR", Slot::Str),
-    ("GPUS", Slot::IntTuple),
-    ("WORKERS", Slot::Int),
-    ("PRINT_FREQ", Slot::Int),
-    ("AUTO_RESUME", Slot::Bool),
-    ("PIN_MEMORY", Slot::Bool),
-    ("CUDNN", Slot::Section),
-    ("CUDNN.BENCHMARK", Slot::Bool),
-    ("CUDNN.DETERMINISTIC", Slot::Bool),
-    ("CUDNN.ENABLED", Slot::Bool),
-    ("MODEL", Slot::Section),
-    ("MODEL.NAME", Slot::Str),
-    ("MODEL.INIT_WEIGHTS", Slot::Bool),
-    ("MODEL.PRETRAINED", Slot::Str),
-    ("MODEL.NUM_JOINTS", Slot::Int),
-    ("MODEL.TARGET_TYPE", Slot::Str),
-    ("MODEL.IMAGE_SIZE", Slot::IntList),
-    ("MODEL.HEATMAP_SIZE", Slot::IntList),
-    ("MODEL.SIGMA", Slot::Float),
-    ("MODEL.EXTRA", Slot::Section),
-    ("MODEL.EXTRA.PRETRAINED_LAYERS", Slot::StrList),
-    ("MODEL.EXTRA.STEM_INPLANES", Slot::Int),
-    ("MODEL.EXTRA.FINAL_CONV_KERNEL", Slot::Int),
-    ("MODEL.EXTRA.WITH_HEAD", Slot::Bool),
-    ("MODEL.EXTRA.STAGE2", Slot::Section),
-    ("MODEL.EXTRA.STAGE2.NUM_MODULES", Slot::Int),
-    ("MODEL.EXTRA.STAGE2.NUM_BRANCHES", Slot::Int),
-    ("MODEL.EXTRA.STAGE2.NUM_BLOCKS", Slot::IntList),
-    ("MODEL.EXTRA.STAGE2.NUM_CHANNELS", Slot::IntList),
-    ("MODEL.EXTRA.STAGE2.BLOCK", Slot::Str),
-    ("MODEL.EXTRA.STAGE2.FUSE_METHOD", Slot::Str),
-    ("MODEL.EXTRA.STAGE3", Slot::Section),
-    ("MODEL.EXTRA.STAGE3.NUM_MODULES", Slot::Int),
-    ("MODEL.EXTRA.STAGE3.NUM_BRANCHES", Slot::Int),
-    ("MODEL.EXTRA.STAGE3.NUM_BLOCKS", Slot::IntList),
-    ("MODEL.EXTRA.STAGE3.NUM_CHANNELS", Slot::IntList),
-    ("MODEL.EXTRA.STAGE3.BLOCK", Slot::Str),
-    ("MODEL.EXTRA.STAGE3.FUSE_METHOD", Slot::Str),
-    ("MODEL.EXTRA.STAGE4", Slot::Section),
-    ("MODEL.EXTRA.STAGE4.NUM_MODULES", Slot::Int),
-    ("MODEL.EXTRA.STAGE4.NUM_BRANCHES", Slot::Int),
-    ("MODEL.EXTRA.STAGE4.NUM_BLOCKS", Slot::IntList),
-    ("MODEL.EXTRA.STAGE4.NUM_CHANNELS", Slot::IntList),
-    ("MODEL.EXTRA.STAGE4.BLOCK", Slot::Str),
-    ("MODEL.EXTRA.STAGE4.FUSE_METHOD", Slot::Str),
-    ("DATASET", Slot::Section),
-    ("DATASET.ROOT", Slot::Str),
-    ("DATASET.DATASET", Slot::Str),
-    ("DATASET.TRAINSET", Slot::Str),
-    ("DATASET.TESTSET", Slot::Str),
-    ("DATASET.FLIP", Slot::Bool),
-    ("DATASET.SCALE_FACTOR", Slot::Float),
-    ("DATASET.ROT_FACTOR", Slot::Int),
-    ("TRAIN", Slot::Section),
-    ("TRAIN.LR_FACTOR", Slot::Float),
-    ("TRAIN.LR_STEP", Slot::IntList),
-    ("TRAIN.LR", Slot::Float),
-    ("TRAIN.OPTIMIZER", Slot::Str),
-    ("TRAIN.MOMENTUM", Slot::Float),
-    ("TRAIN.WD", Slot::Float),
-    ("TRAIN.NESTEROV", Slot::Bool),
-    ("TRAIN.BEGIN_EPOCH", Slot::Int),
-    ("TRAIN.END_EPOCH", Slot::Int),
-    ("TRAIN.RESUME", Slot::Bool),
-    ("TRAIN.CHECKPOINT", Slot::Str),
-    ("TRAIN.BATCH_SIZE_PER_GPU", Slot::Int),
-    ("TRAIN.SHUFFLE", Slot::Bool),
-    ("TEST", Slot::Section),
-    ("TEST.BATCH_SIZE_PER_GPU", Slot::Int),
-];
+config_section! {
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct DatasetConfig {
+        "ROOT" root: String = String::new(),
+        /// 'AFLW' | 'COFW' | '300W' | 'WFLW'.
+        "DATASET" dataset: String = "AFLW".to_owned(),
+        "TRAINSET" trainset: String = String::new(),
+        "TESTSET" testset: String = String::new(),
+        "FLIP" flip: bool = true,
+        "SCALE_FACTOR" scale_factor: f64 = 0.25,
+        /// Degrees; an int in the reference schema.
+        "ROT_FACTOR" rot_factor: i64 = 30,
+    }
+}
+
+config_section! {
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct TrainConfig {
+        "LR_FACTOR" lr_factor: f64 = 0.1,
+        "LR_STEP" lr_step: Vec<usize> = vec![30, 50],
+        "LR" lr: f64 = 0.0001,
+        "OPTIMIZER" optimizer: OptimizerKind = OptimizerKind::Adam,
+        "MOMENTUM" momentum: f64 = 0.0,
+        "WD" wd: f64 = 0.0,
+        "NESTEROV" nesterov: bool = false,
+        "BEGIN_EPOCH" begin_epoch: usize = 0,
+        "END_EPOCH" end_epoch: usize = 60,
+        "RESUME" resume: bool = true,
+        /// Unused by the reference.
+        "CHECKPOINT" checkpoint: String = String::new(),
+        "BATCH_SIZE_PER_GPU" batch_size_per_gpu: usize = 16,
+        "SHUFFLE" shuffle: bool = true,
+    }
+}
+
+config_section! {
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct TestConfig {
+        "BATCH_SIZE_PER_GPU" batch_size_per_gpu: usize = 32,
+    }
+}
+
+config_section! {
+    /// The whole configuration; `Config::default()` is the reference `defaults.py` (quirks
+    /// included: GPUS (0,1,2,4), and stages that are not a usable model: the YAMLs override them).
+    /// Keys are in `defaults.py` order.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Config {
+        "OUTPUT_DIR" output_dir: String = "output".to_owned(),
+        "LOG_DIR" log_dir: String = "log".to_owned(),
+        /// A tuple in the reference; only its length matters to hrk (batch = per-GPU × len).
+        "GPUS" gpus: Vec<usize> as IntTuple = vec![0, 1, 2, 4],
+        "WORKERS" workers: usize = 16,
+        "PRINT_FREQ" print_freq: usize = 20,
+        /// Unused by the reference.
+        "AUTO_RESUME" auto_resume: bool = false,
+        "PIN_MEMORY" pin_memory: bool = true,
+        "CUDNN" cudnn: CudnnConfig = CudnnConfig::default(),
+        "MODEL" model: ModelConfig = ModelConfig::default(),
+        "DATASET" dataset: DatasetConfig = DatasetConfig::default(),
+        "TRAIN" train: TrainConfig = TrainConfig::default(),
+        "TEST" test: TestConfig = TestConfig::default(),
+    }
+    not keys: {
+        /// Where each key was read from, for errors found after loading.
+        origin: KeyOrigins = KeyOrigins::default(),
+    }
+}
 
 fn slot_of(path: &str) -> Option<Slot> {
-    SCHEMA.iter().find(|(key, _)| *key == path).map(|(_, slot)| *slot)
+    schema().iter().find(|(key, _)| key == path).map(|(_, slot)| *slot)
 }
 
 /// The full dotted paths of every leaf key of the reference schema, in `defaults.py` order.
 pub fn schema_keys() -> Vec<&'static str> {
-    SCHEMA.iter().filter(|(_, slot)| *slot != Slot::Section).map(|(key, _)| *key).collect()
+    schema().iter().filter(|(_, slot)| *slot != Slot::Section).map(|(key, _)| key.as_str()).collect()
 }
 
-/// A value after yacs decoding and type checking, ready to store.
-enum Typed {
-    Str(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-    Ints(Vec<i64>),
-    Strs(Vec<String>),
+/// Every key of the reference defaults (sections included), in `defaults.py` order.
+fn schema() -> &'static [(String, Slot)] {
+    static ROWS: OnceLock<Vec<(String, Slot)>> = OnceLock::new();
+    ROWS.get_or_init(|| {
+        let mut rows = Vec::new();
+        Config::schema("", &mut rows);
+        rows
+    })
+}
+
+/// The file a config was read from and the line of each key in it. Not part of the config's value:
+/// two configs with the same keys are equal wherever they came from.
+#[derive(Debug, Clone, Default)]
+pub struct KeyOrigins {
+    source: String,
+    lines: HashMap<String, u64>,
+}
+
+impl PartialEq for KeyOrigins {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl KeyOrigins {
+    /// `file:line` of `key`, or of its closest section in the file (a key not in the file has the
+    /// default), or just the file.
+    fn place_of(&self, key: &str) -> String {
+        let place = Place { source: &self.source };
+        let mut probe = key;
+        loop {
+            if let Some(line) = self.lines.get(probe) {
+                return place.at(*line);
+            }
+            match probe.rfind('.') {
+                Some(cut) => probe = &probe[..cut],
+                None => return place.at(0),
+            }
+        }
+    }
 }
 
 /// Where errors point: the file name and, when known, the line.
@@ -522,125 +422,6 @@ fn type_check(path: &str, slot: Slot, node: &Node, line: u64, place: &Place) -> 
     }
 }
 
-fn to_count(path: &str, value: i64, at: &str) -> Result<usize> {
-    usize::try_from(value).map_err(|_| anyhow!("{at}: config key {path}: must not be negative, found {value}"))
-}
-
-fn to_counts(path: &str, values: &[i64], at: &str) -> Result<Vec<usize>> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| usize::try_from(*v).map_err(|_| anyhow!("{at}: config key {path}[{i}]: must not be negative, found {v}")))
-        .collect()
-}
-
-fn stage_mut<'a>(cfg: &'a mut Config, name: &str) -> Option<&'a mut StageConfig> {
-    match name {
-        "STAGE2" => Some(&mut cfg.model.extra.stage2),
-        "STAGE3" => Some(&mut cfg.model.extra.stage3),
-        "STAGE4" => Some(&mut cfg.model.extra.stage4),
-        _ => None,
-    }
-}
-
-/// Stores a checked value under its key path.
-fn assign(cfg: &mut Config, path: &str, value: Typed, at: &str) -> Result<()> {
-    let wrong = || anyhow!("{at}: config key {path}: internal schema mismatch");
-    macro_rules! take {
-        ($variant:ident) => {
-            match value {
-                Typed::$variant(v) => v,
-                _ => return Err(wrong()),
-            }
-        };
-    }
-    let pair = |values: Vec<i64>| -> Result<[usize; 2]> {
-        let counts = to_counts(path, &values, at)?;
-        match counts.as_slice() {
-            [a, b] => Ok([*a, *b]),
-            _ => bail!("{at}: config key {path}: expected 2 ints, found {}", values.len()),
-        }
-    };
-    if let Some(stage_path) = path.strip_prefix("MODEL.EXTRA.").filter(|p| p.starts_with("STAGE")) {
-        let (stage_name, key) = stage_path.split_once('.').ok_or_else(wrong)?;
-        let stage = stage_mut(cfg, stage_name).ok_or_else(wrong)?;
-        match key {
-            "NUM_MODULES" => stage.num_modules = to_count(path, take!(Int), at)?,
-            "NUM_BRANCHES" => stage.num_branches = to_count(path, take!(Int), at)?,
-            "NUM_BLOCKS" => stage.num_blocks = to_counts(path, &take!(Ints), at)?,
-            "NUM_CHANNELS" => stage.num_channels = to_counts(path, &take!(Ints), at)?,
-            "BLOCK" => {
-                let text = take!(Str);
-                stage.block = match text.as_str() {
-                    "BASIC" => BlockKind::Basic,
-                    "BOTTLENECK" => BlockKind::Bottleneck,
-                    _ => bail!("{at}: config key {path}: must be BASIC or BOTTLENECK, found '{text}'"),
-                }
-            }
-            "FUSE_METHOD" => stage.fuse_method = take!(Str),
-            _ => return Err(wrong()),
-        }
-        return Ok(());
-    }
-    match path {
-        "OUTPUT_DIR" => cfg.output_dir = take!(Str),
-        "LOG_DIR" => cfg.log_dir = take!(Str),
-        "GPUS" => cfg.gpus = to_counts(path, &take!(Ints), at)?,
-        "WORKERS" => cfg.workers = to_count(path, take!(Int), at)?,
-        "PRINT_FREQ" => cfg.print_freq = to_count(path, take!(Int), at)?,
-        "AUTO_RESUME" => cfg.auto_resume = take!(Bool),
-        "PIN_MEMORY" => cfg.pin_memory = take!(Bool),
-        "CUDNN.BENCHMARK" => cfg.cudnn.benchmark = take!(Bool),
-        "CUDNN.DETERMINISTIC" => cfg.cudnn.deterministic = take!(Bool),
-        "CUDNN.ENABLED" => cfg.cudnn.enabled = take!(Bool),
-        "MODEL.NAME" => cfg.model.name = take!(Str),
-        "MODEL.INIT_WEIGHTS" => cfg.model.init_weights = take!(Bool),
-        "MODEL.PRETRAINED" => cfg.model.pretrained = take!(Str),
-        "MODEL.NUM_JOINTS" => cfg.model.num_joints = to_count(path, take!(Int), at)?,
-        "MODEL.TARGET_TYPE" => cfg.model.target_type = take!(Str),
-        "MODEL.IMAGE_SIZE" => cfg.model.image_size = pair(take!(Ints))?,
-        "MODEL.HEATMAP_SIZE" => cfg.model.heatmap_size = pair(take!(Ints))?,
-        "MODEL.SIGMA" => cfg.model.sigma = take!(Float),
-        "MODEL.EXTRA.PRETRAINED_LAYERS" => cfg.model.extra.pretrained_layers = take!(Strs),
-        "MODEL.EXTRA.STEM_INPLANES" => cfg.model.extra.stem_inplanes = take!(Int),
-        "MODEL.EXTRA.FINAL_CONV_KERNEL" => cfg.model.extra.final_conv_kernel = to_count(path, take!(Int), at)?,
-        "MODEL.EXTRA.WITH_HEAD" => cfg.model.extra.with_head = take!(Bool),
-        "DATASET.ROOT" => cfg.dataset.root = take!(Str),
-        "DATASET.DATASET" => cfg.dataset.dataset = take!(Str),
-        "DATASET.TRAINSET" => cfg.dataset.trainset = take!(Str),
-        "DATASET.TESTSET" => cfg.dataset.testset = take!(Str),
-        "DATASET.FLIP" => cfg.dataset.flip = take!(Bool),
-        "DATASET.SCALE_FACTOR" => cfg.dataset.scale_factor = take!(Float),
-        "DATASET.ROT_FACTOR" => cfg.dataset.rot_factor = take!(Int),
-        "TRAIN.LR_FACTOR" => cfg.train.lr_factor = take!(Float),
-        "TRAIN.LR_STEP" => cfg.train.lr_step = to_counts(path, &take!(Ints), at)?,
-        "TRAIN.LR" => cfg.train.lr = take!(Float),
-        "TRAIN.OPTIMIZER" => {
-            let text = take!(Str);
-            cfg.train.optimizer = match text.as_str() {
-                "sgd" => OptimizerKind::Sgd,
-                "adam" => OptimizerKind::Adam,
-                "rmsprop" => bail!(
-                    "{at}: config key {path}: 'rmsprop' is not supported (the reference crashes on it: TRAIN.RMSPROP_ALPHA/CENTERED do not exist); use 'adam' or 'sgd'"
-                ),
-                _ => bail!("{at}: config key {path}: unknown optimizer '{text}' (the reference knows 'adam' and 'sgd', lower case)"),
-            }
-        }
-        "TRAIN.MOMENTUM" => cfg.train.momentum = take!(Float),
-        "TRAIN.WD" => cfg.train.wd = take!(Float),
-        "TRAIN.NESTEROV" => cfg.train.nesterov = take!(Bool),
-        "TRAIN.BEGIN_EPOCH" => cfg.train.begin_epoch = to_count(path, take!(Int), at)?,
-        "TRAIN.END_EPOCH" => cfg.train.end_epoch = to_count(path, take!(Int), at)?,
-        "TRAIN.RESUME" => cfg.train.resume = take!(Bool),
-        "TRAIN.CHECKPOINT" => cfg.train.checkpoint = take!(Str),
-        "TRAIN.BATCH_SIZE_PER_GPU" => cfg.train.batch_size_per_gpu = to_count(path, take!(Int), at)?,
-        "TRAIN.SHUFFLE" => cfg.train.shuffle = take!(Bool),
-        "TEST.BATCH_SIZE_PER_GPU" => cfg.test.batch_size_per_gpu = to_count(path, take!(Int), at)?,
-        _ => return Err(wrong()),
-    }
-    Ok(())
-}
-
 /// Edit distance, for "did you mean" hints on misspelt keys.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -658,8 +439,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 fn suggestion(prefix: &str, key: &str) -> String {
-    let siblings = SCHEMA.iter().filter_map(|(path, _)| {
-        let rest = if prefix.is_empty() { Some(*path) } else { path.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) };
+    let siblings = schema().iter().filter_map(|(path, _)| {
+        let rest = if prefix.is_empty() { Some(path.as_str()) } else { path.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) };
         rest.filter(|r| !r.contains('.'))
     });
     let upper = key.to_ascii_uppercase();
@@ -702,7 +483,7 @@ fn merge_map(
             continue;
         }
         let typed = type_check(&path, slot, &value.value, line, place)?;
-        assign(cfg, &path, typed, &place.at(line))?;
+        cfg.assign(&path, &path, typed, &place.at(line))?;
     }
     Ok(())
 }
@@ -729,29 +510,35 @@ impl Config {
                 yaml_type_name(&other.node)
             ),
         }
-        cfg.validate_with(&place, &lines)?;
+        cfg.origin = KeyOrigins { source: source_name.to_owned(), lines };
+        cfg.validate_with(&cfg.origin)?;
         Ok(cfg)
+    }
+
+    /// Reads and checks a config file: `load_config`, with a clear message when the path is not a file.
+    pub fn load(path: &Path) -> Result<Config> {
+        if !path.is_file() {
+            bail!("config file {} not found", path.display());
+        }
+        load_config(path)
     }
 
     /// Checks the cross-key and range rules; `source_name` names the config in errors.
     pub fn validate(&self, source_name: &str) -> Result<()> {
-        self.validate_with(&Place { source: source_name }, &HashMap::new())
+        self.validate_with(&KeyOrigins { source: source_name.to_owned(), lines: HashMap::new() })
     }
 
-    fn validate_with(&self, place: &Place, lines: &HashMap<String, u64>) -> Result<()> {
-        let at = |key: &str| -> String {
-            // A key not in the file has the default; point at its section, or just the file.
-            let mut probe = key;
-            loop {
-                if let Some(line) = lines.get(probe) {
-                    return place.at(*line);
-                }
-                match probe.rfind('.') {
-                    Some(cut) => probe = &probe[..cut],
-                    None => return place.at(0),
-                }
-            }
-        };
+    /// An error about `key` found after loading (e.g. the network it describes cannot be built),
+    /// pointing at the key's line in the config file: `file:line: config key KEY: error`.
+    pub fn key_error(&self, key: &str, error: anyhow::Error) -> anyhow::Error {
+        if self.origin.source.is_empty() {
+            return anyhow!("config key {key}: {error:#}");
+        }
+        anyhow!("{}: config key {key}: {error:#}", self.origin.place_of(key))
+    }
+
+    fn validate_with(&self, origin: &KeyOrigins) -> Result<()> {
+        let at = |key: &str| origin.place_of(key);
         let positive = |key: &str, value: usize| -> Result<()> {
             if value == 0 {
                 bail!("{}: config key {key}: must be at least 1, found 0", at(key));
@@ -850,10 +637,6 @@ impl Config {
         }
         positive("TRAIN.BATCH_SIZE_PER_GPU", self.train.batch_size_per_gpu)?;
         positive("TEST.BATCH_SIZE_PER_GPU", self.test.batch_size_per_gpu)?;
-        // The network must be buildable: absurd widths/depths are refused here, with the file.
-        if let Err(e) = crate::model::HrnetSpec::from_config(self) {
-            bail!("{}: config key MODEL.EXTRA: {e:#}", at("MODEL.EXTRA"));
-        }
         Ok(())
     }
 
@@ -901,136 +684,8 @@ impl Config {
     /// gives the same Config. Meant for the log, like the reference's `pprint(config)`.
     pub fn to_yaml(&self) -> String {
         let mut out = String::new();
-        for (path, slot) in SCHEMA {
-            let depth = path.matches('.').count();
-            let name = path.rsplit('.').next().unwrap_or(path);
-            let indent = "  ".repeat(depth);
-            if *slot == Slot::Section {
-                let _ = writeln!(out, "{indent}{name}:");
-                continue;
-            }
-            let _ = writeln!(out, "{indent}{name}: {}", self.value_text(path));
-        }
+        self.dump("", 0, &mut out);
         out
-    }
-
-    fn value_text(&self, path: &str) -> String {
-        fn quote(s: &str) -> String {
-            // Escaped double quotes keep any character; yacs' literal_eval then sees plain text.
-            let mut out = String::from("\"");
-            for c in s.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    '\t' => out.push_str("\\t"),
-                    c if c.is_control() => {
-                        let _ = write!(out, "\\u{:04x}", c as u32);
-                    }
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-            // A string that literal_eval would turn into something else must be wrapped once
-            // more in Python quotes, e.g. '300' or '(0,)'.
-            if literal_eval(s).is_some() {
-                let python = format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
-                return quote_plain(&python);
-            }
-            out
-        }
-        fn quote_plain(s: &str) -> String {
-            let mut out = String::from("\"");
-            for c in s.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-            out
-        }
-        fn float(v: f64) -> String {
-            if v.is_nan() {
-                ".nan".to_owned()
-            } else if v.is_infinite() {
-                if v > 0.0 { ".inf" } else { "-.inf" }.to_owned()
-            } else {
-                format!("{v:?}")
-            }
-        }
-        fn py_bool(b: bool) -> String {
-            if b { "true" } else { "false" }.to_owned()
-        }
-        fn ints<T: ToString>(v: &[T]) -> String {
-            format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))
-        }
-        let stage = |name: &str| match name {
-            "STAGE2" => &self.model.extra.stage2,
-            "STAGE3" => &self.model.extra.stage3,
-            _ => &self.model.extra.stage4,
-        };
-        if let Some(rest) = path.strip_prefix("MODEL.EXTRA.STAGE") {
-            let (number, key) = rest.split_once('.').unwrap_or((rest, ""));
-            let s = stage(&format!("STAGE{number}"));
-            return match key {
-                "NUM_MODULES" => s.num_modules.to_string(),
-                "NUM_BRANCHES" => s.num_branches.to_string(),
-                "NUM_BLOCKS" => ints(&s.num_blocks),
-                "NUM_CHANNELS" => ints(&s.num_channels),
-                "BLOCK" => s.block.as_str().to_owned(),
-                _ => quote(&s.fuse_method),
-            };
-        }
-        match path {
-            "OUTPUT_DIR" => quote(&self.output_dir),
-            "LOG_DIR" => quote(&self.log_dir),
-            "GPUS" => format!("[{}]", self.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(", ")),
-            "WORKERS" => self.workers.to_string(),
-            "PRINT_FREQ" => self.print_freq.to_string(),
-            "AUTO_RESUME" => py_bool(self.auto_resume),
-            "PIN_MEMORY" => py_bool(self.pin_memory),
-            "CUDNN.BENCHMARK" => py_bool(self.cudnn.benchmark),
-            "CUDNN.DETERMINISTIC" => py_bool(self.cudnn.deterministic),
-            "CUDNN.ENABLED" => py_bool(self.cudnn.enabled),
-            "MODEL.NAME" => quote(&self.model.name),
-            "MODEL.INIT_WEIGHTS" => py_bool(self.model.init_weights),
-            "MODEL.PRETRAINED" => quote(&self.model.pretrained),
-            "MODEL.NUM_JOINTS" => self.model.num_joints.to_string(),
-            "MODEL.TARGET_TYPE" => quote(&self.model.target_type),
-            "MODEL.IMAGE_SIZE" => ints(&self.model.image_size),
-            "MODEL.HEATMAP_SIZE" => ints(&self.model.heatmap_size),
-            "MODEL.SIGMA" => float(self.model.sigma),
-            "MODEL.EXTRA.PRETRAINED_LAYERS" => {
-                format!("[{}]", self.model.extra.pretrained_layers.iter().map(|s| quote_plain(s)).collect::<Vec<_>>().join(", "))
-            }
-            "MODEL.EXTRA.STEM_INPLANES" => self.model.extra.stem_inplanes.to_string(),
-            "MODEL.EXTRA.FINAL_CONV_KERNEL" => self.model.extra.final_conv_kernel.to_string(),
-            "MODEL.EXTRA.WITH_HEAD" => py_bool(self.model.extra.with_head),
-            "DATASET.ROOT" => quote(&self.dataset.root),
-            "DATASET.DATASET" => quote(&self.dataset.dataset),
-            "DATASET.TRAINSET" => quote(&self.dataset.trainset),
-            "DATASET.TESTSET" => quote(&self.dataset.testset),
-            "DATASET.FLIP" => py_bool(self.dataset.flip),
-            "DATASET.SCALE_FACTOR" => float(self.dataset.scale_factor),
-            "DATASET.ROT_FACTOR" => self.dataset.rot_factor.to_string(),
-            "TRAIN.LR_FACTOR" => float(self.train.lr_factor),
-            "TRAIN.LR_STEP" => ints(&self.train.lr_step),
-            "TRAIN.LR" => float(self.train.lr),
-            "TRAIN.OPTIMIZER" => self.train.optimizer.as_str().to_owned(),
-            "TRAIN.MOMENTUM" => float(self.train.momentum),
-            "TRAIN.WD" => float(self.train.wd),
-            "TRAIN.NESTEROV" => py_bool(self.train.nesterov),
-            "TRAIN.BEGIN_EPOCH" => self.train.begin_epoch.to_string(),
-            "TRAIN.END_EPOCH" => self.train.end_epoch.to_string(),
-            "TRAIN.RESUME" => py_bool(self.train.resume),
-            "TRAIN.CHECKPOINT" => quote(&self.train.checkpoint),
-            "TRAIN.BATCH_SIZE_PER_GPU" => self.train.batch_size_per_gpu.to_string(),
-            "TRAIN.SHUFFLE" => py_bool(self.train.shuffle),
-            _ => self.test.batch_size_per_gpu.to_string(),
-        }
     }
 }
 

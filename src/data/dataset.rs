@@ -98,6 +98,28 @@ impl DatasetSpec {
             target_type: "Gaussian".to_string(),
         }
     }
+
+    /// The train (`is_train`) or test set a config describes: DATASET.* and the MODEL.* sizes;
+    /// `annotations` overrides DATASET.TRAINSET / TESTSET.
+    pub fn from_config(cfg: &crate::config::Config, is_train: bool, annotations: Option<&Path>) -> Result<Self> {
+        let Some(kind) = cfg.dataset_kind() else {
+            bail!("DATASET.DATASET {:?} is not one of WFLW, 300W, COFW, AFLW", cfg.dataset.dataset);
+        };
+        let annotations: PathBuf = match annotations {
+            Some(path) => path.to_path_buf(),
+            None => PathBuf::from(if is_train { &cfg.dataset.trainset } else { &cfg.dataset.testset }),
+        };
+        let mut spec = Self::new(kind, &cfg.dataset.root, annotations, is_train);
+        spec.image_size = cfg.model.image_size;
+        spec.heatmap_size = cfg.model.heatmap_size;
+        spec.sigma = cfg.model.sigma;
+        spec.scale_factor = cfg.dataset.scale_factor;
+        spec.rot_factor = cfg.dataset.rot_factor as f64;
+        spec.flip = cfg.dataset.flip;
+        spec.num_joints = cfg.model.num_joints;
+        spec.target_type = cfg.model.target_type.clone();
+        Ok(spec)
+    }
 }
 
 /// One CSV row.
@@ -231,8 +253,8 @@ pub fn read_csv_annotations(csv: &Path, root: &Path, kind: DatasetKind, num_join
             if let Some(alt) = w300_known_misspelling(rel) {
                 let alt_path = root.join(alt);
                 if !image_path.exists() && alt_path.exists() {
-                    eprintln!(
-                        "warning: {file}:{line_no}: '{}' does not exist, using '{}' (known 300W CSV misspelling)",
+                    log::warn!(
+                        "{file}:{line_no}: '{}' does not exist, using '{}' (known 300W CSV misspelling)",
                         image_path.display(),
                         alt_path.display()
                     );

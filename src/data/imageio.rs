@@ -67,7 +67,7 @@ pub fn decode_rgb8_opts(path: &Path, allow_truncated: bool) -> Result<Rgb8> {
         if !allow_truncated {
             bail!("image {}: truncated JPEG (no end-of-image marker after the last scan)", path.display());
         }
-        eprintln!("warning: image {}: truncated JPEG, decoding what is there", path.display());
+        log::warn!("image {}: truncated JPEG, decoding what is there", path.display());
     }
     decode_rgb8_bytes(&bytes, path)
 }

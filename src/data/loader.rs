@@ -179,7 +179,7 @@ impl DataLoader {
                     Ok(h) => workers.push(h),
                     Err(e) => {
                         // Fall back to fewer workers; with none at all, build serially.
-                        eprintln!("warning: data loader: cannot start worker thread {t}: {e}");
+                        log::warn!("data loader: cannot start worker thread {t}: {e}");
                         break;
                     }
                 }

@@ -1,12 +1,11 @@
-//! The training log: every message goes to stdout (or above the progress bar) and, with the
-//! reference's `%(asctime)-15s %(message)s` prefix, to `<out>/<cfg>_<YYYY-mm-dd-HH-MM>_train.log`.
+//! The training log (a file in the output folder) and the observer a run reports to: the
+//! library writes the file and hands every message and progress event to the observer, which
+//! decides what the user sees.
 
 use anyhow::{Context, Result};
-use indicatif::ProgressBar;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// UTC civil time (year, month, day, hour, minute, second, millisecond) of a Unix time.
@@ -39,52 +38,79 @@ pub fn asctime(t: SystemTime) -> String {
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02},{ms:03}")
 }
 
+/// What a training run reports while it works; the CLI implements it to print lines and drive a
+/// progress bar, the default (`LogRecords`) turns the lines into `log` records. The library
+/// itself never prints.
+pub trait TrainObserver: Send {
+    /// One message of the training log (it is already in the log file); may span several lines.
+    fn message(&mut self, text: &str);
+    /// An epoch of `batches` training iterations starts.
+    fn epoch_started(&mut self, _epoch: usize, _batches: usize) {}
+    /// A training iteration finished.
+    fn batch_done(&mut self, _progress: &BatchProgress) {}
+    /// The epoch's training iterations are over (validation follows).
+    fn epoch_finished(&mut self, _epoch: usize) {}
+}
+
+/// Where an epoch stands after one iteration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchProgress {
+    pub epoch: usize,
+    /// 0-based index of the iteration just finished.
+    pub iteration: usize,
+    pub batches: usize,
+    /// Training images per second since the epoch started.
+    pub images_per_second: f64,
+    /// Mean loss of the epoch so far.
+    pub mean_loss: f64,
+}
+
+/// The observer for library use: every message becomes a `log::info!` record.
+pub struct LogRecords;
+
+impl TrainObserver for LogRecords {
+    fn message(&mut self, text: &str) {
+        log::info!("{text}");
+    }
+}
+
+/// The training log: every message goes, with the reference's `%(asctime)-15s %(message)s` prefix,
+/// to `<out>/<cfg>_<YYYY-mm-dd-HH-MM>_train.log`, and to the run's observer.
 pub struct Logger {
-    file: Mutex<File>,
+    file: File,
     path: PathBuf,
-    bar: Mutex<Option<ProgressBar>>,
-    quiet: bool,
+    observer: Box<dyn TrainObserver>,
 }
 
 impl Logger {
     /// Creates `<dir>/<cfg_name>_<stamp>_train.log`.
-    pub fn create(dir: &Path, cfg_name: &str, quiet: bool) -> Result<Logger> {
+    pub fn create(dir: &Path, cfg_name: &str, observer: Box<dyn TrainObserver>) -> Result<Logger> {
         let path = dir.join(format!("{cfg_name}_{}_train.log", file_stamp(SystemTime::now())));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot create log file {}", path.display()))?;
-        Ok(Logger { file: Mutex::new(file), path, bar: Mutex::new(None), quiet })
+        Ok(Logger { file, path, observer })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// While a bar is set, console lines are printed above it.
-    pub fn set_bar(&self, bar: Option<ProgressBar>) {
-        if let Ok(mut b) = self.bar.lock() {
-            *b = bar;
-        }
+    /// The observer, for progress events.
+    pub fn observer(&mut self) -> &mut dyn TrainObserver {
+        self.observer.as_mut()
     }
 
-    pub fn info(&self, msg: &str) {
-        if let Ok(mut f) = self.file.lock() {
-            let stamp = asctime(SystemTime::now());
-            for line in msg.lines() {
-                // A full disk must not kill a long training run; the console still has the line.
-                let _ = writeln!(f, "{stamp:<15} {line}");
-            }
-            let _ = f.flush();
+    pub fn info(&mut self, msg: &str) {
+        let stamp = asctime(SystemTime::now());
+        for line in msg.lines() {
+            // A full disk must not kill a long training run; the observer still gets the line.
+            let _ = writeln!(self.file, "{stamp:<15} {line}");
         }
-        if self.quiet {
-            return;
-        }
-        match self.bar.lock().ok().and_then(|b| b.clone()) {
-            Some(bar) => bar.println(msg),
-            None => println!("{msg}"),
-        }
+        let _ = self.file.flush();
+        self.observer.message(msg);
     }
 }
 

@@ -14,22 +14,26 @@ pub mod schedule;
 
 use crate::autograd::backward;
 use crate::config::{config_name, Config, OptimizerKind};
-use crate::data::dataset::FaceDataset;
+use crate::data::dataset::{DatasetSpec, FaceDataset};
 use crate::data::loader::{DataLoader, LoaderConfig};
 use crate::host::HostTensor;
-use crate::model::HrNet;
+use crate::model::{HrNet, HrnetSpec};
 use crate::ops;
 use crate::optim::{Adam, Sgd};
+use crate::eval::EvalResult;
 use crate::tensor::{Storage, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
 use checkpoint::{CheckpointMeta, BEST, FINAL, FORMAT, LATEST};
+pub use logger::{BatchProgress, LogRecords, TrainObserver};
 use logger::Logger;
 use schedule::MultiStepLr;
 use serde::{Deserialize, Serialize};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// The per-epoch metrics file in the output folder.
+const METRICS: &str = "metrics.jsonl";
 
 /// Images generated for the synthetic demo when its CSVs are missing (80 % train, 20 % test).
 pub const DEFAULT_SYNTH_COUNT: usize = 1000;
@@ -44,8 +48,6 @@ pub struct TrainOptions {
     pub stop_after_epochs: Option<usize>,
     /// Images to generate for the synthetic demo (see `synthetic_root`).
     pub synth_count: usize,
-    /// No console output (the log file still gets everything).
-    pub quiet: bool,
     /// Where the model and each batch live (`--device`).
     pub device: crate::tensor::Device,
 }
@@ -57,7 +59,6 @@ impl TrainOptions {
             seed: 0,
             stop_after_epochs: None,
             synth_count: DEFAULT_SYNTH_COUNT,
-            quiet: false,
             device: crate::tensor::Device::Cpu,
         }
     }
@@ -168,11 +169,6 @@ impl Meter {
     }
 }
 
-struct EpochResult {
-    loss: f64,
-    nme: Option<f64>,
-}
-
 /// Rebuilds metrics.jsonl from the lines of epochs before `keep_below` (a resume drops what an
 /// interrupted run logged after its last checkpoint) and returns them.
 fn restore_metrics(path: &Path, keep_below: usize) -> Result<Vec<EpochMetrics>> {
@@ -209,321 +205,469 @@ fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {
     Ok(())
 }
 
-fn progress_bar(total: usize, epoch: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}") {
-        bar.set_style(style);
-    }
-    bar.set_prefix(format!("epoch {epoch}"));
-    bar
-}
-
-#[allow(clippy::too_many_arguments)]
-fn train_epoch(
-    net: &mut HrNet,
-    opt: &mut Optimizer,
-    loader: &DataLoader,
-    epoch: usize,
-    print_freq: usize,
-    log: &Logger,
-    show_bar: bool,
-    last_good: &Option<PathBuf>,
-) -> Result<EpochResult> {
-    let iter = loader.epoch(epoch as u64);
-    let n = iter.num_batches();
-    let bar = show_bar.then(|| progress_bar(n, epoch));
-    log.set_bar(bar.clone());
-    let (mut batch_time, mut data_time, mut losses) = (Meter::default(), Meter::default(), Meter::default());
-    let (mut nme_sum, mut nme_count, mut nme_ok) = (0.0f64, 0usize, true);
-    let mut end = Instant::now();
-    let epoch_start = Instant::now();
-    for (i, batch) in iter.enumerate() {
-        let batch = batch.with_context(|| format!("epoch {epoch}, iteration {i}"))?;
-        data_time.update(end.elapsed().as_secs_f64(), 1);
-        let bs = batch.len();
-        let dev = net.device();
-        let x = Tensor::from_f32(&batch.input_shape, batch.input.clone())?.to_device(&dev)?;
-        let t = Tensor::from_f32(&batch.target_shape, batch.target.clone())?.to_device(&dev)?;
-        let out = net.forward(&x, true)?;
-        let loss = ops::mse_loss(&out, &t)?;
-        let lv = loss.item()?;
-        if !lv.is_finite() {
-            let kept = match last_good {
-                Some(p) => format!("the last good checkpoint is {}", p.display()),
-                None => "no checkpoint was written yet".to_string(),
-            };
-            bail!("non-finite training loss ({lv}) at epoch {epoch}, iteration {i}/{n}: stopping (weights of this step not applied; {kept}); lower TRAIN.LR");
-        }
-        let mut grads = backward(&loss)?;
-        let grad_list: Vec<Storage> = net
-            .store
-            .params()
-            .iter()
-            .zip(net.store.param_names())
-            .map(|(p, name)| grads.take(p).ok_or_else(|| anyhow!("epoch {epoch}, iteration {i}: no gradient for `{name}`")))
-            .collect::<Result<_>>()?;
-        drop(grads);
-        opt.step(&mut net.store.params_mut(), &grad_list.iter().collect::<Vec<_>>())?;
-        losses.update(lv, bs);
-        if nme_ok {
-            // Training NME as the reference logs it (ignores rotation; indicative only).
-            match crate::eval::decode_and_score(&out.to_f32_vec(), batch.target_shape, &batch.metas) {
-                Ok((_, e)) => {
-                    nme_sum += e.iter().sum::<f64>();
-                    nme_count += e.len();
-                }
-                Err(_) => nme_ok = false,
-            }
-        }
-        batch_time.update(end.elapsed().as_secs_f64(), 1);
-        if let Some(b) = &bar {
-            b.inc(1);
-            let rate = losses.count / epoch_start.elapsed().as_secs_f64().max(1e-9);
-            b.set_message(format!("{rate:.1} img/s  loss {:.5}", losses.avg()));
-        }
-        if i % print_freq.max(1) == 0 {
-            log.info(&format!(
-                "Epoch: [{epoch}][{i}/{n}]\tTime {:.3}s ({:.3}s)\tSpeed {:.1} samples/s\tData {:.3}s ({:.3}s)\tLoss {:.5} ({:.5})\t",
-                batch_time.val,
-                batch_time.avg(),
-                bs as f64 / batch_time.val.max(1e-9),
-                data_time.val,
-                data_time.avg(),
-                losses.val,
-                losses.avg()
-            ));
-        }
-        end = Instant::now();
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    log.set_bar(None);
-    let nme = (nme_ok && nme_count > 0).then(|| nme_sum / nme_count as f64);
-    log.info(&format!(
-        "Train Epoch {epoch} time:{:.4} loss:{:.4} nme:{:.4}",
-        batch_time.avg(),
-        losses.avg(),
-        nme.unwrap_or(f64::NAN)
-    ));
-    Ok(EpochResult { loss: losses.avg(), nme })
-}
-
 /// The bare state_dict (official names), as final_state / model_best hold it.
 fn save_state_dict(path: &Path, net: &HrNet) -> Result<()> {
     crate::io::save_safetensors(path, &net.store.state_dict(), &[])
 }
 
-/// Runs `hrk train`.
-pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
-    let cfg = crate::cli::common::config(&opts.cfg_path)?;
-    let out_dir = cfg.output_dir_for(&opts.cfg_path);
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create output folder {}", out_dir.display()))?;
-    // A run killed while writing a checkpoint leaves its temp file behind; the checkpoints themselves
-    // are intact (written by rename), so the leftovers are only clutter.
-    let stale = crate::io::safetensors::remove_stale_temp_files(&out_dir);
-    let log = Logger::create(&out_dir, &config_name(&opts.cfg_path), opts.quiet)?;
-    log.info(&format!(
-        "=> hrk train --cfg {} --seed {} (rayon threads: {})",
-        opts.cfg_path.display(),
-        opts.seed,
-        rayon::current_num_threads()
-    ));
-    log.info(&cfg.to_yaml());
-    log.info(&format!("=> output folder {}, log file {}", out_dir.display(), log.path().display()));
-    if stale > 0 {
-        log.info(&format!("=> removed {stale} temp file(s) left by an interrupted checkpoint write"));
-    }
+/// The network of the config; one that cannot be built is refused naming MODEL.EXTRA in the file.
+// TODO(merge): HrNet::from_config
+fn model_spec(cfg: &Config) -> Result<HrnetSpec> {
+    HrnetSpec::from_config(cfg).map_err(|e| cfg.key_error("MODEL.EXTRA", e))
+}
 
-    if let Some(root) = synthetic_root(&cfg) {
+/// What one epoch's training iterations produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochTraining {
+    pub lr: f64,
+    /// Mean training loss (weighted by batch size).
+    pub loss: f64,
+    /// Training NME as the reference logs it, when every batch could be decoded.
+    pub nme: Option<f64>,
+}
+
+/// One training run, step by step: `setup` (config, output folder, log, model, data sets,
+/// optimizer, schedule), `resume` (the latest checkpoint, if TRAIN.RESUME), then per epoch
+/// `run_epoch`, `validate` and `checkpoint`, and `finish`. `run` is that loop.
+pub struct Trainer {
+    opts: TrainOptions,
+    cfg: Config,
+    out_dir: PathBuf,
+    log: Logger,
+    net: HrNet,
+    optimizer: Optimizer,
+    schedule: MultiStepLr,
+    train_set: Arc<FaceDataset>,
+    val_set: Arc<FaceDataset>,
+    /// Data order and augmentation seed: `--seed`, or the checkpoint's after a resume.
+    seed: u64,
+    start_epoch: usize,
+    best_nme: f64,
+    resumed_from: Option<usize>,
+    /// Set by `prepare` once a resume can no longer change the weights or the seed.
+    loader: Option<DataLoader>,
+    history: Vec<EpochMetrics>,
+    last_good: Option<PathBuf>,
+    epochs_run: usize,
+    last_predictions: Option<Vec<[f32; 2]>>,
+}
+
+impl Trainer {
+    /// Loads the config, creates the output folder and its log, generates the synthetic demo data
+    /// when asked, builds the model (ImageNet init if configured), the data sets, the optimizer and
+    /// the LR schedule. Every message goes to the log file and to `observer`.
+    pub fn setup(opts: &TrainOptions, observer: Box<dyn TrainObserver>) -> Result<Trainer> {
+        let cfg = Config::load(&opts.cfg_path)?;
+        // Refused before anything is written: absurd widths or depths in MODEL.EXTRA.
+        let spec = model_spec(&cfg)?;
+        let out_dir = cfg.output_dir_for(&opts.cfg_path);
+        std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create output folder {}", out_dir.display()))?;
+        // A run killed while writing a checkpoint leaves its temp file behind; the checkpoints themselves
+        // are intact (written by rename), so the leftovers are only clutter.
+        let stale = crate::io::safetensors::remove_stale_temp_files(&out_dir);
+        let mut log = Logger::create(&out_dir, &config_name(&opts.cfg_path), observer)?;
         log.info(&format!(
-            "=> {} does not exist: generating the synthetic demo data set ({} images, {} landmarks) in {}",
-            cfg.dataset.trainset,
-            opts.synth_count,
-            cfg.model.num_joints,
-            root.display()
+            "=> hrk train --cfg {} --seed {} (rayon threads: {})",
+            opts.cfg_path.display(),
+            opts.seed,
+            rayon::current_num_threads()
         ));
-        let t = Instant::now();
-        let s = crate::synth::generate(&root, cfg.model.num_joints, opts.synth_count, opts.seed)
-            .with_context(|| format!("generating the synthetic data set into {}", root.display()))?;
-        log.info(&format!("=> wrote {} train + {} test images in {:.1}s", s.train_count, s.test_count, t.elapsed().as_secs_f64()));
-        if !Path::new(&cfg.dataset.trainset).exists() {
-            bail!(
-                "{}: DATASET.TRAINSET {} is still missing after generating synthetic data (expected {})",
-                opts.cfg_path.display(),
-                cfg.dataset.trainset,
-                s.train_csv.display()
-            );
+        log.info(&cfg.to_yaml());
+        log.info(&format!("=> output folder {}, log file {}", out_dir.display(), log.path().display()));
+        if stale > 0 {
+            log.info(&format!("=> removed {stale} temp file(s) left by an interrupted checkpoint write"));
         }
+        if let Some(root) = synthetic_root(&cfg) {
+            generate_synthetic(&cfg, opts, &root, &mut log)?;
+        }
+
+        let mut net = HrNet::new(&spec, opts.seed)?;
+        // MODEL.INIT_WEIGHTS + MODEL.PRETRAINED: ImageNet backbone by key name (a missing file only warns,
+        // as in the reference).
+        if let Some(report) = crate::model::pretrained::load_from_config(&mut net, &cfg, false)? {
+            log.info(&format!("=> ImageNet init: {report}"));
+        }
+        let train_set = Arc::new(FaceDataset::open(DatasetSpec::from_config(&cfg, true, None)?)?);
+        let val_set = Arc::new(FaceDataset::open(DatasetSpec::from_config(&cfg, false, None)?)?);
+        log.info(&format!(
+            "=> train set {} ({} images, batch {}), validation set {} ({} images, batch {})",
+            cfg.dataset.trainset,
+            train_set.len(),
+            cfg.train_batch_size(),
+            cfg.dataset.testset,
+            val_set.len(),
+            cfg.test_batch_size()
+        ));
+        let optimizer = Optimizer::from_config(&cfg);
+        let schedule = MultiStepLr::new(cfg.train.lr, &cfg.train.lr_step, cfg.train.lr_factor);
+        Ok(Trainer {
+            opts: opts.clone(),
+            start_epoch: cfg.train.begin_epoch,
+            cfg,
+            out_dir,
+            log,
+            net,
+            optimizer,
+            schedule,
+            train_set,
+            val_set,
+            seed: opts.seed,
+            best_nme: 100.0,
+            resumed_from: None,
+            loader: None,
+            history: Vec::new(),
+            last_good: None,
+            epochs_run: 0,
+            last_predictions: None,
+        })
     }
 
-    let mut net = crate::cli::common::model(&cfg, opts.seed)?;
-    // MODEL.INIT_WEIGHTS + MODEL.PRETRAINED: ImageNet backbone by key name (a missing file only warns,
-    // as in the reference).
-    if let Some(report) = crate::model::pretrained::load_from_config(&mut net, &cfg, false)? {
-        log.info(&format!("=> ImageNet init: {report}"));
-    }
-
-    let train_ds = Arc::new(FaceDataset::open(crate::cli::common::dataset_spec(&cfg, true, None)?)?);
-    let val_ds = Arc::new(FaceDataset::open(crate::cli::common::dataset_spec(&cfg, false, None)?)?);
-    let train_bs = cfg.train_batch_size();
-    log.info(&format!(
-        "=> train set {} ({} images, batch {train_bs}), validation set {} ({} images, batch {})",
-        cfg.dataset.trainset,
-        train_ds.len(),
-        cfg.dataset.testset,
-        val_ds.len(),
-        cfg.test_batch_size()
-    ));
-
-    let mut opt = Optimizer::from_config(&cfg);
-    let sched = MultiStepLr::new(cfg.train.lr, &cfg.train.lr_step, cfg.train.lr_factor);
-    let mut start_epoch = cfg.train.begin_epoch;
-    let mut best_nme = 100.0f64;
-    let mut seed = opts.seed;
-    let mut resumed_from = None;
-    let latest = out_dir.join(LATEST);
-    if cfg.train.resume && latest.is_file() {
+    /// With TRAIN.RESUME and a `latest.safetensors` in the output folder, continues from it: weights,
+    /// optimizer state, epoch, best NME and seed (so the data order continues bit for bit). Returns
+    /// the epoch training restarts at. Must come before the first epoch.
+    pub fn resume(&mut self) -> Result<Option<usize>> {
+        if self.loader.is_some() {
+            bail!("{}: resume must come before the first epoch", self.opts.cfg_path.display());
+        }
+        let latest = self.out_dir.join(LATEST);
+        if !(self.cfg.train.resume && latest.is_file()) {
+            self.log.info("=> no checkpoint found");
+            return Ok(None);
+        }
         let ck = checkpoint::load(&latest)?;
         let src = latest.display().to_string();
-        net.store.load(&ck.model, true, &src)?;
-        if ck.meta.optimizer != opt.name() {
-            bail!("{src}: checkpoint was trained with {}, the config asks for {}", ck.meta.optimizer, opt.name());
+        self.net.store.load(&ck.model, true, &src)?;
+        if ck.meta.optimizer != self.optimizer.name() {
+            bail!("{src}: checkpoint was trained with {}, the config asks for {}", ck.meta.optimizer, self.optimizer.name());
         }
-        opt.load_state(&ck.optim, &net.store.params()).with_context(|| src.clone())?;
-        if ck.meta.seed != seed {
-            log.info(&format!("=> resuming with the checkpoint's seed {} (not --seed {seed}) so the data order continues", ck.meta.seed));
-            seed = ck.meta.seed;
+        self.optimizer.load_state(&ck.optim, &self.net.store.params()).with_context(|| src.clone())?;
+        if ck.meta.seed != self.seed {
+            self.log.info(&format!(
+                "=> resuming with the checkpoint's seed {} (not --seed {}) so the data order continues",
+                ck.meta.seed, self.seed
+            ));
+            self.seed = ck.meta.seed;
         }
         if ck.meta.threads != rayon::current_num_threads() {
-            log.info(&format!(
+            self.log.info(&format!(
                 "warning: checkpoint ran with {} threads, this run has {}: results stay correct but are not bit-identical to an uninterrupted run",
                 ck.meta.threads,
                 rayon::current_num_threads()
             ));
         }
+        let train_bs = self.cfg.train_batch_size();
         if ck.meta.train_batch_size != train_bs {
-            log.info(&format!("warning: checkpoint used batch {}, the config now gives {train_bs}", ck.meta.train_batch_size));
+            self.log.info(&format!("warning: checkpoint used batch {}, the config now gives {train_bs}", ck.meta.train_batch_size));
         }
-        start_epoch = ck.meta.epoch;
-        best_nme = ck.meta.best_nme;
-        resumed_from = Some(start_epoch);
-        log.info(&format!("=> loaded checkpoint {src} (epoch {start_epoch}, best NME {best_nme:.4})"));
-    } else {
-        log.info("=> no checkpoint found");
-    }
-    if opts.device != crate::tensor::Device::Cpu {
-        log.info(&format!("=> training on {:?}", opts.device));
-        net.to_device(&opts.device)?;
+        self.start_epoch = ck.meta.epoch;
+        self.best_nme = ck.meta.best_nme;
+        self.resumed_from = Some(self.start_epoch);
+        self.log.info(&format!("=> loaded checkpoint {src} (epoch {}, best NME {:.4})", self.start_epoch, self.best_nme));
+        Ok(self.resumed_from)
     }
 
-    let workers = cfg.workers;
-    let mut train_lc = LoaderConfig::new(train_bs, cfg.train.shuffle, workers, seed);
-    // A 1-sample last batch with a 1x1 lowest-resolution branch would make BN's batch variance
-    // undefined (PyTorch raises); drop that batch instead.
-    let branches = cfg.model.extra.stage4.num_branches.max(1) as u32;
-    let smallest = (cfg.model.image_size[0] / 4) >> (branches - 1);
-    let smallest_w = (cfg.model.image_size[1] / 4) >> (branches - 1);
-    if train_ds.len() % train_bs == 1 && smallest * smallest_w <= 1 {
-        log.info("warning: dropping the 1-image last training batch (BN needs more than one value per channel)");
-        train_lc.drop_last = true;
-    }
-    let train_loader = DataLoader::new(train_ds.clone(), train_lc)?;
-
-    let metrics_path = out_dir.join("metrics.jsonl");
-    let mut history = restore_metrics(&metrics_path, start_epoch)?;
-    let show_bar = !opts.quiet && std::io::stdout().is_terminal();
-    let print_freq = cfg.print_freq.max(1);
-    let mut last_good = latest.is_file().then(|| latest.clone());
-    let mut epochs_run = 0usize;
-    let mut last_preds = None;
-    for epoch in start_epoch..cfg.train.end_epoch {
-        if opts.stop_after_epochs.is_some_and(|k| epochs_run >= k) {
-            log.info(&format!("=> stopping after {epochs_run} epoch(s) as asked; resume with TRAIN.RESUME true"));
-            return Ok(TrainSummary { out_dir, log_file: log.path().to_path_buf(), epochs_run, resumed_from, best_nme, history, final_state: None });
+    /// Once, before the first epoch: moves the model to its device, builds the training loader and
+    /// trims metrics.jsonl to the epochs before the start epoch.
+    fn prepare(&mut self) -> Result<()> {
+        if self.loader.is_some() {
+            return Ok(());
         }
-        let t0 = Instant::now();
-        let lr = sched.lr_for_epoch(epoch);
-        opt.set_lr(lr);
-        log.info(&format!("=> epoch {epoch}: lr {lr:e}"));
-        let tr = train_epoch(&mut net, &mut opt, &train_loader, epoch, print_freq, &log, show_bar, &last_good)?;
-        let val = crate::eval::evaluate(&mut net, &val_ds, cfg.test_batch_size(), workers)?;
-        let s = val.summary;
-        log.info(&format!("Test Epoch {epoch} {}", val.log_fields()));
-        let is_best = s.nme < best_nme;
-        best_nme = best_nme.min(s.nme);
-        log.info(&format!("=> saving checkpoint to {}", out_dir.display()));
+        if self.opts.device != crate::tensor::Device::Cpu {
+            self.log.info(&format!("=> training on {:?}", self.opts.device));
+            self.net.to_device(&self.opts.device)?;
+        }
+        let train_bs = self.cfg.train_batch_size();
+        let mut train_lc = LoaderConfig::new(train_bs, self.cfg.train.shuffle, self.cfg.workers, self.seed);
+        // A 1-sample last batch with a 1x1 lowest-resolution branch would make BN's batch variance
+        // undefined (PyTorch raises); drop that batch instead.
+        let branches = self.cfg.model.extra.stage4.num_branches.max(1) as u32;
+        let smallest = (self.cfg.model.image_size[0] / 4) >> (branches - 1);
+        let smallest_w = (self.cfg.model.image_size[1] / 4) >> (branches - 1);
+        if self.train_set.len() % train_bs == 1 && smallest * smallest_w <= 1 {
+            self.log.info("warning: dropping the 1-image last training batch (BN needs more than one value per channel)");
+            train_lc.drop_last = true;
+        }
+        let loader = DataLoader::new(self.train_set.clone(), train_lc)?;
+        self.history = restore_metrics(&self.out_dir.join(METRICS), self.start_epoch)?;
+        let latest = self.out_dir.join(LATEST);
+        self.last_good = latest.is_file().then_some(latest);
+        self.loader = Some(loader);
+        Ok(())
+    }
+
+    /// The whole run: resume, then train / validate / checkpoint each epoch up to TRAIN.END_EPOCH
+    /// (or `stop_after_epochs`), then the final state and pictures.
+    pub fn run(mut self) -> Result<TrainSummary> {
+        self.resume()?;
+        self.prepare()?;
+        for epoch in self.start_epoch..self.cfg.train.end_epoch {
+            if self.opts.stop_after_epochs.is_some_and(|k| self.epochs_run >= k) {
+                self.log.info(&format!("=> stopping after {} epoch(s) as asked; resume with TRAIN.RESUME true", self.epochs_run));
+                return Ok(self.summary(None));
+            }
+            let started = Instant::now();
+            let trained = self.run_epoch(epoch)?;
+            let validation = self.validate(epoch)?;
+            let is_best = self.checkpoint(epoch, trained.lr, &validation)?;
+            self.log.info(&format!("best: {is_best}"));
+            self.record_epoch(epoch, &trained, validation, started)?;
+        }
+        self.finish()
+    }
+
+    /// Trains one epoch at the scheduled LR: one optimizer step per batch of the loader.
+    pub fn run_epoch(&mut self, epoch: usize) -> Result<EpochTraining> {
+        self.prepare()?;
+        let lr = self.schedule.lr_for_epoch(epoch);
+        self.optimizer.set_lr(lr);
+        self.log.info(&format!("=> epoch {epoch}: lr {lr:e}"));
+        let Some(loader) = &self.loader else {
+            bail!("{}: the training loader is missing", self.opts.cfg_path.display());
+        };
+        let print_freq = self.cfg.print_freq.max(1);
+        let iter = loader.epoch(epoch as u64);
+        let n = iter.num_batches();
+        self.log.observer().epoch_started(epoch, n);
+        let (mut batch_time, mut data_time, mut losses) = (Meter::default(), Meter::default(), Meter::default());
+        let (mut nme_sum, mut nme_count, mut nme_ok) = (0.0f64, 0usize, true);
+        let mut end = Instant::now();
+        let epoch_start = Instant::now();
+        for (i, batch) in iter.enumerate() {
+            let batch = batch.with_context(|| format!("epoch {epoch}, iteration {i}"))?;
+            data_time.update(end.elapsed().as_secs_f64(), 1);
+            let bs = batch.len();
+            let dev = self.net.device();
+            let x = Tensor::from_f32(&batch.input_shape, batch.input.clone())?.to_device(&dev)?;
+            let t = Tensor::from_f32(&batch.target_shape, batch.target.clone())?.to_device(&dev)?;
+            let out = self.net.forward(&x, true)?;
+            let loss = ops::mse_loss(&out, &t)?;
+            let lv = loss.item()?;
+            if !lv.is_finite() {
+                let kept = match &self.last_good {
+                    Some(p) => format!("the last good checkpoint is {}", p.display()),
+                    None => "no checkpoint was written yet".to_string(),
+                };
+                bail!("non-finite training loss ({lv}) at epoch {epoch}, iteration {i}/{n}: stopping (weights of this step not applied; {kept}); lower TRAIN.LR");
+            }
+            let mut grads = backward(&loss)?;
+            let grad_list: Vec<Storage> = self
+                .net
+                .store
+                .params()
+                .iter()
+                .zip(self.net.store.param_names())
+                .map(|(p, name)| grads.take(p).ok_or_else(|| anyhow!("epoch {epoch}, iteration {i}: no gradient for `{name}`")))
+                .collect::<Result<_>>()?;
+            drop(grads);
+            self.optimizer.step(&mut self.net.store.params_mut(), &grad_list.iter().collect::<Vec<_>>())?;
+            losses.update(lv, bs);
+            if nme_ok {
+                // Training NME as the reference logs it (ignores rotation; indicative only).
+                match crate::eval::decode_and_score(&out.to_f32_vec(), batch.target_shape, &batch.metas) {
+                    Ok((_, e)) => {
+                        nme_sum += e.iter().sum::<f64>();
+                        nme_count += e.len();
+                    }
+                    Err(_) => nme_ok = false,
+                }
+            }
+            batch_time.update(end.elapsed().as_secs_f64(), 1);
+            let images_per_second = losses.count / epoch_start.elapsed().as_secs_f64().max(1e-9);
+            let progress = BatchProgress { epoch, iteration: i, batches: n, images_per_second, mean_loss: losses.avg() };
+            self.log.observer().batch_done(&progress);
+            if i % print_freq == 0 {
+                self.log.info(&format!(
+                    "Epoch: [{epoch}][{i}/{n}]\tTime {:.3}s ({:.3}s)\tSpeed {:.1} samples/s\tData {:.3}s ({:.3}s)\tLoss {:.5} ({:.5})\t",
+                    batch_time.val,
+                    batch_time.avg(),
+                    bs as f64 / batch_time.val.max(1e-9),
+                    data_time.val,
+                    data_time.avg(),
+                    losses.val,
+                    losses.avg()
+                ));
+            }
+            end = Instant::now();
+        }
+        self.log.observer().epoch_finished(epoch);
+        let nme = (nme_ok && nme_count > 0).then(|| nme_sum / nme_count as f64);
+        self.log.info(&format!(
+            "Train Epoch {epoch} time:{:.4} loss:{:.4} nme:{:.4}",
+            batch_time.avg(),
+            losses.avg(),
+            nme.unwrap_or(f64::NAN)
+        ));
+        Ok(EpochTraining { lr, loss: losses.avg(), nme })
+    }
+
+    /// Evaluates the model on the validation set (the reference's `validate`) and logs the result
+    /// as epoch `epoch`'s.
+    pub fn validate(&mut self, epoch: usize) -> Result<EvalResult> {
+        self.prepare()?;
+        let result = crate::eval::evaluate(&mut self.net, &self.val_set, self.cfg.test_batch_size(), self.cfg.workers)?;
+        self.log.info(&format!("Test Epoch {epoch} {}", result.log_fields()));
+        Ok(result)
+    }
+
+    /// Saves what epoch `epoch` (trained at `lr`) ends with: `checkpoint_{epoch}` and `latest` (model,
+    /// optimizer, metadata), `model_best` when the validation NME is the best so far, and the
+    /// validation predictions. Returns whether the epoch is the best.
+    pub fn checkpoint(&mut self, epoch: usize, lr: f64, validation: &EvalResult) -> Result<bool> {
+        let nme = validation.summary.nme;
+        let is_best = nme < self.best_nme;
+        self.best_nme = self.best_nme.min(nme);
+        self.log.info(&format!("=> saving checkpoint to {}", self.out_dir.display()));
         let meta = CheckpointMeta {
             format: FORMAT.to_string(),
             epoch: epoch + 1,
-            best_nme,
+            best_nme: self.best_nme,
             scheduler_last_epoch: MultiStepLr::position_for_epoch(epoch),
             lr,
-            optimizer: opt.name().to_string(),
-            seed,
+            optimizer: self.optimizer.name().to_string(),
+            seed: self.seed,
             data_rng: "stateless: order = shuffle(seed, epoch); augmentation = f(seed, epoch, sample index)".to_string(),
-            train_batch_size: train_bs,
+            train_batch_size: self.cfg.train_batch_size(),
             threads: rayon::current_num_threads(),
         };
-        let bytes = checkpoint::encode(&meta, &net.store.state_dict(), &opt.state())?;
-        let ck_path = checkpoint::save(&out_dir, epoch, &bytes)?;
+        let bytes = checkpoint::encode(&meta, &self.net.store.state_dict(), &self.optimizer.state())?;
+        let ck_path = checkpoint::save(&self.out_dir, epoch, &bytes)?;
         if is_best {
-            save_state_dict(&out_dir.join(BEST), &net)?;
+            save_state_dict(&self.out_dir.join(BEST), &self.net)?;
         }
-        let (n_img, j) = (val_ds.len(), cfg.model.num_joints);
-        let flat: Vec<f32> = val.predictions.iter().flat_map(|p| [p[0], p[1]]).collect();
-        crate::io::save_safetensors(&out_dir.join("current_pred.safetensors"), &[("predictions".to_string(), HostTensor::f32(vec![n_img, j, 2], flat))], &[])?;
-        last_good = Some(ck_path);
-        log.info(&format!("best: {is_best}"));
+        let (images, joints) = (self.val_set.len(), self.cfg.model.num_joints);
+        let flat: Vec<f32> = validation.predictions.iter().flat_map(|p| [p[0], p[1]]).collect();
+        let predictions = [("predictions".to_string(), HostTensor::f32(vec![images, joints, 2], flat))];
+        crate::io::save_safetensors(&self.out_dir.join("current_pred.safetensors"), &predictions, &[])?;
+        self.last_good = Some(ck_path);
+        Ok(is_best)
+    }
+
+    /// Appends the epoch to metrics.jsonl and the history, and redraws curves.png.
+    fn record_epoch(&mut self, epoch: usize, trained: &EpochTraining, validation: EvalResult, started: Instant) -> Result<()> {
+        let s = &validation.summary;
         let m = EpochMetrics {
             epoch,
-            lr,
-            train_loss: tr.loss,
-            train_nme: tr.nme,
-            val_loss: val.loss,
+            lr: trained.lr,
+            train_loss: trained.loss,
+            train_nme: trained.nme,
+            val_loss: validation.loss,
             nme: s.nme,
             fr_008: s.fr_008,
             fr_010: s.fr_010,
             auc_010: s.auc_010,
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds: started.elapsed().as_secs_f64(),
         };
-        append_metrics(&metrics_path, &m)?;
-        history.push(m);
-        let col = |f: fn(&EpochMetrics) -> f64| history.iter().map(f).collect::<Vec<f64>>();
-        if let Err(e) = pictures::write_curves(&out_dir.join("curves.png"), &col(|m| m.train_loss), &col(|m| m.val_loss), &col(|m| m.nme), &col(|m| m.fr_008), &col(|m| m.fr_010)) {
-            log.info(&format!("warning: curves.png not written: {e:#}"));
+        append_metrics(&self.out_dir.join(METRICS), &m)?;
+        self.history.push(m);
+        let col = |f: fn(&EpochMetrics) -> f64| self.history.iter().map(f).collect::<Vec<f64>>();
+        let curves = pictures::write_curves(
+            &self.out_dir.join("curves.png"),
+            &col(|m| m.train_loss),
+            &col(|m| m.val_loss),
+            &col(|m| m.nme),
+            &col(|m| m.fr_008),
+            &col(|m| m.fr_010),
+        );
+        if let Err(e) = curves {
+            self.log.info(&format!("warning: curves.png not written: {e:#}"));
         }
-        last_preds = Some(val.predictions);
-        epochs_run += 1;
+        self.last_predictions = Some(validation.predictions);
+        self.epochs_run += 1;
+        Ok(())
     }
-    let final_path = out_dir.join(FINAL);
-    save_state_dict(&final_path, &net)?;
-    log.info(&format!("=> saved final state to {}", final_path.display()));
-    let preds = match last_preds {
-        Some(p) => p,
-        None => crate::eval::evaluate(&mut net, &val_ds, cfg.test_batch_size(), workers)?.predictions,
-    };
-    let shown = val_ds.len().min(8);
-    let mut items = Vec::new();
-    for i in 0..shown {
-        let img = val_ds.source_image(i, false)?;
-        let gt: Vec<[f32; 2]> = val_ds.annotation(i)?.pts.iter().map(|p| [p[0] as f32, p[1] as f32]).collect();
-        let j = cfg.model.num_joints;
-        items.push((img, gt, preds[i * j..(i + 1) * j].to_vec()));
+
+    /// After the last epoch: `final_state`, an overlay of a few validation predictions and the
+    /// closing summary line.
+    pub fn finish(mut self) -> Result<TrainSummary> {
+        self.prepare()?;
+        let final_path = self.out_dir.join(FINAL);
+        save_state_dict(&final_path, &self.net)?;
+        self.log.info(&format!("=> saved final state to {}", final_path.display()));
+        let preds = match self.last_predictions.take() {
+            Some(p) => p,
+            None => crate::eval::evaluate(&mut self.net, &self.val_set, self.cfg.test_batch_size(), self.cfg.workers)?.predictions,
+        };
+        let joints = self.cfg.model.num_joints;
+        let mut items = Vec::new();
+        for i in 0..self.val_set.len().min(8) {
+            let img = self.val_set.source_image(i, false)?;
+            let gt: Vec<[f32; 2]> = self.val_set.annotation(i)?.pts.iter().map(|p| [p[0] as f32, p[1] as f32]).collect();
+            items.push((img, gt, preds[i * joints..(i + 1) * joints].to_vec()));
+        }
+        let overlay = self.out_dir.join("test_predictions.png");
+        match pictures::write_overlay(&overlay, &items, 256) {
+            Ok(()) => self.log.info(&format!("=> wrote {} (ground truth red, predictions green)", overlay.display())),
+            Err(e) => self.log.info(&format!("warning: {} not written: {e:#}", overlay.display())),
+        }
+        if let Some(m) = self.history.last() {
+            let line = format!(
+                "=> done: validation NME {:.4} ({:.2} %), FR@0.08 {:.4}, FR@0.10 {:.4}; best NME {:.4}",
+                m.nme,
+                m.nme * 100.0,
+                m.fr_008,
+                m.fr_010,
+                self.best_nme
+            );
+            self.log.info(&line);
+        }
+        Ok(self.summary(Some(final_path)))
     }
-    let overlay = out_dir.join("test_predictions.png");
-    match pictures::write_overlay(&overlay, &items, 256) {
-        Ok(()) => log.info(&format!("=> wrote {} (ground truth red, predictions green)", overlay.display())),
-        Err(e) => log.info(&format!("warning: {} not written: {e:#}", overlay.display())),
+
+    fn summary(&self, final_state: Option<PathBuf>) -> TrainSummary {
+        TrainSummary {
+            out_dir: self.out_dir.clone(),
+            log_file: self.log.path().to_path_buf(),
+            epochs_run: self.epochs_run,
+            resumed_from: self.resumed_from,
+            best_nme: self.best_nme,
+            history: self.history.clone(),
+            final_state,
+        }
     }
-    if let Some(m) = history.last() {
-        log.info(&format!(
-            "=> done: validation NME {:.4} ({:.2} %), FR@0.08 {:.4}, FR@0.10 {:.4}; best NME {best_nme:.4}",
-            m.nme,
-            m.nme * 100.0,
-            m.fr_008,
-            m.fr_010
-        ));
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
-    Ok(TrainSummary { out_dir, log_file: log.path().to_path_buf(), epochs_run, resumed_from, best_nme, history, final_state: Some(final_path) })
+
+    pub fn model(&self) -> &HrNet {
+        &self.net
+    }
+
+    pub fn out_dir(&self) -> &Path {
+        &self.out_dir
+    }
+
+    /// The first epoch `run` trains (TRAIN.BEGIN_EPOCH, or the checkpoint's after a resume).
+    pub fn start_epoch(&self) -> usize {
+        self.start_epoch
+    }
+}
+
+/// Writes the synthetic demo data set into `root` (DATASET.TRAINSET is missing there).
+fn generate_synthetic(cfg: &Config, opts: &TrainOptions, root: &Path, log: &mut Logger) -> Result<()> {
+    log.info(&format!(
+        "=> {} does not exist: generating the synthetic demo data set ({} images, {} landmarks) in {}",
+        cfg.dataset.trainset,
+        opts.synth_count,
+        cfg.model.num_joints,
+        root.display()
+    ));
+    let t = Instant::now();
+    let s = crate::synth::generate(root, cfg.model.num_joints, opts.synth_count, opts.seed)
+        .with_context(|| format!("generating the synthetic data set into {}", root.display()))?;
+    log.info(&format!("=> wrote {} train + {} test images in {:.1}s", s.train_count, s.test_count, t.elapsed().as_secs_f64()));
+    if !Path::new(&cfg.dataset.trainset).exists() {
+        bail!(
+            "{}: DATASET.TRAINSET {} is still missing after generating synthetic data (expected {})",
+            opts.cfg_path.display(),
+            cfg.dataset.trainset,
+            s.train_csv.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs a whole training with progress reported as `log` records (`Trainer::setup` + `run`).
+pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
+    Trainer::setup(opts, Box::new(LogRecords))?.run()
 }
