@@ -13,20 +13,13 @@ use std::path::Path;
 /// widths or depths before it reads anything else.
 pub fn config(path: &Path) -> Result<Config> {
     let cfg = Config::load(path)?;
-    model_spec(&cfg)?;
+    HrnetSpec::from_config(&cfg)?;
     Ok(cfg)
 }
 
-/// The network a config describes; an error names MODEL.EXTRA in the config file.
-// TODO(merge): HrnetSpec from &ModelConfig
-fn model_spec(cfg: &Config) -> Result<HrnetSpec> {
-    HrnetSpec::from_config(cfg).map_err(|e| cfg.key_error("MODEL.EXTRA", e))
-}
-
 /// A freshly initialised model for the config (official init, seeded).
-// TODO(merge): HrNet::from_config
 pub fn model(cfg: &Config, seed: u64) -> Result<HrNet> {
-    HrNet::new(&model_spec(cfg)?, seed)
+    HrNet::from_config(cfg, seed)
 }
 
 /// Loads .safetensors or an official .pth (zip or legacy; `module.` prefixes stripped) strictly:

@@ -211,11 +211,6 @@ fn save_state_dict(path: &Path, net: &HrNet) -> Result<()> {
 }
 
 /// The network of the config; one that cannot be built is refused naming MODEL.EXTRA in the file.
-// TODO(merge): HrNet::from_config
-fn model_spec(cfg: &Config) -> Result<HrnetSpec> {
-    HrnetSpec::from_config(cfg).map_err(|e| cfg.key_error("MODEL.EXTRA", e))
-}
-
 /// What one epoch's training iterations produced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochTraining {
@@ -259,7 +254,7 @@ impl Trainer {
     pub fn setup(opts: &TrainOptions, observer: Box<dyn TrainObserver>) -> Result<Trainer> {
         let cfg = Config::load(&opts.cfg_path)?;
         // Refused before anything is written: absurd widths or depths in MODEL.EXTRA.
-        let spec = model_spec(&cfg)?;
+        HrnetSpec::from_config(&cfg)?;
         let out_dir = cfg.output_dir_for(&opts.cfg_path);
         std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create output folder {}", out_dir.display()))?;
         // A run killed while writing a checkpoint leaves its temp file behind; the checkpoints themselves
@@ -281,10 +276,10 @@ impl Trainer {
             generate_synthetic(&cfg, opts, &root, &mut log)?;
         }
 
-        let mut net = HrNet::new(&spec, opts.seed)?;
         // MODEL.INIT_WEIGHTS + MODEL.PRETRAINED: ImageNet backbone by key name (a missing file only warns,
         // as in the reference).
-        if let Some(report) = crate::model::pretrained::load_from_config(&mut net, &cfg, false)? {
+        let (net, pretrained) = HrNet::for_training(&cfg, opts.seed)?;
+        if let Some(report) = pretrained {
             log.info(&format!("=> ImageNet init: {report}"));
         }
         let train_set = Arc::new(FaceDataset::open(DatasetSpec::from_config(&cfg, true, None)?)?);

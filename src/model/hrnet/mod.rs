@@ -50,7 +50,7 @@ impl HrNet {
     /// The config's network (MODEL.NUM_JOINTS, MODEL.EXTRA) with the official init, seeded; no weights
     /// loaded (see `for_training` for MODEL.PRETRAINED).
     pub fn from_config(cfg: &Config, seed: u64) -> Result<HrNet> {
-        HrNet::new(&HrnetSpec::from_model_config(&cfg.model)?, seed)
+        HrNet::new(&HrnetSpec::from_config(cfg)?, seed)
     }
 
     /// `from_config`, then the reference's MODEL.INIT_WEIGHTS + MODEL.PRETRAINED step (the ImageNet

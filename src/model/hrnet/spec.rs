@@ -55,9 +55,10 @@ impl HrnetSpec {
         Ok(spec)
     }
 
-    /// `from_model_config` of the config's MODEL section.
+    /// `from_model_config` of the config's MODEL section; an error names MODEL.EXTRA at its place in
+    /// the config file.
     pub fn from_config(cfg: &crate::config::Config) -> Result<HrnetSpec> {
-        HrnetSpec::from_model_config(&cfg.model)
+        HrnetSpec::from_model_config(&cfg.model).map_err(|e| cfg.key_error("MODEL.EXTRA", e))
     }
 
     pub fn validate(&self) -> Result<()> {
