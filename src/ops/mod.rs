@@ -1,11 +1,11 @@
 //! The engine's ops. One folder per op: `mod.rs` holds the op (shape checks, ONE tape record, ONE backward
 //! written in terms of kernel calls) and its kernel trait; `cpu_kernel.rs` and `cuda_kernel.rs` implement
 //! that trait for host storage and for GPU storage (kernels/*.cu, run on a CUDA device or the emulator).
-//! An op picks its kernels with [`kernels_for`], the one place that looks at a device.
+//! An op picks its kernels with `kernels_for`, the one place that looks at a device.
 //!
 //! Adding an op `foo`: `ops/foo/mod.rs` declares `trait FooKernel` (forward and backward over `Storage`),
 //! checks shapes/dtypes/devices, calls `kernels(&device).forward(..)` and records one `FooBackward` whose
-//! `backward` calls the same trait; `cpu_kernel.rs` implements it for [`Cpu`], `cuda_kernel.rs` for [`Cuda`]
+//! `backward` calls the same trait; `cpu_kernel.rs` implements it for `Cpu`, `cuda_kernel.rs` for `Cuda`
 //! (launching kernels/foo.cu through a `cuda::kernels` descriptor and a params struct mirrored in
 //! params.h / cuda/params.rs, with one builder); a test compares the two devices and a gradient check.
 

@@ -3,11 +3,44 @@
 //! Parameters are passed in a fixed order (the model's state_dict order); the optimizer state is
 //! kept per position and can be exported/imported for checkpoints.
 
-use crate::by_dtype;
-use crate::float::{typed, typed_mut, Float};
+mod cpu_kernel;
+mod cuda_kernel;
+
 use crate::host::HostTensor;
-use crate::tensor::{CpuStorage, Storage, Tensor};
+use crate::ops::{kernels_for, Cpu, Cuda};
+use crate::tensor::{CpuStorage, Device, Storage, Tensor};
 use anyhow::{bail, Result};
+
+/// One step's hyper-parameters, as both devices' kernels take them (Adam reads lr, weight_decay, beta1,
+/// beta2, eps, bc2_sqrt; SGD lr, weight_decay, momentum, dampening, nesterov, first_step).
+#[derive(Default)]
+pub(crate) struct Hyper {
+    /// Adam: lr/(1−β1ᵗ), rounded once from f64.
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// √(1−β2ᵗ).
+    pub bc2_sqrt: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    pub nesterov: bool,
+    /// SGD: the momentum buffer starts as a copy of the step.
+    pub first_step: bool,
+}
+
+/// The update rules of one device, applied to one parameter in place (shapes, dtypes and devices checked
+/// by the optimizers).
+pub(crate) trait OptimKernel: Sync {
+    fn adam(&self, param: &mut Tensor, grad: &Storage, exp_avg: &mut Storage, exp_avg_sq: &mut Storage, h: &Hyper) -> Result<()>;
+    /// `momentum_buf` is None without momentum.
+    fn sgd(&self, param: &mut Tensor, grad: &Storage, momentum_buf: Option<&mut Storage>, h: &Hyper) -> Result<()>;
+}
+
+fn kernels(device: &Device) -> &'static dyn OptimKernel {
+    kernels_for(device, &Cpu, &Cuda)
+}
 
 fn check_grads(op: &str, params: &[&mut Tensor], grads: &[&Storage]) -> Result<()> {
     if params.len() != grads.len() {
@@ -81,29 +114,11 @@ impl Adam {
         let bc1 = 1.0 - self.beta1.powi(t);
         let bc2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
         let step_size = self.lr / bc1;
+        // lr/(1−β1ᵗ) rounded once from f64, the bias correction of v applied as √(1−β2ᵗ).
+        let h = Hyper { lr: step_size, weight_decay: self.weight_decay, beta1: self.beta1, beta2: self.beta2, eps: self.eps, bc2_sqrt, ..Default::default() };
         for (i, p) in params.iter_mut().enumerate() {
             let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
-            if p.device().is_gpu() {
-                // lr/(1−β1ᵗ) rounded once from f64 as on the CPU, with the kernel's division made exact.
-                let h = gpu::Hyper { lr: step_size, weight_decay: self.weight_decay, beta1: self.beta1, beta2: self.beta2, eps: self.eps, bc1: 1.0, bc2_sqrt, ..Default::default() };
-                gpu::step(&crate::cuda::kernels::ADAM_STEP, p, grads[i], &h, Some(m), Some(v), None)?;
-                continue;
-            }
-            by_dtype!(p.dtype(), T => {
-                let g: &[T] = typed(grads[i]);
-                let (m, v) = (typed_mut::<T>(m), typed_mut::<T>(v));
-                let (b1, b2, wd) = (T::from_f64(self.beta1), T::from_f64(self.beta2), T::from_f64(self.weight_decay));
-                let (eps, ss, bc2s) = (T::from_f64(self.eps), T::from_f64(step_size), T::from_f64(bc2_sqrt));
-                p.update(|s| {
-                    for (((pv, &gv), mv), vv) in typed_mut::<T>(s).iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                        let gv = if self.weight_decay != 0.0 { gv + wd * *pv } else { gv };
-                        *mv = *mv + (T::ONE - b1) * (gv - *mv);
-                        *vv = b2 * *vv + (T::ONE - b2) * gv * gv;
-                        let denom = vv.sqrt() / bc2s + eps;
-                        *pv -= ss * (*mv / denom);
-                    }
-                })?;
-            });
+            kernels(&p.device()).adam(p, grads[i], m, v, &h)?;
         }
         Ok(())
     }
@@ -159,38 +174,17 @@ impl Sgd {
             self.buf = zeros_like(params)?;
         }
         follow_params(&mut self.buf, params)?;
+        let h = Hyper {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            momentum: self.momentum,
+            dampening: self.dampening,
+            nesterov: self.nesterov,
+            first_step: first,
+            ..Default::default()
+        };
         for (i, p) in params.iter_mut().enumerate() {
-            if p.device().is_gpu() {
-                let h = gpu::Hyper {
-                    lr: self.lr,
-                    weight_decay: self.weight_decay,
-                    momentum: self.momentum,
-                    dampening: self.dampening,
-                    nesterov: self.nesterov,
-                    first_step: first,
-                    ..Default::default()
-                };
-                gpu::step(&crate::cuda::kernels::SGD_STEP, p, grads[i], &h, None, None, self.buf.get_mut(i))?;
-                continue;
-            }
-            by_dtype!(p.dtype(), T => {
-                let g: &[T] = typed(grads[i]);
-                let (mu, damp, wd, lr) = (T::from_f64(self.momentum), T::from_f64(self.dampening), T::from_f64(self.weight_decay), T::from_f64(self.lr));
-                let mut buf = self.buf.get_mut(i).map(typed_mut::<T>);
-                p.update(|s| {
-                    for (j, pv) in typed_mut::<T>(s).iter_mut().enumerate() {
-                        let mut d = g[j];
-                        if self.weight_decay != 0.0 {
-                            d += wd * *pv;
-                        }
-                        if let Some(b) = buf.as_deref_mut() {
-                            b[j] = if first { d } else { mu * b[j] + (T::ONE - damp) * d };
-                            d = if self.nesterov { d + mu * b[j] } else { b[j] };
-                        }
-                        *pv -= lr * d;
-                    }
-                })?;
-            });
+            kernels(&p.device()).sgd(p, grads[i], self.buf.get_mut(i), &h)?;
         }
         Ok(())
     }
@@ -228,76 +222,4 @@ fn host_storage(h: &HostTensor, like: &Tensor) -> Result<Storage> {
 
 fn find<'a>(state: &'a [(String, HostTensor)], key: &str) -> Result<&'a HostTensor> {
     state.iter().find(|(k, _)| k == key).map(|(_, v)| v).ok_or_else(|| anyhow::anyhow!("optimizer state: missing `{key}`"))
-}
-
-#[allow(dead_code)]
-fn _assert_float<T: Float>() {}
-
-/// Adam / SGD on a GPU device: one `adam_step` / `sgd_step` launch per parameter, updating the
-/// parameter and the optimizer state in place.
-mod gpu {
-    use crate::cuda::kernels::Kernel;
-    use crate::cuda::params::OptimParams;
-    use crate::tensor::{Storage, Tensor};
-    use anyhow::{anyhow, Result};
-
-    #[derive(Default)]
-    pub(super) struct Hyper {
-        pub lr: f64,
-        pub weight_decay: f64,
-        pub beta1: f64,
-        pub beta2: f64,
-        pub eps: f64,
-        pub bc1: f64,
-        pub bc2_sqrt: f64,
-        pub momentum: f64,
-        pub dampening: f64,
-        pub nesterov: bool,
-        pub first_step: bool,
-    }
-
-    pub(super) fn step(
-        kernel: &'static Kernel<OptimParams>,
-        param: &mut Tensor,
-        grad: &Storage,
-        h: &Hyper,
-        exp_avg: Option<&mut Storage>,
-        exp_avg_sq: Option<&mut Storage>,
-        momentum_buf: Option<&mut Storage>,
-    ) -> Result<()> {
-        let op = kernel.name;
-        let addr = |s: Option<&mut Storage>| -> Result<u64> { s.map(|s| s.gpu_mut(op).map(|b| b.addr_mut())).transpose().map(|a| a.unwrap_or(0)) };
-        let mut p = OptimParams {
-            grad: grad.gpu(op)?.addr(),
-            exp_avg: addr(exp_avg)?,
-            exp_avg_sq: addr(exp_avg_sq)?,
-            momentum_buf: addr(momentum_buf)?,
-            n: param.numel() as i64,
-            lr: h.lr as f32,
-            weight_decay: h.weight_decay as f32,
-            beta1: h.beta1 as f32,
-            beta2: h.beta2 as f32,
-            eps: h.eps as f32,
-            bias_correction1: h.bc1 as f32,
-            bias_correction2_sqrt: h.bc2_sqrt as f32,
-            momentum: h.momentum as f32,
-            dampening: h.dampening as f32,
-            nesterov: h.nesterov as i32,
-            first_step: h.first_step as i32,
-            pad_: 0,
-            param: 0,
-        };
-        let mut result = Err(anyhow!("{op}: parameter {:?} is not on the GPU", param.shape()));
-        param.update(|s| {
-            result = (|| {
-                let b = s.gpu_mut(op)?;
-                p.param = b.addr_mut();
-                let dev = b.device().clone();
-                // SAFETY: param, grad and the state hold n floats on `dev` (checked by the caller: check_grads,
-                // zeros_like / follow_params for the state).
-                unsafe { dev.launch(kernel, &p) }
-            })();
-        })?;
-        result
-    }
 }
