@@ -9,17 +9,17 @@
 //! the test fails listing them; replay one with HRK_FUZZ_REPLAY=path (and the target's name in
 //! the path decides which reader runs). HRK_WRITE_CORPUS=1 regenerates the seed files.
 
-mod hostile_common;
+mod common;
 
-use hostile_common::*;
+use common::hostile::*;
+use common::scratch;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-mod alloc_guard;
-use alloc_guard::{LARGEST_ALLOC as PEAK, SOFT_LIMIT};
+use common::alloc_guard::{self, LARGEST_ALLOC as PEAK, SOFT_LIMIT};
 use hrk::rng::Rng;
 
 #[global_allocator]
@@ -28,10 +28,6 @@ static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 /// One target at a time: they share the allocation peak and the panic hook.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
 
 const MAGIC_INTS: [u64; 10] = [0, 1, 0x7f, 0x80, 0xff, 0xffff, 0x7fff_ffff, 0xffff_ffff, 1 << 40, u64::MAX];
 
@@ -93,10 +89,10 @@ fn mutate_bytes(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
 fn fuzz(name: &str, seeds: &[Vec<u8>], mut mutate: impl FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>, mut target: impl FnMut(&[u8]) -> bool) -> (u64, u64) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     assert!(!seeds.is_empty(), "{name}: no seeds");
-    let budget = Duration::from_secs_f64(env_f64("HRK_FUZZ_SECS", 2.0));
-    let slow = Duration::from_secs_f64(env_f64("HRK_FUZZ_SLOW_SECS", 5.0));
+    let budget = Duration::from_secs_f64(common::fuzz_secs(2.0));
+    let slow = Duration::from_secs_f64(common::fuzz_slow_secs(5.0));
     let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
-    let seed = env_f64("HRK_FUZZ_SEED", 7.0) as u64;
+    let seed = common::fuzz_seed(7);
     let mut rng = Rng::new(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
     // Panics inside the target are findings and reported below; silence their default output,
     // and restore it however this function is left.
@@ -235,7 +231,7 @@ fn mutate_csv(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
 
 #[test]
 fn fuzz_csv_dataset() {
-    let dir = temp_dir("fuzz-csv");
+    let dir = scratch("fuzz-csv");
     csv_images(&dir);
     let csv = dir.join("ann.csv");
     let shown = csv.display().to_string();
@@ -243,7 +239,7 @@ fn fuzz_csv_dataset() {
         std::fs::write(&csv, bytes).unwrap();
         let mut any_ok = false;
         for is_train in [false, true] {
-            let ds = match hrk::data::dataset::FaceDataset::open(tiny_spec(&dir, &csv, is_train)) {
+            let ds = match hrk::data::dataset::FaceDataset::open(tiny_dataset_spec(&dir, &csv, is_train)) {
                 Ok(ds) => ds,
                 Err(e) => {
                     check_error(&e, &shown);
@@ -268,7 +264,7 @@ fn fuzz_csv_dataset() {
 
 #[test]
 fn fuzz_cofw_mat() {
-    let dir = temp_dir("fuzz-mat");
+    let dir = scratch("fuzz-mat");
     let mat = dir.join("cofw.mat");
     let shown = mat.display().to_string();
     fuzz("mat", &seeds("mat"), mutate_bytes, |bytes| {
@@ -294,7 +290,7 @@ fn fuzz_cofw_mat() {
 
 #[test]
 fn fuzz_image_decode() {
-    let dir = temp_dir("fuzz-img");
+    let dir = scratch("fuzz-img");
     let all = seeds("images");
     let mut n = 0u64;
     fuzz("image", &all, mutate_bytes, |bytes| {
@@ -442,10 +438,10 @@ fn fuzz_yaml_structured() {
 /// Writes the seed corpora (small; run with HRK_WRITE_CORPUS=1 after changing a builder).
 #[test]
 fn write_corpus() {
-    if std::env::var("HRK_WRITE_CORPUS").is_err() {
+    if !common::write_corpus() {
         return;
     }
-    let tmp = temp_dir("corpus");
+    let tmp = scratch("fuzz-corpus");
     let put = |kind: &str, name: &str, bytes: &[u8]| {
         std::fs::create_dir_all(corpus_dir(kind)).unwrap();
         std::fs::write(corpus_dir(kind).join(name), bytes).unwrap();
@@ -483,16 +479,16 @@ fn write_corpus() {
 /// Replays a saved input through the reader its file name names.
 #[test]
 fn replay() {
-    let Ok(path) = std::env::var("HRK_FUZZ_REPLAY") else { return };
+    let Some(path) = common::fuzz_replay() else { return };
     let bytes = std::fs::read(&path).unwrap();
-    let name = Path::new(&path).file_name().unwrap().to_string_lossy().into_owned();
-    let dir = temp_dir("replay");
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let dir = scratch("fuzz-replay");
     if name.starts_with("csv") {
         csv_images(&dir);
         let csv = dir.join("ann.csv");
         std::fs::write(&csv, &bytes).unwrap();
         for is_train in [false, true] {
-            let r = hrk::data::dataset::FaceDataset::open(tiny_spec(&dir, &csv, is_train)).and_then(|ds| (0..ds.len().min(3)).try_for_each(|i| ds.get(i, 11, 1).map(|_| ())));
+            let r = hrk::data::dataset::FaceDataset::open(tiny_dataset_spec(&dir, &csv, is_train)).and_then(|ds| (0..ds.len().min(3)).try_for_each(|i| ds.get(i, 11, 1).map(|_| ())));
             eprintln!("replay train={is_train}: {r:?}");
         }
     } else if name.starts_with("mat") {

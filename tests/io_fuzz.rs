@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-mod alloc_guard;
-use alloc_guard::{LARGEST_ALLOC, SOFT_LIMIT};
+mod common;
+use common::alloc_guard::{self, LARGEST_ALLOC, SOFT_LIMIT};
 use hrk::rng::Rng;
 
 #[global_allocator]
@@ -115,17 +115,11 @@ fn corpus(kind: &str) -> Vec<Vec<u8>> {
 }
 
 fn fuzz_secs() -> f64 {
-    std::env::var("HRK_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0)
+    common::fuzz_secs(3.0)
 }
 
 fn fuzz_seed() -> u64 {
-    std::env::var("HRK_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_1234_abcd_0001)
+    common::fuzz_seed(0x5eed_1234_abcd_0001)
 }
 
 /// Runs `target` on mutated seeds until the time budget ends; returns executions.
@@ -278,10 +272,10 @@ fn corpus_seeds_are_valid() {
 /// Replays one saved input with the normal panic output: HRK_FUZZ_REPLAY=path.
 #[test]
 fn replay_saved_input() {
-    let Ok(path) = std::env::var("HRK_FUZZ_REPLAY") else {
+    let Some(path) = common::fuzz_replay() else {
         return;
     };
     let bytes = std::fs::read(&path).unwrap();
     let r = hrk::io::state_dict_from_bytes(&bytes);
-    eprintln!("replay {path}: {:?}", r.map(|sd| sd.len()));
+    eprintln!("replay {}: {:?}", path.display(), r.map(|sd| sd.len()));
 }

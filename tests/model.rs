@@ -1,5 +1,8 @@
 //! HRNetV2 structure: official state_dict names, counts and shapes; forward shapes; load errors.
 
+mod common;
+use common::model::tiny_spec;
+
 use hrk::model::{HrNet, HrnetSpec, Slot};
 use hrk::{DType, Tensor};
 
@@ -39,19 +42,9 @@ fn official_init_statistics() {
     assert!(b.to_f64_vec().iter().all(|x| x.abs() <= bound));
 }
 
-fn tiny_spec() -> HrnetSpec {
-    let mut s = HrnetSpec::w18(5);
-    for (k, st) in s.stages.iter_mut().enumerate() {
-        st.num_modules = 1;
-        st.num_blocks = vec![1; k + 2];
-        st.num_channels = (0..k + 2).map(|i| 2 << i).collect();
-    }
-    s
-}
-
 #[test]
 fn forward_shapes_train_and_eval() {
-    let mut net = HrNet::new(&tiny_spec(), 1).unwrap();
+    let mut net = HrNet::new(&tiny_spec(5), 1).unwrap();
     let x = Tensor::full(&[2, 3, 33, 31], DType::F32, 0.5);
     let y = net.forward(&x, true).unwrap();
     assert_eq!(y.shape(), &[2, 5, 9, 8]);
@@ -63,7 +56,7 @@ fn forward_shapes_train_and_eval() {
 
 #[test]
 fn final_conv_kernel_3_keeps_the_map_size() {
-    let mut s = tiny_spec();
+    let mut s = tiny_spec(5);
     s.final_conv_kernel = 3;
     let mut net = HrNet::new(&s, 1).unwrap();
     let y = hrk::no_grad(|| net.forward(&Tensor::zeros(&[1, 3, 32, 32], DType::F32), false)).unwrap();
@@ -72,7 +65,7 @@ fn final_conv_kernel_3_keeps_the_map_size() {
 
 #[test]
 fn load_errors_name_the_tensor() {
-    let mut net = HrNet::new(&tiny_spec(), 1).unwrap();
+    let mut net = HrNet::new(&tiny_spec(5), 1).unwrap();
     let mut sd = net.store.state_dict();
     sd[0].1.shape = vec![1, 2, 3];
     let e = net.store.load(&sd, true, "w.safetensors").unwrap_err().to_string();

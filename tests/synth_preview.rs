@@ -3,6 +3,8 @@
 
 use hrk::synth;
 
+mod common;
+
 #[test]
 #[ignore]
 fn write_preview_grid() {
@@ -34,7 +36,7 @@ fn write_preview_grid() {
 #[test]
 #[ignore]
 fn timing_2000_images() {
-    let dir = std::env::temp_dir().join(format!("hrk_synth_timing_{}", std::process::id()));
+    let dir = common::scratch("synth-timing");
     let start = std::time::Instant::now();
     let summary = synth::generate(&dir, 98, 2000, 1).unwrap();
     let secs = start.elapsed().as_secs_f64();
@@ -42,5 +44,4 @@ fn timing_2000_images() {
     assert_eq!(summary.train_count + summary.test_count, 2000);
     let bytes: u64 = std::fs::read_dir(dir.join("images")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
     eprintln!("images: {:.1} MB", bytes as f64 / 1e6);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

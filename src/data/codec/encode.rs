@@ -1,9 +1,13 @@
-//! Heatmap targets: `generate_target` of the official code and the `Dataset.__getitem__`
-//! target loop. The Gaussian patch is computed in float32 like NumPy; its `exp` is a correctly
-//! rounded float32 exp (f64 exp rounded once to f32, which is what glibc `expf` gives for every
-//! patch entry and what the fixtures were made with).
+//! Encoding: heatmap targets from landmarks, i.e. `generate_target` of the official code (Gaussian
+//! and the non-Gaussian variant) and the `Dataset.__getitem__` target loop. The Gaussian patch is
+//! computed in float32 like NumPy; its `exp` is a correctly rounded float32 exp (f64 exp rounded
+//! once to f32, which is what glibc `expf` gives for every patch entry and what the fixtures were
+//! made with).
 
-use super::transforms::transform_pixel;
+use anyhow::{bail, Result};
+
+use super::{HeatmapCodec, TargetKind};
+use crate::data::transforms::transform_pixel;
 
 /// float32 `exp(q)`: computed in f64 and rounded once.
 #[inline]
@@ -78,33 +82,67 @@ pub fn generate_target(map: &mut [f32], width: usize, height: usize, pt: [f32; 2
     }
 }
 
-/// The `__getitem__` target loop: for each landmark with original `y > 0`,
-/// `tpts = transform_pixel(pt + 1, center, scale, hm_size, rot)` and
-/// `generate_target(map, tpts - 1, sigma)`; missing landmarks keep an all-zero map and their
-/// input value in `tpts`. Returns (targets `[J, hm_h, hm_w]` f32, tpts `[J]` f32).
-/// `hm_size` = [rows, cols] as the reference's `res`.
-pub fn make_targets(
-    pts: &[[f64; 2]],
-    center: [f32; 2],
-    scale: f64,
-    rot: f64,
-    hm_size: [usize; 2],
-    sigma: f64,
-) -> (Vec<f32>, Vec<[f32; 2]>) {
-    let (hh, ww) = (hm_size[0], hm_size[1]);
-    let mut target = vec![0f32; pts.len() * hh * ww];
-    let mut tpts = Vec::with_capacity(pts.len());
-    for (i, p) in pts.iter().enumerate() {
-        if p[1] > 0.0 {
-            let t = transform_pixel([p[0] + 1.0, p[1] + 1.0], center, scale, hm_size, false, rot);
-            let map = &mut target[i * hh * ww..(i + 1) * hh * ww];
-            generate_target(map, ww, hh, [(t[0] - 1.0) as f32, (t[1] - 1.0) as f32], sigma);
-            tpts.push([t[0] as f32, t[1] as f32]);
-        } else {
-            tpts.push([p[0] as f32, p[1] as f32]);
+/// The reference's non-Gaussian target: `sigma / ((dx² + dy² + sigma²)^1.5)` on the same
+/// patch and placement rules as the Gaussian one.
+pub fn generate_target_cauchy(map: &mut [f32], width: usize, height: usize, pt: [f32; 2], sigma: f64) {
+    let tmp = sigma * 3.0;
+    let (px, py) = (pt[0] as f64, pt[1] as f64);
+    let ul = [(px - tmp).trunc() as i64, (py - tmp).trunc() as i64];
+    let br = [(px + tmp + 1.0).trunc() as i64, (py + tmp + 1.0).trunc() as i64];
+    if ul[0] >= width as i64 || ul[1] >= height as i64 || br[0] < 0 || br[1] < 0 {
+        return;
+    }
+    // numpy: size = 2·tmp+1 (a float), arange(0, size) has ceil(size) entries, centre size // 2.
+    let size = 2.0 * tmp + 1.0;
+    let n = size.ceil() as i64;
+    let c0 = (size / 2.0).floor() as i64;
+    // numpy: float32 grid, Python-float σ → float32 arithmetic.
+    let (sig, s2) = (sigma as f32, (sigma * sigma) as f32);
+    let (gx0, gx1) = (0.max(-ul[0]), br[0].min(width as i64) - ul[0]);
+    let (gy0, gy1) = (0.max(-ul[1]), br[1].min(height as i64) - ul[1]);
+    for yy in gy0..gy1.min(n) {
+        for xx in gx0..gx1.min(n) {
+            let d = ((xx - c0) * (xx - c0) + (yy - c0) * (yy - c0)) as f32;
+            map[(ul[1] + yy) as usize * width + (ul[0] + xx) as usize] = sig / (d + s2).powf(1.5);
         }
     }
-    (target, tpts)
+}
+
+impl HeatmapCodec {
+    /// The reference target loop: for every landmark with original y > 0, `tp = transform_pixel(pt+1,
+    /// center, scale, heatmap_size, rot)` and a target peak at `tp-1`; missing landmarks keep an
+    /// all-zero map and their input value in `tpts`. Fills `target` ([J,h,w], zeroed here) and
+    /// returns `tpts` (1-based heatmap coordinates).
+    pub fn encode(&self, pts: &[[f64; 2]], center: [f32; 2], scale: f64, rot: f64, target: &mut [f32]) -> Result<Vec<[f32; 2]>> {
+        let [h, w] = self.heatmap_size;
+        if target.len() != self.target_len(pts.len()) {
+            bail!("targets: buffer holds {} values, expected {}x{}x{}", target.len(), pts.len(), h, w);
+        }
+        target.fill(0.0);
+        let mut tpts = Vec::with_capacity(pts.len());
+        for (j, p) in pts.iter().enumerate() {
+            if p[1] > 0.0 {
+                let tp = transform_pixel([p[0] + 1.0, p[1] + 1.0], center, scale, self.heatmap_size, false, rot);
+                let peak = [(tp[0] - 1.0) as f32, (tp[1] - 1.0) as f32];
+                let map = &mut target[j * h * w..(j + 1) * h * w];
+                match self.kind {
+                    TargetKind::Gaussian => generate_target(map, w, h, peak, self.sigma),
+                    TargetKind::Cauchy => generate_target_cauchy(map, w, h, peak, self.sigma),
+                }
+                tpts.push([tp[0] as f32, tp[1] as f32]);
+            } else {
+                tpts.push([p[0] as f32, p[1] as f32]);
+            }
+        }
+        Ok(tpts)
+    }
+
+    /// [`HeatmapCodec::encode`] into a new buffer: (targets `[J, h, w]`, tpts).
+    pub fn encode_new(&self, pts: &[[f64; 2]], center: [f32; 2], scale: f64, rot: f64) -> Result<(Vec<f32>, Vec<[f32; 2]>)> {
+        let mut target = vec![0f32; self.target_len(pts.len())];
+        let tpts = self.encode(pts, center, scale, rot, &mut target)?;
+        Ok((target, tpts))
+    }
 }
 
 #[cfg(test)]
