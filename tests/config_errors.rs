@@ -24,8 +24,7 @@ fn err(text: &str) -> String {
 
 /// The official WFLW file with one line replaced.
 fn w18_with(old: &str, new: &str) -> String {
-    assert!(W18.contains(old), "fixture line {old:?} not found");
-    W18.replacen(old, new, 1)
+    common::replace_once(W18, old, new)
 }
 
 #[test]

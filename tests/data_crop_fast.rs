@@ -13,12 +13,8 @@ use common::{scratch, shared_dir};
 
 #[test]
 fn fast_crop_reproduces_reference_fixtures() {
+    let Some(json) = common::shared_json_or_skip("fixtures/crops/cases.json") else { return };
     let dir = shared_dir().join("fixtures/crops");
-    let Ok(text) = std::fs::read_to_string(dir.join("cases.json")) else {
-        eprintln!("skipped: no {} (set HRK_SHARED)", dir.join("cases.json").display());
-        return;
-    };
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut checked = 0;
     for case in json["cases"].as_array().unwrap() {
         let id = case["id"].as_str().unwrap();

@@ -55,7 +55,7 @@ impl Tensors {
                 continue;
             }
             let dtype = info["dtype"].as_str().unwrap().to_string();
-            let shape = info["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            let shape = common::json_usizes(&info["shape"]);
             let off = info["data_offsets"].as_array().unwrap();
             let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
             map.insert(name.clone(), (dtype, shape, body[a..b].to_vec()));

@@ -473,12 +473,8 @@ fn cofw_mat_v73_is_read_like_hdf5storage() {
 /// normalised fixture crop.
 #[test]
 fn pipeline_reproduces_reference_crop_fixtures() {
+    let Some(json) = common::shared_json_or_skip("fixtures/crops/cases.json") else { return };
     let crops = shared_dir().join("fixtures/crops");
-    let Ok(text) = std::fs::read_to_string(crops.join("cases.json")) else {
-        eprintln!("skipped: no {} (set HRK_SHARED)", crops.join("cases.json").display());
-        return;
-    };
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let cases = json["cases"].as_array().unwrap();
     let dir = scratch("data-fixtures");
     let mut lines = vec![csv_header(98, false)];

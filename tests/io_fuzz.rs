@@ -23,81 +23,11 @@ static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 
-const INTERESTING: [u64; 12] = [
-    0,
-    1,
-    2,
-    0x7f,
-    0x80,
-    0xff,
-    0x7fff_ffff,
-    0x8000_0000,
-    0xffff_ffff,
-    u64::MAX,
-    1 << 40,
-    1 << 62,
-];
+/// Pickle opcode bytes: writing one at a random place hits the VM's dispatch.
+const PICKLE_OPCODES: &[u8] = b"().0124NJKMX\x8c\x8a\x85\x86\x87]}aesuqrhjcRbQ\x93\x94\x95t";
 
 fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
-    let mut v = input.to_vec();
-    let rounds = 1 + rng.below(4);
-    for _ in 0..rounds {
-        let len = v.len();
-        match rng.below(9) {
-            0 if len > 0 => {
-                let i = rng.below(len);
-                v[i] ^= 1 << rng.below(8);
-            }
-            1 if len > 0 => {
-                let i = rng.below(len);
-                v[i] = rng.next_u64() as u8;
-            }
-            2 if len >= 8 => {
-                // An interesting integer of width 1/2/4/8 at a random place.
-                let w = [1, 2, 4, 8][rng.below(4)];
-                let i = rng.below(len - w + 1);
-                let x = INTERESTING[rng.below(INTERESTING.len())].to_le_bytes();
-                v[i..i + w].copy_from_slice(&x[..w]);
-            }
-            3 => {
-                let i = rng.below(len + 1);
-                let n = 1 + rng.below(16);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
-                v.splice(i..i, bytes);
-            }
-            4 if len > 0 => {
-                let i = rng.below(len);
-                let n = 1 + rng.below((len - i).min(64));
-                v.drain(i..i + n);
-            }
-            5 => v.truncate(rng.below(len + 1)),
-            6 => {
-                // Splice: our prefix + another seed's suffix.
-                let other = &seeds[rng.below(seeds.len())];
-                let cut = rng.below(len + 1);
-                let from = rng.below(other.len() + 1);
-                v.truncate(cut);
-                v.extend_from_slice(&other[from..]);
-            }
-            7 if len > 0 => {
-                // Duplicate a chunk somewhere else.
-                let i = rng.below(len);
-                let n = 1 + rng.below((len - i).min(128));
-                let chunk = v[i..i + n].to_vec();
-                let at = rng.below(v.len() + 1);
-                v.splice(at..at, chunk);
-            }
-            _ => {
-                // A pickle opcode byte at a random place (hits the VM's dispatch).
-                if len > 0 {
-                    let i = rng.below(len);
-                    v[i] = b"().0124NJKMX\x8c\x8a\x85\x86\x87]}aesuqrhjcRbQ\x93\x94\x95t"
-                        [rng.below(33)];
-                }
-            }
-        }
-    }
-    v
+    common::fuzz::mutate_bytes(rng, input, seeds, PICKLE_OPCODES)
 }
 
 fn corpus(kind: &str) -> Vec<Vec<u8>> {

@@ -52,12 +52,7 @@ fn check_case(case: &serde_json::Value) {
     let want_keys: Vec<&str> = want.iter().map(|t| t["key"].as_str().unwrap()).collect();
     assert_eq!(got_keys, want_keys, "{name}: keys / order");
     for ((key, t), w) in got.iter().zip(want) {
-        let shape: Vec<usize> = w["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap() as usize)
-            .collect();
+        let shape: Vec<usize> = common::json_usizes(&w["shape"]);
         assert_eq!(t.shape, shape, "{name}/{key}: shape");
         let vals = w["values"].as_array().unwrap();
         assert_eq!(t.data.len(), vals.len(), "{name}/{key}: element count");

@@ -46,12 +46,7 @@ fn parity_files_load_in_header_order_with_metadata() {
             let e = &json[k.as_str()];
             let begin = 8 + n + e["data_offsets"][0].as_u64().unwrap() as usize;
             let end = 8 + n + e["data_offsets"][1].as_u64().unwrap() as usize;
-            let shape: Vec<usize> = e["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
+            let shape: Vec<usize> = common::json_usizes(&e["shape"]);
             assert_eq!(t.shape, shape);
             match (e["dtype"].as_str().unwrap(), &t.data) {
                 ("F32", HostData::F32(v)) => {

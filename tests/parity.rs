@@ -50,7 +50,7 @@ fn spec_from_meta(meta: &Value) -> HrnetSpec {
     }
     let stage = |name: &str| {
         let s = &cfg["stages"][name];
-        let list = |k: &str| s[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>();
+        let list = |k: &str| common::json_usizes(&s[k]);
         StageSpec {
             num_modules: s["NUM_MODULES"].as_u64().unwrap() as usize,
             num_branches: s["NUM_BRANCHES"].as_u64().unwrap() as usize,

@@ -23,6 +23,8 @@ fn note(size: usize) -> bool {
 // SAFETY: every method forwards to the system allocator with the caller's layout and pointer
 // unchanged, or returns null (a refusal GlobalAlloc allows), so System's guarantees carry over.
 unsafe impl GlobalAlloc for TrackingAlloc {
+    /// # Safety
+    /// `l` has a non-zero size (GlobalAlloc::alloc's contract).
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         if !note(l.size()) {
             return std::ptr::null_mut();
@@ -30,6 +32,8 @@ unsafe impl GlobalAlloc for TrackingAlloc {
         // SAFETY: forwarded with the caller's layout, which GlobalAlloc::alloc's contract makes valid.
         unsafe { System.alloc(l) }
     }
+    /// # Safety
+    /// As for `alloc`.
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
         if !note(l.size()) {
             return std::ptr::null_mut();
@@ -37,10 +41,14 @@ unsafe impl GlobalAlloc for TrackingAlloc {
         // SAFETY: as in alloc.
         unsafe { System.alloc_zeroed(l) }
     }
+    /// # Safety
+    /// `p` was allocated by this allocator with layout `l` (GlobalAlloc::dealloc's contract).
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         // SAFETY: `p` came from this allocator, i.e. from System, with layout `l`.
         unsafe { System.dealloc(p, l) }
     }
+    /// # Safety
+    /// `p` was allocated by this allocator with layout `l`, and `new` is a valid size for its alignment.
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         if !note(new) {
             return std::ptr::null_mut();

@@ -5,6 +5,7 @@
 
 pub mod alloc_guard;
 pub mod emu;
+pub mod fuzz;
 pub mod hostile;
 pub mod model;
 
@@ -121,6 +122,18 @@ pub fn shared_or_skip(rel: &str) -> Option<PathBuf> {
     existing_or_skip(shared_dir().join(rel), rel)
 }
 
+/// The JSON file `$HRK_SHARED/<rel>`, or a printed skip reason and None when it is absent.
+pub fn shared_json_or_skip(rel: &str) -> Option<serde_json::Value> {
+    let path = shared_or_skip(rel)?;
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// A JSON array of non-negative integers (a shape, offsets) as usizes.
+pub fn json_usizes(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array().expect("a JSON array").iter().map(|d| d.as_u64().expect("a non-negative integer") as usize).collect()
+}
+
 // ---- scratch folders ---------------------------------------------------------------------------
 
 /// A fresh temporary folder, removed when dropped (kept and printed under HRK_KEEP_TEST_OUTPUT).
@@ -185,6 +198,13 @@ pub fn assert_cli_error(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "accepted; stderr: {stderr}");
     assert_one_line(&stderr, needles);
+}
+
+/// `text` with the first `old` replaced by `new`; `old` must occur (so a changed fixture cannot make a
+/// case silently test nothing).
+pub fn replace_once(text: &str, old: &str, new: &str) -> String {
+    assert!(text.contains(old), "{old:?} not in the fixture text");
+    text.replacen(old, new, 1)
 }
 
 /// 1-based number of the first line of `text` containing `needle`.
