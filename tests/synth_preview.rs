@@ -8,12 +8,12 @@ mod common;
 #[test]
 #[ignore]
 fn write_preview_grid() {
-    let joints: usize = std::env::var("SYNTH_PREVIEW_JOINTS").ok().and_then(|v| v.parse().ok()).unwrap_or(68);
-    let first: usize = std::env::var("SYNTH_PREVIEW_FIRST").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let seed: u64 = std::env::var("SYNTH_PREVIEW_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
-    let zoom: usize = std::env::var("SYNTH_PREVIEW_ZOOM").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    let cols: usize = std::env::var("SYNTH_PREVIEW_COLS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-    let rows: usize = std::env::var("SYNTH_PREVIEW_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let joints: usize = common::env_parsed("SYNTH_PREVIEW_JOINTS", 68);
+    let first: usize = common::env_parsed("SYNTH_PREVIEW_FIRST", 0);
+    let seed: u64 = common::env_parsed("SYNTH_PREVIEW_SEED", 7);
+    let zoom: usize = common::env_parsed("SYNTH_PREVIEW_ZOOM", 2);
+    let cols: usize = common::env_parsed("SYNTH_PREVIEW_COLS", 4);
+    let rows: usize = common::env_parsed("SYNTH_PREVIEW_ROWS", 2);
     let tile = synth::IMAGE_SIZE * zoom;
     let (w, h) = (tile * cols, tile * rows);
     let mut grid = vec![0u8; w * h * 3];

@@ -19,7 +19,8 @@ fn var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-fn parsed<T: std::str::FromStr>(name: &str, default: T) -> T {
+/// The variable `name` parsed as a `T`, else `default` (also for ad-hoc knobs like SYNTH_PREVIEW_*).
+pub fn env_parsed<T: std::str::FromStr>(name: &str, default: T) -> T {
     var(name).and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
@@ -56,17 +57,17 @@ pub fn data_python() -> Option<PathBuf> {
 
 /// HRK_FUZZ_SECS: seconds each fuzz target runs (`default` when unset).
 pub fn fuzz_secs(default: f64) -> f64 {
-    parsed("HRK_FUZZ_SECS", default)
+    env_parsed("HRK_FUZZ_SECS", default)
 }
 
 /// HRK_FUZZ_SLOW_SECS: one fuzz run longer than this is a finding (`default` when unset).
 pub fn fuzz_slow_secs(default: f64) -> f64 {
-    parsed("HRK_FUZZ_SLOW_SECS", default)
+    env_parsed("HRK_FUZZ_SLOW_SECS", default)
 }
 
 /// HRK_FUZZ_SEED: the fuzzers' seed (`default` when unset).
 pub fn fuzz_seed(default: u64) -> u64 {
-    parsed("HRK_FUZZ_SEED", default)
+    env_parsed("HRK_FUZZ_SEED", default)
 }
 
 /// HRK_FUZZ_REPLAY: one input file to replay instead of fuzzing.
@@ -81,12 +82,12 @@ pub fn write_corpus() -> bool {
 
 /// HRK_CRASH_SEED: the kill schedule of the crash test.
 pub fn crash_seed() -> u64 {
-    parsed("HRK_CRASH_SEED", 0xC0FFEE)
+    env_parsed("HRK_CRASH_SEED", 0xC0FFEE)
 }
 
 /// HRK_CRASH_KILLS: how many times the crash test kills a run.
 pub fn crash_kills() -> usize {
-    parsed("HRK_CRASH_KILLS", 6)
+    env_parsed("HRK_CRASH_KILLS", 6)
 }
 
 /// HRK_REQUIRE_PTX=1: a build without embedded PTX is an error, not a skip.

@@ -177,4 +177,17 @@ mod tests {
         generate_target(&mut short, 64, 64, [2.0, 2.0], 1.5);
         assert!(short.iter().all(|&v| v == 0.0));
     }
+
+    #[test]
+    fn encode_fills_present_landmarks_and_keeps_missing_ones() {
+        let codec = HeatmapCodec::gaussian([16, 16], 1.0);
+        let pts = [[50.0, 60.0], [10.0, -1.0]];
+        let (target, tpts) = codec.encode_new(&pts, [64.0, 64.0], 0.5, 0.0).unwrap();
+        assert_eq!(target.len(), codec.target_len(2));
+        assert!(target[..256].contains(&1.0), "present landmark: a peak of 1");
+        assert!(target[256..].iter().all(|&v| v == 0.0), "missing landmark (y <= 0): an empty map");
+        assert_eq!(tpts[1], [10.0, -1.0]);
+        let mut short = vec![0f32; 10];
+        assert!(codec.encode(&pts, [64.0, 64.0], 0.5, 0.0, &mut short).is_err());
+    }
 }
