@@ -11,22 +11,17 @@
 
 mod common;
 
+use common::alloc_guard;
+use common::fuzz::FuzzLimits;
 use common::hostile::*;
 use common::scratch;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-use common::alloc_guard::{self, LARGEST_ALLOC as PEAK, SOFT_LIMIT};
 use hrk::rng::Rng;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[global_allocator]
 static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 
-/// One target at a time: they share the allocation peak and the panic hook.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 
 /// Byte-level mutations (format-agnostic).
@@ -35,74 +30,13 @@ fn mutate_bytes(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// Runs `target` on seeds then mutants until the time is up. Returns (executions, accepted).
-fn fuzz(name: &str, seeds: &[Vec<u8>], mut mutate: impl FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>, mut target: impl FnMut(&[u8]) -> bool) -> (u64, u64) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    assert!(!seeds.is_empty(), "{name}: no seeds");
-    let budget = Duration::from_secs_f64(common::fuzz_secs(2.0));
-    let slow = Duration::from_secs_f64(common::fuzz_slow_secs(5.0));
-    let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
-    let seed = common::fuzz_seed(7);
-    let mut rng = Rng::new(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
-    // Panics inside the target are findings and reported below; silence their default output,
-    // and restore it however this function is left.
-    struct RestoreHook(Option<Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send>>);
-    impl Drop for RestoreHook {
-        fn drop(&mut self) {
-            if let Some(h) = self.0.take() {
-                std::panic::set_hook(h);
-            }
-        }
-    }
-    let restore = RestoreHook(Some(std::panic::take_hook()));
-    std::panic::set_hook(Box::new(|_| {}));
-    let start = Instant::now();
-    let (mut execs, mut accepted) = (0u64, 0u64);
-    let mut findings = Vec::new();
-    let mut prev = seeds[0].clone();
-    while execs < seeds.len() as u64 || start.elapsed() < budget {
-        let input = if (execs as usize) < seeds.len() {
-            seeds[execs as usize].clone()
-        } else if rng.below(3) == 0 {
-            mutate(&mut rng, &prev, seeds)
-        } else {
-            let s = rng.pick(seeds).clone();
-            mutate(&mut rng, &s, seeds)
-        };
-        PEAK.store(0, Ordering::Relaxed);
-        let t0 = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| target(&input)));
-        let took = t0.elapsed();
-        let peak = PEAK.load(Ordering::Relaxed);
-        execs += 1;
-        let finding = match outcome {
-            Err(p) => Some(format!(
-                "panic: {}",
-                p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
-            )),
-            Ok(_) if peak > SOFT_LIMIT => Some(format!("allocated {peak} bytes at once for a {}-byte input", input.len())),
-            Ok(_) if took > slow => Some(format!("took {took:?}")),
-            Ok(ok) => {
-                accepted += ok as u64;
-                None
-            }
-        };
-        if let Some(f) = finding {
-            std::fs::create_dir_all(&crash_dir).unwrap();
-            let path = crash_dir.join(format!("{name}-{execs}.bin"));
-            std::fs::write(&path, &input).unwrap();
-            findings.push(format!("{f} (saved {})", path.display()));
-            if findings.len() >= 8 {
-                break;
-            }
-        }
-        prev = input;
-    }
-    drop(restore);
-    let secs = start.elapsed().as_secs_f64();
-    eprintln!("fuzz {name}: {execs} runs in {secs:.1} s ({:.0}/s), {accepted} accepted, {} findings", execs as f64 / secs, findings.len());
-    assert!(findings.is_empty(), "fuzz {name}:\n{}", findings.join("\n"));
-    assert!(execs >= seeds.len() as u64);
-    (execs, accepted)
+fn fuzz(name: &str, seeds: &[Vec<u8>], mutate: impl FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>, target: impl FnMut(&[u8]) -> bool) -> (u64, u64) {
+    let limits = FuzzLimits {
+        budget: Duration::from_secs_f64(common::fuzz_secs(2.0)),
+        slow: Some(Duration::from_secs_f64(common::fuzz_slow_secs(5.0))),
+        seed: common::fuzz_seed(7),
+    };
+    common::fuzz::fuzz(name, seeds, &limits, mutate, target)
 }
 
 fn corpus_dir(kind: &str) -> PathBuf {

@@ -6,21 +6,17 @@
 //! Crashing inputs are written to target/fuzz-crashes/ for replay.
 
 use std::io::{Cursor, Read, Write};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
-use common::alloc_guard::{self, LARGEST_ALLOC, SOFT_LIMIT};
+use common::alloc_guard;
+use common::fuzz::FuzzLimits;
 use hrk::rng::Rng;
 
 #[global_allocator]
 static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 
-/// The fuzz loops share the allocation counter, so they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 
 /// Pickle opcode bytes: writing one at a random place hits the VM's dispatch.
@@ -44,82 +40,14 @@ fn corpus(kind: &str) -> Vec<Vec<u8>> {
     seeds
 }
 
-fn fuzz_secs() -> f64 {
-    common::fuzz_secs(3.0)
-}
-
-fn fuzz_seed() -> u64 {
-    common::fuzz_seed(0x5eed_1234_abcd_0001)
-}
-
-/// Runs `target` on mutated seeds until the time budget ends; returns executions.
+/// Runs `target` on the seeds, then on mutants until the time budget ends; returns executions.
 fn run_fuzz(name: &str, seeds: &[Vec<u8>], mut target: impl FnMut(&[u8])) -> u64 {
-    let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
-    let budget = Duration::from_secs_f64(fuzz_secs());
-    let mut rng = Rng::new(fuzz_seed()
-        ^ name
-            .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
-        | 1);
-    let prev_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let start = Instant::now();
-    let mut execs = 0u64;
-    let mut failures: Vec<String> = Vec::new();
-    // Seeds themselves first, then mutants (sometimes of mutants, to go deeper).
-    let mut last = seeds[0].clone();
-    while start.elapsed() < budget || execs < seeds.len() as u64 {
-        let input = if (execs as usize) < seeds.len() {
-            seeds[execs as usize].clone()
-        } else if rng.below(4) == 0 {
-            mutate(&mut rng, &last, seeds)
-        } else {
-            let pick = rng.below(seeds.len());
-            mutate(&mut rng, &seeds[pick], seeds)
-        };
-        LARGEST_ALLOC.store(0, Ordering::Relaxed);
-        let outcome = catch_unwind(AssertUnwindSafe(|| target(&input)));
-        let largest = LARGEST_ALLOC.load(Ordering::Relaxed);
-        execs += 1;
-        let problem = match outcome {
-            Err(p) => Some(format!(
-                "panic: {}",
-                p.downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default()
-            )),
-            Ok(()) if largest > SOFT_LIMIT => Some(format!(
-                "allocation of {largest} bytes for a {}-byte input",
-                input.len()
-            )),
-            Ok(()) => None,
-        };
-        if let Some(msg) = problem {
-            std::fs::create_dir_all(&crash_dir).unwrap();
-            let f = crash_dir.join(format!("{name}-{execs}.bin"));
-            std::fs::write(&f, &input).unwrap();
-            failures.push(format!("{msg} (input saved to {})", f.display()));
-            if failures.len() >= 10 {
-                break;
-            }
-        }
-        last = input;
-    }
-    std::panic::set_hook(prev_hook);
-    let secs = start.elapsed().as_secs_f64();
-    eprintln!(
-        "fuzz {name}: {execs} executions in {secs:.1} s ({:.0}/s), {} failures",
-        execs as f64 / secs,
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "fuzz {name} found:\n{}",
-        failures.join("\n")
-    );
-    execs
+    let limits = FuzzLimits { budget: Duration::from_secs_f64(common::fuzz_secs(3.0)), slow: None, seed: common::fuzz_seed(0x5eed_1234_abcd_0001) };
+    common::fuzz::fuzz(name, seeds, &limits, mutate, |b| {
+        target(b);
+        true
+    })
+    .0
 }
 
 #[test]
