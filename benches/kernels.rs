@@ -399,7 +399,7 @@ fn heatmap(maps: usize, h: usize, w: usize) -> Entry {
     let cpu: Run = Box::new(move |want| {
         let mut coords = Vec::with_capacity(maps * 2);
         for m in 0..maps {
-            let c = hrk::data::decode::refine_coords(&hm2[m * h * w..][..h * w], h, w, [w, h]);
+            let c = hrk::data::codec::refine_coords(&hm2[m * h * w..][..h * w], h, w, [w, h]);
             // The kernel stops before decode's +0.5 / affine step.
             coords.extend([c[0] - 0.5, c[1] - 0.5]);
         }

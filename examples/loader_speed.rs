@@ -4,7 +4,7 @@
 //!
 //!   cargo run --release --example loader_speed [-- N_SAMPLES THREADS]
 
-use hrk::data::augment::SplitMix64;
+use hrk::rng::Rng;
 use hrk::data::dataset::{DatasetKind, DatasetSpec, FaceDataset};
 use hrk::data::imageio::decode_rgb8;
 use hrk::data::loader::{DataLoader, LoaderConfig};
@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
 
     // 8 photo-like pictures: smooth shading, edges and a little noise (JPEG quality 90).
     let (w, h) = (1024u32, 768u32);
-    let mut rng = SplitMix64::new(1);
+    let mut rng = Rng::for_tests(1);
     for k in 0..8u32 {
         let img = image::RgbImage::from_fn(w, h, |x, y| {
             let fx = x as f32 / w as f32;
@@ -70,11 +70,11 @@ fn main() -> anyhow::Result<()> {
     }
     csv.push('\n');
     for i in 0..n {
-        let (cx, cy) = (rng.uniform(350.0, 670.0), rng.uniform(250.0, 520.0));
-        let side = rng.uniform(200.0, 360.0);
+        let (cx, cy) = (rng.range(350.0, 670.0), rng.range(250.0, 520.0));
+        let side = rng.range(200.0, 360.0);
         csv += &format!("img{}.jpg,{},{cx},{cy}", i % 8, side / 200.0);
         for _ in 0..98 {
-            csv += &format!(",{},{}", cx + rng.uniform(-side / 2.0, side / 2.0), cy + rng.uniform(-side / 2.0, side / 2.0));
+            csv += &format!(",{},{}", cx + rng.range(-side / 2.0, side / 2.0), cy + rng.range(-side / 2.0, side / 2.0));
         }
         csv.push('\n');
     }

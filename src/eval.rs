@@ -5,7 +5,7 @@
 //! it prints nothing.
 
 use crate::data::dataset::FaceDataset;
-use crate::data::decode::decode_preds;
+use crate::data::codec::decode_preds;
 use crate::data::loader::{build_batch, Batch};
 use crate::data::metrics::{compute_nme, Summary};
 use crate::data::sample::SampleMeta;

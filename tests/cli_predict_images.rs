@@ -2,21 +2,21 @@
 //! with the right number of points inside the image, with and without --box, from a dataset
 //! CSV; and the one-line errors (missing / mismatched model file, missing image, bad --box).
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+mod common;
 
-mod eval_common;
-use eval_common::{cleanup, hrk, s, temp_dir, tiny_config, write_tiny_model};
+use common::model::{tiny_config, write_tiny_model};
+use common::{assert_cli_error, hrk, s, scratch, Scratch};
+use std::path::{Path, PathBuf};
 
 struct Setup {
-    dir: PathBuf,
+    dir: Scratch,
     cfg: PathBuf,
     weights: PathBuf,
     images: Vec<PathBuf>,
 }
 
 fn setup(name: &str) -> Setup {
-    let dir = temp_dir("predict", name);
+    let dir = scratch(&format!("predict-{name}"));
     hrk::synth::generate(&dir, 68, 5, 11).unwrap();
     let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TEST_CSV), 3);
     let images = (0..2).map(|i| dir.join(format!("images/s68_{i:06}.jpg"))).collect();
@@ -84,16 +84,6 @@ fn predict_writes_points_inside_the_image() {
     let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), "--csv", s(&csv), "--out", s(&out)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     check_outputs(&out, 4);
-    cleanup(&st.dir);
-}
-
-fn assert_one_line_error(o: &Output, needles: &[&str]) {
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    for n in needles {
-        assert!(err.contains(n), "'{n}' not in: {err}");
-    }
 }
 
 #[test]
@@ -102,9 +92,9 @@ fn predict_and_test_errors_are_one_line() {
     let img = s(&st.images[0]);
     let missing = st.dir.join("nope.safetensors");
     let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&missing), img]);
-    assert_one_line_error(&o, &["nope.safetensors"]);
+    assert_cli_error(&o, &["nope.safetensors"]);
     let o = hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&missing)]);
-    assert_one_line_error(&o, &["nope.safetensors"]);
+    assert_cli_error(&o, &["nope.safetensors"]);
 
     // Weights of a 5-landmark model: the head tensor's shape does not fit.
     let cfg5 = st.dir.join("five.yaml");
@@ -113,29 +103,28 @@ fn predict_and_test_errors_are_one_line() {
     let w5 = st.dir.join("five.safetensors");
     hrk::io::safetensors::save_safetensors(&w5, &net5.store.state_dict(), &[]).unwrap();
     let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&w5), img]);
-    assert_one_line_error(&o, &["five.safetensors", "head.3"]);
+    assert_cli_error(&o, &["five.safetensors", "head.3"]);
     let o = hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&w5)]);
-    assert_one_line_error(&o, &["five.safetensors", "head.3"]);
+    assert_cli_error(&o, &["five.safetensors", "head.3"]);
 
     let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), s(&st.dir.join("missing.jpg"))]);
-    assert_one_line_error(&o, &["missing.jpg"]);
+    assert_cli_error(&o, &["missing.jpg"]);
     let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), img, "--box", "10,10,5,50"]);
-    assert_one_line_error(&o, &["--box", "10,10,5,50"]);
+    assert_cli_error(&o, &["--box", "10,10,5,50"]);
     let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), img, "--box", "1,2,3"]);
-    assert_one_line_error(&o, &["--box"]);
+    assert_cli_error(&o, &["--box"]);
     let o = hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), "--testset", s(&st.dir.join("none.csv"))]);
-    assert_one_line_error(&o, &["none.csv"]);
+    assert_cli_error(&o, &["none.csv"]);
     // A file that is not an image.
     let bogus = st.dir.join("bogus.jpg");
     std::fs::write(&bogus, b"not an image").unwrap();
     let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), s(&bogus)]);
-    assert_one_line_error(&o, &["bogus.jpg"]);
-    cleanup(&st.dir);
+    assert_cli_error(&o, &["bogus.jpg"]);
 }
 
 #[test]
 fn overlay_marks_the_given_points() {
-    let dir = temp_dir("predict", "overlay");
+    let dir = scratch("predict-overlay");
     let sample = hrk::synth::render_sample(68, 4, 0).unwrap();
     let img = hrk::data::image::Image {
         width: sample.width,
@@ -150,5 +139,4 @@ fn overlay_marks_the_given_points() {
     let visible = sample.landmarks.iter().filter(|p| out.get_pixel(p[0].floor() as u32, p[1].floor() as u32).0 == [0, 255, 0]).count();
     assert!(visible >= 68 / 2, "{visible} of 68 dots visible");
     assert!(out.pixels().any(|p| p.0 == [255, 255, 0]), "index labels drawn");
-    cleanup(&dir);
 }

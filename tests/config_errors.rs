@@ -5,6 +5,9 @@
 use hrk::config::{load_config, Config};
 use std::path::Path;
 
+mod common;
+use common::line_of;
+
 const W18: &str = include_str!("../experiments/wflw/face_alignment_wflw_hrnet_w18.yaml");
 
 fn err(text: &str) -> String {
@@ -21,12 +24,7 @@ fn err(text: &str) -> String {
 
 /// The official WFLW file with one line replaced.
 fn w18_with(old: &str, new: &str) -> String {
-    assert!(W18.contains(old), "fixture line {old:?} not found");
-    W18.replacen(old, new, 1)
-}
-
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).expect("needle") + 1
+    common::replace_once(W18, old, new)
 }
 
 #[test]
@@ -170,8 +168,7 @@ fn syntax_errors_name_file_and_line() {
 
 #[test]
 fn load_config_names_the_path() {
-    let dir = std::env::temp_dir().join(format!("hrk-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("config-test");
     let path = dir.join("broken.yaml");
     std::fs::write(&path, "MODEL:\n  NUM_JOINT: 68\n").unwrap();
     let msg = format!("{:#}", load_config(&path).unwrap_err());
@@ -182,5 +179,4 @@ fn load_config_names_the_path() {
     let missing = dir.join("missing.yaml");
     let msg = format!("{:#}", load_config(Path::new(&missing)).unwrap_err());
     assert!(msg.contains("missing.yaml") && !msg.contains('\n'), "{msg}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

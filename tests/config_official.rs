@@ -8,11 +8,8 @@ fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-fn shared_dir() -> PathBuf {
-    std::env::var_os("HRK_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")))
-}
+mod common;
+use common::shared_dir;
 
 fn w18_stages(cfg: &Config) {
     let extra = &cfg.model.extra;

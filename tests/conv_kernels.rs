@@ -7,8 +7,11 @@ use hrk::ops::conv2d::cpu_kernel as cpu;
 use hrk::ops::Conv2dGeom;
 use hrk::rng::Rng;
 
+mod common;
+use common::TestValues;
+
 fn randv(rng: &mut Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.normal() as f32).collect()
+    rng.normals(n)
 }
 
 /// max |a − b| / max |b|; infinite when `a` holds a non-finite value (f64::max would skip a NaN,
@@ -114,7 +117,7 @@ fn forward_matches_direct_loops_with_every_epilogue() {
     if !direct::available() {
         eprintln!("skipped direct path: this CPU has no AVX-512F/VL (the GEMM path is still checked)");
     }
-    let mut rng = Rng::new(71);
+    let mut rng = common::rng(71);
     // Stride 1, then stride 2 on odd and even sides (the four parity phases differ in size).
     let strided = SHAPES.iter().map(|&(n, ci, co, h, w)| (n, ci, co, h, w, 1));
     let halved = SHAPES.iter().map(|&(n, ci, co, h, w)| (n, ci.max(8) + (ci & 1), co, h + 1, w + 2, 2));
@@ -166,7 +169,7 @@ fn forward_matches_direct_loops_with_every_epilogue() {
 
 #[test]
 fn backward_matches_direct_loops() {
-    let mut rng = Rng::new(72);
+    let mut rng = common::rng(72);
     for &(n, cin, cout, h, w) in SHAPES {
         let g = geom(n, cin, cout, h, w);
         check_backward(&mut rng, &g);
@@ -177,7 +180,7 @@ fn backward_matches_direct_loops() {
 fn gemm_backward_of_other_geometries_matches_direct_loops() {
     // Stride 2, 1×1 (shrinking and expanding) and 5×5: the GEMM path, with dW computed either
     // transposed or not depending on the shape.
-    let mut rng = Rng::new(73);
+    let mut rng = common::rng(73);
     for (n, cin, cout, h, w, k, s, p) in [
         (2, 3, 17, 19, 17, 3, 2, 1),
         (1, 19, 37, 20, 20, 3, 2, 1),
@@ -274,7 +277,7 @@ fn empty_channel_counts_take_the_gemm_path() {
 fn frozen_weight_still_gives_input_gradient() {
     use hrk::ops::conv2d::conv2d;
     use hrk::Tensor;
-    let mut rng = Rng::new(41);
+    let mut rng = common::rng(41);
     // (cin, cout, k, stride, side): direct 3×3, stride 2, 1×1.
     for (cin, cout, k, s, side) in [(5, 7, 3, 1, 13), (3, 4, 3, 2, 9), (6, 2, 1, 1, 5)] {
         let xv = randv(&mut rng, 2 * cin * side * side);

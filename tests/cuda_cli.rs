@@ -2,13 +2,14 @@
 //! inference path and gives the CPU's landmarks; an emulated device that runs out of memory
 //! (HRK_EMU_DEVICE_MEMORY) makes the command fail with one line, not a panic.
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-mod eval_common;
-use eval_common::{cleanup, s, temp_dir, tiny_config, write_tiny_model};
+mod common;
+use common::model::{tiny_config, write_tiny_model};
+use common::{hrk_cmd, s, scratch};
 
 fn hrk_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hrk"));
+    let mut c = hrk_cmd();
     c.args(args).env_remove("HRK_DEVICE_EMU").env_remove("HRK_EMU_DEVICE_MEMORY").env_remove("HRK_GPU_INFER");
     for (k, v) in env {
         c.env(k, v);
@@ -23,7 +24,7 @@ fn landmarks(out: &Path) -> Vec<f64> {
 
 #[test]
 fn predict_on_the_emulated_gpu_matches_cpu_and_oom_is_one_line() {
-    let dir = temp_dir("cuda_cli", "predict");
+    let dir = scratch("cuda_cli-predict");
     hrk::synth::generate(&dir, 68, 3, 5).unwrap();
     let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TEST_CSV), 3);
     let img = dir.join("images/s68_000000.jpg");
@@ -49,5 +50,4 @@ fn predict_on_the_emulated_gpu_matches_cpu_and_oom_is_one_line() {
     assert!(!o.status.success(), "ran within 256 KiB of emulated device memory");
     assert!(err.contains("CUDA out of memory") && !err.contains("panicked"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    cleanup(&dir);
 }

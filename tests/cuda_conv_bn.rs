@@ -1,19 +1,15 @@
 //! BN training statistics fused into the conv forward kernel (conv2d_forward's `stats` epilogue and
 //! bn_stats_from_partials), run under the host emulator: kernel-level sums against the CPU conv output,
 //! and `ops::batchnorm::conv_batch_norm_train` against the unfused ops on the emulated GPU.
-mod model_common;
-use model_common::values;
+mod common;
+use common::emu::run;
+use common::values;
 
 use hrk::autograd::backward_with;
-use hrk::cuda::emu::{self, addr, addr_mut};
-use hrk::cuda::kernels::{self, Kernel};
+use hrk::cuda::emu::{addr, addr_mut};
+use hrk::cuda::kernels;
 use hrk::cuda::params::{BatchNormParams, Conv2dParams};
 use hrk::{ops, Device, Storage, Tensor};
-
-fn run<P: Copy>(k: &Kernel<P>, p: &P) {
-    // SAFETY: every test builds `p` from host vectors it owns, sized for the shapes it launches.
-    unsafe { emu::launch(k, p) }.unwrap_or_else(|e| panic!("{}: {e}", k.name));
-}
 
 /// One conv shape: [n, cin, h, w], cout, k, stride, pad.
 struct Case {
@@ -340,25 +336,7 @@ fn conv_bn_body(dev: &Device, fused: bool, relu: bool, c: &Case) -> Named {
 fn assert_named_close(what: &str, want: &Named, got: &Named, tol: f64) {
     assert_eq!(want.len(), got.len());
     for ((name, a), (_, b)) in want.iter().zip(got) {
-        assert_eq!(a.len(), b.len(), "{what}/{name}: length");
-        let scale = a.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        let err = a
-            .iter()
-            .zip(b)
-            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
-        assert!(
-            b.iter().all(|v| v.is_finite()),
-            "{what}/{name}: non-finite value"
-        );
-        eprintln!(
-            "{what}/{name}: {} values, max|d| {err:.2e} (scale {scale:.2e})",
-            a.len()
-        );
-        assert!(
-            err <= tol * scale,
-            "{what}/{name}: max|d| {err:e} > {:e}",
-            tol * scale
-        );
+        common::assert_close_scaled(&format!("{what}/{name}"), b, a, tol, 1.0);
     }
 }
 

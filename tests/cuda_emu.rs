@@ -4,44 +4,10 @@ use hrk::cuda::emu::{self, addr, addr_mut};
 use hrk::cuda::kernels::{self, *};
 use hrk::cuda::params::*;
 
-// ---------- helpers ----------
-
-struct Rng(u64);
-impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        // xorshift64*: deterministic, good enough for test data.
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let bits = self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 40;
-        (bits as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next_f32()).collect()
-    }
-}
-
-#[track_caller]
-fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0.0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g as f64 - w).abs();
-        assert!(err.is_finite() || (g as f64) == w, "{what}[{i}]: got {g}, want {w}");
-        if err > atol + rtol * w.abs() {
-            panic!("{what}[{i}]: got {g}, want {w} (err {err:e})");
-        }
-        if err > worst.0 {
-            worst = (err, i);
-        }
-    }
-    eprintln!("{what}: {} values, max abs err {:e} at {}", got.len(), worst.0, worst.1);
-}
-
-fn run<P: Copy>(k: &Kernel<P>, p: &P) {
-    // SAFETY: every test builds `p` from host vectors it owns, sized for the shapes it launches.
-    unsafe { emu::launch(k, p) }.unwrap_or_else(|e| panic!("{}: {e}", k.name));
-}
+mod common;
+use common::emu::run;
+use common::{assert_close, TestValues};
+use hrk::rng::Rng;
 
 // ---------- layout / PTX ----------
 
@@ -59,7 +25,7 @@ fn param_structs_match_c_field_by_field() {
 fn embedded_ptx_version_and_entries() {
     use hrk::cuda::ptx;
     if ptx::PTX_MODULES.is_empty() {
-        assert!(std::env::var("HRK_REQUIRE_PTX").map_or(true, |v| v != "1"), "HRK_REQUIRE_PTX=1 but no PTX embedded");
+        assert!(!common::require_ptx(), "HRK_REQUIRE_PTX=1 but no PTX embedded");
         eprintln!("skipped: built without nvcc, no PTX embedded");
         return;
     }
@@ -186,11 +152,11 @@ const CONV_CASES: [ConvCase; 5] = [
 
 #[test]
 fn conv2d_forward_matches_reference() {
-    let mut rng = Rng(1);
+    let mut rng = common::rng(1);
     for (i, c) in CONV_CASES.iter().enumerate() {
-        let x = rng.vec(c.n * c.ci * c.h * c.w);
-        let wt = rng.vec(c.co * c.ci * c.k * c.k);
-        let bias = rng.vec(c.co);
+        let x = rng.values(c.n * c.ci * c.h * c.w);
+        let wt = rng.values(c.co * c.ci * c.k * c.k);
+        let bias = rng.values(c.co);
         let (ho, wo) = c.out();
         for (with_bias, relu) in [(true, false), (false, true)] {
             let mut y = vec![f32::NAN; c.n * c.co * ho * wo];
@@ -211,12 +177,12 @@ fn conv2d_forward_matches_reference() {
 
 #[test]
 fn conv2d_backward_matches_reference() {
-    let mut rng = Rng(2);
+    let mut rng = common::rng(2);
     for (i, c) in CONV_CASES.iter().enumerate() {
-        let x = rng.vec(c.n * c.ci * c.h * c.w);
-        let wt = rng.vec(c.co * c.ci * c.k * c.k);
+        let x = rng.values(c.n * c.ci * c.h * c.w);
+        let wt = rng.values(c.co * c.ci * c.k * c.k);
         let (ho, wo) = c.out();
-        let dy = rng.vec(c.n * c.co * ho * wo);
+        let dy = rng.values(c.n * c.co * ho * wo);
         let (dx_ref, dw_ref, db_ref) = c.backward_ref(&x, &wt, &dy);
 
         let mut dx = vec![f32::NAN; x.len()];
@@ -225,8 +191,8 @@ fn conv2d_backward_matches_reference() {
         assert_close(&format!("conv dx case {i} {c:?}"), &dx, &dx_ref, 1e-4, 1e-4);
 
         // Weight/bias gradients accumulate: start from a known value, and try the split-K (atomic) path.
-        let base = rng.vec(wt.len());
-        let base_b = rng.vec(c.co);
+        let base = rng.values(wt.len());
+        let base_b = rng.values(c.co);
         let auto_splits = kernels::conv_weight_k_splits(&c.params());
         assert!(auto_splits >= 1);
         for splits in [1, 3] {
@@ -271,15 +237,15 @@ fn bn_stats_ref(x: &[f32], n: usize, c: usize, hw: usize) -> BnRef {
 
 #[test]
 fn batchnorm_train_forward_backward_and_eval() {
-    let mut rng = Rng(3);
+    let mut rng = common::rng(3);
     for &(n, c, h, w) in &[(2usize, 3usize, 5usize, 7usize), (3, 5, 9, 11), (1, 2, 1, 3)] {
         let hw = h * w;
         let count = n * hw;
-        let x: Vec<f32> = rng.vec(n * c * hw).iter().map(|v| v * 3.0 + 0.5).collect();
-        let gamma = rng.vec(c);
-        let beta = rng.vec(c);
-        let rm0 = rng.vec(c);
-        let rv0: Vec<f32> = rng.vec(c).iter().map(|v| v.abs() + 0.5).collect();
+        let x: Vec<f32> = rng.values(n * c * hw).iter().map(|v| v * 3.0 + 0.5).collect();
+        let gamma = rng.values(c);
+        let beta = rng.values(c);
+        let rm0 = rng.values(c);
+        let rv0: Vec<f32> = rng.values(c).iter().map(|v| v.abs() + 0.5).collect();
         let (mut rm, mut rv) = (rm0.clone(), rv0.clone());
         let (mut save_mean, mut save_invstd) = (vec![0.0f32; c], vec![0.0f32; c]);
         let mut y = vec![f32::NAN; x.len()];
@@ -331,10 +297,10 @@ fn batchnorm_train_forward_backward_and_eval() {
         assert_close("fused bn_train_apply_relu vs cpu relu(batch_norm_train)", &y_fused, &cpu_train_relu, 1e-4, 1e-4);
 
         // Backward.
-        let dy = rng.vec(x.len());
+        let dy = rng.values(x.len());
         let (mut sum_dy, mut sum_dy_xhat) = (vec![0.0f32; c], vec![0.0f32; c]);
-        let gg0 = rng.vec(c);
-        let gb0 = rng.vec(c);
+        let gg0 = rng.values(c);
+        let gb0 = rng.values(c);
         let (mut gg, mut gb) = (gg0.clone(), gb0.clone());
         let mut dx = vec![f32::NAN; x.len()];
         p.dy = addr(&dy);
@@ -401,10 +367,10 @@ fn axis_taps(out_idx: usize, input: usize, output: usize) -> (usize, usize, f64,
 
 #[test]
 fn bilinear_forward_backward_match_reference() {
-    let mut rng = Rng(4);
+    let mut rng = common::rng(4);
     for &(planes, ih, iw, oh, ow) in &[(3usize, 5usize, 7usize, 12usize, 9usize), (2, 9, 6, 4, 5), (2, 4, 3, 8, 6), (1, 1, 3, 3, 7)] {
-        let x = rng.vec(planes * ih * iw);
-        let dy = rng.vec(planes * oh * ow);
+        let x = rng.values(planes * ih * iw);
+        let dy = rng.values(planes * oh * ow);
         let mut y = vec![f32::NAN; dy.len()];
         let mut dx = vec![0.0f32; x.len()];
         let p = UpsampleParams {
@@ -450,10 +416,10 @@ fn bilinear_forward_backward_match_reference() {
 
 #[test]
 fn relu_add_concat_split() {
-    let mut rng = Rng(5);
+    let mut rng = common::rng(5);
     let n = 1000 + 37; // several blocks plus a partial warp
-    let a = rng.vec(n);
-    let b = rng.vec(n);
+    let a = rng.values(n);
+    let b = rng.values(n);
     let mut out = vec![f32::NAN; n];
     let p = EltwiseParams { a: addr(&a), b: addr(&b), out: addr_mut(&mut out), n: n as i64 };
     run(&RELU_FORWARD, &p);
@@ -467,7 +433,7 @@ fn relu_add_concat_split() {
     let (imgs, hw) = (2usize, 15usize);
     let chans = [3usize, 1, 4];
     let c_whole: usize = chans.iter().sum();
-    let parts: Vec<Vec<f32>> = chans.iter().map(|&c| rng.vec(imgs * c * hw)).collect();
+    let parts: Vec<Vec<f32>> = chans.iter().map(|&c| rng.values(imgs * c * hw)).collect();
     let mut whole = vec![f32::NAN; imgs * c_whole * hw];
     let mut offset = 0;
     for (part, &c) in parts.iter().zip(&chans) {
@@ -512,10 +478,10 @@ fn relu_add_concat_split() {
 
 #[test]
 fn mse_loss_forward_backward() {
-    let mut rng = Rng(6);
+    let mut rng = common::rng(6);
     for n in [1usize, 255, 3 * 256 + 17] {
-        let pred = rng.vec(n);
-        let target = rng.vec(n);
+        let pred = rng.values(n);
+        let target = rng.values(n);
         let parts = kernels::mse_num_partials(n as i64);
         let mut partial = vec![f32::NAN; parts as usize];
         let mut loss = [f32::NAN];
@@ -546,15 +512,15 @@ fn mse_loss_forward_backward() {
 
 #[test]
 fn adam_matches_pytorch_formula() {
-    let mut rng = Rng(7);
+    let mut rng = common::rng(7);
     let n = 300;
-    let mut param = rng.vec(n);
+    let mut param = rng.values(n);
     let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
     let mut p_ref: Vec<f64> = param.iter().map(|&x| x as f64).collect();
     let (mut m_ref, mut v_ref) = (vec![0.0f64; n], vec![0.0f64; n]);
     let (lr, b1, b2, eps, wd) = (1e-3f64, 0.9f64, 0.999f64, 1e-8f64, 1e-2f64);
     for step in 1..=4 {
-        let grad = rng.vec(n);
+        let grad = rng.values(n);
         let bc1 = 1.0 - b1.powi(step);
         let bc2 = 1.0 - b2.powi(step);
         let p = OptimParams {
@@ -587,16 +553,16 @@ fn adam_matches_pytorch_formula() {
 
 #[test]
 fn sgd_momentum_nesterov_weight_decay() {
-    let mut rng = Rng(8);
+    let mut rng = common::rng(8);
     let n = 261;
     for (momentum, dampening, nesterov, wd) in [(0.0f64, 0.0f64, false, 0.0f64), (0.9, 0.0, false, 1e-4), (0.9, 0.0, true, 5e-4), (0.5, 0.1, false, 0.0)] {
-        let mut param = rng.vec(n);
+        let mut param = rng.values(n);
         let mut buf = vec![f32::NAN; n];
         let mut p_ref: Vec<f64> = param.iter().map(|&x| x as f64).collect();
         let mut buf_ref = vec![0.0f64; n];
         let lr = 0.05f64;
         for step in 0..3 {
-            let grad = rng.vec(n);
+            let grad = rng.values(n);
             let p = OptimParams {
                 param: addr_mut(&mut param),
                 grad: addr(&grad),
@@ -628,11 +594,11 @@ fn sgd_momentum_nesterov_weight_decay() {
 
 #[test]
 fn heatmap_argmax_with_quarter_shift() {
-    let mut rng = Rng(9);
+    let mut rng = common::rng(9);
     let (h, w) = (7usize, 9usize);
     let mut maps: Vec<Vec<f32>> = Vec::new();
     let interior_peak = |rng: &mut Rng, py: usize, px: usize| {
-        let mut m: Vec<f32> = rng.vec(h * w).iter().map(|v| v * 0.1).collect();
+        let mut m: Vec<f32> = rng.values(h * w).iter().map(|v| v * 0.1).collect();
         m[py * w + px] = 2.0;
         m
     };
@@ -645,7 +611,7 @@ fn heatmap_argmax_with_quarter_shift() {
     tie[4 * w + 1] = 1.5; // later in row-major order: the first one wins
     tie[2 * w + 4] = 0.7; // right neighbour larger than left: +0.25 in x; equal above/below: 0 in y
     maps.push(tie);
-    maps.push(rng.vec(h * w).iter().map(|v| -v.abs() - 0.1).collect()); // max <= 0 -> (0, 0)
+    maps.push(rng.values(h * w).iter().map(|v| -v.abs() - 0.1).collect()); // max <= 0 -> (0, 0)
     let heat: Vec<f32> = maps.concat();
     let k = maps.len();
     let mut coords = vec![f32::NAN; 2 * k];
@@ -686,9 +652,9 @@ fn heatmap_argmax_with_quarter_shift() {
     }
     assert_close("heatmap coords", &coords, &want, 0.0, 0.0);
     assert_close("heatmap maxvals", &maxvals, &want_max, 0.0, 0.0);
-    // And exactly what the CPU decode path (data::decode) gives for each map; the kernel stops
+    // And exactly what the CPU decode path (data::codec) gives for each map; the kernel stops
     // before the reference's +0.5.
-    let cpu: Vec<f64> = maps.iter().flat_map(|m| hrk::data::decode::refine_coords(m, h, w, [w, h])).map(|v| f64::from(v - 0.5)).collect();
-    assert_close("heatmap coords vs data::decode", &coords, &cpu, 0.0, 0.0);
+    let cpu: Vec<f64> = maps.iter().flat_map(|m| hrk::data::codec::refine_coords(m, h, w, [w, h])).map(|v| f64::from(v - 0.5)).collect();
+    assert_close("heatmap coords vs data::codec", &coords, &cpu, 0.0, 0.0);
     assert_eq!(&coords[8..10], &[4.25, 3.0], "tie-break / shift on the crafted map");
 }

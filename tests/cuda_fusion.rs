@@ -6,21 +6,13 @@ use hrk::cuda::device::{GpuBuffer, GpuDevice};
 use hrk::cuda::raw::{self, ConvEpilogue, UpTerm};
 use hrk::{ops, Storage, Tensor};
 
-fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut rng = hrk::rng::Rng::new(seed);
-    (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect()
-}
+mod common;
+use common::values;
 
+/// Every value within `tol` × max(1, |want|).
 #[track_caller]
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = 0.0f32;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs();
-        assert!(err <= tol * w.abs().max(1.0), "{what}[{i}]: got {g}, want {w}");
-        worst = worst.max(err);
-    }
-    eprintln!("{what}: {} values, max abs err {worst:e}", got.len());
+    common::assert_close_by(what, got, want, |w| f64::from(tol) * w.abs().max(1.0));
 }
 
 struct Case {

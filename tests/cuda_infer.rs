@@ -1,37 +1,20 @@
 //! GPU inference with BN folded into the convs (model/hrnet/exec_gpu.rs) under the emulated device, against
 //! the CPU fast path (`InferNet`, the same folding) and the reference graph, on a tiny HRNet.
-mod model_common;
-use model_common::randomize;
+mod common;
+use common::{assert_close_scaled, TestValues};
+use common::model::{randomize, tiny_spec};
 
 use hrk::cuda::device::GpuDevice;
-use hrk::model::{FusionMode, GpuInferNet, HrNet, HrnetSpec, InferNet, Slot};
-use hrk::rng::Rng;
+use hrk::model::{FusionMode, GpuInferNet, HrNet, InferNet, Slot};
 use hrk::{no_grad, Device, Storage, Tensor};
 
-/// 4 stages with 1 module and 1 block per branch, 2–16 channels: every fuse kind (identity, up with
-/// ratios 2/4/8, down chains of 1–3 links) and the head concat are exercised.
-fn tiny_spec() -> HrnetSpec {
-    let mut s = HrnetSpec::w18(5);
-    for (k, st) in s.stages.iter_mut().enumerate() {
-        st.num_modules = 1;
-        st.num_blocks = vec![1; k + 2];
-        st.num_channels = (0..k + 2).map(|i| 2 << i).collect();
-    }
-    s
-}
-
 fn input(shape: [usize; 4], seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..shape.iter().product::<usize>()).map(|_| rng.normal() as f32).collect()
+    common::rng(seed).normals(shape.iter().product())
 }
 
 #[track_caller]
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let err = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    eprintln!("{what}: {} values, max|d| {err:e} (max|want| {scale:e})", got.len());
-    assert!(err <= tol * scale, "{what}: max|d| {err:e} > {tol:e} × {scale:e}");
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert_close_scaled(what, got, want, tol, 1.0);
 }
 
 /// The tests of this file run one at a time: the second counts the process-wide tensor writes, which
@@ -41,7 +24,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn folded_gpu_inference_matches_cpu_infer_net() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut net = HrNet::new(&tiny_spec(), 3).unwrap();
+    let mut net = HrNet::new(&tiny_spec(5), 3).unwrap();
     randomize(&mut net, 7);
     // Odd batch and non-square input: branch sizes 6×8, 3×4, 2×2, 1×1 (non-integer resize ratios).
     let shape = [2, 3, 24, 32];
@@ -69,7 +52,7 @@ fn folded_gpu_inference_matches_cpu_infer_net() {
 #[test]
 fn eval_forward_heatmaps_uses_the_folded_plan_on_a_gpu_device() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut net = HrNet::new(&tiny_spec(), 5).unwrap();
+    let mut net = HrNet::new(&tiny_spec(5), 5).unwrap();
     randomize(&mut net, 9);
     let shape = [1, 3, 16, 16];
     let x = input(shape, 13);

@@ -25,11 +25,8 @@ fn build_fake_libcuda(dir: &Path, init_rc: i32, version: i32, count: i32) -> Opt
     status.success().then_some(lib)
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hrk-cuda-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+mod common;
+use common::scratch;
 
 /// Re-runs this binary's `child_probe` test with `mode` and the extra environment; returns its output.
 fn run_child(mode: &str, env: &[(&str, &str)]) -> String {
@@ -51,7 +48,7 @@ fn run_child(mode: &str, env: &[(&str, &str)]) -> String {
 #[test]
 fn child_probe() {
     assert_eq!(cuda::select_device(DeviceRequest::Cpu).unwrap(), DeviceChoice::Cpu { fallback_reason: None });
-    let Ok(mode) = std::env::var("HRK_PROBE_CHILD") else { return };
+    let Some(mode) = common::probe_child_mode() else { return };
     if mode == "oom_panic" {
         // A device copy that runs out of memory where the caller cannot return the error (it panics with
         // it, as the infallible host accessors do), with the CLI's hook installed.
@@ -104,8 +101,7 @@ fn child_probe() {
 
 #[test]
 fn no_libcuda_gives_clear_error() {
-    let dir = scratch_dir("nolib");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("cuda-nolib");
     let missing = dir.join("libcuda.so.1");
     let out = run_child("nolib", &[("HRK_LIBCUDA", missing.to_str().unwrap()), ("LD_LIBRARY_PATH", dir.to_str().unwrap())]);
     eprintln!("{out}");
@@ -113,26 +109,24 @@ fn no_libcuda_gives_clear_error() {
 
 #[test]
 fn driver_without_device_gives_clear_error() {
-    let dir = scratch_dir("nodevice");
+    let dir = scratch("cuda-nodevice");
     let Some(_) = build_fake_libcuda(&dir, 100, 13000, 0) else {
         eprintln!("skipped: gcc could not build the fake libcuda.so.1");
         return;
     };
     let out = run_child("nodevice", &[("LD_LIBRARY_PATH", dir.to_str().unwrap())]);
     eprintln!("{out}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn driver_older_than_ptx_gives_clear_error() {
-    let dir = scratch_dir("oldriver");
+    let dir = scratch("cuda-oldriver");
     let Some(_) = build_fake_libcuda(&dir, 0, 12040, 1) else {
         eprintln!("skipped: gcc could not build the fake libcuda.so.1");
         return;
     };
     let out = run_child("oldriver", &[("LD_LIBRARY_PATH", dir.to_str().unwrap())]);
     eprintln!("{out}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -2,24 +2,19 @@
 //! transcription (`crop_input`) on many random cases, and the COFW uint8 input type against
 //! the python reference (`ref_data.py`) when a python with numpy + Pillow < 13 is available.
 
-use hrk::data::augment::SplitMix64;
+use hrk::rng::Rng;
 use hrk::data::imageio::{decode_rgb8, rgb8_to_image, Rgb8};
 use hrk::data::transforms::{crop_input, crop_rgb8, InputType};
 use std::path::PathBuf;
 use std::process::Command;
 
-fn shared_dir() -> PathBuf {
-    PathBuf::from(std::env::var("HRK_SHARED").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared").to_string()))
-}
+mod common;
+use common::{scratch, shared_dir};
 
 #[test]
 fn fast_crop_reproduces_reference_fixtures() {
+    let Some(json) = common::shared_json_or_skip("fixtures/crops/cases.json") else { return };
     let dir = shared_dir().join("fixtures/crops");
-    let Ok(text) = std::fs::read_to_string(dir.join("cases.json")) else {
-        eprintln!("skipped: no {} (set HRK_SHARED)", dir.join("cases.json").display());
-        return;
-    };
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut checked = 0;
     for case in json["cases"].as_array().unwrap() {
         let id = case["id"].as_str().unwrap();
@@ -40,14 +35,14 @@ fn fast_crop_reproduces_reference_fixtures() {
 }
 
 /// A small textured image whose values span [lo, hi].
-fn random_image(rng: &mut SplitMix64, w: usize, h: usize, lo: u8, hi: u8) -> Rgb8 {
+fn random_image(rng: &mut Rng, w: usize, h: usize, lo: u8, hi: u8) -> Rgb8 {
     let span = (hi - lo) as f64 + 1.0;
     let mut data = Vec::with_capacity(w * h * 3);
     for y in 0..h {
         for x in 0..w {
             for c in 0..3 {
                 let smooth = ((x as f64 * 0.11 + c as f64).sin() * (y as f64 * 0.07).cos() + 1.0) * 0.4;
-                let v = (smooth + rng.uniform(0.0, 0.2)).min(0.999) * span;
+                let v = (smooth + rng.range(0.0, 0.2)).min(0.999) * span;
                 data.push(lo + v as u8);
             }
         }
@@ -60,19 +55,19 @@ fn random_image(rng: &mut SplitMix64, w: usize, h: usize, lo: u8, hi: u8) -> Rgb
 /// flip, both input types, non-square outputs.
 #[test]
 fn fast_crop_matches_float_path_on_random_cases() {
-    let mut rng = SplitMix64::new(7);
+    let mut rng = Rng::for_tests(7);
     let mut compared = 0;
     for k in 0..400 {
-        let (w, h) = (40 + (rng.uniform(0.0, 120.0) as usize), 40 + (rng.uniform(0.0, 120.0) as usize));
-        let (lo, hi) = if k % 3 == 0 { (0, 255) } else { (rng.uniform(0.0, 100.0) as u8, rng.uniform(150.0, 255.0) as u8) };
+        let (w, h) = (40 + (rng.range(0.0, 120.0) as usize), 40 + (rng.range(0.0, 120.0) as usize));
+        let (lo, hi) = if k % 3 == 0 { (0, 255) } else { (rng.range(0.0, 100.0) as u8, rng.range(150.0, 255.0) as u8) };
         let img = random_image(&mut rng, w, h, lo, hi);
         let flip = k % 2 == 1;
         let input = if k % 4 < 2 { InputType::Float32 } else { InputType::Uint8 };
         let res = if k % 5 == 0 { [48, 40] } else { [32, 32] };
-        let center = [rng.uniform(-20.0, w as f64 + 20.0) as f32, rng.uniform(-20.0, h as f64 + 20.0) as f32];
+        let center = [rng.range(-20.0, w as f64 + 20.0) as f32, rng.range(-20.0, h as f64 + 20.0) as f32];
         // scale·200/res[0] from 0.3 to 4: both sides of the pre-downscale threshold
-        let scale = rng.uniform(0.3, 4.0) * res[0] as f64 / 200.0;
-        let rot = if k % 3 == 2 { 0.0 } else { rng.uniform(-30.0, 30.0) };
+        let scale = rng.range(0.3, 4.0) * res[0] as f64 / 200.0;
+        let rot = if k % 3 == 2 { 0.0 } else { rng.range(-30.0, 30.0) };
         let fast = crop_rgb8(&img, flip, input, center, scale, res, rot);
         let slow = crop_input(&rgb8_to_image(&img, flip), input, center, scale, res, rot);
         match (fast, slow) {
@@ -90,7 +85,7 @@ fn fast_crop_matches_float_path_on_random_cases() {
 
 /// A python with numpy and Pillow < 13 (HRK_PYTHON, /work/pyenv-data, /work/pyenv, python3).
 fn reference_python() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("HRK_PYTHON").map(PathBuf::from).into_iter().collect();
+    let mut candidates: Vec<PathBuf> = common::data_python().into_iter().collect();
     candidates.extend(["/work/pyenv-data/bin/python", "/work/pyenv/bin/python", "python3"].map(PathBuf::from));
     let probe = "import numpy, PIL, sys; sys.exit(0 if int(PIL.__version__.split('.')[0]) < 13 else 1)";
     candidates.into_iter().find(|p| Command::new(p).args(["-c", probe]).output().is_ok_and(|o| o.status.success()))
@@ -101,7 +96,7 @@ fn reference_python() -> Option<PathBuf> {
 /// match `ref_data.crop` with the corresponding dtype.
 #[test]
 fn uint8_input_skips_predownscale_stretch_like_reference() {
-    let mut rng = SplitMix64::new(3);
+    let mut rng = Rng::for_tests(3);
     let img = random_image(&mut rng, 300, 220, 40, 180);
     // sf = 1.9·200/64 ≈ 5.9: pre-downscale; one case with rotation
     let cases: [([f32; 2], f64, f64, bool); 3] = [([150.0, 110.0], 1.9, 0.0, false), ([140.5, 100.0], 1.2, 17.5, false), ([120.0, 90.0], 1.5, -8.0, true)];
@@ -126,8 +121,7 @@ fn uint8_input_skips_predownscale_stretch_like_reference() {
         eprintln!("skipped python comparison: no python with numpy and Pillow < 13 (set HRK_PYTHON)");
         return;
     };
-    let dir = std::env::temp_dir().join(format!("hrk-crop-u8-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("crop-u8");
     std::fs::write(dir.join("img.bin"), &img.data).unwrap();
     let case_list: Vec<String> =
         cases.iter().map(|(c, s, r, f)| format!("({:?}, {:?}, {s:?}, {r:?}, {})", c[0] as f64, c[1] as f64, if *f { "True" } else { "False" })).collect();
@@ -156,7 +150,6 @@ fn uint8_input_skips_predownscale_stretch_like_reference() {
         assert_eq!(u8_out.data, want_u8, "case {k}: uint8 input differs from ref_data.crop");
         assert_eq!(f32_out.data, want_f32, "case {k}: float32 input differs from ref_data.crop");
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The truncation check (searches from the end) agrees with the plain forward pair scan.
@@ -171,13 +164,13 @@ fn jpeg_truncation_check_matches_pair_scan() {
             Some(s) => !b[s..].windows(2).any(|w| w == [0xFF, 0xD9]),
         }
     };
-    let mut rng = SplitMix64::new(11);
+    let mut rng = Rng::for_tests(11);
     let alphabet = [0xFFu8, 0xDA, 0xD9, 0x00, 0x12];
     let mut truncated = 0;
     for _ in 0..3000 {
-        let len = rng.uniform(2.0, 24.0) as usize;
+        let len = rng.range(2.0, 24.0) as usize;
         let mut b = vec![0xFF, 0xD8];
-        b.extend((0..len).map(|_| alphabet[rng.uniform(0.0, 5.0) as usize % 5]));
+        b.extend((0..len).map(|_| alphabet[rng.range(0.0, 5.0) as usize % 5]));
         let want = naive(&b);
         truncated += want as usize;
         assert_eq!(hrk::data::imageio::jpeg_is_truncated(&b), want, "{b:02X?}");
@@ -189,7 +182,7 @@ fn jpeg_truncation_check_matches_pair_scan() {
 /// (scipy's channel-axis rule), 1-pixel windows, degenerate pre-downscale, windows off the image.
 #[test]
 fn fast_crop_edge_cases_match_float_path() {
-    let mut rng = SplitMix64::new(5);
+    let mut rng = Rng::for_tests(5);
     let img = random_image(&mut rng, 50, 50, 20, 230);
     let cases: [([f32; 2], f64, f64); 7] = [
         ([25.0, 25.0], 0.015, 0.0),

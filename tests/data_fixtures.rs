@@ -6,22 +6,17 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use hrk::data::decode::{argmax_1based, decode_preds, refine_coords};
+use hrk::data::codec::{argmax_1based, decode_preds, exp_f32, gaussian_patch, refine_coords, HeatmapCodec};
 use hrk::data::flip::{flip_center, fliplr_image, fliplr_joints, mirror_pairs};
-use hrk::data::heatmap::{exp_f32, gaussian_patch, make_targets};
 use hrk::data::image::Image;
 use hrk::data::metrics::{auc_error, compute_nme, failure_rate, mean_nme, Summary};
 use hrk::data::transforms::{crop_traced, CropTrace};
 use serde_json::Value;
 
+mod common;
+
 fn fixtures_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("HRK_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => match std::env::var_os("HRK_SHARED") {
-            Some(s) => PathBuf::from(s).join("fixtures"),
-            None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures")),
-        },
-    };
+    let dir = common::fixtures_dir();
     if dir.is_dir() {
         Some(dir)
     } else {
@@ -60,7 +55,7 @@ impl Tensors {
                 continue;
             }
             let dtype = info["dtype"].as_str().unwrap().to_string();
-            let shape = info["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            let shape = common::json_usizes(&info["shape"]);
             let off = info["data_offsets"].as_array().unwrap();
             let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
             map.insert(name.clone(), (dtype, shape, body[a..b].to_vec()));
@@ -183,7 +178,7 @@ fn targets_exact() {
         let hm = [set["heatmap_size"][0].as_u64().unwrap() as usize, set["heatmap_size"][1].as_u64().unwrap() as usize];
         let want_tpts = t.f32("tpts");
         for (key, sigma) in [("target_sigma15", 1.5), ("target_sigma10", 1.0)] {
-            let (target, tpts) = make_targets(&pts, [c[0], c[1]], scale, rot, hm, sigma);
+            let (target, tpts) = HeatmapCodec::gaussian(hm, sigma).encode_new(&pts, [c[0], c[1]], scale, rot).unwrap();
             let flat: Vec<f32> = tpts.iter().flat_map(|p| [p[0], p[1]]).collect();
             assert_eq!(
                 flat.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

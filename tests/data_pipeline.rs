@@ -1,11 +1,12 @@
 //! Dataset reading, per-sample pipeline and loader (data2 branch). Every test builds its
 //! own tiny dataset in a temporary directory.
 
-use hrk::data::augment::{draw_augmentation, epoch_order, sample_augmentation, Augmentation, SplitMix64};
+use hrk::data::augment::{draw_augmentation, epoch_order, sample_augmentation, Augmentation};
 use hrk::data::cofw::{cofw_center_scale, read_cofw};
 use hrk::data::dataset::{read_csv_annotations, DatasetKind, DatasetSpec, FaceDataset};
 use hrk::data::flip::{flip_center, fliplr_image, fliplr_joints};
-use hrk::data::heatmap::make_targets;
+use hrk::data::codec::HeatmapCodec;
+use hrk::rng::Rng;
 use hrk::data::imageio::{decode_rgb8, decode_rgb8_bytes, decode_rgb8_opts, jpeg_is_truncated, load_image};
 use hrk::data::loader::{DataLoader, LoaderConfig};
 use hrk::data::sample::{MEAN, STD};
@@ -13,12 +14,8 @@ use hrk::data::transforms::crop;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hrk-data2-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{scratch, shared_dir};
 
 /// A smooth, textured RGB test picture.
 fn picture(w: u32, h: u32, seed: u32) -> image::RgbImage {
@@ -31,9 +28,9 @@ fn picture(w: u32, h: u32, seed: u32) -> image::RgbImage {
 
 /// Landmarks inside a box around the image centre, plus the CSV center/scale of that box.
 fn landmarks(j: usize, w: u32, h: u32, seed: u64) -> (Vec<[f64; 2]>, [f64; 2], f64) {
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = Rng::for_tests(seed);
     let (cx, cy, half) = (w as f64 / 2.0, h as f64 / 2.0, w.min(h) as f64 * 0.3);
-    let pts: Vec<[f64; 2]> = (0..j).map(|_| [cx + rng.uniform(-half, half), cy + rng.uniform(-half, half)]).collect();
+    let pts: Vec<[f64; 2]> = (0..j).map(|_| [cx + rng.range(-half, half), cy + rng.range(-half, half)]).collect();
     (pts, [cx, cy], 2.0 * half / 200.0)
 }
 
@@ -95,7 +92,7 @@ fn normalized(img: &hrk::data::image::Image) -> Vec<f32> {
 
 #[test]
 fn samples_have_reference_shapes_and_values() {
-    let dir = temp_dir("shapes");
+    let dir = scratch("data-shapes");
     let (root, csv) = make_wflw(&dir, 3);
     for is_train in [false, true] {
         let ds = FaceDataset::open(DatasetSpec::new(DatasetKind::Wflw, &root, &csv, is_train)).unwrap();
@@ -134,7 +131,7 @@ fn samples_have_reference_shapes_and_values() {
 
 #[test]
 fn pipeline_matches_direct_calls() {
-    let dir = temp_dir("direct");
+    let dir = scratch("data-direct");
     let (root, csv) = make_wflw(&dir, 3);
     let recs = read_csv_annotations(&csv, &root, DatasetKind::Wflw, 98).unwrap();
     // test mode: crop(center, 1.25·scale, rot 0) + targets
@@ -144,7 +141,7 @@ fn pipeline_matches_direct_calls() {
         let img = load_image(&r.image_path).unwrap();
         let c = crop(&img, r.center, r.scale * 1.25, [256, 256], 0.0).unwrap();
         assert_eq!(s.input, normalized(&c), "input of sample {i}");
-        let (t, tp) = make_targets(&r.pts, r.center, r.scale * 1.25, 0.0, [64, 64], 1.5);
+        let (t, tp) = HeatmapCodec::gaussian([64, 64], 1.5).encode_new(&r.pts, r.center, r.scale * 1.25, 0.0).unwrap();
         assert_eq!(s.target, t);
         assert_eq!(s.meta.tpts, tp);
         assert_eq!(s.meta.center, r.center);
@@ -161,7 +158,7 @@ fn pipeline_matches_direct_calls() {
         let scale = r.scale * 1.25 * 1.1;
         let c = crop(&img, center, scale, [256, 256], 12.5).unwrap();
         assert_eq!(s.input, normalized(&c), "augmented input of sample {i}");
-        let (t, tp) = make_targets(&pts, center, scale, 12.5, [64, 64], 1.5);
+        let (t, tp) = HeatmapCodec::gaussian([64, 64], 1.5).encode_new(&pts, center, scale, 12.5).unwrap();
         assert_eq!(s.target, t);
         assert_eq!(s.meta.tpts, tp);
         assert_eq!(s.meta.center, center);
@@ -173,7 +170,7 @@ fn pipeline_matches_direct_calls() {
 
 #[test]
 fn loader_is_deterministic_across_thread_counts() {
-    let dir = temp_dir("loader");
+    let dir = scratch("data-loader");
     let (root, csv) = make_wflw(&dir, 7);
     let ds = Arc::new(FaceDataset::open(DatasetSpec::new(DatasetKind::Wflw, &root, &csv, true)).unwrap());
     let run = |threads: usize, epoch: u64| -> Vec<hrk::data::loader::Batch> {
@@ -226,10 +223,10 @@ fn augmentation_draws_follow_the_reference_distribution() {
     assert!((pr - 0.6).abs() < 0.02, "rotation rate {pr}");
     assert!((pf - 0.5).abs() < 0.02, "flip rate {pf}");
     // draw order: scale, rotation coin, [angle], flip coin
-    let mut r1 = SplitMix64::new(9);
+    let mut r1 = Rng::for_tests(9);
     let a = draw_augmentation(&mut r1, 0.25, 30.0, true);
-    let mut r2 = SplitMix64::new(9);
-    let u = [r2.next_f64(), r2.next_f64(), r2.next_f64(), r2.next_f64()];
+    let mut r2 = Rng::for_tests(9);
+    let u = [r2.uniform(), r2.uniform(), r2.uniform(), r2.uniform()];
     assert_eq!(a.scale_mult, 0.75 + 0.5 * u[0]);
     if u[1] <= 0.6 {
         assert_eq!(a.rot, -30.0 + 60.0 * u[2]);
@@ -247,7 +244,7 @@ fn augmentation_draws_follow_the_reference_distribution() {
 
 #[test]
 fn aflw_box_size_and_300w_misspelling() {
-    let dir = temp_dir("aflw300w");
+    let dir = scratch("data-aflw300w");
     let root = dir.join("img");
     std::fs::create_dir_all(root.join("ibug")).unwrap();
     picture(120, 100, 1).save(root.join("a.png")).unwrap();
@@ -272,16 +269,12 @@ fn aflw_box_size_and_300w_misspelling() {
 }
 
 fn assert_one_line(err: &anyhow::Error, must_contain: &[&str]) {
-    let msg = format!("{err:#}");
-    assert!(!msg.contains('\n'), "multi-line error: {msg}");
-    for m in must_contain {
-        assert!(msg.contains(m), "error '{msg}' lacks '{m}'");
-    }
+    common::assert_one_line(&format!("{err:#}"), must_contain);
 }
 
 #[test]
 fn bad_csv_inputs_give_one_line_errors() {
-    let dir = temp_dir("badcsv");
+    let dir = scratch("data-badcsv");
     let header = csv_header(19, false);
     let (pts, c, s) = landmarks(19, 100, 100, 1);
     let good = csv_row("x.png", s, c, None, &pts);
@@ -317,7 +310,7 @@ fn bad_csv_inputs_give_one_line_errors() {
     assert_one_line(&read_csv_annotations(&p, &dir, DatasetKind::Wflw, 98).unwrap_err(), &["ok.csv:1:", "expected 200"]);
     assert_one_line(&read_csv_annotations(&dir.join("nope.csv"), &dir, DatasetKind::Wflw, 19).unwrap_err(), &["nope.csv"]);
     // a row whose image is missing fails when the sample is loaded, naming the image
-    let mut spec = DatasetSpec::new(DatasetKind::Wflw, &dir, &p, false);
+    let mut spec = DatasetSpec::new(DatasetKind::Wflw, dir.path(), &p, false);
     spec.num_joints = 19;
     let ds = FaceDataset::open(spec).unwrap();
     assert_one_line(&ds.get(0, 0, 0).unwrap_err(), &["x.png"]);
@@ -325,7 +318,7 @@ fn bad_csv_inputs_give_one_line_errors() {
 
 #[test]
 fn bad_images_give_one_line_errors() {
-    let dir = temp_dir("badimg");
+    let dir = scratch("data-badimg");
     let png = dir.join("a.png");
     picture(64, 48, 3).save(&png).unwrap();
     let jpg = dir.join("a.jpg");
@@ -411,7 +404,7 @@ fn write_cofw(path: &Path, img_var: &str, phis_var: &str, images: &[(usize, usiz
 
 #[test]
 fn cofw_mat_v73_is_read_like_hdf5storage() {
-    let dir = temp_dir("cofw");
+    let dir = scratch("data-cofw");
     // image 0: RGB 6×5 (H×W), pixel (y,x,c) = 100c + 10y + x; image 1: grey 4×7
     let (h0, w0) = (6usize, 5usize);
     let mut rgb = vec![0u8; h0 * w0 * 3];
@@ -455,7 +448,7 @@ fn cofw_mat_v73_is_read_like_hdf5storage() {
     let (hb, wb) = (90usize, 60usize); // large enough to hold the landmark box
     let big: Vec<u8> = (0..hb * wb).map(|k| (k % 251) as u8).collect();
     write_cofw(&test, "IsT", "phisT", &[(hb, wb, 1, big)], &rows[..1]);
-    let ds = FaceDataset::open(DatasetSpec::new(DatasetKind::Cofw, &dir, &test, false)).unwrap();
+    let ds = FaceDataset::open(DatasetSpec::new(DatasetKind::Cofw, dir.path(), &test, false)).unwrap();
     assert_eq!(ds.len(), 1);
     let s = ds.get(0, 0, 0).unwrap();
     assert_eq!(s.target.len(), 29 * 64 * 64);
@@ -475,23 +468,15 @@ fn cofw_mat_v73_is_read_like_hdf5storage() {
     assert_one_line(&read_cofw(&not_h5, false).unwrap_err(), &["plain.mat"]);
 }
 
-fn shared_dir() -> PathBuf {
-    PathBuf::from(std::env::var("HRK_SHARED").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared").to_string()))
-}
-
 /// End to end against the reference crops: a CSV row (scale_csv, centre before any flip) goes
 /// through decode → [flip] → ×1.25·jitter → crop → normalise, and must give exactly the
 /// normalised fixture crop.
 #[test]
 fn pipeline_reproduces_reference_crop_fixtures() {
+    let Some(json) = common::shared_json_or_skip("fixtures/crops/cases.json") else { return };
     let crops = shared_dir().join("fixtures/crops");
-    let Ok(text) = std::fs::read_to_string(crops.join("cases.json")) else {
-        eprintln!("skipped: no {} (set HRK_SHARED)", crops.join("cases.json").display());
-        return;
-    };
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let cases = json["cases"].as_array().unwrap();
-    let dir = temp_dir("fixtures");
+    let dir = scratch("data-fixtures");
     let mut lines = vec![csv_header(98, false)];
     for c in cases {
         let center = c.get("center_before_flip").unwrap_or(&c["center"]);

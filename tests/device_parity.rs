@@ -3,15 +3,15 @@
 //! emulated device (the CUDA kernels compiled for the host); the `cuda_*` tests run the same bodies on a
 //! real GPU when the crate is built with `--features cuda` and one is visible (skipped otherwise).
 
-mod model_common;
-use model_common::values;
+mod common;
+use common::values;
 
 use hrk::autograd::backward_with;
 use hrk::model::{HrNet, HrnetSpec, Slot};
 use hrk::optim::{Adam, Sgd};
 use hrk::{backward, no_grad, ops, DType, Device, Storage, Tensor};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 // ---------- helpers ----------
 
@@ -46,12 +46,7 @@ fn compare(what: &str, dev: &Device, tol: f64, body: impl Fn(&Device) -> Named) 
     assert_eq!(cpu.len(), gpu.len(), "{what}: result count");
     for ((name, c), (gname, g)) in cpu.iter().zip(&gpu) {
         assert_eq!(name, gname);
-        assert_eq!(c.len(), g.len(), "{what}/{name}: length");
-        let scale = c.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        let err = c.iter().zip(g).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        assert!(g.iter().all(|v| v.is_finite()), "{what}/{name}: non-finite value on {dev}");
-        eprintln!("{what}/{name} on {dev}: {} values, max|d| {err:.2e} (max|cpu| {scale:.2e})", c.len());
-        assert!(err <= tol * scale, "{what}/{name} on {dev}: max|d| {err:e} > {:e}", tol * scale);
+        common::assert_close_scaled(&format!("{what}/{name} on {dev}"), g, c, tol, 1.0);
     }
 }
 
@@ -248,10 +243,6 @@ fn device_mismatch_and_gpu_limits_are_one_line_errors() {
 
 // ---------- whole model ----------
 
-fn shared() -> PathBuf {
-    std::env::var("HRK_SHARED").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
-}
-
 /// The case's model, from its config.yaml (the parity test checks it agrees with meta.json).
 fn case_spec(dir: &Path) -> HrnetSpec {
     let cfg = hrk::config::load_config(&dir.join("config.yaml")).unwrap_or_else(|e| panic!("{e:#}"));
@@ -275,7 +266,7 @@ fn crop(t: &Tensor, h: usize, w: usize) -> Tensor {
 /// (same weights and layers, every branch still ≥ 1×1); HRK_DEVICE_FULL_MODEL=1 uses the whole input.
 fn model_input_side(dev: &Device) -> Option<usize> {
     let emulated = matches!(dev, Device::Gpu(d) if d.is_emulated());
-    (emulated && std::env::var("HRK_DEVICE_FULL_MODEL").map_or(true, |v| v != "1")).then_some(32)
+    (emulated && !common::device_full_model()).then_some(32)
 }
 
 /// Tiny parity case: eval forward, train forward + loss + backward, running buffers, one Adam step.
@@ -321,7 +312,7 @@ fn model_body(dir: &Path, dev: &Device, side: Option<usize>) -> Vec<(String, Vec
 }
 
 fn compare_model(dev: &Device) {
-    let dir = std::env::var("HRK_PARITY_CASE").ok().and_then(|l| l.split(':').next().map(PathBuf::from)).unwrap_or_else(|| shared().join("parity/tiny"));
+    let dir = common::parity_cases().and_then(|l| l.into_iter().next()).unwrap_or_else(|| common::shared_dir().join("parity/tiny"));
     if !dir.join("meta.json").is_file() {
         eprintln!("skipped: no parity case at {} (set HRK_SHARED)", dir.display());
         return;

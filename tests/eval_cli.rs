@@ -9,17 +9,18 @@ use hrk::eval::{decode_and_score, evaluate};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod eval_common;
-use eval_common::{cleanup, hrk, s, temp_dir, tiny_config, write_tiny_model};
+mod common;
+use common::model::{tiny_config, write_tiny_model};
+use common::{hrk, s, scratch, Scratch};
 
 struct Setup {
-    dir: PathBuf,
+    dir: Scratch,
     cfg: PathBuf,
     weights: PathBuf,
 }
 
 fn setup(name: &str) -> Setup {
-    let dir = temp_dir("eval", name);
+    let dir = scratch(&format!("eval-{name}"));
     hrk::synth::generate(&dir, 68, 12, 3).unwrap();
     let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TRAIN_CSV), 7);
     Setup { dir, cfg, weights }
@@ -40,7 +41,7 @@ fn library_eval(st: &Setup, testset: &Path) -> hrk::eval::EvalResult {
 }
 
 /// Writes the safetensors state_dict as a torch zip .pth with `module.` prefixes (the
-/// HR18-300W.pth style), via the stdlib-only torch.save stand-in of tests/fixtures_gen.
+/// HR18-300W.pth style), via the stdlib-only torch.save stand-in of tests/common.
 fn write_pth(weights: &Path, out: &Path) -> bool {
     if Command::new("python3").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
         eprintln!("skipped: python3 not available to write a .pth");
@@ -84,7 +85,7 @@ for i, e in enumerate(manifest):
     sd[e['name']] = m.Tensor(m.Storage(kind, str(i), vals), 0, e['shape'])
 m.write_zip(sys.argv[4], sd)
 "#;
-    let gen = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures_gen");
+    let gen = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common");
     let o = Command::new("python3").args(["-c", script, s(&gen), s(&mpath), s(&rpath), s(out)]).output().unwrap();
     assert!(o.status.success(), "pth writer: {}", String::from_utf8_lossy(&o.stderr));
     true
@@ -151,7 +152,6 @@ fn hrk_test_prints_the_library_numbers_and_writes_outputs() {
         let m3: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(st.dir.join("out3/metrics.json")).unwrap()).unwrap();
         assert_eq!(m3["subsets"][0]["nme"].as_f64().unwrap(), lib.summary.nme);
     }
-    cleanup(&st.dir);
 }
 
 #[test]
@@ -183,7 +183,6 @@ fn threaded_batches_match_inline_and_loss_is_the_target_mse() {
         let e = format!("{:#}", evaluate(&mut net, &ds, 2, threads).unwrap_err());
         assert!(e.contains("s68_000005.jpg"), "{e}");
     }
-    cleanup(&st.dir);
 }
 
 /// Decoding the ground-truth heatmaps fed back as the "model output": each point is off by at
@@ -191,7 +190,7 @@ fn threaded_batches_match_inline_and_loss_is_the_target_mse() {
 /// shift, the final trunc + 1), so the NME is bounded by that over the normaliser.
 #[test]
 fn ground_truth_heatmaps_decode_to_near_zero_nme() {
-    let dir = temp_dir("eval", "gt");
+    let dir = scratch("eval-gt");
     hrk::synth::generate(&dir, 68, 12, 5).unwrap();
     let mut curves = Vec::new();
     for (image, heatmap) in [(256, 64), (128, 32), (64, 16)] {
@@ -224,5 +223,4 @@ fn ground_truth_heatmaps_decode_to_near_zero_nme() {
         let c = hrk::plot::series_color(i);
         assert!(img.pixels().filter(|p| **p == c).count() > 50, "curve {i} drawn");
     }
-    cleanup(&dir);
 }

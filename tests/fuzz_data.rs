@@ -9,155 +9,34 @@
 //! the test fails listing them; replay one with HRK_FUZZ_REPLAY=path (and the target's name in
 //! the path decides which reader runs). HRK_WRITE_CORPUS=1 regenerates the seed files.
 
-mod hostile_common;
+mod common;
 
-use hostile_common::*;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-mod alloc_guard;
-use alloc_guard::{LARGEST_ALLOC as PEAK, SOFT_LIMIT};
+use common::alloc_guard;
+use common::fuzz::FuzzLimits;
+use common::hostile::*;
+use common::scratch;
 use hrk::rng::Rng;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[global_allocator]
 static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 
-/// One target at a time: they share the allocation peak and the panic hook.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
-
-const MAGIC_INTS: [u64; 10] = [0, 1, 0x7f, 0x80, 0xff, 0xffff, 0x7fff_ffff, 0xffff_ffff, 1 << 40, u64::MAX];
 
 /// Byte-level mutations (format-agnostic).
 fn mutate_bytes(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
-    let mut v = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        let len = v.len();
-        match rng.below(8) {
-            0 if len > 0 => {
-                let i = rng.below(len);
-                v[i] ^= 1 << rng.below(8);
-            }
-            1 if len > 0 => {
-                let i = rng.below(len);
-                v[i] = rng.next_u64() as u8;
-            }
-            2 if len >= 8 => {
-                let width = *rng.pick(&[1usize, 2, 4, 8]);
-                let at = rng.below(len - width + 1);
-                let x = *rng.pick(&MAGIC_INTS);
-                let bytes = if rng.below(2) == 0 { x.to_le_bytes() } else { x.to_be_bytes() };
-                let from = if rng.below(2) == 0 { 0 } else { 8 - width };
-                v[at..at + width].copy_from_slice(&bytes[from..from + width]);
-            }
-            3 => {
-                let at = rng.below(len + 1);
-                let n = 1 + rng.below(16);
-                let junk: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
-                v.splice(at..at, junk);
-            }
-            4 if len > 0 => {
-                let at = rng.below(len);
-                let n = 1 + rng.below((len - at).min(64));
-                v.drain(at..at + n);
-            }
-            5 => v.truncate(rng.below(len + 1)),
-            6 if !others.is_empty() => {
-                let other = rng.pick(others);
-                let cut = rng.below(len + 1);
-                let from = rng.below(other.len() + 1);
-                v.truncate(cut);
-                v.extend_from_slice(&other[from..]);
-            }
-            _ if len > 0 => {
-                let at = rng.below(len);
-                let n = 1 + rng.below((len - at).min(128));
-                let chunk = v[at..at + n].to_vec();
-                let to = rng.below(v.len() + 1);
-                v.splice(to..to, chunk);
-            }
-            _ => {}
-        }
-    }
-    v
+    common::fuzz::mutate_bytes(rng, input, others, &[])
 }
 
 /// Runs `target` on seeds then mutants until the time is up. Returns (executions, accepted).
-fn fuzz(name: &str, seeds: &[Vec<u8>], mut mutate: impl FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>, mut target: impl FnMut(&[u8]) -> bool) -> (u64, u64) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    assert!(!seeds.is_empty(), "{name}: no seeds");
-    let budget = Duration::from_secs_f64(env_f64("HRK_FUZZ_SECS", 2.0));
-    let slow = Duration::from_secs_f64(env_f64("HRK_FUZZ_SLOW_SECS", 5.0));
-    let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
-    let seed = env_f64("HRK_FUZZ_SEED", 7.0) as u64;
-    let mut rng = Rng::new(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
-    // Panics inside the target are findings and reported below; silence their default output,
-    // and restore it however this function is left.
-    struct RestoreHook(Option<Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send>>);
-    impl Drop for RestoreHook {
-        fn drop(&mut self) {
-            if let Some(h) = self.0.take() {
-                std::panic::set_hook(h);
-            }
-        }
-    }
-    let restore = RestoreHook(Some(std::panic::take_hook()));
-    std::panic::set_hook(Box::new(|_| {}));
-    let start = Instant::now();
-    let (mut execs, mut accepted) = (0u64, 0u64);
-    let mut findings = Vec::new();
-    let mut prev = seeds[0].clone();
-    while execs < seeds.len() as u64 || start.elapsed() < budget {
-        let input = if (execs as usize) < seeds.len() {
-            seeds[execs as usize].clone()
-        } else if rng.below(3) == 0 {
-            mutate(&mut rng, &prev, seeds)
-        } else {
-            let s = rng.pick(seeds).clone();
-            mutate(&mut rng, &s, seeds)
-        };
-        PEAK.store(0, Ordering::Relaxed);
-        let t0 = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| target(&input)));
-        let took = t0.elapsed();
-        let peak = PEAK.load(Ordering::Relaxed);
-        execs += 1;
-        let finding = match outcome {
-            Err(p) => Some(format!(
-                "panic: {}",
-                p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
-            )),
-            Ok(_) if peak > SOFT_LIMIT => Some(format!("allocated {peak} bytes at once for a {}-byte input", input.len())),
-            Ok(_) if took > slow => Some(format!("took {took:?}")),
-            Ok(ok) => {
-                accepted += ok as u64;
-                None
-            }
-        };
-        if let Some(f) = finding {
-            std::fs::create_dir_all(&crash_dir).unwrap();
-            let path = crash_dir.join(format!("{name}-{execs}.bin"));
-            std::fs::write(&path, &input).unwrap();
-            findings.push(format!("{f} (saved {})", path.display()));
-            if findings.len() >= 8 {
-                break;
-            }
-        }
-        prev = input;
-    }
-    drop(restore);
-    let secs = start.elapsed().as_secs_f64();
-    eprintln!("fuzz {name}: {execs} runs in {secs:.1} s ({:.0}/s), {accepted} accepted, {} findings", execs as f64 / secs, findings.len());
-    assert!(findings.is_empty(), "fuzz {name}:\n{}", findings.join("\n"));
-    assert!(execs >= seeds.len() as u64);
-    (execs, accepted)
+fn fuzz(name: &str, seeds: &[Vec<u8>], mutate: impl FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>, target: impl FnMut(&[u8]) -> bool) -> (u64, u64) {
+    let limits = FuzzLimits {
+        budget: Duration::from_secs_f64(common::fuzz_secs(2.0)),
+        slow: Some(Duration::from_secs_f64(common::fuzz_slow_secs(5.0))),
+        seed: common::fuzz_seed(7),
+    };
+    common::fuzz::fuzz(name, seeds, &limits, mutate, target)
 }
 
 fn corpus_dir(kind: &str) -> PathBuf {
@@ -235,7 +114,7 @@ fn mutate_csv(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
 
 #[test]
 fn fuzz_csv_dataset() {
-    let dir = temp_dir("fuzz-csv");
+    let dir = scratch("fuzz-csv");
     csv_images(&dir);
     let csv = dir.join("ann.csv");
     let shown = csv.display().to_string();
@@ -243,7 +122,7 @@ fn fuzz_csv_dataset() {
         std::fs::write(&csv, bytes).unwrap();
         let mut any_ok = false;
         for is_train in [false, true] {
-            let ds = match hrk::data::dataset::FaceDataset::open(tiny_spec(&dir, &csv, is_train)) {
+            let ds = match hrk::data::dataset::FaceDataset::open(tiny_dataset_spec(&dir, &csv, is_train)) {
                 Ok(ds) => ds,
                 Err(e) => {
                     check_error(&e, &shown);
@@ -268,7 +147,7 @@ fn fuzz_csv_dataset() {
 
 #[test]
 fn fuzz_cofw_mat() {
-    let dir = temp_dir("fuzz-mat");
+    let dir = scratch("fuzz-mat");
     let mat = dir.join("cofw.mat");
     let shown = mat.display().to_string();
     fuzz("mat", &seeds("mat"), mutate_bytes, |bytes| {
@@ -294,7 +173,7 @@ fn fuzz_cofw_mat() {
 
 #[test]
 fn fuzz_image_decode() {
-    let dir = temp_dir("fuzz-img");
+    let dir = scratch("fuzz-img");
     let all = seeds("images");
     let mut n = 0u64;
     fuzz("image", &all, mutate_bytes, |bytes| {
@@ -442,10 +321,10 @@ fn fuzz_yaml_structured() {
 /// Writes the seed corpora (small; run with HRK_WRITE_CORPUS=1 after changing a builder).
 #[test]
 fn write_corpus() {
-    if std::env::var("HRK_WRITE_CORPUS").is_err() {
+    if !common::write_corpus() {
         return;
     }
-    let tmp = temp_dir("corpus");
+    let tmp = scratch("fuzz-corpus");
     let put = |kind: &str, name: &str, bytes: &[u8]| {
         std::fs::create_dir_all(corpus_dir(kind)).unwrap();
         std::fs::write(corpus_dir(kind).join(name), bytes).unwrap();
@@ -483,16 +362,16 @@ fn write_corpus() {
 /// Replays a saved input through the reader its file name names.
 #[test]
 fn replay() {
-    let Ok(path) = std::env::var("HRK_FUZZ_REPLAY") else { return };
+    let Some(path) = common::fuzz_replay() else { return };
     let bytes = std::fs::read(&path).unwrap();
-    let name = Path::new(&path).file_name().unwrap().to_string_lossy().into_owned();
-    let dir = temp_dir("replay");
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let dir = scratch("fuzz-replay");
     if name.starts_with("csv") {
         csv_images(&dir);
         let csv = dir.join("ann.csv");
         std::fs::write(&csv, &bytes).unwrap();
         for is_train in [false, true] {
-            let r = hrk::data::dataset::FaceDataset::open(tiny_spec(&dir, &csv, is_train)).and_then(|ds| (0..ds.len().min(3)).try_for_each(|i| ds.get(i, 11, 1).map(|_| ())));
+            let r = hrk::data::dataset::FaceDataset::open(tiny_dataset_spec(&dir, &csv, is_train)).and_then(|ds| (0..ds.len().min(3)).try_for_each(|i| ds.get(i, 11, 1).map(|_| ())));
             eprintln!("replay train={is_train}: {r:?}");
         }
     } else if name.starts_with("mat") {

@@ -3,18 +3,15 @@
 //! Weight files go through `hrk convert` (the subcommand that reads them today); configs through
 //! `hrk train --cfg` / `hrk test --cfg`, which read and validate the YAML first.
 
-mod hostile_common;
+mod common;
 
-use hostile_common::*;
+use common::hostile::*;
+use common::{assert_one_line, hrk, hrk_bin, line_of, s, scratch};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 // A fixed config (the synthetic one as first written), so edits to the tuned demo config do not move the cases.
 const TINY_YAML: &str = include_str!("corpus/yaml/hostile_base.yaml");
-
-fn hrk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hrk")).args(args).output().expect("run hrk")
-}
 
 /// Runs hrk under an address-space limit, so that a file making it allocate gigabytes kills the
 /// run (allocation failure → abort) instead of passing unnoticed.
@@ -22,7 +19,7 @@ fn hrk_limited(limit_mib: u64, args: &[&str]) -> Output {
     Command::new("sh")
         .arg("-c")
         .arg(format!("ulimit -v {} && exec \"$0\" \"$@\"", limit_mib * 1024))
-        .arg(env!("CARGO_BIN_EXE_hrk"))
+        .arg(hrk_bin())
         .args(args)
         .output()
         .expect("run hrk under ulimit")
@@ -37,10 +34,6 @@ fn assert_refused(what: &str, out: &Output, needles: &[&str]) {
     assert_one_line(&stderr, needles);
 }
 
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 // ---- weights through `hrk convert` ----------------------------------------------------------
 
 fn seed(kind: &str, name: &str) -> Vec<u8> {
@@ -49,12 +42,12 @@ fn seed(kind: &str, name: &str) -> Vec<u8> {
 
 #[test]
 fn convert_refuses_broken_checkpoints() {
-    let dir = temp_dir("cli-pth");
+    let dir = scratch("hostile-cli-pth");
     let zip_seed = seed("pth", "zip_plain.pth");
     let legacy_seed = seed("pth", "legacy_module.pth");
     // Positive control: the seeds convert.
     let ok = dir.join("ok.safetensors");
-    let out = hrk(&["convert", p(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/pth/zip_plain.pth")), p(&ok)]);
+    let out = hrk(&["convert", s(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/pth/zip_plain.pth")), s(&ok)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let mut wrong_magic = legacy_seed.clone();
@@ -78,13 +71,13 @@ fn convert_refuses_broken_checkpoints() {
         let f = dir.join(name);
         std::fs::write(&f, &bytes).unwrap();
         let out_file = dir.join(format!("{name}.safetensors"));
-        let out = hrk(&["convert", p(&f), p(&out_file)]);
-        let mut want = vec![p(&f)];
+        let out = hrk(&["convert", s(&f), s(&out_file)]);
+        let mut want = vec![s(&f)];
         want.extend_from_slice(needles);
         assert_refused(name, &out, &want);
         assert!(!out_file.exists(), "{name}: output written");
     }
-    let out = hrk(&["convert", p(&dir.join("absent.pth")), p(&dir.join("x.safetensors"))]);
+    let out = hrk(&["convert", s(&dir.join("absent.pth")), s(&dir.join("x.safetensors"))]);
     assert_refused("absent", &out, &["absent.pth"]);
 }
 
@@ -93,7 +86,7 @@ fn convert_refuses_broken_checkpoints() {
 /// sentinel file.
 #[test]
 fn convert_refuses_code_execution_pickles() {
-    let dir = temp_dir("cli-rce");
+    let dir = scratch("hostile-cli-rce");
     let sentinel = dir.join("PWNED");
     let cmd = format!("touch {}", sentinel.display());
     let reduce = |module: &str, name: &str| -> Vec<u8> { Pickle::new().global(module, name).op(b"(").str(&cmd).op(b"tR").finish() };
@@ -135,8 +128,8 @@ fn convert_refuses_code_execution_pickles() {
     for (name, bytes, needle) in cases {
         let f = dir.join(name);
         std::fs::write(&f, &bytes).unwrap();
-        let out = hrk(&["convert", p(&f), p(&dir.join("out.safetensors"))]);
-        assert_refused(name, &out, &[p(&f), needle]);
+        let out = hrk(&["convert", s(&f), s(&dir.join("out.safetensors"))]);
+        assert_refused(name, &out, &[s(&f), needle]);
         assert!(!sentinel.exists(), "{name}: the pickled command ran");
     }
     // The sentinel mechanism itself works (so its absence above means something).
@@ -146,7 +139,7 @@ fn convert_refuses_code_execution_pickles() {
 
 #[test]
 fn convert_refuses_broken_safetensors_headers() {
-    let dir = temp_dir("cli-st");
+    let dir = scratch("hostile-cli-st");
     let good = seed("safetensors", "halves.safetensors");
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
         ("short.safetensors", good[..5].to_vec(), &[]),
@@ -161,8 +154,8 @@ fn convert_refuses_broken_safetensors_headers() {
     for (name, bytes, needles) in cases {
         let f = dir.join(name);
         std::fs::write(&f, &bytes).unwrap();
-        let out = hrk(&["convert", p(&f), p(&dir.join("out.safetensors"))]);
-        let mut want = vec![p(&f)];
+        let out = hrk(&["convert", s(&f), s(&dir.join("out.safetensors"))]);
+        let mut want = vec![s(&f)];
         want.extend_from_slice(needles);
         assert_refused(name, &out, &want);
     }
@@ -173,12 +166,12 @@ fn convert_refuses_broken_safetensors_headers() {
 /// one-line error rather than an allocation abort.
 #[test]
 fn absurd_declared_sizes_are_refused_before_allocating() {
-    let dir = temp_dir("cli-huge");
+    let dir = scratch("hostile-cli-huge");
     const LIMIT_MIB: u64 = 1536;
     // Positive control: a normal conversion works under the same limit.
     let ok = dir.join("ok.safetensors");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/pth/zip_plain.pth");
-    let out = hrk_limited(LIMIT_MIB, &["convert", p(&src), p(&ok)]);
+    let out = hrk_limited(LIMIT_MIB, &["convert", s(&src), s(&ok)]);
     assert!(out.status.success(), "control failed under the limit: {}", String::from_utf8_lossy(&out.stderr));
 
     let tib = 1u64 << 40;
@@ -194,8 +187,8 @@ fn absurd_declared_sizes_are_refused_before_allocating() {
     for (name, bytes, needles) in cases {
         let f = dir.join(name);
         std::fs::write(&f, &bytes).unwrap();
-        let out = hrk_limited(LIMIT_MIB, &["convert", p(&f), p(&dir.join("out.safetensors"))]);
-        let mut want = vec![p(&f)];
+        let out = hrk_limited(LIMIT_MIB, &["convert", s(&f), s(&dir.join("out.safetensors"))]);
+        let mut want = vec![s(&f)];
         want.extend_from_slice(needles);
         assert_refused(name, &out, &want);
     }
@@ -204,17 +197,12 @@ fn absurd_declared_sizes_are_refused_before_allocating() {
 // ---- configs through `hrk train --cfg` / `hrk test --cfg` ------------------------------------
 
 fn tiny_with(old: &str, new: &str) -> String {
-    assert!(TINY_YAML.contains(old), "{old:?} not in the tiny config");
-    TINY_YAML.replacen(old, new, 1)
-}
-
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).expect("needle") + 1
+    common::replace_once(TINY_YAML, old, new)
 }
 
 #[test]
 fn bad_configs_fail_with_file_line_and_key() {
-    let dir = temp_dir("cli-yaml");
+    let dir = scratch("hostile-cli-yaml");
     let mismatch = tiny_with("      NUM_BRANCHES: 3\n", "      NUM_BRANCHES: 2\n");
     let bomb = {
         let mut s = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
@@ -253,10 +241,10 @@ fn bad_configs_fail_with_file_line_and_key() {
         } else {
             std::fs::write(&f, &text).unwrap();
         }
-        let mut want: Vec<String> = vec![p(&f).to_string()];
+        let mut want: Vec<String> = vec![s(&f).to_string()];
         for n in &needles {
             match n.strip_prefix("@LINE:") {
-                Some(k) => want.push(format!("{}:{}:", p(&f), line_of(&text, k))),
+                Some(k) => want.push(format!("{}:{}:", s(&f), line_of(&text, k))),
                 None => want.push(n.clone()),
             }
         }
@@ -265,21 +253,21 @@ fn bad_configs_fail_with_file_line_and_key() {
         let missing_model = dir.join("never-written.safetensors");
         for sub in ["train", "test"] {
             let started = std::time::Instant::now();
-            let out = if sub == "test" { hrk(&[sub, "--cfg", p(&f), "--model-file", p(&missing_model)]) } else { hrk(&[sub, "--cfg", p(&f)]) };
+            let out = if sub == "test" { hrk(&[sub, "--cfg", s(&f), "--model-file", s(&missing_model)]) } else { hrk(&[sub, "--cfg", s(&f)]) };
             assert_refused(&format!("{sub} {name}"), &out, &want_refs);
             assert!(started.elapsed().as_secs() < 20, "{name}: took {:?}", started.elapsed());
         }
     }
     // A missing config and a directory given as config.
-    let out = hrk(&["train", "--cfg", p(&dir.join("nope.yaml"))]);
+    let out = hrk(&["train", "--cfg", s(&dir.join("nope.yaml"))]);
     assert_refused("missing", &out, &["nope.yaml"]);
-    let out = hrk(&["test", "--cfg", p(&dir), "--model-file", p(&dir.join("never-written.safetensors"))]);
-    assert_refused("directory", &out, &[p(&dir)]);
+    let out = hrk(&["test", "--cfg", s(&dir), "--model-file", s(&dir.join("never-written.safetensors"))]);
+    assert_refused("directory", &out, &[s(&dir)]);
 }
 
 #[test]
 fn unknown_device_is_one_line() {
     let cfg: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/synthetic/synthetic_hrnet_tiny.yaml");
-    let out = hrk(&["train", "--cfg", p(&cfg), "--device", "tpu"]);
+    let out = hrk(&["train", "--cfg", s(&cfg), "--device", "tpu"]);
     assert_refused("device", &out, &["tpu"]);
 }

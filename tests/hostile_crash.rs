@@ -8,18 +8,14 @@
 //! Skips (with a message) while `hrk train` is the CLI stub. HRK_CRASH_SEED picks the kill
 //! schedule, HRK_CRASH_KILLS the number of kills (default 6).
 
-mod hostile_common;
+mod common;
 
-use hostile_common::temp_dir;
+use common::{hrk_cmd, scratch};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TINY_YAML: &str = include_str!("../experiments/synthetic/synthetic_hrnet_tiny.yaml");
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hrk")
-}
 
 /// The tiny synthetic config, smaller and shorter: 64×64 input, 3 epochs, batch 4, resumable.
 fn config(dir: &Path, name: &str) -> PathBuf {
@@ -37,7 +33,7 @@ fn config(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn train_cmd(dir: &Path, cfg: &Path) -> Command {
-    let mut c = Command::new(bin());
+    let mut c = hrk_cmd();
     c.args(["train", "--cfg", cfg.to_str().unwrap(), "--threads", "1", "--seed", "5", "--quiet"]).current_dir(dir);
     c
 }
@@ -80,14 +76,14 @@ fn find_output(dir: &Path, cfg_name: &str) -> PathBuf {
 
 #[test]
 fn sigkill_during_training_never_corrupts_and_resume_matches() {
-    let dir = temp_dir("crash");
+    let dir = scratch("hostile-crash");
     // Is `hrk train` implemented in this build (the stub has no --stop-after-epochs)?
-    let help = Command::new(bin()).args(["train", "--help"]).output().unwrap();
+    let help = hrk_cmd().args(["train", "--help"]).output().unwrap();
     if !String::from_utf8_lossy(&help.stdout).contains("--stop-after-epochs") {
         eprintln!("skipped: hrk train is the CLI stub in this build");
         return;
     }
-    let synth = Command::new(bin()).args(["synth", "--out", "data/synthetic", "--count", "16", "--seed", "3"]).current_dir(&dir).output().unwrap();
+    let synth = hrk_cmd().args(["synth", "--out", "data/synthetic", "--count", "16", "--seed", "3"]).current_dir(&dir).output().unwrap();
     assert!(synth.status.success(), "synth: {}", String::from_utf8_lossy(&synth.stderr));
 
     // Uninterrupted reference.
@@ -102,15 +98,9 @@ fn sigkill_during_training_never_corrupts_and_resume_matches() {
     // Killed and resumed.
     let crash_cfg = config(&dir, "crashed.yaml");
     let crash_out = find_output(&dir, "crashed.yaml");
-    let seed: u64 = std::env::var("HRK_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0xC0FFEE);
-    let kills: usize = std::env::var("HRK_CRASH_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let kills = common::crash_kills();
+    let mut rng = common::rng(common::crash_seed());
+    let mut next = move || rng.next_u64();
     let (mut killed, mut during_write, mut finished) = (0usize, 0usize, false);
     // Kill moments are fractions of the reference run's time; when the machine speeds up and a run
     // finishes before it was killed twice, start over from scratch killing sooner.

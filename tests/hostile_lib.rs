@@ -4,9 +4,10 @@
 //! `cli::common::load_weights` (after `hrk convert` where the input is a .pth). Every error is
 //! one line naming the file and the place.
 
-mod hostile_common;
+mod common;
 
-use hostile_common::*;
+use common::hostile::*;
+use common::{assert_one_line, s, scratch};
 use hrk::data::dataset::{DatasetKind, DatasetSpec, FaceDataset};
 use hrk::data::imageio::load_image;
 use std::path::{Path, PathBuf};
@@ -16,10 +17,6 @@ fn err_text<T>(r: anyhow::Result<T>, what: &str) -> String {
         Ok(_) => panic!("{what}: accepted"),
         Err(e) => format!("{e:#}"),
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Opens the dataset and loads every sample, returning the first error.
@@ -33,7 +30,7 @@ fn open_and_load(spec: DatasetSpec) -> anyhow::Result<usize> {
 
 #[test]
 fn csv_dataset_matrix() {
-    let dir = temp_dir("lib-csv");
+    let dir = scratch("hostile-lib-csv");
     std::fs::write(dir.join("a.png"), png_bytes(40, 32, 1)).unwrap();
     let j = TINY_JOINTS;
     let header = csv_header(j);
@@ -41,8 +38,8 @@ fn csv_dataset_matrix() {
     // Positive control, also with CRLF line ends, a BOM and blank lines.
     let good = dir.join("good.csv");
     std::fs::write(&good, format!("\u{feff}{header}\r\n{row}\r\n\r\n{row}\r\n")).unwrap();
-    assert_eq!(open_and_load(tiny_spec(&dir, &good, false)).unwrap(), 2);
-    assert_eq!(open_and_load(tiny_spec(&dir, &good, true)).unwrap(), 2);
+    assert_eq!(open_and_load(tiny_dataset_spec(&dir, &good, false)).unwrap(), 2);
+    assert_eq!(open_and_load(tiny_dataset_spec(&dir, &good, true)).unwrap(), 2);
 
     let drop_last_col = |r: &str| r.rsplit_once(',').unwrap().0.to_string();
     let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
@@ -64,7 +61,7 @@ fn csv_dataset_matrix() {
     for (name, bytes, needles) in cases {
         let f = dir.join(name);
         std::fs::write(&f, &bytes).unwrap();
-        let msg = err_text(open_and_load(tiny_spec(&dir, &f, false)), name);
+        let msg = err_text(open_and_load(tiny_dataset_spec(&dir, &f, false)), name);
         let mut want = vec![s(&f)];
         want.extend(needles);
         assert_one_line(&msg, &want);
@@ -75,7 +72,7 @@ fn csv_dataset_matrix() {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         let f = dir.join(name);
         std::fs::write(&f, format!("{header}\n{}\n", row.replacen("a.png", image, 1))).unwrap();
-        let msg = err_text(open_and_load(tiny_spec(&dir, &f, false)), name);
+        let msg = err_text(open_and_load(tiny_dataset_spec(&dir, &f, false)), name);
         assert_one_line(&msg, &[s(&dir.join(image))]);
     }
     // Far-away landmarks and a huge box are not errors (the reference crops them); they must
@@ -84,18 +81,18 @@ fn csv_dataset_matrix() {
     let far_row = row.replacen(",0.2,", ",1e12,", 1).replacen(",12,", ",1e300,", 1);
     std::fs::write(&far, format!("{header}\n{far_row}\n")).unwrap();
     let started = std::time::Instant::now();
-    let _ = open_and_load(tiny_spec(&dir, &far, true));
-    let _ = open_and_load(tiny_spec(&dir, &far, false));
+    let _ = open_and_load(tiny_dataset_spec(&dir, &far, true));
+    let _ = open_and_load(tiny_dataset_spec(&dir, &far, false));
     assert!(started.elapsed().as_secs() < 10, "far-away coordinates took {:?}", started.elapsed());
     // The directory itself as annotation file.
-    let msg = err_text(open_and_load(tiny_spec(&dir, &dir, false)), "dir");
+    let msg = err_text(open_and_load(tiny_dataset_spec(&dir, &dir, false)), "dir");
     assert_one_line(&msg, &[s(&dir)]);
 }
 
 /// Broken images reached through a dataset: the message names the image and the CSV line.
 #[test]
 fn image_matrix_through_dataset() {
-    let dir = temp_dir("lib-img");
+    let dir = scratch("hostile-lib-img");
     let png = png_bytes(40, 32, 2);
     let jpg = jpeg_bytes(40, 32, 2);
     let mut corrupt_jpg = jpg.clone();
@@ -147,7 +144,7 @@ fn image_matrix_through_dataset() {
         // through the dataset
         let csv = dir.join(format!("{name}.csv"));
         std::fs::write(&csv, format!("{header}\n{}\n", csv_row(name, TINY_JOINTS))).unwrap();
-        let msg = err_text(open_and_load(tiny_spec(&dir, &csv, false)), name);
+        let msg = err_text(open_and_load(tiny_dataset_spec(&dir, &csv, false)), name);
         assert_one_line(&msg, &want);
     }
 }
@@ -156,9 +153,9 @@ fn image_matrix_through_dataset() {
 
 #[test]
 fn cofw_mat_matrix() {
-    let dir = temp_dir("lib-mat");
+    let dir = scratch("hostile-lib-mat");
     let spec = |p: &Path| {
-        let mut sp = DatasetSpec::new(DatasetKind::Cofw, &dir, p, false);
+        let mut sp = DatasetSpec::new(DatasetKind::Cofw, dir.path(), p, false);
         sp.image_size = [32, 32];
         sp.heatmap_size = [8, 8];
         sp
@@ -213,13 +210,13 @@ fn convert(dir: &Path, name: &str, pth: &[u8]) -> (PathBuf, std::process::Output
     let src = dir.join(format!("{name}.pth"));
     std::fs::write(&src, pth).unwrap();
     let dst = dir.join(format!("{name}.safetensors"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hrk")).args(["convert", s(&src), s(&dst)]).output().unwrap();
+    let out = common::hrk(&["convert", s(&src), s(&dst)]);
     (dst, out)
 }
 
 #[test]
 fn weights_vs_model_matrix() {
-    let dir = temp_dir("lib-weights");
+    let dir = scratch("hostile-lib-weights");
     let mut net = tiny_model();
     let entries: Vec<_> = model_entries(&net).into_iter().filter(|(n, _)| !n.ends_with("num_batches_tracked")).collect();
     let floats = to_f32_entries(&entries);

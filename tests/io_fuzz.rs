@@ -6,98 +6,24 @@
 //! Crashing inputs are written to target/fuzz-crashes/ for replay.
 
 use std::io::{Cursor, Read, Write};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-mod alloc_guard;
-use alloc_guard::{LARGEST_ALLOC, SOFT_LIMIT};
+mod common;
+use common::alloc_guard;
+use common::fuzz::FuzzLimits;
 use hrk::rng::Rng;
 
 #[global_allocator]
 static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 
-/// The fuzz loops share the allocation counter, so they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 
-const INTERESTING: [u64; 12] = [
-    0,
-    1,
-    2,
-    0x7f,
-    0x80,
-    0xff,
-    0x7fff_ffff,
-    0x8000_0000,
-    0xffff_ffff,
-    u64::MAX,
-    1 << 40,
-    1 << 62,
-];
+/// Pickle opcode bytes: writing one at a random place hits the VM's dispatch.
+const PICKLE_OPCODES: &[u8] = b"().0124NJKMX\x8c\x8a\x85\x86\x87]}aesuqrhjcRbQ\x93\x94\x95t";
 
 fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
-    let mut v = input.to_vec();
-    let rounds = 1 + rng.below(4);
-    for _ in 0..rounds {
-        let len = v.len();
-        match rng.below(9) {
-            0 if len > 0 => {
-                let i = rng.below(len);
-                v[i] ^= 1 << rng.below(8);
-            }
-            1 if len > 0 => {
-                let i = rng.below(len);
-                v[i] = rng.next_u64() as u8;
-            }
-            2 if len >= 8 => {
-                // An interesting integer of width 1/2/4/8 at a random place.
-                let w = [1, 2, 4, 8][rng.below(4)];
-                let i = rng.below(len - w + 1);
-                let x = INTERESTING[rng.below(INTERESTING.len())].to_le_bytes();
-                v[i..i + w].copy_from_slice(&x[..w]);
-            }
-            3 => {
-                let i = rng.below(len + 1);
-                let n = 1 + rng.below(16);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
-                v.splice(i..i, bytes);
-            }
-            4 if len > 0 => {
-                let i = rng.below(len);
-                let n = 1 + rng.below((len - i).min(64));
-                v.drain(i..i + n);
-            }
-            5 => v.truncate(rng.below(len + 1)),
-            6 => {
-                // Splice: our prefix + another seed's suffix.
-                let other = &seeds[rng.below(seeds.len())];
-                let cut = rng.below(len + 1);
-                let from = rng.below(other.len() + 1);
-                v.truncate(cut);
-                v.extend_from_slice(&other[from..]);
-            }
-            7 if len > 0 => {
-                // Duplicate a chunk somewhere else.
-                let i = rng.below(len);
-                let n = 1 + rng.below((len - i).min(128));
-                let chunk = v[i..i + n].to_vec();
-                let at = rng.below(v.len() + 1);
-                v.splice(at..at, chunk);
-            }
-            _ => {
-                // A pickle opcode byte at a random place (hits the VM's dispatch).
-                if len > 0 {
-                    let i = rng.below(len);
-                    v[i] = b"().0124NJKMX\x8c\x8a\x85\x86\x87]}aesuqrhjcRbQ\x93\x94\x95t"
-                        [rng.below(33)];
-                }
-            }
-        }
-    }
-    v
+    common::fuzz::mutate_bytes(rng, input, seeds, PICKLE_OPCODES)
 }
 
 fn corpus(kind: &str) -> Vec<Vec<u8>> {
@@ -114,88 +40,14 @@ fn corpus(kind: &str) -> Vec<Vec<u8>> {
     seeds
 }
 
-fn fuzz_secs() -> f64 {
-    std::env::var("HRK_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0)
-}
-
-fn fuzz_seed() -> u64 {
-    std::env::var("HRK_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_1234_abcd_0001)
-}
-
-/// Runs `target` on mutated seeds until the time budget ends; returns executions.
+/// Runs `target` on the seeds, then on mutants until the time budget ends; returns executions.
 fn run_fuzz(name: &str, seeds: &[Vec<u8>], mut target: impl FnMut(&[u8])) -> u64 {
-    let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
-    let budget = Duration::from_secs_f64(fuzz_secs());
-    let mut rng = Rng::new(fuzz_seed()
-        ^ name
-            .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
-        | 1);
-    let prev_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let start = Instant::now();
-    let mut execs = 0u64;
-    let mut failures: Vec<String> = Vec::new();
-    // Seeds themselves first, then mutants (sometimes of mutants, to go deeper).
-    let mut last = seeds[0].clone();
-    while start.elapsed() < budget || execs < seeds.len() as u64 {
-        let input = if (execs as usize) < seeds.len() {
-            seeds[execs as usize].clone()
-        } else if rng.below(4) == 0 {
-            mutate(&mut rng, &last, seeds)
-        } else {
-            let pick = rng.below(seeds.len());
-            mutate(&mut rng, &seeds[pick], seeds)
-        };
-        LARGEST_ALLOC.store(0, Ordering::Relaxed);
-        let outcome = catch_unwind(AssertUnwindSafe(|| target(&input)));
-        let largest = LARGEST_ALLOC.load(Ordering::Relaxed);
-        execs += 1;
-        let problem = match outcome {
-            Err(p) => Some(format!(
-                "panic: {}",
-                p.downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default()
-            )),
-            Ok(()) if largest > SOFT_LIMIT => Some(format!(
-                "allocation of {largest} bytes for a {}-byte input",
-                input.len()
-            )),
-            Ok(()) => None,
-        };
-        if let Some(msg) = problem {
-            std::fs::create_dir_all(&crash_dir).unwrap();
-            let f = crash_dir.join(format!("{name}-{execs}.bin"));
-            std::fs::write(&f, &input).unwrap();
-            failures.push(format!("{msg} (input saved to {})", f.display()));
-            if failures.len() >= 10 {
-                break;
-            }
-        }
-        last = input;
-    }
-    std::panic::set_hook(prev_hook);
-    let secs = start.elapsed().as_secs_f64();
-    eprintln!(
-        "fuzz {name}: {execs} executions in {secs:.1} s ({:.0}/s), {} failures",
-        execs as f64 / secs,
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "fuzz {name} found:\n{}",
-        failures.join("\n")
-    );
-    execs
+    let limits = FuzzLimits { budget: Duration::from_secs_f64(common::fuzz_secs(3.0)), slow: None, seed: common::fuzz_seed(0x5eed_1234_abcd_0001) };
+    common::fuzz::fuzz(name, seeds, &limits, mutate, |b| {
+        target(b);
+        true
+    })
+    .0
 }
 
 #[test]
@@ -278,10 +130,10 @@ fn corpus_seeds_are_valid() {
 /// Replays one saved input with the normal panic output: HRK_FUZZ_REPLAY=path.
 #[test]
 fn replay_saved_input() {
-    let Ok(path) = std::env::var("HRK_FUZZ_REPLAY") else {
+    let Some(path) = common::fuzz_replay() else {
         return;
     };
     let bytes = std::fs::read(&path).unwrap();
     let r = hrk::io::state_dict_from_bytes(&bytes);
-    eprintln!("replay {path}: {:?}", r.map(|sd| sd.len()));
+    eprintln!("replay {}: {:?}", path.display(), r.map(|sd| sd.len()));
 }

@@ -1,5 +1,5 @@
 //! .pth loading: files written in torch's zip and legacy formats by a stdlib-only Python
-//! script (tests/fixtures_gen/make_pth.py), read back and compared with the values the script
+//! script (tests/common/make_pth.py), read back and compared with the values the script
 //! recorded; hostile files refused with one-line errors; real torch.save files when torch exists.
 
 use hrk::host::HostData;
@@ -8,12 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn scratch_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hrk-io-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{scratch, Scratch};
 
 fn python3_ok() -> bool {
     Command::new("python3")
@@ -25,16 +21,16 @@ fn python3_ok() -> bool {
 }
 
 /// Runs the fixture generator; None (with a printed reason) if python3 is missing.
-fn generate(tag: &str) -> Option<(PathBuf, serde_json::Value)> {
+fn generate(tag: &str) -> Option<(Scratch, serde_json::Value)> {
     if !python3_ok() {
         eprintln!("skipped: python3 not available to generate .pth fixtures");
         return None;
     }
-    let dir = scratch_dir(tag);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures_gen/make_pth.py");
+    let dir = scratch(&format!("io-{tag}"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/make_pth.py");
     let out = Command::new("python3")
         .arg(&script)
-        .arg(&dir)
+        .arg(dir.path())
         .output()
         .unwrap();
     assert!(
@@ -56,12 +52,7 @@ fn check_case(case: &serde_json::Value) {
     let want_keys: Vec<&str> = want.iter().map(|t| t["key"].as_str().unwrap()).collect();
     assert_eq!(got_keys, want_keys, "{name}: keys / order");
     for ((key, t), w) in got.iter().zip(want) {
-        let shape: Vec<usize> = w["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap() as usize)
-            .collect();
+        let shape: Vec<usize> = common::json_usizes(&w["shape"]);
         assert_eq!(t.shape, shape, "{name}/{key}: shape");
         let vals = w["values"].as_array().unwrap();
         assert_eq!(t.data.len(), vals.len(), "{name}/{key}: element count");
@@ -169,7 +160,7 @@ fn err_of(path: &Path) -> String {
 
 #[test]
 fn os_system_global_is_refused_and_nothing_runs() {
-    let dir = scratch_dir("evil");
+    let dir = scratch("io-evil");
     let marker = dir.join("PWNED");
     let cmd = format!("touch {}", marker.display());
     let zip_path = dir.join("evil_zip.pth");
@@ -315,7 +306,7 @@ fn real_torch_save_files() {
         eprintln!("skipped: python3 cannot import torch; real torch.save files not tested");
         return;
     }
-    let dir = scratch_dir("torch");
+    let dir = scratch("io-torch");
     let script = r#"
 import sys, json, torch, collections
 d = sys.argv[1]
@@ -334,7 +325,7 @@ json.dump(exp, open(d + '/exp.json', 'w'))
 "#;
     let st = Command::new("python3")
         .args(["-c", script])
-        .arg(&dir)
+        .arg(dir.path())
         .status()
         .unwrap();
     assert!(st.success());

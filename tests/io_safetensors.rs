@@ -5,26 +5,12 @@ use hrk::host::{HostData, HostTensor};
 use hrk::io::{load_safetensors, load_state_dict, read_safetensors_bytes, save_safetensors};
 use std::path::{Path, PathBuf};
 
-fn shared_dir() -> Option<PathBuf> {
-    let d = std::env::var("HRK_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")));
-    if d.join("parity/tiny/weights.safetensors").exists() {
-        Some(d)
-    } else {
-        eprintln!(
-            "skipped: shared dir {} has no parity/tiny files",
-            d.display()
-        );
-        None
-    }
-}
+mod common;
+use common::scratch;
 
-fn scratch_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hrk-io-st-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// The shared folder, if it holds the parity/tiny files (else a printed skip).
+fn shared_dir() -> Option<PathBuf> {
+    common::shared_or_skip("parity/tiny/weights.safetensors").map(|_| common::shared_dir())
 }
 
 /// Builds a file from a header JSON text and a data section.
@@ -60,12 +46,7 @@ fn parity_files_load_in_header_order_with_metadata() {
             let e = &json[k.as_str()];
             let begin = 8 + n + e["data_offsets"][0].as_u64().unwrap() as usize;
             let end = 8 + n + e["data_offsets"][1].as_u64().unwrap() as usize;
-            let shape: Vec<usize> = e["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
+            let shape: Vec<usize> = common::json_usizes(&e["shape"]);
             assert_eq!(t.shape, shape);
             match (e["dtype"].as_str().unwrap(), &t.data) {
                 ("F32", HostData::F32(v)) => {
@@ -103,7 +84,7 @@ fn parity_files_load_in_header_order_with_metadata() {
             }
         }
         // Round trip through our writer.
-        let dir = scratch_dir("parity");
+        let dir = scratch("io-st-parity");
         let out = dir.join(name);
         save_safetensors(&out, &st.tensors, &st.metadata).unwrap();
         assert_eq!(load_safetensors(&out).unwrap(), st);
@@ -113,7 +94,7 @@ fn parity_files_load_in_header_order_with_metadata() {
 
 #[test]
 fn writer_keeps_order_metadata_and_dtypes_and_is_atomic() {
-    let dir = scratch_dir("write");
+    let dir = scratch("io-st-write");
     let tensors = vec![
         (
             "zeta".to_string(),
@@ -194,7 +175,7 @@ fn half_precision_converts_to_f32() {
 
 #[test]
 fn module_prefix_is_stripped_and_collisions_refused() {
-    let dir = scratch_dir("prefix");
+    let dir = scratch("io-st-prefix");
     let p = dir.join("m.safetensors");
     let t = HostTensor::f32(vec![1], vec![1.0]);
     save_safetensors(
@@ -231,7 +212,7 @@ fn refused(dir: &Path, name: &str, bytes: &[u8], needle: &str) {
 
 #[test]
 fn malformed_files_are_refused() {
-    let dir = scratch_dir("bad");
+    let dir = scratch("io-st-bad");
     let good = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
     let d8 = [0u8; 8];
     // Header length beyond the file, and beyond the limit.
@@ -361,14 +342,11 @@ fn malformed_files_are_refused() {
 
 #[test]
 fn stale_temp_files_from_a_killed_write_are_removed() {
-    let dir = std::env::temp_dir().join(format!("hrk_stale_tmp_{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("io-stale-tmp");
     std::fs::write(dir.join(".latest.safetensors.4242.tmp"), b"half a checkpoint").unwrap();
     std::fs::write(dir.join("latest.safetensors"), b"kept").unwrap();
     std::fs::write(dir.join("notes.tmp"), b"not ours: no leading dot").unwrap();
     assert_eq!(hrk::io::safetensors::remove_stale_temp_files(&dir), 1);
     assert!(!dir.join(".latest.safetensors.4242.tmp").exists());
     assert!(dir.join("latest.safetensors").exists() && dir.join("notes.tmp").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }

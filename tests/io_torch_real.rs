@@ -6,19 +6,18 @@
 
 use hrk::host::{HostData, HostTensor};
 use hrk::io::load_state_dict;
-use hrk::model::{BlockKind, HrNet, HrnetSpec, StageSpec};
+use hrk::model::HrNet;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn tiny_spec() -> HrnetSpec {
-    let st = |m, b: usize, c: &[usize]| StageSpec { num_modules: m, num_branches: b, block: BlockKind::Basic, num_blocks: vec![1; b], num_channels: c.to_vec() };
-    HrnetSpec { num_joints: 19, final_conv_kernel: 1, stages: vec![st(1, 2, &[4, 8]), st(1, 3, &[4, 8, 16]), st(2, 4, &[4, 8, 16, 32])] }
-}
+mod common;
+use common::model::small_spec;
+use common::{scratch, Scratch};
 
 /// The python named by HRK_TORCH_PYTHON if it can import torch.
 fn torch_python() -> Option<PathBuf> {
-    let Ok(py) = std::env::var("HRK_TORCH_PYTHON") else {
+    let Some(py) = common::torch_python() else {
         eprintln!("skipped: HRK_TORCH_PYTHON is not set (point it at a python with torch to test real torch.save files)");
         return None;
     };
@@ -73,11 +72,9 @@ open(d + '/f16_expected.safetensors', 'wb').write(struct.pack('<Q', len(h)) + h 
 print(torch.__version__)
 "#;
 
-fn write_variants(py: &Path, tag: &str) -> (PathBuf, Vec<(String, HostTensor)>, String) {
-    let dir = std::env::temp_dir().join(format!("hrk-torch-real-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut net = HrNet::new(&tiny_spec(), 3).unwrap();
+fn write_variants(py: &Path, tag: &str) -> (Scratch, Vec<(String, HostTensor)>, String) {
+    let dir = scratch(&format!("torch-real-{tag}"));
+    let mut net = HrNet::new(&small_spec(19), 3).unwrap();
     // Non-trivial BN buffers and counters, so every entry kind is checked with real values.
     let mut sd = net.store.state_dict();
     for (i, (k, t)) in sd.iter_mut().enumerate() {
@@ -91,7 +88,7 @@ fn write_variants(py: &Path, tag: &str) -> (PathBuf, Vec<(String, HostTensor)>, 
     net.store.load(&sd, true, "test").unwrap();
     let src = dir.join("src.safetensors");
     hrk::io::save_safetensors(&src, &sd, &[]).unwrap();
-    let out = Command::new(py).args(["-c", WRITER]).arg(&src).arg(&dir).output().unwrap();
+    let out = Command::new(py).args(["-c", WRITER]).arg(&src).arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "torch writer failed: {}", String::from_utf8_lossy(&out.stderr));
     (dir, sd, String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -115,7 +112,7 @@ fn real_torch_save_files_load_identically() {
         let path = dir.join(format!("{f}.pth"));
         let got = load_state_dict(&path).unwrap_or_else(|e| panic!("{e:#}"));
         assert_same(&got, &sd, f);
-        let mut net = HrNet::new(&tiny_spec(), 0).unwrap();
+        let mut net = HrNet::new(&small_spec(19), 0).unwrap();
         hrk::cli::common::load_weights(&mut net, &path).unwrap_or_else(|e| panic!("{e:#}"));
         assert_same(&net.store.state_dict(), &sd, &format!("{f} in the model"));
     }
@@ -139,9 +136,9 @@ fn convert_real_torch_pth_then_load_into_model() {
     let by_name: HashMap<&str, &HostTensor> = sd.iter().map(|(k, t)| (k.as_str(), t)).collect();
     for f in ["zip", "legacy", "wrapper_legacy"] {
         let out = dir.join(format!("{f}.safetensors"));
-        let o = Command::new(env!("CARGO_BIN_EXE_hrk")).arg("convert").arg(dir.join(format!("{f}.pth"))).arg(&out).output().unwrap();
+        let o = common::hrk_cmd().arg("convert").arg(dir.join(format!("{f}.pth"))).arg(&out).output().unwrap();
         assert!(o.status.success(), "hrk convert {f}: {}", String::from_utf8_lossy(&o.stderr));
-        let mut net = HrNet::new(&tiny_spec(), 0).unwrap();
+        let mut net = HrNet::new(&small_spec(19), 0).unwrap();
         hrk::cli::common::load_weights(&mut net, &out).unwrap_or_else(|e| panic!("{e:#}"));
         let got = net.store.state_dict();
         assert_eq!(got.len(), sd.len());
@@ -149,7 +146,7 @@ fn convert_real_torch_pth_then_load_into_model() {
             assert_eq!(&t.data, &by_name[k.as_str()].data, "{f}: {k}");
         }
         // Same forward as the model the file was written from.
-        let mut reference = HrNet::new(&tiny_spec(), 0).unwrap();
+        let mut reference = HrNet::new(&small_spec(19), 0).unwrap();
         reference.store.load(&sd, true, "reference").unwrap();
         let x = hrk::Tensor::from_f32(&[1, 3, 64, 64], (0..3 * 64 * 64).map(|i| ((i % 29) as f32 - 14.0) / 7.0).collect()).unwrap();
         let a = hrk::no_grad(|| net.forward(&x, false)).unwrap().to_f64_vec();

@@ -1,6 +1,7 @@
 //! HRNetV2 structure: official state_dict names, counts and shapes; forward shapes; load errors.
 
-mod model_common;
+mod common;
+use common::model::tiny_spec;
 
 use hrk::model::{HrNet, HrnetSpec, Slot};
 use hrk::{DType, Tensor};
@@ -41,19 +42,9 @@ fn official_init_statistics() {
     assert!(b.to_f64_vec().iter().all(|x| x.abs() <= bound));
 }
 
-fn tiny_spec() -> HrnetSpec {
-    let mut s = HrnetSpec::w18(5);
-    for (k, st) in s.stages.iter_mut().enumerate() {
-        st.num_modules = 1;
-        st.num_blocks = vec![1; k + 2];
-        st.num_channels = (0..k + 2).map(|i| 2 << i).collect();
-    }
-    s
-}
-
 #[test]
 fn forward_shapes_train_and_eval() {
-    let mut net = HrNet::new(&tiny_spec(), 1).unwrap();
+    let mut net = HrNet::new(&tiny_spec(5), 1).unwrap();
     let x = Tensor::full(&[2, 3, 33, 31], DType::F32, 0.5);
     let y = net.forward(&x, true).unwrap();
     assert_eq!(y.shape(), &[2, 5, 9, 8]);
@@ -65,7 +56,7 @@ fn forward_shapes_train_and_eval() {
 
 #[test]
 fn final_conv_kernel_3_keeps_the_map_size() {
-    let mut s = tiny_spec();
+    let mut s = tiny_spec(5);
     s.final_conv_kernel = 3;
     let mut net = HrNet::new(&s, 1).unwrap();
     let y = hrk::no_grad(|| net.forward(&Tensor::zeros(&[1, 3, 32, 32], DType::F32), false)).unwrap();
@@ -74,7 +65,7 @@ fn final_conv_kernel_3_keeps_the_map_size() {
 
 #[test]
 fn load_errors_name_the_tensor() {
-    let mut net = HrNet::new(&tiny_spec(), 1).unwrap();
+    let mut net = HrNet::new(&tiny_spec(5), 1).unwrap();
     let mut sd = net.store.state_dict();
     sd[0].1.shape = vec![1, 2, 3];
     let e = net.store.load(&sd, true, "w.safetensors").unwrap_err().to_string();
@@ -97,10 +88,10 @@ fn load_errors_name_the_tensor() {
 /// and a loaded state_dict both reach the next evaluation, which agrees with the graph.
 #[test]
 fn kept_eval_engine_follows_the_weights() {
-    let mut net = HrNet::new(&tiny_spec(), 1).unwrap();
-    model_common::randomize(&mut net, 4);
+    let mut net = HrNet::new(&tiny_spec(5), 1).unwrap();
+    common::model::randomize(&mut net, 4);
     let shape = [2, 3, 32, 32];
-    let x = model_common::values(9, shape.iter().product());
+    let x = common::values(9, shape.iter().product());
     let input = || Tensor::from_f32(&shape, x.clone()).unwrap();
     let graph = |net: &mut HrNet| hrk::no_grad(|| net.forward(&input(), false)).unwrap().to_f32_vec();
     let assert_close = |got: &[f32], want: &[f32], what: &str| {

@@ -1,27 +1,19 @@
 //! MODEL.INIT_WEIGHTS + MODEL.PRETRAINED (REFERENCE.md §5.7): a fake ImageNet checkpoint (the
 //! model's backbone entries with their own values + classifier-only keys) written as safetensors
-//! and as torch-format .pth (zip and legacy, by the stdlib-only tests/fixtures_gen/make_pth.py),
+//! and as torch-format .pth (zip and legacy, by the stdlib-only tests/common/make_pth.py),
 //! loaded by key name; shape mismatches, missing files and the config switch; `hrk convert` of a
 //! stdlib-written .pth loaded back into the model.
 
 use hrk::config::Config;
 use hrk::host::{HostData, HostTensor};
 use hrk::model::pretrained::{load_from_config, load_imagenet};
-use hrk::model::{BlockKind, HrNet, HrnetSpec, StageSpec};
-use std::path::{Path, PathBuf};
+use hrk::model::{HrNet, HrnetSpec};
+use std::path::Path;
 use std::process::Command;
 
-fn tiny_spec(joints: usize) -> HrnetSpec {
-    let st = |m, b: usize, c: &[usize]| StageSpec { num_modules: m, num_branches: b, block: BlockKind::Basic, num_blocks: vec![1; b], num_channels: c.to_vec() };
-    HrnetSpec { num_joints: joints, final_conv_kernel: 1, stages: vec![st(1, 2, &[4, 8]), st(1, 3, &[4, 8, 16]), st(2, 4, &[4, 8, 16, 32])] }
-}
-
-fn scratch_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hrk-pretrained-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::model::small_spec;
+use common::scratch;
 
 /// The backbone entries of `spec`'s state_dict with values unlike any init (so a load is visible),
 /// counters 4242.
@@ -79,7 +71,7 @@ fn python3_ok() -> bool {
 }
 
 /// Rewrites a safetensors file as torch-format .pth files (zip and legacy) with the stdlib-only
-/// writer of tests/fixtures_gen/make_pth.py. None when python3 is missing.
+/// writer of tests/common/make_pth.py. None when python3 is missing.
 fn safetensors_to_pth(src: &Path, zip_out: &Path, legacy_out: &Path) -> Option<()> {
     if !python3_ok() {
         eprintln!("skipped: python3 not available to write .pth files");
@@ -104,7 +96,7 @@ for i, (key, h) in enumerate(sorted(header.items(), key=lambda kv: kv[1]['data_o
 mp.write_zip(zip_out, sd)
 mp.write_legacy(legacy_out, sd)
 "#;
-    let gen_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures_gen");
+    let gen_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common");
     let out = Command::new("python3").args(["-c", script]).arg(&gen_dir).arg(src).arg(zip_out).arg(legacy_out).output().unwrap();
     assert!(out.status.success(), "pth writer failed: {}", String::from_utf8_lossy(&out.stderr));
     Some(())
@@ -134,9 +126,9 @@ fn check_loaded(net: &HrNet, before: &[(String, HostTensor)], backbone: &[(Strin
 
 #[test]
 fn imagenet_checkpoint_loads_backbone_by_name() {
-    let spec = tiny_spec(19);
+    let spec = small_spec(19);
     let (backbone, all) = fake_imagenet(&spec);
-    let dir = scratch_dir("formats");
+    let dir = scratch("pretrained-formats");
     let st = dir.join("imagenet.safetensors");
     hrk::io::save_safetensors(&st, &all, &[]).unwrap();
     let mut files = vec![st.clone()];
@@ -171,11 +163,11 @@ fn imagenet_checkpoint_loads_backbone_by_name() {
 #[test]
 fn module_prefix_and_missing_counters_still_load() {
     // Older torch omits num_batches_tracked; DataParallel saves add `module.`.
-    let spec = tiny_spec(5);
+    let spec = small_spec(5);
     let (backbone, _) = fake_imagenet(&spec);
     let floats: Vec<(String, HostTensor)> = backbone.iter().filter(|(_, t)| !matches!(t.data, HostData::I64(_))).cloned().collect();
     let prefixed: Vec<(String, HostTensor)> = floats.iter().map(|(k, t)| (format!("module.{k}"), t.clone())).collect();
-    let dir = scratch_dir("prefix");
+    let dir = scratch("pretrained-prefix");
     let p = dir.join("prefixed.safetensors");
     hrk::io::save_safetensors(&p, &prefixed, &[]).unwrap();
     let mut net = HrNet::new(&spec, 0).unwrap();
@@ -198,14 +190,14 @@ fn module_prefix_and_missing_counters_still_load() {
 
 #[test]
 fn shape_mismatch_fails_naming_tensor_and_shapes() {
-    let spec = tiny_spec(19);
+    let spec = small_spec(19);
     let (_, mut all) = fake_imagenet(&spec);
     // An ImageNet W18 file on a narrower model: same names, other shapes.
     let key = "transition1.0.0.weight";
     let i = all.iter().position(|(k, _)| k == key).unwrap();
     assert_eq!(all[i].1.shape, vec![4, 256, 3, 3]);
     all[i].1 = HostTensor::f32(vec![18, 256, 3, 3], vec![0.0; 18 * 256 * 9]);
-    let dir = scratch_dir("shape");
+    let dir = scratch("pretrained-shape");
     let p = dir.join("w18_imagenet.safetensors");
     hrk::io::save_safetensors(&p, &all, &[]).unwrap();
     let mut net = HrNet::new(&spec, 0).unwrap();
@@ -228,10 +220,11 @@ fn shape_mismatch_fails_naming_tensor_and_shapes() {
 
 #[test]
 fn missing_file_warns_unless_strict() {
-    let spec = tiny_spec(3);
+    let spec = small_spec(3);
     let mut net = HrNet::new(&spec, 0).unwrap();
     let before = net.store.state_dict();
-    let p = scratch_dir("missing").join("hrnetv2_w18_imagenet_pretrained.pth");
+    let dir = scratch("pretrained-missing");
+    let p = dir.join("hrnetv2_w18_imagenet_pretrained.pth");
     let r = load_imagenet(&mut net, &p, false).unwrap();
     assert!(!r.found);
     assert_eq!(r.loaded, 0);
@@ -245,9 +238,10 @@ fn missing_file_warns_unless_strict() {
 
 #[test]
 fn config_switch() {
-    let spec = tiny_spec(19);
+    let spec = small_spec(19);
     let (backbone, all) = fake_imagenet(&spec);
-    let p = scratch_dir("config").join("imagenet.safetensors");
+    let dir = scratch("pretrained-config");
+    let p = dir.join("imagenet.safetensors");
     hrk::io::save_safetensors(&p, &all, &[]).unwrap();
     let mut cfg = Config::default();
     cfg.model.init_weights = false;
@@ -266,10 +260,10 @@ fn config_switch() {
 
 #[test]
 fn convert_cli_on_stdlib_pth_loads_into_model() {
-    let spec = tiny_spec(19);
+    let spec = small_spec(19);
     let src = HrNet::new(&spec, 11).unwrap();
     let sd = src.store.state_dict();
-    let dir = scratch_dir("convert");
+    let dir = scratch("pretrained-convert");
     let st = dir.join("model.safetensors");
     hrk::io::save_safetensors(&st, &sd, &[]).unwrap();
     let (zip, legacy) = (dir.join("model_zip.pth"), dir.join("model_legacy.pth"));
@@ -278,7 +272,7 @@ fn convert_cli_on_stdlib_pth_loads_into_model() {
     }
     for pth in [&zip, &legacy] {
         let out = dir.join(format!("{}.safetensors", pth.file_stem().unwrap().to_string_lossy()));
-        let o = Command::new(env!("CARGO_BIN_EXE_hrk")).arg("convert").arg(pth).arg(&out).output().unwrap();
+        let o = common::hrk_cmd().arg("convert").arg(pth).arg(&out).output().unwrap();
         assert!(o.status.success(), "hrk convert: {}", String::from_utf8_lossy(&o.stderr));
         assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("wrote {} tensors", sd.len())));
         let mut net = HrNet::new(&spec, 0).unwrap();

@@ -17,12 +17,13 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 fn case_dirs() -> Vec<PathBuf> {
-    if let Ok(list) = std::env::var("HRK_PARITY_CASE") {
-        return list.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+    if let Some(list) = common::parity_cases() {
+        return list;
     }
-    let shared = std::env::var("HRK_SHARED").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    let Ok(rd) = std::fs::read_dir(shared.join("parity")) else { return vec![] };
+    let Ok(rd) = std::fs::read_dir(common::shared_dir().join("parity")) else { return vec![] };
     let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("meta.json").is_file()).collect();
     v.sort();
     v
@@ -49,7 +50,7 @@ fn spec_from_meta(meta: &Value) -> HrnetSpec {
     }
     let stage = |name: &str| {
         let s = &cfg["stages"][name];
-        let list = |k: &str| s[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>();
+        let list = |k: &str| common::json_usizes(&s[k]);
         StageSpec {
             num_modules: s["NUM_MODULES"].as_u64().unwrap() as usize,
             num_branches: s["NUM_BRANCHES"].as_u64().unwrap() as usize,
@@ -276,7 +277,7 @@ fn process_cpu_seconds() -> Option<f64> {
 #[ignore]
 fn w18_forward_time() {
     let mut net = HrNet::new(&HrnetSpec::w18(98), 0).unwrap();
-    let mut rng = hrk::rng::Rng::new(1);
+    let mut rng = common::rng(1);
     let x = Tensor::from_f32(&[1, 3, 256, 256], (0..3 * 256 * 256).map(|_| rng.normal() as f32).collect()).unwrap();
     let out = no_grad(|| net.forward(&x, false)).unwrap();
     assert_eq!(out.shape(), &[1, 98, 64, 64]);

@@ -1,7 +1,8 @@
 //! The fast inference path and the batch-parallel conv kernels against the reference graph.
 
-mod model_common;
-use model_common::randomize;
+mod common;
+use common::{assert_close_scaled, TestValues};
+use common::model::randomize;
 
 use hrk::model::{HrNet, HrnetSpec, InferNet, Slot};
 use hrk::ops::conv2d;
@@ -9,19 +10,15 @@ use hrk::rng::Rng;
 use hrk::{Storage, Tensor};
 
 fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
-    let n: usize = shape.iter().product();
-    Tensor::from_f32(shape, (0..n).map(|_| rng.normal() as f32).collect()).unwrap()
+    Tensor::from_f32(shape, rng.normals(shape.iter().product())).unwrap()
 }
 
 fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0.0, |m, x| m.max(x.abs()))
 }
 
-fn assert_close(a: &[f32], b: &[f32], rel: f32, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    let scale = max_abs(b).max(1e-12);
-    let err = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(err <= rel * scale, "{what}: max |diff| {err} vs scale {scale}");
+fn assert_close(a: &[f32], b: &[f32], rel: f64, what: &str) {
+    assert_close_scaled(what, a, b, rel, 1e-12);
 }
 
 #[test]
@@ -43,7 +40,7 @@ fn fast_forward_matches_the_graph() {
     let mut net = HrNet::new(&HrnetSpec::w18(98), 0).unwrap();
     randomize(&mut net, 7);
     let fast = InferNet::new(&net).unwrap();
-    let mut rng = Rng::new(3);
+    let mut rng = common::rng(3);
     // 128×128 gives branch planes of 32, 16 and 8 (Winograd's three vector layouts), 64×96 planes
     // where the fast path keeps the direct kernels.
     for shape in [[2, 3, 64, 96], [2, 3, 128, 128]] {
@@ -65,7 +62,7 @@ fn eval_forward_heatmaps_uses_the_cached_cpu_engine() {
     let mut net = HrNet::new(&HrnetSpec::w18(98), 0).unwrap();
     randomize(&mut net, 21);
     let shape = [2, 3, 128, 128];
-    let x = random(&shape, &mut Rng::new(5));
+    let x = random(&shape, &mut common::rng(5));
     let want = hrk::no_grad(|| net.forward(&x, false)).unwrap();
     let (got, dims) = hrk::eval::forward_heatmaps(&mut net, x.to_f32_vec(), shape).unwrap();
     assert_eq!(&dims[..], want.shape());
@@ -86,7 +83,7 @@ fn eval_forward_heatmaps_uses_the_cached_cpu_engine() {
 fn batched_conv_matches_per_image() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     pool.install(|| {
-        let mut rng = Rng::new(11);
+        let mut rng = common::rng(11);
         for (k, stride, pad) in [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0)] {
             let n = 3;
             let x = random(&[n, 5, 9, 7], &mut rng).requires_grad();

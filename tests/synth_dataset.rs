@@ -4,6 +4,9 @@
 use hrk::synth;
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::scratch;
+
 /// 300W pairs, 1-based as in the official code.
 const PAIRS_300W: [[usize; 2]; 29] = [
     [1, 17], [2, 16], [3, 15], [4, 14], [5, 13], [6, 12], [7, 11], [8, 10],
@@ -94,12 +97,6 @@ fn similarity_residual(a: &[[f32; 2]], b: &[[f32; 2]]) -> f64 {
     (res / nb).sqrt()
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hrk_synth_{name}_{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 /// One CSV row: image name, scale, centre, landmarks.
 type CsvRow = (String, f64, [f64; 2], Vec<[f64; 2]>);
 
@@ -159,7 +156,7 @@ fn canonical_shape_is_mirror_symmetric_in_the_official_index_order() {
 #[test]
 fn generated_csvs_parse_back_in_the_official_format() {
     for joints in [68, 98] {
-        let dir = temp_dir(&format!("csv{joints}"));
+        let dir = scratch(&format!("synth-csv{joints}"));
         let summary = synth::generate(&dir, joints, 20, 3).unwrap();
         assert_eq!((summary.train_count, summary.test_count), (16, 4));
         let mut total = 0;
@@ -188,7 +185,6 @@ fn generated_csvs_parse_back_in_the_official_format() {
             }
         }
         assert_eq!(total, 20);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 
@@ -212,9 +208,9 @@ fn landmarks_are_inside_the_image() {
 
 #[test]
 fn same_seed_gives_identical_bytes() {
-    let a = temp_dir("det_a");
-    let b = temp_dir("det_b");
-    let c = temp_dir("det_c");
+    let a = scratch("synth-det_a");
+    let b = scratch("synth-det_b");
+    let c = scratch("synth-det_c");
     synth::generate(&a, 68, 10, 42).unwrap();
     synth::generate(&b, 68, 10, 42).unwrap();
     synth::generate(&c, 68, 10, 43).unwrap();
@@ -234,9 +230,6 @@ fn same_seed_gives_identical_bytes() {
     let train_a = std::fs::read(a.join(synth::TRAIN_CSV)).unwrap();
     let train_c = std::fs::read(c.join(synth::TRAIN_CSV)).unwrap();
     assert_ne!(train_a, train_c, "another seed gives another data set");
-    for d in [a, b, c] {
-        std::fs::remove_dir_all(d).unwrap();
-    }
 }
 
 #[test]
@@ -334,7 +327,7 @@ fn landmarks_sit_on_visible_structure() {
 
 #[test]
 fn bad_joint_count_is_a_one_line_error() {
-    let err = synth::generate(&temp_dir("bad"), 19, 4, 1).unwrap_err().to_string();
+    let err = synth::generate(&scratch("synth-bad"), 19, 4, 1).unwrap_err().to_string();
     assert!(err.contains("68") && err.contains("19") && !err.contains('\n'), "{err}");
     assert!(synth::render_sample(29, 1, 0).is_err());
     assert!(synth::canonical_shape(5).is_err());
@@ -342,7 +335,7 @@ fn bad_joint_count_is_a_one_line_error() {
 
 #[test]
 fn config_points_at_the_generated_data() {
-    let dir = temp_dir("config");
+    let dir = scratch("synth-config");
     let summary = synth::generate(&dir, 98, 5, 2).unwrap();
     let text = std::fs::read_to_string(&summary.config).unwrap();
     for needle in ["DATASET: WFLW", "NUM_JOINTS: 98", "SIGMA: 1.5", synth::TRAIN_CSV, synth::TEST_CSV, "PRETRAINED: ''"] {
@@ -353,5 +346,4 @@ fn config_points_at_the_generated_data() {
     assert!(y68.contains("DATASET: 300W") && y68.contains("SIGMA: 1.0") && y68.contains("NUM_JOINTS: 68"));
     // Same nesting as the official files: every STAGE lists one block count per channel entry.
     assert_eq!(y68.matches("        - 4\n").count(), 2 + 3 + 4);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,15 +3,17 @@
 
 use hrk::synth;
 
+mod common;
+
 #[test]
 #[ignore]
 fn write_preview_grid() {
-    let joints: usize = std::env::var("SYNTH_PREVIEW_JOINTS").ok().and_then(|v| v.parse().ok()).unwrap_or(68);
-    let first: usize = std::env::var("SYNTH_PREVIEW_FIRST").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let seed: u64 = std::env::var("SYNTH_PREVIEW_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
-    let zoom: usize = std::env::var("SYNTH_PREVIEW_ZOOM").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    let cols: usize = std::env::var("SYNTH_PREVIEW_COLS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-    let rows: usize = std::env::var("SYNTH_PREVIEW_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let joints: usize = common::env_parsed("SYNTH_PREVIEW_JOINTS", 68);
+    let first: usize = common::env_parsed("SYNTH_PREVIEW_FIRST", 0);
+    let seed: u64 = common::env_parsed("SYNTH_PREVIEW_SEED", 7);
+    let zoom: usize = common::env_parsed("SYNTH_PREVIEW_ZOOM", 2);
+    let cols: usize = common::env_parsed("SYNTH_PREVIEW_COLS", 4);
+    let rows: usize = common::env_parsed("SYNTH_PREVIEW_ROWS", 2);
     let tile = synth::IMAGE_SIZE * zoom;
     let (w, h) = (tile * cols, tile * rows);
     let mut grid = vec![0u8; w * h * 3];
@@ -34,7 +36,7 @@ fn write_preview_grid() {
 #[test]
 #[ignore]
 fn timing_2000_images() {
-    let dir = std::env::temp_dir().join(format!("hrk_synth_timing_{}", std::process::id()));
+    let dir = common::scratch("synth-timing");
     let start = std::time::Instant::now();
     let summary = synth::generate(&dir, 98, 2000, 1).unwrap();
     let secs = start.elapsed().as_secs_f64();
@@ -42,5 +44,4 @@ fn timing_2000_images() {
     assert_eq!(summary.train_count + summary.test_count, 2000);
     let bytes: u64 = std::fs::read_dir(dir.join("images")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
     eprintln!("images: {:.1} MB", bytes as f64 / 1e6);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,21 +6,17 @@
 use hrk::io::load_safetensors;
 use hrk::train::{train, BatchProgress, TrainObserver, TrainOptions, Trainer};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hrk_train_e2e_{}_{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{hrk_cmd, scratch, Scratch};
 
-/// The synthetic data, generated once per test process (20 images: 16 train, 4 test).
+/// The synthetic data, generated once per test process (20 images: 16 train, 4 test; a static is
+/// never dropped, so the folder outlives the tests like the binary's other temp files).
 fn data_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    static DIR: OnceLock<Scratch> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = temp_dir("data");
+        let d = scratch("train-e2e-data");
         hrk::synth::generate(&d, 68, 20, 7).unwrap();
         d
     })
@@ -85,7 +81,7 @@ fn assert_same_tensors(a: &Path, b: &Path) {
 
 #[test]
 fn trains_and_resumes_bit_for_bit() {
-    let dir = temp_dir("resume");
+    let dir = scratch("train-e2e-resume");
     // Uninterrupted: 2 epochs.
     let out_a = dir.join("out_a");
     let cfg_a = write_config(&dir, "tiny", &out_a, "0.002", 2, None);
@@ -134,7 +130,6 @@ fn trains_and_resumes_bit_for_bit() {
     for ((n, h), (_, s)) in fresh.store.state_dict().iter().zip(&saved) {
         assert_eq!(h.to_f64_vec(), s.to_f64_vec(), "{n}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Counts what a run reports to its observer.
@@ -166,7 +161,7 @@ impl TrainObserver for Recorder {
 
 #[test]
 fn trainer_steps_match_train_and_report_progress() {
-    let dir = temp_dir("steps");
+    let dir = scratch("train-e2e-steps");
     let cfg_whole = write_config(&dir, "tiny", &dir.join("whole"), "0.002", 1, None);
     let whole = train(&opts(&cfg_whole)).unwrap();
 
@@ -190,22 +185,20 @@ fn trainer_steps_match_train_and_report_progress() {
     assert_eq!(seen.epochs_started, vec![(0, 4)]);
     assert_eq!((seen.batches, seen.epochs_finished), (4, 1));
     assert!(seen.messages.iter().any(|m| m.starts_with("Test Epoch 0 ")), "{:?}", seen.messages);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn non_finite_loss_stops_with_epoch_and_iteration() {
-    let dir = temp_dir("nan");
+    let dir = scratch("train-e2e-nan");
     let cfg = write_config(&dir, "boom", &dir.join("out"), "1.0e+30", 2, None);
     let err = train(&opts(&cfg)).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("non-finite training loss") && msg.contains("epoch 0, iteration"), "{msg}");
     assert!(!msg.contains('\n'), "message must be one line: {msg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn run_cli(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hrk")).args(args).output().unwrap();
+    let out = hrk_cmd().args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -219,7 +212,7 @@ fn assert_one_line_error(args: &[&str], needle: &str) {
 
 #[test]
 fn cli_errors_are_one_line() {
-    let dir = temp_dir("cli");
+    let dir = scratch("train-e2e-cli");
     let missing = dir.join("nope.yaml");
     assert_one_line_error(&["train", "--cfg", missing.to_str().unwrap(), "--quiet"], "nope.yaml");
 
@@ -230,7 +223,6 @@ fn cli_errors_are_one_line() {
     let absent = dir.join("absent_train.csv");
     let cfg = write_config(&dir, "nodata", &dir.join("out"), "0.001", 1, Some(&absent));
     assert_one_line_error(&["train", "--cfg", cfg.to_str().unwrap(), "--quiet"], "absent_train.csv");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A real interruption: the binary is killed as soon as its first `latest` checkpoint exists (wherever it
@@ -238,11 +230,11 @@ fn cli_errors_are_one_line() {
 /// run in another process bit for bit (so nothing depends on in-process state or allocation).
 #[test]
 fn killed_process_resumes_bit_for_bit() {
-    let dir = temp_dir("kill");
+    let dir = scratch("train-e2e-kill");
     let cfg_a = write_config(&dir.join(""), "tiny_kill", &dir.join("out_a"), "0.002", 2, None);
     let base = ["--seed", "5", "--threads", "2", "--quiet"];
     let run = |cfg: &Path| {
-        let st = Command::new(env!("CARGO_BIN_EXE_hrk")).args(["train", "--cfg", cfg.to_str().unwrap()]).args(base).status().unwrap();
+        let st = hrk_cmd().args(["train", "--cfg", cfg.to_str().unwrap()]).args(base).status().unwrap();
         assert!(st.success());
     };
     run(&cfg_a);
@@ -250,7 +242,7 @@ fn killed_process_resumes_bit_for_bit() {
     std::fs::create_dir_all(&sub_b).unwrap();
     let cfg_b = write_config(&sub_b, "tiny_kill", &dir.join("out_b"), "0.002", 2, None);
     let run_b = dir.join("out_b/300W/tiny_kill");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hrk")).args(["train", "--cfg", cfg_b.to_str().unwrap()]).args(base).spawn().unwrap();
+    let mut child = hrk_cmd().args(["train", "--cfg", cfg_b.to_str().unwrap()]).args(base).spawn().unwrap();
     let t = std::time::Instant::now();
     while !run_b.join("latest.safetensors").exists() && t.elapsed().as_secs() < 60 {
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -260,5 +252,4 @@ fn killed_process_resumes_bit_for_bit() {
     assert!(run_b.join("latest.safetensors").is_file(), "no checkpoint before the kill");
     run(&cfg_b);
     assert_same_tensors(&dir.join("out_a/300W/tiny_kill/final_state.safetensors"), &run_b.join("final_state.safetensors"));
-    let _ = std::fs::remove_dir_all(&dir);
 }

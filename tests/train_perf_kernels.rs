@@ -5,6 +5,8 @@
 
 use hrk::ops::*;
 use hrk::rng::Rng;
+
+mod common;
 use hrk::{backward, backward_with, DType, Storage, Tensor};
 
 const SHAPES: [[usize; 4]; 12] = [
@@ -34,17 +36,9 @@ fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-/// max |got − want| / (max |want| + tiny): one relative figure for a whole tensor.
-fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())) + 1e-30;
-    got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs())) / scale
-}
-
+/// max |got − want| ≤ `tol` × max |want|: one relative figure for a whole tensor.
 fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite output");
-    let e = rel_err(got, want);
-    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:e}");
+    common::assert_close_scaled(what, got, want, tol, 1e-30);
 }
 
 /// Per-channel two-pass mean and biased variance in f64.
@@ -110,7 +104,7 @@ fn bn_train_case(rng: &mut Rng, d: [usize; 4], offset: f64, spread: f64) {
 
 #[test]
 fn bn_train_matches_the_f64_formula() {
-    let mut rng = Rng::new(11);
+    let mut rng = common::rng(11);
     for d in SHAPES {
         bn_train_case(&mut rng, d, 0.0, 1.0);
         bn_train_case(&mut rng, d, 3.0, 0.1);
@@ -120,7 +114,7 @@ fn bn_train_matches_the_f64_formula() {
 #[test]
 fn bn_train_keeps_precision_under_a_large_offset() {
     // x = 1000 + noise of σ = 0.01: Σx² − (Σx)²/m in f32 would be pure rounding noise.
-    let mut rng = Rng::new(12);
+    let mut rng = common::rng(12);
     for d in SHAPES {
         bn_train_case(&mut rng, d, 1000.0, 0.01);
         bn_train_case(&mut rng, d, -250.0, 1e-3);
@@ -129,7 +123,7 @@ fn bn_train_keeps_precision_under_a_large_offset() {
 
 #[test]
 fn bn_eval_matches_the_f64_formula() {
-    let mut rng = Rng::new(13);
+    let mut rng = common::rng(13);
     for d in SHAPES {
         let [_, c, h, w] = d;
         let len: usize = d.iter().product();
@@ -162,7 +156,7 @@ fn bn_eval_matches_the_f64_formula() {
 
 #[test]
 fn elementwise_ops_match_references() {
-    let mut rng = Rng::new(14);
+    let mut rng = common::rng(14);
     for d in SHAPES {
         let len: usize = d.iter().product();
         let (av, bv, dyv) = (normal(&mut rng, len, 0.0, 1.0), normal(&mut rng, len, 0.0, 1.0), normal(&mut rng, len, 0.0, 1.0));
@@ -212,7 +206,7 @@ fn ref_bilinear(x: &[f64], [n, c, h, w]: [usize; 4], [ho, wo]: [usize; 2], dy: &
 
 #[test]
 fn bilinear_upsample_matches_the_direct_formula() {
-    let mut rng = Rng::new(15);
+    let mut rng = common::rng(15);
     let sizes = [[13, 13], [5, 7], [1, 1], [26, 14], [64, 64]];
     for d in SHAPES {
         for size in sizes {
@@ -233,7 +227,7 @@ fn bilinear_upsample_matches_the_direct_formula() {
 
 #[test]
 fn concat_and_mse_match_references() {
-    let mut rng = Rng::new(16);
+    let mut rng = common::rng(16);
     for d in SHAPES {
         let [n, c, h, w] = d;
         let plane = h * w;
@@ -287,7 +281,7 @@ fn ops_overwrite_every_element_of_a_reused_buffer() {
         })
         .collect();
     drop(poisoned);
-    let mut rng = Rng::new(17);
+    let mut rng = common::rng(17);
     let xv = normal(&mut rng, len, 5.0, 2.0);
     let x = t32(&d, xv.clone()).requires_grad();
     let c = d[1];
@@ -314,7 +308,7 @@ fn ops_overwrite_every_element_of_a_reused_buffer() {
 
 #[test]
 fn backward_frees_the_graph_and_backward_with_keeps_it() {
-    let mut rng = Rng::new(18);
+    let mut rng = common::rng(18);
     let d = [2, 3, 5, 7];
     let len: usize = d.iter().product();
     let x = t32(&d, normal(&mut rng, len, 0.0, 1.0)).requires_grad();
@@ -335,7 +329,7 @@ fn backward_frees_the_graph_and_backward_with_keeps_it() {
 fn fused_relu_ops_equal_the_separate_ops() {
     use hrk::ops::batchnorm::batch_norm_train_relu;
     use hrk::ops::elementwise::add_relu;
-    let mut rng = Rng::new(19);
+    let mut rng = common::rng(19);
     for d in SHAPES {
         let [n, c, h, w] = d;
         if n * h * w < 2 {

@@ -7,7 +7,7 @@
 
 use crate::data::augment::Augmentation;
 use crate::data::dataset::{Annotations, FaceDataset};
-use crate::data::decode::decode_preds;
+use crate::data::codec::decode_preds;
 use crate::data::image::Image;
 use crate::data::imageio::load_image;
 use crate::data::sample::normalize_into;

@@ -1,9 +1,8 @@
 //! Data pipeline of the official HRNet face code, reproduced bit for bit: geometry and crop
-//! (scipy.misc + Pillow semantics), heatmap targets, flips, decoding and evaluation metrics.
+//! (scipy.misc + Pillow semantics), the heatmap codec (targets and decoding), flips and evaluation metrics.
 
-pub mod decode;
+pub mod codec;
 pub mod flip;
-pub mod heatmap;
 pub mod image;
 pub mod metrics;
 pub mod pillow;

@@ -6,11 +6,11 @@
 use super::augment::{sample_augmentation, Augmentation};
 use super::dataset::{Annotations, FaceDataset};
 use super::flip::fliplr_joints;
-use super::heatmap::generate_target;
+use super::codec::HeatmapCodec;
 use super::image::Image;
 use super::dataset::DatasetKind;
 use super::imageio::{decode_rgb8_opts, rgb8_to_image, Rgb8};
-use super::transforms::{crop_rgb8, transform_pixel, InputType};
+use super::transforms::{crop_rgb8, InputType};
 use std::borrow::Cow;
 use anyhow::{Context, anyhow, bail, Result};
 
@@ -81,70 +81,6 @@ pub fn normalize_rgb8_into(img: &Rgb8, out: &mut [f32]) -> Result<()> {
         b[i] = lut[2][px[2] as usize];
     }
     Ok(())
-}
-
-/// The reference's non-Gaussian target: `sigma / ((dx² + dy² + sigma²)^1.5)` on the same
-/// patch and placement rules as the Gaussian one.
-pub fn generate_target_cauchy(map: &mut [f32], width: usize, height: usize, pt: [f32; 2], sigma: f64) {
-    let tmp = sigma * 3.0;
-    let (px, py) = (pt[0] as f64, pt[1] as f64);
-    let ul = [(px - tmp).trunc() as i64, (py - tmp).trunc() as i64];
-    let br = [(px + tmp + 1.0).trunc() as i64, (py + tmp + 1.0).trunc() as i64];
-    if ul[0] >= width as i64 || ul[1] >= height as i64 || br[0] < 0 || br[1] < 0 {
-        return;
-    }
-    // numpy: size = 2·tmp+1 (a float), arange(0, size) has ceil(size) entries, centre size // 2.
-    let size = 2.0 * tmp + 1.0;
-    let n = size.ceil() as i64;
-    let c0 = (size / 2.0).floor() as i64;
-    // numpy: float32 grid, Python-float σ → float32 arithmetic.
-    let (sig, s2) = (sigma as f32, (sigma * sigma) as f32);
-    let (gx0, gx1) = (0.max(-ul[0]), br[0].min(width as i64) - ul[0]);
-    let (gy0, gy1) = (0.max(-ul[1]), br[1].min(height as i64) - ul[1]);
-    for yy in gy0..gy1.min(n) {
-        for xx in gx0..gx1.min(n) {
-            let d = ((xx - c0) * (xx - c0) + (yy - c0) * (yy - c0)) as f32;
-            map[(ul[1] + yy) as usize * width + (ul[0] + xx) as usize] = sig / (d + s2).powf(1.5);
-        }
-    }
-}
-
-/// The reference target loop: for every landmark with y > 0, `tp = transform_pixel(pt+1,
-/// center, scale, heatmap_size, rot)` and a target peak at `tp-1`. Fills `target`
-/// ([J,h,w], zeroed here) and returns `tpts`.
-#[allow(clippy::too_many_arguments)]
-pub fn make_targets(
-    pts: &[[f64; 2]],
-    center: [f32; 2],
-    scale: f64,
-    rot: f64,
-    heatmap_size: [usize; 2],
-    sigma: f64,
-    gaussian: bool,
-    target: &mut [f32],
-) -> Result<Vec<[f32; 2]>> {
-    let (h, w) = (heatmap_size[0], heatmap_size[1]);
-    if target.len() != pts.len() * h * w {
-        bail!("targets: buffer holds {} values, expected {}x{}x{}", target.len(), pts.len(), h, w);
-    }
-    target.fill(0.0);
-    let mut tpts = Vec::with_capacity(pts.len());
-    for (j, p) in pts.iter().enumerate() {
-        if p[1] > 0.0 {
-            let tp = transform_pixel([p[0] + 1.0, p[1] + 1.0], center, scale, heatmap_size, false, rot);
-            let peak = [(tp[0] - 1.0) as f32, (tp[1] - 1.0) as f32];
-            let map = &mut target[j * h * w..(j + 1) * h * w];
-            if gaussian {
-                generate_target(map, w, h, peak, sigma);
-            } else {
-                generate_target_cauchy(map, w, h, peak, sigma);
-            }
-            tpts.push([tp[0] as f32, tp[1] as f32]);
-        } else {
-            tpts.push([p[0] as f32, p[1] as f32]);
-        }
-    }
-    Ok(tpts)
 }
 
 impl FaceDataset {
@@ -230,8 +166,7 @@ impl FaceDataset {
             bail!("{}: crop returned {}x{}, expected {}x{}", self.describe(index), cropped.height, cropped.width, spec.image_size[0], spec.image_size[1]);
         }
         normalize_rgb8_into(&cropped, input)?;
-        let gaussian = spec.target_type == "Gaussian";
-        let tpts = make_targets(&pts, center, scale, aug.rot, spec.heatmap_size, spec.sigma, gaussian, target)?;
+        let tpts = HeatmapCodec::for_spec(spec).encode(&pts, center, scale, aug.rot, target)?;
         Ok(SampleMeta {
             index,
             center,

@@ -3,7 +3,7 @@
 //! that is drawn, so after the pose mapping the points stay on the visible edges and corners.
 
 use super::raster::Pt;
-use super::rng::Rng;
+use crate::rng::Rng;
 use std::f32::consts::PI;
 
 /// Identity and expression parameters of one face, in canonical units.
@@ -82,35 +82,35 @@ impl FaceShape {
     /// A random identity with a random expression.
     pub(crate) fn random(rng: &mut Rng) -> FaceShape {
         let mut f = FaceShape::mean();
-        f.half_width = rng.range(0.9, 1.08);
-        f.jaw_top_y = rng.range(-0.22, -0.12);
-        f.chin_y = rng.range(0.92, 1.1);
-        f.chin_narrow = rng.range(0.05, 0.3);
-        f.forehead_height = rng.range(1.0, 1.2);
-        f.eye_sep = rng.range(0.37, 0.44);
-        f.eye_y = rng.range(-0.29, -0.21);
-        f.eye_half_w = rng.range(0.15, 0.2);
-        let eye_open = rng.range(0.55, 1.3);
-        f.eye_open_up = rng.range(0.075, 0.095) * eye_open;
-        f.eye_open_low = rng.range(0.04, 0.06) * eye_open.max(0.8);
-        f.eye_tilt = rng.range(-0.01, 0.04);
-        f.iris_r = rng.range(0.065, 0.085);
-        f.gaze = [rng.range(-0.7, 0.7), rng.range(-0.6, 0.6)];
-        f.brow_y = f.eye_y - rng.range(0.22, 0.29);
-        f.brow_raise = if rng.chance(0.3) { rng.range(0.03, 0.11) } else { rng.range(-0.03, 0.03) };
-        f.brow_arch = rng.range(0.03, 0.1);
-        f.brow_thick = rng.range(0.06, 0.12);
-        f.brow_inner_x = rng.range(0.09, 0.16);
-        f.brow_outer_x = rng.range(0.76, 0.88);
-        f.nose_tip_y = rng.range(0.12, 0.22);
-        f.nose_base_y = f.nose_tip_y + rng.range(0.08, 0.12);
-        f.nose_half_w = rng.range(0.14, 0.2);
-        f.mouth_y = f.nose_base_y + rng.range(0.24, 0.32);
-        f.mouth_half_w = rng.range(0.26, 0.36);
-        f.lip_up = rng.range(0.05, 0.09);
-        f.lip_low = rng.range(0.06, 0.11);
-        f.mouth_open = if rng.chance(0.35) { rng.range(0.03, 0.2) } else { 0.0 };
-        f.smile = rng.range(-0.03, 0.07);
+        f.half_width = rng.range_f32(0.9, 1.08);
+        f.jaw_top_y = rng.range_f32(-0.22, -0.12);
+        f.chin_y = rng.range_f32(0.92, 1.1);
+        f.chin_narrow = rng.range_f32(0.05, 0.3);
+        f.forehead_height = rng.range_f32(1.0, 1.2);
+        f.eye_sep = rng.range_f32(0.37, 0.44);
+        f.eye_y = rng.range_f32(-0.29, -0.21);
+        f.eye_half_w = rng.range_f32(0.15, 0.2);
+        let eye_open = rng.range_f32(0.55, 1.3);
+        f.eye_open_up = rng.range_f32(0.075, 0.095) * eye_open;
+        f.eye_open_low = rng.range_f32(0.04, 0.06) * eye_open.max(0.8);
+        f.eye_tilt = rng.range_f32(-0.01, 0.04);
+        f.iris_r = rng.range_f32(0.065, 0.085);
+        f.gaze = [rng.range_f32(-0.7, 0.7), rng.range_f32(-0.6, 0.6)];
+        f.brow_y = f.eye_y - rng.range_f32(0.22, 0.29);
+        f.brow_raise = if rng.chance_f32(0.3) { rng.range_f32(0.03, 0.11) } else { rng.range_f32(-0.03, 0.03) };
+        f.brow_arch = rng.range_f32(0.03, 0.1);
+        f.brow_thick = rng.range_f32(0.06, 0.12);
+        f.brow_inner_x = rng.range_f32(0.09, 0.16);
+        f.brow_outer_x = rng.range_f32(0.76, 0.88);
+        f.nose_tip_y = rng.range_f32(0.12, 0.22);
+        f.nose_base_y = f.nose_tip_y + rng.range_f32(0.08, 0.12);
+        f.nose_half_w = rng.range_f32(0.14, 0.2);
+        f.mouth_y = f.nose_base_y + rng.range_f32(0.24, 0.32);
+        f.mouth_half_w = rng.range_f32(0.26, 0.36);
+        f.lip_up = rng.range_f32(0.05, 0.09);
+        f.lip_low = rng.range_f32(0.06, 0.11);
+        f.mouth_open = if rng.chance_f32(0.35) { rng.range_f32(0.03, 0.2) } else { 0.0 };
+        f.smile = rng.range_f32(-0.03, 0.07);
         // An open mouth drops the jaw.
         f.chin_y += 0.6 * f.mouth_open;
         f

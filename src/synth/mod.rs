@@ -7,13 +7,12 @@
 
 mod face;
 mod raster;
-mod rng;
 
 use anyhow::{bail, Context, Result};
 use face::{FaceShape, IMAGE_LEFT, IMAGE_RIGHT};
 use raster::{Canvas, Mask, Pt, Rgb};
 use rayon::prelude::*;
-use rng::Rng;
+use crate::rng::Rng;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -234,7 +233,7 @@ fn mix_rgb(a: Rgb, b: Rgb, t: f32) -> Rgb {
 }
 
 fn random_color(rng: &mut Rng) -> Rgb {
-    [rng.range(15.0, 240.0), rng.range(15.0, 240.0), rng.range(15.0, 240.0)]
+    [rng.range_f32(15.0, 240.0), rng.range_f32(15.0, 240.0), rng.range_f32(15.0, 240.0)]
 }
 
 fn luminance(c: Rgb) -> f32 {
@@ -245,17 +244,17 @@ fn luminance(c: Rgb) -> f32 {
 pub fn render_sample(joints: usize, seed: u64, index: usize) -> Result<SynthSample> {
     check_joints(joints)?;
     // The stream does not depend on `joints`, so the 68 and 98 sets show the same faces.
-    let mut rng = Rng::for_sample(seed, index as u64);
+    let mut rng = Rng::for_synth(seed, index as u64);
     let (w, h) = (IMAGE_SIZE, IMAGE_SIZE);
     let shape = FaceShape::random(&mut rng);
 
     // Pose: in-plane rotation up to ±30° (mostly small), yaw up to ±35°, a little pitch.
-    let roll_deg = if rng.chance(0.5) { rng.range(-30.0, 30.0) } else { rng.range(-8.0, 8.0) };
+    let roll_deg = if rng.chance_f32(0.5) { rng.range_f32(-30.0, 30.0) } else { rng.range_f32(-8.0, 8.0) };
     let mut pose = Pose {
-        yaw: rng.range(-35.0, 35.0).to_radians() * if rng.chance(0.3) { 0.3 } else { 1.0 },
-        pitch: rng.range(-12.0, 12.0).to_radians(),
+        yaw: rng.range_f32(-35.0, 35.0).to_radians() * if rng.chance_f32(0.3) { 0.3 } else { 1.0 },
+        pitch: rng.range_f32(-12.0, 12.0).to_radians(),
         roll: roll_deg.to_radians(),
-        scale: rng.range(32.0, 70.0),
+        scale: rng.range_f32(32.0, 70.0),
         tx: 0.0,
         ty: 0.0,
     };
@@ -273,8 +272,8 @@ pub fn render_sample(joints: usize, seed: u64, index: usize) -> Result<SynthSamp
             pose.scale *= 0.9;
             continue;
         }
-        pose.tx = margin - lo[0] + rng.uniform() * room_x;
-        pose.ty = margin - lo[1] + rng.uniform() * room_y;
+        pose.tx = margin - lo[0] + rng.uniform_f32() * room_x;
+        pose.ty = margin - lo[1] + rng.uniform_f32() * room_y;
         break pose.map_all(&shape, &canon);
     };
 
@@ -313,7 +312,7 @@ fn draw_background(canvas: &mut Canvas, rng: &mut Rng) {
     let (w, h) = (canvas.width, canvas.height);
     let c1 = random_color(rng);
     let c2 = random_color(rng);
-    let angle = rng.range(0.0, std::f32::consts::TAU);
+    let angle = rng.range_f32(0.0, std::f32::consts::TAU);
     let (s, c) = angle.sin_cos();
     for y in 0..h {
         for x in 0..w {
@@ -324,25 +323,25 @@ fn draw_background(canvas: &mut Canvas, rng: &mut Rng) {
         }
     }
     // Clutter: blobs, boxes and sometimes stripes, so the background is not a clean gradient.
-    let shapes = 3 + (rng.uniform() * 7.0) as usize;
+    let shapes = 3 + (rng.uniform_f32() * 7.0) as usize;
     for _ in 0..shapes {
         let col = random_color(rng);
-        let alpha = rng.range(0.25, 0.9);
-        let center = [rng.range(0.0, w as f32), rng.range(0.0, h as f32)];
-        let radii = [rng.range(6.0, 70.0), rng.range(6.0, 70.0)];
-        let angle = rng.range(0.0, 3.2);
-        let mask = if rng.chance(0.5) {
+        let alpha = rng.range_f32(0.25, 0.9);
+        let center = [rng.range_f32(0.0, w as f32), rng.range_f32(0.0, h as f32)];
+        let radii = [rng.range_f32(6.0, 70.0), rng.range_f32(6.0, 70.0)];
+        let angle = rng.range_f32(0.0, 3.2);
+        let mask = if rng.chance_f32(0.5) {
             Mask::ellipse(center, radii, angle, w, h)
         } else {
             Mask::polygon(&rect_points(center, radii, angle), w, h)
         };
         canvas.paint_solid(&mask, alpha, col);
     }
-    if rng.chance(0.25) {
+    if rng.chance_f32(0.25) {
         let col = random_color(rng);
-        let angle = rng.range(0.0, 3.2);
-        let period = rng.range(8.0, 30.0);
-        let thick = period * rng.range(0.2, 0.5);
+        let angle = rng.range_f32(0.0, 3.2);
+        let period = rng.range_f32(8.0, 30.0);
+        let thick = period * rng.range_f32(0.2, 0.5);
         let (s, c) = angle.sin_cos();
         let mut k = -(w as f32);
         while k < w as f32 {
@@ -383,18 +382,18 @@ fn draw_face(canvas: &mut Canvas, shape: &FaceShape, pose: &Pose, rng: &mut Rng)
     let m = |pts: &[Pt]| pose.map_all(shape, pts);
 
     // Colours: skin from light to dark with a small cast; features keep a visible contrast.
-    let tone = rng.uniform();
+    let tone = rng.uniform_f32();
     let skin = mix_rgb([238.0, 205.0, 180.0], [100.0, 65.0, 48.0], tone);
-    let skin = [skin[0] + rng.range(-10.0, 10.0), skin[1] + rng.range(-10.0, 10.0), skin[2] + rng.range(-10.0, 10.0)];
-    let hair = *rng.pick(&HAIR_COLORS);
-    let hair = scale_rgb(hair, rng.range(0.85, 1.15));
+    let skin = [skin[0] + rng.range_f32(-10.0, 10.0), skin[1] + rng.range_f32(-10.0, 10.0), skin[2] + rng.range_f32(-10.0, 10.0)];
+    let hair = *rng.pick_f32(&HAIR_COLORS);
+    let hair = scale_rgb(hair, rng.range_f32(0.85, 1.15));
     let brow = if luminance(hair) < 0.55 * luminance(skin) { hair } else { scale_rgb(skin, 0.45) };
-    let iris = *rng.pick(&IRIS_COLORS);
+    let iris = *rng.pick_f32(&IRIS_COLORS);
     let lips = [skin[0] * 0.85 + 20.0, skin[1] * 0.55, skin[2] * 0.58];
-    let sclera = scale_rgb([240.0, 238.0, 230.0], rng.range(0.85, 1.0));
+    let sclera = scale_rgb([240.0, 238.0, 230.0], rng.range_f32(0.85, 1.0));
     let light = {
-        let a = rng.range(0.0, std::f32::consts::TAU);
-        let k = rng.range(0.0, 0.25);
+        let a = rng.range_f32(0.0, std::f32::consts::TAU);
+        let k = rng.range_f32(0.0, 0.25);
         [a.cos() * k, a.sin() * k]
     };
     let face_center = pose.map(shape, [0.0, 0.2]);
@@ -407,9 +406,9 @@ fn draw_face(canvas: &mut Canvas, shape: &FaceShape, pose: &Pose, rng: &mut Rng)
     };
 
     // Hair behind the head (long hair frames the jaw with a contrasting edge).
-    if rng.chance(0.4) {
-        let hw = shape.half_width * rng.range(1.15, 1.35);
-        let bottom = shape.chin_y * rng.range(0.4, 1.0);
+    if rng.chance_f32(0.4) {
+        let hw = shape.half_width * rng.range_f32(1.15, 1.35);
+        let bottom = shape.chin_y * rng.range_f32(0.4, 1.0);
         let mut pts = vec![[-hw, bottom], [hw, bottom]];
         for i in 0..=24 {
             let a = i as f32 / 24.0 * std::f32::consts::PI;
@@ -422,7 +421,7 @@ fn draw_face(canvas: &mut Canvas, shape: &FaceShape, pose: &Pose, rng: &mut Rng)
     let neck = [[-neck_w, 0.2], [neck_w, 0.2], [neck_w * 1.2, 2.6], [-neck_w * 1.2, 2.6]];
     canvas.paint(&Mask::polygon(&m(&neck), w, h), 1.0, shaded_skin(scale_rgb(skin, 0.7)));
     // Ears, mostly hidden behind the face outline.
-    if rng.chance(0.7) {
+    if rng.chance_f32(0.7) {
         for side in [IMAGE_LEFT, IMAGE_RIGHT] {
             let ear = raster::ellipse_points([side * shape.half_width * 0.97, shape.eye_y + 0.12], [0.11, 0.22], 0.0, 24);
             canvas.paint(&Mask::polygon(&m(&ear), w, h), 1.0, shaded_skin(scale_rgb(skin, 0.88)));
@@ -435,8 +434,8 @@ fn draw_face(canvas: &mut Canvas, shape: &FaceShape, pose: &Pose, rng: &mut Rng)
     canvas.paint_solid(&Mask::stroke(&jaw, (0.025 * s).max(1.0), w, h), 0.5, scale_rgb(skin, 0.6));
     // Hair cap above a hairline that stays above the brows.
     {
-        let hair_y = shape.brow_y - shape.brow_raise - rng.range(0.25, 0.45);
-        let curve = rng.range(0.0, 0.12);
+        let hair_y = shape.brow_y - shape.brow_raise - rng.range_f32(0.25, 0.45);
+        let curve = rng.range_f32(0.0, 0.12);
         let hw = shape.half_width * 1.06;
         let mut cap: Vec<Pt> = Vec::new();
         for i in 0..=32 {
@@ -514,7 +513,7 @@ fn draw_face(canvas: &mut Canvas, shape: &FaceShape, pose: &Pose, rng: &mut Rng)
         canvas.paint_solid(&Mask::stroke(&m(&line), (0.025 * s).max(1.0), w, h), 0.85, scale_rgb(lips, 0.45));
     }
     // Occluder: a rectangle over some part of the face (hand, object, ...).
-    if rng.chance(0.15) {
+    if rng.chance_f32(0.15) {
         let anchors = [
             shape.pupil(IMAGE_LEFT),
             shape.pupil(IMAGE_RIGHT),
@@ -523,11 +522,11 @@ fn draw_face(canvas: &mut Canvas, shape: &FaceShape, pose: &Pose, rng: &mut Rng)
             shape.jaw(0.2),
             shape.jaw(0.8),
         ];
-        let anchor = *rng.pick(&anchors);
-        let c = pose.map(shape, [anchor[0] + rng.range(-0.2, 0.2), anchor[1] + rng.range(-0.2, 0.2)]);
-        let half = [s * rng.range(0.2, 0.5), s * rng.range(0.15, 0.4)];
-        let col = if rng.chance(0.4) { scale_rgb(skin, rng.range(0.8, 1.05)) } else { random_color(rng) };
-        canvas.paint_solid(&Mask::polygon(&rect_points(c, half, rng.range(0.0, 3.2)), w, h), 1.0, col);
+        let anchor = *rng.pick_f32(&anchors);
+        let c = pose.map(shape, [anchor[0] + rng.range_f32(-0.2, 0.2), anchor[1] + rng.range_f32(-0.2, 0.2)]);
+        let half = [s * rng.range_f32(0.2, 0.5), s * rng.range_f32(0.15, 0.4)];
+        let col = if rng.chance_f32(0.4) { scale_rgb(skin, rng.range_f32(0.8, 1.05)) } else { random_color(rng) };
+        canvas.paint_solid(&Mask::polygon(&rect_points(c, half, rng.range_f32(0.0, 3.2)), w, h), 1.0, col);
         return true;
     }
     false
@@ -536,24 +535,24 @@ fn draw_face(canvas: &mut Canvas, shape: &FaceShape, pose: &Pose, rng: &mut Rng)
 /// Global lighting gradient, exposure, occasional defocus and sensor noise.
 fn finish_image(canvas: &mut Canvas, rng: &mut Rng) {
     let (w, h) = (canvas.width, canvas.height);
-    if rng.chance(0.2) {
+    if rng.chance_f32(0.2) {
         canvas.box_blur3();
-        if rng.chance(0.4) {
+        if rng.chance_f32(0.4) {
             canvas.box_blur3();
         }
     }
-    let a = rng.range(0.0, std::f32::consts::TAU);
-    let strength = rng.range(0.0, 0.6);
-    let exposure = rng.range(0.75, 1.15);
+    let a = rng.range_f32(0.0, std::f32::consts::TAU);
+    let strength = rng.range_f32(0.0, 0.6);
+    let exposure = rng.range_f32(0.75, 1.15);
     let (s, c) = a.sin_cos();
-    let noise = if rng.chance(0.7) { rng.range(1.0, 8.0) } else { 0.0 };
+    let noise = if rng.chance_f32(0.7) { rng.range_f32(1.0, 8.0) } else { 0.0 };
     for y in 0..h {
         for x in 0..w {
             let d = ((x as f32 - w as f32 / 2.0) * c + (y as f32 - h as f32 / 2.0) * s) / w as f32;
             let f = exposure * (1.0 + strength * d);
             let o = (y * w + x) * 3;
             for ch in 0..3 {
-                let n = if noise > 0.0 { noise * rng.normal() } else { 0.0 };
+                let n = if noise > 0.0 { noise * rng.normal_f32() } else { 0.0 };
                 canvas.rgb[o + ch] = canvas.rgb[o + ch] * f + n;
             }
         }

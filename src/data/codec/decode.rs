@@ -1,11 +1,11 @@
-//! `decode_preds` of the official code (`lib/core/evaluation.py`): first argmax per map
+//! Decoding: `decode_preds` of the official code (`lib/core/evaluation.py`): first argmax per map
 //! (1-based), quarter-pixel shift towards the larger neighbour, +0.5, then the inverse
 //! transform with the torch arithmetic of a float64 `scale` tensor. Everything as float32
 //! except the transform (float64).
 
 use anyhow::{bail, Result};
 
-use super::transforms::transform_pixel_tensor_scale;
+use crate::data::transforms::transform_pixel_tensor_scale;
 
 /// `get_preds` for one map: 1-based (x, y) of the first maximum in row-major order; (0, 0)
 /// when the maximum is <= 0.

@@ -1,27 +1,8 @@
 //! Builders shared by the hostile-input tests: hand-made checkpoints, PNG headers, tiny
 //! CSV datasets and COFW .mat files. Each test file uses part of it.
-#![allow(dead_code)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-
-pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hrk-hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A message is one line and holds every needle.
-pub fn assert_one_line(msg: &str, needles: &[&str]) {
-    let msg = msg.trim_end();
-    assert!(!msg.is_empty(), "empty message");
-    assert!(!msg.contains('\n'), "not one line: {msg:?}");
-    assert!(!msg.contains("panicked"), "panic text: {msg}");
-    for n in needles {
-        assert!(msg.contains(n), "message {msg:?} lacks {n:?}");
-    }
-}
+use std::path::Path;
 
 // ---- pickle / .pth -------------------------------------------------------------------------
 
@@ -231,7 +212,7 @@ pub fn csv_row(image: &str, joints: usize) -> String {
 }
 
 /// A `DatasetSpec` for the tiny CSVs: 300W layout, 5 landmarks, small crops (fast).
-pub fn tiny_spec(root: &Path, csv: &Path, is_train: bool) -> hrk::data::dataset::DatasetSpec {
+pub fn tiny_dataset_spec(root: &Path, csv: &Path, is_train: bool) -> hrk::data::dataset::DatasetSpec {
     let mut spec = hrk::data::dataset::DatasetSpec::new(hrk::data::dataset::DatasetKind::W300, root, csv, is_train);
     spec.num_joints = TINY_JOINTS;
     spec.image_size = [32, 32];

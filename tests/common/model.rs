@@ -1,25 +1,53 @@
-//! Fixtures shared by the `hrk test` / `hrk predict` tests: temp folders, a tiny HRNet config over a
-//! synthetic dataset, and a random-init model that decodes to points on the crop.
-#![allow(dead_code)]
+//! Tiny models for the tests: small HRNet specs, a randomised HRNet, and a tiny config over a synthetic
+//! data set with its random-init weights on disk (for the `hrk test` / `hrk predict` tests).
 
+use hrk::model::{BlockKind, HrNet, HrnetSpec, Slot, StageSpec};
+use hrk::Storage;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-/// Removes a test folder unless HRK_KEEP_TEST_OUTPUT is set (then prints where it is).
-pub fn cleanup(dir: &Path) {
-    if std::env::var_os("HRK_KEEP_TEST_OUTPUT").is_some() {
-        eprintln!("kept {}", dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(dir);
+/// HRNetV2-W18's layout with `joints` outputs cut down to one module of one block per stage and channels
+/// 2, 4, 8, 16: every branch and fuse path, at a few hundred parameters.
+pub fn tiny_spec(joints: usize) -> HrnetSpec {
+    let mut s = HrnetSpec::w18(joints);
+    for (k, st) in s.stages.iter_mut().enumerate() {
+        st.num_modules = 1;
+        st.num_blocks = vec![1; k + 2];
+        st.num_channels = (0..k + 2).map(|i| 2 << i).collect();
     }
+    s
 }
 
-/// A fresh temp folder per test.
-pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hrk-{prefix}-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A small spec with channels 4..32 and two modules in stage 4 (so module chaining is exercised).
+pub fn small_spec(joints: usize) -> HrnetSpec {
+    let st = |m, b: usize, c: &[usize]| StageSpec { num_modules: m, num_branches: b, block: BlockKind::Basic, num_blocks: vec![1; b], num_channels: c.to_vec() };
+    HrnetSpec { num_joints: joints, final_conv_kernel: 1, stages: vec![st(1, 2, &[4, 8]), st(1, 3, &[4, 8, 16]), st(2, 4, &[4, 8, 16, 32])] }
+}
+
+/// Gives every tensor of the model a random, well-scaled value (BN statistics included), so folding
+/// BN into the convs is exercised with non-trivial γ, β, μ, σ².
+pub fn randomize(net: &mut HrNet, seed: u64) {
+    let mut rng = super::rng(seed);
+    for i in 0..net.store.len() {
+        if matches!(net.store.slot(i), Slot::Count(_)) {
+            continue;
+        }
+        let name = net.store.name(i).to_string();
+        let t = net.store.tensor(i);
+        let shape = t.shape().to_vec();
+        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+        let v: Vec<f32> = (0..t.numel())
+            .map(|_| {
+                (if shape.len() == 4 {
+                    rng.normal() / (fan_in as f64).sqrt()
+                } else if name.ends_with("running_var") || (name.ends_with(".weight") && shape.len() == 1) {
+                    rng.range(0.5, 1.5)
+                } else {
+                    rng.range(-0.1, 0.1)
+                }) as f32
+            })
+            .collect();
+        net.store.tensor_mut(i).set_storage(Storage::f32(v)).unwrap();
+    }
 }
 
 /// Tiny HRNet (1 module, 1 block, 2..16 channels) with `image`² input and `heatmap`² heatmaps (not
@@ -70,12 +98,4 @@ pub fn write_tiny_model(dir: &Path, yaml: &str, seed: u64) -> (PathBuf, PathBuf)
     let weights = dir.join("tiny.safetensors");
     hrk::io::safetensors::save_safetensors(&weights, &positive_head_bias(net.store.state_dict()), &[]).unwrap();
     (cfg, weights)
-}
-
-pub fn hrk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hrk")).args(args).output().unwrap()
-}
-
-pub fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
