@@ -85,11 +85,8 @@ fn build_ptx(manifest: &Path, out: &Path, kernel_dir: &Path, sources: &[PathBuf]
             panic!("HRK_REQUIRE_PTX=1 but nvcc was not found (HRK_NVCC, CUDA_HOME, CUDA_PATH, PATH, .cuda/): {hint}");
         }
         println!("cargo:warning=nvcc not found: building without CUDA kernels (PTX not embedded); {hint} (then `touch build.rs`)");
-        fs::write(
-            &generated,
-            "pub const PTX_ARCH: &str = \"\";\npub static PTX_MODULES: &[(&str, &str)] = &[];\n",
-        )
-        .unwrap();
+        fs::write(&generated, "pub const PTX_ARCH: &str = \"\";\npub static PTX_MODULES: &[(&str, &str)] = &[];\n")
+            .unwrap();
         return;
     };
     let ptxas = nvcc.with_file_name("ptxas");

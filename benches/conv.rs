@@ -74,8 +74,11 @@ fn cpu_rate(flop: u64, mut f: impl FnMut()) -> f64 {
 fn conv(c: &mut Criterion) {
     let cpu_mode = std::env::var("HRK_BENCH_CPU").is_ok_and(|v| v == "1");
     // Space-separated words that must all occur in the id (criterion takes one filter argument).
-    let filter: Vec<String> =
-        std::env::args().skip(1).filter(|a| !a.starts_with('-')).flat_map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>()).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .flat_map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .collect();
     for (pass, batches) in [("forward", &[1usize, 8][..]), ("backward", &[1, 8][..])] {
         let mut group = c.benchmark_group(format!("conv2d_{pass}"));
         group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
@@ -107,11 +110,17 @@ fn conv(c: &mut Criterion) {
                         let (mut dx, mut dw) = (vec![0.0f32; x.len()], vec![0.0f32; w.len()]);
                         let ep = cpu::Epilogue { bias: Some(&b[..]), residual: None, relu: false };
                         let rate = cpu_rate(flop, || match (pass == "forward", gemm) {
-                            (true, _) if path == "winograd" => winograd::forward_transformed(&g, black_box(&x), &u, ep, &mut y),
+                            (true, _) if path == "winograd" => {
+                                winograd::forward_transformed(&g, black_box(&x), &u, ep, &mut y)
+                            }
                             (true, true) => cpu::forward_fused_gemm(&g, black_box(&x), &w, ep, &mut y),
                             (true, false) => cpu::forward_fused(&g, black_box(&x), &w, ep, &mut y),
-                            (false, true) => cpu::backward_gemm(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None),
-                            (false, false) => cpu::backward(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None),
+                            (false, true) => {
+                                cpu::backward_gemm(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
+                            }
+                            (false, false) => {
+                                cpu::backward(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
+                            }
                         });
                         println!("{id:<48} {rate:7.1} GFLOP/CPU-s");
                         continue;

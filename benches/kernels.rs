@@ -87,22 +87,28 @@ enum ConvPass {
 fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: usize) -> Entry {
     let pad = k / 2;
     let g = Conv2dGeom::new([n, ci, h, w], &[co, ci, k, k], stride, pad).expect("conv shape");
-    let (x, wt, b, dy) = (data(n * ci * h * w, 1), data(co * ci * k * k, 2), data(co, 3), data(n * co * g.ho * g.wo, 4));
+    let (x, wt, b, dy) =
+        (data(n * ci * h * w, 1), data(co * ci * k * k, 2), data(co, 3), data(n * co * g.ho * g.wo, 4));
     let xd = [n, ci, h, w];
     let wd = [co, ci, k, k];
     let yd = [n, co, g.ho, g.wo];
     let (xt, wtt, bt) = (tensor(&xd, &x), tensor(&wd, &wt), tensor(&[co], &b));
     let cpu: Run = match pass {
-        ConvPass::Forward => Box::new(move |want| out(&no_grad(|| ops::conv2d(&xt, &wtt, Some(&bt), stride, pad))?, want)),
+        ConvPass::Forward => {
+            Box::new(move |want| out(&no_grad(|| ops::conv2d(&xt, &wtt, Some(&bt), stride, pad))?, want))
+        }
         ConvPass::ForwardFolded => {
             let res = tensor(&yd, &data(yd.iter().product(), 5));
-            Box::new(move |want| out(&no_grad(|| ops::relu(&ops::add(&ops::conv2d(&xt, &wtt, Some(&bt), stride, pad)?, &res)?))?, want))
+            Box::new(move |want| {
+                out(&no_grad(|| ops::relu(&ops::add(&ops::conv2d(&xt, &wtt, Some(&bt), stride, pad)?, &res)?))?, want)
+            })
         }
         ConvPass::BackwardData | ConvPass::BackwardWeight => {
             let data_pass = matches!(pass, ConvPass::BackwardData);
             // The CPU op cannot compute dx alone (its backward reads x, which it keeps only when the
             // weight needs a gradient): the data pass computes dx and dW there, counted as such below.
-            let (xg, wg) = if data_pass { (xt.requires_grad(), wtt.requires_grad()) } else { (xt, wtt.requires_grad()) };
+            let (xg, wg) =
+                if data_pass { (xt.requires_grad(), wtt.requires_grad()) } else { (xt, wtt.requires_grad()) };
             let y = ops::conv2d(&xg, &wg, None, stride, pad).expect("conv");
             Box::new(move |want| {
                 let grads = backward_with(&y, Storage::f32(dy.clone()))?;
@@ -119,7 +125,15 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
         let dev = dev.clone();
         Ok(match pass {
             ConvPass::Forward => Box::new(move |want| {
-                let (y, _) = raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ConvEpilogue { bias: Some(&bb), ..Default::default() })?;
+                let (y, _) = raw::conv2d_forward(
+                    &xb,
+                    xd,
+                    &wb,
+                    wd,
+                    stride,
+                    pad,
+                    ConvEpilogue { bias: Some(&bb), ..Default::default() },
+                )?;
                 download(&y, want)
             }) as Run,
             ConvPass::ForwardFolded => Box::new(move |want| {
@@ -129,7 +143,11 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
             }) as Run,
             ConvPass::BackwardData => Box::new(move |want| {
                 let mut dx = dev.empty(n * ci * h * w)?;
-                launch(&dev, &kernels::CONV2D_BACKWARD_DATA, &Conv2dParams { weight: wb.addr(), dy: dyb.addr(), dx: dx.addr_mut(), ..base })?;
+                launch(
+                    &dev,
+                    &kernels::CONV2D_BACKWARD_DATA,
+                    &Conv2dParams { weight: wb.addr(), dy: dyb.addr(), dx: dx.addr_mut(), ..base },
+                )?;
                 download(&dx, want)
             }),
             ConvPass::BackwardWeight => Box::new(move |want| {
@@ -143,7 +161,11 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
     });
     let shape = format!("{k}x{k}s{stride} {ci}->{co} @{h}x{w} b{n}");
     let flop = 2.0 * g.macs() as f64;
-    let cpu_work = if matches!(pass, ConvPass::BackwardData) { Some(("dx and dW together", Work::Flop(2.0 * flop))) } else { None };
+    let cpu_work = if matches!(pass, ConvPass::BackwardData) {
+        Some(("dx and dW together", Work::Flop(2.0 * flop)))
+    } else {
+        None
+    };
     Entry { shape, work: Work::Flop(flop), cpu_work, cpu, gpu, tol: 1e-4 }
 }
 
@@ -160,7 +182,8 @@ enum BnPass {
 fn bn(pass: BnPass, d: [usize; 4]) -> Entry {
     let [n, c, h, w] = d;
     let len = n * c * h * w;
-    let (x, gamma, beta, rm, rv, dy) = (data(len, 5), data(c, 6), data(c, 7), data(c, 8), positive(c, 9), data(len, 10));
+    let (x, gamma, beta, rm, rv, dy) =
+        (data(len, 5), data(c, 6), data(c, 7), data(c, 8), positive(c, 9), data(len, 10));
     let eps = 1e-5;
     let (xt, gt, bt) = (tensor(&d, &x), tensor(&[c], &gamma), tensor(&[c], &beta));
     let (mut rmt, mut rvt) = (tensor(&[c], &rm), tensor(&[c], &rv));
@@ -178,9 +201,13 @@ fn bn(pass: BnPass, d: [usize; 4]) -> Entry {
                 Ok(if want { grads.get(&xg).expect("gradient").try_to_f32_vec()? } else { Vec::new() })
             })
         }
-        BnPass::Eval => Box::new(move |want| out(&no_grad(|| ops::batch_norm_eval(&xt, &gt, &bt, &rmt, &rvt, eps))?, want)),
+        BnPass::Eval => {
+            Box::new(move |want| out(&no_grad(|| ops::batch_norm_eval(&xt, &gt, &bt, &rmt, &rvt, eps))?, want))
+        }
         // The CPU has no fused BN+ReLU op: the two ops it runs instead.
-        BnPass::EvalRelu => Box::new(move |want| out(&no_grad(|| ops::relu(&ops::batch_norm_eval(&xt, &gt, &bt, &rmt, &rvt, eps)?))?, want)),
+        BnPass::EvalRelu => Box::new(move |want| {
+            out(&no_grad(|| ops::relu(&ops::batch_norm_eval(&xt, &gt, &bt, &rmt, &rvt, eps)?))?, want)
+        }),
     };
     let dy2 = data(len, 10);
     let gpu: GpuSetup = Box::new(move |dev| {
@@ -199,7 +226,14 @@ fn bn(pass: BnPass, d: [usize; 4]) -> Entry {
             // The saved batch statistics the backward reads.
             let (mut m, mut v) = (dev.upload(&rm0)?, dev.upload(&rv0)?);
             let mut y = dev.empty(len)?;
-            let p = BatchNormParams { y: y.addr_mut(), running_mean: m.addr_mut(), running_var: v.addr_mut(), save_mean: mean.addr_mut(), save_invstd: invstd.addr_mut(), ..base };
+            let p = BatchNormParams {
+                y: y.addr_mut(),
+                running_mean: m.addr_mut(),
+                running_var: v.addr_mut(),
+                save_mean: mean.addr_mut(),
+                save_invstd: invstd.addr_mut(),
+                ..base
+            };
             launch(&dev, &kernels::BN_TRAIN_STATS, &p)?;
         }
         base.save_mean = mean.addr_mut();
@@ -212,19 +246,35 @@ fn bn(pass: BnPass, d: [usize; 4]) -> Entry {
             match pass {
                 BnPass::TrainForward => {
                     let (mut m, mut v) = (dev.upload(&rm0)?, dev.upload(&rv0)?);
-                    let p = BatchNormParams { y: y.addr_mut(), running_mean: m.addr_mut(), running_var: v.addr_mut(), ..base };
+                    let p = BatchNormParams {
+                        y: y.addr_mut(),
+                        running_mean: m.addr_mut(),
+                        running_var: v.addr_mut(),
+                        ..base
+                    };
                     launch(&dev, &kernels::BN_TRAIN_STATS, &p)?;
                     launch(&dev, &kernels::BN_TRAIN_APPLY, &p)?;
                 }
                 BnPass::TrainBackward => {
                     let (mut s1, mut s2) = (dev.empty(c)?, dev.empty(c)?);
-                    let p = BatchNormParams { dy: dyb.addr(), dx: y.addr_mut(), sum_dy: s1.addr_mut(), sum_dy_xhat: s2.addr_mut(), ..base };
+                    let p = BatchNormParams {
+                        dy: dyb.addr(),
+                        dx: y.addr_mut(),
+                        sum_dy: s1.addr_mut(),
+                        sum_dy_xhat: s2.addr_mut(),
+                        ..base
+                    };
                     launch(&dev, &kernels::BN_BACKWARD_REDUCE, &p)?;
                     launch(&dev, &kernels::BN_BACKWARD_DATA, &p)?;
                 }
                 BnPass::Eval | BnPass::EvalRelu => {
-                    let p = BatchNormParams { y: y.addr_mut(), running_mean: rmb.addr(), running_var: rvb.addr(), ..base };
-                    launch(&dev, if pass == BnPass::Eval { &kernels::BN_EVAL_FORWARD } else { &kernels::BN_EVAL_FORWARD_RELU }, &p)?;
+                    let p =
+                        BatchNormParams { y: y.addr_mut(), running_mean: rmb.addr(), running_var: rvb.addr(), ..base };
+                    launch(
+                        &dev,
+                        if pass == BnPass::Eval { &kernels::BN_EVAL_FORWARD } else { &kernels::BN_EVAL_FORWARD_RELU },
+                        &p,
+                    )?;
                 }
             }
             download(&y, want)
@@ -263,20 +313,32 @@ fn bilinear(backward: bool, [n, c, h, w]: [usize; 4], to: [usize; 2]) -> Entry {
                 return download(&raw::bilinear_forward(&xb, n * c, [h, w], to)?, want);
             }
             let mut dx = dev.zeros(n * c * h * w)?;
-            let p = UpsampleParams { dy: dyb.addr(), dx: dx.addr_mut(), ..UpsampleParams::new("upsample_bilinear", n * c, [h, w], to)? };
+            let p = UpsampleParams {
+                dy: dyb.addr(),
+                dx: dx.addr_mut(),
+                ..UpsampleParams::new("upsample_bilinear", n * c, [h, w], to)?
+            };
             launch(&dev, &kernels::BILINEAR_BACKWARD, &p)?;
             download(&dx, want)
         }) as Run)
     });
     let bytes = 4.0 * (n * c * (h * w + to[0] * to[1])) as f64;
-    Entry { shape: format!("[{n}, {c}, {h}, {w}] -> {to:?}"), work: Work::Bytes(bytes), cpu_work: None, cpu, gpu, tol: 1e-5 }
+    Entry {
+        shape: format!("[{n}, {c}, {h}, {w}] -> {to:?}"),
+        work: Work::Bytes(bytes),
+        cpu_work: None,
+        cpu,
+        gpu,
+        tol: 1e-5,
+    }
 }
 
 fn eltwise(is_add: bool, d: [usize; 4]) -> Entry {
     let len: usize = d.iter().product();
     let (a, b) = (data(len, 13), data(len, 14));
     let (at, bt) = (tensor(&d, &a), tensor(&d, &b));
-    let cpu: Run = Box::new(move |want| out(&no_grad(|| if is_add { ops::add(&at, &bt) } else { ops::relu(&at) })?, want));
+    let cpu: Run =
+        Box::new(move |want| out(&no_grad(|| if is_add { ops::add(&at, &bt) } else { ops::relu(&at) })?, want));
     let gpu: GpuSetup = Box::new(move |dev| {
         let (ab, bb) = (dev.upload(&a)?, dev.upload(&b)?);
         let dev = dev.clone();
@@ -296,7 +358,8 @@ fn concat(n: usize, channels: &[usize], hw: [usize; 2]) -> Entry {
     let parts: Vec<Vec<f32>> = channels.iter().enumerate().map(|(i, &c)| data(n * c * plane, 20 + i as u64)).collect();
     let tensors: Vec<Tensor> = parts.iter().zip(channels).map(|(v, &c)| tensor(&[n, c, hw[0], hw[1]], v)).collect();
     let total: usize = channels.iter().sum();
-    let cpu: Run = Box::new(move |want| out(&no_grad(|| ops::concat_channels(&tensors.iter().collect::<Vec<_>>()))?, want));
+    let cpu: Run =
+        Box::new(move |want| out(&no_grad(|| ops::concat_channels(&tensors.iter().collect::<Vec<_>>()))?, want));
     let chans = channels.to_vec();
     let gpu: GpuSetup = Box::new(move |dev| {
         let bufs = parts.iter().map(|v| dev.upload(v)).collect::<Result<Vec<_>>>()?;
@@ -311,7 +374,14 @@ fn concat(n: usize, channels: &[usize], hw: [usize; 2]) -> Entry {
             download(&whole, want)
         }) as Run)
     });
-    Entry { shape: format!("b{n} {channels:?} @{}x{}", hw[0], hw[1]), work: Work::Bytes(8.0 * (n * total * plane) as f64), cpu_work: None, cpu, gpu, tol: 0.0 }
+    Entry {
+        shape: format!("b{n} {channels:?} @{}x{}", hw[0], hw[1]),
+        work: Work::Bytes(8.0 * (n * total * plane) as f64),
+        cpu_work: None,
+        cpu,
+        gpu,
+        tol: 0.0,
+    }
 }
 
 fn mse(d: [usize; 4]) -> Entry {
@@ -325,7 +395,15 @@ fn mse(d: [usize; 4]) -> Entry {
         let parts = kernels::mse_num_partials(len as i64);
         Ok(Box::new(move |want| {
             let (mut partial, mut loss) = (dev.empty(parts as usize)?, dev.empty(1)?);
-            let p = MseParams { pred: pb.addr(), target: tb.addr(), partial: partial.addr_mut(), loss: loss.addr_mut(), n: len as i64, num_partials: parts, ..Default::default() };
+            let p = MseParams {
+                pred: pb.addr(),
+                target: tb.addr(),
+                partial: partial.addr_mut(),
+                loss: loss.addr_mut(),
+                n: len as i64,
+                num_partials: parts,
+                ..Default::default()
+            };
             launch(&dev, &kernels::MSE_LOSS_PARTIAL, &p)?;
             launch(&dev, &kernels::MSE_LOSS_FINALIZE, &p)?;
             download(&loss, want)
@@ -410,12 +488,27 @@ fn heatmap(maps: usize, h: usize, w: usize) -> Entry {
         let dev = dev.clone();
         Ok(Box::new(move |want| {
             let (mut coords, mut maxvals) = (dev.empty(maps * 2)?, dev.empty(maps)?);
-            let p = HeatmapParams { heatmaps: hb.addr(), coords: coords.addr_mut(), maxvals: maxvals.addr_mut(), maps: maps as i32, h: h as i32, w: w as i32, pad_: 0 };
+            let p = HeatmapParams {
+                heatmaps: hb.addr(),
+                coords: coords.addr_mut(),
+                maxvals: maxvals.addr_mut(),
+                maps: maps as i32,
+                h: h as i32,
+                w: w as i32,
+                pad_: 0,
+            };
             launch(&dev, &kernels::HEATMAP_ARGMAX, &p)?;
             download(&coords, want)
         }) as Run)
     });
-    Entry { shape: format!("{maps} maps {h}x{w}"), work: Work::Bytes(4.0 * (maps * h * w) as f64), cpu_work: None, cpu, gpu, tol: 0.0 }
+    Entry {
+        shape: format!("{maps} maps {h}x{w}"),
+        work: Work::Bytes(4.0 * (maps * h * w) as f64),
+        cpu_work: None,
+        cpu,
+        gpu,
+        tol: 0.0,
+    }
 }
 
 // ---------- multi-resolution fusion ----------
@@ -424,7 +517,8 @@ fn heatmap(maps: usize, h: usize, w: usize) -> Entry {
 fn fusion(unfused: bool, [n, c, h, w]: [usize; 4], up_sizes: &[[usize; 2]]) -> Entry {
     let len = n * c * h * w;
     let x = data(len, 60);
-    let ups: Vec<Vec<f32>> = up_sizes.iter().enumerate().map(|(k, s)| data(n * c * s[0] * s[1], 61 + k as u64)).collect();
+    let ups: Vec<Vec<f32>> =
+        up_sizes.iter().enumerate().map(|(k, s)| data(n * c * s[0] * s[1], 61 + k as u64)).collect();
     let xt = tensor(&[n, c, h, w], &x);
     let upt: Vec<Tensor> = ups.iter().zip(up_sizes).map(|(v, s)| tensor(&[n, c, s[0], s[1]], v)).collect();
     // The CPU reference: the graph's ops (upsample each term, add, relu).
@@ -445,7 +539,11 @@ fn fusion(unfused: bool, [n, c, h, w]: [usize; 4], up_sizes: &[[usize; 2]]) -> E
         let sizes = sizes.clone();
         Ok(Box::new(move |want| {
             let terms: Vec<UpTerm> = ub.iter().zip(&sizes).map(|(z, &size)| UpTerm { z, size }).collect();
-            let y = if unfused { raw::fusion_forward_unfused([n, c, h, w], Some(&xb), &terms, &[])? } else { raw::fusion_forward([n, c, h, w], Some(&xb), &terms, &[])? };
+            let y = if unfused {
+                raw::fusion_forward_unfused([n, c, h, w], Some(&xb), &terms, &[])?
+            } else {
+                raw::fusion_forward([n, c, h, w], Some(&xb), &terms, &[])?
+            };
             download(&y, want)
         }) as Run)
     });
@@ -466,26 +564,112 @@ fn benches() -> Vec<(&'static str, Box<dyn Fn(bool) -> Entry>)> {
     use ConvPass::*;
     // `real` picks the W18 shape (batch 8 where the op runs per batch) or the tiny emulator shape.
     vec![
-        ("conv2d_fwd_3x3", Box::new(|real: bool| if real { conv(Forward, [8, 36, 32, 32], 36, 3, 1) } else { conv(Forward, [2, 5, 9, 11], 7, 3, 2) })),
-        ("conv2d_fwd_1x1_head", Box::new(|real: bool| if real { conv(Forward, [1, 270, 64, 64], 270, 1, 1) } else { conv(Forward, [2, 70, 5, 3], 66, 1, 1) })),
-        ("conv2d_fwd_folded_bias_residual_relu", Box::new(|real: bool| if real { conv(ForwardFolded, [8, 36, 32, 32], 36, 3, 1) } else { conv(ForwardFolded, [2, 5, 9, 11], 7, 3, 2) })),
-        ("conv2d_bwd_data_3x3", Box::new(|real: bool| if real { conv(BackwardData, [8, 36, 32, 32], 36, 3, 1) } else { conv(BackwardData, [2, 5, 9, 11], 7, 3, 2) })),
-        ("conv2d_bwd_weight_3x3", Box::new(|real: bool| if real { conv(BackwardWeight, [8, 36, 32, 32], 36, 3, 1) } else { conv(BackwardWeight, [2, 5, 9, 11], 7, 3, 2) })),
+        (
+            "conv2d_fwd_3x3",
+            Box::new(|real: bool| {
+                if real {
+                    conv(Forward, [8, 36, 32, 32], 36, 3, 1)
+                } else {
+                    conv(Forward, [2, 5, 9, 11], 7, 3, 2)
+                }
+            }),
+        ),
+        (
+            "conv2d_fwd_1x1_head",
+            Box::new(|real: bool| {
+                if real {
+                    conv(Forward, [1, 270, 64, 64], 270, 1, 1)
+                } else {
+                    conv(Forward, [2, 70, 5, 3], 66, 1, 1)
+                }
+            }),
+        ),
+        (
+            "conv2d_fwd_folded_bias_residual_relu",
+            Box::new(|real: bool| {
+                if real {
+                    conv(ForwardFolded, [8, 36, 32, 32], 36, 3, 1)
+                } else {
+                    conv(ForwardFolded, [2, 5, 9, 11], 7, 3, 2)
+                }
+            }),
+        ),
+        (
+            "conv2d_bwd_data_3x3",
+            Box::new(|real: bool| {
+                if real {
+                    conv(BackwardData, [8, 36, 32, 32], 36, 3, 1)
+                } else {
+                    conv(BackwardData, [2, 5, 9, 11], 7, 3, 2)
+                }
+            }),
+        ),
+        (
+            "conv2d_bwd_weight_3x3",
+            Box::new(|real: bool| {
+                if real {
+                    conv(BackwardWeight, [8, 36, 32, 32], 36, 3, 1)
+                } else {
+                    conv(BackwardWeight, [2, 5, 9, 11], 7, 3, 2)
+                }
+            }),
+        ),
         ("bn_train_fwd", Box::new(|real: bool| bn(TrainForward, if real { [8, 36, 32, 32] } else { [2, 3, 5, 7] }))),
         ("bn_train_bwd", Box::new(|real: bool| bn(TrainBackward, if real { [8, 36, 32, 32] } else { [2, 3, 5, 7] }))),
         ("bn_eval_fwd", Box::new(|real: bool| bn(Eval, if real { [8, 36, 32, 32] } else { [2, 3, 5, 7] }))),
         ("bn_eval_relu_fused", Box::new(|real: bool| bn(EvalRelu, if real { [8, 36, 32, 32] } else { [2, 3, 5, 7] }))),
-        ("bilinear_fwd", Box::new(|real: bool| if real { bilinear(false, [8, 72, 16, 16], [64, 64]) } else { bilinear(false, [2, 3, 4, 5], [7, 9]) })),
-        ("bilinear_bwd", Box::new(|real: bool| if real { bilinear(true, [8, 72, 16, 16], [64, 64]) } else { bilinear(true, [2, 3, 4, 5], [7, 9]) })),
+        (
+            "bilinear_fwd",
+            Box::new(|real: bool| {
+                if real {
+                    bilinear(false, [8, 72, 16, 16], [64, 64])
+                } else {
+                    bilinear(false, [2, 3, 4, 5], [7, 9])
+                }
+            }),
+        ),
+        (
+            "bilinear_bwd",
+            Box::new(|real: bool| {
+                if real {
+                    bilinear(true, [8, 72, 16, 16], [64, 64])
+                } else {
+                    bilinear(true, [2, 3, 4, 5], [7, 9])
+                }
+            }),
+        ),
         ("relu", Box::new(|real: bool| eltwise(false, if real { [8, 18, 64, 64] } else { [1, 3, 7, 11] }))),
         ("add", Box::new(|real: bool| eltwise(true, if real { [8, 18, 64, 64] } else { [1, 3, 7, 11] }))),
-        ("concat_head", Box::new(|real: bool| if real { concat(8, &[18, 36, 72, 144], [64, 64]) } else { concat(2, &[1, 2, 3], [3, 5]) })),
+        (
+            "concat_head",
+            Box::new(
+                |real: bool| if real { concat(8, &[18, 36, 72, 144], [64, 64]) } else { concat(2, &[1, 2, 3], [3, 5]) },
+            ),
+        ),
         ("mse_loss", Box::new(|real: bool| mse(if real { [8, 98, 64, 64] } else { [2, 3, 5, 7] }))),
         ("adam_step", Box::new(|real: bool| optim(true, if real { 9_662_528 } else { 1001 }))),
         ("sgd_momentum_step", Box::new(|real: bool| optim(false, if real { 9_662_528 } else { 1001 }))),
         ("heatmap_argmax", Box::new(|real: bool| if real { heatmap(8 * 98, 64, 64) } else { heatmap(5, 7, 9) })),
-        ("fusion_fused", Box::new(|real: bool| if real { fusion(false, [8, 18, 64, 64], &[[32, 32], [16, 16], [8, 8]]) } else { fusion(false, [2, 3, 7, 9], &[[4, 5], [2, 3], [1, 1]]) })),
-        ("fusion_unfused_rung", Box::new(|real: bool| if real { fusion(true, [8, 18, 64, 64], &[[32, 32], [16, 16], [8, 8]]) } else { fusion(true, [2, 3, 7, 9], &[[4, 5], [2, 3], [1, 1]]) })),
+        (
+            "fusion_fused",
+            Box::new(|real: bool| {
+                if real {
+                    fusion(false, [8, 18, 64, 64], &[[32, 32], [16, 16], [8, 8]])
+                } else {
+                    fusion(false, [2, 3, 7, 9], &[[4, 5], [2, 3], [1, 1]])
+                }
+            }),
+        ),
+        (
+            "fusion_unfused_rung",
+            Box::new(|real: bool| {
+                if real {
+                    fusion(true, [8, 18, 64, 64], &[[32, 32], [16, 16], [8, 8]])
+                } else {
+                    fusion(true, [2, 3, 7, 9], &[[4, 5], [2, 3], [1, 1]])
+                }
+            }),
+        ),
     ]
 }
 
@@ -610,7 +794,10 @@ fn main() {
             })();
             match checked {
                 Ok((err, tol)) if err <= tol.max(1e-6) => {
-                    println!("  emu   ok: max rel err {err:.1e} vs cpu on {} (emulated: correctness run, not a speed)", tiny.shape)
+                    println!(
+                        "  emu   ok: max rel err {err:.1e} vs cpu on {} (emulated: correctness run, not a speed)",
+                        tiny.shape
+                    )
                 }
                 Ok((err, tol)) => {
                     println!("  emu   MISMATCH: max rel err {err:.1e} > {tol:.0e} vs cpu on {}", tiny.shape);

@@ -34,7 +34,9 @@ fn main() {
         std::process::exit(2)
     }
     // Deterministic values in [-0.5, 0.5).
-    let values = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| ((i * 7919 + seed * 104729) % 1000) as f32 / 1000.0 - 0.5).collect() };
+    let values = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 + seed * 104729) % 1000) as f32 / 1000.0 - 0.5).collect()
+    };
     let (x, w, b) = (values(cin * side * side, 1), values(cout * cin * k * k, 2), values(cout, 3));
     let res = values(cout * g.ho * g.wo, 4);
     let mut y = vec![0.0f32; cout * g.ho * g.wo];
@@ -60,5 +62,9 @@ fn main() {
         }
         t0.elapsed().as_secs_f64() / iters.max(1) as f64
     });
-    println!("{cin}->{cout} k{k} s{stride} @{side} {path}: {:.1} us, {:.1} GFLOP/s", secs * 1e6, 2.0 * g.macs() as f64 / secs * 1e-9);
+    println!(
+        "{cin}->{cout} k{k} s{stride} @{side} {path}: {:.1} us, {:.1} GFLOP/s",
+        secs * 1e6,
+        2.0 * g.macs() as f64 / secs * 1e-9
+    );
 }

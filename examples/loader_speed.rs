@@ -4,12 +4,12 @@
 //!
 //!   cargo run --release --example loader_speed [-- N_SAMPLES THREADS]
 
-use hrk::rng::Rng;
 use hrk::data::dataset::{DatasetKind, DatasetSpec, FaceDataset};
 use hrk::data::imageio::decode_rgb8;
 use hrk::data::loader::{DataLoader, LoaderConfig};
 use hrk::data::sample::normalize_rgb8_into;
 use hrk::data::transforms::{crop_rgb8, InputType};
+use hrk::rng::Rng;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -100,7 +100,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     // Per-stage CPU time (ms per image) on pre-decoded images, with the samples' own parameters.
-    let images: Vec<_> = (0..8).map(|k| decode_rgb8(&dir.join(format!("img{k}.jpg")))).collect::<anyhow::Result<_>>()?;
+    let images: Vec<_> =
+        (0..8).map(|k| decode_rgb8(&dir.join(format!("img{k}.jpg")))).collect::<anyhow::Result<_>>()?;
     for is_train in [false, true] {
         let ds = FaceDataset::open(DatasetSpec::new(DatasetKind::Wflw, &dir, &csv_path, is_train))?;
         let metas: Vec<_> = (0..n).map(|i| ds.get(i, 0, 0).map(|s| s.meta)).collect::<anyhow::Result<_>>()?;
@@ -116,7 +117,11 @@ fn main() -> anyhow::Result<()> {
             norm_s += thread_cpu_s() - c1;
         }
         let mode = if is_train { "train" } else { "test " };
-        println!("  stage CPU ms/img, {mode}: crop {:.3}  normalise {:.3}", crop_s * 1e3 / n as f64, norm_s * 1e3 / n as f64);
+        println!(
+            "  stage CPU ms/img, {mode}: crop {:.3}  normalise {:.3}",
+            crop_s * 1e3 / n as f64,
+            norm_s * 1e3 / n as f64
+        );
     }
 
     let ds = Arc::new(FaceDataset::open(DatasetSpec::new(DatasetKind::Wflw, &dir, &csv_path, true))?);

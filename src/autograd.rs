@@ -152,7 +152,10 @@ fn run_backward(out: &Tensor, grad_out: Storage, retain: &[&Tensor], free_graph:
             grads.map.insert(id, g.try_clone()?);
         }
         let Some(op) = taken.as_deref().or(slot.as_deref()) else {
-            bail!("backward: the graph through {} was freed by an earlier backward() (it keeps no saved values)", node.name)
+            bail!(
+                "backward: the graph through {} was freed by an earlier backward() (it keeps no saved values)",
+                node.name
+            )
         };
         let needs: Vec<bool> = node.inputs.iter().map(|e| e.requires_grad).collect();
         let input_grads = op.backward_owned(g, &needs).with_context(|| format!("backward of {}", node.name))?;

@@ -14,7 +14,8 @@ const LABEL: Rgb<u8> = Rgb([255, 255, 0]);
 pub fn to_rgb_image(img: &Image) -> Result<RgbImage> {
     let w = u32::try_from(img.width).map_err(|_| anyhow!("image width {} too large", img.width))?;
     let h = u32::try_from(img.height).map_err(|_| anyhow!("image height {} too large", img.height))?;
-    RgbImage::from_raw(w, h, img.to_u8()).ok_or_else(|| anyhow!("image buffer does not match {}x{}", img.width, img.height))
+    RgbImage::from_raw(w, h, img.to_u8())
+        .ok_or_else(|| anyhow!("image buffer does not match {}x{}", img.width, img.height))
 }
 
 /// Draws each point as a filled dot with a dark outline, radius scaled to the image size;
@@ -52,7 +53,8 @@ pub fn draw_landmarks(img: &mut RgbImage, points: &[[f32; 2]], labels: bool) {
 pub fn save_overlay(path: &Path, img: &Image, points: &[[f32; 2]], labels: bool) -> Result<()> {
     let mut rgb = to_rgb_image(img)?;
     draw_landmarks(&mut rgb, points, labels);
-    rgb.save_with_format(path, image::ImageFormat::Png).map_err(|e| anyhow!("cannot write overlay {}: {}", path.display(), e))
+    rgb.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| anyhow!("cannot write overlay {}: {}", path.display(), e))
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! MSE loss against the heatmap targets. Used by `hrk test` and by the trainer's validation, so
 //! it prints nothing.
 
-use crate::data::dataset::FaceDataset;
 use crate::data::codec::decode_preds;
+use crate::data::dataset::FaceDataset;
 use crate::data::loader::{build_batch, Batch};
 use crate::data::metrics::{compute_nme, Summary};
 use crate::data::sample::SampleMeta;
@@ -55,7 +55,11 @@ impl EvalResult {
 
 /// Decodes a batch of heatmaps (`[n, joints, h, w]`) with each sample's center/scale and scores
 /// them against the samples' original landmarks: (points, per-image NME).
-pub fn decode_and_score(heatmaps: &[f32], shape: [usize; 4], metas: &[SampleMeta]) -> Result<(Vec<[f32; 2]>, Vec<f64>)> {
+pub fn decode_and_score(
+    heatmaps: &[f32],
+    shape: [usize; 4],
+    metas: &[SampleMeta],
+) -> Result<(Vec<[f32; 2]>, Vec<f64>)> {
     let [n, joints, h, w] = shape;
     if metas.len() != n {
         bail!("evaluate: {} samples for a heatmap batch of {n}", metas.len());

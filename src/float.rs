@@ -119,7 +119,9 @@ macro_rules! impl_float {
                 rhs_cs: isize,
                 threads: usize,
             ) {
-                Self::gemm_dst_strided(m, n, k, dst, dst_rs, 1, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, threads)
+                Self::gemm_dst_strided(
+                    m, n, k, dst, dst_rs, 1, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, threads,
+                )
             }
             fn gemm_dst_strided(
                 m: usize,
@@ -157,11 +159,7 @@ macro_rules! impl_float {
                 }
                 assert!(span(m, k, lhs_rs, lhs_cs) as usize <= lhs.len(), "gemm: lhs too small");
                 assert!(span(k, n, rhs_rs, rhs_cs) as usize <= rhs.len(), "gemm: rhs too small");
-                let par = if threads > 1 {
-                    gemm::Parallelism::Rayon(threads)
-                } else {
-                    gemm::Parallelism::None
-                };
+                let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
                 // SAFETY: the three views were bounds-checked above; dst does not alias lhs/rhs (&mut).
                 unsafe {
                     gemm::gemm(

@@ -63,7 +63,8 @@ pub fn check(f: &dyn Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], opt: &G
             }
         }
         let n = x.numel();
-        let probes: Vec<usize> = if n <= opt.max_probes { (0..n).collect() } else { (0..opt.max_probes).map(|_| rng.below(n)).collect() };
+        let probes: Vec<usize> =
+            if n <= opt.max_probes { (0..n).collect() } else { (0..opt.max_probes).map(|_| rng.below(n)).collect() };
         let base = x.to_f64_vec();
         let mut worst = 0.0f64;
         let mut scale = 1.0f64;

@@ -22,12 +22,12 @@ pub mod tensor;
 
 pub use autograd::{backward, backward_with, no_grad, Gradients};
 pub use tensor::{DType, Device, Storage, Tensor};
-pub mod synth;
-pub mod data;
+pub mod cli;
 pub mod config;
 pub mod cuda;
-pub mod cli;
+pub mod data;
+pub mod draw;
 pub mod eval;
 pub mod plot;
-pub mod draw;
+pub mod synth;
 pub mod train;

@@ -230,7 +230,12 @@ pub fn render_chart(chart: &Chart) -> Result<RgbImage> {
         let (bw, bh) = (tw + 40, named.len() as i64 * 14 + 8);
         let (bx, by) = (right - bw - 8, top + 8);
         fill_rect(&mut img, bx, by, bw, bh, WHITE);
-        for (x, y, x2, y2) in [(bx, by, bx + bw, by), (bx, by + bh, bx + bw, by + bh), (bx, by, bx, by + bh), (bx + bw, by, bx + bw, by + bh)] {
+        for (x, y, x2, y2) in [
+            (bx, by, bx + bw, by),
+            (bx, by + bh, bx + bw, by + bh),
+            (bx, by, bx, by + bh),
+            (bx + bw, by, bx + bw, by + bh),
+        ] {
             line(&mut img, x, y, x2, y2, BLACK);
         }
         for (row, (i, s)) in named.iter().enumerate() {
@@ -408,7 +413,8 @@ mod tests {
 
     #[test]
     fn chart_draws_series_and_text() {
-        let s = [Series::new("train", vec![(0.0, 1.0), (1.0, 0.5), (2.0, f64::NAN), (3.0, 0.2)]), Series::new("", vec![])];
+        let s =
+            [Series::new("train", vec![(0.0, 1.0), (1.0, 0.5), (2.0, f64::NAN), (3.0, 0.2)]), Series::new("", vec![])];
         let img = render_chart(&Chart::new("Loss", "epoch", "mse", &s)).unwrap();
         assert_eq!(img.dimensions(), (800, 500));
         let blue = img.pixels().filter(|p| **p == series_color(0)).count();

@@ -60,7 +60,11 @@ fn megabytes(text: &str) -> Result<usize, &'static str> {
 }
 
 fn path(text: &str) -> Result<String, &'static str> {
-    if text.is_empty() { Err("a path") } else { Ok(text.to_string()) }
+    if text.is_empty() {
+        Err("a path")
+    } else {
+        Ok(text.to_string())
+    }
 }
 
 /// A byte count with an optional K/M/G suffix (binary units), e.g. `64M`.

@@ -5,8 +5,8 @@
 //! [`Tensor::update`], which optimizers and BN running statistics use.
 
 use crate::autograd::{self, BackwardOp, Edge, Node};
-use crate::host::{HostData, HostTensor};
 use crate::cuda::device::{GpuBuffer, GpuDevice};
+use crate::host::{HostData, HostTensor};
 use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -214,7 +214,9 @@ impl Storage {
     /// `self += other`, elementwise (same dtype and length, checked by callers).
     pub fn add_assign(&mut self, other: &Storage) -> Result<()> {
         match (self, other) {
-            (Storage::Cpu(CpuStorage::F32(a)), Storage::Cpu(CpuStorage::F32(b))) if a.len() == b.len() => add_into(a, b),
+            (Storage::Cpu(CpuStorage::F32(a)), Storage::Cpu(CpuStorage::F32(b))) if a.len() == b.len() => {
+                add_into(a, b)
+            }
             (Storage::Cpu(CpuStorage::F64(a)), Storage::Cpu(CpuStorage::F64(b))) if a.len() == b.len() => {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
             }
@@ -331,7 +333,13 @@ impl Tensor {
     }
     pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
         let n = shape.iter().product();
-        Tensor { id: fresh_id(), shape: shape.to_vec(), storage: Arc::new(Storage::zeros(dtype, n)), node: None, requires_grad: false }
+        Tensor {
+            id: fresh_id(),
+            shape: shape.to_vec(),
+            storage: Arc::new(Storage::zeros(dtype, n)),
+            node: None,
+            requires_grad: false,
+        }
     }
     pub fn full(shape: &[usize], dtype: DType, value: f64) -> Tensor {
         let n: usize = shape.iter().product();
@@ -381,7 +389,8 @@ impl Tensor {
     /// `requires_grad` flag. f64 tensors cannot go to a GPU.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         // Values are immutable outside `update` (which copies shared storage), so the same device shares.
-        let storage = if self.device() == *device { self.storage.clone() } else { Arc::new(self.storage.to_device(device)?) };
+        let storage =
+            if self.device() == *device { self.storage.clone() } else { Arc::new(self.storage.to_device(device)?) };
         Ok(Tensor { id: fresh_id(), shape: self.shape.clone(), storage, node: None, requires_grad: self.requires_grad })
     }
     pub fn to_cpu(&self) -> Result<Tensor> {
@@ -438,7 +447,13 @@ impl Tensor {
     }
     /// The same values cut off from the graph.
     pub fn detach(&self) -> Tensor {
-        Tensor { id: fresh_id(), shape: self.shape.clone(), storage: self.storage.clone(), node: None, requires_grad: false }
+        Tensor {
+            id: fresh_id(),
+            shape: self.shape.clone(),
+            storage: self.storage.clone(),
+            node: None,
+            requires_grad: false,
+        }
     }
     /// Same storage, new shape with the same element count (a view; gradient flows through).
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
@@ -516,8 +531,12 @@ impl Tensor {
         if needs {
             let op = make(out.detach());
             crate::autograd::trace_push(&out, op.trace_name());
-            let edges = inputs.iter().map(|t| Edge { id: t.id, node: t.node.clone(), requires_grad: t.requires_grad }).collect();
-            out.node = Some(Arc::new(Node { name: op.name(), op: std::sync::Mutex::new(Some(Box::new(op))), inputs: edges }));
+            let edges = inputs
+                .iter()
+                .map(|t| Edge { id: t.id, node: t.node.clone(), requires_grad: t.requires_grad })
+                .collect();
+            out.node =
+                Some(Arc::new(Node { name: op.name(), op: std::sync::Mutex::new(Some(Box::new(op))), inputs: edges }));
         }
         out
     }

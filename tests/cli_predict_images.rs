@@ -57,7 +57,17 @@ fn check_outputs(out: &Path, n: usize) -> serde_json::Value {
 fn predict_writes_points_inside_the_image() {
     let st = setup("ok");
     let out = st.dir.join("whole");
-    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), s(&st.images[0]), s(&st.images[1]), "--out", s(&out)]);
+    let o = hrk(&[
+        "predict",
+        "--cfg",
+        s(&st.cfg),
+        "--model-file",
+        s(&st.weights),
+        s(&st.images[0]),
+        s(&st.images[1]),
+        "--out",
+        s(&out),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let doc = check_outputs(&out, 2);
     // Whole image: center = image center, scale = side / 200.
@@ -65,7 +75,19 @@ fn predict_writes_points_inside_the_image() {
     assert_eq!(doc["images"][0]["scale"].as_f64().unwrap(), 256.0 / 200.0);
 
     let out = st.dir.join("boxed");
-    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), s(&st.images[0]), "--box", "48,40,208,200", "--labels", "--out", s(&out)]);
+    let o = hrk(&[
+        "predict",
+        "--cfg",
+        s(&st.cfg),
+        "--model-file",
+        s(&st.weights),
+        s(&st.images[0]),
+        "--box",
+        "48,40,208,200",
+        "--labels",
+        "--out",
+        s(&out),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let doc = check_outputs(&out, 1);
     let it = &doc["images"][0];
@@ -113,7 +135,8 @@ fn predict_and_test_errors_are_one_line() {
     assert_cli_error(&o, &["--box", "10,10,5,50"]);
     let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), img, "--box", "1,2,3"]);
     assert_cli_error(&o, &["--box"]);
-    let o = hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), "--testset", s(&st.dir.join("none.csv"))]);
+    let o =
+        hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), "--testset", s(&st.dir.join("none.csv"))]);
     assert_cli_error(&o, &["none.csv"]);
     // A file that is not an image.
     let bogus = st.dir.join("bogus.jpg");
@@ -136,7 +159,11 @@ fn overlay_marks_the_given_points() {
     let out = image::open(&png).unwrap().to_rgb8();
     assert_eq!((out.width() as usize, out.height() as usize), (sample.width, sample.height));
     // Labels of neighbouring points may cover a dot; most dots stay visible.
-    let visible = sample.landmarks.iter().filter(|p| out.get_pixel(p[0].floor() as u32, p[1].floor() as u32).0 == [0, 255, 0]).count();
+    let visible = sample
+        .landmarks
+        .iter()
+        .filter(|p| out.get_pixel(p[0].floor() as u32, p[1].floor() as u32).0 == [0, 255, 0])
+        .count();
     assert!(visible >= 68 / 2, "{visible} of 68 dots visible");
     assert!(out.pixels().any(|p| p.0 == [255, 255, 0]), "index labels drawn");
 }

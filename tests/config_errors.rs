@@ -37,7 +37,10 @@ fn unknown_key_top_level() {
 
 #[test]
 fn unknown_key_nested_names_full_path() {
-    let text = w18_with("      NUM_CHANNELS:\n        - 18\n        - 36\n", "      NUM_CHANELS:\n        - 18\n        - 36\n");
+    let text = w18_with(
+        "      NUM_CHANNELS:\n        - 18\n        - 36\n",
+        "      NUM_CHANELS:\n        - 18\n        - 36\n",
+    );
     let msg = err(&text);
     let line = line_of(&text, "NUM_CHANELS");
     assert!(msg.starts_with(&format!("bad.yaml:{line}:")), "{msg}");
@@ -81,7 +84,10 @@ fn wrong_nesting() {
     let msg = err("MODEL: 5\n");
     assert!(msg.starts_with("bad.yaml:1:") && msg.contains("MODEL") && msg.contains("expected a mapping"), "{msg}");
     let msg = err("MODEL:\n  EXTRA:\n    STAGE2: [1, 2]\n");
-    assert!(msg.starts_with("bad.yaml:3:") && msg.contains("MODEL.EXTRA.STAGE2") && msg.contains("found list"), "{msg}");
+    assert!(
+        msg.starts_with("bad.yaml:3:") && msg.contains("MODEL.EXTRA.STAGE2") && msg.contains("found list"),
+        "{msg}"
+    );
     let msg = err("MODEL:\n");
     assert!(msg.contains("MODEL") && msg.contains("found null"), "{msg}");
     let msg = err("MODEL:\n  SIGMA:\n    VALUE: 1.5\n");
@@ -95,16 +101,27 @@ fn wrong_nesting() {
 
 #[test]
 fn stage_list_lengths_must_match_branches() {
-    let text = w18_with("        - 18\n        - 36\n        - 72\n      FUSE_METHOD", "        - 18\n        - 36\n      FUSE_METHOD");
+    let text = w18_with(
+        "        - 18\n        - 36\n        - 72\n      FUSE_METHOD",
+        "        - 18\n        - 36\n      FUSE_METHOD",
+    );
     let msg = err(&text);
-    assert!(msg.contains("MODEL.EXTRA.STAGE3.NUM_CHANNELS") && msg.contains("has 2 entries but NUM_BRANCHES is 3"), "{msg}");
+    assert!(
+        msg.contains("MODEL.EXTRA.STAGE3.NUM_CHANNELS") && msg.contains("has 2 entries but NUM_BRANCHES is 3"),
+        "{msg}"
+    );
     // It points at STAGE3's NUM_CHANNELS (the key line or its first item).
     let stage3 = line_of(&text, "STAGE3:");
     let key_line = stage3 + text.lines().skip(stage3).position(|l| l.contains("NUM_CHANNELS")).expect("key") + 1;
     let reported: usize = msg.split(':').nth(1).and_then(|l| l.parse().ok()).expect("line");
     assert!(reported == key_line || reported == key_line + 1, "{msg} (key at {key_line})");
     let msg = err("MODEL:\n  EXTRA:\n    STAGE4:\n      NUM_BLOCKS: [4, 4, 4]\n");
-    assert!(msg.starts_with("bad.yaml:4:") && msg.contains("MODEL.EXTRA.STAGE4.NUM_BLOCKS") && msg.contains("has 3 entries but NUM_BRANCHES is 4"), "{msg}");
+    assert!(
+        msg.starts_with("bad.yaml:4:")
+            && msg.contains("MODEL.EXTRA.STAGE4.NUM_BLOCKS")
+            && msg.contains("has 3 entries but NUM_BRANCHES is 4"),
+        "{msg}"
+    );
     let msg = err("MODEL:\n  EXTRA:\n    STAGE2:\n      NUM_BRANCHES: 3\n");
     assert!(msg.contains("MODEL.EXTRA.STAGE2.NUM_BRANCHES"), "{msg}");
     let msg = err("MODEL:\n  EXTRA:\n    STAGE3:\n      BLOCK: BASICBLOCK\n");
@@ -122,7 +139,10 @@ fn sizes_must_be_positive() {
     let msg = err("MODEL:\n  NUM_JOINTS: -5\n");
     assert!(msg.contains("MODEL.NUM_JOINTS") && msg.contains("negative"), "{msg}");
     let msg = err("TRAIN:\n  BATCH_SIZE_PER_GPU: 0\n");
-    assert!(msg.starts_with("bad.yaml:2:") && msg.contains("TRAIN.BATCH_SIZE_PER_GPU") && msg.contains("at least 1"), "{msg}");
+    assert!(
+        msg.starts_with("bad.yaml:2:") && msg.contains("TRAIN.BATCH_SIZE_PER_GPU") && msg.contains("at least 1"),
+        "{msg}"
+    );
     let msg = err("MODEL:\n  EXTRA:\n    STAGE2:\n      NUM_CHANNELS: [18, 0]\n");
     assert!(msg.contains("MODEL.EXTRA.STAGE2.NUM_CHANNELS[1]"), "{msg}");
     let msg = err("MODEL:\n  SIGMA: -1.0\n");
@@ -154,7 +174,8 @@ fn syntax_errors_name_file_and_line() {
     let text = w18_with("  ROT_FACTOR: 30\n", "  ROT_FACTOR: [30\n");
     let msg = err(&text);
     assert!(msg.contains("YAML syntax error"), "{msg}");
-    let reported: usize = msg.split(':').nth(1).and_then(|l| l.parse().ok()).unwrap_or_else(|| panic!("no line: {msg}"));
+    let reported: usize =
+        msg.split(':').nth(1).and_then(|l| l.parse().ok()).unwrap_or_else(|| panic!("no line: {msg}"));
     assert!(reported >= line_of(&text, "ROT_FACTOR"), "{msg}");
     let msg = err("MODEL:\n  NAME: 'hrnet\n");
     assert!(msg.starts_with("bad.yaml:2:") && msg.contains("YAML syntax error"), "{msg}");

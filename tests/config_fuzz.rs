@@ -3,8 +3,8 @@
 //! returns is one line naming the source. Bounded by count and by wall time.
 
 use hrk::config::Config;
-use std::time::{Duration, Instant};
 use hrk::rng::Rng;
+use std::time::{Duration, Instant};
 
 const SOURCES: [&str; 5] = [
     include_str!("../experiments/wflw/face_alignment_wflw_hrnet_w18.yaml"),
@@ -14,14 +14,40 @@ const SOURCES: [&str; 5] = [
     include_str!("../experiments/synthetic/synthetic_hrnet_tiny.yaml"),
 ];
 
-
 /// Bytes worth injecting: YAML indicators, Python literal syntax, digits, odd characters.
 const INTERESTING: &[u8] = b":-[]{},#&*!|>'\"%@`?()\\\t\n 0123456789.eEjxob_+~\x00\xff\xc3";
 
 const SNIPPETS: &[&str] = &[
-    "(0,", "((((((((((((", "[[[[[[[[", "1e999", "-.inf", ".nan", "0x", "1_000", "99999999999999999999999",
-    "'''", "b'x'", "{1: 2}", "1+2j", "...", "True", "None", "~", "&a", "*a", "<<: *a", "!!str", "!!int",
-    "? ", "\\x", "'\\N{DASH}'", "\"\\u00e9\"", "---", "...\n", "- - -", "{a: [b, {c: d}]}",
+    "(0,",
+    "((((((((((((",
+    "[[[[[[[[",
+    "1e999",
+    "-.inf",
+    ".nan",
+    "0x",
+    "1_000",
+    "99999999999999999999999",
+    "'''",
+    "b'x'",
+    "{1: 2}",
+    "1+2j",
+    "...",
+    "True",
+    "None",
+    "~",
+    "&a",
+    "*a",
+    "<<: *a",
+    "!!str",
+    "!!int",
+    "? ",
+    "\\x",
+    "'\\N{DASH}'",
+    "\"\\u00e9\"",
+    "---",
+    "...\n",
+    "- - -",
+    "{a: [b, {c: d}]}",
 ];
 
 fn mutate(rng: &mut Rng, source: &str) -> Vec<u8> {
@@ -110,7 +136,8 @@ fn mutated_official_yamls_never_panic() {
                 accepted += 1;
                 // Whatever is accepted must pass validation and survive a dump/reload.
                 cfg.validate("fuzz.yaml").unwrap();
-                let again = Config::from_yaml_str(&cfg.to_yaml(), "dump.yaml").unwrap_or_else(|e| panic!("{e}\ninput #{i}:\n{text}"));
+                let again = Config::from_yaml_str(&cfg.to_yaml(), "dump.yaml")
+                    .unwrap_or_else(|e| panic!("{e}\ninput #{i}:\n{text}"));
                 assert_eq!(again, cfg, "input #{i}");
             }
             Ok(Err(e)) => {

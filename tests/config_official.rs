@@ -204,7 +204,11 @@ fn defaults_are_the_reference_defaults() {
 #[test]
 fn yacs_decoding_rules() {
     // Strings go through literal_eval: a quoted number is a number, a tuple string a tuple.
-    let cfg = Config::from_yaml_str("GPUS: '(0, 1)'\nTRAIN:\n  LR: '1e-3'\n  LR_STEP: (10, 20)\nMODEL:\n  NUM_JOINTS: '68'\n", "d.yaml").unwrap();
+    let cfg = Config::from_yaml_str(
+        "GPUS: '(0, 1)'\nTRAIN:\n  LR: '1e-3'\n  LR_STEP: (10, 20)\nMODEL:\n  NUM_JOINTS: '68'\n",
+        "d.yaml",
+    )
+    .unwrap();
     assert_eq!(cfg.gpus, vec![0, 1]);
     assert_eq!(cfg.train.lr, 1e-3);
     assert_eq!(cfg.train.lr_step, vec![10, 20]);
@@ -221,11 +225,20 @@ fn yacs_decoding_rules() {
     let cfg = Config::from_yaml_str("MODEL:\n  NUM_JOINTS: 5\nMODEL:\n  SIGMA: 2.0\n", "d.yaml").unwrap();
     assert_eq!((cfg.model.num_joints, cfg.model.sigma), (17, 2.0));
     // Anchors, aliases and merge keys work as in PyYAML.
-    let cfg = Config::from_yaml_str("MODEL:\n  EXTRA:\n    STAGE2: &s {NUM_MODULES: 2}\n    STAGE3:\n      <<: *s\n      NUM_BRANCHES: 3\n", "d.yaml").unwrap();
+    let cfg = Config::from_yaml_str(
+        "MODEL:\n  EXTRA:\n    STAGE2: &s {NUM_MODULES: 2}\n    STAGE3:\n      <<: *s\n      NUM_BRANCHES: 3\n",
+        "d.yaml",
+    )
+    .unwrap();
     assert_eq!((cfg.model.extra.stage2.num_modules, cfg.model.extra.stage3.num_modules), (2, 2));
     // Inline and block forms are the same.
-    let inline = Config::from_yaml_str("MODEL: {NUM_JOINTS: 98, IMAGE_SIZE: [256,256], SIGMA: 1.5}\n", "i.yaml").unwrap();
-    let block = Config::from_yaml_str("MODEL:\n  NUM_JOINTS: 98\n  IMAGE_SIZE:\n    - 256\n    - 256\n  SIGMA: 1.5\n", "b.yaml").unwrap();
+    let inline =
+        Config::from_yaml_str("MODEL: {NUM_JOINTS: 98, IMAGE_SIZE: [256,256], SIGMA: 1.5}\n", "i.yaml").unwrap();
+    let block = Config::from_yaml_str(
+        "MODEL:\n  NUM_JOINTS: 98\n  IMAGE_SIZE:\n    - 256\n    - 256\n  SIGMA: 1.5\n",
+        "b.yaml",
+    )
+    .unwrap();
     assert_eq!(inline, block);
 }
 

@@ -2,8 +2,8 @@
 //! forward (every layout, plain and pre-transformed weights) and the im2col + GEMM path they replace,
 //! against direct-loop references in f64, on odd shapes.
 
-use hrk::ops::conv2d::direct::{self, winograd};
 use hrk::ops::conv2d::cpu_kernel as cpu;
+use hrk::ops::conv2d::direct::{self, winograd};
 use hrk::ops::Conv2dGeom;
 use hrk::rng::Rng;
 
@@ -202,8 +202,9 @@ fn check_backward(rng: &mut Rng, g: &Conv2dGeom) {
     let wt = randv(rng, cout * cin * g.k * g.k);
     let dy = randv(rng, n * cout * plane);
     let (want_dx, want_dw) = naive_backward(&g, &x, &wt, &dy);
-    let want_db: Vec<f64> =
-        (0..cout).map(|co| (0..n).flat_map(|b| &dy[(b * cout + co) * plane..][..plane]).map(|&v| v as f64).sum()).collect();
+    let want_db: Vec<f64> = (0..cout)
+        .map(|co| (0..n).flat_map(|b| &dy[(b * cout + co) * plane..][..plane]).map(|&v| v as f64).sum())
+        .collect();
     // dW accumulates onto what is there: start every path from the same non-zero values.
     let dw0 = randv(rng, wt.len());
     let want_dw: Vec<f64> = want_dw.iter().zip(&dw0).map(|(a, &b)| a + b as f64).collect();
@@ -248,7 +249,13 @@ fn other_geometries_fall_back() {
     assert!(!direct::applies(&g3));
     let x = vec![1.0f32; 4 * 81];
     let mut y = vec![0.0f32; 5 * g3.ho * g3.wo];
-    assert!(!direct::forward_fused(&g3, &x, &[0.0; 180], cpu::Epilogue { bias: None, residual: None, relu: false }, &mut y));
+    assert!(!direct::forward_fused(
+        &g3,
+        &x,
+        &[0.0; 180],
+        cpu::Epilogue { bias: None, residual: None, relu: false },
+        &mut y
+    ));
     let dy = vec![1.0f32; 5 * g.ho * g.wo];
     assert!(!direct::backward(&g, &x, &[0.0; 180], &dy, None, None));
     assert!(direct::applies(&geom(2, 3, 4, 5, 6)) && direct::applies_backward(&geom(2, 3, 4, 5, 6)));

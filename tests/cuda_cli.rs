@@ -18,8 +18,14 @@ fn hrk_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn landmarks(out: &Path) -> Vec<f64> {
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("predictions.json")).unwrap()).unwrap();
-    doc["images"][0]["landmarks"].as_array().unwrap().iter().flat_map(|p| [p[0].as_f64().unwrap(), p[1].as_f64().unwrap()]).collect()
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("predictions.json")).unwrap()).unwrap();
+    doc["images"][0]["landmarks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| [p[0].as_f64().unwrap(), p[1].as_f64().unwrap()])
+        .collect()
 }
 
 #[test]
@@ -29,7 +35,21 @@ fn predict_on_the_emulated_gpu_matches_cpu_and_oom_is_one_line() {
     let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TEST_CSV), 3);
     let img = dir.join("images/s68_000000.jpg");
     let run = |device: &str, out: &str, env: &[(&str, &str)]| {
-        hrk_env(&["predict", "--cfg", s(&cfg), "--model-file", s(&weights), s(&img), "--device", device, "--out", s(&dir.join(out))], env)
+        hrk_env(
+            &[
+                "predict",
+                "--cfg",
+                s(&cfg),
+                "--model-file",
+                s(&weights),
+                s(&img),
+                "--device",
+                device,
+                "--out",
+                s(&dir.join(out)),
+            ],
+            env,
+        )
     };
     let o = run("cpu", "cpu", &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

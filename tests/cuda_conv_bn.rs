@@ -23,36 +23,15 @@ struct Case {
 impl Case {
     fn out(&self) -> (usize, usize) {
         let [_, _, h, w] = self.x;
-        (
-            (h + 2 * self.pad - self.k) / self.stride + 1,
-            (w + 2 * self.pad - self.k) / self.stride + 1,
-        )
+        ((h + 2 * self.pad - self.k) / self.stride + 1, (w + 2 * self.pad - self.k) / self.stride + 1)
     }
 }
 
 // Column counts (n·h_out·w_out) and channel counts that leave partial 64-wide tiles in both directions.
 const CASES: [Case; 3] = [
-    Case {
-        x: [3, 5, 9, 11],
-        cout: 70,
-        k: 3,
-        stride: 1,
-        pad: 1,
-    },
-    Case {
-        x: [2, 4, 7, 6],
-        cout: 5,
-        k: 3,
-        stride: 2,
-        pad: 1,
-    },
-    Case {
-        x: [1, 3, 5, 5],
-        cout: 130,
-        k: 1,
-        stride: 1,
-        pad: 0,
-    },
+    Case { x: [3, 5, 9, 11], cout: 70, k: 3, stride: 1, pad: 1 },
+    Case { x: [2, 4, 7, 6], cout: 5, k: 3, stride: 2, pad: 1 },
+    Case { x: [1, 3, 5, 5], cout: 130, k: 1, stride: 1, pad: 0 },
 ];
 
 /// conv2d_forward with stats: the per-block partials, summed over blocks, equal the channel sums of the
@@ -74,10 +53,7 @@ fn stats_case(ci: usize, c: &Case, offset: f32) {
     let x = values(seed + 1, n * cin * h * w);
     // Shift the values so the means are far from zero (E[y²] − mean² must still be accurate).
     let wt: Vec<f32> = values(seed + 2, c.cout * cin * c.k * c.k);
-    let bias: Vec<f32> = values(seed + 3, c.cout)
-        .iter()
-        .map(|v| v * 4.0 + offset)
-        .collect();
+    let bias: Vec<f32> = values(seed + 3, c.cout).iter().map(|v| v * 4.0 + offset).collect();
     let cpu = ops::conv2d(
         &Tensor::from_f32(&c.x, x.clone()).unwrap(),
         &Tensor::from_f32(&[c.cout, cin, c.k, c.k], wt.clone()).unwrap(),
@@ -109,32 +85,12 @@ fn stats_case(ci: usize, c: &Case, offset: f32) {
         ..Default::default()
     };
     let partials = kernels::conv_stats_partials(&base);
-    assert_eq!(
-        partials,
-        (n * ho * wo).div_ceil(64),
-        "one partial per 64-column block"
-    );
+    assert_eq!(partials, (n * ho * wo).div_ceil(64), "one partial per 64-column block");
     let mut stats = vec![f64::NAN; 2 * partials * c.cout];
-    run(
-        &kernels::CONV2D_FORWARD,
-        &Conv2dParams {
-            y: addr_mut(&mut y),
-            stats: stats.as_mut_ptr() as u64,
-            ..base
-        },
-    );
-    run(
-        &kernels::CONV2D_FORWARD,
-        &Conv2dParams {
-            y: addr_mut(&mut y_plain),
-            ..base
-        },
-    );
+    run(&kernels::CONV2D_FORWARD, &Conv2dParams { y: addr_mut(&mut y), stats: stats.as_mut_ptr() as u64, ..base });
+    run(&kernels::CONV2D_FORWARD, &Conv2dParams { y: addr_mut(&mut y_plain), ..base });
     assert_eq!(y, y_plain, "case {ci}: the stats epilogue changed y");
-    assert!(
-        stats.iter().all(|v| v.is_finite()),
-        "case {ci}: a partial was not written"
-    );
+    assert!(stats.iter().all(|v| v.is_finite()), "case {ci}: a partial was not written");
 
     let plane = ho * wo;
     for co in 0..c.cout {
@@ -148,24 +104,16 @@ fn stats_case(ci: usize, c: &Case, offset: f32) {
             }
         }
         let s: f64 = (0..partials).map(|b| stats[b * 2 * c.cout + co]).sum();
-        let q: f64 = (0..partials)
-            .map(|b| stats[b * 2 * c.cout + c.cout + co])
-            .sum();
+        let q: f64 = (0..partials).map(|b| stats[b * 2 * c.cout + c.cout + co]).sum();
         // Against the kernel's own y only the summation order differs.
-        assert!(
-            (s - s_gpu_y).abs() <= 1e-9 * (1.0 + s_gpu_y.abs()),
-            "case {ci} ch {co}: Σy {s} vs {s_gpu_y}"
-        );
+        assert!((s - s_gpu_y).abs() <= 1e-9 * (1.0 + s_gpu_y.abs()), "case {ci} ch {co}: Σy {s} vs {s_gpu_y}");
         // Against the CPU conv: f32 rounding of each y.
         let count = (n * plane) as f64;
         assert!(
             (s - s_cpu).abs() <= 1e-5 * count * (1.0 + s_cpu.abs() / count),
             "case {ci} ch {co}: Σy {s} vs cpu {s_cpu}"
         );
-        assert!(
-            (q - q_cpu).abs() <= 1e-5 * (1.0 + q_cpu.abs()),
-            "case {ci} ch {co}: Σy² {q} vs cpu {q_cpu}"
-        );
+        assert!((q - q_cpu).abs() <= 1e-5 * (1.0 + q_cpu.abs()), "case {ci} ch {co}: Σy² {q} vs cpu {q_cpu}");
     }
 
     // bn_stats_from_partials vs bn_train_stats on the same y.
@@ -191,24 +139,13 @@ fn stats_case(ci: usize, c: &Case, offset: f32) {
             eps: 1e-5,
             ..Default::default()
         };
-        run(
-            if from_partials {
-                &kernels::BN_STATS_FROM_PARTIALS
-            } else {
-                &kernels::BN_TRAIN_STATS
-            },
-            &p,
-        );
+        run(if from_partials { &kernels::BN_STATS_FROM_PARTIALS } else { &kernels::BN_TRAIN_STATS }, &p);
         outs.push([mean, invstd, rm, rv]);
     }
     // From the partials against f64 statistics of the same y (also with a large offset).
     let count = (n * plane) as f64;
     for ch in 0..cn {
-        let vals = (0..n).flat_map(|img| {
-            y[(img * cn + ch) * plane..][..plane]
-                .iter()
-                .map(|&v| v as f64)
-        });
+        let vals = (0..n).flat_map(|img| y[(img * cn + ch) * plane..][..plane].iter().map(|&v| v as f64));
         let mean = vals.clone().sum::<f64>() / count;
         let var = vals.map(|v| (v - mean).powi(2)).sum::<f64>() / count;
         let (got_mean, got_invstd) = (outs[1][0][ch] as f64, outs[1][1][ch] as f64);
@@ -231,10 +168,7 @@ fn stats_case(ci: usize, c: &Case, offset: f32) {
     if offset > 10.0 {
         return;
     }
-    for (k, name) in ["save_mean", "save_invstd", "running_mean", "running_var"]
-        .iter()
-        .enumerate()
-    {
+    for (k, name) in ["save_mean", "save_invstd", "running_mean", "running_var"].iter().enumerate() {
         for (ch, (&a, &b)) in outs[0][k].iter().zip(&outs[1][k]).enumerate() {
             let (a, b) = (a as f64, b as f64);
             assert!(
@@ -252,28 +186,18 @@ fn conv_bn_body(dev: &Device, fused: bool, relu: bool, c: &Case) -> Named {
     let [_, cin, _, _] = c.x;
     let leaf = |shape: &[usize], seed| {
         let n = shape.iter().product();
-        Tensor::from_f32(shape, values(seed, n))
-            .unwrap()
-            .to_device(dev)
-            .unwrap()
-            .requires_grad()
+        Tensor::from_f32(shape, values(seed, n)).unwrap().to_device(dev).unwrap().requires_grad()
     };
     let x = leaf(&c.x, 31);
     let w = leaf(&[c.cout, cin, c.k, c.k], 32);
     let b = leaf(&[c.cout], 33);
     let gamma = leaf(&[c.cout], 34);
     let beta = leaf(&[c.cout], 35);
-    let mut rm = Tensor::from_f32(&[c.cout], values(36, c.cout))
+    let mut rm = Tensor::from_f32(&[c.cout], values(36, c.cout)).unwrap().to_device(dev).unwrap();
+    let mut rv = Tensor::from_f32(&[c.cout], values(37, c.cout).iter().map(|v| v.abs() + 0.5).collect())
         .unwrap()
         .to_device(dev)
         .unwrap();
-    let mut rv = Tensor::from_f32(
-        &[c.cout],
-        values(37, c.cout).iter().map(|v| v.abs() + 0.5).collect(),
-    )
-    .unwrap()
-    .to_device(dev)
-    .unwrap();
     let y = if fused {
         ops::batchnorm::conv_batch_norm_train(
             &x,
@@ -293,42 +217,20 @@ fn conv_bn_body(dev: &Device, fused: bool, relu: bool, c: &Case) -> Named {
     } else {
         let z = ops::conv2d(&x, &w, Some(&b), c.stride, c.pad).unwrap();
         if relu {
-            ops::batchnorm::batch_norm_train_relu(
-                &z,
-                &gamma,
-                &beta,
-                &mut rm,
-                &mut rv,
-                0.1,
-                ops::BN_EPS,
-            )
-            .unwrap()
+            ops::batchnorm::batch_norm_train_relu(&z, &gamma, &beta, &mut rm, &mut rv, 0.1, ops::BN_EPS).unwrap()
         } else {
             ops::batch_norm_train(&z, &gamma, &beta, &mut rm, &mut rv, 0.1, ops::BN_EPS).unwrap()
         }
     };
     assert_eq!(y.device(), *dev);
-    let grads = backward_with(
-        &y,
-        Storage::f32(values(38, y.numel())).to_device(dev).unwrap(),
-    )
-    .unwrap();
+    let grads = backward_with(&y, Storage::f32(values(38, y.numel())).to_device(dev).unwrap()).unwrap();
     let mut r: Named = vec![
         ("y".into(), y.to_f64_vec()),
         ("running_mean".into(), rm.to_f64_vec()),
         ("running_var".into(), rv.to_f64_vec()),
     ];
-    for (name, t) in [
-        ("dx", &x),
-        ("dw", &w),
-        ("db", &b),
-        ("dgamma", &gamma),
-        ("dbeta", &beta),
-    ] {
-        r.push((
-            name.into(),
-            grads.get(t).expect("gradient recorded").to_f64_vec(),
-        ));
+    for (name, t) in [("dx", &x), ("dw", &w), ("db", &b), ("dgamma", &gamma), ("dbeta", &beta)] {
+        r.push((name.into(), grads.get(t).expect("gradient recorded").to_f64_vec()));
     }
     r
 }

@@ -228,7 +228,8 @@ fn bn_stats_ref(x: &[f32], n: usize, c: usize, hw: usize) -> BnRef {
     let mut mean = vec![0.0; c];
     let mut var = vec![0.0; c];
     for ch in 0..c {
-        let vals = (0..n).flat_map(|img| (0..hw).map(move |q| (img, q))).map(|(img, q)| x[(img * c + ch) * hw + q] as f64);
+        let vals =
+            (0..n).flat_map(|img| (0..hw).map(move |q| (img, q))).map(|(img, q)| x[(img * c + ch) * hw + q] as f64);
         mean[ch] = vals.clone().sum::<f64>() / m;
         var[ch] = vals.map(|v| (v - mean[ch]).powi(2)).sum::<f64>() / m;
     }
@@ -279,20 +280,26 @@ fn batchnorm_train_forward_backward_and_eval() {
             let ch = i / hw % c;
             (x[i] as f64 - r.mean[ch]) / (r.var[ch] + eps as f64).sqrt()
         };
-        let want_y: Vec<f64> = (0..x.len()).map(|i| xhat(i) * gamma[i / hw % c] as f64 + beta[i / hw % c] as f64).collect();
+        let want_y: Vec<f64> =
+            (0..x.len()).map(|i| xhat(i) * gamma[i / hw % c] as f64 + beta[i / hw % c] as f64).collect();
         assert_close("bn train y", &y, &want_y, 1e-4, 1e-4);
 
         // Fused BN+ReLU equals the unfused rung (apply, then relu_forward).
         let mut y_fused = vec![f32::NAN; x.len()];
         run(&BN_TRAIN_APPLY_RELU, &BatchNormParams { y: addr_mut(&mut y_fused), ..p });
         let mut y_relu = vec![f32::NAN; x.len()];
-        run(&RELU_FORWARD, &EltwiseParams { a: addr(&y), out: addr_mut(&mut y_relu), n: y.len() as i64, ..Default::default() });
+        run(
+            &RELU_FORWARD,
+            &EltwiseParams { a: addr(&y), out: addr_mut(&mut y_relu), n: y.len() as i64, ..Default::default() },
+        );
         assert_eq!(y_fused, y_relu, "fused bn+relu differs from bn then relu");
         // And against the CPU ops directly: relu(batch_norm_train(x)) from the same running buffers.
         let t = |shape: &[usize], v: &[f32]| hrk::Tensor::from_f32(shape, v.to_vec()).unwrap();
         let (gamma_t, beta_t, x_t) = (t(&[c], &gamma), t(&[c], &beta), t(&[n, c, h, w], &x));
         let (mut rm_t, mut rv_t) = (t(&[c], &rm0), t(&[c], &rv0));
-        let cpu_train = hrk::ops::batch_norm_train(&x_t, &gamma_t, &beta_t, &mut rm_t, &mut rv_t, momentum as f64, eps as f64).unwrap();
+        let cpu_train =
+            hrk::ops::batch_norm_train(&x_t, &gamma_t, &beta_t, &mut rm_t, &mut rv_t, momentum as f64, eps as f64)
+                .unwrap();
         let cpu_train_relu: Vec<f64> = hrk::ops::relu(&cpu_train).unwrap().to_f64_vec();
         assert_close("fused bn_train_apply_relu vs cpu relu(batch_norm_train)", &y_fused, &cpu_train_relu, 1e-4, 1e-4);
 
@@ -347,7 +354,8 @@ fn batchnorm_train_forward_backward_and_eval() {
         let want_er: Vec<f64> = want_e.iter().map(|v| v.max(0.0)).collect();
         assert_close("bn eval y relu", &ye_relu, &want_er, 1e-4, 1e-4);
         // The fused eval kernel against the CPU ops: relu(batch_norm_eval(x)) with the updated running stats.
-        let cpu_eval = hrk::ops::batch_norm_eval(&x_t, &gamma_t, &beta_t, &t(&[c], &rm), &t(&[c], &rv), eps as f64).unwrap();
+        let cpu_eval =
+            hrk::ops::batch_norm_eval(&x_t, &gamma_t, &beta_t, &t(&[c], &rm), &t(&[c], &rv), eps as f64).unwrap();
         let cpu_eval_relu: Vec<f64> = hrk::ops::relu(&cpu_eval).unwrap().to_f64_vec();
         assert_close("fused bn_eval_forward_relu vs cpu relu(batch_norm_eval)", &ye_relu, &cpu_eval_relu, 1e-4, 1e-4);
     }
@@ -368,7 +376,9 @@ fn axis_taps(out_idx: usize, input: usize, output: usize) -> (usize, usize, f64,
 #[test]
 fn bilinear_forward_backward_match_reference() {
     let mut rng = common::rng(4);
-    for &(planes, ih, iw, oh, ow) in &[(3usize, 5usize, 7usize, 12usize, 9usize), (2, 9, 6, 4, 5), (2, 4, 3, 8, 6), (1, 1, 3, 3, 7)] {
+    for &(planes, ih, iw, oh, ow) in
+        &[(3usize, 5usize, 7usize, 12usize, 9usize), (2, 9, 6, 4, 5), (2, 4, 3, 8, 6), (1, 1, 3, 3, 7)]
+    {
         let x = rng.values(planes * ih * iw);
         let dy = rng.values(planes * oh * ow);
         let mut y = vec![f32::NAN; dy.len()];
@@ -425,7 +435,13 @@ fn relu_add_concat_split() {
     run(&RELU_FORWARD, &p);
     assert_close("relu fwd", &out, &a.iter().map(|&v| (v as f64).max(0.0)).collect::<Vec<_>>(), 0.0, 0.0);
     run(&RELU_BACKWARD, &p);
-    assert_close("relu bwd", &out, &a.iter().zip(&b).map(|(&x, &g)| if x > 0.0 { g as f64 } else { 0.0 }).collect::<Vec<_>>(), 0.0, 0.0);
+    assert_close(
+        "relu bwd",
+        &out,
+        &a.iter().zip(&b).map(|(&x, &g)| if x > 0.0 { g as f64 } else { 0.0 }).collect::<Vec<_>>(),
+        0.0,
+        0.0,
+    );
     run(&ADD, &p);
     assert_close("add", &out, &a.iter().zip(&b).map(|(&x, &y)| (x + y) as f64).collect::<Vec<_>>(), 0.0, 0.0);
 
@@ -503,7 +519,8 @@ fn mse_loss_forward_backward() {
         run(&MSE_LOSS_BACKWARD, &p);
         let want = pred.iter().zip(&target).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>() / n as f64;
         assert_close(&format!("mse n={n}"), &loss, &[want], 1e-6, 1e-5);
-        let want_g: Vec<f64> = pred.iter().zip(&target).map(|(&a, &b)| 2.0 * 0.5 * (a as f64 - b as f64) / n as f64).collect();
+        let want_g: Vec<f64> =
+            pred.iter().zip(&target).map(|(&a, &b)| 2.0 * 0.5 * (a as f64 - b as f64) / n as f64).collect();
         assert_close(&format!("mse grad n={n}"), &grad, &want_g, 1e-7, 1e-5);
     }
 }
@@ -555,7 +572,9 @@ fn adam_matches_pytorch_formula() {
 fn sgd_momentum_nesterov_weight_decay() {
     let mut rng = common::rng(8);
     let n = 261;
-    for (momentum, dampening, nesterov, wd) in [(0.0f64, 0.0f64, false, 0.0f64), (0.9, 0.0, false, 1e-4), (0.9, 0.0, true, 5e-4), (0.5, 0.1, false, 0.0)] {
+    for (momentum, dampening, nesterov, wd) in
+        [(0.0f64, 0.0f64, false, 0.0f64), (0.9, 0.0, false, 1e-4), (0.9, 0.0, true, 5e-4), (0.5, 0.1, false, 0.0)]
+    {
         let mut param = rng.values(n);
         let mut buf = vec![f32::NAN; n];
         let mut p_ref: Vec<f64> = param.iter().map(|&x| x as f64).collect();
@@ -626,7 +645,15 @@ fn heatmap_argmax_with_quarter_shift() {
         ..Default::default()
     };
     run(&HEATMAP_ARGMAX, &p);
-    let sign = |d: f32| if d > 0.0 { 1.0 } else if d < 0.0 { -1.0 } else { 0.0 };
+    let sign = |d: f32| {
+        if d > 0.0 {
+            1.0
+        } else if d < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    };
     let mut want = Vec::new();
     let mut want_max = Vec::new();
     for m in &maps {
@@ -654,7 +681,11 @@ fn heatmap_argmax_with_quarter_shift() {
     assert_close("heatmap maxvals", &maxvals, &want_max, 0.0, 0.0);
     // And exactly what the CPU decode path (data::codec) gives for each map; the kernel stops
     // before the reference's +0.5.
-    let cpu: Vec<f64> = maps.iter().flat_map(|m| hrk::data::codec::refine_coords(m, h, w, [w, h])).map(|v| f64::from(v - 0.5)).collect();
+    let cpu: Vec<f64> = maps
+        .iter()
+        .flat_map(|m| hrk::data::codec::refine_coords(m, h, w, [w, h]))
+        .map(|v| f64::from(v - 0.5))
+        .collect();
     assert_close("heatmap coords vs data::codec", &coords, &cpu, 0.0, 0.0);
     assert_eq!(&coords[8..10], &[4.25, 3.0], "tie-break / shift on the crafted map");
 }

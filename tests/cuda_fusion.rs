@@ -38,10 +38,20 @@ fn cases() -> Vec<Case> {
 }
 
 /// CPU reference: relu(x + Σ down + Σ upsample_bilinear(up)) with autograd, and its gradients for `dy`.
-fn cpu_reference(c: &Case, x: &[f32], ups: &[Vec<f32>], downs: &[Vec<f32>], dy: &[f32]) -> (Vec<f32>, Vec<Vec<f32>>, Vec<Vec<f32>>, Option<Vec<f32>>) {
+fn cpu_reference(
+    c: &Case,
+    x: &[f32],
+    ups: &[Vec<f32>],
+    downs: &[Vec<f32>],
+    dy: &[f32],
+) -> (Vec<f32>, Vec<Vec<f32>>, Vec<Vec<f32>>, Option<Vec<f32>>) {
     let [n, ch, h, w] = c.dims;
     let xt = Tensor::from_f32(&c.dims, x.to_vec()).unwrap().requires_grad();
-    let ut: Vec<Tensor> = ups.iter().zip(&c.ups).map(|(v, s)| Tensor::from_f32(&[n, ch, s[0], s[1]], v.clone()).unwrap().requires_grad()).collect();
+    let ut: Vec<Tensor> = ups
+        .iter()
+        .zip(&c.ups)
+        .map(|(v, s)| Tensor::from_f32(&[n, ch, s[0], s[1]], v.clone()).unwrap().requires_grad())
+        .collect();
     let dt: Vec<Tensor> = downs.iter().map(|v| Tensor::from_f32(&c.dims, v.clone()).unwrap().requires_grad()).collect();
     let mut acc: Option<Tensor> = c.with_identity.then(|| xt.clone());
     let mut push = |t: Tensor| {
@@ -70,7 +80,8 @@ fn fusion_forward_backward_match_cpu_ops() {
         let len = n * ch * h * w;
         let seed = 100 * ci as u64;
         let x = values(seed + 1, len);
-        let ups: Vec<Vec<f32>> = c.ups.iter().enumerate().map(|(k, s)| values(seed + 10 + k as u64, n * ch * s[0] * s[1])).collect();
+        let ups: Vec<Vec<f32>> =
+            c.ups.iter().enumerate().map(|(k, s)| values(seed + 10 + k as u64, n * ch * s[0] * s[1])).collect();
         let downs: Vec<Vec<f32>> = (0..c.downs).map(|k| values(seed + 20 + k as u64, len)).collect();
         let dy = values(seed + 30, len);
         let (want_y, want_dup, want_ddown, want_dx) = cpu_reference(c, &x, &ups, &downs, &dy);
@@ -106,7 +117,9 @@ fn fusion_rejects_bad_shapes_with_one_line_errors() {
     let dev = GpuDevice::emulated();
     let x = dev.upload(&values(1, 2 * 3 * 4)).unwrap();
     let small = dev.upload(&values(2, 5)).unwrap();
-    let e = raw::fusion_forward([1, 2, 3, 4], Some(&x), &[UpTerm { z: &small, size: [2, 2] }], &[]).unwrap_err().to_string();
+    let e = raw::fusion_forward([1, 2, 3, 4], Some(&x), &[UpTerm { z: &small, size: [2, 2] }], &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("up term") && !e.contains('\n'), "{e}");
     let four = [&x, &x, &x, &x];
     let e = raw::fusion_forward([1, 2, 3, 4], Some(&x), &[], &four).unwrap_err().to_string();
@@ -119,21 +132,37 @@ fn fusion_rejects_bad_shapes_with_one_line_errors() {
 fn conv_residual_epilogue_matches_cpu_ops() {
     let dev = GpuDevice::emulated();
     // (input dims, weight dims, stride, pad): odd sizes, 3x3 stride 1/2, 1x1.
-    for (i, (xd, wd, stride, pad)) in [([2, 3, 7, 6], [5, 3, 3, 3], 1, 1), ([1, 4, 9, 7], [6, 4, 3, 3], 2, 1), ([2, 5, 5, 3], [3, 5, 1, 1], 1, 0)].into_iter().enumerate() {
+    for (i, (xd, wd, stride, pad)) in
+        [([2, 3, 7, 6], [5, 3, 3, 3], 1, 1), ([1, 4, 9, 7], [6, 4, 3, 3], 2, 1), ([2, 5, 5, 3], [3, 5, 1, 1], 1, 0)]
+            .into_iter()
+            .enumerate()
+    {
         let x = values(i as u64 * 7 + 1, xd.iter().product());
         let wt = values(i as u64 * 7 + 2, wd.iter().product());
         let bias = values(i as u64 * 7 + 3, wd[0]);
         let xt = Tensor::from_f32(&xd, x.clone()).unwrap();
-        let conv = ops::conv2d(&xt, &Tensor::from_f32(&wd, wt.clone()).unwrap(), Some(&Tensor::from_f32(&[wd[0]], bias.clone()).unwrap()), stride, pad).unwrap();
+        let conv = ops::conv2d(
+            &xt,
+            &Tensor::from_f32(&wd, wt.clone()).unwrap(),
+            Some(&Tensor::from_f32(&[wd[0]], bias.clone()).unwrap()),
+            stride,
+            pad,
+        )
+        .unwrap();
         let res = values(i as u64 * 7 + 4, conv.numel());
-        let want = ops::relu(&ops::add(&conv, &Tensor::from_f32(conv.shape(), res.clone()).unwrap()).unwrap()).unwrap().to_f32_vec();
-        let (xb, wb, bb, rb) = (dev.upload(&x).unwrap(), dev.upload(&wt).unwrap(), dev.upload(&bias).unwrap(), dev.upload(&res).unwrap());
+        let want = ops::relu(&ops::add(&conv, &Tensor::from_f32(conv.shape(), res.clone()).unwrap()).unwrap())
+            .unwrap()
+            .to_f32_vec();
+        let (xb, wb, bb, rb) =
+            (dev.upload(&x).unwrap(), dev.upload(&wt).unwrap(), dev.upload(&bias).unwrap(), dev.upload(&res).unwrap());
         let ep = ConvEpilogue { bias: Some(&bb), residual: Some(&rb), relu: true };
         let (y, yd) = raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ep).unwrap();
         assert_eq!(&yd[..], conv.shape());
         assert_close(&format!("conv {i} + bias + residual + relu"), &y.to_vec().unwrap(), &want, 1e-5);
         // Without the epilogue extras it is the plain convolution.
-        let (y0, _) = raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ConvEpilogue { bias: Some(&bb), ..Default::default() }).unwrap();
+        let (y0, _) =
+            raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ConvEpilogue { bias: Some(&bb), ..Default::default() })
+                .unwrap();
         assert_close(&format!("conv {i} + bias"), &y0.to_vec().unwrap(), &conv.to_f32_vec(), 1e-5);
     }
 }

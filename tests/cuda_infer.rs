@@ -1,8 +1,8 @@
 //! GPU inference with BN folded into the convs (model/hrnet/exec_gpu.rs) under the emulated device, against
 //! the CPU fast path (`InferNet`, the same folding) and the reference graph, on a tiny HRNet.
 mod common;
-use common::{assert_close_scaled, TestValues};
 use common::model::{randomize, tiny_spec};
+use common::{assert_close_scaled, TestValues};
 
 use hrk::cuda::device::GpuDevice;
 use hrk::model::{FusionMode, GpuInferNet, HrNet, InferNet, Slot};

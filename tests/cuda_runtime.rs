@@ -103,7 +103,8 @@ fn child_probe() {
 fn no_libcuda_gives_clear_error() {
     let dir = scratch("cuda-nolib");
     let missing = dir.join("libcuda.so.1");
-    let out = run_child("nolib", &[("HRK_LIBCUDA", missing.to_str().unwrap()), ("LD_LIBRARY_PATH", dir.to_str().unwrap())]);
+    let out =
+        run_child("nolib", &[("HRK_LIBCUDA", missing.to_str().unwrap()), ("LD_LIBRARY_PATH", dir.to_str().unwrap())]);
     eprintln!("{out}");
 }
 

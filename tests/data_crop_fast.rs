@@ -2,9 +2,9 @@
 //! transcription (`crop_input`) on many random cases, and the COFW uint8 input type against
 //! the python reference (`ref_data.py`) when a python with numpy + Pillow < 13 is available.
 
-use hrk::rng::Rng;
 use hrk::data::imageio::{decode_rgb8, rgb8_to_image, Rgb8};
 use hrk::data::transforms::{crop_input, crop_rgb8, InputType};
+use hrk::rng::Rng;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -24,7 +24,8 @@ fn fast_crop_reproduces_reference_fixtures() {
         let scale = case["scale"].as_f64().unwrap();
         let rot = case["rot"].as_f64().unwrap();
         let res = [case["res"][0].as_u64().unwrap() as usize, case["res"][1].as_u64().unwrap() as usize];
-        let out = crop_rgb8(&img, flip, InputType::Float32, center, scale, res, rot).unwrap_or_else(|e| panic!("{id}: {e}"));
+        let out =
+            crop_rgb8(&img, flip, InputType::Float32, center, scale, res, rot).unwrap_or_else(|e| panic!("{id}: {e}"));
         let expected = decode_rgb8(&dir.join(case["expected"].as_str().unwrap())).unwrap();
         assert_eq!((out.width, out.height), (expected.width, expected.height), "{id}: size");
         let diff = out.data.iter().zip(&expected.data).filter(|(a, b)| a != b).count();
@@ -73,7 +74,10 @@ fn fast_crop_matches_float_path_on_random_cases() {
         match (fast, slow) {
             (Ok(f), Ok(s)) => {
                 assert_eq!((f.width, f.height), (s.width, s.height), "case {k}");
-                assert!(f.data == s.to_u8(), "case {k}: {w}x{h} flip {flip} {input:?} c {center:?} s {scale} rot {rot} res {res:?}");
+                assert!(
+                    f.data == s.to_u8(),
+                    "case {k}: {w}x{h} flip {flip} {input:?} c {center:?} s {scale} rot {rot} res {res:?}"
+                );
                 compared += 1;
             }
             (Err(f), Err(s)) => assert_eq!(f.to_string(), s.to_string(), "case {k}"),
@@ -99,7 +103,8 @@ fn uint8_input_skips_predownscale_stretch_like_reference() {
     let mut rng = Rng::for_tests(3);
     let img = random_image(&mut rng, 300, 220, 40, 180);
     // sf = 1.9·200/64 ≈ 5.9: pre-downscale; one case with rotation
-    let cases: [([f32; 2], f64, f64, bool); 3] = [([150.0, 110.0], 1.9, 0.0, false), ([140.5, 100.0], 1.2, 17.5, false), ([120.0, 90.0], 1.5, -8.0, true)];
+    let cases: [([f32; 2], f64, f64, bool); 3] =
+        [([150.0, 110.0], 1.9, 0.0, false), ([140.5, 100.0], 1.2, 17.5, false), ([120.0, 90.0], 1.5, -8.0, true)];
     let res = [64usize, 64];
     let mut ours = Vec::new();
     for &(center, scale, rot, flip) in &cases {
@@ -123,8 +128,12 @@ fn uint8_input_skips_predownscale_stretch_like_reference() {
     };
     let dir = scratch("crop-u8");
     std::fs::write(dir.join("img.bin"), &img.data).unwrap();
-    let case_list: Vec<String> =
-        cases.iter().map(|(c, s, r, f)| format!("({:?}, {:?}, {s:?}, {r:?}, {})", c[0] as f64, c[1] as f64, if *f { "True" } else { "False" })).collect();
+    let case_list: Vec<String> = cases
+        .iter()
+        .map(|(c, s, r, f)| {
+            format!("({:?}, {:?}, {s:?}, {r:?}, {})", c[0] as f64, c[1] as f64, if *f { "True" } else { "False" })
+        })
+        .collect();
     let script = format!(
         "import sys, numpy as np\nsys.path.insert(0, {ref:?})\nimport ref_data\n\
          img = np.fromfile({bin:?}, dtype=np.uint8).reshape({h}, {w}, 3)\n\
@@ -199,7 +208,9 @@ fn fast_crop_edge_cases_match_float_path() {
                 let fast = crop_rgb8(&img, flip, input, center, scale, [256, 256], rot);
                 let slow = crop_input(&rgb8_to_image(&img, flip), input, center, scale, [256, 256], rot);
                 match (fast, slow) {
-                    (Ok(f), Ok(s)) => assert!(f.data == s.to_u8() && f.width == s.width, "case {k} flip {flip} {input:?}"),
+                    (Ok(f), Ok(s)) => {
+                        assert!(f.data == s.to_u8() && f.width == s.width, "case {k} flip {flip} {input:?}")
+                    }
                     (Err(f), Err(s)) => assert_eq!(f.to_string(), s.to_string(), "case {k}"),
                     (f, s) => panic!("case {k}: fast {:?} vs float {:?}", f.map(|_| ()), s.map(|_| ())),
                 }

@@ -119,7 +119,10 @@ fn crops_bit_exact() {
         let br = [tr["br"][0].as_i64().unwrap(), tr["br"][1].as_i64().unwrap()];
         let mut notes = Vec::new();
         if ul != trace.ul || br != trace.br || tr["pad"].as_i64() != Some(trace.pad) {
-            notes.push(format!("ul/br/pad {:?}/{:?}/{} vs {:?}/{:?}/{}", trace.ul, trace.br, trace.pad, ul, br, tr["pad"]));
+            notes.push(format!(
+                "ul/br/pad {:?}/{:?}/{} vs {:?}/{:?}/{}",
+                trace.ul, trace.br, trace.pad, ul, br, tr["pad"]
+            ));
         }
         if let Some(win) = case["debug_window"].as_str() {
             let (dw, dh, dwin) = load_png_rgb(&dir.join(win));
@@ -215,7 +218,11 @@ fn decode_exact() {
             let a = argmax_1based(map, w);
             let c = refine_coords(map, h, w, [h, w]);
             assert_eq!([bits(a[0]), bits(a[1])], [bits(am[2 * i]), bits(am[2 * i + 1])], "decode [{b},{k}] argmax");
-            assert_eq!([bits(c[0]), bits(c[1])], [bits(coords[2 * i]), bits(coords[2 * i + 1])], "decode [{b},{k}] coords");
+            assert_eq!(
+                [bits(c[0]), bits(c[1])],
+                [bits(coords[2 * i]), bits(coords[2 * i + 1])],
+                "decode [{b},{k}] coords"
+            );
             assert_eq!(
                 [bits(got[i][0]), bits(got[i][1])],
                 [bits(preds[2 * i]), bits(preds[2 * i + 1])],

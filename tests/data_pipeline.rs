@@ -2,15 +2,15 @@
 //! own tiny dataset in a temporary directory.
 
 use hrk::data::augment::{draw_augmentation, epoch_order, sample_augmentation, Augmentation};
+use hrk::data::codec::HeatmapCodec;
 use hrk::data::cofw::{cofw_center_scale, read_cofw};
 use hrk::data::dataset::{read_csv_annotations, DatasetKind, DatasetSpec, FaceDataset};
 use hrk::data::flip::{flip_center, fliplr_image, fliplr_joints};
-use hrk::data::codec::HeatmapCodec;
-use hrk::rng::Rng;
 use hrk::data::imageio::{decode_rgb8, decode_rgb8_bytes, decode_rgb8_opts, jpeg_is_truncated, load_image};
 use hrk::data::loader::{DataLoader, LoaderConfig};
 use hrk::data::sample::{MEAN, STD};
 use hrk::data::transforms::crop;
+use hrk::rng::Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,7 +47,11 @@ fn csv_row(path: &str, scale: f64, center: [f64; 2], box_size: Option<f64>, pts:
 }
 
 fn csv_header(j: usize, aflw: bool) -> String {
-    let mut s = String::from(if aflw { "image_name,scale,box_size,center_w,center_h" } else { "image_name,scale,center_w,center_h" });
+    let mut s = String::from(if aflw {
+        "image_name,scale,box_size,center_w,center_h"
+    } else {
+        "image_name,scale,center_w,center_h"
+    });
     for i in 0..j {
         s += &format!(",original_{i}_x,original_{i}_y");
     }
@@ -260,7 +264,11 @@ fn aflw_box_size_and_300w_misspelling() {
     picture(120, 100, 2).save(root.join("ibug/image_092 _01.jpg")).unwrap();
     let (pts, c, s) = landmarks(68, 120, 100, 6);
     let csv = dir.join("300w.csv");
-    std::fs::write(&csv, format!("{}\r\n{}\r\n", csv_header(68, false), csv_row("ibug/image_092_01.jpg", s, c, None, &pts))).unwrap();
+    std::fs::write(
+        &csv,
+        format!("{}\r\n{}\r\n", csv_header(68, false), csv_row("ibug/image_092_01.jpg", s, c, None, &pts)),
+    )
+    .unwrap();
     let recs = read_csv_annotations(&csv, &root, DatasetKind::W300, 68).unwrap();
     assert_eq!(recs[0].image_path, root.join("ibug/image_092 _01.jpg"));
     let ds = FaceDataset::open(DatasetSpec::new(DatasetKind::W300, &root, &csv, true)).unwrap();
@@ -286,9 +294,17 @@ fn bad_csv_inputs_give_one_line_errors() {
         ("header_only.csv", header.clone() + "\n", &["no data rows"]),
         ("bad_header.csv", "a,b,c\n".into(), &[":1:", "header has 3 columns"]),
         ("short_row.csv", format!("{header}\n{good}\n{good},1\n"), &[":3:", "row has 43 columns, expected 42"]),
-        ("text.csv", format!("{header}\n{}\n", good.replacen(&format!(",{}", pts[0][0]), ",abc", 1)), &[":2:", "not a number", "'abc'"]),
+        (
+            "text.csv",
+            format!("{header}\n{}\n", good.replacen(&format!(",{}", pts[0][0]), ",abc", 1)),
+            &[":2:", "not a number", "'abc'"],
+        ),
         ("nan.csv", format!("{header}\n{good}\n\n{}\n", csv_row("x.png", s, c, None, &nan)), &[":4:", "not finite"]),
-        ("empty_cell.csv", format!("{header}\n{}\n", good.replacen(",", ",,", 1).replacen(&format!(",{}", c[0]), "", 1)), &[":2:", "empty"]),
+        (
+            "empty_cell.csv",
+            format!("{header}\n{}\n", good.replacen(",", ",,", 1).replacen(&format!(",{}", c[0]), "", 1)),
+            &[":2:", "empty"],
+        ),
         ("bad_scale.csv", format!("{header}\n{}\n", csv_row("x.png", -1.0, c, None, &pts)), &[":2:", "scale"]),
         ("quote.csv", format!("{header}\n\"x.png,{s}\n"), &[":2:", "unterminated"]),
     ];
@@ -307,8 +323,14 @@ fn bad_csv_inputs_give_one_line_errors() {
     let p = dir.join("ok.csv");
     std::fs::write(&p, format!("{header}\n{good}\n")).unwrap();
     assert!(read_csv_annotations(&p, &dir, DatasetKind::Wflw, 19).is_ok());
-    assert_one_line(&read_csv_annotations(&p, &dir, DatasetKind::Wflw, 98).unwrap_err(), &["ok.csv:1:", "expected 200"]);
-    assert_one_line(&read_csv_annotations(&dir.join("nope.csv"), &dir, DatasetKind::Wflw, 19).unwrap_err(), &["nope.csv"]);
+    assert_one_line(
+        &read_csv_annotations(&p, &dir, DatasetKind::Wflw, 98).unwrap_err(),
+        &["ok.csv:1:", "expected 200"],
+    );
+    assert_one_line(
+        &read_csv_annotations(&dir.join("nope.csv"), &dir, DatasetKind::Wflw, 19).unwrap_err(),
+        &["nope.csv"],
+    );
     // a row whose image is missing fails when the sample is loaded, naming the image
     let mut spec = DatasetSpec::new(DatasetKind::Wflw, dir.path(), &p, false);
     spec.num_joints = 19;
@@ -377,7 +399,13 @@ fn bad_images_give_one_line_errors() {
 
 /// Writes a MATLAB v7.3 COFW-style file with hdf5-pure's MAT builder: a cell array of uint8
 /// images (column-major, MATLAB dims H×W[×3]) and an N×87 double matrix.
-fn write_cofw(path: &Path, img_var: &str, phis_var: &str, images: &[(usize, usize, usize, Vec<u8>)], phis_rows: &[Vec<f64>]) {
+fn write_cofw(
+    path: &Path,
+    img_var: &str,
+    phis_var: &str,
+    images: &[(usize, usize, usize, Vec<u8>)],
+    phis_rows: &[Vec<f64>],
+) {
     use hdf5_pure::mat::{options::Options, MatBuilder};
     let mut mb = MatBuilder::new(Options::default());
     mb.cell(img_var, &[images.len(), 1], |cw| {
@@ -499,7 +527,11 @@ fn pipeline_reproduces_reference_crop_fixtures() {
         let s = if aug.is_none() { test_ds.get(i, 0, 0) } else { train_ds.get_with(i, &aug) }.unwrap();
         // (serde_json's default float parsing may be 1 ulp off, hence the tolerance)
         let want_scale = c["scale"].as_f64().unwrap();
-        assert!((s.meta.scale - want_scale).abs() <= 4.0 * f64::EPSILON * want_scale, "{id}: scale {} vs {want_scale}", s.meta.scale);
+        assert!(
+            (s.meta.scale - want_scale).abs() <= 4.0 * f64::EPSILON * want_scale,
+            "{id}: scale {} vs {want_scale}",
+            s.meta.scale
+        );
         let want_c = [c["center"][0].as_f64().unwrap() as f32, c["center"][1].as_f64().unwrap() as f32];
         assert_eq!(s.meta.center, want_c, "{id}: center");
         let expected = decode_rgb8(&crops.join(c["expected"].as_str().unwrap())).unwrap();

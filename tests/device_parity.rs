@@ -87,7 +87,8 @@ fn bn_train_body_with(dev: &Device, fused_relu: bool) -> Named {
     let gamma = leaf(dev, &[4], 11);
     let beta = leaf(dev, &[4], 12);
     let mut rm = Tensor::from_f32(&[4], values(13, 4)).unwrap().to_device(dev).unwrap();
-    let mut rv = Tensor::from_f32(&[4], values(14, 4).iter().map(|v| v.abs() + 0.5).collect()).unwrap().to_device(dev).unwrap();
+    let mut rv =
+        Tensor::from_f32(&[4], values(14, 4).iter().map(|v| v.abs() + 0.5).collect()).unwrap().to_device(dev).unwrap();
     let y = if fused_relu {
         ops::batchnorm::batch_norm_train_relu(&x, &gamma, &beta, &mut rm, &mut rv, 0.1, ops::BN_EPS).unwrap()
     } else {
@@ -113,7 +114,8 @@ fn bn_eval_body(dev: &Device) -> Named {
     let gamma = leaf(dev, &[3], 21);
     let beta = leaf(dev, &[3], 22);
     let rm = Tensor::from_f32(&[3], values(23, 3)).unwrap().to_device(dev).unwrap();
-    let rv = Tensor::from_f32(&[3], values(24, 3).iter().map(|v| v.abs() + 0.5).collect()).unwrap().to_device(dev).unwrap();
+    let rv =
+        Tensor::from_f32(&[3], values(24, 3).iter().map(|v| v.abs() + 0.5).collect()).unwrap().to_device(dev).unwrap();
     let y = ops::batch_norm_eval(&x, &gamma, &beta, &rm, &rv, ops::BN_EPS).unwrap();
     let grads = backward_with(&y, seed_grad(&y, 25)).unwrap();
     vec![
@@ -164,7 +166,11 @@ fn mse_body(dev: &Device) -> Named {
     let t = leaf(dev, &[2, 3, 7, 5], 61);
     let loss = ops::mse_loss(&p, &t).unwrap();
     let grads = backward(&loss).unwrap();
-    vec![out("loss", &loss, dev), ("dpred".into(), grad_of(&grads, &p, dev)), ("dtarget".into(), grad_of(&grads, &t, dev))]
+    vec![
+        out("loss", &loss, dev),
+        ("dpred".into(), grad_of(&grads, &p, dev)),
+        ("dtarget".into(), grad_of(&grads, &t, dev)),
+    ]
 }
 
 /// Three steps of each optimizer on two parameters with fixed gradients.
@@ -182,7 +188,13 @@ fn optim_body(dev: &Device) -> Named {
     }
     let state = adam.state();
     let m0 = state.iter().find(|(k, _)| k == "exp_avg.0").unwrap().1.to_f64_vec();
-    vec![out("adam0", &a0, dev), out("adam1", &a1, dev), ("adam_exp_avg0".into(), m0), out("sgd0", &s0, dev), out("sgd1", &s1, dev)]
+    vec![
+        out("adam0", &a0, dev),
+        out("adam1", &a1, dev),
+        ("adam_exp_avg0".into(), m0),
+        out("sgd0", &s0, dev),
+        out("sgd1", &s1, dev),
+    ]
 }
 
 // Summation order differs (tree reductions, tiled GEMM, atomics): f32 rounding, scaled to the values.
@@ -272,14 +284,17 @@ fn model_input_side(dev: &Device) -> Option<usize> {
 /// Tiny parity case: eval forward, train forward + loss + backward, running buffers, one Adam step.
 /// Results grouped by kind, all copied to the host.
 fn model_body(dir: &Path, dev: &Device, side: Option<usize>) -> Vec<(String, Vec<Vec<f64>>)> {
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     let weights = hrk::io::safetensors::load_safetensors(&dir.join("weights.safetensors")).unwrap().tensors;
-    let inputs: HashMap<_, _> = hrk::io::safetensors::load_safetensors(&dir.join("inputs.safetensors")).unwrap().tensors.into_iter().collect();
+    let inputs: HashMap<_, _> =
+        hrk::io::safetensors::load_safetensors(&dir.join("inputs.safetensors")).unwrap().tensors.into_iter().collect();
     let mut net = HrNet::new(&case_spec(dir), 0).unwrap();
     net.store.load(&weights, true, "weights.safetensors").unwrap();
     net.to_device(dev).unwrap();
     assert_eq!(net.device(), *dev);
-    let (mut x, mut target) = (Tensor::from_host(&inputs["input"]).unwrap(), Tensor::from_host(&inputs["target"]).unwrap());
+    let (mut x, mut target) =
+        (Tensor::from_host(&inputs["input"]).unwrap(), Tensor::from_host(&inputs["target"]).unwrap());
     if let Some(side) = side {
         // The heatmap is the input downsampled by 4.
         x = crop(&x, side, side);
@@ -296,7 +311,8 @@ fn model_body(dir: &Path, dev: &Device, side: Option<usize>) -> Vec<(String, Vec
     groups.push(("loss".to_string(), vec![loss.to_f64_vec()]));
     let grads = backward(&loss).unwrap();
     groups.push(("grad_input".to_string(), vec![grad_of(&grads, &xg, dev)]));
-    let grad_list: Vec<Storage> = net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
+    let grad_list: Vec<Storage> =
+        net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
     groups.push(("grad".to_string(), grad_list.iter().map(|g| g.to_f64_vec()).collect()));
     let buffers = (0..net.store.len())
         .filter_map(|i| match net.store.slot(i) {
@@ -305,14 +321,17 @@ fn model_body(dir: &Path, dev: &Device, side: Option<usize>) -> Vec<(String, Vec
         })
         .collect();
     groups.push(("buffer_after_train".to_string(), buffers));
-    let mut adam = Adam::new(meta["optimizer"]["lr"].as_f64().unwrap(), meta["optimizer"]["weight_decay"].as_f64().unwrap_or(0.0));
+    let mut adam =
+        Adam::new(meta["optimizer"]["lr"].as_f64().unwrap(), meta["optimizer"]["weight_decay"].as_f64().unwrap_or(0.0));
     adam.step(&mut net.store.params_mut(), &grad_list.iter().collect::<Vec<_>>()).unwrap();
     groups.push(("param_after_adam".to_string(), net.store.params().iter().map(|p| p.to_f64_vec()).collect()));
     groups
 }
 
 fn compare_model(dev: &Device) {
-    let dir = common::parity_cases().and_then(|l| l.into_iter().next()).unwrap_or_else(|| common::shared_dir().join("parity/tiny"));
+    let dir = common::parity_cases()
+        .and_then(|l| l.into_iter().next())
+        .unwrap_or_else(|| common::shared_dir().join("parity/tiny"));
     if !dir.join("meta.json").is_file() {
         eprintln!("skipped: no parity case at {} (set HRK_SHARED)", dir.display());
         return;
@@ -367,7 +386,10 @@ fn small_net(dev: &Device) -> HrNet {
         let name = net.store.name(i).to_string();
         if let Slot::Buffer(t) = net.store.slot(i) {
             let n = t.numel();
-            let v: Vec<f32> = values(i as u64 + 1, n).iter().map(|v| if name.ends_with("running_var") { 1.0 + 0.5 * v } else { 0.1 * v }).collect();
+            let v: Vec<f32> = values(i as u64 + 1, n)
+                .iter()
+                .map(|v| if name.ends_with("running_var") { 1.0 + 0.5 * v } else { 0.1 * v })
+                .collect();
             net.store.tensor_mut(i).set_storage(Storage::f32(v)).unwrap();
         }
     }
@@ -389,7 +411,8 @@ fn small_model_body(dev: &Device) -> Vec<(String, Vec<Vec<f64>>)> {
     let loss = ops::mse_loss(&y, &target).unwrap();
     groups.push(("loss".to_string(), vec![loss.to_f64_vec()]));
     let grads = backward(&loss).unwrap();
-    let grad_list: Vec<Storage> = net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
+    let grad_list: Vec<Storage> =
+        net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
     groups.push(("grad".to_string(), grad_list.iter().map(|g| g.to_f64_vec()).collect()));
     let buffers = (0..net.store.len())
         .filter_map(|i| match net.store.slot(i) {

@@ -36,7 +36,8 @@ fn library_eval(st: &Setup, testset: &Path) -> hrk::eval::EvalResult {
     let config = hrk::config::Config::load(&st.cfg).unwrap();
     let mut net = hrk::cli::common::model(&config, 99).unwrap();
     hrk::cli::common::load_weights(&mut net, &st.weights).unwrap();
-    let ds = FaceDataset::open(hrk::data::dataset::DatasetSpec::from_config(&config, false, Some(testset)).unwrap()).unwrap();
+    let ds = FaceDataset::open(hrk::data::dataset::DatasetSpec::from_config(&config, false, Some(testset)).unwrap())
+        .unwrap();
     evaluate(&mut net, &ds, config.test_batch_size(), 0).unwrap()
 }
 
@@ -63,7 +64,9 @@ fn write_pth(weights: &Path, out: &Path) -> bool {
             }
             hrk::host::HostData::F64(_) => panic!("f64 tensor {name} in a model state_dict"),
         };
-        manifest.push(serde_json::json!({"name": format!("module.{name}"), "dtype": dtype, "shape": t.shape, "offset": offset}));
+        manifest.push(
+            serde_json::json!({"name": format!("module.{name}"), "dtype": dtype, "shape": t.shape, "offset": offset}),
+        );
     }
     let dir = out.parent().unwrap();
     let (mpath, rpath) = (dir.join("pth_manifest.json"), dir.join("pth_raw.bin"));
@@ -112,7 +115,8 @@ fn hrk_test_prints_the_library_numbers_and_writes_outputs() {
     assert_eq!(field(line, "[008]:"), (lib.summary.fr_008 * 1e4).round() / 1e4);
     assert_eq!(field(line, "[010]:"), (lib.summary.fr_010 * 1e4).round() / 1e4);
 
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     let row = &metrics["subsets"][0];
     assert_eq!(row["nme"].as_f64().unwrap(), lib.summary.nme);
     assert_eq!(row["auc_010"].as_f64().unwrap(), lib.summary.auc_010);
@@ -131,11 +135,24 @@ fn hrk_test_prints_the_library_numbers_and_writes_outputs() {
 
     // Two subsets: one row each, both in metrics.json and the table.
     let out2 = st.dir.join("out2");
-    let o = hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), "--out", s(&out2), "--testset", s(&train), "--testset", s(&test)]);
+    let o = hrk(&[
+        "test",
+        "--cfg",
+        s(&st.cfg),
+        "--model-file",
+        s(&st.weights),
+        "--out",
+        s(&out2),
+        "--testset",
+        s(&train),
+        "--testset",
+        s(&test),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(stdout.lines().filter(|l| l.starts_with("Test Results")).count(), 2);
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out2.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out2.join("metrics.json")).unwrap()).unwrap();
     let rows = metrics["subsets"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1]["images"].as_u64().unwrap(), 2);
@@ -149,7 +166,8 @@ fn hrk_test_prints_the_library_numbers_and_writes_outputs() {
         let stdout3 = String::from_utf8_lossy(&o.stdout);
         let line3 = stdout3.lines().find(|l| l.starts_with("Test Results")).unwrap();
         assert_eq!(field(line3, "nme:"), field(line, "nme:"));
-        let m3: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(st.dir.join("out3/metrics.json")).unwrap()).unwrap();
+        let m3: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(st.dir.join("out3/metrics.json")).unwrap()).unwrap();
         assert_eq!(m3["subsets"][0]["nme"].as_f64().unwrap(), lib.summary.nme);
     }
 }
@@ -197,7 +215,8 @@ fn ground_truth_heatmaps_decode_to_near_zero_nme() {
         let cfg_path = dir.join(format!("gt{heatmap}.yaml"));
         std::fs::write(&cfg_path, tiny_config(&dir, 68, image, heatmap, hrk::synth::TRAIN_CSV)).unwrap();
         let config = hrk::config::Config::load(&cfg_path).unwrap();
-        let ds = FaceDataset::open(hrk::data::dataset::DatasetSpec::from_config(&config, false, None).unwrap()).unwrap();
+        let ds =
+            FaceDataset::open(hrk::data::dataset::DatasetSpec::from_config(&config, false, None).unwrap()).unwrap();
         let idx: Vec<usize> = (0..ds.len()).collect();
         let b = build_batch(&ds, &idx, 0, 0, 0).unwrap();
         let (preds, nme) = decode_and_score(&b.target, b.target_shape, &b.metas).unwrap();

@@ -22,15 +22,18 @@ use std::time::Duration;
 #[global_allocator]
 static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 
-
-
 /// Byte-level mutations (format-agnostic).
 fn mutate_bytes(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
     common::fuzz::mutate_bytes(rng, input, others, &[])
 }
 
 /// Runs `target` on seeds then mutants until the time is up. Returns (executions, accepted).
-fn fuzz(name: &str, seeds: &[Vec<u8>], mutate: impl FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>, target: impl FnMut(&[u8]) -> bool) -> (u64, u64) {
+fn fuzz(
+    name: &str,
+    seeds: &[Vec<u8>],
+    mutate: impl FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>,
+    target: impl FnMut(&[u8]) -> bool,
+) -> (u64, u64) {
     let limits = FuzzLimits {
         budget: Duration::from_secs_f64(common::fuzz_secs(2.0)),
         slow: Some(Duration::from_secs_f64(common::fuzz_slow_secs(5.0))),
@@ -44,7 +47,10 @@ fn corpus_dir(kind: &str) -> PathBuf {
 }
 
 fn corpus(kind: &str) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus_dir(kind)).unwrap_or_else(|e| panic!("{kind} corpus: {e}")).map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus_dir(kind))
+        .unwrap_or_else(|e| panic!("{kind} corpus: {e}"))
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     files.iter().map(|f| (f.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(f).unwrap())).collect()
 }
@@ -82,7 +88,30 @@ fn mutate_csv(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
     if rows.is_empty() {
         return mutate_bytes(rng, input, others);
     }
-    const CELLS: &[&str] = &["", "nan", "-inf", "1e308", "-1e308", "1e-320", "0", "-0", "-1", "3.4e38", "1e12", "\"", "\"a,b\"", "../../etc/passwd", "/", ".", "a.png\u{0}", "1,2", " 7 ", "0x10", "1_0", "999999999999999999999999999999999999999999999999999999999999999999999999999999e99"];
+    const CELLS: &[&str] = &[
+        "",
+        "nan",
+        "-inf",
+        "1e308",
+        "-1e308",
+        "1e-320",
+        "0",
+        "-0",
+        "-1",
+        "3.4e38",
+        "1e12",
+        "\"",
+        "\"a,b\"",
+        "../../etc/passwd",
+        "/",
+        ".",
+        "a.png\u{0}",
+        "1,2",
+        " 7 ",
+        "0x10",
+        "1_0",
+        "999999999999999999999999999999999999999999999999999999999999999999999999999999e99",
+    ];
     for _ in 0..1 + rng.below(3) {
         let r = rng.below(rows.len());
         match rng.below(5) {
@@ -107,7 +136,8 @@ fn mutate_csv(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
             }
         }
     }
-    let mut out = rows.iter().map(|r| r.join(",")).collect::<Vec<_>>().join(if rng.below(4) == 0 { "\r\n" } else { "\n" });
+    let mut out =
+        rows.iter().map(|r| r.join(",")).collect::<Vec<_>>().join(if rng.below(4) == 0 { "\r\n" } else { "\n" });
     out.push('\n');
     out.into_bytes()
 }
@@ -213,7 +243,8 @@ fn kv_lines(text: &str) -> Vec<(usize, String, String)> {
         .filter_map(|(i, l)| {
             let (k, v) = l.split_once(':')?;
             let k = k.trim();
-            (!k.is_empty() && !k.starts_with('#') && !k.starts_with('-')).then(|| (i, k.to_string(), v.trim().to_string()))
+            (!k.is_empty() && !k.starts_with('#') && !k.starts_with('-'))
+                .then(|| (i, k.to_string(), v.trim().to_string()))
         })
         .collect()
 }
@@ -226,10 +257,42 @@ fn mutate_yaml(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
         return mutate_bytes(rng, input, others);
     }
     const VALUES: &[&str] = &[
-        "1e999", "-1e999", ".nan", ".inf", "-.inf", "99999999999999999999999999999", "-9223372036854775809", "18446744073709551616",
-        "0", "-1", "-0", "0x7fffffff", "0o777", "1_000_000", "true", "null", "~", "''", "\"\"", "[]", "{}", "[[[]]]", "[1, 2, 3]",
-        "(0,1,2,3,4,5,6,7)", "'(0,'", "!!binary aGVsbG8=", "!!float 1", "!!str 5", "*undefined", "&x 5", "|\n  text", ">-\n  folded",
-        "\"\\u0000\"", "'\u{202e}'", "{a: 1, a: 2}", "? complex\n: key",
+        "1e999",
+        "-1e999",
+        ".nan",
+        ".inf",
+        "-.inf",
+        "99999999999999999999999999999",
+        "-9223372036854775809",
+        "18446744073709551616",
+        "0",
+        "-1",
+        "-0",
+        "0x7fffffff",
+        "0o777",
+        "1_000_000",
+        "true",
+        "null",
+        "~",
+        "''",
+        "\"\"",
+        "[]",
+        "{}",
+        "[[[]]]",
+        "[1, 2, 3]",
+        "(0,1,2,3,4,5,6,7)",
+        "'(0,'",
+        "!!binary aGVsbG8=",
+        "!!float 1",
+        "!!str 5",
+        "*undefined",
+        "&x 5",
+        "|\n  text",
+        ">-\n  folded",
+        "\"\\u0000\"",
+        "'\u{202e}'",
+        "{a: 1, a: 2}",
+        "? complex\n: key",
     ];
     for _ in 0..1 + rng.below(3) {
         let (line, key, value) = rng.pick(&kvs).clone();
@@ -262,9 +325,14 @@ fn mutate_yaml(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
                         lines[l2] = format!("{}{k2}: *anchor", " ".repeat(ind));
                     }
                 } else {
-                    let mut bomb = vec![format!("{pad}{key}: &b0 [{value}, {value}, {value}, {value}, {value}, {value}, {value}, {value}]")];
+                    let mut bomb = vec![format!(
+                        "{pad}{key}: &b0 [{value}, {value}, {value}, {value}, {value}, {value}, {value}, {value}]"
+                    )];
                     for i in 1..1 + rng.below(10) {
-                        bomb.push(format!("{pad}X{i}: &b{i} [*b{p}, *b{p}, *b{p}, *b{p}, *b{p}, *b{p}, *b{p}, *b{p}]", p = i - 1));
+                        bomb.push(format!(
+                            "{pad}X{i}: &b{i} [*b{p}, *b{p}, *b{p}, *b{p}, *b{p}, *b{p}, *b{p}, *b{p}]",
+                            p = i - 1
+                        ));
                     }
                     lines.splice(line..line + 1, bomb);
                 }
@@ -304,7 +372,8 @@ fn fuzz_yaml_structured() {
                 if let Err(e) = hrk::model::HrnetSpec::from_config(&cfg) {
                     check_error(&e, "");
                 }
-                let again = hrk::config::Config::from_yaml_str(&cfg.to_yaml(), "dump.yaml").expect("dump of an accepted config reloads");
+                let again = hrk::config::Config::from_yaml_str(&cfg.to_yaml(), "dump.yaml")
+                    .expect("dump of an accepted config reloads");
                 assert_eq!(again, cfg);
                 true
             }
@@ -348,7 +417,11 @@ fn write_corpus() {
     put("images", "tiny.jpg", &jpeg_bytes(9, 8, 6));
     // CSVs over those images (300W layout, 5 landmarks)
     let h = csv_header(TINY_JOINTS);
-    put("csv", "three_rows.csv", format!("{h}\n{}\n{}\n{}\n", csv_row("a.png", 5), csv_row("b.jpg", 5), csv_row("c.png", 5)).as_bytes());
+    put(
+        "csv",
+        "three_rows.csv",
+        format!("{h}\n{}\n{}\n{}\n", csv_row("a.png", 5), csv_row("b.jpg", 5), csv_row("c.png", 5)).as_bytes(),
+    );
     put("csv", "crlf_bom.csv", format!("\u{feff}{h}\r\n{}\r\n", csv_row("b.jpg", 5)).as_bytes());
     put("csv", "quoted.csv", format!("{h}\n\"a.png\",{}\n", csv_row("x", 5).split_once(',').unwrap().1).as_bytes());
     // COFW .mat: train and test variables, RGB and grey images
@@ -356,7 +429,11 @@ fn write_corpus() {
     put("mat", "train_one.mat", &cofw_mat_bytes("IsTr", "phisTr", &[(6, 5, 1)], 87, &tmp));
     // YAML: the tiny synthetic config and a minimal one
     put("yaml", "tiny.yaml", include_str!("../experiments/synthetic/synthetic_hrnet_tiny.yaml").as_bytes());
-    put("yaml", "minimal.yaml", b"GPUS: (0,)\nDATASET:\n  DATASET: WFLW\nMODEL:\n  NUM_JOINTS: 98\n  IMAGE_SIZE: [256, 256]\n");
+    put(
+        "yaml",
+        "minimal.yaml",
+        b"GPUS: (0,)\nDATASET:\n  DATASET: WFLW\nMODEL:\n  NUM_JOINTS: 98\n  IMAGE_SIZE: [256, 256]\n",
+    );
 }
 
 /// Replays a saved input through the reader its file name names.
@@ -371,7 +448,8 @@ fn replay() {
         let csv = dir.join("ann.csv");
         std::fs::write(&csv, &bytes).unwrap();
         for is_train in [false, true] {
-            let r = hrk::data::dataset::FaceDataset::open(tiny_dataset_spec(&dir, &csv, is_train)).and_then(|ds| (0..ds.len().min(3)).try_for_each(|i| ds.get(i, 11, 1).map(|_| ())));
+            let r = hrk::data::dataset::FaceDataset::open(tiny_dataset_spec(&dir, &csv, is_train))
+                .and_then(|ds| (0..ds.len().min(3)).try_for_each(|i| ds.get(i, 11, 1).map(|_| ())));
             eprintln!("replay train={is_train}: {r:?}");
         }
     } else if name.starts_with("mat") {
@@ -379,7 +457,10 @@ fn replay() {
         std::fs::write(&f, &bytes).unwrap();
         eprintln!("replay: {:?}", hrk::data::cofw::read_cofw(&f, false).map(|d| d.images.len()));
     } else if name.starts_with("image") {
-        eprintln!("replay: {:?}", hrk::data::imageio::decode_rgb8_bytes(&bytes, Path::new("x")).map(|i| (i.width, i.height)));
+        eprintln!(
+            "replay: {:?}",
+            hrk::data::imageio::decode_rgb8_bytes(&bytes, Path::new("x")).map(|i| (i.width, i.height))
+        );
     } else {
         let text = String::from_utf8_lossy(&bytes);
         eprintln!("replay: {:?}", hrk::config::Config::from_yaml_str(&text, "replay.yaml").map(|_| ()));

@@ -15,7 +15,20 @@ fn rand(rng: &mut Rng, shape: &[usize]) -> Tensor {
 /// Values bounded away from 0, so relu's kink is never inside a finite-difference step.
 fn rand_away_from_zero(rng: &mut Rng, shape: &[usize]) -> Tensor {
     let n = shape.iter().product();
-    Tensor::from_f64(shape, (0..n).map(|_| { let v = rng.range(0.1, 2.0); if rng.uniform() < 0.5 { -v } else { v } }).collect()).unwrap()
+    Tensor::from_f64(
+        shape,
+        (0..n)
+            .map(|_| {
+                let v = rng.range(0.1, 2.0);
+                if rng.uniform() < 0.5 {
+                    -v
+                } else {
+                    v
+                }
+            })
+            .collect(),
+    )
+    .unwrap()
 }
 
 fn assert_ok(name: &str, f: &dyn Fn(&[Tensor]) -> anyhow::Result<Tensor>, inputs: &[Tensor]) {
@@ -87,7 +100,11 @@ fn upsample_gradients() {
     // Integer, non-integer, one-pixel and downsampling ratios.
     for (h, w, ho, wo) in [(4, 4, 8, 8), (5, 7, 8, 11), (3, 3, 7, 5), (1, 1, 3, 2), (7, 6, 3, 4), (2, 3, 2, 3)] {
         let x = rand(&mut rng, &[2, 3, h, w]);
-        assert_ok(&format!("bilinear {h}x{w}->{ho}x{wo}"), &|t: &[Tensor]| upsample_bilinear(&t[0], [ho, wo]), &[x.clone()]);
+        assert_ok(
+            &format!("bilinear {h}x{w}->{ho}x{wo}"),
+            &|t: &[Tensor]| upsample_bilinear(&t[0], [ho, wo]),
+            &[x.clone()],
+        );
         assert_ok(&format!("nearest {h}x{w}->{ho}x{wo}"), &|t: &[Tensor]| upsample_nearest(&t[0], [ho, wo]), &[x]);
     }
 }

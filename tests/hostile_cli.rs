@@ -47,7 +47,8 @@ fn convert_refuses_broken_checkpoints() {
     let legacy_seed = seed("pth", "legacy_module.pth");
     // Positive control: the seeds convert.
     let ok = dir.join("ok.safetensors");
-    let out = hrk(&["convert", s(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/pth/zip_plain.pth")), s(&ok)]);
+    let out =
+        hrk(&["convert", s(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/pth/zip_plain.pth")), s(&ok)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let mut wrong_magic = legacy_seed.clone();
@@ -64,8 +65,28 @@ fn convert_refuses_broken_checkpoints() {
         ("empty.pth", vec![], &["unknown weights format"]),
         ("wrong_magic.pth", wrong_magic, &["magic"]),
         ("plain_pickle.pth", Pickle::new().int(7).finish(), &["magic"]),
-        ("tar.pth", { let mut v = vec![0u8; 600]; v[257..262].copy_from_slice(b"ustar"); v }, &["tar"]),
-        ("dir_entry_missing.pth", zip_pth(&state_dict_pickle(&[PthTensor { name: "w", shape: vec![2], storage_key: "0".into(), storage_numel: 2 }]), &[]), &["data/0", "missing"]),
+        (
+            "tar.pth",
+            {
+                let mut v = vec![0u8; 600];
+                v[257..262].copy_from_slice(b"ustar");
+                v
+            },
+            &["tar"],
+        ),
+        (
+            "dir_entry_missing.pth",
+            zip_pth(
+                &state_dict_pickle(&[PthTensor {
+                    name: "w",
+                    shape: vec![2],
+                    storage_key: "0".into(),
+                    storage_numel: 2,
+                }]),
+                &[],
+            ),
+            &["data/0", "missing"],
+        ),
     ];
     for (name, bytes, needles) in cases {
         let f = dir.join(name);
@@ -89,11 +110,23 @@ fn convert_refuses_code_execution_pickles() {
     let dir = scratch("hostile-cli-rce");
     let sentinel = dir.join("PWNED");
     let cmd = format!("touch {}", sentinel.display());
-    let reduce = |module: &str, name: &str| -> Vec<u8> { Pickle::new().global(module, name).op(b"(").str(&cmd).op(b"tR").finish() };
+    let reduce = |module: &str, name: &str| -> Vec<u8> {
+        Pickle::new().global(module, name).op(b"(").str(&cmd).op(b"tR").finish()
+    };
     // protocol 4: STACK_GLOBAL with the names as strings
     let mut stack_global = Pickle::new();
     stack_global.0[1] = 4;
-    stack_global.str("subprocess").str("call").op(b"\x93").op(b"(").op(b"(").str("sh").str("-c").str(&cmd).op(b"l").op(b"tR");
+    stack_global
+        .str("subprocess")
+        .str("call")
+        .op(b"\x93")
+        .op(b"(")
+        .op(b"(")
+        .str("sh")
+        .str("-c")
+        .str(&cmd)
+        .op(b"l")
+        .op(b"tR");
     let stack_global = stack_global.finish();
     // INST: the old text opcode that imports and calls in one step
     let inst = {
@@ -117,13 +150,17 @@ fn convert_refuses_code_execution_pickles() {
         ("subprocess.pth", zip_pth(&stack_global, &[]), "subprocess.call"),
         ("inst.pth", zip_pth(&inst, &[]), "INST"),
         ("hidden_in_tensor.pth", zip_pth(&hidden, &[("0".into(), vec![0; 4])]), "os.system"),
-        ("legacy_sysinfo.pth", {
-            let mut v = hrk::io::pth::LEGACY_MAGIC.to_vec();
-            v.push(b'.');
-            v.extend(Pickle::new().int(1001).finish());
-            v.extend(reduce("os", "system"));
-            v
-        }, "os.system"),
+        (
+            "legacy_sysinfo.pth",
+            {
+                let mut v = hrk::io::pth::LEGACY_MAGIC.to_vec();
+                v.push(b'.');
+                v.extend(Pickle::new().int(1001).finish());
+                v.extend(reduce("os", "system"));
+                v
+            },
+            "os.system",
+        ),
     ];
     for (name, bytes, needle) in cases {
         let f = dir.join(name);
@@ -143,13 +180,44 @@ fn convert_refuses_broken_safetensors_headers() {
     let good = seed("safetensors", "halves.safetensors");
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
         ("short.safetensors", good[..5].to_vec(), &[]),
-        ("header_past_end.safetensors", { let mut v = good.clone(); v[..8].copy_from_slice(&(good.len() as u64).to_le_bytes()); v }, &[]),
+        (
+            "header_past_end.safetensors",
+            {
+                let mut v = good.clone();
+                v[..8].copy_from_slice(&(good.len() as u64).to_le_bytes());
+                v
+            },
+            &[],
+        ),
         ("not_json.safetensors", safetensors_raw("{this is not json}", &[]), &[]),
-        ("wrong_dtype.safetensors", safetensors_raw(r#"{"w":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4]), &["w"]),
-        ("offsets_past_end.safetensors", safetensors_raw(r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &[0; 8]), &["w"]),
-        ("shape_vs_bytes.safetensors", safetensors_raw(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &[0; 8]), &["w"]),
-        ("negative_dim.safetensors", safetensors_raw(r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, &[0; 4]), &["w"]),
-        ("dup_key.safetensors", safetensors_raw(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4]), &["w"]),
+        (
+            "wrong_dtype.safetensors",
+            safetensors_raw(r#"{"w":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4]),
+            &["w"],
+        ),
+        (
+            "offsets_past_end.safetensors",
+            safetensors_raw(r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &[0; 8]),
+            &["w"],
+        ),
+        (
+            "shape_vs_bytes.safetensors",
+            safetensors_raw(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &[0; 8]),
+            &["w"],
+        ),
+        (
+            "negative_dim.safetensors",
+            safetensors_raw(r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, &[0; 4]),
+            &["w"],
+        ),
+        (
+            "dup_key.safetensors",
+            safetensors_raw(
+                r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                &[0; 4],
+            ),
+            &["w"],
+        ),
     ];
     for (name, bytes, needles) in cases {
         let f = dir.join(name);
@@ -175,14 +243,45 @@ fn absurd_declared_sizes_are_refused_before_allocating() {
     assert!(out.status.success(), "control failed under the limit: {}", String::from_utf8_lossy(&out.stderr));
 
     let tib = 1u64 << 40;
-    let huge_shape = |numel: u64| PthTensor { name: "huge.weight", shape: vec![1 << 20, 1 << 20], storage_key: "0".into(), storage_numel: numel };
+    let huge_shape = |numel: u64| PthTensor {
+        name: "huge.weight",
+        shape: vec![1 << 20, 1 << 20],
+        storage_key: "0".into(),
+        storage_numel: numel,
+    };
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
         ("huge_storage.pth", zip_pth(&state_dict_pickle(&[huge_shape(tib)]), &[("0".into(), vec![0; 16])]), &[]),
         // a small storage, but a view claiming 2^40 elements of it
-        ("huge_view.pth", zip_pth(&state_dict_pickle(&[huge_shape(4)]), &[("0".into(), vec![0; 16])]), &["huge.weight"]),
-        ("huge_shape.safetensors", safetensors_raw(r#"{"w":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,16]}}"#, &[0; 16]), &["w"]),
-        ("huge_offsets.safetensors", safetensors_raw(r#"{"w":{"dtype":"F32","shape":[274877906944],"data_offsets":[0,1099511627776]}}"#, &[0; 16]), &["w"]),
-        ("huge_header.safetensors", { let mut v = (1u64 << 60).to_le_bytes().to_vec(); v.extend_from_slice(b"{}"); v }, &[]),
+        (
+            "huge_view.pth",
+            zip_pth(&state_dict_pickle(&[huge_shape(4)]), &[("0".into(), vec![0; 16])]),
+            &["huge.weight"],
+        ),
+        (
+            "huge_shape.safetensors",
+            safetensors_raw(
+                r#"{"w":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,16]}}"#,
+                &[0; 16],
+            ),
+            &["w"],
+        ),
+        (
+            "huge_offsets.safetensors",
+            safetensors_raw(
+                r#"{"w":{"dtype":"F32","shape":[274877906944],"data_offsets":[0,1099511627776]}}"#,
+                &[0; 16],
+            ),
+            &["w"],
+        ),
+        (
+            "huge_header.safetensors",
+            {
+                let mut v = (1u64 << 60).to_le_bytes().to_vec();
+                v.extend_from_slice(b"{}");
+                v
+            },
+            &[],
+        ),
     ];
     for (name, bytes, needles) in cases {
         let f = dir.join(name);
@@ -207,7 +306,10 @@ fn bad_configs_fail_with_file_line_and_key() {
     let bomb = {
         let mut s = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..12 {
-            s += &format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n", p = i - 1);
+            s += &format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n",
+                p = i - 1
+            );
         }
         s
     };
@@ -215,18 +317,46 @@ fn bad_configs_fail_with_file_line_and_key() {
     // (file, text, needles; "@LINE:needle" means "file:<line of needle>:")
     let cases: Vec<(&str, String, Vec<String>)> = vec![
         ("unknown_key.yaml", tiny_with("  LR: 0.001", "  LRR: 0.001"), vec!["@LINE:LRR".into(), "TRAIN.LRR".into()]),
-        ("wrong_type.yaml", tiny_with("  NUM_JOINTS: 68", "  NUM_JOINTS: many"), vec!["@LINE:NUM_JOINTS".into(), "MODEL.NUM_JOINTS".into()]),
+        (
+            "wrong_type.yaml",
+            tiny_with("  NUM_JOINTS: 68", "  NUM_JOINTS: many"),
+            vec!["@LINE:NUM_JOINTS".into(), "MODEL.NUM_JOINTS".into()],
+        ),
         ("float_for_int.yaml", tiny_with("  NUM_JOINTS: 68", "  NUM_JOINTS: 68.5"), vec!["MODEL.NUM_JOINTS".into()]),
         ("list_for_scalar.yaml", tiny_with("  SIGMA: 1.0", "  SIGMA: [1.0, 2.0]"), vec!["MODEL.SIGMA".into()]),
-        ("wrong_nesting.yaml", tiny_with("  EXTRA:\n    FINAL_CONV_KERNEL: 1\n", "  FINAL_CONV_KERNEL: 1\n  EXTRA:\n"), vec!["@LINE:FINAL_CONV_KERNEL".into(), "MODEL.FINAL_CONV_KERNEL".into()]),
+        (
+            "wrong_nesting.yaml",
+            tiny_with("  EXTRA:\n    FINAL_CONV_KERNEL: 1\n", "  FINAL_CONV_KERNEL: 1\n  EXTRA:\n"),
+            vec!["@LINE:FINAL_CONV_KERNEL".into(), "MODEL.FINAL_CONV_KERNEL".into()],
+        ),
         ("scalar_for_section.yaml", tiny_with("TEST:\n  BATCH_SIZE_PER_GPU: 16", "TEST: 16"), vec!["TEST".into()]),
         ("branches_mismatch.yaml", mismatch, vec!["STAGE3".into()]),
-        ("negative_size.yaml", tiny_with("  IMAGE_SIZE:\n    - 128", "  IMAGE_SIZE:\n    - -128"), vec!["MODEL.IMAGE_SIZE".into()]),
-        ("zero_heatmap.yaml", tiny_with("  HEATMAP_SIZE:\n    - 32", "  HEATMAP_SIZE:\n    - 0"), vec!["MODEL.HEATMAP_SIZE".into()]),
-        ("huge_number.yaml", tiny_with("  NUM_JOINTS: 68", "  NUM_JOINTS: 99999999999999999999999999"), vec!["MODEL.NUM_JOINTS".into()]),
+        (
+            "negative_size.yaml",
+            tiny_with("  IMAGE_SIZE:\n    - 128", "  IMAGE_SIZE:\n    - -128"),
+            vec!["MODEL.IMAGE_SIZE".into()],
+        ),
+        (
+            "zero_heatmap.yaml",
+            tiny_with("  HEATMAP_SIZE:\n    - 32", "  HEATMAP_SIZE:\n    - 0"),
+            vec!["MODEL.HEATMAP_SIZE".into()],
+        ),
+        (
+            "huge_number.yaml",
+            tiny_with("  NUM_JOINTS: 68", "  NUM_JOINTS: 99999999999999999999999999"),
+            vec!["MODEL.NUM_JOINTS".into()],
+        ),
         ("negative_epoch.yaml", tiny_with("  END_EPOCH: 8", "  END_EPOCH: -8"), vec!["TRAIN.END_EPOCH".into()]),
-        ("huge_channels.yaml", tiny_with("        - 64\n      FUSE_METHOD", "        - 4294967296\n      FUSE_METHOD"), vec!["MODEL.EXTRA".into(), "parameters".into()]),
-        ("huge_modules.yaml", tiny_with("      NUM_MODULES: 1", "      NUM_MODULES: 100000000"), vec!["MODEL.EXTRA".into(), "parameters".into()]),
+        (
+            "huge_channels.yaml",
+            tiny_with("        - 64\n      FUSE_METHOD", "        - 4294967296\n      FUSE_METHOD"),
+            vec!["MODEL.EXTRA".into(), "parameters".into()],
+        ),
+        (
+            "huge_modules.yaml",
+            tiny_with("      NUM_MODULES: 1", "      NUM_MODULES: 100000000"),
+            vec!["MODEL.EXTRA".into(), "parameters".into()],
+        ),
         ("huge_joints.yaml", tiny_with("  NUM_JOINTS: 68", "  NUM_JOINTS: 100000000000"), vec!["parameters".into()]),
         ("syntax.yaml", tiny_with("  NUM_JOINTS: 68", "  NUM_JOINTS: [68"), vec![]),
         ("tab_indent.yaml", tiny_with("  NUM_JOINTS: 68", "\tNUM_JOINTS: 68"), vec![]),
@@ -253,7 +383,11 @@ fn bad_configs_fail_with_file_line_and_key() {
         let missing_model = dir.join("never-written.safetensors");
         for sub in ["train", "test"] {
             let started = std::time::Instant::now();
-            let out = if sub == "test" { hrk(&[sub, "--cfg", s(&f), "--model-file", s(&missing_model)]) } else { hrk(&[sub, "--cfg", s(&f)]) };
+            let out = if sub == "test" {
+                hrk(&[sub, "--cfg", s(&f), "--model-file", s(&missing_model)])
+            } else {
+                hrk(&[sub, "--cfg", s(&f)])
+            };
             assert_refused(&format!("{sub} {name}"), &out, &want_refs);
             assert!(started.elapsed().as_secs() < 20, "{name}: took {:?}", started.elapsed());
         }

@@ -48,16 +48,23 @@ fn assert_not_corrupt(out: &Path, when: &str) {
             continue; // temp files of a killed write are not results
         }
         let bytes = std::fs::read(&p).unwrap();
-        let st = hrk::io::read_safetensors_bytes(&bytes).unwrap_or_else(|e| panic!("{when}: {} is corrupt: {e:#}", p.display()));
+        let st = hrk::io::read_safetensors_bytes(&bytes)
+            .unwrap_or_else(|e| panic!("{when}: {} is corrupt: {e:#}", p.display()));
         assert!(!st.tensors.is_empty(), "{when}: {} is empty", p.display());
         if name == "latest.safetensors" || name.starts_with("checkpoint_") {
-            assert!(st.metadata.iter().any(|(k, _)| k == "hrk_checkpoint"), "{when}: {} lacks checkpoint metadata", p.display());
+            assert!(
+                st.metadata.iter().any(|(k, _)| k == "hrk_checkpoint"),
+                "{when}: {} lacks checkpoint metadata",
+                p.display()
+            );
         }
     }
 }
 
 fn has_temp_file(out: &Path) -> bool {
-    std::fs::read_dir(out).map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))).unwrap_or(false)
+    std::fs::read_dir(out)
+        .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp")))
+        .unwrap_or(false)
 }
 
 fn final_weights(out: &Path) -> Vec<(String, Vec<u64>)> {
@@ -83,7 +90,11 @@ fn sigkill_during_training_never_corrupts_and_resume_matches() {
         eprintln!("skipped: hrk train is the CLI stub in this build");
         return;
     }
-    let synth = hrk_cmd().args(["synth", "--out", "data/synthetic", "--count", "16", "--seed", "3"]).current_dir(&dir).output().unwrap();
+    let synth = hrk_cmd()
+        .args(["synth", "--out", "data/synthetic", "--count", "16", "--seed", "3"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
     assert!(synth.status.success(), "synth: {}", String::from_utf8_lossy(&synth.stderr));
 
     // Uninterrupted reference.
@@ -113,7 +124,11 @@ fn sigkill_during_training_never_corrupts_and_resume_matches() {
         let started = Instant::now();
         // Odd attempts: kill as soon as a checkpoint temp file shows up (mid-write);
         // even ones: at a random moment of the expected run time.
-        let deadline = if attempt % 2 == 0 { full.mul_f64(scale * (0.1 + 0.6 * (next() % 1000) as f64 / 1000.0)) } else { full * 2 };
+        let deadline = if attempt % 2 == 0 {
+            full.mul_f64(scale * (0.1 + 0.6 * (next() % 1000) as f64 / 1000.0))
+        } else {
+            full * 2
+        };
         let mut exited = None;
         loop {
             if let Some(st) = child.try_wait().unwrap() {

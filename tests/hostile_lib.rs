@@ -46,17 +46,40 @@ fn csv_dataset_matrix() {
         ("empty.csv", vec![], vec!["empty file"]),
         ("header_only.csv", format!("{header}\n").into_bytes(), vec!["no data rows"]),
         ("missing_column.csv", format!("{header}\n{}\n", drop_last_col(&row)).into_bytes(), vec![":2:", "columns"]),
-        ("missing_header_column.csv", format!("{}\n{row}\n", drop_last_col(&header)).into_bytes(), vec![":1:", "header"]),
+        (
+            "missing_header_column.csv",
+            format!("{}\n{row}\n", drop_last_col(&header)).into_bytes(),
+            vec![":1:", "header"],
+        ),
         ("extra_column.csv", format!("{header}\n{row}\n{row},7\n").into_bytes(), vec![":3:", "columns"]),
         ("extra_header_column.csv", format!("{header},comment\n{row}\n").into_bytes(), vec![":1:", "header"]),
-        ("non_numeric.csv", format!("{header}\n{}\n", row.replacen(",12,", ",twelve,", 1)).into_bytes(), vec![":2:", "not a number", "original_0_x"]),
-        ("nan.csv", format!("{header}\n{}\n", row.replacen(",10,", ",NaN,", 1)).into_bytes(), vec![":2:", "original_0_y"]),
+        (
+            "non_numeric.csv",
+            format!("{header}\n{}\n", row.replacen(",12,", ",twelve,", 1)).into_bytes(),
+            vec![":2:", "not a number", "original_0_x"],
+        ),
+        (
+            "nan.csv",
+            format!("{header}\n{}\n", row.replacen(",10,", ",NaN,", 1)).into_bytes(),
+            vec![":2:", "original_0_y"],
+        ),
         ("inf.csv", format!("{header}\n{}\n", row.replacen(",0.2,", ",inf,", 1)).into_bytes(), vec![":2:", "scale"]),
-        ("zero_scale.csv", format!("{header}\n{}\n", row.replacen(",0.2,", ",0,", 1)).into_bytes(), vec![":2:", "scale"]),
-        ("empty_path.csv", format!("{header}\n{}\n", row.replacen("a.png", " ", 1)).into_bytes(), vec![":2:", "image path"]),
+        (
+            "zero_scale.csv",
+            format!("{header}\n{}\n", row.replacen(",0.2,", ",0,", 1)).into_bytes(),
+            vec![":2:", "scale"],
+        ),
+        (
+            "empty_path.csv",
+            format!("{header}\n{}\n", row.replacen("a.png", " ", 1)).into_bytes(),
+            vec![":2:", "image path"],
+        ),
         ("not_utf8.csv", [header.as_bytes(), b"\n\xff\xfe,1\n"].concat(), vec!["UTF-8"]),
-        ("unterminated_quote.csv", format!("{header}\n\"a.png,{}\n", row.split_once(',').unwrap().1).into_bytes(), vec![":2:", "unterminated"]),
-        
+        (
+            "unterminated_quote.csv",
+            format!("{header}\n\"a.png,{}\n", row.split_once(',').unwrap().1).into_bytes(),
+            vec![":2:", "unterminated"],
+        ),
     ];
     for (name, bytes, needles) in cases {
         let f = dir.join(name);
@@ -117,17 +140,21 @@ fn image_matrix_through_dataset() {
         ("tall.png", png_claiming(1, 1 << 30), vec!["larger than supported"]),
         ("huge.jpg", jpeg_claiming(65_000, 65_000), vec![]),
         ("zero.png", png_claiming(0, 10), vec![]),
-        ("huge.bmp", {
-            let mut v = b"BM".to_vec();
-            v.extend_from_slice(&[0; 8]);
-            v.extend_from_slice(&54u32.to_le_bytes());
-            v.extend_from_slice(&40u32.to_le_bytes());
-            v.extend_from_slice(&60000i32.to_le_bytes());
-            v.extend_from_slice(&60000i32.to_le_bytes());
-            v.extend_from_slice(&[1, 0, 24, 0]);
-            v.extend_from_slice(&[0; 24]);
-            v
-        }, vec![]),
+        (
+            "huge.bmp",
+            {
+                let mut v = b"BM".to_vec();
+                v.extend_from_slice(&[0; 8]);
+                v.extend_from_slice(&54u32.to_le_bytes());
+                v.extend_from_slice(&40u32.to_le_bytes());
+                v.extend_from_slice(&60000i32.to_le_bytes());
+                v.extend_from_slice(&60000i32.to_le_bytes());
+                v.extend_from_slice(&[1, 0, 24, 0]);
+                v.extend_from_slice(&[0; 24]);
+                v
+            },
+            vec![],
+        ),
         ("huge.ppm", b"P6\n99999999 99999999\n255\n\x00".to_vec(), vec!["larger than supported"]),
     ];
     let header = csv_header(TINY_JOINTS);
@@ -194,7 +221,11 @@ fn cofw_mat_matrix() {
 // ---- weights against the model ---------------------------------------------------------------
 
 fn tiny_model() -> hrk::model::HrNet {
-    let cfg = hrk::config::Config::from_yaml_str(include_str!("../experiments/synthetic/synthetic_hrnet_tiny.yaml"), "tiny.yaml").unwrap();
+    let cfg = hrk::config::Config::from_yaml_str(
+        include_str!("../experiments/synthetic/synthetic_hrnet_tiny.yaml"),
+        "tiny.yaml",
+    )
+    .unwrap();
     hrk::cli::common::model(&cfg, 0).unwrap()
 }
 
@@ -203,7 +234,10 @@ fn model_entries(net: &hrk::model::HrNet) -> Vec<(String, hrk::host::HostTensor)
 }
 
 fn to_f32_entries(entries: &[(String, hrk::host::HostTensor)]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    entries.iter().map(|(n, t)| (n.clone(), t.shape.clone(), t.to_f64_vec().iter().map(|&v| v as f32).collect())).collect()
+    entries
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape.clone(), t.to_f64_vec().iter().map(|&v| v as f32).collect()))
+        .collect()
 }
 
 fn convert(dir: &Path, name: &str, pth: &[u8]) -> (PathBuf, std::process::Output) {
@@ -218,7 +252,8 @@ fn convert(dir: &Path, name: &str, pth: &[u8]) -> (PathBuf, std::process::Output
 fn weights_vs_model_matrix() {
     let dir = scratch("hostile-lib-weights");
     let mut net = tiny_model();
-    let entries: Vec<_> = model_entries(&net).into_iter().filter(|(n, _)| !n.ends_with("num_batches_tracked")).collect();
+    let entries: Vec<_> =
+        model_entries(&net).into_iter().filter(|(n, _)| !n.ends_with("num_batches_tracked")).collect();
     let floats = to_f32_entries(&entries);
     // Positive control: the model's own weights, as a .pth, convert and load.
     let (ok, out) = convert(&dir, "ok", &state_dict_to_pth(&floats));
@@ -277,7 +312,11 @@ fn weights_vs_model_matrix() {
     let msg = err_text(hrk::cli::common::load_weights(&mut net, &f), "ints");
     assert_one_line(&msg, &[s(&f), &format!("`{}`", ints[0].0), "int64"]);
     let f = dir.join("bad_header.safetensors");
-    std::fs::write(&f, safetensors_raw(r#"{"conv1.weight":{"dtype":"F32","shape":[1,2],"data_offsets":[0,4]}}"#, &[0; 4])).unwrap();
+    std::fs::write(
+        &f,
+        safetensors_raw(r#"{"conv1.weight":{"dtype":"F32","shape":[1,2],"data_offsets":[0,4]}}"#, &[0; 4]),
+    )
+    .unwrap();
     assert_one_line(&err_text(hrk::cli::common::load_weights(&mut net, &f), "hdr"), &[s(&f), "conv1.weight"]);
     // The model still holds the last good weights' values after all the failures? Not
     // promised; but loading the good file again must work.

@@ -17,8 +17,6 @@ use hrk::rng::Rng;
 #[global_allocator]
 static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 
-
-
 /// Pickle opcode bytes: writing one at a random place hits the VM's dispatch.
 const PICKLE_OPCODES: &[u8] = b"().0124NJKMX\x8c\x8a\x85\x86\x87]}aesuqrhjcRbQ\x93\x94\x95t";
 
@@ -27,13 +25,8 @@ fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn corpus(kind: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/corpus")
-        .join(kind);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(kind);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     let seeds: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
     assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
@@ -42,7 +35,11 @@ fn corpus(kind: &str) -> Vec<Vec<u8>> {
 
 /// Runs `target` on the seeds, then on mutants until the time budget ends; returns executions.
 fn run_fuzz(name: &str, seeds: &[Vec<u8>], mut target: impl FnMut(&[u8])) -> u64 {
-    let limits = FuzzLimits { budget: Duration::from_secs_f64(common::fuzz_secs(3.0)), slow: None, seed: common::fuzz_seed(0x5eed_1234_abcd_0001) };
+    let limits = FuzzLimits {
+        budget: Duration::from_secs_f64(common::fuzz_secs(3.0)),
+        slow: None,
+        seed: common::fuzz_seed(0x5eed_1234_abcd_0001),
+    };
     common::fuzz::fuzz(name, seeds, &limits, mutate, |b| {
         target(b);
         true
@@ -81,23 +78,13 @@ fn fuzz_zip_pickle() {
         archives.push(entries);
     }
     let execs = run_fuzz("zip-pickle", &pickles, |pkl| {
-        for entries in archives
-            .iter()
-            .take(1)
-            .chain(archives.iter().skip(pkl.len() % archives.len()).take(1))
-        {
+        for entries in archives.iter().take(1).chain(archives.iter().skip(pkl.len() % archives.len()).take(1)) {
             let mut out = Cursor::new(Vec::new());
             let mut w = zip::ZipWriter::new(&mut out);
-            let opts = zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Stored);
+            let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
             for (name, data) in entries {
                 w.start_file(name.as_str(), opts).unwrap();
-                w.write_all(if name.ends_with("/data.pkl") {
-                    pkl
-                } else {
-                    data
-                })
-                .unwrap();
+                w.write_all(if name.ends_with("/data.pkl") { pkl } else { data }).unwrap();
             }
             w.finish().unwrap();
             let _ = hrk::io::state_dict_from_bytes(out.get_ref());
@@ -120,8 +107,7 @@ fn fuzz_safetensors_loader() {
 fn corpus_seeds_are_valid() {
     for kind in ["pth", "safetensors"] {
         for (i, s) in corpus(kind).iter().enumerate() {
-            let sd = hrk::io::state_dict_from_bytes(s)
-                .unwrap_or_else(|e| panic!("{kind} seed {i}: {e}"));
+            let sd = hrk::io::state_dict_from_bytes(s).unwrap_or_else(|e| panic!("{kind} seed {i}: {e}"));
             assert!(!sd.is_empty());
         }
     }

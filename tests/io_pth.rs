@@ -12,12 +12,7 @@ mod common;
 use common::{scratch, Scratch};
 
 fn python3_ok() -> bool {
-    Command::new("python3")
-        .arg("-c")
-        .arg("pass")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    Command::new("python3").arg("-c").arg("pass").status().map(|s| s.success()).unwrap_or(false)
 }
 
 /// Runs the fixture generator; None (with a printed reason) if python3 is missing.
@@ -28,16 +23,8 @@ fn generate(tag: &str) -> Option<(Scratch, serde_json::Value)> {
     }
     let dir = scratch(&format!("io-{tag}"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/make_pth.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "generator failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("python3").arg(&script).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "generator failed: {}", String::from_utf8_lossy(&out.stderr));
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     Some((dir, manifest))
@@ -130,8 +117,7 @@ fn evil_pickle(cmd: &str) -> Vec<u8> {
 fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
     let f = std::fs::File::create(path).unwrap();
     let mut z = zip::ZipWriter::new(f);
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, data) in entries {
         z.start_file(*name, opts).unwrap();
         z.write_all(data).unwrap();
@@ -147,14 +133,9 @@ fn legacy_header() -> Vec<u8> {
 }
 
 fn err_of(path: &Path) -> String {
-    let e = load_state_dict(path)
-        .expect_err("must be refused")
-        .to_string();
+    let e = load_state_dict(path).expect_err("must be refused").to_string();
     assert!(!e.contains('\n'), "error is not one line: {e}");
-    assert!(
-        e.contains(&path.display().to_string()),
-        "error does not name the file: {e}"
-    );
+    assert!(e.contains(&path.display().to_string()), "error does not name the file: {e}");
     e
 }
 
@@ -189,12 +170,7 @@ fn broken_files_give_one_line_errors() {
         return;
     };
     let case_file = |name: &str| {
-        let c = manifest["cases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap();
+        let c = manifest["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap();
         std::fs::read(c["file"].as_str().unwrap()).unwrap()
     };
     let write = |name: &str, bytes: &[u8]| {
@@ -211,10 +187,7 @@ fn broken_files_give_one_line_errors() {
     let e = err_of(&write("trunc_legacy_pickle.pth", &legacy[..200]));
     assert!(e.contains("truncated"), "{e}");
     // Not a zip / unknown format.
-    assert!(
-        err_of(&write("text.pth", b"hello, this is not a checkpoint"))
-            .contains("unknown weights format")
-    );
+    assert!(err_of(&write("text.pth", b"hello, this is not a checkpoint")).contains("unknown weights format"));
     // Legacy with a wrong magic number.
     let mut wrong = legacy.clone();
     wrong[6] ^= 0x55;
@@ -231,35 +204,20 @@ fn broken_files_give_one_line_errors() {
         v
     };
     let p = dir.join("absurd.pth");
-    write_zip(
-        &p,
-        &[
-            ("archive/data.pkl", &pkl(1 << 60)),
-            ("archive/data/0", &[0u8; 8]),
-        ],
-    );
+    write_zip(&p, &[("archive/data.pkl", &pkl(1 << 60)), ("archive/data/0", &[0u8; 8])]);
     let e = err_of(&p);
     assert!(e.contains("archive/data/0"), "{e}");
     let p = dir.join("missing_storage.pth");
     write_zip(&p, &[("archive/data.pkl", &pkl(2))]);
     assert!(err_of(&p).contains("missing"));
     let p = dir.join("ok_storage.pth");
-    write_zip(
-        &p,
-        &[
-            ("archive/data.pkl", &pkl(2)),
-            ("archive/data/0", &[0, 0, 128, 63, 0, 0, 0, 64]),
-        ],
-    );
+    write_zip(&p, &[("archive/data.pkl", &pkl(2)), ("archive/data/0", &[0, 0, 128, 63, 0, 0, 0, 64])]);
     let sd = load_state_dict(&p).unwrap();
     assert_eq!(sd[0].0, "w");
     assert_eq!(sd[0].1.data, HostData::F32(vec![1.0, 2.0]));
     // View past the end of its storage.
     let p = dir.join("view_oob.pth");
-    write_zip(
-        &p,
-        &[("archive/data.pkl", &pkl(1)), ("archive/data/0", &[0u8; 4])],
-    );
+    write_zip(&p, &[("archive/data.pkl", &pkl(1)), ("archive/data/0", &[0u8; 4])]);
     assert!(err_of(&p).contains("reaches element"));
     // Deep nesting: a million nested tuples must be refused, not overflow the stack.
     let mut deep = b"\x80\x02".to_vec();
@@ -283,10 +241,7 @@ fn broken_files_give_one_line_errors() {
     let p = dir.join("module_obj.pth");
     write_zip(
         &p,
-        &[(
-            "archive/data.pkl",
-            b"\x80\x02}X\x0a\x00\x00\x00state_dictclib.models.hrnet\nHighResolutionNet\n)\x81s.",
-        )],
+        &[("archive/data.pkl", b"\x80\x02}X\x0a\x00\x00\x00state_dictclib.models.hrnet\nHighResolutionNet\n)\x81s.")],
     );
     let e = err_of(&p);
     assert!(e.contains("lib.models.hrnet.HighResolutionNet"), "{e}");
@@ -323,25 +278,15 @@ torch.save({'state_dict': {'module.' + k: v for k, v in sd.items()}}, d + '/lega
 exp = {k: dict(shape=list(v.shape), values=v.double().flatten().tolist()) for k, v in sd.items()}
 json.dump(exp, open(d + '/exp.json', 'w'))
 "#;
-    let st = Command::new("python3")
-        .args(["-c", script])
-        .arg(dir.path())
-        .status()
-        .unwrap();
+    let st = Command::new("python3").args(["-c", script]).arg(dir.path()).status().unwrap();
     assert!(st.success());
-    let exp: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("exp.json")).unwrap()).unwrap();
+    let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("exp.json")).unwrap()).unwrap();
     for f in ["zip.pth", "legacy.pth"] {
         let sd = load_state_dict(&dir.join(f)).unwrap();
         assert_eq!(sd.len(), 6);
         for (k, t) in &sd {
             let e = &exp[k.as_str()];
-            let vals: Vec<f64> = e["values"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
+            let vals: Vec<f64> = e["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             assert_eq!(t.to_f64_vec(), vals, "{f}/{k}");
         }
     }

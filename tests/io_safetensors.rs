@@ -24,11 +24,7 @@ fn file_bytes(header: &str, data: &[u8]) -> Vec<u8> {
 #[test]
 fn parity_files_load_in_header_order_with_metadata() {
     let Some(shared) = shared_dir() else { return };
-    for name in [
-        "weights.safetensors",
-        "inputs.safetensors",
-        "expected.safetensors",
-    ] {
+    for name in ["weights.safetensors", "inputs.safetensors", "expected.safetensors"] {
         let path = shared.join("parity/tiny").join(name);
         let bytes = std::fs::read(&path).unwrap();
         let st = load_safetensors(&path).unwrap();
@@ -50,33 +46,22 @@ fn parity_files_load_in_header_order_with_metadata() {
             assert_eq!(t.shape, shape);
             match (e["dtype"].as_str().unwrap(), &t.data) {
                 ("F32", HostData::F32(v)) => {
-                    let w: Vec<f32> = bytes[begin..end]
-                        .chunks(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                        .collect();
+                    let w: Vec<f32> =
+                        bytes[begin..end].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
                     assert_eq!(
                         v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                         w.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
                     );
                 }
                 ("I64", HostData::I64(v)) => {
-                    let w: Vec<i64> = bytes[begin..end]
-                        .chunks(8)
-                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                        .collect();
+                    let w: Vec<i64> =
+                        bytes[begin..end].chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
                     assert_eq!(v, &w);
                 }
                 (d, _) => panic!("{name}/{k}: unexpected dtype {d}"),
             }
         }
-        assert_eq!(
-            st.tensors.len(),
-            json.as_object()
-                .unwrap()
-                .keys()
-                .filter(|k| *k != "__metadata__")
-                .count()
-        );
+        assert_eq!(st.tensors.len(), json.as_object().unwrap().keys().filter(|k| *k != "__metadata__").count());
         if let Some(meta) = json.get("__metadata__") {
             assert_eq!(st.metadata.len(), meta.as_object().unwrap().len());
             for (k, v) in &st.metadata {
@@ -96,31 +81,13 @@ fn parity_files_load_in_header_order_with_metadata() {
 fn writer_keeps_order_metadata_and_dtypes_and_is_atomic() {
     let dir = scratch("io-st-write");
     let tensors = vec![
-        (
-            "zeta".to_string(),
-            HostTensor::f32(vec![2, 2], vec![1.0, -2.5, f32::MIN_POSITIVE, 3.0e38]),
-        ),
-        (
-            "alpha.num_batches_tracked".to_string(),
-            HostTensor::i64(vec![], vec![i64::MIN + 1]),
-        ),
-        (
-            "mid".to_string(),
-            HostTensor {
-                shape: vec![3],
-                data: HostData::F64(vec![0.1, -1e-300, 7.0]),
-            },
-        ),
+        ("zeta".to_string(), HostTensor::f32(vec![2, 2], vec![1.0, -2.5, f32::MIN_POSITIVE, 3.0e38])),
+        ("alpha.num_batches_tracked".to_string(), HostTensor::i64(vec![], vec![i64::MIN + 1])),
+        ("mid".to_string(), HostTensor { shape: vec![3], data: HostData::F64(vec![0.1, -1e-300, 7.0]) }),
         ("empty".to_string(), HostTensor::f32(vec![0, 5], vec![])),
-        (
-            "quote\"d ünï".to_string(),
-            HostTensor::f32(vec![1], vec![4.0]),
-        ),
+        ("quote\"d ünï".to_string(), HostTensor::f32(vec![1], vec![4.0])),
     ];
-    let meta = vec![
-        ("z".to_string(), "last?".to_string()),
-        ("a".to_string(), "\"quoted\"\n".to_string()),
-    ];
+    let meta = vec![("z".to_string(), "last?".to_string()), ("a".to_string(), "\"quoted\"\n".to_string())];
     let path = dir.join("out.safetensors");
     std::fs::write(&path, b"old contents").unwrap();
     save_safetensors(&path, &tensors, &meta).unwrap();
@@ -130,23 +97,10 @@ fn writer_keeps_order_metadata_and_dtypes_and_is_atomic() {
     let bytes = std::fs::read(&path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
     assert_eq!((8 + n) % 8, 0, "data section aligned");
-    let leftovers: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        leftovers.len(),
-        1,
-        "temporary file left behind: {leftovers:?}"
-    );
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "temporary file left behind: {leftovers:?}");
     // Inconsistent tensors are refused, naming them; the old file stays.
-    let bad = vec![(
-        "bad".to_string(),
-        HostTensor {
-            shape: vec![3],
-            data: HostData::F32(vec![1.0]),
-        },
-    )];
+    let bad = vec![("bad".to_string(), HostTensor { shape: vec![3], data: HostData::F32(vec![1.0]) })];
     let e = save_safetensors(&path, &bad, &[]).unwrap_err().to_string();
     assert!(e.contains("'bad'"), "{e}");
     assert_eq!(load_safetensors(&path).unwrap().tensors, tensors);
@@ -166,10 +120,7 @@ fn half_precision_converts_to_f32() {
     let header = r#"{"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},"b":{"dtype":"BF16","shape":[2,1],"data_offsets":[4,8]},"i":{"dtype":"I32","shape":[],"data_offsets":[8,12]}}"#;
     let st = read_safetensors_bytes(&file_bytes(header, &data)).unwrap();
     assert_eq!(st.tensors[0].1, HostTensor::f32(vec![2], vec![1.5, -2.0]));
-    assert_eq!(
-        st.tensors[1].1,
-        HostTensor::f32(vec![2, 1], vec![1.5, -0.0078125])
-    );
+    assert_eq!(st.tensors[1].1, HostTensor::f32(vec![2, 1], vec![1.5, -0.0078125]));
     assert_eq!(st.tensors[2].1, HostTensor::i64(vec![], vec![-7]));
 }
 
@@ -178,17 +129,9 @@ fn module_prefix_is_stripped_and_collisions_refused() {
     let dir = scratch("io-st-prefix");
     let p = dir.join("m.safetensors");
     let t = HostTensor::f32(vec![1], vec![1.0]);
-    save_safetensors(
-        &p,
-        &[("module.a".into(), t.clone()), ("b".into(), t.clone())],
-        &[],
-    )
-    .unwrap();
+    save_safetensors(&p, &[("module.a".into(), t.clone()), ("b".into(), t.clone())], &[]).unwrap();
     let sd = load_state_dict(&p).unwrap();
-    assert_eq!(
-        sd.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
-        ["a", "b"]
-    );
+    assert_eq!(sd.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a", "b"]);
     save_safetensors(&p, &[("module.a".into(), t.clone()), ("a".into(), t)], &[]).unwrap();
     let e = load_state_dict(&p).unwrap_err().to_string();
     assert!(e.contains("'a'") && e.contains("twice"), "{e}");
@@ -197,15 +140,9 @@ fn module_prefix_is_stripped_and_collisions_refused() {
 fn refused(dir: &Path, name: &str, bytes: &[u8], needle: &str) {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
-    for e in [
-        load_safetensors(&p).unwrap_err().to_string(),
-        load_state_dict(&p).unwrap_err().to_string(),
-    ] {
+    for e in [load_safetensors(&p).unwrap_err().to_string(), load_state_dict(&p).unwrap_err().to_string()] {
         assert!(!e.contains('\n'), "{name}: multi-line error {e}");
-        assert!(
-            e.contains(&p.display().to_string()),
-            "{name}: file not named in {e}"
-        );
+        assert!(e.contains(&p.display().to_string()), "{name}: file not named in {e}");
         assert!(e.contains(needle), "{name}: expected {needle:?} in {e}");
     }
 }
@@ -224,60 +161,34 @@ fn malformed_files_are_refused() {
     b[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
     let p = dir.join("huge.st");
     std::fs::write(&p, &b).unwrap();
-    assert!(load_safetensors(&p)
-        .unwrap_err()
-        .to_string()
-        .contains("limit"));
+    assert!(load_safetensors(&p).unwrap_err().to_string().contains("limit"));
     let p = dir.join("short.st");
     std::fs::write(&p, &file_bytes(good, &d8)[..6]).unwrap();
-    assert!(load_safetensors(&p)
-        .unwrap_err()
-        .to_string()
-        .contains("shorter"));
-    assert!(load_state_dict(&p)
-        .unwrap_err()
-        .to_string()
-        .contains("unknown weights format"));
-    refused(
-        &dir,
-        "json.st",
-        &file_bytes(r#"{"a":{"dtype":"F32","#, &d8),
-        "JSON",
-    );
+    assert!(load_safetensors(&p).unwrap_err().to_string().contains("shorter"));
+    assert!(load_state_dict(&p).unwrap_err().to_string().contains("unknown weights format"));
+    refused(&dir, "json.st", &file_bytes(r#"{"a":{"dtype":"F32","#, &d8), "JSON");
     refused(
         &dir,
         "dtype.st",
-        &file_bytes(
-            r#"{"w1":{"dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8]}}"#,
-            &d8,
-        ),
+        &file_bytes(r#"{"w1":{"dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8]}}"#, &d8),
         "tensor 'w1': unsupported dtype F8_E4M3",
     );
     refused(
         &dir,
         "range.st",
-        &file_bytes(
-            r#"{"w2":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
-            &d8,
-        ),
+        &file_bytes(r#"{"w2":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &d8),
         "tensor 'w2'",
     );
     refused(
         &dir,
         "size.st",
-        &file_bytes(
-            r#"{"w3":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
-            &d8,
-        ),
+        &file_bytes(r#"{"w3":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &d8),
         "tensor 'w3'",
     );
     refused(
         &dir,
         "rev.st",
-        &file_bytes(
-            r#"{"w4":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}"#,
-            &d8,
-        ),
+        &file_bytes(r#"{"w4":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}"#, &d8),
         "tensor 'w4'",
     );
     refused(
@@ -292,19 +203,13 @@ fn malformed_files_are_refused() {
     refused(
         &dir,
         "overflow.st",
-        &file_bytes(
-            r#"{"w5":{"dtype":"F64","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#,
-            &d8,
-        ),
+        &file_bytes(r#"{"w5":{"dtype":"F64","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#, &d8),
         "tensor 'w5'",
     );
     refused(
         &dir,
         "neg.st",
-        &file_bytes(
-            r#"{"w6":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#,
-            &d8,
-        ),
+        &file_bytes(r#"{"w6":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#, &d8),
         "tensor 'w6'",
     );
     refused(
@@ -316,28 +221,12 @@ fn malformed_files_are_refused() {
         ),
         "'w7'",
     );
-    refused(
-        &dir,
-        "meta.st",
-        &file_bytes(r#"{"__metadata__":{"k":3}}"#, &[]),
-        "'k'",
-    );
-    refused(
-        &dir,
-        "notobj.st",
-        &file_bytes(r#"{"w8":[1,2]}"#, &[]),
-        "tensor 'w8'",
-    );
+    refused(&dir, "meta.st", &file_bytes(r#"{"__metadata__":{"k":3}}"#, &[]), "'k'");
+    refused(&dir, "notobj.st", &file_bytes(r#"{"w8":[1,2]}"#, &[]), "tensor 'w8'");
     let p = dir.join("brace.st");
     std::fs::write(&p, file_bytes(r#"[{"a":1}]"#, &[])).unwrap();
-    assert!(load_safetensors(&p)
-        .unwrap_err()
-        .to_string()
-        .contains("does not start with"));
-    assert!(load_state_dict(&p)
-        .unwrap_err()
-        .to_string()
-        .contains("unknown weights format"));
+    assert!(load_safetensors(&p).unwrap_err().to_string().contains("does not start with"));
+    assert!(load_state_dict(&p).unwrap_err().to_string().contains("unknown weights format"));
 }
 
 #[test]

@@ -18,7 +18,9 @@ use common::{scratch, Scratch};
 /// The python named by HRK_TORCH_PYTHON if it can import torch.
 fn torch_python() -> Option<PathBuf> {
     let Some(py) = common::torch_python() else {
-        eprintln!("skipped: HRK_TORCH_PYTHON is not set (point it at a python with torch to test real torch.save files)");
+        eprintln!(
+            "skipped: HRK_TORCH_PYTHON is not set (point it at a python with torch to test real torch.save files)"
+        );
         return None;
     };
     let ok = Command::new(&py).args(["-c", "import torch"]).status().map(|s| s.success()).unwrap_or(false);
@@ -116,7 +118,8 @@ fn real_torch_save_files_load_identically() {
         hrk::cli::common::load_weights(&mut net, &path).unwrap_or_else(|e| panic!("{e:#}"));
         assert_same(&net.store.state_dict(), &sd, &format!("{f} in the model"));
     }
-    let want16: Vec<(String, HostTensor)> = hrk::io::load_safetensors(&dir.join("f16_expected.safetensors")).unwrap().tensors;
+    let want16: Vec<(String, HostTensor)> =
+        hrk::io::load_safetensors(&dir.join("f16_expected.safetensors")).unwrap().tensors;
     // The f16 values really are rounded (the check would be vacuous otherwise).
     let differs = want16.iter().zip(&sd).any(|((_, a), (_, b))| a.data != b.data);
     assert!(differs, "float16 rounding changed nothing");
@@ -148,7 +151,9 @@ fn convert_real_torch_pth_then_load_into_model() {
         // Same forward as the model the file was written from.
         let mut reference = HrNet::new(&small_spec(19), 0).unwrap();
         reference.store.load(&sd, true, "reference").unwrap();
-        let x = hrk::Tensor::from_f32(&[1, 3, 64, 64], (0..3 * 64 * 64).map(|i| ((i % 29) as f32 - 14.0) / 7.0).collect()).unwrap();
+        let x =
+            hrk::Tensor::from_f32(&[1, 3, 64, 64], (0..3 * 64 * 64).map(|i| ((i % 29) as f32 - 14.0) / 7.0).collect())
+                .unwrap();
         let a = hrk::no_grad(|| net.forward(&x, false)).unwrap().to_f64_vec();
         let b = hrk::no_grad(|| reference.forward(&x, false)).unwrap().to_f64_vec();
         assert_eq!(a, b, "{f}");

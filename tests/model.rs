@@ -13,7 +13,9 @@ fn w18_state_dict_matches_the_official_layout() {
     assert_eq!(sd.len(), 1839, "state_dict entries");
     assert_eq!(net.store.num_params(), 9_662_528, "parameters");
     assert_eq!(net.store.params().len(), 921, "parameter tensors");
-    let shape = |k: &str| sd.iter().find(|(n, _)| n == k).map(|(_, h)| h.shape.clone()).unwrap_or_else(|| panic!("missing {k}"));
+    let shape = |k: &str| {
+        sd.iter().find(|(n, _)| n == k).map(|(_, h)| h.shape.clone()).unwrap_or_else(|| panic!("missing {k}"))
+    };
     assert_eq!(shape("stage4.2.fuse_layers.3.0.2.0.weight"), vec![144, 18, 3, 3]);
     assert_eq!(shape("transition1.1.0.0.weight"), vec![36, 256, 3, 3]);
     assert_eq!(shape("transition2.2.0.0.weight"), vec![72, 36, 3, 3]);

@@ -97,7 +97,14 @@ mp.write_zip(zip_out, sd)
 mp.write_legacy(legacy_out, sd)
 "#;
     let gen_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common");
-    let out = Command::new("python3").args(["-c", script]).arg(&gen_dir).arg(src).arg(zip_out).arg(legacy_out).output().unwrap();
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&gen_dir)
+        .arg(src)
+        .arg(zip_out)
+        .arg(legacy_out)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "pth writer failed: {}", String::from_utf8_lossy(&out.stderr));
     Some(())
 }
@@ -165,7 +172,8 @@ fn module_prefix_and_missing_counters_still_load() {
     // Older torch omits num_batches_tracked; DataParallel saves add `module.`.
     let spec = small_spec(5);
     let (backbone, _) = fake_imagenet(&spec);
-    let floats: Vec<(String, HostTensor)> = backbone.iter().filter(|(_, t)| !matches!(t.data, HostData::I64(_))).cloned().collect();
+    let floats: Vec<(String, HostTensor)> =
+        backbone.iter().filter(|(_, t)| !matches!(t.data, HostData::I64(_))).cloned().collect();
     let prefixed: Vec<(String, HostTensor)> = floats.iter().map(|(k, t)| (format!("module.{k}"), t.clone())).collect();
     let dir = scratch("pretrained-prefix");
     let p = dir.join("prefixed.safetensors");

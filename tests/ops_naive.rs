@@ -16,7 +16,16 @@ fn max_rel(a: &[f64], b: &[f64]) -> f64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn naive_conv(x: &[f64], [n, c, h, w]: [usize; 4], wt: &[f64], co: usize, k: usize, s: usize, p: usize, b: Option<&[f64]>) -> Vec<f64> {
+fn naive_conv(
+    x: &[f64],
+    [n, c, h, w]: [usize; 4],
+    wt: &[f64],
+    co: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    b: Option<&[f64]>,
+) -> Vec<f64> {
     let ho = (h + 2 * p - k) / s + 1;
     let wo = (w + 2 * p - k) / s + 1;
     let mut y = vec![0.0; n * co * ho * wo];
@@ -31,7 +40,8 @@ fn naive_conv(x: &[f64], [n, c, h, w]: [usize; 4], wt: &[f64], co: usize, k: usi
                                 let iy = (oy * s + i) as isize - p as isize;
                                 let ix = (ox * s + j) as isize - p as isize;
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                    acc += x[((bn * c + ci) * h + iy as usize) * w + ix as usize] * wt[((o * c + ci) * k + i) * k + j];
+                                    acc += x[((bn * c + ci) * h + iy as usize) * w + ix as usize]
+                                        * wt[((o * c + ci) * k + i) * k + j];
                                 }
                             }
                         }
@@ -47,7 +57,13 @@ fn naive_conv(x: &[f64], [n, c, h, w]: [usize; 4], wt: &[f64], co: usize, k: usi
 #[test]
 fn conv2d_matches_direct_loops() {
     let mut rng = Rng::new(11);
-    for (n, c, h, w, co, k, s, p) in [(2, 3, 9, 7, 5, 3, 1, 1), (1, 4, 8, 9, 3, 3, 2, 1), (3, 6, 5, 5, 7, 1, 1, 0), (1, 2, 7, 7, 2, 1, 2, 0), (2, 18, 13, 11, 18, 3, 1, 1)] {
+    for (n, c, h, w, co, k, s, p) in [
+        (2, 3, 9, 7, 5, 3, 1, 1),
+        (1, 4, 8, 9, 3, 3, 2, 1),
+        (3, 6, 5, 5, 7, 1, 1, 0),
+        (1, 2, 7, 7, 2, 1, 2, 0),
+        (2, 18, 13, 11, 18, 3, 1, 1),
+    ] {
         let x = randv(&mut rng, n * c * h * w);
         let wt = randv(&mut rng, co * c * k * k);
         let b = randv(&mut rng, co);
@@ -86,10 +102,15 @@ fn batch_norm_matches_direct_formula() {
     let rv0: Vec<f64> = (0..c).map(|_| rng.range(0.5, 2.0)).collect();
     let t = |v: &Vec<f64>, s: &[usize]| Tensor::from_f64(s, v.clone()).unwrap();
     let (mut rm, mut rv) = (t(&rm0, &[c]), t(&rv0, &[c]));
-    let y = batch_norm_train(&t(&x, &[n, c, h, w]), &t(&g, &[c]), &t(&b, &[c]), &mut rm, &mut rv, 0.1, 1e-5).unwrap().to_f64_vec();
+    let y = batch_norm_train(&t(&x, &[n, c, h, w]), &t(&g, &[c]), &t(&b, &[c]), &mut rm, &mut rv, 0.1, 1e-5)
+        .unwrap()
+        .to_f64_vec();
     let m = (n * h * w) as f64;
     for ch in 0..c {
-        let vals: Vec<(usize, f64)> = (0..n).flat_map(|bn| (0..h * w).map(move |i| ((bn * c + ch) * h * w + i, 0.0))).map(|(i, _)| (i, x[i])).collect();
+        let vals: Vec<(usize, f64)> = (0..n)
+            .flat_map(|bn| (0..h * w).map(move |i| ((bn * c + ch) * h * w + i, 0.0)))
+            .map(|(i, _)| (i, x[i]))
+            .collect();
         let mean = vals.iter().map(|v| v.1).sum::<f64>() / m;
         let var = vals.iter().map(|v| (v.1 - mean).powi(2)).sum::<f64>() / m;
         for &(i, xv) in &vals {
@@ -100,7 +121,10 @@ fn batch_norm_matches_direct_formula() {
         let want_rv = 0.9 * rv0[ch] + 0.1 * var * m / (m - 1.0);
         assert!((rm.to_f64_vec()[ch] - want_rm).abs() < 1e-12);
         assert!((rv.to_f64_vec()[ch] - want_rv).abs() < 1e-12);
-        let ye = batch_norm_eval(&t(&x, &[n, c, h, w]), &t(&g, &[c]), &t(&b, &[c]), &t(&rm0, &[c]), &t(&rv0, &[c]), 1e-5).unwrap().to_f64_vec();
+        let ye =
+            batch_norm_eval(&t(&x, &[n, c, h, w]), &t(&g, &[c]), &t(&b, &[c]), &t(&rm0, &[c]), &t(&rv0, &[c]), 1e-5)
+                .unwrap()
+                .to_f64_vec();
         for &(i, xv) in &vals {
             let want = (xv - rm0[ch]) / (rv0[ch] + 1e-5).sqrt() * g[ch] + b[ch];
             assert!((ye[i] - want).abs() < 1e-12);
@@ -118,7 +142,8 @@ fn naive_bilinear(x: &[f64], h: usize, w: usize, ho: usize, wo: usize) -> Vec<f6
             let (y0, x0) = (sy.floor() as usize, sx.floor() as usize);
             let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
             let (ly, lx) = (sy - y0 as f64, sx - x0 as f64);
-            y[oy * wo + ox] = (1.0 - ly) * ((1.0 - lx) * x[y0 * w + x0] + lx * x[y0 * w + x1]) + ly * ((1.0 - lx) * x[y1 * w + x0] + lx * x[y1 * w + x1]);
+            y[oy * wo + ox] = (1.0 - ly) * ((1.0 - lx) * x[y0 * w + x0] + lx * x[y0 * w + x1])
+                + ly * ((1.0 - lx) * x[y1 * w + x0] + lx * x[y1 * w + x1]);
         }
     }
     y
@@ -129,7 +154,8 @@ fn bilinear_matches_direct_formula() {
     let mut rng = Rng::new(13);
     for (h, w, ho, wo) in [(4, 4, 8, 8), (5, 7, 8, 11), (3, 3, 7, 5), (1, 1, 3, 2), (7, 6, 3, 4), (8, 8, 64, 64)] {
         let x = randv(&mut rng, h * w);
-        let got = upsample_bilinear(&Tensor::from_f64(&[1, 1, h, w], x.clone()).unwrap(), [ho, wo]).unwrap().to_f64_vec();
+        let got =
+            upsample_bilinear(&Tensor::from_f64(&[1, 1, h, w], x.clone()).unwrap(), [ho, wo]).unwrap().to_f64_vec();
         let e = max_rel(&got, &naive_bilinear(&x, h, w, ho, wo));
         assert!(e < 1e-14, "bilinear {h}x{w}->{ho}x{wo}: {e:e}");
     }

@@ -24,7 +24,8 @@ fn case_dirs() -> Vec<PathBuf> {
         return list;
     }
     let Ok(rd) = std::fs::read_dir(common::shared_dir().join("parity")) else { return vec![] };
-    let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("meta.json").is_file()).collect();
+    let mut v: Vec<PathBuf> =
+        rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("meta.json").is_file()).collect();
     v.sort();
     v
 }
@@ -118,7 +119,8 @@ struct CaseResult {
 fn run_case(dir: &Path, dtype: DType) -> CaseResult {
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     let spec = case_spec(dir, &meta);
-    let weights: Vec<(String, HostTensor)> = hrk::io::safetensors::load_safetensors(&dir.join("weights.safetensors")).unwrap().tensors;
+    let weights: Vec<(String, HostTensor)> =
+        hrk::io::safetensors::load_safetensors(&dir.join("weights.safetensors")).unwrap().tensors;
     let inputs = load_st(&dir.join("inputs.safetensors"));
     let mut ck = Checker { expected: load_st(&dir.join("expected.safetensors")), groups: HashMap::new() };
 
@@ -140,14 +142,16 @@ fn run_case(dir: &Path, dtype: DType) -> CaseResult {
     let xg = x.detach().requires_grad();
     hrk::autograd::trace_start();
     let out = net.forward(&xg, true).unwrap();
-    let relu_outputs = hrk::autograd::trace_take().into_iter().filter(|(n, _)| n == "relu").map(|(_, t)| t.to_f64_vec()).collect();
+    let relu_outputs =
+        hrk::autograd::trace_take().into_iter().filter(|(n, _)| n == "relu").map(|(_, t)| t.to_f64_vec()).collect();
     ck.tensor("train_output", "train_output", &out);
     let loss = ops::mse_loss(&out, &target).unwrap();
     ck.cmp("loss", "loss", &[loss.item().unwrap()]);
     let grads = backward(&loss).unwrap();
     ck.cmp("grad_input", "grad_input", &grads.get(&xg).unwrap().to_f64_vec());
     let pnames: Vec<String> = net.store.param_names().iter().map(|s| s.to_string()).collect();
-    let grad_list: Vec<hrk::Storage> = net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
+    let grad_list: Vec<hrk::Storage> =
+        net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
     for (n, g) in pnames.iter().zip(&grad_list) {
         ck.cmp("grad", &format!("grad.{n}"), &g.to_f64_vec());
     }
@@ -182,7 +186,8 @@ fn run_case(dir: &Path, dtype: DType) -> CaseResult {
         let loss = ops::mse_loss(&out, &target).unwrap();
         losses.push(loss.item().unwrap());
         let grads = backward(&loss).unwrap();
-        let gl: Vec<hrk::Storage> = net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
+        let gl: Vec<hrk::Storage> =
+            net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
         adam.step(&mut net.store.params_mut(), &gl.iter().collect::<Vec<_>>()).unwrap();
     }
     ck.cmp("adam_losses", "adam_losses", &losses);
@@ -191,7 +196,12 @@ fn run_case(dir: &Path, dtype: DType) -> CaseResult {
     // 4. SGD from the initial weights with the step-2 gradients.
     let mut net = initial;
     let s = &meta["sgd"];
-    let mut sgd = Sgd::new(s["lr"].as_f64().unwrap(), s["momentum"].as_f64().unwrap(), s["weight_decay"].as_f64().unwrap(), s["nesterov"].as_bool().unwrap());
+    let mut sgd = Sgd::new(
+        s["lr"].as_f64().unwrap(),
+        s["momentum"].as_f64().unwrap(),
+        s["weight_decay"].as_f64().unwrap(),
+        s["nesterov"].as_bool().unwrap(),
+    );
     sgd.step(&mut net.store.params_mut(), &grad_list.iter().collect::<Vec<_>>()).unwrap();
     params(&net, &mut ck, "param_after_sgd");
 
@@ -218,7 +228,10 @@ fn relu_flips(a: &[Vec<f64>], b: &[Vec<f64>]) -> usize {
 
 /// Groups computed from the backward pass (directly or through optimizer steps).
 fn depends_on_backward(group: &str) -> bool {
-    group.starts_with("grad") || group.starts_with("param_after") || group.starts_with("adam") || group == "buffer_after_adam5"
+    group.starts_with("grad")
+        || group.starts_with("param_after")
+        || group.starts_with("adam")
+        || group == "buffer_after_adam5"
 }
 
 #[test]
@@ -305,5 +318,6 @@ fn w18_forward_time() {
 }
 
 fn rayon_threads() -> String {
-    std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_default())
+    std::env::var("RAYON_NUM_THREADS")
+        .unwrap_or_else(|_| std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_default())
 }

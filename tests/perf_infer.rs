@@ -1,8 +1,8 @@
 //! The fast inference path and the batch-parallel conv kernels against the reference graph.
 
 mod common;
-use common::{assert_close_scaled, TestValues};
 use common::model::randomize;
+use common::{assert_close_scaled, TestValues};
 
 use hrk::model::{HrNet, HrnetSpec, InferNet, Slot};
 use hrk::ops::conv2d;
@@ -75,7 +75,11 @@ fn eval_forward_heatmaps_uses_the_cached_cpu_engine() {
     let (shifted, _) = hrk::eval::forward_heatmaps(&mut net, x.to_f32_vec(), shape).unwrap();
     // Exactly +1 up to the rounding of values this large.
     let worst = shifted.iter().zip(&got).map(|(a, b)| (a - b - 1.0).abs()).fold(0.0f32, f32::max);
-    assert!(worst < 1e-6 * max_abs(&got) + 1e-5, "the change of {} did not reach the cached engine: {worst}", net.store.name(last));
+    assert!(
+        worst < 1e-6 * max_abs(&got) + 1e-5,
+        "the change of {} did not reach the cached engine: {worst}",
+        net.store.name(last)
+    );
 }
 
 /// The batch-parallel kernels (≥ 2 images, ≥ 2 threads) against the same conv one image at a time.

@@ -27,7 +27,8 @@ fn readme_names_only_declared_switches() {
     let text = readme();
     let mut unknown = Vec::new();
     for (i, _) in text.match_indices("HRK_") {
-        let name: String = text[i..].chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect();
+        let name: String =
+            text[i..].chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect();
         let known = ALL.iter().any(|s| s.name == name) || BUILD_AND_TEST.contains(&name.as_str());
         if !known && !unknown.contains(&name) {
             unknown.push(name);

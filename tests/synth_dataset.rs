@@ -9,21 +9,82 @@ use common::scratch;
 
 /// 300W pairs, 1-based as in the official code.
 const PAIRS_300W: [[usize; 2]; 29] = [
-    [1, 17], [2, 16], [3, 15], [4, 14], [5, 13], [6, 12], [7, 11], [8, 10],
-    [18, 27], [19, 26], [20, 25], [21, 24], [22, 23],
-    [32, 36], [33, 35],
-    [37, 46], [38, 45], [39, 44], [40, 43], [41, 48], [42, 47],
-    [49, 55], [50, 54], [51, 53], [62, 64], [61, 65], [68, 66], [59, 57], [60, 56],
+    [1, 17],
+    [2, 16],
+    [3, 15],
+    [4, 14],
+    [5, 13],
+    [6, 12],
+    [7, 11],
+    [8, 10],
+    [18, 27],
+    [19, 26],
+    [20, 25],
+    [21, 24],
+    [22, 23],
+    [32, 36],
+    [33, 35],
+    [37, 46],
+    [38, 45],
+    [39, 44],
+    [40, 43],
+    [41, 48],
+    [42, 47],
+    [49, 55],
+    [50, 54],
+    [51, 53],
+    [62, 64],
+    [61, 65],
+    [68, 66],
+    [59, 57],
+    [60, 56],
 ];
 /// WFLW pairs, 0-based as in the official code.
 const PAIRS_WFLW: [[usize; 2]; 44] = [
-    [0, 32], [1, 31], [2, 30], [3, 29], [4, 28], [5, 27], [6, 26], [7, 25], [8, 24], [9, 23], [10, 22],
-    [11, 21], [12, 20], [13, 19], [14, 18], [15, 17],
-    [33, 46], [34, 45], [35, 44], [36, 43], [37, 42], [38, 50], [39, 49], [40, 48], [41, 47],
-    [60, 72], [61, 71], [62, 70], [63, 69], [64, 68], [65, 75], [66, 74], [67, 73],
-    [55, 59], [56, 58],
-    [76, 82], [77, 81], [78, 80], [87, 83], [86, 84],
-    [88, 92], [89, 91], [95, 93], [96, 97],
+    [0, 32],
+    [1, 31],
+    [2, 30],
+    [3, 29],
+    [4, 28],
+    [5, 27],
+    [6, 26],
+    [7, 25],
+    [8, 24],
+    [9, 23],
+    [10, 22],
+    [11, 21],
+    [12, 20],
+    [13, 19],
+    [14, 18],
+    [15, 17],
+    [33, 46],
+    [34, 45],
+    [35, 44],
+    [36, 43],
+    [37, 42],
+    [38, 50],
+    [39, 49],
+    [40, 48],
+    [41, 47],
+    [60, 72],
+    [61, 71],
+    [62, 70],
+    [63, 69],
+    [64, 68],
+    [65, 75],
+    [66, 74],
+    [67, 73],
+    [55, 59],
+    [56, 58],
+    [76, 82],
+    [77, 81],
+    [78, 80],
+    [87, 83],
+    [86, 84],
+    [88, 92],
+    [89, 91],
+    [95, 93],
+    [96, 97],
 ];
 const SELF_300W: [usize; 10] = [9, 28, 29, 30, 31, 34, 52, 58, 63, 67]; // 1-based
 const SELF_WFLW: [usize; 10] = [16, 51, 52, 53, 54, 57, 79, 85, 90, 94];
@@ -31,11 +92,8 @@ const SELF_WFLW: [usize; 10] = [16, 51, 52, 53, 54, 57, 79, 85, 90, 94];
 /// 0-based mirror permutation for a layout.
 fn mirror_perm(joints: usize) -> Vec<usize> {
     let mut perm: Vec<usize> = (0..joints).collect();
-    let pairs: Vec<[usize; 2]> = if joints == 68 {
-        PAIRS_300W.iter().map(|p| [p[0] - 1, p[1] - 1]).collect()
-    } else {
-        PAIRS_WFLW.to_vec()
-    };
+    let pairs: Vec<[usize; 2]> =
+        if joints == 68 { PAIRS_300W.iter().map(|p| [p[0] - 1, p[1] - 1]).collect() } else { PAIRS_WFLW.to_vec() };
     for [a, b] in pairs {
         perm[a] = b;
         perm[b] = a;
@@ -237,8 +295,11 @@ fn official_flip_gives_a_consistent_face() {
     for joints in [68, 98] {
         let mean = synth::canonical_shape(joints).unwrap();
         let perm = mirror_perm(joints);
-        let (eye_l, eye_r): (Vec<usize>, Vec<usize>) =
-            if joints == 68 { ((36..42).collect(), (42..48).collect()) } else { ((60..68).collect(), (68..76).collect()) };
+        let (eye_l, eye_r): (Vec<usize>, Vec<usize>) = if joints == 68 {
+            ((36..42).collect(), (42..48).collect())
+        } else {
+            ((60..68).collect(), (68..76).collect())
+        };
         let mut dark_checks = 0;
         for index in 0..40 {
             let s = synth::render_sample(joints, 5, index).unwrap();
@@ -338,7 +399,8 @@ fn config_points_at_the_generated_data() {
     let dir = scratch("synth-config");
     let summary = synth::generate(&dir, 98, 5, 2).unwrap();
     let text = std::fs::read_to_string(&summary.config).unwrap();
-    for needle in ["DATASET: WFLW", "NUM_JOINTS: 98", "SIGMA: 1.5", synth::TRAIN_CSV, synth::TEST_CSV, "PRETRAINED: ''"] {
+    for needle in ["DATASET: WFLW", "NUM_JOINTS: 98", "SIGMA: 1.5", synth::TRAIN_CSV, synth::TEST_CSV, "PRETRAINED: ''"]
+    {
         assert!(text.contains(needle), "config lacks {needle}:\n{text}");
     }
     assert!(text.contains(&format!("ROOT: '{}'", dir.display())));

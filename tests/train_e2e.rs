@@ -24,7 +24,9 @@ fn data_dir() -> &'static Path {
 
 fn stage(name: &str, branches: usize) -> String {
     let chans = [2, 4, 8, 16];
-    let mut s = format!("    {name}:\n      NUM_MODULES: 1\n      NUM_BRANCHES: {branches}\n      BLOCK: BASIC\n      NUM_BLOCKS:\n");
+    let mut s = format!(
+        "    {name}:\n      NUM_MODULES: 1\n      NUM_BRANCHES: {branches}\n      BLOCK: BASIC\n      NUM_BLOCKS:\n"
+    );
     for _ in 0..branches {
         s.push_str("        - 1\n");
     }
@@ -93,7 +95,17 @@ fn trains_and_resumes_bit_for_bit() {
     // LR_STEP [1] with the reference's step-before-epoch: epoch 0 already runs at 0.1·LR.
     assert_eq!(a.history[0].lr, 0.002 * 0.1);
     let run_a = a.out_dir.clone();
-    for f in ["checkpoint_0.safetensors", "checkpoint_1.safetensors", "latest.safetensors", "model_best.safetensors", "final_state.safetensors", "metrics.jsonl", "curves.png", "test_predictions.png", "current_pred.safetensors"] {
+    for f in [
+        "checkpoint_0.safetensors",
+        "checkpoint_1.safetensors",
+        "latest.safetensors",
+        "model_best.safetensors",
+        "final_state.safetensors",
+        "metrics.jsonl",
+        "curves.png",
+        "test_predictions.png",
+        "current_pred.safetensors",
+    ] {
         assert!(run_a.join(f).is_file(), "missing {f}");
     }
     assert_eq!(std::fs::read_to_string(run_a.join("metrics.jsonl")).unwrap().lines().count(), 2);
@@ -251,5 +263,8 @@ fn killed_process_resumes_bit_for_bit() {
     let _ = child.wait();
     assert!(run_b.join("latest.safetensors").is_file(), "no checkpoint before the kill");
     run(&cfg_b);
-    assert_same_tensors(&dir.join("out_a/300W/tiny_kill/final_state.safetensors"), &run_b.join("final_state.safetensors"));
+    assert_same_tensors(
+        &dir.join("out_a/300W/tiny_kill/final_state.safetensors"),
+        &run_b.join("final_state.safetensors"),
+    );
 }

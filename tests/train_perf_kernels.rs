@@ -159,7 +159,8 @@ fn elementwise_ops_match_references() {
     let mut rng = common::rng(14);
     for d in SHAPES {
         let len: usize = d.iter().product();
-        let (av, bv, dyv) = (normal(&mut rng, len, 0.0, 1.0), normal(&mut rng, len, 0.0, 1.0), normal(&mut rng, len, 0.0, 1.0));
+        let (av, bv, dyv) =
+            (normal(&mut rng, len, 0.0, 1.0), normal(&mut rng, len, 0.0, 1.0), normal(&mut rng, len, 0.0, 1.0));
         let (a, b) = (t32(&d, av.clone()).requires_grad(), t32(&d, bv.clone()).requires_grad());
         // relu(a + b)·0.5: forward, and each input's gradient.
         let s = add(&a, &b).unwrap();
@@ -169,7 +170,8 @@ fn elementwise_ops_match_references() {
         let want_y: Vec<f64> = sum.iter().map(|v| 0.5 * v.max(0.0)).collect();
         assert_close(&format!("add/relu/scale {d:?}"), &y.to_f32_vec(), &want_y, 1e-7);
         let grads = backward_with(&y, Storage::f32(dyv.clone())).unwrap();
-        let want_g: Vec<f64> = (0..len).map(|i| if (av[i] + bv[i]) > 0.0 { 0.5 * dyv[i] as f64 } else { 0.0 }).collect();
+        let want_g: Vec<f64> =
+            (0..len).map(|i| if (av[i] + bv[i]) > 0.0 { 0.5 * dyv[i] as f64 } else { 0.0 }).collect();
         assert_close(&format!("add/relu/scale {d:?}: da"), &grads.get(&a).unwrap().to_f32_vec(), &want_g, 1e-7);
         assert_close(&format!("add/relu/scale {d:?}: db"), &grads.get(&b).unwrap().to_f32_vec(), &want_g, 1e-7);
     }
@@ -193,7 +195,12 @@ fn ref_bilinear(x: &[f64], [n, c, h, w]: [usize; 4], [ho, wo]: [usize; 2], dy: &
         for (oy, &(y0, y1, ly)) in ty.iter().enumerate() {
             for (ox, &(x0, x1, lx)) in tx.iter().enumerate() {
                 let o = p * ho * wo + oy * wo + ox;
-                let corners = [(y0, x0, (1.0 - ly) * (1.0 - lx)), (y0, x1, (1.0 - ly) * lx), (y1, x0, ly * (1.0 - lx)), (y1, x1, ly * lx)];
+                let corners = [
+                    (y0, x0, (1.0 - ly) * (1.0 - lx)),
+                    (y0, x1, (1.0 - ly) * lx),
+                    (y1, x0, ly * (1.0 - lx)),
+                    (y1, x1, ly * lx),
+                ];
                 for (yy, xx, wgt) in corners {
                     y[o] += wgt * x[p * h * w + yy * w + xx];
                     dx[p * h * w + yy * w + xx] += wgt * dy[o];
@@ -220,7 +227,12 @@ fn bilinear_upsample_matches_the_direct_formula() {
             // The op takes its source coordinates in f32 (PyTorch's float scale), the reference in f64.
             assert_close(&format!("bilinear {d:?} -> {size:?}"), &y.to_f32_vec(), &want_y, 4e-6);
             let grads = backward_with(&y, Storage::f32(dyv)).unwrap();
-            assert_close(&format!("bilinear {d:?} -> {size:?}: dx"), &grads.get(&x).unwrap().to_f32_vec(), &want_dx, 4e-6);
+            assert_close(
+                &format!("bilinear {d:?} -> {size:?}: dx"),
+                &grads.get(&x).unwrap().to_f32_vec(),
+                &want_dx,
+                4e-6,
+            );
         }
     }
 }
@@ -246,7 +258,11 @@ fn concat_and_mse_match_references() {
         let loss = mse_loss(&cat, &target).unwrap();
         let m = want.len() as f64;
         let want_loss = want.iter().zip(&tv).map(|(p, &t)| (p - t as f64).powi(2)).sum::<f64>() / m;
-        assert!((loss.item().unwrap() - want_loss).abs() <= 1e-6 * want_loss, "mse {d:?}: {} vs {want_loss}", loss.item().unwrap());
+        assert!(
+            (loss.item().unwrap() - want_loss).abs() <= 1e-6 * want_loss,
+            "mse {d:?}: {} vs {want_loss}",
+            loss.item().unwrap()
+        );
         let grads = backward(&loss).unwrap();
         let dcat: Vec<f64> = want.iter().zip(&tv).map(|(p, &t)| 2.0 * (p - t as f64) / m).collect();
         let neg: Vec<f64> = dcat.iter().map(|v| -v).collect();
@@ -297,7 +313,9 @@ fn ops_overwrite_every_element_of_a_reused_buffer() {
     }
     let (mean, var) = ref_stats(&f64s(&xv), d);
     let plane = d[2] * d[3];
-    let want: Vec<f64> = (0..len).map(|i| (xv[i] as f64 - mean[(i / plane) % c]) / (var[(i / plane) % c] + BN_EPS).sqrt() * 1.5 + 0.25).collect();
+    let want: Vec<f64> = (0..len)
+        .map(|i| (xv[i] as f64 - mean[(i / plane) % c]) / (var[(i / plane) % c] + BN_EPS).sqrt() * 1.5 + 0.25)
+        .collect();
     assert_close("bn on a reused buffer", &y.to_f32_vec(), &want, 2e-6);
     let loss = mse_loss(&u, &t32(&up, vec![0.0; up_len])).unwrap();
     let grads = backward(&loss).unwrap();

@@ -87,7 +87,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let fast = InferNet::new(&net)?;
     let macs = net.macs(ih, iw)?;
     // Training FLOPs: forward, dW (same as forward) and dX (same, minus the first conv whose input needs none).
-    let flop_per_image = if args.train { 2.0 * (3 * macs - net.first_conv_macs(ih, iw)?) as f64 } else { 2.0 * macs as f64 };
+    let flop_per_image =
+        if args.train { 2.0 * (3 * macs - net.first_conv_macs(ih, iw)?) as f64 } else { 2.0 * macs as f64 };
     let mut rng = Rng::new(1);
     let x = random(&[args.batch, 3, ih, iw], &mut rng)?;
     let iters = args.iters.unwrap_or(if args.train { 5 } else { 10 }).max(1);

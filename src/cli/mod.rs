@@ -33,10 +33,7 @@ pub enum Command {
     /// Landmarks for your own images, with overlay PNGs.
     Predict(predict::PredictArgs),
     /// Convert an official PyTorch .pth (zip or legacy) to .safetensors.
-    Convert {
-        input: PathBuf,
-        output: PathBuf,
-    },
+    Convert { input: PathBuf, output: PathBuf },
     /// Write a procedurally drawn synthetic-faces dataset in the official CSV format.
     Synth {
         #[arg(long)]

@@ -6,8 +6,8 @@
 //! overlay PNG per image; coordinates are original-image pixels.
 
 use crate::data::augment::Augmentation;
-use crate::data::dataset::{Annotations, FaceDataset};
 use crate::data::codec::decode_preds;
+use crate::data::dataset::{Annotations, FaceDataset};
 use crate::data::image::Image;
 use crate::data::imageio::load_image;
 use crate::data::sample::normalize_into;
@@ -104,7 +104,13 @@ struct Prediction {
 }
 
 /// Crop, normalise, forward and decode one face.
-fn predict_one(net: &mut HrNet, img: &Image, center: [f32; 2], scale: f64, image_size: [usize; 2]) -> Result<Vec<[f32; 2]>> {
+fn predict_one(
+    net: &mut HrNet,
+    img: &Image,
+    center: [f32; 2],
+    scale: f64,
+    image_size: [usize; 2],
+) -> Result<Vec<[f32; 2]>> {
     let c = crop(img, center, scale, image_size, 0.0)?;
     if c.height != image_size[0] || c.width != image_size[1] {
         bail!("crop returned {}x{}, expected {}x{}", c.height, c.width, image_size[0], image_size[1]);
@@ -157,7 +163,8 @@ fn write_outputs(out: &Path, preds: &[Prediction], joints: usize) -> Result<()> 
         "images": items,
     });
     let json_path = out.join("predictions.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("cannot write {}", json_path.display()))?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
 
     // The dataset CSV layout, so the output can be fed back as annotations: `scale` is the
     // annotation scale (crop scale / 1.25).
@@ -167,7 +174,14 @@ fn write_outputs(out: &Path, preds: &[Prediction], joints: usize) -> Result<()> 
     }
     csv.push('\n');
     for p in preds {
-        let _ = write!(csv, "{},{},{},{}", csv_field(&p.image.display().to_string()), p.scale / SCALE_ENLARGEMENT, p.center[0], p.center[1]);
+        let _ = write!(
+            csv,
+            "{},{},{},{}",
+            csv_field(&p.image.display().to_string()),
+            p.scale / SCALE_ENLARGEMENT,
+            p.center[0],
+            p.center[1]
+        );
         for q in &p.points {
             let _ = write!(csv, ",{},{}", q[0], q[1]);
         }
@@ -186,7 +200,11 @@ pub fn run(args: PredictArgs) -> Result<()> {
     }
     let boxes: Vec<FaceBox> = args.boxes.iter().map(|s| FaceBox::parse(s)).collect::<Result<_>>()?;
     if boxes.len() > 1 && boxes.len() != args.images.len() {
-        bail!("--box given {} times for {} images (give it once for all, or once per image)", boxes.len(), args.images.len());
+        bail!(
+            "--box given {} times for {} images (give it once for all, or once per image)",
+            boxes.len(),
+            args.images.len()
+        );
     }
     for img in &args.images {
         if !img.is_file() {
@@ -216,10 +234,20 @@ pub fn run(args: PredictArgs) -> Result<()> {
             }
             None => ([img.width as f32 / 2.0, img.height as f32 / 2.0], img.width.max(img.height) as f64 / 200.0),
         };
-        let points = predict_one(&mut net, &img, center, scale, image_size).with_context(|| format!("image {}", path.display()))?;
+        let points = predict_one(&mut net, &img, center, scale, image_size)
+            .with_context(|| format!("image {}", path.display()))?;
         let overlay = overlay_path(&out, path, &mut used);
         crate::draw::save_overlay(&overlay, &img, &points, args.labels)?;
-        preds.push(Prediction { image: path.clone(), width: img.width, height: img.height, face_box, center, scale, points, overlay });
+        preds.push(Prediction {
+            image: path.clone(),
+            width: img.width,
+            height: img.height,
+            face_box,
+            center,
+            scale,
+            points,
+            overlay,
+        });
     }
 
     if let Some(csv) = &args.csv {
@@ -233,7 +261,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
         for i in 0..ds.len() {
             let meta = ds.fill_sample(i, &Augmentation::NONE, &mut input, &mut target)?;
             let (hm, [n, j, h, w]) = forward_heatmaps(&mut net, input.clone(), [1, 3, image_size[0], image_size[1]])?;
-            let points = decode_preds(&hm, n, j, h, w, &[meta.center], &[meta.scale]).with_context(|| ds.describe(i))?;
+            let points =
+                decode_preds(&hm, n, j, h, w, &[meta.center], &[meta.scale]).with_context(|| ds.describe(i))?;
             let img = ds.source_image(i, false)?;
             let image = match &ds.annotations {
                 Annotations::Csv(r) => r[i].image_path.clone(),
@@ -241,7 +270,16 @@ pub fn run(args: PredictArgs) -> Result<()> {
             };
             let overlay = overlay_path(&out, &image, &mut used);
             crate::draw::save_overlay(&overlay, &img, &points, args.labels)?;
-            preds.push(Prediction { image, width: img.width, height: img.height, face_box: None, center: meta.center, scale: meta.scale, points, overlay });
+            preds.push(Prediction {
+                image,
+                width: img.width,
+                height: img.height,
+                face_box: None,
+                center: meta.center,
+                scale: meta.scale,
+                points,
+                overlay,
+            });
         }
     }
 

@@ -136,7 +136,8 @@ pub fn run(args: TestArgs) -> Result<()> {
     net.to_device(&device)?;
     let batch = args.batch.unwrap_or_else(|| cfg.test_batch_size()).max(1);
     let workers = args.workers.unwrap_or_else(|| cfg.workers.min(4));
-    let files: Vec<PathBuf> = if args.testset.is_empty() { vec![PathBuf::from(&cfg.dataset.testset)] } else { args.testset.clone() };
+    let files: Vec<PathBuf> =
+        if args.testset.is_empty() { vec![PathBuf::from(&cfg.dataset.testset)] } else { args.testset.clone() };
     for f in &files {
         if !f.exists() {
             bail!("test set {} not found", f.display());
@@ -162,7 +163,10 @@ pub fn run(args: TestArgs) -> Result<()> {
 
     // The README's table: percent.
     let width = subsets.iter().map(|s| s.name.len()).max().unwrap_or(4).max(6);
-    println!("{:<width$} {:>6} {:>8} {:>8} {:>8} {:>9} {:>9}", "subset", "images", "NME%", "FR@0.08%", "FR@0.10%", "AUC@0.08%", "AUC@0.10%");
+    println!(
+        "{:<width$} {:>6} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "subset", "images", "NME%", "FR@0.08%", "FR@0.10%", "AUC@0.08%", "AUC@0.10%"
+    );
     for s in &subsets {
         let m = &s.result.summary;
         println!(
@@ -181,7 +185,8 @@ pub fn run(args: TestArgs) -> Result<()> {
     let text = serde_json::to_string_pretty(&metrics_json(&subsets, &args.model_file))?;
     std::fs::write(&json_path, text + "\n").with_context(|| format!("cannot write {}", json_path.display()))?;
 
-    let series: Vec<Series> = subsets.iter().map(|s| Series::new(s.name.clone(), ced_points(&s.result.nme, 0.1))).collect();
+    let series: Vec<Series> =
+        subsets.iter().map(|s| Series::new(s.name.clone(), ced_points(&s.result.nme, 0.1))).collect();
     let mut chart = Chart::new("CED", "NME", "fraction of images", &series);
     chart.x_range = Some((0.0, 0.1));
     chart.y_range = Some((0.0, 1.0));

@@ -49,7 +49,9 @@ impl TrainObserver for Console {
             return;
         }
         let bar = ProgressBar::new(batches as u64);
-        if let Ok(style) = ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{prefix} {wide_bar} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
+        {
             bar.set_style(style);
         }
         bar.set_prefix(format!("epoch {epoch}"));

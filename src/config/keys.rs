@@ -248,7 +248,10 @@ impl Leaf for Vec<usize> {
         values
             .iter()
             .enumerate()
-            .map(|(i, v)| usize::try_from(*v).map_err(|_| anyhow!("{at}: config key {path}[{i}]: must not be negative, found {v}")))
+            .map(|(i, v)| {
+                usize::try_from(*v)
+                    .map_err(|_| anyhow!("{at}: config key {path}[{i}]: must not be negative, found {v}"))
+            })
             .collect()
     }
     fn yaml_text(&self) -> String {

@@ -440,13 +440,19 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 fn suggestion(prefix: &str, key: &str) -> String {
     let siblings = schema().iter().filter_map(|(path, _)| {
-        let rest = if prefix.is_empty() { Some(path.as_str()) } else { path.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) };
+        let rest = if prefix.is_empty() {
+            Some(path.as_str())
+        } else {
+            path.strip_prefix(prefix).and_then(|r| r.strip_prefix('.'))
+        };
         rest.filter(|r| !r.contains('.'))
     });
     let upper = key.to_ascii_uppercase();
     let best = siblings.map(|s| (edit_distance(&upper, s), s)).min();
     match best {
-        Some((d, s)) if d <= 3 && d < key.len() => format!("; did you mean {}?", if prefix.is_empty() { s.to_owned() } else { format!("{prefix}.{s}") }),
+        Some((d, s)) if d <= 3 && d < key.len() => {
+            format!("; did you mean {}?", if prefix.is_empty() { s.to_owned() } else { format!("{prefix}.{s}") })
+        }
         _ => String::new(),
     }
 }
@@ -497,13 +503,16 @@ impl Config {
         let root = match yaml_tree::parse(text) {
             Ok(root) => root,
             Err(e) => {
-                let at = if e.line > 0 { format!("{source_name}:{}:{}", e.line, e.column) } else { source_name.to_owned() };
+                let at =
+                    if e.line > 0 { format!("{source_name}:{}:{}", e.line, e.column) } else { source_name.to_owned() };
                 bail!("{at}: YAML syntax error: {}", e.message);
             }
         };
         match root {
             None => {}
-            Some(yaml_tree::Located { node: Node::Map(entries), .. }) => merge_map(&mut cfg, "", &entries, &place, &mut lines)?,
+            Some(yaml_tree::Located { node: Node::Map(entries), .. }) => {
+                merge_map(&mut cfg, "", &entries, &place, &mut lines)?
+            }
             Some(other) => bail!(
                 "{}: the top level must be a mapping of config keys, found {}",
                 place.at(other.line),
@@ -546,17 +555,26 @@ impl Config {
             Ok(())
         };
         if self.gpus.is_empty() {
-            bail!("{}: config key GPUS: needs at least one entry (batch size = BATCH_SIZE_PER_GPU x len(GPUS))", at("GPUS"));
+            bail!(
+                "{}: config key GPUS: needs at least one entry (batch size = BATCH_SIZE_PER_GPU x len(GPUS))",
+                at("GPUS")
+            );
         }
         positive("PRINT_FREQ", self.print_freq)?;
         positive("MODEL.NUM_JOINTS", self.model.num_joints)?;
-        for (key, size) in [("MODEL.IMAGE_SIZE", self.model.image_size), ("MODEL.HEATMAP_SIZE", self.model.heatmap_size)] {
+        for (key, size) in
+            [("MODEL.IMAGE_SIZE", self.model.image_size), ("MODEL.HEATMAP_SIZE", self.model.heatmap_size)]
+        {
             if size.contains(&0) {
                 bail!("{}: config key {key}: needs 2 positive ints, found [{}, {}]", at(key), size[0], size[1]);
             }
         }
         if !(self.model.sigma.is_finite() && self.model.sigma > 0.0) {
-            bail!("{}: config key MODEL.SIGMA: must be a positive number, found {:?}", at("MODEL.SIGMA"), self.model.sigma);
+            bail!(
+                "{}: config key MODEL.SIGMA: must be a positive number, found {:?}",
+                at("MODEL.SIGMA"),
+                self.model.sigma
+            );
         }
         let kernel = self.model.extra.final_conv_kernel;
         if kernel != 1 && kernel != 3 {
@@ -604,7 +622,10 @@ impl Config {
         }
         let scale = self.dataset.scale_factor;
         if !(scale.is_finite() && (0.0..1.0).contains(&scale)) {
-            bail!("{}: config key DATASET.SCALE_FACTOR: must be in [0, 1), found {scale:?}", at("DATASET.SCALE_FACTOR"));
+            bail!(
+                "{}: config key DATASET.SCALE_FACTOR: must be in [0, 1), found {scale:?}",
+                at("DATASET.SCALE_FACTOR")
+            );
         }
         if !(0..=360).contains(&self.dataset.rot_factor) {
             bail!(
@@ -616,7 +637,11 @@ impl Config {
         if !(self.train.lr.is_finite() && self.train.lr > 0.0) {
             bail!("{}: config key TRAIN.LR: must be a positive number, found {:?}", at("TRAIN.LR"), self.train.lr);
         }
-        for (key, value) in [("TRAIN.LR_FACTOR", self.train.lr_factor), ("TRAIN.MOMENTUM", self.train.momentum), ("TRAIN.WD", self.train.wd)] {
+        for (key, value) in [
+            ("TRAIN.LR_FACTOR", self.train.lr_factor),
+            ("TRAIN.MOMENTUM", self.train.momentum),
+            ("TRAIN.WD", self.train.wd),
+        ] {
             if !(value.is_finite() && value >= 0.0) {
                 bail!("{}: config key {key}: must be a non-negative number, found {value:?}", at(key));
             }

@@ -412,7 +412,8 @@ impl Parser {
         let mut formatted = false;
         loop {
             let prefix_len = self.string_prefix_len().unwrap_or(0);
-            let prefix: String = self.chars[self.pos..self.pos + prefix_len].iter().collect::<String>().to_ascii_lowercase();
+            let prefix: String =
+                self.chars[self.pos..self.pos + prefix_len].iter().collect::<String>().to_ascii_lowercase();
             self.pos += prefix_len;
             let is_bytes = prefix.contains('b');
             let is_raw = prefix.contains('r');
@@ -548,7 +549,27 @@ mod tests {
 
     #[test]
     fn leaves_plain_text_alone() {
-        for text in ["adam", "300W", "./data/wflw/images/", "", " ", "BASIC", "012", "1__0", "--1", "-True", "1+2", "f'x'", "a/b", "1 2", "(1,", "'abc", "1.e", "0x", "3W"] {
+        for text in [
+            "adam",
+            "300W",
+            "./data/wflw/images/",
+            "",
+            " ",
+            "BASIC",
+            "012",
+            "1__0",
+            "--1",
+            "-True",
+            "1+2",
+            "f'x'",
+            "a/b",
+            "1 2",
+            "(1,",
+            "'abc",
+            "1.e",
+            "0x",
+            "3W",
+        ] {
             assert_eq!(literal_eval(text), None, "{text:?}");
         }
     }

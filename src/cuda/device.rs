@@ -62,7 +62,8 @@ pub fn human_bytes(bytes: usize) -> String {
 
 /// The one-line out-of-memory error of both backends: "CUDA out of memory allocating a 1.2 GiB buffer ...".
 pub fn out_of_memory_message(what: &str, bytes: usize, usage: Option<(usize, usize)>) -> String {
-    let usage = usage.map_or(String::new(), |(used, limit)| format!(" ({} of {} in use)", human_bytes(used), human_bytes(limit)));
+    let usage = usage
+        .map_or(String::new(), |(used, limit)| format!(" ({} of {} in use)", human_bytes(used), human_bytes(limit)));
     format!("CUDA out of memory {what} a {} buffer{usage}; use a smaller batch size", human_bytes(bytes))
 }
 
@@ -100,15 +101,30 @@ macro_rules! kernel_params {
         }
     )*};
 }
-kernel_params!(Conv2dParams, BatchNormParams, UpsampleParams, EltwiseParams, ConcatParams, MseParams, OptimParams, HeatmapParams, FusionParams);
+kernel_params!(
+    Conv2dParams,
+    BatchNormParams,
+    UpsampleParams,
+    EltwiseParams,
+    ConcatParams,
+    MseParams,
+    OptimParams,
+    HeatmapParams,
+    FusionParams
+);
 
 impl GpuDevice {
     /// The process-wide emulated GPU (always available).
     /// Its memory is unlimited unless `HRK_EMU_DEVICE_MEMORY` caps it (for out-of-memory tests of the CLI).
     pub fn emulated() -> GpuDevice {
         static EMU: OnceLock<GpuDevice> = OnceLock::new();
-        EMU.get_or_init(|| GpuDevice(Arc::new(Backend::Emulated(EmuMemory { limit: crate::switches::emu_device_memory(), used: AtomicUsize::new(0) }))))
-            .clone()
+        EMU.get_or_init(|| {
+            GpuDevice(Arc::new(Backend::Emulated(EmuMemory {
+                limit: crate::switches::emu_device_memory(),
+                used: AtomicUsize::new(0),
+            })))
+        })
+        .clone()
     }
 
     /// A separate emulated GPU with `bytes` of device memory (not equal to `emulated()`), so tests can
@@ -343,7 +359,11 @@ pub fn install_gpu_panic_hook() {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let payload = info.payload();
-            let msg = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("");
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
             if msg.starts_with("CUDA ") || msg.starts_with("reading a cuda") || msg.starts_with("reading a emu") {
                 eprintln!("hrk: error: {}", msg.replace('\n', " "));
                 std::process::exit(1);

@@ -91,7 +91,11 @@ pub fn abi_mismatches() -> Vec<String> {
 
 type CLayout = (String, String, usize, usize);
 
-fn compare_layouts(rust: &[(&str, usize, &[FieldLayout])], c: &[CLayout], c_size: impl Fn(&str) -> Option<usize>) -> Vec<String> {
+fn compare_layouts(
+    rust: &[(&str, usize, &[FieldLayout])],
+    c: &[CLayout],
+    c_size: impl Fn(&str) -> Option<usize>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for (name, size, fields) in rust {
         match c_size(name) {
@@ -138,10 +142,8 @@ mod tests {
 
     #[test]
     fn a_moved_or_missing_field_is_named() {
-        const FIELDS: &[FieldLayout] = &[
-            FieldLayout { name: "a", offset: 0, size: 8 },
-            FieldLayout { name: "n", offset: 8, size: 4 },
-        ];
+        const FIELDS: &[FieldLayout] =
+            &[FieldLayout { name: "a", offset: 0, size: 8 }, FieldLayout { name: "n", offset: 8, size: 4 }];
         let rust = [("P", 16, FIELDS)];
         let c = |f: &str, offset| ("P".to_string(), f.to_string(), offset, if f == "a" { 8 } else { 4 });
         assert!(compare_layouts(&rust, &[c("a", 0), c("n", 8)], |_| Some(16)).is_empty());

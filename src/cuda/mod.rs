@@ -51,8 +51,14 @@ impl FromStr for DeviceRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
     /// `fallback_reason` says why `auto` did not pick CUDA (None when CPU was asked for).
-    Cpu { fallback_reason: Option<String> },
-    Cuda { ordinal: usize, driver_version: i32, device_count: i32 },
+    Cpu {
+        fallback_reason: Option<String>,
+    },
+    Cuda {
+        ordinal: usize,
+        driver_version: i32,
+        device_count: i32,
+    },
 }
 
 /// A CUDA driver that answered.
@@ -133,9 +139,8 @@ pub fn probe_driver() -> std::result::Result<DriverInfo, CudaUnavailable> {
     let mut msg = [0 as c_char; 512];
     // SAFETY: every pointer is a live local (the NUL-terminated library name, the three out-ints, a message
     // buffer of `msg.len()` bytes the probe NUL-terminates within that length).
-    let rc = unsafe {
-        hrk_cuda_probe(c_lib.as_ptr(), &mut version, &mut count, &mut status, msg.as_mut_ptr(), msg.len())
-    };
+    let rc =
+        unsafe { hrk_cuda_probe(c_lib.as_ptr(), &mut version, &mut count, &mut status, msg.as_mut_ptr(), msg.len()) };
     // SAFETY: `msg` was zeroed and the probe writes at most msg.len() − 1 bytes, so it is NUL-terminated.
     let detail = unsafe { std::ffi::CStr::from_ptr(msg.as_ptr()) }.to_string_lossy().into_owned();
     match rc {
@@ -147,8 +152,12 @@ pub fn probe_driver() -> std::result::Result<DriverInfo, CudaUnavailable> {
         _ if status == 100 => Err(CudaUnavailable::NoDevice),
         3 if status == 35 || status == 222 => Err(CudaUnavailable::DriverTooOld { driver_version: version }),
         3 => Err(CudaUnavailable::DriverBroken { detail: format!("cuInit returned {}", cu_result_name(status)) }),
-        4 => Err(CudaUnavailable::DriverBroken { detail: format!("cuDriverGetVersion returned {}", cu_result_name(status)) }),
-        _ => Err(CudaUnavailable::DriverBroken { detail: format!("cuDeviceGetCount returned {}", cu_result_name(status)) }),
+        4 => Err(CudaUnavailable::DriverBroken {
+            detail: format!("cuDriverGetVersion returned {}", cu_result_name(status)),
+        }),
+        _ => Err(CudaUnavailable::DriverBroken {
+            detail: format!("cuDeviceGetCount returned {}", cu_result_name(status)),
+        }),
     }
 }
 

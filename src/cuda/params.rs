@@ -186,7 +186,13 @@ impl Conv2dParams {
 impl BatchNormParams {
     /// The shape of a BatchNorm over x [n, c, h, w] with `eps`; pointers null.
     pub fn new(op: &str, [n, c, h, w]: [usize; 4], eps: f64) -> Result<BatchNormParams> {
-        Ok(BatchNormParams { n: i32_of(op, n)?, c: i32_of(op, c)?, hw: i32_of(op, h * w)?, eps: eps as f32, ..Default::default() })
+        Ok(BatchNormParams {
+            n: i32_of(op, n)?,
+            c: i32_of(op, c)?,
+            hw: i32_of(op, h * w)?,
+            eps: eps as f32,
+            ..Default::default()
+        })
     }
 }
 

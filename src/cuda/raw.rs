@@ -48,7 +48,10 @@ pub fn conv2d_forward(
         bail!("{op}: weight {wd:?} does not fit input {xd:?}");
     }
     let p = |v| i32_of(op, v);
-    let out = |len: usize| Conv2dParams::out_extent(p(len)?, p(kh)?, p(stride)?, p(pad)?).ok_or_else(|| anyhow::anyhow!("{op}: kernel {kh} stride {stride} pad {pad} does not fit input {xd:?}"));
+    let out = |len: usize| {
+        Conv2dParams::out_extent(p(len)?, p(kh)?, p(stride)?, p(pad)?)
+            .ok_or_else(|| anyhow::anyhow!("{op}: kernel {kh} stride {stride} pad {pad} does not fit input {xd:?}"))
+    };
     let (ho, wo) = (out(h)? as usize, out(w)? as usize);
     let yd = [n, c_out, ho, wo];
     check_len(op, "x", x, xd.iter().product())?;
@@ -93,7 +96,15 @@ pub fn bilinear_forward(x: &GpuBuffer, planes: usize, from: [usize; 2], to: [usi
 }
 
 /// Copies `part` [n, c_part, hw] into channels [c_offset, c_offset + c_part) of `whole` [n, c_whole, hw].
-pub fn concat_into(part: &GpuBuffer, whole: &mut GpuBuffer, n: usize, c_part: usize, c_whole: usize, c_offset: usize, hw: usize) -> Result<()> {
+pub fn concat_into(
+    part: &GpuBuffer,
+    whole: &mut GpuBuffer,
+    n: usize,
+    c_part: usize,
+    c_whole: usize,
+    c_offset: usize,
+    hw: usize,
+) -> Result<()> {
     let op = "concat";
     check_len(op, "part", part, n * c_part * hw)?;
     check_len(op, "whole", whole, n * c_whole * hw)?;
@@ -112,13 +123,22 @@ pub struct UpTerm<'a> {
     pub size: [usize; 2],
 }
 
-fn fusion_params(dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[UpTerm], downs: &[&GpuBuffer]) -> Result<FusionParams> {
+fn fusion_params(
+    dims: [usize; 4],
+    x: Option<&GpuBuffer>,
+    ups: &[UpTerm],
+    downs: &[&GpuBuffer],
+) -> Result<FusionParams> {
     let op = "fusion";
     let [n, c, h, w] = dims;
     let planes = n * c;
     let len = planes * h * w;
     if ups.len() > FUSION_MAX_TERMS || downs.len() > FUSION_MAX_TERMS {
-        bail!("{op}: {} up and {} down terms; the kernel takes at most {FUSION_MAX_TERMS} of each", ups.len(), downs.len());
+        bail!(
+            "{op}: {} up and {} down terms; the kernel takes at most {FUSION_MAX_TERMS} of each",
+            ups.len(),
+            downs.len()
+        );
     }
     if x.is_none() && ups.is_empty() && downs.is_empty() {
         bail!("{op}: nothing to sum");
@@ -163,7 +183,12 @@ fn fusion_device<'a>(x: Option<&'a GpuBuffer>, ups: &[UpTerm<'a>], downs: &[&'a 
 }
 
 /// y = ReLU(x + Σ bilinear_up(ups[k] → h×w) + Σ downs[k]) in one kernel; `dims` = [n, c, h, w] of y.
-pub fn fusion_forward(dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[UpTerm], downs: &[&GpuBuffer]) -> Result<GpuBuffer> {
+pub fn fusion_forward(
+    dims: [usize; 4],
+    x: Option<&GpuBuffer>,
+    ups: &[UpTerm],
+    downs: &[&GpuBuffer],
+) -> Result<GpuBuffer> {
     let dev = fusion_device(x, ups, downs)?;
     let mut p = fusion_params(dims, x, ups, downs)?;
     let mut y = dev.empty(dims.iter().product())?;
@@ -174,7 +199,12 @@ pub fn fusion_forward(dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[UpTerm], d
 }
 
 /// The unfused reference rung of `fusion_forward`: bilinear_forward per up term, `add` per term, relu.
-pub fn fusion_forward_unfused(dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[UpTerm], downs: &[&GpuBuffer]) -> Result<GpuBuffer> {
+pub fn fusion_forward_unfused(
+    dims: [usize; 4],
+    x: Option<&GpuBuffer>,
+    ups: &[UpTerm],
+    downs: &[&GpuBuffer],
+) -> Result<GpuBuffer> {
     let dev = fusion_device(x, ups, downs)?;
     fusion_params(dims, x, ups, downs)?; // the same checks
     let [n, c, h, w] = dims;
@@ -198,7 +228,12 @@ pub fn fusion_forward_unfused(dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[Up
 
 /// Backward of `fusion_forward` given its output `y` and the upstream gradient `dy`: returns the masked
 /// gradient g (the gradient of x and of every down term) and one gradient per up term (sizes `up_sizes`).
-pub fn fusion_backward(dims: [usize; 4], y: &GpuBuffer, dy: &GpuBuffer, up_sizes: &[[usize; 2]]) -> Result<(GpuBuffer, Vec<GpuBuffer>)> {
+pub fn fusion_backward(
+    dims: [usize; 4],
+    y: &GpuBuffer,
+    dy: &GpuBuffer,
+    up_sizes: &[[usize; 2]],
+) -> Result<(GpuBuffer, Vec<GpuBuffer>)> {
     let op = "fusion backward";
     let dev = y.device().clone();
     same_device(op, &dev, dy)?;

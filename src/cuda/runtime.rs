@@ -6,7 +6,9 @@ use super::kernels::{self, Kernel};
 use super::params::*;
 use super::{cuda_ready, ptx};
 use anyhow::{anyhow, bail, Result};
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaStream, DeviceRepr, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    result, sys, CudaContext, CudaFunction, CudaStream, DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
+};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,17 @@ macro_rules! device_repr {
         unsafe impl DeviceRepr for $t {}
     )*};
 }
-device_repr!(Conv2dParams, BatchNormParams, UpsampleParams, EltwiseParams, ConcatParams, MseParams, OptimParams, HeatmapParams, FusionParams);
+device_repr!(
+    Conv2dParams,
+    BatchNormParams,
+    UpsampleParams,
+    EltwiseParams,
+    ConcatParams,
+    MseParams,
+    OptimParams,
+    HeatmapParams,
+    FusionParams
+);
 
 /// One-line message for a driver error, with the fix for the common ones.
 pub fn driver_error(what: &str, e: DriverError) -> anyhow::Error {
@@ -134,7 +146,8 @@ impl CudaDev {
             let f = m.load_function(name).map_err(|e| driver_error(&format!("finding kernel {name}"), e))?;
             functions.insert(*name, f);
         }
-        let pool = Arc::new(Mutex::new(Pool { stream: stream.clone(), free: HashMap::new(), cached_bytes: 0, live_bytes: 0 }));
+        let pool =
+            Arc::new(Mutex::new(Pool { stream: stream.clone(), free: HashMap::new(), cached_bytes: 0, live_bytes: 0 }));
         Ok(CudaDev { ctx, stream, functions, pool, name })
     }
 

@@ -53,7 +53,10 @@ pub fn read_cofw(path: &Path, is_train: bool) -> Result<CofwData> {
     let phis_shape = phis_ds.shape().map_err(|e| h5err(phis_var, e))?;
     // HDF5 [cols, rows] = MATLAB rows×cols; the reference needs N×(≥58).
     if phis_shape.len() != 2 || phis_shape[0] < 2 * COFW_JOINTS as u64 {
-        bail!("{file_name}: '{phis_var}' has MATLAB shape {}, expected N×87 (at least 58 columns)", matlab_shape(&phis_shape));
+        bail!(
+            "{file_name}: '{phis_var}' has MATLAB shape {}, expected N×87 (at least 58 columns)",
+            matlab_shape(&phis_shape)
+        );
     }
     let (cols, n) = (phis_shape[0] as usize, phis_shape[1] as usize);
     let phis = phis_ds.read_f64().map_err(|e| h5err(phis_var, e))?;
@@ -61,11 +64,12 @@ pub fn read_cofw(path: &Path, is_train: bool) -> Result<CofwData> {
         bail!("{file_name}: '{phis_var}' holds {} values, shape says {}", phis.len(), cols * n);
     }
 
-    let img_ds = file
-        .dataset(img_var)
-        .map_err(|e| anyhow!("{file_name}: variable '{img_var}' missing or unreadable ({e})"))?;
+    let img_ds =
+        file.dataset(img_var).map_err(|e| anyhow!("{file_name}: variable '{img_var}' missing or unreadable ({e})"))?;
     let cell_shape = img_ds.shape().map_err(|e| h5err(img_var, e))?;
-    let refs = img_ds.dereference().map_err(|e| anyhow!("{file_name}: '{img_var}' is not a MATLAB cell array of images ({e})"))?;
+    let refs = img_ds
+        .dereference()
+        .map_err(|e| anyhow!("{file_name}: '{img_var}' is not a MATLAB cell array of images ({e})"))?;
     if refs.len() != n {
         bail!(
             "{file_name}: '{img_var}' has {} images (MATLAB shape {}) but '{phis_var}' has {n} rows",

@@ -185,7 +185,8 @@ pub fn read_csv_annotations(csv: &Path, root: &Path, kind: DatasetKind, num_join
         bail!("{}: COFW annotations are a .mat file, not a CSV", csv.display());
     }
     let text = std::fs::read(csv).map_err(|e| anyhow!("cannot read annotation file {}: {}", csv.display(), e))?;
-    let text = String::from_utf8(text).map_err(|e| anyhow!("{}: not UTF-8 text (byte {})", csv.display(), e.utf8_error().valid_up_to()))?;
+    let text = String::from_utf8(text)
+        .map_err(|e| anyhow!("{}: not UTF-8 text (byte {})", csv.display(), e.utf8_error().valid_up_to()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let lead = kind.csv_leading_columns();
     let expected_cols = lead + 2 * num_joints;
@@ -228,7 +229,9 @@ pub fn read_csv_annotations(csv: &Path, root: &Path, kind: DatasetKind, num_join
             if s.is_empty() {
                 bail!("{file}:{line_no}: column {} ('{name}') is empty", col + 1);
             }
-            let v: f64 = s.parse().map_err(|_| anyhow!("{file}:{line_no}: column {} ('{name}') is not a number: '{s}'", col + 1))?;
+            let v: f64 = s
+                .parse()
+                .map_err(|_| anyhow!("{file}:{line_no}: column {} ('{name}') is not a number: '{s}'", col + 1))?;
             if !v.is_finite() {
                 bail!("{file}:{line_no}: column {} ('{name}') is not finite: '{s}'", col + 1);
             }
@@ -339,11 +342,19 @@ impl FaceDataset {
     pub fn annotation(&self, index: usize) -> Result<AnnotationRef<'_>> {
         match &self.annotations {
             Annotations::Csv(r) => {
-                let rec = r.get(index).ok_or_else(|| anyhow!("{}: sample index {index} out of range (len {})", self.spec.annotations.display(), r.len()))?;
+                let rec = r.get(index).ok_or_else(|| {
+                    anyhow!("{}: sample index {index} out of range (len {})", self.spec.annotations.display(), r.len())
+                })?;
                 Ok(AnnotationRef { center: rec.center, scale: rec.scale, pts: &rec.pts, box_size: rec.box_size })
             }
             Annotations::Cofw(c) => {
-                let pts = c.pts.get(index).ok_or_else(|| anyhow!("{}: sample index {index} out of range (len {})", self.spec.annotations.display(), c.pts.len()))?;
+                let pts = c.pts.get(index).ok_or_else(|| {
+                    anyhow!(
+                        "{}: sample index {index} out of range (len {})",
+                        self.spec.annotations.display(),
+                        c.pts.len()
+                    )
+                })?;
                 let (center, scale) = cofw::cofw_center_scale(pts);
                 Ok(AnnotationRef { center, scale, pts, box_size: None })
             }
@@ -358,7 +369,12 @@ impl FaceDataset {
                 None => format!("{}[{index}]", self.spec.annotations.display()),
             },
             Annotations::Cofw(_) => {
-                format!("{}[{}{{{}}}]", self.spec.annotations.display(), if self.spec.is_train { "IsTr" } else { "IsT" }, index + 1)
+                format!(
+                    "{}[{}{{{}}}]",
+                    self.spec.annotations.display(),
+                    if self.spec.is_train { "IsTr" } else { "IsT" },
+                    index + 1
+                )
             }
         }
     }

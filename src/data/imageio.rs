@@ -111,7 +111,8 @@ pub fn decode_rgb8_bytes(bytes: &[u8], path: &Path) -> Result<Rgb8> {
     }
     // Our own size check below gives the message; the crate's limits would only duplicate it.
     reader.no_limits();
-    let decoder = reader.into_decoder().map_err(|e| anyhow!("image {}: cannot read header: {}", path.display(), one_line(e)))?;
+    let decoder =
+        reader.into_decoder().map_err(|e| anyhow!("image {}: cannot read header: {}", path.display(), one_line(e)))?;
     let (w, h) = decoder.dimensions();
     check_dimensions(path, w as u64, h as u64)?;
     let img = DynamicImage::from_decoder(decoder)

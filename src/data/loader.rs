@@ -146,7 +146,10 @@ impl DataLoader {
     pub fn epoch(&self, epoch: u64) -> EpochIter {
         let batches = Arc::new(self.batch_indices(epoch));
         let total = batches.len();
-        let shared = Arc::new(Shared { state: Mutex::new(State { next_to_build: 0, handed_out: 0, cancelled: false }), cv: Condvar::new() });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { next_to_build: 0, handed_out: 0, cancelled: false }),
+            cv: Condvar::new(),
+        });
         let mut workers = Vec::new();
         let mut rx = None;
         if self.cfg.threads > 0 {
@@ -158,7 +161,8 @@ impl DataLoader {
                 let spawned = std::thread::Builder::new().name(format!("hrk-loader-{t}")).spawn(move || loop {
                     let b = {
                         let Ok(mut st) = shared.state.lock() else { return };
-                        while !st.cancelled && st.next_to_build < total && st.next_to_build >= st.handed_out + prefetch {
+                        while !st.cancelled && st.next_to_build < total && st.next_to_build >= st.handed_out + prefetch
+                        {
                             st = match shared.cv.wait(st) {
                                 Ok(s) => s,
                                 Err(_) => return,
@@ -188,7 +192,18 @@ impl DataLoader {
                 rx = None;
             }
         }
-        EpochIter { dataset: self.dataset.clone(), batches, seed: self.cfg.seed, epoch, next: 0, pending: BTreeMap::new(), rx, shared, workers, failed: false }
+        EpochIter {
+            dataset: self.dataset.clone(),
+            batches,
+            seed: self.cfg.seed,
+            epoch,
+            next: 0,
+            pending: BTreeMap::new(),
+            rx,
+            shared,
+            workers,
+            failed: false,
+        }
     }
 }
 
@@ -241,7 +256,12 @@ impl Iterator for EpochIter {
                     Ok((i, r)) => {
                         self.pending.insert(i, r);
                     }
-                    Err(_) => break Err(anyhow!("data loader for {}: worker threads stopped unexpectedly", self.dataset.spec.annotations.display())),
+                    Err(_) => {
+                        break Err(anyhow!(
+                            "data loader for {}: worker threads stopped unexpectedly",
+                            self.dataset.spec.annotations.display()
+                        ))
+                    }
                 }
             },
         };

@@ -4,15 +4,15 @@
 //! ImageNet mean/std normalisation to float32 CHW.
 
 use super::augment::{sample_augmentation, Augmentation};
+use super::codec::HeatmapCodec;
+use super::dataset::DatasetKind;
 use super::dataset::{Annotations, FaceDataset};
 use super::flip::fliplr_joints;
-use super::codec::HeatmapCodec;
 use super::image::Image;
-use super::dataset::DatasetKind;
 use super::imageio::{decode_rgb8_opts, rgb8_to_image, Rgb8};
 use super::transforms::{crop_rgb8, InputType};
+use anyhow::{anyhow, bail, Context, Result};
 use std::borrow::Cow;
-use anyhow::{Context, anyhow, bail, Result};
 
 /// ImageNet mean/std (RGB) the reference normalises with, as float32.
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -49,7 +49,13 @@ pub struct Sample {
 pub fn normalize_into(img: &Image, out: &mut [f32]) -> Result<()> {
     let hw = img.width * img.height;
     if out.len() != 3 * hw || img.data.len() != 3 * hw {
-        bail!("normalize: crop is {}x{} ({} values), output buffer holds {}", img.height, img.width, img.data.len(), out.len());
+        bail!(
+            "normalize: crop is {}x{} ({} values), output buffer holds {}",
+            img.height,
+            img.width,
+            img.data.len(),
+            out.len()
+        );
     }
     let (r, rest) = out.split_at_mut(hw);
     let (g, b) = rest.split_at_mut(hw);
@@ -65,7 +71,13 @@ pub fn normalize_into(img: &Image, out: &mut [f32]) -> Result<()> {
 pub fn normalize_rgb8_into(img: &Rgb8, out: &mut [f32]) -> Result<()> {
     let hw = img.width * img.height;
     if out.len() != 3 * hw || img.data.len() != 3 * hw {
-        bail!("normalize: crop is {}x{} ({} values), output buffer holds {}", img.height, img.width, img.data.len(), out.len());
+        bail!(
+            "normalize: crop is {}x{} ({} values), output buffer holds {}",
+            img.height,
+            img.width,
+            img.data.len(),
+            out.len()
+        );
     }
     let mut lut = [[0f32; 256]; 3];
     for (c, table) in lut.iter_mut().enumerate() {
@@ -116,7 +128,11 @@ impl FaceDataset {
                     .with_context(|| format!("{}:{}", self.spec.annotations.display(), rec.line))?;
                 Cow::Owned(img)
             }
-            Annotations::Cofw(c) => Cow::Borrowed(c.images.get(index).ok_or_else(|| anyhow!("sample index {index} out of range (len {})", c.images.len()))?),
+            Annotations::Cofw(c) => Cow::Borrowed(
+                c.images
+                    .get(index)
+                    .ok_or_else(|| anyhow!("sample index {index} out of range (len {})", c.images.len()))?,
+            ),
         })
     }
 
@@ -142,7 +158,13 @@ impl FaceDataset {
     }
 
     /// The pipeline, writing into caller buffers (`input` [3,H,W], `target` [J,h,w]).
-    pub fn fill_sample(&self, index: usize, aug: &Augmentation, input: &mut [f32], target: &mut [f32]) -> Result<SampleMeta> {
+    pub fn fill_sample(
+        &self,
+        index: usize,
+        aug: &Augmentation,
+        input: &mut [f32],
+        target: &mut [f32],
+    ) -> Result<SampleMeta> {
         let ann = self.annotation(index)?;
         let (mut center, box_size) = (ann.center, ann.box_size);
         let spec = &self.spec;
@@ -163,7 +185,14 @@ impl FaceDataset {
             .map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
         drop(img);
         if cropped.height != spec.image_size[0] || cropped.width != spec.image_size[1] {
-            bail!("{}: crop returned {}x{}, expected {}x{}", self.describe(index), cropped.height, cropped.width, spec.image_size[0], spec.image_size[1]);
+            bail!(
+                "{}: crop returned {}x{}, expected {}x{}",
+                self.describe(index),
+                cropped.height,
+                cropped.width,
+                spec.image_size[0],
+                spec.image_size[1]
+            );
         }
         normalize_rgb8_into(&cropped, input)?;
         let tpts = HeatmapCodec::for_spec(spec).encode(&pts, center, scale, aug.rot, target)?;

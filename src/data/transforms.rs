@@ -8,7 +8,7 @@
 use anyhow::{bail, Context, Result};
 
 use super::image::Image;
-use super::pillow::{resize_bilinear, resize_bilinear_region, rotate_bilinear, rotate_bilinear_region, RowView, Rgb8};
+use super::pillow::{resize_bilinear, resize_bilinear_region, rotate_bilinear, rotate_bilinear_region, Rgb8, RowView};
 
 /// Largest window/image side the crop accepts (far beyond any real face crop).
 const MAX_SIDE: i64 = 1 << 15;
@@ -44,11 +44,7 @@ pub fn get_transform(center: [f32; 2], scale: f64, res: [usize; 2], rot: f64) ->
     let (cx, cy) = (center[0] as f64, center[1] as f64);
     let h = 200.0 * scale;
     let (r0, r1) = (res[0] as f64, res[1] as f64);
-    let t = [
-        [r1 / h, 0.0, r1 * (-cx / h + 0.5)],
-        [0.0, r0 / h, r0 * (-cy / h + 0.5)],
-        [0.0, 0.0, 1.0],
-    ];
+    let t = [[r1 / h, 0.0, r1 * (-cx / h + 0.5)], [0.0, r0 / h, r0 * (-cy / h + 0.5)], [0.0, 0.0, 1.0]];
     apply_rotation(t, res, rot)
 }
 
@@ -59,11 +55,7 @@ pub fn get_transform_tensor_scale(center: [f32; 2], scale: f64, res: [usize; 2],
     let h = 200.0 * scale;
     let r = 1.0 / h;
     let (r0, r1) = (res[0] as f64, res[1] as f64);
-    let t = [
-        [r * r1, 0.0, (r * -cx + 0.5) * r1],
-        [0.0, r * r0, (r * -cy + 0.5) * r0],
-        [0.0, 0.0, 1.0],
-    ];
+    let t = [[r * r1, 0.0, (r * -cx + 0.5) * r1], [0.0, r * r0, (r * -cy + 0.5) * r0], [0.0, 0.0, 1.0]];
     apply_rotation(t, res, rot)
 }
 
@@ -76,36 +68,50 @@ fn invert_affine(t: &Mat3) -> Mat3 {
     }
     let det = t[0][0] * t[1][1] - t[0][1] * t[1][0];
     let (a, b, c, d) = (t[1][1] / det, -t[0][1] / det, -t[1][0] / det, t[0][0] / det);
-    [
-        [a, b, -(a * t[0][2] + b * t[1][2])],
-        [c, d, -(c * t[0][2] + d * t[1][2])],
-        [0.0, 0.0, 1.0],
-    ]
+    [[a, b, -(a * t[0][2] + b * t[1][2])], [c, d, -(c * t[0][2] + d * t[1][2])], [0.0, 0.0, 1.0]]
 }
 
 fn apply(t: &Mat3, pt: [f64; 2]) -> [f64; 2] {
     let v = [pt[0] - 1.0, pt[1] - 1.0, 1.0];
-    [
-        t[0][0] * v[0] + t[0][1] * v[1] + t[0][2] * v[2],
-        t[1][0] * v[0] + t[1][1] * v[1] + t[1][2] * v[2],
-    ]
+    [t[0][0] * v[0] + t[0][1] * v[1] + t[0][2] * v[2], t[1][0] * v[0] + t[1][1] * v[1] + t[1][2] * v[2]]
 }
 
 /// The float64 point before truncation: `M·[pt0-1, pt1-1, 1]`, M = t or inv(t).
-pub fn transform_pixel_raw(pt: [f64; 2], center: [f32; 2], scale: f64, res: [usize; 2], invert: bool, rot: f64) -> [f64; 2] {
+pub fn transform_pixel_raw(
+    pt: [f64; 2],
+    center: [f32; 2],
+    scale: f64,
+    res: [usize; 2],
+    invert: bool,
+    rot: f64,
+) -> [f64; 2] {
     let t = get_transform(center, scale, res, rot);
     let m = if invert { invert_affine(&t) } else { t };
     apply(&m, pt)
 }
 
 /// `transform_pixel`: `trunc(M·[pt-1, 1]) + 1` (truncation toward zero), as f64 integers.
-pub fn transform_pixel(pt: [f64; 2], center: [f32; 2], scale: f64, res: [usize; 2], invert: bool, rot: f64) -> [f64; 2] {
+pub fn transform_pixel(
+    pt: [f64; 2],
+    center: [f32; 2],
+    scale: f64,
+    res: [usize; 2],
+    invert: bool,
+    rot: f64,
+) -> [f64; 2] {
     let q = transform_pixel_raw(pt, center, scale, res, invert, rot);
     [q[0].trunc() + 1.0, q[1].trunc() + 1.0]
 }
 
 /// `transform_pixel(..., invert=1)` with the torch-tensor `scale` arithmetic of `decode_preds`.
-pub fn transform_pixel_tensor_scale(pt: [f64; 2], center: [f32; 2], scale: f64, res: [usize; 2], invert: bool, rot: f64) -> [f64; 2] {
+pub fn transform_pixel_tensor_scale(
+    pt: [f64; 2],
+    center: [f32; 2],
+    scale: f64,
+    res: [usize; 2],
+    invert: bool,
+    rot: f64,
+) -> [f64; 2] {
     let t = get_transform_tensor_scale(center, scale, res, rot);
     let m = if invert { invert_affine(&t) } else { t };
     let q = apply(&m, pt);
@@ -212,18 +218,40 @@ fn check_int(v: f64, what: &str) -> Result<i64> {
 
 /// [`crop`] with the reference's input array type (see [`InputType`]); `img` holds integers
 /// 0..255 when `input` is `Uint8`.
-pub fn crop_input(img: &Image, input: InputType, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64) -> Result<Image> {
+pub fn crop_input(
+    img: &Image,
+    input: InputType,
+    center: [f32; 2],
+    scale: f64,
+    res: [usize; 2],
+    rot: f64,
+) -> Result<Image> {
     crop_traced_input(img, input, center, scale, res, rot, &mut CropTrace::default())
 }
 
 /// [`crop`] that also records its intermediate values in `trace`.
-pub fn crop_traced(img: &Image, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64, trace: &mut CropTrace) -> Result<Image> {
+pub fn crop_traced(
+    img: &Image,
+    center: [f32; 2],
+    scale: f64,
+    res: [usize; 2],
+    rot: f64,
+    trace: &mut CropTrace,
+) -> Result<Image> {
     crop_traced_input(img, InputType::Float32, center, scale, res, rot, trace)
 }
 
 /// [`crop_input`] that also records its intermediate values in `trace`. This is the plain
 /// transcription of the reference on float arrays; [`crop_rgb8`] is the fast equivalent.
-pub fn crop_traced_input(img: &Image, input: InputType, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64, trace: &mut CropTrace) -> Result<Image> {
+pub fn crop_traced_input(
+    img: &Image,
+    input: InputType,
+    center: [f32; 2],
+    scale: f64,
+    res: [usize; 2],
+    rot: f64,
+    trace: &mut CropTrace,
+) -> Result<Image> {
     let (wd, ht) = (img.width, img.height);
     if wd == 0 || ht == 0 || img.data.len() != wd * ht * 3 {
         bail!("crop: image {}x{} has {} values (need {})", wd, ht, img.data.len(), wd * ht * 3);
@@ -300,7 +328,10 @@ pub fn crop_traced_input(img: &Image, input: InputType, center: [f32; 2], scale:
         if new.1 != old.1 && old.1 != 1 {
             bail!(
                 "crop: window [{:?}, {:?}) does not overlap the {}x{} image along {axis} (the reference raises here)",
-                ul, br, sw, sh
+                ul,
+                br,
+                sw,
+                sh
             );
         }
     }
@@ -406,7 +437,15 @@ fn region_min_max(img: &Rgb8, flip: bool, xr: (usize, usize), yr: (usize, usize)
 /// the part kept after removing the padding, and bytescale stretches as 256-entry tables
 /// from exact integer min/max (all intermediate arrays hold integers 0..255).
 #[allow(clippy::too_many_arguments)]
-pub fn crop_rgb8(img: &Rgb8, flip: bool, input: InputType, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64) -> Result<Rgb8> {
+pub fn crop_rgb8(
+    img: &Rgb8,
+    flip: bool,
+    input: InputType,
+    center: [f32; 2],
+    scale: f64,
+    res: [usize; 2],
+    rot: f64,
+) -> Result<Rgb8> {
     let (wd, ht) = (img.width, img.height);
     if wd == 0 || ht == 0 || img.data.len() != wd * ht * 3 {
         bail!("crop: image {}x{} has {} values (need {})", wd, ht, img.data.len(), wd * ht * 3);
@@ -516,11 +555,7 @@ pub fn crop_rgb8(img: &Rgb8, flip: bool, input: InputType, center: [f32; 2], sca
     }
     // (A window entirely outside the source is all zeros: bytescale of zeros is zeros.)
     let window = Rgb8 { width: win_w, height: win_h, data: win };
-    let kept = if rot != 0.0 {
-        rotate_bilinear_region(&window, rot, kept_x, kept_y)?
-    } else {
-        window
-    };
+    let kept = if rot != 0.0 { rotate_bilinear_region(&window, rot, kept_x, kept_y)? } else { window };
     resize_bilinear(&kept, res[1], res[0]).context("crop: final resize")
 }
 
@@ -578,7 +613,7 @@ mod tests {
         assert!(far.data.iter().all(|&v| v == 0.0));
         // absurd inputs
         assert!(crop(&img, [80.0, 60.0], 1e12, [256, 256], 0.0).is_ok()); // degenerate: zeros
-        // a tiny scale still gives a (1-pixel) window, as in the reference
+                                                                          // a tiny scale still gives a (1-pixel) window, as in the reference
         assert_eq!(crop(&img, [80.0, 60.0], 1e-12, [256, 256], 0.0).unwrap().width, 256);
         assert!(crop(&img, [80.0, 60.0], -1.0, [256, 256], 0.0).is_err());
         assert!(crop(&img, [80.0, 60.0], f64::NAN, [256, 256], 0.0).is_err());

@@ -7,9 +7,7 @@ pub mod pickle;
 pub mod pth;
 pub mod safetensors;
 
-pub use safetensors::{
-    encode_safetensors, load_safetensors, read_safetensors_bytes, save_safetensors, SafeTensors,
-};
+pub use safetensors::{encode_safetensors, load_safetensors, read_safetensors_bytes, save_safetensors, SafeTensors};
 
 use crate::host::HostTensor;
 use anyhow::{anyhow, bail, Result};
@@ -65,22 +63,14 @@ pub fn load_state_dict(path: &Path) -> Result<Vec<(String, HostTensor)>> {
 /// returns the number of tensors written.
 pub fn convert_pth_to_safetensors(inp: &Path, out: &Path) -> Result<usize> {
     let tensors = load_state_dict(inp)?;
-    let source = inp
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let metadata = vec![
-        ("format".to_string(), "pt".to_string()),
-        ("source".to_string(), source),
-    ];
+    let source = inp.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let metadata = vec![("format".to_string(), "pt".to_string()), ("source".to_string(), source)];
     save_safetensors(out, &tensors, &metadata)?;
     Ok(tensors.len())
 }
 
 /// Removes a leading `module.` (DataParallel) from every key that has one.
-pub fn strip_module_prefix(
-    tensors: Vec<(String, HostTensor)>,
-) -> Result<Vec<(String, HostTensor)>> {
+pub fn strip_module_prefix(tensors: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>> {
     let mut seen = HashSet::with_capacity(tensors.len());
     let mut out = Vec::with_capacity(tensors.len());
     for (k, t) in tensors {

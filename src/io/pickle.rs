@@ -85,9 +85,7 @@ fn lookup_global(module: &str, name: &str) -> Result<Global> {
         ("torch._utils", "_rebuild_from_type_v2") | ("torch._tensor", "_rebuild_from_type_v2") => {
             Global::RebuildFromTypeV2
         }
-        ("torch", "Tensor") | ("torch._tensor", "Tensor") | ("torch.nn.parameter", "Parameter") => {
-            Global::TensorType
-        }
+        ("torch", "Tensor") | ("torch._tensor", "Tensor") | ("torch.nn.parameter", "Parameter") => Global::TensorType,
         ("torch", cls) => match StorageDtype::from_class(cls) {
             Some(d) => Global::StorageType(d),
             None => bail!("refused global {module}.{name} (not in the checkpoint whitelist)"),
@@ -254,13 +252,7 @@ impl<'a> Vm<'a> {
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| {
-                anyhow!(
-                    "pickle truncated at byte {} (needs {} more bytes)",
-                    self.pos,
-                    n
-                )
-            })?;
+            .ok_or_else(|| anyhow!("pickle truncated at byte {} (needs {} more bytes)", self.pos, n))?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -288,24 +280,15 @@ impl<'a> Vm<'a> {
             .iter()
             .take(4096)
             .position(|&c| c == b'\n')
-            .ok_or_else(|| {
-                anyhow!(
-                    "pickle truncated: unterminated text line at byte {}",
-                    self.pos
-                )
-            })?;
-        let s = std::str::from_utf8(&rest[..n])
-            .map_err(|_| anyhow!("pickle: non-UTF-8 text at byte {}", self.pos))?;
+            .ok_or_else(|| anyhow!("pickle truncated: unterminated text line at byte {}", self.pos))?;
+        let s = std::str::from_utf8(&rest[..n]).map_err(|_| anyhow!("pickle: non-UTF-8 text at byte {}", self.pos))?;
         self.pos += n + 1;
         Ok(s)
     }
     fn len_checked(&self, n: u64) -> Result<usize> {
         let remaining = (self.data.len() - self.pos) as u64;
         if n > remaining || n > MAX_STRING as u64 {
-            bail!(
-                "pickle declares a {n}-byte string at byte {} but only {remaining} bytes remain",
-                self.pos
-            );
+            bail!("pickle declares a {n}-byte string at byte {} but only {remaining} bytes remain", self.pos);
         }
         Ok(n as usize)
     }
@@ -313,8 +296,7 @@ impl<'a> Vm<'a> {
         let n = self.len_checked(n)?;
         let at = self.pos;
         let b = self.take(n)?;
-        let s = std::str::from_utf8(b)
-            .map_err(|_| anyhow!("pickle: invalid UTF-8 string at byte {at}"))?;
+        let s = std::str::from_utf8(b).map_err(|_| anyhow!("pickle: invalid UTF-8 string at byte {at}"))?;
         Ok(Value::Str(Rc::from(s)))
     }
     /// Python 2 `str` (legacy files written by py2): bytes, taken as Latin-1 text.
@@ -351,18 +333,12 @@ impl<'a> Vm<'a> {
         Ok(self.stack.last_mut().expect("checked non-empty"))
     }
     fn pop_mark(&mut self, op: &str) -> Result<Vec<Value>> {
-        let m = self
-            .marks
-            .pop()
-            .ok_or_else(|| anyhow!("pickle opcode {op} without MARK at byte {}", self.pos))?;
+        let m = self.marks.pop().ok_or_else(|| anyhow!("pickle opcode {op} without MARK at byte {}", self.pos))?;
         Ok(self.stack.split_off(m))
     }
     fn check_containers(&self) -> Result<()> {
         if self.seqs.len() + self.dicts.len() >= MAX_CONTAINERS {
-            bail!(
-                "pickle builds more than {MAX_CONTAINERS} containers (byte {})",
-                self.pos
-            );
+            bail!("pickle builds more than {MAX_CONTAINERS} containers (byte {})", self.pos);
         }
         Ok(())
     }
@@ -379,10 +355,7 @@ impl<'a> Vm<'a> {
     fn memo_put(&mut self, idx: u32) -> Result<()> {
         let v = self.top_mut("PUT")?.clone();
         if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&idx) {
-            bail!(
-                "pickle memo larger than {MAX_MEMO} entries at byte {}",
-                self.pos
-            );
+            bail!("pickle memo larger than {MAX_MEMO} entries at byte {}", self.pos);
         }
         self.memo.insert(idx, v);
         Ok(())
@@ -396,14 +369,9 @@ impl<'a> Vm<'a> {
         self.push(v)
     }
     fn setitems(&mut self, target: &Value, kv: Vec<Value>, op: &str) -> Result<()> {
-        let Value::Dict(d) = *target else {
-            bail!("pickle {op} on a {} at byte {}", target.kind(), self.pos)
-        };
+        let Value::Dict(d) = *target else { bail!("pickle {op} on a {} at byte {}", target.kind(), self.pos) };
         if !kv.len().is_multiple_of(2) {
-            bail!(
-                "pickle {op} with an odd number of items at byte {}",
-                self.pos
-            );
+            bail!("pickle {op} with an odd number of items at byte {}", self.pos);
         }
         let mut it = kv.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -412,9 +380,7 @@ impl<'a> Vm<'a> {
         Ok(())
     }
     fn extend_seq(&mut self, target: &Value, items: Vec<Value>, op: &str) -> Result<()> {
-        let Value::Seq(s) = *target else {
-            bail!("pickle {op} on a {} at byte {}", target.kind(), self.pos)
-        };
+        let Value::Seq(s) = *target else { bail!("pickle {op} on a {} at byte {}", target.kind(), self.pos) };
         self.seqs[s].extend(items);
         Ok(())
     }
@@ -479,11 +445,7 @@ impl<'a> Vm<'a> {
                     self.push(Value::Int(v as i64))?
                 }
                 0x8a | 0x8b => {
-                    let n = if op == 0x8a {
-                        self.u8()? as u64
-                    } else {
-                        self.u32()? as u64
-                    };
+                    let n = if op == 0x8a { self.u8()? as u64 } else { self.u32()? as u64 };
                     let n = self.len_checked(n)?;
                     let b = self.take(n)?;
                     let v = if n == 0 {
@@ -505,10 +467,7 @@ impl<'a> Vm<'a> {
                     let v = match s {
                         "01" => Value::Bool(true),
                         "00" => Value::Bool(false),
-                        _ => Value::Int(
-                            s.parse::<i64>()
-                                .map_err(|_| anyhow!("pickle: bad INT {s:?} at byte {at}"))?,
-                        ),
+                        _ => Value::Int(s.parse::<i64>().map_err(|_| anyhow!("pickle: bad INT {s:?} at byte {at}"))?),
                     };
                     self.push(v)?
                 }
@@ -643,9 +602,7 @@ impl<'a> Vm<'a> {
                         Some(Value::Str(k)) => format!("tensor '{k}': "),
                         _ => String::new(),
                     };
-                    let v = self
-                        .call(&func, &args)
-                        .map_err(|e| anyhow!("{key}{e} (opcode {name} at byte {at})"))?;
+                    let v = self.call(&func, &args).map_err(|e| anyhow!("{key}{e} (opcode {name} at byte {at})"))?;
                     self.push(v)?
                 }
                 b'b' => {
@@ -656,9 +613,7 @@ impl<'a> Vm<'a> {
                 }
                 b'Q' => {
                     let pid = self.pop("BINPERSID")?;
-                    let v = self
-                        .persistent_load(&pid)
-                        .map_err(|e| anyhow!("{e} (opcode BINPERSID at byte {at})"))?;
+                    let v = self.persistent_load(&pid).map_err(|e| anyhow!("{e} (opcode BINPERSID at byte {at})"))?;
                     self.push(v)?
                 }
                 b'q' => {
@@ -683,22 +638,15 @@ impl<'a> Vm<'a> {
                 }
                 b'p' => {
                     let s = self.line()?;
-                    let i = s
-                        .parse::<u32>()
-                        .map_err(|_| anyhow!("pickle: bad PUT index at byte {at}"))?;
+                    let i = s.parse::<u32>().map_err(|_| anyhow!("pickle: bad PUT index at byte {at}"))?;
                     self.memo_put(i)?
                 }
                 b'g' => {
                     let s = self.line()?;
-                    let i = s
-                        .parse::<u32>()
-                        .map_err(|_| anyhow!("pickle: bad GET index at byte {at}"))?;
+                    let i = s.parse::<u32>().map_err(|_| anyhow!("pickle: bad GET index at byte {at}"))?;
                     self.memo_get(i)?
                 }
-                _ => bail!(
-                    "pickle opcode 0x{op:02x} ({}) not supported at byte {at}",
-                    opcode_name(op)
-                ),
+                _ => bail!("pickle opcode 0x{op:02x} ({}) not supported at byte {at}", opcode_name(op)),
             }
         }
     }
@@ -735,10 +683,7 @@ impl<'a> Vm<'a> {
     /// Interprets a call of a whitelisted global. Nothing is executed.
     fn call(&mut self, func: &Value, args: &Value) -> Result<Value> {
         let Value::Global(g) = func else {
-            bail!(
-                "call of a {} (only whitelisted globals can be called)",
-                func.kind()
-            )
+            bail!("call of a {} (only whitelisted globals can be called)", func.kind())
         };
         let args: Vec<Value> = self.seq(args, "call arguments")?.to_vec();
         match g {
@@ -765,14 +710,10 @@ impl<'a> Vm<'a> {
                     bail!("_rebuild_tensor with {} arguments (needs ≥ 4)", args.len());
                 }
                 let Value::Storage(storage) = args[0] else {
-                    bail!(
-                        "_rebuild_tensor: first argument is a {}, not a storage",
-                        args[0].kind()
-                    )
+                    bail!("_rebuild_tensor: first argument is a {}, not a storage", args[0].kind())
                 };
                 let offset = Self::int(&args[1], "_rebuild_tensor storage_offset")?;
-                let offset = u64::try_from(offset)
-                    .map_err(|_| anyhow!("negative storage_offset {offset}"))?;
+                let offset = u64::try_from(offset).map_err(|_| anyhow!("negative storage_offset {offset}"))?;
                 let shape = self.usize_list(&args[2], "_rebuild_tensor size")?;
                 let stride = self.usize_list(&args[3], "_rebuild_tensor stride")?;
                 self.new_tensor(storage, offset, shape, stride)
@@ -784,10 +725,7 @@ impl<'a> Vm<'a> {
             Global::RebuildFromTypeV2 => {
                 // (func, new_type, args, state): rebuild with func(*args), ignore type/state.
                 if args.len() < 3 {
-                    bail!(
-                        "_rebuild_from_type_v2 with {} arguments (needs ≥ 3)",
-                        args.len()
-                    );
+                    bail!("_rebuild_from_type_v2 with {} arguments (needs ≥ 3)", args.len());
                 }
                 if !matches!(args[1], Value::Global(Global::TensorType)) {
                     bail!("_rebuild_from_type_v2 with a non-tensor type");
@@ -800,19 +738,9 @@ impl<'a> Vm<'a> {
         }
     }
 
-    fn new_tensor(
-        &mut self,
-        storage: usize,
-        offset: u64,
-        shape: Vec<usize>,
-        stride: Vec<usize>,
-    ) -> Result<Value> {
+    fn new_tensor(&mut self, storage: usize, offset: u64, shape: Vec<usize>, stride: Vec<usize>) -> Result<Value> {
         if shape.len() != stride.len() {
-            bail!(
-                "tensor with {} sizes but {} strides",
-                shape.len(),
-                stride.len()
-            );
+            bail!("tensor with {} sizes but {} strides", shape.len(), stride.len());
         }
         let numel = shape
             .iter()
@@ -826,9 +754,7 @@ impl<'a> Vm<'a> {
                 let step = ((d - 1) as u64)
                     .checked_mul(st as u64)
                     .ok_or_else(|| anyhow!("tensor stride {stride:?} overflows"))?;
-                last = last
-                    .checked_add(step)
-                    .ok_or_else(|| anyhow!("tensor extent overflows"))?;
+                last = last.checked_add(step).ok_or_else(|| anyhow!("tensor extent overflows"))?;
             }
             if last >= s.numel {
                 bail!(
@@ -841,12 +767,7 @@ impl<'a> Vm<'a> {
         if self.tensors.len() >= MAX_TENSORS {
             bail!("more than {MAX_TENSORS} tensors");
         }
-        self.tensors.push(TensorRef {
-            storage,
-            offset,
-            shape,
-            stride,
-        });
+        self.tensors.push(TensorRef { storage, offset, shape, stride });
         Ok(Value::Tensor(self.tensors.len() - 1))
     }
 
@@ -865,10 +786,7 @@ impl<'a> Vm<'a> {
             bail!("persistent id with {} fields (expected 5 or 6)", t.len());
         }
         let Value::Global(Global::StorageType(dtype)) = t[1] else {
-            bail!(
-                "persistent id names a {} instead of a torch.*Storage class",
-                t[1].kind()
-            )
+            bail!("persistent id names a {} instead of a torch.*Storage class", t[1].kind())
         };
         let key: String = match &t[2] {
             Value::Str(s) => s.to_string(),
@@ -876,8 +794,7 @@ impl<'a> Vm<'a> {
             other => bail!("storage key is a {}", other.kind()),
         };
         let root_numel = Self::int(&t[4], "storage size")?;
-        let root_numel =
-            u64::try_from(root_numel).map_err(|_| anyhow!("storage '{key}' has negative size"))?;
+        let root_numel = u64::try_from(root_numel).map_err(|_| anyhow!("storage '{key}' has negative size"))?;
         let (offset, numel) = match t.get(5) {
             None | Some(Value::None) => (0, root_numel),
             Some(view) => {
@@ -916,15 +833,8 @@ impl<'a> Vm<'a> {
         if self.storages.len() >= MAX_TENSORS {
             bail!("more than {MAX_TENSORS} storages");
         }
-        self.storages.push(StorageRef {
-            root_key: key,
-            dtype,
-            root_numel,
-            offset,
-            numel,
-        });
-        self.storage_by_key
-            .insert(view_key, self.storages.len() - 1);
+        self.storages.push(StorageRef { root_key: key, dtype, root_numel, offset, numel });
+        self.storage_by_key.insert(view_key, self.storages.len() - 1);
         Ok(Value::Storage(self.storages.len() - 1))
     }
 
@@ -933,32 +843,22 @@ impl<'a> Vm<'a> {
     pub fn load_state_dict(&mut self) -> Result<Unpickled> {
         let top = self.run()?;
         let Value::Dict(mut d) = top else {
-            bail!(
-                "the checkpoint holds a {}, not a state_dict (dict of tensors)",
-                top.kind()
-            )
+            bail!("the checkpoint holds a {}, not a state_dict (dict of tensors)", top.kind())
         };
-        if let Some((_, v)) = self.dicts[d]
-            .items
-            .iter()
-            .find(|(k, _)| matches!(k, Value::Str(s) if &**s == "state_dict"))
+        if let Some((_, v)) =
+            self.dicts[d].items.iter().find(|(k, _)| matches!(k, Value::Str(s) if &**s == "state_dict"))
         {
             match v {
                 Value::Dict(inner) => d = *inner,
-                other => bail!(
-                    "key 'state_dict' holds a {} (a pickled nn.Module?), not a dict of tensors",
-                    other.kind()
-                ),
+                other => {
+                    bail!("key 'state_dict' holds a {} (a pickled nn.Module?), not a dict of tensors", other.kind())
+                }
             }
         }
         let mut entries = Vec::with_capacity(self.dicts[d].items.len());
         for (k, v) in &self.dicts[d].items {
-            let Value::Str(k) = k else {
-                bail!("state_dict has a non-string key ({})", k.kind())
-            };
-            let Value::Tensor(t) = v else {
-                bail!("key '{k}' holds a {}, not a tensor", v.kind())
-            };
+            let Value::Str(k) = k else { bail!("state_dict has a non-string key ({})", k.kind()) };
+            let Value::Tensor(t) = v else { bail!("key '{k}' holds a {}, not a tensor", v.kind()) };
             entries.push((k.to_string(), *t));
         }
         // Later pickles of the same file start with no storages (their indices restart at 0).
@@ -989,12 +889,9 @@ impl<'a> Vm<'a> {
             Value::Float(f) => Plain::Float(*f),
             Value::Str(s) => Plain::Str(s.to_string()),
             Value::Bytes(b) => Plain::Bytes(b.to_vec()),
-            Value::Seq(i) => Plain::List(
-                self.seqs[*i]
-                    .iter()
-                    .map(|x| self.plain(x, depth + 1))
-                    .collect::<Result<_>>()?,
-            ),
+            Value::Seq(i) => {
+                Plain::List(self.seqs[*i].iter().map(|x| self.plain(x, depth + 1)).collect::<Result<_>>()?)
+            }
             Value::Dict(i) => Plain::Dict(
                 self.dicts[*i]
                     .items

@@ -32,8 +32,7 @@ pub fn load_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
 }
 
 fn load_zip(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
-    let mut zip =
-        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| anyhow!("bad zip archive: {e}"))?;
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| anyhow!("bad zip archive: {e}"))?;
     // torch names every record `<archive name>/...`; the pickle is `<archive name>/data.pkl`.
     let mut prefix = None;
     for i in 0..zip.len() {
@@ -47,24 +46,16 @@ fn load_zip(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
             }
         }
     }
-    let prefix = prefix.ok_or_else(|| {
-        anyhow!("zip archive has no <name>/data.pkl record (not a torch checkpoint)")
-    })?;
-    if let Some(order) = read_entry_opt(&mut zip, &format!("{prefix}/byteorder"), 64, bytes.len())?
-    {
+    let prefix = prefix.ok_or_else(|| anyhow!("zip archive has no <name>/data.pkl record (not a torch checkpoint)"))?;
+    if let Some(order) = read_entry_opt(&mut zip, &format!("{prefix}/byteorder"), 64, bytes.len())? {
         if order.trim_ascii() != b"little" {
-            bail!(
-                "checkpoint byteorder is {:?}; only little-endian is supported",
-                String::from_utf8_lossy(&order)
-            );
+            bail!("checkpoint byteorder is {:?}; only little-endian is supported", String::from_utf8_lossy(&order));
         }
     }
     let pkl_name = format!("{prefix}/data.pkl");
     let pkl = read_entry_opt(&mut zip, &pkl_name, MAX_PICKLE_BYTES, bytes.len())?
         .ok_or_else(|| anyhow!("zip record {pkl_name} unreadable"))?;
-    let unpickled = Vm::new(&pkl, 0)
-        .load_state_dict()
-        .with_context(|| format!("in {pkl_name}"))?;
+    let unpickled = Vm::new(&pkl, 0).load_state_dict().with_context(|| format!("in {pkl_name}"))?;
 
     let mut records: HashMap<String, Cow<[u8]>> = HashMap::new();
     for s in &unpickled.storages {
@@ -76,10 +67,7 @@ fn load_zip(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
         let data = read_entry_opt(&mut zip, &name, want, bytes.len())?
             .ok_or_else(|| anyhow!("storage record {name} missing from the zip archive"))?;
         if data.len() as u64 != want {
-            bail!(
-                "storage record {name} has {} bytes, expected {want}",
-                data.len()
-            );
+            bail!("storage record {name} has {} bytes, expected {want}", data.len());
         }
         records.insert(s.root_key.clone(), Cow::Owned(data));
     }
@@ -100,10 +88,7 @@ fn read_entry_opt(
         Err(e) => bail!("zip record {name}: {e}"),
     };
     let size = f.size();
-    let possible = f
-        .compressed_size()
-        .saturating_mul(DEFLATE_MAX_RATIO)
-        .saturating_add(1024);
+    let possible = f.compressed_size().saturating_mul(DEFLATE_MAX_RATIO).saturating_add(1024);
     if size > max {
         bail!("zip record {name} declares {size} bytes, expected at most {max}");
     }
@@ -111,15 +96,9 @@ fn read_entry_opt(
         bail!("zip record {name} declares an impossible size ({size} bytes)");
     }
     let mut buf = Vec::with_capacity(size as usize);
-    f.by_ref()
-        .take(size.saturating_add(1))
-        .read_to_end(&mut buf)
-        .map_err(|e| anyhow!("zip record {name}: {e}"))?;
+    f.by_ref().take(size.saturating_add(1)).read_to_end(&mut buf).map_err(|e| anyhow!("zip record {name}: {e}"))?;
     if buf.len() as u64 != size {
-        bail!(
-            "zip record {name} holds {} bytes but declares {size}",
-            buf.len()
-        );
+        bail!("zip record {name} holds {} bytes but declares {size}", buf.len());
     }
     Ok(Some(buf))
 }
@@ -132,9 +111,7 @@ fn load_legacy(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
     }
     match vm.load_plain().context("legacy protocol version")? {
         Plain::Int(LEGACY_PROTOCOL_VERSION) => {}
-        other => bail!(
-            "legacy checkpoint protocol version {other:?}, expected {LEGACY_PROTOCOL_VERSION}"
-        ),
+        other => bail!("legacy checkpoint protocol version {other:?}, expected {LEGACY_PROTOCOL_VERSION}"),
     }
     match vm.load_plain().context("legacy sys_info")? {
         Plain::Dict(items) => {
@@ -151,11 +128,7 @@ fn load_legacy(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
         Plain::List(keys) => keys,
         _ => bail!("legacy storage key list is not a list"),
     };
-    let roots: HashMap<&str, &StorageRef> = unpickled
-        .storages
-        .iter()
-        .map(|s| (s.root_key.as_str(), s))
-        .collect();
+    let roots: HashMap<&str, &StorageRef> = unpickled.storages.iter().map(|s| (s.root_key.as_str(), s)).collect();
     let mut pos = vm.position();
     let mut records: HashMap<String, Cow<[u8]>> = HashMap::new();
     for key in keys {
@@ -164,27 +137,22 @@ fn load_legacy(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
             Plain::Int(i) => i.to_string(),
             _ => bail!("legacy storage key list holds a non-string"),
         };
-        let s = roots.get(key.as_str()).ok_or_else(|| {
-            anyhow!("legacy storage '{key}' is listed but not used by any tensor")
-        })?;
-        let head = bytes
-            .get(pos..pos + 8)
-            .ok_or_else(|| anyhow!("legacy storage '{key}': file truncated at byte {pos}"))?;
+        let s = roots
+            .get(key.as_str())
+            .ok_or_else(|| anyhow!("legacy storage '{key}' is listed but not used by any tensor"))?;
+        let head =
+            bytes.get(pos..pos + 8).ok_or_else(|| anyhow!("legacy storage '{key}': file truncated at byte {pos}"))?;
         let count = u64::from_le_bytes(head.try_into().expect("8 bytes"));
         if count != s.root_numel {
-            bail!(
-                "legacy storage '{key}' holds {count} elements, the pickle says {}",
-                s.root_numel
-            );
+            bail!("legacy storage '{key}' holds {count} elements, the pickle says {}", s.root_numel);
         }
         let nbytes = storage_nbytes(s)?;
         let start = pos + 8;
         let end = (start as u64)
             .checked_add(nbytes)
             .filter(|&e| e <= bytes.len() as u64)
-            .ok_or_else(|| {
-                anyhow!("legacy storage '{key}' ({nbytes} bytes) runs past the end of the file")
-            })? as usize;
+            .ok_or_else(|| anyhow!("legacy storage '{key}' ({nbytes} bytes) runs past the end of the file"))?
+            as usize;
         records.insert(key, Cow::Borrowed(&bytes[start..end]));
         pos = end;
     }
@@ -215,20 +183,11 @@ fn materialize(
             bail!("tensor '{key}' ({numel} elements) exceeds what the file size can hold");
         }
         budget -= numel;
-        let raw = records.get(&s.root_key).ok_or_else(|| {
-            anyhow!(
-                "tensor '{key}': storage '{}' has no data in the file",
-                s.root_key
-            )
-        })?;
+        let raw = records
+            .get(&s.root_key)
+            .ok_or_else(|| anyhow!("tensor '{key}': storage '{}' has no data in the file", s.root_key))?;
         let data = gather(t, s, raw).with_context(|| format!("tensor '{key}'"))?;
-        out.push((
-            key.clone(),
-            HostTensor {
-                shape: t.shape.clone(),
-                data,
-            },
-        ));
+        out.push((key.clone(), HostTensor { shape: t.shape.clone(), data }));
     }
     Ok(out)
 }
@@ -265,17 +224,9 @@ fn element_indices<'a>(t: &'a TensorRef, s: &StorageRef) -> impl Iterator<Item =
 fn gather(t: &TensorRef, s: &StorageRef, raw: &[u8]) -> Result<HostData> {
     let es = s.dtype.elem_size();
     // The view was checked against the storage's numel in the VM; check against the bytes too.
-    let need = s
-        .offset
-        .checked_add(s.numel)
-        .and_then(|n| n.checked_mul(es as u64))
-        .unwrap_or(u64::MAX);
+    let need = s.offset.checked_add(s.numel).and_then(|n| n.checked_mul(es as u64)).unwrap_or(u64::MAX);
     if need > raw.len() as u64 {
-        bail!(
-            "storage '{}' has {} bytes, the view needs {need}",
-            s.root_key,
-            raw.len()
-        );
+        bail!("storage '{}' has {} bytes, the view needs {need}", s.root_key, raw.len());
     }
     let base = s.offset.wrapping_add(t.offset) as usize;
     Ok(if is_contiguous(t) {
@@ -302,37 +253,22 @@ fn decode_at(dtype: StorageDtype, raw: &[u8], idx: impl Iterator<Item = usize>) 
     let es = dtype.elem_size();
     let at = |i: usize| &raw[i * es..i * es + es];
     match dtype {
-        StorageDtype::F32 => HostData::F32(
-            idx.map(|i| f32::from_le_bytes(at(i).try_into().expect("4")))
-                .collect(),
-        ),
-        StorageDtype::F64 => HostData::F64(
-            idx.map(|i| f64::from_le_bytes(at(i).try_into().expect("8")))
-                .collect(),
-        ),
-        StorageDtype::F16 => HostData::F32(
-            idx.map(|i| half::f16::from_le_bytes(at(i).try_into().expect("2")).to_f32())
-                .collect(),
-        ),
-        StorageDtype::BF16 => HostData::F32(
-            idx.map(|i| half::bf16::from_le_bytes(at(i).try_into().expect("2")).to_f32())
-                .collect(),
-        ),
-        StorageDtype::I64 => HostData::I64(
-            idx.map(|i| i64::from_le_bytes(at(i).try_into().expect("8")))
-                .collect(),
-        ),
-        StorageDtype::I32 => HostData::I64(
-            idx.map(|i| i32::from_le_bytes(at(i).try_into().expect("4")) as i64)
-                .collect(),
-        ),
-        StorageDtype::I16 => HostData::I64(
-            idx.map(|i| i16::from_le_bytes(at(i).try_into().expect("2")) as i64)
-                .collect(),
-        ),
-        StorageDtype::I8 => HostData::I64(idx.map(|i| at(i)[0] as i8 as i64).collect()),
-        StorageDtype::U8 | StorageDtype::Bool => {
-            HostData::I64(idx.map(|i| at(i)[0] as i64).collect())
+        StorageDtype::F32 => HostData::F32(idx.map(|i| f32::from_le_bytes(at(i).try_into().expect("4"))).collect()),
+        StorageDtype::F64 => HostData::F64(idx.map(|i| f64::from_le_bytes(at(i).try_into().expect("8"))).collect()),
+        StorageDtype::F16 => {
+            HostData::F32(idx.map(|i| half::f16::from_le_bytes(at(i).try_into().expect("2")).to_f32()).collect())
         }
+        StorageDtype::BF16 => {
+            HostData::F32(idx.map(|i| half::bf16::from_le_bytes(at(i).try_into().expect("2")).to_f32()).collect())
+        }
+        StorageDtype::I64 => HostData::I64(idx.map(|i| i64::from_le_bytes(at(i).try_into().expect("8"))).collect()),
+        StorageDtype::I32 => {
+            HostData::I64(idx.map(|i| i32::from_le_bytes(at(i).try_into().expect("4")) as i64).collect())
+        }
+        StorageDtype::I16 => {
+            HostData::I64(idx.map(|i| i16::from_le_bytes(at(i).try_into().expect("2")) as i64).collect())
+        }
+        StorageDtype::I8 => HostData::I64(idx.map(|i| at(i)[0] as i8 as i64).collect()),
+        StorageDtype::U8 | StorageDtype::Bool => HostData::I64(idx.map(|i| at(i)[0] as i64).collect()),
     }
 }

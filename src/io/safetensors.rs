@@ -39,10 +39,7 @@ impl<'de> Deserialize<'de> for OrderedObject {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> std::result::Result<OrderedObject, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<OrderedObject, A::Error> {
                 let mut v = Vec::new();
                 while let Some(entry) = m.next_entry::<String, Value>()? {
                     v.push(entry);
@@ -62,15 +59,8 @@ impl<'de> Deserialize<'de> for Header {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> std::result::Result<Header, A::Error> {
-                let mut h = Header {
-                    entries: Vec::new(),
-                    metadata: None,
-                    duplicate: None,
-                };
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Header, A::Error> {
+                let mut h = Header { entries: Vec::new(), metadata: None, duplicate: None };
                 while let Some(k) = m.next_key::<String>()? {
                     if k == "__metadata__" {
                         if h.metadata.is_some() {
@@ -121,8 +111,7 @@ impl Dtype {
 }
 
 fn u64_of(v: &Value, what: &str, name: &str) -> Result<u64> {
-    v.as_u64()
-        .ok_or_else(|| anyhow!("tensor '{name}': {what} holds {v} (not a non-negative integer)"))
+    v.as_u64().ok_or_else(|| anyhow!("tensor '{name}': {what} holds {v} (not a non-negative integer)"))
 }
 
 /// Parses a whole safetensors file held in memory.
@@ -135,20 +124,16 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<SafeTensors> {
         bail!("safetensors header length {header_len} exceeds the {MAX_HEADER_LEN}-byte limit");
     }
     if header_len > (bytes.len() - 8) as u64 {
-        bail!(
-            "safetensors header length {header_len} runs past the end of the {}-byte file",
-            bytes.len()
-        );
+        bail!("safetensors header length {header_len} runs past the end of the {}-byte file", bytes.len());
     }
     let header = &bytes[8..8 + header_len as usize];
     let data = &bytes[8 + header_len as usize..];
     if header.first() != Some(&b'{') {
         bail!("safetensors header does not start with '{{'");
     }
-    let header =
-        std::str::from_utf8(header).map_err(|_| anyhow!("safetensors header is not UTF-8"))?;
-    let parsed: Header = serde_json::from_str(header.trim_end_matches(' '))
-        .map_err(|e| anyhow!("safetensors header JSON: {e}"))?;
+    let header = std::str::from_utf8(header).map_err(|_| anyhow!("safetensors header is not UTF-8"))?;
+    let parsed: Header =
+        serde_json::from_str(header.trim_end_matches(' ')).map_err(|e| anyhow!("safetensors header JSON: {e}"))?;
     if let Some(k) = parsed.duplicate {
         bail!("safetensors header repeats the key '{k}'");
     }
@@ -160,9 +145,7 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<SafeTensors> {
     let mut layouts = Vec::new();
     if let Some(OrderedObject(meta)) = parsed.metadata {
         for (k, x) in meta {
-            let s = x
-                .as_str()
-                .ok_or_else(|| anyhow!("__metadata__ entry '{k}' is not a string"))?;
+            let s = x.as_str().ok_or_else(|| anyhow!("__metadata__ entry '{k}' is not a string"))?;
             out.metadata.push((k, s.to_string()));
         }
     }
@@ -170,60 +153,38 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<SafeTensors> {
         if !seen.insert(name.clone()) {
             bail!("safetensors header repeats the key '{name}'");
         }
-        let obj = v
-            .as_object()
-            .ok_or_else(|| anyhow!("tensor '{name}': header entry is not an object"))?;
-        let dtype_name = obj
-            .get("dtype")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("tensor '{name}': missing dtype"))?;
-        let dtype = Dtype::parse(dtype_name)
-            .ok_or_else(|| anyhow!("tensor '{name}': unsupported dtype {dtype_name}"))?;
-        let shape_v = obj
-            .get("shape")
-            .and_then(Value::as_array)
-            .ok_or_else(|| anyhow!("tensor '{name}': missing shape"))?;
+        let obj = v.as_object().ok_or_else(|| anyhow!("tensor '{name}': header entry is not an object"))?;
+        let dtype_name =
+            obj.get("dtype").and_then(Value::as_str).ok_or_else(|| anyhow!("tensor '{name}': missing dtype"))?;
+        let dtype =
+            Dtype::parse(dtype_name).ok_or_else(|| anyhow!("tensor '{name}': unsupported dtype {dtype_name}"))?;
+        let shape_v =
+            obj.get("shape").and_then(Value::as_array).ok_or_else(|| anyhow!("tensor '{name}': missing shape"))?;
         if shape_v.len() > MAX_NDIM {
-            bail!(
-                "tensor '{name}': {} dimensions (max {MAX_NDIM})",
-                shape_v.len()
-            );
+            bail!("tensor '{name}': {} dimensions (max {MAX_NDIM})", shape_v.len());
         }
         let mut shape = Vec::with_capacity(shape_v.len());
         for d in shape_v {
             let d = u64_of(d, "shape", &name)?;
-            shape.push(
-                usize::try_from(d)
-                    .map_err(|_| anyhow!("tensor '{name}': dimension {d} too large"))?,
-            );
+            shape.push(usize::try_from(d).map_err(|_| anyhow!("tensor '{name}': dimension {d} too large"))?);
         }
         let offs = obj
             .get("data_offsets")
             .and_then(Value::as_array)
             .filter(|a| a.len() == 2)
             .ok_or_else(|| anyhow!("tensor '{name}': data_offsets is not a [begin, end] pair"))?;
-        let (begin, end) = (
-            u64_of(&offs[0], "data_offsets", &name)?,
-            u64_of(&offs[1], "data_offsets", &name)?,
-        );
+        let (begin, end) = (u64_of(&offs[0], "data_offsets", &name)?, u64_of(&offs[1], "data_offsets", &name)?);
         let numel = shape
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
             .ok_or_else(|| anyhow!("tensor '{name}': shape {shape:?} overflows"))?;
-        let nbytes = numel
-            .checked_mul(dtype.size() as u64)
-            .ok_or_else(|| anyhow!("tensor '{name}': byte size overflows"))?;
+        let nbytes =
+            numel.checked_mul(dtype.size() as u64).ok_or_else(|| anyhow!("tensor '{name}': byte size overflows"))?;
         if end < begin || end > data.len() as u64 {
-            bail!(
-                "tensor '{name}': data_offsets [{begin}, {end}] outside the {}-byte data section",
-                data.len()
-            );
+            bail!("tensor '{name}': data_offsets [{begin}, {end}] outside the {}-byte data section", data.len());
         }
         if end - begin != nbytes {
-            bail!(
-                "tensor '{name}': data_offsets span {} bytes but {dtype_name} {shape:?} needs {nbytes}",
-                end - begin
-            );
+            bail!("tensor '{name}': data_offsets span {} bytes but {dtype_name} {shape:?} needs {nbytes}", end - begin);
         }
         spans.push((begin, end, layouts.len()));
         layouts.push((name, dtype, shape, begin as usize, end as usize));
@@ -234,11 +195,7 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<SafeTensors> {
     for w in spans.windows(2) {
         let (a, b) = (&w[0], &w[1]);
         if b.0 < a.1 {
-            bail!(
-                "tensors '{}' and '{}' have overlapping data_offsets",
-                layouts[a.2].0,
-                layouts[b.2].0
-            );
+            bail!("tensors '{}' and '{}' have overlapping data_offsets", layouts[a.2].0, layouts[b.2].0);
         }
     }
     for (name, dtype, shape, begin, end) in layouts {
@@ -251,36 +208,24 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<SafeTensors> {
 
 fn decode(dtype: Dtype, raw: &[u8]) -> HostData {
     match dtype {
-        Dtype::F32 => HostData::F32(
-            raw.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
-                .collect(),
-        ),
-        Dtype::F64 => HostData::F64(
-            raw.chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
-                .collect(),
-        ),
-        Dtype::F16 => HostData::F32(
-            raw.chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        ),
-        Dtype::BF16 => HostData::F32(
-            raw.chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        ),
-        Dtype::I64 => HostData::I64(
-            raw.chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
-                .collect(),
-        ),
-        Dtype::I32 => HostData::I64(
-            raw.chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
-                .collect(),
-        ),
+        Dtype::F32 => {
+            HostData::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect())
+        }
+        Dtype::F64 => {
+            HostData::F64(raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8"))).collect())
+        }
+        Dtype::F16 => {
+            HostData::F32(raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+        }
+        Dtype::BF16 => {
+            HostData::F32(raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+        }
+        Dtype::I64 => {
+            HostData::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect())
+        }
+        Dtype::I32 => {
+            HostData::I64(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect())
+        }
     }
 }
 
@@ -291,10 +236,7 @@ pub fn load_safetensors(path: &Path) -> Result<SafeTensors> {
 }
 
 /// Serializes tensors (in the given order) and metadata to safetensors bytes.
-pub fn encode_safetensors(
-    tensors: &[(String, HostTensor)],
-    metadata: &[(String, String)],
-) -> Result<Vec<u8>> {
+pub fn encode_safetensors(tensors: &[(String, HostTensor)], metadata: &[(String, String)]) -> Result<Vec<u8>> {
     let mut header = String::from("{");
     let mut first = true;
     let mut sep = |h: &mut String| {
@@ -324,11 +266,7 @@ pub fn encode_safetensors(
         }
         let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if numel != Some(t.data.len()) {
-            bail!(
-                "tensor '{name}': shape {:?} does not match {} elements",
-                t.shape,
-                t.data.len()
-            );
+            bail!("tensor '{name}': shape {:?} does not match {} elements", t.shape, t.data.len());
         }
         let (dtype, size) = match &t.data {
             HostData::F32(_) => ("F32", 4),
@@ -354,28 +292,17 @@ pub fn encode_safetensors(
     out.extend_from_slice(header.as_bytes());
     for (_, t) in tensors {
         match &t.data {
-            HostData::F32(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            HostData::F64(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            HostData::I64(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            HostData::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            HostData::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            HostData::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         }
     }
     Ok(out)
 }
 
 /// Writes a safetensors file atomically (temporary file in the same directory, then rename).
-pub fn save_safetensors(
-    path: &Path,
-    tensors: &[(String, HostTensor)],
-    metadata: &[(String, String)],
-) -> Result<()> {
-    let bytes =
-        encode_safetensors(tensors, metadata).map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
+pub fn save_safetensors(path: &Path, tensors: &[(String, HostTensor)], metadata: &[(String, String)]) -> Result<()> {
+    let bytes = encode_safetensors(tensors, metadata).map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
     write_atomically(path, &bytes)
 }
 
@@ -397,14 +324,10 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{}: not a file path", path.display()))?
-        .to_string_lossy();
+    let file_name = path.file_name().ok_or_else(|| anyhow!("{}: not a file path", path.display()))?.to_string_lossy();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| -> Result<()> {
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;

@@ -113,7 +113,11 @@ fn check_entry(source: &str, key: &str, t: &HostTensor, slot: &Slot) -> Result<(
     match slot {
         Slot::Param(m) | Slot::Buffer(m) => {
             if t.shape != m.shape() {
-                bail!("{source}: tensor `{key}` has shape {:?} in the checkpoint but {:?} in the model", t.shape, m.shape());
+                bail!(
+                    "{source}: tensor `{key}` has shape {:?} in the checkpoint but {:?} in the model",
+                    t.shape,
+                    m.shape()
+                );
             }
             if matches!(t.data, HostData::I64(_)) {
                 bail!("{source}: tensor `{key}` is int64 in the checkpoint, the model expects floats");

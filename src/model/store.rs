@@ -105,7 +105,12 @@ impl Store {
         self.slots.iter_mut().filter_map(|s| if let Slot::Param(t) = s { Some(t) } else { None }).collect()
     }
     pub fn param_names(&self) -> Vec<&str> {
-        self.names.iter().zip(&self.slots).filter(|(_, s)| matches!(s, Slot::Param(_))).map(|(n, _)| n.as_str()).collect()
+        self.names
+            .iter()
+            .zip(&self.slots)
+            .filter(|(_, s)| matches!(s, Slot::Param(_)))
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
     pub fn num_params(&self) -> usize {
         self.params().iter().map(|t| t.numel()).sum()
@@ -187,7 +192,9 @@ impl Store {
             if !seen[i] {
                 match s {
                     Slot::Count(_) => report.counters_missing += 1,
-                    _ if strict => bail!("{source}: missing tensor `{}` (shape {:?})", self.names[i], self.tensor(i).shape()),
+                    _ if strict => {
+                        bail!("{source}: missing tensor `{}` (shape {:?})", self.names[i], self.tensor(i).shape())
+                    }
                     _ => {}
                 }
             }

@@ -18,7 +18,9 @@ fn step(
     momentum_buf: Option<&mut Storage>,
 ) -> Result<()> {
     let op = kernel.name;
-    let addr = |s: Option<&mut Storage>| -> Result<u64> { s.map(|s| s.gpu_mut(op).map(|b| b.addr_mut())).transpose().map(|a| a.unwrap_or(0)) };
+    let addr = |s: Option<&mut Storage>| -> Result<u64> {
+        s.map(|s| s.gpu_mut(op).map(|b| b.addr_mut())).transpose().map(|a| a.unwrap_or(0))
+    };
     let mut p = OptimParams {
         grad: grad.gpu(op)?.addr(),
         exp_avg: addr(exp_avg)?,
@@ -55,7 +57,14 @@ fn step(
 }
 
 impl OptimKernel for Cuda {
-    fn adam(&self, param: &mut Tensor, grad: &Storage, exp_avg: &mut Storage, exp_avg_sq: &mut Storage, h: &Hyper) -> Result<()> {
+    fn adam(
+        &self,
+        param: &mut Tensor,
+        grad: &Storage,
+        exp_avg: &mut Storage,
+        exp_avg_sq: &mut Storage,
+        h: &Hyper,
+    ) -> Result<()> {
         step(&kernels::ADAM_STEP, param, grad, h, Some(exp_avg), Some(exp_avg_sq), None)
     }
     fn sgd(&self, param: &mut Tensor, grad: &Storage, momentum_buf: Option<&mut Storage>, h: &Hyper) -> Result<()> {

@@ -33,7 +33,14 @@ pub(crate) struct Hyper {
 /// The update rules of one device, applied to one parameter in place (shapes, dtypes and devices checked
 /// by the optimizers).
 pub(crate) trait OptimKernel: Sync {
-    fn adam(&self, param: &mut Tensor, grad: &Storage, exp_avg: &mut Storage, exp_avg_sq: &mut Storage, h: &Hyper) -> Result<()>;
+    fn adam(
+        &self,
+        param: &mut Tensor,
+        grad: &Storage,
+        exp_avg: &mut Storage,
+        exp_avg_sq: &mut Storage,
+        h: &Hyper,
+    ) -> Result<()>;
     /// `momentum_buf` is None without momentum.
     fn sgd(&self, param: &mut Tensor, grad: &Storage, momentum_buf: Option<&mut Storage>, h: &Hyper) -> Result<()>;
 }
@@ -48,7 +55,12 @@ fn check_grads(op: &str, params: &[&mut Tensor], grads: &[&Storage]) -> Result<(
     }
     for (i, (p, g)) in params.iter().zip(grads).enumerate() {
         if p.device() != g.device() {
-            bail!("{op}: device mismatch: parameter {i} {:?} on {} vs its gradient on {}", p.shape(), p.device(), g.device());
+            bail!(
+                "{op}: device mismatch: parameter {i} {:?} on {} vs its gradient on {}",
+                p.shape(),
+                p.device(),
+                g.device()
+            );
         }
         if p.numel() != g.len() || p.dtype() != g.dtype() {
             bail!("{op}: gradient {i} {:?}[{}] does not fit parameter {:?}", g.dtype(), g.len(), p);
@@ -115,7 +127,15 @@ impl Adam {
         let bc2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
         let step_size = self.lr / bc1;
         // lr/(1−β1ᵗ) rounded once from f64, the bias correction of v applied as √(1−β2ᵗ).
-        let h = Hyper { lr: step_size, weight_decay: self.weight_decay, beta1: self.beta1, beta2: self.beta2, eps: self.eps, bc2_sqrt, ..Default::default() };
+        let h = Hyper {
+            lr: step_size,
+            weight_decay: self.weight_decay,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            bc2_sqrt,
+            ..Default::default()
+        };
         for (i, p) in params.iter_mut().enumerate() {
             let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
             kernels(&p.device()).adam(p, grads[i], m, v, &h)?;
@@ -209,7 +229,9 @@ fn storage_host(s: &Storage) -> HostTensor {
     match s {
         Storage::Gpu(_) => HostTensor::f32(vec![s.len()], s.to_f32_vec()),
         Storage::Cpu(CpuStorage::F32(v)) => HostTensor::f32(vec![v.len()], v.clone()),
-        Storage::Cpu(CpuStorage::F64(v)) => HostTensor { shape: vec![v.len()], data: crate::host::HostData::F64(v.clone()) },
+        Storage::Cpu(CpuStorage::F64(v)) => {
+            HostTensor { shape: vec![v.len()], data: crate::host::HostData::F64(v.clone()) }
+        }
     }
 }
 
@@ -221,5 +243,9 @@ fn host_storage(h: &HostTensor, like: &Tensor) -> Result<Storage> {
 }
 
 fn find<'a>(state: &'a [(String, HostTensor)], key: &str) -> Result<&'a HostTensor> {
-    state.iter().find(|(k, _)| k == key).map(|(_, v)| v).ok_or_else(|| anyhow::anyhow!("optimizer state: missing `{key}`"))
+    state
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .ok_or_else(|| anyhow::anyhow!("optimizer state: missing `{key}`"))
 }

@@ -174,10 +174,7 @@ impl FaceShape {
 
     /// Eye lid point x and corner height at u (0 = outer corner, 1 = inner corner).
     fn eye_base(&self, side: f32, u: f32) -> Pt {
-        [
-            self.eye_center_x(side) + side * self.eye_half_w * (1.0 - 2.0 * u),
-            self.eye_y - self.eye_tilt * (0.5 - u),
-        ]
+        [self.eye_center_x(side) + side * self.eye_half_w * (1.0 - 2.0 * u), self.eye_y - self.eye_tilt * (0.5 - u)]
     }
 
     pub(crate) fn eye_upper(&self, side: f32, u: f32) -> Pt {
@@ -360,7 +357,7 @@ impl FaceShape {
         let mut v = Vec::with_capacity(98);
         let (l, r) = (IMAGE_LEFT, IMAGE_RIGHT);
         v.extend(resample_by_length(&self.jaw_dense(), 33)); // 0..32
-        // Brows: upper edge outer→inner (left brow) then lower edge inner→outer; mirrored on the right.
+                                                             // Brows: upper edge outer→inner (left brow) then lower edge inner→outer; mirrored on the right.
         let lower_s = [0.0f32, 0.32, 0.64, 0.92];
         v.extend((0..5).map(|k| self.brow_upper(l, 1.0 - k as f32 / 4.0))); // 33..37
         v.extend(lower_s.iter().map(|&s| self.brow_lower(l, s))); // 38..41
@@ -368,7 +365,7 @@ impl FaceShape {
         v.extend(lower_s.iter().rev().map(|&s| self.brow_lower(r, s))); // 47..50
         v.extend((0..4).map(|k| self.nose_bridge(k as f32 / 3.0))); // 51..54
         v.extend((0..5).map(|k| self.nose_base(k as f32 / 4.0))); // 55..59
-        // 60..67: outer corner, upper lid, inner corner, lower lid back.
+                                                                  // 60..67: outer corner, upper lid, inner corner, lower lid back.
         v.push(self.eye_upper(l, 0.0));
         v.extend([0.25f32, 0.5, 0.75].iter().map(|&u| self.eye_upper(l, u)));
         v.push(self.eye_upper(l, 1.0));

@@ -8,11 +8,11 @@
 mod face;
 mod raster;
 
+use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use face::{FaceShape, IMAGE_LEFT, IMAGE_RIGHT};
 use raster::{Canvas, Mask, Pt, Rgb};
 use rayon::prelude::*;
-use crate::rng::Rng;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -316,7 +316,8 @@ fn draw_background(canvas: &mut Canvas, rng: &mut Rng) {
     let (s, c) = angle.sin_cos();
     for y in 0..h {
         for x in 0..w {
-            let t = (((x as f32 - w as f32 / 2.0) * c + (y as f32 - h as f32 / 2.0) * s) / w as f32 + 0.5).clamp(0.0, 1.0);
+            let t =
+                (((x as f32 - w as f32 / 2.0) * c + (y as f32 - h as f32 / 2.0) * s) / w as f32 + 0.5).clamp(0.0, 1.0);
             let col = mix_rgb(c1, c2, t);
             let o = (y * w + x) * 3;
             canvas.rgb[o..o + 3].copy_from_slice(&col);
@@ -384,7 +385,11 @@ fn draw_face(canvas: &mut Canvas, shape: &FaceShape, pose: &Pose, rng: &mut Rng)
     // Colours: skin from light to dark with a small cast; features keep a visible contrast.
     let tone = rng.uniform_f32();
     let skin = mix_rgb([238.0, 205.0, 180.0], [100.0, 65.0, 48.0], tone);
-    let skin = [skin[0] + rng.range_f32(-10.0, 10.0), skin[1] + rng.range_f32(-10.0, 10.0), skin[2] + rng.range_f32(-10.0, 10.0)];
+    let skin = [
+        skin[0] + rng.range_f32(-10.0, 10.0),
+        skin[1] + rng.range_f32(-10.0, 10.0),
+        skin[2] + rng.range_f32(-10.0, 10.0),
+    ];
     let hair = *rng.pick_f32(&HAIR_COLORS);
     let hair = scale_rgb(hair, rng.range_f32(0.85, 1.15));
     let brow = if luminance(hair) < 0.55 * luminance(skin) { hair } else { scale_rgb(skin, 0.45) };
@@ -423,7 +428,8 @@ fn draw_face(canvas: &mut Canvas, shape: &FaceShape, pose: &Pose, rng: &mut Rng)
     // Ears, mostly hidden behind the face outline.
     if rng.chance_f32(0.7) {
         for side in [IMAGE_LEFT, IMAGE_RIGHT] {
-            let ear = raster::ellipse_points([side * shape.half_width * 0.97, shape.eye_y + 0.12], [0.11, 0.22], 0.0, 24);
+            let ear =
+                raster::ellipse_points([side * shape.half_width * 0.97, shape.eye_y + 0.12], [0.11, 0.22], 0.0, 24);
             canvas.paint(&Mask::polygon(&m(&ear), w, h), 1.0, shaded_skin(scale_rgb(skin, 0.88)));
         }
     }

@@ -154,11 +154,8 @@ impl Mask {
         };
         let (w, h) = (x1 - x0, y1 - y0);
         let mut cov = vec![0.0f32; w * h];
-        let segments: Vec<(Pt, Pt)> = if pts.len() == 1 {
-            vec![(pts[0], pts[0])]
-        } else {
-            pts.windows(2).map(|s| (s[0], s[1])).collect()
-        };
+        let segments: Vec<(Pt, Pt)> =
+            if pts.len() == 1 { vec![(pts[0], pts[0])] } else { pts.windows(2).map(|s| (s[0], s[1])).collect() };
         // Each segment only touches the pixels near it; the union takes the max coverage.
         for &(a, b) in &segments {
             let sx0 = ((a[0].min(b[0]) - half - 1.0).floor().max(x0 as f32) as usize).min(x1);

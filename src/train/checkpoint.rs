@@ -44,7 +44,11 @@ pub struct Checkpoint {
     pub optim: Vec<(String, HostTensor)>,
 }
 
-pub fn encode(meta: &CheckpointMeta, model: &[(String, HostTensor)], optim: &[(String, HostTensor)]) -> Result<Vec<u8>> {
+pub fn encode(
+    meta: &CheckpointMeta,
+    model: &[(String, HostTensor)],
+    optim: &[(String, HostTensor)],
+) -> Result<Vec<u8>> {
     let mut tensors = Vec::with_capacity(model.len() + optim.len());
     tensors.extend(model.iter().map(|(k, v)| (format!("model.{k}"), v.clone())));
     tensors.extend(optim.iter().map(|(k, v)| (format!("optim.{k}"), v.clone())));

@@ -16,16 +16,16 @@ use crate::autograd::backward;
 use crate::config::{config_name, Config, OptimizerKind};
 use crate::data::dataset::{DatasetSpec, FaceDataset};
 use crate::data::loader::{DataLoader, LoaderConfig};
+use crate::eval::EvalResult;
 use crate::host::HostTensor;
 use crate::model::{HrNet, HrnetSpec};
 use crate::ops;
 use crate::optim::{Adam, Sgd};
-use crate::eval::EvalResult;
 use crate::tensor::{Storage, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
 use checkpoint::{CheckpointMeta, BEST, FINAL, FORMAT, LATEST};
-pub use logger::{BatchProgress, LogRecords, TrainObserver};
 use logger::Logger;
+pub use logger::{BatchProgress, LogRecords, TrainObserver};
 use schedule::MultiStepLr;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -178,8 +178,8 @@ fn restore_metrics(path: &Path, keep_below: usize) -> Result<Vec<EpochMetrics>> 
             if line.trim().is_empty() {
                 continue;
             }
-            let m: EpochMetrics =
-                serde_json::from_str(line).map_err(|e| anyhow!("{}:{}: not a metrics line: {e}", path.display(), i + 1))?;
+            let m: EpochMetrics = serde_json::from_str(line)
+                .map_err(|e| anyhow!("{}:{}: not a metrics line: {e}", path.display(), i + 1))?;
             if m.epoch < keep_below {
                 kept.push(m);
             }
@@ -256,7 +256,8 @@ impl Trainer {
         // Refused before anything is written: absurd widths or depths in MODEL.EXTRA.
         HrnetSpec::from_config(&cfg)?;
         let out_dir = cfg.output_dir_for(&opts.cfg_path);
-        std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create output folder {}", out_dir.display()))?;
+        std::fs::create_dir_all(&out_dir)
+            .with_context(|| format!("cannot create output folder {}", out_dir.display()))?;
         // A run killed while writing a checkpoint leaves its temp file behind; the checkpoints themselves
         // are intact (written by rename), so the leftovers are only clutter.
         let stale = crate::io::safetensors::remove_stale_temp_files(&out_dir);
@@ -333,7 +334,11 @@ impl Trainer {
         let src = latest.display().to_string();
         self.net.store.load(&ck.model, true, &src)?;
         if ck.meta.optimizer != self.optimizer.name() {
-            bail!("{src}: checkpoint was trained with {}, the config asks for {}", ck.meta.optimizer, self.optimizer.name());
+            bail!(
+                "{src}: checkpoint was trained with {}, the config asks for {}",
+                ck.meta.optimizer,
+                self.optimizer.name()
+            );
         }
         self.optimizer.load_state(&ck.optim, &self.net.store.params()).with_context(|| src.clone())?;
         if ck.meta.seed != self.seed {
@@ -352,12 +357,16 @@ impl Trainer {
         }
         let train_bs = self.cfg.train_batch_size();
         if ck.meta.train_batch_size != train_bs {
-            self.log.info(&format!("warning: checkpoint used batch {}, the config now gives {train_bs}", ck.meta.train_batch_size));
+            self.log.info(&format!(
+                "warning: checkpoint used batch {}, the config now gives {train_bs}",
+                ck.meta.train_batch_size
+            ));
         }
         self.start_epoch = ck.meta.epoch;
         self.best_nme = ck.meta.best_nme;
         self.resumed_from = Some(self.start_epoch);
-        self.log.info(&format!("=> loaded checkpoint {src} (epoch {}, best NME {:.4})", self.start_epoch, self.best_nme));
+        self.log
+            .info(&format!("=> loaded checkpoint {src} (epoch {}, best NME {:.4})", self.start_epoch, self.best_nme));
         Ok(self.resumed_from)
     }
 
@@ -379,7 +388,8 @@ impl Trainer {
         let smallest = (self.cfg.model.image_size[0] / 4) >> (branches - 1);
         let smallest_w = (self.cfg.model.image_size[1] / 4) >> (branches - 1);
         if self.train_set.len() % train_bs == 1 && smallest * smallest_w <= 1 {
-            self.log.info("warning: dropping the 1-image last training batch (BN needs more than one value per channel)");
+            self.log
+                .info("warning: dropping the 1-image last training batch (BN needs more than one value per channel)");
             train_lc.drop_last = true;
         }
         let loader = DataLoader::new(self.train_set.clone(), train_lc)?;
@@ -397,7 +407,10 @@ impl Trainer {
         self.prepare()?;
         for epoch in self.start_epoch..self.cfg.train.end_epoch {
             if self.opts.stop_after_epochs.is_some_and(|k| self.epochs_run >= k) {
-                self.log.info(&format!("=> stopping after {} epoch(s) as asked; resume with TRAIN.RESUME true", self.epochs_run));
+                self.log.info(&format!(
+                    "=> stopping after {} epoch(s) as asked; resume with TRAIN.RESUME true",
+                    self.epochs_run
+                ));
                 return Ok(self.summary(None));
             }
             let started = Instant::now();
@@ -451,7 +464,9 @@ impl Trainer {
                 .params()
                 .iter()
                 .zip(self.net.store.param_names())
-                .map(|(p, name)| grads.take(p).ok_or_else(|| anyhow!("epoch {epoch}, iteration {i}: no gradient for `{name}`")))
+                .map(|(p, name)| {
+                    grads.take(p).ok_or_else(|| anyhow!("epoch {epoch}, iteration {i}: no gradient for `{name}`"))
+                })
                 .collect::<Result<_>>()?;
             drop(grads);
             self.optimizer.step(&mut self.net.store.params_mut(), &grad_list.iter().collect::<Vec<_>>())?;
@@ -468,7 +483,8 @@ impl Trainer {
             }
             batch_time.update(end.elapsed().as_secs_f64(), 1);
             let images_per_second = losses.count / epoch_start.elapsed().as_secs_f64().max(1e-9);
-            let progress = BatchProgress { epoch, iteration: i, batches: n, images_per_second, mean_loss: losses.avg() };
+            let progress =
+                BatchProgress { epoch, iteration: i, batches: n, images_per_second, mean_loss: losses.avg() };
             self.log.observer().batch_done(&progress);
             if i % print_freq == 0 {
                 self.log.info(&format!(
@@ -520,7 +536,8 @@ impl Trainer {
             lr,
             optimizer: self.optimizer.name().to_string(),
             seed: self.seed,
-            data_rng: "stateless: order = shuffle(seed, epoch); augmentation = f(seed, epoch, sample index)".to_string(),
+            data_rng: "stateless: order = shuffle(seed, epoch); augmentation = f(seed, epoch, sample index)"
+                .to_string(),
             train_batch_size: self.cfg.train_batch_size(),
             threads: rayon::current_num_threads(),
         };
@@ -538,7 +555,13 @@ impl Trainer {
     }
 
     /// Appends the epoch to metrics.jsonl and the history, and redraws curves.png.
-    fn record_epoch(&mut self, epoch: usize, trained: &EpochTraining, validation: EvalResult, started: Instant) -> Result<()> {
+    fn record_epoch(
+        &mut self,
+        epoch: usize,
+        trained: &EpochTraining,
+        validation: EvalResult,
+        started: Instant,
+    ) -> Result<()> {
         let s = &validation.summary;
         let m = EpochMetrics {
             epoch,
@@ -580,13 +603,17 @@ impl Trainer {
         self.log.info(&format!("=> saved final state to {}", final_path.display()));
         let preds = match self.last_predictions.take() {
             Some(p) => p,
-            None => crate::eval::evaluate(&mut self.net, &self.val_set, self.cfg.test_batch_size(), self.cfg.workers)?.predictions,
+            None => {
+                crate::eval::evaluate(&mut self.net, &self.val_set, self.cfg.test_batch_size(), self.cfg.workers)?
+                    .predictions
+            }
         };
         let joints = self.cfg.model.num_joints;
         let mut items = Vec::new();
         for i in 0..self.val_set.len().min(8) {
             let img = self.val_set.source_image(i, false)?;
-            let gt: Vec<[f32; 2]> = self.val_set.annotation(i)?.pts.iter().map(|p| [p[0] as f32, p[1] as f32]).collect();
+            let gt: Vec<[f32; 2]> =
+                self.val_set.annotation(i)?.pts.iter().map(|p| [p[0] as f32, p[1] as f32]).collect();
             items.push((img, gt, preds[i * joints..(i + 1) * joints].to_vec()));
         }
         let overlay = self.out_dir.join("test_predictions.png");
@@ -650,7 +677,12 @@ fn generate_synthetic(cfg: &Config, opts: &TrainOptions, root: &Path, log: &mut 
     let t = Instant::now();
     let s = crate::synth::generate(root, cfg.model.num_joints, opts.synth_count, opts.seed)
         .with_context(|| format!("generating the synthetic data set into {}", root.display()))?;
-    log.info(&format!("=> wrote {} train + {} test images in {:.1}s", s.train_count, s.test_count, t.elapsed().as_secs_f64()));
+    log.info(&format!(
+        "=> wrote {} train + {} test images in {:.1}s",
+        s.train_count,
+        s.test_count,
+        t.elapsed().as_secs_f64()
+    ));
     if !Path::new(&cfg.dataset.trainset).exists() {
         bail!(
             "{}: DATASET.TRAINSET {} is still missing after generating synthetic data (expected {})",

@@ -12,7 +12,14 @@ fn per_epoch(values: &[f64]) -> Vec<(f64, f64)> {
 }
 
 /// Two charts stacked: train/val loss, and validation NME with FR@0.08/0.10 (in %).
-pub fn write_curves(path: &Path, train_loss: &[f64], val_loss: &[f64], nme: &[f64], fr_008: &[f64], fr_010: &[f64]) -> Result<()> {
+pub fn write_curves(
+    path: &Path,
+    train_loss: &[f64],
+    val_loss: &[f64],
+    nme: &[f64],
+    fr_008: &[f64],
+    fr_010: &[f64],
+) -> Result<()> {
     let pct = |v: &[f64]| v.iter().map(|x| x * 100.0).collect::<Vec<f64>>();
     let loss = Chart::new(
         "heatmap MSE loss",
@@ -30,7 +37,10 @@ pub fn write_curves(path: &Path, train_loss: &[f64], val_loss: &[f64], nme: &[f6
             Series::new("FR@0.10", per_epoch(&pct(fr_010))),
         ],
     );
-    acc.y_range = Some((0.0, 100.0f64.min(pct(nme).iter().chain(&pct(fr_010)).cloned().filter(|v| v.is_finite()).fold(1.0, f64::max) * 1.1)));
+    acc.y_range = Some((
+        0.0,
+        100.0f64.min(pct(nme).iter().chain(&pct(fr_010)).cloned().filter(|v| v.is_finite()).fold(1.0, f64::max) * 1.1),
+    ));
     let (a, b) = (render_chart(&loss)?, render_chart(&acc)?);
     let mut out = RgbImage::from_pixel(a.width().max(b.width()), a.height() + b.height(), Rgb([255, 255, 255]));
     image::imageops::replace(&mut out, &a, 0, 0);
@@ -41,7 +51,8 @@ pub fn write_curves(path: &Path, train_loss: &[f64], val_loss: &[f64], nme: &[f6
 /// Writes through a temporary file and a rename, so a reader never sees half a PNG.
 fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
     let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| anyhow!("{}: PNG encoding failed: {e}", path.display()))?;
+    img.write_to(&mut bytes, image::ImageFormat::Png)
+        .map_err(|e| anyhow!("{}: PNG encoding failed: {e}", path.display()))?;
     crate::io::safetensors::write_atomically(path, &bytes.into_inner())
 }
 
@@ -67,7 +78,12 @@ pub fn write_overlay(path: &Path, items: &[OverlayItem], side: u32) -> Result<()
             let (cx, cy) = (p[0].floor() as i64, p[1].floor() as i64);
             for dy in -2..=2i64 {
                 for dx in -2..=2i64 {
-                    if dx * dx + dy * dy <= 5 && cx + dx >= 0 && cy + dy >= 0 && ((cx + dx) as u32) < w && ((cy + dy) as u32) < h {
+                    if dx * dx + dy * dy <= 5
+                        && cx + dx >= 0
+                        && cy + dy >= 0
+                        && ((cx + dx) as u32) < w
+                        && ((cy + dy) as u32) < h
+                    {
                         tile.put_pixel((cx + dx) as u32, (cy + dy) as u32, Rgb([230, 30, 30]));
                     }
                 }

@@ -42,7 +42,13 @@ mod tests {
     fn drops_one_epoch_early_like_the_reference() {
         let s = MultiStepLr::new(1e-4, &[30, 50], 0.1);
         for e in 0..60 {
-            let want = if e < 29 { 1e-4 } else if e < 49 { 1e-4 * 0.1 } else { 1e-4 * 0.1 * 0.1 };
+            let want = if e < 29 {
+                1e-4
+            } else if e < 49 {
+                1e-4 * 0.1
+            } else {
+                1e-4 * 0.1 * 0.1
+            };
             assert_eq!(s.lr_for_epoch(e), want, "epoch {e}");
         }
     }

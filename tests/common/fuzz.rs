@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Integers at the edges of the usual field widths (sizes, counts, offsets).
-const INTERESTING: [u64; 13] = [0, 1, 2, 0x7f, 0x80, 0xff, 0xffff, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 1 << 40, 1 << 62, u64::MAX];
+const INTERESTING: [u64; 13] =
+    [0, 1, 2, 0x7f, 0x80, 0xff, 0xffff, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 1 << 40, 1 << 62, u64::MAX];
 
 /// One to four edits of `input`: bit flip, random byte, an interesting integer (1/2/4/8 bytes, either
 /// byte order), random insert, delete, truncate, splice with one of `others`, duplicated chunk, or a
@@ -100,7 +101,9 @@ pub fn fuzz(
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     assert!(!seeds.is_empty(), "{name}: no seeds");
     let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
-    let mut rng = Rng::for_tests(limits.seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
+    let mut rng = Rng::for_tests(
+        limits.seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)),
+    );
     // Panics inside the target are findings and reported below; silence their default output,
     // and restore it however this function is left.
     struct RestoreHook(Option<Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send>>);
@@ -135,9 +138,14 @@ pub fn fuzz(
         let finding = match outcome {
             Err(p) => Some(format!(
                 "panic: {}",
-                p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
             )),
-            Ok(_) if peak > SOFT_LIMIT => Some(format!("allocated {peak} bytes at once for a {}-byte input", input.len())),
+            Ok(_) if peak > SOFT_LIMIT => {
+                Some(format!("allocated {peak} bytes at once for a {}-byte input", input.len()))
+            }
             Ok(_) if limits.slow.is_some_and(|slow| took > slow) => Some(format!("took {took:?}")),
             Ok(ok) => {
                 accepted += ok as u64;
@@ -157,7 +165,11 @@ pub fn fuzz(
     }
     drop(restore);
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("fuzz {name}: {execs} runs in {secs:.1} s ({:.0}/s), {accepted} accepted, {} findings", execs as f64 / secs, findings.len());
+    eprintln!(
+        "fuzz {name}: {execs} runs in {secs:.1} s ({:.0}/s), {accepted} accepted, {} findings",
+        execs as f64 / secs,
+        findings.len()
+    );
     assert!(findings.is_empty(), "fuzz {name}:\n{}", findings.join("\n"));
     assert!(execs >= seeds.len() as u64);
     (execs, accepted)

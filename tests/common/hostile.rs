@@ -84,7 +84,13 @@ pub fn state_dict_pickle(tensors: &[PthTensor]) -> Vec<u8> {
         }
         p.str(t.name);
         p.global("torch._utils", "_rebuild_tensor_v2");
-        p.op(b"((").str("storage").global("torch", "FloatStorage").str(&t.storage_key).str("cpu").int(t.storage_numel).op(b"tQ");
+        p.op(b"((")
+            .str("storage")
+            .global("torch", "FloatStorage")
+            .str(&t.storage_key)
+            .str("cpu")
+            .int(t.storage_numel)
+            .op(b"tQ");
         p.int(0).ints_tuple(&t.shape).ints_tuple(&stride).op(b"\x89");
         p.global("collections", "OrderedDict").op(b")R");
         p.op(b"tRs");
@@ -114,9 +120,18 @@ pub fn state_dict_to_pth(entries: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> 
     let tensors: Vec<PthTensor> = entries
         .iter()
         .enumerate()
-        .map(|(i, (n, s, d))| PthTensor { name: n, shape: s.iter().map(|&x| x as u64).collect(), storage_key: i.to_string(), storage_numel: d.len() as u64 })
+        .map(|(i, (n, s, d))| PthTensor {
+            name: n,
+            shape: s.iter().map(|&x| x as u64).collect(),
+            storage_key: i.to_string(),
+            storage_numel: d.len() as u64,
+        })
         .collect();
-    let storages = entries.iter().enumerate().map(|(i, (_, _, d))| (i.to_string(), d.iter().flat_map(|v| v.to_le_bytes()).collect())).collect::<Vec<_>>();
+    let storages = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, d))| (i.to_string(), d.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect::<Vec<_>>();
     zip_pth(&state_dict_pickle(&tensors), &storages)
 }
 
@@ -175,7 +190,13 @@ pub fn jpeg_claiming(w: u16, h: u16) -> Vec<u8> {
 
 /// A smooth RGB test picture.
 pub fn picture(w: u32, h: u32, seed: u32) -> image::RgbImage {
-    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([((x * 7 + y * 3 + seed * 11) % 256) as u8, (y * 255 / h.max(1)) as u8, ((x * y + seed) % 253) as u8]))
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            ((x * 7 + y * 3 + seed * 11) % 256) as u8,
+            (y * 255 / h.max(1)) as u8,
+            ((x * y + seed) % 253) as u8,
+        ])
+    })
 }
 
 pub fn png_bytes(w: u32, h: u32, seed: u32) -> Vec<u8> {
@@ -225,7 +246,13 @@ pub fn tiny_dataset_spec(root: &Path, csv: &Path, is_train: bool) -> hrk::data::
 
 /// A MATLAB v7.3 COFW-style file: a cell array of uint8 images (MATLAB dims H×W[×3],
 /// column-major) and an N×cols double matrix.
-pub fn cofw_mat_bytes(img_var: &str, phis_var: &str, images: &[(usize, usize, usize)], phis_cols: usize, dir: &Path) -> Vec<u8> {
+pub fn cofw_mat_bytes(
+    img_var: &str,
+    phis_var: &str,
+    images: &[(usize, usize, usize)],
+    phis_cols: usize,
+    dir: &Path,
+) -> Vec<u8> {
     use hdf5_pure::mat::{options::Options, MatBuilder};
     let mut mb = MatBuilder::new(Options::default());
     mb.cell(img_var, &[images.len(), 1], |cw| {

@@ -218,7 +218,12 @@ pub fn line_of(text: &str, needle: &str) -> usize {
 /// Every `got[i]` within `bound(want[i])` of `want[i]` (a non-finite difference fails unless the two
 /// are equal); prints the largest difference.
 #[track_caller]
-pub fn assert_close_by<G: Copy + Into<f64>, W: Copy + Into<f64>>(what: &str, got: &[G], want: &[W], bound: impl Fn(f64) -> f64) {
+pub fn assert_close_by<G: Copy + Into<f64>, W: Copy + Into<f64>>(
+    what: &str,
+    got: &[G],
+    want: &[W],
+    bound: impl Fn(f64) -> f64,
+) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut worst = (0.0f64, 0usize);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -242,7 +247,13 @@ pub fn assert_close<G: Copy + Into<f64>, W: Copy + Into<f64>>(what: &str, got: &
 /// max |got − want| ≤ `tol` × max(`floor`, max |want|): closeness relative to the largest value; all
 /// of `got` finite.
 #[track_caller]
-pub fn assert_close_scaled<G: Copy + Into<f64>, W: Copy + Into<f64>>(what: &str, got: &[G], want: &[W], tol: f64, floor: f64) {
+pub fn assert_close_scaled<G: Copy + Into<f64>, W: Copy + Into<f64>>(
+    what: &str,
+    got: &[G],
+    want: &[W],
+    tol: f64,
+    floor: f64,
+) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     assert!(got.iter().all(|&v| v.into().is_finite()), "{what}: non-finite output");
     let scale = want.iter().fold(floor, |m, &v| m.max(v.into().abs()));

@@ -19,8 +19,18 @@ pub fn tiny_spec(joints: usize) -> HrnetSpec {
 
 /// A small spec with channels 4..32 and two modules in stage 4 (so module chaining is exercised).
 pub fn small_spec(joints: usize) -> HrnetSpec {
-    let st = |m, b: usize, c: &[usize]| StageSpec { num_modules: m, num_branches: b, block: BlockKind::Basic, num_blocks: vec![1; b], num_channels: c.to_vec() };
-    HrnetSpec { num_joints: joints, final_conv_kernel: 1, stages: vec![st(1, 2, &[4, 8]), st(1, 3, &[4, 8, 16]), st(2, 4, &[4, 8, 16, 32])] }
+    let st = |m, b: usize, c: &[usize]| StageSpec {
+        num_modules: m,
+        num_branches: b,
+        block: BlockKind::Basic,
+        num_blocks: vec![1; b],
+        num_channels: c.to_vec(),
+    };
+    HrnetSpec {
+        num_joints: joints,
+        final_conv_kernel: 1,
+        stages: vec![st(1, 2, &[4, 8]), st(1, 3, &[4, 8, 16]), st(2, 4, &[4, 8, 16, 32])],
+    }
 }
 
 /// Gives every tensor of the model a random, well-scaled value (BN statistics included), so folding

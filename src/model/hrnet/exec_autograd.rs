@@ -52,7 +52,20 @@ impl Executor for AutogradExec<'_> {
             // conv2d, then BN with its ReLU as one op (one pass each way on the CPU); on a GPU the BN's
             // batch statistics come from the conv kernel's epilogue (conv_batch_norm_train).
             let (rm, rv) = self.store.two_tensors_mut(bn.running_mean, bn.running_var);
-            let y = ops::batchnorm::conv_batch_norm_train(x, &w, bias.as_ref(), c.stride, c.pad, &g, &b, rm, rv, BN_MOMENTUM, ops::BN_EPS, l.relu)?;
+            let y = ops::batchnorm::conv_batch_norm_train(
+                x,
+                &w,
+                bias.as_ref(),
+                c.stride,
+                c.pad,
+                &g,
+                &b,
+                rm,
+                rv,
+                BN_MOMENTUM,
+                ops::BN_EPS,
+                l.relu,
+            )?;
             self.store.bump_count(bn.batches_tracked);
             return Ok(y);
         }
@@ -87,7 +100,14 @@ impl Executor for AutogradExec<'_> {
         Self::accumulate(sum, y.clone(), term.ends_row)
     }
 
-    fn row_up(&mut self, sum: &mut Option<Tensor>, conv: &ConvBn, y: &Tensor, target: &Tensor, term: Term) -> Result<()> {
+    fn row_up(
+        &mut self,
+        sum: &mut Option<Tensor>,
+        conv: &ConvBn,
+        y: &Tensor,
+        target: &Tensor,
+        term: Term,
+    ) -> Result<()> {
         let size = [target.shape()[2], target.shape()[3]];
         let t = ops::upsample_bilinear(&self.conv(conv, y)?, size)?;
         Self::accumulate(sum, t, term.ends_row)

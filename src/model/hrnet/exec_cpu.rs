@@ -63,7 +63,15 @@ pub(super) fn fold_plan(store: &Store, plan: &Plan<ConvBn>) -> Result<Plan<FConv
             }
         }
         let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
-        Ok(FConv { w: f32s(w), b: f32s(b), wshape, stride: c.stride, pad: c.pad, relu: l.relu, winograd: Default::default() })
+        Ok(FConv {
+            w: f32s(w),
+            b: f32s(b),
+            wshape,
+            stride: c.stride,
+            pad: c.pad,
+            relu: l.relu,
+            winograd: Default::default(),
+        })
     })
 }
 
@@ -85,8 +93,15 @@ impl Arena {
     /// sizes recur every forward, so exact fits are the common case), then by capacity.
     fn take(&self, len: usize) -> Vec<f32> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let by_len = free.iter().enumerate().filter(|(_, v)| v.len() >= len).min_by_key(|(_, v)| v.len()).map(|(i, _)| i);
-        let best = by_len.or_else(|| free.iter().enumerate().filter(|(_, v)| v.capacity() >= len).min_by_key(|(_, v)| v.capacity()).map(|(i, _)| i));
+        let by_len =
+            free.iter().enumerate().filter(|(_, v)| v.len() >= len).min_by_key(|(_, v)| v.len()).map(|(i, _)| i);
+        let best = by_len.or_else(|| {
+            free.iter()
+                .enumerate()
+                .filter(|(_, v)| v.capacity() >= len)
+                .min_by_key(|(_, v)| v.capacity())
+                .map(|(i, _)| i)
+        });
         let mut v = match best {
             Some(i) => free.swap_remove(i),
             None => Vec::with_capacity(len),

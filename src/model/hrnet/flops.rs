@@ -35,7 +35,13 @@ impl Executor for MacCounter {
     fn conv(&mut self, c: &ConvShape, x: &[usize; 4]) -> Result<[usize; 4]> {
         self.count(c, x)
     }
-    fn block_out(&mut self, last: &ConvShape, y: &[usize; 4], x: &[usize; 4], downsample: Option<&ConvShape>) -> Result<[usize; 4]> {
+    fn block_out(
+        &mut self,
+        last: &ConvShape,
+        y: &[usize; 4],
+        x: &[usize; 4],
+        downsample: Option<&ConvShape>,
+    ) -> Result<[usize; 4]> {
         let out = self.count(last, y)?;
         if let Some(d) = downsample {
             self.count(d, x)?;
@@ -51,7 +57,14 @@ impl Executor for MacCounter {
     fn row_identity(&mut self, _sum: &mut (), _y: &[usize; 4], _term: Term) -> Result<()> {
         Ok(())
     }
-    fn row_up(&mut self, _sum: &mut (), c: &ConvShape, y: &[usize; 4], _target: &[usize; 4], _term: Term) -> Result<()> {
+    fn row_up(
+        &mut self,
+        _sum: &mut (),
+        c: &ConvShape,
+        y: &[usize; 4],
+        _target: &[usize; 4],
+        _term: Term,
+    ) -> Result<()> {
         self.count(c, y).map(drop)
     }
     fn row_down(&mut self, _sum: &mut (), last_link: &ConvShape, y: &[usize; 4], _term: Term) -> Result<()> {

@@ -90,9 +90,17 @@ impl<C> Plan<C> {
         fn all<C, D, E>(cs: &[C], f: &mut impl FnMut(&C) -> Result<D, E>) -> Result<Vec<D>, E> {
             cs.iter().map(&mut *f).collect()
         }
-        fn blocks<C, D, E>(bs: &[PlanBlock<C>], f: &mut impl FnMut(&C) -> Result<D, E>) -> Result<Vec<PlanBlock<D>>, E> {
+        fn blocks<C, D, E>(
+            bs: &[PlanBlock<C>],
+            f: &mut impl FnMut(&C) -> Result<D, E>,
+        ) -> Result<Vec<PlanBlock<D>>, E> {
             bs.iter()
-                .map(|b| Ok(PlanBlock { layers: all(&b.layers, f)?, downsample: b.downsample.as_ref().map(&mut *f).transpose()? }))
+                .map(|b| {
+                    Ok(PlanBlock {
+                        layers: all(&b.layers, f)?,
+                        downsample: b.downsample.as_ref().map(&mut *f).transpose()?,
+                    })
+                })
                 .collect()
         }
         let stem = [f(&self.stem[0])?, f(&self.stem[1])?];
@@ -155,7 +163,15 @@ impl Builder<'_> {
 
     /// A k×k conv (padded by k/2, no bias) named `conv`, then a BN named `bn` (as the official modules
     /// name them).
-    fn conv_bn_named(&mut self, [conv, bn]: [&str; 2], cin: usize, cout: usize, k: usize, stride: usize, relu: bool) -> ConvBn {
+    fn conv_bn_named(
+        &mut self,
+        [conv, bn]: [&str; 2],
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        relu: bool,
+    ) -> ConvBn {
         let c = self.conv(conv, [cout, cin, k, k], stride, k / 2, false);
         let b = self.bn(bn, cout);
         ConvBn { conv: c, bn: Some(b), relu }
@@ -179,7 +195,8 @@ impl Builder<'_> {
                 link(3, planes, cout, 1, 1, false),
             ],
         };
-        let downsample = (stride != 1 || cin != cout).then(|| self.conv_bn(&format!("{name}.downsample"), cin, cout, 1, stride, false));
+        let downsample = (stride != 1 || cin != cout)
+            .then(|| self.conv_bn(&format!("{name}.downsample"), cin, cout, 1, stride, false));
         PlanBlock { layers, downsample }
     }
 
@@ -223,7 +240,8 @@ impl Builder<'_> {
                 let mut row = Vec::new();
                 for j in 0..s.num_branches {
                     let f = if j > i {
-                        let conv = self.conv(&format!("{name}.fuse_layers.{i}.{j}.0"), [inch[i], inch[j], 1, 1], 1, 0, false);
+                        let conv =
+                            self.conv(&format!("{name}.fuse_layers.{i}.{j}.0"), [inch[i], inch[j], 1, 1], 1, 0, false);
                         let bn = self.bn(&format!("{name}.fuse_layers.{i}.{j}.1"), inch[i]);
                         PlanFuse::Up(ConvBn { conv, bn: Some(bn), relu: false })
                     } else if j == i {
@@ -254,7 +272,8 @@ impl Builder<'_> {
 pub(super) fn build(spec: &HrnetSpec, seed: u64) -> (Store, Plan<ConvBn>) {
     let mut rng = Rng::new(seed);
     let mut b = Builder { store: Store::default(), rng: &mut rng };
-    let stem = [b.conv_bn_named(["conv1", "bn1"], 3, 64, 3, 2, true), b.conv_bn_named(["conv2", "bn2"], 64, 64, 3, 2, true)];
+    let stem =
+        [b.conv_bn_named(["conv1", "bn1"], 3, 64, 3, 2, true), b.conv_bn_named(["conv2", "bn2"], 64, 64, 3, 2, true)];
     let bottleneck = BlockKind::Bottleneck;
     let mut layer1 = vec![b.block("layer1.0", bottleneck, 64, 64, 1)];
     for i in 1..4 {

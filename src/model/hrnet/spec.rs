@@ -32,7 +32,11 @@ impl HrnetSpec {
             num_blocks: vec![4; b],
             num_channels: c.to_vec(),
         };
-        HrnetSpec { num_joints, final_conv_kernel: 1, stages: vec![st(1, 2, &[18, 36]), st(4, 3, &[18, 36, 72]), st(3, 4, &[18, 36, 72, 144])] }
+        HrnetSpec {
+            num_joints,
+            final_conv_kernel: 1,
+            stages: vec![st(1, 2, &[18, 36]), st(4, 3, &[18, 36, 72]), st(3, 4, &[18, 36, 72, 144])],
+        }
     }
 
     /// MODEL.NUM_JOINTS and MODEL.EXTRA of a loaded config, validated: the one place a spec is made
@@ -80,7 +84,9 @@ impl HrnetSpec {
             if s.num_blocks.len() != s.num_branches || s.num_channels.len() != s.num_branches {
                 bail!(
                     "model: {name}: NUM_BLOCKS {:?} and NUM_CHANNELS {:?} must both have NUM_BRANCHES = {} entries",
-                    s.num_blocks, s.num_channels, s.num_branches
+                    s.num_blocks,
+                    s.num_channels,
+                    s.num_branches
                 );
             }
             if s.num_blocks.iter().chain(&s.num_channels).any(|&v| v == 0) {

@@ -29,7 +29,13 @@ pub trait Executor: Sized {
     /// The conv node as planned (its BN and its own ReLU included).
     fn conv(&mut self, conv: &Self::Conv, x: &Self::Act) -> Result<Self::Act>;
     /// A residual block's end: relu(last(y) + shortcut), the shortcut being `downsample(x)` or `x`.
-    fn block_out(&mut self, last: &Self::Conv, y: &Self::Act, x: &Self::Act, downsample: Option<&Self::Conv>) -> Result<Self::Act>;
+    fn block_out(
+        &mut self,
+        last: &Self::Conv,
+        y: &Self::Act,
+        x: &Self::Act,
+        downsample: Option<&Self::Conv>,
+    ) -> Result<Self::Act>;
     /// An identity transition's output.
     fn copy(&mut self, x: &Self::Act) -> Result<Self::Act>;
     /// An activation the walk is done with.
@@ -40,7 +46,14 @@ pub trait Executor: Sized {
     /// Adds branch i's own activation.
     fn row_identity(&mut self, sum: &mut Self::Row, y: &Self::Act, term: Term) -> Result<()>;
     /// Adds `conv(y)` resized to `target`'s size.
-    fn row_up(&mut self, sum: &mut Self::Row, conv: &Self::Conv, y: &Self::Act, target: &Self::Act, term: Term) -> Result<()>;
+    fn row_up(
+        &mut self,
+        sum: &mut Self::Row,
+        conv: &Self::Conv,
+        y: &Self::Act,
+        target: &Self::Act,
+        term: Term,
+    ) -> Result<()>;
     /// Adds `last_link(y)`, the end of a downsampling chain (the walk ran the links before it).
     fn row_down(&mut self, sum: &mut Self::Row, last_link: &Self::Conv, y: &Self::Act, term: Term) -> Result<()>;
     /// The row's output: relu of the sum.
@@ -54,7 +67,11 @@ pub trait Executor: Sized {
 
     /// `run` over independent items (the branches of a module, its fuse rows), in order by default;
     /// an engine may run them concurrently, each on its own copy of the executor.
-    fn each<T: Send>(&mut self, items: Vec<T>, run: impl Fn(&mut Self, T) -> Result<Self::Act> + Sync) -> Result<Vec<Self::Act>> {
+    fn each<T: Send>(
+        &mut self,
+        items: Vec<T>,
+        run: impl Fn(&mut Self, T) -> Result<Self::Act> + Sync,
+    ) -> Result<Vec<Self::Act>> {
         items.into_iter().map(|item| run(self, item)).collect()
     }
 }

@@ -171,7 +171,8 @@ multiversion! {
 
 /// Runs `one` for every channel (in parallel when the tensor is big) and collects the pairs.
 fn per_channel(len: usize, c: usize, one: impl Fn(usize) -> (f64, f64) + Sync + Send) -> (Vec<f64>, Vec<f64>) {
-    let pairs: Vec<(f64, f64)> = if len >= PAR_MIN && c > 1 { (0..c).into_par_iter().map(&one).collect() } else { (0..c).map(&one).collect() };
+    let pairs: Vec<(f64, f64)> =
+        if len >= PAR_MIN && c > 1 { (0..c).into_par_iter().map(&one).collect() } else { (0..c).map(&one).collect() };
     pairs.into_iter().unzip()
 }
 
@@ -193,14 +194,25 @@ pub(super) fn channel_stats(x: &[f32], [n, c, h, w]: [usize; 4]) -> (Vec<f64>, V
 /// Per-channel Σ dy and Σ dy·(x − μ), masking dy in place by a fused ReLU's output when given.
 /// Partial sums per plane (planes run as rayon tasks), added per channel in batch order, so the
 /// result does not depend on the thread count.
-pub(super) fn grad_sums(dy: &mut [f32], x: &[f32], mask: Option<&[f32]>, [n, c, h, w]: [usize; 4], mean: &[f64]) -> (Vec<f64>, Vec<f64>) {
+pub(super) fn grad_sums(
+    dy: &mut [f32],
+    x: &[f32],
+    mask: Option<&[f32]>,
+    [n, c, h, w]: [usize; 4],
+    mean: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
     let plane = (h * w).max(1);
     let one = |(p, (g, xi)): (usize, (&mut [f32], &[f32]))| match mask {
         Some(m) => plane_grad_sums_masked(g, xi, &m[p * plane..][..plane], mean[p % c]),
         None => plane_grad_sums(g, xi, mean[p % c]),
     };
     let partial: Vec<(f64, f64)> = if dy.len() >= PAR_MIN {
-        dy.par_chunks_mut(plane).zip(x.par_chunks(plane)).enumerate().with_min_len((TASK_MIN / plane).max(1)).map(one).collect()
+        dy.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .with_min_len((TASK_MIN / plane).max(1))
+            .map(one)
+            .collect()
     } else {
         dy.chunks_mut(plane).zip(x.chunks(plane)).enumerate().map(one).collect()
     };
@@ -216,7 +228,12 @@ pub(super) fn grad_sums(dy: &mut [f32], x: &[f32], mask: Option<&[f32]>, [n, c, 
 }
 
 /// Runs `one(channel, out_plane, in_plane)` over the planes of an NCHW pair, in parallel when big.
-fn per_plane(out: &mut [f32], inp: &[f32], [_, c, h, w]: [usize; 4], one: impl Fn(usize, &mut [f32], &[f32]) + Sync + Send) {
+fn per_plane(
+    out: &mut [f32],
+    inp: &[f32],
+    [_, c, h, w]: [usize; 4],
+    one: impl Fn(usize, &mut [f32], &[f32]) + Sync + Send,
+) {
     let plane = (h * w).max(1);
     if out.len() >= PAR_MIN {
         out.par_chunks_mut(plane)
@@ -314,7 +331,8 @@ mod avx512 {
         while i < full {
             let mut g32 = _mm256_loadu_ps(dy.add(i));
             if let Some(ys) = ys {
-                let positive = _mm256_cmp_ps_mask::<_CMP_GT_OQ>(_mm256_loadu_ps(ys.as_ptr().add(i)), _mm256_setzero_ps());
+                let positive =
+                    _mm256_cmp_ps_mask::<_CMP_GT_OQ>(_mm256_loadu_ps(ys.as_ptr().add(i)), _mm256_setzero_ps());
                 g32 = _mm256_maskz_mov_ps(positive, g32);
                 _mm256_storeu_ps(dy.add(i), g32);
             }
@@ -352,7 +370,12 @@ mod avx512 {
     /// # Safety
     /// The CPU must have AVX-512 F and VL (`wide_simd()` checks it).
     #[target_feature(enable = "avx512f,avx512vl")]
-    pub(super) unsafe fn grad_sums_masked(dy: &mut [f32], xs: &[f32], ys: &[f32], mu: f64) -> ([f64; LANES], [f64; LANES]) {
+    pub(super) unsafe fn grad_sums_masked(
+        dy: &mut [f32],
+        xs: &[f32],
+        ys: &[f32],
+        mu: f64,
+    ) -> ([f64; LANES], [f64; LANES]) {
         assert!(dy.len() == xs.len() && ys.len() == xs.len());
         // SAFETY: dy is a writable slice of xs.len() floats and ys has as many (asserted).
         sums(dy.as_mut_ptr(), xs, Some(ys), mu)

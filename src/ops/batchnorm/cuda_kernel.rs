@@ -83,7 +83,11 @@ impl BatchNormKernel for Cuda {
                 launched = (|| {
                     p.running_mean = rm.gpu_mut("batch_norm")?.addr_mut();
                     p.running_var = rv.gpu_mut("batch_norm")?.addr_mut();
-                    let stats = if a.conv_stats.is_some() { &kernels::BN_STATS_FROM_PARTIALS } else { &kernels::BN_TRAIN_STATS };
+                    let stats = if a.conv_stats.is_some() {
+                        &kernels::BN_STATS_FROM_PARTIALS
+                    } else {
+                        &kernels::BN_TRAIN_STATS
+                    };
                     let apply = if a.relu { &kernels::BN_TRAIN_APPLY_RELU } else { &kernels::BN_TRAIN_APPLY };
                     // SAFETY: every buffer lives on `dev` with the sizes of `d` (checked by the op); the conv
                     // statistics hold num_partials × 2 × c doubles (ConvStats sized them from the same grid).

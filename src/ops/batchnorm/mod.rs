@@ -182,9 +182,18 @@ fn train(
     }
     let device = x.device();
     let args = TrainArgs { dims, momentum, eps, relu, conv_stats };
-    let (y, saved) = kernels(&device).train(&args, x.storage(), gamma.storage(), beta.storage(), running_mean, running_var)?;
+    let (y, saved) =
+        kernels(&device).train(&args, x.storage(), gamma.storage(), beta.storage(), running_mean, running_var)?;
     let (x_saved, gamma_saved) = (x.detach(), gamma.detach());
-    let make = |y: Tensor| BnTrainBackward { dims, eps, device, x: x_saved, gamma: gamma_saved, saved, relu_out: relu.then_some(y) };
+    let make = |y: Tensor| BnTrainBackward {
+        dims,
+        eps,
+        device,
+        x: x_saved,
+        gamma: gamma_saved,
+        saved,
+        relu_out: relu.then_some(y),
+    };
     Ok(Tensor::from_op_using_output(x.shape().to_vec(), y, make, &[x, gamma, beta]))
 }
 
@@ -220,7 +229,16 @@ impl BackwardOp for BnTrainBackward {
     }
     fn backward_owned(&self, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         let relu_out = self.relu_out.as_ref().map(|y| y.storage());
-        kernels(&self.device).train_backward(self.dims, self.eps, self.x.storage(), self.gamma.storage(), &self.saved, relu_out, dy, needs)
+        kernels(&self.device).train_backward(
+            self.dims,
+            self.eps,
+            self.x.storage(),
+            self.gamma.storage(),
+            &self.saved,
+            relu_out,
+            dy,
+            needs,
+        )
     }
 }
 
@@ -235,7 +253,15 @@ pub fn batch_norm_eval(
 ) -> Result<Tensor> {
     let dims = check("batch_norm", x, &[gamma, beta, running_mean, running_var])?;
     let device = x.device();
-    let y = kernels(&device).eval(dims, eps, x.storage(), gamma.storage(), beta.storage(), running_mean.storage(), running_var.storage())?;
+    let y = kernels(&device).eval(
+        dims,
+        eps,
+        x.storage(),
+        gamma.storage(),
+        beta.storage(),
+        running_mean.storage(),
+        running_var.storage(),
+    )?;
     let op = BnEvalBackward {
         dims,
         eps,

@@ -15,7 +15,16 @@ impl ConcatKernel for Cuda {
         let mut off = 0;
         for (x, &c) in xs.iter().zip(&shape.chans) {
             // The kernel only reads `part` in this direction.
-            let p = ConcatParams::new("concat", x.gpu("concat")?.addr(), y.addr_mut(), shape.n, c, ctotal, off, shape.plane)?;
+            let p = ConcatParams::new(
+                "concat",
+                x.gpu("concat")?.addr(),
+                y.addr_mut(),
+                shape.n,
+                c,
+                ctotal,
+                off,
+                shape.plane,
+            )?;
             // SAFETY: part holds n·c·plane floats, whole n·ctotal·plane (shapes checked by the op), both on `dev`.
             unsafe { dev.launch(&kernels::CONCAT_CHANNELS, &p)? };
             off += c;
@@ -32,7 +41,16 @@ impl ConcatKernel for Cuda {
             if needs[i] {
                 let mut dx = dev.empty(shape.n * c * shape.plane)?;
                 // split_channels only reads `whole`.
-                let p = ConcatParams::new("concat backward", dx.addr_mut(), g.addr(), shape.n, c, ctotal, off, shape.plane)?;
+                let p = ConcatParams::new(
+                    "concat backward",
+                    dx.addr_mut(),
+                    g.addr(),
+                    shape.n,
+                    c,
+                    ctotal,
+                    off,
+                    shape.plane,
+                )?;
                 // SAFETY: sizes as in the forward (checked there); dx is a fresh buffer on `dev`.
                 unsafe { dev.launch(&kernels::SPLIT_CHANNELS, &p)? };
                 out.push(Some(Storage::Gpu(dx)));

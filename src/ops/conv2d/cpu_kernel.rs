@@ -22,7 +22,14 @@ impl Conv2dKernel for Cpu {
         by_dtype!(x.dtype(), T => forward::<T>(g, typed(x), typed(w), bias.map(typed::<T>), typed_mut(&mut y)));
         Ok(y)
     }
-    fn backward(&self, g: &Conv2dGeom, x: Option<&Storage>, w: Option<&Storage>, dy: &Storage, want: [bool; 3]) -> Result<[Option<Storage>; 3]> {
+    fn backward(
+        &self,
+        g: &Conv2dGeom,
+        x: Option<&Storage>,
+        w: Option<&Storage>,
+        dy: &Storage,
+        want: [bool; 3],
+    ) -> Result<[Option<Storage>; 3]> {
         let dtype = dy.dtype();
         let mut dx = want[0].then(|| Storage::for_overwrite(dtype, g.n * g.cin * g.h * g.w));
         let mut dw = want[1].then(|| Storage::zeros(dtype, g.cout * g.cin * g.k * g.k));
@@ -92,7 +99,10 @@ fn im2col<T: Float>(g: &Conv2dGeom, x: &[T], col: &mut [T]) {
 /// multi-threaded, a serial im2col would otherwise leave the other cores idle.
 fn im2col_parallel<T: Float>(g: &Conv2dGeom, x: &[T], col: &mut [T]) {
     let per_channel = g.k * g.k * g.ho * g.wo;
-    col[..g.cin * per_channel].par_chunks_mut(per_channel).enumerate().for_each(|(c, rows)| im2col_channel(g, x, c, rows));
+    col[..g.cin * per_channel]
+        .par_chunks_mut(per_channel)
+        .enumerate()
+        .for_each(|(c, rows)| im2col_channel(g, x, c, rows));
 }
 
 /// The k·k rows of input channel `c`.
@@ -197,11 +207,13 @@ pub fn direct_enabled() -> bool {
 /// The same slice as f32 when T is f32.
 fn as_f32<T: Float>(s: &[T]) -> Option<&[f32]> {
     // SAFETY: only when T is f32 (TypeId), so this is the same slice under its own type.
-    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
+    (TypeId::of::<T>() == TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
 }
 fn as_f32_mut<T: Float>(s: &mut [T]) -> Option<&mut [f32]> {
     // SAFETY: only when T is f32 (TypeId), so this is the same exclusive slice under its own type.
-    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
+    (TypeId::of::<T>() == TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
 }
 
 /// y[n] = act(W · x[n] + bias + residual[n]): the direct kernel for f32 3×3 pad-1 convs of stride 1
@@ -235,7 +247,9 @@ pub fn forward_fused_gemm<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilo
             for (co, row) in yn.chunks_mut(plane).enumerate() {
                 let b = ep.bias.map_or(T::ZERO, |b| b[co]);
                 match ep.residual {
-                    Some(r) => row.iter_mut().zip(&r[n * out_len + co * plane..][..plane]).for_each(|(v, &r)| *v = r + b),
+                    Some(r) => {
+                        row.iter_mut().zip(&r[n * out_len + co * plane..][..plane]).for_each(|(v, &r)| *v = r + b)
+                    }
                     None => row.fill(b),
                 }
             }
@@ -341,14 +355,57 @@ pub fn backward_gemm<T: Float>(
                     col
                 };
                 let (rs, cs) = if dw_transposed { (1, g.cout as isize) } else { (kk as isize, 1) };
-                T::gemm_dst_strided(g.cout, kk, plane, dw, rs, cs, true, dyn_, plane as isize, 1, rhs, 1, plane as isize, th);
+                T::gemm_dst_strided(
+                    g.cout,
+                    kk,
+                    plane,
+                    dw,
+                    rs,
+                    cs,
+                    true,
+                    dyn_,
+                    plane as isize,
+                    1,
+                    rhs,
+                    1,
+                    plane as isize,
+                    th,
+                );
             }
             if let Some(dxn) = dxn {
                 if g.is_pointwise() {
                     // dx[ci][p] = Σ_co W[co][ci] · dy[co][p]
-                    T::gemm(g.cin, plane, g.cout, dxn, plane as isize, false, wt, 1, kk as isize, dyn_, plane as isize, 1, th);
+                    T::gemm(
+                        g.cin,
+                        plane,
+                        g.cout,
+                        dxn,
+                        plane as isize,
+                        false,
+                        wt,
+                        1,
+                        kk as isize,
+                        dyn_,
+                        plane as isize,
+                        1,
+                        th,
+                    );
                 } else {
-                    T::gemm(kk, plane, g.cout, col, plane as isize, false, wt, 1, kk as isize, dyn_, plane as isize, 1, th);
+                    T::gemm(
+                        kk,
+                        plane,
+                        g.cout,
+                        col,
+                        plane as isize,
+                        false,
+                        wt,
+                        1,
+                        kk as isize,
+                        dyn_,
+                        plane as isize,
+                        1,
+                        th,
+                    );
                     dxn.fill(T::ZERO);
                     col2im_add(g, col, dxn);
                 }

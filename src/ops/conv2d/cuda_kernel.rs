@@ -58,7 +58,8 @@ fn launch_forward(
         Some(b) => b.gpu("conv2d")?.addr(),
         None => 0,
     };
-    let mut p = Conv2dParams { x: xb.addr(), weight: w.gpu("conv2d")?.addr(), bias: bias_addr, y: y.addr_mut(), ..params(g)? };
+    let mut p =
+        Conv2dParams { x: xb.addr(), weight: w.gpu("conv2d")?.addr(), bias: bias_addr, y: y.addr_mut(), ..params(g)? };
     let mut stats = if want_stats { Some(ConvStats::new(dev, &p)?) } else { None };
     if let Some(s) = stats.as_mut() {
         p.stats = s.addr_mut();

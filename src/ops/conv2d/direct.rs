@@ -49,7 +49,9 @@ pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl"))
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -245,7 +247,11 @@ unsafe fn phase_plane_avx512(gr: &Grid, h: usize, w: usize, s: &[f32], d: &mut [
                     let rem = w - 32 * c;
                     let lo = _mm512_maskz_loadu_ps(mask(rem), row.add(32 * c));
                     let hi = _mm512_maskz_loadu_ps(mask(rem.saturating_sub(16)), row.add(32 * c + 16));
-                    _mm512_mask_storeu_ps(r_even.add(16 * c), mask(rem.div_ceil(2)), _mm512_permutex2var_ps(lo, ie, hi));
+                    _mm512_mask_storeu_ps(
+                        r_even.add(16 * c),
+                        mask(rem.div_ceil(2)),
+                        _mm512_permutex2var_ps(lo, ie, hi),
+                    );
                     _mm512_mask_storeu_ps(r_odd.add(1 + 16 * c), mask(rem / 2), _mm512_permutex2var_ps(lo, io, hi));
                 }
                 zero(r_even.add(evens), wp - evens);
@@ -398,7 +404,16 @@ unsafe fn conv_tile<const V: usize, const T: usize>(
 /// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn conv_tile<const V: usize, const T: usize>(_: *const f32, _: &[usize; NV], _: usize, _: usize, _: &[usize; T], _: &[*const f32; MR], _: usize, _: *mut f32) {
+unsafe fn conv_tile<const V: usize, const T: usize>(
+    _: *const f32,
+    _: &[usize; NV],
+    _: usize,
+    _: usize,
+    _: &[usize; T],
+    _: &[*const f32; MR],
+    _: usize,
+    _: *mut f32,
+) {
     unreachable!("direct conv runs only where available() holds")
 }
 
@@ -503,7 +518,14 @@ pub fn weight_grad_pays(g: &Conv2dGeom) -> bool {
 
 /// dx = conv3x3ᵀ(dy) (overwritten) and dW += Σ_images dy ⋆ x; false (nothing written) when the
 /// geometry or the CPU does not fit.
-pub fn backward(g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>) -> bool {
+pub fn backward(
+    g: &Conv2dGeom,
+    x: &[f32],
+    wt: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: Option<&mut [f32]>,
+) -> bool {
     if !applies_backward(g) || !available() {
         return false;
     }

@@ -32,7 +32,8 @@ pub(crate) fn relu_mask(y: &GpuBuffer, dy: &GpuBuffer) -> Result<GpuBuffer> {
 pub(crate) fn scaled(x: &GpuBuffer, s: f64) -> Result<GpuBuffer> {
     let dev = x.device();
     let mut out = dev.zeros(x.len())?;
-    let p = OptimParams { param: out.addr_mut(), grad: x.addr(), n: x.len() as i64, lr: -(s as f32), ..Default::default() };
+    let p =
+        OptimParams { param: out.addr_mut(), grad: x.addr(), n: x.len() as i64, lr: -(s as f32), ..Default::default() };
     // SAFETY: out and x live on `dev` with `n` floats; momentum 0 leaves the state pointers unused.
     unsafe { dev.launch(&kernels::SGD_STEP, &p)? };
     Ok(out)

@@ -15,7 +15,15 @@ impl MseKernel for Cuda {
         let num_partials = mse_num_partials(n);
         let mut partial = dev.empty(num_partials as usize)?;
         let mut loss = dev.empty(1)?;
-        let p = MseParams { pred: pb.addr(), target: tb.addr(), partial: partial.addr_mut(), loss: loss.addr_mut(), n, num_partials, ..Default::default() };
+        let p = MseParams {
+            pred: pb.addr(),
+            target: tb.addr(),
+            partial: partial.addr_mut(),
+            loss: loss.addr_mut(),
+            n,
+            num_partials,
+            ..Default::default()
+        };
         // SAFETY: pred/target hold n floats (one length, checked by the op), partial num_partials, loss 1, all
         // on `dev`.
         unsafe {
@@ -31,7 +39,14 @@ impl MseKernel for Cuda {
         // d/dtarget = −d/dpred: the same kernel with pred and target swapped (k·(t − p) = −k·(p − t) exactly).
         let grad = |a: u64, b: u64| -> Result<Storage> {
             let mut out = dev.empty(pb.len())?;
-            let p = MseParams { pred: a, target: b, grad_loss: g.addr(), grad_pred: out.addr_mut(), n: pb.len() as i64, ..Default::default() };
+            let p = MseParams {
+                pred: a,
+                target: b,
+                grad_loss: g.addr(),
+                grad_pred: out.addr_mut(),
+                n: pb.len() as i64,
+                ..Default::default()
+            };
             // SAFETY: a, b and out hold n floats, grad_loss 1, all on the device.
             unsafe { dev.launch(&kernels::MSE_LOSS_BACKWARD, &p)? };
             Ok(Storage::Gpu(out))

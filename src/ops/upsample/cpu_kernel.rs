@@ -98,7 +98,15 @@ fn per_plane<T: Float>(
 /// One plane, separably: each source row resized horizontally once into `rows` (h × wo), then every
 /// output row blended from two of those. Same arithmetic as the direct 4-tap formula
 /// ly0·(lx0·a + lx1·b) + ly1·(lx0·c + lx1·d), so the result is identical.
-fn bilinear_plane<T: Float>(src: &[T], w: usize, dst: &mut [T], wo: usize, ty: &[(usize, usize, T, T)], tx: &[(usize, usize, T, T)], rows: &mut [T]) {
+fn bilinear_plane<T: Float>(
+    src: &[T],
+    w: usize,
+    dst: &mut [T],
+    wo: usize,
+    ty: &[(usize, usize, T, T)],
+    tx: &[(usize, usize, T, T)],
+    rows: &mut [T],
+) {
     for (r, row) in rows.chunks_exact_mut(wo).enumerate() {
         let s = &src[r * w..][..w];
         row.iter_mut().zip(tx).for_each(|(o, &(x0, x1, lx0, lx1))| *o = lx0 * s[x0] + lx1 * s[x1]);
@@ -111,7 +119,15 @@ fn bilinear_plane<T: Float>(src: &[T], w: usize, dst: &mut [T], wo: usize, ty: &
 
 /// The adjoint of `bilinear_plane`: output-row gradients spread onto source rows (h × wo, vectorised
 /// rows), then each row spread horizontally onto the source pixels.
-fn bilinear_plane_backward<T: Float>(g: &[T], wo: usize, dx: &mut [T], w: usize, ty: &[(usize, usize, T, T)], tx: &[(usize, usize, T, T)], rows: &mut [T]) {
+fn bilinear_plane_backward<T: Float>(
+    g: &[T],
+    wo: usize,
+    dx: &mut [T],
+    w: usize,
+    ty: &[(usize, usize, T, T)],
+    tx: &[(usize, usize, T, T)],
+    rows: &mut [T],
+) {
     rows.fill(T::ZERO);
     for (gr, &(y0, y1, ly0, ly1)) in g.chunks_exact(wo).zip(ty) {
         rows[y0 * wo..][..wo].iter_mut().zip(gr).for_each(|(r, &v)| *r += ly0 * v);

@@ -33,7 +33,10 @@ impl UpsampleKernel for Cuda {
         Ok(Storage::Gpu(dx))
     }
     fn nearest(&self, x: &Storage, _r: &Resize) -> Result<Storage> {
-        bail!("upsample_nearest: no kernel for the {} device (only bilinear runs on the GPU); move the tensor to the cpu", x.device())
+        bail!(
+            "upsample_nearest: no kernel for the {} device (only bilinear runs on the GPU); move the tensor to the cpu",
+            x.device()
+        )
     }
     fn nearest_backward(&self, dy: &Storage, _r: &Resize) -> Result<Storage> {
         bail!("upsample_nearest backward: no kernel for the {} device", dy.device())

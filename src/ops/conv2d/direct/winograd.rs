@@ -18,9 +18,9 @@ use super::{available, conv_tile, pad_phases, with_scratch, Grid, SharedOut, LAN
 use crate::ops::conv2d::cpu_kernel::Epilogue;
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
-use std::cell::RefCell;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::__m512;
+use std::cell::RefCell;
 /// Never built off x86-64 (`applies` is false there); lets the kernel signatures compile.
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(non_camel_case_types)]
@@ -164,7 +164,8 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilog
             let (v0, v1) = (t * qv / tiles, (t + 1) * qv / tiles);
             let (b0, b1) = (part * blocks / parts, (part + 1) * blocks / parts);
             let (vecs, nb) = (v1 - v0, b1 - b0);
-            let places: [(usize, Option<usize>); NV] = std::array::from_fn(|v| layout.place(&gr, w, v0 + v.min(vecs - 1)));
+            let places: [(usize, Option<usize>); NV] =
+                std::array::from_fn(|v| layout.place(&gr, w, v0 + v.min(vecs - 1)));
             TASK.with(|cell| {
                 let mut buf = cell.borrow_mut();
                 let (vlen, mlen) = (16 * cin * TILE, 16 * nb * MR * TILE);
@@ -188,7 +189,8 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilog
                     let inner: [usize; NV] = std::array::from_fn(|v| v * LANES);
                     for xi in 0..16 {
                         for cb in b0..b1 {
-                            let rows: [*const f32; MR] = std::array::from_fn(|r| u.as_ptr().add(((xi * blocks + cb) * MR + r) * cin));
+                            let rows: [*const f32; MR] =
+                                std::array::from_fn(|r| u.as_ptr().add(((xi * blocks + cb) * MR + r) * cin));
                             let x = vt.as_ptr().add(xi * cin * TILE);
                             let o = mt.as_mut_ptr().add((xi * nb + cb - b0) * MR * TILE);
                             match vecs {
@@ -202,7 +204,11 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilog
                     let m = mt.as_ptr();
                     for co in b0 * MR..(b1 * MR).min(cout) {
                         let base = (img * cout + co) * hw;
-                        let ep = TileEpilogue { bias: ep.bias.map_or(0.0, |b| b[co]), res: ep.residual.map(|r| r.as_ptr().add(base)), relu: ep.relu };
+                        let ep = TileEpilogue {
+                            bias: ep.bias.map_or(0.0, |b| b[co]),
+                            res: ep.residual.map(|r| r.as_ptr().add(base)),
+                            relu: ep.relu,
+                        };
                         for (v, &(q0, corner)) in places[..vecs].iter().enumerate() {
                             // M[ξ][co] for this vector: row co of block ξ, at v·16.
                             let mrow = m.add((co - b0 * MR) * TILE + v * LANES);
@@ -298,7 +304,10 @@ unsafe fn input_transform<const P: usize>(x: *const f32, gr: &Grid, cin: usize, 
             1 => _mm512_loadu_ps(p),
             2 => {
                 let lo = _mm512_castps256_ps512(_mm256_loadu_ps(p));
-                _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(lo), _mm256_castps_pd(_mm256_loadu_ps(p.add(wp)))))
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                    _mm512_castps_pd(lo),
+                    _mm256_castps_pd(_mm256_loadu_ps(p.add(wp))),
+                ))
             }
             _ => {
                 let v = _mm512_castps128_ps512(_mm_loadu_ps(p));
@@ -323,7 +332,8 @@ unsafe fn input_transform<const P: usize>(x: *const f32, gr: &Grid, cin: usize, 
                 // (Bᵀ d) B: the same on each row's columns.
                 for i in 0..4 {
                     let (t0, t1, t2, t3) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
-                    let r = [_mm512_sub_ps(t0, t2), _mm512_add_ps(t1, t2), _mm512_sub_ps(t2, t1), _mm512_sub_ps(t1, t3)];
+                    let r =
+                        [_mm512_sub_ps(t0, t2), _mm512_add_ps(t1, t2), _mm512_sub_ps(t2, t1), _mm512_sub_ps(t1, t3)];
                     for (j, rv) in r.iter().enumerate() {
                         _mm512_storeu_ps(vt.add(((4 * i + j) * cin + ci) * TILE + v * LANES), *rv);
                     }
@@ -380,7 +390,10 @@ unsafe fn store_runs<const R: usize>(y: [__m512; 2], at: &[usize], dst: *mut f32
             16 => _mm512_loadu_ps(p.add(a)),
             _ => {
                 let lo = _mm512_castps256_ps512(_mm256_loadu_ps(p.add(a)));
-                _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(lo), _mm256_castps_pd(_mm256_loadu_ps(p.add(b)))))
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                    _mm512_castps_pd(lo),
+                    _mm256_castps_pd(_mm256_loadu_ps(p.add(b))),
+                ))
             }
         };
         for (k, &v) in y.iter().enumerate() {
@@ -409,7 +422,14 @@ unsafe fn store_runs<const R: usize>(y: [__m512; 2], at: &[usize], dst: *mut f32
 /// The CPU must have AVX-512F; dst (and ep.res) must cover the h×w plane, whose outputs of these tiles the
 /// caller owns.
 #[cfg(target_arch = "x86_64")]
-unsafe fn store_tiles(y: &[[__m512; 2]; 2], gr: &Grid, (h, w): (usize, usize), q0: usize, dst: *mut f32, ep: &TileEpilogue) {
+unsafe fn store_tiles(
+    y: &[[__m512; 2]; 2],
+    gr: &Grid,
+    (h, w): (usize, usize),
+    q0: usize,
+    dst: *mut f32,
+    ep: &TileEpilogue,
+) {
     // y[a] holds (tile l, column b) at 2l + b.
     let mut rows = [[0.0f32; 2 * LANES]; 2];
     for (row, ya) in rows.iter_mut().zip(y) {
