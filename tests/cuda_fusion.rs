@@ -37,14 +37,11 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// The CPU reference's output and gradients: (y, d_up per term, d_down per term, dx when x is given).
+type Reference = (Vec<f32>, Vec<Vec<f32>>, Vec<Vec<f32>>, Option<Vec<f32>>);
+
 /// CPU reference: relu(x + Σ down + Σ upsample_bilinear(up)) with autograd, and its gradients for `dy`.
-fn cpu_reference(
-    c: &Case,
-    x: &[f32],
-    ups: &[Vec<f32>],
-    downs: &[Vec<f32>],
-    dy: &[f32],
-) -> (Vec<f32>, Vec<Vec<f32>>, Vec<Vec<f32>>, Option<Vec<f32>>) {
+fn cpu_reference(c: &Case, x: &[f32], ups: &[Vec<f32>], downs: &[Vec<f32>], dy: &[f32]) -> Reference {
     let [n, ch, h, w] = c.dims;
     let xt = Tensor::from_f32(&c.dims, x.to_vec()).unwrap().requires_grad();
     let ut: Vec<Tensor> = ups

@@ -212,7 +212,7 @@ fn fuzz_image_decode() {
         let truncated = hrk::data::imageio::jpeg_is_truncated(bytes);
         let r = hrk::data::imageio::decode_rgb8_bytes(bytes, name);
         // Every 16th input goes through the file path as well (load_image).
-        if n % 16 == 0 {
+        if n.is_multiple_of(16) {
             let f = dir.join("in.img");
             std::fs::write(&f, bytes).unwrap();
             if let Err(e) = hrk::data::imageio::load_image(&f) {

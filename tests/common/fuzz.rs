@@ -106,7 +106,8 @@ pub fn fuzz(
     );
     // Panics inside the target are findings and reported below; silence their default output,
     // and restore it however this function is left.
-    struct RestoreHook(Option<Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send>>);
+    type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send>;
+    struct RestoreHook(Option<PanicHook>);
     impl Drop for RestoreHook {
         fn drop(&mut self) {
             if let Some(h) = self.0.take() {
