@@ -45,20 +45,20 @@ pub struct Sample {
     pub meta: SampleMeta,
 }
 
-/// `((x/255) - mean) / std`, HWC → CHW, in float32 like the reference.
-pub fn normalize_into(img: &Image, out: &mut [f32]) -> Result<()> {
-    let hw = img.width * img.height;
-    if out.len() != 3 * hw || img.data.len() != 3 * hw {
-        bail!(
-            "normalize: crop is {}x{} ({} values), output buffer holds {}",
-            img.height,
-            img.width,
-            img.data.len(),
-            out.len()
-        );
+/// The three CHW planes of `out` for an H×W crop of `values` HWC numbers, checked to fit.
+fn channel_planes(out: &mut [f32], [h, w]: [usize; 2], values: usize) -> Result<[&mut [f32]; 3]> {
+    let hw = h * w;
+    if out.len() != 3 * hw || values != 3 * hw {
+        bail!("normalize: crop is {h}x{w} ({values} values), output buffer holds {}", out.len());
     }
     let (r, rest) = out.split_at_mut(hw);
     let (g, b) = rest.split_at_mut(hw);
+    Ok([r, g, b])
+}
+
+/// `((x/255) - mean) / std`, HWC → CHW, in float32 like the reference.
+pub fn normalize_into(img: &Image, out: &mut [f32]) -> Result<()> {
+    let [r, g, b] = channel_planes(out, [img.height, img.width], img.data.len())?;
     for (i, px) in img.data.chunks_exact(3).enumerate() {
         r[i] = (px[0] / 255.0 - MEAN[0]) / STD[0];
         g[i] = (px[1] / 255.0 - MEAN[1]) / STD[1];
@@ -69,24 +69,13 @@ pub fn normalize_into(img: &Image, out: &mut [f32]) -> Result<()> {
 
 /// [`normalize_into`] of a u8 crop: the same float32 expression per value, tabulated.
 pub fn normalize_rgb8_into(img: &Rgb8, out: &mut [f32]) -> Result<()> {
-    let hw = img.width * img.height;
-    if out.len() != 3 * hw || img.data.len() != 3 * hw {
-        bail!(
-            "normalize: crop is {}x{} ({} values), output buffer holds {}",
-            img.height,
-            img.width,
-            img.data.len(),
-            out.len()
-        );
-    }
+    let [r, g, b] = channel_planes(out, [img.height, img.width], img.data.len())?;
     let mut lut = [[0f32; 256]; 3];
     for (c, table) in lut.iter_mut().enumerate() {
         for (v, t) in table.iter_mut().enumerate() {
             *t = (v as f32 / 255.0 - MEAN[c]) / STD[c];
         }
     }
-    let (r, rest) = out.split_at_mut(hw);
-    let (g, b) = rest.split_at_mut(hw);
     for (i, px) in img.data.chunks_exact(3).enumerate() {
         r[i] = lut[0][px[0] as usize];
         g[i] = lut[1][px[1] as usize];

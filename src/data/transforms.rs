@@ -181,7 +181,7 @@ fn from_pil(im: Rgb8) -> Array3<u8> {
 }
 
 /// Python slice `[start:stop]` on a sequence of length `len`: (begin, count).
-fn py_slice(len: i64, start: i64, stop: i64) -> (usize, usize) {
+pub(crate) fn py_slice(len: i64, start: i64, stop: i64) -> (usize, usize) {
     let norm = |i: i64| -> i64 {
         let i = if i < 0 { i + len } else { i };
         i.clamp(0, len)
@@ -214,6 +214,68 @@ fn check_int(v: f64, what: &str) -> Result<i64> {
         bail!("crop: {what} = {v} is out of range (center/scale/rot not sensible)");
     }
     Ok(v.trunc() as i64)
+}
+
+/// The reference's preconditions of a crop, as one-line errors: an image of `values` = w·h·3 numbers,
+/// an output size in range, a finite center/scale/rotation and a positive scale.
+fn check_crop_request(
+    [wd, ht]: [usize; 2],
+    values: usize,
+    center: [f32; 2],
+    scale: f64,
+    res: [usize; 2],
+    rot: f64,
+) -> Result<()> {
+    if wd == 0 || ht == 0 || values != wd * ht * 3 {
+        bail!("crop: image {}x{} has {} values (need {})", wd, ht, values, wd * ht * 3);
+    }
+    if res[0] == 0 || res[1] == 0 || res[0] as i64 > MAX_SIDE || res[1] as i64 > MAX_SIDE {
+        bail!("crop: output size {:?} out of range", res);
+    }
+    let finite = scale.is_finite() && rot.is_finite() && center[0].is_finite() && center[1].is_finite();
+    if !finite || scale <= 0.0 {
+        bail!("crop: bad center {:?} / scale {scale} / rot {rot}", center);
+    }
+    Ok(())
+}
+
+/// The window a crop cuts from its source: the reference's ul/br corners (1-based, grown by `pad`
+/// on every side when rotating) and its size.
+struct CropWindow {
+    ul: [i64; 2],
+    br: [i64; 2],
+    pad: i64,
+    win_h: i64,
+    win_w: i64,
+}
+
+fn crop_window(c: [f32; 2], scale: f64, res: [usize; 2], rot: f64) -> Result<CropWindow> {
+    let ul_raw = transform_pixel_raw([0.0, 0.0], c, scale, res, true, 0.0);
+    let br_raw = transform_pixel_raw([res[0] as f64, res[1] as f64], c, scale, res, true, 0.0);
+    let mut ul = [check_int(ul_raw[0], "ul.x")? + 1, check_int(ul_raw[1], "ul.y")? + 1];
+    let mut br = [check_int(br_raw[0], "br.x")? + 1, check_int(br_raw[1], "br.y")? + 1];
+    let (dx, dy) = ((br[0] - ul[0]) as f64, (br[1] - ul[1]) as f64);
+    let pad = ((dx * dx + dy * dy).sqrt() / 2.0 - dy / 2.0).trunc() as i64;
+    if rot != 0.0 {
+        ul = [ul[0] - pad, ul[1] - pad];
+        br = [br[0] + pad, br[1] + pad];
+    }
+    let (win_h, win_w) = (br[1] - ul[1], br[0] - ul[0]);
+    if win_h <= 0 || win_w <= 0 || win_h > MAX_SIDE || win_w > MAX_SIDE {
+        bail!("crop: window {win_w}x{win_h} (ul {:?}, br {:?}) is empty or too large", ul, br);
+    }
+    Ok(CropWindow { ul, br, pad, win_h, win_w })
+}
+
+/// The reference's four slices of the window copy (`new_img[new_y, new_x] = img[old_y, old_x]`) as
+/// (start, len) with Python's negative-index semantics: [new_x, new_y, old_x, old_y].
+fn window_slices(ul: [i64; 2], br: [i64; 2], [win_w, win_h]: [i64; 2], [sw, sh]: [i64; 2]) -> [(usize, usize); 4] {
+    [
+        py_slice(win_w, 0.max(-ul[0]), br[0].min(sw) - ul[0]),
+        py_slice(win_h, 0.max(-ul[1]), br[1].min(sh) - ul[1]),
+        py_slice(sw, 0.max(ul[0]), sw.min(br[0])),
+        py_slice(sh, 0.max(ul[1]), sh.min(br[1])),
+    ]
 }
 
 /// [`crop`] with the reference's input array type (see [`InputType`]); `img` holds integers
@@ -253,16 +315,7 @@ pub fn crop_traced_input(
     trace: &mut CropTrace,
 ) -> Result<Image> {
     let (wd, ht) = (img.width, img.height);
-    if wd == 0 || ht == 0 || img.data.len() != wd * ht * 3 {
-        bail!("crop: image {}x{} has {} values (need {})", wd, ht, img.data.len(), wd * ht * 3);
-    }
-    if res[0] == 0 || res[1] == 0 || res[0] as i64 > MAX_SIDE || res[1] as i64 > MAX_SIDE {
-        bail!("crop: output size {:?} out of range", res);
-    }
-    let finite = scale.is_finite() && rot.is_finite() && center[0].is_finite() && center[1].is_finite();
-    if !finite || scale <= 0.0 {
-        bail!("crop: bad center {:?} / scale {scale} / rot {rot}", center);
-    }
+    check_crop_request([wd, ht], img.data.len(), center, scale, res, rot)?;
     let mut c = center;
     let mut scale = scale;
     let sf = scale * 200.0 / res[0] as f64;
@@ -298,32 +351,13 @@ pub fn crop_traced_input(
     }
     let src = downscaled.as_ref().unwrap_or(img);
 
-    let ul_raw = transform_pixel_raw([0.0, 0.0], c, scale, res, true, 0.0);
-    let br_raw = transform_pixel_raw([res[0] as f64, res[1] as f64], c, scale, res, true, 0.0);
-    let mut ul = [check_int(ul_raw[0], "ul.x")? + 1, check_int(ul_raw[1], "ul.y")? + 1];
-    let mut br = [check_int(br_raw[0], "br.x")? + 1, check_int(br_raw[1], "br.y")? + 1];
-    let (dx, dy) = ((br[0] - ul[0]) as f64, (br[1] - ul[1]) as f64);
-    let pad = ((dx * dx + dy * dy).sqrt() / 2.0 - dy / 2.0).trunc() as i64;
-    trace.pad = pad;
-    if rot != 0.0 {
-        ul = [ul[0] - pad, ul[1] - pad];
-        br = [br[0] + pad, br[1] + pad];
-    }
-    trace.ul = ul;
-    trace.br = br;
-
-    let (win_h, win_w) = (br[1] - ul[1], br[0] - ul[0]);
-    if win_h <= 0 || win_w <= 0 || win_h > MAX_SIDE || win_w > MAX_SIDE {
-        bail!("crop: window {win_w}x{win_h} (ul {:?}, br {:?}) is empty or too large", ul, br);
-    }
+    let CropWindow { ul, br, pad, win_h, win_w } = crop_window(c, scale, res, rot)?;
+    (trace.pad, trace.ul, trace.br) = (pad, ul, br);
     let mut win = vec![0f32; (win_h * win_w * 3) as usize];
     // Same slicing expressions as the reference, with Python's negative-index semantics and
     // numpy's broadcasting rule for the assignment (a mismatch is the reference's ValueError).
     let (sw, sh) = (src.width as i64, src.height as i64);
-    let new_x = py_slice(win_w, 0.max(-ul[0]), br[0].min(sw) - ul[0]);
-    let new_y = py_slice(win_h, 0.max(-ul[1]), br[1].min(sh) - ul[1]);
-    let old_x = py_slice(sw, 0.max(ul[0]), sw.min(br[0]));
-    let old_y = py_slice(sh, 0.max(ul[1]), sh.min(br[1]));
+    let [new_x, new_y, old_x, old_y] = window_slices(ul, br, [win_w, win_h], [sw, sh]);
     for (new, old, axis) in [(new_x, old_x, "x"), (new_y, old_y, "y")] {
         if new.1 != old.1 && old.1 != 1 {
             bail!(
@@ -447,16 +481,7 @@ pub fn crop_rgb8(
     rot: f64,
 ) -> Result<Rgb8> {
     let (wd, ht) = (img.width, img.height);
-    if wd == 0 || ht == 0 || img.data.len() != wd * ht * 3 {
-        bail!("crop: image {}x{} has {} values (need {})", wd, ht, img.data.len(), wd * ht * 3);
-    }
-    if res[0] == 0 || res[1] == 0 || res[0] as i64 > MAX_SIDE || res[1] as i64 > MAX_SIDE {
-        bail!("crop: output size {:?} out of range", res);
-    }
-    let finite = scale.is_finite() && rot.is_finite() && center[0].is_finite() && center[1].is_finite();
-    if !finite || scale <= 0.0 {
-        bail!("crop: bad center {:?} / scale {scale} / rot {rot}", center);
-    }
+    check_crop_request([wd, ht], img.data.len(), center, scale, res, rot)?;
     let mut c = center;
     let scale0 = scale;
     let mut scale = scale;
@@ -481,29 +506,13 @@ pub fn crop_rgb8(
         scale /= sf;
     }
 
-    let ul_raw = transform_pixel_raw([0.0, 0.0], c, scale, res, true, 0.0);
-    let br_raw = transform_pixel_raw([res[0] as f64, res[1] as f64], c, scale, res, true, 0.0);
-    let mut ul = [check_int(ul_raw[0], "ul.x")? + 1, check_int(ul_raw[1], "ul.y")? + 1];
-    let mut br = [check_int(br_raw[0], "br.x")? + 1, check_int(br_raw[1], "br.y")? + 1];
-    let (dx, dy) = ((br[0] - ul[0]) as f64, (br[1] - ul[1]) as f64);
-    let pad = ((dx * dx + dy * dy).sqrt() / 2.0 - dy / 2.0).trunc() as i64;
-    if rot != 0.0 {
-        ul = [ul[0] - pad, ul[1] - pad];
-        br = [br[0] + pad, br[1] + pad];
-    }
-    let (win_h, win_w) = (br[1] - ul[1], br[0] - ul[0]);
-    if win_h <= 0 || win_w <= 0 || win_h > MAX_SIDE || win_w > MAX_SIDE {
-        bail!("crop: window {win_w}x{win_h} (ul {:?}, br {:?}) is empty or too large", ul, br);
-    }
+    let CropWindow { ul, br, pad, win_h, win_w } = crop_window(c, scale, res, rot)?;
     let (kept_y, kept_x) = if rot != 0.0 {
         (py_slice(win_h, pad, -pad), py_slice(win_w, pad, -pad))
     } else {
         ((0, win_h as usize), (0, win_w as usize))
     };
-    let new_x = py_slice(win_w, 0.max(-ul[0]), br[0].min(sw) - ul[0]);
-    let new_y = py_slice(win_h, 0.max(-ul[1]), br[1].min(sh) - ul[1]);
-    let old_x = py_slice(sw, 0.max(ul[0]), sw.min(br[0]));
-    let old_y = py_slice(sh, 0.max(ul[1]), sh.min(br[1]));
+    let [new_x, new_y, old_x, old_y] = window_slices(ul, br, [win_w, win_h], [sw, sh]);
     // Rare shapes handled by the general float path: an axis of length 3 (scipy then takes it
     // as the channel axis), numpy's broadcast of a single source row/column, errors.
     let odd = [win_h as usize, win_w as usize, kept_y.1, kept_x.1].contains(&3)

@@ -4,6 +4,7 @@
 //! once to f32, which is what glibc `expf` gives for every patch entry and what the fixtures were
 //! made with).
 
+use crate::data::transforms::py_slice;
 use anyhow::{bail, Result};
 
 use super::{HeatmapCodec, TargetKind};
@@ -33,16 +34,6 @@ pub fn gaussian_patch(sigma: f64) -> (usize, Vec<f32>) {
         }
     }
     (n, g)
-}
-
-/// Python slice bounds `[start:stop]` on length `len` → (begin, count).
-fn py_slice(len: i64, start: i64, stop: i64) -> (usize, usize) {
-    let norm = |i: i64| -> i64 {
-        let i = if i < 0 { i + len } else { i };
-        i.clamp(0, len)
-    };
-    let (a, b) = (norm(start), norm(stop));
-    (a as usize, (b - a).max(0) as usize)
 }
 
 /// `generate_target(map, pt, sigma)`: assigns (not max-es) the Gaussian patch centred on the
