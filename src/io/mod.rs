@@ -3,6 +3,7 @@
 //! `load_state_dict` detects the format by its first bytes, returns tensors in file order and
 //! strips the DataParallel `module.` prefix, so every released HRNet checkpoint style loads.
 
+pub mod dtype;
 pub mod pickle;
 pub mod pth;
 pub mod safetensors;

@@ -5,6 +5,7 @@
 //! Values are flat (containers live in an arena and are referenced by index), so a maliciously
 //! deep or cyclic structure can neither overflow the stack on drop nor loop forever.
 
+pub use super::dtype::StorageDtype;
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -19,47 +20,6 @@ const MAX_CONTAINERS: usize = 1 << 24;
 const MAX_NDIM: usize = 32;
 /// Nesting depth followed when reading the unpickled object (state_dict → wrapper → value).
 const MAX_WALK_DEPTH: usize = 32;
-
-/// Element type of a torch storage, from its class name (`torch.FloatStorage`, ...).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StorageDtype {
-    F32,
-    F64,
-    F16,
-    BF16,
-    I64,
-    I32,
-    I16,
-    I8,
-    U8,
-    Bool,
-}
-
-impl StorageDtype {
-    pub fn elem_size(self) -> usize {
-        match self {
-            StorageDtype::F32 | StorageDtype::I32 => 4,
-            StorageDtype::F64 | StorageDtype::I64 => 8,
-            StorageDtype::F16 | StorageDtype::BF16 | StorageDtype::I16 => 2,
-            StorageDtype::I8 | StorageDtype::U8 | StorageDtype::Bool => 1,
-        }
-    }
-    fn from_class(name: &str) -> Option<StorageDtype> {
-        Some(match name {
-            "FloatStorage" => StorageDtype::F32,
-            "DoubleStorage" => StorageDtype::F64,
-            "HalfStorage" => StorageDtype::F16,
-            "BFloat16Storage" => StorageDtype::BF16,
-            "LongStorage" => StorageDtype::I64,
-            "IntStorage" => StorageDtype::I32,
-            "ShortStorage" => StorageDtype::I16,
-            "CharStorage" => StorageDtype::I8,
-            "ByteStorage" => StorageDtype::U8,
-            "BoolStorage" => StorageDtype::Bool,
-            _ => return None,
-        })
-    }
-}
 
 /// The whitelisted globals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +46,7 @@ fn lookup_global(module: &str, name: &str) -> Result<Global> {
             Global::RebuildFromTypeV2
         }
         ("torch", "Tensor") | ("torch._tensor", "Tensor") | ("torch.nn.parameter", "Parameter") => Global::TensorType,
-        ("torch", cls) => match StorageDtype::from_class(cls) {
+        ("torch", cls) => match StorageDtype::from_torch_class(cls) {
             Some(d) => Global::StorageType(d),
             None => bail!("refused global {module}.{name} (not in the checkpoint whitelist)"),
         },

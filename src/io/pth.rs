@@ -2,7 +2,8 @@
 //! format (torch < 1.6). The pickle is read by the whitelist VM in `pickle.rs`; storages are
 //! raw little-endian arrays that tensors view with an offset and strides.
 
-use super::pickle::{Plain, StorageDtype, StorageRef, TensorRef, Unpickled, Vm};
+use super::dtype::decode_at;
+use super::pickle::{Plain, StorageRef, TensorRef, Unpickled, Vm};
 use crate::host::{HostData, HostTensor};
 use anyhow::{anyhow, bail, Context, Result};
 use std::borrow::Cow;
@@ -246,29 +247,4 @@ fn is_contiguous(t: &TensorRef) -> bool {
         expected = expected.saturating_mul(d);
     }
     true
-}
-
-/// Decodes the elements at the given storage indices (all checked to be in range).
-fn decode_at(dtype: StorageDtype, raw: &[u8], idx: impl Iterator<Item = usize>) -> HostData {
-    let es = dtype.elem_size();
-    let at = |i: usize| &raw[i * es..i * es + es];
-    match dtype {
-        StorageDtype::F32 => HostData::F32(idx.map(|i| f32::from_le_bytes(at(i).try_into().expect("4"))).collect()),
-        StorageDtype::F64 => HostData::F64(idx.map(|i| f64::from_le_bytes(at(i).try_into().expect("8"))).collect()),
-        StorageDtype::F16 => {
-            HostData::F32(idx.map(|i| half::f16::from_le_bytes(at(i).try_into().expect("2")).to_f32()).collect())
-        }
-        StorageDtype::BF16 => {
-            HostData::F32(idx.map(|i| half::bf16::from_le_bytes(at(i).try_into().expect("2")).to_f32()).collect())
-        }
-        StorageDtype::I64 => HostData::I64(idx.map(|i| i64::from_le_bytes(at(i).try_into().expect("8"))).collect()),
-        StorageDtype::I32 => {
-            HostData::I64(idx.map(|i| i32::from_le_bytes(at(i).try_into().expect("4")) as i64).collect())
-        }
-        StorageDtype::I16 => {
-            HostData::I64(idx.map(|i| i16::from_le_bytes(at(i).try_into().expect("2")) as i64).collect())
-        }
-        StorageDtype::I8 => HostData::I64(idx.map(|i| at(i)[0] as i8 as i64).collect()),
-        StorageDtype::U8 | StorageDtype::Bool => HostData::I64(idx.map(|i| at(i)[0] as i64).collect()),
-    }
 }

@@ -2,6 +2,7 @@
 //! length, a JSON header (tensor name → dtype, shape, data_offsets; optional `__metadata__`
 //! string map), then the raw little-endian data. Everything in the header is validated.
 
+use super::dtype::{decode_at, StorageDtype};
 use crate::host::{HostData, HostTensor};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -79,37 +80,6 @@ impl<'de> Deserialize<'de> for Header {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Dtype {
-    F32,
-    F64,
-    F16,
-    BF16,
-    I64,
-    I32,
-}
-
-impl Dtype {
-    fn parse(s: &str) -> Option<Dtype> {
-        Some(match s {
-            "F32" => Dtype::F32,
-            "F64" => Dtype::F64,
-            "F16" => Dtype::F16,
-            "BF16" => Dtype::BF16,
-            "I64" => Dtype::I64,
-            "I32" => Dtype::I32,
-            _ => return None,
-        })
-    }
-    fn size(self) -> usize {
-        match self {
-            Dtype::F32 | Dtype::I32 => 4,
-            Dtype::F64 | Dtype::I64 => 8,
-            Dtype::F16 | Dtype::BF16 => 2,
-        }
-    }
-}
-
 fn u64_of(v: &Value, what: &str, name: &str) -> Result<u64> {
     v.as_u64().ok_or_else(|| anyhow!("tensor '{name}': {what} holds {v} (not a non-negative integer)"))
 }
@@ -156,8 +126,8 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<SafeTensors> {
         let obj = v.as_object().ok_or_else(|| anyhow!("tensor '{name}': header entry is not an object"))?;
         let dtype_name =
             obj.get("dtype").and_then(Value::as_str).ok_or_else(|| anyhow!("tensor '{name}': missing dtype"))?;
-        let dtype =
-            Dtype::parse(dtype_name).ok_or_else(|| anyhow!("tensor '{name}': unsupported dtype {dtype_name}"))?;
+        let dtype = StorageDtype::from_safetensors(dtype_name)
+            .ok_or_else(|| anyhow!("tensor '{name}': unsupported dtype {dtype_name}"))?;
         let shape_v =
             obj.get("shape").and_then(Value::as_array).ok_or_else(|| anyhow!("tensor '{name}': missing shape"))?;
         if shape_v.len() > MAX_NDIM {
@@ -179,7 +149,7 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<SafeTensors> {
             .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
             .ok_or_else(|| anyhow!("tensor '{name}': shape {shape:?} overflows"))?;
         let nbytes =
-            numel.checked_mul(dtype.size() as u64).ok_or_else(|| anyhow!("tensor '{name}': byte size overflows"))?;
+            numel.checked_mul(dtype.elem_size() as u64).ok_or_else(|| anyhow!("tensor '{name}': byte size overflows"))?;
         if end < begin || end > data.len() as u64 {
             bail!("tensor '{name}': data_offsets [{begin}, {end}] outside the {}-byte data section", data.len());
         }
@@ -200,33 +170,10 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<SafeTensors> {
     }
     for (name, dtype, shape, begin, end) in layouts {
         let raw = &data[begin..end];
-        let data = decode(dtype, raw);
+        let data = decode_at(dtype, raw, 0..raw.len() / dtype.elem_size());
         out.tensors.push((name, HostTensor { shape, data }));
     }
     Ok(out)
-}
-
-fn decode(dtype: Dtype, raw: &[u8]) -> HostData {
-    match dtype {
-        Dtype::F32 => {
-            HostData::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect())
-        }
-        Dtype::F64 => {
-            HostData::F64(raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8"))).collect())
-        }
-        Dtype::F16 => {
-            HostData::F32(raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
-        }
-        Dtype::BF16 => {
-            HostData::F32(raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
-        }
-        Dtype::I64 => {
-            HostData::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect())
-        }
-        Dtype::I32 => {
-            HostData::I64(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect())
-        }
-    }
 }
 
 /// Reads a safetensors file; errors name the file.
