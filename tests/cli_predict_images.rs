@@ -5,7 +5,7 @@
 mod common;
 
 use common::model::{tiny_config, write_tiny_model};
-use common::{assert_cli_error, hrk, s, scratch, Scratch};
+use common::{assert_cli_error, assert_cli_ok, hrk_model, s, scratch, Scratch};
 use std::path::{Path, PathBuf};
 
 struct Setup {
@@ -13,6 +13,13 @@ struct Setup {
     cfg: PathBuf,
     weights: PathBuf,
     images: Vec<PathBuf>,
+}
+
+impl Setup {
+    /// Runs `hrk <cmd> --cfg … --model-file … <rest…>` with this setup's model.
+    fn hrk(&self, cmd: &str, rest: &[&str]) -> std::process::Output {
+        hrk_model(cmd, &self.cfg, &self.weights, rest)
+    }
 }
 
 fn setup(name: &str) -> Setup {
@@ -57,38 +64,14 @@ fn check_outputs(out: &Path, n: usize) -> serde_json::Value {
 fn predict_writes_points_inside_the_image() {
     let st = setup("ok");
     let out = st.dir.join("whole");
-    let o = hrk(&[
-        "predict",
-        "--cfg",
-        s(&st.cfg),
-        "--model-file",
-        s(&st.weights),
-        s(&st.images[0]),
-        s(&st.images[1]),
-        "--out",
-        s(&out),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_cli_ok(&st.hrk("predict", &[s(&st.images[0]), s(&st.images[1]), "--out", s(&out)]));
     let doc = check_outputs(&out, 2);
     // Whole image: center = image center, scale = side / 200.
     assert_eq!(doc["images"][0]["center"][0].as_f64().unwrap(), 128.0);
     assert_eq!(doc["images"][0]["scale"].as_f64().unwrap(), 256.0 / 200.0);
 
     let out = st.dir.join("boxed");
-    let o = hrk(&[
-        "predict",
-        "--cfg",
-        s(&st.cfg),
-        "--model-file",
-        s(&st.weights),
-        s(&st.images[0]),
-        "--box",
-        "48,40,208,200",
-        "--labels",
-        "--out",
-        s(&out),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_cli_ok(&st.hrk("predict", &[s(&st.images[0]), "--box", "48,40,208,200", "--labels", "--out", s(&out)]));
     let doc = check_outputs(&out, 1);
     let it = &doc["images"][0];
     assert_eq!(it["center"][0].as_f64().unwrap(), 128.0);
@@ -103,8 +86,7 @@ fn predict_writes_points_inside_the_image() {
     // A dataset CSV: the test-time pipeline, one entry per row.
     let out = st.dir.join("csv");
     let csv = st.dir.join(hrk::synth::TRAIN_CSV);
-    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), "--csv", s(&csv), "--out", s(&out)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_cli_ok(&st.hrk("predict", &["--csv", s(&csv), "--out", s(&out)]));
     check_outputs(&out, 4);
 }
 
@@ -113,9 +95,9 @@ fn predict_and_test_errors_are_one_line() {
     let st = setup("errors");
     let img = s(&st.images[0]);
     let missing = st.dir.join("nope.safetensors");
-    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&missing), img]);
+    let o = hrk_model("predict", &st.cfg, &missing, &[img]);
     assert_cli_error(&o, &["nope.safetensors"]);
-    let o = hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&missing)]);
+    let o = hrk_model("test", &st.cfg, &missing, &[]);
     assert_cli_error(&o, &["nope.safetensors"]);
 
     // Weights of a 5-landmark model: the head tensor's shape does not fit.
@@ -124,24 +106,23 @@ fn predict_and_test_errors_are_one_line() {
     let net5 = hrk::cli::common::model(&hrk::config::Config::load(&cfg5).unwrap(), 1).unwrap();
     let w5 = st.dir.join("five.safetensors");
     hrk::io::safetensors::save_safetensors(&w5, &net5.store.state_dict(), &[]).unwrap();
-    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&w5), img]);
+    let o = hrk_model("predict", &st.cfg, &w5, &[img]);
     assert_cli_error(&o, &["five.safetensors", "head.3"]);
-    let o = hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&w5)]);
+    let o = hrk_model("test", &st.cfg, &w5, &[]);
     assert_cli_error(&o, &["five.safetensors", "head.3"]);
 
-    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), s(&st.dir.join("missing.jpg"))]);
+    let o = st.hrk("predict", &[s(&st.dir.join("missing.jpg"))]);
     assert_cli_error(&o, &["missing.jpg"]);
-    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), img, "--box", "10,10,5,50"]);
+    let o = st.hrk("predict", &[img, "--box", "10,10,5,50"]);
     assert_cli_error(&o, &["--box", "10,10,5,50"]);
-    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), img, "--box", "1,2,3"]);
+    let o = st.hrk("predict", &[img, "--box", "1,2,3"]);
     assert_cli_error(&o, &["--box"]);
-    let o =
-        hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), "--testset", s(&st.dir.join("none.csv"))]);
+    let o = st.hrk("test", &["--testset", s(&st.dir.join("none.csv"))]);
     assert_cli_error(&o, &["none.csv"]);
     // A file that is not an image.
     let bogus = st.dir.join("bogus.jpg");
     std::fs::write(&bogus, b"not an image").unwrap();
-    let o = hrk(&["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), s(&bogus)]);
+    let o = st.hrk("predict", &[s(&bogus)]);
     assert_cli_error(&o, &["bogus.jpg"]);
 }
 

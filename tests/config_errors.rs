@@ -22,6 +22,20 @@ fn err(text: &str) -> String {
     }
 }
 
+/// `text` fails with ONE line naming the file that holds every needle and, where `line` is given,
+/// starts with `bad.yaml:<line>:`.
+#[track_caller]
+fn fails(text: &str, line: Option<usize>, needles: &[&str]) -> String {
+    let msg = err(text);
+    if let Some(line) = line {
+        assert!(msg.starts_with(&format!("bad.yaml:{line}:")), "{msg}");
+    }
+    for needle in needles {
+        assert!(msg.contains(needle), "{msg}");
+    }
+    msg
+}
+
 /// The official WFLW file with one line replaced.
 fn w18_with(old: &str, new: &str) -> String {
     common::replace_once(W18, old, new)
@@ -29,10 +43,7 @@ fn w18_with(old: &str, new: &str) -> String {
 
 #[test]
 fn unknown_key_top_level() {
-    let msg = err("GPUS: (0,)\nGPU: (0,)\n");
-    assert!(msg.starts_with("bad.yaml:2:"), "{msg}");
-    assert!(msg.contains("unknown config key GPU "), "{msg}");
-    assert!(msg.contains("did you mean GPUS?"), "{msg}");
+    fails("GPUS: (0,)\nGPU: (0,)\n", Some(2), &["unknown config key GPU ", "did you mean GPUS?"]);
 }
 
 #[test]
@@ -41,62 +52,37 @@ fn unknown_key_nested_names_full_path() {
         "      NUM_CHANNELS:\n        - 18\n        - 36\n",
         "      NUM_CHANELS:\n        - 18\n        - 36\n",
     );
-    let msg = err(&text);
-    let line = line_of(&text, "NUM_CHANELS");
-    assert!(msg.starts_with(&format!("bad.yaml:{line}:")), "{msg}");
-    assert!(msg.contains("MODEL.EXTRA.STAGE2.NUM_CHANELS"), "{msg}");
-    assert!(msg.contains("did you mean MODEL.EXTRA.STAGE2.NUM_CHANNELS?"), "{msg}");
+    let needles = ["MODEL.EXTRA.STAGE2.NUM_CHANELS", "did you mean MODEL.EXTRA.STAGE2.NUM_CHANNELS?"];
+    fails(&text, Some(line_of(&text, "NUM_CHANELS")), &needles);
     // Keys that only exist in other HRNet forks are unknown here as well (reference HEAD).
-    let msg = err("TEST:\n  FLIP_TEST: false\n");
-    assert!(msg.contains("TEST.FLIP_TEST"), "{msg}");
-    let msg = err("LOSS:\n  USE_TARGET_WEIGHT: true\n");
-    assert!(msg.contains("unknown config key LOSS"), "{msg}");
+    fails("TEST:\n  FLIP_TEST: false\n", None, &["TEST.FLIP_TEST"]);
+    fails("LOSS:\n  USE_TARGET_WEIGHT: true\n", None, &["unknown config key LOSS"]);
     // Keys are case-sensitive, like yacs.
-    let msg = err("model:\n  NUM_JOINTS: 5\n");
-    assert!(msg.contains("unknown config key model") && msg.contains("did you mean MODEL?"), "{msg}");
+    fails("model:\n  NUM_JOINTS: 5\n", None, &["unknown config key model", "did you mean MODEL?"]);
 }
 
 #[test]
 fn wrong_type_names_expected_and_found() {
-    let msg = err("MODEL:\n  NUM_JOINTS: 9.5\n");
-    assert!(msg.starts_with("bad.yaml:2:"), "{msg}");
-    assert!(msg.contains("MODEL.NUM_JOINTS") && msg.contains("expected int, found float"), "{msg}");
-    let msg = err("MODEL:\n  SIGMA: 2\n");
-    assert!(msg.contains("MODEL.SIGMA") && msg.contains("expected float, found int"), "{msg}");
-    assert!(msg.contains("decimal point"), "{msg}");
-    let msg = err("DATASET:\n  FLIP: 1\n");
-    assert!(msg.contains("DATASET.FLIP") && msg.contains("expected bool, found int"), "{msg}");
-    let msg = err("MODEL:\n  NAME: 5\n");
-    assert!(msg.contains("MODEL.NAME") && msg.contains("expected str, found int"), "{msg}");
-    let msg = err("GPUS: 0\n");
-    assert!(msg.contains("GPUS") && msg.contains("expected tuple of int, found int"), "{msg}");
+    fails("MODEL:\n  NUM_JOINTS: 9.5\n", Some(2), &["MODEL.NUM_JOINTS", "expected int, found float"]);
+    fails("MODEL:\n  SIGMA: 2\n", None, &["MODEL.SIGMA", "expected float, found int", "decimal point"]);
+    fails("DATASET:\n  FLIP: 1\n", None, &["DATASET.FLIP", "expected bool, found int"]);
+    fails("MODEL:\n  NAME: 5\n", None, &["MODEL.NAME", "expected str, found int"]);
+    fails("GPUS: 0\n", None, &["GPUS", "expected tuple of int, found int"]);
     // A quoted number is decoded by literal_eval first, so it is an int for a str key too.
-    let msg = err("DATASET:\n  ROOT: '12'\n");
-    assert!(msg.contains("DATASET.ROOT") && msg.contains("found int"), "{msg}");
-    let msg = err("MODEL:\n  IMAGE_SIZE: [256, '256']\n");
-    assert!(msg.contains("MODEL.IMAGE_SIZE[1]") && msg.contains("expected int, found str"), "{msg}");
-    let msg = err("MODEL:\n  NUM_JOINTS: ~\n");
-    assert!(msg.contains("MODEL.NUM_JOINTS") && msg.contains("null"), "{msg}");
+    fails("DATASET:\n  ROOT: '12'\n", None, &["DATASET.ROOT", "found int"]);
+    fails("MODEL:\n  IMAGE_SIZE: [256, '256']\n", None, &["MODEL.IMAGE_SIZE[1]", "expected int, found str"]);
+    fails("MODEL:\n  NUM_JOINTS: ~\n", None, &["MODEL.NUM_JOINTS", "null"]);
 }
 
 #[test]
 fn wrong_nesting() {
-    let msg = err("MODEL: 5\n");
-    assert!(msg.starts_with("bad.yaml:1:") && msg.contains("MODEL") && msg.contains("expected a mapping"), "{msg}");
-    let msg = err("MODEL:\n  EXTRA:\n    STAGE2: [1, 2]\n");
-    assert!(
-        msg.starts_with("bad.yaml:3:") && msg.contains("MODEL.EXTRA.STAGE2") && msg.contains("found list"),
-        "{msg}"
-    );
-    let msg = err("MODEL:\n");
-    assert!(msg.contains("MODEL") && msg.contains("found null"), "{msg}");
-    let msg = err("MODEL:\n  SIGMA:\n    VALUE: 1.5\n");
-    assert!(msg.contains("MODEL.SIGMA") && msg.contains("found a mapping"), "{msg}");
+    fails("MODEL: 5\n", Some(1), &["MODEL", "expected a mapping"]);
+    fails("MODEL:\n  EXTRA:\n    STAGE2: [1, 2]\n", Some(3), &["MODEL.EXTRA.STAGE2", "found list"]);
+    fails("MODEL:\n", None, &["MODEL", "found null"]);
+    fails("MODEL:\n  SIGMA:\n    VALUE: 1.5\n", None, &["MODEL.SIGMA", "found a mapping"]);
     // A value one level too high: NUM_JOINTS at the top.
-    let msg = err("NUM_JOINTS: 68\n");
-    assert!(msg.contains("unknown config key NUM_JOINTS"), "{msg}");
-    let msg = err("- 1\n- 2\n");
-    assert!(msg.contains("top level must be a mapping"), "{msg}");
+    fails("NUM_JOINTS: 68\n", None, &["unknown config key NUM_JOINTS"]);
+    fails("- 1\n- 2\n", None, &["top level must be a mapping"]);
 }
 
 #[test]
@@ -105,86 +91,63 @@ fn stage_list_lengths_must_match_branches() {
         "        - 18\n        - 36\n        - 72\n      FUSE_METHOD",
         "        - 18\n        - 36\n      FUSE_METHOD",
     );
-    let msg = err(&text);
-    assert!(
-        msg.contains("MODEL.EXTRA.STAGE3.NUM_CHANNELS") && msg.contains("has 2 entries but NUM_BRANCHES is 3"),
-        "{msg}"
-    );
+    let msg = fails(&text, None, &["MODEL.EXTRA.STAGE3.NUM_CHANNELS", "has 2 entries but NUM_BRANCHES is 3"]);
     // It points at STAGE3's NUM_CHANNELS (the key line or its first item).
     let stage3 = line_of(&text, "STAGE3:");
     let key_line = stage3 + text.lines().skip(stage3).position(|l| l.contains("NUM_CHANNELS")).expect("key") + 1;
     let reported: usize = msg.split(':').nth(1).and_then(|l| l.parse().ok()).expect("line");
     assert!(reported == key_line || reported == key_line + 1, "{msg} (key at {key_line})");
-    let msg = err("MODEL:\n  EXTRA:\n    STAGE4:\n      NUM_BLOCKS: [4, 4, 4]\n");
-    assert!(
-        msg.starts_with("bad.yaml:4:")
-            && msg.contains("MODEL.EXTRA.STAGE4.NUM_BLOCKS")
-            && msg.contains("has 3 entries but NUM_BRANCHES is 4"),
-        "{msg}"
+    fails(
+        "MODEL:\n  EXTRA:\n    STAGE4:\n      NUM_BLOCKS: [4, 4, 4]\n",
+        Some(4),
+        &["MODEL.EXTRA.STAGE4.NUM_BLOCKS", "has 3 entries but NUM_BRANCHES is 4"],
     );
-    let msg = err("MODEL:\n  EXTRA:\n    STAGE2:\n      NUM_BRANCHES: 3\n");
-    assert!(msg.contains("MODEL.EXTRA.STAGE2.NUM_BRANCHES"), "{msg}");
-    let msg = err("MODEL:\n  EXTRA:\n    STAGE3:\n      BLOCK: BASICBLOCK\n");
-    assert!(msg.contains("MODEL.EXTRA.STAGE3.BLOCK") && msg.contains("BASIC or BOTTLENECK"), "{msg}");
+    fails("MODEL:\n  EXTRA:\n    STAGE2:\n      NUM_BRANCHES: 3\n", None, &["MODEL.EXTRA.STAGE2.NUM_BRANCHES"]);
+    fails(
+        "MODEL:\n  EXTRA:\n    STAGE3:\n      BLOCK: BASICBLOCK\n",
+        None,
+        &["MODEL.EXTRA.STAGE3.BLOCK", "BASIC or BOTTLENECK"],
+    );
 }
 
 #[test]
 fn sizes_must_be_positive() {
-    let msg = err("MODEL:\n  IMAGE_SIZE: [256, -256]\n");
-    assert!(msg.starts_with("bad.yaml:2:") && msg.contains("MODEL.IMAGE_SIZE[1]") && msg.contains("negative"), "{msg}");
-    let msg = err("MODEL:\n  HEATMAP_SIZE: [64, 0]\n");
-    assert!(msg.contains("MODEL.HEATMAP_SIZE") && msg.contains("2 positive ints"), "{msg}");
-    let msg = err("MODEL:\n  HEATMAP_SIZE: [64, 64, 64]\n");
-    assert!(msg.contains("MODEL.HEATMAP_SIZE") && msg.contains("expected 2 ints"), "{msg}");
-    let msg = err("MODEL:\n  NUM_JOINTS: -5\n");
-    assert!(msg.contains("MODEL.NUM_JOINTS") && msg.contains("negative"), "{msg}");
-    let msg = err("TRAIN:\n  BATCH_SIZE_PER_GPU: 0\n");
-    assert!(
-        msg.starts_with("bad.yaml:2:") && msg.contains("TRAIN.BATCH_SIZE_PER_GPU") && msg.contains("at least 1"),
-        "{msg}"
+    fails("MODEL:\n  IMAGE_SIZE: [256, -256]\n", Some(2), &["MODEL.IMAGE_SIZE[1]", "negative"]);
+    fails("MODEL:\n  HEATMAP_SIZE: [64, 0]\n", None, &["MODEL.HEATMAP_SIZE", "2 positive ints"]);
+    fails("MODEL:\n  HEATMAP_SIZE: [64, 64, 64]\n", None, &["MODEL.HEATMAP_SIZE", "expected 2 ints"]);
+    fails("MODEL:\n  NUM_JOINTS: -5\n", None, &["MODEL.NUM_JOINTS", "negative"]);
+    fails("TRAIN:\n  BATCH_SIZE_PER_GPU: 0\n", Some(2), &["TRAIN.BATCH_SIZE_PER_GPU", "at least 1"]);
+    fails(
+        "MODEL:\n  EXTRA:\n    STAGE2:\n      NUM_CHANNELS: [18, 0]\n",
+        None,
+        &["MODEL.EXTRA.STAGE2.NUM_CHANNELS[1]"],
     );
-    let msg = err("MODEL:\n  EXTRA:\n    STAGE2:\n      NUM_CHANNELS: [18, 0]\n");
-    assert!(msg.contains("MODEL.EXTRA.STAGE2.NUM_CHANNELS[1]"), "{msg}");
-    let msg = err("MODEL:\n  SIGMA: -1.0\n");
-    assert!(msg.contains("MODEL.SIGMA") && msg.contains("positive"), "{msg}");
-    let msg = err("GPUS: ()\n");
-    assert!(msg.contains("GPUS") && msg.contains("at least one"), "{msg}");
-    let msg = err("TRAIN:\n  BEGIN_EPOCH: 10\n  END_EPOCH: 5\n");
-    assert!(msg.contains("TRAIN.END_EPOCH"), "{msg}");
-    let msg = err("MODEL:\n  NUM_JOINTS: 99999999999999999999999\n");
-    assert!(msg.contains("MODEL.NUM_JOINTS"), "{msg}");
+    fails("MODEL:\n  SIGMA: -1.0\n", None, &["MODEL.SIGMA", "positive"]);
+    fails("GPUS: ()\n", None, &["GPUS", "at least one"]);
+    fails("TRAIN:\n  BEGIN_EPOCH: 10\n  END_EPOCH: 5\n", None, &["TRAIN.END_EPOCH"]);
+    fails("MODEL:\n  NUM_JOINTS: 99999999999999999999999\n", None, &["MODEL.NUM_JOINTS"]);
 }
 
 #[test]
 fn enumerated_values() {
-    let msg = err("TRAIN:\n  OPTIMIZER: 'Adam'\n");
-    assert!(msg.contains("TRAIN.OPTIMIZER") && msg.contains("unknown optimizer 'Adam'"), "{msg}");
-    let msg = err("TRAIN:\n  OPTIMIZER: rmsprop\n");
-    assert!(msg.contains("TRAIN.OPTIMIZER") && msg.contains("rmsprop"), "{msg}");
-    let msg = err("DATASET:\n  DATASET: 300VW\n");
-    assert!(msg.starts_with("bad.yaml:2:") && msg.contains("DATASET.DATASET") && msg.contains("300VW"), "{msg}");
-    let msg = err("MODEL:\n  EXTRA:\n    FINAL_CONV_KERNEL: 5\n");
-    assert!(msg.contains("MODEL.EXTRA.FINAL_CONV_KERNEL"), "{msg}");
-    let msg = err("TRAIN:\n  OPTIMIZER: sgd\n  NESTEROV: true\n");
-    assert!(msg.contains("TRAIN.NESTEROV"), "{msg}");
+    fails("TRAIN:\n  OPTIMIZER: 'Adam'\n", None, &["TRAIN.OPTIMIZER", "unknown optimizer 'Adam'"]);
+    fails("TRAIN:\n  OPTIMIZER: rmsprop\n", None, &["TRAIN.OPTIMIZER", "rmsprop"]);
+    fails("DATASET:\n  DATASET: 300VW\n", Some(2), &["DATASET.DATASET", "300VW"]);
+    fails("MODEL:\n  EXTRA:\n    FINAL_CONV_KERNEL: 5\n", None, &["MODEL.EXTRA.FINAL_CONV_KERNEL"]);
+    fails("TRAIN:\n  OPTIMIZER: sgd\n  NESTEROV: true\n", None, &["TRAIN.NESTEROV"]);
 }
 
 #[test]
 fn syntax_errors_name_file_and_line() {
     let text = w18_with("  ROT_FACTOR: 30\n", "  ROT_FACTOR: [30\n");
-    let msg = err(&text);
-    assert!(msg.contains("YAML syntax error"), "{msg}");
+    let msg = fails(&text, None, &["YAML syntax error"]);
     let reported: usize =
         msg.split(':').nth(1).and_then(|l| l.parse().ok()).unwrap_or_else(|| panic!("no line: {msg}"));
     assert!(reported >= line_of(&text, "ROT_FACTOR"), "{msg}");
-    let msg = err("MODEL:\n  NAME: 'hrnet\n");
-    assert!(msg.starts_with("bad.yaml:2:") && msg.contains("YAML syntax error"), "{msg}");
-    let msg = err("MODEL:\n  NUM_JOINTS: 68\n NAME: x\n");
-    assert!(msg.starts_with("bad.yaml:3:") && msg.contains("YAML syntax error"), "{msg}");
-    let msg = err("GPUS: (0,)\n---\nWORKERS: 2\n");
-    assert!(msg.contains("YAML syntax error"), "{msg}");
-    let msg = err("GPUS: !!python/tuple [0]\n");
-    assert!(msg.contains("YAML syntax error") && msg.contains("tag"), "{msg}");
+    fails("MODEL:\n  NAME: 'hrnet\n", Some(2), &["YAML syntax error"]);
+    fails("MODEL:\n  NUM_JOINTS: 68\n NAME: x\n", Some(3), &["YAML syntax error"]);
+    fails("GPUS: (0,)\n---\nWORKERS: 2\n", None, &["YAML syntax error"]);
+    fails("GPUS: !!python/tuple [0]\n", None, &["YAML syntax error", "tag"]);
 }
 
 #[test]

@@ -61,20 +61,50 @@ fn common_w18(cfg: &Config) {
     w18_stages(cfg);
 }
 
-#[test]
-fn wflw_yaml() {
-    let path = repo("experiments/wflw/face_alignment_wflw_hrnet_w18.yaml");
+/// What sets the official W18 experiment files apart from each other.
+struct Official {
+    print_freq: usize,
+    kind: DatasetKind,
+    root: &'static str,
+    trainset: &'static str,
+    testset: &'static str,
+    num_joints: usize,
+    sigma: f64,
+    lr: f64,
+}
+
+/// Loads the official experiment file `rel`: the W18 values every one shares and its own `want`.
+fn official_w18(rel: &str, want: Official) -> (PathBuf, Config) {
+    let path = repo(rel);
     let cfg = load_config(&path).unwrap();
     common_w18(&cfg);
-    assert_eq!(cfg.print_freq, 50);
+    assert_eq!(cfg.print_freq, want.print_freq);
+    assert_eq!(cfg.dataset_kind(), Some(want.kind));
+    assert_eq!(cfg.dataset.root, want.root);
+    assert_eq!(cfg.dataset.trainset, want.trainset);
+    assert_eq!(cfg.dataset.testset, want.testset);
+    assert_eq!(cfg.model.num_joints, want.num_joints);
+    assert_eq!(cfg.model.sigma, want.sigma);
+    assert_eq!(cfg.train.lr, want.lr);
+    (path, cfg)
+}
+
+#[test]
+fn wflw_yaml() {
+    let (path, cfg) = official_w18(
+        "experiments/wflw/face_alignment_wflw_hrnet_w18.yaml",
+        Official {
+            print_freq: 50,
+            kind: DatasetKind::Wflw,
+            root: "./data/wflw/images/",
+            trainset: "./data/wflw/face_landmarks_wflw_train.csv",
+            testset: "./data/wflw/face_landmarks_wflw_test.csv",
+            num_joints: 98,
+            sigma: 1.5,
+            lr: 0.0001,
+        },
+    );
     assert_eq!(cfg.dataset.dataset, "WFLW");
-    assert_eq!(cfg.dataset_kind(), Some(DatasetKind::Wflw));
-    assert_eq!(cfg.dataset.root, "./data/wflw/images/");
-    assert_eq!(cfg.dataset.trainset, "./data/wflw/face_landmarks_wflw_train.csv");
-    assert_eq!(cfg.dataset.testset, "./data/wflw/face_landmarks_wflw_test.csv");
-    assert_eq!(cfg.model.num_joints, 98);
-    assert_eq!(cfg.model.sigma, 1.5);
-    assert_eq!(cfg.train.lr, 0.0001);
     let in_repo = Path::new("experiments/wflw/face_alignment_wflw_hrnet_w18.yaml");
     assert_eq!(cfg.output_dir_for(in_repo), Path::new("output/WFLW/face_alignment_wflw_hrnet_w18"));
     assert_eq!(cfg.output_dir_for(&path), Path::new("output/WFLW/face_alignment_wflw_hrnet_w18"));
@@ -86,51 +116,58 @@ fn wflw_yaml() {
 
 #[test]
 fn w300_yaml_with_trailing_space_sigma() {
-    let path = repo("experiments/300w/face_alignment_300w_hrnet_w18.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
+    let rel = "experiments/300w/face_alignment_300w_hrnet_w18.yaml";
+    let text = std::fs::read_to_string(repo(rel)).unwrap();
     assert!(text.contains("SIGMA: 1.0 \n"), "the file keeps the original trailing space");
     assert!(text.contains("GPUS: (0, )\n"));
-    let cfg = load_config(&path).unwrap();
-    common_w18(&cfg);
-    assert_eq!(cfg.print_freq, 50);
-    assert_eq!(cfg.dataset_kind(), Some(DatasetKind::W300));
-    assert_eq!(cfg.dataset.root, "./data/300w/images");
-    assert_eq!(cfg.dataset.trainset, "./data/300w/face_landmarks_300w_train.csv");
-    assert_eq!(cfg.dataset.testset, "./data/300w/face_landmarks_300w_valid.csv");
-    assert_eq!(cfg.model.num_joints, 68);
-    assert_eq!(cfg.model.sigma, 1.0);
-    assert_eq!(cfg.train.lr, 0.0001);
+    let (path, cfg) = official_w18(
+        rel,
+        Official {
+            print_freq: 50,
+            kind: DatasetKind::W300,
+            root: "./data/300w/images",
+            trainset: "./data/300w/face_landmarks_300w_train.csv",
+            testset: "./data/300w/face_landmarks_300w_valid.csv",
+            num_joints: 68,
+            sigma: 1.0,
+            lr: 0.0001,
+        },
+    );
     assert_eq!(cfg.output_dir_for(&path), Path::new("output/300W/face_alignment_300w_hrnet_w18"));
 }
 
 #[test]
 fn aflw_yaml() {
-    let path = repo("experiments/aflw/face_alignment_aflw_hrnet_w18.yaml");
-    let cfg = load_config(&path).unwrap();
-    common_w18(&cfg);
-    assert_eq!(cfg.print_freq, 50);
-    assert_eq!(cfg.dataset_kind(), Some(DatasetKind::Aflw));
-    assert_eq!(cfg.dataset.root, "./data/aflw/images/");
-    assert_eq!(cfg.dataset.trainset, "./data/aflw/face_landmarks_aflw_train.csv");
-    assert_eq!(cfg.dataset.testset, "./data/aflw/face_landmarks_aflw_test.csv");
-    assert_eq!(cfg.model.num_joints, 19);
-    assert_eq!(cfg.model.sigma, 1.5);
-    assert_eq!(cfg.train.lr, 0.0002);
+    official_w18(
+        "experiments/aflw/face_alignment_aflw_hrnet_w18.yaml",
+        Official {
+            print_freq: 50,
+            kind: DatasetKind::Aflw,
+            root: "./data/aflw/images/",
+            trainset: "./data/aflw/face_landmarks_aflw_train.csv",
+            testset: "./data/aflw/face_landmarks_aflw_test.csv",
+            num_joints: 19,
+            sigma: 1.5,
+            lr: 0.0002,
+        },
+    );
 }
 
 #[test]
 fn cofw_yaml() {
-    let path = repo("experiments/cofw/face_alignment_cofw_hrnet_w18.yaml");
-    let cfg = load_config(&path).unwrap();
-    common_w18(&cfg);
-    assert_eq!(cfg.print_freq, 20);
-    assert_eq!(cfg.dataset_kind(), Some(DatasetKind::Cofw));
-    assert_eq!(cfg.dataset.root, "./data");
-    assert_eq!(cfg.dataset.trainset, "./data/cofw/COFW_train_color.mat");
-    assert_eq!(cfg.dataset.testset, "./data/cofw/COFW_test_color.mat");
-    assert_eq!(cfg.model.num_joints, 29);
-    assert_eq!(cfg.model.sigma, 1.5);
-    assert_eq!(cfg.train.lr, 0.0001);
+    official_w18(
+        "experiments/cofw/face_alignment_cofw_hrnet_w18.yaml",
+        Official {
+            print_freq: 20,
+            kind: DatasetKind::Cofw,
+            root: "./data",
+            trainset: "./data/cofw/COFW_train_color.mat",
+            testset: "./data/cofw/COFW_test_color.mat",
+            num_joints: 29,
+            sigma: 1.5,
+            lr: 0.0001,
+        },
+    );
 }
 
 #[test]

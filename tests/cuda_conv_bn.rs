@@ -70,19 +70,7 @@ fn stats_case(ci: usize, c: &Case, offset: f32) {
         x: addr(&x),
         weight: addr(&wt),
         bias: addr(&bias),
-        n: n as i32,
-        c_in: cin as i32,
-        h: h as i32,
-        w: w as i32,
-        c_out: c.cout as i32,
-        h_out: ho as i32,
-        w_out: wo as i32,
-        kh: c.k as i32,
-        kw: c.k as i32,
-        stride: c.stride as i32,
-        pad: c.pad as i32,
-        k_splits: 1,
-        ..Default::default()
+        ..Conv2dParams::new("conv case", c.x, c.cout, c.k, c.stride, c.pad, [ho, wo]).unwrap()
     };
     let partials = kernels::conv_stats_partials(&base);
     assert_eq!(partials, (n * ho * wo).div_ceil(64), "one partial per 64-column block");

@@ -63,21 +63,16 @@ impl ConvCase {
     }
     fn params(&self) -> Conv2dParams {
         let (ho, wo) = self.out();
-        Conv2dParams {
-            n: self.n as i32,
-            c_in: self.ci as i32,
-            h: self.h as i32,
-            w: self.w as i32,
-            c_out: self.co as i32,
-            h_out: ho as i32,
-            w_out: wo as i32,
-            kh: self.k as i32,
-            kw: self.k as i32,
-            stride: self.stride as i32,
-            pad: self.pad as i32,
-            k_splits: 1,
-            ..Default::default()
-        }
+        Conv2dParams::new(
+            "conv case",
+            [self.n, self.ci, self.h, self.w],
+            self.co,
+            self.k,
+            self.stride,
+            self.pad,
+            [ho, wo],
+        )
+        .unwrap()
     }
     /// Input index read by output (img, oh, ow) through tap (r, s), if inside.
     fn tap(&self, oh: usize, ow: usize, r: usize, s: usize) -> Option<(usize, usize)> {
@@ -451,18 +446,20 @@ fn relu_add_concat_split() {
     let c_whole: usize = chans.iter().sum();
     let parts: Vec<Vec<f32>> = chans.iter().map(|&c| rng.values(imgs * c * hw)).collect();
     let mut whole = vec![f32::NAN; imgs * c_whole * hw];
+    // One part's params: `part` holds c channels that sit at channel `offset` of `whole`.
+    let concat_params = |part: u64, whole: u64, c: usize, offset: usize| ConcatParams {
+        part,
+        whole,
+        n: imgs as i32,
+        c_part: c as i32,
+        c_whole: c_whole as i32,
+        c_offset: offset as i32,
+        hw: hw as i32,
+        ..Default::default()
+    };
     let mut offset = 0;
     for (part, &c) in parts.iter().zip(&chans) {
-        let p = ConcatParams {
-            part: part.as_ptr() as u64,
-            whole: addr_mut(&mut whole),
-            n: imgs as i32,
-            c_part: c as i32,
-            c_whole: c_whole as i32,
-            c_offset: offset as i32,
-            hw: hw as i32,
-            ..Default::default()
-        };
+        let p = concat_params(addr(part), addr_mut(&mut whole), c, offset);
         run(&CONCAT_CHANNELS, &p);
         offset += c;
     }
@@ -476,16 +473,7 @@ fn relu_add_concat_split() {
     let mut offset = 0;
     for (part, &c) in parts.iter().zip(&chans) {
         let mut back = vec![f32::NAN; part.len()];
-        let p = ConcatParams {
-            part: addr_mut(&mut back),
-            whole: addr_mut(&mut whole),
-            n: imgs as i32,
-            c_part: c as i32,
-            c_whole: c_whole as i32,
-            c_offset: offset as i32,
-            hw: hw as i32,
-            ..Default::default()
-        };
+        let p = concat_params(addr_mut(&mut back), addr_mut(&mut whole), c, offset);
         run(&SPLIT_CHANNELS, &p);
         assert_eq!(&back, part, "split of channels at offset {offset}");
         offset += c;

@@ -21,14 +21,25 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
 /// the first's `randomize` would add to when run alongside.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Takes this file's one-at-a-time lock, then builds the tiny 5-landmark net (`seed`, weights randomized
+/// with `values_seed`) and an input of `shape` (`input_seed`).
+fn setup(
+    seed: u64,
+    values_seed: u64,
+    shape: [usize; 4],
+    input_seed: u64,
+) -> (std::sync::MutexGuard<'static, ()>, HrNet, Vec<f32>) {
+    let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut net = HrNet::new(&tiny_spec(5), seed).unwrap();
+    randomize(&mut net, values_seed);
+    (serial, net, input(shape, input_seed))
+}
+
 #[test]
 fn folded_gpu_inference_matches_cpu_infer_net() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut net = HrNet::new(&tiny_spec(5), 3).unwrap();
-    randomize(&mut net, 7);
     // Odd batch and non-square input: branch sizes 6×8, 3×4, 2×2, 1×1 (non-integer resize ratios).
     let shape = [2, 3, 24, 32];
-    let x = input(shape, 11);
+    let (_serial, mut net, x) = setup(3, 7, shape, 11);
     let xt = Tensor::from_f32(&shape, x.clone()).unwrap();
     let want = InferNet::new(&net).unwrap().forward(&xt).unwrap();
     let want_graph = no_grad(|| net.forward(&xt, false)).unwrap().to_f32_vec();
@@ -51,11 +62,8 @@ fn folded_gpu_inference_matches_cpu_infer_net() {
 
 #[test]
 fn eval_forward_heatmaps_uses_the_folded_plan_on_a_gpu_device() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut net = HrNet::new(&tiny_spec(5), 5).unwrap();
-    randomize(&mut net, 9);
     let shape = [1, 3, 16, 16];
-    let x = input(shape, 13);
+    let (_serial, mut net, x) = setup(5, 9, shape, 13);
     let (want, want_dims) = hrk::eval::forward_heatmaps(&mut net, x.clone(), shape).unwrap();
     net.to_device(&Device::emulated()).unwrap();
     let writes = hrk::tensor::storage_writes();

@@ -28,11 +28,16 @@ fn build_fake_libcuda(dir: &Path, init_rc: i32, version: i32, count: i32) -> Opt
 mod common;
 use common::scratch;
 
+/// This binary, set to run only its `child_probe` test in `mode`.
+fn child_command(mode: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_probe", "--nocapture", "--test-threads=1"]).env("HRK_PROBE_CHILD", mode);
+    cmd
+}
+
 /// Re-runs this binary's `child_probe` test with `mode` and the extra environment; returns its output.
 fn run_child(mode: &str, env: &[(&str, &str)]) -> String {
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new(exe);
-    cmd.args(["--exact", "child_probe", "--nocapture", "--test-threads=1"]).env("HRK_PROBE_CHILD", mode);
+    let mut cmd = child_command(mode);
     cmd.env_remove("HRK_LIBCUDA");
     for (k, v) in env {
         cmd.env(k, v);
@@ -108,26 +113,25 @@ fn no_libcuda_gives_clear_error() {
     eprintln!("{out}");
 }
 
-#[test]
-fn driver_without_device_gives_clear_error() {
-    let dir = scratch("cuda-nodevice");
-    let Some(_) = build_fake_libcuda(&dir, 100, 13000, 0) else {
+/// Runs the child probe `mode` against a fake libcuda.so.1 built with `build_fake_libcuda`'s arguments.
+fn run_child_with_fake_driver(mode: &str, init_rc: i32, version: i32, count: i32) {
+    let dir = scratch(&format!("cuda-{mode}"));
+    let Some(_) = build_fake_libcuda(&dir, init_rc, version, count) else {
         eprintln!("skipped: gcc could not build the fake libcuda.so.1");
         return;
     };
-    let out = run_child("nodevice", &[("LD_LIBRARY_PATH", dir.to_str().unwrap())]);
+    let out = run_child(mode, &[("LD_LIBRARY_PATH", dir.to_str().unwrap())]);
     eprintln!("{out}");
 }
 
 #[test]
+fn driver_without_device_gives_clear_error() {
+    run_child_with_fake_driver("nodevice", 100, 13000, 0);
+}
+
+#[test]
 fn driver_older_than_ptx_gives_clear_error() {
-    let dir = scratch("cuda-oldriver");
-    let Some(_) = build_fake_libcuda(&dir, 0, 12040, 1) else {
-        eprintln!("skipped: gcc could not build the fake libcuda.so.1");
-        return;
-    };
-    let out = run_child("oldriver", &[("LD_LIBRARY_PATH", dir.to_str().unwrap())]);
-    eprintln!("{out}");
+    run_child_with_fake_driver("oldriver", 0, 12040, 1);
 }
 
 #[test]
@@ -183,12 +187,7 @@ fn out_of_device_memory_is_a_one_line_error_not_a_panic() {
 
 #[test]
 fn infallible_gpu_copy_out_of_memory_ends_with_one_line() {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args(["--exact", "child_probe", "--nocapture", "--test-threads=1"])
-        .env("HRK_PROBE_CHILD", "oom_panic")
-        .output()
-        .expect("spawning the test binary");
+    let out = child_command("oom_panic").output().expect("spawning the test binary");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("hrk: error:")).collect();

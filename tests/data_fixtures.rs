@@ -210,24 +210,20 @@ fn decode_exact() {
     let scales = t.f64("scale");
     let (am, coords, preds) = (t.f32("argmax_1based"), t.f32("coords_heatmap"), t.f32("preds"));
     let got = decode_preds(&maps, n, j, h, w, &centers, &scales).unwrap();
-    let bits = |v: f32| v.to_bits();
     for b in 0..n {
         for k in 0..j {
             let i = b * j + k;
             let map = &maps[i * h * w..(i + 1) * h * w];
             let a = argmax_1based(map, w);
             let c = refine_coords(map, h, w, [h, w]);
-            assert_eq!([bits(a[0]), bits(a[1])], [bits(am[2 * i]), bits(am[2 * i + 1])], "decode [{b},{k}] argmax");
-            assert_eq!(
-                [bits(c[0]), bits(c[1])],
-                [bits(coords[2 * i]), bits(coords[2 * i + 1])],
-                "decode [{b},{k}] coords"
-            );
-            assert_eq!(
-                [bits(got[i][0]), bits(got[i][1])],
-                [bits(preds[2 * i]), bits(preds[2 * i + 1])],
-                "decode [{b},{k}] preds"
-            );
+            // Each point bit for bit against entry i of the fixture's flat (x, y) list.
+            for (what, point, want) in [("argmax", a, &am), ("coords", c, &coords), ("preds", got[i], &preds)] {
+                assert_eq!(
+                    point.map(f32::to_bits),
+                    [want[2 * i].to_bits(), want[2 * i + 1].to_bits()],
+                    "decode [{b},{k}] {what}"
+                );
+            }
         }
         println!("decode image {b}: {j} maps exact");
     }

@@ -27,6 +27,8 @@ fn seed_grad(y: &Tensor, seed: u64) -> Storage {
 }
 
 type Named = Vec<(String, Vec<f64>)>;
+/// Named groups of results (one group: several tensors' values), as the whole-model bodies give them.
+type Groups = Vec<(String, Vec<Vec<f64>>)>;
 
 fn grad_of(grads: &hrk::Gradients, t: &Tensor, dev: &Device) -> Vec<f64> {
     let g = grads.get(t).expect("gradient recorded");
@@ -82,13 +84,34 @@ fn bn_train_relu_body(dev: &Device) -> Named {
     bn_train_body_with(dev, true)
 }
 
+/// BN inputs on `dev` for x of `shape`, from seeds `seed`…`seed + 4`: the leaves x, gamma, beta, and the running
+/// mean and (positive) variance.
+fn bn_inputs(dev: &Device, shape: [usize; 4], seed: u64) -> [Tensor; 5] {
+    let c = shape[1];
+    let x = leaf(dev, &shape, seed);
+    let gamma = leaf(dev, &[c], seed + 1);
+    let beta = leaf(dev, &[c], seed + 2);
+    let rm = Tensor::from_f32(&[c], values(seed + 3, c)).unwrap().to_device(dev).unwrap();
+    let rv = Tensor::from_f32(&[c], values(seed + 4, c).iter().map(|v| v.abs() + 0.5).collect())
+        .unwrap()
+        .to_device(dev)
+        .unwrap();
+    [x, gamma, beta, rm, rv]
+}
+
+/// y and the gradients of x, gamma and beta for the output gradient of `grad_seed`.
+fn bn_results(dev: &Device, y: &Tensor, [x, gamma, beta]: [&Tensor; 3], grad_seed: u64) -> Named {
+    let grads = backward_with(y, seed_grad(y, grad_seed)).unwrap();
+    vec![
+        out("y", y, dev),
+        ("dx".into(), grad_of(&grads, x, dev)),
+        ("dgamma".into(), grad_of(&grads, gamma, dev)),
+        ("dbeta".into(), grad_of(&grads, beta, dev)),
+    ]
+}
+
 fn bn_train_body_with(dev: &Device, fused_relu: bool) -> Named {
-    let x = leaf(dev, &[3, 4, 5, 3], 10);
-    let gamma = leaf(dev, &[4], 11);
-    let beta = leaf(dev, &[4], 12);
-    let mut rm = Tensor::from_f32(&[4], values(13, 4)).unwrap().to_device(dev).unwrap();
-    let mut rv =
-        Tensor::from_f32(&[4], values(14, 4).iter().map(|v| v.abs() + 0.5).collect()).unwrap().to_device(dev).unwrap();
+    let [x, gamma, beta, mut rm, mut rv] = bn_inputs(dev, [3, 4, 5, 3], 10);
     let y = if fused_relu {
         ops::batchnorm::batch_norm_train_relu(&x, &gamma, &beta, &mut rm, &mut rv, 0.1, ops::BN_EPS).unwrap()
     } else {
@@ -98,32 +121,15 @@ fn bn_train_body_with(dev: &Device, fused_relu: bool) -> Named {
         let v = y.to_f32_vec();
         assert!(v.contains(&0.0) && v.iter().any(|&a| a > 0.0), "the ReLU must cut some values");
     }
-    let grads = backward_with(&y, seed_grad(&y, 15)).unwrap();
-    vec![
-        out("y", &y, dev),
-        ("dx".into(), grad_of(&grads, &x, dev)),
-        ("dgamma".into(), grad_of(&grads, &gamma, dev)),
-        ("dbeta".into(), grad_of(&grads, &beta, dev)),
-        out("running_mean", &rm, dev),
-        out("running_var", &rv, dev),
-    ]
+    let mut r = bn_results(dev, &y, [&x, &gamma, &beta], 15);
+    r.extend([out("running_mean", &rm, dev), out("running_var", &rv, dev)]);
+    r
 }
 
 fn bn_eval_body(dev: &Device) -> Named {
-    let x = leaf(dev, &[2, 3, 4, 5], 20);
-    let gamma = leaf(dev, &[3], 21);
-    let beta = leaf(dev, &[3], 22);
-    let rm = Tensor::from_f32(&[3], values(23, 3)).unwrap().to_device(dev).unwrap();
-    let rv =
-        Tensor::from_f32(&[3], values(24, 3).iter().map(|v| v.abs() + 0.5).collect()).unwrap().to_device(dev).unwrap();
+    let [x, gamma, beta, rm, rv] = bn_inputs(dev, [2, 3, 4, 5], 20);
     let y = ops::batch_norm_eval(&x, &gamma, &beta, &rm, &rv, ops::BN_EPS).unwrap();
-    let grads = backward_with(&y, seed_grad(&y, 25)).unwrap();
-    vec![
-        out("y", &y, dev),
-        ("dx".into(), grad_of(&grads, &x, dev)),
-        ("dgamma".into(), grad_of(&grads, &gamma, dev)),
-        ("dbeta".into(), grad_of(&grads, &beta, dev)),
-    ]
+    bn_results(dev, &y, [&x, &gamma, &beta], 25)
 }
 
 /// relu, add and scale; `a` is used twice so its gradient goes through accumulation.
@@ -283,7 +289,7 @@ fn model_input_side(dev: &Device) -> Option<usize> {
 
 /// Tiny parity case: eval forward, train forward + loss + backward, running buffers, one Adam step.
 /// Results grouped by kind, all copied to the host.
-fn model_body(dir: &Path, dev: &Device, side: Option<usize>) -> Vec<(String, Vec<Vec<f64>>)> {
+fn model_body(dir: &Path, dev: &Device, side: Option<usize>) -> Groups {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     let weights = hrk::io::safetensors::load_safetensors(&dir.join("weights.safetensors")).unwrap().tensors;
@@ -301,16 +307,33 @@ fn model_body(dir: &Path, dev: &Device, side: Option<usize>) -> Vec<(String, Vec
         target = crop(&target, side / 4, side / 4);
     }
     let (x, target) = (x.to_device(dev).unwrap(), target.to_device(dev).unwrap());
+    let adam =
+        Adam::new(meta["optimizer"]["lr"].as_f64().unwrap(), meta["optimizer"]["weight_decay"].as_f64().unwrap_or(0.0));
+    train_step_groups(&mut net, &x, &target, adam, Some(dev))
+}
+
+/// Results of one training step of `net` on (`x`, `target`), grouped by kind and copied to the host: eval
+/// forward, train forward + MSE loss + backward (with the input's gradient, checked to be on `grad_input_on`,
+/// when that is given), the gradients, the BN running buffers, and the parameters after one `adam` step.
+fn train_step_groups(
+    net: &mut HrNet,
+    x: &Tensor,
+    target: &Tensor,
+    mut adam: Adam,
+    grad_input_on: Option<&Device>,
+) -> Groups {
     let mut groups = Vec::new();
-    let eval = no_grad(|| net.forward(&x, false)).unwrap();
+    let eval = no_grad(|| net.forward(x, false)).unwrap();
     groups.push(("eval_output".to_string(), vec![eval.to_f64_vec()]));
-    let xg = x.detach().requires_grad();
+    let xg = if grad_input_on.is_some() { x.detach().requires_grad() } else { x.clone() };
     let y = net.forward(&xg, true).unwrap();
     groups.push(("train_output".to_string(), vec![y.to_f64_vec()]));
-    let loss = ops::mse_loss(&y, &target).unwrap();
+    let loss = ops::mse_loss(&y, target).unwrap();
     groups.push(("loss".to_string(), vec![loss.to_f64_vec()]));
     let grads = backward(&loss).unwrap();
-    groups.push(("grad_input".to_string(), vec![grad_of(&grads, &xg, dev)]));
+    if let Some(dev) = grad_input_on {
+        groups.push(("grad_input".to_string(), vec![grad_of(&grads, &xg, dev)]));
+    }
     let grad_list: Vec<Storage> =
         net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
     groups.push(("grad".to_string(), grad_list.iter().map(|g| g.to_f64_vec()).collect()));
@@ -321,8 +344,6 @@ fn model_body(dir: &Path, dev: &Device, side: Option<usize>) -> Vec<(String, Vec
         })
         .collect();
     groups.push(("buffer_after_train".to_string(), buffers));
-    let mut adam =
-        Adam::new(meta["optimizer"]["lr"].as_f64().unwrap(), meta["optimizer"]["weight_decay"].as_f64().unwrap_or(0.0));
     adam.step(&mut net.store.params_mut(), &grad_list.iter().collect::<Vec<_>>()).unwrap();
     groups.push(("param_after_adam".to_string(), net.store.params().iter().map(|p| p.to_f64_vec()).collect()));
     groups
@@ -337,13 +358,18 @@ fn compare_model(dev: &Device) {
         return;
     }
     let side = model_input_side(dev);
+    let input = side.map_or("the full input".to_string(), |s| format!("a {s}x{s} crop of the input"));
+    compare_timed_groups(&format!("tiny model ({input})"), dev, |d| model_body(&dir, d, side));
+}
+
+/// Runs `body` on the CPU and on `dev`, prints both times, and compares the groups of results.
+fn compare_timed_groups(what: &str, dev: &Device, body: impl Fn(&Device) -> Groups) {
     let t0 = std::time::Instant::now();
-    let cpu = model_body(&dir, &Device::Cpu, side);
+    let cpu = body(&Device::Cpu);
     let t_cpu = t0.elapsed();
     let t0 = std::time::Instant::now();
-    let gpu = model_body(&dir, dev, side);
-    let input = side.map_or("the full input".to_string(), |s| format!("a {s}x{s} crop of the input"));
-    eprintln!("tiny model ({input}) on cpu {:.2}s, on {dev} {:.2}s", t_cpu.as_secs_f64(), t0.elapsed().as_secs_f64());
+    let gpu = body(dev);
+    eprintln!("{what} on cpu {:.2}s, on {dev} {:.2}s", t_cpu.as_secs_f64(), t0.elapsed().as_secs_f64());
     compare_groups(dev, &cpu, &gpu);
 }
 
@@ -399,46 +425,18 @@ fn small_net(dev: &Device) -> HrNet {
 
 /// Eval forward, train forward + MSE loss + backward, BN running buffers, one Adam step, on 2 images of
 /// 16×16 (branches 4×4 … 1×1: two values per channel in BN, the least training BN accepts).
-fn small_model_body(dev: &Device) -> Vec<(String, Vec<Vec<f64>>)> {
+fn small_model_body(dev: &Device) -> Groups {
     let mut net = small_net(dev);
     let x = Tensor::from_f32(&[2, 3, 16, 16], values(31, 2 * 3 * 16 * 16)).unwrap().to_device(dev).unwrap();
     let target = Tensor::from_f32(&[2, 5, 4, 4], values(32, 2 * 5 * 4 * 4)).unwrap().to_device(dev).unwrap();
-    let mut groups = Vec::new();
-    let eval = no_grad(|| net.forward(&x, false)).unwrap();
-    groups.push(("eval_output".to_string(), vec![eval.to_f64_vec()]));
-    let y = net.forward(&x, true).unwrap();
-    groups.push(("train_output".to_string(), vec![y.to_f64_vec()]));
-    let loss = ops::mse_loss(&y, &target).unwrap();
-    groups.push(("loss".to_string(), vec![loss.to_f64_vec()]));
-    let grads = backward(&loss).unwrap();
-    let grad_list: Vec<Storage> =
-        net.store.params().iter().map(|p| grads.get(p).unwrap().try_clone().unwrap()).collect();
-    groups.push(("grad".to_string(), grad_list.iter().map(|g| g.to_f64_vec()).collect()));
-    let buffers = (0..net.store.len())
-        .filter_map(|i| match net.store.slot(i) {
-            Slot::Buffer(t) => Some(t.to_f64_vec()),
-            _ => None,
-        })
-        .collect();
-    groups.push(("buffer_after_train".to_string(), buffers));
-    let mut adam = Adam::new(1e-3, 1e-4);
-    adam.step(&mut net.store.params_mut(), &grad_list.iter().collect::<Vec<_>>()).unwrap();
-    groups.push(("param_after_adam".to_string(), net.store.params().iter().map(|p| p.to_f64_vec()).collect()));
-    groups
+    train_step_groups(&mut net, &x, &target, Adam::new(1e-3, 1e-4), None)
 }
 
 /// The CI-sized whole-model check on the emulated device (~20 s here; the parity case below is
 /// `--ignored`).
 #[test]
 fn small_model_on_emulated_gpu_matches_cpu() {
-    let dev = Device::emulated();
-    let t0 = std::time::Instant::now();
-    let cpu = small_model_body(&Device::Cpu);
-    let t_cpu = t0.elapsed();
-    let t0 = std::time::Instant::now();
-    let gpu = small_model_body(&dev);
-    eprintln!("small model on cpu {:.2}s, on {dev} {:.2}s", t_cpu.as_secs_f64(), t0.elapsed().as_secs_f64());
-    compare_groups(&dev, &cpu, &gpu);
+    compare_timed_groups("small model", &Device::emulated(), small_model_body);
 }
 
 #[test]

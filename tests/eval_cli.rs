@@ -11,7 +11,7 @@ use std::process::Command;
 
 mod common;
 use common::model::{tiny_config, write_tiny_model};
-use common::{hrk, s, scratch, Scratch};
+use common::{assert_cli_ok, hrk_model, s, scratch, Scratch};
 
 struct Setup {
     dir: Scratch,
@@ -100,9 +100,9 @@ fn hrk_test_prints_the_library_numbers_and_writes_outputs() {
     let train = st.dir.join(hrk::synth::TRAIN_CSV);
     let test = st.dir.join(hrk::synth::TEST_CSV);
     let out = st.dir.join("out");
-    let o = hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), "--out", s(&out)]);
+    let o = hrk_model("test", &st.cfg, &st.weights, &["--out", s(&out)]);
+    assert_cli_ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "stdout {stdout}\nstderr {}", String::from_utf8_lossy(&o.stderr));
     let line = stdout.lines().find(|l| l.starts_with("Test Results time:")).expect("result line");
     for key in ["loss:", "nme:", "[008]:", "[010]:"] {
         assert!(line.contains(key), "{line}");
@@ -135,20 +135,9 @@ fn hrk_test_prints_the_library_numbers_and_writes_outputs() {
 
     // Two subsets: one row each, both in metrics.json and the table.
     let out2 = st.dir.join("out2");
-    let o = hrk(&[
-        "test",
-        "--cfg",
-        s(&st.cfg),
-        "--model-file",
-        s(&st.weights),
-        "--out",
-        s(&out2),
-        "--testset",
-        s(&train),
-        "--testset",
-        s(&test),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o =
+        hrk_model("test", &st.cfg, &st.weights, &["--out", s(&out2), "--testset", s(&train), "--testset", s(&test)]);
+    assert_cli_ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(stdout.lines().filter(|l| l.starts_with("Test Results")).count(), 2);
     let metrics: serde_json::Value =
@@ -161,8 +150,8 @@ fn hrk_test_prints_the_library_numbers_and_writes_outputs() {
     // The same weights as an official-style .pth (module. prefixes) give the same line.
     let pth = st.dir.join("tiny.pth");
     if write_pth(&st.weights, &pth) {
-        let o = hrk(&["test", "--cfg", s(&st.cfg), "--model-file", s(&pth), "--out", s(&st.dir.join("out3"))]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = hrk_model("test", &st.cfg, &pth, &["--out", s(&st.dir.join("out3"))]);
+        assert_cli_ok(&o);
         let stdout3 = String::from_utf8_lossy(&o.stdout);
         let line3 = stdout3.lines().find(|l| l.starts_with("Test Results")).unwrap();
         assert_eq!(field(line3, "nme:"), field(line, "nme:"));

@@ -178,7 +178,7 @@ fn convert_refuses_code_execution_pickles() {
 fn convert_refuses_broken_safetensors_headers() {
     let dir = scratch("hostile-cli-st");
     let good = seed("safetensors", "halves.safetensors");
-    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+    let mut cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
         ("short.safetensors", good[..5].to_vec(), &[]),
         (
             "header_past_end.safetensors",
@@ -190,35 +190,21 @@ fn convert_refuses_broken_safetensors_headers() {
             &[],
         ),
         ("not_json.safetensors", safetensors_raw("{this is not json}", &[]), &[]),
-        (
-            "wrong_dtype.safetensors",
-            safetensors_raw(r#"{"w":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4]),
-            &["w"],
-        ),
-        (
-            "offsets_past_end.safetensors",
-            safetensors_raw(r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &[0; 8]),
-            &["w"],
-        ),
-        (
-            "shape_vs_bytes.safetensors",
-            safetensors_raw(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &[0; 8]),
-            &["w"],
-        ),
-        (
-            "negative_dim.safetensors",
-            safetensors_raw(r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, &[0; 4]),
-            &["w"],
-        ),
+    ];
+    // Broken headers over zero-filled data: (file, header, bytes of data); each message names tensor w.
+    for (name, header, data) in [
+        ("wrong_dtype.safetensors", r#"{"w":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}}"#, 4),
+        ("offsets_past_end.safetensors", r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, 8),
+        ("shape_vs_bytes.safetensors", r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8),
+        ("negative_dim.safetensors", r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, 4),
         (
             "dup_key.safetensors",
-            safetensors_raw(
-                r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
-                &[0; 4],
-            ),
-            &["w"],
+            r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            4,
         ),
-    ];
+    ] {
+        cases.push((name, safetensors_raw(header, &vec![0; data]), &["w"]));
+    }
     for (name, bytes, needles) in cases {
         let f = dir.join(name);
         std::fs::write(&f, &bytes).unwrap();

@@ -6,19 +6,12 @@ use hrk::io::{load_safetensors, load_state_dict, read_safetensors_bytes, save_sa
 use std::path::{Path, PathBuf};
 
 mod common;
+use common::hostile::safetensors_raw as file_bytes;
 use common::scratch;
 
 /// The shared folder, if it holds the parity/tiny files (else a printed skip).
 fn shared_dir() -> Option<PathBuf> {
     common::shared_or_skip("parity/tiny/weights.safetensors").map(|_| common::shared_dir())
-}
-
-/// Builds a file from a header JSON text and a data section.
-fn file_bytes(header: &str, data: &[u8]) -> Vec<u8> {
-    let mut b = (header.len() as u64).to_le_bytes().to_vec();
-    b.extend_from_slice(header.as_bytes());
-    b.extend_from_slice(data);
-    b
 }
 
 #[test]
@@ -166,63 +159,42 @@ fn malformed_files_are_refused() {
     std::fs::write(&p, &file_bytes(good, &d8)[..6]).unwrap();
     assert!(load_safetensors(&p).unwrap_err().to_string().contains("shorter"));
     assert!(load_state_dict(&p).unwrap_err().to_string().contains("unknown weights format"));
-    refused(&dir, "json.st", &file_bytes(r#"{"a":{"dtype":"F32","#, &d8), "JSON");
-    refused(
-        &dir,
-        "dtype.st",
-        &file_bytes(r#"{"w1":{"dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8]}}"#, &d8),
-        "tensor 'w1': unsupported dtype F8_E4M3",
-    );
-    refused(
-        &dir,
-        "range.st",
-        &file_bytes(r#"{"w2":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &d8),
-        "tensor 'w2'",
-    );
-    refused(
-        &dir,
-        "size.st",
-        &file_bytes(r#"{"w3":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &d8),
-        "tensor 'w3'",
-    );
-    refused(
-        &dir,
-        "rev.st",
-        &file_bytes(r#"{"w4":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}"#, &d8),
-        "tensor 'w4'",
-    );
-    refused(
-        &dir,
-        "overlap.st",
-        &file_bytes(
+    // (file, header, bytes of data (zeros), expected in the message)
+    for (name, header, data, needle) in [
+        ("json.st", r#"{"a":{"dtype":"F32","#, 8, "JSON"),
+        (
+            "dtype.st",
+            r#"{"w1":{"dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8]}}"#,
+            8,
+            "tensor 'w1': unsupported dtype F8_E4M3",
+        ),
+        ("range.st", r#"{"w2":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, 8, "tensor 'w2'"),
+        ("size.st", r#"{"w3":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8, "tensor 'w3'"),
+        ("rev.st", r#"{"w4":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}"#, 8, "tensor 'w4'"),
+        (
+            "overlap.st",
             r#"{"p":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"q":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}}"#,
-            &d8,
+            8,
+            "overlapping",
         ),
-        "overlapping",
-    );
-    refused(
-        &dir,
-        "overflow.st",
-        &file_bytes(r#"{"w5":{"dtype":"F64","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#, &d8),
-        "tensor 'w5'",
-    );
-    refused(
-        &dir,
-        "neg.st",
-        &file_bytes(r#"{"w6":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#, &d8),
-        "tensor 'w6'",
-    );
-    refused(
-        &dir,
-        "dup.st",
-        &file_bytes(
+        (
+            "overflow.st",
+            r#"{"w5":{"dtype":"F64","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#,
+            8,
+            "tensor 'w5'",
+        ),
+        ("neg.st", r#"{"w6":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#, 8, "tensor 'w6'"),
+        (
+            "dup.st",
             r#"{"w7":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w7":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
-            &d8,
+            8,
+            "'w7'",
         ),
-        "'w7'",
-    );
-    refused(&dir, "meta.st", &file_bytes(r#"{"__metadata__":{"k":3}}"#, &[]), "'k'");
-    refused(&dir, "notobj.st", &file_bytes(r#"{"w8":[1,2]}"#, &[]), "tensor 'w8'");
+        ("meta.st", r#"{"__metadata__":{"k":3}}"#, 0, "'k'"),
+        ("notobj.st", r#"{"w8":[1,2]}"#, 0, "tensor 'w8'"),
+    ] {
+        refused(&dir, name, &file_bytes(header, &vec![0; data]), needle);
+    }
     let p = dir.join("brace.st");
     std::fs::write(&p, file_bytes(r#"[{"a":1}]"#, &[])).unwrap();
     assert!(load_safetensors(&p).unwrap_err().to_string().contains("does not start with"));

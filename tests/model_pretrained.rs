@@ -131,13 +131,27 @@ fn check_loaded(net: &HrNet, before: &[(String, HostTensor)], backbone: &[(Strin
     assert_eq!(checked, backbone.len(), "{what}");
 }
 
+/// The state_dict of `net` equals `before`, tensor by tensor (`what` names the case).
+fn assert_unchanged(net: &HrNet, before: &[(String, HostTensor)], what: &str) {
+    for ((k, a), (_, b)) in net.store.state_dict().iter().zip(before) {
+        assert_eq!(a.to_f64_vec(), b.to_f64_vec(), "{what}: {k} changed");
+    }
+}
+
+/// A fake ImageNet checkpoint of the 19-landmark small model saved as `imagenet.safetensors` in a fresh
+/// scratch folder `tag`: (folder, file, backbone entries).
+fn saved_imagenet(tag: &str) -> (common::Scratch, std::path::PathBuf, Entries) {
+    let (backbone, all) = fake_imagenet(&small_spec(19));
+    let dir = scratch(tag);
+    let st = dir.join("imagenet.safetensors");
+    hrk::io::save_safetensors(&st, &all, &[]).unwrap();
+    (dir, st, backbone)
+}
+
 #[test]
 fn imagenet_checkpoint_loads_backbone_by_name() {
     let spec = small_spec(19);
-    let (backbone, all) = fake_imagenet(&spec);
-    let dir = scratch("pretrained-formats");
-    let st = dir.join("imagenet.safetensors");
-    hrk::io::save_safetensors(&st, &all, &[]).unwrap();
+    let (dir, st, backbone) = saved_imagenet("pretrained-formats");
     let mut files = vec![st.clone()];
     let (zip, legacy) = (dir.join("imagenet_zip.pth"), dir.join("imagenet_legacy.pth"));
     if safetensors_to_pth(&st, &zip, &legacy).is_some() {
@@ -214,9 +228,7 @@ fn shape_mismatch_fails_naming_tensor_and_shapes() {
     assert!(e.contains(key) && e.contains("[18, 256, 3, 3]") && e.contains("[4, 256, 3, 3]"), "{e}");
     assert!(e.contains("w18_imagenet.safetensors") && !e.contains('\n'), "{e}");
     // Nothing was half-loaded.
-    for ((k, a), (_, b)) in net.store.state_dict().iter().zip(&before) {
-        assert_eq!(a.to_f64_vec(), b.to_f64_vec(), "{k} changed by a failed load");
-    }
+    assert_unchanged(&net, &before, "failed load");
     // int64 where the model has floats is refused too.
     let (_, mut all) = fake_imagenet(&spec);
     let j = all.iter().position(|(k, _)| k == "bn1.running_mean").unwrap();
@@ -237,9 +249,7 @@ fn missing_file_warns_unless_strict() {
     assert!(!r.found);
     assert_eq!(r.loaded, 0);
     assert!(r.to_string().contains("not found"));
-    for ((k, a), (_, b)) in net.store.state_dict().iter().zip(&before) {
-        assert_eq!(a.to_f64_vec(), b.to_f64_vec(), "{k}");
-    }
+    assert_unchanged(&net, &before, "missing file");
     let e = format!("{:#}", load_imagenet(&mut net, &p, true).unwrap_err());
     assert!(e.contains("hrnetv2_w18_imagenet_pretrained.pth") && e.contains("not found"), "{e}");
 }
@@ -247,10 +257,7 @@ fn missing_file_warns_unless_strict() {
 #[test]
 fn config_switch() {
     let spec = small_spec(19);
-    let (backbone, all) = fake_imagenet(&spec);
-    let dir = scratch("pretrained-config");
-    let p = dir.join("imagenet.safetensors");
-    hrk::io::save_safetensors(&p, &all, &[]).unwrap();
+    let (_dir, p, backbone) = saved_imagenet("pretrained-config");
     let mut cfg = Config::default();
     cfg.model.init_weights = false;
     cfg.model.pretrained = p.display().to_string();

@@ -246,20 +246,38 @@ fn generated_csvs_parse_back_in_the_official_format() {
     }
 }
 
+/// Over samples 0..`samples` of `seed` with `joints` points (skipping occluded ones where asked): (landmarks
+/// for which `hit` holds, all landmarks).
+fn count_landmarks(
+    joints: usize,
+    seed: u64,
+    samples: usize,
+    skip_occluded: bool,
+    hit: impl Fn(&synth::SynthSample, [f32; 2]) -> bool,
+) -> (usize, usize) {
+    let (mut hits, mut all) = (0, 0);
+    for index in 0..samples {
+        let s = synth::render_sample(joints, seed, index).unwrap();
+        assert_eq!(s.landmarks.len(), joints);
+        if skip_occluded && s.occluded {
+            continue;
+        }
+        for &p in &s.landmarks {
+            all += 1;
+            if hit(&s, p) {
+                hits += 1;
+            }
+        }
+    }
+    (hits, all)
+}
+
 #[test]
 fn landmarks_are_inside_the_image() {
     for joints in [68, 98] {
-        let (mut inside, mut all) = (0, 0);
-        for index in 0..60 {
-            let s = synth::render_sample(joints, 11, index).unwrap();
-            assert_eq!(s.landmarks.len(), joints);
-            for p in &s.landmarks {
-                all += 1;
-                if p[0] > 0.0 && p[1] > 0.0 && p[0] < s.width as f32 && p[1] < s.height as f32 {
-                    inside += 1;
-                }
-            }
-        }
+        let (inside, all) = count_landmarks(joints, 11, 60, false, |s, p| {
+            p[0] > 0.0 && p[1] > 0.0 && p[0] < s.width as f32 && p[1] < s.height as f32
+        });
         assert!(inside as f64 >= 0.99 * all as f64, "J={joints}: {inside}/{all} inside");
     }
 }
@@ -353,33 +371,23 @@ fn landmarks_sit_on_visible_structure() {
     // Local contrast around each landmark: the points are on edges/corners of drawn parts, so
     // almost all of them see a clear luminance change within a few pixels.
     for joints in [68, 98] {
-        let (mut strong, mut all) = (0, 0);
-        for index in 0..30 {
-            let s = synth::render_sample(joints, 9, index).unwrap();
-            if s.occluded {
-                continue;
-            }
+        let (strong, all) = count_landmarks(joints, 9, 30, true, |s, p| {
             let lum = |x: i64, y: i64| {
                 let (x, y) = (x.clamp(0, s.width as i64 - 1) as usize, y.clamp(0, s.height as i64 - 1) as usize);
                 let o = (y * s.width + x) * 3;
                 0.299 * s.rgb[o] as f32 + 0.587 * s.rgb[o + 1] as f32 + 0.114 * s.rgb[o + 2] as f32
             };
-            for p in &s.landmarks {
-                let (cx, cy) = (p[0].floor() as i64, p[1].floor() as i64);
-                let (mut lo, mut hi) = (f32::MAX, f32::MIN);
-                for dy in -2..=2 {
-                    for dx in -2..=2 {
-                        let v = lum(cx + dx, cy + dy);
-                        lo = lo.min(v);
-                        hi = hi.max(v);
-                    }
-                }
-                all += 1;
-                if hi - lo > 25.0 {
-                    strong += 1;
+            let (cx, cy) = (p[0].floor() as i64, p[1].floor() as i64);
+            let (mut lo, mut hi) = (f32::MAX, f32::MIN);
+            for dy in -2..=2 {
+                for dx in -2..=2 {
+                    let v = lum(cx + dx, cy + dy);
+                    lo = lo.min(v);
+                    hi = hi.max(v);
                 }
             }
-        }
+            hi - lo > 25.0
+        });
         let frac = strong as f64 / all as f64;
         eprintln!("J={joints}: {strong}/{all} landmarks on visible structure");
         assert!(frac > 0.85, "J={joints}: only {frac:.3} of the landmarks see local contrast");

@@ -51,6 +51,35 @@ fn ref_stats(x: &[f64], [n, c, h, w]: [usize; 4]) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
+/// BN's reference in f64 over NCHW `x` of shape `d`, from per-channel `mean` and `invstd`: x̂ = (x − mean)·invstd,
+/// y = x̂·γ + β, and for the output gradient `dy` the per-channel Σdy and Σdy·x̂ (= dβ and dγ).
+struct BnRef {
+    xhat: Vec<f64>,
+    y: Vec<f64>,
+    sum_dy: Vec<f64>,
+    sum_dy_xhat: Vec<f64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bn_ref(d: [usize; 4], x: &[f64], mean: &[f64], invstd: &[f64], g: &[f64], b: &[f64], dy: &[f64]) -> BnRef {
+    let [_, c, h, w] = d;
+    let ch_of = |i: usize| (i / (h * w)) % c;
+    let xhat: Vec<f64> = (0..x.len()).map(|i| (x[i] - mean[ch_of(i)]) * invstd[ch_of(i)]).collect();
+    let y = (0..x.len()).map(|i| xhat[i] * g[ch_of(i)] + b[ch_of(i)]).collect();
+    let (mut sum_dy, mut sum_dy_xhat) = (vec![0.0; c], vec![0.0; c]);
+    for i in 0..x.len() {
+        sum_dy[ch_of(i)] += dy[i];
+        sum_dy_xhat[ch_of(i)] += dy[i] * xhat[i];
+    }
+    BnRef { xhat, y, sum_dy, sum_dy_xhat }
+}
+
+/// dγ and dβ of BN (leaves `g`, `b`) against the reference's channel sums.
+fn assert_affine_grads(tag: &str, grads: &hrk::Gradients, g: &Tensor, b: &Tensor, r: &BnRef) {
+    assert_close(&format!("{tag}: dgamma"), &grads.get(g).unwrap().to_f32_vec(), &r.sum_dy_xhat, 1e-5);
+    assert_close(&format!("{tag}: dbeta"), &grads.get(b).unwrap().to_f32_vec(), &r.sum_dy, 1e-5);
+}
+
 fn bn_train_case(rng: &mut Rng, d: [usize; 4], offset: f64, spread: f64) {
     let [n, c, h, w] = d;
     let count = n * h * w;
@@ -72,11 +101,10 @@ fn bn_train_case(rng: &mut Rng, d: [usize; 4], offset: f64, spread: f64) {
     let plane = h * w;
     let ch_of = |i: usize| (i / plane) % c;
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + BN_EPS).sqrt()).collect();
-    let xhat: Vec<f64> = (0..len).map(|i| (x64[i] - mean[ch_of(i)]) * invstd[ch_of(i)]).collect();
-    let want_y: Vec<f64> = (0..len).map(|i| xhat[i] * g64[ch_of(i)] + b64[ch_of(i)]).collect();
+    let r = bn_ref(d, &x64, &mean, &invstd, &g64, &b64, &dy64);
     let tag = format!("bn train {d:?} offset {offset}");
     // The output is O(1); f32 rounding of it is ~6e-8, and the offset must cost nothing beyond that.
-    assert_close(&format!("{tag}: y"), &y.to_f32_vec(), &want_y, 2e-6);
+    assert_close(&format!("{tag}: y"), &y.to_f32_vec(), &r.y, 2e-6);
     let unbias = count as f64 / (count as f64 - 1.0);
     let want_rm: Vec<f64> = mean.iter().map(|m| 0.9 * 0.5 + 0.1 * m).collect();
     let want_rv: Vec<f64> = var.iter().map(|v| 0.9 * 2.0 + 0.1 * v * unbias).collect();
@@ -85,40 +113,35 @@ fn bn_train_case(rng: &mut Rng, d: [usize; 4], offset: f64, spread: f64) {
 
     let grads = backward_with(&y, Storage::f32(dyv)).unwrap();
     let m = count as f64;
-    let mut sdy = vec![0.0; c];
-    let mut sdyx = vec![0.0; c];
-    for i in 0..len {
-        sdy[ch_of(i)] += dy64[i];
-        sdyx[ch_of(i)] += dy64[i] * xhat[i];
-    }
     let want_dx: Vec<f64> = (0..len)
         .map(|i| {
             let ch = ch_of(i);
-            g64[ch] * invstd[ch] / m * (m * dy64[i] - sdy[ch] - xhat[i] * sdyx[ch])
+            g64[ch] * invstd[ch] / m * (m * dy64[i] - r.sum_dy[ch] - r.xhat[i] * r.sum_dy_xhat[ch])
         })
         .collect();
     assert_close(&format!("{tag}: dx"), &grads.get(&x).unwrap().to_f32_vec(), &want_dx, 1e-5);
-    assert_close(&format!("{tag}: dgamma"), &grads.get(&g).unwrap().to_f32_vec(), &sdyx, 1e-5);
-    assert_close(&format!("{tag}: dbeta"), &grads.get(&b).unwrap().to_f32_vec(), &sdy, 1e-5);
+    assert_affine_grads(&tag, &grads, &g, &b, &r);
+}
+
+/// `bn_train_case` on every shape, for each (offset, spread), drawing from the generator of `seed`.
+fn bn_train_cases(seed: u64, cases: [(f64, f64); 2]) {
+    let mut rng = common::rng(seed);
+    for d in SHAPES {
+        for (offset, spread) in cases {
+            bn_train_case(&mut rng, d, offset, spread);
+        }
+    }
 }
 
 #[test]
 fn bn_train_matches_the_f64_formula() {
-    let mut rng = common::rng(11);
-    for d in SHAPES {
-        bn_train_case(&mut rng, d, 0.0, 1.0);
-        bn_train_case(&mut rng, d, 3.0, 0.1);
-    }
+    bn_train_cases(11, [(0.0, 1.0), (3.0, 0.1)]);
 }
 
 #[test]
 fn bn_train_keeps_precision_under_a_large_offset() {
     // x = 1000 + noise of σ = 0.01: Σx² − (Σx)²/m in f32 would be pure rounding noise.
-    let mut rng = common::rng(12);
-    for d in SHAPES {
-        bn_train_case(&mut rng, d, 1000.0, 0.01);
-        bn_train_case(&mut rng, d, -250.0, 1e-3);
-    }
+    bn_train_cases(12, [(1000.0, 0.01), (-250.0, 1e-3)]);
 }
 
 #[test]
@@ -138,19 +161,13 @@ fn bn_eval_matches_the_f64_formula() {
         let plane = h * w;
         let ch_of = |i: usize| (i / plane) % c;
         let invstd: Vec<f64> = rvv.iter().map(|&v| 1.0 / (v as f64 + BN_EPS).sqrt()).collect();
-        let xhat: Vec<f64> = (0..len).map(|i| (xv[i] as f64 - rmv[ch_of(i)] as f64) * invstd[ch_of(i)]).collect();
-        let want: Vec<f64> = (0..len).map(|i| xhat[i] * gv[ch_of(i)] as f64 + bv[ch_of(i)] as f64).collect();
-        assert_close(&format!("bn eval {d:?}: y"), &y.to_f32_vec(), &want, 2e-6);
+        let r = bn_ref(d, &f64s(&xv), &f64s(&rmv), &invstd, &f64s(&gv), &f64s(&bv), &f64s(&dyv));
+        let tag = format!("bn eval {d:?}");
+        assert_close(&format!("{tag}: y"), &y.to_f32_vec(), &r.y, 2e-6);
         let grads = backward_with(&y, Storage::f32(dyv.clone())).unwrap();
         let want_dx: Vec<f64> = (0..len).map(|i| dyv[i] as f64 * gv[ch_of(i)] as f64 * invstd[ch_of(i)]).collect();
-        let (mut sdy, mut sdyx) = (vec![0.0; c], vec![0.0; c]);
-        for i in 0..len {
-            sdy[ch_of(i)] += dyv[i] as f64;
-            sdyx[ch_of(i)] += dyv[i] as f64 * xhat[i];
-        }
-        assert_close(&format!("bn eval {d:?}: dx"), &grads.get(&x).unwrap().to_f32_vec(), &want_dx, 1e-6);
-        assert_close(&format!("bn eval {d:?}: dgamma"), &grads.get(&g).unwrap().to_f32_vec(), &sdyx, 1e-5);
-        assert_close(&format!("bn eval {d:?}: dbeta"), &grads.get(&b).unwrap().to_f32_vec(), &sdy, 1e-5);
+        assert_close(&format!("{tag}: dx"), &grads.get(&x).unwrap().to_f32_vec(), &want_dx, 1e-6);
+        assert_affine_grads(&tag, &grads, &g, &b, &r);
     }
 }
 

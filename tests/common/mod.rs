@@ -307,3 +307,19 @@ pub fn hrk_cmd() -> Command {
 pub fn hrk(args: &[&str]) -> Output {
     hrk_cmd().args(args).output().expect("run hrk")
 }
+
+/// Runs `hrk <cmd> --cfg <cfg> --model-file <weights> <rest…>` to completion.
+pub fn hrk_model(cmd: &str, cfg: &Path, weights: &Path, rest: &[&str]) -> Output {
+    hrk_cmd().args([cmd, "--cfg", s(cfg), "--model-file", s(weights)]).args(rest).output().expect("run hrk")
+}
+
+/// A command succeeded (its stdout and stderr are in the failure message).
+#[track_caller]
+pub fn assert_cli_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "stdout {}\nstderr {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
