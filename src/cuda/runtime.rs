@@ -20,17 +20,7 @@ macro_rules! device_repr {
         unsafe impl DeviceRepr for $t {}
     )*};
 }
-device_repr!(
-    Conv2dParams,
-    BatchNormParams,
-    UpsampleParams,
-    EltwiseParams,
-    ConcatParams,
-    MseParams,
-    OptimParams,
-    HeatmapParams,
-    FusionParams
-);
+with_params_structs!(device_repr);
 
 /// One-line message for a driver error, with the fix for the common ones.
 pub fn driver_error(what: &str, e: DriverError) -> anyhow::Error {

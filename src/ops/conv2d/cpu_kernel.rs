@@ -255,7 +255,22 @@ pub fn forward_fused_gemm<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilo
             }
         }
         let mut run = |rhs: &[T]| {
-            T::gemm(g.cout, plane, kk, yn, plane as isize, accumulate, wt, kk as isize, 1, rhs, plane as isize, 1, th)
+            T::gemm(
+                g.cout,
+                plane,
+                kk,
+                yn,
+                plane as isize,
+                1,
+                accumulate,
+                wt,
+                kk as isize,
+                1,
+                rhs,
+                plane as isize,
+                1,
+                th,
+            )
         };
         if g.is_pointwise() {
             run(xn)
@@ -355,57 +370,30 @@ pub fn backward_gemm<T: Float>(
                     col
                 };
                 let (rs, cs) = if dw_transposed { (1, g.cout as isize) } else { (kk as isize, 1) };
-                T::gemm_dst_strided(
-                    g.cout,
+                T::gemm(g.cout, kk, plane, dw, rs, cs, true, dyn_, plane as isize, 1, rhs, 1, plane as isize, th);
+            }
+            if let Some(dxn) = dxn {
+                // Pointwise: dx[ci][p] = Σ_co W[co][ci] · dy[co][p] directly (kk = cin); otherwise
+                // col = Wᵀ·dy, scattered into dx by col2im.
+                let pointwise = g.is_pointwise();
+                let dst: &mut [T] = if pointwise { &mut *dxn } else { &mut *col };
+                T::gemm(
                     kk,
                     plane,
-                    dw,
-                    rs,
-                    cs,
-                    true,
+                    g.cout,
+                    dst,
+                    plane as isize,
+                    1,
+                    false,
+                    wt,
+                    1,
+                    kk as isize,
                     dyn_,
                     plane as isize,
                     1,
-                    rhs,
-                    1,
-                    plane as isize,
                     th,
                 );
-            }
-            if let Some(dxn) = dxn {
-                if g.is_pointwise() {
-                    // dx[ci][p] = Σ_co W[co][ci] · dy[co][p]
-                    T::gemm(
-                        g.cin,
-                        plane,
-                        g.cout,
-                        dxn,
-                        plane as isize,
-                        false,
-                        wt,
-                        1,
-                        kk as isize,
-                        dyn_,
-                        plane as isize,
-                        1,
-                        th,
-                    );
-                } else {
-                    T::gemm(
-                        kk,
-                        plane,
-                        g.cout,
-                        col,
-                        plane as isize,
-                        false,
-                        wt,
-                        1,
-                        kk as isize,
-                        dyn_,
-                        plane as isize,
-                        1,
-                        th,
-                    );
+                if !pointwise {
                     dxn.fill(T::ZERO);
                     col2im_add(g, col, dxn);
                 }
