@@ -5,7 +5,7 @@
 //! single-threaded GEMM (one image's im2col stays in that core's cache; the per-thread GEMM reaches
 //! ~100 GFLOP/s on every HRNet shape). A single image uses one multi-threaded GEMM instead.
 
-use super::{direct, Conv2dGeom, Conv2dKernel};
+use super::{direct, Conv2dGeom, Conv2dKernel, Grads};
 use crate::by_dtype;
 use crate::float::{typed, typed_mut, Float};
 use crate::ops::Cpu;
@@ -22,14 +22,8 @@ impl Conv2dKernel for Cpu {
         by_dtype!(x.dtype(), T => forward::<T>(g, typed(x), typed(w), bias.map(typed::<T>), typed_mut(&mut y)));
         Ok(y)
     }
-    fn backward(
-        &self,
-        g: &Conv2dGeom,
-        x: Option<&Storage>,
-        w: Option<&Storage>,
-        dy: &Storage,
-        want: [bool; 3],
-    ) -> Result<[Option<Storage>; 3]> {
+    fn backward(&self, g: &Conv2dGeom, saved: [Option<&Storage>; 2], dy: &Storage, want: [bool; 3]) -> Result<Grads> {
+        let [x, w] = saved;
         let dtype = dy.dtype();
         let mut dx = want[0].then(|| Storage::for_overwrite(dtype, g.n * g.cin * g.h * g.w));
         let mut dw = want[1].then(|| Storage::zeros(dtype, g.cout * g.cin * g.k * g.k));
