@@ -45,26 +45,6 @@ extern "C" __global__ void __launch_bounds__(256) bn_train_stats(const BatchNorm
     }
 }
 
-__device__ __forceinline__ double warp_sum_f64(double v) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(FULL_MASK, v, offset);
-    return v;
-}
-
-// block_sum in double (32 doubles of scratch); valid in thread 0.
-__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum_f64(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    const int warps = (blockDim.x + 31) >> 5;
-    if (warp == 0) {
-        v = lane < warps ? scratch[lane] : 0.0;
-        v = warp_sum_f64(v);
-    }
-    __syncthreads();
-    return v;
-}
-
 // Same outputs as bn_train_stats, from sums the conv already made (no pass over x). Variance as
 // E[x^2] - mean^2 in double: f32 data keep ~1e-16 * mean^2 / var relative error, far below f32 rounding.
 extern "C" __global__ void __launch_bounds__(256) bn_stats_from_partials(const BatchNormParams p) {
@@ -76,8 +56,8 @@ extern "C" __global__ void __launch_bounds__(256) bn_stats_from_partials(const B
         sum += part[ch];
         sq += part[p.c + ch];
     }
-    sum = block_sum_f64(sum, scratch);
-    sq = block_sum_f64(sq, scratch);
+    sum = block_sum(sum, scratch);
+    sq = block_sum(sq, scratch);
     if (threadIdx.x == 0) {
         const double count = (double)((long long)p.n * p.hw);
         const double mean = sum / count;

@@ -5,21 +5,24 @@
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
 
-__device__ __forceinline__ float warp_sum(float v) {
+// Warp and block sums in float or double (the BN statistics from the conv's f64 partials).
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(FULL_MASK, v, offset);
     return v;
 }
 
 // Sum over a block of `threads` (a multiple of 32, <= 1024). The result is valid in thread 0.
-// `scratch` holds 32 floats of shared memory. Every thread of the block must call it.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// `scratch` holds 32 values of shared memory. Every thread of the block must call it.
+template <class T>
+__device__ __forceinline__ T block_sum(T v, T* scratch) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     v = warp_sum(v);
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     const int warps = (blockDim.x + 31) >> 5;
     if (warp == 0) {
-        v = lane < warps ? scratch[lane] : 0.0f;
+        v = lane < warps ? scratch[lane] : T(0);
         v = warp_sum(v);
     }
     // scratch may be reused by the caller's next reduction.
@@ -30,6 +33,18 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 // Grid-stride range helper for 1-D elementwise kernels.
 __device__ __forceinline__ long long global_thread() { return (long long)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ long long grid_threads() { return (long long)gridDim.x * blockDim.x; }
+
+// Where flat NCHW index i lies among planes of h x w: its plane and its pixel (oy, ox) there.
+struct PlanePos {
+    long long plane;
+    int oy, ox;
+};
+
+__device__ __forceinline__ PlanePos plane_pos(long long i, int h, int w) {
+    const int hw = h * w;
+    const int q = (int)(i % hw);
+    return PlanePos{i / hw, q / w, q % w};
+}
 
 // PyTorch bilinear (align_corners=false, explicit output size) taps of output (oy, ox):
 // src = max(scale*(dst+0.5) - 0.5, 0), the upper neighbour clamped at the edge.

@@ -249,6 +249,19 @@ inline Pool& pool() {
     return *p;
 }
 
+// Calls f() once per block of `grid` (x fastest), with this thread's blockIdx set to that block.
+template <class F>
+inline void for_each_block(dim3 grid, const F& f) {
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                tl_block_idx.x = bx;
+                tl_block_idx.y = by;
+                tl_block_idx.z = bz;
+                f();
+            }
+}
+
 // Runs `body` (the kernel call with its parameter struct bound) over the whole grid. Returns 0, or a
 // nonzero code for a launch shape the hardware would reject too.
 template <class Body>
@@ -275,14 +288,7 @@ int launch(const Body& body, dim3 grid, dim3 block, size_t dyn_smem_bytes) {
         tl_launch = &l;
         tl_sched = sched;
         const std::function<void()> block_body = [&body] { body(); };
-        for (unsigned bz = 0; bz < l.grid.z; ++bz)
-            for (unsigned by = 0; by < l.grid.y; ++by)
-                for (unsigned bx = 0; bx < l.grid.x; ++bx) {
-                    tl_block_idx.x = bx;
-                    tl_block_idx.y = by;
-                    tl_block_idx.z = bz;
-                    sched->run_block(l.nthreads, block_body);
-                }
+        for_each_block(l.grid, [&] { sched->run_block(l.nthreads, block_body); });
         tl_launch = nullptr;
         tl_sched = nullptr;
         return 0;
@@ -293,16 +299,11 @@ int launch(const Body& body, dim3 grid, dim3 block, size_t dyn_smem_bytes) {
         tl_thread_idx.x = t % l.block.x;
         tl_thread_idx.y = (t / l.block.x) % l.block.y;
         tl_thread_idx.z = t / (l.block.x * l.block.y);
-        for (unsigned bz = 0; bz < l.grid.z; ++bz)
-            for (unsigned by = 0; by < l.grid.y; ++by)
-                for (unsigned bx = 0; bx < l.grid.x; ++bx) {
-                    tl_block_idx.x = bx;
-                    tl_block_idx.y = by;
-                    tl_block_idx.z = bz;
-                    body();
-                    // No thread may start the next block (and reuse static shared memory) early.
-                    l.block_bar->arrive_and_wait();
-                }
+        for_each_block(l.grid, [&] {
+            body();
+            // No thread may start the next block (and reuse static shared memory) early.
+            l.block_bar->arrive_and_wait();
+        });
         tl_launch = nullptr;
     };
     pool().run(l.nthreads, thread_body);

@@ -15,30 +15,26 @@ __device__ __forceinline__ float sample_up(const FusionParams& p, int k, long lo
 }
 
 extern "C" __global__ void __launch_bounds__(256) fusion_forward(const FusionParams p) {
-    const int hw = p.h * p.w;
-    const long long total = (long long)p.planes * hw;
+    const long long total = (long long)p.planes * (p.h * p.w);
     for (long long i = global_thread(); i < total; i += grid_threads()) {
-        const long long plane = i / hw;
-        const int q = (int)(i % hw), oy = q / p.w, ox = q % p.w;
+        const PlanePos at = plane_pos(i, p.h, p.w);
         float v = p.x ? p.x[i] : 0.0f;
         for (int k = 0; k < p.num_down; ++k) v += p.down[k][i];
-        for (int k = 0; k < p.num_up; ++k) v += sample_up(p, k, plane, oy, ox);
+        for (int k = 0; k < p.num_up; ++k) v += sample_up(p, k, at.plane, at.oy, at.ox);
         p.y[i] = fmaxf(v, 0.0f);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) fusion_backward(const FusionParams p) {
-    const int hw = p.h * p.w;
-    const long long total = (long long)p.planes * hw;
+    const long long total = (long long)p.planes * (p.h * p.w);
     for (long long i = global_thread(); i < total; i += grid_threads()) {
-        const long long plane = i / hw;
-        const int q = (int)(i % hw), oy = q / p.w, ox = q % p.w;
+        const PlanePos at = plane_pos(i, p.h, p.w);
         const float g = p.y[i] > 0.0f ? p.dy[i] : 0.0f;
         p.dx[i] = g;
         if (g == 0.0f) continue;
         for (int k = 0; k < p.num_up; ++k) {
-            const BilinearTaps t = bilinear_taps(p.up_h[k], p.up_w[k], p.up_scale_h[k], p.up_scale_w[k], oy, ox);
-            bilinear_scatter(p.d_up[k] + plane * p.up_h[k] * p.up_w[k], p.up_w[k], t, g);
+            const BilinearTaps t = bilinear_taps(p.up_h[k], p.up_w[k], p.up_scale_h[k], p.up_scale_w[k], at.oy, at.ox);
+            bilinear_scatter(p.d_up[k] + at.plane * p.up_h[k] * p.up_w[k], p.up_w[k], t, g);
         }
     }
 }

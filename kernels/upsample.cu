@@ -11,22 +11,18 @@ __device__ __forceinline__ BilinearTaps bilinear_tap(const UpsampleParams& p, in
 }
 
 extern "C" __global__ void __launch_bounds__(256) bilinear_forward(const UpsampleParams p) {
-    const int out_hw = p.out_h * p.out_w;
-    const long long total = (long long)p.planes * out_hw;
+    const long long total = (long long)p.planes * (p.out_h * p.out_w);
     for (long long i = global_thread(); i < total; i += grid_threads()) {
-        const long long plane = i / out_hw;
-        const int q = (int)(i % out_hw), oy = q / p.out_w, ox = q % p.out_w;
-        p.y[i] = bilinear_sample(p.x + plane * p.in_h * p.in_w, p.in_w, bilinear_tap(p, oy, ox));
+        const PlanePos at = plane_pos(i, p.out_h, p.out_w);
+        p.y[i] = bilinear_sample(p.x + at.plane * p.in_h * p.in_w, p.in_w, bilinear_tap(p, at.oy, at.ox));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) bilinear_backward(const UpsampleParams p) {
-    const int out_hw = p.out_h * p.out_w;
-    const long long total = (long long)p.planes * out_hw;
+    const long long total = (long long)p.planes * (p.out_h * p.out_w);
     for (long long i = global_thread(); i < total; i += grid_threads()) {
-        const long long plane = i / out_hw;
-        const int q = (int)(i % out_hw), oy = q / p.out_w, ox = q % p.out_w;
-        bilinear_scatter(p.dx + plane * p.in_h * p.in_w, p.in_w, bilinear_tap(p, oy, ox), p.dy[i]);
+        const PlanePos at = plane_pos(i, p.out_h, p.out_w);
+        bilinear_scatter(p.dx + at.plane * p.in_h * p.in_w, p.in_w, bilinear_tap(p, at.oy, at.ox), p.dy[i]);
     }
 }
 

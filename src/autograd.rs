@@ -17,10 +17,13 @@ pub trait BackwardOp: Send + Sync {
         self.name()
     }
     /// Gradients w.r.t. each input, given the output's gradient. `needs[i]` says whether input i wants
-    /// one; return `None` for those that do not.
-    fn backward(&self, grad_out: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>>;
+    /// one; return `None` for those that do not. An op implements this or `backward_owned` (or both):
+    /// by default each calls the other, this one with a copy of the gradient.
+    fn backward(&self, grad_out: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        self.backward_owned(grad_out.try_clone()?, needs)
+    }
     /// Same as `backward`, given ownership of the output's gradient (the engine no longer needs it):
-    /// ops whose input gradient has the output's shape override this to reuse its buffer.
+    /// ops whose input gradient has the output's shape implement this to reuse its buffer.
     fn backward_owned(&self, grad_out: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         self.backward(&grad_out, needs)
     }

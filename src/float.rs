@@ -29,28 +29,11 @@ pub trait Float:
     fn of(s: &Storage) -> Option<&[Self]>;
     fn of_mut(s: &mut Storage) -> Option<&mut [Self]>;
     fn into_storage(v: Vec<Self>) -> Storage;
-    /// `dst = beta·lhs·rhs (+ dst when accumulate)`, row-major with explicit row/column strides.
+    /// `dst = lhs·rhs (+ dst when accumulate)` with explicit row/column strides (`dst_cs = 1`: a row-major
+    /// destination); a column-major destination stops the gemm crate from transposing the problem, which
+    /// decides which operand it packs as its LHS.
     #[allow(clippy::too_many_arguments)]
     fn gemm(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: &mut [Self],
-        dst_rs: isize,
-        accumulate: bool,
-        lhs: &[Self],
-        lhs_rs: isize,
-        lhs_cs: isize,
-        rhs: &[Self],
-        rhs_rs: isize,
-        rhs_cs: isize,
-        threads: usize,
-    );
-    /// `gemm` with an explicit destination column stride too (`dst_cs = 1` is `gemm`); a
-    /// column-major destination stops the gemm crate from transposing the problem, which decides
-    /// which operand it packs as its LHS.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_dst_strided(
         m: usize,
         n: usize,
         k: usize,
@@ -65,7 +48,52 @@ pub trait Float:
         rhs_rs: isize,
         rhs_cs: isize,
         threads: usize,
-    );
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        // Bounds of the strided views, checked once so the unsafe call below stays in range.
+        let span =
+            |rows: usize, cols: usize, rs: isize, cs: isize| (rows as isize - 1) * rs + (cols as isize - 1) * cs + 1;
+        assert!(span(m, n, dst_rs, dst_cs) as usize <= dst.len(), "gemm: dst too small");
+        if k == 0 {
+            if !accumulate {
+                for r in 0..m {
+                    for c in 0..n {
+                        dst[r * dst_rs as usize + c * dst_cs as usize] = Self::ZERO;
+                    }
+                }
+            }
+            return;
+        }
+        assert!(span(m, k, lhs_rs, lhs_cs) as usize <= lhs.len(), "gemm: lhs too small");
+        assert!(span(k, n, rhs_rs, rhs_cs) as usize <= rhs.len(), "gemm: rhs too small");
+        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: the three views were bounds-checked above; dst does not alias lhs/rhs (&mut).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                dst_cs,
+                dst_rs,
+                accumulate,
+                lhs.as_ptr(),
+                lhs_cs,
+                lhs_rs,
+                rhs.as_ptr(),
+                rhs_cs,
+                rhs_rs,
+                Self::ONE,
+                Self::ONE,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    }
 }
 
 macro_rules! impl_float {
@@ -103,87 +131,6 @@ macro_rules! impl_float {
             }
             fn into_storage(v: Vec<Self>) -> Storage {
                 Storage::Cpu(CpuStorage::$V(v))
-            }
-            fn gemm(
-                m: usize,
-                n: usize,
-                k: usize,
-                dst: &mut [Self],
-                dst_rs: isize,
-                accumulate: bool,
-                lhs: &[Self],
-                lhs_rs: isize,
-                lhs_cs: isize,
-                rhs: &[Self],
-                rhs_rs: isize,
-                rhs_cs: isize,
-                threads: usize,
-            ) {
-                Self::gemm_dst_strided(
-                    m, n, k, dst, dst_rs, 1, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, threads,
-                )
-            }
-            fn gemm_dst_strided(
-                m: usize,
-                n: usize,
-                k: usize,
-                dst: &mut [Self],
-                dst_rs: isize,
-                dst_cs: isize,
-                accumulate: bool,
-                lhs: &[Self],
-                lhs_rs: isize,
-                lhs_cs: isize,
-                rhs: &[Self],
-                rhs_rs: isize,
-                rhs_cs: isize,
-                threads: usize,
-            ) {
-                if m == 0 || n == 0 {
-                    return;
-                }
-                // Bounds of the strided views, checked once so the unsafe call below stays in range.
-                let span = |rows: usize, cols: usize, rs: isize, cs: isize| {
-                    (rows as isize - 1) * rs + (cols as isize - 1) * cs + 1
-                };
-                assert!(span(m, n, dst_rs, dst_cs) as usize <= dst.len(), "gemm: dst too small");
-                if k == 0 {
-                    if !accumulate {
-                        for r in 0..m {
-                            for c in 0..n {
-                                dst[r * dst_rs as usize + c * dst_cs as usize] = 0.0;
-                            }
-                        }
-                    }
-                    return;
-                }
-                assert!(span(m, k, lhs_rs, lhs_cs) as usize <= lhs.len(), "gemm: lhs too small");
-                assert!(span(k, n, rhs_rs, rhs_cs) as usize <= rhs.len(), "gemm: rhs too small");
-                let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-                // SAFETY: the three views were bounds-checked above; dst does not alias lhs/rhs (&mut).
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        dst.as_mut_ptr(),
-                        dst_cs,
-                        dst_rs,
-                        accumulate,
-                        lhs.as_ptr(),
-                        lhs_cs,
-                        lhs_rs,
-                        rhs.as_ptr(),
-                        rhs_cs,
-                        rhs_rs,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        par,
-                    )
-                }
             }
         }
     };

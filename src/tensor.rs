@@ -6,6 +6,7 @@
 
 use crate::autograd::{self, BackwardOp, Edge, Node};
 use crate::cuda::device::{GpuBuffer, GpuDevice};
+use crate::float::Float;
 use crate::host::{HostData, HostTensor};
 use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,29 +127,17 @@ impl Storage {
     }
     /// The host f32 values (None for f64 or GPU storage).
     pub fn as_f32(&self) -> Option<&[f32]> {
-        match self {
-            Storage::Cpu(CpuStorage::F32(v)) => Some(v),
-            _ => None,
-        }
+        f32::of(self)
     }
     pub fn as_f32_mut(&mut self) -> Option<&mut [f32]> {
-        match self {
-            Storage::Cpu(CpuStorage::F32(v)) => Some(v),
-            _ => None,
-        }
+        f32::of_mut(self)
     }
     /// The host f64 values (None for f32 or GPU storage).
     pub fn as_f64(&self) -> Option<&[f64]> {
-        match self {
-            Storage::Cpu(CpuStorage::F64(v)) => Some(v),
-            _ => None,
-        }
+        f64::of(self)
     }
     pub fn as_f64_mut(&mut self) -> Option<&mut [f64]> {
-        match self {
-            Storage::Cpu(CpuStorage::F64(v)) => Some(v),
-            _ => None,
-        }
+        f64::of_mut(self)
     }
     /// `n` elements whose values are unspecified (stale pooled values or zeros): for kernels that
     /// write every element, so no zero-fill pass is paid.

@@ -101,17 +101,7 @@ macro_rules! kernel_params {
         }
     )*};
 }
-kernel_params!(
-    Conv2dParams,
-    BatchNormParams,
-    UpsampleParams,
-    EltwiseParams,
-    ConcatParams,
-    MseParams,
-    OptimParams,
-    HeatmapParams,
-    FusionParams
-);
+with_params_structs!(kernel_params);
 
 impl GpuDevice {
     /// The process-wide emulated GPU (always available).

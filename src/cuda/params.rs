@@ -132,20 +132,36 @@ impl Conv2dParams {
     }
 }
 
+/// Calls `$m!(Conv2dParams, BatchNormParams, …)` with every parameter struct: the one list that the ABI
+/// check (`layouts`), `KernelParams` (device.rs) and `DeviceRepr` (runtime.rs) are implemented over.
+macro_rules! with_params_structs {
+    ($m:ident) => {
+        $m!(
+            Conv2dParams,
+            BatchNormParams,
+            UpsampleParams,
+            EltwiseParams,
+            ConcatParams,
+            MseParams,
+            OptimParams,
+            HeatmapParams,
+            FusionParams
+        );
+    };
+}
+pub(crate) use with_params_structs;
+
 /// (struct name, size, fields) of every parameter struct, for the ABI check against kernels/params.h.
 pub fn layouts() -> Vec<(&'static str, usize, &'static [FieldLayout])> {
     use std::mem::size_of;
-    vec![
-        ("Conv2dParams", size_of::<Conv2dParams>(), Conv2dParams::FIELDS),
-        ("BatchNormParams", size_of::<BatchNormParams>(), BatchNormParams::FIELDS),
-        ("UpsampleParams", size_of::<UpsampleParams>(), UpsampleParams::FIELDS),
-        ("EltwiseParams", size_of::<EltwiseParams>(), EltwiseParams::FIELDS),
-        ("ConcatParams", size_of::<ConcatParams>(), ConcatParams::FIELDS),
-        ("MseParams", size_of::<MseParams>(), MseParams::FIELDS),
-        ("OptimParams", size_of::<OptimParams>(), OptimParams::FIELDS),
-        ("HeatmapParams", size_of::<HeatmapParams>(), HeatmapParams::FIELDS),
-        ("FusionParams", size_of::<FusionParams>(), FusionParams::FIELDS),
-    ]
+    let mut all = Vec::new();
+    macro_rules! push_layouts {
+        ($($t:ident),*) => {$(
+            all.push((stringify!($t), size_of::<$t>(), $t::FIELDS));
+        )*};
+    }
+    with_params_structs!(push_layouts);
+    all
 }
 
 // The one builder of each struct's shape fields: ops (autograd kernels), raw.rs (inference) and the device

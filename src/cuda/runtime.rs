@@ -1,7 +1,8 @@
 //! The CUDA device (feature `cuda`): context + one stream, the embedded PTX modules, a caching device
-//! allocator and thin launchers. Every launch passes the same `#[repr(C)]` parameter struct and launch
-//! geometry (`Kernel::dims`) that the emulator tests exercise. Launches are asynchronous; launch errors are
-//! checked at submission and execution errors surface at the next synchronising call.
+//! allocator. Every launch (`CudaDev::launch`, reached through device.rs's `KernelParams`) passes the same
+//! `#[repr(C)]` parameter struct and launch geometry (`Kernel::dims`) that the emulator tests exercise.
+//! Launches are asynchronous; launch errors are checked at submission and execution errors surface at the
+//! next synchronising call.
 use super::kernels::{self, Kernel};
 use super::params::*;
 use super::{cuda_ready, ptx};
@@ -20,17 +21,7 @@ macro_rules! device_repr {
         unsafe impl DeviceRepr for $t {}
     )*};
 }
-device_repr!(
-    Conv2dParams,
-    BatchNormParams,
-    UpsampleParams,
-    EltwiseParams,
-    ConcatParams,
-    MseParams,
-    OptimParams,
-    HeatmapParams,
-    FusionParams
-);
+with_params_structs!(device_repr);
 
 /// One-line message for a driver error, with the fix for the common ones.
 pub fn driver_error(what: &str, e: DriverError) -> anyhow::Error {
@@ -242,90 +233,4 @@ impl CudaDev {
         unsafe { result::memset_d8_async(buf.ptr, 0, buf.bytes, self.stream.cu_stream()) }
             .map_err(|e| driver_error("clearing device memory", e))
     }
-}
-
-// ---- thin launchers: one per kernel (multi-kernel ops queue their steps) ----
-
-pub fn conv2d_forward(dev: &CudaDev, p: &Conv2dParams) -> Result<()> {
-    dev.launch(&kernels::CONV2D_FORWARD, p)
-}
-pub fn conv2d_backward_data(dev: &CudaDev, p: &Conv2dParams) -> Result<()> {
-    dev.launch(&kernels::CONV2D_BACKWARD_DATA, p)
-}
-/// dw += dL/dw; picks the split-K factor when `p.k_splits` is 0.
-pub fn conv2d_backward_weight(dev: &CudaDev, p: &Conv2dParams) -> Result<()> {
-    let mut p = *p;
-    if p.k_splits <= 0 {
-        p.k_splits = kernels::conv_weight_k_splits(&p);
-    }
-    dev.launch(&kernels::CONV2D_BACKWARD_WEIGHT, &p)
-}
-pub fn conv2d_backward_bias(dev: &CudaDev, p: &Conv2dParams) -> Result<()> {
-    dev.launch(&kernels::CONV2D_BACKWARD_BIAS, p)
-}
-/// Batch statistics + normalisation; `fuse_relu` selects the fused BN+ReLU kernel.
-pub fn batchnorm_train_forward(dev: &CudaDev, p: &BatchNormParams, fuse_relu: bool) -> Result<()> {
-    dev.launch(&kernels::BN_TRAIN_STATS, p)?;
-    dev.launch(if fuse_relu { &kernels::BN_TRAIN_APPLY_RELU } else { &kernels::BN_TRAIN_APPLY }, p)
-}
-pub fn batchnorm_eval_forward(dev: &CudaDev, p: &BatchNormParams, fuse_relu: bool) -> Result<()> {
-    dev.launch(if fuse_relu { &kernels::BN_EVAL_FORWARD_RELU } else { &kernels::BN_EVAL_FORWARD }, p)
-}
-pub fn batchnorm_backward(dev: &CudaDev, p: &BatchNormParams) -> Result<()> {
-    dev.launch(&kernels::BN_BACKWARD_REDUCE, p)?;
-    dev.launch(&kernels::BN_BACKWARD_DATA, p)
-}
-pub fn bilinear_forward(dev: &CudaDev, p: &UpsampleParams) -> Result<()> {
-    dev.launch(&kernels::BILINEAR_FORWARD, p)
-}
-/// dx += ...: zero `p.dx` first for a plain gradient.
-pub fn bilinear_backward(dev: &CudaDev, p: &UpsampleParams) -> Result<()> {
-    dev.launch(&kernels::BILINEAR_BACKWARD, p)
-}
-pub fn relu_forward(dev: &CudaDev, p: &EltwiseParams) -> Result<()> {
-    dev.launch(&kernels::RELU_FORWARD, p)
-}
-pub fn relu_backward(dev: &CudaDev, p: &EltwiseParams) -> Result<()> {
-    dev.launch(&kernels::RELU_BACKWARD, p)
-}
-pub fn add(dev: &CudaDev, p: &EltwiseParams) -> Result<()> {
-    dev.launch(&kernels::ADD, p)
-}
-pub fn concat_channels(dev: &CudaDev, p: &ConcatParams) -> Result<()> {
-    dev.launch(&kernels::CONCAT_CHANNELS, p)
-}
-pub fn split_channels(dev: &CudaDev, p: &ConcatParams) -> Result<()> {
-    dev.launch(&kernels::SPLIT_CHANNELS, p)
-}
-/// loss[0] = mean((pred-target)^2); the partial-sum workspace comes from the allocator when
-/// `p.partial` is 0.
-pub fn mse_loss_forward(dev: &CudaDev, p: &MseParams) -> Result<()> {
-    let mut p = *p;
-    p.num_partials = kernels::mse_num_partials(p.n);
-    let workspace = if p.partial == 0 { Some(dev.alloc(p.num_partials as usize * 4)?) } else { None };
-    if let Some(w) = &workspace {
-        p.partial = w.addr();
-    }
-    dev.launch(&kernels::MSE_LOSS_PARTIAL, &p)?;
-    dev.launch(&kernels::MSE_LOSS_FINALIZE, &p)
-    // The workspace returns to the cache here; later users are ordered after these kernels on the stream.
-}
-pub fn mse_loss_backward(dev: &CudaDev, p: &MseParams) -> Result<()> {
-    dev.launch(&kernels::MSE_LOSS_BACKWARD, p)
-}
-pub fn adam_step(dev: &CudaDev, p: &OptimParams) -> Result<()> {
-    dev.launch(&kernels::ADAM_STEP, p)
-}
-pub fn sgd_step(dev: &CudaDev, p: &OptimParams) -> Result<()> {
-    dev.launch(&kernels::SGD_STEP, p)
-}
-pub fn fusion_forward(dev: &CudaDev, p: &FusionParams) -> Result<()> {
-    dev.launch(&kernels::FUSION_FORWARD, p)
-}
-/// d_up[k] += ...: zero the up-term gradients first.
-pub fn fusion_backward(dev: &CudaDev, p: &FusionParams) -> Result<()> {
-    dev.launch(&kernels::FUSION_BACKWARD, p)
-}
-pub fn heatmap_argmax(dev: &CudaDev, p: &HeatmapParams) -> Result<()> {
-    dev.launch(&kernels::HEATMAP_ARGMAX, p)
 }

@@ -57,15 +57,8 @@ fn step(
 }
 
 impl OptimKernel for Cuda {
-    fn adam(
-        &self,
-        param: &mut Tensor,
-        grad: &Storage,
-        exp_avg: &mut Storage,
-        exp_avg_sq: &mut Storage,
-        h: &Hyper,
-    ) -> Result<()> {
-        step(&kernels::ADAM_STEP, param, grad, h, Some(exp_avg), Some(exp_avg_sq), None)
+    fn adam(&self, p: &mut Tensor, grad: &Storage, m: &mut Storage, v: &mut Storage, h: &Hyper) -> Result<()> {
+        step(&kernels::ADAM_STEP, p, grad, h, Some(m), Some(v), None)
     }
     fn sgd(&self, param: &mut Tensor, grad: &Storage, momentum_buf: Option<&mut Storage>, h: &Hyper) -> Result<()> {
         step(&kernels::SGD_STEP, param, grad, h, None, None, momentum_buf)

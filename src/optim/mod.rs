@@ -33,14 +33,8 @@ pub(crate) struct Hyper {
 /// The update rules of one device, applied to one parameter in place (shapes, dtypes and devices checked
 /// by the optimizers).
 pub(crate) trait OptimKernel: Sync {
-    fn adam(
-        &self,
-        param: &mut Tensor,
-        grad: &Storage,
-        exp_avg: &mut Storage,
-        exp_avg_sq: &mut Storage,
-        h: &Hyper,
-    ) -> Result<()>;
+    /// `m`, `v`: the first and second moment estimates (exp_avg, exp_avg_sq).
+    fn adam(&self, p: &mut Tensor, grad: &Storage, m: &mut Storage, v: &mut Storage, h: &Hyper) -> Result<()>;
     /// `momentum_buf` is None without momentum.
     fn sgd(&self, param: &mut Tensor, grad: &Storage, momentum_buf: Option<&mut Storage>, h: &Hyper) -> Result<()>;
 }

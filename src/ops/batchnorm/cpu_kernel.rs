@@ -1,7 +1,7 @@
 //! BatchNorm on host storage: f32 through the vectorised kernels of `cpu32`, f64 (gradient checks) through
 //! the plain generic loops below; statistics and per-element formulas in f64 either way.
 
-use super::{cpu32, BatchNormKernel, SavedStats, TrainArgs};
+use super::{cpu32, BatchNormKernel, EvalParams, Grads, Norm, SavedStats, TrainArgs, TrainSaved};
 use crate::by_dtype;
 use crate::float::{typed, typed_mut, Float};
 use crate::ops::Cpu;
@@ -63,15 +63,9 @@ fn invstd_of(var: &[f64], eps: f64) -> Vec<f64> {
 }
 
 impl BatchNormKernel for Cpu {
-    fn train(
-        &self,
-        a: &TrainArgs,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-    ) -> Result<(Storage, SavedStats)> {
+    fn train(&self, a: &TrainArgs, running: [&mut Tensor; 2]) -> Result<(Storage, SavedStats)> {
+        let (x, gamma, beta) = (a.x, a.gamma, a.beta);
+        let [running_mean, running_var] = running;
         if a.conv_stats.is_some() {
             bail!("batch_norm: conv epilogue statistics are a GPU path");
         }
@@ -106,17 +100,9 @@ impl BatchNormKernel for Cpu {
         Ok((y, SavedStats { mean: Storage::f64(mean), invstd: Storage::f64(invstd) }))
     }
 
-    fn train_backward(
-        &self,
-        dims: [usize; 4],
-        _eps: f64,
-        x: &Storage,
-        gamma: &Storage,
-        saved: &SavedStats,
-        relu_out: Option<&Storage>,
-        mut dy: Storage,
-        needs: &[bool],
-    ) -> Result<Vec<Option<Storage>>> {
+    fn train_backward(&self, n: Norm, s: TrainSaved, mut dy: Storage, needs: &[bool]) -> Result<Grads> {
+        let Norm { dims, .. } = n;
+        let TrainSaved { x, gamma, stats: saved, relu_out } = s;
         let (mean, invstd) = host_stats(saved)?;
         let gamma = gamma.to_f64_vec();
         if dy.dtype() == DType::F64 {
@@ -144,16 +130,8 @@ impl BatchNormKernel for Cpu {
         Ok(vec![dx, dgamma, dbeta])
     }
 
-    fn eval(
-        &self,
-        dims: [usize; 4],
-        eps: f64,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        running_mean: &Storage,
-        running_var: &Storage,
-    ) -> Result<Storage> {
+    fn eval(&self, n: Norm, x: &Storage, p: EvalParams, beta: &Storage) -> Result<Storage> {
+        let (Norm { dims, eps }, EvalParams { gamma, running_mean, running_var }) = (n, p);
         let g = gamma.to_f64_vec();
         let b = beta.to_f64_vec();
         let rm = running_mean.to_f64_vec();
@@ -167,17 +145,9 @@ impl BatchNormKernel for Cpu {
         Ok(y)
     }
 
-    fn eval_backward(
-        &self,
-        dims: [usize; 4],
-        eps: f64,
-        x: Option<&Storage>,
-        gamma: &Storage,
-        running_mean: &Storage,
-        running_var: &Storage,
-        mut dy: Storage,
-        needs: &[bool],
-    ) -> Result<Vec<Option<Storage>>> {
+    fn eval_backward(&self, n: Norm, x: Option<&Storage>, p: EvalParams, dy: Storage, needs: &[bool]) -> Result<Grads> {
+        let (Norm { dims, eps }, EvalParams { gamma, running_mean, running_var }) = (n, p);
+        let mut dy = dy;
         // The forward's per-channel values, recomputed the same way.
         let mean = running_mean.to_f64_vec();
         let invstd = invstd_of(&running_var.to_f64_vec(), eps);

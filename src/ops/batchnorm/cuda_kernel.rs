@@ -2,7 +2,7 @@
 //! `bn_train_stats` or `bn_stats_from_partials`, normalisation in `bn_*_apply` / `bn_eval_forward`, backward
 //! in two passes).
 
-use super::{BatchNormKernel, SavedStats, TrainArgs};
+use super::{BatchNormKernel, EvalParams, Grads, Norm, SavedStats, TrainArgs, TrainSaved};
 use crate::cuda::device::{i32_of, GpuBuffer, GpuDevice};
 use crate::cuda::kernels;
 use crate::cuda::params::BatchNormParams;
@@ -46,15 +46,9 @@ fn backward_common(
 }
 
 impl BatchNormKernel for Cuda {
-    fn train(
-        &self,
-        a: &TrainArgs,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-    ) -> Result<(Storage, SavedStats)> {
+    fn train(&self, a: &TrainArgs, running: [&mut Tensor; 2]) -> Result<(Storage, SavedStats)> {
+        let (x, gamma, beta) = (a.x, a.gamma, a.beta);
+        let [running_mean, running_var] = running;
         let d = a.dims;
         let xb = buf(x)?;
         let dev = xb.device();
@@ -105,17 +99,9 @@ impl BatchNormKernel for Cuda {
         Ok((Storage::Gpu(y), SavedStats { mean: Storage::Gpu(save_mean), invstd: Storage::Gpu(save_invstd) }))
     }
 
-    fn train_backward(
-        &self,
-        dims: [usize; 4],
-        eps: f64,
-        x: &Storage,
-        gamma: &Storage,
-        saved: &SavedStats,
-        relu_out: Option<&Storage>,
-        dy: Storage,
-        needs: &[bool],
-    ) -> Result<Vec<Option<Storage>>> {
+    fn train_backward(&self, n: Norm, s: TrainSaved, dy: Storage, needs: &[bool]) -> Result<Grads> {
+        let Norm { dims, eps } = n;
+        let TrainSaved { x, gamma, stats: saved, relu_out } = s;
         let xb = buf(x)?;
         let dev = xb.device();
         let dy = dy.gpu("batch_norm backward")?;
@@ -132,16 +118,8 @@ impl BatchNormKernel for Cuda {
         backward_common(dev, p, dims[1], xb.len(), needs)
     }
 
-    fn eval(
-        &self,
-        dims: [usize; 4],
-        eps: f64,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        running_mean: &Storage,
-        running_var: &Storage,
-    ) -> Result<Storage> {
+    fn eval(&self, n: Norm, x: &Storage, p: EvalParams, beta: &Storage) -> Result<Storage> {
+        let (Norm { dims, eps }, EvalParams { gamma, running_mean, running_var }) = (n, p);
         let xb = buf(x)?;
         let dev = xb.device();
         let mut y = dev.empty(xb.len())?;
@@ -160,17 +138,8 @@ impl BatchNormKernel for Cuda {
         Ok(Storage::Gpu(y))
     }
 
-    fn eval_backward(
-        &self,
-        dims: [usize; 4],
-        eps: f64,
-        x: Option<&Storage>,
-        gamma: &Storage,
-        running_mean: &Storage,
-        running_var: &Storage,
-        dy: Storage,
-        needs: &[bool],
-    ) -> Result<Vec<Option<Storage>>> {
+    fn eval_backward(&self, n: Norm, x: Option<&Storage>, p: EvalParams, dy: Storage, needs: &[bool]) -> Result<Grads> {
+        let (Norm { dims, eps }, EvalParams { gamma, running_mean, running_var }) = (n, p);
         let c = dims[1];
         let dyb = dy.gpu("batch_norm_eval backward")?;
         let dev = dyb.device();

@@ -29,58 +29,48 @@ pub(crate) struct TrainArgs<'a> {
     relu: bool,
     /// The batch sums of x from the conv that produced it (GPU only), instead of a statistics pass.
     conv_stats: Option<&'a ConvStats>,
+    x: &'a Storage,
+    gamma: &'a Storage,
+    beta: &'a Storage,
 }
+
+/// Input shape [n, c, h, w] and epsilon of one BN call.
+#[derive(Clone, Copy)]
+pub(crate) struct Norm {
+    dims: [usize; 4],
+    eps: f64,
+}
+
+/// What a training BN's backward reads: its input, γ, the batch statistics and, when a ReLU was fused, the
+/// output (its sign masks dy).
+pub(crate) struct TrainSaved<'a> {
+    x: &'a Storage,
+    gamma: &'a Storage,
+    stats: &'a SavedStats,
+    relu_out: Option<&'a Storage>,
+}
+
+/// γ and the running statistics an eval BN normalises with.
+#[derive(Clone, Copy)]
+pub(crate) struct EvalParams<'a> {
+    gamma: &'a Storage,
+    running_mean: &'a Storage,
+    running_var: &'a Storage,
+}
+
+/// [dx, dγ, dβ] where `needs` asks.
+type Grads = Vec<Option<Storage>>;
 
 /// The BatchNorm kernels of one device (operands checked by the ops: [c] parameters of x's dtype and device).
 pub(crate) trait BatchNormKernel: Sync {
-    /// y = BN(x) with the batch statistics (+ ReLU), the running buffers updated in place.
-    fn train(
-        &self,
-        a: &TrainArgs,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        running_mean: &mut Tensor,
-        running_var: &mut Tensor,
-    ) -> Result<(Storage, SavedStats)>;
-    /// [dx, dγ, dβ] where `needs` asks; `relu_out` is the output when a ReLU was fused (its sign masks dy).
-    #[allow(clippy::too_many_arguments)]
-    fn train_backward(
-        &self,
-        dims: [usize; 4],
-        eps: f64,
-        x: &Storage,
-        gamma: &Storage,
-        saved: &SavedStats,
-        relu_out: Option<&Storage>,
-        dy: Storage,
-        needs: &[bool],
-    ) -> Result<Vec<Option<Storage>>>;
+    /// y = BN(x) with the batch statistics (+ ReLU), `running` = [mean, var] updated in place.
+    fn train(&self, a: &TrainArgs, running: [&mut Tensor; 2]) -> Result<(Storage, SavedStats)>;
+    /// [dx, dγ, dβ] of the training BN.
+    fn train_backward(&self, n: Norm, s: TrainSaved, dy: Storage, needs: &[bool]) -> Result<Grads>;
     /// y = BN(x) with the running statistics.
-    #[allow(clippy::too_many_arguments)]
-    fn eval(
-        &self,
-        dims: [usize; 4],
-        eps: f64,
-        x: &Storage,
-        gamma: &Storage,
-        beta: &Storage,
-        running_mean: &Storage,
-        running_var: &Storage,
-    ) -> Result<Storage>;
+    fn eval(&self, n: Norm, x: &Storage, p: EvalParams, beta: &Storage) -> Result<Storage>;
     /// [dx, dγ, dβ] of the eval BN; dγ needs `x` (None when γ wants no gradient).
-    #[allow(clippy::too_many_arguments)]
-    fn eval_backward(
-        &self,
-        dims: [usize; 4],
-        eps: f64,
-        x: Option<&Storage>,
-        gamma: &Storage,
-        running_mean: &Storage,
-        running_var: &Storage,
-        dy: Storage,
-        needs: &[bool],
-    ) -> Result<Vec<Option<Storage>>>;
+    fn eval_backward(&self, n: Norm, x: Option<&Storage>, p: EvalParams, dy: Storage, needs: &[bool]) -> Result<Grads>;
 }
 
 fn kernels(device: &Device) -> &'static dyn BatchNormKernel {
@@ -159,8 +149,8 @@ pub fn conv_batch_norm_train(
             batch_norm_train(&y, gamma, beta, running_mean, running_var, momentum, eps)
         };
     }
-    let (y, stats) = crate::ops::conv2d::conv2d_gpu_with_stats(x, weight, bias, stride, pad)?;
-    train(&y, gamma, beta, running_mean, running_var, momentum, eps, relu, Some(&stats))
+    let (y, stats) = crate::ops::conv2d::conv2d_op(x, weight, bias, stride, pad, true)?;
+    train(&y, gamma, beta, running_mean, running_var, momentum, eps, relu, stats.as_ref())
 }
 
 /// The training BN op of every entry point: checks, the device's kernel, one tape record.
@@ -181,9 +171,9 @@ fn train(
         bail!("batch_norm: training needs more than one value per channel, input {:?}", x.shape());
     }
     let device = x.device();
-    let args = TrainArgs { dims, momentum, eps, relu, conv_stats };
-    let (y, saved) =
-        kernels(&device).train(&args, x.storage(), gamma.storage(), beta.storage(), running_mean, running_var)?;
+    let (x_s, gamma_s, beta_s) = (x.storage(), gamma.storage(), beta.storage());
+    let args = TrainArgs { dims, momentum, eps, relu, conv_stats, x: x_s, gamma: gamma_s, beta: beta_s };
+    let (y, saved) = kernels(&device).train(&args, [running_mean, running_var])?;
     let (x_saved, gamma_saved) = (x.detach(), gamma.detach());
     let make = |y: Tensor| BnTrainBackward {
         dims,
@@ -224,21 +214,10 @@ impl BackwardOp for BnTrainBackward {
             "batch_norm"
         }
     }
-    fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        self.backward_owned(dy.try_clone()?, needs)
-    }
     fn backward_owned(&self, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         let relu_out = self.relu_out.as_ref().map(|y| y.storage());
-        kernels(&self.device).train_backward(
-            self.dims,
-            self.eps,
-            self.x.storage(),
-            self.gamma.storage(),
-            &self.saved,
-            relu_out,
-            dy,
-            needs,
-        )
+        let s = TrainSaved { x: self.x.storage(), gamma: self.gamma.storage(), stats: &self.saved, relu_out };
+        kernels(&self.device).train_backward(Norm { dims: self.dims, eps: self.eps }, s, dy, needs)
     }
 }
 
@@ -253,15 +232,9 @@ pub fn batch_norm_eval(
 ) -> Result<Tensor> {
     let dims = check("batch_norm", x, &[gamma, beta, running_mean, running_var])?;
     let device = x.device();
-    let y = kernels(&device).eval(
-        dims,
-        eps,
-        x.storage(),
-        gamma.storage(),
-        beta.storage(),
-        running_mean.storage(),
-        running_var.storage(),
-    )?;
+    let p =
+        EvalParams { gamma: gamma.storage(), running_mean: running_mean.storage(), running_var: running_var.storage() };
+    let y = kernels(&device).eval(Norm { dims, eps }, x.storage(), p, beta.storage())?;
     let op = BnEvalBackward {
         dims,
         eps,
@@ -289,12 +262,11 @@ impl BackwardOp for BnEvalBackward {
     fn name(&self) -> &'static str {
         "batch_norm_eval"
     }
-    fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        self.backward_owned(dy.try_clone()?, needs)
-    }
     fn backward_owned(&self, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         let x = self.x.as_ref().map(|t| t.storage());
-        let (g, rm, rv) = (self.gamma.storage(), self.running_mean.storage(), self.running_var.storage());
-        kernels(&self.device).eval_backward(self.dims, self.eps, x, g, rm, rv, dy, needs)
+        let (gamma, running_mean, running_var) =
+            (self.gamma.storage(), self.running_mean.storage(), self.running_var.storage());
+        let p = EvalParams { gamma, running_mean, running_var };
+        kernels(&self.device).eval_backward(Norm { dims: self.dims, eps: self.eps }, x, p, dy, needs)
     }
 }

@@ -5,7 +5,7 @@
 //! single-threaded GEMM (one image's im2col stays in that core's cache; the per-thread GEMM reaches
 //! ~100 GFLOP/s on every HRNet shape). A single image uses one multi-threaded GEMM instead.
 
-use super::{direct, Conv2dGeom, Conv2dKernel};
+use super::{direct, Conv2dGeom, Conv2dKernel, Grads};
 use crate::by_dtype;
 use crate::float::{typed, typed_mut, Float};
 use crate::ops::Cpu;
@@ -22,14 +22,8 @@ impl Conv2dKernel for Cpu {
         by_dtype!(x.dtype(), T => forward::<T>(g, typed(x), typed(w), bias.map(typed::<T>), typed_mut(&mut y)));
         Ok(y)
     }
-    fn backward(
-        &self,
-        g: &Conv2dGeom,
-        x: Option<&Storage>,
-        w: Option<&Storage>,
-        dy: &Storage,
-        want: [bool; 3],
-    ) -> Result<[Option<Storage>; 3]> {
+    fn backward(&self, g: &Conv2dGeom, saved: [Option<&Storage>; 2], dy: &Storage, want: [bool; 3]) -> Result<Grads> {
+        let [x, w] = saved;
         let dtype = dy.dtype();
         let mut dx = want[0].then(|| Storage::for_overwrite(dtype, g.n * g.cin * g.h * g.w));
         let mut dw = want[1].then(|| Storage::zeros(dtype, g.cout * g.cin * g.k * g.k));
@@ -255,7 +249,22 @@ pub fn forward_fused_gemm<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilo
             }
         }
         let mut run = |rhs: &[T]| {
-            T::gemm(g.cout, plane, kk, yn, plane as isize, accumulate, wt, kk as isize, 1, rhs, plane as isize, 1, th)
+            T::gemm(
+                g.cout,
+                plane,
+                kk,
+                yn,
+                plane as isize,
+                1,
+                accumulate,
+                wt,
+                kk as isize,
+                1,
+                rhs,
+                plane as isize,
+                1,
+                th,
+            )
         };
         if g.is_pointwise() {
             run(xn)
@@ -355,57 +364,30 @@ pub fn backward_gemm<T: Float>(
                     col
                 };
                 let (rs, cs) = if dw_transposed { (1, g.cout as isize) } else { (kk as isize, 1) };
-                T::gemm_dst_strided(
-                    g.cout,
+                T::gemm(g.cout, kk, plane, dw, rs, cs, true, dyn_, plane as isize, 1, rhs, 1, plane as isize, th);
+            }
+            if let Some(dxn) = dxn {
+                // Pointwise: dx[ci][p] = Σ_co W[co][ci] · dy[co][p] directly (kk = cin); otherwise
+                // col = Wᵀ·dy, scattered into dx by col2im.
+                let pointwise = g.is_pointwise();
+                let dst: &mut [T] = if pointwise { &mut *dxn } else { &mut *col };
+                T::gemm(
                     kk,
                     plane,
-                    dw,
-                    rs,
-                    cs,
-                    true,
+                    g.cout,
+                    dst,
+                    plane as isize,
+                    1,
+                    false,
+                    wt,
+                    1,
+                    kk as isize,
                     dyn_,
                     plane as isize,
                     1,
-                    rhs,
-                    1,
-                    plane as isize,
                     th,
                 );
-            }
-            if let Some(dxn) = dxn {
-                if g.is_pointwise() {
-                    // dx[ci][p] = Σ_co W[co][ci] · dy[co][p]
-                    T::gemm(
-                        g.cin,
-                        plane,
-                        g.cout,
-                        dxn,
-                        plane as isize,
-                        false,
-                        wt,
-                        1,
-                        kk as isize,
-                        dyn_,
-                        plane as isize,
-                        1,
-                        th,
-                    );
-                } else {
-                    T::gemm(
-                        kk,
-                        plane,
-                        g.cout,
-                        col,
-                        plane as isize,
-                        false,
-                        wt,
-                        1,
-                        kk as isize,
-                        dyn_,
-                        plane as isize,
-                        1,
-                        th,
-                    );
+                if !pointwise {
                     dxn.fill(T::ZERO);
                     col2im_add(g, col, dxn);
                 }

@@ -1,6 +1,6 @@
 //! conv2d on a GPU device: the implicit-GEMM kernels of kernels/conv.cu.
 
-use super::{Conv2dGeom, Conv2dKernel};
+use super::{Conv2dGeom, Conv2dKernel, Grads};
 use crate::cuda::device::{GpuBuffer, GpuDevice};
 use crate::cuda::kernels::{self, conv_stats_partials, conv_weight_k_splits};
 use crate::cuda::params::Conv2dParams;
@@ -84,14 +84,8 @@ impl Conv2dKernel for Cuda {
     fn forward(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<Storage> {
         Ok(launch_forward(g, x, w, bias, false)?.0)
     }
-    fn backward(
-        &self,
-        g: &Conv2dGeom,
-        x: Option<&Storage>,
-        w: Option<&Storage>,
-        dy: &Storage,
-        want: [bool; 3],
-    ) -> Result<[Option<Storage>; 3]> {
+    fn backward(&self, g: &Conv2dGeom, saved: [Option<&Storage>; 2], dy: &Storage, want: [bool; 3]) -> Result<Grads> {
+        let [x, w] = saved;
         let dyb = dy.gpu("conv2d backward")?;
         let dev = dyb.device();
         let base = Conv2dParams { dy: dyb.addr(), ..params(g)? };

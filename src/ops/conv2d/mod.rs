@@ -55,33 +55,38 @@ impl Conv2dGeom {
     }
 }
 
+/// [dx, dW, db] of one conv2d, each where it was asked for.
+pub(crate) type Grads = [Option<Storage>; 3];
+
 /// The conv kernels of one device (operands checked by the op: shapes of `g`, one dtype, one device).
 pub(crate) trait Conv2dKernel: Sync {
     /// y = conv2d(x, w) + bias.
     fn forward(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<Storage>;
     /// [dx, dW, db] where `want` asks for them: dx needs the weights, dW the input.
-    fn backward(
-        &self,
-        g: &Conv2dGeom,
-        x: Option<&Storage>,
-        w: Option<&Storage>,
-        dy: &Storage,
-        want: [bool; 3],
-    ) -> Result<[Option<Storage>; 3]>;
+    /// `saved` = [x, w]: each present only when its gradient partner is wanted.
+    fn backward(&self, g: &Conv2dGeom, saved: [Option<&Storage>; 2], dy: &Storage, want: [bool; 3]) -> Result<Grads>;
 }
 
 fn kernels(device: &Device) -> &'static dyn Conv2dKernel {
     kernels_for(device, &Cpu, &Cuda)
 }
 
-/// The conv's geometry and device, after checking shapes, devices and dtypes of its operands.
-fn checked_geometry(
+/// y = conv2d(x, weight) + bias.
+pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
+    Ok(conv2d_op(x, weight, bias, stride, pad, false)?.0)
+}
+
+/// conv2d after checking shapes, devices and dtypes of its operands, with its tape record. With `stats`
+/// (GPU tensors only) the output also carries per-block channel sums, for a following training BN
+/// (ops::batchnorm::conv_batch_norm_train).
+pub(crate) fn conv2d_op(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     stride: usize,
     pad: usize,
-) -> Result<(Conv2dGeom, Device)> {
+    stats: bool,
+) -> Result<(Tensor, Option<ConvStats>)> {
     let g = Conv2dGeom::new(x.dims4("conv2d")?, weight.shape(), stride, pad)?;
     let device = same_device("conv2d", &[&[x, weight][..], bias.as_slice()].concat())?;
     same_dtype("conv2d", x, weight)?;
@@ -91,31 +96,17 @@ fn checked_geometry(
             bail!("conv2d: bias {:?} does not fit weight {:?}", b.shape(), weight.shape());
         }
     }
-    Ok((g, device))
-}
-
-/// conv2d of GPU tensors whose output also carries per-block channel sums (for a following training BN:
-/// ops::batchnorm::conv_batch_norm_train). Same checks and tape record as `conv2d`.
-pub(crate) fn conv2d_gpu_with_stats(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    pad: usize,
-) -> Result<(Tensor, ConvStats)> {
-    let (g, device) = checked_geometry(x, weight, bias, stride, pad)?;
-    if !device.is_gpu() {
-        bail!("conv2d: channel statistics in the conv epilogue need a GPU device (input {:?})", x.shape());
-    }
-    let (y, stats) = cuda_kernel::forward_with_stats(&g, x.storage(), weight.storage(), bias.map(|b| b.storage()))?;
+    let (xs, ws, bs) = (x.storage(), weight.storage(), bias.map(|b| b.storage()));
+    let (y, stats) = if stats {
+        if !device.is_gpu() {
+            bail!("conv2d: channel statistics in the conv epilogue need a GPU device (input {:?})", x.shape());
+        }
+        let (y, stats) = cuda_kernel::forward_with_stats(&g, xs, ws, bs)?;
+        (y, Some(stats))
+    } else {
+        (kernels(&device).forward(&g, xs, ws, bs)?, None)
+    };
     Ok((record(g, device, x, weight, bias, y), stats))
-}
-
-/// y = conv2d(x, weight) + bias.
-pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
-    let (g, device) = checked_geometry(x, weight, bias, stride, pad)?;
-    let y = kernels(&device).forward(&g, x.storage(), weight.storage(), bias.map(|b| b.storage()))?;
-    Ok(record(g, device, x, weight, bias, y))
 }
 
 /// The conv's output with its tape record.
@@ -150,7 +141,7 @@ impl BackwardOp for Conv2dBackward {
     fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         let want = [needs[0], needs[1], self.has_bias && needs[2]];
         let (x, w) = (self.x.as_ref().map(|t| t.storage()), self.w.as_ref().map(|t| t.storage()));
-        let [dx, dw, db] = kernels(&self.device).backward(&self.g, x, w, dy, want)?;
+        let [dx, dw, db] = kernels(&self.device).backward(&self.g, [x, w], dy, want)?;
         let mut out = vec![dx, dw];
         if self.has_bias {
             out.push(db);

@@ -39,9 +39,6 @@ impl BackwardOp for ReluBackward {
     fn name(&self) -> &'static str {
         "relu"
     }
-    fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        self.backward_owned(dy.try_clone()?, needs)
-    }
     fn backward_owned(&self, dy: Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         Ok(vec![Some(kernels(&self.y.device()).relu_backward(self.y.storage(), dy)?)])
     }
@@ -61,9 +58,6 @@ struct AddBackward;
 impl BackwardOp for AddBackward {
     fn name(&self) -> &'static str {
         "add"
-    }
-    fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        self.backward_owned(dy.try_clone()?, needs)
     }
     fn backward_owned(&self, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         // Both inputs get dy: the second one takes the buffer itself, the first a copy.
@@ -97,9 +91,6 @@ impl BackwardOp for AddReluBackward {
     }
     fn trace_name(&self) -> &'static str {
         "relu"
-    }
-    fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        self.backward_owned(dy.try_clone()?, needs)
     }
     fn backward_owned(&self, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         let masked = kernels(&self.y.device()).relu_backward(self.y.storage(), dy)?;
