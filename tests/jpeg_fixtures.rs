@@ -2,6 +2,8 @@
 //! make_jpeg_fixtures.py with Pillow): the decoded pixels of every file (4:2:0, 4:2:2, 4:4:4,
 //! grey, progressive, restart markers, odd sizes, EXIF orientation ignored) hash to what
 //! Pillow decoded, and crops of them by the reference pipeline match with 0 differing values.
+//! Mutated copies of the corpus must give one-line errors naming the file, never a panic or
+//! libjpeg's `exit()`.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +11,12 @@ use hrk::data::image::Image;
 use hrk::data::imageio::{decode_rgb8, load_image};
 use hrk::data::transforms::crop;
 use serde_json::Value;
+use std::time::Duration;
+
+mod common;
+
+#[global_allocator]
+static GLOBAL: common::alloc_guard::TrackingAlloc = common::alloc_guard::TrackingAlloc;
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg")
@@ -73,4 +81,42 @@ fn crops_bit_exact() {
     }
     assert!(crops.len() >= 4, "crop cases missing");
     assert!(failures.is_empty(), "JPEG crops not bit-exact: {failures:?}");
+}
+
+#[test]
+fn fuzz_libjpeg_errors_are_one_line() {
+    let meta = cases();
+    let seeds: Vec<Vec<u8>> = meta["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| std::fs::read(dir().join(c["image"].as_str().unwrap())).unwrap())
+        .collect();
+    // JPEG markers (SOF0/SOF2/DHT/SOS/DRI/RST0/EOI/DQT) for the mutator to splice in.
+    let dictionary = [0xFF, 0xC0, 0xFF, 0xC2, 0xFF, 0xC4, 0xFF, 0xDA, 0xFF, 0xDD, 0xFF, 0xD0, 0xFF, 0xD9, 0xFF, 0xDB];
+    let limits = common::fuzz::FuzzLimits {
+        budget: Duration::from_secs_f64(common::fuzz_secs(3.0)),
+        slow: Some(Duration::from_secs_f64(common::fuzz_slow_secs(5.0))),
+        seed: common::fuzz_seed(15),
+    };
+    let name = Path::new("mutant.jpg");
+    let (execs, accepted) = common::fuzz::fuzz(
+        "libjpeg",
+        &seeds,
+        &limits,
+        |rng, input, others| common::fuzz::mutate_bytes(rng, input, others, &dictionary),
+        |bytes| match hrk::data::imageio::decode_rgb8_bytes(bytes, name) {
+            Ok(img) => {
+                assert_eq!(img.data.len(), img.width * img.height * 3);
+                true
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                assert!(!msg.contains('\n') && msg.contains("mutant.jpg"), "bad error: {msg:?}");
+                false
+            }
+        },
+    );
+    println!("libjpeg fuzz: {execs} inputs, {accepted} decoded");
+    assert!(execs > seeds.len() as u64 && accepted >= seeds.len() as u64);
 }
