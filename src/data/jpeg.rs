@@ -33,6 +33,7 @@ unsafe fn message(cinfo: &mut sys::jpeg_common_struct) -> String {
         // bytes; the binding's `&[u8; 80]` is the same pointer ABI, so call it with a
         // mutable pointer to a buffer of the full size.
         let f: unsafe extern "C-unwind" fn(&mut sys::jpeg_common_struct, *mut u8) = unsafe { std::mem::transmute(f) };
+        // SAFETY: `cinfo` is live and `buf` holds JMSG_LENGTH_MAX bytes.
         unsafe { f(cinfo, buf.as_mut_ptr()) };
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
