@@ -103,6 +103,13 @@ pub fn decode_rgb8_bytes(bytes: &[u8], path: &Path) -> Result<Rgb8> {
     if bytes.is_empty() {
         bail!("image {}: file is empty", path.display());
     }
+    // JPEGs go through libjpeg-turbo's decoder, as in the reference (Pillow); only CMYK/YCCK
+    // files, which it hands back, fall through to the generic decoder below.
+    if super::jpeg::is_jpeg(bytes) {
+        if let Some(rgb) = super::jpeg::decode(bytes, path)? {
+            return Ok(rgb);
+        }
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| anyhow!("image {}: {}", path.display(), one_line(e)))?;

@@ -12,5 +12,6 @@ pub mod augment;
 pub mod cofw;
 pub mod dataset;
 pub mod imageio;
+pub mod jpeg;
 pub mod loader;
 pub mod sample;
