@@ -3,9 +3,11 @@
 //! `load_state_dict` detects the format by its first bytes, returns tensors in file order and
 //! strips the DataParallel `module.` prefix, so every released HRNet checkpoint style loads.
 
+pub mod onnx;
 pub mod pickle;
 pub mod pth;
 pub mod safetensors;
+pub mod tfevents;
 
 pub use safetensors::{encode_safetensors, load_safetensors, read_safetensors_bytes, save_safetensors, SafeTensors};
 
