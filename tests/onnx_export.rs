@@ -136,3 +136,23 @@ fn bad_opset_and_mismatched_weights_are_one_line_errors() {
     assert_cli_error(&out, &["model.safetensors", "head.3"]);
     assert!(!onnx.exists(), "no file written on error");
 }
+
+/// `--init-seed S` exports the official init of seed S: the same bytes as exporting that init's weights
+/// from a file; it cannot be combined with `--model-file`.
+#[test]
+fn init_seed_matches_the_saved_init() {
+    let dir = scratch("onnx-seed");
+    std::fs::write(dir.join("model.yaml"), tiny_yaml(&dir)).unwrap();
+    let cfg = dir.join("model.yaml");
+    let net = hrk::cli::common::model(&hrk::cli::common::config(&cfg).unwrap(), 4).unwrap();
+    let weights = dir.join("init.safetensors");
+    hrk::io::safetensors::save_safetensors(&weights, &net.store.state_dict(), &[]).unwrap();
+    let (a, b) = (dir.join("a.onnx"), dir.join("b.onnx"));
+    let out = hrk(&["export", "--cfg", s(&cfg), "--init-seed", "4", "--onnx", s(&a)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = hrk(&["export", "--cfg", s(&cfg), "--model-file", s(&weights), "--onnx", s(&b)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let out = hrk(&["export", "--cfg", s(&cfg), "--init-seed", "4", "--model-file", s(&weights), "--onnx", s(&a)]);
+    assert!(!out.status.success());
+}
