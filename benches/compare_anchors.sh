@@ -8,15 +8,23 @@ HRK=target/release/hrk
 CFG=experiments/wflw/face_alignment_wflw_hrnet_w18.yaml
 ORT=${HRK_SHARED:-../shared}/bench/run_ort.py
 uptime
+ORT_HRK=:
+if [ "${2:-}" = hrk-onnx ]; then
+  mkdir -p target/anchors
+  $HRK export --cfg $CFG --init-seed 0 --onnx target/anchors/hrk_w18.onnx >/dev/null || exit 1
+  ORT_HRK="python3 benches/ort_time.py --model target/anchors/hrk_w18.onnx --label ort-hrk-export"
+fi
 case "${1:-b1}" in
 b1)
   python3 "$ORT" --batch 1 --iters 10 | grep ort
+  $ORT_HRK --batch 1 --iters 10
   $HRK bench --cfg $CFG --batch 1 --iters 10
   HRK_CONV_WINOGRAD=0 $HRK bench --cfg $CFG --batch 1 --iters 10
   $HRK bench --cfg $CFG --batch 1 --iters 10 --engine graph
   python3 "$ORT" --batch 1 --iters 10 | grep ort ;;
 b8)
   python3 "$ORT" --batch 8 --iters 6 | grep ort
+  $ORT_HRK --batch 8 --iters 6
   $HRK bench --cfg $CFG --batch 8 --iters 5
   $HRK bench --cfg $CFG --batch 8 --iters 5 --engine graph
   python3 "$ORT" --batch 8 --iters 6 | grep ort ;;

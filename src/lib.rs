@@ -28,6 +28,7 @@ pub mod cuda;
 pub mod data;
 pub mod draw;
 pub mod eval;
+pub mod export;
 pub mod plot;
 pub mod synth;
 pub mod train;

@@ -268,3 +268,50 @@ fn killed_process_resumes_bit_for_bit() {
         &run_b.join("final_state.safetensors"),
     );
 }
+
+/// The events file of a 2-epoch run read back by TensorBoard's own reader (tests/python/read_tfevents.py,
+/// skipped with a printed reason without a python that has `tensorboard`): the reference's writer_dict
+/// tags plus learning rate and img/s, with their steps and values.
+#[test]
+fn tensorboard_reads_the_events_file() {
+    let dir = scratch("train-e2e-tb");
+    let out = dir.join("out");
+    let cfg = write_config(&dir, "tiny", &out, "0.002", 2, None);
+    let run = train(&opts(&cfg)).unwrap();
+    let events: Vec<_> = std::fs::read_dir(&run.out_dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents."))
+        .collect();
+    assert_eq!(events.len(), 1, "one events file in {}", run.out_dir.display());
+    let Some(python) = common::python_with("tensorboard") else { return };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_tfevents.py");
+    let res = std::process::Command::new(python).arg(script).arg(&run.out_dir).output().unwrap();
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    eprintln!("{stdout}");
+    let tags: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let series = |tag: &str| -> Vec<(i64, f64)> {
+        let v = tags[tag].as_array().unwrap_or_else(|| panic!("no scalar tag {tag}: {tags}"));
+        v.iter().map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap())).collect()
+    };
+    // 16 training images in batches of 4: 4 iterations per epoch, logged at PRINT_FREQ 2 (0 and 2).
+    let train_loss = series("train_loss");
+    assert_eq!(train_loss.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 2, 4, 6]);
+    assert!(train_loss.iter().all(|p| p.1.is_finite() && p.1 > 0.0));
+    let f32_eq = |got: f64, want: f64| (got - want).abs() <= 1e-6 * want.abs().max(1e-30);
+    for (tag, want) in [
+        ("valid_loss", run.history.iter().map(|m| m.val_loss).collect::<Vec<_>>()),
+        ("valid_nme", run.history.iter().map(|m| m.nme).collect()),
+        ("learning_rate", run.history.iter().map(|m| m.lr).collect()),
+    ] {
+        let got = series(tag);
+        assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 1], "{tag} steps");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(f32_eq(g.1, *w), "{tag}: {} vs metrics {w}", g.1);
+        }
+    }
+    let ips = series("img_per_s");
+    assert_eq!(ips.len(), 2);
+    assert!(ips.iter().all(|p| p.1 > 0.0 && p.1.is_finite()));
+}

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod common;
+pub mod export;
 pub mod logger;
 pub mod predict;
 pub mod test;
@@ -47,6 +48,8 @@ pub enum Command {
     },
     /// Time forward (and training) steps: median/min ms, img/s, GFLOP/s, peak RSS.
     Bench(bench::BenchArgs),
+    /// Write a model's inference graph as ONNX (ONNX Runtime, TensorRT, OpenVINO, …).
+    Export(export::ExportArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Test(a) => test::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Export(a) => export::run(a),
         Command::Convert { input, output } => {
             // The loader's errors already name the file.
             let n = crate::io::convert_pth_to_safetensors(&input, &output)?;

@@ -4,9 +4,11 @@
 //! strips the DataParallel `module.` prefix, so every released HRNet checkpoint style loads.
 
 pub mod dtype;
+pub mod onnx;
 pub mod pickle;
 pub mod pth;
 pub mod safetensors;
+pub mod tfevents;
 
 pub use safetensors::{encode_safetensors, load_safetensors, read_safetensors_bytes, save_safetensors, SafeTensors};
 

@@ -18,6 +18,7 @@ use crate::data::dataset::{DatasetSpec, FaceDataset};
 use crate::data::loader::{DataLoader, LoaderConfig};
 use crate::eval::EvalResult;
 use crate::host::HostTensor;
+use crate::io::tfevents::EventWriter;
 use crate::model::{HrNet, HrnetSpec};
 use crate::ops;
 use crate::optim::{Adam, Sgd};
@@ -34,6 +35,16 @@ use std::time::Instant;
 
 /// The per-epoch metrics file in the output folder.
 const METRICS: &str = "metrics.jsonl";
+
+/// A TensorBoard scalar; a failed write warns once and stops the events file (training goes on).
+fn log_scalar(events: &mut Option<EventWriter>, log: &mut Logger, tag: &str, value: f64, step: i64) {
+    if let Some(w) = events {
+        if let Err(e) = w.scalar(tag, value, step) {
+            log.info(&format!("warning: TensorBoard events stopped: {e:#}"));
+            *events = None;
+        }
+    }
+}
 
 /// Images generated for the synthetic demo when its CSVs are missing (80 % train, 20 % test).
 pub const DEFAULT_SYNTH_COUNT: usize = 1000;
@@ -219,6 +230,8 @@ pub struct EpochTraining {
     pub loss: f64,
     /// Training NME as the reference logs it, when every batch could be decoded.
     pub nme: Option<f64>,
+    /// Training images per second over the epoch.
+    pub images_per_second: f64,
 }
 
 /// One training run, step by step: `setup` (config, output folder, log, model, data sets,
@@ -245,6 +258,8 @@ pub struct Trainer {
     last_good: Option<PathBuf>,
     epochs_run: usize,
     last_predictions: Option<Vec<[f32; 2]>>,
+    /// The TensorBoard events file of this invocation (opened by `prepare`; dropped after a write error).
+    events: Option<EventWriter>,
 }
 
 impl Trainer {
@@ -315,6 +330,7 @@ impl Trainer {
             last_good: None,
             epochs_run: 0,
             last_predictions: None,
+            events: None,
         })
     }
 
@@ -397,6 +413,13 @@ impl Trainer {
         let latest = self.out_dir.join(LATEST);
         self.last_good = latest.is_file().then_some(latest);
         self.loader = Some(loader);
+        match EventWriter::create(&self.out_dir) {
+            Ok(w) => {
+                self.log.info(&format!("=> TensorBoard events: {}", w.path().display()));
+                self.events = Some(w);
+            }
+            Err(e) => self.log.info(&format!("warning: no TensorBoard events file: {e:#}")),
+        }
         Ok(())
     }
 
@@ -497,6 +520,9 @@ impl Trainer {
                     losses.val,
                     losses.avg()
                 ));
+                // The reference's writer_dict logs train_loss at the print points; hrk's step is the
+                // global iteration, so the curve stays in place across resumes.
+                log_scalar(&mut self.events, &mut self.log, "train_loss", losses.val, (epoch * n + i) as i64);
             }
             end = Instant::now();
         }
@@ -508,7 +534,8 @@ impl Trainer {
             losses.avg(),
             nme.unwrap_or(f64::NAN)
         ));
-        Ok(EpochTraining { lr, loss: losses.avg(), nme })
+        let images_per_second = losses.count / epoch_start.elapsed().as_secs_f64().max(1e-9);
+        Ok(EpochTraining { lr, loss: losses.avg(), nme, images_per_second })
     }
 
     /// Evaluates the model on the validation set (the reference's `validate`) and logs the result
@@ -576,6 +603,11 @@ impl Trainer {
             seconds: started.elapsed().as_secs_f64(),
         };
         append_metrics(&self.out_dir.join(METRICS), &m)?;
+        let step = epoch as i64;
+        self.scalar("valid_loss", m.val_loss, step);
+        self.scalar("valid_nme", m.nme, step);
+        self.scalar("learning_rate", m.lr, step);
+        self.scalar("img_per_s", trained.images_per_second, step);
         self.history.push(m);
         let col = |f: fn(&EpochMetrics) -> f64| self.history.iter().map(f).collect::<Vec<f64>>();
         let curves = pictures::write_curves(
@@ -633,6 +665,10 @@ impl Trainer {
             self.log.info(&line);
         }
         Ok(self.summary(Some(final_path)))
+    }
+
+    fn scalar(&mut self, tag: &str, value: f64, step: i64) {
+        log_scalar(&mut self.events, &mut self.log, tag, value, step);
     }
 
     fn summary(&self, final_state: Option<PathBuf>) -> TrainSummary {

@@ -55,6 +55,22 @@ pub fn data_python() -> Option<PathBuf> {
     var("HRK_PYTHON").map(PathBuf::from)
 }
 
+/// A python that imports every module of `modules` (comma-separated, e.g. "onnx, onnxruntime"):
+/// HRK_PYTHON, then /work/pyenv/bin/python, then `python3` on PATH. None prints why the caller skips.
+/// CI installs `onnx onnxruntime numpy tensorboard` so that the interop tests run there.
+pub fn python_with(modules: &str) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = data_python().into_iter().collect();
+    candidates.extend(["/work/pyenv/bin/python", "python3"].map(PathBuf::from));
+    let probe = format!("import {modules}");
+    let found = candidates
+        .into_iter()
+        .find(|p| Command::new(p).args(["-c", &probe]).output().is_ok_and(|o| o.status.success()));
+    if found.is_none() {
+        eprintln!("skipped: no python with {modules} (set HRK_PYTHON)");
+    }
+    found
+}
+
 /// HRK_FUZZ_SECS: seconds each fuzz target runs (`default` when unset).
 pub fn fuzz_secs(default: f64) -> f64 {
     env_parsed("HRK_FUZZ_SECS", default)

@@ -1,14 +1,15 @@
 //! HighResolutionNet (HRNetV2) for face alignment, built from MODEL.EXTRA-style stage specs, with the
 //! official state_dict names and the official forward order (REFERENCE.md §5).
 //!
-//! One plan (`plan.rs`) is walked by one function (`walk.rs`) with four executors: autograd (training,
-//! `HrNet::forward`), the folded CPU engine (`InferNet`), the folded GPU engine (`GpuInferNet`) and the
-//! multiply-add counter (`flops.rs`). The model keeps the folded engine it last built for evaluation,
+//! One plan (`plan.rs`) is walked by one function (`walk.rs`) with five executors: autograd (training,
+//! `HrNet::forward`), the folded CPU engine (`InferNet`), the folded GPU engine (`GpuInferNet`), the
+//! multiply-add counter (`flops.rs`) and the ONNX exporter (`exec_onnx.rs`). The model keeps the folded engine it last built for evaluation,
 //! rebuilt when its weights change.
 
 mod exec_autograd;
 mod exec_cpu;
 mod exec_gpu;
+mod exec_onnx;
 pub mod flops;
 pub mod plan;
 pub mod spec;
@@ -17,6 +18,7 @@ pub mod walk;
 pub use exec_autograd::{ActivationSink, BN_MOMENTUM};
 pub use exec_cpu::InferNet;
 pub use exec_gpu::{FusionMode, GpuInferNet};
+pub use exec_onnx::{export_onnx, OnnxOptions, DEFAULT_OPSET, OPSETS};
 pub use spec::{BlockKind, HrnetSpec, StageSpec, MAX_PARAMS};
 
 use crate::autograd::no_grad;
