@@ -210,3 +210,85 @@ fn custom_five_point_layout_trains_tests_and_flip_tests() {
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(err.contains("NORM_INDICES"), "{err}");
 }
+
+/// (image, scale, center, points) of each row of an official-layout CSV.
+type CsvRow = (String, f64, [f64; 2], Vec<[f64; 2]>);
+
+fn read_official(path: &Path) -> Vec<CsvRow> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let n: Vec<f64> = f[1..].iter().map(|x| x.parse().unwrap()).collect();
+            (f[0].to_string(), n[0], [n[1], n[2]], n[3..].chunks_exact(2).map(|p| [p[0], p[1]]).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn annotations_reproduce_the_official_center_and_scale() {
+    let dir = scratch("protocol-annotations");
+    let d = dir.path();
+    hrk::synth::generate(d, 68, 10, 9).unwrap();
+    // The synthetic CSV follows the official convention (tight landmark box, COFW rounding).
+    let official = read_official(&d.join(hrk::synth::TRAIN_CSV));
+    assert!(!official.is_empty());
+    let (mut simple, mut loose) = (String::from("image,x1,y1,x2,y2,points...\n"), String::new());
+    let mut coco_images = vec![];
+    let mut coco_anns = vec![];
+    for (i, (img, _, _, pts)) in official.iter().enumerate() {
+        let b = hrk::data::annotations::landmark_box(pts).unwrap();
+        let flat: Vec<String> = pts.iter().flat_map(|p| [p[0].to_string(), p[1].to_string()]).collect();
+        simple += &format!("{img},{},{},{},{},{}\n", b[0], b[1], b[2], b[3], flat.join(","));
+        // A detector-like box: `--box landmarks` must ignore it.
+        loose += &format!("{img},{},{},{},{},{}\n", b[0] - 7.0, b[1] - 3.0, b[2] + 11.0, b[3] + 2.0, flat.join(","));
+        coco_images.push(serde_json::json!({"id": i + 1, "file_name": img}));
+        let kp: Vec<f64> = pts.iter().flat_map(|p| [p[0], p[1], 2.0]).collect();
+        coco_anns.push(
+            serde_json::json!({"image_id": i + 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "keypoints": kp}),
+        );
+    }
+    std::fs::write(d.join("simple.csv"), simple).unwrap();
+    std::fs::write(d.join("loose.csv"), loose).unwrap();
+    let coco = serde_json::json!({"images": coco_images, "annotations": coco_anns});
+    std::fs::write(d.join("coco.json"), coco.to_string()).unwrap();
+    for (tag, flag, file, extra) in [
+        ("simple", "--csv", "simple.csv", None),
+        ("loose", "--csv", "loose.csv", Some("landmarks")),
+        ("coco", "--coco", "coco.json", None),
+    ] {
+        let out = d.join(format!("{tag}_official.csv"));
+        let input = d.join(file);
+        let mut a = vec!["annotations", flag, s(&input), "--out", s(&out)];
+        if let Some(b) = extra {
+            a.extend(["--box", b]);
+        }
+        let r = hrk(&a);
+        assert!(r.status.success(), "{tag}: {}", String::from_utf8_lossy(&r.stderr));
+        let got = read_official(&out);
+        assert_eq!(got.len(), official.len());
+        for (g, w) in got.iter().zip(&official) {
+            assert_eq!(g.0, w.0);
+            // The synthetic CSV prints scale with 3 decimals and centres with 1: exact for whole-pixel boxes.
+            assert!((g.1 - w.1).abs() < 1e-12, "{tag} {}: scale {} vs {}", g.0, g.1, w.1);
+            assert_eq!(g.2, w.2, "{tag} {}: center", g.0);
+            assert_eq!(g.3, w.3, "{tag} {}: points", g.0);
+        }
+    }
+    // The output is a dataset hrk reads.
+    let mut spec = hrk::data::dataset::DatasetSpec::new(
+        hrk::data::dataset::DatasetKind::W300,
+        d,
+        d.join("coco_official.csv"),
+        false,
+    );
+    spec.num_joints = 68;
+    assert_eq!(hrk::data::dataset::FaceDataset::open(spec).unwrap().len(), official.len());
+    // Bad input: one line naming the file.
+    std::fs::write(d.join("bad.json"), "{\"images\": []}").unwrap();
+    let r = hrk(&["annotations", "--coco", s(&d.join("bad.json")), "--out", s(&d.join("x.csv"))]);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("bad.json") && err.trim().lines().count() == 1, "{err}");
+}

@@ -680,7 +680,7 @@ impl Config {
         }
         let joints = self.model.num_joints;
         let pairs = &self.dataset.flip_pairs;
-        if pairs.len() % 2 != 0 {
+        if !pairs.len().is_multiple_of(2) {
             bail!(
                 "{}: config key DATASET.FLIP_PAIRS: needs an even number of indices (pairs), found {}",
                 at("DATASET.FLIP_PAIRS"),
@@ -700,7 +700,7 @@ impl Config {
             }
         }
         let norm = &self.dataset.norm_indices;
-        if !norm.is_empty() && norm.len() % 2 != 0 {
+        if !norm.is_empty() && !norm.len().is_multiple_of(2) {
             bail!(
                 "{}: config key DATASET.NORM_INDICES: needs two landmarks or two equal groups, found {} indices",
                 at("DATASET.NORM_INDICES"),

@@ -89,7 +89,7 @@ impl NmeNorm {
         if indices.is_empty() {
             return NmeNorm::builtin(joints);
         }
-        if indices.len() % 2 != 0 || indices.iter().any(|&k| k >= joints) {
+        if !indices.len().is_multiple_of(2) || indices.iter().any(|&k| k >= joints) {
             bail!("NORM_INDICES {indices:?}: needs an even count of landmark indices below {joints}");
         }
         if indices.len() == 2 {
