@@ -687,7 +687,8 @@ impl Config {
                 pairs.len()
             );
         }
-        let mut seen = vec![false; joints];
+        // A set, not a joints-long table: NUM_JOINTS is not bounded yet at this point.
+        let mut seen = std::collections::HashSet::new();
         for (i, &k) in pairs.iter().enumerate() {
             if k >= joints {
                 bail!(
@@ -695,7 +696,7 @@ impl Config {
                     at("DATASET.FLIP_PAIRS")
                 );
             }
-            if std::mem::replace(&mut seen[k], true) {
+            if !seen.insert(k) {
                 bail!("{}: config key DATASET.FLIP_PAIRS[{i}]: landmark {k} appears twice", at("DATASET.FLIP_PAIRS"));
             }
         }
