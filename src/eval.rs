@@ -2,12 +2,13 @@
 //! test-mode crops (no flip, no augmentation), one forward pass in eval mode under `no_grad`,
 //! `decode_preds` on the model's heatmap size, per-image NME, the logged summary and the mean
 //! MSE loss against the heatmap targets. Used by `hrk test` and by the trainer's validation, so
-//! it prints nothing.
+//! it prints nothing. [`TestOptions`] adds the opt-in test-time options of issue #15 (flip test,
+//! heatmap shift, DARK decoding); the default is the reference protocol.
 
-use crate::data::codec::decode_preds;
+use crate::data::codec::{decode_preds_with, DecodeMode};
 use crate::data::dataset::FaceDataset;
 use crate::data::loader::{build_batch, Batch};
-use crate::data::metrics::{compute_nme, Summary};
+use crate::data::metrics::{compute_nme_with, NmeNorm, Summary};
 use crate::data::sample::SampleMeta;
 use crate::model::HrNet;
 use anyhow::{anyhow, bail, Result};
@@ -53,6 +54,119 @@ impl EvalResult {
     }
 }
 
+/// Test-time options (TEST.FLIP_TEST, TEST.SHIFT_HEATMAP, TEST.DECODE); `Default` is the reference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestOptions {
+    /// Average with the flipped-back heatmaps of the horizontally flipped crop.
+    pub flip_test: bool,
+    /// Shift the flipped-back heatmaps one column right before averaging (flip test only).
+    pub shift_heatmap: bool,
+    /// Sub-pixel refinement after the argmax.
+    pub decode: DecodeMode,
+}
+
+impl TestOptions {
+    /// The TEST.* keys of a (validated) config.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<TestOptions> {
+        Ok(TestOptions {
+            flip_test: cfg.test.flip_test,
+            shift_heatmap: cfg.test.shift_heatmap,
+            decode: cfg.test.decode.parse().map_err(|e| anyhow!("config key TEST.DECODE: {e}"))?,
+        })
+    }
+
+    /// A short label for logs and metrics.json.
+    pub fn describe(&self) -> String {
+        let mut s = format!("decode={}", self.decode.name());
+        if self.flip_test {
+            s += if self.shift_heatmap { " flip_test shift_heatmap" } else { " flip_test" };
+        }
+        s
+    }
+}
+
+/// An NCHW batch mirrored along W (the flipped crop: `np.flip(input, 3)` of the HRNet pose code).
+pub fn flip_input_w(input: &[f32], shape: [usize; 4]) -> Result<Vec<f32>> {
+    let [n, c, h, w] = shape;
+    if n * c * h * w != input.len() {
+        bail!("flip test: input has {} values, expected {n}x{c}x{h}x{w}", input.len());
+    }
+    let mut out = vec![0f32; input.len()];
+    for (src, dst) in input.chunks_exact(w.max(1)).zip(out.chunks_exact_mut(w.max(1))) {
+        for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+            *d = *s;
+        }
+    }
+    Ok(out)
+}
+
+/// The flip test's merge, in place: `heatmaps = (heatmaps + back) · 0.5` where `back` is `flipped`
+/// mirrored along W with the `pairs` channels swapped and, with `shift`, moved one column right
+/// (column 0 keeps its own value). float32 like the pose code's torch tensors.
+pub fn flip_back_average(
+    heatmaps: &mut [f32],
+    flipped: &[f32],
+    shape: [usize; 4],
+    pairs: &[(usize, usize)],
+    shift: bool,
+) -> Result<()> {
+    let [n, joints, h, w] = shape;
+    let per = h * w;
+    if heatmaps.len() != n * joints * per || flipped.len() != heatmaps.len() {
+        bail!("flip test: heatmaps {} and {} values for {n}x{joints}x{h}x{w}", heatmaps.len(), flipped.len());
+    }
+    // partner[j] = the flipped output channel that becomes joint j.
+    let mut partner: Vec<usize> = (0..joints).collect();
+    for &(a, b) in pairs {
+        if a >= joints || b >= joints {
+            bail!("flip test: pair ({a}, {b}) out of range for {joints} landmarks");
+        }
+        partner.swap(a, b);
+    }
+    let mut back = vec![0f32; w];
+    for b in 0..n {
+        for (j, &pj) in partner.iter().enumerate() {
+            let src = &flipped[(b * joints + pj) * per..(b * joints + pj + 1) * per];
+            let dst = &mut heatmaps[(b * joints + j) * per..(b * joints + j + 1) * per];
+            for y in 0..h {
+                let row = &src[y * w..(y + 1) * w];
+                for (x, v) in back.iter_mut().enumerate() {
+                    *v = row[w - 1 - x];
+                }
+                if shift && w > 1 {
+                    back.copy_within(0..w - 1, 1);
+                }
+                for (d, v) in dst[y * w..(y + 1) * w].iter_mut().zip(&back) {
+                    *d = (*d + *v) * 0.5f32;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The heatmaps used for decoding: one forward pass, or with `opts.flip_test` the average with the
+/// flipped crop's flipped-back maps (`pairs`: the dataset's mirrored landmarks).
+pub fn test_heatmaps(
+    net: &mut HrNet,
+    input: Vec<f32>,
+    shape: [usize; 4],
+    opts: &TestOptions,
+    pairs: &[(usize, usize)],
+) -> Result<(Vec<f32>, [usize; 4])> {
+    if !opts.flip_test {
+        return forward_heatmaps(net, input, shape);
+    }
+    let flipped_input = flip_input_w(&input, shape)?;
+    let (mut hm, hshape) = forward_heatmaps(net, input, shape)?;
+    let (hf, fshape) = forward_heatmaps(net, flipped_input, shape)?;
+    if fshape != hshape {
+        bail!("flip test: heatmap shapes {hshape:?} and {fshape:?} differ");
+    }
+    flip_back_average(&mut hm, &hf, hshape, pairs, opts.shift_heatmap)?;
+    Ok((hm, hshape))
+}
+
 /// Decodes a batch of heatmaps (`[n, joints, h, w]`) with each sample's center/scale and scores
 /// them against the samples' original landmarks: (points, per-image NME).
 pub fn decode_and_score(
@@ -60,13 +174,25 @@ pub fn decode_and_score(
     shape: [usize; 4],
     metas: &[SampleMeta],
 ) -> Result<(Vec<[f32; 2]>, Vec<f64>)> {
+    let norm = NmeNorm::builtin(shape[1])?;
+    decode_and_score_with(heatmaps, shape, metas, DecodeMode::Quarter, &norm)
+}
+
+/// [`decode_and_score`] with a decode mode and an NME normaliser (custom layouts).
+pub fn decode_and_score_with(
+    heatmaps: &[f32],
+    shape: [usize; 4],
+    metas: &[SampleMeta],
+    mode: DecodeMode,
+    norm: &NmeNorm,
+) -> Result<(Vec<[f32; 2]>, Vec<f64>)> {
     let [n, joints, h, w] = shape;
     if metas.len() != n {
         bail!("evaluate: {} samples for a heatmap batch of {n}", metas.len());
     }
     let centers: Vec<[f32; 2]> = metas.iter().map(|m| m.center).collect();
     let scales: Vec<f64> = metas.iter().map(|m| m.scale).collect();
-    let preds = decode_preds(heatmaps, n, joints, h, w, &centers, &scales)?;
+    let preds = decode_preds_with(heatmaps, n, joints, h, w, &centers, &scales, mode)?;
     let mut gts = Vec::with_capacity(n * joints);
     for m in metas {
         if m.pts.len() != joints {
@@ -75,7 +201,7 @@ pub fn decode_and_score(
         gts.extend_from_slice(&m.pts);
     }
     let boxes: Option<Vec<f64>> = metas.iter().map(|m| m.box_size).collect();
-    let nme = compute_nme(&preds, &gts, joints, boxes.as_deref())?;
+    let nme = compute_nme_with(&preds, &gts, joints, norm, boxes.as_deref())?;
     Ok((preds, nme))
 }
 
@@ -100,6 +226,17 @@ fn squared_error_sum(a: &[f32], b: &[f32]) -> f64 {
 /// Runs the model over `dataset` (which should be opened with `is_train = false`) in batches of
 /// `batch`; `threads` > 0 builds batches on that many background threads while the model runs.
 pub fn evaluate(net: &mut HrNet, dataset: &FaceDataset, batch: usize, threads: usize) -> Result<EvalResult> {
+    evaluate_with(net, dataset, batch, threads, &TestOptions::default())
+}
+
+/// [`evaluate`] with test-time options (flip test, DARK decoding).
+pub fn evaluate_with(
+    net: &mut HrNet,
+    dataset: &FaceDataset,
+    batch: usize,
+    threads: usize,
+    opts: &TestOptions,
+) -> Result<EvalResult> {
     if batch == 0 {
         bail!("evaluate {}: batch size must be positive", dataset.spec.annotations.display());
     }
@@ -117,6 +254,13 @@ pub fn evaluate(net: &mut HrNet, dataset: &FaceDataset, batch: usize, threads: u
     let indices: Vec<usize> = (0..dataset.len()).collect();
     let chunks: Vec<&[usize]> = indices.chunks(batch).collect();
     let joints = dataset.spec.num_joints;
+    let ann = dataset.spec.annotations.display();
+    let norm = dataset.spec.nme_norm().map_err(|e| anyhow!("evaluate {ann}: {e}"))?;
+    let pairs = if opts.flip_test {
+        dataset.spec.mirror_pairs().map_err(|e| anyhow!("evaluate {ann} with the flip test: {e}"))?
+    } else {
+        Vec::new()
+    };
 
     let mut predictions = Vec::with_capacity(dataset.len() * joints);
     let mut nme = Vec::with_capacity(dataset.len());
@@ -124,7 +268,7 @@ pub fn evaluate(net: &mut HrNet, dataset: &FaceDataset, batch: usize, threads: u
     let started = Instant::now();
 
     let mut consume = |b: Batch| -> Result<()> {
-        let (heatmaps, shape) = forward_heatmaps(net, b.input, b.input_shape)?;
+        let (heatmaps, shape) = test_heatmaps(net, b.input, b.input_shape, opts, &pairs)?;
         if shape != b.target_shape {
             bail!(
                 "evaluate {}: the model outputs heatmaps {:?}, MODEL.HEATMAP_SIZE / NUM_JOINTS give {:?} (check IMAGE_SIZE vs HEATMAP_SIZE)",
@@ -135,7 +279,7 @@ pub fn evaluate(net: &mut HrNet, dataset: &FaceDataset, batch: usize, threads: u
         }
         let per_image = b.target_shape[1] * b.target_shape[2] * b.target_shape[3];
         loss_sum += squared_error_sum(&heatmaps, &b.target) / per_image.max(1) as f64;
-        let (p, e) = decode_and_score(&heatmaps, shape, &b.metas)?;
+        let (p, e) = decode_and_score_with(&heatmaps, shape, &b.metas, opts.decode, &norm)?;
         predictions.extend(p);
         nme.extend(e);
         Ok(())

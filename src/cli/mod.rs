@@ -46,6 +46,22 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Convert COCO keypoint JSON or a simple `image,x1,y1,x2,y2,x0,y0,...` CSV to the official CSV.
+    Annotations {
+        /// COCO keypoints JSON (images + annotations with bbox and keypoints).
+        #[arg(long, conflicts_with = "csv", required_unless_present = "csv")]
+        coco: Option<PathBuf>,
+        /// Simple CSV: image,x1,y1,x2,y2 then x,y per landmark.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Output official CSV.
+        #[arg(long)]
+        out: PathBuf,
+        /// Center/scale from the given face box (`given`) or the tight landmark box (`landmarks`,
+        /// the official datasets' choice).
+        #[arg(long = "box", default_value = "given", value_parser = ["given", "landmarks"])]
+        box_from: String,
+    },
     /// Time forward (and training) steps: median/min ms, img/s, GFLOP/s, peak RSS.
     Bench(bench::BenchArgs),
     /// Write a model's inference graph as ONNX (ONNX Runtime, TensorRT, OpenVINO, …).
@@ -64,6 +80,26 @@ pub fn run(cli: Cli) -> Result<()> {
             // The loader's errors already name the file.
             let n = crate::io::convert_pth_to_safetensors(&input, &output)?;
             println!("wrote {} tensors to {}", n, output.display());
+            Ok(())
+        }
+        Command::Annotations { coco, csv, out, box_from } => {
+            use crate::data::annotations as ann;
+            let (path, coco_input) = match (coco, csv) {
+                (Some(p), _) => (p, true),
+                (None, Some(p)) => (p, false),
+                (None, None) => anyhow::bail!("hrk annotations: give --coco FILE or --csv FILE"),
+            };
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let shown = path.display().to_string();
+            let mut rows =
+                if coco_input { ann::from_coco(&text, &shown)? } else { ann::from_simple_csv(&text, &shown)? };
+            if box_from == "landmarks" {
+                ann::use_landmark_boxes(&mut rows)?;
+            }
+            std::fs::write(&out, ann::to_official_csv(&rows))
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            println!("wrote {} faces to {}", rows.len(), out.display());
             Ok(())
         }
         Command::Synth { out, joints, count, seed } => {

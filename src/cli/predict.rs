@@ -6,13 +6,13 @@
 //! overlay PNG per image; coordinates are original-image pixels.
 
 use crate::data::augment::Augmentation;
-use crate::data::codec::decode_preds;
+use crate::data::codec::decode_preds_with;
 use crate::data::dataset::{Annotations, FaceDataset};
 use crate::data::image::Image;
 use crate::data::imageio::load_image;
 use crate::data::sample::normalize_into;
 use crate::data::transforms::crop;
-use crate::eval::forward_heatmaps;
+use crate::eval::{test_heatmaps, TestOptions};
 use crate::model::HrNet;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -47,6 +47,8 @@ pub struct PredictArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub options: super::common::TestOptionArgs,
 }
 
 /// A face box in pixels.
@@ -110,6 +112,8 @@ fn predict_one(
     center: [f32; 2],
     scale: f64,
     image_size: [usize; 2],
+    opts: &TestOptions,
+    pairs: &[(usize, usize)],
 ) -> Result<Vec<[f32; 2]>> {
     let c = crop(img, center, scale, image_size, 0.0)?;
     if c.height != image_size[0] || c.width != image_size[1] {
@@ -117,8 +121,8 @@ fn predict_one(
     }
     let mut input = vec![0f32; 3 * image_size[0] * image_size[1]];
     normalize_into(&c, &mut input)?;
-    let (hm, [n, j, h, w]) = forward_heatmaps(net, input, [1, 3, image_size[0], image_size[1]])?;
-    decode_preds(&hm, n, j, h, w, &[center], &[scale])
+    let (hm, [n, j, h, w]) = test_heatmaps(net, input, [1, 3, image_size[0], image_size[1]], opts, pairs)?;
+    decode_preds_with(&hm, n, j, h, w, &[center], &[scale], opts.decode)
 }
 
 fn overlay_path(out: &Path, image: &Path, used: &mut Vec<String>) -> PathBuf {
@@ -215,6 +219,12 @@ pub fn run(args: PredictArgs) -> Result<()> {
     super::common::load_weights(&mut net, &args.model_file)?;
     net.to_device(&device)?;
     let image_size = cfg.model.image_size;
+    let opts = args.options.resolve(&cfg)?;
+    let pairs = if opts.flip_test {
+        super::common::dataset_spec(&cfg, false, None)?.mirror_pairs().context("--flip-test")?
+    } else {
+        Vec::new()
+    };
     let out = args.out.clone().unwrap_or_else(|| cfg.output_dir_for(&args.cfg).join("predict"));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
 
@@ -234,7 +244,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
             }
             None => ([img.width as f32 / 2.0, img.height as f32 / 2.0], img.width.max(img.height) as f64 / 200.0),
         };
-        let points = predict_one(&mut net, &img, center, scale, image_size)
+        let points = predict_one(&mut net, &img, center, scale, image_size, &opts, &pairs)
             .with_context(|| format!("image {}", path.display()))?;
         let overlay = overlay_path(&out, path, &mut used);
         crate::draw::save_overlay(&overlay, &img, &points, args.labels)?;
@@ -260,9 +270,10 @@ pub fn run(args: PredictArgs) -> Result<()> {
         let mut target = vec![0f32; ds.target_len()];
         for i in 0..ds.len() {
             let meta = ds.fill_sample(i, &Augmentation::NONE, &mut input, &mut target)?;
-            let (hm, [n, j, h, w]) = forward_heatmaps(&mut net, input.clone(), [1, 3, image_size[0], image_size[1]])?;
-            let points =
-                decode_preds(&hm, n, j, h, w, &[meta.center], &[meta.scale]).with_context(|| ds.describe(i))?;
+            let (hm, [n, j, h, w]) =
+                test_heatmaps(&mut net, input.clone(), [1, 3, image_size[0], image_size[1]], &opts, &pairs)?;
+            let points = decode_preds_with(&hm, n, j, h, w, &[meta.center], &[meta.scale], opts.decode)
+                .with_context(|| ds.describe(i))?;
             let img = ds.source_image(i, false)?;
             let image = match &ds.annotations {
                 Annotations::Csv(r) => r[i].image_path.clone(),

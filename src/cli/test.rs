@@ -3,7 +3,7 @@
 //! predictions (CSV + safetensors), `metrics.json` and a CED plot.
 
 use crate::data::dataset::{Annotations, FaceDataset};
-use crate::eval::{evaluate, EvalResult};
+use crate::eval::{evaluate_with, EvalResult, TestOptions};
 use crate::host::{HostData, HostTensor};
 use crate::plot::{ced_points, save_chart, Chart, Series};
 use anyhow::{bail, Context, Result};
@@ -34,6 +34,8 @@ pub struct TestArgs {
     /// Threads preparing batches (default: min(WORKERS, 4)).
     #[arg(long)]
     pub workers: Option<usize>,
+    #[command(flatten)]
+    pub options: super::common::TestOptionArgs,
 }
 
 /// One evaluated annotation file.
@@ -102,7 +104,7 @@ fn write_predictions(out: &Path, name: &str, ds: &FaceDataset, r: &EvalResult) -
     crate::io::safetensors::save_safetensors(&out.join(format!("predictions_{name}.safetensors")), &tensors, &meta)
 }
 
-fn metrics_json(subsets: &[Subset], model_file: &Path) -> serde_json::Value {
+fn metrics_json(subsets: &[Subset], model_file: &Path, opts: &TestOptions) -> serde_json::Value {
     let rows: Vec<serde_json::Value> = subsets
         .iter()
         .map(|s| {
@@ -124,6 +126,11 @@ fn metrics_json(subsets: &[Subset], model_file: &Path) -> serde_json::Value {
     serde_json::json!({
         "model_file": model_file.display().to_string(),
         "units": "fractions (multiply by 100 for the README's percent)",
+        "test_options": {
+            "flip_test": opts.flip_test,
+            "shift_heatmap": opts.shift_heatmap,
+            "decode": opts.decode.name(),
+        },
         "subsets": rows,
     })
 }
@@ -134,6 +141,10 @@ pub fn run(args: TestArgs) -> Result<()> {
     let mut net = super::common::model(&cfg, 0)?;
     super::common::load_weights(&mut net, &args.model_file)?;
     net.to_device(&device)?;
+    let opts = args.options.resolve(&cfg)?;
+    if opts != TestOptions::default() {
+        println!("test-time options: {}", opts.describe());
+    }
     let batch = args.batch.unwrap_or_else(|| cfg.test_batch_size()).max(1);
     let workers = args.workers.unwrap_or_else(|| cfg.workers.min(4));
     let files: Vec<PathBuf> =
@@ -150,7 +161,8 @@ pub fn run(args: TestArgs) -> Result<()> {
     for (file, name) in files.iter().zip(subset_names(&files)) {
         let spec = super::common::dataset_spec(&cfg, false, Some(file))?;
         let ds = FaceDataset::open(spec)?;
-        let result = evaluate(&mut net, &ds, batch, workers).with_context(|| format!("test set {}", file.display()))?;
+        let result = evaluate_with(&mut net, &ds, batch, workers, &opts)
+            .with_context(|| format!("test set {}", file.display()))?;
         let m = &result.summary;
         if files.len() > 1 {
             println!("[{name}] {} images", result.len());
@@ -182,7 +194,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     }
 
     let json_path = out.join("metrics.json");
-    let text = serde_json::to_string_pretty(&metrics_json(&subsets, &args.model_file))?;
+    let text = serde_json::to_string_pretty(&metrics_json(&subsets, &args.model_file, &opts))?;
     std::fs::write(&json_path, text + "\n").with_context(|| format!("cannot write {}", json_path.display()))?;
 
     let series: Vec<Series> =

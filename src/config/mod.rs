@@ -166,6 +166,13 @@ config_section! {
         "SCALE_FACTOR" scale_factor: f64 = 0.25,
         /// Degrees; an int in the reference schema.
         "ROT_FACTOR" rot_factor: i64 = 30,
+        /// hrk extension: mirrored landmark pairs as a flat 0-based list `[a0, b0, a1, b1, ...]`,
+        /// swapped in that order after a horizontal flip; empty = the built-in table of the
+        /// official layouts (98/68/29/19 points).
+        "FLIP_PAIRS" flip_pairs: Vec<usize> = Vec::new(),
+        /// hrk extension: the NME normaliser, 0-based: `[a, b]` = distance of landmarks a and b,
+        /// or `[a1..ak, b1..bk]` = distance of the means of the two halves; empty = built-in.
+        "NORM_INDICES" norm_indices: Vec<usize> = Vec::new(),
     }
 }
 
@@ -193,6 +200,12 @@ config_section! {
     #[derive(Debug, Clone, PartialEq)]
     pub struct TestConfig {
         "BATCH_SIZE_PER_GPU" batch_size_per_gpu: usize = 32,
+        /// hrk extension: average with the flipped crop's flipped-back heatmaps.
+        "FLIP_TEST" flip_test: bool = false,
+        /// hrk extension: shift the flipped-back heatmaps one column right (HRNet pose code).
+        "SHIFT_HEATMAP" shift_heatmap: bool = false,
+        /// hrk extension: sub-pixel refinement, 'quarter' (the reference) or 'dark'.
+        "DECODE" decode: String = "quarter".to_owned(),
     }
 }
 
@@ -662,6 +675,46 @@ impl Config {
         }
         positive("TRAIN.BATCH_SIZE_PER_GPU", self.train.batch_size_per_gpu)?;
         positive("TEST.BATCH_SIZE_PER_GPU", self.test.batch_size_per_gpu)?;
+        if let Err(e) = self.test.decode.parse::<crate::data::codec::DecodeMode>() {
+            bail!("{}: config key TEST.DECODE: {e}", at("TEST.DECODE"));
+        }
+        let joints = self.model.num_joints;
+        let pairs = &self.dataset.flip_pairs;
+        if !pairs.len().is_multiple_of(2) {
+            bail!(
+                "{}: config key DATASET.FLIP_PAIRS: needs an even number of indices (pairs), found {}",
+                at("DATASET.FLIP_PAIRS"),
+                pairs.len()
+            );
+        }
+        // A set, not a joints-long table: NUM_JOINTS is not bounded yet at this point.
+        let mut seen = std::collections::HashSet::new();
+        for (i, &k) in pairs.iter().enumerate() {
+            if k >= joints {
+                bail!(
+                    "{}: config key DATASET.FLIP_PAIRS[{i}]: index {k} is not below MODEL.NUM_JOINTS {joints}",
+                    at("DATASET.FLIP_PAIRS")
+                );
+            }
+            if !seen.insert(k) {
+                bail!("{}: config key DATASET.FLIP_PAIRS[{i}]: landmark {k} appears twice", at("DATASET.FLIP_PAIRS"));
+            }
+        }
+        let norm = &self.dataset.norm_indices;
+        if !norm.is_empty() && !norm.len().is_multiple_of(2) {
+            bail!(
+                "{}: config key DATASET.NORM_INDICES: needs two landmarks or two equal groups, found {} indices",
+                at("DATASET.NORM_INDICES"),
+                norm.len()
+            );
+        }
+        if let Some(i) = norm.iter().position(|&k| k >= joints) {
+            bail!(
+                "{}: config key DATASET.NORM_INDICES[{i}]: index {} is not below MODEL.NUM_JOINTS {joints}",
+                at("DATASET.NORM_INDICES"),
+                norm[i]
+            );
+        }
         Ok(())
     }
 

@@ -77,6 +77,10 @@ pub struct DatasetSpec {
     pub num_joints: usize,
     /// MODEL.TARGET_TYPE ('Gaussian'; anything else is the Cauchy-like target).
     pub target_type: String,
+    /// DATASET.FLIP_PAIRS (hrk extension): mirrored pairs, 0-based; None = the built-in table.
+    pub flip_pairs: Option<Vec<(usize, usize)>>,
+    /// DATASET.NORM_INDICES (hrk extension): the NME normaliser's landmarks; None = built-in.
+    pub norm_indices: Option<Vec<usize>>,
 }
 
 impl DatasetSpec {
@@ -96,7 +100,22 @@ impl DatasetSpec {
             flip: true,
             num_joints: kind.default_joints(),
             target_type: "Gaussian".to_string(),
+            flip_pairs: None,
+            norm_indices: None,
         }
+    }
+
+    /// The mirrored pairs of this layout: DATASET.FLIP_PAIRS, else the official table for the count.
+    pub fn mirror_pairs(&self) -> Result<Vec<(usize, usize)>> {
+        match &self.flip_pairs {
+            Some(p) => Ok(p.clone()),
+            None => Ok(crate::data::flip::mirror_pairs(self.num_joints)?.to_vec()),
+        }
+    }
+
+    /// The NME normaliser of this layout: DATASET.NORM_INDICES, else the official one for the count.
+    pub fn nme_norm(&self) -> Result<crate::data::metrics::NmeNorm> {
+        crate::data::metrics::NmeNorm::from_indices(self.norm_indices.as_deref().unwrap_or(&[]), self.num_joints)
     }
 
     /// The train (`is_train`) or test set a config describes: DATASET.* and the MODEL.* sizes;
@@ -118,6 +137,12 @@ impl DatasetSpec {
         spec.flip = cfg.dataset.flip;
         spec.num_joints = cfg.model.num_joints;
         spec.target_type = cfg.model.target_type.clone();
+        if !cfg.dataset.flip_pairs.is_empty() {
+            spec.flip_pairs = Some(cfg.dataset.flip_pairs.chunks_exact(2).map(|p| (p[0], p[1])).collect());
+        }
+        if !cfg.dataset.norm_indices.is_empty() {
+            spec.norm_indices = Some(cfg.dataset.norm_indices.clone());
+        }
         Ok(spec)
     }
 }

@@ -111,14 +111,23 @@ pub fn mirror_pairs(joints: usize) -> Result<&'static [(usize, usize)]> {
         68 => &W300_PAIRS,
         29 => &COFW_PAIRS,
         19 => &AFLW_PAIRS,
-        _ => bail!("flip: no mirror pairs for {joints} landmarks (expected 98, 68, 29 or 19)"),
+        _ => bail!(
+            "flip: no mirror pairs for {joints} landmarks (official layouts: 98, 68, 29, 19; set DATASET.FLIP_PAIRS)"
+        ),
     })
 }
 
 /// `fliplr_joints(pts, width, dataset)` in place: `x → width − x` (float64), then swap every
 /// mirrored pair in order. The pair table is chosen by `pts.len()`.
 pub fn fliplr_joints(pts: &mut [[f64; 2]], width: usize) -> Result<()> {
-    let pairs = mirror_pairs(pts.len())?;
+    fliplr_joints_with(pts, width, mirror_pairs(pts.len())?)
+}
+
+/// [`fliplr_joints`] with an explicit pair table (DATASET.FLIP_PAIRS).
+pub fn fliplr_joints_with(pts: &mut [[f64; 2]], width: usize, pairs: &[(usize, usize)]) -> Result<()> {
+    if let Some(&(a, b)) = pairs.iter().find(|&&(a, b)| a >= pts.len() || b >= pts.len()) {
+        bail!("flip: pair ({a}, {b}) out of range for {} landmarks", pts.len());
+    }
     let w = width as f64;
     for p in pts.iter_mut() {
         p[0] = w - p[0];

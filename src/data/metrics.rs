@@ -61,6 +61,45 @@ pub fn nme_pair(joints: usize) -> Option<(usize, usize)> {
     }
 }
 
+/// What normalises the NME of one image.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NmeNorm {
+    /// Distance of two ground-truth landmarks (0-based): the official 98/68/29 layouts.
+    Pair(usize, usize),
+    /// Distance of the means of two landmark groups (DATASET.NORM_INDICES with more than 2 entries).
+    Groups(Vec<usize>, Vec<usize>),
+    /// The per-image box size (AFLW CSV column 2).
+    BoxSize,
+}
+
+impl NmeNorm {
+    /// The official normaliser for a landmark count: 98/68/29 eye corners, 19 (AFLW) the box size.
+    pub fn builtin(joints: usize) -> Result<NmeNorm> {
+        match (nme_pair(joints), joints) {
+            (Some((a, b)), _) => Ok(NmeNorm::Pair(a, b)),
+            (None, 19) => Ok(NmeNorm::BoxSize),
+            _ => bail!(
+                "compute_nme: no built-in normaliser for {joints} landmarks (official layouts: 98, 68, 29, 19); set DATASET.NORM_INDICES"
+            ),
+        }
+    }
+
+    /// DATASET.NORM_INDICES: `[a, b]` or two equal-length groups; empty = [`NmeNorm::builtin`].
+    pub fn from_indices(indices: &[usize], joints: usize) -> Result<NmeNorm> {
+        if indices.is_empty() {
+            return NmeNorm::builtin(joints);
+        }
+        if !indices.len().is_multiple_of(2) || indices.iter().any(|&k| k >= joints) {
+            bail!("NORM_INDICES {indices:?}: needs an even count of landmark indices below {joints}");
+        }
+        if indices.len() == 2 {
+            return Ok(NmeNorm::Pair(indices[0], indices[1]));
+        }
+        let (a, b) = indices.split_at(indices.len() / 2);
+        Ok(NmeNorm::Groups(a.to_vec(), b.to_vec()))
+    }
+}
+
 /// Per-image NME: `Σ_j ‖pred_j − gt_j‖ / (d·J)`. `preds`/`gts` are `n·joints` points.
 /// d = ‖gt[a] − gt[b]‖ for 98/68/29 landmarks (outer eye corners), `box_sizes` (AFLW CSV
 /// column 2, float64) for 19. float32 norms and sum, float64 division, as the reference.
@@ -68,17 +107,37 @@ pub fn compute_nme(preds: &[[f32; 2]], gts: &[[f32; 2]], joints: usize, box_size
     if joints == 0 || preds.len() != gts.len() || !preds.len().is_multiple_of(joints) {
         bail!("compute_nme: {} predictions and {} ground-truth points for {joints} landmarks", preds.len(), gts.len());
     }
-    let n = preds.len() / joints;
-    let pair = nme_pair(joints);
-    if pair.is_none() && joints != 19 {
+    if nme_pair(joints).is_none() && joints != 19 {
         bail!("compute_nme: number of landmarks is wrong ({joints}; expected 98, 68, 29 or 19)");
     }
-    if joints == 19 {
-        match box_sizes {
+    compute_nme_with(preds, gts, joints, &NmeNorm::builtin(joints)?, box_sizes)
+}
+
+/// [`compute_nme`] with an explicit normaliser (any landmark count).
+pub fn compute_nme_with(
+    preds: &[[f32; 2]],
+    gts: &[[f32; 2]],
+    joints: usize,
+    norm: &NmeNorm,
+    box_sizes: Option<&[f64]>,
+) -> Result<Vec<f64>> {
+    if joints == 0 || preds.len() != gts.len() || !preds.len().is_multiple_of(joints) {
+        bail!("compute_nme: {} predictions and {} ground-truth points for {joints} landmarks", preds.len(), gts.len());
+    }
+    let n = preds.len() / joints;
+    match norm {
+        NmeNorm::BoxSize => match box_sizes {
             Some(b) if b.len() == n => {}
             Some(b) => bail!("compute_nme: {} box sizes for {n} images", b.len()),
             None => bail!("compute_nme: 19 landmarks (AFLW) need the box sizes"),
+        },
+        NmeNorm::Pair(a, b) if *a >= joints || *b >= joints => {
+            bail!("compute_nme: normaliser landmarks {a}, {b} for {joints} landmarks")
         }
+        NmeNorm::Groups(a, b) if a.is_empty() || a.iter().chain(b).any(|&k| k >= joints) => {
+            bail!("compute_nme: normaliser groups {a:?}, {b:?} for {joints} landmarks")
+        }
+        _ => {}
     }
     let mut out = Vec::with_capacity(n);
     let mut norms = vec![0f32; joints];
@@ -91,15 +150,27 @@ pub fn compute_nme(preds: &[[f32; 2]], gts: &[[f32; 2]], joints: usize, box_size
             norms[j] = (dx * dx + dy * dy).sqrt();
         }
         let s = np_sum(&norms) as f64;
-        let v = match pair {
-            Some((a, b)) => {
-                let vx = g[a][0] - g[b][0];
-                let vy = g[a][1] - g[b][1];
+        let v = match norm {
+            NmeNorm::Pair(a, b) => {
+                let vx = g[*a][0] - g[*b][0];
+                let vy = g[*a][1] - g[*b][1];
                 let io = (vx * vx + vy * vy).sqrt();
                 // NumPy 1.x: float32 * int -> float64
                 s / (io as f64 * joints as f64)
             }
-            None => {
+            NmeNorm::Groups(a, b) => {
+                // Not in the reference: group means in float64.
+                let mean = |grp: &[usize]| {
+                    let k = grp.len() as f64;
+                    let sx: f64 = grp.iter().map(|&j| g[j][0] as f64).sum();
+                    let sy: f64 = grp.iter().map(|&j| g[j][1] as f64).sum();
+                    [sx / k, sy / k]
+                };
+                let (ma, mb) = (mean(a), mean(b));
+                let io = ((ma[0] - mb[0]).powi(2) + (ma[1] - mb[1]).powi(2)).sqrt();
+                s / (io * joints as f64)
+            }
+            NmeNorm::BoxSize => {
                 let boxes = box_sizes.unwrap_or(&[]);
                 // torch: sum / (box·19) on a float64 tensor = reciprocal(box·19)·sum
                 (1.0 / (boxes[i] * joints as f64)) * s

@@ -1,6 +1,7 @@
 //! Data pipeline of the official HRNet face code, reproduced bit for bit: geometry and crop
 //! (scipy.misc + Pillow semantics), the heatmap codec (targets and decoding), flips and evaluation metrics.
 
+pub mod annotations;
 pub mod codec;
 pub mod flip;
 pub mod image;

@@ -7,7 +7,7 @@ use super::augment::{sample_augmentation, Augmentation};
 use super::codec::HeatmapCodec;
 use super::dataset::DatasetKind;
 use super::dataset::{Annotations, FaceDataset};
-use super::flip::fliplr_joints;
+use super::flip::fliplr_joints_with;
 use super::image::Image;
 use super::imageio::{decode_rgb8_opts, rgb8_to_image, Rgb8};
 use super::transforms::{crop_rgb8, InputType};
@@ -167,7 +167,8 @@ impl FaceDataset {
         }
         let img = self.source_rgb8(index)?;
         if aug.flip {
-            fliplr_joints(&mut pts, img.width).map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
+            let pairs = spec.mirror_pairs().map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
+            fliplr_joints_with(&mut pts, img.width, &pairs).map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
             center[0] = img.width as f32 - center[0];
         }
         let cropped = crop_rgb8(&img, aug.flip, self.crop_input_type(), center, scale, spec.image_size, aug.rot)

@@ -1,7 +1,9 @@
 //! Decoding: `decode_preds` of the official code (`lib/core/evaluation.py`): first argmax per map
 //! (1-based), quarter-pixel shift towards the larger neighbour, +0.5, then the inverse
 //! transform with the torch arithmetic of a float64 `scale` tensor. Everything as float32
-//! except the transform (float64).
+//! except the transform (float64). The opt-in [`DecodeMode::Dark`] (TEST.DECODE: dark) replaces
+//! only the quarter-pixel step by DARK's Taylor refinement (Zhang et al., CVPR 2020), in float64
+//! like mmpose (its padded map is a float64 `np.zeros`).
 
 use anyhow::{bail, Result};
 
@@ -56,6 +58,129 @@ pub fn refine_coords(map: &[f32], h: usize, w: usize, res: [usize; 2]) -> [f32; 
     [c[0] + 0.5f32, c[1] + 0.5f32]
 }
 
+/// How a heatmap's sub-pixel position is refined after the argmax (TEST.DECODE).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecodeMode {
+    /// The reference: a quarter pixel towards the larger neighbour.
+    #[default]
+    Quarter,
+    /// DARK: Gaussian blur, log, second-order Taylor step around the argmax.
+    Dark,
+}
+
+impl std::str::FromStr for DecodeMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "quarter" => Ok(DecodeMode::Quarter),
+            "dark" => Ok(DecodeMode::Dark),
+            _ => bail!("decode mode {s:?}: expected quarter or dark"),
+        }
+    }
+}
+
+impl DecodeMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeMode::Quarter => "quarter",
+            DecodeMode::Dark => "dark",
+        }
+    }
+}
+
+/// OpenCV's `getGaussianKernel(11, 0)`: σ = 0.3·((11−1)/2 − 1) + 0.8 = 2.0, normalised to sum 1.
+fn dark_kernel() -> [f64; 11] {
+    let sigma = 0.3 * ((11.0 - 1.0) * 0.5 - 1.0) + 0.8;
+    let mut k = [0f64; 11];
+    let mut sum = 0.0;
+    for (i, v) in k.iter_mut().enumerate() {
+        let x = i as f64 - 5.0;
+        *v = (-(x * x) / (2.0 * sigma * sigma)).exp();
+        sum += *v;
+    }
+    k.iter_mut().for_each(|v| *v /= sum);
+    k
+}
+
+/// The blurred map of DARK: zero-pad by 5, 11×11 Gaussian (σ 2), crop back. Zero padding as wide as
+/// the kernel radius means the reflect-101 border of the padded map never reaches the kept region,
+/// so a separable blur with zeros outside the map is the same filter.
+pub fn dark_blur(map: &[f32], h: usize, w: usize) -> Vec<f64> {
+    let k = dark_kernel();
+    let mut rows = vec![0f64; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let mut acc = 0.0;
+            for (t, kv) in k.iter().enumerate() {
+                let xx = x as isize + t as isize - 5;
+                if xx >= 0 && (xx as usize) < w {
+                    acc += kv * map[y * w + xx as usize] as f64;
+                }
+            }
+            rows[y * w + x] = acc;
+        }
+    }
+    let mut out = vec![0f64; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let mut acc = 0.0;
+            for (t, kv) in k.iter().enumerate() {
+                let yy = y as isize + t as isize - 5;
+                if yy >= 0 && (yy as usize) < h {
+                    acc += kv * rows[yy as usize * w + x];
+                }
+            }
+            out[y * w + x] = acc;
+        }
+    }
+    out
+}
+
+/// DARK's heatmap coordinates (1-based argmax + Taylor offset + 0.5, before the inverse transform).
+/// Maps whose maximum is <= 0 (or NaN) keep the reference's result; a peak within 2 cells of the
+/// border, a non-positive blurred maximum or a singular Hessian get no offset.
+pub fn dark_coords(map: &[f32], h: usize, w: usize, res: [usize; 2]) -> [f64; 2] {
+    let c = argmax_1based(map, w);
+    if c == [0.0, 0.0] || map.len() != h * w {
+        let q = refine_coords(map, h, w, res);
+        return [q[0] as f64, q[1] as f64];
+    }
+    let (x, y) = (c[0] as usize - 1, c[1] as usize - 1);
+    let mut out = [c[0] as f64, c[1] as f64];
+    if 1 < x && x + 2 < w && 1 < y && y + 2 < h {
+        let orig_max = map.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let blurred = dark_blur(map, h, w);
+        let bmax = blurred.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+        if bmax > 0.0 {
+            let s = orig_max / bmax;
+            let l = |yy: usize, xx: usize| (blurred[yy * w + xx] * s).max(1e-10).ln();
+            let dx = 0.5 * (l(y, x + 1) - l(y, x - 1));
+            let dy = 0.5 * (l(y + 1, x) - l(y - 1, x));
+            let dxx = 0.25 * (l(y, x + 2) - 2.0 * l(y, x) + l(y, x - 2));
+            let dyy = 0.25 * (l(y + 2, x) - 2.0 * l(y, x) + l(y - 2, x));
+            let dxy = 0.25 * (l(y + 1, x + 1) - l(y - 1, x + 1) - l(y + 1, x - 1) + l(y - 1, x - 1));
+            let det = dxx * dyy - dxy * dxy;
+            if det != 0.0 && det.is_finite() {
+                // −H⁻¹·g with H⁻¹ = [[dyy, −dxy], [−dxy, dxx]] / det.
+                out[0] -= (dyy * dx - dxy * dy) / det;
+                out[1] -= (dxx * dy - dxy * dx) / det;
+            }
+        }
+    }
+    [out[0] + 0.5, out[1] + 0.5]
+}
+
+/// Heatmap coordinates (before the inverse transform) of one map with the chosen refinement.
+pub fn heatmap_coords(map: &[f32], h: usize, w: usize, res: [usize; 2], mode: DecodeMode) -> [f64; 2] {
+    match mode {
+        DecodeMode::Quarter => {
+            let c = refine_coords(map, h, w, res);
+            [c[0] as f64, c[1] as f64]
+        }
+        DecodeMode::Dark => dark_coords(map, h, w, res),
+    }
+}
+
 /// `decode_preds(output, center, scale, [h, w])` for `heatmaps` laid out `[n, joints, h, w]`:
 /// returns `n·joints` points (integer-valued, original image pixels). `scales` are float64 and
 /// already include the ×1.25 enlargement.
@@ -67,6 +192,21 @@ pub fn decode_preds(
     w: usize,
     centers: &[[f32; 2]],
     scales: &[f64],
+) -> Result<Vec<[f32; 2]>> {
+    decode_preds_with(heatmaps, n, joints, h, w, centers, scales, DecodeMode::Quarter)
+}
+
+/// [`decode_preds`] with the sub-pixel refinement `mode`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_preds_with(
+    heatmaps: &[f32],
+    n: usize,
+    joints: usize,
+    h: usize,
+    w: usize,
+    centers: &[[f32; 2]],
+    scales: &[f64],
+    mode: DecodeMode,
 ) -> Result<Vec<[f32; 2]>> {
     let per = h.checked_mul(w).filter(|&p| p > 0);
     let Some(per) = per else { bail!("decode_preds: bad heatmap size {h}x{w}") };
@@ -82,8 +222,8 @@ pub fn decode_preds(
     for b in 0..n {
         for j in 0..joints {
             let off = (b * joints + j) * per;
-            let c = refine_coords(&heatmaps[off..off + per], h, w, res);
-            let p = transform_pixel_tensor_scale([c[0] as f64, c[1] as f64], centers[b], scales[b], res, true, 0.0);
+            let c = heatmap_coords(&heatmaps[off..off + per], h, w, res, mode);
+            let p = transform_pixel_tensor_scale(c, centers[b], scales[b], res, true, 0.0);
             out.push([p[0] as f32, p[1] as f32]);
         }
     }

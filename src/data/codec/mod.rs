@@ -5,7 +5,9 @@
 mod decode;
 mod encode;
 
-pub use decode::{argmax_1based, decode_preds, refine_coords};
+pub use decode::{
+    argmax_1based, dark_blur, dark_coords, decode_preds, decode_preds_with, heatmap_coords, refine_coords, DecodeMode,
+};
 pub use encode::{exp_f32, gaussian_patch, generate_target, generate_target_cauchy};
 
 use crate::data::dataset::DatasetSpec;

@@ -1,0 +1,188 @@
+//! `hrk annotations`: other annotation formats → the official WFLW/300W CSV
+//! (`image,scale,center_w,center_h,x0,y0,...`). The official center/scale convention
+//! (REFERENCE §3.1, issue #3): for a face box (x1, y1, x2, y2), `center = ((x1+x2)/2, (y1+y2)/2)`
+//! and `scale = max(x2−x1, y2−y1) / 200`. Without a box, the tight landmark box with the COFW
+//! rounding rule `(floor(min x), floor(min y), ceil(max x), ceil(max y))` is used, which gives the
+//! .0/.5 centres and whole-pixel sides of the published CSVs.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::fmt::Write as _;
+
+/// One face in the official CSV layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OfficialRow {
+    pub image: String,
+    pub center: [f64; 2],
+    pub scale: f64,
+    /// Landmarks (x, y); a missing one is written as (-1, -1), which the datasets skip (y <= 0).
+    pub pts: Vec<[f64; 2]>,
+}
+
+/// Center and scale of a face box `[x1, y1, x2, y2]` (the official convention).
+pub fn box_center_scale(b: [f64; 4]) -> ([f64; 2], f64) {
+    ([(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0], (b[2] - b[0]).max(b[3] - b[1]) / 200.0)
+}
+
+/// The tight landmark box with the COFW rounding rule; points with y <= 0 (missing) are ignored.
+pub fn landmark_box(pts: &[[f64; 2]]) -> Option<[f64; 4]> {
+    let present: Vec<&[f64; 2]> = pts.iter().filter(|p| p[1] > 0.0).collect();
+    if present.is_empty() {
+        return None;
+    }
+    let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
+    for p in present {
+        for k in 0..2 {
+            lo[k] = lo[k].min(p[k]);
+            hi[k] = hi[k].max(p[k]);
+        }
+    }
+    Some([lo[0].floor(), lo[1].floor(), hi[0].ceil(), hi[1].ceil()])
+}
+
+/// Where a row's box comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BoxSource {
+    /// The input's face box (COCO `bbox`, the CSV's x1,y1,x2,y2).
+    Given,
+    /// The tight landmark box (what the official CSVs use).
+    Landmarks,
+}
+
+fn row(image: String, given: [f64; 4], pts: Vec<[f64; 2]>, src: BoxSource, what: &str) -> Result<OfficialRow> {
+    let b = match src {
+        BoxSource::Given => given,
+        BoxSource::Landmarks => landmark_box(&pts).ok_or_else(|| anyhow!("{what}: no visible landmark"))?,
+    };
+    if !b.iter().all(|v| v.is_finite()) || b[2] <= b[0] || b[3] <= b[1] {
+        bail!("{what}: face box {b:?} is empty or not finite (need x2 > x1, y2 > y1)");
+    }
+    let (center, scale) = box_center_scale(b);
+    Ok(OfficialRow { image, center, scale, pts })
+}
+
+/// COCO keypoints JSON: `images[{id, file_name}]`, `annotations[{image_id, bbox: [x, y, w, h],
+/// keypoints: [x, y, v, ...]}]`; keypoints with v = 0 are missing.
+pub fn from_coco(text: &str, source: &str) -> Result<Vec<OfficialRow>> {
+    let v: serde_json::Value = serde_json::from_str(text).with_context(|| format!("{source}: not valid JSON"))?;
+    let images = v["images"].as_array().ok_or_else(|| anyhow!("{source}: no 'images' array"))?;
+    let mut names = std::collections::HashMap::new();
+    for (i, im) in images.iter().enumerate() {
+        let id = im["id"].as_i64().ok_or_else(|| anyhow!("{source}: images[{i}].id is not an integer"))?;
+        let name =
+            im["file_name"].as_str().ok_or_else(|| anyhow!("{source}: images[{i}].file_name is not a string"))?;
+        names.insert(id, name.to_string());
+    }
+    let anns = v["annotations"].as_array().ok_or_else(|| anyhow!("{source}: no 'annotations' array"))?;
+    let mut rows = Vec::with_capacity(anns.len());
+    let mut joints = None;
+    for (i, a) in anns.iter().enumerate() {
+        let what = format!("{source}: annotations[{i}]");
+        let id = a["image_id"].as_i64().ok_or_else(|| anyhow!("{what}.image_id is not an integer"))?;
+        let image = names.get(&id).ok_or_else(|| anyhow!("{what}: image_id {id} is not in 'images'"))?.clone();
+        let nums = |key: &str| -> Result<Vec<f64>> {
+            a[key]
+                .as_array()
+                .ok_or_else(|| anyhow!("{what}.{key} is not an array"))?
+                .iter()
+                .map(|x| x.as_f64().ok_or_else(|| anyhow!("{what}.{key} has a non-number")))
+                .collect()
+        };
+        let kp = nums("keypoints")?;
+        if kp.is_empty() || !kp.len().is_multiple_of(3) {
+            bail!("{what}.keypoints: {} values, expected x,y,v triples", kp.len());
+        }
+        if *joints.get_or_insert(kp.len() / 3) != kp.len() / 3 {
+            bail!("{what}.keypoints: {} points, earlier annotations have {}", kp.len() / 3, joints.unwrap_or(0));
+        }
+        let pts: Vec<[f64; 2]> =
+            kp.chunks_exact(3).map(|t| if t[2] > 0.0 { [t[0], t[1]] } else { [-1.0, -1.0] }).collect();
+        let (given, src) = match nums("bbox") {
+            Ok(b) if b.len() == 4 => ([b[0], b[1], b[0] + b[2], b[1] + b[3]], BoxSource::Given),
+            Ok(b) => bail!("{what}.bbox: {} values, expected [x, y, w, h]", b.len()),
+            Err(_) if a.get("bbox").is_none() => ([0.0; 4], BoxSource::Landmarks),
+            Err(e) => return Err(e),
+        };
+        rows.push(row(image, given, pts, src, &what)?);
+    }
+    Ok(rows)
+}
+
+/// A simple CSV `image,x1,y1,x2,y2,x0,y0,x1,y1,...` (a header line is skipped when its second
+/// field is not a number).
+pub fn from_simple_csv(text: &str, source: &str) -> Result<Vec<OfficialRow>> {
+    let mut rows = Vec::new();
+    let mut joints = None;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        if i == 0 && f.get(1).is_some_and(|s| s.parse::<f64>().is_err()) {
+            continue;
+        }
+        let what = format!("{source}:{}", i + 1);
+        if f.len() < 7 || !(f.len() - 5).is_multiple_of(2) {
+            bail!("{what}: {} fields, expected image,x1,y1,x2,y2 and x,y pairs", f.len());
+        }
+        let nums: Vec<f64> = f[1..]
+            .iter()
+            .enumerate()
+            .map(|(k, s)| s.parse::<f64>().map_err(|_| anyhow!("{what}: field {} {s:?} is not a number", k + 2)))
+            .collect::<Result<_>>()?;
+        let pts: Vec<[f64; 2]> = nums[4..].chunks_exact(2).map(|p| [p[0], p[1]]).collect();
+        if *joints.get_or_insert(pts.len()) != pts.len() {
+            bail!("{what}: {} landmarks, earlier rows have {}", pts.len(), joints.unwrap_or(0));
+        }
+        rows.push(row(f[0].to_string(), [nums[0], nums[1], nums[2], nums[3]], pts, BoxSource::Given, &what)?);
+    }
+    Ok(rows)
+}
+
+/// Recomputes every row's center/scale from its landmarks (`--box landmarks`).
+pub fn use_landmark_boxes(rows: &mut [OfficialRow]) -> Result<()> {
+    for r in rows.iter_mut() {
+        let b = landmark_box(&r.pts).ok_or_else(|| anyhow!("{}: no visible landmark", r.image))?;
+        (r.center, r.scale) = box_center_scale(b);
+    }
+    Ok(())
+}
+
+/// The official CSV text (header as in the released files: `image_name,scale,center_w,center_h,
+/// original_0_x,original_0_y,...`).
+pub fn to_official_csv(rows: &[OfficialRow]) -> String {
+    let joints = rows.first().map_or(0, |r| r.pts.len());
+    let mut s = String::from("image_name,scale,center_w,center_h");
+    for k in 0..joints {
+        let _ = write!(s, ",original_{k}_x,original_{k}_y");
+    }
+    s.push('\n');
+    for r in rows {
+        let name = if r.image.contains([',', '"']) {
+            format!("\"{}\"", r.image.replace('"', "\"\""))
+        } else {
+            r.image.clone()
+        };
+        let _ = write!(s, "{name},{},{},{}", r.scale, r.center[0], r.center[1]);
+        for p in &r.pts {
+            let _ = write!(s, ",{},{}", p[0], p[1]);
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn box_convention() {
+        // The published 300W-style values: center (56.5, 101.5), scale 0.385 ← a 77-pixel box.
+        let (c, s) = box_center_scale([18.0, 63.0, 95.0, 140.0]);
+        assert_eq!(c, [56.5, 101.5]);
+        assert!((s - 0.385).abs() < 1e-12);
+        assert_eq!(landmark_box(&[[10.2, 20.7], [30.9, 25.1], [5.0, -1.0]]), Some([10.0, 20.0, 31.0, 26.0]));
+        assert!(from_simple_csv("a.jpg,5,5,1,1,2,2", "x.csv").unwrap_err().to_string().contains("x.csv:1"));
+    }
+}
