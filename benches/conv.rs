@@ -72,7 +72,7 @@ fn cpu_rate(flop: u64, mut f: impl FnMut()) -> f64 {
 }
 
 fn conv(c: &mut Criterion) {
-    let cpu_mode = std::env::var("HRK_BENCH_CPU").is_ok_and(|v| v == "1");
+    let cpu_mode = hrk::switches::bench_cpu();
     // Space-separated words that must all occur in the id (criterion takes one filter argument).
     let filter: Vec<String> = std::env::args()
         .skip(1)

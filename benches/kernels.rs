@@ -748,7 +748,7 @@ fn cuda_device() -> std::result::Result<GpuDevice, String> {
 
 fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let rungs = std::env::var("HRK_BENCH_RUNGS").unwrap_or_else(|_| "cpu,emu,cuda".to_string());
+    let rungs = hrk::switches::bench_rungs();
     let want = |r: &str| rungs.split(',').any(|x| x.trim() == r);
     println!(
         "kernels bench: cpu roofline {CPU_PEAK_GFLOPS} GFLOP/s (PERFORMANCE.md) or, for memory-bound kernels, a host copy of the same bytes measured now ({:.1} GB/s for 256 MiB); {} threads",

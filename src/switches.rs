@@ -137,6 +137,10 @@ switches! {
     fn emu_device_memory() -> Option<usize> { "HRK_EMU_DEVICE_MEMORY", "a size like 64M", default "unlimited" => None, some_size }
     /// 1 runs emulated GPU threads as OS threads instead of fibers (always so under TSan).
     fn emu_os_threads() -> bool { "HRK_EMU_OS_THREADS", "0\\|1", default "0" => false, flag }
+    /// `cargo bench --bench kernels`: the rungs to time, comma-separated.
+    fn bench_rungs() -> String { "HRK_BENCH_RUNGS", "cpu,emu,cuda", default "cpu,emu,cuda" => "cpu,emu,cuda".to_string(), path }
+    /// `cargo bench --bench conv`: 1 reports GFLOP per CPU-second instead of wall-clock rates.
+    fn bench_cpu() -> bool { "HRK_BENCH_CPU", "0\\|1", default "0" => false, flag }
 }
 
 /// Variables read by build.rs or by the tests only (not by the library), for README's table check.
@@ -157,7 +161,7 @@ pub const BUILD_AND_TEST: &[&str] = &[
     "HRK_CRASH_SEED",
     "HRK_CRASH_KILLS",
     "HRK_KEEP_TEST_OUTPUT",
-    "HRK_BENCH_RUNGS",
+    "HRK_PYTHON",
 ];
 
 #[cfg(test)]

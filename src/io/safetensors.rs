@@ -148,8 +148,9 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<SafeTensors> {
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
             .ok_or_else(|| anyhow!("tensor '{name}': shape {shape:?} overflows"))?;
-        let nbytes =
-            numel.checked_mul(dtype.elem_size() as u64).ok_or_else(|| anyhow!("tensor '{name}': byte size overflows"))?;
+        let nbytes = numel
+            .checked_mul(dtype.elem_size() as u64)
+            .ok_or_else(|| anyhow!("tensor '{name}': byte size overflows"))?;
         if end < begin || end > data.len() as u64 {
             bail!("tensor '{name}': data_offsets [{begin}, {end}] outside the {}-byte data section", data.len());
         }

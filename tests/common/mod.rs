@@ -62,6 +62,12 @@ pub fn python_with(modules: &str) -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = data_python().into_iter().collect();
     candidates.extend(["/work/pyenv/bin/python", "python3"].map(PathBuf::from));
     let probe = format!("import {modules}");
+    // An interpreter named by HRK_PYTHON (CI sets it) must have the modules: a failure, not a skip.
+    if let Some(p) = data_python() {
+        let ok = Command::new(&p).args(["-c", &probe]).output().is_ok_and(|o| o.status.success());
+        assert!(ok, "HRK_PYTHON={} cannot import {modules}", p.display());
+        return Some(p);
+    }
     let found = candidates
         .into_iter()
         .find(|p| Command::new(p).args(["-c", &probe]).output().is_ok_and(|o| o.status.success()));
