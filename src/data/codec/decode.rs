@@ -107,27 +107,22 @@ fn dark_kernel() -> [f64; 11] {
 /// so a separable blur with zeros outside the map is the same filter.
 pub fn dark_blur(map: &[f32], h: usize, w: usize) -> Vec<f64> {
     let k = dark_kernel();
-    let mut rows = vec![0f64; h * w];
-    for y in 0..h {
-        for x in 0..w {
-            let mut acc = 0.0;
-            for (t, kv) in k.iter().enumerate() {
-                let xx = x as isize + t as isize - 5;
-                if xx >= 0 && (xx as usize) < w {
-                    acc += kv * map[y * w + xx as usize] as f64;
-                }
-            }
-            rows[y * w + x] = acc;
-        }
-    }
+    let map: Vec<f64> = map.iter().map(|&v| v as f64).collect();
+    let rows = blur_along(&map, [h, w], &k, [0, 1]);
+    blur_along(&rows, [h, w], &k, [1, 0])
+}
+
+/// One pass of the separable blur along the axis `step` = [dy, dx], zeros outside the map.
+fn blur_along(src: &[f64], [h, w]: [usize; 2], k: &[f64], [dy, dx]: [isize; 2]) -> Vec<f64> {
     let mut out = vec![0f64; h * w];
     for y in 0..h {
         for x in 0..w {
             let mut acc = 0.0;
             for (t, kv) in k.iter().enumerate() {
-                let yy = y as isize + t as isize - 5;
-                if yy >= 0 && (yy as usize) < h {
-                    acc += kv * rows[yy as usize * w + x];
+                let off = t as isize - 5;
+                let (yy, xx) = (y as isize + off * dy, x as isize + off * dx);
+                if yy >= 0 && (yy as usize) < h && xx >= 0 && (xx as usize) < w {
+                    acc += kv * src[yy as usize * w + xx as usize];
                 }
             }
             out[y * w + x] = acc;
