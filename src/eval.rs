@@ -104,11 +104,7 @@ pub fn flip_input_w(input: &[f32], shape: [usize; 4]) -> Result<Vec<f32>> {
 /// mirrored along W with the `pairs` channels swapped and, with `shift`, moved one column right
 /// (column 0 keeps its own value). float32 like the pose code's torch tensors.
 pub fn flip_back_average(
-    heatmaps: &mut [f32],
-    flipped: &[f32],
-    shape: [usize; 4],
-    pairs: &[(usize, usize)],
-    shift: bool,
+    heatmaps: &mut [f32], flipped: &[f32], shape: [usize; 4], pairs: &[(usize, usize)], shift: bool,
 ) -> Result<()> {
     let [n, joints, h, w] = shape;
     let per = h * w;
@@ -148,11 +144,7 @@ pub fn flip_back_average(
 /// The heatmaps used for decoding: one forward pass, or with `opts.flip_test` the average with the
 /// flipped crop's flipped-back maps (`pairs`: the dataset's mirrored landmarks).
 pub fn test_heatmaps(
-    net: &mut HrNet,
-    input: Vec<f32>,
-    shape: [usize; 4],
-    opts: &TestOptions,
-    pairs: &[(usize, usize)],
+    net: &mut HrNet, input: Vec<f32>, shape: [usize; 4], opts: &TestOptions, pairs: &[(usize, usize)],
 ) -> Result<(Vec<f32>, [usize; 4])> {
     if !opts.flip_test {
         return forward_heatmaps(net, input, shape);
@@ -170,9 +162,7 @@ pub fn test_heatmaps(
 /// Decodes a batch of heatmaps (`[n, joints, h, w]`) with each sample's center/scale and scores
 /// them against the samples' original landmarks: (points, per-image NME).
 pub fn decode_and_score(
-    heatmaps: &[f32],
-    shape: [usize; 4],
-    metas: &[SampleMeta],
+    heatmaps: &[f32], shape: [usize; 4], metas: &[SampleMeta],
 ) -> Result<(Vec<[f32; 2]>, Vec<f64>)> {
     let norm = NmeNorm::builtin(shape[1])?;
     decode_and_score_with(heatmaps, shape, metas, DecodeMode::Quarter, &norm)
@@ -180,11 +170,7 @@ pub fn decode_and_score(
 
 /// [`decode_and_score`] with a decode mode and an NME normaliser (custom layouts).
 pub fn decode_and_score_with(
-    heatmaps: &[f32],
-    shape: [usize; 4],
-    metas: &[SampleMeta],
-    mode: DecodeMode,
-    norm: &NmeNorm,
+    heatmaps: &[f32], shape: [usize; 4], metas: &[SampleMeta], mode: DecodeMode, norm: &NmeNorm,
 ) -> Result<(Vec<[f32; 2]>, Vec<f64>)> {
     let [n, joints, h, w] = shape;
     if metas.len() != n {
@@ -231,11 +217,7 @@ pub fn evaluate(net: &mut HrNet, dataset: &FaceDataset, batch: usize, threads: u
 
 /// [`evaluate`] with test-time options (flip test, DARK decoding).
 pub fn evaluate_with(
-    net: &mut HrNet,
-    dataset: &FaceDataset,
-    batch: usize,
-    threads: usize,
-    opts: &TestOptions,
+    net: &mut HrNet, dataset: &FaceDataset, batch: usize, threads: usize, opts: &TestOptions,
 ) -> Result<EvalResult> {
     if batch == 0 {
         bail!("evaluate {}: batch size must be positive", dataset.spec.annotations.display());

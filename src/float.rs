@@ -34,20 +34,8 @@ pub trait Float:
     /// decides which operand it packs as its LHS.
     #[allow(clippy::too_many_arguments)]
     fn gemm(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: &mut [Self],
-        dst_rs: isize,
-        dst_cs: isize,
-        accumulate: bool,
-        lhs: &[Self],
-        lhs_rs: isize,
-        lhs_cs: isize,
-        rhs: &[Self],
-        rhs_rs: isize,
-        rhs_cs: isize,
-        threads: usize,
+        m: usize, n: usize, k: usize, dst: &mut [Self], dst_rs: isize, dst_cs: isize, accumulate: bool, lhs: &[Self],
+        lhs_rs: isize, lhs_cs: isize, rhs: &[Self], rhs_rs: isize, rhs_cs: isize, threads: usize,
     ) {
         if m == 0 || n == 0 {
             return;

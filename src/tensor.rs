@@ -490,10 +490,7 @@ impl Tensor {
 
     /// Builds an op's output and, when grad mode is on and an input needs a gradient, records the op.
     pub(crate) fn from_op(
-        shape: Vec<usize>,
-        storage: Storage,
-        op: impl BackwardOp + 'static,
-        inputs: &[&Tensor],
+        shape: Vec<usize>, storage: Storage, op: impl BackwardOp + 'static, inputs: &[&Tensor],
     ) -> Tensor {
         Tensor::from_op_using_output(shape, storage, |_| op, inputs)
     }
@@ -501,19 +498,13 @@ impl Tensor {
     /// Like `from_op`, for ops whose backward reads their own output (`make` gets a detached view
     /// sharing the output's storage, so nothing is copied).
     pub(crate) fn from_op_using_output<O: BackwardOp + 'static>(
-        shape: Vec<usize>,
-        storage: Storage,
-        make: impl FnOnce(Tensor) -> O,
-        inputs: &[&Tensor],
+        shape: Vec<usize>, storage: Storage, make: impl FnOnce(Tensor) -> O, inputs: &[&Tensor],
     ) -> Tensor {
         Tensor::from_op_shared(shape, Arc::new(storage), make, inputs)
     }
 
     fn from_op_shared<O: BackwardOp + 'static>(
-        shape: Vec<usize>,
-        storage: Arc<Storage>,
-        make: impl FnOnce(Tensor) -> O,
-        inputs: &[&Tensor],
+        shape: Vec<usize>, storage: Arc<Storage>, make: impl FnOnce(Tensor) -> O, inputs: &[&Tensor],
     ) -> Tensor {
         let needs = autograd::grad_enabled() && inputs.iter().any(|t| t.requires_grad);
         let mut out = Tensor { id: fresh_id(), shape, storage, requires_grad: needs, node: None };

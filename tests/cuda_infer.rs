@@ -24,10 +24,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Takes this file's one-at-a-time lock, then builds the tiny 5-landmark net (`seed`, weights randomized
 /// with `values_seed`) and an input of `shape` (`input_seed`).
 fn setup(
-    seed: u64,
-    values_seed: u64,
-    shape: [usize; 4],
-    input_seed: u64,
+    seed: u64, values_seed: u64, shape: [usize; 4], input_seed: u64,
 ) -> (std::sync::MutexGuard<'static, ()>, HrNet, Vec<f32>) {
     let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut net = HrNet::new(&tiny_spec(5), seed).unwrap();

@@ -400,11 +400,7 @@ fn bad_images_give_one_line_errors() {
 /// Writes a MATLAB v7.3 COFW-style file with hdf5-pure's MAT builder: a cell array of uint8
 /// images (column-major, MATLAB dims H×W[×3]) and an N×87 double matrix.
 fn write_cofw(
-    path: &Path,
-    img_var: &str,
-    phis_var: &str,
-    images: &[(usize, usize, usize, Vec<u8>)],
-    phis_rows: &[Vec<f64>],
+    path: &Path, img_var: &str, phis_var: &str, images: &[(usize, usize, usize, Vec<u8>)], phis_rows: &[Vec<f64>],
 ) {
     use hdf5_pure::mat::{options::Options, MatBuilder};
     let mut mb = MatBuilder::new(Options::default());

@@ -316,11 +316,7 @@ fn model_body(dir: &Path, dev: &Device, side: Option<usize>) -> Groups {
 /// forward, train forward + MSE loss + backward (with the input's gradient, checked to be on `grad_input_on`,
 /// when that is given), the gradients, the BN running buffers, and the parameters after one `adam` step.
 fn train_step_groups(
-    net: &mut HrNet,
-    x: &Tensor,
-    target: &Tensor,
-    mut adam: Adam,
-    grad_input_on: Option<&Device>,
+    net: &mut HrNet, x: &Tensor, target: &Tensor, mut adam: Adam, grad_input_on: Option<&Device>,
 ) -> Groups {
     let mut groups = Vec::new();
     let eval = no_grad(|| net.forward(x, false)).unwrap();

@@ -29,9 +29,7 @@ fn mutate_bytes(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
 
 /// Runs `target` on seeds then mutants until the time is up. Returns (executions, accepted).
 fn fuzz(
-    name: &str,
-    seeds: &[Vec<u8>],
-    mutate: impl FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>,
+    name: &str, seeds: &[Vec<u8>], mutate: impl FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>,
     target: impl FnMut(&[u8]) -> bool,
 ) -> (u64, u64) {
     let limits = FuzzLimits {

@@ -17,14 +17,7 @@ fn max_rel(a: &[f64], b: &[f64]) -> f64 {
 
 #[allow(clippy::too_many_arguments)]
 fn naive_conv(
-    x: &[f64],
-    [n, c, h, w]: [usize; 4],
-    wt: &[f64],
-    co: usize,
-    k: usize,
-    s: usize,
-    p: usize,
-    b: Option<&[f64]>,
+    x: &[f64], [n, c, h, w]: [usize; 4], wt: &[f64], co: usize, k: usize, s: usize, p: usize, b: Option<&[f64]>,
 ) -> Vec<f64> {
     let ho = (h + 2 * p - k) / s + 1;
     let wo = (w + 2 * p - k) / s + 1;

@@ -249,11 +249,7 @@ fn generated_csvs_parse_back_in_the_official_format() {
 /// Over samples 0..`samples` of `seed` with `joints` points (skipping occluded ones where asked): (landmarks
 /// for which `hit` holds, all landmarks).
 fn count_landmarks(
-    joints: usize,
-    seed: u64,
-    samples: usize,
-    skip_occluded: bool,
-    hit: impl Fn(&synth::SynthSample, [f32; 2]) -> bool,
+    joints: usize, seed: u64, samples: usize, skip_occluded: bool, hit: impl Fn(&synth::SynthSample, [f32; 2]) -> bool,
 ) -> (usize, usize) {
     let (mut hits, mut all) = (0, 0);
     for index in 0..samples {

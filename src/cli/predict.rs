@@ -107,12 +107,7 @@ struct Prediction {
 
 /// Crop, normalise, forward and decode one face.
 fn predict_one(
-    net: &mut HrNet,
-    img: &Image,
-    center: [f32; 2],
-    scale: f64,
-    image_size: [usize; 2],
-    opts: &TestOptions,
+    net: &mut HrNet, img: &Image, center: [f32; 2], scale: f64, image_size: [usize; 2], opts: &TestOptions,
     pairs: &[(usize, usize)],
 ) -> Result<Vec<[f32; 2]>> {
     let c = crop(img, center, scale, image_size, 0.0)?;

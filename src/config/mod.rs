@@ -472,10 +472,7 @@ fn suggestion(prefix: &str, key: &str) -> String {
 
 /// yacs `_merge_a_into_b` for one mapping: `prefix` is the dotted path of the mapping.
 fn merge_map(
-    cfg: &mut Config,
-    prefix: &str,
-    entries: &[(yaml_tree::MapKey, Spanned<Node>)],
-    place: &Place,
+    cfg: &mut Config, prefix: &str, entries: &[(yaml_tree::MapKey, Spanned<Node>)], place: &Place,
     lines: &mut HashMap<String, u64>,
 ) -> Result<()> {
     for (key, value) in entries {

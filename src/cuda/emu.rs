@@ -92,9 +92,7 @@ pub fn abi_mismatches() -> Vec<String> {
 type CLayout = (String, String, usize, usize);
 
 fn compare_layouts(
-    rust: &[(&str, usize, &[FieldLayout])],
-    c: &[CLayout],
-    c_size: impl Fn(&str) -> Option<usize>,
+    rust: &[(&str, usize, &[FieldLayout])], c: &[CLayout], c_size: impl Fn(&str) -> Option<usize>,
 ) -> Vec<String> {
     let mut out = Vec::new();
     for (name, size, fields) in rust {

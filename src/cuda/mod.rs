@@ -118,12 +118,8 @@ pub fn cu_result_name(code: i32) -> String {
 
 extern "C" {
     fn hrk_cuda_probe(
-        lib: *const c_char,
-        driver_version: *mut c_int,
-        device_count: *mut c_int,
-        cu_status: *mut c_int,
-        msg: *mut c_char,
-        msg_len: usize,
+        lib: *const c_char, driver_version: *mut c_int, device_count: *mut c_int, cu_status: *mut c_int,
+        msg: *mut c_char, msg_len: usize,
     ) -> c_int;
 }
 

@@ -172,12 +172,7 @@ impl Conv2dParams {
     /// `op` names the error when a size exceeds the kernels' 32-bit indexing. Pointers are null, no epilogue,
     /// one backward-weight split.
     pub fn new(
-        op: &str,
-        [n, c_in, h, w]: [usize; 4],
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
+        op: &str, [n, c_in, h, w]: [usize; 4], c_out: usize, k: usize, stride: usize, pad: usize,
         [h_out, w_out]: [usize; 2],
     ) -> Result<Conv2dParams> {
         let i = |v| i32_of(op, v);
@@ -237,14 +232,7 @@ impl ConcatParams {
     /// Channels [c_offset, c_offset + c_part) of `whole` [n, c_whole, hw] and `part` [n, c_part, hw].
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        op: &str,
-        part: u64,
-        whole: u64,
-        n: usize,
-        c_part: usize,
-        c_whole: usize,
-        c_offset: usize,
-        hw: usize,
+        op: &str, part: u64, whole: u64, n: usize, c_part: usize, c_whole: usize, c_offset: usize, hw: usize,
     ) -> Result<ConcatParams> {
         Ok(ConcatParams {
             part,

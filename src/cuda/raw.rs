@@ -32,13 +32,7 @@ pub struct ConvEpilogue<'a> {
 
 /// Forward convolution of `x` [n, c_in, h, w] with `weight` [c_out, c_in, k, k]; returns y and its dims.
 pub fn conv2d_forward(
-    x: &GpuBuffer,
-    xd: [usize; 4],
-    weight: &GpuBuffer,
-    wd: [usize; 4],
-    stride: usize,
-    pad: usize,
-    ep: ConvEpilogue,
+    x: &GpuBuffer, xd: [usize; 4], weight: &GpuBuffer, wd: [usize; 4], stride: usize, pad: usize, ep: ConvEpilogue,
 ) -> Result<(GpuBuffer, [usize; 4])> {
     let op = "conv2d";
     let dev = x.device().clone();
@@ -97,13 +91,7 @@ pub fn bilinear_forward(x: &GpuBuffer, planes: usize, from: [usize; 2], to: [usi
 
 /// Copies `part` [n, c_part, hw] into channels [c_offset, c_offset + c_part) of `whole` [n, c_whole, hw].
 pub fn concat_into(
-    part: &GpuBuffer,
-    whole: &mut GpuBuffer,
-    n: usize,
-    c_part: usize,
-    c_whole: usize,
-    c_offset: usize,
-    hw: usize,
+    part: &GpuBuffer, whole: &mut GpuBuffer, n: usize, c_part: usize, c_whole: usize, c_offset: usize, hw: usize,
 ) -> Result<()> {
     let op = "concat";
     check_len(op, "part", part, n * c_part * hw)?;
@@ -124,10 +112,7 @@ pub struct UpTerm<'a> {
 }
 
 fn fusion_params(
-    dims: [usize; 4],
-    x: Option<&GpuBuffer>,
-    ups: &[UpTerm],
-    downs: &[&GpuBuffer],
+    dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[UpTerm], downs: &[&GpuBuffer],
 ) -> Result<FusionParams> {
     let op = "fusion";
     let [n, c, h, w] = dims;
@@ -184,10 +169,7 @@ fn fusion_device<'a>(x: Option<&'a GpuBuffer>, ups: &[UpTerm<'a>], downs: &[&'a 
 
 /// y = ReLU(x + Σ bilinear_up(ups[k] → h×w) + Σ downs[k]) in one kernel; `dims` = [n, c, h, w] of y.
 pub fn fusion_forward(
-    dims: [usize; 4],
-    x: Option<&GpuBuffer>,
-    ups: &[UpTerm],
-    downs: &[&GpuBuffer],
+    dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[UpTerm], downs: &[&GpuBuffer],
 ) -> Result<GpuBuffer> {
     let dev = fusion_device(x, ups, downs)?;
     let mut p = fusion_params(dims, x, ups, downs)?;
@@ -200,10 +182,7 @@ pub fn fusion_forward(
 
 /// The unfused reference rung of `fusion_forward`: bilinear_forward per up term, `add` per term, relu.
 pub fn fusion_forward_unfused(
-    dims: [usize; 4],
-    x: Option<&GpuBuffer>,
-    ups: &[UpTerm],
-    downs: &[&GpuBuffer],
+    dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[UpTerm], downs: &[&GpuBuffer],
 ) -> Result<GpuBuffer> {
     let dev = fusion_device(x, ups, downs)?;
     fusion_params(dims, x, ups, downs)?; // the same checks
@@ -229,10 +208,7 @@ pub fn fusion_forward_unfused(
 /// Backward of `fusion_forward` given its output `y` and the upstream gradient `dy`: returns the masked
 /// gradient g (the gradient of x and of every down term) and one gradient per up term (sizes `up_sizes`).
 pub fn fusion_backward(
-    dims: [usize; 4],
-    y: &GpuBuffer,
-    dy: &GpuBuffer,
-    up_sizes: &[[usize; 2]],
+    dims: [usize; 4], y: &GpuBuffer, dy: &GpuBuffer, up_sizes: &[[usize; 2]],
 ) -> Result<(GpuBuffer, Vec<GpuBuffer>)> {
     let op = "fusion backward";
     let dev = y.device().clone();

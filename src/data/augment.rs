@@ -39,12 +39,7 @@ pub fn draw_augmentation(rng: &mut Rng, scale_factor: f64, rot_factor: f64, flip
 
 /// The augmentation of dataset sample `index` in `epoch` for `seed`.
 pub fn sample_augmentation(
-    seed: u64,
-    epoch: u64,
-    index: usize,
-    scale_factor: f64,
-    rot_factor: f64,
-    flip_enabled: bool,
+    seed: u64, epoch: u64, index: usize, scale_factor: f64, rot_factor: f64, flip_enabled: bool,
 ) -> Augmentation {
     let mut rng = Rng::for_augment(seed, epoch, index as u64);
     draw_augmentation(&mut rng, scale_factor, rot_factor, flip_enabled)

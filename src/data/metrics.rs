@@ -115,11 +115,7 @@ pub fn compute_nme(preds: &[[f32; 2]], gts: &[[f32; 2]], joints: usize, box_size
 
 /// [`compute_nme`] with an explicit normaliser (any landmark count).
 pub fn compute_nme_with(
-    preds: &[[f32; 2]],
-    gts: &[[f32; 2]],
-    joints: usize,
-    norm: &NmeNorm,
-    box_sizes: Option<&[f64]>,
+    preds: &[[f32; 2]], gts: &[[f32; 2]], joints: usize, norm: &NmeNorm, box_sizes: Option<&[f64]>,
 ) -> Result<Vec<f64>> {
     if joints == 0 || preds.len() != gts.len() || !preds.len().is_multiple_of(joints) {
         bail!("compute_nme: {} predictions and {} ground-truth points for {joints} landmarks", preds.len(), gts.len());

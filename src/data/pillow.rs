@@ -159,11 +159,7 @@ pub fn resize_bilinear(img: &Rgb8, out_w: usize, out_h: usize) -> Result<Rgb8> {
 /// so a region is bit-identical to the same pixels of the whole resize, and only the input
 /// rows and intermediate columns it needs are computed.
 pub fn resize_bilinear_region(
-    src: RowView,
-    out_w: usize,
-    out_h: usize,
-    xr: (usize, usize),
-    yr: (usize, usize),
+    src: RowView, out_w: usize, out_h: usize, xr: (usize, usize), yr: (usize, usize),
 ) -> Result<Rgb8> {
     let img = src.img;
     if out_w == 0 || out_h == 0 || out_w > MAX_SIDE || out_h > MAX_SIDE {
@@ -332,12 +328,7 @@ pub fn affine_bilinear(img: &Rgb8, out_w: usize, out_h: usize, m: [f64; 6]) -> R
 /// [`affine_bilinear`]: each output pixel is sampled independently, so this is exactly the
 /// same region of the whole transform.
 pub fn affine_bilinear_region(
-    img: &Rgb8,
-    out_w: usize,
-    out_h: usize,
-    m: [f64; 6],
-    xr: (usize, usize),
-    yr: (usize, usize),
+    img: &Rgb8, out_w: usize, out_h: usize, m: [f64; 6], xr: (usize, usize), yr: (usize, usize),
 ) -> Result<Rgb8> {
     if out_w > MAX_SIDE || out_h > MAX_SIDE {
         bail!("pillow transform: bad output size {out_w}x{out_h}");

@@ -148,11 +148,7 @@ impl FaceDataset {
 
     /// The pipeline, writing into caller buffers (`input` [3,H,W], `target` [J,h,w]).
     pub fn fill_sample(
-        &self,
-        index: usize,
-        aug: &Augmentation,
-        input: &mut [f32],
-        target: &mut [f32],
+        &self, index: usize, aug: &Augmentation, input: &mut [f32], target: &mut [f32],
     ) -> Result<SampleMeta> {
         let ann = self.annotation(index)?;
         let (mut center, box_size) = (ann.center, ann.box_size);

@@ -78,12 +78,7 @@ fn apply(t: &Mat3, pt: [f64; 2]) -> [f64; 2] {
 
 /// The float64 point before truncation: `M·[pt0-1, pt1-1, 1]`, M = t or inv(t).
 pub fn transform_pixel_raw(
-    pt: [f64; 2],
-    center: [f32; 2],
-    scale: f64,
-    res: [usize; 2],
-    invert: bool,
-    rot: f64,
+    pt: [f64; 2], center: [f32; 2], scale: f64, res: [usize; 2], invert: bool, rot: f64,
 ) -> [f64; 2] {
     let t = get_transform(center, scale, res, rot);
     let m = if invert { invert_affine(&t) } else { t };
@@ -92,12 +87,7 @@ pub fn transform_pixel_raw(
 
 /// `transform_pixel`: `trunc(M·[pt-1, 1]) + 1` (truncation toward zero), as f64 integers.
 pub fn transform_pixel(
-    pt: [f64; 2],
-    center: [f32; 2],
-    scale: f64,
-    res: [usize; 2],
-    invert: bool,
-    rot: f64,
+    pt: [f64; 2], center: [f32; 2], scale: f64, res: [usize; 2], invert: bool, rot: f64,
 ) -> [f64; 2] {
     let q = transform_pixel_raw(pt, center, scale, res, invert, rot);
     [q[0].trunc() + 1.0, q[1].trunc() + 1.0]
@@ -105,12 +95,7 @@ pub fn transform_pixel(
 
 /// `transform_pixel(..., invert=1)` with the torch-tensor `scale` arithmetic of `decode_preds`.
 pub fn transform_pixel_tensor_scale(
-    pt: [f64; 2],
-    center: [f32; 2],
-    scale: f64,
-    res: [usize; 2],
-    invert: bool,
-    rot: f64,
+    pt: [f64; 2], center: [f32; 2], scale: f64, res: [usize; 2], invert: bool, rot: f64,
 ) -> [f64; 2] {
     let t = get_transform_tensor_scale(center, scale, res, rot);
     let m = if invert { invert_affine(&t) } else { t };
@@ -219,12 +204,7 @@ fn check_int(v: f64, what: &str) -> Result<i64> {
 /// The reference's preconditions of a crop, as one-line errors: an image of `values` = w·h·3 numbers,
 /// an output size in range, a finite center/scale/rotation and a positive scale.
 fn check_crop_request(
-    [wd, ht]: [usize; 2],
-    values: usize,
-    center: [f32; 2],
-    scale: f64,
-    res: [usize; 2],
-    rot: f64,
+    [wd, ht]: [usize; 2], values: usize, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64,
 ) -> Result<()> {
     if wd == 0 || ht == 0 || values != wd * ht * 3 {
         bail!("crop: image {}x{} has {} values (need {})", wd, ht, values, wd * ht * 3);
@@ -281,24 +261,14 @@ fn window_slices(ul: [i64; 2], br: [i64; 2], [win_w, win_h]: [i64; 2], [sw, sh]:
 /// [`crop`] with the reference's input array type (see [`InputType`]); `img` holds integers
 /// 0..255 when `input` is `Uint8`.
 pub fn crop_input(
-    img: &Image,
-    input: InputType,
-    center: [f32; 2],
-    scale: f64,
-    res: [usize; 2],
-    rot: f64,
+    img: &Image, input: InputType, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64,
 ) -> Result<Image> {
     crop_traced_input(img, input, center, scale, res, rot, &mut CropTrace::default())
 }
 
 /// [`crop`] that also records its intermediate values in `trace`.
 pub fn crop_traced(
-    img: &Image,
-    center: [f32; 2],
-    scale: f64,
-    res: [usize; 2],
-    rot: f64,
-    trace: &mut CropTrace,
+    img: &Image, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64, trace: &mut CropTrace,
 ) -> Result<Image> {
     crop_traced_input(img, InputType::Float32, center, scale, res, rot, trace)
 }
@@ -306,13 +276,7 @@ pub fn crop_traced(
 /// [`crop_input`] that also records its intermediate values in `trace`. This is the plain
 /// transcription of the reference on float arrays; [`crop_rgb8`] is the fast equivalent.
 pub fn crop_traced_input(
-    img: &Image,
-    input: InputType,
-    center: [f32; 2],
-    scale: f64,
-    res: [usize; 2],
-    rot: f64,
-    trace: &mut CropTrace,
+    img: &Image, input: InputType, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64, trace: &mut CropTrace,
 ) -> Result<Image> {
     let (wd, ht) = (img.width, img.height);
     check_crop_request([wd, ht], img.data.len(), center, scale, res, rot)?;
@@ -472,13 +436,7 @@ fn region_min_max(img: &Rgb8, flip: bool, xr: (usize, usize), yr: (usize, usize)
 /// from exact integer min/max (all intermediate arrays hold integers 0..255).
 #[allow(clippy::too_many_arguments)]
 pub fn crop_rgb8(
-    img: &Rgb8,
-    flip: bool,
-    input: InputType,
-    center: [f32; 2],
-    scale: f64,
-    res: [usize; 2],
-    rot: f64,
+    img: &Rgb8, flip: bool, input: InputType, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64,
 ) -> Result<Rgb8> {
     let (wd, ht) = (img.width, img.height);
     check_crop_request([wd, ht], img.data.len(), center, scale, res, rot)?;

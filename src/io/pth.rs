@@ -78,10 +78,7 @@ fn load_zip(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
 /// Reads one zip entry if present, refusing declared sizes above `max` or impossible for the
 /// archive size before allocating.
 fn read_entry_opt(
-    zip: &mut zip::ZipArchive<Cursor<&[u8]>>,
-    name: &str,
-    max: u64,
-    archive_len: usize,
+    zip: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str, max: u64, archive_len: usize,
 ) -> Result<Option<Vec<u8>>> {
     let mut f = match zip.by_name(name) {
         Ok(f) => f,
@@ -170,9 +167,7 @@ fn storage_nbytes(s: &StorageRef) -> Result<u64> {
 /// and integer types to i64. The total output is bounded relative to the input size so that
 /// stride-0 tricks cannot blow up memory.
 fn materialize(
-    u: &Unpickled,
-    records: &HashMap<String, Cow<[u8]>>,
-    input_len: usize,
+    u: &Unpickled, records: &HashMap<String, Cow<[u8]>>, input_len: usize,
 ) -> Result<Vec<(String, HostTensor)>> {
     let mut budget = (input_len as u64).saturating_mul(4).saturating_add(1 << 20);
     let mut out = Vec::with_capacity(u.entries.len());

@@ -9,13 +9,8 @@ use crate::tensor::{Storage, Tensor};
 use anyhow::{anyhow, Result};
 
 fn step(
-    kernel: &'static Kernel<OptimParams>,
-    param: &mut Tensor,
-    grad: &Storage,
-    h: &Hyper,
-    exp_avg: Option<&mut Storage>,
-    exp_avg_sq: Option<&mut Storage>,
-    momentum_buf: Option<&mut Storage>,
+    kernel: &'static Kernel<OptimParams>, param: &mut Tensor, grad: &Storage, h: &Hyper, exp_avg: Option<&mut Storage>,
+    exp_avg_sq: Option<&mut Storage>, momentum_buf: Option<&mut Storage>,
 ) -> Result<()> {
     let op = kernel.name;
     let addr = |s: Option<&mut Storage>| -> Result<u64> {

@@ -45,9 +45,7 @@ pub struct Checkpoint {
 }
 
 pub fn encode(
-    meta: &CheckpointMeta,
-    model: &[(String, HostTensor)],
-    optim: &[(String, HostTensor)],
+    meta: &CheckpointMeta, model: &[(String, HostTensor)], optim: &[(String, HostTensor)],
 ) -> Result<Vec<u8>> {
     let mut tensors = Vec::with_capacity(model.len() + optim.len());
     tensors.extend(model.iter().map(|(k, v)| (format!("model.{k}"), v.clone())));

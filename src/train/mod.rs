@@ -583,11 +583,7 @@ impl Trainer {
 
     /// Appends the epoch to metrics.jsonl and the history, and redraws curves.png.
     fn record_epoch(
-        &mut self,
-        epoch: usize,
-        trained: &EpochTraining,
-        validation: EvalResult,
-        started: Instant,
+        &mut self, epoch: usize, trained: &EpochTraining, validation: EvalResult, started: Instant,
     ) -> Result<()> {
         let s = &validation.summary;
         let m = EpochMetrics {

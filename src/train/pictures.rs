@@ -13,12 +13,7 @@ fn per_epoch(values: &[f64]) -> Vec<(f64, f64)> {
 
 /// Two charts stacked: train/val loss, and validation NME with FR@0.08/0.10 (in %).
 pub fn write_curves(
-    path: &Path,
-    train_loss: &[f64],
-    val_loss: &[f64],
-    nme: &[f64],
-    fr_008: &[f64],
-    fr_010: &[f64],
+    path: &Path, train_loss: &[f64], val_loss: &[f64], nme: &[f64], fr_008: &[f64], fr_010: &[f64],
 ) -> Result<()> {
     let pct = |v: &[f64]| v.iter().map(|x| x * 100.0).collect::<Vec<f64>>();
     let loss = Chart::new(

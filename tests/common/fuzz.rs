@@ -92,10 +92,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// is saved under target/fuzz-crashes/ and the test fails listing them. `target` returns whether the
 /// input was accepted. Returns (executions, accepted).
 pub fn fuzz(
-    name: &str,
-    seeds: &[Vec<u8>],
-    limits: &FuzzLimits,
-    mut mutate: impl FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>,
+    name: &str, seeds: &[Vec<u8>], limits: &FuzzLimits, mut mutate: impl FnMut(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>,
     mut target: impl FnMut(&[u8]) -> bool,
 ) -> (u64, u64) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -247,11 +247,7 @@ pub fn tiny_dataset_spec(root: &Path, csv: &Path, is_train: bool) -> hrk::data::
 /// A MATLAB v7.3 COFW-style file: a cell array of uint8 images (MATLAB dims H×W[×3],
 /// column-major) and an N×cols double matrix.
 pub fn cofw_mat_bytes(
-    img_var: &str,
-    phis_var: &str,
-    images: &[(usize, usize, usize)],
-    phis_cols: usize,
-    dir: &Path,
+    img_var: &str, phis_var: &str, images: &[(usize, usize, usize)], phis_cols: usize, dir: &Path,
 ) -> Vec<u8> {
     use hdf5_pure::mat::{options::Options, MatBuilder};
     let mut mb = MatBuilder::new(Options::default());

@@ -241,10 +241,7 @@ pub fn line_of(text: &str, needle: &str) -> usize {
 /// are equal); prints the largest difference.
 #[track_caller]
 pub fn assert_close_by<G: Copy + Into<f64>, W: Copy + Into<f64>>(
-    what: &str,
-    got: &[G],
-    want: &[W],
-    bound: impl Fn(f64) -> f64,
+    what: &str, got: &[G], want: &[W], bound: impl Fn(f64) -> f64,
 ) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut worst = (0.0f64, 0usize);
@@ -270,11 +267,7 @@ pub fn assert_close<G: Copy + Into<f64>, W: Copy + Into<f64>>(what: &str, got: &
 /// of `got` finite.
 #[track_caller]
 pub fn assert_close_scaled<G: Copy + Into<f64>, W: Copy + Into<f64>>(
-    what: &str,
-    got: &[G],
-    want: &[W],
-    tol: f64,
-    floor: f64,
+    what: &str, got: &[G], want: &[W], tol: f64, floor: f64,
 ) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     assert!(got.iter().all(|&v| v.into().is_finite()), "{what}: non-finite output");

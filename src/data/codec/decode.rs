@@ -180,13 +180,7 @@ pub fn heatmap_coords(map: &[f32], h: usize, w: usize, res: [usize; 2], mode: De
 /// returns `n·joints` points (integer-valued, original image pixels). `scales` are float64 and
 /// already include the ×1.25 enlargement.
 pub fn decode_preds(
-    heatmaps: &[f32],
-    n: usize,
-    joints: usize,
-    h: usize,
-    w: usize,
-    centers: &[[f32; 2]],
-    scales: &[f64],
+    heatmaps: &[f32], n: usize, joints: usize, h: usize, w: usize, centers: &[[f32; 2]], scales: &[f64],
 ) -> Result<Vec<[f32; 2]>> {
     decode_preds_with(heatmaps, n, joints, h, w, centers, scales, DecodeMode::Quarter)
 }
@@ -194,13 +188,7 @@ pub fn decode_preds(
 /// [`decode_preds`] with the sub-pixel refinement `mode`.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_preds_with(
-    heatmaps: &[f32],
-    n: usize,
-    joints: usize,
-    h: usize,
-    w: usize,
-    centers: &[[f32; 2]],
-    scales: &[f64],
+    heatmaps: &[f32], n: usize, joints: usize, h: usize, w: usize, centers: &[[f32; 2]], scales: &[f64],
     mode: DecodeMode,
 ) -> Result<Vec<[f32; 2]>> {
     let per = h.checked_mul(w).filter(|&p| p > 0);

@@ -105,12 +105,7 @@ impl HeatmapCodec {
     /// all-zero map and their input value in `tpts`. Fills `target` ([J,h,w], zeroed here) and
     /// returns `tpts` (1-based heatmap coordinates).
     pub fn encode(
-        &self,
-        pts: &[[f64; 2]],
-        center: [f32; 2],
-        scale: f64,
-        rot: f64,
-        target: &mut [f32],
+        &self, pts: &[[f64; 2]], center: [f32; 2], scale: f64, rot: f64, target: &mut [f32],
     ) -> Result<Vec<[f32; 2]>> {
         let [h, w] = self.heatmap_size;
         if target.len() != self.target_len(pts.len()) {
@@ -137,11 +132,7 @@ impl HeatmapCodec {
 
     /// [`HeatmapCodec::encode`] into a new buffer: (targets `[J, h, w]`, tpts).
     pub fn encode_new(
-        &self,
-        pts: &[[f64; 2]],
-        center: [f32; 2],
-        scale: f64,
-        rot: f64,
+        &self, pts: &[[f64; 2]], center: [f32; 2], scale: f64, rot: f64,
     ) -> Result<(Vec<f32>, Vec<[f32; 2]>)> {
         let mut target = vec![0f32; self.target_len(pts.len())];
         let tpts = self.encode(pts, center, scale, rot, &mut target)?;

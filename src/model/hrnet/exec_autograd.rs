@@ -101,12 +101,7 @@ impl Executor for AutogradExec<'_> {
     }
 
     fn row_up(
-        &mut self,
-        sum: &mut Option<Tensor>,
-        conv: &ConvBn,
-        y: &Tensor,
-        target: &Tensor,
-        term: Term,
+        &mut self, sum: &mut Option<Tensor>, conv: &ConvBn, y: &Tensor, target: &Tensor, term: Term,
     ) -> Result<()> {
         let size = [target.shape()[2], target.shape()[3]];
         let t = ops::upsample_bilinear(&self.conv(conv, y)?, size)?;

@@ -36,11 +36,7 @@ impl Executor for MacCounter {
         self.count(c, x)
     }
     fn block_out(
-        &mut self,
-        last: &ConvShape,
-        y: &[usize; 4],
-        x: &[usize; 4],
-        downsample: Option<&ConvShape>,
+        &mut self, last: &ConvShape, y: &[usize; 4], x: &[usize; 4], downsample: Option<&ConvShape>,
     ) -> Result<[usize; 4]> {
         let out = self.count(last, y)?;
         if let Some(d) = downsample {
@@ -58,12 +54,7 @@ impl Executor for MacCounter {
         Ok(())
     }
     fn row_up(
-        &mut self,
-        _sum: &mut (),
-        c: &ConvShape,
-        y: &[usize; 4],
-        _target: &[usize; 4],
-        _term: Term,
+        &mut self, _sum: &mut (), c: &ConvShape, y: &[usize; 4], _target: &[usize; 4], _term: Term,
     ) -> Result<()> {
         self.count(c, y).map(drop)
     }

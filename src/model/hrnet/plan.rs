@@ -91,8 +91,7 @@ impl<C> Plan<C> {
             cs.iter().map(&mut *f).collect()
         }
         fn blocks<C, D, E>(
-            bs: &[PlanBlock<C>],
-            f: &mut impl FnMut(&C) -> Result<D, E>,
+            bs: &[PlanBlock<C>], f: &mut impl FnMut(&C) -> Result<D, E>,
         ) -> Result<Vec<PlanBlock<D>>, E> {
             bs.iter()
                 .map(|b| {
@@ -164,13 +163,7 @@ impl Builder<'_> {
     /// A k×k conv (padded by k/2, no bias) named `conv`, then a BN named `bn` (as the official modules
     /// name them).
     fn conv_bn_named(
-        &mut self,
-        [conv, bn]: [&str; 2],
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        relu: bool,
+        &mut self, [conv, bn]: [&str; 2], cin: usize, cout: usize, k: usize, stride: usize, relu: bool,
     ) -> ConvBn {
         let c = self.conv(conv, [cout, cin, k, k], stride, k / 2, false);
         let b = self.bn(bn, cout);

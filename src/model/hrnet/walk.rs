@@ -30,11 +30,7 @@ pub trait Executor: Sized {
     fn conv(&mut self, conv: &Self::Conv, x: &Self::Act) -> Result<Self::Act>;
     /// A residual block's end: relu(last(y) + shortcut), the shortcut being `downsample(x)` or `x`.
     fn block_out(
-        &mut self,
-        last: &Self::Conv,
-        y: &Self::Act,
-        x: &Self::Act,
-        downsample: Option<&Self::Conv>,
+        &mut self, last: &Self::Conv, y: &Self::Act, x: &Self::Act, downsample: Option<&Self::Conv>,
     ) -> Result<Self::Act>;
     /// An identity transition's output.
     fn copy(&mut self, x: &Self::Act) -> Result<Self::Act>;
@@ -47,12 +43,7 @@ pub trait Executor: Sized {
     fn row_identity(&mut self, sum: &mut Self::Row, y: &Self::Act, term: Term) -> Result<()>;
     /// Adds `conv(y)` resized to `target`'s size.
     fn row_up(
-        &mut self,
-        sum: &mut Self::Row,
-        conv: &Self::Conv,
-        y: &Self::Act,
-        target: &Self::Act,
-        term: Term,
+        &mut self, sum: &mut Self::Row, conv: &Self::Conv, y: &Self::Act, target: &Self::Act, term: Term,
     ) -> Result<()>;
     /// Adds `last_link(y)`, the end of a downsampling chain (the walk ran the links before it).
     fn row_down(&mut self, sum: &mut Self::Row, last_link: &Self::Conv, y: &Self::Act, term: Term) -> Result<()>;
@@ -68,9 +59,7 @@ pub trait Executor: Sized {
     /// `run` over independent items (the branches of a module, its fuse rows), in order by default;
     /// an engine may run them concurrently, each on its own copy of the executor.
     fn each<T: Send>(
-        &mut self,
-        items: Vec<T>,
-        run: impl Fn(&mut Self, T) -> Result<Self::Act> + Sync,
+        &mut self, items: Vec<T>, run: impl Fn(&mut Self, T) -> Result<Self::Act> + Sync,
     ) -> Result<Vec<Self::Act>> {
         items.into_iter().map(|item| run(self, item)).collect()
     }

@@ -195,11 +195,7 @@ pub(super) fn channel_stats(x: &[f32], [n, c, h, w]: [usize; 4]) -> (Vec<f64>, V
 /// Partial sums per plane (planes run as rayon tasks), added per channel in batch order, so the
 /// result does not depend on the thread count.
 pub(super) fn grad_sums(
-    dy: &mut [f32],
-    x: &[f32],
-    mask: Option<&[f32]>,
-    [n, c, h, w]: [usize; 4],
-    mean: &[f64],
+    dy: &mut [f32], x: &[f32], mask: Option<&[f32]>, [n, c, h, w]: [usize; 4], mean: &[f64],
 ) -> (Vec<f64>, Vec<f64>) {
     let plane = (h * w).max(1);
     let one = |(p, (g, xi)): (usize, (&mut [f32], &[f32]))| match mask {
@@ -229,10 +225,7 @@ pub(super) fn grad_sums(
 
 /// Runs `one(channel, out_plane, in_plane)` over the planes of an NCHW pair, in parallel when big.
 fn per_plane(
-    out: &mut [f32],
-    inp: &[f32],
-    [_, c, h, w]: [usize; 4],
-    one: impl Fn(usize, &mut [f32], &[f32]) + Sync + Send,
+    out: &mut [f32], inp: &[f32], [_, c, h, w]: [usize; 4], one: impl Fn(usize, &mut [f32], &[f32]) + Sync + Send,
 ) {
     let plane = (h * w).max(1);
     if out.len() >= PAR_MIN {
@@ -371,10 +364,7 @@ mod avx512 {
     /// The CPU must have AVX-512 F and VL (`wide_simd()` checks it).
     #[target_feature(enable = "avx512f,avx512vl")]
     pub(super) unsafe fn grad_sums_masked(
-        dy: &mut [f32],
-        xs: &[f32],
-        ys: &[f32],
-        mu: f64,
+        dy: &mut [f32], xs: &[f32], ys: &[f32], mu: f64,
     ) -> ([f64; LANES], [f64; LANES]) {
         assert!(dy.len() == xs.len() && ys.len() == xs.len());
         // SAFETY: dy is a writable slice of xs.len() floats and ys has as many (asserted).

@@ -179,13 +179,7 @@ impl BatchNormKernel for Cpu {
 
 /// The training backward in plain loops (f64 gradient checks).
 fn train_backward_generic<T: Float>(
-    dims: [usize; 4],
-    x: &[T],
-    mean: &[f64],
-    invstd: &[f64],
-    gamma: &[f64],
-    dy: &[T],
-    needs: &[bool],
+    dims: [usize; 4], x: &[T], mean: &[f64], invstd: &[f64], gamma: &[f64], dy: &[T], needs: &[bool],
 ) -> Vec<Option<Storage>> {
     let [n, c, h, w] = dims;
     let plane = h * w;
@@ -226,13 +220,7 @@ fn train_backward_generic<T: Float>(
 
 /// The eval backward in plain loops (f64 gradient checks).
 fn eval_backward_generic<T: Float>(
-    dims: [usize; 4],
-    x: Option<&[T]>,
-    mean: &[f64],
-    invstd: &[f64],
-    scale: &[f64],
-    dy: &[T],
-    needs: &[bool],
+    dims: [usize; 4], x: Option<&[T]>, mean: &[f64], invstd: &[f64], scale: &[f64], dy: &[T], needs: &[bool],
 ) -> Vec<Option<Storage>> {
     let [n, c, h, w] = dims;
     let plane = h * w;

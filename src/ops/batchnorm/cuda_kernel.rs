@@ -17,11 +17,7 @@ fn buf(s: &Storage) -> Result<&GpuBuffer> {
 
 /// Σdy and Σdy·x̂ per channel (accumulated into zeroed dγ / dβ), then dx when asked.
 fn backward_common(
-    dev: &GpuDevice,
-    mut p: BatchNormParams,
-    c: usize,
-    numel: usize,
-    needs: &[bool],
+    dev: &GpuDevice, mut p: BatchNormParams, c: usize, numel: usize, needs: &[bool],
 ) -> Result<Vec<Option<Storage>>> {
     let mut sum_dy = dev.empty(c)?;
     let mut sum_dy_xhat = dev.empty(c)?;

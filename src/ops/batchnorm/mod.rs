@@ -92,12 +92,7 @@ fn check(op: &str, x: &Tensor, params: &[&Tensor]) -> Result<[usize; 4]> {
 /// Training-mode BN: normalises with the batch statistics and updates the running buffers in place
 /// (running = (1 − momentum)·running + momentum·batch, unbiased variance for running_var).
 pub fn batch_norm_train(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &mut Tensor,
-    running_var: &mut Tensor,
-    momentum: f64,
+    x: &Tensor, gamma: &Tensor, beta: &Tensor, running_mean: &mut Tensor, running_var: &mut Tensor, momentum: f64,
     eps: f64,
 ) -> Result<Tensor> {
     train(x, gamma, beta, running_mean, running_var, momentum, eps, false, None)
@@ -107,12 +102,7 @@ pub fn batch_norm_train(
 /// normalising pass and its mask in the backward's first step (same values as the two ops); f64 runs
 /// the two ops.
 pub fn batch_norm_train_relu(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &mut Tensor,
-    running_var: &mut Tensor,
-    momentum: f64,
+    x: &Tensor, gamma: &Tensor, beta: &Tensor, running_mean: &mut Tensor, running_var: &mut Tensor, momentum: f64,
     eps: f64,
 ) -> Result<Tensor> {
     if x.dtype() != DType::F32 {
@@ -128,18 +118,8 @@ pub fn batch_norm_train_relu(
 /// batch_norm_train(_relu)(conv2d(…)).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_batch_norm_train(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    pad: usize,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &mut Tensor,
-    running_var: &mut Tensor,
-    momentum: f64,
-    eps: f64,
-    relu: bool,
+    x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize, gamma: &Tensor, beta: &Tensor,
+    running_mean: &mut Tensor, running_var: &mut Tensor, momentum: f64, eps: f64, relu: bool,
 ) -> Result<Tensor> {
     if !x.device().is_gpu() || !crate::switches::gpu_conv_bn_stats() {
         let y = crate::ops::conv2d(x, weight, bias, stride, pad)?;
@@ -156,15 +136,8 @@ pub fn conv_batch_norm_train(
 /// The training BN op of every entry point: checks, the device's kernel, one tape record.
 #[allow(clippy::too_many_arguments)]
 fn train(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &mut Tensor,
-    running_var: &mut Tensor,
-    momentum: f64,
-    eps: f64,
-    relu: bool,
-    conv_stats: Option<&ConvStats>,
+    x: &Tensor, gamma: &Tensor, beta: &Tensor, running_mean: &mut Tensor, running_var: &mut Tensor, momentum: f64,
+    eps: f64, relu: bool, conv_stats: Option<&ConvStats>,
 ) -> Result<Tensor> {
     let dims = check("batch_norm", x, &[gamma, beta, running_mean, running_var])?;
     if dims[0] * dims[2] * dims[3] < 2 {
@@ -223,12 +196,7 @@ impl BackwardOp for BnTrainBackward {
 
 /// Eval-mode BN with the running statistics (differentiable in x, γ and β).
 pub fn batch_norm_eval(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &Tensor,
-    running_var: &Tensor,
-    eps: f64,
+    x: &Tensor, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f64,
 ) -> Result<Tensor> {
     let dims = check("batch_norm", x, &[gamma, beta, running_mean, running_var])?;
     let device = x.device();

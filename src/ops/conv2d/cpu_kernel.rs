@@ -295,12 +295,7 @@ pub fn forward_fused_gemm<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilo
 /// overwritten), summed over the batch. Direct kernels for f32 3×3 stride-1 pad-1 convs (as in
 /// `forward_fused`), im2col + GEMM otherwise.
 pub fn backward<T: Float>(
-    g: &Conv2dGeom,
-    x: &[T],
-    wt: &[T],
-    dy: &[T],
-    mut dx: Option<&mut [T]>,
-    mut dw: Option<&mut [T]>,
+    g: &Conv2dGeom, x: &[T], wt: &[T], dy: &[T], mut dx: Option<&mut [T]>, mut dw: Option<&mut [T]>,
     db: Option<&mut [T]>,
 ) {
     if direct_enabled() && direct::applies_backward(g) && direct::available() {
@@ -325,13 +320,7 @@ pub fn backward<T: Float>(
 
 /// `backward` through im2col + GEMM (+ col2im) only.
 pub fn backward_gemm<T: Float>(
-    g: &Conv2dGeom,
-    x: &[T],
-    wt: &[T],
-    dy: &[T],
-    dx: Option<&mut [T]>,
-    dw: Option<&mut [T]>,
-    db: Option<&mut [T]>,
+    g: &Conv2dGeom, x: &[T], wt: &[T], dy: &[T], dx: Option<&mut [T]>, dw: Option<&mut [T]>, db: Option<&mut [T]>,
 ) {
     let (kk, plane) = (g.cin * g.k * g.k, g.ho * g.wo);
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * plane);

@@ -45,11 +45,7 @@ impl ConvStats {
 
 /// The forward launch, with the stats epilogue when `want_stats`.
 fn launch_forward(
-    g: &Conv2dGeom,
-    x: &Storage,
-    w: &Storage,
-    bias: Option<&Storage>,
-    want_stats: bool,
+    g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>, want_stats: bool,
 ) -> Result<(Storage, Option<ConvStats>)> {
     let xb = x.gpu("conv2d")?;
     let dev = xb.device();
@@ -71,10 +67,7 @@ fn launch_forward(
 
 /// The forward, also returning the per-block channel sums of the output.
 pub(super) fn forward_with_stats(
-    g: &Conv2dGeom,
-    x: &Storage,
-    w: &Storage,
-    bias: Option<&Storage>,
+    g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>,
 ) -> Result<(Storage, ConvStats)> {
     let (y, stats) = launch_forward(g, x, w, bias, true)?;
     Ok((y, stats.ok_or_else(|| anyhow!("conv2d: stats were not produced"))?))

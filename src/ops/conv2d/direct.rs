@@ -300,12 +300,7 @@ struct WeightView<'a> {
 /// 16-position run at a time: `at` is the run's index in the H×W plane where the width is whole
 /// vectors (all 16 positions real), None otherwise (junk positions included; split with `runs`).
 fn conv_tiles(
-    gr: &Grid,
-    n: usize,
-    cin: usize,
-    cout: usize,
-    xpad: &[f32],
-    wv: WeightView,
+    gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], wv: WeightView,
     store: impl Fn(usize, usize, usize, Option<usize>, &[f32]) + Sync,
 ) {
     // Tiles of at most NV vectors, balanced so a plane of 5 vectors runs as 3 + 2, not 4 + 1.
@@ -365,13 +360,7 @@ fn conv_tiles(
 /// c < cin, tap and v < V, each w[r] at c·col + t, and out writable for MR·TILE floats.
 #[allow(clippy::too_many_arguments)]
 unsafe fn conv_tile<const V: usize, const T: usize>(
-    x: *const f32,
-    voff: &[usize; NV],
-    plane: usize,
-    cin: usize,
-    taps: &[usize; T],
-    w: &[*const f32; MR],
-    col: usize,
+    x: *const f32, voff: &[usize; NV], plane: usize, cin: usize, taps: &[usize; T], w: &[*const f32; MR], col: usize,
     out: *mut f32,
 ) {
     use std::arch::x86_64::*;
@@ -405,14 +394,7 @@ unsafe fn conv_tile<const V: usize, const T: usize>(
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn conv_tile<const V: usize, const T: usize>(
-    _: *const f32,
-    _: &[usize; NV],
-    _: usize,
-    _: usize,
-    _: &[usize; T],
-    _: &[*const f32; MR],
-    _: usize,
-    _: *mut f32,
+    _: *const f32, _: &[usize; NV], _: usize, _: usize, _: &[usize; T], _: &[*const f32; MR], _: usize, _: *mut f32,
 ) {
     unreachable!("direct conv runs only where available() holds")
 }
@@ -519,12 +501,7 @@ pub fn weight_grad_pays(g: &Conv2dGeom) -> bool {
 /// dx = conv3x3ᵀ(dy) (overwritten) and dW += Σ_images dy ⋆ x; false (nothing written) when the
 /// geometry or the CPU does not fit.
 pub fn backward(
-    g: &Conv2dGeom,
-    x: &[f32],
-    wt: &[f32],
-    dy: &[f32],
-    dx: Option<&mut [f32]>,
-    dw: Option<&mut [f32]>,
+    g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>,
 ) -> bool {
     if !applies_backward(g) || !available() {
         return false;
@@ -615,14 +592,7 @@ fn weight_grad(gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad
 /// The CPU must have AVX-512 F/VL; dy and x must be readable at every index that formula reaches for
 /// img < n, v < qv, r < R (R ≤ WR) and the 16 lanes of each vector.
 unsafe fn dw_block<const R: usize>(
-    dy: *const f32,
-    dy_co: usize,
-    dy_img: usize,
-    x: *const f32,
-    x_img: usize,
-    n: usize,
-    qv: usize,
-    taps: &[usize; 9],
+    dy: *const f32, dy_co: usize, dy_img: usize, x: *const f32, x_img: usize, n: usize, qv: usize, taps: &[usize; 9],
     sums: &mut [[f32; 9]; WR],
 ) {
     use std::arch::x86_64::*;
@@ -656,14 +626,7 @@ unsafe fn dw_block<const R: usize>(
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_block<const R: usize>(
-    _: *const f32,
-    _: usize,
-    _: usize,
-    _: *const f32,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &[usize; 9],
+    _: *const f32, _: usize, _: usize, _: *const f32, _: usize, _: usize, _: usize, _: &[usize; 9],
     _: &mut [[f32; 9]; WR],
 ) {
     unreachable!("direct conv runs only where available() holds")

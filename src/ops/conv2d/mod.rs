@@ -80,12 +80,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
 /// (GPU tensors only) the output also carries per-block channel sums, for a following training BN
 /// (ops::batchnorm::conv_batch_norm_train).
 pub(crate) fn conv2d_op(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    pad: usize,
-    stats: bool,
+    x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize, stats: bool,
 ) -> Result<(Tensor, Option<ConvStats>)> {
     let g = Conv2dGeom::new(x.dims4("conv2d")?, weight.shape(), stride, pad)?;
     let device = same_device("conv2d", &[&[x, weight][..], bias.as_slice()].concat())?;

@@ -10,10 +10,7 @@ use anyhow::Result;
 
 /// out = kernel(a, b) over a's length on `dev` (b = None for unary kernels).
 pub(crate) fn eltwise(
-    dev: &GpuDevice,
-    kernel: &'static kernels::Kernel<EltwiseParams>,
-    a: &GpuBuffer,
-    b: Option<&GpuBuffer>,
+    dev: &GpuDevice, kernel: &'static kernels::Kernel<EltwiseParams>, a: &GpuBuffer, b: Option<&GpuBuffer>,
 ) -> Result<GpuBuffer> {
     let mut out = dev.empty(a.len())?;
     let p = EltwiseParams::new(a.addr(), b.map_or(0, |b| b.addr()), out.addr_mut(), a.len());

@@ -76,11 +76,7 @@ const PAR_MIN: usize = 1 << 15;
 /// Runs `one(out_plane, in_plane, scratch)` over matching planes of two NCHW buffers, as rayon tasks
 /// (one scratch row buffer each) when the work is big enough.
 fn per_plane<T: Float>(
-    out: &mut [T],
-    out_plane: usize,
-    inp: &[T],
-    in_plane: usize,
-    scratch: usize,
+    out: &mut [T], out_plane: usize, inp: &[T], in_plane: usize, scratch: usize,
     one: impl Fn(&mut [T], &[T], &mut Vec<T>) + Sync + Send,
 ) {
     if out.len() + inp.len() >= PAR_MIN {
@@ -99,12 +95,7 @@ fn per_plane<T: Float>(
 /// output row blended from two of those. Same arithmetic as the direct 4-tap formula
 /// ly0·(lx0·a + lx1·b) + ly1·(lx0·c + lx1·d), so the result is identical.
 fn bilinear_plane<T: Float>(
-    src: &[T],
-    w: usize,
-    dst: &mut [T],
-    wo: usize,
-    ty: &[(usize, usize, T, T)],
-    tx: &[(usize, usize, T, T)],
+    src: &[T], w: usize, dst: &mut [T], wo: usize, ty: &[(usize, usize, T, T)], tx: &[(usize, usize, T, T)],
     rows: &mut [T],
 ) {
     for (r, row) in rows.chunks_exact_mut(wo).enumerate() {
@@ -120,12 +111,7 @@ fn bilinear_plane<T: Float>(
 /// The adjoint of `bilinear_plane`: output-row gradients spread onto source rows (h × wo, vectorised
 /// rows), then each row spread horizontally onto the source pixels.
 fn bilinear_plane_backward<T: Float>(
-    g: &[T],
-    wo: usize,
-    dx: &mut [T],
-    w: usize,
-    ty: &[(usize, usize, T, T)],
-    tx: &[(usize, usize, T, T)],
+    g: &[T], wo: usize, dx: &mut [T], w: usize, ty: &[(usize, usize, T, T)], tx: &[(usize, usize, T, T)],
     rows: &mut [T],
 ) {
     rows.fill(T::ZERO);

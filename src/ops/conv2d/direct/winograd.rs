@@ -423,12 +423,7 @@ unsafe fn store_runs<const R: usize>(y: [__m512; 2], at: &[usize], dst: *mut f32
 /// caller owns.
 #[cfg(target_arch = "x86_64")]
 unsafe fn store_tiles(
-    y: &[[__m512; 2]; 2],
-    gr: &Grid,
-    (h, w): (usize, usize),
-    q0: usize,
-    dst: *mut f32,
-    ep: &TileEpilogue,
+    y: &[[__m512; 2]; 2], gr: &Grid, (h, w): (usize, usize), q0: usize, dst: *mut f32, ep: &TileEpilogue,
 ) {
     // y[a] holds (tile l, column b) at 2l + b.
     let mut rows = [[0.0f32; 2 * LANES]; 2];
