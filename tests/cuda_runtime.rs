@@ -57,7 +57,7 @@ fn child_probe() {
     if mode == "oom_panic" {
         // A device copy that runs out of memory where the caller cannot return the error (it panics with
         // it, as the infallible host accessors do), with the CLI's hook installed.
-        hrk::cuda::device::install_gpu_panic_hook();
+        hrk::cli::common::install_gpu_panic_hook();
         let dev = hrk::cuda::device::GpuDevice::emulated_with_memory(1024);
         let buf = dev.upload(&[1.0; 200]).unwrap();
         eprintln!("child ok: cloning");

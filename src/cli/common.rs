@@ -74,7 +74,7 @@ pub fn dataset_spec(cfg: &Config, is_train: bool, annotations: Option<&Path>) ->
 /// CUDA kernels on the host — slow, for tests of the device path without a GPU.
 pub fn device(arg: &str) -> Result<Device> {
     if arg.eq_ignore_ascii_case("emu") || (crate::switches::device_emu() && !arg.eq_ignore_ascii_case("cpu")) {
-        crate::cuda::device::install_gpu_panic_hook();
+        install_gpu_panic_hook();
         return Ok(Device::emulated());
     }
     let req: DeviceRequest = arg.parse()?;
@@ -86,7 +86,7 @@ pub fn device(arg: &str) -> Result<Device> {
             Ok(Device::Cpu)
         }
         DeviceChoice::Cuda { ordinal, .. } => {
-            crate::cuda::device::install_gpu_panic_hook();
+            install_gpu_panic_hook();
             cuda_device(ordinal)
         }
     }
@@ -101,4 +101,28 @@ fn cuda_device(ordinal: usize) -> Result<Device> {
 fn cuda_device(_ordinal: usize) -> Result<Device> {
     // select_device answers NotCompiled first; kept for completeness.
     bail!("{}", crate::cuda::CudaUnavailable::NotCompiled)
+}
+
+/// Makes a panic from an infallible GPU accessor (a host copy of a device tensor, e.g. `to_f32_vec`, or a
+/// device error a caller could not return) end the process with ONE line, like the CLI's errors:
+/// "hrk: error: CUDA out of memory copying a 1.2 GiB buffer ...", exit status 1. Other panics keep the
+/// default report. Installed when a command selects a GPU device (it lives in the CLI: the library never prints).
+pub fn install_gpu_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if msg.starts_with("CUDA ") || msg.starts_with("reading a cuda") || msg.starts_with("reading a emu") {
+                eprintln!("hrk: error: {}", msg.replace('\n', " "));
+                std::process::exit(1);
+            }
+            default(info)
+        }));
+    });
 }

@@ -339,30 +339,6 @@ impl PartialEq for GpuBuffer {
     }
 }
 
-/// Makes a panic from an infallible GPU accessor (a host copy of a device tensor, e.g. `to_f32_vec`, or a
-/// device error a caller could not return) end the process with ONE line, like the CLI's errors:
-/// "hrk: error: CUDA out of memory copying a 1.2 GiB buffer ...", exit status 1. Other panics keep the
-/// default report. Installed by the CLI when it selects a GPU device (the one place here that prints).
-pub fn install_gpu_panic_hook() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let msg = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if msg.starts_with("CUDA ") || msg.starts_with("reading a cuda") || msg.starts_with("reading a emu") {
-                eprintln!("hrk: error: {}", msg.replace('\n', " "));
-                std::process::exit(1);
-            }
-            default(info)
-        }));
-    });
-}
-
 /// Converts a size to the kernels' `int`, naming the op when it does not fit.
 pub fn i32_of(op: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| anyhow::anyhow!("{op}: size {v} exceeds the CUDA kernels' 32-bit indexing"))
