@@ -182,6 +182,8 @@ fn custom_five_point_layout_trains_tests_and_flip_tests() {
         ("plain", vec![]),
         ("flip", vec!["--flip-test"]),
         ("flipdark", vec!["--flip-test", "--shift-heatmap", "--decode", "dark"]),
+        // The same options on the GPU path (the emulated device runs the CUDA kernels on the host).
+        ("flipdark-gpu", vec!["--flip-test", "--shift-heatmap", "--decode", "dark", "--device", "emu"]),
     ] {
         let o = d.join(tag);
         let mut args = vec!["test", "--cfg", s(&cfg), "--model-file", s(&weights), "--out", s(&o)];
@@ -199,6 +201,18 @@ fn custom_five_point_layout_trains_tests_and_flip_tests() {
         nmes.push(nme);
     }
     assert_eq!(metrics(&d.join("flipdark"))["test_options"]["decode"].as_str(), Some("dark"));
+    let points = |tag: &str| -> Vec<f64> {
+        let csv = std::fs::read_to_string(d.join(tag).join("predictions_test5.csv")).unwrap();
+        csv.lines()
+            .skip(1)
+            .flat_map(|l| l.split(',').filter_map(|v| v.parse::<f64>().ok()).collect::<Vec<_>>())
+            .collect()
+    };
+    let (cpu, gpu) = (points("flipdark"), points("flipdark-gpu"));
+    assert_eq!(cpu.len(), gpu.len());
+    let worst = cpu.iter().zip(&gpu).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(worst < 0.05, "flip test + DARK on the GPU path differs from the CPU by {worst} px");
+    assert!((nmes[3] - nmes[2]).abs() < 1e-3, "CPU vs GPU NME: {nmes:?}");
     assert!(nmes[1] != nmes[0], "the flip test changed nothing: {nmes:?}");
     // Without the layout keys a 5-point config cannot flip or score: a one-line error naming them.
     let no_keys =
