@@ -16,16 +16,14 @@ pub trait BackwardOp: Send + Sync {
     fn trace_name(&self) -> &'static str {
         self.name()
     }
-    /// Gradients w.r.t. each input, given the output's gradient. `needs[i]` says whether input i wants
-    /// one; return `None` for those that do not. An op implements this or `backward_owned` (or both):
-    /// by default each calls the other, this one with a copy of the gradient.
+    /// Gradients w.r.t. each input, given the output's gradient, which the op owns (the engine no longer
+    /// needs it: ops whose input gradient has the output's shape reuse its buffer). `needs[i]` says
+    /// whether input i wants one; return `None` for those that do not. The one method every op writes.
+    fn backward_owned(&self, grad_out: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>>;
+    /// `backward_owned` when the caller keeps the gradient (a copy by default; an op that can do
+    /// without one overrides it).
     fn backward(&self, grad_out: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
         self.backward_owned(grad_out.try_clone()?, needs)
-    }
-    /// Same as `backward`, given ownership of the output's gradient (the engine no longer needs it):
-    /// ops whose input gradient has the output's shape implement this to reuse its buffer.
-    fn backward_owned(&self, grad_out: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        self.backward(&grad_out, needs)
     }
 }
 

@@ -63,7 +63,8 @@ impl BackwardOp for ConcatBackward {
     fn name(&self) -> &'static str {
         "concat"
     }
-    fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+    fn backward_owned(&self, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        let dy = &dy;
         kernels(&self.device).split(dy, &self.shape, needs)
     }
 }

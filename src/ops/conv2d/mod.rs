@@ -133,7 +133,8 @@ impl BackwardOp for Conv2dBackward {
     fn name(&self) -> &'static str {
         "conv2d"
     }
-    fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+    fn backward_owned(&self, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        let dy = &dy;
         let want = [needs[0], needs[1], self.has_bias && needs[2]];
         let (x, w) = (self.x.as_ref().map(|t| t.storage()), self.w.as_ref().map(|t| t.storage()));
         let [dx, dw, db] = kernels(&self.device).backward(&self.g, [x, w], dy, want)?;

@@ -41,7 +41,8 @@ impl BackwardOp for MseBackward {
     fn name(&self) -> &'static str {
         "mse_loss"
     }
-    fn backward(&self, dy: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+    fn backward_owned(&self, dy: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        let dy = &dy;
         kernels(&self.pred.device()).backward(self.pred.storage(), self.target.storage(), dy, needs)
     }
 }

@@ -68,7 +68,8 @@ impl BackwardOp for UpsampleBackward {
             "upsample_nearest"
         }
     }
-    fn backward(&self, dy: &Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+    fn backward_owned(&self, dy: Storage, _needs: &[bool]) -> Result<Vec<Option<Storage>>> {
+        let dy = &dy;
         let k = kernels(&self.device);
         let dx = if self.bilinear { k.bilinear_backward(dy, &self.r)? } else { k.nearest_backward(dy, &self.r)? };
         Ok(vec![Some(dx)])
