@@ -1,19 +1,28 @@
-//! Data-loader throughput on WFLW-like samples: 1024×768 JPEGs, 98 landmarks, a ~300 px
-//! face box, 256² crops and 64² targets. Prints images/s for decoding alone, for whole
-//! train/test samples on one core, and for the threaded loader.
+//! Data-loader throughput on WFLW-like samples: 1024×768 quality-90 JPEGs of photo-like
+//! content, 98 landmarks, faces of 100–400 px (some at the picture's border), 256² crops and
+//! 64² targets, all generated deterministically. Rates are images per CPU-second of the
+//! working thread (wall-clock is useless on a shared machine), in rounds that interleave whole
+//! and region JPEG decoding (`DatasetSpec::region_decode`, `HRK_JPEG_REGION`) so that load hits
+//! both alike; then the per-stage CPU split of a training sample and the threaded loader.
 //!
-//!   cargo run --release --example loader_speed [-- N_SAMPLES THREADS]
+//!   cargo run --release --example loader_speed [-- N_SAMPLES ROUNDS THREADS [SET]]
+//!
+//! With SET (0..3: train whole/region, test whole/region) only that set's samples are built, once
+//! (for a profiler).
 
+use hrk::data::codec::HeatmapCodec;
 use hrk::data::dataset::{DatasetKind, DatasetSpec, FaceDataset};
-use hrk::data::imageio::decode_rgb8;
+use hrk::data::flip::fliplr_joints_with;
+use hrk::data::imageio::{decode_rgb8, decode_rgb8_region_opts, Rect};
 use hrk::data::loader::{DataLoader, LoaderConfig};
 use hrk::data::sample::normalize_rgb8_into;
-use hrk::data::transforms::{crop_rgb8, InputType};
+use hrk::data::transforms::{crop_rgb8, crop_rgb8_region, crop_source, CropSource, InputType};
 use hrk::rng::Rng;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// CPU seconds of the calling thread (Linux /proc; wall-clock is useless on a loaded machine).
+/// CPU seconds of the calling thread (Linux schedstat, nanoseconds).
 fn thread_cpu_s() -> f64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
@@ -30,26 +39,20 @@ fn process_cpu_s() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Runs `f` and returns (img/s by wall clock, img/s per CPU-second of this thread).
-fn rate(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(f64, f64)> {
-    let (t, c) = (Instant::now(), thread_cpu_s());
-    f()?;
-    Ok((n as f64 / t.elapsed().as_secs_f64(), n as f64 / (thread_cpu_s() - c)))
+/// Images per CPU-second of this thread for `n` runs of `f`.
+fn per_cpu_s(n: usize, mut f: impl FnMut(usize) -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let c = thread_cpu_s();
+    for i in 0..n {
+        f(i)?;
+    }
+    Ok(n as f64 / (thread_cpu_s() - c))
 }
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    // What the DataLoader does for its workers; here it also covers the 1-thread figures.
-    hrk::data::loader::tune_allocator_for_images();
-    let n = args.first().copied().unwrap_or(200);
-    let threads = args.get(1).copied().unwrap_or(2);
-    let dir = std::env::temp_dir().join(format!("hrk-loader-speed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-
-    // 8 photo-like pictures: smooth shading, edges and a little noise (JPEG quality 90).
+/// The 8 pictures and the annotation CSV (`n` faces) in `dir`.
+fn make_dataset(dir: &Path, n: usize) -> anyhow::Result<std::path::PathBuf> {
     let (w, h) = (1024u32, 768u32);
-    let mut rng = Rng::for_tests(1);
     for k in 0..8u32 {
+        // Smooth shading, rings, edges and a little noise: about the entropy of a photo.
         let img = image::RgbImage::from_fn(w, h, |x, y| {
             let fx = x as f32 / w as f32;
             let fy = y as f32 / h as f32;
@@ -64,14 +67,20 @@ fn main() -> anyhow::Result<()> {
         let f = std::fs::File::create(dir.join(format!("img{k}.jpg")))?;
         image::codecs::jpeg::JpegEncoder::new_with_quality(std::io::BufWriter::new(f), 90).encode_image(&img)?;
     }
+    let mut rng = Rng::for_tests(1);
     let mut csv = String::from("image_name,scale,center_w,center_h");
     for j in 0..98 {
         csv += &format!(",x{j},y{j}");
     }
     csv.push('\n');
     for i in 0..n {
-        let (cx, cy) = (rng.range(350.0, 670.0), rng.range(250.0, 520.0));
-        let side = rng.range(200.0, 360.0);
+        // One face in ten near a corner (WFLW has faces cut by the border).
+        let (cx, cy) = if i % 10 == 0 {
+            (rng.range(20.0, 120.0), rng.range(20.0, 120.0))
+        } else {
+            (rng.range(200.0, 824.0), rng.range(150.0, 618.0))
+        };
+        let side = rng.range(100.0, 400.0);
         csv += &format!("img{}.jpg,{},{cx},{cy}", i % 8, side / 200.0);
         for _ in 0..98 {
             csv += &format!(",{},{}", cx + rng.range(-side / 2.0, side / 2.0), cy + rng.range(-side / 2.0, side / 2.0));
@@ -80,85 +89,141 @@ fn main() -> anyhow::Result<()> {
     }
     let csv_path = dir.join("train.csv");
     std::fs::write(&csv_path, csv)?;
+    Ok(csv_path)
+}
 
-    // hrk's decoder (libjpeg-turbo's) against zune-jpeg (the `image` crate's, which hrk used
-    // before): 3 interleaved rounds each, best per-CPU-second rate kept, so load on a shared
-    // machine hits both alike.
-    let (mut decode, mut zune) = ((0.0f64, 0.0f64), (0.0f64, 0.0f64));
-    let best = |a: (f64, f64), b: (f64, f64)| if b.1 > a.1 { b } else { a };
-    for _ in 0..3 {
-        decode = best(
-            decode,
-            rate(n, || {
-                for i in 0..n {
-                    std::hint::black_box(decode_rgb8(&dir.join(format!("img{}.jpg", i % 8)))?);
-                }
-                Ok(())
-            })?,
-        );
-        zune = best(
-            zune,
-            rate(n, || {
-                for i in 0..n {
-                    let bytes = std::fs::read(dir.join(format!("img{}.jpg", i % 8)))?;
-                    std::hint::black_box(image::load_from_memory(&bytes)?.to_rgb8());
-                }
-                Ok(())
-            })?,
-        );
+fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    // What the DataLoader does for its workers; here it also covers the 1-thread figures.
+    hrk::data::loader::tune_allocator_for_images();
+    let n = args.first().copied().unwrap_or(200);
+    let rounds = args.get(1).copied().unwrap_or(3);
+    let threads = args.get(2).copied().unwrap_or(2);
+    let dir = std::env::temp_dir().join(format!("hrk-loader-speed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let csv_path = make_dataset(&dir, n)?;
+    let open = |is_train: bool, region: bool| -> anyhow::Result<FaceDataset> {
+        let mut spec = DatasetSpec::new(DatasetKind::Wflw, &dir, &csv_path, is_train);
+        spec.region_decode = region;
+        FaceDataset::open(spec)
+    };
+    let sets = [open(true, false)?, open(true, true)?, open(false, false)?, open(false, true)?];
+    let names = ["train, whole decode", "train, region decode", "test, whole decode", "test, region decode"];
+    if let Some(&only) = args.get(3) {
+        let ds = sets.get(only).ok_or_else(|| anyhow::anyhow!("SET {only} is not 0..3"))?;
+        let r = per_cpu_s(n, |i| ds.get(i, 0, 0).map(|s| drop(std::hint::black_box(s))))?;
+        println!("{}: {r:.1} images per CPU-second", names[only]);
+        std::fs::remove_dir_all(&dir)?;
+        return Ok(());
     }
 
-    let mut rates = Vec::new();
-    for is_train in [true, false] {
-        let ds = FaceDataset::open(DatasetSpec::new(DatasetKind::Wflw, &dir, &csv_path, is_train))?;
-        rates.push(rate(n, || {
-            for i in 0..n {
-                std::hint::black_box(ds.get(i, 0, 0)?);
-            }
-            Ok(())
-        })?);
-    }
-
-    // Per-stage CPU time (ms per image) on pre-decoded images, with the samples' own parameters.
-    let images: Vec<_> =
-        (0..8).map(|k| decode_rgb8(&dir.join(format!("img{k}.jpg")))).collect::<anyhow::Result<_>>()?;
-    for is_train in [false, true] {
-        let ds = FaceDataset::open(DatasetSpec::new(DatasetKind::Wflw, &dir, &csv_path, is_train))?;
-        let metas: Vec<_> = (0..n).map(|i| ds.get(i, 0, 0).map(|s| s.meta)).collect::<anyhow::Result<_>>()?;
-        let (mut crop_s, mut norm_s) = (0.0, 0.0);
-        let mut input = vec![0f32; ds.input_len()];
-        for (i, m) in metas.iter().enumerate() {
-            let c0 = thread_cpu_s();
-            let a = &m.augmentation;
-            let out = crop_rgb8(&images[i % 8], a.flip, InputType::Float32, m.center, m.scale, [256, 256], a.rot)?;
-            let c1 = thread_cpu_s();
-            normalize_rgb8_into(&out, &mut input)?;
-            crop_s += c1 - c0;
-            norm_s += thread_cpu_s() - c1;
+    println!("1024x768 JPEG q90, 98 landmarks, faces 100-400 px, {n} samples; images per CPU-second of one thread");
+    println!("round  {}", names.map(|s| format!("{s:>22}")).join(""));
+    let mut all = vec![Vec::new(); sets.len()];
+    for round in 0..rounds {
+        let mut line = format!("{round:>5}  ");
+        for (k, ds) in sets.iter().enumerate() {
+            let r = per_cpu_s(n, |i| ds.get(i, 0, 0).map(|s| drop(std::hint::black_box(s))))?;
+            all[k].push(r);
+            line += &format!("{r:>22.1}");
         }
-        let mode = if is_train { "train" } else { "test " };
-        println!(
-            "  stage CPU ms/img, {mode}: crop {:.3}  normalise {:.3}",
-            crop_s * 1e3 / n as f64,
-            norm_s * 1e3 / n as f64
-        );
+        println!("{line}");
     }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut line = String::from("median ");
+    for v in &all {
+        line += &format!("{:>22.1}", median(v));
+    }
+    println!("{line}");
+    println!(
+        "region/whole (median of per-round ratios): train {:.2}x, test {:.2}x",
+        median(&all[1].iter().zip(&all[0]).map(|(a, b)| a / b).collect::<Vec<_>>()),
+        median(&all[3].iter().zip(&all[2]).map(|(a, b)| a / b).collect::<Vec<_>>())
+    );
 
-    let ds = Arc::new(FaceDataset::open(DatasetSpec::new(DatasetKind::Wflw, &dir, &csv_path, true))?);
+    // Per-stage CPU of a training sample with region decoding: the steps of `fill_sample`, timed.
+    let ds = &sets[1];
+    let spec = &ds.spec;
+    let codec = HeatmapCodec::for_spec(spec);
+    let pairs = spec.mirror_pairs()?;
+    let (mut input, mut target) = (vec![0f32; ds.input_len()], vec![0f32; ds.target_len()]);
+    let mut stage = [0f64; 5];
+    let mut whole_decode = 0f64;
+    for i in 0..n {
+        let aug = ds.augmentation_for(i, 0, 0);
+        let ann = ds.annotation(i)?;
+        let scale = ann.scale * 1.25 * aug.scale_mult;
+        let path = dir.join(format!("img{}.jpg", i % 8));
+        let t0 = thread_cpu_s();
+        std::hint::black_box(decode_rgb8(&path)?);
+        let t1 = thread_cpu_s();
+        whole_decode += t1 - t0;
+        let want = |w: usize, h: usize| {
+            let c = if aug.flip { [w as f32 - ann.center[0], ann.center[1]] } else { ann.center };
+            match crop_source([w, h], aug.flip, InputType::Float32, c, scale, spec.image_size, aug.rot) {
+                CropSource::Whole => None,
+                CropSource::Rect { x, y, w, h } => Some(Rect { x, y, w, h }),
+            }
+        };
+        let t1 = thread_cpu_s();
+        let d = decode_rgb8_region_opts(&path, false, want)?;
+        let t2 = thread_cpu_s();
+        let mut pts = ann.pts.to_vec();
+        let mut center = ann.center;
+        if aug.flip {
+            fliplr_joints_with(&mut pts, d.full[0], &pairs)?;
+            center[0] = d.full[0] as f32 - center[0];
+        }
+        let (res, rot) = (spec.image_size, aug.rot);
+        let crop =
+            match crop_rgb8_region(&d.pixels, d.full, d.origin, aug.flip, InputType::Float32, center, scale, res, rot)?
+            {
+                Some(c) => c,
+                None => crop_rgb8(&decode_rgb8(&path)?, aug.flip, InputType::Float32, center, scale, res, rot)?,
+            };
+        let t3 = thread_cpu_s();
+        normalize_rgb8_into(&crop, &mut input)?;
+        let t4 = thread_cpu_s();
+        codec.encode(&pts, center, scale, rot, &mut target)?;
+        let t5 = thread_cpu_s();
+        for (s, dt) in stage.iter_mut().zip([t2 - t1, t3 - t2, t4 - t3, t5 - t4]) {
+            *s += dt;
+        }
+        stage[4] += t5 - t1;
+    }
+    let ms = |s: f64| s * 1e3 / n as f64;
+    let share = |s: f64| 100.0 * s / stage[4];
+    println!(
+        "train sample stages, CPU ms/img (share): region decode {:.3} ({:.0}%)  crop {:.3} ({:.0}%)  normalise {:.3} \
+         ({:.0}%)  targets {:.3} ({:.0}%)  total {:.3}; whole decode for comparison {:.3}",
+        ms(stage[0]),
+        share(stage[0]),
+        ms(stage[1]),
+        share(stage[1]),
+        ms(stage[2]),
+        share(stage[2]),
+        ms(stage[3]),
+        share(stage[3]),
+        ms(stage[4]),
+        ms(whole_decode)
+    );
+
+    let ds = Arc::new(open(true, true)?);
     let dl = DataLoader::new(ds, LoaderConfig::new(16, true, threads, 0))?;
     let (t, c) = (Instant::now(), process_cpu_s());
     let mut count = 0;
     for b in dl.epoch(0) {
         count += b?.len();
     }
-    let loader = (count as f64 / t.elapsed().as_secs_f64(), count as f64 / (process_cpu_s() - c));
-
-    println!("1024x768 JPEG, 98 landmarks, {n} samples          wall img/s   img/s per CPU-second");
-    println!("  JPEG decode only, 1 thread:         {:10.1} {:12.1}", decode.0, decode.1);
-    println!("  (zune-jpeg, for comparison):        {:10.1} {:12.1}", zune.0, zune.1);
-    println!("  train sample (augmented), 1 thread: {:10.1} {:12.1}", rates[0].0, rates[0].1);
-    println!("  test sample, 1 thread:              {:10.1} {:12.1}", rates[1].0, rates[1].1);
-    println!("  loader, {threads} threads, batch 16:      {:10.1} {:12.1}", loader.0, loader.1);
+    println!(
+        "loader, {threads} threads, batch 16, train: {:.1} img/s wall, {:.1} img per process CPU-second",
+        count as f64 / t.elapsed().as_secs_f64(),
+        count as f64 / (process_cpu_s() - c)
+    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -141,6 +141,8 @@ switches! {
     fn bench_rungs() -> String { "HRK_BENCH_RUNGS", "cpu,emu,cuda", default "cpu,emu,cuda" => "cpu,emu,cuda".to_string(), path }
     /// `cargo bench --bench conv`: 1 reports GFLOP per CPU-second instead of wall-clock rates.
     fn bench_cpu() -> bool { "HRK_BENCH_CPU", "0\\|1", default "0" => false, flag }
+    /// Training/test samples decode only the JPEG rows and columns their crop reads (same pixels); 0 decodes whole images.
+    fn jpeg_region() -> bool { "HRK_JPEG_REGION", "0\\|1", default "1" => true, flag }
 }
 
 /// Variables read by build.rs or by the tests only (not by the library), for README's table check.

@@ -81,6 +81,8 @@ pub struct DatasetSpec {
     pub flip_pairs: Option<Vec<(usize, usize)>>,
     /// DATASET.NORM_INDICES (hrk extension): the NME normaliser's landmarks; None = built-in.
     pub norm_indices: Option<Vec<usize>>,
+    /// Decode only the part of a JPEG its crop reads (same pixels; `HRK_JPEG_REGION`).
+    pub region_decode: bool,
 }
 
 impl DatasetSpec {
@@ -102,6 +104,7 @@ impl DatasetSpec {
             target_type: "Gaussian".to_string(),
             flip_pairs: None,
             norm_indices: None,
+            region_decode: crate::switches::jpeg_region(),
         }
     }
 

@@ -5,6 +5,7 @@
 //! Grey, grey+alpha, RGBA and 16-bit images are converted to 8-bit RGB (alpha dropped).
 
 use super::image::Image;
+pub use super::jpeg::{Decoded, Rect};
 pub use super::pillow::Rgb8;
 use anyhow::{anyhow, bail, Result};
 use image::{DynamicImage, ImageDecoder, ImageReader};
@@ -62,6 +63,31 @@ pub fn decode_rgb8(path: &Path) -> Result<Rgb8> {
 /// `decode_rgb8`; with `allow_truncated` a JPEG cut short is decoded anyway, with a warning
 /// (the reference sets PIL's `LOAD_TRUNCATED_IMAGES` for AFLW).
 pub fn decode_rgb8_opts(path: &Path, allow_truncated: bool) -> Result<Rgb8> {
+    let bytes = read_checked(path, allow_truncated)?;
+    decode_rgb8_bytes(&bytes, path)
+}
+
+/// [`decode_rgb8_opts`] of only the pixels `choose(width, height)` names (`None`: all of them).
+/// JPEGs decode just that rectangle (see `jpeg::decode_region`); other formats decode whole, and
+/// the result says which pixels it holds either way.
+pub fn decode_rgb8_region_opts(
+    path: &Path, allow_truncated: bool, choose: impl FnOnce(usize, usize) -> Option<Rect>,
+) -> Result<Decoded> {
+    let bytes = read_checked(path, allow_truncated)?;
+    if bytes.is_empty() {
+        bail!("image {}: file is empty", path.display());
+    }
+    if super::jpeg::is_jpeg(&bytes) {
+        if let Some(decoded) = super::jpeg::decode_region(&bytes, path, choose)? {
+            return Ok(decoded);
+        }
+    }
+    let pixels = decode_rgb8_bytes(&bytes, path)?;
+    Ok(Decoded { full: [pixels.width, pixels.height], origin: [0, 0], pixels })
+}
+
+/// The file's bytes, refusing a truncated JPEG unless `allow_truncated`.
+fn read_checked(path: &Path, allow_truncated: bool) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read image {}: {}", path.display(), one_line(e)))?;
     if jpeg_is_truncated(&bytes) {
         if !allow_truncated {
@@ -69,7 +95,7 @@ pub fn decode_rgb8_opts(path: &Path, allow_truncated: bool) -> Result<Rgb8> {
         }
         log::warn!("image {}: truncated JPEG, decoding what is there", path.display());
     }
-    decode_rgb8_bytes(&bytes, path)
+    Ok(bytes)
 }
 
 /// True for a JPEG whose last scan is not followed by an EOI marker (FF D9). The decoder
@@ -77,6 +103,11 @@ pub fn decode_rgb8_opts(path: &Path, allow_truncated: bool) -> Result<Rgb8> {
 /// 0xFF is always followed by 0x00 or a restart marker, so FF D9 can only be the real EOI.
 pub fn jpeg_is_truncated(bytes: &[u8]) -> bool {
     if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    // The usual file ends with EOI: then the answer only needs some SOS before it, which the
+    // marker segments from the start reach in a few hundred bytes (no walk through the scan data).
+    if bytes.ends_with(&[0xFF, 0xD9]) && has_sos_segment(bytes) {
         return false;
     }
     // Byte searches from the end (the EOI is normally the last two bytes): same answer as a
@@ -95,6 +126,35 @@ pub fn jpeg_is_truncated(bytes: &[u8]) -> bool {
         return true;
     };
     rfind_pair(&bytes[last_sos..], 0xD9).is_none()
+}
+
+/// True when walking the marker segments after SOI reaches an SOS marker (FF DA). False for
+/// anything unexpected (the caller then scans the bytes).
+fn has_sos_segment(bytes: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 1 < bytes.len() {
+        if bytes[i] != 0xFF {
+            return false;
+        }
+        let marker = bytes[i + 1];
+        match marker {
+            0xDA => return true,
+            // Fill byte before a marker.
+            0xFF => i += 1,
+            // Markers without a length.
+            0x01 | 0xD0..=0xD9 => i += 2,
+            _ => {
+                let Some(len) = bytes.get(i + 2..i + 4).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize) else {
+                    return false;
+                };
+                if len < 2 {
+                    return false;
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    false
 }
 
 /// Decodes encoded image bytes; `path` is only used in messages. Does not check JPEG

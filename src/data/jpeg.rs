@@ -66,6 +66,50 @@ pub fn is_jpeg(bytes: &[u8]) -> bool {
 /// Decodes a JPEG to 8-bit RGB as Pillow's `Image.open(p).convert('RGB')` does. Returns
 /// `Ok(None)` for 4-channel (CMYK/YCCK) files, which the caller decodes otherwise.
 pub fn decode(bytes: &[u8], path: &Path) -> Result<Option<Rgb8>> {
+    Ok(decode_region(bytes, path, |_, _| None)?.map(|d| d.pixels))
+}
+
+/// Columns `[x, x+w)` and rows `[y, y+h)` of an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rect {
+    pub x: usize,
+    pub y: usize,
+    pub w: usize,
+    pub h: usize,
+}
+
+/// A decoded rectangle of a `full` = [width, height] image: `pixels` is the part at `origin`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    pub full: [usize; 2],
+    pub origin: [usize; 2],
+    pub pixels: Rgb8,
+}
+
+impl Decoded {
+    pub fn is_whole(&self) -> bool {
+        self.origin == [0, 0] && [self.pixels.width, self.pixels.height] == self.full
+    }
+}
+
+/// Decoded columns kept on each side of a requested rectangle: libjpeg-turbo's cropped decode
+/// treats the crop's edges as image edges (fancy upsampling replicates the edge chroma sample),
+/// so the pixels next to them may differ from a full decode; farther inside they are the same
+/// arithmetic on the same coefficients. 32 is two of the widest iMCUs' edge pixels over.
+const COLUMN_MARGIN: usize = 32;
+/// Decoded rows kept above a requested rectangle after `jpeg_skip_scanlines`, likewise (two
+/// iMCU rows of the tallest sampling), so the upsampler's context rows are real decoded rows.
+const ROW_MARGIN: usize = 32;
+
+/// [`decode`] of only the pixels a caller needs: `choose(width, height)` names them once the
+/// header is read (`None`: the whole image). Rows above the rectangle are entropy-decoded but
+/// not transformed, columns beside it are not transformed (`jpeg_skip_scanlines`,
+/// `jpeg_crop_scanline`), and decoding stops after its last row, so corrupt data below it goes
+/// unnoticed where a whole decode would log a warning. The pixels are those of the whole decode
+/// (tests/data_region_decode.rs compares them on every sampling layout).
+pub fn decode_region(
+    bytes: &[u8], path: &Path, choose: impl FnOnce(usize, usize) -> Option<Rect>,
+) -> Result<Option<Decoded>> {
     // SAFETY: zeroed is the state C code gives these structs before `jpeg_std_error` /
     // `jpeg_create_decompress` fill them (all fields are integers, pointers or Option<fn>).
     let mut err: Box<sys::jpeg_error_mgr> = Box::new(unsafe { std::mem::zeroed() });
@@ -77,7 +121,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Option<Rgb8>> {
     err.emit_message = Some(emit_message);
     cinfo.common.err = &mut *err;
 
-    let mut out: Option<Rgb8> = None;
+    let mut out: Option<Decoded> = None;
     let mut checked: Result<()> = Ok(());
     let run = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `cinfo` has its error manager; `bytes` outlives the decompressor (destroyed
@@ -103,34 +147,106 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Option<Rgb8>> {
         cinfo.do_block_smoothing = 0;
         cinfo.scale_num = 1;
         cinfo.scale_denom = 1;
-        // SAFETY: header read, parameters set.
-        unsafe { sys::jpeg_start_decompress(&mut cinfo) };
-        let (w, h) = (cinfo.output_width as usize, cinfo.output_height as usize);
-        if cinfo.output_components != 3 {
-            checked = Err(anyhow::anyhow!(
-                "image {}: libjpeg gave {} components for RGB output",
-                path.display(),
-                cinfo.output_components
-            ));
-            return;
-        }
-        let mut data = vec![0u8; w * h * 3];
-        // Row pointers into the final buffer: libjpeg writes every row in place.
-        let mut rows: Vec<*mut u8> = data.chunks_exact_mut(w * 3).map(|r| r.as_mut_ptr()).collect();
-        while (cinfo.output_scanline as usize) < h {
-            let next = cinfo.output_scanline as usize;
-            // SAFETY: rows[next..] point to distinct `w * 3`-byte rows of `data`, which
-            // outlives the call; libjpeg writes at most `h - next` rows.
-            let got = unsafe { sys::jpeg_read_scanlines(&mut cinfo, rows.as_mut_ptr().add(next), (h - next) as u32) };
-            if got == 0 {
-                // Only a suspending source returns 0 rows; the memory source never suspends.
-                checked = Err(anyhow::anyhow!("image {}: libjpeg stopped at row {next} of {h}", path.display()));
+        let full = [cinfo.image_width as usize, cinfo.image_height as usize];
+        let rect = choose(full[0], full[1]).filter(|r| [r.x, r.y, r.w, r.h] != [0, 0, full[0], full[1]]);
+        if let Some(r) = rect {
+            if r.x + r.w > full[0] || r.y + r.h > full[1] {
+                checked = Err(anyhow::anyhow!(
+                    "image {}: region {}x{} at ({}, {}) outside the {}x{} image",
+                    path.display(),
+                    r.w,
+                    r.h,
+                    r.x,
+                    r.y,
+                    full[0],
+                    full[1]
+                ));
+                return;
+            }
+            if r.w == 0 || r.h == 0 {
+                out =
+                    Some(Decoded { full, origin: [r.x, r.y], pixels: Rgb8 { width: 0, height: 0, data: Vec::new() } });
                 return;
             }
         }
-        // SAFETY: all scanlines read.
-        unsafe { sys::jpeg_finish_decompress(&mut cinfo) };
-        out = Some(Rgb8 { width: w, height: h, data });
+        // SAFETY: header read, parameters set.
+        unsafe { sys::jpeg_start_decompress(&mut cinfo) };
+        let (w, h) = (cinfo.output_width as usize, cinfo.output_height as usize);
+        if cinfo.output_components != 3 || [w, h] != full {
+            checked = Err(anyhow::anyhow!(
+                "image {}: libjpeg gave {} components of {w}x{h} for RGB output of {}x{}",
+                path.display(),
+                cinfo.output_components,
+                full[0],
+                full[1]
+            ));
+            return;
+        }
+        let Some(r) = rect else {
+            let mut data = vec![0u8; w * h * 3];
+            // Row pointers into the final buffer: libjpeg writes every row in place.
+            let mut rows: Vec<*mut u8> = data.chunks_exact_mut(w * 3).map(|r| r.as_mut_ptr()).collect();
+            while (cinfo.output_scanline as usize) < h {
+                let next = cinfo.output_scanline as usize;
+                // SAFETY: rows[next..] point to distinct `w * 3`-byte rows of `data`, which
+                // outlives the call; libjpeg writes at most `h - next` rows.
+                let got =
+                    unsafe { sys::jpeg_read_scanlines(&mut cinfo, rows.as_mut_ptr().add(next), (h - next) as u32) };
+                if got == 0 {
+                    // Only a suspending source returns 0 rows; the memory source never suspends.
+                    checked = Err(anyhow::anyhow!("image {}: libjpeg stopped at row {next} of {h}", path.display()));
+                    return;
+                }
+            }
+            // SAFETY: all scanlines read.
+            unsafe { sys::jpeg_finish_decompress(&mut cinfo) };
+            out = Some(Decoded { full, origin: [0, 0], pixels: Rgb8 { width: w, height: h, data } });
+            return;
+        };
+        // Columns: libjpeg moves the left edge down to an iMCU boundary and reports it.
+        let left = r.x.saturating_sub(COLUMN_MARGIN);
+        let right = (r.x + r.w + COLUMN_MARGIN).min(w);
+        let (mut xoffset, mut width) = (left as u32, (right - left) as u32);
+        // SAFETY: decompression started, no scanline read yet; both values are within the image.
+        unsafe { sys::jpeg_crop_scanline(&mut cinfo, &mut xoffset, &mut width) };
+        let (xoffset, width) = (xoffset as usize, width as usize);
+        if xoffset > r.x || xoffset + width < r.x + r.w || cinfo.output_width as usize != width {
+            checked = Err(anyhow::anyhow!(
+                "image {}: libjpeg cropped columns {xoffset}..{} for {}..{}",
+                path.display(),
+                xoffset + width,
+                r.x,
+                r.x + r.w
+            ));
+            return;
+        }
+        let first_row = r.y.saturating_sub(ROW_MARGIN);
+        while (cinfo.output_scanline as usize) < first_row {
+            let left_to_skip = first_row - cinfo.output_scanline as usize;
+            // SAFETY: decompression started; the skip stays above the last row.
+            if unsafe { sys::jpeg_skip_scanlines(&mut cinfo, left_to_skip as u32) } == 0 {
+                checked = Err(anyhow::anyhow!("image {}: libjpeg could not skip to row {first_row}", path.display()));
+                return;
+            }
+        }
+        let mut data = vec![0u8; r.w * r.h * 3];
+        let mut line = vec![0u8; width * 3];
+        let from = (r.x - xoffset) * 3;
+        while (cinfo.output_scanline as usize) < r.y + r.h {
+            let y = cinfo.output_scanline as usize;
+            let mut row_ptr = line.as_mut_ptr();
+            // SAFETY: `line` holds one output row of the cropped width; libjpeg writes one row.
+            if unsafe { sys::jpeg_read_scanlines(&mut cinfo, &mut row_ptr, 1) } != 1 {
+                checked = Err(anyhow::anyhow!("image {}: libjpeg stopped at row {y} of {h}", path.display()));
+                return;
+            }
+            if y >= r.y {
+                let dst = (y - r.y) * r.w * 3;
+                data[dst..dst + r.w * 3].copy_from_slice(&line[from..from + r.w * 3]);
+            }
+        }
+        // The rest of the file is not read: `jpeg_destroy_decompress` below frees the state.
+        out = Some(Decoded { full, origin: [r.x, r.y], pixels: Rgb8 { width: r.w, height: r.h, data } });
     }));
     // SAFETY: frees libjpeg's pools whatever state it stopped in (valid after a create, and
     // a no-op on a never-created struct, whose `mem` is null).

@@ -102,22 +102,55 @@ fn clip8(acc: i32) -> u8 {
 /// Read access to the rows of an 8-bit RGB image as a resize sees them: optionally mirrored
 /// left-right (`np.fliplr` before the crop) and optionally mapped through a per-value table
 /// (a bytescale of integer-valued pixels), without materialising the whole image.
+///
+/// `img` may hold only a rectangle of a larger image (a region decode): its pixel (0, 0) is
+/// pixel `origin` of the `full` [width, height] image (unmirrored coordinates). Rows and
+/// columns are addressed in the (mirrored) full image; only the present ones may be read.
 #[derive(Clone, Copy)]
 pub struct RowView<'a> {
     pub img: &'a Rgb8,
     pub flip: bool,
     pub lut: Option<&'a [u8; 256]>,
+    pub full: [usize; 2],
+    pub origin: [usize; 2],
 }
 
 impl<'a> RowView<'a> {
     pub fn plain(img: &'a Rgb8) -> RowView<'a> {
-        RowView { img, flip: false, lut: None }
+        RowView::whole(img, false, None)
     }
 
-    /// Row `y` (all `width` pixels); `scratch` holds it when it has to be transformed.
+    /// A view of all of `img`.
+    pub fn whole(img: &'a Rgb8, flip: bool, lut: Option<&'a [u8; 256]>) -> RowView<'a> {
+        RowView { img, flip, lut, full: [img.width, img.height], origin: [0, 0] }
+    }
+
+    /// The first column present, in the view's (mirrored when `flip`) coordinates.
+    pub fn first_column(&self) -> usize {
+        if self.flip {
+            self.full[0] - self.origin[0] - self.img.width
+        } else {
+            self.origin[0]
+        }
+    }
+
+    /// The columns present, [first, end), in the view's coordinates.
+    pub fn columns(&self) -> (usize, usize) {
+        let first = self.first_column();
+        (first, first + self.img.width)
+    }
+
+    /// The rows present, [first, end).
+    pub fn rows(&self) -> (usize, usize) {
+        (self.origin[1], self.origin[1] + self.img.height)
+    }
+
+    /// Row `y` of the full image, the present columns only (index 0 is `first_column()`);
+    /// `scratch` holds it when it has to be transformed.
     pub fn row<'s>(&'s self, y: usize, scratch: &'s mut Vec<u8>) -> &'s [u8] {
         let w3 = self.img.width * 3;
-        let src = &self.img.data[y * w3..(y + 1) * w3];
+        let r = y - self.origin[1];
+        let src = &self.img.data[r * w3..(r + 1) * w3];
         if !self.flip && self.lut.is_none() {
             return src;
         }
@@ -137,6 +170,17 @@ impl<'a> RowView<'a> {
         }
         scratch
     }
+}
+
+/// The input span `[first, end)` that the outputs `[start, start+count)` of a BILINEAR resize
+/// from `in_size` to `out_size` read (all of `0..in_size` when the size does not change).
+pub fn resize_input_span(in_size: usize, out_size: usize, start: usize, count: usize) -> (usize, usize) {
+    if in_size == out_size || count == 0 || start + count > out_size {
+        return (start.min(in_size), (start + count).min(in_size));
+    }
+    let taps = precompute_taps(in_size, out_size);
+    let (last_min, last_len) = taps.bounds[start + count - 1];
+    (taps.bounds[start].0, last_min + last_len)
 }
 
 fn check_region(what: &str, start: usize, count: usize, size: usize) -> Result<()> {
@@ -162,11 +206,12 @@ pub fn resize_bilinear_region(
     src: RowView, out_w: usize, out_h: usize, xr: (usize, usize), yr: (usize, usize),
 ) -> Result<Rgb8> {
     let img = src.img;
+    let [in_w, in_h] = src.full;
     if out_w == 0 || out_h == 0 || out_w > MAX_SIDE || out_h > MAX_SIDE {
         bail!("pillow resize: bad output size {out_w}x{out_h}");
     }
-    if img.width == 0 || img.height == 0 {
-        bail!("pillow resize: empty input image {}x{}", img.width, img.height);
+    if in_w == 0 || in_h == 0 {
+        bail!("pillow resize: empty input image {in_w}x{in_h}");
     }
     if img.data.len() != img.width * img.height * 3 {
         bail!("pillow resize: input buffer has {} bytes for {}x{}", img.data.len(), img.width, img.height);
@@ -175,10 +220,10 @@ pub fn resize_bilinear_region(
     check_region("resize", yr.0, yr.1, out_h)?;
     let (nx, ny) = (xr.1, yr.1);
     // Same size in both directions: Pillow returns a copy.
-    let need_horizontal = out_w != img.width;
-    let need_vertical = out_h != img.height;
-    let vert = need_vertical.then(|| precompute_taps(img.height, out_h));
-    let horiz = need_horizontal.then(|| precompute_taps(img.width, out_w));
+    let need_horizontal = out_w != in_w;
+    let need_vertical = out_h != in_h;
+    let vert = need_vertical.then(|| precompute_taps(in_h, out_h));
+    let horiz = need_horizontal.then(|| precompute_taps(in_w, out_w));
     // Input rows the requested output rows read (tap bounds are monotone in the output index).
     let (row_first, row_end) = match &vert {
         Some(v) => {
@@ -188,6 +233,26 @@ pub fn resize_bilinear_region(
         None => (yr.0, yr.0 + ny),
     };
     let rows = row_end - row_first;
+    // The input columns the requested outputs read must be present (a region source).
+    let (col_first, col_end) = match &horiz {
+        Some(h) => {
+            let (last_min, last_len) = h.bounds[xr.0 + nx - 1];
+            (h.bounds[xr.0].0, last_min + last_len)
+        }
+        None => (xr.0, xr.0 + nx),
+    };
+    let (have_cols, have_rows) = (src.columns(), src.rows());
+    if col_first < have_cols.0 || col_end > have_cols.1 || row_first < have_rows.0 || row_end > have_rows.1 {
+        bail!(
+            "pillow resize: needs input columns {col_first}..{col_end} and rows {row_first}..{row_end}, the source \
+             holds {}..{} and {}..{}",
+            have_cols.0,
+            have_cols.1,
+            have_rows.0,
+            have_rows.1
+        );
+    }
+    let col0 = have_cols.0;
     // Intermediate: the needed input rows, resized horizontally, only the requested columns.
     let mut mid = vec![0u8; rows * nx * 3];
     let mut scratch = Vec::new();
@@ -195,7 +260,7 @@ pub fn resize_bilinear_region(
     for (r, dst) in mid.chunks_exact_mut(nx * 3).enumerate() {
         let line = src.row(row_first + r, &mut scratch);
         let Some(h) = &horiz else {
-            dst.copy_from_slice(&line[xr.0 * 3..(xr.0 + nx) * 3]);
+            dst.copy_from_slice(&line[(xr.0 - col0) * 3..(xr.0 - col0 + nx) * 3]);
             continue;
         };
         // Fixed tap counts let the compiler unroll; taps past a pixel's own count have weight 0
@@ -204,12 +269,12 @@ pub fn resize_bilinear_region(
         padded.extend_from_slice(line);
         padded.resize(line.len() + h.ksize * 3, 0);
         match h.ksize {
-            3 => horizontal_pass_fixed::<3>(&padded, h, xr.0, dst),
-            5 => horizontal_pass_fixed::<5>(&padded, h, xr.0, dst),
-            7 => horizontal_pass_fixed::<7>(&padded, h, xr.0, dst),
-            9 => horizontal_pass_fixed::<9>(&padded, h, xr.0, dst),
-            11 => horizontal_pass_fixed::<11>(&padded, h, xr.0, dst),
-            _ => horizontal_pass(line, h, xr.0, dst),
+            3 => horizontal_pass_fixed::<3>(&padded, col0, h, xr.0, dst),
+            5 => horizontal_pass_fixed::<5>(&padded, col0, h, xr.0, dst),
+            7 => horizontal_pass_fixed::<7>(&padded, col0, h, xr.0, dst),
+            9 => horizontal_pass_fixed::<9>(&padded, col0, h, xr.0, dst),
+            11 => horizontal_pass_fixed::<11>(&padded, col0, h, xr.0, dst),
+            _ => horizontal_pass(line, col0, h, xr.0, dst),
         }
     }
     let Some(vert) = vert else {
@@ -237,10 +302,10 @@ pub fn resize_bilinear_region(
 }
 
 /// [`horizontal_pass`] with all `K = ksize` taps per pixel on a row padded by K zero pixels.
-fn horizontal_pass_fixed<const K: usize>(padded: &[u8], h: &Taps, x0: usize, dst: &mut [u8]) {
+fn horizontal_pass_fixed<const K: usize>(padded: &[u8], col0: usize, h: &Taps, x0: usize, dst: &mut [u8]) {
     for (i, d) in dst.chunks_exact_mut(3).enumerate() {
         let xx = x0 + i;
-        let xmin = h.bounds[xx].0;
+        let xmin = h.bounds[xx].0 - col0;
         let w: &[i32; K] = h.weights[xx * K..xx * K + K].try_into().expect("K = ksize");
         let px = &padded[xmin * 3..xmin * 3 + 3 * K];
         let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
@@ -255,11 +320,13 @@ fn horizontal_pass_fixed<const K: usize>(padded: &[u8], h: &Taps, x0: usize, dst
     }
 }
 
-/// Pillow's horizontal 8-bit pass for output columns `x0..x0 + dst.len()/3` of one row.
-fn horizontal_pass(line: &[u8], h: &Taps, x0: usize, dst: &mut [u8]) {
+/// Pillow's horizontal 8-bit pass for output columns `x0..x0 + dst.len()/3` of one row whose
+/// first pixel is input column `col0`.
+fn horizontal_pass(line: &[u8], col0: usize, h: &Taps, x0: usize, dst: &mut [u8]) {
     for (i, d) in dst.chunks_exact_mut(3).enumerate() {
         let xx = x0 + i;
         let (xmin, taps) = h.bounds[xx];
+        let xmin = xmin - col0;
         let w = &h.weights[xx * h.ksize..xx * h.ksize + taps];
         let px = &line[xmin * 3..(xmin + taps) * 3];
         let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
@@ -330,6 +397,12 @@ pub fn affine_bilinear(img: &Rgb8, out_w: usize, out_h: usize, m: [f64; 6]) -> R
 pub fn affine_bilinear_region(
     img: &Rgb8, out_w: usize, out_h: usize, m: [f64; 6], xr: (usize, usize), yr: (usize, usize),
 ) -> Result<Rgb8> {
+    affine_region_with(img, out_w, out_h, m, xr, yr, affine_simd_available())
+}
+
+fn affine_region_with(
+    img: &Rgb8, out_w: usize, out_h: usize, m: [f64; 6], xr: (usize, usize), yr: (usize, usize), simd: bool,
+) -> Result<Rgb8> {
     if out_w > MAX_SIDE || out_h > MAX_SIDE {
         bail!("pillow transform: bad output size {out_w}x{out_h}");
     }
@@ -343,49 +416,206 @@ pub fn affine_bilinear_region(
     if img.width == 0 || img.height == 0 {
         return Ok(Rgb8 { width: nx, height: ny, data: out });
     }
+    for (j, dst_row) in out.chunks_exact_mut(nx * 3).enumerate() {
+        let yin0 = (yr.0 + j) as f64 + 0.5;
+        affine_row(img, m, yin0, xr.0, dst_row, simd);
+    }
+    Ok(Rgb8 { width: nx, height: ny, data: out })
+}
+
+/// [`affine_bilinear_region`] with the portable scalar sampler only (the AVX2 one, used where the
+/// CPU has it, must give the same bytes; tests compare the two).
+pub fn affine_bilinear_region_portable(
+    img: &Rgb8, out_w: usize, out_h: usize, m: [f64; 6], xr: (usize, usize), yr: (usize, usize),
+) -> Result<Rgb8> {
+    affine_region_with(img, out_w, out_h, m, xr, yr, false)
+}
+
+/// Whether the AVX2 bilinear sampler can run here (the scalar one gives the same bytes).
+fn affine_simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One output row (`yin0` = row + 0.5) of [`affine_bilinear_region`] from output column `x0`.
+fn affine_row(img: &Rgb8, m: [f64; 6], yin0: f64, x0: usize, dst_row: &mut [u8], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is true only where the CPU has AVX2 (`affine_simd_available`).
+        unsafe { affine_row_avx2(img, m, yin0, x0, dst_row) };
+        return;
+    }
+    let _ = simd;
     let (w, h) = (img.width as i64, img.height as i64);
     let (wf, hf) = (img.width as f64, img.height as f64);
     let stride = img.width * 3;
     let data = &img.data[..];
-    for (j, dst_row) in out.chunks_exact_mut(nx * 3).enumerate() {
-        let yin0 = (yr.0 + j) as f64 + 0.5;
-        // Per-row parts of Pillow's a0·x + a1·y + a2 (same operation order per pixel).
-        let (ry_x, ry_y) = (m[1] * yin0, m[4] * yin0);
-        for (i, d) in dst_row.chunks_exact_mut(3).enumerate() {
-            let xin0 = (xr.0 + i) as f64 + 0.5;
-            let xin = m[0] * xin0 + ry_x + m[2];
-            let yin = m[3] * xin0 + ry_y + m[5];
-            if !(xin >= 0.0 && xin < wf && yin >= 0.0 && yin < hf) {
-                continue; // filled black
-            }
-            let xs = xin - 0.5;
-            let ys = yin - 0.5;
-            // floor without a libm call: xs, ys >= -0.5 here, so floor is truncation or -1.
-            let xi = if xs < 0.0 { -1 } else { xs as i64 };
-            let yi = if ys < 0.0 { -1 } else { ys as i64 };
-            let dx = xs - xi as f64;
-            let dy = ys - yi as f64;
-            let c0 = xi.clamp(0, w - 1) as usize * 3;
-            let c1 = (xi + 1).clamp(0, w - 1) as usize * 3;
-            let r0 = yi.clamp(0, h - 1) as usize * stride;
-            let second_row = yi + 1 >= 0 && yi + 1 < h;
-            let r1 = if second_row { (yi + 1) as usize * stride } else { r0 };
-            let p00: &[u8; 3] = data[r0 + c0..r0 + c0 + 3].try_into().expect("pixel");
-            let p01: &[u8; 3] = data[r0 + c1..r0 + c1 + 3].try_into().expect("pixel");
-            let p10: &[u8; 3] = data[r1 + c0..r1 + c0 + 3].try_into().expect("pixel");
-            let p11: &[u8; 3] = data[r1 + c1..r1 + c1 + 3].try_into().expect("pixel");
-            for b in 0..3 {
-                // v = a + (b - a)·d with the integer difference first, as Pillow's macro.
-                let a0 = p00[b] as i32;
-                let v1 = a0 as f64 + (p01[b] as i32 - a0) as f64 * dx;
-                let a1 = p10[b] as i32;
-                // (without a second row Pillow uses v1; r1 = r0 then gives the same value)
-                let v2 = if second_row { a1 as f64 + (p11[b] as i32 - a1) as f64 * dx } else { v1 };
-                d[b] = (v1 + (v2 - v1) * dy) as u8;
-            }
+    // Per-row parts of Pillow's a0·x + a1·y + a2 (same operation order per pixel).
+    let (ry_x, ry_y) = (m[1] * yin0, m[4] * yin0);
+    for (i, d) in dst_row.chunks_exact_mut(3).enumerate() {
+        let xin0 = (x0 + i) as f64 + 0.5;
+        let xin = m[0] * xin0 + ry_x + m[2];
+        let yin = m[3] * xin0 + ry_y + m[5];
+        if !(xin >= 0.0 && xin < wf && yin >= 0.0 && yin < hf) {
+            continue; // filled black
+        }
+        let xs = xin - 0.5;
+        let ys = yin - 0.5;
+        // floor without a libm call: xs, ys >= -0.5 here, so floor is truncation or -1.
+        let xi = if xs < 0.0 { -1 } else { xs as i64 };
+        let yi = if ys < 0.0 { -1 } else { ys as i64 };
+        let dx = xs - xi as f64;
+        let dy = ys - yi as f64;
+        let c0 = xi.clamp(0, w - 1) as usize * 3;
+        let c1 = (xi + 1).clamp(0, w - 1) as usize * 3;
+        let r0 = yi.clamp(0, h - 1) as usize * stride;
+        let second_row = yi + 1 >= 0 && yi + 1 < h;
+        let r1 = if second_row { (yi + 1) as usize * stride } else { r0 };
+        let p00: &[u8; 3] = data[r0 + c0..r0 + c0 + 3].try_into().expect("pixel");
+        let p01: &[u8; 3] = data[r0 + c1..r0 + c1 + 3].try_into().expect("pixel");
+        let p10: &[u8; 3] = data[r1 + c0..r1 + c0 + 3].try_into().expect("pixel");
+        let p11: &[u8; 3] = data[r1 + c1..r1 + c1 + 3].try_into().expect("pixel");
+        for b in 0..3 {
+            // v = a + (b - a)·d with the integer difference first, as Pillow's macro.
+            let a0 = p00[b] as i32;
+            let v1 = a0 as f64 + (p01[b] as i32 - a0) as f64 * dx;
+            let a1 = p10[b] as i32;
+            // (without a second row Pillow uses v1; r1 = r0 then gives the same value)
+            let v2 = if second_row { a1 as f64 + (p11[b] as i32 - a1) as f64 * dx } else { v1 };
+            d[b] = (v1 + (v2 - v1) * dy) as u8;
         }
     }
-    Ok(Rgb8 { width: nx, height: ny, data: out })
+}
+
+/// [`affine_row`] four output pixels at a time, one pixel per lane of AVX2 double vectors:
+/// the same IEEE operations in the same order per pixel and channel (no fused multiply-add),
+/// so the same bytes. The four source pixels of each output pixel are gathered as 32-bit words
+/// (3 bytes and one unused); a group that would read past the buffer's end runs the scalar code.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn affine_row_avx2(img: &Rgb8, m: [f64; 6], yin0: f64, x0: usize, dst_row: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let len = img.data.len();
+    // Word offsets must fit i32 gathers; larger images (far beyond a crop window) stay scalar.
+    if len < 4 || len > i32::MAX as usize - 8 {
+        affine_row(img, m, yin0, x0, dst_row, false);
+        return;
+    }
+    let (wf, hf) = (img.width as f64, img.height as f64);
+    let stride = _mm_set1_epi32((img.width * 3) as i32);
+    let (wmax, hmax) = (_mm_set1_epi32(img.width as i32 - 1), _mm_set1_epi32(img.height as i32 - 1));
+    let (zero_i, one_i, three_i) = (_mm_setzero_si128(), _mm_set1_epi32(1), _mm_set1_epi32(3));
+    let (ry_x, ry_y) = (_mm256_set1_pd(m[1] * yin0), _mm256_set1_pd(m[4] * yin0));
+    let (m0, m2, m3, m5) = (_mm256_set1_pd(m[0]), _mm256_set1_pd(m[2]), _mm256_set1_pd(m[3]), _mm256_set1_pd(m[5]));
+    let (zero, half, minus_one) = (_mm256_setzero_pd(), _mm256_set1_pd(0.5), _mm256_set1_pd(-1.0));
+    let (wv, hv) = (_mm256_set1_pd(wf), _mm256_set1_pd(hf));
+    let byte = _mm_set1_epi32(0xFF);
+    let base = img.data.as_ptr() as *const i32;
+    let pixels = dst_row.len() / 3;
+    let mut i = 0;
+    while i + 4 <= pixels {
+        let xin0 = _mm256_add_pd(_mm256_set1_pd((x0 + i) as f64 + 0.5), _mm256_set_pd(3.0, 2.0, 1.0, 0.0));
+        let xin = _mm256_add_pd(_mm256_add_pd(_mm256_mul_pd(m0, xin0), ry_x), m2);
+        let yin = _mm256_add_pd(_mm256_add_pd(_mm256_mul_pd(m3, xin0), ry_y), m5);
+        let inside = _mm256_and_pd(
+            _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(xin, zero), _mm256_cmp_pd::<_CMP_LT_OQ>(xin, wv)),
+            _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(yin, zero), _mm256_cmp_pd::<_CMP_LT_OQ>(yin, hv)),
+        );
+        let inside_bits = _mm256_movemask_pd(inside);
+        if inside_bits == 0 {
+            i += 4; // all black (the row is zero-filled)
+            continue;
+        }
+        // Outside lanes sample (0.5, 0.5) harmlessly; their result is masked to black below.
+        let xs = _mm256_sub_pd(_mm256_blendv_pd(half, xin, inside), half);
+        let ys = _mm256_sub_pd(_mm256_blendv_pd(half, yin, inside), half);
+        // floor: truncation for xs >= 0, -1 for -0.5 <= xs < 0 (as the scalar code).
+        let xf = _mm256_blendv_pd(
+            _mm256_round_pd::<_MM_FROUND_TO_ZERO>(xs),
+            minus_one,
+            _mm256_cmp_pd::<_CMP_LT_OQ>(xs, zero),
+        );
+        let yf = _mm256_blendv_pd(
+            _mm256_round_pd::<_MM_FROUND_TO_ZERO>(ys),
+            minus_one,
+            _mm256_cmp_pd::<_CMP_LT_OQ>(ys, zero),
+        );
+        let (dx, dy) = (_mm256_sub_pd(xs, xf), _mm256_sub_pd(ys, yf));
+        let (xi, yi) = (_mm256_cvttpd_epi32(xf), _mm256_cvttpd_epi32(yf));
+        let clamp = |v: __m128i, hi: __m128i| _mm_min_epi32(_mm_max_epi32(v, zero_i), hi);
+        let c0 = _mm_mullo_epi32(clamp(xi, wmax), three_i);
+        let c1 = _mm_mullo_epi32(clamp(_mm_add_epi32(xi, one_i), wmax), three_i);
+        let r0 = _mm_mullo_epi32(clamp(yi, hmax), stride);
+        let y1 = _mm_add_epi32(yi, one_i);
+        // 0 <= yi + 1 <= h - 1, lane by lane (all ones where true).
+        let second = _mm_andnot_si128(
+            _mm_cmpgt_epi32(zero_i, y1),
+            _mm_andnot_si128(_mm_cmpgt_epi32(y1, hmax), _mm_set1_epi32(-1)),
+        );
+        let r1 = _mm_blendv_epi8(r0, _mm_mullo_epi32(clamp(y1, hmax), stride), second);
+        let (o00, o01, o10, o11) =
+            (_mm_add_epi32(r0, c0), _mm_add_epi32(r0, c1), _mm_add_epi32(r1, c0), _mm_add_epi32(r1, c1));
+        // The largest offsets are o01 / o11 (c1 >= c0); each word read needs 4 bytes.
+        let mut far = [0i32; 4];
+        // SAFETY: a 16-byte store into a 16-byte array.
+        unsafe { _mm_storeu_si128(far.as_mut_ptr() as *mut __m128i, _mm_max_epi32(o01, o11)) };
+        if far.iter().any(|&o| o as usize + 4 > len) {
+            let (end, from) = (dst_row.len(), i * 3);
+            affine_row(img, m, yin0, x0 + i, &mut dst_row[from..end.min(from + 12)], false);
+            i += 4;
+            continue;
+        }
+        // SAFETY: every offset is in 0..=len-4 (clamped indices, checked above), so each 4-byte
+        // gather stays inside `img.data`.
+        let (p00, p01, p10, p11) = unsafe {
+            (
+                _mm_i32gather_epi32::<1>(base, o00),
+                _mm_i32gather_epi32::<1>(base, o01),
+                _mm_i32gather_epi32::<1>(base, o10),
+                _mm_i32gather_epi32::<1>(base, o11),
+            )
+        };
+        let second_pd = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(second));
+        let mut packed = _mm_setzero_si128();
+        for shift in [0, 8, 16] {
+            let count = _mm_cvtsi32_si128(shift);
+            let chan = |p: __m128i| _mm_and_si128(_mm_srl_epi32(p, count), byte);
+            let (a0, b0, a1, b1) = (chan(p00), chan(p01), chan(p10), chan(p11));
+            // v = a + (b - a)·d with the integer difference first, as Pillow's macro.
+            let v1 =
+                _mm256_add_pd(_mm256_cvtepi32_pd(a0), _mm256_mul_pd(_mm256_cvtepi32_pd(_mm_sub_epi32(b0, a0)), dx));
+            let v2 =
+                _mm256_add_pd(_mm256_cvtepi32_pd(a1), _mm256_mul_pd(_mm256_cvtepi32_pd(_mm_sub_epi32(b1, a1)), dx));
+            let v2 = _mm256_blendv_pd(v1, v2, second_pd);
+            let v = _mm256_add_pd(v1, _mm256_mul_pd(_mm256_sub_pd(v2, v1), dy));
+            // Truncation toward zero; the values are in 0..=255.
+            packed = _mm_or_si128(packed, _mm_sll_epi32(_mm256_cvttpd_epi32(v), count));
+        }
+        let inside_i = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+            _mm256_castpd_si256(inside),
+            _mm256_set_epi32(7, 5, 3, 1, 6, 4, 2, 0),
+        ));
+        let mut words = [0u32; 4];
+        // SAFETY: a 16-byte store into a 16-byte array.
+        unsafe { _mm_storeu_si128(words.as_mut_ptr() as *mut __m128i, _mm_and_si128(packed, inside_i)) };
+        for (k, word) in words.iter().enumerate() {
+            let d = (i + k) * 3;
+            dst_row[d..d + 3].copy_from_slice(&word.to_le_bytes()[..3]);
+        }
+        i += 4;
+    }
+    if i < pixels {
+        affine_row(img, m, yin0, x0 + i, &mut dst_row[i * 3..], false);
+    }
 }
 
 /// `Image.rotate(angle, BILINEAR)`: counter-clockwise about (w/2, h/2), same size, black fill.

@@ -9,8 +9,8 @@ use super::dataset::DatasetKind;
 use super::dataset::{Annotations, FaceDataset};
 use super::flip::fliplr_joints_with;
 use super::image::Image;
-use super::imageio::{decode_rgb8_opts, rgb8_to_image, Rgb8};
-use super::transforms::{crop_rgb8, InputType};
+use super::imageio::{decode_rgb8_opts, decode_rgb8_region_opts, rgb8_to_image, Rect, Rgb8};
+use super::transforms::{crop_rgb8, crop_rgb8_region, crop_source, CropSource, InputType};
 use anyhow::{anyhow, bail, Context, Result};
 use std::borrow::Cow;
 
@@ -161,15 +161,49 @@ impl FaceDataset {
         if spec.is_train {
             scale *= aug.scale_mult;
         }
-        let img = self.source_rgb8(index)?;
+        let input_type = self.crop_input_type();
+        // The crop's source: a JPEG's needed rectangle only, or the whole image.
+        let decoded = match &self.annotations {
+            Annotations::Csv(r) if spec.region_decode => {
+                let rec = r.get(index).ok_or_else(|| anyhow!("sample index {index} out of range (len {})", r.len()))?;
+                let want = |w: usize, h: usize| {
+                    let c = if aug.flip { [w as f32 - center[0], center[1]] } else { center };
+                    match crop_source([w, h], aug.flip, input_type, c, scale, spec.image_size, aug.rot) {
+                        CropSource::Whole => None,
+                        CropSource::Rect { x, y, w, h } => Some(Rect { x, y, w, h }),
+                    }
+                };
+                let decoded = decode_rgb8_region_opts(&rec.image_path, spec.kind == DatasetKind::Aflw, want)
+                    .with_context(|| format!("{}:{}", spec.annotations.display(), rec.line))?;
+                Some(decoded)
+            }
+            _ => None,
+        };
+        let whole;
+        let (img, full, origin) = match &decoded {
+            Some(d) => (&d.pixels, d.full, d.origin),
+            None => {
+                whole = self.source_rgb8(index)?;
+                (&*whole, [whole.width, whole.height], [0, 0])
+            }
+        };
         if aug.flip {
             let pairs = spec.mirror_pairs().map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
-            fliplr_joints_with(&mut pts, img.width, &pairs).map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
-            center[0] = img.width as f32 - center[0];
+            fliplr_joints_with(&mut pts, full[0], &pairs).map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
+            center[0] = full[0] as f32 - center[0];
         }
-        let cropped = crop_rgb8(&img, aug.flip, self.crop_input_type(), center, scale, spec.image_size, aug.rot)
-            .map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
-        drop(img);
+        let (flip, res, rot) = (aug.flip, spec.image_size, aug.rot);
+        let with_name = |e: anyhow::Error| anyhow!("{}: {e}", self.describe(index));
+        let cropped = match crop_rgb8_region(img, full, origin, flip, input_type, center, scale, res, rot) {
+            Ok(Some(out)) => out,
+            // The crop needs pixels outside the decoded rectangle after all: decode them all.
+            Ok(None) => {
+                let whole = self.source_rgb8(index)?;
+                crop_rgb8(&whole, flip, input_type, center, scale, res, rot).map_err(with_name)?
+            }
+            Err(e) => return Err(with_name(e)),
+        };
+        drop(decoded);
         if cropped.height != spec.image_size[0] || cropped.width != spec.image_size[1] {
             bail!(
                 "{}: crop returned {}x{}, expected {}x{}",

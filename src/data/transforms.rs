@@ -8,7 +8,9 @@
 use anyhow::{bail, Context, Result};
 
 use super::image::Image;
-use super::pillow::{resize_bilinear, resize_bilinear_region, rotate_bilinear, rotate_bilinear_region, Rgb8, RowView};
+use super::pillow::{
+    resize_bilinear, resize_bilinear_region, resize_input_span, rotate_bilinear, rotate_bilinear_region, Rgb8, RowView,
+};
 
 /// Largest window/image side the crop accepts (far beyond any real face crop).
 const MAX_SIDE: i64 = 1 << 15;
@@ -428,6 +430,112 @@ fn region_min_max(img: &Rgb8, flip: bool, xr: (usize, usize), yr: (usize, usize)
     (lo, hi)
 }
 
+/// Where a crop reads its source, from the image size and crop parameters alone.
+enum CropPlan {
+    /// The reference returns zeros (degenerate pre-downscale).
+    Zeros,
+    /// Rare shapes left to the general float path: an axis of length 3 (scipy then takes it as
+    /// the channel axis), numpy's broadcast of a single source row/column, errors.
+    Float,
+    Window(WindowPlan),
+}
+
+/// A crop window on the (mirrored, possibly downscaled) source: its size, the slices of the
+/// window copy and the part kept after the rotation padding is removed (all (start, len)).
+struct WindowPlan {
+    /// The downscaled source size (w, h) when the pre-downscale runs.
+    downscaled: Option<[usize; 2]>,
+    win: [usize; 2],
+    new_x: (usize, usize),
+    new_y: (usize, usize),
+    old_x: (usize, usize),
+    old_y: (usize, usize),
+    kept_x: (usize, usize),
+    kept_y: (usize, usize),
+}
+
+fn crop_plan([wd, ht]: [usize; 2], center: [f32; 2], scale: f64, res: [usize; 2], rot: f64) -> Result<CropPlan> {
+    let mut c = center;
+    let mut scale = scale;
+    let sf = scale * 200.0 / res[0] as f64;
+    // The source the window is cut from: the (mirrored) image, or its downscaled size.
+    let (mut sw, mut sh) = (wd as i64, ht as i64);
+    let mut downscaled = None;
+    if sf >= 2.0 {
+        let new_size = ((ht.max(wd) as f64) / sf).floor();
+        let new_ht = (ht as f64 / sf).floor() as usize;
+        let new_wd = (wd as f64 / sf).floor() as usize;
+        if new_size < 2.0 {
+            return Ok(CropPlan::Zeros);
+        }
+        (sw, sh) = (new_wd as i64, new_ht as i64);
+        downscaled = Some([new_wd, new_ht]);
+        let sf32 = sf as f32;
+        c = [c[0] / sf32, c[1] / sf32];
+        scale /= sf;
+    }
+    let CropWindow { ul, br, pad, win_h, win_w } = crop_window(c, scale, res, rot)?;
+    let (kept_y, kept_x) = if rot != 0.0 {
+        (py_slice(win_h, pad, -pad), py_slice(win_w, pad, -pad))
+    } else {
+        ((0, win_h as usize), (0, win_w as usize))
+    };
+    let [new_x, new_y, old_x, old_y] = window_slices(ul, br, [win_w, win_h], [sw, sh]);
+    let odd = [win_h as usize, win_w as usize, kept_y.1, kept_x.1].contains(&3)
+        || kept_y.1 == 0
+        || kept_x.1 == 0
+        || new_x.1 != old_x.1
+        || new_y.1 != old_y.1;
+    if odd {
+        return Ok(CropPlan::Float);
+    }
+    let win = [win_w as usize, win_h as usize];
+    Ok(CropPlan::Window(WindowPlan { downscaled, win, new_x, new_y, old_x, old_y, kept_x, kept_y }))
+}
+
+/// The pixels of its source image that a crop reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CropSource {
+    /// All of them (the general float path, or an error the crop will report).
+    Whole,
+    /// Columns `[x, x+w)` and rows `[y, y+h)` of the unmirrored image (possibly empty: the crop
+    /// is then all zeros).
+    Rect { x: usize, y: usize, w: usize, h: usize },
+}
+
+/// Which pixels of a `full` = [width, height] image [`crop_rgb8`] reads with these parameters
+/// (`center` in the mirrored frame when `flip`, as `crop_rgb8` takes it). The pre-downscale of a
+/// float32 input stretches by the whole image's min/max: it reads the whole image.
+pub fn crop_source(
+    full: [usize; 2], flip: bool, input: InputType, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64,
+) -> CropSource {
+    let [wd, ht] = full;
+    if check_crop_request(full, wd * ht * 3, center, scale, res, rot).is_err() {
+        return CropSource::Whole;
+    }
+    let plan = match crop_plan(full, center, scale, res, rot) {
+        Ok(CropPlan::Window(p)) => p,
+        Ok(CropPlan::Zeros) => return CropSource::Rect { x: 0, y: 0, w: 0, h: 0 },
+        Ok(CropPlan::Float) | Err(_) => return CropSource::Whole,
+    };
+    if plan.old_x.1 == 0 || plan.old_y.1 == 0 {
+        return CropSource::Rect { x: 0, y: 0, w: 0, h: 0 };
+    }
+    if plan.downscaled.is_some() && input == InputType::Float32 {
+        return CropSource::Whole;
+    }
+    // Source columns/rows in the mirrored frame; through the resize taps when downscaling.
+    let ((x0, x1), (y0, y1)) = match plan.downscaled {
+        Some([sw, sh]) => (
+            resize_input_span(wd, sw, plan.old_x.0, plan.old_x.1),
+            resize_input_span(ht, sh, plan.old_y.0, plan.old_y.1),
+        ),
+        None => ((plan.old_x.0, plan.old_x.0 + plan.old_x.1), (plan.old_y.0, plan.old_y.0 + plan.old_y.1)),
+    };
+    let (x0, x1) = if flip { (wd - x1, wd - x0) } else { (x0, x1) };
+    CropSource::Rect { x: x0, y: y0, w: x1 - x0, h: y1 - y0 }
+}
+
 /// [`crop`] of an 8-bit RGB image, mirrored first when `flip` (the reference's `np.fliplr`),
 /// handed to the reference as `input` (float32 for the CSV datasets, uint8 for COFW).
 /// Bit-identical to the reference crop, but it only computes what the result needs: the
@@ -438,81 +546,97 @@ fn region_min_max(img: &Rgb8, flip: bool, xr: (usize, usize), yr: (usize, usize)
 pub fn crop_rgb8(
     img: &Rgb8, flip: bool, input: InputType, center: [f32; 2], scale: f64, res: [usize; 2], rot: f64,
 ) -> Result<Rgb8> {
-    let (wd, ht) = (img.width, img.height);
-    check_crop_request([wd, ht], img.data.len(), center, scale, res, rot)?;
-    let mut c = center;
-    let scale0 = scale;
-    let mut scale = scale;
-    let sf = scale * 200.0 / res[0] as f64;
-    // The source the window is cut from: the (mirrored) image, or its downscaled size.
-    let (mut sw, mut sh) = (wd as i64, ht as i64);
-    let mut full_lut = None;
-    if sf >= 2.0 {
-        let new_size = ((ht.max(wd) as f64) / sf).floor();
-        let new_ht = (ht as f64 / sf).floor() as usize;
-        let new_wd = (wd as f64 / sf).floor() as usize;
-        if new_size < 2.0 {
-            return Ok(Rgb8 { width: res[1], height: res[0], data: vec![0; res[0] * res[1] * 3] });
-        }
-        if input == InputType::Float32 {
-            let (lo, hi) = region_min_max(img, false, (0, wd), (0, ht));
-            full_lut = Some(bytescale_lut(lo, hi));
-        }
-        (sw, sh) = (new_wd as i64, new_ht as i64);
-        let sf32 = sf as f32;
-        c = [c[0] / sf32, c[1] / sf32];
-        scale /= sf;
+    match crop_rgb8_region(img, [img.width, img.height], [0, 0], flip, input, center, scale, res, rot)? {
+        Some(out) => Ok(out),
+        None => bail!("crop: the whole {}x{} image did not suffice (a bug)", img.width, img.height),
     }
+}
 
-    let CropWindow { ul, br, pad, win_h, win_w } = crop_window(c, scale, res, rot)?;
-    let (kept_y, kept_x) = if rot != 0.0 {
-        (py_slice(win_h, pad, -pad), py_slice(win_w, pad, -pad))
+/// [`crop_rgb8`] from a rectangle of the image: `region` holds the pixels at `origin` (x, y) of a
+/// `full` = [width, height] image, at least the [`crop_source`] rectangle. `Ok(None)` when the
+/// crop needs the whole image after all: the general float path, or the pre-downscale of a
+/// float32 input, which stretches by the whole image's min/max (known from the region only
+/// when it already holds both 0 and 255).
+#[allow(clippy::too_many_arguments)]
+pub fn crop_rgb8_region(
+    region: &Rgb8, full: [usize; 2], origin: [usize; 2], flip: bool, input: InputType, center: [f32; 2], scale: f64,
+    res: [usize; 2], rot: f64,
+) -> Result<Option<Rgb8>> {
+    let [wd, ht] = full;
+    let whole = origin == [0, 0] && [region.width, region.height] == full;
+    if whole {
+        check_crop_request(full, region.data.len(), center, scale, res, rot)?;
     } else {
-        ((0, win_h as usize), (0, win_w as usize))
-    };
-    let [new_x, new_y, old_x, old_y] = window_slices(ul, br, [win_w, win_h], [sw, sh]);
-    // Rare shapes handled by the general float path: an axis of length 3 (scipy then takes it
-    // as the channel axis), numpy's broadcast of a single source row/column, errors.
-    let odd = [win_h as usize, win_w as usize, kept_y.1, kept_x.1].contains(&3)
-        || kept_y.1 == 0
-        || kept_x.1 == 0
-        || new_x.1 != old_x.1
-        || new_y.1 != old_y.1;
-    if odd {
-        let float = super::imageio::rgb8_to_image(img, flip);
-        let out = match input {
-            InputType::Float32 => crop(&float, center, scale0, res, rot)?,
-            InputType::Uint8 => crop_input(&float, input, center, scale0, res, rot)?,
-        };
-        return Rgb8::new(out.width, out.height, out.to_u8());
+        check_crop_request(full, wd * ht * 3, center, scale, res, rot)?;
+        let inside = origin[0] + region.width <= wd && origin[1] + region.height <= ht;
+        if !inside || region.data.len() != region.width * region.height * 3 {
+            bail!(
+                "crop: region {}x{} at {:?} ({} bytes) does not fit the {wd}x{ht} image",
+                region.width,
+                region.height,
+                origin,
+                region.data.len()
+            );
+        }
     }
+    let plan = match crop_plan(full, center, scale, res, rot)? {
+        CropPlan::Zeros => return Ok(Some(Rgb8 { width: res[1], height: res[0], data: vec![0; res[0] * res[1] * 3] })),
+        CropPlan::Float if !whole => return Ok(None),
+        CropPlan::Float => {
+            let float = super::imageio::rgb8_to_image(region, flip);
+            let out = match input {
+                InputType::Float32 => crop(&float, center, scale, res, rot)?,
+                InputType::Uint8 => crop_input(&float, input, center, scale, res, rot)?,
+            };
+            return Ok(Some(Rgb8::new(out.width, out.height, out.to_u8())?));
+        }
+        CropPlan::Window(p) => p,
+    };
+    let WindowPlan { downscaled, win: [win_w, win_h], new_x, new_y, old_x, old_y, kept_x, kept_y } = plan;
 
     // The overlap of window and source: source pixels old_x × old_y land at new_x × new_y.
-    let (win_w, win_h) = (win_w as usize, win_h as usize);
     let mut win = vec![0u8; win_w * win_h * 3];
     if old_x.1 > 0 && old_y.1 > 0 {
+        let view = RowView { img: region, flip, lut: None, full, origin };
         // The overlapping part of the source (downscaled region or original pixels), as bytes.
-        let region: Rgb8 = if sf >= 2.0 {
+        let part: Rgb8 = if let Some([sw, sh]) = downscaled {
+            let mut full_lut = None;
+            if input == InputType::Float32 {
+                // scipy's toimage stretches the whole float image by its min/max first.
+                let (lo, hi) = region_min_max(region, false, (0, region.width), (0, region.height));
+                if !whole && (lo, hi) != (0, 255) {
+                    return Ok(None);
+                }
+                full_lut = Some(bytescale_lut(lo, hi));
+            }
             let lut = full_lut.as_ref().filter(|l| !is_identity(l));
-            resize_bilinear_region(RowView { img, flip, lut }, sw as usize, sh as usize, old_x, old_y)?
+            resize_bilinear_region(RowView { lut, ..view }, sw, sh, old_x, old_y)?
         } else {
+            let (have_x, have_y) = (view.columns(), view.rows());
+            if old_x.0 < have_x.0 || old_x.0 + old_x.1 > have_x.1 || old_y.0 < have_y.0 || old_y.0 + old_y.1 > have_y.1
+            {
+                bail!(
+                    "crop: region {:?} at {:?} misses the window's source pixels",
+                    [region.width, region.height],
+                    origin
+                );
+            }
             let mut data = Vec::with_capacity(old_x.1 * old_y.1 * 3);
             let mut scratch = Vec::new();
-            let view = RowView { img, flip, lut: None };
             for y in old_y.0..old_y.0 + old_y.1 {
                 let line = view.row(y, &mut scratch);
-                data.extend_from_slice(&line[old_x.0 * 3..(old_x.0 + old_x.1) * 3]);
+                data.extend_from_slice(&line[(old_x.0 - have_x.0) * 3..(old_x.0 - have_x.0 + old_x.1) * 3]);
             }
             Rgb8 { width: old_x.1, height: old_y.1, data }
         };
         // bytescale of the float32 window: min/max over the copied pixels and the zero padding.
-        let (mut lo, mut hi) = region_min_max(&region, false, (0, region.width), (0, region.height));
+        let (mut lo, mut hi) = region_min_max(&part, false, (0, part.width), (0, part.height));
         if new_x.1 < win_w || new_y.1 < win_h {
             lo = 0;
         }
         hi = hi.max(lo);
         let lut = bytescale_lut(lo, hi);
-        for (r, line) in region.data.chunks_exact(region.width * 3).enumerate() {
+        for (r, line) in part.data.chunks_exact(part.width * 3).enumerate() {
             let d = ((new_y.0 + r) * win_w + new_x.0) * 3;
             for (o, &v) in win[d..d + line.len()].iter_mut().zip(line) {
                 *o = lut[v as usize];
@@ -523,7 +647,7 @@ pub fn crop_rgb8(
     // (A window entirely outside the source is all zeros: bytescale of zeros is zeros.)
     let window = Rgb8 { width: win_w, height: win_h, data: win };
     let kept = if rot != 0.0 { rotate_bilinear_region(&window, rot, kept_x, kept_y)? } else { window };
-    resize_bilinear(&kept, res[1], res[0]).context("crop: final resize")
+    Ok(Some(resize_bilinear(&kept, res[1], res[0]).context("crop: final resize")?))
 }
 
 #[cfg(test)]

@@ -1,0 +1,257 @@
+//! Region decoding (`HRK_JPEG_REGION`): a JPEG's rectangle decoded alone (libjpeg-turbo's
+//! skip/crop of scanlines) holds exactly the pixels of the whole decode, on every layout of the
+//! JPEG corpus (4:2:0, 4:2:2, 4:4:4, grey, progressive, restart markers, odd sizes) and for
+//! rectangles at every edge; the crop from a rectangle equals the crop from the whole image;
+//! and whole training/test samples are the same with region decoding on and off.
+
+use hrk::data::augment::Augmentation;
+use hrk::data::dataset::{DatasetKind, DatasetSpec, FaceDataset};
+use hrk::data::imageio::{decode_rgb8, decode_rgb8_region_opts, Rect, Rgb8};
+use hrk::data::transforms::{crop_rgb8, crop_rgb8_region, crop_source, CropSource, InputType};
+use hrk::rng::Rng;
+use std::path::{Path, PathBuf};
+
+mod common;
+
+fn corpus() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8, "JPEG corpus incomplete in {}", dir.display());
+    files
+}
+
+/// The pixels of `r` cut from a whole image.
+fn cut(img: &Rgb8, r: Rect) -> Vec<u8> {
+    let mut out = Vec::with_capacity(r.w * r.h * 3);
+    for y in r.y..r.y + r.h {
+        out.extend_from_slice(&img.data[(y * img.width + r.x) * 3..(y * img.width + r.x + r.w) * 3]);
+    }
+    out
+}
+
+fn random_rect(rng: &mut Rng, w: usize, h: usize) -> Rect {
+    let span = |rng: &mut Rng, n: usize| {
+        // Edges, single pixels, iMCU boundaries ±1 and arbitrary spans.
+        let a = match rng.below(5) {
+            0 => 0,
+            1 => (rng.below(n.div_ceil(16)) * 16).saturating_sub(rng.below(2)),
+            _ => rng.below(n),
+        };
+        let len = match rng.below(5) {
+            0 => n - a,
+            1 => 1,
+            _ => 1 + rng.below(n - a),
+        };
+        (a.min(n - 1), len.min(n - a.min(n - 1)).max(1))
+    };
+    let (x, rw) = span(rng, w);
+    let (y, rh) = span(rng, h);
+    Rect { x, y, w: rw, h: rh }
+}
+
+/// Photo-like picture (smooth shading, rings, a little noise) saved as a quality-90 JPEG.
+fn photo_jpeg(path: &Path, w: u32, h: u32, k: u32) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+        let ring = ((fx - 0.5).hypot(fy - 0.5) * 40.0 + k as f32).sin() * 40.0;
+        let noise = ((x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ k) % 23) as f32;
+        image::Rgb([
+            (90.0 + 100.0 * fx + ring + noise).clamp(0.0, 255.0) as u8,
+            (60.0 + 120.0 * fy + noise).clamp(0.0, 255.0) as u8,
+            (140.0 - ring + noise * 0.5).clamp(0.0, 255.0) as u8,
+        ])
+    });
+    img.save_with_format(path, image::ImageFormat::Jpeg).unwrap();
+}
+
+#[test]
+fn region_pixels_equal_whole_decode_on_every_layout() {
+    let tmp = common::scratch("region-decode");
+    let mut files = corpus();
+    // Larger than the corpus: many iMCU rows and columns on both sides of a rectangle.
+    let big = tmp.path().join("photo_1024x768.jpg");
+    photo_jpeg(&big, 1024, 768, 3);
+    files.push(big);
+    let mut rng = Rng::for_tests(11);
+    let mut checked = 0;
+    for file in &files {
+        let whole = decode_rgb8(file).unwrap();
+        let (w, h) = (whole.width, whole.height);
+        for k in 0..60 {
+            let r = random_rect(&mut rng, w, h);
+            let d = decode_rgb8_region_opts(file, false, |fw, fh| {
+                assert_eq!([fw, fh], [w, h]);
+                Some(r)
+            })
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert_eq!(d.full, [w, h]);
+            if d.is_whole() {
+                assert_eq!(d.pixels, whole, "{} rect {r:?}", file.display());
+            } else {
+                assert_eq!((d.origin, d.pixels.width, d.pixels.height), ([r.x, r.y], r.w, r.h));
+                let want = cut(&whole, r);
+                let diff = d.pixels.data.iter().zip(&want).filter(|(a, b)| a != b).count();
+                assert_eq!(
+                    diff,
+                    0,
+                    "{} case {k} rect {r:?}: {diff} values differ from the whole decode",
+                    file.display()
+                );
+            }
+            checked += 1;
+        }
+        // `None` is the whole image; a rectangle outside it is a one-line error.
+        assert_eq!(decode_rgb8_region_opts(file, false, |_, _| None).unwrap().pixels, whole);
+        let err = decode_rgb8_region_opts(file, false, |fw, _| Some(Rect { x: fw, y: 0, w: 1, h: 1 })).unwrap_err();
+        common::assert_one_line(&format!("{err:#}"), &["outside"]);
+    }
+    assert!(checked >= 9 * 60);
+}
+
+/// A small textured image whose values span [lo, hi].
+fn random_image(rng: &mut Rng, w: usize, h: usize, lo: u8, hi: u8) -> Rgb8 {
+    let span = (hi - lo) as f64 + 1.0;
+    let mut data = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                let smooth = ((x as f64 * 0.11 + c as f64).sin() * (y as f64 * 0.07).cos() + 1.0) * 0.4;
+                let v = (smooth + rng.range(0.0, 0.2)).min(0.999) * span;
+                data.push(lo + v as u8);
+            }
+        }
+    }
+    Rgb8::new(w, h, data).unwrap()
+}
+
+/// The crop from the `crop_source` rectangle (or a larger one) is the crop from the whole image,
+/// or `None` where it needs the whole image; random windows inside, across and outside the
+/// image, rotation, flip, pre-downscale, both input types.
+#[test]
+fn crop_from_region_equals_crop_from_whole_image() {
+    let mut rng = Rng::for_tests(13);
+    let (mut from_region, mut fell_back) = (0, 0);
+    for k in 0..500 {
+        let (w, h) = (40 + rng.below(160), 40 + rng.below(160));
+        let (lo, hi) = if k % 3 == 0 { (0, 255) } else { (rng.range(0.0, 60.0) as u8, rng.range(190.0, 255.0) as u8) };
+        let img = random_image(&mut rng, w, h, lo, hi);
+        let flip = k % 2 == 1;
+        let input = if k % 4 < 3 { InputType::Float32 } else { InputType::Uint8 };
+        let res = if k % 5 == 0 { [48, 40] } else { [32, 32] };
+        let center = [rng.range(-20.0, w as f64 + 20.0) as f32, rng.range(-20.0, h as f64 + 20.0) as f32];
+        let scale = rng.range(0.3, 4.0) * res[0] as f64 / 200.0;
+        let rot = if k % 3 == 2 { 0.0 } else { rng.range(-30.0, 30.0) };
+        let whole = crop_rgb8(&img, flip, input, center, scale, res, rot);
+        let CropSource::Rect { x, y, w: rw, h: rh } =
+            crop_source([w, h], flip, InputType::Uint8, center, scale, res, rot)
+        else {
+            continue;
+        };
+        // The rectangle (asked as for a uint8 input, so that float32 pre-downscales run from a
+        // region too), or one grown by a few pixels (clipped to the image).
+        let grow = if k % 2 == 0 { 0 } else { 1 + rng.below(5) };
+        let (x0, y0) = (x.saturating_sub(grow), y.saturating_sub(grow));
+        let (x1, y1) = ((x + rw + grow).min(w), (y + rh + grow).min(h));
+        let (x1, y1) = if rw == 0 || rh == 0 { (x0, y0) } else { (x1, y1) };
+        let part = Rgb8::new(x1 - x0, y1 - y0, cut(&img, Rect { x: x0, y: y0, w: x1 - x0, h: y1 - y0 })).unwrap();
+        let region = crop_rgb8_region(&part, [w, h], [x0, y0], flip, input, center, scale, res, rot);
+        match (region, whole) {
+            (Ok(Some(r)), Ok(wh)) => {
+                assert!(r == wh, "case {k}: {w}x{h} flip {flip} {input:?} c {center:?} s {scale} rot {rot}");
+                from_region += 1;
+            }
+            (Ok(None), Ok(_)) => fell_back += 1,
+            (Err(r), Err(wh)) => assert_eq!(r.to_string(), wh.to_string(), "case {k}"),
+            (r, wh) => panic!("case {k}: region {:?} vs whole {:?}", r.map(|_| ()), wh.map(|_| ())),
+        }
+    }
+    assert!(from_region > 250, "only {from_region} crops from a region ({fell_back} fell back)");
+    assert!(fell_back > 0, "the float32 pre-downscale of a partial-range region must ask for the whole image");
+    assert_eq!(
+        crop_source([100, 80], false, InputType::Float32, [50.0, 40.0], 3.0, [32, 32], 0.0),
+        CropSource::Whole,
+        "float32 pre-downscale reads the whole image"
+    );
+}
+
+/// WFLW-like samples (1024×768 JPEGs, faces of 100–420 px, some at the border) are identical with
+/// region decoding on and off, with training augmentation (rotation, scale, flip) and without.
+#[test]
+fn samples_identical_with_and_without_region_decode() {
+    let tmp = common::scratch("region-samples");
+    let dir = tmp.path();
+    for k in 0..3 {
+        photo_jpeg(&dir.join(format!("img{k}.jpg")), 1024, 768, k);
+    }
+    let mut rng = Rng::for_tests(17);
+    let mut csv = String::from("image_name,scale,center_w,center_h");
+    for j in 0..98 {
+        csv += &format!(",x{j},y{j}");
+    }
+    csv.push('\n');
+    let n = 24;
+    for i in 0..n {
+        // Every fourth face sits at a corner, partly outside the picture.
+        let (cx, cy) = if i % 4 == 0 {
+            (rng.range(-40.0, 80.0), rng.range(690.0, 800.0))
+        } else {
+            (rng.range(150.0, 870.0), rng.range(120.0, 650.0))
+        };
+        let side = rng.range(100.0, 420.0);
+        csv += &format!("img{}.jpg,{},{cx},{cy}", i % 3, side / 200.0);
+        for _ in 0..98 {
+            csv += &format!(",{},{}", cx + rng.range(-side / 2.0, side / 2.0), cy + rng.range(-side / 2.0, side / 2.0));
+        }
+        csv.push('\n');
+    }
+    let csv_path = dir.join("train.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    for is_train in [true, false] {
+        let open = |region: bool| {
+            let mut spec = DatasetSpec::new(DatasetKind::Wflw, dir, &csv_path, is_train);
+            spec.region_decode = region;
+            FaceDataset::open(spec).unwrap()
+        };
+        let (with, without) = (open(true), open(false));
+        for i in 0..n {
+            let aug = with.augmentation_for(i, 5, 1);
+            let a = with.get_with(i, &aug).unwrap();
+            let b = without.get_with(i, &aug).unwrap();
+            assert!(a == b, "sample {i} (train {is_train}, {aug:?}) differs with region decoding");
+            if is_train && i < 3 {
+                // Forced flips and the largest rotation too.
+                let extra = Augmentation { flip: !aug.flip, rot: 30.0, ..aug };
+                assert!(
+                    with.get_with(i, &extra).unwrap() == without.get_with(i, &extra).unwrap(),
+                    "sample {i} {extra:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The AVX2 bilinear sampler (rotation) gives the portable sampler's bytes: random images (odd
+/// widths, so the last pixel has no 4th byte to read), angles of every quadrant and right angles,
+/// regions inside and across the source.
+#[test]
+fn rotation_sampler_simd_equals_portable() {
+    use hrk::data::pillow::{affine_bilinear_region, affine_bilinear_region_portable, rotate_matrix};
+    let mut rng = Rng::for_tests(19);
+    for k in 0..300 {
+        let (w, h) = (1 + rng.below(120), 1 + rng.below(90));
+        let img = Rgb8::new(w, h, (0..w * h * 3).map(|_| rng.below(256) as u8).collect()).unwrap();
+        let angle = if k % 9 == 0 { 90.0 * (k / 9 % 4) as f64 } else { rng.range(-200.0, 200.0) };
+        let m = rotate_matrix(angle, w, h);
+        let (x0, y0) = (rng.below(w), rng.below(h));
+        let xr = (x0, 1 + rng.below(w - x0));
+        let yr = (y0, 1 + rng.below(h - y0));
+        let fast = affine_bilinear_region(&img, w, h, m, xr, yr).unwrap();
+        let portable = affine_bilinear_region_portable(&img, w, h, m, xr, yr).unwrap();
+        assert!(fast == portable, "case {k}: {w}x{h} angle {angle} region {xr:?} {yr:?}");
+    }
+}
