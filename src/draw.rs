@@ -9,6 +9,7 @@ use std::path::Path;
 const POINT: Rgb<u8> = Rgb([0, 255, 0]);
 const OUTLINE: Rgb<u8> = Rgb([0, 0, 0]);
 const LABEL: Rgb<u8> = Rgb([255, 255, 0]);
+const BOX: Rgb<u8> = Rgb([255, 64, 32]);
 
 /// The image as 8-bit RGB (values clamped to 0..255).
 pub fn to_rgb_image(img: &Image) -> Result<RgbImage> {
@@ -49,6 +50,24 @@ pub fn draw_landmarks(img: &mut RgbImage, points: &[[f32; 2]], labels: bool) {
     }
 }
 
+/// Draws a face box `[x1, y1, x2, y2]` (pixels) as a rectangle outline, line width scaled to the
+/// image size; the parts outside the image are clipped.
+pub fn draw_box(img: &mut RgbImage, bbox: [f64; 4]) {
+    if !bbox.iter().all(|v| v.is_finite()) {
+        return;
+    }
+    let side = img.width().max(img.height()) as f64;
+    let t = (side / 400.0).round().clamp(1.0, 6.0) as i64;
+    // Clamped so that a huge box cannot make the loops below run long.
+    let lim = side as i64 + 8;
+    let [x1, y1, x2, y2] = bbox.map(|v| (v.floor() as i64).clamp(-lim, 2 * lim));
+    let (w, h) = (x2 - x1 + 1, y2 - y1 + 1);
+    fill_rect(img, x1, y1, w, t, BOX);
+    fill_rect(img, x1, y2 - t + 1, w, t, BOX);
+    fill_rect(img, x1, y1, t, h, BOX);
+    fill_rect(img, x2 - t + 1, y1, t, h, BOX);
+}
+
 /// Draws `points` on a copy of `img` and writes it to `path` as PNG.
 pub fn save_overlay(path: &Path, img: &Image, points: &[[f32; 2]], labels: bool) -> Result<()> {
     let mut rgb = to_rgb_image(img)?;
@@ -68,5 +87,16 @@ mod tests {
         draw_landmarks(&mut rgb, &[[10.5, 20.5], [-50.0, 3.0], [f32::NAN, 1.0]], true);
         assert_eq!(*rgb.get_pixel(10, 20), POINT);
         assert!(rgb.pixels().any(|p| *p == LABEL));
+    }
+
+    #[test]
+    fn boxes_are_outlined_and_clipped() {
+        let mut rgb = to_rgb_image(&Image::zeros(100, 80)).unwrap();
+        draw_box(&mut rgb, [10.0, 20.0, 50.5, 60.0]);
+        draw_box(&mut rgb, [-1e9, -5.0, 1e9, 1e12]);
+        assert_eq!(*rgb.get_pixel(10, 40), BOX);
+        assert_eq!(*rgb.get_pixel(50, 40), BOX);
+        assert_eq!(*rgb.get_pixel(30, 20), BOX);
+        assert_eq!(*rgb.get_pixel(30, 40), Rgb([0, 0, 0]));
     }
 }

@@ -1,6 +1,7 @@
-//! `hrk predict` on synthetic images with a tiny random-init model: JSON / CSV / overlay PNGs
-//! with the right number of points inside the image, with and without --box, from a dataset
-//! CSV; and the one-line errors (missing / mismatched model file, missing image, bad --box).
+//! `hrk predict` on synthetic images with a tiny random-init model: per-image JSON / run CSV /
+//! overlay PNGs with the right number of points inside the image, for the whole image, --box and
+//! a dataset CSV; and the one-line errors (missing / mismatched model file, missing image, bad
+//! --box, a file that is not an image). Detector, folders, shards, --boxes: cli_predict_faces.rs.
 
 mod common;
 
@@ -31,54 +32,75 @@ fn setup(name: &str) -> Setup {
 }
 
 fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
-/// Checks predictions.json / .csv / overlays in `out` for `n` images of 68 points.
-fn check_outputs(out: &Path, n: usize) -> serde_json::Value {
-    let doc = read_json(&out.join("predictions.json"));
-    let items = doc["images"].as_array().unwrap();
-    assert_eq!(items.len(), n);
-    for it in items {
-        let (w, h) = (it["width"].as_f64().unwrap(), it["height"].as_f64().unwrap());
-        let pts = it["landmarks"].as_array().unwrap();
+/// Checks `<name>.json` / `<name>_landmarks.png` in `out` for each of `names` (one face of 68
+/// points inside the image each) and the run's CSV; returns the JSON documents.
+fn check_outputs(out: &Path, names: &[&str]) -> Vec<serde_json::Value> {
+    let mut docs = Vec::new();
+    for name in names {
+        let doc = read_json(&out.join(format!("{name}.json")));
+        let (w, h) = (doc["width"].as_f64().unwrap(), doc["height"].as_f64().unwrap());
+        let faces = doc["faces"].as_array().unwrap();
+        assert_eq!(faces.len(), 1, "{name}: {doc}");
+        let pts = faces[0]["landmarks"].as_array().unwrap();
         assert_eq!(pts.len(), 68);
         for p in pts {
             let (x, y) = (p[0].as_f64().unwrap(), p[1].as_f64().unwrap());
             assert!((0.0..=w).contains(&x) && (0.0..=h).contains(&y), "point ({x}, {y}) outside {w}x{h}");
         }
-        let overlay = PathBuf::from(it["overlay"].as_str().unwrap());
-        let img = image::open(&overlay).unwrap().to_rgb8();
+        let img = image::open(out.join(format!("{name}_landmarks.png"))).unwrap().to_rgb8();
         assert_eq!((img.width() as f64, img.height() as f64), (w, h));
         // The overlay has the point colour where the first landmark is.
         let (x, y) = (pts[0][0].as_f64().unwrap() as u32, pts[0][1].as_f64().unwrap() as u32);
         assert_eq!(img.get_pixel(x.min(img.width() - 1), y.min(img.height() - 1)).0, [0, 255, 0]);
+        docs.push(doc);
     }
     let csv = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
-    assert_eq!(csv.lines().count(), n + 1);
+    assert_eq!(csv.lines().count(), names.len() + 1);
     assert!(csv.lines().all(|l| l.split(',').count() == 4 + 2 * 68));
-    doc
+    docs
+}
+
+/// The CSV's rows as (image, annotation scale, center).
+fn csv_rows(out: &Path, file: &str) -> Vec<(String, f64, [f64; 2])> {
+    let csv = std::fs::read_to_string(out.join(file)).unwrap();
+    csv.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_string(), f[1].parse().unwrap(), [f[2].parse().unwrap(), f[3].parse().unwrap()])
+        })
+        .collect()
 }
 
 #[test]
 fn predict_writes_points_inside_the_image() {
     let st = setup("ok");
     let out = st.dir.join("whole");
-    assert_cli_ok(&st.hrk("predict", &[s(&st.images[0]), s(&st.images[1]), "--out", s(&out)]));
-    let doc = check_outputs(&out, 2);
-    // Whole image: center = image center, scale = side / 200.
-    assert_eq!(doc["images"][0]["center"][0].as_f64().unwrap(), 128.0);
-    assert_eq!(doc["images"][0]["scale"].as_f64().unwrap(), 256.0 / 200.0);
+    let o = st.hrk("predict", &[s(&st.images[0]), s(&st.images[1]), "--detector", "none", "--out", s(&out)]);
+    assert_cli_ok(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().last(), Some("2 images, 2 faces, 0 failed"));
+    let docs = check_outputs(&out, &["s68_000000", "s68_000001"]);
+    // Whole image: center = image center, crop scale = side / 200 (no enlargement), box = the image.
+    let rows = csv_rows(&out, "predictions.csv");
+    assert_eq!(rows[0].2, [128.0, 128.0]);
+    assert!((rows[0].1 * 1.25 - 256.0 / 200.0).abs() < 1e-12);
+    assert_eq!(docs[0]["faces"][0]["box"], serde_json::json!([0.0, 0.0, 256.0, 256.0]));
+    assert_eq!(docs[0]["image"].as_str().unwrap(), s(&st.images[0]));
 
     let out = st.dir.join("boxed");
     assert_cli_ok(&st.hrk("predict", &[s(&st.images[0]), "--box", "48,40,208,200", "--labels", "--out", s(&out)]));
-    let doc = check_outputs(&out, 1);
-    let it = &doc["images"][0];
-    assert_eq!(it["center"][0].as_f64().unwrap(), 128.0);
-    assert_eq!(it["center"][1].as_f64().unwrap(), 120.0);
-    assert!((it["scale"].as_f64().unwrap() - 160.0 / 200.0 * 1.25).abs() < 1e-12);
+    let doc = &check_outputs(&out, &["s68_000000"])[0];
+    let rows = csv_rows(&out, "predictions.csv");
+    assert_eq!(rows[0].2, [128.0, 120.0]);
+    assert_eq!(rows[0].1, 160.0 / 200.0);
+    let face = &doc["faces"][0];
+    assert_eq!(face["box"], serde_json::json!([48.0, 40.0, 208.0, 200.0]));
+    assert!(face["score"].is_null());
     // The crop (box × 1.25 around its center) bounds the points.
-    for p in it["landmarks"].as_array().unwrap() {
+    for p in face["landmarks"].as_array().unwrap() {
         let (x, y) = (p[0].as_f64().unwrap(), p[1].as_f64().unwrap());
         assert!((28.0..=229.0).contains(&x) && (20.0..=221.0).contains(&y), "({x}, {y}) outside the crop");
     }
@@ -87,7 +109,12 @@ fn predict_writes_points_inside_the_image() {
     let out = st.dir.join("csv");
     let csv = st.dir.join(hrk::synth::TRAIN_CSV);
     assert_cli_ok(&st.hrk("predict", &["--csv", s(&csv), "--out", s(&out)]));
-    check_outputs(&out, 4);
+    let names: Vec<String> = csv_rows(&st.dir, hrk::synth::TRAIN_CSV)
+        .iter()
+        .map(|r| Path::new(&r.0).file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 4);
+    check_outputs(&out, &names.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 #[test]
@@ -119,11 +146,16 @@ fn predict_and_test_errors_are_one_line() {
     assert_cli_error(&o, &["--box"]);
     let o = st.hrk("test", &["--testset", s(&st.dir.join("none.csv"))]);
     assert_cli_error(&o, &["none.csv"]);
-    // A file that is not an image.
+    // A file that is not an image: reported by name, then the summary as the last line.
     let bogus = st.dir.join("bogus.jpg");
     std::fs::write(&bogus, b"not an image").unwrap();
-    let o = st.hrk("predict", &[s(&bogus)]);
-    assert_cli_error(&o, &["bogus.jpg"]);
+    let o = st.hrk("predict", &[s(&bogus), "--detector", "none", "--out", s(&st.dir.join("bogus"))]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].contains("bogus.jpg") && !err.contains("panicked"), "{err}");
+    assert_eq!(lines[1], "hrk: error: 1 images, 0 faces, 1 failed");
 }
 
 #[test]

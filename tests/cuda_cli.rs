@@ -19,8 +19,8 @@ fn hrk_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 fn landmarks(out: &Path) -> Vec<f64> {
     let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("predictions.json")).unwrap()).unwrap();
-    doc["images"][0]["landmarks"]
+        serde_json::from_str(&std::fs::read_to_string(out.join("s68_000000.json")).unwrap()).unwrap();
+    doc["faces"][0]["landmarks"]
         .as_array()
         .unwrap()
         .iter()
@@ -43,6 +43,8 @@ fn predict_on_the_emulated_gpu_matches_cpu_and_oom_is_one_line() {
                 "--model-file",
                 s(&weights),
                 s(&img),
+                "--detector",
+                "none",
                 "--device",
                 device,
                 "--out",

@@ -73,7 +73,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a, cli.quiet),
         Command::Test(a) => test::run(a),
-        Command::Predict(a) => predict::run(a),
+        Command::Predict(a) => predict::run(a, cli.quiet),
         Command::Bench(a) => bench::run(a),
         Command::Export(a) => export::run(a),
         Command::Convert { input, output } => {

@@ -1,23 +1,19 @@
-//! `hrk predict`: landmarks for your own images (what the reference's issues #51, #90, #91 ask
-//! for). The face region is given by `--box x1,y1,x2,y2` (center = box center, scale = box side
-//! / 200 × 1.25, the enlargement every dataset applies at test time), or is the whole image
-//! (center = image center, scale = longer side / 200, no enlargement), or comes from a CSV in the
-//! dataset format (`--csv`, the test-time pipeline of `hrk test`). Writes JSON, CSV and one
-//! overlay PNG per image; coordinates are original-image pixels.
+//! `hrk predict`: landmarks for your own photos (what the reference's issues #51, #90, #91 ask
+//! for). Faces come from the built-in MTCNN detector (default), from boxes (`--box`, `--boxes`),
+//! from the whole image (`--detector none`) or from a dataset CSV (`--csv`, the test-time pipeline
+//! of `hrk test`). The work is `crate::predict`; this file parses flags and prints.
 
-use crate::data::augment::Augmentation;
-use crate::data::codec::decode_preds_with;
-use crate::data::dataset::{Annotations, FaceDataset};
-use crate::data::image::Image;
-use crate::data::imageio::load_image;
-use crate::data::sample::normalize_into;
-use crate::data::transforms::crop;
-use crate::eval::{test_heatmaps, TestOptions};
-use crate::model::HrNet;
+use crate::detect::{DetectorOptions, Mtcnn};
+use crate::predict::{
+    collect_images, dataset_images, output_names, parse_shard, shard_indices, FaceBox, FaceSource, GivenBoxes,
+    PredictOptions, PredictRun, MTCNN_MARGIN,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+pub use crate::predict::SCALE_ENLARGEMENT;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -27,11 +23,32 @@ pub struct PredictArgs {
     /// Weights: .safetensors or an official .pth.
     #[arg(long = "model-file")]
     pub model_file: PathBuf,
-    /// Images (JPEG, PNG, PPM, BMP).
+    /// Images (JPEG, PNG, PPM/PGM, BMP) and folders (searched recursively).
     pub images: Vec<PathBuf>,
-    /// Face box x1,y1,x2,y2 in pixels: once for all images, or once per image in order.
+    /// Face box x1,y1,x2,y2 in pixels: once for all images, or once per image file in order.
     #[arg(long = "box", allow_hyphen_values = true)]
     pub boxes: Vec<String>,
+    /// CSV of face boxes: image,x1,y1,x2,y2 (header optional, several rows per image allowed).
+    #[arg(long = "boxes", conflicts_with = "boxes")]
+    pub boxes_file: Option<PathBuf>,
+    /// Where faces come from without boxes: mtcnn (every face) or none (the whole image).
+    #[arg(long, default_value = "mtcnn", value_parser = ["mtcnn", "none"])]
+    pub detector: String,
+    /// Smallest face the detector looks for, in pixels.
+    #[arg(long = "min-face", default_value_t = 20.0)]
+    pub min_face: f32,
+    /// Detector thresholds: one value for the three stages, or three comma-separated.
+    #[arg(long)]
+    pub threshold: Option<String>,
+    /// Detector weights (.safetensors; default: the embedded MTCNN weights).
+    #[arg(long = "detector-weights")]
+    pub detector_weights: Option<PathBuf>,
+    /// Process every n-th image of the list, starting at the i-th (0-based): i/n.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Faces per forward pass (default: TEST.BATCH_SIZE_PER_GPU).
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Annotation CSV in the dataset format (image paths relative to --root).
     #[arg(long)]
     pub csv: Option<PathBuf>,
@@ -51,249 +68,178 @@ pub struct PredictArgs {
     pub options: super::common::TestOptionArgs,
 }
 
-/// A face box in pixels.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FaceBox {
-    pub x1: f64,
-    pub y1: f64,
-    pub x2: f64,
-    pub y2: f64,
+/// `--threshold 0.6` or `--threshold 0.6,0.7,0.7`, each in (0, 1).
+fn parse_thresholds(s: &str) -> Result<[f32; 3]> {
+    let bad = || anyhow!("--threshold '{s}': expected one value or three comma-separated values in (0, 1)");
+    let v: Vec<f32> = s.split(',').map(|t| t.trim().parse::<f32>()).collect::<Result<_, _>>().map_err(|_| bad())?;
+    if !v.iter().all(|t| *t > 0.0 && *t < 1.0) {
+        return Err(bad());
+    }
+    match v[..] {
+        [t] => Ok([t; 3]),
+        [a, b, c] => Ok([a, b, c]),
+        _ => Err(bad()),
+    }
 }
 
-impl FaceBox {
-    /// Parses `x1,y1,x2,y2` (x2 > x1, y2 > y1, finite).
-    pub fn parse(s: &str) -> Result<FaceBox> {
-        let bad = |why: &str| anyhow!("--box '{s}': {why} (expected x1,y1,x2,y2 in pixels)");
-        let v: Vec<f64> = s
-            .split(',')
-            .map(|t| t.trim().parse::<f64>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad("not four numbers"))?;
-        if v.len() != 4 {
-            return Err(bad(&format!("{} numbers", v.len())));
+/// Shows images/s on stderr while images finish (hidden with -q or off a terminal) and prints each
+/// failed image as one line.
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(total: usize, quiet: bool) -> Progress {
+        if quiet || total == 0 {
+            return Progress { bar: None };
         }
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err(bad("not finite"));
+        let bar = ProgressBar::new(total as u64);
+        if let Ok(style) =
+            ProgressStyle::with_template("{wide_bar} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
+        {
+            bar.set_style(style);
         }
-        if v[2] <= v[0] || v[3] <= v[1] {
-            return Err(bad("x2 must exceed x1 and y2 must exceed y1"));
+        super::logger::set_active_bar(Some(bar.clone()));
+        Progress { bar: Some(bar) }
+    }
+
+    fn image_done(&mut self, report: &crate::predict::ImageReport) {
+        if let Some(e) = &report.error {
+            log::error!("{e}");
         }
-        Ok(FaceBox { x1: v[0], y1: v[1], x2: v[2], y2: v[3] })
-    }
-
-    /// Center and the annotation scale (box side / 200, before the ×1.25 enlargement), the
-    /// convention of the dataset CSVs (REFERENCE §3.1, issue #3).
-    pub fn center_scale(&self) -> ([f32; 2], f64) {
-        let c = [((self.x1 + self.x2) / 2.0) as f32, ((self.y1 + self.y2) / 2.0) as f32];
-        (c, (self.x2 - self.x1).max(self.y2 - self.y1) / 200.0)
-    }
-}
-
-/// The test-time enlargement of the annotation scale (`scale *= 1.25` in every dataset class).
-pub const SCALE_ENLARGEMENT: f64 = 1.25;
-
-/// One image's result.
-struct Prediction {
-    image: PathBuf,
-    width: usize,
-    height: usize,
-    face_box: Option<FaceBox>,
-    center: [f32; 2],
-    /// Crop scale actually used (box side × 1.25 / 200, or the whole image).
-    scale: f64,
-    points: Vec<[f32; 2]>,
-    overlay: PathBuf,
-}
-
-/// Crop, normalise, forward and decode one face.
-fn predict_one(
-    net: &mut HrNet, img: &Image, center: [f32; 2], scale: f64, image_size: [usize; 2], opts: &TestOptions,
-    pairs: &[(usize, usize)],
-) -> Result<Vec<[f32; 2]>> {
-    let c = crop(img, center, scale, image_size, 0.0)?;
-    if c.height != image_size[0] || c.width != image_size[1] {
-        bail!("crop returned {}x{}, expected {}x{}", c.height, c.width, image_size[0], image_size[1]);
-    }
-    let mut input = vec![0f32; 3 * image_size[0] * image_size[1]];
-    normalize_into(&c, &mut input)?;
-    let (hm, [n, j, h, w]) = test_heatmaps(net, input, [1, 3, image_size[0], image_size[1]], opts, pairs)?;
-    decode_preds_with(&hm, n, j, h, w, &[center], &[scale], opts.decode)
-}
-
-fn overlay_path(out: &Path, image: &Path, used: &mut Vec<String>) -> PathBuf {
-    let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-    let mut name = format!("{stem}_landmarks.png");
-    let mut k = 2;
-    while used.contains(&name) {
-        name = format!("{stem}_{k}_landmarks.png");
-        k += 1;
-    }
-    used.push(name.clone());
-    out.join(name)
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-fn write_outputs(out: &Path, preds: &[Prediction], joints: usize) -> Result<()> {
-    let items: Vec<serde_json::Value> = preds
-        .iter()
-        .map(|p| {
-            serde_json::json!({
-                "image": p.image.display().to_string(),
-                "width": p.width,
-                "height": p.height,
-                "box": p.face_box.map(|b| vec![b.x1, b.y1, b.x2, b.y2]),
-                "center": [p.center[0], p.center[1]],
-                "scale": p.scale,
-                "landmarks": p.points.iter().map(|q| vec![q[0], q[1]]).collect::<Vec<_>>(),
-                "overlay": p.overlay.display().to_string(),
-            })
-        })
-        .collect();
-    let doc = serde_json::json!({
-        "coordinates": "original image pixels (x, y)",
-        "landmarks": joints,
-        "images": items,
-    });
-    let json_path = out.join("predictions.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)? + "\n")
-        .with_context(|| format!("cannot write {}", json_path.display()))?;
-
-    // The dataset CSV layout, so the output can be fed back as annotations: `scale` is the
-    // annotation scale (crop scale / 1.25).
-    let mut csv = String::from("image_name,scale,center_w,center_h");
-    for k in 0..joints {
-        let _ = write!(csv, ",original_{k}_x,original_{k}_y");
-    }
-    csv.push('\n');
-    for p in preds {
-        let _ = write!(
-            csv,
-            "{},{},{},{}",
-            csv_field(&p.image.display().to_string()),
-            p.scale / SCALE_ENLARGEMENT,
-            p.center[0],
-            p.center[1]
-        );
-        for q in &p.points {
-            let _ = write!(csv, ",{},{}", q[0], q[1]);
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            let secs = bar.elapsed().as_secs_f64();
+            if secs > 0.0 {
+                bar.set_message(format!("{:.1} images/s", bar.position() as f64 / secs));
+            }
         }
-        csv.push('\n');
     }
-    let csv_path = out.join("predictions.csv");
-    std::fs::write(&csv_path, csv).with_context(|| format!("cannot write {}", csv_path.display()))?;
-    Ok(())
 }
 
-pub fn run(args: PredictArgs) -> Result<()> {
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        super::logger::set_active_bar(None);
+    }
+}
+
+pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     let device = super::common::device(&args.device)?;
     let cfg = super::common::config(&args.cfg)?;
     if args.images.is_empty() && args.csv.is_none() {
-        bail!("hrk predict: give image files and/or --csv FILE");
+        bail!("hrk predict: give image files or folders and/or --csv FILE");
     }
-    let boxes: Vec<FaceBox> = args.boxes.iter().map(|s| FaceBox::parse(s)).collect::<Result<_>>()?;
-    if boxes.len() > 1 && boxes.len() != args.images.len() {
-        bail!(
-            "--box given {} times for {} images (give it once for all, or once per image)",
-            boxes.len(),
-            args.images.len()
-        );
+    let thresholds = args.threshold.as_deref().map(parse_thresholds).transpose()?;
+    if !(args.min_face.is_finite() && args.min_face >= 1.0) {
+        bail!("--min-face {}: expected a size in pixels >= 1", args.min_face);
     }
-    for img in &args.images {
-        if !img.is_file() {
-            bail!("image {} not found", img.display());
+    let shard = args.shard.as_deref().map(parse_shard).transpose()?;
+    let all_images = collect_images(&args.images)?;
+
+    let box_list: Vec<FaceBox> = args.boxes.iter().map(|s| FaceBox::parse(s)).collect::<Result<_>>()?;
+    let given = match (&args.boxes_file, box_list.len()) {
+        (Some(f), _) => Some(GivenBoxes::from_csv(f)?),
+        (None, 0) => None,
+        (None, 1) => Some(GivenBoxes::same_for_all(box_list[0])),
+        (None, n) => {
+            if n != args.images.len() || args.images.iter().any(|p| p.is_dir()) {
+                bail!(
+                    "--box given {n} times for {} image arguments (give it once for all, or once per image file)",
+                    args.images.len()
+                );
+            }
+            let pairs: Vec<(PathBuf, FaceBox)> = args.images.iter().cloned().zip(box_list).collect();
+            Some(GivenBoxes::per_image(&pairs))
+        }
+    };
+    if let Some(g) = &given {
+        let unmatched = g.unmatched(&all_images);
+        if !unmatched.is_empty() {
+            log::warn!(
+                "--boxes: {} image(s) of the file are not among the inputs, e.g. {}",
+                unmatched.len(),
+                unmatched[0].display()
+            );
         }
     }
+    let mtcnn = if given.is_none() && args.detector == "mtcnn" && !all_images.is_empty() {
+        Some(Mtcnn::load(args.detector_weights.as_deref(), &device).context("detector")?)
+    } else {
+        None
+    };
+    let mut detector_options = DetectorOptions { min_face: args.min_face, ..Default::default() };
+    if let Some(t) = thresholds {
+        detector_options.thresholds = t;
+    }
+    let source = match (&given, &mtcnn) {
+        (Some(g), _) => FaceSource::Given(g),
+        (None, Some(m)) => FaceSource::Detector { mtcnn: m, options: detector_options, margin: MTCNN_MARGIN },
+        (None, None) => FaceSource::WholeImage,
+    };
+
     let mut net = super::common::model(&cfg, 0)?;
     super::common::load_weights(&mut net, &args.model_file)?;
     net.to_device(&device)?;
-    let image_size = cfg.model.image_size;
-    let opts = args.options.resolve(&cfg)?;
-    let pairs = if opts.flip_test {
+    let test = args.options.resolve(&cfg)?;
+    let pairs = if test.flip_test {
         super::common::dataset_spec(&cfg, false, None)?.mirror_pairs().context("--flip-test")?
     } else {
         Vec::new()
     };
+    let batch = args.batch.unwrap_or(cfg.test.batch_size_per_gpu);
+    if batch == 0 {
+        bail!("--batch must be positive");
+    }
     let out = args.out.clone().unwrap_or_else(|| cfg.output_dir_for(&args.cfg).join("predict"));
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
+    let opts = PredictOptions { test, pairs, batch, labels: args.labels };
 
-    let mut used = Vec::new();
-    let mut preds = Vec::new();
-    for (i, path) in args.images.iter().enumerate() {
-        let img = load_image(path)?;
-        let face_box = match boxes.len() {
-            0 => None,
-            1 => Some(boxes[0]),
-            _ => Some(boxes[i]),
-        };
-        let (center, scale) = match face_box {
-            Some(b) => {
-                let (c, s) = b.center_scale();
-                (c, s * SCALE_ENLARGEMENT)
+    let dataset = match &args.csv {
+        Some(csv) => {
+            let mut spec = super::common::dataset_spec(&cfg, false, Some(csv))?;
+            if let Some(root) = &args.root {
+                spec.root = root.clone();
             }
-            None => ([img.width as f32 / 2.0, img.height as f32 / 2.0], img.width.max(img.height) as f64 / 200.0),
-        };
-        let points = predict_one(&mut net, &img, center, scale, image_size, &opts, &pairs)
-            .with_context(|| format!("image {}", path.display()))?;
-        let overlay = overlay_path(&out, path, &mut used);
-        crate::draw::save_overlay(&overlay, &img, &points, args.labels)?;
-        preds.push(Prediction {
-            image: path.clone(),
-            width: img.width,
-            height: img.height,
-            face_box,
-            center,
-            scale,
-            points,
-            overlay,
-        });
-    }
-
-    if let Some(csv) = &args.csv {
-        let mut spec = super::common::dataset_spec(&cfg, false, Some(csv))?;
-        if let Some(root) = &args.root {
-            spec.root = root.clone();
+            Some(crate::data::dataset::FaceDataset::open(spec)?)
         }
-        let ds = FaceDataset::open(spec)?;
-        let mut input = vec![0f32; ds.input_len()];
-        let mut target = vec![0f32; ds.target_len()];
-        for i in 0..ds.len() {
-            let meta = ds.fill_sample(i, &Augmentation::NONE, &mut input, &mut target)?;
-            let (hm, [n, j, h, w]) =
-                test_heatmaps(&mut net, input.clone(), [1, 3, image_size[0], image_size[1]], &opts, &pairs)?;
-            let points = decode_preds_with(&hm, n, j, h, w, &[meta.center], &[meta.scale], opts.decode)
-                .with_context(|| ds.describe(i))?;
-            let img = ds.source_image(i, false)?;
-            let image = match &ds.annotations {
-                Annotations::Csv(r) => r[i].image_path.clone(),
-                Annotations::Cofw(_) => PathBuf::from(ds.describe(i)),
-            };
-            let overlay = overlay_path(&out, &image, &mut used);
-            crate::draw::save_overlay(&overlay, &img, &points, args.labels)?;
-            preds.push(Prediction {
-                image,
-                width: img.width,
-                height: img.height,
-                face_box: None,
-                center: meta.center,
-                scale: meta.scale,
-                points,
-                overlay,
-            });
-        }
-    }
+        None => None,
+    };
+    let dataset_list = dataset.as_ref().map(dataset_images).unwrap_or_default();
+    // Names over every image of the run (before sharding), so each shard names an image alike.
+    let mut named: Vec<PathBuf> = all_images.clone();
+    named.extend(dataset_list.iter().cloned());
+    let names = output_names(&named);
+    let (image_names, dataset_names) = names.split_at(all_images.len());
+    let picked = match shard {
+        Some(s) => shard_indices(all_images.len(), s),
+        None => (0..all_images.len()).collect(),
+    };
+    let images: Vec<PathBuf> = picked.iter().map(|&i| all_images[i].clone()).collect();
+    let image_names: Vec<String> = picked.iter().map(|&i| image_names[i].clone()).collect();
 
-    write_outputs(&out, &preds, net.spec.num_joints)?;
-    for p in &preds {
-        println!("{}: {} landmarks -> {}", p.image.display(), p.points.len(), p.overlay.display());
+    let mut progress = Progress::new(images.len() + dataset_list.len(), quiet);
+    let mut on_image = |r: &crate::predict::ImageReport| progress.image_done(r);
+    let mut run = PredictRun::new(&mut net, opts, cfg.model.image_size, &out)?;
+    run.run_images(&images, &image_names, &source, &mut on_image)?;
+    if let Some(ds) = &dataset {
+        run.run_dataset(ds, dataset_names, &mut on_image)?;
     }
-    println!("wrote predictions.json and predictions.csv to {}", out.display());
+    let csv_name = match shard {
+        Some((i, n)) => format!("predictions.shard-{i}-of-{n}.csv"),
+        None => "predictions.csv".to_string(),
+    };
+    let summary = run.finish(&csv_name)?;
+    drop(progress);
+    if summary.failed > 0 {
+        // The error line is the summary: the last line, and a non-zero exit.
+        bail!("{summary}");
+    }
+    if !quiet {
+        println!("wrote one JSON and one overlay per image and {csv_name} to {}", out.display());
+    }
+    println!("{summary}");
     Ok(())
 }
 
@@ -302,12 +248,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn box_parsing() {
-        let b = FaceBox::parse("10, 20,110,70").unwrap();
-        assert_eq!(b.center_scale(), ([60.0, 45.0], 0.5));
-        for bad in ["1,2,3", "a,b,c,d", "5,5,1,10", "0,0,10,nan", ""] {
-            let e = FaceBox::parse(bad).unwrap_err().to_string();
-            assert!(e.contains("--box"), "{e}");
+    fn thresholds_parse() {
+        assert_eq!(parse_thresholds("0.5").unwrap(), [0.5; 3]);
+        assert_eq!(parse_thresholds("0.6, 0.7,0.8").unwrap(), [0.6, 0.7, 0.8]);
+        for bad in ["", "1.5", "0.1,0.2", "a", "0"] {
+            assert!(parse_thresholds(bad).unwrap_err().to_string().contains("--threshold"));
         }
     }
 }
