@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod cuda;
 pub mod data;
+pub mod detect;
 pub mod draw;
 pub mod eval;
 pub mod export;
