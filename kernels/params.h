@@ -125,3 +125,21 @@ struct FusionParams {
     float up_scale_h[HRK_FUSION_MAX_TERMS], up_scale_w[HRK_FUSION_MAX_TERMS];  // in/out, as UpsampleParams
     int pad_;
 };
+
+// Per-channel layers of the MTCNN detector (kernels/detect.cu): prelu_forward, softmax_channels_forward.
+struct ChannelOpParams {
+    const float* x;       // [n, c, hw]
+    const float* weight;  // [c] (PReLU slopes; unused by softmax)
+    float* y;             // [n, c, hw]
+    int n, c, hw;
+    int pad_;
+};
+
+// MaxPool2d with ceil_mode, no padding (kernels/detect.cu): windows clipped at the input's edge.
+struct MaxPoolParams {
+    const float* x;  // [planes, in_h, in_w]
+    float* y;        // [planes, out_h, out_w]
+    int planes, in_h, in_w, out_h, out_w;
+    int k, stride;
+    int pad_;
+};

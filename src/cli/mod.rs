@@ -10,7 +10,7 @@ pub mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(name = "hrk", version, about = "HRNetV2 facial landmarks: train, test and predict with the official configs")]
@@ -34,7 +34,16 @@ pub enum Command {
     /// Landmarks for your own images, with overlay PNGs.
     Predict(predict::PredictArgs),
     /// Convert an official PyTorch .pth (zip or legacy) to .safetensors.
-    Convert { input: PathBuf, output: PathBuf },
+    Convert {
+        input: PathBuf,
+        output: PathBuf,
+        /// Prefix for every key of INPUT (e.g. `pnet.`).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Another checkpoint merged into the output, its keys prefixed: `PREFIX=FILE` (repeatable).
+        #[arg(long = "merge", value_name = "PREFIX=FILE")]
+        merge: Vec<String>,
+    },
     /// Write a procedurally drawn synthetic-faces dataset in the official CSV format.
     Synth {
         #[arg(long)]
@@ -76,9 +85,20 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(a) => predict::run(a, cli.quiet),
         Command::Bench(a) => bench::run(a),
         Command::Export(a) => export::run(a),
-        Command::Convert { input, output } => {
+        Command::Convert { input, output, prefix, merge } => {
             // The loader's errors already name the file.
-            let n = crate::io::convert_pth_to_safetensors(&input, &output)?;
+            let n = if prefix.is_empty() && merge.is_empty() {
+                crate::io::convert_pth_to_safetensors(&input, &output)?
+            } else {
+                let mut inputs = vec![(prefix, input.as_path())];
+                for m in &merge {
+                    let (p, f) = m.split_once('=').ok_or_else(|| {
+                        anyhow::anyhow!("hrk convert: --merge {m}: want PREFIX=FILE (e.g. rnet.=rnet.pt)")
+                    })?;
+                    inputs.push((p.to_string(), Path::new(f)));
+                }
+                crate::io::convert_merged_to_safetensors(&inputs, &output)?
+            };
             println!("wrote {} tensors to {}", n, output.display());
             Ok(())
         }

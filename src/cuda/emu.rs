@@ -50,6 +50,8 @@ extern "C" {
     fn hrk_emu_sizeof_OptimParams() -> usize;
     fn hrk_emu_sizeof_HeatmapParams() -> usize;
     fn hrk_emu_sizeof_FusionParams() -> usize;
+    fn hrk_emu_sizeof_ChannelOpParams() -> usize;
+    fn hrk_emu_sizeof_MaxPoolParams() -> usize;
 }
 
 /// (struct, field, offset, size) of every field of kernels/params.h, as the C++ compiler lays them out.
@@ -77,6 +79,8 @@ fn c_sizeof(name: &str) -> Option<usize> {
             "OptimParams" => hrk_emu_sizeof_OptimParams(),
             "HeatmapParams" => hrk_emu_sizeof_HeatmapParams(),
             "FusionParams" => hrk_emu_sizeof_FusionParams(),
+            "ChannelOpParams" => hrk_emu_sizeof_ChannelOpParams(),
+            "MaxPoolParams" => hrk_emu_sizeof_MaxPoolParams(),
             _ => return None,
         })
     }

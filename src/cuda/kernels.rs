@@ -119,5 +119,8 @@ kernels! {
     SGD_STEP, sgd_step, hrk_emu_sgd_step, "optim", OptimParams, |p: &OptimParams| grid_1d(p.n.max(0) as u64);
     FUSION_FORWARD, fusion_forward, hrk_emu_fusion_forward, "fusion", FusionParams, |p: &FusionParams| grid_1d(nn(p.planes) * nn(p.h) * nn(p.w));
     FUSION_BACKWARD, fusion_backward, hrk_emu_fusion_backward, "fusion", FusionParams, |p: &FusionParams| grid_1d(nn(p.planes) * nn(p.h) * nn(p.w));
+    PRELU_FORWARD, prelu_forward, hrk_emu_prelu_forward, "detect", ChannelOpParams, |p: &ChannelOpParams| grid_1d(nn(p.n) * nn(p.c) * nn(p.hw));
+    MAX_POOL2D_CEIL_FORWARD, max_pool2d_ceil_forward, hrk_emu_max_pool2d_ceil_forward, "detect", MaxPoolParams, |p: &MaxPoolParams| grid_1d(nn(p.planes) * nn(p.out_h) * nn(p.out_w));
+    SOFTMAX_CHANNELS_FORWARD, softmax_channels_forward, hrk_emu_softmax_channels_forward, "detect", ChannelOpParams, |p: &ChannelOpParams| grid_1d(nn(p.n) * nn(p.hw));
     HEATMAP_ARGMAX, heatmap_argmax, hrk_emu_heatmap_argmax, "heatmap", HeatmapParams, |p: &HeatmapParams| dims([p.maps.max(1) as u32, 1, 1]);
 }

@@ -121,6 +121,19 @@ params_struct!(
     pad_: i32,
 });
 
+params_struct!(
+    /// Per-channel detector layers: prelu_forward (weight = slopes), softmax_channels_forward (weight unused).
+    ChannelOpParams { x: u64, weight: u64, y: u64, n: i32, c: i32, hw: i32, pad_: i32 });
+
+params_struct!(
+    /// MaxPool2d with ceil_mode and no padding (windows clipped at the input's edge).
+    MaxPoolParams {
+    x: u64, y: u64,
+    planes: i32, in_h: i32, in_w: i32, out_h: i32, out_w: i32,
+    k: i32, stride: i32,
+    pad_: i32,
+});
+
 impl Conv2dParams {
     /// Output size of a convolution along one axis; None when the window does not fit.
     pub fn out_extent(input: i32, kernel: i32, stride: i32, pad: i32) -> Option<i32> {
@@ -145,7 +158,9 @@ macro_rules! with_params_structs {
             MseParams,
             OptimParams,
             HeatmapParams,
-            FusionParams
+            FusionParams,
+            ChannelOpParams,
+            MaxPoolParams
         );
     };
 }
@@ -251,5 +266,31 @@ impl EltwiseParams {
     /// out = f(a, b) over `n` floats (b = 0 for unary kernels).
     pub fn new(a: u64, b: u64, out: u64, n: usize) -> EltwiseParams {
         EltwiseParams { a, b, out, n: n as i64 }
+    }
+}
+
+impl ChannelOpParams {
+    /// The shape of a per-channel layer over x [n, c, hw]; pointers null.
+    pub fn new(op: &str, [n, c, hw]: [usize; 3]) -> Result<ChannelOpParams> {
+        Ok(ChannelOpParams { n: i32_of(op, n)?, c: i32_of(op, c)?, hw: i32_of(op, hw)?, ..Default::default() })
+    }
+}
+
+impl MaxPoolParams {
+    /// The shape of a ceil-mode max-pool of `planes` planes `from` → `to` with window `k` and `stride`.
+    pub fn new(
+        op: &str, planes: usize, from: [usize; 2], to: [usize; 2], k: usize, stride: usize,
+    ) -> Result<MaxPoolParams> {
+        let i = |v| i32_of(op, v);
+        Ok(MaxPoolParams {
+            planes: i(planes)?,
+            in_h: i(from[0])?,
+            in_w: i(from[1])?,
+            out_h: i(to[0])?,
+            out_w: i(to[1])?,
+            k: i(k)?,
+            stride: i(stride)?,
+            ..Default::default()
+        })
     }
 }

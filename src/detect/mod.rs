@@ -1,26 +1,45 @@
-//! Face detection (MTCNN). PLACEHOLDER until the detector slice is merged: the types and signatures
-//! are the real module's, `detect` answers an error. `hrk predict` is written against this API only.
+//! The MTCNN face detector (P-Net, R-Net, O-Net cascade) with facenet-pytorch's `detect_face` pipeline:
+//! scale pyramid, area resampling, per-scale and cross-scale NMS, box regression, squaring and cropping
+//! between stages, landmarks from O-Net. The networks run on hrk's ops on the CPU or a GPU device; the
+//! resampling, box arithmetic and NMS run on the host in f32 as facenet does.
+//!
+//! Layer: beside `model` (uses ops, tensor, data, io).
+
+pub mod nets;
+pub mod nms;
+pub mod resample;
 
 use crate::data::image::Image;
-use crate::tensor::Device;
-use anyhow::{bail, Result};
+use crate::tensor::{Device, Tensor};
+use anyhow::{anyhow, bail, Result};
+use nets::{ONet, PNet, RNet, Weights};
+use resample::{area_resample_normalized, Region};
+use std::collections::HashMap;
 use std::path::Path;
 
-/// One detected face in original-image pixels.
+/// The weights embedded in the binary: facenet-pytorch 2.6.0's pnet.pt, rnet.pt, onet.pt converted by
+/// `weights/make_mtcnn_weights.sh` (see weights/NOTICE).
+pub static EMBEDDED_WEIGHTS: &[u8] = include_bytes!("../../weights/mtcnn.safetensors");
+
+/// One detected face.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Detection {
-    /// x1, y1, x2, y2.
+    /// x1, y1, x2, y2 in original-image pixels.
     pub bbox: [f32; 4],
     pub score: f32,
-    /// Eyes, nose, mouth corners (x, y).
+    /// Eyes, nose, mouth corners (facenet's order: left eye, right eye, nose, left mouth, right mouth, as
+    /// seen in the image), (x, y) in original-image pixels.
     pub points: [[f32; 2]; 5],
 }
 
-/// The cascade's knobs (facenet-pytorch's `MTCNN` defaults).
+/// Detector settings; the defaults are facenet-pytorch's `MTCNN()`.
 #[derive(Clone, Debug)]
 pub struct DetectorOptions {
+    /// Smallest face side searched for, in pixels.
     pub min_face: f32,
+    /// Score thresholds of P-Net, R-Net and O-Net.
     pub thresholds: [f32; 3],
+    /// Pyramid scale step.
     pub factor: f32,
 }
 
@@ -30,19 +49,263 @@ impl Default for DetectorOptions {
     }
 }
 
-/// The P-Net / R-Net / O-Net cascade.
+impl DetectorOptions {
+    fn check(&self) -> Result<()> {
+        if !(self.min_face.is_finite() && self.min_face > 0.0) {
+            bail!("detector: minimum face size must be a positive number of pixels (got {})", self.min_face);
+        }
+        if !(self.factor > 0.0 && self.factor < 1.0) {
+            bail!("detector: pyramid factor must lie in (0, 1) (got {})", self.factor);
+        }
+        if let Some(t) = self.thresholds.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+            bail!("detector: thresholds must lie in [0, 1] (got {t})");
+        }
+        Ok(())
+    }
+}
+
+/// The three networks on one device.
 pub struct Mtcnn {
-    _device: Device,
+    pnet: PNet,
+    rnet: RNet,
+    onet: ONet,
+    device: Device,
+}
+
+/// A candidate box between stages: x1, y1, x2, y2, score, and the regression of the stage that made it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Candidate {
+    b: [f32; 4],
+    score: f32,
+    reg: [f32; 4],
 }
 
 impl Mtcnn {
-    /// The networks from `weights` (default: the embedded file) on `device`.
-    pub fn load(_weights: Option<&Path>, device: &Device) -> Result<Mtcnn> {
-        Ok(Mtcnn { _device: device.clone() })
+    /// `weights: None` = the weights embedded in the binary (weights/mtcnn.safetensors).
+    pub fn load(weights: Option<&Path>, device: &Device) -> Result<Mtcnn> {
+        let tensors = match weights {
+            Some(path) => crate::io::load_state_dict(path)?,
+            None => crate::io::state_dict_from_bytes(EMBEDDED_WEIGHTS)
+                .map_err(|e| anyhow!("embedded MTCNN weights: {e:#}"))?,
+        };
+        let shown = weights.map_or("the embedded MTCNN weights".to_string(), |p| p.display().to_string());
+        let mut map: HashMap<String, _> = tensors.into_iter().collect();
+        let nets = (|| -> Result<_> {
+            let pnet = PNet::load(&mut Weights { tensors: &mut map, device, net: "pnet" })?;
+            let rnet = RNet::load(&mut Weights { tensors: &mut map, device, net: "rnet" })?;
+            let onet = ONet::load(&mut Weights { tensors: &mut map, device, net: "onet" })?;
+            Ok((pnet, rnet, onet))
+        })()
+        .map_err(|e| anyhow!("{shown}: {e:#}"))?;
+        if let Some(extra) = map.keys().min() {
+            bail!("{shown}: unexpected tensor '{extra}' (want pnet.*, rnet.*, onet.* of facenet-pytorch's MTCNN)");
+        }
+        let (pnet, rnet, onet) = nets;
+        Ok(Mtcnn { pnet, rnet, onet, device: device.clone() })
     }
 
-    /// Every face in `image`.
-    pub fn detect(&self, _image: &Image, _opts: &DetectorOptions) -> Result<Vec<Detection>> {
-        bail!("detector not merged yet")
+    pub fn device(&self) -> &Device {
+        &self.device
     }
+
+    /// Every face in `image` (RGB HWC f32 0..255), sorted by score, descending.
+    pub fn detect(&self, image: &Image, opts: &DetectorOptions) -> Result<Vec<Detection>> {
+        opts.check()?;
+        if image.width == 0 || image.height == 0 || image.data.len() != image.width * image.height * 3 {
+            bail!("detector: image {}x{} holds {} values (want RGB)", image.width, image.height, image.data.len());
+        }
+        let mut faces = crate::autograd::no_grad(|| -> Result<Vec<Detection>> {
+            let candidates = self.stage_one(image, opts)?;
+            let candidates = self.stage_two(image, candidates, opts.thresholds[1])?;
+            self.stage_three(image, candidates, opts.thresholds[2])
+        })?;
+        faces.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Ok(faces)
+    }
+
+    /// P-Net over the pyramid: per-scale NMS 0.5, cross-scale NMS 0.7, regression, squaring.
+    fn stage_one(&self, image: &Image, opts: &DetectorOptions) -> Result<Vec<Candidate>> {
+        let (h, w) = (image.height as f64, image.width as f64);
+        let mut all = Vec::new();
+        for scale in pyramid_scales(image.width, image.height, opts.min_face as f64, opts.factor as f64) {
+            let (sh, sw) = ((h * scale + 1.0) as usize, (w * scale + 1.0) as usize);
+            let mut input = vec![0f32; 3 * sh * sw];
+            area_resample_normalized(image, Region::whole(image), sh, sw, &mut input);
+            let x = Tensor::from_f32(&[1, 3, sh, sw], input)?.to_device(&self.device)?;
+            let (reg, probs) = self.pnet.forward(&x)?;
+            let [_, _, oh, ow] = probs.dims4("P-Net output")?;
+            let boxes = generate_boxes(
+                &reg.to_cpu()?.to_f32_vec(),
+                &probs.to_cpu()?.to_f32_vec(),
+                [oh, ow],
+                scale,
+                opts.thresholds[0],
+            );
+            let keep = nms::nms_iou(
+                &boxes.iter().map(|c| c.b).collect::<Vec<_>>(),
+                &boxes.iter().map(|c| c.score).collect::<Vec<_>>(),
+                0.5,
+            );
+            all.extend(keep.into_iter().map(|i| boxes[i]));
+        }
+        let keep = nms_candidates(&all, 0.7);
+        Ok(keep
+            .into_iter()
+            .map(|i| {
+                let c = all[i];
+                let (rw, rh) = (c.b[2] - c.b[0], c.b[3] - c.b[1]);
+                let b =
+                    [c.b[0] + c.reg[0] * rw, c.b[1] + c.reg[1] * rh, c.b[2] + c.reg[2] * rw, c.b[3] + c.reg[3] * rh];
+                Candidate { b: rerec(b), score: c.score, reg: [0.0; 4] }
+            })
+            .collect())
+    }
+
+    /// R-Net on 24×24 crops: threshold, NMS 0.7, regression, squaring.
+    fn stage_two(&self, image: &Image, candidates: Vec<Candidate>, threshold: f32) -> Result<Vec<Candidate>> {
+        let (kept, crops) = crop_batch(image, &candidates, 24);
+        if kept.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = Tensor::from_f32(&[kept.len(), 3, 24, 24], crops)?.to_device(&self.device)?;
+        let (reg, probs) = self.rnet.forward(&x)?;
+        let (reg, probs) = (reg.to_cpu()?.to_f32_vec(), probs.to_cpu()?.to_f32_vec());
+        let passed: Vec<Candidate> = kept
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| probs[2 * k + 1] > threshold)
+            .map(|(k, &c)| Candidate {
+                b: candidates[c].b,
+                score: probs[2 * k + 1],
+                reg: [reg[4 * k], reg[4 * k + 1], reg[4 * k + 2], reg[4 * k + 3]],
+            })
+            .collect();
+        Ok(nms_candidates(&passed, 0.7)
+            .into_iter()
+            .map(|i| Candidate { b: rerec(bbreg(passed[i].b, passed[i].reg)), score: passed[i].score, reg: [0.0; 4] })
+            .collect())
+    }
+
+    /// O-Net on 48×48 crops: threshold, landmarks, regression, NMS 0.7 over the smaller area.
+    fn stage_three(&self, image: &Image, candidates: Vec<Candidate>, threshold: f32) -> Result<Vec<Detection>> {
+        let (kept, crops) = crop_batch(image, &candidates, 48);
+        if kept.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = Tensor::from_f32(&[kept.len(), 3, 48, 48], crops)?.to_device(&self.device)?;
+        let (reg, marks, probs) = self.onet.forward(&x)?;
+        let (reg, marks, probs) =
+            (reg.to_cpu()?.to_f32_vec(), marks.to_cpu()?.to_f32_vec(), probs.to_cpu()?.to_f32_vec());
+        let mut faces = Vec::new();
+        for (k, &c) in kept.iter().enumerate() {
+            let score = probs[2 * k + 1];
+            if score <= threshold {
+                continue;
+            }
+            let b = candidates[c].b;
+            let (wi, hi) = (b[2] - b[0] + 1.0, b[3] - b[1] + 1.0);
+            let m = &marks[10 * k..10 * k + 10];
+            let points = std::array::from_fn(|p| [wi * m[p] + b[0] - 1.0, hi * m[5 + p] + b[1] - 1.0]);
+            let r = [reg[4 * k], reg[4 * k + 1], reg[4 * k + 2], reg[4 * k + 3]];
+            faces.push(Detection { bbox: bbreg(b, r), score, points });
+        }
+        let keep = nms::nms_min(
+            &faces.iter().map(|f| f.bbox).collect::<Vec<_>>(),
+            &faces.iter().map(|f| f.score).collect::<Vec<_>>(),
+            0.7,
+        );
+        Ok(keep.into_iter().map(|i| faces[i].clone()).collect())
+    }
+}
+
+/// facenet's pyramid: m = 12 / min_face, scales m·factor^k while the scaled shorter side is ≥ 12
+/// (in f64, as Python does).
+pub fn pyramid_scales(width: usize, height: usize, min_face: f64, factor: f64) -> Vec<f64> {
+    let m = 12.0 / min_face;
+    let mut minl = width.min(height) as f64 * m;
+    let mut scale = m;
+    let mut scales = Vec::new();
+    while minl >= 12.0 {
+        scales.push(scale);
+        scale *= factor;
+        minl *= factor;
+    }
+    scales
+}
+
+/// facenet's `generateBoundingBox`: every P-Net cell with face probability ≥ `threshold`, in row-major
+/// order, as the 12×12 window it sees mapped back to the image (stride 2, f32 floor of (2·pos + 1) / scale
+/// and (2·pos + 12) / scale).
+fn generate_boxes(reg: &[f32], probs: &[f32], [oh, ow]: [usize; 2], scale: f64, threshold: f32) -> Vec<Candidate> {
+    let plane = oh * ow;
+    let scale = scale as f32;
+    let mut out = Vec::new();
+    for y in 0..oh {
+        for x in 0..ow {
+            let i = y * ow + x;
+            let score = probs[plane + i];
+            if score >= threshold {
+                let (fx, fy) = (x as f32, y as f32);
+                let b = [
+                    ((2.0 * fx + 1.0) / scale).floor(),
+                    ((2.0 * fy + 1.0) / scale).floor(),
+                    ((2.0 * fx + 12.0) / scale).floor(),
+                    ((2.0 * fy + 12.0) / scale).floor(),
+                ];
+                out.push(Candidate { b, score, reg: [reg[i], reg[plane + i], reg[2 * plane + i], reg[3 * plane + i]] });
+            }
+        }
+    }
+    out
+}
+
+/// torchvision NMS over candidates: kept indices, descending score.
+fn nms_candidates(c: &[Candidate], threshold: f64) -> Vec<usize> {
+    nms::nms_iou(&c.iter().map(|c| c.b).collect::<Vec<_>>(), &c.iter().map(|c| c.score).collect::<Vec<_>>(), threshold)
+}
+
+/// facenet's `bbreg`: offsets scaled by the pixel-inclusive width and height.
+fn bbreg(b: [f32; 4], r: [f32; 4]) -> [f32; 4] {
+    let (w, h) = (b[2] - b[0] + 1.0, b[3] - b[1] + 1.0);
+    [b[0] + r[0] * w, b[1] + r[1] * h, b[2] + r[2] * w, b[3] + r[3] * h]
+}
+
+/// facenet's `rerec`: the square of side max(w, h) with the same centre.
+pub fn rerec(b: [f32; 4]) -> [f32; 4] {
+    let (h, w) = (b[3] - b[1], b[2] - b[0]);
+    let l = w.max(h);
+    let x1 = b[0] + w * 0.5 - l * 0.5;
+    let y1 = b[1] + h * 0.5 - l * 0.5;
+    [x1, y1, x1 + l, y1 + l]
+}
+
+/// facenet's `pad` + crop: the box truncated to integers, clipped to 1..=w / 1..=h, rows y−1..ey and
+/// columns x−1..ex (its 1-based convention); None when nothing of the box lies in the image.
+pub fn crop_region(b: [f32; 4], width: usize, height: usize) -> Option<Region> {
+    // trunc() then int(): toward zero, saturating like a cast.
+    let t = |v: f32| v.trunc() as i64;
+    let (x, y) = (t(b[0]).max(1), t(b[1]).max(1));
+    let (ex, ey) = (t(b[2]).min(width as i64), t(b[3]).min(height as i64));
+    if ey > y - 1 && ex > x - 1 {
+        Some(Region { x0: (x - 1) as usize, y0: (y - 1) as usize, x1: ex as usize, y1: ey as usize })
+    } else {
+        None
+    }
+}
+
+/// The area-resampled, normalised crops (size×size, NCHW) of the candidates that lie in the image, with
+/// the indices of those candidates.
+fn crop_batch(image: &Image, candidates: &[Candidate], size: usize) -> (Vec<usize>, Vec<f32>) {
+    let per = 3 * size * size;
+    let mut kept = Vec::new();
+    let mut data = Vec::with_capacity(candidates.len() * per);
+    for (i, c) in candidates.iter().enumerate() {
+        if let Some(region) = crop_region(c.b, image.width, image.height) {
+            let start = data.len();
+            data.resize(start + per, 0.0);
+            area_resample_normalized(image, region, size, size, &mut data[start..]);
+            kept.push(i);
+        }
+    }
+    (kept, data)
 }

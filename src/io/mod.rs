@@ -72,6 +72,27 @@ pub fn convert_pth_to_safetensors(inp: &Path, out: &Path) -> Result<usize> {
     Ok(tensors.len())
 }
 
+/// Merges several checkpoints into one safetensors file, each key prefixed with its input's prefix (e.g.
+/// `pnet.` for facenet-pytorch's pnet.pt); a key that two inputs produce is an error naming both files.
+pub fn convert_merged_to_safetensors(inputs: &[(String, &Path)], out: &Path) -> Result<usize> {
+    let mut seen = std::collections::HashMap::new();
+    let mut merged = Vec::new();
+    let mut sources = Vec::new();
+    for (prefix, path) in inputs {
+        for (k, t) in load_state_dict(path)? {
+            let key = format!("{prefix}{k}");
+            if let Some(first) = seen.insert(key.clone(), path.display().to_string()) {
+                bail!("key '{key}' comes from both {first} and {}", path.display());
+            }
+            merged.push((key, t));
+        }
+        sources.push(format!("{prefix}={}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    }
+    let metadata = vec![("format".to_string(), "pt".to_string()), ("source".to_string(), sources.join(","))];
+    save_safetensors(out, &merged, &metadata)?;
+    Ok(merged.len())
+}
+
 /// Removes a leading `module.` (DataParallel) from every key that has one.
 pub fn strip_module_prefix(tensors: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>> {
     let mut seen = HashSet::with_capacity(tensors.len());

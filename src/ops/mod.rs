@@ -14,6 +14,9 @@ pub mod concat;
 pub mod conv2d;
 pub mod elementwise;
 pub mod loss;
+pub mod max_pool;
+pub mod prelu;
+pub mod softmax;
 pub mod upsample;
 
 pub use batchnorm::{batch_norm_eval, batch_norm_train, BN_EPS};
@@ -21,6 +24,9 @@ pub use concat::concat_channels;
 pub use conv2d::{conv2d, Conv2dGeom};
 pub use elementwise::{add, relu, scale};
 pub use loss::mse_loss;
+pub use max_pool::max_pool2d_ceil;
+pub use prelu::prelu;
+pub use softmax::softmax_channels;
 pub use upsample::{upsample_bilinear, upsample_nearest};
 
 use crate::tensor::Device;

@@ -1,0 +1,60 @@
+//! MTCNN face detection on a 640×480 photo (tests/fixtures/mtcnn/group.jpg, four faces), CPU, interleaved
+//! with facenet-pytorch on the same image (benches/detect_torch.py, torch threads = 2) when a Python with
+//! facenet-pytorch is found (HRK_PYTHON, else /work/pyenv/bin/python, else python3).
+//! `cargo bench --bench detect [-- ROUNDS]` prints median / min ms per round for both.
+
+use hrk::data::imageio::load_image;
+use hrk::detect::{DetectorOptions, Mtcnn};
+use hrk::Device;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+fn hrk_round(mtcnn: &Mtcnn, image: &hrk::data::image::Image, runs: usize) -> (f64, f64, usize) {
+    let opts = DetectorOptions::default();
+    let mut faces = 0;
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            faces = mtcnn.detect(image, &opts).expect("detect").len();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    (times[runs / 2], times[0], faces)
+}
+
+fn python() -> Option<String> {
+    let candidates = [std::env::var("HRK_PYTHON").ok(), Some("/work/pyenv/bin/python".into()), Some("python3".into())];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|py| Command::new(py).args(["-c", "import facenet_pytorch"]).output().is_ok_and(|o| o.status.success()))
+}
+
+fn main() {
+    let rounds: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(3);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let photo = root.join("tests/fixtures/mtcnn/group.jpg");
+    let image = load_image(&photo).expect("fixture photo");
+    let mtcnn = Mtcnn::load(None, &Device::Cpu).expect("embedded weights");
+    let py = python();
+    if py.is_none() {
+        println!("facenet-pytorch not found (HRK_PYTHON): timing hrk only");
+    }
+    hrk_round(&mtcnn, &image, 3);
+    println!("MTCNN on {} ({}x{}), ms per image", photo.display(), image.width, image.height);
+    for round in 1..=rounds {
+        let (median, min, faces) = hrk_round(&mtcnn, &image, 20);
+        println!("round {round}: hrk {median:.2} (min {min:.2}), {faces} faces");
+        if let Some(py) = &py {
+            let out = Command::new(py)
+                .arg(root.join("benches/detect_torch.py"))
+                .arg(&photo)
+                .output()
+                .expect("run detect_torch.py");
+            let text = String::from_utf8_lossy(&out.stdout);
+            println!("round {round}: {}", text.trim());
+        }
+    }
+}
