@@ -50,6 +50,7 @@ extern "C" {
     fn hrk_emu_sizeof_OptimParams() -> usize;
     fn hrk_emu_sizeof_HeatmapParams() -> usize;
     fn hrk_emu_sizeof_FusionParams() -> usize;
+    fn hrk_emu_sizeof_MmaProbeParams() -> usize;
 }
 
 /// (struct, field, offset, size) of every field of kernels/params.h, as the C++ compiler lays them out.
@@ -77,6 +78,7 @@ fn c_sizeof(name: &str) -> Option<usize> {
             "OptimParams" => hrk_emu_sizeof_OptimParams(),
             "HeatmapParams" => hrk_emu_sizeof_HeatmapParams(),
             "FusionParams" => hrk_emu_sizeof_FusionParams(),
+            "MmaProbeParams" => hrk_emu_sizeof_MmaProbeParams(),
             _ => return None,
         })
     }
