@@ -89,7 +89,7 @@ fn bf16_model(x: f32) -> u16 {
     let up = down + 1;
     let value = |h: u16| unbounded(f32::from_bits((h as u32) << 16));
     let (d_down, d_up) = ((x as f64 - value(down)).abs(), (value(up) - x as f64).abs());
-    if d_down < d_up || (d_down == d_up && down % 2 == 0) {
+    if d_down < d_up || (d_down == d_up && down.is_multiple_of(2)) {
         down
     } else {
         up
@@ -179,7 +179,7 @@ fn matrix<T: Copy>(rows: usize, cols: usize, f: impl Fn(usize, usize) -> T) -> V
 /// takes from the wrong lane or register changes some D element, and every D element is compared.
 #[test]
 fn mma_tf32_fragment_map_matches_ptx_layout() {
-    let sign = |v: usize| if v % 3 == 0 { -1.0 } else { 1.0 };
+    let sign = |v: usize| if v.is_multiple_of(3) { -1.0 } else { 1.0 };
     let a = matrix(16, 8, |r, k| sign(r + k) * (r * 8 + k + 1) as f32);
     let b = matrix(8, 8, |k, n| sign(k * 2 + n) * (k * 8 + n + 1) as f32);
     let c = matrix(16, 8, |r, n| (1000 * r + 10 * n) as f32);
@@ -195,7 +195,7 @@ fn mma_tf32_fragment_map_matches_ptx_layout() {
 
 #[test]
 fn mma_bf16_fragment_map_matches_ptx_layout() {
-    let sign = |v: usize| if v % 3 == 0 { -1.0 } else { 1.0 };
+    let sign = |v: usize| if v.is_multiple_of(3) { -1.0 } else { 1.0 };
     // |A| ≤ 256 and |B| ≤ 128: exact in bf16 (8 significant bits).
     let a = matrix(16, 16, |r, k| sign(r + k) * (r * 16 + k + 1) as f32);
     let b = matrix(16, 8, |k, n| sign(k + 2 * n) * (k * 8 + n + 1) as f32);
@@ -457,10 +457,20 @@ fn bound(mantissa_bits: i32, steps: usize, mag: f64, extra: f64) -> f64 {
     mag * ((1.0 + u) * (1.0 + u) - 1.0 + e / (1.0 - e)) + (extra.abs() + mag) * 2f64.powi(-23)
 }
 
-/// Every element within its bound, and the worst error relative to Σ|a||b| above `min_rel` (the operands
-/// really were rounded: f32 FMA arithmetic would stay near 2^-22).
+/// How a kernel's results were rounded: explicit mantissa bits of the operands, f32 accumulation steps,
+/// and the least worst-case error relative to Σ|a||b| that shows the operands really were rounded (f32
+/// FMA arithmetic would stay near 2^-22).
+#[derive(Clone, Copy)]
+struct Rounding {
+    bits: i32,
+    steps: usize,
+    min_rel: f64,
+}
+
+/// Every element within its bound, and the worst error relative to Σ|a||b| above `min_rel`.
 #[track_caller]
-fn check(what: &str, got: &[f32], want: &[f64], mag: &[f64], extra: &[f64], bits: i32, steps: usize, min_rel: f64) {
+fn check(what: &str, got: &[f32], want: &[f64], mag: &[f64], extra: &[f64], r: Rounding) {
+    let Rounding { bits, steps, min_rel } = r;
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut worst_rel = 0.0f64;
     for i in 0..got.len() {
@@ -497,7 +507,14 @@ fn mma_conv_forward_tf32_and_bf16_within_mantissa_bounds() {
             let mut y = vec![f32::NAN; c.y_len()];
             run(kernel, &Conv2dParams { x: addr(&x), weight: addr(&w), y: addr_mut(&mut y), ..c.params() });
             let min_rel = 2f64.powi(-(bits + 6));
-            check(&format!("case {i} {c:?} fwd {name}"), &y, &r.y, &r.y_mag, &vec![0.0; y.len()], bits, steps, min_rel);
+            check(
+                &format!("case {i} {c:?} fwd {name}"),
+                &y,
+                &r.y,
+                &r.y_mag,
+                &vec![0.0; y.len()],
+                Rounding { bits, steps, min_rel },
+            );
 
             let mut y = vec![f32::NAN; c.y_len()];
             let p = Conv2dParams {
@@ -543,9 +560,7 @@ fn mma_conv_backward_tf32_within_mantissa_bounds() {
             &r.dx,
             &r.dx_mag,
             &vec![0.0; dx.len()],
-            10,
-            steps,
-            2f64.powi(-16),
+            Rounding { bits: 10, steps, min_rel: 2f64.powi(-16) },
         );
 
         // Accumulates into a known gradient, without and with split-K (atomics).
@@ -563,9 +578,7 @@ fn mma_conv_backward_tf32_within_mantissa_bounds() {
                 &want,
                 &r.dw_mag,
                 &extra,
-                10,
-                steps,
-                2f64.powi(-16),
+                Rounding { bits: 10, steps, min_rel: 2f64.powi(-16) },
             );
         }
     }
