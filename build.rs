@@ -1,7 +1,7 @@
 //! Build script: (1) compiles every kernels/*.cu to PTX with nvcc and assembles each PTX with ptxas for
-//! sm_80 and sm_90 as a hard check, embedding the PTX through a generated .rs; (2) compiles the same .cu
-//! files as host C++ (kernels/emu.h) into a static library for the CPU emulator used by the tests;
-//! (3) compiles the small C driver probe (src/cuda/probe.c).
+//! sm_80 and sm_90 as a hard check (a register spill in any kernel fails the build too), embedding the PTX
+//! through a generated .rs; (2) compiles the same .cu files as host C++ (kernels/emu.h) into a static
+//! library for the CPU emulator used by the tests; (3) compiles the small C driver probe (src/cuda/probe.c).
 //!
 //! Env: HRK_NVCC (nvcc path), CUDA_HOME / CUDA_PATH, HRK_CUDA_ARCH (default compute_80; never probed from
 //! nvidia-smi), HRK_REQUIRE_PTX=1 (a missing nvcc is an error instead of a warning), HRK_EMU_TSAN=1 (build
@@ -118,7 +118,8 @@ fn build_ptx(manifest: &Path, out: &Path, kernel_dir: &Path, sources: &[PathBuf]
                             String::from_utf8_lossy(&status.stderr)
                         );
                     }
-                    // Hard check: the PTX must assemble for the real chips (registers/spills kept for review).
+                    // Hard check: the PTX must assemble for the real chips, without spills (the register report
+                    // is kept for review).
                     let mut report = String::new();
                     for sm in PTXAS_TARGETS.iter().filter(|&&sm| sm >= arch_number) {
                         let o = Command::new(ptxas)
@@ -129,6 +130,13 @@ fn build_ptx(manifest: &Path, out: &Path, kernel_dir: &Path, sources: &[PathBuf]
                         let text = String::from_utf8_lossy(&o.stderr).into_owned();
                         if !o.status.success() {
                             panic!("ptxas -arch=sm_{sm} rejected {}:\n{text}", ptx.display());
+                        }
+                        if let Some(spill) = first_spill(&text) {
+                            panic!(
+                                "ptxas -arch=sm_{sm}: {spill} in {} (kernels must not spill: shrink the tile or \
+                                 the live values)",
+                                src.display()
+                            );
                         }
                         report.push_str(&text);
                     }
@@ -146,6 +154,31 @@ fn build_ptx(manifest: &Path, out: &Path, kernel_dir: &Path, sources: &[PathBuf]
     }
     rs.push_str("];\n");
     fs::write(&generated, rs).unwrap();
+}
+
+/// The first kernel that `ptxas -v` reports with spill stores or loads ("kernel X: 8 bytes spill stores, 8
+/// bytes spill loads"), if any. A spill is a build error for every kernel: local-memory traffic in an inner
+/// loop costs more than any tiling gains, and none of the kernels needs it.
+fn first_spill(ptxas_report: &str) -> Option<String> {
+    let mut kernel = "?";
+    for line in ptxas_report.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            kernel = rest.split('\'').next().unwrap_or("?");
+        }
+        if line.contains("spill stores") {
+            let bytes = |what: &str| -> u64 {
+                line.split(',')
+                    .find(|part| part.contains(what))
+                    .and_then(|part| part.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            if bytes("spill stores") > 0 || bytes("spill loads") > 0 {
+                return Some(format!("kernel {kernel}: {}", line.trim()));
+            }
+        }
+    }
+    None
 }
 
 fn build_emulator(kernel_dir: &Path, sources: &[PathBuf]) {

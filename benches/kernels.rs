@@ -9,7 +9,8 @@
 //! (each input read once, each output written once) for the rest (memory-bound), with the % of the
 //! roofline: CPU 205 GFLOP/s (PERFORMANCE.md, 2 threads) and, for memory, the host copy bandwidth
 //! measured at the start of this run (PERFORMANCE.md gives no CPU bandwidth); GPU 60 TFLOP/s fp32 and
-//! 3.0 TB/s (PERFORMANCE.md, H100).
+//! 3.0 TB/s (PERFORMANCE.md, H100), and the dense tensor-core peaks (495 TFLOP/s tf32, 989 bf16) for the
+//! `conv_tf32_*` / `conv_bf16_*` rungs (the same convs as `conv2d_*`, on kernels/conv_mma.cu).
 //!
 //! `cargo bench --bench kernels [-- FILTER]` (FILTER: substring of the kernel name);
 //! `HRK_BENCH_RUNGS=cpu,emu,cuda` picks rungs (default all).
@@ -19,12 +20,16 @@ use hrk::cuda::device::{GpuBuffer, GpuDevice};
 use hrk::cuda::kernels::{self, Kernel};
 use hrk::cuda::params::*;
 use hrk::cuda::raw::{self, ConvEpilogue, UpTerm};
+use hrk::cuda::{with_gpu_math, GpuMath};
 use hrk::ops::{self, Conv2dGeom};
 use hrk::{no_grad, Storage, Tensor};
 use std::time::Instant;
 
 const CPU_PEAK_GFLOPS: f64 = 205.0;
 const GPU_PEAK_GFLOPS: f64 = 60_000.0;
+/// Dense tensor-core peaks of an H100/H200 (PERFORMANCE.md: ~495 TFLOP/s tf32, ~989 bf16).
+const GPU_PEAK_TF32_GFLOPS: f64 = 495_000.0;
+const GPU_PEAK_BF16_GFLOPS: f64 = 989_000.0;
 const GPU_PEAK_GBS: f64 = 3_000.0;
 
 #[derive(Clone, Copy)]
@@ -85,6 +90,11 @@ enum ConvPass {
 }
 
 fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: usize) -> Entry {
+    conv_math(GpuMath::Fp32, pass, [n, ci, h, w], co, k, stride)
+}
+
+/// A conv entry on the kernels of `math` (the `conv_tf32_*` / `conv_bf16_*` rungs; `conv` is fp32).
+fn conv_math(math: GpuMath, pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: usize) -> Entry {
     let pad = k / 2;
     let g = Conv2dGeom::new([n, ci, h, w], &[co, ci, k, k], stride, pad).expect("conv shape");
     let (x, wt, b, dy) =
@@ -125,27 +135,20 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
         let dev = dev.clone();
         Ok(match pass {
             ConvPass::Forward => Box::new(move |want| {
-                let (y, _) = raw::conv2d_forward(
-                    &xb,
-                    xd,
-                    &wb,
-                    wd,
-                    stride,
-                    pad,
-                    ConvEpilogue { bias: Some(&bb), ..Default::default() },
-                )?;
+                let ep = ConvEpilogue { bias: Some(&bb), ..Default::default() };
+                let (y, _) = with_gpu_math(math, || raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ep))?;
                 download(&y, want)
             }) as Run,
             ConvPass::ForwardFolded => Box::new(move |want| {
                 let ep = ConvEpilogue { bias: Some(&bb), residual: Some(&res), relu: true };
-                let (y, _) = raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ep)?;
+                let (y, _) = with_gpu_math(math, || raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ep))?;
                 download(&y, want)
             }) as Run,
             ConvPass::BackwardData => Box::new(move |want| {
                 let mut dx = dev.empty(n * ci * h * w)?;
                 launch(
                     &dev,
-                    &kernels::CONV2D_BACKWARD_DATA,
+                    kernels::conv_backward_data_kernel(math),
                     &Conv2dParams { weight: wb.addr(), dy: dyb.addr(), dx: dx.addr_mut(), ..base },
                 )?;
                 download(&dx, want)
@@ -154,7 +157,7 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
                 let mut dw = dev.zeros(co * ci * k * k)?;
                 let mut p = Conv2dParams { x: xb.addr(), dy: dyb.addr(), dw: dw.addr_mut(), ..base };
                 p.k_splits = kernels::conv_weight_k_splits(&p);
-                launch(&dev, &kernels::CONV2D_BACKWARD_WEIGHT, &p)?;
+                launch(&dev, kernels::conv_backward_weight_kernel(math), &p)?;
                 download(&dw, want)
             }),
         })
@@ -166,7 +169,14 @@ fn conv(pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize, k: usize, stride: 
     } else {
         None
     };
-    Entry { shape, work: Work::Flop(flop), cpu_work, cpu, gpu, tol: 1e-4 }
+    // Emulated tensor-core output against the CPU's f32: the operands' unit roundoff (tf32 2^-11, bf16
+    // 2^-8) twice per product, times Σ|a||b| / max|y| (below 8 on these uniform [-1, 1) tiny shapes).
+    let tol = match math {
+        GpuMath::Fp32 => 1e-4,
+        GpuMath::Tf32 => 8.0 * 2.0 * 2f32.powi(-11),
+        GpuMath::Bf16 => 8.0 * 2.0 * 2f32.powi(-8),
+    };
+    Entry { shape, work: Work::Flop(flop), cpu_work, cpu, gpu, tol }
 }
 
 // ---------- batch norm ----------
@@ -557,6 +567,23 @@ fn fusion(unfused: bool, [n, c, h, w]: [usize; 4], up_sizes: &[[usize; 2]]) -> E
 
 // ---------- the list ----------
 
+/// The 3×3 conv rung shapes (as `conv2d_*_3x3`) on the kernels of `math`.
+fn conv_shape(math: GpuMath, pass: ConvPass, real: bool) -> Entry {
+    if real {
+        conv_math(math, pass, [8, 36, 32, 32], 36, 3, 1)
+    } else {
+        conv_math(math, pass, [2, 5, 9, 11], 7, 3, 2)
+    }
+}
+/// The 1×1 head conv rung shape (as `conv2d_fwd_1x1_head`) on the kernels of `math`.
+fn conv_head(math: GpuMath, real: bool) -> Entry {
+    if real {
+        conv_math(math, ConvPass::Forward, [1, 270, 64, 64], 270, 1, 1)
+    } else {
+        conv_math(math, ConvPass::Forward, [2, 70, 5, 3], 66, 1, 1)
+    }
+}
+
 /// (name, real HRNet shape on the CPU and CUDA, tiny odd shape for the emulator)
 #[allow(clippy::type_complexity)]
 fn benches() -> Vec<(&'static str, Box<dyn Fn(bool) -> Entry>)> {
@@ -614,6 +641,16 @@ fn benches() -> Vec<(&'static str, Box<dyn Fn(bool) -> Entry>)> {
                 }
             }),
         ),
+        // The same convs on tensor cores (`--gpu-math tf32`, the default; bf16 forward).
+        ("conv_tf32_fwd_3x3", Box::new(|real: bool| conv_shape(GpuMath::Tf32, Forward, real))),
+        ("conv_tf32_fwd_1x1_head", Box::new(|real: bool| conv_head(GpuMath::Tf32, real))),
+        (
+            "conv_tf32_fwd_folded_bias_residual_relu",
+            Box::new(|real: bool| conv_shape(GpuMath::Tf32, ForwardFolded, real)),
+        ),
+        ("conv_tf32_bwd_data_3x3", Box::new(|real: bool| conv_shape(GpuMath::Tf32, BackwardData, real))),
+        ("conv_tf32_bwd_weight_3x3", Box::new(|real: bool| conv_shape(GpuMath::Tf32, BackwardWeight, real))),
+        ("conv_bf16_fwd_3x3", Box::new(|real: bool| conv_shape(GpuMath::Bf16, Forward, real))),
         ("bn_train_fwd", Box::new(|real: bool| bn(TrainForward, if real { [8, 36, 32, 32] } else { [2, 3, 5, 7] }))),
         ("bn_train_bwd", Box::new(|real: bool| bn(TrainBackward, if real { [8, 36, 32, 32] } else { [2, 3, 5, 7] }))),
         ("bn_eval_fwd", Box::new(|real: bool| bn(Eval, if real { [8, 36, 32, 32] } else { [2, 3, 5, 7] }))),
@@ -731,6 +768,17 @@ fn cpu_copy_gbs(bytes: f64) -> f64 {
     2.0 * 4.0 * src.len() as f64 / best / 1e9
 }
 
+/// The compute roofline of a rung: the tensor cores for `conv_tf32_*` / `conv_bf16_*`, fp32 FMA otherwise.
+fn gpu_peak_gflops(name: &str) -> f64 {
+    if name.starts_with("conv_tf32") {
+        GPU_PEAK_TF32_GFLOPS
+    } else if name.starts_with("conv_bf16") {
+        GPU_PEAK_BF16_GFLOPS
+    } else {
+        GPU_PEAK_GFLOPS
+    }
+}
+
 fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
     let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
     got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale
@@ -812,7 +860,9 @@ fn main() {
         if let Some(Ok(dev)) = &cuda {
             let sync = || dev.synchronize();
             match (real.gpu)(dev).and_then(|mut run| time(&mut run, &sync)) {
-                Ok(t) => println!("  cuda  {}  {}", ms(&t), rate(real.work, t.median, GPU_PEAK_GFLOPS, GPU_PEAK_GBS)),
+                Ok(t) => {
+                    println!("  cuda  {}  {}", ms(&t), rate(real.work, t.median, gpu_peak_gflops(name), GPU_PEAK_GBS))
+                }
                 Err(e) => println!("  cuda  error: {e:#}"),
             }
         }

@@ -10,7 +10,10 @@
 //   or with env HRK_EMU_OS_THREADS=1, passed in by src/cuda/emu.rs): __syncthreads is a std::barrier over the block.
 // Warp shuffles go through a 32-slot exchange with a per-warp barrier; atomicAdd uses std::atomic_ref.
 // Limits: every thread must reach every __syncthreads (no early return before a barrier), shuffles must be
-// full-warp (no divergent partial masks), no inter-block sync, no inline PTX / mma / cp.async.
+// full-warp (no divergent partial masks), no inter-block sync, no inline PTX: the tensor-core instructions
+// the kernels use go through kernels/mma.cuh, whose host side calls the emulations at the end of this file
+// (mma.sync m16n8k8 tf32 and m16n8k16 bf16 as warp collectives, cvt to tf32/bf16, cp.async as copies
+// deferred to the wait that makes them visible).
 #pragma once
 #ifndef __CUDACC__
 
@@ -41,6 +44,22 @@ inline std::mutex g_launch_mutex;
 
 struct FiberSched;
 
+// The fragment registers one lane passes to an mma (the largest shapes emulated: 4 A and 2 B registers).
+struct MmaSlot {
+    uint32_t a[4];
+    uint32_t b[2];
+};
+
+// One thread's cp.async copies: `open` since the last commit, `committed` as groups, oldest first.
+struct CpAsyncCopy {
+    float* dst;
+    const float* src;  // null: zero-fill
+};
+struct CpAsyncQueue {
+    std::vector<CpAsyncCopy> open;
+    std::vector<std::vector<CpAsyncCopy>> committed;
+};
+
 struct Launch {
     dim3 grid, block;
     unsigned nthreads = 1;
@@ -49,6 +68,8 @@ struct Launch {
     std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
     std::vector<uint64_t> exchange;  // one 8-byte slot per thread, for shuffles
     std::vector<unsigned char> dyn_smem;
+    std::vector<struct MmaSlot> mma_slots;         // one per thread, for the mma warp collectives
+    std::vector<struct CpAsyncQueue> cp_async;     // one per thread: its cp.async copies not yet waited for
 };
 
 inline thread_local dim3 tl_thread_idx;
@@ -282,6 +303,8 @@ int launch(const Body& body, dim3 grid, dim3 block, size_t dyn_smem_bytes) {
     }
     l.exchange.assign(nthreads, 0);
     l.dyn_smem.assign(dyn_smem_bytes + 16, 0);
+    l.mma_slots.assign(nthreads, MmaSlot{});
+    l.cp_async.assign(nthreads, CpAsyncQueue{});
     if (!use_os_threads()) {
         static FiberSched* sched = new FiberSched();  // leaked: its stacks are reused by every launch
         l.fibers = sched;
@@ -328,6 +351,132 @@ inline T shfl_exchange(T v, int src_lane_of_warp) {
     T out;
     std::memcpy(&out, &got, sizeof(T));
     return out;
+}
+
+// ---- tensor-core instructions (kernels/mma.cuh calls these on the host) ----
+
+inline uint32_t f32_bits(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    return u;
+}
+inline float f32_from_bits(uint32_t u) {
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+}
+
+// cvt.rna.tf32.f32: round to nearest, ties away from zero, on the 13 dropped mantissa bits; the result is
+// an f32 bit pattern whose 13 low bits are zero. As the SASS of sm_80 does it: finite inputs get 0x1000
+// added to their bits (a carry out of the mantissa bumps the exponent, so the largest finite values round
+// to infinity), then the low 13 bits are cleared; inf and NaN are only masked (a NaN stays a NaN unless
+// its payload lies entirely in the 13 dropped bits). Subnormals round like any other value (no flush).
+inline uint32_t cvt_rna_tf32(float x) {
+    uint32_t u = f32_bits(x);
+    if (!(std::fabs(x) >= INFINITY) && !std::isnan(x)) u += 0x1000u;
+    return u & 0xffffe000u;
+}
+
+// cvt.rn.bf16.f32: round to nearest even on the 16 dropped bits (overflow rounds to infinity, subnormals are
+// kept); NaN becomes the canonical bf16 NaN 0x7fff.
+inline uint16_t cvt_rn_bf16(float x) {
+    if (std::isnan(x)) return 0x7fffu;
+    const uint32_t u = f32_bits(x);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+// cvt.rn.bf16x2.f32 d, hi, lo: `hi` into the upper half of d, `lo` into the lower half.
+inline uint32_t cvt_rn_bf16x2(float hi, float lo) {
+    return ((uint32_t)cvt_rn_bf16(hi) << 16) | cvt_rn_bf16(lo);
+}
+
+// The value the tensor core multiplies for a .tf32 operand register: its 13 low bits are not part of a tf32
+// and are ignored (the kernels round with cvt_rna_tf32 first, so nothing is lost there).
+inline float tf32_operand(uint32_t r) { return f32_from_bits(r & 0xffffe000u); }
+inline float bf16_operand(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
+
+// Where fragment element i of lane (group g = lane >> 2, t = lane % 4) sits, per the PTX ISA "Matrix
+// Fragments for mma.m16n8k8" (.tf32) and "for mma.m16n8k16 with floating point type" (.bf16). For the
+// bf16 shapes, element i is half (i & 1) of register i / 2, the lower-indexed element in the low 16 bits.
+struct RowCol {
+    int row, col;
+};
+inline RowCol tf32_a_at(int g, int t, int i) { return {g + 8 * (i & 1), t + 4 * (i >> 1)}; }    // a0..a3, 16x8
+inline RowCol tf32_b_at(int g, int t, int i) { return {t + 4 * i, g}; }                        // b0..b1, 8x8 (k, n)
+inline RowCol bf16_a_at(int g, int t, int i) { return {g + 8 * ((i >> 1) & 1), 2 * t + (i & 1) + 8 * (i >> 2)}; }  // a0..a7, 16x16
+inline RowCol bf16_b_at(int g, int t, int i) { return {2 * t + (i & 1) + 8 * (i >> 1), g}; }   // b0..b3, 16x8 (k, n)
+inline RowCol acc_at(int g, int t, int i) { return {g + 8 * (i >> 1), 2 * t + (i & 1)}; }      // c0..c3 / d0..d3, 16x8
+
+// One warp-wide mma.sync m16n8kK with f32 accumulators. Every lane publishes its A and B registers, the
+// warp meets, each lane rebuilds the whole A (16xK) and B (Kx8) from the 32 slots and computes its own four
+// D elements, and the warp meets again before any slot is reused. Arithmetic: the operands as the tensor
+// core sees them (tf32: the register's top 19 bits; bf16: the 16-bit value), every product exact, summed in
+// f32 in order k = 0, 1, ..., K-1 starting from C, one rounding per step (fmaf: product and sum rounded
+// once together). The hardware's internal order and width are not documented; this is the order chosen.
+template <int K, bool BF16>
+inline void mma_warp(float d[4], const uint32_t* a, const uint32_t* b, const float c[4]) {
+    Launch& l = *tl_launch;
+    if (l.nthreads % 32 != 0) {
+        std::fprintf(stderr, "hrk emulator: mma.sync in a block of %u threads (not whole warps)\n", l.nthreads);
+        std::abort();
+    }
+    const unsigned warp_base = tl_linear_tid / 32 * 32;
+    MmaSlot& mine = l.mma_slots[tl_linear_tid];
+    for (int r = 0; r < 4; ++r) mine.a[r] = a[r];
+    for (int r = 0; r < 2; ++r) mine.b[r] = b[r];
+    warp_sync();
+    float A[16][K], B[K][8];
+    for (int lane = 0; lane < 32; ++lane) {
+        const MmaSlot& s = l.mma_slots[warp_base + lane];
+        const int g = lane >> 2, t = lane & 3;
+        if constexpr (BF16) {
+            for (int i = 0; i < 8; ++i) {
+                const RowCol at = bf16_a_at(g, t, i);
+                A[at.row][at.col] = bf16_operand((uint16_t)(s.a[i / 2] >> (16 * (i & 1))));
+            }
+            for (int i = 0; i < 4; ++i) {
+                const RowCol at = bf16_b_at(g, t, i);
+                B[at.row][at.col] = bf16_operand((uint16_t)(s.b[i / 2] >> (16 * (i & 1))));
+            }
+        } else {
+            for (int i = 0; i < 4; ++i) {
+                const RowCol at = tf32_a_at(g, t, i);
+                A[at.row][at.col] = tf32_operand(s.a[i]);
+            }
+            for (int i = 0; i < 2; ++i) {
+                const RowCol at = tf32_b_at(g, t, i);
+                B[at.row][at.col] = tf32_operand(s.b[i]);
+            }
+        }
+    }
+    const int lane = (int)(tl_linear_tid - warp_base), g = lane >> 2, t = lane & 3;
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+        const RowCol at = acc_at(g, t, i);
+        float acc = c[i];
+        for (int k = 0; k < K; ++k) acc = std::fmaf(A[at.row][k], B[k][at.col], acc);
+        out[i] = acc;
+    }
+    // d may alias c: written only after every read.
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+    warp_sync();
+}
+
+// cp.async of 4 bytes (src null: zero-fill). The copy is queued and happens when a cp.async.wait_group lets
+// its group complete, so a kernel that reads shared memory before waiting (or before the barrier that
+// publishes other threads' copies) reads stale data here too.
+inline void cp_async4(float* dst, const float* src) { tl_launch->cp_async[tl_linear_tid].open.push_back({dst, src}); }
+inline void cp_async_commit() {
+    CpAsyncQueue& q = tl_launch->cp_async[tl_linear_tid];
+    q.committed.push_back(std::move(q.open));
+    q.open.clear();
+}
+// Completes this thread's committed groups until at most `pending` remain (oldest first).
+inline void cp_async_wait(int pending) {
+    CpAsyncQueue& q = tl_launch->cp_async[tl_linear_tid];
+    while ((int)q.committed.size() > pending) {
+        for (const CpAsyncCopy& c : q.committed.front()) *c.dst = c.src ? *c.src : 0.0f;
+        q.committed.erase(q.committed.begin());
+    }
 }
 
 }  // namespace hrk_emu

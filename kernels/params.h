@@ -143,3 +143,16 @@ struct MaxPoolParams {
     int k, stride;
     int pad_;
 };
+
+// Probes of the tensor-core primitives (kernels/conv_mma.cu, tests/cuda_mma.rs).
+struct MmaProbeParams {
+    const unsigned* a;  // mma probes: [32 lanes][4] A registers
+    const unsigned* b;  // [32][2] B registers
+    const float* c;     // [32][4] C registers
+    float* d;           // [32][4] D registers (output)
+    const float* src;   // cvt probe: [n] inputs
+    unsigned* tf32;     // [n] cvt.rna.tf32.f32(src)
+    unsigned* bf16x2;   // [n] cvt.rn.bf16x2.f32(hi = -src, lo = src)
+    int n;
+    int pad_;
+};

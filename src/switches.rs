@@ -114,6 +114,43 @@ fn gpu_engine(text: &str) -> Result<EvalEngine, &'static str> {
     }
 }
 
+/// Arithmetic of the GPU convolutions (`--gpu-math`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GpuMath {
+    /// f32 FMA kernels: the reference rung.
+    Fp32,
+    /// Tensor cores on tf32 operands (10-bit mantissa, f32 accumulation), as PyTorch's default for convs.
+    Tf32,
+    /// Forward convs on bf16 tensor cores (7-bit mantissa, f32 accumulation); backward as tf32.
+    Bf16,
+}
+
+impl GpuMath {
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuMath::Fp32 => "fp32",
+            GpuMath::Tf32 => "tf32",
+            GpuMath::Bf16 => "bf16",
+        }
+    }
+}
+
+fn gpu_math_value(text: &str) -> Result<GpuMath, &'static str> {
+    match text.to_ascii_lowercase().as_str() {
+        "fp32" | "f32" => Ok(GpuMath::Fp32),
+        "tf32" => Ok(GpuMath::Tf32),
+        "bf16" => Ok(GpuMath::Bf16),
+        _ => Err("fp32, tf32 or bf16"),
+    }
+}
+
+impl std::str::FromStr for GpuMath {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        gpu_math_value(text).map_err(|expected| format!("unknown GPU math {text:?}: expected {expected}"))
+    }
+}
+
 switches! {
     /// Direct AVX-512 3×3 conv kernels on the CPU; 0 sends every conv through im2col + GEMM.
     fn conv_direct() -> bool { "HRK_CONV_DIRECT", "0\\|1", default "1" => true, flag }
@@ -129,6 +166,8 @@ switches! {
     fn gpu_eval_engine() -> EvalEngine { "HRK_GPU_INFER", "fused\\|unfused\\|graph", default "fused" => EvalEngine::Folded, gpu_engine }
     /// BN statistics summed in the GPU conv epilogue during training; 0 runs the separate statistics pass.
     fn gpu_conv_bn_stats() -> bool { "HRK_GPU_CONV_BN_STATS", "0\\|1", default "1" => true, flag }
+    /// GPU conv arithmetic: tf32 tensor cores, bf16 tensor-core forward, or the f32 FMA kernels (`--gpu-math` overrides).
+    fn gpu_math() -> GpuMath { "HRK_GPU_MATH", "fp32\\|tf32\\|bf16", default "tf32" => GpuMath::Tf32, gpu_math_value }
     /// 1 makes `--device cuda` and `auto` use the emulated GPU (the CUDA kernels run on the host; slow, for tests).
     fn device_emu() -> bool { "HRK_DEVICE_EMU", "0\\|1", default "0" => false, flag }
     /// The CUDA driver library to load.

@@ -125,8 +125,13 @@ fn fusion_rejects_bad_shapes_with_one_line_errors() {
     assert!(e.contains("nothing to sum"), "{e}");
 }
 
+/// The f32 FMA conv's epilogue (the tensor-core kernels' epilogue is checked in tests/cuda_mma.rs).
 #[test]
 fn conv_residual_epilogue_matches_cpu_ops() {
+    hrk::cuda::with_gpu_math(hrk::cuda::GpuMath::Fp32, conv_residual_epilogue_fp32);
+}
+
+fn conv_residual_epilogue_fp32() {
     let dev = GpuDevice::emulated();
     // (input dims, weight dims, stride, pad): odd sizes, 3x3 stride 1/2, 1x1.
     for (i, (xd, wd, stride, pad)) in

@@ -5,6 +5,7 @@ use common::model::{randomize, tiny_spec};
 use common::{assert_close_scaled, TestValues};
 
 use hrk::cuda::device::GpuDevice;
+use hrk::cuda::{with_gpu_math, GpuMath};
 use hrk::model::{FusionMode, GpuInferNet, HrNet, InferNet, Slot};
 use hrk::{no_grad, Device, Storage, Tensor};
 
@@ -32,8 +33,14 @@ fn setup(
     (serial, net, input(shape, input_seed))
 }
 
+// The f32 FMA convs (the reference rung) against the CPU at f32 rounding; the tensor-core convs in the
+// `*_mma` test below.
 #[test]
 fn folded_gpu_inference_matches_cpu_infer_net() {
+    with_gpu_math(GpuMath::Fp32, folded_gpu_inference_fp32);
+}
+
+fn folded_gpu_inference_fp32() {
     // Odd batch and non-square input: branch sizes 6×8, 3×4, 2×2, 1×1 (non-integer resize ratios).
     let shape = [2, 3, 24, 32];
     let (_serial, mut net, x) = setup(3, 7, shape, 11);
@@ -59,6 +66,24 @@ fn folded_gpu_inference_matches_cpu_infer_net() {
 
 #[test]
 fn eval_forward_heatmaps_uses_the_folded_plan_on_a_gpu_device() {
+    with_gpu_math(GpuMath::Fp32, eval_forward_heatmaps_fp32);
+}
+
+/// The folded GPU engine on tf32 tensor cores against the CPU. Each conv's operands round to 10-bit
+/// mantissas (a relative error up to 2^-10 per product, times Σ|a||b| / |y|), and the tiny net stacks a
+/// dozen convs: measured 2.1e-3 of the scale; the bound is 10 × 2^-10.
+#[test]
+fn folded_gpu_inference_matches_cpu_under_tf32_mma() {
+    let shape = [2, 3, 24, 32];
+    let (_serial, net, x) = setup(3, 7, shape, 11);
+    let xt = Tensor::from_f32(&shape, x).unwrap();
+    let want = InferNet::new(&net).unwrap().forward(&xt).unwrap().to_f32_vec();
+    let dev = GpuDevice::emulated();
+    let got = with_gpu_math(GpuMath::Tf32, || GpuInferNet::new(&net, &dev).unwrap().forward(&xt).unwrap());
+    assert_close("gpu folded tf32 vs cpu InferNet", &got.to_f32_vec(), &want, 10.0 / 1024.0);
+}
+
+fn eval_forward_heatmaps_fp32() {
     let shape = [1, 3, 16, 16];
     let (_serial, mut net, x) = setup(5, 9, shape, 13);
     let (want, want_dims) = hrk::eval::forward_heatmaps(&mut net, x.clone(), shape).unwrap();

@@ -7,6 +7,7 @@ mod common;
 use common::values;
 
 use hrk::autograd::backward_with;
+use hrk::cuda::{with_gpu_math, GpuMath};
 use hrk::model::{HrNet, HrnetSpec, Slot};
 use hrk::optim::{Adam, Sgd};
 use hrk::{backward, no_grad, ops, DType, Device, Storage, Tensor};
@@ -219,9 +220,12 @@ fn all_op_bodies(dev: &Device) {
     compare("optim", dev, TOL_REDUCE, optim_body);
 }
 
+// These compare the f32 FMA conv kernels (`GpuMath::Fp32`, the reference rung) with the CPU at f32
+// rounding; the tensor-core path has its own tests below (`*_mma`), with bounds from the tf32 mantissa.
+
 #[test]
 fn ops_on_emulated_gpu_match_cpu() {
-    all_op_bodies(&Device::emulated());
+    with_gpu_math(GpuMath::Fp32, || all_op_bodies(&Device::emulated()));
 }
 
 // ---------- device errors ----------
@@ -345,7 +349,7 @@ fn train_step_groups(
     groups
 }
 
-fn compare_model(dev: &Device) {
+fn compare_model(dev: &Device, loosen: f64) {
     let dir = common::parity_cases()
         .and_then(|l| l.into_iter().next())
         .unwrap_or_else(|| common::shared_dir().join("parity/tiny"));
@@ -355,22 +359,27 @@ fn compare_model(dev: &Device) {
     }
     let side = model_input_side(dev);
     let input = side.map_or("the full input".to_string(), |s| format!("a {s}x{s} crop of the input"));
-    compare_timed_groups(&format!("tiny model ({input})"), dev, |d| model_body(&dir, d, side));
+    compare_timed_groups_within(&format!("tiny model ({input})"), dev, loosen, |d| model_body(&dir, d, side));
 }
 
 /// Runs `body` on the CPU and on `dev`, prints both times, and compares the groups of results.
 fn compare_timed_groups(what: &str, dev: &Device, body: impl Fn(&Device) -> Groups) {
+    compare_timed_groups_within(what, dev, 1.0, body)
+}
+
+/// As `compare_timed_groups`, with every bound multiplied by `loosen`.
+fn compare_timed_groups_within(what: &str, dev: &Device, loosen: f64, body: impl Fn(&Device) -> Groups) {
     let t0 = std::time::Instant::now();
     let cpu = body(&Device::Cpu);
     let t_cpu = t0.elapsed();
     let t0 = std::time::Instant::now();
     let gpu = body(dev);
     eprintln!("{what} on cpu {:.2}s, on {dev} {:.2}s", t_cpu.as_secs_f64(), t0.elapsed().as_secs_f64());
-    compare_groups(dev, &cpu, &gpu);
+    compare_groups(dev, &cpu, &gpu, loosen);
 }
 
 /// Every group of results agrees between the CPU and `dev` (relative L2 and max error, per group).
-fn compare_groups(dev: &Device, cpu: &[(String, Vec<Vec<f64>>)], gpu: &[(String, Vec<Vec<f64>>)]) {
+fn compare_groups(dev: &Device, cpu: &[(String, Vec<Vec<f64>>)], gpu: &[(String, Vec<Vec<f64>>)], loosen: f64) {
     assert_eq!(cpu.len(), gpu.len(), "result groups");
     let mut failures = Vec::new();
     for ((name, c), (_, g)) in cpu.iter().zip(gpu) {
@@ -386,7 +395,7 @@ fn compare_groups(dev: &Device, cpu: &[(String, Vec<Vec<f64>>)], gpu: &[(String,
         // f32 rounding in different summation orders. Forward values stay close; the backward pass
         // amplifies it (BN over 2 values per channel in the 1×1 branch of the crop, ReLU decisions
         // within rounding of 0 that flip), as in the f32-vs-f64 bounds of tests/parity.rs.
-        let bound = if name.contains("output") || name == "loss" { 1e-4 } else { 5e-3 };
+        let bound = loosen * if name.contains("output") || name == "loss" { 1e-4 } else { 5e-3 };
         if rel > bound || dmax > bound * rmax.max(1e-30) {
             failures.push(format!("{name}: rel_l2 {rel:e} max|d| {dmax:e} (bound {bound:e} × max|cpu| {rmax:e})"));
         }
@@ -432,13 +441,13 @@ fn small_model_body(dev: &Device) -> Groups {
 /// `--ignored`).
 #[test]
 fn small_model_on_emulated_gpu_matches_cpu() {
-    compare_timed_groups("small model", &Device::emulated(), small_model_body);
+    with_gpu_math(GpuMath::Fp32, || compare_timed_groups("small model", &Device::emulated(), small_model_body));
 }
 
 #[test]
 #[ignore = "~30 s under the host emulator (small_model_on_emulated_gpu_matches_cpu is the CI check); run with --ignored"]
 fn tiny_model_on_emulated_gpu_matches_cpu() {
-    compare_model(&Device::emulated());
+    with_gpu_math(GpuMath::Fp32, || compare_model(&Device::emulated(), 1.0));
 }
 
 // ---------- real CUDA (same bodies) ----------
@@ -464,13 +473,61 @@ fn cuda_device() -> Option<Device> {
 #[test]
 fn cuda_ops_match_cpu() {
     if let Some(dev) = cuda_device() {
-        all_op_bodies(&dev);
+        with_gpu_math(GpuMath::Fp32, || all_op_bodies(&dev));
     }
 }
 
 #[test]
 fn cuda_tiny_model_matches_cpu() {
     if let Some(dev) = cuda_device() {
-        compare_model(&dev);
+        with_gpu_math(GpuMath::Fp32, || compare_model(&dev, 1.0));
+    }
+}
+
+// ---------- the tensor-core convs (tf32, the default GPU math) ----------
+
+/// tf32 rounds each conv operand to 10 explicit mantissa bits (unit roundoff u = 2^-11), so a product
+/// carries a relative error up to 2u + u² ≈ 2^-10 instead of f32's 2^-24: per output, |error| ≤ 2^-10 ·
+/// Σ|a||b| + f32 accumulation. In `conv_body` (values uniform in [-1, 1), 27 to 84 products per output)
+/// Σ|a||b| averages K/4 against a scale ≥ 1, and the rounding errors have random signs, so they add like a
+/// random walk: 8 · 2^-10 of the scale; measured 3.3e-4 (dw1x1), a 20× margin.
+const TOL_TF32_CONV: f64 = 8.0 / 1024.0;
+
+/// Through a whole model the per-conv tf32 error (above, ~2^-10 relative, 4096 × f32's 2^-22) compounds,
+/// and the small model's training BN normalises 2 values per channel in its 1×1 branches, where a rounding
+/// difference in the two values moves the normalised output by a large fraction: the f32 bounds of
+/// `compare_groups` (1e-4 forward, 5e-3 gradients) times 50. Measured on the small model: forward 3.9e-5
+/// of the scale, gradients 0.15 relative L2 (bound 0.25), parameters after Adam 5.6e-3.
+const LOOSEN_TF32_MODEL: f64 = 50.0;
+
+#[test]
+fn conv_on_emulated_gpu_matches_cpu_under_tf32_mma() {
+    with_gpu_math(GpuMath::Tf32, || compare("conv2d tf32", &Device::emulated(), TOL_TF32_CONV, conv_body));
+}
+
+#[test]
+fn small_model_on_emulated_gpu_matches_cpu_under_tf32_mma() {
+    with_gpu_math(GpuMath::Tf32, || {
+        compare_timed_groups_within("small model tf32", &Device::emulated(), LOOSEN_TF32_MODEL, small_model_body)
+    });
+}
+
+#[test]
+fn cuda_conv_matches_cpu_under_tf32_mma() {
+    if let Some(dev) = cuda_device() {
+        with_gpu_math(GpuMath::Tf32, || compare("conv2d tf32", &dev, TOL_TF32_CONV, conv_body));
+    }
+}
+
+/// The tiny parity case under tf32 on a real GPU (full input). Not verified yet: on the emulated device
+/// only the 32×32 crop fits in time, and there its 1×1 branch's training BN normalises 2 values per
+/// channel, so tf32 rounding flips which of the two is larger: measured eval output 8.2e-3 relative L2
+/// (2.0e-2 max, over this bound), training output 0.13 and gradients 2.3 relative L2 (uncorrelated), Adam
+/// parameters 1.8e-3. Run it on a device to measure the full-input figures before trusting the bound.
+#[test]
+#[ignore = "bound not yet measured on a device (see the comment); run on a GPU with --ignored"]
+fn cuda_tiny_model_matches_cpu_under_tf32_mma() {
+    if let Some(dev) = cuda_device() {
+        with_gpu_math(GpuMath::Tf32, || compare_model(&dev, LOOSEN_TF32_MODEL));
     }
 }

@@ -23,6 +23,10 @@ pub struct Cli {
     /// More messages: -v debug, -vv trace.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// GPU conv arithmetic: tf32 (tensor cores, as PyTorch), bf16 (tensor-core forward) or fp32 (FMA
+    /// kernels, the reference); default: HRK_GPU_MATH, else tf32.
+    #[arg(long, global = true, value_name = "fp32|tf32|bf16")]
+    pub gpu_math: Option<crate::cuda::GpuMath>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +83,9 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     logger::install(logger::level_for(cli.quiet, cli.verbose));
+    if let Some(m) = cli.gpu_math {
+        crate::cuda::set_gpu_math(m);
+    }
     match cli.command {
         Command::Train(a) => train::run(a, cli.quiet),
         Command::Test(a) => test::run(a),

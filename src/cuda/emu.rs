@@ -52,6 +52,7 @@ extern "C" {
     fn hrk_emu_sizeof_FusionParams() -> usize;
     fn hrk_emu_sizeof_ChannelOpParams() -> usize;
     fn hrk_emu_sizeof_MaxPoolParams() -> usize;
+    fn hrk_emu_sizeof_MmaProbeParams() -> usize;
 }
 
 /// (struct, field, offset, size) of every field of kernels/params.h, as the C++ compiler lays them out.
@@ -81,6 +82,7 @@ fn c_sizeof(name: &str) -> Option<usize> {
             "FusionParams" => hrk_emu_sizeof_FusionParams(),
             "ChannelOpParams" => hrk_emu_sizeof_ChannelOpParams(),
             "MaxPoolParams" => hrk_emu_sizeof_MaxPoolParams(),
+            "MmaProbeParams" => hrk_emu_sizeof_MmaProbeParams(),
             _ => return None,
         })
     }

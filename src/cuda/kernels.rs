@@ -2,6 +2,7 @@
 //! (runtime.rs) and the emulator (emu.rs) both take a `&Kernel<P>` and the same parameter struct, so the
 //! geometry tested under emulation is the geometry launched on the device.
 use super::params::*;
+use super::GpuMath;
 use std::ffi::c_void;
 
 /// Host-emulator entry: (params, grid[3], block[3], dynamic shared bytes) -> 0 on success.
@@ -58,6 +59,36 @@ fn conv_backward_weight_dims(p: &Conv2dParams) -> LaunchDims {
     dims([div_ceil_u32(cols, CONV_TILE), div_ceil_u32(nn(p.c_out), CONV_TILE), p.k_splits.clamp(1, 65535) as u32])
 }
 
+fn one_warp() -> LaunchDims {
+    LaunchDims { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes: 0 }
+}
+
+// The conv kernels of each `GpuMath`. The tensor-core kernels (kernels/conv_mma.cu) take the same
+// parameters, grid and block as the FMA ones, and cover every shape: one choice per math, none per shape.
+
+/// Forward conv (with its bias/residual/ReLU/statistics epilogue) for `math`.
+pub fn conv_forward_kernel(math: GpuMath) -> &'static Kernel<Conv2dParams> {
+    match math {
+        GpuMath::Fp32 => &CONV2D_FORWARD,
+        GpuMath::Tf32 => &CONV2D_FORWARD_TF32,
+        GpuMath::Bf16 => &CONV2D_FORWARD_BF16,
+    }
+}
+/// Backward-data conv for `math` (bf16 mode keeps the gradients on tf32).
+pub fn conv_backward_data_kernel(math: GpuMath) -> &'static Kernel<Conv2dParams> {
+    match math {
+        GpuMath::Fp32 => &CONV2D_BACKWARD_DATA,
+        GpuMath::Tf32 | GpuMath::Bf16 => &CONV2D_BACKWARD_DATA_TF32,
+    }
+}
+/// Backward-weight conv for `math` (bf16 mode keeps the gradients on tf32).
+pub fn conv_backward_weight_kernel(math: GpuMath) -> &'static Kernel<Conv2dParams> {
+    match math {
+        GpuMath::Fp32 => &CONV2D_BACKWARD_WEIGHT,
+        GpuMath::Tf32 | GpuMath::Bf16 => &CONV2D_BACKWARD_WEIGHT_TF32,
+    }
+}
+
 /// Split of the backward-weight reduction: enough blocks to fill ~2 waves of 132 SMs, each split still
 /// reducing at least 1024 products.
 pub fn conv_weight_k_splits(p: &Conv2dParams) -> i32 {
@@ -96,6 +127,13 @@ kernels! {
     CONV2D_FORWARD, conv2d_forward, hrk_emu_conv2d_forward, "conv", Conv2dParams, conv_forward_dims;
     CONV2D_BACKWARD_DATA, conv2d_backward_data, hrk_emu_conv2d_backward_data, "conv", Conv2dParams, conv_backward_data_dims;
     CONV2D_BACKWARD_WEIGHT, conv2d_backward_weight, hrk_emu_conv2d_backward_weight, "conv", Conv2dParams, conv_backward_weight_dims;
+    CONV2D_FORWARD_TF32, conv2d_forward_tf32, hrk_emu_conv2d_forward_tf32, "conv_mma", Conv2dParams, conv_forward_dims;
+    CONV2D_FORWARD_BF16, conv2d_forward_bf16, hrk_emu_conv2d_forward_bf16, "conv_mma", Conv2dParams, conv_forward_dims;
+    CONV2D_BACKWARD_DATA_TF32, conv2d_backward_data_tf32, hrk_emu_conv2d_backward_data_tf32, "conv_mma", Conv2dParams, conv_backward_data_dims;
+    CONV2D_BACKWARD_WEIGHT_TF32, conv2d_backward_weight_tf32, hrk_emu_conv2d_backward_weight_tf32, "conv_mma", Conv2dParams, conv_backward_weight_dims;
+    MMA_PROBE_TF32, mma_probe_tf32, hrk_emu_mma_probe_tf32, "conv_mma", MmaProbeParams, |_: &MmaProbeParams| one_warp();
+    MMA_PROBE_BF16, mma_probe_bf16, hrk_emu_mma_probe_bf16, "conv_mma", MmaProbeParams, |_: &MmaProbeParams| one_warp();
+    MMA_PROBE_CVT, mma_probe_cvt, hrk_emu_mma_probe_cvt, "conv_mma", MmaProbeParams, |p: &MmaProbeParams| grid_1d(nn(p.n));
     CONV2D_BACKWARD_BIAS, conv2d_backward_bias, hrk_emu_conv2d_backward_bias, "conv", Conv2dParams, |p: &Conv2dParams| dims([p.c_out.max(1) as u32, 1, 1]);
     BN_TRAIN_STATS, bn_train_stats, hrk_emu_bn_train_stats, "batchnorm", BatchNormParams, |p: &BatchNormParams| dims([p.c.max(1) as u32, 1, 1]);
     BN_TRAIN_APPLY, bn_train_apply, hrk_emu_bn_train_apply, "batchnorm", BatchNormParams, |p: &BatchNormParams| grid_planes(p.n.saturating_mul(p.c), p.hw);

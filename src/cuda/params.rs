@@ -145,6 +145,15 @@ impl Conv2dParams {
     }
 }
 
+params_struct!(
+    /// Probes of the tensor-core primitives (kernels/conv_mma.cu): per-lane mma registers, and conversions.
+    MmaProbeParams {
+    a: u64, b: u64, c: u64, d: u64,
+    src: u64, tf32: u64, bf16x2: u64,
+    n: i32,
+    pad_: i32,
+});
+
 /// Calls `$m!(Conv2dParams, BatchNormParams, …)` with every parameter struct: the one list that the ABI
 /// check (`layouts`), `KernelParams` (device.rs) and `DeviceRepr` (runtime.rs) are implemented over.
 macro_rules! with_params_structs {
@@ -160,7 +169,8 @@ macro_rules! with_params_structs {
             HeatmapParams,
             FusionParams,
             ChannelOpParams,
-            MaxPoolParams
+            MaxPoolParams,
+            MmaProbeParams
         );
     };
 }
