@@ -213,6 +213,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let mut net = super::common::model(&cfg, 0)?;
     super::common::load_weights(&mut net, &args.model_file)?;
     net.to_device(&device)?;
+    net.set_precision(args.options.precision()?);
     let image_size = cfg.model.image_size;
     let opts = args.options.resolve(&cfg)?;
     let pairs = if opts.flip_test {
