@@ -74,15 +74,7 @@ fn fold_plan_at(store: &Store, plan: &Plan<ConvBn>, precision: Precision) -> Res
         if precision == Precision::Bf16 {
             crate::model::precision::round_bf16_slice(&mut w);
         }
-        Ok(FConv {
-            w,
-            b: f32s(b),
-            wshape,
-            stride: c.stride,
-            pad: c.pad,
-            relu: l.relu,
-            winograd: Default::default(),
-        })
+        Ok(FConv { w, b: f32s(b), wshape, stride: c.stride, pad: c.pad, relu: l.relu, winograd: Default::default() })
     })
 }
 

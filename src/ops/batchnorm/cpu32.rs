@@ -248,8 +248,11 @@ multiversion! {
 
 /// Runs `one` for every channel (in parallel when the tensor is big) and collects the pairs.
 fn per_channel(len: usize, c: usize, one: impl Fn(usize) -> (f64, f64) + Sync + Send) -> (Vec<f64>, Vec<f64>) {
-    let pairs: Vec<(f64, f64)> =
-        if len >= PAR_MIN && c > 1 && !forced() { (0..c).into_par_iter().map(&one).collect() } else { (0..c).map(&one).collect() };
+    let pairs: Vec<(f64, f64)> = if len >= PAR_MIN && c > 1 && !forced() {
+        (0..c).into_par_iter().map(&one).collect()
+    } else {
+        (0..c).map(&one).collect()
+    };
     pairs.into_iter().unzip()
 }
 
@@ -465,7 +468,8 @@ mod avx2 {
         // each chunk of 8.
         unsafe {
             let (a, b) = (acc[0].as_ptr(), acc[1].as_ptr());
-            let (mut s1, mut s2) = ([_mm256_loadu_pd(a), _mm256_loadu_pd(a.add(4))], [_mm256_loadu_pd(b), _mm256_loadu_pd(b.add(4))]);
+            let (mut s1, mut s2) =
+                ([_mm256_loadu_pd(a), _mm256_loadu_pd(a.add(4))], [_mm256_loadu_pd(b), _mm256_loadu_pd(b.add(4))]);
             let mut chunks = xs.chunks_exact(LANES);
             for c in &mut chunks {
                 for h in 0..2 {
@@ -504,13 +508,16 @@ mod avx2 {
             while i < full {
                 let mut g32 = _mm256_loadu_ps(dy.add(i));
                 if let Some(ys) = ys {
-                    let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_loadu_ps(ys.as_ptr().add(i)), _mm256_setzero_ps());
+                    let positive =
+                        _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_loadu_ps(ys.as_ptr().add(i)), _mm256_setzero_ps());
                     g32 = _mm256_and_ps(g32, positive);
                     _mm256_storeu_ps(dy.add(i), g32);
                 }
-                let g = [_mm256_cvtps_pd(_mm256_castps256_ps128(g32)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(g32))];
+                let g =
+                    [_mm256_cvtps_pd(_mm256_castps256_ps128(g32)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(g32))];
                 let x32 = _mm256_loadu_ps(xs.as_ptr().add(i));
-                let x = [_mm256_cvtps_pd(_mm256_castps256_ps128(x32)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x32))];
+                let x =
+                    [_mm256_cvtps_pd(_mm256_castps256_ps128(x32)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x32))];
                 for h in 0..2 {
                     s1[h] = _mm256_add_pd(s1[h], g[h]);
                     s2[h] = _mm256_add_pd(s2[h], _mm256_mul_pd(g[h], _mm256_sub_pd(x[h], muv)));

@@ -523,7 +523,6 @@ unsafe fn conv_tile_avx512<const V: usize, const T: usize>(
     }
 }
 
-
 /// dst[..16] = act(src[..16] + bias + res[..16]) — the forward's store of one whole vector.
 ///
 /// # Safety
@@ -584,7 +583,6 @@ unsafe fn epilogue_vec_avx512(dst: *mut f32, src: *const f32, bias: f32, res: Op
         _mm512_storeu_ps(dst, v);
     }
 }
-
 
 /// y = act(conv3x3(x, W) + bias + residual); false (nothing written) when the geometry or the CPU
 /// does not fit, so the caller takes im2col + GEMM.
@@ -724,9 +722,7 @@ pub fn backward_on(
 /// dW[co][ci][tap] += Σ_img Σ_q dy[img][co](q) · xpad[img][ci][q + taps[tap]], where dy(q) is read
 /// from its padded plane at q + wp + 1 (junk q land on that plane's zero border).
 #[allow(clippy::too_many_arguments)]
-fn weight_grad(
-    isa: Isa, gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad: &[f32], dw: &mut [f32],
-) {
+fn weight_grad(isa: Isa, gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad: &[f32], dw: &mut [f32]) {
     let blocks = cout.div_ceil(WR);
     let taps = gr.taps;
     let out = SharedOut(dw.as_mut_ptr());
@@ -865,5 +861,3 @@ unsafe fn dw_block_avx512<const R: usize>(
         }
     }
 }
-
-

@@ -239,9 +239,7 @@ fn forward_in(isa: Isa, layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, 
                             let place = Place { layout, corner, q0, w };
                             #[cfg(target_arch = "x86_64")]
                             match isa {
-                                Isa::Avx512 => {
-                                    finish_avx512(mrow, nb * MR * TILE, &place, &gr, h, out.at(base), &ep)
-                                }
+                                Isa::Avx512 => finish_avx512(mrow, nb * MR * TILE, &place, &gr, h, out.at(base), &ep),
                                 Isa::Avx2 => finish_avx2(mrow, nb * MR * TILE, &place, &gr, h, out.at(base), &ep),
                             }
                             #[cfg(not(target_arch = "x86_64"))]
