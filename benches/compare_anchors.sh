@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Interleaves hrk and the ONNX Runtime anchor (2 threads) on one machine so ratios are taken under the
-# same load: ORT, hrk variants, ORT again. The rungs of knobs that were removed (serial branches, batch
-# modes, serial conv batches) are in BENCHMARKS.md. Usage: benches/compare_anchors.sh [b1|b8|train]
+# Interleaves hrk with the ONNX Runtime and PyTorch anchors (2 threads each) on one machine so ratios are
+# taken under the same load: ORT, PyTorch (f32 channels_last, bf16), hrk variants, ORT again. The rungs of
+# knobs that were removed (serial branches, batch modes, serial conv batches) are in BENCHMARKS.md.
+# Usage: [PYTHON=python-with-torch-and-onnxruntime] benches/compare_anchors.sh [b1|b8|train]
 set -u
 cd "$(dirname "$0")/.."
 HRK=target/release/hrk
 CFG=experiments/wflw/face_alignment_wflw_hrnet_w18.yaml
 ORT=${HRK_SHARED:-../shared}/bench/run_ort.py
+PY=${PYTHON:-python3}
+TORCH="$PY benches/torch_anchor.py"
 uptime
 ORT_HRK=:
 if [ "${2:-}" = hrk-onnx ]; then
@@ -16,20 +19,27 @@ if [ "${2:-}" = hrk-onnx ]; then
 fi
 case "${1:-b1}" in
 b1)
-  python3 "$ORT" --batch 1 --iters 10 | grep ort
+  $PY "$ORT" --batch 1 --iters 10 | grep ort
   $ORT_HRK --batch 1 --iters 10
+  $TORCH --row infer_cl --batch 1 --iters 10
+  $TORCH --row infer_bf16 --batch 1 --iters 10
   $HRK bench --cfg $CFG --batch 1 --iters 10
   HRK_CONV_WINOGRAD=0 $HRK bench --cfg $CFG --batch 1 --iters 10
   $HRK bench --cfg $CFG --batch 1 --iters 10 --engine graph
-  python3 "$ORT" --batch 1 --iters 10 | grep ort ;;
+  $PY "$ORT" --batch 1 --iters 10 | grep ort ;;
 b8)
-  python3 "$ORT" --batch 8 --iters 6 | grep ort
+  $PY "$ORT" --batch 8 --iters 6 | grep ort
   $ORT_HRK --batch 8 --iters 6
+  $TORCH --row infer_cl --batch 8 --iters 5
+  $TORCH --row infer_bf16 --batch 8 --iters 5
   $HRK bench --cfg $CFG --batch 8 --iters 5
   $HRK bench --cfg $CFG --batch 8 --iters 5 --engine graph
-  python3 "$ORT" --batch 8 --iters 6 | grep ort ;;
+  $PY "$ORT" --batch 8 --iters 6 | grep ort ;;
 train)
+  $TORCH --row train_cl --batch 8 --iters 3 --warmup 1
   $HRK bench --cfg $CFG --batch 8 --train --iters 3 --warmup 1
-  $HRK bench --cfg $CFG --batch 8 --train --iters 3 --warmup 1 ;;
+  $TORCH --row train_eager --batch 8 --iters 3 --warmup 1
+  $HRK bench --cfg $CFG --batch 8 --train --iters 3 --warmup 1
+  $TORCH --row train_cl --batch 8 --iters 3 --warmup 1 ;;
 esac
 uptime

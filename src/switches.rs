@@ -152,12 +152,14 @@ impl std::str::FromStr for GpuMath {
 }
 
 switches! {
-    /// Direct AVX-512 3×3 conv kernels on the CPU; 0 sends every conv through im2col + GEMM.
+    /// Direct 3×3 conv kernels on the CPU (AVX-512 or AVX2+FMA); 0 sends every conv through im2col + GEMM.
     fn conv_direct() -> bool { "HRK_CONV_DIRECT", "0\\|1", default "1" => true, flag }
     /// Winograd F(2×2, 3×3) for 3×3 stride-1 convs in the CPU inference engine; 0 computes them directly.
     fn conv_winograd() -> bool { "HRK_CONV_WINOGRAD", "0\\|1", default "1" => true, flag }
-    /// 1 picks the portable (non-AVX-512) CPU BatchNorm kernels.
+    /// 1 keeps the CPU kernels off AVX-512: convs and BatchNorm take their AVX2+FMA builds (BatchNorm its portable one without AVX2).
     fn no_avx512() -> bool { "HRK_NO_AVX512", "0\\|1", default "0" => false, flag }
+    /// `--precision bf16` without bf16 kernels for this CPU: 1 emulates bf16 numerics in f32 arithmetic (slower than f32; for accuracy checks), 0 falls back to f32.
+    fn bf16_emulate() -> bool { "HRK_BF16_EMULATE", "0\\|1", default "0" => false, flag }
     /// Cap of the CPU buffer pool in MiB (0 turns the pool off).
     fn pool_mb() -> usize { "HRK_POOL_MB", "MiB", default "4096" => 4096, megabytes }
     /// CPU evaluation engine of `hrk test` / `predict` / validation: the folded engine or the autograd graph.

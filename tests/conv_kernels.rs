@@ -1,9 +1,10 @@
 //! The direct 3×3 conv kernels (forward with every epilogue, backward data and weight), Winograd's
 //! forward (every layout, plain and pre-transformed weights) and the im2col + GEMM path they replace,
-//! against direct-loop references in f64, on odd shapes.
+//! against direct-loop references in f64, on odd shapes — each build of the kernels (AVX-512,
+//! AVX2 + FMA) that this CPU runs, with a printed note for those it cannot.
 
 use hrk::ops::conv2d::cpu_kernel as cpu;
-use hrk::ops::conv2d::direct::{self, winograd};
+use hrk::ops::conv2d::direct::{self, winograd, Isa};
 use hrk::ops::Conv2dGeom;
 use hrk::rng::Rng;
 
@@ -112,11 +113,22 @@ const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
     (1, 130, 7, 8, 32),
 ];
 
+/// The kernel builds this CPU runs; prints a note for each it cannot.
+fn builds() -> Vec<Isa> {
+    Isa::ALL
+        .into_iter()
+        .filter(|isa| {
+            if !isa.supported() {
+                eprintln!("note: this CPU cannot run the direct kernels' {} build; not tested here", isa.name());
+            }
+            isa.supported()
+        })
+        .collect()
+}
+
 #[test]
 fn forward_matches_direct_loops_with_every_epilogue() {
-    if !direct::available() {
-        eprintln!("skipped direct path: this CPU has no AVX-512F/VL (the GEMM path is still checked)");
-    }
+    let builds = builds();
     let mut rng = common::rng(71);
     // Stride 1, then stride 2 on odd and even sides (the four parity phases differ in size).
     let strided = SHAPES.iter().map(|&(n, ci, co, h, w)| (n, ci, co, h, w, 1));
@@ -140,29 +152,38 @@ fn forward_matches_direct_loops_with_every_epilogue() {
             y.fill(f32::NAN);
             cpu::forward_fused(&g, &x, &wt, ep, &mut y);
             let e_auto = max_rel(&y, &want);
-            let (mut e_direct, mut e_winograd) = (0.0, 0.0);
-            if direct::available() {
+            assert!(e_gemm < 1e-5 && e_auto < 1e-5, "{g:?} epilogue {mask}: gemm {e_gemm:e} dispatch {e_auto:e}");
+            // Each build: the direct kernel, and Winograd in every layout with plain and transformed
+            // weights. The builds add in the same order, so they also agree bit for bit.
+            let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+            for &isa in &builds {
                 y.fill(f32::NAN);
-                assert!(direct::forward_fused(&g, &x, &wt, ep, &mut y), "3x3 s1 p1 must take the direct path");
-                e_direct = max_rel(&y, &want);
+                assert!(direct::forward_fused_on(isa, &g, &x, &wt, ep, &mut y), "3x3 s1 p1 must take the direct path");
+                let e_direct = max_rel(&y, &want);
+                let direct_y = y.clone();
+                let mut e_winograd = 0.0f64;
+                let mut winograd_y = Vec::new();
+                if winograd::applies(&g) {
+                    let mut u = vec![f32::NAN; winograd::transformed_len(cin, cout)];
+                    winograd::transform_weights(&wt, cin, cout, &mut u);
+                    for (tile_by_tile, transformed) in [(false, false), (true, false), (false, true)] {
+                        y.fill(f32::NAN);
+                        let weights = if transformed { &u[..] } else { &wt[..] };
+                        winograd::forward_on(isa, tile_by_tile, transformed, &g, &x, weights, ep, &mut y);
+                        e_winograd = e_winograd.max(max_rel(&y, &want));
+                        winograd_y.extend_from_slice(&y);
+                    }
+                }
+                let name = isa.name();
+                assert!(
+                    e_direct < 1e-5 && e_winograd < 1e-5,
+                    "{g:?} epilogue {mask} {name}: direct {e_direct:e} winograd {e_winograd:e}"
+                );
+                match &first {
+                    None => first = Some((direct_y, winograd_y)),
+                    Some(f) => assert!(*f == (direct_y, winograd_y), "{g:?} epilogue {mask}: {name} differs"),
+                }
             }
-            if winograd::applies(&g) {
-                y.fill(f32::NAN);
-                winograd::forward(&g, &x, &wt, ep, &mut y);
-                e_winograd = max_rel(&y, &want);
-                y.fill(f32::NAN);
-                winograd::forward_tile_by_tile(&g, &x, &wt, ep, &mut y);
-                e_winograd = e_winograd.max(max_rel(&y, &want));
-                let mut u = vec![f32::NAN; winograd::transformed_len(cin, cout)];
-                winograd::transform_weights(&wt, cin, cout, &mut u);
-                y.fill(f32::NAN);
-                winograd::forward_transformed(&g, &x, &u, ep, &mut y);
-                e_winograd = e_winograd.max(max_rel(&y, &want));
-            }
-            assert!(
-                e_gemm < 1e-5 && e_auto < 1e-5 && e_direct < 1e-5 && e_winograd < 1e-5,
-                "{g:?} epilogue {mask}: gemm {e_gemm:e} dispatch {e_auto:e} direct {e_direct:e} winograd {e_winograd:e}"
-            );
         }
     }
 }
@@ -209,10 +230,13 @@ fn check_backward(rng: &mut Rng, g: &Conv2dGeom) {
     let dw0 = randv(rng, wt.len());
     let want_dw: Vec<f64> = want_dw.iter().zip(&dw0).map(|(a, &b)| a + b as f64).collect();
     type Path = fn(&Conv2dGeom, &[f32], &[f32], &[f32], Option<&mut [f32]>, Option<&mut [f32]>, Option<&mut [f32]>);
-    let direct_only: Path = |g, x, wt, dy, dx, dw, _db| assert!(direct::backward(g, x, wt, dy, dx, dw));
+    let avx512: Path = |g, x, wt, dy, dx, dw, _db| assert!(direct::backward_on(Isa::Avx512, g, x, wt, dy, dx, dw));
+    let avx2: Path = |g, x, wt, dy, dx, dw, _db| assert!(direct::backward_on(Isa::Avx2, g, x, wt, dy, dx, dw));
     let mut paths: Vec<(&str, Path)> = vec![("gemm", cpu::backward_gemm::<f32>), ("dispatch", cpu::backward::<f32>)];
-    if direct::available() && direct::applies_backward(&g) {
-        paths.push(("direct", direct_only));
+    if direct::applies_backward(&g) {
+        for isa in builds() {
+            paths.push((isa.name(), if isa == Isa::Avx512 { avx512 } else { avx2 }));
+        }
     }
     for (name, run) in paths {
         let mut dx = vec![f32::NAN; x.len()];
@@ -221,7 +245,7 @@ fn check_backward(rng: &mut Rng, g: &Conv2dGeom) {
         run(&g, &x, &wt, &dy, Some(&mut dx), Some(&mut dw), Some(&mut db));
         let (ex, ew) = (max_rel(&dx, &want_dx), max_rel(&dw, &want_dw));
         assert!(ex < 1e-5 && ew < 1e-5, "{name} {g:?}: dx {ex:e} dW {ew:e}");
-        if name != "direct" {
+        if !Isa::ALL.iter().any(|i| i.name() == name) {
             let eb = max_rel(&db, &want_db);
             assert!(eb < 1e-5, "{name} {g:?}: db {eb:e}");
         }

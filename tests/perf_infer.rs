@@ -112,3 +112,49 @@ fn batched_conv_matches_per_image() {
         }
     });
 }
+
+/// bf16 rounding by its definition: the nearest value with 8 significant bits, ties to the even one,
+/// overflow to ±∞, NaN kept.
+#[test]
+fn bf16_rounding_is_nearest_even() {
+    use hrk::model::precision::round_bf16;
+    let ulp = 2f32.powi(-7); // bf16's spacing in [1, 2)
+    assert_eq!(round_bf16(1.0), 1.0);
+    assert_eq!(round_bf16(1.0 + ulp / 2.0), 1.0, "tie → even (1.0)");
+    assert_eq!(round_bf16(1.0 + 1.5 * ulp), 1.0 + 2.0 * ulp, "tie → even (1 + 2 ulp)");
+    assert_eq!(round_bf16(1.0 + 0.51 * ulp), 1.0 + ulp);
+    assert_eq!(round_bf16(-(1.0 + 0.49 * ulp)), -1.0);
+    assert_eq!(round_bf16(f32::MAX), f32::INFINITY);
+    assert_eq!(round_bf16(-f32::MAX), f32::NEG_INFINITY);
+    assert!(round_bf16(f32::NAN).is_nan());
+    let mut rng = common::rng(9);
+    for v in rng.normals(10_000) {
+        let r = round_bf16(v * 1e3);
+        assert_eq!(r.to_bits() & 0xffff, 0, "{v}: low bits left");
+        assert!(((r - v * 1e3) / (v * 1e3)).abs() <= 2f32.powi(-8), "{v}: more than half an ulp (2⁻⁸ relative)");
+    }
+}
+
+/// The bf16 engine (emulated numerics) against the f32 engine on W18 with random weights: each conv
+/// input and weight carries a relative rounding of at most 2⁻⁸, so the heatmaps move by a small multiple
+/// of that; the bound asserted here (3 % of the largest heatmap value) is what 30-odd layers of such
+/// errors allow with room, and the measured deviation is printed.
+#[test]
+fn bf16_engine_stays_near_f32() {
+    use hrk::model::Precision;
+    let mut net = HrNet::new(&HrnetSpec::w18(98), 0).unwrap();
+    randomize(&mut net, 11);
+    let x = random(&[2, 3, 128, 128], &mut common::rng(12));
+    let f32_engine = InferNet::with_precision(&net, Precision::F32).unwrap();
+    let bf16_engine = InferNet::with_precision(&net, Precision::Bf16).unwrap();
+    assert_eq!(bf16_engine.precision(), Precision::Bf16);
+    let want = f32_engine.forward(&x).unwrap().to_f32_vec();
+    let got = bf16_engine.forward(&x).unwrap().to_f32_vec();
+    let scale = max_abs(&want);
+    let dev = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    eprintln!("bf16 vs f32 engine: max |Δ| {dev:e} of max |y| {scale:e} ({:.3} %)", 100.0 * dev / scale);
+    assert!(dev > 0.0, "bf16 rounding changed nothing: the engine did not round");
+    assert!(dev < 0.03 * scale, "bf16 deviates by {dev} (max |y| {scale})");
+    // Twice gives the same (arena reuse, rounding deterministic).
+    assert_eq!(bf16_engine.forward(&x).unwrap().to_f32_vec(), got);
+}

@@ -171,6 +171,51 @@ fn bn_eval_matches_the_f64_formula() {
     }
 }
 
+/// Every build of the f32 BN passes this CPU runs (AVX-512, AVX2, portable) gives the portable
+/// build's bits: values, running statistics and gradients, with and without the fused ReLU (the
+/// build's own check against the f64 formula is `bn_train_matches_the_f64_formula`, which runs the
+/// build the machine picks).
+#[test]
+fn bn_builds_agree_bit_for_bit() {
+    use hrk::ops::batchnorm::{batch_norm_train_relu, with_simd, Simd};
+    let mut rng = common::rng(14);
+    for d in SHAPES.into_iter().chain([[2, 5, 19, 23], [2, 3, 64, 64]]) {
+        let [n, c, h, w] = d;
+        if n * h * w < 2 {
+            continue;
+        }
+        let len: usize = d.iter().product();
+        let (xv, dyv) = (normal(&mut rng, len, 3.0, 1.0), normal(&mut rng, len, 0.0, 1.0));
+        let (gv, bv) = (normal(&mut rng, c, 1.0, 0.5), normal(&mut rng, c, 0.0, 0.5));
+        let run = |relu: bool| {
+            let x = t32(&d, xv.clone()).requires_grad();
+            let (g, b) = (t32(&[c], gv.clone()).requires_grad(), t32(&[c], bv.clone()).requires_grad());
+            let (mut rm, mut rv) = (t32(&[c], vec![0.0; c]), t32(&[c], vec![1.0; c]));
+            let y = if relu {
+                batch_norm_train_relu(&x, &g, &b, &mut rm, &mut rv, 0.1, BN_EPS).unwrap()
+            } else {
+                batch_norm_train(&x, &g, &b, &mut rm, &mut rv, 0.1, BN_EPS).unwrap()
+            };
+            let grads = backward_with(&y, Storage::f32(dyv.clone())).unwrap();
+            let gs = [&x, &g, &b].map(|t| grads.get(t).unwrap().to_f32_vec());
+            let e = batch_norm_eval(&x.detach(), &g.detach(), &b.detach(), &rm, &rv, BN_EPS).unwrap();
+            (y.to_f32_vec(), gs, rm.to_f32_vec(), rv.to_f32_vec(), e.to_f32_vec())
+        };
+        for relu in [false, true] {
+            let want = with_simd(Simd::Portable, || run(relu)).expect("the portable build runs anywhere");
+            for build in [Simd::Avx512, Simd::Avx2] {
+                match with_simd(build, || run(relu)) {
+                    Some(got) => assert!(got == want, "BN {build:?} differs from the portable build on {d:?}"),
+                    None if d == SHAPES[0] && !relu => {
+                        eprintln!("note: this CPU cannot run the {build:?} BN build; not tested here")
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn elementwise_ops_match_references() {
     let mut rng = common::rng(14);

@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// Inference engine: `fast` (BN folded, fused, arena) or `graph` (the autograd ops, no_grad).
     #[arg(long, default_value = "fast")]
     pub engine: String,
+    /// Conv arithmetic of the fast engine: f32, or bf16 (falls back to f32 with a warning where no bf16
+    /// kernel runs; HRK_BF16_EMULATE=1 emulates it).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
 }
 
 /// Peak resident set size of this process in bytes (VmHWM), when /proc is there.
@@ -84,7 +88,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let [iw, ih] = cfg.model.image_size;
     let mut net = super::common::model(&cfg, 0)?;
-    let fast = InferNet::new(&net)?;
+    let precision = args.precision.parse::<crate::model::Precision>()?.resolve_cpu();
+    let fast = InferNet::with_precision(&net, precision)?;
     let macs = net.macs(ih, iw)?;
     // Training FLOPs: forward, dW (same as forward) and dX (same, minus the first conv whose input needs none).
     let flop_per_image =
@@ -127,7 +132,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             e => bail!("--engine: expected fast or graph, got {e:?}"),
         }
-        format!("inference ({})", args.engine)
+        match precision {
+            crate::model::Precision::F32 => format!("inference ({})", args.engine),
+            p => format!("inference ({}, {})", args.engine, p.name()),
+        }
     };
     let (med, min, max) = summary(&times).ok_or_else(|| anyhow!("bench: no samples"))?;
     let b = args.batch as f64;

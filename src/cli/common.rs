@@ -22,9 +22,19 @@ pub struct TestOptionArgs {
     /// Sub-pixel refinement: quarter (the reference) or dark (TEST.DECODE).
     #[arg(long)]
     pub decode: Option<String>,
+    /// Conv arithmetic of the CPU engine: f32, or bf16 (falls back to f32 with a warning where no bf16
+    /// kernel runs; HRK_BF16_EMULATE=1 emulates it).
+    #[arg(long)]
+    pub precision: Option<String>,
 }
 
 impl TestOptionArgs {
+    /// The CPU engine's precision for `--precision`, resolved for this CPU (warns when it falls back).
+    pub fn precision(&self) -> Result<crate::model::Precision> {
+        let asked = self.precision.as_deref().unwrap_or("f32");
+        Ok(asked.parse::<crate::model::Precision>()?.resolve_cpu())
+    }
+
     /// The config's TEST.* options with the flags applied.
     pub fn resolve(&self, cfg: &Config) -> Result<crate::eval::TestOptions> {
         let mut o = crate::eval::TestOptions::from_config(cfg)?;

@@ -183,6 +183,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     let mut net = super::common::model(&cfg, 0)?;
     super::common::load_weights(&mut net, &args.model_file)?;
     net.to_device(&device)?;
+    net.set_precision(args.options.precision()?);
     let test = args.options.resolve(&cfg)?;
     let pairs = if test.flip_test {
         super::common::dataset_spec(&cfg, false, None)?.mirror_pairs().context("--flip-test")?

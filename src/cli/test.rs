@@ -141,6 +141,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     let mut net = super::common::model(&cfg, 0)?;
     super::common::load_weights(&mut net, &args.model_file)?;
     net.to_device(&device)?;
+    net.set_precision(args.options.precision()?);
     let opts = args.options.resolve(&cfg)?;
     if opts != TestOptions::default() {
         println!("test-time options: {}", opts.describe());

@@ -1,11 +1,13 @@
 //! The CPU inference engine (eval-mode BN) on raw f32 buffers: BN folded into the conv weights, conv
 //! epilogues fused (bias, residual add, ReLU), fuse-row sums accumulated in place, branches and fuse
 //! rows run concurrently, images of a batch in parallel, and activations drawn from a reusable arena.
-//! Same output as `HrNet::forward(x, false)` within f32 rounding.
+//! Same output as `HrNet::forward(x, false)` within f32 rounding; at `Precision::Bf16` (emulated) the
+//! folded weights and every conv's input are rounded to bf16 (see `model::precision`).
 
 use super::flops::{self, ConvShape};
 use super::plan::{ConvBn, Plan};
 use super::walk::{self, Executor, Term};
+use crate::model::precision::{round_bf16, Precision};
 use crate::model::store::Store;
 use crate::ops::conv2d::cpu_kernel::{forward_fused, winograd_pays, Epilogue};
 use crate::ops::conv2d::direct::winograd;
@@ -35,9 +37,14 @@ impl FConv {
 }
 
 /// Folds the model's eval-mode BN into its convs: BN(Wx + c) = γ/σ·(Wx + c − μ) + β, so
-/// W' = W·γ/σ and b' = (c − μ)·γ/σ + β, computed in f64 and rounded once to f32. The model's
-/// tensors may live on any device.
+/// W' = W·γ/σ and b' = (c − μ)·γ/σ + β, computed in f64 and rounded once to f32 (W' then to bf16 at
+/// `Precision::Bf16`). The model's tensors may live on any device.
 pub(super) fn fold_plan(store: &Store, plan: &Plan<ConvBn>) -> Result<Plan<FConv>> {
+    fold_plan_at(store, plan, Precision::F32)
+}
+
+/// `fold_plan` at the given conv precision.
+fn fold_plan_at(store: &Store, plan: &Plan<ConvBn>, precision: Precision) -> Result<Plan<FConv>> {
     let read = |i: usize| -> Result<Vec<f64>> {
         store.tensor(i).try_to_f64_vec().with_context(|| format!("infer: reading `{}`", store.name(i)))
     };
@@ -62,16 +69,12 @@ pub(super) fn fold_plan(store: &Store, plan: &Plan<ConvBn>) -> Result<Plan<FConv
                 b[co] = (b[co] - rm[co]) * scale + bt[co];
             }
         }
-        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
-        Ok(FConv {
-            w: f32s(w),
-            b: f32s(b),
-            wshape,
-            stride: c.stride,
-            pad: c.pad,
-            relu: l.relu,
-            winograd: Default::default(),
-        })
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        let mut w = f32s(w);
+        if precision == Precision::Bf16 {
+            crate::model::precision::round_bf16_slice(&mut w);
+        }
+        Ok(FConv { w, b: f32s(b), wshape, stride: c.stride, pad: c.pad, relu: l.relu, winograd: Default::default() })
     })
 }
 
@@ -129,11 +132,22 @@ impl Arena {
 pub struct InferNet {
     plan: Plan<FConv>,
     arena: Arena,
+    precision: Precision,
 }
 
 impl InferNet {
     pub fn new(net: &super::HrNet) -> Result<InferNet> {
-        Ok(InferNet { plan: fold_plan(&net.store, &net.plan)?, arena: Arena::default() })
+        InferNet::with_precision(net, Precision::F32)
+    }
+
+    /// The engine at `precision` exactly as given (callers resolve a user's request first:
+    /// `Precision::resolve_cpu`).
+    pub fn with_precision(net: &super::HrNet, precision: Precision) -> Result<InferNet> {
+        Ok(InferNet { plan: fold_plan_at(&net.store, &net.plan, precision)?, arena: Arena::default(), precision })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Eval-mode forward of an NCHW f32 batch [N, 3, H, W] → heatmaps [N, joints, H/4, W/4].
@@ -173,7 +187,7 @@ impl InferNet {
     fn forward_raw(&self, d: [usize; 4], input: &[f32]) -> Result<Act> {
         let mut x = self.arena.act(d);
         x.data.copy_from_slice(input);
-        walk::forward(&self.plan, &mut CpuExec { arena: &self.arena }, x)
+        walk::forward(&self.plan, &mut CpuExec { arena: &self.arena, precision: self.precision }, x)
     }
 
     /// Multiply-adds of the first conv (its input needs no gradient in training).
@@ -195,6 +209,7 @@ impl InferNet {
 #[derive(Clone, Copy)]
 struct CpuExec<'a> {
     arena: &'a Arena,
+    precision: Precision,
 }
 
 impl CpuExec<'_> {
@@ -208,6 +223,15 @@ impl CpuExec<'_> {
             }
         }
         let ep = Epilogue { bias: Some(&f.b), residual: residual.map(|r| &r.data[..]), relu };
+        if self.precision == Precision::Bf16 {
+            // The conv reads its input as bf16; Winograd's transforms would leave bf16, so convs run
+            // directly (products of bf16 values are exact in f32, the sums are f32).
+            let mut xb = self.arena.take(x.data.len());
+            xb.iter_mut().zip(&x.data).for_each(|(d, &v)| *d = round_bf16(v));
+            forward_fused(&g, &xb, &f.w, ep, &mut y.data);
+            self.arena.put(xb);
+            return Ok(y);
+        }
         if winograd_pays(&g) {
             let u = f.winograd.get_or_init(|| {
                 let mut u = vec![0.0; winograd::transformed_len(g.cin, g.cout)];

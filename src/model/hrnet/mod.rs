@@ -23,6 +23,7 @@ pub use spec::{BlockKind, HrnetSpec, StageSpec, MAX_PARAMS};
 
 use crate::autograd::no_grad;
 use crate::config::Config;
+use crate::model::precision::Precision;
 use crate::model::pretrained::{self, PretrainedReport};
 use crate::model::store::{Slot, Store};
 use crate::switches::{self, EvalEngine};
@@ -39,6 +40,8 @@ pub struct HrNet {
     pub store: Store,
     plan: Plan<ConvBn>,
     engines: EvalEngines,
+    /// The CPU evaluation engine's conv precision (`set_precision`).
+    precision: Precision,
 }
 
 impl HrNet {
@@ -46,7 +49,7 @@ impl HrNet {
     pub fn new(spec: &HrnetSpec, seed: u64) -> Result<HrNet> {
         spec.validate()?;
         let (store, plan) = plan::build(spec, seed);
-        Ok(HrNet { spec: spec.clone(), store, plan, engines: EvalEngines::default() })
+        Ok(HrNet { spec: spec.clone(), store, plan, engines: EvalEngines::default(), precision: Precision::F32 })
     }
 
     /// The config's network (MODEL.NUM_JOINTS, MODEL.EXTRA) with the official init, seeded; no weights
@@ -126,7 +129,20 @@ impl HrNet {
 
     /// The folded CPU engine of the current weights (built at the first call after they change).
     pub fn cpu_engine(&self) -> Result<Arc<InferNet>> {
-        cached(&self.engines.cpu, self.weights_key(), || InferNet::new(self))
+        cached(&self.engines.cpu, self.weights_key(), || InferNet::with_precision(self, self.precision))
+    }
+
+    /// Sets the conv precision of the folded CPU evaluation engine, as `Precision::resolve_cpu` gives
+    /// it (the GPU engines and the autograd graph stay f32).
+    pub fn set_precision(&mut self, precision: Precision) {
+        if precision != self.precision {
+            self.engines = EvalEngines::default();
+            self.precision = precision;
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The folded GPU engine of the current weights on `dev` (built at the first call after they change).

@@ -10,29 +10,80 @@
 
 use rayon::prelude::*;
 
-/// Whether the per-plane kernels run their AVX-512 build: the crate targets baseline x86-64 (SSE2,
-/// two f64 lanes), and these kernels do their arithmetic in f64. `HRK_NO_AVX512=1` forces the
-/// portable build (same results bit for bit: no reassociation or FMA contraction either way).
-fn wide_simd() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// Which build of the per-plane kernels runs: the crate targets baseline x86-64 (SSE2, two f64
+/// lanes), and these kernels do their arithmetic in f64, so they are also built for AVX-512 (8 f64
+/// lanes) and AVX2 (4). `HRK_NO_AVX512=1` skips the AVX-512 build. All builds give the same results
+/// bit for bit (the same lanes add the same elements in the same order; no FMA contraction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+/// The build `simd()` would pick with nothing forced.
+fn detected() -> Simd {
+    static ON: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            !crate::switches::no_avx512()
-                && std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-                && std::arch::is_x86_feature_detected!("avx512bw")
+            use std::arch::is_x86_feature_detected as has;
+            if !crate::switches::no_avx512()
+                && has!("avx512f")
+                && has!("avx512vl")
+                && has!("avx512dq")
+                && has!("avx512bw")
+            {
+                return Simd::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Simd::Avx2;
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        Simd::Portable
     })
 }
 
-/// Defines `fn $name` whose body is compiled twice, plainly and with AVX-512 enabled, and picks the
-/// second when `wide_simd()` says the CPU has it.
+std::thread_local! {
+    /// A test's choice of a narrower build on this thread (`with_simd`).
+    static FORCED: std::cell::Cell<Option<Simd>> = const { std::cell::Cell::new(None) };
+}
+
+/// The build to run on this thread.
+fn simd() -> Simd {
+    FORCED.with(|f| f.get()).unwrap_or_else(detected)
+}
+
+/// Runs `f` with the kernels forced to `build` on this thread, where the CPU supports it (returns
+/// None otherwise). Tests compare the builds; the parallel passes then stay on this thread.
+pub fn with_simd<R>(build: Simd, f: impl FnOnce() -> R) -> Option<R> {
+    #[cfg(target_arch = "x86_64")]
+    let ok = {
+        use std::arch::is_x86_feature_detected as has;
+        match build {
+            Simd::Avx512 => has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("avx512bw"),
+            Simd::Avx2 => has!("avx2") && has!("fma"),
+            Simd::Portable => true,
+        }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let ok = build == Simd::Portable;
+    if !ok {
+        return None;
+    }
+    let before = FORCED.with(|c| c.replace(Some(build)));
+    let out = f();
+    FORCED.with(|c| c.set(before));
+    Some(out)
+}
+
+/// Whether a test forced a build on this thread (the passes then run on it alone).
+fn forced() -> bool {
+    FORCED.with(|f| f.get()).is_some()
+}
+
+/// Defines `fn $name` whose body is compiled three times, plainly, with AVX-512 and with AVX2
+/// enabled, and picks by `simd()`.
 macro_rules! multiversion {
     ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
@@ -42,14 +93,23 @@ macro_rules! multiversion {
             #[cfg(target_arch = "x86_64")]
             {
                 /// # Safety
-                /// The CPU must have every feature this enables (`wide_simd()` checks them).
+                /// The CPU must have every feature this enables (`simd()` checks them).
                 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2")]
                 unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if wide_simd() {
-                    // SAFETY: wide_simd() checked that the CPU has every feature `wide` enables.
-                    return unsafe { wide($($arg),*) };
+                /// # Safety
+                /// The CPU must have AVX2 (`simd()` checks it).
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                match simd() {
+                    // SAFETY: simd() checked that the CPU has every feature `wide` enables.
+                    Simd::Avx512 => return unsafe { wide($($arg),*) },
+                    // SAFETY: simd() checked that the CPU has AVX2.
+                    Simd::Avx2 => return unsafe { avx2($($arg),*) },
+                    Simd::Portable => {}
                 }
             }
             body($($arg),*)
@@ -73,9 +133,12 @@ fn lanes_sum(v: [f64; LANES]) -> f64 {
 /// Adds (x − k) and (x − k)² of `xs` into the lane accumulators.
 fn add_shifted(xs: &[f32], k: f64, acc: &mut [[f64; LANES]; 2]) {
     #[cfg(target_arch = "x86_64")]
-    if wide_simd() {
-        // SAFETY: wide_simd() checked the CPU has AVX-512 F/VL.
-        return unsafe { avx512::add_shifted(xs, k, acc) };
+    match simd() {
+        // SAFETY: simd() checked the CPU has AVX-512 F/VL.
+        Simd::Avx512 => return unsafe { avx512::add_shifted(xs, k, acc) },
+        // SAFETY: simd() checked the CPU has AVX2.
+        Simd::Avx2 => return unsafe { avx2::add_shifted(xs, k, acc) },
+        Simd::Portable => {}
     }
     add_shifted_portable(xs, k, acc)
 }
@@ -104,10 +167,17 @@ multiversion! {
 /// Σ dy and Σ dy·(x − μ) over one plane.
 fn plane_grad_sums(dy: &[f32], xs: &[f32], mu: f64) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    if wide_simd() {
-        // SAFETY: wide_simd() checked the CPU has AVX-512 F/VL.
-        let (s1, s2) = unsafe { avx512::grad_sums(dy, xs, mu) };
-        return (lanes_sum(s1), lanes_sum(s2));
+    {
+        let sums = match simd() {
+            // SAFETY: simd() checked the CPU has AVX-512 F/VL.
+            Simd::Avx512 => Some(unsafe { avx512::grad_sums(dy, xs, mu) }),
+            // SAFETY: simd() checked the CPU has AVX2.
+            Simd::Avx2 => Some(unsafe { avx2::grad_sums(dy, xs, mu) }),
+            Simd::Portable => None,
+        };
+        if let Some((s1, s2)) = sums {
+            return (lanes_sum(s1), lanes_sum(s2));
+        }
     }
     plane_grad_sums_portable(dy, xs, mu)
 }
@@ -116,10 +186,17 @@ fn plane_grad_sums(dy: &[f32], xs: &[f32], mu: f64) -> (f64, f64) {
 /// positive.
 fn plane_grad_sums_masked(dy: &mut [f32], xs: &[f32], ys: &[f32], mu: f64) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    if wide_simd() {
-        // SAFETY: wide_simd() checked the CPU has AVX-512 F/VL.
-        let (s1, s2) = unsafe { avx512::grad_sums_masked(dy, xs, ys, mu) };
-        return (lanes_sum(s1), lanes_sum(s2));
+    {
+        let sums = match simd() {
+            // SAFETY: simd() checked the CPU has AVX-512 F/VL.
+            Simd::Avx512 => Some(unsafe { avx512::grad_sums_masked(dy, xs, ys, mu) }),
+            // SAFETY: simd() checked the CPU has AVX2.
+            Simd::Avx2 => Some(unsafe { avx2::grad_sums_masked(dy, xs, ys, mu) }),
+            Simd::Portable => None,
+        };
+        if let Some((s1, s2)) = sums {
+            return (lanes_sum(s1), lanes_sum(s2));
+        }
     }
     plane_grad_sums_masked_portable(dy, xs, ys, mu)
 }
@@ -171,8 +248,11 @@ multiversion! {
 
 /// Runs `one` for every channel (in parallel when the tensor is big) and collects the pairs.
 fn per_channel(len: usize, c: usize, one: impl Fn(usize) -> (f64, f64) + Sync + Send) -> (Vec<f64>, Vec<f64>) {
-    let pairs: Vec<(f64, f64)> =
-        if len >= PAR_MIN && c > 1 { (0..c).into_par_iter().map(&one).collect() } else { (0..c).map(&one).collect() };
+    let pairs: Vec<(f64, f64)> = if len >= PAR_MIN && c > 1 && !forced() {
+        (0..c).into_par_iter().map(&one).collect()
+    } else {
+        (0..c).map(&one).collect()
+    };
     pairs.into_iter().unzip()
 }
 
@@ -202,7 +282,7 @@ pub(super) fn grad_sums(
         Some(m) => plane_grad_sums_masked(g, xi, &m[p * plane..][..plane], mean[p % c]),
         None => plane_grad_sums(g, xi, mean[p % c]),
     };
-    let partial: Vec<(f64, f64)> = if dy.len() >= PAR_MIN {
+    let partial: Vec<(f64, f64)> = if dy.len() >= PAR_MIN && !forced() {
         dy.par_chunks_mut(plane)
             .zip(x.par_chunks(plane))
             .enumerate()
@@ -228,7 +308,7 @@ fn per_plane(
     out: &mut [f32], inp: &[f32], [_, c, h, w]: [usize; 4], one: impl Fn(usize, &mut [f32], &[f32]) + Sync + Send,
 ) {
     let plane = (h * w).max(1);
-    if out.len() >= PAR_MIN {
+    if out.len() >= PAR_MIN && !forced() {
         out.par_chunks_mut(plane)
             .zip(inp.par_chunks(plane))
             .enumerate()
@@ -289,7 +369,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// The CPU must have AVX-512 F and VL (`wide_simd()` checks it).
+    /// The CPU must have AVX-512 F and VL (`simd()` checks it).
     #[target_feature(enable = "avx512f,avx512vl")]
     pub(super) unsafe fn add_shifted(xs: &[f32], k: f64, acc: &mut [[f64; LANES]; 2]) {
         let kv = _mm512_set1_pd(k);
@@ -351,7 +431,7 @@ mod avx512 {
     }
 
     /// # Safety
-    /// The CPU must have AVX-512 F and VL (`wide_simd()` checks it).
+    /// The CPU must have AVX-512 F and VL (`simd()` checks it).
     #[target_feature(enable = "avx512f,avx512vl")]
     pub(super) unsafe fn grad_sums(dy: &[f32], xs: &[f32], mu: f64) -> ([f64; LANES], [f64; LANES]) {
         assert_eq!(dy.len(), xs.len());
@@ -361,7 +441,7 @@ mod avx512 {
     }
 
     /// # Safety
-    /// The CPU must have AVX-512 F and VL (`wide_simd()` checks it).
+    /// The CPU must have AVX-512 F and VL (`simd()` checks it).
     #[target_feature(enable = "avx512f,avx512vl")]
     pub(super) unsafe fn grad_sums_masked(
         dy: &mut [f32], xs: &[f32], ys: &[f32], mu: f64,
@@ -369,5 +449,116 @@ mod avx512 {
         assert!(dy.len() == xs.len() && ys.len() == xs.len());
         // SAFETY: dy is a writable slice of xs.len() floats and ys has as many (asserted).
         sums(dy.as_mut_ptr(), xs, Some(ys), mu)
+    }
+}
+
+/// The reductions on AVX2: the same eight lanes as `avx512` (two registers of four f64), each
+/// accumulating the same elements in the same order, so all builds give identical sums.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::LANES;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn add_shifted(xs: &[f32], k: f64, acc: &mut [[f64; LANES]; 2]) {
+        let kv = _mm256_set1_pd(k);
+        // SAFETY: 4-f64 loads and stores at 0 and 4 of the 8-lane accumulators; 4-float loads inside
+        // each chunk of 8.
+        unsafe {
+            let (a, b) = (acc[0].as_ptr(), acc[1].as_ptr());
+            let (mut s1, mut s2) =
+                ([_mm256_loadu_pd(a), _mm256_loadu_pd(a.add(4))], [_mm256_loadu_pd(b), _mm256_loadu_pd(b.add(4))]);
+            let mut chunks = xs.chunks_exact(LANES);
+            for c in &mut chunks {
+                for h in 0..2 {
+                    let d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(c.as_ptr().add(4 * h))), kv);
+                    s1[h] = _mm256_add_pd(s1[h], d);
+                    s2[h] = _mm256_add_pd(s2[h], _mm256_mul_pd(d, d));
+                }
+            }
+            for h in 0..2 {
+                _mm256_storeu_pd(acc[0].as_mut_ptr().add(4 * h), s1[h]);
+                _mm256_storeu_pd(acc[1].as_mut_ptr().add(4 * h), s2[h]);
+            }
+            for (l, &v) in chunks.remainder().iter().enumerate() {
+                let d = v as f64 - k;
+                acc[0][l] += d;
+                acc[1][l] += d * d;
+            }
+        }
+    }
+
+    /// Lane sums of dy and dy·(x − μ); with `ys`, dy is first zeroed where ys ≤ 0 (written back).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `dy` must point at `xs.len()` floats, writable when `ys` is given (and
+    /// then `ys.len() == xs.len()`).
+    #[target_feature(enable = "avx2")]
+    unsafe fn sums(dy: *mut f32, xs: &[f32], ys: Option<&[f32]>, mu: f64) -> ([f64; LANES], [f64; LANES]) {
+        let n = xs.len();
+        let muv = _mm256_set1_pd(mu);
+        let mut s1 = [_mm256_setzero_pd(); 2];
+        let mut s2 = [_mm256_setzero_pd(); 2];
+        let full = n / LANES * LANES;
+        let mut i = 0;
+        // SAFETY: every access is below n = xs.len(), which dy (and ys) cover (see # Safety).
+        unsafe {
+            while i < full {
+                let mut g32 = _mm256_loadu_ps(dy.add(i));
+                if let Some(ys) = ys {
+                    let positive =
+                        _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_loadu_ps(ys.as_ptr().add(i)), _mm256_setzero_ps());
+                    g32 = _mm256_and_ps(g32, positive);
+                    _mm256_storeu_ps(dy.add(i), g32);
+                }
+                let g =
+                    [_mm256_cvtps_pd(_mm256_castps256_ps128(g32)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(g32))];
+                let x32 = _mm256_loadu_ps(xs.as_ptr().add(i));
+                let x =
+                    [_mm256_cvtps_pd(_mm256_castps256_ps128(x32)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x32))];
+                for h in 0..2 {
+                    s1[h] = _mm256_add_pd(s1[h], g[h]);
+                    s2[h] = _mm256_add_pd(s2[h], _mm256_mul_pd(g[h], _mm256_sub_pd(x[h], muv)));
+                }
+                i += LANES;
+            }
+            let (mut a1, mut a2) = ([0.0f64; LANES], [0.0f64; LANES]);
+            for h in 0..2 {
+                _mm256_storeu_pd(a1.as_mut_ptr().add(4 * h), s1[h]);
+                _mm256_storeu_pd(a2.as_mut_ptr().add(4 * h), s2[h]);
+            }
+            for (l, j) in (full..n).enumerate() {
+                let mut g = *dy.add(j);
+                if let Some(ys) = ys {
+                    g = if ys[j] > 0.0 { g } else { 0.0 };
+                    *dy.add(j) = g;
+                }
+                a1[l] += g as f64;
+                a2[l] += g as f64 * (xs[j] as f64 - mu);
+            }
+            (a1, a2)
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn grad_sums(dy: &[f32], xs: &[f32], mu: f64) -> ([f64; LANES], [f64; LANES]) {
+        assert_eq!(dy.len(), xs.len());
+        // SAFETY: dy holds xs.len() floats (asserted) and is not written without a mask.
+        unsafe { sums(dy.as_ptr() as *mut f32, xs, None, mu) }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn grad_sums_masked(
+        dy: &mut [f32], xs: &[f32], ys: &[f32], mu: f64,
+    ) -> ([f64; LANES], [f64; LANES]) {
+        assert!(dy.len() == xs.len() && ys.len() == xs.len());
+        // SAFETY: dy is a writable slice of xs.len() floats and ys has as many (asserted).
+        unsafe { sums(dy.as_mut_ptr(), xs, Some(ys), mu) }
     }
 }

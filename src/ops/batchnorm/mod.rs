@@ -4,6 +4,8 @@ mod cpu32;
 mod cpu_kernel;
 mod cuda_kernel;
 
+pub use cpu32::{with_simd, Simd};
+
 use super::{kernels_for, Cpu, Cuda};
 use crate::autograd::BackwardOp;
 use crate::ops::conv2d::ConvStats;

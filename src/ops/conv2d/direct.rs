@@ -1,5 +1,5 @@
-//! Direct 3×3 pad-1 convolution in f32 on AVX-512 (forward at stride 1 and 2, backward at stride 1):
-//! no im2col, no GEMM.
+//! Direct 3×3 pad-1 convolution in f32 on AVX-512 or AVX2 + FMA (forward at stride 1 and 2, backward
+//! at stride 1): no im2col, no GEMM.
 //!
 //! Layout: each input channel plane is copied once into a zero-bordered plane of pitch `wp = W + 2`
 //! (rows −1..=H, then zero slack). An output position (y, x) is numbered on that pitch, q = y·wp + x,
@@ -14,6 +14,11 @@
 //! reading dy through the same padded planes (their border is exactly the zero the junk columns need).
 //! Stride 2 (forward only) runs the same kernel on the four parity phases of the padded input.
 //! `winograd` (inference) reuses the phase planes and, with one tap, the kernel as its GEMM.
+//!
+//! Every kernel has an AVX-512 and an AVX2 + FMA build (`Isa`), picked at run time. The AVX2 forward
+//! kernel computes the same 16-position vectors as two 8-float halves, one vector at a time (MR × 2
+//! accumulators fit its 16 registers), in the same order of additions, so both builds give the same
+//! bits; the AVX2 weight gradient sums over 8 lanes instead of 16 (rounding differs, not the method).
 
 pub mod winograd;
 
@@ -43,20 +48,56 @@ pub fn applies_backward(g: &Conv2dGeom) -> bool {
     g.k == 3 && g.pad == 1 && g.stride == 1 && g.cin > 0 && g.cout > 0
 }
 
-/// Whether this CPU can run the kernels (AVX-512F; VL too, without which LLVM allocates only 20 of
-/// the 32 vector registers here and spills the accumulators).
+/// The instruction sets the kernels are built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512 F/VL (VL too, without which LLVM allocates only 20 of the 32 vector registers here
+    /// and spills the accumulators).
+    Avx512,
+    /// AVX2 + FMA: 8-float vectors, 16 registers.
+    Avx2,
+}
+
+impl Isa {
+    /// Every build, widest first.
+    pub const ALL: [Isa; 2] = [Isa::Avx512, Isa::Avx2];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "AVX-512",
+            Isa::Avx2 => "AVX2+FMA",
+        }
+    }
+
+    /// Whether this CPU can run this build (regardless of `HRK_NO_AVX512`).
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Isa::Avx512 => has!("avx512f") && has!("avx512vl"),
+                Isa::Avx2 => has!("avx2") && has!("fma"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+/// The build the kernels run: AVX-512 where the CPU has it (unless `HRK_NO_AVX512=1`), else AVX2 +
+/// FMA; None (the caller takes im2col + GEMM) on a CPU with neither.
+pub fn isa() -> Option<Isa> {
+    static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        Isa::ALL.into_iter().find(|&i| i.supported() && !(i == Isa::Avx512 && crate::switches::no_avx512()))
+    })
+}
+
+/// Whether this CPU can run the kernels (`isa()` is some build).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    isa().is_some()
 }
 
 /// Pitches of the padded planes of one image. Stride 2 splits the padded image into its four
@@ -194,11 +235,15 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// 2j + b is input column 2j + b − 1: phase (a, 1) takes a row's even columns from j = 0, phase
 /// (a, 0) its odd columns from j = 1, so one deinterleave of the row fills both. Only the border
 /// is zeroed, not the whole plane.
-fn pad_phases(gr: &Grid, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
+fn pad_phases(isa: Isa, gr: &Grid, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
     debug_assert!(w.div_ceil(2) < gr.wp && (gr.h + 1) * gr.wp <= gr.phase);
-    assert!(available(), "the direct kernels run only on AVX-512");
-    // SAFETY: AVX-512F is present; s is one h×w plane and d one grid plane (chunked so).
-    let one = |(s, d): (&[f32], &mut [f32])| unsafe { phase_plane_avx512(gr, h, w, s, d) };
+    assert!(isa.supported(), "the direct kernels' {} build does not run on this CPU", isa.name());
+    let one = |(s, d): (&[f32], &mut [f32])| match isa {
+        // SAFETY: AVX-512F is present (asserted); s is one h×w plane and d one grid plane (chunked so).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { phase_plane_avx512(gr, h, w, s, d) },
+        _ => phase_plane(gr, h, w, s, d),
+    };
     let planes = src.len() / (h * w);
     let dst = &mut dst[..planes * gr.plane];
     if planes * gr.plane >= 1 << 16 {
@@ -263,11 +308,36 @@ unsafe fn phase_plane_avx512(gr: &Grid, h: usize, w: usize, s: &[f32], d: &mut [
     }
 }
 
-/// # Safety
-/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn phase_plane_avx512(_: &Grid, _: usize, _: usize, _: &[f32], _: &mut [f32]) {
-    unreachable!("direct conv runs only where available() holds")
+/// `pad_phases` of one plane in plain code (the AVX2 build: the compiler vectorises the copies and
+/// the fills, the deinterleave is scalar).
+fn phase_plane(gr: &Grid, h: usize, w: usize, s: &[f32], d: &mut [f32]) {
+    let (wp, rows) = (gr.wp, gr.h + 1);
+    let (evens, odds) = (w.div_ceil(2), w / 2);
+    assert!(s.len() >= h * w && d.len() >= 4 * gr.phase && evens < wp);
+    for a in 0..2 {
+        let (odd_plane, rest) = d[2 * a * gr.phase..].split_at_mut(gr.phase);
+        let even_plane = &mut rest[..gr.phase];
+        for i in 0..rows {
+            let (r_odd, r_even) = (&mut odd_plane[i * wp..][..wp], &mut even_plane[i * wp..][..wp]);
+            let Some(y) = (2 * i + a).checked_sub(1).filter(|&y| y < h) else {
+                r_odd.fill(0.0);
+                r_even.fill(0.0);
+                continue;
+            };
+            let row = &s[y * w..][..w];
+            r_odd[0] = 0.0;
+            for (j, pair) in row.chunks(2).enumerate() {
+                r_even[j] = pair[0];
+                if let Some(&v) = pair.get(1) {
+                    r_odd[1 + j] = v;
+                }
+            }
+            r_even[evens..].fill(0.0);
+            r_odd[1 + odds..].fill(0.0);
+        }
+        odd_plane[rows * wp..].fill(0.0);
+        even_plane[rows * wp..].fill(0.0);
+    }
 }
 
 /// A raw output pointer shared by tasks that write disjoint elements.
@@ -299,8 +369,9 @@ struct WeightView<'a> {
 /// `store(image, co, q0, at, values)` receives each output channel's computed vectors, one
 /// 16-position run at a time: `at` is the run's index in the H×W plane where the width is whole
 /// vectors (all 16 positions real), None otherwise (junk positions included; split with `runs`).
+#[allow(clippy::too_many_arguments)]
 fn conv_tiles(
-    gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], wv: WeightView,
+    isa: Isa, gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], wv: WeightView,
     store: impl Fn(usize, usize, usize, Option<usize>, &[f32]) + Sync,
 ) {
     // Tiles of at most NV vectors, balanced so a plane of 5 vectors runs as 3 + 2, not 4 + 1.
@@ -326,14 +397,14 @@ fn conv_tiles(
         let o = out.as_mut_ptr().cast::<f32>();
         // SAFETY: the tile reads x[voff[v] + lane + taps] < q_len + 2·wp + 2 ≤ plane within each of
         // the image's cin planes (every vector starts below q_len), and weights at row + c·col + t
-        // inside wv.w (asserted above).
+        // inside wv.w (asserted above); the caller checked that the CPU runs `isa`.
         unsafe {
             let x = xpad.as_ptr().add(img * cin * gr.plane);
             match vecs {
-                4 => conv_tile::<4, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                3 => conv_tile::<3, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                2 => conv_tile::<2, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                _ => conv_tile::<1, 9>(x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                4 => conv_tile::<4, 9>(isa, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                3 => conv_tile::<3, 9>(isa, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                2 => conv_tile::<2, 9>(isa, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                _ => conv_tile::<1, 9>(isa, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
             }
         }
         for r in 0..rows {
@@ -350,16 +421,79 @@ fn conv_tiles(
     (0..total).into_par_iter().with_min_len(min_len).for_each(task);
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl")]
 /// out[r][v·16 + lane] = Σ_c Σ_tap w[r][c·col + tap] · x[c·plane + taps[tap] + voff[v] + lane]
-/// (T = 9 taps for the 3×3 convs; T = 1 makes it the GEMM of Winograd's transformed tiles).
+/// (T = 9 taps for the 3×3 convs; T = 1 makes it the GEMM of Winograd's transformed tiles), by the
+/// `isa` build.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F/VL; x must be readable at c·plane + taps[t] + voff[v] + 0..16 for every
+/// The CPU must run `isa`; x must be readable at c·plane + taps[t] + voff[v] + 0..16 for every
 /// c < cin, tap and v < V, each w[r] at c·col + t, and out writable for MR·TILE floats.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 unsafe fn conv_tile<const V: usize, const T: usize>(
+    isa: Isa, x: *const f32, voff: &[usize; NV], plane: usize, cin: usize, taps: &[usize; T], w: &[*const f32; MR],
+    col: usize, out: *mut f32,
+) {
+    // SAFETY: forwarded from the caller (see # Safety).
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match isa {
+            Isa::Avx512 => conv_tile_avx512::<V, T>(x, voff, plane, cin, taps, w, col, out),
+            Isa::Avx2 => conv_tile_avx2::<V, T>(x, voff, plane, cin, taps, w, col, out),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("direct conv runs only where available() holds: {isa:?} {x:?} {voff:?} {plane} {cin} {taps:?} {w:?} {col} {out:?}")
+}
+
+/// `conv_tile` on AVX2 + FMA: each 16-position vector as two 8-float halves, one vector at a time
+/// (MR × 2 accumulators, two inputs and a broadcast weight: 15 of the 16 registers), adding in the
+/// same order as the AVX-512 build.
+///
+/// # Safety
+/// As `conv_tile`, with AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_tile_avx2<const V: usize, const T: usize>(
+    x: *const f32, voff: &[usize; NV], plane: usize, cin: usize, taps: &[usize; T], w: &[*const f32; MR], col: usize,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: every load and store is inside the ranges the caller vouches for (see # Safety).
+    unsafe {
+        for (v, &vo) in voff.iter().enumerate().take(V) {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            for ci in 0..cin {
+                let xc = x.add(ci * plane + vo);
+                let wc: [*const f32; MR] = std::array::from_fn(|r| w[r].add(ci * col));
+                for (t, &off) in taps.iter().enumerate() {
+                    let lo = _mm256_loadu_ps(xc.add(off));
+                    let hi = _mm256_loadu_ps(xc.add(off + 8));
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let wv = _mm256_broadcast_ss(&*wc[r].add(t));
+                        acc_r[0] = _mm256_fmadd_ps(wv, lo, acc_r[0]);
+                        acc_r[1] = _mm256_fmadd_ps(wv, hi, acc_r[1]);
+                    }
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                let o = out.add(r * TILE + v * LANES);
+                _mm256_storeu_ps(o, acc_r[0]);
+                _mm256_storeu_ps(o.add(8), acc_r[1]);
+            }
+        }
+    }
+}
+
+/// `conv_tile` on AVX-512 F/VL.
+///
+/// # Safety
+/// As `conv_tile`, with AVX-512 F/VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_tile_avx512<const V: usize, const T: usize>(
     x: *const f32, voff: &[usize; NV], plane: usize, cin: usize, taps: &[usize; T], w: &[*const f32; MR], col: usize,
     out: *mut f32,
 ) {
@@ -389,23 +523,53 @@ unsafe fn conv_tile<const V: usize, const T: usize>(
     }
 }
 
-/// # Safety
-/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn conv_tile<const V: usize, const T: usize>(
-    _: *const f32, _: &[usize; NV], _: usize, _: usize, _: &[usize; T], _: &[*const f32; MR], _: usize, _: *mut f32,
-) {
-    unreachable!("direct conv runs only where available() holds")
-}
-
 /// dst[..16] = act(src[..16] + bias + res[..16]) — the forward's store of one whole vector.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; src (and res) readable and dst writable for 16 floats.
+/// The CPU must run `isa`; src (and res) readable and dst writable for 16 floats.
+unsafe fn epilogue_vec(isa: Isa, dst: *mut f32, src: *const f32, bias: f32, res: Option<*const f32>, relu: bool) {
+    // SAFETY: forwarded from the caller (see # Safety).
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match isa {
+            Isa::Avx512 => epilogue_vec_avx512(dst, src, bias, res, relu),
+            Isa::Avx2 => epilogue_vec_avx2(dst, src, bias, res, relu),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("direct conv runs only where available() holds: {isa:?} {dst:?} {src:?} {bias} {res:?} {relu}")
+}
+
+/// `epilogue_vec` on AVX2, two halves of 8.
+///
+/// # Safety
+/// As `epilogue_vec`, with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn epilogue_vec_avx2(dst: *mut f32, src: *const f32, bias: f32, res: Option<*const f32>, relu: bool) {
+    use std::arch::x86_64::*;
+    // SAFETY: 8-float loads and stores at 0 and 8 within the ranges the caller vouches for.
+    unsafe {
+        for half in [0, 8] {
+            let mut v = _mm256_add_ps(_mm256_loadu_ps(src.add(half)), _mm256_set1_ps(bias));
+            if let Some(r) = res {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(r.add(half)));
+            }
+            if relu {
+                v = _mm256_max_ps(v, _mm256_setzero_ps());
+            }
+            _mm256_storeu_ps(dst.add(half), v);
+        }
+    }
+}
+
+/// `epilogue_vec` on AVX-512F.
+///
+/// # Safety
+/// As `epilogue_vec`, with AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn epilogue_vec(dst: *mut f32, src: *const f32, bias: f32, res: Option<*const f32>, relu: bool) {
+unsafe fn epilogue_vec_avx512(dst: *mut f32, src: *const f32, bias: f32, res: Option<*const f32>, relu: bool) {
     use std::arch::x86_64::*;
     // SAFETY: 16-float loads and one 16-float store within the ranges the caller vouches for.
     unsafe {
@@ -420,17 +584,16 @@ unsafe fn epilogue_vec(dst: *mut f32, src: *const f32, bias: f32, res: Option<*c
     }
 }
 
-/// # Safety
-/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn epilogue_vec(_: *mut f32, _: *const f32, _: f32, _: Option<*const f32>, _: bool) {
-    unreachable!("direct conv runs only where available() holds")
-}
-
 /// y = act(conv3x3(x, W) + bias + residual); false (nothing written) when the geometry or the CPU
 /// does not fit, so the caller takes im2col + GEMM.
 pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) -> bool {
-    if !applies(g) || !available() {
+    isa().is_some_and(|isa| forward_fused_on(isa, g, x, wt, ep, y))
+}
+
+/// `forward_fused` by the given build (false, nothing written, when the CPU cannot run it or the
+/// geometry does not fit); tests run each build the CPU has.
+pub fn forward_fused_on(isa: Isa, g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) -> bool {
+    if !applies(g) || !isa.supported() {
         return false;
     }
     let (in_hw, hw, n) = (g.h * g.w, g.ho * g.wo, g.n);
@@ -450,10 +613,10 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
         let bias = ep.bias.map_or(0.0, |b| b[co]);
         if let Some(at) = at {
             // SAFETY: the 16 positions at..at + 16 of (img, co) lie inside y and the residual
-            // (asserted) and belong to this task only.
+            // (asserted) and belong to this task only; the CPU runs `isa` (checked above).
             unsafe {
                 let res = ep.residual.map(|r| r.as_ptr().add(base + at));
-                epilogue_vec(out.at(base + at), vals.as_ptr(), bias, res, ep.relu);
+                epilogue_vec(isa, out.at(base + at), vals.as_ptr(), bias, res, ep.relu);
             }
             return;
         }
@@ -478,9 +641,9 @@ pub fn forward_fused(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y
         if g.stride == 1 {
             pad_planes(&gr, &x[..n * g.cin * in_hw], xpad);
         } else {
-            pad_phases(&gr, g.h, g.w, &x[..n * g.cin * in_hw], xpad);
+            pad_phases(isa, &gr, g.h, g.w, &x[..n * g.cin * in_hw], xpad);
         }
-        conv_tiles(&gr, n, g.cin, g.cout, xpad, wv, store);
+        conv_tiles(isa, &gr, n, g.cin, g.cout, xpad, wv, store);
     });
     true
 }
@@ -503,7 +666,15 @@ pub fn weight_grad_pays(g: &Conv2dGeom) -> bool {
 pub fn backward(
     g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>,
 ) -> bool {
-    if !applies_backward(g) || !available() {
+    isa().is_some_and(|isa| backward_on(isa, g, x, wt, dy, dx, dw))
+}
+
+/// `backward` by the given build (false, nothing written, when the CPU cannot run it or the
+/// geometry does not fit).
+pub fn backward_on(
+    isa: Isa, g: &Conv2dGeom, x: &[f32], wt: &[f32], dy: &[f32], dx: Option<&mut [f32]>, dw: Option<&mut [f32]>,
+) -> bool {
+    if !applies_backward(g) || !isa.supported() {
         return false;
     }
     let gr = Grid::new(g.h, g.w);
@@ -525,7 +696,7 @@ pub fn backward(
             }
             let wv = WeightView { w: wflip, row: 9, col: cin * 9 };
             let out = SharedOut(dx.as_mut_ptr());
-            conv_tiles(&gr, n, cout, cin, dypad, wv, |img, ci, q0, at, vals| {
+            conv_tiles(isa, &gr, n, cout, cin, dypad, wv, |img, ci, q0, at, vals| {
                 let base = (img * cin + ci) * hw;
                 if let Some(at) = at {
                     // SAFETY: inside dx (asserted) and written by this task only.
@@ -542,7 +713,7 @@ pub fn backward(
         if let Some(dw) = dw {
             assert!(x.len() >= n * cin * hw && dw.len() >= cout * cin * 9);
             pad_planes(&gr, &x[..n * cin * hw], xpad);
-            weight_grad(&gr, n, cin, cout, xpad, dypad, dw);
+            weight_grad(isa, &gr, n, cin, cout, xpad, dypad, dw);
         }
     });
     true
@@ -550,7 +721,8 @@ pub fn backward(
 
 /// dW[co][ci][tap] += Σ_img Σ_q dy[img][co](q) · xpad[img][ci][q + taps[tap]], where dy(q) is read
 /// from its padded plane at q + wp + 1 (junk q land on that plane's zero border).
-fn weight_grad(gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad: &[f32], dw: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn weight_grad(isa: Isa, gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad: &[f32], dw: &mut [f32]) {
     let blocks = cout.div_ceil(WR);
     let taps = gr.taps;
     let out = SharedOut(dw.as_mut_ptr());
@@ -560,15 +732,16 @@ fn weight_grad(gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad
         let rows = WR.min(cout - cb * WR);
         let mut sums = [[0.0f32; 9]; WR];
         // SAFETY: dy reads reach q_len − 1 + wp + 1 < plane of channel cb·WR + r < cout of each image,
-        // x reads q_len − 1 + 2·wp + 2 < plane of channel ci; the lengths were checked by the caller.
+        // x reads q_len − 1 + 2·wp + 2 < plane of channel ci; the lengths were checked by the caller, and
+        // that the CPU runs `isa`.
         unsafe {
             let d = dypad.as_ptr().add(cb * WR * gr.plane + gr.wp + 1);
             let x = xpad.as_ptr().add(ci * gr.plane);
             let (ds, xs, qv) = (cout * gr.plane, cin * gr.plane, gr.q_len / LANES);
             match rows {
-                3 => dw_block::<3>(d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
-                2 => dw_block::<2>(d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
-                _ => dw_block::<1>(d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
+                3 => dw_block::<3>(isa, d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
+                2 => dw_block::<2>(isa, d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
+                _ => dw_block::<1>(isa, d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
             }
         }
         for (r, s) in sums.iter().enumerate().take(rows) {
@@ -583,15 +756,83 @@ fn weight_grad(gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad
     (0..blocks * cin).into_par_iter().with_min_len(min_len).for_each(task);
 }
 
+/// sums[r][tap] = Σ_img Σ_v dy[img·dy_img + r·dy_co + v·16 ..] · x[img·x_img + taps[tap] + v·16 ..],
+/// by the `isa` build.
+///
+/// # Safety
+/// The CPU must run `isa`; dy and x must be readable at every index that formula reaches for
+/// img < n, v < qv, r < R (R ≤ WR) and the 16 lanes of each vector.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_block<const R: usize>(
+    isa: Isa, dy: *const f32, dy_co: usize, dy_img: usize, x: *const f32, x_img: usize, n: usize, qv: usize,
+    taps: &[usize; 9], sums: &mut [[f32; 9]; WR],
+) {
+    // SAFETY: forwarded from the caller (see # Safety).
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match isa {
+            Isa::Avx512 => dw_block_avx512::<R>(dy, dy_co, dy_img, x, x_img, n, qv, taps, sums),
+            Isa::Avx2 => dw_block_avx2::<R>(dy, dy_co, dy_img, x, x_img, n, qv, taps, sums),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("direct conv runs only where available() holds: {isa:?} {dy:?} {dy_co} {dy_img} {x:?} {x_img} {n} {qv} {taps:?} {sums:?}")
+}
+
+/// `dw_block` on AVX2 + FMA: one kernel row (3 taps) at a time, R × 3 accumulators of 8 lanes plus
+/// R dy vectors and one x vector (at most 13 registers).
+///
+/// # Safety
+/// As `dw_block`, with AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_block_avx2<const R: usize>(
+    dy: *const f32, dy_co: usize, dy_img: usize, x: *const f32, x_img: usize, n: usize, qv: usize, taps: &[usize; 9],
+    sums: &mut [[f32; 9]; WR],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: every load is inside the ranges the caller vouches for (see # Safety): the 8-float halves
+    // of each 16-float vector.
+    unsafe {
+        for ky in 0..3 {
+            let row_taps: [usize; 3] = std::array::from_fn(|kx| taps[3 * ky + kx]);
+            let mut acc = [[_mm256_setzero_ps(); 3]; R];
+            for img in 0..n {
+                let d = dy.add(img * dy_img);
+                let xi = x.add(img * x_img);
+                for q in (0..qv * LANES).step_by(8) {
+                    let dv: [__m256; R] = std::array::from_fn(|r| _mm256_loadu_ps(d.add(r * dy_co + q)));
+                    for (k, &off) in row_taps.iter().enumerate() {
+                        let xv = _mm256_loadu_ps(xi.add(q + off));
+                        for r in 0..R {
+                            acc[r][k] = _mm256_fmadd_ps(dv[r], xv, acc[r][k]);
+                        }
+                    }
+                }
+            }
+            for r in 0..R {
+                for k in 0..3 {
+                    // Pairwise over the 8 lanes.
+                    let a = acc[r][k];
+                    let s4 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+                    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+                    let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2));
+                    sums[r][3 * ky + k] = _mm_cvtss_f32(s1);
+                }
+            }
+        }
+    }
+}
+
+/// `dw_block` on AVX-512 F/VL.
+///
+/// # Safety
+/// As `dw_block`, with AVX-512 F/VL.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
 #[allow(clippy::too_many_arguments)]
-/// sums[r][tap] = Σ_img Σ_v dy[img·dy_img + r·dy_co + v·16 ..] · x[img·x_img + taps[tap] + v·16 ..].
-///
-/// # Safety
-/// The CPU must have AVX-512 F/VL; dy and x must be readable at every index that formula reaches for
-/// img < n, v < qv, r < R (R ≤ WR) and the 16 lanes of each vector.
-unsafe fn dw_block<const R: usize>(
+unsafe fn dw_block_avx512<const R: usize>(
     dy: *const f32, dy_co: usize, dy_img: usize, x: *const f32, x_img: usize, n: usize, qv: usize, taps: &[usize; 9],
     sums: &mut [[f32; 9]; WR],
 ) {
@@ -619,15 +860,4 @@ unsafe fn dw_block<const R: usize>(
             }
         }
     }
-}
-
-/// # Safety
-/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_block<const R: usize>(
-    _: *const f32, _: usize, _: usize, _: *const f32, _: usize, _: usize, _: usize, _: &[usize; 9],
-    _: &mut [[f32; 9]; WR],
-) {
-    unreachable!("direct conv runs only where available() holds")
 }

@@ -1,5 +1,5 @@
-//! Winograd F(2×2, 3×3) forward for 3×3 stride-1 pad-1 convs in f32 on AVX-512: each 2×2 output
-//! tile costs 16 multiply-adds per (input, output) channel pair instead of 36.
+//! Winograd F(2×2, 3×3) forward for 3×3 stride-1 pad-1 convs in f32 on AVX-512 or AVX2 + FMA: each
+//! 2×2 output tile costs 16 multiply-adds per (input, output) channel pair instead of 36.
 //!
 //! The 4×4 input windows of the tiles sit at stride 2 in the padded input, so they are read from the
 //! same four parity-phase planes as the stride-2 direct conv (`Grid::stride2`, `pad_phases`): tile
@@ -13,19 +13,17 @@
 //! 3. transforms back, Y = Aᵀ M A, and stores with the bias / residual / ReLU epilogue.
 //!
 //! F(2×2, 3×3) with these B, G, A has rounding errors of the order of the direct sum's.
+//!
+//! The AVX2 build handles each vector of 16 tiles as two halves of 8 and computes the same values as
+//! the AVX-512 build (the transforms add in the same order; the GEMM is the shared `conv_tile`).
 
-use super::{available, conv_tile, pad_phases, with_scratch, Grid, SharedOut, LANES, MR, NV, TILE};
+use super::{conv_tile, isa, pad_phases, with_scratch, Grid, Isa, SharedOut, LANES, MR, NV, TILE};
 use crate::ops::conv2d::cpu_kernel::Epilogue;
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::__m512;
 use std::cell::RefCell;
-/// Never built off x86-64 (`applies` is false there); lets the kernel signatures compile.
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(non_camel_case_types)]
-#[derive(Clone, Copy)]
-struct __m512;
 
 /// Bound on input channels × tile vectors per task, so a task's transformed input (16 · cin ·
 /// vectors · 16 floats) stays within 512 KiB of the core's L2 cache: 4 vectors per task up to 128
@@ -33,9 +31,14 @@ struct __m512;
 const MAX_CIN_VECS: usize = 512;
 
 /// Whether `forward` can compute this conv: 3×3, stride 1, pad 1, a channel count whose
-/// transformed input fits in cache, and AVX-512.
+/// transformed input fits in cache, and a CPU with one of the kernels' builds (`super::isa`).
 pub fn applies(g: &Conv2dGeom) -> bool {
-    g.k == 3 && g.stride == 1 && g.pad == 1 && (1..=MAX_CIN_VECS).contains(&g.cin) && g.cout > 0 && available()
+    fits(g) && isa().is_some()
+}
+
+/// The geometry part of `applies`.
+fn fits(g: &Conv2dGeom) -> bool {
+    g.k == 3 && g.stride == 1 && g.pad == 1 && (1..=MAX_CIN_VECS).contains(&g.cin) && g.cout > 0
 }
 
 /// Whether it beats the direct kernel: where whole vectors of tiles are stored as vectors (see
@@ -99,18 +102,36 @@ thread_local! {
 
 /// y = act(conv3x3(x, W) + bias + residual); the caller checked `applies`.
 pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
-    forward_in(default_layout(g), g, x, Weights::Plain(wt), ep, y)
+    forward_in(chosen(g), default_layout(g), g, x, Weights::Plain(wt), ep, y)
+}
+
+/// The build `applies` promised.
+fn chosen(g: &Conv2dGeom) -> Isa {
+    isa().unwrap_or_else(|| panic!("winograd: {g:?} on a CPU with neither AVX-512 nor AVX2+FMA"))
+}
+
+/// `forward`, `forward_transformed` (with `transformed`) or `forward_tile_by_tile` (with
+/// `tile_by_tile`) by the given build, which the CPU must run; tests run each build the CPU has.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_on(
+    isa: Isa, tile_by_tile: bool, transformed: bool, g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>,
+    y: &mut [f32],
+) {
+    assert!(isa.supported(), "winograd: the {} build does not run on this CPU", isa.name());
+    let layout = if tile_by_tile { Layout::Grid } else { default_layout(g) };
+    let weights = if transformed { Weights::Transformed(wt) } else { Weights::Plain(wt) };
+    forward_in(isa, layout, g, x, weights, ep, y)
 }
 
 /// `forward` with the weights already transformed by `transform_weights` (inference keeps them:
 /// transforming costs about as much as a small plane's conv).
 pub fn forward_transformed(g: &Conv2dGeom, x: &[f32], u: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
-    forward_in(default_layout(g), g, x, Weights::Transformed(u), ep, y)
+    forward_in(chosen(g), default_layout(g), g, x, Weights::Transformed(u), ep, y)
 }
 
 /// `forward` with every plane stored tile by tile (the generic layout), for tests.
 pub fn forward_tile_by_tile(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
-    forward_in(Layout::Grid, g, x, Weights::Plain(wt), ep, y)
+    forward_in(chosen(g), Layout::Grid, g, x, Weights::Plain(wt), ep, y)
 }
 
 fn default_layout(g: &Conv2dGeom) -> Layout {
@@ -129,8 +150,9 @@ pub fn transformed_len(cin: usize, cout: usize) -> usize {
     16 * cout.div_ceil(MR) * MR * cin
 }
 
-fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilogue<f32>, y: &mut [f32]) {
-    assert!(applies(g), "winograd: {g:?} is not a 3×3 stride-1 pad-1 conv of ≤ {MAX_CIN_VECS} channels on AVX-512");
+fn forward_in(isa: Isa, layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilogue<f32>, y: &mut [f32]) {
+    assert!(fits(g), "winograd: {g:?} is not a 3×3 stride-1 pad-1 conv of ≤ {MAX_CIN_VECS} channels");
+    assert!(isa.supported(), "winograd: the {} build does not run on this CPU", isa.name());
     let (n, cin, cout, h, w) = (g.n, g.cin, g.cout, g.h, g.w);
     let hw = h * w;
     let ulen = transformed_len(cin, cout);
@@ -150,7 +172,7 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilog
             Weights::Transformed(u) => u,
         };
         assert!(u.len() >= ulen, "winograd: transformed weights of {} floats, need {ulen}", u.len());
-        pad_phases(&gr, h, w, &x[..n * cin * hw], xph);
+        pad_phases(isa, &gr, h, w, &x[..n * cin * hw], xph);
         let xph = &*xph;
         let qv = layout.vecs(&gr);
         let tiles = qv.div_ceil((MAX_CIN_VECS / cin).clamp(1, NV));
@@ -176,14 +198,16 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilog
                 // SAFETY: the window reads stay inside this image's phase planes (each phase covers
                 // q_len − 1 + wp + 1, the furthest element; a group's rows end at its last tile
                 // row); vt and mt hold 16·cin and 16·nb·MR rows of TILE floats; U holds
-                // 16·blocks·MR rows of cin; the stores stay inside the image's planes.
+                // 16·blocks·MR rows of cin; the stores stay inside the image's planes. The CPU
+                // runs `isa` (asserted above).
                 unsafe {
                     let image = xph.as_ptr().add(img * cin * gr.plane);
                     let q: [usize; NV] = places.map(|p| p.0);
+                    let (q, vt_out) = (&q[..vecs], vt.as_mut_ptr());
                     match layout {
-                        Layout::Groups(8) => input_transform::<2>(image, &gr, cin, &q[..vecs], vt.as_mut_ptr()),
-                        Layout::Groups(_) => input_transform::<4>(image, &gr, cin, &q[..vecs], vt.as_mut_ptr()),
-                        _ => input_transform::<1>(image, &gr, cin, &q[..vecs], vt.as_mut_ptr()),
+                        Layout::Groups(8) => input_transform::<2>(isa, image, &gr, cin, q, vt_out),
+                        Layout::Groups(_) => input_transform::<4>(isa, image, &gr, cin, q, vt_out),
+                        _ => input_transform::<1>(isa, image, &gr, cin, q, vt_out),
                     }
                     // The GEMM reads the transformed tiles as NV vectors of one plane of TILE floats.
                     let inner: [usize; NV] = std::array::from_fn(|v| v * LANES);
@@ -194,10 +218,10 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilog
                             let x = vt.as_ptr().add(xi * cin * TILE);
                             let o = mt.as_mut_ptr().add((xi * nb + cb - b0) * MR * TILE);
                             match vecs {
-                                4 => conv_tile::<4, 1>(x, &inner, TILE, cin, &[0], &rows, 1, o),
-                                3 => conv_tile::<3, 1>(x, &inner, TILE, cin, &[0], &rows, 1, o),
-                                2 => conv_tile::<2, 1>(x, &inner, TILE, cin, &[0], &rows, 1, o),
-                                _ => conv_tile::<1, 1>(x, &inner, TILE, cin, &[0], &rows, 1, o),
+                                4 => conv_tile::<4, 1>(isa, x, &inner, TILE, cin, &[0], &rows, 1, o),
+                                3 => conv_tile::<3, 1>(isa, x, &inner, TILE, cin, &[0], &rows, 1, o),
+                                2 => conv_tile::<2, 1>(isa, x, &inner, TILE, cin, &[0], &rows, 1, o),
+                                _ => conv_tile::<1, 1>(isa, x, &inner, TILE, cin, &[0], &rows, 1, o),
                             }
                         }
                     }
@@ -212,28 +236,14 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilog
                         for (v, &(q0, corner)) in places[..vecs].iter().enumerate() {
                             // M[ξ][co] for this vector: row co of block ξ, at v·16.
                             let mrow = m.add((co - b0 * MR) * TILE + v * LANES);
-                            let y = output_transform(mrow, nb * MR * TILE);
-                            match (layout, corner) {
-                                (Layout::Rows, Some(c)) => {
-                                    for (a, &ya) in y.iter().enumerate() {
-                                        let at = c + a * w;
-                                        store_runs::<16>(ya, &[at, at + 16], out.at(base), &ep);
-                                    }
-                                }
-                                (Layout::Groups(8), Some(c)) => {
-                                    for (a, &ya) in y.iter().enumerate() {
-                                        let at = c + a * w;
-                                        store_runs::<16>(ya, &[at, at + 2 * w], out.at(base), &ep);
-                                    }
-                                }
-                                (Layout::Groups(_), Some(c)) => {
-                                    for (a, &ya) in y.iter().enumerate() {
-                                        let at: [usize; 4] = std::array::from_fn(|k| c + a * w + 2 * k * w);
-                                        store_runs::<8>(ya, &at, out.at(base), &ep);
-                                    }
-                                }
-                                _ => store_tiles(&y, &gr, (h, w), q0, out.at(base), &ep),
+                            let place = Place { layout, corner, q0, w };
+                            #[cfg(target_arch = "x86_64")]
+                            match isa {
+                                Isa::Avx512 => finish_avx512(mrow, nb * MR * TILE, &place, &gr, h, out.at(base), &ep),
+                                Isa::Avx2 => finish_avx2(mrow, nb * MR * TILE, &place, &gr, h, out.at(base), &ep),
                             }
+                            #[cfg(not(target_arch = "x86_64"))]
+                            unreachable!("Winograd runs only where applies() holds: {place:?} {mrow:?}")
                         }
                     }
                 }
@@ -241,6 +251,97 @@ fn forward_in(layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilog
         };
         (0..n * tiles * parts).into_par_iter().for_each(task);
     });
+}
+
+/// Where one vector of 16 tiles goes: its layout, grid position and (unless generic) output corner.
+#[derive(Debug)]
+struct Place {
+    layout: Layout,
+    corner: Option<usize>,
+    q0: usize,
+    /// Output plane width.
+    w: usize,
+}
+
+impl Place {
+    /// The starts of the output runs of R consecutive values that output row a (0 or 1) of the
+    /// vector's tiles fills (32 / R of them), or None on the generic layout (stored tile by tile).
+    fn runs<const R: usize>(&self, a: usize) -> Option<[usize; 4]> {
+        let w = self.w;
+        match (self.layout, self.corner) {
+            (Layout::Rows, Some(c)) => Some([c + a * w, c + a * w + 16, 0, 0]),
+            (Layout::Groups(8), Some(c)) => Some([c + a * w, c + a * w + 2 * w, 0, 0]),
+            (Layout::Groups(_), Some(c)) => Some(std::array::from_fn(|k| c + a * w + 2 * k * w)),
+            _ => None,
+        }
+    }
+}
+
+/// Transforms back the M vectors of one output channel's 16 tiles (at m + ξ·stride) and stores
+/// them with the epilogue, on AVX-512.
+///
+/// # Safety
+/// As `output_transform` and `store_runs` / `store_tiles` for the place's outputs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn finish_avx512(
+    m: *const f32, stride: usize, place: &Place, gr: &Grid, h: usize, dst: *mut f32, ep: &TileEpilogue,
+) {
+    // SAFETY: forwarded from the caller (see # Safety).
+    unsafe {
+        let y = output_transform(m, stride);
+        if place.corner.is_none() || matches!(place.layout, Layout::Grid) {
+            let mut rows = [[0.0f32; 2 * LANES]; 2];
+            for (row, ya) in rows.iter_mut().zip(&y) {
+                std::arch::x86_64::_mm512_storeu_ps(row.as_mut_ptr(), ya[0]);
+                std::arch::x86_64::_mm512_storeu_ps(row.as_mut_ptr().add(LANES), ya[1]);
+            }
+            return store_tiles(&rows, gr, (h, place.w), place.q0, dst, ep);
+        }
+        for (a, &ya) in y.iter().enumerate() {
+            match place.layout {
+                Layout::Groups(4) => store_runs::<8>(ya, &place.runs::<8>(a).expect("whole runs"), dst, ep),
+                _ => store_runs::<16>(ya, &place.runs::<16>(a).expect("whole runs")[..2], dst, ep),
+            }
+        }
+    }
+}
+
+/// `finish_avx512` on AVX2 + FMA.
+///
+/// # Safety
+/// As `finish_avx512`, with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn finish_avx2(
+    m: *const f32, stride: usize, place: &Place, gr: &Grid, h: usize, dst: *mut f32, ep: &TileEpilogue,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: forwarded from the caller (see # Safety).
+    unsafe {
+        let y = avx2::output_transform(m, stride);
+        if place.corner.is_none() || matches!(place.layout, Layout::Grid) {
+            let mut rows = [[0.0f32; 2 * LANES]; 2];
+            for (row, ya) in rows.iter_mut().zip(&y) {
+                for (k, &v) in ya.iter().enumerate() {
+                    _mm256_storeu_ps(row.as_mut_ptr().add(8 * k), v);
+                }
+            }
+            return store_tiles(&rows, gr, (h, place.w), place.q0, dst, ep);
+        }
+        for (a, ya) in y.iter().enumerate() {
+            let (run, starts) = match place.layout {
+                Layout::Groups(4) => (8, place.runs::<8>(a).expect("whole runs")),
+                _ => (16, place.runs::<16>(a).expect("whole runs")),
+            };
+            for (k, &v) in ya.iter().enumerate() {
+                let at = starts[8 * k / run] + (8 * k) % run;
+                avx2::store_vec(v, at, dst, ep);
+            }
+        }
+    }
 }
 
 /// One output channel's epilogue: act(y + bias + residual), `res` its residual plane.
@@ -287,14 +388,31 @@ fn window_offset(gr: &Grid, i: usize, j: usize) -> usize {
 }
 
 /// vt[ξ][ci][v·16 + lane] = (Bᵀ d B)[ξ] of the windows of vector v's 16 tiles, which lie in P tile
-/// rows of 16/P tiles from grid position q[v] (P = 1: 16 consecutive positions).
+/// rows of 16/P tiles from grid position q[v] (P = 1: 16 consecutive positions), by the `isa` build.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; x must hold `cin` phase-plane images of `gr` whose windows from every q[v]
+/// The CPU must run `isa`; x must hold `cin` phase-plane images of `gr` whose windows from every q[v]
 /// are in range, and vt must be writable for 16·cin·TILE floats.
+unsafe fn input_transform<const P: usize>(isa: Isa, x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
+    // SAFETY: forwarded from the caller (see # Safety).
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match isa {
+            Isa::Avx512 => input_transform_avx512::<P>(x, gr, cin, q, vt),
+            Isa::Avx2 => avx2::input_transform::<P>(x, gr, cin, q, vt),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("Winograd runs only where applies() holds: {isa:?} {x:?} {gr:?} {cin} {q:?} {vt:?}")
+}
+
+/// `input_transform` on AVX-512F.
+///
+/// # Safety
+/// As `input_transform`, with AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn input_transform<const P: usize>(x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
+unsafe fn input_transform_avx512<const P: usize>(x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
     use std::arch::x86_64::*;
     let off: [usize; 16] = std::array::from_fn(|e| window_offset(gr, e / 4, e % 4));
     let wp = gr.wp;
@@ -416,24 +534,14 @@ unsafe fn store_runs<const R: usize>(y: [__m512; 2], at: &[usize], dst: *mut f32
 }
 
 /// The generic store: each real tile of the 16 at grid positions q0.. writes its outputs that lie
-/// inside the H×W plane.
+/// inside the H×W plane; rows[a] holds output row a of tile l, column b at 2l + b.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; dst (and ep.res) must cover the h×w plane, whose outputs of these tiles the
-/// caller owns.
+/// dst (and ep.res) must cover the h×w plane, whose outputs of these tiles the caller owns.
 #[cfg(target_arch = "x86_64")]
 unsafe fn store_tiles(
-    y: &[[__m512; 2]; 2], gr: &Grid, (h, w): (usize, usize), q0: usize, dst: *mut f32, ep: &TileEpilogue,
+    rows: &[[f32; 2 * LANES]; 2], gr: &Grid, (h, w): (usize, usize), q0: usize, dst: *mut f32, ep: &TileEpilogue,
 ) {
-    // y[a] holds (tile l, column b) at 2l + b.
-    let mut rows = [[0.0f32; 2 * LANES]; 2];
-    for (row, ya) in rows.iter_mut().zip(y) {
-        // SAFETY: two 16-float stores into a local row of 32 floats (AVX-512F per # Safety).
-        unsafe {
-            std::arch::x86_64::_mm512_storeu_ps(row.as_mut_ptr(), ya[0]);
-            std::arch::x86_64::_mm512_storeu_ps(row.as_mut_ptr().add(LANES), ya[1]);
-        }
-    }
     for lane in 0..LANES {
         let q = q0 + lane;
         let (r, c) = (q / gr.wp, q % gr.wp);
@@ -457,30 +565,109 @@ unsafe fn store_tiles(
     }
 }
 
-/// # Safety
-/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn input_transform<const P: usize>(_: *const f32, _: &Grid, _: usize, _: &[usize], _: *mut f32) {
-    unreachable!("Winograd runs only where available() holds")
-}
+/// The AVX2 + FMA halves of the transforms: each vector of 16 tiles as lanes 0..8 and 8..16.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{window_offset, Grid, TileEpilogue, LANES, TILE};
+    use std::arch::x86_64::*;
 
-/// # Safety
-/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn output_transform(_: *const f32, _: usize) -> [[__m512; 2]; 2] {
-    unreachable!("Winograd runs only where available() holds")
-}
+    /// `input_transform` on AVX2, same arithmetic as the AVX-512 build on each half.
+    ///
+    /// # Safety
+    /// As `super::input_transform`, with AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn input_transform<const P: usize>(
+        x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32,
+    ) {
+        let off: [usize; 16] = std::array::from_fn(|e| window_offset(gr, e / 4, e % 4));
+        let wp = gr.wp;
+        // SAFETY: the window loads and the vt stores stay in the ranges the caller vouches for: half h
+        // reads lanes 8h..8h + 8 of the vector's tiles (P = 1: the run from 8h; P = 2: tile row h;
+        // P = 4: tile rows 2h and 2h + 1, 4 tiles each).
+        unsafe {
+            let load = |p: *const f32, half: usize| match P {
+                1 => _mm256_loadu_ps(p.add(8 * half)),
+                2 => _mm256_loadu_ps(p.add(half * wp)),
+                _ => _mm256_set_m128(_mm_loadu_ps(p.add((2 * half + 1) * wp)), _mm_loadu_ps(p.add(2 * half * wp))),
+            };
+            for ci in 0..cin {
+                let xc = x.add(ci * gr.plane);
+                for (v, &q) in q.iter().enumerate() {
+                    for half in 0..2 {
+                        let d: [__m256; 16] = std::array::from_fn(|e| load(xc.add(q + off[e]), half));
+                        let mut t = [_mm256_setzero_ps(); 16];
+                        for j in 0..4 {
+                            let (d0, d1, d2, d3) = (d[j], d[4 + j], d[8 + j], d[12 + j]);
+                            t[j] = _mm256_sub_ps(d0, d2);
+                            t[4 + j] = _mm256_add_ps(d1, d2);
+                            t[8 + j] = _mm256_sub_ps(d2, d1);
+                            t[12 + j] = _mm256_sub_ps(d1, d3);
+                        }
+                        for i in 0..4 {
+                            let (t0, t1, t2, t3) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+                            let r = [
+                                _mm256_sub_ps(t0, t2),
+                                _mm256_add_ps(t1, t2),
+                                _mm256_sub_ps(t2, t1),
+                                _mm256_sub_ps(t1, t3),
+                            ];
+                            for (j, rv) in r.iter().enumerate() {
+                                _mm256_storeu_ps(vt.add(((4 * i + j) * cin + ci) * TILE + v * LANES + 8 * half), *rv);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
-/// # Safety
-/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn store_runs<const R: usize>(_: [__m512; 2], _: &[usize], _: *mut f32, _: &TileEpilogue) {
-    unreachable!("Winograd runs only where available() holds")
-}
+    /// `output_transform` on AVX2: y[a][k] holds outputs 8k..8k + 8 of output row a of the 16 tiles
+    /// (tile l, column b at 2l + b).
+    ///
+    /// # Safety
+    /// As `super::output_transform`, with AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn output_transform(m: *const f32, stride: usize) -> [[__m256; 4]; 2] {
+        let mut y = [[_mm256_setzero_ps(); 4]; 2];
+        // SAFETY: 16-float reads at m + ξ·stride, as the caller vouches for, in two halves.
+        unsafe {
+            for half in 0..2 {
+                let mv: [__m256; 16] = std::array::from_fn(|e| _mm256_loadu_ps(m.add(e * stride + 8 * half)));
+                let mut s = [_mm256_setzero_ps(); 8];
+                for j in 0..4 {
+                    let (m0, m1, m2, m3) = (mv[j], mv[4 + j], mv[8 + j], mv[12 + j]);
+                    s[j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+                    s[4 + j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+                }
+                for (a, ya) in y.iter_mut().enumerate() {
+                    let (s0, s1, s2, s3) = (s[4 * a], s[4 * a + 1], s[4 * a + 2], s[4 * a + 3]);
+                    let (y0, y1) = (_mm256_add_ps(_mm256_add_ps(s0, s1), s2), _mm256_sub_ps(_mm256_sub_ps(s1, s2), s3));
+                    // Interleave columns 0 and 1 of tiles 0..8: unpack works within 128-bit lanes.
+                    let (lo, hi) = (_mm256_unpacklo_ps(y0, y1), _mm256_unpackhi_ps(y0, y1));
+                    ya[2 * half] = _mm256_permute2f128_ps::<0x20>(lo, hi);
+                    ya[2 * half + 1] = _mm256_permute2f128_ps::<0x31>(lo, hi);
+                }
+            }
+        }
+        y
+    }
 
-/// # Safety
-/// Never callable: `available()` is false off x86-64, so no caller reaches this stub.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn store_tiles(_: &[[__m512; 2]; 2], _: &Grid, _: (usize, usize), _: usize, _: *mut f32, _: &TileEpilogue) {
-    unreachable!("Winograd runs only where available() holds")
+    /// dst[at..at + 8] = act(v + bias + residual).
+    ///
+    /// # Safety
+    /// AVX2; dst (and ep.res) valid for 8 floats at `at`, outputs the caller owns.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn store_vec(v: __m256, at: usize, dst: *mut f32, ep: &TileEpilogue) {
+        // SAFETY: 8 floats at `at`, as the caller vouches for.
+        unsafe {
+            let mut v = _mm256_add_ps(v, _mm256_set1_ps(ep.bias));
+            if let Some(r) = ep.res {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(r.add(at)));
+            }
+            if ep.relu {
+                v = _mm256_max_ps(v, _mm256_setzero_ps());
+            }
+            _mm256_storeu_ps(dst.add(at), v);
+        }
+    }
 }

@@ -1,0 +1,82 @@
+//! Inference precision (`--precision` of `hrk test`, `predict`, `bench`): f32, or bf16 convs (BN folded
+//! into the weights first, then weights and conv inputs rounded to bf16, products accumulated in f32;
+//! everything else stays f32).
+//!
+//! This build has no native bf16 kernel (AVX512-BF16 `vdpbf16ps`): without one, `bf16` runs f32 with
+//! a one-line warning, or, with `HRK_BF16_EMULATE=1`, bf16 numerics in f32 arithmetic: a product of two
+//! bf16 values (8-bit significands) is exact in f32, so the emulation equals a bf16 dot-product
+//! instruction with f32 accumulation up to the order of the additions. It is slower than f32 (an extra
+//! rounding pass per conv, no Winograd) and exists to measure what bf16 costs in accuracy.
+
+use anyhow::{bail, Result};
+
+/// The arithmetic of the CPU inference engine's convs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// bf16 weights and conv inputs, f32 accumulation (emulated: see the module doc).
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Precision> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => bail!("--precision: expected f32 or bf16, got {s:?}"),
+        }
+    }
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// What the CPU engine runs when this precision is asked for: bf16 only as the emulation
+    /// (`HRK_BF16_EMULATE=1`); otherwise f32, with one warning that says why.
+    pub fn resolve_cpu(self) -> Precision {
+        if self == Precision::F32 || crate::switches::bf16_emulate() {
+            return self;
+        }
+        if cpu_has_avx512_bf16() {
+            log::warn!("--precision bf16: this build has no AVX512-BF16 kernels yet; running f32 (HRK_BF16_EMULATE=1 emulates bf16 numerics)");
+        } else {
+            log::warn!("--precision bf16: this CPU has no AVX512-BF16; running f32 (HRK_BF16_EMULATE=1 emulates bf16 numerics)");
+        }
+        Precision::F32
+    }
+}
+
+/// Whether the CPU has the AVX512-BF16 dot-product instructions.
+pub fn cpu_has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `v` rounded to the nearest bf16 (ties to even), as an f32: the top 16 bits kept. NaN stays NaN;
+/// values beyond bf16's largest finite round to ±∞, as the hardware conversion does.
+pub fn round_bf16(v: f32) -> f32 {
+    if v.is_nan() {
+        return v;
+    }
+    let bits = v.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+    f32::from_bits(rounded & 0xffff_0000)
+}
+
+/// Every value of `v` rounded to bf16 in place.
+pub fn round_bf16_slice(v: &mut [f32]) {
+    v.iter_mut().for_each(|x| *x = round_bf16(*x));
+}
