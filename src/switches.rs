@@ -129,6 +129,8 @@ switches! {
     fn gpu_eval_engine() -> EvalEngine { "HRK_GPU_INFER", "fused\\|unfused\\|graph", default "fused" => EvalEngine::Folded, gpu_engine }
     /// BN statistics summed in the GPU conv epilogue during training; 0 runs the separate statistics pass.
     fn gpu_conv_bn_stats() -> bool { "HRK_GPU_CONV_BN_STATS", "0\\|1", default "1" => true, flag }
+    /// GPU inference captures each input shape's forward into a CUDA graph and replays it; 0 launches every kernel eagerly.
+    fn cuda_graphs() -> bool { "HRK_CUDA_GRAPHS", "0\\|1", default "1" => true, flag }
     /// 1 makes `--device cuda` and `auto` use the emulated GPU (the CUDA kernels run on the host; slow, for tests).
     fn device_emu() -> bool { "HRK_DEVICE_EMU", "0\\|1", default "0" => false, flag }
     /// The CUDA driver library to load.
