@@ -382,9 +382,9 @@ impl GpuDevice {
         match (&*self.0, &mut buf.mem) {
             (Backend::Emulated(e), Mem::Host(v)) => {
                 let (addr, n) = (v.as_mut_ptr() as u64, v.len());
-                // SAFETY: replayed only by the graph that owns (or whose caller keeps) this buffer, so the
-                // `n` floats at `addr` are live and not borrowed elsewhere while the replay runs.
                 let fill = move || {
+                    // SAFETY: replayed only by the graph that owns (or whose caller keeps) this buffer, so
+                    // the `n` floats at `addr` are live and not borrowed elsewhere while the replay runs.
                     unsafe { std::slice::from_raw_parts_mut(addr as *mut f32, n) }.fill(0.0);
                     Ok(())
                 };
@@ -402,7 +402,7 @@ impl GpuDevice {
 
     pub fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
         self.refuse_during_capture("uploading host data")?;
-        let mut buf = self.empty(data.len())?;
+        let mut buf = self.empty(data.len()).map_err(|e| rename_oom(e, "allocating", "uploading"))?;
         buf.write_from_host(data)?;
         Ok(buf)
     }
