@@ -1,9 +1,11 @@
 //! `hrk bench`: times inference (folded fast path or the autograd graph) or a training step
-//! (forward with batch statistics, MSE, backward, Adam) on random inputs, after a warm-up.
+//! (forward with batch statistics, MSE, backward, Adam) on random inputs, after a warm-up, on the CPU or a
+//! GPU (`--device cuda|emu`; inference with or without CUDA graphs, `--graphs on|off`), and on a GPU
+//! reports the device allocator's peak and fragmentation.
 
-use crate::model::{HrNet, InferNet};
+use crate::model::{GpuInferNet, HrNet, InferNet};
 use crate::rng::Rng;
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::{Device, Storage, Tensor};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -36,6 +38,10 @@ pub struct BenchArgs {
     /// kernel runs; HRK_BF16_EMULATE=1 emulates it).
     #[arg(long, default_value = "f32")]
     pub precision: String,
+    /// GPU inference with the `fast` engine: replay a captured CUDA graph (`on`, the first warm-up step
+    /// captures it) or launch every kernel (`off`). Default: HRK_CUDA_GRAPHS.
+    #[arg(long)]
+    pub graphs: Option<String>,
 }
 
 /// Peak resident set size of this process in bytes (VmHWM), when /proc is there.
@@ -80,27 +86,53 @@ pub fn train_step(net: &mut HrNet, adam: &mut crate::optim::Adam, x: &Tensor, ta
     Ok(value)
 }
 
+fn on_off(text: &str) -> Result<bool> {
+    match text {
+        "on" | "1" => Ok(true),
+        "off" | "0" => Ok(false),
+        other => bail!("--graphs: expected on or off, got {other:?}"),
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
-    super::common::device(&args.device)?;
+    let device = super::common::device(&args.device)?;
     let cfg = super::common::config(&args.cfg)?;
     if args.batch == 0 {
         bail!("--batch must be ≥ 1");
     }
+    let graphs = args.graphs.as_deref().map(on_off).transpose()?.unwrap_or_else(crate::switches::cuda_graphs);
     let [iw, ih] = cfg.model.image_size;
     let mut net = super::common::model(&cfg, 0)?;
     let precision = args.precision.parse::<crate::model::Precision>()?.resolve_cpu();
-    let fast = InferNet::with_precision(&net, precision)?;
+    let gpu = match &device {
+        Device::Gpu(d) => Some(d.clone()),
+        Device::Cpu => None,
+    };
+    let fast = if gpu.is_none() { Some(InferNet::with_precision(&net, precision)?) } else { None };
+    net.to_device(&device)?;
+    let gpu_fast = match &gpu {
+        Some(d) if !args.train && args.engine == "fast" => {
+            let mut e = GpuInferNet::new(&net, d)?;
+            e.graphs = graphs;
+            Some(e)
+        }
+        _ => None,
+    };
+    // Device memory held before the first step: the model (and the folded engine's weights).
+    let model_bytes = gpu.as_ref().map_or(0, |d| d.memory_stats().in_use);
+    let sync = || gpu.as_ref().map_or(Ok(()), |d| d.synchronize());
     let macs = net.macs(ih, iw)?;
     // Training FLOPs: forward, dW (same as forward) and dX (same, minus the first conv whose input needs none).
     let flop_per_image =
         if args.train { 2.0 * (3 * macs - net.first_conv_macs(ih, iw)?) as f64 } else { 2.0 * macs as f64 };
     let mut rng = Rng::new(1);
-    let x = random(&[args.batch, 3, ih, iw], &mut rng)?;
+    let x_host = random(&[args.batch, 3, ih, iw], &mut rng)?;
+    let x = x_host.to_device(&device)?;
     let iters = args.iters.unwrap_or(if args.train { 5 } else { 10 }).max(1);
     let mut times = Vec::with_capacity(iters);
     let what = if args.train {
         let [hw, hh] = cfg.model.heatmap_size;
-        let target = random(&[args.batch, cfg.model.num_joints, hh, hw], &mut rng)?;
+        let target = random(&[args.batch, cfg.model.num_joints, hh, hw], &mut rng)?.to_device(&device)?;
         let mut adam = crate::optim::Adam::new(1e-4, 0.0);
         for k in 0..args.warmup + iters {
             let t0 = Instant::now();
@@ -113,9 +145,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } else {
         match args.engine.as_str() {
             "fast" => {
+                let input = x_host.try_to_f32_vec()?;
+                let shape = [args.batch, 3, ih, iw];
                 for k in 0..args.warmup + iters {
                     let t0 = Instant::now();
-                    std::hint::black_box(fast.forward(&x)?);
+                    match (&fast, &gpu_fast) {
+                        // Host batch in, host heatmaps out (the copies are part of what `hrk test` pays).
+                        (_, Some(g)) => drop(std::hint::black_box(g.forward_host(&input, shape)?)),
+                        (Some(f), None) => drop(std::hint::black_box(f.forward(&x)?)),
+                        (None, None) => bail!("bench: no inference engine"),
+                    }
                     if k >= args.warmup {
                         times.push(t0.elapsed().as_secs_f64());
                     }
@@ -125,6 +164,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 for k in 0..args.warmup + iters {
                     let t0 = Instant::now();
                     std::hint::black_box(crate::no_grad(|| net.forward(&x, false))?);
+                    sync()?;
                     if k >= args.warmup {
                         times.push(t0.elapsed().as_secs_f64());
                     }
@@ -132,13 +172,35 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             e => bail!("--engine: expected fast or graph, got {e:?}"),
         }
-        match precision {
-            crate::model::Precision::F32 => format!("inference ({})", args.engine),
-            p => format!("inference ({}, {})", args.engine, p.name()),
+        match (&gpu_fast, precision) {
+            (Some(_), _) => format!("inference ({}, graphs {})", args.engine, if graphs { "on" } else { "off" }),
+            (None, crate::model::Precision::F32) => format!("inference ({})", args.engine),
+            (None, p) => format!("inference ({}, {})", args.engine, p.name()),
         }
     };
     let (med, min, max) = summary(&times).ok_or_else(|| anyhow!("bench: no samples"))?;
     let b = args.batch as f64;
+    let gflops = flop_per_image * b / med / 1e9;
+    if let Some(dev) = &gpu {
+        let stats = dev.memory_stats();
+        println!("{what} on {}: batch {} {ih}x{iw} iters {iters}: median {:.2} ms (min {:.2}, max {:.2}), {:.2} ms/img, {:.1} img/s, {gflops:.0} GFLOP/s, {:.3} GFLOP/img",
+            dev.name(), args.batch, med * 1e3, min * 1e3, max * 1e3, med * 1e3 / b, b / med, flop_per_image / 1e9);
+        println!("GPU memory: {}", stats.summary());
+        if let Some(g) = &gpu_fast {
+            let c = g.graph_counts();
+            println!(
+                "CUDA graphs: {} captured ({} launches in the last), {} replays",
+                c.captures, c.last_launches, c.replays
+            );
+        }
+        // One machine-readable line (benches/gpu_check.sh parses it).
+        println!(
+            "bench-result mode={} batch={} graphs={} median_ms={:.4} img_s={:.3} gflops={gflops:.2} model_bytes={model_bytes} peak_in_use_bytes={} peak_reserved_bytes={} fragmentation={:.4}",
+            if args.train { "train" } else { "infer" }, args.batch, if gpu_fast.is_some() { if graphs { "on" } else { "off" } } else { "n/a" },
+            med * 1e3, b / med, stats.peak_in_use, stats.peak_reserved, stats.fragmentation()
+        );
+        return Ok(());
+    }
     println!(
         "{what}: batch {} {}x{} threads {} iters {}: median {:.1} ms (min {:.1}, max {:.1}), {:.1} ms/img, {:.2} img/s, {:.1} GFLOP/s ({:.0}% of 205), {:.3} GFLOP/img, peak RSS {}",
         args.batch,

@@ -3,6 +3,7 @@
 //! `#[repr(C)]` parameter struct and launch geometry (`Kernel::dims`) that the emulator tests exercise.
 //! Launches are asynchronous; launch errors are checked at submission and execution errors surface at the
 //! next synchronising call.
+use super::device::{capture_alloc_message, out_of_memory_message, BlockCache, MemoryStats};
 use super::kernels::{self, Kernel};
 use super::params::*;
 use super::{cuda_ready, ptx};
@@ -35,42 +36,33 @@ pub fn driver_error(what: &str, e: DriverError) -> anyhow::Error {
     }
 }
 
-/// Size class of a request: 512-byte granules below 64 KiB, then quarter steps between powers of two
-/// (at most 25 % slack), so freed blocks are found again by later requests of similar size.
-pub fn size_class(bytes: usize) -> usize {
-    let bytes = bytes.max(1);
-    if bytes <= 64 << 10 {
-        return bytes.div_ceil(512) * 512;
-    }
-    let pow = usize::BITS - 1 - bytes.leading_zeros(); // 2^pow <= bytes
-    let quarter = 1usize << (pow - 2);
-    bytes.div_ceil(quarter) * quarter
-}
+pub use super::device::size_class;
 
-struct Pool {
+type Pool = BlockCache<sys::CUdeviceptr>;
+
+/// The pool and the stream its blocks are ordered on.
+struct Allocator {
     stream: Arc<CudaStream>,
-    free: HashMap<usize, Vec<sys::CUdeviceptr>>,
-    cached_bytes: usize,
-    live_bytes: usize,
+    pool: Mutex<Pool>,
 }
 
-impl Pool {
-    fn release_cached(&mut self) {
-        for (_, ptrs) in self.free.drain() {
-            for p in ptrs {
-                // Best effort: a failing free at teardown has nothing useful to report.
-                // SAFETY: `p` came from malloc_async on this stream and sits in the free list, so no live
-                // buffer refers to it; the stream orders the free after every kernel that used it.
-                let _ = unsafe { result::free_async(p, self.stream.cu_stream()) };
-            }
+impl Allocator {
+    /// Returns the cached blocks to the driver.
+    fn release_cached(&self, pool: &mut Pool) {
+        for (_, p) in pool.drain_free() {
+            // Best effort: a failing free has nothing useful to report (the memory stays reserved).
+            // SAFETY: `p` came from malloc_async on this stream and sat in the free list, so no live buffer
+            // refers to it; the stream orders the free after every kernel that used it.
+            let _ = unsafe { result::free_async(p, self.stream.cu_stream()) };
         }
-        self.cached_bytes = 0;
     }
 }
 
-impl Drop for Pool {
+impl Drop for Allocator {
     fn drop(&mut self) {
-        self.release_cached();
+        if let Ok(mut pool) = self.pool.lock() {
+            self.release_cached(&mut pool);
+        }
     }
 }
 
@@ -79,7 +71,7 @@ pub struct DeviceBuffer {
     ptr: sys::CUdeviceptr,
     bytes: usize,
     class: usize,
-    pool: Arc<Mutex<Pool>>,
+    alloc: Arc<Allocator>,
 }
 
 impl DeviceBuffer {
@@ -94,11 +86,26 @@ impl DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        if let Ok(mut pool) = self.pool.lock() {
-            pool.live_bytes -= self.class;
-            pool.cached_bytes += self.class;
-            pool.free.entry(self.class).or_default().push(self.ptr);
+        if let Ok(mut pool) = self.alloc.pool.lock() {
+            pool.put(self.class, self.ptr);
         }
+    }
+}
+
+/// An instantiated CUDA graph (cudarc's handle; the graph API is not thread-safe, so calls go through
+/// the mutex).
+pub struct CapturedGraph(Mutex<cudarc::driver::CudaGraph>);
+
+// SAFETY: the CUgraph/CUgraphExec handles are only touched under the mutex (one thread at a time), which
+// is the serialisation the driver documentation asks of graph objects.
+unsafe impl Send for CapturedGraph {}
+// SAFETY: as above: every access goes through the mutex.
+unsafe impl Sync for CapturedGraph {}
+
+impl CapturedGraph {
+    pub fn launch(&self) -> Result<()> {
+        let g = self.0.lock().map_err(|_| anyhow!("CUDA graph poisoned"))?;
+        g.launch().map_err(|e| driver_error("launching a CUDA graph", e))
     }
 }
 
@@ -106,7 +113,9 @@ pub struct CudaDev {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
-    pool: Arc<Mutex<Pool>>,
+    alloc: Arc<Allocator>,
+    /// Launches queued since the current capture began (None when not capturing).
+    capture_launches: Mutex<Option<usize>>,
     pub name: String,
 }
 
@@ -123,7 +132,8 @@ impl CudaDev {
             .map_err(|_| anyhow!("CUDA unavailable: loading the CUDA driver library failed"))?
             .map_err(|e| driver_error("creating the CUDA context", e))?;
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".to_string());
-        let stream = ctx.default_stream();
+        // A stream of our own: the legacy default stream cannot be captured into a graph.
+        let stream = ctx.new_stream().map_err(|e| driver_error("creating a CUDA stream", e))?;
         let mut modules = HashMap::new();
         for (module, text) in ptx::PTX_MODULES {
             let m = ctx
@@ -137,9 +147,48 @@ impl CudaDev {
             let f = m.load_function(name).map_err(|e| driver_error(&format!("finding kernel {name}"), e))?;
             functions.insert(*name, f);
         }
-        let pool =
-            Arc::new(Mutex::new(Pool { stream: stream.clone(), free: HashMap::new(), cached_bytes: 0, live_bytes: 0 }));
-        Ok(CudaDev { ctx, stream, functions, pool, name })
+        let alloc = Arc::new(Allocator { stream: stream.clone(), pool: Mutex::new(BlockCache::new()) });
+        Ok(CudaDev { ctx, stream, functions, alloc, capture_launches: Mutex::new(None), name })
+    }
+
+    pub fn capturing(&self) -> bool {
+        self.capture_launches.lock().map(|c| c.is_some()).unwrap_or(false)
+    }
+
+    /// Starts capturing the stream's work into a graph (relaxed mode: other threads may still call the
+    /// driver; our own rules forbid syncs, copies and fresh allocations during the capture).
+    pub fn begin_capture(&self) -> Result<()> {
+        let mut launches = self.capture_launches.lock().map_err(|_| anyhow!("CUDA capture state poisoned"))?;
+        self.alloc.pool.lock().map_err(|_| anyhow!("CUDA allocator poisoned"))?.begin_capture()?;
+        if let Err(e) = self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED) {
+            if let Ok(mut pool) = self.alloc.pool.lock() {
+                pool.end_capture();
+            }
+            return Err(driver_error("beginning a CUDA graph capture", e));
+        }
+        *launches = Some(0);
+        Ok(())
+    }
+
+    /// Ends the capture and, when `keep`, instantiates the graph (an instantiation that runs out of memory
+    /// is a one-line error). Returns the graph with its launch count, and the blocks the captured work
+    /// freed (the graph's to own).
+    #[allow(clippy::type_complexity)]
+    pub fn end_capture(&self, keep: bool) -> (Result<(CapturedGraph, usize)>, Vec<DeviceBuffer>) {
+        let launches = self.capture_launches.lock().map(|mut c| c.take().unwrap_or(0)).unwrap_or(0);
+        let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        let blocks = self.alloc.pool.lock().map(|mut p| p.end_capture()).unwrap_or_default();
+        let blocks = blocks
+            .into_iter()
+            .map(|(class, ptr)| DeviceBuffer { ptr, bytes: class, class, alloc: self.alloc.clone() })
+            .collect();
+        let graph = match graph {
+            _ if !keep => Err(anyhow!("CUDA graph capture abandoned")),
+            Ok(Some(g)) => Ok((CapturedGraph(Mutex::new(g)), launches)),
+            Ok(None) => Err(anyhow!("CUDA graph capture produced no graph")),
+            Err(e) => Err(driver_error("instantiating a CUDA graph", e)),
+        };
+        (graph, blocks)
     }
 
     /// Queues `kernel` with `params` on the stream.
@@ -156,6 +205,11 @@ impl CudaDev {
         // SAFETY: the kernel takes exactly one argument, the #[repr(C)] struct `P` (as params.h declares it);
         // the addresses inside it are the caller's promise (GpuDevice::launch is unsafe for that reason).
         unsafe { builder.launch(cfg) }.map_err(|e| driver_error(&format!("launching {}", kernel.name), e))?;
+        if let Ok(mut c) = self.capture_launches.lock() {
+            if let Some(n) = c.as_mut() {
+                *n += 1;
+            }
+        }
         Ok(())
     }
 
@@ -164,56 +218,59 @@ impl CudaDev {
         self.stream.synchronize().map_err(|e| driver_error("running queued kernels", e))
     }
 
-    /// Device memory of at least `bytes` (uninitialised). Steady state reuses freed blocks; on OOM the
-    /// cache is released and the allocation retried once.
-    pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer> {
+    /// Device memory of at least `bytes` (uninitialised) for `what` ("allocating", "copying"). Steady state
+    /// reuses freed blocks; on out-of-memory the cache is handed back and the allocation retried once.
+    /// During a capture only cached blocks may be used.
+    pub fn alloc(&self, bytes: usize, what: &str) -> Result<DeviceBuffer> {
         let class = size_class(bytes);
-        let mut pool = self.pool.lock().map_err(|_| anyhow!("CUDA allocator poisoned"))?;
-        let ptr = match pool.free.get_mut(&class).and_then(|v| v.pop()) {
-            Some(p) => {
-                pool.cached_bytes -= class;
-                p
-            }
-            None => {
-                self.ctx.bind_to_thread().map_err(|e| driver_error("binding the CUDA context", e))?;
-                // SAFETY: the context is bound to this thread and the stream belongs to it.
-                match unsafe { result::malloc_async(self.stream.cu_stream(), class) } {
-                    Ok(p) => p,
-                    Err(e) if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
-                        pool.release_cached();
-                        self.stream.synchronize().map_err(|e| driver_error("freeing cached memory", e))?;
-                        // SAFETY: as above (same context, same stream).
-                        unsafe { result::malloc_async(self.stream.cu_stream(), class) }.map_err(|_| {
-                            anyhow!(
-                                "CUDA out of memory allocating {:.1} MiB ({:.1} MiB in use by hrk); use a smaller batch size",
-                                class as f64 / 1048576.0,
-                                pool.live_bytes as f64 / 1048576.0
-                            )
-                        })?
-                    }
-                    Err(e) => return Err(driver_error("allocating device memory", e)),
-                }
-            }
-        };
-        pool.live_bytes += class;
-        Ok(DeviceBuffer { ptr, bytes, class, pool: self.pool.clone() })
-    }
-
-    /// (live, cached) bytes held by the allocator.
-    pub fn memory_stats(&self) -> (usize, usize) {
-        self.pool.lock().map(|p| (p.live_bytes, p.cached_bytes)).unwrap_or((0, 0))
-    }
-
-    pub fn upload(&self, data: &[f32]) -> Result<DeviceBuffer> {
-        let buf = self.alloc(std::mem::size_of_val(data))?;
+        let mut pool = self.alloc.pool.lock().map_err(|_| anyhow!("CUDA allocator poisoned"))?;
+        if let Some(ptr) = pool.take(class) {
+            return Ok(DeviceBuffer { ptr, bytes, class, alloc: self.alloc.clone() });
+        }
+        if pool.capturing() {
+            bail!("{}", capture_alloc_message(what, bytes));
+        }
         self.ctx.bind_to_thread().map_err(|e| driver_error("binding the CUDA context", e))?;
-        // SAFETY: `buf` holds at least size_of_val(data) bytes (allocated just above for it) and the host slice
-        // stays borrowed until the synchronize below.
+        // SAFETY: the context is bound to this thread and the stream belongs to it.
+        let ptr = match unsafe { result::malloc_async(self.stream.cu_stream(), class) } {
+            Ok(p) => p,
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                self.alloc.release_cached(&mut pool);
+                // The frees are stream-ordered: let them complete before asking again.
+                self.stream.synchronize().map_err(|e| driver_error("freeing cached memory", e))?;
+                // SAFETY: as above (same context, same stream).
+                unsafe { result::malloc_async(self.stream.cu_stream(), class) }.map_err(|e| {
+                    if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                        anyhow!("{}", out_of_memory_message(what, bytes, &pool.stats, None))
+                    } else {
+                        driver_error("allocating device memory", e)
+                    }
+                })?
+            }
+            Err(e) => return Err(driver_error("allocating device memory", e)),
+        };
+        pool.note_fresh(class);
+        Ok(DeviceBuffer { ptr, bytes, class, alloc: self.alloc.clone() })
+    }
+
+    /// The allocator's figures.
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.alloc.pool.lock().map(|p| p.stats).unwrap_or_default()
+    }
+
+    /// Copies host data into `buf` (synchronously: the host slice is only borrowed for the call).
+    pub fn upload_into(&self, buf: &DeviceBuffer, data: &[f32]) -> Result<()> {
+        if std::mem::size_of_val(data) > buf.bytes {
+            bail!("upload of {} floats into a {}-byte device buffer", data.len(), buf.bytes);
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(|e| driver_error("binding the CUDA context", e))?;
+        // SAFETY: `data` fits in `buf` (checked above) and stays borrowed until the synchronize below.
         unsafe { result::memcpy_htod_async(buf.ptr, data, self.stream.cu_stream()) }
             .map_err(|e| driver_error("copying to the device", e))?;
-        // The host slice is borrowed only for this call: wait until the copy has read it.
-        self.synchronize()?;
-        Ok(buf)
+        self.synchronize()
     }
 
     pub fn download(&self, buf: &DeviceBuffer, out: &mut [f32]) -> Result<()> {

@@ -660,6 +660,9 @@ impl Trainer {
             );
             self.log.info(&line);
         }
+        if let crate::tensor::Device::Gpu(dev) = &self.opts.device {
+            self.log.info(&format!("=> {} memory: {}", dev.name(), dev.memory_stats().summary()));
+        }
         Ok(self.summary(Some(final_path)))
     }
 

@@ -7,11 +7,12 @@
 use super::exec_cpu::{fold_plan, FConv};
 use super::plan::Plan;
 use super::walk::{self, Executor, Term};
-use crate::cuda::device::{add_assign, GpuBuffer, GpuDevice};
+use crate::cuda::device::{add_assign, GpuBuffer, GpuDevice, GpuGraph};
 use crate::cuda::params::FUSION_MAX_TERMS;
 use crate::cuda::raw::{self, ConvEpilogue, UpTerm};
 use crate::tensor::{Storage, Tensor};
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use std::sync::Mutex;
 
 /// A conv with BN folded in, on the device: y = act(W'·x + b' (+ residual)).
 pub(super) struct GConv {
@@ -43,6 +44,43 @@ pub struct GpuInferNet {
     dev: GpuDevice,
     plan: Plan<GConv>,
     pub fusion: FusionMode,
+    /// `forward_host` captures the forward of each new input shape into a graph and replays it
+    /// (`HRK_CUDA_GRAPHS`, default on); false runs every forward eagerly.
+    pub graphs: bool,
+    captured: Mutex<GraphCache>,
+}
+
+/// Input shapes whose graphs are kept (each holds the memory of one forward).
+const MAX_GRAPHS: usize = 4;
+
+/// A captured forward: the input buffer it reads, the heatmaps it writes.
+struct InferGraph {
+    graph: GpuGraph,
+    input: GpuBuffer,
+    output: Act,
+}
+
+#[derive(Default)]
+struct GraphCache {
+    /// Per input shape: the graph, or None when its capture failed (that shape then runs eagerly).
+    by_shape: Vec<([usize; 4], Option<InferGraph>)>,
+    captures: usize,
+    replays: usize,
+}
+
+impl GraphCache {
+    fn last_launches(&self) -> usize {
+        self.by_shape.iter().rev().find_map(|(_, g)| g.as_ref().map(|g| g.graph.launches())).unwrap_or(0)
+    }
+}
+
+/// How often `forward_host` captured and replayed graphs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphCounts {
+    pub captures: usize,
+    pub replays: usize,
+    /// Launches in the most recently used graph.
+    pub last_launches: usize,
 }
 
 impl GpuInferNet {
@@ -53,7 +91,19 @@ impl GpuInferNet {
             let (w, b) = (dev.upload(&f.w)?, dev.upload(&f.b)?);
             Ok(GConv { w, b, wshape: f.wshape, stride: f.stride, pad: f.pad, relu: f.relu })
         })?;
-        Ok(GpuInferNet { dev: dev.clone(), plan, fusion: FusionMode::Fused })
+        Ok(GpuInferNet {
+            dev: dev.clone(),
+            plan,
+            fusion: FusionMode::Fused,
+            graphs: crate::switches::cuda_graphs(),
+            captured: Mutex::new(GraphCache::default()),
+        })
+    }
+
+    /// Graph captures and replays so far.
+    pub fn graph_counts(&self) -> GraphCounts {
+        let c = self.captured.lock().map(|c| (c.captures, c.replays, c.last_launches())).unwrap_or_default();
+        GraphCounts { captures: c.0, replays: c.1, last_launches: c.2 }
     }
 
     pub fn device(&self) -> &GpuDevice {
@@ -84,8 +134,58 @@ impl GpuInferNet {
         if c != 3 {
             bail!("hrnet gpu infer: input must have 3 channels, got shape {shape:?}");
         }
-        let y = self.forward_raw(Act { buf: self.dev.upload(input)?, dims: shape })?;
+        let context = || format!("hrnet gpu infer of a {shape:?} batch");
+        if self.graphs {
+            return self.forward_graph(input, shape).with_context(context);
+        }
+        let y = self.forward_raw(Act { buf: self.dev.upload(input)?, dims: shape }).with_context(context)?;
         Ok((y.buf.to_vec()?, y.dims))
+    }
+
+    /// `forward_host` through a graph: the first call for a shape runs eagerly (its answer is returned;
+    /// it also leaves in the allocator's cache every block the capture then takes) and captures the same
+    /// work; later calls upload into the graph's input and replay it.
+    fn forward_graph(&self, input: &[f32], shape: [usize; 4]) -> Result<(Vec<f32>, [usize; 4])> {
+        let mut cache = self.captured.lock().map_err(|_| anyhow!("hrnet gpu infer: graph cache poisoned"))?;
+        let known = cache.by_shape.iter().position(|(s, _)| *s == shape);
+        if let Some(i) = known {
+            let entry = cache.by_shape.remove(i);
+            cache.by_shape.push(entry); // most recently used last
+            if let Some((_, Some(g))) = cache.by_shape.last_mut() {
+                g.input.write_from_host(input)?;
+                // SAFETY: the graph reads the weights (self.plan, alive as long as self) and `g.input`, and
+                // writes `g.output`; everything else it touches it owns.
+                unsafe { g.graph.replay() }?;
+                let out = (g.output.buf.to_vec()?, g.output.dims);
+                cache.replays += 1;
+                return Ok(out);
+            }
+            // This shape's capture failed before: eager.
+            let y = self.forward_raw(Act { buf: self.dev.upload(input)?, dims: shape })?;
+            return Ok((y.buf.to_vec()?, y.dims));
+        }
+        // The warm-up makes the same requests in the same order as the capture below.
+        let mut graph_input = self.dev.empty(input.len())?;
+        graph_input.write_from_host(input)?;
+        let y = self.forward_raw(Act { buf: graph_input.try_clone()?, dims: shape })?;
+        let answer = (y.buf.to_vec()?, y.dims);
+        drop(y);
+        let captured = self.dev.capture(|| self.forward_raw(Act { buf: graph_input.try_clone()?, dims: shape }));
+        let entry = match captured {
+            Ok((graph, output)) => {
+                cache.captures += 1;
+                Some(InferGraph { graph, input: graph_input, output })
+            }
+            Err(e) => {
+                log::warn!("hrnet gpu infer: graph capture for a {shape:?} batch failed, running it eagerly: {e:#}");
+                None
+            }
+        };
+        if cache.by_shape.len() >= MAX_GRAPHS {
+            cache.by_shape.remove(0);
+        }
+        cache.by_shape.push((shape, entry));
+        Ok(answer)
     }
 
     fn forward_raw(&self, x: Act) -> Result<Act> {

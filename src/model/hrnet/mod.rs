@@ -17,7 +17,7 @@ pub mod walk;
 
 pub use exec_autograd::{ActivationSink, BN_MOMENTUM};
 pub use exec_cpu::InferNet;
-pub use exec_gpu::{FusionMode, GpuInferNet};
+pub use exec_gpu::{FusionMode, GpuInferNet, GraphCounts};
 pub use exec_onnx::{export_onnx, OnnxOptions, DEFAULT_OPSET, OPSETS};
 pub use spec::{BlockKind, HrnetSpec, StageSpec, MAX_PARAMS};
 

@@ -1,0 +1,272 @@
+//! CUDA graphs and the caching device allocator under the emulated device (a graph there is the recorded
+//! launch list, replayed in order): replay equals the eager run exactly, a new input shape captures a new
+//! graph, capture refuses host work and fresh allocations, the allocator reuses its blocks and reports
+//! consistent peak / fragmentation figures, and running out of memory in the middle of inference or a
+//! training step is a one-line error. Each test has a private emulated device.
+mod common;
+use common::model::{randomize, tiny_spec};
+use common::TestValues;
+
+use hrk::cuda::device::{add_assign, GpuDevice, MemoryStats};
+use hrk::model::{GpuInferNet, HrNet};
+use hrk::optim::Adam;
+use hrk::{Device, Tensor};
+
+fn input(shape: [usize; 4], seed: u64) -> Vec<f32> {
+    common::rng(seed).normals(shape.iter().product())
+}
+
+fn tiny_net(dev: &GpuDevice) -> HrNet {
+    let mut net = HrNet::new(&tiny_spec(5), 3).unwrap();
+    randomize(&mut net, 7);
+    net.to_device(&Device::Gpu(dev.clone())).unwrap();
+    net
+}
+
+#[track_caller]
+fn assert_consistent(s: &MemoryStats) {
+    assert!(s.peak_in_use >= s.in_use && s.peak_reserved >= s.reserved && s.reserved >= s.in_use, "{s:?}");
+    assert!(s.peak_reserved >= s.peak_in_use, "{s:?}");
+    let f = s.fragmentation();
+    assert!((0.0..=1.0).contains(&f), "fragmentation {f} of {s:?}");
+}
+
+#[test]
+fn inference_graph_replay_equals_eager_and_a_new_shape_recaptures() {
+    let dev = GpuDevice::emulated_with_memory(1 << 30);
+    let net = tiny_net(&dev);
+    let mut eager = GpuInferNet::new(&net, &dev).unwrap();
+    eager.graphs = false;
+    let mut graphed = GpuInferNet::new(&net, &dev).unwrap();
+    graphed.graphs = true;
+
+    let shape = [2, 3, 24, 32];
+    let (a, b) = (input(shape, 11), input(shape, 12));
+    let want_a = eager.forward_host(&a, shape).unwrap();
+    let want_b = eager.forward_host(&b, shape).unwrap();
+    assert_ne!(want_a.0, want_b.0, "two inputs, two answers");
+
+    // First call: eager warm-up + capture; then replays with new inputs.
+    assert_eq!(graphed.forward_host(&a, shape).unwrap(), want_a);
+    let c = graphed.graph_counts();
+    assert_eq!((c.captures, c.replays), (1, 0));
+    assert!(c.last_launches > 10, "the graph recorded {} launches", c.last_launches);
+    assert_eq!(graphed.forward_host(&b, shape).unwrap(), want_b, "replay with a new input");
+    assert_eq!(graphed.forward_host(&a, shape).unwrap(), want_a, "replay again");
+    assert_eq!(graphed.graph_counts().replays, 2);
+
+    // Replays take no fresh device memory.
+    let before = dev.memory_stats().device_allocations;
+    graphed.forward_host(&b, shape).unwrap();
+    assert_eq!(dev.memory_stats().device_allocations, before, "a replay allocated");
+
+    // Another shape (batch 1, other size): a second capture, both graphs stay valid.
+    let shape2 = [1, 3, 16, 20];
+    let d = input(shape2, 13);
+    let want_d = eager.forward_host(&d, shape2).unwrap();
+    assert_eq!(graphed.forward_host(&d, shape2).unwrap(), want_d);
+    assert_eq!(graphed.forward_host(&d, shape2).unwrap(), want_d);
+    assert_eq!(graphed.forward_host(&b, shape).unwrap(), want_b);
+    let c = graphed.graph_counts();
+    assert_eq!((c.captures, c.replays), (2, 5));
+    assert_consistent(&dev.memory_stats());
+}
+
+#[test]
+fn a_recorded_launch_runs_only_on_replay() {
+    let dev = GpuDevice::emulated_with_memory(1 << 20);
+    let mut acc = dev.upload(&[1.0, 2.0, 3.0]).unwrap();
+    let step = dev.upload(&[10.0, 20.0, 30.0]).unwrap();
+    let (graph, ()) = dev.capture(|| add_assign(&mut acc, &step)).unwrap();
+    assert!(!dev.capturing());
+    assert_eq!(graph.launches(), 1);
+    assert_eq!(acc.to_vec().unwrap(), [1.0, 2.0, 3.0], "capture must not run the work");
+    for _ in 0..2 {
+        // SAFETY: `acc` and `step` are alive.
+        unsafe { graph.replay() }.unwrap();
+    }
+    assert_eq!(acc.to_vec().unwrap(), [21.0, 42.0, 63.0]);
+    // A zero fill inside a capture is device work too (its block is cached by an eager run first).
+    drop(dev.zeros(3).unwrap());
+    let (graph, zeros) = dev.capture(|| dev.zeros(3)).unwrap();
+    let mut zeros = zeros;
+    zeros.write_from_host(&[5.0, 5.0, 5.0]).unwrap();
+    // SAFETY: `zeros` is alive.
+    unsafe { graph.replay() }.unwrap();
+    assert_eq!(zeros.to_vec().unwrap(), [0.0; 3]);
+}
+
+#[test]
+fn capture_refuses_host_work_and_fresh_allocations() {
+    let dev = GpuDevice::emulated_with_memory(1 << 20);
+    let buf = dev.upload(&[1.0; 64]).unwrap();
+    let one_line = |e: anyhow::Error, want: &str| {
+        let msg = format!("{e:#}");
+        assert!(msg.contains("CUDA graph capture") && msg.contains(want) && !msg.contains('\n'), "{msg}");
+    };
+    one_line(dev.capture(|| dev.upload(&[1.0; 4])).unwrap_err(), "uploading host data");
+    one_line(dev.capture(|| buf.to_vec()).unwrap_err(), "reading device memory");
+    one_line(dev.capture(|| dev.synchronize()).unwrap_err(), "waiting for the device");
+    // Nothing of this size was freed before: the capture may not take fresh memory.
+    one_line(dev.capture(|| dev.empty(10_000)).unwrap_err(), "needs fresh device memory");
+    assert!(!dev.capturing(), "a failed capture must end");
+    // A block freed before the capture is reused inside it.
+    drop(dev.empty(10_000).unwrap());
+    let (_graph, reused) = dev.capture(|| dev.empty(10_000)).unwrap();
+    assert_eq!(reused.len(), 10_000);
+    assert_consistent(&dev.memory_stats());
+}
+
+#[test]
+fn the_allocator_reuses_blocks_and_reports_peak_and_fragmentation() {
+    let dev = GpuDevice::emulated_with_memory(1 << 30);
+    let mut net = tiny_net(&dev);
+    let model_bytes = dev.memory_stats().in_use;
+    assert!(model_bytes > 0);
+    let gpu = Device::Gpu(dev.clone());
+    let shape = [2, 3, 16, 16]; // branches 4×4 … 1×1: the least training BN accepts at batch 2
+    let x = Tensor::from_f32(&shape, input(shape, 5)).unwrap().to_device(&gpu).unwrap();
+    let target = Tensor::from_f32(&[2, 5, 4, 4], input([2, 5, 4, 4], 6)).unwrap().to_device(&gpu).unwrap();
+    let mut adam = Adam::new(1e-3, 0.0);
+    let mut step = |net: &mut HrNet| hrk::cli::bench::train_step(net, &mut adam, &x, &target).unwrap();
+    step(&mut net);
+    step(&mut net); // Adam's state exists from here on
+    let warm = dev.memory_stats();
+    assert_consistent(&warm);
+    step(&mut net);
+    let after = dev.memory_stats();
+    assert_consistent(&after);
+    assert_eq!(after.device_allocations, warm.device_allocations, "a steady-state step took fresh memory");
+    assert!(after.reuses > warm.reuses);
+    assert_eq!(after.in_use, warm.in_use, "a step leaked device memory");
+    assert!(after.peak_in_use > after.in_use, "a step's intermediates count in the peak");
+    assert!(after.cached() > 0 && after.fragmentation() > 0.0, "{after:?}");
+    eprintln!("tiny training step on the emulated device: {}", after.summary());
+}
+
+/// The peak device memory of `work` on a fresh unlimited device, and the memory in use before it.
+fn measure(work: &dyn Fn(&GpuDevice) -> anyhow::Result<()>) -> (usize, usize) {
+    let dev = GpuDevice::emulated_with_memory(1 << 30);
+    let net_bytes = {
+        let _net = tiny_net(&dev);
+        dev.memory_stats().in_use
+    };
+    work(&dev).unwrap();
+    (net_bytes, dev.memory_stats().peak_in_use)
+}
+
+#[test]
+fn out_of_memory_mid_training_and_mid_inference_is_one_line() {
+    let shape = [2, 3, 16, 16]; // branches 4×4 … 1×1: the least training BN accepts at batch 2
+    let train = |dev: &GpuDevice| -> anyhow::Result<()> {
+        let mut net = tiny_net(dev);
+        let gpu = Device::Gpu(dev.clone());
+        let x = Tensor::from_f32(&shape, input(shape, 5))?.to_device(&gpu)?;
+        let target = Tensor::from_f32(&[2, 5, 4, 4], input([2, 5, 4, 4], 6))?.to_device(&gpu)?;
+        let mut adam = Adam::new(1e-3, 0.0);
+        hrk::cli::bench::train_step(&mut net, &mut adam, &x, &target)?;
+        Ok(())
+    };
+    let infer = |dev: &GpuDevice| -> anyhow::Result<()> {
+        let net = tiny_net(dev);
+        let mut engine = GpuInferNet::new(&net, dev)?;
+        engine.graphs = true;
+        engine.forward_host(&input(shape, 5), shape)?;
+        Ok(())
+    };
+    for (what, work) in [("training step", &train as &dyn Fn(&GpuDevice) -> anyhow::Result<()>), ("inference", &infer)]
+    {
+        let (net_bytes, peak) = measure(work);
+        assert!(peak > net_bytes, "{what}: peak {peak} vs model {net_bytes}");
+        // Room for the model and half of what the work needs on top of it.
+        let dev = GpuDevice::emulated_with_memory(net_bytes + (peak - net_bytes) / 2);
+        let e = work(&dev).expect_err("ran in half the memory it needs");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("CUDA out of memory") && msg.contains(" buffer (in use "), "{what}: {msg}");
+        assert!(!msg.contains('\n'), "{what}: {msg}");
+        eprintln!("{what}: {msg}");
+        assert_consistent(&dev.memory_stats());
+    }
+}
+
+#[test]
+fn out_of_memory_frees_the_cache_and_retries() {
+    let dev = GpuDevice::emulated_with_memory(64 << 10);
+    drop(dev.empty(10_000).unwrap()); // 40 KB cached
+    assert_eq!(dev.memory_stats().cached(), 40_448);
+    // 28 KB more would exceed 64 KiB with the cache held: it is handed back, then the request fits.
+    let b = dev.empty(7_000).unwrap();
+    let s = dev.memory_stats();
+    assert_eq!((s.cache_flushes, s.reserved, s.in_use), (1, 28_160, 28_160));
+    drop(b);
+    let e = dev.empty(20_000).unwrap_err();
+    assert!(e.to_string().contains("in use 0 B, reserved 0 B of 64.0 KiB after freeing the cache"), "{e}");
+}
+
+// ---------- on a real GPU (skipped with a printed reason otherwise; benches/gpu_check.sh runs them) ----------
+
+fn cuda_device() -> Option<GpuDevice> {
+    #[cfg(feature = "cuda")]
+    {
+        match GpuDevice::cuda(0) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("skipped: {e:#}");
+                None
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        eprintln!("skipped: built without the `cuda` feature");
+        None
+    }
+}
+
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// HRNetV2-W18 (98 landmarks, 256×256, batch 2) on the device against the CPU engine; the graph replay
+/// must equal the device's own eager run exactly, and one training step's loss must agree with the CPU's.
+#[test]
+fn cuda_w18_inference_graphs_and_train_step_match_cpu() {
+    let Some(dev) = cuda_device() else { return };
+    let mut net = HrNet::new(&hrk::model::HrnetSpec::w18(98), 1).unwrap();
+    let shape = [2, 3, 256, 256];
+    let x = input(shape, 1);
+    let xt = Tensor::from_f32(&shape, x.clone()).unwrap();
+    let want = hrk::model::InferNet::new(&net).unwrap().forward(&xt).unwrap().to_f32_vec();
+    let target = Tensor::from_f32(&[2, 98, 64, 64], input([2, 98, 64, 64], 2)).unwrap();
+    let mut cpu_net = HrNet::new(&hrk::model::HrnetSpec::w18(98), 1).unwrap();
+    let cpu_loss = hrk::cli::bench::train_step(&mut cpu_net, &mut Adam::new(1e-4, 0.0), &xt, &target).unwrap();
+
+    let gpu = Device::Gpu(dev.clone());
+    net.to_device(&gpu).unwrap();
+    let mut eager = GpuInferNet::new(&net, &dev).unwrap();
+    eager.graphs = false;
+    let got = eager.forward_host(&x, shape).unwrap().0;
+    let err = rel_l2(&got, &want);
+    eprintln!("W18 inference on {}: rel_l2 {err:.2e} vs the CPU engine", dev.name());
+    // TF32 convs (10-bit mantissa) through ~100 layers; fp32 lands near 1e-6.
+    assert!(err <= 2e-2, "W18 inference on the device: rel_l2 {err:e} vs cpu");
+    let mut graphed = GpuInferNet::new(&net, &dev).unwrap();
+    graphed.graphs = true;
+    assert_eq!(graphed.forward_host(&x, shape).unwrap().0, got, "eager warm-up of the graph engine");
+    assert_eq!(graphed.forward_host(&x, shape).unwrap().0, got, "graph replay vs eager");
+    assert_eq!(graphed.graph_counts().replays, 1);
+
+    let gpu_loss = hrk::cli::bench::train_step(
+        &mut net,
+        &mut Adam::new(1e-4, 0.0),
+        &xt.to_device(&gpu).unwrap(),
+        &target.to_device(&gpu).unwrap(),
+    )
+    .unwrap();
+    let rel = (gpu_loss - cpu_loss).abs() / cpu_loss.abs().max(1e-30);
+    eprintln!("W18 train step loss: gpu {gpu_loss} cpu {cpu_loss} (rel {rel:.1e}); {}", dev.memory_stats().summary());
+    assert!(rel <= 1e-2, "W18 training loss on the device {gpu_loss} vs cpu {cpu_loss}");
+    assert_consistent(&dev.memory_stats());
+}
