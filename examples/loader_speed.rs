@@ -235,6 +235,31 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    // The final resize alone (Pillow's two-pass BILINEAR, a 330² kept part to 256², and a 150²
+    // one up to 256²): compiled for AVX2 against the baseline build, interleaved.
+    {
+        use hrk::data::pillow::{resize_bilinear_region, resize_bilinear_region_portable, Rgb8, RowView};
+        let mut rng = Rng::for_tests(3);
+        for side in [330usize, 150] {
+            let img = Rgb8::new(side, side, (0..side * side * 3).map(|_| rng.below(256) as u8).collect())?;
+            let view = RowView::plain(&img);
+            let reps = 40;
+            let (mut simd, mut portable) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                simd.push(per_cpu_s(reps, |_| resize_bilinear_region(view, 256, 256, (0, 256), (0, 256)).map(drop))?);
+                portable.push(per_cpu_s(reps, |_| {
+                    resize_bilinear_region_portable(view, 256, 256, (0, 256), (0, 256)).map(drop)
+                })?);
+            }
+            println!(
+                "resize stage, CPU ms per {side}² -> 256² (median of {rounds} interleaved rounds): AVX2 build {:.3}, \
+                 baseline build {:.3}",
+                1e3 / median(&simd),
+                1e3 / median(&portable)
+            );
+        }
+    }
+
     let ds = Arc::new(open(true, true)?);
     let dl = DataLoader::new(ds, LoaderConfig::new(16, true, threads, 0))?;
     let (t, c) = (Instant::now(), process_cpu_s());

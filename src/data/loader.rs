@@ -63,7 +63,9 @@ pub fn build_batch(ds: &FaceDataset, indices: &[usize], seed: u64, epoch: u64, b
     let mut metas = Vec::with_capacity(n);
     for (k, &idx) in indices.iter().enumerate() {
         let aug = ds.augmentation_for(idx, seed, epoch);
-        let meta = ds.fill_sample(idx, &aug, &mut input[k * il..(k + 1) * il], &mut target[k * tl..(k + 1) * tl])?;
+        // (fresh zeroed buffers: the targets need no second zeroing)
+        let meta =
+            ds.fill_sample_on_zeros(idx, &aug, &mut input[k * il..(k + 1) * il], &mut target[k * tl..(k + 1) * tl])?;
         metas.push(meta);
     }
     let s = &ds.spec;

@@ -205,6 +205,20 @@ pub fn resize_bilinear(img: &Rgb8, out_w: usize, out_h: usize) -> Result<Rgb8> {
 pub fn resize_bilinear_region(
     src: RowView, out_w: usize, out_h: usize, xr: (usize, usize), yr: (usize, usize),
 ) -> Result<Rgb8> {
+    resize_region_with(src, out_w, out_h, xr, yr, resize_simd_available())
+}
+
+/// [`resize_bilinear_region`] compiled for the baseline CPU only (the AVX2 build, used where
+/// the CPU has it, must give the same bytes; tests compare the two).
+pub fn resize_bilinear_region_portable(
+    src: RowView, out_w: usize, out_h: usize, xr: (usize, usize), yr: (usize, usize),
+) -> Result<Rgb8> {
+    resize_region_with(src, out_w, out_h, xr, yr, false)
+}
+
+fn resize_region_with(
+    src: RowView, out_w: usize, out_h: usize, xr: (usize, usize), yr: (usize, usize), simd: bool,
+) -> Result<Rgb8> {
     let img = src.img;
     let [in_w, in_h] = src.full;
     if out_w == 0 || out_h == 0 || out_w > MAX_SIDE || out_h > MAX_SIDE {
@@ -253,13 +267,69 @@ pub fn resize_bilinear_region(
         );
     }
     let col0 = have_cols.0;
+    let plan = ResizePlan { horiz: horiz.as_ref(), vert: vert.as_ref(), col0, row_first, rows, xr, yr };
+    Ok(resize_passes(src, &plan, simd))
+}
+
+/// What [`resize_passes`] computes: the taps of each pass (None: that size does not change),
+/// the first present input column, the input rows read, and the output region.
+struct ResizePlan<'t> {
+    horiz: Option<&'t Taps>,
+    vert: Option<&'t Taps>,
+    col0: usize,
+    row_first: usize,
+    rows: usize,
+    xr: (usize, usize),
+    yr: (usize, usize),
+}
+
+/// Both passes of the resize, compiled for AVX2 where `simd` (the CPU has it) and for the
+/// baseline otherwise: the same integer sums either way (integer adds and multiplies are
+/// exact, so any vectorisation gives the same bytes).
+fn resize_passes(src: RowView, plan: &ResizePlan, simd: bool) -> Rgb8 {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is true only where the CPU has AVX2 (`resize_simd_available`).
+        return unsafe { resize_passes_avx2(src, plan) };
+    }
+    let _ = simd;
+    resize_passes_body(src, plan, false)
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn resize_passes_avx2(src: RowView, plan: &ResizePlan) -> Rgb8 {
+    resize_passes_body(src, plan, true)
+}
+
+/// The passes; `avx2` (only inside [`resize_passes_avx2`]) adds the gathering horizontal pass.
+#[inline(always)]
+fn resize_passes_body(src: RowView, plan: &ResizePlan, avx2: bool) -> Rgb8 {
+    let &ResizePlan { horiz, vert, col0, row_first, rows, xr, yr } = plan;
+    let (nx, ny) = (xr.1, yr.1);
+    // For the AVX2 horizontal pass: each output's first byte in the row, and the weights
+    // transposed to [tap][output] so that eight outputs' weights of one tap are contiguous.
+    let mut first_byte = Vec::new();
+    let mut weights_by_tap = Vec::new();
+    if let (true, Some(h)) = (avx2, horiz) {
+        first_byte.extend((xr.0..xr.0 + nx).map(|xx| ((h.bounds[xx].0 - col0) * 3) as i32));
+        weights_by_tap.resize(h.ksize * nx, 0);
+        for (i, xx) in (xr.0..xr.0 + nx).enumerate() {
+            for t in 0..h.ksize {
+                weights_by_tap[t * nx + i] = h.weights[xx * h.ksize + t];
+            }
+        }
+    }
     // Intermediate: the needed input rows, resized horizontally, only the requested columns.
+    // Every byte is written below, so no zeroing pass is needed beyond the allocation's.
     let mut mid = vec![0u8; rows * nx * 3];
     let mut scratch = Vec::new();
     let mut padded = Vec::new();
     for (r, dst) in mid.chunks_exact_mut(nx * 3).enumerate() {
         let line = src.row(row_first + r, &mut scratch);
-        let Some(h) = &horiz else {
+        let Some(h) = horiz else {
             dst.copy_from_slice(&line[(xr.0 - col0) * 3..(xr.0 - col0 + nx) * 3]);
             continue;
         };
@@ -267,7 +337,34 @@ pub fn resize_bilinear_region(
         // (adding 0 changes no sum) and read the zero padding past the row end.
         padded.clear();
         padded.extend_from_slice(line);
-        padded.resize(line.len() + h.ksize * 3, 0);
+        // (one more pixel than the taps need: the AVX2 pass reads 4-byte words)
+        padded.resize(line.len() + (h.ksize + 1) * 3, 0);
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            let (first, weights) = (&first_byte[..], &weights_by_tap[..]);
+            // SAFETY: `avx2` is true only inside `resize_passes_avx2`, which needs AVX2.
+            let done = unsafe {
+                match h.ksize {
+                    3 => horizontal_row_avx2::<3>(&padded, first, weights, dst),
+                    5 => horizontal_row_avx2::<5>(&padded, first, weights, dst),
+                    7 => horizontal_row_avx2::<7>(&padded, first, weights, dst),
+                    _ => 0,
+                }
+            };
+            if done == nx {
+                continue;
+            }
+            if done > 0 {
+                let dst = &mut dst[done * 3..];
+                match h.ksize {
+                    3 => horizontal_pass_fixed::<3>(&padded, col0, h, xr.0 + done, dst),
+                    5 => horizontal_pass_fixed::<5>(&padded, col0, h, xr.0 + done, dst),
+                    _ => horizontal_pass_fixed::<7>(&padded, col0, h, xr.0 + done, dst),
+                }
+                continue;
+            }
+        }
+        let _ = (avx2, &first_byte, &weights_by_tap);
         match h.ksize {
             3 => horizontal_pass_fixed::<3>(&padded, col0, h, xr.0, dst),
             5 => horizontal_pass_fixed::<5>(&padded, col0, h, xr.0, dst),
@@ -278,7 +375,7 @@ pub fn resize_bilinear_region(
         }
     }
     let Some(vert) = vert else {
-        return Ok(Rgb8 { width: nx, height: ny, data: mid });
+        return Rgb8 { width: nx, height: ny, data: mid };
     };
     let mut out = vec![0u8; ny * nx * 3];
     let mut acc = vec![0i32; nx * 3];
@@ -298,10 +395,79 @@ pub fn resize_bilinear_region(
             *d = clip8(a);
         }
     }
-    Ok(Rgb8 { width: nx, height: ny, data: out })
+    Rgb8 { width: nx, height: ny, data: out }
+}
+
+/// [`horizontal_pass_fixed`] eight outputs at a time, one per 32-bit lane: each tap gathers the
+/// 4-byte word at the pixel (3 channel bytes and one unused) and adds `byte · weight` to one
+/// accumulator per channel; integer products and sums are exact, so the bytes are the same.
+/// `first_byte[i]` is output i's first byte in `padded`, `weights` is [K][outputs]. Returns how
+/// many outputs it wrote (whole groups of eight; 0 when a word would read past `padded`).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn horizontal_row_avx2<const K: usize>(
+    padded: &[u8], first_byte: &[i32], weights: &[i32], dst: &mut [u8],
+) -> usize {
+    use std::arch::x86_64::*;
+    let n = dst.len() / 3;
+    if first_byte.len() != n || weights.len() != K * n {
+        return 0;
+    }
+    // Every gathered word lies within `padded`: the largest start plus the last tap's word.
+    let furthest = first_byte.iter().copied().max().unwrap_or(0) as usize + 3 * (K - 1) + 4;
+    if furthest > padded.len() || padded.len() > i32::MAX as usize {
+        return 0;
+    }
+    let base = padded.as_ptr() as *const i32;
+    let byte = _mm256_set1_epi32(0xFF);
+    let (zero, max8) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
+    // Within each 128-bit lane: bytes 0-2 of each word, packed to 12 bytes.
+    let pack = _mm256_setr_epi8(
+        0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1, 0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1,
+    );
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n = first_byte.len().
+        let start = unsafe { _mm256_loadu_si256(first_byte.as_ptr().add(i) as *const __m256i) };
+        let half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
+        let (mut r, mut g, mut b) = (half, half, half);
+        for t in 0..K {
+            let at = _mm256_add_epi32(start, _mm256_set1_epi32(3 * t as i32));
+            // SAFETY: every offset is at most max(first_byte) + 3(K-1) and the 4 bytes from
+            // there lie within `padded` (checked above).
+            let word = unsafe { _mm256_i32gather_epi32::<1>(base, at) };
+            // SAFETY: t·n + i + 8 <= K·n = weights.len().
+            let w = unsafe { _mm256_loadu_si256(weights.as_ptr().add(t * n + i) as *const __m256i) };
+            r = _mm256_add_epi32(r, _mm256_mullo_epi32(_mm256_and_si256(word, byte), w));
+            g = _mm256_add_epi32(g, _mm256_mullo_epi32(_mm256_and_si256(_mm256_srli_epi32::<8>(word), byte), w));
+            b = _mm256_add_epi32(b, _mm256_mullo_epi32(_mm256_and_si256(_mm256_srli_epi32::<16>(word), byte), w));
+        }
+        // clip8: an arithmetic shift then [0, 255] is the same as its three cases.
+        let clip = |a: __m256i| _mm256_min_epi32(_mm256_max_epi32(_mm256_srai_epi32::<22>(a), zero), max8);
+        let words = _mm256_or_si256(
+            clip(r),
+            _mm256_or_si256(_mm256_slli_epi32::<8>(clip(g)), _mm256_slli_epi32::<16>(clip(b))),
+        );
+        let mut bytes = [0u8; 32];
+        // SAFETY: a 32-byte store into a 32-byte array.
+        unsafe { _mm256_storeu_si256(bytes.as_mut_ptr() as *mut __m256i, _mm256_shuffle_epi8(words, pack)) };
+        dst[i * 3..i * 3 + 12].copy_from_slice(&bytes[..12]);
+        dst[i * 3 + 12..i * 3 + 24].copy_from_slice(&bytes[16..28]);
+        i += 8;
+    }
+    i
+}
+
+/// Whether the resize passes can run compiled for AVX2 here.
+fn resize_simd_available() -> bool {
+    affine_simd_available()
 }
 
 /// [`horizontal_pass`] with all `K = ksize` taps per pixel on a row padded by K zero pixels.
+#[inline(always)]
 fn horizontal_pass_fixed<const K: usize>(padded: &[u8], col0: usize, h: &Taps, x0: usize, dst: &mut [u8]) {
     for (i, d) in dst.chunks_exact_mut(3).enumerate() {
         let xx = x0 + i;
@@ -322,6 +488,7 @@ fn horizontal_pass_fixed<const K: usize>(padded: &[u8], col0: usize, h: &Taps, x
 
 /// Pillow's horizontal 8-bit pass for output columns `x0..x0 + dst.len()/3` of one row whose
 /// first pixel is input column `col0`.
+#[inline(always)]
 fn horizontal_pass(line: &[u8], col0: usize, h: &Taps, x0: usize, dst: &mut [u8]) {
     for (i, d) in dst.chunks_exact_mut(3).enumerate() {
         let xx = x0 + i;

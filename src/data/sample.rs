@@ -142,12 +142,21 @@ impl FaceDataset {
     pub fn get_with(&self, index: usize, aug: &Augmentation) -> Result<Sample> {
         let mut input = vec![0f32; self.input_len()];
         let mut target = vec![0f32; self.target_len()];
-        let meta = self.fill_sample(index, aug, &mut input, &mut target)?;
+        let meta = self.fill_sample_on_zeros(index, aug, &mut input, &mut target)?;
         Ok(Sample { input, target, meta })
     }
 
     /// The pipeline, writing into caller buffers (`input` [3,H,W], `target` [J,h,w]).
     pub fn fill_sample(
+        &self, index: usize, aug: &Augmentation, input: &mut [f32], target: &mut [f32],
+    ) -> Result<SampleMeta> {
+        target.fill(0.0);
+        self.fill_sample_on_zeros(index, aug, input, target)
+    }
+
+    /// [`FaceDataset::fill_sample`] into a `target` the caller knows to be all zeros (a fresh
+    /// buffer), which is then not zeroed a second time.
+    pub fn fill_sample_on_zeros(
         &self, index: usize, aug: &Augmentation, input: &mut [f32], target: &mut [f32],
     ) -> Result<SampleMeta> {
         let ann = self.annotation(index)?;
@@ -215,7 +224,7 @@ impl FaceDataset {
             );
         }
         normalize_rgb8_into(&cropped, input)?;
-        let tpts = HeatmapCodec::for_spec(spec).encode(&pts, center, scale, aug.rot, target)?;
+        let tpts = HeatmapCodec::for_spec(spec).encode_on_zeros(&pts, center, scale, aug.rot, target)?;
         Ok(SampleMeta {
             index,
             center,
