@@ -165,13 +165,7 @@ impl PNetCpu {
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn conv3x3_prelu<M: MulAdd, const CIN: usize, const CPAD: usize, const COUT: usize, const PIX: usize>(
-    x: &[f32],
-    h: usize,
-    w: usize,
-    wt: &[f32],
-    bias: &[f32; CPAD],
-    slope: &[f32; CPAD],
-    y: &mut [f32],
+    x: &[f32], h: usize, w: usize, wt: &[f32], bias: &[f32; CPAD], slope: &[f32; CPAD], y: &mut [f32],
 ) {
     let (ho, wo) = (h - 2, w - 2);
     debug_assert_eq!(wt.len(), 9 * CIN * CPAD);
@@ -198,12 +192,7 @@ fn conv3x3_prelu<M: MulAdd, const CIN: usize, const CPAD: usize, const COUT: usi
 
 #[inline(always)]
 fn accumulate<M: MulAdd, const CIN: usize, const CPAD: usize, const PIX: usize>(
-    x: &[f32],
-    w: usize,
-    oy: usize,
-    ox: usize,
-    wt: &[[f32; CPAD]],
-    acc: &mut [[f32; CPAD]; PIX],
+    x: &[f32], w: usize, oy: usize, ox: usize, wt: &[[f32; CPAD]], acc: &mut [[f32; CPAD]; PIX],
 ) {
     for ky in 0..3 {
         let row = &x[((oy + ky) * w + ox) * CIN..((oy + ky) * w + ox + PIX + 2) * CIN];
