@@ -20,7 +20,13 @@
 //! `margin` maps the box's own convention to the tight landmark box: 1.0 for boxes the user gives
 //! (`--box`, `--boxes`: they are taken to be drawn like the CSVs' boxes, so a CSV row's own box
 //! reproduces `hrk test`'s crop exactly, `tests/cli_predict_faces.rs`), and [`MTCNN_MARGIN`] for
-//! detector boxes (how it was measured is documented there).
+//! detector boxes (how it was measured is documented there). Detector boxes also sit higher on the
+//! face than the landmark box (they hold the forehead), so for them the centre moves down by
+//! [`MTCNN_CENTER_SHIFT`] × the box side before the crop:
+//!
+//! ```text
+//! center = ((x1 + x2) / 2, (y1 + y2) / 2 + shift × max(x2 − x1, y2 − y1))   (shift 0 for given boxes)
+//! ```
 
 use crate::data::annotations::box_center_scale;
 use crate::data::codec::decode_preds_with;
@@ -48,9 +54,13 @@ pub const SCALE_ENLARGEMENT: f64 = 1.25;
 /// centre, best IoU); landmark side / MTCNN side had median 0.894, mean 0.891, p10–p90
 /// 0.806–0.973. No real photos with landmarks were at hand (no WFLW/300W images here), so the
 /// margin comes from synthetic faces only. The same run found the landmark box's centre 0.093 ×
-/// side below the MTCNN box's (MTCNN's boxes hold the forehead); the convention keeps center =
-/// box center, so detector crops sit that much high on the face.
+/// side below the MTCNN box's (MTCNN's boxes hold the forehead): [`MTCNN_CENTER_SHIFT`].
 pub const MTCNN_MARGIN: f64 = 0.89;
+
+/// Detector box centre → tight-landmark-box centre, downward, as a fraction of the detector box's
+/// side: the median dy (+0.093, p10–p90 +0.056…+0.137; dx median 0.000) of the same measurement
+/// as [`MTCNN_MARGIN`] (`experiments/mtcnn_margin/`).
+pub const MTCNN_CENTER_SHIFT: f64 = 0.093;
 
 /// File extensions taken from folders (compared case-insensitively).
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "ppm", "pgm", "bmp"];
@@ -109,8 +119,9 @@ pub enum FaceSource<'a> {
     WholeImage,
     /// Boxes the user gives (`--box`, `--boxes`), margin 1.0.
     Given(&'a GivenBoxes),
-    /// Every face MTCNN finds; its boxes are scaled by `margin` (normally [`MTCNN_MARGIN`]).
-    Detector { mtcnn: &'a Mtcnn, options: DetectorOptions, margin: f64 },
+    /// Every face MTCNN finds; its boxes are scaled by `margin` (normally [`MTCNN_MARGIN`]) and
+    /// their centres moved down by `center_shift` × side (normally [`MTCNN_CENTER_SHIFT`]).
+    Detector { mtcnn: &'a Mtcnn, options: DetectorOptions, margin: f64, center_shift: f64 },
 }
 
 // ---- given boxes ----------------------------------------------------------------------------------
@@ -725,8 +736,9 @@ fn dataset_groups(ds: &FaceDataset) -> Vec<(PathBuf, Vec<usize>)> {
 
 /// The faces of one image as crops to make.
 fn find_faces(path: &Path, rgb: &Rgb8, source: &FaceSource) -> Result<Vec<FaceJob>> {
-    let from_box = |b: FaceBox, score: Option<f32>, margin: f64| {
+    let from_box = |b: FaceBox, score: Option<f32>, margin: f64, center_shift: f64| {
         let (center, side_scale) = b.center_scale();
+        let center = detector_center(center, side_scale, center_shift);
         let annotation_scale = side_scale * margin;
         FaceJob { bbox: b.corners(), score, center, annotation_scale, crop_scale: annotation_scale * SCALE_ENLARGEMENT }
     };
@@ -742,19 +754,28 @@ fn find_faces(path: &Path, rgb: &Rgb8, source: &FaceSource) -> Result<Vec<FaceJo
                 crop_scale,
             }]
         }
-        FaceSource::Given(g) => g.for_image(path)?.into_iter().map(|b| from_box(b, None, 1.0)).collect(),
-        FaceSource::Detector { mtcnn, options, margin } => {
+        FaceSource::Given(g) => g.for_image(path)?.into_iter().map(|b| from_box(b, None, 1.0, 0.0)).collect(),
+        FaceSource::Detector { mtcnn, options, margin, center_shift } => {
             let img = rgb8_to_image(rgb, false);
             let dets = mtcnn.detect(&img, options)?;
             dets.into_iter()
                 .filter_map(|d| {
                     let [x1, y1, x2, y2] = d.bbox.map(f64::from);
                     // A degenerate box (possible only at the image border) has no face to crop.
-                    FaceBox::new(x1, y1, x2, y2).ok().map(|b| from_box(b, Some(d.score), *margin))
+                    FaceBox::new(x1, y1, x2, y2).ok().map(|b| from_box(b, Some(d.score), *margin, *center_shift))
                 })
                 .collect()
         }
     })
+}
+
+/// A box centre moved down by `center_shift` × the box side (`side_scale` = side / 200): the
+/// detector-box correction of the module doc; `center_shift` 0 leaves the centre as it is.
+pub fn detector_center(center: [f32; 2], side_scale: f64, center_shift: f64) -> [f32; 2] {
+    if center_shift == 0.0 {
+        return center;
+    }
+    [center[0], (center[1] as f64 + center_shift * side_scale * 200.0) as f32]
 }
 
 /// The per-image JSON document (the schema of README's predict section).
@@ -856,6 +877,15 @@ mod tests {
         for bad in ["3/3", "1", "a/2", "0/0"] {
             assert!(parse_shard(bad).unwrap_err().to_string().contains("--shard"));
         }
+    }
+
+    #[test]
+    fn detector_centres_move_down_by_the_shift_times_the_side() {
+        // A 100-pixel box (scale 0.5) moves down 9.3 pixels; given boxes (shift 0) stay put.
+        let moved = detector_center([60.0, 45.0], 0.5, MTCNN_CENTER_SHIFT);
+        assert_eq!(moved[0], 60.0);
+        assert!((moved[1] - 54.3).abs() < 1e-5, "{moved:?}");
+        assert_eq!(detector_center([60.0, 45.0], 0.5, 0.0), [60.0, 45.0]);
     }
 
     #[test]

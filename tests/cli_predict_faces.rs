@@ -395,6 +395,20 @@ fn the_detector_finds_every_face_of_a_group_photo_and_none_elsewhere() {
         assert!((g["score"].as_f64().unwrap() - w["score"].as_f64().unwrap()).abs() <= 0.02);
     }
     assert_eq!(stdout_last(&o), format!("2 images, {} faces, 0 failed", want.len()));
+    // Each detector box becomes the dataset convention with the measured margin and the centre
+    // moved down by the measured shift (src/predict.rs's derivation).
+    let rows: Vec<Vec<String>> =
+        csv_rows(&st.dir.join("out/predictions.csv")).into_iter().filter(|r| r[0].ends_with("group.jpg")).collect();
+    assert_eq!(rows.len(), got.len());
+    for (r, face) in rows.iter().zip(got) {
+        let [x1, y1, x2, y2] = numbers(&face["box"])[..] else { panic!("{face}") };
+        let side = (x2 - x1).max(y2 - y1);
+        let v: Vec<f64> = r[1..4].iter().map(|t| t.parse().unwrap()).collect();
+        let want_scale = side / 200.0 * hrk::predict::MTCNN_MARGIN;
+        let want_center = [(x1 + x2) / 2.0, (y1 + y2) / 2.0 + hrk::predict::MTCNN_CENTER_SHIFT * side];
+        assert!((v[0] - want_scale).abs() <= 1e-4 * want_scale, "scale {} vs {want_scale}", v[0]);
+        common::assert_close("center", &v[1..3], &want_center, 0.01, 0.0);
+    }
     let none = read_json(&st.dir.join("out/noface.json"));
     assert_eq!(none["faces"].as_array().unwrap().len(), 0);
     assert!(st.dir.join("out/noface_landmarks.png").is_file());

@@ -6,7 +6,7 @@
 use crate::detect::{DetectorOptions, Mtcnn};
 use crate::predict::{
     collect_images, dataset_images, output_names, parse_shard, shard_indices, FaceBox, FaceSource, GivenBoxes,
-    PredictOptions, PredictRun, MTCNN_MARGIN,
+    PredictOptions, PredictRun, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -176,7 +176,12 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     }
     let source = match (&given, &mtcnn) {
         (Some(g), _) => FaceSource::Given(g),
-        (None, Some(m)) => FaceSource::Detector { mtcnn: m, options: detector_options, margin: MTCNN_MARGIN },
+        (None, Some(m)) => FaceSource::Detector {
+            mtcnn: m,
+            options: detector_options,
+            margin: MTCNN_MARGIN,
+            center_shift: MTCNN_CENTER_SHIFT,
+        },
         (None, None) => FaceSource::WholeImage,
     };
 

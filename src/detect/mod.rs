@@ -7,12 +7,15 @@
 
 pub mod nets;
 pub mod nms;
+mod pnet_cpu;
 pub mod resample;
 
 use crate::data::image::Image;
 use crate::tensor::{Device, Tensor};
 use anyhow::{anyhow, bail, Result};
 use nets::{ONet, PNet, RNet, Weights};
+use pnet_cpu::PNetCpu;
+use rayon::prelude::*;
 use resample::{area_resample_normalized, Region};
 use std::collections::HashMap;
 use std::path::Path;
@@ -67,6 +70,8 @@ impl DetectorOptions {
 /// The three networks on one device.
 pub struct Mtcnn {
     pnet: PNet,
+    /// P-Net's direct CPU loops, used when the device is the CPU.
+    pnet_cpu: PNetCpu,
     rnet: RNet,
     onet: ONet,
     device: Device,
@@ -100,8 +105,8 @@ impl Mtcnn {
         if let Some(extra) = map.keys().min() {
             bail!("{shown}: unexpected tensor '{extra}' (want pnet.*, rnet.*, onet.* of facenet-pytorch's MTCNN)");
         }
-        let (pnet, rnet, onet) = nets;
-        Ok(Mtcnn { pnet, rnet, onet, device: device.clone() })
+        let ((pnet, pnet_raw), rnet, onet) = nets;
+        Ok(Mtcnn { pnet, pnet_cpu: PNetCpu::new(&pnet_raw), rnet, onet, device: device.clone() })
     }
 
     pub fn device(&self) -> &Device {
@@ -126,28 +131,36 @@ impl Mtcnn {
     /// P-Net over the pyramid: per-scale NMS 0.5, cross-scale NMS 0.7, regression, squaring.
     fn stage_one(&self, image: &Image, opts: &DetectorOptions) -> Result<Vec<Candidate>> {
         let (h, w) = (image.height as f64, image.width as f64);
-        let mut all = Vec::new();
-        for scale in pyramid_scales(image.width, image.height, opts.min_face as f64, opts.factor as f64) {
+        let scales = pyramid_scales(image.width, image.height, opts.min_face as f64, opts.factor as f64);
+        // One scale's candidates after its NMS 0.5. On the CPU the scales run in parallel (the largest
+        // is about half the work, so two cores split it evenly); the order of the concatenation is the
+        // scale order either way.
+        let per_scale = |&scale: &f64| -> Result<Vec<Candidate>> {
             let (sh, sw) = ((h * scale + 1.0) as usize, (w * scale + 1.0) as usize);
             let mut input = vec![0f32; 3 * sh * sw];
             area_resample_normalized(image, Region::whole(image), sh, sw, &mut input);
-            let x = Tensor::from_f32(&[1, 3, sh, sw], input)?.to_device(&self.device)?;
-            let (reg, probs) = self.pnet.forward(&x)?;
-            let [_, _, oh, ow] = probs.dims4("P-Net output")?;
-            let boxes = generate_boxes(
-                &reg.to_cpu()?.to_f32_vec(),
-                &probs.to_cpu()?.to_f32_vec(),
-                [oh, ow],
-                scale,
-                opts.thresholds[0],
-            );
+            let (reg, probs, [oh, ow]) = if matches!(self.device, Device::Cpu) {
+                self.pnet_cpu.forward(&input, sh, sw)
+            } else {
+                let x = Tensor::from_f32(&[1, 3, sh, sw], input)?.to_device(&self.device)?;
+                let (reg, probs) = self.pnet.forward(&x)?;
+                let [_, _, oh, ow] = probs.dims4("P-Net output")?;
+                (reg.to_cpu()?.to_f32_vec(), probs.to_cpu()?.to_f32_vec(), [oh, ow])
+            };
+            let boxes = generate_boxes(&reg, &probs, [oh, ow], scale, opts.thresholds[0]);
             let keep = nms::nms_iou(
                 &boxes.iter().map(|c| c.b).collect::<Vec<_>>(),
                 &boxes.iter().map(|c| c.score).collect::<Vec<_>>(),
                 0.5,
             );
-            all.extend(keep.into_iter().map(|i| boxes[i]));
-        }
+            Ok(keep.into_iter().map(|i| boxes[i]).collect())
+        };
+        let found: Vec<Vec<Candidate>> = if matches!(self.device, Device::Cpu) {
+            scales.par_iter().map(per_scale).collect::<Result<_>>()?
+        } else {
+            scales.iter().map(per_scale).collect::<Result<_>>()?
+        };
+        let all: Vec<Candidate> = found.into_iter().flatten().collect();
         let keep = nms_candidates(&all, 0.7);
         Ok(keep
             .into_iter()

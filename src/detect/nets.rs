@@ -92,18 +92,55 @@ pub(crate) struct PNet {
     conv4_2: Conv,
 }
 
+/// P-Net's weights as host vectors (PyTorch layouts), for [`super::pnet_cpu::PNetCpu`].
+pub(crate) struct PNetWeights {
+    pub w1: Vec<f32>,
+    pub b1: Vec<f32>,
+    pub a1: Vec<f32>,
+    pub w2: Vec<f32>,
+    pub b2: Vec<f32>,
+    pub a2: Vec<f32>,
+    pub w3: Vec<f32>,
+    pub b3: Vec<f32>,
+    pub a3: Vec<f32>,
+    pub w4_1: Vec<f32>,
+    pub b4_1: Vec<f32>,
+    pub w4_2: Vec<f32>,
+    pub b4_2: Vec<f32>,
+}
+
 impl PNet {
-    pub fn load(w: &mut Weights) -> Result<PNet> {
-        Ok(PNet {
-            conv1: w.conv("conv1", 3, 10, 3)?,
-            prelu1: w.prelu("prelu1", 10)?,
-            conv2: w.conv("conv2", 10, 16, 3)?,
-            prelu2: w.prelu("prelu2", 16)?,
-            conv3: w.conv("conv3", 16, 32, 3)?,
-            prelu3: w.prelu("prelu3", 32)?,
-            conv4_1: w.conv("conv4_1", 32, 2, 1)?,
-            conv4_2: w.conv("conv4_2", 32, 4, 1)?,
-        })
+    /// The ops network and the host copy of its weights (for the CPU's direct path).
+    pub fn load(w: &mut Weights) -> Result<(PNet, PNetWeights)> {
+        let raw = PNetWeights {
+            w1: w.take("conv1.weight", &[10, 3, 3, 3])?,
+            b1: w.take("conv1.bias", &[10])?,
+            a1: w.take("prelu1.weight", &[10])?,
+            w2: w.take("conv2.weight", &[16, 10, 3, 3])?,
+            b2: w.take("conv2.bias", &[16])?,
+            a2: w.take("prelu2.weight", &[16])?,
+            w3: w.take("conv3.weight", &[32, 16, 3, 3])?,
+            b3: w.take("conv3.bias", &[32])?,
+            a3: w.take("prelu3.weight", &[32])?,
+            w4_1: w.take("conv4_1.weight", &[2, 32, 1, 1])?,
+            b4_1: w.take("conv4_1.bias", &[2])?,
+            w4_2: w.take("conv4_2.weight", &[4, 32, 1, 1])?,
+            b4_2: w.take("conv4_2.bias", &[4])?,
+        };
+        let conv = |w: &Weights, wt: &[f32], b: &[f32], shape: [usize; 4]| -> Result<Conv> {
+            Ok(Conv { weight: w.tensor(&shape, wt.to_vec())?, bias: w.tensor(&[shape[0]], b.to_vec())? })
+        };
+        let net = PNet {
+            conv1: conv(w, &raw.w1, &raw.b1, [10, 3, 3, 3])?,
+            prelu1: w.tensor(&[10], raw.a1.clone())?,
+            conv2: conv(w, &raw.w2, &raw.b2, [16, 10, 3, 3])?,
+            prelu2: w.tensor(&[16], raw.a2.clone())?,
+            conv3: conv(w, &raw.w3, &raw.b3, [32, 16, 3, 3])?,
+            prelu3: w.tensor(&[32], raw.a3.clone())?,
+            conv4_1: conv(w, &raw.w4_1, &raw.b4_1, [2, 32, 1, 1])?,
+            conv4_2: conv(w, &raw.w4_2, &raw.b4_2, [4, 32, 1, 1])?,
+        };
+        Ok((net, raw))
     }
     /// (box regression [N, 4, h, w], face probabilities [N, 2, h, w]) of a normalised image [N, 3, H, W].
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
