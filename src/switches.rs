@@ -232,3 +232,8 @@ mod tests {
         assert_eq!(names.len(), n);
     }
 }
+
+/// Whether `HRK_GPU_MATH` is set at all (the emulated device keeps fp32 unless the math is chosen explicitly).
+pub fn gpu_math_is_set() -> bool {
+    std::env::var_os("HRK_GPU_MATH").is_some()
+}

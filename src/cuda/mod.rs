@@ -218,6 +218,21 @@ pub fn gpu_math() -> GpuMath {
     }
 }
 
+/// The math of a convolution launched on `dev` from this thread: as `gpu_math`, except that the emulated device
+/// keeps the fp32 kernels unless the math was chosen explicitly (`with_gpu_math`, `--gpu-math`, `HRK_GPU_MATH`):
+/// the emulated warp-collective mma runs about 6× slower than the FMA kernels on the host, and only the tests
+/// that exercise the tensor-core path (`*mma*`) need it there.
+pub fn gpu_math_on(dev: &device::GpuDevice) -> GpuMath {
+    let chosen = SCOPED_MATH.with(Cell::get).is_some()
+        || PROCESS_MATH.load(Ordering::Relaxed) != 0
+        || crate::switches::gpu_math_is_set();
+    if dev.is_emulated() && !chosen {
+        GpuMath::Fp32
+    } else {
+        gpu_math()
+    }
+}
+
 /// Sets the GPU math of the whole process (the CLI's `--gpu-math`).
 pub fn set_gpu_math(m: GpuMath) {
     PROCESS_MATH.store(math_code(m), Ordering::Relaxed);

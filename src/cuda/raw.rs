@@ -70,7 +70,7 @@ pub fn conv2d_forward(
         ..Conv2dParams::new(op, xd, c_out, kh, stride, pad, [ho, wo])?
     };
     // SAFETY: every buffer is on `dev` and was checked against the shapes above.
-    unsafe { dev.launch(kernels::conv_forward_kernel(super::gpu_math()), &params)? };
+    unsafe { dev.launch(kernels::conv_forward_kernel(super::gpu_math_on(&dev)), &params)? };
     Ok((y, yd))
 }
 

@@ -62,7 +62,7 @@ fn launch_forward(
         p.stats = s.addr_mut();
     }
     // SAFETY: every buffer lives on `dev` with the sizes of `g` (checked by Conv2dGeom::new and the op).
-    unsafe { dev.launch(kernels::conv_forward_kernel(crate::cuda::gpu_math()), &p)? };
+    unsafe { dev.launch(kernels::conv_forward_kernel(crate::cuda::gpu_math_on(dev)), &p)? };
     Ok((Storage::Gpu(y), stats))
 }
 
@@ -89,7 +89,7 @@ impl Conv2dKernel for Cuda {
             let mut buf = dev.empty(g.n * g.cin * g.h * g.w)?;
             let p = Conv2dParams { weight: w.gpu("conv2d backward")?.addr(), dx: buf.addr_mut(), ..base };
             // SAFETY: dy, the weights and dx live on `dev` with the sizes of `g` (checked in the forward).
-            unsafe { dev.launch(kernels::conv_backward_data_kernel(crate::cuda::gpu_math()), &p)? };
+            unsafe { dev.launch(kernels::conv_backward_data_kernel(crate::cuda::gpu_math_on(dev)), &p)? };
             dx = Some(Storage::Gpu(buf));
         }
         let mut dw = None;
@@ -99,7 +99,7 @@ impl Conv2dKernel for Cuda {
             let mut p = Conv2dParams { x: x.gpu("conv2d backward")?.addr(), dw: buf.addr_mut(), ..base };
             p.k_splits = conv_weight_k_splits(&p);
             // SAFETY: dy, the input and the zeroed dW live on `dev` with the sizes of `g`.
-            unsafe { dev.launch(kernels::conv_backward_weight_kernel(crate::cuda::gpu_math()), &p)? };
+            unsafe { dev.launch(kernels::conv_backward_weight_kernel(crate::cuda::gpu_math_on(dev)), &p)? };
             dw = Some(Storage::Gpu(buf));
         }
         let mut db = None;
