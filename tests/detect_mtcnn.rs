@@ -297,7 +297,6 @@ fn detections_match_facenet_pytorch_on_cpu() {
 }
 
 #[test]
-#[ignore = "slow under the GPU emulator (minutes); CI-time budget: run with `cargo test --release -- --ignored`"]
 fn detections_on_emulated_gpu_match_facenet_pytorch_and_the_cpu() {
     // Two small photos: the emulator runs every CUDA thread on the host, the P-Net pyramid is slow there.
     let names = ["astronaut_small.ppm", "noface.jpg"];
