@@ -209,6 +209,11 @@ pub const BUILD_AND_TEST: &[&str] = &[
     "HRK_PYTHON",
 ];
 
+/// Whether `HRK_GPU_MATH` is set at all (the emulated device keeps fp32 unless the math is chosen explicitly).
+pub fn gpu_math_is_set() -> bool {
+    std::env::var_os("HRK_GPU_MATH").is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,9 +236,4 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), n);
     }
-}
-
-/// Whether `HRK_GPU_MATH` is set at all (the emulated device keeps fp32 unless the math is chosen explicitly).
-pub fn gpu_math_is_set() -> bool {
-    std::env::var_os("HRK_GPU_MATH").is_some()
 }
