@@ -10,18 +10,31 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-fn hrk_round(mtcnn: &Mtcnn, image: &hrk::data::image::Image, runs: usize) -> (f64, f64, usize) {
+/// Median and min ms per image, faces found, and the per-stage medians (ms) and box counts.
+fn hrk_round(mtcnn: &Mtcnn, image: &hrk::data::image::Image, runs: usize) -> (f64, f64, usize, [f64; 3], [usize; 3]) {
     let opts = DetectorOptions::default();
     let mut faces = 0;
+    let mut stages: [Vec<f64>; 3] = Default::default();
+    let mut counts = [0; 3];
     let mut times: Vec<f64> = (0..runs)
         .map(|_| {
             let t = Instant::now();
-            faces = mtcnn.detect(image, &opts).expect("detect").len();
-            t.elapsed().as_secs_f64() * 1e3
+            let (found, stats) = mtcnn.detect_with_stats(image, &opts).expect("detect");
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            faces = found.len();
+            counts = stats.candidates;
+            for (s, v) in stages.iter_mut().zip(stats.stage_ms) {
+                s.push(v);
+            }
+            ms
         })
         .collect();
     times.sort_by(f64::total_cmp);
-    (times[runs / 2], times[0], faces)
+    let stage_medians = stages.map(|mut s| {
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    });
+    (times[runs / 2], times[0], faces, stage_medians, counts)
 }
 
 fn python() -> Option<String> {
@@ -45,8 +58,10 @@ fn main() {
     hrk_round(&mtcnn, &image, 3);
     println!("MTCNN on {} ({}x{}), ms per image", photo.display(), image.width, image.height);
     for round in 1..=rounds {
-        let (median, min, faces) = hrk_round(&mtcnn, &image, 20);
-        println!("round {round}: hrk {median:.2} (min {min:.2}), {faces} faces");
+        let (median, min, faces, [p, r, o], [np, nr, no]) = hrk_round(&mtcnn, &image, 20);
+        println!(
+            "round {round}: hrk {median:.2} (min {min:.2}), {faces} faces; stages P {p:.2} ({np} boxes), R {r:.2} ({nr}), O {o:.2} ({no})"
+        );
         if let Some(py) = &py {
             let out = Command::new(py)
                 .arg(root.join("benches/detect_torch.py"))

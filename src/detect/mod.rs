@@ -67,6 +67,14 @@ impl DetectorOptions {
     }
 }
 
+/// Where one detection's time went: wall milliseconds of P-Net (pyramid, NMS), R-Net and O-Net (crops,
+/// network, NMS), and the boxes each stage passed on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DetectStats {
+    pub stage_ms: [f64; 3],
+    pub candidates: [usize; 3],
+}
+
 /// The three networks on one device.
 pub struct Mtcnn {
     pnet: PNet,
@@ -115,17 +123,33 @@ impl Mtcnn {
 
     /// Every face in `image` (RGB HWC f32 0..255), sorted by score, descending.
     pub fn detect(&self, image: &Image, opts: &DetectorOptions) -> Result<Vec<Detection>> {
+        Ok(self.detect_with_stats(image, opts)?.0)
+    }
+
+    /// `detect`, with each stage's wall time and output count (for benches and `--verbose`).
+    pub fn detect_with_stats(&self, image: &Image, opts: &DetectorOptions) -> Result<(Vec<Detection>, DetectStats)> {
         opts.check()?;
         if image.width == 0 || image.height == 0 || image.data.len() != image.width * image.height * 3 {
             bail!("detector: image {}x{} holds {} values (want RGB)", image.width, image.height, image.data.len());
         }
+        let mut stats = DetectStats::default();
         let mut faces = crate::autograd::no_grad(|| -> Result<Vec<Detection>> {
+            let t = std::time::Instant::now();
             let candidates = self.stage_one(image, opts)?;
+            stats.stage_ms[0] = t.elapsed().as_secs_f64() * 1e3;
+            stats.candidates[0] = candidates.len();
+            let t = std::time::Instant::now();
             let candidates = self.stage_two(image, candidates, opts.thresholds[1])?;
-            self.stage_three(image, candidates, opts.thresholds[2])
+            stats.stage_ms[1] = t.elapsed().as_secs_f64() * 1e3;
+            stats.candidates[1] = candidates.len();
+            let t = std::time::Instant::now();
+            let faces = self.stage_three(image, candidates, opts.thresholds[2])?;
+            stats.stage_ms[2] = t.elapsed().as_secs_f64() * 1e3;
+            stats.candidates[2] = faces.len();
+            Ok(faces)
         })?;
         faces.sort_by(|a, b| b.score.total_cmp(&a.score));
-        Ok(faces)
+        Ok((faces, stats))
     }
 
     /// P-Net over the pyramid: per-scale NMS 0.5, cross-scale NMS 0.7, regression, squaring.
