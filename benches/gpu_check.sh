@@ -134,8 +134,10 @@ bench_step infer-b1-graphs 40 --batch 1 --iters 50 --warmup 3 --graphs on
 bench_step infer-b1-eager 40 --batch 1 --iters 50 --warmup 3 --graphs off
 bench_step infer-b64-graphs 60 --batch 64 --iters 10 --warmup 2 --graphs on
 bench_step infer-b64-eager 60 --batch 64 --iters 10 --warmup 2 --graphs off
-bench_step train-b16 60 --batch 16 --train --iters 5 --warmup 2
-bench_step train-b64 90 --batch 64 --train --iters 5 --warmup 2
+bench_step train-b16-graphs 60 --batch 16 --train --iters 5 --warmup 2 --graphs on
+bench_step train-b16-eager 60 --batch 16 --train --iters 5 --warmup 2 --graphs off
+bench_step train-b64-graphs 90 --batch 64 --train --iters 5 --warmup 2 --graphs on
+bench_step train-b64-eager 90 --batch 64 --train --iters 5 --warmup 2 --graphs off
 
 step kernels 1 90 env HRK_BENCH_RUNGS=cuda cargo bench --bench kernels
 
@@ -190,7 +192,7 @@ pct() { # value peak_in_same_unit
 
 BENCH_JSON=""
 MD_BENCH=""
-for name in infer-b1-graphs infer-b1-eager infer-b64-graphs infer-b64-eager train-b16 train-b64; do
+for name in infer-b1-graphs infer-b1-eager infer-b64-graphs infer-b64-eager train-b16-graphs train-b16-eager train-b64-graphs train-b64-eager; do
   line=$(grep -h '^bench-result ' "$OUT/logs/$name.log" 2>/dev/null | tail -1)
   [ -z "$line" ] && continue
   get() { echo "$line" | tr ' ' '\n' | sed -n "s/^$1=//p"; }

@@ -455,6 +455,7 @@ fn optim(adam: bool, len: usize) -> Entry {
                 exp_avg: m.addr_mut(),
                 exp_avg_sq: v.addr_mut(),
                 momentum_buf: if adam { 0 } else { m.addr_mut() },
+                step_scalars: 0,
                 n: len as i64,
                 lr: lr as f32,
                 weight_decay: wd as f32,

@@ -20,6 +20,9 @@ use hrk::data::transforms::{crop_rgb8, crop_rgb8_region, crop_source, CropSource
 use hrk::rng::Rng;
 use std::path::Path;
 use std::sync::Arc;
+
+#[path = "../tests/common/wflw_csv.rs"]
+mod wflw_csv;
 use std::time::Instant;
 
 /// CPU seconds of the calling thread (Linux schedstat, nanoseconds).
@@ -67,26 +70,15 @@ fn make_dataset(dir: &Path, n: usize) -> anyhow::Result<std::path::PathBuf> {
         let f = std::fs::File::create(dir.join(format!("img{k}.jpg")))?;
         image::codecs::jpeg::JpegEncoder::new_with_quality(std::io::BufWriter::new(f), 90).encode_image(&img)?;
     }
-    let mut rng = Rng::for_tests(1);
-    let mut csv = String::from("image_name,scale,center_w,center_h");
-    for j in 0..98 {
-        csv += &format!(",x{j},y{j}");
-    }
-    csv.push('\n');
-    for i in 0..n {
-        // One face in ten near a corner (WFLW has faces cut by the border).
-        let (cx, cy) = if i % 10 == 0 {
-            (rng.range(20.0, 120.0), rng.range(20.0, 120.0))
-        } else {
-            (rng.range(200.0, 824.0), rng.range(150.0, 618.0))
-        };
-        let side = rng.range(100.0, 400.0);
-        csv += &format!("img{}.jpg,{},{cx},{cy}", i % 8, side / 200.0);
-        for _ in 0..98 {
-            csv += &format!(",{},{}", cx + rng.range(-side / 2.0, side / 2.0), cy + rng.range(-side / 2.0, side / 2.0));
-        }
-        csv.push('\n');
-    }
+    // One face in ten near a corner (WFLW has faces cut by the border).
+    let layout = wflw_csv::FaceLayout {
+        images: 8,
+        corner_every: 10,
+        corner: [(20.0, 120.0), (20.0, 120.0)],
+        inside: [(200.0, 824.0), (150.0, 618.0)],
+        side: (100.0, 400.0),
+    };
+    let csv = wflw_csv::wflw_csv(&mut Rng::for_tests(1), n, &layout);
     let csv_path = dir.join("train.csv");
     std::fs::write(&csv_path, csv)?;
     Ok(csv_path)

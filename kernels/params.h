@@ -89,6 +89,9 @@ struct OptimParams {
     float* exp_avg;       // Adam m
     float* exp_avg_sq;    // Adam v
     float* momentum_buf;  // SGD
+    // When set: [lr, bias_correction2_sqrt, first_step] read on the device at run time, so a replayed
+    // CUDA graph sees each step's values (the fields below are then ignored for those three).
+    const float* step_scalars;
     long long n;
     float lr, weight_decay;
     float beta1, beta2, eps;

@@ -97,6 +97,15 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
     run_backward(loss, seed, &[], true)
 }
 
+/// `backward` with the loss gradient supplied, already on the loss's device (a CUDA graph capture cannot
+/// upload the seed), freeing saved values as it goes.
+pub fn backward_seeded(loss: &Tensor, seed: Storage) -> Result<Gradients> {
+    if loss.numel() != 1 {
+        bail!("backward: loss must have one element, got shape {:?}", loss.shape());
+    }
+    run_backward(loss, seed, &[], true)
+}
+
 /// Backward from any output with an explicit output gradient (vector-Jacobian product).
 pub fn backward_with(out: &Tensor, grad_out: Storage) -> Result<Gradients> {
     backward_retaining(out, grad_out, &[])

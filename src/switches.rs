@@ -170,7 +170,7 @@ switches! {
     fn gpu_conv_bn_stats() -> bool { "HRK_GPU_CONV_BN_STATS", "0\\|1", default "1" => true, flag }
     /// GPU conv arithmetic: tf32 tensor cores, bf16 tensor-core forward, or the f32 FMA kernels (`--gpu-math` overrides).
     fn gpu_math() -> GpuMath { "HRK_GPU_MATH", "fp32\\|tf32\\|bf16", default "tf32" => GpuMath::Tf32, gpu_math_value }
-    /// GPU inference captures each input shape's forward into a CUDA graph and replays it; 0 launches every kernel eagerly.
+    /// GPU inference and training capture each input shape's forward (training: forward, backward and update) into CUDA graphs and replay them; 0 launches every kernel eagerly.
     fn cuda_graphs() -> bool { "HRK_CUDA_GRAPHS", "0\\|1", default "1" => true, flag }
     /// 1 makes `--device cuda` and `auto` use the emulated GPU (the CUDA kernels run on the host; slow, for tests).
     fn device_emu() -> bool { "HRK_DEVICE_EMU", "0\\|1", default "0" => false, flag }

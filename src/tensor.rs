@@ -459,6 +459,11 @@ impl Tensor {
     /// gradients keyed by this parameter stay valid; a graph that still holds the old values keeps them
     /// (shared storage is copied first: a device copy that is an error, not a panic, when the device is
     /// out of memory).
+    /// Whether another tensor shares this storage (so `update` would first copy it).
+    pub(crate) fn storage_is_shared(&self) -> bool {
+        Arc::strong_count(&self.storage) > 1
+    }
+
     pub fn update(&mut self, f: impl FnOnce(&mut Storage)) -> Result<()> {
         STORAGE_WRITES.fetch_add(1, Ordering::Relaxed);
         if Arc::get_mut(&mut self.storage).is_none() {

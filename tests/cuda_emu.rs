@@ -5,7 +5,7 @@ use hrk::cuda::kernels::{self, *};
 use hrk::cuda::params::*;
 
 mod common;
-use common::emu::run;
+use common::emu::{run, ConvCase};
 use common::{assert_close, TestValues};
 use hrk::rng::Rng;
 
@@ -45,96 +45,30 @@ fn embedded_ptx_version_and_entries() {
 
 // ---------- convolution ----------
 
-#[derive(Clone, Copy, Debug)]
-struct ConvCase {
-    n: usize,
-    ci: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
+/// y = conv(x, w) (+ bias, ReLU) in f64.
+fn conv_forward_ref(c: &ConvCase, x: &[f32], wt: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f64> {
+    let (ho, wo) = c.out();
+    let mut y: Vec<f64> = (0..c.y_len()).map(|i| bias.map_or(0.0, |b| b[(i / (ho * wo)) % c.co] as f64)).collect();
+    c.for_each_tap(|xi, wi, yi| y[yi] += wt[wi] as f64 * x[xi] as f64);
+    if relu {
+        y.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    y
 }
 
-impl ConvCase {
-    fn out(&self) -> (usize, usize) {
-        ((self.h + 2 * self.pad - self.k) / self.stride + 1, (self.w + 2 * self.pad - self.k) / self.stride + 1)
+/// (dx, dw, db) by scattering every output gradient through the same taps, in f64.
+fn conv_backward_ref(c: &ConvCase, x: &[f32], wt: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (ho, wo) = c.out();
+    let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; wt.len()]);
+    let mut db = vec![0.0; c.co];
+    for (yi, &g) in dy.iter().enumerate() {
+        db[(yi / (ho * wo)) % c.co] += g as f64;
     }
-    fn params(&self) -> Conv2dParams {
-        let (ho, wo) = self.out();
-        Conv2dParams::new(
-            "conv case",
-            [self.n, self.ci, self.h, self.w],
-            self.co,
-            self.k,
-            self.stride,
-            self.pad,
-            [ho, wo],
-        )
-        .unwrap()
-    }
-    /// Input index read by output (img, oh, ow) through tap (r, s), if inside.
-    fn tap(&self, oh: usize, ow: usize, r: usize, s: usize) -> Option<(usize, usize)> {
-        let ih = (oh * self.stride + r) as isize - self.pad as isize;
-        let iw = (ow * self.stride + s) as isize - self.pad as isize;
-        (ih >= 0 && iw >= 0 && (ih as usize) < self.h && (iw as usize) < self.w).then_some((ih as usize, iw as usize))
-    }
-    fn forward_ref(&self, x: &[f32], wt: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f64> {
-        let (ho, wo) = self.out();
-        let mut y = vec![0.0; self.n * self.co * ho * wo];
-        for img in 0..self.n {
-            for co in 0..self.co {
-                for oh in 0..ho {
-                    for ow in 0..wo {
-                        let mut acc = bias.map_or(0.0, |b| b[co] as f64);
-                        for ci in 0..self.ci {
-                            for r in 0..self.k {
-                                for s in 0..self.k {
-                                    if let Some((ih, iw)) = self.tap(oh, ow, r, s) {
-                                        acc += wt[((co * self.ci + ci) * self.k + r) * self.k + s] as f64
-                                            * x[((img * self.ci + ci) * self.h + ih) * self.w + iw] as f64;
-                                    }
-                                }
-                            }
-                        }
-                        y[((img * self.co + co) * ho + oh) * wo + ow] = if relu { acc.max(0.0) } else { acc };
-                    }
-                }
-            }
-        }
-        y
-    }
-    /// (dx, dw, db) by scattering every output gradient through the same taps.
-    fn backward_ref(&self, x: &[f32], wt: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let (ho, wo) = self.out();
-        let mut dx = vec![0.0; x.len()];
-        let mut dw = vec![0.0; wt.len()];
-        let mut db = vec![0.0; self.co];
-        for img in 0..self.n {
-            for co in 0..self.co {
-                for oh in 0..ho {
-                    for ow in 0..wo {
-                        let g = dy[((img * self.co + co) * ho + oh) * wo + ow] as f64;
-                        db[co] += g;
-                        for ci in 0..self.ci {
-                            for r in 0..self.k {
-                                for s in 0..self.k {
-                                    if let Some((ih, iw)) = self.tap(oh, ow, r, s) {
-                                        let xi = ((img * self.ci + ci) * self.h + ih) * self.w + iw;
-                                        let wi = ((co * self.ci + ci) * self.k + r) * self.k + s;
-                                        dx[xi] += g * wt[wi] as f64;
-                                        dw[wi] += g * x[xi] as f64;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        (dx, dw, db)
-    }
+    c.for_each_tap(|xi, wi, yi| {
+        dx[xi] += dy[yi] as f64 * wt[wi] as f64;
+        dw[wi] += dy[yi] as f64 * x[xi] as f64;
+    });
+    (dx, dw, db)
 }
 
 const CONV_CASES: [ConvCase; 5] = [
@@ -164,7 +98,7 @@ fn conv2d_forward_matches_reference() {
                 ..c.params()
             };
             run(&CONV2D_FORWARD, &p);
-            let want = c.forward_ref(&x, &wt, with_bias.then_some(&bias[..]), relu);
+            let want = conv_forward_ref(c, &x, &wt, with_bias.then_some(&bias[..]), relu);
             assert_close(&format!("conv fwd case {i} {c:?} bias={with_bias} relu={relu}"), &y, &want, 1e-4, 1e-4);
         }
     }
@@ -178,7 +112,7 @@ fn conv2d_backward_matches_reference() {
         let wt = rng.values(c.co * c.ci * c.k * c.k);
         let (ho, wo) = c.out();
         let dy = rng.values(c.n * c.co * ho * wo);
-        let (dx_ref, dw_ref, db_ref) = c.backward_ref(&x, &wt, &dy);
+        let (dx_ref, dw_ref, db_ref) = conv_backward_ref(c, &x, &wt, &dy);
 
         let mut dx = vec![f32::NAN; x.len()];
         let p = Conv2dParams { x: addr(&x), weight: addr(&wt), dy: addr(&dy), dx: addr_mut(&mut dx), ..c.params() };

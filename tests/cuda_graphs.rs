@@ -2,15 +2,18 @@
 //! launch list, replayed in order): replay equals the eager run exactly, a new input shape captures a new
 //! graph, capture refuses host work and fresh allocations, the allocator reuses its blocks and reports
 //! consistent peak / fragmentation figures, and running out of memory in the middle of inference or a
-//! training step is a one-line error. Each test has a private emulated device.
+//! training step is a one-line error. A whole training step (forward, loss, backward, optimizer) replays
+//! from its graphs exactly as the eager step runs it. Each test has a private emulated device.
 mod common;
 use common::model::{randomize, tiny_spec};
 use common::TestValues;
 
 use hrk::cuda::device::{add_assign, GpuDevice, MemoryStats};
+use hrk::host::HostTensor;
 use hrk::model::{GpuInferNet, HrNet};
-use hrk::optim::Adam;
-use hrk::{Device, Tensor};
+use hrk::optim::{Adam, Sgd, SplitStep};
+use hrk::train::graph::TrainGraphs;
+use hrk::{Device, Storage, Tensor};
 
 fn input(shape: [usize; 4], seed: u64) -> Vec<f32> {
     common::rng(seed).normals(shape.iter().product())
@@ -115,6 +118,131 @@ fn capture_refuses_host_work_and_fresh_allocations() {
     let (_graph, reused) = dev.capture(|| dev.empty(10_000)).unwrap();
     assert_eq!(reused.len(), 10_000);
     assert_consistent(&dev.memory_stats());
+}
+
+/// The training batch shapes of the graph tests: branches 4×4 … 1×1, the least training BN accepts at
+/// batch 2.
+const TRAIN_X: [usize; 4] = [2, 3, 16, 16];
+const TRAIN_T: [usize; 4] = [2, 5, 4, 4];
+
+fn train_batch(seed: u64) -> (Vec<f32>, Vec<f32>) {
+    (input(TRAIN_X, seed), input(TRAIN_T, seed + 1000))
+}
+
+/// One eager training step as `hrk train` runs it without graphs: loss, heatmaps.
+fn eager_train_step(net: &mut HrNet, opt: &mut dyn SplitStep, x: &[f32], t: &[f32]) -> (f64, Vec<f32>) {
+    let dev = net.device();
+    let x = Tensor::from_f32(&TRAIN_X, x.to_vec()).unwrap().to_device(&dev).unwrap();
+    let t = Tensor::from_f32(&TRAIN_T, t.to_vec()).unwrap().to_device(&dev).unwrap();
+    let out = net.forward(&x, true).unwrap();
+    let loss = hrk::ops::mse_loss(&out, &t).unwrap();
+    let value = loss.item().unwrap();
+    let mut grads = hrk::backward(&loss).unwrap();
+    let grads: Vec<Storage> = net.store.params().iter().map(|p| grads.take(p).unwrap()).collect();
+    let mut params = net.store.params_mut();
+    opt.begin_step(&params).unwrap();
+    opt.apply(&mut params, &grads.iter().collect::<Vec<_>>()).unwrap();
+    (value, out.to_f32_vec())
+}
+
+/// Parameters, BN buffers and counters, and the optimizer state, by name.
+fn train_state(net: &HrNet, optimizer_state: Vec<(String, HostTensor)>) -> Vec<(String, Vec<f64>)> {
+    let all = net.store.state_dict().into_iter().chain(optimizer_state);
+    all.map(|(name, t)| (name, t.to_f64_vec())).collect()
+}
+
+/// Steps through `TrainGraphs` and eagerly on two copies of the same model: the same losses, heatmaps,
+/// weights, BN statistics and counters and optimizer state, bit for bit (`exact`; on a real GPU, whose
+/// atomics add in any order, losses and heatmaps within 1e-3). The first step is captured (SGD's
+/// first-step flag and the learning rate then change on the device), the second replays without fresh
+/// device memory. With `reload_after`, then: a NaN target shows its loss before any weight changes, and
+/// reloaded weights (new device memory) make the next step capture again.
+fn training_graphs_equal_eager<O: SplitStep>(
+    dev: &GpuDevice, exact: bool, make: impl Fn() -> O, set_lr: impl Fn(&mut O, f64),
+    state: impl Fn(&O) -> Vec<(String, HostTensor)>, reload_after: bool,
+) {
+    let graph_net = tiny_net(dev);
+    let graphs = TrainGraphs::new(&graph_net).unwrap();
+    let mut pair = TrainPair { eager_net: tiny_net(dev), graph_net, eager_opt: make(), graph_opt: make(), graphs };
+    pair.step(dev, exact, &state, 0);
+    set_lr(&mut pair.eager_opt, 0.02);
+    set_lr(&mut pair.graph_opt, 0.02);
+    pair.step(dev, exact, &state, 1);
+    let c = pair.graphs.counts();
+    assert_eq!((c.captures, c.replays), (1, 1));
+    assert!(c.last_launches > 20, "the step recorded {} launches", c.last_launches);
+    if reload_after {
+        let snapshot = pair.graph_net.store.state_dict();
+        let weights = |net: &HrNet| net.store.params().iter().map(|p| p.to_f32_vec()).collect::<Vec<_>>();
+        let kept = weights(&pair.graph_net);
+        let (x, mut t) = train_batch(9);
+        t[0] = f32::NAN;
+        let step =
+            pair.graphs.forward_backward(&mut pair.graph_net, &x, TRAIN_X, &t, TRAIN_T, &mut pair.graph_opt).unwrap();
+        assert!(step.loss.is_nan(), "a NaN target gives a NaN loss, got {}", step.loss);
+        assert_eq!(pair.graphs.counts().replays, 2);
+        assert_eq!(weights(&pair.graph_net), kept, "the forward and backward alone changed a weight");
+        // The caller refuses that step (no update) and reloads the weights; loading puts every tensor in
+        // new device memory.
+        for net in [&mut pair.eager_net, &mut pair.graph_net] {
+            net.store.load(&snapshot, true, "the snapshot").unwrap();
+        }
+        pair.step(dev, exact, &state, 2);
+        assert_eq!(pair.graphs.counts().captures, 2, "moved tensors must be captured again");
+    }
+    assert_consistent(&dev.memory_stats());
+}
+
+/// Two copies of one model and optimizer: one stepped eagerly, one through `TrainGraphs`.
+struct TrainPair<O> {
+    eager_net: HrNet,
+    graph_net: HrNet,
+    eager_opt: O,
+    graph_opt: O,
+    graphs: TrainGraphs,
+}
+
+impl<O: SplitStep> TrainPair<O> {
+    /// One step of both on batch `step`, compared (see `training_graphs_equal_eager`).
+    fn step(&mut self, dev: &GpuDevice, exact: bool, state: &impl Fn(&O) -> Vec<(String, HostTensor)>, step: u64) {
+        let (x, t) = train_batch(step);
+        let (want_loss, want_heatmaps) = eager_train_step(&mut self.eager_net, &mut self.eager_opt, &x, &t);
+        let before = dev.memory_stats().device_allocations;
+        let replays = self.graphs.counts().replays;
+        let got =
+            self.graphs.forward_backward(&mut self.graph_net, &x, TRAIN_X, &t, TRAIN_T, &mut self.graph_opt).unwrap();
+        self.graphs.update(&mut self.graph_net, &mut self.graph_opt).unwrap();
+        if self.graphs.counts().replays > replays {
+            assert_eq!(dev.memory_stats().device_allocations, before, "replay {step} took fresh device memory");
+        }
+        if !exact {
+            let rel = (got.loss - want_loss).abs() / want_loss.abs().max(1e-30);
+            assert!(rel <= 1e-3, "step {step}: loss {} vs eager {want_loss}", got.loss);
+            let err = rel_l2(&got.heatmaps, &want_heatmaps);
+            assert!(err <= 1e-3, "step {step}: heatmaps rel_l2 {err:e} vs eager");
+            return;
+        }
+        assert_eq!(got.loss, want_loss, "step {step}: loss");
+        assert_eq!(got.heatmaps, want_heatmaps, "step {step}: heatmaps");
+        let want = train_state(&self.eager_net, state(&self.eager_opt));
+        let got = train_state(&self.graph_net, state(&self.graph_opt));
+        assert_eq!(want.len(), got.len());
+        for ((name, w), (_, g)) in want.iter().zip(&got) {
+            assert_eq!(w, g, "step {step}: `{name}`");
+        }
+    }
+}
+
+#[test]
+fn training_step_graphs_equal_eager_with_adam_and_recapture_after_a_reload() {
+    let dev = GpuDevice::emulated_with_memory(1 << 30);
+    training_graphs_equal_eager(&dev, true, || Adam::new(0.05, 1e-3), |o, lr| o.lr = lr, Adam::state, true);
+}
+
+#[test]
+fn training_step_graphs_equal_eager_with_sgd_nesterov() {
+    let dev = GpuDevice::emulated_with_memory(1 << 30);
+    training_graphs_equal_eager(&dev, true, || Sgd::new(0.05, 0.9, 1e-3, true), |o, lr| o.lr = lr, Sgd::state, false);
 }
 
 #[test]
@@ -270,4 +398,12 @@ fn cuda_w18_inference_graphs_and_train_step_match_cpu() {
     eprintln!("W18 train step loss: gpu {gpu_loss} cpu {cpu_loss} (rel {rel:.1e}); {}", dev.memory_stats().summary());
     assert!(rel <= 1e-2, "W18 training loss on the device {gpu_loss} vs cpu {cpu_loss}");
     assert_consistent(&dev.memory_stats());
+}
+
+/// The training-step graphs on a real device (skipped without one): replays agree with the eager steps.
+#[test]
+fn cuda_training_step_graphs_match_eager() {
+    let Some(dev) = cuda_device() else { return };
+    training_graphs_equal_eager(&dev, false, || Adam::new(0.05, 1e-3), |o, lr| o.lr = lr, Adam::state, true);
+    training_graphs_equal_eager(&dev, false, || Sgd::new(0.05, 0.9, 1e-3, true), |o, lr| o.lr = lr, Sgd::state, false);
 }

@@ -7,7 +7,7 @@ use hrk::cuda::kernels;
 use hrk::cuda::params::{Conv2dParams, MmaProbeParams};
 
 mod common;
-use common::emu::run;
+use common::emu::{run, ConvCase};
 use common::TestValues;
 
 // ---------- scalar model ----------
@@ -338,82 +338,15 @@ fn mma_cvt_tf32_and_bf16_round_as_documented() {
 
 // ---------- conv kernels ----------
 
-#[derive(Clone, Copy, Debug)]
-struct Case {
-    n: usize,
-    ci: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-}
-
 // Tails in every GEMM dimension (columns not multiples of 64, channels not multiples of 8 or 16, more
 // than one 64-channel tile), stride 2, 1×1, batch 3; small enough for the emulator.
-const CASES: [Case; 5] = [
-    Case { n: 3, ci: 5, h: 7, w: 9, co: 7, k: 3, stride: 1, pad: 1 },
-    Case { n: 2, ci: 6, h: 9, w: 11, co: 10, k: 3, stride: 2, pad: 1 },
-    Case { n: 3, ci: 70, h: 5, w: 6, co: 66, k: 1, stride: 1, pad: 0 },
-    Case { n: 1, ci: 3, h: 8, w: 7, co: 5, k: 3, stride: 2, pad: 0 },
-    Case { n: 2, ci: 9, h: 6, w: 5, co: 3, k: 1, stride: 2, pad: 0 },
+const CASES: [ConvCase; 5] = [
+    ConvCase { n: 3, ci: 5, h: 7, w: 9, co: 7, k: 3, stride: 1, pad: 1 },
+    ConvCase { n: 2, ci: 6, h: 9, w: 11, co: 10, k: 3, stride: 2, pad: 1 },
+    ConvCase { n: 3, ci: 70, h: 5, w: 6, co: 66, k: 1, stride: 1, pad: 0 },
+    ConvCase { n: 1, ci: 3, h: 8, w: 7, co: 5, k: 3, stride: 2, pad: 0 },
+    ConvCase { n: 2, ci: 9, h: 6, w: 5, co: 3, k: 1, stride: 2, pad: 0 },
 ];
-
-impl Case {
-    fn out(&self) -> (usize, usize) {
-        ((self.h + 2 * self.pad - self.k) / self.stride + 1, (self.w + 2 * self.pad - self.k) / self.stride + 1)
-    }
-    fn params(&self) -> Conv2dParams {
-        let (ho, wo) = self.out();
-        Conv2dParams::new(
-            "mma case",
-            [self.n, self.ci, self.h, self.w],
-            self.co,
-            self.k,
-            self.stride,
-            self.pad,
-            [ho, wo],
-        )
-        .unwrap()
-    }
-    fn x_len(&self) -> usize {
-        self.n * self.ci * self.h * self.w
-    }
-    fn w_len(&self) -> usize {
-        self.co * self.ci * self.k * self.k
-    }
-    fn y_len(&self) -> usize {
-        let (ho, wo) = self.out();
-        self.n * self.co * ho * wo
-    }
-    /// Calls `f(x index, w index, y index)` for every product of the convolution.
-    fn for_each_tap(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let (ho, wo) = self.out();
-        for img in 0..self.n {
-            for co in 0..self.co {
-                for oh in 0..ho {
-                    for ow in 0..wo {
-                        let yi = ((img * self.co + co) * ho + oh) * wo + ow;
-                        for ci in 0..self.ci {
-                            for r in 0..self.k {
-                                for s in 0..self.k {
-                                    let ih = (oh * self.stride + r) as isize - self.pad as isize;
-                                    let iw = (ow * self.stride + s) as isize - self.pad as isize;
-                                    if ih < 0 || iw < 0 || ih as usize >= self.h || iw as usize >= self.w {
-                                        continue;
-                                    }
-                                    let xi = ((img * self.ci + ci) * self.h + ih as usize) * self.w + iw as usize;
-                                    f(xi, ((co * self.ci + ci) * self.k + r) * self.k + s, yi);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
 
 /// The three products of a conv, exact in f64, with Σ|a||b| per output element (the scale of the error).
 struct Reference {
@@ -425,7 +358,7 @@ struct Reference {
     dw_mag: Vec<f64>,
 }
 
-fn reference(c: &Case, x: &[f32], w: &[f32], dy: &[f32]) -> Reference {
+fn reference(c: &ConvCase, x: &[f32], w: &[f32], dy: &[f32]) -> Reference {
     let mut r = Reference {
         y: vec![0.0; c.y_len()],
         y_mag: vec![0.0; c.y_len()],

@@ -2,14 +2,14 @@
 //! transcription (`crop_input`) on many random cases, and the COFW uint8 input type against
 //! the python reference (`ref_data.py`) when a python with numpy + Pillow < 13 is available.
 
-use hrk::data::imageio::{decode_rgb8, rgb8_to_image, Rgb8};
+use hrk::data::imageio::{decode_rgb8, rgb8_to_image};
 use hrk::data::transforms::{crop_input, crop_rgb8, InputType};
 use hrk::rng::Rng;
 use std::path::PathBuf;
 use std::process::Command;
 
 mod common;
-use common::{scratch, shared_dir};
+use common::{random_image, scratch, shared_dir};
 
 #[test]
 fn fast_crop_reproduces_reference_fixtures() {
@@ -33,22 +33,6 @@ fn fast_crop_reproduces_reference_fixtures() {
         checked += 1;
     }
     assert!(checked > 0);
-}
-
-/// A small textured image whose values span [lo, hi].
-fn random_image(rng: &mut Rng, w: usize, h: usize, lo: u8, hi: u8) -> Rgb8 {
-    let span = (hi - lo) as f64 + 1.0;
-    let mut data = Vec::with_capacity(w * h * 3);
-    for y in 0..h {
-        for x in 0..w {
-            for c in 0..3 {
-                let smooth = ((x as f64 * 0.11 + c as f64).sin() * (y as f64 * 0.07).cos() + 1.0) * 0.4;
-                let v = (smooth + rng.range(0.0, 0.2)).min(0.999) * span;
-                data.push(lo + v as u8);
-            }
-        }
-    }
-    Rgb8::new(w, h, data).unwrap()
 }
 
 /// Same bytes (or the same error) as the plain float path on random crops: windows inside,

@@ -113,22 +113,6 @@ fn region_pixels_equal_whole_decode_on_every_layout() {
     assert!(checked >= 9 * 60);
 }
 
-/// A small textured image whose values span [lo, hi].
-fn random_image(rng: &mut Rng, w: usize, h: usize, lo: u8, hi: u8) -> Rgb8 {
-    let span = (hi - lo) as f64 + 1.0;
-    let mut data = Vec::with_capacity(w * h * 3);
-    for y in 0..h {
-        for x in 0..w {
-            for c in 0..3 {
-                let smooth = ((x as f64 * 0.11 + c as f64).sin() * (y as f64 * 0.07).cos() + 1.0) * 0.4;
-                let v = (smooth + rng.range(0.0, 0.2)).min(0.999) * span;
-                data.push(lo + v as u8);
-            }
-        }
-    }
-    Rgb8::new(w, h, data).unwrap()
-}
-
 /// The crop from the `crop_source` rectangle (or a larger one) is the crop from the whole image,
 /// or `None` where it needs the whole image; random windows inside, across and outside the
 /// image, rotation, flip, pre-downscale, both input types.
@@ -139,7 +123,7 @@ fn crop_from_region_equals_crop_from_whole_image() {
     for k in 0..500 {
         let (w, h) = (40 + rng.below(160), 40 + rng.below(160));
         let (lo, hi) = if k % 3 == 0 { (0, 255) } else { (rng.range(0.0, 60.0) as u8, rng.range(190.0, 255.0) as u8) };
-        let img = random_image(&mut rng, w, h, lo, hi);
+        let img = common::random_image(&mut rng, w, h, lo, hi);
         let flip = k % 2 == 1;
         let input = if k % 4 < 3 { InputType::Float32 } else { InputType::Uint8 };
         let res = if k % 5 == 0 { [48, 40] } else { [32, 32] };
@@ -189,26 +173,16 @@ fn samples_identical_with_and_without_region_decode() {
         photo_jpeg(&dir.join(format!("img{k}.jpg")), 1024, 768, k);
     }
     let mut rng = Rng::for_tests(17);
-    let mut csv = String::from("image_name,scale,center_w,center_h");
-    for j in 0..98 {
-        csv += &format!(",x{j},y{j}");
-    }
-    csv.push('\n');
     let n = 24;
-    for i in 0..n {
-        // Every fourth face sits at a corner, partly outside the picture.
-        let (cx, cy) = if i % 4 == 0 {
-            (rng.range(-40.0, 80.0), rng.range(690.0, 800.0))
-        } else {
-            (rng.range(150.0, 870.0), rng.range(120.0, 650.0))
-        };
-        let side = rng.range(100.0, 420.0);
-        csv += &format!("img{}.jpg,{},{cx},{cy}", i % 3, side / 200.0);
-        for _ in 0..98 {
-            csv += &format!(",{},{}", cx + rng.range(-side / 2.0, side / 2.0), cy + rng.range(-side / 2.0, side / 2.0));
-        }
-        csv.push('\n');
-    }
+    // Every fourth face sits at a corner, partly outside the picture.
+    let layout = common::wflw_csv::FaceLayout {
+        images: 3,
+        corner_every: 4,
+        corner: [(-40.0, 80.0), (690.0, 800.0)],
+        inside: [(150.0, 870.0), (120.0, 650.0)],
+        side: (100.0, 420.0),
+    };
+    let csv = common::wflw_csv::wflw_csv(&mut rng, n, &layout);
     let csv_path = dir.join("train.csv");
     std::fs::write(&csv_path, csv).unwrap();
     for is_train in [true, false] {

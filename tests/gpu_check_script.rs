@@ -25,8 +25,10 @@ fn gpu_check_dry_run_walks_every_step_and_writes_its_report() {
         ("infer-b1-eager", true),
         ("infer-b64-graphs", true),
         ("infer-b64-eager", true),
-        ("train-b16", true),
-        ("train-b64", true),
+        ("train-b16-graphs", true),
+        ("train-b16-eager", true),
+        ("train-b64-graphs", true),
+        ("train-b64-eager", true),
         ("kernels", true),
         ("pytorch", true),
     ];
@@ -42,8 +44,8 @@ fn gpu_check_dry_run_walks_every_step_and_writes_its_report() {
     for cmd in [
         "hrk bench --cfg experiments/wflw/face_alignment_wflw_hrnet_w18.yaml --device cuda --batch 1 --iters 50 --warmup 3 --graphs on",
         "--batch 64 --iters 10 --warmup 2 --graphs off",
-        "--batch 16 --train",
-        "--batch 64 --train",
+        "--batch 16 --train --iters 5 --warmup 2 --graphs on",
+        "--batch 64 --train --iters 5 --warmup 2 --graphs off",
         "bash -c 'cargo test --release --test device_parity cuda_ -- --nocapture && ",
         "HRK_BENCH_RUNGS=cuda cargo bench --bench kernels",
     ] {

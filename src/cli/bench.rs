@@ -118,6 +118,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         _ => None,
     };
+    let mut train_graphs = match &gpu {
+        Some(_) if args.train && graphs => Some(crate::train::graph::TrainGraphs::new(&net)?),
+        _ => None,
+    };
     // Device memory held before the first step: the model (and the folded engine's weights).
     let model_bytes = gpu.as_ref().map_or(0, |d| d.memory_stats().in_use);
     let sync = || gpu.as_ref().map_or(Ok(()), |d| d.synchronize());
@@ -132,16 +136,32 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut times = Vec::with_capacity(iters);
     let what = if args.train {
         let [hw, hh] = cfg.model.heatmap_size;
-        let target = random(&[args.batch, cfg.model.num_joints, hh, hw], &mut rng)?.to_device(&device)?;
+        let target_shape = [args.batch, cfg.model.num_joints, hh, hw];
+        let target_host = random(&target_shape, &mut rng)?;
+        let target = target_host.to_device(&device)?;
         let mut adam = crate::optim::Adam::new(1e-4, 0.0);
+        let (input, target_values) = (x_host.try_to_f32_vec()?, target_host.try_to_f32_vec()?);
         for k in 0..args.warmup + iters {
             let t0 = Instant::now();
-            train_step(&mut net, &mut adam, &x, &target)?;
+            match &mut train_graphs {
+                // Host batch in, loss and heatmaps out, as `hrk train` runs it.
+                Some(g) => {
+                    let shape = [args.batch, 3, ih, iw];
+                    g.forward_backward(&mut net, &input, shape, &target_values, target_shape, &mut adam)?;
+                    g.update(&mut net, &mut adam)?;
+                    sync()?;
+                }
+                None => drop(train_step(&mut net, &mut adam, &x, &target)?),
+            }
             if k >= args.warmup {
                 times.push(t0.elapsed().as_secs_f64());
             }
         }
-        "train step (fwd+MSE+bwd+Adam)".to_string()
+        match &train_graphs {
+            Some(_) => "train step (fwd+MSE+bwd+Adam, graphs on)".to_string(),
+            None if gpu.is_some() => "train step (fwd+MSE+bwd+Adam, graphs off)".to_string(),
+            None => "train step (fwd+MSE+bwd+Adam)".to_string(),
+        }
     } else {
         match args.engine.as_str() {
             "fast" => {
@@ -186,17 +206,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{what} on {}: batch {} {ih}x{iw} iters {iters}: median {:.2} ms (min {:.2}, max {:.2}), {:.2} ms/img, {:.1} img/s, {gflops:.0} GFLOP/s, {:.3} GFLOP/img",
             dev.name(), args.batch, med * 1e3, min * 1e3, max * 1e3, med * 1e3 / b, b / med, flop_per_image / 1e9);
         println!("GPU memory: {}", stats.summary());
-        if let Some(g) = &gpu_fast {
-            let c = g.graph_counts();
-            println!(
-                "CUDA graphs: {} captured ({} launches in the last), {} replays",
-                c.captures, c.last_launches, c.replays
-            );
+        let counts = match (&gpu_fast, &train_graphs) {
+            (Some(g), _) => Some(g.graph_counts()).map(|c| (c.captures, c.last_launches, c.replays)),
+            (None, Some(g)) => Some(g.counts()).map(|c| (c.captures, c.last_launches, c.replays)),
+            (None, None) => None,
+        };
+        if let Some((captures, launches, replays)) = counts {
+            println!("CUDA graphs: {captures} captured ({launches} launches in the last), {replays} replays");
         }
+        let graphs_used = gpu_fast.is_some() || args.train;
         // One machine-readable line (benches/gpu_check.sh parses it).
         println!(
             "bench-result mode={} batch={} graphs={} median_ms={:.4} img_s={:.3} gflops={gflops:.2} model_bytes={model_bytes} peak_in_use_bytes={} peak_reserved_bytes={} fragmentation={:.4}",
-            if args.train { "train" } else { "infer" }, args.batch, if gpu_fast.is_some() { if graphs { "on" } else { "off" } } else { "n/a" },
+            if args.train { "train" } else { "infer" }, args.batch, if graphs_used { if graphs { "on" } else { "off" } } else { "n/a" },
             med * 1e3, b / med, stats.peak_in_use, stats.peak_reserved, stats.fragmentation()
         );
         return Ok(());

@@ -90,6 +90,7 @@ params_struct!(
     /// Adam and SGD updates (PyTorch semantics).
     OptimParams {
     param: u64, grad: u64, exp_avg: u64, exp_avg_sq: u64, momentum_buf: u64,
+    step_scalars: u64,
     n: i64,
     lr: f32, weight_decay: f32,
     beta1: f32, beta2: f32, eps: f32,

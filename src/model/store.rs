@@ -87,6 +87,26 @@ impl Store {
             *c += 1;
         }
     }
+    /// The `num_batches_tracked` counters in slot order (a replayed training-step graph does not run the
+    /// host code that bumps them, so `train::graph` adds each step's increments itself).
+    pub(crate) fn counts(&self) -> Vec<i64> {
+        self.slots.iter().filter_map(|s| if let Slot::Count(c) = s { Some(*c) } else { None }).collect()
+    }
+    /// Sets the counters `counts` returned (same order).
+    pub(crate) fn set_counts(&mut self, counts: &[i64]) {
+        let slots = self.slots.iter_mut().filter_map(|s| if let Slot::Count(c) = s { Some(c) } else { None });
+        for (slot, &c) in slots.zip(counts) {
+            *slot = c;
+        }
+    }
+    /// The tensors of the param and buffer slots, with their names.
+    pub(crate) fn tensors(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.names.iter().zip(&self.slots).filter_map(|(n, s)| match s {
+            Slot::Param(t) | Slot::Buffer(t) => Some((n.as_str(), t)),
+            Slot::Count(_) => None,
+        })
+    }
+
     /// Two running buffers at once (BN updates mean and var together).
     pub(crate) fn two_tensors_mut(&mut self, a: usize, b: usize) -> (&mut Tensor, &mut Tensor) {
         assert!(a < b);

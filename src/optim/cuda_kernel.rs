@@ -21,6 +21,7 @@ fn step(
         exp_avg: addr(exp_avg)?,
         exp_avg_sq: addr(exp_avg_sq)?,
         momentum_buf: addr(momentum_buf)?,
+        step_scalars: h.step_scalars,
         n: param.numel() as i64,
         lr: h.lr as f32,
         weight_decay: h.weight_decay as f32,

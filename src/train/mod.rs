@@ -8,6 +8,7 @@
 //! from `latest.safetensors` gives the same bits as one that was never interrupted.
 
 pub mod checkpoint;
+pub mod graph;
 pub mod logger;
 pub mod pictures;
 pub mod schedule;
@@ -21,7 +22,7 @@ use crate::host::HostTensor;
 use crate::io::tfevents::EventWriter;
 use crate::model::{HrNet, HrnetSpec};
 use crate::ops;
-use crate::optim::{Adam, Sgd};
+use crate::optim::{Adam, Sgd, SplitStep};
 use crate::tensor::{Storage, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
 use checkpoint::{CheckpointMeta, BEST, FINAL, FORMAT, LATEST};
@@ -133,6 +134,12 @@ impl Optimizer {
         match self {
             Optimizer::Adam(a) => a.step(params, grads),
             Optimizer::Sgd(s) => s.step(params, grads),
+        }
+    }
+    fn split(&mut self) -> &mut dyn SplitStep {
+        match self {
+            Optimizer::Adam(a) => a,
+            Optimizer::Sgd(s) => s,
         }
     }
     fn state(&self) -> Vec<(String, HostTensor)> {
@@ -260,6 +267,8 @@ pub struct Trainer {
     last_predictions: Option<Vec<[f32; 2]>>,
     /// The TensorBoard events file of this invocation (opened by `prepare`; dropped after a write error).
     events: Option<EventWriter>,
+    /// The captured training steps, on a GPU with HRK_CUDA_GRAPHS on (created by the first epoch).
+    graphs: Option<graph::TrainGraphs>,
 }
 
 impl Trainer {
@@ -331,6 +340,7 @@ impl Trainer {
             epochs_run: 0,
             last_predictions: None,
             events: None,
+            graphs: None,
         })
     }
 
@@ -463,40 +473,70 @@ impl Trainer {
         let (mut nme_sum, mut nme_count, mut nme_ok) = (0.0f64, 0usize, true);
         let mut end = Instant::now();
         let epoch_start = Instant::now();
+        if self.graphs.is_none() && self.net.device().is_gpu() && crate::switches::cuda_graphs() {
+            self.graphs = Some(graph::TrainGraphs::new(&self.net)?);
+        }
         for (i, batch) in iter.enumerate() {
             let batch = batch.with_context(|| format!("epoch {epoch}, iteration {i}"))?;
             data_time.update(end.elapsed().as_secs_f64(), 1);
             let bs = batch.len();
-            let dev = self.net.device();
-            let x = Tensor::from_f32(&batch.input_shape, batch.input.clone())?.to_device(&dev)?;
-            let t = Tensor::from_f32(&batch.target_shape, batch.target.clone())?.to_device(&dev)?;
-            let out = self.net.forward(&x, true)?;
-            let loss = ops::mse_loss(&out, &t)?;
-            let lv = loss.item()?;
-            if !lv.is_finite() {
-                let kept = match &self.last_good {
+            let refuse_non_finite = |lv: f64, last_good: &Option<PathBuf>| -> Result<()> {
+                if lv.is_finite() {
+                    return Ok(());
+                }
+                let kept = match last_good {
                     Some(p) => format!("the last good checkpoint is {}", p.display()),
                     None => "no checkpoint was written yet".to_string(),
                 };
-                bail!("non-finite training loss ({lv}) at epoch {epoch}, iteration {i}/{n}: stopping (weights of this step not applied; {kept}); lower TRAIN.LR");
-            }
-            let mut grads = backward(&loss)?;
-            let grad_list: Vec<Storage> = self
-                .net
-                .store
-                .params()
-                .iter()
-                .zip(self.net.store.param_names())
-                .map(|(p, name)| {
-                    grads.take(p).ok_or_else(|| anyhow!("epoch {epoch}, iteration {i}: no gradient for `{name}`"))
-                })
-                .collect::<Result<_>>()?;
-            drop(grads);
-            self.optimizer.step(&mut self.net.store.params_mut(), &grad_list.iter().collect::<Vec<_>>())?;
+                bail!("non-finite training loss ({lv}) at epoch {epoch}, iteration {i}/{n}: stopping (weights of this step not applied; {kept}); lower TRAIN.LR")
+            };
+            let (lv, heatmaps) = match &mut self.graphs {
+                Some(graphs) => {
+                    let step = graphs
+                        .forward_backward(
+                            &mut self.net,
+                            &batch.input,
+                            batch.input_shape,
+                            &batch.target,
+                            batch.target_shape,
+                            self.optimizer.split(),
+                        )
+                        .with_context(|| format!("epoch {epoch}, iteration {i}"))?;
+                    refuse_non_finite(step.loss, &self.last_good)?;
+                    graphs.update(&mut self.net, self.optimizer.split())?;
+                    (step.loss, step.heatmaps)
+                }
+                None => {
+                    let dev = self.net.device();
+                    let x = Tensor::from_f32(&batch.input_shape, batch.input.clone())?.to_device(&dev)?;
+                    let t = Tensor::from_f32(&batch.target_shape, batch.target.clone())?.to_device(&dev)?;
+                    let out = self.net.forward(&x, true)?;
+                    let loss = ops::mse_loss(&out, &t)?;
+                    let lv = loss.item()?;
+                    refuse_non_finite(lv, &self.last_good)?;
+                    let mut grads = backward(&loss)?;
+                    let grad_list: Vec<Storage> = self
+                        .net
+                        .store
+                        .params()
+                        .iter()
+                        .zip(self.net.store.param_names())
+                        .map(|(p, name)| {
+                            grads
+                                .take(p)
+                                .ok_or_else(|| anyhow!("epoch {epoch}, iteration {i}: no gradient for `{name}`"))
+                        })
+                        .collect::<Result<_>>()?;
+                    drop(grads);
+                    let grad_refs: Vec<&Storage> = grad_list.iter().collect();
+                    self.optimizer.step(&mut self.net.store.params_mut(), &grad_refs)?;
+                    (lv, out.to_f32_vec())
+                }
+            };
             losses.update(lv, bs);
             if nme_ok {
                 // Training NME as the reference logs it (ignores rotation; indicative only).
-                match crate::eval::decode_and_score(&out.to_f32_vec(), batch.target_shape, &batch.metas) {
+                match crate::eval::decode_and_score(&heatmaps, batch.target_shape, &batch.metas) {
                     Ok((_, e)) => {
                         nme_sum += e.iter().sum::<f64>();
                         nme_count += e.len();

@@ -8,6 +8,7 @@ pub mod emu;
 pub mod fuzz;
 pub mod hostile;
 pub mod model;
+pub mod wflw_csv;
 
 use hrk::rng::Rng;
 use std::path::{Path, PathBuf};
@@ -337,4 +338,20 @@ pub fn assert_cli_ok(out: &Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A small textured image whose values span [lo, hi].
+pub fn random_image(rng: &mut Rng, w: usize, h: usize, lo: u8, hi: u8) -> hrk::data::imageio::Rgb8 {
+    let span = (hi - lo) as f64 + 1.0;
+    let mut data = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                let smooth = ((x as f64 * 0.11 + c as f64).sin() * (y as f64 * 0.07).cos() + 1.0) * 0.4;
+                let v = (smooth + rng.range(0.0, 0.2)).min(0.999) * span;
+                data.push(lo + v as u8);
+            }
+        }
+    }
+    hrk::data::imageio::Rgb8::new(w, h, data).unwrap()
 }

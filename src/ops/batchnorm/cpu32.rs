@@ -119,6 +119,28 @@ macro_rules! multiversion {
 
 /// Independent accumulators per sum (one AVX-512 register of f64).
 const LANES: usize = 8;
+
+/// The scalar end of the SIMD builds' gradient sums: elements `full..` of `xs` into lanes 0.., with
+/// dy zeroed (and written back) where `ys` ≤ 0 when `ys` is given.
+///
+/// # Safety
+/// `dy` must point at `xs.len()` floats, writable when `ys` is given (and then `ys.len() == xs.len()`).
+#[cfg(target_arch = "x86_64")]
+unsafe fn sums_tail(
+    dy: *mut f32, xs: &[f32], ys: Option<&[f32]>, mu: f64, full: usize, a1: &mut [f64; LANES], a2: &mut [f64; LANES],
+) {
+    for (l, j) in (full..xs.len()).enumerate() {
+        // SAFETY: j < xs.len(), which dy covers (see # Safety).
+        let mut g = unsafe { *dy.add(j) };
+        if let Some(ys) = ys {
+            g = if ys[j] > 0.0 { g } else { 0.0 };
+            // SAFETY: as above; dy is writable when ys is given.
+            unsafe { *dy.add(j) = g };
+        }
+        a1[l] += g as f64;
+        a2[l] += g as f64 * (xs[j] as f64 - mu);
+    }
+}
 /// Tensors smaller than this (elements) stay on the calling thread.
 const PAR_MIN: usize = 1 << 15;
 /// Smallest amount of work (elements) one rayon task gets in the plane-wise passes.
@@ -418,15 +440,7 @@ mod avx512 {
         let (mut a1, mut a2) = ([0.0f64; LANES], [0.0f64; LANES]);
         _mm512_storeu_pd(a1.as_mut_ptr(), s1);
         _mm512_storeu_pd(a2.as_mut_ptr(), s2);
-        for (l, j) in (full..n).enumerate() {
-            let mut g = *dy.add(j);
-            if let Some(ys) = ys {
-                g = if ys[j] > 0.0 { g } else { 0.0 };
-                *dy.add(j) = g;
-            }
-            a1[l] += g as f64;
-            a2[l] += g as f64 * (xs[j] as f64 - mu);
-        }
+        super::sums_tail(dy, xs, ys, mu, full, &mut a1, &mut a2);
         (a1, a2)
     }
 
@@ -529,15 +543,7 @@ mod avx2 {
                 _mm256_storeu_pd(a1.as_mut_ptr().add(4 * h), s1[h]);
                 _mm256_storeu_pd(a2.as_mut_ptr().add(4 * h), s2[h]);
             }
-            for (l, j) in (full..n).enumerate() {
-                let mut g = *dy.add(j);
-                if let Some(ys) = ys {
-                    g = if ys[j] > 0.0 { g } else { 0.0 };
-                    *dy.add(j) = g;
-                }
-                a1[l] += g as f64;
-                a2[l] += g as f64 * (xs[j] as f64 - mu);
-            }
+            super::sums_tail(dy, xs, ys, mu, full, &mut a1, &mut a2);
             (a1, a2)
         }
     }
