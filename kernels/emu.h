@@ -81,8 +81,45 @@ inline thread_local Launch* tl_launch = nullptr;
 
 enum class FiberState { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
 
+// On x86-64 a fiber switch saves the callee-saved registers, MXCSR and the x87 control word on the
+// fiber's own stack and swaps stack pointers: ucontext's swapcontext also saves and restores the signal
+// mask with a system call on every switch, which was most of the emulator's time (each CUDA thread of each
+// block switches at least twice). Other targets keep ucontext.
+#if defined(__x86_64__)
+#define HRK_EMU_ASM_FIBERS 1
+// Saves the caller's registers on its stack, stores its stack pointer in *save_sp, continues on load_sp.
+__attribute__((naked, noinline)) static void fiber_switch(void** /*save_sp*/, void* /*load_sp*/) {
+    asm volatile(
+        "pushq %rbp\n\t"
+        "pushq %rbx\n\t"
+        "pushq %r12\n\t"
+        "pushq %r13\n\t"
+        "pushq %r14\n\t"
+        "pushq %r15\n\t"
+        "subq $8, %rsp\n\t"
+        "stmxcsr (%rsp)\n\t"
+        "fnstcw 4(%rsp)\n\t"
+        "movq %rsp, (%rdi)\n\t"
+        "movq %rsi, %rsp\n\t"
+        "ldmxcsr (%rsp)\n\t"
+        "fldcw 4(%rsp)\n\t"
+        "addq $8, %rsp\n\t"
+        "popq %r15\n\t"
+        "popq %r14\n\t"
+        "popq %r13\n\t"
+        "popq %r12\n\t"
+        "popq %rbx\n\t"
+        "popq %rbp\n\t"
+        "ret\n\t");
+}
+#endif
+
 struct Fiber {
+#ifdef HRK_EMU_ASM_FIBERS
+    void* sp = nullptr;
+#else
     ucontext_t ctx;
+#endif
     FiberState state = FiberState::Runnable;
 };
 
@@ -90,7 +127,11 @@ struct Fiber {
 // releases its waiters once every live thread of its scope (block, or warp) has arrived.
 struct FiberSched {
     static constexpr size_t STACK_BYTES = 256 << 10;
+#ifdef HRK_EMU_ASM_FIBERS
+    void* main_sp = nullptr;
+#else
     ucontext_t main;
+#endif
     std::vector<Fiber> fibers;
     std::vector<std::unique_ptr<char[]>> stacks;  // reused by every block and launch
     std::vector<unsigned> warp_waiting, warp_done;
@@ -113,11 +154,15 @@ struct FiberSched {
         for (unsigned t = 0; t < n; ++t) {
             Fiber& f = fibers[t];
             f.state = FiberState::Runnable;
+#ifdef HRK_EMU_ASM_FIBERS
+            f.sp = initial_stack(stacks[t].get());
+#else
             getcontext(&f.ctx);
             f.ctx.uc_stack.ss_sp = stacks[t].get();
             f.ctx.uc_stack.ss_size = STACK_BYTES;
             f.ctx.uc_link = &main;
             makecontext(&f.ctx, &FiberSched::entry, 0);
+#endif
         }
         while (done < n) {
             bool ran = false;
@@ -133,6 +178,13 @@ struct FiberSched {
         }
     }
     void resume(unsigned t);
+#ifdef HRK_EMU_ASM_FIBERS
+    static void* initial_stack(char* stack);
+    // Called on the fiber: back to the scheduler (which resumes it later unless it is Done).
+    void to_scheduler(unsigned t) { fiber_switch(&fibers[t].sp, main_sp); }
+#else
+    void to_scheduler(unsigned t) { swapcontext(&fibers[t].ctx, &main); }
+#endif
     // Called on the fiber: park at a barrier of `scope` and switch back to the scheduler.
     void wait_block();
     void wait_warp();
@@ -146,7 +198,11 @@ inline void FiberSched::resume(unsigned t) {
     tl_thread_idx.x = t % tl_launch->block.x;
     tl_thread_idx.y = (t / tl_launch->block.x) % tl_launch->block.y;
     tl_thread_idx.z = t / (tl_launch->block.x * tl_launch->block.y);
+#ifdef HRK_EMU_ASM_FIBERS
+    fiber_switch(&main_sp, fibers[t].sp);
+#else
     swapcontext(&main, &fibers[t].ctx);
+#endif
 }
 
 inline void FiberSched::entry() {
@@ -168,8 +224,39 @@ inline void FiberSched::entry() {
             if (s.fibers[l].state == FiberState::AtWarpBarrier) s.fibers[l].state = FiberState::Runnable;
         s.warp_waiting[w] = 0;
     }
+#ifdef HRK_EMU_ASM_FIBERS
+    s.to_scheduler(t);  // never resumed: the thread is Done
+    __builtin_unreachable();
+#endif
     // Returning resumes `main` through uc_link.
 }
+
+#ifdef HRK_EMU_ASM_FIBERS
+// A new fiber's first switch "returns" into this, on the fiber's stack.
+static void fiber_start() {
+    FiberSched::entry();
+}
+
+// The frame `fiber_switch` pops for a fiber that has not run: the caller's MXCSR and x87 control word,
+// zeroed callee-saved registers, and `fiber_start` as the return address, placed so that it starts with
+// the stack alignment of a called function.
+inline void* FiberSched::initial_stack(char* stack) {
+    const uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + STACK_BYTES) & ~uintptr_t(15);
+    uint64_t* ret = reinterpret_cast<uint64_t*>(top - 16);  // 16-byte aligned: rsp % 16 == 8 after `ret`
+    ret[0] = reinterpret_cast<uint64_t>(&fiber_start);
+    ret[1] = 0;
+    uint64_t* regs = ret - 6;  // r15, r14, r13, r12, rbx, rbp
+    for (int i = 0; i < 6; ++i) regs[i] = 0;
+    uint32_t* control = reinterpret_cast<uint32_t*>(regs - 1);
+    uint32_t mxcsr;
+    uint16_t fpu_cw;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpu_cw));
+    control[0] = mxcsr;
+    control[1] = fpu_cw;
+    return control;
+}
+#endif
 
 inline void FiberSched::wait_block() {
     const unsigned t = current;
@@ -182,7 +269,7 @@ inline void FiberSched::wait_block() {
     } else {
         fibers[t].state = FiberState::AtBlockBarrier;
     }
-    swapcontext(&fibers[t].ctx, &main);
+    to_scheduler(t);
 }
 
 inline void FiberSched::wait_warp() {
@@ -195,7 +282,7 @@ inline void FiberSched::wait_warp() {
     } else {
         fibers[t].state = FiberState::AtWarpBarrier;
     }
-    swapcontext(&fibers[t].ctx, &main);
+    to_scheduler(t);
 }
 
 // Set once by the Rust side (src/cuda/emu.rs, from HRK_EMU_OS_THREADS as src/switches.rs reads it) before
