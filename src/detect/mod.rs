@@ -5,6 +5,8 @@
 //!
 //! Layer: beside `model` (uses ops, tensor, data, io).
 
+mod crops_cpu;
+mod direct_cpu;
 pub mod nets;
 pub mod nms;
 mod pnet_cpu;
@@ -13,6 +15,7 @@ pub mod resample;
 use crate::data::image::Image;
 use crate::tensor::{Device, Tensor};
 use anyhow::{anyhow, bail, Result};
+use crops_cpu::{ONetCpu, RNetCpu};
 use nets::{ONet, PNet, RNet, Weights};
 use pnet_cpu::PNetCpu;
 use rayon::prelude::*;
@@ -81,7 +84,10 @@ pub struct Mtcnn {
     /// P-Net's direct CPU loops, used when the device is the CPU.
     pnet_cpu: PNetCpu,
     rnet: RNet,
+    /// R-Net's and O-Net's direct CPU loops, likewise.
+    rnet_cpu: RNetCpu,
     onet: ONet,
+    onet_cpu: ONetCpu,
     device: Device,
 }
 
@@ -113,8 +119,16 @@ impl Mtcnn {
         if let Some(extra) = map.keys().min() {
             bail!("{shown}: unexpected tensor '{extra}' (want pnet.*, rnet.*, onet.* of facenet-pytorch's MTCNN)");
         }
-        let ((pnet, pnet_raw), rnet, onet) = nets;
-        Ok(Mtcnn { pnet, pnet_cpu: PNetCpu::new(&pnet_raw), rnet, onet, device: device.clone() })
+        let ((pnet, pnet_raw), (rnet, rnet_raw), (onet, onet_raw)) = nets;
+        Ok(Mtcnn {
+            pnet,
+            pnet_cpu: PNetCpu::new(&pnet_raw),
+            rnet,
+            rnet_cpu: RNetCpu::new(&rnet_raw),
+            onet,
+            onet_cpu: ONetCpu::new(&onet_raw),
+            device: device.clone(),
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -204,9 +218,13 @@ impl Mtcnn {
         if kept.is_empty() {
             return Ok(Vec::new());
         }
-        let x = Tensor::from_f32(&[kept.len(), 3, 24, 24], crops)?.to_device(&self.device)?;
-        let (reg, probs) = self.rnet.forward(&x)?;
-        let (reg, probs) = (reg.to_cpu()?.to_f32_vec(), probs.to_cpu()?.to_f32_vec());
+        let (reg, probs) = if matches!(self.device, Device::Cpu) {
+            self.rnet_cpu.forward(&crops)?
+        } else {
+            let x = Tensor::from_f32(&[kept.len(), 3, 24, 24], crops)?.to_device(&self.device)?;
+            let (reg, probs) = self.rnet.forward(&x)?;
+            (reg.to_cpu()?.to_f32_vec(), probs.to_cpu()?.to_f32_vec())
+        };
         let passed: Vec<Candidate> = kept
             .iter()
             .enumerate()
@@ -229,10 +247,14 @@ impl Mtcnn {
         if kept.is_empty() {
             return Ok(Vec::new());
         }
-        let x = Tensor::from_f32(&[kept.len(), 3, 48, 48], crops)?.to_device(&self.device)?;
-        let (reg, marks, probs) = self.onet.forward(&x)?;
-        let (reg, marks, probs) =
-            (reg.to_cpu()?.to_f32_vec(), marks.to_cpu()?.to_f32_vec(), probs.to_cpu()?.to_f32_vec());
+        let (reg, marks, probs) = if matches!(self.device, Device::Cpu) {
+            let out = self.onet_cpu.forward(&crops)?;
+            (out.reg, out.marks, out.probs)
+        } else {
+            let x = Tensor::from_f32(&[kept.len(), 3, 48, 48], crops)?.to_device(&self.device)?;
+            let (reg, marks, probs) = self.onet.forward(&x)?;
+            (reg.to_cpu()?.to_f32_vec(), marks.to_cpu()?.to_f32_vec(), probs.to_cpu()?.to_f32_vec())
+        };
         let mut faces = Vec::new();
         for (k, &c) in kept.iter().enumerate() {
             let score = probs[2 * k + 1];
@@ -331,18 +353,18 @@ pub fn crop_region(b: [f32; 4], width: usize, height: usize) -> Option<Region> {
 }
 
 /// The area-resampled, normalised crops (size×size, NCHW) of the candidates that lie in the image, with
-/// the indices of those candidates.
+/// the indices of those candidates. Each crop is independent, so they are resampled on the rayon
+/// threads (the same values in the same places as one by one).
 fn crop_batch(image: &Image, candidates: &[Candidate], size: usize) -> (Vec<usize>, Vec<f32>) {
     let per = 3 * size * size;
-    let mut kept = Vec::new();
-    let mut data = Vec::with_capacity(candidates.len() * per);
-    for (i, c) in candidates.iter().enumerate() {
-        if let Some(region) = crop_region(c.b, image.width, image.height) {
-            let start = data.len();
-            data.resize(start + per, 0.0);
-            area_resample_normalized(image, region, size, size, &mut data[start..]);
-            kept.push(i);
-        }
-    }
+    let (kept, regions): (Vec<usize>, Vec<Region>) = candidates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| crop_region(c.b, image.width, image.height).map(|r| (i, r)))
+        .unzip();
+    let mut data = vec![0f32; regions.len() * per];
+    data.par_chunks_mut(per.max(1))
+        .zip(regions.par_iter())
+        .for_each(|(dst, &region)| area_resample_normalized(image, region, size, size, dst));
     (kept, data)
 }

@@ -1,4 +1,6 @@
 //! P-Net, R-Net and O-Net of MTCNN (facenet-pytorch's layer names and shapes) on hrk's ops.
+//! `load` also hands back the weights as host vectors, from which the CPU's direct paths
+//! (`pnet_cpu`, `crops_cpu`) build their own layouts.
 //!
 //! The dense layers run as convolutions: facenet flattens `x.permute(0, 3, 2, 1)` (W, H, C order) before
 //! `dense4` / `dense5`, so their [out, W·H·C] weights are reordered once at load into [out, C, H, W] conv
@@ -41,39 +43,42 @@ impl Weights<'_> {
     fn tensor(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
         Tensor::from_f32(shape, data)?.to_device(self.device)
     }
-    fn conv(&mut self, name: &str, cin: usize, cout: usize, k: usize) -> Result<Conv> {
-        let w = self.take(&format!("{name}.weight"), &[cout, cin, k, k])?;
-        let b = self.take(&format!("{name}.bias"), &[cout])?;
-        Ok(Conv { weight: self.tensor(&[cout, cin, k, k], w)?, bias: self.tensor(&[cout], b)? })
+    /// A layer's weight of `shape` (PyTorch's layout) and its bias [shape[0]].
+    fn layer(&mut self, name: &str, shape: &[usize]) -> Result<HostLayer> {
+        let weight = self.take(&format!("{name}.weight"), shape)?;
+        let bias = self.take(&format!("{name}.bias"), &shape[..1])?;
+        Ok(HostLayer { weight, bias })
     }
-    fn prelu(&mut self, name: &str, c: usize) -> Result<Tensor> {
-        let a = self.take(&format!("{name}.weight"), &[c])?;
-        self.tensor(&[c], a)
+    fn prelu(&mut self, name: &str, c: usize) -> Result<Vec<f32>> {
+        self.take(&format!("{name}.weight"), &[c])
+    }
+    /// The ops conv of a host layer; `shape` [out, in, kh, kw] (a dense layer on [N, C, 1, 1]: a 1×1 conv).
+    fn conv(&self, l: &HostLayer, shape: [usize; 4]) -> Result<Conv> {
+        Ok(Conv { weight: self.tensor(&shape, l.weight.clone())?, bias: self.tensor(&shape[..1], l.bias.clone())? })
     }
     /// A dense layer over a flattened [C, H, W] map (facenet's W, H, C flatten order) as a conv with an
     /// H×W kernel.
-    fn dense_over_map(&mut self, name: &str, [c, h, w]: [usize; 3], out: usize) -> Result<Conv> {
-        let dense = self.take(&format!("{name}.weight"), &[out, c * h * w])?;
-        let b = self.take(&format!("{name}.bias"), &[out])?;
+    fn dense_over_map(&self, dense: &HostLayer, [c, h, w]: [usize; 3]) -> Result<Conv> {
+        let out = dense.bias.len();
         let mut kernel = vec![0f32; out * c * h * w];
         for o in 0..out {
             for ch in 0..c {
                 for y in 0..h {
                     for x in 0..w {
-                        kernel[((o * c + ch) * h + y) * w + x] = dense[o * c * h * w + (x * h + y) * c + ch];
+                        kernel[((o * c + ch) * h + y) * w + x] = dense.weight[o * c * h * w + (x * h + y) * c + ch];
                     }
                 }
             }
         }
         debug_assert_eq!(h, w, "MTCNN's flattened maps are square");
-        Ok(Conv { weight: self.tensor(&[out, c, h, w], kernel)?, bias: self.tensor(&[out], b)? })
+        Ok(Conv { weight: self.tensor(&[out, c, h, w], kernel)?, bias: self.tensor(&[out], dense.bias.clone())? })
     }
-    /// A dense layer on [N, C, 1, 1] as a 1×1 conv.
-    fn dense(&mut self, name: &str, cin: usize, out: usize) -> Result<Conv> {
-        let wgt = self.take(&format!("{name}.weight"), &[out, cin])?;
-        let b = self.take(&format!("{name}.bias"), &[out])?;
-        Ok(Conv { weight: self.tensor(&[out, cin, 1, 1], wgt)?, bias: self.tensor(&[out], b)? })
-    }
+}
+
+/// One layer's weight and bias as host vectors in PyTorch's layout, for the CPU's direct paths.
+pub(crate) struct HostLayer {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
 }
 
 /// conv → PReLU.
@@ -166,20 +171,44 @@ pub(crate) struct RNet {
     dense5_2: Conv,
 }
 
+/// R-Net's weights as host vectors (PyTorch layouts), for [`super::crops_cpu::RNetCpu`]; `prelu[i]` is
+/// the PReLU after conv i+1 (dense4 for i = 3).
+pub(crate) struct RNetWeights {
+    pub conv1: HostLayer,
+    pub conv2: HostLayer,
+    pub conv3: HostLayer,
+    pub dense4: HostLayer,
+    pub prelu: [Vec<f32>; 4],
+    pub dense5_1: HostLayer,
+    pub dense5_2: HostLayer,
+}
+
 impl RNet {
-    pub fn load(w: &mut Weights) -> Result<RNet> {
-        Ok(RNet {
-            conv1: w.conv("conv1", 3, 28, 3)?,
-            prelu1: w.prelu("prelu1", 28)?,
-            conv2: w.conv("conv2", 28, 48, 3)?,
-            prelu2: w.prelu("prelu2", 48)?,
-            conv3: w.conv("conv3", 48, 64, 2)?,
-            prelu3: w.prelu("prelu3", 64)?,
-            dense4: w.dense_over_map("dense4", [64, 3, 3], 128)?,
-            prelu4: w.prelu("prelu4", 128)?,
-            dense5_1: w.dense("dense5_1", 128, 2)?,
-            dense5_2: w.dense("dense5_2", 128, 4)?,
-        })
+    /// The ops network and the host copy of its weights (for the CPU's direct path).
+    pub fn load(w: &mut Weights) -> Result<(RNet, RNetWeights)> {
+        let raw = RNetWeights {
+            conv1: w.layer("conv1", &[28, 3, 3, 3])?,
+            conv2: w.layer("conv2", &[48, 28, 3, 3])?,
+            conv3: w.layer("conv3", &[64, 48, 2, 2])?,
+            dense4: w.layer("dense4", &[128, 576])?,
+            prelu: [w.prelu("prelu1", 28)?, w.prelu("prelu2", 48)?, w.prelu("prelu3", 64)?, w.prelu("prelu4", 128)?],
+            dense5_1: w.layer("dense5_1", &[2, 128])?,
+            dense5_2: w.layer("dense5_2", &[4, 128])?,
+        };
+        let slopes = |i: usize| w.tensor(&[raw.prelu[i].len()], raw.prelu[i].clone());
+        let net = RNet {
+            conv1: w.conv(&raw.conv1, [28, 3, 3, 3])?,
+            prelu1: slopes(0)?,
+            conv2: w.conv(&raw.conv2, [48, 28, 3, 3])?,
+            prelu2: slopes(1)?,
+            conv3: w.conv(&raw.conv3, [64, 48, 2, 2])?,
+            prelu3: slopes(2)?,
+            dense4: w.dense_over_map(&raw.dense4, [64, 3, 3])?,
+            prelu4: slopes(3)?,
+            dense5_1: w.conv(&raw.dense5_1, [2, 128, 1, 1])?,
+            dense5_2: w.conv(&raw.dense5_2, [4, 128, 1, 1])?,
+        };
+        Ok((net, raw))
     }
     /// (box regression [N, 4, 1, 1], probabilities [N, 2, 1, 1]) of 24×24 crops [N, 3, 24, 24].
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -210,23 +239,57 @@ pub(crate) struct ONet {
     dense6_3: Conv,
 }
 
+/// O-Net's weights as host vectors (PyTorch layouts), for [`super::crops_cpu::ONetCpu`]; `prelu[i]` is
+/// the PReLU after conv i+1 (dense5 for i = 4).
+pub(crate) struct ONetWeights {
+    pub conv1: HostLayer,
+    pub conv2: HostLayer,
+    pub conv3: HostLayer,
+    pub conv4: HostLayer,
+    pub dense5: HostLayer,
+    pub prelu: [Vec<f32>; 5],
+    pub dense6_1: HostLayer,
+    pub dense6_2: HostLayer,
+    pub dense6_3: HostLayer,
+}
+
 impl ONet {
-    pub fn load(w: &mut Weights) -> Result<ONet> {
-        Ok(ONet {
-            conv1: w.conv("conv1", 3, 32, 3)?,
-            prelu1: w.prelu("prelu1", 32)?,
-            conv2: w.conv("conv2", 32, 64, 3)?,
-            prelu2: w.prelu("prelu2", 64)?,
-            conv3: w.conv("conv3", 64, 64, 3)?,
-            prelu3: w.prelu("prelu3", 64)?,
-            conv4: w.conv("conv4", 64, 128, 2)?,
-            prelu4: w.prelu("prelu4", 128)?,
-            dense5: w.dense_over_map("dense5", [128, 3, 3], 256)?,
-            prelu5: w.prelu("prelu5", 256)?,
-            dense6_1: w.dense("dense6_1", 256, 2)?,
-            dense6_2: w.dense("dense6_2", 256, 4)?,
-            dense6_3: w.dense("dense6_3", 256, 10)?,
-        })
+    /// The ops network and the host copy of its weights (for the CPU's direct path).
+    pub fn load(w: &mut Weights) -> Result<(ONet, ONetWeights)> {
+        let raw = ONetWeights {
+            conv1: w.layer("conv1", &[32, 3, 3, 3])?,
+            conv2: w.layer("conv2", &[64, 32, 3, 3])?,
+            conv3: w.layer("conv3", &[64, 64, 3, 3])?,
+            conv4: w.layer("conv4", &[128, 64, 2, 2])?,
+            dense5: w.layer("dense5", &[256, 1152])?,
+            prelu: [
+                w.prelu("prelu1", 32)?,
+                w.prelu("prelu2", 64)?,
+                w.prelu("prelu3", 64)?,
+                w.prelu("prelu4", 128)?,
+                w.prelu("prelu5", 256)?,
+            ],
+            dense6_1: w.layer("dense6_1", &[2, 256])?,
+            dense6_2: w.layer("dense6_2", &[4, 256])?,
+            dense6_3: w.layer("dense6_3", &[10, 256])?,
+        };
+        let slopes = |i: usize| w.tensor(&[raw.prelu[i].len()], raw.prelu[i].clone());
+        let net = ONet {
+            conv1: w.conv(&raw.conv1, [32, 3, 3, 3])?,
+            prelu1: slopes(0)?,
+            conv2: w.conv(&raw.conv2, [64, 32, 3, 3])?,
+            prelu2: slopes(1)?,
+            conv3: w.conv(&raw.conv3, [64, 64, 3, 3])?,
+            prelu3: slopes(2)?,
+            conv4: w.conv(&raw.conv4, [128, 64, 2, 2])?,
+            prelu4: slopes(3)?,
+            dense5: w.dense_over_map(&raw.dense5, [128, 3, 3])?,
+            prelu5: slopes(4)?,
+            dense6_1: w.conv(&raw.dense6_1, [2, 256, 1, 1])?,
+            dense6_2: w.conv(&raw.dense6_2, [4, 256, 1, 1])?,
+            dense6_3: w.conv(&raw.dense6_3, [10, 256, 1, 1])?,
+        };
+        Ok((net, raw))
     }
     /// (box regression [N, 4], landmarks [N, 10] (5 x then 5 y), probabilities [N, 2]), each [N, C, 1, 1],
     /// of 48×48 crops [N, 3, 48, 48].

@@ -1,0 +1,293 @@
+//! The loops MTCNN's three networks share on the CPU without the tensor ops: a direct K×K conv with bias
+//! and PReLU fused, a ceil-mode max-pool, and the dense layers over a batch of crops. Maps are
+//! channels-last (HWC). The small maps and channel counts of MTCNN (3…128 channels, 3…46 pixels wide)
+//! are shapes where im2col + GEMM spends more time packing than multiplying; here a few output pixels ×
+//! a block of output channels stay in registers while the kernel's taps stream past. Callers compile
+//! the loops twice through the [`MulAdd`] generic, an AVX2+FMA build picked at run time (see
+//! [`has_avx2_fma`]) and a plain fallback.
+
+use crate::float::Float;
+use crate::ops::max_pool::ceil_pool_extent;
+
+/// `a·b + c`: one rounding (FMA) in the AVX2 build, two in the plain one (where `f32::mul_add`
+/// would be a slow library call).
+pub(crate) trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+pub(crate) struct Plain;
+pub(crate) struct Fused;
+impl MulAdd for Plain {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// Whether this CPU runs the AVX2+FMA builds of the loops.
+#[inline]
+pub(crate) fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A K×K conv (stride 1, no padding) with bias and PReLU, its weights re-laid once for [`conv_prelu`]:
+/// per block of CB output channels, [ky][kx][cin][CB], the last block zero-padded, so the inner loop
+/// always runs whole vectors.
+pub(crate) struct ConvLayer<const K: usize, const CB: usize> {
+    w: Vec<f32>,
+    bias: Vec<[f32; CB]>,
+    slope: Vec<[f32; CB]>,
+    cin: usize,
+    cout: usize,
+}
+
+impl<const K: usize, const CB: usize> ConvLayer<K, CB> {
+    /// From PyTorch's weight [cout][cin][K][K], bias [cout] and PReLU slopes [cout] (shapes checked at
+    /// load).
+    pub fn new(weight: &[f32], bias: &[f32], slope: &[f32], cin: usize, cout: usize) -> Self {
+        debug_assert_eq!(weight.len(), cout * cin * K * K);
+        let blocks = cout.div_ceil(CB);
+        let mut w = vec![0f32; blocks * K * K * cin * CB];
+        let mut b = vec![[0f32; CB]; blocks];
+        let mut a = vec![[0f32; CB]; blocks];
+        for o in 0..cout {
+            let (blk, lane) = (o / CB, o % CB);
+            b[blk][lane] = bias[o];
+            a[blk][lane] = slope[o];
+            for i in 0..cin {
+                for k in 0..K * K {
+                    w[((blk * K * K + k) * cin + i) * CB + lane] = weight[(o * cin + i) * K * K + k];
+                }
+            }
+        }
+        ConvLayer { w, bias: b, slope: a, cin, cout }
+    }
+}
+
+/// The conv of `layer` over `x` [h][w][CIN] into `y` [h−K+1][w−K+1][cout]; returns the output extent.
+/// PIX output pixels of a row are computed together so each weight load serves PIX multiply-adds.
+/// PIX × CB / 8 accumulators + CB / 8 weights + a broadcast must fit the 16 AVX2 registers (beyond
+/// that LLVM spills accumulators inside the loop, as seen with 3 pixels × 32 channels). A row
+/// whose width is not a multiple of PIX ends with a group shifted left over already computed pixels,
+/// which are written again with the same values, rather than with a slow one-pixel loop.
+#[inline(always)]
+pub(crate) fn conv_prelu<
+    M: MulAdd,
+    const K: usize,
+    const CIN: usize,
+    const COUT: usize,
+    const CB: usize,
+    const PIX: usize,
+>(
+    x: &[f32], h: usize, w: usize, layer: &ConvLayer<K, CB>, y: &mut [f32],
+) -> (usize, usize) {
+    debug_assert_eq!(layer.cin, CIN);
+    debug_assert!(h >= K && w >= K && x.len() >= h * w * CIN);
+    let (ho, wo) = (h + 1 - K, w + 1 - K);
+    debug_assert_eq!(layer.cout, COUT);
+    let cout = COUT;
+    debug_assert!(y.len() >= ho * wo * cout);
+    for (blk, wblock) in layer.w.chunks_exact(K * K * CIN * CB).enumerate() {
+        let wt: &[[f32; CB]] = as_rows(wblock);
+        let (bias, slope) = (&layer.bias[blk], &layer.slope[blk]);
+        let c0 = blk * CB;
+        let n = CB.min(cout - c0);
+        // No closures in these loops: one is not certain to be inlined into the caller's AVX2+FMA
+        // build, and outside it `f32::mul_add` is a library call.
+        for oy in 0..ho {
+            let mut ox = 0;
+            while ox + PIX <= wo || (ox < wo && wo >= PIX) {
+                let start = ox.min(wo - PIX);
+                let mut acc = [*bias; PIX];
+                accumulate::<M, K, CIN, CB, PIX>(x, w, oy, start, wt, &mut acc);
+                for (p, a) in acc.iter().enumerate() {
+                    store_prelu::<CB, COUT>(a, slope, &mut y[(oy * wo + start + p) * cout + c0..][..n]);
+                }
+                ox = start + PIX;
+            }
+            for ox in ox..wo {
+                let mut acc = [*bias; 1];
+                accumulate::<M, K, CIN, CB, 1>(x, w, oy, ox, wt, &mut acc);
+                store_prelu::<CB, COUT>(&acc[0], slope, &mut y[(oy * wo + ox) * cout + c0..][..n]);
+            }
+        }
+    }
+    (ho, wo)
+}
+
+#[inline(always)]
+fn accumulate<M: MulAdd, const K: usize, const CIN: usize, const CB: usize, const PIX: usize>(
+    x: &[f32], w: usize, oy: usize, ox: usize, wt: &[[f32; CB]], acc: &mut [[f32; CB]; PIX],
+) {
+    for ky in 0..K {
+        let row = &x[((oy + ky) * w + ox) * CIN..((oy + ky) * w + ox + PIX + K - 1) * CIN];
+        for kx in 0..K {
+            for ci in 0..CIN {
+                let wrow = &wt[(ky * K + kx) * CIN + ci];
+                for (p, a) in acc.iter_mut().enumerate() {
+                    let v = row[(p + kx) * CIN + ci];
+                    for c in 0..CB {
+                        a[c] = M::mul_add(v, wrow[c], a[c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// PReLU over the whole block (whole vectors), then the block's real channels into `dst` (CB, or the
+/// COUT % CB of a last, partial block: constant lengths, so the copy is a few moves, not a memcpy call).
+#[inline(always)]
+fn store_prelu<const CB: usize, const COUT: usize>(acc: &[f32; CB], slope: &[f32; CB], dst: &mut [f32]) {
+    let mut out = [0f32; CB];
+    for c in 0..CB {
+        let v = acc[c];
+        out[c] = if v >= 0.0 { v } else { v * slope[c] };
+    }
+    if dst.len() == CB {
+        dst.copy_from_slice(&out);
+    } else {
+        let rem = COUT % CB;
+        dst[..rem].copy_from_slice(&out[..rem]);
+    }
+}
+
+/// Max-pool with a K×K window and stride S, PyTorch's ceil mode without padding (windows clipped at
+/// the edge): `x` [h][w][C] → `y` [ho][wo][C]; returns (ho, wo), or None (nothing written) when the map
+/// is smaller than the window. C is a constant so the channel loop is whole vectors.
+#[inline(always)]
+pub(crate) fn max_pool<const K: usize, const S: usize, const C: usize>(
+    x: &[f32], h: usize, w: usize, y: &mut [f32],
+) -> Option<(usize, usize)> {
+    let (ho, wo) = (ceil_pool_extent(h, K, S)?, ceil_pool_extent(w, K, S)?);
+    let (x, y): (&[[f32; C]], &mut [[f32; C]]) = (x.as_chunks().0, y.as_chunks_mut().0);
+    debug_assert!(x.len() >= h * w && y.len() >= ho * wo);
+    for py in 0..ho {
+        let rows = S * py..(S * py + K).min(h);
+        for px in 0..wo {
+            let cols = S * px..(S * px + K).min(w);
+            let mut m = x[rows.start * w + cols.start];
+            for yy in rows.clone() {
+                for xx in cols.clone() {
+                    let v = &x[yy * w + xx];
+                    // `>` rather than f32::max: it maps onto vector max instructions (no NaNs here).
+                    for c in 0..C {
+                        m[c] = if v[c] > m[c] { v[c] } else { m[c] };
+                    }
+                }
+            }
+            y[py * wo + px] = m;
+        }
+    }
+    Some((ho, wo))
+}
+
+/// Planar [3][h][w] → channels-last [h][w][3].
+#[inline(always)]
+pub(crate) fn to_hwc(chw: &[f32], plane: usize, hwc: &mut [f32]) {
+    for (p, px) in hwc[..3 * plane].chunks_exact_mut(3).enumerate() {
+        px[0] = chw[p];
+        px[1] = chw[plane + p];
+        px[2] = chw[2 * plane + p];
+    }
+}
+
+/// A dense layer followed by PReLU over a batch of feature rows: `weight` [out][inputs] (PyTorch's
+/// layout, the inputs in the order the rows hold them), bias and slopes [out].
+pub(crate) struct DensePrelu {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    slope: Vec<f32>,
+    inputs: usize,
+}
+
+impl DensePrelu {
+    pub fn new(weight: Vec<f32>, bias: Vec<f32>, slope: Vec<f32>) -> Self {
+        let inputs = if bias.is_empty() { 0 } else { weight.len() / bias.len() };
+        DensePrelu { weight, bias, slope, inputs }
+    }
+    pub fn outputs(&self) -> usize {
+        self.bias.len()
+    }
+    /// `x` [n][inputs] → [n][out], one GEMM for the whole batch (the gemm crate spreads it over the
+    /// rayon threads).
+    pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let out = self.outputs();
+        debug_assert_eq!(x.len(), n * self.inputs);
+        let mut y: Vec<f32> = Vec::with_capacity(n * out);
+        for _ in 0..n {
+            y.extend_from_slice(&self.bias);
+        }
+        // y[n][out] += x[n][inputs] · weightᵀ: the weight read as [inputs][out] through its strides.
+        f32::gemm(
+            n,
+            out,
+            self.inputs,
+            &mut y,
+            out as isize,
+            1,
+            true,
+            x,
+            self.inputs as isize,
+            1,
+            &self.weight,
+            1,
+            self.inputs as isize,
+            rayon::current_num_threads(),
+        );
+        for row in y.chunks_exact_mut(out.max(1)) {
+            for (v, &a) in row.iter_mut().zip(&self.slope) {
+                if *v < 0.0 {
+                    *v *= a;
+                }
+            }
+        }
+        y
+    }
+}
+
+/// The output heads on each row of a batch: dense layers without activation, `rows` stacked as
+/// [heads][inputs] with their biases; writes [n][heads].
+pub(crate) fn heads(x: &[f32], inputs: usize, rows: &[f32], bias: &[f32]) -> Vec<f32> {
+    let nh = bias.len();
+    let mut out = Vec::with_capacity(x.len() / inputs.max(1) * nh);
+    for feat in x.chunks_exact(inputs.max(1)) {
+        for (r, row) in rows.chunks_exact(inputs.max(1)).enumerate() {
+            let mut s = 0f32;
+            for (a, b) in row.iter().zip(feat) {
+                s += a * b;
+            }
+            out.push(bias[r] + s);
+        }
+    }
+    out
+}
+
+/// Softmax of two logits (face / not face), as PyTorch's channel softmax: exp(x − max) / Σ.
+#[inline]
+pub(crate) fn softmax2(a: f32, b: f32) -> [f32; 2] {
+    let m = a.max(b);
+    let (e0, e1) = ((a - m).exp(), (b - m).exp());
+    let sum = e0 + e1;
+    [e0 / sum, e1 / sum]
+}
+
+/// A flat slice as rows of N.
+#[inline(always)]
+pub(crate) fn as_rows<const N: usize>(v: &[f32]) -> &[[f32; N]] {
+    let (rows, rest) = v.as_chunks::<N>();
+    debug_assert!(rest.is_empty());
+    rows
+}
