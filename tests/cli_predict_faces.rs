@@ -415,7 +415,6 @@ fn the_detector_finds_every_face_of_a_group_photo_and_none_elsewhere() {
 }
 
 #[test]
-#[ignore = "slow under the GPU emulator (minutes); CI-time budget: run with `cargo test --release -- --ignored`"]
 fn the_detector_on_the_emulated_gpu_gives_the_cpus_faces() {
     let Some((group, _)) = mtcnn_fixture("group.jpg") else { return };
     let st = setup("detect-emu", 3);

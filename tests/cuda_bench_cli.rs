@@ -24,7 +24,6 @@ fn field(stdout: &str, key: &str) -> String {
 }
 
 #[test]
-#[ignore = "slow under the GPU emulator (minutes); CI-time budget: run with `cargo test --release -- --ignored`"]
 fn bench_on_the_emulated_gpu_reports_memory_and_graphs_and_oom_is_one_line() {
     let dir = scratch("bench-emu");
     let cfg = dir.join("tiny.yaml");

@@ -246,7 +246,6 @@ fn training_step_graphs_equal_eager_with_sgd_nesterov() {
 }
 
 #[test]
-#[ignore = "slow under the GPU emulator (minutes); CI-time budget: run with `cargo test --release -- --ignored`"]
 fn the_allocator_reuses_blocks_and_reports_peak_and_fragmentation() {
     let dev = GpuDevice::emulated_with_memory(1 << 30);
     let mut net = tiny_net(&dev);

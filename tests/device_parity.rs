@@ -437,15 +437,14 @@ fn small_model_body(dev: &Device) -> Groups {
     train_step_groups(&mut net, &x, &target, Adam::new(1e-3, 1e-4), None)
 }
 
-/// The CI-sized whole-model check on the emulated device (~20 s here; the parity case below is
-/// `--ignored`).
+/// The small whole-model check on the emulated device (a few seconds; the parity case below runs the tiny
+/// case's inputs).
 #[test]
 fn small_model_on_emulated_gpu_matches_cpu() {
     with_gpu_math(GpuMath::Fp32, || compare_timed_groups("small model", &Device::emulated(), small_model_body));
 }
 
 #[test]
-#[ignore = "~30 s under the host emulator (small_model_on_emulated_gpu_matches_cpu is the CI check); run with --ignored"]
 fn tiny_model_on_emulated_gpu_matches_cpu() {
     with_gpu_math(GpuMath::Fp32, || compare_model(&Device::emulated(), 1.0));
 }
