@@ -62,6 +62,32 @@ fn per_crop<S>(
     });
 }
 
+/// The per-crop part of R-Net and O-Net (convs and pools into the crop's feature row), generic over the
+/// multiply-add of the build.
+trait CropFeatures {
+    type Scratch;
+    fn features_generic<M: MulAdd>(&self, crop: &[f32], s: &mut Self::Scratch, row: &mut [f32]);
+}
+
+/// `features_generic` in the AVX2+FMA build when `simd`, else the plain one.
+fn features<N: CropFeatures>(net: &N, simd: bool, crop: &[f32], s: &mut N::Scratch, row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd {
+            // SAFETY: `simd` is true only when the CPU supports AVX2 and FMA (`has_avx2_fma`).
+            return unsafe { features_avx2(net, crop, s, row) };
+        }
+    }
+    let _ = simd;
+    net.features_generic::<Plain>(crop, s, row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn features_avx2<N: CropFeatures>(net: &N, crop: &[f32], s: &mut N::Scratch, row: &mut [f32]) {
+    net.features_generic::<super::direct_cpu::Fused>(crop, s, row)
+}
+
 /// R-Net's layer sizes: 24×24×3 → conv 3×3 → 22×22×28 → pool 3/2 → 11×11×28 → conv 3×3 → 9×9×48 →
 /// pool 3/2 → 4×4×48 → conv 2×2 → 3×3×64 → dense 128 → heads 2 + 4.
 const R_IN: usize = 24;
@@ -124,7 +150,7 @@ impl RNetCpu {
         let per = 3 * R_IN * R_IN;
         let n = crop_count(crops, per, "R-Net")?;
         let mut feats = vec![0f32; n * R_FEAT];
-        per_crop(crops, per, &mut feats, R_FEAT, RScratch::new, |crop, s, row| self.features(simd, crop, s, row));
+        per_crop(crops, per, &mut feats, R_FEAT, RScratch::new, |crop, s, row| features(self, simd, crop, s, row));
         let hidden = self.dense4.forward(&feats, n);
         let out = heads(&hidden, R_HIDDEN, &self.head_w, &self.head_b);
         let mut reg = Vec::with_capacity(4 * n);
@@ -135,24 +161,10 @@ impl RNetCpu {
         }
         Ok((reg, probs))
     }
+}
 
-    fn features(&self, simd: bool, crop: &[f32], s: &mut RScratch, row: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if simd {
-                // SAFETY: `simd` is true only when the CPU supports AVX2 and FMA (`has_avx2_fma`).
-                return unsafe { self.features_avx2(crop, s, row) };
-            }
-        }
-        let _ = simd;
-        self.features_generic::<Plain>(crop, s, row)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn features_avx2(&self, crop: &[f32], s: &mut RScratch, row: &mut [f32]) {
-        self.features_generic::<super::direct_cpu::Fused>(crop, s, row)
-    }
+impl CropFeatures for RNetCpu {
+    type Scratch = RScratch;
 
     /// One crop's last map (3×3×64, channels-last) into its feature row.
     #[inline(always)]
@@ -244,7 +256,7 @@ impl ONetCpu {
         let per = 3 * O_IN * O_IN;
         let n = crop_count(crops, per, "O-Net")?;
         let mut feats = vec![0f32; n * O_FEAT];
-        per_crop(crops, per, &mut feats, O_FEAT, OScratch::new, |crop, s, row| self.features(simd, crop, s, row));
+        per_crop(crops, per, &mut feats, O_FEAT, OScratch::new, |crop, s, row| features(self, simd, crop, s, row));
         let hidden = self.dense5.forward(&feats, n);
         let out = heads(&hidden, O_HIDDEN, &self.head_w, &self.head_b);
         let mut res = ONetOut {
@@ -259,24 +271,10 @@ impl ONetCpu {
         }
         Ok(res)
     }
+}
 
-    fn features(&self, simd: bool, crop: &[f32], s: &mut OScratch, row: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if simd {
-                // SAFETY: `simd` is true only when the CPU supports AVX2 and FMA (`has_avx2_fma`).
-                return unsafe { self.features_avx2(crop, s, row) };
-            }
-        }
-        let _ = simd;
-        self.features_generic::<Plain>(crop, s, row)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn features_avx2(&self, crop: &[f32], s: &mut OScratch, row: &mut [f32]) {
-        self.features_generic::<super::direct_cpu::Fused>(crop, s, row)
-    }
+impl CropFeatures for ONetCpu {
+    type Scratch = OScratch;
 
     /// One crop's last map (3×3×128, channels-last) into its feature row.
     #[inline(always)]

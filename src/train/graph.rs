@@ -67,7 +67,7 @@ struct FirstStep {
 /// The batch whose forward + backward ran, waiting for `update`.
 enum Pending {
     /// The first batch of a shape, run eagerly; `update` applies it and then captures the shape.
-    Eager { pass: Pass, first: FirstStep },
+    Eager(Box<(Pass, FirstStep)>),
     /// A replay of `by_shape[index]`'s forward + backward.
     Replayed { index: usize },
 }
@@ -158,7 +158,7 @@ impl TrainGraphs {
         let count_increments = net.store.counts().iter().zip(&counts).map(|(after, before)| after - before).collect();
         let result = step_result(&pass)?;
         let first = FirstStep { key, input: input_buf, target: target_buf, seed, count_increments };
-        self.pending = Some(Pending::Eager { pass, first });
+        self.pending = Some(Pending::Eager(Box::new((pass, first))));
         Ok(result)
     }
 
@@ -174,7 +174,8 @@ impl TrainGraphs {
                 // optimizer state, unmoved since capture (checked by `forward_backward`).
                 unsafe { g.update.replay() }.context("replaying the optimizer graph")
             }
-            Some(Pending::Eager { pass, first }) => {
+            Some(Pending::Eager(eager)) => {
+                let (pass, first) = *eager;
                 let key = first.key;
                 let state = optimizer.device_addresses();
                 let mut params = net.store.params_mut();
