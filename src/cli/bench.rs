@@ -207,12 +207,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             dev.name(), args.batch, med * 1e3, min * 1e3, max * 1e3, med * 1e3 / b, b / med, flop_per_image / 1e9);
         println!("GPU memory: {}", stats.summary());
         let counts = match (&gpu_fast, &train_graphs) {
-            (Some(g), _) => Some(g.graph_counts()).map(|c| (c.captures, c.last_launches, c.replays)),
-            (None, Some(g)) => Some(g.counts()).map(|c| (c.captures, c.last_launches, c.replays)),
+            (Some(g), _) => Some(g.graph_counts()),
+            (None, Some(g)) => Some(g.counts()),
             (None, None) => None,
         };
-        if let Some((captures, launches, replays)) = counts {
-            println!("CUDA graphs: {captures} captured ({launches} launches in the last), {replays} replays");
+        if let Some(c) = counts {
+            println!(
+                "CUDA graphs: {} captured ({} launches in the last), {} replays",
+                c.captures, c.last_launches, c.replays
+            );
         }
         let graphs_used = gpu_fast.is_some() || args.train;
         // One machine-readable line (benches/gpu_check.sh parses it).

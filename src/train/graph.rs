@@ -12,8 +12,9 @@
 //! were at capture. Each replay checks that; when anything moved (a checkpoint loaded, the model moved to
 //! another device) the shape is captured again.
 
-use crate::autograd::backward_seeded;
+use crate::autograd::{backward_seeded, Gradients};
 use crate::cuda::device::{GpuBuffer, GpuDevice, GpuGraph};
+use crate::model::hrnet::GraphCounts;
 use crate::model::HrNet;
 use crate::ops;
 use crate::optim::SplitStep;
@@ -72,21 +73,12 @@ enum Pending {
     Replayed { index: usize },
 }
 
-/// How often steps were captured and replayed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TrainGraphCounts {
-    pub captures: usize,
-    pub replays: usize,
-    /// Kernel launches in the last captured step (forward + backward + update).
-    pub last_launches: usize,
-}
-
 /// The training-step graphs of one model on one GPU device.
 pub struct TrainGraphs {
     dev: GpuDevice,
     by_shape: Vec<(ShapeKey, Option<StepGraphs>)>,
     pending: Option<Pending>,
-    counts: TrainGraphCounts,
+    counts: GraphCounts,
 }
 
 impl TrainGraphs {
@@ -100,7 +92,7 @@ impl TrainGraphs {
         }
     }
 
-    pub fn counts(&self) -> TrainGraphCounts {
+    pub fn counts(&self) -> GraphCounts {
         self.counts
     }
 
@@ -257,14 +249,15 @@ fn forward_backward(
     let out = net.forward(&x, true)?;
     let loss = ops::mse_loss(&out, &t)?;
     let mut grads = backward_seeded(&loss, Storage::Gpu(seed.try_clone()?))?;
-    let grads = net
-        .store
-        .params()
-        .iter()
-        .zip(net.store.param_names())
-        .map(|(p, name)| grads.take(p).ok_or_else(|| anyhow!("training step: no gradient for `{name}`")))
-        .collect::<Result<Vec<_>>>()?;
+    let grads = take_param_grads(net, &mut grads)?;
     Ok(Pass { loss: loss.detach(), heatmaps: out.detach(), grads })
+}
+
+/// The gradients of the model's parameters, in store order (what the optimizers take).
+pub(crate) fn take_param_grads(net: &HrNet, grads: &mut Gradients) -> Result<Vec<Storage>> {
+    let names = net.store.param_names();
+    let params = net.store.params();
+    params.iter().zip(names).map(|(p, name)| grads.take(p).ok_or_else(|| anyhow!("no gradient for `{name}`"))).collect()
 }
 
 fn step_result(pass: &Pass) -> Result<StepResult> {

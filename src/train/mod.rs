@@ -515,18 +515,8 @@ impl Trainer {
                     let lv = loss.item()?;
                     refuse_non_finite(lv, &self.last_good)?;
                     let mut grads = backward(&loss)?;
-                    let grad_list: Vec<Storage> = self
-                        .net
-                        .store
-                        .params()
-                        .iter()
-                        .zip(self.net.store.param_names())
-                        .map(|(p, name)| {
-                            grads
-                                .take(p)
-                                .ok_or_else(|| anyhow!("epoch {epoch}, iteration {i}: no gradient for `{name}`"))
-                        })
-                        .collect::<Result<_>>()?;
+                    let grad_list = graph::take_param_grads(&self.net, &mut grads)
+                        .with_context(|| format!("epoch {epoch}, iteration {i}"))?;
                     drop(grads);
                     let grad_refs: Vec<&Storage> = grad_list.iter().collect();
                     self.optimizer.step(&mut self.net.store.params_mut(), &grad_refs)?;

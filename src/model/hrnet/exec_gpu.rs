@@ -74,12 +74,13 @@ impl GraphCache {
     }
 }
 
-/// How often `forward_host` captured and replayed graphs.
+/// How often graphs were captured and replayed (inference forwards here, training steps in
+/// `train::graph`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GraphCounts {
     pub captures: usize,
     pub replays: usize,
-    /// Launches in the most recently used graph.
+    /// Launches in the most recently used graph (training: the last captured step, forward to update).
     pub last_launches: usize,
 }
 
