@@ -150,3 +150,43 @@ pub fn typed<T: Float>(s: &Storage) -> &[T] {
 pub fn typed_mut<T: Float>(s: &mut Storage) -> &mut [T] {
     T::of_mut(s).expect("dtype checked by the op")
 }
+
+/// Elements per task of [`par_zip`]: 64 KiB of f32, so a batch-8 64×64 map splits into dozens of tasks.
+const PAR_CHUNK: usize = 16 * 1024;
+
+/// `f` over matching chunks of `out` and of each input (each at least as long as `out`), spread over
+/// the rayon threads when `out` is large. The elementwise passes of a training step (ReLU masks,
+/// residual adds, gradient accumulation) are memory-bound, but on the calling thread alone they left
+/// the other cores idle between the conv kernels' parallel loops. Element-wise results, so the
+/// split changes no value.
+pub fn par_zip<T: Send, U: Sync, const N: usize>(
+    out: &mut [T], ins: [&[U]; N], f: impl Fn(&mut [T], [&[U]; N]) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    if out.len() < 2 * PAR_CHUNK {
+        return f(out, ins);
+    }
+    out.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(i, o)| {
+        let start = i * PAR_CHUNK;
+        f(o, ins.map(|x| &x[start..start + o.len()]));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn par_zip_equals_one_serial_pass_on_split_and_unsplit_lengths() {
+        for len in [5, 2 * PAR_CHUNK + 77, 5 * PAR_CHUNK] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut got = vec![f32::NAN; len];
+            par_zip(&mut got, [&a[..], &b[..]], |o, [a, b]| {
+                o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (x, y))| *o = x * y + 1.0)
+            });
+            let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x * y + 1.0).collect();
+            assert_eq!(got, want, "len {len}");
+        }
+    }
+}

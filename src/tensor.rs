@@ -565,7 +565,7 @@ pub(crate) fn same_device(op: &str, tensors: &[&Tensor]) -> Result<Device> {
 
 /// `a += b` in blocks the compiler vectorises (gradient accumulation).
 fn add_into(a: &mut [f32], b: &[f32]) {
-    a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
+    crate::float::par_zip(a, [b], |a, [b]| a.iter_mut().zip(b).for_each(|(x, y)| *x += *y))
 }
 
 /// Reuse of large f32 buffers across ops and training steps.
