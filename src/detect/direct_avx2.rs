@@ -53,41 +53,41 @@ unsafe fn pixel_group<const K: usize, const CIN: usize, const COUT: usize, const
     x: &[f32], w: usize, wo: usize, start: usize, layer: &ConvLayer<K>, y: &mut [f32],
 ) {
     let xp = x.as_ptr();
-    // SAFETY (all pointer arithmetic below): pixel (oy, ox) of the output reads input rows oy..oy+K
+    // Pointer arithmetic below: pixel (oy, ox) of the output reads input rows oy..oy+K
     // and columns ox..ox+K, all inside [h][w] since oy < ho = h−K+1 and ox < wo = w−K+1.
     let px: [*const f32; P] = std::array::from_fn(|p| {
         let q = start + p;
         let (oy, ox) = (q / wo, q % wo);
-        unsafe { xp.add((oy * w + ox) * CIN) }
+        xp.wrapping_add((oy * w + ox) * CIN)
     });
     let row = w * CIN;
     for blk in 0..COUT.div_ceil(CB) {
-        let wt = unsafe { layer.w.as_ptr().add(blk * K * K * CIN * CB) };
+        let wt = layer.w.as_ptr().add(blk * K * K * CIN * CB);
         let bias = &layer.bias[blk];
-        let (b0, b1) = unsafe { (_mm256_loadu_ps(bias.as_ptr()), _mm256_loadu_ps(bias.as_ptr().add(8))) };
+        let (b0, b1) = (_mm256_loadu_ps(bias.as_ptr()), _mm256_loadu_ps(bias.as_ptr().add(8)));
         let mut acc = [[b0, b1]; P];
         for ky in 0..K {
-            let wk = unsafe { wt.add(ky * K * CIN * CB) };
+            let wk = wt.add(ky * K * CIN * CB);
             let off = ky * row;
             // kx and cin together: consecutive in both the input row and the weights.
             for j in 0..K * CIN {
-                let (w0, w1) = unsafe { (_mm256_loadu_ps(wk.add(j * CB)), _mm256_loadu_ps(wk.add(j * CB + 8))) };
+                let (w0, w1) = (_mm256_loadu_ps(wk.add(j * CB)), _mm256_loadu_ps(wk.add(j * CB + 8)));
                 for p in 0..P {
-                    let v = unsafe { _mm256_broadcast_ss(&*px[p].add(off + j)) };
+                    let v = _mm256_broadcast_ss(&*px[p].add(off + j));
                     acc[p][0] = _mm256_fmadd_ps(v, w0, acc[p][0]);
                     acc[p][1] = _mm256_fmadd_ps(v, w1, acc[p][1]);
                 }
             }
         }
         let slope = &layer.slope[blk];
-        let (s0, s1) = unsafe { (_mm256_loadu_ps(slope.as_ptr()), _mm256_loadu_ps(slope.as_ptr().add(8))) };
+        let (s0, s1) = (_mm256_loadu_ps(slope.as_ptr()), _mm256_loadu_ps(slope.as_ptr().add(8)));
         let c0 = blk * CB;
         let lanes = COUT - c0;
         for (p, a) in acc.iter().enumerate() {
-            let dst = unsafe { y.as_mut_ptr().add((start + p) * COUT + c0) };
-            unsafe { store_prelu(a[0], s0, dst, lanes.min(8)) };
+            let dst = y.as_mut_ptr().add((start + p) * COUT + c0);
+            store_prelu(a[0], s0, dst, lanes.min(8));
             if lanes > 8 {
-                unsafe { store_prelu(a[1], s1, dst.add(8), (lanes - 8).min(8)) };
+                store_prelu(a[1], s1, dst.add(8), (lanes - 8).min(8));
             }
         }
     }
@@ -102,9 +102,9 @@ unsafe fn store_prelu(v: __m256, slope: __m256, dst: *mut f32, lanes: usize) {
     let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(v, _mm256_setzero_ps());
     let out = _mm256_blendv_ps(v, _mm256_mul_ps(v, slope), negative);
     if lanes == 8 {
-        unsafe { _mm256_storeu_ps(dst, out) };
+        _mm256_storeu_ps(dst, out);
     } else {
-        unsafe { _mm256_maskstore_ps(dst, lane_mask(lanes), out) };
+        _mm256_maskstore_ps(dst, lane_mask(lanes), out);
     }
 }
 
@@ -131,30 +131,30 @@ pub(super) unsafe fn max_pool<const K: usize, const S: usize, const C: usize>(
         let rows = S * py..(S * py + K).min(h);
         for px in 0..wo {
             let cols = S * px..(S * px + K).min(w);
-            // SAFETY (pointers below): rows < h, cols < w, channels c..c+8 < C or masked to C.
-            let first = unsafe { xp.add((rows.start * w + cols.start) * C) };
-            let dst = unsafe { yp.add((py * wo + px) * C) };
+            // Pointers below: rows < h, cols < w, channels c..c+8 < C or masked to C.
+            let first = xp.wrapping_add((rows.start * w + cols.start) * C);
+            let dst = yp.add((py * wo + px) * C);
             let mut c = 0;
             while c + 8 <= C {
-                let mut m = unsafe { _mm256_loadu_ps(first.add(c)) };
+                let mut m = _mm256_loadu_ps(first.add(c));
                 for yy in rows.clone() {
                     for xx in cols.clone() {
-                        let v = unsafe { _mm256_loadu_ps(xp.add((yy * w + xx) * C + c)) };
+                        let v = _mm256_loadu_ps(xp.add((yy * w + xx) * C + c));
                         m = _mm256_max_ps(v, m);
                     }
                 }
-                unsafe { _mm256_storeu_ps(dst.add(c), m) };
+                _mm256_storeu_ps(dst.add(c), m);
                 c += 8;
             }
-            if C % 8 != 0 {
-                let mut m = unsafe { _mm256_maskload_ps(first.add(c), tail) };
+            if !C.is_multiple_of(8) {
+                let mut m = _mm256_maskload_ps(first.add(c), tail);
                 for yy in rows.clone() {
                     for xx in cols.clone() {
-                        let v = unsafe { _mm256_maskload_ps(xp.add((yy * w + xx) * C + c), tail) };
+                        let v = _mm256_maskload_ps(xp.add((yy * w + xx) * C + c), tail);
                         m = _mm256_max_ps(v, m);
                     }
                 }
-                unsafe { _mm256_maskstore_ps(dst.add(c), tail, m) };
+                _mm256_maskstore_ps(dst.add(c), tail, m);
             }
         }
     }
