@@ -5,9 +5,7 @@
 //! [`super::nets::ONet::forward`] up to float summation order (`rnet_matches_the_ops`,
 //! `onet_matches_the_ops` below).
 
-use super::direct_cpu::{
-    conv_prelu, has_avx2_fma, heads, max_pool, softmax2, to_hwc, ConvLayer, DensePrelu, MulAdd, Plain,
-};
+use super::direct_cpu::{has_avx2_fma, heads, softmax2, to_hwc, Avx2, ConvLayer, DensePrelu, Kernels, Plain};
 use super::nets::{HostLayer, ONetWeights, RNetWeights};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -63,29 +61,19 @@ fn per_crop<S>(
 }
 
 /// The per-crop part of R-Net and O-Net (convs and pools into the crop's feature row), generic over the
-/// multiply-add of the build.
+/// build of the loops.
 trait CropFeatures {
     type Scratch;
-    fn features_generic<M: MulAdd>(&self, crop: &[f32], s: &mut Self::Scratch, row: &mut [f32]);
+    fn features_generic<K: Kernels>(&self, crop: &[f32], s: &mut Self::Scratch, row: &mut [f32]);
 }
 
-/// `features_generic` in the AVX2+FMA build when `simd`, else the plain one.
+/// `features_generic` with the AVX2 loops when `simd`, else the portable ones.
 fn features<N: CropFeatures>(net: &N, simd: bool, crop: &[f32], s: &mut N::Scratch, row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if simd {
-            // SAFETY: `simd` is true only when the CPU supports AVX2 and FMA (`has_avx2_fma`).
-            return unsafe { features_avx2(net, crop, s, row) };
-        }
+    if simd {
+        net.features_generic::<Avx2>(crop, s, row)
+    } else {
+        net.features_generic::<Plain>(crop, s, row)
     }
-    let _ = simd;
-    net.features_generic::<Plain>(crop, s, row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn features_avx2<N: CropFeatures>(net: &N, crop: &[f32], s: &mut N::Scratch, row: &mut [f32]) {
-    net.features_generic::<super::direct_cpu::Fused>(crop, s, row)
 }
 
 /// R-Net's layer sizes: 24×24×3 → conv 3×3 → 22×22×28 → pool 3/2 → 11×11×28 → conv 3×3 → 9×9×48 →
@@ -96,9 +84,9 @@ const R_HIDDEN: usize = 128;
 
 /// R-Net's weights re-laid out once for the direct loops.
 pub(crate) struct RNetCpu {
-    conv1: ConvLayer<3, 16>,
-    conv2: ConvLayer<3, 24>,
-    conv3: ConvLayer<2, 16>,
+    conv1: ConvLayer<3>,
+    conv2: ConvLayer<3>,
+    conv3: ConvLayer<2>,
     dense4: DensePrelu,
     /// Face logits (2 rows) then box regression (4), [6][128].
     head_w: Vec<f32>,
@@ -167,16 +155,15 @@ impl CropFeatures for RNetCpu {
     type Scratch = RScratch;
 
     /// One crop's last map (3×3×64, channels-last) into its feature row.
-    #[inline(always)]
-    fn features_generic<M: MulAdd>(&self, crop: &[f32], s: &mut RScratch, row: &mut [f32]) {
+    fn features_generic<K: Kernels>(&self, crop: &[f32], s: &mut RScratch, row: &mut [f32]) {
         to_hwc(crop, R_IN * R_IN, &mut s.x);
-        conv_prelu::<M, 3, 3, 28, 16, 6>(&s.x, 24, 24, &self.conv1, &mut s.y1);
-        let pooled = max_pool::<3, 2, 28>(&s.y1, 22, 22, &mut s.p1);
+        K::conv_prelu::<3, 3, 28, 6>(&s.x, 24, 24, &self.conv1, &mut s.y1);
+        let pooled = K::max_pool::<3, 2, 28>(&s.y1, 22, 22, &mut s.p1);
         debug_assert_eq!(pooled, Some((11, 11)));
-        conv_prelu::<M, 3, 28, 48, 24, 3>(&s.p1, 11, 11, &self.conv2, &mut s.y2);
-        let pooled = max_pool::<3, 2, 48>(&s.y2, 9, 9, &mut s.p2);
+        K::conv_prelu::<3, 28, 48, 3>(&s.p1, 11, 11, &self.conv2, &mut s.y2);
+        let pooled = K::max_pool::<3, 2, 48>(&s.y2, 9, 9, &mut s.p2);
         debug_assert_eq!(pooled, Some((4, 4)));
-        conv_prelu::<M, 2, 48, 64, 16, 3>(&s.p2, 4, 4, &self.conv3, row);
+        K::conv_prelu::<2, 48, 64, 3>(&s.p2, 4, 4, &self.conv3, row);
     }
 }
 
@@ -189,10 +176,10 @@ const O_HIDDEN: usize = 256;
 
 /// O-Net's weights re-laid out once for the direct loops.
 pub(crate) struct ONetCpu {
-    conv1: ConvLayer<3, 16>,
-    conv2: ConvLayer<3, 32>,
-    conv3: ConvLayer<3, 32>,
-    conv4: ConvLayer<2, 16>,
+    conv1: ConvLayer<3>,
+    conv2: ConvLayer<3>,
+    conv3: ConvLayer<3>,
+    conv4: ConvLayer<2>,
     dense5: DensePrelu,
     /// Face logits (2 rows), box regression (4), landmarks (10), [16][256].
     head_w: Vec<f32>,
@@ -277,19 +264,18 @@ impl CropFeatures for ONetCpu {
     type Scratch = OScratch;
 
     /// One crop's last map (3×3×128, channels-last) into its feature row.
-    #[inline(always)]
-    fn features_generic<M: MulAdd>(&self, crop: &[f32], s: &mut OScratch, row: &mut [f32]) {
+    fn features_generic<K: Kernels>(&self, crop: &[f32], s: &mut OScratch, row: &mut [f32]) {
         to_hwc(crop, O_IN * O_IN, &mut s.x);
-        conv_prelu::<M, 3, 3, 32, 16, 6>(&s.x, 48, 48, &self.conv1, &mut s.y1);
-        let pooled = max_pool::<3, 2, 32>(&s.y1, 46, 46, &mut s.p1);
+        K::conv_prelu::<3, 3, 32, 6>(&s.x, 48, 48, &self.conv1, &mut s.y1);
+        let pooled = K::max_pool::<3, 2, 32>(&s.y1, 46, 46, &mut s.p1);
         debug_assert_eq!(pooled, Some((23, 23)));
-        conv_prelu::<M, 3, 32, 64, 32, 2>(&s.p1, 23, 23, &self.conv2, &mut s.y2);
-        let pooled = max_pool::<3, 2, 64>(&s.y2, 21, 21, &mut s.p2);
+        K::conv_prelu::<3, 32, 64, 2>(&s.p1, 23, 23, &self.conv2, &mut s.y2);
+        let pooled = K::max_pool::<3, 2, 64>(&s.y2, 21, 21, &mut s.p2);
         debug_assert_eq!(pooled, Some((10, 10)));
-        conv_prelu::<M, 3, 64, 64, 32, 2>(&s.p2, 10, 10, &self.conv3, &mut s.y3);
-        let pooled = max_pool::<2, 2, 64>(&s.y3, 8, 8, &mut s.p3);
+        K::conv_prelu::<3, 64, 64, 2>(&s.p2, 10, 10, &self.conv3, &mut s.y3);
+        let pooled = K::max_pool::<2, 2, 64>(&s.y3, 8, 8, &mut s.p3);
         debug_assert_eq!(pooled, Some((4, 4)));
-        conv_prelu::<M, 2, 64, 128, 16, 3>(&s.p3, 4, 4, &self.conv4, row);
+        K::conv_prelu::<2, 64, 128, 3>(&s.p3, 4, 4, &self.conv4, row);
     }
 }
 

@@ -3,33 +3,74 @@
 //! channels-last (HWC). The small maps and channel counts of MTCNN (3…128 channels, 3…46 pixels wide)
 //! are shapes where im2col + GEMM spends more time packing than multiplying; here a few output pixels ×
 //! a block of output channels stay in registers while the kernel's taps stream past. Callers compile
-//! the loops twice through the [`MulAdd`] generic, an AVX2+FMA build picked at run time (see
-//! [`has_avx2_fma`]) and a plain fallback.
+//! the loops through the [`Kernels`] generic: AVX2+FMA intrinsics ([`Avx2`], picked at run time, see
+//! [`has_avx2_fma`]) or portable loops ([`Plain`], the fallback, also the tests' second opinion).
 
 use crate::float::Float;
 use crate::ops::max_pool::ceil_pool_extent;
 
-/// `a·b + c`: one rounding (FMA) in the AVX2 build, two in the plain one (where `f32::mul_add`
-/// would be a slow library call).
-pub(crate) trait MulAdd {
-    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+/// The conv and pool loops of one build: [`Plain`] (portable loops, any CPU) or [`Avx2`] (AVX2+FMA
+/// intrinsics, usable only where [`has_avx2_fma`] holds; its methods check that).
+pub(crate) trait Kernels {
+    /// See [`conv_prelu`]; PIX is the portable loop's pixel block (the AVX2 loop picks its own).
+    fn conv_prelu<const K: usize, const CIN: usize, const COUT: usize, const PIX: usize>(
+        x: &[f32], h: usize, w: usize, layer: &ConvLayer<K>, y: &mut [f32],
+    ) -> (usize, usize);
+    /// See [`max_pool`].
+    fn max_pool<const K: usize, const S: usize, const C: usize>(
+        x: &[f32], h: usize, w: usize, y: &mut [f32],
+    ) -> Option<(usize, usize)>;
 }
 pub(crate) struct Plain;
-pub(crate) struct Fused;
-impl MulAdd for Plain {
-    #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
+pub(crate) struct Avx2;
+
+impl Kernels for Plain {
+    fn conv_prelu<const K: usize, const CIN: usize, const COUT: usize, const PIX: usize>(
+        x: &[f32], h: usize, w: usize, layer: &ConvLayer<K>, y: &mut [f32],
+    ) -> (usize, usize) {
+        conv_prelu::<K, CIN, COUT, PIX>(x, h, w, layer, y)
     }
-}
-impl MulAdd for Fused {
-    #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
+    fn max_pool<const K: usize, const S: usize, const C: usize>(
+        x: &[f32], h: usize, w: usize, y: &mut [f32],
+    ) -> Option<(usize, usize)> {
+        max_pool::<K, S, C>(x, h, w, y)
     }
 }
 
-/// Whether this CPU runs the AVX2+FMA builds of the loops.
+impl Kernels for Avx2 {
+    fn conv_prelu<const K: usize, const CIN: usize, const COUT: usize, const PIX: usize>(
+        x: &[f32], h: usize, w: usize, layer: &ConvLayer<K>, y: &mut [f32],
+    ) -> (usize, usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(has_avx2_fma(), "the AVX2 loops need AVX2 and FMA");
+            // SAFETY: the CPU supports AVX2 and FMA (asserted above); the function checks the extents.
+            unsafe { avx2::conv_prelu::<K, CIN, COUT>(x, h, w, layer, y) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, h, w, layer, y);
+            unreachable!("the AVX2 loops exist on x86_64 only")
+        }
+    }
+    fn max_pool<const K: usize, const S: usize, const C: usize>(
+        x: &[f32], h: usize, w: usize, y: &mut [f32],
+    ) -> Option<(usize, usize)> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(has_avx2_fma(), "the AVX2 loops need AVX2 and FMA");
+            // SAFETY: the CPU supports AVX2 (asserted above); the function checks the extents.
+            unsafe { avx2::max_pool::<K, S, C>(x, h, w, y) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, h, w, y);
+            unreachable!("the AVX2 loops exist on x86_64 only")
+        }
+    }
+}
+
+/// Whether this CPU runs the AVX2+FMA loops.
 #[inline]
 pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -42,10 +83,13 @@ pub(crate) fn has_avx2_fma() -> bool {
     }
 }
 
+/// Output channels per block of a [`ConvLayer`]: two AVX2 vectors.
+pub(crate) const CB: usize = 16;
+
 /// A K×K conv (stride 1, no padding) with bias and PReLU, its weights re-laid once for [`conv_prelu`]:
 /// per block of CB output channels, [ky][kx][cin][CB], the last block zero-padded, so the inner loop
 /// always runs whole vectors.
-pub(crate) struct ConvLayer<const K: usize, const CB: usize> {
+pub(crate) struct ConvLayer<const K: usize> {
     w: Vec<f32>,
     bias: Vec<[f32; CB]>,
     slope: Vec<[f32; CB]>,
@@ -53,11 +97,12 @@ pub(crate) struct ConvLayer<const K: usize, const CB: usize> {
     cout: usize,
 }
 
-impl<const K: usize, const CB: usize> ConvLayer<K, CB> {
+impl<const K: usize> ConvLayer<K> {
     /// From PyTorch's weight [cout][cin][K][K], bias [cout] and PReLU slopes [cout] (shapes checked at
     /// load).
     pub fn new(weight: &[f32], bias: &[f32], slope: &[f32], cin: usize, cout: usize) -> Self {
-        debug_assert_eq!(weight.len(), cout * cin * K * K);
+        assert_eq!(weight.len(), cout * cin * K * K);
+        assert!(bias.len() == cout && slope.len() == cout);
         let blocks = cout.div_ceil(CB);
         let mut w = vec![0f32; blocks * K * K * cin * CB];
         let mut b = vec![[0f32; CB]; blocks];
@@ -76,51 +121,39 @@ impl<const K: usize, const CB: usize> ConvLayer<K, CB> {
     }
 }
 
-/// The conv of `layer` over `x` [h][w][CIN] into `y` [h−K+1][w−K+1][cout]; returns the output extent.
-/// PIX output pixels of a row are computed together so each weight load serves PIX multiply-adds.
-/// PIX × CB / 8 accumulators + CB / 8 weights + a broadcast must fit the 16 AVX2 registers (beyond
-/// that LLVM spills accumulators inside the loop, as seen with 3 pixels × 32 channels). A row
-/// whose width is not a multiple of PIX ends with a group shifted left over already computed pixels,
-/// which are written again with the same values, rather than with a slow one-pixel loop.
-#[inline(always)]
-pub(crate) fn conv_prelu<
-    M: MulAdd,
-    const K: usize,
-    const CIN: usize,
-    const COUT: usize,
-    const CB: usize,
-    const PIX: usize,
->(
-    x: &[f32], h: usize, w: usize, layer: &ConvLayer<K, CB>, y: &mut [f32],
+/// The conv of `layer` over `x` [h][w][CIN] into `y` [h−K+1][w−K+1][COUT]; returns the output extent.
+/// Sums start from the bias and run over ky, kx, cin in that order. PIX output pixels of a row are
+/// computed together so each weight load serves PIX multiply-adds. A row whose width is not a
+/// multiple of PIX ends with a group shifted left over already computed pixels, which are written
+/// again with the same values, rather than with a slow one-pixel loop.
+pub(crate) fn conv_prelu<const K: usize, const CIN: usize, const COUT: usize, const PIX: usize>(
+    x: &[f32], h: usize, w: usize, layer: &ConvLayer<K>, y: &mut [f32],
 ) -> (usize, usize) {
-    debug_assert_eq!(layer.cin, CIN);
-    debug_assert!(h >= K && w >= K && x.len() >= h * w * CIN);
+    assert!(layer.cin == CIN && layer.cout == COUT);
+    assert!(h >= K && w >= K && x.len() >= h * w * CIN);
     let (ho, wo) = (h + 1 - K, w + 1 - K);
-    debug_assert_eq!(layer.cout, COUT);
     let cout = COUT;
-    debug_assert!(y.len() >= ho * wo * cout);
+    assert!(y.len() >= ho * wo * cout);
     for (blk, wblock) in layer.w.chunks_exact(K * K * CIN * CB).enumerate() {
         let wt: &[[f32; CB]] = as_rows(wblock);
         let (bias, slope) = (&layer.bias[blk], &layer.slope[blk]);
         let c0 = blk * CB;
         let n = CB.min(cout - c0);
-        // No closures in these loops: one is not certain to be inlined into the caller's AVX2+FMA
-        // build, and outside it `f32::mul_add` is a library call.
         for oy in 0..ho {
             let mut ox = 0;
             while ox + PIX <= wo || (ox < wo && wo >= PIX) {
                 let start = ox.min(wo - PIX);
                 let mut acc = [*bias; PIX];
-                accumulate::<M, K, CIN, CB, PIX>(x, w, oy, start, wt, &mut acc);
+                accumulate::<K, CIN, PIX>(x, w, oy, start, wt, &mut acc);
                 for (p, a) in acc.iter().enumerate() {
-                    store_prelu::<CB, COUT>(a, slope, &mut y[(oy * wo + start + p) * cout + c0..][..n]);
+                    store_prelu::<COUT>(a, slope, &mut y[(oy * wo + start + p) * cout + c0..][..n]);
                 }
                 ox = start + PIX;
             }
             for ox in ox..wo {
                 let mut acc = [*bias; 1];
-                accumulate::<M, K, CIN, CB, 1>(x, w, oy, ox, wt, &mut acc);
-                store_prelu::<CB, COUT>(&acc[0], slope, &mut y[(oy * wo + ox) * cout + c0..][..n]);
+                accumulate::<K, CIN, 1>(x, w, oy, ox, wt, &mut acc);
+                store_prelu::<COUT>(&acc[0], slope, &mut y[(oy * wo + ox) * cout + c0..][..n]);
             }
         }
     }
@@ -128,7 +161,7 @@ pub(crate) fn conv_prelu<
 }
 
 #[inline(always)]
-fn accumulate<M: MulAdd, const K: usize, const CIN: usize, const CB: usize, const PIX: usize>(
+fn accumulate<const K: usize, const CIN: usize, const PIX: usize>(
     x: &[f32], w: usize, oy: usize, ox: usize, wt: &[[f32; CB]], acc: &mut [[f32; CB]; PIX],
 ) {
     for ky in 0..K {
@@ -139,7 +172,7 @@ fn accumulate<M: MulAdd, const K: usize, const CIN: usize, const CB: usize, cons
                 for (p, a) in acc.iter_mut().enumerate() {
                     let v = row[(p + kx) * CIN + ci];
                     for c in 0..CB {
-                        a[c] = M::mul_add(v, wrow[c], a[c]);
+                        a[c] += v * wrow[c];
                     }
                 }
             }
@@ -147,10 +180,10 @@ fn accumulate<M: MulAdd, const K: usize, const CIN: usize, const CB: usize, cons
     }
 }
 
-/// PReLU over the whole block (whole vectors), then the block's real channels into `dst` (CB, or the
-/// COUT % CB of a last, partial block: constant lengths, so the copy is a few moves, not a memcpy call).
+/// PReLU over the whole block, then the block's real channels into `dst` (CB, or the COUT % CB of a
+/// last, partial block).
 #[inline(always)]
-fn store_prelu<const CB: usize, const COUT: usize>(acc: &[f32; CB], slope: &[f32; CB], dst: &mut [f32]) {
+fn store_prelu<const COUT: usize>(acc: &[f32; CB], slope: &[f32; CB], dst: &mut [f32]) {
     let mut out = [0f32; CB];
     for c in 0..CB {
         let v = acc[c];
@@ -167,7 +200,6 @@ fn store_prelu<const CB: usize, const COUT: usize>(acc: &[f32; CB], slope: &[f32
 /// Max-pool with a K×K window and stride S, PyTorch's ceil mode without padding (windows clipped at
 /// the edge): `x` [h][w][C] → `y` [ho][wo][C]; returns (ho, wo), or None (nothing written) when the map
 /// is smaller than the window. C is a constant so the channel loop is whole vectors.
-#[inline(always)]
 pub(crate) fn max_pool<const K: usize, const S: usize, const C: usize>(
     x: &[f32], h: usize, w: usize, y: &mut [f32],
 ) -> Option<(usize, usize)> {
@@ -291,3 +323,7 @@ pub(crate) fn as_rows<const N: usize>(v: &[f32]) -> &[[f32; N]] {
     debug_assert!(rest.is_empty());
     rows
 }
+
+#[cfg(target_arch = "x86_64")]
+#[path = "direct_avx2.rs"]
+mod avx2;

@@ -168,37 +168,20 @@ impl Mtcnn {
 
     /// P-Net over the pyramid: per-scale NMS 0.5, cross-scale NMS 0.7, regression, squaring.
     fn stage_one(&self, image: &Image, opts: &DetectorOptions) -> Result<Vec<Candidate>> {
-        let (h, w) = (image.height as f64, image.width as f64);
         let scales = pyramid_scales(image.width, image.height, opts.min_face as f64, opts.factor as f64);
-        // One scale's candidates after its NMS 0.5. On the CPU the scales run in parallel (the largest
-        // is about half the work, so two cores split it evenly); the order of the concatenation is the
-        // scale order either way.
-        let per_scale = |&scale: &f64| -> Result<Vec<Candidate>> {
-            let (sh, sw) = ((h * scale + 1.0) as usize, (w * scale + 1.0) as usize);
-            let mut input = vec![0f32; 3 * sh * sw];
-            area_resample_normalized(image, Region::whole(image), sh, sw, &mut input);
-            let (reg, probs, [oh, ow]) = if matches!(self.device, Device::Cpu) {
-                self.pnet_cpu.forward(&input, sh, sw)
-            } else {
-                let x = Tensor::from_f32(&[1, 3, sh, sw], input)?.to_device(&self.device)?;
-                let (reg, probs) = self.pnet.forward(&x)?;
-                let [_, _, oh, ow] = probs.dims4("P-Net output")?;
-                (reg.to_cpu()?.to_f32_vec(), probs.to_cpu()?.to_f32_vec(), [oh, ow])
-            };
-            let boxes = generate_boxes(&reg, &probs, [oh, ow], scale, opts.thresholds[0]);
-            let keep = nms::nms_iou(
-                &boxes.iter().map(|c| c.b).collect::<Vec<_>>(),
-                &boxes.iter().map(|c| c.score).collect::<Vec<_>>(),
-                0.5,
-            );
-            Ok(keep.into_iter().map(|i| boxes[i]).collect())
-        };
-        let found: Vec<Vec<Candidate>> = if matches!(self.device, Device::Cpu) {
-            scales.par_iter().map(per_scale).collect::<Result<_>>()?
+        let found = if matches!(self.device, Device::Cpu) {
+            self.pyramid_cpu(image, &scales, opts.thresholds[0])
         } else {
-            scales.iter().map(per_scale).collect::<Result<_>>()?
+            self.pyramid_device(image, &scales, opts.thresholds[0])?
         };
-        let all: Vec<Candidate> = found.into_iter().flatten().collect();
+        // Per scale, candidates in row-major order, NMS 0.5; then all scales in scale order.
+        let all: Vec<Candidate> = found
+            .into_iter()
+            .flat_map(|boxes| {
+                let keep = nms_candidates(&boxes, 0.5);
+                keep.into_iter().map(move |i| boxes[i])
+            })
+            .collect();
         let keep = nms_candidates(&all, 0.7);
         Ok(keep
             .into_iter()
@@ -210,6 +193,62 @@ impl Mtcnn {
                 Candidate { b: rerec(b), score: c.score, reg: [0.0; 4] }
             })
             .collect())
+    }
+
+    /// Each scale's P-Net boxes on the CPU. The scales are cut into bands of output rows, each run
+    /// from its own input rows (resampled for it alone), so the rayon threads share the large scales
+    /// and each band's maps stay small enough for the caches.
+    fn pyramid_cpu(&self, image: &Image, scales: &[f64], threshold: f32) -> Vec<Vec<Candidate>> {
+        let (h, w) = (image.height as f64, image.width as f64);
+        let mut bands = Vec::new();
+        for (level, &scale) in scales.iter().enumerate() {
+            let (sh, sw) = ((h * scale + 1.0) as usize, (w * scale + 1.0) as usize);
+            let Some([oh, _]) = pnet_cpu::pnet_out_extent(sh, sw) else { continue };
+            let mut r0 = 0;
+            while r0 < oh {
+                let r1 = (r0 + PNET_BAND_ROWS).min(oh);
+                bands.push((level, sh, sw, r0, r1));
+                r0 = r1;
+            }
+        }
+        let per_band: Vec<(usize, Vec<Candidate>)> = bands
+            .par_iter()
+            .map_init(
+                || (Vec::new(), pnet_cpu::PNetScratch::default()),
+                |(input, scratch), &(level, sh, sw, r0, r1)| {
+                    let rows = pnet_cpu::pnet_input_rows(r0, r1, sh);
+                    let x = pnet_cpu::grown(input, rows.len() * sw * 3);
+                    resample::area_resample_rows_hwc(image, Region::whole(image), sh, sw, rows.clone(), x);
+                    let [oh, ow] = self.pnet_cpu.run(scratch, x, rows.len(), sw);
+                    debug_assert_eq!(oh, r1 - r0);
+                    let out = &scratch.out[..oh * ow * pnet_cpu::HEAD_OUT];
+                    (level, boxes_from_heads(out, ow, r0, scales[level], threshold))
+                },
+            )
+            .collect();
+        let mut found = vec![Vec::new(); scales.len()];
+        for (level, boxes) in per_band {
+            found[level].extend(boxes);
+        }
+        found
+    }
+
+    /// Each scale's P-Net boxes on a GPU device.
+    fn pyramid_device(&self, image: &Image, scales: &[f64], threshold: f32) -> Result<Vec<Vec<Candidate>>> {
+        let (h, w) = (image.height as f64, image.width as f64);
+        scales
+            .iter()
+            .map(|&scale| {
+                let (sh, sw) = ((h * scale + 1.0) as usize, (w * scale + 1.0) as usize);
+                let mut input = vec![0f32; 3 * sh * sw];
+                area_resample_normalized(image, Region::whole(image), sh, sw, &mut input);
+                let x = Tensor::from_f32(&[1, 3, sh, sw], input)?.to_device(&self.device)?;
+                let (reg, probs) = self.pnet.forward(&x)?;
+                let [_, _, oh, ow] = probs.dims4("P-Net output")?;
+                let (reg, probs) = (reg.to_cpu()?.to_f32_vec(), probs.to_cpu()?.to_f32_vec());
+                Ok(generate_boxes(&reg, &probs, [oh, ow], scale, threshold))
+            })
+            .collect()
     }
 
     /// R-Net on 24×24 crops: threshold, NMS 0.7, regression, squaring.
@@ -277,6 +316,11 @@ impl Mtcnn {
     }
 }
 
+/// Output rows of P-Net per band of [`Mtcnn::pyramid_cpu`]: each band also computes 4 pooled rows
+/// (and 2 conv2 rows) its neighbour computes too, so short bands waste work; long ones outgrow the
+/// caches and leave the two threads unevenly loaded.
+const PNET_BAND_ROWS: usize = 16;
+
 /// facenet's pyramid: m = 12 / min_face, scales m·factor^k while the scaled shorter side is ≥ 12
 /// (in f64, as Python does).
 pub fn pyramid_scales(width: usize, height: usize, min_face: f64, factor: f64) -> Vec<f64> {
@@ -304,18 +348,37 @@ fn generate_boxes(reg: &[f32], probs: &[f32], [oh, ow]: [usize; 2], scale: f64, 
             let i = y * ow + x;
             let score = probs[plane + i];
             if score >= threshold {
-                let (fx, fy) = (x as f32, y as f32);
-                let b = [
-                    ((2.0 * fx + 1.0) / scale).floor(),
-                    ((2.0 * fy + 1.0) / scale).floor(),
-                    ((2.0 * fx + 12.0) / scale).floor(),
-                    ((2.0 * fy + 12.0) / scale).floor(),
-                ];
+                let b = cell_box(x as f32, y as f32, scale);
                 out.push(Candidate { b, score, reg: [reg[i], reg[plane + i], reg[2 * plane + i], reg[3 * plane + i]] });
             }
         }
     }
     out
+}
+
+/// `generate_boxes` over the direct P-Net's output rows r0.. ([rows][ow][2 logits, 4 regression]).
+fn boxes_from_heads(out: &[f32], ow: usize, r0: usize, scale: f64, threshold: f32) -> Vec<Candidate> {
+    let scale = scale as f32;
+    let mut boxes = Vec::new();
+    for (i, o) in out.chunks_exact(pnet_cpu::HEAD_OUT).enumerate() {
+        let score = direct_cpu::softmax2(o[0], o[1])[1];
+        if score >= threshold {
+            let (fx, fy) = ((i % ow) as f32, (r0 + i / ow) as f32);
+            boxes.push(Candidate { b: cell_box(fx, fy, scale), score, reg: [o[2], o[3], o[4], o[5]] });
+        }
+    }
+    boxes
+}
+
+/// The 12×12 window P-Net cell (x, y) sees, mapped back to the image: facenet's f32 floor of
+/// (2·pos + 1) / scale and (2·pos + 12) / scale.
+fn cell_box(fx: f32, fy: f32, scale: f32) -> [f32; 4] {
+    [
+        ((2.0 * fx + 1.0) / scale).floor(),
+        ((2.0 * fy + 1.0) / scale).floor(),
+        ((2.0 * fx + 12.0) / scale).floor(),
+        ((2.0 * fy + 12.0) / scale).floor(),
+    ]
 }
 
 /// torchvision NMS over candidates: kept indices, descending score.

@@ -7,105 +7,132 @@
 //! (`pnet_matches_the_ops` below). The conv and pool loops are shared with R-Net and O-Net
 //! ([`super::direct_cpu`]).
 
-use super::direct_cpu::{conv_prelu, has_avx2_fma, max_pool, softmax2, to_hwc, ConvLayer, MulAdd, Plain};
+use super::direct_cpu::{has_avx2_fma, Avx2, ConvLayer, Kernels, Plain};
 use super::nets::PNetWeights;
 
 /// Channels of the three convs' outputs.
 const C1: usize = 10;
 const C2: usize = 16;
 const C3: usize = 32;
+/// Values per output pixel: 2 face logits, then 4 box regression values.
+pub(crate) const HEAD_OUT: usize = 6;
 
 /// P-Net's weights re-laid out once for the direct loops.
 pub(crate) struct PNetCpu {
-    conv1: ConvLayer<3, 16>,
-    conv2: ConvLayer<3, C2>,
-    conv3: ConvLayer<3, 16>,
-    /// The 1×1 heads stacked: rows 0..2 face logits, 2..6 box regression; [6][32].
-    head_w: [[f32; C3]; 6],
-    head_b: [f32; 6],
+    conv1: ConvLayer<3>,
+    conv2: ConvLayer<3>,
+    conv3: ConvLayer<3>,
+    /// The two 1×1 heads stacked as one 1×1 conv 32 → 6 whose PReLU slopes are 1 (the identity).
+    heads: ConvLayer<1>,
+}
+
+/// One thread's P-Net maps, kept between calls; they only grow, and every value read is written first.
+#[derive(Default)]
+pub(crate) struct PNetScratch {
+    y1: Vec<f32>,
+    pooled: Vec<f32>,
+    y2: Vec<f32>,
+    y3: Vec<f32>,
+    /// The heads' output, [oh][ow][HEAD_OUT].
+    pub out: Vec<f32>,
+}
+
+/// The first `n` values of `v`, grown (zero-filled) if it is shorter.
+pub(crate) fn grown(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// P-Net's output extent for an h×w input, or None under its 12×12 window.
+pub(crate) fn pnet_out_extent(h: usize, w: usize) -> Option<[usize; 2]> {
+    (h >= 12 && w >= 12).then(|| [(h - 2).div_ceil(2) - 4, (w - 2).div_ceil(2) - 4])
+}
+
+/// The input rows P-Net needs for output rows r0..r1 of an image `h` rows high: running P-Net on just
+/// those rows (from the first) gives exactly those output rows. Output row r reads conv3 window rows
+/// r..r+2 of conv2, r..r+4 of the pool, conv1 rows 2r..2r+8 (clipped at the map's end, where the
+/// ceil-mode pool clips too) and input rows 2r..2r+10.
+pub(crate) fn pnet_input_rows(r0: usize, r1: usize, h: usize) -> std::ops::Range<usize> {
+    2 * r0..(2 * r1 + 8).min(h - 2) + 2
 }
 
 impl PNetCpu {
     pub fn new(w: &PNetWeights) -> PNetCpu {
-        let mut head_w = [[0f32; C3]; 6];
-        let mut head_b = [0f32; 6];
-        for r in 0..2 {
-            head_w[r].copy_from_slice(&w.w4_1[r * C3..(r + 1) * C3]);
-            head_b[r] = w.b4_1[r];
-        }
-        for r in 0..4 {
-            head_w[2 + r].copy_from_slice(&w.w4_2[r * C3..(r + 1) * C3]);
-            head_b[2 + r] = w.b4_2[r];
-        }
+        let mut head_w = Vec::with_capacity(HEAD_OUT * C3);
+        head_w.extend_from_slice(&w.w4_1[..2 * C3]);
+        head_w.extend_from_slice(&w.w4_2[..4 * C3]);
+        let head_b: Vec<f32> = w.b4_1[..2].iter().chain(&w.b4_2[..4]).copied().collect();
         PNetCpu {
             conv1: ConvLayer::new(&w.w1, &w.b1, &w.a1, 3, C1),
             conv2: ConvLayer::new(&w.w2, &w.b2, &w.a2, C1, C2),
             conv3: ConvLayer::new(&w.w3, &w.b3, &w.a3, C2, C3),
-            head_w,
-            head_b,
+            heads: ConvLayer::new(&head_w, &head_b, &[1.0; HEAD_OUT], C3, HEAD_OUT),
         }
     }
 
     /// P-Net on one normalised image, planar [3][h][w]: (box regression [4][oh][ow], face probabilities
     /// [2][oh][ow], [oh, ow]) — the layout of the ops' output at batch 1. An image under P-Net's 12×12
     /// window gives empty maps.
+    #[cfg(test)]
     pub fn forward(&self, chw: &[f32], h: usize, w: usize) -> (Vec<f32>, Vec<f32>, [usize; 2]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if has_avx2_fma() {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { self.forward_avx2(chw, h, w) };
-            }
-        }
-        self.forward_generic::<Plain>(chw, h, w)
+        self.forward_planar(chw, h, w, has_avx2_fma())
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_avx2(&self, chw: &[f32], h: usize, w: usize) -> (Vec<f32>, Vec<f32>, [usize; 2]) {
-        self.forward_generic::<super::direct_cpu::Fused>(chw, h, w)
-    }
-
-    #[inline(always)]
-    fn forward_generic<M: MulAdd>(&self, chw: &[f32], h: usize, w: usize) -> (Vec<f32>, Vec<f32>, [usize; 2]) {
-        if h < 12 || w < 12 || chw.len() < 3 * h * w {
+    #[cfg(test)]
+    fn forward_planar(&self, chw: &[f32], h: usize, w: usize, simd: bool) -> (Vec<f32>, Vec<f32>, [usize; 2]) {
+        if chw.len() < 3 * h * w {
             return (Vec::new(), Vec::new(), [0, 0]);
         }
         let mut x = vec![0f32; h * w * 3];
-        to_hwc(chw, h * w, &mut x);
-        let mut y1 = vec![0f32; (h - 2) * (w - 2) * C1];
-        let (h1, w1) = conv_prelu::<M, 3, 3, C1, 16, 4>(&x, h, w, &self.conv1, &mut y1);
-        let (hp, wp) = (h1.div_ceil(2), w1.div_ceil(2));
-        let mut pooled = vec![0f32; hp * wp * C1];
-        // 10×10 or more: the 2×2 window fits.
-        let Some((hp, wp)) = max_pool::<2, 2, C1>(&y1, h1, w1, &mut pooled) else {
-            return (Vec::new(), Vec::new(), [0, 0]);
-        };
-        let mut y2 = vec![0f32; (hp - 2) * (wp - 2) * C2];
-        let (h2, w2) = conv_prelu::<M, 3, C1, C2, C2, 6>(&pooled, hp, wp, &self.conv2, &mut y2);
-        let mut y3 = vec![0f32; (h2 - 2) * (w2 - 2) * C3];
-        let (h3, w3) = conv_prelu::<M, 3, C2, C3, 16, 6>(&y2, h2, w2, &self.conv3, &mut y3);
-        // The heads: 2 logits → softmax, 4 regression values, per pixel.
-        let out_plane = h3 * w3;
-        let mut reg = vec![0f32; 4 * out_plane];
-        let mut probs = vec![0f32; 2 * out_plane];
-        for (p, feat) in y3.chunks_exact(C3).enumerate() {
-            let mut o = self.head_b;
-            for (r, row) in self.head_w.iter().enumerate() {
-                let mut s = 0f32;
-                for (a, b) in row.iter().zip(feat) {
-                    s += a * b;
-                }
-                o[r] += s;
-            }
-            let [p0, p1] = softmax2(o[0], o[1]);
+        super::direct_cpu::to_hwc(chw, h * w, &mut x);
+        let mut s = PNetScratch::default();
+        let [oh, ow] =
+            if simd { self.forward_hwc::<Avx2>(&mut s, &x, h, w) } else { self.forward_hwc::<Plain>(&mut s, &x, h, w) };
+        let plane = oh * ow;
+        let (mut reg, mut probs) = (vec![0f32; 4 * plane], vec![0f32; 2 * plane]);
+        for (p, o) in s.out[..plane * HEAD_OUT].chunks_exact(HEAD_OUT).enumerate() {
+            let [p0, p1] = super::direct_cpu::softmax2(o[0], o[1]);
             probs[p] = p0;
-            probs[out_plane + p] = p1;
+            probs[plane + p] = p1;
             for r in 0..4 {
-                reg[r * out_plane + p] = o[2 + r];
+                reg[r * plane + p] = o[2 + r];
             }
         }
-        (reg, probs, [h3, w3])
+        (reg, probs, [oh, ow])
+    }
+
+    /// P-Net on a normalised channels-last image [h][w][3] (or a band of rows, see [`pnet_input_rows`])
+    /// with the build this CPU runs best; the heads' output is left in `s.out`. Returns [oh, ow]
+    /// ([0, 0] under the 12×12 window).
+    pub fn run(&self, s: &mut PNetScratch, x: &[f32], h: usize, w: usize) -> [usize; 2] {
+        if has_avx2_fma() {
+            self.forward_hwc::<Avx2>(s, x, h, w)
+        } else {
+            self.forward_hwc::<Plain>(s, x, h, w)
+        }
+    }
+
+    fn forward_hwc<K: Kernels>(&self, s: &mut PNetScratch, x: &[f32], h: usize, w: usize) -> [usize; 2] {
+        if pnet_out_extent(h, w).is_none() || x.len() < 3 * h * w {
+            return [0, 0];
+        }
+        let y1 = grown(&mut s.y1, (h - 2) * (w - 2) * C1);
+        let (h1, w1) = K::conv_prelu::<3, 3, C1, 4>(x, h, w, &self.conv1, y1);
+        let (hp, wp) = (h1.div_ceil(2), w1.div_ceil(2));
+        let pooled = grown(&mut s.pooled, hp * wp * C1);
+        // 10×10 or more: the 2×2 window fits.
+        let Some((hp, wp)) = K::max_pool::<2, 2, C1>(y1, h1, w1, pooled) else {
+            return [0, 0];
+        };
+        let y2 = grown(&mut s.y2, (hp - 2) * (wp - 2) * C2);
+        let (h2, w2) = K::conv_prelu::<3, C1, C2, 6>(pooled, hp, wp, &self.conv2, y2);
+        let y3 = grown(&mut s.y3, (h2 - 2) * (w2 - 2) * C3);
+        let (h3, w3) = K::conv_prelu::<3, C2, C3, 6>(y2, h2, w2, &self.conv3, y3);
+        let out = grown(&mut s.out, h3 * w3 * HEAD_OUT);
+        K::conv_prelu::<1, C3, HEAD_OUT, 6>(y3, h3, w3, &self.heads, out);
+        [h3, w3]
     }
 }
 
@@ -140,12 +167,26 @@ mod tests {
             let (reg, probs) = crate::autograd::no_grad(|| net.forward(&x)).unwrap();
             let [_, _, oh, ow] = probs.dims4("P-Net").unwrap();
             let (want_reg, want_probs) = (reg.to_f32_vec(), probs.to_f32_vec());
-            let plain = fast.forward_generic::<Plain>(&input, h, w);
+            let plain = fast.forward_planar(&input, h, w, false);
             let picked = fast.forward(&input, h, w);
             for (got_reg, got_probs, dims) in [plain, picked] {
                 assert_eq!(dims, [oh, ow], "{h}x{w}");
                 assert!(max_diff(&got_reg, &want_reg) < 1e-4, "{h}x{w} regression");
                 assert!(max_diff(&got_probs, &want_probs) < 1e-5, "{h}x{w} probabilities");
+            }
+            // Bands of output rows from their input rows alone equal the whole map's rows.
+            let mut hwc = vec![0f32; h * w * 3];
+            crate::detect::direct_cpu::to_hwc(&input, h * w, &mut hwc);
+            let mut whole = PNetScratch::default();
+            let [oh, ow] = fast.run(&mut whole, &hwc, h, w);
+            let bands = [(0, 1), (1, 3), (oh.saturating_sub(2), oh)];
+            for (r0, r1) in bands.into_iter().filter(|&(r0, r1)| r0 < r1 && r1 <= oh) {
+                let rows = pnet_input_rows(r0, r1, h);
+                let mut band = PNetScratch::default();
+                let dims = fast.run(&mut band, &hwc[rows.start * w * 3..rows.end * w * 3], rows.len(), w);
+                assert_eq!(dims, [r1 - r0, ow], "{h}x{w} band {r0}..{r1}");
+                let n = (r1 - r0) * ow * HEAD_OUT;
+                assert_eq!(band.out[..n], whole.out[r0 * ow * HEAD_OUT..][..n], "{h}x{w} band {r0}..{r1}");
             }
         }
     }

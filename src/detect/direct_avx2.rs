@@ -1,0 +1,162 @@
+//! The AVX2+FMA build of [`super::conv_prelu`] and [`super::max_pool`], written with intrinsics so the
+//! accumulators provably stay in registers: 6 output pixels × 16 output channels (12 of the 16 ymm
+//! registers), two weight vectors and one broadcast input value per step, the block of the portable
+//! loop. The sums run in the same order (bias, then ky, kx, cin) with one rounding per multiply-add.
+
+use super::{ConvLayer, CB};
+use crate::ops::max_pool::ceil_pool_extent;
+use std::arch::x86_64::*;
+
+/// Output pixels per register block.
+const PIX: usize = 6;
+
+/// [`super::conv_prelu`] with AVX2+FMA; PIX pixels of the flattened output (across row ends: each
+/// pixel has its own input pointer) × one block of CB channels at a time.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn conv_prelu<const K: usize, const CIN: usize, const COUT: usize>(
+    x: &[f32], h: usize, w: usize, layer: &ConvLayer<K>, y: &mut [f32],
+) -> (usize, usize) {
+    assert!(layer.cin == CIN && layer.cout == COUT);
+    assert!(h >= K && w >= K && x.len() >= h * w * CIN);
+    let (ho, wo) = (h + 1 - K, w + 1 - K);
+    let n = ho * wo;
+    assert!(y.len() >= n * COUT);
+    assert!(layer.w.len() == COUT.div_ceil(CB) * K * K * CIN * CB && layer.bias.len() == COUT.div_ceil(CB));
+    if n < PIX {
+        for q in 0..n {
+            // SAFETY: AVX2+FMA as above; extents asserted above, q < n.
+            unsafe { pixel_group::<K, CIN, COUT, 1>(x, w, wo, q, layer, y) };
+        }
+        return (ho, wo);
+    }
+    let mut q = 0;
+    while q < n {
+        // The last group shifted back over computed pixels (rewritten with the same values).
+        let start = q.min(n - PIX);
+        // SAFETY: as above, start + PIX ≤ n.
+        unsafe { pixel_group::<K, CIN, COUT, PIX>(x, w, wo, start, layer, y) };
+        q = start + PIX;
+    }
+    (ho, wo)
+}
+
+/// Output pixels start..start+P (flattened [ho][wo]) of every channel block.
+///
+/// # Safety
+/// AVX2+FMA; `x` holds [h][w][CIN] with h ≥ (start+P−1)/wo + K, `y` holds (start+P)·COUT values and
+/// `layer` has COUT/CB blocks of K·K·CIN·CB weights (checked by the caller).
+#[inline(always)]
+unsafe fn pixel_group<const K: usize, const CIN: usize, const COUT: usize, const P: usize>(
+    x: &[f32], w: usize, wo: usize, start: usize, layer: &ConvLayer<K>, y: &mut [f32],
+) {
+    let xp = x.as_ptr();
+    // Pointer arithmetic below: pixel (oy, ox) of the output reads input rows oy..oy+K
+    // and columns ox..ox+K, all inside [h][w] since oy < ho = h−K+1 and ox < wo = w−K+1.
+    let px: [*const f32; P] = std::array::from_fn(|p| {
+        let q = start + p;
+        let (oy, ox) = (q / wo, q % wo);
+        xp.wrapping_add((oy * w + ox) * CIN)
+    });
+    let row = w * CIN;
+    for blk in 0..COUT.div_ceil(CB) {
+        let wt = layer.w.as_ptr().add(blk * K * K * CIN * CB);
+        let bias = &layer.bias[blk];
+        let (b0, b1) = (_mm256_loadu_ps(bias.as_ptr()), _mm256_loadu_ps(bias.as_ptr().add(8)));
+        let mut acc = [[b0, b1]; P];
+        for ky in 0..K {
+            let wk = wt.add(ky * K * CIN * CB);
+            let off = ky * row;
+            // kx and cin together: consecutive in both the input row and the weights.
+            for j in 0..K * CIN {
+                let (w0, w1) = (_mm256_loadu_ps(wk.add(j * CB)), _mm256_loadu_ps(wk.add(j * CB + 8)));
+                for p in 0..P {
+                    let v = _mm256_broadcast_ss(&*px[p].add(off + j));
+                    acc[p][0] = _mm256_fmadd_ps(v, w0, acc[p][0]);
+                    acc[p][1] = _mm256_fmadd_ps(v, w1, acc[p][1]);
+                }
+            }
+        }
+        let slope = &layer.slope[blk];
+        let (s0, s1) = (_mm256_loadu_ps(slope.as_ptr()), _mm256_loadu_ps(slope.as_ptr().add(8)));
+        let c0 = blk * CB;
+        let lanes = COUT - c0;
+        for (p, a) in acc.iter().enumerate() {
+            let dst = y.as_mut_ptr().add((start + p) * COUT + c0);
+            store_prelu(a[0], s0, dst, lanes.min(8));
+            if lanes > 8 {
+                store_prelu(a[1], s1, dst.add(8), (lanes - 8).min(8));
+            }
+        }
+    }
+}
+
+/// PReLU (`v ≥ 0 ? v : v·slope`, as the portable loop) of `v`, its first `lanes` values stored at `dst`.
+///
+/// # Safety
+/// AVX2; `dst` valid for `lanes` ≤ 8 writes.
+#[inline(always)]
+unsafe fn store_prelu(v: __m256, slope: __m256, dst: *mut f32, lanes: usize) {
+    let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(v, _mm256_setzero_ps());
+    let out = _mm256_blendv_ps(v, _mm256_mul_ps(v, slope), negative);
+    if lanes == 8 {
+        _mm256_storeu_ps(dst, out);
+    } else {
+        _mm256_maskstore_ps(dst, lane_mask(lanes), out);
+    }
+}
+
+/// All bits set in the first `lanes` lanes.
+#[inline(always)]
+unsafe fn lane_mask(lanes: usize) -> __m256i {
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+}
+
+/// [`super::max_pool`] with AVX2: eight channels per vector, the last C % 8 through masked loads and
+/// stores. Same comparisons as the portable loop (`v > m ? v : m`).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn max_pool<const K: usize, const S: usize, const C: usize>(
+    x: &[f32], h: usize, w: usize, y: &mut [f32],
+) -> Option<(usize, usize)> {
+    let (ho, wo) = (ceil_pool_extent(h, K, S)?, ceil_pool_extent(w, K, S)?);
+    assert!(x.len() >= h * w * C && y.len() >= ho * wo * C);
+    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+    let tail = lane_mask(C % 8);
+    for py in 0..ho {
+        let rows = S * py..(S * py + K).min(h);
+        for px in 0..wo {
+            let cols = S * px..(S * px + K).min(w);
+            // Pointers below: rows < h, cols < w, channels c..c+8 < C or masked to C.
+            let first = xp.wrapping_add((rows.start * w + cols.start) * C);
+            let dst = yp.add((py * wo + px) * C);
+            let mut c = 0;
+            while c + 8 <= C {
+                let mut m = _mm256_loadu_ps(first.add(c));
+                for yy in rows.clone() {
+                    for xx in cols.clone() {
+                        let v = _mm256_loadu_ps(xp.add((yy * w + xx) * C + c));
+                        m = _mm256_max_ps(v, m);
+                    }
+                }
+                _mm256_storeu_ps(dst.add(c), m);
+                c += 8;
+            }
+            if !C.is_multiple_of(8) {
+                let mut m = _mm256_maskload_ps(first.add(c), tail);
+                for yy in rows.clone() {
+                    for xx in cols.clone() {
+                        let v = _mm256_maskload_ps(xp.add((yy * w + xx) * C + c), tail);
+                        m = _mm256_max_ps(v, m);
+                    }
+                }
+                _mm256_maskstore_ps(dst.add(c), tail, m);
+            }
+        }
+    }
+    Some((ho, wo))
+}
