@@ -199,10 +199,9 @@ impl Mtcnn {
     /// from its own input rows (resampled for it alone), so the rayon threads share the large scales
     /// and each band's maps stay small enough for the caches.
     fn pyramid_cpu(&self, image: &Image, scales: &[f64], threshold: f32) -> Vec<Vec<Candidate>> {
-        let (h, w) = (image.height as f64, image.width as f64);
         let mut bands = Vec::new();
         for (level, &scale) in scales.iter().enumerate() {
-            let (sh, sw) = ((h * scale + 1.0) as usize, (w * scale + 1.0) as usize);
+            let (sh, sw) = level_size(image, scale);
             let Some([oh, _]) = pnet_cpu::pnet_out_extent(sh, sw) else { continue };
             let mut r0 = 0;
             while r0 < oh {
@@ -235,11 +234,10 @@ impl Mtcnn {
 
     /// Each scale's P-Net boxes on a GPU device.
     fn pyramid_device(&self, image: &Image, scales: &[f64], threshold: f32) -> Result<Vec<Vec<Candidate>>> {
-        let (h, w) = (image.height as f64, image.width as f64);
         scales
             .iter()
             .map(|&scale| {
-                let (sh, sw) = ((h * scale + 1.0) as usize, (w * scale + 1.0) as usize);
+                let (sh, sw) = level_size(image, scale);
                 let mut input = vec![0f32; 3 * sh * sw];
                 area_resample_normalized(image, Region::whole(image), sh, sw, &mut input);
                 let x = Tensor::from_f32(&[1, 3, sh, sw], input)?.to_device(&self.device)?;
@@ -314,6 +312,11 @@ impl Mtcnn {
         );
         Ok(keep.into_iter().map(|i| faces[i].clone()).collect())
     }
+}
+
+/// The pyramid level's size at `scale`: facenet's int(h·scale + 1) × int(w·scale + 1).
+fn level_size(image: &Image, scale: f64) -> (usize, usize) {
+    ((image.height as f64 * scale + 1.0) as usize, (image.width as f64 * scale + 1.0) as usize)
 }
 
 /// Output rows of P-Net per band of [`Mtcnn::pyramid_cpu`]: each band also computes 4 pooled rows
