@@ -109,6 +109,9 @@ unsafe fn store_prelu(v: __m256, slope: __m256, dst: *mut f32, lanes: usize) {
 }
 
 /// All bits set in the first `lanes` lanes.
+///
+/// # Safety
+/// AVX2.
 #[inline(always)]
 unsafe fn lane_mask(lanes: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
