@@ -330,3 +330,74 @@ fn frozen_weight_still_gives_input_gradient() {
         assert_eq!(frozen, trained, "k{k} s{s}: dx with a frozen weight differs");
     }
 }
+
+/// The bf16 kernels (AVX512-BF16) on odd shapes of every form they take — 3×3 at stride 1 (direct,
+/// and Winograd on each layout) and 2, 1×1 — with every epilogue, against f64 sums of the operands
+/// rounded to bf16. Direct products of bf16 values are exact in f32, so the direct forms must agree
+/// to f32 summation error (far below bf16's 2⁻⁸); Winograd rounds its transformed tiles instead, so it
+/// is held to a bound of bf16's order, relative to the sum of |products| of each output.
+#[test]
+fn bf16_forward_matches_f64_sums_of_rounded_operands() {
+    use hrk::model::precision::round_bf16;
+    use hrk::ops::conv2d::direct::bf16;
+    if !bf16::available() {
+        eprintln!("skipped: this CPU has no AVX512-BF16 (or HRK_NO_AVX512 is set); the bf16 kernels cannot run");
+        return;
+    }
+    let mut rng = common::rng(73);
+    // (n, cin, cout, h, w, k, stride): odd channel counts pair the last channel with zeros.
+    let shapes = [
+        (1, 5, 7, 11, 13, 3, 1),  // direct (generic grid)
+        (2, 9, 13, 8, 32, 3, 1),  // Winograd, whole rows
+        (1, 4, 6, 4, 16, 3, 1),   // Winograd, groups of 8 tiles
+        (1, 3, 8, 8, 8, 3, 1),    // Winograd, groups of 4 tiles
+        (1, 3, 10, 17, 15, 3, 2), // stride 2 from 3 channels (the stem)
+        (2, 18, 5, 9, 10, 3, 2),
+        (1, 7, 11, 9, 10, 1, 1), // 1×1
+        (2, 2, 19, 16, 16, 1, 1),
+    ];
+    for (n, cin, cout, h, w, k, stride) in shapes {
+        let g = Conv2dGeom::new([n, cin, h, w], &[cout, cin, k, k], stride, k / 2).unwrap();
+        assert!(bf16::applies(&g), "{g:?}");
+        let winograd = k == 3 && winograd::pays(&g);
+        let x = randv(&mut rng, n * cin * h * w);
+        let wt = randv(&mut rng, cout * cin * k * k);
+        let (xr, wr): (Vec<f32>, Vec<f32>) =
+            (x.iter().map(|&v| round_bf16(v)).collect(), wt.iter().map(|&v| round_bf16(v)).collect());
+        let bias = randv(&mut rng, cout);
+        let res = randv(&mut rng, n * cout * g.ho * g.wo);
+        let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
+        let (xa, wa, ba, ra) = (abs(&xr), abs(&wr), abs(&bias), abs(&res));
+        let packed = bf16::Bf16Weights::default();
+        for mask in 0..8 {
+            let ep = cpu::Epilogue {
+                bias: (mask & 1 != 0).then_some(&bias[..]),
+                residual: (mask & 2 != 0).then_some(&res[..]),
+                relu: mask & 4 != 0,
+            };
+            let want = naive_forward(&g, &xr, &wr, &ep);
+            let ep_abs =
+                cpu::Epilogue { bias: ep.bias.map(|_| &ba[..]), residual: ep.residual.map(|_| &ra[..]), relu: false };
+            let magnitude = naive_forward(&g, &xa, &wa, &ep_abs);
+            let mut y = vec![f32::NAN; want.len()];
+            bf16::forward(&g, &x, &wt, &packed, ep, &mut y);
+            assert!(y.iter().all(|v| v.is_finite()), "{g:?} epilogue {mask}: an output was not written");
+            // Worst error in units of each output's Σ|terms| (products, bias, residual).
+            let worst = y
+                .iter()
+                .zip(&want)
+                .zip(&magnitude)
+                .map(|((&a, &b), &m)| (a as f64 - b).abs() / m.max(1e-30))
+                .fold(0.0f64, f64::max);
+            let bound = if winograd { 2f64.powi(-6) } else { 1e-6 };
+            if mask == 7 {
+                eprintln!("bf16 {g:?} winograd {winograd}: worst error {worst:.2e} of Σ|terms| (bound {bound:.1e})");
+            }
+            assert!(worst < bound, "{g:?} epilogue {mask} (winograd {winograd}): error {worst:e} of Σ|terms|");
+            if mask == 0 && winograd {
+                // Winograd's own rounding shows: it is not the direct sum of rounded operands.
+                assert!(worst > 1e-6, "{g:?}: winograd bf16 equals the direct sum ({worst:e})");
+            }
+        }
+    }
+}

@@ -2,11 +2,12 @@
 //! into the weights first, then weights and conv inputs rounded to bf16, products accumulated in f32;
 //! everything else stays f32).
 //!
-//! This build has no native bf16 kernel (AVX512-BF16 `vdpbf16ps`): without one, `bf16` runs f32 with
-//! a one-line warning, or, with `HRK_BF16_EMULATE=1`, bf16 numerics in f32 arithmetic: a product of two
-//! bf16 values (8-bit significands) is exact in f32, so the emulation equals a bf16 dot-product
-//! instruction with f32 accumulation up to the order of the additions. It is slower than f32 (an extra
-//! rounding pass per conv, no Winograd) and exists to measure what bf16 costs in accuracy.
+//! On a CPU with AVX512-BF16 (`vdpbf16ps`) the convs run on the bf16 kernels of
+//! `ops::conv2d::direct::bf16`. Without it, `bf16` runs f32 with a one-line warning, or, with
+//! `HRK_BF16_EMULATE=1`, bf16 numerics in f32 arithmetic: a product of two bf16 values (8-bit
+//! significands) is exact in f32, so the emulation equals a bf16 dot-product instruction with f32
+//! accumulation up to the order of the additions (it is slower than f32: an extra rounding pass per
+//! conv, no Winograd) and exists to measure what bf16 costs in accuracy anywhere.
 
 use anyhow::{bail, Result};
 
@@ -38,14 +39,15 @@ impl Precision {
         }
     }
 
-    /// What the CPU engine runs when this precision is asked for: bf16 only as the emulation
-    /// (`HRK_BF16_EMULATE=1`); otherwise f32, with one warning that says why.
+    /// What the CPU engine runs when this precision is asked for: bf16 where the CPU has the bf16
+    /// kernels or the emulation is asked for (`HRK_BF16_EMULATE=1`); otherwise f32, with one warning
+    /// that says why.
     pub fn resolve_cpu(self) -> Precision {
-        if self == Precision::F32 || crate::switches::bf16_emulate() {
+        if self == Precision::F32 || crate::ops::conv2d::direct::bf16::available() || crate::switches::bf16_emulate() {
             return self;
         }
         if cpu_has_avx512_bf16() {
-            log::warn!("--precision bf16: this build has no AVX512-BF16 kernels yet; running f32 (HRK_BF16_EMULATE=1 emulates bf16 numerics)");
+            log::warn!("--precision bf16: AVX-512 is switched off (HRK_NO_AVX512); running f32 (HRK_BF16_EMULATE=1 emulates bf16 numerics)");
         } else {
             log::warn!("--precision bf16: this CPU has no AVX512-BF16; running f32 (HRK_BF16_EMULATE=1 emulates bf16 numerics)");
         }

@@ -1,8 +1,9 @@
 //! The CPU inference engine (eval-mode BN) on raw f32 buffers: BN folded into the conv weights, conv
 //! epilogues fused (bias, residual add, ReLU), fuse-row sums accumulated in place, branches and fuse
 //! rows run concurrently, images of a batch in parallel, and activations drawn from a reusable arena.
-//! Same output as `HrNet::forward(x, false)` within f32 rounding; at `Precision::Bf16` (emulated) the
-//! folded weights and every conv's input are rounded to bf16 (see `model::precision`).
+//! Same output as `HrNet::forward(x, false)` within f32 rounding; at `Precision::Bf16` the folded
+//! weights and every conv's input are rounded to bf16, products summed in f32: by the AVX512-BF16
+//! kernels where the CPU has them, emulated in f32 arithmetic otherwise (see `model::precision`).
 
 use super::flops::{self, ConvShape};
 use super::plan::{ConvBn, Plan};
@@ -10,7 +11,7 @@ use super::walk::{self, Executor, Term};
 use crate::model::precision::{round_bf16, Precision};
 use crate::model::store::Store;
 use crate::ops::conv2d::cpu_kernel::{forward_fused, winograd_pays, Epilogue};
-use crate::ops::conv2d::direct::winograd;
+use crate::ops::conv2d::direct::{bf16, winograd};
 use crate::ops::{Conv2dGeom, BN_EPS};
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
@@ -28,6 +29,8 @@ pub(super) struct FConv {
     pub relu: bool,
     /// The Winograd-transformed weights, made at the first forward that takes that path.
     winograd: std::sync::OnceLock<Vec<f32>>,
+    /// The weights packed for the bf16 kernels, made at the first bf16 forward.
+    bf16: bf16::Bf16Weights,
 }
 
 impl FConv {
@@ -74,7 +77,16 @@ fn fold_plan_at(store: &Store, plan: &Plan<ConvBn>, precision: Precision) -> Res
         if precision == Precision::Bf16 {
             crate::model::precision::round_bf16_slice(&mut w);
         }
-        Ok(FConv { w, b: f32s(b), wshape, stride: c.stride, pad: c.pad, relu: l.relu, winograd: Default::default() })
+        Ok(FConv {
+            w,
+            b: f32s(b),
+            wshape,
+            stride: c.stride,
+            pad: c.pad,
+            relu: l.relu,
+            winograd: Default::default(),
+            bf16: Default::default(),
+        })
     })
 }
 
@@ -224,8 +236,12 @@ impl CpuExec<'_> {
         }
         let ep = Epilogue { bias: Some(&f.b), residual: residual.map(|r| &r.data[..]), relu };
         if self.precision == Precision::Bf16 {
-            // The conv reads its input as bf16; Winograd's transforms would leave bf16, so convs run
-            // directly (products of bf16 values are exact in f32, the sums are f32).
+            if bf16::available() && bf16::applies(&g) {
+                bf16::forward(&g, &x.data, &f.w, &f.bf16, ep, &mut y.data);
+                return Ok(y);
+            }
+            // Emulated: the conv reads its input rounded to bf16; Winograd's transforms would leave
+            // bf16, so convs run directly (products of bf16 values are exact in f32, the sums are f32).
             let mut xb = self.arena.take(x.data.len());
             xb.iter_mut().zip(&x.data).for_each(|(d, &v)| *d = round_bf16(v));
             forward_fused(&g, &xb, &f.w, ep, &mut y.data);

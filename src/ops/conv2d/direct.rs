@@ -20,6 +20,7 @@
 //! accumulators fit its 16 registers), in the same order of additions, so both builds give the same
 //! bits; the AVX2 weight gradient sums over 8 lanes instead of 16 (rounding differs, not the method).
 
+pub mod bf16;
 pub mod winograd;
 
 use super::cpu_kernel::Epilogue;
@@ -98,6 +99,25 @@ pub fn isa() -> Option<Isa> {
 /// Whether this CPU can run the kernels (`isa()` is some build).
 pub fn available() -> bool {
     isa().is_some()
+}
+
+/// The arithmetic of `conv_tile`: f32 fused multiply-adds by one build, or bf16 dot products
+/// (AVX512-BF16), where each 32-bit element of the input planes and weights holds a pair of bf16
+/// values of two consecutive input channels (`bf16::pack_pairs`), so "channels" count pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kern {
+    F32(Isa),
+    Bf16Pairs,
+}
+
+impl Kern {
+    /// The build of everything around the kernel (padding, epilogues): the bf16 kernels need AVX-512.
+    fn isa(self) -> Isa {
+        match self {
+            Kern::F32(isa) => isa,
+            Kern::Bf16Pairs => Isa::Avx512,
+        }
+    }
 }
 
 /// Pitches of the padded planes of one image. Stride 2 splits the padded image into its four
@@ -370,8 +390,8 @@ struct WeightView<'a> {
 /// 16-position run at a time: `at` is the run's index in the H×W plane where the width is whole
 /// vectors (all 16 positions real), None otherwise (junk positions included; split with `runs`).
 #[allow(clippy::too_many_arguments)]
-fn conv_tiles(
-    isa: Isa, gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], wv: WeightView,
+fn conv_tiles<const T: usize>(
+    kern: Kern, gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], wv: WeightView, taps: [usize; T],
     store: impl Fn(usize, usize, usize, Option<usize>, &[f32]) + Sync,
 ) {
     // Tiles of at most NV vectors, balanced so a plane of 5 vectors runs as 3 + 2, not 4 + 1.
@@ -379,8 +399,9 @@ fn conv_tiles(
     let tiles = qv.div_ceil(NV);
     let blocks = cout.div_ceil(MR);
     assert!(xpad.len() >= n * cin * gr.plane);
-    assert!(wv.w.len() >= (cout - 1) * wv.row + (cin - 1) * wv.col + 9);
-    let taps = gr.taps;
+    assert!(wv.w.len() >= (cout - 1) * wv.row + (cin - 1) * wv.col + T);
+    let furthest = gr.taps.iter().max().copied().unwrap_or(0);
+    assert!(taps.iter().all(|&t| t <= furthest), "a tap reads past the padded plane");
     let task = |i: usize| {
         let cb = i % blocks;
         let t = (i / blocks) % tiles;
@@ -396,15 +417,16 @@ fn conv_tiles(
         let mut out = std::mem::MaybeUninit::<[f32; MR * TILE]>::uninit();
         let o = out.as_mut_ptr().cast::<f32>();
         // SAFETY: the tile reads x[voff[v] + lane + taps] < q_len + 2·wp + 2 ≤ plane within each of
-        // the image's cin planes (every vector starts below q_len), and weights at row + c·col + t
-        // inside wv.w (asserted above); the caller checked that the CPU runs `isa`.
+        // the image's cin planes (every vector starts below q_len; no tap past the 3×3 grid's furthest, asserted),
+        // and weights at row + c·col + t inside wv.w (asserted above); the caller checked that the CPU
+        // runs `kern`.
         unsafe {
             let x = xpad.as_ptr().add(img * cin * gr.plane);
             match vecs {
-                4 => conv_tile::<4, 9>(isa, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                3 => conv_tile::<3, 9>(isa, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                2 => conv_tile::<2, 9>(isa, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                _ => conv_tile::<1, 9>(isa, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                4 => conv_tile::<4, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                3 => conv_tile::<3, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                2 => conv_tile::<2, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                _ => conv_tile::<1, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
             }
         }
         for r in 0..rows {
@@ -417,33 +439,34 @@ fn conv_tiles(
     };
     let total = n * tiles * blocks;
     // Enough positions per task to amortise the scheduling (≈ 30 k FMAs at least).
-    let min_len = (30_000 / (MR * TILE * cin * 9)).max(1);
+    let min_len = (30_000 / (MR * TILE * cin * T)).max(1);
     (0..total).into_par_iter().with_min_len(min_len).for_each(task);
 }
 
 /// out[r][v·16 + lane] = Σ_c Σ_tap w[r][c·col + tap] · x[c·plane + taps[tap] + voff[v] + lane]
 /// (T = 9 taps for the 3×3 convs; T = 1 makes it the GEMM of Winograd's transformed tiles), by the
-/// `isa` build.
+/// `kern` (for `Kern::Bf16Pairs`, c counts channel pairs and each product is a pair's dot product).
 ///
 /// # Safety
-/// The CPU must run `isa`; x must be readable at c·plane + taps[t] + voff[v] + 0..16 for every
+/// The CPU must run `kern`; x must be readable at c·plane + taps[t] + voff[v] + 0..16 for every
 /// c < cin, tap and v < V, each w[r] at c·col + t, and out writable for MR·TILE floats.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn conv_tile<const V: usize, const T: usize>(
-    isa: Isa, x: *const f32, voff: &[usize; NV], plane: usize, cin: usize, taps: &[usize; T], w: &[*const f32; MR],
+    kern: Kern, x: *const f32, voff: &[usize; NV], plane: usize, cin: usize, taps: &[usize; T], w: &[*const f32; MR],
     col: usize, out: *mut f32,
 ) {
     // SAFETY: forwarded from the caller (see # Safety).
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        match isa {
-            Isa::Avx512 => conv_tile_avx512::<V, T>(x, voff, plane, cin, taps, w, col, out),
-            Isa::Avx2 => conv_tile_avx2::<V, T>(x, voff, plane, cin, taps, w, col, out),
+        match kern {
+            Kern::F32(Isa::Avx512) => conv_tile_avx512::<V, T>(x, voff, plane, cin, taps, w, col, out),
+            Kern::F32(Isa::Avx2) => conv_tile_avx2::<V, T>(x, voff, plane, cin, taps, w, col, out),
+            Kern::Bf16Pairs => bf16::conv_tile::<V, T>(x, voff, plane, cin, taps, w, col, out),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("direct conv runs only where available() holds: {isa:?} {x:?} {voff:?} {plane} {cin} {taps:?} {w:?} {col} {out:?}")
+    unreachable!("direct conv runs only where available() holds: {kern:?} {x:?} {voff:?} {plane} {cin} {taps:?} {w:?} {col} {out:?}")
 }
 
 /// `conv_tile` on AVX2 + FMA: each 16-position vector as two 8-float halves, one vector at a time
@@ -596,24 +619,40 @@ pub fn forward_fused_on(isa: Isa, g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epi
     if !applies(g) || !isa.supported() {
         return false;
     }
-    let (in_hw, hw, n) = (g.h * g.w, g.ho * g.wo, g.n);
-    assert!(x.len() >= n * g.cin * in_hw && wt.len() >= g.cout * g.cin * 9 && y.len() >= n * g.cout * hw);
-    if let Some(b) = ep.bias {
-        assert!(b.len() >= g.cout);
-    }
-    if let Some(r) = ep.residual {
-        assert!(r.len() >= n * g.cout * hw);
-    }
-    let wv = WeightView { w: wt, row: g.cin * 9, col: 9 };
-    let out = SharedOut(y.as_mut_ptr());
+    let (in_hw, n) = (g.h * g.w, g.n);
+    assert!(x.len() >= n * g.cin * in_hw && wt.len() >= g.cout * g.cin * 9);
     let gr = if g.stride == 1 { Grid::new(g.h, g.w) } else { Grid::stride2(g.h, g.w) };
     debug_assert!(gr.h == g.ho && gr.w == g.wo);
+    with_scratch(n * g.cin * gr.plane, |xpad| {
+        if g.stride == 1 {
+            pad_planes(&gr, &x[..n * g.cin * in_hw], xpad);
+        } else {
+            pad_phases(isa, &gr, g.h, g.w, &x[..n * g.cin * in_hw], xpad);
+        }
+        let wv = WeightView { w: wt, row: g.cin * 9, col: 9 };
+        forward_tiles(Kern::F32(isa), g, &gr, xpad, g.cin, wv, gr.taps, ep, y);
+    });
+    true
+}
+
+/// The forward's conv tiles over padded planes (`rows` of them per image: channels, or channel pairs
+/// for `Kern::Bf16Pairs`), each output vector stored through the bias / residual / ReLU epilogue.
+/// The caller checked the sizes of `ep` and `y` against `g` and that the CPU runs `kern`.
+#[allow(clippy::too_many_arguments)]
+fn forward_tiles<const T: usize>(
+    kern: Kern, g: &Conv2dGeom, gr: &Grid, xpad: &[f32], rows: usize, wv: WeightView, taps: [usize; T],
+    ep: Epilogue<f32>, y: &mut [f32],
+) {
+    let (hw, isa) = (g.ho * g.wo, kern.isa());
+    assert!(y.len() >= g.n * g.cout * hw && ep.residual.is_none_or(|r| r.len() >= g.n * g.cout * hw));
+    assert!(ep.bias.is_none_or(|b| b.len() >= g.cout));
+    let out = SharedOut(y.as_mut_ptr());
     let store = |img: usize, co: usize, q0: usize, at: Option<usize>, vals: &[f32]| {
         let base = (img * g.cout + co) * hw;
         let bias = ep.bias.map_or(0.0, |b| b[co]);
         if let Some(at) = at {
             // SAFETY: the 16 positions at..at + 16 of (img, co) lie inside y and the residual
-            // (asserted) and belong to this task only; the CPU runs `isa` (checked above).
+            // (asserted) and belong to this task only; the CPU runs `isa` (the caller checked).
             unsafe {
                 let res = ep.residual.map(|r| r.as_ptr().add(base + at));
                 epilogue_vec(isa, out.at(base + at), vals.as_ptr(), bias, res, ep.relu);
@@ -637,15 +676,7 @@ pub fn forward_fused_on(isa: Isa, g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epi
             }
         });
     };
-    with_scratch(n * g.cin * gr.plane, |xpad| {
-        if g.stride == 1 {
-            pad_planes(&gr, &x[..n * g.cin * in_hw], xpad);
-        } else {
-            pad_phases(isa, &gr, g.h, g.w, &x[..n * g.cin * in_hw], xpad);
-        }
-        conv_tiles(isa, &gr, n, g.cin, g.cout, xpad, wv, store);
-    });
-    true
+    conv_tiles(kern, gr, g.n, rows, g.cout, xpad, wv, taps, store);
 }
 
 /// Whether the direct kernel beats im2col + GEMM for this forward (or backward-data) conv: on
@@ -696,7 +727,7 @@ pub fn backward_on(
             }
             let wv = WeightView { w: wflip, row: 9, col: cin * 9 };
             let out = SharedOut(dx.as_mut_ptr());
-            conv_tiles(isa, &gr, n, cout, cin, dypad, wv, |img, ci, q0, at, vals| {
+            conv_tiles(Kern::F32(isa), &gr, n, cout, cin, dypad, wv, gr.taps, |img, ci, q0, at, vals| {
                 let base = (img * cin + ci) * hw;
                 if let Some(at) = at {
                     // SAFETY: inside dx (asserted) and written by this task only.

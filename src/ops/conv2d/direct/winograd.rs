@@ -17,7 +17,7 @@
 //! The AVX2 build handles each vector of 16 tiles as two halves of 8 and computes the same values as
 //! the AVX-512 build (the transforms add in the same order; the GEMM is the shared `conv_tile`).
 
-use super::{conv_tile, isa, pad_phases, with_scratch, Grid, Isa, SharedOut, LANES, MR, NV, TILE};
+use super::{bf16, conv_tile, isa, pad_phases, with_scratch, Grid, Isa, Kern, SharedOut, LANES, MR, NV, TILE};
 use crate::ops::conv2d::cpu_kernel::Epilogue;
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
@@ -102,7 +102,7 @@ thread_local! {
 
 /// y = act(conv3x3(x, W) + bias + residual); the caller checked `applies`.
 pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
-    forward_in(chosen(g), default_layout(g), g, x, Weights::Plain(wt), ep, y)
+    forward_in(Kern::F32(chosen(g)), default_layout(g), g, x, Weights::Plain(wt), ep, y)
 }
 
 /// The build `applies` promised.
@@ -120,18 +120,26 @@ pub fn forward_on(
     assert!(isa.supported(), "winograd: the {} build does not run on this CPU", isa.name());
     let layout = if tile_by_tile { Layout::Grid } else { default_layout(g) };
     let weights = if transformed { Weights::Transformed(wt) } else { Weights::Plain(wt) };
-    forward_in(isa, layout, g, x, weights, ep, y)
+    forward_in(Kern::F32(isa), layout, g, x, weights, ep, y)
 }
 
 /// `forward` with the weights already transformed by `transform_weights` (inference keeps them:
 /// transforming costs about as much as a small plane's conv).
 pub fn forward_transformed(g: &Conv2dGeom, x: &[f32], u: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
-    forward_in(chosen(g), default_layout(g), g, x, Weights::Transformed(u), ep, y)
+    forward_in(Kern::F32(chosen(g)), default_layout(g), g, x, Weights::Transformed(u), ep, y)
+}
+
+/// `forward_transformed` with bf16 products (`bf16::forward`): `u` holds the transformed weights with
+/// each row of cin values paired in place, and each task's transformed input tiles are paired and
+/// rounded likewise before the channel GEMMs. The caller checked `bf16::available()`.
+pub(super) fn forward_bf16(g: &Conv2dGeom, x: &[f32], u: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
+    assert!(bf16::available(), "winograd: bf16 products need AVX512-BF16");
+    forward_in(Kern::Bf16Pairs, default_layout(g), g, x, Weights::Transformed(u), ep, y)
 }
 
 /// `forward` with every plane stored tile by tile (the generic layout), for tests.
 pub fn forward_tile_by_tile(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
-    forward_in(chosen(g), Layout::Grid, g, x, Weights::Plain(wt), ep, y)
+    forward_in(Kern::F32(chosen(g)), Layout::Grid, g, x, Weights::Plain(wt), ep, y)
 }
 
 fn default_layout(g: &Conv2dGeom) -> Layout {
@@ -150,8 +158,11 @@ pub fn transformed_len(cin: usize, cout: usize) -> usize {
     16 * cout.div_ceil(MR) * MR * cin
 }
 
-fn forward_in(isa: Isa, layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilogue<f32>, y: &mut [f32]) {
+fn forward_in(kern: Kern, layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, ep: Epilogue<f32>, y: &mut [f32]) {
     assert!(fits(g), "winograd: {g:?} is not a 3×3 stride-1 pad-1 conv of ≤ {MAX_CIN_VECS} channels");
+    let isa = kern.isa();
+    // The channel GEMMs' reduction rows: channels, or channel pairs for bf16 products.
+    let gemm_rows = if kern == Kern::Bf16Pairs { g.cin.div_ceil(2) } else { g.cin };
     assert!(isa.supported(), "winograd: the {} build does not run on this CPU", isa.name());
     let (n, cin, cout, h, w) = (g.n, g.cin, g.cout, g.h, g.w);
     let hw = h * w;
@@ -209,6 +220,11 @@ fn forward_in(isa: Isa, layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, 
                         Layout::Groups(_) => input_transform::<4>(isa, image, &gr, cin, q, vt_out),
                         _ => input_transform::<1>(isa, image, &gr, cin, q, vt_out),
                     }
+                    if kern == Kern::Bf16Pairs {
+                        for xi in 0..16 {
+                            bf16::pair_tile_rows(vt_out.add(xi * cin * TILE), cin);
+                        }
+                    }
                     // The GEMM reads the transformed tiles as NV vectors of one plane of TILE floats.
                     let inner: [usize; NV] = std::array::from_fn(|v| v * LANES);
                     for xi in 0..16 {
@@ -218,10 +234,10 @@ fn forward_in(isa: Isa, layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights, 
                             let x = vt.as_ptr().add(xi * cin * TILE);
                             let o = mt.as_mut_ptr().add((xi * nb + cb - b0) * MR * TILE);
                             match vecs {
-                                4 => conv_tile::<4, 1>(isa, x, &inner, TILE, cin, &[0], &rows, 1, o),
-                                3 => conv_tile::<3, 1>(isa, x, &inner, TILE, cin, &[0], &rows, 1, o),
-                                2 => conv_tile::<2, 1>(isa, x, &inner, TILE, cin, &[0], &rows, 1, o),
-                                _ => conv_tile::<1, 1>(isa, x, &inner, TILE, cin, &[0], &rows, 1, o),
+                                4 => conv_tile::<4, 1>(kern, x, &inner, TILE, gemm_rows, &[0], &rows, 1, o),
+                                3 => conv_tile::<3, 1>(kern, x, &inner, TILE, gemm_rows, &[0], &rows, 1, o),
+                                2 => conv_tile::<2, 1>(kern, x, &inner, TILE, gemm_rows, &[0], &rows, 1, o),
+                                _ => conv_tile::<1, 1>(kern, x, &inner, TILE, gemm_rows, &[0], &rows, 1, o),
                             }
                         }
                     }

@@ -1,0 +1,309 @@
+//! bf16 convs for inference (`Precision::Bf16`) on AVX512-BF16: bf16 inputs and weights, f32 sums.
+//!
+//! `vdpbf16ps` adds, in each 32-bit lane, the products of two bf16 pairs to an f32 accumulator, so
+//! the pair dimension must be a reduction dimension: each 32-bit element of the kernels' input
+//! planes holds the bf16 values of input channels 2p and 2p + 1 at one position (low half, high
+//! half), and each weight element the matching pair of taps (`pack_pairs`). An odd channel count
+//! pairs the last channel with zeros. The planes are then padded exactly like the f32 planes (a pair
+//! is moved as one 32-bit value), and the f32 direct kernel's tiling, register blocking (MR output
+//! channels × NV vectors) and epilogue run unchanged with `Kern::Bf16Pairs`: twice the products per
+//! instruction.
+//!
+//! Covered: 3×3 pad 1 at stride 1 and 2 (direct), 1×1 stride 1 (the direct kernel with one tap: the
+//! centre tap of the padded 3×3 grid), and Winograd F(2×2, 3×3) where the f32 engine takes it, with
+//! its transformed tiles and transformed weights rounded to bf16 (the transforms stay f32).
+//!
+//! Rounding: to nearest even (`vcvtneps2bf16`, which also flushes subnormal inputs to zero); the
+//! products of two bf16 values are exact in f32, so a direct conv differs from an f64 sum of the
+//! rounded operands only by the f32 additions.
+
+use super::{
+    forward_tiles, isa, pad_phases, pad_planes, winograd, with_scratch, Epilogue, Grid, Isa, Kern, WeightView, MR, NV,
+    TILE,
+};
+use crate::ops::conv2d::Conv2dGeom;
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Whether this CPU runs the bf16 kernels: AVX512-BF16 with AVX-512 F/VL/BW, and AVX-512 not
+/// switched off (`HRK_NO_AVX512`).
+pub fn available() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| isa() == Some(Isa::Avx512) && cpu_has_bf16())
+}
+
+/// Whether the CPU has the instructions (regardless of the switches).
+fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512bf16") && has!("avx512f") && has!("avx512vl") && has!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The geometries `forward` computes: 3×3 pad 1 at stride 1 or 2, and 1×1 pad 0 stride 1.
+pub fn applies(g: &Conv2dGeom) -> bool {
+    let shape = matches!((g.k, g.pad, g.stride), (3, 1, 1) | (3, 1, 2) | (1, 0, 1));
+    shape && g.cin > 0 && g.cout > 0
+}
+
+/// A conv's weights packed for the bf16 kernels, made on first use for each form the input sizes
+/// call for. Not Clone: each form may be large.
+#[derive(Debug, Default)]
+pub struct Bf16Weights {
+    /// [cout][pair][tap] pairs (`pack_pairs`).
+    direct: OnceLock<Vec<f32>>,
+    /// `winograd::transform_weights`'ed, then paired along the input channels.
+    winograd: OnceLock<Vec<f32>>,
+}
+
+/// y = act(conv(x, W) + bias + residual) in bf16 × bf16 → f32 products; `wt` is the f32 weight
+/// [cout][cin][k][k], packed into `packed` on first use. The caller checked `available()` and
+/// `applies(g)`.
+pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], packed: &Bf16Weights, ep: Epilogue<f32>, y: &mut [f32]) {
+    assert!(available(), "bf16 conv: this CPU has no AVX512-BF16");
+    assert!(applies(g), "bf16 conv: {g:?} is not a 3×3 pad-1 stride-1/2 or 1×1 stride-1 conv");
+    let (n, cin, cout, kk) = (g.n, g.cin, g.cout, g.k * g.k);
+    assert!(x.len() >= n * cin * g.h * g.w && wt.len() >= cout * cin * kk);
+    if g.k == 3 && winograd::pays(g) {
+        let u = packed.winograd.get_or_init(|| {
+            let mut u = vec![0.0; winograd::transformed_len(cin, cout)];
+            winograd::transform_weights(wt, cin, cout, &mut u);
+            pair_rows(&mut u, cin);
+            u
+        });
+        return winograd::forward_bf16(g, x, u, ep, y);
+    }
+    let pairs = cin.div_ceil(2);
+    let w = packed.direct.get_or_init(|| pack_weights(wt, cin, cout, kk));
+    let gr = if g.stride == 1 { Grid::new(g.h, g.w) } else { Grid::stride2(g.h, g.w) };
+    debug_assert!(gr.h == g.ho && gr.w == g.wo);
+    let hw = g.h * g.w;
+    with_scratch(n * pairs * (hw + gr.plane), |s| {
+        let (paired, xpad) = s.split_at_mut(n * pairs * hw);
+        paired.par_chunks_mut(pairs * hw).zip(x.par_chunks(cin * hw)).for_each(|(p, xn)| {
+            for (pi, dst) in p.chunks_exact_mut(hw).enumerate() {
+                let lo = &xn[2 * pi * hw..][..hw];
+                let hi = (2 * pi + 1 < cin).then(|| &xn[(2 * pi + 1) * hw..][..hw]);
+                pack_pairs(lo, hi, dst);
+            }
+        });
+        if g.stride == 1 {
+            pad_planes(&gr, paired, xpad);
+        } else {
+            pad_phases(Isa::Avx512, &gr, g.h, g.w, paired, xpad);
+        }
+        let wv = WeightView { w, row: pairs * kk, col: kk };
+        if g.k == 3 {
+            forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, gr.taps, ep, y);
+        } else {
+            // A 1×1 conv reads each position itself: the centre tap of the padded grid.
+            forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, [gr.taps[4]], ep, y);
+        }
+    });
+}
+
+/// [cout][cin][kk] f32 → [cout][pair][kk] pairs.
+fn pack_weights(wt: &[f32], cin: usize, cout: usize, kk: usize) -> Vec<f32> {
+    let pairs = cin.div_ceil(2);
+    let mut w = vec![0.0; cout * pairs * kk];
+    for co in 0..cout {
+        for p in 0..pairs {
+            for t in 0..kk {
+                let lo = wt[(co * cin + 2 * p) * kk + t];
+                let hi = if 2 * p + 1 < cin { wt[(co * cin + 2 * p + 1) * kk + t] } else { 0.0 };
+                w[(co * pairs + p) * kk + t] = pair(lo, hi);
+            }
+        }
+    }
+    w
+}
+
+/// Rows of `len` f32 values → rows of `len.div_ceil(2)` pairs, in place at the start of each row
+/// (the rest of the row is left as it was).
+fn pair_rows(rows: &mut [f32], len: usize) {
+    for row in rows.chunks_exact_mut(len) {
+        for p in 0..len.div_ceil(2) {
+            let hi = if 2 * p + 1 < len { row[2 * p + 1] } else { 0.0 };
+            row[p] = pair(row[2 * p], hi);
+        }
+    }
+}
+
+/// The bf16 pair (round(lo), round(hi)) as the bits of one f32 (lo in the low half), rounded as the
+/// hardware does (nearest even, subnormals to zero).
+pub fn pair(lo: f32, hi: f32) -> f32 {
+    let bits = |v: f32| crate::model::precision::round_bf16(if v.is_subnormal() { 0.0 * v } else { v }).to_bits() >> 16;
+    f32::from_bits(bits(lo) | (bits(hi) << 16))
+}
+
+/// dst[i] = pair(lo[i], hi[i]) (hi zero when None), 16 at a time on AVX512-BF16.
+pub fn pack_pairs(lo: &[f32], hi: Option<&[f32]>, dst: &mut [f32]) {
+    assert!(lo.len() == dst.len() && hi.is_none_or(|h| h.len() == dst.len()));
+    assert!(available(), "bf16 conv: this CPU has no AVX512-BF16");
+    // SAFETY: the CPU has AVX512-BF16 (asserted); the lengths are equal (asserted).
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        pack_pairs_avx512(lo, hi, dst)
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX512-BF16 and AVX-512 F/BW; the slices' lengths are equal.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn pack_pairs_avx512(lo: &[f32], hi: Option<&[f32]>, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let len = dst.len();
+    // SAFETY: loads and stores of 16 at k < len, masked to the len − k left; the lengths are equal.
+    unsafe {
+        for k in (0..len).step_by(16) {
+            let m: u16 = if len - k >= 16 { 0xffff } else { (1u16 << (len - k)) - 1 };
+            let half = |s: *const f32| {
+                let v: __m256bh = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, s.add(k)));
+                _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(v))
+            };
+            let mut v = half(lo.as_ptr());
+            if let Some(hi) = hi {
+                v = _mm512_or_si512(v, _mm512_slli_epi32::<16>(half(hi.as_ptr())));
+            }
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(k), m, _mm512_castsi512_ps(v));
+        }
+    }
+}
+
+/// Each row of 16-element vectors at `row_len` pitch: rows 2p and 2p + 1 → row p as pairs (in place;
+/// the pair of the last row of an odd count is zero), for `rows` rows of `TILE` floats.
+///
+/// # Safety
+/// The CPU must run the bf16 kernels (`available()`); v must hold `rows` rows of TILE floats.
+pub(super) unsafe fn pair_tile_rows(v: *mut f32, rows: usize) {
+    // SAFETY: forwarded from the caller.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        pair_tile_rows_avx512(v, rows)
+    }
+}
+
+/// # Safety
+/// As `pair_tile_rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn pair_tile_rows_avx512(v: *mut f32, rows: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: reads rows 2p, 2p + 1 < rows and writes row p ≤ 2p, each 16 floats at a time, all inside
+    // the caller's `rows` rows of TILE; row p's chunk is written after both source chunks are read.
+    unsafe {
+        // Word i of the result takes word INTERLEAVE[i]: lo0, hi0, lo1, hi1, …
+        const INTERLEAVE: [u16; 32] = {
+            let mut t = [0u16; 32];
+            let mut i = 0;
+            while i < 32 {
+                t[i] = (i / 2 + 16 * (i % 2)) as u16;
+                i += 1;
+            }
+            t
+        };
+        let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
+        for p in 0..rows.div_ceil(2) {
+            for k in (0..TILE).step_by(16) {
+                let lo = _mm512_loadu_ps(v.add(2 * p * TILE + k));
+                let hi =
+                    if 2 * p + 1 < rows { _mm512_loadu_ps(v.add((2 * p + 1) * TILE + k)) } else { _mm512_setzero_ps() };
+                // cvtne2ps puts its second operand in the low 16 bf16 values, the first in the high.
+                let both: __m512bh = _mm512_cvtne2ps_pbh(hi, lo);
+                let inter = _mm512_permutexvar_epi16(idx, std::mem::transmute::<__m512bh, __m512i>(both));
+                _mm512_storeu_ps(v.add(p * TILE + k), _mm512_castsi512_ps(inter));
+            }
+        }
+    }
+}
+
+/// `super::conv_tile` for `Kern::Bf16Pairs`: out[r][v·16 + lane] = Σ_pairs Σ_tap the dot product of
+/// weight pair w[r][p·col + tap] with input pair x[p·plane + taps[tap] + voff[v] + lane].
+///
+/// # Safety
+/// As `super::conv_tile`, with AVX512-BF16 and AVX-512 F/VL (`available()`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn conv_tile<const V: usize, const T: usize>(
+    x: *const f32, voff: &[usize; NV], plane: usize, pairs: usize, taps: &[usize; T], w: &[*const f32; MR], col: usize,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: every load and store is inside the ranges the caller vouches for; the transmutes
+    // reinterpret 64 bytes as 64 bytes.
+    unsafe {
+        let bh = |v: __m512| std::mem::transmute::<__m512, __m512bh>(v);
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        for p in 0..pairs {
+            let xc = x.add(p * plane);
+            let wc: [*const f32; MR] = std::array::from_fn(|r| w[r].add(p * col));
+            for (t, &off) in taps.iter().enumerate() {
+                let xs = xc.add(off);
+                let xv: [__m512bh; V] = std::array::from_fn(|v| bh(_mm512_loadu_ps(xs.add(voff[v]))));
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let wv = bh(_mm512_set1_ps(*wc[r].add(t)));
+                    for v in 0..V {
+                        acc_r[v] = _mm512_dpbf16_ps(acc_r[v], xv[v], wv);
+                    }
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (v, a) in acc_r.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * TILE + v * 16), *a);
+            }
+        }
+    }
+}
+
+/// Unused off x86-64 (`available()` is false there); keeps `super::conv_tile`'s dispatch total.
+///
+/// # Safety
+/// Never called.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn conv_tile<const V: usize, const T: usize>(
+    _x: *const f32, _voff: &[usize; NV], _plane: usize, _pairs: usize, _taps: &[usize; T], _w: &[*const f32; MR],
+    _col: usize, _out: *mut f32,
+) {
+    unreachable!("bf16 convs run only where available() holds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_puts_the_first_value_in_the_low_half_rounded_to_nearest_even() {
+        let p = pair(1.0 + 2f32.powi(-8), -3.0).to_bits();
+        // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: ties go to the even significand, 1.0.
+        assert_eq!(p & 0xffff, 1.0f32.to_bits() >> 16);
+        assert_eq!(p >> 16, (-3.0f32).to_bits() >> 16);
+    }
+
+    #[test]
+    fn simd_pair_packing_equals_the_scalar_rounding() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        // Every fifth value subnormal: the hardware flushes those to zero.
+        let lo: Vec<f32> = (0..37).map(|i| if i % 5 == 0 { 1e-39 } else { (i as f32 * 0.7311).sin() * 3.0 }).collect();
+        let hi: Vec<f32> = (0..37).map(|i| (i as f32 * 1.37).cos() * 1e3).collect();
+        for h in [Some(&hi[..]), None] {
+            let mut d = vec![0.0; 37];
+            pack_pairs(&lo, h, &mut d);
+            for i in 0..37 {
+                let want = pair(lo[i], h.map_or(0.0, |h| h[i]));
+                assert_eq!(d[i].to_bits(), want.to_bits(), "element {i}");
+            }
+        }
+    }
+}
