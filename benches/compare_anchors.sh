@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Interleaves hrk with the ONNX Runtime and PyTorch anchors (2 threads each) on one machine so ratios are
-# taken under the same load: ORT, PyTorch (f32 channels_last, bf16), hrk variants, ORT again. The rungs of
+# taken under the same load: ORT, PyTorch (f32 channels_last, bf16), hrk variants (f32, bf16, …), ORT again. The rungs of
 # knobs that were removed (serial branches, batch modes, serial conv batches) are in BENCHMARKS.md.
 # Usage: [PYTHON=python-with-torch-and-onnxruntime] benches/compare_anchors.sh [b1|b8|train]
 set -u
@@ -24,6 +24,7 @@ b1)
   $TORCH --row infer_cl --batch 1 --iters 10
   $TORCH --row infer_bf16 --batch 1 --iters 10
   $HRK bench --cfg $CFG --batch 1 --iters 10
+  $HRK bench --cfg $CFG --batch 1 --iters 10 --precision bf16
   HRK_CONV_WINOGRAD=0 $HRK bench --cfg $CFG --batch 1 --iters 10
   $HRK bench --cfg $CFG --batch 1 --iters 10 --engine graph
   $PY "$ORT" --batch 1 --iters 10 | grep ort ;;
@@ -33,6 +34,7 @@ b8)
   $TORCH --row infer_cl --batch 8 --iters 5
   $TORCH --row infer_bf16 --batch 8 --iters 5
   $HRK bench --cfg $CFG --batch 8 --iters 5
+  $HRK bench --cfg $CFG --batch 8 --iters 5 --precision bf16
   $HRK bench --cfg $CFG --batch 8 --iters 5 --engine graph
   $PY "$ORT" --batch 8 --iters 6 | grep ort ;;
 train)

@@ -5,7 +5,8 @@
 //! Each shape runs two paths: `gemm` (im2col + GEMM, the reference rung) and `auto` (what the conv
 //! op dispatches: the direct 3×3 kernels where they apply, unless `HRK_CONV_DIRECT=0`), and
 //! forward 3×3 stride-1 shapes a third, `winograd` (F(2×2, 3×3) with the weights transformed once,
-//! as the inference engine runs them). Filter with e.g. `cargo bench --bench conv -- 'forward/branch1.*b8'`.
+//! as the inference engine runs them), and where the CPU has AVX512-BF16 a fourth, `bf16` (the
+//! `--precision bf16` kernels: Winograd where f32 takes it, else direct, weights packed once). Filter with e.g. `cargo bench --bench conv -- 'forward/branch1.*b8'`.
 //!
 //! On a loaded machine wall-clock rates mean little; `HRK_BENCH_CPU=1` instead prints GFLOP per
 //! CPU-second summed over the process's threads (from /proc/self/task/*/schedstat), which other
@@ -14,7 +15,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hrk::ops::conv2d::cpu_kernel as cpu;
-use hrk::ops::conv2d::direct::winograd;
+use hrk::ops::conv2d::direct::{bf16, winograd};
 use hrk::ops::Conv2dGeom;
 use std::hint::black_box;
 use std::time::Duration;
@@ -30,6 +31,7 @@ const SHAPES: &[(&str, usize, usize, usize, usize, usize)] = &[
     ("branch4_3x3_144@8", 144, 144, 3, 1, 8),
     ("down_3x3s2_18-36@64", 18, 36, 3, 2, 64),
     ("layer1_1x1_256-64@64", 256, 64, 1, 1, 64),
+    ("layer1_1x1_64-256@64", 64, 256, 1, 1, 64),
     ("head_1x1_270@64", 270, 270, 1, 1, 64),
 ];
 
@@ -97,8 +99,10 @@ fn conv(c: &mut Criterion) {
                 if wino {
                     winograd::transform_weights(&w, cin, cout, &mut u);
                 }
-                for path in ["gemm", "auto", "winograd"] {
-                    if path == "winograd" && !wino {
+                let packed = bf16::Bf16Weights::default();
+                let with_bf16 = pass == "forward" && bf16::available() && bf16::applies(&g);
+                for path in ["gemm", "auto", "winograd", "bf16"] {
+                    if (path == "winograd" && !wino) || (path == "bf16" && !with_bf16) {
                         continue;
                     }
                     let gemm = path == "gemm";
@@ -113,6 +117,7 @@ fn conv(c: &mut Criterion) {
                             (true, _) if path == "winograd" => {
                                 winograd::forward_transformed(&g, black_box(&x), &u, ep, &mut y)
                             }
+                            (true, _) if path == "bf16" => bf16::forward(&g, black_box(&x), &w, &packed, ep, &mut y),
                             (true, true) => cpu::forward_fused_gemm(&g, black_box(&x), &w, ep, &mut y),
                             (true, false) => cpu::forward_fused(&g, black_box(&x), &w, ep, &mut y),
                             (false, true) => {
@@ -131,6 +136,8 @@ fn conv(c: &mut Criterion) {
                             bch.iter(|| {
                                 if path == "winograd" {
                                     winograd::forward_transformed(&g, black_box(&x), &u, ep, &mut y)
+                                } else if path == "bf16" {
+                                    bf16::forward(&g, black_box(&x), &w, &packed, ep, &mut y)
                                 } else if gemm {
                                     cpu::forward_fused_gemm(&g, black_box(&x), &w, ep, &mut y)
                                 } else {

@@ -348,9 +348,10 @@ fn bf16_forward_matches_f64_sums_of_rounded_operands() {
     // (n, cin, cout, h, w, k, stride): odd channel counts pair the last channel with zeros.
     let shapes = [
         (1, 5, 7, 11, 13, 3, 1),  // direct (generic grid)
-        (2, 9, 13, 8, 32, 3, 1),  // Winograd, whole rows
-        (1, 4, 6, 4, 16, 3, 1),   // Winograd, groups of 8 tiles
-        (1, 3, 8, 8, 8, 3, 1),    // Winograd, groups of 4 tiles
+        (1, 9, 13, 8, 32, 3, 1),  // direct below 32 channels, whole-vector rows
+        (2, 33, 13, 8, 32, 3, 1), // Winograd, whole rows
+        (1, 32, 6, 4, 16, 3, 1),  // Winograd, groups of 8 tiles
+        (1, 35, 8, 8, 8, 3, 1),   // Winograd, groups of 4 tiles
         (1, 3, 10, 17, 15, 3, 2), // stride 2 from 3 channels (the stem)
         (2, 18, 5, 9, 10, 3, 2),
         (1, 7, 11, 9, 10, 1, 1), // 1×1
@@ -359,7 +360,7 @@ fn bf16_forward_matches_f64_sums_of_rounded_operands() {
     for (n, cin, cout, h, w, k, stride) in shapes {
         let g = Conv2dGeom::new([n, cin, h, w], &[cout, cin, k, k], stride, k / 2).unwrap();
         assert!(bf16::applies(&g), "{g:?}");
-        let winograd = k == 3 && winograd::pays(&g);
+        let winograd = k == 3 && bf16::winograd_pays(&g);
         let x = randv(&mut rng, n * cin * h * w);
         let wt = randv(&mut rng, cout * cin * k * k);
         let (xr, wr): (Vec<f32>, Vec<f32>) =

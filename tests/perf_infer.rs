@@ -135,7 +135,8 @@ fn bf16_rounding_is_nearest_even() {
     }
 }
 
-/// The bf16 engine (emulated numerics) against the f32 engine on W18 with random weights: each conv
+/// The bf16 engine (the AVX512-BF16 kernels where the CPU has them, else `HRK_BF16_EMULATE`'s emulated
+/// numerics) against the f32 engine on W18 with random weights: each conv
 /// input and weight carries a relative rounding of at most 2⁻⁸, so the heatmaps move by a small multiple
 /// of that; the bound asserted here (3 % of the largest heatmap value) is what 30-odd layers of such
 /// errors allow with room, and the measured deviation is printed.

@@ -385,14 +385,44 @@ struct WeightView<'a> {
     col: usize,
 }
 
-/// Runs the conv kernel over every (image, position tile, channel block) task in parallel;
-/// `store(image, co, q0, at, values)` receives each output channel's computed vectors, one
-/// 16-position run at a time: `at` is the run's index in the H×W plane where the width is whole
-/// vectors (all 16 positions real), None otherwise (junk positions included; split with `runs`).
+/// One task's computed tile: `rows` output channels from `co0` of image `img`, vector v (16
+/// positions) starting at grid position `q[v]`, whose index in the H×W plane is `at[v]` where the
+/// width is whole vectors (all 16 positions real), None otherwise (junk positions included: split
+/// with `Grid::runs`).
+struct TileOut<'a> {
+    img: usize,
+    co0: usize,
+    rows: usize,
+    q: &'a [usize],
+    at: &'a [Option<usize>],
+    /// conv_tile's output: rows < MR, vectors < q.len() written.
+    vals: &'a std::mem::MaybeUninit<[f32; MR * TILE]>,
+}
+
+impl TileOut<'_> {
+    /// The 16 values of row r (< rows), vector v (< q.len()).
+    fn vector(&self, r: usize, v: usize) -> &[f32] {
+        assert!(r < self.rows && v < self.q.len(), "tile vector ({r}, {v}) was not computed");
+        // SAFETY: conv_tile wrote every row < MR (≥ rows) of its V = q.len() vectors (asserted in range).
+        unsafe { std::slice::from_raw_parts(self.vals.as_ptr().cast::<f32>().add(r * TILE + v * LANES), LANES) }
+    }
+    /// The plane indices of the vectors when all are whole.
+    fn whole(&self) -> Option<[usize; NV]> {
+        let mut at = [0; NV];
+        for (d, a) in at.iter_mut().zip(self.at) {
+            *d = (*a)?;
+        }
+        Some(at)
+    }
+}
+
+/// Runs the conv kernel over every (image, position tile, channel block) task in parallel and hands
+/// each task's computed tile to `store` (one call per task, so the epilogue loops stay inside one
+/// call of its own build).
 #[allow(clippy::too_many_arguments)]
 fn conv_tiles<const T: usize>(
     kern: Kern, gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], wv: WeightView, taps: [usize; T],
-    store: impl Fn(usize, usize, usize, Option<usize>, &[f32]) + Sync,
+    store: impl Fn(&TileOut) + Sync,
 ) {
     // Tiles of at most NV vectors, balanced so a plane of 5 vectors runs as 3 + 2, not 4 + 1.
     let qv = gr.vecs();
@@ -402,45 +432,42 @@ fn conv_tiles<const T: usize>(
     assert!(wv.w.len() >= (cout - 1) * wv.row + (cin - 1) * wv.col + T);
     let furthest = gr.taps.iter().max().copied().unwrap_or(0);
     assert!(taps.iter().all(|&t| t <= furthest), "a tap reads past the padded plane");
+    // A task takes one tile of positions and a run of channel blocks (its input tile stays in L1
+    // across them); the blocks are split into as few runs as give every thread several tasks.
+    let runs = (4 * rayon::current_num_threads()).div_ceil(n * tiles).clamp(1, blocks);
     let task = |i: usize| {
-        let cb = i % blocks;
-        let t = (i / blocks) % tiles;
-        let img = i / (blocks * tiles);
+        let run = i % runs;
+        let t = (i / runs) % tiles;
+        let img = i / (runs * tiles);
         let (v0, v1) = (t * qv / tiles, (t + 1) * qv / tiles);
         let vecs = v1 - v0;
         let voff: [usize; NV] = std::array::from_fn(|v| gr.vec_q(v0 + v.min(vecs - 1)));
         let vat: [Option<usize>; NV] = std::array::from_fn(|v| gr.vec_at(v0 + v));
-        let rows = MR.min(cout - cb * MR);
-        // Rows past cout re-read the last real row; their sums are dropped.
-        let wrows: [*const f32; MR] = std::array::from_fn(|r| wv.w[(cb * MR + r.min(rows - 1)) * wv.row..].as_ptr());
-        // Not zero-filled: conv_tile writes every (row, vector) read below.
-        let mut out = std::mem::MaybeUninit::<[f32; MR * TILE]>::uninit();
-        let o = out.as_mut_ptr().cast::<f32>();
-        // SAFETY: the tile reads x[voff[v] + lane + taps] < q_len + 2·wp + 2 ≤ plane within each of
-        // the image's cin planes (every vector starts below q_len; no tap past the 3×3 grid's furthest, asserted),
-        // and weights at row + c·col + t inside wv.w (asserted above); the caller checked that the CPU
-        // runs `kern`.
-        unsafe {
-            let x = xpad.as_ptr().add(img * cin * gr.plane);
-            match vecs {
-                4 => conv_tile::<4, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                3 => conv_tile::<3, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                2 => conv_tile::<2, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
-                _ => conv_tile::<1, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+        // SAFETY: img < n, so the image's planes lie inside xpad (asserted above).
+        let x = unsafe { xpad.as_ptr().add(img * cin * gr.plane) };
+        let mut vals = std::mem::MaybeUninit::<[f32; MR * TILE]>::uninit();
+        for cb in run * blocks / runs..(run + 1) * blocks / runs {
+            let rows = MR.min(cout - cb * MR);
+            // Rows past cout re-read the last real row; their sums are dropped.
+            let wrows: [*const f32; MR] =
+                std::array::from_fn(|r| wv.w[(cb * MR + r.min(rows - 1)) * wv.row..].as_ptr());
+            let o = vals.as_mut_ptr().cast::<f32>();
+            // SAFETY: the tile reads x[voff[v] + lane + taps] < q_len + 2·wp + 2 ≤ plane within each
+            // of the image's cin planes (every vector starts below q_len; no tap past the 3×3 grid's
+            // furthest, asserted), and weights at row + c·col + t inside wv.w (asserted above); the
+            // caller checked that the CPU runs `kern`.
+            unsafe {
+                match vecs {
+                    4 => conv_tile::<4, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                    3 => conv_tile::<3, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                    2 => conv_tile::<2, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                    _ => conv_tile::<1, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
+                }
             }
-        }
-        for r in 0..rows {
-            for (v, &q) in voff[..vecs].iter().enumerate() {
-                // SAFETY: row r < MR, vector v < vecs: written by conv_tile above.
-                let vals = unsafe { std::slice::from_raw_parts(o.add(r * TILE + v * LANES), LANES) };
-                store(img, cb * MR + r, q, vat[v], vals);
-            }
+            store(&TileOut { img, co0: cb * MR, rows, q: &voff[..vecs], at: &vat[..vecs], vals: &vals });
         }
     };
-    let total = n * tiles * blocks;
-    // Enough positions per task to amortise the scheduling (≈ 30 k FMAs at least).
-    let min_len = (30_000 / (MR * TILE * cin * T)).max(1);
-    (0..total).into_par_iter().with_min_len(min_len).for_each(task);
+    (0..n * tiles * runs).into_par_iter().for_each(task);
 }
 
 /// out[r][v·16 + lane] = Σ_c Σ_tap w[r][c·col + tap] · x[c·plane + taps[tap] + voff[v] + lane]
@@ -546,21 +573,75 @@ unsafe fn conv_tile_avx512<const V: usize, const T: usize>(
     }
 }
 
-/// dst[..16] = act(src[..16] + bias + res[..16]) — the forward's store of one whole vector.
+/// The forward's store of a tile whose vectors are whole: for each row r < tile.rows and vector v,
+/// dst[r·pitch + at[v] ..][..16] = act(value + bias[r] + res[r·pitch + at[v] ..]).
 ///
 /// # Safety
-/// The CPU must run `isa`; src (and res) readable and dst writable for 16 floats.
-unsafe fn epilogue_vec(isa: Isa, dst: *mut f32, src: *const f32, bias: f32, res: Option<*const f32>, relu: bool) {
+/// The CPU must run `isa`; dst (and res) must be writable (readable) at r·pitch + at[v] + 0..16
+/// for every row and vector of the tile, and bias hold `tile.rows` values.
+#[allow(clippy::too_many_arguments)]
+unsafe fn epilogue_tile(
+    isa: Isa, dst: *mut f32, pitch: usize, tile: &TileOut, at: &[usize; NV], bias: Option<&[f32]>,
+    res: Option<*const f32>, relu: bool,
+) {
     // SAFETY: forwarded from the caller (see # Safety).
     #[cfg(target_arch = "x86_64")]
     unsafe {
         match isa {
-            Isa::Avx512 => epilogue_vec_avx512(dst, src, bias, res, relu),
-            Isa::Avx2 => epilogue_vec_avx2(dst, src, bias, res, relu),
+            Isa::Avx512 => epilogue_tile_avx512(dst, pitch, tile, at, bias, res, relu),
+            Isa::Avx2 => epilogue_tile_avx2(dst, pitch, tile, at, bias, res, relu),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("direct conv runs only where available() holds: {isa:?} {dst:?} {src:?} {bias} {res:?} {relu}")
+    unreachable!(
+        "direct conv runs only where available() holds: {isa:?} {dst:?} {pitch} {at:?} {bias:?} {res:?} {relu}"
+    )
+}
+
+/// Calls `f(offset r·pitch + at[v], values, bias)` for every row and vector of the tile; inlined
+/// into each build's `epilogue_tile` so that `f` inlines there too.
+#[inline(always)]
+fn each_vector(
+    tile: &TileOut, pitch: usize, at: &[usize; NV], bias: Option<&[f32]>, mut f: impl FnMut(usize, &[f32], f32),
+) {
+    for r in 0..tile.rows {
+        let b = bias.map_or(0.0, |b| b[r]);
+        for (v, &a) in at.iter().enumerate().take(tile.q.len()) {
+            f(r * pitch + a, tile.vector(r, v), b);
+        }
+    }
+}
+
+/// `epilogue_tile` on AVX2.
+///
+/// # Safety
+/// As `epilogue_tile`, with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn epilogue_tile_avx2(
+    dst: *mut f32, pitch: usize, tile: &TileOut, at: &[usize; NV], bias: Option<&[f32]>, res: Option<*const f32>,
+    relu: bool,
+) {
+    // SAFETY: each offset is one the caller vouches for (see # Safety).
+    each_vector(tile, pitch, at, bias, |o, v, b| unsafe {
+        epilogue_vec_avx2(dst.add(o), v.as_ptr(), b, res.map(|r| r.add(o)), relu)
+    });
+}
+
+/// `epilogue_tile` on AVX-512F.
+///
+/// # Safety
+/// As `epilogue_tile`, with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn epilogue_tile_avx512(
+    dst: *mut f32, pitch: usize, tile: &TileOut, at: &[usize; NV], bias: Option<&[f32]>, res: Option<*const f32>,
+    relu: bool,
+) {
+    // SAFETY: each offset is one the caller vouches for (see # Safety).
+    each_vector(tile, pitch, at, bias, |o, v, b| unsafe {
+        epilogue_vec_avx512(dst.add(o), v.as_ptr(), b, res.map(|r| r.add(o)), relu)
+    });
 }
 
 /// `epilogue_vec` on AVX2, two halves of 8.
@@ -647,34 +728,40 @@ fn forward_tiles<const T: usize>(
     assert!(y.len() >= g.n * g.cout * hw && ep.residual.is_none_or(|r| r.len() >= g.n * g.cout * hw));
     assert!(ep.bias.is_none_or(|b| b.len() >= g.cout));
     let out = SharedOut(y.as_mut_ptr());
-    let store = |img: usize, co: usize, q0: usize, at: Option<usize>, vals: &[f32]| {
-        let base = (img * g.cout + co) * hw;
-        let bias = ep.bias.map_or(0.0, |b| b[co]);
-        if let Some(at) = at {
-            // SAFETY: the 16 positions at..at + 16 of (img, co) lie inside y and the residual
-            // (asserted) and belong to this task only; the CPU runs `isa` (the caller checked).
+    let store = |t: &TileOut| {
+        let first = (t.img * g.cout + t.co0) * hw;
+        if let Some(at) = t.whole() {
+            // SAFETY: rows co0..co0 + rows of image img at the vectors' 16 positions lie inside y and
+            // the residual (asserted) and belong to this task only; the CPU runs `isa` (the caller
+            // checked).
             unsafe {
-                let res = ep.residual.map(|r| r.as_ptr().add(base + at));
-                epilogue_vec(isa, out.at(base + at), vals.as_ptr(), bias, res, ep.relu);
+                let res = ep.residual.map(|r| r.as_ptr().add(first));
+                epilogue_tile(isa, out.at(first), hw, t, &at, ep.bias.map(|b| &b[t.co0..]), res, ep.relu);
             }
             return;
         }
-        gr.runs(q0, vals.len(), |off, at, len| {
-            // SAFETY: (img, co, at..at + len) lies inside y (asserted) and belongs to this task only.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(base + at), len) };
-            let src = &vals[off..off + len];
-            match (ep.residual, ep.relu) {
-                (Some(res), relu) => {
-                    let res = &res[base + at..][..len];
-                    for ((d, &v), &r) in dst.iter_mut().zip(src).zip(res) {
-                        let s = v + bias + r;
-                        *d = if relu { s.max(0.0) } else { s };
+        for r in 0..t.rows {
+            let base = first + r * hw;
+            let bias = ep.bias.map_or(0.0, |b| b[t.co0 + r]);
+            for (v, &q0) in t.q.iter().enumerate() {
+                gr.runs(q0, LANES, |off, at, len| {
+                    // SAFETY: (img, co, at..at + len) lies inside y (asserted) and belongs to this task only.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(base + at), len) };
+                    let src = &t.vector(r, v)[off..off + len];
+                    match (ep.residual, ep.relu) {
+                        (Some(res), relu) => {
+                            let res = &res[base + at..][..len];
+                            for ((d, &v), &r) in dst.iter_mut().zip(src).zip(res) {
+                                let s = v + bias + r;
+                                *d = if relu { s.max(0.0) } else { s };
+                            }
+                        }
+                        (None, true) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = (v + bias).max(0.0)),
+                        (None, false) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + bias),
                     }
-                }
-                (None, true) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = (v + bias).max(0.0)),
-                (None, false) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + bias),
+                });
             }
-        });
+        }
     };
     conv_tiles(kern, gr, g.n, rows, g.cout, xpad, wv, taps, store);
 }
@@ -727,18 +814,23 @@ pub fn backward_on(
             }
             let wv = WeightView { w: wflip, row: 9, col: cin * 9 };
             let out = SharedOut(dx.as_mut_ptr());
-            conv_tiles(Kern::F32(isa), &gr, n, cout, cin, dypad, wv, gr.taps, |img, ci, q0, at, vals| {
-                let base = (img * cin + ci) * hw;
-                if let Some(at) = at {
-                    // SAFETY: inside dx (asserted) and written by this task only.
-                    unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), out.at(base + at), LANES) };
-                    return;
+            conv_tiles(Kern::F32(isa), &gr, n, cout, cin, dypad, wv, gr.taps, |t: &TileOut| {
+                for r in 0..t.rows {
+                    let base = (t.img * cin + t.co0 + r) * hw;
+                    for (v, (&q0, at)) in t.q.iter().zip(t.at).enumerate() {
+                        let vals = t.vector(r, v);
+                        if let Some(at) = at {
+                            // SAFETY: inside dx (asserted) and written by this task only.
+                            unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), out.at(base + at), LANES) };
+                            continue;
+                        }
+                        gr.runs(q0, LANES, |off, at, len| {
+                            // SAFETY: inside dx (asserted) and written by this task only.
+                            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(base + at), len) };
+                            dst.copy_from_slice(&vals[off..off + len]);
+                        });
+                    }
                 }
-                gr.runs(q0, vals.len(), |off, at, len| {
-                    // SAFETY: inside dx (asserted) and written by this task only.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(base + at), len) };
-                    dst.copy_from_slice(&vals[off..off + len]);
-                });
             });
         }
         if let Some(dw) = dw {

@@ -69,7 +69,7 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], packed: &Bf16Weights, ep: 
     assert!(applies(g), "bf16 conv: {g:?} is not a 3×3 pad-1 stride-1/2 or 1×1 stride-1 conv");
     let (n, cin, cout, kk) = (g.n, g.cin, g.cout, g.k * g.k);
     assert!(x.len() >= n * cin * g.h * g.w && wt.len() >= cout * cin * kk);
-    if g.k == 3 && winograd::pays(g) {
+    if g.k == 3 && winograd_pays(g) {
         let u = packed.winograd.get_or_init(|| {
             let mut u = vec![0.0; winograd::transformed_len(cin, cout)];
             winograd::transform_weights(wt, cin, cout, &mut u);
@@ -105,6 +105,13 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], packed: &Bf16Weights, ep: 
             forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, [gr.taps[4]], ep, y);
         }
     });
+}
+
+/// Whether bf16 Winograd beats the bf16 direct kernel: where the f32 engine takes Winograd, from 32
+/// input channels (at 18 its transforms outweigh the halved products: 82 vs 100 GFLOP/CPU-s on
+/// 18 channels at 64×64, even at 36 on 32×32, 2.2× faster at 64 channels and up; `benches/conv.rs`).
+pub fn winograd_pays(g: &Conv2dGeom) -> bool {
+    winograd::pays(g) && g.cin >= 32
 }
 
 /// [cout][cin][kk] f32 → [cout][pair][kk] pairs.
