@@ -18,8 +18,7 @@
 //! rounded operands only by the f32 additions.
 
 use super::{
-    forward_tiles, isa, pad_phases, pad_planes, winograd, with_scratch, Epilogue, Grid, Isa, Kern, WeightView, MR, NV,
-    TILE,
+    forward_tiles, isa, pad_phases, winograd, with_scratch, Epilogue, Grid, Isa, Kern, WeightView, MR, NV, TILE,
 };
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
@@ -73,8 +72,7 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], packed: &Bf16Weights, ep: 
         let u = packed.winograd.get_or_init(|| {
             let mut u = vec![0.0; winograd::transformed_len(cin, cout)];
             winograd::transform_weights(wt, cin, cout, &mut u);
-            pair_rows(&mut u, cin);
-            u
+            pair_rows(&u, cin)
         });
         return winograd::forward_bf16(g, x, u, ep, y);
     }
@@ -83,6 +81,18 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], packed: &Bf16Weights, ep: 
     let gr = if g.stride == 1 { Grid::new(g.h, g.w) } else { Grid::stride2(g.h, g.w) };
     debug_assert!(gr.h == g.ho && gr.w == g.wo);
     let hw = g.h * g.w;
+    let wv = WeightView { w, row: pairs * kk, col: kk };
+    if g.stride == 1 {
+        return with_scratch(n * pairs * gr.plane, |xpad| {
+            pack_padded(&gr, &x[..n * cin * hw], cin, xpad);
+            if g.k == 3 {
+                forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, gr.taps, ep, y);
+            } else {
+                // A 1×1 conv reads each position itself: the centre tap of the padded 3×3 grid.
+                forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, [gr.taps[4]], ep, y);
+            }
+        });
+    }
     with_scratch(n * pairs * (hw + gr.plane), |s| {
         let (paired, xpad) = s.split_at_mut(n * pairs * hw);
         paired.par_chunks_mut(pairs * hw).zip(x.par_chunks(cin * hw)).for_each(|(p, xn)| {
@@ -92,19 +102,35 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], packed: &Bf16Weights, ep: 
                 pack_pairs(lo, hi, dst);
             }
         });
-        if g.stride == 1 {
-            pad_planes(&gr, paired, xpad);
-        } else {
-            pad_phases(Isa::Avx512, &gr, g.h, g.w, paired, xpad);
-        }
-        let wv = WeightView { w, row: pairs * kk, col: kk };
-        if g.k == 3 {
-            forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, gr.taps, ep, y);
-        } else {
-            // A 1×1 conv reads each position itself: the centre tap of the padded grid.
-            forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, [gr.taps[4]], ep, y);
-        }
+        pad_phases(Isa::Avx512, &gr, g.h, g.w, paired, xpad);
+        forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, gr.taps, ep, y);
     });
+}
+
+/// The channel pairs of every image of `x` (planes of gr.h × gr.w, `cin` per image) packed straight
+/// into the zero-bordered planes `pad_planes` makes (one pass instead of packing, then padding).
+fn pack_padded(gr: &Grid, x: &[f32], cin: usize, dst: &mut [f32]) {
+    let (w, hw, pairs) = (gr.w, gr.h * gr.w, cin.div_ceil(2));
+    let planes = x.len() / hw / cin * pairs;
+    let one = |(i, d): (usize, &mut [f32])| {
+        let (img, p) = (i / pairs, i % pairs);
+        let lo = &x[(img * cin + 2 * p) * hw..][..hw];
+        let hi = (2 * p + 1 < cin).then(|| &x[(img * cin + 2 * p + 1) * hw..][..hw]);
+        let mut at = 0;
+        for y in 0..gr.h {
+            let start = (y + 1) * gr.wp + 1;
+            d[at..start].fill(0.0);
+            pack_pairs(&lo[y * w..][..w], hi.map(|h| &h[y * w..][..w]), &mut d[start..start + w]);
+            at = start + w;
+        }
+        d[at..].fill(0.0);
+    };
+    let dst = &mut dst[..planes * gr.plane];
+    if dst.len() >= 1 << 16 {
+        dst.par_chunks_exact_mut(gr.plane).enumerate().with_min_len(4).for_each(one);
+    } else {
+        dst.chunks_exact_mut(gr.plane).enumerate().for_each(one);
+    }
 }
 
 /// Whether bf16 Winograd beats the bf16 direct kernel: where the f32 engine takes Winograd, from 32
@@ -130,15 +156,15 @@ fn pack_weights(wt: &[f32], cin: usize, cout: usize, kk: usize) -> Vec<f32> {
     w
 }
 
-/// Rows of `len` f32 values → rows of `len.div_ceil(2)` pairs, in place at the start of each row
-/// (the rest of the row is left as it was).
-fn pair_rows(rows: &mut [f32], len: usize) {
-    for row in rows.chunks_exact_mut(len) {
-        for p in 0..len.div_ceil(2) {
-            let hi = if 2 * p + 1 < len { row[2 * p + 1] } else { 0.0 };
-            row[p] = pair(row[2 * p], hi);
-        }
+/// Rows of `len` f32 values → rows of `len.div_ceil(2)` pairs (half the bytes of weights that small
+/// planes stream from memory once per conv).
+fn pair_rows(rows: &[f32], len: usize) -> Vec<f32> {
+    let pairs = len.div_ceil(2);
+    let mut out = Vec::with_capacity(rows.len() / len * pairs);
+    for row in rows.chunks_exact(len) {
+        out.extend((0..pairs).map(|p| pair(row[2 * p], row.get(2 * p + 1).copied().unwrap_or(0.0))));
     }
+    out
 }
 
 /// The bf16 pair (round(lo), round(hi)) as the bits of one f32 (lo in the low half), rounded as the

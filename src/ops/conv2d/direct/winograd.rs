@@ -130,7 +130,7 @@ pub fn forward_transformed(g: &Conv2dGeom, x: &[f32], u: &[f32], ep: Epilogue<f3
 }
 
 /// `forward_transformed` with bf16 products (`bf16::forward`): `u` holds the transformed weights with
-/// each row of cin values paired in place, and each task's transformed input tiles are paired and
+/// each row of cin values paired (rows of cin.div_ceil(2) pairs, `transformed_len(pairs, cout)`), and each task's transformed input tiles are paired and
 /// rounded likewise before the channel GEMMs. The caller checked `bf16::available()`.
 pub(super) fn forward_bf16(g: &Conv2dGeom, x: &[f32], u: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
     assert!(bf16::available(), "winograd: bf16 products need AVX512-BF16");
@@ -166,7 +166,8 @@ fn forward_in(kern: Kern, layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights
     assert!(isa.supported(), "winograd: the {} build does not run on this CPU", isa.name());
     let (n, cin, cout, h, w) = (g.n, g.cin, g.cout, g.h, g.w);
     let hw = h * w;
-    let ulen = transformed_len(cin, cout);
+    // U's rows hold one weight per GEMM reduction row (channel, or channel pair for bf16).
+    let ulen = transformed_len(gemm_rows, cout);
     assert!(x.len() >= n * cin * hw && y.len() >= n * cout * hw);
     assert!(ep.bias.is_none_or(|b| b.len() >= cout) && ep.residual.is_none_or(|r| r.len() >= n * cout * hw));
     // The tile grid: tile (r, c) covers outputs (2r..2r+2, 2c..2c+2).
@@ -230,7 +231,7 @@ fn forward_in(kern: Kern, layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights
                     for xi in 0..16 {
                         for cb in b0..b1 {
                             let rows: [*const f32; MR] =
-                                std::array::from_fn(|r| u.as_ptr().add(((xi * blocks + cb) * MR + r) * cin));
+                                std::array::from_fn(|r| u.as_ptr().add(((xi * blocks + cb) * MR + r) * gemm_rows));
                             let x = vt.as_ptr().add(xi * cin * TILE);
                             let o = mt.as_mut_ptr().add((xi * nb + cb - b0) * MR * TILE);
                             match vecs {
