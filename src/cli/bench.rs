@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// kernel runs; HRK_BF16_EMULATE=1 emulates it).
     #[arg(long, default_value = "f32")]
     pub precision: String,
+    /// Weights to time and (with `--precision bf16`) to compare bf16 against f32 on: .safetensors or an
+    /// official .pth; default: the model's initialisation.
+    #[arg(long)]
+    pub model_file: Option<PathBuf>,
     /// GPU inference with the `fast` engine: replay a captured CUDA graph (`on`, the first warm-up step
     /// captures it) or launch every kernel (`off`). Default: HRK_CUDA_GRAPHS.
     #[arg(long)]
@@ -103,6 +107,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let graphs = args.graphs.as_deref().map(on_off).transpose()?.unwrap_or_else(crate::switches::cuda_graphs);
     let [iw, ih] = cfg.model.image_size;
     let mut net = super::common::model(&cfg, 0)?;
+    if let Some(path) = &args.model_file {
+        super::common::load_weights(&mut net, path)?;
+    }
     let precision = args.precision.parse::<crate::model::Precision>()?.resolve_cpu();
     let gpu = match &device {
         Device::Gpu(d) => Some(d.clone()),
@@ -243,5 +250,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         flop_per_image / 1e9,
         peak_rss_bytes().map_or("n/a".into(), |v| format!("{:.0} MiB", v as f64 / 1048576.0)),
     );
+    if let (Some(f), crate::model::Precision::Bf16, "fast") = (&fast, precision, args.engine.as_str()) {
+        // What bf16 costs on this input: its heatmaps against the f32 engine's (after the report, so
+        // the second engine is not in the timed steps' peak RSS).
+        let reference = InferNet::with_precision(&net, crate::model::Precision::F32)?;
+        let (got, want) = (f.forward(&x)?.try_to_f32_vec()?, reference.forward(&x)?.try_to_f32_vec()?);
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let dev = got.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        println!(
+            "bf16 vs f32 heatmaps on this input: max |Δ| {dev:.3e} of max |heatmap| {scale:.3e} ({:.3} %)",
+            100.0 * dev / scale.max(f32::MIN_POSITIVE)
+        );
+    }
     Ok(())
 }

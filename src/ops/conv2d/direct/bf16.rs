@@ -209,52 +209,63 @@ unsafe fn pack_pairs_avx512(lo: &[f32], hi: Option<&[f32]>, dst: &mut [f32]) {
     }
 }
 
-/// Each row of 16-element vectors at `row_len` pitch: rows 2p and 2p + 1 → row p as pairs (in place;
-/// the pair of the last row of an odd count is zero), for `rows` rows of `TILE` floats.
+/// `winograd`'s input transform for bf16 products: vt[ξ][p][v·16 + lane] = the pair of (Bᵀ d B)[ξ]
+/// of channels 2p and 2p + 1 (zero for a missing odd one) of vector v's 16 tiles, rounded to bf16 —
+/// written as pairs at once, without an f32 pass through memory.
 ///
 /// # Safety
-/// The CPU must run the bf16 kernels (`available()`); v must hold `rows` rows of TILE floats.
-pub(super) unsafe fn pair_tile_rows(v: *mut f32, rows: usize) {
+/// As `winograd::input_transform` (x holds `cin` phase planes whose windows from each q[v] are in
+/// range), with the bf16 kernels available (`available()`); vt writable for 16·pairs·TILE floats.
+pub(super) unsafe fn input_transform<const P: usize>(x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
     // SAFETY: forwarded from the caller.
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        pair_tile_rows_avx512(v, rows)
+        input_transform_avx512::<P>(x, gr, cin, q, vt)
     }
 }
 
 /// # Safety
-/// As `pair_tile_rows`.
+/// As `input_transform`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn pair_tile_rows_avx512(v: *mut f32, rows: usize) {
+unsafe fn input_transform_avx512<const P: usize>(x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
     use std::arch::x86_64::*;
-    // SAFETY: reads rows 2p, 2p + 1 < rows and writes row p ≤ 2p, each 16 floats at a time, all inside
-    // the caller's `rows` rows of TILE; row p's chunk is written after both source chunks are read.
+    let (off, wp, pairs) = (winograd::window_offsets(gr), gr.wp, cin.div_ceil(2));
+    // SAFETY: the window loads stay in the caller's planes (channels < cin) and the stores in vt's
+    // 16·pairs rows of TILE (# Safety).
     unsafe {
-        // Word i of the result takes word INTERLEAVE[i]: lo0, hi0, lo1, hi1, …
-        const INTERLEAVE: [u16; 32] = {
-            let mut t = [0u16; 32];
-            let mut i = 0;
-            while i < 32 {
-                t[i] = (i / 2 + 16 * (i % 2)) as u16;
-                i += 1;
-            }
-            t
-        };
         let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
-        for p in 0..rows.div_ceil(2) {
-            for k in (0..TILE).step_by(16) {
-                let lo = _mm512_loadu_ps(v.add(2 * p * TILE + k));
-                let hi =
-                    if 2 * p + 1 < rows { _mm512_loadu_ps(v.add((2 * p + 1) * TILE + k)) } else { _mm512_setzero_ps() };
-                // cvtne2ps puts its second operand in the low 16 bf16 values, the first in the high.
-                let both: __m512bh = _mm512_cvtne2ps_pbh(hi, lo);
-                let inter = _mm512_permutexvar_epi16(idx, std::mem::transmute::<__m512bh, __m512i>(both));
-                _mm512_storeu_ps(v.add(p * TILE + k), _mm512_castsi512_ps(inter));
+        for p in 0..pairs {
+            let (lo, hi) = (x.add(2 * p * gr.plane), x.add((2 * p + 1) * gr.plane));
+            for (v, &q) in q.iter().enumerate() {
+                let a = winograd::window_transform::<P>(lo.add(q), wp, &off);
+                let b = if 2 * p + 1 < cin {
+                    winograd::window_transform::<P>(hi.add(q), wp, &off)
+                } else {
+                    [_mm512_setzero_ps(); 16]
+                };
+                for xi in 0..16 {
+                    // cvtne2ps puts its second operand in the low 16 bf16 values, the first in the high.
+                    let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b[xi], a[xi]));
+                    let pairs_v = _mm512_castsi512_ps(_mm512_permutexvar_epi16(idx, both));
+                    _mm512_storeu_ps(vt.add((xi * pairs + p) * TILE + v * 16), pairs_v);
+                }
             }
         }
     }
 }
+
+/// Word i of the interleave takes word INTERLEAVE[i] of (low 16 from one vector, high 16 from the
+/// other): lo0, hi0, lo1, hi1, …
+const INTERLEAVE: [u16; 32] = {
+    let mut t = [0u16; 32];
+    let mut i = 0;
+    while i < 32 {
+        t[i] = (i / 2 + 16 * (i % 2)) as u16;
+        i += 1;
+    }
+    t
+};
 
 /// `super::conv_tile` for `Kern::Bf16Pairs`: out[r][v·16 + lane] = Σ_pairs Σ_tap the dot product of
 /// weight pair w[r][p·col + tap] with input pair x[p·plane + taps[tap] + voff[v] + lane].

@@ -209,22 +209,20 @@ fn forward_in(kern: Kern, layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights
                 let (vt, mt) = buf.split_at_mut(vlen);
                 // SAFETY: the window reads stay inside this image's phase planes (each phase covers
                 // q_len − 1 + wp + 1, the furthest element; a group's rows end at its last tile
-                // row); vt and mt hold 16·cin and 16·nb·MR rows of TILE floats; U holds
-                // 16·blocks·MR rows of cin; the stores stay inside the image's planes. The CPU
+                // row); vt and mt hold 16·cin (≥ 16·gemm_rows) and 16·nb·MR rows of TILE floats; U holds
+                // 16·blocks·MR rows of gemm_rows; the stores stay inside the image's planes. The CPU
                 // runs `isa` (asserted above).
                 unsafe {
                     let image = xph.as_ptr().add(img * cin * gr.plane);
                     let q: [usize; NV] = places.map(|p| p.0);
                     let (q, vt_out) = (&q[..vecs], vt.as_mut_ptr());
-                    match layout {
-                        Layout::Groups(8) => input_transform::<2>(isa, image, &gr, cin, q, vt_out),
-                        Layout::Groups(_) => input_transform::<4>(isa, image, &gr, cin, q, vt_out),
+                    match (layout, kern) {
+                        (Layout::Groups(8), Kern::Bf16Pairs) => bf16::input_transform::<2>(image, &gr, cin, q, vt_out),
+                        (Layout::Groups(_), Kern::Bf16Pairs) => bf16::input_transform::<4>(image, &gr, cin, q, vt_out),
+                        (_, Kern::Bf16Pairs) => bf16::input_transform::<1>(image, &gr, cin, q, vt_out),
+                        (Layout::Groups(8), _) => input_transform::<2>(isa, image, &gr, cin, q, vt_out),
+                        (Layout::Groups(_), _) => input_transform::<4>(isa, image, &gr, cin, q, vt_out),
                         _ => input_transform::<1>(isa, image, &gr, cin, q, vt_out),
-                    }
-                    if kern == Kern::Bf16Pairs {
-                        for xi in 0..16 {
-                            bf16::pair_tile_rows(vt_out.add(xi * cin * TILE), cin);
-                        }
                     }
                     // The GEMM reads the transformed tiles as NV vectors of one plane of TILE floats.
                     let inner: [usize; NV] = std::array::from_fn(|v| v * LANES);
@@ -232,7 +230,7 @@ fn forward_in(kern: Kern, layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights
                         for cb in b0..b1 {
                             let rows: [*const f32; MR] =
                                 std::array::from_fn(|r| u.as_ptr().add(((xi * blocks + cb) * MR + r) * gemm_rows));
-                            let x = vt.as_ptr().add(xi * cin * TILE);
+                            let x = vt.as_ptr().add(xi * gemm_rows * TILE);
                             let o = mt.as_mut_ptr().add((xi * nb + cb - b0) * MR * TILE);
                             match vecs {
                                 4 => conv_tile::<4, 1>(kern, x, &inner, TILE, gemm_rows, &[0], &rows, 1, o),
@@ -404,6 +402,11 @@ fn window_offset(gr: &Grid, i: usize, j: usize) -> usize {
     ((i & 1) * 2 + (j & 1)) * gr.phase + (i >> 1) * gr.wp + (j >> 1)
 }
 
+/// `window_offset` of the 16 elements e = 4i + j.
+pub(super) fn window_offsets(gr: &Grid) -> [usize; 16] {
+    std::array::from_fn(|e| window_offset(gr, e / 4, e % 4))
+}
+
 /// vt[ξ][ci][v·16 + lane] = (Bᵀ d B)[ξ] of the windows of vector v's 16 tiles, which lie in P tile
 /// rows of 16/P tiles from grid position q[v] (P = 1: 16 consecutive positions), by the `isa` build.
 ///
@@ -431,9 +434,31 @@ unsafe fn input_transform<const P: usize>(isa: Isa, x: *const f32, gr: &Grid, ci
 #[target_feature(enable = "avx512f")]
 unsafe fn input_transform_avx512<const P: usize>(x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
     use std::arch::x86_64::*;
-    let off: [usize; 16] = std::array::from_fn(|e| window_offset(gr, e / 4, e % 4));
-    let wp = gr.wp;
+    let (off, wp) = (window_offsets(gr), gr.wp);
     // SAFETY: the window loads and the vt stores stay in the ranges the caller vouches for (# Safety).
+    unsafe {
+        for ci in 0..cin {
+            let xc = x.add(ci * gr.plane);
+            for (v, &q) in q.iter().enumerate() {
+                let r = window_transform::<P>(xc.add(q), wp, &off);
+                for (xi, rv) in r.iter().enumerate() {
+                    _mm512_storeu_ps(vt.add((xi * cin + ci) * TILE + v * LANES), *rv);
+                }
+            }
+        }
+    }
+}
+
+/// (Bᵀ d B)[ξ], ξ = 4i + j, of the 16 windows whose element e lies at the P-row load (see
+/// `input_transform`) from xq + off[e]; inlined into each caller's build.
+///
+/// # Safety
+/// The CPU must have AVX-512F; the loads must be in range (as `input_transform`'s).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn window_transform<const P: usize>(xq: *const f32, wp: usize, off: &[usize; 16]) -> [__m512; 16] {
+    use std::arch::x86_64::*;
+    // SAFETY: the loads stay in the ranges the caller vouches for.
     unsafe {
         let load = |p: *const f32| match P {
             1 => _mm512_loadu_ps(p),
@@ -451,30 +476,26 @@ unsafe fn input_transform_avx512<const P: usize>(x: *const f32, gr: &Grid, cin: 
                 _mm512_insertf32x4::<3>(v, _mm_loadu_ps(p.add(3 * wp)))
             }
         };
-        for ci in 0..cin {
-            let xc = x.add(ci * gr.plane);
-            for (v, &q) in q.iter().enumerate() {
-                let d: [__m512; 16] = std::array::from_fn(|e| load(xc.add(q + off[e])));
-                // Bᵀ d: row i of the result from rows of d (Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]).
-                let mut t = [_mm512_setzero_ps(); 16];
-                for j in 0..4 {
-                    let (d0, d1, d2, d3) = (d[j], d[4 + j], d[8 + j], d[12 + j]);
-                    t[j] = _mm512_sub_ps(d0, d2);
-                    t[4 + j] = _mm512_add_ps(d1, d2);
-                    t[8 + j] = _mm512_sub_ps(d2, d1);
-                    t[12 + j] = _mm512_sub_ps(d1, d3);
-                }
-                // (Bᵀ d) B: the same on each row's columns.
-                for i in 0..4 {
-                    let (t0, t1, t2, t3) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
-                    let r =
-                        [_mm512_sub_ps(t0, t2), _mm512_add_ps(t1, t2), _mm512_sub_ps(t2, t1), _mm512_sub_ps(t1, t3)];
-                    for (j, rv) in r.iter().enumerate() {
-                        _mm512_storeu_ps(vt.add(((4 * i + j) * cin + ci) * TILE + v * LANES), *rv);
-                    }
-                }
-            }
+        let d: [__m512; 16] = std::array::from_fn(|e| load(xq.add(off[e])));
+        // Bᵀ d: row i of the result from rows of d (Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]).
+        let mut t = [_mm512_setzero_ps(); 16];
+        for j in 0..4 {
+            let (d0, d1, d2, d3) = (d[j], d[4 + j], d[8 + j], d[12 + j]);
+            t[j] = _mm512_sub_ps(d0, d2);
+            t[4 + j] = _mm512_add_ps(d1, d2);
+            t[8 + j] = _mm512_sub_ps(d2, d1);
+            t[12 + j] = _mm512_sub_ps(d1, d3);
         }
+        // (Bᵀ d) B: the same on each row's columns.
+        let mut r = [_mm512_setzero_ps(); 16];
+        for i in 0..4 {
+            let (t0, t1, t2, t3) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+            r[4 * i] = _mm512_sub_ps(t0, t2);
+            r[4 * i + 1] = _mm512_add_ps(t1, t2);
+            r[4 * i + 2] = _mm512_sub_ps(t2, t1);
+            r[4 * i + 3] = _mm512_sub_ps(t1, t3);
+        }
+        r
     }
 }
 
@@ -585,7 +606,7 @@ unsafe fn store_tiles(
 /// The AVX2 + FMA halves of the transforms: each vector of 16 tiles as lanes 0..8 and 8..16.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{window_offset, Grid, TileEpilogue, LANES, TILE};
+    use super::{window_offsets, Grid, TileEpilogue, LANES, TILE};
     use std::arch::x86_64::*;
 
     /// `input_transform` on AVX2, same arithmetic as the AVX-512 build on each half.
@@ -596,7 +617,7 @@ mod avx2 {
     pub(super) unsafe fn input_transform<const P: usize>(
         x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32,
     ) {
-        let off: [usize; 16] = std::array::from_fn(|e| window_offset(gr, e / 4, e % 4));
+        let off = window_offsets(gr);
         let wp = gr.wp;
         // SAFETY: the window loads and the vt stores stay in the ranges the caller vouches for: half h
         // reads lanes 8h..8h + 8 of the vector's tiles (P = 1: the run from 8h; P = 2: tile row h;
