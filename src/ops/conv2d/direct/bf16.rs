@@ -136,8 +136,9 @@ fn pack_padded(gr: &Grid, x: &[f32], cin: usize, dst: &mut [f32]) {
 /// Whether bf16 Winograd beats the bf16 direct kernel: where the f32 engine takes Winograd, from 32
 /// input channels (at 18 its transforms outweigh the halved products: 82 vs 100 GFLOP/CPU-s on
 /// 18 channels at 64×64, even at 36 on 32×32, 2.2× faster at 64 channels and up; `benches/conv.rs`).
+/// `HRK_CONV_WINOGRAD=0` turns it off as for f32.
 pub fn winograd_pays(g: &Conv2dGeom) -> bool {
-    winograd::pays(g) && g.cin >= 32
+    crate::switches::conv_winograd() && winograd::pays(g) && g.cin >= 32
 }
 
 /// [cout][cin][kk] f32 → [cout][pair][kk] pairs.
