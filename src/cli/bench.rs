@@ -34,8 +34,9 @@ pub struct BenchArgs {
     /// Inference engine: `fast` (BN folded, fused, arena) or `graph` (the autograd ops, no_grad).
     #[arg(long, default_value = "fast")]
     pub engine: String,
-    /// Conv arithmetic of the fast engine: f32, or bf16 (falls back to f32 with a warning where no bf16
-    /// kernel runs; HRK_BF16_EMULATE=1 emulates it).
+    /// Conv arithmetic of the fast engine (or, with --train, of the training step's convs as `hrk train
+    /// --precision`): f32, or bf16 (falls back to f32 with a warning where no bf16 kernel runs;
+    /// HRK_BF16_EMULATE=1 emulates it for inference).
     #[arg(long, default_value = "f32")]
     pub precision: String,
     /// Weights to time and (with `--precision bf16`) to compare bf16 against f32 on: .safetensors or an
@@ -110,7 +111,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(path) = &args.model_file {
         super::common::load_weights(&mut net, path)?;
     }
-    let precision = args.precision.parse::<crate::model::Precision>()?.resolve_cpu();
+    let asked = args.precision.parse::<crate::model::Precision>()?;
+    if args.train {
+        super::train::set_training_precision(asked, &device);
+    }
+    let precision = asked.resolve_cpu();
     let gpu = match &device {
         Device::Gpu(d) => Some(d.clone()),
         Device::Cpu => None,
@@ -167,6 +172,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         match &train_graphs {
             Some(_) => "train step (fwd+MSE+bwd+Adam, graphs on)".to_string(),
             None if gpu.is_some() => "train step (fwd+MSE+bwd+Adam, graphs off)".to_string(),
+            None if crate::ops::conv2d::bf16_convs() => "train step (fwd+MSE+bwd+Adam, bf16 convs)".to_string(),
             None => "train step (fwd+MSE+bwd+Adam)".to_string(),
         }
     } else {

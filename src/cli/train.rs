@@ -27,6 +27,11 @@ pub struct TrainArgs {
     /// Images generated for the synthetic demo when its CSVs are missing.
     #[arg(long, default_value_t = crate::train::DEFAULT_SYNTH_COUNT)]
     pub synth_count: usize,
+    /// Conv arithmetic of CPU training: f32 (the reference's), or bf16 (forward and input-gradient convs
+    /// with bf16 operands and f32 sums, as PyTorch's autocast; weights, their gradients and BN stay
+    /// f32). Needs AVX512-BF16, else f32 with a warning.
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
 }
 
 /// Shows the training log on stdout and, on a terminal, a progress bar per epoch; with `--quiet`
@@ -81,12 +86,29 @@ impl Drop for Console {
     }
 }
 
+/// Turns the conv op's bf16 arithmetic on for `--precision bf16` where it runs (the CPU, with
+/// AVX512-BF16); elsewhere one warning says why training stays f32.
+pub fn set_training_precision(precision: crate::model::Precision, device: &crate::tensor::Device) {
+    if precision == crate::model::Precision::F32 {
+        return;
+    }
+    if !matches!(device, crate::tensor::Device::Cpu) {
+        log::warn!("--precision bf16 is for CPU training; on a GPU `--gpu-math bf16` chooses the conv arithmetic");
+    } else if crate::ops::conv2d::direct::bf16::available() {
+        crate::ops::conv2d::set_bf16_convs(true);
+    } else {
+        log::warn!("--precision bf16: this CPU has no AVX512-BF16 (or HRK_NO_AVX512 is set); training in f32");
+    }
+}
+
 pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     let device = super::common::device(&args.device)?;
     if let Some(n) = args.threads {
         // Ignore "already initialised": only possible when embedded, and then its pool stands.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
     }
+    let precision = args.precision.parse::<crate::model::Precision>()?;
+    set_training_precision(precision, &device);
     let opts = crate::train::TrainOptions {
         cfg_path: args.cfg,
         seed: args.seed,

@@ -19,6 +19,11 @@ impl Conv2dKernel for Cpu {
     fn forward(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<Storage> {
         // The kernels write every output element (tests/conv_kernels.rs fills y and dx with NaN first).
         let mut y = Storage::for_overwrite(x.dtype(), g.n * g.cout * g.ho * g.wo);
+        if bf16_applies(g, x.dtype()) {
+            let ep = Epilogue { bias: bias.map(typed::<f32>), residual: None, relu: false };
+            direct::bf16::forward(g, typed(x), typed(w), &Default::default(), ep, typed_mut(&mut y));
+            return Ok(y);
+        }
         by_dtype!(x.dtype(), T => forward::<T>(g, typed(x), typed(w), bias.map(typed::<T>), typed_mut(&mut y)));
         Ok(y)
     }
@@ -33,6 +38,16 @@ impl Conv2dKernel for Cpu {
         if xs.dtype() != dtype || ws.dtype() != dtype {
             bail!("conv2d backward: gradient dtype {:?} differs from the forward's", dtype);
         }
+        if g.stride == 1 && bf16_applies(g, dtype) {
+            if let Some(dx) = dx.as_mut() {
+                bf16_backward_data(g, typed(ws), typed(dy), typed_mut(dx));
+            }
+            if dw.is_some() || db.is_some() {
+                let (dw32, db32) = (dw.as_mut().map(typed_mut::<f32>), db.as_mut().map(typed_mut::<f32>));
+                backward::<f32>(g, typed(xs), typed(ws), typed(dy), None, dw32, db32);
+            }
+            return Ok([dx, dw, db]);
+        }
         by_dtype!(dtype, T => backward::<T>(
             g,
             typed(xs),
@@ -44,6 +59,30 @@ impl Conv2dKernel for Cpu {
         ));
         Ok([dx, dw, db])
     }
+}
+
+/// Whether this conv of the op runs on the bf16 kernels (`super::bf16_convs()`).
+fn bf16_applies(g: &Conv2dGeom, dtype: crate::tensor::DType) -> bool {
+    super::bf16_convs() && dtype == crate::tensor::DType::F32 && direct::bf16::available() && direct::bf16::applies(g)
+}
+
+/// dx = conv(dy, Wᵀ with the taps flipped) — the stride-1 conv's input gradient as a forward conv of
+/// cout → cin channels, on the bf16 kernels.
+fn bf16_backward_data(g: &Conv2dGeom, wt: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let kk = g.k * g.k;
+    let gt = Conv2dGeom::new([g.n, g.cout, g.ho, g.wo], &[g.cin, g.cout, g.k, g.k], 1, g.pad)
+        .expect("the transposed geometry of a valid stride-1 conv");
+    let mut flipped = vec![0.0f32; g.cin * g.cout * kk];
+    for co in 0..g.cout {
+        for ci in 0..g.cin {
+            let (src, dst) = ((co * g.cin + ci) * kk, (ci * g.cout + co) * kk);
+            for t in 0..kk {
+                flipped[dst + t] = wt[src + kk - 1 - t];
+            }
+        }
+    }
+    let none = Epilogue { bias: None, residual: None, relu: false };
+    direct::bf16::forward(&gt, dy, &flipped, &Default::default(), none, dx);
 }
 
 fn threads() -> usize {

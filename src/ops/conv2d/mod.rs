@@ -67,6 +67,23 @@ pub(crate) trait Conv2dKernel: Sync {
     fn backward(&self, g: &Conv2dGeom, saved: [Option<&Storage>; 2], dy: &Storage, want: [bool; 3]) -> Result<Grads>;
 }
 
+/// Whether the CPU conv op (the autograd path that training runs) computes its f32 forward and
+/// backward-data convs with bf16 operands and f32 sums where the bf16 kernels apply (AVX512-BF16; 3×3
+/// stride 1 and 1×1, plus 3×3 stride 2 forward), as PyTorch's autocast does; weight gradients, BN and
+/// everything else stay f32. Process-wide, off by default (`hrk train --precision bf16` turns it on).
+static BF16_CONVS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the op's bf16 convs on or off (see `BF16_CONVS`); the caller checked that the CPU runs them
+/// (`direct::bf16::available()`), without which the op stays f32.
+pub fn set_bf16_convs(on: bool) {
+    BF16_CONVS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether `set_bf16_convs(true)` is in force.
+pub fn bf16_convs() -> bool {
+    BF16_CONVS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn kernels(device: &Device) -> &'static dyn Conv2dKernel {
     kernels_for(device, &Cpu, &Cuda)
 }
