@@ -4,7 +4,8 @@
 //! are shapes where im2col + GEMM spends more time packing than multiplying; here a few output pixels ×
 //! a block of output channels stay in registers while the kernel's taps stream past. Callers compile
 //! the loops through the [`Kernels`] generic: AVX2+FMA intrinsics ([`Avx2`], picked at run time, see
-//! [`has_avx2_fma`]) or portable loops ([`Plain`], the fallback, also the tests' second opinion).
+//! [`has_avx2_fma`]; its convs take their AVX-512 form where [`has_avx512`] holds, the same bits) or
+//! portable loops ([`Plain`], the fallback, also the tests' second opinion).
 
 use crate::float::Float;
 use crate::ops::max_pool::ceil_pool_extent;
@@ -44,6 +45,10 @@ impl Kernels for Avx2 {
         #[cfg(target_arch = "x86_64")]
         {
             assert!(has_avx2_fma(), "the AVX2 loops need AVX2 and FMA");
+            if has_avx512() {
+                // SAFETY: the CPU supports AVX-512F (checked); the function checks the extents.
+                return unsafe { avx512::conv_prelu::<K, CIN, COUT>(x, h, w, layer, y) };
+            }
             // SAFETY: the CPU supports AVX2 and FMA (asserted above); the function checks the extents.
             unsafe { avx2::conv_prelu::<K, CIN, COUT>(x, h, w, layer, y) }
         }
@@ -68,6 +73,22 @@ impl Kernels for Avx2 {
             unreachable!("the AVX2 loops exist on x86_64 only")
         }
     }
+}
+
+/// Whether the AVX2 build's convs take their AVX-512 form: the CPU has AVX-512F and `HRK_NO_AVX512` is
+/// not set.
+pub(crate) fn has_avx512() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f") && !crate::switches::no_avx512()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
 }
 
 /// Whether this CPU runs the AVX2+FMA loops.
@@ -327,3 +348,51 @@ pub(crate) fn as_rows<const N: usize>(v: &[f32]) -> &[[f32; N]] {
 #[cfg(target_arch = "x86_64")]
 #[path = "direct_avx2.rs"]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+#[path = "direct_avx512.rs"]
+mod avx512;
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 conv equals the AVX2 one bit for bit (same FMAs in the same order), on MTCNN's
+    /// layer shapes and on planes narrower than one pixel group.
+    #[test]
+    fn avx512_conv_equals_avx2_bits() {
+        if !(has_avx2_fma() && has_avx512()) {
+            eprintln!("skipped: this CPU lacks AVX2+FMA or AVX-512F (or HRK_NO_AVX512 is set)");
+            return;
+        }
+        let mut state = 7u32;
+        let mut values = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+                })
+                .collect()
+        };
+        fn check<const K: usize, const CIN: usize, const COUT: usize>(
+            values: &mut dyn FnMut(usize) -> Vec<f32>, h: usize, w: usize,
+        ) {
+            let layer = ConvLayer::<K>::new(&values(COUT * CIN * K * K), &values(COUT), &values(COUT), CIN, COUT);
+            let x = values(h * w * CIN);
+            let n = (h + 1 - K) * (w + 1 - K) * COUT;
+            let (mut a, mut b) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            // SAFETY: the CPU has AVX2, FMA and AVX-512F (checked by the caller).
+            unsafe {
+                avx2::conv_prelu::<K, CIN, COUT>(&x, h, w, &layer, &mut a);
+                avx512::conv_prelu::<K, CIN, COUT>(&x, h, w, &layer, &mut b);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "K{K} {CIN}->{COUT} on {h}x{w}");
+        }
+        check::<3, 3, 10>(&mut values, 31, 24);
+        check::<3, 3, 28>(&mut values, 24, 24);
+        check::<3, 28, 48>(&mut values, 11, 11);
+        check::<2, 48, 64>(&mut values, 4, 4);
+        check::<3, 16, 32>(&mut values, 5, 3);
+        check::<2, 64, 128>(&mut values, 4, 4);
+    }
+}
