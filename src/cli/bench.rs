@@ -115,7 +115,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.train {
         super::train::set_training_precision(asked, &device);
     }
-    let precision = asked.resolve_cpu();
+    // The inference engine's arithmetic (with --train it is not timed: f32, no second warning).
+    let precision = if args.train { crate::model::Precision::F32 } else { asked.resolve_cpu() };
     let gpu = match &device {
         Device::Gpu(d) => Some(d.clone()),
         Device::Cpu => None,

@@ -61,9 +61,15 @@ impl Conv2dKernel for Cpu {
     }
 }
 
-/// Whether this conv of the op runs on the bf16 kernels (`super::bf16_convs()`).
+/// Whether this conv of the op runs on the bf16 kernels (`super::bf16_convs()`): planes of at least
+/// 10×10 outputs, where the f32 op takes its direct kernels too (below, the per-call packing of
+/// weights and planes costs more than the halved products save).
 fn bf16_applies(g: &Conv2dGeom, dtype: crate::tensor::DType) -> bool {
-    super::bf16_convs() && dtype == crate::tensor::DType::F32 && direct::bf16::available() && direct::bf16::applies(g)
+    super::bf16_convs()
+        && dtype == crate::tensor::DType::F32
+        && g.ho * g.wo >= 100
+        && direct::bf16::available()
+        && direct::bf16::applies(g)
 }
 
 /// dx = conv(dy, Wᵀ with the taps flipped) — the stride-1 conv's input gradient as a forward conv of
