@@ -3,15 +3,16 @@
 //! `vdpbf16ps` adds, in each 32-bit lane, the products of two bf16 pairs to an f32 accumulator, so
 //! the pair dimension must be a reduction dimension: each 32-bit element of the kernels' input
 //! planes holds the bf16 values of input channels 2p and 2p + 1 at one position (low half, high
-//! half), and each weight element the matching pair of taps (`pack_pairs`). An odd channel count
+//! half), and each weight element the matching pair of weights (`pair`). An odd channel count
 //! pairs the last channel with zeros. The planes are then padded exactly like the f32 planes (a pair
 //! is moved as one 32-bit value), and the f32 direct kernel's tiling, register blocking (MR output
 //! channels × NV vectors) and epilogue run unchanged with `Kern::Bf16Pairs`: twice the products per
 //! instruction.
 //!
 //! Covered: 3×3 pad 1 at stride 1 and 2 (direct), 1×1 stride 1 (the direct kernel with one tap: the
-//! centre tap of the padded 3×3 grid), and Winograd F(2×2, 3×3) where the f32 engine takes it, with
-//! its transformed tiles and transformed weights rounded to bf16 (the transforms stay f32).
+//! centre tap of the padded 3×3 grid), and Winograd F(2×2, 3×3) where the f32 engine takes it and the
+//! conv has at least 32 input channels (`winograd_pays`), with its transformed tiles and transformed
+//! weights rounded to bf16 (the transforms stay f32).
 //!
 //! Rounding: to nearest even (`vcvtneps2bf16`, which also flushes subnormal inputs to zero); the
 //! products of two bf16 values are exact in f32, so a direct conv differs from an f64 sum of the
