@@ -1,4 +1,5 @@
-//! bf16 convs for inference (`Precision::Bf16`) on AVX512-BF16: bf16 inputs and weights, f32 sums.
+//! bf16 convs on AVX512-BF16 (`--precision bf16`: the inference engine, and training's conv op): bf16 inputs
+//! and weights, f32 sums.
 //!
 //! `vdpbf16ps` adds, in each 32-bit lane, the products of two bf16 pairs to an f32 accumulator, so
 //! the pair dimension must be a reduction dimension: each 32-bit element of the kernels' input
