@@ -4,7 +4,7 @@
 //! sums run in the same order as the portable loop (bias, then ky, kx, cin) with one rounding per
 //! multiply-add, so all builds give the same bits.
 
-use super::{ConvLayer, CB};
+use super::{checked_extent, for_pixel_groups, pixel_inputs, ConvLayer, CB};
 use std::arch::x86_64::*;
 
 /// Output pixels per register block.
@@ -19,27 +19,16 @@ const PIX: usize = 12;
 pub(super) unsafe fn conv_prelu<const K: usize, const CIN: usize, const COUT: usize>(
     x: &[f32], h: usize, w: usize, layer: &ConvLayer<K>, y: &mut [f32],
 ) -> (usize, usize) {
-    assert!(layer.cin == CIN && layer.cout == COUT);
-    assert!(h >= K && w >= K && x.len() >= h * w * CIN);
-    let (ho, wo) = (h + 1 - K, w + 1 - K);
-    let n = ho * wo;
-    assert!(y.len() >= n * COUT);
-    assert!(layer.w.len() == COUT.div_ceil(CB) * K * K * CIN * CB && layer.bias.len() == COUT.div_ceil(CB));
-    if n < PIX {
-        for q in 0..n {
-            // SAFETY: AVX-512F as above; extents asserted above, q < n.
-            unsafe { pixel_group::<K, CIN, COUT, 1>(x, w, wo, q, layer, y) };
+    let (ho, wo) = checked_extent::<K, CIN, COUT>(x, h, w, layer, y);
+    // SAFETY: AVX-512F as above; the extents are checked and every group (or single pixel) lies inside
+    // the ho·wo output pixels.
+    for_pixel_groups(ho * wo, PIX, |start, whole| unsafe {
+        if whole {
+            pixel_group::<K, CIN, COUT, PIX>(x, w, wo, start, layer, y)
+        } else {
+            pixel_group::<K, CIN, COUT, 1>(x, w, wo, start, layer, y)
         }
-        return (ho, wo);
-    }
-    let mut q = 0;
-    while q < n {
-        // The last group shifted back over computed pixels (rewritten with the same values).
-        let start = q.min(n - PIX);
-        // SAFETY: as above, start + PIX ≤ n.
-        unsafe { pixel_group::<K, CIN, COUT, PIX>(x, w, wo, start, layer, y) };
-        q = start + PIX;
-    }
+    });
     (ho, wo)
 }
 
@@ -52,14 +41,7 @@ pub(super) unsafe fn conv_prelu<const K: usize, const CIN: usize, const COUT: us
 unsafe fn pixel_group<const K: usize, const CIN: usize, const COUT: usize, const P: usize>(
     x: &[f32], w: usize, wo: usize, start: usize, layer: &ConvLayer<K>, y: &mut [f32],
 ) {
-    let xp = x.as_ptr();
-    // Pixel (oy, ox) of the output reads input rows oy..oy+K and columns ox..ox+K, all inside
-    // [h][w] since oy < ho = h−K+1 and ox < wo = w−K+1.
-    let px: [*const f32; P] = std::array::from_fn(|p| {
-        let q = start + p;
-        let (oy, ox) = (q / wo, q % wo);
-        xp.wrapping_add((oy * w + ox) * CIN)
-    });
+    let px = pixel_inputs::<CIN, P>(x, w, wo, start);
     let row = w * CIN;
     // SAFETY: the loads stay in the blocks' weights and the pixels' input windows, the stores in the
     // group's output pixels (the caller's extents), masked to the block's real channels.

@@ -75,19 +75,55 @@ impl Kernels for Avx2 {
     }
 }
 
-/// Whether the AVX2 build's convs take their AVX-512 form: the CPU has AVX-512F and `HRK_NO_AVX512` is
-/// not set.
+/// Whether the AVX2 build's convs take their AVX-512 form: where the tensor ops' direct convs run their
+/// AVX-512 build (AVX-512 F/VL present, `HRK_NO_AVX512` not set).
 pub(crate) fn has_avx512() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f") && !crate::switches::no_avx512()
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+    crate::ops::conv2d::direct::isa() == Some(crate::ops::conv2d::direct::Isa::Avx512)
+}
+
+/// The output extent (ho, wo) of `layer` over `x` [h][w][CIN] after checking every operand's size
+/// against it; the checks every build's [`conv_prelu`] relies on.
+#[cfg(target_arch = "x86_64")]
+fn checked_extent<const K: usize, const CIN: usize, const COUT: usize>(
+    x: &[f32], h: usize, w: usize, layer: &ConvLayer<K>, y: &[f32],
+) -> (usize, usize) {
+    assert!(layer.cin == CIN && layer.cout == COUT);
+    assert!(h >= K && w >= K && x.len() >= h * w * CIN);
+    let (ho, wo) = (h + 1 - K, w + 1 - K);
+    assert!(y.len() >= ho * wo * COUT);
+    assert!(layer.w.len() == COUT.div_ceil(CB) * K * K * CIN * CB && layer.bias.len() == COUT.div_ceil(CB));
+    (ho, wo)
+}
+
+/// Walks the n flattened output pixels in groups of `pix`: `f(start, true)` for pixels
+/// start..start+pix (the last group shifted back over computed pixels, which are rewritten with the
+/// same values), or `f(q, false)` for each single pixel when there are fewer than `pix`. Inlined into
+/// each build.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn for_pixel_groups(n: usize, pix: usize, mut f: impl FnMut(usize, bool)) {
+    if n < pix {
+        (0..n).for_each(|q| f(q, false));
+        return;
+    }
+    let mut q = 0;
+    while q < n {
+        let start = q.min(n - pix);
+        f(start, true);
+        q = start + pix;
+    }
+}
+
+/// The input pointers of P consecutive flattened output pixels from `start`: pixel (oy, ox) reads
+/// input rows oy..oy+K and columns ox..ox+K of `x` [h][w][CIN], all inside it since oy < h−K+1 and
+/// ox < w−K+1 (wrapping arithmetic here; the builds read through them).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn pixel_inputs<const CIN: usize, const P: usize>(x: &[f32], w: usize, wo: usize, start: usize) -> [*const f32; P] {
+    std::array::from_fn(|p| {
+        let q = start + p;
+        let (oy, ox) = (q / wo, q % wo);
+        x.as_ptr().wrapping_add((oy * w + ox) * CIN)
     })
 }
 
