@@ -63,6 +63,15 @@ fn at_w(g: &Conv2dGeom, co: usize, ci: usize, ky: usize, kx: usize) -> usize {
     ((co * g.cin + ci) * g.k + ky) * g.k + kx
 }
 
+/// Epilogue number `mask` of the eight: bit 0 the bias, bit 1 the residual, bit 2 the ReLU.
+fn epilogue<'a>(mask: usize, bias: &'a [f32], res: &'a [f32]) -> cpu::Epilogue<'a, f32> {
+    cpu::Epilogue {
+        bias: (mask & 1 != 0).then_some(bias),
+        residual: (mask & 2 != 0).then_some(res),
+        relu: mask & 4 != 0,
+    }
+}
+
 fn naive_forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: &cpu::Epilogue<f32>) -> Vec<f64> {
     let mut y = vec![0.0f64; g.n * g.cout * g.ho * g.wo];
     each_tap(g, |[n, co, oy, ox, ci, ky, kx, iy, ix]| {
@@ -140,11 +149,7 @@ fn forward_matches_direct_loops_with_every_epilogue() {
         let bias = randv(&mut rng, cout);
         let res = randv(&mut rng, n * cout * g.ho * g.wo);
         for mask in 0..8 {
-            let ep = cpu::Epilogue {
-                bias: (mask & 1 != 0).then_some(&bias[..]),
-                residual: (mask & 2 != 0).then_some(&res[..]),
-                relu: mask & 4 != 0,
-            };
+            let ep = epilogue(mask, &bias, &res);
             let want = naive_forward(&g, &x, &wt, &ep);
             let mut y = vec![f32::NAN; want.len()];
             cpu::forward_fused_gemm(&g, &x, &wt, ep, &mut y);
@@ -371,11 +376,7 @@ fn bf16_forward_matches_f64_sums_of_rounded_operands() {
         let (xa, wa, ba, ra) = (abs(&xr), abs(&wr), abs(&bias), abs(&res));
         let packed = bf16::Bf16Weights::default();
         for mask in 0..8 {
-            let ep = cpu::Epilogue {
-                bias: (mask & 1 != 0).then_some(&bias[..]),
-                residual: (mask & 2 != 0).then_some(&res[..]),
-                relu: mask & 4 != 0,
-            };
+            let ep = epilogue(mask, &bias, &res);
             let want = naive_forward(&g, &xr, &wr, &ep);
             let ep_abs =
                 cpu::Epilogue { bias: ep.bias.map(|_| &ba[..]), residual: ep.residual.map(|_| &ra[..]), relu: false };

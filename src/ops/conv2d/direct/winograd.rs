@@ -130,8 +130,9 @@ pub fn forward_transformed(g: &Conv2dGeom, x: &[f32], u: &[f32], ep: Epilogue<f3
 }
 
 /// `forward_transformed` with bf16 products (`bf16::forward`): `u` holds the transformed weights with
-/// each row of cin values paired (rows of cin.div_ceil(2) pairs, `transformed_len(pairs, cout)`), and each task's transformed input tiles are paired and
-/// rounded likewise before the channel GEMMs. The caller checked `bf16::available()`.
+/// each row of cin values paired (rows of cin.div_ceil(2) pairs, `transformed_len(pairs, cout)`), and
+/// `bf16::input_transform` pairs and rounds each task's transformed input tiles likewise. The caller
+/// checked `bf16::available()`.
 pub(super) fn forward_bf16(g: &Conv2dGeom, x: &[f32], u: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
     assert!(bf16::available(), "winograd: bf16 products need AVX512-BF16");
     forward_in(Kern::Bf16Pairs, default_layout(g), g, x, Weights::Transformed(u), ep, y)
@@ -209,9 +210,9 @@ fn forward_in(kern: Kern, layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights
                 let (vt, mt) = buf.split_at_mut(vlen);
                 // SAFETY: the window reads stay inside this image's phase planes (each phase covers
                 // q_len − 1 + wp + 1, the furthest element; a group's rows end at its last tile
-                // row); vt and mt hold 16·cin (≥ 16·gemm_rows) and 16·nb·MR rows of TILE floats; U holds
-                // 16·blocks·MR rows of gemm_rows; the stores stay inside the image's planes. The CPU
-                // runs `isa` (asserted above).
+                // row); vt and mt hold 16·cin (≥ 16·gemm_rows) and 16·nb·MR rows of TILE floats; U
+                // holds 16·blocks·MR rows of gemm_rows; the stores stay inside the image's planes.
+                // The CPU runs `isa` (asserted above).
                 unsafe {
                     let image = xph.as_ptr().add(img * cin * gr.plane);
                     let q: [usize; NV] = places.map(|p| p.0);
