@@ -10,8 +10,9 @@
 //! With SET (0..3: train whole/region, test whole/region) only that set's samples are built, once
 //! (for a profiler).
 
+use hrk::config::DatasetKind;
 use hrk::data::codec::HeatmapCodec;
-use hrk::data::dataset::{DatasetKind, DatasetSpec, FaceDataset};
+use hrk::data::dataset::{DatasetSpec, FaceDataset};
 use hrk::data::flip::fliplr_joints_with;
 use hrk::data::imageio::{decode_rgb8, decode_rgb8_region_opts, Rect};
 use hrk::data::loader::{DataLoader, LoaderConfig};

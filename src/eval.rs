@@ -5,7 +5,8 @@
 //! it prints nothing. [`TestOptions`] adds the opt-in test-time options of issue #15 (flip test,
 //! heatmap shift, DARK decoding); the default is the reference protocol.
 
-use crate::data::codec::{decode_preds_with, DecodeMode};
+use crate::config::DecodeMode;
+use crate::data::codec::decode_preds_with;
 use crate::data::dataset::FaceDataset;
 use crate::data::loader::{build_batch, Batch};
 use crate::data::metrics::{compute_nme_with, NmeNorm, Summary};

@@ -1,10 +1,11 @@
 //! Dataset reading, per-sample pipeline and loader (data2 branch). Every test builds its
 //! own tiny dataset in a temporary directory.
 
+use hrk::config::DatasetKind;
 use hrk::data::augment::{draw_augmentation, epoch_order, sample_augmentation, Augmentation};
 use hrk::data::codec::HeatmapCodec;
 use hrk::data::cofw::{cofw_center_scale, read_cofw};
-use hrk::data::dataset::{read_csv_annotations, DatasetKind, DatasetSpec, FaceDataset};
+use hrk::data::dataset::{read_csv_annotations, DatasetSpec, FaceDataset};
 use hrk::data::flip::{flip_center, fliplr_image, fliplr_joints};
 use hrk::data::imageio::{decode_rgb8, decode_rgb8_bytes, decode_rgb8_opts, jpeg_is_truncated, load_image};
 use hrk::data::loader::{DataLoader, LoaderConfig};

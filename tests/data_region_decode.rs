@@ -4,8 +4,9 @@
 //! rectangles at every edge; the crop from a rectangle equals the crop from the whole image;
 //! and whole training/test samples are the same with region decoding on and off.
 
+use hrk::config::DatasetKind;
 use hrk::data::augment::Augmentation;
-use hrk::data::dataset::{DatasetKind, DatasetSpec, FaceDataset};
+use hrk::data::dataset::{DatasetSpec, FaceDataset};
 use hrk::data::imageio::{decode_rgb8, decode_rgb8_region_opts, Rect, Rgb8};
 use hrk::data::transforms::{crop_rgb8, crop_rgb8_region, crop_source, CropSource, InputType};
 use hrk::rng::Rng;

@@ -8,7 +8,8 @@ mod common;
 
 use common::hostile::*;
 use common::{assert_one_line, s, scratch};
-use hrk::data::dataset::{DatasetKind, DatasetSpec, FaceDataset};
+use hrk::config::DatasetKind;
+use hrk::data::dataset::{DatasetSpec, FaceDataset};
 use hrk::data::imageio::load_image;
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,8 @@
 //! the committed output of an independent Python/OpenCV reference (tests/fixtures/protocol/), the
 //! config keys, and a custom 5-point dataset that trains, tests and flip-tests end to end.
 
-use hrk::data::codec::{dark_coords, heatmap_coords, DecodeMode};
+use hrk::config::DecodeMode;
+use hrk::data::codec::{dark_coords, heatmap_coords};
 use hrk::eval::{flip_back_average, flip_input_w};
 use serde_json::Value;
 use std::path::Path;
@@ -295,12 +296,8 @@ fn annotations_reproduce_the_official_center_and_scale() {
         }
     }
     // The output is a dataset hrk reads.
-    let mut spec = hrk::data::dataset::DatasetSpec::new(
-        hrk::data::dataset::DatasetKind::W300,
-        d,
-        d.join("coco_official.csv"),
-        false,
-    );
+    let mut spec =
+        hrk::data::dataset::DatasetSpec::new(hrk::config::DatasetKind::W300, d, d.join("coco_official.csv"), false);
     spec.num_joints = 68;
     assert_eq!(hrk::data::dataset::FaceDataset::open(spec).unwrap().len(), official.len());
     // Bad input: one line naming the file.

@@ -4,56 +4,16 @@
 //! (`sample.rs`) and the loader use.
 
 use super::cofw::{self, CofwData};
+use crate::config::DatasetKind;
 use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DatasetKind {
-    Wflw,
-    W300,
-    Cofw,
-    Aflw,
-}
-
-impl DatasetKind {
-    /// Parses `DATASET.DATASET` ('WFLW' | '300W' | 'COFW' | 'AFLW'; case-insensitive).
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name.trim().to_ascii_uppercase().as_str() {
-            "WFLW" => Ok(Self::Wflw),
-            "300W" => Ok(Self::W300),
-            "COFW" => Ok(Self::Cofw),
-            "AFLW" => Ok(Self::Aflw),
-            _ => bail!("unknown dataset '{name}' (expected WFLW, 300W, COFW or AFLW)"),
-        }
-    }
-
-    /// The official spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Wflw => "WFLW",
-            Self::W300 => "300W",
-            Self::Cofw => "COFW",
-            Self::Aflw => "AFLW",
-        }
-    }
-
-    /// Landmark count of the official protocol.
-    pub fn default_joints(self) -> usize {
-        match self {
-            Self::Wflw => 98,
-            Self::W300 => 68,
-            Self::Cofw => 29,
-            Self::Aflw => 19,
-        }
-    }
-
-    /// CSV columns before the landmarks (path, scale, [box_size,] center_w, center_h).
-    fn csv_leading_columns(self) -> usize {
-        if self == Self::Aflw {
-            5
-        } else {
-            4
-        }
+/// CSV columns before the landmarks (path, scale, [box_size,] center_w, center_h).
+fn csv_leading_columns(kind: DatasetKind) -> usize {
+    if kind == DatasetKind::Aflw {
+        5
+    } else {
+        4
     }
 }
 
@@ -216,7 +176,7 @@ pub fn read_csv_annotations(csv: &Path, root: &Path, kind: DatasetKind, num_join
     let text = String::from_utf8(text)
         .map_err(|e| anyhow!("{}: not UTF-8 text (byte {})", csv.display(), e.utf8_error().valid_up_to()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let lead = kind.csv_leading_columns();
+    let lead = csv_leading_columns(kind);
     let expected_cols = lead + 2 * num_joints;
     let file = csv.display();
 

@@ -5,12 +5,12 @@
 
 use super::augment::{sample_augmentation, Augmentation};
 use super::codec::HeatmapCodec;
-use super::dataset::DatasetKind;
 use super::dataset::{Annotations, FaceDataset};
 use super::flip::fliplr_joints_with;
 use super::image::Image;
 use super::imageio::{decode_rgb8_opts, decode_rgb8_region_opts, rgb8_to_image, Rect, Rgb8};
 use super::transforms::{crop_rgb8, crop_rgb8_region, crop_source, CropSource, InputType};
+use crate::config::DatasetKind;
 use anyhow::{anyhow, bail, Context, Result};
 use std::borrow::Cow;
 

@@ -12,11 +12,10 @@
 //! were at capture. Each replay checks that; when anything moved (a checkpoint loaded, the model moved to
 //! another device) the shape is captured again.
 
-use crate::autograd::{backward_seeded, Gradients};
+use super::step::{self, LossSeed, Pass};
 use crate::cuda::device::{GpuBuffer, GpuDevice, GpuGraph};
 use crate::model::hrnet::GraphCounts;
 use crate::model::HrNet;
-use crate::ops;
 use crate::optim::SplitStep;
 use crate::tensor::{Device, Storage, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
@@ -26,14 +25,6 @@ const MAX_SHAPES: usize = 2;
 
 /// (input shape, target shape).
 type ShapeKey = ([usize; 4], [usize; 4]);
-
-/// What one forward + backward leaves for the host and for the update: the loss and heatmaps (detached)
-/// and the parameters' gradients in store order.
-struct Pass {
-    loss: Tensor,
-    heatmaps: Tensor,
-    grads: Vec<Storage>,
-}
 
 /// The loss and heatmaps of a step, on the host.
 pub struct StepResult {
@@ -238,26 +229,15 @@ impl TrainGraphs {
     }
 }
 
-/// Forward in training mode, MSE loss and backward (seeded from a copy of `seed`, so a capture uploads
-/// nothing), on copies of the input and target buffers.
+/// The shared training step (`step::forward_backward`) on copies of the input and target buffers, seeded
+/// from a copy of `seed` (so a capture uploads nothing).
 fn forward_backward(
     net: &mut HrNet, input: &GpuBuffer, input_shape: [usize; 4], target: &GpuBuffer, target_shape: [usize; 4],
     seed: &GpuBuffer,
 ) -> Result<Pass> {
     let x = Tensor::new(input_shape.to_vec(), Storage::Gpu(input.try_clone()?))?;
     let t = Tensor::new(target_shape.to_vec(), Storage::Gpu(target.try_clone()?))?;
-    let out = net.forward(&x, true)?;
-    let loss = ops::mse_loss(&out, &t)?;
-    let mut grads = backward_seeded(&loss, Storage::Gpu(seed.try_clone()?))?;
-    let grads = take_param_grads(net, &mut grads)?;
-    Ok(Pass { loss: loss.detach(), heatmaps: out.detach(), grads })
-}
-
-/// The gradients of the model's parameters, in store order (what the optimizers take).
-pub(crate) fn take_param_grads(net: &HrNet, grads: &mut Gradients) -> Result<Vec<Storage>> {
-    let names = net.store.param_names();
-    let params = net.store.params();
-    params.iter().zip(names).map(|(p, name)| grads.take(p).ok_or_else(|| anyhow!("no gradient for `{name}`"))).collect()
+    step::forward_backward(net, &x, &t, LossSeed::CopyOf(seed))
 }
 
 fn step_result(pass: &Pass) -> Result<StepResult> {

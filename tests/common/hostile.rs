@@ -234,7 +234,7 @@ pub fn csv_row(image: &str, joints: usize) -> String {
 
 /// A `DatasetSpec` for the tiny CSVs: 300W layout, 5 landmarks, small crops (fast).
 pub fn tiny_dataset_spec(root: &Path, csv: &Path, is_train: bool) -> hrk::data::dataset::DatasetSpec {
-    let mut spec = hrk::data::dataset::DatasetSpec::new(hrk::data::dataset::DatasetKind::W300, root, csv, is_train);
+    let mut spec = hrk::data::dataset::DatasetSpec::new(hrk::config::DatasetKind::W300, root, csv, is_train);
     spec.num_joints = TINY_JOINTS;
     spec.image_size = [32, 32];
     spec.heatmap_size = [8, 8];

@@ -7,6 +7,7 @@
 
 use anyhow::{bail, Result};
 
+use crate::config::DecodeMode;
 use crate::data::transforms::transform_pixel_tensor_scale;
 
 /// `get_preds` for one map: 1-based (x, y) of the first maximum in row-major order; (0, 0)
@@ -56,36 +57,6 @@ pub fn refine_coords(map: &[f32], h: usize, w: usize, res: [usize; 2]) -> [f32; 
         c[1] += sign(dy) * 0.25f32;
     }
     [c[0] + 0.5f32, c[1] + 0.5f32]
-}
-
-/// How a heatmap's sub-pixel position is refined after the argmax (TEST.DECODE).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DecodeMode {
-    /// The reference: a quarter pixel towards the larger neighbour.
-    #[default]
-    Quarter,
-    /// DARK: Gaussian blur, log, second-order Taylor step around the argmax.
-    Dark,
-}
-
-impl std::str::FromStr for DecodeMode {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "quarter" => Ok(DecodeMode::Quarter),
-            "dark" => Ok(DecodeMode::Dark),
-            _ => bail!("decode mode {s:?}: expected quarter or dark"),
-        }
-    }
-}
-
-impl DecodeMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            DecodeMode::Quarter => "quarter",
-            DecodeMode::Dark => "dark",
-        }
-    }
 }
 
 /// OpenCV's `getGaussianKernel(11, 0)`: σ = 0.3·((11−1)/2 − 1) + 0.8 = 2.0, normalised to sum 1.

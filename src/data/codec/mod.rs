@@ -6,7 +6,7 @@ mod decode;
 mod encode;
 
 pub use decode::{
-    argmax_1based, dark_blur, dark_coords, decode_preds, decode_preds_with, heatmap_coords, refine_coords, DecodeMode,
+    argmax_1based, dark_blur, dark_coords, decode_preds, decode_preds_with, heatmap_coords, refine_coords,
 };
 pub use encode::{exp_f32, gaussian_patch, generate_target, generate_target_cauchy};
 
