@@ -140,14 +140,11 @@ fn device_request_parsing_and_size_classes() {
     assert_eq!("auto".parse::<DeviceRequest>().unwrap(), DeviceRequest::Auto);
     let e = "tpu".parse::<DeviceRequest>().unwrap_err().to_string();
     assert!(e.contains("cpu, cuda or auto"), "{e}");
-    #[cfg(feature = "cuda")]
-    {
-        use hrk::cuda::runtime::size_class;
-        for bytes in [1usize, 511, 512, 513, 65536, 65537, 1 << 20, (1 << 20) + 1, 3_000_000, 1 << 30] {
-            let c = size_class(bytes);
-            assert!(c >= bytes && (c as f64) <= bytes as f64 * 1.25 + 512.0, "{bytes} -> {c}");
-            assert_eq!(size_class(c), c, "classes are fixed points");
-        }
+    use hrk::cuda::alloc::size_class;
+    for bytes in [1usize, 511, 512, 513, 65536, 65537, 1 << 20, (1 << 20) + 1, 3_000_000, 1 << 30] {
+        let c = size_class(bytes);
+        assert!(c >= bytes && (c as f64) <= bytes as f64 * 1.25 + 512.0, "{bytes} -> {c}");
+        assert_eq!(size_class(c), c, "classes are fixed points");
     }
 }
 

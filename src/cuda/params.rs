@@ -2,8 +2,12 @@
 //! passed to the GPU launch and to the host emulator. Pointer fields are device addresses (u64; host
 //! addresses under emulation); 0 means null where the header allows it.
 
-use super::device::i32_of;
 use anyhow::Result;
+
+/// Converts a size to the kernels' `int`, naming the op when it does not fit.
+pub fn i32_of(op: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| anyhow::anyhow!("{op}: size {v} exceeds the CUDA kernels' 32-bit indexing"))
+}
 
 /// Where one field of a parameter struct sits: its name, byte offset and byte size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
