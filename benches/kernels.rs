@@ -16,14 +16,14 @@
 //! `HRK_BENCH_RUNGS=cpu,emu,cuda` picks rungs (default all).
 use anyhow::Result;
 use hrk::autograd::backward_with;
-use hrk::cuda::{GpuBuffer, GpuDevice};
 use hrk::cuda::kernels::{self, Kernel};
 use hrk::cuda::params::*;
+use hrk::cuda::{with_gpu_math, GpuMath};
+use hrk::cuda::{GpuBuffer, GpuDevice};
 use hrk::ops::concat::cuda_kernel::concat_into;
 use hrk::ops::conv2d::cuda_kernel::{forward_buffers as conv2d_forward, ConvEpilogue};
 use hrk::ops::fusion::{self, UpTerm};
 use hrk::ops::upsample::cuda_kernel::bilinear_buffers;
-use hrk::cuda::{with_gpu_math, GpuMath};
 use hrk::ops::{self, Conv2dGeom};
 use hrk::{no_grad, Storage, Tensor};
 use std::time::Instant;

@@ -115,9 +115,8 @@ fn fusion_rejects_bad_shapes_with_one_line_errors() {
     let dev = GpuDevice::emulated();
     let x = dev.upload(&values(1, 2 * 3 * 4)).unwrap();
     let small = dev.upload(&values(2, 5)).unwrap();
-    let e = fusion::forward([1, 2, 3, 4], Some(&x), &[UpTerm { z: &small, size: [2, 2] }], &[])
-        .unwrap_err()
-        .to_string();
+    let e =
+        fusion::forward([1, 2, 3, 4], Some(&x), &[UpTerm { z: &small, size: [2, 2] }], &[]).unwrap_err().to_string();
     assert!(e.contains("up term") && !e.contains('\n'), "{e}");
     let four = [&x, &x, &x, &x];
     let e = fusion::forward([1, 2, 3, 4], Some(&x), &[], &four).unwrap_err().to_string();

@@ -125,11 +125,10 @@ impl Backend for EmuDevice {
     fn alloc(&self, len: usize, what: &str) -> Result<Mem> {
         Ok(Mem::Host(EmuDevice::alloc(self, len, what)?))
     }
+    #[allow(irrefutable_let_patterns)] // refutable with feature `cuda`
     fn release(&self, mem: Mem) {
-        match mem {
-            Mem::Host(v) => self.free(v),
-            #[allow(unreachable_patterns)] // reachable with feature `cuda`
-            _ => {}
+        if let Mem::Host(v) = mem {
+            self.free(v);
         }
     }
     fn zero(&self, mem: &mut Mem) -> Result<()> {
@@ -269,10 +268,8 @@ impl GpuDevice {
     /// Its memory is unlimited unless `HRK_EMU_DEVICE_MEMORY` caps it (for out-of-memory tests of the CLI).
     pub fn emulated() -> GpuDevice {
         static EMU: OnceLock<GpuDevice> = OnceLock::new();
-        EMU.get_or_init(|| {
-            GpuDevice::with_kind(Kind::Emulated(EmuDevice::new(crate::switches::emu_device_memory())))
-        })
-        .clone()
+        EMU.get_or_init(|| GpuDevice::with_kind(Kind::Emulated(EmuDevice::new(crate::switches::emu_device_memory()))))
+            .clone()
     }
 
     /// A separate emulated GPU with `bytes` of device memory (not equal to `emulated()`), so tests can

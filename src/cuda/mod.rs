@@ -21,6 +21,7 @@ pub mod params;
 #[cfg(feature = "cuda")]
 pub mod runtime;
 
+pub use crate::switches::GpuMath;
 pub use buffer::GpuBuffer;
 pub use device::GpuDevice;
 pub use driver::{
@@ -29,4 +30,3 @@ pub use driver::{
 };
 pub use graph::{GpuGraph, GraphCache, GraphCounts, Lookup};
 pub use math::{gpu_math, gpu_math_on, set_gpu_math, with_gpu_math};
-pub use crate::switches::GpuMath;

@@ -194,8 +194,8 @@ pub fn layouts() -> Vec<(&'static str, usize, &'static [FieldLayout])> {
     all
 }
 
-// The one builder of each struct's shape fields: ops (autograd kernels), raw.rs (inference) and the device
-// helpers fill the pointer fields on top of these with struct-update syntax.
+// The one builder of each struct's shape fields: the ops' cuda_kernel.rs (autograd and the GPU engine) and
+// the buffer helpers fill the pointer fields on top of these with struct-update syntax.
 
 impl Conv2dParams {
     /// The shape of a convolution of x [n, c_in, h, w] by [c_out, c_in, k, k] with output [h_out, w_out];

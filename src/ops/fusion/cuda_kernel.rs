@@ -73,9 +73,7 @@ fn fusion_device<'a>(x: Option<&'a GpuBuffer>, ups: &[UpTerm<'a>], downs: &[&'a 
 }
 
 /// y = ReLU(x + Σ bilinear_up(ups[k] → h×w) + Σ downs[k]) in one kernel; `dims` = [n, c, h, w] of y.
-pub fn forward(
-    dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[UpTerm], downs: &[&GpuBuffer],
-) -> Result<GpuBuffer> {
+pub fn forward(dims: [usize; 4], x: Option<&GpuBuffer>, ups: &[UpTerm], downs: &[&GpuBuffer]) -> Result<GpuBuffer> {
     let dev = fusion_device(x, ups, downs)?;
     let mut p = fusion_params(dims, x, ups, downs)?;
     let mut y = dev.empty(dims.iter().product())?;
