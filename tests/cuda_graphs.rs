@@ -1,6 +1,8 @@
 //! CUDA graphs and the caching device allocator under the emulated device (a graph there is the recorded
 //! launch list, replayed in order): replay equals the eager run exactly, a new input shape captures a new
-//! graph, capture refuses host work and fresh allocations, the allocator reuses its blocks and reports
+//! graph, capture refuses host work and fresh allocations, a capture whose body errs, panics or makes a
+//! refused call ends without a graph and leaves the device usable, a graph holds one node per recorded
+//! launch (on a real device as the driver counts them), the allocator reuses its blocks and reports
 //! consistent peak / fragmentation figures, and running out of memory in the middle of inference or a
 //! training step is a one-line error. A whole training step (forward, loss, backward, optimizer) replays
 //! from its graphs exactly as the eager step runs it. Each test has a private emulated device.
