@@ -16,11 +16,14 @@
 //! `HRK_BENCH_RUNGS=cpu,emu,cuda` picks rungs (default all).
 use anyhow::Result;
 use hrk::autograd::backward_with;
-use hrk::cuda::device::{GpuBuffer, GpuDevice};
 use hrk::cuda::kernels::{self, Kernel};
 use hrk::cuda::params::*;
-use hrk::cuda::raw::{self, ConvEpilogue, UpTerm};
 use hrk::cuda::{with_gpu_math, GpuMath};
+use hrk::cuda::{GpuBuffer, GpuDevice};
+use hrk::ops::concat::cuda_kernel::concat_into;
+use hrk::ops::conv2d::cuda_kernel::{forward_buffers as conv2d_forward, ConvEpilogue};
+use hrk::ops::fusion::{self, UpTerm};
+use hrk::ops::upsample::cuda_kernel::bilinear_buffers;
 use hrk::ops::{self, Conv2dGeom};
 use hrk::{no_grad, Storage, Tensor};
 use std::time::Instant;
@@ -136,12 +139,12 @@ fn conv_math(math: GpuMath, pass: ConvPass, [n, ci, h, w]: [usize; 4], co: usize
         Ok(match pass {
             ConvPass::Forward => Box::new(move |want| {
                 let ep = ConvEpilogue { bias: Some(&bb), ..Default::default() };
-                let (y, _) = with_gpu_math(math, || raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ep))?;
+                let (y, _) = with_gpu_math(math, || conv2d_forward(&xb, xd, &wb, wd, stride, pad, ep))?;
                 download(&y, want)
             }) as Run,
             ConvPass::ForwardFolded => Box::new(move |want| {
                 let ep = ConvEpilogue { bias: Some(&bb), residual: Some(&res), relu: true };
-                let (y, _) = with_gpu_math(math, || raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ep))?;
+                let (y, _) = with_gpu_math(math, || conv2d_forward(&xb, xd, &wb, wd, stride, pad, ep))?;
                 download(&y, want)
             }) as Run,
             ConvPass::BackwardData => Box::new(move |want| {
@@ -320,7 +323,7 @@ fn bilinear(backward: bool, [n, c, h, w]: [usize; 4], to: [usize; 2]) -> Entry {
         let dev = dev.clone();
         Ok(Box::new(move |want| {
             if !backward {
-                return download(&raw::bilinear_forward(&xb, n * c, [h, w], to)?, want);
+                return download(&bilinear_buffers(&xb, n * c, [h, w], to)?, want);
             }
             let mut dx = dev.zeros(n * c * h * w)?;
             let p = UpsampleParams {
@@ -378,7 +381,7 @@ fn concat(n: usize, channels: &[usize], hw: [usize; 2]) -> Entry {
             let mut whole = dev.empty(n * total * plane)?;
             let mut c0 = 0;
             for (b, &c) in bufs.iter().zip(&chans) {
-                raw::concat_into(b, &mut whole, n, c, total, c0, plane)?;
+                concat_into(b, &mut whole, n, c, total, c0, plane)?;
                 c0 += c;
             }
             download(&whole, want)
@@ -551,9 +554,9 @@ fn fusion(unfused: bool, [n, c, h, w]: [usize; 4], up_sizes: &[[usize; 2]]) -> E
         Ok(Box::new(move |want| {
             let terms: Vec<UpTerm> = ub.iter().zip(&sizes).map(|(z, &size)| UpTerm { z, size }).collect();
             let y = if unfused {
-                raw::fusion_forward_unfused([n, c, h, w], Some(&xb), &terms, &[])?
+                fusion::forward_unfused([n, c, h, w], Some(&xb), &terms, &[])?
             } else {
-                raw::fusion_forward([n, c, h, w], Some(&xb), &terms, &[])?
+                fusion::forward([n, c, h, w], Some(&xb), &terms, &[])?
             };
             download(&y, want)
         }) as Run)

@@ -5,7 +5,7 @@
 //! [`Tensor::update`], which optimizers and BN running statistics use.
 
 use crate::autograd::{self, BackwardOp, Edge, Node};
-use crate::cuda::device::{GpuBuffer, GpuDevice};
+use crate::cuda::{GpuBuffer, GpuDevice};
 use crate::float::Float;
 use crate::host::{HostData, HostTensor};
 use anyhow::{bail, Result};
@@ -210,7 +210,7 @@ impl Storage {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
             }
             (Storage::Gpu(a), Storage::Gpu(b)) if a.len() == b.len() && a.device() == b.device() => {
-                crate::cuda::device::add_assign(a, b)?
+                crate::cuda::buffer::add_assign(a, b)?
             }
             (a, b) if a.device() != b.device() => {
                 bail!("gradient accumulation: device mismatch ({} vs {})", a.device(), b.device())

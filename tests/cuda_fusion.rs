@@ -2,8 +2,9 @@
 //! kernel, run under the host emulator and compared with the CPU ops (upsample_bilinear, add, relu,
 //! conv2d, with autograd for the backward) on odd shapes: odd sizes, non-integer resize ratios, 1–4 inputs.
 use hrk::autograd::backward_with;
-use hrk::cuda::device::{GpuBuffer, GpuDevice};
-use hrk::cuda::raw::{self, ConvEpilogue, UpTerm};
+use hrk::cuda::{GpuBuffer, GpuDevice};
+use hrk::ops::conv2d::cuda_kernel::{forward_buffers as conv2d_forward, ConvEpilogue};
+use hrk::ops::fusion::{self, UpTerm};
 use hrk::{ops, Storage, Tensor};
 
 mod common;
@@ -89,13 +90,13 @@ fn fusion_forward_backward_match_cpu_ops() {
         let terms: Vec<UpTerm> = ub.iter().zip(&c.ups).map(|(z, &size)| UpTerm { z, size }).collect();
         let downs_ref: Vec<&GpuBuffer> = db.iter().collect();
         let ident = c.with_identity.then_some(&xb);
-        let y = raw::fusion_forward(c.dims, ident, &terms, &downs_ref).unwrap();
+        let y = fusion::forward(c.dims, ident, &terms, &downs_ref).unwrap();
         let y_host = y.to_vec().unwrap();
         assert_close(&format!("case {ci} fused y"), &y_host, &want_y, 1e-5);
-        let y_unfused = raw::fusion_forward_unfused(c.dims, ident, &terms, &downs_ref).unwrap().to_vec().unwrap();
+        let y_unfused = fusion::forward_unfused(c.dims, ident, &terms, &downs_ref).unwrap().to_vec().unwrap();
         assert_close(&format!("case {ci} unfused rung y"), &y_unfused, &want_y, 1e-5);
 
-        let (g, d_up) = raw::fusion_backward(c.dims, &y, &dev.upload(&dy).unwrap(), &c.ups).unwrap();
+        let (g, d_up) = fusion::backward(c.dims, &y, &dev.upload(&dy).unwrap(), &c.ups).unwrap();
         let g = g.to_vec().unwrap();
         if let Some(want) = &want_dx {
             assert_close(&format!("case {ci} d identity"), &g, want, 1e-6);
@@ -114,14 +115,13 @@ fn fusion_rejects_bad_shapes_with_one_line_errors() {
     let dev = GpuDevice::emulated();
     let x = dev.upload(&values(1, 2 * 3 * 4)).unwrap();
     let small = dev.upload(&values(2, 5)).unwrap();
-    let e = raw::fusion_forward([1, 2, 3, 4], Some(&x), &[UpTerm { z: &small, size: [2, 2] }], &[])
-        .unwrap_err()
-        .to_string();
+    let e =
+        fusion::forward([1, 2, 3, 4], Some(&x), &[UpTerm { z: &small, size: [2, 2] }], &[]).unwrap_err().to_string();
     assert!(e.contains("up term") && !e.contains('\n'), "{e}");
     let four = [&x, &x, &x, &x];
-    let e = raw::fusion_forward([1, 2, 3, 4], Some(&x), &[], &four).unwrap_err().to_string();
+    let e = fusion::forward([1, 2, 3, 4], Some(&x), &[], &four).unwrap_err().to_string();
     assert!(e.contains("at most 3"), "{e}");
-    let e = raw::fusion_forward([1, 2, 3, 4], None, &[], &[]).unwrap_err().to_string();
+    let e = fusion::forward([1, 2, 3, 4], None, &[], &[]).unwrap_err().to_string();
     assert!(e.contains("nothing to sum"), "{e}");
 }
 
@@ -158,12 +158,12 @@ fn conv_residual_epilogue_fp32() {
         let (xb, wb, bb, rb) =
             (dev.upload(&x).unwrap(), dev.upload(&wt).unwrap(), dev.upload(&bias).unwrap(), dev.upload(&res).unwrap());
         let ep = ConvEpilogue { bias: Some(&bb), residual: Some(&rb), relu: true };
-        let (y, yd) = raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ep).unwrap();
+        let (y, yd) = conv2d_forward(&xb, xd, &wb, wd, stride, pad, ep).unwrap();
         assert_eq!(&yd[..], conv.shape());
         assert_close(&format!("conv {i} + bias + residual + relu"), &y.to_vec().unwrap(), &want, 1e-5);
         // Without the epilogue extras it is the plain convolution.
         let (y0, _) =
-            raw::conv2d_forward(&xb, xd, &wb, wd, stride, pad, ConvEpilogue { bias: Some(&bb), ..Default::default() })
+            conv2d_forward(&xb, xd, &wb, wd, stride, pad, ConvEpilogue { bias: Some(&bb), ..Default::default() })
                 .unwrap();
         assert_close(&format!("conv {i} + bias"), &y0.to_vec().unwrap(), &conv.to_f32_vec(), 1e-5);
     }

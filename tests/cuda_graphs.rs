@@ -1,6 +1,8 @@
 //! CUDA graphs and the caching device allocator under the emulated device (a graph there is the recorded
 //! launch list, replayed in order): replay equals the eager run exactly, a new input shape captures a new
-//! graph, capture refuses host work and fresh allocations, the allocator reuses its blocks and reports
+//! graph, capture refuses host work and fresh allocations, a capture whose body errs, panics or makes a
+//! refused call ends without a graph and leaves the device usable, a graph holds one node per recorded
+//! launch (on a real device as the driver counts them), the allocator reuses its blocks and reports
 //! consistent peak / fragmentation figures, and running out of memory in the middle of inference or a
 //! training step is a one-line error. A whole training step (forward, loss, backward, optimizer) replays
 //! from its graphs exactly as the eager step runs it. Each test has a private emulated device.
@@ -8,7 +10,9 @@ mod common;
 use common::model::{randomize, tiny_spec};
 use common::TestValues;
 
-use hrk::cuda::device::{add_assign, GpuDevice, MemoryStats};
+use hrk::cuda::alloc::MemoryStats;
+use hrk::cuda::buffer::add_assign;
+use hrk::cuda::GpuDevice;
 use hrk::host::HostTensor;
 use hrk::model::{GpuInferNet, HrNet};
 use hrk::optim::{Adam, Sgd, SplitStep};
@@ -118,6 +122,118 @@ fn capture_refuses_host_work_and_fresh_allocations() {
     let (_graph, reused) = dev.capture(|| dev.empty(10_000)).unwrap();
     assert_eq!(reused.len(), 10_000);
     assert_consistent(&dev.memory_stats());
+}
+
+/// What every capture test checks afterwards: the device is not capturing, a new capture records only its
+/// own work and replays it, and eager work runs (the capture state of both backends was left clean).
+#[track_caller]
+fn device_works_after_a_failed_capture(dev: &GpuDevice) {
+    assert!(!dev.capturing(), "a failed capture must end");
+    let mut acc = dev.upload(&[1.0, 2.0]).unwrap();
+    let step = dev.upload(&[10.0, 20.0]).unwrap();
+    let (graph, ()) = dev.capture(|| add_assign(&mut acc, &step)).unwrap();
+    assert_eq!(graph.launches(), 1, "the new capture holds only its own launch");
+    // SAFETY: `acc` and `step` are alive.
+    unsafe { graph.replay() }.unwrap();
+    assert_eq!(acc.to_vec().unwrap(), [11.0, 22.0]);
+    add_assign(&mut acc, &step).unwrap();
+    assert_eq!(acc.to_vec().unwrap(), [21.0, 42.0], "eager work after the failed capture");
+    assert_consistent(&dev.memory_stats());
+}
+
+#[test]
+fn an_erroring_capture_body_ends_the_capture_and_discards_the_graph() {
+    let dev = GpuDevice::emulated_with_memory(1 << 20);
+    let mut acc = dev.upload(&[1.0; 4]).unwrap();
+    let step = dev.upload(&[2.0; 4]).unwrap();
+    drop(dev.zeros(4).unwrap()); // a block the capture may reuse
+    let e = dev
+        .capture(|| -> anyhow::Result<()> {
+            add_assign(&mut acc, &step)?;
+            let _scratch = dev.zeros(4)?; // freed inside the capture: its block goes back with the discarded graph
+            anyhow::bail!("the body failed")
+        })
+        .unwrap_err();
+    assert_eq!(e.to_string(), "the body failed");
+    assert_eq!(acc.to_vec().unwrap(), [1.0; 4], "a discarded capture ran nothing");
+    assert_eq!(dev.memory_stats().in_use, 2 * 512, "the capture's blocks are back in the cache");
+    device_works_after_a_failed_capture(&dev);
+}
+
+#[test]
+fn a_panicking_capture_body_ends_the_capture_and_the_panic_goes_on() {
+    let dev = GpuDevice::emulated_with_memory(1 << 20);
+    let mut acc = dev.upload(&[1.0; 4]).unwrap();
+    let step = dev.upload(&[2.0; 4]).unwrap();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        dev.capture(|| -> anyhow::Result<()> {
+            add_assign(&mut acc, &step)?;
+            panic!("the body panicked")
+        })
+    }));
+    let payload = panicked.expect_err("the panic reaches the caller");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"the body panicked"));
+    assert_eq!(acc.to_vec().unwrap(), [1.0; 4], "a discarded capture ran nothing");
+    device_works_after_a_failed_capture(&dev);
+}
+
+#[test]
+fn a_refused_call_invalidates_the_capture_even_when_the_body_goes_on() {
+    // As the driver in THREAD_LOCAL mode: a capture-unsafe call ends the capture without a graph.
+    let dev = GpuDevice::emulated_with_memory(1 << 20);
+    let buf = dev.upload(&[1.0; 4]).unwrap();
+    let e = dev
+        .capture(|| {
+            let ignored = buf.to_vec();
+            assert!(ignored.is_err());
+            Ok(())
+        })
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("reading device memory on the host") && msg.contains("abandoned"), "{msg}");
+    device_works_after_a_failed_capture(&dev);
+}
+
+/// Captures conv, bilinear, concat, fusion, add and a zero fill (each run once eagerly first) and checks
+/// that the graph holds one node per launch recorded and replays the eager values.
+fn captured_nodes_match_launches(dev: &GpuDevice) {
+    use hrk::ops::concat::cuda_kernel::concat_into;
+    use hrk::ops::conv2d::cuda_kernel::{forward_buffers, ConvEpilogue};
+    use hrk::ops::upsample::cuda_kernel::bilinear_buffers;
+    let (xd, wd) = ([1, 3, 8, 8], [4, 3, 3, 3]);
+    let x = dev.upload(&input(xd, 21)).unwrap();
+    let w = dev.upload(&input(wd, 22)).unwrap();
+    let b = dev.upload(&input([1, 1, 1, 4], 23)).unwrap();
+    let work = || -> anyhow::Result<hrk::cuda::GpuBuffer> {
+        let ep = ConvEpilogue { bias: Some(&b), residual: None, relu: true };
+        let (y, yd) = forward_buffers(&x, xd, &w, wd, 1, 1, ep)?;
+        let small = bilinear_buffers(&y, yd[0] * yd[1], [yd[2], yd[3]], [4, 4])?;
+        let up = bilinear_buffers(&small, yd[0] * yd[1], [4, 4], [yd[2], yd[3]])?;
+        let mut cat = dev.zeros(2 * y.len())?;
+        concat_into(&y, &mut cat, 1, 4, 8, 0, 64)?;
+        concat_into(&up, &mut cat, 1, 4, 8, 4, 64)?;
+        let terms = [hrk::ops::fusion::UpTerm { z: &small, size: [4, 4] }];
+        let mut fused = hrk::ops::fusion::forward(yd, Some(&y), &terms, &[&up])?;
+        add_assign(&mut fused, &y)?;
+        let mut out = dev.empty(cat.len() + fused.len())?;
+        concat_into(&cat, &mut out, 1, 8, 12, 0, 64)?;
+        concat_into(&fused, &mut out, 1, 4, 12, 8, 64)?;
+        Ok(out)
+    };
+    let want = work().unwrap().to_vec().unwrap();
+    let (graph, out) = dev.capture(work).unwrap();
+    let nodes = graph.node_count().unwrap();
+    eprintln!("{}: {} launches recorded, {nodes} graph nodes", dev.name(), graph.launches());
+    assert_eq!(graph.launches(), 10, "conv, 2 bilinear, zero fill, 4 concat, fusion, add");
+    assert_eq!(nodes, graph.launches(), "every queued launch and fill is a node of the graph, nothing else");
+    // SAFETY: x, w, b and `out` are alive; the rest the graph owns.
+    unsafe { graph.replay() }.unwrap();
+    assert_eq!(out.to_vec().unwrap(), want, "replay vs eager");
+}
+
+#[test]
+fn captured_graph_nodes_match_the_launches_recorded() {
+    captured_nodes_match_launches(&GpuDevice::emulated_with_memory(1 << 24));
 }
 
 /// The training batch shapes of the graph tests: branches 4×4 … 1×1, the least training BN accepts at
@@ -405,4 +521,20 @@ fn cuda_training_step_graphs_match_eager() {
     let Some(dev) = cuda_device() else { return };
     training_graphs_equal_eager(&dev, false, || Adam::new(0.05, 1e-3), |o, lr| o.lr = lr, Adam::state, true);
     training_graphs_equal_eager(&dev, false, || Sgd::new(0.05, 0.9, 1e-3, true), |o, lr| o.lr = lr, Sgd::state, false);
+}
+
+/// On a real device the graph's node count comes from the driver (`cuGraphGetNodes`): it must equal the
+/// launches hrk recorded, for a small mixed capture and for the inference forward of the tiny model.
+#[test]
+fn cuda_captured_graph_nodes_match_the_launches_recorded() {
+    let Some(dev) = cuda_device() else { return };
+    captured_nodes_match_launches(&dev);
+    let net = tiny_net(&dev);
+    let mut graphed = GpuInferNet::new(&net, &dev).unwrap();
+    graphed.graphs = true;
+    let shape = [2, 3, 24, 32];
+    graphed.forward_host(&input(shape, 11), shape).unwrap();
+    let launches = graphed.graph_counts().last_launches;
+    assert_eq!(graphed.last_graph_node_count().unwrap(), Some(launches), "inference graph nodes vs launches");
+    device_works_after_a_failed_capture(&dev);
 }

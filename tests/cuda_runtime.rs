@@ -140,14 +140,11 @@ fn device_request_parsing_and_size_classes() {
     assert_eq!("auto".parse::<DeviceRequest>().unwrap(), DeviceRequest::Auto);
     let e = "tpu".parse::<DeviceRequest>().unwrap_err().to_string();
     assert!(e.contains("cpu, cuda or auto"), "{e}");
-    #[cfg(feature = "cuda")]
-    {
-        use hrk::cuda::runtime::size_class;
-        for bytes in [1usize, 511, 512, 513, 65536, 65537, 1 << 20, (1 << 20) + 1, 3_000_000, 1 << 30] {
-            let c = size_class(bytes);
-            assert!(c >= bytes && (c as f64) <= bytes as f64 * 1.25 + 512.0, "{bytes} -> {c}");
-            assert_eq!(size_class(c), c, "classes are fixed points");
-        }
+    use hrk::cuda::alloc::size_class;
+    for bytes in [1usize, 511, 512, 513, 65536, 65537, 1 << 20, (1 << 20) + 1, 3_000_000, 1 << 30] {
+        let c = size_class(bytes);
+        assert!(c >= bytes && (c as f64) <= bytes as f64 * 1.25 + 512.0, "{bytes} -> {c}");
+        assert_eq!(size_class(c), c, "classes are fixed points");
     }
 }
 
@@ -194,4 +191,83 @@ fn infallible_gpu_copy_out_of_memory_ends_with_one_line() {
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains("CUDA out of memory copying a 800 B buffer"), "{err}");
     assert!(!err.contains("panicked"), "the default panic report leaked: {err}");
+}
+
+// ---------- the layering inside src/cuda ----------
+
+/// The sibling files a file of src/cuda imports (`super::x` / `crate::cuda::x`, also inside `{..}` lists);
+/// an item of mod.rs counts as an import of `mod`.
+fn cuda_imports(text: &str, files: &[String]) -> Vec<String> {
+    let code: String = text.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    let mut out = Vec::new();
+    let mut note = |name: &str| {
+        if name.is_empty() {
+            return; // `super::*` in a file's own test module names that file
+        }
+        let name = if files.iter().any(|f| f == name) { name } else { "mod" };
+        if !out.iter().any(|o| o == name) {
+            out.push(name.to_string());
+        }
+    };
+    for prefix in ["super::", "crate::cuda::"] {
+        for (at, _) in code.match_indices(prefix) {
+            let rest = &code[at + prefix.len()..];
+            if let Some(list) = rest.strip_prefix('{') {
+                let list = &list[..list.find('}').unwrap_or(0)];
+                list.split(',')
+                    .map(|i| i.trim().split("::").next().unwrap_or(""))
+                    .filter(|i| !i.is_empty())
+                    .for_each(&mut note);
+            } else {
+                note(rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or(""));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_import_cycle_between_the_files_of_src_cuda() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cuda");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".rs").map(String::from))
+        .collect();
+    files.sort();
+    let edges: Vec<(String, Vec<String>)> = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(dir.join(format!("{f}.rs"))).unwrap();
+            let mut to = cuda_imports(&text, &files);
+            if f == "mod" {
+                // mod.rs re-exports its children (`pub use x::..`): edges from mod to them.
+                to.extend(
+                    text.lines().filter_map(|l| l.strip_prefix("pub use ")?.split("::").next().map(String::from)),
+                );
+            }
+            to.retain(|t| t != f && files.contains(t));
+            (f.clone(), to)
+        })
+        .collect();
+    // Depth-first search for a back edge.
+    fn visit(f: &str, edges: &[(String, Vec<String>)], path: &mut Vec<String>, done: &mut Vec<String>) {
+        if let Some(at) = path.iter().position(|p| p == f) {
+            panic!("import cycle in src/cuda: {} -> {f}", path[at..].join(" -> "));
+        }
+        if done.iter().any(|d| d == f) {
+            return;
+        }
+        path.push(f.to_string());
+        for to in edges.iter().find(|(g, _)| g == f).map(|(_, t)| t.as_slice()).unwrap_or(&[]) {
+            visit(to, edges, path, done);
+        }
+        path.pop();
+        done.push(f.to_string());
+    }
+    let mut done = Vec::new();
+    for (f, _) in &edges {
+        visit(f, &edges, &mut Vec::new(), &mut done);
+    }
+    // The check sees the edges it should: device.rs uses the allocator's books.
+    assert!(edges.iter().any(|(f, to)| f == "device" && to.iter().any(|t| t == "alloc")), "{edges:?}");
 }

@@ -2,7 +2,7 @@
 //! (runtime.rs) and the emulator (emu.rs) both take a `&Kernel<P>` and the same parameter struct, so the
 //! geometry tested under emulation is the geometry launched on the device.
 use super::params::*;
-use super::GpuMath;
+use crate::switches::GpuMath;
 use std::ffi::c_void;
 
 /// Host-emulator entry: (params, grid[3], block[3], dynamic shared bytes) -> 0 on success.

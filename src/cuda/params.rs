@@ -2,8 +2,12 @@
 //! passed to the GPU launch and to the host emulator. Pointer fields are device addresses (u64; host
 //! addresses under emulation); 0 means null where the header allows it.
 
-use super::device::i32_of;
 use anyhow::Result;
+
+/// Converts a size to the kernels' `int`, naming the op when it does not fit.
+pub fn i32_of(op: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| anyhow::anyhow!("{op}: size {v} exceeds the CUDA kernels' 32-bit indexing"))
+}
 
 /// Where one field of a parameter struct sits: its name, byte offset and byte size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,8 +194,8 @@ pub fn layouts() -> Vec<(&'static str, usize, &'static [FieldLayout])> {
     all
 }
 
-// The one builder of each struct's shape fields: ops (autograd kernels), raw.rs (inference) and the device
-// helpers fill the pointer fields on top of these with struct-update syntax.
+// The one builder of each struct's shape fields: the ops' cuda_kernel.rs (autograd and the GPU engine) and
+// the buffer helpers fill the pointer fields on top of these with struct-update syntax.
 
 impl Conv2dParams {
     /// The shape of a convolution of x [n, c_in, h, w] by [c_out, c_in, k, k] with output [h_out, w_out];

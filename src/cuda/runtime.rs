@@ -3,10 +3,10 @@
 //! `#[repr(C)]` parameter struct and launch geometry (`Kernel::dims`) that the emulator tests exercise.
 //! Launches are asynchronous; launch errors are checked at submission and execution errors surface at the
 //! next synchronising call.
-use super::device::{capture_alloc_message, out_of_memory_message, BlockCache, MemoryStats};
+use super::alloc::{capture_alloc_message, out_of_memory_message, size_class, BlockCache, MemoryStats};
+use super::driver::{cuda_ready, ptx};
 use super::kernels::{self, Kernel};
 use super::params::*;
-use super::{cuda_ready, ptx};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{
     result, sys, CudaContext, CudaFunction, CudaStream, DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
@@ -35,8 +35,6 @@ pub fn driver_error(what: &str, e: DriverError) -> anyhow::Error {
         _ => anyhow!("CUDA error while {what}: {}", format!("{e:?}").replace('\n', " ")),
     }
 }
-
-pub use super::device::size_class;
 
 type Pool = BlockCache<sys::CUdeviceptr>;
 
@@ -107,6 +105,18 @@ impl CapturedGraph {
         let g = self.0.lock().map_err(|_| anyhow!("CUDA graph poisoned"))?;
         g.launch().map_err(|e| driver_error("launching a CUDA graph", e))
     }
+
+    /// Nodes of the captured graph (`cuGraphGetNodes` with no node array: the count only).
+    pub fn node_count(&self) -> Result<usize> {
+        let g = self.0.lock().map_err(|_| anyhow!("CUDA graph poisoned"))?;
+        let mut n = 0usize;
+        // SAFETY: `cu_graph` is the live graph this handle owns (under the mutex); a null node array asks
+        // only for the count, written to the local `n`.
+        unsafe { sys::cuGraphGetNodes(g.cu_graph(), std::ptr::null_mut(), &mut n) }
+            .result()
+            .map_err(|e| driver_error("counting a CUDA graph's nodes", e))?;
+        Ok(n)
+    }
 }
 
 pub struct CudaDev {
@@ -114,7 +124,7 @@ pub struct CudaDev {
     stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
     alloc: Arc<Allocator>,
-    /// Launches queued since the current capture began (None when not capturing).
+    /// Launches and fills queued since the current capture began (None when not capturing).
     capture_launches: Mutex<Option<usize>>,
     pub name: String,
 }
@@ -155,12 +165,13 @@ impl CudaDev {
         self.capture_launches.lock().map(|c| c.is_some()).unwrap_or(false)
     }
 
-    /// Starts capturing the stream's work into a graph (relaxed mode: other threads may still call the
-    /// driver; our own rules forbid syncs, copies and fresh allocations during the capture).
+    /// Starts capturing the stream's work into a graph, in THREAD_LOCAL mode: the driver itself rejects a
+    /// capture-unsafe call from this thread (and invalidates the capture), behind our own rules that
+    /// forbid syncs, copies and fresh allocations during the capture.
     pub fn begin_capture(&self) -> Result<()> {
         let mut launches = self.capture_launches.lock().map_err(|_| anyhow!("CUDA capture state poisoned"))?;
         self.alloc.pool.lock().map_err(|_| anyhow!("CUDA allocator poisoned"))?.begin_capture()?;
-        if let Err(e) = self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED) {
+        if let Err(e) = self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) {
             if let Ok(mut pool) = self.alloc.pool.lock() {
                 pool.end_capture();
             }
@@ -170,20 +181,29 @@ impl CudaDev {
         Ok(())
     }
 
-    /// Ends the capture and, when `keep`, instantiates the graph (an instantiation that runs out of memory
-    /// is a one-line error). Returns the graph with its launch count, and the blocks the captured work
-    /// freed (the graph's to own).
+    /// Ends the capture (on every path: the stream is not capturing afterwards) and, when `keep`,
+    /// instantiates the graph (an instantiation that runs out of memory is a one-line error); otherwise the
+    /// captured graph is destroyed. Returns the graph with its launch count, and the blocks the captured
+    /// work freed (the graph's to own).
     #[allow(clippy::type_complexity)]
     pub fn end_capture(&self, keep: bool) -> (Result<(CapturedGraph, usize)>, Vec<DeviceBuffer>) {
-        let launches = self.capture_launches.lock().map(|mut c| c.take().unwrap_or(0)).unwrap_or(0);
+        let launches = match self.capture_launches.lock() {
+            Ok(mut c) => c.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        // THREAD_LOCAL mode: this runs on the thread that began the capture (`GpuDevice::capture` is one call).
         let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
-        let blocks = self.alloc.pool.lock().map(|mut p| p.end_capture()).unwrap_or_default();
+        let blocks = match self.alloc.pool.lock() {
+            Ok(mut p) => p.end_capture(),
+            Err(poisoned) => poisoned.into_inner().end_capture(),
+        };
+        let launches = launches.unwrap_or(0);
         let blocks = blocks
             .into_iter()
             .map(|(class, ptr)| DeviceBuffer { ptr, bytes: class, class, alloc: self.alloc.clone() })
             .collect();
         let graph = match graph {
-            _ if !keep => Err(anyhow!("CUDA graph capture abandoned")),
+            _ if !keep => Err(anyhow!("CUDA graph capture abandoned")), // a captured graph drops here
             Ok(Some(g)) => Ok((CapturedGraph(Mutex::new(g)), launches)),
             Ok(None) => Err(anyhow!("CUDA graph capture produced no graph")),
             Err(e) => Err(driver_error("instantiating a CUDA graph", e)),
@@ -205,12 +225,17 @@ impl CudaDev {
         // SAFETY: the kernel takes exactly one argument, the #[repr(C)] struct `P` (as params.h declares it);
         // the addresses inside it are the caller's promise (GpuDevice::launch is unsafe for that reason).
         unsafe { builder.launch(cfg) }.map_err(|e| driver_error(&format!("launching {}", kernel.name), e))?;
+        self.count_captured();
+        Ok(())
+    }
+
+    /// One more graph node queued, when a capture is running.
+    fn count_captured(&self) {
         if let Ok(mut c) = self.capture_launches.lock() {
             if let Some(n) = c.as_mut() {
                 *n += 1;
             }
         }
-        Ok(())
     }
 
     /// Waits for all queued work; reports asynchronous kernel failures.
@@ -288,6 +313,8 @@ impl CudaDev {
         self.ctx.bind_to_thread().map_err(|e| driver_error("binding the CUDA context", e))?;
         // SAFETY: `buf.bytes` bytes from `buf.ptr` belong to this live buffer (its class is at least that large).
         unsafe { result::memset_d8_async(buf.ptr, 0, buf.bytes, self.stream.cu_stream()) }
-            .map_err(|e| driver_error("clearing device memory", e))
+            .map_err(|e| driver_error("clearing device memory", e))?;
+        self.count_captured(); // a memset node, counted as the emulator counts its fills
+        Ok(())
     }
 }

@@ -13,6 +13,7 @@ pub mod batchnorm;
 pub mod concat;
 pub mod conv2d;
 pub mod elementwise;
+pub mod fusion;
 pub mod loss;
 pub mod max_pool;
 pub mod prelu;

@@ -6,7 +6,7 @@
 mod cpu_kernel;
 mod cuda_kernel;
 
-use crate::cuda::device::GpuBuffer;
+use crate::cuda::GpuBuffer;
 use crate::host::HostTensor;
 use crate::ops::{kernels_for, Cpu, Cuda};
 use crate::tensor::{CpuStorage, Device, Storage, Tensor};

@@ -13,8 +13,7 @@
 //! another device) the shape is captured again.
 
 use super::step::{self, LossSeed, Pass};
-use crate::cuda::device::{GpuBuffer, GpuDevice, GpuGraph};
-use crate::model::hrnet::GraphCounts;
+use crate::cuda::{GpuBuffer, GpuDevice, GpuGraph, GraphCache, GraphCounts, Lookup};
 use crate::model::HrNet;
 use crate::optim::SplitStep;
 use crate::tensor::{Device, Storage, Tensor};
@@ -60,31 +59,28 @@ struct FirstStep {
 enum Pending {
     /// The first batch of a shape, run eagerly; `update` applies it and then captures the shape.
     Eager(Box<(Pass, FirstStep)>),
-    /// A replay of `by_shape[index]`'s forward + backward.
-    Replayed { index: usize },
+    /// A replay of this shape's forward + backward.
+    Replayed { key: ShapeKey },
 }
 
 /// The training-step graphs of one model on one GPU device.
 pub struct TrainGraphs {
     dev: GpuDevice,
-    by_shape: Vec<(ShapeKey, Option<StepGraphs>)>,
+    graphs: GraphCache<ShapeKey, StepGraphs>,
     pending: Option<Pending>,
-    counts: GraphCounts,
 }
 
 impl TrainGraphs {
     /// Graphs for `net`, which must be on a GPU device.
     pub fn new(net: &HrNet) -> Result<TrainGraphs> {
         match net.device() {
-            Device::Gpu(dev) => {
-                Ok(TrainGraphs { dev, by_shape: Vec::new(), pending: None, counts: Default::default() })
-            }
+            Device::Gpu(dev) => Ok(TrainGraphs { dev, graphs: GraphCache::new(MAX_SHAPES), pending: None }),
             Device::Cpu => bail!("training graphs: the model is on the CPU"),
         }
     }
 
     pub fn counts(&self) -> GraphCounts {
-        self.counts
+        self.graphs.counts()
     }
 
     /// The forward, loss and backward of one batch (host data, NCHW input and heatmap targets): a graph
@@ -101,32 +97,27 @@ impl TrainGraphs {
             }
         }
         let addresses = watched_addresses(net, optimizer)?;
-        if let Some(index) = self.by_shape.iter().position(|(k, _)| *k == key) {
-            let entry = self.by_shape.remove(index);
-            match entry.1 {
-                Some(g) if g.addresses == addresses => {
-                    self.by_shape.push((key, Some(g))); // most recently used last
-                    let index = self.by_shape.len() - 1;
-                    let Some((_, Some(g))) = self.by_shape.last_mut() else { unreachable!("pushed above") };
-                    g.input.write_from_host(input)?;
-                    g.target.write_from_host(target)?;
-                    // SAFETY: the graph reads the parameters and buffers of `net` (unmoved: checked above) and
-                    // the graph's own input, target and seed; it writes the BN buffers and `g.pass`, kept with it.
-                    unsafe { g.forward_backward.replay() }.context("replaying the training graph")?;
-                    let counts: Vec<i64> =
-                        net.store.counts().iter().zip(&g.count_increments).map(|(c, d)| c + d).collect();
-                    net.store.set_counts(&counts);
-                    self.counts.replays += 1;
-                    let result = step_result(&g.pass)?;
-                    self.pending = Some(Pending::Replayed { index });
-                    return Ok(result);
-                }
-                Some(_) => log::info!("training graphs: the model or optimizer state moved; capturing {key:?} again"),
-                // This shape's capture failed before: it stays eager (the entry is put back below).
-                None => {
-                    self.by_shape.push((key, None));
-                }
+        let unmoved = |g: &StepGraphs| {
+            let same = g.addresses == addresses;
+            if !same {
+                log::info!("training graphs: the model or optimizer state moved; capturing {key:?} again");
             }
+            same
+        };
+        // A shape whose capture failed before (`Lookup::Eager`) stays eager.
+        if let Lookup::Captured(g) = self.graphs.lookup(&key, unmoved) {
+            g.input.write_from_host(input)?;
+            g.target.write_from_host(target)?;
+            // SAFETY: the graph reads the parameters and buffers of `net` (unmoved: checked above) and the
+            // graph's own input, target and seed; it writes the BN buffers and `g.pass`, kept with it.
+            unsafe { g.forward_backward.replay() }.context("replaying the training graph")?;
+            let counts: Vec<i64> = net.store.counts().iter().zip(&g.count_increments).map(|(c, d)| c + d).collect();
+            net.store.set_counts(&counts);
+            let result = step_result(&g.pass);
+            self.graphs.note_replay();
+            let result = result?;
+            self.pending = Some(Pending::Replayed { key });
+            return Ok(result);
         }
         // Whatever the first update would allocate is allocated now, before the forward: an allocation
         // between the forward and the capture could take a cached block the captured forward needs.
@@ -150,8 +141,8 @@ impl TrainGraphs {
     pub fn update(&mut self, net: &mut HrNet, optimizer: &mut dyn SplitStep) -> Result<()> {
         match self.pending.take() {
             None => bail!("training graphs: update without a forward_backward"),
-            Some(Pending::Replayed { index }) => {
-                let Some((_, Some(g))) = self.by_shape.get(index) else { bail!("training graphs: lost the graph") };
+            Some(Pending::Replayed { key }) => {
+                let Some(g) = self.graphs.get(&key) else { bail!("training graphs: lost the graph") };
                 optimizer.begin_step(&net.store.params_mut())?;
                 // SAFETY: the update reads `g.pass.grads` (kept with the graph) and writes the parameters and
                 // optimizer state, unmoved since capture (checked by `forward_backward`).
@@ -167,24 +158,17 @@ impl TrainGraphs {
                 optimizer.apply(&mut params, &grads)?;
                 drop(params);
                 drop(pass);
-                if self.by_shape.iter().any(|(k, g)| *k == key && g.is_none()) {
+                if self.graphs.failed(&key) {
                     return Ok(()); // capture failed for this shape before
                 }
                 if optimizer.device_addresses() != state {
                     // The update allocated (state moved): capture on this shape's next step instead.
                     return Ok(());
                 }
-                let entry = match self.capture(net, optimizer, first) {
-                    Ok(g) => Some(g),
-                    Err(e) => {
-                        log::warn!("training graphs: capturing the {key:?} step failed, it runs eagerly: {e:#}");
-                        None
-                    }
-                };
-                if self.by_shape.len() >= MAX_SHAPES {
-                    self.by_shape.remove(0);
-                }
-                self.by_shape.push((key, entry));
+                let captured = self.capture(net, optimizer, first);
+                self.graphs.store(key, captured, |e| {
+                    log::warn!("training graphs: capturing the {key:?} step failed, it runs eagerly: {e:#}")
+                });
                 Ok(())
             }
         }
@@ -214,8 +198,7 @@ impl TrainGraphs {
         if addresses != before {
             bail!("the capture moved a parameter or optimizer state");
         }
-        self.counts.captures += 1;
-        self.counts.last_launches = forward_backward_graph.launches() + update.launches();
+        self.graphs.set_last_launches(forward_backward_graph.launches() + update.launches());
         Ok(StepGraphs {
             forward_backward: forward_backward_graph,
             update,

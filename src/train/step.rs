@@ -4,7 +4,7 @@
 //! capture it separately so the host can refuse a non-finite loss first.
 
 use crate::autograd::{backward, backward_seeded, Gradients};
-use crate::cuda::device::GpuBuffer;
+use crate::cuda::GpuBuffer;
 use crate::model::HrNet;
 use crate::ops;
 use crate::tensor::{Storage, Tensor};

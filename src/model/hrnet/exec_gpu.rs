@@ -7,12 +7,18 @@
 use super::exec_cpu::{fold_plan, FConv};
 use super::plan::Plan;
 use super::walk::{self, Executor, Term};
-use crate::cuda::device::{add_assign, GpuBuffer, GpuDevice, GpuGraph};
+use crate::cuda::buffer::add_assign;
 use crate::cuda::params::FUSION_MAX_TERMS;
-use crate::cuda::raw::{self, ConvEpilogue, UpTerm};
+use crate::cuda::{GpuBuffer, GpuDevice, GpuGraph, GraphCache};
+use crate::ops::concat::cuda_kernel::concat_into;
+use crate::ops::conv2d::cuda_kernel::{forward_buffers as conv_forward, ConvEpilogue};
+use crate::ops::fusion::{self, UpTerm};
+use crate::ops::upsample::cuda_kernel::bilinear_buffers as bilinear;
 use crate::tensor::{Storage, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
 use std::sync::Mutex;
+
+pub use crate::cuda::GraphCounts;
 
 /// A conv with BN folded in, on the device: y = act(W'·x + b' (+ residual)).
 pub(super) struct GConv {
@@ -47,7 +53,7 @@ pub struct GpuInferNet {
     /// `forward_host` captures the forward of each new input shape into a graph and replays it
     /// (`HRK_CUDA_GRAPHS`, default on); false runs every forward eagerly.
     pub graphs: bool,
-    captured: Mutex<GraphCache>,
+    captured: Mutex<GraphCache<[usize; 4], InferGraph>>,
 }
 
 /// Input shapes whose graphs are kept (each holds the memory of one forward).
@@ -58,30 +64,6 @@ struct InferGraph {
     graph: GpuGraph,
     input: GpuBuffer,
     output: Act,
-}
-
-#[derive(Default)]
-struct GraphCache {
-    /// Per input shape: the graph, or None when its capture failed (that shape then runs eagerly).
-    by_shape: Vec<([usize; 4], Option<InferGraph>)>,
-    captures: usize,
-    replays: usize,
-}
-
-impl GraphCache {
-    fn last_launches(&self) -> usize {
-        self.by_shape.iter().rev().find_map(|(_, g)| g.as_ref().map(|g| g.graph.launches())).unwrap_or(0)
-    }
-}
-
-/// How often graphs were captured and replayed (inference forwards here, training steps in
-/// `train::graph`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GraphCounts {
-    pub captures: usize,
-    pub replays: usize,
-    /// Launches in the most recently used graph (training: the last captured step, forward to update).
-    pub last_launches: usize,
 }
 
 impl GpuInferNet {
@@ -97,14 +79,21 @@ impl GpuInferNet {
             plan,
             fusion: FusionMode::Fused,
             graphs: crate::switches::cuda_graphs(),
-            captured: Mutex::new(GraphCache::default()),
+            captured: Mutex::new(GraphCache::new(MAX_GRAPHS)),
         })
     }
 
     /// Graph captures and replays so far.
     pub fn graph_counts(&self) -> GraphCounts {
-        let c = self.captured.lock().map(|c| (c.captures, c.replays, c.last_launches())).unwrap_or_default();
-        GraphCounts { captures: c.0, replays: c.1, last_launches: c.2 }
+        let Ok(cache) = self.captured.lock() else { return GraphCounts::default() };
+        GraphCounts { last_launches: cache.most_recent().map_or(0, |g| g.graph.launches()), ..cache.counts() }
+    }
+
+    /// Nodes of the most recently used graph as its backend holds them (`GpuGraph::node_count`: on CUDA the
+    /// driver's count, to compare with `graph_counts().last_launches`); None before any capture.
+    pub fn last_graph_node_count(&self) -> Result<Option<usize>> {
+        let cache = self.captured.lock().map_err(|_| anyhow!("hrnet gpu infer: graph cache poisoned"))?;
+        cache.most_recent().map(|g| g.graph.node_count()).transpose()
     }
 
     pub fn device(&self) -> &GpuDevice {
@@ -148,45 +137,33 @@ impl GpuInferNet {
     /// work; later calls upload into the graph's input and replay it.
     fn forward_graph(&self, input: &[f32], shape: [usize; 4]) -> Result<(Vec<f32>, [usize; 4])> {
         let mut cache = self.captured.lock().map_err(|_| anyhow!("hrnet gpu infer: graph cache poisoned"))?;
-        let known = cache.by_shape.iter().position(|(s, _)| *s == shape);
-        if let Some(i) = known {
-            let entry = cache.by_shape.remove(i);
-            cache.by_shape.push(entry); // most recently used last
-            if let Some((_, Some(g))) = cache.by_shape.last_mut() {
-                g.input.write_from_host(input)?;
-                // SAFETY: the graph reads the weights (self.plan, alive as long as self) and `g.input`, and
-                // writes `g.output`; everything else it touches it owns.
-                unsafe { g.graph.replay() }?;
-                let out = (g.output.buf.to_vec()?, g.output.dims);
-                cache.replays += 1;
-                return Ok(out);
-            }
-            // This shape's capture failed before: eager.
-            let y = self.forward_raw(Act { buf: self.dev.upload(input)?, dims: shape })?;
-            return Ok((y.buf.to_vec()?, y.dims));
-        }
-        // The warm-up makes the same requests in the same order as the capture below.
-        let mut graph_input = self.dev.empty(input.len())?;
-        graph_input.write_from_host(input)?;
-        let y = self.forward_raw(Act { buf: graph_input.try_clone()?, dims: shape })?;
-        let answer = (y.buf.to_vec()?, y.dims);
-        drop(y);
-        let captured = self.dev.capture(|| self.forward_raw(Act { buf: graph_input.try_clone()?, dims: shape }));
-        let entry = match captured {
-            Ok((graph, output)) => {
-                cache.captures += 1;
-                Some(InferGraph { graph, input: graph_input, output })
-            }
-            Err(e) => {
-                log::warn!("hrnet gpu infer: graph capture for a {shape:?} batch failed, running it eagerly: {e:#}");
-                None
-            }
+        let replay = |g: &mut InferGraph| {
+            g.input.write_from_host(input)?;
+            // SAFETY: the graph reads the weights (self.plan, alive as long as self) and `g.input`, and writes
+            // `g.output`; everything else it touches it owns.
+            unsafe { g.graph.replay() }?;
+            Ok((g.output.buf.to_vec()?, g.output.dims))
         };
-        if cache.by_shape.len() >= MAX_GRAPHS {
-            cache.by_shape.remove(0);
-        }
-        cache.by_shape.push((shape, entry));
-        Ok(answer)
+        let eager = || {
+            let y = self.forward_raw(Act { buf: self.dev.upload(input)?, dims: shape })?;
+            Ok((y.buf.to_vec()?, y.dims))
+        };
+        // The warm-up makes the same requests in the same order as the capture.
+        let warm_up = || {
+            let mut graph_input = self.dev.empty(input.len())?;
+            graph_input.write_from_host(input)?;
+            let y = self.forward_raw(Act { buf: graph_input.try_clone()?, dims: shape })?;
+            Ok(((y.buf.to_vec()?, y.dims), graph_input))
+        };
+        let capture = |graph_input: GpuBuffer| {
+            let forward = || self.forward_raw(Act { buf: graph_input.try_clone()?, dims: shape });
+            let (graph, output) = self.dev.capture(forward)?;
+            Ok(InferGraph { graph, input: graph_input, output })
+        };
+        let on_failure = |e: &anyhow::Error| {
+            log::warn!("hrnet gpu infer: graph capture for a {shape:?} batch failed, running it eagerly: {e:#}")
+        };
+        cache.run(shape, replay, eager, warm_up, capture, on_failure)
     }
 
     fn forward_raw(&self, x: Act) -> Result<Act> {
@@ -211,7 +188,7 @@ struct RowTerms {
 impl GpuExec<'_> {
     fn run(&self, f: &GConv, x: &Act, residual: Option<&Act>, relu: bool) -> Result<Act> {
         let ep = ConvEpilogue { bias: Some(&f.b), residual: residual.map(|r| &r.buf), relu };
-        let (buf, dims) = raw::conv2d_forward(&x.buf, x.dims, &f.w, f.wshape, f.stride, f.pad, ep)?;
+        let (buf, dims) = conv_forward(&x.buf, x.dims, &f.w, f.wshape, f.stride, f.pad, ep)?;
         Ok(Act { buf, dims })
     }
 }
@@ -267,7 +244,7 @@ impl Executor for GpuExec<'_> {
         // the extra terms.
         while ups.len() > FUSION_MAX_TERMS {
             let u = ups.pop().expect("non-empty");
-            downs.push(raw::bilinear_forward(&u.buf, dims[0] * dims[1], [u.dims[2], u.dims[3]], [dims[2], dims[3]])?);
+            downs.push(bilinear(&u.buf, dims[0] * dims[1], [u.dims[2], u.dims[3]], [dims[2], dims[3]])?);
         }
         while downs.len() > FUSION_MAX_TERMS {
             let d = downs.pop().expect("non-empty");
@@ -277,8 +254,8 @@ impl Executor for GpuExec<'_> {
         let down_refs: Vec<&GpuBuffer> = downs.iter().collect();
         let identity = identity.then_some(&target.buf);
         let buf = match self.fusion {
-            FusionMode::Fused => raw::fusion_forward(dims, identity, &terms, &down_refs)?,
-            FusionMode::Unfused => raw::fusion_forward_unfused(dims, identity, &terms, &down_refs)?,
+            FusionMode::Fused => fusion::forward(dims, identity, &terms, &down_refs)?,
+            FusionMode::Unfused => fusion::forward_unfused(dims, identity, &terms, &down_refs)?,
         };
         Ok(Act { buf, dims })
     }
@@ -292,10 +269,10 @@ impl Executor for GpuExec<'_> {
         for y in branches {
             let [_, c, yh, yw] = y.dims;
             if [yh, yw] == [h, w] {
-                raw::concat_into(&y.buf, &mut cat, n, c, ctot, c0, h * w)?;
+                concat_into(&y.buf, &mut cat, n, c, ctot, c0, h * w)?;
             } else {
-                let up = raw::bilinear_forward(&y.buf, n * c, [yh, yw], [h, w])?;
-                raw::concat_into(&up, &mut cat, n, c, ctot, c0, h * w)?;
+                let up = bilinear(&y.buf, n * c, [yh, yw], [h, w])?;
+                concat_into(&up, &mut cat, n, c, ctot, c0, h * w)?;
             }
             c0 += c;
         }

@@ -3,9 +3,10 @@
 //! in two passes).
 
 use super::{BatchNormKernel, EvalParams, Grads, Norm, SavedStats, TrainArgs, TrainSaved};
-use crate::cuda::device::{i32_of, GpuBuffer, GpuDevice};
 use crate::cuda::kernels;
+use crate::cuda::params::i32_of;
 use crate::cuda::params::BatchNormParams;
+use crate::cuda::{GpuBuffer, GpuDevice};
 use crate::ops::elementwise::cuda_kernel::relu_mask;
 use crate::ops::Cuda;
 use crate::tensor::{Storage, Tensor};

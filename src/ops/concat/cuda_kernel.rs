@@ -1,11 +1,30 @@
 //! Channel concatenation on a GPU device: `concat_channels` per input, `split_channels` in backward.
+//! One forward launcher (`concat_into`) serves the op and the GPU inference engine.
 
 use super::{ConcatKernel, ConcatShape};
 use crate::cuda::kernels;
 use crate::cuda::params::ConcatParams;
+use crate::cuda::GpuBuffer;
 use crate::ops::Cuda;
 use crate::tensor::Storage;
-use anyhow::Result;
+use anyhow::{bail, Result};
+
+/// Copies `part` [n, c_part, hw] into channels [c_offset, c_offset + c_part) of `whole` [n, c_whole, hw],
+/// checked against the sizes.
+pub fn concat_into(
+    part: &GpuBuffer, whole: &mut GpuBuffer, n: usize, c_part: usize, c_whole: usize, c_offset: usize, hw: usize,
+) -> Result<()> {
+    let op = "concat";
+    part.expect_len(op, "part", n * c_part * hw)?;
+    whole.expect_len(op, "whole", n * c_whole * hw)?;
+    if c_offset + c_part > c_whole {
+        bail!("{op}: channels {c_offset}..{} outside {c_whole}", c_offset + c_part);
+    }
+    // The kernel only reads `part` in this direction.
+    let p = ConcatParams::new(op, part.addr(), whole.addr_mut(), n, c_part, c_whole, c_offset, hw)?;
+    // SAFETY: part and whole hold the floats of their shapes and the channel range fits (checked above).
+    unsafe { part.device().launch(&kernels::CONCAT_CHANNELS, &p) }
+}
 
 impl ConcatKernel for Cuda {
     fn concat(&self, xs: &[&Storage], shape: &ConcatShape) -> Result<Storage> {
@@ -14,19 +33,7 @@ impl ConcatKernel for Cuda {
         let mut y = dev.empty(shape.n * ctotal * shape.plane)?;
         let mut off = 0;
         for (x, &c) in xs.iter().zip(&shape.chans) {
-            // The kernel only reads `part` in this direction.
-            let p = ConcatParams::new(
-                "concat",
-                x.gpu("concat")?.addr(),
-                y.addr_mut(),
-                shape.n,
-                c,
-                ctotal,
-                off,
-                shape.plane,
-            )?;
-            // SAFETY: part holds n·c·plane floats, whole n·ctotal·plane (shapes checked by the op), both on `dev`.
-            unsafe { dev.launch(&kernels::CONCAT_CHANNELS, &p)? };
+            concat_into(x.gpu("concat")?, &mut y, shape.n, c, ctotal, off, shape.plane)?;
             off += c;
         }
         Ok(Storage::Gpu(y))

@@ -1,7 +1,7 @@
 //! Concatenation along the channel axis of NCHW tensors (backward splits the gradient).
 
 mod cpu_kernel;
-mod cuda_kernel;
+pub mod cuda_kernel;
 
 use super::{kernels_for, Cpu, Cuda};
 use crate::autograd::BackwardOp;

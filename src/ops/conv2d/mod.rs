@@ -1,7 +1,7 @@
 //! 2-d convolution (square kernel, symmetric padding), NCHW, with backward.
 
 pub mod cpu_kernel;
-pub(crate) mod cuda_kernel;
+pub mod cuda_kernel;
 pub mod direct;
 pub(crate) use cuda_kernel::ConvStats;
 

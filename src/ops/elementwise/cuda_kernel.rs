@@ -1,9 +1,9 @@
 //! relu, add and scale on a GPU device (kernels/elementwise.cu; scale through `sgd_step`, see `scaled`).
 
 use super::EltwiseKernel;
-use crate::cuda::device::{GpuBuffer, GpuDevice};
 use crate::cuda::kernels;
 use crate::cuda::params::{EltwiseParams, OptimParams};
+use crate::cuda::{GpuBuffer, GpuDevice};
 use crate::ops::Cuda;
 use crate::tensor::Storage;
 use anyhow::Result;

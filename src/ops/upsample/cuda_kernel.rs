@@ -1,11 +1,29 @@
 //! Bilinear resize on a GPU device (kernels/upsample.cu); nearest has no kernel and stays on the CPU.
+//! One forward launcher (`bilinear_buffers`) serves the op and the GPU inference engine.
 
 use super::{Resize, UpsampleKernel};
 use crate::cuda::kernels;
 use crate::cuda::params::UpsampleParams;
+use crate::cuda::GpuBuffer;
 use crate::ops::Cuda;
 use crate::tensor::Storage;
 use anyhow::{bail, Result};
+
+/// Bilinear resize (align_corners=false) of `planes` planes of a raw buffer from `from` to `to`, checked
+/// against the sizes.
+pub fn bilinear_buffers(x: &GpuBuffer, planes: usize, from: [usize; 2], to: [usize; 2]) -> Result<GpuBuffer> {
+    let op = "upsample_bilinear";
+    x.expect_len(op, "x", planes * from[0] * from[1])?;
+    if from.contains(&0) || to.contains(&0) {
+        bail!("{op}: empty size {from:?} -> {to:?}");
+    }
+    let dev = x.device();
+    let mut y = dev.empty(planes * to[0] * to[1])?;
+    let p = UpsampleParams { x: x.addr(), y: y.addr_mut(), ..UpsampleParams::new(op, planes, from, to)? };
+    // SAFETY: x holds planes·from floats (checked above) and y planes·to, both on `dev`.
+    unsafe { dev.launch(&kernels::BILINEAR_FORWARD, &p)? };
+    Ok(y)
+}
 
 fn params(r: &Resize) -> Result<UpsampleParams> {
     let [n, c, h, w] = r.input;
@@ -14,13 +32,8 @@ fn params(r: &Resize) -> Result<UpsampleParams> {
 
 impl UpsampleKernel for Cuda {
     fn bilinear(&self, x: &Storage, r: &Resize) -> Result<Storage> {
-        let xb = x.gpu("upsample_bilinear")?;
-        let dev = xb.device();
-        let mut y = dev.empty(r.input[0] * r.input[1] * r.output[0] * r.output[1])?;
-        let p = UpsampleParams { x: xb.addr(), y: y.addr_mut(), ..params(r)? };
-        // SAFETY: x and y live on `dev` with the sizes in `p` (x's dims checked by the op).
-        unsafe { dev.launch(&kernels::BILINEAR_FORWARD, &p)? };
-        Ok(Storage::Gpu(y))
+        let [n, c, h, w] = r.input;
+        Ok(Storage::Gpu(bilinear_buffers(x.gpu("upsample_bilinear")?, n * c, [h, w], r.output)?))
     }
     fn bilinear_backward(&self, dy: &Storage, r: &Resize) -> Result<Storage> {
         let g = dy.gpu("upsample_bilinear backward")?;

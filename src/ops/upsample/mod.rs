@@ -2,7 +2,7 @@
 //! (source coordinate from scale = in/out, so non-integer ratios behave like `F.interpolate(size=…)`).
 
 mod cpu_kernel;
-mod cuda_kernel;
+pub mod cuda_kernel;
 
 use super::{kernels_for, Cpu, Cuda};
 use crate::autograd::BackwardOp;
