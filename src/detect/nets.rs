@@ -167,6 +167,7 @@ pub(crate) struct CropNetShape {
     pub name: &'static str,
     /// The side of the square input crops.
     pub side: usize,
+    /// The convs in order.
     pub convs: &'static [CropConvSize],
     /// The last conv's map [C, H, W], which the dense layer reads.
     pub last_map: [usize; 3],
