@@ -17,26 +17,23 @@ if [ "${2:-}" = hrk-onnx ]; then
   $HRK export --cfg $CFG --init-seed 0 --onnx target/anchors/hrk_w18.onnx >/dev/null || exit 1
   ORT_HRK="python3 benches/ort_time.py --model target/anchors/hrk_w18.onnx --label ort-hrk-export"
 fi
+# The inference rows at batch $1: ORT ($2 iterations) first and again last, so drift in the load shows; the
+# others $3 iterations; the Winograd-off A/B row at batch 1 only.
+infer_rows() {
+  local batch=$1 ort_iters=$2 iters=$3
+  $PY "$ORT" --batch "$batch" --iters "$ort_iters" | grep ort
+  $ORT_HRK --batch "$batch" --iters "$ort_iters"
+  $TORCH --row infer_cl --batch "$batch" --iters "$iters"
+  $TORCH --row infer_bf16 --batch "$batch" --iters "$iters"
+  $HRK bench --cfg $CFG --batch "$batch" --iters "$iters"
+  $HRK bench --cfg $CFG --batch "$batch" --iters "$iters" --precision bf16
+  if [ "$batch" = 1 ]; then HRK_CONV_WINOGRAD=0 $HRK bench --cfg $CFG --batch 1 --iters "$iters"; fi
+  $HRK bench --cfg $CFG --batch "$batch" --iters "$iters" --engine graph
+  $PY "$ORT" --batch "$batch" --iters "$ort_iters" | grep ort
+}
 case "${1:-b1}" in
-b1)
-  $PY "$ORT" --batch 1 --iters 10 | grep ort
-  $ORT_HRK --batch 1 --iters 10
-  $TORCH --row infer_cl --batch 1 --iters 10
-  $TORCH --row infer_bf16 --batch 1 --iters 10
-  $HRK bench --cfg $CFG --batch 1 --iters 10
-  $HRK bench --cfg $CFG --batch 1 --iters 10 --precision bf16
-  HRK_CONV_WINOGRAD=0 $HRK bench --cfg $CFG --batch 1 --iters 10
-  $HRK bench --cfg $CFG --batch 1 --iters 10 --engine graph
-  $PY "$ORT" --batch 1 --iters 10 | grep ort ;;
-b8)
-  $PY "$ORT" --batch 8 --iters 6 | grep ort
-  $ORT_HRK --batch 8 --iters 6
-  $TORCH --row infer_cl --batch 8 --iters 5
-  $TORCH --row infer_bf16 --batch 8 --iters 5
-  $HRK bench --cfg $CFG --batch 8 --iters 5
-  $HRK bench --cfg $CFG --batch 8 --iters 5 --precision bf16
-  $HRK bench --cfg $CFG --batch 8 --iters 5 --engine graph
-  $PY "$ORT" --batch 8 --iters 6 | grep ort ;;
+b1) infer_rows 1 10 10 ;;
+b8) infer_rows 8 6 5 ;;
 train)
   $TORCH --row train_cl --batch 8 --iters 3 --warmup 1
   $HRK bench --cfg $CFG --batch 8 --train --iters 3 --warmup 1

@@ -22,6 +22,8 @@ use hrk::rng::Rng;
 use std::path::Path;
 use std::sync::Arc;
 
+#[path = "../tests/common/photo.rs"]
+mod photo;
 #[path = "../tests/common/wflw_csv.rs"]
 mod wflw_csv;
 use std::time::Instant;
@@ -56,18 +58,7 @@ fn per_cpu_s(n: usize, mut f: impl FnMut(usize) -> anyhow::Result<()>) -> anyhow
 fn make_dataset(dir: &Path, n: usize) -> anyhow::Result<std::path::PathBuf> {
     let (w, h) = (1024u32, 768u32);
     for k in 0..8u32 {
-        // Smooth shading, rings, edges and a little noise: about the entropy of a photo.
-        let img = image::RgbImage::from_fn(w, h, |x, y| {
-            let fx = x as f32 / w as f32;
-            let fy = y as f32 / h as f32;
-            let ring = ((fx - 0.5).hypot(fy - 0.5) * 40.0 + k as f32).sin() * 40.0;
-            let noise = ((x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ k) % 23) as f32;
-            image::Rgb([
-                (90.0 + 100.0 * fx + ring + noise).clamp(0.0, 255.0) as u8,
-                (60.0 + 120.0 * fy + noise).clamp(0.0, 255.0) as u8,
-                (140.0 - ring + noise * 0.5).clamp(0.0, 255.0) as u8,
-            ])
-        });
+        let img = photo::photo_like(w, h, k);
         let f = std::fs::File::create(dir.join(format!("img{k}.jpg")))?;
         image::codecs::jpeg::JpegEncoder::new_with_quality(std::io::BufWriter::new(f), 90).encode_image(&img)?;
     }

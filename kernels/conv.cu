@@ -7,13 +7,29 @@
 //                    (split-K over gridDim.z with atomicAdd when k_splits > 1)
 //   backward-bias:   db[co] += sum dy[n,co,:,:]
 // Plain FMA path only (no mma / cp.async), so the host emulator runs exactly this code.
-#include "common.cuh"
+#include "conv_maps.cuh"
 
 namespace conv {
 
 constexpr int TILE_M = 64, TILE_N = 64, TILE_K = 16, THREADS = 256;
 constexpr int PER_THREAD = (TILE_M * TILE_K) / THREADS;  // 4 elements of each tile loaded per thread
-static_assert((TILE_N * TILE_K) / THREADS == PER_THREAD, "tile shapes");
+static_assert(TILE_N == TILE_M, "both operand tiles have TILE_M rows");
+
+// Loads one operand's k tile [k0, k0 + TILE_K) into `tile` (k-major, TILE_M columns): element (row0 + rr, k)
+// = load(row, k), zero for rows past `rows` and k past k_end. K_CONTIG: neighbouring threads walk k (else the
+// row), for coalescing.
+template <bool K_CONTIG, class Load>
+__device__ __forceinline__ void load_operand(float (&tile)[TILE_K][TILE_M + 1], int rows, int row0, int k0, int k_end,
+                                             const Load& load) {
+    const int tid = threadIdx.x;
+    for (int r = 0; r < PER_THREAD; ++r) {
+        const int e = tid + r * THREADS;
+        const int kk = K_CONTIG ? e % TILE_K : e / TILE_M;
+        const int rr = K_CONTIG ? e / TILE_K : e % TILE_M;
+        const int row = row0 + rr, k = k0 + kk;
+        tile[kk][rr] = (row < rows && k < k_end) ? load(row, k) : 0.0f;
+    }
+}
 
 // One 64x64 output tile of C = A·B over k in [k_begin, k_end). Each thread owns a 4x4 micro-tile: rows
 // ty*4+i, columns tx+16*j (so neighbouring threads store neighbouring columns).
@@ -32,20 +48,8 @@ __device__ __forceinline__ void gemm_tile(int M, int N, int k_begin, int k_end, 
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-        for (int r = 0; r < PER_THREAD; ++r) {
-            const int e = tid + r * THREADS;
-            const int kk = A_K_CONTIG ? e % TILE_K : e / TILE_M;
-            const int mm = A_K_CONTIG ? e / TILE_K : e % TILE_M;
-            const int m = m0 + mm, k = k0 + kk;
-            a_tile[kk][mm] = (m < M && k < k_end) ? load_a(m, k) : 0.0f;
-        }
-        for (int r = 0; r < PER_THREAD; ++r) {
-            const int e = tid + r * THREADS;
-            const int kk = B_K_CONTIG ? e % TILE_K : e / TILE_N;
-            const int nn = B_K_CONTIG ? e / TILE_K : e % TILE_N;
-            const int n = n0 + nn, k = k0 + kk;
-            b_tile[kk][nn] = (n < N && k < k_end) ? load_b(k, n) : 0.0f;
-        }
+        load_operand<A_K_CONTIG>(a_tile, M, m0, k0, k_end, load_a);
+        load_operand<B_K_CONTIG>(b_tile, N, n0, k0, k_end, [&](int n, int k) { return load_b(k, n); });
         __syncthreads();
         for (int kk = 0; kk < TILE_K; ++kk) {
             float a[4], b[4];
@@ -73,23 +77,12 @@ __device__ __forceinline__ void gemm_tile(int M, int N, int k_begin, int k_end, 
 extern "C" __global__ void __launch_bounds__(256) conv2d_forward(const Conv2dParams p) {
     const int khw = p.kh * p.kw, K = p.c_in * khw, out_hw = p.h_out * p.w_out;
     auto load_w = [&](int co, int k) { return p.weight[(long long)co * K + k]; };
-    auto load_x = [&](int k, int col) {
-        const int ci = k / khw, rs = k % khw, r = rs / p.kw, s = rs % p.kw;
-        const int img = col / out_hw, q = col % out_hw, oh = q / p.w_out, ow = q % p.w_out;
-        const int ih = oh * p.stride - p.pad + r, iw = ow * p.stride - p.pad + s;
-        if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) return 0.0f;
-        return p.x[(((long long)img * p.c_in + ci) * p.h + ih) * p.w + iw];
-    };
+    auto load_x = [&](int k, int col) { return value_or_zero(conv_patch_at(p, k, col)); };
     // Stats epilogue: this thread's share of its 4 output rows (channels row0..row0+3), in double.
     const int row0 = blockIdx.y * conv::TILE_M + (threadIdx.x / 16) * 4;
     double row_sum[4] = {0.0, 0.0, 0.0, 0.0}, row_sq[4] = {0.0, 0.0, 0.0, 0.0};
     auto store_y = [&](int co, int col, float acc) {
-        float v = acc + (p.bias ? p.bias[co] : 0.0f);
-        const int img = col / out_hw, q = col % out_hw;
-        const long long at = ((long long)img * p.c_out + co) * out_hw + q;
-        if (p.residual) v += p.residual[at];
-        if (p.relu) v = fmaxf(v, 0.0f);
-        p.y[at] = v;
+        const float v = conv_store_y(p, co, col, acc);
         if (p.stats) {
             // Constant indices only, so the sums stay in registers (a computed index puts them on the stack).
             const double d = v;
@@ -127,24 +120,9 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_forward(const Conv2dPar
 // grid (ceil(n*h*w / 64), ceil(c_in / 64)), block 256.
 extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data(const Conv2dParams p) {
     const int khw = p.kh * p.kw, K = p.c_out * khw, in_hw = p.h * p.w;
-    auto load_w = [&](int ci, int k) {
-        const int co = k / khw, rs = k % khw;
-        return p.weight[((long long)co * p.c_in + ci) * khw + rs];
-    };
-    auto load_dy = [&](int k, int col) {
-        const int co = k / khw, rs = k % khw, r = rs / p.kw, s = rs % p.kw;
-        const int img = col / in_hw, q = col % in_hw, ih = q / p.w, iw = q % p.w;
-        // Output position that read x[ih, iw] through tap (r, s), if it exists.
-        const int th = ih + p.pad - r, tw = iw + p.pad - s;
-        if (th < 0 || tw < 0 || th % p.stride != 0 || tw % p.stride != 0) return 0.0f;
-        const int oh = th / p.stride, ow = tw / p.stride;
-        if (oh >= p.h_out || ow >= p.w_out) return 0.0f;
-        return p.dy[(((long long)img * p.c_out + co) * p.h_out + oh) * p.w_out + ow];
-    };
-    auto store_dx = [&](int ci, int col, float acc) {
-        const int img = col / in_hw, q = col % in_hw;
-        p.dx[((long long)img * p.c_in + ci) * in_hw + q] = acc;
-    };
+    auto load_w = [&](int ci, int k) { return *conv_weight_t_at(p, ci, k); };
+    auto load_dy = [&](int k, int col) { return value_or_zero(conv_scatter_at(p, k, col)); };
+    auto store_dx = [&](int ci, int col, float acc) { conv_store_dx(p, ci, col, acc); };
     conv::gemm_tile<true, false>(p.c_in, p.n * in_hw, 0, K, load_w, load_dy, store_dx);
 }
 
@@ -156,25 +134,9 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight(const C
     const int chunk = ((K + p.k_splits - 1) / p.k_splits + conv::TILE_K - 1) / conv::TILE_K * conv::TILE_K;
     const int k_begin = blockIdx.z * chunk;
     const int k_end = min(K, k_begin + chunk);
-    auto load_dy = [&](int co, int k) {
-        const int img = k / out_hw, q = k % out_hw;
-        return p.dy[((long long)img * p.c_out + co) * out_hw + q];
-    };
-    auto load_x = [&](int k, int j) {
-        const int ci = j / khw, rs = j % khw, r = rs / p.kw, s = rs % p.kw;
-        const int img = k / out_hw, q = k % out_hw, oh = q / p.w_out, ow = q % p.w_out;
-        const int ih = oh * p.stride - p.pad + r, iw = ow * p.stride - p.pad + s;
-        if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) return 0.0f;
-        return p.x[(((long long)img * p.c_in + ci) * p.h + ih) * p.w + iw];
-    };
-    const bool split = p.k_splits > 1;
-    auto store_dw = [&](int co, int j, float acc) {
-        float* dst = &p.dw[(long long)co * N + j];
-        if (split)
-            atomicAdd(dst, acc);
-        else
-            *dst += acc;
-    };
+    auto load_dy = [&](int co, int k) { return *conv_dy_at(p, co, k); };
+    auto load_x = [&](int k, int j) { return value_or_zero(conv_patch_at(p, j, k)); };
+    auto store_dw = [&](int co, int j, float acc) { conv_add_dw(p, co, j, acc); };
     // An empty chunk (k_begin >= K) still runs the (zero-trip) loop so every thread stays in step.
     conv::gemm_tile<true, true>(p.c_out, N, k_begin, k_end, load_dy, load_x, store_dw);
 }

@@ -6,6 +6,7 @@
 // Operands are rounded from f32 as they go into the fragments (cvt.rna.tf32 / cvt.rn.bf16x2); products and
 // sums stay f32. Tiles stream into shared memory with cp.async, double-buffered: tile t+1 loads while tile
 // t is multiplied. Everything goes through kernels/mma.cuh, so the host emulator runs this same code.
+#include "conv_maps.cuh"
 #include "mma.cuh"
 
 namespace convmma {
@@ -15,7 +16,7 @@ constexpr int TILE_M = 64, TILE_N = 64, TILE_K = 16, THREADS = 256;
 // k per instruction) hit 32 distinct banks.
 constexpr int LD = TILE_K + 4;
 constexpr int PER_THREAD = TILE_M * TILE_K / THREADS;  // elements of each operand tile one thread copies
-static_assert(TILE_N * TILE_K / THREADS == PER_THREAD, "tile shapes");
+static_assert(TILE_N == TILE_M, "both operand tiles have TILE_M rows");
 // 8 warps: 2 along M (32 rows each) x 4 along N (16 columns each); a warp holds 2x2 m16n8 accumulators.
 constexpr int WARP_ROWS = 32, WARP_COLS = 16;
 
@@ -27,30 +28,31 @@ struct Tiles {
     float b[2][TILE_N][LD];
 };
 
-// Queues the cp.async copies of k tile [k0, k0 + TILE_K) into stage `s`. addr_a(m, k) / addr_b(k, n) give
-// the global address of an element, or null where the implicit matrix is zero (padding, a stride gap);
-// rows, columns and k beyond the GEMM are zero too. A_K_CONTIG / B_K_CONTIG: which index neighbouring
-// threads walk, so that their global reads coalesce.
-template <bool A_K_CONTIG, bool B_K_CONTIG, class AddrA, class AddrB>
-__device__ __forceinline__ void load_stage(Tiles& t, int s, int M, int N, int k0, int k_end, int m0, int n0,
-                                           const AddrA& addr_a, const AddrB& addr_b, const float* valid) {
+// Queues the cp.async copies of one operand's k tile [k0, k0 + TILE_K) into `tile` (TILE_M rows of the
+// stage): element (row0 + rr, k) from addr(row, k), the global address of an element or null where the
+// implicit matrix is zero (padding, a stride gap); rows past `rows` and k past k_end are zero too.
+// K_CONTIG: neighbouring threads walk k (else the row), so that their global reads coalesce.
+template <bool K_CONTIG, class Addr>
+__device__ __forceinline__ void load_operand(float (&tile)[TILE_M][LD], int rows, int row0, int k0, int k_end,
+                                             const Addr& addr, const float* valid) {
     const int tid = threadIdx.x;
 #pragma unroll
     for (int r = 0; r < PER_THREAD; ++r) {
         const int e = tid + r * THREADS;
-        const int kk = A_K_CONTIG ? e % TILE_K : e / TILE_M;
-        const int mm = A_K_CONTIG ? e / TILE_K : e % TILE_M;
-        const int m = m0 + mm, k = k0 + kk;
-        cp_async4(&t.a[s][mm][kk], (m < M && k < k_end) ? addr_a(m, k) : nullptr, valid);
+        const int kk = K_CONTIG ? e % TILE_K : e / TILE_M;
+        const int rr = K_CONTIG ? e / TILE_K : e % TILE_M;
+        const int row = row0 + rr, k = k0 + kk;
+        cp_async4(&tile[rr][kk], (row < rows && k < k_end) ? addr(row, k) : nullptr, valid);
     }
-#pragma unroll
-    for (int r = 0; r < PER_THREAD; ++r) {
-        const int e = tid + r * THREADS;
-        const int kk = B_K_CONTIG ? e % TILE_K : e / TILE_N;
-        const int nn = B_K_CONTIG ? e / TILE_K : e % TILE_N;
-        const int n = n0 + nn, k = k0 + kk;
-        cp_async4(&t.b[s][nn][kk], (n < N && k < k_end) ? addr_b(k, n) : nullptr, valid);
-    }
+}
+
+// Queues the copies of k tile [k0, k0 + TILE_K) of both operands into stage `s`: addr_a(m, k) / addr_b(k, n)
+// as `load_operand`'s addr.
+template <bool A_K_CONTIG, bool B_K_CONTIG, class AddrA, class AddrB>
+__device__ __forceinline__ void load_stage(Tiles& t, int s, int M, int N, int k0, int k_end, int m0, int n0,
+                                           const AddrA& addr_a, const AddrB& addr_b, const float* valid) {
+    load_operand<A_K_CONTIG>(t.a[s], M, m0, k0, k_end, addr_a, valid);
+    load_operand<B_K_CONTIG>(t.b[s], N, n0, k0, k_end, [&](int n, int k) { return addr_b(k, n); }, valid);
 }
 
 // This warp's share of one k tile of stage `s`: acc[mt][nt] += A[rows of mt] · B[cols of nt].
@@ -116,11 +118,11 @@ __device__ __forceinline__ void gemm_tile(Tiles& t, int M, int N, int k_begin, i
                                           const AddrB& addr_b, const float* valid, float (&acc)[2][2][4]) {
     const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (auto& row : acc)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+        for (auto& fragment : row)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+            for (float& v : fragment) v = 0.0f;
     const int tiles = k_end > k_begin ? (k_end - k_begin + TILE_K - 1) / TILE_K : 0;
     if (tiles > 0) load_stage<A_K_CONTIG, B_K_CONTIG>(t, 0, M, N, k_begin, k_end, m0, n0, addr_a, addr_b, valid);
     cp_async_commit();
@@ -149,6 +151,22 @@ __device__ __forceinline__ int acc_col(int nt, int i) {
     return (warp >> 1) * WARP_COLS + nt * 8 + 2 * (lane & 3) + (i & 1);
 }
 
+// Calls f(mt, i, row, col, v) for each accumulator element v = acc[mt][nt][i] whose output (row, col) lies
+// inside the M x N GEMM, row and col absolute, in (mt, nt, i) order.
+template <class F>
+__device__ __forceinline__ void for_each_output(const float (&acc)[2][2][4], int M, int N, const F& f) {
+    const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int row = m0 + acc_row(mt, i), col = n0 + acc_col(nt, i);
+                if (row < M && col < N) f(mt, i, row, col, acc[mt][nt][i]);
+            }
+}
+
 template <Math MATH>
 __device__ __forceinline__ void forward(const Conv2dParams& p) {
     __shared__ Tiles tiles;
@@ -157,37 +175,18 @@ __device__ __forceinline__ void forward(const Conv2dParams& p) {
     const int khw = p.kh * p.kw, K = p.c_in * khw, out_hw = p.h_out * p.w_out;
     const int M = p.c_out, N = p.n * out_hw;
     auto addr_w = [&](int co, int k) -> const float* { return p.weight + (long long)co * K + k; };
-    auto addr_x = [&](int k, int col) -> const float* {
-        const int ci = k / khw, rs = k % khw, r = rs / p.kw, s = rs % p.kw;
-        const int img = col / out_hw, q = col % out_hw, oh = q / p.w_out, ow = q % p.w_out;
-        const int ih = oh * p.stride - p.pad + r, iw = ow * p.stride - p.pad + s;
-        if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) return nullptr;
-        return p.x + (((long long)img * p.c_in + ci) * p.h + ih) * p.w + iw;
-    };
+    auto addr_x = [&](int k, int col) { return conv_patch_at(p, k, col); };
     float acc[2][2][4];
     gemm_tile<MATH, true, false>(tiles, M, N, 0, K, addr_w, addr_x, p.weight, acc);
 
-    const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
     double row_sum[2][2] = {{0.0, 0.0}, {0.0, 0.0}}, row_sq[2][2] = {{0.0, 0.0}, {0.0, 0.0}};
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int co = m0 + acc_row(mt, i), col = n0 + acc_col(nt, i);
-                if (co >= M || col >= N) continue;
-                float v = acc[mt][nt][i] + (p.bias ? p.bias[co] : 0.0f);
-                const int img = col / out_hw, q = col % out_hw;
-                const long long at = ((long long)img * p.c_out + co) * out_hw + q;
-                if (p.residual) v += p.residual[at];
-                if (p.relu) v = fmaxf(v, 0.0f);
-                p.y[at] = v;
-                const double d = v;
-                row_sum[mt][i >> 1] += d;
-                row_sq[mt][i >> 1] = fma(d, d, row_sq[mt][i >> 1]);
-            }
+    for_each_output(acc, M, N, [&](int mt, int i, int co, int col, float a) {
+        const double d = conv_store_y(p, co, col, a);
+        row_sum[mt][i >> 1] += d;
+        row_sq[mt][i >> 1] = fma(d, d, row_sq[mt][i >> 1]);
+    });
     if (p.stats) {
+        const int m0 = blockIdx.y * TILE_M;
         // The 4 lanes of a group hold the same 4 rows: a fixed xor tree, then one lane per group writes the
         // warp's partial for its rows, and 64 threads add the 4 warp columns in order.
         const int lane = threadIdx.x & 31, warp_col = (threadIdx.x >> 5) >> 1;
@@ -221,6 +220,22 @@ __device__ __forceinline__ void forward(const Conv2dParams& p) {
     }
 }
 
+// Test probe of one mma primitive (tests/cuda_mma.rs), one warp: each lane passes its own registers, so the
+// test's fragment map, not this file's, decides where every matrix element goes.
+template <Math MATH>
+__device__ __forceinline__ void mma_probe(const MmaProbeParams& p) {
+    const int lane = threadIdx.x;
+    uint32_t a[4], b[2];
+    float c[4], d[4];
+    for (int i = 0; i < 4; ++i) a[i] = p.a[lane * 4 + i], c[i] = p.c[lane * 4 + i];
+    for (int i = 0; i < 2; ++i) b[i] = p.b[lane * 2 + i];
+    if constexpr (MATH == Math::Tf32)
+        mma_tf32_m16n8k8(d, a, b, c);
+    else
+        mma_bf16_m16n8k16(d, a, b, c);
+    for (int i = 0; i < 4; ++i) p.d[lane * 4 + i] = d[i];
+}
+
 }  // namespace convmma
 
 // grid (ceil(n*h_out*w_out / 64), ceil(c_out / 64)), block 256 (as conv2d_forward).
@@ -239,34 +254,11 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data_tf32(cons
     __shared__ Tiles tiles;
     const int khw = p.kh * p.kw, K = p.c_out * khw, in_hw = p.h * p.w;
     const int M = p.c_in, N = p.n * in_hw;
-    auto addr_w = [&](int ci, int k) -> const float* {
-        const int co = k / khw, rs = k % khw;
-        return p.weight + ((long long)co * p.c_in + ci) * khw + rs;
-    };
-    auto addr_dy = [&](int k, int col) -> const float* {
-        const int co = k / khw, rs = k % khw, r = rs / p.kw, s = rs % p.kw;
-        const int img = col / in_hw, q = col % in_hw, ih = q / p.w, iw = q % p.w;
-        // Output position that read x[ih, iw] through tap (r, s), if it exists.
-        const int th = ih + p.pad - r, tw = iw + p.pad - s;
-        if (th < 0 || tw < 0 || th % p.stride != 0 || tw % p.stride != 0) return nullptr;
-        const int oh = th / p.stride, ow = tw / p.stride;
-        if (oh >= p.h_out || ow >= p.w_out) return nullptr;
-        return p.dy + (((long long)img * p.c_out + co) * p.h_out + oh) * p.w_out + ow;
-    };
+    auto addr_w = [&](int ci, int k) { return conv_weight_t_at(p, ci, k); };
+    auto addr_dy = [&](int k, int col) { return conv_scatter_at(p, k, col); };
     float acc[2][2][4];
     gemm_tile<Math::Tf32, true, false>(tiles, M, N, 0, K, addr_w, addr_dy, p.weight, acc);
-    const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int ci = m0 + acc_row(mt, i), col = n0 + acc_col(nt, i);
-                if (ci >= M || col >= N) continue;
-                const int img = col / in_hw, q = col % in_hw;
-                p.dx[((long long)img * p.c_in + ci) * in_hw + q] = acc[mt][nt][i];
-            }
+    for_each_output(acc, M, N, [&](int, int, int ci, int col, float a) { conv_store_dx(p, ci, col, a); });
 }
 
 // grid (ceil(c_in*kh*kw / 64), ceil(c_out / 64), k_splits), block 256 (as conv2d_backward_weight).
@@ -279,58 +271,21 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight_tf32(co
     const int chunk = ((K + p.k_splits - 1) / p.k_splits + TILE_K - 1) / TILE_K * TILE_K;
     const int k_begin = blockIdx.z * chunk;
     const int k_end = min(K, k_begin + chunk);
-    auto addr_dy = [&](int co, int k) -> const float* {
-        const int img = k / out_hw, q = k % out_hw;
-        return p.dy + ((long long)img * p.c_out + co) * out_hw + q;
-    };
-    auto addr_x = [&](int k, int j) -> const float* {
-        const int ci = j / khw, rs = j % khw, r = rs / p.kw, s = rs % p.kw;
-        const int img = k / out_hw, q = k % out_hw, oh = q / p.w_out, ow = q % p.w_out;
-        const int ih = oh * p.stride - p.pad + r, iw = ow * p.stride - p.pad + s;
-        if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) return nullptr;
-        return p.x + (((long long)img * p.c_in + ci) * p.h + ih) * p.w + iw;
-    };
+    auto addr_dy = [&](int co, int k) { return conv_dy_at(p, co, k); };
+    auto addr_x = [&](int k, int j) { return conv_patch_at(p, j, k); };
     float acc[2][2][4];
     // An empty chunk (k_begin >= K) runs no tile and adds zeros.
     gemm_tile<Math::Tf32, true, true>(tiles, p.c_out, N, k_begin, k_end, addr_dy, addr_x, p.dy, acc);
-    const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
-    const bool split = p.k_splits > 1;
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int co = m0 + acc_row(mt, i), j = n0 + acc_col(nt, i);
-                if (co >= p.c_out || j >= N) continue;
-                float* dst = &p.dw[(long long)co * N + j];
-                if (split)
-                    atomicAdd(dst, acc[mt][nt][i]);
-                else
-                    *dst += acc[mt][nt][i];
-            }
+    for_each_output(acc, p.c_out, N, [&](int, int, int co, int j, float a) { conv_add_dw(p, co, j, a); });
 }
 
-// Test probes of the primitives (tests/cuda_mma.rs), one warp: each lane passes its own registers, so the
-// test's fragment map, not this file's, decides where every matrix element goes.
+// The probes of the two mma shapes (see convmma::mma_probe).
 extern "C" __global__ void __launch_bounds__(32) mma_probe_tf32(const MmaProbeParams p) {
-    const int lane = threadIdx.x;
-    uint32_t a[4], b[2];
-    float c[4], d[4];
-    for (int i = 0; i < 4; ++i) a[i] = p.a[lane * 4 + i], c[i] = p.c[lane * 4 + i];
-    for (int i = 0; i < 2; ++i) b[i] = p.b[lane * 2 + i];
-    mma_tf32_m16n8k8(d, a, b, c);
-    for (int i = 0; i < 4; ++i) p.d[lane * 4 + i] = d[i];
+    convmma::mma_probe<convmma::Math::Tf32>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(32) mma_probe_bf16(const MmaProbeParams p) {
-    const int lane = threadIdx.x;
-    uint32_t a[4], b[2];
-    float c[4], d[4];
-    for (int i = 0; i < 4; ++i) a[i] = p.a[lane * 4 + i], c[i] = p.c[lane * 4 + i];
-    for (int i = 0; i < 2; ++i) b[i] = p.b[lane * 2 + i];
-    mma_bf16_m16n8k16(d, a, b, c);
-    for (int i = 0; i < 4; ++i) p.d[lane * 4 + i] = d[i];
+    convmma::mma_probe<convmma::Math::Bf16>(p);
 }
 
 // tf32[i] = cvt.rna.tf32.f32(src[i]); bf16x2[i] = cvt.rn.bf16x2.f32 of (hi = -src[i], lo = src[i]).

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 mod common;
+use common::crop_case::{random_crop_case, CropCase};
 use common::{random_image, scratch, shared_dir};
 
 #[test]
@@ -48,11 +49,7 @@ fn fast_crop_matches_float_path_on_random_cases() {
         let img = random_image(&mut rng, w, h, lo, hi);
         let flip = k % 2 == 1;
         let input = if k % 4 < 2 { InputType::Float32 } else { InputType::Uint8 };
-        let res = if k % 5 == 0 { [48, 40] } else { [32, 32] };
-        let center = [rng.range(-20.0, w as f64 + 20.0) as f32, rng.range(-20.0, h as f64 + 20.0) as f32];
-        // scale·200/res[0] from 0.3 to 4: both sides of the pre-downscale threshold
-        let scale = rng.range(0.3, 4.0) * res[0] as f64 / 200.0;
-        let rot = if k % 3 == 2 { 0.0 } else { rng.range(-30.0, 30.0) };
+        let CropCase { center, scale, res, rot } = random_crop_case(&mut rng, k, w, h);
         let fast = crop_rgb8(&img, flip, input, center, scale, res, rot);
         let slow = crop_input(&rgb8_to_image(&img, flip), input, center, scale, res, rot);
         match (fast, slow) {

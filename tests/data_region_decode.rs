@@ -13,6 +13,7 @@ use hrk::rng::Rng;
 use std::path::{Path, PathBuf};
 
 mod common;
+use common::crop_case::{random_crop_case, CropCase};
 
 fn corpus() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg");
@@ -55,19 +56,9 @@ fn random_rect(rng: &mut Rng, w: usize, h: usize) -> Rect {
     Rect { x, y, w: rw, h: rh }
 }
 
-/// Photo-like picture (smooth shading, rings, a little noise) saved as a quality-90 JPEG.
+/// A photo-like picture saved as a JPEG.
 fn photo_jpeg(path: &Path, w: u32, h: u32, k: u32) {
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
-        let ring = ((fx - 0.5).hypot(fy - 0.5) * 40.0 + k as f32).sin() * 40.0;
-        let noise = ((x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ k) % 23) as f32;
-        image::Rgb([
-            (90.0 + 100.0 * fx + ring + noise).clamp(0.0, 255.0) as u8,
-            (60.0 + 120.0 * fy + noise).clamp(0.0, 255.0) as u8,
-            (140.0 - ring + noise * 0.5).clamp(0.0, 255.0) as u8,
-        ])
-    });
-    img.save_with_format(path, image::ImageFormat::Jpeg).unwrap();
+    common::photo::photo_like(w, h, k).save_with_format(path, image::ImageFormat::Jpeg).unwrap();
 }
 
 #[test]
@@ -127,10 +118,7 @@ fn crop_from_region_equals_crop_from_whole_image() {
         let img = common::random_image(&mut rng, w, h, lo, hi);
         let flip = k % 2 == 1;
         let input = if k % 4 < 3 { InputType::Float32 } else { InputType::Uint8 };
-        let res = if k % 5 == 0 { [48, 40] } else { [32, 32] };
-        let center = [rng.range(-20.0, w as f64 + 20.0) as f32, rng.range(-20.0, h as f64 + 20.0) as f32];
-        let scale = rng.range(0.3, 4.0) * res[0] as f64 / 200.0;
-        let rot = if k % 3 == 2 { 0.0 } else { rng.range(-30.0, 30.0) };
+        let CropCase { center, scale, res, rot } = random_crop_case(&mut rng, k, w, h);
         let whole = crop_rgb8(&img, flip, input, center, scale, res, rot);
         let CropSource::Rect { x, y, w: rw, h: rh } =
             crop_source([w, h], flip, InputType::Uint8, center, scale, res, rot)

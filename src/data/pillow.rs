@@ -190,6 +190,18 @@ fn check_region(what: &str, start: usize, count: usize, size: usize) -> Result<(
     Ok(())
 }
 
+/// The checks of a region entry point after its output size: `img`'s buffer holds its RGB pixels, and
+/// the column and row regions lie inside the out_w × out_h output.
+fn check_input_and_regions(
+    what: &str, img: &Rgb8, out_w: usize, out_h: usize, xr: (usize, usize), yr: (usize, usize),
+) -> Result<()> {
+    if img.data.len() != img.width * img.height * 3 {
+        bail!("pillow {what}: input buffer has {} bytes for {}x{}", img.data.len(), img.width, img.height);
+    }
+    check_region(what, xr.0, xr.1, out_w)?;
+    check_region(what, yr.0, yr.1, out_h)
+}
+
 /// `Image.resize((out_w, out_h), BILINEAR)` of an RGB image (Pillow <= 12 arithmetic).
 pub fn resize_bilinear(img: &Rgb8, out_w: usize, out_h: usize) -> Result<Rgb8> {
     if out_w == 0 || out_h == 0 || out_w > MAX_SIDE || out_h > MAX_SIDE {
@@ -227,11 +239,7 @@ fn resize_region_with(
     if in_w == 0 || in_h == 0 {
         bail!("pillow resize: empty input image {in_w}x{in_h}");
     }
-    if img.data.len() != img.width * img.height * 3 {
-        bail!("pillow resize: input buffer has {} bytes for {}x{}", img.data.len(), img.width, img.height);
-    }
-    check_region("resize", xr.0, xr.1, out_w)?;
-    check_region("resize", yr.0, yr.1, out_h)?;
+    check_input_and_regions("resize", img, out_w, out_h, xr, yr)?;
     let (nx, ny) = (xr.1, yr.1);
     // Same size in both directions: Pillow returns a copy.
     let need_horizontal = out_w != in_w;
@@ -573,11 +581,7 @@ fn affine_region_with(
     if out_w > MAX_SIDE || out_h > MAX_SIDE {
         bail!("pillow transform: bad output size {out_w}x{out_h}");
     }
-    if img.data.len() != img.width * img.height * 3 {
-        bail!("pillow transform: input buffer has {} bytes for {}x{}", img.data.len(), img.width, img.height);
-    }
-    check_region("transform", xr.0, xr.1, out_w)?;
-    check_region("transform", yr.0, yr.1, out_h)?;
+    check_input_and_regions("transform", img, out_w, out_h, xr, yr)?;
     let (nx, ny) = (xr.1, yr.1);
     let mut out = vec![0u8; nx * ny * 3];
     if img.width == 0 || img.height == 0 {

@@ -6,7 +6,7 @@
 //! Layer: beside `model` (uses ops, tensor, data, io).
 
 mod crops_cpu;
-mod direct_cpu;
+mod layers_cpu;
 pub mod nets;
 pub mod nms;
 mod pnet_cpu;
@@ -15,8 +15,8 @@ pub mod resample;
 use crate::data::image::Image;
 use crate::tensor::{Device, Tensor};
 use anyhow::{anyhow, bail, Result};
-use crops_cpu::{ONetCpu, RNetCpu};
-use nets::{ONet, PNet, RNet, Weights};
+use crops_cpu::{CropConvs, CropNetCpu, ONetConvs, RNetConvs};
+use nets::{CropNet, PNet, Weights, ONET, RNET};
 use pnet_cpu::PNetCpu;
 use rayon::prelude::*;
 use resample::{area_resample_normalized, Region};
@@ -81,13 +81,13 @@ pub struct DetectStats {
 /// The three networks on one device.
 pub struct Mtcnn {
     pnet: PNet,
-    /// P-Net's direct CPU loops, used when the device is the CPU.
+    /// P-Net's own CPU loops, used when the device is the CPU.
     pnet_cpu: PNetCpu,
-    rnet: RNet,
-    /// R-Net's and O-Net's direct CPU loops, likewise.
-    rnet_cpu: RNetCpu,
-    onet: ONet,
-    onet_cpu: ONetCpu,
+    rnet: CropNet,
+    /// R-Net's and O-Net's own CPU loops, likewise.
+    rnet_cpu: CropNetCpu<RNetConvs>,
+    onet: CropNet,
+    onet_cpu: CropNetCpu<ONetConvs>,
     device: Device,
 }
 
@@ -111,8 +111,8 @@ impl Mtcnn {
         let mut map: HashMap<String, _> = tensors.into_iter().collect();
         let nets = (|| -> Result<_> {
             let pnet = PNet::load(&mut Weights { tensors: &mut map, device, net: "pnet" })?;
-            let rnet = RNet::load(&mut Weights { tensors: &mut map, device, net: "rnet" })?;
-            let onet = ONet::load(&mut Weights { tensors: &mut map, device, net: "onet" })?;
+            let rnet = CropNet::load(&mut Weights { tensors: &mut map, device, net: "rnet" }, &RNET)?;
+            let onet = CropNet::load(&mut Weights { tensors: &mut map, device, net: "onet" }, &ONET)?;
             Ok((pnet, rnet, onet))
         })()
         .map_err(|e| anyhow!("{shown}: {e:#}"))?;
@@ -124,9 +124,9 @@ impl Mtcnn {
             pnet,
             pnet_cpu: PNetCpu::new(&pnet_raw),
             rnet,
-            rnet_cpu: RNetCpu::new(&rnet_raw),
+            rnet_cpu: CropNetCpu::new(&rnet_raw, &RNET),
             onet,
-            onet_cpu: ONetCpu::new(&onet_raw),
+            onet_cpu: CropNetCpu::new(&onet_raw, &ONET),
             device: device.clone(),
         })
     }
@@ -249,19 +249,27 @@ impl Mtcnn {
             .collect()
     }
 
+    /// R-Net's or O-Net's heads on `n` crops (planar, normalised): the CPU's own loops on the CPU, else
+    /// the ops on the device; face probabilities [n][2] first, then the other heads, as host vectors.
+    fn crop_net<C: CropConvs>(
+        &self, net: &CropNet, cpu: &CropNetCpu<C>, crops: Vec<f32>, n: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        if matches!(self.device, Device::Cpu) {
+            return cpu.forward(&crops);
+        }
+        let side = net.shape().side;
+        let x = Tensor::from_f32(&[n, 3, side, side], crops)?.to_device(&self.device)?;
+        net.forward(&x)?.iter().map(|head| Ok(head.to_cpu()?.to_f32_vec())).collect()
+    }
+
     /// R-Net on 24×24 crops: threshold, NMS 0.7, regression, squaring.
     fn stage_two(&self, image: &Image, candidates: Vec<Candidate>, threshold: f32) -> Result<Vec<Candidate>> {
-        let (kept, crops) = crop_batch(image, &candidates, 24);
+        let (kept, crops) = crop_batch(image, &candidates, RNET.side);
         if kept.is_empty() {
             return Ok(Vec::new());
         }
-        let (reg, probs) = if matches!(self.device, Device::Cpu) {
-            self.rnet_cpu.forward(&crops)?
-        } else {
-            let x = Tensor::from_f32(&[kept.len(), 3, 24, 24], crops)?.to_device(&self.device)?;
-            let (reg, probs) = self.rnet.forward(&x)?;
-            (reg.to_cpu()?.to_f32_vec(), probs.to_cpu()?.to_f32_vec())
-        };
+        let out = self.crop_net(&self.rnet, &self.rnet_cpu, crops, kept.len())?;
+        let (probs, reg) = (&out[0], &out[1]);
         let passed: Vec<Candidate> = kept
             .iter()
             .enumerate()
@@ -280,18 +288,12 @@ impl Mtcnn {
 
     /// O-Net on 48×48 crops: threshold, landmarks, regression, NMS 0.7 over the smaller area.
     fn stage_three(&self, image: &Image, candidates: Vec<Candidate>, threshold: f32) -> Result<Vec<Detection>> {
-        let (kept, crops) = crop_batch(image, &candidates, 48);
+        let (kept, crops) = crop_batch(image, &candidates, ONET.side);
         if kept.is_empty() {
             return Ok(Vec::new());
         }
-        let (reg, marks, probs) = if matches!(self.device, Device::Cpu) {
-            let out = self.onet_cpu.forward(&crops)?;
-            (out.reg, out.marks, out.probs)
-        } else {
-            let x = Tensor::from_f32(&[kept.len(), 3, 48, 48], crops)?.to_device(&self.device)?;
-            let (reg, marks, probs) = self.onet.forward(&x)?;
-            (reg.to_cpu()?.to_f32_vec(), marks.to_cpu()?.to_f32_vec(), probs.to_cpu()?.to_f32_vec())
-        };
+        let out = self.crop_net(&self.onet, &self.onet_cpu, crops, kept.len())?;
+        let (probs, reg, marks) = (&out[0], &out[1], &out[2]);
         let mut faces = Vec::new();
         for (k, &c) in kept.iter().enumerate() {
             let score = probs[2 * k + 1];
@@ -359,12 +361,12 @@ fn generate_boxes(reg: &[f32], probs: &[f32], [oh, ow]: [usize; 2], scale: f64, 
     out
 }
 
-/// `generate_boxes` over the direct P-Net's output rows r0.. ([rows][ow][2 logits, 4 regression]).
+/// `generate_boxes` over the CPU P-Net's output rows r0.. ([rows][ow][2 logits, 4 regression]).
 fn boxes_from_heads(out: &[f32], ow: usize, r0: usize, scale: f64, threshold: f32) -> Vec<Candidate> {
     let scale = scale as f32;
     let mut boxes = Vec::new();
     for (i, o) in out.chunks_exact(pnet_cpu::HEAD_OUT).enumerate() {
-        let score = direct_cpu::softmax2(o[0], o[1])[1];
+        let score = layers_cpu::softmax2(o[0], o[1])[1];
         if score >= threshold {
             let (fx, fy) = ((i % ow) as f32, (r0 + i / ow) as f32);
             boxes.push(Candidate { b: cell_box(fx, fy, scale), score, reg: [o[2], o[3], o[4], o[5]] });

@@ -1,6 +1,7 @@
 //! P-Net, R-Net and O-Net of MTCNN (facenet-pytorch's layer names and shapes) on hrk's ops.
-//! `load` also hands back the weights as host vectors, from which the CPU's direct paths
-//! (`pnet_cpu`, `crops_cpu`) build their own layouts.
+//! `load` also hands back the weights as host vectors, from which the CPU's own loops
+//! (`pnet_cpu`, `crops_cpu`) build their own layouts. R-Net and O-Net share one form ([`CropNet`]),
+//! described by a [`CropNetShape`] each.
 //!
 //! The dense layers run as convolutions: facenet flattens `x.permute(0, 3, 2, 1)` (W, H, C order) before
 //! `dense4` / `dense5`, so their [out, W·H·C] weights are reordered once at load into [out, C, H, W] conv
@@ -47,13 +48,19 @@ impl Weights<'_> {
     fn layer(&mut self, name: &str, shape: &[usize]) -> Result<HostLayer> {
         let weight = self.take(&format!("{name}.weight"), shape)?;
         let bias = self.take(&format!("{name}.bias"), &shape[..1])?;
-        Ok(HostLayer { weight, bias })
+        Ok(HostLayer { weight, bias, shape: shape.to_vec() })
     }
     fn prelu(&mut self, name: &str, c: usize) -> Result<Vec<f32>> {
         self.take(&format!("{name}.weight"), &[c])
     }
-    /// The ops conv of a host layer; `shape` [out, in, kh, kw] (a dense layer on [N, C, 1, 1]: a 1×1 conv).
-    fn conv(&self, l: &HostLayer, shape: [usize; 4]) -> Result<Conv> {
+    /// PReLU slopes as a device tensor.
+    fn slopes(&self, slopes: &[f32]) -> Result<Tensor> {
+        self.tensor(&[slopes.len()], slopes.to_vec())
+    }
+    /// The ops conv of a host layer: a conv weight [out, in, kh, kw] as it is, a dense weight [out, in]
+    /// as a 1×1 conv (on [N, C, 1, 1]).
+    fn conv(&self, l: &HostLayer) -> Result<Conv> {
+        let shape: Vec<usize> = l.shape.iter().copied().chain([1, 1]).take(4).collect();
         Ok(Conv { weight: self.tensor(&shape, l.weight.clone())?, bias: self.tensor(&shape[..1], l.bias.clone())? })
     }
     /// A dense layer over a flattened [C, H, W] map (facenet's W, H, C flatten order) as a conv with an
@@ -75,10 +82,12 @@ impl Weights<'_> {
     }
 }
 
-/// One layer's weight and bias as host vectors in PyTorch's layout, for the CPU's direct paths.
+/// One layer's weight and bias as host vectors in PyTorch's layout (weight `shape`, checked at load),
+/// for the CPU's own loops.
 pub(crate) struct HostLayer {
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
+    pub shape: Vec<usize>,
 }
 
 /// conv → PReLU.
@@ -97,53 +106,44 @@ pub(crate) struct PNet {
     conv4_2: Conv,
 }
 
-/// P-Net's weights as host vectors (PyTorch layouts), for [`super::pnet_cpu::PNetCpu`].
+/// P-Net's weights as host vectors (PyTorch layouts), for [`super::pnet_cpu::PNetCpu`]; `prelu[i]` is
+/// the PReLU after conv i+1.
 pub(crate) struct PNetWeights {
-    pub w1: Vec<f32>,
-    pub b1: Vec<f32>,
-    pub a1: Vec<f32>,
-    pub w2: Vec<f32>,
-    pub b2: Vec<f32>,
-    pub a2: Vec<f32>,
-    pub w3: Vec<f32>,
-    pub b3: Vec<f32>,
-    pub a3: Vec<f32>,
-    pub w4_1: Vec<f32>,
-    pub b4_1: Vec<f32>,
-    pub w4_2: Vec<f32>,
-    pub b4_2: Vec<f32>,
+    pub conv1: HostLayer,
+    pub conv2: HostLayer,
+    pub conv3: HostLayer,
+    pub prelu: [Vec<f32>; 3],
+    /// The face-logits head [2, 32, 1, 1] and the box-regression head [4, 32, 1, 1].
+    pub conv4_1: HostLayer,
+    pub conv4_2: HostLayer,
 }
 
 impl PNet {
-    /// The ops network and the host copy of its weights (for the CPU's direct path).
+    /// The ops network and the host copy of its weights (for the CPU's own loops).
     pub fn load(w: &mut Weights) -> Result<(PNet, PNetWeights)> {
+        let conv1 = w.layer("conv1", &[10, 3, 3, 3])?;
+        let prelu1 = w.prelu("prelu1", 10)?;
+        let conv2 = w.layer("conv2", &[16, 10, 3, 3])?;
+        let prelu2 = w.prelu("prelu2", 16)?;
+        let conv3 = w.layer("conv3", &[32, 16, 3, 3])?;
+        let prelu3 = w.prelu("prelu3", 32)?;
         let raw = PNetWeights {
-            w1: w.take("conv1.weight", &[10, 3, 3, 3])?,
-            b1: w.take("conv1.bias", &[10])?,
-            a1: w.take("prelu1.weight", &[10])?,
-            w2: w.take("conv2.weight", &[16, 10, 3, 3])?,
-            b2: w.take("conv2.bias", &[16])?,
-            a2: w.take("prelu2.weight", &[16])?,
-            w3: w.take("conv3.weight", &[32, 16, 3, 3])?,
-            b3: w.take("conv3.bias", &[32])?,
-            a3: w.take("prelu3.weight", &[32])?,
-            w4_1: w.take("conv4_1.weight", &[2, 32, 1, 1])?,
-            b4_1: w.take("conv4_1.bias", &[2])?,
-            w4_2: w.take("conv4_2.weight", &[4, 32, 1, 1])?,
-            b4_2: w.take("conv4_2.bias", &[4])?,
-        };
-        let conv = |w: &Weights, wt: &[f32], b: &[f32], shape: [usize; 4]| -> Result<Conv> {
-            Ok(Conv { weight: w.tensor(&shape, wt.to_vec())?, bias: w.tensor(&[shape[0]], b.to_vec())? })
+            conv1,
+            conv2,
+            conv3,
+            prelu: [prelu1, prelu2, prelu3],
+            conv4_1: w.layer("conv4_1", &[2, 32, 1, 1])?,
+            conv4_2: w.layer("conv4_2", &[4, 32, 1, 1])?,
         };
         let net = PNet {
-            conv1: conv(w, &raw.w1, &raw.b1, [10, 3, 3, 3])?,
-            prelu1: w.tensor(&[10], raw.a1.clone())?,
-            conv2: conv(w, &raw.w2, &raw.b2, [16, 10, 3, 3])?,
-            prelu2: w.tensor(&[16], raw.a2.clone())?,
-            conv3: conv(w, &raw.w3, &raw.b3, [32, 16, 3, 3])?,
-            prelu3: w.tensor(&[32], raw.a3.clone())?,
-            conv4_1: conv(w, &raw.w4_1, &raw.b4_1, [2, 32, 1, 1])?,
-            conv4_2: conv(w, &raw.w4_2, &raw.b4_2, [4, 32, 1, 1])?,
+            conv1: w.conv(&raw.conv1)?,
+            prelu1: w.slopes(&raw.prelu[0])?,
+            conv2: w.conv(&raw.conv2)?,
+            prelu2: w.slopes(&raw.prelu[1])?,
+            conv3: w.conv(&raw.conv3)?,
+            prelu3: w.slopes(&raw.prelu[2])?,
+            conv4_1: w.conv(&raw.conv4_1)?,
+            conv4_2: w.conv(&raw.conv4_2)?,
         };
         Ok((net, raw))
     }
@@ -158,151 +158,123 @@ impl PNet {
     }
 }
 
-pub(crate) struct RNet {
-    conv1: Conv,
-    prelu1: Tensor,
-    conv2: Conv,
-    prelu2: Tensor,
-    conv3: Conv,
-    prelu3: Tensor,
-    dense4: Conv,
-    prelu4: Tensor,
-    dense5_1: Conv,
-    dense5_2: Conv,
+/// The sizes of R-Net or O-Net, which share one form: K×K conv → PReLU layers, each but the last
+/// followed by a ceil-mode max pool; a dense layer over the last map → PReLU; then dense heads on that
+/// hidden vector, the first the face logits (softmaxed). The weights' names follow from it: conv1..,
+/// prelu1.. (the last after the dense layer), dense{n+1} and dense{n+2}_1.. for n convs.
+pub(crate) struct CropNetShape {
+    /// For messages: "R-Net", "O-Net".
+    pub name: &'static str,
+    /// The side of the square input crops.
+    pub side: usize,
+    /// The convs in order.
+    pub convs: &'static [CropConvSize],
+    /// The last conv's map [C, H, W], which the dense layer reads.
+    pub last_map: [usize; 3],
+    /// The dense layer's outputs.
+    pub hidden: usize,
+    /// Each head's outputs: face logits (2), box regression (4), then O-Net's landmarks (10: 5 x, 5 y).
+    pub heads: &'static [usize],
 }
 
-/// R-Net's weights as host vectors (PyTorch layouts), for [`super::crops_cpu::RNetCpu`]; `prelu[i]` is
-/// the PReLU after conv i+1 (dense4 for i = 3).
-pub(crate) struct RNetWeights {
-    pub conv1: HostLayer,
-    pub conv2: HostLayer,
-    pub conv3: HostLayer,
-    pub dense4: HostLayer,
-    pub prelu: [Vec<f32>; 4],
-    pub dense5_1: HostLayer,
-    pub dense5_2: HostLayer,
+/// One conv of a crop net: [out, in, K], and the max pool (window, stride) after its PReLU, if any.
+pub(crate) type CropConvSize = ([usize; 3], Option<(usize, usize)>);
+
+/// R-Net: 24×24×3 → conv 3×3 → 22×22×28 → pool 3/2 → 11×11×28 → conv 3×3 → 9×9×48 → pool 3/2 →
+/// 4×4×48 → conv 2×2 → 3×3×64 → dense 128 → heads 2 + 4.
+pub(crate) const RNET: CropNetShape = CropNetShape {
+    name: "R-Net",
+    side: 24,
+    convs: &[([28, 3, 3], Some((3, 2))), ([48, 28, 3], Some((3, 2))), ([64, 48, 2], None)],
+    last_map: [64, 3, 3],
+    hidden: 128,
+    heads: &[2, 4],
+};
+
+/// O-Net: 48×48×3 → conv 3×3 → 46×46×32 → pool 3/2 → 23×23×32 → conv 3×3 → 21×21×64 → pool 3/2 →
+/// 10×10×64 → conv 3×3 → 8×8×64 → pool 2/2 → 4×4×64 → conv 2×2 → 3×3×128 → dense 256 → heads 2 + 4 + 10.
+pub(crate) const ONET: CropNetShape = CropNetShape {
+    name: "O-Net",
+    side: 48,
+    convs: &[
+        ([32, 3, 3], Some((3, 2))),
+        ([64, 32, 3], Some((3, 2))),
+        ([64, 64, 3], Some((2, 2))),
+        ([128, 64, 2], None),
+    ],
+    last_map: [128, 3, 3],
+    hidden: 256,
+    heads: &[2, 4, 10],
+};
+
+/// R-Net's or O-Net's weights as host vectors (PyTorch layouts), for [`super::crops_cpu::CropNetCpu`].
+pub(crate) struct CropNetWeights {
+    pub convs: Vec<HostLayer>,
+    /// The PReLU slopes after each conv, then after the dense layer.
+    pub prelu: Vec<Vec<f32>>,
+    /// [hidden, C·H·W] in facenet's W, H, C flatten order.
+    pub dense: HostLayer,
+    pub heads: Vec<HostLayer>,
 }
 
-impl RNet {
-    /// The ops network and the host copy of its weights (for the CPU's direct path).
-    pub fn load(w: &mut Weights) -> Result<(RNet, RNetWeights)> {
-        let raw = RNetWeights {
-            conv1: w.layer("conv1", &[28, 3, 3, 3])?,
-            conv2: w.layer("conv2", &[48, 28, 3, 3])?,
-            conv3: w.layer("conv3", &[64, 48, 2, 2])?,
-            dense4: w.layer("dense4", &[128, 576])?,
-            prelu: [w.prelu("prelu1", 28)?, w.prelu("prelu2", 48)?, w.prelu("prelu3", 64)?, w.prelu("prelu4", 128)?],
-            dense5_1: w.layer("dense5_1", &[2, 128])?,
-            dense5_2: w.layer("dense5_2", &[4, 128])?,
-        };
-        let slopes = |i: usize| w.tensor(&[raw.prelu[i].len()], raw.prelu[i].clone());
-        let net = RNet {
-            conv1: w.conv(&raw.conv1, [28, 3, 3, 3])?,
-            prelu1: slopes(0)?,
-            conv2: w.conv(&raw.conv2, [48, 28, 3, 3])?,
-            prelu2: slopes(1)?,
-            conv3: w.conv(&raw.conv3, [64, 48, 2, 2])?,
-            prelu3: slopes(2)?,
-            dense4: w.dense_over_map(&raw.dense4, [64, 3, 3])?,
-            prelu4: slopes(3)?,
-            dense5_1: w.conv(&raw.dense5_1, [2, 128, 1, 1])?,
-            dense5_2: w.conv(&raw.dense5_2, [4, 128, 1, 1])?,
-        };
-        Ok((net, raw))
-    }
-    /// (box regression [N, 4, 1, 1], probabilities [N, 2, 1, 1]) of 24×24 crops [N, 3, 24, 24].
-    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let x = conv_prelu(x, &self.conv1, &self.prelu1)?;
-        let x = max_pool2d_ceil(&x, 3, 2)?;
-        let x = conv_prelu(&x, &self.conv2, &self.prelu2)?;
-        let x = max_pool2d_ceil(&x, 3, 2)?;
-        let x = conv_prelu(&x, &self.conv3, &self.prelu3)?;
-        let x = conv_prelu(&x, &self.dense4, &self.prelu4)?;
-        let probs = softmax_channels(&self.dense5_1.forward(&x)?)?;
-        Ok((self.dense5_2.forward(&x)?, probs))
-    }
+/// One conv → PReLU layer of a [`CropNet`] and the max pool (window, stride) after it.
+struct CropConv {
+    conv: Conv,
+    prelu: Tensor,
+    pool: Option<(usize, usize)>,
 }
 
-pub(crate) struct ONet {
-    conv1: Conv,
-    prelu1: Tensor,
-    conv2: Conv,
-    prelu2: Tensor,
-    conv3: Conv,
-    prelu3: Tensor,
-    conv4: Conv,
-    prelu4: Tensor,
-    dense5: Conv,
-    prelu5: Tensor,
-    dense6_1: Conv,
-    dense6_2: Conv,
-    dense6_3: Conv,
+/// R-Net or O-Net on the ops.
+pub(crate) struct CropNet {
+    shape: &'static CropNetShape,
+    convs: Vec<CropConv>,
+    dense: Conv,
+    dense_prelu: Tensor,
+    heads: Vec<Conv>,
 }
 
-/// O-Net's weights as host vectors (PyTorch layouts), for [`super::crops_cpu::ONetCpu`]; `prelu[i]` is
-/// the PReLU after conv i+1 (dense5 for i = 4).
-pub(crate) struct ONetWeights {
-    pub conv1: HostLayer,
-    pub conv2: HostLayer,
-    pub conv3: HostLayer,
-    pub conv4: HostLayer,
-    pub dense5: HostLayer,
-    pub prelu: [Vec<f32>; 5],
-    pub dense6_1: HostLayer,
-    pub dense6_2: HostLayer,
-    pub dense6_3: HostLayer,
-}
-
-impl ONet {
-    /// The ops network and the host copy of its weights (for the CPU's direct path).
-    pub fn load(w: &mut Weights) -> Result<(ONet, ONetWeights)> {
-        let raw = ONetWeights {
-            conv1: w.layer("conv1", &[32, 3, 3, 3])?,
-            conv2: w.layer("conv2", &[64, 32, 3, 3])?,
-            conv3: w.layer("conv3", &[64, 64, 3, 3])?,
-            conv4: w.layer("conv4", &[128, 64, 2, 2])?,
-            dense5: w.layer("dense5", &[256, 1152])?,
-            prelu: [
-                w.prelu("prelu1", 32)?,
-                w.prelu("prelu2", 64)?,
-                w.prelu("prelu3", 64)?,
-                w.prelu("prelu4", 128)?,
-                w.prelu("prelu5", 256)?,
-            ],
-            dense6_1: w.layer("dense6_1", &[2, 256])?,
-            dense6_2: w.layer("dense6_2", &[4, 256])?,
-            dense6_3: w.layer("dense6_3", &[10, 256])?,
-        };
-        let slopes = |i: usize| w.tensor(&[raw.prelu[i].len()], raw.prelu[i].clone());
-        let net = ONet {
-            conv1: w.conv(&raw.conv1, [32, 3, 3, 3])?,
-            prelu1: slopes(0)?,
-            conv2: w.conv(&raw.conv2, [64, 32, 3, 3])?,
-            prelu2: slopes(1)?,
-            conv3: w.conv(&raw.conv3, [64, 64, 3, 3])?,
-            prelu3: slopes(2)?,
-            conv4: w.conv(&raw.conv4, [128, 64, 2, 2])?,
-            prelu4: slopes(3)?,
-            dense5: w.dense_over_map(&raw.dense5, [128, 3, 3])?,
-            prelu5: slopes(4)?,
-            dense6_1: w.conv(&raw.dense6_1, [2, 256, 1, 1])?,
-            dense6_2: w.conv(&raw.dense6_2, [4, 256, 1, 1])?,
-            dense6_3: w.conv(&raw.dense6_3, [10, 256, 1, 1])?,
+impl CropNet {
+    /// The ops network of `shape` and the host copy of its weights (for the CPU's own loops).
+    pub fn load(w: &mut Weights, shape: &'static CropNetShape) -> Result<(CropNet, CropNetWeights)> {
+        let n = shape.convs.len();
+        let convs = (shape.convs.iter().enumerate())
+            .map(|(i, &([out, cin, k], _))| w.layer(&format!("conv{}", i + 1), &[out, cin, k, k]))
+            .collect::<Result<Vec<_>>>()?;
+        let [c, h, wd] = shape.last_map;
+        let dense = w.layer(&format!("dense{}", n + 1), &[shape.hidden, c * h * wd])?;
+        let widths = shape.convs.iter().map(|([out, ..], _)| *out).chain([shape.hidden]);
+        let prelu = widths.enumerate().map(|(i, c)| w.prelu(&format!("prelu{}", i + 1), c)).collect::<Result<_>>()?;
+        let heads = (shape.heads.iter().enumerate())
+            .map(|(j, &out)| w.layer(&format!("dense{}_{}", n + 2, j + 1), &[out, shape.hidden]))
+            .collect::<Result<_>>()?;
+        let raw = CropNetWeights { convs, prelu, dense, heads };
+        let net = CropNet {
+            shape,
+            convs: (raw.convs.iter().zip(&raw.prelu).zip(shape.convs))
+                .map(|((l, a), &(_, pool))| Ok(CropConv { conv: w.conv(l)?, prelu: w.slopes(a)?, pool }))
+                .collect::<Result<_>>()?,
+            dense: w.dense_over_map(&raw.dense, shape.last_map)?,
+            dense_prelu: w.slopes(&raw.prelu[n])?,
+            heads: raw.heads.iter().map(|l| w.conv(l)).collect::<Result<_>>()?,
         };
         Ok((net, raw))
     }
-    /// (box regression [N, 4], landmarks [N, 10] (5 x then 5 y), probabilities [N, 2]), each [N, C, 1, 1],
-    /// of 48×48 crops [N, 3, 48, 48].
-    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let x = conv_prelu(x, &self.conv1, &self.prelu1)?;
-        let x = max_pool2d_ceil(&x, 3, 2)?;
-        let x = conv_prelu(&x, &self.conv2, &self.prelu2)?;
-        let x = max_pool2d_ceil(&x, 3, 2)?;
-        let x = conv_prelu(&x, &self.conv3, &self.prelu3)?;
-        let x = max_pool2d_ceil(&x, 2, 2)?;
-        let x = conv_prelu(&x, &self.conv4, &self.prelu4)?;
-        let x = conv_prelu(&x, &self.dense5, &self.prelu5)?;
-        let probs = softmax_channels(&self.dense6_1.forward(&x)?)?;
-        Ok((self.dense6_2.forward(&x)?, self.dense6_3.forward(&x)?, probs))
+    pub fn shape(&self) -> &'static CropNetShape {
+        self.shape
+    }
+    /// The heads of normalised crops [N, 3, side, side], each [N, out, 1, 1] in the shape's order, the
+    /// first as face probabilities (softmax of the logits).
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut x = x.clone();
+        for layer in &self.convs {
+            x = conv_prelu(&x, &layer.conv, &layer.prelu)?;
+            if let Some((window, stride)) = layer.pool {
+                x = max_pool2d_ceil(&x, window, stride)?;
+            }
+        }
+        let x = conv_prelu(&x, &self.dense, &self.dense_prelu)?;
+        let mut out = self.heads.iter().map(|h| h.forward(&x)).collect::<Result<Vec<_>>>()?;
+        out[0] = softmax_channels(&out[0])?;
+        Ok(out)
     }
 }

@@ -1,13 +1,13 @@
 //! P-Net on the CPU without the tensor ops: the pyramid's dozen images run through three 3×3 convs of
 //! 3→10→16→32 channels, shapes where im2col + GEMM spends more time packing than multiplying. Here
-//! the maps are channels-last (HWC) and each conv is a direct loop that keeps a few output pixels ×
+//! the maps are channels-last (HWC) and each conv is a loop over the taps that keeps a few output pixels ×
 //! all output channels in registers, with bias and PReLU fused; max-pool and the two 1×1 heads +
 //! softmax are fused too. An AVX2+FMA build of the same loops is picked at run time; the plain build
 //! is the fallback. The result equals [`super::nets::PNet::forward`] up to float summation order
 //! (`pnet_matches_the_ops` below). The conv and pool loops are shared with R-Net and O-Net
-//! ([`super::direct_cpu`]).
+//! ([`super::layers_cpu`]).
 
-use super::direct_cpu::{has_avx2_fma, Avx2, ConvLayer, Kernels, Plain};
+use super::layers_cpu::{has_avx2_fma, Avx2, ConvLayer, Kernels, Plain};
 use super::nets::PNetWeights;
 
 /// Channels of the three convs' outputs.
@@ -17,7 +17,7 @@ const C3: usize = 32;
 /// Values per output pixel: 2 face logits, then 4 box regression values.
 pub(crate) const HEAD_OUT: usize = 6;
 
-/// P-Net's weights re-laid out once for the direct loops.
+/// P-Net's weights re-laid out once for the loops.
 pub(crate) struct PNetCpu {
     conv1: ConvLayer<3>,
     conv2: ConvLayer<3>,
@@ -61,13 +61,13 @@ pub(crate) fn pnet_input_rows(r0: usize, r1: usize, h: usize) -> std::ops::Range
 impl PNetCpu {
     pub fn new(w: &PNetWeights) -> PNetCpu {
         let mut head_w = Vec::with_capacity(HEAD_OUT * C3);
-        head_w.extend_from_slice(&w.w4_1[..2 * C3]);
-        head_w.extend_from_slice(&w.w4_2[..4 * C3]);
-        let head_b: Vec<f32> = w.b4_1[..2].iter().chain(&w.b4_2[..4]).copied().collect();
+        head_w.extend_from_slice(&w.conv4_1.weight[..2 * C3]);
+        head_w.extend_from_slice(&w.conv4_2.weight[..4 * C3]);
+        let head_b: Vec<f32> = w.conv4_1.bias[..2].iter().chain(&w.conv4_2.bias[..4]).copied().collect();
         PNetCpu {
-            conv1: ConvLayer::new(&w.w1, &w.b1, &w.a1, 3, C1),
-            conv2: ConvLayer::new(&w.w2, &w.b2, &w.a2, C1, C2),
-            conv3: ConvLayer::new(&w.w3, &w.b3, &w.a3, C2, C3),
+            conv1: ConvLayer::new(&w.conv1.weight, &w.conv1.bias, &w.prelu[0], 3, C1),
+            conv2: ConvLayer::new(&w.conv2.weight, &w.conv2.bias, &w.prelu[1], C1, C2),
+            conv3: ConvLayer::new(&w.conv3.weight, &w.conv3.bias, &w.prelu[2], C2, C3),
             heads: ConvLayer::new(&head_w, &head_b, &[1.0; HEAD_OUT], C3, HEAD_OUT),
         }
     }
@@ -86,14 +86,14 @@ impl PNetCpu {
             return (Vec::new(), Vec::new(), [0, 0]);
         }
         let mut x = vec![0f32; h * w * 3];
-        super::direct_cpu::to_hwc(chw, h * w, &mut x);
+        super::layers_cpu::to_hwc(chw, h * w, &mut x);
         let mut s = PNetScratch::default();
         let [oh, ow] =
             if simd { self.forward_hwc::<Avx2>(&mut s, &x, h, w) } else { self.forward_hwc::<Plain>(&mut s, &x, h, w) };
         let plane = oh * ow;
         let (mut reg, mut probs) = (vec![0f32; 4 * plane], vec![0f32; 2 * plane]);
         for (p, o) in s.out[..plane * HEAD_OUT].chunks_exact(HEAD_OUT).enumerate() {
-            let [p0, p1] = super::direct_cpu::softmax2(o[0], o[1]);
+            let [p0, p1] = super::layers_cpu::softmax2(o[0], o[1]);
             probs[p] = p0;
             probs[plane + p] = p1;
             for r in 0..4 {
@@ -176,7 +176,7 @@ mod tests {
             }
             // Bands of output rows from their input rows alone equal the whole map's rows.
             let mut hwc = vec![0f32; h * w * 3];
-            crate::detect::direct_cpu::to_hwc(&input, h * w, &mut hwc);
+            crate::detect::layers_cpu::to_hwc(&input, h * w, &mut hwc);
             let mut whole = PNetScratch::default();
             let [oh, ow] = fast.run(&mut whole, &hwc, h, w);
             let bands = [(0, 1), (1, 3), (oh.saturating_sub(2), oh)];

@@ -4,10 +4,12 @@
 #![allow(dead_code)]
 
 pub mod alloc_guard;
+pub mod crop_case;
 pub mod emu;
 pub mod fuzz;
 pub mod hostile;
 pub mod model;
+pub mod photo;
 pub mod wflw_csv;
 
 use hrk::rng::Rng;

@@ -1,36 +1,31 @@
 //! Tiny models for the tests: small HRNet specs, a randomised HRNet, and a tiny config over a synthetic
 //! data set with its random-init weights on disk (for the `hrk test` / `hrk predict` tests).
 
-use hrk::model::{BlockKind, HrNet, HrnetSpec, Slot, StageSpec};
+use hrk::model::{HrNet, HrnetSpec, Slot};
 use hrk::Storage;
 use std::path::{Path, PathBuf};
 
-/// HRNetV2-W18's layout with `joints` outputs cut down to one module of one block per stage and channels
-/// 2, 4, 8, 16: every branch and fuse path, at a few hundred parameters.
-pub fn tiny_spec(joints: usize) -> HrnetSpec {
+/// HRNetV2-W18's layout with `joints` outputs cut down to one block per branch, `modules` modules in
+/// stages 2, 3, 4 and channels c, 2c, 4c, 8c.
+fn cut_down_w18(joints: usize, modules: [usize; 3], c: usize) -> HrnetSpec {
     let mut s = HrnetSpec::w18(joints);
-    for (k, st) in s.stages.iter_mut().enumerate() {
-        st.num_modules = 1;
+    for (k, (st, m)) in s.stages.iter_mut().zip(modules).enumerate() {
+        st.num_modules = m;
         st.num_blocks = vec![1; k + 2];
-        st.num_channels = (0..k + 2).map(|i| 2 << i).collect();
+        st.num_channels = (0..k + 2).map(|i| c << i).collect();
     }
     s
 }
 
+/// One module of one block per stage and channels 2, 4, 8, 16: every branch and fuse path, at a few
+/// hundred parameters.
+pub fn tiny_spec(joints: usize) -> HrnetSpec {
+    cut_down_w18(joints, [1, 1, 1], 2)
+}
+
 /// A small spec with channels 4..32 and two modules in stage 4 (so module chaining is exercised).
 pub fn small_spec(joints: usize) -> HrnetSpec {
-    let st = |m, b: usize, c: &[usize]| StageSpec {
-        num_modules: m,
-        num_branches: b,
-        block: BlockKind::Basic,
-        num_blocks: vec![1; b],
-        num_channels: c.to_vec(),
-    };
-    HrnetSpec {
-        num_joints: joints,
-        final_conv_kernel: 1,
-        stages: vec![st(1, 2, &[4, 8]), st(1, 3, &[4, 8, 16]), st(2, 4, &[4, 8, 16, 32])],
-    }
+    cut_down_w18(joints, [1, 1, 2], 4)
 }
 
 /// Gives every tensor of the model a random, well-scaled value (BN statistics included), so folding

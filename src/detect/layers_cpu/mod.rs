@@ -1,5 +1,5 @@
-//! The loops MTCNN's three networks share on the CPU without the tensor ops: a direct K×K conv with bias
-//! and PReLU fused, a ceil-mode max-pool, and the dense layers over a batch of crops. Maps are
+//! The layer loops MTCNN's three networks share on the CPU without the tensor ops: a K×K conv straight
+//! from the taps (no im2col) with bias and PReLU fused, a ceil-mode max-pool, and the dense layers over a batch of crops. Maps are
 //! channels-last (HWC). The small maps and channel counts of MTCNN (3…128 channels, 3…46 pixels wide)
 //! are shapes where im2col + GEMM spends more time packing than multiplying; here a few output pixels ×
 //! a block of output channels stay in registers while the kernel's taps stream past. Callers compile
@@ -125,6 +125,53 @@ fn pixel_inputs<const CIN: usize, const P: usize>(x: &[f32], w: usize, wo: usize
         let (oy, ox) = (q / wo, q % wo);
         x.as_ptr().wrapping_add((oy * w + ox) * CIN)
     })
+}
+
+/// The shared frame of one SIMD build of [`conv_prelu`]: `conv_prelu`, compiled with `$features`, checks
+/// the extents and walks the output pixels in groups of `$pix` (one at a time on planes with fewer);
+/// each group runs the build's own `channel_block::<K, CIN, COUT, P>` on every block of CB channels. A
+/// macro, not a generic function: the target features must sit on the function the blocks inline into.
+#[cfg(target_arch = "x86_64")]
+macro_rules! simd_conv_entry {
+    ($features:literal, $pix:expr) => {
+        /// [`super::conv_prelu`] with this build's intrinsics: PIX pixels of the flattened output (across
+        /// row ends: each pixel has its own input pointer) × one block of CB channels at a time.
+        ///
+        /// # Safety
+        /// The CPU must support the target features of this build.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn conv_prelu<const K: usize, const CIN: usize, const COUT: usize>(
+            x: &[f32], h: usize, w: usize, layer: &ConvLayer<K>, y: &mut [f32],
+        ) -> (usize, usize) {
+            let (ho, wo) = super::checked_extent::<K, CIN, COUT>(x, h, w, layer, y);
+            // SAFETY: the target features as above; the extents are checked and every group (or single
+            // pixel) lies inside the ho·wo output pixels.
+            super::for_pixel_groups(ho * wo, $pix, |start, whole| unsafe {
+                if whole {
+                    pixel_group::<K, CIN, COUT, { $pix }>(x, w, wo, start, layer, y)
+                } else {
+                    pixel_group::<K, CIN, COUT, 1>(x, w, wo, start, layer, y)
+                }
+            });
+            (ho, wo)
+        }
+
+        /// Output pixels start..start+P (flattened [ho][wo]) of every channel block.
+        ///
+        /// # Safety
+        /// The build's target features; `x` holds [h][w][CIN] with h ≥ (start+P−1)/wo + K, `y` holds
+        /// (start+P)·COUT values and `layer` has COUT/CB blocks of K·K·CIN·CB weights (checked by the caller).
+        #[inline(always)]
+        unsafe fn pixel_group<const K: usize, const CIN: usize, const COUT: usize, const P: usize>(
+            x: &[f32], w: usize, wo: usize, start: usize, layer: &ConvLayer<K>, y: &mut [f32],
+        ) {
+            let px = super::pixel_inputs::<CIN, P>(x, w, wo, start);
+            for blk in 0..COUT.div_ceil(CB) {
+                // SAFETY: the caller's guarantees, for block blk of the layer's COUT/CB.
+                unsafe { channel_block::<K, CIN, COUT, P>(&px, w * CIN, layer, blk, y, start) }
+            }
+        }
+    };
 }
 
 /// Whether this CPU runs the AVX2+FMA loops.
@@ -382,10 +429,8 @@ pub(crate) fn as_rows<const N: usize>(v: &[f32]) -> &[[f32; N]] {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[path = "direct_avx2.rs"]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
-#[path = "direct_avx512.rs"]
 mod avx512;
 
 #[cfg(all(test, target_arch = "x86_64"))]

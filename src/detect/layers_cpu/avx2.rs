@@ -3,74 +3,50 @@
 //! registers), two weight vectors and one broadcast input value per step, the block of the portable
 //! loop. The sums run in the same order (bias, then ky, kx, cin) with one rounding per multiply-add.
 
-use super::{checked_extent, for_pixel_groups, pixel_inputs, ConvLayer, CB};
+use super::{ConvLayer, CB};
 use crate::ops::max_pool::ceil_pool_extent;
 use std::arch::x86_64::*;
 
 /// Output pixels per register block.
 const PIX: usize = 6;
 
-/// [`super::conv_prelu`] with AVX2+FMA; PIX pixels of the flattened output (across row ends: each
-/// pixel has its own input pointer) × one block of CB channels at a time.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn conv_prelu<const K: usize, const CIN: usize, const COUT: usize>(
-    x: &[f32], h: usize, w: usize, layer: &ConvLayer<K>, y: &mut [f32],
-) -> (usize, usize) {
-    let (ho, wo) = checked_extent::<K, CIN, COUT>(x, h, w, layer, y);
-    // SAFETY: AVX2+FMA as above; the extents are checked and every group (or single pixel) lies inside
-    // the ho·wo output pixels.
-    for_pixel_groups(ho * wo, PIX, |start, whole| unsafe {
-        if whole {
-            pixel_group::<K, CIN, COUT, PIX>(x, w, wo, start, layer, y)
-        } else {
-            pixel_group::<K, CIN, COUT, 1>(x, w, wo, start, layer, y)
-        }
-    });
-    (ho, wo)
-}
+simd_conv_entry!("avx2,fma", PIX);
 
-/// Output pixels start..start+P (flattened [ho][wo]) of every channel block.
+/// Channels blk·CB..(blk+1)·CB of output pixels start..start+P, whose input windows begin at `px`
+/// (their rows `row` values apart).
 ///
 /// # Safety
-/// AVX2+FMA; `x` holds [h][w][CIN] with h ≥ (start+P−1)/wo + K, `y` holds (start+P)·COUT values and
-/// `layer` has COUT/CB blocks of K·K·CIN·CB weights (checked by the caller).
+/// AVX2+FMA; the pointers, `y` and block `blk` of `layer` as [`pixel_group`]'s caller checked.
 #[inline(always)]
-unsafe fn pixel_group<const K: usize, const CIN: usize, const COUT: usize, const P: usize>(
-    x: &[f32], w: usize, wo: usize, start: usize, layer: &ConvLayer<K>, y: &mut [f32],
+unsafe fn channel_block<const K: usize, const CIN: usize, const COUT: usize, const P: usize>(
+    px: &[*const f32; P], row: usize, layer: &ConvLayer<K>, blk: usize, y: &mut [f32], start: usize,
 ) {
-    let px = pixel_inputs::<CIN, P>(x, w, wo, start);
-    let row = w * CIN;
-    for blk in 0..COUT.div_ceil(CB) {
-        let wt = layer.w.as_ptr().add(blk * K * K * CIN * CB);
-        let bias = &layer.bias[blk];
-        let (b0, b1) = (_mm256_loadu_ps(bias.as_ptr()), _mm256_loadu_ps(bias.as_ptr().add(8)));
-        let mut acc = [[b0, b1]; P];
-        for ky in 0..K {
-            let wk = wt.add(ky * K * CIN * CB);
-            let off = ky * row;
-            // kx and cin together: consecutive in both the input row and the weights.
-            for j in 0..K * CIN {
-                let (w0, w1) = (_mm256_loadu_ps(wk.add(j * CB)), _mm256_loadu_ps(wk.add(j * CB + 8)));
-                for p in 0..P {
-                    let v = _mm256_broadcast_ss(&*px[p].add(off + j));
-                    acc[p][0] = _mm256_fmadd_ps(v, w0, acc[p][0]);
-                    acc[p][1] = _mm256_fmadd_ps(v, w1, acc[p][1]);
-                }
+    let wt = layer.w.as_ptr().add(blk * K * K * CIN * CB);
+    let bias = &layer.bias[blk];
+    let (b0, b1) = (_mm256_loadu_ps(bias.as_ptr()), _mm256_loadu_ps(bias.as_ptr().add(8)));
+    let mut acc = [[b0, b1]; P];
+    for ky in 0..K {
+        let wk = wt.add(ky * K * CIN * CB);
+        let off = ky * row;
+        // kx and cin together: consecutive in both the input row and the weights.
+        for j in 0..K * CIN {
+            let (w0, w1) = (_mm256_loadu_ps(wk.add(j * CB)), _mm256_loadu_ps(wk.add(j * CB + 8)));
+            for p in 0..P {
+                let v = _mm256_broadcast_ss(&*px[p].add(off + j));
+                acc[p][0] = _mm256_fmadd_ps(v, w0, acc[p][0]);
+                acc[p][1] = _mm256_fmadd_ps(v, w1, acc[p][1]);
             }
         }
-        let slope = &layer.slope[blk];
-        let (s0, s1) = (_mm256_loadu_ps(slope.as_ptr()), _mm256_loadu_ps(slope.as_ptr().add(8)));
-        let c0 = blk * CB;
-        let lanes = COUT - c0;
-        for (p, a) in acc.iter().enumerate() {
-            let dst = y.as_mut_ptr().add((start + p) * COUT + c0);
-            store_prelu(a[0], s0, dst, lanes.min(8));
-            if lanes > 8 {
-                store_prelu(a[1], s1, dst.add(8), (lanes - 8).min(8));
-            }
+    }
+    let slope = &layer.slope[blk];
+    let (s0, s1) = (_mm256_loadu_ps(slope.as_ptr()), _mm256_loadu_ps(slope.as_ptr().add(8)));
+    let c0 = blk * CB;
+    let lanes = COUT - c0;
+    for (p, a) in acc.iter().enumerate() {
+        let dst = y.as_mut_ptr().add((start + p) * COUT + c0);
+        store_prelu(a[0], s0, dst, lanes.min(8));
+        if lanes > 8 {
+            store_prelu(a[1], s1, dst.add(8), (lanes - 8).min(8));
         }
     }
 }
