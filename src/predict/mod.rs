@@ -25,9 +25,7 @@ mod sink;
 mod sources;
 mod stream;
 
-pub use boxes::{
-    detector_center, FaceBox, FaceFinder, FoundFace, MTCNN_CENTER_SHIFT, MTCNN_MARGIN, SCALE_ENLARGEMENT,
-};
+pub use boxes::{detector_center, FaceBox, FaceFinder, FoundFace, MTCNN_CENTER_SHIFT, MTCNN_MARGIN, SCALE_ENLARGEMENT};
 pub use engine::{CroppedFaces, FaceResult, ImageResult, LandmarkEngine, LandmarkOptions};
 pub use given::GivenBoxes;
 pub use inputs::{collect_images, output_names, parse_shard, shard_indices, IMAGE_EXTENSIONS};

@@ -80,7 +80,8 @@ fn overlay_png(r: &ImageResult, rgb: &Rgb8, labels: bool, overlay: &Path) -> Res
         crate::draw::draw_landmarks(&mut img, &f.landmarks, labels);
     }
     let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| anyhow!("{}: PNG encoding failed: {e}", overlay.display()))?;
+    img.write_to(&mut bytes, image::ImageFormat::Png)
+        .map_err(|e| anyhow!("{}: PNG encoding failed: {e}", overlay.display()))?;
     Ok(bytes.into_inner())
 }
 

@@ -109,53 +109,60 @@ pub(super) fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A frame's faces between finding and the model.
+enum Faces {
+    /// Found in the pixels, still to crop.
+    Found(Vec<FoundFace>),
+    /// Cropped by the source.
+    Cropped(CroppedFaces),
+}
+
 /// One wave: find the faces of the frames that came as pixels (in parallel on the CPU), crop
 /// them (in parallel), and run every face through `engine` in shared batches. A frame that cannot
 /// be read, searched or cropped fails alone; errors of the model end the stream.
 pub fn process_wave(engine: &mut LandmarkEngine, state: &StreamState, frames: Vec<Frame>) -> Result<Vec<FrameOutcome>> {
-    let find = |f: Frame| -> (PathBuf, String, Result<(Rgb8, Option<CroppedFaces>, Vec<FoundFace>)>) {
-        let found = f.content.and_then(|c| match c {
+    let (heads, contents): (Vec<(PathBuf, String)>, Vec<Result<FrameContent>>) =
+        frames.into_iter().map(|f| ((f.label, f.name), f.content)).unzip();
+    let find = |(label, content): (&PathBuf, Result<FrameContent>)| -> Result<(Rgb8, Faces)> {
+        match content? {
             FrameContent::Pixels(rgb) => {
-                let faces = state.find_faces(&f.label, &rgb).with_context(|| format!("image {}", f.label.display()))?;
-                Ok((rgb, None, faces))
+                let faces = state.find_faces(label, &rgb).with_context(|| format!("image {}", label.display()))?;
+                Ok((rgb, Faces::Found(faces)))
             }
-            FrameContent::Cropped(rgb, cropped) => Ok((rgb, Some(cropped), Vec::new())),
-        });
-        (f.label, f.name, found)
+            FrameContent::Cropped(rgb, cropped) => Ok((rgb, Faces::Cropped(cropped))),
+        }
     };
-    let found: Vec<_> = if engine.on_cpu() {
-        frames.into_par_iter().map(find).collect()
+    let found: Vec<Result<(Rgb8, Faces)>> = if engine.on_cpu() {
+        heads.par_iter().map(|(label, _)| label).zip(contents.into_par_iter()).map(find).collect()
     } else {
         // One GPU: its kernels serialise anyway; keep the detector on one thread.
-        frames.into_iter().map(find).collect()
+        heads.iter().map(|(label, _)| label).zip(contents).map(find).collect()
     };
     let eng = &*engine;
-    let prepared: Vec<(PathBuf, String, Result<(Rgb8, CroppedFaces)>)> = found
-        .into_par_iter()
-        .map(|(label, name, found)| {
-            let prepared = found.and_then(|(rgb, cropped, faces)| match cropped {
-                Some(c) => Ok((rgb, c)),
-                None => {
-                    let c = eng.crop(&rgb, faces).with_context(|| format!("image {}", label.display()))?;
-                    Ok((rgb, c))
-                }
-            });
-            (label, name, prepared)
+    let cropped: Vec<Result<(Rgb8, CroppedFaces)>> = heads
+        .par_iter()
+        .zip(found.into_par_iter())
+        .map(|((label, _), found)| match found? {
+            (rgb, Faces::Cropped(c)) => Ok((rgb, c)),
+            (rgb, Faces::Found(faces)) => {
+                let c = eng.crop(&rgb, faces).with_context(|| format!("image {}", label.display()))?;
+                Ok((rgb, c))
+            }
         })
         .collect();
-    type Pending = (PathBuf, String, std::result::Result<Rgb8, String>);
-    let (crops, pending): (Vec<Option<CroppedFaces>>, Vec<Pending>) = prepared
+    let (crops, pixels): (Vec<Option<CroppedFaces>>, Vec<std::result::Result<Rgb8, String>>) = cropped
         .into_iter()
-        .map(|(label, name, p)| match p {
-            Ok((rgb, c)) => (Some(c), (label, name, Ok(rgb))),
-            Err(e) => (None, (label, name, Err(one_line(&e)))),
+        .map(|p| match p {
+            Ok((rgb, c)) => (Some(c), Ok(rgb)),
+            Err(e) => (None, Err(one_line(&e))),
         })
         .unzip();
     let faces = engine.infer_batched(&crops)?;
-    Ok(pending
+    Ok(heads
         .into_iter()
+        .zip(pixels)
         .zip(faces)
-        .map(|((label, name, rgb), faces)| {
+        .map(|(((label, name), rgb), faces)| {
             let result = rgb.map(|rgb| {
                 let image = ImageResult { path: label.clone(), width: rgb.width, height: rgb.height, faces };
                 FrameFaces { image, rgb }
