@@ -5,8 +5,8 @@
 
 use crate::detect::{DetectorOptions, Mtcnn};
 use crate::predict::{
-    collect_images, dataset_images, output_names, parse_shard, shard_indices, FaceBox, FaceSource, GivenBoxes,
-    PredictOptions, PredictRun, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
+    collect_images, dataset_images, output_names, parse_shard, shard_indices, FaceBox, FaceFinder, FaceSource,
+    GivenBoxes, LandmarkOptions, PredictRun, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -175,14 +175,14 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         detector_options.thresholds = t;
     }
     let source = match (&given, &mtcnn) {
-        (Some(g), _) => FaceSource::Given(g),
-        (None, Some(m)) => FaceSource::Detector {
+        (Some(g), _) => FaceSource::ByPath(g),
+        (None, Some(m)) => FaceSource::Same(FaceFinder::Detector {
             mtcnn: m,
             options: detector_options,
             margin: MTCNN_MARGIN,
             center_shift: MTCNN_CENTER_SHIFT,
-        },
-        (None, None) => FaceSource::WholeImage,
+        }),
+        (None, None) => FaceSource::Same(FaceFinder::WholeImage),
     };
 
     let mut net = super::common::model(&cfg, 0)?;
@@ -200,7 +200,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         bail!("--batch must be positive");
     }
     let out = args.out.clone().unwrap_or_else(|| cfg.output_dir_for(&args.cfg).join("predict"));
-    let opts = PredictOptions { test, pairs, batch, labels: args.labels };
+    let opts = LandmarkOptions { test, pairs, batch };
 
     let dataset = match &args.csv {
         Some(csv) => {
@@ -227,8 +227,8 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
 
     let mut progress = Progress::new(images.len() + dataset_list.len(), quiet);
     let mut on_image = |r: &crate::predict::ImageReport| progress.image_done(r);
-    let mut run = PredictRun::new(&mut net, opts, cfg.model.image_size, &out)?;
-    run.run_images(&images, &image_names, &source, &mut on_image)?;
+    let mut run = PredictRun::new(&mut net, opts, cfg.model.image_size, &out, args.labels)?;
+    run.run_images(&images, &image_names, source, &mut on_image)?;
     if let Some(ds) = &dataset {
         run.run_dataset(ds, dataset_names, &mut on_image)?;
     }

@@ -1,0 +1,41 @@
+//! `hrk predict`'s work: frames (image files, a dataset's annotated images) → faces (the MTCNN
+//! detector, given boxes, or the whole image) → crops → batched landmark inference → outputs. The
+//! CLI parses flags and prints; everything else is here, built around three seams:
+//!
+//! - **one in-memory image → faces**: [`LandmarkEngine::faces_in`] takes a decoded RGB image and
+//!   a [`FaceFinder`] and returns each face with its landmarks, no files involved (engine.rs; how
+//!   a box becomes a crop: boxes.rs).
+//! - **a stream of frames → faces, with state per stream**: a [`FrameSource`] delivers frames a
+//!   wave at a time ([`ImageFiles`], [`DatasetFrames`] in sources.rs); [`run_stream`] finds and
+//!   crops each wave's faces through the stream's [`StreamState`] and runs them in shared batches
+//!   (stream.rs). A video or stdin decoder is one more `FrameSource`; tracking lives in the state.
+//! - **faces → outputs**: each finished wave goes to an [`OutputSink`]; [`FileSink`] writes the
+//!   CLI's per-image JSON and overlay PNG and the run's CSV, and [`image_json`] / [`face_json`]
+//!   build the JSON values on their own (sink.rs).
+//!
+//! given.rs reads `--box` / `--boxes`, inputs.rs lists, shards and names the images, run.rs is the
+//! CLI's run (one engine and one file sink over its streams, with the counts).
+
+mod boxes;
+mod engine;
+mod given;
+mod inputs;
+mod run;
+mod sink;
+mod sources;
+mod stream;
+
+pub use boxes::{detector_center, FaceBox, FaceFinder, FoundFace, MTCNN_CENTER_SHIFT, MTCNN_MARGIN, SCALE_ENLARGEMENT};
+pub use engine::{CroppedFaces, FaceResult, ImageResult, LandmarkEngine, LandmarkOptions};
+pub use given::GivenBoxes;
+pub use inputs::{collect_images, output_names, parse_shard, shard_indices, IMAGE_EXTENSIONS};
+pub use run::{PredictRun, Summary};
+pub use sink::{face_json, image_json, FileSink, OutputSink};
+pub use sources::{dataset_images, DatasetFrames, ImageFiles};
+pub use stream::{
+    process_wave, run_stream, FaceSource, Frame, FrameContent, FrameFaces, FrameOutcome, FrameSource, ImageReport,
+    StreamState,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,89 @@
+//! A run of `hrk predict`: one [`LandmarkEngine`] and one [`FileSink`] over the streams of the
+//! command line (the image list, then a dataset's images), counting what they did.
+
+use super::engine::{LandmarkEngine, LandmarkOptions};
+use super::sink::FileSink;
+use super::sources::{DatasetFrames, ImageFiles};
+use super::stream::{run_stream, FaceSource, FrameSource, ImageReport, StreamState};
+use crate::data::dataset::FaceDataset;
+use crate::model::HrNet;
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+/// Counts of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub images: usize,
+    pub faces: usize,
+    pub failed: usize,
+}
+
+impl Summary {
+    fn record(&mut self, r: &ImageReport) {
+        self.images += 1;
+        self.faces += r.faces;
+        self.failed += usize::from(r.error.is_some());
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} images, {} faces, {} failed", self.images, self.faces, self.failed)
+    }
+}
+
+/// A run of `hrk predict`: writes `<name>.json` and `<name>_landmarks.png` per image into `out`
+/// as images finish, and the CSV (a row per face) in [`PredictRun::finish`].
+pub struct PredictRun<'a> {
+    engine: LandmarkEngine<'a>,
+    sink: FileSink,
+    summary: Summary,
+}
+
+impl<'a> PredictRun<'a> {
+    /// Creates `out` if needed; `labels` draws landmark indices on the overlays.
+    pub fn new(
+        net: &'a mut HrNet, opts: LandmarkOptions, image_size: [usize; 2], out: &Path, labels: bool,
+    ) -> Result<Self> {
+        let joints = net.spec.num_joints;
+        let engine = LandmarkEngine::new(net, opts, image_size)?;
+        let sink = FileSink::new(out, labels, joints)?;
+        Ok(PredictRun { engine, sink, summary: Summary::default() })
+    }
+
+    /// Predicts `images` (output `names`, same length) with faces from `faces`, a wave at a time:
+    /// decode, find faces and crop in parallel, run the model on the wave's faces in batches,
+    /// write. An image that cannot be decoded or searched is reported (observer) and counted as
+    /// failed; the run goes on. Errors of the model or of writing outputs end the run.
+    pub fn run_images(
+        &mut self, images: &[PathBuf], names: &[String], faces: FaceSource, on_image: &mut dyn FnMut(&ImageReport),
+    ) -> Result<()> {
+        let mut frames = ImageFiles::new(images, names)?;
+        self.run(&mut frames, &mut StreamState::new(faces), on_image)
+    }
+
+    /// The images of a dataset CSV/.mat ([`DatasetFrames`]); `names` are the output names of
+    /// [`super::dataset_images`]'s list.
+    pub fn run_dataset(
+        &mut self, ds: &FaceDataset, names: &[String], on_image: &mut dyn FnMut(&ImageReport),
+    ) -> Result<()> {
+        let mut frames = DatasetFrames::new(ds, names, self.engine.input_len())?;
+        self.run(&mut frames, &mut StreamState::for_cropped_frames(), on_image)
+    }
+
+    fn run(
+        &mut self, frames: &mut dyn FrameSource, state: &mut StreamState, on_image: &mut dyn FnMut(&ImageReport),
+    ) -> Result<()> {
+        let summary = &mut self.summary;
+        run_stream(&mut self.engine, frames, state, &mut self.sink, &mut |r| {
+            summary.record(r);
+            on_image(r);
+        })
+    }
+
+    /// Writes the CSV (`csv_name` in the output folder) and gives the counts.
+    pub fn finish(self, csv_name: &str) -> Result<Summary> {
+        self.sink.finish(csv_name)?;
+        Ok(self.summary)
+    }
+}

@@ -1,0 +1,135 @@
+//! Faces → outputs: the [`OutputSink`] a stream's finished frames go to, the JSON values of a
+//! result on their own ([`image_json`], [`face_json`]), and [`FileSink`], the CLI's files: one
+//! `<name>.json` and `<name>_landmarks.png` per image and one CSV per run.
+
+use super::engine::{FaceResult, ImageResult};
+use super::stream::{FrameFaces, FrameOutcome};
+use crate::data::imageio::Rgb8;
+use crate::io::safetensors::write_atomically;
+use anyhow::{anyhow, Context, Result};
+use rayon::prelude::*;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Where a stream's finished frames go.
+pub trait OutputSink {
+    /// Takes one wave of frames in stream order, failed frames included (with their error).
+    fn write_frames(&mut self, frames: &[FrameOutcome]) -> Result<()>;
+}
+
+/// A value as JSON: f32-exact values in their shortest f32 form (detector boxes print as
+/// `12.3`, not `12.300000190734863`), others as f64.
+fn json_num(v: f64) -> serde_json::Value {
+    if (v as f32) as f64 == v {
+        serde_json::json!(v as f32)
+    } else {
+        serde_json::json!(v)
+    }
+}
+
+/// One face of the per-image JSON document.
+pub fn face_json(f: &FaceResult) -> serde_json::Value {
+    serde_json::json!({
+        "box": f.face.bbox.iter().map(|&v| json_num(v)).collect::<Vec<_>>(),
+        "score": f.face.score,
+        "landmarks": f.landmarks.iter().map(|p| [p[0], p[1]]).collect::<Vec<_>>(),
+        "landmark_scores": f.landmark_scores,
+    })
+}
+
+/// The per-image JSON document (the schema of README's predict section).
+pub fn image_json(r: &ImageResult) -> serde_json::Value {
+    serde_json::json!({
+        "image": r.path.display().to_string(),
+        "width": r.width,
+        "height": r.height,
+        "faces": r.faces.iter().map(face_json).collect::<Vec<_>>(),
+    })
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The dataset CSV layout, a row per face, so the output can be fed back as annotations
+/// (`hrk test` on it makes the same crops): scale is the annotation scale.
+fn csv_rows(r: &ImageResult) -> String {
+    let mut s = String::new();
+    for f in &r.faces {
+        let (image, face) = (csv_field(&r.path.display().to_string()), &f.face);
+        let _ = write!(s, "{image},{},{},{}", face.annotation_scale, face.center[0], face.center[1]);
+        for q in &f.landmarks {
+            let _ = write!(s, ",{},{}", q[0], q[1]);
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// The image with each face's box and landmarks drawn, as PNG bytes (`overlay`: the file's path,
+/// for messages).
+fn overlay_png(r: &ImageResult, rgb: &Rgb8, labels: bool, overlay: &Path) -> Result<Vec<u8>> {
+    let mut img = image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, rgb.data.clone())
+        .ok_or_else(|| anyhow!("image {}: pixel buffer does not match its size", r.path.display()))?;
+    for f in &r.faces {
+        crate::draw::draw_box(&mut img, f.face.bbox);
+        crate::draw::draw_landmarks(&mut img, &f.landmarks, labels);
+    }
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, image::ImageFormat::Png)
+        .map_err(|e| anyhow!("{}: PNG encoding failed: {e}", overlay.display()))?;
+    Ok(bytes.into_inner())
+}
+
+/// The CLI's files, written into `out` as frames finish, the CSV (a row per face, in stream
+/// order) in [`FileSink::finish`]. Every write is atomic (temporary file + rename).
+pub struct FileSink {
+    out: PathBuf,
+    /// Draw landmark indices on the overlays.
+    labels: bool,
+    joints: usize,
+    csv_rows: String,
+}
+
+impl FileSink {
+    /// Creates `out` if needed; `joints` is the model's landmark count (the CSV's columns).
+    pub fn new(out: &Path, labels: bool, joints: usize) -> Result<Self> {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))?;
+        Ok(FileSink { out: out.to_path_buf(), labels, joints, csv_rows: String::new() })
+    }
+
+    fn write_image(&self, name: &str, r: &ImageResult, rgb: &Rgb8) -> Result<()> {
+        let json = serde_json::to_string_pretty(&image_json(r))? + "\n";
+        write_atomically(&self.out.join(format!("{name}.json")), json.as_bytes())?;
+        let overlay = self.out.join(format!("{name}_landmarks.png"));
+        let png = overlay_png(r, rgb, self.labels, &overlay)?;
+        write_atomically(&overlay, &png)
+    }
+
+    /// Writes the CSV (`csv_name` in the output folder).
+    pub fn finish(self, csv_name: &str) -> Result<()> {
+        let mut csv = String::from("image_name,scale,center_w,center_h");
+        for k in 0..self.joints {
+            let _ = write!(csv, ",original_{k}_x,original_{k}_y");
+        }
+        csv.push('\n');
+        csv.push_str(&self.csv_rows);
+        write_atomically(&self.out.join(csv_name), csv.as_bytes())
+    }
+}
+
+impl OutputSink for FileSink {
+    fn write_frames(&mut self, frames: &[FrameOutcome]) -> Result<()> {
+        let finished = || frames.iter().filter_map(|o| o.result.as_ref().ok().map(|f| (&o.name, f)));
+        let list: Vec<(&String, &FrameFaces)> = finished().collect();
+        list.par_iter().try_for_each(|(name, f)| self.write_image(name, &f.image, &f.rgb))?;
+        for (_, f) in finished() {
+            self.csv_rows.push_str(&csv_rows(&f.image));
+        }
+        Ok(())
+    }
+}
