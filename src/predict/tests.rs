@@ -1,7 +1,7 @@
 //! The in-memory seam against the file-based run of the CLI.
 
 use super::*;
-use crate::data::codec::DecodeMode;
+use crate::config::DecodeMode;
 use crate::data::imageio::Rgb8;
 use crate::eval::TestOptions;
 use crate::model::{HrNet, HrnetSpec};
