@@ -76,16 +76,9 @@ fn random(shape: &[usize], rng: &mut Rng) -> Result<Tensor> {
 
 /// One training step of the model on (x, target).
 pub fn train_step(net: &mut HrNet, adam: &mut crate::optim::Adam, x: &Tensor, target: &Tensor) -> Result<f64> {
-    let y = net.forward(x, true)?;
-    let loss = crate::ops::mse_loss(&y, target)?;
-    let value = loss.item()?;
-    let grads = crate::backward(&loss)?;
-    let gs: Vec<&Storage> = net
-        .store
-        .params()
-        .iter()
-        .map(|p| grads.get(p).ok_or_else(|| anyhow!("bench: no gradient for parameter {:?}", p)))
-        .collect::<Result<_>>()?;
+    let pass = crate::train::step::forward_backward(net, x, target, crate::train::step::LossSeed::One)?;
+    let value = pass.loss.item()?;
+    let gs: Vec<&Storage> = pass.grads.iter().collect();
     let mut params = net.store.params_mut();
     adam.step(&mut params, &gs)?;
     Ok(value)

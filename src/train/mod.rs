@@ -22,7 +22,7 @@ mod metrics;
 mod optimizer;
 pub mod pictures;
 pub mod schedule;
-mod step;
+pub mod step;
 mod synthetic;
 mod trainer;
 

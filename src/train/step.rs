@@ -1,7 +1,7 @@
 //! One training step's forward → loss → backward → gradients, shared by the eager loop
-//! (`Trainer::run_epoch`) and the captured CUDA graphs (`graph.rs`), so both compute the same
-//! sequence. The optimizer update is the caller's: the eager loop applies it at once, the graphs
-//! capture it separately so the host can refuse a non-finite loss first.
+//! (`Trainer::run_epoch`), the captured CUDA graphs (`graph.rs`) and `hrk bench --train`, so all
+//! compute the same sequence. The optimizer update is the caller's: the eager loop applies it at
+//! once, the graphs capture it separately so the host can refuse a non-finite loss first.
 
 use crate::autograd::{backward, backward_seeded, Gradients};
 use crate::cuda::GpuBuffer;
@@ -12,14 +12,14 @@ use anyhow::{anyhow, Result};
 
 /// What one forward + backward leaves for the host and for the update: the loss and heatmaps (detached)
 /// and the parameters' gradients in store order.
-pub(super) struct Pass {
-    pub(super) loss: Tensor,
-    pub(super) heatmaps: Tensor,
-    pub(super) grads: Vec<Storage>,
+pub struct Pass {
+    pub loss: Tensor,
+    pub heatmaps: Tensor,
+    pub grads: Vec<Storage>,
 }
 
 /// The loss gradient the backward starts from.
-pub(super) enum LossSeed<'a> {
+pub enum LossSeed<'a> {
     /// 1.0, made on the loss's device when the backward starts.
     One,
     /// A copy of this device buffer (holding 1.0), made when the backward starts: a graph capture
@@ -29,7 +29,7 @@ pub(super) enum LossSeed<'a> {
 
 /// Forward in training mode, MSE loss against `target`, backward from `seed`, and the parameters'
 /// gradients taken out of the backward's results.
-pub(super) fn forward_backward(net: &mut HrNet, input: &Tensor, target: &Tensor, seed: LossSeed) -> Result<Pass> {
+pub fn forward_backward(net: &mut HrNet, input: &Tensor, target: &Tensor, seed: LossSeed) -> Result<Pass> {
     let out = net.forward(input, true)?;
     let loss = ops::mse_loss(&out, target)?;
     let mut grads = match seed {
