@@ -1,4 +1,5 @@
-// Multi-resolution fusion (HRNet module output i, REFERENCE §5.3) in one pass, NCHW f32:
+// Multi-resolution fusion in one pass, NCHW f32: HRNet module output i (the official lib/models/hrnet.py,
+// `HighResolutionModule._make_fuse_layers` and its forward):
 //   fusion_forward   y = ReLU(x + sum_k bilinear_up(up[k] -> h x w) + sum_k down[k])
 //                    The up terms are the low-resolution conv+BN outputs z_j (j > i), resized here instead of
 //                    being materialised at full size; the down terms d_j (j < i) are already at h x w.

@@ -1,5 +1,5 @@
 //! The official experiment YAMLs, the parity fixture config and the synthetic config load with
-//! the values REFERENCE.md §2.2/§2.3 gives; absent keys keep the reference defaults.
+//! the official lib/config/defaults.py and experiments/*.yaml values; absent keys keep the reference defaults.
 
 use hrk::config::{load_config, schema_keys, BlockKind, Config, DatasetKind, OptimizerKind, StageConfig};
 use std::path::{Path, PathBuf};

@@ -1,8 +1,8 @@
-//! MODEL.INIT_WEIGHTS + MODEL.PRETRAINED (REFERENCE.md §5.7): a fake ImageNet checkpoint (the
-//! model's backbone entries with their own values + classifier-only keys) written as safetensors
-//! and as torch-format .pth (zip and legacy, by the stdlib-only tests/common/make_pth.py),
-//! loaded by key name; shape mismatches, missing files and the config switch; `hrk convert` of a
-//! stdlib-written .pth loaded back into the model.
+//! MODEL.INIT_WEIGHTS + MODEL.PRETRAINED (the official `HighResolutionNet.init_weights`): a fake
+//! ImageNet checkpoint (the model's backbone entries with their own values + classifier-only keys)
+//! written as safetensors and as torch-format .pth (zip and legacy, by the stdlib-only
+//! tests/common/make_pth.py), loaded by key name; shape mismatches, missing files and the config
+//! switch; `hrk convert` of a stdlib-written .pth loaded back into the model.
 
 use hrk::config::Config;
 use hrk::host::{HostData, HostTensor};

@@ -1,5 +1,5 @@
 //! Synthetic data set: CSV format, geometry, determinism, flip consistency and visibility of the
-//! landmarks. Mirror pairs are the official MATCHED_PARTS of REFERENCE.md §4.2.
+//! landmarks. Mirror pairs are the official MATCHED_PARTS of the official lib/utils/transforms.py.
 
 use hrk::synth;
 use std::path::{Path, PathBuf};

@@ -1,9 +1,10 @@
 //! `hrk annotations`: other annotation formats → the official WFLW/300W CSV
-//! (`image,scale,center_w,center_h,x0,y0,...`). The official center/scale convention
-//! (REFERENCE §3.1, issue #3): for a face box (x1, y1, x2, y2), `center = ((x1+x2)/2, (y1+y2)/2)`
-//! and `scale = max(x2−x1, y2−y1) / 200`. Without a box, the tight landmark box with the COFW
-//! rounding rule `(floor(min x), floor(min y), ceil(max x), ceil(max y))` is used, which gives the
-//! .0/.5 centres and whole-pixel sides of the published CSVs.
+//! (`image,scale,center_w,center_h,x0,y0,...`). The official center/scale convention (the tight
+//! landmark box, HRNet-Facial-Landmark-Detection issue #3): for a face box (x1, y1, x2, y2),
+//! `center = ((x1+x2)/2, (y1+y2)/2)` and `scale = max(x2−x1, y2−y1) / 200`. Without a box, the
+//! tight landmark box with the COFW rounding rule `(floor(min x), floor(min y), ceil(max x),
+//! ceil(max y))` is used, which gives the .0/.5 centres and whole-pixel sides of the published
+//! CSVs.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::fmt::Write as _;

@@ -1,5 +1,5 @@
 //! MODEL.INIT_WEIGHTS + MODEL.PRETRAINED: start the backbone from an ImageNet HRNetV2 checkpoint
-//! (REFERENCE.md §5.7).
+//! (the official `HighResolutionNet.init_weights`: filter by key name, then a strict load).
 //!
 //! The reference keeps every checkpoint entry whose key the face model also has (by name only),
 //! then loads strictly, so the classification-only parts (`incre_modules`, `downsamp_modules`,

@@ -4,10 +4,11 @@
 //! # From a face box to the dataset convention
 //!
 //! The official CSVs store a face as `center` and `scale` where the box is the **tight box of the
-//! ground-truth landmarks** (REFERENCE §3.1, issue #3; the published .0/.5 centres and whole-pixel
-//! sides are the COFW rounding rule `floor(min)`, `ceil(max)`), `center` its centre and `scale` its
-//! longer side / 200. Every dataset class then enlarges the scale by 1.25 at test time (REFERENCE
-//! §3.3, §7.1): the crop is `crop(img, center, 1.25·scale, IMAGE_SIZE)`. A box (x1, y1, x2, y2)
+//! ground-truth landmarks** (HRNet-Facial-Landmark-Detection issue #3; the published .0/.5 centres
+//! and whole-pixel sides are the COFW rounding rule `floor(min)`, `ceil(max)`), `center` its centre
+//! and `scale` its longer side / 200. Every dataset class then enlarges the scale by 1.25 at test
+//! time (official lib/datasets/*.py `__getitem__`, and tools/test.py through the same classes): the
+//! crop is `crop(img, center, 1.25·scale, IMAGE_SIZE)`. A box (x1, y1, x2, y2)
 //! therefore becomes
 //!
 //! ```text

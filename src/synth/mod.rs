@@ -126,8 +126,8 @@ pub fn generate(out_dir: &Path, joints: usize, count: usize, seed: u64) -> Resul
     })
 }
 
-/// A config in the official YAML layout (REFERENCE §2.3) pointing at the synthetic set in
-/// `out_dir`: the 300W body for 68 joints (flip pairs, σ = 1.0, inter-ocular NME), the WFLW body
+/// A config in the layout of the official experiments/*/face_alignment_*_hrnet_w18.yaml, pointing at
+/// the synthetic set in `out_dir`: the 300W body for 68 joints (flip pairs, σ = 1.0, inter-ocular NME), the WFLW body
 /// for 98 (σ = 1.5). Differences from the official files, so it trains from scratch quickly and
 /// without downloads: no ImageNet weights, 20 epochs, LR 5e-4 stepped at 12 and 17.
 pub fn config_yaml(out_dir: &Path, joints: usize) -> String {
@@ -299,8 +299,8 @@ fn bbox(pts: &[Pt]) -> (Pt, Pt) {
     (lo, hi)
 }
 
-/// Tight landmark box with the COFW rounding rule (REFERENCE §3.1/§3.2): centre ends in .0/.5,
-/// scale = integer side / 200.
+/// Tight landmark box with the COFW rounding rule (official lib/datasets/cofw.py; the published CSV
+/// centres follow it too): centre ends in .0/.5, scale = integer side / 200.
 fn center_scale(pts: &[Pt]) -> ([f64; 2], f64) {
     let (lo, hi) = bbox(pts);
     let (x0, y0) = ((lo[0] as f64).floor(), (lo[1] as f64).floor());

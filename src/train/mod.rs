@@ -1,5 +1,5 @@
-//! `hrk train`: the reference's tools/train.py loop (REFERENCE §1.2, §6) with checkpoints that
-//! resume bit for bit on the CPU.
+//! `hrk train`: the official tools/train.py loop (with lib/core/function.py `train` and `validate`)
+//! with checkpoints that resume bit for bit on the CPU.
 //!
 //! Determinism: data order and augmentation are pure functions of (seed, epoch, sample index)
 //! (`data::loader`), the model init is seeded, the loss and optimizers are sequential, and the conv

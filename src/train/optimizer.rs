@@ -15,7 +15,8 @@ impl Optimizer {
     pub(super) fn from_config(cfg: &Config) -> Self {
         let t = &cfg.train;
         match t.optimizer {
-            // The reference's Adam ignores WD and MOMENTUM (REFERENCE §6.2).
+            // The reference's Adam ignores WD and MOMENTUM (official lib/utils/utils.py `get_optimizer`:
+            // `optim.Adam(params, lr)`).
             OptimizerKind::Adam => Optimizer::Adam(Adam::new(t.lr, 0.0)),
             OptimizerKind::Sgd => Optimizer::Sgd(Sgd::new(t.lr, t.momentum, t.wd, t.nesterov)),
         }

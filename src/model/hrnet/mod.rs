@@ -1,5 +1,5 @@
 //! HighResolutionNet (HRNetV2) for face alignment, built from MODEL.EXTRA-style stage specs, with the
-//! official state_dict names and the official forward order (REFERENCE.md §5).
+//! official state_dict names and the official forward order (the official lib/models/hrnet.py, `HighResolutionNet`).
 //!
 //! One plan (`plan.rs`) is walked by one function (`walk.rs`) with five executors: autograd (training,
 //! `HrNet::forward`), the folded CPU engine (`InferNet`), the folded GPU engine (`GpuInferNet`), the
