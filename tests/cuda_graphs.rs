@@ -9,7 +9,7 @@ use common::model::{randomize, tiny_spec};
 use common::TestValues;
 
 use hrk::cuda::device::{add_assign, GpuDevice, MemoryStats};
-use hrk::host::HostTensor;
+use hrk::host_tensor::HostTensor;
 use hrk::model::{GpuInferNet, HrNet};
 use hrk::optim::{Adam, Sgd, SplitStep};
 use hrk::train::graph::TrainGraphs;

@@ -291,7 +291,7 @@ mod tests {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
-    fn weights() -> HashMap<String, crate::host::HostTensor> {
+    fn weights() -> HashMap<String, crate::host_tensor::HostTensor> {
         crate::io::state_dict_from_bytes(crate::detect::EMBEDDED_WEIGHTS).unwrap().into_iter().collect()
     }
 
