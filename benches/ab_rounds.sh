@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Interleaves hrk variants round by round so an A/B sees the same machine state (this host has bursts where
 # everything runs ~35 % slower; compare within a round). Prints ms/img per variant per round.
-# Usage: benches/ab_rounds.sh ROUNDS BATCH ITERS "ENV=.. target/release/hrk" "/tmp/hrk-before" ...
+# Usage: benches/ab_rounds.sh ROUNDS BATCH ITERS "ENV=.. target/release/hrk" "target/ab/hrk-before" ...
 set -u
 cd "$(dirname "$0")/.."
 CFG=experiments/wflw/face_alignment_wflw_hrnet_w18.yaml

@@ -1,6 +1,6 @@
 //! MTCNN face detection on a 640×480 photo (tests/fixtures/mtcnn/group.jpg, four faces), CPU, interleaved
 //! with facenet-pytorch on the same image (benches/detect_torch.py, torch threads = 2) when a Python with
-//! facenet-pytorch is found (HRK_PYTHON alone when set, else /work/pyenv/bin/python, else python3).
+//! facenet-pytorch is found (HRK_PYTHON alone when set, else the crate's .venv/bin/python, else python3).
 //! `cargo bench --bench detect [-- ROUNDS]` prints median / min ms per round for both.
 
 use hrk::data::imageio::load_image;
@@ -37,12 +37,15 @@ fn hrk_round(mtcnn: &Mtcnn, image: &hrk::data::image::Image, runs: usize) -> (f6
     (times[runs / 2], times[0], faces, stage_medians, counts)
 }
 
-/// HRK_PYTHON when set (and only it: a set but unusable one times hrk alone), else the first of
-/// /work/pyenv/bin/python and python3 that imports facenet_pytorch.
+/// HRK_PYTHON when set (and only it: a set but unusable one times hrk alone), else the first of the
+/// crate's .venv/bin/python and python3 that imports facenet_pytorch.
 fn python() -> Option<String> {
     let candidates = match std::env::var("HRK_PYTHON") {
         Ok(py) => vec![py],
-        Err(_) => vec!["/work/pyenv/bin/python".into(), "python3".into()],
+        Err(_) => {
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+            vec![venv.to_string_lossy().into_owned(), "python3".into()]
+        }
     };
     candidates
         .into_iter()

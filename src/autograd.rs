@@ -1,66 +1,17 @@
 //! Reverse-mode autograd: each recorded op keeps exactly what its backward needs (not its inputs'
 //! storage unless it uses them) plus edges to its inputs; `backward` walks the graph once in reverse
-//! topological order and returns the gradients of the leaves that asked for them.
+//! topological order and returns the gradients of the leaves that asked for them. The nodes are
+//! recorded by `tensor::tape` (re-exported here: `BackwardOp`, `no_grad`, the trace); this module walks them.
 
-use crate::tensor::{DType, Storage, Tensor};
+use crate::float::par_zip;
+use crate::storage::{CpuStorage, DType, Storage};
+use crate::tensor::tape::Node;
+use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
-use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-/// The backward half of a recorded op.
-pub trait BackwardOp: Send + Sync {
-    fn name(&self) -> &'static str;
-    /// The name the debug trace records the output under (a fused op reports the op whose output
-    /// it produces, e.g. "relu" for BN+ReLU).
-    fn trace_name(&self) -> &'static str {
-        self.name()
-    }
-    /// Gradients w.r.t. each input, given the output's gradient, which the op owns (the engine no longer
-    /// needs it: ops whose input gradient has the output's shape reuse its buffer). `needs[i]` says
-    /// whether input i wants one; return `None` for those that do not. The one method every op writes.
-    fn backward_owned(&self, grad_out: Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>>;
-    /// `backward_owned` when the caller keeps the gradient (a copy by default; an op that can do
-    /// without one overrides it).
-    fn backward(&self, grad_out: &Storage, needs: &[bool]) -> Result<Vec<Option<Storage>>> {
-        self.backward_owned(grad_out.try_clone()?, needs)
-    }
-}
-
-/// Graph link to an input: its id and producing node, but not its storage.
-pub struct Edge {
-    pub(crate) id: u64,
-    pub(crate) node: Option<Arc<Node>>,
-    pub(crate) requires_grad: bool,
-}
-
-pub struct Node {
-    /// Taken out (and its saved tensors freed) by a graph-freeing `backward`.
-    pub(crate) op: Mutex<Option<Box<dyn BackwardOp>>>,
-    pub(crate) name: &'static str,
-    pub(crate) inputs: Vec<Edge>,
-}
-
-thread_local! {
-    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
-}
-
-pub fn grad_enabled() -> bool {
-    GRAD_ENABLED.with(|g| g.get())
-}
-
-/// Runs `f` with recording off (inference): ops build no graph and keep nothing for backward.
-pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
-    let prev = GRAD_ENABLED.with(|g| g.replace(false));
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            GRAD_ENABLED.with(|g| g.set(self.0));
-        }
-    }
-    let _restore = Restore(prev);
-    f()
-}
+pub use crate::tensor::tape::{grad_enabled, no_grad, trace_start, trace_take, BackwardOp};
 
 /// Gradients of the leaf tensors that required them, keyed by tensor id.
 #[derive(Default)]
@@ -179,7 +130,7 @@ fn run_backward(out: &Tensor, grad_out: Storage, retain: &[&Tensor], free_graph:
             }
             let target = if edge.node.is_some() { &mut pending } else { &mut grads.map };
             match target.get_mut(&edge.id) {
-                Some(acc) => acc.add_assign(&ig).with_context(|| format!("backward of {}", node.name))?,
+                Some(acc) => accumulate(acc, &ig).with_context(|| format!("backward of {}", node.name))?,
                 None => {
                     target.insert(edge.id, ig);
                 }
@@ -189,22 +140,29 @@ fn run_backward(out: &Tensor, grad_out: Storage, retain: &[&Tensor], free_graph:
     Ok(grads)
 }
 
-thread_local! {
-    static TRACE: std::cell::RefCell<Option<Vec<(String, Tensor)>>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Debug aid: while tracing is on, every recorded op output is kept (name, tensor) so tests can
-/// retain and compare intermediate gradients op by op.
-pub fn trace_start() {
-    TRACE.with(|t| *t.borrow_mut() = Some(Vec::new()));
-}
-pub fn trace_take() -> Vec<(String, Tensor)> {
-    TRACE.with(|t| t.borrow_mut().take().unwrap_or_default())
-}
-pub(crate) fn trace_push(t: &Tensor, name: &str) {
-    TRACE.with(|tr| {
-        if let Some(v) = tr.borrow_mut().as_mut() {
-            v.push((name.to_string(), t.clone()));
+/// `acc += g`, elementwise (same dtype and length, checked by callers): gradient accumulation.
+fn accumulate(acc: &mut Storage, g: &Storage) -> Result<()> {
+    match (acc, g) {
+        (Storage::Cpu(CpuStorage::F32(a)), Storage::Cpu(CpuStorage::F32(b))) if a.len() == b.len() => {
+            // In blocks the compiler vectorises, spread over the rayon threads when large.
+            par_zip(&mut a[..], [&b[..]], |a, [b]| a.iter_mut().zip(b).for_each(|(x, y)| *x += *y))
         }
-    });
+        (Storage::Cpu(CpuStorage::F64(a)), Storage::Cpu(CpuStorage::F64(b))) if a.len() == b.len() => {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += *y)
+        }
+        (Storage::Gpu(a), Storage::Gpu(b)) if a.len() == b.len() && a.device() == b.device() => {
+            crate::cuda::buffer::add_assign(a, b)?
+        }
+        (a, b) if a.device() != b.device() => {
+            bail!("gradient accumulation: device mismatch ({} vs {})", a.device(), b.device())
+        }
+        (a, b) => bail!(
+            "gradient accumulation: storage mismatch ({:?}[{}] vs {:?}[{}])",
+            a.dtype(),
+            a.len(),
+            b.dtype(),
+            b.len()
+        ),
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
-//! The element types the CPU engine computes in: f32 (training and inference) and f64 (exact gradient checks).
+//! The element types the CPU engine computes in: f32 (training and inference) and f64 (exact gradient checks),
+//! and bf16 rounding of f32 values (the bf16 convs' operands).
 
-use crate::tensor::{CpuStorage, Storage};
+use crate::storage::{CpuStorage, Storage};
 
 /// A floating-point element type the CPU kernels are generic over.
 pub trait Float:
@@ -131,16 +132,32 @@ impl_float!(f64, F64);
 macro_rules! by_dtype {
     ($dtype:expr, $T:ident => $body:expr) => {
         match $dtype {
-            $crate::tensor::DType::F32 => {
+            $crate::storage::DType::F32 => {
                 type $T = f32;
                 $body
             }
-            $crate::tensor::DType::F64 => {
+            $crate::storage::DType::F64 => {
                 type $T = f64;
                 $body
             }
         }
     };
+}
+
+/// `v` rounded to the nearest bf16 (ties to even), as an f32: the top 16 bits kept. NaN stays NaN;
+/// values beyond bf16's largest finite round to ±∞, as the hardware conversion does.
+pub fn round_bf16(v: f32) -> f32 {
+    if v.is_nan() {
+        return v;
+    }
+    let bits = v.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+    f32::from_bits(rounded & 0xffff_0000)
+}
+
+/// Every value of `v` rounded to bf16 in place.
+pub fn round_bf16_slice(v: &mut [f32]) {
+    v.iter_mut().for_each(|x| *x = round_bf16(*x));
 }
 
 /// Typed read-only view; callers have checked the dtype (an op's inputs share one).

@@ -6,17 +6,19 @@
 //!
 //! Layers: `cli` (and `main.rs`) sit on top and are the only code that prints; the library
 //! reports through returned values, `log` records and observers (`train::TrainObserver`), and never
-//! imports `cli`. `config` knows nothing of `model`.
+//! imports `cli`. `config` knows nothing of `model`. Which top-level module may import which is the
+//! layer table of docs/INTERNALS.md ("Layering"), checked by tests/layering.rs.
 
 pub mod autograd;
 pub mod float;
 pub mod gradcheck;
-pub mod host;
+pub mod host_tensor;
 pub mod io;
 pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod rng;
+pub mod storage;
 pub mod switches;
 pub mod tensor;
 

@@ -343,7 +343,7 @@ fn frozen_weight_still_gives_input_gradient() {
 /// is held to a bound of bf16's order, relative to the sum of |products| of each output.
 #[test]
 fn bf16_forward_matches_f64_sums_of_rounded_operands() {
-    use hrk::model::precision::round_bf16;
+    use hrk::float::round_bf16;
     use hrk::ops::conv2d::direct::bf16;
     if !bf16::available() {
         eprintln!("skipped: this CPU has no AVX512-BF16 (or HRK_NO_AVX512 is set); the bf16 kernels cannot run");

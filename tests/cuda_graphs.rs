@@ -13,7 +13,7 @@ use common::TestValues;
 use hrk::cuda::alloc::MemoryStats;
 use hrk::cuda::buffer::add_assign;
 use hrk::cuda::GpuDevice;
-use hrk::host::HostTensor;
+use hrk::host_tensor::HostTensor;
 use hrk::model::{GpuInferNet, HrNet};
 use hrk::optim::{Adam, Sgd, SplitStep};
 use hrk::train::graph::TrainGraphs;

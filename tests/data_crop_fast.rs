@@ -68,10 +68,9 @@ fn fast_crop_matches_float_path_on_random_cases() {
     assert!(compared > 300, "only {compared} successful crops");
 }
 
-/// A python with numpy and Pillow < 13 (HRK_PYTHON, /work/pyenv-data, /work/pyenv, python3).
+/// A python with numpy and Pillow < 13, from `common::python_candidates` (HRK_PYTHON, `.venv`, python3).
 fn reference_python() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = common::data_python().into_iter().collect();
-    candidates.extend(["/work/pyenv-data/bin/python", "/work/pyenv/bin/python", "python3"].map(PathBuf::from));
+    let candidates = common::python_candidates();
     let probe = "import numpy, PIL, sys; sys.exit(0 if int(PIL.__version__.split('.')[0]) < 13 else 1)";
     candidates.into_iter().find(|p| Command::new(p).args(["-c", probe]).output().is_ok_and(|o| o.status.success()))
 }

@@ -324,7 +324,7 @@ fn bad_options_and_weights_give_one_line_errors() {
     assert!(mtcnn.detect(&Image::zeros(5, 5), &DetectorOptions::default()).unwrap().is_empty());
     let dir = common::scratch("detect");
     let path = dir.join("not_mtcnn.safetensors");
-    let t = hrk::host::HostTensor::f32(vec![2], vec![1.0, 2.0]);
+    let t = hrk::host_tensor::HostTensor::f32(vec![2], vec![1.0, 2.0]);
     hrk::io::save_safetensors(&path, &[("pnet.conv1.weight".to_string(), t)], &[]).unwrap();
     let e = Mtcnn::load(Some(&path), &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("not_mtcnn.safetensors") && e.contains("pnet.conv1.weight") && !e.contains('\n'), "{e}");

@@ -54,15 +54,15 @@ fn write_pth(weights: &Path, out: &Path) -> bool {
     for (name, t) in &entries {
         let offset = raw.len();
         let dtype = match &t.data {
-            hrk::host::HostData::F32(v) => {
+            hrk::host_tensor::HostData::F32(v) => {
                 v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes()));
                 "f32"
             }
-            hrk::host::HostData::I64(v) => {
+            hrk::host_tensor::HostData::I64(v) => {
                 v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes()));
                 "i64"
             }
-            hrk::host::HostData::F64(_) => panic!("f64 tensor {name} in a model state_dict"),
+            hrk::host_tensor::HostData::F64(_) => panic!("f64 tensor {name} in a model state_dict"),
         };
         manifest.push(
             serde_json::json!({"name": format!("module.{name}"), "dtype": dtype, "shape": t.shape, "offset": offset}),

@@ -230,11 +230,11 @@ fn tiny_model() -> hrk::model::HrNet {
     hrk::cli::common::model(&cfg, 0).unwrap()
 }
 
-fn model_entries(net: &hrk::model::HrNet) -> Vec<(String, hrk::host::HostTensor)> {
+fn model_entries(net: &hrk::model::HrNet) -> Vec<(String, hrk::host_tensor::HostTensor)> {
     net.store.state_dict()
 }
 
-fn to_f32_entries(entries: &[(String, hrk::host::HostTensor)]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+fn to_f32_entries(entries: &[(String, hrk::host_tensor::HostTensor)]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     entries
         .iter()
         .map(|(n, t)| (n.clone(), t.shape.clone(), t.to_f64_vec().iter().map(|&v| v as f32).collect()))
@@ -307,7 +307,7 @@ fn weights_vs_model_matrix() {
 
     // An int64 tensor where the model has floats, and a header with a bad dtype, via safetensors.
     let mut ints = entries.clone();
-    ints[0].1 = hrk::host::HostTensor::i64(ints[0].1.shape.clone(), vec![1; ints[0].1.to_f64_vec().len()]);
+    ints[0].1 = hrk::host_tensor::HostTensor::i64(ints[0].1.shape.clone(), vec![1; ints[0].1.to_f64_vec().len()]);
     let f = dir.join("ints.safetensors");
     hrk::io::save_safetensors(&f, &ints, &[]).unwrap();
     let msg = err_text(hrk::cli::common::load_weights(&mut net, &f), "ints");

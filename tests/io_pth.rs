@@ -2,7 +2,7 @@
 //! script (tests/common/make_pth.py), read back and compared with the values the script
 //! recorded; hostile files refused with one-line errors; real torch.save files when torch exists.
 
-use hrk::host::HostData;
+use hrk::host_tensor::HostData;
 use hrk::io::{convert_pth_to_safetensors, load_safetensors, load_state_dict};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! safetensors: the real parity files, round trips (order and metadata kept), f16/bf16
 //! conversion, and every kind of malformed header refused with a one-line error.
 
-use hrk::host::{HostData, HostTensor};
+use hrk::host_tensor::{HostData, HostTensor};
 use hrk::io::{load_safetensors, load_state_dict, read_safetensors_bytes, save_safetensors};
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 //! (`_use_new_zipfile_serialization=False`), `module.` keys, a `{'state_dict': …}` wrapper,
 //! nn.Parameter values, and float16 storages.
 
-use hrk::host::{HostData, HostTensor};
+use hrk::host_tensor::{HostData, HostTensor};
 use hrk::io::load_state_dict;
 use hrk::model::HrNet;
 use std::collections::HashMap;

@@ -5,7 +5,7 @@
 //! switch; `hrk convert` of a stdlib-written .pth loaded back into the model.
 
 use hrk::config::Config;
-use hrk::host::{HostData, HostTensor};
+use hrk::host_tensor::{HostData, HostTensor};
 use hrk::model::pretrained::{load_from_config, load_imagenet};
 use hrk::model::{HrNet, HrnetSpec};
 use std::path::Path;

@@ -9,7 +9,7 @@
 //! f32: per group rel_l2 ≤ max(4 × torch-f32's rel_l2, 1e-6) and max|d| ≤ 4 × torch-f32's max|d| + 1e-7.
 //! f64: a much tighter bound (see `F64_*`), since only float32 storage rounding of the expected values remains.
 
-use hrk::host::{HostData, HostTensor};
+use hrk::host_tensor::{HostData, HostTensor};
 use hrk::model::{BlockKind, HrNet, HrnetSpec, Slot, StageSpec};
 use hrk::optim::{Adam, Sgd};
 use hrk::{backward, no_grad, ops, DType, Tensor};

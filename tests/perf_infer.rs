@@ -117,7 +117,7 @@ fn batched_conv_matches_per_image() {
 /// overflow to ±∞, NaN kept.
 #[test]
 fn bf16_rounding_is_nearest_even() {
-    use hrk::model::precision::round_bf16;
+    use hrk::float::round_bf16;
     let ulp = 2f32.powi(-7); // bf16's spacing in [1, 2)
     assert_eq!(round_bf16(1.0), 1.0);
     assert_eq!(round_bf16(1.0 + ulp / 2.0), 1.0, "tie → even (1.0)");

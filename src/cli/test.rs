@@ -4,7 +4,7 @@
 
 use crate::data::dataset::{Annotations, FaceDataset};
 use crate::eval::{evaluate_with, EvalResult, TestOptions};
-use crate::host::{HostData, HostTensor};
+use crate::host_tensor::{HostData, HostTensor};
 use crate::plot::{ced_points, save_chart, Chart, Series};
 use anyhow::{bail, Context, Result};
 use clap::Args;

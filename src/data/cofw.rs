@@ -5,7 +5,8 @@
 //! MATLAB H×W×3 uint8 image is an HDF5 [3, W, H] dataset, the MATLAB N×87 `phis` matrix an
 //! HDF5 [87, N] dataset. The image cell array is a dataset of object references.
 
-use super::imageio::{check_dimensions, Rgb8};
+use super::image::check_dimensions;
+use super::imageio::Rgb8;
 use anyhow::{anyhow, bail, Result};
 use hdf5_pure::{File, Object};
 use std::path::Path;

@@ -4,18 +4,13 @@
 //! Formats: JPEG, PNG, PPM/PGM (pnm), BMP, detected from the file content like PIL does.
 //! Grey, grey+alpha, RGBA and 16-bit images are converted to 8-bit RGB (alpha dropped).
 
-use super::image::Image;
+use super::image::{check_dimensions, Image};
 pub use super::jpeg::{Decoded, Rect};
 pub use super::pillow::Rgb8;
 use anyhow::{anyhow, bail, Result};
 use image::{DynamicImage, ImageDecoder, ImageReader};
 use std::io::Cursor;
 use std::path::Path;
-
-/// Largest accepted side, in pixels.
-pub const MAX_SIDE: u64 = 16384;
-/// Largest accepted pixel count.
-pub const MAX_PIXELS: u64 = 100_000_000;
 
 /// Float copy (0..255) of a decoded image: the reference's `np.array(img, dtype=np.float32)`.
 /// With `flip`, mirrored left-right (`np.fliplr`) during the conversion, at no extra pass.
@@ -38,21 +33,6 @@ pub fn rgb8_to_image(rgb: &Rgb8, flip: bool) -> Image {
 /// Error text from a library, flattened to one line.
 fn one_line(e: impl std::fmt::Display) -> String {
     e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Checks decoded-size limits (before any pixel is decoded).
-pub fn check_dimensions(path: &Path, width: u64, height: u64) -> Result<()> {
-    if width == 0 || height == 0 {
-        bail!("image {}: empty image ({width}x{height})", path.display());
-    }
-    if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
-        bail!(
-            "image {}: {width}x{height} pixels is larger than supported (max {MAX_SIDE} per side, {} Mpixel)",
-            path.display(),
-            MAX_PIXELS / 1_000_000
-        );
-    }
-    Ok(())
 }
 
 /// Decodes an image file to 8-bit RGB. Truncated files are an error, like PIL's default.

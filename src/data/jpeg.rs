@@ -9,7 +9,8 @@
 //! `unwinding` feature) so the unwind crosses its frames soundly. Warnings (corrupt data that
 //! libjpeg recovers from, like Pillow does) go to `log::debug` instead of stderr.
 
-use super::imageio::{check_dimensions, Rgb8};
+use super::image::check_dimensions;
+use super::pillow::Rgb8;
 use anyhow::{bail, Result};
 use mozjpeg_sys as sys;
 use std::os::raw::{c_int, c_ulong};

@@ -7,7 +7,7 @@
 //! `dense4` / `dense5`, so their [out, W·H·C] weights are reordered once at load into [out, C, H, W] conv
 //! kernels covering the whole feature map; the later dense layers are 1×1 convs on [N, C, 1, 1].
 
-use crate::host::HostTensor;
+use crate::host_tensor::HostTensor;
 use crate::ops::{conv2d, max_pool2d_ceil, prelu, softmax_channels};
 use crate::tensor::{Device, Tensor};
 use anyhow::{anyhow, bail, Result};

@@ -1,7 +1,7 @@
 //! The element types of stored tensors, shared by the `.pth` and safetensors readers: their sizes,
 //! their names in each format and one decoder to host values (f16/bf16 widen to f32, integers to i64).
 
-use crate::host::HostData;
+use crate::host_tensor::HostData;
 
 /// Element type of a stored tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@ pub mod tfevents;
 
 pub use safetensors::{encode_safetensors, load_safetensors, read_safetensors_bytes, save_safetensors, SafeTensors};
 
-use crate::host::HostTensor;
+use crate::host_tensor::HostTensor;
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashSet;
 use std::path::Path;

@@ -4,7 +4,7 @@
 
 use super::dtype::decode_at;
 use super::pickle::{Plain, StorageRef, TensorRef, Unpickled, Vm};
-use crate::host::{HostData, HostTensor};
+use crate::host_tensor::{HostData, HostTensor};
 use anyhow::{anyhow, bail, Context, Result};
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -3,7 +3,7 @@
 //! string map), then the raw little-endian data. Everything in the header is validated.
 
 use super::dtype::{decode_at, StorageDtype};
-use crate::host::{HostData, HostTensor};
+use crate::host_tensor::{HostData, HostTensor};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;

@@ -66,19 +66,3 @@ pub fn cpu_has_avx512_bf16() -> bool {
         false
     }
 }
-
-/// `v` rounded to the nearest bf16 (ties to even), as an f32: the top 16 bits kept. NaN stays NaN;
-/// values beyond bf16's largest finite round to ±∞, as the hardware conversion does.
-pub fn round_bf16(v: f32) -> f32 {
-    if v.is_nan() {
-        return v;
-    }
-    let bits = v.to_bits();
-    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
-    f32::from_bits(rounded & 0xffff_0000)
-}
-
-/// Every value of `v` rounded to bf16 in place.
-pub fn round_bf16_slice(v: &mut [f32]) {
-    v.iter_mut().for_each(|x| *x = round_bf16(*x));
-}

@@ -10,7 +10,7 @@
 
 use super::{HrNet, Slot};
 use crate::config::Config;
-use crate::host::{HostData, HostTensor};
+use crate::host_tensor::{HostData, HostTensor};
 use anyhow::{bail, Result};
 use std::collections::HashSet;
 use std::fmt;

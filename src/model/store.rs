@@ -1,6 +1,6 @@
 //! Named parameter/buffer storage in the official state_dict order, shared by every device path.
 
-use crate::host::{HostData, HostTensor};
+use crate::host_tensor::{HostData, HostTensor};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use anyhow::{bail, Result};

@@ -7,7 +7,7 @@ mod cpu_kernel;
 mod cuda_kernel;
 
 use crate::cuda::GpuBuffer;
-use crate::host::HostTensor;
+use crate::host_tensor::HostTensor;
 use crate::ops::{kernels_for, Cpu, Cuda};
 use crate::tensor::{CpuStorage, Device, Storage, Tensor};
 use anyhow::{bail, Result};
@@ -400,7 +400,7 @@ fn storage_host(s: &Storage) -> HostTensor {
         Storage::Gpu(_) => HostTensor::f32(vec![s.len()], s.to_f32_vec()),
         Storage::Cpu(CpuStorage::F32(v)) => HostTensor::f32(vec![v.len()], v.clone()),
         Storage::Cpu(CpuStorage::F64(v)) => {
-            HostTensor { shape: vec![v.len()], data: crate::host::HostData::F64(v.clone()) }
+            HostTensor { shape: vec![v.len()], data: crate::host_tensor::HostData::F64(v.clone()) }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! optimizer state under `optim.` and a JSON metadata entry (`hrk_checkpoint`) with the epoch to
 //! resume at, best NME, scheduler position, seed and data-RNG description. Written atomically.
 
-use crate::host::HostTensor;
+use crate::host_tensor::HostTensor;
 use crate::io::safetensors::{encode_safetensors, read_safetensors_bytes, write_atomically};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! TRAIN.OPTIMIZER: Adam or SGD behind one type, as the trainer steps, checkpoints and restores it.
 
 use crate::config::{Config, OptimizerKind};
-use crate::host::HostTensor;
+use crate::host_tensor::HostTensor;
 use crate::optim::{Adam, Sgd, SplitStep};
 use crate::tensor::{Storage, Tensor};
 use anyhow::Result;

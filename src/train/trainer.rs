@@ -12,7 +12,7 @@ use crate::config::{config_name, Config};
 use crate::data::dataset::{DatasetSpec, FaceDataset};
 use crate::data::loader::{DataLoader, LoaderConfig};
 use crate::eval::EvalResult;
-use crate::host::HostTensor;
+use crate::host_tensor::HostTensor;
 use crate::io::tfevents::EventWriter;
 use crate::model::{HrNet, HrnetSpec};
 use anyhow::{bail, Context, Result};

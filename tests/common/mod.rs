@@ -58,12 +58,20 @@ pub fn data_python() -> Option<PathBuf> {
     var("HRK_PYTHON").map(PathBuf::from)
 }
 
-/// A python that imports every module of `modules` (comma-separated, e.g. "onnx, onnxruntime"):
-/// HRK_PYTHON, then /work/pyenv/bin/python, then `python3` on PATH. None prints why the caller skips.
+/// The interpreters the Python-backed tests try, in order: HRK_PYTHON, the crate's `.venv/bin/python`,
+/// then `python3` on PATH.
+pub fn python_candidates() -> Vec<PathBuf> {
+    let mut candidates: Vec<PathBuf> = data_python().into_iter().collect();
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    candidates.push(PathBuf::from("python3"));
+    candidates
+}
+
+/// A python that imports every module of `modules` (comma-separated, e.g. "onnx, onnxruntime"), from
+/// `python_candidates`. None prints why the caller skips.
 /// CI installs `onnx onnxruntime numpy tensorboard` so that the interop tests run there.
 pub fn python_with(modules: &str) -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = data_python().into_iter().collect();
-    candidates.extend(["/work/pyenv/bin/python", "python3"].map(PathBuf::from));
+    let candidates = python_candidates();
     let probe = format!("import {modules}");
     // An interpreter named by HRK_PYTHON (CI sets it) must have the modules: a failure, not a skip.
     if let Some(p) = data_python() {

@@ -84,10 +84,12 @@ pub fn tiny_config(dir: &Path, joints: usize, image: usize, heatmap: usize, test
 
 /// A random-init head can have all-negative maps, which the reference decodes to (0, 0) and
 /// hence to a point off the crop; a positive head bias keeps every map's maximum above 0.
-fn positive_head_bias(mut sd: Vec<(String, hrk::host::HostTensor)>) -> Vec<(String, hrk::host::HostTensor)> {
+fn positive_head_bias(
+    mut sd: Vec<(String, hrk::host_tensor::HostTensor)>,
+) -> Vec<(String, hrk::host_tensor::HostTensor)> {
     for (name, t) in sd.iter_mut() {
         if name == "head.3.bias" {
-            t.data = hrk::host::HostData::F32(vec![0.5; t.numel()]);
+            t.data = hrk::host_tensor::HostData::F32(vec![0.5; t.numel()]);
         }
     }
     sd

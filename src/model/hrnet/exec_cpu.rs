@@ -6,27 +6,23 @@
 //! kernels where the CPU has them, emulated in f32 arithmetic otherwise (see `model::precision`).
 
 use super::flops::{self, ConvShape};
-use super::plan::{ConvBn, Plan};
+use super::plan::{fold_plan_with, FoldedConv, Plan};
 use super::walk::{self, Executor, Term};
-use crate::model::precision::{round_bf16, Precision};
-use crate::model::store::Store;
+use crate::float::{round_bf16, round_bf16_slice};
+use crate::model::precision::Precision;
 use crate::ops::conv2d::cpu_kernel::{forward_fused, winograd_pays, Epilogue};
 use crate::ops::conv2d::direct::{bf16, winograd};
-use crate::ops::{Conv2dGeom, BN_EPS};
+use crate::ops::upsample::cpu_kernel::{bilinear_into, WriteMode};
+use crate::ops::Conv2dGeom;
 use crate::tensor::Tensor;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
-/// A conv with its BN folded in: y = act(W'·x + b').
+/// A folded conv (`plan::FoldedConv`) with the engine's caches of its weights in other forms.
 #[derive(Debug)]
 pub(super) struct FConv {
-    pub w: Vec<f32>,
-    pub b: Vec<f32>,
-    pub wshape: [usize; 4],
-    pub stride: usize,
-    pub pad: usize,
-    pub relu: bool,
+    conv: FoldedConv,
     /// The Winograd-transformed weights, made at the first forward that takes that path.
     winograd: std::sync::OnceLock<Vec<f32>>,
     /// The weights packed for the bf16 kernels, made at the first bf16 forward.
@@ -35,59 +31,9 @@ pub(super) struct FConv {
 
 impl FConv {
     fn shape(&self) -> ConvShape {
-        ConvShape { wshape: self.wshape, stride: self.stride, pad: self.pad }
+        let c = &self.conv;
+        ConvShape { wshape: c.wshape, stride: c.stride, pad: c.pad }
     }
-}
-
-/// Folds the model's eval-mode BN into its convs: BN(Wx + c) = γ/σ·(Wx + c − μ) + β, so
-/// W' = W·γ/σ and b' = (c − μ)·γ/σ + β, computed in f64 and rounded once to f32 (W' then to bf16 at
-/// `Precision::Bf16`). The model's tensors may live on any device.
-pub(super) fn fold_plan(store: &Store, plan: &Plan<ConvBn>) -> Result<Plan<FConv>> {
-    fold_plan_at(store, plan, Precision::F32)
-}
-
-/// `fold_plan` at the given conv precision.
-fn fold_plan_at(store: &Store, plan: &Plan<ConvBn>, precision: Precision) -> Result<Plan<FConv>> {
-    let read = |i: usize| -> Result<Vec<f64>> {
-        store.tensor(i).try_to_f64_vec().with_context(|| format!("infer: reading `{}`", store.name(i)))
-    };
-    plan.try_map(&mut |l: &ConvBn| -> Result<FConv> {
-        let c = &l.conv;
-        let wt = store.tensor(c.weight);
-        let wshape = match *wt.shape() {
-            [a, b, k1, k2] => [a, b, k1, k2],
-            _ => bail!("infer: conv weight {} is not 4-d: {:?}", store.name(c.weight), wt.shape()),
-        };
-        let mut w = read(c.weight)?;
-        let mut b = match c.bias {
-            Some(b) => read(b)?,
-            None => vec![0.0; wshape[0]],
-        };
-        if let Some(bn) = &l.bn {
-            let (g, bt, rm, rv) = (read(bn.gamma)?, read(bn.beta)?, read(bn.running_mean)?, read(bn.running_var)?);
-            let per = w.len() / wshape[0].max(1);
-            for co in 0..wshape[0] {
-                let scale = g[co] / (rv[co] + BN_EPS).sqrt();
-                w[co * per..(co + 1) * per].iter_mut().for_each(|v| *v *= scale);
-                b[co] = (b[co] - rm[co]) * scale + bt[co];
-            }
-        }
-        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
-        let mut w = f32s(w);
-        if precision == Precision::Bf16 {
-            crate::model::precision::round_bf16_slice(&mut w);
-        }
-        Ok(FConv {
-            w,
-            b: f32s(b),
-            wshape,
-            stride: c.stride,
-            pad: c.pad,
-            relu: l.relu,
-            winograd: Default::default(),
-            bf16: Default::default(),
-        })
-    })
 }
 
 /// An activation: batch × channels × height × width, NCHW.
@@ -155,7 +101,14 @@ impl InferNet {
     /// The engine at `precision` exactly as given (callers resolve a user's request first:
     /// `Precision::resolve_cpu`).
     pub fn with_precision(net: &super::HrNet, precision: Precision) -> Result<InferNet> {
-        Ok(InferNet { plan: fold_plan_at(&net.store, &net.plan, precision)?, arena: Arena::default(), precision })
+        // At bf16 the folded weights are rounded once here (`Precision::Bf16`: W' then to bf16).
+        let plan = fold_plan_with(&net.store, &net.plan, &mut |mut conv: FoldedConv| {
+            if precision == Precision::Bf16 {
+                round_bf16_slice(&mut conv.w);
+            }
+            FConv { conv, winograd: Default::default(), bf16: Default::default() }
+        })?;
+        Ok(InferNet { plan, arena: Arena::default(), precision })
     }
 
     pub fn precision(&self) -> Precision {
@@ -226,7 +179,8 @@ struct CpuExec<'a> {
 
 impl CpuExec<'_> {
     /// Conv of `x`; `residual` (output-shaped) is added before the activation, `relu` applied last.
-    fn run(&self, f: &FConv, x: &Act, residual: Option<&Act>, relu: bool) -> Result<Act> {
+    fn run(&self, fc: &FConv, x: &Act, residual: Option<&Act>, relu: bool) -> Result<Act> {
+        let f = &fc.conv;
         let g = Conv2dGeom::new(x.dims, &f.wshape, f.stride, f.pad)?;
         let mut y = self.arena.act([g.n, g.cout, g.ho, g.wo]);
         if let Some(r) = residual {
@@ -237,7 +191,7 @@ impl CpuExec<'_> {
         let ep = Epilogue { bias: Some(&f.b), residual: residual.map(|r| &r.data[..]), relu };
         if self.precision == Precision::Bf16 {
             if bf16::available() && bf16::applies(&g) {
-                bf16::forward(&g, &x.data, &f.w, &f.bf16, ep, &mut y.data);
+                bf16::forward(&g, &x.data, &f.w, &fc.bf16, ep, &mut y.data);
                 return Ok(y);
             }
             // Emulated: the conv reads its input rounded to bf16; Winograd's transforms would leave
@@ -249,7 +203,7 @@ impl CpuExec<'_> {
             return Ok(y);
         }
         if winograd_pays(&g) {
-            let u = f.winograd.get_or_init(|| {
+            let u = fc.winograd.get_or_init(|| {
                 let mut u = vec![0.0; winograd::transformed_len(g.cin, g.cout)];
                 winograd::transform_weights(&f.w, g.cin, g.cout, &mut u);
                 u
@@ -275,12 +229,12 @@ impl Executor for CpuExec<'_> {
     type Row = RowSum;
 
     fn conv(&mut self, f: &FConv, x: &Act) -> Result<Act> {
-        self.run(f, x, None, f.relu)
+        self.run(f, x, None, f.conv.relu)
     }
 
     /// relu(last(y) + shortcut), the add and ReLU fused into the last conv.
     fn block_out(&mut self, last: &FConv, y: &Act, x: &Act, downsample: Option<&FConv>) -> Result<Act> {
-        let shortcut = downsample.map(|d| self.run(d, x, None, d.relu)).transpose()?;
+        let shortcut = downsample.map(|d| self.run(d, x, None, d.conv.relu)).transpose()?;
         let out = self.run(last, y, Some(shortcut.as_ref().unwrap_or(x)), true);
         if let Some(s) = shortcut {
             self.arena.give(s);
@@ -308,14 +262,14 @@ impl Executor for CpuExec<'_> {
 
     /// Added in place by an accumulating resize.
     fn row_up(&mut self, sum: &mut RowSum, conv: &FConv, y: &Act, _target: &Act, term: Term) -> Result<()> {
-        let t = self.run(conv, y, None, conv.relu)?;
+        let t = self.run(conv, y, None, conv.conv.relu)?;
         let [n, c, h, w] = sum.acc.dims;
         let [_, tc, th, tw] = t.dims;
         if tc != c {
             bail!("hrnet infer: fuse {}.{} gives {tc} channels, branch has {c}", term.row, term.col);
         }
-        let mode = if term.last_added { Into::AddRelu } else { Into::Add };
-        bilinear(&t.data, n * c, [th, tw], [h, w], &mut sum.acc.data, mode);
+        let mode = if term.last_added { WriteMode::AddRelu } else { WriteMode::Add };
+        bilinear_into(&t.data, n * c, [th, tw], [h, w], &mut sum.acc.data, mode);
         self.arena.give(t);
         sum.relu_done |= term.last_added;
         Ok(())
@@ -323,7 +277,7 @@ impl Executor for CpuExec<'_> {
 
     /// Added as the residual of the chain's last conv.
     fn row_down(&mut self, sum: &mut RowSum, last_link: &FConv, y: &Act, term: Term) -> Result<()> {
-        let out = self.run(last_link, y, Some(&sum.acc), last_link.relu || term.last_added)?;
+        let out = self.run(last_link, y, Some(&sum.acc), last_link.conv.relu || term.last_added)?;
         self.arena.give(std::mem::replace(&mut sum.acc, out));
         sum.relu_done |= term.last_added;
         Ok(())
@@ -348,7 +302,7 @@ impl Executor for CpuExec<'_> {
                 let [_, c, yh, yw] = y.dims;
                 let dst = &mut cat.data[(b * ctot + c0) * plane..][..c * plane];
                 let src = &y.data[b * c * yh * yw..][..c * yh * yw];
-                bilinear(src, c, [yh, yw], [h, w], dst, Into::Set);
+                bilinear_into(src, c, [yh, yw], [h, w], dst, WriteMode::Set);
                 c0 += c;
             }
         }
@@ -359,65 +313,5 @@ impl Executor for CpuExec<'_> {
     fn each<T: Send>(&mut self, items: Vec<T>, run: impl Fn(&mut Self, T) -> Result<Act> + Sync) -> Result<Vec<Act>> {
         let exec = *self;
         items.into_par_iter().map(|item| run(&mut { exec }, item)).collect()
-    }
-}
-
-/// How `bilinear` stores a resized value.
-#[derive(Clone, Copy, PartialEq)]
-enum Into {
-    Set,
-    Add,
-    /// dst = max(dst + v, 0): the last term of a fuse row.
-    AddRelu,
-}
-
-/// Bilinear resize (align_corners=false, PyTorch's source-index rule, as `ops::upsample_bilinear`) of
-/// `planes` planes into `dst` per `mode`. Separable: each source row is resized horizontally once,
-/// then every output row is a blend of two of those rows (contiguous, vectorised), with the same
-/// arithmetic as the direct 4-tap formula. Same size is a plain copy / add.
-fn bilinear(src: &[f32], planes: usize, from: [usize; 2], to: [usize; 2], dst: &mut [f32], mode: Into) {
-    let ([h, w], [ho, wo]) = (from, to);
-    // One output row from two horizontally resized rows (monomorphic per mode, so it vectorises).
-    let blend = |out: &mut [f32], r0: &[f32], r1: &[f32], ly0: f32, ly1: f32| {
-        let vals = out.iter_mut().zip(r0.iter().zip(r1));
-        match mode {
-            Into::Set => vals.for_each(|(o, (&a, &b))| *o = ly0 * a + ly1 * b),
-            Into::Add => vals.for_each(|(o, (&a, &b))| *o += ly0 * a + ly1 * b),
-            Into::AddRelu => vals.for_each(|(o, (&a, &b))| *o = (*o + (ly0 * a + ly1 * b)).max(0.0)),
-        }
-    };
-    if from == to {
-        let n = planes * h * w;
-        match mode {
-            Into::Set => dst[..n].copy_from_slice(&src[..n]),
-            Into::Add => dst[..n].iter_mut().zip(src).for_each(|(d, &s)| *d += s),
-            Into::AddRelu => dst[..n].iter_mut().zip(src).for_each(|(d, &s)| *d = (*d + s).max(0.0)),
-        }
-        return;
-    }
-    let taps = |input: usize, output: usize| -> Vec<(usize, usize, f32, f32)> {
-        let scale = (input as f64 / output as f64) as f32;
-        (0..output)
-            .map(|d| {
-                let s = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
-                let i0 = (s as usize).min(input - 1);
-                let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
-                let l1 = s - i0 as f32;
-                (i0, i1, 1.0 - l1, l1)
-            })
-            .collect()
-    };
-    let (ty, tx) = (taps(h, ho), taps(w, wo));
-    let mut rows = vec![0.0f32; h * wo];
-    for p in 0..planes {
-        let s = &src[p * h * w..][..h * w];
-        for (r, row) in rows.chunks_exact_mut(wo).enumerate() {
-            let sr = &s[r * w..][..w];
-            row.iter_mut().zip(&tx).for_each(|(o, &(x0, x1, lx0, lx1))| *o = lx0 * sr[x0] + lx1 * sr[x1]);
-        }
-        let d = &mut dst[p * ho * wo..][..ho * wo];
-        for (out, &(y0, y1, ly0, ly1)) in d.chunks_exact_mut(wo).zip(&ty) {
-            blend(out, &rows[y0 * wo..][..wo], &rows[y1 * wo..][..wo], ly0, ly1);
-        }
     }
 }

@@ -4,8 +4,8 @@
 //! reads the low-resolution terms and resizes them on the fly.
 //! Same output as `HrNet::forward(x, false)` within f32 rounding.
 
-use super::exec_cpu::{fold_plan, FConv};
 use super::plan::Plan;
+use super::plan::{fold_plan, FoldedConv};
 use super::walk::{self, Executor, Term};
 use crate::cuda::buffer::add_assign;
 use crate::cuda::params::FUSION_MAX_TERMS;
@@ -70,7 +70,7 @@ impl GpuInferNet {
     /// Folds the model's eval-mode BN into its convs (in f64, as `InferNet` does) and uploads the result
     /// to `dev`. The model's tensors may live on any device.
     pub fn new(net: &super::HrNet, dev: &GpuDevice) -> Result<GpuInferNet> {
-        let plan = fold_plan(&net.store, &net.plan)?.try_map(&mut |f: &FConv| -> Result<GConv> {
+        let plan = fold_plan(&net.store, &net.plan)?.try_map(&mut |f: &FoldedConv| -> Result<GConv> {
             let (w, b) = (dev.upload(&f.w)?, dev.upload(&f.b)?);
             Ok(GConv { w, b, wshape: f.wshape, stride: f.stride, pad: f.pad, relu: f.relu })
         })?;

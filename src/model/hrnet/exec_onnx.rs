@@ -4,7 +4,7 @@
 //! The spatial sizes are fixed by the export's image size; the batch dimension is dynamic, so every
 //! Resize gets its `sizes` from the input's runtime batch size and the planned channels and size.
 
-use super::exec_cpu::fold_plan;
+use super::plan::fold_plan;
 use super::plan::{ConvBn, Plan};
 use super::walk::{self, Executor, Term};
 use super::HrNet;

@@ -5,8 +5,10 @@
 
 use super::spec::{BlockKind, HrnetSpec, StageSpec};
 use crate::model::store::Store;
+use crate::ops::BN_EPS;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
+use anyhow::{bail, Context, Result};
 
 /// A conv's store slots and geometry.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +34,17 @@ pub struct Bn {
 pub struct ConvBn {
     pub conv: Conv,
     pub bn: Option<Bn>,
+    pub relu: bool,
+}
+
+/// A conv with its eval-mode BN folded in: y = act(W'·x + b'), as host f32 values (`fold_plan`).
+#[derive(Debug)]
+pub struct FoldedConv {
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+    pub wshape: [usize; 4],
+    pub stride: usize,
+    pub pad: usize,
     pub relu: bool,
 }
 
@@ -293,4 +306,44 @@ pub(super) fn build(spec: &HrnetSpec, seed: u64) -> (Store, Plan<ConvBn>) {
     let head0 = ConvBn { conv: h0, bn: Some(h1), relu: true };
     let head3 = ConvBn { conv: h3, bn: None, relu: false };
     (b.store, Plan { stem, layer1, transitions, stages, head0, head3 })
+}
+
+/// Folds the model's eval-mode BN into its convs: BN(Wx + c) = γ/σ·(Wx + c − μ) + β, so
+/// W' = W·γ/σ and b' = (c − μ)·γ/σ + β, computed in f64 and rounded once to f32. The model's tensors
+/// may live on any device. The CPU, GPU and ONNX executors all run these weights.
+pub(super) fn fold_plan(store: &Store, plan: &Plan<ConvBn>) -> Result<Plan<FoldedConv>> {
+    fold_plan_with(store, plan, &mut |f| f)
+}
+
+/// `fold_plan`, each folded conv handed to `make` (moved, not copied) for an executor's own payload.
+pub(super) fn fold_plan_with<D>(
+    store: &Store, plan: &Plan<ConvBn>, make: &mut impl FnMut(FoldedConv) -> D,
+) -> Result<Plan<D>> {
+    let read = |i: usize| -> Result<Vec<f64>> {
+        store.tensor(i).try_to_f64_vec().with_context(|| format!("infer: reading `{}`", store.name(i)))
+    };
+    plan.try_map(&mut |l: &ConvBn| -> Result<D> {
+        let c = &l.conv;
+        let wt = store.tensor(c.weight);
+        let wshape = match *wt.shape() {
+            [a, b, k1, k2] => [a, b, k1, k2],
+            _ => bail!("infer: conv weight {} is not 4-d: {:?}", store.name(c.weight), wt.shape()),
+        };
+        let mut w = read(c.weight)?;
+        let mut b = match c.bias {
+            Some(b) => read(b)?,
+            None => vec![0.0; wshape[0]],
+        };
+        if let Some(bn) = &l.bn {
+            let (g, bt, rm, rv) = (read(bn.gamma)?, read(bn.beta)?, read(bn.running_mean)?, read(bn.running_var)?);
+            let per = w.len() / wshape[0].max(1);
+            for co in 0..wshape[0] {
+                let scale = g[co] / (rv[co] + BN_EPS).sqrt();
+                w[co * per..(co + 1) * per].iter_mut().for_each(|v| *v *= scale);
+                b[co] = (b[co] - rm[co]) * scale + bt[co];
+            }
+        }
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        Ok(make(FoldedConv { w: f32s(w), b: f32s(b), wshape, stride: c.stride, pad: c.pad, relu: l.relu }))
+    })
 }

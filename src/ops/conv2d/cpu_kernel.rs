@@ -5,7 +5,8 @@
 //! single-threaded GEMM (one image's im2col stays in that core's cache; the per-thread GEMM reaches
 //! ~100 GFLOP/s on every HRNet shape). A single image uses one multi-threaded GEMM instead.
 
-use super::{direct, Conv2dGeom, Conv2dKernel, Grads};
+use super::direct;
+use super::{Conv2dGeom, Conv2dKernel, Grads};
 use crate::by_dtype;
 use crate::float::{typed, typed_mut, Float};
 use crate::ops::Cpu;
@@ -14,6 +15,9 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::any::TypeId;
 use std::cell::RefCell;
+
+/// The epilogue `forward_fused` takes (defined by the direct kernels, which apply it in registers).
+pub use super::direct::Epilogue;
 
 impl Conv2dKernel for Cpu {
     fn forward(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<Storage> {
@@ -214,15 +218,6 @@ fn col2im_add<T: Float>(g: &Conv2dGeom, col: &[T], dx: &mut [T]) {
             }
         }
     }
-}
-
-/// What a conv's output gets besides W·x: a per-channel bias, a residual added elementwise, a ReLU.
-#[derive(Clone, Copy)]
-pub struct Epilogue<'a, T> {
-    pub bias: Option<&'a [T]>,
-    /// Same shape as the output (the whole batch).
-    pub residual: Option<&'a [T]>,
-    pub relu: bool,
 }
 
 /// y[n] = W · im2col(x[n]) (+ bias).

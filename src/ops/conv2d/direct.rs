@@ -23,7 +23,6 @@
 pub mod bf16;
 pub mod winograd;
 
-use super::cpu_kernel::Epilogue;
 use super::Conv2dGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -99,6 +98,35 @@ pub fn isa() -> Option<Isa> {
 /// Whether this CPU can run the kernels (`isa()` is some build).
 pub fn available() -> bool {
     isa().is_some()
+}
+
+/// What a conv's output gets besides W·x: a per-channel bias, a residual added elementwise, a ReLU.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a, T> {
+    pub bias: Option<&'a [T]>,
+    /// Same shape as the output (the whole batch).
+    pub residual: Option<&'a [T]>,
+    pub relu: bool,
+}
+
+/// Whether this CPU runs the bf16 kernels (`bf16`, and `winograd`'s bf16 products): AVX512-BF16 with
+/// AVX-512 F/VL/BW, and AVX-512 not switched off (`HRK_NO_AVX512`).
+pub fn bf16_available() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| isa() == Some(Isa::Avx512) && cpu_has_bf16())
+}
+
+/// Whether the CPU has the instructions (regardless of the switches).
+fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512bf16") && has!("avx512f") && has!("avx512vl") && has!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// The arithmetic of `conv_tile`: f32 fused multiply-adds by one build, or bf16 dot products

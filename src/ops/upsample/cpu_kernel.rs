@@ -1,4 +1,5 @@
-//! Bilinear (separable, per plane, rayon tasks for big inputs) and nearest resize on host storage.
+//! Bilinear (separable, per plane, rayon tasks for big inputs) and nearest resize on host storage, and
+//! the bilinear resize into raw f32 buffers that the CPU inference engine adds its fuse terms with.
 
 use super::{Resize, UpsampleKernel};
 use crate::by_dtype;
@@ -16,7 +17,7 @@ impl UpsampleKernel for Cpu {
         by_dtype!(x.dtype(), T => {
             let (ty, tx) = (bilinear_taps::<T>(h, ho), bilinear_taps::<T>(w, wo));
             per_plane::<T>(typed_mut(&mut y), ho * wo, typed(x), h * w, h * wo, |dst, src, rows| {
-                bilinear_plane(src, w, dst, wo, &ty, &tx, rows)
+                bilinear_plane(src, w, dst, wo, &ty, &tx, rows, WriteMode::Set)
             });
         });
         Ok(y)
@@ -91,12 +92,47 @@ fn per_plane<T: Float>(
     }
 }
 
+/// How a resized value v is written to its destination element d.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// d = v.
+    Set,
+    /// d += v.
+    Add,
+    /// d = max(d + v, 0): the last term of an HRNet fuse row.
+    AddRelu,
+}
+
+/// Bilinear resize (align_corners=false, the op's taps and arithmetic) of `planes` f32 planes of
+/// `from` (h, w) in `src` into `dst` of `to`, written per `mode`, plane by plane on the calling thread
+/// (the inference engine's callers already run images in parallel). Same size is a plain copy / add.
+pub fn bilinear_into(src: &[f32], planes: usize, from: [usize; 2], to: [usize; 2], dst: &mut [f32], mode: WriteMode) {
+    let ([h, w], [ho, wo]) = (from, to);
+    if from == to {
+        let n = planes * h * w;
+        let (dst, src) = (&mut dst[..n], &src[..n]);
+        match mode {
+            WriteMode::Set => dst.copy_from_slice(src),
+            WriteMode::Add => dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s),
+            WriteMode::AddRelu => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = (*d + s).max(0.0)),
+        }
+        return;
+    }
+    let (ty, tx) = (bilinear_taps::<f32>(h, ho), bilinear_taps::<f32>(w, wo));
+    let mut rows = vec![0.0f32; h * wo];
+    for (d, s) in dst.chunks_exact_mut(ho * wo).zip(src.chunks_exact(h * w)).take(planes) {
+        bilinear_plane(s, w, d, wo, &ty, &tx, &mut rows, mode);
+    }
+}
+
 /// One plane, separably: each source row resized horizontally once into `rows` (h × wo), then every
-/// output row blended from two of those. Same arithmetic as the direct 4-tap formula
-/// ly0·(lx0·a + lx1·b) + ly1·(lx0·c + lx1·d), so the result is identical.
+/// output row blended from two of those and written per `mode` (matched once per row, so each loop
+/// vectorises). Same arithmetic as the direct 4-tap formula ly0·(lx0·a + lx1·b) + ly1·(lx0·c + lx1·d),
+/// so the result is identical.
+#[allow(clippy::too_many_arguments)]
 fn bilinear_plane<T: Float>(
     src: &[T], w: usize, dst: &mut [T], wo: usize, ty: &[(usize, usize, T, T)], tx: &[(usize, usize, T, T)],
-    rows: &mut [T],
+    rows: &mut [T], mode: WriteMode,
 ) {
     for (r, row) in rows.chunks_exact_mut(wo).enumerate() {
         let s = &src[r * w..][..w];
@@ -104,7 +140,12 @@ fn bilinear_plane<T: Float>(
     }
     for (out, &(y0, y1, ly0, ly1)) in dst.chunks_exact_mut(wo).zip(ty) {
         let (r0, r1) = (&rows[y0 * wo..][..wo], &rows[y1 * wo..][..wo]);
-        out.iter_mut().zip(r0.iter().zip(r1)).for_each(|(o, (&a, &b))| *o = ly0 * a + ly1 * b);
+        let vals = out.iter_mut().zip(r0.iter().zip(r1));
+        match mode {
+            WriteMode::Set => vals.for_each(|(o, (&a, &b))| *o = ly0 * a + ly1 * b),
+            WriteMode::Add => vals.for_each(|(o, (&a, &b))| *o += ly0 * a + ly1 * b),
+            WriteMode::AddRelu => vals.for_each(|(o, (&a, &b))| *o = (*o + (ly0 * a + ly1 * b)).max(T::ZERO)),
+        }
     }
 }
 

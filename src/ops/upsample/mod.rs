@@ -1,7 +1,7 @@
 //! Upsampling to a given size: bilinear with align_corners=false and nearest, PyTorch semantics
 //! (source coordinate from scale = in/out, so non-integer ratios behave like `F.interpolate(size=…)`).
 
-mod cpu_kernel;
+pub mod cpu_kernel;
 pub mod cuda_kernel;
 
 use super::{kernels_for, Cpu, Cuda};

@@ -19,31 +19,14 @@
 //! products of two bf16 values are exact in f32, so a direct conv differs from an f64 sum of the
 //! rounded operands only by the f32 additions.
 
-use super::{
-    forward_tiles, isa, pad_phases, winograd, with_scratch, Epilogue, Grid, Isa, Kern, WeightView, MR, NV, TILE,
-};
+use super::{forward_tiles, pad_phases, winograd, with_scratch, Epilogue, Grid, Isa, Kern, WeightView, MR, NV, TILE};
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-/// Whether this CPU runs the bf16 kernels: AVX512-BF16 with AVX-512 F/VL/BW, and AVX-512 not
-/// switched off (`HRK_NO_AVX512`).
+/// Whether this CPU runs these kernels (`super::bf16_available`).
 pub fn available() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| isa() == Some(Isa::Avx512) && cpu_has_bf16())
-}
-
-/// Whether the CPU has the instructions (regardless of the switches).
-fn cpu_has_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        has!("avx512bf16") && has!("avx512f") && has!("avx512vl") && has!("avx512bw")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::bf16_available()
 }
 
 /// The geometries `forward` computes: 3×3 pad 1 at stride 1 or 2, and 1×1 pad 0 stride 1.
@@ -173,7 +156,7 @@ fn pair_rows(rows: &[f32], len: usize) -> Vec<f32> {
 /// The bf16 pair (round(lo), round(hi)) as the bits of one f32 (lo in the low half), rounded as the
 /// hardware does (nearest even, subnormals to zero).
 pub fn pair(lo: f32, hi: f32) -> f32 {
-    let bits = |v: f32| crate::model::precision::round_bf16(if v.is_subnormal() { 0.0 * v } else { v }).to_bits() >> 16;
+    let bits = |v: f32| crate::float::round_bf16(if v.is_subnormal() { 0.0 * v } else { v }).to_bits() >> 16;
     f32::from_bits(bits(lo) | (bits(hi) << 16))
 }
 
@@ -211,64 +194,6 @@ unsafe fn pack_pairs_avx512(lo: &[f32], hi: Option<&[f32]>, dst: &mut [f32]) {
         }
     }
 }
-
-/// `winograd`'s input transform for bf16 products: vt[ξ][p][v·16 + lane] = the pair of (Bᵀ d B)[ξ]
-/// of channels 2p and 2p + 1 (zero for a missing odd one) of vector v's 16 tiles, rounded to bf16 —
-/// written as pairs at once, without an f32 pass through memory.
-///
-/// # Safety
-/// As `winograd::input_transform` (x holds `cin` phase planes whose windows from each q[v] are in
-/// range), with the bf16 kernels available (`available()`); vt writable for 16·pairs·TILE floats.
-pub(super) unsafe fn input_transform<const P: usize>(x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
-    // SAFETY: forwarded from the caller.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        input_transform_avx512::<P>(x, gr, cin, q, vt)
-    }
-}
-
-/// # Safety
-/// As `input_transform`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn input_transform_avx512<const P: usize>(x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
-    use std::arch::x86_64::*;
-    let (off, wp, pairs) = (winograd::window_offsets(gr), gr.wp, cin.div_ceil(2));
-    // SAFETY: the window loads stay in the caller's planes (channels < cin) and the stores in vt's
-    // 16·pairs rows of TILE (# Safety).
-    unsafe {
-        let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
-        for p in 0..pairs {
-            let (lo, hi) = (x.add(2 * p * gr.plane), x.add((2 * p + 1) * gr.plane));
-            for (v, &q) in q.iter().enumerate() {
-                let a = winograd::window_transform::<P>(lo.add(q), wp, &off);
-                let b = if 2 * p + 1 < cin {
-                    winograd::window_transform::<P>(hi.add(q), wp, &off)
-                } else {
-                    [_mm512_setzero_ps(); 16]
-                };
-                for xi in 0..16 {
-                    // cvtne2ps puts its second operand in the low 16 bf16 values, the first in the high.
-                    let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b[xi], a[xi]));
-                    let pairs_v = _mm512_castsi512_ps(_mm512_permutexvar_epi16(idx, both));
-                    _mm512_storeu_ps(vt.add((xi * pairs + p) * TILE + v * 16), pairs_v);
-                }
-            }
-        }
-    }
-}
-
-/// Word i of the interleave takes word INTERLEAVE[i] of (low 16 from one vector, high 16 from the
-/// other): lo0, hi0, lo1, hi1, …
-const INTERLEAVE: [u16; 32] = {
-    let mut t = [0u16; 32];
-    let mut i = 0;
-    while i < 32 {
-        t[i] = (i / 2 + 16 * (i % 2)) as u16;
-        i += 1;
-    }
-    t
-};
 
 /// `super::conv_tile` for `Kern::Bf16Pairs`: out[r][v·16 + lane] = Σ_pairs Σ_tap the dot product of
 /// weight pair w[r][p·col + tap] with input pair x[p·plane + taps[tap] + voff[v] + lane].

@@ -17,8 +17,10 @@
 //! The AVX2 build handles each vector of 16 tiles as two halves of 8 and computes the same values as
 //! the AVX-512 build (the transforms add in the same order; the GEMM is the shared `conv_tile`).
 
-use super::{bf16, conv_tile, isa, pad_phases, with_scratch, Grid, Isa, Kern, SharedOut, LANES, MR, NV, TILE};
-use crate::ops::conv2d::cpu_kernel::Epilogue;
+use super::Epilogue;
+use super::{
+    bf16_available, conv_tile, isa, pad_phases, with_scratch, Grid, Isa, Kern, SharedOut, LANES, MR, NV, TILE,
+};
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
@@ -131,10 +133,10 @@ pub fn forward_transformed(g: &Conv2dGeom, x: &[f32], u: &[f32], ep: Epilogue<f3
 
 /// `forward_transformed` with bf16 products (`bf16::forward`): `u` holds the transformed weights with
 /// each row of cin values paired (rows of cin.div_ceil(2) pairs, `transformed_len(pairs, cout)`), and
-/// `bf16::input_transform` pairs and rounds each task's transformed input tiles likewise. The caller
-/// checked `bf16::available()`.
+/// `input_transform_bf16` pairs and rounds each task's transformed input tiles likewise. The caller
+/// checked `bf16_available()`.
 pub(super) fn forward_bf16(g: &Conv2dGeom, x: &[f32], u: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
-    assert!(bf16::available(), "winograd: bf16 products need AVX512-BF16");
+    assert!(bf16_available(), "winograd: bf16 products need AVX512-BF16");
     forward_in(Kern::Bf16Pairs, default_layout(g), g, x, Weights::Transformed(u), ep, y)
 }
 
@@ -218,9 +220,9 @@ fn forward_in(kern: Kern, layout: Layout, g: &Conv2dGeom, x: &[f32], wt: Weights
                     let q: [usize; NV] = places.map(|p| p.0);
                     let (q, vt_out) = (&q[..vecs], vt.as_mut_ptr());
                     match (layout, kern) {
-                        (Layout::Groups(8), Kern::Bf16Pairs) => bf16::input_transform::<2>(image, &gr, cin, q, vt_out),
-                        (Layout::Groups(_), Kern::Bf16Pairs) => bf16::input_transform::<4>(image, &gr, cin, q, vt_out),
-                        (_, Kern::Bf16Pairs) => bf16::input_transform::<1>(image, &gr, cin, q, vt_out),
+                        (Layout::Groups(8), Kern::Bf16Pairs) => input_transform_bf16::<2>(image, &gr, cin, q, vt_out),
+                        (Layout::Groups(_), Kern::Bf16Pairs) => input_transform_bf16::<4>(image, &gr, cin, q, vt_out),
+                        (_, Kern::Bf16Pairs) => input_transform_bf16::<1>(image, &gr, cin, q, vt_out),
                         (Layout::Groups(8), _) => input_transform::<2>(isa, image, &gr, cin, q, vt_out),
                         (Layout::Groups(_), _) => input_transform::<4>(isa, image, &gr, cin, q, vt_out),
                         _ => input_transform::<1>(isa, image, &gr, cin, q, vt_out),
@@ -603,6 +605,64 @@ unsafe fn store_tiles(
         }
     }
 }
+
+/// `input_transform` for bf16 products: vt[ξ][p][v·16 + lane] = the pair of (Bᵀ d B)[ξ]
+/// of channels 2p and 2p + 1 (zero for a missing odd one) of vector v's 16 tiles, rounded to bf16 —
+/// written as pairs at once, without an f32 pass through memory.
+///
+/// # Safety
+/// As `input_transform` (x holds `cin` phase planes whose windows from each q[v] are in
+/// range), with the bf16 kernels available (`bf16_available()`); vt writable for 16·pairs·TILE floats.
+unsafe fn input_transform_bf16<const P: usize>(x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
+    // SAFETY: forwarded from the caller.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        input_transform_bf16_avx512::<P>(x, gr, cin, q, vt)
+    }
+}
+
+/// # Safety
+/// As `input_transform_bf16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn input_transform_bf16_avx512<const P: usize>(x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
+    use std::arch::x86_64::*;
+    let (off, wp, pairs) = (window_offsets(gr), gr.wp, cin.div_ceil(2));
+    // SAFETY: the window loads stay in the caller's planes (channels < cin) and the stores in vt's
+    // 16·pairs rows of TILE (# Safety).
+    unsafe {
+        let idx = _mm512_loadu_si512(BF16_INTERLEAVE.as_ptr().cast());
+        for p in 0..pairs {
+            let (lo, hi) = (x.add(2 * p * gr.plane), x.add((2 * p + 1) * gr.plane));
+            for (v, &q) in q.iter().enumerate() {
+                let a = window_transform::<P>(lo.add(q), wp, &off);
+                let b = if 2 * p + 1 < cin {
+                    window_transform::<P>(hi.add(q), wp, &off)
+                } else {
+                    [_mm512_setzero_ps(); 16]
+                };
+                for xi in 0..16 {
+                    // cvtne2ps puts its second operand in the low 16 bf16 values, the first in the high.
+                    let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b[xi], a[xi]));
+                    let pairs_v = _mm512_castsi512_ps(_mm512_permutexvar_epi16(idx, both));
+                    _mm512_storeu_ps(vt.add((xi * pairs + p) * TILE + v * 16), pairs_v);
+                }
+            }
+        }
+    }
+}
+
+/// Word i of the interleave takes word BF16_INTERLEAVE[i] of (low 16 from one vector, high 16 from the
+/// other): lo0, hi0, lo1, hi1, …
+const BF16_INTERLEAVE: [u16; 32] = {
+    let mut t = [0u16; 32];
+    let mut i = 0;
+    while i < 32 {
+        t[i] = (i / 2 + 16 * (i % 2)) as u16;
+        i += 1;
+    }
+    t
+};
 
 /// The AVX2 + FMA halves of the transforms: each vector of 16 tiles as lanes 0..8 and 8..16.
 #[cfg(target_arch = "x86_64")]
