@@ -104,7 +104,9 @@ const NVRTC_PRELUDE: &str = "#pragma once\n\
     #define INFINITY __int_as_float(0x7f800000)\n";
 
 /// One .cu file to PTX text.
-fn compile_to_ptx(compiler: &PtxCompiler, nvrtc: Option<&nvrtc::Nvrtc>, arch: &str, kernel_dir: &Path, src: &Path, ptx: &Path) {
+fn compile_to_ptx(
+    compiler: &PtxCompiler, nvrtc: Option<&nvrtc::Nvrtc>, arch: &str, kernel_dir: &Path, src: &Path, ptx: &Path,
+) {
     match compiler {
         PtxCompiler::Nvrtc { .. } => {
             let nvrtc = nvrtc.expect("NVRTC opened");
@@ -172,7 +174,7 @@ fn driver_floor(isa: (u32, u32)) -> Option<(i32, &'static str)> {
         (13, 0) => "R580",
         _ => "a matching",
     };
-    Some((1000 * cuda.0 as i32 + 10 * cuda.1 as i32, branch))
+    Some((1000 * cuda.0 + 10 * cuda.1 as i32, branch))
 }
 
 fn build_ptx(manifest: &Path, out: &Path, kernel_dir: &Path, sources: &[PathBuf]) {
@@ -378,7 +380,12 @@ mod nvrtc {
 
     type Program = *mut c_void;
     type Create = unsafe extern "C" fn(
-        *mut Program, *const c_char, *const c_char, c_int, *const *const c_char, *const *const c_char,
+        *mut Program,
+        *const c_char,
+        *const c_char,
+        c_int,
+        *const *const c_char,
+        *const *const c_char,
     ) -> c_int;
     type Compile = unsafe extern "C" fn(Program, c_int, *const *const c_char) -> c_int;
     type Size = unsafe extern "C" fn(Program, *mut usize) -> c_int;
@@ -402,9 +409,14 @@ mod nvrtc {
             // SAFETY: `name` is a NUL-terminated path; dlopen/dlerror have no other preconditions.
             let handle = unsafe { dlopen(name.as_ptr(), RTLD_NOW) };
             if handle.is_null() {
-                // SAFETY: dlerror returns null or a NUL-terminated message owned by libdl, read at once.
+                // SAFETY: dlerror has no preconditions.
                 let why = unsafe { dlerror() };
-                let why = if why.is_null() { "?".into() } else { unsafe { CStr::from_ptr(why) }.to_string_lossy() };
+                let why = if why.is_null() {
+                    "?".to_string()
+                } else {
+                    // SAFETY: a non-null dlerror result is a NUL-terminated message owned by libdl, read at once.
+                    unsafe { CStr::from_ptr(why) }.to_string_lossy().into_owned()
+                };
                 return Err(format!("cannot load NVRTC from {}: {why}", library.display()));
             }
             let symbol = |sym: &str| -> Result<*mut c_void, String> {
@@ -447,7 +459,14 @@ mod nvrtc {
             // SAFETY: every pointer is a live NUL-terminated string (or an array of `headers.len()` of them) that
             // outlives the call; `program` receives the handle.
             let rc = unsafe {
-                (self.create)(&mut program, source.as_ptr(), name.as_ptr(), names.len() as c_int, texts.as_ptr(), names.as_ptr())
+                (self.create)(
+                    &mut program,
+                    source.as_ptr(),
+                    name.as_ptr(),
+                    names.len() as c_int,
+                    texts.as_ptr(),
+                    names.as_ptr(),
+                )
             };
             if rc != 0 {
                 return Err(format!("nvrtcCreateProgram returned {rc}"));
@@ -457,7 +476,9 @@ mod nvrtc {
             let result = if rc == 0 {
                 self.read(program, self.ptx_size, self.ptx).ok_or_else(|| "nvrtcGetPTX failed".to_string())
             } else {
-                Err(self.read(program, self.log_size, self.log).unwrap_or_else(|| format!("nvrtcCompileProgram returned {rc}")))
+                Err(self
+                    .read(program, self.log_size, self.log)
+                    .unwrap_or_else(|| format!("nvrtcCompileProgram returned {rc}")))
             };
             // SAFETY: `program` is live and not used after this.
             unsafe { (self.destroy)(&mut program) };

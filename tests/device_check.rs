@@ -58,9 +58,11 @@ fn embedded_ptx_loads_from_r535_on() {
         let isa: (u32, u32) = (major.parse().unwrap(), minor.parse().unwrap());
         assert!(isa <= (8, 2), "{module}.ptx is PTX ISA {version} > 8.2: drivers before CUDA 12.2 / R535 reject it");
         assert_eq!(version, ptx::PTX_ISA, "{module}.ptx: the ISA the driver floor was computed from");
+        // PTX ISA 8.x (x ≤ 5) came with CUDA 12.x: the floor checked against cuDriverGetVersion at start-up.
+        assert!(isa.0 == 8, "{module}.ptx: PTX ISA {version} is not CUDA 12's");
+        assert_eq!(hrk::cuda::MIN_DRIVER_VERSION, 12000 + 10 * isa.1 as i32, "driver floor for PTX ISA {version}");
         assert_eq!(header(".target"), "sm_80", "{module}.ptx not built for compute_80");
     }
-    assert!(hrk::cuda::MIN_DRIVER_VERSION <= 12020, "driver floor {}", hrk::cuda::MIN_DRIVER_VERSION);
     // The message a too-old driver gets names the driver found and the one needed, on one line.
     let msg = hrk::cuda::CudaUnavailable::DriverTooOld { driver_version: 11080 }.to_string();
     for part in ["supports CUDA 11.8", "PTX ISA 8.2", "need CUDA 12.2", "R535"] {
@@ -169,10 +171,14 @@ fn mma_probes_exact(dev: &GpuDevice) {
     for (name, kernel, k, limit) in
         [("tf32 m16n8k8", &kernels::MMA_PROBE_TF32, 8, 256.0), ("bf16 m16n8k16", &kernels::MMA_PROBE_BF16, 16, 127.0)]
     {
-        let (a, b, c) = (integers(&mut rng, 16, k, limit), integers(&mut rng, k, 8, limit), integers(&mut rng, 16, 8, 1e4));
+        let (a, b, c) =
+            (integers(&mut rng, 16, k, limit), integers(&mut rng, k, 8, limit), integers(&mut rng, 16, 8, 1e4));
         let c_regs = registers(&c, Fragment::Accumulator, 4, 1, f32::to_bits);
         let d = if k == 8 {
-            let (ra, rb) = (registers(&a, Fragment::Tf32A, 4, 1, f32::to_bits), registers(&b, Fragment::Tf32B, 2, 1, f32::to_bits));
+            let (ra, rb) = (
+                registers(&a, Fragment::Tf32A, 4, 1, f32::to_bits),
+                registers(&b, Fragment::Tf32B, 2, 1, f32::to_bits),
+            );
             probe(dev, kernel, &ra, &rb, &c_regs)
         } else {
             let bf16 = |v: f32| v.to_bits() >> 16; // exact: |v| ≤ 127 has ≤ 8 significant bits
@@ -191,7 +197,8 @@ fn mma_probes_exact(dev: &GpuDevice) {
 /// cvt.rna.tf32.f32 (nearest, ties away from zero: add half a tf32 ulp to the magnitude, clear the 13 low bits)
 /// and cvt.rn.bf16x2.f32 (nearest even, as `half::bf16::from_f32`) on normal values, ties included.
 fn conversions_round_as_documented(dev: &GpuDevice) {
-    let mut src: Vec<f32> = common::rng(30).values(4000).iter().enumerate().map(|(i, v)| v * 10f32.powi(i as i32 % 9 - 4)).collect();
+    let mut src: Vec<f32> =
+        common::rng(30).values(4000).iter().enumerate().map(|(i, v)| v * 10f32.powi(i as i32 % 9 - 4)).collect();
     for base in [1.0f32, -3.5, 1234.5, -7e-3] {
         let b = base.to_bits() & !0xffff;
         src.extend([b | 0x1000, b | 0x3000, b | 0x8000, b | 0x1_8000, b | 0x7fff].map(f32::from_bits));
@@ -320,7 +327,11 @@ fn check(what: &str, got: &[f32], want: &[(f64, f64)], bits: i32, steps: usize, 
     let mut worst = 0.0f64;
     for (i, (&g, &(exact, mag))) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - exact).abs();
-        assert!(err <= mag * per_mag, "{what}[{i}]: got {g} want {exact} |d| {err:e} > {:e} (Σ|a·b| {mag:e})", mag * per_mag);
+        assert!(
+            err <= mag * per_mag,
+            "{what}[{i}]: got {g} want {exact} |d| {err:e} > {:e} (Σ|a·b| {mag:e})",
+            mag * per_mag
+        );
         if mag > 0.0 {
             worst = worst.max(err / mag);
         }

@@ -122,16 +122,35 @@ fn gpu_check_prepare_fills_the_carry_within_its_limit() {
     }
     assert!(total <= CARRY_LIMIT_BYTES, "the carry is {total} bytes, over 48 MiB");
     let mut required: Vec<String> = CARRIED_EXECUTABLES.iter().map(|e| format!("bin/{e}")).collect();
-    required.extend(
-        ["gpu_check.sh", "commit.txt", "cfg/face_alignment_wflw_hrnet_w18.yaml"].map(String::from),
-    );
+    required.extend(["gpu_check.sh", "commit.txt", "cfg/face_alignment_wflw_hrnet_w18.yaml"].map(String::from));
     for path in &required {
         assert!(listed.contains(path), "{path} not in the manifest");
     }
     // Stripped: no debug sections (the release profile's debug info would put the binary near 100 MB).
     for exe in CARRIED_EXECUTABLES {
         let bytes = std::fs::read(carry.join("bin").join(exe)).unwrap();
-        assert!(!bytes.windows(11).any(|w| w == b".debug_info"), "bin/{exe} carries debug info");
+        let sections = elf_section_names(&bytes);
+        assert!(sections.iter().any(|n| n == ".text"), "bin/{exe}: sections {sections:?}");
+        // (.debug_gdb_scripts is a loaded section rustc adds; strip keeps it.)
+        let debug: Vec<&String> =
+            sections.iter().filter(|n| n.starts_with(".debug_info") || n.starts_with(".debug_line")).collect();
+        assert!(debug.is_empty(), "bin/{exe} carries debug sections {debug:?}");
     }
     eprintln!("carry: {} files, {:.1} MiB", listed.len(), total as f64 / (1 << 20) as f64);
+}
+
+/// The section names of a little-endian ELF64 file (from its section headers and their string table).
+fn elf_section_names(elf: &[u8]) -> Vec<String> {
+    assert!(elf.starts_with(b"\x7fELF\x02\x01"), "not a little-endian ELF64 file");
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) as usize;
+    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap()) as usize;
+    let (table, entry, count, names) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+    let strings = u64_at(table + names * entry + 0x18);
+    (0..count)
+        .map(|i| {
+            let name = &elf[strings + u32_at(table + i * entry)..];
+            String::from_utf8_lossy(&name[..name.iter().position(|&b| b == 0).unwrap()]).into_owned()
+        })
+        .collect()
 }

@@ -137,16 +137,14 @@ impl CudaDev {
         let stream = ctx.new_stream().map_err(|e| driver_error("creating a CUDA stream", e))?;
         let mut modules = HashMap::new();
         for (module, text) in ptx::PTX_MODULES {
-            let m = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(*text))
-                .map_err(|e| match e.0 {
-                    // One line naming the driver found (cuDriverGetVersion, from the probe) and the one needed.
-                    sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => anyhow!(
-                        "loading kernels/{module}.cu PTX: {}",
-                        super::CudaUnavailable::DriverTooOld { driver_version: info.driver_version }
-                    ),
-                    _ => driver_error(&format!("loading kernels/{module}.cu PTX"), e),
-                })?;
+            let m = ctx.load_module(cudarc::nvrtc::Ptx::from_src(*text)).map_err(|e| match e.0 {
+                // One line naming the driver found (cuDriverGetVersion, from the probe) and the one needed.
+                sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => anyhow!(
+                    "loading kernels/{module}.cu PTX: {}",
+                    super::CudaUnavailable::DriverTooOld { driver_version: info.driver_version }
+                ),
+                _ => driver_error(&format!("loading kernels/{module}.cu PTX"), e),
+            })?;
             modules.insert(*module, m);
         }
         let mut functions = HashMap::new();
