@@ -75,8 +75,8 @@ fn child_probe() {
             "no CUDA device is visible"
         }
         "oldriver" => {
-            assert_eq!(probe, Err(CudaUnavailable::DriverTooOld { driver_version: 12040 }));
-            "supports CUDA 12.4"
+            assert_eq!(probe, Err(CudaUnavailable::DriverTooOld { driver_version: 11080 }));
+            "supports CUDA 11.8"
         }
         other => panic!("unknown child mode {other}"),
     };
@@ -131,7 +131,7 @@ fn driver_without_device_gives_clear_error() {
 
 #[test]
 fn driver_older_than_ptx_gives_clear_error() {
-    run_child_with_fake_driver("oldriver", 0, 12040, 1);
+    run_child_with_fake_driver("oldriver", 0, 11080, 1);
 }
 
 #[test]

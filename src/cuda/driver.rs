@@ -15,8 +15,8 @@ pub mod ptx {
     }
 }
 
-/// The oldest driver API version that JIT-compiles our PTX (.version 9.0 = CUDA 13.0, driver R580).
-pub const MIN_DRIVER_VERSION: i32 = 13000;
+/// The oldest driver API version that JIT-compiles our PTX (from its `.version`: ISA 8.2 = CUDA 12.2, driver R535).
+pub const MIN_DRIVER_VERSION: i32 = ptx::PTX_MIN_DRIVER_VERSION;
 
 /// What the user asked for (`--device cpu|cuda|auto`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,8 +78,8 @@ impl fmt::Display for CudaUnavailable {
             Self::NoDriver { detail } => write!(f, "CUDA unavailable: no CUDA driver (libcuda.so.1 could not be loaded: {detail}); install the NVIDIA driver or use --device cpu"),
             Self::DriverBroken { detail } => write!(f, "CUDA unavailable: the CUDA driver failed ({detail}); check `nvidia-smi` or use --device cpu"),
             Self::NoDevice => write!(f, "CUDA unavailable: a CUDA driver is installed but no CUDA device is visible (CUDA_ERROR_NO_DEVICE; check CUDA_VISIBLE_DEVICES) — use --device cpu"),
-            Self::DriverTooOld { driver_version } => write!(f, "CUDA unavailable: the driver supports CUDA {}.{} but hrk's kernels are PTX ISA 9.0 and need CUDA {}.{} (driver R580 or newer); update the NVIDIA driver or use --device cpu",
-                driver_version / 1000, driver_version % 1000 / 10, MIN_DRIVER_VERSION / 1000, MIN_DRIVER_VERSION % 1000 / 10),
+            Self::DriverTooOld { driver_version } => write!(f, "CUDA unavailable: the driver supports CUDA {}.{} but hrk's kernels are PTX ISA {} and need CUDA {}.{} (driver {} or newer); update the NVIDIA driver or use --device cpu",
+                driver_version / 1000, driver_version % 1000 / 10, ptx::PTX_ISA, MIN_DRIVER_VERSION / 1000, MIN_DRIVER_VERSION % 1000 / 10, ptx::PTX_MIN_DRIVER_BRANCH),
         }
     }
 }

@@ -29,7 +29,8 @@ pub fn driver_error(what: &str, e: DriverError) -> anyhow::Error {
     match e.0 {
         sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => anyhow!("CUDA out of memory while {what}; use a smaller batch size"),
         sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => anyhow!(
-            "CUDA error while {what}: the driver is older than hrk's PTX (ISA 9.0 needs CUDA 13.0 / driver R580); update the NVIDIA driver or rebuild with an older nvcc"
+            "CUDA error while {what}: the driver is older than hrk's PTX (ISA {} needs CUDA {}.{} / driver {}); update the NVIDIA driver",
+            super::ptx::PTX_ISA, super::MIN_DRIVER_VERSION / 1000, super::MIN_DRIVER_VERSION % 1000 / 10, super::ptx::PTX_MIN_DRIVER_BRANCH
         ),
         sys::CUresult::CUDA_ERROR_NO_DEVICE => anyhow!("CUDA error while {what}: no CUDA device is visible (check CUDA_VISIBLE_DEVICES)"),
         _ => anyhow!("CUDA error while {what}: {}", format!("{e:?}").replace('\n', " ")),
@@ -146,9 +147,14 @@ impl CudaDev {
         let stream = ctx.new_stream().map_err(|e| driver_error("creating a CUDA stream", e))?;
         let mut modules = HashMap::new();
         for (module, text) in ptx::PTX_MODULES {
-            let m = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(*text))
-                .map_err(|e| driver_error(&format!("loading kernels/{module}.cu PTX"), e))?;
+            let m = ctx.load_module(cudarc::nvrtc::Ptx::from_src(*text)).map_err(|e| match e.0 {
+                // One line naming the driver found (cuDriverGetVersion, from the probe) and the one needed.
+                sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => anyhow!(
+                    "loading kernels/{module}.cu PTX: {}",
+                    super::CudaUnavailable::DriverTooOld { driver_version: info.driver_version }
+                ),
+                _ => driver_error(&format!("loading kernels/{module}.cu PTX"), e),
+            })?;
             modules.insert(*module, m);
         }
         let mut functions = HashMap::new();
