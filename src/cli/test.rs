@@ -84,7 +84,7 @@ fn write_predictions(out: &Path, name: &str, ds: &FaceDataset, r: &EvalResult) -
         csv.push('\n');
     }
     let path = out.join(format!("predictions_{name}.csv"));
-    write_atomically(&path, csv.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    write_atomically(&path, csv.as_bytes())?;
     let flat: Vec<f32> = r.predictions.iter().flat_map(|p| [p[0], p[1]]).collect();
     let tensors = vec![
         ("predictions".to_string(), HostTensor::f32(vec![r.len(), j, 2], flat)),
@@ -189,8 +189,7 @@ pub fn run(args: TestArgs) -> Result<()> {
 
     let json_path = out.join("metrics.json");
     let text = serde_json::to_string_pretty(&metrics_json(&subsets, &args.model_file, &opts))?;
-    write_atomically(&json_path, (text + "\n").as_bytes())
-        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    write_atomically(&json_path, (text + "\n").as_bytes())?;
 
     let series: Vec<Series> =
         subsets.iter().map(|s| Series::new(s.name.clone(), ced_points(&s.result.nme, 0.1))).collect();

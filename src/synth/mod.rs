@@ -109,11 +109,10 @@ pub fn generate(out_dir: &Path, joints: usize, count: usize, seed: u64) -> Resul
         }
     }
     for (path, text) in [(&train_csv, &train), (&test_csv, &test)] {
-        write_atomically(path, text.as_bytes()).with_context(|| format!("synth: cannot write {}", path.display()))?;
+        write_atomically(path, text.as_bytes()).context("synth")?;
     }
     let config = out_dir.join(CONFIG_YAML);
-    write_atomically(&config, config_yaml(out_dir, joints).as_bytes())
-        .with_context(|| format!("synth: cannot write {}", config.display()))?;
+    write_atomically(&config, config_yaml(out_dir, joints).as_bytes()).context("synth")?;
     Ok(SynthSummary {
         config,
         out_dir: out_dir.to_path_buf(),
@@ -191,7 +190,7 @@ fn write_jpeg(path: &Path, s: &SynthSample) -> Result<()> {
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, JPEG_QUALITY)
         .encode(&s.rgb, s.width as u32, s.height as u32, image::ExtendedColorType::Rgb8)
         .with_context(|| format!("synth: cannot encode {}", path.display()))?;
-    write_atomically_unsynced(path, &jpeg).with_context(|| format!("synth: cannot write {}", path.display()))
+    write_atomically_unsynced(path, &jpeg).context("synth")
 }
 
 /// Head pose and placement: canonical → image mapping.
