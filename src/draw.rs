@@ -72,8 +72,10 @@ pub fn draw_box(img: &mut RgbImage, bbox: [f64; 4]) {
 pub fn save_overlay(path: &Path, img: &Image, points: &[[f32; 2]], labels: bool) -> Result<()> {
     let mut rgb = to_rgb_image(img)?;
     draw_landmarks(&mut rgb, points, labels);
-    rgb.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| anyhow!("cannot write overlay {}: {}", path.display(), e))
+    let mut png = std::io::Cursor::new(Vec::new());
+    rgb.write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| anyhow!("cannot write overlay {}: {}", path.display(), e))?;
+    crate::io::atomic::write_atomically(path, png.get_ref()).map_err(|e| anyhow!("overlay {e:#}"))
 }
 
 #[cfg(test)]

@@ -55,8 +55,10 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
 /// Renders and writes a chart.
 pub fn save_chart(path: &Path, chart: &Chart) -> Result<()> {
     let img = render_chart(chart)?;
-    img.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| anyhow!("cannot write plot {}: {}", path.display(), e))
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| anyhow!("cannot write plot {}: {}", path.display(), e))?;
+    crate::io::atomic::write_atomically(path, png.get_ref()).map_err(|e| anyhow!("plot {e:#}"))
 }
 
 /// The cumulative error distribution of per-image errors: (error, fraction of images with error

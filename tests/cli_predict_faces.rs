@@ -236,6 +236,11 @@ fn boxes_csv_gives_each_image_its_faces() {
     bad("short.csv", "image,x1,y1,x2,y2\ns68_000000.jpg,1,2,3\n", &["short.csv:2", "4 fields"]);
     bad("nan.csv", "s68_000000.jpg,1,2,3,4\ns68_000000.jpg,1,b,3,4\n", &["nan.csv:2", "'b'"]);
     bad("empty.csv", "s68_000000.jpg,10,10,5,50\n", &["empty.csv:1", "x2 must exceed x1"]);
+    bad(
+        "quote.csv",
+        "s68_000000.jpg,1,1,50,50\n\"s68_000000.jpg,1,1,50,50\n",
+        &["quote.csv:2", "unterminated quoted field"],
+    );
     let o = st.predict(&["images/s68_000000.jpg", "--boxes", "missing.csv"]);
     assert_cli_error(&o, &["missing.csv"]);
     // One name for two different images: that image fails, named, the run reports it.

@@ -124,8 +124,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if box_from == "landmarks" {
                 ann::use_landmark_boxes(&mut rows)?;
             }
-            std::fs::write(&out, ann::to_official_csv(&rows))
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            crate::io::atomic::write_atomically(&out, ann::to_official_csv(&rows).as_bytes())?;
             println!("wrote {} faces to {}", rows.len(), out.display());
             Ok(())
         }

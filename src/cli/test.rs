@@ -5,6 +5,7 @@
 use crate::data::dataset::{Annotations, FaceDataset};
 use crate::eval::{evaluate_with, EvalResult, TestOptions};
 use crate::host_tensor::{HostData, HostTensor};
+use crate::io::atomic::write_atomically;
 use crate::plot::{ced_points, save_chart, Chart, Series};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -68,14 +69,6 @@ fn image_name(ds: &FaceDataset, index: usize) -> String {
     }
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 fn write_predictions(out: &Path, name: &str, ds: &FaceDataset, r: &EvalResult) -> Result<()> {
     let j = r.joints;
     let mut csv = String::from("index,image,nme");
@@ -84,14 +77,14 @@ fn write_predictions(out: &Path, name: &str, ds: &FaceDataset, r: &EvalResult) -
     }
     csv.push('\n');
     for (i, e) in r.nme.iter().enumerate() {
-        let _ = write!(csv, "{i},{},{e}", csv_field(&image_name(ds, i)));
+        let _ = write!(csv, "{i},{},{e}", crate::io::csv::field(&image_name(ds, i)));
         for p in &r.predictions[i * j..(i + 1) * j] {
             let _ = write!(csv, ",{},{}", p[0], p[1]);
         }
         csv.push('\n');
     }
     let path = out.join(format!("predictions_{name}.csv"));
-    std::fs::write(&path, csv).with_context(|| format!("cannot write {}", path.display()))?;
+    write_atomically(&path, csv.as_bytes())?;
     let flat: Vec<f32> = r.predictions.iter().flat_map(|p| [p[0], p[1]]).collect();
     let tensors = vec![
         ("predictions".to_string(), HostTensor::f32(vec![r.len(), j, 2], flat)),
@@ -196,7 +189,7 @@ pub fn run(args: TestArgs) -> Result<()> {
 
     let json_path = out.join("metrics.json");
     let text = serde_json::to_string_pretty(&metrics_json(&subsets, &args.model_file, &opts))?;
-    std::fs::write(&json_path, text + "\n").with_context(|| format!("cannot write {}", json_path.display()))?;
+    write_atomically(&json_path, (text + "\n").as_bytes())?;
 
     let series: Vec<Series> =
         subsets.iter().map(|s| Series::new(s.name.clone(), ced_points(&s.result.nme, 0.1))).collect();

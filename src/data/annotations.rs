@@ -159,11 +159,7 @@ pub fn to_official_csv(rows: &[OfficialRow]) -> String {
     }
     s.push('\n');
     for r in rows {
-        let name = if r.image.contains([',', '"']) {
-            format!("\"{}\"", r.image.replace('"', "\"\""))
-        } else {
-            r.image.clone()
-        };
+        let name = crate::io::csv::field(&r.image);
         let _ = write!(s, "{name},{},{},{}", r.scale, r.center[0], r.center[1]);
         for p in &r.pts {
             let _ = write!(s, ",{},{}", p[0], p[1]);

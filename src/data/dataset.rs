@@ -126,39 +126,6 @@ pub struct CsvRecord {
     pub line: usize,
 }
 
-/// Splits one CSV line into fields (RFC 4180 double quotes; `""` inside quotes is a quote).
-fn split_csv_line(line: &str) -> Result<Vec<String>, &'static str> {
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut chars = line.chars().peekable();
-    let mut in_quotes = false;
-    while let Some(c) = chars.next() {
-        if in_quotes {
-            if c == '"' {
-                if chars.peek() == Some(&'"') {
-                    cur.push('"');
-                    chars.next();
-                } else {
-                    in_quotes = false;
-                }
-            } else {
-                cur.push(c);
-            }
-        } else if c == '"' {
-            in_quotes = true;
-        } else if c == ',' {
-            fields.push(std::mem::take(&mut cur));
-        } else {
-            cur.push(c);
-        }
-    }
-    if in_quotes {
-        return Err("unterminated quoted field");
-    }
-    fields.push(cur);
-    Ok(fields)
-}
-
 /// The 300W CSV names `ibug/image_092_01.jpg`; the file in the official 300W release is
 /// `ibug/image_092 _01.jpg` (with a space).
 fn w300_known_misspelling(rel: &str) -> Option<&'static str> {
@@ -175,21 +142,15 @@ pub fn read_csv_annotations(csv: &Path, root: &Path, kind: DatasetKind, num_join
     let text = std::fs::read(csv).map_err(|e| anyhow!("cannot read annotation file {}: {}", csv.display(), e))?;
     let text = String::from_utf8(text)
         .map_err(|e| anyhow!("{}: not UTF-8 text (byte {})", csv.display(), e.utf8_error().valid_up_to()))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let lead = csv_leading_columns(kind);
     let expected_cols = lead + 2 * num_joints;
     let file = csv.display();
+    let source = file.to_string();
 
-    let mut lines = text.split('\n').enumerate().map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l)));
     // pandas skips blank lines, including before the header.
-    let (header_line, header) = loop {
-        match lines.next() {
-            None => bail!("{file}: empty file (expected a header row and data rows)"),
-            Some((_, l)) if l.trim().is_empty() => continue,
-            Some(x) => break x,
-        }
-    };
-    let header_cols = split_csv_line(header).map_err(|e| anyhow!("{file}:{header_line}: {e}"))?;
+    let mut rows = crate::io::csv::records(&text, &source);
+    let Some(header) = rows.next() else { bail!("{file}: empty file (expected a header row and data rows)") };
+    let (header_line, header_cols) = header?;
     if header_cols.len() != expected_cols {
         bail!(
             "{file}:{header_line}: header has {} columns, expected {expected_cols} for {} with {num_joints} landmarks",
@@ -199,11 +160,8 @@ pub fn read_csv_annotations(csv: &Path, root: &Path, kind: DatasetKind, num_join
     }
 
     let mut records = Vec::new();
-    for (line_no, line) in lines {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let fields = split_csv_line(line).map_err(|e| anyhow!("{file}:{line_no}: {e}"))?;
+    for row in rows {
+        let (line_no, fields) = row?;
         if fields.len() != expected_cols {
             bail!(
                 "{file}:{line_no}: row has {} columns, expected {expected_cols} ({} with {num_joints} landmarks)",

@@ -1,8 +1,11 @@
+//! Files in and out: atomic whole-file writes (atomic.rs), CSV lines and fields (csv.rs).
 //! Weights in and out: safetensors (read/write) and PyTorch `.pth` checkpoints (read, no Python).
 //!
 //! `load_state_dict` detects the format by its first bytes, returns tensors in file order and
 //! strips the DataParallel `module.` prefix, so every released HRNet checkpoint style loads.
 
+pub mod atomic;
+pub mod csv;
 pub mod dtype;
 pub mod onnx;
 pub mod pickle;

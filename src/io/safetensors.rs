@@ -2,13 +2,13 @@
 //! length, a JSON header (tensor name → dtype, shape, data_offsets; optional `__metadata__`
 //! string map), then the raw little-endian data. Everything in the header is validated.
 
+use super::atomic::write_atomically;
 use super::dtype::{decode_at, StorageDtype};
 use crate::host_tensor::{HostData, HostTensor};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::Path;
 
 /// Headers larger than this are refused (real ones are kilobytes).
@@ -252,42 +252,4 @@ pub fn encode_safetensors(tensors: &[(String, HostTensor)], metadata: &[(String,
 pub fn save_safetensors(path: &Path, tensors: &[(String, HostTensor)], metadata: &[(String, String)]) -> Result<()> {
     let bytes = encode_safetensors(tensors, metadata).map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
     write_atomically(path, &bytes)
-}
-
-/// Removes temp files that `write_atomically` left in `dir` when a process was killed mid-write
-/// (`.NAME.PID.tmp`); returns how many were removed.
-pub fn remove_stale_temp_files(dir: &Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    rd.flatten()
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with('.') && n.ends_with(".tmp") && e.path().is_file()
-        })
-        .filter(|e| std::fs::remove_file(e.path()).is_ok())
-        .count()
-}
-
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| anyhow!("{}: not a file path", path.display()))?.to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable (best effort: not every filesystem syncs directories).
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        bail!("{}: write failed: {e:#}", path.display());
-    }
-    Ok(())
 }

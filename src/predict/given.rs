@@ -24,27 +24,6 @@ fn file_name_of(p: &Path) -> Option<String> {
     p.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
-/// Splits one CSV line into fields (double quotes around a field allowed, `""` inside them).
-fn split_csv_line(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(ch) = chars.next() {
-        match ch {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
-            _ => cur.push(ch),
-        }
-    }
-    fields.push(cur);
-    fields
-}
-
 impl GivenBoxes {
     /// The same box for every image.
     pub fn same_for_all(b: FaceBox) -> GivenBoxes {
@@ -75,15 +54,13 @@ impl GivenBoxes {
     /// naming `file:line`.
     pub fn from_csv(path: &Path) -> Result<GivenBoxes> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --boxes {}", path.display()))?;
-        let mut g = GivenBoxes { source: path.display().to_string(), ..Default::default() };
-        for (i, line) in text.lines().enumerate() {
-            let at = || format!("{}:{}", path.display(), i + 1);
-            if line.trim().is_empty() {
-                continue;
-            }
-            let f = split_csv_line(line.trim_end_matches('\r'));
+        let source = path.display().to_string();
+        let mut g = GivenBoxes { source: source.clone(), ..Default::default() };
+        for row in crate::io::csv::records(&text, &source) {
+            let (line_no, f) = row?;
+            let at = || format!("{}:{line_no}", path.display());
             let nums: Vec<Option<f64>> = f.iter().skip(1).take(4).map(|t| t.trim().parse::<f64>().ok()).collect();
-            if i == 0 && nums.iter().all(Option::is_none) {
+            if line_no == 1 && nums.iter().all(Option::is_none) {
                 continue; // header
             }
             if f.len() < 5 {
@@ -149,8 +126,25 @@ impl GivenBoxes {
 mod tests {
     use super::*;
 
+    fn boxes_from(tag: &str, text: &str) -> (PathBuf, Result<GivenBoxes>) {
+        let path = std::env::temp_dir().join(format!("hrk-given-{tag}-{}.csv", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let got = GivenBoxes::from_csv(&path);
+        std::fs::remove_file(&path).unwrap();
+        (path, got)
+    }
+
     #[test]
-    fn csv_lines_split_with_quotes() {
-        assert_eq!(split_csv_line(r#""a,b.jpg",1,"2""x""#), ["a,b.jpg", "1", "2\"x"]);
+    fn csv_rows_split_with_quotes() {
+        let (_, g) = boxes_from("quoted", "image,x1,y1,x2,y2\r\n\"a,b.jpg\",1,2,30,40\r\n");
+        assert_eq!(g.unwrap().for_image(Path::new("a,b.jpg")).unwrap(), [FaceBox::new(1.0, 2.0, 30.0, 40.0).unwrap()]);
+    }
+
+    /// An unterminated quote was once read as a field running to the end of the line.
+    #[test]
+    fn unterminated_quote_is_a_one_line_error_naming_file_and_line() {
+        let (path, g) = boxes_from("open-quote", "a.jpg,1,2,30,40\n\"b.jpg,1,2,30,40\n");
+        let e = format!("{:#}", g.unwrap_err());
+        assert_eq!(e, format!("{}:2: unterminated quoted field", path.display()));
     }
 }

@@ -5,7 +5,7 @@
 use super::engine::{FaceResult, ImageResult};
 use super::stream::{FrameFaces, FrameOutcome};
 use crate::data::imageio::Rgb8;
-use crate::io::safetensors::write_atomically;
+use crate::io::atomic::write_atomically;
 use anyhow::{anyhow, Context, Result};
 use rayon::prelude::*;
 use std::fmt::Write as _;
@@ -47,20 +47,12 @@ pub fn image_json(r: &ImageResult) -> serde_json::Value {
     })
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 /// The dataset CSV layout, a row per face, so the output can be fed back as annotations
 /// (`hrk test` on it makes the same crops): scale is the annotation scale.
 fn csv_rows(r: &ImageResult) -> String {
     let mut s = String::new();
     for f in &r.faces {
-        let (image, face) = (csv_field(&r.path.display().to_string()), &f.face);
+        let (image, face) = (crate::io::csv::field(&r.path.display().to_string()).into_owned(), &f.face);
         let _ = write!(s, "{image},{},{},{}", face.annotation_scale, face.center[0], face.center[1]);
         for q in &f.landmarks {
             let _ = write!(s, ",{},{}", q[0], q[1]);

@@ -8,12 +8,12 @@
 mod face;
 mod raster;
 
+use crate::io::atomic::{write_atomically, write_atomically_unsynced};
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use face::{FaceShape, IMAGE_LEFT, IMAGE_RIGHT};
 use raster::{Canvas, Mask, Pt, Rgb};
 use rayon::prelude::*;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Side of the square images.
@@ -109,11 +109,10 @@ pub fn generate(out_dir: &Path, joints: usize, count: usize, seed: u64) -> Resul
         }
     }
     for (path, text) in [(&train_csv, &train), (&test_csv, &test)] {
-        std::fs::write(path, text).with_context(|| format!("synth: cannot write {}", path.display()))?;
+        write_atomically(path, text.as_bytes()).context("synth")?;
     }
     let config = out_dir.join(CONFIG_YAML);
-    std::fs::write(&config, config_yaml(out_dir, joints))
-        .with_context(|| format!("synth: cannot write {}", config.display()))?;
+    write_atomically(&config, config_yaml(out_dir, joints).as_bytes()).context("synth")?;
     Ok(SynthSummary {
         config,
         out_dir: out_dir.to_path_buf(),
@@ -187,13 +186,11 @@ fn csv_row(rel: &str, s: &SynthSample) -> String {
 }
 
 fn write_jpeg(path: &Path, s: &SynthSample) -> Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("synth: cannot create {}", path.display()))?;
-    let mut writer = std::io::BufWriter::new(file);
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut writer, JPEG_QUALITY)
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, JPEG_QUALITY)
         .encode(&s.rgb, s.width as u32, s.height as u32, image::ExtendedColorType::Rgb8)
         .with_context(|| format!("synth: cannot encode {}", path.display()))?;
-    writer.flush().with_context(|| format!("synth: cannot write {}", path.display()))?;
-    Ok(())
+    write_atomically_unsynced(path, &jpeg).context("synth")
 }
 
 /// Head pose and placement: canonical → image mapping.

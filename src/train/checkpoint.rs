@@ -3,7 +3,8 @@
 //! resume at, best NME, scheduler position, seed and data-RNG description. Written atomically.
 
 use crate::host_tensor::HostTensor;
-use crate::io::safetensors::{encode_safetensors, read_safetensors_bytes, write_atomically};
+use crate::io::atomic::write_atomically;
+use crate::io::safetensors::{encode_safetensors, read_safetensors_bytes};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
