@@ -75,7 +75,7 @@ pub fn save_overlay(path: &Path, img: &Image, points: &[[f32; 2]], labels: bool)
     let mut png = std::io::Cursor::new(Vec::new());
     rgb.write_to(&mut png, image::ImageFormat::Png)
         .map_err(|e| anyhow!("cannot write overlay {}: {}", path.display(), e))?;
-    crate::io::atomic::write_atomically(path, png.get_ref()).map_err(|e| anyhow!("overlay {e:#}"))
+    crate::atomic_file::write_atomically(path, png.get_ref()).map_err(|e| anyhow!("overlay {e:#}"))
 }
 
 #[cfg(test)]

@@ -11,6 +11,6 @@ use std::path::Path;
 pub fn write_onnx(net: &HrNet, cfg: &Config, opts: &OnnxOptions, out: &Path) -> Result<usize> {
     let [w, h] = cfg.model.image_size;
     let bytes = export_onnx(net, h, w, opts)?;
-    crate::io::atomic::write_atomically(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    crate::atomic_file::write_atomically(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     Ok(bytes.len())
 }

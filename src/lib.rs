@@ -9,6 +9,7 @@
 //! imports `cli`. `config` knows nothing of `model`. Which top-level module may import which is the
 //! layer table of docs/INTERNALS.md ("Layering"), checked by tests/layering.rs.
 
+pub mod atomic_file;
 pub mod autograd;
 pub mod float;
 pub mod gradcheck;

@@ -58,7 +58,7 @@ pub fn save_chart(path: &Path, chart: &Chart) -> Result<()> {
     let mut png = std::io::Cursor::new(Vec::new());
     img.write_to(&mut png, image::ImageFormat::Png)
         .map_err(|e| anyhow!("cannot write plot {}: {}", path.display(), e))?;
-    crate::io::atomic::write_atomically(path, png.get_ref()).map_err(|e| anyhow!("plot {e:#}"))
+    crate::atomic_file::write_atomically(path, png.get_ref()).map_err(|e| anyhow!("plot {e:#}"))
 }
 
 /// The cumulative error distribution of per-image errors: (error, fraction of images with error

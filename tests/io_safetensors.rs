@@ -207,7 +207,7 @@ fn stale_temp_files_from_a_killed_write_are_removed() {
     std::fs::write(dir.join(".latest.safetensors.4242.tmp"), b"half a checkpoint").unwrap();
     std::fs::write(dir.join("latest.safetensors"), b"kept").unwrap();
     std::fs::write(dir.join("notes.tmp"), b"not ours: no leading dot").unwrap();
-    assert_eq!(hrk::io::atomic::remove_stale_temp_files(&dir), 1);
+    assert_eq!(hrk::atomic_file::remove_stale_temp_files(&dir), 1);
     assert!(!dir.join(".latest.safetensors.4242.tmp").exists());
     assert!(dir.join("latest.safetensors").exists() && dir.join("notes.tmp").exists());
 }

@@ -124,7 +124,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if box_from == "landmarks" {
                 ann::use_landmark_boxes(&mut rows)?;
             }
-            crate::io::atomic::write_atomically(&out, ann::to_official_csv(&rows).as_bytes())?;
+            crate::atomic_file::write_atomically(&out, ann::to_official_csv(&rows).as_bytes())?;
             println!("wrote {} faces to {}", rows.len(), out.display());
             Ok(())
         }

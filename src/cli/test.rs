@@ -2,10 +2,10 @@
 //! `--testset` files, one row each), print the reference's result line plus AUC, and write
 //! predictions (CSV + safetensors), `metrics.json` and a CED plot.
 
+use crate::atomic_file::write_atomically;
 use crate::data::dataset::{Annotations, FaceDataset};
 use crate::eval::{evaluate_with, EvalResult, TestOptions};
 use crate::host_tensor::{HostData, HostTensor};
-use crate::io::atomic::write_atomically;
 use crate::plot::{ced_points, save_chart, Chart, Series};
 use anyhow::{bail, Context, Result};
 use clap::Args;

@@ -4,7 +4,6 @@
 //! `load_state_dict` detects the format by its first bytes, returns tensors in file order and
 //! strips the DataParallel `module.` prefix, so every released HRNet checkpoint style loads.
 
-pub mod atomic;
 pub mod csv;
 pub mod dtype;
 pub mod onnx;

@@ -2,8 +2,8 @@
 //! length, a JSON header (tensor name → dtype, shape, data_offsets; optional `__metadata__`
 //! string map), then the raw little-endian data. Everything in the header is validated.
 
-use super::atomic::write_atomically;
 use super::dtype::{decode_at, StorageDtype};
+use crate::atomic_file::write_atomically;
 use crate::host_tensor::{HostData, HostTensor};
 use anyhow::{anyhow, bail, Result};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};

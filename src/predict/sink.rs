@@ -4,8 +4,8 @@
 
 use super::engine::{FaceResult, ImageResult};
 use super::stream::{FrameFaces, FrameOutcome};
+use crate::atomic_file::write_atomically;
 use crate::data::imageio::Rgb8;
-use crate::io::atomic::write_atomically;
 use anyhow::{anyhow, Context, Result};
 use rayon::prelude::*;
 use std::fmt::Write as _;

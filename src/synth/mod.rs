@@ -8,7 +8,7 @@
 mod face;
 mod raster;
 
-use crate::io::atomic::{write_atomically, write_atomically_unsynced};
+use crate::atomic_file::{write_atomically, write_atomically_unsynced};
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use face::{FaceShape, IMAGE_LEFT, IMAGE_RIGHT};

@@ -2,8 +2,8 @@
 //! optimizer state under `optim.` and a JSON metadata entry (`hrk_checkpoint`) with the epoch to
 //! resume at, best NME, scheduler position, seed and data-RNG description. Written atomically.
 
+use crate::atomic_file::write_atomically;
 use crate::host_tensor::HostTensor;
-use crate::io::atomic::write_atomically;
 use crate::io::safetensors::{encode_safetensors, read_safetensors_bytes};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};

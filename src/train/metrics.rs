@@ -45,7 +45,7 @@ pub(super) fn restore_metrics(path: &Path, keep_below: usize) -> Result<Vec<Epoc
         text.push_str(&serde_json::to_string(m)?);
         text.push('\n');
     }
-    crate::io::atomic::write_atomically(path, text.as_bytes())?;
+    crate::atomic_file::write_atomically(path, text.as_bytes())?;
     Ok(kept)
 }
 

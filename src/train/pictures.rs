@@ -48,7 +48,7 @@ fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, image::ImageFormat::Png)
         .map_err(|e| anyhow!("{}: PNG encoding failed: {e}", path.display()))?;
-    crate::io::atomic::write_atomically(path, &bytes.into_inner())
+    crate::atomic_file::write_atomically(path, &bytes.into_inner())
 }
 
 /// One overlay tile: the original image, its ground truth and the predicted points.

@@ -78,7 +78,7 @@ impl Trainer {
             .with_context(|| format!("cannot create output folder {}", out_dir.display()))?;
         // A run killed while writing a checkpoint leaves its temp file behind; the checkpoints themselves
         // are intact (written by rename), so the leftovers are only clutter.
-        let stale = crate::io::atomic::remove_stale_temp_files(&out_dir);
+        let stale = crate::atomic_file::remove_stale_temp_files(&out_dir);
         let mut log = Logger::create(&out_dir, &config_name(&opts.cfg_path), observer)?;
         log.info(&format!(
             "=> hrk train --cfg {} --seed {} (rayon threads: {})",
