@@ -12,12 +12,14 @@
 pub mod autograd;
 pub mod float;
 pub mod gradcheck;
+pub mod host_isa;
 pub mod host_tensor;
 pub mod io;
 pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod rng;
+pub mod scoped;
 pub mod storage;
 pub mod switches;
 pub mod tensor;
