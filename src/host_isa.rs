@@ -1,13 +1,13 @@
 //! The host CPU's instruction sets, read once per process: every CPU kernel that picks a build by the
 //! features of the machine asks here, and `HRK_NO_AVX512` is honoured here only.
 //!
-//! | level / query        | x86-64 features required     | what runs on it                                          |
-//! |----------------------|------------------------------|----------------------------------------------------------|
-//! | `Isa::Avx512`        | AVX-512 F, BW, DQ, VL        | conv direct + Winograd f32 builds, BatchNorm's f64 passes, the detector's AVX-512 convs |
-//! | `Isa::Avx2`          | AVX2, FMA                    | the same kernels' AVX2 builds, the detector's AVX2 loops  |
-//! | `simd()` = None      | (baseline SSE2)              | im2col + GEMM convs, BatchNorm's portable build           |
-//! | `avx512bf16()`       | `Isa::Avx512` level + AVX512-BF16 | the bf16 convs (`vdpbf16ps`)                         |
-//! | `cpu().avx2`         | AVX2                         | the image sampler of `data::pillow` (integer, no FMA)     |
+//! | level / query   | features required              | what runs on it                                       |
+//! |-----------------|--------------------------------|-------------------------------------------------------|
+//! | `Isa::Avx512`   | AVX-512 F, BW, DQ, VL          | conv direct + Winograd f32, BatchNorm, detector convs |
+//! | `Isa::Avx2`     | AVX2, FMA                      | the same kernels' AVX2 builds, the detector's loops   |
+//! | `simd()` = None | (baseline SSE2)                | im2col + GEMM convs, BatchNorm's portable build       |
+//! | `avx512bf16()`  | `Isa::Avx512` + AVX512-BF16    | the bf16 convs (`vdpbf16ps`)                          |
+//! | `cpu().avx2`    | AVX2                           | `data::pillow`'s samplers (integer, no FMA)           |
 //!
 //! AVX-512 is one feature set, the union of what the kernels use: the convs' builds enable F and VL
 //! (without VL LLVM allocates only 20 of the 32 vector registers and spills), the bf16 convs add BW,

@@ -3,16 +3,16 @@
 //! (`cpu_kernel::forward_fused` and `backward`, the conv op, `direct::bf16::forward`, the inference
 //! engine) all ask `choose`.
 //!
-//! | pass            | arithmetic | algorithm     | when                                                            |
-//! |-----------------|------------|---------------|-----------------------------------------------------------------|
-//! | inference       | bf16       | bf16 Winograd | bf16 kernels run, 3×3 s1, Winograd pays (f32 rule) and cin ≥ 32 |
-//! | inference       | bf16       | bf16 direct   | bf16 kernels run (3×3 pad 1 s1/s2, 1×1 s1), otherwise          |
-//! | inference       | f32        | Winograd      | `HRK_CONV_WINOGRAD`, `HRK_CONV_DIRECT`, Winograd pays           |
-//! | forward (op)    | bf16       | bf16 …        | as inference bf16, from 10×10 outputs (weights packed per call)|
-//! | any fwd / dx    | f32        | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 (dx: s1), ≥ 10×10 outputs, AVX2+   |
-//! | dx              | bf16       | bf16 …        | s1, as the op's forward; the form of the transposed conv           |
-//! | dW              | f32, bf16  | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 s1, batch × plane vectors ≥ 32     |
-//! | otherwise       | any        | im2col + GEMM | f64, other geometries, no AVX2+FMA                             |
+//! | pass         | arithmetic | algorithm     | when                                                            |
+//! |--------------|------------|---------------|-----------------------------------------------------------------|
+//! | inference    | bf16       | bf16 Winograd | bf16 kernels run, 3×3 s1, Winograd pays (f32 rule) and cin ≥ 32 |
+//! | inference    | bf16       | bf16 direct   | bf16 kernels run (3×3 pad 1 s1/s2, 1×1 s1), otherwise           |
+//! | inference    | f32        | Winograd      | `HRK_CONV_WINOGRAD`, `HRK_CONV_DIRECT`, Winograd pays           |
+//! | forward (op) | bf16       | bf16 …        | as inference bf16, from 10×10 outputs (weights packed per call) |
+//! | any fwd / dx | f32        | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 (dx: s1), ≥ 10×10 outputs, AVX2+   |
+//! | dx           | bf16       | bf16 …        | s1, as the op's forward; the form of the transposed conv        |
+//! | dW           | f32, bf16  | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 s1, batch × plane vectors ≥ 32     |
+//! | otherwise    | any        | im2col + GEMM | f64, other geometries, no AVX2+FMA                              |
 //!
 //! Why these thresholds:
 //! - Direct below 10×10 outputs loses to im2col: the two junk columns per row and the short tiles
