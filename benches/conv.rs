@@ -14,6 +14,7 @@
 //! `HRK_BENCH_CPU=1 RAYON_NUM_THREADS=1 cargo bench --bench conv -- branch1`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hrk::ops::conv2d::algorithm::{choose, Arithmetic, ConvAlgorithm, Pass};
 use hrk::ops::conv2d::cpu_kernel as cpu;
 use hrk::ops::conv2d::direct::{bf16, winograd};
 use hrk::ops::Conv2dGeom;
@@ -94,7 +95,7 @@ fn conv(c: &mut Criterion) {
                 let mut y = vec![0.0f32; n * cout * g.ho * g.wo];
                 let flop = 2 * g.macs() * if pass == "forward" { 1 } else { 2 };
                 group.throughput(Throughput::Elements(flop));
-                let wino = pass == "forward" && winograd::pays(&g);
+                let wino = pass == "forward" && choose(&g, Pass::Inference, Arithmetic::F32) == ConvAlgorithm::Winograd;
                 let mut u = vec![0.0f32; if wino { winograd::transformed_len(cin, cout) } else { 0 }];
                 if wino {
                     winograd::transform_weights(&w, cin, cout, &mut u);

@@ -1,7 +1,7 @@
 //! `hrk train --precision bf16`: the conv op's forward and input-gradient convs on the bf16 kernels
 //! (process-wide switch, hence this test binary of its own), against the same op in f32.
 
-use hrk::ops::conv2d::{bf16_convs, conv2d, direct::bf16, set_bf16_convs};
+use hrk::ops::conv2d::{bf16_convs, conv2d, direct::bf16, with_bf16_convs};
 use hrk::Tensor;
 
 mod common;
@@ -41,12 +41,12 @@ fn bf16_convs_stay_near_f32_and_switch_back() {
         let x = rng.normals(xs.iter().product());
         let w = rng.normals(ws.iter().product());
         let b = rng.normals(cout);
-        set_bf16_convs(false);
-        let f32_run = grads(&x, &w, &b, xs, ws, stride);
-        set_bf16_convs(true);
-        assert!(bf16_convs());
-        let bf16_run = grads(&x, &w, &b, xs, ws, stride);
-        set_bf16_convs(false);
+        let f32_run = with_bf16_convs(false, || grads(&x, &w, &b, xs, ws, stride));
+        let bf16_run = with_bf16_convs(true, || {
+            assert!(bf16_convs());
+            grads(&x, &w, &b, xs, ws, stride)
+        });
+        assert!(!bf16_convs(), "the bf16 convs stay on after with_bf16_convs");
         assert_eq!(grads(&x, &w, &b, xs, ws, stride), f32_run, "{xs:?} k{k} s{stride}: f32 again differs");
         for (name, (got, want)) in ["y", "dx", "dW", "db"].iter().zip(bf16_run.iter().zip(&f32_run)) {
             let e = rel(got, want);

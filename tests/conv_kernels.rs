@@ -3,6 +3,7 @@
 //! against direct-loop references in f64, on odd shapes — each build of the kernels (AVX-512,
 //! AVX2 + FMA) that this CPU runs, with a printed note for those it cannot.
 
+use hrk::ops::conv2d::algorithm::{choose, Arithmetic, ConvAlgorithm, Pass};
 use hrk::ops::conv2d::cpu_kernel as cpu;
 use hrk::ops::conv2d::direct::{self, winograd, Isa};
 use hrk::ops::Conv2dGeom;
@@ -365,7 +366,7 @@ fn bf16_forward_matches_f64_sums_of_rounded_operands() {
     for (n, cin, cout, h, w, k, stride) in shapes {
         let g = Conv2dGeom::new([n, cin, h, w], &[cout, cin, k, k], stride, k / 2).unwrap();
         assert!(bf16::applies(&g), "{g:?}");
-        let winograd = k == 3 && bf16::winograd_pays(&g);
+        let winograd = choose(&g, Pass::Inference, Arithmetic::Bf16) == ConvAlgorithm::Bf16Winograd;
         let x = randv(&mut rng, n * cin * h * w);
         let wt = randv(&mut rng, cout * cin * k * k);
         let (xr, wr): (Vec<f32>, Vec<f32>) =

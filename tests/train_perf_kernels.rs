@@ -177,7 +177,8 @@ fn bn_eval_matches_the_f64_formula() {
 /// build the machine picks).
 #[test]
 fn bn_builds_agree_bit_for_bit() {
-    use hrk::ops::batchnorm::{batch_norm_train_relu, with_simd, Simd};
+    use hrk::host_isa::Isa;
+    use hrk::ops::batchnorm::{batch_norm_train_relu, with_simd};
     let mut rng = common::rng(14);
     for d in SHAPES.into_iter().chain([[2, 5, 19, 23], [2, 3, 64, 64]]) {
         let [n, c, h, w] = d;
@@ -202,8 +203,8 @@ fn bn_builds_agree_bit_for_bit() {
             (y.to_f32_vec(), gs, rm.to_f32_vec(), rv.to_f32_vec(), e.to_f32_vec())
         };
         for relu in [false, true] {
-            let want = with_simd(Simd::Portable, || run(relu)).expect("the portable build runs anywhere");
-            for build in [Simd::Avx512, Simd::Avx2] {
+            let want = with_simd(None, || run(relu)).expect("the portable build runs anywhere");
+            for build in [Some(Isa::Avx512), Some(Isa::Avx2)] {
                 match with_simd(build, || run(relu)) {
                     Some(got) => assert!(got == want, "BN {build:?} differs from the portable build on {d:?}"),
                     None if d == SHAPES[0] && !relu => {

@@ -105,6 +105,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         super::common::load_weights(&mut net, path)?;
     }
     let asked = args.precision.parse::<crate::model::Precision>()?;
+    log::debug!("{}", crate::host_isa::describe());
     if args.train {
         super::train::set_training_precision(asked, &device);
     }

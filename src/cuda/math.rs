@@ -57,12 +57,5 @@ pub fn set_gpu_math(m: GpuMath) {
 /// Runs `f` with the GPU convolutions launched from this thread using `m` (tests and benchmarks compare
 /// the rungs side by side); the previous choice comes back afterwards, also when `f` unwinds.
 pub fn with_gpu_math<R>(m: GpuMath, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<GpuMath>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            SCOPED_MATH.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(SCOPED_MATH.with(|c| c.replace(Some(m))));
-    f()
+    crate::scoped::with(&SCOPED_MATH, Some(m), f)
 }

@@ -604,14 +604,7 @@ pub fn affine_bilinear_region_portable(
 
 /// Whether the AVX2 bilinear sampler can run here (the scalar one gives the same bytes).
 fn affine_simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::host_isa::cpu().avx2
 }
 
 /// One output row (`yin0` = row + 0.5) of [`affine_bilinear_region`] from output column `x0`.

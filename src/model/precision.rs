@@ -46,23 +46,11 @@ impl Precision {
         if self == Precision::F32 || crate::ops::conv2d::direct::bf16::available() || crate::switches::bf16_emulate() {
             return self;
         }
-        if cpu_has_avx512_bf16() {
+        if crate::host_isa::cpu().avx512bf16 {
             log::warn!("--precision bf16: AVX-512 is switched off (HRK_NO_AVX512); running f32 (HRK_BF16_EMULATE=1 emulates bf16 numerics)");
         } else {
             log::warn!("--precision bf16: this CPU has no AVX512-BF16; running f32 (HRK_BF16_EMULATE=1 emulates bf16 numerics)");
         }
         Precision::F32
-    }
-}
-
-/// Whether the CPU has the AVX512-BF16 dot-product instructions.
-pub fn cpu_has_avx512_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }

@@ -50,16 +50,9 @@ pub fn grad_enabled() -> bool {
 }
 
 /// Runs `f` with recording off (inference): ops build no graph and keep nothing for backward.
+/// The previous mode comes back afterwards, also when `f` unwinds.
 pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
-    let prev = GRAD_ENABLED.with(|g| g.replace(false));
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            GRAD_ENABLED.with(|g| g.set(self.0));
-        }
-    }
-    let _restore = Restore(prev);
-    f()
+    crate::scoped::with(&GRAD_ENABLED, false, f)
 }
 
 thread_local! {
@@ -80,4 +73,23 @@ pub(crate) fn trace_push(t: &Tensor, name: &str) {
             v.push((name.to_string(), t.clone()));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_grad_nests_and_restores_after_a_panic() {
+        assert!(grad_enabled());
+        no_grad(|| {
+            assert!(!grad_enabled());
+            no_grad(|| assert!(!grad_enabled()));
+            assert!(!grad_enabled());
+        });
+        assert!(grad_enabled());
+        let caught = std::panic::catch_unwind(|| no_grad(|| panic!("unwinding through no_grad")));
+        assert!(caught.is_err());
+        assert!(grad_enabled());
+    }
 }

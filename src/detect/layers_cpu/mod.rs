@@ -76,9 +76,9 @@ impl Kernels for Avx2 {
 }
 
 /// Whether the AVX2 build's convs take their AVX-512 form: where the tensor ops' direct convs run their
-/// AVX-512 build (AVX-512 F/VL present, `HRK_NO_AVX512` not set).
+/// AVX-512 build (`crate::host_isa::simd()`: the AVX-512 level present, `HRK_NO_AVX512` not set).
 pub(crate) fn has_avx512() -> bool {
-    crate::ops::conv2d::direct::isa() == Some(crate::ops::conv2d::direct::Isa::Avx512)
+    crate::host_isa::simd() == Some(crate::host_isa::Isa::Avx512)
 }
 
 /// The output extent (ho, wo) of `layer` over `x` [h][w][CIN] after checking every operand's size
@@ -177,14 +177,7 @@ macro_rules! simd_conv_entry {
 /// Whether this CPU runs the AVX2+FMA loops.
 #[inline]
 pub(crate) fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::host_isa::Isa::Avx2.supported()
 }
 
 /// Output channels per block of a [`ConvLayer`]: two AVX2 vectors.

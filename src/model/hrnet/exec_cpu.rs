@@ -10,7 +10,8 @@ use super::plan::{fold_plan_with, FoldedConv, Plan};
 use super::walk::{self, Executor, Term};
 use crate::float::{round_bf16, round_bf16_slice};
 use crate::model::precision::Precision;
-use crate::ops::conv2d::cpu_kernel::{forward_fused, winograd_pays, Epilogue};
+use crate::ops::conv2d::algorithm::{choose, Arithmetic, ConvAlgorithm, Pass};
+use crate::ops::conv2d::cpu_kernel::{forward_fused, Epilogue};
 use crate::ops::conv2d::direct::{bf16, winograd};
 use crate::ops::upsample::cpu_kernel::{bilinear_into, WriteMode};
 use crate::ops::Conv2dGeom;
@@ -202,7 +203,7 @@ impl CpuExec<'_> {
             self.arena.put(xb);
             return Ok(y);
         }
-        if winograd_pays(&g) {
+        if choose(&g, Pass::Inference, Arithmetic::F32) == ConvAlgorithm::Winograd {
             let u = fc.winograd.get_or_init(|| {
                 let mut u = vec![0.0; winograd::transformed_len(g.cin, g.cout)];
                 winograd::transform_weights(&f.w, g.cin, g.cout, &mut u);

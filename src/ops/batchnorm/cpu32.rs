@@ -8,41 +8,15 @@
 //! cancellation when |mean| ≫ σ. Channels (and planes for the elementwise passes) run as rayon tasks
 //! when the tensor is big enough to pay for the hand-off.
 
+use crate::host_isa::Isa;
 use rayon::prelude::*;
 
 /// Which build of the per-plane kernels runs: the crate targets baseline x86-64 (SSE2, two f64
-/// lanes), and these kernels do their arithmetic in f64, so they are also built for AVX-512 (8 f64
-/// lanes) and AVX2 (4). `HRK_NO_AVX512=1` skips the AVX-512 build. All builds give the same results
-/// bit for bit (the same lanes add the same elements in the same order; no FMA contraction).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Simd {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
-/// The build `simd()` would pick with nothing forced.
-fn detected() -> Simd {
-    static ON: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if !crate::switches::no_avx512()
-                && has!("avx512f")
-                && has!("avx512vl")
-                && has!("avx512dq")
-                && has!("avx512bw")
-            {
-                return Simd::Avx512;
-            }
-            if has!("avx2") && has!("fma") {
-                return Simd::Avx2;
-            }
-        }
-        Simd::Portable
-    })
-}
+/// lanes), and these kernels do their arithmetic in f64, so they are also built for the AVX-512 level
+/// (8 f64 lanes) and AVX2 (4); None is the portable build. `crate::host_isa::simd()` picks (so
+/// `HRK_NO_AVX512=1` skips the AVX-512 build). All builds give the same results bit for bit (the same
+/// lanes add the same elements in the same order; no FMA contraction).
+pub type Simd = Option<Isa>;
 
 std::thread_local! {
     /// A test's choice of a narrower build on this thread (`with_simd`).
@@ -51,30 +25,16 @@ std::thread_local! {
 
 /// The build to run on this thread.
 fn simd() -> Simd {
-    FORCED.with(|f| f.get()).unwrap_or_else(detected)
+    FORCED.with(|f| f.get()).unwrap_or_else(crate::host_isa::simd)
 }
 
 /// Runs `f` with the kernels forced to `build` on this thread, where the CPU supports it (returns
 /// None otherwise). Tests compare the builds; the parallel passes then stay on this thread.
 pub fn with_simd<R>(build: Simd, f: impl FnOnce() -> R) -> Option<R> {
-    #[cfg(target_arch = "x86_64")]
-    let ok = {
-        use std::arch::is_x86_feature_detected as has;
-        match build {
-            Simd::Avx512 => has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("avx512bw"),
-            Simd::Avx2 => has!("avx2") && has!("fma"),
-            Simd::Portable => true,
-        }
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let ok = build == Simd::Portable;
-    if !ok {
+    if !build.is_none_or(Isa::supported) {
         return None;
     }
-    let before = FORCED.with(|c| c.replace(Some(build)));
-    let out = f();
-    FORCED.with(|c| c.set(before));
-    Some(out)
+    Some(crate::scoped::with(&FORCED, Some(build), f))
 }
 
 /// Whether a test forced a build on this thread (the passes then run on it alone).
@@ -106,10 +66,10 @@ macro_rules! multiversion {
                 }
                 match simd() {
                     // SAFETY: simd() checked that the CPU has every feature `wide` enables.
-                    Simd::Avx512 => return unsafe { wide($($arg),*) },
+                    Some(Isa::Avx512) => return unsafe { wide($($arg),*) },
                     // SAFETY: simd() checked that the CPU has AVX2.
-                    Simd::Avx2 => return unsafe { avx2($($arg),*) },
-                    Simd::Portable => {}
+                    Some(Isa::Avx2) => return unsafe { avx2($($arg),*) },
+                    None => {}
                 }
             }
             body($($arg),*)
@@ -157,10 +117,10 @@ fn add_shifted(xs: &[f32], k: f64, acc: &mut [[f64; LANES]; 2]) {
     #[cfg(target_arch = "x86_64")]
     match simd() {
         // SAFETY: simd() checked the CPU has AVX-512 F/VL.
-        Simd::Avx512 => return unsafe { avx512::add_shifted(xs, k, acc) },
+        Some(Isa::Avx512) => return unsafe { avx512::add_shifted(xs, k, acc) },
         // SAFETY: simd() checked the CPU has AVX2.
-        Simd::Avx2 => return unsafe { avx2::add_shifted(xs, k, acc) },
-        Simd::Portable => {}
+        Some(Isa::Avx2) => return unsafe { avx2::add_shifted(xs, k, acc) },
+        None => {}
     }
     add_shifted_portable(xs, k, acc)
 }
@@ -192,10 +152,10 @@ fn plane_grad_sums(dy: &[f32], xs: &[f32], mu: f64) -> (f64, f64) {
     {
         let sums = match simd() {
             // SAFETY: simd() checked the CPU has AVX-512 F/VL.
-            Simd::Avx512 => Some(unsafe { avx512::grad_sums(dy, xs, mu) }),
+            Some(Isa::Avx512) => Some(unsafe { avx512::grad_sums(dy, xs, mu) }),
             // SAFETY: simd() checked the CPU has AVX2.
-            Simd::Avx2 => Some(unsafe { avx2::grad_sums(dy, xs, mu) }),
-            Simd::Portable => None,
+            Some(Isa::Avx2) => Some(unsafe { avx2::grad_sums(dy, xs, mu) }),
+            None => None,
         };
         if let Some((s1, s2)) = sums {
             return (lanes_sum(s1), lanes_sum(s2));
@@ -211,10 +171,10 @@ fn plane_grad_sums_masked(dy: &mut [f32], xs: &[f32], ys: &[f32], mu: f64) -> (f
     {
         let sums = match simd() {
             // SAFETY: simd() checked the CPU has AVX-512 F/VL.
-            Simd::Avx512 => Some(unsafe { avx512::grad_sums_masked(dy, xs, ys, mu) }),
+            Some(Isa::Avx512) => Some(unsafe { avx512::grad_sums_masked(dy, xs, ys, mu) }),
             // SAFETY: simd() checked the CPU has AVX2.
-            Simd::Avx2 => Some(unsafe { avx2::grad_sums_masked(dy, xs, ys, mu) }),
-            Simd::Portable => None,
+            Some(Isa::Avx2) => Some(unsafe { avx2::grad_sums_masked(dy, xs, ys, mu) }),
+            None => None,
         };
         if let Some((s1, s2)) = sums {
             return (lanes_sum(s1), lanes_sum(s2));

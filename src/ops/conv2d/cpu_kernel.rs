@@ -5,6 +5,7 @@
 //! single-threaded GEMM (one image's im2col stays in that core's cache; the per-thread GEMM reaches
 //! ~100 GFLOP/s on every HRNet shape). A single image uses one multi-threaded GEMM instead.
 
+use super::algorithm::{choose, Arithmetic, ConvAlgorithm, Pass};
 use super::direct;
 use super::{Conv2dGeom, Conv2dKernel, Grads};
 use crate::by_dtype;
@@ -23,7 +24,7 @@ impl Conv2dKernel for Cpu {
     fn forward(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<Storage> {
         // The kernels write every output element (tests/conv_kernels.rs fills y and dx with NaN first).
         let mut y = Storage::for_overwrite(x.dtype(), g.n * g.cout * g.ho * g.wo);
-        if bf16_applies(g, x.dtype()) {
+        if is_bf16(choose(g, Pass::Forward, op_arithmetic(x.dtype()))) {
             let ep = Epilogue { bias: bias.map(typed::<f32>), residual: None, relu: false };
             direct::bf16::forward(g, typed(x), typed(w), &Default::default(), ep, typed_mut(&mut y));
             return Ok(y);
@@ -42,7 +43,7 @@ impl Conv2dKernel for Cpu {
         if xs.dtype() != dtype || ws.dtype() != dtype {
             bail!("conv2d backward: gradient dtype {:?} differs from the forward's", dtype);
         }
-        if g.stride == 1 && bf16_applies(g, dtype) {
+        if is_bf16(choose(g, Pass::BackwardData, op_arithmetic(dtype))) {
             if let Some(dx) = dx.as_mut() {
                 bf16_backward_data(g, typed(ws), typed(dy), typed_mut(dx));
             }
@@ -65,23 +66,25 @@ impl Conv2dKernel for Cpu {
     }
 }
 
-/// Whether this conv of the op runs on the bf16 kernels (`super::bf16_convs()`): planes of at least
-/// 10×10 outputs, where the f32 op takes its direct kernels too (below, the per-call packing of
-/// weights and planes costs more than the halved products save).
-fn bf16_applies(g: &Conv2dGeom, dtype: crate::tensor::DType) -> bool {
-    super::bf16_convs()
-        && dtype == crate::tensor::DType::F32
-        && g.ho * g.wo >= 100
-        && direct::bf16::available()
-        && direct::bf16::applies(g)
+/// The arithmetic the op asks `choose` for: bf16 while `super::bf16_convs()` is on (f32 tensors only).
+fn op_arithmetic(dtype: crate::tensor::DType) -> Arithmetic {
+    match dtype {
+        crate::tensor::DType::F64 => Arithmetic::F64,
+        crate::tensor::DType::F32 if super::bf16_convs() => Arithmetic::Bf16,
+        crate::tensor::DType::F32 => Arithmetic::F32,
+    }
+}
+
+/// Whether the chosen algorithm is one of the bf16 kernels.
+fn is_bf16(algorithm: ConvAlgorithm) -> bool {
+    matches!(algorithm, ConvAlgorithm::Bf16Direct | ConvAlgorithm::Bf16Winograd)
 }
 
 /// dx = conv(dy, Wᵀ with the taps flipped) — the stride-1 conv's input gradient as a forward conv of
 /// cout → cin channels, on the bf16 kernels.
 fn bf16_backward_data(g: &Conv2dGeom, wt: &[f32], dy: &[f32], dx: &mut [f32]) {
     let kk = g.k * g.k;
-    let gt = Conv2dGeom::new([g.n, g.cout, g.ho, g.wo], &[g.cin, g.cout, g.k, g.k], 1, g.pad)
-        .expect("the transposed geometry of a valid stride-1 conv");
+    let gt = g.transposed();
     let mut flipped = vec![0.0f32; g.cin * g.cout * kk];
     for co in 0..g.cout {
         for ci in 0..g.cin {
@@ -225,19 +228,6 @@ pub fn forward<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], bias: Option<&[T]>, 
     forward_fused(g, x, wt, Epilogue { bias, residual: None, relu: false }, y)
 }
 
-/// Whether the inference engine computes this f32 conv by Winograd F(2×2, 3×3)
-/// (`direct::winograd`; `HRK_CONV_WINOGRAD=0` computes 3×3 stride-1 convs directly instead).
-/// Training keeps the direct kernels: Winograd rounds differently, and Adam's normalised steps
-/// magnify that beyond the parity bounds.
-pub fn winograd_pays(g: &Conv2dGeom) -> bool {
-    crate::switches::conv_winograd() && direct_enabled() && direct::winograd::pays(g)
-}
-
-/// `HRK_CONV_DIRECT=0` turns the direct 3×3 kernels off (everything then takes im2col + GEMM).
-pub fn direct_enabled() -> bool {
-    crate::switches::conv_direct()
-}
-
 /// The same slice as f32 when T is f32.
 fn as_f32<T: Float>(s: &[T]) -> Option<&[f32]> {
     // SAFETY: only when T is f32 (TypeId), so this is the same slice under its own type.
@@ -251,10 +241,10 @@ fn as_f32_mut<T: Float>(s: &mut [T]) -> Option<&mut [f32]> {
 }
 
 /// y[n] = act(W · x[n] + bias + residual[n]): the direct kernel for f32 3×3 pad-1 convs of stride 1
-/// or 2 on AVX-512 (unless `HRK_CONV_DIRECT=0`), im2col + GEMM otherwise.
+/// or 2 where `choose` takes it, im2col + GEMM otherwise.
 pub fn forward_fused<T: Float>(g: &Conv2dGeom, x: &[T], wt: &[T], ep: Epilogue<T>, y: &mut [T]) {
-    if direct_enabled() && direct::forward_pays(g) && direct::available() {
-        if let (Some(x32), Some(w32)) = (as_f32(x), as_f32(wt)) {
+    if let (Some(x32), Some(w32)) = (as_f32(x), as_f32(wt)) {
+        if choose(g, Pass::Forward, Arithmetic::F32) == ConvAlgorithm::Direct {
             let ep32 = Epilogue {
                 bias: ep.bias.map(|b| as_f32(b).expect("same dtype")),
                 residual: ep.residual.map(|r| as_f32(r).expect("same dtype")),
@@ -338,11 +328,10 @@ pub fn backward<T: Float>(
     g: &Conv2dGeom, x: &[T], wt: &[T], dy: &[T], mut dx: Option<&mut [T]>, mut dw: Option<&mut [T]>,
     db: Option<&mut [T]>,
 ) {
-    if direct_enabled() && direct::applies_backward(g) && direct::available() {
-        if let (Some(x32), Some(w32), Some(dy32)) = (as_f32(x), as_f32(wt), as_f32(dy)) {
-            // Small planes keep the GEMM for dx (below 10×10) and for dW (small planes at batch 1);
-            // see `direct::forward_pays` and `direct::weight_grad_pays`.
-            let (dx_direct, dw_direct) = (direct::forward_pays(g), direct::weight_grad_pays(g));
+    if let (Some(x32), Some(w32), Some(dy32)) = (as_f32(x), as_f32(wt), as_f32(dy)) {
+        let direct = |pass| choose(g, pass, Arithmetic::F32) == ConvAlgorithm::Direct;
+        let (dx_direct, dw_direct) = (direct(Pass::BackwardData), direct(Pass::BackwardWeight));
+        if dx_direct || dw_direct {
             let dx32 = if dx_direct { dx.as_deref_mut().map(|d| as_f32_mut(d).expect("same dtype")) } else { None };
             let dw32 = if dw_direct { dw.as_deref_mut().map(|d| as_f32_mut(d).expect("same dtype")) } else { None };
             if (dx32.is_some() || dw32.is_some()) && direct::backward(g, x32, w32, dy32, dx32, dw32) {

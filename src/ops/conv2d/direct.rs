@@ -15,9 +15,9 @@
 //! Stride 2 (forward only) runs the same kernel on the four parity phases of the padded input.
 //! `winograd` (inference) reuses the phase planes and, with one tap, the kernel as its GEMM.
 //!
-//! Every kernel has an AVX-512 and an AVX2 + FMA build (`Isa`), picked at run time. The AVX2 forward
-//! kernel computes the same 16-position vectors as two 8-float halves, one vector at a time (MR × 2
-//! accumulators fit its 16 registers), in the same order of additions, so both builds give the same
+//! Every kernel has an AVX-512 and an AVX2 + FMA build (`Isa`), picked at run time (`crate::host_isa`).
+//! The AVX2 forward kernel computes the same 16-position vectors as two 8-float halves, one vector at a
+//! time (MR × 2 accumulators fit its 16 registers), in the same order of additions, so both builds give the same
 //! bits; the AVX2 weight gradient sums over 8 lanes instead of 16 (rounding differs, not the method).
 
 pub mod bf16;
@@ -48,51 +48,13 @@ pub fn applies_backward(g: &Conv2dGeom) -> bool {
     g.k == 3 && g.pad == 1 && g.stride == 1 && g.cin > 0 && g.cout > 0
 }
 
-/// The instruction sets the kernels are built for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    /// AVX-512 F/VL (VL too, without which LLVM allocates only 20 of the 32 vector registers here
-    /// and spills the accumulators).
-    Avx512,
-    /// AVX2 + FMA: 8-float vectors, 16 registers.
-    Avx2,
-}
-
-impl Isa {
-    /// Every build, widest first.
-    pub const ALL: [Isa; 2] = [Isa::Avx512, Isa::Avx2];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Avx512 => "AVX-512",
-            Isa::Avx2 => "AVX2+FMA",
-        }
-    }
-
-    /// Whether this CPU can run this build (regardless of `HRK_NO_AVX512`).
-    pub fn supported(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            match self {
-                Isa::Avx512 => has!("avx512f") && has!("avx512vl"),
-                Isa::Avx2 => has!("avx2") && has!("fma"),
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
-}
+/// The instruction sets the kernels are built for (`crate::host_isa`: AVX-512 and AVX2 + FMA).
+pub use crate::host_isa::Isa;
 
 /// The build the kernels run: AVX-512 where the CPU has it (unless `HRK_NO_AVX512=1`), else AVX2 +
 /// FMA; None (the caller takes im2col + GEMM) on a CPU with neither.
 pub fn isa() -> Option<Isa> {
-    static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| {
-        Isa::ALL.into_iter().find(|&i| i.supported() && !(i == Isa::Avx512 && crate::switches::no_avx512()))
-    })
+    crate::host_isa::simd()
 }
 
 /// Whether this CPU can run the kernels (`isa()` is some build).
@@ -109,24 +71,10 @@ pub struct Epilogue<'a, T> {
     pub relu: bool,
 }
 
-/// Whether this CPU runs the bf16 kernels (`bf16`, and `winograd`'s bf16 products): AVX512-BF16 with
-/// AVX-512 F/VL/BW, and AVX-512 not switched off (`HRK_NO_AVX512`).
+/// Whether this CPU runs the bf16 kernels (`bf16`, and `winograd`'s bf16 products): AVX512-BF16 on
+/// the AVX-512 level, AVX-512 not switched off (`crate::host_isa::avx512bf16`).
 pub fn bf16_available() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| isa() == Some(Isa::Avx512) && cpu_has_bf16())
-}
-
-/// Whether the CPU has the instructions (regardless of the switches).
-fn cpu_has_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        has!("avx512bf16") && has!("avx512f") && has!("avx512vl") && has!("avx512bw")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::host_isa::avx512bf16()
 }
 
 /// The arithmetic of `conv_tile`: f32 fused multiply-adds by one build, or bf16 dot products
@@ -794,17 +742,10 @@ fn forward_tiles<const T: usize>(
     conv_tiles(kern, gr, g.n, rows, g.cout, xpad, wv, taps, store);
 }
 
-/// Whether the direct kernel beats im2col + GEMM for this forward (or backward-data) conv: on
-/// planes below 10×10 the two junk columns per row and the short tiles cost more than im2col
-/// (8×8 measured ~5 % slower).
-pub fn forward_pays(g: &Conv2dGeom) -> bool {
-    applies(g) && g.ho * g.wo >= 100
-}
-
-/// Whether the direct backward-weight kernel pays here: each of its (co, ci, tap) sums ends in a
-/// horizontal reduction, which small planes at batch 1 (16×16, 8×8) do not amortise.
-pub fn weight_grad_pays(g: &Conv2dGeom) -> bool {
-    applies_backward(g) && g.n * Grid::new(g.h, g.w).q_len / LANES >= 32
+/// The 16-position vectors of one padded h×w plane that the backward-weight kernel reduces over
+/// (`super::algorithm` weighs them).
+pub fn plane_vectors(h: usize, w: usize) -> usize {
+    Grid::new(h, w).q_len / LANES
 }
 
 /// dx = conv3x3ᵀ(dy) (overwritten) and dW += Σ_images dy ⋆ x; false (nothing written) when the

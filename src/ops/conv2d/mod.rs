@@ -1,5 +1,6 @@
 //! 2-d convolution (square kernel, symmetric padding), NCHW, with backward.
 
+pub mod algorithm;
 pub mod cpu_kernel;
 pub mod cuda_kernel;
 pub mod direct;
@@ -49,6 +50,13 @@ impl Conv2dGeom {
     pub fn out_shape(&self) -> Vec<usize> {
         vec![self.n, self.cout, self.ho, self.wo]
     }
+    /// The stride-1 conv whose forward is this one's input gradient: dy (cout channels, ho×wo) in,
+    /// dx (cin channels) out, with the weights transposed and their taps flipped.
+    pub fn transposed(&self) -> Conv2dGeom {
+        assert!(self.stride == 1, "conv2d: only a stride-1 conv's input gradient is a forward conv ({self:?})");
+        Conv2dGeom::new([self.n, self.cout, self.ho, self.wo], &[self.cin, self.cout, self.k, self.k], 1, self.pad)
+            .expect("the transposed geometry of a valid stride-1 conv")
+    }
     /// Multiply-adds of the forward pass.
     pub fn macs(&self) -> u64 {
         (self.n * self.cout * self.ho * self.wo * self.cin * self.k * self.k) as u64
@@ -70,16 +78,23 @@ pub(crate) trait Conv2dKernel: Sync {
 /// Whether the CPU conv op (the autograd path that training runs) computes its f32 forward and
 /// backward-data convs with bf16 operands and f32 sums where the bf16 kernels apply (AVX512-BF16; 3×3
 /// stride 1 and 1×1, plus 3×3 stride 2 forward), as PyTorch's autocast does; weight gradients, BN and
-/// everything else stay f32. Process-wide, off by default (`hrk train --precision bf16` turns it on).
+/// everything else stay f32. Process-wide, off by default (`hrk train --precision bf16` turns it on;
+/// `with_bf16_convs` for a scope). `algorithm::choose` decides per conv.
 static BF16_CONVS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Turns the op's bf16 convs on or off (see `BF16_CONVS`); the caller checked that the CPU runs them
-/// (`direct::bf16::available()`), without which the op stays f32.
+/// Turns the op's bf16 convs on or off for the rest of the process (see `BF16_CONVS`); the caller
+/// checked that the CPU runs them (`direct::bf16::available()`), without which the op stays f32.
 pub fn set_bf16_convs(on: bool) {
     BF16_CONVS.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Whether `set_bf16_convs(true)` is in force.
+/// Runs `f` with the op's bf16 convs on or off (process-wide, as `set_bf16_convs`); the previous
+/// setting comes back afterwards, also when `f` unwinds.
+pub fn with_bf16_convs<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    crate::scoped::with(&BF16_CONVS, on, f)
+}
+
+/// Whether the op's bf16 convs are on.
 pub fn bf16_convs() -> bool {
     BF16_CONVS.load(std::sync::atomic::Ordering::Relaxed)
 }

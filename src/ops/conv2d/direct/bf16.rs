@@ -12,7 +12,7 @@
 //!
 //! Covered: 3×3 pad 1 at stride 1 and 2 (direct), 1×1 stride 1 (the direct kernel with one tap: the
 //! centre tap of the padded 3×3 grid), and Winograd F(2×2, 3×3) where the f32 engine takes it and the
-//! conv has at least 32 input channels (`winograd_pays`), with its transformed tiles and transformed
+//! conv has at least 32 input channels (`algorithm::bf16_form`), with its transformed tiles and transformed
 //! weights rounded to bf16 (the transforms stay f32).
 //!
 //! Rounding: to nearest even (`vcvtneps2bf16`, which also flushes subnormal inputs to zero); the
@@ -20,6 +20,7 @@
 //! rounded operands only by the f32 additions.
 
 use super::{forward_tiles, pad_phases, winograd, with_scratch, Epilogue, Grid, Isa, Kern, WeightView, MR, NV, TILE};
+use crate::ops::conv2d::algorithm::{bf16_form, ConvAlgorithm};
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -30,10 +31,7 @@ pub fn available() -> bool {
 }
 
 /// The geometries `forward` computes: 3×3 pad 1 at stride 1 or 2, and 1×1 pad 0 stride 1.
-pub fn applies(g: &Conv2dGeom) -> bool {
-    let shape = matches!((g.k, g.pad, g.stride), (3, 1, 1) | (3, 1, 2) | (1, 0, 1));
-    shape && g.cin > 0 && g.cout > 0
-}
+pub use crate::ops::conv2d::algorithm::bf16_applies as applies;
 
 /// A conv's weights packed for the bf16 kernels, made on first use for each form the input sizes
 /// call for. Not Clone: each form may be large.
@@ -53,7 +51,7 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], packed: &Bf16Weights, ep: 
     assert!(applies(g), "bf16 conv: {g:?} is not a 3×3 pad-1 stride-1/2 or 1×1 stride-1 conv");
     let (n, cin, cout, kk) = (g.n, g.cin, g.cout, g.k * g.k);
     assert!(x.len() >= n * cin * g.h * g.w && wt.len() >= cout * cin * kk);
-    if g.k == 3 && winograd_pays(g) {
+    if bf16_form(g) == ConvAlgorithm::Bf16Winograd {
         let u = packed.winograd.get_or_init(|| {
             let mut u = vec![0.0; winograd::transformed_len(cin, cout)];
             winograd::transform_weights(wt, cin, cout, &mut u);
@@ -116,14 +114,6 @@ fn pack_padded(gr: &Grid, x: &[f32], cin: usize, dst: &mut [f32]) {
     } else {
         dst.chunks_exact_mut(gr.plane).enumerate().for_each(one);
     }
-}
-
-/// Whether bf16 Winograd beats the bf16 direct kernel: where the f32 engine takes Winograd, from 32
-/// input channels (at 18 its transforms outweigh the halved products: 82 vs 100 GFLOP/CPU-s on
-/// 18 channels at 64×64, even at 36 on 32×32, 2.2× faster at 64 channels and up; `benches/conv.rs`).
-/// `HRK_CONV_WINOGRAD=0` turns it off as for f32.
-pub fn winograd_pays(g: &Conv2dGeom) -> bool {
-    crate::switches::conv_winograd() && winograd::pays(g) && g.cin >= 32
 }
 
 /// [cout][cin][kk] f32 → [cout][pair][kk] pairs.

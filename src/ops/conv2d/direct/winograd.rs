@@ -43,11 +43,10 @@ fn fits(g: &Conv2dGeom) -> bool {
     g.k == 3 && g.stride == 1 && g.pad == 1 && (1..=MAX_CIN_VECS).contains(&g.cin) && g.cout > 0
 }
 
-/// Whether it beats the direct kernel: where whole vectors of tiles are stored as vectors (see
-/// `Layout`); on the generic grid the junk tiles and the per-tile stores cost more than the saved
-/// multiply-adds (72 channels at 16×16 measured 12 % slower than direct that way).
-pub fn pays(g: &Conv2dGeom) -> bool {
-    applies(g) && !matches!(Layout::of(g.h, g.w), Layout::Grid)
+/// Whether the output's tiles are stored as whole vectors (`Layout` other than the generic grid),
+/// where Winograd beats the direct kernel (`super::super::algorithm`).
+pub fn stores_whole_vectors(g: &Conv2dGeom) -> bool {
+    !matches!(Layout::of(g.h, g.w), Layout::Grid)
 }
 
 /// How a task's vectors of 16 tiles lie on the tile grid (`Grid::stride2`, pitch wp).
