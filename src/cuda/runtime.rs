@@ -30,7 +30,7 @@ pub fn driver_error(what: &str, e: DriverError) -> anyhow::Error {
         sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => anyhow!("CUDA out of memory while {what}; use a smaller batch size"),
         sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => anyhow!(
             "CUDA error while {what}: the driver is older than hrk's PTX (ISA {} needs CUDA {}.{} / driver {}); update the NVIDIA driver",
-            super::ptx::PTX_ISA, super::MIN_DRIVER_VERSION / 1000, super::MIN_DRIVER_VERSION % 1000 / 10, super::ptx::PTX_MIN_DRIVER_BRANCH
+            super::driver::ptx::PTX_ISA, super::driver::MIN_DRIVER_VERSION / 1000, super::driver::MIN_DRIVER_VERSION % 1000 / 10, super::driver::ptx::PTX_MIN_DRIVER_BRANCH
         ),
         sys::CUresult::CUDA_ERROR_NO_DEVICE => anyhow!("CUDA error while {what}: no CUDA device is visible (check CUDA_VISIBLE_DEVICES)"),
         _ => anyhow!("CUDA error while {what}: {}", format!("{e:?}").replace('\n', " ")),
@@ -151,7 +151,7 @@ impl CudaDev {
                 // One line naming the driver found (cuDriverGetVersion, from the probe) and the one needed.
                 sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => anyhow!(
                     "loading kernels/{module}.cu PTX: {}",
-                    super::CudaUnavailable::DriverTooOld { driver_version: info.driver_version }
+                    super::driver::CudaUnavailable::DriverTooOld { driver_version: info.driver_version }
                 ),
                 _ => driver_error(&format!("loading kernels/{module}.cu PTX"), e),
             })?;
