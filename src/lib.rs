@@ -15,6 +15,7 @@ pub mod float;
 pub mod gradcheck;
 pub mod host_isa;
 pub mod host_tensor;
+pub mod input_file;
 pub mod io;
 pub mod model;
 pub mod ops;

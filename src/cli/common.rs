@@ -6,7 +6,7 @@ use crate::cuda::{select_device, DeviceChoice, DeviceRequest};
 use crate::data::dataset::DatasetSpec;
 use crate::model::{HrNet, HrnetSpec};
 use crate::tensor::Device;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::Path;
 
 /// The test-time option flags of `hrk test` and `hrk predict` (issue #15); each overrides its
@@ -66,9 +66,6 @@ pub fn model(cfg: &Config, seed: u64) -> Result<HrNet> {
 /// Loads .safetensors or an official .pth (zip or legacy; `module.` prefixes stripped) strictly:
 /// every model tensor must be present with its shape; `num_batches_tracked` may be absent.
 pub fn load_weights(net: &mut HrNet, path: &Path) -> Result<()> {
-    if !path.is_file() {
-        bail!("model file {} not found", path.display());
-    }
     let entries = crate::io::load_state_dict(path)?;
     net.store.load(&entries, true, &path.display().to_string())?;
     Ok(())

@@ -36,7 +36,7 @@ pub use schema::{
     schema_keys, Config, CudnnConfig, DatasetConfig, ModelConfig, ModelExtra, StageConfig, TestConfig, TrainConfig,
 };
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use keys::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,11 +49,8 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Reads and checks a config file: `load_config`, with a clear message when the path is not a file.
+    /// Reads and checks a config file: `load_config` (which names a path that is not a file to read).
     pub fn load(path: &Path) -> Result<Config> {
-        if !path.is_file() {
-            bail!("config file {} not found", path.display());
-        }
         load_config(path)
     }
 
@@ -129,7 +126,8 @@ pub fn config_name(cfg_path: &Path) -> String {
 /// Reads and parses a config file (yacs `merge_from_file` over the defaults, then validation).
 pub fn load_config(path: &Path) -> Result<Config> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("{shown}: cannot read config file: {e}"))?;
+    // A FIFO (`--cfg <(…)`) is read as a stream; the bound keeps /dev/zero from filling memory.
+    let bytes = crate::input_file::read_input(path, "config file", crate::input_file::MAX_CONFIG_BYTES)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow!("{shown}: config file is not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to())
     })?;

@@ -68,7 +68,7 @@ pub fn decode_rgb8_region_opts(
 
 /// The file's bytes, refusing a truncated JPEG unless `allow_truncated`.
 fn read_checked(path: &Path, allow_truncated: bool) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read image {}: {}", path.display(), one_line(e)))?;
+    let bytes = crate::input_file::read_input(path, "image", crate::input_file::MAX_IMAGE_BYTES)?;
     if jpeg_is_truncated(&bytes) {
         if !allow_truncated {
             bail!("image {}: truncated JPEG (no end-of-image marker after the last scan)", path.display());

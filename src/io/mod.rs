@@ -60,7 +60,7 @@ pub fn state_dict_from_bytes(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> 
 /// Loads a state_dict from a safetensors, zip `.pth` or legacy `.pth` file. Errors are one
 /// line naming the file and the tensor / key / opcode involved.
 pub fn load_state_dict(path: &Path) -> Result<Vec<(String, HostTensor)>> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let bytes = crate::input_file::read_input(path, "model file", crate::input_file::MAX_MODEL_BYTES)?;
     state_dict_from_bytes(&bytes).map_err(|e| anyhow!("{}: {}", path.display(), one_line(&e)))
 }
 

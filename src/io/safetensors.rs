@@ -179,7 +179,7 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<SafeTensors> {
 
 /// Reads a safetensors file; errors name the file.
 pub fn load_safetensors(path: &Path) -> Result<SafeTensors> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let bytes = crate::input_file::read_input(path, "model file", crate::input_file::MAX_MODEL_BYTES)?;
     read_safetensors_bytes(&bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))
 }
 

@@ -33,7 +33,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for (path, is_dir) in entries {
         if is_dir {
             walk(&path, out)?;
-        } else if has_image_extension(&path) && path.is_file() {
+        } else if has_image_extension(&path) && (path.is_file() || crate::input_file::is_broken_link(&path)) {
+            // A dangling link or a loop is kept, so that reading it reports a failed image (not a silent skip).
             out.push(path);
         }
     }
@@ -42,16 +43,18 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 /// The images of the arguments, in argument order: a file is taken as given (whatever its
 /// extension), a folder contributes every file with an image extension below it, recursively,
-/// sorted by path. A path listed twice is kept once. A missing argument is an error.
+/// sorted by path (a dangling symlink or symlink loop with an image extension included, to fail
+/// when read). A path listed twice is kept once. A missing argument is an error; any other
+/// argument that is not a folder (a FIFO, a device, a broken link) is an image, which fails when
+/// read if it holds none.
 pub fn collect_images(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    use crate::input_file::{classify, InputKind};
     let mut out = Vec::new();
     for a in args {
-        if a.is_dir() {
-            walk(a, &mut out)?;
-        } else if a.is_file() {
-            out.push(a.clone());
-        } else {
-            bail!("image {} not found", a.display());
+        match classify(a) {
+            InputKind::Directory => walk(a, &mut out)?,
+            InputKind::Missing => bail!("image {} not found", a.display()),
+            _ => out.push(a.clone()),
         }
     }
     let mut seen = HashSet::new();
