@@ -9,8 +9,9 @@
 //! atomically, with the temporary file beside the target, so the link stays a link.
 //!
 //! The first write into a directory by a process also removes the temporary files that killed
-//! processes left there: only those whose PID has no `/proc/PID` (so never a live writer's, nor this
-//! process's own concurrent writes); without `/proc` nothing is removed.
+//! processes left there: those whose PID has no `/proc/PID` (so never a live writer's, nor this
+//! process's own concurrent writes; without `/proc` none of these), and any in the older PID-only
+//! `.NAME.PID.tmp` format.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashSet;
