@@ -108,12 +108,10 @@ fn budget_sentence(breach: &serde_saphyr::budget::BudgetBreach) -> String {
         other => {
             let name = format!("{other:?}");
             let name = name.split([' ', '{']).next().unwrap_or("size").to_owned();
-            return format!(
-                "the document exceeds the YAML parser's {name} limit, refused as too large to be a config."
-            );
+            return format!("the document exceeds the YAML parser's {name} limit for a config file.");
         }
     };
-    format!("the document has more than {limit} {what}, the limit for a config file, so it is refused.")
+    format!("the document has more than {limit} {what}, the limit for a config file.")
 }
 
 struct NodeVisitor;
