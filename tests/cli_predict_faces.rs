@@ -227,6 +227,15 @@ fn boxes_csv_gives_each_image_its_faces() {
         assert_eq!(doc["faces"][0]["landmark_scores"], face["landmark_scores"]);
     }
 
+    // A header-less file with a UTF-8 byte-order mark: its first row still names image a.
+    std::fs::write(st.dir.join("bom.csv"), "\u{feff}images/s68_000000.jpg,48,40,208,200\n").unwrap();
+    let o = st.predict(&["images/s68_000000.jpg", "--boxes", "bom.csv", "--out", "out-bom"]);
+    assert_cli_ok(&o);
+    assert_eq!(stdout_last(&o), "1 images, 1 faces, 0 failed");
+    let bom = read_json(&st.dir.join("out-bom/s68_000000.json"));
+    assert_eq!(numbers(&bom["faces"][0]["box"]), [48.0, 40.0, 208.0, 200.0]);
+    assert_eq!(landmarks(&bom["faces"][0]), landmarks(&da["faces"][0]));
+
     // Bad rows: one line naming file:line.
     let bad = |name: &str, text: &str, needles: &[&str]| {
         std::fs::write(st.dir.join(name), text).unwrap();

@@ -165,3 +165,32 @@ fn load_config_names_the_path() {
     let msg = format!("{:#}", load_config(Path::new(&missing)).unwrap_err());
     assert!(msg.contains("missing.yaml") && !msg.contains('\n'), "{msg}");
 }
+
+/// A HEATMAP_SIZE that is not the model's output (IMAGE_SIZE / 4) used to fail only inside
+/// training as `mse_loss: shape mismatch`.
+#[test]
+fn heatmap_size_must_match_the_model_output() {
+    let text = w18_with("  HEATMAP_SIZE:\n    - 64\n    - 64\n", "  HEATMAP_SIZE:\n    - 25\n    - 24\n");
+    // A block list is placed at its first item, as for the other list keys.
+    let line = line_of(&text, "HEATMAP_SIZE") + 1;
+    let msg = fails(&text, Some(line), &["MODEL.HEATMAP_SIZE", "[25, 24]", "[64, 64]", "MODEL.IMAGE_SIZE [256, 256]"]);
+    assert!(msg.contains("does not match the model's output"), "{msg}");
+    // Only IMAGE_SIZE changed: the default HEATMAP_SIZE (64) no longer fits, and the error says so.
+    fails("MODEL:\n  IMAGE_SIZE: [96, 96]\n", None, &["MODEL.HEATMAP_SIZE", "[24, 24]"]);
+    // Odd sizes round up as the stride-2 stem does.
+    Config::from_yaml_str("MODEL:\n  IMAGE_SIZE: [98, 97]\n  HEATMAP_SIZE: [25, 25]\n", "ok.yaml").unwrap();
+}
+
+/// An alias bomb is refused with one complete sentence naming the file and the limit (it was
+/// once cut mid-phrase: "… Nodes { nodes: 250001 } … (used").
+#[test]
+fn alias_bomb_refusal_is_one_sentence_naming_the_limit() {
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let p = i - 1;
+        text += &format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n");
+    }
+    let msg = err(&text);
+    assert!(msg.contains("250000") && msg.contains("limit"), "{msg}");
+    assert!(msg.ends_with('.') && !msg.contains("Nodes {") && !msg.contains("(used"), "{msg}");
+}

@@ -272,6 +272,13 @@ fn aflw_box_size_and_300w_misspelling() {
     .unwrap();
     let recs = read_csv_annotations(&csv, &root, DatasetKind::W300, 68).unwrap();
     assert_eq!(recs[0].image_path, root.join("ibug/image_092 _01.jpg"));
+    // A UTF-8 byte-order mark (as Excel writes) changes nothing.
+    let bom_csv = dir.join("300w-bom.csv");
+    std::fs::write(&bom_csv, [b"\xef\xbb\xbf".as_slice(), &std::fs::read(&csv).unwrap()].concat()).unwrap();
+    let bom_recs = read_csv_annotations(&bom_csv, &root, DatasetKind::W300, 68).unwrap();
+    assert_eq!(bom_recs.len(), recs.len());
+    assert_eq!(bom_recs[0].image_path, recs[0].image_path);
+    assert_eq!(FaceDataset::open(DatasetSpec::new(DatasetKind::W300, &root, &bom_csv, true)).unwrap().len(), 1);
     let ds = FaceDataset::open(DatasetSpec::new(DatasetKind::W300, &root, &csv, true)).unwrap();
     assert_eq!(ds.spec.sigma, 1.0);
     assert_eq!(ds.get(0, 1, 1).unwrap().target.len(), 68 * 64 * 64);

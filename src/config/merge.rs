@@ -22,6 +22,9 @@ pub(super) fn merge_yaml(text: &str, source_name: &str) -> Result<Config> {
         Ok(root) => root,
         Err(e) => {
             let at = if e.line > 0 { format!("{source_name}:{}:{}", e.line, e.column) } else { source_name.to_owned() };
+            if e.over_limit {
+                bail!("{at}: YAML refused: {}", e.message);
+            }
             bail!("{at}: YAML syntax error: {}", e.message);
         }
     };

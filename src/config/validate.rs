@@ -56,6 +56,19 @@ impl Config {
                 bail!("{}: config key {key}: needs 2 positive ints, found [{}, {}]", rules.at(key), size[0], size[1]);
             }
         }
+        // HRNet's stem halves the input twice (3x3 convs, stride 2, pad 1) and the head keeps that
+        // size, so a different HEATMAP_SIZE would only fail inside the loss.
+        let output = self.model.image_size.map(|n| n.div_ceil(2).div_ceil(2));
+        if self.model.heatmap_size != output {
+            let [iw, ih] = self.model.image_size;
+            let [hw, hh] = self.model.heatmap_size;
+            bail!(
+                "{}: config key MODEL.HEATMAP_SIZE: [{hw}, {hh}] does not match the model's output [{}, {}] (MODEL.IMAGE_SIZE [{iw}, {ih}] / 4, rounded up)",
+                rules.at("MODEL.HEATMAP_SIZE"),
+                output[0],
+                output[1]
+            );
+        }
         if !(self.model.sigma.is_finite() && self.model.sigma > 0.0) {
             bail!(
                 "{}: config key MODEL.SIGMA: must be a positive number, found {:?}",

@@ -47,6 +47,8 @@ pub struct SyntaxError {
     pub message: String,
     pub line: u64,
     pub column: u64,
+    /// The document broke a size limit (an alias bomb) rather than the grammar.
+    pub over_limit: bool,
 }
 
 /// Parses one YAML document; `Ok(None)` for an empty document (only comments or blanks).
@@ -72,13 +74,44 @@ pub fn parse(text: &str) -> Result<Option<Located>, SyntaxError> {
 
 fn syntax_error(err: &serde_saphyr::Error) -> SyntaxError {
     let (line, column) = err.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    // A breach inside an alias arrives wrapped with where the alias was defined and used.
+    let mut inner = err;
+    while let serde_saphyr::Error::AliasError { error, .. } | serde_saphyr::Error::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
+    if let serde_saphyr::Error::Budget { breach, .. } = inner {
+        return SyntaxError { message: budget_sentence(breach), line, column, over_limit: true };
+    }
     let mut message = err.without_snippet().to_string();
     // The location is reported separately; keep the message to one line.
     if let Some(cut) = message.rfind(" at line ") {
         message.truncate(cut);
     }
     let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
-    SyntaxError { message, line, column }
+    SyntaxError { message, line, column, over_limit: false }
+}
+
+/// serde-saphyr's budget refusal (`Nodes { nodes: 250001 }`, as Debug) as one sentence that
+/// states the limit, so an alias bomb reads as a refusal and not as a cut-off parser message.
+fn budget_sentence(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let limits = serde_saphyr::Budget::default();
+    let (what, limit) = match breach {
+        B::Nodes { .. } => ("nodes (mappings, sequences and scalars, aliases expanded)", limits.max_nodes),
+        B::Events { .. } => ("parser events", limits.max_events),
+        B::Aliases { .. } => ("aliases", limits.max_aliases),
+        B::Anchors { .. } => ("anchors", limits.max_anchors),
+        B::Depth { .. } => ("levels of nesting", limits.max_depth),
+        B::Documents { .. } => ("documents", limits.max_documents),
+        B::ScalarBytes { .. } => ("bytes of scalar text", limits.max_total_scalar_bytes),
+        B::MergeKeys { .. } => ("merge keys (<<)", limits.max_merge_keys),
+        other => {
+            let name = format!("{other:?}");
+            let name = name.split([' ', '{']).next().unwrap_or("size").to_owned();
+            return format!("the document exceeds the YAML parser's {name} limit for a config file.");
+        }
+    };
+    format!("the document has more than {limit} {what}, the limit for a config file.")
 }
 
 struct NodeVisitor;

@@ -66,12 +66,15 @@ fn row(image: String, given: [f64; 4], pts: Vec<[f64; 2]>, src: BoxSource, what:
 pub fn from_coco(text: &str, source: &str) -> Result<Vec<OfficialRow>> {
     let v: serde_json::Value = serde_json::from_str(text).with_context(|| format!("{source}: not valid JSON"))?;
     let images = v["images"].as_array().ok_or_else(|| anyhow!("{source}: no 'images' array"))?;
+    // id → (index in 'images', file name); a repeated id would file one image's faces under the other.
     let mut names = std::collections::HashMap::new();
     for (i, im) in images.iter().enumerate() {
         let id = im["id"].as_i64().ok_or_else(|| anyhow!("{source}: images[{i}].id is not an integer"))?;
         let name =
             im["file_name"].as_str().ok_or_else(|| anyhow!("{source}: images[{i}].file_name is not a string"))?;
-        names.insert(id, name.to_string());
+        if let Some((first, first_name)) = names.insert(id, (i, name.to_string())) {
+            bail!("{source}: images[{first}] ({first_name}) and images[{i}] ({name}) share the id {id}; image ids must be unique");
+        }
     }
     let anns = v["annotations"].as_array().ok_or_else(|| anyhow!("{source}: no 'annotations' array"))?;
     let mut rows = Vec::with_capacity(anns.len());
@@ -79,7 +82,8 @@ pub fn from_coco(text: &str, source: &str) -> Result<Vec<OfficialRow>> {
     for (i, a) in anns.iter().enumerate() {
         let what = format!("{source}: annotations[{i}]");
         let id = a["image_id"].as_i64().ok_or_else(|| anyhow!("{what}.image_id is not an integer"))?;
-        let image = names.get(&id).ok_or_else(|| anyhow!("{what}: image_id {id} is not in 'images'"))?.clone();
+        let image =
+            names.get(&id).ok_or_else(|| anyhow!("{what}: image_id {id} names no entry of 'images'"))?.1.clone();
         let nums = |key: &str| -> Result<Vec<f64>> {
             a[key]
                 .as_array()
@@ -113,16 +117,13 @@ pub fn from_coco(text: &str, source: &str) -> Result<Vec<OfficialRow>> {
 pub fn from_simple_csv(text: &str, source: &str) -> Result<Vec<OfficialRow>> {
     let mut rows = Vec::new();
     let mut joints = None;
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
+    for record in crate::io::csv::records(text, source) {
+        let (line_no, fields) = record?;
+        let f: Vec<&str> = fields.iter().map(|s| s.trim()).collect();
+        if line_no == 1 && f.get(1).is_some_and(|s| s.parse::<f64>().is_err()) {
             continue;
         }
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        if i == 0 && f.get(1).is_some_and(|s| s.parse::<f64>().is_err()) {
-            continue;
-        }
-        let what = format!("{source}:{}", i + 1);
+        let what = format!("{source}:{line_no}");
         if f.len() < 7 || !(f.len() - 5).is_multiple_of(2) {
             bail!("{what}: {} fields, expected image,x1,y1,x2,y2 and x,y pairs", f.len());
         }
@@ -181,5 +182,38 @@ mod tests {
         assert!((s - 0.385).abs() < 1e-12);
         assert_eq!(landmark_box(&[[10.2, 20.7], [30.9, 25.1], [5.0, -1.0]]), Some([10.0, 20.0, 31.0, 26.0]));
         assert!(from_simple_csv("a.jpg,5,5,1,1,2,2", "x.csv").unwrap_err().to_string().contains("x.csv:1"));
+    }
+
+    #[test]
+    fn simple_csv_with_a_byte_order_mark_converts_like_without() {
+        let plain = "image,x1,y1,x2,y2,p0x,p0y,p1x,p1y\r\na.jpg,10,20,50,70,12,25,40,60\r\n";
+        let with_bom = format!("\u{feff}{plain}");
+        let want = from_simple_csv(plain, "x.csv").unwrap();
+        assert_eq!(want.len(), 1);
+        assert_eq!(from_simple_csv(&with_bom, "x.csv").unwrap(), want);
+        // Header-less: the BOM must not glue itself to the first image name.
+        let rows = from_simple_csv("\u{feff}a.jpg,10,20,50,70,12,25,40,60\n", "x.csv").unwrap();
+        assert_eq!(rows[0].image, "a.jpg");
+    }
+
+    fn coco(images: &str, annotations: &str) -> Result<Vec<OfficialRow>> {
+        let kp = "[12, 25, 2, 40, 60, 2]";
+        let anns = annotations.replace("KP", kp);
+        from_coco(&format!("{{\"images\": {images}, \"annotations\": {anns}}}"), "c.json")
+    }
+
+    #[test]
+    fn coco_refuses_duplicate_image_ids_and_dangling_image_ids() {
+        let anns = r#"[{"image_id": 1, "bbox": [10, 20, 40, 50], "keypoints": KP}]"#;
+        let ok = coco(r#"[{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}]"#, anns).unwrap();
+        assert_eq!(ok[0].image, "a.jpg");
+        let e = coco(r#"[{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}]"#, anns).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(!e.contains('\n'), "{e}");
+        for part in ["c.json", "images[0] (a.jpg)", "images[1] (b.jpg)", "id 1"] {
+            assert!(e.contains(part), "{e}");
+        }
+        let e = coco(r#"[{"id": 2, "file_name": "b.jpg"}]"#, anns).unwrap_err().to_string();
+        assert!(e.contains("c.json: annotations[0]: image_id 1"), "{e}");
     }
 }
