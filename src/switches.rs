@@ -207,6 +207,10 @@ pub const BUILD_AND_TEST: &[&str] = &[
     "HRK_CRASH_KILLS",
     "HRK_KEEP_TEST_OUTPUT",
     "HRK_PYTHON",
+    // tests/device_check.rs (and gpu_check.sh --device): 1 turns "no CUDA device, skipped" into a failure.
+    "HRK_REQUIRE_DEVICE",
+    // tests/gpu_check_script.rs: 1 runs `gpu_check.sh --prepare` itself (a whole build) before checking the carry.
+    "HRK_GPU_CHECK_PREPARE",
 ];
 
 /// Whether `HRK_GPU_MATH` is set at all (the emulated device keeps fp32 unless the math is chosen explicitly).
