@@ -5,11 +5,14 @@ them with hrk and ONNX Runtime.
   python benches/torch_anchor.py --row infer_cl --batch 1 --iters 10
   python benches/torch_anchor.py --row infer_bf16 --batch 8 --iters 5
   python benches/torch_anchor.py --row train_cl --batch 8 --iters 3
+  python benches/torch_anchor.py --row train_bf16 --batch 8 --iters 3
 
 Rows: infer_cl (f32, channels_last, eval + no_grad), infer_bf16 (channels_last, weights and inputs in
 bf16: PyTorch's own bf16 inference, oneDNN picks AVX512-BF16/AMX where the CPU has them and emulates
 otherwise), infer_autocast (f32 weights, torch.autocast bf16), train_cl (f32 channels_last: forward
-with batch statistics, MSE, backward, Adam), train_eager (the same, NCHW). Prints one line:
+with batch statistics, MSE, backward, Adam), train_bf16 (train_cl with the forward under
+torch.autocast("cpu", dtype=torch.bfloat16): bf16 conv operands, f32 weights, MSE in f32, the same Adam; the
+mixed-precision anchor for `hrk train --precision bf16`), train_eager (train_cl in NCHW). Prints one line:
 "torch-<row> b<batch>: median X ms (min Y) Z ms/img".
 """
 import argparse
@@ -29,7 +32,7 @@ import hrnet_ref  # noqa: E402
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--row", required=True,
-                    choices=["infer_cl", "infer_bf16", "infer_autocast", "train_cl", "train_eager"])
+                    choices=["infer_cl", "infer_bf16", "infer_autocast", "train_cl", "train_bf16", "train_eager"])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
@@ -63,7 +66,14 @@ def main():
 
         def step():
             opt.zero_grad(set_to_none=True)
-            F.mse_loss(model(x), target).backward()
+            if a.row == "train_bf16":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    heatmaps = model(x)
+                # The loss and the backward call outside the autocast region, as PyTorch's AMP recipe has it.
+                loss = F.mse_loss(heatmaps.float(), target)
+            else:
+                loss = F.mse_loss(model(x), target)
+            loss.backward()
             opt.step()
     for _ in range(a.warmup):
         step()
