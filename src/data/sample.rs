@@ -140,8 +140,8 @@ impl FaceDataset {
 
     /// Sample `index` with a given augmentation.
     pub fn get_with(&self, index: usize, aug: &Augmentation) -> Result<Sample> {
-        let mut input = vec![0f32; self.input_len()];
-        let mut target = vec![0f32; self.target_len()];
+        let mut input = crate::memory_budget::try_zeroed_vec(self.input_len(), "the sample's input crop")?;
+        let mut target = crate::memory_budget::try_zeroed_vec(self.target_len(), "the sample's target heatmaps")?;
         let meta = self.fill_sample_on_zeros(index, aug, &mut input, &mut target)?;
         Ok(Sample { input, target, meta })
     }
