@@ -130,9 +130,8 @@ fn cgroup_left(read: &dyn Fn(&Path) -> Option<String>) -> Option<u64> {
     let try_dirs = |dirs: Vec<PathBuf>, limit: &str, usage: &str| {
         dirs.iter().find_map(|d| limit_left(&read(&d.join(limit))?, &read(&d.join(usage)).unwrap_or_default()))
     };
-    try_dirs(under("/sys/fs/cgroup", v2), "memory.max", "memory.current").or_else(|| {
-        try_dirs(under("/sys/fs/cgroup/memory", v1), "memory.limit_in_bytes", "memory.usage_in_bytes")
-    })
+    try_dirs(under("/sys/fs/cgroup", v2), "memory.max", "memory.current")
+        .or_else(|| try_dirs(under("/sys/fs/cgroup/memory", v1), "memory.limit_in_bytes", "memory.usage_in_bytes"))
 }
 
 /// `n` zeros of `T`, or an error naming `what` and its size when the allocator cannot provide them
@@ -203,7 +202,10 @@ mod tests {
     fn an_impossible_allocation_is_an_error_naming_the_buffer() {
         // 256 TiB: more than x86-64's user address space, refused even with overcommit on.
         let e = try_zeroed_vec::<f32>(1 << 46, "test buffer").unwrap_err().to_string();
-        assert_eq!(e, "out of memory: test buffer (70368744177664 values of 4 bytes, 256.0 TiB) could not be allocated");
+        assert_eq!(
+            e,
+            "out of memory: test buffer (70368744177664 values of 4 bytes, 256.0 TiB) could not be allocated"
+        );
         // Past isize::MAX bytes: refused before the allocator is asked.
         let e = try_zeroed_vec::<f64>(usize::MAX / 4, "huge").unwrap_err().to_string();
         assert!(e.starts_with("out of memory: huge ("), "{e}");

@@ -343,7 +343,10 @@ pub mod pool {
 
     /// `take_f32`, with an allocation failure as an error naming `what` instead of an abort.
     pub fn try_take_f32(n: usize, what: &str) -> anyhow::Result<Vec<f32>> {
-        match reuse(n) {
+        // (A size past the address space is refused by the allocator's layout check, and must not
+        // reach the pool's byte counts.)
+        let fits = n <= isize::MAX as usize / 4;
+        match fits.then(|| reuse(n)).flatten() {
             Some(v) => Ok(v),
             None => crate::memory_budget::try_zeroed_vec(n, what),
         }
@@ -388,5 +391,22 @@ pub mod pool {
         p.by_len.clear();
         p.bytes = 0;
         p.peak_live = p.live;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_storage_allocation_names_the_tensor() {
+        for dtype in [DType::F32, DType::F64] {
+            // 2^46 elements: more than x86-64's user address space.
+            let e = Storage::for_overwrite(dtype, 1 << 46, "conv2d output").unwrap_err().to_string();
+            assert!(e.starts_with("out of memory: conv2d output (70368744177664 values of "), "{e}");
+            let e = Storage::for_overwrite(dtype, usize::MAX / 2, "conv2d output").unwrap_err().to_string();
+            assert!(e.contains("conv2d output"), "{e}");
+        }
+        assert_eq!(Storage::for_overwrite(DType::F32, 100_000, "x").unwrap().len(), 100_000);
     }
 }

@@ -389,7 +389,8 @@ fn bad_configs_fail_with_file_line_and_key() {
 fn a_batch_too_big_for_memory_is_refused_before_allocating() {
     let dir = scratch("hostile-cli-memory");
     let huge = tiny_with("  IMAGE_SIZE:\n    - 128\n    - 128", "  IMAGE_SIZE:\n    - 8192\n    - 8192");
-    let huge = common::replace_once(&huge, "  HEATMAP_SIZE:\n    - 32\n    - 32", "  HEATMAP_SIZE:\n    - 2048\n    - 2048");
+    let huge =
+        common::replace_once(&huge, "  HEATMAP_SIZE:\n    - 32\n    - 32", "  HEATMAP_SIZE:\n    - 2048\n    - 2048");
     let cfg = dir.join("huge_image.yaml");
     std::fs::write(&cfg, huge).unwrap();
     let missing_model = dir.join("never-written.safetensors");

@@ -108,8 +108,10 @@ impl HrnetSpec {
                 for i in 0..s.num_branches {
                     // Every other branch brought to branch i (convs at its own size and resizes or
                     // stride-2 convs down to i's: at most one map of each size), and the sum.
-                    let others: f64 =
-                        (0..s.num_branches).filter(|&j| j != i).map(|j| cur[i].max(cur[j]) * (plane(i) + plane(j))).sum();
+                    let others: f64 = (0..s.num_branches)
+                        .filter(|&j| j != i)
+                        .map(|j| cur[i].max(cur[j]) * (plane(i) + plane(j)))
+                        .sum();
                     module += others + cur[i] * plane(i);
                 }
             }
@@ -138,7 +140,8 @@ impl HrnetSpec {
     /// the batch ("a training batch of 16 images at 256x256"), `lower` what the user can lower.
     pub fn check_batch_fits(&self, shape: &BatchShape, pass: Pass, what: &str, lower: &str) -> Result<()> {
         let need = self.batch_bytes(shape, pass);
-        let cap = crate::switches::memory_limit_mb().map(|mb| ((mb as u64).saturating_mul(1 << 20), "HRK_MEMORY_LIMIT_MB"));
+        let cap =
+            crate::switches::memory_limit_mb().map(|mb| ((mb as u64).saturating_mul(1 << 20), "HRK_MEMORY_LIMIT_MB"));
         check_fits(need, memory_budget::available(cap), what, lower)
     }
 }

@@ -35,8 +35,9 @@ impl Conv2dKernel for Cpu {
     fn backward(&self, g: &Conv2dGeom, saved: [Option<&Storage>; 2], dy: &Storage, want: [bool; 3]) -> Result<Grads> {
         let [x, w] = saved;
         let dtype = dy.dtype();
-        let mut dx =
-            want[0].then(|| Storage::for_overwrite(dtype, g.n * g.cin * g.h * g.w, "conv2d input gradient")).transpose()?;
+        let mut dx = want[0]
+            .then(|| Storage::for_overwrite(dtype, g.n * g.cin * g.h * g.w, "conv2d input gradient"))
+            .transpose()?;
         let mut dw = want[1].then(|| Storage::zeros(dtype, g.cout * g.cin * g.k * g.k));
         let mut db = want[2].then(|| Storage::zeros(dtype, g.cout));
         let empty = Storage::zeros(dtype, 0);
