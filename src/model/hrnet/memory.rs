@@ -199,6 +199,39 @@ mod tests {
         assert!((34e6..37e6).contains(&a), "{a}");
     }
 
+    /// The module doc's measurements: (spec, side, batch, inference MiB, training MiB).
+    fn measured() -> Vec<(HrnetSpec, usize, usize, f64, f64)> {
+        let mut tiny = HrnetSpec::w18(68);
+        for (k, st) in tiny.stages.iter_mut().enumerate() {
+            st.num_modules = 1;
+            st.num_blocks = vec![2; k + 2];
+            st.num_channels = (0..k + 2).map(|i| 8 << i).collect();
+        }
+        let w18 = HrnetSpec::w18(68);
+        vec![
+            (tiny.clone(), 128, 1, 25.0, 52.0),
+            (tiny.clone(), 128, 4, 36.0, 129.0),
+            (tiny.clone(), 256, 1, 47.0, 131.0),
+            (tiny.clone(), 256, 4, 81.0, 435.0),
+            (tiny.clone(), 512, 1, 98.0, 449.0),
+            (tiny, 512, 4, 249.0, 1653.0),
+            (w18.clone(), 256, 1, 172.0, 382.0),
+            (w18.clone(), 256, 4, 217.0, 935.0),
+            (w18, 512, 1, 282.0, 943.0),
+        ]
+    }
+
+    #[test]
+    fn the_estimate_covers_every_measured_peak_within_a_few_times() {
+        for (spec, side, batch, infer, train) in measured() {
+            let shape = BatchShape { batch, image: [side, side], heatmap: [side / 4, side / 4], in_flight: 1 };
+            for (pass, peak) in [(Pass::Infer, infer), (Pass::Train, train)] {
+                let mib = spec.batch_bytes(&shape, pass) / 1048576.0;
+                assert!(mib >= peak && mib <= 4.0 * peak, "{side}² batch {batch} {pass:?}: {mib:.0} MiB for {peak}");
+            }
+        }
+    }
+
     #[test]
     fn a_batch_over_the_budget_is_refused_in_one_line() {
         let budget = Some(Budget { bytes: 4 << 30, source: Source::AddressSpace });
