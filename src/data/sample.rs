@@ -105,7 +105,7 @@ impl FaceDataset {
 
     /// The source image of sample `index` as float HWC RGB, mirrored if `flip`.
     pub fn source_image(&self, index: usize, flip: bool) -> Result<Image> {
-        Ok(rgb8_to_image(&*self.source_rgb8(index)?, flip))
+        rgb8_to_image(&*self.source_rgb8(index)?, flip)
     }
 
     /// The source image of sample `index` as decoded bytes (COFW images are borrowed).

@@ -166,7 +166,7 @@ impl FaceFinder<'_> {
             FaceFinder::Detector { mtcnn, options, margin, center_shift } => {
                 // Before the float copy of the photo: a refused photo costs nothing more.
                 options.check_work(rgb.width, rgb.height)?;
-                let img = rgb8_to_image(rgb, false);
+                let img = rgb8_to_image(rgb, false)?;
                 let dets = mtcnn.detect(&img, options)?;
                 dets.into_iter()
                     .filter_map(|d| {
