@@ -17,6 +17,7 @@ pub mod host_isa;
 pub mod host_tensor;
 pub mod input_file;
 pub mod io;
+pub mod memory_budget;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -3,6 +3,7 @@
 //! `float` views storage by element type, `tensor` gives it a shape and a tape node.
 
 use crate::cuda::{GpuBuffer, GpuDevice};
+use crate::memory_budget::try_zeroed_vec;
 use anyhow::{bail, Result};
 
 /// Element type of a tensor.
@@ -145,12 +146,13 @@ impl Storage {
         }
     }
     /// `n` elements whose values are unspecified (stale pooled values or zeros): for kernels that
-    /// write every element, so no zero-fill pass is paid.
-    pub fn for_overwrite(dtype: DType, n: usize) -> Storage {
-        match dtype {
-            DType::F32 => Storage::f32(pool::take_f32(n)),
-            DType::F64 => Storage::f64(vec![0.0; n]),
-        }
+    /// write every element, so no zero-fill pass is paid. An allocation that fails is an error naming
+    /// `what` (e.g. "conv2d output") and its size.
+    pub fn for_overwrite(dtype: DType, n: usize, what: &str) -> Result<Storage> {
+        Ok(match dtype {
+            DType::F32 => Storage::f32(pool::try_take_f32(n, what)?),
+            DType::F64 => Storage::f64(try_zeroed_vec(n, what)?),
+        })
     }
     pub fn len(&self) -> usize {
         match self {
@@ -205,11 +207,20 @@ impl Storage {
             DType::F64 => Storage::f64(vec![0.0; n]),
         }
     }
-    /// A copy; for GPU storage a device copy whose failure (out of memory) is an error.
+    /// A copy whose failure (out of memory, on the host or a device) is an error.
     pub fn try_clone(&self) -> Result<Storage> {
         Ok(match self {
             Storage::Gpu(b) => Storage::Gpu(b.try_clone()?),
-            Storage::Cpu(c) => Storage::Cpu(c.clone()),
+            Storage::Cpu(CpuStorage::F32(v)) => {
+                let mut out = pool::try_take_f32(v.len(), "tensor copy")?;
+                out.copy_from_slice(v);
+                Storage::f32(out)
+            }
+            Storage::Cpu(CpuStorage::F64(v)) => {
+                let mut out = try_zeroed_vec(v.len(), "tensor copy")?;
+                out.copy_from_slice(v);
+                Storage::f64(out)
+            }
         })
     }
     pub fn try_to_f32_vec(&self) -> Result<Vec<f32>> {
@@ -330,6 +341,17 @@ pub mod pool {
         reuse(n).unwrap_or_else(|| vec![0.0; n])
     }
 
+    /// `take_f32`, with an allocation failure as an error naming `what` instead of an abort.
+    pub fn try_take_f32(n: usize, what: &str) -> anyhow::Result<Vec<f32>> {
+        // (A size past the address space is refused by the allocator's layout check, and must not
+        // reach the pool's byte counts.)
+        let fits = n <= isize::MAX as usize / 4;
+        match fits.then(|| reuse(n)).flatten() {
+            Some(v) => Ok(v),
+            None => crate::memory_budget::try_zeroed_vec(n, what),
+        }
+    }
+
     /// `n` zeros (a fresh allocation comes zeroed from the OS; only a reused one is cleared).
     pub fn take_f32_zeroed(n: usize) -> Vec<f32> {
         match reuse(n) {
@@ -369,5 +391,22 @@ pub mod pool {
         p.by_len.clear();
         p.bytes = 0;
         p.peak_live = p.live;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_storage_allocation_names_the_tensor() {
+        for dtype in [DType::F32, DType::F64] {
+            // 2^46 elements: more than x86-64's user address space.
+            let e = Storage::for_overwrite(dtype, 1 << 46, "conv2d output").unwrap_err().to_string();
+            assert!(e.starts_with("out of memory: conv2d output (70368744177664 values of "), "{e}");
+            let e = Storage::for_overwrite(dtype, usize::MAX / 2, "conv2d output").unwrap_err().to_string();
+            assert!(e.contains("conv2d output"), "{e}");
+        }
+        assert_eq!(Storage::for_overwrite(DType::F32, 100_000, "x").unwrap().len(), 100_000);
     }
 }

@@ -162,6 +162,8 @@ switches! {
     fn bf16_emulate() -> bool { "HRK_BF16_EMULATE", "0\\|1", default "0" => false, flag }
     /// Cap of the CPU buffer pool in MiB (0 turns the pool off).
     fn pool_mb() -> usize { "HRK_POOL_MB", "MiB", default "4096" => 4096, megabytes }
+    /// Caps the memory hrk assumes it may allocate (MiB), below what the address-space, cgroup and available-memory limits leave; for testing the out-of-memory refusals.
+    fn memory_limit_mb() -> Option<usize> { "HRK_MEMORY_LIMIT_MB", "MiB", default "unset" => None, |t| megabytes(t).map(Some) }
     /// CPU evaluation engine of `hrk test` / `predict` / validation: the folded engine or the autograd graph.
     fn cpu_eval_engine() -> EvalEngine { "HRK_CPU_INFER", "folded\\|graph", default "folded" => EvalEngine::Folded, cpu_engine }
     /// GPU evaluation engine: fused fuse rows, the unfused reference rung, or the autograd graph.

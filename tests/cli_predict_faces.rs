@@ -197,6 +197,30 @@ fn bad_images_lose_nothing() {
 }
 
 #[test]
+fn a_photo_too_big_for_the_detector_is_one_failed_input() {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    use image::ImageEncoder;
+    let st = setup("huge", 1);
+    // A solid 10000x10000 PNG: at --min-face 3 its pyramid is 3.2e9 pixels (minutes of P-Net); it is
+    // refused from its size, before any level is resampled, and the other photo is still processed.
+    let big = st.dir.join("huge.png");
+    let file = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
+    let encoder = PngEncoder::new_with_quality(file, CompressionType::Fast, FilterType::NoFilter);
+    encoder.write_image(&vec![90u8; 10000 * 10000 * 3], 10000, 10000, image::ExtendedColorType::Rgb8).unwrap();
+    let started = std::time::Instant::now();
+    let o = st.predict(&["huge.png", s(&st.image(0)), "--min-face", "3", "--out", "out"]);
+    assert!(started.elapsed().as_secs() < 30, "took {:?}", started.elapsed());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].contains("huge.png") && lines[0].contains("10000x10000"), "{err}");
+    assert!(lines[0].contains("pyramid pixels") && lines[0].ends_with("use --min-face 11 or larger"), "{err}");
+    assert!(lines[1].starts_with("hrk: error: 2 images,") && lines[1].ends_with(", 1 failed"), "{err}");
+    assert_eq!(json_names(&st.dir.join("out")), BTreeSet::from(["s68_000000.json".to_string()]));
+}
+
+#[test]
 fn boxes_csv_gives_each_image_its_faces() {
     let st = setup("boxes", 3);
     let (a, b) = (st.image(0), st.image(1));

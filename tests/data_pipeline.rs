@@ -539,7 +539,7 @@ fn pipeline_reproduces_reference_crop_fixtures() {
         let want_c = [c["center"][0].as_f64().unwrap() as f32, c["center"][1].as_f64().unwrap() as f32];
         assert_eq!(s.meta.center, want_c, "{id}: center");
         let expected = decode_rgb8(&crops.join(c["expected"].as_str().unwrap())).unwrap();
-        let want = normalized(&hrk::data::imageio::rgb8_to_image(&expected, false));
+        let want = normalized(&hrk::data::imageio::rgb8_to_image(&expected, false).unwrap());
         let bad = s.input.iter().zip(&want).filter(|(a, b)| a != b).count();
         assert_eq!(bad, 0, "{id}: {bad} input values differ from the reference crop");
         checked += 1;

@@ -89,6 +89,31 @@ fn pyramid_matches_facenet_for_640x480() {
 }
 
 #[test]
+fn a_pyramid_over_the_bound_is_refused_with_the_smallest_min_face_that_fits() {
+    use hrk::detect::{pyramid_pixels, DetectorOptions, MAX_PYRAMID_PIXELS};
+    // The measured reference point of the bound: a 4000x3000 photo at the default --min-face 20.
+    let reference = pyramid_pixels(4000, 3000, 20.0, 0.709);
+    assert!((8.6e6..8.8e6).contains(&reference), "{reference}");
+    assert!(DetectorOptions::default().check_work(4000, 3000).is_ok());
+    assert!(DetectorOptions::default().check_work(10000, 10000).is_ok());
+    let at = |min_face: f32| DetectorOptions { min_face, ..Default::default() };
+    let e = at(1.0).check_work(10000, 10000).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "detector: a 10000x10000 photo at --min-face 1 is 2.90e10 pyramid pixels of P-Net work, more than the \
+         2.8e8 allowed; use --min-face 11 or larger"
+    );
+    // 11 is the smallest that fits.
+    assert!(pyramid_pixels(10000, 10000, 11.0, 0.709) <= MAX_PYRAMID_PIXELS);
+    assert!(pyramid_pixels(10000, 10000, 10.0, 0.709) > MAX_PYRAMID_PIXELS);
+    assert!(at(11.0).check_work(10000, 10000).is_ok());
+    // A tall strip: the suggestion still fits.
+    let e = at(1.0).check_work(100, 10000).unwrap_err().to_string();
+    let suggested: f32 = e.split("--min-face ").nth(2).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(at(suggested).check_work(100, 10000).is_ok() && at(suggested - 1.0).check_work(100, 10000).is_err(), "{e}");
+}
+
+#[test]
 fn crop_region_uses_one_based_clipped_bounds() {
     use hrk::detect::crop_region;
     assert_eq!(crop_region([-5.7, 2.9, 10.2, 400.0], 100, 50), Some(Region { x0: 0, y0: 1, x1: 10, y1: 50 }));

@@ -386,6 +386,40 @@ fn bad_configs_fail_with_file_line_and_key() {
 }
 
 #[test]
+fn a_batch_too_big_for_memory_is_refused_before_allocating() {
+    let dir = scratch("hostile-cli-memory");
+    let huge = tiny_with("  IMAGE_SIZE:\n    - 128\n    - 128", "  IMAGE_SIZE:\n    - 8192\n    - 8192");
+    let huge =
+        common::replace_once(&huge, "  HEATMAP_SIZE:\n    - 32\n    - 32", "  HEATMAP_SIZE:\n    - 2048\n    - 2048");
+    let cfg = dir.join("huge_image.yaml");
+    std::fs::write(&cfg, huge).unwrap();
+    let missing_model = dir.join("never-written.safetensors");
+    // Under a 4 GB address-space limit (the sweep's case): exit status 1, not SIGABRT.
+    for (sub, lower) in [("train", "TRAIN.BATCH_SIZE_PER_GPU"), ("test", "--batch")] {
+        let mut args = vec![sub, "--cfg", s(&cfg)];
+        if sub == "test" {
+            args.extend(["--model-file", s(&missing_model)]);
+        }
+        let started = std::time::Instant::now();
+        let out = hrk_limited(3906, &args);
+        let needles = ["not enough memory", "8192x8192", "needs about", "may allocate only", lower, "MODEL.IMAGE_SIZE"];
+        assert_refused(&format!("{sub} 8192²"), &out, &needles);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(["ulimit -v", "cgroup", "MemAvailable"].iter().any(|l| stderr.contains(l)), "{stderr}");
+        assert!(started.elapsed().as_secs() < 20, "{sub}: took {:?}", started.elapsed());
+    }
+    // The test switch caps the budget below any real limit, and is named.
+    let tiny = dir.join("tiny.yaml");
+    std::fs::write(&tiny, TINY_YAML).unwrap();
+    let out = Command::new(hrk_bin())
+        .args(["test", "--cfg", s(&tiny), "--model-file", s(&missing_model), "--batch", "4"])
+        .env("HRK_MEMORY_LIMIT_MB", "1")
+        .output()
+        .unwrap();
+    assert_refused("HRK_MEMORY_LIMIT_MB=1", &out, &["batch of 4 image(s) at 128x128", "(HRK_MEMORY_LIMIT_MB)"]);
+}
+
+#[test]
 fn unknown_device_is_one_line() {
     let cfg: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/synthetic/synthetic_hrnet_tiny.yaml");
     let out = hrk(&["train", "--cfg", s(&cfg), "--device", "tpu"]);

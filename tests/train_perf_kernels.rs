@@ -352,7 +352,7 @@ fn ops_overwrite_every_element_of_a_reused_buffer() {
     let poisoned: Vec<Storage> = [len, len, len, len, up_len, up_len, 2 * len, 2 * len]
         .iter()
         .map(|&n| {
-            let mut s = Storage::for_overwrite(DType::F32, n);
+            let mut s = Storage::for_overwrite(DType::F32, n, "pool test buffer").unwrap();
             if let Some(v) = s.as_f32_mut() {
                 v.fill(f32::NAN);
             }

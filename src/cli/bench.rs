@@ -3,6 +3,7 @@
 //! GPU (`--device cuda|emu`; inference with or without CUDA graphs, `--graphs on|off`), and on a GPU
 //! reports the device allocator's peak and fragmentation.
 
+use crate::model::hrnet::memory::{check_batch_memory, Pass};
 use crate::model::{GpuInferNet, HrNet, InferNet};
 use crate::rng::Rng;
 use crate::tensor::{Device, Storage, Tensor};
@@ -100,6 +101,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let graphs = args.graphs.as_deref().map(on_off).transpose()?.unwrap_or_else(crate::switches::cuda_graphs);
     let [iw, ih] = cfg.model.image_size;
+    let pass = if args.train { Pass::Train } else { Pass::Infer };
+    check_batch_memory(&cfg, &device, pass, args.batch, None, "--batch or MODEL.IMAGE_SIZE")?;
     let mut net = super::common::model(&cfg, 0)?;
     if let Some(path) = &args.model_file {
         super::common::load_weights(&mut net, path)?;

@@ -4,6 +4,7 @@
 //! of `hrk test`). The work is `crate::predict`; this file parses flags and prints.
 
 use crate::detect::{DetectorOptions, Mtcnn};
+use crate::model::hrnet::memory::{check_batch_memory, Pass};
 use crate::predict::{
     collect_images, dataset_images, output_names, parse_shard, shard_indices, FaceBox, FaceFinder, FaceSource,
     GivenBoxes, LandmarkOptions, PredictRun, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
@@ -199,6 +200,8 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     if batch == 0 {
         bail!("--batch must be positive");
     }
+    // The engine's crops and activations for one batch (decoded photos are bounded by the image limits).
+    check_batch_memory(&cfg, &device, Pass::Infer, batch, None, "--batch or MODEL.IMAGE_SIZE")?;
     let out = args.out.clone().unwrap_or_else(|| cfg.output_dir_for(&args.cfg).join("predict"));
     let opts = LandmarkOptions { test, pairs, batch };
 

@@ -6,6 +6,7 @@ use crate::atomic_file::write_atomically;
 use crate::data::dataset::{Annotations, FaceDataset};
 use crate::eval::{evaluate_with, EvalResult, TestOptions};
 use crate::host_tensor::{HostData, HostTensor};
+use crate::model::hrnet::memory::{check_batch_memory, Pass};
 use crate::plot::{ced_points, save_chart, Chart, Series};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -131,6 +132,9 @@ fn metrics_json(subsets: &[Subset], model_file: &Path, opts: &TestOptions) -> se
 pub fn run(args: TestArgs) -> Result<()> {
     let device = super::common::device(&args.device)?;
     let cfg = super::common::config(&args.cfg)?;
+    let batch = args.batch.unwrap_or_else(|| cfg.test_batch_size()).max(1);
+    let workers = args.workers.unwrap_or_else(|| cfg.workers.min(4));
+    check_batch_memory(&cfg, &device, Pass::Infer, batch, Some(workers), "--batch, MODEL.IMAGE_SIZE or --workers")?;
     let mut net = super::common::model(&cfg, 0)?;
     super::common::load_weights(&mut net, &args.model_file)?;
     net.to_device(&device)?;
@@ -139,8 +143,6 @@ pub fn run(args: TestArgs) -> Result<()> {
     if opts != TestOptions::default() {
         println!("test-time options: {}", opts.describe());
     }
-    let batch = args.batch.unwrap_or_else(|| cfg.test_batch_size()).max(1);
-    let workers = args.workers.unwrap_or_else(|| cfg.workers.min(4));
     let files: Vec<PathBuf> =
         if args.testset.is_empty() { vec![PathBuf::from(&cfg.dataset.testset)] } else { args.testset.clone() };
     for f in &files {

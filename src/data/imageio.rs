@@ -13,13 +13,15 @@ use std::io::Cursor;
 use std::path::Path;
 
 /// Float copy (0..255) of a decoded image: the reference's `np.array(img, dtype=np.float32)`.
-/// With `flip`, mirrored left-right (`np.fliplr`) during the conversion, at no extra pass.
-pub fn rgb8_to_image(rgb: &Rgb8, flip: bool) -> Image {
+/// With `flip`, mirrored left-right (`np.fliplr`) during the conversion, at no extra pass. The float
+/// copy is 4× the photo: an allocation that fails is an error, not an abort.
+pub fn rgb8_to_image(rgb: &Rgb8, flip: bool) -> Result<Image> {
     let (w, h) = (rgb.width, rgb.height);
+    let mut data = crate::memory_budget::try_zeroed_vec(rgb.data.len(), "the float copy of the image")?;
     if !flip || w == 0 {
-        return Image { width: w, height: h, data: rgb.data.iter().map(|&v| v as f32).collect() };
+        data.iter_mut().zip(&rgb.data).for_each(|(d, &v)| *d = v as f32);
+        return Ok(Image { width: w, height: h, data });
     }
-    let mut data = vec![0f32; w * h * 3];
     for (src, dst) in rgb.data.chunks_exact(w * 3).zip(data.chunks_exact_mut(w * 3)) {
         for (d, s) in dst.chunks_exact_mut(3).zip(src.chunks_exact(3).rev()) {
             d[0] = s[0] as f32;
@@ -27,7 +29,7 @@ pub fn rgb8_to_image(rgb: &Rgb8, flip: bool) -> Image {
             d[2] = s[2] as f32;
         }
     }
-    Image { width: w, height: h, data }
+    Ok(Image { width: w, height: h, data })
 }
 
 /// Error text from a library, flattened to one line.
@@ -162,6 +164,17 @@ pub fn decode_rgb8_bytes(bytes: &[u8], path: &Path) -> Result<Rgb8> {
         reader.into_decoder().map_err(|e| anyhow!("image {}: cannot read header: {}", path.display(), one_line(e)))?;
     let (w, h) = decoder.dimensions();
     check_dimensions(path, w as u64, h as u64)?;
+    let len = (w as usize) * (h as usize) * 3;
+    if decoder.color_type() == image::ColorType::Rgb8 && decoder.total_bytes() == len as u64 {
+        // Straight into a buffer allocated fallibly (a failure is an error naming the image, not an
+        // abort); other layouts go through the crate's conversion.
+        let mut data = crate::memory_budget::try_zeroed_vec(len, "the decoded pixels")
+            .map_err(|e| anyhow!("image {}: {e}", path.display()))?;
+        decoder
+            .read_image(&mut data)
+            .map_err(|e| anyhow!("image {}: corrupt or truncated: {}", path.display(), one_line(e)))?;
+        return Ok(Rgb8 { width: w as usize, height: h as usize, data });
+    }
     let img = DynamicImage::from_decoder(decoder)
         .map_err(|e| anyhow!("image {}: corrupt or truncated: {}", path.display(), one_line(e)))?;
     let rgb = match img {
@@ -174,5 +187,5 @@ pub fn decode_rgb8_bytes(bytes: &[u8], path: &Path) -> Result<Rgb8> {
 
 /// Decodes an image file to the float HWC RGB `Image` the pipeline works on.
 pub fn load_image(path: &Path) -> Result<Image> {
-    Ok(rgb8_to_image(&decode_rgb8(path)?, false))
+    rgb8_to_image(&decode_rgb8(path)?, false)
 }

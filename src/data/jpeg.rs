@@ -184,7 +184,13 @@ pub fn decode_region(
             return;
         }
         let Some(r) = rect else {
-            let mut data = vec![0u8; w * h * 3];
+            let mut data = match crate::memory_budget::try_zeroed_vec(w * h * 3, "the decoded pixels") {
+                Ok(d) => d,
+                Err(e) => {
+                    checked = Err(anyhow::anyhow!("image {}: {e}", path.display()));
+                    return;
+                }
+            };
             // Row pointers into the final buffer: libjpeg writes every row in place.
             let mut rows: Vec<*mut u8> = data.chunks_exact_mut(w * 3).map(|r| r.as_mut_ptr()).collect();
             while (cinfo.output_scanline as usize) < h {
@@ -230,7 +236,13 @@ pub fn decode_region(
                 return;
             }
         }
-        let mut data = vec![0u8; r.w * r.h * 3];
+        let mut data = match crate::memory_budget::try_zeroed_vec(r.w * r.h * 3, "the decoded region's pixels") {
+            Ok(d) => d,
+            Err(e) => {
+                checked = Err(anyhow::anyhow!("image {}: {e}", path.display()));
+                return;
+            }
+        };
         let mut line = vec![0u8; width * 3];
         let from = (r.x - xoffset) * 3;
         while (cinfo.output_scanline as usize) < r.y + r.h {

@@ -6,6 +6,7 @@
 use super::augment::epoch_order;
 use super::dataset::FaceDataset;
 use super::sample::SampleMeta;
+use crate::memory_budget::try_zeroed_vec;
 use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Receiver};
@@ -29,6 +30,11 @@ pub struct LoaderConfig {
 impl LoaderConfig {
     pub fn new(batch_size: usize, shuffle: bool, threads: usize, seed: u64) -> Self {
         Self { batch_size, shuffle, drop_last: false, threads, prefetch: (2 * threads).max(2), seed }
+    }
+
+    /// Batches alive at once at most: those built ahead and the one the consumer holds.
+    pub fn batches_held(&self) -> usize {
+        self.prefetch + 1
     }
 }
 
@@ -58,8 +64,8 @@ impl Batch {
 pub fn build_batch(ds: &FaceDataset, indices: &[usize], seed: u64, epoch: u64, batch_index: usize) -> Result<Batch> {
     let (il, tl) = (ds.input_len(), ds.target_len());
     let n = indices.len();
-    let mut input = vec![0f32; n * il];
-    let mut target = vec![0f32; n * tl];
+    let mut input = try_zeroed_vec(n * il, "the batch's input crops")?;
+    let mut target = try_zeroed_vec(n * tl, "the batch's target heatmaps")?;
     let mut metas = Vec::with_capacity(n);
     for (k, &idx) in indices.iter().enumerate() {
         let aug = ds.augmentation_for(idx, seed, epoch);

@@ -105,7 +105,7 @@ impl FaceDataset {
 
     /// The source image of sample `index` as float HWC RGB, mirrored if `flip`.
     pub fn source_image(&self, index: usize, flip: bool) -> Result<Image> {
-        Ok(rgb8_to_image(&*self.source_rgb8(index)?, flip))
+        rgb8_to_image(&*self.source_rgb8(index)?, flip)
     }
 
     /// The source image of sample `index` as decoded bytes (COFW images are borrowed).
@@ -140,8 +140,8 @@ impl FaceDataset {
 
     /// Sample `index` with a given augmentation.
     pub fn get_with(&self, index: usize, aug: &Augmentation) -> Result<Sample> {
-        let mut input = vec![0f32; self.input_len()];
-        let mut target = vec![0f32; self.target_len()];
+        let mut input = crate::memory_budget::try_zeroed_vec(self.input_len(), "the sample's input crop")?;
+        let mut target = crate::memory_budget::try_zeroed_vec(self.target_len(), "the sample's target heatmaps")?;
         let meta = self.fill_sample_on_zeros(index, aug, &mut input, &mut target)?;
         Ok(Sample { input, target, meta })
     }

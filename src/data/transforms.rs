@@ -583,7 +583,7 @@ pub fn crop_rgb8_region(
         CropPlan::Zeros => return Ok(Some(Rgb8 { width: res[1], height: res[0], data: vec![0; res[0] * res[1] * 3] })),
         CropPlan::Float if !whole => return Ok(None),
         CropPlan::Float => {
-            let float = super::imageio::rgb8_to_image(region, flip);
+            let float = super::imageio::rgb8_to_image(region, flip)?;
             let out = match input {
                 InputType::Float32 => crop(&float, center, scale, res, rot)?,
                 InputType::Uint8 => crop_input(&float, input, center, scale, res, rot)?,

@@ -142,10 +142,10 @@ impl Mtcnn {
 
     /// `detect`, with each stage's wall time and output count (for benches and `--verbose`).
     pub fn detect_with_stats(&self, image: &Image, opts: &DetectorOptions) -> Result<(Vec<Detection>, DetectStats)> {
-        opts.check()?;
         if image.width == 0 || image.height == 0 || image.data.len() != image.width * image.height * 3 {
             bail!("detector: image {}x{} holds {} values (want RGB)", image.width, image.height, image.data.len());
         }
+        opts.check_work(image.width, image.height)?;
         let mut stats = DetectStats::default();
         let mut faces = crate::autograd::no_grad(|| -> Result<Vec<Detection>> {
             let t = std::time::Instant::now();
@@ -325,6 +325,60 @@ fn level_size(image: &Image, scale: f64) -> (usize, usize) {
 /// (and 2 conv2 rows) its neighbour computes too, so short bands waste work; long ones outgrow the
 /// caches and leave the two threads unevenly loaded.
 const PNET_BAND_ROWS: usize = 16;
+
+/// The most pyramid pixels (Σ over the levels of their width × height: P-Net's input) one photo may
+/// cost. Measured with `hrk predict` (tiny landmark model, one photo with three faces, wall time of the
+/// whole run) on a 2-core AMD EPYC (Zen 4):
+///
+/// ```text
+/// photo        --min-face  pyramid pixels  wall
+/// 2000x1500    20          2.2 M           0.7 s
+/// 4000x3000    20          8.7 M           2.3 s
+/// 4000x3000    10          34.8 M          5.5 s
+/// 4000x3000    5           139 M           20.5 s
+/// ```
+///
+/// so about 7 M pyramid pixels a second. The bound is 32× a 4000×3000 photo at the default
+/// `--min-face 20` (about 40 s): a 10000×10000 photo runs at 20 (72 M) and is refused at 1
+/// (2.9e10, hours).
+pub const MAX_PYRAMID_PIXELS: f64 = 2.8e8;
+
+/// Σ width × height of the pyramid's levels for a `width`×`height` photo (f64: never overflows).
+pub fn pyramid_pixels(width: usize, height: usize, min_face: f64, factor: f64) -> f64 {
+    pyramid_scales(width, height, min_face, factor)
+        .iter()
+        .map(|&s| (height as f64 * s + 1.0).floor() * (width as f64 * s + 1.0).floor())
+        .sum()
+}
+
+impl DetectorOptions {
+    /// Refuses a photo whose pyramid exceeds [`MAX_PYRAMID_PIXELS`] (before any pixel is resampled),
+    /// naming the work and the smallest whole `--min-face` that fits.
+    pub fn check_work(&self, width: usize, height: usize) -> Result<()> {
+        self.check()?;
+        let (min_face, factor) = (self.min_face as f64, self.factor as f64);
+        let work = pyramid_pixels(width, height, min_face, factor);
+        if work <= MAX_PYRAMID_PIXELS {
+            return Ok(());
+        }
+        // The work falls as the minimum face grows: the smallest whole size that fits, by bisection
+        // (the shorter side always fits: one 12-pixel level).
+        let (mut lo, mut hi) = (min_face.floor().max(1.0) as u64, width.min(height).max(12) as u64);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pyramid_pixels(width, height, mid as f64, factor) <= MAX_PYRAMID_PIXELS {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        bail!(
+            "detector: a {width}x{height} photo at --min-face {} is {work:.2e} pyramid pixels of P-Net work, more than the \
+             {MAX_PYRAMID_PIXELS:.1e} allowed; use --min-face {lo} or larger",
+            self.min_face
+        )
+    }
+}
 
 /// facenet's pyramid: m = 12 / min_face, scales m·factor^k while the scaled shorter side is ≥ 12
 /// (in f64, as Python does).

@@ -164,7 +164,9 @@ impl FaceFinder<'_> {
             }
             FaceFinder::Boxes(boxes) => boxes.iter().map(|b| b.face(None, 1.0, 0.0)).collect(),
             FaceFinder::Detector { mtcnn, options, margin, center_shift } => {
-                let img = rgb8_to_image(rgb, false);
+                // Before the float copy of the photo: a refused photo costs nothing more.
+                options.check_work(rgb.width, rgb.height)?;
+                let img = rgb8_to_image(rgb, false)?;
                 let dets = mtcnn.detect(&img, options)?;
                 dets.into_iter()
                     .filter_map(|d| {

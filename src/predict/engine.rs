@@ -93,7 +93,7 @@ impl<'a> LandmarkEngine<'a> {
     /// Crops and normalises `faces` of `rgb` for the model.
     pub fn crop(&self, rgb: &Rgb8, faces: Vec<FoundFace>) -> Result<CroppedFaces> {
         let (size, per) = (self.image_size, self.input_len());
-        let mut inputs = vec![0f32; faces.len() * per];
+        let mut inputs = crate::memory_budget::try_zeroed_vec(faces.len() * per, "the faces' input crops")?;
         for (face, buf) in faces.iter().zip(inputs.chunks_exact_mut(per.max(1))) {
             let c = crop_rgb8(rgb, false, InputType::Float32, face.center, face.crop_scale, size, 0.0)?;
             normalize_rgb8_into(&c, buf)?;

@@ -73,6 +73,15 @@ impl Trainer {
         let cfg = Config::load(&opts.cfg_path)?;
         // Refused before anything is written: absurd widths or depths in MODEL.EXTRA.
         HrnetSpec::from_config(&cfg)?;
+        // A batch this process cannot hold is refused here, not by an allocation failure mid-step.
+        crate::model::hrnet::memory::check_batch_memory(
+            &cfg,
+            &opts.device,
+            crate::model::hrnet::memory::Pass::Train,
+            cfg.train_batch_size(),
+            Some(cfg.workers),
+            "TRAIN.BATCH_SIZE_PER_GPU, MODEL.IMAGE_SIZE or WORKERS",
+        )?;
         let out_dir = cfg.output_dir_for(&opts.cfg_path);
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("cannot create output folder {}", out_dir.display()))?;

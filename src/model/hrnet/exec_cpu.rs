@@ -53,7 +53,8 @@ impl Arena {
     /// A buffer of `len` elements with unspecified contents (every user overwrites all of it).
     /// Best fit by length first (a shorter buffer would be zero-filled up to `len`; the same layer
     /// sizes recur every forward, so exact fits are the common case), then by capacity.
-    fn take(&self, len: usize) -> Vec<f32> {
+    /// An allocation that fails is an error naming the activation and its size, not an abort.
+    fn take(&self, len: usize) -> Result<Vec<f32>> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let by_len =
             free.iter().enumerate().filter(|(_, v)| v.len() >= len).min_by_key(|(_, v)| v.len()).map(|(i, _)| i);
@@ -66,21 +67,25 @@ impl Arena {
         });
         let mut v = match best {
             Some(i) => free.swap_remove(i),
-            None => Vec::with_capacity(len),
+            None => {
+                drop(free);
+                return crate::memory_budget::try_zeroed_vec(len, "an inference activation");
+            }
         };
         drop(free);
         if v.len() < len {
+            // Within the buffer's capacity (chosen by it): no reallocation.
             v.resize(len, 0.0);
         } else {
             v.truncate(len);
         }
-        v
+        Ok(v)
     }
     fn put(&self, v: Vec<f32>) {
         self.free.lock().unwrap_or_else(|e| e.into_inner()).push(v);
     }
-    fn act(&self, dims: [usize; 4]) -> Act {
-        Act { dims, data: self.take(dims.iter().product()) }
+    fn act(&self, dims: [usize; 4]) -> Result<Act> {
+        Ok(Act { dims, data: self.take(dims.iter().product())? })
     }
     fn give(&self, a: Act) {
         self.put(a.data)
@@ -151,7 +156,7 @@ impl InferNet {
     }
 
     fn forward_raw(&self, d: [usize; 4], input: &[f32]) -> Result<Act> {
-        let mut x = self.arena.act(d);
+        let mut x = self.arena.act(d)?;
         x.data.copy_from_slice(input);
         walk::forward(&self.plan, &mut CpuExec { arena: &self.arena, precision: self.precision }, x)
     }
@@ -183,7 +188,7 @@ impl CpuExec<'_> {
     fn run(&self, fc: &FConv, x: &Act, residual: Option<&Act>, relu: bool) -> Result<Act> {
         let f = &fc.conv;
         let g = Conv2dGeom::new(x.dims, &f.wshape, f.stride, f.pad)?;
-        let mut y = self.arena.act([g.n, g.cout, g.ho, g.wo]);
+        let mut y = self.arena.act([g.n, g.cout, g.ho, g.wo])?;
         if let Some(r) = residual {
             if r.dims != y.dims {
                 bail!("hrnet infer: residual {:?} does not fit conv output {:?}", r.dims, y.dims);
@@ -197,7 +202,7 @@ impl CpuExec<'_> {
             }
             // Emulated: the conv reads its input rounded to bf16; Winograd's transforms would leave
             // bf16, so convs run directly (products of bf16 values are exact in f32, the sums are f32).
-            let mut xb = self.arena.take(x.data.len());
+            let mut xb = self.arena.take(x.data.len())?;
             xb.iter_mut().zip(&x.data).for_each(|(d, &v)| *d = round_bf16(v));
             forward_fused(&g, &xb, &f.w, ep, &mut y.data);
             self.arena.put(xb);
@@ -244,7 +249,7 @@ impl Executor for CpuExec<'_> {
     }
 
     fn copy(&mut self, x: &Act) -> Result<Act> {
-        let mut y = self.arena.act(x.dims);
+        let mut y = self.arena.act(x.dims)?;
         y.data.copy_from_slice(&x.data);
         Ok(y)
     }
@@ -295,7 +300,7 @@ impl Executor for CpuExec<'_> {
         let Some(first) = branches.first() else { bail!("hrnet infer: the head got no branch") };
         let [n, _, h, w] = first.dims;
         let ctot: usize = branches.iter().map(|y| y.dims[1]).sum();
-        let mut cat = self.arena.act([n, ctot, h, w]);
+        let mut cat = self.arena.act([n, ctot, h, w])?;
         let plane = h * w;
         for b in 0..n {
             let mut c0 = 0;

@@ -11,6 +11,7 @@ mod exec_cpu;
 mod exec_gpu;
 mod exec_onnx;
 pub mod flops;
+pub mod memory;
 pub mod plan;
 pub mod spec;
 pub mod walk;

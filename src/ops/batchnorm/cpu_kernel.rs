@@ -71,7 +71,7 @@ impl BatchNormKernel for Cpu {
         }
         let (d, momentum) = (a.dims, a.momentum);
         let count = d[0] * d[2] * d[3];
-        let mut y = Storage::for_overwrite(x.dtype(), x.len());
+        let mut y = Storage::for_overwrite(x.dtype(), x.len(), "batch_norm output")?;
         let (mean, var) = match x.dtype() {
             DType::F32 => cpu32::channel_stats(typed(x), d),
             DType::F64 => channel_stats::<f64>(typed(x), d),
@@ -137,7 +137,7 @@ impl BatchNormKernel for Cpu {
         let rm = running_mean.to_f64_vec();
         let invstd = invstd_of(&running_var.to_f64_vec(), eps);
         let scale: Vec<f64> = (0..dims[1]).map(|c| g[c] * invstd[c]).collect();
-        let mut y = Storage::for_overwrite(x.dtype(), x.len());
+        let mut y = Storage::for_overwrite(x.dtype(), x.len(), "batch_norm output")?;
         match x.dtype() {
             DType::F32 => cpu32::affine(typed(x), dims, &rm, &scale, &b, typed_mut(&mut y), false),
             DType::F64 => affine::<f64>(typed(x), dims, &rm, &scale, &b, typed_mut(&mut y)),

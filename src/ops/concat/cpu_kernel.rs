@@ -12,7 +12,7 @@ impl ConcatKernel for Cpu {
         let ConcatShape { n, plane, ref chans } = *shape;
         let ctotal = shape.total_channels();
         let dtype = xs[0].dtype();
-        let mut out = Storage::for_overwrite(dtype, n * ctotal * plane);
+        let mut out = Storage::for_overwrite(dtype, n * ctotal * plane, "concat output")?;
         by_dtype!(dtype, T => {
             let y = typed_mut::<T>(&mut out);
             for b in 0..n {
@@ -34,14 +34,14 @@ impl ConcatKernel for Cpu {
             let mut off = 0;
             let mut out = Vec::with_capacity(shape.chans.len());
             for (i, &c) in shape.chans.iter().enumerate() {
-                out.push(needs[i].then(|| {
-                    let mut s = Storage::for_overwrite(dy.dtype(), shape.n * c * plane);
+                out.push(needs[i].then(|| -> Result<Storage> {
+                    let mut s = Storage::for_overwrite(dy.dtype(), shape.n * c * plane, "concat input gradient")?;
                     let dx = typed_mut::<T>(&mut s);
                     for b in 0..shape.n {
                         dx[b * c * plane..][..c * plane].copy_from_slice(&g[(b * ctotal + off) * plane..][..c * plane]);
                     }
-                    s
-                }));
+                    Ok(s)
+                }).transpose()?);
                 off += c;
             }
             Ok(out)

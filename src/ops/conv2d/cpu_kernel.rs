@@ -23,7 +23,7 @@ pub use super::direct::Epilogue;
 impl Conv2dKernel for Cpu {
     fn forward(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>) -> Result<Storage> {
         // The kernels write every output element (tests/conv_kernels.rs fills y and dx with NaN first).
-        let mut y = Storage::for_overwrite(x.dtype(), g.n * g.cout * g.ho * g.wo);
+        let mut y = Storage::for_overwrite(x.dtype(), g.n * g.cout * g.ho * g.wo, "conv2d output")?;
         if is_bf16(choose(g, Pass::Forward, op_arithmetic(x.dtype()))) {
             let ep = Epilogue { bias: bias.map(typed::<f32>), residual: None, relu: false };
             direct::bf16::forward(g, typed(x), typed(w), &Default::default(), ep, typed_mut(&mut y));
@@ -35,7 +35,9 @@ impl Conv2dKernel for Cpu {
     fn backward(&self, g: &Conv2dGeom, saved: [Option<&Storage>; 2], dy: &Storage, want: [bool; 3]) -> Result<Grads> {
         let [x, w] = saved;
         let dtype = dy.dtype();
-        let mut dx = want[0].then(|| Storage::for_overwrite(dtype, g.n * g.cin * g.h * g.w));
+        let mut dx = want[0]
+            .then(|| Storage::for_overwrite(dtype, g.n * g.cin * g.h * g.w, "conv2d input gradient"))
+            .transpose()?;
         let mut dw = want[1].then(|| Storage::zeros(dtype, g.cout * g.cin * g.k * g.k));
         let mut db = want[2].then(|| Storage::zeros(dtype, g.cout));
         let empty = Storage::zeros(dtype, 0);

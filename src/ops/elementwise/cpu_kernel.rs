@@ -10,7 +10,7 @@ use anyhow::Result;
 
 impl EltwiseKernel for Cpu {
     fn relu(&self, x: &Storage) -> Result<Storage> {
-        let mut y = Storage::for_overwrite(x.dtype(), x.len());
+        let mut y = Storage::for_overwrite(x.dtype(), x.len(), "elementwise output")?;
         by_dtype!(x.dtype(), T => {
             par_zip(typed_mut::<T>(&mut y), [typed::<T>(x)], |out, [x]| {
                 out.iter_mut().zip(x).for_each(|(o, &v)| *o = v.max(T::ZERO))
@@ -28,7 +28,7 @@ impl EltwiseKernel for Cpu {
         Ok(dy)
     }
     fn add(&self, a: &Storage, b: &Storage) -> Result<Storage> {
-        let mut y = Storage::for_overwrite(a.dtype(), a.len());
+        let mut y = Storage::for_overwrite(a.dtype(), a.len(), "add output")?;
         by_dtype!(a.dtype(), T => {
             par_zip(typed_mut::<T>(&mut y), [typed::<T>(a), typed::<T>(b)], |out, [a, b]| {
                 out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = x + y)
@@ -38,7 +38,7 @@ impl EltwiseKernel for Cpu {
     }
     fn add_relu(&self, a: &Storage, b: &Storage) -> Result<Storage> {
         // One pass: the sum is never stored.
-        let mut y = Storage::for_overwrite(a.dtype(), a.len());
+        let mut y = Storage::for_overwrite(a.dtype(), a.len(), "add output")?;
         by_dtype!(a.dtype(), T => {
             par_zip(typed_mut::<T>(&mut y), [typed::<T>(a), typed::<T>(b)], |out, [a, b]| {
                 out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = (x + y).max(T::ZERO))
@@ -47,7 +47,7 @@ impl EltwiseKernel for Cpu {
         Ok(y)
     }
     fn scale(&self, x: &Storage, s: f64) -> Result<Storage> {
-        let mut y = Storage::for_overwrite(x.dtype(), x.len());
+        let mut y = Storage::for_overwrite(x.dtype(), x.len(), "elementwise output")?;
         by_dtype!(x.dtype(), T => {
             let k = T::from_f64(s);
             par_zip(typed_mut::<T>(&mut y), [typed::<T>(x)], |out, [x]| {

@@ -20,13 +20,13 @@ impl MseKernel for Cpu {
         by_dtype!(dy.dtype(), T => {
             let k = T::from_f64(2.0 * typed::<T>(dy)[0].to_f64() / m);
             let (pred, target) = (typed::<T>(pred), typed::<T>(target));
-            let fill = |sign: T| {
-                let mut s = Storage::for_overwrite(dy.dtype(), pred.len());
+            let fill = |sign: T| -> Result<Storage> {
+                let mut s = Storage::for_overwrite(dy.dtype(), pred.len(), "mse_loss gradient")?;
                 let out = typed_mut::<T>(&mut s).iter_mut();
                 out.zip(pred.iter().zip(target)).for_each(|(o, (&a, &b))| *o = sign * (k * (a - b)));
-                s
+                Ok(s)
             };
-            Ok(vec![needs[0].then(|| fill(T::ONE)), needs[1].then(|| fill(-T::ONE))])
+            Ok(vec![needs[0].then(|| fill(T::ONE)).transpose()?, needs[1].then(|| fill(-T::ONE)).transpose()?])
         })
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 impl MaxPoolKernel for Cpu {
     fn forward(&self, g: &PoolGeom, x: &Storage) -> Result<Storage> {
-        let mut y = Storage::for_overwrite(x.dtype(), g.planes * g.ho * g.wo);
+        let mut y = Storage::for_overwrite(x.dtype(), g.planes * g.ho * g.wo, "max_pool output")?;
         by_dtype!(x.dtype(), T => {
             let src = typed::<T>(x);
             let out = typed_mut::<T>(&mut y);

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 impl PreluKernel for Cpu {
     fn forward(&self, [_, c, hw]: [usize; 3], x: &Storage, slopes: &Storage) -> Result<Storage> {
-        let mut y = Storage::for_overwrite(x.dtype(), x.len());
+        let mut y = Storage::for_overwrite(x.dtype(), x.len(), "prelu output")?;
         by_dtype!(x.dtype(), T => {
             let a = typed::<T>(slopes);
             let planes = typed_mut::<T>(&mut y).chunks_mut(hw.max(1)).zip(typed::<T>(x).chunks(hw.max(1)));

@@ -10,7 +10,7 @@ use anyhow::Result;
 
 impl SoftmaxKernel for Cpu {
     fn forward(&self, [n, c, hw]: [usize; 3], x: &Storage) -> Result<Storage> {
-        let mut y = Storage::for_overwrite(x.dtype(), x.len());
+        let mut y = Storage::for_overwrite(x.dtype(), x.len(), "softmax output")?;
         by_dtype!(x.dtype(), T => {
             let src = typed::<T>(x);
             let out = typed_mut::<T>(&mut y);

@@ -13,7 +13,7 @@ impl UpsampleKernel for Cpu {
     fn bilinear(&self, x: &Storage, r: &Resize) -> Result<Storage> {
         let [n, c, h, w] = r.input;
         let [ho, wo] = r.output;
-        let mut y = Storage::for_overwrite(x.dtype(), n * c * ho * wo);
+        let mut y = Storage::for_overwrite(x.dtype(), n * c * ho * wo, "upsample output")?;
         by_dtype!(x.dtype(), T => {
             let (ty, tx) = (bilinear_taps::<T>(h, ho), bilinear_taps::<T>(w, wo));
             per_plane::<T>(typed_mut(&mut y), ho * wo, typed(x), h * w, h * wo, |dst, src, rows| {
@@ -25,7 +25,7 @@ impl UpsampleKernel for Cpu {
     fn bilinear_backward(&self, dy: &Storage, r: &Resize) -> Result<Storage> {
         let [n, c, h, w] = r.input;
         let [ho, wo] = r.output;
-        let mut out = Storage::for_overwrite(dy.dtype(), n * c * h * w);
+        let mut out = Storage::for_overwrite(dy.dtype(), n * c * h * w, "upsample input gradient")?;
         by_dtype!(dy.dtype(), T => {
             let (ty, tx) = (bilinear_taps::<T>(h, ho), bilinear_taps::<T>(w, wo));
             per_plane::<T>(typed_mut(&mut out), h * w, typed(dy), ho * wo, h * wo, |dst, src, rows| {
@@ -38,7 +38,7 @@ impl UpsampleKernel for Cpu {
         let [n, c, h, w] = r.input;
         let [ho, wo] = r.output;
         let (ty, tx) = (nearest_taps(h, ho), nearest_taps(w, wo));
-        let mut ys = Storage::for_overwrite(x.dtype(), n * c * ho * wo);
+        let mut ys = Storage::for_overwrite(x.dtype(), n * c * ho * wo, "upsample output")?;
         by_dtype!(x.dtype(), T => {
             let xv: &[T] = typed(x);
             let y = typed_mut::<T>(&mut ys);
