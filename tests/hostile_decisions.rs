@@ -8,27 +8,29 @@
 
 mod common;
 
-use common::model::{tiny_config, write_tiny_model};
-use common::{alloc_guard, assert_cli_error, assert_cli_ok, hrk, hrk_model, line_of, s, scratch, Scratch};
+use common::model::{tiny_setup, TinySetup as Setup};
+use common::{alloc_guard, assert_cli_error, assert_cli_ok, hrk, hrk_model, line_of, s, scratch};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 #[global_allocator]
 static GLOBAL: alloc_guard::TrackingAlloc = alloc_guard::TrackingAlloc;
 
-struct Setup {
-    dir: Scratch,
-    cfg: PathBuf,
-    weights: PathBuf,
-    images: Vec<PathBuf>,
+/// Held while a test measures its largest allocation, and while another builds its fixtures in
+/// this process, so that neither sees the other's allocations.
+static ALLOCATIONS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`alloc_guard::LARGEST_ALLOC`] over `f`, with [`ALLOCATIONS`] held.
+fn largest_allocation_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let _alone = ALLOCATIONS.lock().unwrap_or_else(|e| e.into_inner());
+    alloc_guard::LARGEST_ALLOC.store(0, std::sync::atomic::Ordering::Relaxed);
+    let got = f();
+    (got, alloc_guard::LARGEST_ALLOC.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 fn setup(name: &str) -> Setup {
-    let dir = scratch(&format!("decisions-{name}"));
-    hrk::synth::generate(&dir, 68, 5, 11).unwrap();
-    let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TEST_CSV), 3);
-    let images = (0..2).map(|i| dir.join(format!("images/s68_{i:06}.jpg"))).collect();
-    Setup { dir, cfg, weights, images }
+    let _alone = ALLOCATIONS.lock().unwrap_or_else(|e| e.into_inner());
+    tiny_setup(&format!("decisions-{name}"))
 }
 
 fn stderr(o: &Output) -> String {
@@ -63,7 +65,12 @@ fn an_image_too_small_for_a_face_is_named_with_its_size() {
     let one = st.dir.join("one.png");
     write_png(&one, 1, 1);
     let out = st.dir.join("out");
-    let o = hrk_model("predict", &st.cfg, &st.weights, &[s(&one), s(&st.images[0]), "--detector", "none", "--out", s(&out)]);
+    let o = hrk_model(
+        "predict",
+        &st.cfg,
+        &st.weights,
+        &[s(&one), s(&st.images[0]), "--detector", "none", "--out", s(&out)],
+    );
     let err = stderr(&o);
     assert!(err.contains(&format!("image {}: image too small (1x1 pixels", one.display())), "{err}");
     assert_eq!(last_line(&o), "hrk: error: 2 images, 1 faces, 1 failed");
@@ -191,7 +198,8 @@ fn a_non_utf8_image_name_keeps_its_bytes_in_the_json() {
         return;
     }
     let out = st.dir.join("out");
-    let o = hrk_cmd_os(&st, &[odd.as_os_str(), "--detector".as_ref(), "none".as_ref(), "--out".as_ref(), out.as_os_str()]);
+    let o =
+        hrk_cmd_os(&st, &[odd.as_os_str(), "--detector".as_ref(), "none".as_ref(), "--out".as_ref(), out.as_os_str()]);
     assert_cli_ok(&o);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("face\u{fffd}.json")).unwrap()).unwrap();
@@ -199,7 +207,10 @@ fn a_non_utf8_image_name_keeps_its_bytes_in_the_json() {
     assert_eq!(json["image_bytes_hex"], hex.as_str());
     assert!(json["image"].as_str().unwrap().ends_with("face\u{fffd}.jpg"));
     // UTF-8 names keep the schema as it was.
-    let o = hrk_cmd_os(&st, &[st.images[1].as_os_str(), "--detector".as_ref(), "none".as_ref(), "--out".as_ref(), out.as_os_str()]);
+    let o = hrk_cmd_os(
+        &st,
+        &[st.images[1].as_os_str(), "--detector".as_ref(), "none".as_ref(), "--out".as_ref(), out.as_os_str()],
+    );
     assert_cli_ok(&o);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("s68_000001.json")).unwrap()).unwrap();
@@ -257,6 +268,25 @@ fn a_full_disk_still_ends_predict_with_its_summary_line() {
     );
 }
 
+/// A 64×64 PNG holding a 64 MiB ICC profile (deflated to a few tens of KB) had the profile
+/// inflated whole by the decoder (a 1 MB file made 1 GB); the unused profile is now skipped.
+#[test]
+fn a_png_with_a_huge_icc_profile_decodes_without_inflating_it() {
+    use image::ImageEncoder;
+    let pixels: Vec<u8> = (0..64 * 64 * 3).map(|i| (i % 251) as u8).collect();
+    let mut png = Vec::new();
+    {
+        let _alone = ALLOCATIONS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut encoder = image::codecs::png::PngEncoder::new(&mut png);
+        encoder.set_icc_profile(vec![0; 64 << 20]).unwrap();
+        encoder.write_image(&pixels, 64, 64, image::ExtendedColorType::Rgb8).unwrap();
+    }
+    let (rgb, largest) = largest_allocation_of(|| hrk::data::imageio::decode_rgb8_bytes(&png, Path::new("icc.png")));
+    let rgb = rgb.unwrap();
+    assert_eq!((rgb.width, rgb.height, rgb.data), (64, 64, pixels));
+    assert!(largest < 16 << 20, "{largest} bytes allocated in one go for a {}-byte PNG", png.len());
+}
+
 /// A zip `.pth` whose pickle declares a 1 GiB storage (its record "deflated" into 1.1 MB) was
 /// inflated (1 GiB allocated) before the size was refused.
 #[test]
@@ -273,9 +303,8 @@ fn a_pth_declaring_a_huge_storage_is_refused_before_inflating_it() {
         zip_declaring(&[("archive/data.pkl", &pkl, pkl.len() as u64, 0), ("archive/data/0", &deflated, numel * 4, 8)]),
     )
     .unwrap();
-    alloc_guard::LARGEST_ALLOC.store(0, std::sync::atomic::Ordering::Relaxed);
-    let e = format!("{:#}", hrk::io::load_state_dict(&path).unwrap_err());
-    let largest = alloc_guard::LARGEST_ALLOC.load(std::sync::atomic::Ordering::Relaxed);
+    let (loaded, largest) = largest_allocation_of(|| hrk::io::load_state_dict(&path));
+    let e = format!("{:#}", loaded.unwrap_err());
     common::assert_one_line(&e, &["huge.pth", "tensor 'w'", "archive/data/0", "268435456 elements"]);
     assert!(largest < 64 << 20, "{largest} bytes allocated in one go before refusing: {e}");
 }
@@ -337,4 +366,56 @@ fn zip_declaring(entries: &[(&str, &[u8], u64, u16)]) -> Vec<u8> {
     out.extend_from_slice(&cd_offset.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out
+}
+
+// ---- fixes from the second sweep (docs/SWEEP.md) ------------------------------------------------
+
+/// Runs `hrk args…`, killing it after `secs` (then `None`).
+fn hrk_within(args: &[&str], secs: u64) -> Option<Output> {
+    let mut child = common::hrk_cmd()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed().as_secs() >= secs {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+/// `hrk synth --count 0` wrote an empty data set and exited 0; `--count 1000000000000` wrote
+/// images until the disk was full.
+#[test]
+fn synth_refuses_a_count_of_zero_or_past_its_bound() {
+    let dir = scratch("decisions-synth");
+    for count in ["0", "1000000000000"] {
+        let out = dir.join(format!("s{count}"));
+        let o = hrk_within(&["synth", "--out", s(&out), "--joints", "68", "--count", count], 20)
+            .unwrap_or_else(|| panic!("--count {count} still running after 20 s"));
+        assert_cli_error(&o, &[&format!("--count {count} is out of range: give 1 to 200000 images")]);
+        assert!(!out.join("images").exists(), "--count {count} wrote a folder");
+    }
+}
+
+/// `hrk annotations` on a file without faces wrote a header-only CSV (which `hrk test` and
+/// `hrk train` then refuse) and exited 0.
+#[test]
+fn annotations_without_faces_are_refused_and_write_nothing() {
+    let dir = scratch("decisions-empty-annotations");
+    let (csv, coco) = (dir.join("a.csv"), dir.join("c.json"));
+    std::fs::write(&csv, "image,x1,y1,x2,y2,p0x,p0y\n").unwrap();
+    std::fs::write(&coco, r#"{"images": [], "annotations": []}"#).unwrap();
+    for (flag, input) in [("--csv", &csv), ("--coco", &coco)] {
+        let out = dir.join("out.csv");
+        let o = hrk(&["annotations", flag, s(input), "--out", s(&out)]);
+        assert_cli_error(&o, &[s(input), "no faces to convert; nothing written"]);
+        assert!(!out.exists());
+    }
 }

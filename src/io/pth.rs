@@ -208,9 +208,7 @@ fn check_declared_sizes(u: &Unpickled, input_len: usize, storage: impl Fn(&str) 
 
 /// Copies each tensor's elements out of its storage (any strides), converting f16/bf16 to f32
 /// and integer types to i64 (sizes checked by [`check_declared_sizes`] first).
-fn materialize(
-    u: &Unpickled, records: &HashMap<String, Cow<[u8]>>,
-) -> Result<Vec<(String, HostTensor)>> {
+fn materialize(u: &Unpickled, records: &HashMap<String, Cow<[u8]>>) -> Result<Vec<(String, HostTensor)>> {
     let mut out = Vec::with_capacity(u.entries.len());
     for (key, ti) in &u.entries {
         let t = &u.tensors[*ti];
