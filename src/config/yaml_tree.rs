@@ -70,9 +70,10 @@ thread_local! {
 /// Parses one YAML document; `Ok(None)` for an empty document (only comments or blanks).
 pub fn parse(text: &str) -> Result<Option<Located>, SyntaxError> {
     let mut options = serde_saphyr::Options::default();
-    // PyYAML (YAML 1.1) reads `010` as octal 8 and lets a repeated key overwrite the first.
+    // PyYAML (YAML 1.1) reads `010` as octal 8.
     options.legacy_octal_numbers = true;
-    // Repeated keys reach the visitor, which refuses them with both lines.
+    // PyYAML lets a repeated key overwrite the first; here repeated keys reach the visitor, which
+    // refuses them with both lines.
     options.duplicate_keys = DuplicateKeyPolicy::LastWins;
     // `.inf` is a float to PyYAML; the range checks reject it later with a key name.
     options.non_finite_float_policy = NonFiniteFloatPolicy::PassThrough;

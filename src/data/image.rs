@@ -36,10 +36,11 @@ pub const MIN_FACE_SIDE: usize = 8;
 /// (four times [`MAX_SIDE`]: a box may reach past the image, as the reference pads, but not to 1e30).
 pub const MAX_BOX_COORDINATE: f64 = 4.0 * MAX_SIDE as f64;
 
-/// Refuses an image too small to hold a face (`what` names it: a path, or a path and CSV line).
-pub fn check_face_image_size(what: &str, [width, height]: [usize; 2]) -> Result<()> {
+/// Refuses an image too small to hold a face (`what` names it, only when refused: a path, or a path
+/// and CSV line).
+pub fn check_face_image_size(what: impl FnOnce() -> String, [width, height]: [usize; 2]) -> Result<()> {
     if width < MIN_FACE_SIDE || height < MIN_FACE_SIDE {
-        bail!("{what}: image too small ({width}x{height} pixels; a face image needs at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE})");
+        bail!("{}: image too small ({width}x{height} pixels; a face image needs at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE})", what());
     }
     Ok(())
 }

@@ -149,7 +149,7 @@ impl FaceDataset {
     /// Refuses, naming the sample, an image too small for a face and an annotation whose face box
     /// (center ± 100·scale) lies entirely outside its `full` = [width, height] image.
     fn check_face_in_image(&self, index: usize, ann: &AnnotationRef, full: [usize; 2]) -> Result<()> {
-        check_face_image_size(&self.describe(index), full)?;
+        check_face_image_size(|| self.describe(index), full)?;
         let half = 100.0 * ann.scale;
         let [cx, cy] = ann.center.map(f64::from);
         let face = [cx - half, cy - half, cx + half, cy + half];

@@ -43,7 +43,7 @@ impl FrameSource for ImageFiles<'_> {
                 label: p.clone(),
                 name: name.clone(),
                 content: decode_rgb8(p).and_then(|rgb| {
-                    check_face_image_size(&format!("image {}", p.display()), [rgb.width, rgb.height])?;
+                    check_face_image_size(|| format!("image {}", p.display()), [rgb.width, rgb.height])?;
                     Ok(FrameContent::Pixels(rgb))
                 }),
             })
