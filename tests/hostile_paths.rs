@@ -7,7 +7,7 @@ mod common;
 
 use common::model::{tiny_setup, TinySetup};
 use common::{assert_cli_error, assert_cli_ok, hrk_model, s};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn setup(name: &str) -> TinySetup {
