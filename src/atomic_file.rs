@@ -170,9 +170,36 @@ fn write_via_temp(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        bail!("{}: write failed: {e:#}", path.display());
+        let message = format!("{}: write failed: {e:#}", path.display());
+        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(means_storage_full)) {
+            return Err(anyhow::Error::new(StorageFull(message)));
+        }
+        bail!(message);
     }
     Ok(())
+}
+
+/// A write that failed for want of space (disk or quota full, file size limit): every later write
+/// there would fail too, so a long run stops at the first (see [`is_storage_full`]).
+#[derive(Debug)]
+pub struct StorageFull(String);
+
+impl std::fmt::Display for StorageFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StorageFull {}
+
+fn means_storage_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge)
+}
+
+/// Whether `e` is (or wraps) a [`write_atomically`] failure for want of space.
+pub fn is_storage_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<StorageFull>())
 }
 
 /// Removes temp files that `write_atomically` left in `dir` when a process was killed mid-write

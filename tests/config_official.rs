@@ -254,13 +254,20 @@ fn yacs_decoding_rules() {
     let cfg = Config::from_yaml_str("GPUS: [0, 1, 2]\nDATASET:\n  FLIP: no\n", "d.yaml").unwrap();
     assert_eq!(cfg.gpus_count(), 3);
     assert!(!cfg.dataset.flip);
-    // Unparseable text stays a string; a repeated key: the last one wins.
-    let cfg = Config::from_yaml_str("DATASET:\n  DATASET: 300W\n  ROOT: a/b\n  ROOT: c\n", "d.yaml").unwrap();
+    // Unparseable text stays a string.
+    let cfg = Config::from_yaml_str("DATASET:\n  DATASET: 300W\n  ROOT: a/b\n", "d.yaml").unwrap();
     assert_eq!(cfg.dataset.dataset, "300W");
-    assert_eq!(cfg.dataset.root, "c");
-    // A repeated section replaces the first one whole (PyYAML builds a dict before yacs merges).
-    let cfg = Config::from_yaml_str("MODEL:\n  NUM_JOINTS: 5\nMODEL:\n  SIGMA: 2.0\n", "d.yaml").unwrap();
-    assert_eq!((cfg.model.num_joints, cfg.model.sigma), (17, 2.0));
+    assert_eq!(cfg.dataset.root, "a/b");
+    // A repeated key or section, where PyYAML silently keeps the last (issue 25), is refused with
+    // both lines.
+    let e = Config::from_yaml_str("DATASET:\n  DATASET: 300W\n  ROOT: a/b\n  ROOT: c\n", "d.yaml").unwrap_err();
+    assert!(
+        format!("{e:#}").starts_with("d.yaml:4: YAML refused: key 'ROOT' is written twice, at d.yaml:3 and d.yaml:4")
+    );
+    let e = Config::from_yaml_str("MODEL:\n  NUM_JOINTS: 5\nMODEL:\n  SIGMA: 2.0\n", "d.yaml").unwrap_err();
+    assert!(
+        format!("{e:#}").starts_with("d.yaml:3: YAML refused: key 'MODEL' is written twice, at d.yaml:1 and d.yaml:3")
+    );
     // Anchors, aliases and merge keys work as in PyYAML.
     let cfg = Config::from_yaml_str(
         "MODEL:\n  EXTRA:\n    STAGE2: &s {NUM_MODULES: 2}\n    STAGE3:\n      <<: *s\n      NUM_BRANCHES: 3\n",

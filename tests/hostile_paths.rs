@@ -5,24 +5,13 @@
 
 mod common;
 
-use common::model::{tiny_config, write_tiny_model};
-use common::{assert_cli_error, assert_cli_ok, hrk_model, s, scratch, Scratch};
-use std::path::{Path, PathBuf};
+use common::model::{tiny_setup, TinySetup};
+use common::{assert_cli_error, assert_cli_ok, hrk_model, s};
+use std::path::Path;
 use std::process::{Command, Output};
 
-struct Setup {
-    dir: Scratch,
-    cfg: PathBuf,
-    weights: PathBuf,
-    images: Vec<PathBuf>,
-}
-
-fn setup(name: &str) -> Setup {
-    let dir = scratch(&format!("paths-{name}"));
-    hrk::synth::generate(&dir, 68, 5, 11).unwrap();
-    let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TEST_CSV), 3);
-    let images = (0..2).map(|i| dir.join(format!("images/s68_{i:06}.jpg"))).collect();
-    Setup { dir, cfg, weights, images }
+fn setup(name: &str) -> TinySetup {
+    tiny_setup(&format!("paths-{name}"))
 }
 
 /// A FIFO at `path`; a detached thread writes `bytes` into it once a reader opens it (left blocked,

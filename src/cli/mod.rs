@@ -121,6 +121,10 @@ pub fn run(cli: Cli) -> Result<()> {
             let shown = path.display().to_string();
             let mut rows =
                 if coco_input { ann::from_coco(&text, &shown)? } else { ann::from_simple_csv(&text, &shown)? };
+            if rows.is_empty() {
+                // hrk test and train refuse a CSV without data rows; say so now, not at training time.
+                anyhow::bail!("{shown}: no faces to convert; nothing written");
+            }
             if box_from == "landmarks" {
                 ann::use_landmark_boxes(&mut rows)?;
             }

@@ -231,18 +231,28 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     let mut progress = Progress::new(images.len() + dataset_list.len(), quiet);
     let mut on_image = |r: &crate::predict::ImageReport| progress.image_done(r);
     let mut run = PredictRun::new(&mut net, opts, cfg.model.image_size, &out, args.labels)?;
-    run.run_images(&images, &image_names, source, &mut on_image)?;
-    if let Some(ds) = &dataset {
-        run.run_dataset(ds, dataset_names, &mut on_image)?;
+    let mut ran = run.run_images(&images, &image_names, source, &mut on_image);
+    if let (Ok(()), Some(ds)) = (&ran, &dataset) {
+        ran = run.run_dataset(ds, dataset_names, &mut on_image);
     }
     let csv_name = match shard {
         Some((i, n)) => format!("predictions.shard-{i}-of-{n}.csv"),
         None => "predictions.csv".to_string(),
     };
-    let summary = run.finish(&csv_name)?;
+    // The CSV of what was done is written even after a run that stopped early.
+    let summary = run.summary();
+    let csv_written = run.finish(&csv_name);
     drop(progress);
-    if summary.failed > 0 {
+    let problems: Vec<anyhow::Error> = [ran.err(), csv_written.err()].into_iter().flatten().collect();
+    if summary.failed > 0 || !problems.is_empty() {
+        for e in &problems {
+            log::error!("{e:#}");
+        }
         // The error line is the summary: the last line, and a non-zero exit.
+        let not_run = (images.len() + dataset_list.len()).saturating_sub(summary.images);
+        if not_run > 0 {
+            bail!("{summary}, {not_run} not processed");
+        }
         bail!("{summary}");
     }
     if !quiet {

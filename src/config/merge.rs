@@ -21,6 +21,15 @@ pub(super) fn merge_yaml(text: &str, source_name: &str) -> Result<Config> {
     let root = match yaml_tree::parse(text) {
         Ok(root) => root,
         Err(e) => {
+            if let Some(d) = &e.duplicate {
+                bail!(
+                    "{source_name}:{}: YAML refused: key '{}' is written twice, at {source_name}:{} and {source_name}:{} (PyYAML would silently keep the second value; remove one)",
+                    d.second_line,
+                    d.key,
+                    d.first_line,
+                    d.second_line
+                );
+            }
             let at = if e.line > 0 { format!("{source_name}:{}:{}", e.line, e.column) } else { source_name.to_owned() };
             if e.over_limit {
                 bail!("{at}: YAML refused: {}", e.message);

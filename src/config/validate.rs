@@ -138,9 +138,9 @@ impl Config {
                 rules.at("TRAIN.NESTEROV")
             );
         }
-        if train.end_epoch < train.begin_epoch {
+        if train.end_epoch <= train.begin_epoch {
             bail!(
-                "{}: config key TRAIN.END_EPOCH: {} is before TRAIN.BEGIN_EPOCH {}",
+                "{}: config key TRAIN.END_EPOCH: {} is not after TRAIN.BEGIN_EPOCH {}, which leaves nothing to train",
                 rules.at("TRAIN.END_EPOCH"),
                 train.end_epoch,
                 train.begin_epoch

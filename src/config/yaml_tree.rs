@@ -23,8 +23,8 @@ pub enum Scalar {
 pub enum Node {
     Scalar(Scalar),
     Seq(Vec<Spanned<Node>>),
-    /// Keys with their line, in file order; a repeated key keeps its first position and its
-    /// last value (PyYAML builds a dict, where the last assignment wins).
+    /// Keys with their line, in file order (a key written twice in one mapping is refused:
+    /// PyYAML would silently keep the last value).
     Map(Vec<(MapKey, Spanned<Node>)>),
 }
 
@@ -49,13 +49,31 @@ pub struct SyntaxError {
     pub column: u64,
     /// The document broke a size limit (an alias bomb) rather than the grammar.
     pub over_limit: bool,
+    /// A key written twice in one mapping.
+    pub duplicate: Option<DuplicateKey>,
+}
+
+/// A key written twice in one mapping: its text and the 1-based lines of both.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DuplicateKey {
+    pub key: String,
+    pub first_line: u64,
+    pub second_line: u64,
+}
+
+thread_local! {
+    /// The duplicate a map visitor refused, for `parse` to report with both lines (serde's error
+    /// type carries only text).
+    static DUPLICATE: std::cell::RefCell<Option<DuplicateKey>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Parses one YAML document; `Ok(None)` for an empty document (only comments or blanks).
 pub fn parse(text: &str) -> Result<Option<Located>, SyntaxError> {
     let mut options = serde_saphyr::Options::default();
-    // PyYAML (YAML 1.1) reads `010` as octal 8 and lets a repeated key overwrite the first.
+    // PyYAML (YAML 1.1) reads `010` as octal 8.
     options.legacy_octal_numbers = true;
+    // PyYAML lets a repeated key overwrite the first; here repeated keys reach the visitor, which
+    // refuses them with both lines.
     options.duplicate_keys = DuplicateKeyPolicy::LastWins;
     // `.inf` is a float to PyYAML; the range checks reject it later with a key name.
     options.non_finite_float_policy = NonFiniteFloatPolicy::PassThrough;
@@ -64,11 +82,20 @@ pub fn parse(text: &str) -> Result<Option<Located>, SyntaxError> {
     // Keys are read as text; `~:` is then reported as an unknown key, not a parse failure.
     options.null_as_string = true;
     options.with_snippet = false;
+    DUPLICATE.with(|d| d.borrow_mut().take());
     let parsed: Result<Option<Spanned<Node>>, serde_saphyr::Error> = serde_saphyr::from_str_with_options(text, options);
     match parsed {
         Ok(Some(spanned)) => Ok(Some(Located { line: spanned.referenced.line(), node: spanned.value })),
         Ok(None) => Ok(None),
-        Err(err) => Err(syntax_error(&err)),
+        Err(err) => {
+            let mut e = syntax_error(&err);
+            if let Some(dup) = DUPLICATE.with(|d| d.borrow_mut().take()) {
+                e.message = format!("key '{}' is written twice", dup.key);
+                e.line = dup.second_line;
+                e.duplicate = Some(dup);
+            }
+            Err(e)
+        }
     }
 }
 
@@ -80,7 +107,7 @@ fn syntax_error(err: &serde_saphyr::Error) -> SyntaxError {
         inner = error;
     }
     if let serde_saphyr::Error::Budget { breach, .. } = inner {
-        return SyntaxError { message: budget_sentence(breach), line, column, over_limit: true };
+        return SyntaxError { message: budget_sentence(breach), line, column, over_limit: true, duplicate: None };
     }
     let mut message = err.without_snippet().to_string();
     // The location is reported separately; keep the message to one line.
@@ -88,7 +115,7 @@ fn syntax_error(err: &serde_saphyr::Error) -> SyntaxError {
         message.truncate(cut);
     }
     let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
-    SyntaxError { message, line, column, over_limit: false }
+    SyntaxError { message, line, column, over_limit: false, duplicate: None }
 }
 
 /// serde-saphyr's budget refusal (`Nodes { nodes: 250001 }`, as Debug) as one sentence that
@@ -169,10 +196,13 @@ impl<'de> Visitor<'de> for NodeVisitor {
         let mut entries: Vec<(MapKey, Spanned<Node>)> = Vec::new();
         while let Some((key, value)) = map.next_entry::<Spanned<KeyText>, Spanned<Node>>()? {
             let key = MapKey { text: key.value.0, line: key.referenced.line() };
-            match entries.iter_mut().find(|(k, _)| k.text == key.text) {
-                Some(existing) => existing.1 = value,
-                None => entries.push((key, value)),
+            if let Some((first, _)) = entries.iter().find(|(k, _)| k.text == key.text) {
+                let dup = DuplicateKey { key: key.text.clone(), first_line: first.line, second_line: key.line };
+                let message = format!("key '{}' is written twice", dup.key);
+                DUPLICATE.with(|d| *d.borrow_mut() = Some(dup));
+                return Err(de::Error::custom(message));
             }
+            entries.push((key, value));
         }
         Ok(Node::Map(entries))
     }
@@ -237,15 +267,30 @@ mod tests {
 
     #[test]
     fn keys_are_text_and_values_follow_yaml_1_1() {
-        let got = entries("N: no\nY: on\n~: 1\nA: 010\nB: 'x'\nA: 2\n");
+        let got = entries("N: no\nY: on\n~: 1\nA: 010\nB: 'x'\n");
         let keys: Vec<&str> = got.iter().map(|(k, _, _)| k.as_str()).collect();
         assert_eq!(keys, ["N", "Y", "~", "A", "B"]);
         assert_eq!(got[0].2, Node::Scalar(Scalar::Bool(false)));
         assert_eq!(got[1].2, Node::Scalar(Scalar::Bool(true)));
-        // The repeated key keeps its first place and its last value.
-        assert_eq!((got[3].1, &got[3].2), (4, &Node::Scalar(Scalar::Int(Some(2)))));
+        assert_eq!((got[3].1, &got[3].2), (4, &Node::Scalar(Scalar::Int(Some(8)))));
         assert_eq!(entries("A: 010\n")[0].2, Node::Scalar(Scalar::Int(Some(8))));
         assert_eq!(got[4].2, Node::Scalar(Scalar::Str("x".into())));
+    }
+
+    /// A repeated key once silently took the last value (PyYAML's dict); it is refused with the
+    /// lines of both, also inside nested mappings, while a merge key (`<<`) may still be overridden.
+    #[test]
+    fn a_key_written_twice_is_refused_with_both_lines() {
+        let e = parse("A: 1\nB: 2\nA: 3\n").unwrap_err();
+        let want = DuplicateKey { key: "A".into(), first_line: 1, second_line: 3 };
+        assert_eq!((e.duplicate, e.line), (Some(want), 3));
+        let e = parse("T:\n  X: 1\n  Y: 2\n  X: 1\n").unwrap_err();
+        assert_eq!(e.duplicate.map(|d| (d.key, d.first_line, d.second_line)), Some(("X".into(), 2, 4)));
+        let merged = entries("base: &b\n  X: 1\n  Y: 2\nT:\n  <<: *b\n  X: 5\n");
+        let Node::Map(t) = &merged[1].2 else { panic!("T is not a map") };
+        let t: Vec<(&str, &Node)> = t.iter().map(|(k, v)| (k.text.as_str(), &v.value)).collect();
+        assert_eq!(t, [("X", &Node::Scalar(Scalar::Int(Some(5)))), ("Y", &Node::Scalar(Scalar::Int(Some(2))))]);
+        assert!(parse("A: 1\nB: 2\n").is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! ceil(max y))` is used, which gives the .0/.5 centres and whole-pixel sides of the published
 //! CSVs.
 
+use super::image::MAX_BOX_COORDINATE;
 use anyhow::{anyhow, bail, Context, Result};
 use std::fmt::Write as _;
 
@@ -57,12 +58,22 @@ fn row(image: String, given: [f64; 4], pts: Vec<[f64; 2]>, src: BoxSource, what:
     if !b.iter().all(|v| v.is_finite()) || b[2] <= b[0] || b[3] <= b[1] {
         bail!("{what}: face box {b:?} is empty or not finite (need x2 > x1, y2 > y1)");
     }
+    if !b.iter().all(|v| v.abs() <= MAX_BOX_COORDINATE) {
+        bail!("{what}: face box {b:?} reaches beyond ±{MAX_BOX_COORDINATE} pixels");
+    }
+    if b[2] <= 0.0 || b[3] <= 0.0 {
+        bail!("{what}: face box {b:?} lies entirely outside the image (left of or above it)");
+    }
+    if let Some(k) = pts.iter().position(|p| !(p[0].is_finite() && p[1].is_finite())) {
+        bail!("{what}: landmark {k} {:?} is not finite", pts[k]);
+    }
     let (center, scale) = box_center_scale(b);
     Ok(OfficialRow { image, center, scale, pts })
 }
 
 /// COCO keypoints JSON: `images[{id, file_name}]`, `annotations[{image_id, bbox: [x, y, w, h],
-/// keypoints: [x, y, v, ...]}]`; keypoints with v = 0 are missing.
+/// keypoints: [x, y, v, ...]}]`; keypoints with v = 0 are missing, v = 1 and 2 present, any other
+/// v refused. An annotation without `bbox` takes the tight landmark box (one warning with the count).
 pub fn from_coco(text: &str, source: &str) -> Result<Vec<OfficialRow>> {
     let v: serde_json::Value = serde_json::from_str(text).with_context(|| format!("{source}: not valid JSON"))?;
     let images = v["images"].as_array().ok_or_else(|| anyhow!("{source}: no 'images' array"))?;
@@ -79,8 +90,12 @@ pub fn from_coco(text: &str, source: &str) -> Result<Vec<OfficialRow>> {
     let anns = v["annotations"].as_array().ok_or_else(|| anyhow!("{source}: no 'annotations' array"))?;
     let mut rows = Vec::with_capacity(anns.len());
     let mut joints = None;
+    let mut without_bbox = 0usize;
     for (i, a) in anns.iter().enumerate() {
-        let what = format!("{source}: annotations[{i}]");
+        let what = match &a["id"] {
+            serde_json::Value::Null => format!("{source}: annotations[{i}]"),
+            id => format!("{source}: annotations[{i}] (id {id})"),
+        };
         let id = a["image_id"].as_i64().ok_or_else(|| anyhow!("{what}.image_id is not an integer"))?;
         let image =
             names.get(&id).ok_or_else(|| anyhow!("{what}: image_id {id} names no entry of 'images'"))?.1.clone();
@@ -99,15 +114,27 @@ pub fn from_coco(text: &str, source: &str) -> Result<Vec<OfficialRow>> {
         if *joints.get_or_insert(kp.len() / 3) != kp.len() / 3 {
             bail!("{what}.keypoints: {} points, earlier annotations have {}", kp.len() / 3, joints.unwrap_or(0));
         }
+        if let Some(k) = kp.chunks_exact(3).position(|t| ![0.0, 1.0, 2.0].contains(&t[2])) {
+            bail!("{what}.keypoints: point {k} has visibility {}, expected 0, 1 or 2", kp[3 * k + 2]);
+        }
         let pts: Vec<[f64; 2]> =
             kp.chunks_exact(3).map(|t| if t[2] > 0.0 { [t[0], t[1]] } else { [-1.0, -1.0] }).collect();
         let (given, src) = match nums("bbox") {
             Ok(b) if b.len() == 4 => ([b[0], b[1], b[0] + b[2], b[1] + b[3]], BoxSource::Given),
             Ok(b) => bail!("{what}.bbox: {} values, expected [x, y, w, h]", b.len()),
-            Err(_) if a.get("bbox").is_none() => ([0.0; 4], BoxSource::Landmarks),
+            Err(_) if a.get("bbox").is_none() => {
+                without_bbox += 1;
+                ([0.0; 4], BoxSource::Landmarks)
+            }
             Err(e) => return Err(e),
         };
         rows.push(row(image, given, pts, src, &what)?);
+    }
+    if without_bbox > 0 {
+        log::warn!(
+            "{source}: {without_bbox} of {} annotations have no bbox; their face box is the tight box of their visible landmarks",
+            anns.len()
+        );
     }
     Ok(rows)
 }
@@ -215,5 +242,31 @@ mod tests {
         }
         let e = coco(r#"[{"id": 2, "file_name": "b.jpg"}]"#, anns).unwrap_err().to_string();
         assert!(e.contains("c.json: annotations[0]: image_id 1"), "{e}");
+    }
+
+    #[test]
+    fn coco_refuses_visibility_outside_0_1_2_naming_the_annotation_id() {
+        let images = r#"[{"id": 1, "file_name": "a.jpg"}]"#;
+        let anns = r#"[{"id": 41, "image_id": 1, "bbox": [10, 20, 40, 50], "keypoints": [12, 25, 2, 40, 60, 3]}]"#;
+        let e = format!("{:#}", coco(images, anns).unwrap_err());
+        assert_eq!(e, "c.json: annotations[0] (id 41).keypoints: point 1 has visibility 3, expected 0, 1 or 2");
+        let ok = r#"[{"id": 41, "image_id": 1, "bbox": [10, 20, 40, 50], "keypoints": [12, 25, 1, 40, 60, 0]}]"#;
+        assert_eq!(coco(images, ok).unwrap()[0].pts, [[12.0, 25.0], [-1.0, -1.0]]);
+    }
+
+    #[test]
+    fn boxes_at_1e30_left_of_the_image_or_with_nan_landmarks_are_refused() {
+        let images = r#"[{"id": 1, "file_name": "a.jpg"}]"#;
+        for (bbox, part) in [
+            ("[0, 0, 1e30, 1e30]", "beyond"),
+            ("[-500, -500, 100, 100]", "entirely outside"),
+            ("[10, 20, 0, 50]", "empty"),
+        ] {
+            let anns = format!(r#"[{{"id": 7, "image_id": 1, "bbox": {bbox}, "keypoints": KP}}]"#);
+            let e = format!("{:#}", coco(images, &anns).unwrap_err());
+            assert!(e.starts_with("c.json: annotations[0] (id 7): face box") && e.contains(part), "{e}");
+        }
+        let e = from_simple_csv("a.jpg,10,20,50,70,12,NaN,40,60\n", "x.csv").unwrap_err().to_string();
+        assert_eq!(e, "x.csv:1: landmark 0 [12.0, NaN] is not finite");
     }
 }

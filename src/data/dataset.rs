@@ -4,6 +4,7 @@
 //! (`sample.rs`) and the loader use.
 
 use super::cofw::{self, CofwData};
+use super::image::MAX_BOX_COORDINATE;
 use crate::config::DatasetKind;
 use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
@@ -192,7 +193,13 @@ pub fn read_csv_annotations(csv: &Path, root: &Path, kind: DatasetKind, num_join
             bail!("{file}:{line_no}: scale must be positive, got {scale}");
         }
         let (box_size, cx_col) = if kind == DatasetKind::Aflw { (Some(num(2)?), 3) } else { (None, 2) };
-        let center = [num(cx_col)? as f32, num(cx_col + 1)? as f32];
+        let (cx, cy) = (num(cx_col)?, num(cx_col + 1)?);
+        if scale * 200.0 > MAX_BOX_COORDINATE || cx.abs() > MAX_BOX_COORDINATE || cy.abs() > MAX_BOX_COORDINATE {
+            bail!(
+                "{file}:{line_no}: face box out of range (scale {scale}, center ({cx}, {cy})): sides and centres beyond {MAX_BOX_COORDINATE} pixels are refused"
+            );
+        }
+        let center = [cx as f32, cy as f32];
         let mut pts = Vec::with_capacity(num_joints);
         for j in 0..num_joints {
             pts.push([num(lead + 2 * j)?, num(lead + 2 * j + 1)?]);

@@ -29,6 +29,28 @@ pub const MAX_SIDE: u64 = 16384;
 /// Largest accepted pixel count.
 pub const MAX_PIXELS: u64 = 100_000_000;
 
+/// Smallest side a face image may have: below it there is no face to crop (a 1x1 image's whole-image
+/// crop is an empty window), so predict, test and train refuse it by name.
+pub const MIN_FACE_SIDE: usize = 8;
+/// Largest face-box coordinate or side accepted from annotations and `--box`/`--boxes`, in pixels
+/// (four times [`MAX_SIDE`]: a box may reach past the image, as the reference pads, but not to 1e30).
+pub const MAX_BOX_COORDINATE: f64 = 4.0 * MAX_SIDE as f64;
+
+/// Refuses an image too small to hold a face (`what` names it, only when refused: a path, or a path
+/// and CSV line).
+pub fn check_face_image_size(what: impl FnOnce() -> String, [width, height]: [usize; 2]) -> Result<()> {
+    if width < MIN_FACE_SIDE || height < MIN_FACE_SIDE {
+        bail!("{}: image too small ({width}x{height} pixels; a face image needs at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE})", what());
+    }
+    Ok(())
+}
+
+/// Whether the box `[x1, y1, x2, y2]` lies entirely outside a `width`x`height` image (touching an
+/// edge counts as outside: not one pixel of the face is in the image).
+pub fn box_misses_image([x1, y1, x2, y2]: [f64; 4], [width, height]: [usize; 2]) -> bool {
+    x2 <= 0.0 || y2 <= 0.0 || x1 >= width as f64 || y1 >= height as f64
+}
+
 /// Checks decoded-size limits (before any pixel is decoded).
 pub fn check_dimensions(path: &Path, width: u64, height: u64) -> Result<()> {
     if width == 0 || height == 0 {

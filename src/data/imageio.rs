@@ -9,6 +9,7 @@ pub use super::jpeg::{Decoded, Rect};
 pub use super::pillow::Rgb8;
 use anyhow::{anyhow, bail, Result};
 use image::{DynamicImage, ImageDecoder, ImageReader};
+use std::borrow::Cow;
 use std::io::Cursor;
 use std::path::Path;
 
@@ -139,6 +140,37 @@ fn has_sos_segment(bytes: &[u8]) -> bool {
     false
 }
 
+/// A PNG's bytes without its iCCP chunk (other bytes as they are). The profile is never used (as
+/// in the reference, whose Pillow `convert('RGB')` ignores it), and its deflated text would be
+/// inflated whole by the decoder: a 1 MB file could hold a 1 GB profile.
+fn png_without_icc_profile(bytes: &[u8]) -> Cow<'_, [u8]> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if !bytes.starts_with(SIGNATURE) {
+        return Cow::Borrowed(bytes);
+    }
+    // Chunks: length (4, big-endian), type (4), data, CRC (4); iCCP comes before the first IDAT.
+    let (mut kept, mut copied_to) = (Vec::new(), 0);
+    let mut at = SIGNATURE.len();
+    while let Some(head) = bytes.get(at..at + 8) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let end = at.saturating_add(12).saturating_add(len);
+        match &head[4..8] {
+            b"iCCP" if end <= bytes.len() => {
+                kept.extend_from_slice(&bytes[copied_to..at]);
+                copied_to = end;
+            }
+            b"IDAT" | b"IEND" => break,
+            _ => {}
+        }
+        at = end;
+    }
+    if copied_to == 0 {
+        return Cow::Borrowed(bytes);
+    }
+    kept.extend_from_slice(&bytes[copied_to..]);
+    Cow::Owned(kept)
+}
+
 /// Decodes encoded image bytes; `path` is only used in messages. Does not check JPEG
 /// truncation (see `jpeg_is_truncated`).
 pub fn decode_rgb8_bytes(bytes: &[u8], path: &Path) -> Result<Rgb8> {
@@ -152,6 +184,7 @@ pub fn decode_rgb8_bytes(bytes: &[u8], path: &Path) -> Result<Rgb8> {
             return Ok(rgb);
         }
     }
+    let bytes = &*png_without_icc_profile(bytes);
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| anyhow!("image {}: {}", path.display(), one_line(e)))?;

@@ -5,9 +5,9 @@
 
 use super::augment::{sample_augmentation, Augmentation};
 use super::codec::HeatmapCodec;
-use super::dataset::{Annotations, FaceDataset};
+use super::dataset::{AnnotationRef, Annotations, FaceDataset};
 use super::flip::fliplr_joints_with;
-use super::image::Image;
+use super::image::{box_misses_image, check_face_image_size, Image};
 use super::imageio::{decode_rgb8_opts, decode_rgb8_region_opts, rgb8_to_image, Rect, Rgb8};
 use super::transforms::{crop_rgb8, crop_rgb8_region, crop_source, CropSource, InputType};
 use crate::config::DatasetKind;
@@ -146,6 +146,26 @@ impl FaceDataset {
         Ok(Sample { input, target, meta })
     }
 
+    /// Refuses, naming the sample, an image too small for a face and an annotation whose face box
+    /// (center ± 100·scale) lies entirely outside its `full` = [width, height] image.
+    fn check_face_in_image(&self, index: usize, ann: &AnnotationRef, full: [usize; 2]) -> Result<()> {
+        check_face_image_size(|| self.describe(index), full)?;
+        let half = 100.0 * ann.scale;
+        let [cx, cy] = ann.center.map(f64::from);
+        let face = [cx - half, cy - half, cx + half, cy + half];
+        if box_misses_image(face, full) {
+            bail!(
+                "{}: face box {face:?} (center {:?}, scale {}) lies entirely outside the {}x{} image",
+                self.describe(index),
+                ann.center,
+                ann.scale,
+                full[0],
+                full[1]
+            );
+        }
+        Ok(())
+    }
+
     /// The pipeline, writing into caller buffers (`input` [3,H,W], `target` [J,h,w]).
     pub fn fill_sample(
         &self, index: usize, aug: &Augmentation, input: &mut [f32], target: &mut [f32],
@@ -196,6 +216,7 @@ impl FaceDataset {
                 (&*whole, [whole.width, whole.height], [0, 0])
             }
         };
+        self.check_face_in_image(index, &ann, full)?;
         if aug.flip {
             let pairs = spec.mirror_pairs().map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;
             fliplr_joints_with(&mut pts, full[0], &pairs).map_err(|e| anyhow!("{}: {e}", self.describe(index)))?;

@@ -57,6 +57,8 @@ fn load_zip(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
     let pkl = read_entry_opt(&mut zip, &pkl_name, MAX_PICKLE_BYTES, bytes.len())?
         .ok_or_else(|| anyhow!("zip record {pkl_name} unreadable"))?;
     let unpickled = Vm::new(&pkl, 0).load_state_dict().with_context(|| format!("in {pkl_name}"))?;
+    // Before any storage is inflated: a small file declaring a huge storage is refused here.
+    check_declared_sizes(&unpickled, bytes.len(), |key| format!("storage record {prefix}/data/{key}"))?;
 
     let mut records: HashMap<String, Cow<[u8]>> = HashMap::new();
     for s in &unpickled.storages {
@@ -72,7 +74,7 @@ fn load_zip(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
         }
         records.insert(s.root_key.clone(), Cow::Owned(data));
     }
-    materialize(&unpickled, &records, bytes.len())
+    materialize(&unpickled, &records)
 }
 
 /// Reads one zip entry if present, refusing declared sizes above `max` or impossible for the
@@ -126,6 +128,7 @@ fn load_legacy(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
         Plain::List(keys) => keys,
         _ => bail!("legacy storage key list is not a list"),
     };
+    check_declared_sizes(&unpickled, bytes.len(), |key| format!("legacy storage '{key}'"))?;
     let roots: HashMap<&str, &StorageRef> = unpickled.storages.iter().map(|s| (s.root_key.as_str(), s)).collect();
     let mut pos = vm.position();
     let mut records: HashMap<String, Cow<[u8]>> = HashMap::new();
@@ -154,7 +157,7 @@ fn load_legacy(bytes: &[u8]) -> Result<Vec<(String, HostTensor)>> {
         records.insert(key, Cow::Borrowed(&bytes[start..end]));
         pos = end;
     }
-    materialize(&unpickled, &records, bytes.len())
+    materialize(&unpickled, &records)
 }
 
 fn storage_nbytes(s: &StorageRef) -> Result<u64> {
@@ -163,22 +166,53 @@ fn storage_nbytes(s: &StorageRef) -> Result<u64> {
         .ok_or_else(|| anyhow!("storage '{}' size overflows", s.root_key))
 }
 
-/// Copies each tensor's elements out of its storage (any strides), converting f16/bf16 to f32
-/// and integer types to i64. The total output is bounded relative to the input size so that
-/// stride-0 tricks cannot blow up memory.
-fn materialize(
-    u: &Unpickled, records: &HashMap<String, Cow<[u8]>>, input_len: usize,
-) -> Result<Vec<(String, HostTensor)>> {
-    let mut budget = (input_len as u64).saturating_mul(4).saturating_add(1 << 20);
-    let mut out = Vec::with_capacity(u.entries.len());
+/// Elements a checkpoint of `input_len` bytes may hold, in all its tensors together and in any
+/// one storage: 4 per byte of file plus 1 Mi (a deflated record of zeros may legitimately
+/// expand, but not a 1 MB file into gigabytes), so stride-0 views and deflate bombs cannot blow
+/// up memory.
+fn element_budget(input_len: usize) -> u64 {
+    (input_len as u64).saturating_mul(4).saturating_add(1 << 20)
+}
+
+/// Refuses, naming the tensor, a storage or a set of tensors larger than [`element_budget`]
+/// allows, from the sizes the pickle declares: before any storage is read or inflated. `storage`
+/// names a storage key in messages.
+fn check_declared_sizes(u: &Unpickled, input_len: usize, storage: impl Fn(&str) -> String) -> Result<()> {
+    let limit = element_budget(input_len);
+    let mut budget = limit;
     for (key, ti) in &u.entries {
         let t = &u.tensors[*ti];
         let s = &u.storages[t.storage];
+        if s.root_numel > limit {
+            bail!(
+                "tensor '{key}': {} declares {} elements, more than a {input_len}-byte file can hold ({limit}); refused before reading it",
+                storage(&s.root_key),
+                s.root_numel
+            );
+        }
         let numel = t.numel() as u64;
         if numel > budget {
             bail!("tensor '{key}' ({numel} elements) exceeds what the file size can hold");
         }
         budget -= numel;
+    }
+    if let Some(s) = u.storages.iter().find(|s| s.root_numel > limit) {
+        bail!(
+            "{} declares {} elements, more than a {input_len}-byte file can hold ({limit})",
+            storage(&s.root_key),
+            s.root_numel
+        );
+    }
+    Ok(())
+}
+
+/// Copies each tensor's elements out of its storage (any strides), converting f16/bf16 to f32
+/// and integer types to i64 (sizes checked by [`check_declared_sizes`] first).
+fn materialize(u: &Unpickled, records: &HashMap<String, Cow<[u8]>>) -> Result<Vec<(String, HostTensor)>> {
+    let mut out = Vec::with_capacity(u.entries.len());
+    for (key, ti) in &u.entries {
+        let t = &u.tensors[*ti];
+        let s = &u.storages[t.storage];
         let raw = records
             .get(&s.root_key)
             .ok_or_else(|| anyhow!("tensor '{key}': storage '{}' has no data in the file", s.root_key))?;

@@ -29,6 +29,7 @@
 //! ```
 
 use crate::data::annotations::box_center_scale;
+use crate::data::image::MAX_BOX_COORDINATE;
 use crate::data::imageio::{rgb8_to_image, Rgb8};
 use crate::detect::{DetectorOptions, Mtcnn};
 use anyhow::{anyhow, bail, Result};
@@ -61,10 +62,13 @@ pub struct FaceBox {
 }
 
 impl FaceBox {
-    /// A box from its corners: finite, x2 > x1 and y2 > y1.
+    /// A box from its corners: finite, within ±[`MAX_BOX_COORDINATE`], x2 > x1 and y2 > y1.
     pub fn new(x1: f64, y1: f64, x2: f64, y2: f64) -> Result<FaceBox> {
         if ![x1, y1, x2, y2].iter().all(|v| v.is_finite()) {
             bail!("not finite");
+        }
+        if ![x1, y1, x2, y2].iter().all(|v| v.abs() <= MAX_BOX_COORDINATE) {
+            bail!("a coordinate beyond ±{MAX_BOX_COORDINATE} pixels");
         }
         if x2 <= x1 || y2 <= y1 {
             bail!("x2 must exceed x1 and y2 must exceed y1");
@@ -93,7 +97,7 @@ impl FaceBox {
         ([c[0] as f32, c[1] as f32], s)
     }
 
-    fn corners(&self) -> [f64; 4] {
+    pub fn corners(&self) -> [f64; 4] {
         [self.x1, self.y1, self.x2, self.y2]
     }
 
@@ -188,7 +192,7 @@ mod tests {
     fn box_parsing() {
         let b = FaceBox::parse("10, 20,110,70").unwrap();
         assert_eq!(b.center_scale(), ([60.0, 45.0], 0.5));
-        for bad in ["1,2,3", "a,b,c,d", "5,5,1,10", "0,0,10,nan", ""] {
+        for bad in ["1,2,3", "a,b,c,d", "5,5,1,10", "0,0,10,nan", "", "0,0,1e30,1e30", "-1e30,0,10,10"] {
             let e = FaceBox::parse(bad).unwrap_err().to_string();
             assert!(e.contains("--box"), "{e}");
         }

@@ -3,6 +3,7 @@
 
 use super::boxes::FaceBox;
 use super::inputs::normalised;
+use crate::data::image::box_misses_image;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -12,8 +13,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Default)]
 pub struct GivenBoxes {
     for_all: Option<FaceBox>,
-    /// Normalised path → boxes, in file order.
-    by_path: HashMap<PathBuf, Vec<FaceBox>>,
+    /// Normalised path → boxes with their 1-based line in the file (0 for `--box`), in file order.
+    by_path: HashMap<PathBuf, Vec<(FaceBox, usize)>>,
     /// File name → the distinct paths of rows with that name (for the fallback match).
     by_name: HashMap<String, Vec<PathBuf>>,
     /// Where the boxes came from, for messages.
@@ -34,19 +35,19 @@ impl GivenBoxes {
     pub fn per_image(pairs: &[(PathBuf, FaceBox)]) -> GivenBoxes {
         let mut g = GivenBoxes { source: "--box".into(), ..Default::default() };
         for (p, b) in pairs {
-            g.add(p, *b);
+            g.add(p, *b, 0);
         }
         g
     }
 
-    fn add(&mut self, path: &Path, b: FaceBox) {
+    fn add(&mut self, path: &Path, b: FaceBox, line: usize) {
         let key = normalised(path);
         if !self.by_path.contains_key(&key) {
             if let Some(name) = file_name_of(&key) {
                 self.by_name.entry(name).or_default().push(key.clone());
             }
         }
-        self.by_path.entry(key).or_default().push(b);
+        self.by_path.entry(key).or_default().push((b, line));
     }
 
     /// Reads `image,x1,y1,x2,y2` rows (further columns are ignored, several rows per image allowed;
@@ -76,17 +77,30 @@ impl GivenBoxes {
                 .map(|(n, t)| n.ok_or_else(|| anyhow!("{}: '{}' is not a number", at(), t.trim())))
                 .collect::<Result<_>>()?;
             let b = FaceBox::new(v[0], v[1], v[2], v[3]).map_err(|e| anyhow!("{}: box {v:?}: {e}", at()))?;
-            g.add(Path::new(image), b);
+            g.add(Path::new(image), b, line_no);
         }
         Ok(g)
     }
 
-    /// The boxes of `image`: rows whose image field equals its path as listed (`./` ignored),
-    /// else rows whose image field has its file name when only one path in the file does.
-    pub fn for_image(&self, image: &Path) -> Result<Vec<FaceBox>> {
-        if let Some(b) = self.for_all {
-            return Ok(vec![b]);
+    /// The boxes of `image`, whose pixels are `size` = [width, height]: rows whose image field
+    /// equals its path as listed (`./` ignored), else rows whose image field has its file name
+    /// when only one path in the file does. A box entirely outside the image is an error naming
+    /// its `file:line` (a box partly outside is fine: the crop pads, as the reference does).
+    pub fn for_image(&self, image: &Path, size: [usize; 2]) -> Result<Vec<FaceBox>> {
+        let located = match self.for_all {
+            Some(b) => vec![(b, 0)],
+            None => self.rows_for(image)?,
+        };
+        for (b, line) in &located {
+            if box_misses_image(b.corners(), size) {
+                let at = if *line == 0 { self.source.clone() } else { format!("{}:{line}", self.source) };
+                bail!("{at}: box {:?} lies entirely outside the {}x{} image", b.corners(), size[0], size[1]);
+            }
         }
+        Ok(located.into_iter().map(|(b, _)| b).collect())
+    }
+
+    fn rows_for(&self, image: &Path) -> Result<Vec<(FaceBox, usize)>> {
         let key = normalised(image);
         if let Some(v) = self.by_path.get(&key) {
             return Ok(v.clone());
@@ -137,7 +151,12 @@ mod tests {
     #[test]
     fn csv_rows_split_with_quotes() {
         let (_, g) = boxes_from("quoted", "image,x1,y1,x2,y2\r\n\"a,b.jpg\",1,2,30,40\r\n");
-        assert_eq!(g.unwrap().for_image(Path::new("a,b.jpg")).unwrap(), [FaceBox::new(1.0, 2.0, 30.0, 40.0).unwrap()]);
+        let g = g.unwrap();
+        assert_eq!(g.for_image(Path::new("a,b.jpg"), [50, 50]).unwrap(), [FaceBox::new(1.0, 2.0, 30.0, 40.0).unwrap()]);
+        // Partly outside is a face; entirely outside is an error naming the row.
+        assert!(g.for_image(Path::new("a,b.jpg"), [10, 10]).is_ok());
+        let e = g.for_image(Path::new("a,b.jpg"), [1, 1]).unwrap_err().to_string();
+        assert!(e.ends_with(".csv:2: box [1.0, 2.0, 30.0, 40.0] lies entirely outside the 1x1 image"), "{e}");
     }
 
     /// An unterminated quote was once read as a field running to the end of the line.

@@ -54,7 +54,8 @@ impl<'a> PredictRun<'a> {
     /// Predicts `images` (output `names`, same length) with faces from `faces`, a wave at a time:
     /// decode, find faces and crop in parallel, run the model on the wave's faces in batches,
     /// write. An image that cannot be decoded or searched is reported (observer) and counted as
-    /// failed; the run goes on. Errors of the model or of writing outputs end the run.
+    /// failed, as is one whose outputs cannot be written; the run goes on. Errors of the model,
+    /// and a full disk, end the run.
     pub fn run_images(
         &mut self, images: &[PathBuf], names: &[String], faces: FaceSource, on_image: &mut dyn FnMut(&ImageReport),
     ) -> Result<()> {
@@ -79,6 +80,11 @@ impl<'a> PredictRun<'a> {
             summary.record(r);
             on_image(r);
         })
+    }
+
+    /// The counts so far.
+    pub fn summary(&self) -> Summary {
+        self.summary
     }
 
     /// Writes the CSV (`csv_name` in the output folder) and gives the counts.

@@ -3,7 +3,7 @@
 //! `<name>.json` and `<name>_landmarks.png` per image and one CSV per run.
 
 use super::engine::{FaceResult, ImageResult};
-use super::stream::{FrameFaces, FrameOutcome};
+use super::stream::FrameOutcome;
 use crate::atomic_file::write_atomically;
 use crate::data::imageio::Rgb8;
 use anyhow::{anyhow, Context, Result};
@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 
 /// Where a stream's finished frames go.
 pub trait OutputSink {
-    /// Takes one wave of frames in stream order, failed frames included (with their error).
-    fn write_frames(&mut self, frames: &[FrameOutcome]) -> Result<()>;
+    /// Takes one wave of frames in stream order, failed frames included (with their error), and
+    /// gives back, per frame, why its outputs could not be written (`None`: written, or nothing
+    /// to write). An `Err` ends the stream.
+    fn write_frames(&mut self, frames: &[FrameOutcome]) -> Result<Vec<Option<anyhow::Error>>>;
 }
 
 /// A value as JSON: f32-exact values in their shortest f32 form (detector boxes print as
@@ -37,14 +39,21 @@ pub fn face_json(f: &FaceResult) -> serde_json::Value {
     })
 }
 
-/// The per-image JSON document (the schema of README's predict section).
+/// The per-image JSON document (the schema of README's predict section). A path that is not
+/// UTF-8 is written lossily (U+FFFD) in `"image"`, and exactly, as hex of its bytes, in
+/// `"image_bytes_hex"`.
 pub fn image_json(r: &ImageResult) -> serde_json::Value {
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "image": r.path.display().to_string(),
         "width": r.width,
         "height": r.height,
         "faces": r.faces.iter().map(face_json).collect::<Vec<_>>(),
-    })
+    });
+    if r.path.to_str().is_none() {
+        let hex: String = r.path.as_os_str().as_encoded_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        doc["image_bytes_hex"] = serde_json::Value::String(hex);
+    }
+    doc
 }
 
 /// The dataset CSV layout, a row per face, so the output can be fed back as annotations
@@ -95,6 +104,12 @@ impl FileSink {
     }
 
     fn write_image(&self, name: &str, r: &ImageResult, rgb: &Rgb8) -> Result<()> {
+        if r.path.to_str().is_none() {
+            log::warn!(
+                "image {}: its path is not UTF-8; the JSON's \"image\" and the CSV show it with U+FFFD, \"image_bytes_hex\" holds its bytes",
+                r.path.display()
+            );
+        }
         let json = serde_json::to_string_pretty(&image_json(r))? + "\n";
         write_atomically(&self.out.join(format!("{name}.json")), json.as_bytes())?;
         let overlay = self.out.join(format!("{name}_landmarks.png"));
@@ -115,13 +130,17 @@ impl FileSink {
 }
 
 impl OutputSink for FileSink {
-    fn write_frames(&mut self, frames: &[FrameOutcome]) -> Result<()> {
-        let finished = || frames.iter().filter_map(|o| o.result.as_ref().ok().map(|f| (&o.name, f)));
-        let list: Vec<(&String, &FrameFaces)> = finished().collect();
-        list.par_iter().try_for_each(|(name, f)| self.write_image(name, &f.image, &f.rgb))?;
-        for (_, f) in finished() {
-            self.csv_rows.push_str(&csv_rows(&f.image));
+    /// An image whose JSON or overlay cannot be written fails alone (and gets no CSV row).
+    fn write_frames(&mut self, frames: &[FrameOutcome]) -> Result<Vec<Option<anyhow::Error>>> {
+        let unwritten: Vec<Option<anyhow::Error>> = frames
+            .par_iter()
+            .map(|o| o.result.as_ref().ok().and_then(|f| self.write_image(&o.name, &f.image, &f.rgb).err()))
+            .collect();
+        for (o, failed) in frames.iter().zip(&unwritten) {
+            if let (Ok(f), None) = (&o.result, failed) {
+                self.csv_rows.push_str(&csv_rows(&f.image));
+            }
         }
-        Ok(())
+        Ok(unwritten)
     }
 }

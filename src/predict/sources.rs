@@ -7,6 +7,7 @@ use super::engine::CroppedFaces;
 use super::stream::{Frame, FrameContent, FrameSource};
 use crate::data::augment::Augmentation;
 use crate::data::dataset::{Annotations, FaceDataset};
+use crate::data::image::check_face_image_size;
 use crate::data::imageio::decode_rgb8;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -41,7 +42,10 @@ impl FrameSource for ImageFiles<'_> {
             .map(|(p, name)| Frame {
                 label: p.clone(),
                 name: name.clone(),
-                content: decode_rgb8(p).map(FrameContent::Pixels),
+                content: decode_rgb8(p).and_then(|rgb| {
+                    check_face_image_size(|| format!("image {}", p.display()), [rgb.width, rgb.height])?;
+                    Ok(FrameContent::Pixels(rgb))
+                }),
             })
             .collect()
     }

@@ -7,8 +7,9 @@ use super::boxes::{FaceFinder, FoundFace};
 use super::engine::{CroppedFaces, ImageResult, LandmarkEngine};
 use super::given::GivenBoxes;
 use super::sink::OutputSink;
+use crate::atomic_file::is_storage_full;
 use crate::data::imageio::Rgb8;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -68,7 +69,7 @@ impl<'a> StreamState<'a> {
     fn find_faces(&self, label: &Path, rgb: &Rgb8) -> Result<Vec<FoundFace>> {
         match &self.faces {
             FaceSource::Same(finder) => finder.find(rgb),
-            FaceSource::ByPath(given) => FaceFinder::Boxes(given.for_image(label)?).find(rgb),
+            FaceSource::ByPath(given) => FaceFinder::Boxes(given.for_image(label, [rgb.width, rgb.height])?).find(rgb),
         }
     }
 }
@@ -173,7 +174,9 @@ pub fn process_wave(engine: &mut LandmarkEngine, state: &StreamState, frames: Ve
 }
 
 /// Runs a stream to its end: waves of `engine.wave_len()` frames through [`process_wave`], each
-/// wave's outcomes to `sink`, then each frame to `on_frame`, in stream order.
+/// wave's outcomes to `sink`, then each frame to `on_frame`, in stream order. A frame whose
+/// outputs cannot be written is reported failed; when that is for want of space, the stream ends
+/// (an error) after the wave.
 pub fn run_stream(
     engine: &mut LandmarkEngine, frames: &mut dyn FrameSource, state: &mut StreamState, sink: &mut dyn OutputSink,
     on_frame: &mut dyn FnMut(&ImageReport),
@@ -185,9 +188,19 @@ pub fn run_stream(
             return Ok(());
         }
         let outcomes = process_wave(engine, state, batch)?;
-        sink.write_frames(&outcomes)?;
-        for o in &outcomes {
-            on_frame(&o.report());
+        let unwritten = sink.write_frames(&outcomes)?;
+        let mut storage_full = false;
+        for (o, failed) in outcomes.iter().zip(unwritten) {
+            match failed {
+                None => on_frame(&o.report()),
+                Some(e) => {
+                    storage_full |= is_storage_full(&e);
+                    on_frame(&ImageReport { path: &o.label, faces: 0, error: Some(one_line(&e)) });
+                }
+            }
+        }
+        if storage_full {
+            bail!("stopped: no space left for the outputs");
         }
     }
 }

@@ -68,6 +68,10 @@ pub fn canonical_shape(joints: usize) -> Result<Vec<[f32; 2]>> {
     Ok(FaceShape::mean().landmarks(joints))
 }
 
+/// Most images one `generate` writes: 20× WFLW's 10,000, about 4 GB of JPEGs (a typo like
+/// 10¹² would otherwise write until the disk is full, holding every CSV row in memory).
+pub const MAX_COUNT: usize = 200_000;
+
 /// Whether sample `index` goes to the test split (every fifth sample: an 80/20 split).
 pub fn is_test_index(index: usize) -> bool {
     index % 5 == 4
@@ -78,6 +82,9 @@ pub fn is_test_index(index: usize) -> bool {
 /// `out_dir`, which is the config's `DATASET.ROOT`. Deterministic for a seed.
 pub fn generate(out_dir: &Path, joints: usize, count: usize, seed: u64) -> Result<SynthSummary> {
     check_joints(joints)?;
+    if count == 0 || count > MAX_COUNT {
+        bail!("synth: --count {count} is out of range: give 1 to {MAX_COUNT} images");
+    }
     let image_dir = out_dir.join("images");
     std::fs::create_dir_all(&image_dir)
         .with_context(|| format!("synth: cannot create folder {}", image_dir.display()))?;

@@ -240,6 +240,10 @@ impl Trainer {
     /// (or `stop_after_epochs`), then the final state and pictures.
     pub fn run(mut self) -> Result<TrainSummary> {
         self.resume()?;
+        if let Some(why) = self.nothing_to_train() {
+            self.log.info(&format!("=> nothing to train: {why}; nothing written"));
+            return Ok(self.summary(None));
+        }
         self.prepare()?;
         for epoch in self.start_epoch..self.cfg.train.end_epoch {
             if self.opts.stop_after_epochs.is_some_and(|k| self.epochs_run >= k) {
@@ -257,6 +261,24 @@ impl Trainer {
             self.record_epoch(epoch, &trained, validation, started)?;
         }
         self.finish()
+    }
+
+    /// Why a resumed run has nothing left to do: its checkpoint is past TRAIN.END_EPOCH, or at it
+    /// with `final_state` written (a run killed between its last checkpoint and `final_state`
+    /// still finishes).
+    fn nothing_to_train(&self) -> Option<String> {
+        let (at, end) = (self.start_epoch, self.cfg.train.end_epoch);
+        if at > end {
+            return Some(format!(
+                "the checkpoint has {at} epochs and TRAIN.END_EPOCH is {end}; raise END_EPOCH to train on"
+            ));
+        }
+        if at == end && self.out_dir.join(FINAL).is_file() {
+            return Some(format!(
+                "all {end} epochs (TRAIN.END_EPOCH) are trained and {FINAL} is written; raise END_EPOCH to train on"
+            ));
+        }
+        None
     }
 
     /// Evaluates the model on the validation set (the reference's `validate`) and logs the result

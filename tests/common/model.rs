@@ -106,3 +106,21 @@ pub fn write_tiny_model(dir: &Path, yaml: &str, seed: u64) -> (PathBuf, PathBuf)
     hrk::io::safetensors::save_safetensors(&weights, &positive_head_bias(net.store.state_dict()), &[]).unwrap();
     (cfg, weights)
 }
+
+/// A scratch folder with a 5-image synthetic 68-point set, the tiny config over it (64² input, 16²
+/// heatmaps) and its random-init weights, and the first two images.
+pub struct TinySetup {
+    pub dir: super::Scratch,
+    pub cfg: PathBuf,
+    pub weights: PathBuf,
+    pub images: Vec<PathBuf>,
+}
+
+/// [`TinySetup`] in a scratch folder named after `tag`.
+pub fn tiny_setup(tag: &str) -> TinySetup {
+    let dir = super::scratch(tag);
+    hrk::synth::generate(&dir, 68, 5, 11).unwrap();
+    let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TEST_CSV), 3);
+    let images = (0..2).map(|i| dir.join(format!("images/s68_{i:06}.jpg"))).collect();
+    TinySetup { dir, cfg, weights, images }
+}
