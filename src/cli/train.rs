@@ -97,7 +97,10 @@ pub fn set_training_precision(precision: crate::model::Precision, device: &crate
     } else if crate::ops::conv2d::direct::bf16::available() {
         crate::ops::conv2d::set_bf16_convs(true);
     } else {
-        log::warn!("--precision bf16: no bf16 kernels for this CPU ({}); training in f32", crate::host_isa::bf16_kernels_why());
+        log::warn!(
+            "--precision bf16: no bf16 kernels for this CPU ({}); training in f32",
+            crate::host_isa::bf16_kernels_why()
+        );
     }
 }
 

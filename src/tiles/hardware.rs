@@ -75,7 +75,9 @@ impl TileUnit for AmxTiles {
     fn dot_bf16<const C: u8, const A: u8, const B: u8>(&mut self) {
         check_dot(configured(&self.cfg, "tdpbf16ps"), C, A, B);
         // SAFETY: AMX usable (new_unchecked); the three tiles' shapes meet TDPBF16PS's conditions (checked).
-        unsafe { std::arch::asm!("tdpbf16ps tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B, options(nostack, nomem)) };
+        unsafe {
+            std::arch::asm!("tdpbf16ps tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B, options(nostack, nomem))
+        };
     }
 
     fn release(&mut self) {

@@ -33,8 +33,8 @@
 //!   costs more than the halved products save. Weight gradients stay f32 in every case.
 
 use super::direct::{self, amx::Unit, winograd};
-use crate::host_isa::Bf16Kernels;
 use super::Conv2dGeom;
+use crate::host_isa::Bf16Kernels;
 
 /// How one conv pass is computed on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -411,7 +411,11 @@ mod tests {
             let form = with_bf16_kernels(Bf16Kernels::Avx512Bf16, || crate::ops::conv2d::algorithm::bf16_form(&case.g));
             let scale = tiles.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
             for (j, ((&a, &b), &e)) in tiles.iter().zip(&dots).zip(&bound).enumerate() {
-                let tol = if form == crate::ops::conv2d::algorithm::ConvAlgorithm::Bf16Winograd { 1e-2 * scale } else { 2.0 * e };
+                let tol = if form == crate::ops::conv2d::algorithm::ConvAlgorithm::Bf16Winograd {
+                    1e-2 * scale
+                } else {
+                    2.0 * e
+                };
                 assert!((f64::from(a) - f64::from(b)).abs() <= tol, "{:?} {form:?} output {j}: {a} vs {b}", case.g);
             }
         }

@@ -21,8 +21,8 @@
 //! rounded operands only by the f32 additions.
 
 use super::{
-    amx, forward_tiles, pad_phases, vdpbf16ps_available, winograd, with_scratch, Epilogue, Grid, Kern, WeightView, MR, NV,
-    TILE,
+    amx, forward_tiles, pad_phases, vdpbf16ps_available, winograd, with_scratch, Epilogue, Grid, Kern, WeightView, MR,
+    NV, TILE,
 };
 use crate::ops::conv2d::algorithm::{bf16_form, ConvAlgorithm};
 use crate::ops::conv2d::Conv2dGeom;
