@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 /// The hardware tile unit of the current thread. The tile configuration and registers are per-thread
 /// state, so this value is neither Send nor Sync; dropping it releases the tiles (TILERELEASE).
 /// Made only through `new_unchecked`, whose caller vouches that the CPU and the OS let this process use
-/// the tiles (`crate::host_isa::amx_usable`).
+/// the tiles (`crate::host_isa::amx_usable`; `ops::conv2d::direct::amx::amx_unit` checks it and makes one).
 #[derive(Debug)]
 pub struct AmxTiles {
     /// The configuration loaded, kept to check each instruction's operands as the model does (a wrong

@@ -29,6 +29,9 @@
 //! - bf16 Winograd from 32 input channels: at 18 its transforms outweigh the halved products (82 vs
 //!   100 GFLOP/CPU-s on 18 channels at 64×64, even at 36 on 32×32, 2.2× faster at 64 channels and
 //!   up; `benches/conv.rs`).
+//! - The tile families (`host_isa::bf16_kernels`: AMX, or its software model) take every bf16 form with the
+//!   tile kernels, no Winograd: a 16×16×32 tile product leaves no transform worth its rounding (AMX speed
+//!   itself is not yet measured; the family is chosen per CPU in `host_isa`).
 //! - The conv op's bf16 convs from 10×10 outputs: below, the per-call packing of weights and planes
 //!   costs more than the halved products save. Weight gradients stay f32 in every case.
 

@@ -5,8 +5,8 @@
 //! TDPBF16PS computes C[m][n] += Σ_k A[m][2k..2k+2] · B[k][2n..2n+2] on bf16 pairs, so the operands
 //! are the bf16 kernels' own layouts (`super::bf16`):
 //! - M = output channels: A tiles are the weights, packed once per conv (`TileWeights`) as
-//!   [channel block][tap][pair block] tiles of `mr` rows × `kb` pairs (zero rows past cout, zero pairs
-//!   past cin);
+//!   [channel block][tap][pair block] tiles of `mr` rows × `kb` pairs, one 64-byte line per row (zero
+//!   rows past cout, zero pairs past cin);
 //! - K = input-channel pairs: B row r is 16 consecutive positions q..q + 16 of paired plane p0 + r of
 //!   the zero-bordered planes (`Grid`), i.e. a row stride of one plane (TILELOADD's stride), the tap
 //!   an offset of q as in the direct kernels;
@@ -73,14 +73,20 @@ impl TileBlocking {
     }
 }
 
-/// A conv's weights as A tiles: tile (channel block cb, tap t, pair block kblk) at
-/// ((cb·taps + t)·k_blocks + kblk)·mr·kb, row m = output channel cb·mr + m, element k = the bf16 pair
-/// of input channels 2(kblk·kb + k) and 2(kblk·kb + k) + 1 (`bf16::pair`, as f32 bits).
+/// One A tile row: up to 16 bf16 pairs in one cache line.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Line([f32; MAX_ROW_BYTES / 4]);
+
+/// A conv's weights as A tiles: tile (channel block cb, tap t, pair block kblk) is the `mr` lines from
+/// ((cb·taps + t)·k_blocks + kblk)·mr, row m = output channel cb·mr + m, element k < kb = the bf16 pair
+/// of input channels 2(kblk·kb + k) and 2(kblk·kb + k) + 1 (`bf16::pair`, as f32 bits). One row per
+/// cache line, so each TILELOADD row reads one line.
 #[derive(Debug)]
 pub struct TileWeights {
     blocking: TileBlocking,
     taps: usize,
-    tiles: Vec<f32>,
+    lines: Vec<Line>,
 }
 
 impl TileWeights {
@@ -89,33 +95,39 @@ impl TileWeights {
         assert!(wt.len() >= cout * cin * taps);
         let blocking = TileBlocking::new(cin, cout);
         let TileBlocking { mr, co_blocks, kb, k_blocks } = blocking;
-        let mut tiles = vec![0.0; co_blocks * taps * k_blocks * mr * kb];
+        let mut lines = vec![Line([0.0; MAX_ROW_BYTES / 4]); co_blocks * taps * k_blocks * mr];
         let w = |co: usize, ci: usize, t: usize| if ci < cin { wt[(co * cin + ci) * taps + t] } else { 0.0 };
-        for (i, tile) in tiles.chunks_exact_mut(mr * kb).enumerate() {
+        for (i, tile) in lines.chunks_exact_mut(mr).enumerate() {
             let (kblk, t, cb) = (i % k_blocks, (i / k_blocks) % taps, i / (k_blocks * taps));
-            for (m, row) in tile.chunks_exact_mut(kb).enumerate() {
+            for (m, row) in tile.iter_mut().enumerate() {
                 let co = cb * mr + m;
                 if co >= cout {
                     continue;
                 }
-                for (k, v) in row.iter_mut().enumerate() {
+                for (k, v) in row.0.iter_mut().take(kb).enumerate() {
                     let p = kblk * kb + k;
                     *v = super::bf16::pair(w(co, 2 * p, t), w(co, 2 * p + 1, t));
                 }
             }
         }
-        TileWeights { blocking, taps, tiles }
+        TileWeights { blocking, taps, lines }
     }
 
     pub fn blocking(&self) -> TileBlocking {
         self.blocking
     }
 
-    /// The A tile (cb, t, kblk).
-    fn tile(&self, cb: usize, t: usize, kblk: usize) -> &[f32] {
+    /// The A tile (cb, t, kblk): `mr` lines.
+    fn tile(&self, cb: usize, t: usize, kblk: usize) -> &[Line] {
         let b = &self.blocking;
-        &self.tiles[((cb * self.taps + t) * b.k_blocks + kblk) * b.mr * b.kb..][..b.mr * b.kb]
+        &self.lines[((cb * self.taps + t) * b.k_blocks + kblk) * b.mr..][..b.mr]
     }
+}
+
+/// The hardware tile unit, where `crate::host_isa` says the CPU and the OS let this process use it.
+pub fn amx_unit() -> Option<AmxTiles> {
+    // SAFETY: made only when amx_usable() holds (AMX-TILE + AMX-BF16, XCR0, Linux's permission granted).
+    crate::host_isa::amx_usable().then(|| unsafe { AmxTiles::new_unchecked() })
 }
 
 /// A C scratch of two channel blocks × two vectors: rows of 32 f32 (TILESTORED's stride 128 bytes).
@@ -146,9 +158,9 @@ pub(super) fn forward<const T: usize>(
         let (run, cp, img) = (i % runs, (i / runs) % co_pairs, i / (runs * co_pairs));
         let job = Job { g, gr, xpad, w, taps, img, cp, pairs: run * pos_pairs / runs..(run + 1) * pos_pairs / runs };
         match unit {
-            // SAFETY: `Unit::Hardware` is chosen only for the `AmxTiles` family, which host_isa picks only
-            // where `amx_usable()` holds.
-            Unit::Hardware => job.run(&mut unsafe { AmxTiles::new_unchecked() }, &cfg, &store),
+            // `Unit::Hardware` is chosen only for the `AmxTiles` family, which host_isa picks only where
+            // `amx_usable()` holds.
+            Unit::Hardware => job.run(&mut amx_unit().expect("the AmxTiles family without AMX"), &cfg, &store),
             Unit::Model => job.run(&mut TileModel::new(), &cfg, &store),
         }
     };
@@ -203,7 +215,7 @@ impl<const T: usize> Job<'_, T> {
         &self, unit: &mut U, cb: usize, q: [usize; 2], c: &mut [f32; 2 * MAX_ROWS * C_PITCH],
     ) {
         let (b, plane) = (&self.w.blocking, self.gr.plane);
-        let a_stride = 4 * b.kb;
+        let a_stride = std::mem::size_of::<Line>();
         let b_stride = 4 * plane;
         unit.zero::<0>();
         if TWO_Q {
@@ -219,7 +231,7 @@ impl<const T: usize> Job<'_, T> {
         for (t, &off) in self.taps.iter().enumerate() {
             for kblk in 0..b.k_blocks {
                 let x = &image[kblk * b.kb * plane + off..];
-                // SAFETY: an A tile is mr rows of kb pairs (4·kb bytes), contiguous; B row r reads 16 pairs
+                // SAFETY: an A tile is mr lines, each row's kb pairs (4·kb ≤ 64 bytes) in one; B row r reads 16 pairs
                 // at q + off of plane kblk·kb + r < pairs_padded of this image: q < q_len and off ≤ the
                 // grid's furthest tap (asserted by `forward`), so q + off + 16 ≤ plane, inside `image`.
                 unsafe {
@@ -438,12 +450,10 @@ mod tests {
     #[test]
     fn amx_tile_programs_equal_the_tile_model_bit_for_bit() {
         use crate::tiles::test_programs::DotCase;
-        if !amx_usable() {
+        let Some(mut hw) = amx_unit() else {
             eprintln!("skipped: no AMX on this CPU");
             return;
-        }
-        // SAFETY: the CPU has AMX and Linux granted the tile state (amx_usable, checked).
-        let mut hw = unsafe { AmxTiles::new_unchecked() };
+        };
         let mut rng = Rng::for_tests(2024);
         for i in 0..500 {
             let case = DotCase::random(&mut rng);
