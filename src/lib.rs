@@ -26,6 +26,7 @@ pub mod scoped;
 pub mod storage;
 pub mod switches;
 pub mod tensor;
+pub mod tiles;
 
 pub use autograd::{backward, backward_with, no_grad, Gradients};
 pub use tensor::{DType, Device, Storage, Tensor};

@@ -5,8 +5,9 @@
 //!
 //! | pass         | arithmetic | algorithm     | when                                                            |
 //! |--------------|------------|---------------|-----------------------------------------------------------------|
-//! | inference    | bf16       | bf16 Winograd | bf16 kernels run, 3×3 s1, Winograd pays (f32 rule) and cin ≥ 32 |
-//! | inference    | bf16       | bf16 direct   | bf16 kernels run (3×3 pad 1 s1/s2, 1×1 s1), otherwise           |
+//! | inference    | bf16       | AMX tiles     | bf16 family AmxTiles / TileModel (3×3 pad 1 s1/s2, 1×1 s1)      |
+//! | inference    | bf16       | bf16 Winograd | family Avx512Bf16, 3×3 s1, Winograd pays (f32 rule), cin ≥ 32   |
+//! | inference    | bf16       | bf16 direct   | family Avx512Bf16 (3×3 pad 1 s1/s2, 1×1 s1), otherwise          |
 //! | inference    | f32        | Winograd      | `HRK_CONV_WINOGRAD`, `HRK_CONV_DIRECT`, Winograd pays           |
 //! | forward (op) | bf16       | bf16 …        | as inference bf16, from 10×10 outputs (weights packed per call) |
 //! | any fwd / dx | f32        | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 (dx: s1), ≥ 10×10 outputs, AVX2+   |
@@ -28,11 +29,15 @@
 //! - bf16 Winograd from 32 input channels: at 18 its transforms outweigh the halved products (82 vs
 //!   100 GFLOP/CPU-s on 18 channels at 64×64, even at 36 on 32×32, 2.2× faster at 64 channels and
 //!   up; `benches/conv.rs`).
+//! - The tile families (`host_isa::bf16_kernels`: AMX, or its software model) take every bf16 form with the
+//!   tile kernels, no Winograd: a 16×16×32 tile product leaves no transform worth its rounding (AMX speed
+//!   itself is not yet measured; the family is chosen per CPU in `host_isa`).
 //! - The conv op's bf16 convs from 10×10 outputs: below, the per-call packing of weights and planes
 //!   costs more than the halved products save. Weight gradients stay f32 in every case.
 
-use super::direct::{self, winograd};
+use super::direct::{self, amx::Unit, winograd};
 use super::Conv2dGeom;
+use crate::host_isa::Bf16Kernels;
 
 /// How one conv pass is computed on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +52,8 @@ pub enum ConvAlgorithm {
     Bf16Direct,
     /// Winograd with bf16 products (`direct::bf16` → `winograd::forward_bf16`).
     Bf16Winograd,
+    /// The tile kernels (`direct::bf16` → `direct::amx`) on the AMX unit or its software model.
+    AmxTiles(direct::amx::Unit),
 }
 
 /// The conv pass being computed.
@@ -100,9 +107,14 @@ fn bf16_runs(g: &Conv2dGeom) -> bool {
     direct::bf16_available() && bf16_applies(g)
 }
 
-/// Which bf16 kernel computes `g`, given that a bf16 kernel does: Winograd where it pays, from 32
-/// input channels, else direct.
+/// Which bf16 kernel computes `g`, given that a bf16 kernel does: the tile kernels for the tile families
+/// (every form), else Winograd where it pays, from 32 input channels, else direct.
 pub fn bf16_form(g: &Conv2dGeom) -> ConvAlgorithm {
+    match crate::host_isa::bf16_kernels() {
+        Bf16Kernels::AmxTiles => return ConvAlgorithm::AmxTiles(Unit::Hardware),
+        Bf16Kernels::TileModel => return ConvAlgorithm::AmxTiles(Unit::Model),
+        Bf16Kernels::Avx512Bf16 | Bf16Kernels::F32 => {}
+    }
     if g.k == 3 && crate::switches::conv_winograd() && winograd_beats_direct(g) && g.cin >= 32 {
         ConvAlgorithm::Bf16Winograd
     } else {

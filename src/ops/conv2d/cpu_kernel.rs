@@ -79,7 +79,7 @@ fn op_arithmetic(dtype: crate::tensor::DType) -> Arithmetic {
 
 /// Whether the chosen algorithm is one of the bf16 kernels.
 fn is_bf16(algorithm: ConvAlgorithm) -> bool {
-    matches!(algorithm, ConvAlgorithm::Bf16Direct | ConvAlgorithm::Bf16Winograd)
+    matches!(algorithm, ConvAlgorithm::Bf16Direct | ConvAlgorithm::Bf16Winograd | ConvAlgorithm::AmxTiles(_))
 }
 
 /// dx = conv(dy, Wᵀ with the taps flipped) — the stride-1 conv's input gradient as a forward conv of
