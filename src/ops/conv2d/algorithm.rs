@@ -11,6 +11,7 @@
 //! | forward (op) | bf16       | bf16 …        | as inference bf16, from 10×10 outputs (weights packed per call) |
 //! | any fwd / dx | f32        | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 (dx: s1), ≥ 10×10 outputs, AVX2+   |
 //! | dx           | bf16       | bf16 …        | s1, as the op's forward; the form of the transposed conv        |
+//! | dW           | bf16       | bf16 direct   | bf16 kernels run, 3×3 pad 1 s1 or 1×1 s1, batch × plane ≥ 512   |
 //! | dW           | f32, bf16  | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 s1, batch × plane vectors ≥ 32     |
 //! | otherwise    | any        | im2col + GEMM | f64, other geometries, no AVX2+FMA                              |
 //!
@@ -29,7 +30,10 @@
 //!   100 GFLOP/CPU-s on 18 channels at 64×64, even at 36 on 32×32, 2.2× faster at 64 channels and
 //!   up; `benches/conv.rs`).
 //! - The conv op's bf16 convs from 10×10 outputs: below, the per-call packing of weights and planes
-//!   costs more than the halved products save. Weight gradients stay f32 in every case.
+//!   costs more than the halved products save.
+//! - The bf16 weight gradient pairs positions, not channels (`direct::bf16::weight_grad`), so 1×1
+//!   convs take the same kernel as 3×3 (nine input channels in place of nine taps); stride-2 convs and
+//!   the stem stay f32.
 
 use super::direct::{self, winograd};
 use super::Conv2dGeom;
@@ -80,6 +84,7 @@ pub fn choose(g: &Conv2dGeom, pass: Pass, arithmetic: Arithmetic) -> ConvAlgorit
         Pass::Inference if bf16 => bf16_form(g),
         Pass::Forward if bf16 && g.ho * g.wo >= 100 => bf16_form(g),
         Pass::BackwardData if bf16 && g.stride == 1 && g.ho * g.wo >= 100 => bf16_form(&g.transposed()),
+        Pass::BackwardWeight if bf16 && bf16_weight_grad_pays(g) => ConvAlgorithm::Bf16Direct,
         _ if arithmetic == Arithmetic::F64 => ConvAlgorithm::Gemm,
         Pass::Inference if arithmetic == Arithmetic::F32 && winograd_pays(g) => ConvAlgorithm::Winograd,
         Pass::Inference | Pass::Forward if direct_pays(g) => ConvAlgorithm::Direct,
@@ -127,6 +132,12 @@ fn weight_grad_pays(g: &Conv2dGeom) -> bool {
         && direct::applies_backward(g)
         && g.n * direct::plane_vectors(g.h, g.w) >= 32
         && direct::available()
+}
+
+/// The bf16 weight gradient (`direct::bf16::weight_grad`): 3×3 s1 and 1×1, from 16 vectors of 32
+/// positions over the batch (the f32 rule's count of positions).
+fn bf16_weight_grad_pays(g: &Conv2dGeom) -> bool {
+    direct::bf16::weight_grad_applies(g) && g.n * g.h * g.w >= 512
 }
 
 /// f32 Winograd in the inference engine.

@@ -19,7 +19,10 @@
 //! products of two bf16 values are exact in f32, so a direct conv differs from an f64 sum of the
 //! rounded operands only by the f32 additions.
 
-use super::{forward_tiles, pad_phases, winograd, with_scratch, Epilogue, Grid, Isa, Kern, WeightView, MR, NV, TILE};
+use super::{
+    forward_tiles, pad_phases, weight_grad as reduce_planes, winograd, with_scratch, DwColumns, DwGrid, DwPlanes,
+    Epilogue, Grid, Isa, Kern, WeightView, LANES, MR, NV, TILE, WR,
+};
 use crate::ops::conv2d::algorithm::{bf16_form, ConvAlgorithm};
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
@@ -88,6 +91,158 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], packed: &Bf16Weights, ep: 
         pad_phases(Isa::Avx512, &gr, g.h, g.w, paired, xpad);
         forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, gr.taps, ep, y);
     });
+}
+
+/// The geometries `weight_grad` computes: 3×3 pad 1 stride 1 and 1×1 pad 0 stride 1.
+pub fn weight_grad_applies(g: &Conv2dGeom) -> bool {
+    matches!((g.k, g.pad, g.stride), (3, 1, 1) | (1, 0, 1)) && g.cin > 0 && g.cout > 0
+}
+
+/// dW += Σ_images dy ⋆ x with dy and x rounded to bf16 and f32 sums (`vdpbf16ps`), `dw` being
+/// [cout][cin][k][k]. The pair dimension of the dot products is the reduction one, positions: dy and
+/// x become bf16 planes laid out as the f32 weight gradient's padded planes (3×3; 1×1: the plain
+/// plane, its tail zeroed), so 32 bits at bf16 index q hold positions q and q + 1, and a tap at an
+/// odd offset is the same plane read 2 bytes further on. The caller checked `available()` and
+/// `weight_grad_applies(g)`.
+pub fn weight_grad(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    assert!(available(), "bf16 conv: this CPU has no AVX512-BF16");
+    assert!(weight_grad_applies(g), "bf16 weight gradient: {g:?} is not a 3×3 pad-1 or 1×1 stride-1 conv");
+    let (n, cin, cout, hw) = (g.n, g.cin, g.cout, g.h * g.w);
+    assert!(x.len() >= n * cin * hw && dy.len() >= n * cout * hw && dw.len() >= cout * cin * g.k * g.k);
+    let (dgr, columns, layout) = if g.k == 3 {
+        let gr = Grid::with_step(g.h, g.w, 2 * LANES);
+        let dgr = DwGrid { plane: gr.plane, dy_at: gr.wp + 1, q_len: gr.q_len };
+        (dgr, DwColumns::Taps(gr.taps), PlaneLayout { w: g.w, pitch: gr.wp, first: gr.wp + 1, plane: gr.plane })
+    } else {
+        let q_len = hw.div_ceil(2 * LANES) * 2 * LANES;
+        let dgr = DwGrid { plane: q_len, dy_at: 0, q_len };
+        (dgr, DwColumns::Pointwise, PlaneLayout { w: hw, pitch: hw, first: 0, plane: q_len })
+    };
+    let (x_len, dy_len) = (n * cin * dgr.plane, n * cout * dgr.plane);
+    with_scratch((x_len + dy_len).div_ceil(2), |s| {
+        // SAFETY: the scratch holds ≥ x_len + dy_len u16 (two per f32, u16 alignment divides f32's),
+        // and the mutable borrow keeps it exclusive.
+        let s16 = unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u16>(), 2 * s.len()) };
+        let (xb, rest) = s16.split_at_mut(x_len);
+        let dyb = &mut rest[..dy_len];
+        pad_bf16(layout, &x[..n * cin * hw], xb);
+        pad_bf16(layout, &dy[..n * cout * hw], dyb);
+        reduce_planes(&DwPlanes::Bf16 { x: xb, dy: dyb }, dgr, columns, n, cin, cout, dw);
+    });
+}
+
+/// Where `pad_bf16` puts a plane's rows of `w` values: row y at `first + y·pitch` of a plane of
+/// `plane` bf16 values, everything else zero.
+#[derive(Clone, Copy, Debug)]
+struct PlaneLayout {
+    w: usize,
+    pitch: usize,
+    first: usize,
+    plane: usize,
+}
+
+/// Rounds planes of rows of `lay.w` floats (`src`, whole planes) to bf16 into the layout's planes.
+fn pad_bf16(lay: PlaneLayout, src: &[f32], dst: &mut [u16]) {
+    let planes = dst.len() / lay.plane;
+    let hw = src.len() / planes.max(1);
+    assert!(planes * hw == src.len() && hw.is_multiple_of(lay.w) && planes * lay.plane == dst.len());
+    let one = |(s, d): (&[f32], &mut [u16])| {
+        let mut at = 0;
+        for (y, row) in s.chunks_exact(lay.w).enumerate() {
+            let start = lay.first + y * lay.pitch;
+            d[at..start].fill(0);
+            to_bf16(row, &mut d[start..start + lay.w]);
+            at = start + lay.w;
+        }
+        d[at..].fill(0);
+    };
+    if dst.len() >= 1 << 17 {
+        src.par_chunks_exact(hw).zip(dst.par_chunks_exact_mut(lay.plane)).with_min_len(4).for_each(one);
+    } else {
+        src.chunks_exact(hw).zip(dst.chunks_exact_mut(lay.plane)).for_each(one);
+    }
+}
+
+/// dst[i] = the bits of src[i] rounded to bf16 as the hardware does (`pair`), 16 at a time.
+fn to_bf16(src: &[f32], dst: &mut [u16]) {
+    assert!(src.len() == dst.len() && available(), "bf16 rounding: lengths differ or no AVX512-BF16");
+    // SAFETY: the CPU has AVX512-BF16 (asserted); the lengths are equal (asserted).
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        to_bf16_avx512(src, dst)
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX512-BF16 and AVX-512 F/BW/VL; the slices' lengths are equal.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let len = dst.len();
+    // SAFETY: loads and stores of 16 at k < len, masked to the len − k left; the lengths are equal.
+    unsafe {
+        for k in (0..len).step_by(16) {
+            let m: u16 = if len - k >= 16 { 0xffff } else { (1u16 << (len - k)) - 1 };
+            let v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src.as_ptr().add(k)));
+            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(k).cast(), m, std::mem::transmute::<__m256bh, __m256i>(v));
+        }
+    }
+}
+
+/// `super::dw_block` on bf16 planes: sums[r][c] = Σ_img Σ_v Σ_(32 positions from v·32) dy · x, where
+/// dy is read at `img·dy_img + r·dy_co + v·32` and x at `img·x_img + cols[c] + v·32` (bf16 indices,
+/// any parity: 16 pairs of consecutive positions per load).
+///
+/// # Safety
+/// AVX512-BF16 and AVX-512 F/VL (`available()`); dy and x readable at the 32 bf16 values from every
+/// such index for img < n, v < qv, r < R (≤ WR).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn dw_block<const R: usize>(
+    dy: *const u16, dy_co: usize, dy_img: usize, x: *const u16, x_img: usize, n: usize, qv: usize,
+    cols: &[usize; 9], sums: &mut [[f32; 9]; WR],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: every load is inside the ranges the caller vouches for (see # Safety); the transmutes
+    // reinterpret 64 bytes as 64 bytes.
+    unsafe {
+        let load = |p: *const u16| std::mem::transmute::<__m512, __m512bh>(_mm512_loadu_ps(p.cast()));
+        let mut acc = [[_mm512_setzero_ps(); 9]; R];
+        for img in 0..n {
+            let d = dy.add(img * dy_img);
+            let xi = x.add(img * x_img);
+            for v in 0..qv {
+                let q = v * 2 * LANES;
+                let dv: [__m512bh; R] = std::array::from_fn(|r| load(d.add(r * dy_co + q)));
+                for (t, &off) in cols.iter().enumerate() {
+                    let xv = load(xi.add(q + off));
+                    for r in 0..R {
+                        acc[r][t] = _mm512_dpbf16_ps(acc[r][t], dv[r], xv);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..9 {
+                sums[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
+        }
+    }
+}
+
+/// Unused off x86-64 (`available()` is false there).
+///
+/// # Safety
+/// Never called.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn dw_block<const R: usize>(
+    _dy: *const u16, _dy_co: usize, _dy_img: usize, _x: *const u16, _x_img: usize, _n: usize, _qv: usize,
+    _cols: &[usize; 9], _sums: &mut [[f32; 9]; WR],
+) {
+    unreachable!("bf16 convs run only where available() holds")
 }
 
 /// The channel pairs of every image of `x` (planes of gr.h × gr.w, `cin` per image) packed straight
