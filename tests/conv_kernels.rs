@@ -458,8 +458,8 @@ fn bf16_weight_grad_matches_f64_sums_of_rounded_operands() {
     }
 }
 
-/// With the op's bf16 convs on, `choose` puts 3×3 stride-1 and 1×1 weight gradients on the bf16
-/// kernel (where AVX512-BF16 runs) and keeps stride 2 and tiny problems in f32.
+/// With the op's bf16 convs on, `choose` puts 3×3 stride-1 weight gradients on the bf16 kernel
+/// (where AVX512-BF16 runs) and keeps 1×1 (GEMM is as fast), stride 2 and tiny problems in f32.
 #[test]
 fn bf16_weight_grad_is_chosen_for_3x3_and_1x1_at_stride_1() {
     use hrk::ops::conv2d::direct::bf16;
@@ -469,7 +469,7 @@ fn bf16_weight_grad_is_chosen_for_3x3_and_1x1_at_stride_1() {
         choose(&g, Pass::BackwardWeight, Arithmetic::Bf16) == ConvAlgorithm::Bf16Direct
     };
     assert_eq!(pick(8, 18, 18, 64, 64, 3, 1), on);
-    assert_eq!(pick(8, 72, 18, 16, 16, 1, 1), on);
+    assert!(!pick(8, 72, 18, 16, 16, 1, 1));
     assert!(!pick(8, 18, 36, 64, 64, 3, 2));
     assert!(!pick(1, 18, 18, 4, 4, 3, 1));
     let g = Conv2dGeom::new([8, 18, 64, 64], &[18, 18, 3, 3], 1, 1).unwrap();

@@ -11,7 +11,7 @@
 //! | forward (op) | bf16       | bf16 …        | as inference bf16, from 10×10 outputs (weights packed per call) |
 //! | any fwd / dx | f32        | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 (dx: s1), ≥ 10×10 outputs, AVX2+   |
 //! | dx           | bf16       | bf16 …        | s1, as the op's forward; the form of the transposed conv        |
-//! | dW           | bf16       | bf16 direct   | bf16 kernels run, 3×3 pad 1 s1 or 1×1 s1, batch × plane ≥ 512   |
+//! | dW           | bf16       | bf16 direct   | bf16 kernels run, 3×3 pad 1 s1, batch × plane ≥ 512             |
 //! | dW           | f32, bf16  | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 s1, batch × plane vectors ≥ 32     |
 //! | otherwise    | any        | im2col + GEMM | f64, other geometries, no AVX2+FMA                              |
 //!
@@ -31,9 +31,10 @@
 //!   up; `benches/conv.rs`).
 //! - The conv op's bf16 convs from 10×10 outputs: below, the per-call packing of weights and planes
 //!   costs more than the halved products save.
-//! - The bf16 weight gradient pairs positions, not channels (`direct::bf16::weight_grad`), so 1×1
-//!   convs take the same kernel as 3×3 (nine input channels in place of nine taps); stride-2 convs and
-//!   the stem stay f32.
+//! - The bf16 weight gradient pairs positions, not channels (`direct::bf16::weight_grad`): 1.9× the
+//!   f32 direct one on W18's 3×3 convs (b8, `benches/conv.rs` weight pass). Its 1×1 form (nine input
+//!   channels in place of nine taps) does not beat GEMM, so 1×1, stride-2 convs and the stem keep f32
+//!   weight gradients.
 
 use super::direct::{self, winograd};
 use super::Conv2dGeom;
@@ -134,10 +135,11 @@ fn weight_grad_pays(g: &Conv2dGeom) -> bool {
         && direct::available()
 }
 
-/// The bf16 weight gradient (`direct::bf16::weight_grad`): 3×3 s1 and 1×1, from 16 vectors of 32
-/// positions over the batch (the f32 rule's count of positions).
+/// The bf16 weight gradient (`direct::bf16::weight_grad`): 3×3 s1 from 16 vectors of 32 positions
+/// over the batch (the f32 rule's count of positions). Not 1×1, which the kernel computes but which
+/// there streams nine input planes per task from L2/L3 (59–78 GFLOP/CPU-s vs GEMM's 67 at b8).
 fn bf16_weight_grad_pays(g: &Conv2dGeom) -> bool {
-    direct::bf16::weight_grad_applies(g) && g.n * g.h * g.w >= 512
+    direct::bf16::weight_grad_applies(g) && g.k == 3 && g.n * g.h * g.w >= 512
 }
 
 /// f32 Winograd in the inference engine.
