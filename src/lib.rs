@@ -24,6 +24,7 @@ pub mod rng;
 pub mod scoped;
 pub mod storage;
 pub mod switches;
+pub mod tiles;
 pub mod tensor;
 
 pub use autograd::{backward, backward_with, no_grad, Gradients};

@@ -151,6 +151,42 @@ impl std::str::FromStr for GpuMath {
     }
 }
 
+/// The families of bf16 conv kernels a CPU can run (`host_isa::bf16_kernels` picks one per CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bf16Kernels {
+    /// The AMX tile unit (`tdpbf16ps`), through `asm!`.
+    AmxTiles,
+    /// The same tile kernels on the software model of the tile unit (any CPU with AVX2; slow: tests, A/B).
+    TileModel,
+    /// AVX512-BF16 dot products (`vdpbf16ps`) in the direct and Winograd kernels.
+    Avx512Bf16,
+    /// No bf16 kernels: `--precision bf16` runs the f32 kernels.
+    F32,
+}
+
+impl Bf16Kernels {
+    /// The switch's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernels::AmxTiles => "amx",
+            Bf16Kernels::TileModel => "tile-model",
+            Bf16Kernels::Avx512Bf16 => "avx512-bf16",
+            Bf16Kernels::F32 => "f32",
+        }
+    }
+}
+
+fn bf16_kernels_value(text: &str) -> Result<Option<Bf16Kernels>, &'static str> {
+    match text.to_ascii_lowercase().as_str() {
+        "auto" => Ok(None),
+        "amx" => Ok(Some(Bf16Kernels::AmxTiles)),
+        "tile-model" => Ok(Some(Bf16Kernels::TileModel)),
+        "avx512-bf16" => Ok(Some(Bf16Kernels::Avx512Bf16)),
+        "f32" => Ok(Some(Bf16Kernels::F32)),
+        _ => Err("auto, amx, tile-model, avx512-bf16 or f32"),
+    }
+}
+
 switches! {
     /// Direct 3×3 conv kernels on the CPU (AVX-512 or AVX2+FMA); 0 sends every conv through im2col + GEMM.
     fn conv_direct() -> bool { "HRK_CONV_DIRECT", "0\\|1", default "1" => true, flag }
@@ -160,6 +196,8 @@ switches! {
     fn no_avx512() -> bool { "HRK_NO_AVX512", "0\\|1", default "0" => false, flag }
     /// `--precision bf16` without bf16 kernels for this CPU: 1 emulates bf16 numerics in f32 arithmetic (slower than f32; for accuracy checks), 0 falls back to f32.
     fn bf16_emulate() -> bool { "HRK_BF16_EMULATE", "0\\|1", default "0" => false, flag }
+    /// The bf16 conv kernels of `--precision bf16`: auto picks per CPU (AMX tiles, else AVX512-BF16 on AMD, else f32); the others force a family (one the CPU cannot run falls back to auto's, with a warning; tile-model runs the AMX kernels on the software tile unit).
+    fn bf16_kernels_forced() -> Option<Bf16Kernels> { "HRK_BF16_KERNELS", "auto\\|amx\\|tile-model\\|avx512-bf16\\|f32", default "auto" => None, bf16_kernels_value }
     /// Cap of the CPU buffer pool in MiB (0 turns the pool off).
     fn pool_mb() -> usize { "HRK_POOL_MB", "MiB", default "4096" => 4096, megabytes }
     /// CPU evaluation engine of `hrk test` / `predict` / validation: the folded engine or the autograd graph.
