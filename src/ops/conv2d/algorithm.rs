@@ -11,6 +11,7 @@
 //! | forward (op) | bf16       | bf16 …        | as inference bf16, from 10×10 outputs (weights packed per call) |
 //! | any fwd / dx | f32        | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 (dx: s1), ≥ 10×10 outputs, AVX2+   |
 //! | dx           | bf16       | bf16 …        | s1, as the op's forward; the form of the transposed conv        |
+//! | dW           | bf16       | bf16 tiles    | `bf16_kernels()` AMX or tile model, 3×3 pad 1 / 1×1 s1, ≥ 512    |
 //! | dW           | bf16       | bf16 direct   | bf16 kernels run, 3×3 pad 1 s1, batch × plane ≥ 512             |
 //! | dW           | f32, bf16  | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 s1, batch × plane vectors ≥ 32     |
 //! | otherwise    | any        | im2col + GEMM | f64, other geometries, no AVX2+FMA                              |
@@ -37,6 +38,7 @@
 //!   weight gradients.
 
 use super::direct::{self, winograd};
+use super::tile_weight_grad;
 use super::Conv2dGeom;
 
 /// How one conv pass is computed on the CPU.
@@ -52,6 +54,9 @@ pub enum ConvAlgorithm {
     Bf16Direct,
     /// Winograd with bf16 products (`direct::bf16` → `winograd::forward_bf16`).
     Bf16Winograd,
+    /// The tile unit's kernels (AMX, or its software model): bf16 products, f32 sums
+    /// (`tile_weight_grad`).
+    Bf16Tiles,
 }
 
 /// The conv pass being computed.
@@ -81,7 +86,11 @@ pub enum Arithmetic {
 /// The algorithm for this pass of `g` (see the module table).
 pub fn choose(g: &Conv2dGeom, pass: Pass, arithmetic: Arithmetic) -> ConvAlgorithm {
     let bf16 = arithmetic == Arithmetic::Bf16 && bf16_runs(g);
+    let tiles = arithmetic == Arithmetic::Bf16 && tile_weight_grad::tiles_chosen();
     match pass {
+        Pass::BackwardWeight if tiles && tile_weight_grad::applies(g) && g.n * g.h * g.w >= 512 => {
+            ConvAlgorithm::Bf16Tiles
+        }
         Pass::Inference if bf16 => bf16_form(g),
         Pass::Forward if bf16 && g.ho * g.wo >= 100 => bf16_form(g),
         Pass::BackwardData if bf16 && g.stride == 1 && g.ho * g.wo >= 100 => bf16_form(&g.transposed()),

@@ -45,7 +45,8 @@ impl Conv2dKernel for Cpu {
         }
         let arithmetic = op_arithmetic(dtype);
         let bf16_dx = is_bf16(choose(g, Pass::BackwardData, arithmetic));
-        let bf16_dw = is_bf16(choose(g, Pass::BackwardWeight, arithmetic));
+        let dw_algorithm = choose(g, Pass::BackwardWeight, arithmetic);
+        let bf16_dw = is_bf16(dw_algorithm);
         if bf16_dx || bf16_dw {
             // The passes not on bf16 kernels, and db, take the f32 path.
             let (mut dx32, mut dw32) = (dx.as_mut().map(typed_mut::<f32>), dw.as_mut().map(typed_mut::<f32>));
@@ -54,7 +55,11 @@ impl Conv2dKernel for Cpu {
                 dx32 = None;
             }
             if let Some(dw) = dw32.as_deref_mut().filter(|_| bf16_dw) {
-                direct::bf16::weight_grad(g, typed(xs), typed(dy), dw);
+                if dw_algorithm == ConvAlgorithm::Bf16Tiles {
+                    super::tile_weight_grad::weight_grad(g, typed(xs), typed(dy), dw);
+                } else {
+                    direct::bf16::weight_grad(g, typed(xs), typed(dy), dw);
+                }
                 dw32 = None;
             }
             if dx32.is_some() || dw32.is_some() || db.is_some() {
@@ -87,7 +92,7 @@ fn op_arithmetic(dtype: crate::tensor::DType) -> Arithmetic {
 
 /// Whether the chosen algorithm is one of the bf16 kernels.
 fn is_bf16(algorithm: ConvAlgorithm) -> bool {
-    matches!(algorithm, ConvAlgorithm::Bf16Direct | ConvAlgorithm::Bf16Winograd)
+    matches!(algorithm, ConvAlgorithm::Bf16Direct | ConvAlgorithm::Bf16Winograd | ConvAlgorithm::Bf16Tiles)
 }
 
 /// dx = conv(dy, Wᵀ with the taps flipped) — the stride-1 conv's input gradient as a forward conv of

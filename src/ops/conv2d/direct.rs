@@ -843,7 +843,7 @@ impl DwPlanes<'_> {
 
 /// What the weight gradient's columns are (each task sums WR output channels × 9 columns).
 #[derive(Clone, Copy, Debug)]
-pub(super) enum DwColumns {
+pub(crate) enum DwColumns {
     /// 3×3: one input channel per task, its 9 taps at these offsets from q.
     Taps([usize; 9]),
     /// 1×1: 9 input channels per task, each read at q itself.
@@ -853,7 +853,7 @@ pub(super) enum DwColumns {
 /// Where a weight gradient's planes put position q: dy(q) at `dy_at + q` of its plane and x at `q`
 /// (plus the column's offset) of its own; `q_len` positions (whole vectors) are summed.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct DwGrid {
+pub(crate) struct DwGrid {
     pub plane: usize,
     pub dy_at: usize,
     pub q_len: usize,

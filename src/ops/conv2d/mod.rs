@@ -4,6 +4,7 @@ pub mod algorithm;
 pub mod cpu_kernel;
 pub mod cuda_kernel;
 pub mod direct;
+pub mod tile_weight_grad;
 pub(crate) use cuda_kernel::ConvStats;
 
 use super::{kernels_for, Cpu, Cuda};

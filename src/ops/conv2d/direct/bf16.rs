@@ -106,29 +106,57 @@ pub fn weight_grad_applies(g: &Conv2dGeom) -> bool {
 /// `weight_grad_applies(g)`.
 pub fn weight_grad(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     assert!(available(), "bf16 conv: this CPU has no AVX512-BF16");
-    assert!(weight_grad_applies(g), "bf16 weight gradient: {g:?} is not a 3×3 pad-1 or 1×1 stride-1 conv");
+    let planes = DwBf16Planes::new(g);
     let (n, cin, cout, hw) = (g.n, g.cin, g.cout, g.h * g.w);
     assert!(x.len() >= n * cin * hw && dy.len() >= n * cout * hw && dw.len() >= cout * cin * g.k * g.k);
-    let (dgr, columns, layout) = if g.k == 3 {
-        let gr = Grid::with_step(g.h, g.w, 2 * LANES);
-        let dgr = DwGrid { plane: gr.plane, dy_at: gr.wp + 1, q_len: gr.q_len };
-        (dgr, DwColumns::Taps(gr.taps), PlaneLayout { w: g.w, pitch: gr.wp, first: gr.wp + 1, plane: gr.plane })
-    } else {
-        let q_len = hw.div_ceil(2 * LANES) * 2 * LANES;
-        let dgr = DwGrid { plane: q_len, dy_at: 0, q_len };
-        (dgr, DwColumns::Pointwise, PlaneLayout { w: hw, pitch: hw, first: 0, plane: q_len })
-    };
-    let (x_len, dy_len) = (n * cin * dgr.plane, n * cout * dgr.plane);
+    let (x_len, dy_len) = (n * cin * planes.grid.plane, n * cout * planes.grid.plane);
     with_scratch((x_len + dy_len).div_ceil(2), |s| {
         // SAFETY: the scratch holds ≥ x_len + dy_len u16 (two per f32, u16 alignment divides f32's),
         // and the mutable borrow keeps it exclusive.
         let s16 = unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u16>(), 2 * s.len()) };
         let (xb, rest) = s16.split_at_mut(x_len);
         let dyb = &mut rest[..dy_len];
-        pad_bf16(layout, &x[..n * cin * hw], xb);
-        pad_bf16(layout, &dy[..n * cout * hw], dyb);
-        reduce_planes(&DwPlanes::Bf16 { x: xb, dy: dyb }, dgr, columns, n, cin, cout, dw);
+        planes.pad(&x[..n * cin * hw], xb);
+        planes.pad(&dy[..n * cout * hw], dyb);
+        reduce_planes(&DwPlanes::Bf16 { x: xb, dy: dyb }, planes.grid, planes.columns, n, cin, cout, dw);
     });
+}
+
+/// The bf16 planes of a weight gradient (`weight_grad`, and the tile kernels'): for 3×3 pad 1 the f32
+/// kernel's zero-bordered planes, positions rounded up to 32; for 1×1 the plain plane, its tail zeroed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DwBf16Planes {
+    pub grid: DwGrid,
+    pub columns: DwColumns,
+    layout: PlaneLayout,
+}
+
+impl DwBf16Planes {
+    /// The planes of `g`, which `weight_grad_applies` to (asserted).
+    pub fn new(g: &Conv2dGeom) -> DwBf16Planes {
+        assert!(weight_grad_applies(g), "bf16 weight gradient: {g:?} is not a 3×3 pad-1 or 1×1 stride-1 conv");
+        if g.k == 3 {
+            let gr = Grid::with_step(g.h, g.w, 2 * LANES);
+            DwBf16Planes {
+                grid: DwGrid { plane: gr.plane, dy_at: gr.wp + 1, q_len: gr.q_len },
+                columns: DwColumns::Taps(gr.taps),
+                layout: PlaneLayout { w: g.w, pitch: gr.wp, first: gr.wp + 1, plane: gr.plane },
+            }
+        } else {
+            let hw = g.h * g.w;
+            let q_len = hw.div_ceil(2 * LANES) * 2 * LANES;
+            DwBf16Planes {
+                grid: DwGrid { plane: q_len, dy_at: 0, q_len },
+                columns: DwColumns::Pointwise,
+                layout: PlaneLayout { w: g.w, pitch: g.w, first: 0, plane: q_len },
+            }
+        }
+    }
+
+    /// Rounds whole h×w planes (`src`) to bf16 into as many planes of `grid.plane` values (`dst`).
+    pub fn pad(&self, src: &[f32], dst: &mut [u16]) {
+        pad_bf16(self.layout, src, dst)
+    }
 }
 
 /// Where `pad_bf16` puts a plane's rows of `w` values: row y at `first + y·pitch` of a plane of
@@ -163,14 +191,16 @@ fn pad_bf16(lay: PlaneLayout, src: &[f32], dst: &mut [u16]) {
     }
 }
 
-/// dst[i] = the bits of src[i] rounded to bf16 as the hardware does (`pair`), 16 at a time.
+/// dst[i] = the bits of src[i] rounded to bf16 as the hardware does (`pair`): 16 at a time on
+/// AVX512-BF16, one at a time elsewhere (the tile model's runs).
 fn to_bf16(src: &[f32], dst: &mut [u16]) {
-    assert!(src.len() == dst.len() && available(), "bf16 rounding: lengths differ or no AVX512-BF16");
-    // SAFETY: the CPU has AVX512-BF16 (asserted); the lengths are equal (asserted).
+    assert!(src.len() == dst.len(), "bf16 rounding: lengths differ");
     #[cfg(target_arch = "x86_64")]
-    unsafe {
-        to_bf16_avx512(src, dst)
+    if available() {
+        // SAFETY: the CPU has AVX512-BF16 (checked); the lengths are equal (asserted).
+        return unsafe { to_bf16_avx512(src, dst) };
     }
+    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = pair(v, 0.0).to_bits() as u16);
 }
 
 /// # Safety
