@@ -134,9 +134,15 @@ fn conv(c: &mut Criterion) {
                                 let dx = want_dx.then_some(&mut dx[..]);
                                 cpu::backward_gemm(&g, black_box(&x), &w, &dy, dx, Some(&mut dw), None)
                             }
-                            (false, false) => {
-                                cpu::backward(&g, black_box(&x), &w, &dy, want_dx.then_some(&mut dx[..]), Some(&mut dw), None)
-                            }
+                            (false, false) => cpu::backward(
+                                &g,
+                                black_box(&x),
+                                &w,
+                                &dy,
+                                want_dx.then_some(&mut dx[..]),
+                                Some(&mut dw),
+                                None,
+                            ),
                         });
                         println!("{id:<48} {rate:7.1} GFLOP/CPU-s");
                         continue;

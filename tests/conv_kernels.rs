@@ -453,7 +453,8 @@ fn bf16_weight_grad_matches_f64_sums_of_rounded_operands() {
         assert!(worst < 1e-6, "{g:?}: bf16 dW error {worst:e} of Σ|terms|");
         // Not the f32 result: the operands were rounded.
         let (_, exact) = naive_backward(&g, &x, &wt, &dy);
-        let off = dw.iter().zip(&start).zip(&exact).map(|((&d, &s), &e)| ((d - s) as f64 - e).abs()).fold(0.0, f64::max);
+        let off =
+            dw.iter().zip(&start).zip(&exact).map(|((&d, &s), &e)| ((d - s) as f64 - e).abs()).fold(0.0, f64::max);
         assert!(off > 1e-6, "{g:?}: the bf16 dW equals the f32 one");
     }
 }

@@ -891,7 +891,8 @@ pub(super) fn weight_grad(
             DwColumns::Pointwise => std::array::from_fn(|c| (ci0 + c.min(width - 1)) * gr.plane),
         };
         let mut sums = [[0.0f32; 9]; WR];
-        let (dy0, ds, xs, qv) = (cb * WR * gr.plane + gr.dy_at, cout * gr.plane, cin * gr.plane, gr.q_len / planes.positions());
+        let (dy0, ds, xs, qv) =
+            (cb * WR * gr.plane + gr.dy_at, cout * gr.plane, cin * gr.plane, gr.q_len / planes.positions());
         // SAFETY: dy reads reach (n − 1)·ds + dy0 + (rows − 1)·plane + q_len − 1 < n·cout·plane (dy_at + q_len ≤
         // plane), x reads (n − 1)·xs + cols[c] + q_len − 1 < n·cin·plane (taps: q_len + tap ≤ plane;
         // pointwise: columns are whole planes of channels < cin); all asserted above. The F32 build is one

@@ -51,9 +51,7 @@ pub fn weight_grad(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
 }
 
 /// `weight_grad` on the tile units `unit` makes (one per task, on the task's thread).
-pub fn weight_grad_on<U: TileUnit>(
-    unit: impl Fn() -> U + Sync, g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32],
-) {
+pub fn weight_grad_on<U: TileUnit>(unit: impl Fn() -> U + Sync, g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let planes = DwBf16Planes::new(g);
     let (n, cin, cout, hw, kk) = (g.n, g.cin, g.cout, g.h * g.w, g.k * g.k);
     assert!(x.len() >= n * cin * hw && dy.len() >= n * cout * hw && dw.len() >= cout * cin * kk);
@@ -207,7 +205,9 @@ mod tests {
         (0..n).map(|_| rng.normal() as f32).collect()
     }
 
-    fn case(rng: &mut Rng, &(n, cin, cout, h, w, k): &(usize, usize, usize, usize, usize, usize)) -> (Conv2dGeom, Vec<f32>, Vec<f32>) {
+    fn case(
+        rng: &mut Rng, &(n, cin, cout, h, w, k): &(usize, usize, usize, usize, usize, usize),
+    ) -> (Conv2dGeom, Vec<f32>, Vec<f32>) {
         let g = Conv2dGeom::new([n, cin, h, w], &[cout, cin, k, k], 1, k / 2).unwrap();
         (g, normals(rng, n * cin * h * w), normals(rng, n * cout * h * w))
     }
@@ -227,7 +227,10 @@ mod tests {
             for (i, ((&d, &s), (&w, &m))) in dw.iter().zip(&start).zip(want.iter().zip(&size)).enumerate() {
                 let err = (f64::from(d) - f64::from(s) - w).abs();
                 let scale = m + f64::from(s).abs();
-                assert!(err <= bound * scale + 1e-30, "{g:?} dW[{i}]: {d} − {s} vs {w} (error {err:e}, Σ|terms| {m:e})");
+                assert!(
+                    err <= bound * scale + 1e-30,
+                    "{g:?} dW[{i}]: {d} − {s} vs {w} (error {err:e}, Σ|terms| {m:e})"
+                );
             }
         }
     }

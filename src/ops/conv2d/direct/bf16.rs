@@ -231,8 +231,8 @@ unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn dw_block<const R: usize>(
-    dy: *const u16, dy_co: usize, dy_img: usize, x: *const u16, x_img: usize, n: usize, qv: usize,
-    cols: &[usize; 9], sums: &mut [[f32; 9]; WR],
+    dy: *const u16, dy_co: usize, dy_img: usize, x: *const u16, x_img: usize, n: usize, qv: usize, cols: &[usize; 9],
+    sums: &mut [[f32; 9]; WR],
 ) {
     use std::arch::x86_64::*;
     // SAFETY: every load is inside the ranges the caller vouches for (see # Safety); the transmutes
