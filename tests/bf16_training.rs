@@ -1,4 +1,4 @@
-//! `hrk train --precision bf16`: the conv op's forward and input-gradient convs on the bf16 kernels
+//! `hrk train --precision bf16`: the conv op's forward, input- and weight-gradient convs on the bf16 kernels
 //! (process-wide switch, hence this test binary of its own), against the same op in f32.
 
 use hrk::ops::conv2d::{bf16_convs, conv2d, direct::bf16, with_bf16_convs};
@@ -57,6 +57,10 @@ fn bf16_convs_stay_near_f32_and_switch_back() {
         assert!(bf16_run[0] != f32_run[0], "{xs:?} k{k} s{stride}: the forward did not run in bf16");
         if stride == 1 {
             assert!(bf16_run[1] != f32_run[1], "{xs:?} k{k}: dx did not run in bf16");
+        }
+        // The 3×3 stride-1 weight gradient from 512 positions over the batch (`algorithm::choose`).
+        if stride == 1 && k == 3 && n * side * side >= 512 {
+            assert!(bf16_run[2] != f32_run[2], "{xs:?} k{k}: dW did not run in bf16");
         }
     }
 }

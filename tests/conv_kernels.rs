@@ -462,7 +462,7 @@ fn bf16_weight_grad_matches_f64_sums_of_rounded_operands() {
 /// With the op's bf16 convs on, `choose` puts 3×3 stride-1 weight gradients on the bf16 kernel
 /// (where AVX512-BF16 runs) and keeps 1×1 (GEMM is as fast), stride 2 and tiny problems in f32.
 #[test]
-fn bf16_weight_grad_is_chosen_for_3x3_and_1x1_at_stride_1() {
+fn bf16_weight_grad_is_chosen_for_3x3_at_stride_1() {
     use hrk::ops::conv2d::direct::bf16;
     let on = bf16::available();
     let pick = |n, cin, cout, h, w, k, s| {
