@@ -241,7 +241,9 @@ fn runnable(family: Bf16Kernels) -> Result<(), &'static str> {
         Bf16Kernels::AmxTiles => amx_permission().and(tiles_host),
         Bf16Kernels::TileModel => tiles_host,
         Bf16Kernels::Avx512Bf16 if avx512bf16() => Ok(()),
-        Bf16Kernels::Avx512Bf16 if cpu().avx512bf16 => Err("AVX512-BF16 needs the AVX-512 level (HRK_NO_AVX512 is set)"),
+        Bf16Kernels::Avx512Bf16 if cpu().avx512bf16 => {
+            Err("AVX512-BF16 needs the AVX-512 level (HRK_NO_AVX512 is set)")
+        }
         Bf16Kernels::Avx512Bf16 => Err("no AVX512-BF16 on this CPU"),
         Bf16Kernels::F32 => Ok(()),
     }

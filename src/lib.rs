@@ -24,8 +24,8 @@ pub mod rng;
 pub mod scoped;
 pub mod storage;
 pub mod switches;
-pub mod tiles;
 pub mod tensor;
+pub mod tiles;
 
 pub use autograd::{backward, backward_with, no_grad, Gradients};
 pub use tensor::{DType, Device, Storage, Tensor};

@@ -413,7 +413,7 @@ fn bf16_forward_matches_f64_sums_of_rounded_operands() {
 fn bf16_weight_grad_matches_f64_sums_of_rounded_operands() {
     use hrk::float::round_bf16;
     use hrk::ops::conv2d::direct::bf16;
-    if !bf16::available() {
+    if !bf16::weight_grad_available() {
         eprintln!("skipped: this CPU has no AVX512-BF16 (or HRK_NO_AVX512 is set); the bf16 kernels cannot run");
         return;
     }
@@ -459,12 +459,17 @@ fn bf16_weight_grad_matches_f64_sums_of_rounded_operands() {
     }
 }
 
-/// With the op's bf16 convs on, `choose` puts 3×3 stride-1 weight gradients on the bf16 kernel
-/// (where AVX512-BF16 runs) and keeps 1×1 (GEMM is as fast), stride 2 and tiny problems in f32.
+/// With the op's bf16 convs on and the AVX512-BF16 family, `choose` puts 3×3 stride-1 weight
+/// gradients on the bf16 kernel and keeps 1×1 (GEMM is as fast), stride 2 and tiny problems in f32.
 #[test]
 fn bf16_weight_grad_is_chosen_for_3x3_at_stride_1() {
-    use hrk::ops::conv2d::direct::bf16;
-    let on = bf16::available();
+    use hrk::host_isa::{with_bf16_kernels, Bf16Kernels};
+    with_bf16_kernels(Bf16Kernels::Avx512Bf16, bf16_weight_grad_choices);
+}
+
+fn bf16_weight_grad_choices() {
+    use hrk::host_isa::{bf16_kernels, Bf16Kernels};
+    let on = bf16_kernels() == Bf16Kernels::Avx512Bf16;
     let pick = |n, cin, cout, h, w, k, s| {
         let g = Conv2dGeom::new([n, cin, h, w], &[cout, cin, k, k], s, k / 2).unwrap();
         choose(&g, Pass::BackwardWeight, Arithmetic::Bf16) == ConvAlgorithm::Bf16Direct

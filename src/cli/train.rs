@@ -86,8 +86,8 @@ impl Drop for Console {
     }
 }
 
-/// Turns the conv op's bf16 arithmetic on for `--precision bf16` where it runs (the CPU, with
-/// AVX512-BF16); elsewhere one warning says why training stays f32.
+/// Turns the conv op's bf16 arithmetic on for `--precision bf16` where it runs (the CPU, with a bf16
+/// kernel family: `host_isa::bf16_kernels`); elsewhere one warning says why training stays f32.
 pub fn set_training_precision(precision: crate::model::Precision, device: &crate::tensor::Device) {
     if precision == crate::model::Precision::F32 {
         return;
@@ -97,7 +97,10 @@ pub fn set_training_precision(precision: crate::model::Precision, device: &crate
     } else if crate::ops::conv2d::direct::bf16::available() {
         crate::ops::conv2d::set_bf16_convs(true);
     } else {
-        log::warn!("--precision bf16: this CPU has no AVX512-BF16 (or HRK_NO_AVX512 is set); training in f32");
+        log::warn!(
+            "--precision bf16: no bf16 kernels for this CPU ({}); training in f32",
+            crate::host_isa::bf16_kernels_why()
+        );
     }
 }
 

@@ -39,18 +39,17 @@ impl Precision {
         }
     }
 
-    /// What the CPU engine runs when this precision is asked for: bf16 where the CPU has the bf16
-    /// kernels or the emulation is asked for (`HRK_BF16_EMULATE=1`); otherwise f32, with one warning
+    /// What the CPU engine runs when this precision is asked for: bf16 where the CPU has bf16 kernels
+    /// that pay (`host_isa::bf16_kernels`) or the emulation is asked for (`HRK_BF16_EMULATE=1`); otherwise f32, with one warning
     /// that says why.
     pub fn resolve_cpu(self) -> Precision {
         if self == Precision::F32 || crate::ops::conv2d::direct::bf16::available() || crate::switches::bf16_emulate() {
             return self;
         }
-        if crate::host_isa::cpu().avx512bf16 {
-            log::warn!("--precision bf16: AVX-512 is switched off (HRK_NO_AVX512); running f32 (HRK_BF16_EMULATE=1 emulates bf16 numerics)");
-        } else {
-            log::warn!("--precision bf16: this CPU has no AVX512-BF16; running f32 (HRK_BF16_EMULATE=1 emulates bf16 numerics)");
-        }
+        log::warn!(
+            "--precision bf16: no bf16 kernels for this CPU ({}); running f32 (HRK_BF16_EMULATE=1 emulates bf16 numerics)",
+            crate::host_isa::bf16_kernels_why()
+        );
         Precision::F32
     }
 }

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 /// The hardware tile unit of the current thread. The tile configuration and registers are per-thread
 /// state, so this value is neither Send nor Sync; dropping it releases the tiles (TILERELEASE).
 /// Made only through `new_unchecked`, whose caller vouches that the CPU and the OS let this process use
-/// the tiles (`crate::host_isa::amx_usable`).
+/// the tiles (`crate::host_isa::amx_usable`; `ops::conv2d::direct::amx::amx_unit` checks it and makes one).
 #[derive(Debug)]
 pub struct AmxTiles {
     /// The configuration loaded, kept to check each instruction's operands as the model does (a wrong
@@ -75,7 +75,9 @@ impl TileUnit for AmxTiles {
     fn dot_bf16<const C: u8, const A: u8, const B: u8>(&mut self) {
         check_dot(configured(&self.cfg, "tdpbf16ps"), C, A, B);
         // SAFETY: AMX usable (new_unchecked); the three tiles' shapes meet TDPBF16PS's conditions (checked).
-        unsafe { std::arch::asm!("tdpbf16ps tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B, options(nostack, nomem)) };
+        unsafe {
+            std::arch::asm!("tdpbf16ps tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B, options(nostack, nomem))
+        };
     }
 
     fn release(&mut self) {

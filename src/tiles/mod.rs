@@ -17,9 +17,9 @@ mod hardware;
 mod model;
 
 pub use hardware::AmxTiles;
-pub use model::TileModel;
 #[cfg(test)]
 pub(crate) use model::test_programs;
+pub use model::TileModel;
 
 /// Tile registers of palette 1 (tmm0–tmm7).
 pub const TILE_REGISTERS: usize = 8;

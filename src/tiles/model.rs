@@ -121,11 +121,11 @@ impl TileUnit for TileModel {
             }
             let mut tmp: [f32; MAX_ROW_BYTES / 4] =
                 std::array::from_fn(|n| f32::from_le_bytes(c_row[4 * n..4 * n + 4].try_into().expect("4 bytes")));
-            for k in 0..k_len {
+            for (k, b_row) in b.iter().enumerate().take(k_len) {
                 let (a0, a1) = (bf16(&a[m], 2 * k), bf16(&a[m], 2 * k + 1));
                 for (n, t) in tmp.iter_mut().enumerate().take(n_len) {
-                    *t = fused_step(*t, a0, bf16(&b[k], 2 * n));
-                    *t = fused_step(*t, a1, bf16(&b[k], 2 * n + 1));
+                    *t = fused_step(*t, a0, bf16(b_row, 2 * n));
+                    *t = fused_step(*t, a1, bf16(b_row, 2 * n + 1));
                 }
             }
             c_row.fill(0);
@@ -172,9 +172,8 @@ pub(crate) mod test_programs {
     impl DotCase {
         pub fn random(rng: &mut Rng) -> DotCase {
             let (rows, k, n) = (1 + rng.below(16), 1 + rng.below(16), 1 + rng.below(16));
-            let mut v = |len: usize, scale: f64| -> Vec<f32> {
-                (0..len).map(|_| (rng.normal() * scale) as f32).collect()
-            };
+            let mut v =
+                |len: usize, scale: f64| -> Vec<f32> { (0..len).map(|_| (rng.normal() * scale) as f32).collect() };
             let a = v(rows * 2 * k, 1.0).into_iter().map(bf16_bits).collect();
             let b = v(k * 2 * n, 1.0).into_iter().map(bf16_bits).collect();
             let c0 = v(rows * n, 4.0);

@@ -5,14 +5,15 @@
 //!
 //! | pass         | arithmetic | algorithm     | when                                                            |
 //! |--------------|------------|---------------|-----------------------------------------------------------------|
-//! | inference    | bf16       | bf16 Winograd | bf16 kernels run, 3×3 s1, Winograd pays (f32 rule) and cin ≥ 32 |
-//! | inference    | bf16       | bf16 direct   | bf16 kernels run (3×3 pad 1 s1/s2, 1×1 s1), otherwise           |
+//! | inference    | bf16       | AMX tiles     | bf16 family AmxTiles / TileModel (3×3 pad 1 s1/s2, 1×1 s1)      |
+//! | inference    | bf16       | bf16 Winograd | family Avx512Bf16, 3×3 s1, Winograd pays (f32 rule), cin ≥ 32   |
+//! | inference    | bf16       | bf16 direct   | family Avx512Bf16 (3×3 pad 1 s1/s2, 1×1 s1), otherwise          |
 //! | inference    | f32        | Winograd      | `HRK_CONV_WINOGRAD`, `HRK_CONV_DIRECT`, Winograd pays           |
 //! | forward (op) | bf16       | bf16 …        | as inference bf16, from 10×10 outputs (weights packed per call) |
 //! | any fwd / dx | f32        | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 (dx: s1), ≥ 10×10 outputs, AVX2+   |
 //! | dx           | bf16       | bf16 …        | s1, as the op's forward; the form of the transposed conv        |
-//! | dW           | bf16       | bf16 tiles    | `bf16_kernels()` AMX or tile model, 3×3 pad 1 / 1×1 s1, ≥ 512    |
-//! | dW           | bf16       | bf16 direct   | bf16 kernels run, 3×3 pad 1 s1, batch × plane ≥ 512             |
+//! | dW           | bf16       | AMX tiles     | family AmxTiles / TileModel, 3×3 pad 1 or 1×1, s1, n·h·w ≥ 512   |
+//! | dW           | bf16       | bf16 direct   | family Avx512Bf16, 3×3 pad 1 s1, batch × plane ≥ 512             |
 //! | dW           | f32, bf16  | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 s1, batch × plane vectors ≥ 32     |
 //! | otherwise    | any        | im2col + GEMM | f64, other geometries, no AVX2+FMA                              |
 //!
@@ -30,6 +31,9 @@
 //! - bf16 Winograd from 32 input channels: at 18 its transforms outweigh the halved products (82 vs
 //!   100 GFLOP/CPU-s on 18 channels at 64×64, even at 36 on 32×32, 2.2× faster at 64 channels and
 //!   up; `benches/conv.rs`).
+//! - The tile families (`host_isa::bf16_kernels`: AMX, or its software model) take every bf16 form with the
+//!   tile kernels, no Winograd: a 16×16×32 tile product leaves no transform worth its rounding (AMX speed
+//!   itself is not yet measured; the family is chosen per CPU in `host_isa`).
 //! - The conv op's bf16 convs from 10×10 outputs: below, the per-call packing of weights and planes
 //!   costs more than the halved products save.
 //! - The bf16 weight gradient pairs positions, not channels (`direct::bf16::weight_grad`): 1.9× the
@@ -37,9 +41,10 @@
 //!   channels in place of nine taps) does not beat GEMM, so 1×1, stride-2 convs and the stem keep f32
 //!   weight gradients.
 
-use super::direct::{self, winograd};
+use super::direct::{self, amx::Unit, winograd};
 use super::tile_weight_grad;
 use super::Conv2dGeom;
+use crate::host_isa::Bf16Kernels;
 
 /// How one conv pass is computed on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,9 +59,8 @@ pub enum ConvAlgorithm {
     Bf16Direct,
     /// Winograd with bf16 products (`direct::bf16` → `winograd::forward_bf16`).
     Bf16Winograd,
-    /// The tile unit's kernels (AMX, or its software model): bf16 products, f32 sums
-    /// (`tile_weight_grad`).
-    Bf16Tiles,
+    /// The tile kernels (`direct::bf16` → `direct::amx`) on the AMX unit or its software model.
+    AmxTiles(direct::amx::Unit),
 }
 
 /// The conv pass being computed.
@@ -86,11 +90,14 @@ pub enum Arithmetic {
 /// The algorithm for this pass of `g` (see the module table).
 pub fn choose(g: &Conv2dGeom, pass: Pass, arithmetic: Arithmetic) -> ConvAlgorithm {
     let bf16 = arithmetic == Arithmetic::Bf16 && bf16_runs(g);
-    let tiles = arithmetic == Arithmetic::Bf16 && tile_weight_grad::tiles_chosen();
-    match pass {
-        Pass::BackwardWeight if tiles && tile_weight_grad::applies(g) && g.n * g.h * g.w >= 512 => {
-            ConvAlgorithm::Bf16Tiles
+    if pass == Pass::BackwardWeight && arithmetic == Arithmetic::Bf16 {
+        if let Some(unit) = tile_weight_grad::chosen_unit() {
+            if tile_weight_grad::applies(g) && g.n * g.h * g.w >= 512 {
+                return ConvAlgorithm::AmxTiles(unit);
+            }
         }
+    }
+    match pass {
         Pass::Inference if bf16 => bf16_form(g),
         Pass::Forward if bf16 && g.ho * g.wo >= 100 => bf16_form(g),
         Pass::BackwardData if bf16 && g.stride == 1 && g.ho * g.wo >= 100 => bf16_form(&g.transposed()),
@@ -115,9 +122,14 @@ fn bf16_runs(g: &Conv2dGeom) -> bool {
     direct::bf16_available() && bf16_applies(g)
 }
 
-/// Which bf16 kernel computes `g`, given that a bf16 kernel does: Winograd where it pays, from 32
-/// input channels, else direct.
+/// Which bf16 kernel computes `g`, given that a bf16 kernel does: the tile kernels for the tile families
+/// (every form), else Winograd where it pays, from 32 input channels, else direct.
 pub fn bf16_form(g: &Conv2dGeom) -> ConvAlgorithm {
+    match crate::host_isa::bf16_kernels() {
+        Bf16Kernels::AmxTiles => return ConvAlgorithm::AmxTiles(Unit::Hardware),
+        Bf16Kernels::TileModel => return ConvAlgorithm::AmxTiles(Unit::Model),
+        Bf16Kernels::Avx512Bf16 | Bf16Kernels::F32 => {}
+    }
     if g.k == 3 && crate::switches::conv_winograd() && winograd_beats_direct(g) && g.cin >= 32 {
         ConvAlgorithm::Bf16Winograd
     } else {
@@ -148,7 +160,7 @@ fn weight_grad_pays(g: &Conv2dGeom) -> bool {
 /// over the batch (the f32 rule's count of positions). Not 1×1, which the kernel computes but which
 /// there streams nine input planes per task from L2/L3 (59–78 GFLOP/CPU-s vs GEMM's 67 at b8).
 fn bf16_weight_grad_pays(g: &Conv2dGeom) -> bool {
-    direct::bf16::weight_grad_applies(g) && g.k == 3 && g.n * g.h * g.w >= 512
+    direct::bf16::weight_grad_available() && direct::bf16::weight_grad_applies(g) && g.k == 3 && g.n * g.h * g.w >= 512
 }
 
 /// f32 Winograd in the inference engine.

@@ -55,8 +55,8 @@ impl Conv2dKernel for Cpu {
                 dx32 = None;
             }
             if let Some(dw) = dw32.as_deref_mut().filter(|_| bf16_dw) {
-                if dw_algorithm == ConvAlgorithm::Bf16Tiles {
-                    super::tile_weight_grad::weight_grad(g, typed(xs), typed(dy), dw);
+                if let ConvAlgorithm::AmxTiles(unit) = dw_algorithm {
+                    super::tile_weight_grad::weight_grad(unit, g, typed(xs), typed(dy), dw);
                 } else {
                     direct::bf16::weight_grad(g, typed(xs), typed(dy), dw);
                 }
@@ -92,7 +92,7 @@ fn op_arithmetic(dtype: crate::tensor::DType) -> Arithmetic {
 
 /// Whether the chosen algorithm is one of the bf16 kernels.
 fn is_bf16(algorithm: ConvAlgorithm) -> bool {
-    matches!(algorithm, ConvAlgorithm::Bf16Direct | ConvAlgorithm::Bf16Winograd | ConvAlgorithm::Bf16Tiles)
+    matches!(algorithm, ConvAlgorithm::Bf16Direct | ConvAlgorithm::Bf16Winograd | ConvAlgorithm::AmxTiles(_))
 }
 
 /// dx = conv(dy, Wᵀ with the taps flipped) — the stride-1 conv's input gradient as a forward conv of

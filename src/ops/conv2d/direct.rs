@@ -20,6 +20,7 @@
 //! time (MR × 2 accumulators fit its 16 registers), in the same order of additions, so both builds give the same
 //! bits; the AVX2 weight gradient sums over 8 lanes instead of 16 (rounding differs, not the method).
 
+pub mod amx;
 pub mod bf16;
 pub mod winograd;
 
@@ -71,9 +72,15 @@ pub struct Epilogue<'a, T> {
     pub relu: bool,
 }
 
-/// Whether this CPU runs the bf16 kernels (`bf16`, and `winograd`'s bf16 products): AVX512-BF16 on
-/// the AVX-512 level, AVX-512 not switched off (`crate::host_isa::avx512bf16`).
+/// Whether this CPU runs bf16 conv kernels (`bf16::forward`): the family `crate::host_isa::bf16_kernels`
+/// chose is not f32 (AVX512-BF16 dot products on AMD, AMX tiles, or the forced tile model).
 pub fn bf16_available() -> bool {
+    crate::host_isa::bf16_kernels() != crate::host_isa::Bf16Kernels::F32
+}
+
+/// Whether `Kern::Bf16Pairs` (`vdpbf16ps`, in the direct and Winograd kernels) can run: AVX512-BF16 on
+/// the AVX-512 level, AVX-512 not switched off (`crate::host_isa::avx512bf16`).
+fn vdpbf16ps_available() -> bool {
     crate::host_isa::avx512bf16()
 }
 
@@ -376,16 +383,31 @@ struct TileOut<'a> {
     rows: usize,
     q: &'a [usize],
     at: &'a [Option<usize>],
-    /// conv_tile's output: rows < MR, vectors < q.len() written.
-    vals: &'a std::mem::MaybeUninit<[f32; MR * TILE]>,
+    /// The kernel's output, row r's vector v at r·pitch + v·16: rows < `rows`, vectors < q.len()
+    /// written (`TileOut::new`'s contract), the rest possibly uninitialised.
+    vals: &'a [std::mem::MaybeUninit<f32>],
+    pitch: usize,
 }
 
-impl TileOut<'_> {
+impl<'a> TileOut<'a> {
+    /// # Safety
+    /// `vals` must hold initialised values at r·pitch + v·16 + 0..16 for every r < rows, v < q.len().
+    unsafe fn new(
+        img: usize, co0: usize, rows: usize, q: &'a [usize], at: &'a [Option<usize>],
+        vals: &'a [std::mem::MaybeUninit<f32>], pitch: usize,
+    ) -> TileOut<'a> {
+        assert!(q.len() <= NV && at.len() == q.len() && q.len() * LANES <= pitch);
+        assert!(rows == 0 || vals.len() >= (rows - 1) * pitch + q.len() * LANES, "tile values out of range");
+        TileOut { img, co0, rows, q, at, vals, pitch }
+    }
+
     /// The 16 values of row r (< rows), vector v (< q.len()).
     fn vector(&self, r: usize, v: usize) -> &[f32] {
         assert!(r < self.rows && v < self.q.len(), "tile vector ({r}, {v}) was not computed");
-        // SAFETY: conv_tile wrote every row < MR (≥ rows) of its V = q.len() vectors (asserted in range).
-        unsafe { std::slice::from_raw_parts(self.vals.as_ptr().cast::<f32>().add(r * TILE + v * LANES), LANES) }
+        let vals = &self.vals[r * self.pitch + v * LANES..][..LANES];
+        // SAFETY: written by the kernel (`TileOut::new`'s contract; r and v in range, asserted);
+        // MaybeUninit<f32> has f32's layout.
+        unsafe { std::slice::from_raw_parts(vals.as_ptr().cast::<f32>(), LANES) }
     }
     /// The plane indices of the vectors when all are whole.
     fn whole(&self) -> Option<[usize; NV]> {
@@ -445,7 +467,13 @@ fn conv_tiles<const T: usize>(
                     _ => conv_tile::<1, T>(kern, x, &voff, gr.plane, cin, &taps, &wrows, wv.col, o),
                 }
             }
-            store(&TileOut { img, co0: cb * MR, rows, q: &voff[..vecs], at: &vat[..vecs], vals: &vals });
+            // SAFETY: a [MaybeUninit<[f32; N]>] is N MaybeUninit<f32>; conv_tile wrote every row < MR (≥ rows)
+            // of its V = vecs vectors at r·TILE + v·16.
+            let tile = unsafe {
+                let vals = std::slice::from_raw_parts(vals.as_ptr().cast::<std::mem::MaybeUninit<f32>>(), MR * TILE);
+                TileOut::new(img, cb * MR, rows, &voff[..vecs], &vat[..vecs], vals, TILE)
+            };
+            store(&tile);
         }
     };
     (0..n * tiles * runs).into_par_iter().for_each(task);
@@ -699,17 +727,28 @@ pub fn forward_fused_on(isa: Isa, g: &Conv2dGeom, x: &[f32], wt: &[f32], ep: Epi
 
 /// The forward's conv tiles over padded planes (`rows` of them per image: channels, or channel pairs
 /// for `Kern::Bf16Pairs`), each output vector stored through the bias / residual / ReLU epilogue.
-/// The caller checked the sizes of `ep` and `y` against `g` and that the CPU runs `kern`.
+/// The caller checked that the CPU runs `kern`.
 #[allow(clippy::too_many_arguments)]
 fn forward_tiles<const T: usize>(
     kern: Kern, g: &Conv2dGeom, gr: &Grid, xpad: &[f32], rows: usize, wv: WeightView, taps: [usize; T],
     ep: Epilogue<f32>, y: &mut [f32],
 ) {
-    let (hw, isa) = (g.ho * g.wo, kern.isa());
+    let store = forward_store(kern.isa(), g, gr, ep, y);
+    conv_tiles(kern, gr, g.n, rows, g.cout, xpad, wv, taps, store);
+}
+
+/// The forward's store of each computed tile into y through the bias / residual / ReLU epilogue, by
+/// the `isa` build (the caller checked that the CPU runs it); checks the sizes of `ep` and `y` against `g`.
+/// Shared by the direct kernels and the tile kernels (`amx`).
+fn forward_store<'a>(
+    isa: Isa, g: &'a Conv2dGeom, gr: &'a Grid, ep: Epilogue<'a, f32>, y: &'a mut [f32],
+) -> impl Fn(&TileOut) + Sync + 'a {
+    let hw = g.ho * g.wo;
     assert!(y.len() >= g.n * g.cout * hw && ep.residual.is_none_or(|r| r.len() >= g.n * g.cout * hw));
     assert!(ep.bias.is_none_or(|b| b.len() >= g.cout));
     let out = SharedOut(y.as_mut_ptr());
-    let store = |t: &TileOut| {
+    move |t: &TileOut| {
+        assert!(t.img < g.n && t.co0 + t.rows <= g.cout, "a tile past the output");
         let first = (t.img * g.cout + t.co0) * hw;
         if let Some(at) = t.whole() {
             // SAFETY: rows co0..co0 + rows of image img at the vectors' 16 positions lie inside y and
@@ -743,8 +782,7 @@ fn forward_tiles<const T: usize>(
                 });
             }
         }
-    };
-    conv_tiles(kern, gr, g.n, rows, g.cout, xpad, wv, taps, store);
+    }
 }
 
 /// The 16-position vectors of one padded h×w plane that the backward-weight kernel reduces over

@@ -1,6 +1,6 @@
 //! The bf16 weight gradient on the tile unit (AMX `tdpbf16ps`), written once over `TileUnit`: run on
 //! `AmxTiles` where `crate::host_isa::bf16_kernels()` says AMX, on `TileModel` where that family is
-//! forced (tests and A/B runs on any CPU).
+//! forced (tests and A/B runs on any CPU); `algorithm::choose` names the unit (`ConvAlgorithm::AmxTiles`).
 //!
 //! Per tap, dW_tap[co][ci] = Σ_img Σ_q dy[co](q) · x[ci](q + off) is a matrix product reducing over
 //! positions, so positions are the pair (K) dimension: A is dy, 16 output channels × 16 pairs of
@@ -15,11 +15,12 @@
 //! Tiles: C in tmm0–2 (three taps, one kernel row, per task), A in tmm3, B in tmm4–6; every tile 16
 //! rows of 64 bytes. Tasks are (output block, input block, group of three taps).
 
+use super::direct::amx::{amx_unit, Unit};
 use super::direct::bf16::DwBf16Planes;
 use super::direct::DwColumns;
 use super::Conv2dGeom;
 use crate::host_isa::Bf16Kernels;
-use crate::tiles::{AmxTiles, TileConfig, TileModel, TileShape, TileUnit};
+use crate::tiles::{TileConfig, TileModel, TileShape, TileUnit};
 use rayon::prelude::*;
 
 /// Channels per tile block (rows of A and C, 32-bit columns of B and C).
@@ -32,21 +33,22 @@ const GROUP: usize = 3;
 /// The geometries the tile weight gradient computes: 3×3 pad 1 and 1×1 pad 0, stride 1.
 pub use super::direct::bf16::weight_grad_applies as applies;
 
-/// Whether `--precision bf16` takes the tile kernels on this thread (`bf16_kernels()` is AMX, or
-/// the software model forced).
-pub fn tiles_chosen() -> bool {
-    matches!(crate::host_isa::bf16_kernels(), Bf16Kernels::AmxTiles | Bf16Kernels::TileModel)
+/// The tile unit `--precision bf16` runs on this thread (`bf16_kernels()` is AMX, or the software
+/// model forced), None for the other families.
+pub fn chosen_unit() -> Option<Unit> {
+    match crate::host_isa::bf16_kernels() {
+        Bf16Kernels::AmxTiles => Some(Unit::Hardware),
+        Bf16Kernels::TileModel => Some(Unit::Model),
+        Bf16Kernels::Avx512Bf16 | Bf16Kernels::F32 => None,
+    }
 }
 
-/// dW += Σ_images dy ⋆ x with bf16 operands and f32 sums, on the family `bf16_kernels()` picks: the
-/// hardware tiles for `AmxTiles`, the software model otherwise. `applies(g)` must hold (asserted).
-pub fn weight_grad(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
-    if crate::host_isa::bf16_kernels() == Bf16Kernels::AmxTiles {
-        // SAFETY: bf16_kernels() is AmxTiles only where host_isa found AMX usable (CPUID, XCR0 and the
-        // kernel's permission for the tile state, which is process-wide).
-        weight_grad_on(|| unsafe { AmxTiles::new_unchecked() }, g, x, dy, dw)
-    } else {
-        weight_grad_on(TileModel::new, g, x, dy, dw)
+/// dW += Σ_images dy ⋆ x with bf16 operands and f32 sums on `unit` (`Hardware` only where host_isa
+/// found AMX usable, as `chosen_unit` gives it). `applies(g)` must hold (asserted).
+pub fn weight_grad(unit: Unit, g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    match unit {
+        Unit::Hardware => weight_grad_on(|| amx_unit().expect("the AmxTiles family without AMX"), g, x, dy, dw),
+        Unit::Model => weight_grad_on(TileModel::new, g, x, dy, dw),
     }
 }
 
@@ -247,8 +249,7 @@ mod tests {
             let mut model = vec![0.0f32; g.cout * g.cin * g.k * g.k];
             let mut hardware = model.clone();
             weight_grad_on(TileModel::new, &g, &x, &dy, &mut model);
-            // SAFETY: amx_usable() (checked above).
-            weight_grad_on(|| unsafe { AmxTiles::new_unchecked() }, &g, &x, &dy, &mut hardware);
+            weight_grad_on(|| amx_unit().expect("amx_usable() holds"), &g, &x, &dy, &mut hardware);
             let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<u32>>();
             assert_eq!(bits(&hardware), bits(&model), "{g:?}: AMX and the tile model differ");
         }
@@ -259,11 +260,11 @@ mod tests {
         use crate::ops::conv2d::algorithm::{choose, Arithmetic, ConvAlgorithm, Pass};
         let g = Conv2dGeom::new([2, 18, 32, 32], &[18, 18, 3, 3], 1, 1).unwrap();
         crate::host_isa::with_bf16_kernels(Bf16Kernels::TileModel, || {
-            let want = if tiles_chosen() { ConvAlgorithm::Bf16Tiles } else { ConvAlgorithm::Gemm };
-            if want == ConvAlgorithm::Gemm {
+            let Some(unit) = chosen_unit() else {
                 eprintln!("skipped: the tile model does not run on this CPU (no AVX2)");
                 return;
-            }
+            };
+            let want = ConvAlgorithm::AmxTiles(unit);
             assert_eq!(choose(&g, Pass::BackwardWeight, Arithmetic::Bf16), want);
             assert_ne!(choose(&g, Pass::BackwardWeight, Arithmetic::F32), want);
         });

@@ -1,5 +1,6 @@
-//! bf16 convs on AVX512-BF16 (`--precision bf16`: the inference engine, and training's conv op): bf16 inputs
-//! and weights, f32 sums.
+//! bf16 convs (`--precision bf16`: the inference engine, and training's conv op): bf16 inputs and
+//! weights, f32 sums. `forward` runs the family `host_isa::bf16_kernels` chose: the tile kernels
+//! (`super::amx`, on AMX or the tile model) on the pair layout below, or the AVX512-BF16 kernels here.
 //!
 //! `vdpbf16ps` adds, in each 32-bit lane, the products of two bf16 pairs to an f32 accumulator, so
 //! the pair dimension must be a reduction dimension: each 32-bit element of the kernels' input
@@ -20,15 +21,16 @@
 //! rounded operands only by the f32 additions.
 
 use super::{
-    forward_tiles, pad_phases, weight_grad as reduce_planes, winograd, with_scratch, DwColumns, DwGrid, DwPlanes,
-    Epilogue, Grid, Isa, Kern, WeightView, LANES, MR, NV, TILE, WR,
+    amx, forward_tiles, pad_phases, vdpbf16ps_available, weight_grad as reduce_planes, winograd, with_scratch,
+    DwColumns, DwGrid, DwPlanes, Epilogue, Grid, Kern, WeightView, LANES, MR, NV, TILE, WR,
 };
 use crate::ops::conv2d::algorithm::{bf16_form, ConvAlgorithm};
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-/// Whether this CPU runs these kernels (`super::bf16_available`).
+/// Whether this CPU runs bf16 conv kernels (`super::bf16_available`: the family `host_isa::bf16_kernels`
+/// chose is not f32).
 pub fn available() -> bool {
     super::bf16_available()
 }
@@ -37,24 +39,28 @@ pub fn available() -> bool {
 pub use crate::ops::conv2d::algorithm::bf16_applies as applies;
 
 /// A conv's weights packed for the bf16 kernels, made on first use for each form the input sizes
-/// call for. Not Clone: each form may be large.
+/// and the kernel family call for. Not Clone: each form may be large.
 #[derive(Debug, Default)]
 pub struct Bf16Weights {
     /// [cout][pair][tap] pairs (`pack_pairs`).
     direct: OnceLock<Vec<f32>>,
     /// `winograd::transform_weights`'ed, then paired along the input channels.
     winograd: OnceLock<Vec<f32>>,
+    /// The tile kernels' A tiles (`amx::TileWeights`).
+    tiles: OnceLock<amx::TileWeights>,
 }
 
 /// y = act(conv(x, W) + bias + residual) in bf16 × bf16 → f32 products; `wt` is the f32 weight
 /// [cout][cin][k][k], packed into `packed` on first use. The caller checked `available()` and
-/// `applies(g)`.
+/// `applies(g)`; the kernels are the family's (`algorithm::bf16_form`): the tile kernels (`amx`), or
+/// `vdpbf16ps` direct or Winograd.
 pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], packed: &Bf16Weights, ep: Epilogue<f32>, y: &mut [f32]) {
-    assert!(available(), "bf16 conv: this CPU has no AVX512-BF16");
+    assert!(available(), "bf16 conv: this CPU runs no bf16 kernels");
     assert!(applies(g), "bf16 conv: {g:?} is not a 3×3 pad-1 stride-1/2 or 1×1 stride-1 conv");
     let (n, cin, cout, kk) = (g.n, g.cin, g.cout, g.k * g.k);
     assert!(x.len() >= n * cin * g.h * g.w && wt.len() >= cout * cin * kk);
-    if bf16_form(g) == ConvAlgorithm::Bf16Winograd {
+    let form = bf16_form(g);
+    if form == ConvAlgorithm::Bf16Winograd {
         let u = packed.winograd.get_or_init(|| {
             let mut u = vec![0.0; winograd::transformed_len(cin, cout)];
             winograd::transform_weights(wt, cin, cout, &mut u);
@@ -63,23 +69,44 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], packed: &Bf16Weights, ep: 
         return winograd::forward_bf16(g, x, u, ep, y);
     }
     let pairs = cin.div_ceil(2);
-    let w = packed.direct.get_or_init(|| pack_weights(wt, cin, cout, kk));
     let gr = if g.stride == 1 { Grid::new(g.h, g.w) } else { Grid::stride2(g.h, g.w) };
     debug_assert!(gr.h == g.ho && gr.w == g.wo);
-    let hw = g.h * g.w;
-    let wv = WeightView { w, row: pairs * kk, col: kk };
-    if g.stride == 1 {
-        return with_scratch(n * pairs * gr.plane, |xpad| {
-            pack_padded(&gr, &x[..n * cin * hw], cin, xpad);
+    if let ConvAlgorithm::AmxTiles(unit) = form {
+        let tw = packed.tiles.get_or_init(|| amx::TileWeights::pack(wt, cin, cout, kk));
+        let per_image = tw.blocking().pairs_padded();
+        return with_padded_pairs(g, &gr, x, per_image, |xpad| {
             if g.k == 3 {
-                forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, gr.taps, ep, y);
+                amx::forward(unit, g, &gr, xpad, tw, gr.taps, ep, y);
             } else {
                 // A 1×1 conv reads each position itself: the centre tap of the padded 3×3 grid.
-                forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, [gr.taps[4]], ep, y);
+                amx::forward(unit, g, &gr, xpad, tw, [gr.taps[4]], ep, y);
             }
         });
     }
-    with_scratch(n * pairs * (hw + gr.plane), |s| {
+    let w = packed.direct.get_or_init(|| pack_weights(wt, cin, cout, kk));
+    let wv = WeightView { w, row: pairs * kk, col: kk };
+    with_padded_pairs(g, &gr, x, pairs, |xpad| {
+        if g.k == 3 {
+            forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, gr.taps, ep, y);
+        } else {
+            forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, [gr.taps[4]], ep, y);
+        }
+    });
+}
+
+/// Runs `f` on the channel pairs of every image of `x` in zero-bordered planes of `gr` (stride 2: its
+/// phase planes), `per_image` ≥ pairs planes per image, the ones past the pairs all zero.
+fn with_padded_pairs<R>(g: &Conv2dGeom, gr: &Grid, x: &[f32], per_image: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+    let (n, cin, hw, pairs) = (g.n, g.cin, g.h * g.w, g.cin.div_ceil(2));
+    assert!(per_image >= pairs);
+    if g.stride == 1 {
+        return with_scratch(n * per_image * gr.plane, |xpad| {
+            pack_padded(gr, &x[..n * cin * hw], cin, per_image, xpad);
+            f(xpad)
+        });
+    }
+    let isa = super::isa().expect("the bf16 kernels run on the AVX2 or AVX-512 level");
+    with_scratch(n * pairs * hw + n * per_image * gr.plane, |s| {
         let (paired, xpad) = s.split_at_mut(n * pairs * hw);
         paired.par_chunks_mut(pairs * hw).zip(x.par_chunks(cin * hw)).for_each(|(p, xn)| {
             for (pi, dst) in p.chunks_exact_mut(hw).enumerate() {
@@ -88,9 +115,22 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], wt: &[f32], packed: &Bf16Weights, ep: 
                 pack_pairs(lo, hi, dst);
             }
         });
-        pad_phases(Isa::Avx512, &gr, g.h, g.w, paired, xpad);
-        forward_tiles(Kern::Bf16Pairs, g, &gr, xpad, pairs, wv, gr.taps, ep, y);
-    });
+        if per_image == pairs {
+            pad_phases(isa, gr, g.h, g.w, paired, xpad);
+        } else {
+            for (src, dst) in paired.chunks_exact(pairs * hw).zip(xpad.chunks_exact_mut(per_image * gr.plane)) {
+                let (real, zeros) = dst.split_at_mut(pairs * gr.plane);
+                pad_phases(isa, gr, g.h, g.w, src, real);
+                zeros.fill(0.0);
+            }
+        }
+        f(xpad)
+    })
+}
+
+/// Whether this CPU runs `weight_grad` (AVX512-BF16 on the AVX-512 level, whatever the family).
+pub fn weight_grad_available() -> bool {
+    vdpbf16ps_available()
 }
 
 /// The geometries `weight_grad` computes: 3×3 pad 1 stride 1 and 1×1 pad 0 stride 1.
@@ -102,10 +142,10 @@ pub fn weight_grad_applies(g: &Conv2dGeom) -> bool {
 /// [cout][cin][k][k]. The pair dimension of the dot products is the reduction one, positions: dy and
 /// x become bf16 planes laid out as the f32 weight gradient's padded planes (3×3; 1×1: the plain
 /// plane, its tail zeroed), so 32 bits at bf16 index q hold positions q and q + 1, and a tap at an
-/// odd offset is the same plane read 2 bytes further on. The caller checked `available()` and
-/// `weight_grad_applies(g)`.
+/// odd offset is the same plane read 2 bytes further on. The caller checked `weight_grad_available()`
+/// and `weight_grad_applies(g)`.
 pub fn weight_grad(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
-    assert!(available(), "bf16 conv: this CPU has no AVX512-BF16");
+    assert!(weight_grad_available(), "bf16 weight gradient: this CPU has no AVX512-BF16");
     let planes = DwBf16Planes::new(g);
     let (n, cin, cout, hw) = (g.n, g.cin, g.cout, g.h * g.w);
     assert!(x.len() >= n * cin * hw && dy.len() >= n * cout * hw && dw.len() >= cout * cin * g.k * g.k);
@@ -196,7 +236,7 @@ fn pad_bf16(lay: PlaneLayout, src: &[f32], dst: &mut [u16]) {
 fn to_bf16(src: &[f32], dst: &mut [u16]) {
     assert!(src.len() == dst.len(), "bf16 rounding: lengths differ");
     #[cfg(target_arch = "x86_64")]
-    if available() {
+    if vdpbf16ps_available() {
         // SAFETY: the CPU has AVX512-BF16 (checked); the lengths are equal (asserted).
         return unsafe { to_bf16_avx512(src, dst) };
     }
@@ -225,7 +265,7 @@ unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
 /// any parity: 16 pairs of consecutive positions per load).
 ///
 /// # Safety
-/// AVX512-BF16 and AVX-512 F/VL (`available()`); dy and x readable at the 32 bf16 values from every
+/// AVX512-BF16 and AVX-512 F/VL (`vdpbf16ps_available()`); dy and x readable at the 32 bf16 values from every
 /// such index for img < n, v < qv, r < R (≤ WR).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16")]
@@ -276,12 +316,17 @@ pub(super) unsafe fn dw_block<const R: usize>(
 }
 
 /// The channel pairs of every image of `x` (planes of gr.h × gr.w, `cin` per image) packed straight
-/// into the zero-bordered planes `pad_planes` makes (one pass instead of packing, then padding).
-fn pack_padded(gr: &Grid, x: &[f32], cin: usize, dst: &mut [f32]) {
+/// into the zero-bordered planes `pad_planes` makes (one pass instead of packing, then padding),
+/// `per_image` planes per image (the ones past the pairs zero).
+fn pack_padded(gr: &Grid, x: &[f32], cin: usize, per_image: usize, dst: &mut [f32]) {
     let (w, hw, pairs) = (gr.w, gr.h * gr.w, cin.div_ceil(2));
-    let planes = x.len() / hw / cin * pairs;
+    let planes = x.len() / hw / cin * per_image;
     let one = |(i, d): (usize, &mut [f32])| {
-        let (img, p) = (i / pairs, i % pairs);
+        let (img, p) = (i / per_image, i % per_image);
+        if p >= pairs {
+            d.fill(0.0);
+            return;
+        }
         let lo = &x[(img * cin + 2 * p) * hw..][..hw];
         let hi = (2 * p + 1 < cin).then(|| &x[(img * cin + 2 * p + 1) * hw..][..hw]);
         let mut at = 0;
@@ -335,14 +380,19 @@ pub fn pair(lo: f32, hi: f32) -> f32 {
     f32::from_bits(bits(lo) | (bits(hi) << 16))
 }
 
-/// dst[i] = pair(lo[i], hi[i]) (hi zero when None), 16 at a time on AVX512-BF16.
+/// dst[i] = pair(lo[i], hi[i]) (hi zero when None), 16 at a time on AVX512-BF16, one at a time
+/// elsewhere (the tile model on CPUs without it: the same bits).
 pub fn pack_pairs(lo: &[f32], hi: Option<&[f32]>, dst: &mut [f32]) {
     assert!(lo.len() == dst.len() && hi.is_none_or(|h| h.len() == dst.len()));
-    assert!(available(), "bf16 conv: this CPU has no AVX512-BF16");
-    // SAFETY: the CPU has AVX512-BF16 (asserted); the lengths are equal (asserted).
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        pack_pairs_avx512(lo, hi, dst)
+    if vdpbf16ps_available() {
+        // SAFETY: the CPU has AVX512-BF16 on the AVX-512 level (checked); the lengths are equal (asserted).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            return pack_pairs_avx512(lo, hi, dst);
+        }
+    }
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = pair(lo[i], hi.map_or(0.0, |h| h[i]));
     }
 }
 
@@ -437,7 +487,7 @@ mod tests {
 
     #[test]
     fn simd_pair_packing_equals_the_scalar_rounding() {
-        if !available() {
+        if !vdpbf16ps_available() {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }

@@ -19,7 +19,7 @@
 
 use super::Epilogue;
 use super::{
-    bf16_available, conv_tile, isa, pad_phases, with_scratch, Grid, Isa, Kern, SharedOut, LANES, MR, NV, TILE,
+    conv_tile, isa, pad_phases, vdpbf16ps_available, with_scratch, Grid, Isa, Kern, SharedOut, LANES, MR, NV, TILE,
 };
 use crate::ops::conv2d::Conv2dGeom;
 use rayon::prelude::*;
@@ -133,9 +133,9 @@ pub fn forward_transformed(g: &Conv2dGeom, x: &[f32], u: &[f32], ep: Epilogue<f3
 /// `forward_transformed` with bf16 products (`bf16::forward`): `u` holds the transformed weights with
 /// each row of cin values paired (rows of cin.div_ceil(2) pairs, `transformed_len(pairs, cout)`), and
 /// `input_transform_bf16` pairs and rounds each task's transformed input tiles likewise. The caller
-/// checked `bf16_available()`.
+/// checked `vdpbf16ps_available()`.
 pub(super) fn forward_bf16(g: &Conv2dGeom, x: &[f32], u: &[f32], ep: Epilogue<f32>, y: &mut [f32]) {
-    assert!(bf16_available(), "winograd: bf16 products need AVX512-BF16");
+    assert!(vdpbf16ps_available(), "winograd: bf16 products need AVX512-BF16");
     forward_in(Kern::Bf16Pairs, default_layout(g), g, x, Weights::Transformed(u), ep, y)
 }
 
@@ -611,7 +611,7 @@ unsafe fn store_tiles(
 ///
 /// # Safety
 /// As `input_transform` (x holds `cin` phase planes whose windows from each q[v] are in
-/// range), with the bf16 kernels available (`bf16_available()`); vt writable for 16·pairs·TILE floats.
+/// range), with `vdpbf16ps_available()`; vt writable for 16·pairs·TILE floats.
 unsafe fn input_transform_bf16<const P: usize>(x: *const f32, gr: &Grid, cin: usize, q: &[usize], vt: *mut f32) {
     // SAFETY: forwarded from the caller.
     #[cfg(target_arch = "x86_64")]
