@@ -63,4 +63,24 @@ fn bf16_convs_stay_near_f32_and_switch_back() {
             assert!(bf16_run[2] != f32_run[2], "{xs:?} k{k}: dW did not run in bf16");
         }
     }
+    // The tile family on the software model of AMX: forward, dx and dW on the tile kernels.
+    use hrk::host_isa::{bf16_kernels, with_bf16_kernels, Bf16Kernels};
+    let (xs, ws) = ([2, 9, 16, 16], [5, 9, 3, 3]);
+    let (x, w, b) = (rng.normals(2 * 9 * 256), rng.normals(5 * 9 * 9), rng.normals(5));
+    let f32_run = grads(&x, &w, &b, xs, ws, 1);
+    let tile_run = with_bf16_kernels(Bf16Kernels::TileModel, || {
+        (bf16_kernels() == Bf16Kernels::TileModel).then(|| with_bf16_convs(true, || grads(&x, &w, &b, xs, ws, 1)))
+    });
+    let Some(tile_run) = tile_run else {
+        eprintln!("skipped: the tile model does not run on this CPU (no AVX2)");
+        return;
+    };
+    for (name, (got, want)) in ["y", "dx", "dW", "db"].iter().zip(tile_run.iter().zip(&f32_run)) {
+        let e = rel(got, want);
+        eprintln!("tile model {xs:?} {name}: bf16 vs f32 {e:.2e} of max");
+        assert!(e < 2e-2, "tile model {xs:?} {name}: bf16 deviates {e:e}");
+    }
+    for (i, name) in [(0, "y"), (1, "dx"), (2, "dW")] {
+        assert!(tile_run[i] != f32_run[i], "tile model: {name} did not run in bf16");
+    }
 }
