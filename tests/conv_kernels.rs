@@ -405,8 +405,8 @@ fn bf16_forward_matches_f64_sums_of_rounded_operands() {
     }
 }
 
-/// The bf16 weight gradient (AVX512-BF16: positions paired, f32 sums) on odd shapes — 3×3 pad 1 and
-/// 1×1, odd sizes and channel counts, batch 1 and 2, planes that end mid-vector — against f64 sums
+/// The bf16 weight gradient (AVX512-BF16: positions paired, f32 sums) on odd shapes — 3×3 pad 1 at
+/// stride 1 and 2, and 1×1, odd sizes and channel counts, batch 1 and 2, planes that end mid-vector — against f64 sums
 /// of dy and x rounded to bf16: products of bf16 values are exact in f32, so only the f32 additions
 /// differ, held to 1e-6 of each weight's Σ|terms|. dW accumulates onto what it holds.
 #[test]
@@ -418,22 +418,26 @@ fn bf16_weight_grad_matches_f64_sums_of_rounded_operands() {
         return;
     }
     let mut rng = common::rng(74);
-    // (n, cin, cout, h, w, k)
+    // (n, cin, cout, h, w, k, stride)
     let shapes = [
-        (1, 5, 7, 11, 13, 3),
-        (2, 3, 4, 5, 6, 3),
-        (2, 13, 11, 9, 17, 3),
-        (1, 1, 1, 1, 1, 3),
-        (2, 7, 10, 8, 32, 3),
-        (1, 11, 5, 7, 9, 1),
-        (2, 19, 4, 16, 16, 1),
-        (2, 2, 3, 3, 5, 1),
+        (1, 5, 7, 11, 13, 3, 1),
+        (2, 3, 4, 5, 6, 3, 1),
+        (2, 13, 11, 9, 17, 3, 1),
+        (1, 1, 1, 1, 1, 3, 1),
+        (2, 7, 10, 8, 32, 3, 1),
+        (1, 11, 5, 7, 9, 1, 1),
+        (2, 19, 4, 16, 16, 1, 1),
+        (2, 2, 3, 3, 5, 1, 1),
+        (2, 9, 5, 17, 15, 3, 2),
+        (1, 3, 10, 8, 9, 3, 2),
+        (2, 18, 7, 32, 32, 3, 2),
+        (1, 1, 1, 1, 1, 3, 2),
     ];
-    for (n, cin, cout, h, w, k) in shapes {
-        let g = Conv2dGeom::new([n, cin, h, w], &[cout, cin, k, k], 1, k / 2).unwrap();
+    for (n, cin, cout, h, w, k, stride) in shapes {
+        let g = Conv2dGeom::new([n, cin, h, w], &[cout, cin, k, k], stride, k / 2).unwrap();
         assert!(bf16::weight_grad_applies(&g), "{g:?}");
         let x = randv(&mut rng, n * cin * h * w);
-        let dy = randv(&mut rng, n * cout * h * w);
+        let dy = randv(&mut rng, n * cout * g.ho * g.wo);
         let round = |v: &[f32]| v.iter().map(|&a| round_bf16(a)).collect::<Vec<f32>>();
         let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
         let (xr, dyr) = (round(&x), round(&dy));
@@ -459,10 +463,11 @@ fn bf16_weight_grad_matches_f64_sums_of_rounded_operands() {
     }
 }
 
-/// With the op's bf16 convs on and the AVX512-BF16 family, `choose` puts 3×3 stride-1 weight
-/// gradients on the bf16 kernel and keeps 1×1 (GEMM is as fast), stride 2 and tiny problems in f32.
+/// With the op's bf16 convs on and the AVX512-BF16 family, `choose` puts 3×3 weight gradients (stride
+/// 1, and 2 from 8 input channels) on the bf16 kernel and keeps 1×1 (GEMM is as fast), the stem and
+/// tiny problems in f32.
 #[test]
-fn bf16_weight_grad_is_chosen_for_3x3_at_stride_1() {
+fn bf16_weight_grad_is_chosen_for_3x3_convs() {
     use hrk::host_isa::{with_bf16_kernels, Bf16Kernels};
     with_bf16_kernels(Bf16Kernels::Avx512Bf16, bf16_weight_grad_choices);
 }
@@ -476,7 +481,8 @@ fn bf16_weight_grad_choices() {
     };
     assert_eq!(pick(8, 18, 18, 64, 64, 3, 1), on);
     assert!(!pick(8, 72, 18, 16, 16, 1, 1));
-    assert!(!pick(8, 18, 36, 64, 64, 3, 2));
+    assert_eq!(pick(8, 18, 36, 64, 64, 3, 2), on);
+    assert!(!pick(8, 3, 64, 256, 256, 3, 2), "the stem stays f32");
     assert!(!pick(1, 18, 18, 4, 4, 3, 1));
     let g = Conv2dGeom::new([8, 18, 64, 64], &[18, 18, 3, 3], 1, 1).unwrap();
     assert_ne!(choose(&g, Pass::BackwardWeight, Arithmetic::F32), ConvAlgorithm::Bf16Direct);

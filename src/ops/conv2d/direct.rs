@@ -141,11 +141,15 @@ impl Grid {
     }
     /// Stride 2 on an h×w input.
     fn stride2(h: usize, w: usize) -> Grid {
+        Grid::stride2_with_step(h, w, LANES)
+    }
+    /// `stride2` with positions and phases rounded up to multiples of `step` (as `with_step`).
+    fn stride2_with_step(h: usize, w: usize, step: usize) -> Grid {
         let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
         let wp = wo + 1;
-        let q_len = (ho * wp).div_ceil(LANES) * LANES;
+        let q_len = (ho * wp).div_ceil(step) * step;
         // Each phase holds rows 0..=ho; the furthest read is q_len − 1 + wp + 1.
-        let phase = (q_len + wp + 1).max((ho + 1) * wp).div_ceil(LANES) * LANES;
+        let phase = (q_len + wp + 1).max((ho + 1) * wp).div_ceil(step) * step;
         let taps = std::array::from_fn(|t| {
             let (ky, kx) = (t / 3, t % 3);
             ((ky & 1) * 2 + (kx & 1)) * phase + (ky >> 1) * wp + (kx >> 1)
@@ -848,7 +852,7 @@ pub fn backward_on(
         if let Some(dw) = dw {
             assert!(x.len() >= n * cin * hw && dw.len() >= cout * cin * 9);
             pad_planes(&gr, &x[..n * cin * hw], xpad);
-            let dgr = DwGrid { plane: gr.plane, dy_at: gr.wp + 1, q_len: gr.q_len };
+            let dgr = DwGrid { plane: gr.plane, dy_plane: gr.plane, dy_at: gr.wp + 1, q_len: gr.q_len };
             let planes = DwPlanes::F32 { isa, x: xpad, dy: dypad };
             weight_grad(&planes, dgr, DwColumns::Taps(gr.taps), n, cin, cout, dw);
         }
@@ -888,11 +892,13 @@ pub(crate) enum DwColumns {
     Pointwise,
 }
 
-/// Where a weight gradient's planes put position q: dy(q) at `dy_at + q` of its plane and x at `q`
-/// (plus the column's offset) of its own; `q_len` positions (whole vectors) are summed.
+/// Where a weight gradient's planes put position q: dy(q) at `dy_at + q` of its plane (`dy_plane`
+/// elements apart) and x at `q` (plus the column's offset) of its own (`plane` apart); `q_len`
+/// positions (whole vectors) are summed.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DwGrid {
     pub plane: usize,
+    pub dy_plane: usize,
     pub dy_at: usize,
     pub q_len: usize,
 }
@@ -913,8 +919,8 @@ pub(super) fn weight_grad(
         DwColumns::Pointwise => (9, cin.div_ceil(9)),
     };
     let kk = if matches!(columns, DwColumns::Taps(_)) { 9 } else { 1 };
-    assert!(gr.q_len.is_multiple_of(planes.positions()) && gr.dy_at + gr.q_len <= gr.plane);
-    assert!(x_len >= n * cin * gr.plane && dy_len >= n * cout * gr.plane && dw.len() >= cout * cin * kk);
+    assert!(gr.q_len.is_multiple_of(planes.positions()) && gr.dy_at + gr.q_len <= gr.dy_plane);
+    assert!(x_len >= n * cin * gr.plane && dy_len >= n * cout * gr.dy_plane && dw.len() >= cout * cin * kk);
     let blocks = cout.div_ceil(WR);
     let out = SharedOut(dw.as_mut_ptr());
     let task = |i: usize| {
@@ -930,27 +936,28 @@ pub(super) fn weight_grad(
         };
         let mut sums = [[0.0f32; 9]; WR];
         let (dy0, ds, xs, qv) =
-            (cb * WR * gr.plane + gr.dy_at, cout * gr.plane, cin * gr.plane, gr.q_len / planes.positions());
-        // SAFETY: dy reads reach (n − 1)·ds + dy0 + (rows − 1)·plane + q_len − 1 < n·cout·plane (dy_at + q_len ≤
-        // plane), x reads (n − 1)·xs + cols[c] + q_len − 1 < n·cin·plane (taps: q_len + tap ≤ plane;
+            (cb * WR * gr.dy_plane + gr.dy_at, cout * gr.dy_plane, cin * gr.plane, gr.q_len / planes.positions());
+        // SAFETY: dy reads reach (n − 1)·ds + dy0 + (rows − 1)·dy_plane + q_len − 1 < n·cout·dy_plane (dy_at +
+        // q_len ≤ dy_plane), x reads (n − 1)·xs + cols[c] + q_len − 1 < n·cin·plane (taps: q_len + tap ≤ plane;
         // pointwise: columns are whole planes of channels < cin); all asserted above. The F32 build is one
-        // the CPU runs (its caller's check); Bf16 planes exist only where AVX512-BF16 runs (`bf16::available`).
+        // the CPU runs (its caller's check); Bf16 planes are made only where AVX512-BF16 runs
+        // (`bf16::weight_grad_available`).
         unsafe {
             match planes {
                 DwPlanes::F32 { isa, x, dy } => {
                     let (d, x) = (dy.as_ptr().add(dy0), x.as_ptr());
                     match rows {
-                        3 => dw_block::<3>(*isa, d, gr.plane, ds, x, xs, n, qv, &cols, &mut sums),
-                        2 => dw_block::<2>(*isa, d, gr.plane, ds, x, xs, n, qv, &cols, &mut sums),
-                        _ => dw_block::<1>(*isa, d, gr.plane, ds, x, xs, n, qv, &cols, &mut sums),
+                        3 => dw_block::<3>(*isa, d, gr.dy_plane, ds, x, xs, n, qv, &cols, &mut sums),
+                        2 => dw_block::<2>(*isa, d, gr.dy_plane, ds, x, xs, n, qv, &cols, &mut sums),
+                        _ => dw_block::<1>(*isa, d, gr.dy_plane, ds, x, xs, n, qv, &cols, &mut sums),
                     }
                 }
                 DwPlanes::Bf16 { x, dy } => {
                     let (d, x) = (dy.as_ptr().add(dy0), x.as_ptr());
                     match rows {
-                        3 => bf16::dw_block::<3>(d, gr.plane, ds, x, xs, n, qv, &cols, &mut sums),
-                        2 => bf16::dw_block::<2>(d, gr.plane, ds, x, xs, n, qv, &cols, &mut sums),
-                        _ => bf16::dw_block::<1>(d, gr.plane, ds, x, xs, n, qv, &cols, &mut sums),
+                        3 => bf16::dw_block::<3>(d, gr.dy_plane, ds, x, xs, n, qv, &cols, &mut sums),
+                        2 => bf16::dw_block::<2>(d, gr.dy_plane, ds, x, xs, n, qv, &cols, &mut sums),
+                        _ => bf16::dw_block::<1>(d, gr.dy_plane, ds, x, xs, n, qv, &cols, &mut sums),
                     }
                 }
             }

@@ -31,7 +31,9 @@ const SPAN: usize = 32;
 const GROUP: usize = 3;
 
 /// The geometries the tile weight gradient computes: 3×3 pad 1 and 1×1 pad 0, stride 1.
-pub use super::direct::bf16::weight_grad_applies as applies;
+pub fn applies(g: &Conv2dGeom) -> bool {
+    super::direct::bf16::weight_grad_applies(g) && g.stride == 1
+}
 
 /// The tile unit `--precision bf16` runs on this thread (`bf16_kernels()` is AMX, or the software
 /// model forced), None for the other families.
@@ -54,6 +56,7 @@ pub fn weight_grad(unit: Unit, g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [
 
 /// `weight_grad` on the tile units `unit` makes (one per task, on the task's thread).
 pub fn weight_grad_on<U: TileUnit>(unit: impl Fn() -> U + Sync, g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    assert!(applies(g), "tile weight gradient: {g:?} is not a 3×3 pad-1 or 1×1 stride-1 conv");
     let planes = DwBf16Planes::new(g);
     let (n, cin, cout, hw, kk) = (g.n, g.cin, g.cout, g.h * g.w, g.k * g.k);
     assert!(x.len() >= n * cin * hw && dy.len() >= n * cout * hw && dw.len() >= cout * cin * kk);
@@ -63,6 +66,7 @@ pub fn weight_grad_on<U: TileUnit>(unit: impl Fn() -> U + Sync, g: &Conv2dGeom, 
         DwColumns::Pointwise => vec![0],
     };
     assert!(plane.is_multiple_of(2) && q_len.is_multiple_of(SPAN) && dy_at + q_len <= plane);
+    assert!(planes.grid.dy_plane == plane, "stride 1: dy and x share the plane layout");
     assert!(taps.iter().all(|&t| q_len + t <= plane), "a tap reads past the padded plane");
     let (ci16, co16) = (cin.div_ceil(BLOCK) * BLOCK, cout.div_ceil(BLOCK) * BLOCK);
 
@@ -70,11 +74,13 @@ pub fn weight_grad_on<U: TileUnit>(unit: impl Fn() -> U + Sync, g: &Conv2dGeom, 
     let mut dyb = vec![0u16; n * co16 * plane];
     dyb.par_chunks_mut(co16 * plane)
         .zip(dy[..n * cout * hw].par_chunks(cout * hw))
-        .for_each(|(d, s)| planes.pad(s, &mut d[..cout * plane]));
+        .for_each(|(d, s)| planes.pad_dy(s, &mut d[..cout * plane]));
     // x: bf16 planes, then per image and parity p the pairs (x(2j + p), x(2j + 1 + p)) as rows j of
     // ci16 input channels (zero past cin and past the plane).
     let mut xb = vec![0u16; n * cin * plane];
-    xb.par_chunks_mut(cin * plane).zip(x[..n * cin * hw].par_chunks(cin * hw)).for_each(|(d, s)| planes.pad(s, d));
+    xb.par_chunks_mut(cin * plane)
+        .zip(x[..n * cin * hw].par_chunks(cin * hw))
+        .for_each(|(d, s)| planes.pad_x(g, s, &mut [], d));
     let pairs = plane / 2;
     let mut xt = vec![0u32; n * 2 * pairs * ci16];
     xt.par_chunks_mut(2 * pairs * ci16).zip(xb.par_chunks(cin * plane)).for_each(|(t, xi)| {

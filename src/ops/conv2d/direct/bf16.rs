@@ -133,69 +133,100 @@ pub fn weight_grad_available() -> bool {
     vdpbf16ps_available()
 }
 
-/// The geometries `weight_grad` computes: 3×3 pad 1 stride 1 and 1×1 pad 0 stride 1.
+/// The geometries `weight_grad` computes: 3×3 pad 1 at stride 1 or 2 and 1×1 pad 0 stride 1.
 pub fn weight_grad_applies(g: &Conv2dGeom) -> bool {
-    matches!((g.k, g.pad, g.stride), (3, 1, 1) | (1, 0, 1)) && g.cin > 0 && g.cout > 0
+    matches!((g.k, g.pad, g.stride), (3, 1, 1) | (3, 1, 2) | (1, 0, 1)) && g.cin > 0 && g.cout > 0
 }
 
 /// dW += Σ_images dy ⋆ x with dy and x rounded to bf16 and f32 sums (`vdpbf16ps`), `dw` being
 /// [cout][cin][k][k]. The pair dimension of the dot products is the reduction one, positions: dy and
-/// x become bf16 planes laid out as the f32 weight gradient's padded planes (3×3; 1×1: the plain
-/// plane, its tail zeroed), so 32 bits at bf16 index q hold positions q and q + 1, and a tap at an
-/// odd offset is the same plane read 2 bytes further on. The caller checked `weight_grad_available()`
-/// and `weight_grad_applies(g)`.
+/// x become bf16 planes laid out as the f32 weight gradient's padded planes (3×3; stride 2: x's four
+/// phase planes as the forward's, dy on the same pitch; 1×1: the plain plane, its tail zeroed), so
+/// 32 bits at bf16 index q hold positions q and q + 1, and a tap at an odd offset is the same plane
+/// read 2 bytes further on. The caller checked `weight_grad_available()` and `weight_grad_applies(g)`.
 pub fn weight_grad(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     assert!(weight_grad_available(), "bf16 weight gradient: this CPU has no AVX512-BF16");
     let planes = DwBf16Planes::new(g);
     let (n, cin, cout, hw) = (g.n, g.cin, g.cout, g.h * g.w);
-    assert!(x.len() >= n * cin * hw && dy.len() >= n * cout * hw && dw.len() >= cout * cin * g.k * g.k);
-    let (x_len, dy_len) = (n * cin * planes.grid.plane, n * cout * planes.grid.plane);
-    with_scratch((x_len + dy_len).div_ceil(2), |s| {
+    assert!(x.len() >= n * cin * hw && dy.len() >= n * cout * g.ho * g.wo && dw.len() >= cout * cin * g.k * g.k);
+    let (x_len, dy_len) = (n * cin * planes.grid.plane, n * cout * planes.grid.dy_plane);
+    // Stride 2: the f32 phase planes first, rounded after.
+    let phases_len = if g.stride == 2 { x_len } else { 0 };
+    with_scratch(phases_len + (x_len + dy_len).div_ceil(2), |s| {
+        let (phases, s) = s.split_at_mut(phases_len);
         // SAFETY: the scratch holds ≥ x_len + dy_len u16 (two per f32, u16 alignment divides f32's),
         // and the mutable borrow keeps it exclusive.
         let s16 = unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u16>(), 2 * s.len()) };
         let (xb, rest) = s16.split_at_mut(x_len);
         let dyb = &mut rest[..dy_len];
-        planes.pad(&x[..n * cin * hw], xb);
-        planes.pad(&dy[..n * cout * hw], dyb);
+        planes.pad_x(g, &x[..n * cin * hw], phases, xb);
+        planes.pad_dy(&dy[..n * cout * g.ho * g.wo], dyb);
         reduce_planes(&DwPlanes::Bf16 { x: xb, dy: dyb }, planes.grid, planes.columns, n, cin, cout, dw);
     });
 }
 
 /// The bf16 planes of a weight gradient (`weight_grad`, and the tile kernels'): for 3×3 pad 1 the f32
-/// kernel's zero-bordered planes, positions rounded up to 32; for 1×1 the plain plane, its tail zeroed.
+/// kernel's zero-bordered planes (stride 2: the forward's phase planes), positions rounded up to 32;
+/// for 1×1 the plain plane, its tail zeroed.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DwBf16Planes {
     pub grid: DwGrid,
     pub columns: DwColumns,
-    layout: PlaneLayout,
+    dy: PlaneLayout,
+    x: XPlanes,
+}
+
+/// How x becomes the weight gradient's bf16 planes.
+#[derive(Clone, Copy, Debug)]
+enum XPlanes {
+    /// Rounded straight into this layout.
+    Padded(PlaneLayout),
+    /// Stride 2: the forward's f32 phase planes of this grid, then rounded.
+    Phases(Grid),
 }
 
 impl DwBf16Planes {
     /// The planes of `g`, which `weight_grad_applies` to (asserted).
     pub fn new(g: &Conv2dGeom) -> DwBf16Planes {
-        assert!(weight_grad_applies(g), "bf16 weight gradient: {g:?} is not a 3×3 pad-1 or 1×1 stride-1 conv");
-        if g.k == 3 {
-            let gr = Grid::with_step(g.h, g.w, 2 * LANES);
-            DwBf16Planes {
-                grid: DwGrid { plane: gr.plane, dy_at: gr.wp + 1, q_len: gr.q_len },
-                columns: DwColumns::Taps(gr.taps),
-                layout: PlaneLayout { w: g.w, pitch: gr.wp, first: gr.wp + 1, plane: gr.plane },
-            }
-        } else {
-            let hw = g.h * g.w;
-            let q_len = hw.div_ceil(2 * LANES) * 2 * LANES;
-            DwBf16Planes {
-                grid: DwGrid { plane: q_len, dy_at: 0, q_len },
-                columns: DwColumns::Pointwise,
-                layout: PlaneLayout { w: g.w, pitch: g.w, first: 0, plane: q_len },
-            }
+        assert!(weight_grad_applies(g), "bf16 weight gradient: {g:?} is not a 3×3 pad-1 s1/s2 or 1×1 s1 conv");
+        let step = 2 * LANES;
+        if g.k == 3 && g.stride == 2 {
+            let gr = Grid::stride2_with_step(g.h, g.w, step);
+            // dy (y, x) at q = y·wp + x on the phases' pitch: its junk column x = wo stays zero.
+            let dy = PlaneLayout { w: gr.w, pitch: gr.wp, first: 0, plane: gr.q_len };
+            let grid = DwGrid { plane: gr.plane, dy_plane: gr.q_len, dy_at: 0, q_len: gr.q_len };
+            return DwBf16Planes { grid, columns: DwColumns::Taps(gr.taps), dy, x: XPlanes::Phases(gr) };
         }
+        if g.k == 3 {
+            let gr = Grid::with_step(g.h, g.w, step);
+            let lay = PlaneLayout { w: g.w, pitch: gr.wp, first: gr.wp + 1, plane: gr.plane };
+            let grid = DwGrid { plane: gr.plane, dy_plane: gr.plane, dy_at: gr.wp + 1, q_len: gr.q_len };
+            return DwBf16Planes { grid, columns: DwColumns::Taps(gr.taps), dy: lay, x: XPlanes::Padded(lay) };
+        }
+        let q_len = (g.h * g.w).div_ceil(step) * step;
+        let lay = PlaneLayout { w: g.w, pitch: g.w, first: 0, plane: q_len };
+        let grid = DwGrid { plane: q_len, dy_plane: q_len, dy_at: 0, q_len };
+        DwBf16Planes { grid, columns: DwColumns::Pointwise, dy: lay, x: XPlanes::Padded(lay) }
     }
 
-    /// Rounds whole h×w planes (`src`) to bf16 into as many planes of `grid.plane` values (`dst`).
-    pub fn pad(&self, src: &[f32], dst: &mut [u16]) {
-        pad_bf16(self.layout, src, dst)
+    /// Rounds whole ho×wo planes of dy to bf16 into as many planes of `grid.dy_plane` values.
+    pub fn pad_dy(&self, src: &[f32], dst: &mut [u16]) {
+        pad_bf16(self.dy, src, dst)
+    }
+
+    /// Rounds whole h×w planes of x to bf16 into as many planes of `grid.plane` values; stride 2 goes
+    /// through f32 phase planes in `phases` (as long as `dst`, empty otherwise).
+    pub fn pad_x(&self, g: &Conv2dGeom, src: &[f32], phases: &mut [f32], dst: &mut [u16]) {
+        match self.x {
+            XPlanes::Padded(lay) => pad_bf16(lay, src, dst),
+            XPlanes::Phases(gr) => {
+                let isa = super::isa().expect("the bf16 kernels run on the AVX-512 level");
+                assert!(phases.len() == dst.len(), "bf16 weight gradient: phase scratch of the wrong size");
+                pad_phases(isa, &gr, g.h, g.w, src, phases);
+                let plane = self.grid.plane;
+                dst.par_chunks_mut(plane).zip(phases.par_chunks(plane)).for_each(|(d, s)| to_bf16(s, d));
+            }
+        }
     }
 }
 
