@@ -13,7 +13,7 @@
 //! | any fwd / dx | f32        | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 (dx: s1), ≥ 10×10 outputs, AVX2+   |
 //! | dx           | bf16       | bf16 …        | s1, as the op's forward; the form of the transposed conv        |
 //! | dW           | bf16       | AMX tiles     | family AmxTiles / TileModel, 3×3 pad 1 or 1×1, s1, n·h·w ≥ 512   |
-//! | dW           | bf16       | bf16 direct   | family Avx512Bf16, 3×3 pad 1 s1 (s2: cin ≥ 8), n·ho·wo ≥ 512    |
+//! | dW           | bf16       | bf16 direct   | family Avx512Bf16, 3×3 pad 1 s1/s2, n·ho·wo ≥ 512               |
 //! | dW           | f32, bf16  | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 s1, batch × plane vectors ≥ 32     |
 //! | otherwise    | any        | im2col + GEMM | f64, other geometries, no AVX2+FMA                              |
 //!
@@ -37,9 +37,9 @@
 //! - The conv op's bf16 convs from 10×10 outputs: below, the per-call packing of weights and planes
 //!   costs more than the halved products save.
 //! - The bf16 weight gradient pairs positions, not channels (`direct::bf16::weight_grad`): 1.9× the
-//!   f32 direct one on W18's 3×3 stride-1 convs (b8, `benches/conv.rs` weight pass), and at stride 2
-//!   on the forward's phase planes well above the GEMM that f32 takes there. Its 1×1 form (nine input
-//!   channels in place of nine taps) does not beat GEMM, so 1×1 and the 3-channel stem keep f32
+//!   f32 direct one on W18's 3×3 stride-1 convs (b8, `benches/conv.rs` weight pass), 1.5–3.2× the
+//!   GEMM that f32 takes at stride 2 (on the forward's phase planes; the 3-channel stem included). Its
+//!   1×1 form (nine input channels in place of nine taps) does not beat GEMM, so 1×1 convs keep f32
 //!   weight gradients.
 
 use super::direct::{self, amx::Unit, winograd};
@@ -157,13 +157,13 @@ fn weight_grad_pays(g: &Conv2dGeom) -> bool {
         && direct::available()
 }
 
-/// The bf16 weight gradient (`direct::bf16::weight_grad`): 3×3 s1, and s2 from 8 input channels (not
-/// the stem), from 16 vectors of 32 output positions over the batch (the f32 rule's count). Not 1×1,
+/// The bf16 weight gradient (`direct::bf16::weight_grad`): 3×3 at stride 1 and 2 (the stem too), from
+/// 16 vectors of 32 output positions over the batch (the f32 rule's count). Not 1×1,
 /// which the kernel computes but which there streams nine input planes per task from L2/L3 (59–78
 /// GFLOP/CPU-s vs GEMM's 67 at b8).
 fn bf16_weight_grad_pays(g: &Conv2dGeom) -> bool {
-    let (three, positions) = (g.k == 3 && (g.stride == 1 || g.cin >= 8), g.n * g.ho * g.wo);
-    direct::bf16::weight_grad_available() && direct::bf16::weight_grad_applies(g) && three && positions >= 512
+    let positions = g.n * g.ho * g.wo;
+    direct::bf16::weight_grad_available() && direct::bf16::weight_grad_applies(g) && g.k == 3 && positions >= 512
 }
 
 /// f32 Winograd in the inference engine.
