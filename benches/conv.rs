@@ -6,7 +6,8 @@
 //! op dispatches: the direct 3×3 kernels where they apply, unless `HRK_CONV_DIRECT=0`), and
 //! forward 3×3 stride-1 shapes a third, `winograd` (F(2×2, 3×3) with the weights transformed once,
 //! as the inference engine runs them), and where the CPU has AVX512-BF16 a fourth, `bf16` (the
-//! `--precision bf16` kernels: Winograd where f32 takes it, else direct, weights packed once). Filter with e.g. `cargo bench --bench conv -- 'forward/branch1.*b8'`.
+//! `--precision bf16` kernels: Winograd where f32 takes it, else direct, weights packed once; for the
+//! `weight` pass, the weight gradient alone, the bf16 weight gradient). Filter with e.g. `cargo bench --bench conv -- 'forward/branch1.*b8'`.
 //!
 //! On a loaded machine wall-clock rates mean little; `HRK_BENCH_CPU=1` instead prints GFLOP per
 //! CPU-second summed over the process's threads (from /proc/self/task/*/schedstat), which other
@@ -82,7 +83,8 @@ fn conv(c: &mut Criterion) {
         .filter(|a| !a.starts_with('-'))
         .flat_map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
         .collect();
-    for (pass, batches) in [("forward", &[1usize, 8][..]), ("backward", &[1, 8][..])] {
+    // "weight": the weight gradient alone (dx not asked), where `bf16` is `bf16::weight_grad`.
+    for (pass, batches) in [("forward", &[1usize, 8][..]), ("backward", &[1, 8][..]), ("weight", &[8][..])] {
         let mut group = c.benchmark_group(format!("conv2d_{pass}"));
         group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
         for &n in batches {
@@ -93,7 +95,7 @@ fn conv(c: &mut Criterion) {
                 let b = data(cout, 3);
                 let dy = data(n * cout * g.ho * g.wo, 4);
                 let mut y = vec![0.0f32; n * cout * g.ho * g.wo];
-                let flop = 2 * g.macs() * if pass == "forward" { 1 } else { 2 };
+                let flop = 2 * g.macs() * if pass == "backward" { 2 } else { 1 };
                 group.throughput(Throughput::Elements(flop));
                 let wino = pass == "forward" && choose(&g, Pass::Inference, Arithmetic::F32) == ConvAlgorithm::Winograd;
                 let mut u = vec![0.0f32; if wino { winograd::transformed_len(cin, cout) } else { 0 }];
@@ -101,7 +103,13 @@ fn conv(c: &mut Criterion) {
                     winograd::transform_weights(&w, cin, cout, &mut u);
                 }
                 let packed = bf16::Bf16Weights::default();
-                let with_bf16 = pass == "forward" && bf16::available() && bf16::applies(&g);
+                let with_bf16 = bf16::available()
+                    && match pass {
+                        "forward" => bf16::applies(&g),
+                        "weight" => bf16::weight_grad_applies(&g),
+                        _ => false,
+                    };
+                let want_dx = pass == "backward";
                 for path in ["gemm", "auto", "winograd", "bf16"] {
                     if (path == "winograd" && !wino) || (path == "bf16" && !with_bf16) {
                         continue;
@@ -119,14 +127,22 @@ fn conv(c: &mut Criterion) {
                                 winograd::forward_transformed(&g, black_box(&x), &u, ep, &mut y)
                             }
                             (true, _) if path == "bf16" => bf16::forward(&g, black_box(&x), &w, &packed, ep, &mut y),
+                            (false, _) if path == "bf16" => bf16::weight_grad(&g, black_box(&x), &dy, &mut dw),
                             (true, true) => cpu::forward_fused_gemm(&g, black_box(&x), &w, ep, &mut y),
                             (true, false) => cpu::forward_fused(&g, black_box(&x), &w, ep, &mut y),
                             (false, true) => {
-                                cpu::backward_gemm(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
+                                let dx = want_dx.then_some(&mut dx[..]);
+                                cpu::backward_gemm(&g, black_box(&x), &w, &dy, dx, Some(&mut dw), None)
                             }
-                            (false, false) => {
-                                cpu::backward(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
-                            }
+                            (false, false) => cpu::backward(
+                                &g,
+                                black_box(&x),
+                                &w,
+                                &dy,
+                                want_dx.then_some(&mut dx[..]),
+                                Some(&mut dw),
+                                None,
+                            ),
                         });
                         println!("{id:<48} {rate:7.1} GFLOP/CPU-s");
                         continue;
@@ -150,10 +166,13 @@ fn conv(c: &mut Criterion) {
                             let mut dw = vec![0.0f32; w.len()];
                             bch.iter(|| {
                                 dw.fill(0.0);
-                                if gemm {
-                                    cpu::backward_gemm(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
+                                let dx = want_dx.then_some(&mut dx[..]);
+                                if path == "bf16" {
+                                    bf16::weight_grad(&g, black_box(&x), &dy, &mut dw)
+                                } else if gemm {
+                                    cpu::backward_gemm(&g, black_box(&x), &w, &dy, dx, Some(&mut dw), None)
                                 } else {
-                                    cpu::backward(&g, black_box(&x), &w, &dy, Some(&mut dx), Some(&mut dw), None)
+                                    cpu::backward(&g, black_box(&x), &w, &dy, dx, Some(&mut dw), None)
                                 }
                             })
                         }

@@ -1,4 +1,4 @@
-//! `hrk train --precision bf16`: the conv op's forward and input-gradient convs on the bf16 kernels
+//! `hrk train --precision bf16`: the conv op's forward, input- and weight-gradient convs on the bf16 kernels
 //! (process-wide switch, hence this test binary of its own), against the same op in f32.
 
 use hrk::ops::conv2d::{bf16_convs, conv2d, direct::bf16, with_bf16_convs};
@@ -58,5 +58,29 @@ fn bf16_convs_stay_near_f32_and_switch_back() {
         if stride == 1 {
             assert!(bf16_run[1] != f32_run[1], "{xs:?} k{k}: dx did not run in bf16");
         }
+        // The 3×3 stride-1 weight gradient from 512 positions over the batch (`algorithm::choose`).
+        if stride == 1 && k == 3 && n * side * side >= 512 {
+            assert!(bf16_run[2] != f32_run[2], "{xs:?} k{k}: dW did not run in bf16");
+        }
+    }
+    // The tile family on the software model of AMX: forward, dx and dW on the tile kernels.
+    use hrk::host_isa::{bf16_kernels, with_bf16_kernels, Bf16Kernels};
+    let (xs, ws) = ([2, 9, 16, 16], [5, 9, 3, 3]);
+    let (x, w, b) = (rng.normals(2 * 9 * 256), rng.normals(5 * 9 * 9), rng.normals(5));
+    let f32_run = grads(&x, &w, &b, xs, ws, 1);
+    let tile_run = with_bf16_kernels(Bf16Kernels::TileModel, || {
+        (bf16_kernels() == Bf16Kernels::TileModel).then(|| with_bf16_convs(true, || grads(&x, &w, &b, xs, ws, 1)))
+    });
+    let Some(tile_run) = tile_run else {
+        eprintln!("skipped: the tile model does not run on this CPU (no AVX2)");
+        return;
+    };
+    for (name, (got, want)) in ["y", "dx", "dW", "db"].iter().zip(tile_run.iter().zip(&f32_run)) {
+        let e = rel(got, want);
+        eprintln!("tile model {xs:?} {name}: bf16 vs f32 {e:.2e} of max");
+        assert!(e < 2e-2, "tile model {xs:?} {name}: bf16 deviates {e:e}");
+    }
+    for (i, name) in [(0, "y"), (1, "dx"), (2, "dW")] {
+        assert!(tile_run[i] != f32_run[i], "tile model: {name} did not run in bf16");
     }
 }

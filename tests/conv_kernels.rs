@@ -404,3 +404,85 @@ fn bf16_forward_matches_f64_sums_of_rounded_operands() {
         }
     }
 }
+
+/// The bf16 weight gradient (AVX512-BF16: positions paired, f32 sums) on odd shapes — 3×3 pad 1 at
+/// stride 1 and 2, and 1×1, odd sizes and channel counts, batch 1 and 2, planes that end mid-vector — against f64 sums
+/// of dy and x rounded to bf16: products of bf16 values are exact in f32, so only the f32 additions
+/// differ, held to 1e-6 of each weight's Σ|terms|. dW accumulates onto what it holds.
+#[test]
+fn bf16_weight_grad_matches_f64_sums_of_rounded_operands() {
+    use hrk::float::round_bf16;
+    use hrk::ops::conv2d::direct::bf16;
+    if !bf16::weight_grad_available() {
+        eprintln!("skipped: this CPU has no AVX512-BF16 (or HRK_NO_AVX512 is set); the bf16 kernels cannot run");
+        return;
+    }
+    let mut rng = common::rng(74);
+    // (n, cin, cout, h, w, k, stride)
+    let shapes = [
+        (1, 5, 7, 11, 13, 3, 1),
+        (2, 3, 4, 5, 6, 3, 1),
+        (2, 13, 11, 9, 17, 3, 1),
+        (1, 1, 1, 1, 1, 3, 1),
+        (2, 7, 10, 8, 32, 3, 1),
+        (1, 11, 5, 7, 9, 1, 1),
+        (2, 19, 4, 16, 16, 1, 1),
+        (2, 2, 3, 3, 5, 1, 1),
+        (2, 9, 5, 17, 15, 3, 2),
+        (1, 3, 10, 8, 9, 3, 2),
+        (2, 18, 7, 32, 32, 3, 2),
+        (1, 1, 1, 1, 1, 3, 2),
+    ];
+    for (n, cin, cout, h, w, k, stride) in shapes {
+        let g = Conv2dGeom::new([n, cin, h, w], &[cout, cin, k, k], stride, k / 2).unwrap();
+        assert!(bf16::weight_grad_applies(&g), "{g:?}");
+        let x = randv(&mut rng, n * cin * h * w);
+        let dy = randv(&mut rng, n * cout * g.ho * g.wo);
+        let round = |v: &[f32]| v.iter().map(|&a| round_bf16(a)).collect::<Vec<f32>>();
+        let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
+        let (xr, dyr) = (round(&x), round(&dy));
+        let wt = vec![0.0; cout * cin * k * k];
+        let (_, want) = naive_backward(&g, &xr, &wt, &dyr);
+        let (_, magnitude) = naive_backward(&g, &abs(&xr), &wt, &abs(&dyr));
+        let start = randv(&mut rng, want.len());
+        let mut dw = start.clone();
+        bf16::weight_grad(&g, &x, &dy, &mut dw);
+        let worst = dw
+            .iter()
+            .zip(&start)
+            .zip(want.iter().zip(&magnitude))
+            .map(|((&got, &s), (&b, &m))| ((got - s) as f64 - b).abs() / (m + s.abs() as f64).max(1e-30))
+            .fold(0.0f64, f64::max);
+        eprintln!("bf16 dW {g:?}: worst error {worst:.2e} of Σ|terms|");
+        assert!(worst < 1e-6, "{g:?}: bf16 dW error {worst:e} of Σ|terms|");
+        // Not the f32 result: the operands were rounded.
+        let (_, exact) = naive_backward(&g, &x, &wt, &dy);
+        let off =
+            dw.iter().zip(&start).zip(&exact).map(|((&d, &s), &e)| ((d - s) as f64 - e).abs()).fold(0.0, f64::max);
+        assert!(off > 1e-6, "{g:?}: the bf16 dW equals the f32 one");
+    }
+}
+
+/// With the op's bf16 convs on and the AVX512-BF16 family, `choose` puts 3×3 weight gradients (stride
+/// 1 and 2, the stem too) on the bf16 kernel and keeps 1×1 (GEMM is as fast) and tiny problems in f32.
+#[test]
+fn bf16_weight_grad_is_chosen_for_3x3_convs() {
+    use hrk::host_isa::{with_bf16_kernels, Bf16Kernels};
+    with_bf16_kernels(Bf16Kernels::Avx512Bf16, bf16_weight_grad_choices);
+}
+
+fn bf16_weight_grad_choices() {
+    use hrk::host_isa::{bf16_kernels, Bf16Kernels};
+    let on = bf16_kernels() == Bf16Kernels::Avx512Bf16;
+    let pick = |n, cin, cout, h, w, k, s| {
+        let g = Conv2dGeom::new([n, cin, h, w], &[cout, cin, k, k], s, k / 2).unwrap();
+        choose(&g, Pass::BackwardWeight, Arithmetic::Bf16) == ConvAlgorithm::Bf16Direct
+    };
+    assert_eq!(pick(8, 18, 18, 64, 64, 3, 1), on);
+    assert!(!pick(8, 72, 18, 16, 16, 1, 1));
+    assert_eq!(pick(8, 18, 36, 64, 64, 3, 2), on);
+    assert_eq!(pick(8, 3, 64, 256, 256, 3, 2), on, "the stem");
+    assert!(!pick(1, 18, 18, 4, 4, 3, 1));
+    let g = Conv2dGeom::new([8, 18, 64, 64], &[18, 18, 3, 3], 1, 1).unwrap();
+    assert_ne!(choose(&g, Pass::BackwardWeight, Arithmetic::F32), ConvAlgorithm::Bf16Direct);
+}

@@ -12,6 +12,8 @@
 //! | forward (op) | bf16       | bf16 …        | as inference bf16, from 10×10 outputs (weights packed per call) |
 //! | any fwd / dx | f32        | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 (dx: s1), ≥ 10×10 outputs, AVX2+   |
 //! | dx           | bf16       | bf16 …        | s1, as the op's forward; the form of the transposed conv        |
+//! | dW           | bf16       | AMX tiles     | family AmxTiles / TileModel, 3×3 pad 1 or 1×1, s1, n·h·w ≥ 512   |
+//! | dW           | bf16       | bf16 direct   | family Avx512Bf16, 3×3 pad 1 s1/s2, n·ho·wo ≥ 512               |
 //! | dW           | f32, bf16  | direct        | `HRK_CONV_DIRECT`, 3×3 pad 1 s1, batch × plane vectors ≥ 32     |
 //! | otherwise    | any        | im2col + GEMM | f64, other geometries, no AVX2+FMA                              |
 //!
@@ -33,9 +35,15 @@
 //!   tile kernels, no Winograd: a 16×16×32 tile product leaves no transform worth its rounding (AMX speed
 //!   itself is not yet measured; the family is chosen per CPU in `host_isa`).
 //! - The conv op's bf16 convs from 10×10 outputs: below, the per-call packing of weights and planes
-//!   costs more than the halved products save. Weight gradients stay f32 in every case.
+//!   costs more than the halved products save.
+//! - The bf16 weight gradient pairs positions, not channels (`direct::bf16::weight_grad`): 1.9× the
+//!   f32 direct one on W18's 3×3 stride-1 convs (b8, `benches/conv.rs` weight pass), 1.5–3.2× the
+//!   GEMM that f32 takes at stride 2 (on the forward's phase planes; the 3-channel stem included). Its
+//!   1×1 form (nine input channels in place of nine taps) does not beat GEMM, so 1×1 convs keep f32
+//!   weight gradients.
 
 use super::direct::{self, amx::Unit, winograd};
+use super::tile_weight_grad;
 use super::Conv2dGeom;
 use crate::host_isa::Bf16Kernels;
 
@@ -83,10 +91,18 @@ pub enum Arithmetic {
 /// The algorithm for this pass of `g` (see the module table).
 pub fn choose(g: &Conv2dGeom, pass: Pass, arithmetic: Arithmetic) -> ConvAlgorithm {
     let bf16 = arithmetic == Arithmetic::Bf16 && bf16_runs(g);
+    if pass == Pass::BackwardWeight && arithmetic == Arithmetic::Bf16 {
+        if let Some(unit) = tile_weight_grad::chosen_unit() {
+            if tile_weight_grad::applies(g) && g.n * g.h * g.w >= 512 {
+                return ConvAlgorithm::AmxTiles(unit);
+            }
+        }
+    }
     match pass {
         Pass::Inference if bf16 => bf16_form(g),
         Pass::Forward if bf16 && g.ho * g.wo >= 100 => bf16_form(g),
         Pass::BackwardData if bf16 && g.stride == 1 && g.ho * g.wo >= 100 => bf16_form(&g.transposed()),
+        Pass::BackwardWeight if bf16 && bf16_weight_grad_pays(g) => ConvAlgorithm::Bf16Direct,
         _ if arithmetic == Arithmetic::F64 => ConvAlgorithm::Gemm,
         Pass::Inference if arithmetic == Arithmetic::F32 && winograd_pays(g) => ConvAlgorithm::Winograd,
         Pass::Inference | Pass::Forward if direct_pays(g) => ConvAlgorithm::Direct,
@@ -139,6 +155,15 @@ fn weight_grad_pays(g: &Conv2dGeom) -> bool {
         && direct::applies_backward(g)
         && g.n * direct::plane_vectors(g.h, g.w) >= 32
         && direct::available()
+}
+
+/// The bf16 weight gradient (`direct::bf16::weight_grad`): 3×3 at stride 1 and 2 (the stem too), from
+/// 16 vectors of 32 output positions over the batch (the f32 rule's count). Not 1×1,
+/// which the kernel computes but which there streams nine input planes per task from L2/L3 (59–78
+/// GFLOP/CPU-s vs GEMM's 67 at b8).
+fn bf16_weight_grad_pays(g: &Conv2dGeom) -> bool {
+    let positions = g.n * g.ho * g.wo;
+    direct::bf16::weight_grad_available() && direct::bf16::weight_grad_applies(g) && g.k == 3 && positions >= 512
 }
 
 /// f32 Winograd in the inference engine.

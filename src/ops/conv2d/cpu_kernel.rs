@@ -45,13 +45,28 @@ impl Conv2dKernel for Cpu {
         if xs.dtype() != dtype || ws.dtype() != dtype {
             bail!("conv2d backward: gradient dtype {:?} differs from the forward's", dtype);
         }
-        if is_bf16(choose(g, Pass::BackwardData, op_arithmetic(dtype))) {
-            if let Some(dx) = dx.as_mut() {
-                bf16_backward_data(g, typed(ws), typed(dy), typed_mut(dx));
+        let arithmetic = op_arithmetic(dtype);
+        let bf16_dx = is_bf16(choose(g, Pass::BackwardData, arithmetic));
+        let dw_algorithm = choose(g, Pass::BackwardWeight, arithmetic);
+        let bf16_dw = is_bf16(dw_algorithm);
+        if bf16_dx || bf16_dw {
+            // The passes not on bf16 kernels, and db, take the f32 path.
+            let (mut dx32, mut dw32) = (dx.as_mut().map(typed_mut::<f32>), dw.as_mut().map(typed_mut::<f32>));
+            if let Some(dx) = dx32.as_deref_mut().filter(|_| bf16_dx) {
+                bf16_backward_data(g, typed(ws), typed(dy), dx);
+                dx32 = None;
             }
-            if dw.is_some() || db.is_some() {
-                let (dw32, db32) = (dw.as_mut().map(typed_mut::<f32>), db.as_mut().map(typed_mut::<f32>));
-                backward::<f32>(g, typed(xs), typed(ws), typed(dy), None, dw32, db32);
+            if let Some(dw) = dw32.as_deref_mut().filter(|_| bf16_dw) {
+                if let ConvAlgorithm::AmxTiles(unit) = dw_algorithm {
+                    super::tile_weight_grad::weight_grad(unit, g, typed(xs), typed(dy), dw);
+                } else {
+                    direct::bf16::weight_grad(g, typed(xs), typed(dy), dw);
+                }
+                dw32 = None;
+            }
+            if dx32.is_some() || dw32.is_some() || db.is_some() {
+                let db32 = db.as_mut().map(typed_mut::<f32>);
+                backward::<f32>(g, typed(xs), typed(ws), typed(dy), dx32, dw32, db32);
             }
             return Ok([dx, dw, db]);
         }

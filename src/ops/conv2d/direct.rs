@@ -128,19 +128,28 @@ struct Grid {
 
 impl Grid {
     fn new(h: usize, w: usize) -> Grid {
+        Grid::with_step(h, w, LANES)
+    }
+    /// `new` with positions and planes rounded up to multiples of `step` elements (the bf16 weight
+    /// gradient's vectors hold 32 positions).
+    fn with_step(h: usize, w: usize, step: usize) -> Grid {
         let wp = w + 2;
-        let q_len = (h * wp).div_ceil(LANES) * LANES;
-        let plane = (q_len + 2 * wp + 2).div_ceil(LANES) * LANES;
+        let q_len = (h * wp).div_ceil(step) * step;
+        let plane = (q_len + 2 * wp + 2).div_ceil(step) * step;
         let taps = std::array::from_fn(|t| (t / 3) * wp + t % 3);
         Grid { h, w, wp, q_len, plane, phase: 0, taps, row_vecs: whole_vectors(w) }
     }
     /// Stride 2 on an h×w input.
     fn stride2(h: usize, w: usize) -> Grid {
+        Grid::stride2_with_step(h, w, LANES)
+    }
+    /// `stride2` with positions and phases rounded up to multiples of `step` (as `with_step`).
+    fn stride2_with_step(h: usize, w: usize, step: usize) -> Grid {
         let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
         let wp = wo + 1;
-        let q_len = (ho * wp).div_ceil(LANES) * LANES;
+        let q_len = (ho * wp).div_ceil(step) * step;
         // Each phase holds rows 0..=ho; the furthest read is q_len − 1 + wp + 1.
-        let phase = (q_len + wp + 1).max((ho + 1) * wp).div_ceil(LANES) * LANES;
+        let phase = (q_len + wp + 1).max((ho + 1) * wp).div_ceil(step) * step;
         let taps = std::array::from_fn(|t| {
             let (ky, kx) = (t / 3, t % 3);
             ((ky & 1) * 2 + (kx & 1)) * phase + (ky >> 1) * wp + (kx >> 1)
@@ -843,50 +852,134 @@ pub fn backward_on(
         if let Some(dw) = dw {
             assert!(x.len() >= n * cin * hw && dw.len() >= cout * cin * 9);
             pad_planes(&gr, &x[..n * cin * hw], xpad);
-            weight_grad(isa, &gr, n, cin, cout, xpad, dypad, dw);
+            let dgr = DwGrid { plane: gr.plane, dy_plane: gr.plane, dy_at: gr.wp + 1, q_len: gr.q_len };
+            let planes = DwPlanes::F32 { isa, x: xpad, dy: dypad };
+            weight_grad(&planes, dgr, DwColumns::Taps(gr.taps), n, cin, cout, dw);
         }
     });
     true
 }
 
-/// dW[co][ci][tap] += Σ_img Σ_q dy[img][co](q) · xpad[img][ci][q + taps[tap]], where dy(q) is read
-/// from its padded plane at q + wp + 1 (junk q land on that plane's zero border).
+/// The padded planes a direct weight gradient reduces over: dy (`cout` per image) and x (`cin` per
+/// image), `plane` elements apart, in f32 for one build or as bf16 bits (`bf16::weight_grad`).
+pub(super) enum DwPlanes<'a> {
+    F32 { isa: Isa, x: &'a [f32], dy: &'a [f32] },
+    Bf16 { x: &'a [u16], dy: &'a [u16] },
+}
+
+impl DwPlanes<'_> {
+    /// Positions per vector: 16 f32 lanes, or 16 lanes of bf16 pairs of consecutive positions.
+    fn positions(&self) -> usize {
+        match self {
+            DwPlanes::F32 { .. } => LANES,
+            DwPlanes::Bf16 { .. } => 2 * LANES,
+        }
+    }
+    fn lens(&self) -> (usize, usize) {
+        match self {
+            DwPlanes::F32 { x, dy, .. } => (x.len(), dy.len()),
+            DwPlanes::Bf16 { x, dy } => (x.len(), dy.len()),
+        }
+    }
+}
+
+/// What the weight gradient's columns are (each task sums WR output channels × 9 columns).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum DwColumns {
+    /// 3×3: one input channel per task, its 9 taps at these offsets from q.
+    Taps([usize; 9]),
+    /// 1×1: 9 input channels per task, each read at q itself.
+    Pointwise,
+}
+
+/// Where a weight gradient's planes put position q: dy(q) at `dy_at + q` of its plane (`dy_plane`
+/// elements apart) and x at `q` (plus the column's offset) of its own (`plane` apart); `q_len`
+/// positions (whole vectors) are summed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DwGrid {
+    pub plane: usize,
+    pub dy_plane: usize,
+    pub dy_at: usize,
+    pub q_len: usize,
+}
+
+/// dW[co][ci][tap] += Σ_img Σ_q dy[img][co](q) · x[img][ci](q + taps[tap]) (`DwColumns::Taps`), or
+/// dW[co][ci] += Σ_img Σ_q dy[img][co](q) · x[img][ci](q) (`Pointwise`); junk positions q must read
+/// zero in dy (the padded planes' border, or zeroed tails).
 #[allow(clippy::too_many_arguments)]
-fn weight_grad(isa: Isa, gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f32], dypad: &[f32], dw: &mut [f32]) {
+pub(super) fn weight_grad(
+    planes: &DwPlanes, gr: DwGrid, columns: DwColumns, n: usize, cin: usize, cout: usize, dw: &mut [f32],
+) {
+    let (x_len, dy_len) = planes.lens();
+    let (per_task, groups) = match columns {
+        DwColumns::Taps(taps) => {
+            assert!(taps.iter().all(|&t| gr.q_len + t <= gr.plane), "a tap reads past the padded plane");
+            (1, cin)
+        }
+        DwColumns::Pointwise => (9, cin.div_ceil(9)),
+    };
+    let kk = if matches!(columns, DwColumns::Taps(_)) { 9 } else { 1 };
+    assert!(gr.q_len.is_multiple_of(planes.positions()) && gr.dy_at + gr.q_len <= gr.dy_plane);
+    assert!(x_len >= n * cin * gr.plane && dy_len >= n * cout * gr.dy_plane && dw.len() >= cout * cin * kk);
     let blocks = cout.div_ceil(WR);
-    let taps = gr.taps;
     let out = SharedOut(dw.as_mut_ptr());
     let task = |i: usize| {
-        let ci = i % cin;
-        let cb = i / cin;
+        let group = i % groups;
+        let cb = i / groups;
         let rows = WR.min(cout - cb * WR);
+        let ci0 = group * per_task;
+        let width = per_task.min(cin - ci0);
+        // Columns past the last input channel repeat it; their sums are dropped.
+        let cols: [usize; 9] = match columns {
+            DwColumns::Taps(taps) => taps.map(|t| ci0 * gr.plane + t),
+            DwColumns::Pointwise => std::array::from_fn(|c| (ci0 + c.min(width - 1)) * gr.plane),
+        };
         let mut sums = [[0.0f32; 9]; WR];
-        // SAFETY: dy reads reach q_len − 1 + wp + 1 < plane of channel cb·WR + r < cout of each image,
-        // x reads q_len − 1 + 2·wp + 2 < plane of channel ci; the lengths were checked by the caller, and
-        // that the CPU runs `isa`.
+        let (dy0, ds, xs, qv) =
+            (cb * WR * gr.dy_plane + gr.dy_at, cout * gr.dy_plane, cin * gr.plane, gr.q_len / planes.positions());
+        // SAFETY: dy reads reach (n − 1)·ds + dy0 + (rows − 1)·dy_plane + q_len − 1 < n·cout·dy_plane (dy_at +
+        // q_len ≤ dy_plane), x reads (n − 1)·xs + cols[c] + q_len − 1 < n·cin·plane (taps: q_len + tap ≤ plane;
+        // pointwise: columns are whole planes of channels < cin); all asserted above. The F32 build is one
+        // the CPU runs (its caller's check); Bf16 planes are made only where AVX512-BF16 runs
+        // (`bf16::weight_grad_available`).
         unsafe {
-            let d = dypad.as_ptr().add(cb * WR * gr.plane + gr.wp + 1);
-            let x = xpad.as_ptr().add(ci * gr.plane);
-            let (ds, xs, qv) = (cout * gr.plane, cin * gr.plane, gr.q_len / LANES);
-            match rows {
-                3 => dw_block::<3>(isa, d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
-                2 => dw_block::<2>(isa, d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
-                _ => dw_block::<1>(isa, d, gr.plane, ds, x, xs, n, qv, &taps, &mut sums),
+            match planes {
+                DwPlanes::F32 { isa, x, dy } => {
+                    let (d, x) = (dy.as_ptr().add(dy0), x.as_ptr());
+                    match rows {
+                        3 => dw_block::<3>(*isa, d, gr.dy_plane, ds, x, xs, n, qv, &cols, &mut sums),
+                        2 => dw_block::<2>(*isa, d, gr.dy_plane, ds, x, xs, n, qv, &cols, &mut sums),
+                        _ => dw_block::<1>(*isa, d, gr.dy_plane, ds, x, xs, n, qv, &cols, &mut sums),
+                    }
+                }
+                DwPlanes::Bf16 { x, dy } => {
+                    let (d, x) = (dy.as_ptr().add(dy0), x.as_ptr());
+                    match rows {
+                        3 => bf16::dw_block::<3>(d, gr.dy_plane, ds, x, xs, n, qv, &cols, &mut sums),
+                        2 => bf16::dw_block::<2>(d, gr.dy_plane, ds, x, xs, n, qv, &cols, &mut sums),
+                        _ => bf16::dw_block::<1>(d, gr.dy_plane, ds, x, xs, n, qv, &cols, &mut sums),
+                    }
+                }
             }
         }
         for (r, s) in sums.iter().enumerate().take(rows) {
             let co = cb * WR + r;
-            // SAFETY: dW[co][ci][..9] is inside dw (checked by the caller) and this task's alone.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.at((co * cin + ci) * 9), 9) };
+            let (first, len) = match columns {
+                DwColumns::Taps(_) => ((co * cin + ci0) * 9, 9),
+                DwColumns::Pointwise => (co * cin + ci0, width),
+            };
+            // SAFETY: dW[co][ci0][..9] (taps) or dW[co][ci0..ci0 + width] (pointwise) is inside dw (asserted)
+            // and this task's alone.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(first), len) };
             dst.iter_mut().zip(s).for_each(|(d, &v)| *d += v);
         }
     };
-    let work = n * gr.q_len * 27;
+    let work = n * gr.q_len * 27 / planes.positions() * LANES;
     let min_len = (30_000 / work).max(1);
-    (0..blocks * cin).into_par_iter().with_min_len(min_len).for_each(task);
+    (0..blocks * groups).into_par_iter().with_min_len(min_len).for_each(task);
 }
 
-/// sums[r][tap] = Σ_img Σ_v dy[img·dy_img + r·dy_co + v·16 ..] · x[img·x_img + taps[tap] + v·16 ..],
+/// sums[r][c] = Σ_img Σ_v dy[img·dy_img + r·dy_co + v·16 ..] · x[img·x_img + cols[c] + v·16 ..],
 /// by the `isa` build.
 ///
 /// # Safety
@@ -895,21 +988,21 @@ fn weight_grad(isa: Isa, gr: &Grid, n: usize, cin: usize, cout: usize, xpad: &[f
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_block<const R: usize>(
     isa: Isa, dy: *const f32, dy_co: usize, dy_img: usize, x: *const f32, x_img: usize, n: usize, qv: usize,
-    taps: &[usize; 9], sums: &mut [[f32; 9]; WR],
+    cols: &[usize; 9], sums: &mut [[f32; 9]; WR],
 ) {
     // SAFETY: forwarded from the caller (see # Safety).
     #[cfg(target_arch = "x86_64")]
     unsafe {
         match isa {
-            Isa::Avx512 => dw_block_avx512::<R>(dy, dy_co, dy_img, x, x_img, n, qv, taps, sums),
-            Isa::Avx2 => dw_block_avx2::<R>(dy, dy_co, dy_img, x, x_img, n, qv, taps, sums),
+            Isa::Avx512 => dw_block_avx512::<R>(dy, dy_co, dy_img, x, x_img, n, qv, cols, sums),
+            Isa::Avx2 => dw_block_avx2::<R>(dy, dy_co, dy_img, x, x_img, n, qv, cols, sums),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("direct conv runs only where available() holds: {isa:?} {dy:?} {dy_co} {dy_img} {x:?} {x_img} {n} {qv} {taps:?} {sums:?}")
+    unreachable!("direct conv runs only where available() holds: {isa:?} {dy:?} {dy_co} {dy_img} {x:?} {x_img} {n} {qv} {cols:?} {sums:?}")
 }
 
-/// `dw_block` on AVX2 + FMA: one kernel row (3 taps) at a time, R × 3 accumulators of 8 lanes plus
+/// `dw_block` on AVX2 + FMA: three columns (one kernel row) at a time, R × 3 accumulators of 8 lanes plus
 /// R dy vectors and one x vector (at most 13 registers).
 ///
 /// # Safety
@@ -918,7 +1011,7 @@ unsafe fn dw_block<const R: usize>(
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_block_avx2<const R: usize>(
-    dy: *const f32, dy_co: usize, dy_img: usize, x: *const f32, x_img: usize, n: usize, qv: usize, taps: &[usize; 9],
+    dy: *const f32, dy_co: usize, dy_img: usize, x: *const f32, x_img: usize, n: usize, qv: usize, cols: &[usize; 9],
     sums: &mut [[f32; 9]; WR],
 ) {
     use std::arch::x86_64::*;
@@ -926,14 +1019,14 @@ unsafe fn dw_block_avx2<const R: usize>(
     // of each 16-float vector.
     unsafe {
         for ky in 0..3 {
-            let row_taps: [usize; 3] = std::array::from_fn(|kx| taps[3 * ky + kx]);
+            let row_cols: [usize; 3] = std::array::from_fn(|kx| cols[3 * ky + kx]);
             let mut acc = [[_mm256_setzero_ps(); 3]; R];
             for img in 0..n {
                 let d = dy.add(img * dy_img);
                 let xi = x.add(img * x_img);
                 for q in (0..qv * LANES).step_by(8) {
                     let dv: [__m256; R] = std::array::from_fn(|r| _mm256_loadu_ps(d.add(r * dy_co + q)));
-                    for (k, &off) in row_taps.iter().enumerate() {
+                    for (k, &off) in row_cols.iter().enumerate() {
                         let xv = _mm256_loadu_ps(xi.add(q + off));
                         for r in 0..R {
                             acc[r][k] = _mm256_fmadd_ps(dv[r], xv, acc[r][k]);
@@ -963,7 +1056,7 @@ unsafe fn dw_block_avx2<const R: usize>(
 #[target_feature(enable = "avx512f,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_block_avx512<const R: usize>(
-    dy: *const f32, dy_co: usize, dy_img: usize, x: *const f32, x_img: usize, n: usize, qv: usize, taps: &[usize; 9],
+    dy: *const f32, dy_co: usize, dy_img: usize, x: *const f32, x_img: usize, n: usize, qv: usize, cols: &[usize; 9],
     sums: &mut [[f32; 9]; WR],
 ) {
     use std::arch::x86_64::*;
@@ -976,7 +1069,7 @@ unsafe fn dw_block_avx512<const R: usize>(
             for v in 0..qv {
                 let q = v * LANES;
                 let dv: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(d.add(r * dy_co + q)));
-                for (t, &off) in taps.iter().enumerate() {
+                for (t, &off) in cols.iter().enumerate() {
                     let xv = _mm512_loadu_ps(xi.add(q + off));
                     for r in 0..R {
                         acc[r][t] = _mm512_fmadd_ps(dv[r], xv, acc[r][t]);

@@ -4,6 +4,7 @@ pub mod algorithm;
 pub mod cpu_kernel;
 pub mod cuda_kernel;
 pub mod direct;
+pub mod tile_weight_grad;
 pub(crate) use cuda_kernel::ConvStats;
 
 use super::{kernels_for, Cpu, Cuda};
@@ -75,10 +76,11 @@ pub(crate) trait Conv2dKernel: Sync {
     fn backward(&self, g: &Conv2dGeom, saved: [Option<&Storage>; 2], dy: &Storage, want: [bool; 3]) -> Result<Grads>;
 }
 
-/// Whether the CPU conv op (the autograd path that training runs) computes its f32 forward and
-/// backward-data convs with bf16 operands and f32 sums where the bf16 kernels apply (AVX512-BF16; 3×3
-/// stride 1 and 1×1, plus 3×3 stride 2 forward), as PyTorch's autocast does; weight gradients, BN and
-/// everything else stay f32. Process-wide, off by default (`hrk train --precision bf16` turns it on;
+/// Whether the CPU conv op (the autograd path that training runs) computes its f32 forward,
+/// backward-data and weight-gradient convs with bf16 operands and f32 sums where the bf16 kernels
+/// apply and pay (AVX512-BF16; 3×3 stride 1 and 1×1, plus 3×3 stride 2 forward; weight gradients
+/// of 3×3 convs, `algorithm::choose`), as PyTorch's autocast does;
+/// the weights themselves (f32 masters), BN, the optimizer and everything else stay f32. Process-wide, off by default (`hrk train --precision bf16` turns it on;
 /// `with_bf16_convs` for a scope). `algorithm::choose` decides per conv.
 static BF16_CONVS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

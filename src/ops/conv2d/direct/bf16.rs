@@ -21,8 +21,8 @@
 //! rounded operands only by the f32 additions.
 
 use super::{
-    amx, forward_tiles, pad_phases, vdpbf16ps_available, winograd, with_scratch, Epilogue, Grid, Kern, WeightView, MR,
-    NV, TILE,
+    amx, forward_tiles, pad_phases, vdpbf16ps_available, weight_grad as reduce_planes, winograd, with_scratch,
+    DwColumns, DwGrid, DwPlanes, Epilogue, Grid, Kern, WeightView, LANES, MR, NV, TILE, WR,
 };
 use crate::ops::conv2d::algorithm::{bf16_form, ConvAlgorithm};
 use crate::ops::conv2d::Conv2dGeom;
@@ -126,6 +126,224 @@ fn with_padded_pairs<R>(g: &Conv2dGeom, gr: &Grid, x: &[f32], per_image: usize, 
         }
         f(xpad)
     })
+}
+
+/// Whether this CPU runs `weight_grad` (AVX512-BF16 on the AVX-512 level, whatever the family).
+pub fn weight_grad_available() -> bool {
+    vdpbf16ps_available()
+}
+
+/// The geometries `weight_grad` computes: 3×3 pad 1 at stride 1 or 2 and 1×1 pad 0 stride 1.
+pub fn weight_grad_applies(g: &Conv2dGeom) -> bool {
+    matches!((g.k, g.pad, g.stride), (3, 1, 1) | (3, 1, 2) | (1, 0, 1)) && g.cin > 0 && g.cout > 0
+}
+
+/// dW += Σ_images dy ⋆ x with dy and x rounded to bf16 and f32 sums (`vdpbf16ps`), `dw` being
+/// [cout][cin][k][k]. The pair dimension of the dot products is the reduction one, positions: dy and
+/// x become bf16 planes laid out as the f32 weight gradient's padded planes (3×3; stride 2: x's four
+/// phase planes as the forward's, dy on the same pitch; 1×1: the plain plane, its tail zeroed), so
+/// 32 bits at bf16 index q hold positions q and q + 1, and a tap at an odd offset is the same plane
+/// read 2 bytes further on. The caller checked `weight_grad_available()` and `weight_grad_applies(g)`.
+pub fn weight_grad(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    assert!(weight_grad_available(), "bf16 weight gradient: this CPU has no AVX512-BF16");
+    let planes = DwBf16Planes::new(g);
+    let (n, cin, cout, hw) = (g.n, g.cin, g.cout, g.h * g.w);
+    assert!(x.len() >= n * cin * hw && dy.len() >= n * cout * g.ho * g.wo && dw.len() >= cout * cin * g.k * g.k);
+    let (x_len, dy_len) = (n * cin * planes.grid.plane, n * cout * planes.grid.dy_plane);
+    // Stride 2: the f32 phase planes first, rounded after.
+    let phases_len = if g.stride == 2 { x_len } else { 0 };
+    with_scratch(phases_len + (x_len + dy_len).div_ceil(2), |s| {
+        let (phases, s) = s.split_at_mut(phases_len);
+        // SAFETY: the scratch holds ≥ x_len + dy_len u16 (two per f32, u16 alignment divides f32's),
+        // and the mutable borrow keeps it exclusive.
+        let s16 = unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u16>(), 2 * s.len()) };
+        let (xb, rest) = s16.split_at_mut(x_len);
+        let dyb = &mut rest[..dy_len];
+        planes.pad_x(g, &x[..n * cin * hw], phases, xb);
+        planes.pad_dy(&dy[..n * cout * g.ho * g.wo], dyb);
+        reduce_planes(&DwPlanes::Bf16 { x: xb, dy: dyb }, planes.grid, planes.columns, n, cin, cout, dw);
+    });
+}
+
+/// The bf16 planes of a weight gradient (`weight_grad`, and the tile kernels'): for 3×3 pad 1 the f32
+/// kernel's zero-bordered planes (stride 2: the forward's phase planes), positions rounded up to 32;
+/// for 1×1 the plain plane, its tail zeroed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DwBf16Planes {
+    pub grid: DwGrid,
+    pub columns: DwColumns,
+    dy: PlaneLayout,
+    x: XPlanes,
+}
+
+/// How x becomes the weight gradient's bf16 planes.
+#[derive(Clone, Copy, Debug)]
+enum XPlanes {
+    /// Rounded straight into this layout.
+    Padded(PlaneLayout),
+    /// Stride 2: the forward's f32 phase planes of this grid, then rounded.
+    Phases(Grid),
+}
+
+impl DwBf16Planes {
+    /// The planes of `g`, which `weight_grad_applies` to (asserted).
+    pub fn new(g: &Conv2dGeom) -> DwBf16Planes {
+        assert!(weight_grad_applies(g), "bf16 weight gradient: {g:?} is not a 3×3 pad-1 s1/s2 or 1×1 s1 conv");
+        let step = 2 * LANES;
+        if g.k == 3 && g.stride == 2 {
+            let gr = Grid::stride2_with_step(g.h, g.w, step);
+            // dy (y, x) at q = y·wp + x on the phases' pitch: its junk column x = wo stays zero.
+            let dy = PlaneLayout { w: gr.w, pitch: gr.wp, first: 0, plane: gr.q_len };
+            let grid = DwGrid { plane: gr.plane, dy_plane: gr.q_len, dy_at: 0, q_len: gr.q_len };
+            return DwBf16Planes { grid, columns: DwColumns::Taps(gr.taps), dy, x: XPlanes::Phases(gr) };
+        }
+        if g.k == 3 {
+            let gr = Grid::with_step(g.h, g.w, step);
+            let lay = PlaneLayout { w: g.w, pitch: gr.wp, first: gr.wp + 1, plane: gr.plane };
+            let grid = DwGrid { plane: gr.plane, dy_plane: gr.plane, dy_at: gr.wp + 1, q_len: gr.q_len };
+            return DwBf16Planes { grid, columns: DwColumns::Taps(gr.taps), dy: lay, x: XPlanes::Padded(lay) };
+        }
+        let q_len = (g.h * g.w).div_ceil(step) * step;
+        let lay = PlaneLayout { w: g.w, pitch: g.w, first: 0, plane: q_len };
+        let grid = DwGrid { plane: q_len, dy_plane: q_len, dy_at: 0, q_len };
+        DwBf16Planes { grid, columns: DwColumns::Pointwise, dy: lay, x: XPlanes::Padded(lay) }
+    }
+
+    /// Rounds whole ho×wo planes of dy to bf16 into as many planes of `grid.dy_plane` values.
+    pub fn pad_dy(&self, src: &[f32], dst: &mut [u16]) {
+        pad_bf16(self.dy, src, dst)
+    }
+
+    /// Rounds whole h×w planes of x to bf16 into as many planes of `grid.plane` values; stride 2 goes
+    /// through f32 phase planes in `phases` (as long as `dst`, empty otherwise).
+    pub fn pad_x(&self, g: &Conv2dGeom, src: &[f32], phases: &mut [f32], dst: &mut [u16]) {
+        match self.x {
+            XPlanes::Padded(lay) => pad_bf16(lay, src, dst),
+            XPlanes::Phases(gr) => {
+                let isa = super::isa().expect("the bf16 kernels run on the AVX-512 level");
+                assert!(phases.len() == dst.len(), "bf16 weight gradient: phase scratch of the wrong size");
+                pad_phases(isa, &gr, g.h, g.w, src, phases);
+                let plane = self.grid.plane;
+                dst.par_chunks_mut(plane).zip(phases.par_chunks(plane)).for_each(|(d, s)| to_bf16(s, d));
+            }
+        }
+    }
+}
+
+/// Where `pad_bf16` puts a plane's rows of `w` values: row y at `first + y·pitch` of a plane of
+/// `plane` bf16 values, everything else zero.
+#[derive(Clone, Copy, Debug)]
+struct PlaneLayout {
+    w: usize,
+    pitch: usize,
+    first: usize,
+    plane: usize,
+}
+
+/// Rounds planes of rows of `lay.w` floats (`src`, whole planes) to bf16 into the layout's planes.
+fn pad_bf16(lay: PlaneLayout, src: &[f32], dst: &mut [u16]) {
+    let planes = dst.len() / lay.plane;
+    let hw = src.len() / planes.max(1);
+    assert!(planes * hw == src.len() && hw.is_multiple_of(lay.w) && planes * lay.plane == dst.len());
+    let one = |(s, d): (&[f32], &mut [u16])| {
+        let mut at = 0;
+        for (y, row) in s.chunks_exact(lay.w).enumerate() {
+            let start = lay.first + y * lay.pitch;
+            d[at..start].fill(0);
+            to_bf16(row, &mut d[start..start + lay.w]);
+            at = start + lay.w;
+        }
+        d[at..].fill(0);
+    };
+    if dst.len() >= 1 << 17 {
+        src.par_chunks_exact(hw).zip(dst.par_chunks_exact_mut(lay.plane)).with_min_len(4).for_each(one);
+    } else {
+        src.chunks_exact(hw).zip(dst.chunks_exact_mut(lay.plane)).for_each(one);
+    }
+}
+
+/// dst[i] = the bits of src[i] rounded to bf16 as the hardware does (`pair`): 16 at a time on
+/// AVX512-BF16, one at a time elsewhere (the tile model's runs).
+fn to_bf16(src: &[f32], dst: &mut [u16]) {
+    assert!(src.len() == dst.len(), "bf16 rounding: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if vdpbf16ps_available() {
+        // SAFETY: the CPU has AVX512-BF16 (checked); the lengths are equal (asserted).
+        return unsafe { to_bf16_avx512(src, dst) };
+    }
+    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = pair(v, 0.0).to_bits() as u16);
+}
+
+/// # Safety
+/// The CPU must have AVX512-BF16 and AVX-512 F/BW/VL; the slices' lengths are equal.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let len = dst.len();
+    // SAFETY: loads and stores of 16 at k < len, masked to the len − k left; the lengths are equal.
+    unsafe {
+        for k in (0..len).step_by(16) {
+            let m: u16 = if len - k >= 16 { 0xffff } else { (1u16 << (len - k)) - 1 };
+            let v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src.as_ptr().add(k)));
+            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(k).cast(), m, std::mem::transmute::<__m256bh, __m256i>(v));
+        }
+    }
+}
+
+/// `super::dw_block` on bf16 planes: sums[r][c] = Σ_img Σ_v Σ_(32 positions from v·32) dy · x, where
+/// dy is read at `img·dy_img + r·dy_co + v·32` and x at `img·x_img + cols[c] + v·32` (bf16 indices,
+/// any parity: 16 pairs of consecutive positions per load).
+///
+/// # Safety
+/// AVX512-BF16 and AVX-512 F/VL (`vdpbf16ps_available()`); dy and x readable at the 32 bf16 values from every
+/// such index for img < n, v < qv, r < R (≤ WR).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn dw_block<const R: usize>(
+    dy: *const u16, dy_co: usize, dy_img: usize, x: *const u16, x_img: usize, n: usize, qv: usize, cols: &[usize; 9],
+    sums: &mut [[f32; 9]; WR],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: every load is inside the ranges the caller vouches for (see # Safety); the transmutes
+    // reinterpret 64 bytes as 64 bytes.
+    unsafe {
+        let load = |p: *const u16| std::mem::transmute::<__m512, __m512bh>(_mm512_loadu_ps(p.cast()));
+        let mut acc = [[_mm512_setzero_ps(); 9]; R];
+        for img in 0..n {
+            let d = dy.add(img * dy_img);
+            let xi = x.add(img * x_img);
+            for v in 0..qv {
+                let q = v * 2 * LANES;
+                let dv: [__m512bh; R] = std::array::from_fn(|r| load(d.add(r * dy_co + q)));
+                for (t, &off) in cols.iter().enumerate() {
+                    let xv = load(xi.add(q + off));
+                    for r in 0..R {
+                        acc[r][t] = _mm512_dpbf16_ps(acc[r][t], dv[r], xv);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..9 {
+                sums[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
+        }
+    }
+}
+
+/// Unused off x86-64 (`available()` is false there).
+///
+/// # Safety
+/// Never called.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn dw_block<const R: usize>(
+    _dy: *const u16, _dy_co: usize, _dy_img: usize, _x: *const u16, _x_img: usize, _n: usize, _qv: usize,
+    _cols: &[usize; 9], _sums: &mut [[f32; 9]; WR],
+) {
+    unreachable!("bf16 convs run only where available() holds")
 }
 
 /// The channel pairs of every image of `x` (planes of gr.h × gr.w, `cin` per image) packed straight
