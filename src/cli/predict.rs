@@ -5,8 +5,9 @@
 
 use crate::detect::{DetectorOptions, Mtcnn};
 use crate::predict::{
-    collect_images, dataset_images, output_names, parse_shard, shard_indices, FaceBox, FaceFinder, FaceSource,
-    GivenBoxes, LandmarkOptions, PredictRun, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
+    collect_images, dataset_images, output_names, parse_shard, run_frame_stream, shard_indices, FaceBox, FaceFinder,
+    FaceSource, GivenBoxes, LandmarkEngine, LandmarkOptions, OneEuroParams, PredictRun, RawFormat, RawFrames,
+    TrackOptions, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -61,6 +62,21 @@ pub struct PredictArgs {
     /// Draw landmark indices on the overlays.
     #[arg(long)]
     pub labels: bool,
+    /// Read raw frames from stdin instead of images: WxH[:rgb24|gray] (e.g. from `ffmpeg ... -f
+    /// rawvideo -pix_fmt rgb24 -`); writes stdin.jsonl and stdin.csv, faces tracked across frames.
+    #[arg(long = "stdin-frames")]
+    pub stdin_frames: Option<String>,
+    /// Frame rate of --stdin-frames (frames per second; frame i is at i / fps seconds).
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Frame streams: run the detector every N frames (and when a track is lost); between, faces
+    /// are tracked from their landmarks.
+    #[arg(long, default_value_t = 30)]
+    pub redetect: usize,
+    /// Frame streams: One Euro smoothing of the landmarks, min_cutoff,beta (Hz, Hz per pixel/s),
+    /// or none.
+    #[arg(long, default_value = "0.5,0.05")]
+    pub smooth: String,
     /// cpu, cuda or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -82,36 +98,68 @@ fn parse_thresholds(s: &str) -> Result<[f32; 3]> {
     }
 }
 
-/// Shows images/s on stderr while images finish (hidden with -q or off a terminal) and prints each
-/// failed image as one line.
+/// `--fps`, `--redetect` and `--smooth` of a frame stream.
+fn track_options(args: &PredictArgs) -> Result<TrackOptions> {
+    let fps = args.fps.ok_or_else(|| anyhow!("--stdin-frames needs --fps R (frames per second)"))?;
+    if !(fps.is_finite() && fps > 0.0) {
+        bail!("--fps {fps}: expected frames per second > 0");
+    }
+    if args.redetect == 0 {
+        bail!("--redetect 0: expected a number of frames >= 1");
+    }
+    Ok(TrackOptions { redetect: args.redetect, fps, smooth: OneEuroParams::parse(&args.smooth)? })
+}
+
+/// Shows images/s (frames/s for a frame stream) on stderr while images finish (hidden with -q or
+/// off a terminal) and prints each failed image as one line.
 struct Progress {
     bar: Option<ProgressBar>,
+    unit: &'static str,
+    /// A frame stream's failure (its last frame), kept for the one-line final error instead of printed.
+    stream_error: Option<String>,
 }
 
 impl Progress {
     fn new(total: usize, quiet: bool) -> Progress {
         if quiet || total == 0 {
-            return Progress { bar: None };
+            return Progress { bar: None, unit: "images", stream_error: None };
         }
-        let bar = ProgressBar::new(total as u64);
-        if let Ok(style) =
-            ProgressStyle::with_template("{wide_bar} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
-        {
+        Progress::show(
+            ProgressBar::new(total as u64),
+            "{wide_bar} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+            "images",
+        )
+    }
+
+    /// A stream of unknown length: frames so far and frames/s.
+    fn frames(quiet: bool) -> Progress {
+        if quiet {
+            return Progress { bar: None, unit: "frames", stream_error: Some(String::new()) };
+        }
+        let mut p = Progress::show(ProgressBar::no_length(), "{pos} frames [{elapsed_precise}] {msg}", "frames");
+        p.stream_error = Some(String::new());
+        p
+    }
+
+    fn show(bar: ProgressBar, template: &str, unit: &'static str) -> Progress {
+        if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style);
         }
         super::logger::set_active_bar(Some(bar.clone()));
-        Progress { bar: Some(bar) }
+        Progress { bar: Some(bar), unit, stream_error: None }
     }
 
     fn image_done(&mut self, report: &crate::predict::ImageReport) {
-        if let Some(e) = &report.error {
-            log::error!("{e}");
+        match (&report.error, &mut self.stream_error) {
+            (Some(e), Some(kept)) => *kept = e.clone(),
+            (Some(e), None) => log::error!("{e}"),
+            _ => {}
         }
         if let Some(bar) = &self.bar {
             bar.inc(1);
             let secs = bar.elapsed().as_secs_f64();
             if secs > 0.0 {
-                bar.set_message(format!("{:.1} images/s", bar.position() as f64 / secs));
+                bar.set_message(format!("{:.1} {}/s", bar.position() as f64 / secs, self.unit));
             }
         }
     }
@@ -129,9 +177,17 @@ impl Drop for Progress {
 pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     let device = super::common::device(&args.device)?;
     let cfg = super::common::config(&args.cfg)?;
-    if args.images.is_empty() && args.csv.is_none() {
-        bail!("hrk predict: give image files or folders and/or --csv FILE");
+    let stdin_frames = args.stdin_frames.as_deref().map(RawFormat::parse).transpose()?;
+    if stdin_frames.is_some() && (!args.images.is_empty() || args.csv.is_some() || args.shard.is_some()) {
+        bail!("--stdin-frames reads frames from stdin alone: no image arguments, --csv or --shard with it");
     }
+    if args.images.is_empty() && args.csv.is_none() && stdin_frames.is_none() {
+        bail!("hrk predict: give image files or folders and/or --csv FILE (or --stdin-frames WxH)");
+    }
+    let track = match stdin_frames {
+        Some(_) => Some(track_options(&args)?),
+        None => None,
+    };
     let thresholds = args.threshold.as_deref().map(parse_thresholds).transpose()?;
     if !(args.min_face.is_finite() && args.min_face >= 1.0) {
         bail!("--min-face {}: expected a size in pixels >= 1", args.min_face);
@@ -165,7 +221,8 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
             );
         }
     }
-    let mtcnn = if given.is_none() && args.detector == "mtcnn" && !all_images.is_empty() {
+    let has_pixels = !all_images.is_empty() || stdin_frames.is_some();
+    let mtcnn = if given.is_none() && args.detector == "mtcnn" && has_pixels {
         Some(Mtcnn::load(args.detector_weights.as_deref(), &device).context("detector")?)
     } else {
         None
@@ -201,6 +258,25 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     }
     let out = args.out.clone().unwrap_or_else(|| cfg.output_dir_for(&args.cfg).join("predict"));
     let opts = LandmarkOptions { test, pairs, batch };
+    if let (Some(format), Some(track)) = (stdin_frames, track) {
+        let joints = net.spec.num_joints;
+        let mut engine = LandmarkEngine::new(&mut net, opts, cfg.model.image_size)?;
+        let mut frames = RawFrames::new(std::io::stdin().lock(), format, "stdin");
+        let mut progress = Progress::frames(quiet);
+        let mut on_frame = |r: &crate::predict::ImageReport| progress.image_done(r);
+        let summary = run_frame_stream(&mut engine, &mut frames, source, track, &out, "stdin", joints, &mut on_frame)?;
+        let error = progress.stream_error.take().unwrap_or_default();
+        drop(progress);
+        if summary.failed > 0 {
+            // One line: the failed (last) frame, then what was kept.
+            bail!("{error}; {summary} (stdin.jsonl and stdin.csv hold the frames before it)");
+        }
+        if !quiet {
+            println!("wrote stdin.jsonl and stdin.csv to {}", out.display());
+        }
+        println!("{summary}");
+        return Ok(());
+    }
 
     let dataset = match &args.csv {
         Some(csv) => {

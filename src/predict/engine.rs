@@ -31,6 +31,8 @@ pub struct FaceResult {
     pub landmarks: Vec<[f32; 2]>,
     /// Each landmark's heatmap maximum.
     pub landmark_scores: Vec<f32>,
+    /// The face's track in a frame stream (None for photos).
+    pub id: Option<u32>,
 }
 
 /// One image's result.
@@ -138,6 +140,7 @@ impl<'a> LandmarkEngine<'a> {
                     face: c.faces[f].clone(),
                     landmarks: points[k * joints..(k + 1) * joints].to_vec(),
                     landmark_scores: scores[k * joints..(k + 1) * joints].to_vec(),
+                    id: None,
                 });
             }
         }

@@ -27,14 +27,18 @@ fn json_num(v: f64) -> serde_json::Value {
     }
 }
 
-/// One face of the per-image JSON document.
+/// One face of the per-image JSON document; a frame stream's faces add their track `id`.
 pub fn face_json(f: &FaceResult) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "box": f.face.bbox.iter().map(|&v| json_num(v)).collect::<Vec<_>>(),
         "score": f.face.score,
         "landmarks": f.landmarks.iter().map(|p| [p[0], p[1]]).collect::<Vec<_>>(),
         "landmark_scores": f.landmark_scores,
-    })
+    });
+    if let Some(id) = f.id {
+        v["id"] = serde_json::json!(id);
+    }
+    v
 }
 
 /// The per-image JSON document (the schema of README's predict section).
