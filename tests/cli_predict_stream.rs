@@ -81,7 +81,11 @@ fn check_lines(lines: &[serde_json::Value], fps: f64) -> usize {
         assert!((line["time"].as_f64().unwrap() - i as f64 / fps).abs() < 1e-9, "{line}");
         for face in line["faces"].as_array().unwrap() {
             let keys: BTreeSet<&str> = face.as_object().unwrap().keys().map(String::as_str).collect();
-            assert_eq!(keys, BTreeSet::from(["id", "box", "score", "landmarks", "landmark_scores"]), "{face}");
+            assert_eq!(keys, BTreeSet::from(["id", "box", "score", "landmarks", "landmark_scores", "pose"]), "{face}");
+            // Null where the (random-init) model's landmarks determine no pose.
+            if let Some(pose) = face["pose"].as_object() {
+                assert!(["yaw", "pitch", "roll"].iter().all(|k| pose[*k].is_f64()), "{face}");
+            }
             assert!(face["id"].is_u64(), "{face}");
             assert_eq!(face["landmarks"].as_array().unwrap().len(), 68);
             faces += 1;
@@ -105,10 +109,11 @@ fn stdin_frames_give_one_line_per_frame_and_a_csv_row_per_face() {
     let mut rows = csv.lines();
     let head = rows.next().unwrap();
     assert!(head.starts_with("frame,time,id,box_x1,box_y1,box_x2,box_y2,original_0_x,original_0_y,"), "{head}");
-    assert_eq!(head.split(',').count(), 7 + 2 * 68);
+    assert!(head.ends_with(",original_67_y,yaw,pitch,roll"), "{head}");
+    assert_eq!(head.split(',').count(), 7 + 2 * 68 + 3);
     let rows: Vec<&str> = rows.collect();
     assert_eq!(rows.len(), faces);
-    assert!(rows.iter().all(|r| r.split(',').count() == 7 + 2 * 68));
+    assert!(rows.iter().all(|r| r.split(',').count() == 7 + 2 * 68 + 3));
     // Frame 0 holds the given box and its face starts track 0.
     assert_eq!(lines[0]["faces"][0]["id"], 0);
     assert_eq!(lines[0]["faces"][0]["box"], serde_json::json!([40.0, 40.0, 220.0, 230.0]));
@@ -127,9 +132,23 @@ fn the_detector_runs_every_redetect_frames_or_on_every_frame_for_the_whole_image
         &["--stdin-frames", "320x256:rgb24", "--fps", "30", "--box", "40,40,220,230", "--redetect", "1"],
     );
     assert_eq!(detections(&every), FRAMES);
-    let whole = st.predict(&st.frames, &["--stdin-frames", "320x256", "--fps", "30", "--detector", "none"]);
+    let whole = st.predict(
+        &st.frames,
+        &["--stdin-frames", "320x256", "--fps", "30", "--detector", "none", "--aligned", "56", "--aligned-every", "5"],
+    );
     assert_eq!(detections(&whole), FRAMES, "the whole frame has nothing to track");
     assert_eq!(check_lines(&st.lines(), 30.0), FRAMES, "one face per frame");
+    // Aligned crops of frames 0, 5 and 10, one face each, in stdin_faces/<id>/<frame>.png.
+    let mut crops = Vec::new();
+    for id in std::fs::read_dir(st.dir.join("out/stdin_faces")).unwrap().flatten() {
+        for f in std::fs::read_dir(id.path()).unwrap().flatten() {
+            let img = image::open(f.path()).unwrap();
+            assert_eq!((img.width(), img.height()), (56, 56));
+            crops.push(f.file_name().to_string_lossy().into_owned());
+        }
+    }
+    crops.sort();
+    assert_eq!(crops, ["000000.png", "000005.png", "000010.png"]);
     // Grey frames: one byte per pixel.
     let grey: Vec<u8> = st.frames.chunks_exact(3).map(|p| p[1]).collect();
     let o =
@@ -149,6 +168,21 @@ fn a_truncated_last_frame_keeps_the_frames_before_it_and_fails_in_one_line() {
 }
 
 #[test]
+fn photos_get_one_aligned_crop_per_face() {
+    let st = setup("aligned");
+    let o = hrk_cmd()
+        .current_dir(&*st.dir)
+        .args(["predict", "--cfg", s(&st.cfg), "--model-file", s(&st.weights), "--out", "out"])
+        .args(["images/s68_000000.jpg", "--detector", "none", "--aligned", "64"])
+        .output()
+        .unwrap();
+    assert_cli_ok(&o);
+    let img = image::open(st.dir.join("out/s68_000000_face0.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 64));
+    assert!(!st.dir.join("out/s68_000000_face1.png").exists());
+}
+
+#[test]
 fn stream_flags_are_checked() {
     let st = setup("flags");
     let bad = |rest: &[&str], needle: &str| {
@@ -161,4 +195,6 @@ fn stream_flags_are_checked() {
     bad(&["--stdin-frames", "320x256", "--fps", "25", "--smooth", "1"], "--smooth '1'");
     bad(&["--stdin-frames", "320x256", "--fps", "25", "--redetect", "0"], "--redetect 0");
     bad(&["--stdin-frames", "320x256", "--fps", "25", "x.jpg"], "--stdin-frames reads frames from stdin alone");
+    bad(&["--stdin-frames", "320x256", "--fps", "25", "--aligned", "8"], "--aligned 8");
+    bad(&["--stdin-frames", "320x256", "--fps", "25", "--aligned-every", "0"], "--aligned-every 0");
 }

@@ -5,9 +5,9 @@
 
 use crate::detect::{DetectorOptions, Mtcnn};
 use crate::predict::{
-    collect_images, dataset_images, output_names, parse_shard, run_frame_stream, shard_indices, FaceBox, FaceFinder,
-    FaceSource, GivenBoxes, LandmarkEngine, LandmarkOptions, OneEuroParams, PredictRun, RawFormat, RawFrames,
-    TrackOptions, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
+    check_aligned_size, collect_images, dataset_images, output_names, parse_shard, pose_indices, run_frame_stream,
+    shard_indices, AlignedEvery, FaceBox, FaceFinder, FaceSource, GivenBoxes, LandmarkEngine, LandmarkOptions,
+    OneEuroParams, PredictRun, RawFormat, RawFrames, TrackOptions, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -77,6 +77,13 @@ pub struct PredictArgs {
     /// or none.
     #[arg(long, default_value = "0.5,0.05")]
     pub smooth: String,
+    /// Also write each face aligned onto the 5-point face-recognition template, SIZE x SIZE pixels:
+    /// <name>_face<i>.png per photo, <stem>_faces/<id>/<frame>.png for frame streams (68/98 points).
+    #[arg(long)]
+    pub aligned: Option<usize>,
+    /// Frame streams: write the aligned crops of every N-th frame (frames 0, N, 2N, ...).
+    #[arg(long = "aligned-every", default_value_t = 1)]
+    pub aligned_every: usize,
     /// cpu, cuda or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -258,13 +265,31 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     }
     let out = args.out.clone().unwrap_or_else(|| cfg.output_dir_for(&args.cfg).join("predict"));
     let opts = LandmarkOptions { test, pairs, batch };
+    let aligned = args.aligned.map(check_aligned_size).transpose()?;
+    // The 5 template points come from the 68/98 layouts, the same as the pose's.
+    if aligned.is_some() && pose_indices(net.spec.num_joints).is_none() {
+        bail!("--aligned needs a 68- or 98-point model (this one has {} points)", net.spec.num_joints);
+    }
+    if args.aligned_every == 0 {
+        bail!("--aligned-every 0: expected a number of frames >= 1");
+    }
     if let (Some(format), Some(track)) = (stdin_frames, track) {
         let joints = net.spec.num_joints;
         let mut engine = LandmarkEngine::new(&mut net, opts, cfg.model.image_size)?;
         let mut frames = RawFrames::new(std::io::stdin().lock(), format, "stdin");
         let mut progress = Progress::frames(quiet);
         let mut on_frame = |r: &crate::predict::ImageReport| progress.image_done(r);
-        let summary = run_frame_stream(&mut engine, &mut frames, source, track, &out, "stdin", joints, &mut on_frame)?;
+        let summary = run_frame_stream(
+            &mut engine,
+            &mut frames,
+            source,
+            track,
+            &out,
+            "stdin",
+            joints,
+            aligned.map(|size| AlignedEvery { size, every: args.aligned_every }),
+            &mut on_frame,
+        )?;
         let error = progress.stream_error.take().unwrap_or_default();
         drop(progress);
         if summary.failed > 0 {
@@ -303,7 +328,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
 
     let mut progress = Progress::new(images.len() + dataset_list.len(), quiet);
     let mut on_image = |r: &crate::predict::ImageReport| progress.image_done(r);
-    let mut run = PredictRun::new(&mut net, opts, cfg.model.image_size, &out, args.labels)?;
+    let mut run = PredictRun::new(&mut net, opts, cfg.model.image_size, &out, args.labels)?.with_aligned(aligned);
     run.run_images(&images, &image_names, source, &mut on_image)?;
     if let Some(ds) = &dataset {
         run.run_dataset(ds, dataset_names, &mut on_image)?;

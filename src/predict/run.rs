@@ -5,7 +5,7 @@ use super::engine::{LandmarkEngine, LandmarkOptions};
 use super::sink::FileSink;
 use super::sources::{DatasetFrames, ImageFiles};
 use super::stream::{run_stream, FaceSource, FrameSource, ImageReport, StreamState};
-use super::stream_sink::FrameStreamSink;
+use super::stream_sink::{AlignedEvery, FrameStreamSink};
 use super::track::TrackOptions;
 use crate::data::dataset::FaceDataset;
 use crate::model::HrNet;
@@ -51,6 +51,12 @@ impl<'a> PredictRun<'a> {
         let engine = LandmarkEngine::new(net, opts, image_size)?;
         let sink = FileSink::new(out, labels, joints)?;
         Ok(PredictRun { engine, sink, summary: Summary::default() })
+    }
+
+    /// Also writes each face's aligned crop (`--aligned SIZE`, [`FileSink::with_aligned`]).
+    pub fn with_aligned(mut self, size: Option<usize>) -> Self {
+        self.sink = self.sink.with_aligned(size);
+        self
     }
 
     /// Predicts `images` (output `names`, same length) with faces from `faces`, a wave at a time:
@@ -116,9 +122,9 @@ impl std::fmt::Display for StreamSummary {
 #[allow(clippy::too_many_arguments)]
 pub fn run_frame_stream(
     engine: &mut LandmarkEngine, frames: &mut dyn FrameSource, faces: FaceSource, track: TrackOptions, out: &Path,
-    stem: &str, joints: usize, on_frame: &mut dyn FnMut(&ImageReport),
+    stem: &str, joints: usize, aligned: Option<AlignedEvery>, on_frame: &mut dyn FnMut(&ImageReport),
 ) -> Result<StreamSummary> {
-    let mut sink = FrameStreamSink::new(out, stem, joints, track.fps)?;
+    let mut sink = FrameStreamSink::new(out, stem, joints, track.fps)?.with_aligned(aligned);
     let mut state = StreamState::tracked(faces, track);
     let mut counts = Summary::default();
     run_stream(engine, frames, &mut state, &mut sink, &mut |r| {

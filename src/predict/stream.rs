@@ -6,6 +6,7 @@
 use super::boxes::{FaceFinder, FoundFace};
 use super::engine::{CroppedFaces, ImageResult, LandmarkEngine};
 use super::given::GivenBoxes;
+use super::pose::add_poses;
 use super::sink::OutputSink;
 use super::track::{TrackOptions, Tracker};
 use crate::data::imageio::Rgb8;
@@ -232,6 +233,10 @@ pub fn run_stream(
         }
         let mut outcomes = process_wave(engine, state, batch)?;
         state.after_wave(&mut outcomes);
+        // From the landmarks as reported (smoothed in a tracked stream).
+        for f in outcomes.iter_mut().filter_map(|o| o.result.as_mut().ok()) {
+            add_poses(&mut f.image.faces, f.rgb.width, f.rgb.height);
+        }
         sink.write_frames(&outcomes)?;
         for o in &outcomes {
             on_frame(&o.report());

@@ -2,10 +2,13 @@
 //! order (`{"frame", "time", "faces": [...]}`, each face the photo JSON's fields plus its track
 //! `id`), appended by whole lines and flushed per frame, so an interrupted run leaves complete
 //! lines only; and `<stem>.csv`, a row per face per frame, written atomically when the stream ends
-//! (an interrupted run has the JSONL but no CSV).
+//! (an interrupted run has the JSONL but no CSV). The CSV's fields are numbers only (nothing to
+//! quote): frame, time, id, the face's box (as in the JSON), x, y of each landmark, then yaw,
+//! pitch, roll (empty without a pose).
 
+use super::aligned::{aligned_face, png_bytes};
 use super::sink::{face_json, OutputSink};
-use super::stream::FrameOutcome;
+use super::stream::{FrameFaces, FrameOutcome};
 use crate::atomic_file::write_atomically;
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
@@ -24,6 +27,17 @@ pub struct FrameStreamSink {
     fps: f64,
     /// The index of the next frame (failed frames count: indices are the stream's).
     frame: usize,
+    aligned: Option<AlignedEvery>,
+    out: PathBuf,
+    stem: String,
+}
+
+/// `--aligned SIZE` with `--aligned-every N` for a frame stream: each face's crop, every N-th frame
+/// (frames 0, N, 2N, …), as `<stem>_faces/<id>/<frame>.png` (frame zero-padded to six digits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AlignedEvery {
+    pub size: usize,
+    pub every: usize,
 }
 
 impl FrameStreamSink {
@@ -42,8 +56,36 @@ impl FrameStreamSink {
         for k in 0..joints {
             let _ = write!(csv, ",original_{k}_x,original_{k}_y");
         }
-        csv.push('\n');
-        Ok(FrameStreamSink { jsonl_path, jsonl, csv_path: out.join(format!("{stem}.csv")), csv, fps, frame: 0 })
+        csv.push_str(",yaw,pitch,roll\n");
+        Ok(FrameStreamSink {
+            jsonl_path,
+            jsonl,
+            csv_path: out.join(format!("{stem}.csv")),
+            csv,
+            fps,
+            frame: 0,
+            aligned: None,
+            out: out.to_path_buf(),
+            stem: stem.to_string(),
+        })
+    }
+
+    /// Also writes aligned crops ([`AlignedEvery`]).
+    pub fn with_aligned(mut self, aligned: Option<AlignedEvery>) -> Self {
+        self.aligned = aligned;
+        self
+    }
+
+    fn write_aligned(&self, frame: usize, f: &FrameFaces) -> Result<()> {
+        let Some(a) = self.aligned.filter(|a| frame % a.every.max(1) == 0) else { return Ok(()) };
+        for face in &f.image.faces {
+            let dir = self.out.join(format!("{}_faces", self.stem)).join(face.id.unwrap_or(0).to_string());
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let path = dir.join(format!("{frame:06}.png"));
+            let crop = aligned_face(&f.rgb, face, a.size)?;
+            write_atomically(&path, &png_bytes(&crop, &path.display().to_string())?)?;
+        }
+        Ok(())
     }
 
     /// Writes the CSV.
@@ -58,6 +100,7 @@ impl OutputSink for FrameStreamSink {
             let (frame, time) = (self.frame, self.frame as f64 / self.fps);
             self.frame += 1;
             let Ok(f) = &o.result else { continue };
+            self.write_aligned(frame, f)?;
             let faces = &f.image.faces;
             let line = serde_json::json!({
                 "frame": frame,
@@ -73,6 +116,10 @@ impl OutputSink for FrameStreamSink {
                 let _ = write!(self.csv, "{frame},{time},{id},{x1},{y1},{x2},{y2}");
                 for q in &face.landmarks {
                     let _ = write!(self.csv, ",{},{}", q[0], q[1]);
+                }
+                match face.pose {
+                    Some(p) => _ = write!(self.csv, ",{},{},{}", p.yaw, p.pitch, p.roll),
+                    None => self.csv.push_str(",,,"),
                 }
                 self.csv.push('\n');
             }

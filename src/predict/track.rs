@@ -258,7 +258,7 @@ mod tests {
             truth.iter().map(|_| [cx as f32 + rng.normal() as f32, cy as f32 + rng.normal() as f32]).collect()
         };
         let score = if ok { 0.8 } else { 0.05 };
-        FaceResult { face: face.clone(), landmarks, landmark_scores: vec![score; truth.len()], id: None }
+        FaceResult { face: face.clone(), landmarks, landmark_scores: vec![score; truth.len()], id: None, pose: None }
     }
 
     /// The detector: the face's box as MTCNN draws it (a little larger, higher), converted as
