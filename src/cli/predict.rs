@@ -292,15 +292,10 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         )?;
         let error = progress.stream_error.take().unwrap_or_default();
         drop(progress);
-        if summary.failed > 0 {
-            // One line: the failed (last) frame, then what was kept.
-            bail!("{error}; {summary} (stdin.jsonl and stdin.csv hold the frames before it)");
-        }
-        if !quiet {
-            println!("wrote stdin.jsonl and stdin.csv to {}", out.display());
-        }
-        println!("{summary}");
-        return Ok(());
+        // One error line: the failed (last) frame, then what was kept.
+        let failure = format!("{error}; {summary} (stdin.jsonl and stdin.csv hold the frames before it)");
+        let wrote = format!("wrote stdin.jsonl and stdin.csv to {}", out.display());
+        return conclude(summary.failed > 0, failure, wrote, &summary, quiet);
     }
 
     let dataset = match &args.csv {
@@ -339,12 +334,19 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     };
     let summary = run.finish(&csv_name)?;
     drop(progress);
-    if summary.failed > 0 {
-        // The error line is the summary: the last line, and a non-zero exit.
-        bail!("{summary}");
+    // The error line is the summary: the last line, and a non-zero exit.
+    let wrote = format!("wrote one JSON and one overlay per image and {csv_name} to {}", out.display());
+    conclude(summary.failed > 0, summary.to_string(), wrote, &summary, quiet)
+}
+
+/// A run's last words: `failure` as the error (exit 1) if anything failed, else what was written
+/// (not with -q) and the summary as stdout's last line.
+fn conclude(failed: bool, failure: String, wrote: String, summary: &dyn std::fmt::Display, quiet: bool) -> Result<()> {
+    if failed {
+        bail!("{failure}");
     }
     if !quiet {
-        println!("wrote one JSON and one overlay per image and {csv_name} to {}", out.display());
+        println!("{wrote}");
     }
     println!("{summary}");
     Ok(())

@@ -45,7 +45,7 @@ fn similarity(from: &[[f64; 2]], to: &[[f64; 2]]) -> Option<([f64; 2], [f64; 2])
         num[1] += qy * px - qx * py;
         den += px * px + py * py;
     }
-    if !(den > 1e-9) {
+    if den.is_nan() || den <= 1e-9 {
         return None;
     }
     let a = [num[0] / den, num[1] / den];

@@ -68,7 +68,7 @@ impl OneEuro {
             return x;
         };
         let dt = time - t0;
-        if !(dt > 0.0) {
+        if dt.is_nan() || dt <= 0.0 {
             return x0;
         }
         let p = self.params;

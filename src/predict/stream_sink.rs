@@ -77,7 +77,7 @@ impl FrameStreamSink {
     }
 
     fn write_aligned(&self, frame: usize, f: &FrameFaces) -> Result<()> {
-        let Some(a) = self.aligned.filter(|a| frame % a.every.max(1) == 0) else { return Ok(()) };
+        let Some(a) = self.aligned.filter(|a| frame.is_multiple_of(a.every.max(1))) else { return Ok(()) };
         for face in &f.image.faces {
             let dir = self.out.join(format!("{}_faces", self.stem)).join(face.id.unwrap_or(0).to_string());
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -105,7 +105,7 @@ impl Tracker {
     /// Whether the next frame runs the detector: the first frame, every `redetect` frames, after a
     /// lost track, and while nothing is tracked.
     pub fn wants_detection(&self) -> bool {
-        self.frame % self.opts.redetect.max(1) == 0 || self.lost || self.tracks.is_empty()
+        self.frame.is_multiple_of(self.opts.redetect.max(1)) || self.lost || self.tracks.is_empty()
     }
 
     /// The next frame's faces when it does not detect: one per track, in track order, cropped
