@@ -87,7 +87,9 @@ fn check_schema(doc: &serde_json::Value, joints: usize) {
     assert!(doc["width"].as_u64().unwrap() > 0 && doc["height"].as_u64().unwrap() > 0);
     for face in doc["faces"].as_array().unwrap() {
         let keys: BTreeSet<&str> = face.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["box", "score", "landmarks", "landmark_scores"]), "{face}");
+        assert_eq!(keys, BTreeSet::from(["box", "score", "landmarks", "landmark_scores", "pose"]), "{face}");
+        // Head pose (issue 26): yaw, pitch, roll for the 68/98 layouts, or null when the landmarks give none.
+        assert!(face["pose"].is_null() || face["pose"].as_object().unwrap().len() == 3, "{face}");
         let b = numbers(&face["box"]);
         assert!(b.len() == 4 && b[2] > b[0] && b[3] > b[1], "{face}");
         assert!(face["score"].is_null() || face["score"].is_f64(), "{face}");

@@ -30,6 +30,11 @@ const APPEND_ONLY: &[(&str, &str, &str)] = &[
     ("src/train/logger.rs", "OpenOptions", "the training log, opened for append"),
     ("src/train/metrics.rs", "OpenOptions", "metrics.jsonl, one JSON line appended per epoch"),
     (
+        "src/predict/stream_sink.rs",
+        "OpenOptions",
+        "a frame stream's <stem>.jsonl, emptied through the atomic writer, then one JSON line appended per frame",
+    ),
+    (
         "src/io/tfevents.rs",
         "File::create(",
         "a new TensorBoard events file (time and PID in its name), grown by whole records",

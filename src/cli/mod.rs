@@ -36,7 +36,7 @@ pub enum Command {
     /// Evaluate a model file on the config's test set (tools/test.py): NME, FR, AUC.
     Test(test::TestArgs),
     /// Landmarks for your own images, with overlay PNGs.
-    Predict(predict::PredictArgs),
+    Predict(Box<predict::PredictArgs>),
     /// Convert an official PyTorch .pth (zip or legacy) to .safetensors.
     Convert {
         input: PathBuf,
@@ -89,7 +89,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a, cli.quiet),
         Command::Test(a) => test::run(a),
-        Command::Predict(a) => predict::run(a, cli.quiet),
+        Command::Predict(a) => predict::run(*a, cli.quiet),
         Command::Bench(a) => bench::run(a),
         Command::Export(a) => export::run(a),
         Command::Convert { input, output, prefix, merge } => {

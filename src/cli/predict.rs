@@ -6,8 +6,9 @@
 use crate::detect::{DetectorOptions, Mtcnn};
 use crate::model::hrnet::memory::{check_batch_memory, Pass};
 use crate::predict::{
-    collect_images, dataset_images, output_names, parse_shard, shard_indices, FaceBox, FaceFinder, FaceSource,
-    GivenBoxes, LandmarkOptions, PredictRun, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
+    check_aligned_size, collect_images, dataset_images, output_names, parse_shard, pose_indices, run_frame_stream,
+    shard_indices, AlignedEvery, FaceBox, FaceFinder, FaceSource, GivenBoxes, LandmarkEngine, LandmarkOptions,
+    OneEuroParams, PredictRun, RawFormat, RawFrames, TrackOptions, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -62,6 +63,28 @@ pub struct PredictArgs {
     /// Draw landmark indices on the overlays.
     #[arg(long)]
     pub labels: bool,
+    /// Read raw frames from stdin instead of images: WxH[:rgb24|gray] (e.g. from `ffmpeg ... -f
+    /// rawvideo -pix_fmt rgb24 -`); writes stdin.jsonl and stdin.csv, faces tracked across frames.
+    #[arg(long = "stdin-frames")]
+    pub stdin_frames: Option<String>,
+    /// Frame rate of --stdin-frames (frames per second; frame i is at i / fps seconds).
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Frame streams: run the detector every N frames (and when a track is lost); between, faces
+    /// are tracked from their landmarks.
+    #[arg(long, default_value_t = 30)]
+    pub redetect: usize,
+    /// Frame streams: One Euro smoothing of the landmarks, min_cutoff,beta (Hz, Hz per pixel/s),
+    /// or none.
+    #[arg(long, default_value = "0.5,0.05")]
+    pub smooth: String,
+    /// Also write each face aligned onto the 5-point face-recognition template, SIZE x SIZE pixels:
+    /// <name>_face<i>.png per photo, <stem>_faces/<id>/<frame>.png for frame streams (68/98 points).
+    #[arg(long)]
+    pub aligned: Option<usize>,
+    /// Frame streams: write the aligned crops of every N-th frame (frames 0, N, 2N, ...).
+    #[arg(long = "aligned-every", default_value_t = 1)]
+    pub aligned_every: usize,
     /// cpu, cuda or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -83,36 +106,68 @@ fn parse_thresholds(s: &str) -> Result<[f32; 3]> {
     }
 }
 
-/// Shows images/s on stderr while images finish (hidden with -q or off a terminal) and prints each
-/// failed image as one line.
+/// `--fps`, `--redetect` and `--smooth` of a frame stream.
+fn track_options(args: &PredictArgs) -> Result<TrackOptions> {
+    let fps = args.fps.ok_or_else(|| anyhow!("--stdin-frames needs --fps R (frames per second)"))?;
+    if !(fps.is_finite() && fps > 0.0) {
+        bail!("--fps {fps}: expected frames per second > 0");
+    }
+    if args.redetect == 0 {
+        bail!("--redetect 0: expected a number of frames >= 1");
+    }
+    Ok(TrackOptions { redetect: args.redetect, fps, smooth: OneEuroParams::parse(&args.smooth)? })
+}
+
+/// Shows images/s (frames/s for a frame stream) on stderr while images finish (hidden with -q or
+/// off a terminal) and prints each failed image as one line.
 struct Progress {
     bar: Option<ProgressBar>,
+    unit: &'static str,
+    /// A frame stream's failure (its last frame), kept for the one-line final error instead of printed.
+    stream_error: Option<String>,
 }
 
 impl Progress {
     fn new(total: usize, quiet: bool) -> Progress {
         if quiet || total == 0 {
-            return Progress { bar: None };
+            return Progress { bar: None, unit: "images", stream_error: None };
         }
-        let bar = ProgressBar::new(total as u64);
-        if let Ok(style) =
-            ProgressStyle::with_template("{wide_bar} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
-        {
+        Progress::show(
+            ProgressBar::new(total as u64),
+            "{wide_bar} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+            "images",
+        )
+    }
+
+    /// A stream of unknown length: frames so far and frames/s.
+    fn frames(quiet: bool) -> Progress {
+        if quiet {
+            return Progress { bar: None, unit: "frames", stream_error: Some(String::new()) };
+        }
+        let mut p = Progress::show(ProgressBar::no_length(), "{pos} frames [{elapsed_precise}] {msg}", "frames");
+        p.stream_error = Some(String::new());
+        p
+    }
+
+    fn show(bar: ProgressBar, template: &str, unit: &'static str) -> Progress {
+        if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style);
         }
         super::logger::set_active_bar(Some(bar.clone()));
-        Progress { bar: Some(bar) }
+        Progress { bar: Some(bar), unit, stream_error: None }
     }
 
     fn image_done(&mut self, report: &crate::predict::ImageReport) {
-        if let Some(e) = &report.error {
-            log::error!("{e}");
+        match (&report.error, &mut self.stream_error) {
+            (Some(e), Some(kept)) => *kept = e.clone(),
+            (Some(e), None) => log::error!("{e}"),
+            _ => {}
         }
         if let Some(bar) = &self.bar {
             bar.inc(1);
             let secs = bar.elapsed().as_secs_f64();
             if secs > 0.0 {
-                bar.set_message(format!("{:.1} images/s", bar.position() as f64 / secs));
+                bar.set_message(format!("{:.1} {}/s", bar.position() as f64 / secs, self.unit));
             }
         }
     }
@@ -130,9 +185,17 @@ impl Drop for Progress {
 pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     let device = super::common::device(&args.device)?;
     let cfg = super::common::config(&args.cfg)?;
-    if args.images.is_empty() && args.csv.is_none() {
-        bail!("hrk predict: give image files or folders and/or --csv FILE");
+    let stdin_frames = args.stdin_frames.as_deref().map(RawFormat::parse).transpose()?;
+    if stdin_frames.is_some() && (!args.images.is_empty() || args.csv.is_some() || args.shard.is_some()) {
+        bail!("--stdin-frames reads frames from stdin alone: no image arguments, --csv or --shard with it");
     }
+    if args.images.is_empty() && args.csv.is_none() && stdin_frames.is_none() {
+        bail!("hrk predict: give image files or folders and/or --csv FILE (or --stdin-frames WxH)");
+    }
+    let track = match stdin_frames {
+        Some(_) => Some(track_options(&args)?),
+        None => None,
+    };
     let thresholds = args.threshold.as_deref().map(parse_thresholds).transpose()?;
     if !(args.min_face.is_finite() && args.min_face >= 1.0) {
         bail!("--min-face {}: expected a size in pixels >= 1", args.min_face);
@@ -166,7 +229,8 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
             );
         }
     }
-    let mtcnn = if given.is_none() && args.detector == "mtcnn" && !all_images.is_empty() {
+    let has_pixels = !all_images.is_empty() || stdin_frames.is_some();
+    let mtcnn = if given.is_none() && args.detector == "mtcnn" && has_pixels {
         Some(Mtcnn::load(args.detector_weights.as_deref(), &device).context("detector")?)
     } else {
         None
@@ -204,6 +268,38 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     check_batch_memory(&cfg, &device, Pass::Infer, batch, None, "--batch or MODEL.IMAGE_SIZE")?;
     let out = args.out.clone().unwrap_or_else(|| cfg.output_dir_for(&args.cfg).join("predict"));
     let opts = LandmarkOptions { test, pairs, batch };
+    let aligned = args.aligned.map(check_aligned_size).transpose()?;
+    // The 5 template points come from the 68/98 layouts, the same as the pose's.
+    if aligned.is_some() && pose_indices(net.spec.num_joints).is_none() {
+        bail!("--aligned needs a 68- or 98-point model (this one has {} points)", net.spec.num_joints);
+    }
+    if args.aligned_every == 0 {
+        bail!("--aligned-every 0: expected a number of frames >= 1");
+    }
+    if let (Some(format), Some(track)) = (stdin_frames, track) {
+        let joints = net.spec.num_joints;
+        let mut engine = LandmarkEngine::new(&mut net, opts, cfg.model.image_size)?;
+        let mut frames = RawFrames::new(std::io::stdin().lock(), format, "stdin");
+        let mut progress = Progress::frames(quiet);
+        let mut on_frame = |r: &crate::predict::ImageReport| progress.image_done(r);
+        let summary = run_frame_stream(
+            &mut engine,
+            &mut frames,
+            source,
+            track,
+            &out,
+            "stdin",
+            joints,
+            aligned.map(|size| AlignedEvery { size, every: args.aligned_every }),
+            &mut on_frame,
+        )?;
+        let error = progress.stream_error.take().unwrap_or_default();
+        drop(progress);
+        // One error line: the failed (last) frame, then what was kept.
+        let failure = format!("{error}; {summary} (stdin.jsonl and stdin.csv hold the frames before it)");
+        let wrote = format!("wrote stdin.jsonl and stdin.csv to {}", out.display());
+        return conclude(summary.failed > 0, failure, wrote, &summary, quiet);
+    }
 
     let dataset = match &args.csv {
         Some(csv) => {
@@ -230,7 +326,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
 
     let mut progress = Progress::new(images.len() + dataset_list.len(), quiet);
     let mut on_image = |r: &crate::predict::ImageReport| progress.image_done(r);
-    let mut run = PredictRun::new(&mut net, opts, cfg.model.image_size, &out, args.labels)?;
+    let mut run = PredictRun::new(&mut net, opts, cfg.model.image_size, &out, args.labels)?.with_aligned(aligned);
     let mut ran = run.run_images(&images, &image_names, source, &mut on_image);
     if let (Ok(()), Some(ds)) = (&ran, &dataset) {
         ran = run.run_dataset(ds, dataset_names, &mut on_image);
@@ -244,19 +340,24 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     let csv_written = run.finish(&csv_name);
     drop(progress);
     let problems: Vec<anyhow::Error> = [ran.err(), csv_written.err()].into_iter().flatten().collect();
-    if summary.failed > 0 || !problems.is_empty() {
-        for e in &problems {
-            log::error!("{e:#}");
-        }
-        // The error line is the summary: the last line, and a non-zero exit.
-        let not_run = (images.len() + dataset_list.len()).saturating_sub(summary.images);
-        if not_run > 0 {
-            bail!("{summary}, {not_run} not processed");
-        }
-        bail!("{summary}");
+    for e in &problems {
+        log::error!("{e:#}");
+    }
+    // The error line is the summary: the last line, and a non-zero exit.
+    let not_run = (images.len() + dataset_list.len()).saturating_sub(summary.images);
+    let failure = if not_run > 0 { format!("{summary}, {not_run} not processed") } else { summary.to_string() };
+    let wrote = format!("wrote one JSON and one overlay per image and {csv_name} to {}", out.display());
+    conclude(summary.failed > 0 || !problems.is_empty(), failure, wrote, &summary, quiet)
+}
+
+/// A run's last words: `failure` as the error (exit 1) if anything failed, else what was written
+/// (not with -q) and the summary as stdout's last line.
+fn conclude(failed: bool, failure: String, wrote: String, summary: &dyn std::fmt::Display, quiet: bool) -> Result<()> {
+    if failed {
+        bail!("{failure}");
     }
     if !quiet {
-        println!("wrote one JSON and one overlay per image and {csv_name} to {}", out.display());
+        println!("{wrote}");
     }
     println!("{summary}");
     Ok(())

@@ -3,6 +3,7 @@
 //! forward passes. No files: the CLI's run loop, the Python package and the service all call it.
 
 use super::boxes::{FaceFinder, FoundFace};
+use super::pose::{add_poses, HeadPose};
 use crate::data::codec::decode_preds_with;
 use crate::data::imageio::Rgb8;
 use crate::data::sample::normalize_rgb8_into;
@@ -31,6 +32,10 @@ pub struct FaceResult {
     pub landmarks: Vec<[f32; 2]>,
     /// Each landmark's heatmap maximum.
     pub landmark_scores: Vec<f32>,
+    /// The face's track in a frame stream (None for photos).
+    pub id: Option<u32>,
+    /// Head pose from the landmarks (None for layouts without pose points, pose.rs).
+    pub pose: Option<HeadPose>,
 }
 
 /// One image's result.
@@ -87,7 +92,9 @@ impl<'a> LandmarkEngine<'a> {
     /// The faces of one decoded image, each with its landmarks: the in-memory entry point.
     pub fn faces_in(&mut self, rgb: &Rgb8, finder: &FaceFinder) -> Result<Vec<FaceResult>> {
         let cropped = self.crop(rgb, finder.find(rgb)?)?;
-        Ok(self.infer_batched(&[Some(cropped)])?.pop().unwrap_or_default())
+        let mut faces = self.infer_batched(&[Some(cropped)])?.pop().unwrap_or_default();
+        add_poses(&mut faces, rgb.width, rgb.height);
+        Ok(faces)
     }
 
     /// Crops and normalises `faces` of `rgb` for the model.
@@ -138,6 +145,8 @@ impl<'a> LandmarkEngine<'a> {
                     face: c.faces[f].clone(),
                     landmarks: points[k * joints..(k + 1) * joints].to_vec(),
                     landmark_scores: scores[k * joints..(k + 1) * joints].to_vec(),
+                    id: None,
+                    pose: None,
                 });
             }
         }

@@ -5,6 +5,8 @@ use super::engine::{LandmarkEngine, LandmarkOptions};
 use super::sink::FileSink;
 use super::sources::{DatasetFrames, ImageFiles};
 use super::stream::{run_stream, FaceSource, FrameSource, ImageReport, StreamState};
+use super::stream_sink::{AlignedEvery, FrameStreamSink};
+use super::track::TrackOptions;
 use crate::data::dataset::FaceDataset;
 use crate::model::HrNet;
 use anyhow::Result;
@@ -51,6 +53,12 @@ impl<'a> PredictRun<'a> {
         Ok(PredictRun { engine, sink, summary: Summary::default() })
     }
 
+    /// Also writes each face's aligned crop (`--aligned SIZE`, [`FileSink::with_aligned`]).
+    pub fn with_aligned(mut self, size: Option<usize>) -> Self {
+        self.sink = self.sink.with_aligned(size);
+        self
+    }
+
     /// Predicts `images` (output `names`, same length) with faces from `faces`, a wave at a time:
     /// decode, find faces and crop in parallel, run the model on the wave's faces in batches,
     /// write. An image that cannot be decoded or searched is reported (observer) and counted as
@@ -92,4 +100,44 @@ impl<'a> PredictRun<'a> {
         self.sink.finish(csv_name)?;
         Ok(self.summary)
     }
+}
+
+/// Counts of a tracked frame stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamSummary {
+    pub frames: usize,
+    pub faces: usize,
+    pub failed: usize,
+    /// Frames the detector (or the face source standing in for it) ran on.
+    pub detections: usize,
+}
+
+impl std::fmt::Display for StreamSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} frames, {} faces, {} failed, detector on {} frames",
+            self.frames, self.faces, self.failed, self.detections
+        )
+    }
+}
+
+/// Runs one frame stream (stdin frames; a video later) with tracking: `<stem>.jsonl` and
+/// `<stem>.csv` into `out` ([`FrameStreamSink`]). A failed frame (a truncated last frame) is
+/// reported and counted; errors of the model or of writing end the run.
+#[allow(clippy::too_many_arguments)]
+pub fn run_frame_stream(
+    engine: &mut LandmarkEngine, frames: &mut dyn FrameSource, faces: FaceSource, track: TrackOptions, out: &Path,
+    stem: &str, joints: usize, aligned: Option<AlignedEvery>, on_frame: &mut dyn FnMut(&ImageReport),
+) -> Result<StreamSummary> {
+    let mut sink = FrameStreamSink::new(out, stem, joints, track.fps)?.with_aligned(aligned);
+    let mut state = StreamState::tracked(faces, track);
+    let mut counts = Summary::default();
+    run_stream(engine, frames, &mut state, &mut sink, &mut |r| {
+        counts.record(r);
+        on_frame(r);
+    })?;
+    sink.finish()?;
+    let detections = state.tracker().map_or(0, |t| t.detections());
+    Ok(StreamSummary { frames: counts.images, faces: counts.faces, failed: counts.failed, detections })
 }

@@ -2,6 +2,7 @@
 //! result on their own ([`image_json`], [`face_json`]), and [`FileSink`], the CLI's files: one
 //! `<name>.json` and `<name>_landmarks.png` per image and one CSV per run.
 
+use super::aligned::{aligned_face, png_bytes};
 use super::engine::{FaceResult, ImageResult};
 use super::stream::FrameOutcome;
 use crate::atomic_file::write_atomically;
@@ -29,14 +30,24 @@ fn json_num(v: f64) -> serde_json::Value {
     }
 }
 
-/// One face of the per-image JSON document.
+/// One face of the per-image JSON document (`"pose"`: yaw, pitch, roll in degrees, or null for a
+/// layout without pose points); a frame stream's faces add their track `id`.
 pub fn face_json(f: &FaceResult) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "box": f.face.bbox.iter().map(|&v| json_num(v)).collect::<Vec<_>>(),
         "score": f.face.score,
         "landmarks": f.landmarks.iter().map(|p| [p[0], p[1]]).collect::<Vec<_>>(),
         "landmark_scores": f.landmark_scores,
-    })
+        "pose": f.pose.map(|p| serde_json::json!({
+            "yaw": json_num(p.yaw as f64),
+            "pitch": json_num(p.pitch as f64),
+            "roll": json_num(p.roll as f64),
+        })),
+    });
+    if let Some(id) = f.id {
+        v["id"] = serde_json::json!(id);
+    }
+    v
 }
 
 /// The per-image JSON document (the schema of README's predict section). A path that is not
@@ -94,13 +105,22 @@ pub struct FileSink {
     labels: bool,
     joints: usize,
     csv_rows: String,
+    /// `--aligned SIZE`: each face's aligned crop as `<name>_face<i>.png`.
+    aligned: Option<usize>,
 }
 
 impl FileSink {
     /// Creates `out` if needed; `joints` is the model's landmark count (the CSV's columns).
     pub fn new(out: &Path, labels: bool, joints: usize) -> Result<Self> {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))?;
-        Ok(FileSink { out: out.to_path_buf(), labels, joints, csv_rows: String::new() })
+        Ok(FileSink { out: out.to_path_buf(), labels, joints, csv_rows: String::new(), aligned: None })
+    }
+
+    /// Also writes each face aligned into a `size`² crop (`<name>_face<i>.png`, i from 0 in the
+    /// JSON's face order; aligned.rs).
+    pub fn with_aligned(mut self, size: Option<usize>) -> Self {
+        self.aligned = size;
+        self
     }
 
     fn write_image(&self, name: &str, r: &ImageResult, rgb: &Rgb8) -> Result<()> {
@@ -114,7 +134,15 @@ impl FileSink {
         write_atomically(&self.out.join(format!("{name}.json")), json.as_bytes())?;
         let overlay = self.out.join(format!("{name}_landmarks.png"));
         let png = overlay_png(r, rgb, self.labels, &overlay)?;
-        write_atomically(&overlay, &png)
+        write_atomically(&overlay, &png)?;
+        if let Some(size) = self.aligned {
+            for (i, face) in r.faces.iter().enumerate() {
+                let path = self.out.join(format!("{name}_face{i}.png"));
+                let crop = aligned_face(rgb, face, size)?;
+                write_atomically(&path, &png_bytes(&crop, &path.display().to_string())?)?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes the CSV (`csv_name` in the output folder).

@@ -6,7 +6,9 @@
 use super::boxes::{FaceFinder, FoundFace};
 use super::engine::{CroppedFaces, ImageResult, LandmarkEngine};
 use super::given::GivenBoxes;
+use super::pose::add_poses;
 use super::sink::OutputSink;
+use super::track::{TrackOptions, Tracker};
 use crate::atomic_file::is_storage_full;
 use crate::data::imageio::Rgb8;
 use anyhow::{bail, Context, Result};
@@ -48,25 +50,70 @@ pub enum FaceSource<'a> {
     ByPath(&'a GivenBoxes),
 }
 
-/// What the run loop keeps per stream between waves: how the stream's faces are found. (Tracking
-/// lives here: between detections, faces come from the previous frame's landmarks.)
+/// What the run loop keeps per stream between waves: how the stream's faces are found, and for a
+/// frame stream (video, stdin) its [`Tracker`]: between detections, faces come from the previous
+/// frame's landmarks (track.rs).
 pub struct StreamState<'a> {
     faces: FaceSource<'a>,
+    tracker: Option<Tracker>,
 }
 
 impl<'a> StreamState<'a> {
+    /// Independent images: every frame's faces come from `faces`.
     pub fn new(faces: FaceSource<'a>) -> Self {
-        StreamState { faces }
+        StreamState { faces, tracker: None }
+    }
+
+    /// A frame stream whose faces are tracked: `faces` (the detector, or given boxes) is the
+    /// detector of [`Tracker`]. The whole image (`--detector none`) has nothing to track: it is
+    /// the face on every frame (`redetect` 1), ids still come from IoU matching and landmarks are
+    /// smoothed alike.
+    pub fn tracked(faces: FaceSource<'a>, mut opts: TrackOptions) -> Self {
+        if matches!(faces, FaceSource::Same(FaceFinder::WholeImage)) {
+            opts.redetect = 1;
+        }
+        StreamState { faces, tracker: Some(Tracker::new(opts)) }
     }
 
     /// A stream whose frames come cropped ([`FrameContent::Cropped`]): the whole image stands in
     /// for its (unused) face source.
     pub fn for_cropped_frames() -> Self {
-        StreamState { faces: FaceSource::Same(FaceFinder::WholeImage) }
+        StreamState::new(FaceSource::Same(FaceFinder::WholeImage))
+    }
+
+    /// The stream's tracker (None for independent images).
+    pub fn tracker(&self) -> Option<&Tracker> {
+        self.tracker.as_ref()
+    }
+
+    /// Frames per wave: one for a tracked stream (each frame needs the previous one's landmarks).
+    fn wave_len(&self, engine: &LandmarkEngine) -> usize {
+        if self.tracker.is_some() {
+            1
+        } else {
+            engine.wave_len()
+        }
+    }
+
+    /// Hands a finished wave to the tracker: ids, lost tracks, smoothing.
+    fn after_wave(&mut self, outcomes: &mut [FrameOutcome]) {
+        let Some(tracker) = &mut self.tracker else { return };
+        for o in outcomes {
+            match &mut o.result {
+                Ok(f) => {
+                    let detected = tracker.wants_detection();
+                    tracker.update(&mut f.image.faces, detected);
+                }
+                Err(_) => tracker.skip_frame(),
+            }
+        }
     }
 
     /// The faces of the frame `label` with pixels `rgb`.
     fn find_faces(&self, label: &Path, rgb: &Rgb8) -> Result<Vec<FoundFace>> {
+        if let Some(t) = self.tracker.as_ref().filter(|t| !t.wants_detection()) {
+            return Ok(t.tracked_faces());
+        }
         match &self.faces {
             FaceSource::Same(finder) => finder.find(rgb),
             FaceSource::ByPath(given) => FaceFinder::Boxes(given.for_image(label, [rgb.width, rgb.height])?).find(rgb),
@@ -173,21 +220,26 @@ pub fn process_wave(engine: &mut LandmarkEngine, state: &StreamState, frames: Ve
         .collect())
 }
 
-/// Runs a stream to its end: waves of `engine.wave_len()` frames through [`process_wave`], each
-/// wave's outcomes to `sink`, then each frame to `on_frame`, in stream order. A frame whose
-/// outputs cannot be written is reported failed; when that is for want of space, the stream ends
-/// (an error) after the wave.
+/// Runs a stream to its end: waves of `engine.wave_len()` frames (one for a tracked stream)
+/// through [`process_wave`] and the stream's tracker, each wave's outcomes to `sink`, then each
+/// frame to `on_frame`, in stream order. A frame whose outputs cannot be written is reported
+/// failed; when that is for want of space, the stream ends (an error) after the wave.
 pub fn run_stream(
     engine: &mut LandmarkEngine, frames: &mut dyn FrameSource, state: &mut StreamState, sink: &mut dyn OutputSink,
     on_frame: &mut dyn FnMut(&ImageReport),
 ) -> Result<()> {
-    let wave = engine.wave_len();
+    let wave = state.wave_len(engine);
     loop {
         let batch = frames.next_frames(wave);
         if batch.is_empty() {
             return Ok(());
         }
-        let outcomes = process_wave(engine, state, batch)?;
+        let mut outcomes = process_wave(engine, state, batch)?;
+        state.after_wave(&mut outcomes);
+        // From the landmarks as reported (smoothed in a tracked stream).
+        for f in outcomes.iter_mut().filter_map(|o| o.result.as_mut().ok()) {
+            add_poses(&mut f.image.faces, f.rgb.width, f.rgb.height);
+        }
         let unwritten = sink.write_frames(&outcomes)?;
         let mut storage_full = false;
         for (o, failed) in outcomes.iter().zip(unwritten) {
