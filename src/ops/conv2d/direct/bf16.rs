@@ -150,8 +150,9 @@ pub fn weight_grad(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (n, cin, cout, hw) = (g.n, g.cin, g.cout, g.h * g.w);
     assert!(x.len() >= n * cin * hw && dy.len() >= n * cout * g.ho * g.wo && dw.len() >= cout * cin * g.k * g.k);
     let (x_len, dy_len) = (n * cin * planes.grid.plane, n * cout * planes.grid.dy_plane);
-    // Stride 2: the f32 phase planes first, rounded after.
-    let phases_len = if g.stride == 2 { x_len } else { 0 };
+    // Stride 2: the f32 phase planes first, rounded after, one image at a time (a whole batch of
+    // f32 phase planes would raise the training step's peak memory).
+    let phases_len = if g.stride == 2 { cin * planes.grid.plane } else { 0 };
     with_scratch(phases_len + (x_len + dy_len).div_ceil(2), |s| {
         let (phases, s) = s.split_at_mut(phases_len);
         // SAFETY: the scratch holds ≥ x_len + dy_len u16 (two per f32, u16 alignment divides f32's),
@@ -215,16 +216,20 @@ impl DwBf16Planes {
     }
 
     /// Rounds whole h×w planes of x to bf16 into as many planes of `grid.plane` values; stride 2 goes
-    /// through f32 phase planes in `phases` (as long as `dst`, empty otherwise).
+    /// through the f32 phase planes of one image at a time in `phases` (`g.cin` planes, empty
+    /// otherwise).
     pub fn pad_x(&self, g: &Conv2dGeom, src: &[f32], phases: &mut [f32], dst: &mut [u16]) {
         match self.x {
             XPlanes::Padded(lay) => pad_bf16(lay, src, dst),
             XPlanes::Phases(gr) => {
                 let isa = super::isa().expect("the bf16 kernels run on the AVX-512 level");
-                assert!(phases.len() == dst.len(), "bf16 weight gradient: phase scratch of the wrong size");
-                pad_phases(isa, &gr, g.h, g.w, src, phases);
                 let plane = self.grid.plane;
-                dst.par_chunks_mut(plane).zip(phases.par_chunks(plane)).for_each(|(d, s)| to_bf16(s, d));
+                let (image_in, image_out) = (g.cin * g.h * g.w, g.cin * plane);
+                assert!(phases.len() == image_out, "bf16 weight gradient: phase scratch of the wrong size");
+                for (s, d) in src.chunks_exact(image_in).zip(dst.chunks_exact_mut(image_out)) {
+                    pad_phases(isa, &gr, g.h, g.w, s, phases);
+                    d.par_chunks_mut(plane).zip(phases.par_chunks(plane)).for_each(|(d, s)| to_bf16(s, d));
+                }
             }
         }
     }
