@@ -417,6 +417,19 @@ fn a_batch_too_big_for_memory_is_refused_before_allocating() {
         .output()
         .unwrap();
     assert_refused("HRK_MEMORY_LIMIT_MB=1", &out, &["batch of 4 image(s) at 128x128", "(HRK_MEMORY_LIMIT_MB)"]);
+    // `hrk bench` with absurd batches (the second sweep's cases 43–44: SIGABRT, and a run that kept
+    // allocating): refused at once, before any buffer.
+    for (batch, train) in [("100000000", false), ("100000", true)] {
+        let mut args = vec!["bench", "--cfg", s(&tiny), "--batch", batch, "--iters", "1"];
+        if train {
+            args.push("--train");
+        }
+        let started = std::time::Instant::now();
+        let out = hrk(&args);
+        let kind = if train { "a training batch" } else { "an inference batch" };
+        assert_refused(&format!("bench --batch {batch}"), &out, &["not enough memory", kind, "--batch"]);
+        assert!(started.elapsed().as_secs() < 20, "bench --batch {batch}: took {:?}", started.elapsed());
+    }
 }
 
 #[test]
