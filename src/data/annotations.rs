@@ -177,14 +177,26 @@ pub fn use_landmark_boxes(rows: &mut [OfficialRow]) -> Result<()> {
     Ok(())
 }
 
+/// The official CSV header line for `joints` landmarks, without its newline:
+/// `image_name,scale,center_w,center_h,original_0_x,original_0_y,...`.
+pub fn official_csv_header(joints: usize) -> String {
+    let mut s = String::from("image_name,scale,center_w,center_h");
+    push_landmark_columns(&mut s, joints);
+    s
+}
+
+/// Appends the official landmark column names `,original_k_x,original_k_y` for k < `joints`.
+pub fn push_landmark_columns(s: &mut String, joints: usize) {
+    for k in 0..joints {
+        let _ = write!(s, ",original_{k}_x,original_{k}_y");
+    }
+}
+
 /// The official CSV text (header as in the released files: `image_name,scale,center_w,center_h,
 /// original_0_x,original_0_y,...`).
 pub fn to_official_csv(rows: &[OfficialRow]) -> String {
     let joints = rows.first().map_or(0, |r| r.pts.len());
-    let mut s = String::from("image_name,scale,center_w,center_h");
-    for k in 0..joints {
-        let _ = write!(s, ",original_{k}_x,original_{k}_y");
-    }
+    let mut s = official_csv_header(joints);
     s.push('\n');
     for r in rows {
         let name = crate::io::csv::field(&r.image);

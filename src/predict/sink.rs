@@ -147,10 +147,7 @@ impl FileSink {
 
     /// Writes the CSV (`csv_name` in the output folder).
     pub fn finish(self, csv_name: &str) -> Result<()> {
-        let mut csv = String::from("image_name,scale,center_w,center_h");
-        for k in 0..self.joints {
-            let _ = write!(csv, ",original_{k}_x,original_{k}_y");
-        }
+        let mut csv = crate::data::annotations::official_csv_header(self.joints);
         csv.push('\n');
         csv.push_str(&self.csv_rows);
         write_atomically(&self.out.join(csv_name), csv.as_bytes())

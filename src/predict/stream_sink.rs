@@ -53,9 +53,7 @@ impl FrameStreamSink {
             .open(&jsonl_path)
             .with_context(|| format!("cannot open {}", jsonl_path.display()))?;
         let mut csv = String::from(CSV_HEAD);
-        for k in 0..joints {
-            let _ = write!(csv, ",original_{k}_x,original_{k}_y");
-        }
+        crate::data::annotations::push_landmark_columns(&mut csv, joints);
         csv.push_str(",yaw,pitch,roll\n");
         Ok(FrameStreamSink {
             jsonl_path,
