@@ -42,3 +42,4 @@ pub mod plot;
 pub mod predict;
 pub mod synth;
 pub mod train;
+pub mod video;
