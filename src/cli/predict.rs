@@ -25,7 +25,9 @@ pub struct PredictArgs {
     /// Weights: .safetensors or an official .pth.
     #[arg(long = "model-file")]
     pub model_file: PathBuf,
-    /// Images (JPEG, PNG, PPM/PGM, BMP) and folders (searched recursively).
+    /// Images (JPEG, PNG, PPM/PGM, BMP), videos (mp4, mov, mkv, avi, m4v, webm; with the `video`
+    /// feature) and folders (searched recursively). Each video is a tracked frame stream writing
+    /// <stem>.jsonl and <stem>.csv.
     pub images: Vec<PathBuf>,
     /// Face box x1,y1,x2,y2 in pixels: once for all images, or once per image file in order.
     #[arg(long = "box", allow_hyphen_values = true)]
@@ -67,9 +69,17 @@ pub struct PredictArgs {
     /// rawvideo -pix_fmt rgb24 -`); writes stdin.jsonl and stdin.csv, faces tracked across frames.
     #[arg(long = "stdin-frames")]
     pub stdin_frames: Option<String>,
-    /// Frame rate of --stdin-frames (frames per second; frame i is at i / fps seconds).
+    /// Frame rate of --stdin-frames (frames per second; frame i is at i / fps seconds); for a
+    /// video whose file gives no frame rate, its smoothing clock.
     #[arg(long)]
     pub fps: Option<f64>,
+    /// Videos: the first frame kept, in seconds from the stream's start (decoding starts at the
+    /// keyframe before it); the JSONL's frame 0 is the first frame at or after it.
+    #[arg(long)]
+    pub start: Option<f64>,
+    /// Videos: keep frames before this time (seconds from the stream's start).
+    #[arg(long)]
+    pub end: Option<f64>,
     /// Frame streams: run the detector every N frames (and when a track is lost); between, faces
     /// are tracked from their landmarks.
     #[arg(long, default_value_t = 30)]
@@ -106,12 +116,16 @@ fn parse_thresholds(s: &str) -> Result<[f32; 3]> {
     }
 }
 
-/// `--fps`, `--redetect` and `--smooth` of a frame stream.
-fn track_options(args: &PredictArgs) -> Result<TrackOptions> {
-    let fps = args.fps.ok_or_else(|| anyhow!("--stdin-frames needs --fps R (frames per second)"))?;
-    if !(fps.is_finite() && fps > 0.0) {
-        bail!("--fps {fps}: expected frames per second > 0");
+/// `--fps` of a frame stream (checked where given).
+fn checked_fps(args: &PredictArgs) -> Result<Option<f64>> {
+    match args.fps {
+        Some(fps) if !(fps.is_finite() && fps > 0.0) => bail!("--fps {fps}: expected frames per second > 0"),
+        fps => Ok(fps),
     }
+}
+
+/// `--redetect` and `--smooth` of a frame stream of `fps` frames per second.
+fn track_options(args: &PredictArgs, fps: f64) -> Result<TrackOptions> {
     if args.redetect == 0 {
         bail!("--redetect 0: expected a number of frames >= 1");
     }
@@ -147,6 +161,23 @@ impl Progress {
         let mut p = Progress::show(ProgressBar::no_length(), "{pos} frames [{elapsed_precise}] {msg}", "frames");
         p.stream_error = Some(String::new());
         p
+    }
+
+    /// A video's frames (out of `total` where the file declares them) and frames/s, its name
+    /// beside them; failed frames are printed as they come.
+    #[cfg(feature = "video")]
+    fn video(label: &str, total: Option<u64>, quiet: bool) -> Progress {
+        if quiet {
+            return Progress { bar: None, unit: "frames", stream_error: None };
+        }
+        let (bar, template) = match total {
+            Some(n) => {
+                (ProgressBar::new(n), "{prefix} {wide_bar} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
+            }
+            None => (ProgressBar::no_length(), "{prefix} {pos} frames [{elapsed_precise}] {msg}"),
+        };
+        bar.set_prefix(label.to_string());
+        Progress::show(bar, template, "frames")
     }
 
     fn show(bar: ProgressBar, template: &str, unit: &'static str) -> Progress {
@@ -192,8 +223,12 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     if args.images.is_empty() && args.csv.is_none() && stdin_frames.is_none() {
         bail!("hrk predict: give image files or folders and/or --csv FILE (or --stdin-frames WxH)");
     }
+    let fps = checked_fps(&args)?;
     let track = match stdin_frames {
-        Some(_) => Some(track_options(&args)?),
+        Some(_) => {
+            let fps = fps.ok_or_else(|| anyhow!("--stdin-frames needs --fps R (frames per second)"))?;
+            Some(track_options(&args, fps)?)
+        }
         None => None,
     };
     let thresholds = args.threshold.as_deref().map(parse_thresholds).transpose()?;
@@ -201,7 +236,21 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         bail!("--min-face {}: expected a size in pixels >= 1", args.min_face);
     }
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
-    let all_images = collect_images(&args.images)?;
+    let (videos, all_images): (Vec<PathBuf>, Vec<PathBuf>) =
+        collect_images(&args.images)?.into_iter().partition(|p| crate::video::is_video_path(p));
+    if !videos.is_empty() && !crate::video::BUILT {
+        bail!("{}", crate::video::NOT_BUILT);
+    }
+    if !videos.is_empty() && shard.is_some() {
+        bail!("--shard splits photos only: give videos ({}) without it", videos[0].display());
+    }
+    if videos.is_empty() && (args.start.is_some() || args.end.is_some()) {
+        bail!("--start and --end select the frames of video inputs; there are none");
+    }
+    let range = VideoRange { start: args.start, end: args.end };
+    range.check()?;
+    // A stream's clock (its One Euro smoother's), checked before the model loads.
+    track_options(&args, 1.0)?;
 
     let box_list: Vec<FaceBox> = args.boxes.iter().map(|s| FaceBox::parse(s)).collect::<Result<_>>()?;
     let given = match (&args.boxes_file, box_list.len()) {
@@ -229,7 +278,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
             );
         }
     }
-    let has_pixels = !all_images.is_empty() || stdin_frames.is_some();
+    let has_pixels = !all_images.is_empty() || stdin_frames.is_some() || !videos.is_empty();
     let mtcnn = if given.is_none() && args.detector == "mtcnn" && has_pixels {
         Some(Mtcnn::load(args.detector_weights.as_deref(), &device).context("detector")?)
     } else {
@@ -239,16 +288,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     if let Some(t) = thresholds {
         detector_options.thresholds = t;
     }
-    let source = match (&given, &mtcnn) {
-        (Some(g), _) => FaceSource::ByPath(g),
-        (None, Some(m)) => FaceSource::Same(FaceFinder::Detector {
-            mtcnn: m,
-            options: detector_options,
-            margin: MTCNN_MARGIN,
-            center_shift: MTCNN_CENTER_SHIFT,
-        }),
-        (None, None) => FaceSource::Same(FaceFinder::WholeImage),
-    };
+    let source = face_source(&given, &mtcnn, &detector_options);
 
     let mut net = super::common::model(&cfg, 0)?;
     super::common::load_weights(&mut net, &args.model_file)?;
@@ -276,8 +316,9 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     if args.aligned_every == 0 {
         bail!("--aligned-every 0: expected a number of frames >= 1");
     }
+    let joints = net.spec.num_joints;
+    let aligned_every = aligned.map(|size| AlignedEvery { size, every: args.aligned_every });
     if let (Some(format), Some(track)) = (stdin_frames, track) {
-        let joints = net.spec.num_joints;
         let mut engine = LandmarkEngine::new(&mut net, opts, cfg.model.image_size)?;
         let mut frames = RawFrames::new(std::io::stdin().lock(), format, "stdin");
         let mut progress = Progress::frames(quiet);
@@ -290,7 +331,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
             &out,
             "stdin",
             joints,
-            aligned.map(|size| AlignedEvery { size, every: args.aligned_every }),
+            aligned_every,
             &mut on_frame,
         )?;
         let error = progress.stream_error.take().unwrap_or_default();
@@ -300,6 +341,35 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         let wrote = format!("wrote stdin.jsonl and stdin.csv to {}", out.display());
         return conclude(summary.failed > 0, failure, wrote, &summary, quiet);
     }
+
+    // Names over every input of the run, so a photo and a video with one stem get distinct outputs.
+    let mut named: Vec<PathBuf> = all_images.clone();
+    named.extend(videos.iter().cloned());
+    let video_failures = {
+        let mut engine = LandmarkEngine::new(&mut net, opts.clone(), cfg.model.image_size)?;
+        let names = output_names(&named);
+        let mut failures = Vec::new();
+        for (video, stem) in videos.iter().zip(&names[all_images.len()..]) {
+            let stream = VideoStream { path: video, stem, out: &out, joints, aligned: aligned_every };
+            let source = face_source(&given, &mtcnn, &detector_options);
+            match run_video(&mut engine, &stream, source, &args, fps, range, quiet)? {
+                Ok(summary) => println!("{}: {summary}", video.display()),
+                Err(failure) => failures.push(failure),
+            }
+        }
+        failures
+    };
+    if all_images.is_empty() && args.csv.is_none() && !videos.is_empty() {
+        // Videos alone: the last failure is the error line, the others go before it.
+        return match video_failures.split_last() {
+            Some((last, others)) => {
+                others.iter().for_each(|f| log::error!("{f}"));
+                bail!("{last}")
+            }
+            None => Ok(()),
+        };
+    }
+    video_failures.iter().for_each(|f| log::error!("{f}"));
 
     let dataset = match &args.csv {
         Some(csv) => {
@@ -313,9 +383,10 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     };
     let dataset_list = dataset.as_ref().map(dataset_images).unwrap_or_default();
     // Names over every image of the run (before sharding), so each shard names an image alike.
-    let mut named: Vec<PathBuf> = all_images.clone();
     named.extend(dataset_list.iter().cloned());
     let names = output_names(&named);
+    let names: Vec<String> =
+        names[..all_images.len()].iter().chain(&names[all_images.len() + videos.len()..]).cloned().collect();
     let (image_names, dataset_names) = names.split_at(all_images.len());
     let picked = match shard {
         Some(s) => shard_indices(all_images.len(), s),
@@ -345,9 +416,110 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     }
     // The error line is the summary: the last line, and a non-zero exit.
     let not_run = (images.len() + dataset_list.len()).saturating_sub(summary.images);
-    let failure = if not_run > 0 { format!("{summary}, {not_run} not processed") } else { summary.to_string() };
+    let mut failure = if not_run > 0 { format!("{summary}, {not_run} not processed") } else { summary.to_string() };
+    if !video_failures.is_empty() {
+        failure += &format!(", {} of {} videos failed", video_failures.len(), videos.len());
+    }
     let wrote = format!("wrote one JSON and one overlay per image and {csv_name} to {}", out.display());
-    conclude(summary.failed > 0 || !problems.is_empty(), failure, wrote, &summary, quiet)
+    let failed = summary.failed > 0 || !problems.is_empty() || !video_failures.is_empty();
+    conclude(failed, failure, wrote, &summary, quiet)
+}
+
+/// Where a stream's faces come from: given boxes, else the detector, else the whole frame.
+fn face_source<'a>(
+    given: &'a Option<GivenBoxes>, mtcnn: &'a Option<Mtcnn>, options: &DetectorOptions,
+) -> FaceSource<'a> {
+    match (given, mtcnn) {
+        (Some(g), _) => FaceSource::ByPath(g),
+        (None, Some(m)) => FaceSource::Same(FaceFinder::Detector {
+            mtcnn: m,
+            options: options.clone(),
+            margin: MTCNN_MARGIN,
+            center_shift: MTCNN_CENTER_SHIFT,
+        }),
+        (None, None) => FaceSource::Same(FaceFinder::WholeImage),
+    }
+}
+
+/// `--start` / `--end` as given (checked by the decoder's `TimeRange` where video is built).
+#[derive(Clone, Copy, Debug)]
+struct VideoRange {
+    start: Option<f64>,
+    end: Option<f64>,
+}
+
+impl VideoRange {
+    fn check(&self) -> Result<()> {
+        #[cfg(feature = "video")]
+        crate::video::decode::TimeRange::new(self.start, self.end)?;
+        Ok(())
+    }
+}
+
+/// One video input and where its outputs go.
+struct VideoStream<'a> {
+    path: &'a std::path::Path,
+    stem: &'a str,
+    out: &'a std::path::Path,
+    joints: usize,
+    aligned: Option<AlignedEvery>,
+}
+
+/// Runs one video as a tracked frame stream (`<stem>.jsonl`, `<stem>.csv`) with its own progress
+/// bar. The outer error ends the run (the model failed, or the disk is full); the inner one is the
+/// video's failure as one line (it could not be opened, frames failed, or it ended early), after
+/// which the run goes on with the next input.
+#[cfg(feature = "video")]
+fn run_video(
+    engine: &mut LandmarkEngine, stream: &VideoStream, source: FaceSource, args: &PredictArgs, fps: Option<f64>,
+    range: VideoRange, quiet: bool,
+) -> Result<std::result::Result<crate::predict::StreamSummary, String>> {
+    use crate::video::decode::{TimeRange, VideoDecoder};
+    let label = stream.path.display().to_string();
+    let decoder = match VideoDecoder::open(stream.path, TimeRange::new(range.start, range.end)?) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(format!("{e:#}"))),
+    };
+    let info = decoder.info().clone();
+    // The file's average frame rate; --fps where the file gives none (then 30).
+    let rate = if info.fps > 0.0 { info.fps } else { fps.unwrap_or(30.0) };
+    let track = track_options(args, rate)?;
+    let mut frames = crate::predict::VideoFrames::new(decoder, stream.path.to_path_buf(), stream.stem);
+    let mut progress =
+        Progress::video(&label, info.frames.filter(|_| range.start.is_none() && range.end.is_none()), quiet);
+    let mut on_frame = |r: &crate::predict::ImageReport| progress.image_done(r);
+    let summary = run_frame_stream(
+        engine,
+        &mut frames,
+        source,
+        track,
+        stream.out,
+        stream.stem,
+        stream.joints,
+        stream.aligned,
+        &mut on_frame,
+    )?;
+    drop(progress);
+    let kept = format!("{0}.jsonl and {0}.csv hold the frames before it", stream.stem);
+    if let Some(e) = frames.take_error() {
+        return Ok(Err(format!("{e:#}; {summary} ({kept})")));
+    }
+    if summary.failed > 0 {
+        return Ok(Err(format!("{label}: {summary}")));
+    }
+    if !quiet {
+        println!("wrote {0}.jsonl and {0}.csv to {1}", stream.stem, stream.out.display());
+    }
+    Ok(Ok(summary))
+}
+
+/// Without the `video` feature no video reaches here (the run stops at [`crate::video::NOT_BUILT`]).
+#[cfg(not(feature = "video"))]
+fn run_video(
+    _engine: &mut LandmarkEngine, _stream: &VideoStream, _source: FaceSource, _args: &PredictArgs, _fps: Option<f64>,
+    _range: VideoRange, _quiet: bool,
+) -> Result<std::result::Result<crate::predict::StreamSummary, String>> {
+    bail!("{}", crate::video::NOT_BUILT)
 }
 
 /// A run's last words: `failure` as the error (exit 1) if anything failed, else what was written

@@ -13,10 +13,12 @@ pub(super) fn normalised(p: &Path) -> PathBuf {
     p.components().filter(|c| !matches!(c, Component::CurDir)).collect()
 }
 
+/// An image or a video (a video fails in one line where this hrk is built without video).
 fn has_image_extension(p: &Path) -> bool {
     p.extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
+        || crate::video::is_video_path(p)
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -42,7 +44,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// The images of the arguments, in argument order: a file is taken as given (whatever its
-/// extension), a folder contributes every file with an image extension below it, recursively,
+/// extension), a folder contributes every file with an image or video extension below it, recursively,
 /// sorted by path (a dangling symlink or symlink loop with an image extension included, to fail
 /// when read). A path listed twice is kept once. A missing argument is an error; any other
 /// argument that is not a folder (a FIFO, a device, a broken link) is an image, which fails when

@@ -9,7 +9,8 @@
 //!   wave at a time ([`ImageFiles`], [`DatasetFrames`] in sources.rs); [`run_stream`] finds and
 //!   crops each wave's faces through the stream's [`StreamState`] and runs them in shared batches
 //!   (stream.rs). Raw frames on stdin are one more `FrameSource` ([`RawFrames`], raw_frames.rs), a
-//!   video decoder will be another; a frame stream's state tracks its faces ([`Tracker`], track.rs)
+//!   video file another (`VideoFrames` over `crate::video::decode`, video_frames.rs, with the
+//!   `video` feature); a frame stream's state tracks its faces ([`Tracker`], track.rs)
 //!   and smooths their landmarks ([`OneEuro`], smooth.rs). Every face gets a head pose from its
 //!   landmarks ([`head_pose`], pose.rs), and with `--aligned` an aligned crop ([`aligned_face`],
 //!   aligned.rs).
@@ -35,6 +36,8 @@ mod sources;
 mod stream;
 mod stream_sink;
 mod track;
+#[cfg(feature = "video")]
+mod video_frames;
 
 pub use aligned::{aligned_face, check_aligned_size, five_points, TEMPLATE_112};
 pub use boxes::{detector_center, FaceBox, FaceFinder, FoundFace, MTCNN_CENTER_SHIFT, MTCNN_MARGIN, SCALE_ENLARGEMENT};
@@ -53,6 +56,8 @@ pub use stream::{
 };
 pub use stream_sink::{AlignedEvery, FrameStreamSink};
 pub use track::{face_from_landmarks, TrackOptions, Tracker, COLLAPSE_RATIO, MATCH_IOU};
+#[cfg(feature = "video")]
+pub use video_frames::VideoFrames;
 
 #[cfg(test)]
 mod tests;

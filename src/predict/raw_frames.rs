@@ -124,7 +124,7 @@ impl<R: Read> FrameSource for RawFrames<R> {
             }
         };
         self.next += 1;
-        vec![Frame { label: PathBuf::from(&self.label), name: self.label.clone(), content }]
+        vec![Frame { label: PathBuf::from(&self.label), name: self.label.clone(), time: None, content }]
     }
 }
 

@@ -42,6 +42,7 @@ impl FrameSource for ImageFiles<'_> {
             .map(|(p, name)| Frame {
                 label: p.clone(),
                 name: name.clone(),
+                time: None,
                 content: decode_rgb8(p).and_then(|rgb| {
                     check_face_image_size(|| format!("image {}", p.display()), [rgb.width, rgb.height])?;
                     Ok(FrameContent::Pixels(rgb))
@@ -107,7 +108,7 @@ impl FrameSource for DatasetFrames<'_> {
             return Vec::new();
         };
         let content = self.crop(&samples);
-        vec![Frame { label, name: name.clone(), content }]
+        vec![Frame { label, name: name.clone(), time: None, content }]
     }
 }
 

@@ -21,6 +21,9 @@ pub struct Frame {
     pub label: PathBuf,
     /// The frame's output name (file stem).
     pub name: String,
+    /// The frame's time in seconds, where its source knows it (a video's timestamps); a frame
+    /// stream's sink otherwise counts it from the frame rate.
+    pub time: Option<f64>,
     /// The frame, or why it could not be read (the stream goes on without it).
     pub content: Result<FrameContent>,
 }
@@ -125,6 +128,8 @@ impl<'a> StreamState<'a> {
 pub struct FrameOutcome {
     pub label: PathBuf,
     pub name: String,
+    /// The source's time for the frame ([`Frame::time`]).
+    pub time: Option<f64>,
     pub result: std::result::Result<FrameFaces, String>,
 }
 
@@ -169,8 +174,8 @@ enum Faces {
 /// them (in parallel), and run every face through `engine` in shared batches. A frame that cannot
 /// be read, searched or cropped fails alone; errors of the model end the stream.
 pub fn process_wave(engine: &mut LandmarkEngine, state: &StreamState, frames: Vec<Frame>) -> Result<Vec<FrameOutcome>> {
-    let (heads, contents): (Vec<(PathBuf, String)>, Vec<Result<FrameContent>>) =
-        frames.into_iter().map(|f| ((f.label, f.name), f.content)).unzip();
+    let (heads, contents): (Vec<(PathBuf, String, Option<f64>)>, Vec<Result<FrameContent>>) =
+        frames.into_iter().map(|f| ((f.label, f.name, f.time), f.content)).unzip();
     let find = |(label, content): (&PathBuf, Result<FrameContent>)| -> Result<(Rgb8, Faces)> {
         match content? {
             FrameContent::Pixels(rgb) => {
@@ -181,16 +186,16 @@ pub fn process_wave(engine: &mut LandmarkEngine, state: &StreamState, frames: Ve
         }
     };
     let found: Vec<Result<(Rgb8, Faces)>> = if engine.on_cpu() {
-        heads.par_iter().map(|(label, _)| label).zip(contents.into_par_iter()).map(find).collect()
+        heads.par_iter().map(|(label, ..)| label).zip(contents.into_par_iter()).map(find).collect()
     } else {
         // One GPU: its kernels serialise anyway; keep the detector on one thread.
-        heads.iter().map(|(label, _)| label).zip(contents).map(find).collect()
+        heads.iter().map(|(label, ..)| label).zip(contents).map(find).collect()
     };
     let eng = &*engine;
     let cropped: Vec<Result<(Rgb8, CroppedFaces)>> = heads
         .par_iter()
         .zip(found.into_par_iter())
-        .map(|((label, _), found)| match found? {
+        .map(|((label, ..), found)| match found? {
             (rgb, Faces::Cropped(c)) => Ok((rgb, c)),
             (rgb, Faces::Found(faces)) => {
                 let c = eng.crop(&rgb, faces).with_context(|| format!("image {}", label.display()))?;
@@ -210,12 +215,12 @@ pub fn process_wave(engine: &mut LandmarkEngine, state: &StreamState, frames: Ve
         .into_iter()
         .zip(pixels)
         .zip(faces)
-        .map(|(((label, name), rgb), faces)| {
+        .map(|(((label, name, time), rgb), faces)| {
             let result = rgb.map(|rgb| {
                 let image = ImageResult { path: label.clone(), width: rgb.width, height: rgb.height, faces };
                 FrameFaces { image, rgb }
             });
-            FrameOutcome { label, name, result }
+            FrameOutcome { label, name, time, result }
         })
         .collect())
 }

@@ -98,7 +98,7 @@ impl OutputSink for FrameStreamSink {
     fn write_frames(&mut self, frames: &[FrameOutcome]) -> Result<Vec<Option<anyhow::Error>>> {
         let mut unwritten = Vec::with_capacity(frames.len());
         for o in frames {
-            let (frame, time) = (self.frame, self.frame as f64 / self.fps);
+            let (frame, time) = (self.frame, o.time.unwrap_or(self.frame as f64 / self.fps));
             self.frame += 1;
             let Ok(f) = &o.result else {
                 unwritten.push(None);

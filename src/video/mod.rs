@@ -17,3 +17,8 @@ pub const NOT_BUILT: &str = "this hrk was built without video; install FFmpeg's 
 
 /// File extensions read as video (lower case).
 pub const VIDEO_EXTENSIONS: &[&str] = &["mp4", "mov", "mkv", "avi", "m4v", "webm"];
+
+/// Whether `path` names a video by its extension (compared case-insensitively).
+pub fn is_video_path(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_string_lossy().to_ascii_lowercase().as_str()))
+}
