@@ -55,13 +55,16 @@ struct Reference {
 
 fn reference(file: &Path) -> Reference {
     let python = pyav().unwrap();
-    let out = file.with_extension("ref");
+    // A name per call: tests run in parallel on the same files.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = file.with_extension(format!("{call}"));
     run_python(&python, &["decode", s(file), s(&out)]);
     let info: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.with_extension("ref.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension(format!("{call}.json"))).unwrap()).unwrap();
     let (width, height) = (info["width"].as_u64().unwrap() as usize, info["height"].as_u64().unwrap() as usize);
     let times: Vec<f64> = info["times"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
-    let raw = std::fs::read(out.with_extension("ref.rgb")).unwrap();
+    let raw = std::fs::read(out.with_extension(format!("{call}.rgb"))).unwrap();
     let frames = raw.chunks_exact(width * height * 3).map(<[u8]>::to_vec).collect();
     Reference { width, height, times, frames }
 }
@@ -113,4 +116,301 @@ fn decoded_frames_equal_pyavs() {
             assert_eq!((max, count), (0, 0), "{name} frame {k}: pixels differ from PyAV's");
         }
     }
+}
+
+/// `rgb` (w × h) turned 90 degrees clockwise, pixel by pixel: the stored frame's left column
+/// becomes the displayed top row, read bottom to top.
+fn turned_clockwise(rgb: &[u8], w: usize, h: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rgb.len());
+    for col in 0..w {
+        for row in (0..h).rev() {
+            out.extend_from_slice(&rgb[(row * w + col) * 3..][..3]);
+        }
+    }
+    out
+}
+
+/// A phone's display matrix (90 degrees) gives upright frames: the size turned, the pixels
+/// PyAV's (stored) frames turned clockwise, as `ffmpeg`'s autorotate shows them.
+#[test]
+fn rotation_metadata_turns_the_frames() {
+    let Some(dir) = fixtures() else { return };
+    let want = reference(&dir.join("h264.mp4"));
+    let d = VideoDecoder::open(&dir.join("rotated.mp4"), TimeRange::all()).unwrap();
+    assert_eq!((d.info().width, d.info().height, d.info().rotation), (want.height, want.width, 90));
+    let (got, skipped, error) = decode(&dir.join("rotated.mp4"), TimeRange::all());
+    assert_eq!((got.len(), skipped.len(), error), (FRAMES, 0, None));
+    for (k, (_, _, w, h, rgb)) in got.iter().enumerate() {
+        assert_eq!((*w, *h), (want.height, want.width));
+        assert!(*rgb == turned_clockwise(&want.frames[k], want.width, want.height), "frame {k}");
+    }
+}
+
+/// --start 0.3 --end 0.6 at 25 fps: the frames at 0.32 … 0.56 s (file frames 8 to 14), numbered
+/// from 0, with their file times, after a seek (Motion-JPEG: every frame a keyframe) or decoding
+/// from the one keyframe (H.264, a keyframe every 250 frames).
+#[test]
+fn start_and_end_select_the_frames_between() {
+    let Some(dir) = fixtures() else { return };
+    for name in ["h264.mp4", "mjpeg.avi"] {
+        let want = reference(&dir.join(name));
+        let range = TimeRange::new(Some(0.3), Some(0.6)).unwrap();
+        let (got, skipped, error) = decode(&dir.join(name), range);
+        assert_eq!((skipped.len(), error), (0, None), "{name}");
+        let picked: Vec<usize> = (0..FRAMES).filter(|&k| (0.3..0.6).contains(&(k as f64 / FPS))).collect();
+        assert_eq!(picked, (8..15).collect::<Vec<_>>());
+        assert_eq!(got.len(), picked.len(), "{name}");
+        for ((index, time, _, _, rgb), (i, &k)) in got.iter().zip(picked.iter().enumerate()) {
+            assert_eq!(*index, i, "{name}");
+            assert!((time - want.times[k]).abs() < 1e-9, "{name}: time {time} for file frame {k}");
+            assert!(*rgb == want.frames[k], "{name}: file frame {k}");
+        }
+    }
+    // A start past the end: no frames, no error.
+    let (got, _, error) = decode(&dir.join("h264.mp4"), TimeRange::new(Some(5.0), None).unwrap());
+    assert_eq!((got.len(), error), (0, None));
+}
+
+/// A file cut at 60 %: the frames before the cut, as PyAV decodes them from the whole file, then
+/// one error line naming the file.
+#[test]
+fn a_truncated_file_gives_its_frames_then_one_error() {
+    let Some(dir) = fixtures() else { return };
+    let want = reference(&dir.join("front.mp4"));
+    let (got, skipped, error) = decode(&dir.join("truncated.mp4"), TimeRange::all());
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert!(got.len() > 3 && got.len() < FRAMES, "{} frames", got.len());
+    for (k, (index, _, _, _, rgb)) in got.iter().enumerate() {
+        assert_eq!(*index, k);
+        assert!(*rgb == want.frames[k], "frame {k}");
+    }
+    let error = error.expect("an error for the cut file");
+    common::assert_one_line(&error, &["truncated.mp4: the file is truncated: it ends after ", "of the 24 frames"]);
+}
+
+/// A packet the decoder rejects (frame 5 of a Motion-JPEG AVI, its bytes zeroed) is reported with
+/// its index and skipped; the frames after it keep their indices and pixels.
+#[test]
+fn a_corrupt_frame_is_skipped_by_index() {
+    let Some(dir) = fixtures() else { return };
+    let want = reference(&dir.join("mjpeg.avi"));
+    let (got, skipped, error) = decode(&dir.join("corrupt.avi"), TimeRange::all());
+    assert_eq!(error, None);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(
+        skipped[0].starts_with("5: ") && skipped[0].contains("corrupt.avi: frame 5 cannot be decoded"),
+        "{skipped:?}"
+    );
+    let indices: Vec<usize> = got.iter().map(|f| f.0).collect();
+    assert_eq!(indices, (0..FRAMES).filter(|&k| k != 5).collect::<Vec<_>>());
+    for (index, time, _, _, rgb) in &got {
+        assert!(*rgb == want.frames[*index], "frame {index}");
+        assert!((time - want.times[*index]).abs() < 1e-9, "frame {index}");
+    }
+}
+
+// ---- hrk predict on video files -------------------------------------------------------------------
+
+struct Setup {
+    dir: Scratch,
+    cfg: PathBuf,
+    weights: PathBuf,
+}
+
+fn setup(name: &str) -> Setup {
+    let dir = scratch(&format!("predict-video-{name}"));
+    hrk::synth::generate(&dir, 68, 1, 11).unwrap();
+    let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TEST_CSV), 3);
+    Setup { dir, cfg, weights }
+}
+
+impl Setup {
+    fn predict(&self, rest: &[&str]) -> Output {
+        hrk_cmd()
+            .current_dir(&*self.dir)
+            .args(["predict", "--cfg", s(&self.cfg), "--model-file", s(&self.weights), "--out", "out"])
+            .args(rest)
+            .env_remove("HRK_DEVICE_EMU")
+            .output()
+            .unwrap()
+    }
+
+    fn lines(&self, stem: &str) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join(format!("out/{stem}.jsonl"))).unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'), "whole lines only");
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+/// Each line's frame number and time.
+fn frames_and_times(lines: &[serde_json::Value]) -> Vec<(u64, f64)> {
+    lines.iter().map(|l| (l["frame"].as_u64().unwrap(), l["time"].as_f64().unwrap())).collect()
+}
+
+fn stdout_lines(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn a_video_and_a_photo_in_one_call_write_their_own_outputs() {
+    let Some(fixtures) = fixtures() else { return };
+    let st = setup("mixed");
+    let clip = fixtures.join("h264.mkv");
+    let o = st.predict(&[s(&clip), "images/s68_000000.jpg", "--detector", "none"]);
+    assert_cli_ok(&o);
+    let lines = st.lines("h264");
+    let want: Vec<(u64, f64)> = (0..FRAMES).map(|k| (k as u64, k as f64 / FPS)).collect();
+    let got = frames_and_times(&lines);
+    assert_eq!(got.len(), FRAMES);
+    for ((f, t), (wf, wt)) in got.iter().zip(&want) {
+        assert_eq!(f, wf);
+        assert!((t - wt).abs() < 1e-6, "time {t} for frame {f}");
+    }
+    // The whole frame, on every frame.
+    assert!(lines.iter().all(|l| l["faces"].as_array().unwrap().len() == 1));
+    let csv = std::fs::read_to_string(st.dir.join("out/h264.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + FRAMES);
+    // The photo as before: its JSON, overlay and the run's CSV.
+    assert!(st.dir.join("out/s68_000000.json").is_file());
+    assert!(st.dir.join("out/predictions.csv").is_file());
+    let out = stdout_lines(&o);
+    let video_line =
+        format!("{}: {FRAMES} frames, {FRAMES} faces, 0 failed, detector on {FRAMES} frames", clip.display());
+    assert!(out.contains(&video_line), "{out:?}");
+    assert_eq!(out.last().unwrap(), "1 images, 1 faces, 0 failed");
+}
+
+#[test]
+fn a_folder_of_videos_with_start_and_end() {
+    let Some(fixtures) = fixtures() else { return };
+    let st = setup("folder");
+    let videos = st.dir.join("videos");
+    std::fs::create_dir_all(&videos).unwrap();
+    for name in ["h264.mp4", "mjpeg.avi"] {
+        std::fs::copy(fixtures.join(name), videos.join(name)).unwrap();
+    }
+    let o = st.predict(&["videos", "--detector", "none", "--start", "0.3", "--end", "0.6", "-q"]);
+    assert_cli_ok(&o);
+    for stem in ["h264", "mjpeg"] {
+        let got = frames_and_times(&st.lines(stem));
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), (0..7).collect::<Vec<_>>(), "{stem}");
+        for (i, (_, t)) in got.iter().enumerate() {
+            assert!((t - (8 + i) as f64 / FPS).abs() < 1e-6, "{stem}: time {t} for line {i}");
+        }
+    }
+    assert_eq!(stdout_lines(&o).len(), 2, "one summary per video with -q");
+    let bad = |rest: &[&str], needle: &str| assert_cli_error(&st.predict(rest), &[needle]);
+    bad(&["videos", "--start=-1"], "--start -1");
+    bad(&["videos", "--start", "2", "--end", "1"], "--end 1");
+    bad(&["images/s68_000000.jpg", "--start", "1"], "--start and --end select the frames of video inputs");
+    bad(&["videos", "--shard", "0/2"], "--shard splits photos only");
+}
+
+#[test]
+fn a_truncated_video_keeps_its_lines_and_fails_in_one_line() {
+    let Some(fixtures) = fixtures() else { return };
+    let st = setup("truncated");
+    let (decoded, _, _) = decode(&fixtures.join("truncated.mp4"), TimeRange::all());
+    let o = st.predict(&[s(&fixtures.join("truncated.mp4")), "--detector", "none", "-q"]);
+    assert_cli_error(
+        &o,
+        &["truncated.mp4: the file is truncated", "truncated.jsonl and truncated.csv hold the frames"],
+    );
+    assert_eq!(st.lines("truncated").len(), decoded.len());
+    let csv = std::fs::read_to_string(st.dir.join("out/truncated.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + decoded.len());
+}
+
+#[test]
+fn a_corrupt_frame_is_reported_and_the_rest_processed() {
+    let Some(fixtures) = fixtures() else { return };
+    let st = setup("corrupt");
+    let o = st.predict(&[s(&fixtures.join("corrupt.avi")), "--detector", "none", "-q"]);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines[0].contains("corrupt.avi: frame 5 cannot be decoded"), "{stderr}");
+    assert!(lines[1].contains(&format!("{FRAMES} frames, {} faces, 1 failed", FRAMES - 1)), "{stderr}");
+    let frames: Vec<u64> = frames_and_times(&st.lines("corrupt")).iter().map(|f| f.0).collect();
+    assert_eq!(frames, (0..FRAMES as u64).filter(|&k| k != 5).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_file_that_is_no_video_fails_in_one_line() {
+    let st = setup("novideo");
+    std::fs::write(st.dir.join("clip.mp4"), b"no video here").unwrap();
+    assert_cli_error(&st.predict(&["clip.mp4", "--detector", "none"]), &["clip.mp4: cannot open as a video"]);
+}
+
+/// With the demo model trained (README's first command writes it to output/, else this skips): a
+/// real photo (tests/fixtures/mtcnn/astronaut.jpg) moving right and down while growing 0.5 % a
+/// frame, encoded as H.264 (libx264 defaults: B-frames), is tracked with one id, the detector runs
+/// on frames 0, 10, 20 only, and the landmarks follow the face: frame i's are frame 0's moved by the
+/// known motion within a few pixels.
+#[test]
+fn a_real_face_moving_in_an_h264_video_is_tracked_by_the_demo_model() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let model = "output/300W/synthetic_hrnet_tiny/final_state.safetensors";
+    let Some(weights) = common::existing_or_skip(root.join(model), "trained demo model") else { return };
+    let Some(python) = pyav() else { return };
+    let dir = scratch("predict-video-demo");
+    let photo = image::open(root.join("tests/fixtures/mtcnn/astronaut.jpg")).unwrap().to_rgb8();
+    // The face and its surroundings: 200 × 200 from (70, 0) of the 384² photo.
+    let face = image::imageops::crop_imm(&photo, 70, 0, 200, 200).to_image();
+    let (w, h, n) = (320u32, 256u32, 30usize);
+    // Frame i shows the crop scaled by scale(i) with its top-left corner at offset(i).
+    let scale = |i: usize| 1.0 + 0.005 * i as f64;
+    let offset = |i: usize| (20.0 + 2.0 * i as f64, 10.0 + 1.0 * i as f64);
+    let mut raw = Vec::new();
+    for i in 0..n {
+        let side = (200.0 * scale(i)).round() as u32;
+        let scaled = image::imageops::resize(&face, side, side, image::imageops::FilterType::Triangle);
+        let mut canvas = image::RgbImage::from_pixel(w, h, image::Rgb([90, 90, 90]));
+        let (x, y) = offset(i);
+        image::imageops::overlay(&mut canvas, &scaled, x as i64, y as i64);
+        raw.extend_from_slice(canvas.as_raw());
+    }
+    std::fs::write(dir.join("frames.rgb"), &raw).unwrap();
+    let (ws, hs, ns) = (w.to_string(), h.to_string(), n.to_string());
+    run_python(&python, &["encode", s(&dir.join("frames.rgb")), &ws, &hs, &ns, "30", s(&dir.join("face.mp4"))]);
+    let o = hrk_cmd()
+        .current_dir(&*dir)
+        .args(["predict", "--cfg", s(&root.join("experiments/synthetic/synthetic_hrnet_tiny.yaml"))])
+        .args(["--model-file", s(&weights), "--out", "out", "face.mp4", "--redetect", "10", "--smooth", "none"])
+        .output()
+        .unwrap();
+    assert_cli_ok(&o);
+    let out = stdout_lines(&o);
+    assert_eq!(out.last().unwrap(), &format!("face.mp4: {n} frames, {n} faces, 0 failed, detector on 3 frames"));
+    let text = std::fs::read_to_string(dir.join("out/face.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), n);
+    let points = |i: usize| -> Vec<[f64; 2]> {
+        let face = &lines[i]["faces"][0];
+        face["landmarks"].as_array().unwrap().iter().map(|p| [p[0].as_f64().unwrap(), p[1].as_f64().unwrap()]).collect()
+    };
+    // Frame 0's landmarks in the crop's own coordinates, moved to frame i.
+    let first = points(0);
+    let mut worst: f64 = 0.0;
+    let mut errs = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let face = &line["faces"][0];
+        assert_eq!(face["id"], 0, "frame {i}");
+        assert_eq!(face["score"].is_null(), i % 10 != 0, "frame {i}");
+        let ((x0, y0), (xi, yi)) = (offset(0), offset(i));
+        let err: f64 = points(i)
+            .iter()
+            .zip(&first)
+            .map(|(g, p)| {
+                let want = [(p[0] - x0) / scale(0) * scale(i) + xi, (p[1] - y0) / scale(0) * scale(i) + yi];
+                (g[0] - want[0]).hypot(g[1] - want[1])
+            })
+            .sum::<f64>()
+            / first.len() as f64;
+        worst = worst.max(err);
+        errs.push(format!("{err:.2}"));
+    }
+    assert!(worst < 4.0, "landmarks off the face's path on average, per frame: {errs:?}");
+    eprintln!("moving real face: worst mean landmark error {worst:.2} px");
 }

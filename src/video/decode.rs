@@ -15,6 +15,7 @@ use crate::data::imageio::Rgb8;
 use crate::memory_budget::try_zeroed_vec;
 use anyhow::{anyhow, bail, Result};
 use ffmpeg_next as ff;
+use std::collections::VecDeque;
 use std::path::Path;
 
 /// The largest frame side decoded (a larger one is refused in one line).
@@ -110,12 +111,21 @@ pub struct VideoDecoder {
     next_index: usize,
     /// Frames out of the decoder plus rejected ones, kept or not (for the truncation check).
     produced: u64,
+    /// Packets of the stream read, and the file's size: a packet that reaches the end of the file
+    /// while the header declares more frames is the cut part of a truncated file.
+    packets: u64,
+    file_size: u64,
     /// The last frame's time (a frame without a timestamp follows it by one frame interval).
     last_time: Option<f64>,
     /// End of input sent to the decoder.
     flushing: bool,
     /// Why the input ended early (reported after the frames still in the decoder).
     read_error: Option<anyhow::Error>,
+    /// Rejected frames not yet handed out: released before the next good frame or at a clean end;
+    /// at a truncation they are the cut's (a partial last packet) and the error tells of them.
+    held: Vec<Decoded>,
+    /// Frames to hand out (held ones released, then the frame after them).
+    ready: VecDeque<Decoded>,
     done: bool,
 }
 
@@ -230,9 +240,13 @@ impl VideoDecoder {
             frame: ff::frame::Video::empty(),
             next_index: 0,
             produced: 0,
+            packets: 0,
+            file_size: std::fs::metadata(path).map_or(u64::MAX, |m| m.len()),
             last_time: None,
             flushing: false,
             read_error: None,
+            held: Vec::new(),
+            ready: VecDeque::new(),
             done: false,
         };
         if range.start > 0.0 {
@@ -252,8 +266,31 @@ impl VideoDecoder {
 
     /// The next frame in display order (or a skipped one); `Ok(None)` at the end (of the file or
     /// of the range); an error once, when the file ends early or cannot be read, after the frames
-    /// decoded before it.
+    /// decoded before it (frames rejected just before the end of a truncated file are the cut's:
+    /// the error counts them out).
     pub fn next(&mut self) -> Result<Option<Decoded>> {
+        loop {
+            if let Some(d) = self.ready.pop_front() {
+                return Ok(Some(d));
+            }
+            match self.pull() {
+                Ok(Some(skipped @ Decoded::Skipped { .. })) => self.held.push(skipped),
+                Ok(Some(frame)) => {
+                    self.ready.extend(self.held.drain(..));
+                    self.ready.push_back(frame);
+                }
+                Ok(None) if self.held.is_empty() => return Ok(None),
+                Ok(None) => self.ready.extend(self.held.drain(..)),
+                Err(e) => {
+                    self.held.clear();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The decoder's next frame or rejection, as it comes.
+    fn pull(&mut self) -> Result<Option<Decoded>> {
         while !self.done {
             match self.decoder.receive_frame(&mut self.frame) {
                 Ok(()) => {
@@ -320,7 +357,9 @@ impl VideoDecoder {
         loop {
             match packet.read(&mut self.input) {
                 Ok(()) if packet.stream() != self.stream => continue,
+                Ok(()) if self.is_cut(&packet) => break,
                 Ok(()) => {
+                    self.packets += 1;
                     return match self.decoder.send_packet(&packet) {
                         Err(e) if !is_again(&e) && e != ff::Error::Eof => Some(e),
                         _ => None,
@@ -328,7 +367,8 @@ impl VideoDecoder {
                 }
                 Err(ff::Error::Eof) => break,
                 Err(e) => {
-                    self.read_error = Some(anyhow!("{}: cannot read after frame {}: {e}", self.label, self.next_index));
+                    self.read_error =
+                        Some(anyhow!("{}: cannot read after frame {}: {e}", self.label, self.good_frames()));
                     break;
                 }
             }
@@ -339,16 +379,31 @@ impl VideoDecoder {
         None
     }
 
-    /// The stream's end: the read error, or a file shorter than its header says.
+    /// Whether `packet` is the partial last packet of a truncated file: its data reaches the end of
+    /// the file, and the header declares more frames than the packets read before it. (A demuxer
+    /// hands out what it could read of a packet cut by the end of the file.)
+    fn is_cut(&self, packet: &ff::Packet) -> bool {
+        let end = u64::try_from(packet.position()).ok().map(|pos| pos + packet.size() as u64);
+        let more = self.info.frames.is_some_and(|n| self.packets + 1 < n);
+        more && end.is_some_and(|end| end >= self.file_size)
+    }
+
+    /// Frames handed out or about to be, rejected ones held back excepted.
+    fn good_frames(&self) -> usize {
+        self.next_index - self.held.len()
+    }
+
+    /// The stream's end: the read error, or a file shorter than its header says (counting rejected
+    /// frames as decoded: a file with a corrupt frame is not short).
     fn ended(&mut self) -> Result<Option<Decoded>> {
         if let Some(e) = self.read_error.take() {
             return Err(e);
         }
         if let Some(declared) = self.info.frames.filter(|&n| self.range.is_all() && self.produced < n) {
             bail!(
-                "{}: the file is truncated: {} of the {declared} frames its header declares could be decoded",
+                "{}: the file is truncated: it ends after {} of the {declared} frames its header declares",
                 self.label,
-                self.produced
+                self.good_frames()
             );
         }
         Ok(None)
