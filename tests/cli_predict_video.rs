@@ -10,7 +10,8 @@ mod common;
 
 use common::model::{tiny_config, write_tiny_model};
 use common::{assert_cli_error, assert_cli_ok, hrk_cmd, python_with, s, scratch, Scratch};
-use hrk::video::decode::{Decoded, TimeRange, VideoDecoder};
+use hrk::video::decode::{Decoded, VideoDecoder};
+use hrk::video::TimeRange;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -69,12 +70,15 @@ fn reference(file: &Path) -> Reference {
     Reference { width, height, times, frames }
 }
 
-/// hrk's frames of `file` (time, size, pixels), and the error that ended it, if any.
-fn decode(file: &Path, range: TimeRange) -> (Vec<(usize, f64, usize, usize, Vec<u8>)>, Vec<String>, Option<String>) {
+/// A frame as hrk decodes it: index, time, width, height, rgb24.
+type GotFrame = (usize, f64, usize, usize, Vec<u8>);
+
+/// hrk's frames of `file`, its skipped frames ("index: error"), and the error that ended it, if any.
+fn decode(file: &Path, range: TimeRange) -> (Vec<GotFrame>, Vec<String>, Option<String>) {
     let mut d = VideoDecoder::open(file, range).unwrap();
     let (mut frames, mut skipped) = (Vec::new(), Vec::new());
     loop {
-        match d.next() {
+        match d.next_frame() {
             Ok(Some(Decoded::Frame(f))) => frames.push((f.index, f.time, f.rgb.width, f.rgb.height, f.rgb.data)),
             Ok(Some(Decoded::Skipped { index, error })) => skipped.push(format!("{index}: {error:#}")),
             Ok(None) => return (frames, skipped, None),

@@ -247,8 +247,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     if videos.is_empty() && (args.start.is_some() || args.end.is_some()) {
         bail!("--start and --end select the frames of video inputs; there are none");
     }
-    let range = VideoRange { start: args.start, end: args.end };
-    range.check()?;
+    let range = crate::video::TimeRange::new(args.start, args.end)?;
     // A stream's clock (its One Euro smoother's), checked before the model loads.
     track_options(&args, 1.0)?;
 
@@ -441,22 +440,8 @@ fn face_source<'a>(
     }
 }
 
-/// `--start` / `--end` as given (checked by the decoder's `TimeRange` where video is built).
-#[derive(Clone, Copy, Debug)]
-struct VideoRange {
-    start: Option<f64>,
-    end: Option<f64>,
-}
-
-impl VideoRange {
-    fn check(&self) -> Result<()> {
-        #[cfg(feature = "video")]
-        crate::video::decode::TimeRange::new(self.start, self.end)?;
-        Ok(())
-    }
-}
-
 /// One video input and where its outputs go.
+#[cfg_attr(not(feature = "video"), allow(dead_code))]
 struct VideoStream<'a> {
     path: &'a std::path::Path,
     stem: &'a str,
@@ -472,11 +457,11 @@ struct VideoStream<'a> {
 #[cfg(feature = "video")]
 fn run_video(
     engine: &mut LandmarkEngine, stream: &VideoStream, source: FaceSource, args: &PredictArgs, fps: Option<f64>,
-    range: VideoRange, quiet: bool,
+    range: crate::video::TimeRange, quiet: bool,
 ) -> Result<std::result::Result<crate::predict::StreamSummary, String>> {
-    use crate::video::decode::{TimeRange, VideoDecoder};
+    use crate::video::decode::VideoDecoder;
     let label = stream.path.display().to_string();
-    let decoder = match VideoDecoder::open(stream.path, TimeRange::new(range.start, range.end)?) {
+    let decoder = match VideoDecoder::open(stream.path, range) {
         Ok(d) => d,
         Err(e) => return Ok(Err(format!("{e:#}"))),
     };
@@ -485,8 +470,7 @@ fn run_video(
     let rate = if info.fps > 0.0 { info.fps } else { fps.unwrap_or(30.0) };
     let track = track_options(args, rate)?;
     let mut frames = crate::predict::VideoFrames::new(decoder, stream.path.to_path_buf(), stream.stem);
-    let mut progress =
-        Progress::video(&label, info.frames.filter(|_| range.start.is_none() && range.end.is_none()), quiet);
+    let mut progress = Progress::video(&label, info.frames.filter(|_| range.is_all()), quiet);
     let mut on_frame = |r: &crate::predict::ImageReport| progress.image_done(r);
     let summary = run_frame_stream(
         engine,
@@ -517,7 +501,7 @@ fn run_video(
 #[cfg(not(feature = "video"))]
 fn run_video(
     _engine: &mut LandmarkEngine, _stream: &VideoStream, _source: FaceSource, _args: &PredictArgs, _fps: Option<f64>,
-    _range: VideoRange, _quiet: bool,
+    _range: crate::video::TimeRange, _quiet: bool,
 ) -> Result<std::result::Result<crate::predict::StreamSummary, String>> {
     bail!("{}", crate::video::NOT_BUILT)
 }

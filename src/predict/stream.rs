@@ -170,11 +170,14 @@ enum Faces {
     Cropped(CroppedFaces),
 }
 
+/// A frame's label, name and time, carried past its pixels to its outcome.
+type FrameHead = (PathBuf, String, Option<f64>);
+
 /// One wave: find the faces of the frames that came as pixels (in parallel on the CPU), crop
 /// them (in parallel), and run every face through `engine` in shared batches. A frame that cannot
 /// be read, searched or cropped fails alone; errors of the model end the stream.
 pub fn process_wave(engine: &mut LandmarkEngine, state: &StreamState, frames: Vec<Frame>) -> Result<Vec<FrameOutcome>> {
-    let (heads, contents): (Vec<(PathBuf, String, Option<f64>)>, Vec<Result<FrameContent>>) =
+    let (heads, contents): (Vec<FrameHead>, Vec<Result<FrameContent>>) =
         frames.into_iter().map(|f| ((f.label, f.name, f.time), f.content)).unzip();
     let find = |(label, content): (&PathBuf, Result<FrameContent>)| -> Result<(Rgb8, Faces)> {
         match content? {

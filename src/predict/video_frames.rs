@@ -36,7 +36,7 @@ impl FrameSource for VideoFrames {
         if self.error.is_some() {
             return Vec::new();
         }
-        let (time, content) = match self.decoder.next() {
+        let (time, content) = match self.decoder.next_frame() {
             Ok(None) => return Vec::new(),
             Err(e) => {
                 self.error = Some(e);

@@ -11,6 +11,7 @@
 //! stream goes on); a read error, or a file that ends before the frames its header declares, ends
 //! the stream with one error naming the file, after the frames decoded before it.
 
+use super::TimeRange;
 use crate::data::imageio::Rgb8;
 use crate::memory_budget::try_zeroed_vec;
 use anyhow::{anyhow, bail, Result};
@@ -20,38 +21,6 @@ use std::path::Path;
 
 /// The largest frame side decoded (a larger one is refused in one line).
 pub const MAX_SIDE: usize = 16384;
-
-/// The frames of a file to keep: `start <= time < end` (seconds from the stream's start).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct TimeRange {
-    pub start: f64,
-    pub end: Option<f64>,
-}
-
-impl TimeRange {
-    /// The whole file.
-    pub fn all() -> Self {
-        TimeRange::default()
-    }
-
-    /// `--start` / `--end`, checked: 0 <= start < end, both finite.
-    pub fn new(start: Option<f64>, end: Option<f64>) -> Result<Self> {
-        let start = start.unwrap_or(0.0);
-        if !(start.is_finite() && start >= 0.0) {
-            bail!("--start {start}: expected seconds >= 0");
-        }
-        if let Some(e) = end {
-            if !(e.is_finite() && e > start) {
-                bail!("--end {e}: expected seconds after --start ({start})");
-            }
-        }
-        Ok(TimeRange { start, end })
-    }
-
-    fn is_all(&self) -> bool {
-        self.start == 0.0 && self.end.is_none()
-    }
-}
 
 /// What the file's video stream says about itself.
 #[derive(Clone, Debug, PartialEq)]
@@ -95,7 +64,7 @@ struct Converter {
     rgb: ff::frame::Video,
 }
 
-/// A video file's frames in display order ([`VideoDecoder::next`]).
+/// A video file's frames in display order ([`VideoDecoder::next_frame`]).
 pub struct VideoDecoder {
     label: String,
     input: ff::format::context::Input,
@@ -268,7 +237,7 @@ impl VideoDecoder {
     /// of the range); an error once, when the file ends early or cannot be read, after the frames
     /// decoded before it (frames rejected just before the end of a truncated file are the cut's:
     /// the error counts them out).
-    pub fn next(&mut self) -> Result<Option<Decoded>> {
+    pub fn next_frame(&mut self) -> Result<Option<Decoded>> {
         loop {
             if let Some(d) = self.ready.pop_front() {
                 return Ok(Some(d));
@@ -463,7 +432,7 @@ impl Converter {
         unsafe {
             let ctx = scaler.as_mut_ptr();
             let coefficients = ff::ffi::sws_getCoefficients(colorspace);
-            let default = ff::ffi::sws_getCoefficients(ff::ffi::SWS_CS_DEFAULT as i32);
+            let default = ff::ffi::sws_getCoefficients(ff::ffi::SWS_CS_DEFAULT);
             ff::ffi::sws_setColorspaceDetails(
                 ctx,
                 coefficients,
@@ -510,15 +479,6 @@ mod tests {
         let r270 = rotate(rgb.clone(), 270).unwrap();
         assert_eq!(grey(&r270), [2, 5, 1, 4, 0, 3]);
         assert_eq!(grey(&rotate(rgb, 0).unwrap()), [0, 1, 2, 3, 4, 5]);
-    }
-
-    #[test]
-    fn time_ranges_are_checked() {
-        assert!(TimeRange::new(None, None).unwrap().is_all());
-        assert_eq!(TimeRange::new(Some(1.5), Some(2.0)).unwrap(), TimeRange { start: 1.5, end: Some(2.0) });
-        assert!(TimeRange::new(Some(-1.0), None).unwrap_err().to_string().contains("--start -1"));
-        assert!(TimeRange::new(Some(2.0), Some(2.0)).unwrap_err().to_string().contains("--end 2"));
-        assert!(TimeRange::new(Some(f64::NAN), None).is_err());
     }
 
     #[test]
