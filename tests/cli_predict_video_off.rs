@@ -22,6 +22,6 @@ fn a_video_input_says_how_to_build_with_video() {
             .unwrap();
         assert_cli_error(&o, &[hrk::video::NOT_BUILT]);
         let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(stderr.trim_end().trim_start_matches("error: "), hrk::video::NOT_BUILT, "{input}");
+        assert_eq!(stderr.trim_end().trim_start_matches("hrk: error: "), hrk::video::NOT_BUILT, "{input}");
     }
 }
