@@ -135,6 +135,10 @@ fn gpu_check_prepare_fills_the_carry_within_its_limit() {
         let debug: Vec<&String> =
             sections.iter().filter(|n| n.starts_with(".debug_info") || n.starts_with(".debug_line")).collect();
         assert!(debug.is_empty(), "bin/{exe} carries debug sections {debug:?}");
+        // Built without the `video` feature: the GPU machine has no FFmpeg libraries to load.
+        for lib in ["libavformat.so", "libavcodec.so", "libswscale.so", "libavutil.so"] {
+            assert!(!bytes.windows(lib.len()).any(|w| w == lib.as_bytes()), "bin/{exe} needs {lib}");
+        }
     }
     eprintln!("carry: {} files, {:.1} MiB", listed.len(), total as f64 / (1 << 20) as f64);
 }
