@@ -177,12 +177,7 @@ fn a_face_moving_on_stdin_is_tracked_by_the_demo_model() {
     let model = "output/300W/synthetic_hrnet_tiny/final_state.safetensors";
     let Some(weights) = common::existing_or_skip(root.join(model), "trained demo model") else { return };
     let dir = scratch("predict-stream-demo");
-    hrk::synth::generate(&dir, 68, 5, 3).unwrap();
-    let text = std::fs::read_to_string(dir.join(hrk::synth::TEST_CSV)).unwrap();
-    let row: Vec<&str> = text.lines().nth(1).unwrap().split(',').collect();
-    let face = image::open(dir.join(row[0])).unwrap().to_rgb8();
-    let points: Vec<[f64; 2]> =
-        (0..68).map(|k| [row[4 + 2 * k].parse().unwrap(), row[5 + 2 * k].parse().unwrap()]).collect();
+    let (face, points) = common::model::synthetic_face(&dir);
     let (w, h, n) = (400usize, 300usize, 30usize);
     let mut frames = Vec::new();
     let mut truth = Vec::new();

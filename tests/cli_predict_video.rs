@@ -428,12 +428,7 @@ fn a_face_moving_in_an_h264_video_is_tracked_by_the_demo_model() {
         return;
     }
     let dir = scratch("predict-video-demo-synth");
-    hrk::synth::generate(&dir, 68, 5, 3).unwrap();
-    let text = std::fs::read_to_string(dir.join(hrk::synth::TEST_CSV)).unwrap();
-    let row: Vec<&str> = text.lines().nth(1).unwrap().split(',').collect();
-    let face = image::open(dir.join(row[0])).unwrap().to_rgb8();
-    let points: Vec<[f64; 2]> =
-        (0..68).map(|k| [row[4 + 2 * k].parse().unwrap(), row[5 + 2 * k].parse().unwrap()]).collect();
+    let (face, points) = common::model::synthetic_face(&dir);
     let n = 30;
     let scale = |i: usize| 1.0 + 0.004 * i as f64;
     let offset = |i: usize| (3.0 * i as f64, (20.0 + 10.0 * (i as f64 / 8.0).sin()).round());
@@ -496,5 +491,24 @@ fn a_real_face_moving_in_an_h264_video_keeps_one_track() {
         assert_eq!(landmarks(&lines[i]).len(), first.len());
         let e = mean_distance(&landmarks(&lines[i]), &moved(&first, i));
         assert!(e < 4.0, "detection frame {i}: {e:.2} px");
+    }
+}
+
+/// Decode speed (not a timed test): a 640×480 libx264 video (defaults: High profile, B-frames) of 300
+/// frames decoded to RGB by hrk's decoder, frames/s printed.
+/// `cargo test --release --features video --test cli_predict_video -- --ignored --nocapture speed`
+#[test]
+#[ignore]
+fn decode_speed_640x480_h264() {
+    let Some(python) = pyav() else { return };
+    let dir = scratch("predict-video-speed");
+    let file = dir.join("speed.mp4");
+    run_python(&python, &["pattern", s(&file), "640", "480", "300"]);
+    for round in 0..3 {
+        let start = std::time::Instant::now();
+        let (frames, skipped, error) = decode(&file, TimeRange::all());
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!((frames.len(), skipped.len(), error), (300, 0, None));
+        eprintln!("round {round}: 300 frames of 640x480 H.264 in {secs:.2} s: {:.0} frames/s", 300.0 / secs);
     }
 }

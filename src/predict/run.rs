@@ -122,7 +122,7 @@ impl std::fmt::Display for StreamSummary {
     }
 }
 
-/// Runs one frame stream (stdin frames; a video later) with tracking: `<stem>.jsonl` and
+/// Runs one frame stream (stdin frames, a video file) with tracking: `<stem>.jsonl` and
 /// `<stem>.csv` into `out` ([`FrameStreamSink`]). A failed frame (a truncated last frame) is
 /// reported and counted; errors of the model or of writing end the run.
 #[allow(clippy::too_many_arguments)]

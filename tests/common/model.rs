@@ -124,3 +124,14 @@ pub fn tiny_setup(tag: &str) -> TinySetup {
     let images = (0..2).map(|i| dir.join(format!("images/s68_{i:06}.jpg"))).collect();
     TinySetup { dir, cfg, weights, images }
 }
+
+/// A synthetic face the demo model knows, and its 68 landmarks: the first face of the test split of a
+/// small synthetic set generated into `dir` (seeded: the same face every time).
+pub fn synthetic_face(dir: &Path) -> (image::RgbImage, Vec<[f64; 2]>) {
+    hrk::synth::generate(dir, 68, 5, 3).unwrap();
+    let text = std::fs::read_to_string(dir.join(hrk::synth::TEST_CSV)).unwrap();
+    let row: Vec<&str> = text.lines().nth(1).unwrap().split(',').collect();
+    let face = image::open(dir.join(row[0])).unwrap().to_rgb8();
+    let points = (0..68).map(|k| [row[4 + 2 * k].parse().unwrap(), row[5 + 2 * k].parse().unwrap()]).collect();
+    (face, points)
+}

@@ -4,6 +4,7 @@ PyAV's own decode of a file to compare hrk's against.
   videos.py make DIR              the fixture set (below) into DIR
   videos.py encode RAW W H N FPS OUT [CODEC]
                                   N rgb24 frames of W x H from the file RAW into OUT (libx264 by default)
+  videos.py pattern OUT W H N     N moving-pattern frames of W x H, libx264 defaults, into OUT (for timing)
   videos.py decode FILE OUT       FILE's frames as PyAV decodes them: OUT.rgb (rgb24, back to back,
                                   display order) and OUT.json (width, height, times, rotation)
 """
@@ -113,6 +114,10 @@ def encode(raw, w, h, n, fps, out, codec="libx264"):
     write(out, list(data), codec=codec)
 
 
+def pattern_video(out, w, h, n):
+    write(out, [pattern(i, int(w), int(h)) for i in range(int(n))])
+
+
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
-    {"make": make, "decode": decode, "encode": encode}[cmd](*args)
+    {"make": make, "decode": decode, "encode": encode, "pattern": pattern_video}[cmd](*args)
