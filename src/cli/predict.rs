@@ -7,8 +7,8 @@ use crate::detect::{DetectorOptions, Mtcnn};
 use crate::model::hrnet::memory::{check_batch_memory, Pass};
 use crate::predict::{
     check_aligned_size, collect_images, dataset_images, output_names, parse_shard, pose_indices, run_frame_stream,
-    shard_indices, AlignedEvery, FaceBox, FaceFinder, FaceSource, GivenBoxes, LandmarkEngine, LandmarkOptions,
-    OneEuroParams, PredictRun, RawFormat, RawFrames, TrackOptions, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
+    shard_indices, AlignedEvery, FaceBox, FaceFinder, FaceSource, FrameStreamOutputs, GivenBoxes, LandmarkEngine,
+    LandmarkOptions, OneEuroParams, PredictRun, RawFormat, RawFrames, TrackOptions, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -85,6 +85,10 @@ pub struct PredictArgs {
     /// Frame streams: write the aligned crops of every N-th frame (frames 0, N, 2N, ...).
     #[arg(long = "aligned-every", default_value_t = 1)]
     pub aligned_every: usize,
+    /// Frame streams: do not write <stem>_landmarks.mp4, the H.264 overlay video (written by
+    /// default where hrk is built with the `video` feature; never without it).
+    #[arg(long = "no-overlay-video")]
+    pub no_overlay_video: bool,
     /// cpu, cuda or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -282,22 +286,21 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         let mut frames = RawFrames::new(std::io::stdin().lock(), format, "stdin");
         let mut progress = Progress::frames(quiet);
         let mut on_frame = |r: &crate::predict::ImageReport| progress.image_done(r);
-        let summary = run_frame_stream(
-            &mut engine,
-            &mut frames,
-            source,
-            track,
-            &out,
-            "stdin",
+        let outputs = FrameStreamOutputs {
+            out: out.clone(),
+            stem: "stdin".to_string(),
             joints,
-            aligned.map(|size| AlignedEvery { size, every: args.aligned_every }),
-            &mut on_frame,
-        )?;
+            aligned: aligned.map(|size| AlignedEvery { size, every: args.aligned_every }),
+            overlay_video: !args.no_overlay_video,
+            labels: args.labels,
+        };
+        let summary = run_frame_stream(&mut engine, &mut frames, source, track, &outputs, &mut on_frame)?;
         let error = progress.stream_error.take().unwrap_or_default();
         drop(progress);
+        let files = outputs.file_names();
         // One error line: the failed (last) frame, then what was kept.
-        let failure = format!("{error}; {summary} (stdin.jsonl and stdin.csv hold the frames before it)");
-        let wrote = format!("wrote stdin.jsonl and stdin.csv to {}", out.display());
+        let failure = format!("{error}; {summary} ({files} hold the frames before it)");
+        let wrote = format!("wrote {files} to {}", out.display());
         return conclude(summary.failed > 0, failure, wrote, &summary, quiet);
     }
 
