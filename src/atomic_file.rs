@@ -457,6 +457,39 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A file another writer fills by path appears under its name only at commit, keeping a
+    /// replaced file's mode; dropped uncommitted, its temporary file goes.
+    #[cfg(unix)]
+    #[test]
+    fn a_pending_file_appears_only_when_committed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("pending");
+        let target = dir.join("clip_landmarks.mp4");
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let pending = PendingFile::new(&target).unwrap();
+        let temp = pending.temp_path().to_path_buf();
+        assert_eq!(temp.parent(), Some(dir.as_path()));
+        let temp_name = temp.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(is_temp_name(&temp_name) && temp_pid(&temp_name) == Some(std::process::id()), "{temp_name}");
+        std::fs::write(&temp, b"new").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        pending.commit().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777, 0o640);
+        assert_eq!(names_in(&dir), ["clip_landmarks.mp4"]);
+
+        let dropped = PendingFile::new(&dir.join("other.mp4")).unwrap();
+        std::fs::write(dropped.temp_path(), b"half").unwrap();
+        drop(dropped);
+        // Never written at all: the commit fails in one line naming the target.
+        let e = PendingFile::new(&dir.join("never.mp4")).unwrap().commit().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: write failed", dir.join("never.mp4").display())), "{e}");
+        assert_eq!(names_in(&dir), ["clip_landmarks.mp4"]);
+        assert!(PendingFile::new(&dir).is_err(), "a directory is refused as for write_atomically");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn temp_pids_are_read_from_the_current_format_only() {
         assert_eq!(temp_pid(".out.csv.123.4.tmp"), Some(123));

@@ -266,3 +266,89 @@ impl OutputSink for FrameStreamSink {
         Ok(unwritten)
     }
 }
+
+#[cfg(all(test, feature = "video"))]
+mod tests {
+    use super::*;
+    use crate::data::imageio::Rgb8;
+    use crate::predict::{FaceResult, FoundFace, ImageResult};
+
+    fn outputs(out: &std::path::Path) -> FrameStreamOutputs {
+        FrameStreamOutputs {
+            out: out.to_path_buf(),
+            stem: "clip".into(),
+            joints: 2,
+            aligned: None,
+            overlay_video: true,
+            labels: true,
+        }
+    }
+
+    /// A 48×40 frame with one tracked face.
+    fn frame(i: usize) -> FrameOutcome {
+        let rgb = Rgb8::new(48, 40, vec![(i * 20) as u8; 48 * 40 * 3]).unwrap();
+        let face = FaceResult {
+            face: FoundFace {
+                bbox: [5.0, 12.0, 30.0, 35.0],
+                score: None,
+                center: [17.5, 23.5],
+                annotation_scale: 0.1,
+                crop_scale: 0.1,
+            },
+            landmarks: vec![[10.0, 20.0], [20.0, 20.0]],
+            landmark_scores: vec![0.5, 0.5],
+            id: Some(3),
+            pose: None,
+        };
+        let image = ImageResult { path: "stdin".into(), width: 48, height: 40, faces: vec![face] };
+        FrameOutcome { label: "stdin".into(), name: "stdin".into(), result: Ok(FrameFaces { image, rgb }) }
+    }
+
+    fn names_in(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    /// A stream that ends in an error (the sink dropped unfinished) leaves no overlay video and no
+    /// temporary file; a finished one has it.
+    #[test]
+    fn the_overlay_video_appears_only_when_the_stream_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let outs = outputs(dir.path());
+        assert_eq!(outs.file_names(), "clip.jsonl, clip.csv and clip_landmarks.mp4");
+        let mut sink = FrameStreamSink::new(&outs, 25.0).unwrap();
+        let written = sink.write_frames(&[frame(0), frame(1)]).unwrap();
+        assert!(written.iter().all(Option::is_none));
+        assert_eq!(names_in(dir.path()).len(), 2, "the JSONL and the video's temporary file");
+        drop(sink);
+        assert_eq!(names_in(dir.path()), ["clip.jsonl"]);
+
+        let mut sink = FrameStreamSink::new(&outs, 25.0).unwrap();
+        sink.write_frames(&[frame(0), frame(1), frame(2)]).unwrap();
+        sink.finish().unwrap();
+        assert_eq!(names_in(dir.path()), ["clip.csv", "clip.jsonl", "clip_landmarks.mp4"]);
+        let off = FrameStreamOutputs { overlay_video: false, ..outs };
+        assert_eq!(off.file_names(), "clip.jsonl and clip.csv");
+    }
+
+    /// A video that cannot be written fails the frame it failed on, is then given up (later
+    /// frames are written without it), and the stream's finish says so in one line.
+    #[test]
+    fn a_failed_overlay_video_fails_its_frame_and_the_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let outs = outputs(dir.path());
+        std::fs::create_dir(outs.overlay_video_path()).unwrap();
+        let mut sink = FrameStreamSink::new(&outs, 25.0).unwrap();
+        let written = sink.write_frames(&[frame(0), frame(1)]).unwrap();
+        let e = format!("{:#}", written[0].as_ref().unwrap());
+        assert!(e.contains("clip_landmarks.mp4: write failed: is a directory"), "{e}");
+        assert!(written[1].is_none());
+        let e = sink.finish().unwrap_err().to_string();
+        assert!(e.contains("clip_landmarks.mp4 not written: ") && !e.contains('\n'), "{e}");
+        let jsonl = std::fs::read_to_string(dir.path().join("clip.jsonl")).unwrap();
+        assert_eq!(jsonl.lines().count(), 2);
+        assert!(dir.path().join("clip.csv").exists());
+    }
+}
