@@ -123,7 +123,8 @@ mod tests {
     fn face_ids_are_written_by_their_box() {
         let mut rgb = to_rgb_image(&Image::zeros(100, 80)).unwrap();
         draw_face_id(&mut rgb, [20.0, 40.0, 60.0, 70.0], 7);
-        let lit: Vec<(u32, u32)> = rgb.enumerate_pixels().filter(|(_, _, p)| **p == BOX).map(|(x, y, _)| (x, y)).collect();
+        let lit: Vec<(u32, u32)> =
+            rgb.enumerate_pixels().filter(|(_, _, p)| **p == BOX).map(|(x, y, _)| (x, y)).collect();
         assert!(!lit.is_empty() && lit.iter().all(|&(x, y)| (20..30).contains(&x) && (30..40).contains(&y)), "{lit:?}");
         let mut top = to_rgb_image(&Image::zeros(100, 80)).unwrap();
         draw_face_id(&mut top, [-5.0, 0.0, 60.0, 70.0], 12);

@@ -137,7 +137,6 @@ fn the_overlay_video_holds_every_frame_at_the_stream_size_and_rate() {
     };
     let added: f64 = (60..210).map(|y| redness(&decoded, 40, y) - redness(&frames, 40, y)).sum::<f64>() / 150.0;
     assert!(added > 40.0, "the box's edge adds {added:.1} of red over green on average");
-    std::fs::remove_dir_all(st.out()).unwrap();
 }
 
 /// Plain-colour frames with no face: every decoded pixel is close to the colour (BT.601 limited
@@ -152,12 +151,19 @@ fn plain_frames_come_back_close_to_their_colour_and_odd_sizes_are_padded() {
     let frames = colour.repeat(w * h * n);
     let o = st.predict(&frames, &["--stdin-frames", "65x49", "--fps", "29.97002997", "-q"]);
     assert_cli_ok(&o);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("{n} frames, 0 faces, 0 failed, detector on {n} frames"));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("{n} frames, 0 faces, 0 failed, detector on {n} frames")
+    );
     let (facts, decoded) = decode(&python, &st.out().join("stdin_landmarks.mp4"));
-    assert_eq!((&facts["width"], &facts["height"], &facts["frames"]), (&serde_json::json!(66), &serde_json::json!(50), &serde_json::json!(n)));
+    assert_eq!(
+        (&facts["width"], &facts["height"], &facts["frames"]),
+        (&serde_json::json!(66), &serde_json::json!(50), &serde_json::json!(n))
+    );
     assert_eq!(facts["rate"], serde_json::json!([30000, 1001]), "29.97002997 frames/s is NTSC's 30000/1001");
     assert_eq!(decoded.len(), 66 * 50 * 3 * n);
-    let worst = decoded.chunks_exact(3).flat_map(|p| p.iter().zip(colour).map(|(&d, c)| (d as i32 - c as i32).abs())).max();
+    let worst =
+        decoded.chunks_exact(3).flat_map(|p| p.iter().zip(colour).map(|(&d, c)| (d as i32 - c as i32).abs())).max();
     // Measured: 2 (8-bit limited-range YUV cannot hold every RGB colour exactly).
     assert!(worst.unwrap() <= 4, "a decoded pixel is {worst:?} off the colour");
 }
@@ -179,15 +185,24 @@ fn a_killed_run_leaves_no_video_and_the_flag_turns_it_off() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let temp = format!(".stdin_landmarks.mp4.{}.", child.id());
-    assert!(names_in(&st.out()).iter().any(|n| n.starts_with(&temp) && n.ends_with(".tmp")), "{:?}", names_in(&st.out()));
+    assert!(
+        names_in(&st.out()).iter().any(|n| n.starts_with(&temp) && n.ends_with(".tmp")),
+        "{:?}",
+        names_in(&st.out())
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     drop(pipe);
     let left = names_in(&st.out());
     assert!(!left.contains(&"stdin_landmarks.mp4".to_string()), "{left:?}");
 
-    let o = st.predict(&frames, &["--stdin-frames", "320x256", "--fps", "25", "--detector", "none", "--no-overlay-video"]);
+    let o =
+        st.predict(&frames, &["--stdin-frames", "320x256", "--fps", "25", "--detector", "none", "--no-overlay-video"]);
     assert_cli_ok(&o);
     assert!(String::from_utf8_lossy(&o.stdout).contains("wrote stdin.jsonl and stdin.csv to"));
-    assert_eq!(names_in(&st.out()), ["stdin.csv", "stdin.jsonl"], "no video, and the dead run's temporary file cleared");
+    assert_eq!(
+        names_in(&st.out()),
+        ["stdin.csv", "stdin.jsonl"],
+        "no video, and the dead run's temporary file cleared"
+    );
 }

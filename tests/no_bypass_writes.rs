@@ -179,7 +179,10 @@ fn every_whole_file_output_goes_through_the_atomic_writer() {
         .chain(INTO_PENDING_FILE)
         .filter(|(f, c, _)| !sites.iter().any(|(file, call, _)| file == f && call == c))
         .collect();
-    assert!(stale.is_empty(), "APPEND_ONLY or INTO_PENDING_FILE list sites no file has any more (remove them): {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "APPEND_ONLY or INTO_PENDING_FILE list sites no file has any more (remove them): {stale:?}"
+    );
 }
 
 /// The scan sees through what it should and skips test code.

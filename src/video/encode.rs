@@ -11,10 +11,11 @@
 //!   padding keeps every input pixel (and every landmark drawn near the edge), where cropping would
 //!   drop one. [`Mp4Writer::size`] is the coded size.
 //! - **libx264, preset `veryfast`, CRF 20, profile High (x264's default for 8-bit 4:2:0)**: on the
-//!   2-core machine `veryfast` encodes 640×480 several times faster than the landmarks run (see
-//!   BENCHMARKS / the report), while `ultrafast` drops CABAC and B-frames for files ~2–3× larger;
-//!   CRF 20 keeps the thin box lines and 1-pixel dot outlines crisp (CRF 23, x264's default,
-//!   smears them a little). Every browser decodes High profile.
+//!   2-core Zen 4 this writer encodes 640×480 at about 130 frames/s (benches/encode.rs), well above
+//!   the landmark pipeline's rate; `superfast` and `ultrafast` (no B-frames, `ultrafast` no CABAC)
+//!   were no faster there and gave files 3× and 6× larger, `faster` and `medium` ran at about half
+//!   the rate for no smaller files. CRF 20 keeps the 1-pixel box lines and dot outlines crisp
+//!   (x264's default CRF 23 blurs their colour). Every browser decodes High profile.
 //! - **`movflags +faststart`**: the index (moov) goes before the media data, so a browser plays the
 //!   file while it loads.
 //! - **No audio track**: the overlay is built from frames alone (a source's audio is not carried).
@@ -29,8 +30,8 @@
 use crate::atomic_file::PendingFile;
 use crate::data::imageio::Rgb8;
 use anyhow::{anyhow, bail, Context, Result};
-use ffmpeg_next as ffmpeg;
 use ffmpeg::{codec, color, encoder, format, frame, software::scaling, Dictionary, Packet, Rational};
+use ffmpeg_next as ffmpeg;
 use std::path::{Path, PathBuf};
 
 /// The H.264 encoder the overlay needs.
@@ -139,10 +140,8 @@ impl Mp4Writer {
         let mut output = format::output_as(&url, "mp4").map_err(|e| anyhow!("cannot start the MP4: {e}"))?;
         let global_header = output.format().flags().contains(format::Flags::GLOBAL_HEADER);
 
-        let mut video = codec::context::Context::new_with_codec(codec)
-            .encoder()
-            .video()
-            .map_err(|e| anyhow!("{ENCODER}: {e}"))?;
+        let mut video =
+            codec::context::Context::new_with_codec(codec).encoder().video().map_err(|e| anyhow!("{ENCODER}: {e}"))?;
         video.set_width(coded[0] as u32);
         video.set_height(coded[1] as u32);
         video.set_format(format::Pixel::YUV420P);
@@ -403,7 +402,10 @@ mod tests {
         pad_into(&rgb, &mut packed);
         let stride = packed.stride(0);
         let px = |x: usize, y: usize| packed.data(0)[y * stride + x * 3..][..3].to_vec();
-        assert_eq!((px(32, 16), px(33, 16), px(32, 17), px(33, 17)), (vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3]));
+        assert_eq!(
+            (px(32, 16), px(33, 16), px(32, 17), px(33, 17)),
+            (vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3], vec![1, 2, 3])
+        );
         assert_eq!(px(33, 15), vec![0, 0, 0]);
         for _ in 0..3 {
             w.push(&rgb, None).unwrap();
