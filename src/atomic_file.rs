@@ -142,41 +142,113 @@ pub fn write_atomically_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn write_via_temp(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
-    let (target, existing) = resolve_target(path)?;
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = target.file_name().ok_or_else(|| anyhow!("{}: not a file path", path.display()))?.to_string_lossy();
-    sweep_once(&dir);
-    let tmp = dir.join(temp_name(&file_name));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        if let Some(meta) = &existing {
-            f.set_permissions(meta.permissions())?;
-        }
+    let pending = PendingFile::new(path)?;
+    let written = (|| -> Result<std::fs::File> {
+        let mut f =
+            std::fs::File::create(&pending.temp).with_context(|| format!("creating {}", pending.temp.display()))?;
         f.write_all(bytes)?;
-        if sync {
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &target)?;
-        // Make the rename itself durable (best effort: not every filesystem syncs directories).
-        if sync {
-            if let Ok(d) = std::fs::File::open(&dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
+        Ok(f)
     })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        let message = format!("{}: write failed: {e:#}", path.display());
-        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(means_storage_full)) {
-            return Err(anyhow::Error::new(StorageFull(message)));
-        }
-        bail!(message);
+    match written {
+        Ok(f) => pending.place(Some(f), sync),
+        Err(e) => Err(pending.failed(e)),
     }
-    Ok(())
+}
+
+/// A whole output that another writer fills by path (FFmpeg's muxer writes the overlay MP4 itself):
+/// [`PendingFile::temp_path`] is a fresh temporary name beside the target (the same
+/// `.NAME.PID.N.tmp` pattern [`remove_stale_temp_files`] clears after a crash), and
+/// [`PendingFile::commit`] fsyncs it and renames it over the target, as [`write_atomically`] does.
+/// Dropped without a commit, the temporary file is removed: nothing ever appears under the target's
+/// name until the writer has finished.
+pub struct PendingFile {
+    /// The path as the caller gave it (for messages).
+    path: PathBuf,
+    /// Where the rename lands (the end of `path`'s symlink chain).
+    target: PathBuf,
+    dir: PathBuf,
+    temp: PathBuf,
+    /// The permission mode of the file being replaced, kept.
+    existing: Option<std::fs::Metadata>,
+    committed: bool,
+}
+
+impl PendingFile {
+    /// Resolves `path` as [`write_atomically`] does (refusing what is not a regular file) and picks
+    /// the temporary name; creates nothing.
+    pub fn new(path: &Path) -> Result<PendingFile> {
+        let (target, existing) = resolve_target(path)?;
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let file_name =
+            target.file_name().ok_or_else(|| anyhow!("{}: not a file path", path.display()))?.to_string_lossy();
+        sweep_once(&dir);
+        let temp = dir.join(temp_name(&file_name));
+        Ok(PendingFile { path: path.to_path_buf(), target, dir, temp, existing, committed: false })
+    }
+
+    /// Where the writer puts the file's bytes.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// The finished temporary file, fsynced, takes the target's place (keeping a replaced file's
+    /// mode). Errors are one line naming the target; the temporary file is removed then.
+    pub fn commit(self) -> Result<()> {
+        self.place(None, true)
+    }
+
+    /// Renames the temporary file (`written`: its open handle, else it is opened here) over the
+    /// target, with `sync` the file and the directory fsynced.
+    fn place(mut self, written: Option<std::fs::File>, sync: bool) -> Result<()> {
+        let placed = (|| -> Result<()> {
+            let f = match written {
+                Some(f) => f,
+                None => std::fs::File::open(&self.temp).with_context(|| format!("opening {}", self.temp.display()))?,
+            };
+            if let Some(meta) = &self.existing {
+                f.set_permissions(meta.permissions())?;
+            }
+            if sync {
+                f.sync_all()?;
+            }
+            std::fs::rename(&self.temp, &self.target)?;
+            // Make the rename itself durable (best effort: not every filesystem syncs directories).
+            if sync {
+                if let Ok(d) = std::fs::File::open(&self.dir) {
+                    let _ = d.sync_all();
+                }
+            }
+            Ok(())
+        })();
+        match placed {
+            Ok(()) => {
+                self.committed = true;
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// The one-line error of a failed write (a [`StorageFull`] for want of space); the temporary
+    /// file goes when `self` drops.
+    fn failed(&self, e: anyhow::Error) -> anyhow::Error {
+        let message = format!("{}: write failed: {e:#}", self.path.display());
+        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(means_storage_full)) {
+            return anyhow::Error::new(StorageFull(message));
+        }
+        anyhow!(message)
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
 }
 
 /// A write that failed for want of space (disk or quota full, file size limit): every later write
@@ -382,6 +454,39 @@ mod tests {
         want.extend(live);
         want.sort();
         assert_eq!(names_in(&dir), want);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file another writer fills by path appears under its name only at commit, keeping a
+    /// replaced file's mode; dropped uncommitted, its temporary file goes.
+    #[cfg(unix)]
+    #[test]
+    fn a_pending_file_appears_only_when_committed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("pending");
+        let target = dir.join("clip_landmarks.mp4");
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let pending = PendingFile::new(&target).unwrap();
+        let temp = pending.temp_path().to_path_buf();
+        assert_eq!(temp.parent(), Some(dir.as_path()));
+        let temp_name = temp.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(is_temp_name(&temp_name) && temp_pid(&temp_name) == Some(std::process::id()), "{temp_name}");
+        std::fs::write(&temp, b"new").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        pending.commit().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777, 0o640);
+        assert_eq!(names_in(&dir), ["clip_landmarks.mp4"]);
+
+        let dropped = PendingFile::new(&dir.join("other.mp4")).unwrap();
+        std::fs::write(dropped.temp_path(), b"half").unwrap();
+        drop(dropped);
+        // Never written at all: the commit fails in one line naming the target.
+        let e = PendingFile::new(&dir.join("never.mp4")).unwrap().commit().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: write failed", dir.join("never.mp4").display())), "{e}");
+        assert_eq!(names_in(&dir), ["clip_landmarks.mp4"]);
+        assert!(PendingFile::new(&dir).is_err(), "a directory is refused as for write_atomically");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

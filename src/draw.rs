@@ -68,6 +68,22 @@ pub fn draw_box(img: &mut RgbImage, bbox: [f64; 4]) {
     fill_rect(img, x2 - t + 1, y1, t, h, BOX);
 }
 
+/// Writes a face's track `id` just above its box's top-left corner (inside the box where the top
+/// is at the image's edge), in the box's colour on a dark backing, sized to the image.
+pub fn draw_face_id(img: &mut RgbImage, bbox: [f64; 4], id: u32) {
+    if !bbox.iter().all(|v| v.is_finite()) {
+        return;
+    }
+    let side = img.width().max(img.height()) as f64;
+    let s = (side / 320.0).round().clamp(1.0, 6.0) as i64;
+    let lim = side as i64 + 8;
+    let (x1, y1) = (bbox[0].floor() as i64, bbox[1].floor() as i64);
+    let (x, y) = (x1.clamp(0, lim), (y1 - 10 * s).clamp(0, lim));
+    let text = id.to_string();
+    fill_rect(img, x, y, crate::plot::text_width(&text, s) + 2 * s, 9 * s, OUTLINE);
+    draw_text(img, x + s, y + s, &text, BOX, s);
+}
+
 /// Draws `points` on a copy of `img` and writes it to `path` as PNG.
 pub fn save_overlay(path: &Path, img: &Image, points: &[[f32; 2]], labels: bool) -> Result<()> {
     let mut rgb = to_rgb_image(img)?;
@@ -100,5 +116,19 @@ mod tests {
         assert_eq!(*rgb.get_pixel(50, 40), BOX);
         assert_eq!(*rgb.get_pixel(30, 20), BOX);
         assert_eq!(*rgb.get_pixel(30, 40), Rgb([0, 0, 0]));
+    }
+
+    /// The id sits above the box, or inside it where the box touches the top edge.
+    #[test]
+    fn face_ids_are_written_by_their_box() {
+        let mut rgb = to_rgb_image(&Image::zeros(100, 80)).unwrap();
+        draw_face_id(&mut rgb, [20.0, 40.0, 60.0, 70.0], 7);
+        let lit: Vec<(u32, u32)> =
+            rgb.enumerate_pixels().filter(|(_, _, p)| **p == BOX).map(|(x, y, _)| (x, y)).collect();
+        assert!(!lit.is_empty() && lit.iter().all(|&(x, y)| (20..30).contains(&x) && (30..40).contains(&y)), "{lit:?}");
+        let mut top = to_rgb_image(&Image::zeros(100, 80)).unwrap();
+        draw_face_id(&mut top, [-5.0, 0.0, 60.0, 70.0], 12);
+        draw_face_id(&mut top, [f64::NAN, 0.0, 1.0, 1.0], 1);
+        assert!(top.enumerate_pixels().any(|(x, y, p)| *p == BOX && x < 12 && y < 10));
     }
 }

@@ -1,7 +1,8 @@
 //! Every whole-file output goes through src/atomic_file.rs (temp file, fsync, rename; refusing what is
 //! not a regular file): checked on the source. A call in src/**/*.rs (test code aside) that creates,
 //! truncates or saves a file anywhere else fails here, unless it is an append-only stream listed in
-//! `APPEND_ONLY` with its reason.
+//! `APPEND_ONLY` with its reason, or a library that writes by path (FFmpeg's muxer) listed in
+//! `INTO_PENDING_FILE`, which must fill an `atomic_file::PendingFile` and commit it.
 
 #[path = "common/rust_source.rs"]
 mod rust_source;
@@ -19,6 +20,8 @@ const WRITES: &[&str] = &[
     "fs::copy(",
     ".save(",
     ".save_with_format(",
+    // FFmpeg's muxer opens its output path itself (format::output, output_as, output_with, …).
+    "format::output",
 ];
 
 /// The writer itself.
@@ -40,6 +43,14 @@ const APPEND_ONLY: &[(&str, &str, &str)] = &[
         "a new TensorBoard events file (time and PID in its name), grown by whole records",
     ),
 ];
+
+/// Files that hand a path to a library writing the file itself: (file, call, reason). Each must
+/// write into a `PendingFile`'s temporary path and commit it (the rename of atomic_file.rs).
+const INTO_PENDING_FILE: &[(&str, &str, &str)] = &[(
+    "src/video/encode.rs",
+    "format::output",
+    "the overlay MP4, muxed by FFmpeg into a PendingFile's temporary path, renamed into place at finish",
+)];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -139,9 +150,12 @@ fn write_sites() -> Vec<(String, String, String)> {
 #[test]
 fn every_whole_file_output_goes_through_the_atomic_writer() {
     let sites = write_sites();
+    let listed = |file: &String, call: &String| {
+        APPEND_ONLY.iter().chain(INTO_PENDING_FILE).any(|(f, c, _)| f == file && c == call)
+    };
     let bypass: Vec<String> = sites
         .iter()
-        .filter(|(file, call, _)| file != WRITER && !APPEND_ONLY.iter().any(|(f, c, _)| f == file && c == call))
+        .filter(|(file, call, _)| file != WRITER && !listed(file, call))
         .map(|(file, call, _)| format!("{file}: {call}"))
         .collect();
     assert!(bypass.is_empty(), "writes that bypass atomic_file::write_atomically: {bypass:?}");
@@ -152,9 +166,23 @@ fn every_whole_file_output_goes_through_the_atomic_writer() {
             "{file}: {call} must append and never truncate: {statement}"
         );
     }
-    let stale: Vec<_> =
-        APPEND_ONLY.iter().filter(|(f, c, _)| !sites.iter().any(|(file, call, _)| file == f && call == c)).collect();
-    assert!(stale.is_empty(), "APPEND_ONLY lists sites no file has any more (remove them): {stale:?}");
+    // A by-path writer fills a pending file and commits it.
+    for (file, _, _) in INTO_PENDING_FILE {
+        let code = strip(&std::fs::read_to_string(root().join(file)).unwrap());
+        assert!(
+            code.contains("PendingFile::new(") && code.contains(".temp_path()") && code.contains(".commit()"),
+            "{file}: a by-path writer must write into atomic_file::PendingFile's temp_path() and commit() it"
+        );
+    }
+    let stale: Vec<_> = APPEND_ONLY
+        .iter()
+        .chain(INTO_PENDING_FILE)
+        .filter(|(f, c, _)| !sites.iter().any(|(file, call, _)| file == f && call == c))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "APPEND_ONLY or INTO_PENDING_FILE list sites no file has any more (remove them): {stale:?}"
+    );
 }
 
 /// The scan sees through what it should and skips test code.

@@ -7,8 +7,8 @@ use crate::detect::{DetectorOptions, Mtcnn};
 use crate::model::hrnet::memory::{check_batch_memory, Pass};
 use crate::predict::{
     check_aligned_size, collect_images, dataset_images, output_names, parse_shard, pose_indices, run_frame_stream,
-    shard_indices, AlignedEvery, FaceBox, FaceFinder, FaceSource, GivenBoxes, LandmarkEngine, LandmarkOptions,
-    OneEuroParams, PredictRun, RawFormat, RawFrames, TrackOptions, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
+    shard_indices, AlignedEvery, FaceBox, FaceFinder, FaceSource, FrameStreamOutputs, GivenBoxes, LandmarkEngine,
+    LandmarkOptions, OneEuroParams, PredictRun, RawFormat, RawFrames, TrackOptions, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -95,6 +95,10 @@ pub struct PredictArgs {
     /// Frame streams: write the aligned crops of every N-th frame (frames 0, N, 2N, ...).
     #[arg(long = "aligned-every", default_value_t = 1)]
     pub aligned_every: usize,
+    /// Frame streams: do not write <stem>_landmarks.mp4, the H.264 overlay video (written by
+    /// default where hrk is built with the `video` feature; never without it).
+    #[arg(long = "no-overlay-video")]
+    pub no_overlay_video: bool,
     /// cpu, cuda or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -322,22 +326,21 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         let mut frames = RawFrames::new(std::io::stdin().lock(), format, "stdin");
         let mut progress = Progress::frames(quiet);
         let mut on_frame = |r: &crate::predict::ImageReport| progress.image_done(r);
-        let summary = run_frame_stream(
-            &mut engine,
-            &mut frames,
-            source,
-            track,
-            &out,
-            "stdin",
+        let outputs = FrameStreamOutputs {
+            out: out.clone(),
+            stem: "stdin".to_string(),
             joints,
-            aligned_every,
-            &mut on_frame,
-        )?;
+            aligned: aligned_every,
+            overlay_video: !args.no_overlay_video,
+            labels: args.labels,
+        };
+        let summary = run_frame_stream(&mut engine, &mut frames, source, track, &outputs, &mut on_frame)?;
         let error = progress.stream_error.take().unwrap_or_default();
         drop(progress);
+        let files = outputs.file_names();
         // One error line: the failed (last) frame, then what was kept.
-        let failure = format!("{error}; {summary} (stdin.jsonl and stdin.csv hold the frames before it)");
-        let wrote = format!("wrote stdin.jsonl and stdin.csv to {}", out.display());
+        let failure = format!("{error}; {summary} ({files} hold the frames before it)");
+        let wrote = format!("wrote {files} to {}", out.display());
         return conclude(summary.failed > 0, failure, wrote, &summary, quiet);
     }
 
@@ -349,7 +352,15 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         let names = output_names(&named);
         let mut failures = Vec::new();
         for (video, stem) in videos.iter().zip(&names[all_images.len()..]) {
-            let stream = VideoStream { path: video, stem, out: &out, joints, aligned: aligned_every };
+            let outputs = FrameStreamOutputs {
+                out: out.clone(),
+                stem: stem.clone(),
+                joints,
+                aligned: aligned_every,
+                overlay_video: !args.no_overlay_video,
+                labels: args.labels,
+            };
+            let stream = VideoStream { path: video, outputs };
             let source = face_source(&given, &mtcnn, &detector_options);
             match run_video(&mut engine, &stream, source, &args, fps, range, quiet)? {
                 Ok(summary) => println!("{}: {summary}", video.display()),
@@ -444,13 +455,10 @@ fn face_source<'a>(
 #[cfg_attr(not(feature = "video"), allow(dead_code))]
 struct VideoStream<'a> {
     path: &'a std::path::Path,
-    stem: &'a str,
-    out: &'a std::path::Path,
-    joints: usize,
-    aligned: Option<AlignedEvery>,
+    outputs: FrameStreamOutputs,
 }
 
-/// Runs one video as a tracked frame stream (`<stem>.jsonl`, `<stem>.csv`) with its own progress
+/// Runs one video as a tracked frame stream (`<stem>.jsonl`, `<stem>.csv`, the overlay video) with its own progress
 /// bar. The outer error ends the run (the model failed, or the disk is full); the inner one is the
 /// video's failure as one line (it could not be opened, frames failed, or it ended early), after
 /// which the run goes on with the next input.
@@ -469,22 +477,14 @@ fn run_video(
     // The file's average frame rate; --fps where the file gives none (then 30).
     let rate = if info.fps > 0.0 { info.fps } else { fps.unwrap_or(30.0) };
     let track = track_options(args, rate)?;
-    let mut frames = crate::predict::VideoFrames::new(decoder, stream.path.to_path_buf(), stream.stem);
+    let outputs = &stream.outputs;
+    let mut frames = crate::predict::VideoFrames::new(decoder, stream.path.to_path_buf(), &outputs.stem);
     let mut progress = Progress::video(&label, info.frames.filter(|_| range.is_all()), quiet);
     let mut on_frame = |r: &crate::predict::ImageReport| progress.image_done(r);
-    let summary = run_frame_stream(
-        engine,
-        &mut frames,
-        source,
-        track,
-        stream.out,
-        stream.stem,
-        stream.joints,
-        stream.aligned,
-        &mut on_frame,
-    )?;
+    let summary = run_frame_stream(engine, &mut frames, source, track, outputs, &mut on_frame)?;
     drop(progress);
-    let kept = format!("{0}.jsonl and {0}.csv hold the frames before it", stream.stem);
+    let files = outputs.file_names();
+    let kept = format!("{files} hold the frames before it");
     if let Some(e) = frames.take_error() {
         return Ok(Err(format!("{e:#}; {summary} ({kept})")));
     }
@@ -492,7 +492,7 @@ fn run_video(
         return Ok(Err(format!("{label}: {summary}")));
     }
     if !quiet {
-        println!("wrote {0}.jsonl and {0}.csv to {1}", stream.stem, stream.out.display());
+        println!("wrote {files} to {}", outputs.out.display());
     }
     Ok(Ok(summary))
 }

@@ -17,7 +17,7 @@
 //! - **faces → outputs**: each finished wave goes to an [`OutputSink`]; [`FileSink`] writes the
 //!   CLI's per-image JSON and overlay PNG and the run's CSV, and [`image_json`] / [`face_json`]
 //!   build the JSON values on their own (sink.rs); [`FrameStreamSink`] writes a frame stream's
-//!   JSONL and CSV (stream_sink.rs).
+//!   JSONL, CSV and overlay video (stream_sink.rs; the MP4 itself: video/encode.rs).
 //!
 //! given.rs reads `--box` / `--boxes`, inputs.rs lists, shards and names the images, run.rs is the
 //! CLI's run (one engine and one file sink over its streams, with the counts).
@@ -54,7 +54,7 @@ pub use stream::{
     process_wave, run_stream, FaceSource, Frame, FrameContent, FrameFaces, FrameOutcome, FrameSource, ImageReport,
     StreamState,
 };
-pub use stream_sink::{AlignedEvery, FrameStreamSink};
+pub use stream_sink::{AlignedEvery, FrameStreamOutputs, FrameStreamSink};
 pub use track::{face_from_landmarks, TrackOptions, Tracker, COLLAPSE_RATIO, MATCH_IOU};
 #[cfg(feature = "video")]
 pub use video_frames::VideoFrames;

@@ -5,7 +5,7 @@ use super::engine::{LandmarkEngine, LandmarkOptions};
 use super::sink::FileSink;
 use super::sources::{DatasetFrames, ImageFiles};
 use super::stream::{run_stream, FaceSource, FrameSource, ImageReport, StreamState};
-use super::stream_sink::{AlignedEvery, FrameStreamSink};
+use super::stream_sink::{FrameStreamOutputs, FrameStreamSink};
 use super::track::TrackOptions;
 use crate::data::dataset::FaceDataset;
 use crate::model::HrNet;
@@ -122,15 +122,15 @@ impl std::fmt::Display for StreamSummary {
     }
 }
 
-/// Runs one frame stream (stdin frames, a video file) with tracking: `<stem>.jsonl` and
-/// `<stem>.csv` into `out` ([`FrameStreamSink`]). A failed frame (a truncated last frame) is
-/// reported and counted; errors of the model or of writing end the run.
-#[allow(clippy::too_many_arguments)]
+/// Runs one frame stream (stdin frames, a video file) with tracking: `<stem>.jsonl`,
+/// `<stem>.csv` and the overlay video into `outputs.out` ([`FrameStreamSink`]). A failed frame (a
+/// truncated last frame) is reported and counted; errors of the model or of writing end the run
+/// (with no overlay video: it is written whole or not at all).
 pub fn run_frame_stream(
-    engine: &mut LandmarkEngine, frames: &mut dyn FrameSource, faces: FaceSource, track: TrackOptions, out: &Path,
-    stem: &str, joints: usize, aligned: Option<AlignedEvery>, on_frame: &mut dyn FnMut(&ImageReport),
+    engine: &mut LandmarkEngine, frames: &mut dyn FrameSource, faces: FaceSource, track: TrackOptions,
+    outputs: &FrameStreamOutputs, on_frame: &mut dyn FnMut(&ImageReport),
 ) -> Result<StreamSummary> {
-    let mut sink = FrameStreamSink::new(out, stem, joints, track.fps)?.with_aligned(aligned);
+    let mut sink = FrameStreamSink::new(outputs, track.fps)?;
     let mut state = StreamState::tracked(faces, track);
     let mut counts = Summary::default();
     run_stream(engine, frames, &mut state, &mut sink, &mut |r| {

@@ -82,15 +82,24 @@ fn csv_rows(r: &ImageResult) -> String {
     s
 }
 
+/// Draws each face's box, its landmarks (with `labels`, their indices) and, for a tracked face,
+/// its `id`: the overlay PNGs and a frame stream's overlay video look alike.
+pub(super) fn draw_faces(img: &mut image::RgbImage, faces: &[FaceResult], labels: bool) {
+    for f in faces {
+        crate::draw::draw_box(img, f.face.bbox);
+        crate::draw::draw_landmarks(img, &f.landmarks, labels);
+        if let Some(id) = f.id {
+            crate::draw::draw_face_id(img, f.face.bbox, id);
+        }
+    }
+}
+
 /// The image with each face's box and landmarks drawn, as PNG bytes (`overlay`: the file's path,
 /// for messages).
 fn overlay_png(r: &ImageResult, rgb: &Rgb8, labels: bool, overlay: &Path) -> Result<Vec<u8>> {
     let mut img = image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, rgb.data.clone())
         .ok_or_else(|| anyhow!("image {}: pixel buffer does not match its size", r.path.display()))?;
-    for f in &r.faces {
-        crate::draw::draw_box(&mut img, f.face.bbox);
-        crate::draw::draw_landmarks(&mut img, &f.landmarks, labels);
-    }
+    draw_faces(&mut img, &r.faces, labels);
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, image::ImageFormat::Png)
         .map_err(|e| anyhow!("{}: PNG encoding failed: {e}", overlay.display()))?;
