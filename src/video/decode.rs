@@ -350,10 +350,11 @@ impl VideoDecoder {
 
     /// Whether `packet` is the partial last packet of a truncated file: its data reaches the end of
     /// the file, and the header declares more frames than the packets read before it. (A demuxer
-    /// hands out what it could read of a packet cut by the end of the file.)
+    /// hands out what it could read of a packet cut by the end of the file.) Packets are counted
+    /// from the file's start only: after a seek (--start) no packet is taken for a cut one.
     fn is_cut(&self, packet: &ff::Packet) -> bool {
         let end = u64::try_from(packet.position()).ok().map(|pos| pos + packet.size() as u64);
-        let more = self.info.frames.is_some_and(|n| self.packets + 1 < n);
+        let more = self.range.start == 0.0 && self.info.frames.is_some_and(|n| self.packets + 1 < n);
         more && end.is_some_and(|end| end >= self.file_size)
     }
 
