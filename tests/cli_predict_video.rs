@@ -318,7 +318,10 @@ fn a_truncated_video_keeps_its_lines_and_fails_in_one_line() {
     let o = st.predict(&[s(&fixtures.join("truncated.mp4")), "--detector", "none", "-q"]);
     assert_cli_error(
         &o,
-        &["truncated.mp4: the file is truncated", "truncated.jsonl and truncated.csv hold the frames"],
+        &[
+            "truncated.mp4: the file is truncated",
+            "truncated.jsonl, truncated.csv and truncated_landmarks.mp4 hold the frames",
+        ],
     );
     assert_eq!(st.lines("truncated").len(), decoded.len());
     let csv = std::fs::read_to_string(st.dir.join("out/truncated.csv")).unwrap();
