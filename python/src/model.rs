@@ -159,6 +159,13 @@ fn find_faces(
     Ok(FindFaces { boxes, detector, options: detector_options(min_face, thresholds)? })
 }
 
+fn run_options(flip_test: bool, decode: Option<String>) -> PyResult<RunOptions> {
+    if let Some(d) = &decode {
+        d.parse::<hrk::config::DecodeMode>().map_err(|e| PyValueError::new_err(format!("decode: {e}")))?;
+    }
+    Ok(RunOptions { flip_test, decode })
+}
+
 fn detector_options(min_face: f32, (a, b, c): (f32, f32, f32)) -> PyResult<DetectorOptions> {
     if !(min_face.is_finite() && min_face >= 1.0) {
         return Err(PyValueError::new_err(format!("min_face {min_face}: expected a size in pixels >= 1")));
@@ -243,7 +250,7 @@ impl Model {
     ) -> PyResult<Vec<Face>> {
         let input = image_input(image)?;
         let find = find_faces(boxes, detector, min_face, thresholds)?;
-        let run = RunOptions { flip_test, decode };
+        let run = run_options(flip_test, decode)?;
         let batch = self.batch;
         let mut results =
             self.run(py, move |m| m.predict(decode_frames(vec![input])?, &find, &run, batch, None))?;
@@ -264,7 +271,7 @@ impl Model {
     ) -> PyResult<Vec<Vec<Face>>> {
         let inputs = frame_inputs(images)?;
         let find = find_faces(boxes, detector, min_face, thresholds)?;
-        let run = RunOptions { flip_test, decode };
+        let run = run_options(flip_test, decode)?;
         let batch = self.batch;
         let results = self.run(py, move |m| m.predict(decode_frames(inputs)?, &find, &run, batch, None))?;
         results.into_iter().map(|r| Model::faces(py, r)).collect()
