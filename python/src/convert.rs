@@ -27,7 +27,9 @@ impl std::error::Error for BadInput {}
 /// one line.
 pub fn py_err(e: anyhow::Error) -> PyErr {
     let message = hrk::predict::one_line(&e);
-    let not_found = e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound));
+    let not_found = e
+        .chain()
+        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound));
     if not_found {
         PyFileNotFoundError::new_err(message)
     } else if e.chain().any(|c| c.is::<BadInput>()) {
@@ -97,7 +99,11 @@ impl ImageInput {
 
 fn read_file(path: &Path) -> anyhow::Result<Rgb8> {
     if !path.exists() {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("image {}: no such file", path.display())).into());
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("image {}: no such file", path.display()),
+        )
+        .into());
     }
     hrk::predict::read_image(path).map_err(|e| BadInput(hrk::predict::one_line(&e)).into())
 }
@@ -156,7 +162,11 @@ fn array_pixels(array: &Bound<'_, PyUntypedArray>) -> PyResult<Rgb8> {
 }
 
 fn pil_pixels(image: &Bound<'_, PyAny>) -> PyResult<Rgb8> {
-    let rgb = if image.getattr("mode")?.extract::<String>()? == "RGB" { image.clone() } else { image.call_method1("convert", ("RGB",))? };
+    let rgb = if image.getattr("mode")?.extract::<String>()? == "RGB" {
+        image.clone()
+    } else {
+        image.call_method1("convert", ("RGB",))?
+    };
     let (width, height): (usize, usize) = rgb.getattr("size")?.extract()?;
     if width == 0 || height == 0 {
         return Err(PyValueError::new_err(format!("image: the PIL image is empty ({width}x{height})")));

@@ -180,7 +180,9 @@ fn detector_options(min_face: f32, (a, b, c): (f32, f32, f32)) -> PyResult<Detec
 impl Model {
     #[new]
     #[pyo3(signature = (cfg, weights, device="cpu", precision="f32", batch=None))]
-    fn new(py: Python<'_>, cfg: PathBuf, weights: PathBuf, device: &str, precision: &str, batch: Option<usize>) -> PyResult<Model> {
+    fn new(
+        py: Python<'_>, cfg: PathBuf, weights: PathBuf, device: &str, precision: &str, batch: Option<usize>,
+    ) -> PyResult<Model> {
         let cfg_path = existing_file("cfg", cfg)?;
         let weights = existing_file("weights", weights)?;
         if precision != "f32" && precision != "bf16" {
@@ -252,8 +254,7 @@ impl Model {
         let find = find_faces(boxes, detector, min_face, thresholds)?;
         let run = run_options(flip_test, decode)?;
         let batch = self.batch;
-        let mut results =
-            self.run(py, move |m| m.predict(decode_frames(vec![input])?, &find, &run, batch, None))?;
+        let mut results = self.run(py, move |m| m.predict(decode_frames(vec![input])?, &find, &run, batch, None))?;
         Model::faces(py, results.pop().expect("one image in, one result out"))
     }
 
@@ -325,7 +326,9 @@ impl Model {
         })?;
         let [ih, iw] = self.image_size;
         if shape.len() != 4 || shape[1] != 3 || shape[2] != ih || shape[3] != iw || shape[0] == 0 {
-            return Err(PyValueError::new_err(format!("crops: expected shape N x 3 x {ih} x {iw} (N >= 1), got {shape:?}")));
+            return Err(PyValueError::new_err(format!(
+                "crops: expected shape N x 3 x {ih} x {iw} (N >= 1), got {shape:?}"
+            )));
         }
         let n = shape[0];
         let inputs: Vec<f32> = crops.as_array().iter().copied().collect();
@@ -373,7 +376,9 @@ pub struct FaceAlignment {
 impl FaceAlignment {
     #[new]
     #[pyo3(signature = (cfg, weights, device="cpu", precision="f32", flip_input=false))]
-    fn new(py: Python<'_>, cfg: PathBuf, weights: PathBuf, device: &str, precision: &str, flip_input: bool) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>, cfg: PathBuf, weights: PathBuf, device: &str, precision: &str, flip_input: bool,
+    ) -> PyResult<Self> {
         let model = Py::new(py, Model::new(py, cfg, weights, device, precision, None)?)?;
         Ok(FaceAlignment { model, flip_input })
     }
@@ -407,7 +412,9 @@ impl FaceAlignment {
                 list.into_iter()
                     .map(|b| match b[..] {
                         [x1, y1, x2, y2] | [x1, y1, x2, y2, _] => Ok((x1, y1, x2, y2)),
-                        _ => Err(PyValueError::new_err(format!("detected_faces: expected [x1, y1, x2, y2(, score)], got {b:?}"))),
+                        _ => Err(PyValueError::new_err(format!(
+                            "detected_faces: expected [x1, y1, x2, y2(, score)], got {b:?}"
+                        ))),
                     })
                     .collect::<PyResult<Vec<_>>>()
             })

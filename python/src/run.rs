@@ -46,7 +46,9 @@ pub fn pixel_frame(label: PathBuf, rgb: anyhow::Result<hrk::data::imageio::Rgb8>
 /// Runs `frames` through `engine` as `hrk predict` does (waves, shared batches, poses), each
 /// frame's faces from `state`; the results in order. A failed frame fails the call with its
 /// message (a `ValueError`: what fails there is the frame itself, e.g. a detector refusing its size).
-pub fn run_frames(engine: &mut LandmarkEngine, frames: Vec<Frame>, state: &mut StreamState) -> anyhow::Result<Vec<ImageResult>> {
+pub fn run_frames(
+    engine: &mut LandmarkEngine, frames: Vec<Frame>, state: &mut StreamState,
+) -> anyhow::Result<Vec<ImageResult>> {
     let mut collected = Collected::default();
     run_stream(engine, &mut GivenFrames(frames.into()), state, &mut collected, &mut |_| {})?;
     collected.0.into_iter().map(|r| r.map_err(|e| BadInput(e).into())).collect()
@@ -60,7 +62,9 @@ pub fn load_config(path: &std::path::Path) -> anyhow::Result<hrk::config::Config
 }
 
 /// The model of `cfg` with `weights` on `device` at `precision` (as the CLI's commands build it).
-pub fn load_model(cfg: &hrk::config::Config, weights: &std::path::Path, device: &Device, precision: &str) -> anyhow::Result<HrNet> {
+pub fn load_model(
+    cfg: &hrk::config::Config, weights: &std::path::Path, device: &Device, precision: &str,
+) -> anyhow::Result<HrNet> {
     let mut net = HrNet::from_config(cfg, 0)?;
     net.load_weights_file(weights)?;
     net.to_device(device)?;
@@ -94,7 +98,10 @@ pub fn evaluate<'py>(
         let opts = TestOptions::from_config(&cfg)?.with_overrides(flip_test, shift_heatmap, decode)?;
         let file = testset.unwrap_or_else(|| PathBuf::from(&cfg.dataset.testset));
         if !file.exists() {
-            anyhow::bail!(std::io::Error::new(std::io::ErrorKind::NotFound, format!("test set {} not found", file.display())));
+            anyhow::bail!(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("test set {} not found", file.display())
+            ));
         }
         Ok(hrk::eval::evaluate_file(&mut net, &cfg, &file, batch, workers, &opts)?.1)
     })?;

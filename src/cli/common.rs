@@ -36,7 +36,11 @@ impl TestOptionArgs {
 
     /// The config's TEST.* options with the flags applied.
     pub fn resolve(&self, cfg: &Config) -> Result<crate::eval::TestOptions> {
-        crate::eval::TestOptions::from_config(cfg)?.with_overrides(self.flip_test, self.shift_heatmap, self.decode.as_deref())
+        crate::eval::TestOptions::from_config(cfg)?.with_overrides(
+            self.flip_test,
+            self.shift_heatmap,
+            self.decode.as_deref(),
+        )
     }
 }
 
