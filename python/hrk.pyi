@@ -65,16 +65,10 @@ class Model:
         min_face: float = 20.0,
         thresholds: Tuple[float, float, float] = (0.6, 0.7, 0.7),
     ) -> list[Face]: ...
-    def predict_batch(
-        self,
-        images: Iterable[ImageLike],
-        boxes: Optional[Sequence[Box]] = None,
-        detector: bool = True,
-        flip_test: bool = False,
-        decode: Optional[str] = None,
-        min_face: float = 20.0,
-        thresholds: Tuple[float, float, float] = (0.6, 0.7, 0.7),
-    ) -> list[list[Face]]: ...
+    def predict_batch(self, images: Iterable[ImageLike], boxes: Optional[Sequence[Box]] = None, detector: bool = True,
+                      flip_test: bool = False, decode: Optional[str] = None, min_face: float = 20.0,
+                      thresholds: Tuple[float, float, float] = (0.6, 0.7, 0.7)) -> list[list[Face]]:
+        """`predict` over several images (their faces share forward passes; the same results)."""
     def track(
         self,
         frames: Iterable[ImageLike],
@@ -91,14 +85,8 @@ class Model:
 class FaceAlignment:
     """face_alignment's interface over an hrk model."""
 
-    def __init__(
-        self,
-        cfg: PathLike,
-        weights: PathLike,
-        device: str = "cpu",
-        precision: str = "f32",
-        flip_input: bool = False,
-    ) -> None: ...
+    def __init__(self, cfg: PathLike, weights: PathLike, device: str = "cpu", precision: str = "f32",
+                 flip_input: bool = False) -> None: ...
     def get_landmarks(
         self,
         image_or_path: ImageLike,
@@ -108,13 +96,7 @@ class FaceAlignment:
     ) -> Any:
         """A list of K x 2 float32 arrays (one per face) or None; with return_bboxes or
         return_landmark_score a tuple (landmarks, landmark_scores, bboxes)."""
-    def get_landmarks_from_image(
-        self,
-        image_or_path: ImageLike,
-        detected_faces: Optional[Sequence[Sequence[float]]] = None,
-        return_bboxes: bool = False,
-        return_landmark_score: bool = False,
-    ) -> Any: ...
+    get_landmarks_from_image = get_landmarks
 
 def detect(
     image: ImageLike, min_face: float = 20.0, thresholds: Tuple[float, float, float] = (0.6, 0.7, 0.7)

@@ -331,19 +331,29 @@ impl Model {
             )));
         }
         let n = shape[0];
-        let inputs: Vec<f32> = crops.as_array().iter().copied().collect();
-        let batch = self.batch;
+        // The one copy of the input, already split into the forward passes' batches.
+        let per = 3 * ih * iw;
+        let chunk_len = self.batch * per;
+        let view = crops.as_array();
+        let chunks: Vec<Vec<f32>> = match view.as_slice() {
+            Some(values) => values.chunks(chunk_len).map(<[f32]>::to_vec).collect(),
+            None => {
+                let mut chunks: Vec<Vec<f32>> = Vec::new();
+                for (i, &v) in view.iter().enumerate() {
+                    if i % chunk_len == 0 {
+                        chunks.push(Vec::with_capacity(chunk_len.min(n * per - i)));
+                    }
+                    chunks.last_mut().expect("pushed at index 0").push(v);
+                }
+                chunks
+            }
+        };
         let (values, hshape) = self.run(py, move |m| {
-            let per = 3 * ih * iw;
             let (mut out, mut out_shape) = (Vec::new(), [0usize; 4]);
-            for chunk in inputs.chunks(batch * per) {
-                let (hm, s) = hrk::eval::test_heatmaps(
-                    &mut m.net,
-                    chunk.to_vec(),
-                    [chunk.len() / per, 3, ih, iw],
-                    &TestOptions::default(),
-                    &[],
-                )?;
+            for chunk in chunks {
+                let len = chunk.len() / per;
+                let (hm, s) =
+                    hrk::eval::test_heatmaps(&mut m.net, chunk, [len, 3, ih, iw], &TestOptions::default(), &[])?;
                 out.extend_from_slice(&hm);
                 out_shape = [n, s[1], s[2], s[3]];
             }

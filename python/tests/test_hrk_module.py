@@ -131,8 +131,9 @@ def test_heatmaps_equal_onnx_runtime(trained, model, tmp_path):
     # its own order, so the two differ by f32 rounding that grows with the output's magnitude;
     # 1e-4 x max|output| leaves room for that and none for a wrong layer.
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
-    # Batching does not change them.
+    # Batching (5 crops run as 4 + 1) and the input's memory layout do not change them.
     assert np.array_equal(np.concatenate([model.heatmaps(crops[:2]), model.heatmaps(crops[2:])]), got)
+    assert np.array_equal(model.heatmaps(np.asfortranarray(crops)), got)
 
 
 def test_evaluate_equals_hrk_test(trained, tmp_path):
