@@ -117,6 +117,19 @@ def test_f32_and_bf16_models_side_by_side(trained, fixture_images, tmp_path):
             assert_faces_equal(m32.predict(path), want["f32"][path])
 
 
+def test_cpu_and_emulated_gpu_models_side_by_side(trained, model, tmp_path):
+    """Two devices in one process: the emulated GPU (`device="emu"`: the CUDA kernels run on the host)
+    gives what `hrk predict --device emu` gives, and the CPU model is unaffected."""
+    cfg, weights, _, _ = trained
+    path = str(FIXTURES / "group.jpg")
+    box = "40,50,140,160"
+    want = {d: cli_predict(cfg, weights, [path], tmp_path / d, "--box", box, "--device", d)[path] for d in ["cpu", "emu"]}
+    gpu = hrk.Model(cfg, weights, device="emu")
+    assert gpu.device != "cpu"
+    assert_faces_equal(gpu.predict(path, boxes=[(40, 50, 140, 160)]), want["emu"])
+    assert_faces_equal(model.predict(path, boxes=[(40, 50, 140, 160)]), want["cpu"])
+
+
 def test_heatmaps_equal_onnx_runtime(trained, model, tmp_path):
     import onnxruntime as ort
 
