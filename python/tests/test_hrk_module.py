@@ -279,13 +279,20 @@ def test_other_threads_run_during_a_call(model, fixture_images):
     assert state["counted"] > 0
 
 
-def test_track_gives_ids_per_frame(model):
-    frames = [np.asarray(Image.open(FIXTURES / "odd.png").convert("RGB"))] * 4
+def test_track_equals_cli_stdin_frames(trained, model, tmp_path):
+    """`Model.track` is `hrk predict --stdin-frames`: the same faces, ids and smoothing per frame."""
+    cfg, weights, _, _ = trained
+    rgb = np.asarray(Image.open(FIXTURES / "group.jpg").convert("RGB"))
+    frames = [rgb, rgb[:, ::-1].copy(), rgb, rgb]
+    h, w, _ = rgb.shape
+    run_cli("predict", "--cfg", cfg, "--model-file", weights, "--out", tmp_path, "-q", "--stdin-frames", f"{w}x{h}",
+            "--fps", 25, "--redetect", 2, stdin=b"".join(f.tobytes() for f in frames))
+    want = [json.loads(line)["faces"] for line in (tmp_path / "stdin.jsonl").read_text().splitlines()]
     tracked = list(model.track(frames, fps=25.0, redetect=2))
-    assert len(tracked) == 4
-    ids = [[f.id for f in faces] for faces in tracked]
-    assert all(i is not None for frame in ids for i in frame)
-    assert ids[0] == ids[-1] and len(ids[0]) > 0
+    assert len(tracked) == len(want) == 4
+    for faces, doc in zip(tracked, want):
+        assert [json.loads(f.to_json()) for f in faces] == doc
+        assert all(f.id is not None for f in faces)
 
 
 def test_detect_equals_predict_boxes(model):
