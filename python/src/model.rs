@@ -3,15 +3,15 @@
 
 use crate::convert::{existing_file, image_input, without_gil, BadInput, ImageInput};
 use crate::faces::Face;
-use crate::run::{load_config, load_model, pixel_frame, run_frames};
+use crate::run::{load_config, load_model, pixel_frame, run_frames, GivenFrames, PythonFrames};
 use hrk::config::Config;
 use hrk::detect::{DetectorOptions, Mtcnn};
 use hrk::eval::TestOptions;
 use hrk::model::hrnet::memory::{check_batch_memory, Pass};
 use hrk::model::HrNet;
 use hrk::predict::{
-    FaceBox, FaceFinder, FaceSource, ImageResult, LandmarkEngine, LandmarkOptions, OneEuroParams, StreamState,
-    TrackOptions, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
+    FaceBox, FaceFinder, FaceSource, FrameSource, ImageResult, LandmarkEngine, LandmarkOptions, OneEuroParams,
+    StreamState, TrackOptions, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
 };
 use hrk::tensor::Device;
 use numpy::ndarray::{Array2, Array4};
@@ -56,7 +56,7 @@ impl Loaded {
     /// `hrk predict`'s stream over `frames`: the same waves, batches, crops, decoding and poses
     /// (`tracked`: faces tracked across frames as `--stdin-frames` does).
     fn predict(
-        &mut self, frames: Vec<hrk::predict::Frame>, find: &FindFaces, run: &RunOptions, batch: usize,
+        &mut self, frames: &mut dyn FrameSource, find: &FindFaces, run: &RunOptions, batch: usize,
         tracked: Option<TrackOptions>,
     ) -> anyhow::Result<Vec<ImageResult>> {
         let test = TestOptions::from_config(&self.cfg)?.with_overrides(run.flip_test, false, run.decode.as_deref())?;
@@ -254,7 +254,9 @@ impl Model {
         let find = find_faces(boxes, detector, min_face, thresholds)?;
         let run = run_options(flip_test, decode)?;
         let batch = self.batch;
-        let mut results = self.run(py, move |m| m.predict(decode_frames(vec![input])?, &find, &run, batch, None))?;
+        let mut results = self.run(py, move |m| {
+            m.predict(&mut GivenFrames(decode_frames(vec![input])?.into()), &find, &run, batch, None)
+        })?;
         Model::faces(py, results.pop().expect("one image in, one result out"))
     }
 
@@ -274,7 +276,8 @@ impl Model {
         let find = find_faces(boxes, detector, min_face, thresholds)?;
         let run = run_options(flip_test, decode)?;
         let batch = self.batch;
-        let results = self.run(py, move |m| m.predict(decode_frames(inputs)?, &find, &run, batch, None))?;
+        let results = self
+            .run(py, move |m| m.predict(&mut GivenFrames(decode_frames(inputs)?.into()), &find, &run, batch, None))?;
         results.into_iter().map(|r| Model::faces(py, r)).collect()
     }
 
@@ -283,8 +286,9 @@ impl Model {
     ///
     /// A frame stream (video frames in order, any iterable of images) as `hrk predict --stdin-frames`
     /// runs it: the detector every `redetect` frames, faces tracked between, ids kept across frames,
-    /// landmarks One-Euro smoothed (`smooth` "min_cutoff,beta" or "none"). Returns an iterator over the
-    /// frames, each a list of `Face` with `id` set.
+    /// landmarks One-Euro smoothed (`smooth` "min_cutoff,beta" or "none"). Frames are pulled from
+    /// `frames` as the stream runs (a generator of video frames is never held whole); returns an iterator
+    /// over the frames' results, each a list of `Face` with `id` set.
     #[pyo3(signature = (frames, fps=30.0, redetect=30, smooth="0.5,0.05", detector=true, min_face=20.0, thresholds=(0.6, 0.7, 0.7)))]
     #[allow(clippy::too_many_arguments)]
     fn track<'py>(
@@ -299,11 +303,15 @@ impl Model {
         }
         let smooth = OneEuroParams::parse(smooth).map_err(|e| PyValueError::new_err(hrk::predict::one_line(&e)))?;
         let track = TrackOptions { redetect, fps, smooth };
-        let inputs: Vec<ImageInput> = frames.try_iter()?.map(|item| image_input(&item?)).collect::<PyResult<_>>()?;
         let find = find_faces(None, detector, min_face, thresholds)?;
-        let run = RunOptions { flip_test: false, decode: None };
+        let run = run_options(false, None)?;
         let batch = self.batch;
-        let results = self.run(py, move |m| m.predict(decode_frames(inputs)?, &find, &run, batch, Some(track)))?;
+        let mut source = PythonFrames::new(frames.try_iter()?.unbind());
+        let results = self.run(py, |m| m.predict(&mut source, &find, &run, batch, Some(track)));
+        if let Some(e) = source.error.take() {
+            return Err(e);
+        }
+        let results = results?;
         let per_frame: Vec<Vec<Face>> = results.into_iter().map(|r| Model::faces(py, r)).collect::<PyResult<_>>()?;
         PyList::new(py, per_frame)?.try_iter().map(|it| it.into_any())
     }

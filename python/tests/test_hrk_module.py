@@ -200,6 +200,7 @@ def test_bad_input_raises_one_line_errors(model, tmp_path):
     one_line_error(ValueError, lambda: model.predict(str(FIXTURES / "group.jpg"), decode="cubic"))
     one_line_error(TypeError, lambda: model.heatmaps(np.zeros((1, 3, 64, 64), np.float64)))
     one_line_error(ValueError, lambda: model.heatmaps(np.zeros((1, 3, 32, 32), np.float32)))
+    one_line_error(TypeError, lambda: model.track([np.zeros((64, 64, 3), np.uint8), 3]))
     one_line_error(FileNotFoundError, lambda: hrk.Model(tmp_path / "none.yaml", tmp_path / "none.safetensors"))
     # The interpreter survives and the model still works.
     assert len(model.predict(str(FIXTURES / "group.jpg"))) > 0
@@ -288,7 +289,7 @@ def test_track_equals_cli_stdin_frames(trained, model, tmp_path):
     run_cli("predict", "--cfg", cfg, "--model-file", weights, "--out", tmp_path, "-q", "--stdin-frames", f"{w}x{h}",
             "--fps", 25, "--redetect", 2, stdin=b"".join(f.tobytes() for f in frames))
     want = [json.loads(line)["faces"] for line in (tmp_path / "stdin.jsonl").read_text().splitlines()]
-    tracked = list(model.track(frames, fps=25.0, redetect=2))
+    tracked = list(model.track((f for f in frames), fps=25.0, redetect=2))  # a generator, pulled as it runs
     assert len(tracked) == len(want) == 4
     for faces, doc in zip(tracked, want):
         assert [json.loads(f.to_json()) for f in faces] == doc
