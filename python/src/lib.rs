@@ -10,6 +10,9 @@ mod run;
 
 use pyo3::prelude::*;
 
+/// hrk: HRNetV2 facial landmarks from hrk's Rust engine — `Model` (predict, predict_batch, track,
+/// heatmaps), `detect`, `evaluate`, `train` and face_alignment's `FaceAlignment`. Results equal the
+/// `hrk` command line's bit for bit.
 #[pymodule]
 fn hrk(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // `log` records (warnings such as a bf16 fallback, the trainer's log lines) go to Python's
