@@ -115,6 +115,22 @@ def test_f32_and_bf16_models_side_by_side(trained, fixture_images, tmp_path):
         for path in images:
             assert_faces_equal(m16.predict(path), want["bf16"][path])
             assert_faces_equal(m32.predict(path), want["f32"][path])
+    # At the same time, from two threads.
+    got = {}
+    barrier = threading.Barrier(2)
+
+    def run(name, m):
+        barrier.wait()
+        got[name] = [m.predict(p) for p in images * 2]
+
+    threads = [threading.Thread(target=run, args=a) for a in [("f32", m32), ("bf16", m16)]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in ["f32", "bf16"]:
+        for path, faces in zip(images * 2, got[name]):
+            assert_faces_equal(faces, want[name][path])
 
 
 def test_cpu_and_emulated_gpu_models_side_by_side(trained, model, tmp_path):
