@@ -108,9 +108,24 @@ pub struct Model {
 impl Model {
     fn run<T: Send>(&self, py: Python<'_>, work: impl FnOnce(&mut Loaded) -> anyhow::Result<T> + Send) -> PyResult<T> {
         // The lock is taken with the GIL released: a thread waiting here lets the running call log.
-        without_gil(py, || {
-            let mut loaded = self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut loaded)
+        without_gil(py, || work(&mut self.lock()))
+    }
+
+    /// The model for one call. Calls do not change the weights, so a lock that a panicking call
+    /// poisoned (its panic became a RuntimeError) is taken over.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Decodes `inputs` (before taking the lock: another thread's call runs meanwhile) and runs them
+    /// as independent images.
+    fn predict_images(
+        &self, py: Python<'_>, inputs: Vec<ImageInput>, find: FindFaces, run: RunOptions,
+    ) -> PyResult<Vec<ImageResult>> {
+        let batch = self.batch;
+        without_gil(py, move || {
+            let mut frames = GivenFrames(decode_frames(inputs)?.into());
+            self.lock().predict(&mut frames, &find, &run, batch, None)
         })
     }
 
@@ -253,10 +268,7 @@ impl Model {
         let input = image_input(image)?;
         let find = find_faces(boxes, detector, min_face, thresholds)?;
         let run = run_options(flip_test, decode)?;
-        let batch = self.batch;
-        let mut results = self.run(py, move |m| {
-            m.predict(&mut GivenFrames(decode_frames(vec![input])?.into()), &find, &run, batch, None)
-        })?;
+        let mut results = self.predict_images(py, vec![input], find, run)?;
         Model::faces(py, results.pop().expect("one image in, one result out"))
     }
 
@@ -275,9 +287,7 @@ impl Model {
         let inputs = frame_inputs(images)?;
         let find = find_faces(boxes, detector, min_face, thresholds)?;
         let run = run_options(flip_test, decode)?;
-        let batch = self.batch;
-        let results = self
-            .run(py, move |m| m.predict(&mut GivenFrames(decode_frames(inputs)?.into()), &find, &run, batch, None))?;
+        let results = self.predict_images(py, inputs, find, run)?;
         results.into_iter().map(|r| Model::faces(py, r)).collect()
     }
 
