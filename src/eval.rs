@@ -12,7 +12,7 @@ use crate::data::loader::{build_batch, Batch};
 use crate::data::metrics::{compute_nme_with, NmeNorm, Summary};
 use crate::data::sample::SampleMeta;
 use crate::model::HrNet;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -74,6 +74,20 @@ impl TestOptions {
             shift_heatmap: cfg.test.shift_heatmap,
             decode: cfg.test.decode.parse().map_err(|e| anyhow!("config key TEST.DECODE: {e}"))?,
         })
+    }
+
+    /// These options with the test-time flags of `hrk test` / `hrk predict` (and the Python
+    /// package's arguments) applied: `--flip-test` and `--shift-heatmap` switch on, `--decode` replaces.
+    pub fn with_overrides(mut self, flip_test: bool, shift_heatmap: bool, decode: Option<&str>) -> Result<TestOptions> {
+        self.flip_test |= flip_test;
+        self.shift_heatmap |= shift_heatmap;
+        if let Some(d) = decode {
+            self.decode = d.parse().context("--decode")?;
+        }
+        if self.shift_heatmap && !self.flip_test {
+            log::warn!("--shift-heatmap / TEST.SHIFT_HEATMAP has no effect without the flip test");
+        }
+        Ok(self)
     }
 
     /// A short label for logs and metrics.json.
@@ -214,6 +228,19 @@ fn squared_error_sum(a: &[f32], b: &[f32]) -> f64 {
 /// `batch`; `threads` > 0 builds batches on that many background threads while the model runs.
 pub fn evaluate(net: &mut HrNet, dataset: &FaceDataset, batch: usize, threads: usize) -> Result<EvalResult> {
     evaluate_with(net, dataset, batch, threads, &TestOptions::default())
+}
+
+/// `hrk test`'s step for one annotation file: opens `file` with the config's dataset settings and
+/// evaluates `net` on it ([`evaluate_with`]).
+pub fn evaluate_file(
+    net: &mut HrNet, cfg: &crate::config::Config, file: &std::path::Path, batch: usize, threads: usize,
+    opts: &TestOptions,
+) -> Result<(FaceDataset, EvalResult)> {
+    let spec = crate::data::dataset::DatasetSpec::from_config(cfg, false, Some(file))?;
+    let dataset = FaceDataset::open(spec)?;
+    let result =
+        evaluate_with(net, &dataset, batch, threads, opts).with_context(|| format!("test set {}", file.display()))?;
+    Ok((dataset, result))
 }
 
 /// [`evaluate`] with test-time options (flip test, DARK decoding).

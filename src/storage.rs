@@ -39,6 +39,39 @@ impl Device {
     pub fn is_gpu(&self) -> bool {
         matches!(self, Device::Gpu(_))
     }
+
+    /// `cpu`, `cuda` or `auto` (`--device`; the Python package's `device=`): the device the model and
+    /// its inputs go to. Hidden choice `emu` (or env `HRK_DEVICE_EMU=1` with cuda/auto): the emulated GPU,
+    /// which runs the CUDA kernels on the host — slow, for tests of the device path without a GPU.
+    pub fn open(arg: &str) -> Result<Device> {
+        use crate::cuda::{select_device, DeviceChoice, DeviceRequest};
+        use anyhow::Context;
+        if arg.eq_ignore_ascii_case("emu") || (crate::switches::device_emu() && !arg.eq_ignore_ascii_case("cpu")) {
+            return Ok(Device::emulated());
+        }
+        let req: DeviceRequest = arg.parse()?;
+        match select_device(req).context("--device")? {
+            DeviceChoice::Cpu { fallback_reason } => {
+                if let Some(r) = fallback_reason {
+                    log::info!("--device auto: using the CPU ({r})");
+                }
+                Ok(Device::Cpu)
+            }
+            DeviceChoice::Cuda { ordinal, .. } => cuda_device(ordinal),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    use anyhow::Context;
+    Ok(Device::Gpu(GpuDevice::cuda(ordinal).context("--device cuda")?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_ordinal: usize) -> Result<Device> {
+    // select_device answers NotCompiled first; kept for completeness.
+    bail!("{}", crate::cuda::CudaUnavailable::NotCompiled)
 }
 
 /// Host values of one element type. Large f32 buffers come from and return to a process-wide pool

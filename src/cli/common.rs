@@ -2,11 +2,10 @@
 //! done by the library (`Config::load`, `DatasetSpec::from_config`, `HrnetSpec::from_config`).
 
 use crate::config::Config;
-use crate::cuda::{select_device, DeviceChoice, DeviceRequest};
 use crate::data::dataset::DatasetSpec;
 use crate::model::{HrNet, HrnetSpec};
 use crate::tensor::Device;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::Path;
 
 /// The test-time option flags of `hrk test` and `hrk predict` (issue #15); each overrides its
@@ -37,16 +36,11 @@ impl TestOptionArgs {
 
     /// The config's TEST.* options with the flags applied.
     pub fn resolve(&self, cfg: &Config) -> Result<crate::eval::TestOptions> {
-        let mut o = crate::eval::TestOptions::from_config(cfg)?;
-        o.flip_test |= self.flip_test;
-        o.shift_heatmap |= self.shift_heatmap;
-        if let Some(d) = &self.decode {
-            o.decode = d.parse().context("--decode")?;
-        }
-        if o.shift_heatmap && !o.flip_test {
-            log::warn!("--shift-heatmap / TEST.SHIFT_HEATMAP has no effect without the flip test");
-        }
-        Ok(o)
+        crate::eval::TestOptions::from_config(cfg)?.with_overrides(
+            self.flip_test,
+            self.shift_heatmap,
+            self.decode.as_deref(),
+        )
     }
 }
 
@@ -66,9 +60,7 @@ pub fn model(cfg: &Config, seed: u64) -> Result<HrNet> {
 /// Loads .safetensors or an official .pth (zip or legacy; `module.` prefixes stripped) strictly:
 /// every model tensor must be present with its shape; `num_batches_tracked` may be absent.
 pub fn load_weights(net: &mut HrNet, path: &Path) -> Result<()> {
-    let entries = crate::io::load_state_dict(path)?;
-    net.store.load(&entries, true, &path.display().to_string())?;
-    Ok(())
+    net.load_weights_file(path)
 }
 
 /// The dataset described by the config; `annotations` overrides DATASET.TRAINSET/TESTSET.
@@ -76,38 +68,14 @@ pub fn dataset_spec(cfg: &Config, is_train: bool, annotations: Option<&Path>) ->
     DatasetSpec::from_config(cfg, is_train, annotations)
 }
 
-/// `--device cpu|cuda|auto` → the device the model and its inputs go to (`HrNet::to_device`).
-/// Hidden choice `emu` (or env `HRK_DEVICE_EMU=1` with cuda/auto): the emulated GPU, which runs the
-/// CUDA kernels on the host — slow, for tests of the device path without a GPU.
+/// `--device cpu|cuda|auto` → the device the model and its inputs go to ([`Device::open`]);
+/// a GPU device (or the emulated one) also gets the one-line panic report below.
 pub fn device(arg: &str) -> Result<Device> {
-    if arg.eq_ignore_ascii_case("emu") || (crate::switches::device_emu() && !arg.eq_ignore_ascii_case("cpu")) {
+    let device = Device::open(arg)?;
+    if !matches!(device, Device::Cpu) {
         install_gpu_panic_hook();
-        return Ok(Device::emulated());
     }
-    let req: DeviceRequest = arg.parse()?;
-    match select_device(req).context("--device")? {
-        DeviceChoice::Cpu { fallback_reason } => {
-            if let Some(r) = fallback_reason {
-                log::info!("--device auto: using the CPU ({r})");
-            }
-            Ok(Device::Cpu)
-        }
-        DeviceChoice::Cuda { ordinal, .. } => {
-            install_gpu_panic_hook();
-            cuda_device(ordinal)
-        }
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_device(ordinal: usize) -> Result<Device> {
-    Ok(Device::Gpu(crate::cuda::device::GpuDevice::cuda(ordinal).context("--device cuda")?))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_device(_ordinal: usize) -> Result<Device> {
-    // select_device answers NotCompiled first; kept for completeness.
-    bail!("{}", crate::cuda::CudaUnavailable::NotCompiled)
+    Ok(device)
 }
 
 /// Makes a panic from an infallible GPU accessor (a host copy of a device tensor, e.g. `to_f32_vec`, or a

@@ -298,11 +298,6 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     net.to_device(&device)?;
     net.set_precision(args.options.precision()?);
     let test = args.options.resolve(&cfg)?;
-    let pairs = if test.flip_test {
-        super::common::dataset_spec(&cfg, false, None)?.mirror_pairs().context("--flip-test")?
-    } else {
-        Vec::new()
-    };
     let batch = args.batch.unwrap_or(cfg.test.batch_size_per_gpu);
     if batch == 0 {
         bail!("--batch must be positive");
@@ -310,7 +305,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     // The engine's crops and activations for one batch (decoded photos are bounded by the image limits).
     check_batch_memory(&cfg, &device, Pass::Infer, batch, None, "--batch or MODEL.IMAGE_SIZE")?;
     let out = args.out.clone().unwrap_or_else(|| cfg.output_dir_for(&args.cfg).join("predict"));
-    let opts = LandmarkOptions { test, pairs, batch };
+    let opts = LandmarkOptions::for_config(&cfg, test, batch)?;
     let aligned = args.aligned.map(check_aligned_size).transpose()?;
     // The 5 template points come from the 68/98 layouts, the same as the pose's.
     if aligned.is_some() && pose_indices(net.spec.num_joints).is_none() {

@@ -4,7 +4,7 @@
 
 use crate::atomic_file::write_atomically;
 use crate::data::dataset::{Annotations, FaceDataset};
-use crate::eval::{evaluate_with, EvalResult, TestOptions};
+use crate::eval::{evaluate_file, EvalResult, TestOptions};
 use crate::host_tensor::{HostData, HostTensor};
 use crate::model::hrnet::memory::{check_batch_memory, Pass};
 use crate::plot::{ced_points, save_chart, Chart, Series};
@@ -155,10 +155,7 @@ pub fn run(args: TestArgs) -> Result<()> {
 
     let mut subsets = Vec::new();
     for (file, name) in files.iter().zip(subset_names(&files)) {
-        let spec = super::common::dataset_spec(&cfg, false, Some(file))?;
-        let ds = FaceDataset::open(spec)?;
-        let result = evaluate_with(&mut net, &ds, batch, workers, &opts)
-            .with_context(|| format!("test set {}", file.display()))?;
+        let (ds, result) = evaluate_file(&mut net, &cfg, file, batch, workers, &opts)?;
         let m = &result.summary;
         if files.len() > 1 {
             println!("[{name}] {} images", result.len());

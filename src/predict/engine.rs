@@ -11,7 +11,7 @@ use crate::data::transforms::{crop_rgb8, InputType};
 use crate::eval::{test_heatmaps, TestOptions};
 use crate::model::HrNet;
 use crate::tensor::Device;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 /// How the model is run.
@@ -22,6 +22,19 @@ pub struct LandmarkOptions {
     pub pairs: Vec<(usize, usize)>,
     /// Faces per forward pass (across images).
     pub batch: usize,
+}
+
+impl LandmarkOptions {
+    /// `test` with `batch` faces per forward pass, and for the flip test the config's mirrored
+    /// landmark pairs (its dataset's layout).
+    pub fn for_config(cfg: &crate::config::Config, test: TestOptions, batch: usize) -> Result<Self> {
+        let pairs = if test.flip_test {
+            crate::data::dataset::DatasetSpec::from_config(cfg, false, None)?.mirror_pairs().context("--flip-test")?
+        } else {
+            Vec::new()
+        };
+        Ok(LandmarkOptions { test, pairs, batch })
+    }
 }
 
 /// One face's result, in original-image pixels.

@@ -49,10 +49,10 @@ pub use raw_frames::{PixelFormat, RawFormat, RawFrames};
 pub use run::{run_frame_stream, PredictRun, StreamSummary, Summary};
 pub use sink::{face_json, image_json, FileSink, OutputSink};
 pub use smooth::{LandmarkSmoother, OneEuro, OneEuroParams};
-pub use sources::{dataset_images, DatasetFrames, ImageFiles};
+pub use sources::{dataset_images, read_image, DatasetFrames, ImageFiles};
 pub use stream::{
-    process_wave, run_stream, FaceSource, Frame, FrameContent, FrameFaces, FrameOutcome, FrameSource, ImageReport,
-    StreamState,
+    one_line, process_wave, run_stream, FaceSource, Frame, FrameContent, FrameFaces, FrameOutcome, FrameSource,
+    ImageReport, StreamState,
 };
 pub use stream_sink::{AlignedEvery, FrameStreamOutputs, FrameStreamSink};
 pub use track::{face_from_landmarks, TrackOptions, Tracker, COLLAPSE_RATIO, MATCH_IOU};

@@ -8,11 +8,18 @@ use super::stream::{Frame, FrameContent, FrameSource};
 use crate::data::augment::Augmentation;
 use crate::data::dataset::{Annotations, FaceDataset};
 use crate::data::image::check_face_image_size;
-use crate::data::imageio::decode_rgb8;
+use crate::data::imageio::{decode_rgb8, Rgb8};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// An image file decoded as `hrk predict` decodes it, its size checked against the image limits.
+pub fn read_image(path: &Path) -> Result<Rgb8> {
+    let rgb = decode_rgb8(path)?;
+    check_face_image_size(|| format!("image {}", path.display()), [rgb.width, rgb.height])?;
+    Ok(rgb)
+}
 
 /// Image files in list order, each with its output name; a file that cannot be decoded is a
 /// failed frame.
@@ -43,10 +50,7 @@ impl FrameSource for ImageFiles<'_> {
                 label: p.clone(),
                 name: name.clone(),
                 time: None,
-                content: decode_rgb8(p).and_then(|rgb| {
-                    check_face_image_size(|| format!("image {}", p.display()), [rgb.width, rgb.height])?;
-                    Ok(FrameContent::Pixels(rgb))
-                }),
+                content: read_image(p).map(FrameContent::Pixels),
             })
             .collect()
     }

@@ -158,7 +158,8 @@ impl FrameOutcome {
     }
 }
 
-pub(super) fn one_line(e: &anyhow::Error) -> String {
+/// An error as one line (its causes joined by `: `), as the frame reports print it.
+pub fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

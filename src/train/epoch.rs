@@ -112,6 +112,7 @@ impl Trainer {
             let progress =
                 BatchProgress { epoch, iteration: i, batches: n, images_per_second, mean_loss: losses.avg() };
             self.log.observer().batch_done(&progress);
+            self.stop_if_asked(epoch)?;
             if i % print_freq == 0 {
                 self.log.info(&format!(
                     "Epoch: [{epoch}][{i}/{n}]\tTime {:.3}s ({:.3}s)\tSpeed {:.1} samples/s\tData {:.3}s ({:.3}s)\tLoss {:.5} ({:.5})\t",

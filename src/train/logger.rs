@@ -50,6 +50,13 @@ pub trait TrainObserver: Send {
     fn batch_done(&mut self, _progress: &BatchProgress) {}
     /// The epoch's training iterations are over (validation follows).
     fn epoch_finished(&mut self, _epoch: usize) {}
+    /// An epoch is over: validated, checkpointed, its line appended to metrics.jsonl.
+    fn epoch_recorded(&mut self, _metrics: &super::EpochMetrics) {}
+    /// Asked after every iteration and before every epoch: `true` ends the run there with an error
+    /// (an interruption: the checkpoints of the finished epochs stay as written, resumable).
+    fn wants_stop(&mut self) -> bool {
+        false
+    }
 }
 
 /// Where an epoch stands after one iteration.

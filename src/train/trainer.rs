@@ -253,6 +253,7 @@ impl Trainer {
                 ));
                 return Ok(self.summary(None));
             }
+            self.stop_if_asked(epoch)?;
             let started = Instant::now();
             let trained = self.run_epoch(epoch)?;
             let validation = self.validate(epoch)?;
@@ -261,6 +262,21 @@ impl Trainer {
             self.record_epoch(epoch, &trained, validation, started)?;
         }
         self.finish()
+    }
+
+    /// Ends the run with an error when the observer asks to stop (`TrainObserver::wants_stop`): the
+    /// checkpoints of the epochs before `epoch` are complete files (written atomically), so the run
+    /// resumes from them.
+    pub(super) fn stop_if_asked(&mut self, epoch: usize) -> Result<()> {
+        if !self.log.observer().wants_stop() {
+            return Ok(());
+        }
+        let kept = match &self.last_good {
+            Some(path) => format!("the last checkpoint, {}, is intact", path.display()),
+            None => "no checkpoint was written in this run".to_string(),
+        };
+        self.log.info(&format!("=> interrupted in epoch {epoch}; {kept} (resume with TRAIN.RESUME true)"));
+        bail!("training interrupted in epoch {epoch}; {kept} (resume with TRAIN.RESUME true)")
     }
 
     /// Why a resumed run has nothing left to do: its checkpoint is past TRAIN.END_EPOCH, or at it
@@ -347,6 +363,7 @@ impl Trainer {
         self.scalar("valid_nme", m.nme, step);
         self.scalar("learning_rate", m.lr, step);
         self.scalar("img_per_s", trained.images_per_second, step);
+        self.log.observer().epoch_recorded(&m);
         self.history.push(m);
         let col = |f: fn(&EpochMetrics) -> f64| self.history.iter().map(f).collect::<Vec<f64>>();
         let curves = pictures::write_curves(

@@ -133,6 +133,14 @@ impl HrNet {
         cached(&self.engines.cpu, self.weights_key(), || InferNet::with_precision(self, self.precision))
     }
 
+    /// Loads .safetensors or an official .pth (zip or legacy; `module.` prefixes stripped) strictly:
+    /// every model tensor must be present with its shape; `num_batches_tracked` may be absent.
+    pub fn load_weights_file(&mut self, path: &std::path::Path) -> Result<()> {
+        let entries = crate::io::load_state_dict(path)?;
+        self.store.load(&entries, true, &path.display().to_string())?;
+        Ok(())
+    }
+
     /// Sets the conv precision of the folded CPU evaluation engine, as `Precision::resolve_cpu` gives
     /// it (the GPU engines and the autograd graph stay f32).
     pub fn set_precision(&mut self, precision: Precision) {
