@@ -13,7 +13,7 @@ use super::aligned::{aligned_face, png_bytes};
 use super::sink::{face_json, OutputSink};
 use super::stream::{FrameFaces, FrameOutcome};
 use crate::atomic_file::write_atomically;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -206,7 +206,7 @@ impl OverlayVideo {
     fn draw_and_push(&mut self, f: &FrameFaces, time: f64) -> Result<()> {
         let rgb = &f.rgb;
         let mut img = image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, rgb.data.clone())
-            .ok_or_else(|| anyhow!("{}: frame pixels do not match its size", self.path.display()))?;
+            .ok_or_else(|| anyhow::anyhow!("{}: frame pixels do not match its size", self.path.display()))?;
         super::sink::draw_faces(&mut img, &f.image.faces, self.labels);
         let drawn = crate::data::imageio::Rgb8::new(rgb.width, rgb.height, img.into_raw())?;
         let writer = match self.writer.take() {
@@ -218,7 +218,7 @@ impl OverlayVideo {
 
     fn finish(self) -> Result<()> {
         match (self.failed, self.writer) {
-            (Some(why), _) => Err(anyhow!("{} not written: {why}", self.path.display())),
+            (Some(why), _) => Err(anyhow::anyhow!("{} not written: {why}", self.path.display())),
             (None, Some(writer)) => writer.finish(),
             (None, None) => Ok(()),
         }
