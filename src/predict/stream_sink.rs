@@ -270,6 +270,7 @@ impl OutputSink for FrameStreamSink {
 #[cfg(all(test, feature = "video"))]
 mod tests {
     use super::*;
+    use crate::atomic_file::sorted_names_in as names_in;
     use crate::data::imageio::Rgb8;
     use crate::predict::{FaceResult, FoundFace, ImageResult};
 
@@ -302,13 +303,6 @@ mod tests {
         };
         let image = ImageResult { path: "stdin".into(), width: 48, height: 40, faces: vec![face] };
         FrameOutcome { label: "stdin".into(), name: "stdin".into(), result: Ok(FrameFaces { image, rgb }) }
-    }
-
-    fn names_in(dir: &std::path::Path) -> Vec<String> {
-        let mut names: Vec<String> =
-            std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
     }
 
     /// A stream that ends in an error (the sink dropped unfinished) leaves no overlay video and no
