@@ -365,7 +365,7 @@ mod tests {
         }
         assert_eq!(w.frames(), 10);
         w.finish().unwrap();
-        assert_eq!(names_in(&dir), ["clip_landmarks.mp4"]);
+        assert_eq!(names_in(dir), ["clip_landmarks.mp4"]);
         let bytes = std::fs::read(&path).unwrap();
         let boxes = top_boxes(&bytes);
         assert_eq!(boxes[0], "ftyp");
@@ -415,12 +415,12 @@ mod tests {
         let path = dir.join("gone.mp4");
         let mut w = Mp4Writer::create(&path, 32, 32, 10.0).unwrap();
         w.push(&plain(32, 32, [9, 9, 9]), Some(0.0)).unwrap();
-        assert_eq!(names_in(&dir).len(), 1, "the temporary file while writing");
+        assert_eq!(names_in(dir).len(), 1, "the temporary file while writing");
         drop(w);
-        assert!(names_in(&dir).is_empty());
+        assert!(names_in(dir).is_empty());
         let e = Mp4Writer::create(&path, 32, 32, 10.0).unwrap().finish().unwrap_err().to_string();
         assert!(e.contains("gone.mp4: no frames to write"), "{e}");
-        assert!(names_in(&dir).is_empty());
+        assert!(names_in(dir).is_empty());
     }
 
     #[test]
@@ -451,7 +451,7 @@ mod tests {
             let e = format!("{:#}", Mp4Writer::create(&dir.join("x.mp4"), w, h, fps).err().unwrap());
             assert!(e.contains(want) && e.contains("x.mp4") && !e.contains('\n'), "{e}");
         }
-        assert!(names_in(&dir).is_empty());
+        assert!(names_in(dir).is_empty());
         assert_eq!(frame_rate(29.97).unwrap(), Rational::new(2997, 100));
     }
 }
