@@ -346,3 +346,22 @@ mod tests {
         assert!(dir.path().join("clip.csv").exists());
     }
 }
+
+/// Without the `video` feature a frame stream never writes the overlay video, asked for or not.
+#[cfg(all(test, not(feature = "video")))]
+#[test]
+fn without_video_no_overlay_video_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let outs = FrameStreamOutputs {
+        out: dir.path().to_path_buf(),
+        stem: "clip".into(),
+        joints: 2,
+        aligned: None,
+        overlay_video: true,
+        labels: false,
+    };
+    assert!(!outs.writes_overlay_video());
+    assert_eq!(outs.file_names(), "clip.jsonl and clip.csv");
+    FrameStreamSink::new(&outs, 25.0).unwrap().finish().unwrap();
+    assert_eq!(crate::atomic_file::sorted_names_in(dir.path()), ["clip.csv", "clip.jsonl"]);
+}
