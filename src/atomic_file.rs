@@ -284,6 +284,15 @@ pub fn remove_stale_temp_files(dir: &Path) -> usize {
         .count()
 }
 
+/// The names in `dir`, sorted: what the tests of outputs expect a folder to hold.
+#[cfg(test)]
+pub(crate) fn sorted_names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,13 +354,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    fn names_in(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> =
-            std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
-    }
-
     /// A FIFO, a socket and a directory at the output path are refused in one line naming the path
     /// and what it is, and left as they are (CI runs as root: they are made here, never /dev nodes).
     #[cfg(unix)]
@@ -378,7 +380,7 @@ mod tests {
         std::os::unix::fs::symlink(&fifo, &link).unwrap();
         let e = write_atomically(&link, b"x").unwrap_err().to_string();
         assert!(e.contains(&format!("links to {}, which is a FIFO", fifo.display())), "{e}");
-        assert_eq!(names_in(&dir), ["fifo.onnx", "folder.json", "link.onnx", "socket.csv"]);
+        assert_eq!(sorted_names_in(&dir), ["fifo.onnx", "folder.json", "link.onnx", "socket.csv"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -416,8 +418,8 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777, 0o600);
         assert!(std::fs::symlink_metadata(dir.join("out.onnx")).unwrap().file_type().is_symlink());
-        assert_eq!(names_in(&dir), ["hop", "out.onnx", "real"]);
-        assert_eq!(names_in(&real), ["model.onnx"]);
+        assert_eq!(sorted_names_in(&dir), ["hop", "out.onnx", "real"]);
+        assert_eq!(sorted_names_in(&real), ["model.onnx"]);
 
         std::os::unix::fs::symlink(real.join("later.csv"), dir.join("dangling.csv")).unwrap();
         write_atomically(&dir.join("dangling.csv"), b"made").unwrap();
@@ -453,7 +455,7 @@ mod tests {
         let mut want = vec!["out.csv".to_string()];
         want.extend(live);
         want.sort();
-        assert_eq!(names_in(&dir), want);
+        assert_eq!(sorted_names_in(&dir), want);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -477,7 +479,7 @@ mod tests {
         pending.commit().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777, 0o640);
-        assert_eq!(names_in(&dir), ["clip_landmarks.mp4"]);
+        assert_eq!(sorted_names_in(&dir), ["clip_landmarks.mp4"]);
 
         let dropped = PendingFile::new(&dir.join("other.mp4")).unwrap();
         std::fs::write(dropped.temp_path(), b"half").unwrap();
@@ -485,7 +487,7 @@ mod tests {
         // Never written at all: the commit fails in one line naming the target.
         let e = PendingFile::new(&dir.join("never.mp4")).unwrap().commit().unwrap_err().to_string();
         assert!(e.starts_with(&format!("{}: write failed", dir.join("never.mp4").display())), "{e}");
-        assert_eq!(names_in(&dir), ["clip_landmarks.mp4"]);
+        assert_eq!(sorted_names_in(&dir), ["clip_landmarks.mp4"]);
         assert!(PendingFile::new(&dir).is_err(), "a directory is refused as for write_atomically");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -9,10 +9,10 @@
 mod common;
 
 use common::model::{tiny_config, write_tiny_model};
-use common::{assert_cli_ok, hrk_cmd, python_with, s, scratch, Scratch};
+use common::{assert_cli_ok, python_with, s, scratch, Scratch};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 
 const W: usize = 320;
 const H: usize = 256;
@@ -68,16 +68,7 @@ impl Setup {
     }
 
     fn spawn(&self, rest: &[&str]) -> Child {
-        hrk_cmd()
-            .current_dir(&*self.dir)
-            .args(["predict", "--cfg", s(&self.cfg), "--model-file", s(&self.weights), "--out", "out"])
-            .args(rest)
-            .env_remove("HRK_DEVICE_EMU")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run hrk")
+        common::spawn_predict(&self.dir, &self.cfg, &self.weights, rest)
     }
 
     fn predict(&self, stdin: &[u8], rest: &[&str]) -> Output {

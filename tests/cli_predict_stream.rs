@@ -43,16 +43,7 @@ fn setup(name: &str) -> Setup {
 
 impl Setup {
     fn predict(&self, stdin: &[u8], rest: &[&str]) -> Output {
-        let mut child = hrk_cmd()
-            .current_dir(&*self.dir)
-            .args(["predict", "--cfg", s(&self.cfg), "--model-file", s(&self.weights), "--out", "out"])
-            .args(rest)
-            .env_remove("HRK_DEVICE_EMU")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run hrk");
+        let mut child = common::spawn_predict(&self.dir, &self.cfg, &self.weights, rest);
         let mut pipe = child.stdin.take().unwrap();
         // hrk may stop reading early on an error: a broken pipe is its answer, not the test's.
         let _ = pipe.write_all(stdin);

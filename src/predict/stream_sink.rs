@@ -270,6 +270,7 @@ impl OutputSink for FrameStreamSink {
 #[cfg(all(test, feature = "video"))]
 mod tests {
     use super::*;
+    use crate::atomic_file::sorted_names_in as names_in;
     use crate::data::imageio::Rgb8;
     use crate::predict::{FaceResult, FoundFace, ImageResult};
 
@@ -302,13 +303,6 @@ mod tests {
         };
         let image = ImageResult { path: "stdin".into(), width: 48, height: 40, faces: vec![face] };
         FrameOutcome { label: "stdin".into(), name: "stdin".into(), time: None, result: Ok(FrameFaces { image, rgb }) }
-    }
-
-    fn names_in(dir: &std::path::Path) -> Vec<String> {
-        let mut names: Vec<String> =
-            std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
     }
 
     /// A stream that ends in an error (the sink dropped unfinished) leaves no overlay video and no
@@ -351,4 +345,23 @@ mod tests {
         assert_eq!(jsonl.lines().count(), 2);
         assert!(dir.path().join("clip.csv").exists());
     }
+}
+
+/// Without the `video` feature a frame stream never writes the overlay video, asked for or not.
+#[cfg(all(test, not(feature = "video")))]
+#[test]
+fn without_video_no_overlay_video_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let outs = FrameStreamOutputs {
+        out: dir.path().to_path_buf(),
+        stem: "clip".into(),
+        joints: 2,
+        aligned: None,
+        overlay_video: true,
+        labels: false,
+    };
+    assert!(!outs.writes_overlay_video());
+    assert_eq!(outs.file_names(), "clip.jsonl and clip.csv");
+    FrameStreamSink::new(&outs, 25.0).unwrap().finish().unwrap();
+    assert_eq!(crate::atomic_file::sorted_names_in(dir.path()), ["clip.csv", "clip.jsonl"]);
 }

@@ -309,20 +309,7 @@ fn pad_into(rgb: &Rgb8, packed: &mut frame::Video) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scratch(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("hrk-encode-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    fn names_in(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> =
-            std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
-    }
+    use crate::atomic_file::sorted_names_in as names_in;
 
     fn plain(w: usize, h: usize, c: [u8; 3]) -> Rgb8 {
         Rgb8::new(w, h, c.repeat(w * h)).unwrap()
@@ -368,7 +355,8 @@ mod tests {
 
     #[test]
     fn frames_become_a_faststart_h264_mp4_of_their_size_and_rate() {
-        let dir = scratch("plain");
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let path = dir.join("clip_landmarks.mp4");
         let mut w = Mp4Writer::create(&path, 64, 48, 25.0).unwrap();
         assert!(!path.exists(), "nothing under the final name before finish");
@@ -377,7 +365,7 @@ mod tests {
         }
         assert_eq!(w.frames(), 10);
         w.finish().unwrap();
-        assert_eq!(names_in(&dir), ["clip_landmarks.mp4"]);
+        assert_eq!(names_in(dir), ["clip_landmarks.mp4"]);
         let bytes = std::fs::read(&path).unwrap();
         let boxes = top_boxes(&bytes);
         assert_eq!(boxes[0], "ftyp");
@@ -386,13 +374,13 @@ mod tests {
         let (codec, pixel, width, height, frames, rate) = probe(&path);
         assert_eq!((codec.as_str(), pixel, width, height, frames), ("h264", format::Pixel::YUV420P, 64, 48, 10));
         assert_eq!(rate, Rational::new(25, 1));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// An odd size is coded one pixel larger, the last column and row repeated.
     #[test]
     fn odd_sizes_are_padded_by_one_repeated_pixel() {
-        let dir = scratch("odd");
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let path = dir.join("odd.mp4");
         let mut w = Mp4Writer::create(&path, 33, 17, 30000.0 / 1001.0).unwrap();
         assert_eq!(w.size(), [34, 18]);
@@ -417,28 +405,28 @@ mod tests {
         w.finish().unwrap();
         let (_, _, width, height, frames, rate) = probe(&path);
         assert_eq!((width, height, frames, rate), (34, 18, 4, Rational::new(30000, 1001)));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Dropped before finish (an error, an interrupted run), the writer leaves nothing behind.
     #[test]
     fn an_unfinished_video_leaves_no_file() {
-        let dir = scratch("drop");
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let path = dir.join("gone.mp4");
         let mut w = Mp4Writer::create(&path, 32, 32, 10.0).unwrap();
         w.push(&plain(32, 32, [9, 9, 9]), Some(0.0)).unwrap();
-        assert_eq!(names_in(&dir).len(), 1, "the temporary file while writing");
+        assert_eq!(names_in(dir).len(), 1, "the temporary file while writing");
         drop(w);
-        assert!(names_in(&dir).is_empty());
+        assert!(names_in(dir).is_empty());
         let e = Mp4Writer::create(&path, 32, 32, 10.0).unwrap().finish().unwrap_err().to_string();
         assert!(e.contains("gone.mp4: no frames to write"), "{e}");
-        assert!(names_in(&dir).is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(names_in(dir).is_empty());
     }
 
     #[test]
     fn frame_times_set_the_pts_and_never_go_back() {
-        let dir = scratch("times");
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let mut w = Mp4Writer::create(&dir.join("t.mp4"), 16, 16, 25.0).unwrap();
         assert_eq!(w.next_pts(None), 0);
         assert_eq!(w.next_pts(Some(0.2)), 5 * TICKS_PER_FRAME);
@@ -447,12 +435,12 @@ mod tests {
         assert_eq!(w.next_pts(Some(0.1)), 5 * TICKS_PER_FRAME + 1);
         assert_eq!(w.next_pts(Some(f64::NAN)), 6 * TICKS_PER_FRAME);
         drop(w);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn bad_sizes_and_rates_are_refused_in_one_line() {
-        let dir = scratch("bad");
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         for (w, h, fps, want) in [
             (0, 10, 25.0, "frame size 0x10"),
             (20000, 10, 25.0, "at most 16384"),
@@ -463,8 +451,7 @@ mod tests {
             let e = format!("{:#}", Mp4Writer::create(&dir.join("x.mp4"), w, h, fps).err().unwrap());
             assert!(e.contains(want) && e.contains("x.mp4") && !e.contains('\n'), "{e}");
         }
-        assert!(names_in(&dir).is_empty());
+        assert!(names_in(dir).is_empty());
         assert_eq!(frame_rate(29.97).unwrap(), Rational::new(2997, 100));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

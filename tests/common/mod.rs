@@ -339,6 +339,21 @@ pub fn hrk_model(cmd: &str, cfg: &Path, weights: &Path, rest: &[&str]) -> Output
     hrk_cmd().args([cmd, "--cfg", s(cfg), "--model-file", s(weights)]).args(rest).output().expect("run hrk")
 }
 
+/// Starts `hrk predict --cfg <cfg> --model-file <weights> --out out <rest…>` in `dir` on the host
+/// (no emulated device), stdin, stdout and stderr piped: a frame stream's test writes the frames.
+pub fn spawn_predict(dir: &Path, cfg: &Path, weights: &Path, rest: &[&str]) -> std::process::Child {
+    hrk_cmd()
+        .current_dir(dir)
+        .args(["predict", "--cfg", s(cfg), "--model-file", s(weights), "--out", "out"])
+        .args(rest)
+        .env_remove("HRK_DEVICE_EMU")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hrk")
+}
+
 /// A command succeeded (its stdout and stderr are in the failure message).
 #[track_caller]
 pub fn assert_cli_ok(out: &Output) {
