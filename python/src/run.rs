@@ -40,7 +40,7 @@ impl OutputSink for Collected {
 
 /// A frame of decoded pixels, labelled `label`.
 pub fn pixel_frame(label: PathBuf, rgb: anyhow::Result<hrk::data::imageio::Rgb8>) -> Frame {
-    Frame { name: label.display().to_string(), label, content: rgb.map(FrameContent::Pixels) }
+    Frame { name: label.display().to_string(), label, time: None, content: rgb.map(FrameContent::Pixels) }
 }
 
 /// Runs `frames` through `engine` as `hrk predict` does (waves, shared batches, poses), each
