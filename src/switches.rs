@@ -251,6 +251,8 @@ pub const BUILD_AND_TEST: &[&str] = &[
     "HRK_REQUIRE_DEVICE",
     // tests/gpu_check_script.rs: 1 runs `gpu_check.sh --prepare` itself (a whole build) before checking the carry.
     "HRK_GPU_CHECK_PREPARE",
+    // tests/serve_page.rs: 1 turns "no chromium, skipped" into a failure (CI sets it).
+    "HRK_REQUIRE_CHROMIUM",
 ];
 
 /// Whether `HRK_GPU_MATH` is set at all (the emulated device keeps fp32 unless the math is chosen explicitly).
