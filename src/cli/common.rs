@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::cuda::{select_device, DeviceChoice, DeviceRequest};
 use crate::data::dataset::DatasetSpec;
-use crate::model::{HrNet, HrnetSpec};
+use crate::model::{HrNet, HrnetSpec, Precision};
 use crate::tensor::Device;
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -69,6 +69,16 @@ pub fn load_weights(net: &mut HrNet, path: &Path) -> Result<()> {
     let entries = crate::io::load_state_dict(path)?;
     net.store.load(&entries, true, &path.display().to_string())?;
     Ok(())
+}
+
+/// The landmark model of `cfg` with the weights of `model_file`, on `device`, with `--precision` set
+/// (`TestOptionArgs::precision`): what `hrk predict` and `hrk serve` run.
+pub fn landmark_model(cfg: &Config, model_file: &Path, device: &Device, precision: Precision) -> Result<HrNet> {
+    let mut net = model(cfg, 0)?;
+    load_weights(&mut net, model_file)?;
+    net.to_device(device)?;
+    net.set_precision(precision);
+    Ok(net)
 }
 
 /// The dataset described by the config; `annotations` overrides DATASET.TRAINSET/TESTSET.

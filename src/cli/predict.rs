@@ -106,6 +106,19 @@ fn parse_thresholds(s: &str) -> Result<[f32; 3]> {
     }
 }
 
+/// The detector's options from `--min-face` and `--threshold` (`hrk predict`, `hrk serve`).
+pub(super) fn detector_options(min_face: f32, threshold: Option<&str>) -> Result<DetectorOptions> {
+    let thresholds = threshold.map(parse_thresholds).transpose()?;
+    if !(min_face.is_finite() && min_face >= 1.0) {
+        bail!("--min-face {min_face}: expected a size in pixels >= 1");
+    }
+    let mut options = DetectorOptions { min_face, ..Default::default() };
+    if let Some(t) = thresholds {
+        options.thresholds = t;
+    }
+    Ok(options)
+}
+
 /// `--fps`, `--redetect` and `--smooth` of a frame stream.
 fn track_options(args: &PredictArgs) -> Result<TrackOptions> {
     let fps = args.fps.ok_or_else(|| anyhow!("--stdin-frames needs --fps R (frames per second)"))?;
@@ -196,10 +209,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         Some(_) => Some(track_options(&args)?),
         None => None,
     };
-    let thresholds = args.threshold.as_deref().map(parse_thresholds).transpose()?;
-    if !(args.min_face.is_finite() && args.min_face >= 1.0) {
-        bail!("--min-face {}: expected a size in pixels >= 1", args.min_face);
-    }
+    let detector_options = detector_options(args.min_face, args.threshold.as_deref())?;
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
     let all_images = collect_images(&args.images)?;
 
@@ -235,10 +245,6 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     } else {
         None
     };
-    let mut detector_options = DetectorOptions { min_face: args.min_face, ..Default::default() };
-    if let Some(t) = thresholds {
-        detector_options.thresholds = t;
-    }
     let source = match (&given, &mtcnn) {
         (Some(g), _) => FaceSource::ByPath(g),
         (None, Some(m)) => FaceSource::Same(FaceFinder::Detector {
@@ -250,10 +256,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         (None, None) => FaceSource::Same(FaceFinder::WholeImage),
     };
 
-    let mut net = super::common::model(&cfg, 0)?;
-    super::common::load_weights(&mut net, &args.model_file)?;
-    net.to_device(&device)?;
-    net.set_precision(args.options.precision()?);
+    let mut net = super::common::landmark_model(&cfg, &args.model_file, &device, args.options.precision()?)?;
     let test = args.options.resolve(&cfg)?;
     let pairs = if test.flip_test {
         super::common::dataset_spec(&cfg, false, None)?.mirror_pairs().context("--flip-test")?
