@@ -255,6 +255,8 @@ pub const BUILD_AND_TEST: &[&str] = &[
     "HRK_GPU_CHECK_PREPARE",
     // tests/serve_page.rs: 1 turns "no chromium, skipped" into a failure (CI sets it).
     "HRK_REQUIRE_CHROMIUM",
+    // tests/serve_page.rs: 1 rewrites docs/serve_page_photo.png and docs/serve_page_live.png.
+    "HRK_WRITE_SCREENSHOTS",
 ];
 
 /// Whether `HRK_GPU_MATH` is set at all (the emulated device keeps fp32 unless the math is chosen explicitly).

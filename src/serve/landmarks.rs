@@ -54,17 +54,17 @@ async fn handle(state: &Arc<AppState>, request: Request) -> Result<Response, Api
 }
 
 /// The uploaded image and what the JSON calls it.
-struct Upload {
-    bytes: Bytes,
-    name: String,
+pub(super) struct Upload {
+    pub(super) bytes: Bytes,
+    pub(super) name: String,
 }
 
 /// An image decoded, its faces found and cropped.
-struct Prepared {
-    name: String,
-    width: usize,
-    height: usize,
-    cropped: CroppedFaces,
+pub(super) struct Prepared {
+    pub(super) name: String,
+    pub(super) width: usize,
+    pub(super) height: usize,
+    pub(super) cropped: CroppedFaces,
 }
 
 async fn answer(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
@@ -198,7 +198,7 @@ fn jpeg_dimensions(bytes: &[u8]) -> Option<(u64, u64)> {
 
 /// The image's size from its header, refusing types the decoder does not read (415) and images
 /// over `max_pixels` (413) before any pixel is decoded.
-fn check_header(bytes: &[u8], max_pixels: u64) -> Result<(), ApiError> {
+pub(super) fn check_header(bytes: &[u8], max_pixels: u64) -> Result<(), ApiError> {
     const SUPPORTED: &str = "supported: JPEG, PNG, PPM/PGM, BMP";
     let (w, h) = if crate::data::jpeg::is_jpeg(bytes) {
         jpeg_dimensions(bytes).ok_or_else(|| ApiError::bad_request("corrupt JPEG: no frame header"))?
@@ -226,7 +226,7 @@ fn check_header(bytes: &[u8], max_pixels: u64) -> Result<(), ApiError> {
 }
 
 /// Decode, find the faces, crop them (on the blocking pool).
-fn prepare(state: &AppState, upload: Upload, resolved: &Resolved) -> Result<Prepared, ApiError> {
+pub(super) fn prepare(state: &AppState, upload: Upload, resolved: &Resolved) -> Result<Prepared, ApiError> {
     let model = state.model().ok_or_else(|| ApiError::unavailable("the model is still loading"))?;
     check_header(&upload.bytes, state.config.limits.max_pixels)?;
     let label = Path::new(&upload.name);

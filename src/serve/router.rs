@@ -17,6 +17,13 @@ use std::time::Instant;
 /// The routes that answer without the API key (probes of orchestrators and load balancers).
 const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
 
+/// Whether `path` answers without the bearer token: the health checks, the page (where the key is
+/// typed) and the live WebSocket's upgrade (browsers cannot set its headers: it checks the key in
+/// its first message, live.rs).
+fn is_open(path: &str) -> bool {
+    OPEN_PATHS.contains(&path) || super::page::is_page_path(path) || path == super::live::LIVE_PATH
+}
+
 /// The routes metrics name; any other path is counted as `other` (so that scans cannot grow the
 /// label set).
 const NAMED_PATHS: &[&str] = &["/", "/v1/landmarks", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/live"];
@@ -100,7 +107,7 @@ async fn count_request(State(state): State<Arc<AppState>>, request: Request, nex
 /// `WWW-Authenticate: Bearer` otherwise).
 async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let Some(key) = &state.config.api_key else { return next.run(request).await };
-    if OPEN_PATHS.contains(&request.uri().path()) {
+    if is_open(request.uri().path()) {
         return next.run(request).await;
     }
     let given = request
@@ -121,7 +128,7 @@ async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, n
 }
 
 /// Compares without stopping at the first difference (the time does not tell how much matched).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

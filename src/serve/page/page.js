@@ -1,5 +1,5 @@
 // hrk's page. A photo (dropped or picked) goes to POST v1/landmarks and its faces are drawn over it;
-// the camera streams JPEG frames over the WebSocket v1/stream (one frame in flight, at most
+// the camera streams JPEG frames over the WebSocket v1/live (one frame in flight, at most
 // MAX_FPS a second) and each answer's tracked faces are drawn over the frame that was sent.
 // What was drawn last stays in `window.hrkLast` (and the canvas's data-* attributes), so that a
 // test, or a curious user in the console, reads exactly what is on the canvas.
@@ -7,6 +7,9 @@
 (() => {
   const MAX_FPS = 15;
   const JPEG_QUALITY = 0.85;
+  // Options in the page's own query (e.g. /?min_face=40) go with every request, as their query.
+  const QUERY = window.location.search;
+  const LIVE_STATUS = "Camera on: faces are tracked and their landmarks smoothed on the server.";
   const COLORS = ["#00e676", "#ff4081", "#40c4ff", "#ffd740", "#b388ff", "#ff6e40"];
 
   const $ = (id) => document.getElementById(id);
@@ -28,6 +31,15 @@
   keyField.value = sessionStorage.getItem("hrk-key") || "";
   keyField.addEventListener("input", () => sessionStorage.setItem("hrk-key", keyField.value));
   const apiKey = () => keyField.value.trim();
+
+  const authHeader = () => (apiKey() ? { Authorization: `Bearer ${apiKey()}` } : {});
+
+  // The photo as a multipart form: its file name becomes the JSON's "image".
+  function form(file) {
+    const data = new FormData();
+    data.append("image", file, file.name);
+    return data;
+  }
 
   function explainFailure(status, body) {
     const why = (body && body.error) || `HTTP ${status}`;
@@ -82,17 +94,13 @@
   // ---- a photo ----------------------------------------------------------------------------------
   async function sendPhoto(file) {
     stopCamera();
+    $("fps").textContent = "";
     document.body.dataset.state = "busy";
     setStatus(`Sending ${file.name}…`);
     try {
       const [bitmap, response] = await Promise.all([
         createImageBitmap(file),
-        fetch(`v1/landmarks?name=${encodeURIComponent(file.name)}`, {
-          method: "POST",
-          headers: Object.assign({ "Content-Type": file.type || "application/octet-stream" },
-            apiKey() ? { Authorization: `Bearer ${apiKey()}` } : {}),
-          body: file,
-        }),
+        fetch(`v1/landmarks${QUERY}`, { method: "POST", headers: authHeader(), body: form(file) }),
       ]);
       const body = await response.json().catch(() => null);
       if (!response.ok || !body) {
@@ -133,7 +141,7 @@
   let live = null;
 
   function streamUrl() {
-    const url = new URL("v1/stream", window.location.href);
+    const url = new URL(`v1/live${QUERY}`, window.location.href);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     return url.href;
   }
@@ -172,24 +180,29 @@
 
   function onAnswer(session, text) {
     const msg = JSON.parse(text);
-    if (msg.error) {
+    if (msg.error && msg.frame === undefined) {
+      // Refused before the first frame (the key): the server closes the stream.
       setStatus(`Camera: ${msg.error}`, true);
       if (/key/i.test(msg.error)) keyField.focus();
       stopCamera();
       return;
     }
     if (msg.ready) {
-      setStatus("Camera on: landmarks are tracked and smoothed on the server.");
+      setStatus(LIVE_STATUS);
       document.body.dataset.state = "live";
       pump(session);
       return;
     }
     const frame = session.inFlight;
     session.inFlight = null;
-    if (frame) {
+    if (msg.error) {
+      // One frame failed (busy server, unreadable frame): the stream goes on.
+      setStatus(`Frame ${msg.frame}: ${msg.error}`, true);
+    } else if (frame) {
       draw(frame, msg, "live");
-      frame.close();
+      if ($("status").classList.contains("error")) setStatus(LIVE_STATUS);
     }
+    if (frame) frame.close();
     session.frames += 1;
     view.dataset.frames = String(session.frames);
     session.answered.push(performance.now());
@@ -240,7 +253,7 @@
     video.srcObject = null;
     cameraButton.textContent = "Camera";
     cameraButton.classList.remove("on");
-    $("fps").textContent = "";
+    // The last rate stays shown (with the last frame) until a photo replaces them.
     if (document.body.dataset.state === "live") document.body.dataset.state = "idle";
   }
 
