@@ -71,11 +71,16 @@ pub fn load_weights(net: &mut HrNet, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The landmark model of `cfg` with the weights of `model_file`, on `device`, with `--precision` set
-/// (`TestOptionArgs::precision`): what `hrk predict` and `hrk serve` run.
-pub fn landmark_model(cfg: &Config, model_file: &Path, device: &Device, precision: Precision) -> Result<HrNet> {
-    let mut net = model(cfg, 0)?;
-    load_weights(&mut net, model_file)?;
+/// The landmark model of `cfg` with the weights of `model_file` (None: the official random init of
+/// `init_seed`, for timing), on `device`, with `--precision` set (`TestOptionArgs::precision`): what
+/// `hrk predict` and `hrk serve` run.
+pub fn landmark_model(
+    cfg: &Config, model_file: Option<&Path>, init_seed: u64, device: &Device, precision: Precision,
+) -> Result<HrNet> {
+    let mut net = model(cfg, init_seed)?;
+    if let Some(path) = model_file {
+        load_weights(&mut net, path)?;
+    }
     net.to_device(device)?;
     net.set_precision(precision);
     Ok(net)

@@ -256,7 +256,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         (None, None) => FaceSource::Same(FaceFinder::WholeImage),
     };
 
-    let mut net = super::common::landmark_model(&cfg, &args.model_file, &device, args.options.precision()?)?;
+    let mut net = super::common::landmark_model(&cfg, Some(&args.model_file), 0, &device, args.options.precision()?)?;
     let test = args.options.resolve(&cfg)?;
     let pairs = if test.flip_test {
         super::common::dataset_spec(&cfg, false, None)?.mirror_pairs().context("--flip-test")?

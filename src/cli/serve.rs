@@ -16,8 +16,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub cfg: PathBuf,
     /// Weights: .safetensors or an official .pth.
-    #[arg(long = "model-file")]
-    pub model_file: PathBuf,
+    #[arg(long = "model-file", required_unless_present = "init_seed", conflicts_with = "init_seed")]
+    pub model_file: Option<PathBuf>,
+    /// No weights file: the config's network with the official random init of this seed (for timing,
+    /// e.g. benches/serve_rounds.sh).
+    #[arg(long = "init-seed")]
+    pub init_seed: Option<u64>,
     /// Address to listen on (port 0: any free port, logged at start).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -112,11 +116,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
         cors: args.cors.clone(),
     };
     let name = |p: &std::path::Path| p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().into());
-    let description = format!("{} with {}", name(&args.cfg), name(&args.model_file));
+    let weights = match (&args.model_file, args.init_seed) {
+        (Some(file), _) => name(file),
+        (None, seed) => format!("random init (seed {})", seed.unwrap_or(0)),
+    };
+    let description = format!("{} with {weights}", name(&args.cfg));
     let defaults = RequestDefaults { detector: args.detector == "mtcnn", detector_options, test };
     let image_size = cfg.model.image_size;
     let load = move || -> Result<LoadedModel> {
-        let net = super::common::landmark_model(&cfg, &args.model_file, &device, precision)?;
+        let seed = args.init_seed.unwrap_or(0);
+        let net = super::common::landmark_model(&cfg, args.model_file.as_deref(), seed, &device, precision)?;
         let detector = match defaults.detector {
             true => Some(Mtcnn::load(args.detector_weights.as_deref(), &device).context("detector")?),
             false => None,
