@@ -1,5 +1,5 @@
 //! `POST /v1/landmarks`: one image in, `hrk predict`'s `<name>.json` out. The body is the image
-//! itself (any `image/*` or `application/octet-stream` type, or none) or a `multipart/form-data`
+//! itself (any `image/*` type, `application/octet-stream`, curl's default form-urlencoded, or none) or a `multipart/form-data`
 //! form (the image as a file part, options as text fields or an `options` JSON part); options also
 //! come in the query string (options.rs). Decoding, face finding and cropping run on the blocking
 //! pool; the landmarks come from the inference thread (batcher.rs).
@@ -138,7 +138,11 @@ async fn read_upload(request: Request, limits: &Limits, options: &mut RequestOpt
         Err(e) => return Err(ApiError::bad_request(format!("cannot read the request body: {e}")).closing()),
     };
     let media = media_type(&parts.headers);
-    let raw = media.is_empty() || media.starts_with("image/") || media == "application/octet-stream";
+    // curl's `--data-binary @photo.jpg` sends the form-urlencoded type unless told otherwise.
+    let raw = media.is_empty()
+        || media.starts_with("image/")
+        || media == "application/octet-stream"
+        || media == "application/x-www-form-urlencoded";
     if !raw && media != "multipart/form-data" {
         return Err(ApiError::unsupported(format!(
             "content type {media}: send the image itself (image/jpeg, image/png, …, application/octet-stream) or multipart/form-data"
