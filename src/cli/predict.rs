@@ -3,7 +3,7 @@
 //! from the whole image (`--detector none`) or from a dataset CSV (`--csv`, the test-time pipeline
 //! of `hrk test`). The work is `crate::predict`; this file parses flags and prints.
 
-use crate::detect::{DetectorOptions, Mtcnn};
+use crate::detect::Mtcnn;
 use crate::model::hrnet::memory::{check_batch_memory, Pass};
 use crate::predict::{
     check_aligned_size, collect_images, dataset_images, output_names, parse_shard, pose_indices, run_frame_stream,
@@ -33,18 +33,8 @@ pub struct PredictArgs {
     /// CSV of face boxes: image,x1,y1,x2,y2 (header optional, several rows per image allowed).
     #[arg(long = "boxes", conflicts_with = "boxes")]
     pub boxes_file: Option<PathBuf>,
-    /// Where faces come from without boxes: mtcnn (every face) or none (the whole image).
-    #[arg(long, default_value = "mtcnn", value_parser = ["mtcnn", "none"])]
-    pub detector: String,
-    /// Smallest face the detector looks for, in pixels.
-    #[arg(long = "min-face", default_value_t = 20.0)]
-    pub min_face: f32,
-    /// Detector thresholds: one value for the three stages, or three comma-separated.
-    #[arg(long)]
-    pub threshold: Option<String>,
-    /// Detector weights (.safetensors; default: the embedded MTCNN weights).
-    #[arg(long = "detector-weights")]
-    pub detector_weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub detection: super::common::DetectorArgs,
     /// Process every n-th image of the list, starting at the i-th (0-based): i/n.
     #[arg(long)]
     pub shard: Option<String>,
@@ -90,33 +80,6 @@ pub struct PredictArgs {
     pub device: String,
     #[command(flatten)]
     pub options: super::common::TestOptionArgs,
-}
-
-/// `--threshold 0.6` or `--threshold 0.6,0.7,0.7`, each in (0, 1).
-fn parse_thresholds(s: &str) -> Result<[f32; 3]> {
-    let bad = || anyhow!("--threshold '{s}': expected one value or three comma-separated values in (0, 1)");
-    let v: Vec<f32> = s.split(',').map(|t| t.trim().parse::<f32>()).collect::<Result<_, _>>().map_err(|_| bad())?;
-    if !v.iter().all(|t| *t > 0.0 && *t < 1.0) {
-        return Err(bad());
-    }
-    match v[..] {
-        [t] => Ok([t; 3]),
-        [a, b, c] => Ok([a, b, c]),
-        _ => Err(bad()),
-    }
-}
-
-/// The detector's options from `--min-face` and `--threshold` (`hrk predict`, `hrk serve`).
-pub(super) fn detector_options(min_face: f32, threshold: Option<&str>) -> Result<DetectorOptions> {
-    let thresholds = threshold.map(parse_thresholds).transpose()?;
-    if !(min_face.is_finite() && min_face >= 1.0) {
-        bail!("--min-face {min_face}: expected a size in pixels >= 1");
-    }
-    let mut options = DetectorOptions { min_face, ..Default::default() };
-    if let Some(t) = thresholds {
-        options.thresholds = t;
-    }
-    Ok(options)
 }
 
 /// `--fps`, `--redetect` and `--smooth` of a frame stream.
@@ -209,7 +172,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         Some(_) => Some(track_options(&args)?),
         None => None,
     };
-    let detector_options = detector_options(args.min_face, args.threshold.as_deref())?;
+    let detector_options = args.detection.options()?;
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
     let all_images = collect_images(&args.images)?;
 
@@ -240,8 +203,8 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         }
     }
     let has_pixels = !all_images.is_empty() || stdin_frames.is_some();
-    let mtcnn = if given.is_none() && args.detector == "mtcnn" && has_pixels {
-        Some(Mtcnn::load(args.detector_weights.as_deref(), &device).context("detector")?)
+    let mtcnn = if given.is_none() && args.detection.uses_mtcnn() && has_pixels {
+        Some(Mtcnn::load(args.detection.detector_weights.as_deref(), &device).context("detector")?)
     } else {
         None
     };
@@ -256,7 +219,9 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         (None, None) => FaceSource::Same(FaceFinder::WholeImage),
     };
 
-    let mut net = super::common::landmark_model(&cfg, &args.model_file, &device, args.options.precision()?)?;
+    let mut net = super::common::model(&cfg, 0)?;
+    super::common::load_weights(&mut net, &args.model_file)?;
+    super::common::prepare_for_inference(&mut net, &device, args.options.precision()?)?;
     let test = args.options.resolve(&cfg)?;
     let pairs = if test.flip_test {
         super::common::dataset_spec(&cfg, false, None)?.mirror_pairs().context("--flip-test")?
@@ -364,18 +329,4 @@ fn conclude(failed: bool, failure: String, wrote: String, summary: &dyn std::fmt
     }
     println!("{summary}");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn thresholds_parse() {
-        assert_eq!(parse_thresholds("0.5").unwrap(), [0.5; 3]);
-        assert_eq!(parse_thresholds("0.6, 0.7,0.8").unwrap(), [0.6, 0.7, 0.8]);
-        for bad in ["", "1.5", "0.1,0.2", "a", "0"] {
-            assert!(parse_thresholds(bad).unwrap_err().to_string().contains("--threshold"));
-        }
-    }
 }

@@ -7,36 +7,22 @@ use crate::serve::{Batching, Limits, LoadedModel, RequestDefaults, ServeConfig};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Experiment YAML (official schema): model layout, IMAGE_SIZE, HEATMAP_SIZE.
-    #[arg(long)]
-    pub cfg: PathBuf,
-    /// Weights: .safetensors or an official .pth.
-    #[arg(long = "model-file")]
-    pub model_file: PathBuf,
+    #[command(flatten)]
+    pub model: super::common::ModelSource,
     /// Address to listen on (port 0: any free port, logged at start).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// cpu, cuda or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Where faces come from when a request gives no boxes: mtcnn (every face) or none (the whole
-    /// image; the detector is then not loaded).
-    #[arg(long, default_value = "mtcnn", value_parser = ["mtcnn", "none"])]
-    pub detector: String,
-    /// Smallest face the detector looks for, in pixels (requests may set their own: min_face).
-    #[arg(long = "min-face", default_value_t = 20.0)]
-    pub min_face: f32,
-    /// Detector thresholds: one value for the three stages, or three comma-separated.
-    #[arg(long)]
-    pub threshold: Option<String>,
-    /// Detector weights (.safetensors; default: the embedded MTCNN weights).
-    #[arg(long = "detector-weights")]
-    pub detector_weights: Option<PathBuf>,
+    /// The defaults of requests that give no boxes (each may set `detector` and `min_face`); with
+    /// `--detector none` MTCNN is not loaded.
+    #[command(flatten)]
+    pub detection: super::common::DetectorArgs,
     /// Largest request body (a size like 16M).
     #[arg(long = "max-body", default_value = "16M", value_parser = parse_size_arg)]
     pub max_body: usize,
@@ -80,10 +66,10 @@ fn seconds(flag: &str, value: f64, min: f64) -> Result<Duration> {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let device = super::common::device(&args.device)?;
-    let cfg = super::common::config(&args.cfg)?;
+    let cfg = super::common::config(&args.model.cfg)?;
     let precision = args.options.precision()?;
     let test = args.options.resolve(&cfg)?;
-    let detector_options = super::predict::detector_options(args.min_face, args.threshold.as_deref())?;
+    let detector_options = args.detection.options()?;
     if args.queue == 0 {
         bail!("--queue 0: expected the number of requests admitted at once (>= 1)");
     }
@@ -112,13 +98,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
         cors: args.cors.clone(),
     };
     let name = |p: &std::path::Path| p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().into());
-    let description = format!("{} with {}", name(&args.cfg), name(&args.model_file));
-    let defaults = RequestDefaults { detector: args.detector == "mtcnn", detector_options, test };
+    let weights = match (&args.model.model_file, args.model.init_seed) {
+        (Some(file), _) => name(file),
+        (None, seed) => format!("random init (seed {})", seed.unwrap_or(0)),
+    };
+    let description = format!("{} with {weights}", name(&args.model.cfg));
+    let defaults = RequestDefaults { detector: args.detection.uses_mtcnn(), detector_options, test };
     let image_size = cfg.model.image_size;
     let load = move || -> Result<LoadedModel> {
-        let net = super::common::landmark_model(&cfg, &args.model_file, &device, precision)?;
+        let mut net = args.model.network(&cfg)?;
+        super::common::prepare_for_inference(&mut net, &device, precision)?;
         let detector = match defaults.detector {
-            true => Some(Mtcnn::load(args.detector_weights.as_deref(), &device).context("detector")?),
+            true => Some(Mtcnn::load(args.detection.detector_weights.as_deref(), &device).context("detector")?),
             false => None,
         };
         Ok(LoadedModel { net, detector, image_size, flip_pairs, defaults, description })

@@ -12,12 +12,14 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After` (503s).
     pub retry_after: Option<u32>,
+    /// Send `Connection: close` (the request body was left unread).
+    pub close: bool,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         let message = message.into().split_whitespace().collect::<Vec<_>>().join(" ");
-        ApiError { status, message, retry_after: None }
+        ApiError { status, message, retry_after: None, close: false }
     }
 
     /// 400: the request itself is wrong (options, a corrupt image).
@@ -46,6 +48,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The same error, closing the connection after it.
+    pub fn closing(self) -> ApiError {
+        ApiError { close: true, ..self }
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.status.as_u16(), self.message)
@@ -65,6 +74,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

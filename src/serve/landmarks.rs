@@ -1,5 +1,5 @@
 //! `POST /v1/landmarks`: one image in, `hrk predict`'s `<name>.json` out. The body is the image
-//! itself (any `image/*` or `application/octet-stream` type, or none) or a `multipart/form-data`
+//! itself (any `image/*` type, `application/octet-stream`, curl's default form-urlencoded, or none) or a `multipart/form-data`
 //! form (the image as a file part, options as text fields or an `options` JSON part); options also
 //! come in the query string (options.rs). Decoding, face finding and cropping run on the blocking
 //! pool; the landmarks come from the inference thread (batcher.rs).
@@ -32,24 +32,41 @@ pub async fn landmarks(State(state): State<Arc<AppState>>, request: Request) -> 
     }
 }
 
+/// Reads and drops what a refused request still sends (at most `limit` bytes, for at most a
+/// second), so that its connection stays usable and the client reads the refusal: a server that
+/// closes a socket with unread data resets it, and the client may lose the answer.
+pub(super) async fn drain(body: Body, limit: usize) {
+    let read = http_body_util::Limited::new(body, limit).collect();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read).await;
+}
+
 async fn handle(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
-    if state.is_shutting_down() {
-        return Err(ApiError::unavailable("the server is shutting down"));
-    }
-    if state.model().is_none() {
-        return Err(ApiError::unavailable("the model is still loading"));
-    }
     let limits = &state.config.limits;
-    // Admission first, before the body is read: a full server answers at once.
-    let _permit = state.admission.clone().try_acquire_owned().map_err(|_| {
-        ApiError::unavailable(format!("server busy: {} requests in progress (--queue); retry later", limits.queue))
-    })?;
+    // Admission first, before the body is used: a full server answers at once.
+    let admitted = if state.is_shutting_down() {
+        Err(ApiError::unavailable("the server is shutting down"))
+    } else if state.model().is_none() {
+        Err(ApiError::unavailable("the model is still loading"))
+    } else {
+        state.admission.clone().try_acquire_owned().map_err(|_| {
+            ApiError::unavailable(format!("server busy: {} requests in progress (--queue); retry later", limits.queue))
+        })
+    };
+    let _permit = match admitted {
+        Ok(permit) => permit,
+        Err(e) => {
+            drain(request.into_body(), limits.max_body).await;
+            return Err(e);
+        }
+    };
     match tokio::time::timeout(limits.timeout, answer(state, request)).await {
         Ok(answered) => answered,
+        // The body may be unread: the connection closes after the answer.
         Err(_) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             format!("request timed out after {} s (--timeout)", limits.timeout.as_secs_f64()),
-        )),
+        )
+        .closing()),
     }
 }
 
@@ -111,21 +128,26 @@ async fn read_upload(request: Request, limits: &Limits, options: &mut RequestOpt
         || ApiError::too_large(format!("request body over the limit of {} bytes (--max-body)", limits.max_body));
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_body as u64) {
-        return Err(too_large());
+        // Not read: the connection closes after the answer.
+        return Err(too_large().closing());
     }
-    let media = media_type(request.headers());
-    let raw = media.is_empty() || media.starts_with("image/") || media == "application/octet-stream";
+    let (parts, body) = request.into_parts();
+    let bytes = match http_body_util::Limited::new(body, limits.max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large().closing()),
+        Err(e) => return Err(ApiError::bad_request(format!("cannot read the request body: {e}")).closing()),
+    };
+    let media = media_type(&parts.headers);
+    // curl's `--data-binary @photo.jpg` sends the form-urlencoded type unless told otherwise.
+    let raw = media.is_empty()
+        || media.starts_with("image/")
+        || media == "application/octet-stream"
+        || media == "application/x-www-form-urlencoded";
     if !raw && media != "multipart/form-data" {
         return Err(ApiError::unsupported(format!(
             "content type {media}: send the image itself (image/jpeg, image/png, …, application/octet-stream) or multipart/form-data"
         )));
     }
-    let (parts, body) = request.into_parts();
-    let bytes = match http_body_util::Limited::new(body, limits.max_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => return Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
-    };
     if raw {
         if bytes.is_empty() {
             return Err(ApiError::bad_request("empty body: send an image (JPEG, PNG, PPM/PGM or BMP)"));

@@ -109,16 +109,19 @@ impl Metrics {
         self.counters().requests.iter().filter(|((_, s), _)| *s == status).map(|(_, n)| n).sum()
     }
 
-    /// One line: requests answered by status (the shutdown log).
+    /// One line: requests answered by endpoint and status (the shutdown log), e.g. `answered 7
+    /// requests: /metrics 1 × 200; /v1/landmarks 5 × 200, 1 × 503`.
     pub fn summary(&self) -> String {
         let c = self.counters();
-        let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
-        for ((_, s), n) in &c.requests {
-            *by_status.entry(*s).or_default() += n;
+        let total: u64 = c.requests.values().sum();
+        let mut parts: Vec<String> = Vec::new();
+        for ((endpoint, status), n) in &c.requests {
+            match parts.last_mut() {
+                Some(last) if last.starts_with(&format!("{endpoint} ")) => *last += &format!(", {n} × {status}"),
+                _ => parts.push(format!("{endpoint} {n} × {status}")),
+            }
         }
-        let total: u64 = by_status.values().sum();
-        let parts: Vec<String> = by_status.iter().map(|(s, n)| format!("{n} × {s}")).collect();
-        format!("answered {total} requests ({})", if parts.is_empty() { "none".into() } else { parts.join(", ") })
+        format!("answered {total} requests: {}", if parts.is_empty() { "none".into() } else { parts.join("; ") })
     }
 
     /// The Prometheus text exposition; `in_flight` is the admitted requests now.
@@ -170,7 +173,8 @@ mod tests {
         assert!(text.contains("hrk_request_duration_seconds_count{endpoint=\"/v1/landmarks\"} 3\n"));
         assert!(text.contains("hrk_batch_faces_bucket{le=\"8\"} 1\n") && text.contains("hrk_batch_faces_sum 5\n"));
         assert!(text.contains("hrk_queue_depth 1\n") && text.contains("hrk_queue_capacity 4\n"));
-        assert_eq!(m.summary(), "answered 3 requests (2 × 200, 1 × 503)");
+        m.record_request("/metrics", 200, 0.001);
+        assert_eq!(m.summary(), "answered 4 requests: /metrics 1 × 200; /v1/landmarks 2 × 200, 1 × 503");
         assert_eq!(m.answered(200), 2);
     }
 }

@@ -119,10 +119,9 @@ async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, n
     if given.is_some_and(|g| same_secret(g.as_bytes(), key.as_bytes())) {
         return next.run(request).await;
     }
-    let mut response = json_error(
-        StatusCode::UNAUTHORIZED,
-        if given.is_none() { "missing API key (send Authorization: Bearer KEY)" } else { "wrong API key" },
-    );
+    let why = if given.is_none() { "missing API key (send Authorization: Bearer KEY)" } else { "wrong API key" };
+    super::landmarks::drain(request.into_body(), state.config.limits.max_body).await;
+    let mut response = json_error(StatusCode::UNAUTHORIZED, why);
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
