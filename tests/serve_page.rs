@@ -340,5 +340,9 @@ fn the_page_streams_the_camera_and_draws_tracked_landmarks_live() {
     let stop_on_faces = "window.hrkLast.faces.length > 0 && (document.getElementById('camera').click(), true)";
     page.wait_for(stop_on_faces, 60, "a live frame with faces to stop on");
     let shot = page.screenshot_element("body", SHOT_SCALE);
+    assert!(page
+        .eval("document.getElementById('status').textContent")
+        .as_str()
+        .is_some_and(|t| t.starts_with("Camera off")));
     keep_screenshot(&shot, &dir, "serve_page_live.png");
 }

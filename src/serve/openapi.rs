@@ -77,6 +77,11 @@ pub fn document(config: &ServeConfig) -> Value {
                 "200": { "description": "Ready." }, "503": error_response("Still loading.") } } },
             "/metrics": { "get": { "summary": "Prometheus text format.", "responses": { "200": { "description": "Metrics.", "content": { "text/plain": {} } } } } },
             "/openapi.json": { "get": { "summary": "This document.", "responses": { "200": { "description": "OpenAPI 3.1." } } } },
+            "/": { "get": { "summary": "The browser page (photo upload, camera live mode).", "security": [], "responses": {
+                "200": { "description": "The page.", "content": { "text/html": {} } } } } },
+            "/v1/live": { "get": {
+                "summary": "The live mode's WebSocket: the first text message is {\"key\": …, \"fps\": …}; then each binary message (one image) gets one JSON answer, the per-image JSON with \"frame\" and tracked face \"id\"s (README).",
+                "security": [], "responses": { "101": { "description": "Switching to the WebSocket protocol." } } } },
         },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },

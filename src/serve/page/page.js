@@ -257,5 +257,12 @@
     if (document.body.dataset.state === "live") document.body.dataset.state = "idle";
   }
 
-  cameraButton.addEventListener("click", () => (live ? stopCamera() : startCamera()));
+  cameraButton.addEventListener("click", () => {
+    if (!live) {
+      startCamera();
+      return;
+    }
+    stopCamera();
+    setStatus("Camera off: the last frame and rate stay shown.");
+  });
 })();
