@@ -217,6 +217,26 @@ fn the_stream_needs_the_key_first_then_tracks_faces_with_ids() {
     ws.close(None).unwrap();
 }
 
+#[test]
+fn sigterm_with_a_live_stream_open_still_exits_cleanly() {
+    let mut server = Server::start("sigterm", &[]);
+    let (mut ws, _) = tungstenite::connect(server.ws_url("")).expect("connect /v1/live");
+    ws.send(Message::text(json!({"fps": 10}).to_string())).unwrap();
+    assert_eq!(next_json(&mut ws)["ready"], true);
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // An open WebSocket does not hold the shutdown: exit status 0 within seconds.
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "hrk serve still running 20 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
+
 // ---- in the browser ------------------------------------------------------------------------------
 
 /// Types `KEY` into the page's key field.
