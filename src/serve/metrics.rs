@@ -104,11 +104,6 @@ impl Metrics {
         self.counters().faces_per_image.observe(faces as f64);
     }
 
-    /// Requests answered with `status` so far, over every endpoint.
-    pub fn answered(&self, status: u16) -> u64 {
-        self.counters().requests.iter().filter(|((_, s), _)| *s == status).map(|(_, n)| n).sum()
-    }
-
     /// One line: requests answered by endpoint and status (the shutdown log), e.g. `answered 7
     /// requests: /metrics 1 × 200; /v1/landmarks 5 × 200, 1 × 503`.
     pub fn summary(&self) -> String {
@@ -175,6 +170,5 @@ mod tests {
         assert!(text.contains("hrk_queue_depth 1\n") && text.contains("hrk_queue_capacity 4\n"));
         m.record_request("/metrics", 200, 0.001);
         assert_eq!(m.summary(), "answered 4 requests: /metrics 1 × 200; /v1/landmarks 2 × 200, 1 × 503");
-        assert_eq!(m.answered(200), 2);
     }
 }
