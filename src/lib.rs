@@ -40,6 +40,7 @@ pub mod eval;
 pub mod export;
 pub mod plot;
 pub mod predict;
+pub mod serve;
 pub mod synth;
 pub mod train;
 pub mod video;

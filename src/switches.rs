@@ -226,6 +226,8 @@ switches! {
     fn bench_cpu() -> bool { "HRK_BENCH_CPU", "0\\|1", default "0" => false, flag }
     /// Training/test samples decode only the JPEG rows and columns their crop reads (same pixels); 0 decodes whole images.
     fn jpeg_region() -> bool { "HRK_JPEG_REGION", "0\\|1", default "1" => true, flag }
+    /// `hrk serve`: the bearer token every endpoint but `/healthz` and `/readyz` requires (`--api-key` overrides).
+    fn serve_api_key() -> Option<String> { "HRK_API_KEY", "a token", default "unset" => None, |t| path(t).map(Some) }
 }
 
 /// Variables read by build.rs or by the tests only (not by the library), for README's table check.
@@ -251,6 +253,10 @@ pub const BUILD_AND_TEST: &[&str] = &[
     "HRK_REQUIRE_DEVICE",
     // tests/gpu_check_script.rs: 1 runs `gpu_check.sh --prepare` itself (a whole build) before checking the carry.
     "HRK_GPU_CHECK_PREPARE",
+    // tests/serve_page.rs: 1 turns "no chromium, skipped" into a failure (CI sets it).
+    "HRK_REQUIRE_CHROMIUM",
+    // tests/serve_page.rs: 1 rewrites docs/serve_page_photo.png and docs/serve_page_live.png.
+    "HRK_WRITE_SCREENSHOTS",
 ];
 
 /// Whether `HRK_GPU_MATH` is set at all (the emulated device keeps fp32 unless the math is chosen explicitly).

@@ -7,16 +7,8 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// Experiment YAML (official schema): the network and MODEL.IMAGE_SIZE.
-    #[arg(long)]
-    pub cfg: PathBuf,
-    /// Weights: .safetensors or an official .pth; every tensor of the config's network must be there.
-    #[arg(long = "model-file", required_unless_present = "init_seed", conflicts_with = "init_seed")]
-    pub model_file: Option<PathBuf>,
-    /// No weights file: the config's network with the official random init of this seed (for timing a
-    /// runtime, e.g. benches/compare_anchors.sh).
-    #[arg(long = "init-seed")]
-    pub init_seed: Option<u64>,
+    #[command(flatten)]
+    pub model: super::common::ModelSource,
     /// The ONNX file to write.
     #[arg(long)]
     pub onnx: PathBuf,
@@ -39,11 +31,8 @@ pub fn run(a: ExportArgs) -> Result<()> {
         let r = crate::model::hrnet::OPSETS;
         anyhow::bail!("--opset {}: not supported (hrk writes opsets {} to {})", a.opset, r.start(), r.end());
     }
-    let cfg = super::common::config(&a.cfg)?;
-    let mut net = super::common::model(&cfg, a.init_seed.unwrap_or(0))?;
-    if let Some(path) = &a.model_file {
-        super::common::load_weights(&mut net, path)?;
-    }
+    let cfg = super::common::config(&a.model.cfg)?;
+    let net = a.model.network(&cfg)?;
     let size = crate::export::write_onnx(&net, &cfg, &opts, &a.onnx)?;
     println!("wrote {} ({:.1} MB, opset {})", a.onnx.display(), size as f64 / 1e6, a.opset);
     Ok(())

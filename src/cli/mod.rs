@@ -5,6 +5,7 @@ pub mod common;
 pub mod export;
 pub mod logger;
 pub mod predict;
+pub mod serve;
 pub mod test;
 pub mod train;
 
@@ -79,6 +80,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Write a model's inference graph as ONNX (ONNX Runtime, TensorRT, OpenVINO, …).
     Export(export::ExportArgs),
+    /// Serve landmarks over HTTP: POST /v1/landmarks, health checks, metrics.
+    Serve(Box<serve::ServeArgs>),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -92,6 +95,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(a) => predict::run(*a, cli.quiet),
         Command::Bench(a) => bench::run(a),
         Command::Export(a) => export::run(a),
+        Command::Serve(a) => serve::run(*a),
         Command::Convert { input, output, prefix, merge } => {
             // The loader's errors already name the file.
             let n = if prefix.is_empty() && merge.is_empty() {

@@ -35,18 +35,8 @@ pub struct PredictArgs {
     /// CSV of face boxes: image,x1,y1,x2,y2 (header optional, several rows per image allowed).
     #[arg(long = "boxes", conflicts_with = "boxes")]
     pub boxes_file: Option<PathBuf>,
-    /// Where faces come from without boxes: mtcnn (every face) or none (the whole image).
-    #[arg(long, default_value = "mtcnn", value_parser = ["mtcnn", "none"])]
-    pub detector: String,
-    /// Smallest face the detector looks for, in pixels.
-    #[arg(long = "min-face", default_value_t = 20.0)]
-    pub min_face: f32,
-    /// Detector thresholds: one value for the three stages, or three comma-separated.
-    #[arg(long)]
-    pub threshold: Option<String>,
-    /// Detector weights (.safetensors; default: the embedded MTCNN weights).
-    #[arg(long = "detector-weights")]
-    pub detector_weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub detection: super::common::DetectorArgs,
     /// Process every n-th image of the list, starting at the i-th (0-based): i/n.
     #[arg(long)]
     pub shard: Option<String>,
@@ -104,20 +94,6 @@ pub struct PredictArgs {
     pub device: String,
     #[command(flatten)]
     pub options: super::common::TestOptionArgs,
-}
-
-/// `--threshold 0.6` or `--threshold 0.6,0.7,0.7`, each in (0, 1).
-fn parse_thresholds(s: &str) -> Result<[f32; 3]> {
-    let bad = || anyhow!("--threshold '{s}': expected one value or three comma-separated values in (0, 1)");
-    let v: Vec<f32> = s.split(',').map(|t| t.trim().parse::<f32>()).collect::<Result<_, _>>().map_err(|_| bad())?;
-    if !v.iter().all(|t| *t > 0.0 && *t < 1.0) {
-        return Err(bad());
-    }
-    match v[..] {
-        [t] => Ok([t; 3]),
-        [a, b, c] => Ok([a, b, c]),
-        _ => Err(bad()),
-    }
 }
 
 /// `--fps` of a frame stream (checked where given).
@@ -235,10 +211,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         }
         None => None,
     };
-    let thresholds = args.threshold.as_deref().map(parse_thresholds).transpose()?;
-    if !(args.min_face.is_finite() && args.min_face >= 1.0) {
-        bail!("--min-face {}: expected a size in pixels >= 1", args.min_face);
-    }
+    let detector_options = args.detection.options()?;
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
     let (videos, all_images): (Vec<PathBuf>, Vec<PathBuf>) =
         collect_images(&args.images)?.into_iter().partition(|p| crate::video::is_video_path(p));
@@ -282,21 +255,16 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
         }
     }
     let has_pixels = !all_images.is_empty() || stdin_frames.is_some() || !videos.is_empty();
-    let mtcnn = if given.is_none() && args.detector == "mtcnn" && has_pixels {
-        Some(Mtcnn::load(args.detector_weights.as_deref(), &device).context("detector")?)
+    let mtcnn = if given.is_none() && args.detection.uses_mtcnn() && has_pixels {
+        Some(Mtcnn::load(args.detection.detector_weights.as_deref(), &device).context("detector")?)
     } else {
         None
     };
-    let mut detector_options = DetectorOptions { min_face: args.min_face, ..Default::default() };
-    if let Some(t) = thresholds {
-        detector_options.thresholds = t;
-    }
     let source = face_source(&given, &mtcnn, &detector_options);
 
     let mut net = super::common::model(&cfg, 0)?;
     super::common::load_weights(&mut net, &args.model_file)?;
-    net.to_device(&device)?;
-    net.set_precision(args.options.precision()?);
+    super::common::prepare_for_inference(&mut net, &device, args.options.precision()?)?;
     let test = args.options.resolve(&cfg)?;
     let batch = args.batch.unwrap_or(cfg.test.batch_size_per_gpu);
     if batch == 0 {
@@ -512,18 +480,4 @@ fn conclude(failed: bool, failure: String, wrote: String, summary: &dyn std::fmt
     }
     println!("{summary}");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn thresholds_parse() {
-        assert_eq!(parse_thresholds("0.5").unwrap(), [0.5; 3]);
-        assert_eq!(parse_thresholds("0.6, 0.7,0.8").unwrap(), [0.6, 0.7, 0.8]);
-        for bad in ["", "1.5", "0.1,0.2", "a", "0"] {
-            assert!(parse_thresholds(bad).unwrap_err().to_string().contains("--threshold"));
-        }
-    }
 }

@@ -112,13 +112,7 @@ impl<'a> LandmarkEngine<'a> {
 
     /// Crops and normalises `faces` of `rgb` for the model.
     pub fn crop(&self, rgb: &Rgb8, faces: Vec<FoundFace>) -> Result<CroppedFaces> {
-        let (size, per) = (self.image_size, self.input_len());
-        let mut inputs = crate::memory_budget::try_zeroed_vec(faces.len() * per, "the faces' input crops")?;
-        for (face, buf) in faces.iter().zip(inputs.chunks_exact_mut(per.max(1))) {
-            let c = crop_rgb8(rgb, false, InputType::Float32, face.center, face.crop_scale, size, 0.0)?;
-            normalize_rgb8_into(&c, buf)?;
-        }
-        Ok(CroppedFaces { faces, inputs })
+        crop_faces(rgb, faces, self.image_size)
     }
 
     /// Runs the landmark model on `n` faces (inputs concatenated): landmarks and heatmap maxima.
@@ -165,4 +159,17 @@ impl<'a> LandmarkEngine<'a> {
         }
         Ok(results)
     }
+}
+
+/// Crops and normalises `faces` of `rgb` for a model whose input is `image_size` (height × width):
+/// [`LandmarkEngine::crop`] without the engine, for callers whose model runs elsewhere (the
+/// service's inference thread).
+pub fn crop_faces(rgb: &Rgb8, faces: Vec<FoundFace>, image_size: [usize; 2]) -> Result<CroppedFaces> {
+    let per = 3 * image_size[0] * image_size[1];
+    let mut inputs = crate::memory_budget::try_zeroed_vec(faces.len() * per, "the faces' input crops")?;
+    for (face, buf) in faces.iter().zip(inputs.chunks_exact_mut(per.max(1))) {
+        let c = crop_rgb8(rgb, false, InputType::Float32, face.center, face.crop_scale, image_size, 0.0)?;
+        normalize_rgb8_into(&c, buf)?;
+    }
+    Ok(CroppedFaces { faces, inputs })
 }

@@ -41,7 +41,7 @@ mod video_frames;
 
 pub use aligned::{aligned_face, check_aligned_size, five_points, TEMPLATE_112};
 pub use boxes::{detector_center, FaceBox, FaceFinder, FoundFace, MTCNN_CENTER_SHIFT, MTCNN_MARGIN, SCALE_ENLARGEMENT};
-pub use engine::{CroppedFaces, FaceResult, ImageResult, LandmarkEngine, LandmarkOptions};
+pub use engine::{crop_faces, CroppedFaces, FaceResult, ImageResult, LandmarkEngine, LandmarkOptions};
 pub use given::GivenBoxes;
 pub use inputs::{collect_images, output_names, parse_shard, shard_indices, IMAGE_EXTENSIONS};
 pub use pose::{add_poses, head_pose, pose_indices, solve_pose, Camera, HeadPose, MEAN_FACE_MM};

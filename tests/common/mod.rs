@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod alloc_guard;
+pub mod chromium;
 pub mod crop_case;
 pub mod emu;
 pub mod fuzz;
