@@ -535,3 +535,33 @@ fn landmark_count(summary: &str, status: u16) -> u64 {
         .and_then(|(n, _)| n.parse().ok())
         .unwrap_or(0)
 }
+
+#[test]
+fn a_model_that_fails_to_load_stops_the_server_with_one_error_line() {
+    let st = tiny_setup("serve-badmodel");
+    let missing = st.dir.join("missing.safetensors");
+    let mut child = Command::new(hrk_bin())
+        .args(["serve", "--cfg", s(&st.cfg), "--model-file", s(&missing), "--addr", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("hrk serve kept running without its model");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(last.starts_with("hrk: error: "), "{stderr}");
+    assert_one_line(last, &["missing.safetensors"]);
+}
