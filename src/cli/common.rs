@@ -72,7 +72,7 @@ pub fn prepare_for_inference(net: &mut HrNet, device: &Device, precision: Precis
     Ok(())
 }
 
-/// `--cfg`, and `--model-file` or `--init-seed`: the network `hrk export` and `hrk serve` run.
+/// `--cfg`, and `--model-file` or `--init-seed`: the network `hrk predict`, `hrk export` and `hrk serve` run.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelSource {
     /// Experiment YAML (official schema): the network, MODEL.IMAGE_SIZE and HEATMAP_SIZE.
@@ -82,7 +82,7 @@ pub struct ModelSource {
     #[arg(long = "model-file", required_unless_present = "init_seed", conflicts_with = "init_seed")]
     pub model_file: Option<PathBuf>,
     /// No weights file: the config's network with the official random init of this seed (for timing,
-    /// e.g. benches/compare_anchors.sh and benches/serve_rounds.sh).
+    /// e.g. benches/compare_anchors.sh, benches/serve_rounds.sh and benches/video_speed.sh).
     #[arg(long = "init-seed")]
     pub init_seed: Option<u64>,
 }

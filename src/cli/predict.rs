@@ -19,15 +19,11 @@ pub use crate::predict::SCALE_ENLARGEMENT;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// Experiment YAML (official schema): model layout, IMAGE_SIZE, HEATMAP_SIZE.
-    #[arg(long)]
-    pub cfg: PathBuf,
-    /// Weights: .safetensors or an official .pth.
-    #[arg(long = "model-file")]
-    pub model_file: PathBuf,
+    #[command(flatten)]
+    pub model: super::common::ModelSource,
     /// Images (JPEG, PNG, PPM/PGM, BMP), videos (mp4, mov, mkv, avi, m4v, webm; with the `video`
     /// feature) and folders (searched recursively). Each video is a tracked frame stream writing
-    /// <stem>.jsonl and <stem>.csv.
+    /// <stem>.jsonl, <stem>.csv and <stem>_landmarks.mp4.
     pub images: Vec<PathBuf>,
     /// Face box x1,y1,x2,y2 in pixels: once for all images, or once per image file in order.
     #[arg(long = "box", allow_hyphen_values = true)]
@@ -195,7 +191,7 @@ impl Drop for Progress {
 
 pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     let device = super::common::device(&args.device)?;
-    let cfg = super::common::config(&args.cfg)?;
+    let cfg = super::common::config(&args.model.cfg)?;
     let stdin_frames = args.stdin_frames.as_deref().map(RawFormat::parse).transpose()?;
     if stdin_frames.is_some() && (!args.images.is_empty() || args.csv.is_some() || args.shard.is_some()) {
         bail!("--stdin-frames reads frames from stdin alone: no image arguments, --csv or --shard with it");
@@ -262,8 +258,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     };
     let source = face_source(&given, &mtcnn, &detector_options);
 
-    let mut net = super::common::model(&cfg, 0)?;
-    super::common::load_weights(&mut net, &args.model_file)?;
+    let mut net = args.model.network(&cfg)?;
     super::common::prepare_for_inference(&mut net, &device, args.options.precision()?)?;
     let test = args.options.resolve(&cfg)?;
     let batch = args.batch.unwrap_or(cfg.test.batch_size_per_gpu);
@@ -272,7 +267,7 @@ pub fn run(args: PredictArgs, quiet: bool) -> Result<()> {
     }
     // The engine's crops and activations for one batch (decoded photos are bounded by the image limits).
     check_batch_memory(&cfg, &device, Pass::Infer, batch, None, "--batch or MODEL.IMAGE_SIZE")?;
-    let out = args.out.clone().unwrap_or_else(|| cfg.output_dir_for(&args.cfg).join("predict"));
+    let out = args.out.clone().unwrap_or_else(|| cfg.output_dir_for(&args.model.cfg).join("predict"));
     let opts = LandmarkOptions::for_config(&cfg, test, batch)?;
     let aligned = args.aligned.map(check_aligned_size).transpose()?;
     // The 5 template points come from the 68/98 layouts, the same as the pose's.
