@@ -78,9 +78,19 @@ class Model:
         detector: bool = True,
         min_face: float = 20.0,
         thresholds: Tuple[float, float, float] = (0.6, 0.7, 0.7),
-    ) -> Iterator[list[Face]]: ...
+    ) -> TrackedFrames:
+        """Tracked faces per frame, as `hrk predict --stdin-frames`: each `next()` pulls one frame
+        from `frames` (endless iterables too) and gives its faces, ids set. The Model's lock is held
+        only while a frame runs: other calls on the Model may run between frames. A bad frame or an
+        error of `frames` raises from `next()` and ends the stream."""
     def heatmaps(self, crops: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """N x 3 x H x W normalised crops -> N x K x h x w heatmaps."""
+
+class TrackedFrames(Iterator[list[Face]]):
+    """What `Model.track` returns: one frame pulled and run per `next()`."""
+
+    def __iter__(self) -> TrackedFrames: ...
+    def __next__(self) -> list[Face]: ...
 
 class FaceAlignment:
     """face_alignment's interface over an hrk model."""

@@ -21,6 +21,7 @@ fn hrk(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<faces::Face>()?;
     m.add_class::<model::Model>()?;
+    m.add_class::<model::TrackedFrames>()?;
     m.add_class::<model::FaceAlignment>()?;
     m.add_function(wrap_pyfunction!(model::detect, m)?)?;
     m.add_function(wrap_pyfunction!(run::evaluate, m)?)?;

@@ -3,22 +3,23 @@
 
 use crate::convert::{existing_file, image_input, without_gil, BadInput, ImageInput};
 use crate::faces::Face;
-use crate::run::{load_config, load_model, pixel_frame, run_frames, GivenFrames, PythonFrames};
+use crate::run::{load_config, load_model, pixel_frame, run_frames, GivenFrames};
+use anyhow::Context;
 use hrk::config::Config;
 use hrk::detect::{DetectorOptions, Mtcnn};
 use hrk::eval::TestOptions;
 use hrk::model::hrnet::memory::{check_batch_memory, Pass};
 use hrk::model::HrNet;
 use hrk::predict::{
-    FaceBox, FaceFinder, FaceSource, FrameSource, ImageResult, LandmarkEngine, LandmarkOptions, OneEuroParams,
-    StreamState, TrackOptions, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
+    stream_wave, FaceBox, FaceFinder, FaceSource, Frame, FrameSource, ImageResult, LandmarkEngine, LandmarkOptions,
+    OneEuroParams, StreamState, TrackOptions, Tracker, MTCNN_CENTER_SHIFT, MTCNN_MARGIN,
 };
 use hrk::tensor::Device;
 use numpy::ndarray::{Array2, Array4};
 use numpy::{IntoPyArray, PyArray4, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyIterator, PyList};
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
@@ -53,12 +54,12 @@ impl Loaded {
         Ok(self.detector.as_ref().expect("loaded above"))
     }
 
-    /// `hrk predict`'s stream over `frames`: the same waves, batches, crops, decoding and poses
-    /// (`tracked`: faces tracked across frames as `--stdin-frames` does).
-    fn predict(
-        &mut self, frames: &mut dyn FrameSource, find: &FindFaces, run: &RunOptions, batch: usize,
-        tracked: Option<TrackOptions>,
-    ) -> anyhow::Result<Vec<ImageResult>> {
+    /// `hrk predict`'s engine and face source for one call (the same batches, crops and decoding),
+    /// handed to `body`.
+    fn with_stream<'s, T>(
+        &'s mut self, find: &FindFaces, run: &RunOptions, batch: usize,
+        body: impl FnOnce(&mut LandmarkEngine<'s>, FaceSource<'s>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let test = TestOptions::from_config(&self.cfg)?.with_overrides(run.flip_test, false, run.decode.as_deref())?;
         let opts = LandmarkOptions::for_config(&self.cfg, test, batch)?;
         let image_size = self.cfg.model.image_size;
@@ -76,12 +77,35 @@ impl Loaded {
             },
             _ => FaceFinder::WholeImage,
         };
-        let mut state = match tracked {
-            Some(track) => StreamState::tracked(FaceSource::Same(finder), track),
-            None => StreamState::new(FaceSource::Same(finder)),
-        };
         let mut engine = LandmarkEngine::new(net, opts, image_size)?;
-        run_frames(&mut engine, frames, &mut state)
+        body(&mut engine, FaceSource::Same(finder))
+    }
+
+    /// `hrk predict`'s stream over `frames` as independent images: the same waves, batches, crops,
+    /// decoding and poses.
+    fn predict(
+        &mut self, frames: &mut dyn FrameSource, find: &FindFaces, run: &RunOptions, batch: usize,
+    ) -> anyhow::Result<Vec<ImageResult>> {
+        self.with_stream(find, run, batch, |engine, faces| run_frames(engine, frames, &mut StreamState::new(faces)))
+    }
+
+    /// One frame of a tracked stream as `--stdin-frames` runs it (the library's `stream_wave`: the
+    /// model, the tracker, poses), the stream's `tracker` kept between frames (None before the first).
+    /// A frame that fails fails the call with its message (a `ValueError`, as `run_frames`).
+    fn track_frame(
+        &mut self, frame: Frame, find: &FindFaces, run: &RunOptions, batch: usize, tracker: &mut Option<Tracker>,
+        options: TrackOptions,
+    ) -> anyhow::Result<ImageResult> {
+        self.with_stream(find, run, batch, |engine, faces| {
+            let mut state = match tracker.take() {
+                Some(kept) => StreamState::resumed(faces, kept),
+                None => StreamState::tracked(faces, options),
+            };
+            let outcomes = stream_wave(engine, &mut state, vec![frame]);
+            *tracker = state.into_tracker();
+            let outcome = outcomes?.pop().context("a tracked frame gave no result")?;
+            outcome.result.map(|f| f.image).map_err(|e| BadInput(e).into())
+        })
     }
 }
 
@@ -125,12 +149,61 @@ impl Model {
         let batch = self.batch;
         without_gil(py, move || {
             let mut frames = GivenFrames(decode_frames(inputs)?.into());
-            self.lock().predict(&mut frames, &find, &run, batch, None)
+            self.lock().predict(&mut frames, &find, &run, batch)
         })
     }
 
     fn faces(py: Python<'_>, result: ImageResult) -> PyResult<Vec<Face>> {
         result.faces.into_iter().map(|f| Face::new(py, f)).collect()
+    }
+}
+
+/// The iterator `Model.track` returns: each `next()` pulls one frame from the caller's iterable
+/// (with the GIL), decodes and runs it (without it, the Model's lock held for that frame only) and
+/// gives its faces; the stream's tracker is kept here between frames.
+#[pyclass(module = "hrk")]
+pub struct TrackedFrames {
+    model: Py<Model>,
+    /// The caller's frames; None once they ended or the stream failed.
+    frames: Option<Py<PyIterator>>,
+    options: TrackOptions,
+    find: FindFaces,
+    run: RunOptions,
+    /// None before the first frame.
+    tracker: Option<Tracker>,
+    /// The index of the next frame (its label where the frame has no path).
+    next: usize,
+}
+
+#[pymethods]
+impl TrackedFrames {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Vec<Face>>> {
+        let Some(frames) = &self.frames else { return Ok(None) };
+        let pulled = frames.bind(py).clone().next().map(|item| image_input(&item?));
+        let result = match pulled {
+            None => Ok(None),
+            Some(Err(e)) => Err(e),
+            Some(Ok(input)) => {
+                let label = input.label(self.next);
+                self.next += 1;
+                let model = self.model.get();
+                let TrackedFrames { find, run, tracker, options, .. } = self;
+                without_gil(py, || {
+                    let frame = pixel_frame(label, input.into_rgb());
+                    model.lock().track_frame(frame, find, run, model.batch, tracker, *options)
+                })
+                .and_then(|image| Model::faces(py, image))
+                .map(Some)
+            }
+        };
+        if !matches!(result, Ok(Some(_))) {
+            self.frames = None;
+        }
+        result
     }
 }
 
@@ -294,17 +367,20 @@ impl Model {
     /// track(frames, fps=30.0, redetect=30, smooth="0.5,0.05", detector=True, min_face=20.0, thresholds=(0.6, 0.7, 0.7))
     /// --
     ///
-    /// A frame stream (video frames in order, any iterable of images) as `hrk predict --stdin-frames`
-    /// runs it: the detector every `redetect` frames, faces tracked between, ids kept across frames,
-    /// landmarks One-Euro smoothed (`smooth` "min_cutoff,beta" or "none"). Frames are pulled from
-    /// `frames` as the stream runs (a generator of video frames is never held whole); returns an iterator
-    /// over the frames' results, each a list of `Face` with `id` set.
+    /// A frame stream (video frames in order, any iterable of images, endless ones too: a webcam) as
+    /// `hrk predict --stdin-frames` runs it: the detector every `redetect` frames, faces tracked
+    /// between, ids kept across frames, landmarks One-Euro smoothed (`smooth` "min_cutoff,beta" or
+    /// "none"). Returns an iterator (`TrackedFrames`) whose each `next()` pulls one frame from
+    /// `frames` and gives that frame's faces, a list of `Face` with `id` set; it ends with `frames`.
+    /// The GIL is released while a frame runs. The Model's lock is held only during a frame: other
+    /// calls on the same Model may run between two frames. A bad frame or an error of `frames`
+    /// raises from `next()` and ends the stream.
     #[pyo3(signature = (frames, fps=30.0, redetect=30, smooth="0.5,0.05", detector=true, min_face=20.0, thresholds=(0.6, 0.7, 0.7)))]
     #[allow(clippy::too_many_arguments)]
-    fn track<'py>(
-        &self, py: Python<'py>, frames: &Bound<'py, PyAny>, fps: f64, redetect: usize, smooth: &str, detector: bool,
+    fn track(
+        slf: &Bound<'_, Self>, frames: &Bound<'_, PyAny>, fps: f64, redetect: usize, smooth: &str, detector: bool,
         min_face: f32, thresholds: (f32, f32, f32),
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<TrackedFrames> {
         if !(fps.is_finite() && fps > 0.0) {
             return Err(PyValueError::new_err(format!("fps {fps}: expected frames per second > 0")));
         }
@@ -312,18 +388,15 @@ impl Model {
             return Err(PyValueError::new_err("redetect 0: expected a number of frames >= 1"));
         }
         let smooth = OneEuroParams::parse(smooth).map_err(|e| PyValueError::new_err(hrk::predict::one_line(&e)))?;
-        let track = TrackOptions { redetect, fps, smooth };
-        let find = find_faces(None, detector, min_face, thresholds)?;
-        let run = run_options(false, None)?;
-        let batch = self.batch;
-        let mut source = PythonFrames::new(frames.try_iter()?.unbind());
-        let results = self.run(py, |m| m.predict(&mut source, &find, &run, batch, Some(track)));
-        if let Some(e) = source.error.take() {
-            return Err(e);
-        }
-        let results = results?;
-        let per_frame: Vec<Vec<Face>> = results.into_iter().map(|r| Model::faces(py, r)).collect::<PyResult<_>>()?;
-        PyList::new(py, per_frame)?.try_iter().map(|it| it.into_any())
+        Ok(TrackedFrames {
+            model: slf.clone().unbind(),
+            frames: Some(frames.try_iter()?.unbind()),
+            options: TrackOptions { redetect, fps, smooth },
+            find: find_faces(None, detector, min_face, thresholds)?,
+            run: run_options(false, None)?,
+            tracker: None,
+            next: 0,
+        })
     }
 
     /// heatmaps(crops)

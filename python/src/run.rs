@@ -1,7 +1,7 @@
 //! The library's runs behind the module: `hrk predict`'s frame stream over in-memory frames,
 //! `hrk.evaluate` (`hrk test`'s evaluation) and `hrk.train` (`hrk train`'s trainer).
 
-use crate::convert::{caught, existing_file, image_input, without_gil, BadInput};
+use crate::convert::{caught, existing_file, without_gil, BadInput};
 use hrk::eval::TestOptions;
 use hrk::model::hrnet::memory::{check_batch_memory, Pass};
 use hrk::model::{HrNet, HrnetSpec};
@@ -12,7 +12,7 @@ use hrk::tensor::Device;
 use hrk::train::{BatchProgress, EpochMetrics, TrainObserver, TrainOptions, Trainer};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyIterator};
+use pyo3::types::PyDict;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -52,40 +52,6 @@ pub fn run_frames(
     let mut collected = Collected::default();
     run_stream(engine, frames, state, &mut collected, &mut |_| {})?;
     collected.0.into_iter().map(|r| r.map_err(|e| BadInput(e).into())).collect()
-}
-
-/// Frames pulled from a Python iterator as the stream asks for them (the GIL taken for each pull, the
-/// frame decoded without it), so a long stream is never held in memory. An item that is not an image,
-/// or an exception of the iterator, ends the stream and is kept for the caller to raise.
-pub struct PythonFrames {
-    iterator: Py<PyIterator>,
-    next: usize,
-    pub error: Option<PyErr>,
-}
-
-impl PythonFrames {
-    pub fn new(iterator: Py<PyIterator>) -> Self {
-        PythonFrames { iterator, next: 0, error: None }
-    }
-}
-
-impl FrameSource for PythonFrames {
-    fn next_frames(&mut self, max: usize) -> Vec<Frame> {
-        let mut frames = Vec::new();
-        while frames.len() < max.max(1) && self.error.is_none() {
-            let pulled = Python::attach(|py| self.iterator.bind(py).clone().next().map(|item| image_input(&item?)));
-            match pulled {
-                None => break,
-                Some(Err(e)) => self.error = Some(e),
-                Some(Ok(input)) => {
-                    let label = input.label(self.next);
-                    self.next += 1;
-                    frames.push(pixel_frame(label, input.into_rgb()));
-                }
-            }
-        }
-        frames
-    }
 }
 
 /// A config file, checked, with its network buildable (as `hrk` loads it).

@@ -2,6 +2,7 @@
 bit (paths, arrays, PIL images, batches, both precisions), heatmaps equal the ONNX export under ONNX
 Runtime, evaluate equals `hrk test`, train calls back per epoch and stops cleanly on Ctrl-C; bad input
 raises the right exception; no leak over 1000 calls; threads."""
+import itertools
 import json
 import os
 import signal
@@ -216,7 +217,7 @@ def test_bad_input_raises_one_line_errors(model, tmp_path):
     one_line_error(ValueError, lambda: model.predict(str(FIXTURES / "group.jpg"), decode="cubic"))
     one_line_error(TypeError, lambda: model.heatmaps(np.zeros((1, 3, 64, 64), np.float64)))
     one_line_error(ValueError, lambda: model.heatmaps(np.zeros((1, 3, 32, 32), np.float32)))
-    one_line_error(TypeError, lambda: model.track([np.zeros((64, 64, 3), np.uint8), 3]))
+    one_line_error(TypeError, lambda: list(model.track([np.zeros((64, 64, 3), np.uint8), 3])))  # raised at that frame
     one_line_error(FileNotFoundError, lambda: hrk.Model(tmp_path / "none.yaml", tmp_path / "none.safetensors"))
     # The interpreter survives and the model still works.
     assert len(model.predict(str(FIXTURES / "group.jpg"))) > 0
@@ -310,6 +311,29 @@ def test_track_equals_cli_stdin_frames(trained, model, tmp_path):
     for faces, doc in zip(tracked, want):
         assert [json.loads(f.to_json()) for f in faces] == doc
         assert all(f.id is not None for f in faces)
+
+
+def test_track_yields_each_frame_of_an_endless_stream(model):
+    """An endless stream (a webcam) gives each frame's faces as it comes, its frames pulled one per result."""
+    rgb = np.asarray(Image.open(FIXTURES / "group.jpg").convert("RGB"))
+    produced = []
+
+    def webcam():
+        for i in itertools.count():
+            produced.append(i)
+            yield rgb if i % 2 == 0 else rgb[:, ::-1].copy()
+
+    stream = model.track(webcam(), redetect=2)
+    assert iter(stream) is stream
+    assert produced == []
+    results = []
+    for k in range(1, 4):
+        results.append(next(stream))
+        assert len(produced) <= k + 1
+        if k == 1:
+            assert len(model.predict(rgb)) > 0  # the Model serves other calls between frames
+    assert any(results)
+    assert all(f.id is not None for faces in results for f in faces)
 
 
 def test_detect_equals_predict_boxes(model):

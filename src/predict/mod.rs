@@ -51,8 +51,8 @@ pub use sink::{face_json, image_json, FileSink, OutputSink};
 pub use smooth::{LandmarkSmoother, OneEuro, OneEuroParams};
 pub use sources::{dataset_images, read_image, DatasetFrames, ImageFiles};
 pub use stream::{
-    one_line, process_wave, run_stream, FaceSource, Frame, FrameContent, FrameFaces, FrameOutcome, FrameSource,
-    ImageReport, StreamState,
+    one_line, process_wave, run_stream, stream_wave, FaceSource, Frame, FrameContent, FrameFaces, FrameOutcome,
+    FrameSource, ImageReport, StreamState,
 };
 pub use stream_sink::{AlignedEvery, FrameStreamOutputs, FrameStreamSink};
 pub use track::{face_from_landmarks, TrackOptions, Tracker, COLLAPSE_RATIO, MATCH_IOU};

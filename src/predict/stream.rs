@@ -98,17 +98,35 @@ impl<'a> StreamState<'a> {
         }
     }
 
-    /// Hands a finished wave to the tracker: ids, lost tracks, smoothing.
-    fn after_wave(&mut self, outcomes: &mut [FrameOutcome]) {
-        let Some(tracker) = &mut self.tracker else { return };
-        for o in outcomes {
-            match &mut o.result {
-                Ok(f) => {
-                    let detected = tracker.wants_detection();
-                    tracker.update(&mut f.image.faces, detected);
+    /// A tracked stream going on with the `tracker` of its earlier frames (taken out with
+    /// [`StreamState::into_tracker`]), its faces from `faces`: a caller that borrows the face source
+    /// only for one wave at a time (the Python module's `Model.track`, between whose frames the model
+    /// may serve other calls) keeps the tracker in between.
+    pub fn resumed(faces: FaceSource<'a>, tracker: Tracker) -> Self {
+        StreamState { faces, tracker: Some(tracker) }
+    }
+
+    /// The stream's tracker, to go on with in [`StreamState::resumed`] (None for independent images).
+    pub fn into_tracker(self) -> Option<Tracker> {
+        self.tracker
+    }
+
+    /// Finishes a wave from [`process_wave`]: the tracker's ids, lost tracks and smoothing, then
+    /// each face's head pose (from the landmarks as reported: smoothed in a tracked stream).
+    pub fn finish_wave(&mut self, outcomes: &mut [FrameOutcome]) {
+        if let Some(tracker) = &mut self.tracker {
+            for o in outcomes.iter_mut() {
+                match &mut o.result {
+                    Ok(f) => {
+                        let detected = tracker.wants_detection();
+                        tracker.update(&mut f.image.faces, detected);
+                    }
+                    Err(_) => tracker.skip_frame(),
                 }
-                Err(_) => tracker.skip_frame(),
             }
+        }
+        for f in outcomes.iter_mut().filter_map(|o| o.result.as_mut().ok()) {
+            add_poses(&mut f.image.faces, f.rgb.width, f.rgb.height);
         }
     }
 
@@ -229,9 +247,20 @@ pub fn process_wave(engine: &mut LandmarkEngine, state: &StreamState, frames: Ve
         .collect())
 }
 
+/// One wave of a stream, finished: [`process_wave`] then [`StreamState::finish_wave`] (tracker,
+/// poses). [`run_stream`] runs each wave through it; a caller that pulls frames itself (one at a
+/// time for a tracked stream) gets the same results.
+pub fn stream_wave(
+    engine: &mut LandmarkEngine, state: &mut StreamState, frames: Vec<Frame>,
+) -> Result<Vec<FrameOutcome>> {
+    let mut outcomes = process_wave(engine, state, frames)?;
+    state.finish_wave(&mut outcomes);
+    Ok(outcomes)
+}
+
 /// Runs a stream to its end: waves of `engine.wave_len()` frames (one for a tracked stream)
-/// through [`process_wave`] and the stream's tracker, each wave's outcomes to `sink`, then each
-/// frame to `on_frame`, in stream order. A frame whose outputs cannot be written is reported
+/// through [`stream_wave`] (the model, the stream's tracker, poses), each wave's outcomes to
+/// `sink`, then each frame to `on_frame`, in stream order. A frame whose outputs cannot be written is reported
 /// failed; when that is for want of space, the stream ends (an error) after the wave.
 pub fn run_stream(
     engine: &mut LandmarkEngine, frames: &mut dyn FrameSource, state: &mut StreamState, sink: &mut dyn OutputSink,
@@ -243,12 +272,7 @@ pub fn run_stream(
         if batch.is_empty() {
             return Ok(());
         }
-        let mut outcomes = process_wave(engine, state, batch)?;
-        state.after_wave(&mut outcomes);
-        // From the landmarks as reported (smoothed in a tracked stream).
-        for f in outcomes.iter_mut().filter_map(|o| o.result.as_mut().ok()) {
-            add_poses(&mut f.image.faces, f.rgb.width, f.rgb.height);
-        }
+        let outcomes = stream_wave(engine, state, batch)?;
         let unwritten = sink.write_frames(&outcomes)?;
         let mut storage_full = false;
         for (o, failed) in outcomes.iter().zip(unwritten) {
