@@ -226,7 +226,7 @@ switches! {
     fn bench_cpu() -> bool { "HRK_BENCH_CPU", "0\\|1", default "0" => false, flag }
     /// Training/test samples decode only the JPEG rows and columns their crop reads (same pixels); 0 decodes whole images.
     fn jpeg_region() -> bool { "HRK_JPEG_REGION", "0\\|1", default "1" => true, flag }
-    /// `hrk serve`: the bearer token every endpoint but `/healthz` and `/readyz` requires (`--api-key` overrides).
+    /// `hrk serve`: the bearer token every endpoint but `/healthz`, `/readyz` and the page requires (`/v1/live` takes it in its first message; `--api-key` overrides).
     fn serve_api_key() -> Option<String> { "HRK_API_KEY", "a token", default "unset" => None, |t| path(t).map(Some) }
 }
 
