@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::model::{tiny_config, write_tiny_model};
+use common::model::one_face_tiny_model;
 use common::{assert_cli_ok, python_with, s, scratch, Scratch};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,8 +49,7 @@ struct Setup {
 /// A tiny random-init 68-point model and one synthetic face photo in a scratch folder.
 fn setup(name: &str) -> Setup {
     let dir = scratch(&format!("overlay-video-{name}"));
-    hrk::synth::generate(&dir, 68, 1, 11).unwrap();
-    let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TEST_CSV), 3);
+    let (cfg, weights) = one_face_tiny_model(&dir);
     Setup { dir, cfg, weights }
 }
 

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::model::{tiny_config, write_tiny_model};
+use common::model::one_face_tiny_model;
 use common::{assert_cli_error, assert_cli_ok, hrk_cmd, s, scratch, Scratch};
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -28,8 +28,7 @@ struct Setup {
 
 fn setup(name: &str) -> Setup {
     let dir = scratch(&format!("predict-stream-{name}"));
-    hrk::synth::generate(&dir, 68, 1, 11).unwrap();
-    let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TEST_CSV), 3);
+    let (cfg, weights) = one_face_tiny_model(&dir);
     let face = image::open(dir.join("images/s68_000000.jpg")).unwrap().to_rgb8();
     // The 256² face moves right 4 px a frame on a grey 320×256 canvas.
     let mut frames = Vec::with_capacity(FRAMES * W * H * 3);

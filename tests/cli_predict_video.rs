@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::model::{tiny_config, write_tiny_model};
+use common::model::one_face_tiny_model;
 use common::{assert_cli_error, assert_cli_ok, hrk_cmd, python_with, s, scratch, Scratch};
 use hrk::video::decode::{Decoded, VideoDecoder};
 use hrk::video::TimeRange;
@@ -223,8 +223,7 @@ struct Setup {
 
 fn setup(name: &str) -> Setup {
     let dir = scratch(&format!("predict-video-{name}"));
-    hrk::synth::generate(&dir, 68, 1, 11).unwrap();
-    let (cfg, weights) = write_tiny_model(&dir, &tiny_config(&dir, 68, 64, 16, hrk::synth::TEST_CSV), 3);
+    let (cfg, weights) = one_face_tiny_model(&dir);
     Setup { dir, cfg, weights }
 }
 

@@ -95,6 +95,14 @@ fn positive_head_bias(
     sd
 }
 
+/// One synthetic 68-point face photo (`dir/images/s68_000000.jpg`, the test CSV) and a tiny
+/// random-init 68-point model for it in `dir`: what the frame-stream CLI tests run on; returns
+/// (config path, weights path).
+pub fn one_face_tiny_model(dir: &Path) -> (PathBuf, PathBuf) {
+    hrk::synth::generate(dir, 68, 1, 11).unwrap();
+    write_tiny_model(dir, &tiny_config(dir, 68, 64, 16, hrk::synth::TEST_CSV), 3)
+}
+
 /// Writes `dir/tiny.yaml` and a random-init model for it (seeded) as `dir/tiny.safetensors`;
 /// returns (config path, weights path).
 pub fn write_tiny_model(dir: &Path, yaml: &str, seed: u64) -> (PathBuf, PathBuf) {
